@@ -1,0 +1,198 @@
+//! Reverse-mode automatic differentiation.
+//!
+//! An op that has at least one input requiring a gradient (and runs while gradients are
+//! enabled) attaches a [`Node`] to its output: the inputs, and a closure mapping the output's
+//! gradient to one gradient per input. `backward()` sorts the graph topologically from the
+//! root and runs the closures in reverse order, summing gradients that meet at a tensor, and
+//! accumulates into the `grad` slot of each leaf that requires one. Closures run with
+//! recording switched off, so computing gradients builds no new graph. Dropping the last
+//! handle to an output frees its node, its saved tensors and the graph behind it.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+
+use crate::error::{Error, Result};
+use crate::tensor::{Element, Tensor};
+
+/// Maps the output gradient to one optional gradient per input (None = no contribution).
+pub type BackwardFn<E> =
+    Box<dyn Fn(&Tensor<E>) -> Result<Vec<Option<Tensor<E>>>> + Send + Sync + 'static>;
+
+/// How an output was made, kept only when gradients are needed.
+pub struct Node<E: Element> {
+    pub name: &'static str,
+    pub(crate) inputs: Vec<Tensor<E>>,
+    pub(crate) backward: BackwardFn<E>,
+}
+
+thread_local! {
+    static NO_GRAD_DEPTH: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Whether ops record a graph on this thread right now.
+pub fn is_grad_enabled() -> bool {
+    NO_GRAD_DEPTH.with(|d| d.get() == 0)
+}
+
+/// While alive, no op on this thread records a graph. Nests.
+pub struct NoGradGuard {
+    _private: (),
+}
+
+impl Drop for NoGradGuard {
+    fn drop(&mut self) {
+        NO_GRAD_DEPTH.with(|d| d.set(d.get() - 1));
+    }
+}
+
+/// Switches gradient recording off until the guard drops.
+pub fn no_grad() -> NoGradGuard {
+    NO_GRAD_DEPTH.with(|d| d.set(d.get() + 1));
+    NoGradGuard { _private: () }
+}
+
+/// Runs `f` with gradient recording off.
+pub fn with_no_grad<R>(f: impl FnOnce() -> R) -> R {
+    let _g = no_grad();
+    f()
+}
+
+impl<E: Element> Tensor<E> {
+    /// Attaches a backward node when recording is on and some input requires a gradient;
+    /// otherwise returns `self` unchanged and drops the closure (and what it captured).
+    /// This is the one place that consults `no_grad`.
+    pub(crate) fn record<F>(self, name: &'static str, inputs: &[&Tensor<E>], backward: F) -> Self
+    where
+        F: Fn(&Tensor<E>) -> Result<Vec<Option<Tensor<E>>>> + Send + Sync + 'static,
+    {
+        if !is_grad_enabled() || !inputs.iter().any(|t| t.requires_grad()) {
+            return self;
+        }
+        let node = Node {
+            name,
+            inputs: inputs.iter().map(|t| (*t).clone()).collect(),
+            backward: Box::new(backward),
+        };
+        Tensor::from_parts(
+            self.storage().clone(),
+            self.layout().clone(),
+            true,
+            Some(node),
+        )
+    }
+
+    /// Backpropagates from this scalar (a one-element tensor), accumulating into the `grad`
+    /// of every leaf that requires a gradient.
+    pub fn backward(&self) -> Result<()> {
+        if self.numel() != 1 {
+            return Err(Error::Autograd(format!(
+                "backward() needs a one-element tensor, got shape {:?}; call sum() or mean() first",
+                self.shape()
+            )));
+        }
+        self.backward_with(&Tensor::ones(self.shape()))
+    }
+
+    /// Backpropagates with an explicit output gradient of the same shape.
+    pub fn backward_with(&self, grad: &Tensor<E>) -> Result<()> {
+        if !self.requires_grad() {
+            return Err(Error::Autograd(
+                "backward() on a tensor that does not require a gradient (no input was marked \
+                 with requires_grad_(), or it was computed under no_grad)"
+                    .into(),
+            ));
+        }
+        if grad.shape() != self.shape() {
+            return Err(Error::shape(
+                "backward",
+                &[self.shape(), grad.shape()],
+                E::DTYPE.name(),
+                "output gradient must match the output shape",
+            ));
+        }
+        let _guard = no_grad();
+        let order = topo_order(self);
+        let mut grads: HashMap<usize, Tensor<E>> = HashMap::new();
+        grads.insert(self.id(), grad.clone());
+        for t in order.iter().rev() {
+            let Some(g) = grads.remove(&t.id()) else {
+                continue;
+            };
+            match t.node() {
+                None => {
+                    if t.requires_grad() {
+                        t.accumulate_grad(&g)?;
+                    }
+                }
+                Some(node) => {
+                    let input_grads = (node.backward)(&g)?;
+                    debug_assert_eq!(input_grads.len(), node.inputs.len(), "{}", node.name);
+                    for (inp, ig) in node.inputs.iter().zip(input_grads) {
+                        let Some(ig) = ig else { continue };
+                        if !inp.requires_grad() {
+                            continue;
+                        }
+                        if ig.shape() != inp.shape() {
+                            return Err(Error::Autograd(format!(
+                                "{}: backward produced gradient of shape {:?} for input of shape {:?}",
+                                node.name,
+                                ig.shape(),
+                                inp.shape()
+                            )));
+                        }
+                        let acc = match grads.remove(&inp.id()) {
+                            None => ig,
+                            Some(prev) => prev.add(&ig)?,
+                        };
+                        grads.insert(inp.id(), acc);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Tensors reachable from `root` through recorded nodes, inputs before outputs.
+fn topo_order<E: Element>(root: &Tensor<E>) -> Vec<Tensor<E>> {
+    let mut order = Vec::new();
+    let mut visited = std::collections::HashSet::new();
+    // Iterative DFS (deep graphs would overflow the stack with recursion).
+    let mut stack: Vec<(Tensor<E>, bool)> = vec![(root.clone(), false)];
+    while let Some((t, expanded)) = stack.pop() {
+        if expanded {
+            order.push(t);
+            continue;
+        }
+        if !visited.insert(t.id()) {
+            continue;
+        }
+        stack.push((t.clone(), true));
+        if let Some(node) = t.node() {
+            for inp in &node.inputs {
+                if inp.requires_grad() && !visited.contains(&inp.id()) {
+                    stack.push((inp.clone(), false));
+                }
+            }
+        }
+    }
+    order
+}
+
+/// Gradients of a scalar `output` with respect to `inputs`, without touching any leaf's
+/// accumulated `grad` (useful for input gradients such as the denoising score).
+pub fn grad<E: Element>(output: &Tensor<E>, inputs: &[&Tensor<E>]) -> Result<Vec<Tensor<E>>> {
+    let saved: Vec<Option<Tensor<E>>> = inputs.iter().map(|t| t.grad()).collect();
+    for t in inputs {
+        t.zero_grad();
+    }
+    let res = output.backward();
+    let out = inputs
+        .iter()
+        .map(|t| t.grad().unwrap_or_else(|| Tensor::zeros(t.shape())))
+        .collect();
+    for (t, s) in inputs.iter().zip(saved) {
+        t.set_grad(s);
+    }
+    res.map(|_| out)
+}

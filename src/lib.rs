@@ -1,0 +1,26 @@
+//! `tarflow`: TarFlow normalizing flows on a self-contained tensor engine.
+//!
+//! The engine ([`Tensor`], reverse-mode autograd in [`autograd`], ops in [`ops`]) is written
+//! for exactness first: every op works in `f32` and `f64`, every backward is checked against
+//! central finite differences in `f64`, and fused ops are checked against their composed
+//! references. See `docs/architecture.md` for the design.
+//!
+//! ```
+//! use tarflow::Tensor;
+//! let x = Tensor::<f64>::from_vec(vec![1.0, 2.0, 3.0], &[3]).unwrap().requires_grad_();
+//! let y = x.square().sum_all();
+//! y.backward().unwrap();
+//! assert_eq!(x.grad().unwrap().to_vec(), vec![2.0, 4.0, 6.0]);
+//! ```
+
+pub mod autograd;
+pub mod error;
+pub mod gradcheck;
+pub mod ops;
+pub mod rng;
+pub mod tensor;
+
+pub use autograd::{no_grad, with_no_grad};
+pub use error::{Error, Result};
+pub use rng::Rng;
+pub use tensor::{DType, Device, Element, Layout, Tensor};

@@ -1,0 +1,137 @@
+//! Shared CPU loops for elementwise maps: strided inputs in, a fresh contiguous output out.
+//! Large outputs are split across rayon tasks; small ones stay on the calling thread.
+
+use rayon::prelude::*;
+
+use crate::tensor::iter::{Plan, PAR_THRESHOLD};
+use crate::tensor::{Element, Layout};
+
+/// `out[i] = f(a[i])` over a strided view.
+pub(crate) fn map1<E: Element>(a: &[E], la: &Layout, f: impl Fn(E) -> E + Sync) -> Vec<E> {
+    let n = la.numel();
+    let mut out = vec![E::ZERO; n];
+    if n == 0 {
+        return out;
+    }
+    if la.is_contiguous() {
+        let src = &a[la.offset()..la.offset() + n];
+        if n >= PAR_THRESHOLD {
+            out.par_chunks_mut(PAR_THRESHOLD)
+                .zip(src.par_chunks(PAR_THRESHOLD))
+                .for_each(|(o, s)| o.iter_mut().zip(s).for_each(|(o, &s)| *o = f(s)));
+        } else {
+            out.iter_mut().zip(src).for_each(|(o, &s)| *o = f(s));
+        }
+        return out;
+    }
+    let plan = Plan::<1>::new(la.shape(), [la.strides()]);
+    let inner = plan.inner;
+    let s = plan.inner_strides[0];
+    let run = |start: usize, dst: &mut [E]| {
+        let rows = dst.len() / inner;
+        plan.for_rows([la.offset()], start, start + rows, |row, [o]| {
+            let d = &mut dst[(row - start) * inner..(row - start + 1) * inner];
+            for (j, v) in d.iter_mut().enumerate() {
+                *v = f(a[(o as isize + j as isize * s) as usize]);
+            }
+        });
+    };
+    par_rows(&plan, &mut out, run);
+    out
+}
+
+/// `out[i] = f(a[i], b[i])` over two strided views of the output shape (broadcast strides 0).
+pub(crate) fn map2<E: Element>(
+    shape: &[usize],
+    a: &[E],
+    la: &Layout,
+    b: &[E],
+    lb: &Layout,
+    f: impl Fn(E, E) -> E + Sync,
+) -> Vec<E> {
+    let n: usize = shape.iter().product();
+    let mut out = vec![E::ZERO; n];
+    if n == 0 {
+        return out;
+    }
+    let plan = Plan::<2>::new(shape, [la.strides(), lb.strides()]);
+    let inner = plan.inner;
+    let [sa, sb] = plan.inner_strides;
+    // One innermost run starting at storage offsets (oa, ob).
+    let run_inner = |d: &mut [E], oa: isize, ob: isize| {
+        let len = d.len();
+        // Specialised loops so the common layouts vectorise.
+        match (sa, sb) {
+            (1, 1) => {
+                let (x, y) = (&a[oa as usize..oa as usize + len], &b[ob as usize..ob as usize + len]);
+                for ((o, &x), &y) in d.iter_mut().zip(x).zip(y) {
+                    *o = f(x, y);
+                }
+            }
+            (1, 0) => {
+                let (x, y) = (&a[oa as usize..oa as usize + len], b[ob as usize]);
+                for (o, &x) in d.iter_mut().zip(x) {
+                    *o = f(x, y);
+                }
+            }
+            (0, 1) => {
+                let (x, y) = (a[oa as usize], &b[ob as usize..ob as usize + len]);
+                for (o, &y) in d.iter_mut().zip(y) {
+                    *o = f(x, y);
+                }
+            }
+            _ => {
+                for (j, o) in d.iter_mut().enumerate() {
+                    let x = a[(oa + j as isize * sa) as usize];
+                    let y = b[(ob + j as isize * sb) as usize];
+                    *o = f(x, y);
+                }
+            }
+        }
+    };
+    if plan.rows == 1 {
+        let (oa, ob) = (la.offset() as isize, lb.offset() as isize);
+        if n >= PAR_THRESHOLD {
+            out.par_chunks_mut(PAR_THRESHOLD)
+                .enumerate()
+                .for_each(|(t, d)| {
+                    let j0 = (t * PAR_THRESHOLD) as isize;
+                    run_inner(d, oa + j0 * sa, ob + j0 * sb)
+                });
+        } else {
+            run_inner(&mut out, oa, ob);
+        }
+        return out;
+    }
+    let run = |start: usize, dst: &mut [E]| {
+        let rows = dst.len() / inner;
+        plan.for_rows(
+            [la.offset(), lb.offset()],
+            start,
+            start + rows,
+            |row, [oa, ob]| {
+                let d = &mut dst[(row - start) * inner..(row - start + 1) * inner];
+                run_inner(d, oa as isize, ob as isize)
+            },
+        );
+    };
+    par_rows(&plan, &mut out, run);
+    out
+}
+
+/// Runs `run(first_row, dst_rows)` over the output, in parallel when it is large.
+fn par_rows<E: Element, const N: usize>(
+    plan: &Plan<N>,
+    out: &mut [E],
+    run: impl Fn(usize, &mut [E]) + Sync,
+) {
+    let inner = plan.inner;
+    if out.len() >= PAR_THRESHOLD && plan.rows > 1 {
+        let rpt = plan.rows_per_task();
+        out.par_chunks_mut(rpt * inner)
+            .enumerate()
+            .for_each(|(t, dst)| run(t * rpt, dst));
+    } else {
+        run(0, out);
+    }
+}

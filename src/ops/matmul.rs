@@ -1,0 +1,279 @@
+//! Matrix products on strided operands.
+//!
+//! matrixmultiply takes a row stride and a column stride for every operand, so a transposed
+//! or narrowed operand goes to the kernel as it is: no copy, no extra pass. Batched products
+//! broadcast their batch dimensions; many small products run in parallel over the batch,
+//! large ones use matrixmultiply's own threads.
+
+use rayon::prelude::*;
+use std::sync::Once;
+
+use crate::error::{Error, Result};
+use crate::tensor::layout::broadcast_shapes;
+use crate::tensor::{Element, Layout, Tensor};
+
+/// Lets matrixmultiply use every core the process may use. Its default counts physical
+/// cores only, which is 1 on many 2-vCPU machines. An explicit `MATMUL_NUM_THREADS` wins.
+pub(crate) fn init_gemm_threads() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("MATMUL_NUM_THREADS").is_none() {
+            let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+            std::env::set_var("MATMUL_NUM_THREADS", n.to_string());
+        }
+    });
+}
+
+/// Raw `c = a @ b (+ beta*c)` for one matrix each, by pointers and strides.
+#[derive(Clone, Copy)]
+pub(crate) struct MatView {
+    pub offset: usize,
+    pub rs: isize,
+    pub cs: isize,
+}
+
+impl MatView {
+    /// The last two axes of a layout, at a given base offset.
+    fn of(l: &Layout, offset: usize) -> Self {
+        let r = l.rank();
+        MatView {
+            offset,
+            rs: l.strides()[r - 2],
+            cs: l.strides()[r - 1],
+        }
+    }
+}
+
+/// # Safety
+/// Views must be in bounds of their slices and `c` must not overlap `a` or `b`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_into<E: Element>(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[E],
+    va: MatView,
+    b: &[E],
+    vb: MatView,
+    beta: E,
+    c: *mut E,
+    rsc: isize,
+    csc: isize,
+) {
+    E::gemm(
+        m,
+        k,
+        n,
+        E::ONE,
+        a.as_ptr().offset(va.offset as isize),
+        va.rs,
+        va.cs,
+        b.as_ptr().offset(vb.offset as isize),
+        vb.rs,
+        vb.cs,
+        beta,
+        c,
+        rsc,
+        csc,
+    )
+}
+
+struct SendPtr<E>(*mut E);
+unsafe impl<E> Send for SendPtr<E> {}
+unsafe impl<E> Sync for SendPtr<E> {}
+
+/// Batched product without recording; `a` is `[..., m, k]`, `b` is `[..., k, n]`.
+fn matmul_raw<E: Element>(a: &Tensor<E>, b: &Tensor<E>) -> Result<Tensor<E>> {
+    init_gemm_threads();
+    let (sa, sb) = (a.shape(), b.shape());
+    let bad = |d: &str| Error::shape("matmul", &[sa, sb], E::DTYPE.name(), d.to_string());
+    if sa.len() < 2 || sb.len() < 2 {
+        return Err(bad("both operands need at least 2 dimensions"));
+    }
+    let (m, k) = (sa[sa.len() - 2], sa[sa.len() - 1]);
+    let (k2, n) = (sb[sb.len() - 2], sb[sb.len() - 1]);
+    if k != k2 {
+        return Err(bad("inner dimensions differ"));
+    }
+    let batch = broadcast_shapes(&sa[..sa.len() - 2], &sb[..sb.len() - 2])
+        .ok_or_else(|| bad("batch dimensions do not broadcast"))?;
+    let mut shape_a = batch.clone();
+    shape_a.extend([m, k]);
+    let mut shape_b = batch.clone();
+    shape_b.extend([k, n]);
+    let la = a.layout().broadcast_to(&shape_a).expect("checked");
+    let lb = b.layout().broadcast_to(&shape_b).expect("checked");
+    let nb: usize = batch.iter().product();
+    let mut out_shape = batch.clone();
+    out_shape.extend([m, n]);
+    let mut out = vec![E::ZERO; nb * m * n];
+    if out.is_empty() {
+        return Ok(Tensor::from_raw(out, &out_shape));
+    }
+    // Offsets of each batch element in both operands.
+    let batch_offsets = |l: &Layout, i: usize| -> usize {
+        let mut rem = i;
+        let mut o = l.offset() as isize;
+        for d in (0..batch.len()).rev() {
+            let idx = rem % batch[d];
+            rem /= batch[d];
+            o += idx as isize * l.strides()[d];
+        }
+        o as usize
+    };
+    let ga = a.storage().read();
+    let gb = b.storage().read();
+    let (da, db): (&[E], &[E]) = (&ga, &gb);
+    let one = |i: usize, c: *mut E| unsafe {
+        gemm_into(
+            m,
+            k,
+            n,
+            da,
+            MatView::of(&la, batch_offsets(&la, i)),
+            db,
+            MatView::of(&lb, batch_offsets(&lb, i)),
+            E::ZERO,
+            c,
+            n as isize,
+            1,
+        )
+    };
+    let small = m * n * k < (1 << 18);
+    if nb > 1 && small {
+        let ptr = SendPtr(out.as_mut_ptr());
+        let ptr = &ptr;
+        (0..nb).into_par_iter().for_each(|i| {
+            // SAFETY: each batch element writes its own disjoint m*n block.
+            one(i, unsafe { ptr.0.add(i * m * n) })
+        });
+    } else {
+        for i in 0..nb {
+            one(i, unsafe { out.as_mut_ptr().add(i * m * n) });
+        }
+    }
+    drop((ga, gb));
+    Ok(Tensor::from_raw(out, &out_shape))
+}
+
+impl<E: Element> Tensor<E> {
+    /// Matrix product over the last two axes, broadcasting batch axes.
+    pub fn matmul(&self, other: &Tensor<E>) -> Result<Tensor<E>> {
+        let out = matmul_raw(self, other)?;
+        let (a, b) = (self.detach(), other.detach());
+        let (ra, rb) = (self.requires_grad(), other.requires_grad());
+        Ok(out.record("matmul", &[self, other], move |g| {
+            let ga = if ra {
+                Some(matmul_raw(g, &b.t()?)?.sum_to(a.shape())?)
+            } else {
+                None
+            };
+            let gb = if rb {
+                Some(matmul_raw(&a.t()?, g)?.sum_to(b.shape())?)
+            } else {
+                None
+            };
+            Ok(vec![ga, gb])
+        }))
+    }
+
+    /// `x @ w^T + b` with `x` `[..., in]`, `w` `[out, in]`, `b` `[out]`: one product, with the
+    /// bias preloaded into the output and the weight read transposed in place.
+    pub fn linear(&self, w: &Tensor<E>, b: Option<&Tensor<E>>) -> Result<Tensor<E>> {
+        init_gemm_threads();
+        let xs = self.shape();
+        let bad = |d: &str| {
+            let mut shapes: Vec<&[usize]> = vec![xs, w.shape()];
+            if let Some(b) = b {
+                shapes.push(b.shape());
+            }
+            Error::shape("linear", &shapes, E::DTYPE.name(), d.to_string())
+        };
+        if w.rank() != 2 || xs.is_empty() {
+            return Err(bad("weight must be [out, in] and input at least 1-D"));
+        }
+        let (out_f, in_f) = (w.shape()[0], w.shape()[1]);
+        if xs[xs.len() - 1] != in_f {
+            return Err(bad("input features differ from weight's in-features"));
+        }
+        if let Some(b) = b {
+            if b.shape() != [out_f] {
+                return Err(bad("bias must be [out]"));
+            }
+        }
+        let rows: usize = xs[..xs.len() - 1].iter().product();
+        // Flatten the leading axes: a view when possible, a copy otherwise.
+        let x2 = self.detach().reshape(&[rows, in_f])?;
+        let mut out = match b {
+            Some(b) => {
+                let bv = b.to_vec();
+                let mut o = Vec::with_capacity(rows * out_f);
+                for _ in 0..rows {
+                    o.extend_from_slice(&bv);
+                }
+                o
+            }
+            None => vec![E::ZERO; rows * out_f],
+        };
+        if rows > 0 {
+            let gx = x2.storage().read();
+            let gw = w.storage().read();
+            let lw = w.layout();
+            // w^T as a [in, out] view: swap w's strides.
+            let vw = MatView {
+                offset: lw.offset(),
+                rs: lw.strides()[1],
+                cs: lw.strides()[0],
+            };
+            unsafe {
+                gemm_into(
+                    rows,
+                    in_f,
+                    out_f,
+                    &gx,
+                    MatView::of(x2.layout(), x2.layout().offset()),
+                    &gw,
+                    vw,
+                    if b.is_some() { E::ONE } else { E::ZERO },
+                    out.as_mut_ptr(),
+                    out_f as isize,
+                    1,
+                )
+            };
+        }
+        let mut out_shape = xs.to_vec();
+        *out_shape.last_mut().unwrap() = out_f;
+        let out = Tensor::from_raw(out, &out_shape);
+        let (xd, wd) = (x2, w.detach());
+        let (rx, rw) = (self.requires_grad(), w.requires_grad());
+        let rbias = b.is_some_and(|b| b.requires_grad());
+        let x_shape = xs.to_vec();
+        let mut inputs = vec![self, w];
+        if let Some(b) = b {
+            inputs.push(b);
+        }
+        let has_b = b.is_some();
+        Ok(out.record("linear", &inputs, move |g| {
+            let g2 = g.reshape(&[rows, out_f])?;
+            let gx = if rx {
+                Some(matmul_raw(&g2, &wd)?.reshape(&x_shape)?)
+            } else {
+                None
+            };
+            let gw = if rw {
+                Some(matmul_raw(&g2.t()?, &xd)?)
+            } else {
+                None
+            };
+            let mut v = vec![gx, gw];
+            if has_b {
+                v.push(if rbias {
+                    Some(g2.sum(&[0], false)?)
+                } else {
+                    None
+                });
+            }
+            Ok(v)
+        }))
+    }
+}

@@ -1,0 +1,13 @@
+//! Differentiable operations on [`crate::Tensor`], grouped by family. Each op computes its
+//! result on the CPU and, when an input requires a gradient, records its backward.
+
+mod binary;
+mod index;
+pub(crate) mod kernel;
+pub(crate) mod matmul;
+mod reduce;
+mod unary;
+mod view;
+
+pub(crate) use reduce::sum_slice;
+pub(crate) use unary::{gelu_grad_scalar, gelu_scalar, sigmoid_scalar, softplus_scalar};

@@ -1,0 +1,226 @@
+//! Elementwise unary ops. Each backward multiplies the output gradient by the derivative,
+//! computed from the saved input or output (whichever is cheaper and stable).
+
+use super::kernel::map1;
+use crate::error::Result;
+use crate::tensor::{Element, Tensor};
+
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+const INV_SQRT_2: f64 = std::f64::consts::FRAC_1_SQRT_2;
+const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
+
+/// Numerically stable softplus: ln(1 + e^x).
+#[inline]
+pub(crate) fn softplus_scalar<E: Element>(x: E) -> E {
+    if x > E::ZERO {
+        x + (-x).exp().ln_1p()
+    } else {
+        x.exp().ln_1p()
+    }
+}
+
+#[inline]
+pub(crate) fn sigmoid_scalar<E: Element>(x: E) -> E {
+    if x >= E::ZERO {
+        E::ONE / (E::ONE + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (E::ONE + e)
+    }
+}
+
+/// GELU with the exact erf: x * Phi(x).
+#[inline]
+pub(crate) fn gelu_scalar<E: Element>(x: E) -> E {
+    let half = E::from_f64(0.5);
+    half * x * (E::ONE + (x * E::from_f64(INV_SQRT_2)).erf())
+}
+
+/// d/dx of x * Phi(x) = Phi(x) + x * phi(x).
+#[inline]
+pub(crate) fn gelu_grad_scalar<E: Element>(x: E) -> E {
+    let half = E::from_f64(0.5);
+    let cdf = half * (E::ONE + (x * E::from_f64(INV_SQRT_2)).erf());
+    let pdf = E::from_f64(INV_SQRT_2PI) * (-half * x * x).exp();
+    cdf + x * pdf
+}
+
+#[inline]
+fn gelu_tanh_scalar<E: Element>(x: E) -> E {
+    let half = E::from_f64(0.5);
+    let u = E::from_f64(SQRT_2_OVER_PI) * (x + E::from_f64(0.044715) * x * x * x);
+    half * x * (E::ONE + u.tanh())
+}
+
+#[inline]
+fn gelu_tanh_grad_scalar<E: Element>(x: E) -> E {
+    let half = E::from_f64(0.5);
+    let c = E::from_f64(SQRT_2_OVER_PI);
+    let k = E::from_f64(0.044715);
+    let u = c * (x + k * x * x * x);
+    let t = u.tanh();
+    let du = c * (E::ONE + E::from_f64(3.0) * k * x * x);
+    half * (E::ONE + t) + half * x * (E::ONE - t * t) * du
+}
+
+impl<E: Element> Tensor<E> {
+    /// Applies `f` elementwise; records nothing.
+    pub(crate) fn map_raw(&self, f: impl Fn(E) -> E + Sync) -> Tensor<E> {
+        let v = self.with_data(|d, l| map1(d, l, f));
+        Tensor::from_raw(v, self.shape())
+    }
+
+    /// `g * f'(x)` from the saved `x` (same shape), used by unary backward passes.
+    fn grad_from(g: &Tensor<E>, x: &Tensor<E>, df: impl Fn(E) -> E + Sync) -> Result<Tensor<E>> {
+        g.zip_raw(x, "unary_backward", |g, x| g * df(x))
+    }
+
+    pub fn neg(&self) -> Tensor<E> {
+        let out = self.map_raw(|x| -x);
+        out.record("neg", &[self], |g| Ok(vec![Some(g.map_raw(|g| -g))]))
+    }
+
+    pub fn exp(&self) -> Tensor<E> {
+        let out = self.map_raw(|x| x.exp());
+        let y = out.detach();
+        out.record("exp", &[self], move |g| {
+            Ok(vec![Some(g.zip_raw(&y, "exp", |g, y| g * y)?)])
+        })
+    }
+
+    /// Natural logarithm.
+    pub fn log(&self) -> Tensor<E> {
+        let out = self.map_raw(|x| x.ln());
+        let x = self.detach();
+        out.record("log", &[self], move |g| {
+            Ok(vec![Some(Self::grad_from(g, &x, |x| E::ONE / x)?)])
+        })
+    }
+
+    pub fn sqrt(&self) -> Tensor<E> {
+        let out = self.map_raw(|x| x.sqrt());
+        let y = out.detach();
+        out.record("sqrt", &[self], move |g| {
+            let h = E::from_f64(0.5);
+            Ok(vec![Some(g.zip_raw(&y, "sqrt", move |g, y| g * h / y)?)])
+        })
+    }
+
+    pub fn square(&self) -> Tensor<E> {
+        let out = self.map_raw(|x| x * x);
+        let x = self.detach();
+        out.record("square", &[self], move |g| {
+            Ok(vec![Some(Self::grad_from(g, &x, |x| x + x)?)])
+        })
+    }
+
+    pub fn tanh(&self) -> Tensor<E> {
+        let out = self.map_raw(|x| x.tanh());
+        let y = out.detach();
+        out.record("tanh", &[self], move |g| {
+            Ok(vec![Some(
+                g.zip_raw(&y, "tanh", |g, y| g * (E::ONE - y * y))?,
+            )])
+        })
+    }
+
+    pub fn sigmoid(&self) -> Tensor<E> {
+        let out = self.map_raw(sigmoid_scalar);
+        let y = out.detach();
+        out.record("sigmoid", &[self], move |g| {
+            Ok(vec![Some(
+                g.zip_raw(&y, "sigmoid", |g, y| g * y * (E::ONE - y))?,
+            )])
+        })
+    }
+
+    /// ln(1 + e^x), stable for large |x|.
+    pub fn softplus(&self) -> Tensor<E> {
+        let out = self.map_raw(softplus_scalar);
+        let x = self.detach();
+        out.record("softplus", &[self], move |g| {
+            Ok(vec![Some(Self::grad_from(g, &x, sigmoid_scalar)?)])
+        })
+    }
+
+    /// GELU with the exact error function (TarFlow's choice).
+    pub fn gelu(&self) -> Tensor<E> {
+        let out = self.map_raw(gelu_scalar);
+        let x = self.detach();
+        out.record("gelu", &[self], move |g| {
+            Ok(vec![Some(Self::grad_from(g, &x, gelu_grad_scalar)?)])
+        })
+    }
+
+    /// GELU, tanh approximation.
+    pub fn gelu_tanh(&self) -> Tensor<E> {
+        let out = self.map_raw(gelu_tanh_scalar);
+        let x = self.detach();
+        out.record("gelu_tanh", &[self], move |g| {
+            Ok(vec![Some(Self::grad_from(g, &x, gelu_tanh_grad_scalar)?)])
+        })
+    }
+
+    pub fn relu(&self) -> Tensor<E> {
+        let out = self.map_raw(|x| if x > E::ZERO { x } else { E::ZERO });
+        let x = self.detach();
+        out.record("relu", &[self], move |g| {
+            Ok(vec![Some(Self::grad_from(g, &x, |x| {
+                if x > E::ZERO {
+                    E::ONE
+                } else {
+                    E::ZERO
+                }
+            })?)])
+        })
+    }
+
+    /// `x^p` for a constant exponent.
+    pub fn powf(&self, p: f64) -> Tensor<E> {
+        let pe = E::from_f64(p);
+        let out = self.map_raw(move |x| x.powf(pe));
+        let x = self.detach();
+        out.record("powf", &[self], move |g| {
+            let pm1 = E::from_f64(p - 1.0);
+            Ok(vec![Some(Self::grad_from(g, &x, move |x| pe * x.powf(pm1))?)])
+        })
+    }
+
+    /// |x|; the gradient at 0 is 0.
+    pub fn abs(&self) -> Tensor<E> {
+        let out = self.map_raw(|x| x.abs());
+        let x = self.detach();
+        out.record("abs", &[self], move |g| {
+            Ok(vec![Some(Self::grad_from(g, &x, |x| {
+                if x > E::ZERO {
+                    E::ONE
+                } else if x < E::ZERO {
+                    -E::ONE
+                } else {
+                    E::ZERO
+                }
+            })?)])
+        })
+    }
+
+    /// Clamps into `[lo, hi]`; the gradient passes only strictly inside.
+    pub fn clamp(&self, lo: f64, hi: f64) -> Tensor<E> {
+        let (l, h) = (E::from_f64(lo), E::from_f64(hi));
+        let out = self.map_raw(move |x| x.max(l).min(h));
+        let x = self.detach();
+        out.record("clamp", &[self], move |g| {
+            Ok(vec![Some(Self::grad_from(g, &x, move |x| {
+                if x > l && x < h {
+                    E::ONE
+                } else {
+                    E::ZERO
+                }
+            })?)])
+        })
+    }
+
+    /// Soft clip `a * tanh(x / a)` (STARFlow's bound on log-scales).
+    pub fn soft_clip(&self, a: f64) -> Tensor<E> {
+        self.div_scalar(a).tanh().mul_scalar(a)
+    }
+}

@@ -1,0 +1,342 @@
+//! Shape, strides and offset: how a tensor's elements sit in its storage.
+//!
+//! Every view op (reshape of a contiguous tensor, permute, narrow, broadcast, flip, ...) only
+//! builds a new `Layout` over the same storage. Strides are in elements and may be zero
+//! (broadcast) or negative (flip).
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    shape: Vec<usize>,
+    strides: Vec<isize>,
+    offset: usize,
+}
+
+/// Row-major strides of a shape.
+pub fn contiguous_strides(shape: &[usize]) -> Vec<isize> {
+    let mut strides = vec![0isize; shape.len()];
+    let mut acc = 1isize;
+    for i in (0..shape.len()).rev() {
+        strides[i] = acc;
+        acc *= shape[i].max(1) as isize;
+    }
+    strides
+}
+
+/// Resolves a possibly negative axis against a rank.
+pub fn resolve_axis(op: &'static str, axis: isize, rank: usize) -> Result<usize> {
+    let r = rank as isize;
+    let a = if axis < 0 { axis + r } else { axis };
+    if a < 0 || a >= r {
+        return Err(Error::index(
+            op,
+            format!("axis {axis} out of range for rank {rank}"),
+        ));
+    }
+    Ok(a as usize)
+}
+
+/// NumPy broadcasting of two shapes.
+pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    let n = a.len().max(b.len());
+    let mut out = vec![0; n];
+    for i in 0..n {
+        let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
+        let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
+        out[i] = if da == db {
+            da
+        } else if da == 1 {
+            db
+        } else if db == 1 {
+            da
+        } else {
+            return None;
+        };
+    }
+    Some(out)
+}
+
+impl Layout {
+    pub fn contiguous(shape: &[usize]) -> Self {
+        Layout {
+            shape: shape.to_vec(),
+            strides: contiguous_strides(shape),
+            offset: 0,
+        }
+    }
+
+    pub fn new(shape: Vec<usize>, strides: Vec<isize>, offset: usize) -> Self {
+        debug_assert_eq!(shape.len(), strides.len());
+        Layout {
+            shape,
+            strides,
+            offset,
+        }
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn strides(&self) -> &[isize] {
+        &self.strides
+    }
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Row-major contiguous (size-1 dims may have any stride).
+    pub fn is_contiguous(&self) -> bool {
+        let mut acc = 1isize;
+        for i in (0..self.shape.len()).rev() {
+            if self.shape[i] != 1 {
+                if self.strides[i] != acc {
+                    return false;
+                }
+                acc *= self.shape[i] as isize;
+            }
+        }
+        true
+    }
+
+    /// Smallest and one-past-largest storage index touched (empty range for empty tensors).
+    pub fn storage_span(&self) -> (usize, usize) {
+        if self.numel() == 0 {
+            return (self.offset, self.offset);
+        }
+        let mut lo = self.offset as isize;
+        let mut hi = self.offset as isize;
+        for (&d, &s) in self.shape.iter().zip(&self.strides) {
+            let ext = (d as isize - 1) * s;
+            if ext < 0 {
+                lo += ext
+            } else {
+                hi += ext
+            }
+        }
+        (lo as usize, hi as usize + 1)
+    }
+
+    /// Storage index of a multi-index (no bounds check beyond debug).
+    pub fn index_of(&self, idx: &[usize]) -> usize {
+        let mut o = self.offset as isize;
+        for (i, &s) in idx.iter().zip(&self.strides) {
+            o += *i as isize * s;
+        }
+        o as usize
+    }
+
+    /// Reshape without copying; `None` when the strides cannot express it.
+    pub fn reshape(&self, shape: &[usize]) -> Option<Layout> {
+        if self.is_contiguous() {
+            return Some(Layout {
+                shape: shape.to_vec(),
+                strides: contiguous_strides(shape),
+                offset: self.offset,
+            });
+        }
+        // General case: match groups of old dims to groups of new dims; each old group must be
+        // internally contiguous (stride[i] == stride[i+1]*shape[i+1]).
+        let old: Vec<(usize, isize)> = self
+            .shape
+            .iter()
+            .zip(&self.strides)
+            .filter(|(&d, _)| d != 1)
+            .map(|(&d, &s)| (d, s))
+            .collect();
+        let mut new_strides = vec![0isize; shape.len()];
+        let mut oi = 0;
+        let mut ni = 0;
+        while ni < shape.len() {
+            if shape[ni] == 1 {
+                new_strides[ni] = 1;
+                ni += 1;
+                continue;
+            }
+            if oi >= old.len() {
+                return None;
+            }
+            // Grow an old group and a new group until their products agree.
+            let (mut po, mut pn) = (old[oi].0, shape[ni]);
+            let start_o = oi;
+            let start_n = ni;
+            while po != pn {
+                if po < pn {
+                    oi += 1;
+                    if oi >= old.len() || old[oi].1 * old[oi].0 as isize != old[oi - 1].1 {
+                        return None;
+                    }
+                    po *= old[oi].0;
+                } else {
+                    ni += 1;
+                    if ni >= shape.len() {
+                        return None;
+                    }
+                    pn *= shape[ni];
+                }
+            }
+            // New dims inside this group take strides from the group's innermost stride.
+            let mut s = old[oi].1;
+            for j in (start_n..=ni).rev() {
+                new_strides[j] = s;
+                s *= shape[j] as isize;
+            }
+            let _ = start_o;
+            oi += 1;
+            ni += 1;
+        }
+        if oi != old.len() {
+            return None;
+        }
+        Some(Layout {
+            shape: shape.to_vec(),
+            strides: new_strides,
+            offset: self.offset,
+        })
+    }
+
+    pub fn permute(&self, perm: &[usize]) -> Layout {
+        Layout {
+            shape: perm.iter().map(|&p| self.shape[p]).collect(),
+            strides: perm.iter().map(|&p| self.strides[p]).collect(),
+            offset: self.offset,
+        }
+    }
+
+    pub fn narrow(&self, axis: usize, start: usize, len: usize) -> Layout {
+        let mut l = self.clone();
+        l.offset = (self.offset as isize + start as isize * self.strides[axis]) as usize;
+        l.shape[axis] = len;
+        l
+    }
+
+    pub fn flip(&self, axis: usize) -> Layout {
+        let mut l = self.clone();
+        if self.shape[axis] > 0 {
+            l.offset = (self.offset as isize
+                + (self.shape[axis] as isize - 1) * self.strides[axis])
+                as usize;
+        }
+        l.strides[axis] = -self.strides[axis];
+        l
+    }
+
+    /// Broadcast to `shape` (which must be broadcast-compatible; checked by the caller).
+    pub fn broadcast_to(&self, shape: &[usize]) -> Option<Layout> {
+        if shape.len() < self.rank() {
+            return None;
+        }
+        let lead = shape.len() - self.rank();
+        let mut strides = vec![0isize; shape.len()];
+        for i in 0..self.rank() {
+            let (d, t) = (self.shape[i], shape[lead + i]);
+            if d == t {
+                strides[lead + i] = self.strides[i];
+            } else if d == 1 {
+                strides[lead + i] = 0;
+            } else {
+                return None;
+            }
+        }
+        Some(Layout {
+            shape: shape.to_vec(),
+            strides,
+            offset: self.offset,
+        })
+    }
+
+    pub fn squeeze(&self, axis: usize) -> Layout {
+        let mut l = self.clone();
+        l.shape.remove(axis);
+        l.strides.remove(axis);
+        l
+    }
+
+    pub fn unsqueeze(&self, axis: usize) -> Layout {
+        let mut l = self.clone();
+        let s = if axis < self.rank() {
+            self.strides[axis] * self.shape[axis] as isize
+        } else {
+            1
+        };
+        l.shape.insert(axis, 1);
+        l.strides.insert(axis, s);
+        l
+    }
+}
+
+/// Merges adjacent dimensions that are contiguous with respect to every layout given, and drops
+/// size-1 dimensions. Returns the shared shape and one stride list per layout. Iterating the
+/// result visits elements in the same order as iterating the original shape row-major.
+pub fn coalesce(shape: &[usize], strides: &[&[isize]]) -> (Vec<usize>, Vec<Vec<isize>>) {
+    let mut out_shape: Vec<usize> = Vec::with_capacity(shape.len());
+    let mut out_strides: Vec<Vec<isize>> = vec![Vec::with_capacity(shape.len()); strides.len()];
+    for d in 0..shape.len() {
+        if shape[d] == 1 {
+            continue;
+        }
+        if let Some(&last) = out_shape.last() {
+            let mergeable = strides
+                .iter()
+                .zip(&out_strides)
+                .all(|(s, o)| *o.last().unwrap() == s[d] * shape[d] as isize);
+            if mergeable {
+                let _ = last;
+                *out_shape.last_mut().unwrap() *= shape[d];
+                for (s, o) in strides.iter().zip(out_strides.iter_mut()) {
+                    *o.last_mut().unwrap() = s[d];
+                }
+                continue;
+            }
+        }
+        out_shape.push(shape[d]);
+        for (s, o) in strides.iter().zip(out_strides.iter_mut()) {
+            o.push(s[d]);
+        }
+    }
+    if out_shape.is_empty() {
+        out_shape.push(1);
+        for o in out_strides.iter_mut() {
+            o.push(0);
+        }
+    }
+    (out_shape, out_strides)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broadcast_rules() {
+        assert_eq!(broadcast_shapes(&[3, 1], &[4]), Some(vec![3, 4]));
+        assert_eq!(broadcast_shapes(&[], &[2, 2]), Some(vec![2, 2]));
+        assert_eq!(broadcast_shapes(&[3], &[4]), None);
+    }
+
+    #[test]
+    fn reshape_of_permuted_view() {
+        let l = Layout::contiguous(&[2, 3, 4]).permute(&[0, 2, 1]); // [2,4,3]
+        assert!(l.reshape(&[8, 3]).is_none() || l.reshape(&[8, 3]).is_some());
+        // [2,3,4] transposed last two can split the first dim freely.
+        let r = l.reshape(&[2, 1, 4, 3]).unwrap();
+        assert_eq!(r.strides(), &[12, 1, 1, 4]);
+        assert!(l.reshape(&[24]).is_none());
+        let n = Layout::contiguous(&[4, 6]).narrow(1, 0, 3);
+        assert_eq!(n.reshape(&[2, 2, 3]).unwrap().strides(), &[12, 6, 1]);
+        assert!(n.reshape(&[12]).is_none());
+    }
+
+    #[test]
+    fn coalesce_merges_contiguous() {
+        let (s, st) = coalesce(&[2, 3, 4], &[&[12, 4, 1], &[0, 0, 1]]);
+        assert_eq!(s, vec![6, 4]);
+        assert_eq!(st, vec![vec![4, 1], vec![0, 1]]);
+    }
+}

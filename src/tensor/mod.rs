@@ -1,0 +1,508 @@
+//! The n-dimensional tensor.
+//!
+//! A [`Tensor`] is a cheap handle (`Arc`) to an immutable description: a shared storage
+//! buffer, a [`Layout`] (shape, strides, offset) into it, and, when it was produced by an op
+//! that must be differentiated, the autograd node that produced it. Views share storage; ops
+//! allocate fresh contiguous outputs. See `docs/architecture.md`.
+
+pub mod element;
+pub mod iter;
+pub mod layout;
+
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+pub use element::{DType, Element};
+pub use layout::Layout;
+
+use crate::autograd::Node;
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+
+/// Where a tensor's storage lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Device {
+    #[default]
+    Cpu,
+    /// A CUDA device by ordinal (requires the `cuda` feature and a GPU at run time).
+    Cuda(usize),
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+/// A buffer of elements on one device. Shared by every view of it.
+pub(crate) struct Storage<E> {
+    data: RwLock<Vec<E>>,
+    device: Device,
+}
+
+impl<E> Storage<E> {
+    fn new(data: Vec<E>) -> Self {
+        Storage {
+            data: RwLock::new(data),
+            device: Device::Cpu,
+        }
+    }
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, Vec<E>> {
+        // A poisoned lock means a panic elsewhere while writing; the data is still plain floats.
+        self.data.read().unwrap_or_else(|e| e.into_inner())
+    }
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Vec<E>> {
+        self.data.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
+
+pub(crate) struct Inner<E: Element> {
+    id: usize,
+    storage: Arc<Storage<E>>,
+    layout: Layout,
+    requires_grad: bool,
+    node: Option<Node<E>>,
+    /// Accumulated gradient; only leaves (tensors without a node) keep one.
+    grad: Mutex<Option<Tensor<E>>>,
+}
+
+/// An n-dimensional array of `E` (default `f32`) with optional gradient tracking.
+pub struct Tensor<E: Element = f32>(pub(crate) Arc<Inner<E>>);
+
+impl<E: Element> Clone for Tensor<E> {
+    fn clone(&self) -> Self {
+        Tensor(self.0.clone())
+    }
+}
+
+impl<E: Element> Tensor<E> {
+    // ---------------------------------------------------------------- construction
+
+    pub(crate) fn from_parts(
+        storage: Arc<Storage<E>>,
+        layout: Layout,
+        requires_grad: bool,
+        node: Option<Node<E>>,
+    ) -> Self {
+        Tensor(Arc::new(Inner {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            storage,
+            layout,
+            requires_grad,
+            node,
+            grad: Mutex::new(None),
+        }))
+    }
+
+    /// A contiguous tensor that owns `data` (no checks; internal).
+    pub(crate) fn from_raw(data: Vec<E>, shape: &[usize]) -> Self {
+        debug_assert_eq!(data.len(), shape.iter().product::<usize>());
+        Self::from_parts(
+            Arc::new(Storage::new(data)),
+            Layout::contiguous(shape),
+            false,
+            None,
+        )
+    }
+
+    /// A view of this tensor's storage with another layout (no gradient bookkeeping).
+    pub(crate) fn view_raw(&self, layout: Layout) -> Self {
+        Self::from_parts(self.0.storage.clone(), layout, false, None)
+    }
+
+    /// Tensor from row-major data; fails when `data.len()` does not match the shape.
+    pub fn from_vec(data: Vec<E>, shape: &[usize]) -> Result<Self> {
+        let n: usize = shape.iter().product();
+        if data.len() != n {
+            return Err(Error::shape(
+                "from_vec",
+                &[shape],
+                E::DTYPE.name(),
+                format!("{} elements given for {n}", data.len()),
+            ));
+        }
+        Ok(Self::from_raw(data, shape))
+    }
+
+    /// Tensor from a slice (copied).
+    pub fn from_slice(data: &[E], shape: &[usize]) -> Result<Self> {
+        Self::from_vec(data.to_vec(), shape)
+    }
+
+    /// A 0-dimensional tensor.
+    pub fn scalar(v: E) -> Self {
+        Self::from_raw(vec![v], &[])
+    }
+
+    pub fn full(shape: &[usize], v: E) -> Self {
+        Self::from_raw(vec![v; shape.iter().product()], shape)
+    }
+
+    pub fn zeros(shape: &[usize]) -> Self {
+        Self::full(shape, E::ZERO)
+    }
+
+    pub fn ones(shape: &[usize]) -> Self {
+        Self::full(shape, E::ONE)
+    }
+
+    pub fn zeros_like(&self) -> Self {
+        Self::zeros(self.shape())
+    }
+
+    pub fn ones_like(&self) -> Self {
+        Self::ones(self.shape())
+    }
+
+    /// `[start, start+step, ...)` below `end`.
+    pub fn arange(start: f64, end: f64, step: f64) -> Result<Self> {
+        if step == 0.0 || !step.is_finite() || !start.is_finite() || !end.is_finite() {
+            return Err(Error::arg(
+                "arange",
+                format!("invalid range {start}..{end} step {step}"),
+            ));
+        }
+        let n = ((end - start) / step).ceil().max(0.0) as usize;
+        let data = (0..n)
+            .map(|i| E::from_f64(start + i as f64 * step))
+            .collect::<Vec<_>>();
+        Ok(Self::from_raw(data, &[n]))
+    }
+
+    /// Uniform samples in `[lo, hi)`.
+    pub fn rand(shape: &[usize], lo: f64, hi: f64, rng: &mut Rng) -> Self {
+        let n = shape.iter().product();
+        let data = (0..n)
+            .map(|_| E::from_f64(lo + (hi - lo) * rng.uniform()))
+            .collect();
+        Self::from_raw(data, shape)
+    }
+
+    /// Normal samples with the given mean and standard deviation.
+    pub fn randn(shape: &[usize], mean: f64, std: f64, rng: &mut Rng) -> Self {
+        let n = shape.iter().product();
+        let mut buf = vec![0.0f64; n];
+        rng.fill_normal(&mut buf);
+        let data = buf.iter().map(|&v| E::from_f64(mean + std * v)).collect();
+        Self::from_raw(data, shape)
+    }
+
+    // ---------------------------------------------------------------- accessors
+
+    /// Unique id of this handle's node in a graph.
+    pub fn id(&self) -> usize {
+        self.0.id
+    }
+    pub fn shape(&self) -> &[usize] {
+        self.0.layout.shape()
+    }
+    /// Alias of [`Tensor::shape`].
+    pub fn dims(&self) -> &[usize] {
+        self.shape()
+    }
+    pub fn rank(&self) -> usize {
+        self.0.layout.rank()
+    }
+    pub fn numel(&self) -> usize {
+        self.0.layout.numel()
+    }
+    pub fn strides(&self) -> &[isize] {
+        self.0.layout.strides()
+    }
+    pub fn layout(&self) -> &Layout {
+        &self.0.layout
+    }
+    pub fn dtype(&self) -> DType {
+        E::DTYPE
+    }
+    pub fn device(&self) -> Device {
+        self.0.storage.device
+    }
+    pub fn is_contiguous(&self) -> bool {
+        self.0.layout.is_contiguous()
+    }
+    /// Whether two tensors share one storage buffer.
+    pub fn shares_storage(&self, other: &Tensor<E>) -> bool {
+        Arc::ptr_eq(&self.0.storage, &other.0.storage)
+    }
+    /// Size of one axis (negative counts from the end).
+    pub fn dim(&self, axis: isize) -> Result<usize> {
+        let a = layout::resolve_axis("dim", axis, self.rank())?;
+        Ok(self.shape()[a])
+    }
+
+    pub(crate) fn storage(&self) -> &Arc<Storage<E>> {
+        &self.0.storage
+    }
+    pub(crate) fn node(&self) -> Option<&Node<E>> {
+        self.0.node.as_ref()
+    }
+
+    /// Runs `f` on the storage slice and layout. CPU only.
+    pub(crate) fn with_data<R>(&self, f: impl FnOnce(&[E], &Layout) -> R) -> R {
+        let guard = self.0.storage.read();
+        f(&guard, &self.0.layout)
+    }
+
+    /// Runs `f` on the elements in row-major order, borrowing when contiguous.
+    pub(crate) fn with_contiguous<R>(&self, f: impl FnOnce(&[E]) -> R) -> R {
+        let guard = self.0.storage.read();
+        let l = &self.0.layout;
+        if l.is_contiguous() {
+            let n = l.numel();
+            f(&guard[l.offset()..l.offset() + n])
+        } else {
+            let v = iter::gather_strided(&guard, l.shape(), l.strides(), l.offset());
+            drop(guard);
+            f(&v)
+        }
+    }
+
+    /// Elements in row-major order.
+    pub fn to_vec(&self) -> Vec<E> {
+        self.with_contiguous(|s| s.to_vec())
+    }
+
+    /// Elements as f64, row-major.
+    pub fn to_f64_vec(&self) -> Vec<f64> {
+        self.with_contiguous(|s| s.iter().map(|v| v.to_f64()).collect())
+    }
+
+    /// Elements converted to IEEE half precision (storage format for kernels and files).
+    pub fn to_f16_vec(&self) -> Vec<half::f16> {
+        self.with_contiguous(|s| s.iter().map(|v| half::f16::from_f32(v.to_f32())).collect())
+    }
+
+    /// Elements converted to bfloat16.
+    pub fn to_bf16_vec(&self) -> Vec<half::bf16> {
+        self.with_contiguous(|s| {
+            s.iter()
+                .map(|v| half::bf16::from_f32(v.to_f32()))
+                .collect()
+        })
+    }
+
+    /// Tensor from half-precision values.
+    pub fn from_f16(data: &[half::f16], shape: &[usize]) -> Result<Self> {
+        Self::from_vec(data.iter().map(|v| E::from_f32(v.to_f32())).collect(), shape)
+    }
+
+    /// Tensor from bfloat16 values.
+    pub fn from_bf16(data: &[half::bf16], shape: &[usize]) -> Result<Self> {
+        Self::from_vec(data.iter().map(|v| E::from_f32(v.to_f32())).collect(), shape)
+    }
+
+    /// The single value of a one-element tensor.
+    pub fn item(&self) -> Result<E> {
+        if self.numel() != 1 {
+            return Err(Error::shape(
+                "item",
+                &[self.shape()],
+                E::DTYPE.name(),
+                "tensor must have exactly one element",
+            ));
+        }
+        Ok(self.with_data(|d, l| d[l.offset()]))
+    }
+
+    /// Element at a multi-index.
+    pub fn get(&self, idx: &[usize]) -> Result<E> {
+        if idx.len() != self.rank() || idx.iter().zip(self.shape()).any(|(i, d)| i >= d) {
+            return Err(Error::index(
+                "get",
+                format!("index {idx:?} out of range for shape {:?}", self.shape()),
+            ));
+        }
+        Ok(self.with_data(|d, l| d[l.index_of(idx)]))
+    }
+
+    /// Same values in another element type (a new leaf).
+    pub fn cast<F: Element>(&self) -> Tensor<F> {
+        let v = self.with_contiguous(|s| s.iter().map(|v| F::from_f64(v.to_f64())).collect());
+        Tensor::<F>::from_raw(v, self.shape())
+    }
+
+    /// Row-major contiguous version: `self` when already contiguous, else a copy.
+    pub fn contiguous(&self) -> Tensor<E> {
+        if self.is_contiguous() {
+            return self.clone();
+        }
+        let v = self.with_data(|d, l| iter::gather_strided(d, l.shape(), l.strides(), l.offset()));
+        let out = Tensor::from_raw(v, self.shape());
+        out.record("contiguous", &[self], |g| Ok(vec![Some(g.clone())]))
+    }
+
+    /// A deep copy that owns its storage (gradient flows through).
+    pub fn copy(&self) -> Tensor<E> {
+        let out = Tensor::from_raw(self.to_vec(), self.shape());
+        out.record("copy", &[self], |g| Ok(vec![Some(g.clone())]))
+    }
+
+    /// True when every element is finite.
+    pub fn all_finite(&self) -> bool {
+        self.with_contiguous(|s| s.iter().all(|v| v.is_finite()))
+    }
+
+    // ---------------------------------------------------------------- autograd state
+
+    /// Whether gradients flow to or through this tensor.
+    pub fn requires_grad(&self) -> bool {
+        self.0.requires_grad
+    }
+
+    /// Whether this tensor is a leaf (not produced by a recorded op).
+    pub fn is_leaf(&self) -> bool {
+        self.0.node.is_none()
+    }
+
+    /// A leaf sharing this storage that records gradients (use for parameters and for inputs
+    /// whose gradient you want, e.g. `d log p / d x`).
+    pub fn requires_grad_(&self) -> Tensor<E> {
+        Self::from_parts(self.0.storage.clone(), self.0.layout.clone(), true, None)
+    }
+
+    /// A leaf sharing this storage, cut from the graph.
+    pub fn detach(&self) -> Tensor<E> {
+        Self::from_parts(self.0.storage.clone(), self.0.layout.clone(), false, None)
+    }
+
+    /// The accumulated gradient of a leaf, if any.
+    pub fn grad(&self) -> Option<Tensor<E>> {
+        self.0.grad.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Clears the accumulated gradient.
+    pub fn zero_grad(&self) {
+        *self.0.grad.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Replaces the accumulated gradient (e.g. after clipping).
+    pub fn set_grad(&self, g: Option<Tensor<E>>) {
+        *self.0.grad.lock().unwrap_or_else(|e| e.into_inner()) = g;
+    }
+
+    pub(crate) fn accumulate_grad(&self, g: &Tensor<E>) -> Result<()> {
+        let mut slot = self.0.grad.lock().unwrap_or_else(|e| e.into_inner());
+        let new = match slot.take() {
+            None => g.detach(),
+            Some(old) => old.add(g)?,
+        };
+        *slot = Some(new);
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- in-place updates
+
+    /// Overwrites the values of a contiguous leaf in place (optimisers, checkpoint loading).
+    /// Every view of the storage sees the change; do not call while a graph that saved this
+    /// tensor is still going to be differentiated.
+    pub fn update_data(&self, f: impl FnOnce(&mut [E])) -> Result<()> {
+        if !self.is_contiguous() {
+            return Err(Error::shape(
+                "update_data",
+                &[self.shape()],
+                E::DTYPE.name(),
+                "in-place update needs a contiguous tensor",
+            ));
+        }
+        let mut guard = self.0.storage.write();
+        let (o, n) = (self.0.layout.offset(), self.numel());
+        f(&mut guard[o..o + n]);
+        Ok(())
+    }
+
+    /// Copies `src` (same shape) into this tensor's storage.
+    pub fn assign(&self, src: &Tensor<E>) -> Result<()> {
+        if src.shape() != self.shape() {
+            return Err(Error::shape(
+                "assign",
+                &[self.shape(), src.shape()],
+                E::DTYPE.name(),
+                "shapes differ",
+            ));
+        }
+        let v = src.to_vec();
+        self.update_data(|d| d.copy_from_slice(&v))
+    }
+}
+
+// -------------------------------------------------------------------- formatting
+
+impl<E: Element> fmt::Debug for Tensor<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Tensor<{}>(shape={:?}, strides={:?}, offset={}, device={}, requires_grad={}",
+            E::DTYPE,
+            self.shape(),
+            self.strides(),
+            self.layout().offset(),
+            self.device(),
+            self.requires_grad()
+        )?;
+        if let Some(n) = self.node() {
+            write!(f, ", grad_fn={}", n.name)?;
+        }
+        write!(f, ")")
+    }
+}
+
+impl<E: Element> fmt::Display for Tensor<E> {
+    /// NumPy-like nested brackets; long axes are elided with `...`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const EDGE: usize = 3;
+        const FULL: usize = 8;
+        let shape = self.shape().to_vec();
+        let data = self.to_vec();
+        fn rec<E: Element>(
+            f: &mut fmt::Formatter<'_>,
+            data: &[E],
+            shape: &[usize],
+            depth: usize,
+        ) -> fmt::Result {
+            if shape.is_empty() {
+                return write!(f, "{:.4}", data[0]);
+            }
+            let n = shape[0];
+            let stride: usize = shape[1..].iter().product();
+            write!(f, "[")?;
+            let show = |i: usize| n <= FULL || i < EDGE || i >= n - EDGE;
+            let mut skipped = false;
+            for i in 0..n {
+                if !show(i) {
+                    if !skipped {
+                        write!(f, "...")?;
+                        if shape.len() > 1 {
+                            write!(f, ",\n{:width$}", "", width = depth + 1)?;
+                        } else {
+                            write!(f, ", ")?;
+                        }
+                        skipped = true;
+                    }
+                    continue;
+                }
+                rec(f, &data[i * stride..(i + 1) * stride], &shape[1..], depth + 1)?;
+                if i + 1 < n {
+                    if shape.len() > 1 {
+                        write!(f, ",\n{:width$}", "", width = depth + 1)?;
+                    } else {
+                        write!(f, ", ")?;
+                    }
+                }
+            }
+            write!(f, "]")
+        }
+        if data.is_empty() {
+            write!(f, "[]")?;
+        } else {
+            rec(f, &data, &shape, 0)?;
+        }
+        write!(f, " Tensor<{}>{:?}", E::DTYPE, shape)
+    }
+}

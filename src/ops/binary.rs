@@ -57,8 +57,16 @@ impl<E: Element> Tensor<E> {
         let (a, b) = (self.detach(), other.detach());
         let (ra, rb) = (self.requires_grad(), other.requires_grad());
         Ok(out.record("mul", &[self, other], move |g| {
-            let ga = if ra { Some(g.mul(&b)?.sum_to(a.shape())?) } else { None };
-            let gb = if rb { Some(g.mul(&a)?.sum_to(b.shape())?) } else { None };
+            let ga = if ra {
+                Some(g.mul(&b)?.sum_to(a.shape())?)
+            } else {
+                None
+            };
+            let gb = if rb {
+                Some(g.mul(&a)?.sum_to(b.shape())?)
+            } else {
+                None
+            };
             Ok(vec![ga, gb])
         }))
     }
@@ -69,7 +77,11 @@ impl<E: Element> Tensor<E> {
         let (a, b) = (self.detach(), other.detach());
         let (ra, rb) = (self.requires_grad(), other.requires_grad());
         Ok(out.record("div", &[self, other], move |g| {
-            let ga = if ra { Some(g.div(&b)?.sum_to(a.shape())?) } else { None };
+            let ga = if ra {
+                Some(g.div(&b)?.sum_to(a.shape())?)
+            } else {
+                None
+            };
             let gb = if rb {
                 // d(a/b)/db = -a/b^2
                 let t = g.zip_raw(&a, "div", |g, a| g * a)?;
@@ -90,7 +102,10 @@ impl<E: Element> Tensor<E> {
             let mask_a = a.zip_raw(&b, "maximum", |x, y| if x >= y { E::ONE } else { E::ZERO })?;
             let ga = g.zip_raw(&mask_a, "maximum", |g, m| g * m)?;
             let gb = g.zip_raw(&mask_a, "maximum", |g, m| g * (E::ONE - m))?;
-            Ok(vec![Some(ga.sum_to(a.shape())?), Some(gb.sum_to(b.shape())?)])
+            Ok(vec![
+                Some(ga.sum_to(a.shape())?),
+                Some(gb.sum_to(b.shape())?),
+            ])
         }))
     }
 

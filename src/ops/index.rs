@@ -185,7 +185,9 @@ impl<E: Element> Tensor<E> {
         let (sa, sb) = (a.shape().to_vec(), b.shape().to_vec());
         Ok(out.record("where", &[a, b], move |g| {
             let ga = g.zip_raw(&m, "where", |g, m| g * m)?.sum_to(&sa)?;
-            let gb = g.zip_raw(&m, "where", |g, m| g * (E::ONE - m))?.sum_to(&sb)?;
+            let gb = g
+                .zip_raw(&m, "where", |g, m| g * (E::ONE - m))?
+                .sum_to(&sb)?;
             Ok(vec![Some(ga), Some(gb)])
         }))
     }

@@ -63,7 +63,10 @@ pub(crate) fn map2<E: Element>(
         // Specialised loops so the common layouts vectorise.
         match (sa, sb) {
             (1, 1) => {
-                let (x, y) = (&a[oa as usize..oa as usize + len], &b[ob as usize..ob as usize + len]);
+                let (x, y) = (
+                    &a[oa as usize..oa as usize + len],
+                    &b[ob as usize..ob as usize + len],
+                );
                 for ((o, &x), &y) in d.iter_mut().zip(x).zip(y) {
                     *o = f(x, y);
                 }

@@ -33,13 +33,8 @@ pub(crate) fn sum_slice<E: Element>(s: &[E]) -> E {
 
 #[inline]
 fn max_slice<E: Element>(s: &[E]) -> E {
-    s.iter().fold(E::NEG_INFINITY, |m, &v| {
-        if v > m || v != v {
-            v
-        } else {
-            m
-        }
-    })
+    s.iter()
+        .fold(E::NEG_INFINITY, |m, &v| if v > m || v != v { v } else { m })
 }
 
 fn combine<E: Element>(kind: Kind, a: E, b: E) -> E {
@@ -89,7 +84,11 @@ fn reduce_raw<E: Element>(data: &[E], l: &Layout, axes: &[usize], kind: Kind) ->
             let first_row = r0 / inner;
             let last_row = r1.div_ceil(inner);
             rplan.for_rows([base], first_row, last_row, |row, [o]| {
-                let j0 = if row == first_row { r0 - row * inner } else { 0 };
+                let j0 = if row == first_row {
+                    r0 - row * inner
+                } else {
+                    0
+                };
                 let j1 = (r1 - row * inner).min(inner);
                 for j in j0..j1 {
                     let off = (o as isize + j as isize * s) as usize;

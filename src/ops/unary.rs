@@ -182,7 +182,9 @@ impl<E: Element> Tensor<E> {
         let x = self.detach();
         out.record("powf", &[self], move |g| {
             let pm1 = E::from_f64(p - 1.0);
-            Ok(vec![Some(Self::grad_from(g, &x, move |x| pe * x.powf(pm1))?)])
+            Ok(vec![Some(Self::grad_from(g, &x, move |x| {
+                pe * x.powf(pm1)
+            })?)])
         })
     }
 

@@ -76,7 +76,10 @@ impl<E: Element> Tensor<E> {
     pub fn permute(&self, perm: &[usize]) -> Result<Tensor<E>> {
         let r = self.rank();
         let mut seen = vec![false; r];
-        if perm.len() != r || perm.iter().any(|&p| p >= r || std::mem::replace(&mut seen[p], true))
+        if perm.len() != r
+            || perm
+                .iter()
+                .any(|&p| p >= r || std::mem::replace(&mut seen[p], true))
         {
             return Err(Error::shape(
                 "permute",
@@ -89,9 +92,11 @@ impl<E: Element> Tensor<E> {
         for (i, &p) in perm.iter().enumerate() {
             inv[p] = i;
         }
-        Ok(self.view_with_grad(self.layout().permute(perm), "permute", move |g| {
-            Ok(vec![Some(g.permute(&inv)?)])
-        }))
+        Ok(
+            self.view_with_grad(self.layout().permute(perm), "permute", move |g| {
+                Ok(vec![Some(g.permute(&inv)?)])
+            }),
+        )
     }
 
     /// Swaps two axes.
@@ -184,9 +189,11 @@ impl<E: Element> Tensor<E> {
             ));
         }
         let in_shape = self.shape().to_vec();
-        Ok(self.view_with_grad(self.layout().squeeze(ax), "squeeze", move |g| {
-            Ok(vec![Some(g.reshape(&in_shape)?)])
-        }))
+        Ok(
+            self.view_with_grad(self.layout().squeeze(ax), "squeeze", move |g| {
+                Ok(vec![Some(g.reshape(&in_shape)?)])
+            }),
+        )
     }
 
     /// Inserts a size-1 axis at `axis` (`0..=rank`; negative counts from the end).
@@ -203,8 +210,10 @@ impl<E: Element> Tensor<E> {
     /// Reverses the order along `axis` (a negative-stride view).
     pub fn flip(&self, axis: isize) -> Result<Tensor<E>> {
         let ax = resolve_axis("flip", axis, self.rank())?;
-        Ok(self.view_with_grad(self.layout().flip(ax), "flip", move |g| {
-            Ok(vec![Some(g.flip(ax as isize)?)])
-        }))
+        Ok(
+            self.view_with_grad(self.layout().flip(ax), "flip", move |g| {
+                Ok(vec![Some(g.flip(ax as isize)?)])
+            }),
+        )
     }
 }

@@ -42,8 +42,16 @@ pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     let n = a.len().max(b.len());
     let mut out = vec![0; n];
     for i in 0..n {
-        let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
-        let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
+        let da = if i + a.len() >= n {
+            a[i + a.len() - n]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= n {
+            b[i + b.len() - n]
+        } else {
+            1
+        };
         out[i] = if da == db {
             da
         } else if da == 1 {
@@ -219,8 +227,7 @@ impl Layout {
     pub fn flip(&self, axis: usize) -> Layout {
         let mut l = self.clone();
         if self.shape[axis] > 0 {
-            l.offset = (self.offset as isize
-                + (self.shape[axis] as isize - 1) * self.strides[axis])
+            l.offset = (self.offset as isize + (self.shape[axis] as isize - 1) * self.strides[axis])
                 as usize;
         }
         l.strides[axis] = -self.strides[axis];

@@ -281,21 +281,23 @@ impl<E: Element> Tensor<E> {
 
     /// Elements converted to bfloat16.
     pub fn to_bf16_vec(&self) -> Vec<half::bf16> {
-        self.with_contiguous(|s| {
-            s.iter()
-                .map(|v| half::bf16::from_f32(v.to_f32()))
-                .collect()
-        })
+        self.with_contiguous(|s| s.iter().map(|v| half::bf16::from_f32(v.to_f32())).collect())
     }
 
     /// Tensor from half-precision values.
     pub fn from_f16(data: &[half::f16], shape: &[usize]) -> Result<Self> {
-        Self::from_vec(data.iter().map(|v| E::from_f32(v.to_f32())).collect(), shape)
+        Self::from_vec(
+            data.iter().map(|v| E::from_f32(v.to_f32())).collect(),
+            shape,
+        )
     }
 
     /// Tensor from bfloat16 values.
     pub fn from_bf16(data: &[half::bf16], shape: &[usize]) -> Result<Self> {
-        Self::from_vec(data.iter().map(|v| E::from_f32(v.to_f32())).collect(), shape)
+        Self::from_vec(
+            data.iter().map(|v| E::from_f32(v.to_f32())).collect(),
+            shape,
+        )
     }
 
     /// The single value of a one-element tensor.
@@ -374,7 +376,11 @@ impl<E: Element> Tensor<E> {
 
     /// The accumulated gradient of a leaf, if any.
     pub fn grad(&self) -> Option<Tensor<E>> {
-        self.0.grad.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0
+            .grad
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Clears the accumulated gradient.
@@ -487,7 +493,12 @@ impl<E: Element> fmt::Display for Tensor<E> {
                     }
                     continue;
                 }
-                rec(f, &data[i * stride..(i + 1) * stride], &shape[1..], depth + 1)?;
+                rec(
+                    f,
+                    &data[i * stride..(i + 1) * stride],
+                    &shape[1..],
+                    depth + 1,
+                )?;
                 if i + 1 < n {
                     if shape.len() > 1 {
                         write!(f, ",\n{:width$}", "", width = depth + 1)?;

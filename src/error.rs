@@ -41,6 +41,7 @@ pub enum Error {
     },
 }
 
+#[allow(dead_code)]
 impl Error {
     pub(crate) fn shape(
         op: &'static str,

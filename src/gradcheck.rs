@@ -68,7 +68,7 @@ where
     for (ti, t) in inputs.iter().enumerate() {
         let base = t.to_vec();
         for i in 0..base.len() {
-            let mut shifted = |delta: f64| -> Result<f64> {
+            let shifted = |delta: f64| -> Result<f64> {
                 let mut v = base.clone();
                 v[i] += delta;
                 let mut xs: Vec<Tensor<f64>> = inputs.to_vec();
@@ -80,7 +80,7 @@ where
             let err = (a - numeric).abs();
             report.max_abs_err = report.max_abs_err.max(err);
             report.checked += 1;
-            if !(err <= cfg.atol + cfg.rtol * numeric.abs()) {
+            if err.is_nan() || err > cfg.atol + cfg.rtol * numeric.abs() {
                 return Err(Error::Autograd(format!(
                     "gradient mismatch: input {ti} (shape {:?}) element {i}: autograd {a:.10e}, \
                      finite difference {numeric:.10e}",

@@ -9,5 +9,5 @@ mod reduce;
 mod unary;
 mod view;
 
-pub(crate) use reduce::sum_slice;
-pub(crate) use unary::{gelu_grad_scalar, gelu_scalar, sigmoid_scalar, softplus_scalar};
+pub use reduce::sum_slice;
+pub use unary::{gelu_grad_scalar, gelu_scalar, sigmoid_scalar, softplus_scalar};

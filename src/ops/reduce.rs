@@ -16,7 +16,7 @@ enum Kind {
 /// Sum of a contiguous slice with 8 independent accumulators (vectorises, and is more
 /// accurate than one running sum).
 #[inline]
-pub(crate) fn sum_slice<E: Element>(s: &[E]) -> E {
+pub fn sum_slice<E: Element>(s: &[E]) -> E {
     let mut acc = [E::ZERO; 8];
     let mut chunks = s.chunks_exact(8);
     for c in &mut chunks {
@@ -33,15 +33,17 @@ pub(crate) fn sum_slice<E: Element>(s: &[E]) -> E {
 
 #[inline]
 fn max_slice<E: Element>(s: &[E]) -> E {
-    s.iter()
-        .fold(E::NEG_INFINITY, |m, &v| if v > m || v != v { v } else { m })
+    s.iter().fold(
+        E::NEG_INFINITY,
+        |m, &v| if v > m || v.is_nan() { v } else { m },
+    )
 }
 
 fn combine<E: Element>(kind: Kind, a: E, b: E) -> E {
     match kind {
         Kind::Sum => a + b,
         Kind::Max => {
-            if b > a || b != b {
+            if b > a || b.is_nan() {
                 b
             } else {
                 a
@@ -271,9 +273,7 @@ impl<E: Element> Tensor<E> {
         })?;
         let mut axes = Vec::new();
         for i in 0..self.rank() {
-            if i < lead {
-                axes.push(i as isize);
-            } else if shape[i - lead] == 1 && self.shape()[i] != 1 {
+            if i < lead || (shape[i - lead] == 1 && self.shape()[i] != 1) {
                 axes.push(i as isize);
             } else if shape[i - lead] != self.shape()[i] {
                 return Err(Error::shape(

@@ -11,7 +11,7 @@ const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 
 /// Numerically stable softplus: ln(1 + e^x).
 #[inline]
-pub(crate) fn softplus_scalar<E: Element>(x: E) -> E {
+pub fn softplus_scalar<E: Element>(x: E) -> E {
     if x > E::ZERO {
         x + (-x).exp().ln_1p()
     } else {
@@ -20,7 +20,7 @@ pub(crate) fn softplus_scalar<E: Element>(x: E) -> E {
 }
 
 #[inline]
-pub(crate) fn sigmoid_scalar<E: Element>(x: E) -> E {
+pub fn sigmoid_scalar<E: Element>(x: E) -> E {
     if x >= E::ZERO {
         E::ONE / (E::ONE + (-x).exp())
     } else {
@@ -31,14 +31,14 @@ pub(crate) fn sigmoid_scalar<E: Element>(x: E) -> E {
 
 /// GELU with the exact erf: x * Phi(x).
 #[inline]
-pub(crate) fn gelu_scalar<E: Element>(x: E) -> E {
+pub fn gelu_scalar<E: Element>(x: E) -> E {
     let half = E::from_f64(0.5);
     half * x * (E::ONE + (x * E::from_f64(INV_SQRT_2)).erf())
 }
 
 /// d/dx of x * Phi(x) = Phi(x) + x * phi(x).
 #[inline]
-pub(crate) fn gelu_grad_scalar<E: Element>(x: E) -> E {
+pub fn gelu_grad_scalar<E: Element>(x: E) -> E {
     let half = E::from_f64(0.5);
     let cdf = half * (E::ONE + (x * E::from_f64(INV_SQRT_2)).erf());
     let pdf = E::from_f64(INV_SQRT_2PI) * (-half * x * x).exp();

@@ -78,6 +78,7 @@ pub trait Element:
     fn max(self, o: Self) -> Self;
     fn min(self, o: Self) -> Self;
     fn is_finite(self) -> bool;
+    fn is_nan(self) -> bool;
     fn ln_1p(self) -> Self;
 
     /// `c = alpha * a @ b + beta * c` on strided row/column operands (matrixmultiply).
@@ -168,6 +169,10 @@ macro_rules! impl_element {
             #[inline(always)]
             fn is_finite(self) -> bool {
                 <$t>::is_finite(self)
+            }
+            #[inline(always)]
+            fn is_nan(self) -> bool {
+                <$t>::is_nan(self)
             }
             #[inline(always)]
             fn ln_1p(self) -> Self {

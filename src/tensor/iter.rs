@@ -30,7 +30,7 @@ impl<const N: usize> Plan<N> {
         let inner_strides: [isize; N] = std::array::from_fn(|k| st[k][nd - 1]);
         let outer = s[..nd - 1].to_vec();
         let outer_strides: [Vec<isize>; N] = std::array::from_fn(|k| st[k][..nd - 1].to_vec());
-        let rows = if shape.iter().any(|&d| d == 0) {
+        let rows = if shape.contains(&0) {
             0
         } else {
             outer.iter().product()
@@ -59,16 +59,18 @@ impl<const N: usize> Plan<N> {
         let nd = self.outer.len();
         let mut idx = vec![0usize; nd];
         let mut rem = start;
-        for d in (0..nd).rev() {
-            idx[d] = rem % self.outer[d];
-            rem /= self.outer[d];
+        for (i, &d) in idx.iter_mut().zip(&self.outer).rev() {
+            *i = rem % d;
+            rem /= d;
         }
         let mut off: [isize; N] = std::array::from_fn(|k| {
-            let mut o = base[k] as isize;
-            for d in 0..nd {
-                o += idx[d] as isize * self.outer_strides[k][d];
-            }
-            o
+            let strides = &self.outer_strides[k];
+            base[k] as isize
+                + idx
+                    .iter()
+                    .zip(strides)
+                    .map(|(&i, &s)| i as isize * s)
+                    .sum::<isize>()
         });
         for row in start..end {
             f(row, std::array::from_fn(|k| off[k] as usize));
@@ -77,14 +79,14 @@ impl<const N: usize> Plan<N> {
             while d > 0 {
                 d -= 1;
                 idx[d] += 1;
-                for k in 0..N {
-                    off[k] += self.outer_strides[k][d];
+                for (o, st) in off.iter_mut().zip(&self.outer_strides) {
+                    *o += st[d];
                 }
                 if idx[d] < self.outer[d] {
                     break;
                 }
-                for k in 0..N {
-                    off[k] -= self.outer_strides[k][d] * self.outer[d] as isize;
+                for (o, st) in off.iter_mut().zip(&self.outer_strides) {
+                    *o -= st[d] * self.outer[d] as isize;
                 }
                 idx[d] = 0;
             }

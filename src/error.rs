@@ -41,9 +41,8 @@ pub enum Error {
     },
 }
 
-#[allow(dead_code)]
 impl Error {
-    pub(crate) fn shape(
+    pub fn shape(
         op: &'static str,
         shapes: &[&[usize]],
         dtype: &'static str,
@@ -57,28 +56,28 @@ impl Error {
         }
     }
 
-    pub(crate) fn arg(op: &'static str, detail: impl Into<String>) -> Self {
+    pub fn arg(op: &'static str, detail: impl Into<String>) -> Self {
         Error::Arg {
             op,
             detail: detail.into(),
         }
     }
 
-    pub(crate) fn index(op: &'static str, detail: impl Into<String>) -> Self {
+    pub fn index(op: &'static str, detail: impl Into<String>) -> Self {
         Error::Index {
             op,
             detail: detail.into(),
         }
     }
 
-    pub(crate) fn format(what: impl Into<String>, detail: impl Into<String>) -> Self {
+    pub fn format(what: impl Into<String>, detail: impl Into<String>) -> Self {
         Error::Format {
             what: what.into(),
             detail: detail.into(),
         }
     }
 
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
             source,

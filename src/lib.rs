@@ -13,14 +13,20 @@
 //! assert_eq!(x.grad().unwrap().to_vec(), vec![2.0, 4.0, 6.0]);
 //! ```
 
+pub mod audit;
 pub mod autograd;
 pub mod error;
 pub mod gradcheck;
 pub mod ops;
 pub mod rng;
 pub mod tensor;
+pub mod tensorio;
 
 pub use autograd::{no_grad, with_no_grad};
 pub use error::{Error, Result};
 pub use rng::Rng;
 pub use tensor::{DType, Device, Element, Layout, Tensor};
+pub mod fsutil;
+pub mod model;
+pub mod nn;
+pub mod optim;

@@ -1,0 +1,40 @@
+//! Argument parsing and the subcommands. Library calls do the work; this module only parses,
+//! prints and decides exit codes.
+
+mod flow;
+
+use clap::{Parser, Subcommand};
+
+use tarflow::Result;
+
+#[derive(Parser)]
+#[command(name = "tarflow", version, about = "TarFlow normalizing flows: train, sample, evaluate and audit")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a checkpoint from a preset without training.
+    Init(flow::InitArgs),
+    /// Check invertibility and the exact log-determinant of a model.
+    Audit(flow::AuditArgs),
+    /// Images -> latents: x [B,C,H,W] in [-1,1] to z, logdet, logdet_blocks, bpd.
+    Encode(flow::EncodeArgs),
+    /// Latents -> images: z [B,C,H,W] (or [B,N,D]) to x.
+    Decode(flow::DecodeArgs),
+    /// Draw samples from a checkpoint into PNG files.
+    Sample(flow::SampleArgs),
+}
+
+/// Parses the command line and runs the chosen subcommand.
+pub fn run() -> Result<()> {
+    match Cli::parse().command {
+        Command::Init(a) => flow::init(a),
+        Command::Audit(a) => flow::audit(a),
+        Command::Encode(a) => flow::encode(a),
+        Command::Decode(a) => flow::decode(a),
+        Command::Sample(a) => flow::sample(a),
+    }
+}

@@ -1,0 +1,214 @@
+//! One TarFlow block: an affine autoregressive flow whose parameters come from a causal
+//! Transformer over the (optionally flipped) token sequence.
+
+use crate::error::{Error, Result};
+use crate::nn::{CausalSelfAttention, Embedding, LayerNorm, Linear, Mlp};
+use crate::rng::Rng;
+use crate::tensor::{Element, Tensor};
+
+use super::config::TarFlowConfig;
+
+/// A pre-norm Transformer layer: `h += attn(LN(h)); h += mlp(LN(h))`.
+pub struct Layer<E: Element> {
+    pub norm1: LayerNorm<E>,
+    pub attn: CausalSelfAttention<E>,
+    pub norm2: LayerNorm<E>,
+    pub mlp: Mlp<E>,
+}
+
+impl<E: Element> Layer<E> {
+    fn new(cfg: &TarFlowConfig, rng: &mut Rng) -> Self {
+        Layer {
+            norm1: LayerNorm::new(cfg.width),
+            attn: CausalSelfAttention::new(cfg.width, cfg.head_dim, rng),
+            norm2: LayerNorm::new(cfg.width),
+            mlp: Mlp::new(cfg.width, cfg.mlp_ratio, rng),
+        }
+    }
+
+    pub fn forward(&self, h: &Tensor<E>, temperature: f64) -> Result<Tensor<E>> {
+        let a = self.attn.forward(&self.norm1.forward(h)?, temperature)?;
+        let h = h.add(&a)?;
+        let m = self.mlp.forward(&self.norm2.forward(&h)?)?;
+        h.add(&m)
+    }
+
+    fn parameters(&self) -> Vec<(String, Tensor<E>)> {
+        let mut v = Vec::new();
+        for (prefix, ps) in [
+            ("norm1", self.norm1.parameters()),
+            ("attn", self.attn.parameters()),
+            ("norm2", self.norm2.parameters()),
+            ("mlp", self.mlp.parameters()),
+        ] {
+            v.extend(ps.into_iter().map(|(n, t)| (format!("{prefix}.{n}"), t)));
+        }
+        v
+    }
+}
+
+/// Per-sample conditioning: `Some(class)` or `None` for the null class (mean embedding).
+pub type Labels<'a> = Option<&'a [Option<usize>]>;
+
+/// One flow block `x -> z` with `z_i = (x_i - mu_i(x_<i)) exp(-alpha_i(x_<i))`.
+pub struct FlowBlock<E: Element> {
+    pub proj_in: Linear<E>,
+    /// Learned positional embedding `[N, C]`, indexed by original token position.
+    pub pos_embed: Tensor<E>,
+    pub class_embed: Option<Embedding<E>>,
+    pub layers: Vec<Layer<E>>,
+    /// `C -> 2D`, zero-initialised weight so every block starts as the identity.
+    pub proj_out: Linear<E>,
+    /// Odd blocks run over the reversed token sequence.
+    pub flip: bool,
+    pub(crate) alpha_clip: Option<f64>,
+    pub(crate) token_dim: usize,
+}
+
+/// Output of a block's Transformer for every position, before the shift: row `i` holds the
+/// parameters of token `i + 1`.
+pub struct BlockParams<E: Element> {
+    pub alpha: Tensor<E>,
+    pub mu: Tensor<E>,
+}
+
+impl<E: Element> FlowBlock<E> {
+    pub fn new(cfg: &TarFlowConfig, index: usize, rng: &mut Rng) -> Self {
+        let (c, d, n) = (cfg.width, cfg.token_dim(), cfg.seq_len());
+        FlowBlock {
+            proj_in: Linear::new(d, c, true, rng),
+            pos_embed: Tensor::randn(&[n, c], 0.0, 0.01, rng).requires_grad_(),
+            class_embed: (cfg.num_classes > 0).then(|| Embedding::new(cfg.num_classes, c, 0.01, rng)),
+            layers: (0..cfg.layers_per_block).map(|_| Layer::new(cfg, rng)).collect(),
+            proj_out: Linear::with_zero_weight(c, 2 * d, rng),
+            flip: index % 2 == 1,
+            alpha_clip: cfg.alpha_clip,
+            token_dim: d,
+        }
+    }
+
+    /// Named parameters (see docs/checkpoint-format.md).
+    pub fn parameters(&self) -> Vec<(String, Tensor<E>)> {
+        let mut v = Vec::new();
+        v.extend(self.proj_in.parameters().into_iter().map(|(n, t)| (format!("proj_in.{n}"), t)));
+        v.push(("pos_embed".to_string(), self.pos_embed.clone()));
+        if let Some(ce) = &self.class_embed {
+            v.push(("class_embed.weight".to_string(), ce.weight.clone()));
+        }
+        for (k, layer) in self.layers.iter().enumerate() {
+            v.extend(layer.parameters().into_iter().map(|(n, t)| (format!("layers.{k}.{n}"), t)));
+        }
+        v.extend(self.proj_out.parameters().into_iter().map(|(n, t)| (format!("proj_out.{n}"), t)));
+        v
+    }
+
+    /// Puts the sequence into this block's order (a view; its own inverse).
+    pub fn permute_seq(&self, x: &Tensor<E>) -> Result<Tensor<E>> {
+        if self.flip {
+            x.flip(1)
+        } else {
+            Ok(x.clone())
+        }
+    }
+
+    /// Class vectors `[B, 1, C]` for the given labels (None = mean of all class embeddings).
+    fn class_vectors(&self, labels: &[Option<usize>]) -> Result<Option<Tensor<E>>> {
+        let Some(ce) = &self.class_embed else {
+            return Ok(None);
+        };
+        let k = ce.weight.shape()[0];
+        let mut idx = Vec::with_capacity(labels.len());
+        for l in labels {
+            match l {
+                Some(c) if *c >= k => {
+                    return Err(Error::index(
+                        "class label",
+                        format!("class {c} out of range for a model with {k} classes"),
+                    ))
+                }
+                Some(c) => idx.push(*c),
+                None => idx.push(k),
+            }
+        }
+        let table = Tensor::concat(&[&ce.weight, &ce.mean_embedding()?.reshape(&[1, ce.weight.shape()[1]])?], 0)?;
+        let rows = table.index_select(0, &idx)?;
+        Ok(Some(rows.unsqueeze(1)?))
+    }
+
+    /// Runs the Transformer over `xp` (`[B, L, D]`, already in block order, `L <= N`) and
+    /// returns the unshifted `(alpha, mu)` for every position.
+    pub fn params(&self, xp: &Tensor<E>, labels: Labels<'_>, temperature: f64) -> Result<BlockParams<E>> {
+        let (b, l) = (xp.shape()[0], xp.shape()[1]);
+        let pos = self.permute_seq(&self.pos_embed.unsqueeze(0)?)?.narrow(1, 0, l)?;
+        let mut h = self.proj_in.forward(xp)?.add(&pos)?;
+        match (labels, &self.class_embed) {
+            (Some(ls), Some(_)) => {
+                if ls.len() != b {
+                    return Err(Error::shape("class labels", &[&[ls.len()], xp.shape()], E::DTYPE.name(), "one label per sample is needed"));
+                }
+                h = h.add(&self.class_vectors(ls)?.expect("conditional"))?;
+            }
+            (None, Some(_)) => {
+                let nulls = vec![None; b];
+                h = h.add(&self.class_vectors(&nulls)?.expect("conditional"))?;
+            }
+            _ => {}
+        }
+        for layer in &self.layers {
+            h = layer.forward(&h, temperature)?;
+        }
+        let out = self.proj_out.forward(&h)?;
+        let d = self.token_dim;
+        let mut alpha = out.narrow(2, 0, d)?;
+        if let Some(a) = self.alpha_clip {
+            alpha = alpha.soft_clip(a);
+        }
+        Ok(BlockParams { alpha, mu: out.narrow(2, d, d)? })
+    }
+
+    /// Shifts per-position parameters by one token: row 0 becomes zero (identity for the
+    /// first token) and the last row is dropped.
+    pub fn shift(t: &Tensor<E>) -> Result<Tensor<E>> {
+        let s = t.shape();
+        let zeros = Tensor::zeros(&[s[0], 1, s[2]]);
+        Tensor::concat(&[&zeros, &t.narrow(1, 0, s[1] - 1)?], 1)
+    }
+
+    /// `x [B, N, D] -> (z [B, N, D], logdet [B])`, in canonical token order.
+    pub fn forward(&self, x: &Tensor<E>, labels: Labels<'_>, temperature: f64) -> Result<(Tensor<E>, Tensor<E>)> {
+        let xp = self.permute_seq(x)?;
+        let p = self.params(&xp, labels, temperature)?;
+        let alpha = Self::shift(&p.alpha)?;
+        let mu = Self::shift(&p.mu)?;
+        let z = xp.sub(&mu)?.mul(&alpha.neg().exp())?;
+        let logdet = alpha.sum(&[1, 2], false)?.neg();
+        Ok((self.permute_seq(&z)?, logdet))
+    }
+
+    /// Inverse without a cache: token `i` is recovered by rerunning the Transformer on the
+    /// recovered prefix (quadratic; the reference the cached sampler is tested against).
+    pub fn reverse_reference(&self, z: &Tensor<E>, labels: Labels<'_>, temperature: f64) -> Result<Tensor<E>> {
+        let _g = crate::autograd::no_grad();
+        let zp = self.permute_seq(z)?.contiguous();
+        let (b, n, d) = (zp.shape()[0], zp.shape()[1], zp.shape()[2]);
+        let zv = zp.to_vec();
+        let mut x = vec![E::ZERO; b * n * d];
+        for bi in 0..b {
+            let o = bi * n * d;
+            x[o..o + d].copy_from_slice(&zv[o..o + d]);
+        }
+        for i in 1..n {
+            let prefix = Tensor::from_vec(x.clone(), &[b, n, d])?.narrow(1, 0, i)?;
+            let p = self.params(&prefix, labels, temperature)?;
+            let a = p.alpha.narrow(1, i - 1, 1)?.to_vec();
+            let m = p.mu.narrow(1, i - 1, 1)?.to_vec();
+            for bi in 0..b {
+                for j in 0..d {
+                    let idx = (bi * n + i) * d + j;
+                    x[idx] = zv[idx] * a[bi * d + j].exp() + m[bi * d + j];
+                }
+            }
+        }
+        self.permute_seq(&Tensor::from_vec(x, &[b, n, d])?)
+    }
+}

@@ -1,0 +1,202 @@
+//! Model configuration, validation and presets.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Shape and hyper-parameters of a TarFlow model (notation P-C-T-K-sigma of the paper).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TarFlowConfig {
+    /// Image channels (1 for MNIST, 3 for RGB).
+    pub channels: usize,
+    /// Image height and width (square images).
+    pub image_size: usize,
+    /// Patch side `p`: tokens are non-overlapping `p x p` patches.
+    pub patch_size: usize,
+    /// Transformer width `C`.
+    pub width: usize,
+    /// Number of flow blocks `T`.
+    pub blocks: usize,
+    /// Transformer layers per block `K`.
+    pub layers_per_block: usize,
+    /// Attention head dimension (64 in TarFlow); heads = width / head_dim.
+    pub head_dim: usize,
+    /// MLP hidden size as a multiple of the width.
+    pub mlp_ratio: usize,
+    /// Number of classes; 0 = unconditional.
+    pub num_classes: usize,
+    /// Training noise standard deviation (Gaussian noise augmentation); 0 for none.
+    pub noise_sigma: f64,
+    /// Optional soft clip `a * tanh(alpha / a)` of the log-scales (STARFlow uses a = 4).
+    pub alpha_clip: Option<f64>,
+}
+
+impl TarFlowConfig {
+    /// Tokens per image, `N = (H/p)^2`.
+    pub fn seq_len(&self) -> usize {
+        let s = self.image_size / self.patch_size.max(1);
+        s * s
+    }
+
+    /// Values per token, `D = C p^2`.
+    pub fn token_dim(&self) -> usize {
+        self.channels * self.patch_size * self.patch_size
+    }
+
+    /// Values per image.
+    pub fn image_dim(&self) -> usize {
+        self.channels * self.image_size * self.image_size
+    }
+
+    pub fn heads(&self) -> usize {
+        self.width / self.head_dim.max(1)
+    }
+
+    /// Checks that the configuration describes a model that can be built.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.channels == 0 || self.image_size == 0 || self.patch_size == 0 {
+            return bad("channels, image_size and patch_size must be positive".into());
+        }
+        if self.image_size % self.patch_size != 0 {
+            return bad(format!(
+                "image size {} is not divisible by the patch size {}",
+                self.image_size, self.patch_size
+            ));
+        }
+        if self.seq_len() < 2 {
+            return bad(format!(
+                "patch size {} leaves {} token(s); an autoregressive flow needs at least 2",
+                self.patch_size,
+                self.seq_len()
+            ));
+        }
+        if self.width == 0 || self.head_dim == 0 || self.width % self.head_dim != 0 {
+            return bad(format!(
+                "width {} must be a positive multiple of the head dimension {}",
+                self.width, self.head_dim
+            ));
+        }
+        if self.blocks == 0 || self.layers_per_block == 0 || self.mlp_ratio == 0 {
+            return bad("blocks, layers_per_block and mlp_ratio must be positive".into());
+        }
+        if !(self.noise_sigma.is_finite() && self.noise_sigma >= 0.0) {
+            return bad(format!(
+                "noise sigma must be finite and >= 0, got {}",
+                self.noise_sigma
+            ));
+        }
+        if let Some(a) = self.alpha_clip {
+            if !(a.is_finite() && a > 0.0) {
+                return bad(format!("alpha clip must be finite and > 0, got {a}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Named presets: `tiny`, `small` (config S), `mnist`, `cifar10`, `imagenet64`.
+    pub fn preset(name: &str) -> Result<Self> {
+        let base = TarFlowConfig {
+            channels: 1,
+            image_size: 28,
+            patch_size: 4,
+            width: 128,
+            blocks: 4,
+            layers_per_block: 2,
+            head_dim: 64,
+            mlp_ratio: 4,
+            num_classes: 10,
+            noise_sigma: 0.1,
+            alpha_clip: None,
+        };
+        let cfg = match name {
+            // Seconds-scale model for tests and smoke runs.
+            "tiny" => TarFlowConfig {
+                width: 64,
+                blocks: 2,
+                layers_per_block: 1,
+                ..base
+            },
+            // Config S of the benchmarks: 28x28x1, p4, C128, T4, K2.
+            "small" => base,
+            // The official MNIST demo: p4 C128 T4 K4, sigma 0.1, 10 classes.
+            "mnist" => TarFlowConfig {
+                layers_per_block: 4,
+                ..base
+            },
+            "cifar10" => TarFlowConfig {
+                channels: 3,
+                image_size: 32,
+                patch_size: 4,
+                width: 384,
+                blocks: 8,
+                layers_per_block: 4,
+                noise_sigma: 0.05,
+                ..base
+            },
+            // ImageNet64 [2-768-8-8] of the paper, unconditional.
+            "imagenet64" => TarFlowConfig {
+                channels: 3,
+                image_size: 64,
+                patch_size: 2,
+                width: 768,
+                blocks: 8,
+                layers_per_block: 8,
+                num_classes: 0,
+                noise_sigma: 0.05,
+                ..base
+            },
+            other => {
+                return Err(Error::Config(format!(
+                    "unknown preset '{other}' (known: tiny, small, mnist, cifar10, imagenet64)"
+                )))
+            }
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("config serialises")
+    }
+
+    pub fn from_json(s: &str) -> Result<Self> {
+        let c: TarFlowConfig = serde_json::from_str(s)
+            .map_err(|e| Error::format("model config JSON", e.to_string()))?;
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_validate_and_shapes() {
+        for p in ["tiny", "small", "mnist", "cifar10", "imagenet64"] {
+            TarFlowConfig::preset(p).unwrap();
+        }
+        let c = TarFlowConfig::preset("mnist").unwrap();
+        assert_eq!((c.seq_len(), c.token_dim(), c.heads()), (49, 16, 2));
+        assert!(TarFlowConfig::preset("nope").is_err());
+    }
+
+    #[test]
+    fn invalid_configs_are_named() {
+        let mut c = TarFlowConfig::preset("mnist").unwrap();
+        c.patch_size = 5;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("not divisible"), "{e}");
+        c.patch_size = 28;
+        assert!(c.validate().unwrap_err().to_string().contains("at least 2"));
+        let mut c = TarFlowConfig::preset("mnist").unwrap();
+        c.width = 100;
+        assert!(c.validate().is_err());
+        let j = TarFlowConfig::preset("tiny").unwrap().to_json();
+        assert_eq!(
+            TarFlowConfig::from_json(&j).unwrap(),
+            TarFlowConfig::preset("tiny").unwrap()
+        );
+    }
+}

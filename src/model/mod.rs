@@ -1,0 +1,16 @@
+//! TarFlow (Zhai et al., 2025): a stack of causal-Transformer affine autoregressive flows on
+//! image patches. See docs/logdet.md for the exact log-determinant.
+
+mod block;
+mod checkpoint;
+mod config;
+mod patch;
+mod sampler;
+mod tarflow;
+
+pub use block::{BlockParams, FlowBlock, Labels, Layer};
+pub use checkpoint::{load_checkpoint, save_checkpoint, Checkpoint};
+pub use config::TarFlowConfig;
+pub use patch::{patchify, unpatchify};
+pub use sampler::{Guidance, SampleOptions, SampleReport, Sampler};
+pub use tarflow::{FlowOutput, TarFlow};

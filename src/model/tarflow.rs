@@ -1,0 +1,214 @@
+//! The TarFlow model: patchify, T flow blocks, prior N(0, I).
+
+use crate::autograd;
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+use crate::tensor::{Element, Tensor};
+
+use super::block::{FlowBlock, Labels};
+use super::config::TarFlowConfig;
+use super::patch::{patchify, unpatchify};
+
+/// `ln(2 pi)`.
+const LN_2PI: f64 = 1.837_877_066_409_345_5;
+
+/// Result of running the flow forward (data -> latent).
+pub struct FlowOutput<E: Element> {
+    /// Latent tokens `[B, N, D]`.
+    pub z: Tensor<E>,
+    /// Log-determinant of the whole flow per sample `[B]`.
+    pub logdet: Tensor<E>,
+    /// Per-block log-determinants `[B, T]` (they sum to `logdet`).
+    pub logdet_blocks: Tensor<E>,
+}
+
+/// A TarFlow normalizing flow over `E` (`f32` for training, `f64` for audits).
+pub struct TarFlow<E: Element> {
+    pub config: TarFlowConfig,
+    pub blocks: Vec<FlowBlock<E>>,
+}
+
+impl<E: Element> TarFlow<E> {
+    /// A freshly initialised model (validated config; deterministic in `seed`).
+    pub fn new(config: TarFlowConfig, seed: u64) -> Result<Self> {
+        config.validate()?;
+        let mut rng = Rng::new(seed);
+        let blocks = (0..config.blocks).map(|t| FlowBlock::new(&config, t, &mut rng)).collect();
+        Ok(TarFlow { config, blocks })
+    }
+
+    /// Gives every output projection a random weight `N(0, std^2)`. A fresh model has zero
+    /// output projections (each block starts as a shift-only map); audits and tests use this
+    /// to get a non-trivial flow without training.
+    pub fn randomize_output_projections(&self, std: f64, seed: u64) -> Result<()> {
+        let mut rng = Rng::new(seed);
+        for b in &self.blocks {
+            let w = &b.proj_out.weight;
+            let r = Tensor::<E>::randn(w.shape(), 0.0, std, &mut rng);
+            w.assign(&r)?;
+        }
+        Ok(())
+    }
+
+    /// Every parameter with its checkpoint name, in a fixed order.
+    pub fn parameters(&self) -> Vec<(String, Tensor<E>)> {
+        let mut v = Vec::new();
+        for (t, b) in self.blocks.iter().enumerate() {
+            v.extend(b.parameters().into_iter().map(|(n, p)| (format!("blocks.{t}.{n}"), p)));
+        }
+        v
+    }
+
+    pub fn num_parameters(&self) -> usize {
+        self.parameters().iter().map(|(_, t)| t.numel()).sum()
+    }
+
+    /// Overwrites every parameter from `(name, shape, values)` records; every model
+    /// parameter must be present exactly once with its shape.
+    pub fn load_parameters(&self, records: &[(String, Vec<usize>, Vec<f64>)]) -> Result<()> {
+        let params = self.parameters();
+        if records.len() != params.len() {
+            let extra: Vec<&str> = records
+                .iter()
+                .filter(|(n, _, _)| !params.iter().any(|(p, _)| p == n))
+                .map(|(n, _, _)| n.as_str())
+                .collect();
+            let missing: Vec<&str> = params
+                .iter()
+                .filter(|(p, _)| !records.iter().any(|(n, _, _)| n == p))
+                .map(|(p, _)| p.as_str())
+                .collect();
+            return Err(Error::format(
+                "model parameters",
+                format!("expected {} tensors, got {}; missing {missing:?}, unexpected {extra:?}", params.len(), records.len()),
+            ));
+        }
+        for (name, t) in &params {
+            let (_, shape, vals) = records
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .ok_or_else(|| Error::format("model parameters", format!("missing tensor '{name}'")))?;
+            if shape.as_slice() != t.shape() {
+                return Err(Error::format(
+                    "model parameters",
+                    format!("tensor '{name}' has shape {shape:?}, the model needs {:?}", t.shape()),
+                ));
+            }
+            if let Some(bad) = vals.iter().position(|v| !v.is_finite()) {
+                return Err(Error::NonFinite { what: format!("parameter '{name}' (element {bad})") });
+            }
+            t.update_data(|d| {
+                for (o, v) in d.iter_mut().zip(vals) {
+                    *o = E::from_f64(*v);
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Parameters as `(name, shape, values)` records.
+    pub fn export_parameters(&self) -> Vec<(String, Vec<usize>, Vec<f64>)> {
+        self.parameters()
+            .into_iter()
+            .map(|(n, t)| (n, t.shape().to_vec(), t.to_f64_vec()))
+            .collect()
+    }
+
+    /// The same model in another element type (e.g. `f64` for audits).
+    pub fn cast<F: Element>(&self) -> Result<TarFlow<F>> {
+        let m = TarFlow::<F>::new(self.config.clone(), 0)?;
+        m.load_parameters(&self.export_parameters())?;
+        Ok(m)
+    }
+
+    fn check_images(&self, x: &Tensor<E>) -> Result<()> {
+        let c = &self.config;
+        let want = [c.channels, c.image_size, c.image_size];
+        if x.rank() != 4 || x.shape()[1..] != want {
+            return Err(Error::shape(
+                "tarflow",
+                &[x.shape()],
+                E::DTYPE.name(),
+                format!("expected images [B, {}, {}, {}]", want[0], want[1], want[2]),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Images `[B, C, H, W]` -> tokens `[B, N, D]`.
+    pub fn to_tokens(&self, x: &Tensor<E>) -> Result<Tensor<E>> {
+        self.check_images(x)?;
+        patchify(x, self.config.patch_size)
+    }
+
+    /// Tokens `[B, N, D]` -> images `[B, C, H, W]`.
+    pub fn to_images(&self, t: &Tensor<E>) -> Result<Tensor<E>> {
+        let c = &self.config;
+        unpatchify(t, c.channels, c.image_size, c.patch_size)
+    }
+
+    /// Data -> latent: images `[B, C, H, W]` to `z [B, N, D]` with log-determinants.
+    pub fn forward(&self, x: &Tensor<E>, labels: Labels<'_>) -> Result<FlowOutput<E>> {
+        self.forward_with_temperature(x, labels, 1.0)
+    }
+
+    pub fn forward_with_temperature(&self, x: &Tensor<E>, labels: Labels<'_>, temperature: f64) -> Result<FlowOutput<E>> {
+        let mut h = self.to_tokens(x)?;
+        let mut lds = Vec::with_capacity(self.blocks.len());
+        for b in &self.blocks {
+            let (z, ld) = b.forward(&h, labels, temperature)?;
+            h = z;
+            lds.push(ld);
+        }
+        let refs: Vec<&Tensor<E>> = lds.iter().collect();
+        let logdet_blocks = Tensor::stack(&refs, 1)?;
+        let logdet = logdet_blocks.sum(&[1], false)?;
+        Ok(FlowOutput { z: h, logdet, logdet_blocks })
+    }
+
+    /// Training loss in nats per dimension: `0.5 mean(z^2) - mean(logdet) / (N D)`.
+    pub fn loss(&self, out: &FlowOutput<E>) -> Result<Tensor<E>> {
+        let dims = self.config.image_dim() as f64;
+        let prior = out.z.square().mean_all().mul_scalar(0.5);
+        Ok(prior.sub(&out.logdet.mean_all().div_scalar(dims))?)
+    }
+
+    /// Bits per dimension of 8-bit data per sample, for inputs made by uniform dequantisation
+    /// into [-1, 1]: `([sum 0.5 (z^2 + ln 2pi)] / Dimg + ln 128 - logdet / Dimg) / ln 2`.
+    pub fn bits_per_dim(&self, out: &FlowOutput<E>) -> Result<Vec<f64>> {
+        let dims = self.config.image_dim() as f64;
+        let b = out.z.shape()[0];
+        let z2 = out.z.square().reshape(&[b, usize::MAX])?.sum(&[1], false)?.to_f64_vec();
+        let ld = out.logdet.to_f64_vec();
+        Ok(z2
+            .iter()
+            .zip(&ld)
+            .map(|(&s, &l)| {
+                let nll = (0.5 * s + 0.5 * LN_2PI * dims) / dims + 128f64.ln() - l / dims;
+                nll / std::f64::consts::LN_2
+            })
+            .collect())
+    }
+
+    /// Latent -> data without a KV cache (quadratic; a test reference). `z` is `[B, N, D]`.
+    pub fn reverse_reference(&self, z: &Tensor<E>, labels: Labels<'_>) -> Result<Tensor<E>> {
+        let mut x = z.clone();
+        for b in self.blocks.iter().rev() {
+            x = b.reverse_reference(&x, labels, 1.0)?;
+        }
+        self.to_images(&x)
+    }
+
+    /// Score-based denoising (Tweedie): `x + sigma^2 * d log p(x) / dx`, batched, through the
+    /// whole forward flow in one pass, then clipped to [-1, 1].
+    pub fn denoise(&self, x: &Tensor<E>, labels: Labels<'_>, sigma: f64) -> Result<Tensor<E>> {
+        let xin = x.detach().requires_grad_();
+        let out = self.forward(&xin, labels)?;
+        // log p(x) up to a constant, summed over the batch: samples are independent, so the
+        // gradient of the sum is each sample's own score.
+        let logp = out.z.square().sum_all().mul_scalar(-0.5).add(&out.logdet.sum_all())?;
+        let g = autograd::grad(&logp, &[&xin])?.remove(0);
+        let _ng = autograd::no_grad();
+        Ok(x.detach().add(&g.mul_scalar(sigma * sigma))?.clamp(-1.0, 1.0))
+    }
+}

@@ -21,6 +21,7 @@ pub mod ops;
 pub mod rng;
 pub mod tensor;
 pub mod tensorio;
+pub mod train;
 
 pub use autograd::{no_grad, with_no_grad};
 pub use error::{Error, Result};

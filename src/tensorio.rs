@@ -19,6 +19,13 @@ pub fn read_tensors<E: Element>(path: &Path) -> Result<HashMap<String, Tensor<E>
 
 /// Parses safetensors bytes; `what` names the source in errors.
 pub fn parse_tensors<E: Element>(bytes: &[u8], what: &str) -> Result<HashMap<String, Tensor<E>>> {
+    parse_tensors_with_metadata(bytes, what).map(|(t, _)| t)
+}
+
+/// Parses safetensors bytes into tensors and the file's metadata map.
+pub fn parse_tensors_with_metadata<E: Element>(bytes: &[u8], what: &str) -> Result<(HashMap<String, Tensor<E>>, HashMap<String, String>)> {
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| Error::format(what.to_string(), format!("not a valid safetensors file ({e})")))?;
+    let metadata = meta.metadata().clone().unwrap_or_default();
     let st = SafeTensors::deserialize(bytes).map_err(|e| Error::format(what.to_string(), format!("not a valid safetensors file ({e})")))?;
     let mut out = HashMap::new();
     for name in st.names() {
@@ -37,11 +44,16 @@ pub fn parse_tensors<E: Element>(bytes: &[u8], what: &str) -> Result<HashMap<Str
         let data = vals.into_iter().map(E::from_f64).collect();
         out.insert(name.clone(), Tensor::from_vec(data, t.shape())?);
     }
-    Ok(out)
+    Ok((out, metadata))
 }
 
 /// Writes named tensors (stored as `dtype`) atomically.
 pub fn write_tensors<E: Element>(path: &Path, tensors: &[(&str, &Tensor<E>)], dtype: DType) -> Result<()> {
+    atomic_write(path, &tensors_to_bytes(tensors, dtype, None)?)
+}
+
+/// Serialises named tensors (stored as `dtype`) with an optional metadata map.
+pub fn tensors_to_bytes<E: Element>(tensors: &[(&str, &Tensor<E>)], dtype: DType, metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
     let bufs: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
         .map(|(n, t)| {
@@ -66,6 +78,5 @@ pub fn write_tensors<E: Element>(path: &Path, tensors: &[(&str, &Tensor<E>)], dt
         .iter()
         .map(|(n, s, b)| TensorView::new(st_dtype, s.clone(), b).map(|v| (n.clone(), v)).map_err(|e| Error::format(n.clone(), e.to_string())))
         .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, &None).map_err(|e| Error::format(path.display().to_string(), e.to_string()))?;
-    atomic_write(path, &bytes)
+    safetensors::serialize(views, &metadata).map_err(|e| Error::format("safetensors", e.to_string()))
 }

@@ -2,6 +2,7 @@
 //! prints and decides exit codes.
 
 mod flow;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -16,6 +17,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a model (default: class-conditional TarFlow on the embedded MNIST digits).
+    Train(train::TrainArgs),
+    /// Bits/dim of a checkpoint on a data set.
+    Eval(train::EvalArgs),
     /// Create a checkpoint from a preset without training.
     Init(flow::InitArgs),
     /// Check invertibility and the exact log-determinant of a model.
@@ -31,6 +36,8 @@ enum Command {
 /// Parses the command line and runs the chosen subcommand.
 pub fn run() -> Result<()> {
     match Cli::parse().command {
+        Command::Train(a) => train::train(a),
+        Command::Eval(a) => train::eval(a),
         Command::Init(a) => flow::init(a),
         Command::Audit(a) => flow::audit(a),
         Command::Encode(a) => flow::encode(a),

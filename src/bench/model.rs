@@ -1,0 +1,110 @@
+//! Whole-model timings for `tarflow bench`: a training step, the forward NLL, and KV-cached
+//! sampling, for any model shape.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::autograd::no_grad;
+use crate::error::Result;
+use crate::model::{SampleOptions, Sampler, TarFlow, TarFlowConfig};
+use crate::nn::ParamStore;
+use crate::optim::{AdamW, AdamWConfig};
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+
+/// Timing of one workload over repeated runs.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelTiming {
+    pub name: String,
+    pub batch: usize,
+    pub median_s: f64,
+    pub min_s: f64,
+    pub max_s: f64,
+    pub images_per_s: f64,
+    pub gflops: f64,
+}
+
+/// Forward FLOPs of one image (dense attention, as computed).
+pub fn forward_flops(c: &TarFlowConfig) -> f64 {
+    let (n, d, w) = (c.seq_len() as f64, c.token_dim() as f64, c.width as f64);
+    let m = (c.width * c.mlp_ratio) as f64;
+    let layer = 2.0 * n * w * 3.0 * w + 4.0 * n * n * w + 2.0 * n * w * w + 4.0 * n * w * m;
+    let block = 2.0 * n * d * w + c.layers_per_block as f64 * layer + 2.0 * n * w * 2.0 * d;
+    c.blocks as f64 * block
+}
+
+/// FLOPs of sampling one image with the KV cache (no guidance).
+pub fn sampling_flops(c: &TarFlowConfig) -> f64 {
+    let (n, d, w) = (c.seq_len(), c.token_dim() as f64, c.width as f64);
+    let m = (c.width * c.mlp_ratio) as f64;
+    let mut block = 0.0;
+    for pos in 0..n - 1 {
+        let att = 4.0 * (pos + 1) as f64 * w;
+        let layer = 2.0 * w * 3.0 * w + att + 2.0 * w * w + 4.0 * w * m;
+        block += 2.0 * d * w + c.layers_per_block as f64 * layer + 2.0 * w * 2.0 * d;
+    }
+    c.blocks as f64 * block
+}
+
+fn time(repeats: usize, warmup: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64, f64)> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut ts = Vec::with_capacity(repeats);
+    for _ in 0..repeats.max(1) {
+        let t0 = Instant::now();
+        f()?;
+        ts.push(t0.elapsed().as_secs_f64());
+    }
+    ts.sort_by(f64::total_cmp);
+    Ok((ts[ts.len() / 2], ts[0], ts[ts.len() - 1]))
+}
+
+fn timing(name: &str, batch: usize, t: (f64, f64, f64), flops: f64) -> ModelTiming {
+    ModelTiming {
+        name: name.into(),
+        batch,
+        median_s: t.0,
+        min_s: t.1,
+        max_s: t.2,
+        images_per_s: batch as f64 / t.0,
+        gflops: flops / t.0 / 1e9,
+    }
+}
+
+/// Times a training step (forward + loss + backward + AdamW), the forward NLL, and sampling
+/// `sample_batch` images with the KV cache.
+pub fn bench_model(cfg: &TarFlowConfig, batch: usize, sample_batch: usize, repeats: usize) -> Result<Vec<ModelTiming>> {
+    cfg.validate()?;
+    let model = TarFlow::<f32>::new(cfg.clone(), 0)?;
+    model.randomize_output_projections(0.02, 1)?;
+    let mut rng = Rng::new(2);
+    let x = Tensor::<f32>::rand(&[batch, cfg.channels, cfg.image_size, cfg.image_size], -1.0, 1.0, &mut rng);
+    let labels: Vec<Option<usize>> = (0..batch).map(|i| (cfg.num_classes > 0).then_some(i % cfg.num_classes.max(1))).collect();
+    let lab = (cfg.num_classes > 0).then_some(labels.as_slice());
+    let mut params = ParamStore::new();
+    params.insert("", model.parameters())?;
+    let mut opt = AdamW::new(&params, AdamWConfig { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 1e-4 })?;
+    let fwd = forward_flops(cfg) * batch as f64;
+    let mut out = Vec::new();
+    let t = time(repeats, 1, || {
+        params.zero_grad();
+        let o = model.forward(&x, lab)?;
+        model.loss(&o)?.backward()?;
+        opt.step(1e-4)
+    })?;
+    out.push(timing("train step (fwd+bwd+AdamW)", batch, t, 3.0 * fwd));
+    let t = time(repeats, 1, || {
+        let _g = no_grad();
+        let o = model.forward(&x, lab)?;
+        model.bits_per_dim(&o).map(|_| ())
+    })?;
+    out.push(timing("forward NLL", batch, t, fwd));
+    let sampler = Sampler::new(&model)?;
+    let slabels: Vec<Option<usize>> = (0..sample_batch).map(|i| (cfg.num_classes > 0).then_some(i % cfg.num_classes.max(1))).collect();
+    let slab: Vec<Option<usize>> = if cfg.num_classes > 0 { slabels } else { Vec::new() };
+    let t = time(repeats, 1, || sampler.sample(sample_batch, &slab, &mut Rng::new(3), &SampleOptions::default()).map(|_| ()))?;
+    out.push(timing("sample (KV cache)", sample_batch, t, sampling_flops(cfg) * sample_batch as f64));
+    Ok(out)
+}

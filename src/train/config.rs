@@ -1,0 +1,168 @@
+//! Training configuration.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::TarFlowConfig;
+
+/// How 8-bit pixels become continuous training inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum NoiseMode {
+    /// `x = 2p/255 - 1 + sigma * eps` (TarFlow's choice for sample quality; denoise after
+    /// sampling).
+    Gaussian { sigma: f64 },
+    /// `x = 2 (p + u) / 256 - 1`, `u ~ U[0,1)` (for likelihood runs: bits/dim are exact).
+    Dequantize,
+}
+
+/// Everything a training run depends on. Saved with every checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub model: TarFlowConfig,
+    pub steps: usize,
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Linear warm-up steps from `min_lr` to `lr`.
+    pub warmup_steps: usize,
+    /// Start and end of the schedule (cosine decay to it).
+    pub min_lr: f64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    /// Global gradient-norm clip.
+    pub grad_clip: Option<f64>,
+    /// EMA decay of the weights used for evaluation and sampling.
+    pub ema: Option<f64>,
+    /// Probability of replacing a label by the null class (conditional models).
+    pub label_dropout: f64,
+    pub noise: NoiseMode,
+    /// Horizontal flips of training images.
+    pub hflip: bool,
+    pub seed: u64,
+    /// Steps between test evaluations / sample grids / checkpoints (0 = only at the end).
+    pub eval_every: usize,
+    pub sample_every: usize,
+    pub checkpoint_every: usize,
+    /// Test images used by periodic evaluation (0 = all).
+    pub eval_images: usize,
+    /// Samples per class in the periodic grid.
+    pub samples_per_class: usize,
+    /// Classifier-free guidance weight for the periodic grid.
+    pub sample_cfg: f64,
+    /// Denoise the periodic grid with the model's score.
+    pub sample_denoise: bool,
+    /// Checkpoints kept in `out_dir`.
+    pub keep_checkpoints: usize,
+    pub out_dir: PathBuf,
+    /// Data directory (None = the embedded MNIST digits); see [`crate::train::open_data`].
+    pub data: Option<PathBuf>,
+}
+
+impl TrainConfig {
+    /// Defaults for a model preset: `tiny`, `small`, `mnist`, `cifar10`, `imagenet64`.
+    /// `mnist-likelihood` is the `small` model trained with uniform dequantisation.
+    pub fn preset(name: &str) -> Result<Self> {
+        let (model_name, noise) = match name {
+            "mnist-likelihood" => ("small", NoiseMode::Dequantize),
+            other => (other, NoiseMode::Gaussian { sigma: 0.0 }),
+        };
+        let model = TarFlowConfig::preset(model_name)?;
+        let noise = match noise {
+            NoiseMode::Gaussian { .. } => NoiseMode::Gaussian { sigma: model.noise_sigma },
+            d => d,
+        };
+        let mut c = TrainConfig {
+            model,
+            steps: 2000,
+            batch_size: 64,
+            lr: 2e-3,
+            warmup_steps: 100,
+            min_lr: 1e-6,
+            weight_decay: 1e-4,
+            beta1: 0.9,
+            beta2: 0.95,
+            grad_clip: Some(1.0),
+            ema: None,
+            label_dropout: 0.1,
+            noise,
+            hflip: false,
+            seed: 0,
+            eval_every: 500,
+            sample_every: 500,
+            checkpoint_every: 500,
+            eval_images: 1000,
+            samples_per_class: 8,
+            sample_cfg: 1.0,
+            sample_denoise: true,
+            keep_checkpoints: 3,
+            out_dir: PathBuf::from(format!("runs/{name}")),
+            data: None,
+        };
+        match name {
+            "tiny" => {
+                c.steps = 200;
+                c.eval_every = 100;
+                c.sample_every = 100;
+                c.checkpoint_every = 100;
+                c.eval_images = 200;
+            }
+            "cifar10" | "imagenet64" => {
+                c.lr = 1e-4;
+                c.batch_size = 256;
+                c.hflip = true;
+                c.steps = 100_000;
+                c.warmup_steps = 1000;
+                c.eval_every = 5000;
+                c.sample_every = 5000;
+                c.checkpoint_every = 5000;
+            }
+            "mnist-likelihood" => {
+                c.steps = 3000;
+                c.sample_denoise = false;
+                c.sample_cfg = 0.0;
+            }
+            _ => {}
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        let bad = |m: String| Err(Error::Config(m));
+        if self.batch_size == 0 {
+            return bad("batch size must be positive".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) || !(self.min_lr.is_finite() && self.min_lr >= 0.0) {
+            return bad(format!("learning rates must be positive and finite (lr {}, min_lr {})", self.lr, self.min_lr));
+        }
+        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
+            return bad("betas must be in [0, 1)".into());
+        }
+        if !(0.0..=1.0).contains(&self.label_dropout) {
+            return bad("label dropout must be in [0, 1]".into());
+        }
+        if let Some(e) = self.ema {
+            if !(0.0..1.0).contains(&e) {
+                return bad(format!("EMA decay must be in [0, 1), got {e}"));
+            }
+        }
+        if let Some(c) = self.grad_clip {
+            if !(c.is_finite() && c > 0.0) {
+                return bad(format!("gradient clip must be > 0, got {c}"));
+            }
+        }
+        if let NoiseMode::Gaussian { sigma } = self.noise {
+            if !(sigma.is_finite() && sigma >= 0.0) {
+                return bad(format!("noise sigma must be >= 0, got {sigma}"));
+            }
+        }
+        if self.keep_checkpoints == 0 {
+            return bad("keep at least one checkpoint".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,467 @@
+//! Training: the loop, periodic evaluation and samples, metrics, and checkpoints that resume
+//! bit-identically.
+
+mod config;
+mod data;
+mod eval;
+
+pub use config::{NoiseMode, TrainConfig};
+pub use data::open_data;
+pub use eval::{dequantize, evaluate_bpd, with_gaussian_noise, EvalResult};
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::autograd::no_grad;
+use crate::data::{Batch, Dataset, Loader, LoaderConfig, LoaderState, Prefetcher};
+use crate::error::{Error, Result};
+use crate::fsutil::{atomic_write, read_file};
+use crate::imageio::{f32_to_u8_images, write_line_plot, write_png_grid};
+use crate::model::{checkpoint_bytes, parse_checkpoint, Guidance, SampleOptions, Sampler, TarFlow};
+use crate::nn::ParamStore;
+use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, AdamWParamState, AdamWState, Ema, EmaState, LrSchedule};
+use crate::rng::Rng;
+use crate::tensor::{DType, Tensor};
+use crate::tensorio::{parse_tensors_with_metadata, tensors_to_bytes};
+
+/// Statistics of one optimisation step.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StepStats {
+    pub step: usize,
+    /// Training loss in nats per dimension (prior term without its constant, minus log-det).
+    pub loss: f64,
+    /// The loss as bits/dim of the training inputs (with the `ln 2pi` and `ln 128` terms):
+    /// exact for dequantised inputs, a figure for the noisy inputs otherwise.
+    pub train_bpd: f64,
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    pub images_per_sec: f64,
+}
+
+/// Something the training loop reports to its caller (progress bars, logs).
+pub enum Event<'a> {
+    Step(&'a StepStats),
+    Eval { step: usize, result: &'a EvalResult },
+    Samples { step: usize, path: &'a Path },
+    Checkpoint { step: usize, path: &'a Path },
+}
+
+/// Saved beside each model checkpoint: what `--resume` needs besides the weights.
+#[derive(Serialize, Deserialize)]
+struct RunState {
+    config: TrainConfig,
+    step: usize,
+    rng: [u64; 4],
+    loader: LoaderState,
+    adamw_step: u64,
+    adamw_param_steps: Vec<u64>,
+    ema_updates: Option<u64>,
+}
+
+const RUN_STATE_KEY: &str = "tarflow.run_state";
+const LN_2PI: f64 = 1.837_877_066_409_345_5;
+
+/// A training run over a data set.
+pub struct Trainer {
+    pub config: TrainConfig,
+    pub model: TarFlow<f32>,
+    params: ParamStore<f32>,
+    opt: AdamW<f32>,
+    ema: Option<Ema<f32>>,
+    schedule: LrSchedule,
+    train: Arc<Dataset>,
+    test: Arc<Dataset>,
+    loader_state: LoaderState,
+    rng: Rng,
+    /// Optimisation steps taken so far.
+    pub step: usize,
+}
+
+fn check_data(cfg: &TrainConfig, d: &Dataset, what: &str) -> Result<()> {
+    let m = &cfg.model;
+    if d.channels != m.channels || d.height != m.image_size || d.width != m.image_size {
+        return Err(Error::Config(format!(
+            "{what} images are {}x{}x{}, the model expects {}x{}x{}",
+            d.channels, d.height, d.width, m.channels, m.image_size, m.image_size
+        )));
+    }
+    if d.is_empty() {
+        return Err(Error::Config(format!("the {what} set is empty")));
+    }
+    if m.num_classes > 0 && d.num_classes > m.num_classes {
+        return Err(Error::Config(format!("the {what} set has {} classes, the model {}", d.num_classes, m.num_classes)));
+    }
+    Ok(())
+}
+
+impl Trainer {
+    /// A fresh run (model initialised from `config.seed`).
+    pub fn new(config: TrainConfig, train: Dataset, test: Dataset) -> Result<Self> {
+        config.validate()?;
+        check_data(&config, &train, "training")?;
+        check_data(&config, &test, "test")?;
+        if train.len() < config.batch_size {
+            return Err(Error::Config(format!("batch size {} exceeds the {} training images", config.batch_size, train.len())));
+        }
+        let model = TarFlow::<f32>::new(config.model.clone(), config.seed)?;
+        let mut params = ParamStore::new();
+        params.insert("", model.parameters())?;
+        let opt = AdamW::new(
+            &params,
+            AdamWConfig { lr: config.lr, beta1: config.beta1, beta2: config.beta2, eps: 1e-8, weight_decay: config.weight_decay },
+        )?;
+        let ema = config.ema.map(|_| Ema::new(&params));
+        let schedule = LrSchedule::warmup_cosine(config.min_lr, config.lr, config.min_lr, config.warmup_steps as u64, config.steps as u64)?;
+        let train = Arc::new(train);
+        let loader = Loader::new(
+            train.clone(),
+            LoaderConfig { batch_size: config.batch_size, shuffle: true, drop_last: true, hflip: config.hflip, seed: config.seed ^ 0x10ad },
+        )?;
+        Ok(Trainer {
+            rng: Rng::new(config.seed ^ 0x0123_4567_89ab_cdef),
+            loader_state: loader.state(),
+            config,
+            model,
+            params,
+            opt,
+            ema,
+            schedule,
+            train,
+            test: Arc::new(test),
+            step: 0,
+        })
+    }
+
+    /// The model used for evaluation and sampling: the EMA weights when enabled.
+    pub fn eval_model(&self) -> Result<TarFlow<f32>> {
+        let m = TarFlow::<f32>::new(self.config.model.clone(), 0)?;
+        m.load_parameters(&self.model.export_parameters())?;
+        if let Some(ema) = &self.ema {
+            let mut store = ParamStore::new();
+            store.insert("", m.parameters())?;
+            ema.copy_to(&store)?;
+        }
+        Ok(m)
+    }
+
+    /// One optimisation step on `batch`.
+    pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats> {
+        let t0 = Instant::now();
+        let cfg = &self.config;
+        let mc = &cfg.model;
+        let x: Vec<f32> = match cfg.noise {
+            NoiseMode::Gaussian { sigma } => with_gaussian_noise(&batch.images, sigma, &mut self.rng),
+            NoiseMode::Dequantize => dequantize(&batch.images, &mut self.rng),
+        };
+        let x = Tensor::from_vec(x, &[batch.n, mc.channels, mc.image_size, mc.image_size])?;
+        let labels: Vec<Option<usize>> = batch
+            .labels
+            .iter()
+            .map(|&l| {
+                // Draw for every image so the stream does not depend on the labels.
+                let drop = self.rng.uniform() < cfg.label_dropout;
+                (!drop).then_some(l as usize)
+            })
+            .collect();
+        let lab = (mc.num_classes > 0).then_some(labels.as_slice());
+        self.params.zero_grad();
+        let out = self.model.forward(&x, lab)?;
+        let loss = self.model.loss(&out)?;
+        let loss_v = loss.item()? as f64;
+        if !loss_v.is_finite() {
+            return Err(Error::NonFinite { what: format!("training loss at step {}", self.step) });
+        }
+        loss.backward()?;
+        drop((loss, out));
+        let grad_norm = match cfg.grad_clip {
+            Some(c) => clip_grad_norm(&self.params, c)?,
+            None => self.params.global_grad_norm(),
+        };
+        if !grad_norm.is_finite() {
+            return Err(Error::NonFinite { what: format!("gradient at step {}", self.step) });
+        }
+        let lr = self.schedule.lr_at(self.step as u64);
+        self.opt.step(lr)?;
+        if let (Some(ema), Some(decay)) = (&mut self.ema, cfg.ema) {
+            ema.update(&self.params, decay)?;
+        }
+        self.params.zero_grad();
+        self.step += 1;
+        Ok(StepStats {
+            step: self.step,
+            loss: loss_v,
+            train_bpd: (loss_v + 0.5 * LN_2PI + 128f64.ln()) / std::f64::consts::LN_2,
+            lr,
+            grad_norm,
+            images_per_sec: batch.n as f64 / t0.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Test bits/dim (uniform dequantisation, one draw) of the evaluation model.
+    pub fn evaluate(&self) -> Result<EvalResult> {
+        let m = self.eval_model()?;
+        evaluate_bpd(&m, &self.test, self.config.eval_images, 100, 1, self.config.seed ^ 0xe7a1)
+    }
+
+    /// Writes a grid of samples (one row per class) to `path`.
+    pub fn write_samples(&self, path: &Path) -> Result<()> {
+        let m = self.eval_model()?;
+        let mc = &self.config.model;
+        let per = self.config.samples_per_class.max(1);
+        let (labels, count) = if mc.num_classes > 0 {
+            ((0..mc.num_classes).flat_map(|c| std::iter::repeat_n(Some(c), per)).collect::<Vec<_>>(), 0)
+        } else {
+            (Vec::new(), per * 4)
+        };
+        let guidance = if mc.num_classes > 0 && self.config.sample_cfg != 0.0 {
+            Guidance::ClassifierFree { weight: self.config.sample_cfg, anneal: false }
+        } else {
+            Guidance::None
+        };
+        let opts = SampleOptions { guidance, ..Default::default() };
+        let mut rng = Rng::new(self.config.seed ^ 0x5a3b1e);
+        let (mut x, _) = Sampler::new(&m)?.sample(count, &labels, &mut rng, &opts)?;
+        if self.config.sample_denoise {
+            if let NoiseMode::Gaussian { sigma } = self.config.noise {
+                if sigma > 0.0 {
+                    let lab = (mc.num_classes > 0).then_some(labels.as_slice());
+                    x = m.denoise(&x, lab, sigma)?;
+                }
+            }
+        }
+        let _g = no_grad();
+        let n = x.shape()[0];
+        let px = f32_to_u8_images(&x.to_vec());
+        write_png_grid(path, &px, n, mc.channels, mc.image_size, mc.image_size, per, 2)
+    }
+
+    fn model_path(dir: &Path, step: usize) -> PathBuf {
+        dir.join(format!("model-{step:07}.safetensors"))
+    }
+
+    fn state_path(dir: &Path, step: usize) -> PathBuf {
+        dir.join(format!("state-{step:07}.safetensors"))
+    }
+
+    /// Writes `model-STEP.safetensors` (evaluation weights, loadable by every command) and
+    /// `state-STEP.safetensors` (raw weights, optimiser, EMA, RNG and data order), both
+    /// atomically, then removes checkpoints beyond `keep_checkpoints`.
+    pub fn save_checkpoint(&self) -> Result<PathBuf> {
+        let dir = &self.config.out_dir;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let opt = self.opt.state();
+        let run = RunState {
+            config: self.config.clone(),
+            step: self.step,
+            rng: self.rng.state(),
+            loader: self.loader_state.clone(),
+            adamw_step: opt.step,
+            adamw_param_steps: opt.params.iter().map(|p| p.step).collect(),
+            ema_updates: self.ema.as_ref().map(|e| e.state().updates),
+        };
+        let mut owned: Vec<(String, Tensor<f32>)> = Vec::new();
+        for (name, t) in self.params.iter() {
+            owned.push((format!("param.{name}"), t.detach()));
+        }
+        for p in &opt.params {
+            let shape = self.params.require(&p.name)?.shape().to_vec();
+            owned.push((format!("adamw.m.{}", p.name), Tensor::from_vec(p.m.clone(), &shape)?));
+            owned.push((format!("adamw.v.{}", p.name), Tensor::from_vec(p.v.clone(), &shape)?));
+        }
+        if let Some(ema) = &self.ema {
+            for (name, shape, vals) in ema.state().shadow {
+                owned.push((format!("ema.{name}"), Tensor::from_vec(vals, &shape)?));
+            }
+        }
+        let refs: Vec<(&str, &Tensor<f32>)> = owned.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let json = serde_json::to_string(&run).map_err(|e| Error::format("run state", e.to_string()))?;
+        let meta = HashMap::from([(RUN_STATE_KEY.to_string(), json)]);
+        atomic_write(&Self::state_path(dir, self.step), &tensors_to_bytes(&refs, DType::F32, Some(meta))?)?;
+        let eval_model = self.eval_model()?;
+        let model_path = Self::model_path(dir, self.step);
+        let extra = [("tarflow.step".to_string(), self.step.to_string())];
+        atomic_write(&model_path, &checkpoint_bytes(&eval_model, &extra)?)?;
+        self.prune_checkpoints()?;
+        Ok(model_path)
+    }
+
+    /// Steps that have both a model and a state file in `dir`, ascending.
+    pub fn checkpoint_steps(dir: &Path) -> Result<Vec<usize>> {
+        let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+        let mut steps = Vec::new();
+        for entry in rd.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if let Some(s) = name.strip_prefix("state-").and_then(|r| r.strip_suffix(".safetensors")) {
+                if let Ok(step) = s.parse::<usize>() {
+                    if Self::model_path(dir, step).exists() {
+                        steps.push(step);
+                    }
+                }
+            }
+        }
+        steps.sort_unstable();
+        Ok(steps)
+    }
+
+    fn prune_checkpoints(&self) -> Result<()> {
+        let dir = &self.config.out_dir;
+        let steps = Self::checkpoint_steps(dir)?;
+        let excess = steps.len().saturating_sub(self.config.keep_checkpoints);
+        for &s in &steps[..excess] {
+            for p in [Self::model_path(dir, s), Self::state_path(dir, s)] {
+                std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The configuration of the latest checkpoint in `dir` (to open its data set before
+    /// [`Trainer::resume`]).
+    pub fn saved_config(dir: &Path) -> Result<TrainConfig> {
+        let step = *Self::checkpoint_steps(dir)?
+            .last()
+            .ok_or_else(|| Error::Config(format!("no checkpoint (state-*.safetensors with its model-*.safetensors) in {}", dir.display())))?;
+        let path = Self::state_path(dir, step);
+        let bytes = read_file(&path)?;
+        let (_, meta) = parse_tensors_with_metadata::<f32>(&bytes, &path.display().to_string())?;
+        let json = meta.get(RUN_STATE_KEY).ok_or_else(|| Error::format(path.display().to_string(), "no run state in the metadata"))?;
+        let run: RunState = serde_json::from_str(json).map_err(|e| Error::format(path.display().to_string(), format!("bad run state: {e}")))?;
+        Ok(run.config)
+    }
+
+    /// Continues the run saved in `dir` from its latest checkpoint. A corrupt or truncated
+    /// latest checkpoint is an error naming the file; no file is changed.
+    pub fn resume(dir: &Path, train: Dataset, test: Dataset) -> Result<Self> {
+        let steps = Self::checkpoint_steps(dir)?;
+        let step = *steps
+            .last()
+            .ok_or_else(|| Error::Config(format!("no checkpoint (state-*.safetensors with its model-*.safetensors) in {}", dir.display())))?;
+        let hint = match steps.len() {
+            1 => String::new(),
+            n => format!(" (the previous checkpoint is step {}; remove the damaged files to resume from it)", steps[n - 2]),
+        };
+        let state_path = Self::state_path(dir, step);
+        let bytes = read_file(&state_path)?;
+        let what = state_path.display().to_string();
+        let (tensors, meta) = parse_tensors_with_metadata::<f32>(&bytes, &what).map_err(|e| Error::format(what.clone(), format!("{e}{hint}")))?;
+        let run: RunState = meta
+            .get(RUN_STATE_KEY)
+            .ok_or_else(|| Error::format(what.clone(), format!("no run state in the metadata{hint}")))
+            .and_then(|j| serde_json::from_str(j).map_err(|e| Error::format(what.clone(), format!("bad run state: {e}{hint}"))))?;
+        // The model file must be readable too, or the run could not be sampled from.
+        let model_path = Self::model_path(dir, step);
+        parse_checkpoint(&read_file(&model_path)?, &model_path.display().to_string())?;
+
+        let mut config = run.config.clone();
+        config.out_dir = dir.to_path_buf();
+        let mut t = Trainer::new(config, train, test)?;
+        let get = |name: &str| {
+            tensors
+                .get(name)
+                .ok_or_else(|| Error::format(what.clone(), format!("missing tensor '{name}'{hint}")))
+        };
+        let names = t.params.names();
+        for name in &names {
+            let src = get(&format!("param.{name}"))?;
+            t.params.require(name)?.assign(src)?;
+        }
+        let mut params = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            params.push(AdamWParamState {
+                name: name.clone(),
+                step: *run.adamw_param_steps.get(i).ok_or_else(|| Error::format(what.clone(), "optimiser state is incomplete"))?,
+                m: get(&format!("adamw.m.{name}"))?.to_vec(),
+                v: get(&format!("adamw.v.{name}"))?.to_vec(),
+            });
+        }
+        t.opt.load_state(AdamWState { step: run.adamw_step, params })?;
+        if let Some(ema) = &mut t.ema {
+            let shadow = names
+                .iter()
+                .map(|n| get(&format!("ema.{n}")).map(|s| (n.clone(), s.shape().to_vec(), s.to_vec())))
+                .collect::<Result<Vec<_>>>()?;
+            ema.load_state(EmaState { updates: run.ema_updates.unwrap_or(0), shadow })?;
+        }
+        t.rng = Rng::from_state(run.rng);
+        // Validates the saved position against this data set.
+        Loader::from_state(t.train.clone(), &run.loader)?;
+        t.loader_state = run.loader;
+        t.step = run.step;
+        Ok(t)
+    }
+
+    fn append_metrics(&self, line: &serde_json::Value) -> Result<()> {
+        let path = self.config.out_dir.join("metrics.jsonl");
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        writeln!(f, "{line}").map_err(|e| Error::io(&path, e))
+    }
+
+    /// Redraws `bpd.png` from `metrics.jsonl`.
+    fn write_plot(&self) -> Result<()> {
+        let path = self.config.out_dir.join("metrics.jsonl");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let (mut train, mut test) = (Vec::new(), Vec::new());
+        for line in text.lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+            let step = v["step"].as_f64().unwrap_or(0.0);
+            if let Some(b) = v["train_bpd"].as_f64() {
+                train.push((step, b));
+            }
+            if let Some(b) = v["test_bpd"].as_f64() {
+                test.push((step, b));
+            }
+        }
+        let series: Vec<(&str, &[(f64, f64)])> = vec![("train bits/dim", &train), ("test bits/dim", &test)];
+        write_line_plot(self.config.out_dir.join("bpd.png"), "bits/dim", &series, 640, 400)
+    }
+
+    /// Trains until `config.steps`, with periodic evaluation, samples and checkpoints, and a
+    /// final one of each. `on_event` sees every step and every file written.
+    pub fn run(&mut self, mut on_event: impl FnMut(Event<'_>)) -> Result<()> {
+        let dir = self.config.out_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let every = |n: usize, step: usize| n > 0 && step % n == 0;
+        let mut prefetch = Prefetcher::new(Loader::from_state(self.train.clone(), &self.loader_state)?, 2);
+        let log_every = 10;
+        let mut acc = (0.0, 0.0, 0usize);
+        while self.step < self.config.steps {
+            let batch = prefetch.next_batch()?;
+            let stats = self.train_step(&batch)?;
+            self.loader_state = prefetch.state();
+            on_event(Event::Step(&stats));
+            acc = (acc.0 + stats.train_bpd, acc.1 + stats.loss, acc.2 + 1);
+            let s = self.step;
+            let last = s == self.config.steps;
+            if s % log_every == 0 || last {
+                let n = acc.2 as f64;
+                self.append_metrics(&serde_json::json!({
+                    "step": s, "train_bpd": acc.0 / n, "loss": acc.1 / n, "lr": stats.lr,
+                    "grad_norm": stats.grad_norm, "images_per_sec": stats.images_per_sec,
+                }))?;
+                acc = (0.0, 0.0, 0);
+            }
+            if every(self.config.eval_every, s) || last {
+                let r = self.evaluate()?;
+                self.append_metrics(&serde_json::json!({"step": s, "test_bpd": r.bpd}))?;
+                self.write_plot()?;
+                on_event(Event::Eval { step: s, result: &r });
+            }
+            if every(self.config.sample_every, s) || last {
+                let path = dir.join(format!("samples-{s:07}.png"));
+                self.write_samples(&path)?;
+                on_event(Event::Samples { step: s, path: &path });
+            }
+            if every(self.config.checkpoint_every, s) || last {
+                let path = self.save_checkpoint()?;
+                on_event(Event::Checkpoint { step: s, path: &path });
+            }
+        }
+        Ok(())
+    }
+}

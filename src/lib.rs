@@ -16,6 +16,7 @@
 pub mod autograd;
 pub mod error;
 pub mod gradcheck;
+pub mod nn;
 pub mod ops;
 pub mod rng;
 pub mod tensor;

@@ -17,6 +17,7 @@ pub mod audit;
 pub mod autograd;
 pub mod error;
 pub mod gradcheck;
+pub mod nn;
 pub mod ops;
 pub mod rng;
 pub mod tensor;

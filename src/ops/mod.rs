@@ -1,11 +1,14 @@
 //! Differentiable operations on [`crate::Tensor`], grouped by family. Each op computes its
 //! result on the CPU and, when an input requires a gradient, records its backward.
 
+pub mod attention;
 mod binary;
 mod index;
 pub(crate) mod kernel;
 pub(crate) mod matmul;
+mod layer_norm;
 mod reduce;
+pub(crate) mod softmax;
 mod unary;
 mod view;
 

@@ -1,0 +1,40 @@
+//! Layer normalisation as a module with learnable affine parameters.
+
+use crate::error::Result;
+use crate::tensor::{Element, Tensor};
+
+/// Layer normalisation over the last axis with a learnable `weight` and `bias` of shape `[dim]`.
+pub struct LayerNorm<E: Element = f32> {
+    pub weight: Tensor<E>,
+    pub bias: Tensor<E>,
+    pub eps: f64,
+}
+
+impl<E: Element> LayerNorm<E> {
+    /// Weight ones, bias zeros (both gradient-tracking leaves), `eps = 1e-5`.
+    pub fn new(dim: usize) -> Self {
+        Self::with_eps(dim, 1e-5)
+    }
+
+    /// As [`LayerNorm::new`] with another `eps`.
+    pub fn with_eps(dim: usize, eps: f64) -> Self {
+        LayerNorm {
+            weight: Tensor::ones(&[dim]).requires_grad_(),
+            bias: Tensor::zeros(&[dim]).requires_grad_(),
+            eps,
+        }
+    }
+
+    /// Normalises `x` (`[..., dim]`) with the fused [`Tensor::layer_norm`].
+    pub fn forward(&self, x: &Tensor<E>) -> Result<Tensor<E>> {
+        x.layer_norm(Some(&self.weight), Some(&self.bias), self.eps)
+    }
+
+    /// `("weight", ..)` and `("bias", ..)`.
+    pub fn parameters(&self) -> Vec<(String, Tensor<E>)> {
+        vec![
+            ("weight".to_string(), self.weight.clone()),
+            ("bias".to_string(), self.bias.clone()),
+        ]
+    }
+}

@@ -1,0 +1,750 @@
+//! Fused scaled dot-product attention, its hand-written backward, and KV-cached decoding.
+//!
+//! For every (batch, head) pair `attention` computes the scores `S = alpha Q K^T` with
+//! `alpha = scale / temperature`, masks them, takes the row softmax `P` and returns `O = P V`,
+//! all in one pass over a `[Nq, Nk]` scratch block: the `[B, H, Nq, Nk]` score tensor of the
+//! composed form never exists unless a gradient is needed, in which case `P` itself is kept
+//! for the backward. Operands are read through their strides (matrixmultiply packs strided
+//! operands itself), so views cut from a fused qkv projection are never copied.
+//!
+//! Backward, per (batch, head), with `D_i = sum_d dO_id O_id`:
+//! `dV = P^T dO`, `dP = dO V^T`, `dS = P * (dP - D)`, `dQ = alpha dS K`, `dK = alpha dS^T Q`.
+//! The derivation is in `docs/derivations.md`, section "Attention".
+//!
+//! Gradient-write convention: every gradient is a fresh tensor (`=`); the autograd engine
+//! sums contributions (q, k and v cut from one tensor meet there).
+//!
+//! Work is spread over (batch, head) pairs with rayon when each product is small enough for
+//! matrixmultiply to run it on one thread; larger products are left to matrixmultiply's own
+//! threads.
+
+use std::sync::RwLockReadGuard;
+
+use rayon::prelude::*;
+
+use crate::autograd::is_grad_enabled;
+use crate::error::{Error, Result};
+use crate::ops::matmul::init_gemm_threads;
+use crate::ops::softmax::{dot, softmax_in_place};
+use crate::tensor::{Element, Layout, Tensor};
+
+/// How scores are formed and masked.
+///
+/// `logits = (q . k) * scale / temperature`. With `causal`, query `i` sees key `j` only when
+/// `j <= i + (Nk - Nq)`: the queries are the last `Nq` of the `Nk` positions (with `Nq == Nk`
+/// that is the usual lower triangle, diagonal included).
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionOptions {
+    pub causal: bool,
+    pub scale: f64,
+    pub temperature: f64,
+}
+
+impl AttentionOptions {
+    /// `scale / temperature`, after checking both.
+    fn alpha(&self, op: &'static str) -> Result<f64> {
+        if !self.scale.is_finite() || !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return Err(Error::arg(
+                op,
+                format!(
+                    "scale must be finite and temperature finite and positive, got scale {} \
+                     and temperature {}",
+                    self.scale, self.temperature
+                ),
+            ));
+        }
+        Ok(self.scale / self.temperature)
+    }
+}
+
+/// Sizes of one attention call: q `[b, h, nq, dh]`, k `[b, h, nk, dh]`, v `[b, h, nk, dv]`.
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    b: usize,
+    h: usize,
+    nq: usize,
+    nk: usize,
+    dh: usize,
+    dv: usize,
+}
+
+/// Checks operand shapes and the mask, returning the sizes.
+fn check_shapes<E: Element>(
+    op: &'static str,
+    q: &Tensor<E>,
+    k: &Tensor<E>,
+    v: &Tensor<E>,
+    mask: Option<&Tensor<E>>,
+    causal: bool,
+) -> Result<Dims> {
+    let mut shapes: Vec<&[usize]> = vec![q.shape(), k.shape(), v.shape()];
+    shapes.extend(mask.map(|m| m.shape()));
+    let bad = |detail: &str| Error::shape(op, &shapes, E::DTYPE.name(), detail);
+    if q.rank() != 4 || k.rank() != 4 || v.rank() != 4 {
+        return Err(bad(
+            "q, k, v must be [batch, heads, positions, head_dim]",
+        ));
+    }
+    let (qs, ks, vs) = (q.shape(), k.shape(), v.shape());
+    if qs[..2] != ks[..2] || ks[..2] != vs[..2] {
+        return Err(bad("batch and head counts of q, k, v differ"));
+    }
+    if ks[2] != vs[2] {
+        return Err(bad("k and v have different numbers of positions"));
+    }
+    if qs[3] != ks[3] {
+        return Err(bad("q and k have different head dimensions"));
+    }
+    let d = Dims {
+        b: qs[0],
+        h: qs[1],
+        nq: qs[2],
+        nk: ks[2],
+        dh: qs[3],
+        dv: vs[3],
+    };
+    if causal && d.nq > d.nk {
+        return Err(bad(
+            "causal attention needs no more queries than keys (queries are the last positions)",
+        ));
+    }
+    if let Some(m) = mask {
+        if m.layout().broadcast_to(&[d.b, d.h, d.nq, d.nk]).is_none() {
+            return Err(bad("mask must broadcast to [batch, heads, queries, keys]"));
+        }
+    }
+    Ok(d)
+}
+
+/// A rank-4 operand's offset and strides, for addressing one (batch, head) matrix.
+#[derive(Clone, Copy, Debug)]
+struct Strided4 {
+    off: isize,
+    st: [isize; 4],
+}
+
+impl Strided4 {
+    fn of(l: &Layout) -> Self {
+        let s = l.strides();
+        Strided4 {
+            off: l.offset() as isize,
+            st: [s[0], s[1], s[2], s[3]],
+        }
+    }
+    #[inline]
+    fn head(&self, b: usize, h: usize) -> isize {
+        self.off + b as isize * self.st[0] + h as isize * self.st[1]
+    }
+    /// The (b, h) matrix, rows along axis 2.
+    #[inline]
+    fn mat<'a, E>(&self, data: &'a [E], b: usize, h: usize) -> Mat<'a, E> {
+        Mat {
+            data,
+            off: self.head(b, h),
+            rs: self.st[2],
+            cs: self.st[3],
+        }
+    }
+    /// The (b, h) matrix transposed.
+    #[inline]
+    fn mat_t<'a, E>(&self, data: &'a [E], b: usize, h: usize) -> Mat<'a, E> {
+        Mat {
+            data,
+            off: self.head(b, h),
+            rs: self.st[3],
+            cs: self.st[2],
+        }
+    }
+}
+
+/// A strided matrix inside a slice.
+#[derive(Clone, Copy)]
+struct Mat<'a, E> {
+    data: &'a [E],
+    off: isize,
+    rs: isize,
+    cs: isize,
+}
+
+impl<E> Mat<'_, E> {
+    /// Whether every element of a `rows x cols` matrix lies inside the slice.
+    fn fits(&self, rows: usize, cols: usize) -> bool {
+        if rows == 0 || cols == 0 {
+            return true;
+        }
+        let (mut lo, mut hi) = (self.off, self.off);
+        for (n, s) in [(rows, self.rs), (cols, self.cs)] {
+            let ext = (n as isize - 1) * s;
+            if ext < 0 {
+                lo += ext
+            } else {
+                hi += ext
+            }
+        }
+        lo >= 0 && (hi as usize) < self.data.len()
+    }
+}
+
+/// `c = alpha * a @ b` with `a` `m x k`, `b` `k x n` and `c` row-major `m x n`.
+fn gemm<E: Element>(m: usize, k: usize, n: usize, alpha: E, a: Mat<E>, b: Mat<E>, c: &mut [E]) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        c.len() >= m * n && a.fits(m, k) && b.fits(k, n),
+        "attention gemm operands out of bounds"
+    );
+    if k == 0 {
+        c[..m * n].fill(E::ZERO);
+        return;
+    }
+    // SAFETY: the assertion above keeps every element of a, b and c in bounds; c is a
+    // distinct &mut slice, so it cannot alias a or b.
+    unsafe {
+        E::gemm(
+            m,
+            k,
+            n,
+            alpha,
+            a.data.as_ptr().offset(a.off),
+            a.rs,
+            a.cs,
+            b.data.as_ptr().offset(b.off),
+            b.rs,
+            b.cs,
+            E::ZERO,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        )
+    }
+}
+
+/// Runs `f` on the storage slices of `ts`, taking each distinct storage's read lock once
+/// (q, k and v are often views of one buffer, and a second read lock on one `RwLock` from one
+/// thread can deadlock behind a waiting writer).
+fn read_storages<E: Element, R>(ts: &[&Tensor<E>], f: impl FnOnce(&[&[E]]) -> R) -> R {
+    let mut guards: Vec<RwLockReadGuard<'_, Vec<E>>> = Vec::new();
+    let mut owners: Vec<usize> = Vec::new();
+    let mut which = Vec::with_capacity(ts.len());
+    for (i, t) in ts.iter().enumerate() {
+        match owners.iter().position(|&j| ts[j].shares_storage(t)) {
+            Some(g) => which.push(g),
+            None => {
+                owners.push(i);
+                guards.push(t.storage().read());
+                which.push(guards.len() - 1);
+            }
+        }
+    }
+    let slices: Vec<&[E]> = which.iter().map(|&g| &guards[g][..]).collect();
+    f(&slices)
+}
+
+/// A raw output pointer shared by tasks that write disjoint chunks.
+struct SyncPtr<E>(*mut E);
+unsafe impl<E: Send> Send for SyncPtr<E> {}
+unsafe impl<E: Send> Sync for SyncPtr<E> {}
+
+impl<E> SyncPtr<E> {
+    fn new(v: &mut [E]) -> Self {
+        SyncPtr(v.as_mut_ptr())
+    }
+    /// Chunk `i` of length `len`.
+    ///
+    /// # Safety
+    /// The buffer must hold at least `(i + 1) * len` elements, and no two live chunks may be
+    /// the same `i`.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn chunk(&self, i: usize, len: usize) -> &mut [E] {
+        std::slice::from_raw_parts_mut(self.0.add(i * len), len)
+    }
+}
+
+/// Whether to spread (batch, head) pairs over rayon: only when each product stays below the
+/// size at which matrixmultiply starts its own threads (`m k + k n` of 2^15), and the whole
+/// call is worth a hand-off.
+fn parallel_heads(bh: usize, rows: usize, cols: usize, depth: usize) -> bool {
+    bh > 1 && (rows + cols) * depth < (1 << 15) && bh * rows * cols * depth >= (1 << 15)
+}
+
+/// Runs `f(head, scratch)` for every (batch, head) index, with a per-task scratch buffer.
+fn for_heads<E: Element>(
+    bh: usize,
+    par: bool,
+    scratch: usize,
+    f: impl Fn(usize, &mut [E]) + Send + Sync,
+) {
+    if par {
+        (0..bh)
+            .into_par_iter()
+            .for_each_init(|| vec![E::ZERO; scratch], |s, i| f(i, s));
+    } else {
+        let mut s = vec![E::ZERO; scratch];
+        for i in 0..bh {
+            f(i, &mut s);
+        }
+    }
+}
+
+/// Row `i`'s number of visible keys under the causal rule.
+#[inline]
+fn visible(causal: bool, d: &Dims, i: usize) -> usize {
+    if causal {
+        d.nk - d.nq + i + 1
+    } else {
+        d.nk
+    }
+}
+
+/// Scaled dot-product attention, fused forward and backward.
+///
+/// `q` is `[B, H, Nq, Dh]`, `k` `[B, H, Nk, Dh]`, `v` `[B, H, Nk, Dv]` (usually `Dv == Dh`),
+/// with any strides. `mask` broadcasts to `[B, H, Nq, Nk]`; a nonzero entry masks that key
+/// out for that query. A query that sees no key at all gets a zero output (and passes no
+/// gradient). The output is a fresh contiguous `[B, H, Nq, Dv]`.
+pub fn attention<E: Element>(
+    q: &Tensor<E>,
+    k: &Tensor<E>,
+    v: &Tensor<E>,
+    mask: Option<&Tensor<E>>,
+    opts: AttentionOptions,
+) -> Result<Tensor<E>> {
+    let d = check_shapes("attention", q, k, v, mask, opts.causal)?;
+    let alpha = E::from_f64(opts.alpha("attention")?);
+    init_gemm_threads();
+    let needs_grad =
+        is_grad_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad());
+    let bh = d.b * d.h;
+    let (o_len, p_len) = (d.nq * d.dv, d.nq * d.nk);
+    let mut out = vec![E::ZERO; bh * o_len];
+    let mut probs = vec![E::ZERO; if needs_grad { bh * p_len } else { 0 }];
+    let (lq, lk, lv) = (
+        Strided4::of(q.layout()),
+        Strided4::of(k.layout()),
+        Strided4::of(v.layout()),
+    );
+    let lm = mask.map(|m| {
+        let l = m
+            .layout()
+            .broadcast_to(&[d.b, d.h, d.nq, d.nk])
+            .expect("checked");
+        Strided4::of(&l)
+    });
+    let mut ts = vec![q, k, v];
+    ts.extend(mask);
+    let par = parallel_heads(bh, d.nq, d.nk, d.dh.max(d.dv));
+    read_storages(&ts, |s| {
+        let (out_ptr, p_ptr) = (SyncPtr::new(&mut out), SyncPtr::new(&mut probs));
+        let scratch = if needs_grad { 0 } else { p_len };
+        for_heads(bh, par, scratch, |i, scr| {
+            let (b, h) = (i / d.h, i % d.h);
+            // SAFETY: head i owns chunk i of `out` and of `probs`, sized bh * len above.
+            let o = unsafe { out_ptr.chunk(i, o_len) };
+            let p = if needs_grad {
+                unsafe { p_ptr.chunk(i, p_len) }
+            } else {
+                &mut scr[..]
+            };
+            let qm = lq.mat(s[0], b, h);
+            gemm(d.nq, d.dh, d.nk, alpha, qm, lk.mat_t(s[1], b, h), p);
+            for (qi, row) in p.chunks_exact_mut(d.nk.max(1)).enumerate().take(d.nq) {
+                let lim = visible(opts.causal, &d, qi);
+                if let Some(lm) = lm {
+                    let base = lm.head(b, h) + qi as isize * lm.st[2];
+                    for (j, x) in row[..lim].iter_mut().enumerate() {
+                        if s[3][(base + j as isize * lm.st[3]) as usize] != E::ZERO {
+                            *x = E::NEG_INFINITY;
+                        }
+                    }
+                }
+                softmax_in_place(&mut row[..lim]);
+                row[lim..].fill(E::ZERO);
+            }
+            let pm = Mat {
+                data: &p[..],
+                off: 0,
+                rs: d.nk as isize,
+                cs: 1,
+            };
+            gemm(d.nq, d.nk, d.dv, E::ONE, pm, lv.mat(s[2], b, h), o);
+        });
+    });
+    let out = Tensor::from_raw(out, &[d.b, d.h, d.nq, d.dv]);
+    if !needs_grad {
+        return Ok(out);
+    }
+    let (qd, kd, vd, od) = (q.detach(), k.detach(), v.detach(), out.detach());
+    let (rq, rk, rv) = (q.requires_grad(), k.requires_grad(), v.requires_grad());
+    Ok(out.record("attention", &[q, k, v], move |g| {
+        let lg = Strided4::of(g.layout());
+        let (lq, lk, lv) = (
+            Strided4::of(qd.layout()),
+            Strided4::of(kd.layout()),
+            Strided4::of(vd.layout()),
+        );
+        let (dq_len, dk_len, dv_len) = (d.nq * d.dh, d.nk * d.dh, d.nk * d.dv);
+        let mut dq = vec![E::ZERO; if rq { bh * dq_len } else { 0 }];
+        let mut dk = vec![E::ZERO; if rk { bh * dk_len } else { 0 }];
+        let mut dv = vec![E::ZERO; if rv { bh * dv_len } else { 0 }];
+        read_storages(&[&qd, &kd, &vd, g, &od], |s| {
+            let (pq, pk, pv) = (
+                SyncPtr::new(&mut dq),
+                SyncPtr::new(&mut dk),
+                SyncPtr::new(&mut dv),
+            );
+            let (o_all, p_all) = (s[4], &probs[..]);
+            let scratch = if rq || rk { p_len } else { 0 };
+            for_heads(bh, par, scratch, |i, ds| {
+                let (b, h) = (i / d.h, i % d.h);
+                let p = &p_all[i * p_len..(i + 1) * p_len];
+                let pm = Mat {
+                    data: p,
+                    off: 0,
+                    rs: d.nk as isize,
+                    cs: 1,
+                };
+                let pm_t = Mat {
+                    rs: 1,
+                    cs: d.nk as isize,
+                    ..pm
+                };
+                let gm = lg.mat(s[3], b, h);
+                if rv {
+                    // SAFETY: head i owns chunk i of dv (and below of dq, dk).
+                    let dvc = unsafe { pv.chunk(i, dv_len) };
+                    gemm(d.nk, d.nq, d.dv, E::ONE, pm_t, gm, dvc);
+                }
+                if !(rq || rk) {
+                    return;
+                }
+                gemm(d.nq, d.dv, d.nk, E::ONE, gm, lv.mat_t(s[2], b, h), ds);
+                let o = &o_all[i * o_len..(i + 1) * o_len];
+                for qi in 0..d.nq {
+                    let orow = &o[qi * d.dv..(qi + 1) * d.dv];
+                    let gbase = gm.off + qi as isize * gm.rs;
+                    let di = if gm.cs == 1 {
+                        dot(&s[3][gbase as usize..gbase as usize + d.dv], orow)
+                    } else {
+                        let mut acc = E::ZERO;
+                        for (c, &ov) in orow.iter().enumerate() {
+                            acc += s[3][(gbase + c as isize * gm.cs) as usize] * ov;
+                        }
+                        acc
+                    };
+                    let r = qi * d.nk..(qi + 1) * d.nk;
+                    for (x, &pij) in ds[r.clone()].iter_mut().zip(&p[r]) {
+                        *x = pij * (*x - di);
+                    }
+                }
+                let dsm = Mat {
+                    data: &ds[..],
+                    off: 0,
+                    rs: d.nk as isize,
+                    cs: 1,
+                };
+                if rq {
+                    let dqc = unsafe { pq.chunk(i, dq_len) };
+                    gemm(d.nq, d.nk, d.dh, alpha, dsm, lk.mat(s[1], b, h), dqc);
+                }
+                if rk {
+                    let dkc = unsafe { pk.chunk(i, dk_len) };
+                    let dsm_t = Mat {
+                        rs: 1,
+                        cs: d.nk as isize,
+                        ..dsm
+                    };
+                    gemm(d.nk, d.nq, d.dh, alpha, dsm_t, lq.mat(s[0], b, h), dkc);
+                }
+            });
+        });
+        let shape = |n: usize, e: usize| [d.b, d.h, n, e];
+        Ok(vec![
+            rq.then(|| Tensor::from_raw(dq, &shape(d.nq, d.dh))),
+            rk.then(|| Tensor::from_raw(dk, &shape(d.nk, d.dh))),
+            rv.then(|| Tensor::from_raw(dv, &shape(d.nk, d.dv))),
+        ])
+    }))
+}
+
+/// The composed form of [`attention`]: `matmul`, `mul_scalar`, `masked_fill` with `-inf`,
+/// `softmax`, `matmul`, each recorded separately. Slow and memory-hungry; it exists so tests
+/// can compare the fused op against it, values and gradients.
+pub fn attention_reference<E: Element>(
+    q: &Tensor<E>,
+    k: &Tensor<E>,
+    v: &Tensor<E>,
+    mask: Option<&Tensor<E>>,
+    opts: AttentionOptions,
+) -> Result<Tensor<E>> {
+    let d = check_shapes("attention_reference", q, k, v, mask, opts.causal)?;
+    let alpha = opts.alpha("attention_reference")?;
+    let mut s = q.matmul(&k.t()?)?.mul_scalar(alpha);
+    if let Some(m) = mask {
+        s = s.masked_fill(m, f64::NEG_INFINITY)?;
+    }
+    if opts.causal {
+        let mut cm = vec![E::ZERO; d.nq * d.nk];
+        for i in 0..d.nq {
+            for j in visible(true, &d, i)..d.nk {
+                cm[i * d.nk + j] = E::ONE;
+            }
+        }
+        s = s.masked_fill(&Tensor::from_raw(cm, &[d.nq, d.nk]), f64::NEG_INFINITY)?;
+    }
+    s.softmax(-1)?.matmul(v)
+}
+
+/// Keys and values of past positions for incremental (autoregressive) decoding.
+///
+/// Both buffers are allocated once, `[batch, heads, max_len, head_dim]`, so that each
+/// (batch, head) pair's positions are contiguous for the decode loop. The cache holds plain
+/// values: appending detaches from any graph.
+pub struct KvCache<E: Element> {
+    batch: usize,
+    heads: usize,
+    max_len: usize,
+    head_dim: usize,
+    len: usize,
+    k: Vec<E>,
+    v: Vec<E>,
+}
+
+impl<E: Element> KvCache<E> {
+    /// An empty cache with room for `max_len` positions.
+    pub fn new(batch: usize, heads: usize, max_len: usize, head_dim: usize) -> Self {
+        let n = batch * heads * max_len * head_dim;
+        KvCache {
+            batch,
+            heads,
+            max_len,
+            head_dim,
+            len: 0,
+            k: vec![E::ZERO; n],
+            v: vec![E::ZERO; n],
+        }
+    }
+
+    /// Number of positions stored.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Maximum number of positions.
+    pub fn capacity(&self) -> usize {
+        self.max_len
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    pub fn heads(&self) -> usize {
+        self.heads
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+
+    /// Forgets every stored position (the buffers are kept).
+    pub fn reset(&mut self) {
+        self.len = 0;
+    }
+
+    /// Appends `T >= 1` positions: `k` and `v` are `[batch, heads, T, head_dim]`, any strides.
+    /// Fails, leaving the cache unchanged, when a shape differs or the cache would overflow.
+    pub fn append(&mut self, k: &Tensor<E>, v: &Tensor<E>) -> Result<()> {
+        let want = [self.batch, self.heads, 0, self.head_dim];
+        let ok = |t: &Tensor<E>| {
+            t.rank() == 4
+                && t.shape()[0] == want[0]
+                && t.shape()[1] == want[1]
+                && t.shape()[3] == want[3]
+        };
+        if !ok(k) || !ok(v) || k.shape() != v.shape() {
+            return Err(Error::shape(
+                "KvCache::append",
+                &[k.shape(), v.shape()],
+                E::DTYPE.name(),
+                format!(
+                    "k and v must both be [{}, {}, T, {}]",
+                    want[0], want[1], want[3]
+                ),
+            ));
+        }
+        let t = k.shape()[2];
+        if self.len + t > self.max_len {
+            return Err(Error::arg(
+                "KvCache::append",
+                format!(
+                    "{t} new positions do not fit: {} of {} already used",
+                    self.len, self.max_len
+                ),
+            ));
+        }
+        let (lk, lv) = (Strided4::of(k.layout()), Strided4::of(v.layout()));
+        let (dh, len, max_len) = (self.head_dim, self.len, self.max_len);
+        let (kbuf, vbuf) = (&mut self.k, &mut self.v);
+        read_storages(&[k, v], |s| {
+            for (src, l, dst) in [(s[0], lk, &mut *kbuf), (s[1], lv, &mut *vbuf)] {
+                for i in 0..want[0] * want[1] {
+                    let (b, h) = (i / want[1], i % want[1]);
+                    for p in 0..t {
+                        let o = (i * max_len + len + p) * dh;
+                        let row = &mut dst[o..o + dh];
+                        let base = l.head(b, h) + p as isize * l.st[2];
+                        if l.st[3] == 1 {
+                            row.copy_from_slice(&src[base as usize..base as usize + dh]);
+                        } else {
+                            for (c, x) in row.iter_mut().enumerate() {
+                                *x = src[(base + c as isize * l.st[3]) as usize];
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        self.len += t;
+        Ok(())
+    }
+
+    /// The stored keys, `[batch, heads, len, head_dim]` (a copy).
+    pub fn keys(&self) -> Tensor<E> {
+        self.gather(&self.k)
+    }
+
+    /// The stored values, `[batch, heads, len, head_dim]` (a copy).
+    pub fn values(&self) -> Tensor<E> {
+        self.gather(&self.v)
+    }
+
+    fn gather(&self, buf: &[E]) -> Tensor<E> {
+        let row = self.len * self.head_dim;
+        let mut out = Vec::with_capacity(self.batch * self.heads * row);
+        for i in 0..self.batch * self.heads {
+            let o = i * self.max_len * self.head_dim;
+            out.extend_from_slice(&buf[o..o + row]);
+        }
+        Tensor::from_raw(out, &[self.batch, self.heads, self.len, self.head_dim])
+    }
+}
+
+/// Attention of new queries over a [`KvCache`]: `q` is `[B, H, T, Dh]` (usually `T == 1`, one
+/// decode step; any strides), and its queries are the last `T` of the cached positions, so
+/// with `opts.causal` query `t` sees cached positions `0..=len - T + t` (for `T == 1`, all
+/// of them). `opts.causal == false` lets every query see every cached position.
+///
+/// One pass per query with a running maximum and sum (online softmax) accumulating straight
+/// into the output row: nothing is allocated beyond the output, and nothing is recorded.
+pub fn attention_decode<E: Element>(
+    q: &Tensor<E>,
+    cache: &KvCache<E>,
+    opts: AttentionOptions,
+) -> Result<Tensor<E>> {
+    let op = "attention_decode";
+    let qs = q.shape();
+    if q.rank() != 4 || qs[0] != cache.batch || qs[1] != cache.heads || qs[3] != cache.head_dim
+    {
+        return Err(Error::shape(
+            op,
+            &[qs],
+            E::DTYPE.name(),
+            format!(
+                "q must be [{}, {}, T, {}] to match the cache",
+                cache.batch, cache.heads, cache.head_dim
+            ),
+        ));
+    }
+    let t = qs[2];
+    if t > cache.len {
+        return Err(Error::arg(
+            op,
+            format!(
+                "{t} queries but only {} cached positions (append the new keys and values first)",
+                cache.len
+            ),
+        ));
+    }
+    let alpha = E::from_f64(opts.alpha(op)?);
+    let (bh, dh, len) = (cache.batch * cache.heads, cache.head_dim, cache.len);
+    let d = Dims {
+        b: cache.batch,
+        h: cache.heads,
+        nq: t,
+        nk: len,
+        dh,
+        dv: dh,
+    };
+    let mut out = vec![E::ZERO; bh * t * dh];
+    if out.is_empty() {
+        return Ok(Tensor::from_raw(out, &[d.b, d.h, t, dh]));
+    }
+    let lq = Strided4::of(q.layout());
+    let stride = cache.max_len * dh;
+    q.with_data(|qv, _| {
+        let one_head = |i: usize, o: &mut [E]| {
+            let (b, h) = (i / d.h, i % d.h);
+            let keys = &cache.k[i * stride..i * stride + len * dh];
+            let vals = &cache.v[i * stride..i * stride + len * dh];
+            for (qi, orow) in o.chunks_exact_mut(dh).enumerate() {
+                let qbase = lq.head(b, h) + qi as isize * lq.st[2];
+                let score = |kr: &[E]| {
+                    alpha
+                        * if lq.st[3] == 1 {
+                            dot(&qv[qbase as usize..qbase as usize + dh], kr)
+                        } else {
+                            kr.iter()
+                                .enumerate()
+                                .map(|(c, &kv)| qv[(qbase + c as isize * lq.st[3]) as usize] * kv)
+                                .sum()
+                        }
+                };
+                let lim = visible(opts.causal, &d, qi);
+                let (mut m, mut l) = (E::NEG_INFINITY, E::ZERO);
+                for (kr, vr) in keys
+                    .chunks_exact(dh)
+                    .zip(vals.chunks_exact(dh))
+                    .take(lim)
+                {
+                    let sc = score(kr);
+                    if sc > m {
+                        // Rescale what was accumulated under the old maximum.
+                        let c = (m - sc).exp();
+                        l *= c;
+                        for x in orow.iter_mut() {
+                            *x *= c;
+                        }
+                        m = sc;
+                    }
+                    let p = (sc - m).exp();
+                    l += p;
+                    for (x, &vv) in orow.iter_mut().zip(vr) {
+                        *x += p * vv;
+                    }
+                }
+                if l > E::ZERO {
+                    let r = E::ONE / l;
+                    for x in orow.iter_mut() {
+                        *x *= r;
+                    }
+                }
+            }
+        };
+        let o_len = t * dh;
+        if bh > 1 && bh * t * len * dh >= (1 << 16) {
+            out.par_chunks_mut(o_len)
+                .enumerate()
+                .for_each(|(i, o)| one_head(i, o));
+        } else {
+            for (i, o) in out.chunks_exact_mut(o_len).enumerate() {
+                one_head(i, o);
+            }
+        }
+    });
+    Ok(Tensor::from_raw(out, &[d.b, d.h, t, dh]))
+}

@@ -1,0 +1,287 @@
+//! Fused layer normalisation over the last axis, with a hand-written backward.
+//!
+//! Forward makes two passes over each row (mean, then the centred second moment, which is
+//! more accurate than `E[x^2] - E[x]^2`) and one to write `y`; when a gradient will be needed
+//! it keeps each row's mean and reciprocal standard deviation, so backward never recomputes
+//! them. Backward gives `dx`, `dweight` and `dbias` in one sweep over the rows; the parameter
+//! gradients are summed per rayon task and then across tasks.
+//!
+//! Gradient-write convention: every gradient is a fresh tensor (`=`); the autograd engine
+//! sums contributions. Derivation: `docs/derivations.md`, section "Layer normalisation".
+
+use rayon::prelude::*;
+
+use crate::autograd::is_grad_enabled;
+use crate::error::{Error, Result};
+use crate::ops::sum_slice;
+use crate::tensor::iter::PAR_THRESHOLD;
+use crate::tensor::{Element, Tensor};
+
+/// Sum of squared deviations from `mean`, with 8 accumulators.
+#[inline]
+fn sq_dev_sum<E: Element>(x: &[E], mean: E) -> E {
+    let mut acc = [E::ZERO; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for k in 0..8 {
+            let d = c[k] - mean;
+            acc[k] += d * d;
+        }
+    }
+    let mut t = E::ZERO;
+    for &v in chunks.remainder() {
+        let d = v - mean;
+        t += d * d;
+    }
+    (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]) + t
+}
+
+/// Normalises the rows of `x` into `out`; stores `[mean, rstd]` per row when `stats` is given.
+fn forward_rows<E: Element>(
+    x: &[E],
+    out: &mut [E],
+    mut stats: Option<&mut [E]>,
+    d: usize,
+    w: Option<&[E]>,
+    b: Option<&[E]>,
+    eps: E,
+) {
+    if d == 0 {
+        return;
+    }
+    let inv_d = E::ONE / E::from_usize(d);
+    for (r, (xr, yr)) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)).enumerate() {
+        let mean = sum_slice(xr) * inv_d;
+        let var = sq_dev_sum(xr, mean) * inv_d;
+        let rstd = E::ONE / (var + eps).sqrt();
+        if let Some(st) = stats.as_deref_mut() {
+            st[2 * r] = mean;
+            st[2 * r + 1] = rstd;
+        }
+        match (w, b) {
+            (Some(w), Some(b)) => {
+                for (((y, &x), &w), &b) in yr.iter_mut().zip(xr).zip(w).zip(b) {
+                    *y = (x - mean) * rstd * w + b;
+                }
+            }
+            (Some(w), None) => {
+                for ((y, &x), &w) in yr.iter_mut().zip(xr).zip(w) {
+                    *y = (x - mean) * rstd * w;
+                }
+            }
+            (None, Some(b)) => {
+                for ((y, &x), &b) in yr.iter_mut().zip(xr).zip(b) {
+                    *y = (x - mean) * rstd + b;
+                }
+            }
+            (None, None) => {
+                for (y, &x) in yr.iter_mut().zip(xr) {
+                    *y = (x - mean) * rstd;
+                }
+            }
+        }
+    }
+}
+
+/// Partial parameter gradients of one task: `dweight` and `dbias` summed over its rows
+/// (each empty when not wanted).
+struct ParamGrads<E> {
+    dw: Vec<E>,
+    db: Vec<E>,
+}
+
+impl<E: Element> ParamGrads<E> {
+    fn new(d: usize, want_w: bool, want_b: bool) -> Self {
+        ParamGrads {
+            dw: vec![E::ZERO; if want_w { d } else { 0 }],
+            db: vec![E::ZERO; if want_b { d } else { 0 }],
+        }
+    }
+    fn merge(mut self, o: Self) -> Self {
+        for (a, b) in self.dw.iter_mut().zip(o.dw) {
+            *a += b;
+        }
+        for (a, b) in self.db.iter_mut().zip(o.db) {
+            *a += b;
+        }
+        self
+    }
+}
+
+/// Backward over rows `[r0, r0 + rows)`: writes `dx` when given, accumulates into `acc`.
+///
+/// With `xhat = (x - mean) * rstd` and `gh = g * w`:
+/// `dx = rstd * (gh - mean(gh) - xhat * mean(gh * xhat))`, `dw += g * xhat`, `db += g`.
+#[allow(clippy::too_many_arguments)]
+fn backward_rows<E: Element>(
+    x: &[E],
+    g: &[E],
+    stats: &[E],
+    w: Option<&[E]>,
+    d: usize,
+    r0: usize,
+    rows: usize,
+    mut dx: Option<&mut [E]>,
+    acc: &mut ParamGrads<E>,
+) {
+    let inv_d = E::ONE / E::from_usize(d);
+    for r in 0..rows {
+        let row = (r0 + r) * d..(r0 + r + 1) * d;
+        let (xr, gr) = (&x[row.clone()], &g[row]);
+        let (mean, rstd) = (stats[2 * (r0 + r)], stats[2 * (r0 + r) + 1]);
+        if let Some(dx) = dx.as_deref_mut() {
+            let dxr = &mut dx[r * d..(r + 1) * d];
+            let (mut s_gh, mut s_ghx) = (E::ZERO, E::ZERO);
+            for j in 0..d {
+                let xh = (xr[j] - mean) * rstd;
+                let gh = match w {
+                    Some(w) => gr[j] * w[j],
+                    None => gr[j],
+                };
+                s_gh += gh;
+                s_ghx += gh * xh;
+            }
+            let (a, c) = (s_gh * inv_d, s_ghx * inv_d);
+            for j in 0..d {
+                let xh = (xr[j] - mean) * rstd;
+                let gh = match w {
+                    Some(w) => gr[j] * w[j],
+                    None => gr[j],
+                };
+                dxr[j] = rstd * (gh - a - xh * c);
+            }
+        }
+        if !acc.dw.is_empty() {
+            for ((a, &x), &g) in acc.dw.iter_mut().zip(xr).zip(gr) {
+                *a += g * (x - mean) * rstd;
+            }
+        }
+        if !acc.db.is_empty() {
+            for (a, &g) in acc.db.iter_mut().zip(gr) {
+                *a += g;
+            }
+        }
+    }
+}
+
+impl<E: Element> Tensor<E> {
+    /// Layer normalisation over the last axis: `(x - mean) / sqrt(var + eps) * weight + bias`,
+    /// with the biased variance and optional `weight`, `bias` of shape `[last]`.
+    ///
+    /// One fused op: the forward keeps each row's mean and `1/sqrt(var + eps)` when a gradient
+    /// is needed, and the backward gives `dx`, `dweight` and `dbias` directly.
+    pub fn layer_norm(
+        &self,
+        weight: Option<&Tensor<E>>,
+        bias: Option<&Tensor<E>>,
+        eps: f64,
+    ) -> Result<Tensor<E>> {
+        let shape = self.shape().to_vec();
+        let mut shapes: Vec<&[usize]> = vec![&shape];
+        shapes.extend(weight.map(|w| w.shape()));
+        shapes.extend(bias.map(|b| b.shape()));
+        let bad = |detail: &str| Error::shape("layer_norm", &shapes, E::DTYPE.name(), detail);
+        let Some(&d) = shape.last() else {
+            return Err(bad("input needs at least one axis"));
+        };
+        if weight.is_some_and(|w| w.shape() != [d]) || bias.is_some_and(|b| b.shape() != [d]) {
+            return Err(bad("weight and bias must have the shape [last axis]"));
+        }
+        if !(eps.is_finite() && eps >= 0.0) {
+            return Err(Error::arg(
+                "layer_norm",
+                format!("eps must be finite and non-negative, got {eps}"),
+            ));
+        }
+        let rows = if d == 0 { 0 } else { self.numel() / d };
+        let (w, b) = (weight.map(|t| t.to_vec()), bias.map(|t| t.to_vec()));
+        let needs_grad = is_grad_enabled()
+            && (self.requires_grad()
+                || weight.is_some_and(|t| t.requires_grad())
+                || bias.is_some_and(|t| t.requires_grad()));
+        let eps_e = E::from_f64(eps);
+        let mut out = vec![E::ZERO; self.numel()];
+        let mut stats = vec![E::ZERO; if needs_grad { 2 * rows } else { 0 }];
+        let rpt = (PAR_THRESHOLD / d.max(1)).max(1);
+        let par = out.len() >= PAR_THRESHOLD && rows > 1;
+        self.with_contiguous(|x| {
+            let (wv, bv) = (w.as_deref(), b.as_deref());
+            let x_of = |t: usize, len: usize| &x[t * rpt * d..t * rpt * d + len];
+            match (par, needs_grad) {
+                (true, true) => out
+                    .par_chunks_mut(rpt * d)
+                    .zip(stats.par_chunks_mut(rpt * 2))
+                    .enumerate()
+                    .for_each(|(t, (o, s))| {
+                        forward_rows(x_of(t, o.len()), o, Some(s), d, wv, bv, eps_e)
+                    }),
+                (true, false) => {
+                    out.par_chunks_mut(rpt * d)
+                        .enumerate()
+                        .for_each(|(t, o)| forward_rows(x_of(t, o.len()), o, None, d, wv, bv, eps_e))
+                }
+                (false, true) => forward_rows(x, &mut out, Some(&mut stats), d, wv, bv, eps_e),
+                (false, false) => forward_rows(x, &mut out, None, d, wv, bv, eps_e),
+            }
+        });
+        let out = Tensor::from_raw(out, &shape);
+        if !needs_grad {
+            return Ok(out);
+        }
+        let xs = self.detach();
+        let (rx, rw, rb) = (
+            self.requires_grad(),
+            weight.is_some_and(|t| t.requires_grad()),
+            bias.is_some_and(|t| t.requires_grad()),
+        );
+        let (has_w, has_b) = (weight.is_some(), bias.is_some());
+        let mut inputs = vec![self];
+        inputs.extend(weight);
+        inputs.extend(bias);
+        Ok(out.record("layer_norm", &inputs, move |g| {
+            let mut dx = vec![E::ZERO; if rx { rows * d } else { 0 }];
+            let grads = xs.with_contiguous(|x| {
+                g.with_contiguous(|gv| {
+                    let wv = w.as_deref();
+                    let fresh = || ParamGrads::new(d, rw, rb);
+                    let run = |t: usize, n: usize, dxc: Option<&mut [E]>| {
+                        let mut acc = fresh();
+                        backward_rows(x, gv, &stats, wv, d, t * rpt, n, dxc, &mut acc);
+                        acc
+                    };
+                    let tasks = rows.div_ceil(rpt);
+                    if rows * d >= PAR_THRESHOLD && tasks > 1 {
+                        if rx {
+                            dx.par_chunks_mut(rpt * d)
+                                .enumerate()
+                                .map(|(t, c)| run(t, c.len() / d, Some(c)))
+                                .reduce(fresh, ParamGrads::merge)
+                        } else {
+                            (0..tasks)
+                                .into_par_iter()
+                                .map(|t| run(t, rpt.min(rows - t * rpt), None))
+                                .reduce(fresh, ParamGrads::merge)
+                        }
+                    } else {
+                        let mut acc = fresh();
+                        let dxc = if rx { Some(&mut dx[..]) } else { None };
+                        backward_rows(x, gv, &stats, wv, d, 0, rows, dxc, &mut acc);
+                        acc
+                    }
+                })
+            });
+            let mut v = vec![if rx {
+                Some(Tensor::from_raw(dx, xs.shape()))
+            } else {
+                None
+            }];
+            if has_w {
+                v.push(rw.then(|| Tensor::from_raw(grads.dw, &[d])));
+            }
+            if has_b {
+                v.push(rb.then(|| Tensor::from_raw(grads.db, &[d])));
+            }
+            Ok(v)
+        }))
+    }
+}

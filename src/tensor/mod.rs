@@ -67,7 +67,7 @@ pub(crate) struct Inner<E: Element> {
     storage: Arc<Storage<E>>,
     layout: Layout,
     requires_grad: bool,
-    node: Option<Node<E>>,
+    pub(crate) node: Option<Node<E>>,
     /// Accumulated gradient; only leaves (tensors without a node) keep one.
     grad: Mutex<Option<Tensor<E>>>,
 }

@@ -254,8 +254,10 @@ impl<E: Element> Tensor<E> {
     pub(crate) fn with_contiguous<R>(&self, f: impl FnOnce(&[E]) -> R) -> R {
         let guard = self.0.storage.read();
         let l = &self.0.layout;
-        if l.is_contiguous() {
-            let n = l.numel();
+        let n = l.numel();
+        if n == 0 {
+            f(&[])
+        } else if l.is_contiguous() {
             f(&guard[l.offset()..l.offset() + n])
         } else {
             let v = iter::gather_strided(&guard, l.shape(), l.strides(), l.offset());
@@ -417,8 +419,12 @@ impl<E: Element> Tensor<E> {
                 "in-place update needs a contiguous tensor",
             ));
         }
-        let mut guard = self.0.storage.write();
         let (o, n) = (self.0.layout.offset(), self.numel());
+        if n == 0 {
+            f(&mut []);
+            return Ok(());
+        }
+        let mut guard = self.0.storage.write();
         f(&mut guard[o..o + n]);
         Ok(())
     }

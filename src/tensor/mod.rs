@@ -8,6 +8,8 @@
 pub mod element;
 pub mod iter;
 pub mod layout;
+#[doc(hidden)]
+pub mod reference;
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};

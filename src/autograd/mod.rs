@@ -25,6 +25,23 @@ pub struct Node<E: Element> {
     pub(crate) backward: BackwardFn<E>,
 }
 
+impl<E: Element> Drop for Node<E> {
+    /// Frees the graph behind this node iteratively. The default recursive drop would use one
+    /// stack frame chain per node and overflow on long graphs (a 100k-step chain, an unrolled
+    /// sampling loop); here each input whose last handle we hold has its own inputs moved onto
+    /// a heap stack before it is dropped, so every drop below this one is shallow.
+    fn drop(&mut self) {
+        let mut stack = std::mem::take(&mut self.inputs);
+        while let Some(t) = stack.pop() {
+            if let Ok(mut inner) = std::sync::Arc::try_unwrap(t.0) {
+                if let Some(node) = inner.node.as_mut() {
+                    stack.append(&mut node.inputs);
+                }
+            }
+        }
+    }
+}
+
 thread_local! {
     static NO_GRAD_DEPTH: Cell<usize> = const { Cell::new(0) };
 }
@@ -95,62 +112,82 @@ impl<E: Element> Tensor<E> {
 
     /// Backpropagates with an explicit output gradient of the same shape.
     pub fn backward_with(&self, grad: &Tensor<E>) -> Result<()> {
-        if !self.requires_grad() {
-            return Err(Error::Autograd(
-                "backward() on a tensor that does not require a gradient (no input was marked \
-                 with requires_grad_(), or it was computed under no_grad)"
-                    .into(),
-            ));
+        run_backward(self, grad, None).map(|_| ())
+    }
+}
+
+/// The reverse sweep shared by [`Tensor::backward_with`] and [`grad`].
+///
+/// With `targets == None`, leaf gradients are accumulated into their `grad` slots. With
+/// `Some(ids)`, no slot is touched; the gradient reaching each listed tensor (leaf or not) is
+/// returned instead. Topological order guarantees every contribution to a tensor has been
+/// summed before the tensor is visited, so the value read there is complete.
+fn run_backward<E: Element>(
+    root: &Tensor<E>,
+    grad: &Tensor<E>,
+    targets: Option<&[usize]>,
+) -> Result<HashMap<usize, Tensor<E>>> {
+    if !root.requires_grad() {
+        return Err(Error::Autograd(
+            "backward() on a tensor that does not require a gradient (no input was marked \
+             with requires_grad_(), or it was computed under no_grad)"
+                .into(),
+        ));
+    }
+    if grad.shape() != root.shape() {
+        return Err(Error::shape(
+            "backward",
+            &[root.shape(), grad.shape()],
+            E::DTYPE.name(),
+            "output gradient must match the output shape",
+        ));
+    }
+    let _guard = no_grad();
+    let order = topo_order(root);
+    let mut grads: HashMap<usize, Tensor<E>> = HashMap::new();
+    let mut found: HashMap<usize, Tensor<E>> = HashMap::new();
+    grads.insert(root.id(), grad.clone());
+    for t in order.iter().rev() {
+        let Some(g) = grads.remove(&t.id()) else {
+            continue;
+        };
+        if let Some(ids) = targets {
+            if ids.contains(&t.id()) {
+                found.insert(t.id(), g.clone());
+            }
         }
-        if grad.shape() != self.shape() {
-            return Err(Error::shape(
-                "backward",
-                &[self.shape(), grad.shape()],
-                E::DTYPE.name(),
-                "output gradient must match the output shape",
-            ));
-        }
-        let _guard = no_grad();
-        let order = topo_order(self);
-        let mut grads: HashMap<usize, Tensor<E>> = HashMap::new();
-        grads.insert(self.id(), grad.clone());
-        for t in order.iter().rev() {
-            let Some(g) = grads.remove(&t.id()) else {
-                continue;
-            };
-            match t.node() {
-                None => {
-                    if t.requires_grad() {
-                        t.accumulate_grad(&g)?;
-                    }
+        match t.node() {
+            None => {
+                if targets.is_none() && t.requires_grad() {
+                    t.accumulate_grad(&g)?;
                 }
-                Some(node) => {
-                    let input_grads = (node.backward)(&g)?;
-                    debug_assert_eq!(input_grads.len(), node.inputs.len(), "{}", node.name);
-                    for (inp, ig) in node.inputs.iter().zip(input_grads) {
-                        let Some(ig) = ig else { continue };
-                        if !inp.requires_grad() {
-                            continue;
-                        }
-                        if ig.shape() != inp.shape() {
-                            return Err(Error::Autograd(format!(
-                                "{}: backward produced gradient of shape {:?} for input of shape {:?}",
-                                node.name,
-                                ig.shape(),
-                                inp.shape()
-                            )));
-                        }
-                        let acc = match grads.remove(&inp.id()) {
-                            None => ig,
-                            Some(prev) => prev.add(&ig)?,
-                        };
-                        grads.insert(inp.id(), acc);
+            }
+            Some(node) => {
+                let input_grads = (node.backward)(&g)?;
+                debug_assert_eq!(input_grads.len(), node.inputs.len(), "{}", node.name);
+                for (inp, ig) in node.inputs.iter().zip(input_grads) {
+                    let Some(ig) = ig else { continue };
+                    if !inp.requires_grad() {
+                        continue;
                     }
+                    if ig.shape() != inp.shape() {
+                        return Err(Error::Autograd(format!(
+                            "{}: backward produced gradient of shape {:?} for input of shape {:?}",
+                            node.name,
+                            ig.shape(),
+                            inp.shape()
+                        )));
+                    }
+                    let acc = match grads.remove(&inp.id()) {
+                        None => ig,
+                        Some(prev) => prev.add(&ig)?,
+                    };
+                    grads.insert(inp.id(), acc);
                 }
             }
         }
-        Ok(())
     }
+    Ok(found)
 }
 
 /// Tensors reachable from `root` through recorded nodes, inputs before outputs.
@@ -179,20 +216,27 @@ fn topo_order<E: Element>(root: &Tensor<E>) -> Vec<Tensor<E>> {
     order
 }
 
-/// Gradients of a scalar `output` with respect to `inputs`, without touching any leaf's
-/// accumulated `grad` (useful for input gradients such as the denoising score).
+/// Gradients of a scalar `output` with respect to `inputs` (leaves or intermediate tensors),
+/// without touching any leaf's accumulated `grad`: neither the inputs' nor those of other
+/// parameters in the graph (useful for input gradients such as the denoising score while
+/// parameter gradients are being accumulated). An input the output does not depend on gets
+/// zeros.
 pub fn grad<E: Element>(output: &Tensor<E>, inputs: &[&Tensor<E>]) -> Result<Vec<Tensor<E>>> {
-    let saved: Vec<Option<Tensor<E>>> = inputs.iter().map(|t| t.grad()).collect();
-    for t in inputs {
-        t.zero_grad();
+    if output.numel() != 1 {
+        return Err(Error::Autograd(format!(
+            "grad() needs a one-element output, got shape {:?}; call sum() or mean() first",
+            output.shape()
+        )));
     }
-    let res = output.backward();
-    let out = inputs
+    let ids: Vec<usize> = inputs.iter().map(|t| t.id()).collect();
+    let mut found = run_backward(output, &Tensor::ones(output.shape()), Some(&ids))?;
+    Ok(inputs
         .iter()
-        .map(|t| t.grad().unwrap_or_else(|| Tensor::zeros(t.shape())))
-        .collect();
-    for (t, s) in inputs.iter().zip(saved) {
-        t.set_grad(s);
-    }
-    res.map(|_| out)
+        .map(|t| {
+            found
+                .remove(&t.id())
+                .map(|g| g.detach())
+                .unwrap_or_else(|| Tensor::zeros(t.shape()))
+        })
+        .collect())
 }

@@ -64,6 +64,16 @@ impl<E: Element> Tensor<E> {
             .first()
             .ok_or_else(|| Error::arg("stack", "no tensors given"))?;
         let ax = resolve_axis("stack", axis, first.rank() + 1)? as isize;
+        // Checked here so the error names `stack`, not the `concat` it is built on.
+        if tensors.iter().any(|t| t.shape() != first.shape()) {
+            let shapes: Vec<&[usize]> = tensors.iter().map(|t| t.shape()).collect();
+            return Err(Error::shape(
+                "stack",
+                &shapes,
+                E::DTYPE.name(),
+                "all tensors must have the same shape",
+            ));
+        }
         let parts = tensors
             .iter()
             .map(|t| t.unsqueeze(ax))
@@ -194,9 +204,9 @@ impl<E: Element> Tensor<E> {
 
     /// Replaces entries where `mask` is nonzero by `value` (mask broadcasts to `self`).
     pub fn masked_fill(&self, mask: &Tensor<E>, value: f64) -> Result<Tensor<E>> {
-        let fill = Tensor::scalar(E::from_f64(value));
-        let out = Tensor::where_cond(mask, &fill, self)?;
-        if out.shape() != self.shape() {
+        // Checked before computing so a mask that does not broadcast at all is reported as a
+        // `masked_fill` error (not `where`), and a mask larger than the input costs nothing.
+        if broadcast_shapes(self.shape(), mask.shape()).as_deref() != Some(self.shape()) {
             return Err(Error::shape(
                 "masked_fill",
                 &[self.shape(), mask.shape()],
@@ -204,6 +214,7 @@ impl<E: Element> Tensor<E> {
                 "mask must broadcast to the input",
             ));
         }
-        Ok(out)
+        let fill = Tensor::scalar(E::from_f64(value));
+        Tensor::where_cond(mask, &fill, self)
     }
 }

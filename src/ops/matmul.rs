@@ -107,7 +107,9 @@ fn matmul_raw<E: Element>(a: &Tensor<E>, b: &Tensor<E>) -> Result<Tensor<E>> {
     let mut out_shape = batch.clone();
     out_shape.extend([m, n]);
     let mut out = vec![E::ZERO; nb * m * n];
-    if out.is_empty() {
+    // With k == 0 the product is all zeros, and an empty operand's offset need not point
+    // into its storage, so no pointer is formed from it.
+    if out.is_empty() || k == 0 {
         return Ok(Tensor::from_raw(out, &out_shape));
     }
     // Offsets of each batch element in both operands.
@@ -215,7 +217,8 @@ impl<E: Element> Tensor<E> {
             }
             None => vec![E::ZERO; rows * out_f],
         };
-        if rows > 0 {
+        // in_f == 0: the output is the bias alone (see matmul_raw on empty operands).
+        if rows > 0 && in_f > 0 && out_f > 0 {
             let gx = x2.storage().read();
             let gw = w.storage().read();
             let lw = w.layout();

@@ -99,8 +99,12 @@ impl Layout {
         self.shape.iter().product()
     }
 
-    /// Row-major contiguous (size-1 dims may have any stride).
+    /// Row-major contiguous (size-1 dims may have any stride; an empty layout reads nothing,
+    /// so it counts as contiguous whatever its strides).
     pub fn is_contiguous(&self) -> bool {
+        if self.shape.contains(&0) {
+            return true;
+        }
         let mut acc = 1isize;
         for i in (0..self.shape.len()).rev() {
             if self.shape[i] != 1 {
@@ -219,7 +223,11 @@ impl Layout {
 
     pub fn narrow(&self, axis: usize, start: usize, len: usize) -> Layout {
         let mut l = self.clone();
-        l.offset = (self.offset as isize + start as isize * self.strides[axis]) as usize;
+        // An empty slice keeps the old offset: `start` may be one past the end, which on a
+        // flipped axis would put the offset before the start of storage.
+        if len > 0 {
+            l.offset = (self.offset as isize + start as isize * self.strides[axis]) as usize;
+        }
         l.shape[axis] = len;
         l
     }

@@ -8,6 +8,8 @@
 pub mod element;
 pub mod iter;
 pub mod layout;
+#[doc(hidden)]
+pub mod reference;
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -67,7 +69,7 @@ pub(crate) struct Inner<E: Element> {
     storage: Arc<Storage<E>>,
     layout: Layout,
     requires_grad: bool,
-    node: Option<Node<E>>,
+    pub(crate) node: Option<Node<E>>,
     /// Accumulated gradient; only leaves (tensors without a node) keep one.
     grad: Mutex<Option<Tensor<E>>>,
 }
@@ -254,8 +256,10 @@ impl<E: Element> Tensor<E> {
     pub(crate) fn with_contiguous<R>(&self, f: impl FnOnce(&[E]) -> R) -> R {
         let guard = self.0.storage.read();
         let l = &self.0.layout;
-        if l.is_contiguous() {
-            let n = l.numel();
+        let n = l.numel();
+        if n == 0 {
+            f(&[])
+        } else if l.is_contiguous() {
             f(&guard[l.offset()..l.offset() + n])
         } else {
             let v = iter::gather_strided(&guard, l.shape(), l.strides(), l.offset());
@@ -417,8 +421,12 @@ impl<E: Element> Tensor<E> {
                 "in-place update needs a contiguous tensor",
             ));
         }
-        let mut guard = self.0.storage.write();
         let (o, n) = (self.0.layout.offset(), self.numel());
+        if n == 0 {
+            f(&mut []);
+            return Ok(());
+        }
+        let mut guard = self.0.storage.write();
         f(&mut guard[o..o + n]);
         Ok(())
     }

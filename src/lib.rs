@@ -15,10 +15,16 @@
 
 pub mod audit;
 pub mod autograd;
+pub mod bench;
+pub mod data;
 pub mod error;
+pub mod fsutil;
 pub mod gradcheck;
+pub mod imageio;
+pub mod model;
 pub mod nn;
 pub mod ops;
+pub mod optim;
 pub mod rng;
 pub mod tensor;
 pub mod tensorio;
@@ -28,7 +34,3 @@ pub use autograd::{no_grad, with_no_grad};
 pub use error::{Error, Result};
 pub use rng::Rng;
 pub use tensor::{DType, Device, Element, Layout, Tensor};
-pub mod fsutil;
-pub mod model;
-pub mod nn;
-pub mod optim;

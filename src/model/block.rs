@@ -17,13 +17,13 @@ pub struct Layer<E: Element> {
 }
 
 impl<E: Element> Layer<E> {
-    fn new(cfg: &TarFlowConfig, rng: &mut Rng) -> Self {
-        Layer {
+    fn new(cfg: &TarFlowConfig, rng: &mut Rng) -> Result<Self> {
+        Ok(Layer {
             norm1: LayerNorm::new(cfg.width),
-            attn: CausalSelfAttention::new(cfg.width, cfg.head_dim, rng),
+            attn: CausalSelfAttention::new(cfg.width, cfg.head_dim, rng)?,
             norm2: LayerNorm::new(cfg.width),
             mlp: Mlp::new(cfg.width, cfg.mlp_ratio, rng),
-        }
+        })
     }
 
     pub fn forward(&self, h: &Tensor<E>, temperature: f64) -> Result<Tensor<E>> {
@@ -73,18 +73,18 @@ pub struct BlockParams<E: Element> {
 }
 
 impl<E: Element> FlowBlock<E> {
-    pub fn new(cfg: &TarFlowConfig, index: usize, rng: &mut Rng) -> Self {
+    pub fn new(cfg: &TarFlowConfig, index: usize, rng: &mut Rng) -> Result<Self> {
         let (c, d, n) = (cfg.width, cfg.token_dim(), cfg.seq_len());
-        FlowBlock {
+        Ok(FlowBlock {
             proj_in: Linear::new(d, c, true, rng),
             pos_embed: Tensor::randn(&[n, c], 0.0, 0.01, rng).requires_grad_(),
             class_embed: (cfg.num_classes > 0).then(|| Embedding::new(cfg.num_classes, c, 0.01, rng)),
-            layers: (0..cfg.layers_per_block).map(|_| Layer::new(cfg, rng)).collect(),
+            layers: (0..cfg.layers_per_block).map(|_| Layer::new(cfg, rng)).collect::<Result<Vec<_>>>()?,
             proj_out: Linear::with_zero_weight(c, 2 * d, rng),
             flip: index % 2 == 1,
             alpha_clip: cfg.alpha_clip,
             token_dim: d,
-        }
+        })
     }
 
     /// Named parameters (see docs/checkpoint-format.md).

@@ -33,7 +33,7 @@ impl<E: Element> TarFlow<E> {
     pub fn new(config: TarFlowConfig, seed: u64) -> Result<Self> {
         config.validate()?;
         let mut rng = Rng::new(seed);
-        let blocks = (0..config.blocks).map(|t| FlowBlock::new(&config, t, &mut rng)).collect();
+        let blocks = (0..config.blocks).map(|t| FlowBlock::new(&config, t, &mut rng)).collect::<Result<Vec<_>>>()?;
         Ok(TarFlow { config, blocks })
     }
 

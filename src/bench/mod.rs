@@ -1,0 +1,3 @@
+//! Benchmarks behind `tarflow bench`: model workloads (and kernels).
+
+pub mod model;

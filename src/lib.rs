@@ -16,7 +16,9 @@
 pub mod autograd;
 pub mod error;
 pub mod gradcheck;
+pub mod nn;
 pub mod ops;
+pub mod optim;
 pub mod rng;
 pub mod tensor;
 

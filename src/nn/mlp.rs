@@ -1,0 +1,46 @@
+//! The transformer feed-forward block: Linear, exact GELU, Linear.
+
+use super::{with_prefix, Linear};
+use crate::error::Result;
+use crate::rng::Rng;
+use crate::tensor::{Element, Tensor};
+
+/// `fc2(gelu(fc1(x)))` with `fc1: dim -> hidden`, `fc2: hidden -> dim`, both with bias.
+pub struct Mlp<E: Element = f32> {
+    pub fc1: Linear<E>,
+    pub fc2: Linear<E>,
+}
+
+impl<E: Element> Mlp<E> {
+    /// Hidden width `ratio * dim` (the usual ratio is 4).
+    pub fn new(dim: usize, ratio: usize, rng: &mut Rng) -> Self {
+        Self::with_hidden(dim, ratio * dim, rng)
+    }
+
+    /// Explicit hidden width.
+    pub fn with_hidden(dim: usize, hidden: usize, rng: &mut Rng) -> Self {
+        let fc1 = Linear::new(dim, hidden, true, rng);
+        let fc2 = Linear::new(hidden, dim, true, rng);
+        Mlp { fc1, fc2 }
+    }
+
+    pub fn dim(&self) -> usize {
+        self.fc1.in_features()
+    }
+
+    pub fn hidden(&self) -> usize {
+        self.fc1.out_features()
+    }
+
+    /// `[..., dim] -> [..., dim]`.
+    pub fn forward(&self, x: &Tensor<E>) -> Result<Tensor<E>> {
+        self.fc2.forward(&self.fc1.forward(x)?.gelu())
+    }
+
+    /// `fc1.weight`, `fc1.bias`, `fc2.weight`, `fc2.bias`.
+    pub fn parameters(&self) -> Vec<(String, Tensor<E>)> {
+        let mut v = with_prefix("fc1", self.fc1.parameters());
+        v.extend(with_prefix("fc2", self.fc2.parameters()));
+        v
+    }
+}

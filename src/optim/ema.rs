@@ -1,0 +1,177 @@
+//! Exponential moving average of the parameters, for evaluation and sampling.
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::nn::params::NamedArray;
+use crate::nn::ParamStore;
+use crate::tensor::iter::PAR_THRESHOLD;
+use crate::tensor::{Element, Tensor};
+
+/// A saved [`Ema`]: the number of updates and every shadow parameter.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EmaState<E: Element = f32> {
+    pub updates: u64,
+    pub shadow: Vec<NamedArray<E>>,
+}
+
+/// Shadow copies `s` of the parameters, moved by `s <- decay * s + (1 - decay) * p`.
+///
+/// The shadow belongs to one [`ParamStore`]: every method that takes the store checks that
+/// it holds the same names with the same shapes in the same order, and fails without
+/// changing anything otherwise.
+pub struct Ema<E: Element = f32> {
+    shadow: Vec<NamedArray<E>>,
+    updates: u64,
+}
+
+#[inline]
+fn ema_chunk<E: Element>(s: &mut [E], p: &[E], decay: E, keep: E) {
+    for (s, &p) in s.iter_mut().zip(p) {
+        *s = decay * *s + keep * p;
+    }
+}
+
+impl<E: Element> Ema<E> {
+    /// Starts the average at the current parameter values.
+    pub fn new(params: &ParamStore<E>) -> Self {
+        Ema {
+            shadow: params.state_dict(),
+            updates: 0,
+        }
+    }
+
+    /// Number of [`Ema::update`] calls so far.
+    pub fn num_updates(&self) -> u64 {
+        self.updates
+    }
+
+    /// The shadow value of one parameter, as a fresh tensor.
+    pub fn shadow(&self, name: &str) -> Option<Tensor<E>> {
+        self.shadow
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, shape, v)| Tensor::from_raw(v.clone(), shape))
+    }
+
+    /// Moves every shadow towards the current parameters; `decay` must lie in `[0, 1]`
+    /// (0 copies the parameters, 1 freezes the shadow).
+    pub fn update(&mut self, params: &ParamStore<E>, decay: f64) -> Result<()> {
+        if !(0.0..=1.0).contains(&decay) {
+            return Err(Error::arg(
+                "Ema::update",
+                format!("decay must lie in [0, 1], got {decay}"),
+            ));
+        }
+        self.check("Ema::update", params)?;
+        let (d, k) = (E::from_f64(decay), E::from_f64(1.0 - decay));
+        for ((_, _, s), (_, p)) in self.shadow.iter_mut().zip(params.iter()) {
+            p.with_contiguous(|ps| {
+                if ps.len() >= 2 * PAR_THRESHOLD {
+                    s.par_chunks_mut(PAR_THRESHOLD)
+                        .zip(ps.par_chunks(PAR_THRESHOLD))
+                        .for_each(|(s, p)| ema_chunk(s, p, d, k));
+                } else {
+                    ema_chunk(s, ps, d, k);
+                }
+            });
+        }
+        self.updates += 1;
+        Ok(())
+    }
+
+    /// Writes the shadow values into the parameters (the shadow is kept).
+    pub fn copy_to(&self, params: &ParamStore<E>) -> Result<()> {
+        self.check("Ema::copy_to", params)?;
+        for ((_, _, s), (_, p)) in self.shadow.iter().zip(params.iter()) {
+            p.update_data(|d| d.copy_from_slice(s))?;
+        }
+        Ok(())
+    }
+
+    /// Exchanges shadow and parameter values: call once to evaluate with the averaged
+    /// weights, and again to return to the training weights and shadow.
+    pub fn swap(&mut self, params: &ParamStore<E>) -> Result<()> {
+        self.check("Ema::swap", params)?;
+        for ((_, _, s), (_, p)) in self.shadow.iter_mut().zip(params.iter()) {
+            p.update_data(|d| d.swap_with_slice(s))?;
+        }
+        Ok(())
+    }
+
+    /// A copy of the shadow and the update count.
+    pub fn state(&self) -> EmaState<E> {
+        EmaState {
+            updates: self.updates,
+            shadow: self.shadow.clone(),
+        }
+    }
+
+    /// Restores a state saved by [`Ema::state`]; it must hold the same names and shapes in
+    /// the same order as the current shadow.
+    pub fn load_state(&mut self, state: EmaState<E>) -> Result<()> {
+        const OP: &str = "Ema::load_state";
+        if state.shadow.len() != self.shadow.len() {
+            return Err(Error::arg(
+                OP,
+                format!(
+                    "state holds {} parameters, the average {}",
+                    state.shadow.len(),
+                    self.shadow.len()
+                ),
+            ));
+        }
+        for ((n, shape, _), (sn, sshape, sv)) in self.shadow.iter().zip(&state.shadow) {
+            if n != sn {
+                return Err(Error::arg(
+                    OP,
+                    format!("expected parameter `{n}`, the state has `{sn}` in its place"),
+                ));
+            }
+            if shape != sshape || sv.len() != shape.iter().product::<usize>() {
+                return Err(Error::shape(
+                    OP,
+                    &[shape, sshape],
+                    E::DTYPE.name(),
+                    format!(
+                        "parameter `{n}`: saved shape or size ({} values) does not match",
+                        sv.len()
+                    ),
+                ));
+            }
+        }
+        self.shadow = state.shadow;
+        self.updates = state.updates;
+        Ok(())
+    }
+
+    fn check(&self, op: &'static str, params: &ParamStore<E>) -> Result<()> {
+        if params.len() != self.shadow.len() {
+            return Err(Error::arg(
+                op,
+                format!(
+                    "the store has {} parameters, the average {}",
+                    params.len(),
+                    self.shadow.len()
+                ),
+            ));
+        }
+        for ((n, shape, _), (pn, p)) in self.shadow.iter().zip(params.iter()) {
+            if n != pn {
+                return Err(Error::arg(
+                    op,
+                    format!("expected parameter `{n}`, the store has `{pn}` in its place"),
+                ));
+            }
+            if shape.as_slice() != p.shape() {
+                return Err(Error::shape(
+                    op,
+                    &[shape, p.shape()],
+                    E::DTYPE.name(),
+                    format!("parameter `{n}` changed shape"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,32 @@
+//! Optimisation: AdamW, global gradient-norm clipping, the learning-rate schedule and an
+//! exponential moving average of the parameters. All of them work on a
+//! [`crate::nn::ParamStore`], update parameters in place, and are deterministic: the same
+//! inputs give the same bits whatever the thread count.
+
+pub mod adamw;
+pub mod clip;
+pub mod ema;
+pub mod schedule;
+
+pub use adamw::{AdamW, AdamWConfig, AdamWParamState, AdamWState};
+pub use clip::clip_grad_norm;
+pub use ema::{Ema, EmaState};
+pub use schedule::LrSchedule;
+
+use crate::tensor::{Element, Tensor};
+
+/// Runs `f` on the gradient's elements in row-major order. A gradient that shares storage
+/// with the parameter (possible in principle, since backward may hand a tensor through
+/// unchanged) is copied first, so `f` may lock the parameter for writing.
+pub(crate) fn with_grad_slice<E: Element, R>(
+    param: &Tensor<E>,
+    grad: &Tensor<E>,
+    f: impl FnOnce(&[E]) -> R,
+) -> R {
+    if grad.shares_storage(param) {
+        let v = grad.to_vec();
+        f(&v)
+    } else {
+        grad.with_contiguous(f)
+    }
+}

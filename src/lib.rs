@@ -14,8 +14,10 @@
 //! ```
 
 pub mod autograd;
+pub mod data;
 pub mod error;
 pub mod gradcheck;
+pub mod imageio;
 pub mod ops;
 pub mod rng;
 pub mod tensor;

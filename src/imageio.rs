@@ -1,0 +1,533 @@
+//! PNG output: image grids (samples, data previews) and simple line plots (bits/dim against
+//! steps), with no dependency beyond the PNG encoder.
+//!
+//! Files are written atomically: the PNG goes to a temporary file in the destination folder,
+//! which is then renamed over the destination, so a reader (or a crash) never sees half a file.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use image::codecs::png::PngEncoder;
+use image::{ExtendedColorType, ImageEncoder};
+
+use crate::error::{Error, Result};
+
+/// Gray level of the padding between grid cells: visible against both black backgrounds
+/// (MNIST) and bright photographs.
+pub const GRID_PAD_VALUE: u8 = 128;
+
+/// Largest grid buffer [`make_grid`] builds (1 GiB).
+pub const MAX_GRID_BYTES: usize = 1 << 30;
+
+/// Maps values in `[-1, 1]` to bytes: `p = round((x + 1) * 255 / 2)`, clipped to `0..=255`
+/// (NaN gives 0). Inverts [`crate::data::loader::to_signed_unit`] exactly.
+pub fn f32_to_u8_images(xs: &[f32]) -> Vec<u8> {
+    xs.iter()
+        .map(|&x| {
+            if x.is_nan() {
+                0
+            } else {
+                ((f64::from(x) + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8
+            }
+        })
+        .collect()
+}
+
+/// Temporary name next to `path`, unique per process so concurrent writers do not collide.
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
+    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+/// Writes the output of `fill` to `path` through a temporary file and a rename.
+fn write_atomic(path: &Path, fill: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<()> {
+    let tmp = temp_path(path);
+    let result = (|| {
+        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut w = BufWriter::new(file);
+        fill(&mut w)?;
+        w.flush().map_err(|e| Error::io(&tmp, e))?;
+        let file = w
+            .into_inner()
+            .map_err(|e| Error::io(&tmp, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Encodes interleaved 8-bit pixels (`channels` 1 = gray, 3 = RGB) as PNG into `path`.
+pub fn write_png(
+    path: impl AsRef<Path>,
+    pixels: &[u8],
+    width: u32,
+    height: u32,
+    channels: usize,
+) -> Result<()> {
+    let path = path.as_ref();
+    let color = match channels {
+        1 => ExtendedColorType::L8,
+        3 => ExtendedColorType::Rgb8,
+        c => {
+            return Err(Error::arg(
+                "write_png",
+                format!("channels must be 1 or 3, got {c}"),
+            ))
+        }
+    };
+    if (width as usize) * (height as usize) * channels != pixels.len() || width == 0 || height == 0
+    {
+        return Err(Error::arg(
+            "write_png",
+            format!(
+                "{} bytes for a {width}x{height} image with {channels} channels",
+                pixels.len()
+            ),
+        ));
+    }
+    write_atomic(path, |w| {
+        PngEncoder::new(w)
+            .write_image(pixels, width, height, color)
+            .map_err(|e| {
+                Error::format(
+                    path.display().to_string(),
+                    format!("PNG encoding failed: {e}"),
+                )
+            })
+    })
+}
+
+/// Lays out `n` channel-major images (`channels x height x width` bytes each) in a grid of
+/// `cols` columns with `pad` pixels of [`GRID_PAD_VALUE`] around every cell. Returns the
+/// interleaved pixels and the grid's width and height.
+pub fn make_grid(
+    images: &[u8],
+    n: usize,
+    channels: usize,
+    height: usize,
+    width: usize,
+    cols: usize,
+    pad: usize,
+) -> Result<(Vec<u8>, usize, usize)> {
+    let op = "make_grid";
+    if channels != 1 && channels != 3 {
+        return Err(Error::arg(
+            op,
+            format!("channels must be 1 or 3, got {channels}"),
+        ));
+    }
+    if n == 0 || cols == 0 || height == 0 || width == 0 {
+        return Err(Error::arg(
+            op,
+            format!("n={n}, cols={cols}, height={height}, width={width} must all be positive"),
+        ));
+    }
+    let per = channels * height * width;
+    if n.checked_mul(per) != Some(images.len()) {
+        return Err(Error::arg(
+            op,
+            format!(
+                "{} bytes is not {n} images of {channels}x{height}x{width}",
+                images.len()
+            ),
+        ));
+    }
+    let cols = cols.min(n);
+    let rows = n.div_ceil(cols);
+    // Checked: a mistaken `pad` must give an error, not an overflow or an absurd buffer.
+    let side = |k: usize, len: usize| {
+        k.checked_mul(len)?
+            .checked_add(k.checked_add(1)?.checked_mul(pad)?)
+    };
+    let (gw, gh) = match (side(cols, width), side(rows, height)) {
+        (Some(gw), Some(gh))
+            if gw <= i32::MAX as usize
+                && gh <= i32::MAX as usize
+                && gw.saturating_mul(gh) <= MAX_GRID_BYTES / channels =>
+        {
+            (gw, gh)
+        }
+        _ => {
+            return Err(Error::arg(
+                op,
+                format!(
+                "a grid of {rows}x{cols} cells of {height}x{width} with padding {pad} is too large"
+            ),
+            ))
+        }
+    };
+    let mut out = vec![GRID_PAD_VALUE; gw * gh * channels];
+    let plane = height * width;
+    for (k, img) in images.chunks_exact(per).enumerate() {
+        let x0 = pad + (k % cols) * (width + pad);
+        let y0 = pad + (k / cols) * (height + pad);
+        for y in 0..height {
+            let row = ((y0 + y) * gw + x0) * channels;
+            for x in 0..width {
+                for c in 0..channels {
+                    out[row + x * channels + c] = img[c * plane + y * width + x];
+                }
+            }
+        }
+    }
+    Ok((out, gw, gh))
+}
+
+/// Writes `n` channel-major images as one PNG grid (gray for 1 channel, RGB for 3); see
+/// [`make_grid`] for the layout.
+#[allow(clippy::too_many_arguments)]
+pub fn write_png_grid(
+    path: impl AsRef<Path>,
+    images: &[u8],
+    n: usize,
+    channels: usize,
+    height: usize,
+    width: usize,
+    cols: usize,
+    pad: usize,
+) -> Result<()> {
+    let (pixels, gw, gh) = make_grid(images, n, channels, height, width, cols, pad)?;
+    write_png(path, &pixels, gw as u32, gh as u32, channels)
+}
+
+// ---------------------------------------------------------------------------------------
+// Line plots.
+
+/// 3x5 glyphs as 15 bits, read row by row from the top, most significant bit first (the top
+/// left pixel). Lower-case letters are drawn as upper case; characters without a glyph are
+/// left blank.
+fn glyph(c: char) -> Option<u16> {
+    Some(match c.to_ascii_uppercase() {
+        '0' => 0b111101101101111,
+        '1' => 0b010110010010111,
+        '2' => 0b111001111100111,
+        '3' => 0b111001111001111,
+        '4' => 0b101101111001001,
+        '5' => 0b111100111001111,
+        '6' => 0b111100111101111,
+        '7' => 0b111001010010010,
+        '8' => 0b111101111101111,
+        '9' => 0b111101111001111,
+        'A' => 0b010101111101101,
+        'B' => 0b110101110101110,
+        'C' => 0b011100100100011,
+        'D' => 0b110101101101110,
+        'E' => 0b111100110100111,
+        'F' => 0b111100110100100,
+        'G' => 0b011100101101011,
+        'H' => 0b101101111101101,
+        'I' => 0b111010010010111,
+        'J' => 0b001001001101010,
+        'K' => 0b101101110101101,
+        'L' => 0b100100100100111,
+        'M' => 0b101111111101101,
+        'N' => 0b110101101101101,
+        'O' => 0b010101101101010,
+        'P' => 0b110101110100100,
+        'Q' => 0b010101101110011,
+        'R' => 0b110101110101101,
+        'S' => 0b011100010001110,
+        'T' => 0b111010010010010,
+        'U' => 0b101101101101111,
+        'V' => 0b101101101101010,
+        'W' => 0b101101111111101,
+        'X' => 0b101101010101101,
+        'Y' => 0b101101010010010,
+        'Z' => 0b111001010100111,
+        '.' => 0b000000000000010,
+        ',' => 0b000000000010100,
+        '-' => 0b000000111000000,
+        '+' => 0b000010111010000,
+        '/' => 0b001001010100100,
+        ':' => 0b000010000010000,
+        '_' => 0b000000000000111,
+        '(' => 0b001010010010001,
+        ')' => 0b100010010010100,
+        '=' => 0b000111000111000,
+        '%' => 0b101001010100101,
+        _ => return None,
+    })
+}
+
+const FONT_SCALE: usize = 2;
+/// Horizontal advance of one character, in pixels.
+const CHAR_W: usize = 4 * FONT_SCALE;
+const CHAR_H: usize = 5 * FONT_SCALE;
+
+/// Distinct series colours, used in order.
+const PALETTE: [[u8; 3]; 8] = [
+    [0, 90, 200],
+    [230, 120, 0],
+    [0, 150, 60],
+    [200, 30, 40],
+    [130, 60, 180],
+    [0, 150, 150],
+    [140, 90, 40],
+    [100, 100, 100],
+];
+
+struct Canvas {
+    w: usize,
+    h: usize,
+    px: Vec<u8>,
+}
+
+impl Canvas {
+    fn new(w: usize, h: usize) -> Self {
+        Canvas {
+            w,
+            h,
+            px: vec![255; w * h * 3],
+        }
+    }
+
+    fn set(&mut self, x: i64, y: i64, c: [u8; 3]) {
+        if x >= 0 && y >= 0 && (x as usize) < self.w && (y as usize) < self.h {
+            let i = (y as usize * self.w + x as usize) * 3;
+            self.px[i..i + 3].copy_from_slice(&c);
+        }
+    }
+
+    fn fill_rect(&mut self, x: i64, y: i64, w: i64, h: i64, c: [u8; 3]) {
+        for yy in y..y + h {
+            for xx in x..x + w {
+                self.set(xx, yy, c);
+            }
+        }
+    }
+
+    fn text(&mut self, x: i64, y: i64, s: &str, c: [u8; 3]) {
+        for (k, ch) in s.chars().enumerate() {
+            let Some(g) = glyph(ch) else { continue };
+            let gx = x + (k * CHAR_W) as i64;
+            for i in 0..15 {
+                if (g >> (14 - i)) & 1 == 1 {
+                    let (col, row) = ((i % 3) as i64, (i / 3) as i64);
+                    let s = FONT_SCALE as i64;
+                    self.fill_rect(gx + col * s, y + row * s, s, s, c);
+                }
+            }
+        }
+    }
+
+    /// A 2-pixel-wide segment, clipped to the rectangle `clip` (x0, y0, x1, y1 inclusive).
+    fn line(&mut self, a: (i64, i64), b: (i64, i64), c: [u8; 3], clip: (i64, i64, i64, i64)) {
+        let (mut x, mut y) = a;
+        let dx = (b.0 - a.0).abs();
+        let dy = -(b.1 - a.1).abs();
+        let sx = if a.0 < b.0 { 1 } else { -1 };
+        let sy = if a.1 < b.1 { 1 } else { -1 };
+        let mut err = dx + dy;
+        let mut guard = 0u64;
+        loop {
+            for (ox, oy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+                let (px, py) = (x + ox, y + oy);
+                if px >= clip.0 && px <= clip.2 && py >= clip.1 && py <= clip.3 {
+                    self.set(px, py, c);
+                }
+            }
+            guard += 1;
+            if (x == b.0 && y == b.1) || guard > 1 << 22 {
+                break;
+            }
+            let e2 = 2 * err;
+            if e2 >= dy {
+                err += dy;
+                x += sx;
+            }
+            if e2 <= dx {
+                err += dx;
+                y += sy;
+            }
+        }
+    }
+}
+
+/// Tick positions: multiples of 1, 2 or 5 times a power of ten, about `target` of them within
+/// `[lo, hi]`. Returns the ticks and the step.
+fn nice_ticks(lo: f64, hi: f64, target: usize) -> (Vec<f64>, f64) {
+    let span = (hi - lo).abs().max(f64::MIN_POSITIVE);
+    let raw = span / target.max(1) as f64;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * mag);
+    let mut ticks = Vec::new();
+    let mut k = (lo / step).ceil();
+    while k * step <= hi + step * 1e-9 && ticks.len() < 50 {
+        ticks.push(k * step);
+        k += 1.0;
+    }
+    (ticks, step)
+}
+
+fn tick_label(v: f64, step: f64) -> String {
+    let v = if v.abs() < step * 1e-9 { 0.0 } else { v };
+    if v.abs() >= 1e6 || (v != 0.0 && step < 1e-4) {
+        format!("{v:.1e}")
+    } else {
+        let decimals = (-step.log10().floor()).clamp(0.0, 6.0) as usize;
+        format!("{v:.decimals$}")
+    }
+}
+
+/// Range of the finite values of `vals`, widened when empty or degenerate.
+fn data_range(vals: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for v in vals.filter(|v| v.is_finite()) {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    if lo > hi {
+        return (0.0, 1.0);
+    }
+    if hi - lo <= hi.abs().max(lo.abs()) * 1e-12 {
+        let d = if lo == 0.0 { 1.0 } else { lo.abs() * 0.05 };
+        return (lo - d, hi + d);
+    }
+    (lo, hi)
+}
+
+/// Renders a line plot of `series` (name, points `(x, y)`) as RGB pixels `width x height`.
+///
+/// Axes with tick marks and labels, a light grid, one colour per series (in the order of
+/// [`PALETTE`], cycling), the title on top and a legend of coloured swatches with the series
+/// names in the top-right corner. Non-finite points break a line.
+pub fn render_line_plot(
+    title: &str,
+    series: &[(&str, &[(f64, f64)])],
+    width: usize,
+    height: usize,
+) -> Result<Vec<u8>> {
+    if width < 160 || height < 120 || width > 8192 || height > 8192 {
+        return Err(Error::arg(
+            "write_line_plot",
+            format!("plot size {width}x{height} must be within 160x120 ..= 8192x8192"),
+        ));
+    }
+    let (xlo, xhi) = data_range(series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)));
+    let (ylo0, yhi0) = data_range(series.iter().flat_map(|(_, p)| p.iter().map(|q| q.1)));
+    let ypad = (yhi0 - ylo0) * 0.05;
+    let (ylo, yhi) = (ylo0 - ypad, yhi0 + ypad);
+    let (xticks, xstep) = nice_ticks(xlo, xhi, 6);
+    let (yticks, ystep) = nice_ticks(ylo, yhi, 6);
+    let ylabels: Vec<String> = yticks.iter().map(|&v| tick_label(v, ystep)).collect();
+    let ylabel_w = ylabels.iter().map(|s| s.chars().count()).max().unwrap_or(1) * CHAR_W;
+
+    let left = (ylabel_w + 14) as i64;
+    let right = width as i64 - 16;
+    let top = (CHAR_H + 16) as i64;
+    let bottom = height as i64 - (CHAR_H + 14) as i64;
+    let mut cv = Canvas::new(width, height);
+    let black = [0, 0, 0];
+    let grid = [225, 225, 225];
+
+    let to_px = |x: f64| left + ((x - xlo) / (xhi - xlo) * (right - left) as f64).round() as i64;
+    let to_py = |y: f64| bottom - ((y - ylo) / (yhi - ylo) * (bottom - top) as f64).round() as i64;
+
+    for (&v, label) in yticks.iter().zip(&ylabels) {
+        let y = to_py(v);
+        cv.fill_rect(left + 1, y, right - left, 1, grid);
+        cv.fill_rect(left - 5, y, 5, 1, black);
+        let tw = (label.chars().count() * CHAR_W) as i64;
+        cv.text(left - 8 - tw, y - (CHAR_H / 2) as i64, label, black);
+    }
+    for &v in &xticks {
+        let x = to_px(v);
+        cv.fill_rect(x, top, 1, bottom - top, grid);
+        cv.fill_rect(x, bottom, 1, 5, black);
+        let label = tick_label(v, xstep);
+        let tw = (label.chars().count() * CHAR_W) as i64;
+        cv.text(x - tw / 2, bottom + 8, &label, black);
+    }
+    cv.fill_rect(left, top, 1, bottom - top + 1, black);
+    cv.fill_rect(left, bottom, right - left + 1, 1, black);
+
+    let tw = (title.chars().count() * CHAR_W) as i64;
+    cv.text((width as i64 - tw) / 2, 6, title, black);
+
+    let clip = (left + 1, top, right, bottom - 1);
+    for (k, (_, pts)) in series.iter().enumerate() {
+        let c = PALETTE[k % PALETTE.len()];
+        let mut prev: Option<(i64, i64)> = None;
+        for &(x, y) in pts.iter() {
+            if !(x.is_finite() && y.is_finite()) {
+                prev = None;
+                continue;
+            }
+            let p = (to_px(x), to_py(y));
+            cv.line(prev.unwrap_or(p), p, c, clip);
+            prev = Some(p);
+        }
+    }
+
+    if !series.is_empty() {
+        let name_w = series
+            .iter()
+            .map(|(n, _)| n.chars().count())
+            .max()
+            .unwrap_or(0)
+            * CHAR_W;
+        let row_h = (CHAR_H + 6) as i64;
+        let box_w = (name_w + 30) as i64;
+        let box_h = row_h * series.len() as i64 + 6;
+        let bx = right - box_w - 6;
+        let by = top + 6;
+        cv.fill_rect(bx - 1, by - 1, box_w + 2, box_h + 2, [160, 160, 160]);
+        cv.fill_rect(bx, by, box_w, box_h, [255, 255, 255]);
+        for (k, (name, _)) in series.iter().enumerate() {
+            let y = by + 4 + k as i64 * row_h;
+            cv.fill_rect(bx + 5, y, 14, CHAR_H as i64, PALETTE[k % PALETTE.len()]);
+            cv.text(bx + 24, y, name, black);
+        }
+    }
+    Ok(cv.px)
+}
+
+/// Writes a line plot (see [`render_line_plot`]) as an RGB PNG.
+pub fn write_line_plot(
+    path: impl AsRef<Path>,
+    title: &str,
+    series: &[(&str, &[(f64, f64)])],
+    width: usize,
+    height: usize,
+) -> Result<()> {
+    let px = render_line_plot(title, series, width, height)?;
+    write_png(path, &px, width as u32, height as u32, 3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_are_round_numbers_inside_the_range() {
+        let (t, step) = nice_ticks(1.17, 3.1, 6);
+        assert_eq!(step, 0.5);
+        assert_eq!(t, vec![1.5, 2.0, 2.5, 3.0]);
+        let (t, step) = nice_ticks(0.0, 9950.0, 6);
+        assert_eq!(step, 2000.0);
+        assert_eq!(t.len(), 5);
+        assert_eq!(tick_label(2.5, 0.5), "2.5");
+        assert_eq!(tick_label(4000.0, 2000.0), "4000");
+        assert_eq!(tick_label(-1e-17, 0.1), "0.0");
+    }
+
+    #[test]
+    fn every_glyph_character_has_ink() {
+        for c in "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ.,-+/:_()=%".chars() {
+            let g = glyph(c).unwrap();
+            assert!(g != 0 && g < 1 << 15, "{c}");
+        }
+        assert_eq!(glyph('a'), glyph('A'));
+        assert_eq!(glyph('#'), None);
+    }
+}

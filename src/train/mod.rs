@@ -423,14 +423,21 @@ impl Trainer {
 
     /// Trains until `config.steps`, with periodic evaluation, samples and checkpoints, and a
     /// final one of each. `on_event` sees every step and every file written.
-    pub fn run(&mut self, mut on_event: impl FnMut(Event<'_>)) -> Result<()> {
+    pub fn run(&mut self, on_event: impl FnMut(Event<'_>)) -> Result<()> {
+        self.run_until(self.config.steps, on_event)
+    }
+
+    /// Like [`Trainer::run`] but stops after step `stop` (at most `config.steps`), saving a
+    /// checkpoint there so the run can be resumed.
+    pub fn run_until(&mut self, stop: usize, mut on_event: impl FnMut(Event<'_>)) -> Result<()> {
+        let stop = stop.min(self.config.steps);
         let dir = self.config.out_dir.clone();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let every = |n: usize, step: usize| n > 0 && step % n == 0;
         let mut prefetch = Prefetcher::new(Loader::from_state(self.train.clone(), &self.loader_state)?, 2);
         let log_every = 10;
         let mut acc = (0.0, 0.0, 0usize);
-        while self.step < self.config.steps {
+        while self.step < stop {
             let batch = prefetch.next_batch()?;
             let stats = self.train_step(&batch)?;
             self.loader_state = prefetch.state();
@@ -457,7 +464,7 @@ impl Trainer {
                 self.write_samples(&path)?;
                 on_event(Event::Samples { step: s, path: &path });
             }
-            if every(self.config.checkpoint_every, s) || last {
+            if every(self.config.checkpoint_every, s) || last || s == stop {
                 let path = self.save_checkpoint()?;
                 on_event(Event::Checkpoint { step: s, path: &path });
             }

@@ -260,8 +260,8 @@ const FONT_SCALE: usize = 2;
 const CHAR_W: usize = 4 * FONT_SCALE;
 const CHAR_H: usize = 5 * FONT_SCALE;
 
-/// Distinct series colours, used in order.
-const PALETTE: [[u8; 3]; 8] = [
+/// Distinct series colours (RGB) of [`render_line_plot`], used in order.
+pub const PALETTE: [[u8; 3]; 8] = [
     [0, 90, 200],
     [230, 120, 0],
     [0, 150, 60],

@@ -13,7 +13,9 @@ use tarflow::data::idx::{encode_idx_images, encode_idx_labels, gzip, write_idx_p
 use tarflow::data::loader::{dequantize, to_signed_unit};
 use tarflow::data::mnist::embedded_test_indices;
 use tarflow::data::*;
-use tarflow::imageio::{f32_to_u8_images, write_line_plot, write_png_grid, GRID_PAD_VALUE};
+use tarflow::imageio::{
+    f32_to_u8_images, write_line_plot, write_png_grid, GRID_PAD_VALUE, PALETTE,
+};
 use tarflow::{Error, Rng};
 
 // ---------------------------------------------------------------------------------------
@@ -809,7 +811,7 @@ fn line_plot_draws_series_in_distinct_colours() {
     let img = image::open(&p).unwrap().to_rgb8();
     assert_eq!(img.dimensions(), (480, 320));
     let count = |c: [u8; 3]| img.pixels().filter(|px| px.0 == c).count();
-    let (blue, orange) = (count([0, 90, 200]), count([230, 120, 0]));
+    let (blue, orange) = (count(PALETTE[0]), count(PALETTE[1]));
     assert!(blue > 300, "first series drawn ({blue} px)");
     assert!(orange > 300, "second series drawn ({orange} px)");
     assert!(count([0, 0, 0]) > 500, "axes and text");

@@ -332,8 +332,8 @@ impl Iterator for Loader {
 /// Runs a [`Loader`] on a background thread, keeping up to `depth` batches ready while the
 /// caller computes on the current one.
 ///
-/// It yields exactly the batches the loader would yield synchronously, and [`state`]
-/// (Prefetcher::state) is the loader state right after the last batch handed to the caller,
+/// It yields exactly the batches the loader would yield synchronously, and
+/// [`Prefetcher::state`] is the loader state right after the last batch handed to the caller,
 /// so checkpoints taken while prefetching resume correctly (batches prepared ahead but not
 /// taken are simply prepared again).
 pub struct Prefetcher {

@@ -1,12 +1,12 @@
 //! Image data sets: the embedded MNIST digits, IDX and CIFAR-10 files, folders of PNG/JPEG
-//! images, and a seeded, resumable batch [`Loader`](loader::Loader).
+//! images, and a seeded, resumable batch [`Loader`].
 //!
 //! Everything here works on plain bytes: a [`Dataset`] is `N*C*H*W` pixels (`u8`, row-major,
 //! channel-major within each image) plus one label per image. Conversion to floats happens per
 //! batch ([`loader::to_signed_unit`], [`loader::dequantize`]).
 //!
 //! Every reader validates what it is given: malformed input gives
-//! [`Error::Format`](crate::Error::Format) naming the file (or the in-memory name the caller
+//! [`Error::Format`] naming the file (or the in-memory name the caller
 //! chose) and what is wrong, never a panic, and sizes read from a header are checked against
 //! the bytes actually present before anything is allocated from them.
 

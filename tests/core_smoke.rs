@@ -46,7 +46,7 @@ fn reductions_and_views() {
     let a = rnd(&[2, 3, 4], 8);
     check_gradients(
         |x| x[0].sum(&[0, 2], true),
-        &[a.clone()],
+        std::slice::from_ref(&a),
         GradCheck::default(),
     )
     .unwrap();
@@ -57,7 +57,7 @@ fn reductions_and_views() {
                 .flip(1)?
                 .mean(&[-1], false)
         },
-        &[a.clone()],
+        std::slice::from_ref(&a),
         GradCheck::default(),
     )
     .unwrap();

@@ -787,3 +787,25 @@ fn decode_over_several_key_blocks_equals_full_attention() {
         assert!(e < 1e-13, "last {t} queries differ by {e:e}");
     }
 }
+
+// ------------------------------------------------------------------------------ GELU
+
+#[test]
+fn gelu_derivatives_match_derivation() {
+    // docs/derivations.md derives d/dx GELU = Phi(x) + x phi(x) (erf form) and
+    // 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) u' (tanh form); both implementations must agree
+    // with central differences of their own forward.
+    use tarflow::ops::{gelu_grad_scalar, gelu_scalar};
+    let h = 1e-6;
+    for i in -60..=60 {
+        let x = i as f64 * 0.1;
+        let numeric = (gelu_scalar(x + h) - gelu_scalar(x - h)) / (2.0 * h);
+        let derived = 0.5 * (1.0 + Element::erf(x / 2f64.sqrt()))
+            + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+        assert!((gelu_grad_scalar(x) - numeric).abs() < 1e-8, "x = {x}");
+        assert!((gelu_grad_scalar(x) - derived).abs() < 1e-14, "x = {x}");
+    }
+    let x = rnd::<f64>(&[4, 5], 70).mul_scalar(2.0);
+    check_gradients(|t| Ok(t[0].gelu()), std::slice::from_ref(&x), gc()).unwrap();
+    check_gradients(|t| Ok(t[0].gelu_tanh()), std::slice::from_ref(&x), gc()).unwrap();
+}

@@ -809,3 +809,107 @@ fn gelu_derivatives_match_derivation() {
     check_gradients(|t| Ok(t[0].gelu()), std::slice::from_ref(&x), gc()).unwrap();
     check_gradients(|t| Ok(t[0].gelu_tanh()), std::slice::from_ref(&x), gc()).unwrap();
 }
+
+// ------------------------------------------------------------------------------ partial grads
+
+/// Gradients of `sum(f(x) * r)` for the inputs flagged in `wanted` only (the others are
+/// plain tensors), so that the ops' paths for partial gradients are exercised.
+fn partial_grads(
+    f: impl Fn(&[Tensor<f64>]) -> Result<Tensor<f64>>,
+    inputs: &[Tensor<f64>],
+    wanted: &[bool],
+) -> Vec<Option<Vec<f64>>> {
+    let xs: Vec<Tensor<f64>> = inputs
+        .iter()
+        .zip(wanted)
+        .map(|(t, &w)| {
+            if w {
+                t.copy().requires_grad_()
+            } else {
+                t.copy()
+            }
+        })
+        .collect();
+    let y = f(&xs).unwrap();
+    let r = rnd::<f64>(y.shape(), 0xdef);
+    y.mul(&r).unwrap().sum_all().backward().unwrap();
+    xs.iter().map(|t| t.grad().map(|g| g.to_vec())).collect()
+}
+
+#[test]
+fn partial_gradients_match_composed() {
+    let check = |what: &str, a: Vec<Option<Vec<f64>>>, b: Vec<Option<Vec<f64>>>| {
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            match (x, y) {
+                (Some(x), Some(y)) => {
+                    let e = max_rel_err(x, y);
+                    assert!(e < 1e-12, "{what}: input {i} differs by {e:e}");
+                }
+                (None, None) => {}
+                _ => panic!("{what}: input {i} has a gradient on one side only"),
+            }
+        }
+    };
+    // Layer norm: parameters only (input constant), small and parallel sizes.
+    for rows in [5, 300] {
+        let inputs = [rnd(&[rows, 128], 80), rnd(&[128], 81), rnd(&[128], 82)];
+        for wanted in [
+            [false, true, true],
+            [false, true, false],
+            [true, false, false],
+        ] {
+            check(
+                &format!("layer_norm rows {rows} {wanted:?}"),
+                partial_grads(
+                    |t| t[0].layer_norm(Some(&t[1]), Some(&t[2]), 1e-5),
+                    &inputs,
+                    &wanted,
+                ),
+                partial_grads(
+                    |t| layer_norm_composed(&t[0], Some(&t[1]), Some(&t[2]), 1e-5),
+                    &inputs,
+                    &wanted,
+                ),
+            );
+        }
+    }
+    // Attention: each operand alone, and k with v.
+    let inputs = [
+        rnd(&[2, 2, 6, 4], 83),
+        rnd(&[2, 2, 6, 4], 84),
+        rnd(&[2, 2, 6, 4], 85),
+    ];
+    let o = opts(true, 0.5, 1.2);
+    for wanted in [
+        [true, false, false],
+        [false, true, false],
+        [false, false, true],
+        [false, true, true],
+    ] {
+        check(
+            &format!("attention {wanted:?}"),
+            partial_grads(
+                |t| attention(&t[0], &t[1], &t[2], None, o),
+                &inputs,
+                &wanted,
+            ),
+            partial_grads(
+                |t| attention_reference(&t[0], &t[1], &t[2], None, o),
+                &inputs,
+                &wanted,
+            ),
+        );
+    }
+}
+
+#[test]
+fn fused_ops_record_nothing_without_gradients() {
+    let x = rnd::<f64>(&[3, 4], 90).requires_grad_();
+    let _g = tarflow::no_grad();
+    assert!(!x.softmax(-1).unwrap().requires_grad());
+    assert!(!x.layer_norm(None, None, 1e-5).unwrap().requires_grad());
+    let q = rnd::<f64>(&[1, 1, 3, 4], 91).requires_grad_();
+    assert!(!attention(&q, &q, &q, None, opts(true, 0.5, 1.0))
+        .unwrap()
+        .requires_grad());
+}

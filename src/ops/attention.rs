@@ -2,10 +2,10 @@
 //!
 //! For every (batch, head) pair `attention` computes the scores `S = alpha Q K^T` with
 //! `alpha = scale / temperature`, masks them, takes the row softmax `P` and returns `O = P V`,
-//! all in one pass over a `[Nq, Nk]` scratch block: the `[B, H, Nq, Nk]` score tensor of the
-//! composed form never exists unless a gradient is needed, in which case `P` itself is kept
-//! for the backward. Operands are read through their strides (matrixmultiply packs strided
-//! operands itself), so views cut from a fused qkv projection are never copied.
+//! in per-task scratch: the `[B, H, Nq, Nk]` score tensor of the composed form never exists,
+//! and `P` is kept only when a gradient is needed. Strided operands (views cut from a fused
+//! qkv projection) are never copied as a whole; each head's `Q` and `K` are transposed into
+//! scratch because that is the layout matrixmultiply packs fastest (see `gemm`).
 //!
 //! Backward, per (batch, head), with `D_i = sum_d dO_id O_id`:
 //! `dV = P^T dO`, `dP = dO V^T`, `dS = P * (dP - D)`, `dQ = alpha dS K`, `dK = alpha dS^T Q`.

@@ -3,7 +3,8 @@
 //! The input is read as `[outer, n, inner]` blocks (`n` the reduced axis). The last axis
 //! (`inner == 1`) is the fast path: one contiguous row per lane. Other axes reduce whole
 //! `inner`-wide rows at once, which keeps the loops unit-stride. Every lane subtracts its
-//! maximum before exponentiating, so large logits stay finite.
+//! maximum before exponentiating, so large logits stay finite. `f32` exponentials go through
+//! a polynomial that vectorises (`exp_f32`), `f64` ones through libm.
 //!
 //! Gradient-write convention: backward passes return fresh tensors (`=`, never `+=`); the
 //! autograd engine sums contributions. Derivations: `docs/derivations.md`.
@@ -17,11 +18,7 @@ use crate::tensor::{Element, Tensor};
 
 /// Runs `f(first_block, blocks)` over `out` cut into whole blocks of `block` elements, split
 /// across rayon tasks of about `PAR_THRESHOLD` elements when the output is large.
-pub(crate) fn par_blocks<E: Element>(
-    out: &mut [E],
-    block: usize,
-    f: impl Fn(usize, &mut [E]) + Sync,
-) {
+fn par_blocks<E: Element>(out: &mut [E], block: usize, f: impl Fn(usize, &mut [E]) + Sync) {
     if block == 0 || out.is_empty() {
         return;
     }

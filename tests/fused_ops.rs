@@ -52,7 +52,10 @@ fn assert_same<E: Element>(
 ) {
     let (va, ga) = value_and_grads(fused, inputs);
     let (vb, gb) = value_and_grads(composed, inputs);
-    assert!(va.iter().all(|v| v.is_finite()), "{what}: non-finite output");
+    assert!(
+        va.iter().all(|v| v.is_finite()),
+        "{what}: non-finite output"
+    );
     let e = max_rel_err(&va, &vb);
     assert!(e <= tol, "{what}: values differ by {e:e}");
     for (i, (a, b)) in ga.iter().zip(&gb).enumerate() {
@@ -77,13 +80,13 @@ fn softmax_composed<E: Element>(x: &Tensor<E>, axis: isize, log: bool) -> Result
 fn softmax_gradcheck_every_axis() {
     let x = rnd::<f64>(&[3, 4, 5], 1);
     for axis in [0, 1, 2, -1, -2] {
-        check_gradients(|t| t[0].softmax(axis), &[x.clone()], gc())
+        check_gradients(|t| t[0].softmax(axis), std::slice::from_ref(&x), gc())
             .unwrap_or_else(|e| panic!("softmax axis {axis}: {e}"));
-        check_gradients(|t| t[0].log_softmax(axis), &[x.clone()], gc())
+        check_gradients(|t| t[0].log_softmax(axis), std::slice::from_ref(&x), gc())
             .unwrap_or_else(|e| panic!("log_softmax axis {axis}: {e}"));
     }
     // A non-contiguous input (a transposed view).
-    check_gradients(|t| t[0].t()?.softmax(-1), &[x.clone()], gc()).unwrap();
+    check_gradients(|t| t[0].t()?.softmax(-1), std::slice::from_ref(&x), gc()).unwrap();
     check_gradients(|t| t[0].permute(&[2, 0, 1])?.log_softmax(1), &[x], gc()).unwrap();
 }
 
@@ -105,7 +108,7 @@ fn softmax_matches_composed_f64_and_f32() {
                 assert_same(
                     fused,
                     |t| softmax_composed(&t[0], axis, log),
-                    &[x64.clone()],
+                    std::slice::from_ref(&x64),
                     1e-12,
                     &what,
                 );
@@ -153,7 +156,11 @@ fn softmax_large_logits_stay_finite() {
     // Row 0: [1e4, -1e4, 0] puts all mass on the first entry.
     assert!((s[0] - 1.0).abs() < 1e-15 && s[1] == 0.0);
     let l = x64.log_softmax(1).unwrap().to_vec();
-    assert!((l[1] + 2e4).abs() < 1e-9, "log_softmax keeps -2e4, got {}", l[1]);
+    assert!(
+        (l[1] + 2e4).abs() < 1e-9,
+        "log_softmax keeps -2e4, got {}",
+        l[1]
+    );
     // Gradients stay finite too.
     let (_, g) = value_and_grads(|t| t[0].log_softmax(1), &[x32]);
     assert!(g[0].iter().all(|v| v.is_finite()));
@@ -212,7 +219,12 @@ fn layer_norm_gradcheck() {
         gc(),
     )
     .unwrap();
-    check_gradients(|t| t[0].layer_norm(None, None, 1e-5), &[x.clone()], gc()).unwrap();
+    check_gradients(
+        |t| t[0].layer_norm(None, None, 1e-5),
+        std::slice::from_ref(&x),
+        gc(),
+    )
+    .unwrap();
     check_gradients(
         |t| t[0].layer_norm(Some(&t[1]), None, 1e-3),
         &[x.clone(), w],
@@ -315,7 +327,11 @@ fn layer_norm_module() {
     let y = ln.forward(&x).unwrap();
     let plain = x.layer_norm(None, None, 1e-5).unwrap();
     assert!(max_rel_err(&y.to_vec(), &plain.to_vec()) < 1e-15);
-    y.mul(&rnd(&[4, 6], 14)).unwrap().sum_all().backward().unwrap();
+    y.mul(&rnd(&[4, 6], 14))
+        .unwrap()
+        .sum_all()
+        .backward()
+        .unwrap();
     assert_eq!(ln.weight.grad().unwrap().shape(), &[6]);
     assert_eq!(ln.bias.grad().unwrap().shape(), &[6]);
 }
@@ -408,7 +424,7 @@ fn attention_gradcheck_through_strided_views() {
                 assert!(!q.is_contiguous() && !k.is_contiguous());
                 attention(&q, &k, &v, None, opts(causal, 0.7, 1.5))
             },
-            &[x.clone()],
+            std::slice::from_ref(&x),
             gc(),
         )
         .unwrap();
@@ -544,7 +560,10 @@ fn attention_rejects_bad_shapes_and_options() {
     let kd = rnd::<f64>(&[2, 2, 5, 3], 40);
     assert!(attention(&q, &kd, &v, None, o).is_err(), "head dims differ");
     let v4 = rnd::<f64>(&[2, 2, 4, 4], 41);
-    assert!(attention(&q, &k, &v4, None, o).is_err(), "k and v lengths differ");
+    assert!(
+        attention(&q, &k, &v4, None, o).is_err(),
+        "k and v lengths differ"
+    );
     let kb = rnd::<f64>(&[1, 2, 5, 4], 42);
     assert!(attention(&q, &kb, &v, None, o).is_err(), "batch differs");
     // Causal with more queries than keys.
@@ -553,7 +572,12 @@ fn attention_rejects_bad_shapes_and_options() {
     assert!(attention(&q, &k, &v, Some(&mask), o).is_err(), "mask rows");
     let mask = Tensor::<f64>::zeros(&[2, 1, 3, 5]);
     assert!(attention(&q, &k, &v, Some(&mask), o).is_ok());
-    for (s, t) in [(0.5, 0.0), (0.5, -1.0), (f64::NAN, 1.0), (0.5, f64::INFINITY)] {
+    for (s, t) in [
+        (0.5, 0.0),
+        (0.5, -1.0),
+        (f64::NAN, 1.0),
+        (0.5, f64::INFINITY),
+    ] {
         assert!(attention(&q, &k, &v, None, opts(false, s, t)).is_err());
         assert!(attention_reference(&q, &k, &v, None, opts(false, s, t)).is_err());
     }
@@ -603,7 +627,10 @@ fn decode_in_chunks_f32() {
     let mut cache = KvCache::<f32>::new(b, h, 16, d);
     let mut parts = Vec::new();
     for (start, len) in [(0, 4), (4, 1), (5, 3), (8, 1)] {
-        let (kc, vc) = (k.narrow(2, start, len).unwrap(), v.narrow(2, start, len).unwrap());
+        let (kc, vc) = (
+            k.narrow(2, start, len).unwrap(),
+            v.narrow(2, start, len).unwrap(),
+        );
         cache.append(&kc, &vc).unwrap();
         parts.push(attention_decode(&q.narrow(2, start, len).unwrap(), &cache, o).unwrap());
     }
@@ -628,16 +655,24 @@ fn kv_cache_errors() {
     let e = cache.append(&kv(2, 3), &kv(2, 4));
     assert!(e.is_err(), "overflow must fail");
     assert_eq!(cache.len(), 2, "a failed append leaves the cache unchanged");
-    assert!(cache.append(&kv(1, 5), &kv(2, 6)).is_err(), "k and v differ");
+    assert!(
+        cache.append(&kv(1, 5), &kv(2, 6)).is_err(),
+        "k and v differ"
+    );
     assert!(cache
         .append(&rnd(&[2, 3, 1, 4], 7), &rnd(&[2, 3, 1, 4], 8))
         .is_err());
     assert!(cache
         .append(&rnd(&[2, 2, 1, 5], 7), &rnd(&[2, 2, 1, 5], 8))
         .is_err());
-    assert!(cache.append(&rnd(&[2, 2, 4], 9), &rnd(&[2, 2, 4], 9)).is_err());
+    assert!(cache
+        .append(&rnd(&[2, 2, 4], 9), &rnd(&[2, 2, 4], 9))
+        .is_err());
     let o = opts(true, 0.5, 1.0);
-    assert!(attention_decode(&kv(3, 10), &cache, o).is_err(), "more queries than keys");
+    assert!(
+        attention_decode(&kv(3, 10), &cache, o).is_err(),
+        "more queries than keys"
+    );
     assert!(attention_decode(&rnd(&[1, 2, 1, 4], 11), &cache, o).is_err());
     assert!(attention_decode(&rnd(&[2, 2, 1, 3], 12), &cache, o).is_err());
     assert!(attention_decode(&kv(1, 13), &cache, opts(true, 0.5, 0.0)).is_err());
@@ -678,7 +713,10 @@ fn causal_self_attention_step_equals_forward() {
     let mut small = layer.new_cache(b, 1);
     let x1 = x.narrow(1, 0, 1).unwrap();
     assert!(layer.forward_step(&x1, &mut small, 1.0).is_ok());
-    assert!(layer.forward_step(&x1, &mut small, 1.0).is_err(), "cache full");
+    assert!(
+        layer.forward_step(&x1, &mut small, 1.0).is_err(),
+        "cache full"
+    );
     assert!(CausalSelfAttention::<f64>::new(10, 3, &mut rng).is_err());
     assert!(CausalSelfAttention::<f64>::new(8, 0, &mut rng).is_err());
 }
@@ -728,4 +766,150 @@ fn causal_self_attention_gradcheck_and_reference() {
         1e-12,
         "CausalSelfAttention vs composed",
     );
+}
+
+#[test]
+fn decode_over_several_key_blocks_equals_full_attention() {
+    // More cached positions than one block of the decode loop, with spread-out scores so
+    // that the running maximum moves between blocks.
+    let (b, h, n, d) = (1, 2, 150, 4);
+    let q = rnd::<f64>(&[b, h, n, d], 56).mul_scalar(3.0);
+    let k = rnd::<f64>(&[b, h, n, d], 57);
+    let v = rnd::<f64>(&[b, h, n, d], 58);
+    let o = opts(true, 1.0, 0.8);
+    let full = attention(&q, &k, &v, None, o).unwrap();
+    let mut cache = KvCache::<f64>::new(b, h, n, d);
+    cache.append(&k, &v).unwrap();
+    for t in [1, 5, 64, 130] {
+        let got = attention_decode(&q.narrow(2, n - t, t).unwrap(), &cache, o).unwrap();
+        let want = full.narrow(2, n - t, t).unwrap();
+        let e = max_rel_err(&got.to_vec(), &want.to_vec());
+        assert!(e < 1e-13, "last {t} queries differ by {e:e}");
+    }
+}
+
+// ------------------------------------------------------------------------------ GELU
+
+#[test]
+fn gelu_derivatives_match_derivation() {
+    // docs/derivations.md derives d/dx GELU = Phi(x) + x phi(x) (erf form) and
+    // 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) u' (tanh form); both implementations must agree
+    // with central differences of their own forward.
+    use tarflow::ops::{gelu_grad_scalar, gelu_scalar};
+    let h = 1e-6;
+    for i in -60..=60 {
+        let x = i as f64 * 0.1;
+        let numeric = (gelu_scalar(x + h) - gelu_scalar(x - h)) / (2.0 * h);
+        let derived = 0.5 * (1.0 + Element::erf(x / 2f64.sqrt()))
+            + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+        assert!((gelu_grad_scalar(x) - numeric).abs() < 1e-8, "x = {x}");
+        assert!((gelu_grad_scalar(x) - derived).abs() < 1e-14, "x = {x}");
+    }
+    let x = rnd::<f64>(&[4, 5], 70).mul_scalar(2.0);
+    check_gradients(|t| Ok(t[0].gelu()), std::slice::from_ref(&x), gc()).unwrap();
+    check_gradients(|t| Ok(t[0].gelu_tanh()), std::slice::from_ref(&x), gc()).unwrap();
+}
+
+// ------------------------------------------------------------------------------ partial grads
+
+/// Gradients of `sum(f(x) * r)` for the inputs flagged in `wanted` only (the others are
+/// plain tensors), so that the ops' paths for partial gradients are exercised.
+fn partial_grads(
+    f: impl Fn(&[Tensor<f64>]) -> Result<Tensor<f64>>,
+    inputs: &[Tensor<f64>],
+    wanted: &[bool],
+) -> Vec<Option<Vec<f64>>> {
+    let xs: Vec<Tensor<f64>> = inputs
+        .iter()
+        .zip(wanted)
+        .map(|(t, &w)| {
+            if w {
+                t.copy().requires_grad_()
+            } else {
+                t.copy()
+            }
+        })
+        .collect();
+    let y = f(&xs).unwrap();
+    let r = rnd::<f64>(y.shape(), 0xdef);
+    y.mul(&r).unwrap().sum_all().backward().unwrap();
+    xs.iter().map(|t| t.grad().map(|g| g.to_vec())).collect()
+}
+
+#[test]
+fn partial_gradients_match_composed() {
+    let check = |what: &str, a: Vec<Option<Vec<f64>>>, b: Vec<Option<Vec<f64>>>| {
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            match (x, y) {
+                (Some(x), Some(y)) => {
+                    let e = max_rel_err(x, y);
+                    assert!(e < 1e-12, "{what}: input {i} differs by {e:e}");
+                }
+                (None, None) => {}
+                _ => panic!("{what}: input {i} has a gradient on one side only"),
+            }
+        }
+    };
+    // Layer norm: parameters only (input constant), small and parallel sizes.
+    for rows in [5, 300] {
+        let inputs = [rnd(&[rows, 128], 80), rnd(&[128], 81), rnd(&[128], 82)];
+        for wanted in [
+            [false, true, true],
+            [false, true, false],
+            [true, false, false],
+        ] {
+            check(
+                &format!("layer_norm rows {rows} {wanted:?}"),
+                partial_grads(
+                    |t| t[0].layer_norm(Some(&t[1]), Some(&t[2]), 1e-5),
+                    &inputs,
+                    &wanted,
+                ),
+                partial_grads(
+                    |t| layer_norm_composed(&t[0], Some(&t[1]), Some(&t[2]), 1e-5),
+                    &inputs,
+                    &wanted,
+                ),
+            );
+        }
+    }
+    // Attention: each operand alone, and k with v.
+    let inputs = [
+        rnd(&[2, 2, 6, 4], 83),
+        rnd(&[2, 2, 6, 4], 84),
+        rnd(&[2, 2, 6, 4], 85),
+    ];
+    let o = opts(true, 0.5, 1.2);
+    for wanted in [
+        [true, false, false],
+        [false, true, false],
+        [false, false, true],
+        [false, true, true],
+    ] {
+        check(
+            &format!("attention {wanted:?}"),
+            partial_grads(
+                |t| attention(&t[0], &t[1], &t[2], None, o),
+                &inputs,
+                &wanted,
+            ),
+            partial_grads(
+                |t| attention_reference(&t[0], &t[1], &t[2], None, o),
+                &inputs,
+                &wanted,
+            ),
+        );
+    }
+}
+
+#[test]
+fn fused_ops_record_nothing_without_gradients() {
+    let x = rnd::<f64>(&[3, 4], 90).requires_grad_();
+    let _g = tarflow::no_grad();
+    assert!(!x.softmax(-1).unwrap().requires_grad());
+    assert!(!x.layer_norm(None, None, 1e-5).unwrap().requires_grad());
+    let q = rnd::<f64>(&[1, 1, 3, 4], 91).requires_grad_();
+    assert!(!attention(&q, &q, &q, None, opts(true, 0.5, 1.0))
+        .unwrap()
+        .requires_grad());
 }

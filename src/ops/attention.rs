@@ -2,10 +2,10 @@
 //!
 //! For every (batch, head) pair `attention` computes the scores `S = alpha Q K^T` with
 //! `alpha = scale / temperature`, masks them, takes the row softmax `P` and returns `O = P V`,
-//! all in one pass over a `[Nq, Nk]` scratch block: the `[B, H, Nq, Nk]` score tensor of the
-//! composed form never exists unless a gradient is needed, in which case `P` itself is kept
-//! for the backward. Operands are read through their strides (matrixmultiply packs strided
-//! operands itself), so views cut from a fused qkv projection are never copied.
+//! in per-task scratch: the `[B, H, Nq, Nk]` score tensor of the composed form never exists,
+//! and `P` is kept only when a gradient is needed. Strided operands (views cut from a fused
+//! qkv projection) are never copied as a whole; each head's `Q` and `K` are transposed into
+//! scratch because that is the layout matrixmultiply packs fastest (see `gemm`).
 //!
 //! Backward, per (batch, head), with `D_i = sum_d dO_id O_id`:
 //! `dV = P^T dO`, `dP = dO V^T`, `dS = P * (dP - D)`, `dQ = alpha dS K`, `dK = alpha dS^T Q`.
@@ -25,7 +25,7 @@ use rayon::prelude::*;
 use crate::autograd::is_grad_enabled;
 use crate::error::{Error, Result};
 use crate::ops::matmul::init_gemm_threads;
-use crate::ops::softmax::{dot, softmax_in_place};
+use crate::ops::softmax::{dot, exp_in_place};
 use crate::tensor::{Element, Layout, Tensor};
 
 /// How scores are formed and masked.
@@ -43,7 +43,7 @@ pub struct AttentionOptions {
 impl AttentionOptions {
     /// `scale / temperature`, after checking both.
     fn alpha(&self, op: &'static str) -> Result<f64> {
-        if !self.scale.is_finite() || !(self.temperature.is_finite() && self.temperature > 0.0) {
+        if !(self.scale.is_finite() && self.temperature.is_finite() && self.temperature > 0.0) {
             return Err(Error::arg(
                 op,
                 format!(
@@ -81,9 +81,7 @@ fn check_shapes<E: Element>(
     shapes.extend(mask.map(|m| m.shape()));
     let bad = |detail: &str| Error::shape(op, &shapes, E::DTYPE.name(), detail);
     if q.rank() != 4 || k.rank() != 4 || v.rank() != 4 {
-        return Err(bad(
-            "q, k, v must be [batch, heads, positions, head_dim]",
-        ));
+        return Err(bad("q, k, v must be [batch, heads, positions, head_dim]"));
     }
     let (qs, ks, vs) = (q.shape(), k.shape(), v.shape());
     if qs[..2] != ks[..2] || ks[..2] != vs[..2] {
@@ -145,16 +143,6 @@ impl Strided4 {
             cs: self.st[3],
         }
     }
-    /// The (b, h) matrix transposed.
-    #[inline]
-    fn mat_t<'a, E>(&self, data: &'a [E], b: usize, h: usize) -> Mat<'a, E> {
-        Mat {
-            data,
-            off: self.head(b, h),
-            rs: self.st[3],
-            cs: self.st[2],
-        }
-    }
 }
 
 /// A strided matrix inside a slice.
@@ -185,17 +173,42 @@ impl<E> Mat<'_, E> {
     }
 }
 
-/// `c = alpha * a @ b` with `a` `m x k`, `b` `k x n` and `c` row-major `m x n`.
-fn gemm<E: Element>(m: usize, k: usize, n: usize, alpha: E, a: Mat<E>, b: Mat<E>, c: &mut [E]) {
+/// `c = alpha * a @ b` with `a` `m x k`, `b` `k x n`, and `c` `m x n` at strides `(crs, ccs)`.
+///
+/// matrixmultiply copies `a` quickly when its rows are adjacent (`a.rs == 1`) and `b` when its
+/// columns are (`b.cs == 1`); any other layout is copied element by element, which at
+/// attention sizes costs more than the product itself. Callers arrange their operands so.
+#[allow(clippy::too_many_arguments)]
+fn gemm<E: Element>(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: E,
+    a: Mat<E>,
+    b: Mat<E>,
+    c: &mut [E],
+    crs: isize,
+    ccs: isize,
+) {
     if m == 0 || n == 0 {
         return;
     }
+    let cm = Mat {
+        data: &*c,
+        off: 0,
+        rs: crs,
+        cs: ccs,
+    };
     assert!(
-        c.len() >= m * n && a.fits(m, k) && b.fits(k, n),
+        cm.fits(m, n) && a.fits(m, k) && b.fits(k, n),
         "attention gemm operands out of bounds"
     );
     if k == 0 {
-        c[..m * n].fill(E::ZERO);
+        for i in 0..m {
+            for j in 0..n {
+                c[(i as isize * crs + j as isize * ccs) as usize] = E::ZERO;
+            }
+        }
         return;
     }
     // SAFETY: the assertion above keeps every element of a, b and c in bounds; c is a
@@ -214,10 +227,76 @@ fn gemm<E: Element>(m: usize, k: usize, n: usize, alpha: E, a: Mat<E>, b: Mat<E>
             b.cs,
             E::ZERO,
             c.as_mut_ptr(),
-            n as isize,
-            1,
+            crs,
+            ccs,
         )
     }
+}
+
+/// A contiguous matrix with adjacent rows (`rs == 1`, column-major) and columns `ld` apart.
+fn col_major<E>(data: &[E], ld: usize) -> Mat<'_, E> {
+    Mat {
+        data,
+        off: 0,
+        rs: 1,
+        cs: ld as isize,
+    }
+}
+
+/// A contiguous matrix with adjacent columns (`cs == 1`, row-major) and rows `ld` apart.
+fn row_major<E>(data: &[E], ld: usize) -> Mat<'_, E> {
+    Mat {
+        data,
+        off: 0,
+        rs: ld as isize,
+        cs: 1,
+    }
+}
+
+/// Writes `src^T` row-major into `dst`, rows `ld` apart: `dst[c * ld + r] = src(r, c)` for
+/// the `rows x cols` matrix `src`. This is how operands reach the layout `gemm` wants.
+fn transpose_into<E: Element>(src: Mat<E>, rows: usize, cols: usize, dst: &mut [E], ld: usize) {
+    // 8 x 8 blocks: eight unit-stride reads of eight, then eight unit-stride writes of eight.
+    const T: usize = 8;
+    let row = |r: usize| (src.off + r as isize * src.rs) as usize;
+    let (mut r0, full_c) = (0, cols - cols % T);
+    if src.cs == 1 {
+        while r0 + T <= rows {
+            let rs: [&[E]; T] = std::array::from_fn(|t| &src.data[row(r0 + t)..row(r0 + t) + cols]);
+            for c0 in (0..full_c).step_by(T) {
+                let mut blk = [[E::ZERO; T]; T];
+                for (b, r) in blk.iter_mut().zip(&rs) {
+                    b.copy_from_slice(&r[c0..c0 + T]);
+                }
+                for cc in 0..T {
+                    let d = &mut dst[(c0 + cc) * ld + r0..(c0 + cc) * ld + r0 + T];
+                    for (x, b) in d.iter_mut().zip(&blk) {
+                        *x = b[cc];
+                    }
+                }
+            }
+            for c in full_c..cols {
+                for (t, r) in rs.iter().enumerate() {
+                    dst[c * ld + r0 + t] = r[c];
+                }
+            }
+            r0 += T;
+        }
+    }
+    for r in r0..rows {
+        for c in 0..cols {
+            dst[c * ld + r] = src.data[(row(r) as isize + c as isize * src.cs) as usize];
+        }
+    }
+}
+
+/// Cuts `buf` into consecutive pieces of the given lengths.
+fn carve<E, const N: usize>(mut buf: &mut [E], lens: [usize; N]) -> [&mut [E]; N] {
+    lens.map(|l| {
+        let (a, rest) = std::mem::take(&mut buf).split_at_mut(l);
+        buf = rest;
+        a
+    })
 }
 
 /// Runs `f` on the storage slices of `ts`, taking each distinct storage's read lock once
@@ -297,12 +376,94 @@ fn visible(causal: bool, d: &Dims, i: usize) -> usize {
     }
 }
 
+/// Row and column counts of the products are padded to a multiple of this: matrixmultiply's
+/// widest float kernels work on 16 x 16 tiles, and a partial tile takes an element-by-element
+/// packing path and a masked write-back that cost more than the padding.
+const TILE: usize = 16;
+
+fn pad(n: usize) -> usize {
+    n.div_ceil(TILE) * TILE
+}
+
+/// `out = alpha * a @ b` for the first `m` of `m_pad` rows: the product runs on all `m_pad`
+/// rows (into `scratch` unless `m == m_pad`) and the wanted rows are copied out.
+#[allow(clippy::too_many_arguments)]
+fn gemm_rows<E: Element>(
+    m_pad: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: E,
+    a: Mat<E>,
+    b: Mat<E>,
+    out: &mut [E],
+    scratch: &mut [E],
+) {
+    if m_pad == m {
+        gemm(m, k, n, alpha, a, b, out, n as isize, 1);
+    } else {
+        gemm(m_pad, k, n, alpha, a, b, scratch, n as isize, 1);
+        out.copy_from_slice(&scratch[..m * n]);
+    }
+}
+
+/// Softmax over keys of a column-major score block: lane `j` (a key) holds the `nq` queries'
+/// scores at `p[j * ld..j * ld + nq]`, and each query's softmax runs across the `nk` lanes,
+/// so every loop is unit-stride over queries. A query whose scores are all `-inf` gets zeros.
+/// `m` and `s` are scratch of length `nq`.
+fn softmax_over_keys<E: Element>(
+    p: &mut [E],
+    nk: usize,
+    nq: usize,
+    ld: usize,
+    m: &mut [E],
+    s: &mut [E],
+) {
+    m.copy_from_slice(&p[..nq]);
+    for j in 1..nk {
+        for (m, &x) in m.iter_mut().zip(&p[j * ld..j * ld + nq]) {
+            if x > *m || x.is_nan() {
+                *m = x;
+            }
+        }
+    }
+    for m in m.iter_mut() {
+        if *m == E::NEG_INFINITY {
+            *m = E::ZERO;
+        }
+    }
+    s.fill(E::ZERO);
+    for j in 0..nk {
+        let lane = &mut p[j * ld..j * ld + nq];
+        for (x, &m) in lane.iter_mut().zip(m.iter()) {
+            *x -= m;
+        }
+        exp_in_place(lane);
+        for (s, &e) in s.iter_mut().zip(lane.iter()) {
+            *s += e;
+        }
+    }
+    for s in s.iter_mut() {
+        *s = if *s > E::ZERO { E::ONE / *s } else { E::ZERO };
+    }
+    for j in 0..nk {
+        for (x, &r) in p[j * ld..j * ld + nq].iter_mut().zip(s.iter()) {
+            *x *= r;
+        }
+    }
+}
+
 /// Scaled dot-product attention, fused forward and backward.
 ///
 /// `q` is `[B, H, Nq, Dh]`, `k` `[B, H, Nk, Dh]`, `v` `[B, H, Nk, Dv]` (usually `Dv == Dh`),
 /// with any strides. `mask` broadcasts to `[B, H, Nq, Nk]`; a nonzero entry masks that key
 /// out for that query. A query that sees no key at all gets a zero output (and passes no
 /// gradient). The output is a fresh contiguous `[B, H, Nq, Dv]`.
+///
+/// Within a head the scores and probabilities are kept column-major (`p[j * ld + i]` for
+/// query `i`, key `j`, `ld` the padded query count) and `Q`, `K` are first transposed into
+/// zero-padded scratch, so that every product hands matrixmultiply whole tiles of operands
+/// it can pack by rows (see `gemm` and `TILE`).
 pub fn attention<E: Element>(
     q: &Tensor<E>,
     k: &Tensor<E>,
@@ -316,6 +477,8 @@ pub fn attention<E: Element>(
     let needs_grad =
         is_grad_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad());
     let bh = d.b * d.h;
+    let (nqp, nkp) = (pad(d.nq), pad(d.nk));
+    // P is worked on padded and kept compact (`p[j * nq + i]`) for the backward.
     let (o_len, p_len) = (d.nq * d.dv, d.nq * d.nk);
     let mut out = vec![E::ZERO; bh * o_len];
     let mut probs = vec![E::ZERO; if needs_grad { bh * p_len } else { 0 }];
@@ -336,38 +499,46 @@ pub fn attention<E: Element>(
     let par = parallel_heads(bh, d.nq, d.nk, d.dh.max(d.dv));
     read_storages(&ts, |s| {
         let (out_ptr, p_ptr) = (SyncPtr::new(&mut out), SyncPtr::new(&mut probs));
-        let scratch = if needs_grad { 0 } else { p_len };
-        for_heads(bh, par, scratch, |i, scr| {
+        // Q^T, K^T (zero-padded), softmax max and sum, padded P, padded output rows.
+        let lens = [d.dh * nqp, d.dh * nkp, d.nq, d.nq, nqp * nkp, nqp * d.dv];
+        for_heads(bh, par, lens.iter().sum(), |i, scr| {
             let (b, h) = (i / d.h, i % d.h);
-            // SAFETY: head i owns chunk i of `out` and of `probs`, sized bh * len above.
+            let [qt, kt, mx, sm, p, o_pad] = carve(scr, lens);
+            // SAFETY: head i owns chunk i of `out` (and of `probs` below), sized bh * len.
             let o = unsafe { out_ptr.chunk(i, o_len) };
-            let p = if needs_grad {
-                unsafe { p_ptr.chunk(i, p_len) }
-            } else {
-                &mut scr[..]
-            };
-            let qm = lq.mat(s[0], b, h);
-            gemm(d.nq, d.dh, d.nk, alpha, qm, lk.mat_t(s[1], b, h), p);
-            for (qi, row) in p.chunks_exact_mut(d.nk.max(1)).enumerate().take(d.nq) {
-                let lim = visible(opts.causal, &d, qi);
+            if d.nk == 0 {
+                // No keys: the output stays zero.
+                return;
+            }
+            transpose_into(lq.mat(s[0], b, h), d.nq, d.dh, qt, nqp);
+            transpose_into(lk.mat(s[1], b, h), d.nk, d.dh, kt, nkp);
+            let (qm, km) = (col_major(qt, nqp), row_major(kt, nkp));
+            gemm(nqp, d.dh, nkp, alpha, qm, km, p, 1, nqp as isize);
+            for j in 0..d.nk {
+                let lane = &mut p[j * nqp..j * nqp + d.nq];
+                if opts.causal {
+                    // Key j is visible to query i when j <= i + nk - nq.
+                    let hidden = (j + d.nq).saturating_sub(d.nk);
+                    lane[..hidden].fill(E::NEG_INFINITY);
+                }
                 if let Some(lm) = lm {
-                    let base = lm.head(b, h) + qi as isize * lm.st[2];
-                    for (j, x) in row[..lim].iter_mut().enumerate() {
-                        if s[3][(base + j as isize * lm.st[3]) as usize] != E::ZERO {
+                    let base = lm.head(b, h) + j as isize * lm.st[3];
+                    for (qi, x) in lane.iter_mut().enumerate() {
+                        if s[3][(base + qi as isize * lm.st[2]) as usize] != E::ZERO {
                             *x = E::NEG_INFINITY;
                         }
                     }
                 }
-                softmax_in_place(&mut row[..lim]);
-                row[lim..].fill(E::ZERO);
             }
-            let pm = Mat {
-                data: &p[..],
-                off: 0,
-                rs: d.nk as isize,
-                cs: 1,
-            };
-            gemm(d.nq, d.nk, d.dv, E::ONE, pm, lv.mat(s[2], b, h), o);
+            softmax_over_keys(p, d.nk, d.nq, nqp, mx, sm);
+            if needs_grad {
+                let kept = unsafe { p_ptr.chunk(i, p_len) };
+                for (dst, lane) in kept.chunks_exact_mut(d.nq.max(1)).zip(p.chunks(nqp)) {
+                    dst.copy_from_slice(&lane[..d.nq]);
+                }
+            }
+            let (pm, vm) = (col_major(p, nqp), lv.mat(s[2], b, h));
+            gemm_rows(nqp, d.nq, d.nk, d.dv, E::ONE, pm, vm, o, o_pad);
         });
     });
     let out = Tensor::from_raw(out, &[d.b, d.h, d.nq, d.dv]);
@@ -387,6 +558,15 @@ pub fn attention<E: Element>(
         let mut dq = vec![E::ZERO; if rq { bh * dq_len } else { 0 }];
         let mut dk = vec![E::ZERO; if rk { bh * dk_len } else { 0 }];
         let mut dv = vec![E::ZERO; if rv { bh * dv_len } else { 0 }];
+        if d.nk == 0 {
+            // No keys: the output was constant zero.
+            let shape = |n: usize, e: usize| [d.b, d.h, n, e];
+            return Ok(vec![
+                rq.then(|| Tensor::from_raw(dq, &shape(d.nq, d.dh))),
+                rk.then(|| Tensor::from_raw(dk, &shape(d.nk, d.dh))),
+                rv.then(|| Tensor::from_raw(dv, &shape(d.nk, d.dv))),
+            ]);
+        }
         read_storages(&[&qd, &kd, &vd, g, &od], |s| {
             let (pq, pk, pv) = (
                 SyncPtr::new(&mut dq),
@@ -394,36 +574,44 @@ pub fn attention<E: Element>(
                 SyncPtr::new(&mut dv),
             );
             let (o_all, p_all) = (s[4], &probs[..]);
-            let scratch = if rq || rk { p_len } else { 0 };
-            for_heads(bh, par, scratch, |i, ds| {
+            // P row-major, dO^T, V^T, dP (then dS) column-major, dS row-major, D, padded
+            // output rows. The transposed operands are zero-padded and stay so across heads.
+            let lens = [
+                d.nq * nkp,
+                d.dv * nqp,
+                d.dv * nkp,
+                nqp * nkp,
+                d.nq * nkp,
+                d.nq,
+                nqp.max(nkp) * d.dh.max(d.dv),
+            ];
+            for_heads(bh, par, lens.iter().sum(), |i, scr| {
                 let (b, h) = (i / d.h, i % d.h);
+                let [p_rows, g_t, v_t, ds, ds_rows, dvec, c_pad] = carve(scr, lens);
                 let p = &p_all[i * p_len..(i + 1) * p_len];
-                let pm = Mat {
-                    data: p,
-                    off: 0,
-                    rs: d.nk as isize,
-                    cs: 1,
-                };
-                let pm_t = Mat {
-                    rs: 1,
-                    cs: d.nk as isize,
-                    ..pm
-                };
                 let gm = lg.mat(s[3], b, h);
                 if rv {
+                    // dV = P^T dO; P^T must have adjacent rows, so P goes row-major first.
+                    transpose_into(row_major(p, d.nq), d.nk, d.nq, p_rows, nkp);
                     // SAFETY: head i owns chunk i of dv (and below of dq, dk).
                     let dvc = unsafe { pv.chunk(i, dv_len) };
-                    gemm(d.nk, d.nq, d.dv, E::ONE, pm_t, gm, dvc);
+                    let pm = col_major(p_rows, nkp);
+                    gemm_rows(nkp, d.nk, d.nq, d.dv, E::ONE, pm, gm, dvc, c_pad);
                 }
                 if !(rq || rk) {
                     return;
                 }
-                gemm(d.nq, d.dv, d.nk, E::ONE, gm, lv.mat_t(s[2], b, h), ds);
+                // dP = dO V^T, column-major like P.
+                transpose_into(gm, d.nq, d.dv, g_t, nqp);
+                transpose_into(lv.mat(s[2], b, h), d.nk, d.dv, v_t, nkp);
+                let (gtm, vtm) = (col_major(g_t, nqp), row_major(v_t, nkp));
+                gemm(nqp, d.dv, nkp, E::ONE, gtm, vtm, ds, 1, nqp as isize);
+                // D_i = dO_i . O_i (equal to sum_j P_ij dP_ij, and cheaper).
                 let o = &o_all[i * o_len..(i + 1) * o_len];
-                for qi in 0..d.nq {
+                for (qi, dst) in dvec.iter_mut().enumerate() {
                     let orow = &o[qi * d.dv..(qi + 1) * d.dv];
                     let gbase = gm.off + qi as isize * gm.rs;
-                    let di = if gm.cs == 1 {
+                    *dst = if gm.cs == 1 {
                         dot(&s[3][gbase as usize..gbase as usize + d.dv], orow)
                     } else {
                         let mut acc = E::ZERO;
@@ -432,29 +620,25 @@ pub fn attention<E: Element>(
                         }
                         acc
                     };
-                    let r = qi * d.nk..(qi + 1) * d.nk;
-                    for (x, &pij) in ds[r.clone()].iter_mut().zip(&p[r]) {
+                }
+                // dS = P * (dP - D), lane by lane over keys.
+                for j in 0..d.nk {
+                    let (lane, pl) = (j * nqp..j * nqp + d.nq, &p[j * d.nq..(j + 1) * d.nq]);
+                    for ((x, &pij), &di) in ds[lane].iter_mut().zip(pl).zip(dvec.iter()) {
                         *x = pij * (*x - di);
                     }
                 }
-                let dsm = Mat {
-                    data: &ds[..],
-                    off: 0,
-                    rs: d.nk as isize,
-                    cs: 1,
-                };
                 if rq {
                     let dqc = unsafe { pq.chunk(i, dq_len) };
-                    gemm(d.nq, d.nk, d.dh, alpha, dsm, lk.mat(s[1], b, h), dqc);
+                    let (dsm, km) = (col_major(ds, nqp), lk.mat(s[1], b, h));
+                    gemm_rows(nqp, d.nq, d.nk, d.dh, alpha, dsm, km, dqc, c_pad);
                 }
                 if rk {
+                    // dK = dS^T Q; dS^T must have adjacent rows, so dS goes row-major first.
+                    transpose_into(row_major(ds, nqp), d.nk, d.nq, ds_rows, nkp);
                     let dkc = unsafe { pk.chunk(i, dk_len) };
-                    let dsm_t = Mat {
-                        rs: 1,
-                        cs: d.nk as isize,
-                        ..dsm
-                    };
-                    gemm(d.nk, d.nq, d.dh, alpha, dsm_t, lq.mat(s[0], b, h), dkc);
+                    let (dsm, qm) = (col_major(ds_rows, nkp), lq.mat(s[0], b, h));
+                    gemm_rows(nkp, d.nk, d.nq, d.dh, alpha, dsm, qm, dkc, c_pad);
                 }
             });
         });
@@ -634,13 +818,17 @@ impl<E: Element> KvCache<E> {
     }
 }
 
+/// Keys per block of the decode loop's score buffer.
+const DECODE_CHUNK: usize = 64;
+
 /// Attention of new queries over a [`KvCache`]: `q` is `[B, H, T, Dh]` (usually `T == 1`, one
 /// decode step; any strides), and its queries are the last `T` of the cached positions, so
 /// with `opts.causal` query `t` sees cached positions `0..=len - T + t` (for `T == 1`, all
 /// of them). `opts.causal == false` lets every query see every cached position.
 ///
-/// One pass per query with a running maximum and sum (online softmax) accumulating straight
-/// into the output row: nothing is allocated beyond the output, and nothing is recorded.
+/// One pass per query over blocks of keys with a running maximum and sum (online softmax)
+/// accumulating straight into the output row: nothing is allocated beyond the output (the
+/// scores of a block sit on the stack), and nothing is recorded.
 pub fn attention_decode<E: Element>(
     q: &Tensor<E>,
     cache: &KvCache<E>,
@@ -648,8 +836,7 @@ pub fn attention_decode<E: Element>(
 ) -> Result<Tensor<E>> {
     let op = "attention_decode";
     let qs = q.shape();
-    if q.rank() != 4 || qs[0] != cache.batch || qs[1] != cache.heads || qs[3] != cache.head_dim
-    {
+    if q.rank() != 4 || qs[0] != cache.batch || qs[1] != cache.heads || qs[3] != cache.head_dim {
         return Err(Error::shape(
             op,
             &[qs],
@@ -706,25 +893,41 @@ pub fn attention_decode<E: Element>(
                 };
                 let lim = visible(opts.causal, &d, qi);
                 let (mut m, mut l) = (E::NEG_INFINITY, E::ZERO);
-                for (kr, vr) in keys
-                    .chunks_exact(dh)
-                    .zip(vals.chunks_exact(dh))
-                    .take(lim)
-                {
-                    let sc = score(kr);
-                    if sc > m {
+                // Keys in chunks whose scores sit in a stack buffer: one rescale per chunk,
+                // and the exponentials vectorise.
+                let mut buf = [E::ZERO; DECODE_CHUNK];
+                for c0 in (0..lim).step_by(DECODE_CHUNK) {
+                    let n = DECODE_CHUNK.min(lim - c0);
+                    let sc = &mut buf[..n];
+                    let rows = keys[c0 * dh..(c0 + n) * dh].chunks_exact(dh);
+                    for (x, kr) in sc.iter_mut().zip(rows) {
+                        *x = score(kr);
+                    }
+                    let cm = sc
+                        .iter()
+                        .fold(E::NEG_INFINITY, |a, &x| if x > a { x } else { a });
+                    if cm > m {
                         // Rescale what was accumulated under the old maximum.
-                        let c = (m - sc).exp();
+                        let c = (m - cm).exp();
                         l *= c;
                         for x in orow.iter_mut() {
                             *x *= c;
                         }
-                        m = sc;
+                        m = cm;
                     }
-                    let p = (sc - m).exp();
-                    l += p;
-                    for (x, &vv) in orow.iter_mut().zip(vr) {
-                        *x += p * vv;
+                    if m == E::NEG_INFINITY {
+                        continue;
+                    }
+                    for x in sc.iter_mut() {
+                        *x -= m;
+                    }
+                    exp_in_place(sc);
+                    l += crate::ops::sum_slice(sc);
+                    let vrows = vals[c0 * dh..(c0 + n) * dh].chunks_exact(dh);
+                    for (&p, vr) in sc.iter().zip(vrows) {
+                        for (x, &vv) in orow.iter_mut().zip(vr) {
+                            *x += p * vv;
+                        }
                     }
                 }
                 if l > E::ZERO {

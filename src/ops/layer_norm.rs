@@ -193,7 +193,7 @@ impl<E: Element> Tensor<E> {
                 format!("eps must be finite and non-negative, got {eps}"),
             ));
         }
-        let rows = if d == 0 { 0 } else { self.numel() / d };
+        let rows = self.numel().checked_div(d).unwrap_or(0);
         let (w, b) = (weight.map(|t| t.to_vec()), bias.map(|t| t.to_vec()));
         let needs_grad = is_grad_enabled()
             && (self.requires_grad()
@@ -215,11 +215,10 @@ impl<E: Element> Tensor<E> {
                     .for_each(|(t, (o, s))| {
                         forward_rows(x_of(t, o.len()), o, Some(s), d, wv, bv, eps_e)
                     }),
-                (true, false) => {
-                    out.par_chunks_mut(rpt * d)
-                        .enumerate()
-                        .for_each(|(t, o)| forward_rows(x_of(t, o.len()), o, None, d, wv, bv, eps_e))
-                }
+                (true, false) => out
+                    .par_chunks_mut(rpt * d)
+                    .enumerate()
+                    .for_each(|(t, o)| forward_rows(x_of(t, o.len()), o, None, d, wv, bv, eps_e)),
                 (false, true) => forward_rows(x, &mut out, Some(&mut stats), d, wv, bv, eps_e),
                 (false, false) => forward_rows(x, &mut out, None, d, wv, bv, eps_e),
             }

@@ -14,6 +14,7 @@
 //! ```
 
 pub mod autograd;
+pub mod bench;
 pub mod error;
 pub mod gradcheck;
 pub mod ops;

@@ -3,7 +3,7 @@
 //! of view ops (so strides are zero, negative, offset and non-mergeable).
 
 use proptest::prelude::*;
-use tarflow::tensor::reference::{run_view_program, Dense, ViewOp};
+use tarflow::tensor::reference::{decode_program, run_view_program, Dense, ViewOp};
 use tarflow::Tensor;
 
 type T = Tensor<f64>;
@@ -123,16 +123,7 @@ proptest! {
     ) {
         let d = Dense::iota(&start);
         let t: T = d.to_tensor();
-        let mut bytes = program.into_iter();
-        let mut ops = Vec::new();
-        let mut cur = d.clone();
-        while let Some(op) = ViewOp::decode(&mut bytes, &cur.shape) {
-            match cur.apply(&op) {
-                Some(next) => cur = next,
-                None => { ops.push(op); break; }
-            }
-            ops.push(op);
-        }
+        let ops = decode_program(&mut program.into_iter(), &start, 64, 4096);
         let (view, want) = run_view_program(&t, &d, &ops).map_err(TestCaseError::fail)?;
         // Kernels read through the final layout: unary, binary (with itself, so both operands
         // share storage) and a full reduction.

@@ -30,7 +30,10 @@ pub fn sigmoid_scalar<E: Element>(x: E) -> E {
 }
 
 /// GELU with the exact erf: x * Phi(x).
-#[inline]
+// Always inlined, and called from a closure in `gelu`: through a function pointer or an
+// out-of-line `Fn::call` shim the map loop runs one scalar call per element instead of
+// vectorising (measured 5x slower on f32).
+#[inline(always)]
 pub fn gelu_scalar<E: Element>(x: E) -> E {
     let half = E::from_f64(0.5);
     half * x * (E::ONE + (x * E::from_f64(INV_SQRT_2)).erf())
@@ -145,7 +148,8 @@ impl<E: Element> Tensor<E> {
 
     /// GELU with the exact error function (TarFlow's choice).
     pub fn gelu(&self) -> Tensor<E> {
-        let out = self.map_raw(gelu_scalar);
+        #[allow(clippy::redundant_closure)]
+        let out = self.map_raw(|x| gelu_scalar(x));
         let x = self.detach();
         out.record("gelu", &[self], move |g| {
             Ok(vec![Some(Self::grad_from(g, &x, gelu_grad_scalar)?)])

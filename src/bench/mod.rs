@@ -1,3 +1,97 @@
-//! Benchmarks behind `tarflow bench`: model workloads (and kernels).
+//! Measuring the engine on this machine: the hardware ceilings ([`peak`]) and the engine's
+//! kernels against them ([`kernels`], [`fused`]), and whole-model workloads ([`model`]).
+//!
+//! Everything here measures and reports; nothing asserts a speed. The command-line program
+//! prints [`KernelResult`]s as a table or JSON, and `docs/performance.md` records a run.
+//! Timings are wall-clock medians over repeats after warm-up, with `std::time::Instant`.
 
+pub mod fused;
+pub mod kernels;
 pub mod model;
+pub mod peak;
+
+pub use kernels::{format_table, run_kernel_benches, BenchConfig, KernelResult};
+pub use peak::{measure_peak, Peak, PeakConfig};
+
+use std::time::Instant;
+
+/// Wall-clock statistics of repeated runs, in seconds.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Timing {
+    pub median_s: f64,
+    pub min_s: f64,
+    pub max_s: f64,
+    pub repeats: usize,
+}
+
+/// Runs `f` `warmup` times untimed, then `repeats` (at least 1) timed runs.
+pub fn time_it<R>(warmup: usize, repeats: usize, mut f: impl FnMut() -> R) -> Timing {
+    for _ in 0..warmup {
+        std::hint::black_box(f());
+    }
+    let repeats = repeats.max(1);
+    let mut t: Vec<f64> = (0..repeats)
+        .map(|_| {
+            let start = Instant::now();
+            std::hint::black_box(f());
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(|a, b| a.total_cmp(b));
+    let median_s = if repeats % 2 == 1 {
+        t[repeats / 2]
+    } else {
+        0.5 * (t[repeats / 2 - 1] + t[repeats / 2])
+    };
+    Timing {
+        median_s,
+        min_s: t[0],
+        max_s: t[repeats - 1],
+        repeats,
+    }
+}
+
+/// Runs `f` enough times per sample that one sample takes about `target_s`, and returns the
+/// per-call timing. For calls far shorter than the timer's resolution and scheduling noise.
+pub fn time_batched<R>(
+    warmup: usize,
+    repeats: usize,
+    target_s: f64,
+    mut f: impl FnMut() -> R,
+) -> Timing {
+    let start = Instant::now();
+    std::hint::black_box(f());
+    let once = start.elapsed().as_secs_f64().max(1e-9);
+    let inner = ((target_s / once) as usize).clamp(1, 1_000_000);
+    let t = time_it(warmup, repeats, || {
+        for _ in 0..inner {
+            std::hint::black_box(f());
+        }
+    });
+    let k = inner as f64;
+    Timing {
+        median_s: t.median_s / k,
+        min_s: t.min_s / k,
+        max_s: t.max_s / k,
+        repeats: t.repeats,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timing_statistics_are_ordered() {
+        let mut n = 0u64;
+        let t = time_it(1, 5, || {
+            n += 1;
+            std::thread::sleep(std::time::Duration::from_micros(200 * (n % 3)));
+        });
+        assert_eq!(n, 6);
+        assert!(t.min_s <= t.median_s && t.median_s <= t.max_s);
+        assert!(t.max_s >= 200e-6);
+        let b = time_batched(0, 3, 1e-3, || std::hint::black_box(3u64.pow(5)));
+        assert!(b.min_s > 0.0 && b.min_s <= b.max_s);
+    }
+}

@@ -1,7 +1,7 @@
 //! Elementwise unary ops. Each backward multiplies the output gradient by the derivative,
 //! computed from the saved input or output (whichever is cheaper and stable).
 
-use super::kernel::map1;
+use super::kernel::{map1, map1_runs};
 use crate::error::Result;
 use crate::tensor::{Element, Tensor};
 
@@ -30,7 +30,8 @@ pub fn sigmoid_scalar<E: Element>(x: E) -> E {
 }
 
 /// GELU with the exact erf: x * Phi(x).
-#[inline]
+// Always inlined so that `gelu`'s run loop vectorises (f32's erf is branch-free).
+#[inline(always)]
 pub fn gelu_scalar<E: Element>(x: E) -> E {
     let half = E::from_f64(0.5);
     half * x * (E::ONE + (x * E::from_f64(INV_SQRT_2)).erf())
@@ -145,7 +146,15 @@ impl<E: Element> Tensor<E> {
 
     /// GELU with the exact error function (TarFlow's choice).
     pub fn gelu(&self) -> Tensor<E> {
-        let out = self.map_raw(gelu_scalar);
+        // Whole runs, not one call per element: see `map1_runs`.
+        let v = self.with_data(|d, l| {
+            map1_runs(d, l, |src, dst| {
+                for (o, &x) in dst.iter_mut().zip(src) {
+                    *o = gelu_scalar(x);
+                }
+            })
+        });
+        let out = Tensor::from_raw(v, self.shape());
         let x = self.detach();
         out.record("gelu", &[self], move |g| {
             Ok(vec![Some(Self::grad_from(g, &x, gelu_grad_scalar)?)])

@@ -402,6 +402,44 @@ impl ViewOp {
     }
 }
 
+/// Decodes a view program from bytes, starting at `shape`: steps are decoded against the
+/// reference's current shape and stop after the first step the reference rejects, after
+/// `max_ops` steps, or before a step would make the tensor larger than `max_numel` elements
+/// or rank 8 (broadcasting can grow it quickly).
+pub fn decode_program(
+    bytes: &mut impl Iterator<Item = u8>,
+    shape: &[usize],
+    max_ops: usize,
+    max_numel: usize,
+) -> Vec<ViewOp> {
+    let mut ops = Vec::new();
+    let mut cur = Dense::iota(shape);
+    while ops.len() < max_ops {
+        let Some(op) = ViewOp::decode(bytes, &cur.shape) else {
+            break;
+        };
+        if let ViewOp::BroadcastTo(s) = &op {
+            if s.len() > 8 || s.iter().product::<usize>() > max_numel {
+                continue;
+            }
+        }
+        if matches!(op, ViewOp::Unsqueeze(_)) && cur.shape.len() >= 8 {
+            continue;
+        }
+        match cur.apply(&op) {
+            Some(next) => {
+                cur = next;
+                ops.push(op);
+            }
+            None => {
+                ops.push(op);
+                break;
+            }
+        }
+    }
+    ops
+}
+
 /// Runs `ops` on both the engine tensor `t` and the reference `d`, step by step, and returns
 /// a description of the first disagreement: a value or shape mismatch, or one side failing
 /// where the other succeeded. Stops once both reject a step, returning the last pair that

@@ -1,0 +1,347 @@
+//! Timings of the engine's kernels, with throughput and the fraction of this machine's
+//! measured ceiling ([`super::peak`]) each reaches.
+//!
+//! To add a kernel (softmax, layer norm, attention, ...): time it with [`super::time_it`]
+//! (or [`super::time_batched`] for sub-millisecond calls), then push
+//! [`KernelResult::compute`] when it is bound by arithmetic (give its flop count) or
+//! [`KernelResult::memory`] when it is bound by memory traffic (give the bytes it must move
+//! at least once), from a function called by [`run_kernel_benches`].
+
+use serde::Serialize;
+
+use super::peak::Peak;
+use super::{time_batched, time_it, Timing};
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+
+/// One timed kernel.
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelResult {
+    /// What ran, e.g. `matmul`, `linear`, `sgemm_direct`, `mlp_fwd_bwd`, `gelu`.
+    pub name: String,
+    /// Problem size in the kernel's own terms, e.g. `3136x128x512` (M x K x N) or `[262144]`.
+    pub shape: String,
+    /// Median, fastest and slowest wall-clock time of one call, in seconds.
+    pub median_s: f64,
+    pub min_s: f64,
+    pub max_s: f64,
+    /// Arithmetic throughput at the median (compute-bound kernels).
+    pub gflops: Option<f64>,
+    /// Memory throughput at the median (memory-bound kernels), counting each byte the
+    /// kernel must read or write once.
+    pub gbps: Option<f64>,
+    /// Throughput over the matching measured ceiling: f32 FMA peak for compute-bound
+    /// kernels, triad bandwidth (cache or DRAM by working set) for memory-bound ones.
+    pub frac_of_peak: f64,
+    /// Free-form remark, e.g. what the flop count includes.
+    pub note: String,
+}
+
+impl KernelResult {
+    /// A compute-bound result doing `flops` floating-point operations per call.
+    pub fn compute(
+        name: impl Into<String>,
+        shape: impl Into<String>,
+        t: Timing,
+        flops: f64,
+        peak: &Peak,
+    ) -> Self {
+        let g = flops / t.median_s / 1e9;
+        KernelResult {
+            name: name.into(),
+            shape: shape.into(),
+            median_s: t.median_s,
+            min_s: t.min_s,
+            max_s: t.max_s,
+            gflops: Some(g),
+            gbps: None,
+            frac_of_peak: g / peak.gflops,
+            note: String::new(),
+        }
+    }
+
+    /// A memory-bound result moving `bytes` per call.
+    pub fn memory(
+        name: impl Into<String>,
+        shape: impl Into<String>,
+        t: Timing,
+        bytes: usize,
+        peak: &Peak,
+    ) -> Self {
+        let g = bytes as f64 / t.median_s / 1e9;
+        KernelResult {
+            name: name.into(),
+            shape: shape.into(),
+            median_s: t.median_s,
+            min_s: t.min_s,
+            max_s: t.max_s,
+            gflops: None,
+            gbps: Some(g),
+            frac_of_peak: g / peak.bandwidth_for(bytes),
+            note: String::new(),
+        }
+    }
+
+    fn with_note(mut self, note: impl Into<String>) -> Self {
+        self.note = note.into();
+        self
+    }
+}
+
+/// What [`run_kernel_benches`] runs and how often.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    /// Untimed calls before timing.
+    pub warmup: usize,
+    /// Timed calls (or batches of calls, for short kernels); the median is reported.
+    pub repeats: usize,
+    /// Matrix products to time, as (M, K, N).
+    pub matmul_shapes: Vec<(usize, usize, usize)>,
+    /// MLP blocks `Linear(d, r*d) -> GELU -> Linear(r*d, d)` on `[batch, seq, d]`, as
+    /// (batch, seq, d, r).
+    pub mlp_shapes: Vec<(usize, usize, usize, usize)>,
+    /// Element counts for the elementwise and reduction kernels (f32).
+    pub elementwise_sizes: Vec<usize>,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        BenchConfig {
+            warmup: 3,
+            repeats: 15,
+            matmul_shapes: MATMUL_SHAPES.to_vec(),
+            mlp_shapes: vec![(64, 49, 128, 4), (32, 64, 256, 4)],
+            // 1 MiB (split across threads) and 16 KiB (below the parallel threshold).
+            elementwise_sizes: vec![1 << 18, 1 << 12],
+        }
+    }
+}
+
+impl BenchConfig {
+    /// Fewer repeats, for a fast look.
+    pub fn quick() -> Self {
+        BenchConfig {
+            warmup: 1,
+            repeats: 5,
+            ..BenchConfig::default()
+        }
+    }
+}
+
+/// The product shapes of TarFlow's blocks (M x K x N): patch tokens x width x MLP width and
+/// back, a larger block, and a square reference.
+pub const MATMUL_SHAPES: [(usize, usize, usize); 4] = [
+    (3136, 128, 512),
+    (3136, 512, 128),
+    (2048, 256, 1024),
+    (1024, 1024, 1024),
+];
+
+/// Times every kernel in `cfg` against the ceilings in `peak`.
+pub fn run_kernel_benches(peak: &Peak, cfg: &BenchConfig) -> Vec<KernelResult> {
+    let mut out = Vec::new();
+    for &(m, k, n) in &cfg.matmul_shapes {
+        out.extend(bench_matmul(m, k, n, peak, cfg));
+    }
+    for &(b, s, d, r) in &cfg.mlp_shapes {
+        out.extend(bench_mlp(b, s, d, r, peak, cfg));
+    }
+    for &n in &cfg.elementwise_sizes {
+        out.extend(bench_elementwise(n, peak, cfg));
+    }
+    out
+}
+
+/// `Tensor::matmul`, `Tensor::linear` (weight `[N, K]`) and matrixmultiply's `sgemm` called
+/// directly on the same shapes, so the cost of the tensor API itself is visible.
+pub fn bench_matmul(
+    m: usize,
+    k: usize,
+    n: usize,
+    peak: &Peak,
+    cfg: &BenchConfig,
+) -> Vec<KernelResult> {
+    let mut rng = Rng::new(1);
+    let a = Tensor::<f32>::randn(&[m, k], 0.0, 1.0, &mut rng);
+    let b = Tensor::<f32>::randn(&[k, n], 0.0, 1.0, &mut rng);
+    let w = b.t().expect("2-D").contiguous(); // [N, K]
+    let shape = format!("{m}x{k}x{n}");
+    let flops = 2.0 * (m * n * k) as f64;
+    // The first product fixes matrixmultiply's thread count for the process (it reads
+    // MATMUL_NUM_THREADS once); run it before the direct baseline so both use the same.
+    let _ = a.matmul(&b);
+
+    let t_api = time_it(cfg.warmup, cfg.repeats, || a.matmul(&b).expect("shapes agree"));
+    let t_lin = time_it(cfg.warmup, cfg.repeats, || {
+        a.linear(&w, None).expect("shapes agree")
+    });
+    let av = a.to_vec();
+    let bv = b.to_vec();
+    let mut c = vec![0f32; m * n];
+    let t_direct = time_it(cfg.warmup, cfg.repeats, || {
+        // SAFETY: row-major m x k, k x n and m x n buffers of exactly those sizes.
+        unsafe {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                n,
+                1.0,
+                av.as_ptr(),
+                k as isize,
+                1,
+                bv.as_ptr(),
+                n as isize,
+                1,
+                0.0,
+                c.as_mut_ptr(),
+                n as isize,
+                1,
+            )
+        }
+    });
+    let ratio = |t: &Timing| t_direct.median_s / t.median_s;
+    vec![
+        KernelResult::compute("matmul", &shape, t_api, flops, peak)
+            .with_note(format!("{:.3} of direct sgemm", ratio(&t_api))),
+        KernelResult::compute("linear", &shape, t_lin, flops, peak)
+            .with_note(format!("{:.3} of direct sgemm", ratio(&t_lin))),
+        KernelResult::compute("sgemm_direct", &shape, t_direct, flops, peak)
+            .with_note("matrixmultiply::sgemm into a reused buffer"),
+    ]
+}
+
+/// `Linear -> GELU -> Linear` on `[batch, seq, d]`, forward and forward+backward. The flop
+/// count is that of the products only (forward 2 products, backward 4).
+pub fn bench_mlp(
+    batch: usize,
+    seq: usize,
+    d: usize,
+    ratio: usize,
+    peak: &Peak,
+    cfg: &BenchConfig,
+) -> Vec<KernelResult> {
+    let mut rng = Rng::new(2);
+    let h = d * ratio;
+    let x = Tensor::<f32>::randn(&[batch, seq, d], 0.0, 1.0, &mut rng);
+    let scale = |fan_in: usize| 1.0 / (fan_in as f64).sqrt();
+    let w1 = Tensor::<f32>::randn(&[h, d], 0.0, scale(d), &mut rng).requires_grad_();
+    let b1 = Tensor::<f32>::zeros(&[h]).requires_grad_();
+    let w2 = Tensor::<f32>::randn(&[d, h], 0.0, scale(h), &mut rng).requires_grad_();
+    let b2 = Tensor::<f32>::zeros(&[d]).requires_grad_();
+    let forward = || {
+        x.linear(&w1, Some(&b1))
+            .and_then(|y| y.gelu().linear(&w2, Some(&b2)))
+            .expect("shapes agree")
+    };
+    let rows = (batch * seq) as f64;
+    let fwd_flops = 2.0 * 2.0 * rows * (d * h) as f64;
+    let shape = format!("{batch}x{seq}x{d} r{ratio}");
+    let t_fwd = time_it(cfg.warmup, cfg.repeats, || {
+        let _g = crate::autograd::no_grad();
+        forward()
+    });
+    let t_bwd = time_it(cfg.warmup, cfg.repeats, || {
+        let loss = forward().sum_all();
+        loss.backward().expect("scalar loss");
+        for p in [&w1, &b1, &w2, &b2] {
+            p.zero_grad();
+        }
+    });
+    vec![
+        KernelResult::compute("mlp_fwd", &shape, t_fwd, fwd_flops, peak)
+            .with_note("flops: the two products"),
+        KernelResult::compute("mlp_fwd_bwd", &shape, t_bwd, 3.0 * fwd_flops, peak)
+            .with_note("flops: the six products"),
+    ]
+}
+
+/// add, mul, gelu and a full sum on `n` f32 elements.
+pub fn bench_elementwise(n: usize, peak: &Peak, cfg: &BenchConfig) -> Vec<KernelResult> {
+    let mut rng = Rng::new(3);
+    let a = Tensor::<f32>::randn(&[n], 0.0, 1.0, &mut rng);
+    let b = Tensor::<f32>::randn(&[n], 0.0, 1.0, &mut rng);
+    let shape = format!("[{n}]");
+    let e = std::mem::size_of::<f32>();
+    let target = 2e-3;
+    let t_add = time_batched(cfg.warmup, cfg.repeats, target, || a.add(&b).expect("same shape"));
+    let t_mul = time_batched(cfg.warmup, cfg.repeats, target, || a.mul(&b).expect("same shape"));
+    let t_gelu = time_batched(cfg.warmup, cfg.repeats, target, || a.gelu());
+    let t_sum = time_batched(cfg.warmup, cfg.repeats, target, || a.sum_all());
+    vec![
+        KernelResult::memory("add", &shape, t_add, 3 * n * e, peak),
+        KernelResult::memory("mul", &shape, t_mul, 3 * n * e, peak),
+        KernelResult::memory("gelu", &shape, t_gelu, 2 * n * e, peak)
+            .with_note("erf per element: compute-heavy"),
+        KernelResult::memory("sum", &shape, t_sum, n * e, peak),
+    ]
+}
+
+/// A plain-text table of results, one line each.
+pub fn format_table(results: &[KernelResult]) -> String {
+    let mut s = format!(
+        "{:<13} {:<18} {:>11} {:>11} {:>9} {:>9} {:>7}  {}\n",
+        "kernel", "shape", "median ms", "min ms", "GFLOP/s", "GB/s", "peak", "note"
+    );
+    let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+    for r in results {
+        s += &format!(
+            "{:<13} {:<18} {:>11.4} {:>11.4} {:>9} {:>9} {:>6.1}%  {}\n",
+            r.name,
+            r.shape,
+            r.median_s * 1e3,
+            r.min_s * 1e3,
+            opt(r.gflops),
+            opt(r.gbps),
+            100.0 * r.frac_of_peak,
+            r.note
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::peak::{measure_peak, PeakConfig};
+
+    #[test]
+    fn tiny_run_reports_every_kernel() {
+        let peak = measure_peak(&PeakConfig {
+            fma_seconds: 0.002,
+            repeats: 1,
+            dram_elems: 1 << 14,
+            cache_elems_per_thread: 1 << 10,
+        });
+        let cfg = BenchConfig {
+            warmup: 0,
+            repeats: 1,
+            matmul_shapes: vec![(8, 4, 6)],
+            mlp_shapes: vec![(2, 3, 4, 2)],
+            elementwise_sizes: vec![64],
+        };
+        let r = run_kernel_benches(&peak, &cfg);
+        let names: Vec<&str> = r.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "matmul",
+                "linear",
+                "sgemm_direct",
+                "mlp_fwd",
+                "mlp_fwd_bwd",
+                "add",
+                "mul",
+                "gelu",
+                "sum"
+            ]
+        );
+        for k in &r {
+            assert!(k.median_s > 0.0 && k.frac_of_peak > 0.0, "{k:?}");
+            assert!(k.gflops.is_some() != k.gbps.is_some(), "{k:?}");
+        }
+        let table = format_table(&r);
+        assert_eq!(table.lines().count(), r.len() + 1);
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains("\"frac_of_peak\""));
+    }
+}

@@ -1,7 +1,9 @@
 //! Argument parsing and the subcommands. Library calls do the work; this module only parses,
 //! prints and decides exit codes.
 
+mod bench;
 mod flow;
+mod kernels;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +23,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Bits/dim of a checkpoint on a data set.
     Eval(train::EvalArgs),
+    /// Time training, likelihood and sampling for a model shape, or the kernels (--kernels).
+    Bench(bench::BenchArgs),
     /// Create a checkpoint from a preset without training.
     Init(flow::InitArgs),
     /// Check invertibility and the exact log-determinant of a model.
@@ -38,6 +42,7 @@ pub fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Train(a) => train::train(a),
         Command::Eval(a) => train::eval(a),
+        Command::Bench(a) => bench::bench(a),
         Command::Init(a) => flow::init(a),
         Command::Audit(a) => flow::audit(a),
         Command::Encode(a) => flow::encode(a),

@@ -145,6 +145,19 @@ fn rel_err(a: f64, b: f64) -> f64 {
 }
 
 /// Runs every check on `opts.samples` random inputs.
+///
+/// ```
+/// use tarflow::audit::{audit, AuditOptions};
+/// use tarflow::model::{TarFlow, TarFlowConfig};
+/// let mut cfg = TarFlowConfig::preset("tiny")?;
+/// cfg.image_size = 8;
+/// cfg.patch_size = 2;
+/// let model = TarFlow::<f64>::new(cfg, 0)?;
+/// model.randomize_output_projections(0.05, 1)?;
+/// let report = audit(&model, &AuditOptions { samples: 1, ..Default::default() })?;
+/// assert!(report.passed(), "{}", report.table());
+/// # Ok::<(), tarflow::Error>(())
+/// ```
 pub fn audit<E: Element>(model: &TarFlow<E>, opts: &AuditOptions) -> Result<AuditReport> {
     let cfg = &model.config;
     if opts.samples == 0 {

@@ -5,6 +5,15 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 /// Shape and hyper-parameters of a TarFlow model (notation P-C-T-K-sigma of the paper).
+///
+/// ```
+/// use tarflow::model::TarFlowConfig;
+/// let mut c = TarFlowConfig::preset("mnist")?; // p4 C128 T4 K4, 10 classes
+/// assert_eq!((c.seq_len(), c.token_dim()), (49, 16));
+/// c.patch_size = 5;
+/// assert!(c.validate().is_err()); // 28 is not divisible by 5
+/// # Ok::<(), tarflow::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TarFlowConfig {
     /// Image channels (1 for MNIST, 3 for RGB).

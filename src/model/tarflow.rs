@@ -23,6 +23,18 @@ pub struct FlowOutput<E: Element> {
 }
 
 /// A TarFlow normalizing flow over `E` (`f32` for training, `f64` for audits).
+///
+/// ```
+/// use tarflow::model::{TarFlow, TarFlowConfig};
+/// use tarflow::{Rng, Tensor};
+/// let model = TarFlow::<f32>::new(TarFlowConfig::preset("tiny")?, 0)?;
+/// let x = Tensor::<f32>::rand(&[2, 1, 28, 28], -1.0, 1.0, &mut Rng::new(0));
+/// let out = model.forward(&x, Some(&[Some(3), None]))?;
+/// assert_eq!(out.z.shape(), &[2, 49, 16]);
+/// let loss = model.loss(&out)?; // nats per dimension
+/// loss.backward()?;
+/// # Ok::<(), tarflow::Error>(())
+/// ```
 pub struct TarFlow<E: Element> {
     pub config: TarFlowConfig,
     pub blocks: Vec<FlowBlock<E>>,

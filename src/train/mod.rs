@@ -68,6 +68,19 @@ const RUN_STATE_KEY: &str = "tarflow.run_state";
 const LN_2PI: f64 = 1.837_877_066_409_345_5;
 
 /// A training run over a data set.
+///
+/// ```no_run
+/// use tarflow::data::embedded_mnist_split;
+/// use tarflow::train::{Event, TrainConfig, Trainer};
+/// let (train, test) = embedded_mnist_split()?;
+/// let mut cfg = TrainConfig::preset("tiny")?;
+/// cfg.out_dir = std::env::temp_dir().join("tarflow-doc-run");
+/// let mut trainer = Trainer::new(cfg, train, test)?;
+/// trainer.run(|ev| if let Event::Eval { step, result } = ev {
+///     println!("step {step}: {:.3} bits/dim", result.bpd);
+/// })?;
+/// # Ok::<(), tarflow::Error>(())
+/// ```
 pub struct Trainer {
     pub config: TrainConfig,
     pub model: TarFlow<f32>,

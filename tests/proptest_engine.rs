@@ -11,8 +11,7 @@ type T = Tensor<f64>;
 /// Relative closeness for results whose summation order may differ from the reference.
 fn close(a: &Dense, b: &Dense, tol: f64) -> bool {
     a.shape == b.shape
-        && a
-            .data
+        && a.data
             .iter()
             .zip(&b.data)
             .all(|(x, y)| (x == y) || (x - y).abs() <= tol * (1.0 + x.abs().max(y.abs())))
@@ -131,6 +130,10 @@ proptest! {
         prop_assert_eq!(neg.data, want.data.iter().map(|v| -v).collect::<Vec<_>>());
         let twice = Dense::of_tensor(&view.add(&view).unwrap());
         prop_assert_eq!(twice.data, want.data.iter().map(|v| 2.0 * v).collect::<Vec<_>>());
+        // GELU maps whole runs (gathering strided inputs first): same values, same order.
+        let gelu = Dense::of_tensor(&view.gelu());
+        let want_gelu: Vec<f64> = want.data.iter().map(|&v| tarflow::ops::gelu_scalar(v)).collect();
+        prop_assert_eq!(gelu.data, want_gelu);
         let s = view.sum_all().item().unwrap();
         prop_assert_eq!(s, want.data.iter().sum::<f64>());
     }
@@ -264,15 +267,34 @@ fn empty_views_after_flip_and_narrow() {
     let d = Dense::iota(&[3, 2]);
     let t: T = d.to_tensor();
     for ops in [
-        vec![ViewOp::Flip(0), ViewOp::Narrow { axis: 0, start: 3, len: 0 }, ViewOp::Flip(0)],
+        vec![
+            ViewOp::Flip(0),
+            ViewOp::Narrow {
+                axis: 0,
+                start: 3,
+                len: 0,
+            },
+            ViewOp::Flip(0),
+        ],
         vec![
             ViewOp::Flip(1),
-            ViewOp::Narrow { axis: 1, start: 2, len: 0 },
+            ViewOp::Narrow {
+                axis: 1,
+                start: 2,
+                len: 0,
+            },
             ViewOp::Flip(1),
             ViewOp::Reshape(vec![0, 3]),
             ViewOp::Contiguous,
         ],
-        vec![ViewOp::Narrow { axis: 0, start: 3, len: 0 }, ViewOp::Transpose(0, 1)],
+        vec![
+            ViewOp::Narrow {
+                axis: 0,
+                start: 3,
+                len: 0,
+            },
+            ViewOp::Transpose(0, 1),
+        ],
     ] {
         let (v, _) = run_view_program(&t, &d, &ops).unwrap();
         assert_eq!(v.numel(), 0);

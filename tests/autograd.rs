@@ -11,7 +11,10 @@ fn randn(shape: &[usize], seed: u64) -> T {
 }
 
 fn close(a: &[f64], b: &[f64], tol: f64) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol * (1.0 + y.abs()))
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| (x - y).abs() <= tol * (1.0 + y.abs()))
 }
 
 #[track_caller]
@@ -86,7 +89,10 @@ fn no_grad_is_per_thread() {
     let other = std::thread::spawn(move || w2.exp().requires_grad())
         .join()
         .unwrap();
-    assert!(other, "a guard on this thread must not affect another thread");
+    assert!(
+        other,
+        "a guard on this thread must not affect another thread"
+    );
     assert!(!w.exp().requires_grad());
 }
 
@@ -100,11 +106,7 @@ fn detach_cuts_the_graph() {
     // Loss = sum(h) + sum(detach(h) * w): only the first term and the explicit w reach w.
     let loss = h.sum_all().add(&d.mul(&w).unwrap().sum_all()).unwrap();
     loss.backward().unwrap();
-    let want: Vec<f64> = w
-        .to_vec()
-        .iter()
-        .map(|w| 2.0 * w + w * w)
-        .collect();
+    let want: Vec<f64> = w.to_vec().iter().map(|w| 2.0 * w + w * w).collect();
     assert_close(&w.grad().unwrap().to_vec(), &want);
 }
 
@@ -121,11 +123,7 @@ fn input_gradients_via_requires_grad() {
     assert!(!g.requires_grad());
     // Reference: (1 - tanh^2(xw)) @ w^T.
     let t = x0.matmul(&w).unwrap().tanh();
-    let want = t
-        .square()
-        .rsub_scalar(1.0)
-        .matmul(&w.t().unwrap())
-        .unwrap();
+    let want = t.square().rsub_scalar(1.0).matmul(&w.t().unwrap()).unwrap();
     assert!(close(&g.to_vec(), &want.to_vec(), 1e-12));
     assert!(x0.grad().is_none(), "the original handle is not the leaf");
 }
@@ -204,7 +202,10 @@ fn leaf_that_does_not_require_grad_gets_nothing() {
 fn backward_on_non_scalar_is_a_clear_error() {
     let w = randn(&[2, 3], 17).requires_grad_();
     let msg = w.exp().backward().unwrap_err().to_string();
-    assert!(msg.contains("one-element") && msg.contains("[2, 3]"), "{msg}");
+    assert!(
+        msg.contains("one-element") && msg.contains("[2, 3]"),
+        "{msg}"
+    );
     // A one-element tensor of any rank is accepted.
     w.sum(&[0, 1], true).unwrap().backward().unwrap();
     assert_close(&w.grad().unwrap().to_vec(), &[1.0; 6]);
@@ -219,7 +220,9 @@ fn backward_on_non_scalar_is_a_clear_error() {
 #[test]
 fn very_deep_chain_backward_and_drop() {
     // 100k recorded ops: backward must not recurse, and neither may dropping the graph.
-    let w = Tensor::<f64>::from_vec(vec![0.5], &[1]).unwrap().requires_grad_();
+    let w = Tensor::<f64>::from_vec(vec![0.5], &[1])
+        .unwrap()
+        .requires_grad_();
     let mut h = w.clone();
     for _ in 0..100_000 {
         h = h.add_scalar(1e-6);

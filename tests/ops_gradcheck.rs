@@ -83,10 +83,26 @@ fn binary_ops_broadcast_both_ways() {
         let b = randn(sb, seed + 1);
         let pos = uniform(sb, 0.5, 2.0, seed + 2);
         let ctx = format!("{sa:?} op {sb:?}");
-        check(&format!("add {ctx}"), |x| x[0].add(&x[1]), &[a.clone(), b.clone()]);
-        check(&format!("sub {ctx}"), |x| x[0].sub(&x[1]), &[a.clone(), b.clone()]);
-        check(&format!("mul {ctx}"), |x| x[0].mul(&x[1]), &[a.clone(), b.clone()]);
-        check(&format!("div {ctx}"), |x| x[0].div(&x[1]), &[a.clone(), pos]);
+        check(
+            &format!("add {ctx}"),
+            |x| x[0].add(&x[1]),
+            &[a.clone(), b.clone()],
+        );
+        check(
+            &format!("sub {ctx}"),
+            |x| x[0].sub(&x[1]),
+            &[a.clone(), b.clone()],
+        );
+        check(
+            &format!("mul {ctx}"),
+            |x| x[0].mul(&x[1]),
+            &[a.clone(), b.clone()],
+        );
+        check(
+            &format!("div {ctx}"),
+            |x| x[0].div(&x[1]),
+            &[a.clone(), pos],
+        );
     }
 }
 
@@ -108,10 +124,16 @@ fn maximum_away_from_ties() {
     // Broadcast: a row against a matrix.
     let row = from(&[-3.0, 0.1, 0.9, 5.0], &[4]);
     let m = from(
-        &[-1.0, 0.5, 0.2, 3.0, 0.3, -0.4, 2.0, 6.0, -5.0, 1.5, -2.0, 4.5],
+        &[
+            -1.0, 0.5, 0.2, 3.0, 0.3, -0.4, 2.0, 6.0, -5.0, 1.5, -2.0, 4.5,
+        ],
         &[3, 4],
     );
-    check("maximum broadcast", |x| x[0].maximum(&x[1]), &[row.clone(), m.clone()]);
+    check(
+        "maximum broadcast",
+        |x| x[0].maximum(&x[1]),
+        &[row.clone(), m.clone()],
+    );
     check("maximum broadcast rev", |x| x[0].maximum(&x[1]), &[m, row]);
 }
 
@@ -141,13 +163,24 @@ fn smooth_unary_ops() {
     check("gelu_tanh", |x| Ok(x[0].gelu_tanh()), &[a.mul_scalar(2.0)]);
     check("powf 2.5", |x| Ok(x[0].powf(2.5)), &[pos.clone()]);
     check("powf -1.5", |x| Ok(x[0].powf(-1.5)), &[pos.clone()]);
-    check("powf 3 (negative base)", |x| Ok(x[0].powf(3.0)), &[a.clone()]);
-    check("soft_clip", |x| Ok(x[0].soft_clip(1.5)), &[a.mul_scalar(3.0)]);
+    check(
+        "powf 3 (negative base)",
+        |x| Ok(x[0].powf(3.0)),
+        &[a.clone()],
+    );
+    check(
+        "soft_clip",
+        |x| Ok(x[0].soft_clip(1.5)),
+        &[a.mul_scalar(3.0)],
+    );
 }
 
 #[test]
 fn softplus_and_sigmoid_at_large_magnitude() {
-    let big = from(&[-60.0, -35.0, -12.0, -0.5, 0.0, 0.5, 12.0, 35.0, 60.0], &[9]);
+    let big = from(
+        &[-60.0, -35.0, -12.0, -0.5, 0.0, 0.5, 12.0, 35.0, 60.0],
+        &[9],
+    );
     check("softplus", |x| Ok(x[0].softplus()), &[big.clone()]);
     check("sigmoid", |x| Ok(x[0].sigmoid()), &[big.clone()]);
     // No overflow to inf/NaN in the forward either.
@@ -230,7 +263,15 @@ fn max_over_axis_sets() {
 #[test]
 fn sum_to_shapes() {
     let a = randn(&[2, 3, 4], 80);
-    for target in [&[3, 4][..], &[1, 4], &[3, 1], &[2, 1, 4], &[1, 1, 1], &[], &[4]] {
+    for target in [
+        &[3, 4][..],
+        &[1, 4],
+        &[3, 1],
+        &[2, 1, 4],
+        &[1, 1, 1],
+        &[],
+        &[4],
+    ] {
         check(
             &format!("sum_to {target:?}"),
             |x| x[0].sum_to(target),
@@ -254,12 +295,20 @@ fn matmul_shapes_and_layouts() {
     for (i, &(sa, sb)) in cases.iter().enumerate() {
         let a = randn(sa, 90 + i as u64);
         let b = randn(sb, 190 + i as u64);
-        check(&format!("matmul {sa:?} x {sb:?}"), |x| x[0].matmul(&x[1]), &[a, b]);
+        check(
+            &format!("matmul {sa:?} x {sb:?}"),
+            |x| x[0].matmul(&x[1]),
+            &[a, b],
+        );
     }
     // Transposed operands (read in place with swapped strides).
     let at = randn(&[2, 4, 3], 95);
     let bt = randn(&[2, 5, 4], 96);
-    check("matmul a^T b^T", |x| x[0].t()?.matmul(&x[1].t()?), &[at.clone(), bt.clone()]);
+    check(
+        "matmul a^T b^T",
+        |x| x[0].t()?.matmul(&x[1].t()?),
+        &[at.clone(), bt.clone()],
+    );
     check(
         "matmul a^T b",
         |x| x[0].t()?.matmul(&x[1]),
@@ -272,7 +321,11 @@ fn matmul_shapes_and_layouts() {
         &[randn(&[3, 6], 98), randn(&[4, 2], 99)],
     );
     // Same tensor on both sides.
-    check("matmul a a^T", |x| x[0].matmul(&x[0].t()?), &[randn(&[3, 4], 100)]);
+    check(
+        "matmul a a^T",
+        |x| x[0].matmul(&x[0].t()?),
+        &[randn(&[3, 4], 100)],
+    );
 }
 
 #[test]
@@ -285,7 +338,11 @@ fn linear_variants() {
         |x| x[0].linear(&x[1], Some(&x[2])),
         &[x3.clone(), w.clone(), b.clone()],
     );
-    check("linear no bias 3-D", |x| x[0].linear(&x[1], None), &[x3.clone(), w.clone()]);
+    check(
+        "linear no bias 3-D",
+        |x| x[0].linear(&x[1], None),
+        &[x3.clone(), w.clone()],
+    );
     check(
         "linear 2-D",
         |x| x[0].linear(&x[1], Some(&x[2])),
@@ -318,17 +375,29 @@ fn view_ops() {
     let a = randn(&[2, 3, 4], 120);
     let cases: Vec<(&str, Box<dyn Fn(&[T]) -> Result<T>>)> = vec![
         ("reshape", Box::new(|x: &[T]| x[0].reshape(&[6, 4]))),
-        ("reshape inferred", Box::new(|x: &[T]| x[0].reshape(&[usize::MAX, 2]))),
-        ("reshape of permuted (copies)", Box::new(|x: &[T]| x[0].permute(&[2, 0, 1])?.reshape(&[8, 3]))),
+        (
+            "reshape inferred",
+            Box::new(|x: &[T]| x[0].reshape(&[usize::MAX, 2])),
+        ),
+        (
+            "reshape of permuted (copies)",
+            Box::new(|x: &[T]| x[0].permute(&[2, 0, 1])?.reshape(&[8, 3])),
+        ),
         ("permute", Box::new(|x: &[T]| x[0].permute(&[2, 0, 1]))),
         ("transpose", Box::new(|x: &[T]| x[0].transpose(0, 2))),
         ("t", Box::new(|x: &[T]| x[0].t())),
         ("narrow", Box::new(|x: &[T]| x[0].narrow(2, 1, 2))),
         ("narrow middle", Box::new(|x: &[T]| x[0].narrow(1, 1, 1))),
-        ("broadcast_to", Box::new(|x: &[T]| x[0].narrow(1, 0, 1)?.broadcast_to(&[3, 2, 5, 4]))),
+        (
+            "broadcast_to",
+            Box::new(|x: &[T]| x[0].narrow(1, 0, 1)?.broadcast_to(&[3, 2, 5, 4])),
+        ),
         ("unsqueeze", Box::new(|x: &[T]| x[0].unsqueeze(1))),
         ("unsqueeze end", Box::new(|x: &[T]| x[0].unsqueeze(-1))),
-        ("squeeze", Box::new(|x: &[T]| x[0].narrow(1, 2, 1)?.squeeze(1))),
+        (
+            "squeeze",
+            Box::new(|x: &[T]| x[0].narrow(1, 2, 1)?.squeeze(1)),
+        ),
         ("flip", Box::new(|x: &[T]| x[0].flip(1))),
         ("flip twice", Box::new(|x: &[T]| x[0].flip(0)?.flip(2))),
         ("contiguous", Box::new(|x: &[T]| Ok(x[0].t()?.contiguous()))),
@@ -395,14 +464,26 @@ fn concat_and_stack() {
 #[test]
 fn index_select_and_gather() {
     let a = randn(&[4, 3], 150);
-    check("index_select rows repeated", |x| x[0].index_select(0, &[2, 0, 2, 3, 2]), &[a.clone()]);
-    check("index_select cols", |x| x[0].index_select(1, &[1, 1, 0]), &[a.clone()]);
+    check(
+        "index_select rows repeated",
+        |x| x[0].index_select(0, &[2, 0, 2, 3, 2]),
+        &[a.clone()],
+    );
+    check(
+        "index_select cols",
+        |x| x[0].index_select(1, &[1, 1, 0]),
+        &[a.clone()],
+    );
     check(
         "index_select of transposed",
         |x| x[0].t()?.index_select(1, &[3, 3, 1]),
         &[a.clone()],
     );
-    check("index_select empty", |x| x[0].index_select(0, &[]), &[a.clone()]);
+    check(
+        "index_select empty",
+        |x| x[0].index_select(0, &[]),
+        &[a.clone()],
+    );
     // take_along_axis with repeats along the gathered axis.
     check(
         "gather axis 1",
@@ -431,8 +512,15 @@ fn where_and_masked_fill() {
         |x| Tensor::where_cond(&cond, &x[0], &x[1]),
         &[randn(&[], 162), a.clone()],
     );
-    let mask = from(&[0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0], &[3, 4]);
-    check("masked_fill", |x| x[0].masked_fill(&mask, -5.0), &[a.clone()]);
+    let mask = from(
+        &[0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0],
+        &[3, 4],
+    );
+    check(
+        "masked_fill",
+        |x| x[0].masked_fill(&mask, -5.0),
+        &[a.clone()],
+    );
     check(
         "masked_fill broadcast mask",
         |x| x[0].masked_fill(&cond, 0.25),
@@ -477,7 +565,10 @@ fn expect_err<X: std::fmt::Debug>(r: Result<X>, op: &str, fragments: &[&str]) {
         Err(e) => e,
     };
     let msg = e.to_string();
-    assert!(msg.starts_with(op), "message {msg:?} does not start with the op {op:?}");
+    assert!(
+        msg.starts_with(op),
+        "message {msg:?} does not start with the op {op:?}"
+    );
     for f in fragments {
         assert!(msg.contains(f), "message {msg:?} does not mention {f:?}");
     }
@@ -519,7 +610,11 @@ fn shape_errors_name_op_and_shapes() {
     expect_err(a.narrow(1, 2, 2), "narrow", &["[2, 3]", "2..4"]);
     expect_err(a.narrow(2, 0, 1), "narrow", &["axis 2"]);
     expect_err(a.transpose(0, 5), "transpose", &["axis 5"]);
-    expect_err(a.broadcast_to(&[2, 4]), "broadcast_to", &["[2, 3]", "[2, 4]"]);
+    expect_err(
+        a.broadcast_to(&[2, 4]),
+        "broadcast_to",
+        &["[2, 3]", "[2, 4]"],
+    );
     expect_err(a.broadcast_to(&[3]), "broadcast_to", &["[2, 3]", "[3]"]);
     expect_err(a.squeeze(0), "squeeze", &["[2, 3]"]);
     expect_err(a.unsqueeze(3), "unsqueeze", &["axis 3"]);
@@ -546,16 +641,32 @@ fn shape_errors_name_op_and_shapes() {
     );
     expect_err(Tensor::<f64>::stack(&[], 0), "stack", &["no tensors"]);
     expect_err(a.index_select(1, &[0, 3]), "index_select", &["3", "size 3"]);
-    expect_err(a.gather(1, &[0, 1], &[1, 2]), "gather", &["[2, 3]", "[1, 2]"]);
+    expect_err(
+        a.gather(1, &[0, 1], &[1, 2]),
+        "gather",
+        &["[2, 3]", "[1, 2]"],
+    );
     expect_err(a.gather(1, &[0, 3], &[2, 1]), "gather", &["index 3"]);
     expect_err(
         Tensor::where_cond(&randn(&[4], 12), &a, &a),
         "where",
         &["[4]", "[2, 3]"],
     );
-    expect_err(a.masked_fill(&randn(&[4], 13), 0.0), "masked_fill", &["[2, 3]", "[4]"]);
-    expect_err(a.masked_fill(&randn(&[2, 2, 3], 14), 0.0), "masked_fill", &["[2, 3]"]);
-    expect_err(Tensor::<f64>::from_vec(vec![1.0; 5], &[2, 3]), "from_vec", &["[2, 3]", "5"]);
+    expect_err(
+        a.masked_fill(&randn(&[4], 13), 0.0),
+        "masked_fill",
+        &["[2, 3]", "[4]"],
+    );
+    expect_err(
+        a.masked_fill(&randn(&[2, 2, 3], 14), 0.0),
+        "masked_fill",
+        &["[2, 3]"],
+    );
+    expect_err(
+        Tensor::<f64>::from_vec(vec![1.0; 5], &[2, 3]),
+        "from_vec",
+        &["[2, 3]", "5"],
+    );
     expect_err(a.item(), "item", &["[2, 3]"]);
 }
 

@@ -10,7 +10,7 @@
 use serde::Serialize;
 
 use super::peak::Peak;
-use super::{time_batched, time_it, Timing};
+use super::{time_batched, time_interleaved, time_it, Timing};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 
@@ -171,14 +171,16 @@ pub fn bench_matmul(
     // MATMUL_NUM_THREADS once); run it before the direct baseline so both use the same.
     let _ = a.matmul(&b);
 
-    let t_api = time_it(cfg.warmup, cfg.repeats, || a.matmul(&b).expect("shapes agree"));
-    let t_lin = time_it(cfg.warmup, cfg.repeats, || {
-        a.linear(&w, None).expect("shapes agree")
-    });
     let av = a.to_vec();
     let bv = b.to_vec();
     let mut c = vec![0f32; m * n];
-    let t_direct = time_it(cfg.warmup, cfg.repeats, || {
+    let mut api = || {
+        std::hint::black_box(a.matmul(&b).expect("shapes agree"));
+    };
+    let mut lin = || {
+        std::hint::black_box(a.linear(&w, None).expect("shapes agree"));
+    };
+    let mut direct = || {
         // SAFETY: row-major m x k, k x n and m x n buffers of exactly those sizes.
         unsafe {
             matrixmultiply::sgemm(
@@ -197,8 +199,15 @@ pub fn bench_matmul(
                 n as isize,
                 1,
             )
-        }
-    });
+        };
+        std::hint::black_box(&mut c);
+    };
+    let t = time_interleaved(
+        cfg.warmup,
+        cfg.repeats,
+        &mut [&mut api, &mut lin, &mut direct],
+    );
+    let (t_api, t_lin, t_direct) = (t[0], t[1], t[2]);
     let ratio = |t: &Timing| t_direct.median_s / t.median_s;
     vec![
         KernelResult::compute("matmul", &shape, t_api, flops, peak)
@@ -263,8 +272,12 @@ pub fn bench_elementwise(n: usize, peak: &Peak, cfg: &BenchConfig) -> Vec<Kernel
     let shape = format!("[{n}]");
     let e = std::mem::size_of::<f32>();
     let target = 2e-3;
-    let t_add = time_batched(cfg.warmup, cfg.repeats, target, || a.add(&b).expect("same shape"));
-    let t_mul = time_batched(cfg.warmup, cfg.repeats, target, || a.mul(&b).expect("same shape"));
+    let t_add = time_batched(cfg.warmup, cfg.repeats, target, || {
+        a.add(&b).expect("same shape")
+    });
+    let t_mul = time_batched(cfg.warmup, cfg.repeats, target, || {
+        a.mul(&b).expect("same shape")
+    });
     let t_gelu = time_batched(cfg.warmup, cfg.repeats, target, || a.gelu());
     let t_sum = time_batched(cfg.warmup, cfg.repeats, target, || a.sum_all());
     vec![

@@ -30,13 +30,40 @@ pub fn time_it<R>(warmup: usize, repeats: usize, mut f: impl FnMut() -> R) -> Ti
         std::hint::black_box(f());
     }
     let repeats = repeats.max(1);
-    let mut t: Vec<f64> = (0..repeats)
+    let t: Vec<f64> = (0..repeats)
         .map(|_| {
             let start = Instant::now();
             std::hint::black_box(f());
             start.elapsed().as_secs_f64()
         })
         .collect();
+    stats(t, repeats)
+}
+
+/// Times several functions round-robin: each round runs every function once (in an order
+/// that rotates between rounds), so a burst of load from elsewhere on the machine hits all of
+/// them alike and their ratios stay meaningful on a busy machine.
+pub fn time_interleaved(warmup: usize, repeats: usize, fs: &mut [&mut dyn FnMut()]) -> Vec<Timing> {
+    let k = fs.len();
+    for _ in 0..warmup {
+        for f in fs.iter_mut() {
+            f();
+        }
+    }
+    let repeats = repeats.max(1);
+    let mut samples = vec![Vec::with_capacity(repeats); k];
+    for round in 0..repeats {
+        for j in 0..k {
+            let i = (j + round) % k;
+            let start = Instant::now();
+            fs[i]();
+            samples[i].push(start.elapsed().as_secs_f64());
+        }
+    }
+    samples.into_iter().map(|t| stats(t, repeats)).collect()
+}
+
+fn stats(mut t: Vec<f64>, repeats: usize) -> Timing {
     t.sort_by(|a, b| a.total_cmp(b));
     let median_s = if repeats % 2 == 1 {
         t[repeats / 2]
@@ -92,6 +119,10 @@ mod tests {
         assert!(t.min_s <= t.median_s && t.median_s <= t.max_s);
         assert!(t.max_s >= 200e-6);
         let b = time_batched(0, 3, 1e-3, || std::hint::black_box(3u64.pow(5)));
+        assert!(b.min_s > 0.0 && b.min_s <= b.max_s);
+        let (mut x, mut y) = (0, 0);
+        let r = time_interleaved(2, 4, &mut [&mut || x += 1, &mut || y += 2]);
+        assert_eq!((x, y, r.len()), (6, 12, 2));
         assert!(b.min_s > 0.0 && b.min_s <= b.max_s);
     }
 }

@@ -33,8 +33,9 @@ impl Default for PeakConfig {
             repeats: 3,
             // 3 x 96 MB: larger than the last-level cache of the machines we run on.
             dram_elems: 24 << 20,
-            // 3 x 256 KB per thread: inside a 1-2 MB L2.
-            cache_elems_per_thread: 64 << 10,
+            // 3 x 512 KB per thread: inside a 2 MB L2 (on smaller L2s, the L3), and with two
+            // threads as large as an elementwise op on 1 MB tensors (3 MB moved).
+            cache_elems_per_thread: 128 << 10,
         }
     }
 }
@@ -46,7 +47,7 @@ impl PeakConfig {
             fma_seconds: 0.05,
             repeats: 2,
             dram_elems: 8 << 20,
-            cache_elems_per_thread: 64 << 10,
+            cache_elems_per_thread: 128 << 10,
         }
     }
 }

@@ -113,8 +113,8 @@ fn matmul_raw<E: Element>(a: &Tensor<E>, b: &Tensor<E>) -> Result<Tensor<E>> {
         return Ok(Tensor::from_raw(vec![E::ZERO; len], &out_shape));
     }
     // Left uninitialised: with beta = 0 GEMM writes every element of C without reading it
-    // (matrixmultiply documents this), and zero-filling first would be a full extra pass over
-    // the output, which measured 10-25% of a 3136x128x512 product.
+    // (matrixmultiply documents this), and zero-filling first is a full extra pass over the
+    // output (measured: the API at ~0.96 of a direct sgemm call with it, ~1.0 without).
     let mut out: Vec<E> = Vec::with_capacity(len);
     // Offsets of each batch element in both operands.
     let batch_offsets = |l: &Layout, i: usize| -> usize {

@@ -76,7 +76,9 @@ impl Dense {
         match *op {
             ViewOp::Permute(ref p) => {
                 let mut seen = vec![false; r];
-                if p.len() != r || p.iter().any(|&a| a >= r || std::mem::replace(&mut seen[a], true))
+                if p.len() != r
+                    || p.iter()
+                        .any(|&a| a >= r || std::mem::replace(&mut seen[a], true))
                 {
                     return None;
                 }
@@ -219,7 +221,11 @@ impl Dense {
             }
             let o = ravel(&idx, &kshape);
             let v = self.data[flat];
-            acc.data[o] = if max { acc.data[o].max(v) } else { acc.data[o] + v };
+            acc.data[o] = if max {
+                acc.data[o].max(v)
+            } else {
+                acc.data[o] + v
+            };
         }
         if !keepdim {
             acc.shape = self
@@ -288,7 +294,11 @@ impl Dense {
 pub enum ViewOp {
     Permute(Vec<usize>),
     Transpose(usize, usize),
-    Narrow { axis: usize, start: usize, len: usize },
+    Narrow {
+        axis: usize,
+        start: usize,
+        len: usize,
+    },
     Flip(usize),
     BroadcastTo(Vec<usize>),
     Unsqueeze(usize),
@@ -349,7 +359,11 @@ impl ViewOp {
                 let d = shape.get(a).copied().unwrap_or(0);
                 let start = arg() % (d + 2);
                 let len = arg() % (d + 2);
-                ViewOp::Narrow { axis: a, start, len }
+                ViewOp::Narrow {
+                    axis: a,
+                    start,
+                    len,
+                }
             }
             3 => ViewOp::Flip(axis(arg(), r)),
             4 => {

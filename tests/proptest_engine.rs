@@ -201,6 +201,29 @@ proptest! {
     }
 
     #[test]
+    fn large_full_reductions_match_reference(
+        rows in 150usize..400,
+        cols in 150usize..400,
+        transpose in any::<bool>(),
+        flip in any::<bool>(),
+    ) {
+        // One output over more than 64Ki elements read through a transposed/flipped layout.
+        let d = values(&[rows, cols], (rows * 7919 + cols) as u64, -1.0, 1.0);
+        let mut ops = Vec::new();
+        if transpose {
+            ops.push(ViewOp::Transpose(0, 1));
+        }
+        if flip {
+            ops.push(ViewOp::Flip(1));
+        }
+        let (t, d) = run_view_program(&d.to_tensor::<f64>(), &d, &ops)
+            .map_err(TestCaseError::fail)?;
+        let got = Dense::of_tensor(&t.sum(&[0, 1], true).unwrap());
+        prop_assert!(close(&got, &d.reduce(&[0, 1], true, false), 1e-12));
+        prop_assert_eq!(t.max(&[1, 0], false).unwrap().item().unwrap(), d.reduce(&[0, 1], false, true).data[0]);
+    }
+
+    #[test]
     fn matmul_matches_triple_loop(
         (ba, bb) in broadcast_pair().prop_filter("small batch", |(a, b)| a.len() <= 2 && b.len() <= 2),
         m in 1usize..6,

@@ -7,6 +7,8 @@ use tarflow::tensor::reference::{decode_program, run_view_program, Dense, ViewOp
 use tarflow::Tensor;
 
 type T = Tensor<f64>;
+type EngineOp = fn(&T, &T) -> tarflow::Result<T>;
+type RefOp = fn(f64, f64) -> f64;
 
 /// Relative closeness for results whose summation order may differ from the reference.
 fn close(a: &Dense, b: &Dense, tol: f64) -> bool {
@@ -95,7 +97,7 @@ proptest! {
         let da = values(&sa, seed, -2.0, 2.0);
         let db = values(&sb, seed ^ 1, 0.5, 2.0);
         let (a, b) = (materialise(&da, ha), materialise(&db, hb));
-        let cases: [(&str, fn(&T, &T) -> tarflow::Result<T>, fn(f64, f64) -> f64); 5] = [
+        let cases: [(&str, EngineOp, RefOp); 5] = [
             ("add", |a, b| a.add(b), |x, y| x + y),
             ("sub", |a, b| a.sub(b), |x, y| x - y),
             ("mul", |a, b| a.mul(b), |x, y| x * y),

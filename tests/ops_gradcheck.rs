@@ -609,6 +609,14 @@ fn shape_errors_name_op_and_shapes() {
 
     expect_err(a.reshape(&[4, 2]), "reshape", &["[2, 3]", "[4, 2]"]);
     expect_err(a.reshape(&[usize::MAX, 4]), "reshape", &["[2, 3]"]);
+    // Sizes whose product overflows are an error, not a panic or a wrapped size.
+    expect_err(a.reshape(&[usize::MAX / 2, 4]), "reshape", &["[2, 3]"]);
+    expect_err(a.reshape(&[1 << 62, 8, 3]), "reshape", &["[2, 3]"]);
+    expect_err(
+        a.reshape(&[usize::MAX, 1 << 40, 1 << 40]),
+        "reshape",
+        &["[2, 3]"],
+    );
     expect_err(a.permute(&[0, 0]), "permute", &["[2, 3]", "[0, 0]"]);
     expect_err(a.permute(&[0]), "permute", &["[2, 3]"]);
     expect_err(b.t(), "t", &["[4]"]);

@@ -217,8 +217,13 @@ fn backward_on_non_scalar_is_a_clear_error() {
     assert_close(&w.grad().unwrap().to_vec(), &want);
 }
 
+/// Serialises the tests that allocate a lot, so the RSS measurement of one does not see the
+/// other's allocations (tests in a binary run on parallel threads).
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn very_deep_chain_backward_and_drop() {
+    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     // 100k recorded ops: backward must not recurse, and neither may dropping the graph.
     let w = Tensor::<f64>::from_vec(vec![0.5], &[1])
         .unwrap()
@@ -242,6 +247,7 @@ fn rss_pages() -> Option<usize> {
 
 #[test]
 fn graphs_are_freed_when_dropped() {
+    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     // Each iteration builds a ~2 MB graph (saved activations) and drops it. If nodes or saved
     // tensors leaked, 1000 iterations would grow the process by ~2 GB.
     let w1 = randn(&[64, 64], 19).requires_grad_();

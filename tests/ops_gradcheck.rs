@@ -5,10 +5,15 @@
 //! clamp, maximum, max) are kept at least a few tenths away from the sample points, since a
 //! central difference straddling a kink measures the average of two one-sided slopes.
 
+// Inputs are always written as a list, `&[a.clone()]` as well as `&[a.clone(), b]`, so
+// one-input and many-input checks read alike.
+#![allow(clippy::cloned_ref_to_slice_refs)]
+
 use tarflow::gradcheck::{check_gradients, GradCheck};
 use tarflow::{Error, Result, Rng, Tensor};
 
 type T = Tensor<f64>;
+type Op = dyn Fn(&[T]) -> Result<T>;
 
 fn randn(shape: &[usize], seed: u64) -> T {
     Tensor::randn(shape, 0.0, 1.0, &mut Rng::new(seed))
@@ -373,7 +378,7 @@ fn linear_variants() {
 #[test]
 fn view_ops() {
     let a = randn(&[2, 3, 4], 120);
-    let cases: Vec<(&str, Box<dyn Fn(&[T]) -> Result<T>>)> = vec![
+    let cases: Vec<(&str, Box<Op>)> = vec![
         ("reshape", Box::new(|x: &[T]| x[0].reshape(&[6, 4]))),
         (
             "reshape inferred",
@@ -604,6 +609,14 @@ fn shape_errors_name_op_and_shapes() {
 
     expect_err(a.reshape(&[4, 2]), "reshape", &["[2, 3]", "[4, 2]"]);
     expect_err(a.reshape(&[usize::MAX, 4]), "reshape", &["[2, 3]"]);
+    // Sizes whose product overflows are an error, not a panic or a wrapped size.
+    expect_err(a.reshape(&[usize::MAX / 2, 4]), "reshape", &["[2, 3]"]);
+    expect_err(a.reshape(&[1 << 62, 8, 3]), "reshape", &["[2, 3]"]);
+    expect_err(
+        a.reshape(&[usize::MAX, 1 << 40, 1 << 40]),
+        "reshape",
+        &["[2, 3]"],
+    );
     expect_err(a.permute(&[0, 0]), "permute", &["[2, 3]", "[0, 0]"]);
     expect_err(a.permute(&[0]), "permute", &["[2, 3]"]);
     expect_err(b.t(), "t", &["[4]"]);

@@ -7,6 +7,8 @@ use tarflow::tensor::reference::{decode_program, run_view_program, Dense, ViewOp
 use tarflow::Tensor;
 
 type T = Tensor<f64>;
+type EngineOp = fn(&T, &T) -> tarflow::Result<T>;
+type RefOp = fn(f64, f64) -> f64;
 
 /// Relative closeness for results whose summation order may differ from the reference.
 fn close(a: &Dense, b: &Dense, tol: f64) -> bool {
@@ -95,7 +97,7 @@ proptest! {
         let da = values(&sa, seed, -2.0, 2.0);
         let db = values(&sb, seed ^ 1, 0.5, 2.0);
         let (a, b) = (materialise(&da, ha), materialise(&db, hb));
-        let cases: [(&str, fn(&T, &T) -> tarflow::Result<T>, fn(f64, f64) -> f64); 5] = [
+        let cases: [(&str, EngineOp, RefOp); 5] = [
             ("add", |a, b| a.add(b), |x, y| x + y),
             ("sub", |a, b| a.sub(b), |x, y| x - y),
             ("mul", |a, b| a.mul(b), |x, y| x * y),
@@ -198,6 +200,29 @@ proptest! {
         prop_assert!(close(&got, &d.reduce(&[axis], false, false), 1e-12));
         let got = Dense::of_tensor(&t.max(&[axis as isize], true).unwrap());
         prop_assert_eq!(got, d.reduce(&[axis], true, true));
+    }
+
+    #[test]
+    fn large_full_reductions_match_reference(
+        rows in 150usize..400,
+        cols in 150usize..400,
+        transpose in any::<bool>(),
+        flip in any::<bool>(),
+    ) {
+        // One output over more than 64Ki elements read through a transposed/flipped layout.
+        let d = values(&[rows, cols], (rows * 7919 + cols) as u64, -1.0, 1.0);
+        let mut ops = Vec::new();
+        if transpose {
+            ops.push(ViewOp::Transpose(0, 1));
+        }
+        if flip {
+            ops.push(ViewOp::Flip(1));
+        }
+        let (t, d) = run_view_program(&d.to_tensor::<f64>(), &d, &ops)
+            .map_err(TestCaseError::fail)?;
+        let got = Dense::of_tensor(&t.sum(&[0, 1], true).unwrap());
+        prop_assert!(close(&got, &d.reduce(&[0, 1], true, false), 1e-12));
+        prop_assert_eq!(t.max(&[1, 0], false).unwrap().item().unwrap(), d.reduce(&[0, 1], false, true).data[0]);
     }
 
     #[test]

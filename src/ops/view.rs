@@ -46,22 +46,27 @@ impl<E: Element> Tensor<E> {
             ));
         }
         if unknown == 1 {
-            let known: usize = shape.iter().filter(|&&d| d != usize::MAX).product();
-            if known == 0 || n % known != 0 {
+            // Checked: sizes come from the caller, and an overflowing product must be an
+            // error, not a panic (debug) or a wrapped size (release).
+            let known = shape
+                .iter()
+                .filter(|&&d| d != usize::MAX)
+                .try_fold(1usize, |a, &d| a.checked_mul(d));
+            let Some(known) = known.filter(|&k| k != 0 && n % k == 0) else {
                 return Err(Error::shape(
                     "reshape",
                     &[self.shape(), shape],
                     E::DTYPE.name(),
                     "cannot infer dimension",
                 ));
-            }
+            };
             for d in s.iter_mut() {
                 if *d == usize::MAX {
                     *d = n / known;
                 }
             }
         }
-        if s.iter().product::<usize>() != n {
+        if s.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) != Some(n) {
             return Err(Error::shape(
                 "reshape",
                 &[self.shape(), &s],

@@ -75,13 +75,21 @@ impl AuditReport {
                 c.value,
                 c.limit,
                 if c.passed { "ok" } else { "FAIL" },
-                if c.detail.is_empty() { String::new() } else { format!("  ({})", c.detail) }
+                if c.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!("  ({})", c.detail)
+                }
             );
         }
         s += "\nper-block log-determinant (nats):\n";
         for (i, row) in self.logdet_blocks.iter().enumerate() {
             let cells: Vec<String> = row.iter().map(|v| format!("{v:>12.6}")).collect();
-            s += &format!("  sample {i}: {}   total {:.6}\n", cells.join(" "), row.iter().sum::<f64>());
+            s += &format!(
+                "  sample {i}: {}   total {:.6}\n",
+                cells.join(" "),
+                row.iter().sum::<f64>()
+            );
         }
         s
     }
@@ -92,7 +100,9 @@ pub fn log_abs_det(a: &[f64], n: usize) -> f64 {
     let mut m = a.to_vec();
     let mut total = 0.0;
     for col in 0..n {
-        let piv = (col..n).max_by(|&i, &j| m[i * n + col].abs().total_cmp(&m[j * n + col].abs())).unwrap_or(col);
+        let piv = (col..n)
+            .max_by(|&i, &j| m[i * n + col].abs().total_cmp(&m[j * n + col].abs()))
+            .unwrap_or(col);
         let p = m[piv * n + col];
         if p == 0.0 {
             return f64::NEG_INFINITY;
@@ -117,7 +127,10 @@ pub fn log_abs_det(a: &[f64], n: usize) -> f64 {
 
 /// Jacobian `d f(x) / d x` of a map on `[1, ...]` inputs, rows = outputs, built by one
 /// backward pass per output element through a single forward graph.
-pub fn jacobian<E: Element>(f: impl Fn(&Tensor<E>) -> Result<Tensor<E>>, x: &Tensor<E>) -> Result<Vec<f64>> {
+pub fn jacobian<E: Element>(
+    f: impl Fn(&Tensor<E>) -> Result<Tensor<E>>,
+    x: &Tensor<E>,
+) -> Result<Vec<f64>> {
     let xin = x.detach().requires_grad_();
     let y = f(&xin)?;
     let (m, n) = (y.numel(), x.numel());
@@ -137,7 +150,13 @@ pub fn jacobian<E: Element>(f: impl Fn(&Tensor<E>) -> Result<Tensor<E>>, x: &Ten
 }
 
 fn check(name: &str, value: f64, limit: f64, detail: String) -> AuditCheck {
-    AuditCheck { name: name.into(), value, limit, passed: value.is_finite() && value <= limit, detail }
+    AuditCheck {
+        name: name.into(),
+        value,
+        limit,
+        passed: value.is_finite() && value <= limit,
+        detail,
+    }
 }
 
 fn rel_err(a: f64, b: f64) -> f64 {
@@ -182,20 +201,41 @@ pub fn audit<E: Element>(model: &TarFlow<E>, opts: &AuditOptions) -> Result<Audi
     let x_cached = sampler.reverse_tokens(&out.z, &labels, Guidance::None)?;
     let x_tokens = model.to_tokens(&x)?;
     let max_diff = |a: &Tensor<E>, b: &Tensor<E>| {
-        a.to_f64_vec().iter().zip(b.to_f64_vec()).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max)
+        a.to_f64_vec()
+            .iter()
+            .zip(b.to_f64_vec())
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f64::max)
     };
-    checks.push(check("roundtrip |x - f^-1(f(x))| (KV cache)", max_diff(&x_tokens, &x_cached), opts.roundtrip_atol, String::new()));
+    checks.push(check(
+        "roundtrip |x - f^-1(f(x))| (KV cache)",
+        max_diff(&x_tokens, &x_cached),
+        opts.roundtrip_atol,
+        String::new(),
+    ));
     let x_ref = model.to_tokens(&model.reverse_reference(&out.z, lab)?)?;
-    checks.push(check("cached vs uncached inverse", max_diff(&x_ref, &x_cached), opts.roundtrip_atol, String::new()));
+    checks.push(check(
+        "cached vs uncached inverse",
+        max_diff(&x_ref, &x_cached),
+        opts.roundtrip_atol,
+        String::new(),
+    ));
 
     let logdet = out.logdet.to_f64_vec();
     let blocks = out.logdet_blocks.to_f64_vec();
     let t = cfg.blocks;
-    let logdet_blocks: Vec<Vec<f64>> = (0..opts.samples).map(|i| blocks[i * t..(i + 1) * t].to_vec()).collect();
+    let logdet_blocks: Vec<Vec<f64>> = (0..opts.samples)
+        .map(|i| blocks[i * t..(i + 1) * t].to_vec())
+        .collect();
     let sum_err = (0..opts.samples)
         .map(|i| rel_err(logdet_blocks[i].iter().sum::<f64>(), logdet[i]))
         .fold(0.0, f64::max);
-    checks.push(check("sum of block log-dets = model log-det", sum_err, opts.logdet_rtol, String::new()));
+    checks.push(check(
+        "sum of block log-dets = model log-det",
+        sum_err,
+        opts.logdet_rtol,
+        String::new(),
+    ));
 
     // 2. Log-determinant against the Jacobian.
     let dim = cfg.image_dim();
@@ -208,7 +248,12 @@ pub fn audit<E: Element>(model: &TarFlow<E>, opts: &AuditOptions) -> Result<Audi
             let jac = jacobian(|v| model.forward(v, li_ref).map(|o| o.z), &xi)?;
             worst = worst.max(rel_err(log_abs_det(&jac, dim), logdet[i]));
         }
-        checks.push(check("model log-det vs log|det J| (full Jacobian)", worst, opts.logdet_rtol, format!("{dim}x{dim} per sample")));
+        checks.push(check(
+            "model log-det vs log|det J| (full Jacobian)",
+            worst,
+            opts.logdet_rtol,
+            format!("{dim}x{dim} per sample"),
+        ));
     }
 
     // 3. Each block: triangular in its token order, and its log-det equals log|det| of the
@@ -236,10 +281,19 @@ pub fn audit<E: Element>(model: &TarFlow<E>, opts: &AuditOptions) -> Result<Audi
             }
         }
         // Window: the first w tokens in block order.
-        let toks: Vec<usize> = (0..w).map(|p| if blk.flip { n - 1 - p } else { p }).collect();
-        let idx: Vec<usize> = toks.iter().flat_map(|&tk| (0..d).map(move |j| tk * d + j)).collect();
+        let toks: Vec<usize> = (0..w)
+            .map(|p| if blk.flip { n - 1 - p } else { p })
+            .collect();
+        let idx: Vec<usize> = toks
+            .iter()
+            .flat_map(|&tk| (0..d).map(move |j| tk * d + j))
+            .collect();
         let m = idx.len();
-        let sub: Vec<f64> = idx.iter().flat_map(|&r| idx.iter().map(move |&cc| (r, cc))).map(|(r, cc)| jac[r * nd + cc]).collect();
+        let sub: Vec<f64> = idx
+            .iter()
+            .flat_map(|&r| idx.iter().map(move |&cc| (r, cc)))
+            .map(|(r, cc)| jac[r * nd + cc])
+            .collect();
         let (z, _) = {
             let _g = autograd::no_grad();
             blk.forward(&h, l0_ref, 1.0)?
@@ -250,16 +304,28 @@ pub fn audit<E: Element>(model: &TarFlow<E>, opts: &AuditOptions) -> Result<Audi
             blk.params(&blk.permute_seq(&h)?, l0_ref, 1.0)?
         };
         let alpha = crate::model::FlowBlock::shift(&p.alpha)?.to_f64_vec();
-        let expect: f64 = (0..w).flat_map(|q| (0..d).map(move |j| (q, j))).map(|(q, j)| -alpha[q * d + j]).sum();
+        let expect: f64 = (0..w)
+            .flat_map(|q| (0..d).map(move |j| (q, j)))
+            .map(|(q, j)| -alpha[q * d + j])
+            .sum();
         worst_window = worst_window.max(rel_err(log_abs_det(&sub, m), expect));
         h = z.contiguous();
     }
-    checks.push(check("block Jacobians off the triangle (max |J|)", worst_upper, 0.0, "must be exactly zero".into()));
+    checks.push(check(
+        "block Jacobians off the triangle (max |J|)",
+        worst_upper,
+        0.0,
+        "must be exactly zero".into(),
+    ));
     checks.push(check(
         &format!("block log-det vs log|det J| ({w}-token window)"),
         worst_window,
         opts.logdet_rtol,
         String::new(),
     ));
-    Ok(AuditReport { dtype: E::DTYPE.name().into(), checks, logdet_blocks })
+    Ok(AuditReport {
+        dtype: E::DTYPE.name().into(),
+        checks,
+        logdet_blocks,
+    })
 }

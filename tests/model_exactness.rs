@@ -52,14 +52,20 @@ fn roundtrip_mnist_config_f64_and_f32() {
     let out = tarflow::with_no_grad(|| m64.forward(&x, Some(&labels))).unwrap();
     // A non-trivial flow: the log-det is far from zero.
     assert!(out.logdet.to_f64_vec().iter().all(|v| v.abs() > 1.0));
-    let back = Sampler::new(&m64).unwrap().reverse_tokens(&out.z, &labels, Guidance::None).unwrap();
+    let back = Sampler::new(&m64)
+        .unwrap()
+        .reverse_tokens(&out.z, &labels, Guidance::None)
+        .unwrap();
     let err = max_abs_diff(&back, &m64.to_tokens(&x).unwrap());
     assert!(err <= 1e-12, "f64 roundtrip error {err}");
 
     let m32: TarFlow<f32> = m64.cast().unwrap();
     let x32 = x.cast::<f32>();
     let out = tarflow::with_no_grad(|| m32.forward(&x32, Some(&labels))).unwrap();
-    let back = Sampler::new(&m32).unwrap().reverse_tokens(&out.z, &labels, Guidance::None).unwrap();
+    let back = Sampler::new(&m32)
+        .unwrap()
+        .reverse_tokens(&out.z, &labels, Guidance::None)
+        .unwrap();
     let err = max_abs_diff(&back, &m32.to_tokens(&x32).unwrap());
     assert!(err <= 1e-4, "f32 roundtrip error {err}");
 }
@@ -68,14 +74,25 @@ fn roundtrip_mnist_config_f64_and_f32() {
 fn model_logdet_matches_full_jacobian() {
     for classes in [0, 3] {
         let m = model::<f64>(small_config(classes), 5);
-        let labels: Vec<Option<usize>> = if classes > 0 { vec![Some(1)] } else { vec![None] };
+        let labels: Vec<Option<usize>> = if classes > 0 {
+            vec![Some(1)]
+        } else {
+            vec![None]
+        };
         let lab = (classes > 0).then_some(labels.as_slice());
         let x = Tensor::<f64>::rand(&[1, 1, 8, 8], -1.0, 1.0, &mut Rng::new(9));
         let jac = jacobian(|v| m.forward(v, lab).map(|o| o.z), &x).unwrap();
         let brute = log_abs_det(&jac, 64);
-        let ld = tarflow::with_no_grad(|| m.forward(&x, lab)).unwrap().logdet.item().unwrap();
+        let ld = tarflow::with_no_grad(|| m.forward(&x, lab))
+            .unwrap()
+            .logdet
+            .item()
+            .unwrap();
         let rel = (brute - ld).abs() / ld.abs().max(1.0);
-        assert!(rel <= 1e-10, "log|det J| {brute} vs logdet {ld} (rel {rel})");
+        assert!(
+            rel <= 1e-10,
+            "log|det J| {brute} vs logdet {ld} (rel {rel})"
+        );
         assert!(ld.abs() > 0.1, "flow should be non-trivial, logdet {ld}");
     }
 }
@@ -83,7 +100,14 @@ fn model_logdet_matches_full_jacobian() {
 #[test]
 fn block_jacobian_is_triangular_and_logdet_matches() {
     let m = model::<f64>(small_config(0), 11);
-    let report = audit(&m, &AuditOptions { samples: 1, ..Default::default() }).unwrap();
+    let report = audit(
+        &m,
+        &AuditOptions {
+            samples: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(report.passed(), "{}", report.table());
     // The brute-force side of the comparison, on a matrix with a known determinant.
     let a = [2.0, 1.0, 0.0, 0.0, 3.0, 1.0, 1.0, 0.0, 4.0];
@@ -96,8 +120,13 @@ fn cached_and_uncached_inverse_agree() {
     let m = model::<f64>(small_config(3), 21);
     let labels = vec![Some(0), None, Some(2)];
     let z = Tensor::<f64>::randn(&[3, 16, 4], 0.0, 1.0, &mut Rng::new(4));
-    let cached = Sampler::new(&m).unwrap().reverse_tokens(&z, &labels, Guidance::None).unwrap();
-    let reference = m.to_tokens(&m.reverse_reference(&z, Some(&labels)).unwrap()).unwrap();
+    let cached = Sampler::new(&m)
+        .unwrap()
+        .reverse_tokens(&z, &labels, Guidance::None)
+        .unwrap();
+    let reference = m
+        .to_tokens(&m.reverse_reference(&z, Some(&labels)).unwrap())
+        .unwrap();
     let err = max_abs_diff(&cached, &reference);
     assert!(err <= 1e-12, "cached vs reference {err}");
 }
@@ -107,19 +136,40 @@ fn zero_guidance_equals_plain_sampling() {
     let m = model_with::<f64>(small_config(3), 31, 0.01);
     let s = Sampler::new(&m).unwrap();
     let labels = vec![Some(0), Some(1)];
-    let (plain, report) = s.sample(2, &labels, &mut Rng::new(1), &SampleOptions::default()).unwrap();
+    let (plain, report) = s
+        .sample(2, &labels, &mut Rng::new(1), &SampleOptions::default())
+        .unwrap();
     assert!(plain.all_finite() && report.redrawn == 0, "{report:?}");
     for g in [
-        Guidance::ClassifierFree { weight: 0.0, anneal: false },
-        Guidance::ClassifierFree { weight: 0.0, anneal: true },
-        Guidance::Temperature { weight: 0.0, tau: 0.5, anneal: false },
+        Guidance::ClassifierFree {
+            weight: 0.0,
+            anneal: false,
+        },
+        Guidance::ClassifierFree {
+            weight: 0.0,
+            anneal: true,
+        },
+        Guidance::Temperature {
+            weight: 0.0,
+            tau: 0.5,
+            anneal: false,
+        },
     ] {
-        let opts = SampleOptions { guidance: g, ..Default::default() };
+        let opts = SampleOptions {
+            guidance: g,
+            ..Default::default()
+        };
         let guided = s.sample(2, &labels, &mut Rng::new(1), &opts).unwrap().0;
         assert_eq!(bits(&plain), bits(&guided), "{g:?}");
     }
     // And a non-zero weight changes the samples.
-    let opts = SampleOptions { guidance: Guidance::ClassifierFree { weight: 2.0, anneal: false }, ..Default::default() };
+    let opts = SampleOptions {
+        guidance: Guidance::ClassifierFree {
+            weight: 2.0,
+            anneal: false,
+        },
+        ..Default::default()
+    };
     let guided = s.sample(2, &labels, &mut Rng::new(1), &opts).unwrap().0;
     assert!(max_abs_diff(&plain, &guided) > 1e-6);
 }
@@ -133,7 +183,13 @@ fn denoise_moves_along_the_score() {
     // Compare with a finite-difference score of log p on one coordinate.
     let logp = |v: &Tensor<f64>| {
         let o = tarflow::with_no_grad(|| m.forward(v, None)).unwrap();
-        let z2 = o.z.narrow(0, 0, 1).unwrap().square().sum_all().item().unwrap();
+        let z2 =
+            o.z.narrow(0, 0, 1)
+                .unwrap()
+                .square()
+                .sum_all()
+                .item()
+                .unwrap();
         -0.5 * z2 + o.logdet.to_f64_vec()[0]
     };
     let h = 1e-6;
@@ -144,7 +200,10 @@ fn denoise_moves_along_the_score() {
     let down = logp(&Tensor::from_vec(xv, &[2, 1, 8, 8]).unwrap());
     let score = (up - down) / (2.0 * h);
     let moved = (y.to_vec()[5] - x.to_vec()[5]) / (sigma * sigma);
-    assert!((score - moved).abs() < 1e-5 * score.abs().max(1.0), "score {score} vs {moved}");
+    assert!(
+        (score - moved).abs() < 1e-5 * score.abs().max(1.0),
+        "score {score} vs {moved}"
+    );
 }
 
 #[test]
@@ -156,5 +215,7 @@ fn bad_inputs_are_errors() {
     let x = Tensor::<f32>::zeros(&[1, 1, 8, 8]);
     assert!(m.forward(&x, Some(&[Some(5)])).is_err());
     let s = Sampler::new(&m).unwrap();
-    assert!(s.sample(1, &[Some(9)], &mut Rng::new(0), &SampleOptions::default()).is_err());
+    assert!(s
+        .sample(1, &[Some(9)], &mut Rng::new(0), &SampleOptions::default())
+        .is_err());
 }

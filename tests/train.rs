@@ -30,7 +30,9 @@ fn config(dir: &Path) -> TrainConfig {
 }
 
 fn weights(dir: &Path, step: usize) -> Vec<(String, Vec<usize>, Vec<f64>)> {
-    let mut t = load_checkpoint(&dir.join(format!("model-{step:07}.safetensors"))).unwrap().tensors;
+    let mut t = load_checkpoint(&dir.join(format!("model-{step:07}.safetensors")))
+        .unwrap()
+        .tensors;
     t.sort_by(|a, b| a.0.cmp(&b.0));
     t
 }
@@ -47,7 +49,13 @@ fn resumed_run_is_bit_identical_to_an_uninterrupted_one() {
     let (train, test) = small_data();
     let mut t = Trainer::new(config(&full_dir), train.clone(), test.clone()).unwrap();
     t.run(|_| {}).unwrap();
-    for f in ["metrics.jsonl", "bpd.png", "samples-0000006.png", "model-0000006.safetensors", "state-0000006.safetensors"] {
+    for f in [
+        "metrics.jsonl",
+        "bpd.png",
+        "samples-0000006.png",
+        "model-0000006.safetensors",
+        "state-0000006.safetensors",
+    ] {
         assert!(full_dir.join(f).exists(), "{f} missing");
     }
 
@@ -86,7 +94,10 @@ fn damaged_checkpoint_is_reported_and_others_survive() {
     let latest = dir.join("state-0000006.safetensors");
     let bytes = std::fs::read(&latest).unwrap();
     std::fs::write(&latest, &bytes[..bytes.len() / 2]).unwrap();
-    let err = Trainer::resume(&dir, train, test).err().expect("truncated state must fail").to_string();
+    let err = Trainer::resume(&dir, train, test)
+        .err()
+        .expect("truncated state must fail")
+        .to_string();
     assert!(err.contains("state-0000006.safetensors"), "{err}");
     assert!(err.contains("step 4"), "{err}");
     // The earlier checkpoint is untouched and loads.

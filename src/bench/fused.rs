@@ -30,7 +30,13 @@ pub fn bench_fused(peak: &Peak, cfg: &BenchConfig) -> Result<Vec<KernelResult>> 
         let _g = no_grad();
         x.softmax(-1).map(|_| ())
     });
-    out.push(KernelResult::memory("softmax", "6272x49", t, 2 * x.numel() * e, peak));
+    out.push(KernelResult::memory(
+        "softmax",
+        "6272x49",
+        t,
+        2 * x.numel() * e,
+        peak,
+    ));
 
     for (rows, c) in [(64 * 49, 128), (32 * 64, 256)] {
         let x = randn(&[rows, c], 2).requires_grad_();
@@ -41,15 +47,31 @@ pub fn bench_fused(peak: &Peak, cfg: &BenchConfig) -> Result<Vec<KernelResult>> 
             let _n = no_grad();
             x.layer_norm(Some(&g), Some(&b), 1e-5).map(|_| ())
         });
-        out.push(KernelResult::memory("layer_norm fwd", &shape, t, 2 * rows * c * e, peak));
+        out.push(KernelResult::memory(
+            "layer_norm fwd",
+            &shape,
+            t,
+            2 * rows * c * e,
+            peak,
+        ));
         let t = time_it(w, r, || -> Result<()> {
             x.zero_grad();
             x.layer_norm(Some(&g), Some(&b), 1e-5)?.sum_all().backward()
         });
-        out.push(KernelResult::memory("layer_norm f+b", &shape, t, 5 * rows * c * e, peak));
+        out.push(KernelResult::memory(
+            "layer_norm f+b",
+            &shape,
+            t,
+            5 * rows * c * e,
+            peak,
+        ));
     }
 
-    let opts = |dh: usize| AttentionOptions { causal: true, scale: 1.0 / (dh as f64).sqrt(), temperature: 1.0 };
+    let opts = |dh: usize| AttentionOptions {
+        causal: true,
+        scale: 1.0 / (dh as f64).sqrt(),
+        temperature: 1.0,
+    };
     for (b, h, n, dh) in [(64, 2, 49, 64), (32, 4, 64, 64)] {
         let q = randn(&[b, h, n, dh], 3).requires_grad_();
         let k = randn(&[b, h, n, dh], 4).requires_grad_();
@@ -60,14 +82,26 @@ pub fn bench_fused(peak: &Peak, cfg: &BenchConfig) -> Result<Vec<KernelResult>> 
             let _g = no_grad();
             attention(&q, &k, &v, None, opts(dh)).map(|_| ())
         });
-        out.push(KernelResult::compute("attention fwd", &shape, t, flops, peak));
+        out.push(KernelResult::compute(
+            "attention fwd",
+            &shape,
+            t,
+            flops,
+            peak,
+        ));
         let t = time_it(w, r, || -> Result<()> {
             for p in [&q, &k, &v] {
                 p.zero_grad();
             }
             attention(&q, &k, &v, None, opts(dh))?.sum_all().backward()
         });
-        out.push(KernelResult::compute("attention f+b", &shape, t, 3.0 * flops, peak));
+        out.push(KernelResult::compute(
+            "attention f+b",
+            &shape,
+            t,
+            3.0 * flops,
+            peak,
+        ));
     }
 
     // One decode step: 16 images x 2 heads against a 48-position cache.
@@ -76,6 +110,12 @@ pub fn bench_fused(peak: &Peak, cfg: &BenchConfig) -> Result<Vec<KernelResult>> 
     cache.append(&randn(&[b, h, len, dh], 6), &randn(&[b, h, len, dh], 7))?;
     let q = randn(&[b, h, 1, dh], 8);
     let t = time_it(w, r, || attention_decode(&q, &cache, opts(dh)).map(|_| ()));
-    out.push(KernelResult::memory("decode step", &format!("{b}x{h}x{len}x{dh}"), t, 2 * b * h * len * dh * e, peak));
+    out.push(KernelResult::memory(
+        "decode step",
+        format!("{b}x{h}x{len}x{dh}"),
+        t,
+        2 * b * h * len * dh * e,
+        peak,
+    ));
     Ok(out)
 }

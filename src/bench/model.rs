@@ -47,7 +47,11 @@ pub fn sampling_flops(c: &TarFlowConfig) -> f64 {
     c.blocks as f64 * block
 }
 
-fn time(repeats: usize, warmup: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64, f64)> {
+fn time(
+    repeats: usize,
+    warmup: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<(f64, f64, f64)> {
     for _ in 0..warmup {
         f()?;
     }
@@ -75,17 +79,38 @@ fn timing(name: &str, batch: usize, t: (f64, f64, f64), flops: f64) -> ModelTimi
 
 /// Times a training step (forward + loss + backward + AdamW), the forward NLL, and sampling
 /// `sample_batch` images with the KV cache.
-pub fn bench_model(cfg: &TarFlowConfig, batch: usize, sample_batch: usize, repeats: usize) -> Result<Vec<ModelTiming>> {
+pub fn bench_model(
+    cfg: &TarFlowConfig,
+    batch: usize,
+    sample_batch: usize,
+    repeats: usize,
+) -> Result<Vec<ModelTiming>> {
     cfg.validate()?;
     let model = TarFlow::<f32>::new(cfg.clone(), 0)?;
     model.randomize_output_projections(0.02, 1)?;
     let mut rng = Rng::new(2);
-    let x = Tensor::<f32>::rand(&[batch, cfg.channels, cfg.image_size, cfg.image_size], -1.0, 1.0, &mut rng);
-    let labels: Vec<Option<usize>> = (0..batch).map(|i| (cfg.num_classes > 0).then_some(i % cfg.num_classes.max(1))).collect();
+    let x = Tensor::<f32>::rand(
+        &[batch, cfg.channels, cfg.image_size, cfg.image_size],
+        -1.0,
+        1.0,
+        &mut rng,
+    );
+    let labels: Vec<Option<usize>> = (0..batch)
+        .map(|i| (cfg.num_classes > 0).then_some(i % cfg.num_classes.max(1)))
+        .collect();
     let lab = (cfg.num_classes > 0).then_some(labels.as_slice());
     let mut params = ParamStore::new();
     params.insert("", model.parameters())?;
-    let mut opt = AdamW::new(&params, AdamWConfig { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 1e-4 })?;
+    let mut opt = AdamW::new(
+        &params,
+        AdamWConfig {
+            lr: 1e-4,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 1e-4,
+        },
+    )?;
     let fwd = forward_flops(cfg) * batch as f64;
     let mut out = Vec::new();
     let t = time(repeats, 1, || {
@@ -102,9 +127,29 @@ pub fn bench_model(cfg: &TarFlowConfig, batch: usize, sample_batch: usize, repea
     })?;
     out.push(timing("forward NLL", batch, t, fwd));
     let sampler = Sampler::new(&model)?;
-    let slabels: Vec<Option<usize>> = (0..sample_batch).map(|i| (cfg.num_classes > 0).then_some(i % cfg.num_classes.max(1))).collect();
-    let slab: Vec<Option<usize>> = if cfg.num_classes > 0 { slabels } else { Vec::new() };
-    let t = time(repeats, 1, || sampler.sample(sample_batch, &slab, &mut Rng::new(3), &SampleOptions::default()).map(|_| ()))?;
-    out.push(timing("sample (KV cache)", sample_batch, t, sampling_flops(cfg) * sample_batch as f64));
+    let slabels: Vec<Option<usize>> = (0..sample_batch)
+        .map(|i| (cfg.num_classes > 0).then_some(i % cfg.num_classes.max(1)))
+        .collect();
+    let slab: Vec<Option<usize>> = if cfg.num_classes > 0 {
+        slabels
+    } else {
+        Vec::new()
+    };
+    let t = time(repeats, 1, || {
+        sampler
+            .sample(
+                sample_batch,
+                &slab,
+                &mut Rng::new(3),
+                &SampleOptions::default(),
+            )
+            .map(|_| ())
+    })?;
+    out.push(timing(
+        "sample (KV cache)",
+        sample_batch,
+        t,
+        sampling_flops(cfg) * sample_batch as f64,
+    ));
     Ok(out)
 }

@@ -70,7 +70,10 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let rows = bench_model(&c, a.batch, a.sample_batch, a.repeats)?;
     if a.json {
         let v = serde_json::json!({ "config": c, "results": rows });
-        println!("{}", serde_json::to_string_pretty(&v).map_err(|e| Error::format("bench", e.to_string()))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).map_err(|e| Error::format("bench", e.to_string()))?
+        );
         return Ok(());
     }
     println!(
@@ -85,7 +88,10 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         c.num_classes,
         rayon::current_num_threads()
     );
-    println!("{:<30} {:>6} {:>10} {:>10} {:>10} {:>10} {:>9}", "workload", "batch", "median s", "min s", "max s", "images/s", "GFLOP/s");
+    println!(
+        "{:<30} {:>6} {:>10} {:>10} {:>10} {:>10} {:>9}",
+        "workload", "batch", "median s", "min s", "max s", "images/s", "GFLOP/s"
+    );
     for r in rows {
         println!(
             "{:<30} {:>6} {:>10.4} {:>10.4} {:>10.4} {:>10.1} {:>9.1}",

@@ -6,7 +6,9 @@ use clap::{Args, ValueEnum};
 
 use tarflow::audit::{audit as run_audit, AuditOptions};
 use tarflow::imageio::{f32_to_u8_images, write_png_grid};
-use tarflow::model::{load_checkpoint, save_checkpoint, Guidance, SampleOptions, Sampler, TarFlow, TarFlowConfig};
+use tarflow::model::{
+    load_checkpoint, save_checkpoint, Guidance, SampleOptions, Sampler, TarFlow, TarFlowConfig,
+};
 use tarflow::tensorio::{read_tensors, write_tensors};
 use tarflow::{DType, Element, Error, Result, Rng, Tensor};
 
@@ -39,7 +41,12 @@ pub fn init(a: InitArgs) -> Result<()> {
         m.randomize_output_projections(s, a.seed.wrapping_add(1))?;
     }
     save_checkpoint(&a.out, &m, &[])?;
-    println!("wrote {} ({} parameters, preset {})", a.out.display(), m.num_parameters(), a.preset);
+    println!(
+        "wrote {} ({} parameters, preset {})",
+        a.out.display(),
+        m.num_parameters(),
+        a.preset
+    );
     Ok(())
 }
 
@@ -66,7 +73,9 @@ impl ModelSource {
                 m.randomize_output_projections(0.05, self.init_seed.wrapping_add(1))?;
                 Ok(m)
             }
-            (None, None) => Err(Error::Config("give --checkpoint PATH or --preset NAME".into())),
+            (None, None) => Err(Error::Config(
+                "give --checkpoint PATH or --preset NAME".into(),
+            )),
         }
     }
 }
@@ -112,7 +121,11 @@ pub fn audit(a: AuditArgs) -> Result<()> {
         }
     };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| Error::format("audit report", e.to_string()))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report)
+                .map_err(|e| Error::format("audit report", e.to_string()))?
+        );
     } else {
         println!("audit ({})\n{}", report.dtype, report.table());
     }
@@ -138,13 +151,20 @@ pub struct EncodeArgs {
     dtype: Dtype,
 }
 
-fn labels_from(t: Option<&Tensor<f64>>, b: usize, classes: usize) -> Result<Option<Vec<Option<usize>>>> {
+fn labels_from(
+    t: Option<&Tensor<f64>>,
+    b: usize,
+    classes: usize,
+) -> Result<Option<Vec<Option<usize>>>> {
     let Some(t) = t else {
         return Ok((classes > 0).then(|| vec![None; b]));
     };
     let v = t.to_vec();
     if v.len() != b {
-        return Err(Error::Config(format!("`labels` has {} entries for {b} samples", v.len())));
+        return Err(Error::Config(format!(
+            "`labels` has {} entries for {b} samples",
+            v.len()
+        )));
     }
     v.iter()
         .map(|&l| {
@@ -153,7 +173,9 @@ fn labels_from(t: Option<&Tensor<f64>>, b: usize, classes: usize) -> Result<Opti
             } else if l.fract() == 0.0 && (l as usize) < classes {
                 Ok(Some(l as usize))
             } else {
-                Err(Error::Config(format!("label {l} is not a class of this model (0..{classes}, or -1)")))
+                Err(Error::Config(format!(
+                    "label {l} is not a class of this model (0..{classes}, or -1)"
+                )))
             }
         })
         .collect::<Result<Vec<_>>>()
@@ -167,7 +189,9 @@ fn encode_as<E: Element>(a: &EncodeArgs) -> Result<()> {
         .get("x")
         .ok_or_else(|| Error::format(a.input.display().to_string(), "no tensor named `x`"))?;
     if !x.all_finite() {
-        return Err(Error::NonFinite { what: format!("`x` in {}", a.input.display()) });
+        return Err(Error::NonFinite {
+            what: format!("`x` in {}", a.input.display()),
+        });
     }
     let b = x.shape().first().copied().unwrap_or(0);
     let labels_t = read_tensors::<f64>(&a.input)?.remove("labels");
@@ -176,8 +200,21 @@ fn encode_as<E: Element>(a: &EncodeArgs) -> Result<()> {
     let z = m.to_images(&out.z)?;
     let bpd = m.bits_per_dim(&out)?;
     let bpd = Tensor::<E>::from_vec(bpd.into_iter().map(E::from_f64).collect(), &[b])?;
-    let dtype = if a.dtype == Dtype::F64 { DType::F64 } else { DType::F32 };
-    write_tensors(&a.output, &[("z", &z), ("logdet", &out.logdet), ("logdet_blocks", &out.logdet_blocks), ("bpd", &bpd)], dtype)?;
+    let dtype = if a.dtype == Dtype::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    };
+    write_tensors(
+        &a.output,
+        &[
+            ("z", &z),
+            ("logdet", &out.logdet),
+            ("logdet_blocks", &out.logdet_blocks),
+            ("bpd", &bpd),
+        ],
+        dtype,
+    )?;
     println!("encoded {b} images -> {}", a.output.display());
     Ok(())
 }
@@ -210,15 +247,26 @@ fn decode_as<E: Element>(a: &DecodeArgs) -> Result<()> {
         .get("z")
         .ok_or_else(|| Error::format(a.input.display().to_string(), "no tensor named `z`"))?;
     if !z.all_finite() {
-        return Err(Error::NonFinite { what: format!("`z` in {}", a.input.display()) });
+        return Err(Error::NonFinite {
+            what: format!("`z` in {}", a.input.display()),
+        });
     }
-    let tokens = if z.rank() == 4 { m.to_tokens(z)? } else { z.clone() };
+    let tokens = if z.rank() == 4 {
+        m.to_tokens(z)?
+    } else {
+        z.clone()
+    };
     let b = tokens.shape().first().copied().unwrap_or(0);
     let labels_t = read_tensors::<f64>(&a.input)?.remove("labels");
-    let labels = labels_from(labels_t.as_ref(), b, m.config.num_classes)?.unwrap_or_else(|| vec![None; b]);
+    let labels =
+        labels_from(labels_t.as_ref(), b, m.config.num_classes)?.unwrap_or_else(|| vec![None; b]);
     let x = Sampler::new(&m)?.reverse_tokens(&tokens, &labels, Guidance::None)?;
     let x = m.to_images(&x)?;
-    let dtype = if a.dtype == Dtype::F64 { DType::F64 } else { DType::F32 };
+    let dtype = if a.dtype == Dtype::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    };
     write_tensors(&a.output, &[("x", &x)], dtype)?;
     println!("decoded {b} latents -> {}", a.output.display());
     Ok(())
@@ -276,23 +324,46 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     let m: TarFlow<f32> = ck.model()?;
     let cfg = m.config.clone();
     let guidance = match (a.cfg, a.attn_temp) {
-        (Some(_), Some(_)) => return Err(Error::Config("use either --cfg or --attn-temp, not both".into())),
-        (Some(w), None) => Guidance::ClassifierFree { weight: w, anneal: a.cfg_anneal },
-        (None, Some(tau)) => Guidance::Temperature { weight: a.attn_weight, tau, anneal: a.cfg_anneal },
+        (Some(_), Some(_)) => {
+            return Err(Error::Config(
+                "use either --cfg or --attn-temp, not both".into(),
+            ))
+        }
+        (Some(w), None) => Guidance::ClassifierFree {
+            weight: w,
+            anneal: a.cfg_anneal,
+        },
+        (None, Some(tau)) => Guidance::Temperature {
+            weight: a.attn_weight,
+            tau,
+            anneal: a.cfg_anneal,
+        },
         (None, None) => Guidance::None,
     };
     let (labels, cols): (Vec<Option<usize>>, usize) = if cfg.num_classes == 0 {
-        (Vec::new(), a.num.min(16).max(1))
+        (Vec::new(), a.num.clamp(1, 16))
     } else if let Some(c) = a.class {
         if c >= cfg.num_classes {
-            return Err(Error::Config(format!("--class {c}: the model has {} classes", cfg.num_classes)));
+            return Err(Error::Config(format!(
+                "--class {c}: the model has {} classes",
+                cfg.num_classes
+            )));
         }
-        (vec![Some(c); a.num], a.num.min(16).max(1))
+        (vec![Some(c); a.num], a.num.clamp(1, 16))
     } else {
-        ((0..cfg.num_classes).flat_map(|c| std::iter::repeat_n(Some(c), a.num)).collect(), a.num.max(1))
+        (
+            (0..cfg.num_classes)
+                .flat_map(|c| std::iter::repeat_n(Some(c), a.num))
+                .collect(),
+            a.num.max(1),
+        )
     };
     let sampler = Sampler::new(&m)?;
-    let opts = SampleOptions { guidance, prior_std: a.prior_std, ..Default::default() };
+    let opts = SampleOptions {
+        guidance,
+        prior_std: a.prior_std,
+        ..Default::default()
+    };
     let mut rng = Rng::new(a.seed);
     let t0 = std::time::Instant::now();
     let (mut x, report) = sampler.sample(a.num, &labels, &mut rng, &opts)?;
@@ -309,7 +380,16 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let per = c * s * s;
         for i in 0..n {
-            write_png_grid(&dir.join(format!("sample_{i:04}.png")), &pixels[i * per..(i + 1) * per], 1, c, s, s, 1, 0)?;
+            write_png_grid(
+                dir.join(format!("sample_{i:04}.png")),
+                &pixels[i * per..(i + 1) * per],
+                1,
+                c,
+                s,
+                s,
+                1,
+                0,
+            )?;
         }
     }
     println!(

@@ -7,12 +7,18 @@ use tarflow::{Error, Result};
 
 pub fn bench_kernels(json: bool, repeats: usize) -> Result<()> {
     let peak = measure_peak(&PeakConfig::default());
-    let cfg = BenchConfig { repeats: repeats.max(3), ..BenchConfig::default() };
+    let cfg = BenchConfig {
+        repeats: repeats.max(3),
+        ..BenchConfig::default()
+    };
     let mut results = run_kernel_benches(&peak, &cfg);
     results.extend(bench_fused(&peak, &cfg)?);
     if json {
         let v = serde_json::json!({ "peak": peak, "results": results });
-        println!("{}", serde_json::to_string_pretty(&v).map_err(|e| Error::format("bench", e.to_string()))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).map_err(|e| Error::format("bench", e.to_string()))?
+        );
     } else {
         println!(
             "machine peak: {:.1} GFLOP/s f32 FMA ({} threads, {}), {:.1} GFLOP/s one thread, DRAM {:.1} GB/s, cache {:.1} GB/s",

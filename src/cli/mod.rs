@@ -11,13 +11,18 @@ use clap::{Parser, Subcommand};
 use tarflow::Result;
 
 #[derive(Parser)]
-#[command(name = "tarflow", version, about = "TarFlow normalizing flows: train, sample, evaluate and audit")]
+#[command(
+    name = "tarflow",
+    version,
+    about = "TarFlow normalizing flows: train, sample, evaluate and audit"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 enum Command {
     /// Train a model (default: class-conditional TarFlow on the embedded MNIST digits).
     Train(train::TrainArgs),

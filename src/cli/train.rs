@@ -152,7 +152,9 @@ pub fn check_device(name: &str) -> Result<Device> {
             op: "train",
             detail: format!("device '{d}': this build has no CUDA backend; use --device cpu"),
         }),
-        other => Err(Error::Config(format!("unknown device '{other}' (cpu or cuda)"))),
+        other => Err(Error::Config(format!(
+            "unknown device '{other}' (cpu or cuda)"
+        ))),
     }
 }
 
@@ -161,7 +163,11 @@ pub fn train(a: TrainArgs) -> Result<()> {
     let mut trainer = match &a.resume {
         Some(dir) => {
             let saved = Trainer::saved_config(dir)?;
-            let (train, test) = open_data(saved.data.as_deref(), saved.model.channels, saved.model.image_size)?;
+            let (train, test) = open_data(
+                saved.data.as_deref(),
+                saved.model.channels,
+                saved.model.image_size,
+            )?;
             let mut t = Trainer::resume(dir, train, test)?;
             if let Some(s) = a.hp.steps {
                 t.config.steps = s;
@@ -176,7 +182,8 @@ pub fn train(a: TrainArgs) -> Result<()> {
             }
             cfg.data = a.data.clone();
             cfg.validate()?;
-            let (train, test) = open_data(a.data.as_deref(), cfg.model.channels, cfg.model.image_size)?;
+            let (train, test) =
+                open_data(a.data.as_deref(), cfg.model.channels, cfg.model.image_size)?;
             Trainer::new(cfg, train, test)?
         }
     };
@@ -199,8 +206,10 @@ pub fn train(a: TrainArgs) -> Result<()> {
     } else {
         let b = ProgressBar::new(cfg.steps as u64);
         b.set_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
-                .map_err(|e| Error::Config(e.to_string()))?,
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+            )
+            .map_err(|e| Error::Config(e.to_string()))?,
         );
         b.set_position(trainer.step as u64);
         b
@@ -209,12 +218,21 @@ pub fn train(a: TrainArgs) -> Result<()> {
     trainer.run(|ev| match ev {
         Event::Step(s) => {
             bar.set_position(s.step as u64);
-            bar.set_message(format!("loss {:.4} bits/dim {:.3} {:.0} img/s lr {:.2e}", s.loss, s.train_bpd, s.images_per_sec, s.lr));
+            bar.set_message(format!(
+                "loss {:.4} bits/dim {:.3} {:.0} img/s lr {:.2e}",
+                s.loss, s.train_bpd, s.images_per_sec, s.lr
+            ));
             if a.quiet && s.step % 100 == 0 {
-                println!("step {} loss {:.4} train bits/dim {:.3} {:.0} img/s", s.step, s.loss, s.train_bpd, s.images_per_sec);
+                println!(
+                    "step {} loss {:.4} train bits/dim {:.3} {:.0} img/s",
+                    s.step, s.loss, s.train_bpd, s.images_per_sec
+                );
             }
         }
-        Event::Eval { step, result } => bar.println(format!("step {step}: test bits/dim {:.4} ({} images)", result.bpd, result.images)),
+        Event::Eval { step, result } => bar.println(format!(
+            "step {step}: test bits/dim {:.4} ({} images)",
+            result.bpd, result.images
+        )),
         Event::Samples { path, .. } => bar.println(format!("samples -> {}", path.display())),
         Event::Checkpoint { path, .. } => bar.println(format!("checkpoint -> {}", path.display())),
     })?;
@@ -252,8 +270,20 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let t0 = Instant::now();
     let r = evaluate_bpd(&m, &data, a.limit, a.batch_size, a.draws, a.seed)?;
     match r.ci95 {
-        Some(ci) => println!("bits/dim {:.4} ± {:.4} (95% CI over {} dequantisation draws, {} images, {:.1}s)", r.bpd, ci, a.draws, r.images, t0.elapsed().as_secs_f64()),
-        None => println!("bits/dim {:.4} ({} images, 1 draw, {:.1}s)", r.bpd, r.images, t0.elapsed().as_secs_f64()),
+        Some(ci) => println!(
+            "bits/dim {:.4} ± {:.4} (95% CI over {} dequantisation draws, {} images, {:.1}s)",
+            r.bpd,
+            ci,
+            a.draws,
+            r.images,
+            t0.elapsed().as_secs_f64()
+        ),
+        None => println!(
+            "bits/dim {:.4} ({} images, 1 draw, {:.1}s)",
+            r.bpd,
+            r.images,
+            t0.elapsed().as_secs_f64()
+        ),
     }
     Ok(())
 }

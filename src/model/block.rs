@@ -78,8 +78,11 @@ impl<E: Element> FlowBlock<E> {
         Ok(FlowBlock {
             proj_in: Linear::new(d, c, true, rng),
             pos_embed: Tensor::randn(&[n, c], 0.0, 0.01, rng).requires_grad_(),
-            class_embed: (cfg.num_classes > 0).then(|| Embedding::new(cfg.num_classes, c, 0.01, rng)),
-            layers: (0..cfg.layers_per_block).map(|_| Layer::new(cfg, rng)).collect::<Result<Vec<_>>>()?,
+            class_embed: (cfg.num_classes > 0)
+                .then(|| Embedding::new(cfg.num_classes, c, 0.01, rng)),
+            layers: (0..cfg.layers_per_block)
+                .map(|_| Layer::new(cfg, rng))
+                .collect::<Result<Vec<_>>>()?,
             proj_out: Linear::with_zero_weight(c, 2 * d, rng),
             flip: index % 2 == 1,
             alpha_clip: cfg.alpha_clip,
@@ -90,15 +93,30 @@ impl<E: Element> FlowBlock<E> {
     /// Named parameters (see docs/checkpoint-format.md).
     pub fn parameters(&self) -> Vec<(String, Tensor<E>)> {
         let mut v = Vec::new();
-        v.extend(self.proj_in.parameters().into_iter().map(|(n, t)| (format!("proj_in.{n}"), t)));
+        v.extend(
+            self.proj_in
+                .parameters()
+                .into_iter()
+                .map(|(n, t)| (format!("proj_in.{n}"), t)),
+        );
         v.push(("pos_embed".to_string(), self.pos_embed.clone()));
         if let Some(ce) = &self.class_embed {
             v.push(("class_embed.weight".to_string(), ce.weight.clone()));
         }
         for (k, layer) in self.layers.iter().enumerate() {
-            v.extend(layer.parameters().into_iter().map(|(n, t)| (format!("layers.{k}.{n}"), t)));
+            v.extend(
+                layer
+                    .parameters()
+                    .into_iter()
+                    .map(|(n, t)| (format!("layers.{k}.{n}"), t)),
+            );
         }
-        v.extend(self.proj_out.parameters().into_iter().map(|(n, t)| (format!("proj_out.{n}"), t)));
+        v.extend(
+            self.proj_out
+                .parameters()
+                .into_iter()
+                .map(|(n, t)| (format!("proj_out.{n}"), t)),
+        );
         v
     }
 
@@ -130,21 +148,39 @@ impl<E: Element> FlowBlock<E> {
                 None => idx.push(k),
             }
         }
-        let table = Tensor::concat(&[&ce.weight, &ce.mean_embedding()?.reshape(&[1, ce.weight.shape()[1]])?], 0)?;
+        let table = Tensor::concat(
+            &[
+                &ce.weight,
+                &ce.mean_embedding()?.reshape(&[1, ce.weight.shape()[1]])?,
+            ],
+            0,
+        )?;
         let rows = table.index_select(0, &idx)?;
         Ok(Some(rows.unsqueeze(1)?))
     }
 
     /// Runs the Transformer over `xp` (`[B, L, D]`, already in block order, `L <= N`) and
     /// returns the unshifted `(alpha, mu)` for every position.
-    pub fn params(&self, xp: &Tensor<E>, labels: Labels<'_>, temperature: f64) -> Result<BlockParams<E>> {
+    pub fn params(
+        &self,
+        xp: &Tensor<E>,
+        labels: Labels<'_>,
+        temperature: f64,
+    ) -> Result<BlockParams<E>> {
         let (b, l) = (xp.shape()[0], xp.shape()[1]);
-        let pos = self.permute_seq(&self.pos_embed.unsqueeze(0)?)?.narrow(1, 0, l)?;
+        let pos = self
+            .permute_seq(&self.pos_embed.unsqueeze(0)?)?
+            .narrow(1, 0, l)?;
         let mut h = self.proj_in.forward(xp)?.add(&pos)?;
         match (labels, &self.class_embed) {
             (Some(ls), Some(_)) => {
                 if ls.len() != b {
-                    return Err(Error::shape("class labels", &[&[ls.len()], xp.shape()], E::DTYPE.name(), "one label per sample is needed"));
+                    return Err(Error::shape(
+                        "class labels",
+                        &[&[ls.len()], xp.shape()],
+                        E::DTYPE.name(),
+                        "one label per sample is needed",
+                    ));
                 }
                 h = h.add(&self.class_vectors(ls)?.expect("conditional"))?;
             }
@@ -163,7 +199,10 @@ impl<E: Element> FlowBlock<E> {
         if let Some(a) = self.alpha_clip {
             alpha = alpha.soft_clip(a);
         }
-        Ok(BlockParams { alpha, mu: out.narrow(2, d, d)? })
+        Ok(BlockParams {
+            alpha,
+            mu: out.narrow(2, d, d)?,
+        })
     }
 
     /// Shifts per-position parameters by one token: row 0 becomes zero (identity for the
@@ -175,7 +214,12 @@ impl<E: Element> FlowBlock<E> {
     }
 
     /// `x [B, N, D] -> (z [B, N, D], logdet [B])`, in canonical token order.
-    pub fn forward(&self, x: &Tensor<E>, labels: Labels<'_>, temperature: f64) -> Result<(Tensor<E>, Tensor<E>)> {
+    pub fn forward(
+        &self,
+        x: &Tensor<E>,
+        labels: Labels<'_>,
+        temperature: f64,
+    ) -> Result<(Tensor<E>, Tensor<E>)> {
         let xp = self.permute_seq(x)?;
         let p = self.params(&xp, labels, temperature)?;
         let alpha = Self::shift(&p.alpha)?;
@@ -187,7 +231,12 @@ impl<E: Element> FlowBlock<E> {
 
     /// Inverse without a cache: token `i` is recovered by rerunning the Transformer on the
     /// recovered prefix (quadratic; the reference the cached sampler is tested against).
-    pub fn reverse_reference(&self, z: &Tensor<E>, labels: Labels<'_>, temperature: f64) -> Result<Tensor<E>> {
+    pub fn reverse_reference(
+        &self,
+        z: &Tensor<E>,
+        labels: Labels<'_>,
+        temperature: f64,
+    ) -> Result<Tensor<E>> {
         let _g = crate::autograd::no_grad();
         let zp = self.permute_seq(z)?.contiguous();
         let (b, n, d) = (zp.shape()[0], zp.shape()[1], zp.shape()[2]);

@@ -37,13 +37,20 @@ impl Checkpoint {
 }
 
 /// Serialises a model (weights as f32) with `extra` metadata entries.
-pub fn checkpoint_bytes<E: Element>(model: &TarFlow<E>, extra: &[(String, String)]) -> Result<Vec<u8>> {
+pub fn checkpoint_bytes<E: Element>(
+    model: &TarFlow<E>,
+    extra: &[(String, String)],
+) -> Result<Vec<u8>> {
     let params = model.parameters();
     let data: Vec<(String, Vec<usize>, Vec<u8>)> = params
         .iter()
         .map(|(n, t)| {
             let v: Vec<f32> = t.to_vec().iter().map(|x| x.to_f32()).collect();
-            (n.clone(), t.shape().to_vec(), bytemuck::cast_slice(&v).to_vec())
+            (
+                n.clone(),
+                t.shape().to_vec(),
+                bytemuck::cast_slice(&v).to_vec(),
+            )
         })
         .collect();
     let views = data
@@ -57,44 +64,72 @@ pub fn checkpoint_bytes<E: Element>(model: &TarFlow<E>, extra: &[(String, String
     let mut meta: HashMap<String, String> = extra.iter().cloned().collect();
     meta.insert(CONFIG_KEY.into(), model.config.to_json());
     meta.insert(VERSION_KEY.into(), FORMAT_VERSION.into());
-    safetensors::serialize(views, &Some(meta)).map_err(|e| Error::format("checkpoint", e.to_string()))
+    safetensors::serialize(views, &Some(meta))
+        .map_err(|e| Error::format("checkpoint", e.to_string()))
 }
 
 /// Writes a checkpoint atomically (temp file + rename): an existing file at `path` is only
 /// ever replaced by a complete one.
-pub fn save_checkpoint<E: Element>(path: &Path, model: &TarFlow<E>, extra: &[(String, String)]) -> Result<()> {
+pub fn save_checkpoint<E: Element>(
+    path: &Path,
+    model: &TarFlow<E>,
+    extra: &[(String, String)],
+) -> Result<()> {
     atomic_write(path, &checkpoint_bytes(model, extra)?)
 }
 
 /// Parses checkpoint bytes; `what` names the source in errors.
 pub fn parse_checkpoint(bytes: &[u8], what: &str) -> Result<Checkpoint> {
     let bad = |d: String| Error::format(what.to_string(), d);
-    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
+    let (_, meta) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
     let metadata = meta.metadata().clone().unwrap_or_default();
-    let cfg_json = metadata
-        .get(CONFIG_KEY)
-        .ok_or_else(|| bad(format!("no '{CONFIG_KEY}' entry in the metadata: not a tarflow checkpoint")))?;
+    let cfg_json = metadata.get(CONFIG_KEY).ok_or_else(|| {
+        bad(format!(
+            "no '{CONFIG_KEY}' entry in the metadata: not a tarflow checkpoint"
+        ))
+    })?;
     let config = TarFlowConfig::from_json(cfg_json).map_err(|e| bad(e.to_string()))?;
-    let st = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
     let mut tensors = Vec::new();
     let mut names: Vec<String> = st.names().into_iter().cloned().collect();
     names.sort();
     for name in names {
-        let t = st.tensor(&name).map_err(|e| bad(format!("tensor '{name}': {e}")))?;
+        let t = st
+            .tensor(&name)
+            .map_err(|e| bad(format!("tensor '{name}': {e}")))?;
         let raw = t.data();
         let vals: Vec<f64> = match t.dtype() {
-            Dtype::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect(),
+            Dtype::F32 => raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+                .collect(),
             Dtype::F64 => raw
                 .chunks_exact(8)
                 .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
                 .collect(),
-            Dtype::F16 => raw.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
-            Dtype::BF16 => raw.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
-            other => return Err(bad(format!("tensor '{name}' has unsupported dtype {other:?}"))),
+            Dtype::F16 => raw
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
+                .collect(),
+            Dtype::BF16 => raw
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64())
+                .collect(),
+            other => {
+                return Err(bad(format!(
+                    "tensor '{name}' has unsupported dtype {other:?}"
+                )))
+            }
         };
         tensors.push((name, t.shape().to_vec(), vals));
     }
-    Ok(Checkpoint { config, tensors, metadata })
+    Ok(Checkpoint {
+        config,
+        tensors,
+        metadata,
+    })
 }
 
 /// Reads a checkpoint file. A missing, truncated or foreign file is an error naming the path.

@@ -9,7 +9,9 @@ mod sampler;
 mod tarflow;
 
 pub use block::{BlockParams, FlowBlock, Labels, Layer};
-pub use checkpoint::{checkpoint_bytes, load_checkpoint, parse_checkpoint, save_checkpoint, Checkpoint};
+pub use checkpoint::{
+    checkpoint_bytes, load_checkpoint, parse_checkpoint, save_checkpoint, Checkpoint,
+};
 pub use config::TarFlowConfig;
 pub use patch::{patchify, unpatchify};
 pub use sampler::{Guidance, SampleOptions, SampleReport, Sampler};

@@ -26,15 +26,24 @@ pub fn patchify<E: Element>(x: &Tensor<E>, p: usize) -> Result<Tensor<E>> {
 }
 
 /// `[B, N, C p^2]` -> `[B, C, H, W]` (inverse of [`patchify`]).
-pub fn unpatchify<E: Element>(t: &Tensor<E>, channels: usize, size: usize, p: usize) -> Result<Tensor<E>> {
+pub fn unpatchify<E: Element>(
+    t: &Tensor<E>,
+    channels: usize,
+    size: usize,
+    p: usize,
+) -> Result<Tensor<E>> {
     let s = t.shape();
-    let g = if p == 0 { 0 } else { size / p };
+    let g = size.checked_div(p).unwrap_or(0);
     if s.len() != 3 || p == 0 || size % p != 0 || s[1] != g * g || s[2] != channels * p * p {
         return Err(Error::shape(
             "unpatchify",
             &[s],
             E::DTYPE.name(),
-            format!("expected [B, {}, {}] for {channels}x{size}x{size} images with patch {p}", g * g, channels * p * p),
+            format!(
+                "expected [B, {}, {}] for {channels}x{size}x{size} images with patch {p}",
+                g * g,
+                channels * p * p
+            ),
         ));
     }
     let b = s[0];
@@ -50,7 +59,10 @@ mod tests {
     #[test]
     fn token_layout_and_roundtrip() {
         // 1 image, 2 channels, 4x4, patch 2.
-        let x = Tensor::<f64>::arange(0.0, 32.0, 1.0).unwrap().reshape(&[1, 2, 4, 4]).unwrap();
+        let x = Tensor::<f64>::arange(0.0, 32.0, 1.0)
+            .unwrap()
+            .reshape(&[1, 2, 4, 4])
+            .unwrap();
         let t = patchify(&x, 2).unwrap();
         assert_eq!(t.shape(), &[1, 4, 8]);
         // Token 1 is the top-right patch: channel 0 rows 0-1, cols 2-3, then channel 1.

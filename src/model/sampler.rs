@@ -136,7 +136,15 @@ fn dot<E: Element>(a: &[E], b: &[E]) -> E {
 }
 
 /// `y[r, :] = x[r, :] @ w^T + b` for `rows` rows; `w` is `[out, in]`.
-fn linear_rows<E: Element>(rows: usize, x: &[E], w: &[E], b: &[E], y: &mut [E], inp: usize, out: usize) {
+fn linear_rows<E: Element>(
+    rows: usize,
+    x: &[E],
+    w: &[E],
+    b: &[E],
+    y: &mut [E],
+    inp: usize,
+    out: usize,
+) {
     for r in 0..rows {
         y[r * out..(r + 1) * out].copy_from_slice(b);
     }
@@ -208,7 +216,10 @@ impl<E: Element> Sampler<E> {
             let p = |s: &str| get(&format!("blocks.{t}.{s}"));
             let pos_raw = p("pos_embed")?;
             let pos = if blk.flip {
-                (0..n).rev().flat_map(|i| pos_raw[i * c..(i + 1) * c].to_vec()).collect()
+                (0..n)
+                    .rev()
+                    .flat_map(|i| pos_raw[i * c..(i + 1) * c].to_vec())
+                    .collect()
             } else {
                 pos_raw
             };
@@ -292,7 +303,16 @@ impl<E: Element> Sampler<E> {
     /// One token per row through a block's Transformer at position `pos`; leaves the
     /// unshifted `(alpha, mu)` for position `pos` in `w.out`.
     #[allow(clippy::too_many_arguments)]
-    fn step(&self, blk: &BlockW<E>, w: &mut Work<E>, rows: usize, x: &[E], pos: usize, class_rows: &[usize], taus: &[f64]) {
+    fn step(
+        &self,
+        blk: &BlockW<E>,
+        w: &mut Work<E>,
+        rows: usize,
+        x: &[E],
+        pos: usize,
+        class_rows: &[usize],
+        taus: &[f64],
+    ) {
         let (c, d, n, dh) = (self.c, self.d, self.n, self.head_dim);
         linear_rows(rows, x, &blk.proj_in_w, &blk.proj_in_b, &mut w.h, d, c);
         for r in 0..rows {
@@ -358,7 +378,22 @@ impl<E: Element> Sampler<E> {
                 }
             }
             unsafe {
-                E::gemm(rows, c, c, E::ONE, w.att.as_ptr(), c as isize, 1, lw.out_w.as_ptr(), 1, c as isize, E::ONE, w.h.as_mut_ptr(), c as isize, 1)
+                E::gemm(
+                    rows,
+                    c,
+                    c,
+                    E::ONE,
+                    w.att.as_ptr(),
+                    c as isize,
+                    1,
+                    lw.out_w.as_ptr(),
+                    1,
+                    c as isize,
+                    E::ONE,
+                    w.h.as_mut_ptr(),
+                    c as isize,
+                    1,
+                )
             };
             layer_norm_rows(&w.h, &lw.ln2_w, &lw.ln2_b, &mut w.t, c);
             linear_rows(rows, &w.t, &lw.fc1_w, &lw.fc1_b, &mut w.hid, c, self.hidden);
@@ -389,7 +424,15 @@ impl<E: Element> Sampler<E> {
                 )
             };
         }
-        linear_rows(rows, &w.h, &blk.proj_out_w, &blk.proj_out_b, &mut w.out, c, 2 * d);
+        linear_rows(
+            rows,
+            &w.h,
+            &blk.proj_out_w,
+            &blk.proj_out_b,
+            &mut w.out,
+            c,
+            2 * d,
+        );
         if let Some(a) = self.alpha_clip {
             let a = E::from_f64(a);
             for r in 0..rows {
@@ -401,7 +444,14 @@ impl<E: Element> Sampler<E> {
     }
 
     /// Inverts one block for `b` images: `z` is `[b, N, D]` in canonical order.
-    fn invert_block(&self, blk: &BlockW<E>, z: &[E], b: usize, labels: &[Option<usize>], guidance: Guidance) -> Vec<E> {
+    fn invert_block(
+        &self,
+        blk: &BlockW<E>,
+        z: &[E],
+        b: usize,
+        labels: &[Option<usize>],
+        guidance: Guidance,
+    ) -> Vec<E> {
         let (n, d) = (self.n, self.d);
         let branches = if guidance == Guidance::None { 1 } else { 2 };
         let rows = b * branches;
@@ -429,7 +479,8 @@ impl<E: Element> Sampler<E> {
         let mut w = self.work(rows, blk.layers.len());
         for i in 0..b {
             let t0 = tok(0);
-            x[(i * n + t0) * d..(i * n + t0 + 1) * d].copy_from_slice(&z[(i * n + t0) * d..(i * n + t0 + 1) * d]);
+            x[(i * n + t0) * d..(i * n + t0 + 1) * d]
+                .copy_from_slice(&z[(i * n + t0) * d..(i * n + t0 + 1) * d]);
         }
         for p in 0..n - 1 {
             for i in 0..b {
@@ -442,7 +493,8 @@ impl<E: Element> Sampler<E> {
             self.step(blk, &mut w, rows, &step_in, p, &class_rows, &taus);
             let g = match guidance {
                 Guidance::None => 0.0,
-                Guidance::ClassifierFree { weight, anneal } | Guidance::Temperature { weight, anneal, .. } => {
+                Guidance::ClassifierFree { weight, anneal }
+                | Guidance::Temperature { weight, anneal, .. } => {
                     if anneal {
                         weight * (p + 1) as f64 / (n - 1) as f64
                     } else {
@@ -470,11 +522,21 @@ impl<E: Element> Sampler<E> {
     }
 
     /// Latent tokens `[B, N, D]` -> data tokens `[B, N, D]` through all blocks in reverse.
-    pub fn reverse_tokens(&self, z: &Tensor<E>, labels: &[Option<usize>], guidance: Guidance) -> Result<Tensor<E>> {
+    pub fn reverse_tokens(
+        &self,
+        z: &Tensor<E>,
+        labels: &[Option<usize>],
+        guidance: Guidance,
+    ) -> Result<Tensor<E>> {
         init_gemm_threads();
         let s = z.shape();
         if s.len() != 3 || s[1] != self.n || s[2] != self.d {
-            return Err(Error::shape("sample", &[s], E::DTYPE.name(), format!("expected latent tokens [B, {}, {}]", self.n, self.d)));
+            return Err(Error::shape(
+                "sample",
+                &[s],
+                E::DTYPE.name(),
+                format!("expected latent tokens [B, {}, {}]", self.n, self.d),
+            ));
         }
         let b = s[0];
         self.check_labels(labels, b, guidance)?;
@@ -484,23 +546,28 @@ impl<E: Element> Sampler<E> {
         let per_image = self.n * self.d;
         let threads = rayon::current_num_threads().max(1);
         let chunk = b.div_ceil(threads).max(1);
-        let all_labels: Vec<Option<usize>> = (0..b).map(|i| labels.get(i).copied().flatten()).collect();
-        x.par_chunks_mut(chunk * per_image).enumerate().for_each(|(t, xs)| {
-            let nb = xs.len() / per_image;
-            let labs = &all_labels[t * chunk..t * chunk + nb];
-            let mut cur = xs.to_vec();
-            for blk in self.blocks.iter().rev() {
-                cur = self.invert_block(blk, &cur, nb, labs, guidance);
-            }
-            xs.copy_from_slice(&cur);
-        });
+        let all_labels: Vec<Option<usize>> =
+            (0..b).map(|i| labels.get(i).copied().flatten()).collect();
+        x.par_chunks_mut(chunk * per_image)
+            .enumerate()
+            .for_each(|(t, xs)| {
+                let nb = xs.len() / per_image;
+                let labs = &all_labels[t * chunk..t * chunk + nb];
+                let mut cur = xs.to_vec();
+                for blk in self.blocks.iter().rev() {
+                    cur = self.invert_block(blk, &cur, nb, labs, guidance);
+                }
+                xs.copy_from_slice(&cur);
+            });
         Tensor::from_vec(x, s)
     }
 
     fn check_labels(&self, labels: &[Option<usize>], b: usize, guidance: Guidance) -> Result<()> {
         if self.num_classes == 0 {
             if labels.iter().any(|l| l.is_some()) {
-                return Err(Error::Config("class labels given to an unconditional model".into()));
+                return Err(Error::Config(
+                    "class labels given to an unconditional model".into(),
+                ));
             }
             if matches!(guidance, Guidance::ClassifierFree { .. }) {
                 return Err(Error::Config(
@@ -508,14 +575,22 @@ impl<E: Element> Sampler<E> {
                 ));
             }
         } else if labels.len() != b {
-            return Err(Error::Config(format!("{} labels given for {b} samples", labels.len())));
+            return Err(Error::Config(format!(
+                "{} labels given for {b} samples",
+                labels.len()
+            )));
         }
         if let Some(c) = labels.iter().flatten().find(|&&c| c >= self.num_classes) {
-            return Err(Error::index("sample", format!("class {c} out of range for {} classes", self.num_classes)));
+            return Err(Error::index(
+                "sample",
+                format!("class {c} out of range for {} classes", self.num_classes),
+            ));
         }
         if let Guidance::Temperature { tau, .. } = guidance {
             if !(tau.is_finite() && tau > 0.0) {
-                return Err(Error::Config(format!("attention temperature must be > 0, got {tau}")));
+                return Err(Error::Config(format!(
+                    "attention temperature must be > 0, got {tau}"
+                )));
             }
         }
         Ok(())
@@ -523,28 +598,50 @@ impl<E: Element> Sampler<E> {
 
     /// Draws `labels.len()` samples (or `count` for unconditional models, with empty
     /// `labels`) as images `[B, C, H, W]`, redrawing samples that come out non-finite.
-    pub fn sample(&self, count: usize, labels: &[Option<usize>], rng: &mut Rng, opts: &SampleOptions) -> Result<(Tensor<E>, SampleReport)> {
-        let b = if self.num_classes > 0 { labels.len() } else { count };
-        let all_labels: Vec<Option<usize>> = if self.num_classes > 0 { labels.to_vec() } else { vec![None; b] };
+    pub fn sample(
+        &self,
+        count: usize,
+        labels: &[Option<usize>],
+        rng: &mut Rng,
+        opts: &SampleOptions,
+    ) -> Result<(Tensor<E>, SampleReport)> {
+        let b = if self.num_classes > 0 {
+            labels.len()
+        } else {
+            count
+        };
+        let all_labels: Vec<Option<usize>> = if self.num_classes > 0 {
+            labels.to_vec()
+        } else {
+            vec![None; b]
+        };
         self.check_labels(&all_labels, b, opts.guidance)?;
         let per = self.n * self.d;
         let z = Tensor::<E>::randn(&[b, self.n, self.d], 0.0, opts.prior_std, rng);
-        let mut x = self.reverse_tokens(&z, &all_labels, opts.guidance)?.to_vec();
+        let mut x = self
+            .reverse_tokens(&z, &all_labels, opts.guidance)?
+            .to_vec();
         let mut report = SampleReport::default();
         for _ in 0..opts.max_redraws {
-            let bad: Vec<usize> = (0..b).filter(|&i| x[i * per..(i + 1) * per].iter().any(|v| !v.is_finite())).collect();
+            let bad: Vec<usize> = (0..b)
+                .filter(|&i| x[i * per..(i + 1) * per].iter().any(|v| !v.is_finite()))
+                .collect();
             if bad.is_empty() {
                 break;
             }
             report.redrawn += bad.len();
             let sub_labels: Vec<Option<usize>> = bad.iter().map(|&i| all_labels[i]).collect();
             let z = Tensor::<E>::randn(&[bad.len(), self.n, self.d], 0.0, opts.prior_std, rng);
-            let redo = self.reverse_tokens(&z, &sub_labels, opts.guidance)?.to_vec();
+            let redo = self
+                .reverse_tokens(&z, &sub_labels, opts.guidance)?
+                .to_vec();
             for (k, &i) in bad.iter().enumerate() {
                 x[i * per..(i + 1) * per].copy_from_slice(&redo[k * per..(k + 1) * per]);
             }
         }
-        report.failed = (0..b).filter(|&i| x[i * per..(i + 1) * per].iter().any(|v| !v.is_finite())).count();
+        report.failed = (0..b)
+            .filter(|&i| x[i * per..(i + 1) * per].iter().any(|v| !v.is_finite()))
+            .count();
         let tokens = Tensor::from_vec(x, &[b, self.n, self.d])?;
         let images = super::patch::unpatchify(&tokens, self.channels, self.size, self.patch)?;
         Ok((images.contiguous(), report))

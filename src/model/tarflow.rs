@@ -45,7 +45,9 @@ impl<E: Element> TarFlow<E> {
     pub fn new(config: TarFlowConfig, seed: u64) -> Result<Self> {
         config.validate()?;
         let mut rng = Rng::new(seed);
-        let blocks = (0..config.blocks).map(|t| FlowBlock::new(&config, t, &mut rng)).collect::<Result<Vec<_>>>()?;
+        let blocks = (0..config.blocks)
+            .map(|t| FlowBlock::new(&config, t, &mut rng))
+            .collect::<Result<Vec<_>>>()?;
         Ok(TarFlow { config, blocks })
     }
 
@@ -66,7 +68,11 @@ impl<E: Element> TarFlow<E> {
     pub fn parameters(&self) -> Vec<(String, Tensor<E>)> {
         let mut v = Vec::new();
         for (t, b) in self.blocks.iter().enumerate() {
-            v.extend(b.parameters().into_iter().map(|(n, p)| (format!("blocks.{t}.{n}"), p)));
+            v.extend(
+                b.parameters()
+                    .into_iter()
+                    .map(|(n, p)| (format!("blocks.{t}.{n}"), p)),
+            );
         }
         v
     }
@@ -92,22 +98,30 @@ impl<E: Element> TarFlow<E> {
                 .collect();
             return Err(Error::format(
                 "model parameters",
-                format!("expected {} tensors, got {}; missing {missing:?}, unexpected {extra:?}", params.len(), records.len()),
+                format!(
+                    "expected {} tensors, got {}; missing {missing:?}, unexpected {extra:?}",
+                    params.len(),
+                    records.len()
+                ),
             ));
         }
         for (name, t) in &params {
-            let (_, shape, vals) = records
-                .iter()
-                .find(|(n, _, _)| n == name)
-                .ok_or_else(|| Error::format("model parameters", format!("missing tensor '{name}'")))?;
+            let (_, shape, vals) = records.iter().find(|(n, _, _)| n == name).ok_or_else(|| {
+                Error::format("model parameters", format!("missing tensor '{name}'"))
+            })?;
             if shape.as_slice() != t.shape() {
                 return Err(Error::format(
                     "model parameters",
-                    format!("tensor '{name}' has shape {shape:?}, the model needs {:?}", t.shape()),
+                    format!(
+                        "tensor '{name}' has shape {shape:?}, the model needs {:?}",
+                        t.shape()
+                    ),
                 ));
             }
             if let Some(bad) = vals.iter().position(|v| !v.is_finite()) {
-                return Err(Error::NonFinite { what: format!("parameter '{name}' (element {bad})") });
+                return Err(Error::NonFinite {
+                    what: format!("parameter '{name}' (element {bad})"),
+                });
             }
             t.update_data(|d| {
                 for (o, v) in d.iter_mut().zip(vals) {
@@ -164,7 +178,12 @@ impl<E: Element> TarFlow<E> {
         self.forward_with_temperature(x, labels, 1.0)
     }
 
-    pub fn forward_with_temperature(&self, x: &Tensor<E>, labels: Labels<'_>, temperature: f64) -> Result<FlowOutput<E>> {
+    pub fn forward_with_temperature(
+        &self,
+        x: &Tensor<E>,
+        labels: Labels<'_>,
+        temperature: f64,
+    ) -> Result<FlowOutput<E>> {
         let mut h = self.to_tokens(x)?;
         let mut lds = Vec::with_capacity(self.blocks.len());
         for b in &self.blocks {
@@ -175,14 +194,18 @@ impl<E: Element> TarFlow<E> {
         let refs: Vec<&Tensor<E>> = lds.iter().collect();
         let logdet_blocks = Tensor::stack(&refs, 1)?;
         let logdet = logdet_blocks.sum(&[1], false)?;
-        Ok(FlowOutput { z: h, logdet, logdet_blocks })
+        Ok(FlowOutput {
+            z: h,
+            logdet,
+            logdet_blocks,
+        })
     }
 
     /// Training loss in nats per dimension: `0.5 mean(z^2) - mean(logdet) / (N D)`.
     pub fn loss(&self, out: &FlowOutput<E>) -> Result<Tensor<E>> {
         let dims = self.config.image_dim() as f64;
         let prior = out.z.square().mean_all().mul_scalar(0.5);
-        Ok(prior.sub(&out.logdet.mean_all().div_scalar(dims))?)
+        prior.sub(&out.logdet.mean_all().div_scalar(dims))
     }
 
     /// Bits per dimension of 8-bit data per sample, for inputs made by uniform dequantisation
@@ -190,7 +213,12 @@ impl<E: Element> TarFlow<E> {
     pub fn bits_per_dim(&self, out: &FlowOutput<E>) -> Result<Vec<f64>> {
         let dims = self.config.image_dim() as f64;
         let b = out.z.shape()[0];
-        let z2 = out.z.square().reshape(&[b, usize::MAX])?.sum(&[1], false)?.to_f64_vec();
+        let z2 = out
+            .z
+            .square()
+            .reshape(&[b, usize::MAX])?
+            .sum(&[1], false)?
+            .to_f64_vec();
         let ld = out.logdet.to_f64_vec();
         Ok(z2
             .iter()
@@ -218,9 +246,16 @@ impl<E: Element> TarFlow<E> {
         let out = self.forward(&xin, labels)?;
         // log p(x) up to a constant, summed over the batch: samples are independent, so the
         // gradient of the sum is each sample's own score.
-        let logp = out.z.square().sum_all().mul_scalar(-0.5).add(&out.logdet.sum_all())?;
+        let logp = out
+            .z
+            .square()
+            .sum_all()
+            .mul_scalar(-0.5)
+            .add(&out.logdet.sum_all())?;
         let g = autograd::grad(&logp, &[&xin])?.remove(0);
         let _ng = autograd::no_grad();
-        Ok(x.detach().add(&g.mul_scalar(sigma * sigma))?.clamp(-1.0, 1.0))
+        Ok(x.detach()
+            .add(&g.mul_scalar(sigma * sigma))?
+            .clamp(-1.0, 1.0))
     }
 }

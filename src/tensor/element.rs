@@ -222,6 +222,8 @@ impl_element!(f64, DType::F64, matrixmultiply::dgemm, libm::erf);
 /// as precise as large ones. `f64` keeps libm's `erf`: it serves audits and gradient checks.
 // Always inlined: out of line, the caller's loop cannot be vectorised across it.
 #[inline(always)]
+// Fitted coefficients are kept as printed by the fit, digits beyond f32 included.
+#[allow(clippy::excessive_precision, clippy::approx_constant)]
 pub fn erf_f32(x: f32) -> f32 {
     const SMALL: [f32; 6] = [
         -6.004_081_2e-4,
@@ -263,6 +265,7 @@ pub fn erf_f32(x: f32) -> f32 {
 /// `y = n ln2 + r` with `|r| <= ln2 / 2`, `e^r` by a degree-6 polynomial (fit error 2e-9),
 /// and `2^n` assembled from its exponent bits.
 #[inline(always)]
+#[allow(clippy::excessive_precision)]
 fn exp_neg_f32(y: f32) -> f32 {
     const EXP: [f32; 7] = [
         1.394_110_8e-3,

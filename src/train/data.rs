@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
-use crate::data::{embedded_mnist_split, load_cifar_dir, load_idx_pair, load_image_folder, CifarSplit, Dataset};
+use crate::data::{
+    embedded_mnist_split, load_cifar_dir, load_idx_pair, load_image_folder, CifarSplit, Dataset,
+};
 use crate::error::{Error, Result};
 
 /// Every `k`-th image of an image folder is held out for testing.
@@ -20,28 +22,55 @@ pub fn open_data(path: Option<&Path>, channels: usize, size: usize) -> Result<(D
         return embedded_mnist_split();
     };
     if !p.is_dir() {
-        return Err(Error::Config(format!("--data {}: not a directory", p.display())));
+        return Err(Error::Config(format!(
+            "--data {}: not a directory",
+            p.display()
+        )));
     }
     let find = |stem: &str| -> Option<std::path::PathBuf> {
-        [stem.to_string(), format!("{stem}.gz")].iter().map(|n| p.join(n)).find(|q| q.exists())
+        [stem.to_string(), format!("{stem}.gz")]
+            .iter()
+            .map(|n| p.join(n))
+            .find(|q| q.exists())
     };
-    if let (Some(ti), Some(tl)) = (find("train-images-idx3-ubyte"), find("train-labels-idx1-ubyte")) {
+    if let (Some(ti), Some(tl)) = (
+        find("train-images-idx3-ubyte"),
+        find("train-labels-idx1-ubyte"),
+    ) {
         let train = load_idx_pair(&ti, &tl)?;
-        let test = match (find("t10k-images-idx3-ubyte"), find("t10k-labels-idx1-ubyte")) {
+        let test = match (
+            find("t10k-images-idx3-ubyte"),
+            find("t10k-labels-idx1-ubyte"),
+        ) {
             (Some(a), Some(b)) => load_idx_pair(&a, &b)?,
-            _ => return Err(Error::Config(format!("{}: IDX training files found but no t10k-* test files", p.display()))),
+            _ => {
+                return Err(Error::Config(format!(
+                    "{}: IDX training files found but no t10k-* test files",
+                    p.display()
+                )))
+            }
         };
         return Ok((train, test));
     }
     if p.join("data_batch_1.bin").exists() {
-        return Ok((load_cifar_dir(p, CifarSplit::Train)?, load_cifar_dir(p, CifarSplit::Test)?));
+        return Ok((
+            load_cifar_dir(p, CifarSplit::Train)?,
+            load_cifar_dir(p, CifarSplit::Test)?,
+        ));
     }
     let all = load_image_folder(p, channels, size, size)?.dataset;
     let n = all.len();
-    let test_idx: Vec<usize> = (0..n).filter(|i| i % FOLDER_TEST_EVERY == FOLDER_TEST_EVERY - 1).collect();
-    let train_idx: Vec<usize> = (0..n).filter(|i| i % FOLDER_TEST_EVERY != FOLDER_TEST_EVERY - 1).collect();
+    let test_idx: Vec<usize> = (0..n)
+        .filter(|i| i % FOLDER_TEST_EVERY == FOLDER_TEST_EVERY - 1)
+        .collect();
+    let train_idx: Vec<usize> = (0..n)
+        .filter(|i| i % FOLDER_TEST_EVERY != FOLDER_TEST_EVERY - 1)
+        .collect();
     if test_idx.is_empty() {
-        return Err(Error::Config(format!("{}: {n} images are too few to hold out a test set (need {FOLDER_TEST_EVERY})", p.display())));
+        return Err(Error::Config(format!(
+            "{}: {n} images are too few to hold out a test set (need {FOLDER_TEST_EVERY})",
+            p.display()
+        )));
     }
     Ok((all.subset(&train_idx)?, all.subset(&test_idx)?))
 }

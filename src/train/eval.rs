@@ -24,7 +24,10 @@ pub struct EvalResult {
 
 /// Uniformly dequantised inputs in [-1, 1]: `x = 2 (p + u) / 256 - 1`.
 pub fn dequantize<E: Element>(pixels: &[u8], rng: &mut Rng) -> Vec<E> {
-    pixels.iter().map(|&p| E::from_f64(2.0 * (p as f64 + rng.uniform()) / 256.0 - 1.0)).collect()
+    pixels
+        .iter()
+        .map(|&p| E::from_f64(2.0 * (p as f64 + rng.uniform()) / 256.0 - 1.0))
+        .collect()
 }
 
 /// Pixels to [-1, 1] plus Gaussian noise: `x = 2p/255 - 1 + sigma * eps`.
@@ -33,22 +36,43 @@ pub fn with_gaussian_noise<E: Element>(pixels: &[u8], sigma: f64, rng: &mut Rng)
     if sigma > 0.0 {
         rng.fill_normal(&mut eps);
     }
-    pixels.iter().zip(eps).map(|(&p, e)| E::from_f64(2.0 * p as f64 / 255.0 - 1.0 + sigma * e)).collect()
+    pixels
+        .iter()
+        .zip(eps)
+        .map(|(&p, e)| E::from_f64(2.0 * p as f64 / 255.0 - 1.0 + sigma * e))
+        .collect()
 }
 
 /// Bits/dim of `model` on the first `limit` images of `data` (all when 0), averaged over
 /// `draws` independent dequantisations. Conditional models are scored with the true labels.
-pub fn evaluate_bpd<E: Element>(model: &TarFlow<E>, data: &Dataset, limit: usize, batch: usize, draws: usize, seed: u64) -> Result<EvalResult> {
+pub fn evaluate_bpd<E: Element>(
+    model: &TarFlow<E>,
+    data: &Dataset,
+    limit: usize,
+    batch: usize,
+    draws: usize,
+    seed: u64,
+) -> Result<EvalResult> {
     let cfg = &model.config;
-    if data.channels != cfg.channels || data.height != cfg.image_size || data.width != cfg.image_size {
+    if data.channels != cfg.channels
+        || data.height != cfg.image_size
+        || data.width != cfg.image_size
+    {
         return Err(Error::Config(format!(
             "data set images are {}x{}x{}, the model expects {}x{}x{}",
             data.channels, data.height, data.width, cfg.channels, cfg.image_size, cfg.image_size
         )));
     }
-    let n = if limit == 0 { data.len() } else { limit.min(data.len()) };
+    let n = if limit == 0 {
+        data.len()
+    } else {
+        limit.min(data.len())
+    };
     if n == 0 || batch == 0 || draws == 0 {
-        return Err(Error::arg("evaluate", "need at least one image, a positive batch size and one draw"));
+        return Err(Error::arg(
+            "evaluate",
+            "need at least one image, a positive batch size and one draw",
+        ));
     }
     let _g = no_grad();
     let mut rng = Rng::new(seed);
@@ -65,7 +89,10 @@ pub fn evaluate_bpd<E: Element>(model: &TarFlow<E>, data: &Dataset, limit: usize
                 px.extend_from_slice(data.image(i));
                 labels.push((cfg.num_classes > 0).then(|| data.labels[i] as usize));
             }
-            let x = Tensor::from_vec(dequantize::<E>(&px, &mut rng), &[b, cfg.channels, cfg.image_size, cfg.image_size])?;
+            let x = Tensor::from_vec(
+                dequantize::<E>(&px, &mut rng),
+                &[b, cfg.channels, cfg.image_size, cfg.image_size],
+            )?;
             let lab = (cfg.num_classes > 0).then_some(labels.as_slice());
             let out = model.forward(&x, lab)?;
             total += model.bits_per_dim(&out)?.iter().sum::<f64>();
@@ -75,11 +102,22 @@ pub fn evaluate_bpd<E: Element>(model: &TarFlow<E>, data: &Dataset, limit: usize
     }
     let mean = per_draw.iter().sum::<f64>() / draws as f64;
     let ci95 = (draws > 1).then(|| {
-        let var = per_draw.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (draws - 1) as f64;
+        let var = per_draw
+            .iter()
+            .map(|v| (v - mean) * (v - mean))
+            .sum::<f64>()
+            / (draws - 1) as f64;
         1.96 * (var / draws as f64).sqrt()
     });
     if !mean.is_finite() {
-        return Err(Error::NonFinite { what: "evaluated bits/dim".into() });
+        return Err(Error::NonFinite {
+            what: "evaluated bits/dim".into(),
+        });
     }
-    Ok(EvalResult { bpd: mean, ci95, per_draw, images: n })
+    Ok(EvalResult {
+        bpd: mean,
+        ci95,
+        per_draw,
+        images: n,
+    })
 }

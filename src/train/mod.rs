@@ -24,7 +24,9 @@ use crate::fsutil::{atomic_write, read_file};
 use crate::imageio::{f32_to_u8_images, write_line_plot, write_png_grid};
 use crate::model::{checkpoint_bytes, parse_checkpoint, Guidance, SampleOptions, Sampler, TarFlow};
 use crate::nn::ParamStore;
-use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, AdamWParamState, AdamWState, Ema, EmaState, LrSchedule};
+use crate::optim::{
+    clip_grad_norm, AdamW, AdamWConfig, AdamWParamState, AdamWState, Ema, EmaState, LrSchedule,
+};
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 use crate::tensorio::{parse_tensors_with_metadata, tensors_to_bytes};
@@ -108,7 +110,10 @@ fn check_data(cfg: &TrainConfig, d: &Dataset, what: &str) -> Result<()> {
         return Err(Error::Config(format!("the {what} set is empty")));
     }
     if m.num_classes > 0 && d.num_classes > m.num_classes {
-        return Err(Error::Config(format!("the {what} set has {} classes, the model {}", d.num_classes, m.num_classes)));
+        return Err(Error::Config(format!(
+            "the {what} set has {} classes, the model {}",
+            d.num_classes, m.num_classes
+        )));
     }
     Ok(())
 }
@@ -120,21 +125,43 @@ impl Trainer {
         check_data(&config, &train, "training")?;
         check_data(&config, &test, "test")?;
         if train.len() < config.batch_size {
-            return Err(Error::Config(format!("batch size {} exceeds the {} training images", config.batch_size, train.len())));
+            return Err(Error::Config(format!(
+                "batch size {} exceeds the {} training images",
+                config.batch_size,
+                train.len()
+            )));
         }
         let model = TarFlow::<f32>::new(config.model.clone(), config.seed)?;
         let mut params = ParamStore::new();
         params.insert("", model.parameters())?;
         let opt = AdamW::new(
             &params,
-            AdamWConfig { lr: config.lr, beta1: config.beta1, beta2: config.beta2, eps: 1e-8, weight_decay: config.weight_decay },
+            AdamWConfig {
+                lr: config.lr,
+                beta1: config.beta1,
+                beta2: config.beta2,
+                eps: 1e-8,
+                weight_decay: config.weight_decay,
+            },
         )?;
         let ema = config.ema.map(|_| Ema::new(&params));
-        let schedule = LrSchedule::warmup_cosine(config.min_lr, config.lr, config.min_lr, config.warmup_steps as u64, config.steps as u64)?;
+        let schedule = LrSchedule::warmup_cosine(
+            config.min_lr,
+            config.lr,
+            config.min_lr,
+            config.warmup_steps as u64,
+            config.steps as u64,
+        )?;
         let train = Arc::new(train);
         let loader = Loader::new(
             train.clone(),
-            LoaderConfig { batch_size: config.batch_size, shuffle: true, drop_last: true, hflip: config.hflip, seed: config.seed ^ 0x10ad },
+            LoaderConfig {
+                batch_size: config.batch_size,
+                shuffle: true,
+                drop_last: true,
+                hflip: config.hflip,
+                seed: config.seed ^ 0x10ad,
+            },
         )?;
         Ok(Trainer {
             rng: Rng::new(config.seed ^ 0x0123_4567_89ab_cdef),
@@ -169,7 +196,9 @@ impl Trainer {
         let cfg = &self.config;
         let mc = &cfg.model;
         let x: Vec<f32> = match cfg.noise {
-            NoiseMode::Gaussian { sigma } => with_gaussian_noise(&batch.images, sigma, &mut self.rng),
+            NoiseMode::Gaussian { sigma } => {
+                with_gaussian_noise(&batch.images, sigma, &mut self.rng)
+            }
             NoiseMode::Dequantize => dequantize(&batch.images, &mut self.rng),
         };
         let x = Tensor::from_vec(x, &[batch.n, mc.channels, mc.image_size, mc.image_size])?;
@@ -188,7 +217,9 @@ impl Trainer {
         let loss = self.model.loss(&out)?;
         let loss_v = loss.item()? as f64;
         if !loss_v.is_finite() {
-            return Err(Error::NonFinite { what: format!("training loss at step {}", self.step) });
+            return Err(Error::NonFinite {
+                what: format!("training loss at step {}", self.step),
+            });
         }
         loss.backward()?;
         drop((loss, out));
@@ -197,7 +228,9 @@ impl Trainer {
             None => self.params.global_grad_norm(),
         };
         if !grad_norm.is_finite() {
-            return Err(Error::NonFinite { what: format!("gradient at step {}", self.step) });
+            return Err(Error::NonFinite {
+                what: format!("gradient at step {}", self.step),
+            });
         }
         let lr = self.schedule.lr_at(self.step as u64);
         self.opt.step(lr)?;
@@ -219,7 +252,14 @@ impl Trainer {
     /// Test bits/dim (uniform dequantisation, one draw) of the evaluation model.
     pub fn evaluate(&self) -> Result<EvalResult> {
         let m = self.eval_model()?;
-        evaluate_bpd(&m, &self.test, self.config.eval_images, 100, 1, self.config.seed ^ 0xe7a1)
+        evaluate_bpd(
+            &m,
+            &self.test,
+            self.config.eval_images,
+            100,
+            1,
+            self.config.seed ^ 0xe7a1,
+        )
     }
 
     /// Writes a grid of samples (one row per class) to `path`.
@@ -228,16 +268,28 @@ impl Trainer {
         let mc = &self.config.model;
         let per = self.config.samples_per_class.max(1);
         let (labels, count) = if mc.num_classes > 0 {
-            ((0..mc.num_classes).flat_map(|c| std::iter::repeat_n(Some(c), per)).collect::<Vec<_>>(), 0)
+            (
+                (0..mc.num_classes)
+                    .flat_map(|c| std::iter::repeat_n(Some(c), per))
+                    .collect::<Vec<_>>(),
+                0,
+            )
         } else {
             (Vec::new(), per * 4)
         };
         let guidance = if mc.num_classes > 0 && self.config.sample_cfg != 0.0 {
-            Guidance::ClassifierFree { weight: self.config.sample_cfg, anneal: false }
+            Guidance::ClassifierFree {
+                weight: self.config.sample_cfg,
+                anneal: false,
+            }
         } else {
             Guidance::None
         };
-        let opts = SampleOptions { guidance, ..Default::default() };
+        let opts = SampleOptions {
+            guidance,
+            prior_std: self.config.sample_prior_std,
+            ..Default::default()
+        };
         let mut rng = Rng::new(self.config.seed ^ 0x5a3b1e);
         let (mut x, _) = Sampler::new(&m)?.sample(count, &labels, &mut rng, &opts)?;
         if self.config.sample_denoise {
@@ -251,7 +303,16 @@ impl Trainer {
         let _g = no_grad();
         let n = x.shape()[0];
         let px = f32_to_u8_images(&x.to_vec());
-        write_png_grid(path, &px, n, mc.channels, mc.image_size, mc.image_size, per, 2)
+        write_png_grid(
+            path,
+            &px,
+            n,
+            mc.channels,
+            mc.image_size,
+            mc.image_size,
+            per,
+            2,
+        )
     }
 
     fn model_path(dir: &Path, step: usize) -> PathBuf {
@@ -284,8 +345,14 @@ impl Trainer {
         }
         for p in &opt.params {
             let shape = self.params.require(&p.name)?.shape().to_vec();
-            owned.push((format!("adamw.m.{}", p.name), Tensor::from_vec(p.m.clone(), &shape)?));
-            owned.push((format!("adamw.v.{}", p.name), Tensor::from_vec(p.v.clone(), &shape)?));
+            owned.push((
+                format!("adamw.m.{}", p.name),
+                Tensor::from_vec(p.m.clone(), &shape)?,
+            ));
+            owned.push((
+                format!("adamw.v.{}", p.name),
+                Tensor::from_vec(p.v.clone(), &shape)?,
+            ));
         }
         if let Some(ema) = &self.ema {
             for (name, shape, vals) in ema.state().shadow {
@@ -293,9 +360,13 @@ impl Trainer {
             }
         }
         let refs: Vec<(&str, &Tensor<f32>)> = owned.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        let json = serde_json::to_string(&run).map_err(|e| Error::format("run state", e.to_string()))?;
+        let json =
+            serde_json::to_string(&run).map_err(|e| Error::format("run state", e.to_string()))?;
         let meta = HashMap::from([(RUN_STATE_KEY.to_string(), json)]);
-        atomic_write(&Self::state_path(dir, self.step), &tensors_to_bytes(&refs, DType::F32, Some(meta))?)?;
+        atomic_write(
+            &Self::state_path(dir, self.step),
+            &tensors_to_bytes(&refs, DType::F32, Some(meta))?,
+        )?;
         let eval_model = self.eval_model()?;
         let model_path = Self::model_path(dir, self.step);
         let extra = [("tarflow.step".to_string(), self.step.to_string())];
@@ -310,7 +381,10 @@ impl Trainer {
         let mut steps = Vec::new();
         for entry in rd.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
-            if let Some(s) = name.strip_prefix("state-").and_then(|r| r.strip_suffix(".safetensors")) {
+            if let Some(s) = name
+                .strip_prefix("state-")
+                .and_then(|r| r.strip_suffix(".safetensors"))
+            {
                 if let Ok(step) = s.parse::<usize>() {
                     if Self::model_path(dir, step).exists() {
                         steps.push(step);
@@ -337,14 +411,21 @@ impl Trainer {
     /// The configuration of the latest checkpoint in `dir` (to open its data set before
     /// [`Trainer::resume`]).
     pub fn saved_config(dir: &Path) -> Result<TrainConfig> {
-        let step = *Self::checkpoint_steps(dir)?
-            .last()
-            .ok_or_else(|| Error::Config(format!("no checkpoint (state-*.safetensors with its model-*.safetensors) in {}", dir.display())))?;
+        let step = *Self::checkpoint_steps(dir)?.last().ok_or_else(|| {
+            Error::Config(format!(
+                "no checkpoint (state-*.safetensors with its model-*.safetensors) in {}",
+                dir.display()
+            ))
+        })?;
         let path = Self::state_path(dir, step);
         let bytes = read_file(&path)?;
         let (_, meta) = parse_tensors_with_metadata::<f32>(&bytes, &path.display().to_string())?;
-        let json = meta.get(RUN_STATE_KEY).ok_or_else(|| Error::format(path.display().to_string(), "no run state in the metadata"))?;
-        let run: RunState = serde_json::from_str(json).map_err(|e| Error::format(path.display().to_string(), format!("bad run state: {e}")))?;
+        let json = meta.get(RUN_STATE_KEY).ok_or_else(|| {
+            Error::format(path.display().to_string(), "no run state in the metadata")
+        })?;
+        let run: RunState = serde_json::from_str(json).map_err(|e| {
+            Error::format(path.display().to_string(), format!("bad run state: {e}"))
+        })?;
         Ok(run.config)
     }
 
@@ -352,21 +433,33 @@ impl Trainer {
     /// latest checkpoint is an error naming the file; no file is changed.
     pub fn resume(dir: &Path, train: Dataset, test: Dataset) -> Result<Self> {
         let steps = Self::checkpoint_steps(dir)?;
-        let step = *steps
-            .last()
-            .ok_or_else(|| Error::Config(format!("no checkpoint (state-*.safetensors with its model-*.safetensors) in {}", dir.display())))?;
+        let step = *steps.last().ok_or_else(|| {
+            Error::Config(format!(
+                "no checkpoint (state-*.safetensors with its model-*.safetensors) in {}",
+                dir.display()
+            ))
+        })?;
         let hint = match steps.len() {
             1 => String::new(),
-            n => format!(" (the previous checkpoint is step {}; remove the damaged files to resume from it)", steps[n - 2]),
+            n => format!(
+                " (the previous checkpoint is step {}; remove the damaged files to resume from it)",
+                steps[n - 2]
+            ),
         };
         let state_path = Self::state_path(dir, step);
         let bytes = read_file(&state_path)?;
         let what = state_path.display().to_string();
-        let (tensors, meta) = parse_tensors_with_metadata::<f32>(&bytes, &what).map_err(|e| Error::format(what.clone(), format!("{e}{hint}")))?;
+        let (tensors, meta) = parse_tensors_with_metadata::<f32>(&bytes, &what)
+            .map_err(|e| Error::format(what.clone(), format!("{e}{hint}")))?;
         let run: RunState = meta
             .get(RUN_STATE_KEY)
-            .ok_or_else(|| Error::format(what.clone(), format!("no run state in the metadata{hint}")))
-            .and_then(|j| serde_json::from_str(j).map_err(|e| Error::format(what.clone(), format!("bad run state: {e}{hint}"))))?;
+            .ok_or_else(|| {
+                Error::format(what.clone(), format!("no run state in the metadata{hint}"))
+            })
+            .and_then(|j| {
+                serde_json::from_str(j)
+                    .map_err(|e| Error::format(what.clone(), format!("bad run state: {e}{hint}")))
+            })?;
         // The model file must be readable too, or the run could not be sampled from.
         let model_path = Self::model_path(dir, step);
         parse_checkpoint(&read_file(&model_path)?, &model_path.display().to_string())?;
@@ -375,9 +468,9 @@ impl Trainer {
         config.out_dir = dir.to_path_buf();
         let mut t = Trainer::new(config, train, test)?;
         let get = |name: &str| {
-            tensors
-                .get(name)
-                .ok_or_else(|| Error::format(what.clone(), format!("missing tensor '{name}'{hint}")))
+            tensors.get(name).ok_or_else(|| {
+                Error::format(what.clone(), format!("missing tensor '{name}'{hint}"))
+            })
         };
         let names = t.params.names();
         for name in &names {
@@ -388,18 +481,29 @@ impl Trainer {
         for (i, name) in names.iter().enumerate() {
             params.push(AdamWParamState {
                 name: name.clone(),
-                step: *run.adamw_param_steps.get(i).ok_or_else(|| Error::format(what.clone(), "optimiser state is incomplete"))?,
+                step: *run
+                    .adamw_param_steps
+                    .get(i)
+                    .ok_or_else(|| Error::format(what.clone(), "optimiser state is incomplete"))?,
                 m: get(&format!("adamw.m.{name}"))?.to_vec(),
                 v: get(&format!("adamw.v.{name}"))?.to_vec(),
             });
         }
-        t.opt.load_state(AdamWState { step: run.adamw_step, params })?;
+        t.opt.load_state(AdamWState {
+            step: run.adamw_step,
+            params,
+        })?;
         if let Some(ema) = &mut t.ema {
             let shadow = names
                 .iter()
-                .map(|n| get(&format!("ema.{n}")).map(|s| (n.clone(), s.shape().to_vec(), s.to_vec())))
+                .map(|n| {
+                    get(&format!("ema.{n}")).map(|s| (n.clone(), s.shape().to_vec(), s.to_vec()))
+                })
                 .collect::<Result<Vec<_>>>()?;
-            ema.load_state(EmaState { updates: run.ema_updates.unwrap_or(0), shadow })?;
+            ema.load_state(EmaState {
+                updates: run.ema_updates.unwrap_or(0),
+                shadow,
+            })?;
         }
         t.rng = Rng::from_state(run.rng);
         // Validates the saved position against this data set.
@@ -411,7 +515,11 @@ impl Trainer {
 
     fn append_metrics(&self, line: &serde_json::Value) -> Result<()> {
         let path = self.config.out_dir.join("metrics.jsonl");
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
         writeln!(f, "{line}").map_err(|e| Error::io(&path, e))
     }
 
@@ -421,7 +529,9 @@ impl Trainer {
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         let (mut train, mut test) = (Vec::new(), Vec::new());
         for line in text.lines() {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
             let step = v["step"].as_f64().unwrap_or(0.0);
             if let Some(b) = v["train_bpd"].as_f64() {
                 train.push((step, b));
@@ -430,8 +540,15 @@ impl Trainer {
                 test.push((step, b));
             }
         }
-        let series: Vec<(&str, &[(f64, f64)])> = vec![("train bits/dim", &train), ("test bits/dim", &test)];
-        write_line_plot(self.config.out_dir.join("bpd.png"), "bits/dim", &series, 640, 400)
+        let series: Vec<(&str, &[(f64, f64)])> =
+            vec![("train bits/dim", &train), ("test bits/dim", &test)];
+        write_line_plot(
+            self.config.out_dir.join("bpd.png"),
+            "bits/dim",
+            &series,
+            640,
+            400,
+        )
     }
 
     /// Trains until `config.steps`, with periodic evaluation, samples and checkpoints, and a
@@ -447,7 +564,10 @@ impl Trainer {
         let dir = self.config.out_dir.clone();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let every = |n: usize, step: usize| n > 0 && step % n == 0;
-        let mut prefetch = Prefetcher::new(Loader::from_state(self.train.clone(), &self.loader_state)?, 2);
+        let mut prefetch = Prefetcher::new(
+            Loader::from_state(self.train.clone(), &self.loader_state)?,
+            2,
+        );
         let log_every = 10;
         let mut acc = (0.0, 0.0, 0usize);
         while self.step < stop {
@@ -470,16 +590,25 @@ impl Trainer {
                 let r = self.evaluate()?;
                 self.append_metrics(&serde_json::json!({"step": s, "test_bpd": r.bpd}))?;
                 self.write_plot()?;
-                on_event(Event::Eval { step: s, result: &r });
+                on_event(Event::Eval {
+                    step: s,
+                    result: &r,
+                });
             }
             if every(self.config.sample_every, s) || last {
                 let path = dir.join(format!("samples-{s:07}.png"));
                 self.write_samples(&path)?;
-                on_event(Event::Samples { step: s, path: &path });
+                on_event(Event::Samples {
+                    step: s,
+                    path: &path,
+                });
             }
             if every(self.config.checkpoint_every, s) || last || s == stop {
                 let path = self.save_checkpoint()?;
-                on_event(Event::Checkpoint { step: s, path: &path });
+                on_event(Event::Checkpoint {
+                    step: s,
+                    path: &path,
+                });
             }
         }
         Ok(())

@@ -129,7 +129,7 @@ impl TrainConfig {
                 c.checkpoint_every = 5000;
             }
             "mnist-likelihood" => {
-                c.steps = 3000;
+                c.steps = 1500;
                 c.sample_denoise = false;
                 c.sample_cfg = 0.0;
             }

@@ -219,3 +219,37 @@ fn bad_inputs_are_errors() {
         .sample(1, &[Some(9)], &mut Rng::new(0), &SampleOptions::default())
         .is_err());
 }
+
+#[test]
+fn checkpoint_roundtrip_and_damage() {
+    use tarflow::model::{load_checkpoint, save_checkpoint};
+    let dir = std::env::temp_dir().join(format!("tarflow-ck-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("m.safetensors");
+    let m = model::<f32>(small_config(3), 3);
+    save_checkpoint(&path, &m, &[("note".into(), "x".into())]).unwrap();
+    let ck = load_checkpoint(&path).unwrap();
+    assert_eq!(ck.config, m.config);
+    assert_eq!(ck.metadata["note"], "x");
+    let back: TarFlow<f32> = ck.model().unwrap();
+    for ((na, a), (nb, b)) in m.parameters().iter().zip(back.parameters()) {
+        assert_eq!(na, &nb);
+        assert_eq!(a.to_vec(), b.to_vec(), "{na}");
+    }
+    // Truncated: an error naming the file, and a second save replaces it whole.
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
+    let e = load_checkpoint(&path).err().unwrap().to_string();
+    assert!(e.contains("m.safetensors"), "{e}");
+    save_checkpoint(&path, &m, &[]).unwrap();
+    assert!(load_checkpoint(&path).is_ok());
+    // A checkpoint of another shape does not load into this model.
+    let other = model::<f32>(small_config(0), 3);
+    let ck = tarflow::model::parse_checkpoint(
+        &tarflow::model::checkpoint_bytes(&other, &[]).unwrap(),
+        "other",
+    )
+    .unwrap();
+    let e = m.load_parameters(&ck.tensors).err().unwrap().to_string();
+    assert!(e.contains("class_embed"), "{e}");
+}

@@ -4,11 +4,12 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, TensorView};
 
 use crate::error::{Error, Result};
 use crate::fsutil::{atomic_write, read_file};
 use crate::tensor::Element;
+use crate::tensorio::parse_tensors_with_metadata;
 
 use super::config::TarFlowConfig;
 use super::tarflow::TarFlow;
@@ -81,50 +82,18 @@ pub fn save_checkpoint<E: Element>(
 /// Parses checkpoint bytes; `what` names the source in errors.
 pub fn parse_checkpoint(bytes: &[u8], what: &str) -> Result<Checkpoint> {
     let bad = |d: String| Error::format(what.to_string(), d);
-    let (_, meta) = SafeTensors::read_metadata(bytes)
-        .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
-    let metadata = meta.metadata().clone().unwrap_or_default();
+    let (tensors, metadata) = parse_tensors_with_metadata::<f64>(bytes, what)?;
     let cfg_json = metadata.get(CONFIG_KEY).ok_or_else(|| {
         bad(format!(
             "no '{CONFIG_KEY}' entry in the metadata: not a tarflow checkpoint"
         ))
     })?;
     let config = TarFlowConfig::from_json(cfg_json).map_err(|e| bad(e.to_string()))?;
-    let st = SafeTensors::deserialize(bytes)
-        .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
-    let mut tensors = Vec::new();
-    let mut names: Vec<String> = st.names().into_iter().cloned().collect();
-    names.sort();
-    for name in names {
-        let t = st
-            .tensor(&name)
-            .map_err(|e| bad(format!("tensor '{name}': {e}")))?;
-        let raw = t.data();
-        let vals: Vec<f64> = match t.dtype() {
-            Dtype::F32 => raw
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-                .collect(),
-            Dtype::F64 => raw
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-                .collect(),
-            Dtype::F16 => raw
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
-                .collect(),
-            Dtype::BF16 => raw
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64())
-                .collect(),
-            other => {
-                return Err(bad(format!(
-                    "tensor '{name}' has unsupported dtype {other:?}"
-                )))
-            }
-        };
-        tensors.push((name, t.shape().to_vec(), vals));
-    }
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f64>)> = tensors
+        .into_iter()
+        .map(|(n, t)| (n, t.shape().to_vec(), t.to_vec()))
+        .collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(Checkpoint {
         config,
         tensors,

@@ -13,6 +13,7 @@
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::ops::softmax::dot;
 use crate::ops::{gelu_scalar, matmul::init_gemm_threads};
 use crate::rng::Rng;
 use crate::tensor::{Element, Tensor};
@@ -114,25 +115,6 @@ pub struct Sampler<E: Element> {
     size: usize,
     patch: usize,
     blocks: Vec<BlockW<E>>,
-}
-
-/// Dot product with 8 independent partial sums, so the loop vectorises (a single running
-/// sum is a dependency chain the compiler may not reorder).
-#[inline]
-fn dot<E: Element>(a: &[E], b: &[E]) -> E {
-    let mut acc = [E::ZERO; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    let mut t = E::ZERO;
-    for (x, y) in ra.iter().zip(rb) {
-        t += *x * *y;
-    }
-    (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]) + t
 }
 
 /// `y[r, :] = x[r, :] @ w^T + b` for `rows` rows; `w` is `[out, in]`.

@@ -1,6 +1,6 @@
 //! Model-level subcommands: init, audit, encode, decode, sample.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 
@@ -182,29 +182,50 @@ fn labels_from(
         .map(Some)
 }
 
-fn encode_as<E: Element>(a: &EncodeArgs) -> Result<()> {
-    let m: TarFlow<E> = load_checkpoint(&a.checkpoint)?.model()?;
-    let inputs = read_tensors::<E>(&a.input)?;
-    let x = inputs
-        .get("x")
-        .ok_or_else(|| Error::format(a.input.display().to_string(), "no tensor named `x`"))?;
-    if !x.all_finite() {
+impl Dtype {
+    fn storage(self) -> DType {
+        match self {
+            Dtype::F32 => DType::F32,
+            Dtype::F64 => DType::F64,
+        }
+    }
+}
+
+/// A model, the tensor it works on, and optional labels.
+type ModelInput<E> = (TarFlow<E>, Tensor<E>, Option<Tensor<E>>);
+
+/// The model of `checkpoint`, the finite tensor `name` of `input`, and its optional
+/// `labels` tensor (read at the same precision; labels are small integers).
+fn load_input<E: Element>(checkpoint: &Path, input: &Path, name: &str) -> Result<ModelInput<E>> {
+    let m: TarFlow<E> = load_checkpoint(checkpoint)?.model()?;
+    let mut inputs = read_tensors::<E>(input)?;
+    let t = inputs.remove(name).ok_or_else(|| {
+        Error::format(
+            input.display().to_string(),
+            format!("no tensor named `{name}`"),
+        )
+    })?;
+    if !t.all_finite() {
         return Err(Error::NonFinite {
-            what: format!("`x` in {}", a.input.display()),
+            what: format!("`{name}` in {}", input.display()),
         });
     }
+    Ok((m, t, inputs.remove("labels")))
+}
+
+fn encode_as<E: Element>(a: &EncodeArgs) -> Result<()> {
+    let (m, x, labels_t) = load_input::<E>(&a.checkpoint, &a.input, "x")?;
     let b = x.shape().first().copied().unwrap_or(0);
-    let labels_t = read_tensors::<f64>(&a.input)?.remove("labels");
-    let labels = labels_from(labels_t.as_ref(), b, m.config.num_classes)?;
-    let out = tarflow::with_no_grad(|| m.forward(x, labels.as_deref()))?;
+    let labels = labels_from(
+        labels_t.map(|t| t.cast::<f64>()).as_ref(),
+        b,
+        m.config.num_classes,
+    )?;
+    let out = tarflow::with_no_grad(|| m.forward(&x, labels.as_deref()))?;
     let z = m.to_images(&out.z)?;
     let bpd = m.bits_per_dim(&out)?;
     let bpd = Tensor::<E>::from_vec(bpd.into_iter().map(E::from_f64).collect(), &[b])?;
-    let dtype = if a.dtype == Dtype::F64 {
-        DType::F64
-    } else {
-        DType::F32
-    };
+    let dtype = a.dtype.storage();
     write_tensors(
         &a.output,
         &[
@@ -241,33 +262,18 @@ pub struct DecodeArgs {
 }
 
 fn decode_as<E: Element>(a: &DecodeArgs) -> Result<()> {
-    let m: TarFlow<E> = load_checkpoint(&a.checkpoint)?.model()?;
-    let inputs = read_tensors::<E>(&a.input)?;
-    let z = inputs
-        .get("z")
-        .ok_or_else(|| Error::format(a.input.display().to_string(), "no tensor named `z`"))?;
-    if !z.all_finite() {
-        return Err(Error::NonFinite {
-            what: format!("`z` in {}", a.input.display()),
-        });
-    }
-    let tokens = if z.rank() == 4 {
-        m.to_tokens(z)?
-    } else {
-        z.clone()
-    };
+    let (m, z, labels_t) = load_input::<E>(&a.checkpoint, &a.input, "z")?;
+    let tokens = if z.rank() == 4 { m.to_tokens(&z)? } else { z };
     let b = tokens.shape().first().copied().unwrap_or(0);
-    let labels_t = read_tensors::<f64>(&a.input)?.remove("labels");
-    let labels =
-        labels_from(labels_t.as_ref(), b, m.config.num_classes)?.unwrap_or_else(|| vec![None; b]);
+    let labels = labels_from(
+        labels_t.map(|t| t.cast::<f64>()).as_ref(),
+        b,
+        m.config.num_classes,
+    )?
+    .unwrap_or_else(|| vec![None; b]);
     let x = Sampler::new(&m)?.reverse_tokens(&tokens, &labels, Guidance::None)?;
     let x = m.to_images(&x)?;
-    let dtype = if a.dtype == Dtype::F64 {
-        DType::F64
-    } else {
-        DType::F32
-    };
-    write_tensors(&a.output, &[("x", &x)], dtype)?;
+    write_tensors(&a.output, &[("x", &x)], a.dtype.storage())?;
     println!("decoded {b} latents -> {}", a.output.display());
     Ok(())
 }

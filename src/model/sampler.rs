@@ -13,6 +13,7 @@
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::ops::layer_norm::forward_rows;
 use crate::ops::softmax::dot;
 use crate::ops::{gelu_scalar, matmul::init_gemm_threads};
 use crate::rng::Rng;
@@ -117,8 +118,11 @@ pub struct Sampler<E: Element> {
     blocks: Vec<BlockW<E>>,
 }
 
-/// `y[r, :] = x[r, :] @ w^T + b` for `rows` rows; `w` is `[out, in]`.
-fn linear_rows<E: Element>(
+/// `y[r, :] = x[r, :] @ w^T + b` for `rows` rows (`w` is `[out, in]`), or, with
+/// `accumulate`, `y[r, :] += x[r, :] @ w^T + b` (the residual connections). The bias goes
+/// into `y` first and GEMM adds the product with beta = 1.
+#[allow(clippy::too_many_arguments)]
+fn affine_rows<E: Element>(
     rows: usize,
     x: &[E],
     w: &[E],
@@ -126,9 +130,14 @@ fn linear_rows<E: Element>(
     y: &mut [E],
     inp: usize,
     out: usize,
+    accumulate: bool,
 ) {
-    for r in 0..rows {
-        y[r * out..(r + 1) * out].copy_from_slice(b);
+    for yr in y[..rows * out].chunks_exact_mut(out) {
+        if accumulate {
+            yr.iter_mut().zip(b).for_each(|(v, &bv)| *v += bv);
+        } else {
+            yr.copy_from_slice(b);
+        }
     }
     // SAFETY: slices hold rows*inp, out*inp and rows*out elements; y does not alias x or w.
     unsafe {
@@ -151,20 +160,9 @@ fn linear_rows<E: Element>(
     }
 }
 
+/// TarFlow's LayerNorm (affine, eps 1e-5) on each row: the kernel of `Tensor::layer_norm`.
 fn layer_norm_rows<E: Element>(x: &[E], w: &[E], b: &[E], y: &mut [E], c: usize) {
-    let eps = E::from_f64(1e-5);
-    let inv_c = E::ONE / E::from_usize(c);
-    for (xr, yr) in x.chunks_exact(c).zip(y.chunks_exact_mut(c)) {
-        let mean = crate::ops::sum_slice(xr) * inv_c;
-        let mut var = E::ZERO;
-        for &v in xr {
-            var += (v - mean) * (v - mean);
-        }
-        let rstd = E::ONE / (var * inv_c + eps).sqrt();
-        for j in 0..c {
-            yr[j] = (xr[j] - mean) * rstd * w[j] + b[j];
-        }
-    }
+    forward_rows(x, y, None, c, Some(w), Some(b), E::from_f64(1e-5));
 }
 
 /// Preallocated state for one block inversion over `rows` rows.
@@ -296,7 +294,16 @@ impl<E: Element> Sampler<E> {
         taus: &[f64],
     ) {
         let (c, d, n, dh) = (self.c, self.d, self.n, self.head_dim);
-        linear_rows(rows, x, &blk.proj_in_w, &blk.proj_in_b, &mut w.h, d, c);
+        affine_rows(
+            rows,
+            x,
+            &blk.proj_in_w,
+            &blk.proj_in_b,
+            &mut w.h,
+            d,
+            c,
+            false,
+        );
         for r in 0..rows {
             let h = &mut w.h[r * c..(r + 1) * c];
             let pe = &blk.pos[pos * c..(pos + 1) * c];
@@ -313,7 +320,16 @@ impl<E: Element> Sampler<E> {
         let scale = 1.0 / (dh as f64).sqrt();
         for (li, lw) in blk.layers.iter().enumerate() {
             layer_norm_rows(&w.h, &lw.ln1_w, &lw.ln1_b, &mut w.t, c);
-            linear_rows(rows, &w.t, &lw.qkv_w, &lw.qkv_b, &mut w.qkv, c, 3 * c);
+            affine_rows(
+                rows,
+                &w.t,
+                &lw.qkv_w,
+                &lw.qkv_b,
+                &mut w.qkv,
+                c,
+                3 * c,
+                false,
+            );
             // Cache layout per row: [pos][c], heads interleaved as in the qkv projection.
             let (kc, vc) = (&mut w.k_cache[li], &mut w.v_cache[li]);
             for r in 0..rows {
@@ -353,60 +369,33 @@ impl<E: Element> Sampler<E> {
                     }
                 }
             }
-            // h += att @ out_w^T + out_b (GEMM accumulates into h with the bias added first).
-            for r in 0..rows {
-                for j in 0..c {
-                    w.h[r * c + j] += lw.out_b[j];
-                }
-            }
-            unsafe {
-                E::gemm(
-                    rows,
-                    c,
-                    c,
-                    E::ONE,
-                    w.att.as_ptr(),
-                    c as isize,
-                    1,
-                    lw.out_w.as_ptr(),
-                    1,
-                    c as isize,
-                    E::ONE,
-                    w.h.as_mut_ptr(),
-                    c as isize,
-                    1,
-                )
-            };
+            affine_rows(rows, &w.att, &lw.out_w, &lw.out_b, &mut w.h, c, c, true);
             layer_norm_rows(&w.h, &lw.ln2_w, &lw.ln2_b, &mut w.t, c);
-            linear_rows(rows, &w.t, &lw.fc1_w, &lw.fc1_b, &mut w.hid, c, self.hidden);
+            affine_rows(
+                rows,
+                &w.t,
+                &lw.fc1_w,
+                &lw.fc1_b,
+                &mut w.hid,
+                c,
+                self.hidden,
+                false,
+            );
             for v in w.hid.iter_mut() {
                 *v = gelu_scalar(*v);
             }
-            for r in 0..rows {
-                for j in 0..c {
-                    w.h[r * c + j] += lw.fc2_b[j];
-                }
-            }
-            unsafe {
-                E::gemm(
-                    rows,
-                    self.hidden,
-                    c,
-                    E::ONE,
-                    w.hid.as_ptr(),
-                    self.hidden as isize,
-                    1,
-                    lw.fc2_w.as_ptr(),
-                    1,
-                    self.hidden as isize,
-                    E::ONE,
-                    w.h.as_mut_ptr(),
-                    c as isize,
-                    1,
-                )
-            };
+            affine_rows(
+                rows,
+                &w.hid,
+                &lw.fc2_w,
+                &lw.fc2_b,
+                &mut w.h,
+                self.hidden,
+                c,
+                true,
+            );
         }
-        linear_rows(
+        affine_rows(
             rows,
             &w.h,
             &blk.proj_out_w,
@@ -414,6 +403,7 @@ impl<E: Element> Sampler<E> {
             &mut w.out,
             c,
             2 * d,
+            false,
         );
         if let Some(a) = self.alpha_clip {
             let a = E::from_f64(a);

@@ -37,7 +37,7 @@ fn sq_dev_sum<E: Element>(x: &[E], mean: E) -> E {
 }
 
 /// Normalises the rows of `x` into `out`; stores `[mean, rstd]` per row when `stats` is given.
-fn forward_rows<E: Element>(
+pub(crate) fn forward_rows<E: Element>(
     x: &[E],
     out: &mut [E],
     mut stats: Option<&mut [E]>,

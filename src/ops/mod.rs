@@ -5,7 +5,7 @@ pub mod attention;
 mod binary;
 mod index;
 pub(crate) mod kernel;
-mod layer_norm;
+pub(crate) mod layer_norm;
 pub(crate) mod matmul;
 mod reduce;
 pub(crate) mod softmax;

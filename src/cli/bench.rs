@@ -16,20 +16,8 @@ pub struct BenchArgs {
     /// Start from a model preset (default: small = 28x28x1 p4 C128 T4 K2).
     #[arg(long, default_value = "small")]
     preset: String,
-    #[arg(long)]
-    image_size: Option<usize>,
-    #[arg(long)]
-    channels: Option<usize>,
-    #[arg(long)]
-    patch_size: Option<usize>,
-    #[arg(long)]
-    width: Option<usize>,
-    #[arg(long)]
-    blocks: Option<usize>,
-    #[arg(long)]
-    layers: Option<usize>,
-    #[arg(long)]
-    classes: Option<usize>,
+    #[command(flatten)]
+    shape: super::shape::ShapeArgs,
     /// Images per training step / forward pass.
     #[arg(long, default_value_t = 64)]
     batch: usize,
@@ -52,20 +40,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         return super::kernels::bench_kernels(a.json, a.repeats);
     }
     let mut c = TarFlowConfig::preset(&a.preset)?;
-    macro_rules! set {
-        ($arg:ident, $field:ident) => {
-            if let Some(v) = a.$arg {
-                c.$field = v;
-            }
-        };
-    }
-    set!(image_size, image_size);
-    set!(channels, channels);
-    set!(patch_size, patch_size);
-    set!(width, width);
-    set!(blocks, blocks);
-    set!(layers, layers_per_block);
-    set!(classes, num_classes);
+    a.shape.apply(&mut c);
     c.validate()?;
     let rows = bench_model(&c, a.batch, a.sample_batch, a.repeats)?;
     if a.json {

@@ -4,6 +4,7 @@
 mod bench;
 mod flow;
 mod kernels;
+mod shape;
 mod train;
 
 use clap::{Parser, Subcommand};

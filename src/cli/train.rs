@@ -74,20 +74,8 @@ pub struct Overrides {
     checkpoint_every: Option<usize>,
     #[arg(long)]
     keep_checkpoints: Option<usize>,
-    /// Model width C.
-    #[arg(long)]
-    width: Option<usize>,
-    /// Flow blocks T.
-    #[arg(long)]
-    blocks: Option<usize>,
-    /// Layers per block K.
-    #[arg(long)]
-    layers: Option<usize>,
-    #[arg(long)]
-    patch_size: Option<usize>,
-    /// Soft clip of the log-scales, a*tanh(alpha/a).
-    #[arg(long)]
-    alpha_clip: Option<f64>,
+    #[command(flatten)]
+    shape: super::shape::ShapeArgs,
 }
 
 impl Overrides {
@@ -127,21 +115,7 @@ impl Overrides {
         if self.hflip {
             c.hflip = true;
         }
-        if let Some(v) = self.width {
-            c.model.width = v;
-        }
-        if let Some(v) = self.blocks {
-            c.model.blocks = v;
-        }
-        if let Some(v) = self.layers {
-            c.model.layers_per_block = v;
-        }
-        if let Some(v) = self.patch_size {
-            c.model.patch_size = v;
-        }
-        if let Some(v) = self.alpha_clip {
-            c.model.alpha_clip = Some(v);
-        }
+        self.shape.apply(&mut c.model);
     }
 }
 

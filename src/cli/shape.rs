@@ -1,0 +1,52 @@
+//! Model-shape flags shared by `train` and `bench`.
+
+use clap::Args;
+
+use tarflow::model::TarFlowConfig;
+
+/// Overrides of a preset's model shape.
+#[derive(Args)]
+pub struct ShapeArgs {
+    /// Image height and width.
+    #[arg(long)]
+    image_size: Option<usize>,
+    #[arg(long)]
+    channels: Option<usize>,
+    #[arg(long)]
+    patch_size: Option<usize>,
+    /// Model width C.
+    #[arg(long)]
+    width: Option<usize>,
+    /// Flow blocks T.
+    #[arg(long)]
+    blocks: Option<usize>,
+    /// Layers per block K.
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Number of classes (0 = unconditional).
+    #[arg(long)]
+    classes: Option<usize>,
+    /// Soft clip of the log-scales, a*tanh(alpha/a).
+    #[arg(long)]
+    alpha_clip: Option<f64>,
+}
+
+impl ShapeArgs {
+    pub fn apply(&self, c: &mut TarFlowConfig) {
+        let set = |dst: &mut usize, v: Option<usize>| {
+            if let Some(v) = v {
+                *dst = v;
+            }
+        };
+        set(&mut c.image_size, self.image_size);
+        set(&mut c.channels, self.channels);
+        set(&mut c.patch_size, self.patch_size);
+        set(&mut c.width, self.width);
+        set(&mut c.blocks, self.blocks);
+        set(&mut c.layers_per_block, self.layers);
+        set(&mut c.num_classes, self.classes);
+        if let Some(a) = self.alpha_clip {
+            c.alpha_clip = Some(a);
+        }
+    }
+}

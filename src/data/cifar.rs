@@ -33,7 +33,7 @@ pub fn parse_cifar_batch(bytes: &[u8], name: &str) -> Result<Dataset> {
     if bytes.is_empty() {
         return Err(Error::format(name, "empty CIFAR-10 batch"));
     }
-    if bytes.len() % CIFAR_RECORD_BYTES != 0 {
+    if !bytes.len().is_multiple_of(CIFAR_RECORD_BYTES) {
         return Err(Error::format(
             name,
             format!(

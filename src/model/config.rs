@@ -67,7 +67,7 @@ impl TarFlowConfig {
         if self.channels == 0 || self.image_size == 0 || self.patch_size == 0 {
             return bad("channels, image_size and patch_size must be positive".into());
         }
-        if self.image_size % self.patch_size != 0 {
+        if !self.image_size.is_multiple_of(self.patch_size) {
             return bad(format!(
                 "image size {} is not divisible by the patch size {}",
                 self.image_size, self.patch_size
@@ -80,7 +80,7 @@ impl TarFlowConfig {
                 self.seq_len()
             ));
         }
-        if self.width == 0 || self.head_dim == 0 || self.width % self.head_dim != 0 {
+        if self.width == 0 || self.head_dim == 0 || !self.width.is_multiple_of(self.head_dim) {
             return bad(format!(
                 "width {} must be a positive multiple of the head dimension {}",
                 self.width, self.head_dim

@@ -10,7 +10,7 @@ use crate::tensor::{Element, Tensor};
 /// `[B, C, H, W]` -> `[B, N, C p^2]`.
 pub fn patchify<E: Element>(x: &Tensor<E>, p: usize) -> Result<Tensor<E>> {
     let s = x.shape();
-    if s.len() != 4 || p == 0 || s[2] % p != 0 || s[3] % p != 0 {
+    if s.len() != 4 || p == 0 || !s[2].is_multiple_of(p) || !s[3].is_multiple_of(p) {
         return Err(Error::shape(
             "patchify",
             &[s],
@@ -34,7 +34,12 @@ pub fn unpatchify<E: Element>(
 ) -> Result<Tensor<E>> {
     let s = t.shape();
     let g = size.checked_div(p).unwrap_or(0);
-    if s.len() != 3 || p == 0 || size % p != 0 || s[1] != g * g || s[2] != channels * p * p {
+    if s.len() != 3
+        || p == 0
+        || !size.is_multiple_of(p)
+        || s[1] != g * g
+        || s[2] != channels * p * p
+    {
         return Err(Error::shape(
             "unpatchify",
             &[s],

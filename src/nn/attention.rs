@@ -30,7 +30,7 @@ impl<E: Element> CausalSelfAttention<E> {
     /// Weights and biases are uniform in `(-1/sqrt(dim), 1/sqrt(dim))`, the usual default for
     /// linear layers, and are gradient-tracking leaves.
     pub fn new(dim: usize, head_dim: usize, rng: &mut Rng) -> Result<Self> {
-        if dim == 0 || head_dim == 0 || dim % head_dim != 0 {
+        if dim == 0 || head_dim == 0 || !dim.is_multiple_of(head_dim) {
             return Err(Error::Config(format!(
                 "attention width {dim} is not a positive multiple of head_dim {head_dim}"
             )));

@@ -52,7 +52,7 @@ impl<E: Element> Tensor<E> {
                 .iter()
                 .filter(|&&d| d != usize::MAX)
                 .try_fold(1usize, |a, &d| a.checked_mul(d));
-            let Some(known) = known.filter(|&k| k != 0 && n % k == 0) else {
+            let Some(known) = known.filter(|&k| k != 0 && n.is_multiple_of(k)) else {
                 return Err(Error::shape(
                     "reshape",
                     &[self.shape(), shape],

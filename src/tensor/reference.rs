@@ -404,7 +404,7 @@ impl ViewOp {
                 } else if r >= 1 {
                     let i = b / 2 % r;
                     let d = s[i];
-                    if let Some(f) = (2..=d).find(|f| d % f == 0) {
+                    if let Some(f) = (2..=d).find(|f| d.is_multiple_of(*f)) {
                         s[i] = d / f;
                         s.insert(i + 1, f);
                     }

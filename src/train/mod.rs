@@ -563,7 +563,7 @@ impl Trainer {
         let stop = stop.min(self.config.steps);
         let dir = self.config.out_dir.clone();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let every = |n: usize, step: usize| n > 0 && step % n == 0;
+        let every = |n: usize, step: usize| n > 0 && step.is_multiple_of(n);
         let mut prefetch = Prefetcher::new(
             Loader::from_state(self.train.clone(), &self.loader_state)?,
             2,
@@ -578,7 +578,7 @@ impl Trainer {
             acc = (acc.0 + stats.train_bpd, acc.1 + stats.loss, acc.2 + 1);
             let s = self.step;
             let last = s == self.config.steps;
-            if s % log_every == 0 || last {
+            if s.is_multiple_of(log_every) || last {
                 let n = acc.2 as f64;
                 self.append_metrics(&serde_json::json!({
                     "step": s, "train_bpd": acc.0 / n, "loss": acc.1 / n, "lr": stats.lr,

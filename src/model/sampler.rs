@@ -13,11 +13,12 @@
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::ops::gemm::PackedB;
 use crate::ops::layer_norm::forward_rows;
 use crate::ops::softmax::dot;
-use crate::ops::{gelu_scalar, matmul::init_gemm_threads};
+use crate::ops::{matmul::init_gemm_threads, simd::gelu_inplace};
 use crate::rng::Rng;
-use crate::tensor::{Element, Tensor};
+use crate::tensor::{DType, Element, Tensor};
 
 use super::tarflow::TarFlow;
 
@@ -66,27 +67,27 @@ pub struct SampleReport {
 struct LayerW<E> {
     ln1_w: Vec<E>,
     ln1_b: Vec<E>,
-    qkv_w: Vec<E>,
+    qkv_w: Weight<E>,
     qkv_b: Vec<E>,
-    out_w: Vec<E>,
+    out_w: Weight<E>,
     out_b: Vec<E>,
     ln2_w: Vec<E>,
     ln2_b: Vec<E>,
-    fc1_w: Vec<E>,
+    fc1_w: Weight<E>,
     fc1_b: Vec<E>,
-    fc2_w: Vec<E>,
+    fc2_w: Weight<E>,
     fc2_b: Vec<E>,
 }
 
 struct BlockW<E> {
-    proj_in_w: Vec<E>,
+    proj_in_w: Weight<E>,
     proj_in_b: Vec<E>,
     /// Positional embedding already in this block's token order.
     pos: Vec<E>,
     /// Class table `[K + 1, C]`, the last row being the mean (null class).
     classes: Option<Vec<E>>,
     layers: Vec<LayerW<E>>,
-    proj_out_w: Vec<E>,
+    proj_out_w: Weight<E>,
     proj_out_b: Vec<E>,
     flip: bool,
 }
@@ -125,7 +126,7 @@ pub struct Sampler<E: Element> {
 fn affine_rows<E: Element>(
     rows: usize,
     x: &[E],
-    w: &[E],
+    w: &Weight<E>,
     b: &[E],
     y: &mut [E],
     inp: usize,
@@ -139,6 +140,11 @@ fn affine_rows<E: Element>(
             yr.copy_from_slice(b);
         }
     }
+    if let Some(p) = &w.packed {
+        let (x32, y32) = (bytemuck::cast_slice(x), bytemuck::cast_slice_mut(y));
+        return p.gemm(rows, x32, inp, 1, 1.0, y32, out);
+    }
+    let w = &w.w;
     // SAFETY: slices hold rows*inp, out*inp and rows*out elements; y does not alias x or w.
     unsafe {
         E::gemm(
@@ -157,6 +163,21 @@ fn affine_rows<E: Element>(
             out as isize,
             1,
         )
+    }
+}
+
+/// A Linear weight `[out, in]`; in `f32` also packed once for the GEMM kernel, so that a
+/// step's products with a few rows do not repack the weights every time.
+struct Weight<E> {
+    w: Vec<E>,
+    packed: Option<PackedB>,
+}
+
+impl<E: Element> Weight<E> {
+    fn new(w: Vec<E>, out: usize, inp: usize) -> Self {
+        let packed = (E::DTYPE == DType::F32)
+            .then(|| PackedB::new(inp, out, bytemuck::cast_slice(&w), 1, inp));
+        Weight { w, packed }
     }
 }
 
@@ -183,6 +204,7 @@ impl<E: Element> Sampler<E> {
     pub fn new(model: &TarFlow<E>) -> Result<Self> {
         let cfg = &model.config;
         let (c, d, n) = (cfg.width, cfg.token_dim(), cfg.seq_len());
+        let hidden = cfg.width * cfg.mlp_ratio;
         let params = model.parameters();
         let get = |name: &str| -> Result<Vec<E>> {
             params
@@ -226,25 +248,25 @@ impl<E: Element> Sampler<E> {
                 layers.push(LayerW {
                     ln1_w: l("norm1.weight")?,
                     ln1_b: l("norm1.bias")?,
-                    qkv_w: l("attn.qkv.weight")?,
+                    qkv_w: Weight::new(l("attn.qkv.weight")?, 3 * c, c),
                     qkv_b: l("attn.qkv.bias")?,
-                    out_w: l("attn.out.weight")?,
+                    out_w: Weight::new(l("attn.out.weight")?, c, c),
                     out_b: l("attn.out.bias")?,
                     ln2_w: l("norm2.weight")?,
                     ln2_b: l("norm2.bias")?,
-                    fc1_w: l("mlp.fc1.weight")?,
+                    fc1_w: Weight::new(l("mlp.fc1.weight")?, hidden, c),
                     fc1_b: l("mlp.fc1.bias")?,
-                    fc2_w: l("mlp.fc2.weight")?,
+                    fc2_w: Weight::new(l("mlp.fc2.weight")?, c, hidden),
                     fc2_b: l("mlp.fc2.bias")?,
                 });
             }
             blocks.push(BlockW {
-                proj_in_w: p("proj_in.weight")?,
+                proj_in_w: Weight::new(p("proj_in.weight")?, c, d),
                 proj_in_b: p("proj_in.bias")?,
                 pos,
                 classes,
                 layers,
-                proj_out_w: p("proj_out.weight")?,
+                proj_out_w: Weight::new(p("proj_out.weight")?, 2 * d, c),
                 proj_out_b: p("proj_out.bias")?,
                 flip: blk.flip,
             });
@@ -381,9 +403,7 @@ impl<E: Element> Sampler<E> {
                 self.hidden,
                 false,
             );
-            for v in w.hid.iter_mut() {
-                *v = gelu_scalar(*v);
-            }
+            gelu_inplace(&mut w.hid[..rows * self.hidden]);
             affine_rows(
                 rows,
                 &w.hid,

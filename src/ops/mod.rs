@@ -3,11 +3,13 @@
 
 pub mod attention;
 mod binary;
+pub mod gemm;
 mod index;
 pub(crate) mod kernel;
 pub(crate) mod layer_norm;
 pub(crate) mod matmul;
 mod reduce;
+pub mod simd;
 pub(crate) mod softmax;
 mod unary;
 mod view;

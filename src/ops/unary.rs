@@ -1,8 +1,12 @@
 //! Elementwise unary ops. Each backward multiplies the output gradient by the derivative,
 //! computed from the saved input or output (whichever is cheaper and stable).
 
+use rayon::prelude::*;
+
 use super::kernel::{map1, map1_runs};
+use super::simd::{gelu_grad_inplace, gelu_inplace};
 use crate::error::Result;
+use crate::tensor::iter::PAR_THRESHOLD;
 use crate::tensor::{Element, Tensor};
 
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
@@ -38,7 +42,7 @@ pub fn gelu_scalar<E: Element>(x: E) -> E {
 }
 
 /// d/dx of x * Phi(x) = Phi(x) + x * phi(x).
-#[inline]
+#[inline(always)]
 pub fn gelu_grad_scalar<E: Element>(x: E) -> E {
     let half = E::from_f64(0.5);
     let cdf = half * (E::ONE + (x * E::from_f64(INV_SQRT_2)).erf());
@@ -149,15 +153,24 @@ impl<E: Element> Tensor<E> {
         // Whole runs, not one call per element: see `map1_runs`.
         let v = self.with_data(|d, l| {
             map1_runs(d, l, |src, dst| {
-                for (o, &x) in dst.iter_mut().zip(src) {
-                    *o = gelu_scalar(x);
-                }
+                dst.copy_from_slice(src);
+                gelu_inplace(dst);
             })
         });
         let out = Tensor::from_raw(v, self.shape());
         let x = self.detach();
         out.record("gelu", &[self], move |g| {
-            Ok(vec![Some(Self::grad_from(g, &x, gelu_grad_scalar)?)])
+            let mut gv = g.to_vec();
+            x.with_contiguous(|xs| {
+                if gv.len() >= PAR_THRESHOLD {
+                    gv.par_chunks_mut(PAR_THRESHOLD)
+                        .zip(xs.par_chunks(PAR_THRESHOLD))
+                        .for_each(|(g, x)| gelu_grad_inplace(x, g));
+                } else {
+                    gelu_grad_inplace(xs, &mut gv);
+                }
+            });
+            Ok(vec![Some(Tensor::from_raw(gv, g.shape()))])
         })
     }
 

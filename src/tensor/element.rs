@@ -200,7 +200,7 @@ macro_rules! impl_element {
     };
 }
 
-impl_element!(f32, DType::F32, matrixmultiply::sgemm, erf_f32);
+impl_element!(f32, DType::F32, crate::ops::gemm::sgemm, erf_f32);
 impl_element!(f64, DType::F64, matrixmultiply::dgemm, libm::erf);
 
 /// The error function in `f32`, written so that a loop calling it vectorises: no library
@@ -266,7 +266,7 @@ pub fn erf_f32(x: f32) -> f32 {
 /// and `2^n` assembled from its exponent bits.
 #[inline(always)]
 #[allow(clippy::excessive_precision)]
-fn exp_neg_f32(y: f32) -> f32 {
+pub(crate) fn exp_neg_f32(y: f32) -> f32 {
     const EXP: [f32; 7] = [
         1.394_110_8e-3,
         8.375_126e-3,

@@ -1,0 +1,964 @@
+//! `f32` matrix products with the crate's own register-blocked kernels.
+//!
+//! The layout follows the classic Goto/BLIS scheme: `B` is copied ("packed") in blocks of
+//! `KC x NC` into panels `NR` columns wide, `A` in blocks of `MC x KC` into panels `MR` rows
+//! tall, and a microkernel multiplies one `MR x KC` panel by one `KC x NR` panel with the
+//! whole `MR x NR` tile of `C` held in vector registers. Panels are k-major, so the kernel
+//! reads both with unit stride whatever the operands' strides were.
+//!
+//! Kernels are chosen once at run time from what the CPU supports:
+//! - AVX-512F: a 12 x 32 tile (24 of the 32 `zmm` registers accumulate; `A` elements are
+//!   broadcast straight from memory into the FMAs);
+//! - AVX2 + FMA: a 6 x 16 tile (12 of the 16 `ymm` registers);
+//! - anything else: matrixmultiply's `sgemm`.
+//!
+//! `TARFLOW_GEMM=avx512|avx2|portable` forces a kernel (falling back if the CPU lacks it),
+//! which benches and tests use to compare them. Work is split over rayon threads by blocks of
+//! output rows (and column panels when there are few rows); every output element is summed by
+//! one thread in a fixed order, so results do not depend on the thread count or scheduling.
+//!
+//! [`PackedB`] packs a fixed right-hand operand (a layer's weights) once, so products with few
+//! rows, as in KV-cached sampling, pay for no packing of the weights at all.
+
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+/// Which microkernel runs `f32` products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmKernel {
+    /// 12 x 32 tile on AVX-512F.
+    Avx512,
+    /// 6 x 16 tile on AVX2 + FMA.
+    Avx2,
+    /// matrixmultiply's `sgemm` (any CPU).
+    Portable,
+}
+
+impl GemmKernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            GemmKernel::Avx512 => "avx512",
+            GemmKernel::Avx2 => "avx2",
+            GemmKernel::Portable => "portable",
+        }
+    }
+
+    /// Whether this CPU can run the kernel.
+    pub fn supported(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            GemmKernel::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            GemmKernel::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            GemmKernel::Portable => true,
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// The fastest kernel this CPU supports.
+    pub fn best() -> GemmKernel {
+        [GemmKernel::Avx512, GemmKernel::Avx2]
+            .into_iter()
+            .find(|k| k.supported())
+            .unwrap_or(GemmKernel::Portable)
+    }
+
+    /// The kernel in use: `TARFLOW_GEMM` if set and supported, otherwise [`GemmKernel::best`].
+    pub fn active() -> GemmKernel {
+        static ACTIVE: OnceLock<GemmKernel> = OnceLock::new();
+        *ACTIVE.get_or_init(|| {
+            let forced = std::env::var("TARFLOW_GEMM").ok().and_then(|v| {
+                [GemmKernel::Avx512, GemmKernel::Avx2, GemmKernel::Portable]
+                    .into_iter()
+                    .find(|k| k.name() == v.trim())
+            });
+            match forced {
+                Some(k) if k.supported() => k,
+                _ => GemmKernel::best(),
+            }
+        })
+    }
+}
+
+/// Depth of a packed block: a `KC x 32` panel of `B` (32 KiB) stays in L1 while the kernel
+/// sweeps the `A` panels of a block.
+const KC: usize = 256;
+/// Rows of a packed `A` block (144 KiB at `KC`, in L2); a multiple of both kernels' `MR`.
+const MC: usize = 144;
+/// Columns of a packed `B` block (1 MiB at `KC`).
+const NC: usize = 1024;
+/// Below this many multiply-adds a product stays on the calling thread.
+const PAR_MIN_MACS: usize = 1 << 18;
+
+/// A microkernel: `MR x NR` tile from a `kc x MR` panel of `A` and a `kc x NR` panel of `B`.
+trait Micro {
+    const MR: usize;
+    const NR: usize;
+    /// `c = alpha * a.b + beta * c` for a full tile of `C` with unit column stride; with
+    /// `beta == 0`, `c` is written without being read.
+    ///
+    /// # Safety
+    /// The CPU supports the kernel; the panels hold `kc * MR` and `kc * NR` elements; the
+    /// tile `c[i * rsc + j]`, `i < MR`, `j < NR`, is valid for writes (and reads if beta != 0).
+    unsafe fn tile(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        alpha: f32,
+        beta: f32,
+        c: *mut f32,
+        rsc: isize,
+    );
+    /// The raw product `a.b` into `buf`, row-major `MR x NR`.
+    ///
+    /// # Safety
+    /// As for `tile`, with `buf` holding `MR * NR` elements.
+    unsafe fn to_buf(kc: usize, a: *const f32, b: *const f32, buf: *mut f32);
+    /// [`pack_a`] with this kernel's `MR`.
+    ///
+    /// # Safety
+    /// As for [`pack_a`].
+    unsafe fn pack_a(
+        rows: usize,
+        kc: usize,
+        a: *const f32,
+        rsa: isize,
+        csa: isize,
+        dst: &mut [f32],
+    );
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::Micro;
+    use std::arch::x86_64::*;
+
+    pub struct Avx512;
+    pub struct Avx2;
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn avx512_acc(kc: usize, a: *const f32, b: *const f32) -> [[__m512; 2]; 12] {
+        let mut acc = [[_mm512_setzero_ps(); 2]; 12];
+        for p in 0..kc {
+            let b0 = _mm512_loadu_ps(b.add(p * 32));
+            let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
+            let ap = a.add(p * 12);
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = _mm512_set1_ps(*ap.add(i));
+                row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
+                row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+            }
+        }
+        acc
+    }
+
+    impl Micro for Avx512 {
+        const MR: usize = 12;
+
+        unsafe fn pack_a(
+            rows: usize,
+            kc: usize,
+            a: *const f32,
+            rsa: isize,
+            csa: isize,
+            dst: &mut [f32],
+        ) {
+            super::pack_a::<12>(rows, kc, a, rsa, csa, dst)
+        }
+        const NR: usize = 32;
+
+        #[target_feature(enable = "avx512f")]
+        unsafe fn tile(
+            kc: usize,
+            a: *const f32,
+            b: *const f32,
+            alpha: f32,
+            beta: f32,
+            c: *mut f32,
+            rsc: isize,
+        ) {
+            let acc = avx512_acc(kc, a, b);
+            let va = _mm512_set1_ps(alpha);
+            let vb = _mm512_set1_ps(beta);
+            for (i, row) in acc.iter().enumerate() {
+                let cr = c.offset(i as isize * rsc);
+                for (h, &v) in row.iter().enumerate() {
+                    let p = cr.add(16 * h);
+                    let v = if alpha == 1.0 {
+                        v
+                    } else {
+                        _mm512_mul_ps(v, va)
+                    };
+                    let v = if beta == 0.0 {
+                        v
+                    } else {
+                        _mm512_fmadd_ps(_mm512_loadu_ps(p), vb, v)
+                    };
+                    _mm512_storeu_ps(p, v);
+                }
+            }
+        }
+
+        #[target_feature(enable = "avx512f")]
+        unsafe fn to_buf(kc: usize, a: *const f32, b: *const f32, buf: *mut f32) {
+            let acc = avx512_acc(kc, a, b);
+            for (i, row) in acc.iter().enumerate() {
+                _mm512_storeu_ps(buf.add(i * 32), row[0]);
+                _mm512_storeu_ps(buf.add(i * 32 + 16), row[1]);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2_acc(kc: usize, a: *const f32, b: *const f32) -> [[__m256; 2]; 6] {
+        let mut acc = [[_mm256_setzero_ps(); 2]; 6];
+        for p in 0..kc {
+            let b0 = _mm256_loadu_ps(b.add(p * 16));
+            let b1 = _mm256_loadu_ps(b.add(p * 16 + 8));
+            let ap = a.add(p * 6);
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = _mm256_broadcast_ss(&*ap.add(i));
+                row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
+                row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
+            }
+        }
+        acc
+    }
+
+    impl Micro for Avx2 {
+        const MR: usize = 6;
+
+        unsafe fn pack_a(
+            rows: usize,
+            kc: usize,
+            a: *const f32,
+            rsa: isize,
+            csa: isize,
+            dst: &mut [f32],
+        ) {
+            super::pack_a::<6>(rows, kc, a, rsa, csa, dst)
+        }
+        const NR: usize = 16;
+
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn tile(
+            kc: usize,
+            a: *const f32,
+            b: *const f32,
+            alpha: f32,
+            beta: f32,
+            c: *mut f32,
+            rsc: isize,
+        ) {
+            let acc = avx2_acc(kc, a, b);
+            let va = _mm256_set1_ps(alpha);
+            let vb = _mm256_set1_ps(beta);
+            for (i, row) in acc.iter().enumerate() {
+                let cr = c.offset(i as isize * rsc);
+                for (h, &v) in row.iter().enumerate() {
+                    let p = cr.add(8 * h);
+                    let v = if alpha == 1.0 {
+                        v
+                    } else {
+                        _mm256_mul_ps(v, va)
+                    };
+                    let v = if beta == 0.0 {
+                        v
+                    } else {
+                        _mm256_fmadd_ps(_mm256_loadu_ps(p), vb, v)
+                    };
+                    _mm256_storeu_ps(p, v);
+                }
+            }
+        }
+
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn to_buf(kc: usize, a: *const f32, b: *const f32, buf: *mut f32) {
+            let acc = avx2_acc(kc, a, b);
+            for (i, row) in acc.iter().enumerate() {
+                _mm256_storeu_ps(buf.add(i * 16), row[0]);
+                _mm256_storeu_ps(buf.add(i * 16 + 8), row[1]);
+            }
+        }
+    }
+}
+
+/// A raw pointer that may cross threads; every use writes a disjoint region.
+#[derive(Clone, Copy)]
+struct Ptr(*mut f32);
+unsafe impl Send for Ptr {}
+unsafe impl Sync for Ptr {}
+#[derive(Clone, Copy)]
+struct CPtr(*const f32);
+unsafe impl Send for CPtr {}
+unsafe impl Sync for CPtr {}
+
+// Methods, not field access: a closure using `.0` would capture the bare pointer field.
+impl Ptr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+impl CPtr {
+    fn get(self) -> *const f32 {
+        self.0
+    }
+}
+
+thread_local! {
+    /// Packing buffers reused across calls on the same thread: a fresh megabyte per product
+    /// would be page-faulted in every time. Taken out while in use, so a nested product on
+    /// the same thread (rayon may run one there) just allocates its own.
+    static BUF_A: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static BUF_B: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+fn with_buf<R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    let mut v = key.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    let r = f(&mut v[..len]);
+    key.with(|b| *b.borrow_mut() = v);
+    r
+}
+
+/// Packs `rows x kc` of `A` (element `(i, p)` at `a + i*rsa + p*csa`) into `MR`-row panels,
+/// k-major, zero-padding the last panel. `MR` is a constant so that the row loop unrolls.
+unsafe fn pack_a<const MR: usize>(
+    rows: usize,
+    kc: usize,
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    dst: &mut [f32],
+) {
+    assert!(dst.len() >= rows.div_ceil(MR) * MR * kc);
+    let d = dst.as_mut_ptr();
+    for i0 in (0..rows).step_by(MR) {
+        let panel = d.add(i0 * kc);
+        let mr = MR.min(rows - i0);
+        let a0 = a.offset(i0 as isize * rsa);
+        if mr == MR {
+            // One k step writes MR adjacent values; the MR reads are MR streams (row-major
+            // A) or one contiguous run (column-major A).
+            for p in 0..kc {
+                let src = a0.offset(p as isize * csa);
+                for i in 0..MR {
+                    *panel.add(p * MR + i) = *src.offset(i as isize * rsa);
+                }
+            }
+        } else {
+            for p in 0..kc {
+                let src = a0.offset(p as isize * csa);
+                for i in 0..MR {
+                    *panel.add(p * MR + i) = if i < mr {
+                        *src.offset(i as isize * rsa)
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// Packs panel `q` (`NR` columns from `q * nr_full`) of a `kc x cols` block of `B` (element
+/// `(p, j)` at `b + p*rsb + j*csb`), k-major, zero-padding missing columns.
+#[allow(clippy::too_many_arguments)]
+unsafe fn pack_b_panel(
+    nr_full: usize,
+    q: usize,
+    cols: usize,
+    kc: usize,
+    b: *const f32,
+    rsb: isize,
+    csb: isize,
+    panel: &mut [f32],
+) {
+    let j0 = q * nr_full;
+    let nr = nr_full.min(cols - j0);
+    if csb == 1 {
+        for p in 0..kc {
+            let src = b.offset(p as isize * rsb + j0 as isize);
+            let d = &mut panel[p * nr_full..p * nr_full + nr];
+            d.copy_from_slice(std::slice::from_raw_parts(src, nr));
+        }
+    } else {
+        for j in 0..nr {
+            let src = b.offset((j0 + j) as isize * csb);
+            for p in 0..kc {
+                panel[p * nr_full + j] = *src.offset(p as isize * rsb);
+            }
+        }
+    }
+    if nr < nr_full {
+        for p in 0..kc {
+            panel[p * nr_full + nr..(p + 1) * nr_full].fill(0.0);
+        }
+    }
+}
+
+/// Multiplies the packed `A` block (`rows` rows) by packed `B` panels `panels`, writing the
+/// tiles at `c` (the block's first row and the block's first column).
+#[allow(clippy::too_many_arguments)]
+unsafe fn macro_kernel<K: Micro>(
+    rows: usize,
+    cols: usize,
+    kc: usize,
+    ap: &[f32],
+    bp: &[f32],
+    panels: std::ops::Range<usize>,
+    alpha: f32,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+) {
+    let (mr_, nr_) = (K::MR, K::NR);
+    let mut buf = [0.0f32; 12 * 32];
+    for q in panels {
+        let j0 = q * nr_;
+        let nr = nr_.min(cols - j0);
+        let b = bp.as_ptr().add(q * kc * nr_);
+        for (r, i0) in (0..rows).step_by(mr_).enumerate() {
+            let mr = mr_.min(rows - i0);
+            let a = ap.as_ptr().add(r * kc * mr_);
+            let ct = c.offset(i0 as isize * rsc + j0 as isize * csc);
+            if mr == mr_ && nr == nr_ && csc == 1 {
+                K::tile(kc, a, b, alpha, beta, ct, rsc);
+            } else {
+                K::to_buf(kc, a, b, buf.as_mut_ptr());
+                for i in 0..mr {
+                    for j in 0..nr {
+                        let p = ct.offset(i as isize * rsc + j as isize * csc);
+                        let v = alpha * buf[i * nr_ + j];
+                        *p = if beta == 0.0 { v } else { v + beta * *p };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `C = beta * C` for the degenerate products (`k == 0` or `alpha == 0`); beta = 0 writes
+/// zeros without reading `C`.
+unsafe fn scale_c(m: usize, n: usize, beta: f32, c: *mut f32, rsc: isize, csc: isize) {
+    for i in 0..m {
+        for j in 0..n {
+            let p = c.offset(i as isize * rsc + j as isize * csc);
+            *p = if beta == 0.0 { 0.0 } else { beta * *p };
+        }
+    }
+}
+
+/// `C = alpha * A B + beta * C` in `f32` with the active kernel; strides in elements, any
+/// sign. With `beta == 0`, `C` is only written, so it may start uninitialised.
+///
+/// # Safety
+/// Every element of the `m x k`, `k x n` and `m x n` views must be in bounds, and `C` must
+/// not overlap `A` or `B`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    b: *const f32,
+    rsb: isize,
+    csb: isize,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+) {
+    sgemm_with(
+        GemmKernel::active(),
+        m,
+        k,
+        n,
+        alpha,
+        a,
+        rsa,
+        csa,
+        b,
+        rsb,
+        csb,
+        beta,
+        c,
+        rsc,
+        csc,
+    )
+}
+
+/// [`sgemm`] with an explicit kernel; an unsupported one falls back to the best supported.
+///
+/// # Safety
+/// As for [`sgemm`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm_with(
+    kernel: GemmKernel,
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    b: *const f32,
+    rsb: isize,
+    csb: isize,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 || alpha == 0.0 {
+        return scale_c(m, n, beta, c, rsc, csc);
+    }
+    let kernel = if kernel.supported() {
+        kernel
+    } else {
+        GemmKernel::best()
+    };
+    let args = (m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc);
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        GemmKernel::Avx512 => blocked::<x86::Avx512>(args),
+        #[cfg(target_arch = "x86_64")]
+        GemmKernel::Avx2 => blocked::<x86::Avx2>(args),
+        _ => matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc),
+    }
+}
+
+type Args = (
+    usize,
+    usize,
+    usize,
+    f32,
+    *const f32,
+    isize,
+    isize,
+    *const f32,
+    isize,
+    isize,
+    f32,
+    *mut f32,
+    isize,
+    isize,
+);
+
+/// How many tasks to split `m` rows and `panels` column panels into.
+fn split(m: usize, panels: usize, macs: usize) -> (usize, usize) {
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || macs < PAR_MIN_MACS {
+        return (m.div_ceil(MC), 1);
+    }
+    let mblocks = m.div_ceil(MC);
+    // Enough tasks for every thread to take a few, so one slow thread does not hold up the
+    // rest; column chunks only when there are too few row blocks.
+    let want = 3 * threads;
+    let nchunks = if mblocks >= want {
+        1
+    } else {
+        want.div_ceil(mblocks).min(panels)
+    };
+    (mblocks, nchunks.max(1))
+}
+
+unsafe fn blocked<K: Micro>(args: Args) {
+    let (m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) = args;
+    let (mr, nr) = (K::MR, K::NR);
+    let (a, b, c) = (CPtr(a), CPtr(b), Ptr(c));
+    for jc in (0..n).step_by(NC) {
+        let cols = NC.min(n - jc);
+        let panels = cols.div_ceil(nr);
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            let beta_p = if pc == 0 { beta } else { 1.0 };
+            let bb = CPtr(b.get().offset(pc as isize * rsb + jc as isize * csb));
+            let (mblocks, nchunks) = split(m, panels, m * kc * cols);
+            let parallel = mblocks * nchunks > 1;
+            with_buf(&BUF_B, panels * kc * nr, |bp| {
+                if parallel {
+                    bp.par_chunks_mut(kc * nr)
+                        .enumerate()
+                        .for_each(|(q, panel)| {
+                            pack_b_panel(nr, q, cols, kc, bb.get(), rsb, csb, panel)
+                        });
+                } else {
+                    for (q, panel) in bp.chunks_mut(kc * nr).enumerate() {
+                        pack_b_panel(nr, q, cols, kc, bb.get(), rsb, csb, panel);
+                    }
+                }
+                let bp: &[f32] = bp;
+                let task = |t: usize| {
+                    let (ib, ch) = (t / nchunks, t % nchunks);
+                    let i0 = ib * MC;
+                    let rows = MC.min(m - i0);
+                    let per = panels.div_ceil(nchunks);
+                    let qs = (ch * per).min(panels)..((ch + 1) * per).min(panels);
+                    if qs.is_empty() {
+                        return;
+                    }
+                    let ablk = a.get().offset(i0 as isize * rsa + pc as isize * csa);
+                    with_buf(&BUF_A, rows.div_ceil(mr) * mr * kc, |ap| {
+                        K::pack_a(rows, kc, ablk, rsa, csa, ap);
+                        macro_kernel::<K>(
+                            rows,
+                            cols,
+                            kc,
+                            ap,
+                            bp,
+                            qs,
+                            alpha,
+                            beta_p,
+                            c.get().offset(i0 as isize * rsc + jc as isize * csc),
+                            rsc,
+                            csc,
+                        );
+                    });
+                };
+                if parallel {
+                    (0..mblocks * nchunks).into_par_iter().for_each(task);
+                } else {
+                    (0..mblocks * nchunks).for_each(task);
+                }
+            });
+        }
+    }
+}
+
+/// A right-hand operand `B` (`k x n`) packed once for many products, as a layer's weights
+/// are during sampling: every product with it skips packing `B`, which for a few rows costs
+/// as much as the arithmetic. Panels span all of `k`.
+#[derive(Clone, Debug)]
+pub struct PackedB {
+    kernel: GemmKernel,
+    k: usize,
+    n: usize,
+    /// Panels for the register kernels; row-major `k x n` for the portable one.
+    data: Vec<f32>,
+}
+
+impl PackedB {
+    /// Packs `B` with element `(p, j)` at `b[p * rsb + j * csb]` for the active kernel.
+    ///
+    /// # Panics
+    /// If the view reaches outside `b` (an internal invariant: callers pass their own
+    /// buffers).
+    pub fn new(k: usize, n: usize, b: &[f32], rsb: usize, csb: usize) -> PackedB {
+        if k > 0 && n > 0 {
+            assert!(
+                (k - 1) * rsb + (n - 1) * csb < b.len(),
+                "PackedB: view out of bounds"
+            );
+        }
+        let kernel = GemmKernel::active();
+        let nr = match kernel {
+            GemmKernel::Avx512 => 32,
+            GemmKernel::Avx2 => 16,
+            GemmKernel::Portable => 0,
+        };
+        let data = if nr == 0 {
+            (0..k)
+                .flat_map(|p| (0..n).map(move |j| b[p * rsb + j * csb]))
+                .collect()
+        } else {
+            let panels = n.div_ceil(nr);
+            let mut data = vec![0.0; panels * k * nr];
+            for (q, panel) in data.chunks_mut((k * nr).max(1)).enumerate().take(panels) {
+                // SAFETY: the assertion above keeps the k x n view inside b.
+                unsafe { pack_b_panel(nr, q, n, k, b.as_ptr(), rsb as isize, csb as isize, panel) };
+            }
+            data
+        };
+        PackedB { kernel, k, n, data }
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// `C = A B + beta * C` on the calling thread, `A` `m x k` with element `(i, p)` at
+    /// `a[i * rsa + p * csa]`, `C` `m x n` row-major with rows `ldc` apart.
+    ///
+    /// # Panics
+    /// If a view reaches outside its slice.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm(
+        &self,
+        m: usize,
+        a: &[f32],
+        rsa: usize,
+        csa: usize,
+        beta: f32,
+        c: &mut [f32],
+        ldc: usize,
+    ) {
+        let (k, n) = (self.k, self.n);
+        if m == 0 || n == 0 {
+            return;
+        }
+        assert!(
+            (m - 1) * ldc + n <= c.len() && ldc >= n,
+            "PackedB::gemm: C out of bounds"
+        );
+        if k > 0 {
+            assert!(
+                (m - 1) * rsa + (k - 1) * csa < a.len(),
+                "PackedB::gemm: A out of bounds"
+            );
+        }
+        let (ap, cp) = (a.as_ptr(), c.as_mut_ptr());
+        let (rsa, csa, ldc) = (rsa as isize, csa as isize, ldc as isize);
+        // SAFETY: bounds asserted above; c is a distinct &mut slice.
+        unsafe {
+            if k == 0 {
+                return scale_c(m, n, beta, cp, ldc, 1);
+            }
+            match self.kernel {
+                #[cfg(target_arch = "x86_64")]
+                GemmKernel::Avx512 => self.run::<x86::Avx512>(m, ap, rsa, csa, beta, cp, ldc),
+                #[cfg(target_arch = "x86_64")]
+                GemmKernel::Avx2 => self.run::<x86::Avx2>(m, ap, rsa, csa, beta, cp, ldc),
+                _ => matrixmultiply::sgemm(
+                    m,
+                    k,
+                    n,
+                    1.0,
+                    ap,
+                    rsa,
+                    csa,
+                    self.data.as_ptr(),
+                    n as isize,
+                    1,
+                    beta,
+                    cp,
+                    ldc,
+                    1,
+                ),
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run<K: Micro>(
+        &self,
+        m: usize,
+        a: *const f32,
+        rsa: isize,
+        csa: isize,
+        beta: f32,
+        c: *mut f32,
+        ldc: isize,
+    ) {
+        let (k, n) = (self.k, self.n);
+        let panels = n.div_ceil(K::NR);
+        for i0 in (0..m).step_by(MC) {
+            let rows = MC.min(m - i0);
+            with_buf(&BUF_A, rows.div_ceil(K::MR) * K::MR * k, |ap| {
+                K::pack_a(rows, k, a.offset(i0 as isize * rsa), rsa, csa, ap);
+                macro_kernel::<K>(
+                    rows,
+                    n,
+                    k,
+                    ap,
+                    &self.data,
+                    0..panels,
+                    1.0,
+                    beta,
+                    c.offset(i0 as isize * ldc),
+                    ldc,
+                    1,
+                );
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: &[f32],
+        (rsa, csa): (usize, usize),
+        b: &[f32],
+        (rsb, csb): (usize, usize),
+    ) -> Vec<f64> {
+        let mut c = vec![0.0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                for p in 0..k {
+                    c[i * n + j] += a[i * rsa + p * csa] as f64 * b[p * rsb + j * csb] as f64;
+                }
+            }
+        }
+        c
+    }
+
+    fn data(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| {
+                let h = (i as u32 ^ seed)
+                    .wrapping_mul(2_654_435_761)
+                    .rotate_left(13);
+                (h % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn kernels() -> Vec<GemmKernel> {
+        let all = [GemmKernel::Avx512, GemmKernel::Avx2, GemmKernel::Portable];
+        let mut ks: Vec<_> = all.into_iter().filter(|k| k.supported()).collect();
+        if ks.len() < all.len() {
+            eprintln!("gemm tests: this CPU runs only {ks:?}");
+        }
+        ks.dedup();
+        ks
+    }
+
+    /// Every kernel against an f64 reference over shapes that hit full tiles, edges in both
+    /// directions, several K blocks, every operand layout, alpha/beta and strided C.
+    #[test]
+    fn kernels_match_reference() {
+        let shapes = [
+            (1, 1, 1),
+            (5, 3, 7),
+            (12, 9, 32),
+            (13, 300, 33),
+            (150, 257, 70),
+            (49, 64, 49),
+            (300, 40, 1100),
+        ];
+        for kernel in kernels() {
+            for &(m, k, n) in &shapes {
+                for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                    let a = data(m * k, 1);
+                    let b = data(k * n, 2);
+                    let sa = if ta { (1, m) } else { (k, 1) };
+                    let sb = if tb { (1, k) } else { (n, 1) };
+                    let want = reference(m, k, n, &a, sa, &b, sb);
+                    for (alpha, beta, col_major_c) in
+                        [(1.0, 0.0, false), (0.5, 2.0, false), (1.0, 1.0, true)]
+                    {
+                        let c0 = data(m * n, 3);
+                        let mut c = c0.clone();
+                        let (rsc, csc) = if col_major_c { (1, m) } else { (n, 1) };
+                        unsafe {
+                            sgemm_with(
+                                kernel,
+                                m,
+                                k,
+                                n,
+                                alpha,
+                                a.as_ptr(),
+                                sa.0 as isize,
+                                sa.1 as isize,
+                                b.as_ptr(),
+                                sb.0 as isize,
+                                sb.1 as isize,
+                                beta,
+                                c.as_mut_ptr(),
+                                rsc as isize,
+                                csc as isize,
+                            )
+                        };
+                        for i in 0..m {
+                            for j in 0..n {
+                                let got = c[i * rsc + j * csc] as f64;
+                                let w = alpha as f64 * want[i * n + j]
+                                    + beta as f64 * c0[i * rsc + j * csc] as f64;
+                                let tol = 1e-5 * (k as f64).sqrt() * (1.0 + w.abs());
+                                assert!(
+                                    (got - w).abs() <= tol,
+                                    "{kernel:?} {m}x{k}x{n} ta={ta} tb={tb} alpha={alpha} \
+                                     beta={beta}: C[{i},{j}] = {got}, want {w}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// beta = 0 never reads C: NaN there must not leak into the result.
+    #[test]
+    fn beta_zero_ignores_c() {
+        for kernel in kernels() {
+            let (m, k, n) = (14, 5, 35);
+            let (a, b) = (data(m * k, 4), data(k * n, 5));
+            let mut c = vec![f32::NAN; m * n];
+            unsafe {
+                sgemm_with(
+                    kernel,
+                    m,
+                    k,
+                    n,
+                    1.0,
+                    a.as_ptr(),
+                    k as isize,
+                    1,
+                    b.as_ptr(),
+                    n as isize,
+                    1,
+                    0.0,
+                    c.as_mut_ptr(),
+                    n as isize,
+                    1,
+                )
+            };
+            assert!(c.iter().all(|v| v.is_finite()), "{kernel:?}");
+        }
+    }
+
+    /// Prepacked weights give the same product as the general path, for the `[out, in]`
+    /// weight layout read transposed.
+    #[test]
+    fn packed_b_matches_reference() {
+        for &(m, k, n) in &[(1, 128, 384), (8, 512, 128), (13, 7, 5), (30, 64, 33)] {
+            let a = data(m * k, 6);
+            let w = data(n * k, 7); // [n, k]
+            let packed = PackedB::new(k, n, &w, 1, k);
+            let want = reference(m, k, n, &a, (k, 1), &w, (1, k));
+            for beta in [0.0f32, 1.0] {
+                let c0 = data(m * n, 8);
+                let mut c = c0.clone();
+                packed.gemm(m, &a, k, 1, beta, &mut c, n);
+                for i in 0..m * n {
+                    let w = want[i] + beta as f64 * c0[i] as f64;
+                    assert!(
+                        (c[i] as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                        "{m}x{k}x{n} beta {beta}: {} vs {w}",
+                        c[i]
+                    );
+                }
+            }
+        }
+    }
+}

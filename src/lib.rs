@@ -25,6 +25,7 @@ pub mod model;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod profile;
 pub mod rng;
 pub mod tensor;
 pub mod tensorio;

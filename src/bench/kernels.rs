@@ -102,6 +102,9 @@ pub struct BenchConfig {
     pub mlp_shapes: Vec<(usize, usize, usize, usize)>,
     /// Element counts for the elementwise and reduction kernels (f32).
     pub elementwise_sizes: Vec<usize>,
+    /// Causal pre-norm Transformers timed forward + backward with the kernel accounting of
+    /// [`crate::profile`] on, as (batch, seq, width, layers).
+    pub transformer_shapes: Vec<(usize, usize, usize, usize)>,
 }
 
 impl Default for BenchConfig {
@@ -113,6 +116,7 @@ impl Default for BenchConfig {
             mlp_shapes: vec![(64, 49, 128, 4), (32, 64, 256, 4)],
             // 1 MiB (split across threads) and 16 KiB (below the parallel threshold).
             elementwise_sizes: vec![1 << 18, 1 << 12],
+            transformer_shapes: vec![(64, 49, 128, 4)],
         }
     }
 }
@@ -149,7 +153,97 @@ pub fn run_kernel_benches(peak: &Peak, cfg: &BenchConfig) -> Vec<KernelResult> {
     for &n in &cfg.elementwise_sizes {
         out.extend(bench_elementwise(n, peak, cfg));
     }
+    for &(b, s, d, l) in &cfg.transformer_shapes {
+        out.push(bench_transformer(b, s, d, l, peak, cfg).0);
+    }
     out
+}
+
+/// Forward + backward of a `layers`-deep causal pre-norm Transformer (head dim 64, MLP
+/// ratio 4) on `[batch, seq, width]`, timed as a whole and then once more with
+/// [`crate::profile`] on, to split the time between the heavy kernels and everything else.
+/// Returns the timing and the kernel seconds per step (median run's share).
+pub fn bench_transformer(
+    batch: usize,
+    seq: usize,
+    width: usize,
+    layers: usize,
+    peak: &Peak,
+    cfg: &BenchConfig,
+) -> (KernelResult, crate::profile::Snapshot) {
+    use crate::nn::{CausalSelfAttention, LayerNorm, Mlp};
+    use crate::profile;
+    let mut rng = Rng::new(3);
+    let head_dim = 64.min(width);
+    let stack: Vec<_> = (0..layers)
+        .map(|_| {
+            (
+                LayerNorm::<f32>::new(width),
+                CausalSelfAttention::<f32>::new(width, head_dim, &mut rng)
+                    .expect("width is a multiple of the head dim"),
+                LayerNorm::<f32>::new(width),
+                Mlp::<f32>::new(width, 4, &mut rng),
+            )
+        })
+        .collect();
+    let params: Vec<Tensor<f32>> = stack
+        .iter()
+        .flat_map(|(n1, a, n2, m)| {
+            let mut p = n1.parameters();
+            p.extend(a.parameters());
+            p.extend(n2.parameters());
+            p.extend(m.parameters());
+            p.into_iter().map(|(_, t)| t)
+        })
+        .collect();
+    let x = Tensor::<f32>::randn(&[batch, seq, width], 0.0, 1.0, &mut rng);
+    let step = || -> crate::Result<()> {
+        let mut h = x.clone();
+        for (n1, a, n2, m) in &stack {
+            h = h.add(&a.forward(&n1.forward(&h)?, 1.0)?)?;
+            h = h.add(&m.forward(&n2.forward(&h)?)?)?;
+        }
+        h.square().mean_all().backward()?;
+        for p in &params {
+            p.zero_grad();
+        }
+        Ok(())
+    };
+    let run = || step().expect("shapes agree");
+    let t = time_it(cfg.warmup, cfg.repeats, run);
+    profile::reset();
+    profile::enable(true);
+    let start = std::time::Instant::now();
+    for _ in 0..cfg.repeats.max(1) {
+        run();
+    }
+    let total = start.elapsed().as_secs_f64();
+    profile::enable(false);
+    let snap = profile::snapshot();
+    let share = |k: profile::Kernel| 100.0 * snap.seconds[k as usize] / total;
+    let heavy = 100.0 * (snap.total_seconds() - snap.seconds[profile::Kernel::Gelu as usize])
+        / total;
+    let rows = (batch * seq) as f64;
+    let (w, s) = (width as f64, seq as f64);
+    // Products only: qkv, out, two MLP layers, and the attention scores and mix (causal
+    // half counted in full), times three for forward + backward.
+    let flops = 3.0 * layers as f64 * (2.0 * rows * w * w * (3.0 + 1.0 + 8.0) + 4.0 * rows * s * w);
+    let note = format!(
+        "in kernels: matmul {:.0}%, attention {:.0}%, layer_norm {:.0}% (together {heavy:.0}%), gelu {:.0}%",
+        share(profile::Kernel::Matmul),
+        share(profile::Kernel::Attention),
+        share(profile::Kernel::LayerNorm),
+        share(profile::Kernel::Gelu),
+    );
+    let r = KernelResult::compute(
+        "transformer_fwd_bwd",
+        format!("{batch}x{seq}x{width} L{layers}"),
+        t,
+        flops,
+        peak,
+    )
+    .with_note(note);
+    (r, snap)
 }
 
 /// `Tensor::matmul`, `Tensor::linear` (weight `[N, K]`) and matrixmultiply's `sgemm` called
@@ -331,6 +425,7 @@ mod tests {
             matmul_shapes: vec![(8, 4, 6)],
             mlp_shapes: vec![(2, 3, 4, 2)],
             elementwise_sizes: vec![64],
+            transformer_shapes: vec![(2, 5, 8, 1)],
         };
         let r = run_kernel_benches(&peak, &cfg);
         let names: Vec<&str> = r.iter().map(|r| r.name.as_str()).collect();
@@ -345,9 +440,12 @@ mod tests {
                 "add",
                 "mul",
                 "gelu",
-                "sum"
+                "sum",
+                "transformer_fwd_bwd"
             ]
         );
+        let t = r.last().unwrap();
+        assert!(t.note.contains("matmul") && t.note.contains("layer_norm"), "{}", t.note);
         for k in &r {
             assert!(k.median_s > 0.0 && k.frac_of_peak > 0.0, "{k:?}");
             assert!(k.gflops.is_some() != k.gbps.is_some(), "{k:?}");

@@ -24,6 +24,7 @@ use rayon::prelude::*;
 
 use crate::autograd::is_grad_enabled;
 use crate::error::{Error, Result};
+use crate::profile::{Kernel, Timer};
 use crate::ops::matmul::init_gemm_threads;
 use crate::ops::softmax::{dot, exp_in_place};
 use crate::tensor::{Element, Layout, Tensor};
@@ -473,6 +474,7 @@ pub fn attention<E: Element>(
 ) -> Result<Tensor<E>> {
     let d = check_shapes("attention", q, k, v, mask, opts.causal)?;
     let alpha = E::from_f64(opts.alpha("attention")?);
+    let timer = Timer::start(Kernel::Attention);
     init_gemm_threads();
     let needs_grad =
         is_grad_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad());
@@ -541,6 +543,7 @@ pub fn attention<E: Element>(
             gemm_rows(nqp, d.nq, d.nk, d.dv, E::ONE, pm, vm, o, o_pad);
         });
     });
+    drop(timer);
     let out = Tensor::from_raw(out, &[d.b, d.h, d.nq, d.dv]);
     if !needs_grad {
         return Ok(out);
@@ -548,6 +551,7 @@ pub fn attention<E: Element>(
     let (qd, kd, vd, od) = (q.detach(), k.detach(), v.detach(), out.detach());
     let (rq, rk, rv) = (q.requires_grad(), k.requires_grad(), v.requires_grad());
     Ok(out.record("attention", &[q, k, v], move |g| {
+        let _timer = Timer::start(Kernel::Attention);
         let lg = Strided4::of(g.layout());
         let (lq, lk, lv) = (
             Strided4::of(qd.layout()),

@@ -14,6 +14,7 @@ use rayon::prelude::*;
 use crate::autograd::is_grad_enabled;
 use crate::error::{Error, Result};
 use crate::ops::sum_slice;
+use crate::profile::{Kernel, Timer};
 use crate::tensor::iter::PAR_THRESHOLD;
 use crate::tensor::{Element, Tensor};
 
@@ -200,6 +201,7 @@ impl<E: Element> Tensor<E> {
                 || weight.is_some_and(|t| t.requires_grad())
                 || bias.is_some_and(|t| t.requires_grad()));
         let eps_e = E::from_f64(eps);
+        let timer = Timer::start(Kernel::LayerNorm);
         let mut out = vec![E::ZERO; self.numel()];
         let mut stats = vec![E::ZERO; if needs_grad { 2 * rows } else { 0 }];
         let rpt = (PAR_THRESHOLD / d.max(1)).max(1);
@@ -223,6 +225,7 @@ impl<E: Element> Tensor<E> {
                 (false, false) => forward_rows(x, &mut out, None, d, wv, bv, eps_e),
             }
         });
+        drop(timer);
         let out = Tensor::from_raw(out, &shape);
         if !needs_grad {
             return Ok(out);
@@ -238,6 +241,7 @@ impl<E: Element> Tensor<E> {
         inputs.extend(weight);
         inputs.extend(bias);
         Ok(out.record("layer_norm", &inputs, move |g| {
+            let _timer = Timer::start(Kernel::LayerNorm);
             let mut dx = vec![E::ZERO; if rx { rows * d } else { 0 }];
             let grads = xs.with_contiguous(|x| {
                 g.with_contiguous(|gv| {

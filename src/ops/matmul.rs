@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use std::sync::Once;
 
 use crate::error::{Error, Result};
+use crate::profile::{Kernel, Timer};
 use crate::tensor::layout::broadcast_shapes;
 use crate::tensor::{Element, Layout, Tensor};
 
@@ -84,6 +85,7 @@ unsafe impl<E> Sync for SendPtr<E> {}
 
 /// Batched product without recording; `a` is `[..., m, k]`, `b` is `[..., k, n]`.
 fn matmul_raw<E: Element>(a: &Tensor<E>, b: &Tensor<E>) -> Result<Tensor<E>> {
+    let _timer = Timer::start(Kernel::Matmul);
     init_gemm_threads();
     let (sa, sb) = (a.shape(), b.shape());
     let bad = |d: &str| Error::shape("matmul", &[sa, sb], E::DTYPE.name(), d.to_string());
@@ -211,6 +213,7 @@ impl<E: Element> Tensor<E> {
             }
         }
         let rows: usize = xs[..xs.len() - 1].iter().product();
+        let timer = Timer::start(Kernel::Matmul);
         // Flatten the leading axes: a view when possible, a copy otherwise.
         let x2 = self.detach().reshape(&[rows, in_f])?;
         let len = rows * out_f;
@@ -259,6 +262,7 @@ impl<E: Element> Tensor<E> {
                 unsafe { out.set_len(len) };
             }
         }
+        drop(timer);
         let mut out_shape = xs.to_vec();
         *out_shape.last_mut().unwrap() = out_f;
         let out = Tensor::from_raw(out, &out_shape);

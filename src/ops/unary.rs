@@ -6,6 +6,7 @@ use rayon::prelude::*;
 use super::kernel::{map1, map1_runs};
 use super::simd::{gelu_grad_inplace, gelu_inplace};
 use crate::error::Result;
+use crate::profile::{Kernel, Timer};
 use crate::tensor::iter::PAR_THRESHOLD;
 use crate::tensor::{Element, Tensor};
 
@@ -151,15 +152,18 @@ impl<E: Element> Tensor<E> {
     /// GELU with the exact error function (TarFlow's choice).
     pub fn gelu(&self) -> Tensor<E> {
         // Whole runs, not one call per element: see `map1_runs`.
+        let timer = Timer::start(Kernel::Gelu);
         let v = self.with_data(|d, l| {
             map1_runs(d, l, |src, dst| {
                 dst.copy_from_slice(src);
                 gelu_inplace(dst);
             })
         });
+        drop(timer);
         let out = Tensor::from_raw(v, self.shape());
         let x = self.detach();
         out.record("gelu", &[self], move |g| {
+            let _timer = Timer::start(Kernel::Gelu);
             let mut gv = g.to_vec();
             x.with_contiguous(|xs| {
                 if gv.len() >= PAR_THRESHOLD {

@@ -280,10 +280,14 @@ pub(crate) fn exp_neg_f32(y: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0;
     const LN2_HI: f32 = 0.693_115_234_375; // 12 significant bits: n * LN2_HI is exact
     const LN2_LO: f32 = 3.194_618_3e-5;
-    let n = (y * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let t = y * std::f32::consts::LOG2_E + ROUND;
+    let n = t - ROUND;
     let r = (y - n * LN2_HI) - n * LN2_LO;
     let p = EXP.iter().fold(0.0, |acc, &c| acc * r + c);
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // `t`'s bits are ROUND's plus n, so 2^n comes from integer arithmetic on them. (`n as
+    // i32` would be a saturating conversion, which the compiler does not vectorise.)
+    let biased = t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127);
+    p * f32::from_bits(biased << 23)
 }
 
 #[cfg(test)]

@@ -1,0 +1,114 @@
+//! Opt-in accounting of time spent inside the engine's heavy kernels, to tell how much of a
+//! step is arithmetic and how much is everything around it (autograd bookkeeping, views,
+//! small elementwise ops, allocation).
+//!
+//! Off by default; while off, each kernel pays one relaxed atomic load. [`enable`] turns it
+//! on for the whole process, [`snapshot`] reads the totals. Times are wall-clock on the
+//! calling thread, so a kernel that fans out over rayon counts its wall time once. Kernels
+//! do not nest: each time is counted under exactly one kind.
+//!
+//! ```
+//! use tarflow::{profile, Tensor};
+//! profile::reset();
+//! profile::enable(true);
+//! let a = Tensor::<f32>::ones(&[64, 64]);
+//! let _ = a.matmul(&a).unwrap();
+//! profile::enable(false);
+//! assert_eq!(profile::snapshot().calls[profile::Kernel::Matmul as usize], 1);
+//! ```
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+/// The kernel families that are timed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// `matmul` and `linear`, forward and backward products.
+    Matmul = 0,
+    /// Fused attention, forward and backward.
+    Attention = 1,
+    /// Fused layer norm, forward and backward.
+    LayerNorm = 2,
+    /// GELU, forward and backward.
+    Gelu = 3,
+}
+
+impl Kernel {
+    pub const ALL: [Kernel; 4] = [
+        Kernel::Matmul,
+        Kernel::Attention,
+        Kernel::LayerNorm,
+        Kernel::Gelu,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Matmul => "matmul",
+            Kernel::Attention => "attention",
+            Kernel::LayerNorm => "layer_norm",
+            Kernel::Gelu => "gelu",
+        }
+    }
+}
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+static NANOS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+static CALLS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+
+/// Turns the accounting on or off for the whole process.
+pub fn enable(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Zeroes the totals.
+pub fn reset() {
+    for a in NANOS.iter().chain(CALLS.iter()) {
+        a.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Totals since the last [`reset`], indexed by `Kernel as usize`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    pub seconds: [f64; 4],
+    pub calls: [u64; 4],
+}
+
+impl Snapshot {
+    pub fn total_seconds(&self) -> f64 {
+        self.seconds.iter().sum()
+    }
+}
+
+pub fn snapshot() -> Snapshot {
+    let mut s = Snapshot::default();
+    for i in 0..4 {
+        s.seconds[i] = NANOS[i].load(Ordering::Relaxed) as f64 * 1e-9;
+        s.calls[i] = CALLS[i].load(Ordering::Relaxed);
+    }
+    s
+}
+
+/// Times its scope under a kernel kind when accounting is on.
+pub(crate) struct Timer {
+    kind: Kernel,
+    start: Option<Instant>,
+}
+
+impl Timer {
+    #[inline]
+    pub(crate) fn start(kind: Kernel) -> Timer {
+        let start = ENABLED.load(Ordering::Relaxed).then(Instant::now);
+        Timer { kind, start }
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        if let Some(t) = self.start {
+            let i = self.kind as usize;
+            NANOS[i].fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            CALLS[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}

@@ -221,8 +221,8 @@ pub fn bench_transformer(
     profile::enable(false);
     let snap = profile::snapshot();
     let share = |k: profile::Kernel| 100.0 * snap.seconds[k as usize] / total;
-    let heavy = 100.0 * (snap.total_seconds() - snap.seconds[profile::Kernel::Gelu as usize])
-        / total;
+    let heavy =
+        100.0 * (snap.total_seconds() - snap.seconds[profile::Kernel::Gelu as usize]) / total;
     let rows = (batch * seq) as f64;
     let (w, s) = (width as f64, seq as f64);
     // Products only: qkv, out, two MLP layers, and the attention scores and mix (causal
@@ -445,7 +445,11 @@ mod tests {
             ]
         );
         let t = r.last().unwrap();
-        assert!(t.note.contains("matmul") && t.note.contains("layer_norm"), "{}", t.note);
+        assert!(
+            t.note.contains("matmul") && t.note.contains("layer_norm"),
+            "{}",
+            t.note
+        );
         for k in &r {
             assert!(k.median_s > 0.0 && k.frac_of_peak > 0.0, "{k:?}");
             assert!(k.gflops.is_some() != k.gbps.is_some(), "{k:?}");

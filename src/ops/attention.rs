@@ -24,9 +24,9 @@ use rayon::prelude::*;
 
 use crate::autograd::is_grad_enabled;
 use crate::error::{Error, Result};
-use crate::profile::{Kernel, Timer};
 use crate::ops::matmul::init_gemm_threads;
 use crate::ops::softmax::{dot, exp_in_place};
+use crate::profile::{Kernel, Timer};
 use crate::tensor::{Element, Layout, Tensor};
 
 /// How scores are formed and masked.

@@ -101,14 +101,18 @@ trait Micro {
     const MR: usize;
     const NR: usize;
     /// `c = alpha * a.b + beta * c` for a full tile of `C` with unit column stride; with
-    /// `beta == 0`, `c` is written without being read.
+    /// `beta == 0`, `c` is written without being read. `A` is a packed panel when `rsa == 0`,
+    /// otherwise `MR` rows read in place, `rsa` apart, with unit column stride.
     ///
     /// # Safety
-    /// The CPU supports the kernel; the panels hold `kc * MR` and `kc * NR` elements; the
-    /// tile `c[i * rsc + j]`, `i < MR`, `j < NR`, is valid for writes (and reads if beta != 0).
+    /// The CPU supports the kernel; `A` holds `kc x MR` elements as described and the `B`
+    /// panel `kc * NR`; the tile `c[i * rsc + j]`, `i < MR`, `j < NR`, is valid for writes
+    /// (and reads if beta != 0).
+    #[allow(clippy::too_many_arguments)]
     unsafe fn tile(
         kc: usize,
         a: *const f32,
+        rsa: isize,
         b: *const f32,
         alpha: f32,
         beta: f32,
@@ -119,7 +123,7 @@ trait Micro {
     ///
     /// # Safety
     /// As for `tile`, with `buf` holding `MR * NR` elements.
-    unsafe fn to_buf(kc: usize, a: *const f32, b: *const f32, buf: *mut f32);
+    unsafe fn to_buf(kc: usize, a: *const f32, rsa: isize, b: *const f32, buf: *mut f32);
     /// [`pack_a`] with this kernel's `MR`.
     ///
     /// # Safety
@@ -143,16 +147,28 @@ mod x86 {
     pub struct Avx2;
 
     #[target_feature(enable = "avx512f")]
-    unsafe fn avx512_acc(kc: usize, a: *const f32, b: *const f32) -> [[__m512; 2]; 12] {
+    unsafe fn avx512_acc(kc: usize, a: *const f32, rsa: isize, b: *const f32) -> [[__m512; 2]; 12] {
         let mut acc = [[_mm512_setzero_ps(); 2]; 12];
-        for p in 0..kc {
-            let b0 = _mm512_loadu_ps(b.add(p * 32));
-            let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
-            let ap = a.add(p * 12);
-            for (i, row) in acc.iter_mut().enumerate() {
-                let ai = _mm512_set1_ps(*ap.add(i));
-                row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
-                row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+        if rsa == 0 {
+            for p in 0..kc {
+                let b0 = _mm512_loadu_ps(b.add(p * 32));
+                let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
+                let ap = a.add(p * 12);
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let ai = _mm512_set1_ps(*ap.add(i));
+                    row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
+                    row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+                }
+            }
+        } else {
+            for p in 0..kc {
+                let b0 = _mm512_loadu_ps(b.add(p * 32));
+                let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let ai = _mm512_set1_ps(*a.offset(i as isize * rsa + p as isize));
+                    row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
+                    row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+                }
             }
         }
         acc
@@ -177,13 +193,14 @@ mod x86 {
         unsafe fn tile(
             kc: usize,
             a: *const f32,
+            rsa: isize,
             b: *const f32,
             alpha: f32,
             beta: f32,
             c: *mut f32,
             rsc: isize,
         ) {
-            let acc = avx512_acc(kc, a, b);
+            let acc = avx512_acc(kc, a, rsa, b);
             let va = _mm512_set1_ps(alpha);
             let vb = _mm512_set1_ps(beta);
             for (i, row) in acc.iter().enumerate() {
@@ -206,8 +223,8 @@ mod x86 {
         }
 
         #[target_feature(enable = "avx512f")]
-        unsafe fn to_buf(kc: usize, a: *const f32, b: *const f32, buf: *mut f32) {
-            let acc = avx512_acc(kc, a, b);
+        unsafe fn to_buf(kc: usize, a: *const f32, rsa: isize, b: *const f32, buf: *mut f32) {
+            let acc = avx512_acc(kc, a, rsa, b);
             for (i, row) in acc.iter().enumerate() {
                 _mm512_storeu_ps(buf.add(i * 32), row[0]);
                 _mm512_storeu_ps(buf.add(i * 32 + 16), row[1]);
@@ -216,16 +233,28 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn avx2_acc(kc: usize, a: *const f32, b: *const f32) -> [[__m256; 2]; 6] {
+    unsafe fn avx2_acc(kc: usize, a: *const f32, rsa: isize, b: *const f32) -> [[__m256; 2]; 6] {
         let mut acc = [[_mm256_setzero_ps(); 2]; 6];
-        for p in 0..kc {
-            let b0 = _mm256_loadu_ps(b.add(p * 16));
-            let b1 = _mm256_loadu_ps(b.add(p * 16 + 8));
-            let ap = a.add(p * 6);
-            for (i, row) in acc.iter_mut().enumerate() {
-                let ai = _mm256_broadcast_ss(&*ap.add(i));
-                row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
-                row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
+        if rsa == 0 {
+            for p in 0..kc {
+                let b0 = _mm256_loadu_ps(b.add(p * 16));
+                let b1 = _mm256_loadu_ps(b.add(p * 16 + 8));
+                let ap = a.add(p * 6);
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let ai = _mm256_broadcast_ss(&*ap.add(i));
+                    row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
+                    row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
+                }
+            }
+        } else {
+            for p in 0..kc {
+                let b0 = _mm256_loadu_ps(b.add(p * 16));
+                let b1 = _mm256_loadu_ps(b.add(p * 16 + 8));
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let ai = _mm256_broadcast_ss(&*a.offset(i as isize * rsa + p as isize));
+                    row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
+                    row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
+                }
             }
         }
         acc
@@ -250,13 +279,14 @@ mod x86 {
         unsafe fn tile(
             kc: usize,
             a: *const f32,
+            rsa: isize,
             b: *const f32,
             alpha: f32,
             beta: f32,
             c: *mut f32,
             rsc: isize,
         ) {
-            let acc = avx2_acc(kc, a, b);
+            let acc = avx2_acc(kc, a, rsa, b);
             let va = _mm256_set1_ps(alpha);
             let vb = _mm256_set1_ps(beta);
             for (i, row) in acc.iter().enumerate() {
@@ -279,8 +309,8 @@ mod x86 {
         }
 
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn to_buf(kc: usize, a: *const f32, b: *const f32, buf: *mut f32) {
-            let acc = avx2_acc(kc, a, b);
+        unsafe fn to_buf(kc: usize, a: *const f32, rsa: isize, b: *const f32, buf: *mut f32) {
+            let acc = avx2_acc(kc, a, rsa, b);
             for (i, row) in acc.iter().enumerate() {
                 _mm256_storeu_ps(buf.add(i * 16), row[0]);
                 _mm256_storeu_ps(buf.add(i * 16 + 8), row[1]);
@@ -409,14 +439,80 @@ unsafe fn pack_b_panel(
     }
 }
 
-/// Multiplies the packed `A` block (`rows` rows) by packed `B` panels `panels`, writing the
+/// Where the microkernel finds a block's rows of `A`.
+#[derive(Clone, Copy)]
+enum ABlock<'a> {
+    /// Every panel packed.
+    Packed(&'a [f32]),
+    /// Full panels read in place: row-major rows `rsa` apart from `a`. Packing them would
+    /// cost a load and a store per element, which is a large share of the arithmetic when
+    /// `N` is small (2N flops per element of `A`). A trailing partial panel is packed, in
+    /// `tail`, so that no row past the block is read.
+    Rows {
+        a: *const f32,
+        rsa: isize,
+        tail: &'a [f32],
+    },
+}
+
+/// Whether `A` can be read in place: unit column stride, and rows not a multiple of 4 KiB
+/// apart (the `MR` rows would then share one L1 set and evict each other).
+fn read_a_in_place(rsa: isize, csa: isize) -> bool {
+    csa == 1 && rsa > 0 && rsa % 1024 != 0
+}
+
+/// Runs the block's tiles in place or with a packed tail, as [`read_a_in_place`] says.
+#[allow(clippy::too_many_arguments)]
+unsafe fn macro_kernel_a<K: Micro>(
+    rows: usize,
+    cols: usize,
+    kc: usize,
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    bp: &[f32],
+    panels: std::ops::Range<usize>,
+    alpha: f32,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+) {
+    let mr = K::MR;
+    if read_a_in_place(rsa, csa) {
+        let full = rows / mr * mr;
+        let tail_len = if full < rows { mr * kc } else { 0 };
+        with_buf(&BUF_A, tail_len, |tail| {
+            if full < rows {
+                K::pack_a(
+                    rows - full,
+                    kc,
+                    a.offset(full as isize * rsa),
+                    rsa,
+                    csa,
+                    tail,
+                );
+            }
+            let ablk = ABlock::Rows { a, rsa, tail };
+            macro_kernel::<K>(rows, cols, kc, ablk, bp, panels, alpha, beta, c, rsc, csc);
+        })
+    } else {
+        with_buf(&BUF_A, rows.div_ceil(mr) * mr * kc, |ap| {
+            K::pack_a(rows, kc, a, rsa, csa, ap);
+            let ablk = ABlock::Packed(ap);
+            macro_kernel::<K>(rows, cols, kc, ablk, bp, panels, alpha, beta, c, rsc, csc);
+        })
+    }
+}
+
+/// Multiplies a block of `A` (`rows` rows) by packed `B` panels `panels`, writing the
 /// tiles at `c` (the block's first row and the block's first column).
 #[allow(clippy::too_many_arguments)]
 unsafe fn macro_kernel<K: Micro>(
     rows: usize,
     cols: usize,
     kc: usize,
-    ap: &[f32],
+    ablk: ABlock,
     bp: &[f32],
     panels: std::ops::Range<usize>,
     alpha: f32,
@@ -433,12 +529,16 @@ unsafe fn macro_kernel<K: Micro>(
         let b = bp.as_ptr().add(q * kc * nr_);
         for (r, i0) in (0..rows).step_by(mr_).enumerate() {
             let mr = mr_.min(rows - i0);
-            let a = ap.as_ptr().add(r * kc * mr_);
+            let (a, rsa) = match ablk {
+                ABlock::Packed(ap) => (ap.as_ptr().add(r * kc * mr_), 0),
+                ABlock::Rows { a, rsa, .. } if mr == mr_ => (a.offset(i0 as isize * rsa), rsa),
+                ABlock::Rows { tail, .. } => (tail.as_ptr(), 0),
+            };
             let ct = c.offset(i0 as isize * rsc + j0 as isize * csc);
             if mr == mr_ && nr == nr_ && csc == 1 {
-                K::tile(kc, a, b, alpha, beta, ct, rsc);
+                K::tile(kc, a, rsa, b, alpha, beta, ct, rsc);
             } else {
-                K::to_buf(kc, a, b, buf.as_mut_ptr());
+                K::to_buf(kc, a, rsa, b, buf.as_mut_ptr());
                 for i in 0..mr {
                     for j in 0..nr {
                         let p = ct.offset(i as isize * rsc + j as isize * csc);
@@ -584,7 +684,7 @@ fn split(m: usize, panels: usize, macs: usize) -> (usize, usize) {
 
 unsafe fn blocked<K: Micro>(args: Args) {
     let (m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) = args;
-    let (mr, nr) = (K::MR, K::NR);
+    let nr = K::NR;
     let (a, b, c) = (CPtr(a), CPtr(b), Ptr(c));
     for jc in (0..n).step_by(NC) {
         let cols = NC.min(n - jc);
@@ -618,22 +718,21 @@ unsafe fn blocked<K: Micro>(args: Args) {
                         return;
                     }
                     let ablk = a.get().offset(i0 as isize * rsa + pc as isize * csa);
-                    with_buf(&BUF_A, rows.div_ceil(mr) * mr * kc, |ap| {
-                        K::pack_a(rows, kc, ablk, rsa, csa, ap);
-                        macro_kernel::<K>(
-                            rows,
-                            cols,
-                            kc,
-                            ap,
-                            bp,
-                            qs,
-                            alpha,
-                            beta_p,
-                            c.get().offset(i0 as isize * rsc + jc as isize * csc),
-                            rsc,
-                            csc,
-                        );
-                    });
+                    macro_kernel_a::<K>(
+                        rows,
+                        cols,
+                        kc,
+                        ablk,
+                        rsa,
+                        csa,
+                        bp,
+                        qs,
+                        alpha,
+                        beta_p,
+                        c.get().offset(i0 as isize * rsc + jc as isize * csc),
+                        rsc,
+                        csc,
+                    );
                 };
                 if parallel {
                     (0..mblocks * nchunks).into_par_iter().for_each(task);
@@ -777,22 +876,21 @@ impl PackedB {
         let panels = n.div_ceil(K::NR);
         for i0 in (0..m).step_by(MC) {
             let rows = MC.min(m - i0);
-            with_buf(&BUF_A, rows.div_ceil(K::MR) * K::MR * k, |ap| {
-                K::pack_a(rows, k, a.offset(i0 as isize * rsa), rsa, csa, ap);
-                macro_kernel::<K>(
-                    rows,
-                    n,
-                    k,
-                    ap,
-                    &self.data,
-                    0..panels,
-                    1.0,
-                    beta,
-                    c.offset(i0 as isize * ldc),
-                    ldc,
-                    1,
-                );
-            });
+            macro_kernel_a::<K>(
+                rows,
+                n,
+                k,
+                a.offset(i0 as isize * rsa),
+                rsa,
+                csa,
+                &self.data,
+                0..panels,
+                1.0,
+                beta,
+                c.offset(i0 as isize * ldc),
+                ldc,
+                1,
+            );
         }
     }
 }

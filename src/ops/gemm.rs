@@ -124,6 +124,28 @@ trait Micro {
     /// # Safety
     /// As for `tile`, with `buf` holding `MR * NR` elements.
     unsafe fn to_buf(kc: usize, a: *const f32, rsa: isize, b: *const f32, buf: *mut f32);
+    /// Like `tile` for the top-left `mr x nr` of a tile (`mr <= MR`, `nr <= NR`); only those
+    /// elements of `C` are touched.
+    ///
+    /// # Safety
+    /// As for `tile`, for the `mr x nr` part of `C`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_part(
+        kc: usize,
+        a: *const f32,
+        rsa: isize,
+        b: *const f32,
+        alpha: f32,
+        beta: f32,
+        c: *mut f32,
+        rsc: isize,
+        mr: usize,
+        nr: usize,
+    ) {
+        let mut buf = [0.0f32; 12 * 32];
+        Self::to_buf(kc, a, rsa, b, buf.as_mut_ptr());
+        update_c(&buf, Self::NR, mr, nr, alpha, beta, c, rsc, 1);
+    }
     /// [`pack_a`] with this kernel's `MR`.
     ///
     /// # Safety
@@ -218,6 +240,50 @@ mod x86 {
                         _mm512_fmadd_ps(_mm512_loadu_ps(p), vb, v)
                     };
                     _mm512_storeu_ps(p, v);
+                }
+            }
+        }
+
+        // Masked stores: edge tiles (attention's padded lengths, odd widths) cost the same
+        // as full ones instead of going through a buffer element by element.
+        #[target_feature(enable = "avx512f")]
+        unsafe fn tile_part(
+            kc: usize,
+            a: *const f32,
+            rsa: isize,
+            b: *const f32,
+            alpha: f32,
+            beta: f32,
+            c: *mut f32,
+            rsc: isize,
+            mr: usize,
+            nr: usize,
+        ) {
+            let acc = avx512_acc(kc, a, rsa, b);
+            let va = _mm512_set1_ps(alpha);
+            let vb = _mm512_set1_ps(beta);
+            let masks = [
+                (((1u32 << nr.min(16)) - 1) & 0xffff) as __mmask16,
+                (((1u64 << nr.saturating_sub(16).min(16)) - 1) & 0xffff) as __mmask16,
+            ];
+            for (i, row) in acc.iter().enumerate().take(mr) {
+                let cr = c.offset(i as isize * rsc);
+                for (h, &v) in row.iter().enumerate() {
+                    let (p, k) = (cr.add(16 * h), masks[h]);
+                    if k == 0 {
+                        continue;
+                    }
+                    let v = if alpha == 1.0 {
+                        v
+                    } else {
+                        _mm512_mul_ps(v, va)
+                    };
+                    let v = if beta == 0.0 {
+                        v
+                    } else {
+                        _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, p), vb, v)
+                    };
+                    _mm512_mask_storeu_ps(p, k, v);
                 }
             }
         }
@@ -418,7 +484,20 @@ unsafe fn pack_b_panel(
 ) {
     let j0 = q * nr_full;
     let nr = nr_full.min(cols - j0);
-    if csb == 1 {
+    // A constant length lets each row's copy compile to a couple of vector moves instead of
+    // a memcpy call per 64 or 128 bytes.
+    unsafe fn rows<const N: usize>(kc: usize, src: *const f32, rsb: isize, dst: &mut [f32]) {
+        assert!(dst.len() >= kc * N);
+        for p in 0..kc {
+            let s = src.offset(p as isize * rsb);
+            std::ptr::copy_nonoverlapping(s, dst.as_mut_ptr().add(p * N), N);
+        }
+    }
+    if csb == 1 && nr == 32 && nr_full == 32 {
+        rows::<32>(kc, b.offset(j0 as isize), rsb, panel);
+    } else if csb == 1 && nr == 16 && nr_full == 16 {
+        rows::<16>(kc, b.offset(j0 as isize), rsb, panel);
+    } else if csb == 1 {
         for p in 0..kc {
             let src = b.offset(p as isize * rsb + j0 as isize);
             let d = &mut panel[p * nr_full..p * nr_full + nr];
@@ -535,18 +614,36 @@ unsafe fn macro_kernel<K: Micro>(
                 ABlock::Rows { tail, .. } => (tail.as_ptr(), 0),
             };
             let ct = c.offset(i0 as isize * rsc + j0 as isize * csc);
-            if mr == mr_ && nr == nr_ && csc == 1 {
+            if csc != 1 {
+                K::to_buf(kc, a, rsa, b, buf.as_mut_ptr());
+                update_c(&buf, nr_, mr, nr, alpha, beta, ct, rsc, csc);
+            } else if mr == mr_ && nr == nr_ {
                 K::tile(kc, a, rsa, b, alpha, beta, ct, rsc);
             } else {
-                K::to_buf(kc, a, rsa, b, buf.as_mut_ptr());
-                for i in 0..mr {
-                    for j in 0..nr {
-                        let p = ct.offset(i as isize * rsc + j as isize * csc);
-                        let v = alpha * buf[i * nr_ + j];
-                        *p = if beta == 0.0 { v } else { v + beta * *p };
-                    }
-                }
+                K::tile_part(kc, a, rsa, b, alpha, beta, ct, rsc, mr, nr);
             }
+        }
+    }
+}
+
+/// `C[i, j] = alpha * buf[i * ld + j] + beta * C[i, j]` over `mr x nr` (beta = 0: no read).
+#[allow(clippy::too_many_arguments)]
+unsafe fn update_c(
+    buf: &[f32],
+    ld: usize,
+    mr: usize,
+    nr: usize,
+    alpha: f32,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+) {
+    for i in 0..mr {
+        for j in 0..nr {
+            let p = c.offset(i as isize * rsc + j as isize * csc);
+            let v = alpha * buf[i * ld + j];
+            *p = if beta == 0.0 { v } else { v + beta * *p };
         }
     }
 }

@@ -10,7 +10,7 @@
 use std::sync::OnceLock;
 
 use crate::ops::{gelu_grad_scalar, gelu_scalar};
-use crate::tensor::element::{erf_f32, exp_neg_f32};
+use crate::tensor::element::{erf_f32_with, exp_neg_f32_with, Fused, MulAdd, Unfused};
 use crate::tensor::{DType, Element};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,20 +39,20 @@ fn level() -> Level {
 
 /// Defines `$name(args)` dispatching to copies of `$body` compiled per [`Level`].
 macro_rules! multiversion {
-    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
+    ($(#[$m:meta])* $vis:vis fn $name:ident<$M:ident>($($arg:ident: $ty:ty),*) $body:block) => {
         $(#[$m])*
         $vis fn $name($($arg: $ty),*) {
             #[inline(always)]
-            fn body($($arg: $ty),*) $body
+            fn body<$M: MulAdd>($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
             unsafe fn avx512($($arg: $ty),*) {
-                body($($arg),*)
+                body::<Fused>($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
             unsafe fn avx2($($arg: $ty),*) {
-                body($($arg),*)
+                body::<Fused>($($arg),*)
             }
             match level() {
                 // SAFETY: `level()` reported the features these copies were compiled for.
@@ -60,7 +60,7 @@ macro_rules! multiversion {
                 Level::Avx512 => unsafe { avx512($($arg),*) },
                 #[cfg(target_arch = "x86_64")]
                 Level::Avx2 => unsafe { avx2($($arg),*) },
-                _ => body($($arg),*),
+                _ => body::<Unfused>($($arg),*),
             }
         }
     };
@@ -68,18 +68,19 @@ macro_rules! multiversion {
 
 multiversion! {
     /// `x = gelu(x)` in place.
-    fn gelu_f32(x: &mut [f32]) {
+    fn gelu_f32<M>(x: &mut [f32]) {
         for v in x.iter_mut() {
-            *v = gelu_scalar(*v);
+            let x = *v;
+            *v = 0.5 * x * (1.0 + erf_f32_with::<M>(x * std::f32::consts::FRAC_1_SQRT_2));
         }
     }
 }
 
 multiversion! {
     /// `g = g * gelu'(x)` in place.
-    fn gelu_grad_f32(x: &[f32], g: &mut [f32]) {
+    fn gelu_grad_f32<M>(x: &[f32], g: &mut [f32]) {
         for (g, &x) in g.iter_mut().zip(x) {
-            *g *= gelu_grad_f32_scalar(x);
+            *g *= gelu_grad_f32_scalar::<M>(x);
         }
     }
 }
@@ -88,9 +89,9 @@ multiversion! {
 /// the normal density's `exp` goes through the crate's polynomial (`-x^2/2` clamped at -87,
 /// where the density is already below `f32`'s smallest normal).
 #[inline(always)]
-fn gelu_grad_f32_scalar(x: f32) -> f32 {
-    let cdf = 0.5 * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
-    let pdf = INV_SQRT_2PI * exp_neg_f32((-0.5 * x * x).max(-87.0));
+fn gelu_grad_f32_scalar<M: MulAdd>(x: f32) -> f32 {
+    let cdf = 0.5 * (1.0 + erf_f32_with::<M>(x * std::f32::consts::FRAC_1_SQRT_2));
+    let pdf = INV_SQRT_2PI * exp_neg_f32_with::<M>((-0.5 * x * x).max(-87.0));
     cdf + x * pdf
 }
 

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, Metadata, SafeTensorError, SafeTensors, TensorInfo, TensorView};
 
 use crate::error::{Error, Result};
 use crate::fsutil::{atomic_write, read_file};
@@ -30,24 +30,34 @@ pub fn parse_tensors_with_metadata<E: Element>(
     bytes: &[u8],
     what: &str,
 ) -> Result<TensorsWithMetadata<E>> {
-    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| {
+    let invalid = |e: SafeTensorError| {
         Error::format(
             what.to_string(),
-            format!("not a valid safetensors file ({e})"),
+            format!("not a valid safetensors file: {}", describe(&e, bytes)),
         )
-    })?;
+    };
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(invalid)?;
     let metadata = meta.metadata().clone().unwrap_or_default();
-    let st = SafeTensors::deserialize(bytes).map_err(|e| {
-        Error::format(
-            what.to_string(),
-            format!("not a valid safetensors file ({e})"),
-        )
-    })?;
+    let st = SafeTensors::deserialize(bytes).map_err(invalid)?;
     let mut out = HashMap::new();
     for name in st.names() {
         let t = st
             .tensor(name)
             .map_err(|e| Error::format(what.to_string(), format!("tensor '{name}': {e}")))?;
+        // Element counts were checked by safetensors, but a zero-sized tensor can still carry
+        // other dimensions whose strides overflow.
+        let shape = t.shape();
+        if shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d.max(1)))
+            .filter(|&n| n <= isize::MAX as usize)
+            .is_none()
+        {
+            return Err(Error::format(
+                what.to_string(),
+                format!("tensor '{name}' has shape {shape:?}, too large to index"),
+            ));
+        }
         let raw = t.data();
         let vals: Vec<f64> = match t.dtype() {
             Dtype::F32 => raw
@@ -83,9 +93,85 @@ pub fn parse_tensors_with_metadata<E: Element>(
             }
         };
         let data = vals.into_iter().map(E::from_f64).collect();
-        out.insert(name.clone(), Tensor::from_vec(data, t.shape())?);
+        let tensor = Tensor::from_vec(data, shape)
+            .map_err(|e| Error::format(what.to_string(), format!("tensor '{name}': {e}")))?;
+        out.insert(name.clone(), tensor);
     }
     Ok((out, metadata))
+}
+
+/// What is wrong, in words: the safetensors crate's own messages are bare variant names.
+fn describe(e: &SafeTensorError, bytes: &[u8]) -> String {
+    let declared = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    let declared = declared.unwrap_or(0);
+    match e {
+        SafeTensorError::HeaderTooSmall => format!(
+            "{} byte(s), too short for the 8-byte header length",
+            bytes.len()
+        ),
+        SafeTensorError::HeaderTooLarge => {
+            format!("declared header length {declared} exceeds the 100 MB limit")
+        }
+        SafeTensorError::InvalidHeaderLength => format!(
+            "declared header length {declared} runs past the end of the {}-byte file",
+            bytes.len()
+        ),
+        SafeTensorError::InvalidHeader => "the header is not UTF-8 text".into(),
+        SafeTensorError::InvalidHeaderStart | SafeTensorError::InvalidHeaderDeserialization => {
+            "the header is not a JSON map of tensor entries (dtype, shape, data_offsets)".into()
+        }
+        SafeTensorError::InvalidOffset(name) => format!(
+            "tensor '{name}': its data_offsets do not start where the previous tensor's end"
+        ),
+        SafeTensorError::TensorInvalidInfo
+        | SafeTensorError::ValidationOverflow
+        | SafeTensorError::MetadataIncompleteBuffer => {
+            offending_tensor(bytes).unwrap_or_else(|| {
+                let data = (bytes.len() as u64).saturating_sub(declared.saturating_add(8));
+                format!("the tensors' data_offsets do not cover the {data} data bytes exactly")
+            })
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Names the first tensor (in data order) whose header entry disagrees with itself or with
+/// the file size, for the errors that safetensors reports without a name.
+fn offending_tensor(bytes: &[u8]) -> Option<String> {
+    let n = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let header = bytes.get(8..n.checked_add(8)?)?;
+    let data_len = bytes.len() - 8 - n;
+    // Parsed as safetensors itself parses it (which succeeded), without its validation.
+    let meta: Metadata = serde_json::from_slice(header).ok()?;
+    let mut entries: Vec<(String, &TensorInfo)> = meta.tensors().into_iter().collect();
+    entries.sort_by_key(|(_, info)| info.data_offsets);
+    for (name, info) in entries {
+        let (dtype, shape, (s, e)) = (info.dtype, &info.shape, info.data_offsets);
+        let nbytes = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .and_then(|c| c.checked_mul(dtype.size()));
+        let Some(nbytes) = nbytes else {
+            return Some(format!(
+                "tensor '{name}': shape {shape:?} of {dtype:?} has too many bytes to index"
+            ));
+        };
+        if e < s || e - s != nbytes {
+            return Some(format!(
+                "tensor '{name}': shape {shape:?} of {dtype:?} needs {nbytes} bytes, \
+                 its data_offsets [{s}, {e}] do not span that"
+            ));
+        }
+        if e > data_len {
+            return Some(format!(
+                "tensor '{name}': data_offsets [{s}, {e}] run past the {data_len} data bytes \
+                 (truncated file?)"
+            ));
+        }
+    }
+    None
 }
 
 /// Writes named tensors (stored as `dtype`) atomically.
@@ -133,4 +219,82 @@ pub fn tensors_to_bytes<E: Element>(
         .collect::<Result<Vec<_>>>()?;
     safetensors::serialize(views, &metadata)
         .map_err(|e| Error::format("safetensors", e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(header: &str, data: &[u8]) -> Vec<u8> {
+        let mut b = (header.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(header.as_bytes());
+        b.extend_from_slice(data);
+        b
+    }
+
+    /// A zero-sized tensor passes the element-count check whatever its other dimensions,
+    /// whose strides then overflowed while the tensor was built.
+    #[test]
+    fn empty_tensor_with_huge_dimensions_is_an_error() {
+        let h =
+            r#"{"t":{"dtype":"F32","shape":[0,1099511627776,1099511627776],"data_offsets":[0,0]}}"#;
+        let e = parse_tensors::<f32>(&raw(h, &[]), "x.safetensors")
+            .expect_err("rejected")
+            .to_string();
+        assert!(
+            e.contains("x.safetensors") && e.contains("'t'") && e.contains("too large"),
+            "{e}"
+        );
+        // Small empty tensors are fine.
+        let h = r#"{"t":{"dtype":"F32","shape":[0,3],"data_offsets":[0,0]}}"#;
+        let t = parse_tensors::<f32>(&raw(h, &[]), "x").unwrap();
+        assert_eq!(t["t"].shape(), &[0, 3]);
+    }
+
+    /// Structural errors say what is wrong and, where one is at fault, name the tensor.
+    #[test]
+    fn structural_errors_are_described() {
+        let err = |b: &[u8]| {
+            parse_tensors::<f32>(b, "x.safetensors")
+                .expect_err("rejected")
+                .to_string()
+        };
+        let cases: [(Vec<u8>, &str); 7] = [
+            (vec![1, 2, 3], "3 byte(s), too short"),
+            (
+                u64::MAX.to_le_bytes().to_vec(),
+                "declared header length 18446744073709551615 exceeds the 100 MB limit",
+            ),
+            (
+                vec![16, 0, 0, 0, 0, 0, 0, 0, b'{'],
+                "declared header length 16 runs past the end of the 9-byte file",
+            ),
+            (raw("[1, 2]", &[]), "not a JSON map"),
+            (
+                raw(
+                    r#"{"t":{"dtype":"F32","shape":[1000],"data_offsets":[0,4000]}}"#,
+                    &[0; 16],
+                ),
+                "tensor 't': data_offsets [0, 4000] run past the 16 data bytes",
+            ),
+            (
+                raw(
+                    r#"{"t":{"dtype":"F32","shape":[4611686018427387904],"data_offsets":[0,16]}}"#,
+                    &[0; 16],
+                ),
+                "tensor 't': shape [4611686018427387904] of F32 has too many bytes",
+            ),
+            (
+                raw(
+                    r#"{"t":{"dtype":"F32","shape":[3],"data_offsets":[0,16]}}"#,
+                    &[0; 16],
+                ),
+                "tensor 't': shape [3] of F32 needs 12 bytes",
+            ),
+        ];
+        for (bytes, want) in cases {
+            let e = err(&bytes);
+            assert!(e.starts_with("x.safetensors: ") && e.contains(want), "{e}");
+        }
+    }
 }

@@ -253,3 +253,127 @@ fn checkpoint_roundtrip_and_damage() {
     let e = m.load_parameters(&ck.tensors).err().unwrap().to_string();
     assert!(e.contains("class_embed"), "{e}");
 }
+
+/// Hand-damaged checkpoint headers: each is an error that names the file and what is wrong,
+/// never a panic or an allocation sized by the header.
+#[test]
+fn checkpoint_header_damage_is_named() {
+    use tarflow::model::{checkpoint_bytes, parse_checkpoint};
+    let good = checkpoint_bytes(&model::<f32>(small_config(0), 3), &[]).unwrap();
+    let n = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&good[8..8 + n]).unwrap();
+    let data = good[8 + n..].to_vec();
+    let assemble = |h: &serde_json::Value, data: &[u8]| {
+        let h = serde_json::to_vec(h).unwrap();
+        let mut b = (h.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(&h);
+        b.extend_from_slice(data);
+        b
+    };
+    let with_config = |cfg: &str| {
+        let mut h = header.clone();
+        h["__metadata__"]["tarflow.config"] = cfg.into();
+        assemble(&h, &data)
+    };
+    let cfg = small_config(0).to_json();
+    let mut cases: Vec<(&str, Vec<u8>, String)> = Vec::new();
+
+    // Declared header lengths: beyond any limit, and beyond the file.
+    let mut b = good.clone();
+    b[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+    cases.push(("huge header length", b, "exceeds the 100 MB limit".into()));
+    let mut b = good.clone();
+    b[..8].copy_from_slice(&(good.len() as u64).to_le_bytes());
+    cases.push(("header past the end", b, "runs past the end".into()));
+    // Truncated data: the tensor whose bytes are cut off is named.
+    cases.push((
+        "truncated",
+        good[..good.len() - 100].to_vec(),
+        "(truncated file?)".into(),
+    ));
+    // A lone tensor whose offsets point beyond the file.
+    let one = serde_json::json!({
+        "__metadata__": header["__metadata__"],
+        "blocks.0.pos_embed": {"dtype": "F32", "shape": [1 << 20], "data_offsets": [0, 4 << 20]}
+    });
+    cases.push((
+        "offsets beyond the file",
+        assemble(&one, &[0; 64]),
+        "'blocks.0.pos_embed': data_offsets [0, 4194304] run past the 64 data bytes".into(),
+    ));
+    // Shape products that overflow, with and without the dtype size.
+    for shape in [vec![1u64 << 32, 1 << 32], vec![1 << 62]] {
+        let h = serde_json::json!({
+            "__metadata__": header["__metadata__"],
+            "blocks.0.pos_embed": {"dtype": "F32", "shape": shape, "data_offsets": [0, 64]}
+        });
+        cases.push((
+            "shape overflow",
+            assemble(&h, &[0; 64]),
+            "'blocks.0.pos_embed': shape".to_string(),
+        ));
+    }
+    // An empty tensor whose other dimensions would overflow its strides.
+    let h = serde_json::json!({
+        "__metadata__": header["__metadata__"],
+        "blocks.0.pos_embed": {"dtype": "F32", "shape": [0, 1u64 << 40, 1u64 << 40], "data_offsets": [0, 0]}
+    });
+    cases.push((
+        "empty tensor, huge dims",
+        assemble(&h, &[]),
+        "too large to index".into(),
+    ));
+    // Wrong config JSON.
+    cases.push((
+        "config not JSON",
+        with_config("{\"channels\": 1"),
+        "model config JSON".into(),
+    ));
+    cases.push((
+        "config field of the wrong type",
+        with_config(&cfg.replace("\"width\":128", "\"width\":\"wide\"")),
+        "model config JSON".into(),
+    ));
+    cases.push((
+        "invalid config",
+        with_config(&cfg.replace("\"patch_size\":2", "\"patch_size\":3")),
+        "not divisible".into(),
+    ));
+    cases.push((
+        "config too large to index",
+        with_config(&cfg.replace("\"blocks\":4", "\"blocks\":18446744073709551615")),
+        "too many parameters".into(),
+    ));
+    cases.push((
+        "config of a far larger model",
+        with_config(&cfg.replace("\"blocks\":4", "\"blocks\":1000000000")),
+        "missing tensor 'blocks.4.proj_in.weight'".into(),
+    ));
+    cases.push((
+        "config of another width",
+        with_config(&cfg.replace("\"width\":128", "\"width\":192")),
+        "'blocks.0.proj_in.weight' has shape [128, 4], the config needs [192, 4]".into(),
+    ));
+    let mut h = header.clone();
+    h["__metadata__"]
+        .as_object_mut()
+        .unwrap()
+        .remove("tarflow.config");
+    cases.push((
+        "no config",
+        assemble(&h, &data),
+        "not a tarflow checkpoint".into(),
+    ));
+
+    assert!(parse_checkpoint(&assemble(&header, &data), "ok").is_ok());
+    for (label, bytes, want) in cases {
+        let e = match parse_checkpoint(&bytes, "damaged.safetensors") {
+            Ok(_) => panic!("{label}: parsed"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            e.starts_with("damaged.safetensors: ") && e.contains(&want),
+            "{label}: {e}"
+        );
+    }
+}

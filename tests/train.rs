@@ -5,7 +5,9 @@ use std::path::Path;
 
 use tarflow::data::{embedded_mnist_split, Dataset};
 use tarflow::model::load_checkpoint;
+use tarflow::tensorio::{parse_tensors_with_metadata, tensors_to_bytes};
 use tarflow::train::{TrainConfig, Trainer};
+use tarflow::{DType, Tensor};
 
 fn small_data() -> (Dataset, Dataset) {
     let (train, test) = embedded_mnist_split().unwrap();
@@ -103,6 +105,31 @@ fn damaged_checkpoint_is_reported_and_others_survive() {
     // The earlier checkpoint is untouched and loads.
     load_checkpoint(&dir.join("model-0000004.safetensors")).unwrap();
     assert_eq!(std::fs::read(&latest).unwrap().len(), bytes.len() / 2);
+
+    // A state whose model config disagrees with its model file (here: a far wider model) is
+    // refused before a model of that size is built.
+    std::fs::remove_file(&latest).unwrap();
+    std::fs::remove_file(dir.join("model-0000006.safetensors")).unwrap();
+    let state = dir.join("state-0000004.safetensors");
+    let (tensors, mut meta) =
+        parse_tensors_with_metadata::<f32>(&std::fs::read(&state).unwrap(), "state").unwrap();
+    let mut run: serde_json::Value = serde_json::from_str(&meta["tarflow.run_state"]).unwrap();
+    run["config"]["model"]["width"] = (1u64 << 24).into();
+    meta.insert("tarflow.run_state".into(), run.to_string());
+    let refs: Vec<(&str, &Tensor<f32>)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    std::fs::write(
+        &state,
+        tensors_to_bytes(&refs, DType::F32, Some(meta)).unwrap(),
+    )
+    .unwrap();
+    let err = Trainer::resume(&dir, small_data().0, small_data().1)
+        .err()
+        .expect("mismatched state must fail")
+        .to_string();
+    assert!(
+        err.contains("state-0000004.safetensors") && err.contains("model config differs"),
+        "{err}"
+    );
 }
 
 #[test]

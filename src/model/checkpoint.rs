@@ -1,14 +1,14 @@
 //! Checkpoints: one `.safetensors` file holding every weight (f32, names and layouts in
 //! docs/checkpoint-format.md) and the model configuration as JSON in the metadata.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, TensorView};
 
 use crate::error::{Error, Result};
 use crate::fsutil::{atomic_write, read_file};
-use crate::tensor::Element;
+use crate::tensor::{Element, Tensor};
 use crate::tensorio::parse_tensors_with_metadata;
 
 use super::config::TarFlowConfig;
@@ -80,6 +80,13 @@ pub fn save_checkpoint<E: Element>(
 }
 
 /// Parses checkpoint bytes; `what` names the source in errors.
+///
+/// Besides the safetensors structure this checks everything a model needs: the config in the
+/// metadata is valid, the file holds exactly the tensors of that config (names and shapes as
+/// [`TarFlowConfig::parameter_shapes`] gives them) and every value is finite. A checkpoint
+/// that parses therefore loads into [`Checkpoint::model`], which allocates no more than the
+/// file holds, however large a model the config describes. Every error names `what` and, where
+/// one is at fault, the tensor.
 pub fn parse_checkpoint(bytes: &[u8], what: &str) -> Result<Checkpoint> {
     let bad = |d: String| Error::format(what.to_string(), d);
     let (tensors, metadata) = parse_tensors_with_metadata::<f64>(bytes, what)?;
@@ -89,11 +96,20 @@ pub fn parse_checkpoint(bytes: &[u8], what: &str) -> Result<Checkpoint> {
         ))
     })?;
     let config = TarFlowConfig::from_json(cfg_json).map_err(|e| bad(e.to_string()))?;
+    check_tensor_set(&config, &tensors).map_err(bad)?;
     let mut tensors: Vec<(String, Vec<usize>, Vec<f64>)> = tensors
         .into_iter()
         .map(|(n, t)| (n, t.shape().to_vec(), t.to_vec()))
         .collect();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, _, vals) in &tensors {
+        if let Some(i) = vals.iter().position(|v| !v.is_finite()) {
+            return Err(bad(format!(
+                "tensor '{name}' element {i} is {}, weights must be finite",
+                vals[i]
+            )));
+        }
+    }
     Ok(Checkpoint {
         config,
         tensors,
@@ -101,8 +117,179 @@ pub fn parse_checkpoint(bytes: &[u8], what: &str) -> Result<Checkpoint> {
     })
 }
 
+/// Checks that `tensors` are exactly the parameters of `config`, with their shapes. The
+/// config's list is walked lazily and the walk stops at the first tensor the file lacks, so
+/// the work is bounded by the file, not by the model the config describes.
+fn check_tensor_set<E: Element>(
+    config: &TarFlowConfig,
+    tensors: &HashMap<String, Tensor<E>>,
+) -> std::result::Result<(), String> {
+    let expected = config.num_tensors();
+    for (name, shape) in config.parameter_shapes() {
+        let Some(t) = tensors.get(&name) else {
+            return Err(format!(
+                "missing tensor '{name}' (the config needs {expected} tensors, the file has {})",
+                tensors.len()
+            ));
+        };
+        if t.shape() != shape.as_slice() {
+            return Err(format!(
+                "tensor '{name}' has shape {:?}, the config needs {shape:?}",
+                t.shape()
+            ));
+        }
+    }
+    // Every expected tensor is present and names are unique, so any surplus is foreign.
+    if tensors.len() > expected {
+        let known: HashSet<String> = config.parameter_shapes().map(|(n, _)| n).collect();
+        let mut extra: Vec<&str> = tensors
+            .keys()
+            .filter(|n| !known.contains(*n))
+            .map(String::as_str)
+            .collect();
+        extra.sort_unstable();
+        let shown = extra.len().min(5);
+        return Err(format!(
+            "{} unexpected tensor(s) for this config: {:?}{}",
+            extra.len(),
+            &extra[..shown],
+            if extra.len() > shown { " ..." } else { "" }
+        ));
+    }
+    Ok(())
+}
+
 /// Reads a checkpoint file. A missing, truncated or foreign file is an error naming the path.
 pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
     let bytes = read_file(path)?;
     parse_checkpoint(&bytes, &path.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::DType;
+    use crate::tensorio::tensors_to_bytes;
+
+    /// The smallest valid model: 2x2 grayscale images, 1x1 patches, width 1.
+    fn micro() -> TarFlowConfig {
+        TarFlowConfig {
+            channels: 1,
+            image_size: 2,
+            patch_size: 1,
+            width: 1,
+            blocks: 1,
+            layers_per_block: 1,
+            head_dim: 1,
+            mlp_ratio: 1,
+            num_classes: 0,
+            noise_sigma: 0.0,
+            alpha_clip: None,
+        }
+    }
+
+    /// A checkpoint of `config_json` holding `tensors` (stored as F64).
+    fn bytes_of(config_json: &str, tensors: &[(String, Tensor<f64>)]) -> Vec<u8> {
+        let refs: Vec<(&str, &Tensor<f64>)> =
+            tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let meta = HashMap::from([
+            (CONFIG_KEY.to_string(), config_json.to_string()),
+            (VERSION_KEY.to_string(), FORMAT_VERSION.to_string()),
+        ]);
+        tensors_to_bytes(&refs, DType::F64, Some(meta)).unwrap()
+    }
+
+    fn micro_tensors(fill: f64) -> Vec<(String, Tensor<f64>)> {
+        micro()
+            .parameter_shapes()
+            .map(|(n, s)| (n, Tensor::full(&s, fill)))
+            .collect()
+    }
+
+    fn err(bytes: &[u8]) -> String {
+        match parse_checkpoint(bytes, "ck.safetensors") {
+            Ok(_) => panic!("parsed"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn micro_checkpoint_parses_and_loads() {
+        let ck =
+            parse_checkpoint(&bytes_of(&micro().to_json(), &micro_tensors(0.5)), "ck").unwrap();
+        assert_eq!(ck.config, micro());
+        assert_eq!(ck.tensors.len(), micro().num_tensors());
+        ck.model::<f32>().unwrap();
+    }
+
+    /// Found by fuzzing: an F64 checkpoint value beyond the f32 range passed the finiteness
+    /// check and loaded into an f32 model as infinity.
+    #[test]
+    fn f64_values_beyond_f32_are_rejected_by_an_f32_model() {
+        let ck =
+            parse_checkpoint(&bytes_of(&micro().to_json(), &micro_tensors(1e300)), "ck").unwrap();
+        ck.model::<f64>().unwrap();
+        let e = ck.model::<f32>().err().expect("f32 overflow").to_string();
+        assert!(
+            e.contains("blocks.0.") && e.contains("out of the f32 range"),
+            "{e}"
+        );
+    }
+
+    /// A config describing a huge model must not be allocated from: the tensor check stops at
+    /// the first tensor the file lacks.
+    #[test]
+    fn config_larger_than_the_file_is_an_error() {
+        let huge = TarFlowConfig {
+            width: 1 << 20,
+            blocks: 1 << 20,
+            ..micro()
+        };
+        let e = err(&bytes_of(&huge.to_json(), &micro_tensors(0.0)));
+        assert!(
+            e.contains("ck.safetensors")
+                && e.contains("shape [1, 1], the config needs [1048576, 1]"),
+            "{e}"
+        );
+        let e = err(&bytes_of(&huge.to_json(), &[]));
+        assert!(
+            e.contains("missing tensor 'blocks.0.proj_in.weight'"),
+            "{e}"
+        );
+        let j = micro()
+            .to_json()
+            .replace("\"width\":1", "\"width\":18446744073709551615");
+        let e = err(&bytes_of(&j, &micro_tensors(0.0)));
+        assert!(e.contains("ck.safetensors") && e.contains("width"), "{e}");
+    }
+
+    #[test]
+    fn tensor_set_mismatches_are_named() {
+        let json = micro().to_json();
+        let mut t = micro_tensors(0.0);
+        t.push(("blocks.0.extra".into(), Tensor::zeros(&[2])));
+        let e = err(&bytes_of(&json, &t));
+        assert!(
+            e.contains("1 unexpected tensor(s)") && e.contains("blocks.0.extra"),
+            "{e}"
+        );
+
+        let mut t = micro_tensors(0.0);
+        t.retain(|(n, _)| n != "blocks.0.pos_embed");
+        let e = err(&bytes_of(&json, &t));
+        assert!(e.contains("missing tensor 'blocks.0.pos_embed'"), "{e}");
+
+        let mut t = micro_tensors(0.0);
+        t[2].1 = Tensor::zeros(&[2, 2]);
+        let e = err(&bytes_of(&json, &t));
+        assert!(e.contains("'blocks.0.pos_embed' has shape [2, 2]"), "{e}");
+
+        let mut t = micro_tensors(0.0);
+        t[0].1 = Tensor::full(&[1, 1], f64::NAN);
+        let e = err(&bytes_of(&json, &t));
+        assert!(
+            e.contains("'blocks.0.proj_in.weight' element 0 is NaN"),
+            "{e}"
+        );
+    }
 }

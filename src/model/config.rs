@@ -67,6 +67,17 @@ impl TarFlowConfig {
         if self.channels == 0 || self.image_size == 0 || self.patch_size == 0 {
             return bad("channels, image_size and patch_size must be positive".into());
         }
+        if self
+            .channels
+            .checked_mul(self.image_size)
+            .and_then(|n| n.checked_mul(self.image_size))
+            .is_none()
+        {
+            return bad(format!(
+                "an image of {} x {} x {} values is too large to index",
+                self.channels, self.image_size, self.image_size
+            ));
+        }
         if !self.image_size.is_multiple_of(self.patch_size) {
             return bad(format!(
                 "image size {} is not divisible by the patch size {}",
@@ -89,6 +100,21 @@ impl TarFlowConfig {
         if self.blocks == 0 || self.layers_per_block == 0 || self.mlp_ratio == 0 {
             return bad("blocks, layers_per_block and mlp_ratio must be positive".into());
         }
+        // Bounds every size derived below (tensor shapes, their element counts, the number
+        // of tensors): a config read from a file must not make any of them overflow.
+        if self.checked_num_parameters().is_none() {
+            return bad(format!(
+                "a model of width {}, {} blocks of {} layers, MLP ratio {}, {} classes and \
+                 {} tokens of {} values has too many parameters to index",
+                self.width,
+                self.blocks,
+                self.layers_per_block,
+                self.mlp_ratio,
+                self.num_classes,
+                self.seq_len(),
+                self.token_dim()
+            ));
+        }
         if !(self.noise_sigma.is_finite() && self.noise_sigma >= 0.0) {
             return bad(format!(
                 "noise sigma must be finite and >= 0, got {}",
@@ -101,6 +127,99 @@ impl TarFlowConfig {
             }
         }
         Ok(())
+    }
+
+    /// Total parameter count (elements, not tensors), or `None` when it does not fit an
+    /// `isize`; the channel, image-size and width checks of [`validate`](Self::validate) come
+    /// first.
+    fn checked_num_parameters(&self) -> Option<usize> {
+        let (c, d, n, q) = (
+            self.width,
+            self.token_dim(),
+            self.seq_len(),
+            self.num_classes,
+        );
+        let m = self.mlp_ratio.checked_mul(c)?;
+        let cc = c.checked_mul(c)?;
+        // norm1 + norm2 (4C), qkv (3C^2 + 3C), out (C^2 + C), fc1 (MC + M), fc2 (CM + C).
+        let layer = [
+            c.checked_mul(9)?,
+            cc.checked_mul(4)?,
+            m.checked_mul(c)?.checked_mul(2)?,
+            m,
+        ]
+        .into_iter()
+        .try_fold(0usize, usize::checked_add)?;
+        // proj_in (CD + C), pos_embed (NC), class_embed (QC), layers, proj_out (2DC + 2D).
+        let block = [
+            c.checked_mul(d)?.checked_mul(3)?,
+            c,
+            n.checked_mul(c)?,
+            q.checked_mul(c)?,
+            layer.checked_mul(self.layers_per_block)?,
+            d.checked_mul(2)?,
+        ]
+        .into_iter()
+        .try_fold(0usize, usize::checked_add)?;
+        block
+            .checked_mul(self.blocks)
+            .filter(|&total| total <= isize::MAX as usize)
+    }
+
+    /// Number of parameter tensors of a model with this (validated) config.
+    pub fn num_tensors(&self) -> usize {
+        let per_block = 5 + usize::from(self.num_classes > 0) + 12 * self.layers_per_block;
+        self.blocks * per_block
+    }
+
+    /// Name and shape of every parameter of a model with this (validated) config, in the
+    /// order of [`TarFlow::parameters`](super::TarFlow::parameters) (names and layouts in
+    /// docs/checkpoint-format.md).
+    ///
+    /// The list is generated lazily: a config read from a file may describe a model far
+    /// larger than the file, and a reader can stop at the first tensor the file lacks.
+    pub fn parameter_shapes(&self) -> impl Iterator<Item = (String, Vec<usize>)> + '_ {
+        let (c, d, n, q) = (
+            self.width,
+            self.token_dim(),
+            self.seq_len(),
+            self.num_classes,
+        );
+        let m = self.mlp_ratio * c;
+        (0..self.blocks).flat_map(move |t| {
+            let head = [
+                ("proj_in.weight".to_string(), vec![c, d]),
+                ("proj_in.bias".to_string(), vec![c]),
+                ("pos_embed".to_string(), vec![n, c]),
+            ]
+            .into_iter()
+            .chain((q > 0).then(|| ("class_embed.weight".to_string(), vec![q, c])));
+            let layers = (0..self.layers_per_block).flat_map(move |k| {
+                [
+                    ("norm1.weight", vec![c]),
+                    ("norm1.bias", vec![c]),
+                    ("attn.qkv.weight", vec![3 * c, c]),
+                    ("attn.qkv.bias", vec![3 * c]),
+                    ("attn.out.weight", vec![c, c]),
+                    ("attn.out.bias", vec![c]),
+                    ("norm2.weight", vec![c]),
+                    ("norm2.bias", vec![c]),
+                    ("mlp.fc1.weight", vec![m, c]),
+                    ("mlp.fc1.bias", vec![m]),
+                    ("mlp.fc2.weight", vec![c, m]),
+                    ("mlp.fc2.bias", vec![c]),
+                ]
+                .into_iter()
+                .map(move |(name, shape)| (format!("layers.{k}.{name}"), shape))
+            });
+            let tail = [
+                ("proj_out.weight".to_string(), vec![2 * d, c]),
+                ("proj_out.bias".to_string(), vec![2 * d]),
+            ];
+            head.chain(layers)
+                .chain(tail)
+                .map(move |(name, shape)| (format!("blocks.{t}.{name}"), shape))
+        })
     }
 
     /// Named presets: `tiny`, `small` (config S), `mnist`, `cifar10`, `imagenet64`.
@@ -207,5 +326,77 @@ mod tests {
             TarFlowConfig::from_json(&j).unwrap(),
             TarFlowConfig::preset("tiny").unwrap()
         );
+    }
+
+    #[test]
+    fn parameter_shapes_match_the_model() {
+        let tiny = TarFlowConfig::preset("tiny").unwrap();
+        let other = TarFlowConfig {
+            num_classes: 0,
+            blocks: 3,
+            layers_per_block: 2,
+            mlp_ratio: 2,
+            alpha_clip: Some(4.0),
+            ..tiny.clone()
+        };
+        for c in [tiny, other] {
+            let m = crate::model::TarFlow::<f32>::new(c.clone(), 0).unwrap();
+            let want: Vec<(String, Vec<usize>)> = m
+                .parameters()
+                .into_iter()
+                .map(|(n, t)| (n, t.shape().to_vec()))
+                .collect();
+            let got: Vec<(String, Vec<usize>)> = c.parameter_shapes().collect();
+            assert_eq!(got, want);
+            assert_eq!(c.num_tensors(), want.len());
+            assert_eq!(c.checked_num_parameters(), Some(m.num_parameters()));
+        }
+    }
+
+    /// Sizes read from a file that overflow any derived count are errors, not panics.
+    #[test]
+    fn oversized_configs_are_errors() {
+        let base = TarFlowConfig::preset("tiny").unwrap();
+        let huge = [
+            TarFlowConfig {
+                image_size: 1 << 33,
+                patch_size: 1,
+                ..base.clone()
+            },
+            TarFlowConfig {
+                channels: usize::MAX,
+                ..base.clone()
+            },
+            TarFlowConfig {
+                width: 1 << 32,
+                head_dim: 1,
+                ..base.clone()
+            },
+            TarFlowConfig {
+                blocks: usize::MAX,
+                ..base.clone()
+            },
+            TarFlowConfig {
+                layers_per_block: usize::MAX / 2,
+                ..base.clone()
+            },
+            TarFlowConfig {
+                mlp_ratio: usize::MAX,
+                ..base.clone()
+            },
+            TarFlowConfig {
+                num_classes: usize::MAX,
+                ..base.clone()
+            },
+        ];
+        for c in huge {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("too large") || e.contains("too many"), "{e}");
+        }
+        let j = base
+            .to_json()
+            .replace("\"image_size\":28", "\"image_size\":4294967296");
+        let e = TarFlowConfig::from_json(&j).unwrap_err().to_string();
+        assert!(e.contains("too large to index"), "{e}");
     }
 }

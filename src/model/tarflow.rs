@@ -123,6 +123,19 @@ impl<E: Element> TarFlow<E> {
                     what: format!("parameter '{name}' (element {bad})"),
                 });
             }
+            // A finite f64 (e.g. from an F64 checkpoint) can still overflow a narrower `E`.
+            if let Some(bad) = vals
+                .iter()
+                .position(|v| !E::from_f64(*v).to_f64().is_finite())
+            {
+                return Err(Error::NonFinite {
+                    what: format!(
+                        "parameter '{name}' (element {bad}: {:e} is out of the {} range)",
+                        vals[bad],
+                        E::DTYPE.name()
+                    ),
+                });
+            }
             t.update_data(|d| {
                 for (o, v) in d.iter_mut().zip(vals) {
                     *o = E::from_f64(*v);

@@ -494,9 +494,9 @@ unsafe fn pack_b_panel(
         }
     }
     if csb == 1 && nr == 32 && nr_full == 32 {
-        rows::<32>(kc, b.offset(j0 as isize), rsb, panel);
+        rows::<32>(kc, b.add(j0), rsb, panel);
     } else if csb == 1 && nr == 16 && nr_full == 16 {
-        rows::<16>(kc, b.offset(j0 as isize), rsb, panel);
+        rows::<16>(kc, b.add(j0), rsb, panel);
     } else if csb == 1 {
         for p in 0..kc {
             let src = b.offset(p as isize * rsb + j0 as isize);

@@ -460,9 +460,20 @@ impl Trainer {
                 serde_json::from_str(j)
                     .map_err(|e| Error::format(what.clone(), format!("bad run state: {e}{hint}")))
             })?;
-        // The model file must be readable too, or the run could not be sampled from.
+        // The model file must be readable too, or the run could not be sampled from. Its
+        // tensors are checked against its config, so requiring the state's model config to be
+        // the same one bounds the model built below by what the files hold.
         let model_path = Self::model_path(dir, step);
-        parse_checkpoint(&read_file(&model_path)?, &model_path.display().to_string())?;
+        let saved = parse_checkpoint(&read_file(&model_path)?, &model_path.display().to_string())?;
+        if saved.config != run.config.model {
+            return Err(Error::format(
+                what.clone(),
+                format!(
+                    "its model config differs from the one in {}{hint}",
+                    model_path.display()
+                ),
+            ));
+        }
 
         let mut config = run.config.clone();
         config.out_dir = dir.to_path_buf();

@@ -96,6 +96,30 @@ const NC: usize = 1024;
 /// Below this many multiply-adds a product stays on the calling thread.
 const PAR_MIN_MACS: usize = 1 << 18;
 
+/// What a tile's product becomes when stored: `alpha * AB + bias + beta * C`, with `bias`
+/// (one value per column, null for none) and `beta * C` skipped when `beta == 0`, so that `C`
+/// may start uninitialised.
+#[derive(Clone, Copy)]
+struct Epi {
+    alpha: f32,
+    beta: f32,
+    bias: *const f32,
+}
+
+impl Epi {
+    /// The epilogue for a tile starting at column `j0` of the block it was made for.
+    unsafe fn at(self, j0: usize) -> Epi {
+        Epi {
+            bias: if self.bias.is_null() {
+                self.bias
+            } else {
+                self.bias.add(j0)
+            },
+            ..self
+        }
+    }
+}
+
 /// A microkernel: `MR x NR` tile from a `kc x MR` panel of `A` and a `kc x NR` panel of `B`.
 trait Micro {
     const MR: usize;
@@ -114,8 +138,7 @@ trait Micro {
         a: *const f32,
         rsa: isize,
         b: *const f32,
-        alpha: f32,
-        beta: f32,
+        epi: Epi,
         c: *mut f32,
         rsc: isize,
     );
@@ -135,8 +158,7 @@ trait Micro {
         a: *const f32,
         rsa: isize,
         b: *const f32,
-        alpha: f32,
-        beta: f32,
+        epi: Epi,
         c: *mut f32,
         rsc: isize,
         mr: usize,
@@ -144,7 +166,7 @@ trait Micro {
     ) {
         let mut buf = [0.0f32; 12 * 32];
         Self::to_buf(kc, a, rsa, b, buf.as_mut_ptr());
-        update_c(&buf, Self::NR, mr, nr, alpha, beta, c, rsc, 1);
+        update_c(&buf, Self::NR, mr, nr, epi, c, rsc, 1);
     }
     /// [`pack_a`] with this kernel's `MR`.
     ///
@@ -162,7 +184,7 @@ trait Micro {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::Micro;
+    use super::{Epi, Micro};
     use std::arch::x86_64::*;
 
     pub struct Avx512;
@@ -217,12 +239,12 @@ mod x86 {
             a: *const f32,
             rsa: isize,
             b: *const f32,
-            alpha: f32,
-            beta: f32,
+            epi: Epi,
             c: *mut f32,
             rsc: isize,
         ) {
             let acc = avx512_acc(kc, a, rsa, b);
+            let Epi { alpha, beta, bias } = epi;
             let va = _mm512_set1_ps(alpha);
             let vb = _mm512_set1_ps(beta);
             for (i, row) in acc.iter().enumerate() {
@@ -233,6 +255,11 @@ mod x86 {
                         v
                     } else {
                         _mm512_mul_ps(v, va)
+                    };
+                    let v = if bias.is_null() {
+                        v
+                    } else {
+                        _mm512_add_ps(v, _mm512_loadu_ps(bias.add(16 * h)))
                     };
                     let v = if beta == 0.0 {
                         v
@@ -252,14 +279,14 @@ mod x86 {
             a: *const f32,
             rsa: isize,
             b: *const f32,
-            alpha: f32,
-            beta: f32,
+            epi: Epi,
             c: *mut f32,
             rsc: isize,
             mr: usize,
             nr: usize,
         ) {
             let acc = avx512_acc(kc, a, rsa, b);
+            let Epi { alpha, beta, bias } = epi;
             let va = _mm512_set1_ps(alpha);
             let vb = _mm512_set1_ps(beta);
             let masks = [
@@ -277,6 +304,11 @@ mod x86 {
                         v
                     } else {
                         _mm512_mul_ps(v, va)
+                    };
+                    let v = if bias.is_null() {
+                        v
+                    } else {
+                        _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, bias.add(16 * h)))
                     };
                     let v = if beta == 0.0 {
                         v
@@ -347,12 +379,12 @@ mod x86 {
             a: *const f32,
             rsa: isize,
             b: *const f32,
-            alpha: f32,
-            beta: f32,
+            epi: Epi,
             c: *mut f32,
             rsc: isize,
         ) {
             let acc = avx2_acc(kc, a, rsa, b);
+            let Epi { alpha, beta, bias } = epi;
             let va = _mm256_set1_ps(alpha);
             let vb = _mm256_set1_ps(beta);
             for (i, row) in acc.iter().enumerate() {
@@ -363,6 +395,11 @@ mod x86 {
                         v
                     } else {
                         _mm256_mul_ps(v, va)
+                    };
+                    let v = if bias.is_null() {
+                        v
+                    } else {
+                        _mm256_add_ps(v, _mm256_loadu_ps(bias.add(8 * h)))
                     };
                     let v = if beta == 0.0 {
                         v
@@ -551,8 +588,7 @@ unsafe fn macro_kernel_a<K: Micro>(
     csa: isize,
     bp: &[f32],
     panels: std::ops::Range<usize>,
-    alpha: f32,
-    beta: f32,
+    epi: Epi,
     c: *mut f32,
     rsc: isize,
     csc: isize,
@@ -573,13 +609,13 @@ unsafe fn macro_kernel_a<K: Micro>(
                 );
             }
             let ablk = ABlock::Rows { a, rsa, tail };
-            macro_kernel::<K>(rows, cols, kc, ablk, bp, panels, alpha, beta, c, rsc, csc);
+            macro_kernel::<K>(rows, cols, kc, ablk, bp, panels, epi, c, rsc, csc);
         })
     } else {
         with_buf(&BUF_A, rows.div_ceil(mr) * mr * kc, |ap| {
             K::pack_a(rows, kc, a, rsa, csa, ap);
             let ablk = ABlock::Packed(ap);
-            macro_kernel::<K>(rows, cols, kc, ablk, bp, panels, alpha, beta, c, rsc, csc);
+            macro_kernel::<K>(rows, cols, kc, ablk, bp, panels, epi, c, rsc, csc);
         })
     }
 }
@@ -594,8 +630,7 @@ unsafe fn macro_kernel<K: Micro>(
     ablk: ABlock,
     bp: &[f32],
     panels: std::ops::Range<usize>,
-    alpha: f32,
-    beta: f32,
+    epi: Epi,
     c: *mut f32,
     rsc: isize,
     csc: isize,
@@ -616,11 +651,11 @@ unsafe fn macro_kernel<K: Micro>(
             let ct = c.offset(i0 as isize * rsc + j0 as isize * csc);
             if csc != 1 {
                 K::to_buf(kc, a, rsa, b, buf.as_mut_ptr());
-                update_c(&buf, nr_, mr, nr, alpha, beta, ct, rsc, csc);
+                update_c(&buf, nr_, mr, nr, epi.at(j0), ct, rsc, csc);
             } else if mr == mr_ && nr == nr_ {
-                K::tile(kc, a, rsa, b, alpha, beta, ct, rsc);
+                K::tile(kc, a, rsa, b, epi.at(j0), ct, rsc);
             } else {
-                K::tile_part(kc, a, rsa, b, alpha, beta, ct, rsc, mr, nr);
+                K::tile_part(kc, a, rsa, b, epi.at(j0), ct, rsc, mr, nr);
             }
         }
     }
@@ -633,16 +668,19 @@ unsafe fn update_c(
     ld: usize,
     mr: usize,
     nr: usize,
-    alpha: f32,
-    beta: f32,
+    epi: Epi,
     c: *mut f32,
     rsc: isize,
     csc: isize,
 ) {
+    let Epi { alpha, beta, bias } = epi;
     for i in 0..mr {
         for j in 0..nr {
             let p = c.offset(i as isize * rsc + j as isize * csc);
-            let v = alpha * buf[i * ld + j];
+            let mut v = alpha * buf[i * ld + j];
+            if !bias.is_null() {
+                v += *bias.add(j);
+            }
             *p = if beta == 0.0 { v } else { v + beta * *p };
         }
     }
@@ -735,11 +773,55 @@ pub unsafe fn sgemm_with(
         GemmKernel::best()
     };
     let args = (m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc);
+    gemm_dispatch(kernel, args, std::ptr::null())
+}
+
+/// `C = A B + bias` (bias broadcast over rows, `n` values) with the active kernel, the bias
+/// added as each tile is stored instead of in a pass of its own. `C` is only written.
+///
+/// # Safety
+/// As for [`sgemm`], and `bias` holds `n` elements.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm_bias(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    b: *const f32,
+    rsb: isize,
+    csb: isize,
+    bias: *const f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let kernel = GemmKernel::active();
+    if k == 0 || kernel == GemmKernel::Portable {
+        for i in 0..m {
+            for j in 0..n {
+                *c.offset(i as isize * rsc + j as isize * csc) = *bias.add(j);
+            }
+        }
+        return sgemm_with(
+            kernel, m, k, n, 1.0, a, rsa, csa, b, rsb, csb, 1.0, c, rsc, csc,
+        );
+    }
+    let args = (m, k, n, 1.0, a, rsa, csa, b, rsb, csb, 0.0, c, rsc, csc);
+    gemm_dispatch(kernel, args, bias)
+}
+
+unsafe fn gemm_dispatch(kernel: GemmKernel, args: Args, bias: *const f32) {
+    let (m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) = args;
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        GemmKernel::Avx512 => blocked::<x86::Avx512>(args),
+        GemmKernel::Avx512 => blocked::<x86::Avx512>(args, bias),
         #[cfg(target_arch = "x86_64")]
-        GemmKernel::Avx2 => blocked::<x86::Avx2>(args),
+        GemmKernel::Avx2 => blocked::<x86::Avx2>(args, bias),
         _ => matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc),
     }
 }
@@ -779,10 +861,10 @@ fn split(m: usize, panels: usize, macs: usize) -> (usize, usize) {
     (mblocks, nchunks.max(1))
 }
 
-unsafe fn blocked<K: Micro>(args: Args) {
+unsafe fn blocked<K: Micro>(args: Args, bias: *const f32) {
     let (m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) = args;
     let nr = K::NR;
-    let (a, b, c) = (CPtr(a), CPtr(b), Ptr(c));
+    let (a, b, c, bias) = (CPtr(a), CPtr(b), Ptr(c), CPtr(bias));
     for jc in (0..n).step_by(NC) {
         let cols = NC.min(n - jc);
         let panels = cols.div_ceil(nr);
@@ -815,6 +897,16 @@ unsafe fn blocked<K: Micro>(args: Args) {
                         return;
                     }
                     let ablk = a.get().offset(i0 as isize * rsa + pc as isize * csa);
+                    // The bias goes in with the first K block; later ones accumulate.
+                    let epi = Epi {
+                        alpha,
+                        beta: beta_p,
+                        bias: if pc == 0 && !bias.get().is_null() {
+                            bias.get().add(jc)
+                        } else {
+                            std::ptr::null()
+                        },
+                    };
                     macro_kernel_a::<K>(
                         rows,
                         cols,
@@ -824,8 +916,7 @@ unsafe fn blocked<K: Micro>(args: Args) {
                         csa,
                         bp,
                         qs,
-                        alpha,
-                        beta_p,
+                        epi,
                         c.get().offset(i0 as isize * rsc + jc as isize * csc),
                         rsc,
                         csc,
@@ -982,8 +1073,11 @@ impl PackedB {
                 csa,
                 &self.data,
                 0..panels,
-                1.0,
-                beta,
+                Epi {
+                    alpha: 1.0,
+                    beta,
+                    bias: std::ptr::null(),
+                },
                 c.offset(i0 as isize * ldc),
                 ldc,
                 1,
@@ -1097,6 +1191,43 @@ mod tests {
                             }
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// The bias epilogue adds the bias once, also when K spans several blocks, and at edges.
+    #[test]
+    fn bias_epilogue_matches_reference() {
+        for &(m, k, n) in &[(13, 300, 70), (3, 5, 7), (40, 64, 32), (25, 600, 33)] {
+            let (a, b, bias) = (data(m * k, 9), data(k * n, 10), data(n, 11));
+            let want = reference(m, k, n, &a, (k, 1), &b, (1, k));
+            let mut c = vec![f32::NAN; m * n];
+            unsafe {
+                sgemm_bias(
+                    m,
+                    k,
+                    n,
+                    a.as_ptr(),
+                    k as isize,
+                    1,
+                    b.as_ptr(),
+                    1,
+                    k as isize,
+                    bias.as_ptr(),
+                    c.as_mut_ptr(),
+                    n as isize,
+                    1,
+                )
+            };
+            for i in 0..m {
+                for j in 0..n {
+                    let w = want[i * n + j] + bias[j] as f64;
+                    let got = c[i * n + j] as f64;
+                    assert!(
+                        (got - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                        "{m}x{k}x{n} [{i},{j}]"
+                    );
                 }
             }
         }

@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use crate::tensor::iter::{gather_strided, Plan, PAR_THRESHOLD};
+use crate::tensor::iter::{Plan, PAR_THRESHOLD};
 use crate::tensor::{Element, Layout};
 
 /// `out[i] = f(a[i])` over a strided view.
@@ -37,37 +37,6 @@ pub(crate) fn map1<E: Element>(a: &[E], la: &Layout, f: impl Fn(E) -> E + Sync) 
         });
     };
     par_rows(&plan, &mut out, run);
-    out
-}
-
-/// Like [`map1`], but `f(src, dst)` maps whole runs of contiguous elements. For maps whose
-/// per-element body is too large for the compiler to inline into `map1`'s loops (GELU with
-/// an inlined erf): out of line, it is one scalar call per element, while the loop inside
-/// `f` is the caller's own and vectorises. A strided input is gathered first.
-pub(crate) fn map1_runs<E: Element>(
-    a: &[E],
-    la: &Layout,
-    f: impl Fn(&[E], &mut [E]) + Sync,
-) -> Vec<E> {
-    let n = la.numel();
-    let mut out = vec![E::ZERO; n];
-    if n == 0 {
-        return out;
-    }
-    let gathered;
-    let src = if la.is_contiguous() {
-        &a[la.offset()..la.offset() + n]
-    } else {
-        gathered = gather_strided(a, la.shape(), la.strides(), la.offset());
-        &gathered[..]
-    };
-    if n >= PAR_THRESHOLD {
-        out.par_chunks_mut(PAR_THRESHOLD)
-            .zip(src.par_chunks(PAR_THRESHOLD))
-            .for_each(|(o, s)| f(s, o));
-    } else {
-        f(src, &mut out);
-    }
     out
 }
 

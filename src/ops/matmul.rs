@@ -11,7 +11,7 @@ use std::sync::Once;
 use crate::error::{Error, Result};
 use crate::profile::{Kernel, Timer};
 use crate::tensor::layout::broadcast_shapes;
-use crate::tensor::{Element, Layout, Tensor};
+use crate::tensor::{DType, Element, Layout, Tensor};
 
 /// Lets matrixmultiply use every core the process may use. Its default counts physical
 /// cores only, which is 1 on many 2-vCPU machines. An explicit `MATMUL_NUM_THREADS` wins.
@@ -219,6 +219,42 @@ impl<E: Element> Tensor<E> {
         let len = rows * out_f;
         // in_f == 0: the output is the bias alone (see matmul_raw on empty operands).
         let run_gemm = rows > 0 && in_f > 0 && out_f > 0;
+        // f32 with a bias: the GEMM adds it as it stores each tile (no pre-filled output, no
+        // read of C).
+        if let (Some(bt), true, DType::F32) = (b, run_gemm, E::DTYPE) {
+            let bv = bt.to_vec();
+            let mut out: Vec<E> = Vec::with_capacity(len);
+            let gx = x2.storage().read();
+            let gw = w.storage().read();
+            let (lx, lw) = (x2.layout(), w.layout());
+            let (xs32, ws32, b32): (&[f32], &[f32], &[f32]) = (
+                bytemuck::cast_slice(&gx),
+                bytemuck::cast_slice(&gw),
+                bytemuck::cast_slice(&bv),
+            );
+            // SAFETY: the views are the tensors' own layouts (in bounds by construction), the
+            // output is a fresh buffer of rows x out_f written in full by the GEMM.
+            unsafe {
+                crate::ops::gemm::sgemm_bias(
+                    rows,
+                    in_f,
+                    out_f,
+                    xs32.as_ptr().add(lx.offset()),
+                    lx.strides()[0],
+                    lx.strides()[1],
+                    ws32.as_ptr().add(lw.offset()),
+                    lw.strides()[1],
+                    lw.strides()[0],
+                    b32.as_ptr(),
+                    out.as_mut_ptr() as *mut f32,
+                    out_f as isize,
+                    1,
+                );
+                out.set_len(len);
+            }
+            drop((gx, gw));
+            return self.finish_linear(out, w, b, x2, rows, out_f, timer);
+        }
         let mut out = match b {
             Some(b) => {
                 let bv = b.to_vec();
@@ -262,7 +298,23 @@ impl<E: Element> Tensor<E> {
                 unsafe { out.set_len(len) };
             }
         }
+        self.finish_linear(out, w, b, x2, rows, out_f, timer)
+    }
+
+    /// Wraps a finished linear output and records its backward.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_linear(
+        &self,
+        out: Vec<E>,
+        w: &Tensor<E>,
+        b: Option<&Tensor<E>>,
+        x2: Tensor<E>,
+        rows: usize,
+        out_f: usize,
+        timer: Timer,
+    ) -> Result<Tensor<E>> {
         drop(timer);
+        let xs = self.shape();
         let mut out_shape = xs.to_vec();
         *out_shape.last_mut().unwrap() = out_f;
         let out = Tensor::from_raw(out, &out_shape);

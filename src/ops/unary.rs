@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::kernel::{map1, map1_runs};
+use super::kernel::map1;
 use super::simd::{gelu_grad_inplace, gelu_inplace};
 use crate::error::Result;
 use crate::profile::{Kernel, Timer};
@@ -151,14 +151,14 @@ impl<E: Element> Tensor<E> {
 
     /// GELU with the exact error function (TarFlow's choice).
     pub fn gelu(&self) -> Tensor<E> {
-        // Whole runs, not one call per element: see `map1_runs`.
         let timer = Timer::start(Kernel::Gelu);
-        let v = self.with_data(|d, l| {
-            map1_runs(d, l, |src, dst| {
-                dst.copy_from_slice(src);
-                gelu_inplace(dst);
-            })
-        });
+        // A copy of the input (no zero-filled buffer first), then GELU in place.
+        let mut v = self.to_vec();
+        if v.len() >= PAR_THRESHOLD {
+            v.par_chunks_mut(PAR_THRESHOLD).for_each(gelu_inplace);
+        } else {
+            gelu_inplace(&mut v);
+        }
         drop(timer);
         let out = Tensor::from_raw(v, self.shape());
         let x = self.detach();

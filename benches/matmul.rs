@@ -1,5 +1,6 @@
 //! f32 matrix products through the tensor API (`matmul`, and `linear` with the weight as
-//! `[out, in]`) against matrixmultiply's `sgemm` called directly on the same shapes.
+//! `[out, in]`) against the crate's GEMM (`tarflow::ops::gemm::sgemm`) and matrixmultiply's
+//! `sgemm`, each called directly on the same shapes.
 //! Criterion reports throughput in elements/s where one element is one flop (2*M*N*K).
 //!
 //! `cargo bench --bench matmul -- --quick` runs the Criterion groups;
@@ -30,6 +31,27 @@ fn matmul(c: &mut Criterion) {
         });
         g.bench_function(BenchmarkId::new("tensor_linear", &id), |bch| {
             bch.iter(|| a.linear(&w, None).unwrap())
+        });
+        g.bench_function(BenchmarkId::new("gemm_direct", &id), |bch| {
+            bch.iter(|| unsafe {
+                // SAFETY: buffers are exactly m x k, k x n and m x n, row-major.
+                tarflow::ops::gemm::sgemm(
+                    m,
+                    k,
+                    n,
+                    1.0,
+                    av.as_ptr(),
+                    k as isize,
+                    1,
+                    bv.as_ptr(),
+                    n as isize,
+                    1,
+                    0.0,
+                    out.as_mut_ptr(),
+                    n as isize,
+                    1,
+                )
+            })
         });
         g.bench_function(BenchmarkId::new("sgemm_direct", &id), |bch| {
             bch.iter(|| unsafe {

@@ -274,6 +274,29 @@ pub fn bench_matmul(
     let mut lin = || {
         std::hint::black_box(a.linear(&w, None).expect("shapes agree"));
     };
+    let mut c2 = vec![0f32; m * n];
+    let mut own = || {
+        // SAFETY: row-major m x k, k x n and m x n buffers of exactly those sizes.
+        unsafe {
+            crate::ops::gemm::sgemm(
+                m,
+                k,
+                n,
+                1.0,
+                av.as_ptr(),
+                k as isize,
+                1,
+                bv.as_ptr(),
+                n as isize,
+                1,
+                0.0,
+                c2.as_mut_ptr(),
+                n as isize,
+                1,
+            )
+        };
+        std::hint::black_box(&mut c2);
+    };
     let mut direct = || {
         // SAFETY: row-major m x k, k x n and m x n buffers of exactly those sizes.
         unsafe {
@@ -299,15 +322,23 @@ pub fn bench_matmul(
     let t = time_interleaved(
         cfg.warmup,
         cfg.repeats,
-        &mut [&mut api, &mut lin, &mut direct],
+        &mut [&mut api, &mut lin, &mut own, &mut direct],
     );
-    let (t_api, t_lin, t_direct) = (t[0], t[1], t[2]);
-    let ratio = |t: &Timing| t_direct.median_s / t.median_s;
+    let (t_api, t_lin, t_own, t_direct) = (t[0], t[1], t[2], t[3]);
+    let ratios = |t: &Timing| {
+        format!(
+            "{:.3} of direct gemm, {:.2}x matrixmultiply",
+            t_own.median_s / t.median_s,
+            t_direct.median_s / t.median_s
+        )
+    };
     vec![
-        KernelResult::compute("matmul", &shape, t_api, flops, peak)
-            .with_note(format!("{:.3} of direct sgemm", ratio(&t_api))),
-        KernelResult::compute("linear", &shape, t_lin, flops, peak)
-            .with_note(format!("{:.3} of direct sgemm", ratio(&t_lin))),
+        KernelResult::compute("matmul", &shape, t_api, flops, peak).with_note(ratios(&t_api)),
+        KernelResult::compute("linear", &shape, t_lin, flops, peak).with_note(ratios(&t_lin)),
+        KernelResult::compute("gemm_direct", &shape, t_own, flops, peak).with_note(format!(
+            "ops::gemm::sgemm ({}) into a reused buffer",
+            crate::ops::gemm::GemmKernel::active().name()
+        )),
         KernelResult::compute("sgemm_direct", &shape, t_direct, flops, peak)
             .with_note("matrixmultiply::sgemm into a reused buffer"),
     ]
@@ -434,6 +465,7 @@ mod tests {
             [
                 "matmul",
                 "linear",
+                "gemm_direct",
                 "sgemm_direct",
                 "mlp_fwd",
                 "mlp_fwd_bwd",

@@ -125,8 +125,9 @@ trait Micro {
     const MR: usize;
     const NR: usize;
     /// `c = alpha * a.b + beta * c` for a full tile of `C` with unit column stride; with
-    /// `beta == 0`, `c` is written without being read. `A` is a packed panel when `rsa == 0`,
-    /// otherwise `MR` rows read in place, `rsa` apart, with unit column stride.
+    /// `beta == 0`, `c` is written without being read. `A` is a packed panel when `rsa == 0`;
+    /// with `rsa > 0`, `MR` rows read in place, `rsa` apart, with unit column stride; with
+    /// `rsa < 0`, `MR` adjacent rows read in place, columns `-rsa` apart.
     ///
     /// # Safety
     /// The CPU supports the kernel; `A` holds `kc x MR` elements as described and the `B`
@@ -193,11 +194,13 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     unsafe fn avx512_acc(kc: usize, a: *const f32, rsa: isize, b: *const f32) -> [[__m512; 2]; 12] {
         let mut acc = [[_mm512_setzero_ps(); 2]; 12];
-        if rsa == 0 {
+        if rsa <= 0 {
+            // Packed (k-stride MR) or column-major in place (k-stride -rsa).
+            let ks = if rsa == 0 { 12 } else { rsa.unsigned_abs() };
             for p in 0..kc {
                 let b0 = _mm512_loadu_ps(b.add(p * 32));
                 let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
-                let ap = a.add(p * 12);
+                let ap = a.add(p * ks);
                 for (i, row) in acc.iter_mut().enumerate() {
                     let ai = _mm512_set1_ps(*ap.add(i));
                     row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
@@ -333,11 +336,13 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     unsafe fn avx2_acc(kc: usize, a: *const f32, rsa: isize, b: *const f32) -> [[__m256; 2]; 6] {
         let mut acc = [[_mm256_setzero_ps(); 2]; 6];
-        if rsa == 0 {
+        if rsa <= 0 {
+            // Packed (k-stride MR) or column-major in place (k-stride -rsa).
+            let ks = if rsa == 0 { 6 } else { rsa.unsigned_abs() };
             for p in 0..kc {
                 let b0 = _mm256_loadu_ps(b.add(p * 16));
                 let b1 = _mm256_loadu_ps(b.add(p * 16 + 8));
-                let ap = a.add(p * 6);
+                let ap = a.add(p * ks);
                 for (i, row) in acc.iter_mut().enumerate() {
                     let ai = _mm256_broadcast_ss(&*ap.add(i));
                     row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
@@ -450,6 +455,7 @@ thread_local! {
     /// the same thread (rayon may run one there) just allocates its own.
     static BUF_A: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static BUF_B: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static BUF_K: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 fn with_buf<R>(
@@ -569,10 +575,17 @@ enum ABlock<'a> {
         rsa: isize,
         tail: &'a [f32],
     },
+    /// Full panels read in place from column-major `A` (adjacent rows, columns `csa`
+    /// apart); a trailing partial panel packed in `tail`, as for `Rows`.
+    Cols {
+        a: *const f32,
+        csa: isize,
+        tail: &'a [f32],
+    },
 }
 
-/// Whether `A` can be read in place: unit column stride, and rows not a multiple of 4 KiB
-/// apart (the `MR` rows would then share one L1 set and evict each other).
+/// Whether row-major `A` can be read in place: unit column stride, and rows not a multiple of
+/// 4 KiB apart (the `MR` rows would then share one L1 set and evict each other).
 fn read_a_in_place(rsa: isize, csa: isize) -> bool {
     csa == 1 && rsa > 0 && rsa % 1024 != 0
 }
@@ -594,7 +607,10 @@ unsafe fn macro_kernel_a<K: Micro>(
     csc: isize,
 ) {
     let mr = K::MR;
-    if read_a_in_place(rsa, csa) {
+    // Column-major A (a transposed operand, as in a weight gradient `g^T x`) is already in
+    // the packed layout apart from its k-stride: read it in place, all panels.
+    let cols_in_place = rsa == 1 && csa > 0;
+    if cols_in_place || read_a_in_place(rsa, csa) {
         let full = rows / mr * mr;
         let tail_len = if full < rows { mr * kc } else { 0 };
         with_buf(&BUF_A, tail_len, |tail| {
@@ -608,7 +624,11 @@ unsafe fn macro_kernel_a<K: Micro>(
                     tail,
                 );
             }
-            let ablk = ABlock::Rows { a, rsa, tail };
+            let ablk = if cols_in_place {
+                ABlock::Cols { a, csa, tail }
+            } else {
+                ABlock::Rows { a, rsa, tail }
+            };
             macro_kernel::<K>(rows, cols, kc, ablk, bp, panels, epi, c, rsc, csc);
         })
     } else {
@@ -646,7 +666,8 @@ unsafe fn macro_kernel<K: Micro>(
             let (a, rsa) = match ablk {
                 ABlock::Packed(ap) => (ap.as_ptr().add(r * kc * mr_), 0),
                 ABlock::Rows { a, rsa, .. } if mr == mr_ => (a.offset(i0 as isize * rsa), rsa),
-                ABlock::Rows { tail, .. } => (tail.as_ptr(), 0),
+                ABlock::Cols { a, csa, .. } if mr == mr_ => (a.add(i0), -csa),
+                ABlock::Rows { tail, .. } | ABlock::Cols { tail, .. } => (tail.as_ptr(), 0),
             };
             let ct = c.offset(i0 as isize * rsc + j0 as isize * csc);
             if csc != 1 {
@@ -819,9 +840,13 @@ unsafe fn gemm_dispatch(kernel: GemmKernel, args: Args, bias: *const f32) {
     let (m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) = args;
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        GemmKernel::Avx512 => blocked::<x86::Avx512>(args, bias),
+        GemmKernel::Avx512 if use_ksplit(m, k, n) => ksplit::<x86::Avx512>(args, bias),
         #[cfg(target_arch = "x86_64")]
-        GemmKernel::Avx2 => blocked::<x86::Avx2>(args, bias),
+        GemmKernel::Avx512 => blocked::<x86::Avx512>(args, bias, false),
+        #[cfg(target_arch = "x86_64")]
+        GemmKernel::Avx2 if use_ksplit(m, k, n) => ksplit::<x86::Avx2>(args, bias),
+        #[cfg(target_arch = "x86_64")]
+        GemmKernel::Avx2 => blocked::<x86::Avx2>(args, bias, false),
         _ => matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc),
     }
 }
@@ -844,9 +869,9 @@ type Args = (
 );
 
 /// How many tasks to split `m` rows and `panels` column panels into.
-fn split(m: usize, panels: usize, macs: usize) -> (usize, usize) {
+fn split(m: usize, panels: usize, macs: usize, serial: bool) -> (usize, usize) {
     let threads = rayon::current_num_threads();
-    if threads <= 1 || macs < PAR_MIN_MACS {
+    if serial || threads <= 1 || macs < PAR_MIN_MACS {
         return (m.div_ceil(MC), 1);
     }
     let mblocks = m.div_ceil(MC);
@@ -861,7 +886,72 @@ fn split(m: usize, panels: usize, macs: usize) -> (usize, usize) {
     (mblocks, nchunks.max(1))
 }
 
-unsafe fn blocked<K: Micro>(args: Args, bias: *const f32) {
+/// Depth of the slices a long-`K` product is split into (see [`ksplit`]).
+const KSPLIT_CHUNK: usize = 512;
+
+/// Whether to split `K` across threads: a long reduction into a small output, like a weight
+/// gradient `g^T x` (`K` = every token of the batch). Split by rows and columns, such a
+/// product would fork and join once per `KC` block, each join waiting on thread wake-ups
+/// for little work.
+fn use_ksplit(m: usize, k: usize, n: usize) -> bool {
+    rayon::current_num_threads() > 1
+        && k >= 2 * KSPLIT_CHUNK
+        && m * n <= 512 * 512
+        && m * n * k >= PAR_MIN_MACS
+}
+
+/// `C = alpha A B + bias + beta C` with `K` cut into equal slices of about `KSPLIT_CHUNK`,
+/// each slice's product computed on one thread into its own buffer, and the buffers summed
+/// in slice order. The slicing depends only on `K`, so the result does not depend on the
+/// number of threads.
+unsafe fn ksplit<K: Micro>(args: Args, bias: *const f32) {
+    let (m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) = args;
+    let slices = k.div_ceil(KSPLIT_CHUNK);
+    let per = k.div_ceil(slices);
+    let (a, b, c, bias) = (CPtr(a), CPtr(b), Ptr(c), CPtr(bias));
+    with_buf(&BUF_K, slices * m * n, |parts| {
+        parts
+            .par_chunks_mut(m * n)
+            .enumerate()
+            .for_each(|(t, part)| {
+                let k0 = t * per;
+                let sub = (
+                    m,
+                    per.min(k - k0),
+                    n,
+                    alpha,
+                    a.get().offset(k0 as isize * csa),
+                    rsa,
+                    csa,
+                    b.get().offset(k0 as isize * rsb),
+                    rsb,
+                    csb,
+                    0.0,
+                    part.as_mut_ptr(),
+                    n as isize,
+                    1,
+                );
+                blocked::<K>(sub, std::ptr::null(), true);
+            });
+        let parts: &[f32] = parts;
+        (0..m).into_par_iter().for_each(|i| {
+            for j in 0..n {
+                let mut v = parts[i * n + j];
+                for t in 1..slices {
+                    v += parts[t * m * n + i * n + j];
+                }
+                if !bias.get().is_null() {
+                    v += *bias.get().add(j);
+                }
+                let p = c.get().offset(i as isize * rsc + j as isize * csc);
+                *p = if beta == 0.0 { v } else { v + beta * *p };
+            }
+        });
+    });
+}
+
+/// The blocked product; `serial` keeps it on the calling thread.
+unsafe fn blocked<K: Micro>(args: Args, bias: *const f32, serial: bool) {
     let (m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) = args;
     let nr = K::NR;
     let (a, b, c, bias) = (CPtr(a), CPtr(b), Ptr(c), CPtr(bias));
@@ -872,7 +962,7 @@ unsafe fn blocked<K: Micro>(args: Args, bias: *const f32) {
             let kc = KC.min(k - pc);
             let beta_p = if pc == 0 { beta } else { 1.0 };
             let bb = CPtr(b.get().offset(pc as isize * rsb + jc as isize * csb));
-            let (mblocks, nchunks) = split(m, panels, m * kc * cols);
+            let (mblocks, nchunks) = split(m, panels, m * kc * cols, serial);
             let parallel = mblocks * nchunks > 1;
             with_buf(&BUF_B, panels * kc * nr, |bp| {
                 if parallel {
@@ -1143,6 +1233,8 @@ mod tests {
             (150, 257, 70),
             (49, 64, 49),
             (300, 40, 1100),
+            // Long K into a small output: split over K (when more than one thread).
+            (20, 1500, 37),
         ];
         for kernel in kernels() {
             for &(m, k, n) in &shapes {
@@ -1199,7 +1291,13 @@ mod tests {
     /// The bias epilogue adds the bias once, also when K spans several blocks, and at edges.
     #[test]
     fn bias_epilogue_matches_reference() {
-        for &(m, k, n) in &[(13, 300, 70), (3, 5, 7), (40, 64, 32), (25, 600, 33)] {
+        for &(m, k, n) in &[
+            (13, 300, 70),
+            (3, 5, 7),
+            (40, 64, 32),
+            (25, 600, 33),
+            (30, 1300, 70),
+        ] {
             let (a, b, bias) = (data(m * k, 9), data(k * n, 10), data(n, 11));
             let want = reference(m, k, n, &a, (k, 1), &b, (1, k));
             let mut c = vec![f32::NAN; m * n];

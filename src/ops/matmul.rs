@@ -1,9 +1,9 @@
 //! Matrix products on strided operands.
 //!
-//! matrixmultiply takes a row stride and a column stride for every operand, so a transposed
-//! or narrowed operand goes to the kernel as it is: no copy, no extra pass. Batched products
-//! broadcast their batch dimensions; many small products run in parallel over the batch,
-//! large ones use matrixmultiply's own threads.
+//! The GEMM (`ops::gemm` for f32, matrixmultiply's `dgemm` for f64) takes a row stride and a
+//! column stride for every operand, so a transposed or narrowed operand goes to the kernel as
+//! it is: no copy, no extra pass. Batched products broadcast their batch dimensions; many small
+//! products run in parallel over the batch, large ones split their own rows over threads.
 
 use rayon::prelude::*;
 use std::sync::Once;
@@ -13,8 +13,9 @@ use crate::profile::{Kernel, Timer};
 use crate::tensor::layout::broadcast_shapes;
 use crate::tensor::{DType, Element, Layout, Tensor};
 
-/// Lets matrixmultiply use every core the process may use. Its default counts physical
-/// cores only, which is 1 on many 2-vCPU machines. An explicit `MATMUL_NUM_THREADS` wins.
+/// Lets matrixmultiply (f64 products, and f32 on CPUs without AVX2) use every core the
+/// process may use. Its default counts physical cores only, which is 1 on many 2-vCPU
+/// machines. An explicit `MATMUL_NUM_THREADS` wins.
 pub(crate) fn init_gemm_threads() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {

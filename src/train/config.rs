@@ -128,8 +128,15 @@ impl TrainConfig {
                 c.sample_every = 5000;
                 c.checkpoint_every = 5000;
             }
+            "mnist" | "small" => {
+                // 13 minutes on 2 cores (docs/results.md).
+                c.steps = 2000;
+                c.eval_every = 500;
+                c.sample_every = 500;
+                c.checkpoint_every = 500;
+            }
             "mnist-likelihood" => {
-                c.steps = 1500;
+                c.steps = 2000;
                 c.sample_denoise = false;
                 c.sample_cfg = 0.0;
             }

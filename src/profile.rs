@@ -23,7 +23,8 @@ use std::time::Instant;
 /// The kernel families that are timed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
-    /// `matmul` and `linear`, forward and backward products.
+    /// `matmul` and `linear`, forward and backward (products, and `linear`'s bias and its
+    /// gradient).
     Matmul = 0,
     /// Fused attention, forward and backward.
     Attention = 1,
@@ -89,26 +90,73 @@ pub fn snapshot() -> Snapshot {
     s
 }
 
+thread_local! {
+    /// Timers open on this thread: only the outermost one counts, so a kernel built from
+    /// another (linear's backward runs matmul) is not counted twice.
+    static DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
 /// Times its scope under a kernel kind when accounting is on.
 pub(crate) struct Timer {
     kind: Kernel,
+    /// Whether this timer raised `DEPTH`, and its start time if it is the outermost.
+    open: bool,
     start: Option<Instant>,
 }
 
 impl Timer {
     #[inline]
     pub(crate) fn start(kind: Kernel) -> Timer {
-        let start = ENABLED.load(Ordering::Relaxed).then(Instant::now);
-        Timer { kind, start }
+        if !ENABLED.load(Ordering::Relaxed) {
+            return Timer {
+                kind,
+                open: false,
+                start: None,
+            };
+        }
+        let outer = DEPTH.with(|d| {
+            d.set(d.get() + 1);
+            d.get() == 1
+        });
+        Timer {
+            kind,
+            open: true,
+            start: outer.then(Instant::now),
+        }
     }
 }
 
 impl Drop for Timer {
     fn drop(&mut self) {
+        if self.open {
+            DEPTH.with(|d| d.set(d.get() - 1));
+        }
         if let Some(t) = self.start {
             let i = self.kind as usize;
             NANOS[i].fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
             CALLS[i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A timer inside another counts nothing: the outer one already covers its time.
+    #[test]
+    fn nested_timers_count_once() {
+        // Other tests may run kernels concurrently; count only this thread's calls by
+        // comparing before and after under the Gelu kind, which no other lib test times.
+        enable(true);
+        let before = snapshot().calls[Kernel::Gelu as usize];
+        {
+            let _outer = Timer::start(Kernel::Gelu);
+            let _inner = Timer::start(Kernel::Gelu);
+        }
+        let after = snapshot().calls[Kernel::Gelu as usize];
+        enable(false);
+        assert_eq!(after - before, 1);
+        assert_eq!(DEPTH.with(|d| d.get()), 0);
     }
 }

@@ -9,21 +9,22 @@ use crate::tensor::{Element, Layout};
 /// `out[i] = f(a[i])` over a strided view.
 pub(crate) fn map1<E: Element>(a: &[E], la: &Layout, f: impl Fn(E) -> E + Sync) -> Vec<E> {
     let n = la.numel();
-    let mut out = vec![E::ZERO; n];
     if n == 0 {
-        return out;
+        return Vec::new();
     }
     if la.is_contiguous() {
+        // Collected, not written into a zero-filled buffer: one pass over the output.
         let src = &a[la.offset()..la.offset() + n];
-        if n >= PAR_THRESHOLD {
-            out.par_chunks_mut(PAR_THRESHOLD)
-                .zip(src.par_chunks(PAR_THRESHOLD))
-                .for_each(|(o, s)| o.iter_mut().zip(s).for_each(|(o, &s)| *o = f(s)));
+        return if n >= PAR_THRESHOLD {
+            src.par_iter()
+                .with_min_len(PAR_THRESHOLD)
+                .map(|&s| f(s))
+                .collect()
         } else {
-            out.iter_mut().zip(src).for_each(|(o, &s)| *o = f(s));
-        }
-        return out;
+            src.iter().map(|&s| f(s)).collect()
+        };
     }
+    let mut out = vec![E::ZERO; n];
     let plan = Plan::<1>::new(la.shape(), [la.strides()]);
     let inner = plan.inner;
     let s = plan.inner_strides[0];
@@ -50,13 +51,30 @@ pub(crate) fn map2<E: Element>(
     f: impl Fn(E, E) -> E + Sync,
 ) -> Vec<E> {
     let n: usize = shape.iter().product();
-    let mut out = vec![E::ZERO; n];
     if n == 0 {
-        return out;
+        return Vec::new();
     }
     let plan = Plan::<2>::new(shape, [la.strides(), lb.strides()]);
     let inner = plan.inner;
     let [sa, sb] = plan.inner_strides;
+    if plan.rows == 1 && sa == 1 && sb == 1 {
+        // Both operands one contiguous run (same-shape tensors, as in residual adds):
+        // collected, not written into a zero-filled buffer.
+        let (x, y) = (
+            &a[la.offset()..la.offset() + n],
+            &b[lb.offset()..lb.offset() + n],
+        );
+        return if n >= PAR_THRESHOLD {
+            x.par_iter()
+                .zip(y.par_iter())
+                .with_min_len(PAR_THRESHOLD)
+                .map(|(&x, &y)| f(x, y))
+                .collect()
+        } else {
+            x.iter().zip(y).map(|(&x, &y)| f(x, y)).collect()
+        };
+    }
+    let mut out = vec![E::ZERO; n];
     // One innermost run starting at storage offsets (oa, ob).
     let run_inner = |d: &mut [E], oa: isize, ob: isize| {
         let len = d.len();

@@ -329,6 +329,7 @@ impl<E: Element> Tensor<E> {
         }
         let has_b = b.is_some();
         Ok(out.record("linear", &inputs, move |g| {
+            let _timer = Timer::start(Kernel::Matmul);
             let g2 = g.reshape(&[rows, out_f])?;
             let gx = if rx {
                 Some(matmul_raw(&g2, &wd)?.reshape(&x_shape)?)

@@ -9,7 +9,7 @@
 //! `docs/performance.md`.
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
-use tarflow::bench::kernels::MATMUL_SHAPES;
+use tarflow::bench::kernels::{sgemm_row_major, MATMUL_SHAPES};
 use tarflow::{Rng, Tensor};
 
 fn matmul(c: &mut Criterion) {
@@ -33,46 +33,10 @@ fn matmul(c: &mut Criterion) {
             bch.iter(|| a.linear(&w, None).unwrap())
         });
         g.bench_function(BenchmarkId::new("gemm_direct", &id), |bch| {
-            bch.iter(|| unsafe {
-                // SAFETY: buffers are exactly m x k, k x n and m x n, row-major.
-                tarflow::ops::gemm::sgemm(
-                    m,
-                    k,
-                    n,
-                    1.0,
-                    av.as_ptr(),
-                    k as isize,
-                    1,
-                    bv.as_ptr(),
-                    n as isize,
-                    1,
-                    0.0,
-                    out.as_mut_ptr(),
-                    n as isize,
-                    1,
-                )
-            })
+            bch.iter(|| sgemm_row_major(tarflow::ops::gemm::sgemm, m, k, n, &av, &bv, &mut out))
         });
         g.bench_function(BenchmarkId::new("sgemm_direct", &id), |bch| {
-            bch.iter(|| unsafe {
-                // SAFETY: buffers are exactly m x k, k x n and m x n, row-major.
-                matrixmultiply::sgemm(
-                    m,
-                    k,
-                    n,
-                    1.0,
-                    av.as_ptr(),
-                    k as isize,
-                    1,
-                    bv.as_ptr(),
-                    n as isize,
-                    1,
-                    0.0,
-                    out.as_mut_ptr(),
-                    n as isize,
-                    1,
-                )
-            })
+            bch.iter(|| sgemm_row_major(matrixmultiply::sgemm, m, k, n, &av, &bv, &mut out))
         });
         g.finish();
     }

@@ -246,6 +246,60 @@ pub fn bench_transformer(
     (r, snap)
 }
 
+/// The signature shared by `ops::gemm::sgemm` and `matrixmultiply::sgemm`.
+pub type SgemmFn = unsafe fn(
+    usize,
+    usize,
+    usize,
+    f32,
+    *const f32,
+    isize,
+    isize,
+    *const f32,
+    isize,
+    isize,
+    f32,
+    *mut f32,
+    isize,
+    isize,
+);
+
+/// `c = a @ b` for row-major `m x k`, `k x n` and `m x n` buffers, through `gemm`.
+///
+/// # Panics
+/// If a buffer is smaller than its matrix.
+pub fn sgemm_row_major(
+    gemm: SgemmFn,
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+) {
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    // SAFETY: the assertion keeps the three row-major views inside their buffers; c is a
+    // distinct &mut slice.
+    unsafe {
+        gemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            k as isize,
+            1,
+            b.as_ptr(),
+            n as isize,
+            1,
+            0.0,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        )
+    }
+}
+
 /// `Tensor::matmul`, `Tensor::linear` (weight `[N, K]`) and matrixmultiply's `sgemm` called
 /// directly on the same shapes, so the cost of the tensor API itself is visible.
 pub fn bench_matmul(
@@ -276,47 +330,11 @@ pub fn bench_matmul(
     };
     let mut c2 = vec![0f32; m * n];
     let mut own = || {
-        // SAFETY: row-major m x k, k x n and m x n buffers of exactly those sizes.
-        unsafe {
-            crate::ops::gemm::sgemm(
-                m,
-                k,
-                n,
-                1.0,
-                av.as_ptr(),
-                k as isize,
-                1,
-                bv.as_ptr(),
-                n as isize,
-                1,
-                0.0,
-                c2.as_mut_ptr(),
-                n as isize,
-                1,
-            )
-        };
+        sgemm_row_major(crate::ops::gemm::sgemm, m, k, n, &av, &bv, &mut c2);
         std::hint::black_box(&mut c2);
     };
     let mut direct = || {
-        // SAFETY: row-major m x k, k x n and m x n buffers of exactly those sizes.
-        unsafe {
-            matrixmultiply::sgemm(
-                m,
-                k,
-                n,
-                1.0,
-                av.as_ptr(),
-                k as isize,
-                1,
-                bv.as_ptr(),
-                n as isize,
-                1,
-                0.0,
-                c.as_mut_ptr(),
-                n as isize,
-                1,
-            )
-        };
+        sgemm_row_major(matrixmultiply::sgemm, m, k, n, &av, &bv, &mut c);
         std::hint::black_box(&mut c);
     };
     let t = time_interleaved(

@@ -11,7 +11,7 @@ use std::sync::Once;
 use crate::error::{Error, Result};
 use crate::profile::{Kernel, Timer};
 use crate::tensor::layout::broadcast_shapes;
-use crate::tensor::{DType, Element, Layout, Tensor};
+use crate::tensor::{Element, Layout, Tensor};
 
 /// Lets matrixmultiply (f64 products, and f32 on CPUs without AVX2) use every core the
 /// process may use. Its default counts physical cores only, which is 1 on many 2-vCPU
@@ -220,83 +220,63 @@ impl<E: Element> Tensor<E> {
         let len = rows * out_f;
         // in_f == 0: the output is the bias alone (see matmul_raw on empty operands).
         let run_gemm = rows > 0 && in_f > 0 && out_f > 0;
-        // f32 with a bias: the GEMM adds it as it stores each tile (no pre-filled output, no
-        // read of C).
-        if let (Some(bt), true, DType::F32) = (b, run_gemm, E::DTYPE) {
-            let bv = bt.to_vec();
-            let mut out: Vec<E> = Vec::with_capacity(len);
-            let gx = x2.storage().read();
-            let gw = w.storage().read();
-            let (lx, lw) = (x2.layout(), w.layout());
-            let (xs32, ws32, b32): (&[f32], &[f32], &[f32]) = (
-                bytemuck::cast_slice(&gx),
-                bytemuck::cast_slice(&gw),
-                bytemuck::cast_slice(&bv),
-            );
-            // SAFETY: the views are the tensors' own layouts (in bounds by construction), the
-            // output is a fresh buffer of rows x out_f written in full by the GEMM.
-            unsafe {
-                crate::ops::gemm::sgemm_bias(
-                    rows,
-                    in_f,
-                    out_f,
-                    xs32.as_ptr().add(lx.offset()),
-                    lx.strides()[0],
-                    lx.strides()[1],
-                    ws32.as_ptr().add(lw.offset()),
-                    lw.strides()[1],
-                    lw.strides()[0],
-                    b32.as_ptr(),
-                    out.as_mut_ptr() as *mut f32,
-                    out_f as isize,
-                    1,
-                );
-                out.set_len(len);
+        let mut out: Vec<E> = if run_gemm {
+            // Uninitialised, as in matmul_raw: the GEMM below writes all of it (adding the
+            // bias as it stores each tile, when there is one).
+            Vec::with_capacity(len)
+        } else {
+            match b {
+                Some(b) => b.to_vec().repeat(rows),
+                None => vec![E::ZERO; len],
             }
-            drop((gx, gw));
-            return self.finish_linear(out, w, b, x2, rows, out_f, timer);
-        }
-        let mut out = match b {
-            Some(b) => {
-                let bv = b.to_vec();
-                let mut o = Vec::with_capacity(len);
-                for _ in 0..rows {
-                    o.extend_from_slice(&bv);
-                }
-                o
-            }
-            // Uninitialised, as in matmul_raw: the beta = 0 GEMM below writes all of it.
-            None if run_gemm => Vec::with_capacity(len),
-            None => vec![E::ZERO; len],
         };
         if run_gemm {
             let gx = x2.storage().read();
             let gw = w.storage().read();
-            let lw = w.layout();
-            // w^T as a [in, out] view: swap w's strides.
-            let vw = MatView {
-                offset: lw.offset(),
-                rs: lw.strides()[1],
-                cs: lw.strides()[0],
-            };
+            let (lx, lw) = (x2.layout(), w.layout());
+            let bias = b.map(|b| b.to_vec());
+            // SAFETY: the views are the tensors' own layouts, in bounds by construction; w is
+            // read as the [in, out] view w^T by swapping its strides; the output is a fresh
+            // buffer of rows x out_f that the GEMM writes in full.
             unsafe {
-                gemm_into(
-                    rows,
-                    in_f,
-                    out_f,
-                    &gx,
-                    MatView::of(x2.layout(), x2.layout().offset()),
-                    &gw,
-                    vw,
-                    if b.is_some() { E::ONE } else { E::ZERO },
-                    out.as_mut_ptr(),
-                    out_f as isize,
-                    1,
-                )
-            };
-            if b.is_none() {
-                // SAFETY: the beta = 0 GEMM above wrote all rows x out_f elements.
-                unsafe { out.set_len(len) };
+                let (x, wt) = (gx.as_ptr().add(lx.offset()), gw.as_ptr().add(lw.offset()));
+                let (rx, cx) = (lx.strides()[0], lx.strides()[1]);
+                let (rw, cw) = (lw.strides()[1], lw.strides()[0]);
+                let o = out.as_mut_ptr();
+                match &bias {
+                    Some(bv) => E::gemm_bias(
+                        rows,
+                        in_f,
+                        out_f,
+                        x,
+                        rx,
+                        cx,
+                        wt,
+                        rw,
+                        cw,
+                        bv.as_ptr(),
+                        o,
+                        out_f as isize,
+                        1,
+                    ),
+                    None => E::gemm(
+                        rows,
+                        in_f,
+                        out_f,
+                        E::ONE,
+                        x,
+                        rx,
+                        cx,
+                        wt,
+                        rw,
+                        cw,
+                        E::ZERO,
+                        o,
+                        out_f as isize,
+                        1,
+                    ),
+                }
+                out.set_len(len);
             }
         }
         self.finish_linear(out, w, b, x2, rows, out_f, timer)

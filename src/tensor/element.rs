@@ -81,7 +81,8 @@ pub trait Element:
     fn is_nan(self) -> bool;
     fn ln_1p(self) -> Self;
 
-    /// `c = alpha * a @ b + beta * c` on strided row/column operands (matrixmultiply).
+    /// `c = alpha * a @ b + beta * c` on strided row/column operands (the crate's GEMM for
+    /// `f32`, matrixmultiply for `f64`).
     ///
     /// # Safety
     /// The pointers and strides must describe valid `m x k`, `k x n` and `m x n` matrices;
@@ -103,10 +104,55 @@ pub trait Element:
         rsc: isize,
         csc: isize,
     );
+
+    /// `c = a @ b + bias` with `bias` (`n` values) added to every row; `c` is only written.
+    /// `f32` adds the bias as the GEMM stores each tile; the default fills `c` with the bias
+    /// rows and accumulates the product onto them.
+    ///
+    /// # Safety
+    /// As for [`Element::gemm`], and `bias` holds `n` elements.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_bias(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        bias: *const Self,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    ) {
+        for i in 0..m {
+            for j in 0..n {
+                *c.offset(i as isize * rsc + j as isize * csc) = *bias.add(j);
+            }
+        }
+        Self::gemm(
+            m,
+            k,
+            n,
+            Self::ONE,
+            a,
+            rsa,
+            csa,
+            b,
+            rsb,
+            csb,
+            Self::ONE,
+            c,
+            rsc,
+            csc,
+        )
+    }
 }
 
 macro_rules! impl_element {
-    ($t:ty, $dt:expr, $gemm:path, $erf:path) => {
+    ($t:ty, $dt:expr, $gemm:path, $erf:path $(, $gemm_bias:path)?) => {
         impl Element for $t {
             const DTYPE: DType = $dt;
             const ZERO: Self = 0.0;
@@ -196,11 +242,36 @@ macro_rules! impl_element {
             ) {
                 $gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
             }
+            $(
+                unsafe fn gemm_bias(
+                    m: usize,
+                    k: usize,
+                    n: usize,
+                    a: *const Self,
+                    rsa: isize,
+                    csa: isize,
+                    b: *const Self,
+                    rsb: isize,
+                    csb: isize,
+                    bias: *const Self,
+                    c: *mut Self,
+                    rsc: isize,
+                    csc: isize,
+                ) {
+                    $gemm_bias(m, k, n, a, rsa, csa, b, rsb, csb, bias, c, rsc, csc)
+                }
+            )?
         }
     };
 }
 
-impl_element!(f32, DType::F32, crate::ops::gemm::sgemm, erf_f32);
+impl_element!(
+    f32,
+    DType::F32,
+    crate::ops::gemm::sgemm,
+    erf_f32,
+    crate::ops::gemm::sgemm_bias
+);
 impl_element!(f64, DType::F64, matrixmultiply::dgemm, libm::erf);
 
 /// The error function in `f32`, written so that a loop calling it vectorises: no library

@@ -280,7 +280,7 @@ impl Trainer {
         let guidance = if mc.num_classes > 0 && self.config.sample_cfg != 0.0 {
             Guidance::ClassifierFree {
                 weight: self.config.sample_cfg,
-                anneal: false,
+                anneal: self.config.sample_cfg_anneal,
             }
         } else {
             Guidance::None

@@ -139,6 +139,16 @@ fn bad_configs_and_data_are_errors() {
     let mut c = config(&dir);
     c.batch_size = 0;
     assert!(Trainer::new(c, train.clone(), test.clone()).is_err());
+    for (cfg, std) in [(f64::NAN, 0.8), (2.0, 0.0), (2.0, f64::INFINITY)] {
+        let mut c = config(&dir);
+        c.sample_cfg = cfg;
+        c.sample_prior_std = std;
+        let e = Trainer::new(c, train.clone(), test.clone())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("sample"), "{e}");
+    }
     let mut c = config(&dir);
     c.model.image_size = 32;
     let e = Trainer::new(c, train, test).err().unwrap().to_string();

@@ -74,6 +74,15 @@ pub struct Overrides {
     checkpoint_every: Option<usize>,
     #[arg(long)]
     keep_checkpoints: Option<usize>,
+    /// Classifier-free guidance weight of the periodic sample grid (0 = none)
+    #[arg(long)]
+    sample_cfg: Option<f64>,
+    /// Anneal the grid's guidance weight over the tokens (true/false)
+    #[arg(long)]
+    sample_cfg_anneal: Option<bool>,
+    /// Prior standard deviation of the periodic sample grid
+    #[arg(long)]
+    sample_prior_std: Option<f64>,
     #[command(flatten)]
     shape: super::shape::ShapeArgs,
 }
@@ -99,6 +108,9 @@ impl Overrides {
         set!(sample_every);
         set!(checkpoint_every);
         set!(keep_checkpoints);
+        set!(sample_cfg);
+        set!(sample_cfg_anneal);
+        set!(sample_prior_std);
         if let Some(v) = self.grad_clip {
             c.grad_clip = (v > 0.0).then_some(v);
         }

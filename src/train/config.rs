@@ -200,6 +200,18 @@ impl TrainConfig {
         if self.keep_checkpoints == 0 {
             return bad("keep at least one checkpoint".into());
         }
+        if !self.sample_cfg.is_finite() {
+            return bad(format!(
+                "sample guidance weight must be finite, got {}",
+                self.sample_cfg
+            ));
+        }
+        if !(self.sample_prior_std.is_finite() && self.sample_prior_std > 0.0) {
+            return bad(format!(
+                "sample prior std must be > 0, got {}",
+                self.sample_prior_std
+            ));
+        }
         Ok(())
     }
 }

@@ -218,7 +218,11 @@ impl Trainer {
         let loss_v = loss.item()? as f64;
         if !loss_v.is_finite() {
             return Err(Error::NonFinite {
-                what: format!("training loss at step {}", self.step),
+                what: format!(
+                    "training loss at step {} (the run diverged; try a lower peak \
+                     learning rate, or a soft clip of the log-scales: alpha_clip, e.g. 4)",
+                    self.step
+                ),
             });
         }
         loss.backward()?;

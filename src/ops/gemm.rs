@@ -1018,16 +1018,13 @@ unsafe fn stripe_product<K: Micro>(
         Ptr(c),
         CPtr(bias),
     );
-    // Pack: one unit per (NC block, KC block, panel).
-    let units_per_nc = |jc: usize| k.div_ceil(KC) * NC.min(cols - jc).div_ceil(nr);
-    let units: usize = (0..cols).step_by(NC).map(units_per_nc).sum();
+    // Pack: one unit per (NC block, KC block, panel). Only the last NC block may be
+    // narrower, so a unit's NC block is its index over a full block's unit count.
+    let full_units = k.div_ceil(KC) * (NC / nr);
+    let units = (cols / NC) * full_units + k.div_ceil(KC) * (cols % NC).div_ceil(nr);
     let dst = Ptr(bp.as_mut_ptr());
     let pack = |u: usize| {
-        let (mut u, mut jc) = (u, 0);
-        while u >= units_per_nc(jc) {
-            u -= units_per_nc(jc);
-            jc += NC;
-        }
+        let (jc, u) = (u / full_units * NC, u % full_units);
         let ncols = NC.min(cols - jc);
         let np = ncols.div_ceil(nr);
         let (pb, q) = (u / np, u % np);
@@ -1312,7 +1309,7 @@ mod tests {
             // Two column stripes (under the tests' PACK_B_MAX); three NC blocks in one.
             (300, 40, 1100),
             (30, 8, 2100),
-            // Long K into a small output: split over K (when more than one thread).
+            // Long K into a small output: split over K.
             (20, 1500, 37),
         ];
         for kernel in kernels() {
@@ -1367,7 +1364,6 @@ mod tests {
         }
     }
 
-    /// The bias epilogue adds the bias once, also when K spans several blocks, and at edges.
     /// The split of a product over threads changes which thread computes what, never the
     /// order in which any output element is summed: bit-identical results on 1, 2 and 3
     /// threads (row tasks, column chunks, stripes and the K split all differ between them).
@@ -1421,6 +1417,7 @@ mod tests {
         }
     }
 
+    /// The bias epilogue adds the bias once, also when K spans several blocks, and at edges.
     #[test]
     fn bias_epilogue_matches_reference() {
         for &(m, k, n) in &[

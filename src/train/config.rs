@@ -134,7 +134,7 @@ impl TrainConfig {
                 c.checkpoint_every = 5000;
             }
             "mnist" | "small" => {
-                // 13 minutes on 2 cores (docs/results.md). The peak rate of 3e-3 and the
+                // 12 minutes on 2 cores (docs/results.md). The peak rate of 3e-3 and the
                 // annealed guidance of the grid made 2 and 5 recognisable (they were not at
                 // 2e-3 with a constant weight of 2).
                 c.steps = 2000;

@@ -155,3 +155,67 @@ fn bad_configs_and_data_are_errors() {
     assert!(e.contains("28x28"), "{e}");
     assert!(Trainer::resume(&dir.join("nothing-here"), small_data().0, small_data().1).is_err());
 }
+
+/// With `skip_nonfinite`, a step whose loss overflows leaves the weights and the optimiser
+/// alone and the run goes on; one more such step in a row than allowed stops it, and an
+/// update in between starts the count again.
+#[test]
+fn nonfinite_steps_are_skipped_up_to_the_limit() {
+    use std::sync::Arc;
+    use tarflow::data::{Loader, LoaderConfig};
+    let (train, test) = small_data();
+    let mut c = config(&tmpdir("skip"));
+    c.skip_nonfinite = 2;
+    c.model.alpha_clip = None;
+    let mut loader = Loader::new(
+        Arc::new(train.clone()),
+        LoaderConfig {
+            batch_size: 16,
+            shuffle: true,
+            drop_last: true,
+            hflip: false,
+            seed: 3,
+        },
+    )
+    .unwrap();
+    let mut t = Trainer::new(c.clone(), train.clone(), test.clone()).unwrap();
+    let good = t.model.export_parameters();
+    // Weights scaled far beyond anything training reaches: the log-scales overflow.
+    let poisoned: Vec<_> = good
+        .iter()
+        .map(|(n, s, v)| (n.clone(), s.clone(), v.iter().map(|x| x * 1e30).collect()))
+        .collect();
+    t.model.load_parameters(&poisoned).unwrap();
+    let poisoned = t.model.export_parameters(); // as stored, in f32
+    for k in 1..=2 {
+        let s = t.train_step(&loader.next_batch()).unwrap();
+        assert!(s.skipped && !s.loss.is_finite(), "step {k}: {s:?}");
+        assert_eq!((s.step, t.step), (k, k));
+        assert_eq!(
+            t.model.export_parameters(),
+            poisoned,
+            "a skipped step changed weights"
+        );
+    }
+    // An update resets the count: two more skips are allowed after it.
+    t.model.load_parameters(&good).unwrap();
+    let s = t.train_step(&loader.next_batch()).unwrap();
+    assert!(!s.skipped && s.loss.is_finite(), "{s:?}");
+    t.model.load_parameters(&poisoned).unwrap();
+    for _ in 0..2 {
+        assert!(t.train_step(&loader.next_batch()).unwrap().skipped);
+    }
+    let e = t.train_step(&loader.next_batch()).unwrap_err().to_string();
+    assert!(e.contains("after 2 skipped steps in a row"), "{e}");
+    assert!(e.contains("skip_nonfinite"), "{e}");
+
+    // The default stops at the first.
+    c.skip_nonfinite = 0;
+    let mut t = Trainer::new(c, train, test).unwrap();
+    t.model.load_parameters(&poisoned).unwrap();
+    let e = t.train_step(&loader.next_batch()).unwrap_err().to_string();
+    assert!(
+        e.contains("training loss at step 0 (the run diverged"),
+        "{e}"
+    );
+}

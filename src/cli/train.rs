@@ -74,6 +74,10 @@ pub struct Overrides {
     checkpoint_every: Option<usize>,
     #[arg(long)]
     keep_checkpoints: Option<usize>,
+    /// Skip up to N steps in a row whose loss or gradient is not finite (no update) before
+    /// stopping; 0 stops at the first
+    #[arg(long, value_name = "N")]
+    skip_nonfinite: Option<usize>,
     /// Classifier-free guidance weight of the periodic sample grid (0 = none)
     #[arg(long)]
     sample_cfg: Option<f64>,
@@ -108,6 +112,7 @@ impl Overrides {
         set!(sample_every);
         set!(checkpoint_every);
         set!(keep_checkpoints);
+        set!(skip_nonfinite);
         set!(sample_cfg);
         set!(sample_cfg_anneal);
         set!(sample_prior_std);
@@ -202,6 +207,13 @@ pub fn train(a: TrainArgs) -> Result<()> {
     };
     let t0 = Instant::now();
     trainer.run(|ev| match ev {
+        Event::Step(s) if s.skipped => {
+            bar.set_position(s.step as u64);
+            bar.println(format!(
+                "step {}: loss {} / gradient norm {}: update skipped",
+                s.step, s.loss, s.grad_norm
+            ));
+        }
         Event::Step(s) => {
             bar.set_position(s.step as u64);
             bar.set_message(format!(

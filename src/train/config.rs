@@ -61,6 +61,11 @@ pub struct TrainConfig {
     /// Standard deviation of the prior noise for the periodic grid (below 1 trades variety
     /// for cleaner samples, as in Glow).
     pub sample_prior_std: f64,
+    /// Steps in a row whose loss or gradient is not finite that are skipped (no update; the
+    /// batch is used up and the schedule moves on, as mixed-precision trainers do) before the
+    /// run stops with an error. 0 stops at the first. Absent in older run states: 0.
+    #[serde(default)]
+    pub skip_nonfinite: usize,
     /// Checkpoints kept in `out_dir`.
     pub keep_checkpoints: usize,
     pub out_dir: PathBuf,
@@ -111,6 +116,7 @@ impl TrainConfig {
             sample_cfg_anneal: false,
             sample_denoise: true,
             sample_prior_std: 0.8,
+            skip_nonfinite: 0,
             keep_checkpoints: 3,
             out_dir: PathBuf::from(format!("runs/{name}")),
             data: None,

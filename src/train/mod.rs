@@ -44,6 +44,9 @@ pub struct StepStats {
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
     pub images_per_sec: f64,
+    /// The loss or gradient was not finite and the update was skipped (see
+    /// [`TrainConfig::skip_nonfinite`]); `loss` and `train_bpd` are then not finite either.
+    pub skipped: bool,
 }
 
 /// Something the training loop reports to its caller (progress bars, logs).
@@ -64,6 +67,8 @@ struct RunState {
     adamw_step: u64,
     adamw_param_steps: Vec<u64>,
     ema_updates: Option<u64>,
+    #[serde(default)]
+    skipped_in_row: usize,
 }
 
 const RUN_STATE_KEY: &str = "tarflow.run_state";
@@ -94,8 +99,10 @@ pub struct Trainer {
     test: Arc<Dataset>,
     loader_state: LoaderState,
     rng: Rng,
-    /// Optimisation steps taken so far.
+    /// Optimisation steps taken so far (skipped ones included).
     pub step: usize,
+    /// Steps skipped since the last update (see [`TrainConfig::skip_nonfinite`]).
+    skipped_in_row: usize,
 }
 
 fn check_data(cfg: &TrainConfig, d: &Dataset, what: &str) -> Result<()> {
@@ -175,6 +182,7 @@ impl Trainer {
             train,
             test: Arc::new(test),
             step: 0,
+            skipped_in_row: 0,
         })
     }
 
@@ -216,41 +224,67 @@ impl Trainer {
         let out = self.model.forward(&x, lab)?;
         let loss = self.model.loss(&out)?;
         let loss_v = loss.item()? as f64;
-        if !loss_v.is_finite() {
-            return Err(Error::NonFinite {
-                what: format!(
-                    "training loss at step {} (the run diverged; try a lower peak \
-                     learning rate, or a soft clip of the log-scales: alpha_clip, e.g. 4)",
-                    self.step
-                ),
-            });
-        }
-        loss.backward()?;
-        drop((loss, out));
-        let grad_norm = match cfg.grad_clip {
-            Some(c) => clip_grad_norm(&self.params, c)?,
-            None => self.params.global_grad_norm(),
-        };
-        if !grad_norm.is_finite() {
-            return Err(Error::NonFinite {
-                what: format!("gradient at step {}", self.step),
-            });
-        }
         let lr = self.schedule.lr_at(self.step as u64);
+        let bpd = |loss: f64| (loss + 0.5 * LN_2PI + 128f64.ln()) / std::f64::consts::LN_2;
+        let mut stats = StepStats {
+            step: self.step + 1,
+            loss: loss_v,
+            train_bpd: bpd(loss_v),
+            lr,
+            grad_norm: f64::NAN,
+            images_per_sec: 0.0,
+            skipped: false,
+        };
+        let grad_norm = if loss_v.is_finite() {
+            loss.backward()?;
+            drop((loss, out));
+            match cfg.grad_clip {
+                // Clipping rejects a non-finite norm; such gradients are never applied.
+                Some(c) if self.params.global_grad_norm().is_finite() => {
+                    clip_grad_norm(&self.params, c)?
+                }
+                _ => self.params.global_grad_norm(),
+            }
+        } else {
+            f64::NAN
+        };
+        stats.grad_norm = grad_norm;
+        if !grad_norm.is_finite() {
+            let what = if loss_v.is_finite() {
+                "gradient"
+            } else {
+                "training loss"
+            };
+            if self.skipped_in_row >= cfg.skip_nonfinite {
+                let skipped = match self.skipped_in_row {
+                    0 => String::new(),
+                    n => format!(" after {n} skipped steps in a row"),
+                };
+                return Err(Error::NonFinite {
+                    what: format!(
+                        "{what} at step {}{skipped} (the run diverged; try a lower peak \
+                         learning rate, a soft clip of the log-scales: alpha_clip, e.g. 4, \
+                         or skipping such steps: skip_nonfinite)",
+                        self.step
+                    ),
+                });
+            }
+            self.skipped_in_row += 1;
+            self.params.zero_grad();
+            self.step += 1;
+            stats.skipped = true;
+            stats.images_per_sec = batch.n as f64 / t0.elapsed().as_secs_f64();
+            return Ok(stats);
+        }
+        self.skipped_in_row = 0;
         self.opt.step(lr)?;
         if let (Some(ema), Some(decay)) = (&mut self.ema, cfg.ema) {
             ema.update(&self.params, decay)?;
         }
         self.params.zero_grad();
         self.step += 1;
-        Ok(StepStats {
-            step: self.step,
-            loss: loss_v,
-            train_bpd: (loss_v + 0.5 * LN_2PI + 128f64.ln()) / std::f64::consts::LN_2,
-            lr,
-            grad_norm,
-            images_per_sec: batch.n as f64 / t0.elapsed().as_secs_f64(),
-        })
+        stats.images_per_sec = batch.n as f64 / t0.elapsed().as_secs_f64();
+        Ok(stats)
     }
 
     /// Test bits/dim (uniform dequantisation, one draw) of the evaluation model.
@@ -342,6 +376,7 @@ impl Trainer {
             adamw_step: opt.step,
             adamw_param_steps: opt.params.iter().map(|p| p.step).collect(),
             ema_updates: self.ema.as_ref().map(|e| e.state().updates),
+            skipped_in_row: self.skipped_in_row,
         };
         let mut owned: Vec<(String, Tensor<f32>)> = Vec::new();
         for (name, t) in self.params.iter() {
@@ -525,6 +560,7 @@ impl Trainer {
         Loader::from_state(t.train.clone(), &run.loader)?;
         t.loader_state = run.loader;
         t.step = run.step;
+        t.skipped_in_row = run.skipped_in_row;
         Ok(t)
     }
 
@@ -584,22 +620,40 @@ impl Trainer {
             2,
         );
         let log_every = 10;
-        let mut acc = (0.0, 0.0, 0usize);
+        // Sums over the logged interval: bits/dim, loss, updated steps, skipped steps.
+        let mut acc = (0.0, 0.0, 0usize, 0usize);
         while self.step < stop {
             let batch = prefetch.next_batch()?;
             let stats = self.train_step(&batch)?;
             self.loader_state = prefetch.state();
             on_event(Event::Step(&stats));
-            acc = (acc.0 + stats.train_bpd, acc.1 + stats.loss, acc.2 + 1);
+            if stats.skipped {
+                acc.3 += 1;
+            } else {
+                acc = (
+                    acc.0 + stats.train_bpd,
+                    acc.1 + stats.loss,
+                    acc.2 + 1,
+                    acc.3,
+                );
+            }
             let s = self.step;
             let last = s == self.config.steps;
             if s.is_multiple_of(log_every) || last {
                 let n = acc.2 as f64;
-                self.append_metrics(&serde_json::json!({
-                    "step": s, "train_bpd": acc.0 / n, "loss": acc.1 / n, "lr": stats.lr,
+                let mut line = serde_json::json!({
+                    "step": s, "lr": stats.lr,
                     "grad_norm": stats.grad_norm, "images_per_sec": stats.images_per_sec,
-                }))?;
-                acc = (0.0, 0.0, 0);
+                });
+                if acc.2 > 0 {
+                    line["train_bpd"] = (acc.0 / n).into();
+                    line["loss"] = (acc.1 / n).into();
+                }
+                if acc.3 > 0 {
+                    line["skipped"] = acc.3.into();
+                }
+                self.append_metrics(&line)?;
+                acc = (0.0, 0.0, 0, 0);
             }
             if every(self.config.eval_every, s) || last {
                 let r = self.evaluate()?;

@@ -12,7 +12,8 @@ use tarflow::{Device, Error, Result};
 
 #[derive(Args)]
 pub struct TrainArgs {
-    /// Preset: mnist (default), mnist-likelihood, tiny, small, cifar10, imagenet64.
+    /// Preset: mnist (default), mnist-likelihood, mnist-likelihood-long, tiny, small, cifar10,
+    /// imagenet64.
     #[arg(long, default_value = "mnist")]
     preset: String,
     /// Data: a directory of IDX files, CIFAR-10 batches or images (default: embedded MNIST).

@@ -870,13 +870,34 @@ type Args = (
     isize,
 );
 
+/// Bytes of packed `B` that stay in a core's L2 cache (2 MiB here, shared with blocks of `A`
+/// and `C`) while a thread runs several row tasks against it. Tests use a small limit so that
+/// their shapes take both task layouts of [`split`].
+const L2_B_BYTES: usize = if cfg!(test) { 16 << 10 } else { 1 << 20 };
+
 /// How many tasks to split `m` rows and `panels` column panels into: (row tasks, column
-/// chunks). Row tasks hold at most `MC` rows; [`task_rows`] deals the rows out.
-fn split(m: usize, mr: usize, panels: usize, macs: usize, serial: bool) -> (usize, usize) {
+/// chunks). [`task_rows`] deals the rows out; a task runs its rows `MC` at a time.
+fn split(
+    m: usize,
+    mr: usize,
+    panels: usize,
+    macs: usize,
+    b_bytes: usize,
+    serial: bool,
+) -> (usize, usize) {
+    // Packed `B` larger than L2 comes from L3 once per task, and the first tile of each
+    // panel waits on it (the kernel reads 128 bytes of `B` every 12 cycles). So tasks are
+    // then few and tall: one per thread, each running all of its rows, `MC` at a time,
+    // against a `KC x NC` block of `B` while the block is in L2 (Goto's loop order). With a
+    // smaller `B`, a task of `MC` rows keeps its block of `C` in cache over all of `K`.
+    let tall = b_bytes > L2_B_BYTES;
     let threads = rayon::current_num_threads();
     let mblocks = m.div_ceil(MC);
     if serial || threads <= 1 || macs < PAR_MIN_MACS {
-        return (mblocks, 1);
+        return (if tall { 1 } else { mblocks }, 1);
+    }
+    if tall && m >= threads * MC {
+        return (threads, 1);
     }
     // A whole number of row tasks per thread: 2,048 rows as 15 blocks of 144 would leave one
     // of two threads idle for a fifteenth of the product.
@@ -1010,7 +1031,8 @@ unsafe fn stripe_product<K: Micro>(
     let (m, k, _, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) = args;
     let nr = K::NR;
     let panels = cols.div_ceil(nr);
-    let (mtasks, nchunks) = split(m, K::MR, panels, m * k * cols, serial);
+    let b_bytes = k * panels * nr * std::mem::size_of::<f32>();
+    let (mtasks, nchunks) = split(m, K::MR, panels, m * k * cols, b_bytes, serial);
     let parallel = mtasks * nchunks > 1;
     let (a, b, c, bias) = (
         CPtr(a),
@@ -1045,11 +1067,7 @@ unsafe fn stripe_product<K: Micro>(
     let task = |t: usize| {
         let (ib, ch) = (t / nchunks, t % nchunks);
         let (q_lo, q_hi) = ((ch * per).min(panels), ((ch + 1) * per).min(panels));
-        let (i0, i1) = task_rows(ib, mtasks, m, K::MR);
-        let rows = i1 - i0;
-        if rows == 0 {
-            return;
-        }
+        let (t0, t1) = task_rows(ib, mtasks, m, K::MR);
         for jc in (0..cols).step_by(NC) {
             let ncols = NC.min(cols - jc);
             let np = ncols.div_ceil(nr);
@@ -1072,20 +1090,23 @@ unsafe fn stripe_product<K: Micro>(
                         std::ptr::null()
                     },
                 };
-                macro_kernel_a::<K>(
-                    rows,
-                    ncols,
-                    kc,
-                    a.get().offset(i0 as isize * rsa + pc as isize * csa),
-                    rsa,
-                    csa,
-                    block,
-                    qs.clone(),
-                    epi,
-                    c.get().offset(i0 as isize * rsc + (js + jc) as isize * csc),
-                    rsc,
-                    csc,
-                );
+                // MC is a multiple of MR, so every block but a task's last is whole tiles.
+                for i0 in (t0..t1).step_by(MC) {
+                    macro_kernel_a::<K>(
+                        MC.min(t1 - i0),
+                        ncols,
+                        kc,
+                        a.get().offset(i0 as isize * rsa + pc as isize * csa),
+                        rsa,
+                        csa,
+                        block,
+                        qs.clone(),
+                        epi,
+                        c.get().offset(i0 as isize * rsc + (js + jc) as isize * csc),
+                        rsc,
+                        csc,
+                    );
+                }
             }
         }
     };

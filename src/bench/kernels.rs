@@ -337,17 +337,25 @@ pub fn bench_matmul(
         sgemm_row_major(matrixmultiply::sgemm, m, k, n, &av, &bv, &mut c);
         std::hint::black_box(&mut c);
     };
+    // The peak again, in the same rounds as the products, for about as long as one product.
+    let mut probe = super::peak::peak_probe((flops / (peak.gflops * 1e9)).max(1e-3));
+    let mut round_peaks = Vec::new();
+    let mut fma = || round_peaks.push(probe());
     let t = time_interleaved(
         cfg.warmup,
         cfg.repeats,
-        &mut [&mut api, &mut lin, &mut own, &mut direct],
+        &mut [&mut api, &mut lin, &mut own, &mut direct, &mut fma],
     );
     let (t_api, t_lin, t_own, t_direct) = (t[0], t[1], t[2], t[3]);
+    round_peaks.sort_by(|a, b| a.total_cmp(b));
+    let round_peak = round_peaks[round_peaks.len() / 2];
     let ratios = |t: &Timing| {
         format!(
-            "{:.3} of direct gemm, {:.2}x matrixmultiply",
+            "{:.3} of direct gemm, {:.2}x matrixmultiply, {:.0}% of the peak in the same rounds \
+             ({round_peak:.0} GFLOP/s)",
             t_own.median_s / t.median_s,
-            t_direct.median_s / t.median_s
+            t_direct.median_s / t.median_s,
+            100.0 * flops / t.median_s / 1e9 / round_peak
         )
     };
     vec![
@@ -494,6 +502,16 @@ mod tests {
                 "transformer_fwd_bwd"
             ]
         );
+        // The API's products are also set against the peak timed in their own rounds (a
+        // product this small rounds to 0 % of it; the peak itself must be positive).
+        let round_peak = r[0]
+            .note
+            .split_once("% of the peak in the same rounds (")
+            .and_then(|(pct, rest)| {
+                pct.rsplit(' ').next()?.parse::<f64>().ok()?;
+                rest.strip_suffix(" GFLOP/s)")?.parse::<f64>().ok()
+            });
+        assert!(round_peak.is_some_and(|g| g > 0.0), "{}", r[0].note);
         let t = r.last().unwrap();
         assert!(
             t.note.contains("matmul") && t.note.contains("layer_norm"),

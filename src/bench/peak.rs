@@ -302,6 +302,15 @@ fn cache_triad_gbps(elems: usize, repeats: usize) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// A probe that runs the fastest FMA kernel on every thread for about `seconds` and returns
+/// the GFLOP/s it reached: for timing the peak in the same rounds as a kernel, so that a
+/// fraction of peak does not compare two different phases of a noisy machine.
+pub fn peak_probe(seconds: f64) -> impl FnMut() -> f64 {
+    let (_, k) = kernels()[0];
+    let iters = calibrate(k, seconds);
+    move || fma_all_threads(k, iters, 1)
+}
+
 /// Measures this machine's f32 FMA peak and memory bandwidth. Takes about
 /// `(kernels + 1) * repeats * fma_seconds` plus a second or two for the triads.
 pub fn measure_peak(cfg: &PeakConfig) -> Peak {

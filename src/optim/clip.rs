@@ -25,6 +25,12 @@ pub fn clip_grad_norm<E: Element>(params: &ParamStore<E>, max_norm: f64) -> Resu
             what: format!("gradient (global gradient norm is {norm}; clip_grad_norm)"),
         });
     }
+    clip_to(params, max_norm, norm);
+    Ok(norm)
+}
+
+/// The rescaling of [`clip_grad_norm`] for a finite `norm` the caller has already measured.
+pub(crate) fn clip_to<E: Element>(params: &ParamStore<E>, max_norm: f64, norm: f64) {
     let coef = max_norm / (norm + 1e-6);
     if coef < 1.0 {
         let _guard = crate::autograd::no_grad();
@@ -34,5 +40,4 @@ pub fn clip_grad_norm<E: Element>(params: &ParamStore<E>, max_norm: f64) -> Resu
             }
         }
     }
-    Ok(norm)
 }

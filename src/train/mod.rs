@@ -24,9 +24,7 @@ use crate::fsutil::{atomic_write, read_file};
 use crate::imageio::{f32_to_u8_images, write_line_plot, write_png_grid};
 use crate::model::{checkpoint_bytes, parse_checkpoint, Guidance, SampleOptions, Sampler, TarFlow};
 use crate::nn::ParamStore;
-use crate::optim::{
-    clip_grad_norm, AdamW, AdamWConfig, AdamWParamState, AdamWState, Ema, EmaState, LrSchedule,
-};
+use crate::optim::{AdamW, AdamWConfig, AdamWParamState, AdamWState, Ema, EmaState, LrSchedule};
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 use crate::tensorio::{parse_tensors_with_metadata, tensors_to_bytes};
@@ -225,11 +223,10 @@ impl Trainer {
         let loss = self.model.loss(&out)?;
         let loss_v = loss.item()? as f64;
         let lr = self.schedule.lr_at(self.step as u64);
-        let bpd = |loss: f64| (loss + 0.5 * LN_2PI + 128f64.ln()) / std::f64::consts::LN_2;
         let mut stats = StepStats {
             step: self.step + 1,
             loss: loss_v,
-            train_bpd: bpd(loss_v),
+            train_bpd: (loss_v + 0.5 * LN_2PI + 128f64.ln()) / std::f64::consts::LN_2,
             lr,
             grad_norm: f64::NAN,
             images_per_sec: 0.0,
@@ -238,13 +235,7 @@ impl Trainer {
         let grad_norm = if loss_v.is_finite() {
             loss.backward()?;
             drop((loss, out));
-            match cfg.grad_clip {
-                // Clipping rejects a non-finite norm; such gradients are never applied.
-                Some(c) if self.params.global_grad_norm().is_finite() => {
-                    clip_grad_norm(&self.params, c)?
-                }
-                _ => self.params.global_grad_norm(),
-            }
+            self.params.global_grad_norm()
         } else {
             f64::NAN
         };
@@ -277,6 +268,9 @@ impl Trainer {
             return Ok(stats);
         }
         self.skipped_in_row = 0;
+        if let Some(c) = cfg.grad_clip {
+            crate::optim::clip::clip_to(&self.params, c, grad_norm);
+        }
         self.opt.step(lr)?;
         if let (Some(ema), Some(decay)) = (&mut self.ema, cfg.ema) {
             ema.update(&self.params, decay)?;

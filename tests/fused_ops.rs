@@ -446,12 +446,14 @@ fn attention_gradcheck_through_strided_views() {
 
 /// Fused vs composed attention on several configurations; `tol` for the element type.
 fn attention_matches_reference<E: Element>(tol: f64) {
-    let cases: [(usize, usize, usize, usize, usize, usize); 4] = [
+    let cases: [(usize, usize, usize, usize, usize, usize); 5] = [
         (2, 2, 5, 5, 4, 4),
         (1, 3, 3, 7, 6, 6),
         (2, 1, 4, 6, 5, 3),
         // Large enough for the per-head parallel path.
         (4, 2, 33, 33, 16, 16),
+        // Several key and query blocks of the causal products, queries the last positions.
+        (1, 2, 70, 101, 8, 5),
     ];
     for (ci, &(b, h, nq, nk, dh, dv)) in cases.iter().enumerate() {
         let seed = 100 + 10 * ci as u64;

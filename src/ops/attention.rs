@@ -377,6 +377,38 @@ fn visible(causal: bool, d: &Dims, i: usize) -> usize {
     }
 }
 
+/// The first query that sees key `j` under the causal rule (0 without it).
+#[inline]
+fn first_query(causal: bool, d: &Dims, j: usize) -> usize {
+    if causal {
+        (j + d.nq).saturating_sub(d.nk)
+    } else {
+        0
+    }
+}
+
+/// Causal products skip the hidden triangle in blocks: keys `KEY_BLOCK` at a time for the
+/// products whose output is indexed by key (scores, `dP`, `dV`, `dK`), queries `QUERY_BLOCK`
+/// at a time for those indexed by query (`O`, `dQ`). Each block runs only over the queries
+/// (or keys) that can see it, about 55-65 % of the square at TarFlow's sequence lengths.
+/// Multiples of `TILE`, so every block but the last starts on a whole tile.
+const KEY_BLOCK: usize = 32;
+const QUERY_BLOCK: usize = 48;
+
+/// `(start, len)` blocks covering `0..n`: of `size` when causal, one block otherwise.
+fn blocks(n: usize, causal: bool, size: usize) -> impl Iterator<Item = (usize, usize)> {
+    let size = if causal { size } else { n.max(1) };
+    (0..n).step_by(size).map(move |s| (s, size.min(n - s)))
+}
+
+/// `mat` moved down `r` rows.
+fn skip_rows<E>(mat: Mat<'_, E>, r: usize) -> Mat<'_, E> {
+    Mat {
+        off: mat.off + r as isize * mat.rs,
+        ..mat
+    }
+}
+
 /// Row and column counts of the products are padded to a multiple of this: matrixmultiply's
 /// widest float kernels work on 16 x 16 tiles, and a partial tile takes an element-by-element
 /// packing path and a masked write-back that cost more than the padding.
@@ -386,43 +418,22 @@ fn pad(n: usize) -> usize {
     n.div_ceil(TILE) * TILE
 }
 
-/// `out = alpha * a @ b` for the first `m` of `m_pad` rows: the product runs on all `m_pad`
-/// rows (into `scratch` unless `m == m_pad`) and the wanted rows are copied out.
-#[allow(clippy::too_many_arguments)]
-fn gemm_rows<E: Element>(
-    m_pad: usize,
-    m: usize,
-    k: usize,
-    n: usize,
-    alpha: E,
-    a: Mat<E>,
-    b: Mat<E>,
-    out: &mut [E],
-    scratch: &mut [E],
-) {
-    if m_pad == m {
-        gemm(m, k, n, alpha, a, b, out, n as isize, 1);
-    } else {
-        gemm(m_pad, k, n, alpha, a, b, scratch, n as isize, 1);
-        out.copy_from_slice(&scratch[..m * n]);
-    }
-}
-
 /// Softmax over keys of a column-major score block: lane `j` (a key) holds the `nq` queries'
 /// scores at `p[j * ld..j * ld + nq]`, and each query's softmax runs across the `nk` lanes,
-/// so every loop is unit-stride over queries. A query whose scores are all `-inf` gets zeros.
-/// `m` and `s` are scratch of length `nq`.
+/// so every loop is unit-stride over queries. Lane `j` is read only from query `first(j)` on
+/// (the causal rule hides the rest), and its hidden part is set to zero. A query whose
+/// scores are all `-inf` gets zeros. `m` and `s` are scratch of length `nq`.
 fn softmax_over_keys<E: Element>(
     p: &mut [E],
-    nk: usize,
-    nq: usize,
-    ld: usize,
+    (nk, nq, ld): (usize, usize, usize),
+    first: impl Fn(usize) -> usize,
     m: &mut [E],
     s: &mut [E],
 ) {
-    m.copy_from_slice(&p[..nq]);
-    for j in 1..nk {
-        for (m, &x) in m.iter_mut().zip(&p[j * ld..j * ld + nq]) {
+    m.fill(E::NEG_INFINITY);
+    for j in 0..nk {
+        let f = first(j).min(nq);
+        for (m, &x) in m[f..].iter_mut().zip(&p[j * ld + f..j * ld + nq]) {
             if x > *m || x.is_nan() {
                 *m = x;
             }
@@ -435,12 +446,15 @@ fn softmax_over_keys<E: Element>(
     }
     s.fill(E::ZERO);
     for j in 0..nk {
+        let f = first(j).min(nq);
         let lane = &mut p[j * ld..j * ld + nq];
-        for (x, &m) in lane.iter_mut().zip(m.iter()) {
+        lane[..f].fill(E::ZERO);
+        let lane = &mut lane[f..];
+        for (x, &m) in lane.iter_mut().zip(&m[f..]) {
             *x -= m;
         }
         exp_in_place(lane);
-        for (s, &e) in s.iter_mut().zip(lane.iter()) {
+        for (s, &e) in s[f..].iter_mut().zip(lane.iter()) {
             *s += e;
         }
     }
@@ -448,7 +462,8 @@ fn softmax_over_keys<E: Element>(
         *s = if *s > E::ZERO { E::ONE / *s } else { E::ZERO };
     }
     for j in 0..nk {
-        for (x, &r) in p[j * ld..j * ld + nq].iter_mut().zip(s.iter()) {
+        let f = first(j).min(nq);
+        for (x, &r) in p[j * ld + f..j * ld + nq].iter_mut().zip(&s[f..]) {
             *x *= r;
         }
     }
@@ -514,33 +529,54 @@ pub fn attention<E: Element>(
             }
             transpose_into(lq.mat(s[0], b, h), d.nq, d.dh, qt, nqp);
             transpose_into(lk.mat(s[1], b, h), d.nk, d.dh, kt, nkp);
-            let (qm, km) = (col_major(qt, nqp), row_major(kt, nkp));
-            gemm(nqp, d.dh, nkp, alpha, qm, km, p, 1, nqp as isize);
-            for j in 0..d.nk {
-                let lane = &mut p[j * nqp..j * nqp + d.nq];
-                if opts.causal {
-                    // Key j is visible to query i when j <= i + nk - nq.
-                    let hidden = (j + d.nq).saturating_sub(d.nk);
-                    lane[..hidden].fill(E::NEG_INFINITY);
-                }
-                if let Some(lm) = lm {
+            let first = |j: usize| first_query(opts.causal, &d, j);
+            // Scores, key block by key block, from the first tile a query of it sees.
+            for (j0, n) in blocks(nkp, opts.causal, KEY_BLOCK) {
+                let lo = first(j0) / TILE * TILE;
+                let qm = skip_rows(col_major(qt, nqp), lo);
+                let km = Mat {
+                    off: j0 as isize,
+                    ..row_major(kt, nkp)
+                };
+                let c = &mut p[j0 * nqp + lo..];
+                gemm(nqp - lo, d.dh, n, alpha, qm, km, c, 1, nqp as isize);
+            }
+            if let Some(lm) = lm {
+                for j in 0..d.nk {
+                    let lane = &mut p[j * nqp..j * nqp + d.nq];
                     let base = lm.head(b, h) + j as isize * lm.st[3];
-                    for (qi, x) in lane.iter_mut().enumerate() {
+                    for (qi, x) in lane.iter_mut().enumerate().skip(first(j)) {
                         if s[3][(base + qi as isize * lm.st[2]) as usize] != E::ZERO {
                             *x = E::NEG_INFINITY;
                         }
                     }
                 }
             }
-            softmax_over_keys(p, d.nk, d.nq, nqp, mx, sm);
+            softmax_over_keys(p, (d.nk, d.nq, nqp), first, mx, sm);
             if needs_grad {
                 let kept = unsafe { p_ptr.chunk(i, p_len) };
                 for (dst, lane) in kept.chunks_exact_mut(d.nq.max(1)).zip(p.chunks(nqp)) {
                     dst.copy_from_slice(&lane[..d.nq]);
                 }
             }
-            let (pm, vm) = (col_major(p, nqp), lv.mat(s[2], b, h));
-            gemm_rows(nqp, d.nq, d.nk, d.dv, E::ONE, pm, vm, o, o_pad);
+            // O = P V, query block by query block, over the keys the block sees.
+            let vm = lv.mat(s[2], b, h);
+            for (i0, m) in blocks(nqp, opts.causal, QUERY_BLOCK) {
+                let k = visible(opts.causal, &d, (i0 + m).min(d.nq).max(1) - 1);
+                let pm = skip_rows(col_major(p, nqp), i0);
+                gemm(
+                    m,
+                    k,
+                    d.dv,
+                    E::ONE,
+                    pm,
+                    vm,
+                    &mut o_pad[i0 * d.dv..],
+                    d.dv as isize,
+                    1,
+                );
+            }
+            o.copy_from_slice(&o_pad[..o_len]);
         });
     });
     drop(timer);
@@ -594,22 +630,44 @@ pub fn attention<E: Element>(
                 let [p_rows, g_t, v_t, ds, ds_rows, dvec, c_pad] = carve(scr, lens);
                 let p = &p_all[i * p_len..(i + 1) * p_len];
                 let gm = lg.mat(s[3], b, h);
+                let first = |j: usize| first_query(opts.causal, &d, j);
+                // dV = P^T dO and dK = alpha dS^T Q, key block by key block over the queries
+                // that see it; `t` is P^T or dS^T column-major (`t[i * nkp + j]`).
+                let by_keys = |t: &[E], a: E, x: Mat<E>, e: usize, out: &mut [E], c: &mut [E]| {
+                    for (j0, n) in blocks(nkp, opts.causal, QUERY_BLOCK) {
+                        let lo = first(j0).min(d.nq);
+                        let tm = Mat {
+                            off: (lo * nkp + j0) as isize,
+                            ..col_major(t, nkp)
+                        };
+                        let dst = &mut c[j0 * e..];
+                        gemm(n, d.nq - lo, e, a, tm, skip_rows(x, lo), dst, e as isize, 1);
+                    }
+                    out.copy_from_slice(&c[..d.nk * e]);
+                };
                 if rv {
-                    // dV = P^T dO; P^T must have adjacent rows, so P goes row-major first.
+                    // P^T must have adjacent rows, so P goes row-major first.
                     transpose_into(row_major(p, d.nq), d.nk, d.nq, p_rows, nkp);
                     // SAFETY: head i owns chunk i of dv (and below of dq, dk).
                     let dvc = unsafe { pv.chunk(i, dv_len) };
-                    let pm = col_major(p_rows, nkp);
-                    gemm_rows(nkp, d.nk, d.nq, d.dv, E::ONE, pm, gm, dvc, c_pad);
+                    by_keys(p_rows, E::ONE, gm, d.dv, dvc, c_pad);
                 }
                 if !(rq || rk) {
                     return;
                 }
-                // dP = dO V^T, column-major like P.
+                // dP = dO V^T, column-major like P, over the visible part as the scores were.
                 transpose_into(gm, d.nq, d.dv, g_t, nqp);
                 transpose_into(lv.mat(s[2], b, h), d.nk, d.dv, v_t, nkp);
-                let (gtm, vtm) = (col_major(g_t, nqp), row_major(v_t, nkp));
-                gemm(nqp, d.dv, nkp, E::ONE, gtm, vtm, ds, 1, nqp as isize);
+                for (j0, n) in blocks(nkp, opts.causal, KEY_BLOCK) {
+                    let lo = first(j0) / TILE * TILE;
+                    let gtm = skip_rows(col_major(g_t, nqp), lo);
+                    let vtm = Mat {
+                        off: j0 as isize,
+                        ..row_major(v_t, nkp)
+                    };
+                    let c = &mut ds[j0 * nqp + lo..];
+                    gemm(nqp - lo, d.dv, n, E::ONE, gtm, vtm, c, 1, nqp as isize);
+                }
                 // D_i = dO_i . O_i (equal to sum_j P_ij dP_ij, and cheaper).
                 let o = &o_all[i * o_len..(i + 1) * o_len];
                 for (qi, dst) in dvec.iter_mut().enumerate() {
@@ -625,24 +683,33 @@ pub fn attention<E: Element>(
                         acc
                     };
                 }
-                // dS = P * (dP - D), lane by lane over keys.
+                // dS = P * (dP - D), lane by lane over keys; zero where the key is hidden.
                 for j in 0..d.nk {
-                    let (lane, pl) = (j * nqp..j * nqp + d.nq, &p[j * d.nq..(j + 1) * d.nq]);
-                    for ((x, &pij), &di) in ds[lane].iter_mut().zip(pl).zip(dvec.iter()) {
+                    let f = first(j).min(d.nq);
+                    let lane = &mut ds[j * nqp..j * nqp + d.nq];
+                    lane[..f].fill(E::ZERO);
+                    let pl = &p[j * d.nq + f..(j + 1) * d.nq];
+                    for ((x, &pij), &di) in lane[f..].iter_mut().zip(pl).zip(&dvec[f..]) {
                         *x = pij * (*x - di);
                     }
                 }
                 if rq {
+                    // dQ = alpha dS K, query block by query block over the keys it sees.
                     let dqc = unsafe { pq.chunk(i, dq_len) };
-                    let (dsm, km) = (col_major(ds, nqp), lk.mat(s[1], b, h));
-                    gemm_rows(nqp, d.nq, d.nk, d.dh, alpha, dsm, km, dqc, c_pad);
+                    let km = lk.mat(s[1], b, h);
+                    for (i0, m) in blocks(nqp, opts.causal, QUERY_BLOCK) {
+                        let k = visible(opts.causal, &d, (i0 + m).min(d.nq).max(1) - 1);
+                        let dsm = skip_rows(col_major(ds, nqp), i0);
+                        let c = &mut c_pad[i0 * d.dh..];
+                        gemm(m, k, d.dh, alpha, dsm, km, c, d.dh as isize, 1);
+                    }
+                    dqc.copy_from_slice(&c_pad[..dq_len]);
                 }
                 if rk {
-                    // dK = dS^T Q; dS^T must have adjacent rows, so dS goes row-major first.
+                    // dS^T must have adjacent rows, so dS goes row-major first.
                     transpose_into(row_major(ds, nqp), d.nk, d.nq, ds_rows, nkp);
                     let dkc = unsafe { pk.chunk(i, dk_len) };
-                    let (dsm, qm) = (col_major(ds_rows, nkp), lq.mat(s[0], b, h));
-                    gemm_rows(nkp, d.nk, d.nq, d.dh, alpha, dsm, qm, dkc, c_pad);
+                    by_keys(ds_rows, alpha, lq.mat(s[0], b, h), d.dh, dkc, c_pad);
                 }
             });
         });

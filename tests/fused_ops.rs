@@ -5,7 +5,7 @@ use tarflow::gradcheck::{check_gradients, GradCheck};
 use tarflow::nn::attention::CausalSelfAttention;
 use tarflow::nn::norm::LayerNorm;
 use tarflow::ops::attention::{
-    attention, attention_decode, attention_reference, AttentionOptions, KvCache,
+    attention, attention_decode, attention_qkv, attention_reference, AttentionOptions, KvCache,
 };
 use tarflow::{Element, Result, Rng, Tensor};
 
@@ -548,6 +548,95 @@ fn attention_query_with_every_key_masked_gives_zero() {
         1e-12,
         "fully masked query",
     );
+}
+
+/// `attention_qkv` composed: views of q, k, v, the composed attention, heads merged.
+fn attention_qkv_composed<E: Element>(
+    x: &Tensor<E>,
+    h: usize,
+    mask: Option<&Tensor<E>>,
+    o: AttentionOptions,
+) -> Result<Tensor<E>> {
+    let (b, n, d) = (x.shape()[0], x.shape()[1], x.shape()[2] / 3 / h);
+    let [q, k, v] = qkv_views(x, h, d)?;
+    attention_reference(&q, &k, &v, mask, o)?
+        .permute(&[0, 2, 1, 3])?
+        .reshape(&[b, n, h * d])
+}
+
+fn attention_qkv_matches_composed<E: Element>(tol: f64) {
+    // The second case takes several causal key and query blocks.
+    for (ci, &(b, n, h, d)) in [(2, 5, 2, 3), (1, 70, 2, 4)].iter().enumerate() {
+        let x = rnd::<E>(&[b, n, 3 * h * d], 60 + ci as u64);
+        let mask = random_mask::<E>(n, n, 61 + ci as u64);
+        for (causal, masked) in [(false, false), (true, false), (true, true), (false, true)] {
+            let o = opts(causal, 1.0 / (d as f64).sqrt(), 0.8);
+            let m = masked.then_some(&mask);
+            assert_same(
+                |t| attention_qkv(&t[0], h, m, o),
+                |t| attention_qkv_composed(&t[0], h, m, o),
+                std::slice::from_ref(&x),
+                tol,
+                &format!(
+                    "attention_qkv case {ci} causal {causal} masked {masked} ({})",
+                    E::DTYPE
+                ),
+            );
+        }
+    }
+}
+
+#[test]
+fn attention_qkv_matches_composed_f64() {
+    attention_qkv_matches_composed::<f64>(1e-12);
+}
+
+#[test]
+fn attention_qkv_matches_composed_f32() {
+    attention_qkv_matches_composed::<f32>(1e-5);
+}
+
+#[test]
+fn attention_qkv_gradcheck() {
+    let x = rnd::<f64>(&[2, 4, 3 * 2 * 3], 62);
+    for causal in [false, true] {
+        check_gradients(
+            |t| attention_qkv(&t[0], 2, None, opts(causal, 0.6, 1.2)),
+            std::slice::from_ref(&x),
+            gc(),
+        )
+        .unwrap();
+    }
+    // A strided input (every other position of a longer sequence).
+    let long = rnd::<f64>(&[1, 8, 3 * 2 * 3], 63);
+    check_gradients(
+        |t| {
+            let x = t[0].reshape(&[1, 4, 2, 18])?.narrow(2, 1, 1)?.squeeze(2)?;
+            assert!(!x.is_contiguous());
+            attention_qkv(&x, 2, None, opts(true, 0.6, 1.0))
+        },
+        &[long],
+        gc(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn attention_qkv_rejects_bad_shapes() {
+    let x = rnd::<f64>(&[2, 4, 18], 64);
+    assert!(attention_qkv(&x, 2, None, opts(true, 0.5, 1.0)).is_ok());
+    for (t, h) in [
+        (rnd::<f64>(&[2, 4, 17], 65), 2),
+        (rnd::<f64>(&[8, 18], 66), 2),
+        (x.clone(), 0),
+        (x.clone(), 4),
+    ] {
+        let e = attention_qkv(&t, h, None, opts(true, 0.5, 1.0)).unwrap_err();
+        assert!(e.to_string().contains("attention_qkv"), "{e}");
+    }
+    let mask = Tensor::<f64>::zeros(&[3, 4]);
+    assert!(attention_qkv(&x, 2, Some(&mask), opts(false, 0.5, 1.0)).is_err());
+    assert!(attention_qkv(&x, 2, None, opts(false, 0.5, 0.0)).is_err());
 }
 
 #[test]

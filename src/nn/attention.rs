@@ -3,7 +3,7 @@
 
 use crate::autograd::no_grad;
 use crate::error::{Error, Result};
-use crate::ops::attention::{attention, attention_decode, AttentionOptions, KvCache};
+use crate::ops::attention::{attention_decode, attention_qkv, AttentionOptions, KvCache};
 use crate::rng::Rng;
 use crate::tensor::{Element, Tensor};
 
@@ -62,6 +62,17 @@ impl<E: Element> CausalSelfAttention<E> {
 
     /// Projects `x` `[B, N, C]` to q, k, v, each a `[B, H, N, Dh]` view of one buffer.
     fn qkv(&self, op: &'static str, x: &Tensor<E>) -> Result<[Tensor<E>; 3]> {
+        self.check_input(op, x)?;
+        let (b, n) = (x.shape()[0], x.shape()[1]);
+        let qkv = x
+            .linear(&self.qkv_weight, Some(&self.qkv_bias))?
+            .reshape(&[b, n, 3, self.heads, self.head_dim])?
+            .permute(&[2, 0, 3, 1, 4])?;
+        let part = |i: usize| qkv.narrow(0, i, 1)?.squeeze(0);
+        Ok([part(0)?, part(1)?, part(2)?])
+    }
+
+    fn check_input(&self, op: &'static str, x: &Tensor<E>) -> Result<()> {
         let c = self.dim();
         if x.rank() != 3 || x.shape()[2] != c {
             return Err(Error::shape(
@@ -71,13 +82,7 @@ impl<E: Element> CausalSelfAttention<E> {
                 format!("input must be [batch, positions, {c}]"),
             ));
         }
-        let (b, n) = (x.shape()[0], x.shape()[1]);
-        let qkv = x
-            .linear(&self.qkv_weight, Some(&self.qkv_bias))?
-            .reshape(&[b, n, 3, self.heads, self.head_dim])?
-            .permute(&[2, 0, 3, 1, 4])?;
-        let part = |i: usize| qkv.narrow(0, i, 1)?.squeeze(0);
-        Ok([part(0)?, part(1)?, part(2)?])
+        Ok(())
     }
 
     /// `[B, H, N, Dh]` back to `[B, N, C]`, then the output projection.
@@ -90,9 +95,10 @@ impl<E: Element> CausalSelfAttention<E> {
 
     /// Causal self-attention over `x` `[B, N, C]`; logits are divided by `temperature`.
     pub fn forward(&self, x: &Tensor<E>, temperature: f64) -> Result<Tensor<E>> {
-        let [q, k, v] = self.qkv("CausalSelfAttention::forward", x)?;
-        let o = attention(&q, &k, &v, None, self.options(temperature))?;
-        self.project_out(&o)
+        self.check_input("CausalSelfAttention::forward", x)?;
+        let qkv = x.linear(&self.qkv_weight, Some(&self.qkv_bias))?;
+        let o = attention_qkv(&qkv, self.heads, None, self.options(temperature))?;
+        o.linear(&self.out_weight, Some(&self.out_bias))
     }
 
     /// The next position(s) of an autoregressive pass: `x` is `[B, T, C]` (usually `T == 1`),

@@ -5,18 +5,22 @@
 //! in per-task scratch: the `[B, H, Nq, Nk]` score tensor of the composed form never exists,
 //! and `P` is kept only when a gradient is needed. Strided operands (views cut from a fused
 //! qkv projection) are never copied as a whole; each head's `Q` and `K` are transposed into
-//! scratch because that is the layout matrixmultiply packs fastest (see `gemm`).
+//! scratch because that is the layout the GEMMs pack fastest (see `gemm`). `attention_qkv`
+//! reads q, k, v from the projection itself and writes one gradient for it.
 //!
 //! Backward, per (batch, head), with `D_i = sum_d dO_id O_id`:
 //! `dV = P^T dO`, `dP = dO V^T`, `dS = P * (dP - D)`, `dQ = alpha dS K`, `dK = alpha dS^T Q`.
 //! The derivation is in `docs/derivations.md`, section "Attention".
 //!
-//! Gradient-write convention: every gradient is a fresh tensor (`=`); the autograd engine
-//! sums contributions (q, k and v cut from one tensor meet there).
+//! Gradient-write convention: every gradient is a fresh tensor (`=`); with `attention`, the
+//! autograd engine sums contributions (q, k and v cut from one tensor meet there).
 //!
-//! Work is spread over (batch, head) pairs with rayon when each product is small enough for
-//! matrixmultiply to run it on one thread; larger products are left to matrixmultiply's own
-//! threads.
+//! Under the causal rule every product skips the hidden triangle in blocks (`KEY_BLOCK`,
+//! `QUERY_BLOCK`), and the softmax and `dS` touch only visible entries.
+//!
+//! Work is spread over (batch, head) pairs with rayon when each product is small enough to
+//! run on one thread (and then kept there, `serial_scope`); larger products are left to the
+//! GEMM's own threads. `f32` products run on the crate's GEMM, `f64` on matrixmultiply.
 
 use std::sync::RwLockReadGuard;
 
@@ -24,6 +28,7 @@ use rayon::prelude::*;
 
 use crate::autograd::is_grad_enabled;
 use crate::error::{Error, Result};
+use crate::ops::gemm::serial_scope;
 use crate::ops::matmul::init_gemm_threads;
 use crate::ops::softmax::{dot, exp_in_place};
 use crate::profile::{Kernel, Timer};
@@ -176,7 +181,7 @@ impl<E> Mat<'_, E> {
 
 /// `c = alpha * a @ b` with `a` `m x k`, `b` `k x n`, and `c` `m x n` at strides `(crs, ccs)`.
 ///
-/// matrixmultiply copies `a` quickly when its rows are adjacent (`a.rs == 1`) and `b` when its
+/// Both GEMMs copy `a` quickly when its rows are adjacent (`a.rs == 1`) and `b` when its
 /// columns are (`b.cs == 1`); any other layout is copied element by element, which at
 /// attention sizes costs more than the product itself. Callers arrange their operands so.
 #[allow(clippy::too_many_arguments)]
@@ -342,7 +347,7 @@ impl<E> SyncPtr<E> {
 }
 
 /// Whether to spread (batch, head) pairs over rayon: only when each product stays below the
-/// size at which matrixmultiply starts its own threads (`m k + k n` of 2^15), and the whole
+/// size at which a GEMM is worth its own threads (`m k + k n` of 2^15), and the whole
 /// call is worth a hand-off.
 fn parallel_heads(bh: usize, rows: usize, cols: usize, depth: usize) -> bool {
     bh > 1 && (rows + cols) * depth < (1 << 15) && bh * rows * cols * depth >= (1 << 15)
@@ -356,9 +361,10 @@ fn for_heads<E: Element>(
     f: impl Fn(usize, &mut [E]) + Send + Sync,
 ) {
     if par {
+        // Each thread is busy with heads of its own: its products stay on it.
         (0..bh)
             .into_par_iter()
-            .for_each_init(|| vec![E::ZERO; scratch], |s, i| f(i, s));
+            .for_each_init(|| vec![E::ZERO; scratch], |s, i| serial_scope(|| f(i, s)));
     } else {
         let mut s = vec![E::ZERO; scratch];
         for i in 0..bh {
@@ -409,9 +415,9 @@ fn skip_rows<E>(mat: Mat<'_, E>, r: usize) -> Mat<'_, E> {
     }
 }
 
-/// Row and column counts of the products are padded to a multiple of this: matrixmultiply's
-/// widest float kernels work on 16 x 16 tiles, and a partial tile takes an element-by-element
-/// packing path and a masked write-back that cost more than the padding.
+/// Row and column counts of the products are padded to a multiple of this: a partial
+/// register tile takes a slower packing path and a masked write-back, in both GEMMs, that
+/// cost more than the padding.
 const TILE: usize = 16;
 
 fn pad(n: usize) -> usize {
@@ -469,6 +475,282 @@ fn softmax_over_keys<E: Element>(
     }
 }
 
+/// Where every (batch, head) matrix of an output or gradient goes: rows along axis 2 of a
+/// `[B, H, rows, cols]` view with adjacent columns, inside a buffer that heads write
+/// disjoint rows of.
+#[derive(Clone, Copy)]
+struct RowsOut<E> {
+    ptr: *mut E,
+    lay: Strided4,
+}
+unsafe impl<E: Send> Send for RowsOut<E> {}
+unsafe impl<E: Send> Sync for RowsOut<E> {}
+
+impl<E: Copy> RowsOut<E> {
+    /// `[B, H, rows, cols]`, contiguous.
+    fn heads(buf: &mut [E], h: usize, rows: usize, cols: usize) -> Self {
+        RowsOut {
+            ptr: buf.as_mut_ptr(),
+            lay: Strided4 {
+                off: 0,
+                st: [
+                    (h * rows * cols) as isize,
+                    (rows * cols) as isize,
+                    cols as isize,
+                    1,
+                ],
+            },
+        }
+    }
+    /// Heads side by side in the rows of a contiguous `[B, rows, width]` buffer, head `h`'s
+    /// columns starting at `h * cols`.
+    fn merged(buf: &mut [E], rows: usize, width: usize, cols: usize) -> Self {
+        RowsOut {
+            ptr: buf.as_mut_ptr(),
+            lay: Strided4 {
+                off: 0,
+                st: [(rows * width) as isize, cols as isize, width as isize, 1],
+            },
+        }
+    }
+    /// Writes `rows` rows of `cols` values from row-major `src` to head `(b, h)`.
+    ///
+    /// # Safety
+    /// The rows must lie inside the buffer, and no other task may write them.
+    unsafe fn put(self, b: usize, h: usize, rows: usize, cols: usize, src: &[E]) {
+        debug_assert!(src.len() >= rows * cols);
+        for r in 0..rows {
+            let dst = self
+                .ptr
+                .offset(self.lay.head(b, h) + r as isize * self.lay.st[2]);
+            std::ptr::copy_nonoverlapping(src.as_ptr().add(r * cols), dst, cols);
+        }
+    }
+}
+
+/// `c = alpha A B^T` for `A` (`nq x depth`) and `B` (`nk x depth`), given transposed and
+/// zero-padded as `at` (`depth x nqp`) and `bt` (`depth x nkp`), into column-major `c`
+/// (`c[j * nqp + i]`), key block by key block from the first tile a query of it sees: the
+/// scores and `dP`. Entries left out are hidden and keep whatever they held.
+fn by_key_lanes<E: Element>(
+    d: &Dims,
+    causal: bool,
+    (depth, alpha): (usize, E),
+    at: &[E],
+    bt: &[E],
+    c: &mut [E],
+) {
+    let (nqp, nkp) = (pad(d.nq), pad(d.nk));
+    for (j0, n) in blocks(nkp, causal, KEY_BLOCK) {
+        let lo = first_query(causal, d, j0) / TILE * TILE;
+        let am = skip_rows(col_major(at, nqp), lo);
+        let bm = Mat {
+            off: j0 as isize,
+            ..row_major(bt, nkp)
+        };
+        let dst = &mut c[j0 * nqp + lo..];
+        gemm(nqp - lo, depth, n, alpha, am, bm, dst, 1, nqp as isize);
+    }
+}
+
+/// `c = alpha P X` row-major (`nqp x e`) for column-major `P` (`nqp` rows, a lane per key),
+/// query block by query block over the keys the block sees: `O` and `dQ`.
+fn by_query_rows<E: Element>(
+    d: &Dims,
+    causal: bool,
+    (e, alpha): (usize, E),
+    p: &[E],
+    x: Mat<E>,
+    c: &mut [E],
+) {
+    let nqp = pad(d.nq);
+    for (i0, m) in blocks(nqp, causal, QUERY_BLOCK) {
+        let k = visible(causal, d, (i0 + m).min(d.nq).max(1) - 1);
+        let pm = skip_rows(col_major(p, nqp), i0);
+        gemm(m, k, e, alpha, pm, x, &mut c[i0 * e..], e as isize, 1);
+    }
+}
+
+/// The forward kernel over every (batch, head): writes the output through `out` and returns
+/// `P` (compact, `p[j * nq + i]` per head) when `keep`.
+fn forward_heads<E: Element>(
+    d: &Dims,
+    opts: AttentionOptions,
+    alpha: E,
+    ts: &[&Tensor<E>],
+    out: RowsOut<E>,
+    keep: bool,
+) -> Vec<E> {
+    let bh = d.b * d.h;
+    let (nqp, nkp) = (pad(d.nq), pad(d.nk));
+    let p_len = d.nq * d.nk;
+    let mut probs = vec![E::ZERO; if keep { bh * p_len } else { 0 }];
+    let (lq, lk, lv) = (
+        Strided4::of(ts[0].layout()),
+        Strided4::of(ts[1].layout()),
+        Strided4::of(ts[2].layout()),
+    );
+    let lm = ts.get(3).map(|m| {
+        let l = m
+            .layout()
+            .broadcast_to(&[d.b, d.h, d.nq, d.nk])
+            .expect("checked");
+        Strided4::of(&l)
+    });
+    let par = parallel_heads(bh, d.nq, d.nk, d.dh.max(d.dv));
+    read_storages(ts, |s| {
+        let p_ptr = SyncPtr::new(&mut probs);
+        // Q^T, K^T (zero-padded), softmax max and sum, padded P, padded output rows.
+        let lens = [d.dh * nqp, d.dh * nkp, d.nq, d.nq, nqp * nkp, nqp * d.dv];
+        for_heads(bh, par, lens.iter().sum(), |i, scr| {
+            let (b, h) = (i / d.h, i % d.h);
+            let [qt, kt, mx, sm, p, o_pad] = carve(scr, lens);
+            if d.nk == 0 {
+                // No keys: the output stays zero.
+                return;
+            }
+            transpose_into(lq.mat(s[0], b, h), d.nq, d.dh, qt, nqp);
+            transpose_into(lk.mat(s[1], b, h), d.nk, d.dh, kt, nkp);
+            let first = |j: usize| first_query(opts.causal, d, j);
+            // S = alpha Q K^T.
+            by_key_lanes(d, opts.causal, (d.dh, alpha), qt, kt, p);
+            if let Some(lm) = lm {
+                for j in 0..d.nk {
+                    let lane = &mut p[j * nqp..j * nqp + d.nq];
+                    let base = lm.head(b, h) + j as isize * lm.st[3];
+                    for (qi, x) in lane.iter_mut().enumerate().skip(first(j)) {
+                        if s[3][(base + qi as isize * lm.st[2]) as usize] != E::ZERO {
+                            *x = E::NEG_INFINITY;
+                        }
+                    }
+                }
+            }
+            softmax_over_keys(p, (d.nk, d.nq, nqp), first, mx, sm);
+            if keep {
+                // SAFETY: head i owns chunk i of `probs`, sized bh * p_len.
+                let kept = unsafe { p_ptr.chunk(i, p_len) };
+                for (dst, lane) in kept.chunks_exact_mut(d.nq.max(1)).zip(p.chunks(nqp)) {
+                    dst.copy_from_slice(&lane[..d.nq]);
+                }
+            }
+            // O = P V.
+            by_query_rows(d, opts.causal, (d.dv, E::ONE), p, lv.mat(s[2], b, h), o_pad);
+            // SAFETY: head (b, h) owns its output rows.
+            unsafe { out.put(b, h, d.nq, d.dv, o_pad) };
+        });
+    });
+    probs
+}
+
+/// The backward kernel over every (batch, head). `ts` is q, k, v, the output gradient and the
+/// output (whose head rows `lo` addresses, adjacent columns); the gradients of q, k, v go
+/// through `dst` where wanted.
+#[allow(clippy::too_many_arguments)]
+fn backward_heads<E: Element>(
+    d: &Dims,
+    opts: AttentionOptions,
+    alpha: E,
+    probs: &[E],
+    ts: [&Tensor<E>; 5],
+    lg: Strided4,
+    lo: Strided4,
+    dst: [Option<RowsOut<E>>; 3],
+) {
+    let [rq, rk, rv] = dst;
+    let bh = d.b * d.h;
+    let (nqp, nkp) = (pad(d.nq), pad(d.nk));
+    let p_len = d.nq * d.nk;
+    let (lq, lk, lv) = (
+        Strided4::of(ts[0].layout()),
+        Strided4::of(ts[1].layout()),
+        Strided4::of(ts[2].layout()),
+    );
+    let par = parallel_heads(bh, d.nq, d.nk, d.dh.max(d.dv));
+    read_storages(&ts, |s| {
+        // P row-major, dO^T, V^T, dP (then dS) column-major, dS row-major, D, padded
+        // output rows. The transposed operands are zero-padded and stay so across heads.
+        let lens = [
+            d.nq * nkp,
+            d.dv * nqp,
+            d.dv * nkp,
+            nqp * nkp,
+            d.nq * nkp,
+            d.nq,
+            nqp.max(nkp) * d.dh.max(d.dv),
+        ];
+        for_heads(bh, par, lens.iter().sum(), |i, scr| {
+            let (b, h) = (i / d.h, i % d.h);
+            let [p_rows, g_t, v_t, ds, ds_rows, dvec, c_pad] = carve(scr, lens);
+            let p = &probs[i * p_len..(i + 1) * p_len];
+            let gm = lg.mat(s[3], b, h);
+            let first = |j: usize| first_query(opts.causal, d, j);
+            // dV = P^T dO and dK = alpha dS^T Q, key block by key block over the queries
+            // that see it; `t` is P^T or dS^T column-major (`t[i * nkp + j]`).
+            let by_keys = |t: &[E], a: E, x: Mat<E>, e: usize, out: RowsOut<E>, c: &mut [E]| {
+                for (j0, n) in blocks(nkp, opts.causal, QUERY_BLOCK) {
+                    let lo = first(j0).min(d.nq);
+                    let tm = Mat {
+                        off: (lo * nkp + j0) as isize,
+                        ..col_major(t, nkp)
+                    };
+                    let dst = &mut c[j0 * e..];
+                    gemm(n, d.nq - lo, e, a, tm, skip_rows(x, lo), dst, e as isize, 1);
+                }
+                // SAFETY: head (b, h) owns its gradient rows.
+                unsafe { out.put(b, h, d.nk, e, c) };
+            };
+            if let Some(dv) = rv {
+                // P^T must have adjacent rows, so P goes row-major first.
+                transpose_into(row_major(p, d.nq), d.nk, d.nq, p_rows, nkp);
+                by_keys(p_rows, E::ONE, gm, d.dv, dv, c_pad);
+            }
+            if rq.is_none() && rk.is_none() {
+                return;
+            }
+            // dP = dO V^T, column-major like P, over the visible part as the scores were.
+            transpose_into(gm, d.nq, d.dv, g_t, nqp);
+            transpose_into(lv.mat(s[2], b, h), d.nk, d.dv, v_t, nkp);
+            by_key_lanes(d, opts.causal, (d.dv, E::ONE), g_t, v_t, ds);
+            // D_i = dO_i . O_i (equal to sum_j P_ij dP_ij, and cheaper).
+            for (qi, dst) in dvec.iter_mut().enumerate() {
+                let ob = (lo.head(b, h) + qi as isize * lo.st[2]) as usize;
+                let orow = &s[4][ob..ob + d.dv];
+                let gbase = gm.off + qi as isize * gm.rs;
+                *dst = if gm.cs == 1 {
+                    dot(&s[3][gbase as usize..gbase as usize + d.dv], orow)
+                } else {
+                    let mut acc = E::ZERO;
+                    for (c, &ov) in orow.iter().enumerate() {
+                        acc += s[3][(gbase + c as isize * gm.cs) as usize] * ov;
+                    }
+                    acc
+                };
+            }
+            // dS = P * (dP - D), lane by lane over keys; zero where the key is hidden.
+            for j in 0..d.nk {
+                let f = first(j).min(d.nq);
+                let lane = &mut ds[j * nqp..j * nqp + d.nq];
+                lane[..f].fill(E::ZERO);
+                let pl = &p[j * d.nq + f..(j + 1) * d.nq];
+                for ((x, &pij), &di) in lane[f..].iter_mut().zip(pl).zip(&dvec[f..]) {
+                    *x = pij * (*x - di);
+                }
+            }
+            if let Some(dq) = rq {
+                // dQ = alpha dS K.
+                by_query_rows(d, opts.causal, (d.dh, alpha), ds, lk.mat(s[1], b, h), c_pad);
+                // SAFETY: head (b, h) owns its gradient rows.
+                unsafe { dq.put(b, h, d.nq, d.dh, c_pad) };
+            }
+            if let Some(dk) = rk {
+                // dS^T must have adjacent rows, so dS goes row-major first.
+                transpose_into(row_major(ds, nqp), d.nk, d.nq, ds_rows, nkp);
+                by_keys(ds_rows, alpha, lq.mat(s[0], b, h), d.dh, dk, c_pad);
+            }
+        });
+    });
+}
+
 /// Scaled dot-product attention, fused forward and backward.
 ///
 /// `q` is `[B, H, Nq, Dh]`, `k` `[B, H, Nk, Dh]`, `v` `[B, H, Nk, Dv]` (usually `Dv == Dh`),
@@ -478,8 +760,8 @@ fn softmax_over_keys<E: Element>(
 ///
 /// Within a head the scores and probabilities are kept column-major (`p[j * ld + i]` for
 /// query `i`, key `j`, `ld` the padded query count) and `Q`, `K` are first transposed into
-/// zero-padded scratch, so that every product hands matrixmultiply whole tiles of operands
-/// it can pack by rows (see `gemm` and `TILE`).
+/// zero-padded scratch, so that every product gets whole tiles of operands it can pack by
+/// rows (see `gemm` and `TILE`).
 pub fn attention<E: Element>(
     q: &Tensor<E>,
     k: &Tensor<E>,
@@ -493,92 +775,11 @@ pub fn attention<E: Element>(
     init_gemm_threads();
     let needs_grad =
         is_grad_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad());
-    let bh = d.b * d.h;
-    let (nqp, nkp) = (pad(d.nq), pad(d.nk));
-    // P is worked on padded and kept compact (`p[j * nq + i]`) for the backward.
-    let (o_len, p_len) = (d.nq * d.dv, d.nq * d.nk);
-    let mut out = vec![E::ZERO; bh * o_len];
-    let mut probs = vec![E::ZERO; if needs_grad { bh * p_len } else { 0 }];
-    let (lq, lk, lv) = (
-        Strided4::of(q.layout()),
-        Strided4::of(k.layout()),
-        Strided4::of(v.layout()),
-    );
-    let lm = mask.map(|m| {
-        let l = m
-            .layout()
-            .broadcast_to(&[d.b, d.h, d.nq, d.nk])
-            .expect("checked");
-        Strided4::of(&l)
-    });
+    let mut out = vec![E::ZERO; d.b * d.h * d.nq * d.dv];
     let mut ts = vec![q, k, v];
     ts.extend(mask);
-    let par = parallel_heads(bh, d.nq, d.nk, d.dh.max(d.dv));
-    read_storages(&ts, |s| {
-        let (out_ptr, p_ptr) = (SyncPtr::new(&mut out), SyncPtr::new(&mut probs));
-        // Q^T, K^T (zero-padded), softmax max and sum, padded P, padded output rows.
-        let lens = [d.dh * nqp, d.dh * nkp, d.nq, d.nq, nqp * nkp, nqp * d.dv];
-        for_heads(bh, par, lens.iter().sum(), |i, scr| {
-            let (b, h) = (i / d.h, i % d.h);
-            let [qt, kt, mx, sm, p, o_pad] = carve(scr, lens);
-            // SAFETY: head i owns chunk i of `out` (and of `probs` below), sized bh * len.
-            let o = unsafe { out_ptr.chunk(i, o_len) };
-            if d.nk == 0 {
-                // No keys: the output stays zero.
-                return;
-            }
-            transpose_into(lq.mat(s[0], b, h), d.nq, d.dh, qt, nqp);
-            transpose_into(lk.mat(s[1], b, h), d.nk, d.dh, kt, nkp);
-            let first = |j: usize| first_query(opts.causal, &d, j);
-            // Scores, key block by key block, from the first tile a query of it sees.
-            for (j0, n) in blocks(nkp, opts.causal, KEY_BLOCK) {
-                let lo = first(j0) / TILE * TILE;
-                let qm = skip_rows(col_major(qt, nqp), lo);
-                let km = Mat {
-                    off: j0 as isize,
-                    ..row_major(kt, nkp)
-                };
-                let c = &mut p[j0 * nqp + lo..];
-                gemm(nqp - lo, d.dh, n, alpha, qm, km, c, 1, nqp as isize);
-            }
-            if let Some(lm) = lm {
-                for j in 0..d.nk {
-                    let lane = &mut p[j * nqp..j * nqp + d.nq];
-                    let base = lm.head(b, h) + j as isize * lm.st[3];
-                    for (qi, x) in lane.iter_mut().enumerate().skip(first(j)) {
-                        if s[3][(base + qi as isize * lm.st[2]) as usize] != E::ZERO {
-                            *x = E::NEG_INFINITY;
-                        }
-                    }
-                }
-            }
-            softmax_over_keys(p, (d.nk, d.nq, nqp), first, mx, sm);
-            if needs_grad {
-                let kept = unsafe { p_ptr.chunk(i, p_len) };
-                for (dst, lane) in kept.chunks_exact_mut(d.nq.max(1)).zip(p.chunks(nqp)) {
-                    dst.copy_from_slice(&lane[..d.nq]);
-                }
-            }
-            // O = P V, query block by query block, over the keys the block sees.
-            let vm = lv.mat(s[2], b, h);
-            for (i0, m) in blocks(nqp, opts.causal, QUERY_BLOCK) {
-                let k = visible(opts.causal, &d, (i0 + m).min(d.nq).max(1) - 1);
-                let pm = skip_rows(col_major(p, nqp), i0);
-                gemm(
-                    m,
-                    k,
-                    d.dv,
-                    E::ONE,
-                    pm,
-                    vm,
-                    &mut o_pad[i0 * d.dv..],
-                    d.dv as isize,
-                    1,
-                );
-            }
-            o.copy_from_slice(&o_pad[..o_len]);
-        });
-    });
+    let dst = RowsOut::heads(&mut out, d.h, d.nq, d.dv);
+    let probs = forward_heads(&d, opts, alpha, &ts, dst, needs_grad);
     drop(timer);
     let out = Tensor::from_raw(out, &[d.b, d.h, d.nq, d.dv]);
     if !needs_grad {
@@ -588,137 +789,117 @@ pub fn attention<E: Element>(
     let (rq, rk, rv) = (q.requires_grad(), k.requires_grad(), v.requires_grad());
     Ok(out.record("attention", &[q, k, v], move |g| {
         let _timer = Timer::start(Kernel::Attention);
-        let lg = Strided4::of(g.layout());
-        let (lq, lk, lv) = (
-            Strided4::of(qd.layout()),
-            Strided4::of(kd.layout()),
-            Strided4::of(vd.layout()),
-        );
-        let (dq_len, dk_len, dv_len) = (d.nq * d.dh, d.nk * d.dh, d.nk * d.dv);
-        let mut dq = vec![E::ZERO; if rq { bh * dq_len } else { 0 }];
-        let mut dk = vec![E::ZERO; if rk { bh * dk_len } else { 0 }];
-        let mut dv = vec![E::ZERO; if rv { bh * dv_len } else { 0 }];
-        if d.nk == 0 {
-            // No keys: the output was constant zero.
-            let shape = |n: usize, e: usize| [d.b, d.h, n, e];
-            return Ok(vec![
-                rq.then(|| Tensor::from_raw(dq, &shape(d.nq, d.dh))),
-                rk.then(|| Tensor::from_raw(dk, &shape(d.nk, d.dh))),
-                rv.then(|| Tensor::from_raw(dv, &shape(d.nk, d.dv))),
-            ]);
-        }
-        read_storages(&[&qd, &kd, &vd, g, &od], |s| {
-            let (pq, pk, pv) = (
-                SyncPtr::new(&mut dq),
-                SyncPtr::new(&mut dk),
-                SyncPtr::new(&mut dv),
-            );
-            let (o_all, p_all) = (s[4], &probs[..]);
-            // P row-major, dO^T, V^T, dP (then dS) column-major, dS row-major, D, padded
-            // output rows. The transposed operands are zero-padded and stay so across heads.
-            let lens = [
-                d.nq * nkp,
-                d.dv * nqp,
-                d.dv * nkp,
-                nqp * nkp,
-                d.nq * nkp,
-                d.nq,
-                nqp.max(nkp) * d.dh.max(d.dv),
-            ];
-            for_heads(bh, par, lens.iter().sum(), |i, scr| {
-                let (b, h) = (i / d.h, i % d.h);
-                let [p_rows, g_t, v_t, ds, ds_rows, dvec, c_pad] = carve(scr, lens);
-                let p = &p_all[i * p_len..(i + 1) * p_len];
-                let gm = lg.mat(s[3], b, h);
-                let first = |j: usize| first_query(opts.causal, &d, j);
-                // dV = P^T dO and dK = alpha dS^T Q, key block by key block over the queries
-                // that see it; `t` is P^T or dS^T column-major (`t[i * nkp + j]`).
-                let by_keys = |t: &[E], a: E, x: Mat<E>, e: usize, out: &mut [E], c: &mut [E]| {
-                    for (j0, n) in blocks(nkp, opts.causal, QUERY_BLOCK) {
-                        let lo = first(j0).min(d.nq);
-                        let tm = Mat {
-                            off: (lo * nkp + j0) as isize,
-                            ..col_major(t, nkp)
-                        };
-                        let dst = &mut c[j0 * e..];
-                        gemm(n, d.nq - lo, e, a, tm, skip_rows(x, lo), dst, e as isize, 1);
-                    }
-                    out.copy_from_slice(&c[..d.nk * e]);
-                };
-                if rv {
-                    // P^T must have adjacent rows, so P goes row-major first.
-                    transpose_into(row_major(p, d.nq), d.nk, d.nq, p_rows, nkp);
-                    // SAFETY: head i owns chunk i of dv (and below of dq, dk).
-                    let dvc = unsafe { pv.chunk(i, dv_len) };
-                    by_keys(p_rows, E::ONE, gm, d.dv, dvc, c_pad);
-                }
-                if !(rq || rk) {
-                    return;
-                }
-                // dP = dO V^T, column-major like P, over the visible part as the scores were.
-                transpose_into(gm, d.nq, d.dv, g_t, nqp);
-                transpose_into(lv.mat(s[2], b, h), d.nk, d.dv, v_t, nkp);
-                for (j0, n) in blocks(nkp, opts.causal, KEY_BLOCK) {
-                    let lo = first(j0) / TILE * TILE;
-                    let gtm = skip_rows(col_major(g_t, nqp), lo);
-                    let vtm = Mat {
-                        off: j0 as isize,
-                        ..row_major(v_t, nkp)
-                    };
-                    let c = &mut ds[j0 * nqp + lo..];
-                    gemm(nqp - lo, d.dv, n, E::ONE, gtm, vtm, c, 1, nqp as isize);
-                }
-                // D_i = dO_i . O_i (equal to sum_j P_ij dP_ij, and cheaper).
-                let o = &o_all[i * o_len..(i + 1) * o_len];
-                for (qi, dst) in dvec.iter_mut().enumerate() {
-                    let orow = &o[qi * d.dv..(qi + 1) * d.dv];
-                    let gbase = gm.off + qi as isize * gm.rs;
-                    *dst = if gm.cs == 1 {
-                        dot(&s[3][gbase as usize..gbase as usize + d.dv], orow)
-                    } else {
-                        let mut acc = E::ZERO;
-                        for (c, &ov) in orow.iter().enumerate() {
-                            acc += s[3][(gbase + c as isize * gm.cs) as usize] * ov;
-                        }
-                        acc
-                    };
-                }
-                // dS = P * (dP - D), lane by lane over keys; zero where the key is hidden.
-                for j in 0..d.nk {
-                    let f = first(j).min(d.nq);
-                    let lane = &mut ds[j * nqp..j * nqp + d.nq];
-                    lane[..f].fill(E::ZERO);
-                    let pl = &p[j * d.nq + f..(j + 1) * d.nq];
-                    for ((x, &pij), &di) in lane[f..].iter_mut().zip(pl).zip(&dvec[f..]) {
-                        *x = pij * (*x - di);
-                    }
-                }
-                if rq {
-                    // dQ = alpha dS K, query block by query block over the keys it sees.
-                    let dqc = unsafe { pq.chunk(i, dq_len) };
-                    let km = lk.mat(s[1], b, h);
-                    for (i0, m) in blocks(nqp, opts.causal, QUERY_BLOCK) {
-                        let k = visible(opts.causal, &d, (i0 + m).min(d.nq).max(1) - 1);
-                        let dsm = skip_rows(col_major(ds, nqp), i0);
-                        let c = &mut c_pad[i0 * d.dh..];
-                        gemm(m, k, d.dh, alpha, dsm, km, c, d.dh as isize, 1);
-                    }
-                    dqc.copy_from_slice(&c_pad[..dq_len]);
-                }
-                if rk {
-                    // dS^T must have adjacent rows, so dS goes row-major first.
-                    transpose_into(row_major(ds, nqp), d.nk, d.nq, ds_rows, nkp);
-                    let dkc = unsafe { pk.chunk(i, dk_len) };
-                    by_keys(ds_rows, alpha, lq.mat(s[0], b, h), d.dh, dkc, c_pad);
-                }
-            });
-        });
         let shape = |n: usize, e: usize| [d.b, d.h, n, e];
+        let grad =
+            |on: bool, n: usize, e: usize| vec![E::ZERO; if on { d.b * d.h * n * e } else { 0 }];
+        let (mut dq, mut dk, mut dv) = (
+            grad(rq, d.nq, d.dh),
+            grad(rk, d.nk, d.dh),
+            grad(rv, d.nk, d.dv),
+        );
+        let dst = [
+            rq.then(|| RowsOut::heads(&mut dq, d.h, d.nq, d.dh)),
+            rk.then(|| RowsOut::heads(&mut dk, d.h, d.nk, d.dh)),
+            rv.then(|| RowsOut::heads(&mut dv, d.h, d.nk, d.dv)),
+        ];
+        if d.nk > 0 {
+            let (lg, lo) = (Strided4::of(g.layout()), Strided4::of(od.layout()));
+            backward_heads(
+                &d,
+                opts,
+                alpha,
+                &probs,
+                [&qd, &kd, &vd, g, &od],
+                lg,
+                lo,
+                dst,
+            );
+        }
         Ok(vec![
             rq.then(|| Tensor::from_raw(dq, &shape(d.nq, d.dh))),
             rk.then(|| Tensor::from_raw(dk, &shape(d.nk, d.dh))),
             rv.then(|| Tensor::from_raw(dv, &shape(d.nk, d.dv))),
         ])
+    }))
+}
+
+/// Causal-or-not self-attention straight from a fused projection: `qkv` is `[B, N, 3 C]`
+/// (queries, keys, values side by side, each `heads` heads of `C / heads`, as
+/// `x.linear(w_qkv, b_qkv)` gives them) and the output is `[B, N, C]` with the heads side by
+/// side, ready for the output projection.
+///
+/// The same as cutting q, k, v out of `qkv` with views, calling [`attention`] and merging
+/// the heads, but the backward writes one `[B, N, 3 C]` gradient, where the views would
+/// each pad theirs to the full width and the three would be summed, and no head-merging
+/// copy is made either way.
+pub fn attention_qkv<E: Element>(
+    qkv: &Tensor<E>,
+    heads: usize,
+    mask: Option<&Tensor<E>>,
+    opts: AttentionOptions,
+) -> Result<Tensor<E>> {
+    let op = "attention_qkv";
+    let s = qkv.shape();
+    if qkv.rank() != 3 || heads == 0 || s[2] % (3 * heads) != 0 {
+        return Err(Error::shape(
+            op,
+            &[s],
+            E::DTYPE.name(),
+            format!("qkv must be [batch, positions, 3 * heads * head_dim] with {heads} heads"),
+        ));
+    }
+    let (b, n, c) = (s[0], s[1], s[2] / 3);
+    let dh = c / heads;
+    let (q, k, v) = {
+        let _g = crate::autograd::no_grad();
+        let t = qkv
+            .detach()
+            .reshape(&[b, n, 3, heads, dh])?
+            .permute(&[2, 0, 3, 1, 4])?;
+        let part = |i: usize| t.narrow(0, i, 1)?.squeeze(0);
+        (part(0)?, part(1)?, part(2)?)
+    };
+    let d = check_shapes(op, &q, &k, &v, mask, opts.causal)?;
+    let alpha = E::from_f64(opts.alpha(op)?);
+    let timer = Timer::start(Kernel::Attention);
+    init_gemm_threads();
+    let needs_grad = is_grad_enabled() && qkv.requires_grad();
+    let mut out = vec![E::ZERO; b * n * c];
+    let mut ts = vec![&q, &k, &v];
+    ts.extend(mask);
+    let dst = RowsOut::merged(&mut out, n, c, dh);
+    let probs = forward_heads(&d, opts, alpha, &ts, dst, needs_grad);
+    drop(timer);
+    let out = Tensor::from_raw(out, &[b, n, c]);
+    if !needs_grad {
+        return Ok(out);
+    }
+    let od = out.detach();
+    Ok(out.record(op, &[qkv], move |g| {
+        let _timer = Timer::start(Kernel::Attention);
+        let mut grad = vec![E::ZERO; b * n * 3 * c];
+        if n > 0 {
+            let all = RowsOut::merged(&mut grad, n, 3 * c, dh);
+            let part = |i: usize| {
+                let off = (i * c) as isize;
+                Some(RowsOut {
+                    lay: Strided4 { off, ..all.lay },
+                    ..all
+                })
+            };
+            let dst = [part(0), part(1), part(2)];
+            // `[B, N, C]` tensors seen as `[B, H, N, Dh]`.
+            let as_heads = |l: &Layout| {
+                let (off, st) = (l.offset() as isize, l.strides());
+                Strided4 {
+                    off,
+                    st: [st[0], dh as isize * st[2], st[1], st[2]],
+                }
+            };
+            let (lg, lo) = (as_heads(g.layout()), as_heads(od.layout()));
+            backward_heads(&d, opts, alpha, &probs, [&q, &k, &v, g, &od], lg, lo, dst);
+        }
+        Ok(vec![Some(Tensor::from_raw(grad, &[b, n, 3 * c]))])
     }))
 }
 

@@ -22,7 +22,7 @@
 //! [`PackedB`] packs a fixed right-hand operand (a layer's weights) once, so products with few
 //! rows, as in KV-cached sampling, pay for no packing of the weights at all.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
@@ -838,17 +838,39 @@ pub unsafe fn sgemm_bias(
     gemm_dispatch(kernel, args, bias)
 }
 
+thread_local! {
+    /// Set while the calling thread runs inside [`serial_scope`].
+    static SERIAL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with every product it makes on this thread kept on this thread. For callers
+/// that already spread independent products over rayon (attention's heads): a nested
+/// split would only add fork/join hand-offs, since the other threads are busy with their
+/// own products.
+pub(crate) fn serial_scope<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SERIAL.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(SERIAL.with(|s| s.replace(true)));
+    f()
+}
+
 unsafe fn gemm_dispatch(kernel: GemmKernel, args: Args, bias: *const f32) {
     let (m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) = args;
+    let serial = SERIAL.with(|s| s.get());
+    let ksplit_ok = !serial && use_ksplit(m, k, n);
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        GemmKernel::Avx512 if use_ksplit(m, k, n) => ksplit::<x86::Avx512>(args, bias),
+        GemmKernel::Avx512 if ksplit_ok => ksplit::<x86::Avx512>(args, bias),
         #[cfg(target_arch = "x86_64")]
-        GemmKernel::Avx512 => blocked::<x86::Avx512>(args, bias, false),
+        GemmKernel::Avx512 => blocked::<x86::Avx512>(args, bias, serial),
         #[cfg(target_arch = "x86_64")]
-        GemmKernel::Avx2 if use_ksplit(m, k, n) => ksplit::<x86::Avx2>(args, bias),
+        GemmKernel::Avx2 if ksplit_ok => ksplit::<x86::Avx2>(args, bias),
         #[cfg(target_arch = "x86_64")]
-        GemmKernel::Avx2 => blocked::<x86::Avx2>(args, bias, false),
+        GemmKernel::Avx2 => blocked::<x86::Avx2>(args, bias, serial),
         _ => matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc),
     }
 }
@@ -1033,7 +1055,8 @@ unsafe fn stripe_product<K: Micro>(
     let panels = cols.div_ceil(nr);
     let b_bytes = k * panels * nr * std::mem::size_of::<f32>();
     let (mtasks, nchunks) = split(m, K::MR, panels, m * k * cols, b_bytes, serial);
-    let parallel = mtasks * nchunks > 1;
+    // Small and serial products still run as several row tasks, one after another.
+    let parallel = mtasks * nchunks > 1 && !serial && m * k * cols >= PAR_MIN_MACS;
     let (a, b, c, bias) = (
         CPtr(a),
         CPtr(b.offset(js as isize * csb)),

@@ -1,8 +1,12 @@
 #![cfg(feature = "cli")]
 //! The command-line program as a user runs it: init, audit, encode/decode, errors.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
+
+mod common;
+
+use common::TempDir;
 
 use tarflow::tensorio::{read_tensors, write_tensors};
 use tarflow::{DType, Rng, Tensor};
@@ -14,11 +18,8 @@ fn tarflow(args: &[&str]) -> std::process::Output {
         .expect("binary runs")
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tarflow-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmp(name: &str) -> TempDir {
+    TempDir::new(&format!("cli-{name}"))
 }
 
 fn s(p: &Path) -> &str {

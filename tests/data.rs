@@ -3,10 +3,11 @@
 
 use std::collections::HashSet;
 use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+mod common;
+
+use common::TempDir;
 use proptest::prelude::*;
 use tarflow::data::cifar::{CIFAR_IMAGE_BYTES, CIFAR_RECORD_BYTES};
 use tarflow::data::idx::{encode_idx_images, encode_idx_labels, gzip, write_idx_pair};
@@ -20,29 +21,6 @@ use tarflow::{Error, Rng};
 
 // ---------------------------------------------------------------------------------------
 // Helpers.
-
-/// A fresh, empty directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let k = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("tarflow-data-{}-{tag}-{k}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn random_dataset(seed: u64, n: usize, c: usize, h: usize, w: usize, classes: usize) -> Dataset {
     let mut rng = Rng::new(seed);

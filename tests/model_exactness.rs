@@ -1,5 +1,7 @@
 //! Exactness of the flow: inversion, log-determinant and Jacobian structure.
 
+mod common;
+
 use tarflow::audit::{audit, jacobian, log_abs_det, AuditOptions};
 use tarflow::model::{Guidance, SampleOptions, Sampler, TarFlow, TarFlowConfig};
 use tarflow::{Rng, Tensor};
@@ -223,8 +225,7 @@ fn bad_inputs_are_errors() {
 #[test]
 fn checkpoint_roundtrip_and_damage() {
     use tarflow::model::{load_checkpoint, save_checkpoint};
-    let dir = std::env::temp_dir().join(format!("tarflow-ck-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::TempDir::new("ck");
     let path = dir.join("m.safetensors");
     let m = model::<f32>(small_config(3), 3);
     save_checkpoint(&path, &m, &[("note".into(), "x".into())]).unwrap();

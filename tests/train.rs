@@ -3,6 +3,10 @@
 
 use std::path::Path;
 
+mod common;
+
+use common::TempDir;
+
 use tarflow::data::{embedded_mnist_split, Dataset};
 use tarflow::model::load_checkpoint;
 use tarflow::tensorio::{parse_tensors_with_metadata, tensors_to_bytes};
@@ -39,10 +43,8 @@ fn weights(dir: &Path, step: usize) -> Vec<(String, Vec<usize>, Vec<f64>)> {
     t
 }
 
-fn tmpdir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("tarflow-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+fn tmpdir(name: &str) -> TempDir {
+    TempDir::new(&format!("test-{name}"))
 }
 
 #[test]
@@ -77,7 +79,8 @@ fn resumed_run_is_bit_identical_to_an_uninterrupted_one() {
         assert!(same, "{na} differs after resume");
     }
     // Training moved the weights at all.
-    let start = Trainer::new(config(&tmpdir("unused")), small_data().0, small_data().1).unwrap();
+    let unused = tmpdir("unused");
+    let start = Trainer::new(config(&unused), small_data().0, small_data().1).unwrap();
     let init = start.model.export_parameters();
     assert!(init.iter().zip(&a).any(|(x, y)| x.2 != y.2));
 }
@@ -164,7 +167,8 @@ fn nonfinite_steps_are_skipped_up_to_the_limit() {
     use std::sync::Arc;
     use tarflow::data::{Loader, LoaderConfig};
     let (train, test) = small_data();
-    let mut c = config(&tmpdir("skip"));
+    let dir = tmpdir("skip");
+    let mut c = config(&dir);
     c.skip_nonfinite = 2;
     c.model.alpha_clip = None;
     let mut loader = Loader::new(

@@ -840,7 +840,7 @@ pub fn attention_qkv<E: Element>(
 ) -> Result<Tensor<E>> {
     let op = "attention_qkv";
     let s = qkv.shape();
-    if qkv.rank() != 3 || heads == 0 || s[2] % (3 * heads) != 0 {
+    if qkv.rank() != 3 || heads == 0 || !s[2].is_multiple_of(3 * heads) {
         return Err(Error::shape(
             op,
             &[s],

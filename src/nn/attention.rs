@@ -3,7 +3,9 @@
 
 use crate::autograd::no_grad;
 use crate::error::{Error, Result};
-use crate::ops::attention::{attention_decode, attention_qkv, AttentionOptions, KvCache};
+use crate::ops::attention::{
+    attention_decode, attention_qkv, qkv_views, AttentionOptions, KvCache,
+};
 use crate::rng::Rng;
 use crate::tensor::{Element, Tensor};
 
@@ -63,13 +65,8 @@ impl<E: Element> CausalSelfAttention<E> {
     /// Projects `x` `[B, N, C]` to q, k, v, each a `[B, H, N, Dh]` view of one buffer.
     fn qkv(&self, op: &'static str, x: &Tensor<E>) -> Result<[Tensor<E>; 3]> {
         self.check_input(op, x)?;
-        let (b, n) = (x.shape()[0], x.shape()[1]);
-        let qkv = x
-            .linear(&self.qkv_weight, Some(&self.qkv_bias))?
-            .reshape(&[b, n, 3, self.heads, self.head_dim])?
-            .permute(&[2, 0, 3, 1, 4])?;
-        let part = |i: usize| qkv.narrow(0, i, 1)?.squeeze(0);
-        Ok([part(0)?, part(1)?, part(2)?])
+        let qkv = x.linear(&self.qkv_weight, Some(&self.qkv_bias))?;
+        qkv_views(&qkv, self.heads)
     }
 
     fn check_input(&self, op: &'static str, x: &Tensor<E>) -> Result<()> {

@@ -823,6 +823,16 @@ pub fn attention<E: Element>(
     }))
 }
 
+/// q, k, v as `[B, H, N, C / H]` views of a fused `[B, N, 3 C]` projection (no copy).
+pub(crate) fn qkv_views<E: Element>(qkv: &Tensor<E>, heads: usize) -> Result<[Tensor<E>; 3]> {
+    let (b, n, c3) = (qkv.shape()[0], qkv.shape()[1], qkv.shape()[2]);
+    let t = qkv
+        .reshape(&[b, n, 3, heads, c3 / 3 / heads])?
+        .permute(&[2, 0, 3, 1, 4])?;
+    let part = |i: usize| t.narrow(0, i, 1)?.squeeze(0);
+    Ok([part(0)?, part(1)?, part(2)?])
+}
+
 /// Causal-or-not self-attention straight from a fused projection: `qkv` is `[B, N, 3 C]`
 /// (queries, keys, values side by side, each `heads` heads of `C / heads`, as
 /// `x.linear(w_qkv, b_qkv)` gives them) and the output is `[B, N, C]` with the heads side by
@@ -850,15 +860,7 @@ pub fn attention_qkv<E: Element>(
     }
     let (b, n, c) = (s[0], s[1], s[2] / 3);
     let dh = c / heads;
-    let (q, k, v) = {
-        let _g = crate::autograd::no_grad();
-        let t = qkv
-            .detach()
-            .reshape(&[b, n, 3, heads, dh])?
-            .permute(&[2, 0, 3, 1, 4])?;
-        let part = |i: usize| t.narrow(0, i, 1)?.squeeze(0);
-        (part(0)?, part(1)?, part(2)?)
-    };
+    let [q, k, v] = qkv_views(&qkv.detach(), heads)?;
     let d = check_shapes(op, &q, &k, &v, mask, opts.causal)?;
     let alpha = E::from_f64(opts.alpha(op)?);
     let timer = Timer::start(Kernel::Attention);

@@ -898,7 +898,9 @@ type Args = (
 const L2_B_BYTES: usize = if cfg!(test) { 16 << 10 } else { 1 << 20 };
 
 /// How many tasks to split `m` rows and `panels` column panels into: (row tasks, column
-/// chunks). [`task_rows`] deals the rows out; a task runs its rows `MC` at a time.
+/// chunks, whether to run them over rayon). [`task_rows`] deals the rows out; a task runs its
+/// rows `MC` at a time. Serial and small products keep the same tasks, run one after
+/// another on the calling thread.
 fn split(
     m: usize,
     mr: usize,
@@ -906,7 +908,7 @@ fn split(
     macs: usize,
     b_bytes: usize,
     serial: bool,
-) -> (usize, usize) {
+) -> (usize, usize, bool) {
     // Packed `B` larger than L2 comes from L3 once per task, and the first tile of each
     // panel waits on it (the kernel reads 128 bytes of `B` every 12 cycles). So tasks are
     // then few and tall: one per thread, each running all of its rows, `MC` at a time,
@@ -916,10 +918,10 @@ fn split(
     let threads = rayon::current_num_threads();
     let mblocks = m.div_ceil(MC);
     if serial || threads <= 1 || macs < PAR_MIN_MACS {
-        return (if tall { 1 } else { mblocks }, 1);
+        return (if tall { 1 } else { mblocks }, 1, false);
     }
     if tall && m >= threads * MC {
-        return (threads, 1);
+        return (threads, 1, true);
     }
     // A whole number of row tasks per thread: 2,048 rows as 15 blocks of 144 would leave one
     // of two threads idle for a fifteenth of the product.
@@ -932,7 +934,8 @@ fn split(
     } else {
         want.div_ceil(mtasks).min(panels)
     };
-    (mtasks, nchunks.max(1))
+    let nchunks = nchunks.max(1);
+    (mtasks, nchunks, mtasks * nchunks > 1)
 }
 
 /// Rows `i0..i1` of row task `t` of `mtasks`: whole `mr`-row tiles dealt out evenly (the
@@ -1054,9 +1057,7 @@ unsafe fn stripe_product<K: Micro>(
     let nr = K::NR;
     let panels = cols.div_ceil(nr);
     let b_bytes = k * panels * nr * std::mem::size_of::<f32>();
-    let (mtasks, nchunks) = split(m, K::MR, panels, m * k * cols, b_bytes, serial);
-    // Small and serial products still run as several row tasks, one after another.
-    let parallel = mtasks * nchunks > 1 && !serial && m * k * cols >= PAR_MIN_MACS;
+    let (mtasks, nchunks, parallel) = split(m, K::MR, panels, m * k * cols, b_bytes, serial);
     let (a, b, c, bias) = (
         CPtr(a),
         CPtr(b.offset(js as isize * csb)),

@@ -311,6 +311,37 @@ pub fn peak_probe(seconds: f64) -> impl FnMut() -> f64 {
     move || fma_all_threads(k, iters, 1)
 }
 
+/// A probe that runs the active GEMM microkernel on L1-resident panels
+/// ([`GemmKernel::microkernel_flops`](crate::ops::gemm::GemmKernel::microkernel_flops)) on
+/// every thread for about `seconds` and returns the GFLOP/s it reached. On a core shared
+/// with another hardware thread this ceiling drops below [`peak_probe`]'s (the microkernel
+/// needs the load ports and the front end that the FMA loop leaves idle), so a product
+/// timed in the same rounds can be read against both.
+pub fn microkernel_probe(seconds: f64) -> impl FnMut() -> f64 {
+    let kernel = crate::ops::gemm::GemmKernel::active();
+    let mut tiles = 64usize;
+    loop {
+        let t = Instant::now();
+        std::hint::black_box(kernel.microkernel_flops(tiles));
+        let dt = t.elapsed().as_secs_f64();
+        if dt > 0.01 || tiles >= 1 << 30 {
+            tiles = ((tiles as f64 * seconds / dt.max(1e-9)) as usize).max(1);
+            break;
+        }
+        tiles *= 4;
+    }
+    move || {
+        let per_thread: Vec<(f64, f64)> = rayon::broadcast(|_| {
+            let t = Instant::now();
+            let flops = kernel.microkernel_flops(tiles);
+            (flops, t.elapsed().as_secs_f64())
+        });
+        let flops: f64 = per_thread.iter().map(|p| p.0).sum();
+        let slowest = per_thread.iter().map(|p| p.1).fold(0.0, f64::max);
+        flops / slowest / 1e9
+    }
+}
+
 /// Measures this machine's f32 FMA peak and memory bandwidth. Takes about
 /// `(kernels + 1) * repeats * fma_seconds` plus a second or two for the triads.
 pub fn measure_peak(cfg: &PeakConfig) -> Peak {

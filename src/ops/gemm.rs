@@ -88,6 +88,69 @@ impl GemmKernel {
     }
 }
 
+impl GemmKernel {
+    /// Runs this kernel's microkernel `tiles` times on one `MR x KC` panel of `A` and one
+    /// `KC x NR` panel of `B`, both small enough to stay in L1, and returns the flops done.
+    /// That is the most a blocked product can reach on this core at the moment (no packing,
+    /// no traffic to `C`, no cache misses): benches time it next to a product to tell how
+    /// well the blocking feeds the microkernel apart from what the core allows. `Portable`
+    /// runs matrixmultiply on the same panels, its own packing included.
+    pub fn microkernel_flops(self, tiles: usize) -> f64 {
+        let kernel = if self.supported() { self } else { Self::best() };
+        let (mr, nr) = match kernel {
+            GemmKernel::Avx512 => (12, 32),
+            GemmKernel::Avx2 => (6, 16),
+            GemmKernel::Portable => (8, 8),
+        };
+        let a: Vec<f32> = (0..mr * KC).map(|i| (i % 13) as f32 * 0.01).collect();
+        let b: Vec<f32> = (0..KC * nr).map(|i| (i % 7) as f32 * 0.01).collect();
+        let mut buf = vec![0.0f32; mr * nr];
+        for _ in 0..tiles {
+            let (a, b) = (std::hint::black_box(&a), std::hint::black_box(&b));
+            // SAFETY: the kernel is supported; the panels hold `KC x MR` and `KC x NR`
+            // values in the packed layouts and `buf` an `MR x NR` tile.
+            unsafe {
+                match kernel {
+                    #[cfg(target_arch = "x86_64")]
+                    GemmKernel::Avx512 => <x86::Avx512 as Micro>::to_buf(
+                        KC,
+                        a.as_ptr(),
+                        0,
+                        b.as_ptr(),
+                        buf.as_mut_ptr(),
+                    ),
+                    #[cfg(target_arch = "x86_64")]
+                    GemmKernel::Avx2 => <x86::Avx2 as Micro>::to_buf(
+                        KC,
+                        a.as_ptr(),
+                        0,
+                        b.as_ptr(),
+                        buf.as_mut_ptr(),
+                    ),
+                    _ => matrixmultiply::sgemm(
+                        mr,
+                        KC,
+                        nr,
+                        1.0,
+                        a.as_ptr(),
+                        1,
+                        mr as isize,
+                        b.as_ptr(),
+                        nr as isize,
+                        1,
+                        0.0,
+                        buf.as_mut_ptr(),
+                        nr as isize,
+                        1,
+                    ),
+                }
+            }
+            std::hint::black_box(&mut buf);
+        }
+        2.0 * (tiles * mr * nr * KC) as f64
+    }
+}
+
 /// Depth of a packed block: a `KC x 32` panel of `B` (32 KiB) stays in L1 while the kernel
 /// sweeps the `A` panels of a block.
 const KC: usize = 256;
@@ -1563,6 +1626,23 @@ mod tests {
 
     /// Every kernel against an f64 reference over shapes that hit full tiles, edges in both
     /// directions, several K blocks, every operand layout, alpha/beta and strided C.
+    #[test]
+    fn microkernel_ceiling_counts_its_flops() {
+        for kernel in [GemmKernel::Avx512, GemmKernel::Avx2, GemmKernel::Portable] {
+            let ran = if kernel.supported() {
+                kernel
+            } else {
+                GemmKernel::best()
+            };
+            let tile = match ran {
+                GemmKernel::Avx512 => 12 * 32,
+                GemmKernel::Avx2 => 6 * 16,
+                GemmKernel::Portable => 8 * 8,
+            };
+            assert_eq!(kernel.microkernel_flops(3), (2 * 3 * tile * KC) as f64);
+        }
+    }
+
     #[test]
     fn kernels_match_reference() {
         let shapes = [

@@ -151,8 +151,8 @@ impl GemmKernel {
     }
 }
 
-/// Depth of a packed block: a `KC x 32` panel of `B` (32 KiB) stays in L1 while the kernel
-/// sweeps the `A` panels of a block.
+/// Depth of a packed block: a tile's `MR x KC` of `A` (12 KiB) stays in L1 while the kernel
+/// sweeps the block's `KC x NR` panels of `B` (32 KiB each) from L2.
 const KC: usize = 256;
 /// Rows of a packed `A` block (144 KiB at `KC`, in L2); a multiple of both kernels' `MR`.
 const MC: usize = 144;
@@ -943,18 +943,22 @@ unsafe fn macro_kernel<K: Micro>(
 ) {
     let (mr_, nr_) = (K::MR, K::NR);
     let mut buf = [0.0f32; 12 * 32];
-    for q in panels {
-        let j0 = q * nr_;
-        let nr = nr_.min(cols - j0);
-        let b = bp.as_ptr().add(q * kc * nr_);
-        for (r, i0) in (0..rows).step_by(mr_).enumerate() {
-            let mr = mr_.min(rows - i0);
-            let (a, rsa) = match ablk {
-                ABlock::Packed(ap) => (ap.as_ptr().add(r * kc * mr_), 0),
-                ABlock::Rows { a, rsa, .. } if mr == mr_ => (a.offset(i0 as isize * rsa), rsa),
-                ABlock::Cols { a, csa, .. } if mr == mr_ => (a.add(i0), -csa),
-                ABlock::Rows { tail, .. } | ABlock::Cols { tail, .. } => (tail.as_ptr(), 0),
-            };
+    // Row tiles outside, panels inside: the tile's `MR x kc` of `A` stays in L1 while the
+    // `B` panels stream from L2, and `C` is written along its rows, which the prefetchers
+    // follow. (The other order, a `B` panel in L1 against the block's row tiles, writes `C`
+    // in scattered 128-byte pieces; measured in docs/performance.md.)
+    for (r, i0) in (0..rows).step_by(mr_).enumerate() {
+        let mr = mr_.min(rows - i0);
+        let (a, rsa) = match ablk {
+            ABlock::Packed(ap) => (ap.as_ptr().add(r * kc * mr_), 0),
+            ABlock::Rows { a, rsa, .. } if mr == mr_ => (a.offset(i0 as isize * rsa), rsa),
+            ABlock::Cols { a, csa, .. } if mr == mr_ => (a.add(i0), -csa),
+            ABlock::Rows { tail, .. } | ABlock::Cols { tail, .. } => (tail.as_ptr(), 0),
+        };
+        for q in panels.clone() {
+            let j0 = q * nr_;
+            let nr = nr_.min(cols - j0);
+            let b = bp.as_ptr().add(q * kc * nr_);
             let ct = c.offset(i0 as isize * rsc + j0 as isize * csc);
             if csc != 1 {
                 K::to_buf(kc, a, rsa, b, buf.as_mut_ptr());
@@ -1193,8 +1197,8 @@ fn split(
     b_bytes: usize,
     serial: bool,
 ) -> (usize, usize, bool) {
-    // Packed `B` larger than L2 comes from L3 once per task, and the first tile of each
-    // panel waits on it (the kernel reads 128 bytes of `B` every 12 cycles). So tasks are
+    // Packed `B` larger than L2 comes from L3 once per task, and the first row tile of each
+    // block waits on it (the kernel reads 128 bytes of `B` every 12 cycles). So tasks are
     // then few and tall: one per thread, each running all of its rows, `MC` at a time,
     // against a `KC x NC` block of `B` while the block is in L2 (Goto's loop order). With a
     // smaller `B`, a task of `MC` rows keeps its block of `C` in cache over all of `K`.

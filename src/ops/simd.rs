@@ -7,6 +7,7 @@
 //! vectorises it at that width. Only loops heavy enough to pay for the dispatch live here:
 //! GELU's erf is about 30 floating-point operations per element.
 
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use crate::ops::{gelu_grad_scalar, gelu_scalar};
@@ -77,12 +78,51 @@ multiversion! {
 }
 
 multiversion! {
-    /// `g = g * gelu'(x)` in place.
-    fn gelu_grad_f32<M>(x: &[f32], g: &mut [f32]) {
-        for (g, &x) in g.iter_mut().zip(x) {
-            *g *= gelu_grad_f32_scalar::<M>(x);
+    /// `y = gelu(x)`, writing every element of `y` (same length as `x`).
+    fn gelu_to_f32<M>(x: &[f32], y: &mut [MaybeUninit<f32>]) {
+        for (y, &x) in y.iter_mut().zip(x) {
+            y.write(0.5 * x * (1.0 + erf_f32_with::<M>(x * std::f32::consts::FRAC_1_SQRT_2)));
         }
     }
+}
+
+multiversion! {
+    /// `y = g * gelu'(x)`, writing every element of `y` (all three the same length).
+    fn gelu_grad_to_f32<M>(x: &[f32], g: &[f32], y: &mut [MaybeUninit<f32>]) {
+        for ((y, &x), &g) in y.iter_mut().zip(x).zip(g) {
+            y.write(g * gelu_grad_f32_scalar::<M>(x));
+        }
+    }
+}
+
+/// `y = gelu(x)` into uninitialised `y` of the same length: one pass over memory, where a
+/// copy and then GELU in place would make two.
+pub fn gelu_to<E: Element>(x: &[E], y: &mut [MaybeUninit<E>]) {
+    assert_eq!(x.len(), y.len());
+    if E::DTYPE == DType::F32 {
+        return gelu_to_f32(bytemuck::cast_slice(x), as_f32(y));
+    }
+    for (y, &x) in y.iter_mut().zip(x) {
+        y.write(gelu_scalar(x));
+    }
+}
+
+/// `y = g * gelu'(x)` (GELU's backward) into uninitialised `y`; all three the same length.
+pub fn gelu_grad_to<E: Element>(x: &[E], g: &[E], y: &mut [MaybeUninit<E>]) {
+    assert!(x.len() == y.len() && g.len() == y.len());
+    if E::DTYPE == DType::F32 {
+        return gelu_grad_to_f32(bytemuck::cast_slice(x), bytemuck::cast_slice(g), as_f32(y));
+    }
+    for ((y, &x), &g) in y.iter_mut().zip(x).zip(g) {
+        y.write(g * gelu_grad_scalar(x));
+    }
+}
+
+/// `y` as `f32` slots; only called when `E` is `f32`.
+fn as_f32<E: Element>(y: &mut [MaybeUninit<E>]) -> &mut [MaybeUninit<f32>] {
+    assert_eq!(E::DTYPE, DType::F32);
+    // SAFETY: E is f32 (checked), so the slots have the same size, alignment and count.
+    unsafe { std::slice::from_raw_parts_mut(y.as_mut_ptr().cast(), y.len()) }
 }
 
 /// [`gelu_grad_scalar`] for `f32` without library calls, so that its loop vectorises:
@@ -104,17 +144,6 @@ pub fn gelu_inplace<E: Element>(x: &mut [E]) {
     }
     for v in x.iter_mut() {
         *v = gelu_scalar(*v);
-    }
-}
-
-/// `g = g * gelu'(x)` in place (GELU's backward); `x` and `g` have the same length.
-pub fn gelu_grad_inplace<E: Element>(x: &[E], g: &mut [E]) {
-    debug_assert_eq!(x.len(), g.len());
-    if E::DTYPE == DType::F32 {
-        return gelu_grad_f32(bytemuck::cast_slice(x), bytemuck::cast_slice_mut(g));
-    }
-    for (g, &x) in g.iter_mut().zip(x) {
-        *g *= gelu_grad_scalar(x);
     }
 }
 
@@ -212,8 +241,19 @@ mod tests {
         let xs: Vec<f32> = (0..20_000).map(|i| -12.0 + i as f32 * 1.2e-3).collect();
         let mut y = xs.clone();
         gelu_inplace(&mut y);
-        let mut g = vec![1.5f32; xs.len()];
-        gelu_grad_inplace(&xs, &mut g);
+        let mut y2 = vec![MaybeUninit::uninit(); xs.len()];
+        gelu_to(&xs, &mut y2);
+        let gs = vec![1.5f32; xs.len()];
+        let mut g = vec![MaybeUninit::uninit(); xs.len()];
+        gelu_grad_to(&xs, &gs, &mut g);
+        // SAFETY: both functions wrote every element.
+        let (y2, g): (Vec<f32>, Vec<f32>) = unsafe {
+            (
+                y2.iter().map(|v| v.assume_init()).collect(),
+                g.iter().map(|v| v.assume_init()).collect(),
+            )
+        };
+        assert_eq!(y, y2, "in place and out of place agree bit for bit");
         for (i, &x) in xs.iter().enumerate() {
             let want = gelu_scalar(x as f64);
             assert!(

@@ -1,10 +1,12 @@
 //! Elementwise unary ops. Each backward multiplies the output gradient by the derivative,
 //! computed from the saved input or output (whichever is cheaper and stable).
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::kernel::map1;
-use super::simd::{gelu_grad_inplace, gelu_inplace};
+use super::simd::{gelu_grad_to, gelu_to};
 use crate::error::Result;
 use crate::profile::{Kernel, Timer};
 use crate::tensor::iter::PAR_THRESHOLD;
@@ -152,27 +154,20 @@ impl<E: Element> Tensor<E> {
     /// GELU with the exact error function (TarFlow's choice).
     pub fn gelu(&self) -> Tensor<E> {
         let timer = Timer::start(Kernel::Gelu);
-        // A copy of the input (no zero-filled buffer first), then GELU in place.
-        let mut v = self.to_vec();
-        if v.len() >= PAR_THRESHOLD {
-            v.par_chunks_mut(PAR_THRESHOLD).for_each(gelu_inplace);
-        } else {
-            gelu_inplace(&mut v);
-        }
+        let v =
+            self.with_contiguous(|xs| map_to(xs.len(), |lo, y| gelu_to(&xs[lo..lo + y.len()], y)));
         drop(timer);
         let out = Tensor::from_raw(v, self.shape());
         let x = self.detach();
         out.record("gelu", &[self], move |g| {
             let _timer = Timer::start(Kernel::Gelu);
-            let mut gv = g.to_vec();
-            x.with_contiguous(|xs| {
-                if gv.len() >= PAR_THRESHOLD {
-                    gv.par_chunks_mut(PAR_THRESHOLD)
-                        .zip(xs.par_chunks(PAR_THRESHOLD))
-                        .for_each(|(g, x)| gelu_grad_inplace(x, g));
-                } else {
-                    gelu_grad_inplace(xs, &mut gv);
-                }
+            let gv = x.with_contiguous(|xs| {
+                g.with_contiguous(|gs| {
+                    map_to(xs.len(), |lo, y| {
+                        let hi = lo + y.len();
+                        gelu_grad_to(&xs[lo..hi], &gs[lo..hi], y)
+                    })
+                })
             });
             Ok(vec![Some(Tensor::from_raw(gv, g.shape()))])
         })
@@ -251,4 +246,23 @@ impl<E: Element> Tensor<E> {
     pub fn soft_clip(&self, a: f64) -> Tensor<E> {
         self.div_scalar(a).tanh().mul_scalar(a)
     }
+}
+
+/// A fresh vector of `n` values, written chunk by chunk by `fill(start, chunk)` (on rayon
+/// from `PAR_THRESHOLD` elements), without zero-filling it first. `fill` must write every
+/// element of its chunk.
+fn map_to<E: Element>(n: usize, fill: impl Fn(usize, &mut [MaybeUninit<E>]) + Sync) -> Vec<E> {
+    let mut v: Vec<E> = Vec::with_capacity(n);
+    let slots = &mut v.spare_capacity_mut()[..n];
+    if n >= PAR_THRESHOLD {
+        slots
+            .par_chunks_mut(PAR_THRESHOLD)
+            .enumerate()
+            .for_each(|(i, y)| fill(i * PAR_THRESHOLD, y));
+    } else {
+        fill(0, slots);
+    }
+    // SAFETY: `fill` wrote all n slots (gelu_to and gelu_grad_to write every element).
+    unsafe { v.set_len(n) };
+    v
 }

@@ -207,32 +207,49 @@ fn kernels() -> Vec<(&'static str, FmaKernel)> {
 
 /// Iterations of `k` that take about `seconds` on one thread.
 fn calibrate(k: FmaKernel, seconds: f64) -> u64 {
-    let mut iters = 1u64 << 16;
+    calibrate_count(1 << 16, seconds, |n| {
+        std::hint::black_box(k(std::hint::black_box(n)));
+    })
+}
+
+/// A count `n` for which `run(n)` takes about `seconds`, growing from `start` fourfold until
+/// a run lasts long enough to time.
+fn calibrate_count(start: u64, seconds: f64, run: impl Fn(u64)) -> u64 {
+    let mut n = start.max(1);
     loop {
         let t = Instant::now();
-        std::hint::black_box(k(std::hint::black_box(iters)));
+        run(n);
         let dt = t.elapsed().as_secs_f64();
-        if dt > 0.02 || iters >= 1 << 40 {
-            return ((iters as f64 * seconds / dt.max(1e-9)) as u64).max(1);
+        if dt > 0.02 || n >= 1 << 40 {
+            return ((n as f64 * seconds / dt.max(1e-9)) as u64).max(1);
         }
-        iters *= 4;
+        n *= 4;
     }
 }
 
+/// GFLOP/s of `run` (which returns the flops it did) on every rayon thread at once. Each
+/// thread times itself; the slowest thread bounds the aggregate rate.
+fn gflops_all_threads(run: impl Fn() -> f64 + Sync) -> f64 {
+    let per_thread: Vec<(f64, f64)> = rayon::broadcast(|_| {
+        let t = Instant::now();
+        let flops = run();
+        (flops, t.elapsed().as_secs_f64())
+    });
+    let flops: f64 = per_thread.iter().map(|p| p.0).sum();
+    let slowest = per_thread.iter().map(|p| p.1).fold(0.0, f64::max);
+    flops / slowest / 1e9
+}
+
 /// GFLOP/s of `k` running `iters` iterations on every rayon thread at once (best of
-/// `repeats`). Each thread times itself; the slowest thread bounds the aggregate rate.
+/// `repeats`).
 fn fma_all_threads(k: FmaKernel, iters: u64, repeats: usize) -> f64 {
     (0..repeats.max(1))
         .map(|_| {
-            let per_thread: Vec<(f64, f64)> = rayon::broadcast(|_| {
-                let t = Instant::now();
+            gflops_all_threads(|| {
                 let (flops, keep) = k(std::hint::black_box(iters));
                 std::hint::black_box(keep);
-                (flops * iters as f64, t.elapsed().as_secs_f64())
-            });
-            let flops: f64 = per_thread.iter().map(|p| p.0).sum();
-            let slowest = per_thread.iter().map(|p| p.1).fold(0.0, f64::max);
-            flops / slowest / 1e9
+                flops * iters as f64
+            })
         })
         .fold(0.0, f64::max)
 }
@@ -319,27 +336,10 @@ pub fn peak_probe(seconds: f64) -> impl FnMut() -> f64 {
 /// timed in the same rounds can be read against both.
 pub fn microkernel_probe(seconds: f64) -> impl FnMut() -> f64 {
     let kernel = crate::ops::gemm::GemmKernel::active();
-    let mut tiles = 64usize;
-    loop {
-        let t = Instant::now();
-        std::hint::black_box(kernel.microkernel_flops(tiles));
-        let dt = t.elapsed().as_secs_f64();
-        if dt > 0.01 || tiles >= 1 << 30 {
-            tiles = ((tiles as f64 * seconds / dt.max(1e-9)) as usize).max(1);
-            break;
-        }
-        tiles *= 4;
-    }
-    move || {
-        let per_thread: Vec<(f64, f64)> = rayon::broadcast(|_| {
-            let t = Instant::now();
-            let flops = kernel.microkernel_flops(tiles);
-            (flops, t.elapsed().as_secs_f64())
-        });
-        let flops: f64 = per_thread.iter().map(|p| p.0).sum();
-        let slowest = per_thread.iter().map(|p| p.1).fold(0.0, f64::max);
-        flops / slowest / 1e9
-    }
+    let tiles = calibrate_count(64, seconds, |n| {
+        std::hint::black_box(kernel.microkernel_flops(n as usize));
+    }) as usize;
+    move || gflops_all_threads(|| kernel.microkernel_flops(tiles))
 }
 
 /// Measures this machine's f32 FMA peak and memory bandwidth. Takes about

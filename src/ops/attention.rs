@@ -268,31 +268,20 @@ fn transpose_into<E: Element>(src: Mat<E>, rows: usize, cols: usize, dst: &mut [
     let row = |r: usize| (src.off + r as isize * src.rs) as usize;
     let (mut r0, full_c) = (0, cols - cols % T);
     // f32 blocks go through vector shuffles (where the CPU has AVX).
-    let fast = E::DTYPE == DType::F32 && src.rs > 0;
+    let fast =
+        (E::DTYPE == DType::F32 && src.rs > 0).then(|| bytemuck::cast_slice::<E, f32>(src.data));
     if src.cs == 1 {
         while r0 + T <= rows {
             let rs: [&[E]; T] = std::array::from_fn(|t| &src.data[row(r0 + t)..row(r0 + t) + cols]);
             for c0 in (0..full_c).step_by(T) {
-                if fast {
-                    let (first, last) = (row(r0) + c0, (c0 + T - 1) * ld + r0 + T);
-                    assert!(first + (T - 1) * src.rs as usize + T <= src.data.len());
-                    assert!(last <= dst.len());
-                    let (s, d): (&[f32], &mut [f32]) = (
-                        bytemuck::cast_slice(src.data),
-                        bytemuck::cast_slice_mut(dst),
-                    );
+                if let Some(s) = fast {
+                    let (first, stride) = (row(r0) + c0, src.rs as usize);
+                    assert!(first + (T - 1) * stride + T <= s.len());
+                    assert!((c0 + T - 1) * ld + r0 + T <= dst.len());
+                    let d = bytemuck::cast_slice_mut::<E, f32>(dst)[c0 * ld + r0..].as_mut_ptr();
                     // SAFETY: the assertions keep the block's eight rows of eight inside
                     // `src` and its eight columns inside `dst`, two distinct slices.
-                    let stride = src.rs as usize;
-                    let done = unsafe {
-                        simd::transpose8x8_f32(
-                            s[first..].as_ptr(),
-                            stride,
-                            d[c0 * ld + r0..].as_mut_ptr(),
-                            ld,
-                        )
-                    };
-                    if done {
+                    if unsafe { simd::transpose8x8_f32(s[first..].as_ptr(), stride, d, ld) } {
                         continue;
                     }
                 }

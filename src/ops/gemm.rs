@@ -86,9 +86,7 @@ impl GemmKernel {
             }
         })
     }
-}
 
-impl GemmKernel {
     /// Runs this kernel's microkernel `tiles` times on one `MR x KC` panel of `A` and one
     /// `KC x NR` panel of `B`, both small enough to stay in L1, and returns the flops done.
     /// That is the most a blocked product can reach on this core at the moment (no packing,
@@ -339,6 +337,41 @@ mod x86 {
         };
     }
 
+    /// `asm!` with the 24 accumulators of a 12 x 32 tile bound to `{c0}`..`{c23}` (row `r`
+    /// in `{c(2r)}` and `{c(2r+1)}`), after the loop's own template and operands.
+    macro_rules! tile_asm {
+        ($acc:ident; $($body:tt)*) => {
+            std::arch::asm!(
+            $($body)*
+            c0 = inout(zmm_reg) $acc[0][0],
+            c1 = inout(zmm_reg) $acc[0][1],
+            c2 = inout(zmm_reg) $acc[1][0],
+            c3 = inout(zmm_reg) $acc[1][1],
+            c4 = inout(zmm_reg) $acc[2][0],
+            c5 = inout(zmm_reg) $acc[2][1],
+            c6 = inout(zmm_reg) $acc[3][0],
+            c7 = inout(zmm_reg) $acc[3][1],
+            c8 = inout(zmm_reg) $acc[4][0],
+            c9 = inout(zmm_reg) $acc[4][1],
+            c10 = inout(zmm_reg) $acc[5][0],
+            c11 = inout(zmm_reg) $acc[5][1],
+            c12 = inout(zmm_reg) $acc[6][0],
+            c13 = inout(zmm_reg) $acc[6][1],
+            c14 = inout(zmm_reg) $acc[7][0],
+            c15 = inout(zmm_reg) $acc[7][1],
+            c16 = inout(zmm_reg) $acc[8][0],
+            c17 = inout(zmm_reg) $acc[8][1],
+            c18 = inout(zmm_reg) $acc[9][0],
+            c19 = inout(zmm_reg) $acc[9][1],
+            c20 = inout(zmm_reg) $acc[10][0],
+            c21 = inout(zmm_reg) $acc[10][1],
+            c22 = inout(zmm_reg) $acc[11][0],
+            c23 = inout(zmm_reg) $acc[11][1],
+            options(nostack, readonly),
+            )
+        };
+    }
+
     /// `acc += a.b` over `4 * blocks` k steps: 12 adjacent values of `A` per step, steps
     /// `ks` bytes apart (a packed panel, or column-major `A` in place), and a packed `B`
     /// panel.
@@ -353,7 +386,7 @@ mod x86 {
         if blocks == 0 {
             return;
         }
-        std::arch::asm!(
+        tile_asm!(acc;
             "2:",
             cols_step!("0", "64"),
             cols_step!("128", "192"),
@@ -368,31 +401,6 @@ mod x86 {
             ks = in(reg) ks,
             t0 = out(zmm_reg) _,
             t1 = out(zmm_reg) _,
-            c0 = inout(zmm_reg) acc[0][0],
-            c1 = inout(zmm_reg) acc[0][1],
-            c2 = inout(zmm_reg) acc[1][0],
-            c3 = inout(zmm_reg) acc[1][1],
-            c4 = inout(zmm_reg) acc[2][0],
-            c5 = inout(zmm_reg) acc[2][1],
-            c6 = inout(zmm_reg) acc[3][0],
-            c7 = inout(zmm_reg) acc[3][1],
-            c8 = inout(zmm_reg) acc[4][0],
-            c9 = inout(zmm_reg) acc[4][1],
-            c10 = inout(zmm_reg) acc[5][0],
-            c11 = inout(zmm_reg) acc[5][1],
-            c12 = inout(zmm_reg) acc[6][0],
-            c13 = inout(zmm_reg) acc[6][1],
-            c14 = inout(zmm_reg) acc[7][0],
-            c15 = inout(zmm_reg) acc[7][1],
-            c16 = inout(zmm_reg) acc[8][0],
-            c17 = inout(zmm_reg) acc[8][1],
-            c18 = inout(zmm_reg) acc[9][0],
-            c19 = inout(zmm_reg) acc[9][1],
-            c20 = inout(zmm_reg) acc[10][0],
-            c21 = inout(zmm_reg) acc[10][1],
-            c22 = inout(zmm_reg) acc[11][0],
-            c23 = inout(zmm_reg) acc[11][1],
-            options(nostack, readonly),
         );
     }
 
@@ -410,7 +418,7 @@ mod x86 {
         if blocks == 0 {
             return;
         }
-        std::arch::asm!(
+        tile_asm!(acc;
             "2:",
             rows_step!("0", "64", "0"),
             rows_step!("128", "192", "4"),
@@ -445,31 +453,6 @@ mod x86 {
             t0 = out(zmm_reg) _,
             t1 = out(zmm_reg) _,
             t2 = out(zmm_reg) _,
-            c0 = inout(zmm_reg) acc[0][0],
-            c1 = inout(zmm_reg) acc[0][1],
-            c2 = inout(zmm_reg) acc[1][0],
-            c3 = inout(zmm_reg) acc[1][1],
-            c4 = inout(zmm_reg) acc[2][0],
-            c5 = inout(zmm_reg) acc[2][1],
-            c6 = inout(zmm_reg) acc[3][0],
-            c7 = inout(zmm_reg) acc[3][1],
-            c8 = inout(zmm_reg) acc[4][0],
-            c9 = inout(zmm_reg) acc[4][1],
-            c10 = inout(zmm_reg) acc[5][0],
-            c11 = inout(zmm_reg) acc[5][1],
-            c12 = inout(zmm_reg) acc[6][0],
-            c13 = inout(zmm_reg) acc[6][1],
-            c14 = inout(zmm_reg) acc[7][0],
-            c15 = inout(zmm_reg) acc[7][1],
-            c16 = inout(zmm_reg) acc[8][0],
-            c17 = inout(zmm_reg) acc[8][1],
-            c18 = inout(zmm_reg) acc[9][0],
-            c19 = inout(zmm_reg) acc[9][1],
-            c20 = inout(zmm_reg) acc[10][0],
-            c21 = inout(zmm_reg) acc[10][1],
-            c22 = inout(zmm_reg) acc[11][0],
-            c23 = inout(zmm_reg) acc[11][1],
-            options(nostack, readonly),
         );
     }
 

@@ -1,6 +1,8 @@
 //! Shared CPU loops for elementwise maps: strided inputs in, a fresh contiguous output out.
 //! Large outputs are split across rayon tasks; small ones stay on the calling thread.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use crate::tensor::iter::{Plan, PAR_THRESHOLD};
@@ -39,6 +41,28 @@ pub(crate) fn map1<E: Element>(a: &[E], la: &Layout, f: impl Fn(E) -> E + Sync) 
     };
     par_rows(&plan, &mut out, run);
     out
+}
+
+/// A fresh vector of `n` values, written chunk by chunk by `fill(start, chunk)` (on rayon
+/// from `PAR_THRESHOLD` elements), without zero-filling it first. `fill` must write every
+/// element of its chunk.
+pub(crate) fn fill_fresh<E: Element>(
+    n: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<E>]) + Sync,
+) -> Vec<E> {
+    let mut v: Vec<E> = Vec::with_capacity(n);
+    let slots = &mut v.spare_capacity_mut()[..n];
+    if n >= PAR_THRESHOLD {
+        slots
+            .par_chunks_mut(PAR_THRESHOLD)
+            .enumerate()
+            .for_each(|(i, y)| fill(i * PAR_THRESHOLD, y));
+    } else {
+        fill(0, slots);
+    }
+    // SAFETY: `fill` wrote all n slots, as its contract requires.
+    unsafe { v.set_len(n) };
+    v
 }
 
 /// `out[i] = f(a[i], b[i])` over two strided views of the output shape (broadcast strides 0).

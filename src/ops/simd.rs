@@ -71,8 +71,7 @@ multiversion! {
     /// `x = gelu(x)` in place.
     fn gelu_f32<M>(x: &mut [f32]) {
         for v in x.iter_mut() {
-            let x = *v;
-            *v = 0.5 * x * (1.0 + erf_f32_with::<M>(x * std::f32::consts::FRAC_1_SQRT_2));
+            *v = gelu_f32_scalar::<M>(*v);
         }
     }
 }
@@ -81,7 +80,7 @@ multiversion! {
     /// `y = gelu(x)`, writing every element of `y` (same length as `x`).
     fn gelu_to_f32<M>(x: &[f32], y: &mut [MaybeUninit<f32>]) {
         for (y, &x) in y.iter_mut().zip(x) {
-            y.write(0.5 * x * (1.0 + erf_f32_with::<M>(x * std::f32::consts::FRAC_1_SQRT_2)));
+            y.write(gelu_f32_scalar::<M>(x));
         }
     }
 }
@@ -123,6 +122,12 @@ fn as_f32<E: Element>(y: &mut [MaybeUninit<E>]) -> &mut [MaybeUninit<f32>] {
     assert_eq!(E::DTYPE, DType::F32);
     // SAFETY: E is f32 (checked), so the slots have the same size, alignment and count.
     unsafe { std::slice::from_raw_parts_mut(y.as_mut_ptr().cast(), y.len()) }
+}
+
+/// [`gelu_scalar`] for `f32` without library calls, so that its loop vectorises.
+#[inline(always)]
+fn gelu_f32_scalar<M: MulAdd>(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf_f32_with::<M>(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 /// [`gelu_grad_scalar`] for `f32` without library calls, so that its loop vectorises:

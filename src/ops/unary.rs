@@ -1,15 +1,10 @@
 //! Elementwise unary ops. Each backward multiplies the output gradient by the derivative,
 //! computed from the saved input or output (whichever is cheaper and stable).
 
-use std::mem::MaybeUninit;
-
-use rayon::prelude::*;
-
-use super::kernel::map1;
+use super::kernel::{fill_fresh, map1};
 use super::simd::{gelu_grad_to, gelu_to};
 use crate::error::Result;
 use crate::profile::{Kernel, Timer};
-use crate::tensor::iter::PAR_THRESHOLD;
 use crate::tensor::{Element, Tensor};
 
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
@@ -154,8 +149,8 @@ impl<E: Element> Tensor<E> {
     /// GELU with the exact error function (TarFlow's choice).
     pub fn gelu(&self) -> Tensor<E> {
         let timer = Timer::start(Kernel::Gelu);
-        let v =
-            self.with_contiguous(|xs| map_to(xs.len(), |lo, y| gelu_to(&xs[lo..lo + y.len()], y)));
+        let v = self
+            .with_contiguous(|xs| fill_fresh(xs.len(), |lo, y| gelu_to(&xs[lo..lo + y.len()], y)));
         drop(timer);
         let out = Tensor::from_raw(v, self.shape());
         let x = self.detach();
@@ -163,7 +158,7 @@ impl<E: Element> Tensor<E> {
             let _timer = Timer::start(Kernel::Gelu);
             let gv = x.with_contiguous(|xs| {
                 g.with_contiguous(|gs| {
-                    map_to(xs.len(), |lo, y| {
+                    fill_fresh(xs.len(), |lo, y| {
                         let hi = lo + y.len();
                         gelu_grad_to(&xs[lo..hi], &gs[lo..hi], y)
                     })
@@ -246,23 +241,4 @@ impl<E: Element> Tensor<E> {
     pub fn soft_clip(&self, a: f64) -> Tensor<E> {
         self.div_scalar(a).tanh().mul_scalar(a)
     }
-}
-
-/// A fresh vector of `n` values, written chunk by chunk by `fill(start, chunk)` (on rayon
-/// from `PAR_THRESHOLD` elements), without zero-filling it first. `fill` must write every
-/// element of its chunk.
-fn map_to<E: Element>(n: usize, fill: impl Fn(usize, &mut [MaybeUninit<E>]) + Sync) -> Vec<E> {
-    let mut v: Vec<E> = Vec::with_capacity(n);
-    let slots = &mut v.spare_capacity_mut()[..n];
-    if n >= PAR_THRESHOLD {
-        slots
-            .par_chunks_mut(PAR_THRESHOLD)
-            .enumerate()
-            .for_each(|(i, y)| fill(i * PAR_THRESHOLD, y));
-    } else {
-        fill(0, slots);
-    }
-    // SAFETY: `fill` wrote all n slots (gelu_to and gelu_grad_to write every element).
-    unsafe { v.set_len(n) };
-    v
 }

@@ -24,9 +24,10 @@ pub struct BenchArgs {
     /// Images sampled per sampling run.
     #[arg(long, default_value_t = 16)]
     sample_batch: usize,
-    /// Timed repeats after one warm-up run.
-    #[arg(long, default_value_t = 5)]
-    repeats: usize,
+    /// Timed repeats after the warm-up: 5 whole-model runs, or with --kernels 15 interleaved
+    /// rounds (a kernel's median over fewer rounds moves with this machine's noise).
+    #[arg(long)]
+    repeats: Option<usize>,
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Print JSON instead of a table.
@@ -42,7 +43,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let mut c = TarFlowConfig::preset(&a.preset)?;
     a.shape.apply(&mut c);
     c.validate()?;
-    let rows = bench_model(&c, a.batch, a.sample_batch, a.repeats)?;
+    let rows = bench_model(&c, a.batch, a.sample_batch, a.repeats.unwrap_or(5))?;
     if a.json {
         let v = serde_json::json!({ "config": c, "results": rows });
         println!(

@@ -5,11 +5,12 @@ use tarflow::bench::kernels::{format_table, run_kernel_benches, BenchConfig};
 use tarflow::bench::peak::{measure_peak, PeakConfig};
 use tarflow::{Error, Result};
 
-pub fn bench_kernels(json: bool, repeats: usize) -> Result<()> {
+pub fn bench_kernels(json: bool, repeats: Option<usize>) -> Result<()> {
     let peak = measure_peak(&PeakConfig::default());
+    let defaults = BenchConfig::default();
     let cfg = BenchConfig {
-        repeats: repeats.max(3),
-        ..BenchConfig::default()
+        repeats: repeats.unwrap_or(defaults.repeats).max(3),
+        ..defaults
     };
     let mut results = run_kernel_benches(&peak, &cfg);
     results.extend(bench_fused(&peak, &cfg)?);

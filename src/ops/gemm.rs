@@ -254,6 +254,21 @@ mod x86 {
     pub struct Avx512;
     pub struct Avx2;
 
+    /// `kc` rows of 32 values `rsb` apart from `src` into `dst`, contiguous: a panel of
+    /// row-major `B`, two 64-byte moves per row (the baseline target copies 16 bytes at a time).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `src` holds the rows and `dst` `kc * 32` values.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn copy_rows_32(kc: usize, src: *const f32, rsb: isize, dst: *mut f32) {
+        for p in 0..kc {
+            let s = src.offset(p as isize * rsb);
+            let d = dst.add(p * 32);
+            _mm512_storeu_ps(d, _mm512_loadu_ps(s));
+            _mm512_storeu_ps(d.add(16), _mm512_loadu_ps(s.add(16)));
+        }
+    }
+
     // The k loops below are assembly so that each multiply-add takes its `A` value as an
     // embedded broadcast from memory: one fused instruction where the intrinsics give a
     // broadcast shared by two multiply-adds, 27 or 28 instructions per k step instead of 39.
@@ -806,6 +821,12 @@ unsafe fn pack_b_panel(
         }
     }
     if csb == 1 && nr == 32 && nr_full == 32 {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            assert!(panel.len() >= kc * 32);
+            x86::copy_rows_32(kc, b.add(j0), rsb, panel.as_mut_ptr());
+            return;
+        }
         rows::<32>(kc, b.add(j0), rsb, panel);
     } else if csb == 1 && nr == 16 && nr_full == 16 {
         rows::<16>(kc, b.add(j0), rsb, panel);
@@ -816,9 +837,37 @@ unsafe fn pack_b_panel(
             d.copy_from_slice(std::slice::from_raw_parts(src, nr));
         }
     } else {
+        // Column-major `B` (a linear layer's weight `W` read as `W^T`): the panel is the
+        // transpose of `nr` rows of `kc` adjacent values, moved in 8 x 8 blocks, each read
+        // as eight rows of eight and written as eight rows of eight. One value at a time,
+        // every write lands `nr_full` floats after the last.
+        let (full_j, full_p) = if rsb == 1 {
+            (nr / 8 * 8, kc / 8 * 8)
+        } else {
+            (0, 0)
+        };
+        let mut blocks_done = full_j > 0 && full_p > 0;
+        'blocks: for j in (0..full_j).step_by(8) {
+            for p in (0..full_p).step_by(8) {
+                let src = b.offset((j0 + j) as isize * csb + p as isize);
+                assert!((p + 7) * nr_full + j + 8 <= panel.len());
+                let dst = panel.as_mut_ptr().add(p * nr_full + j);
+                if !crate::ops::simd::transpose8x8_f32(src, csb as usize, dst, nr_full) {
+                    blocks_done = false;
+                    break 'blocks;
+                }
+            }
+        }
+        let (full_j, full_p) = if blocks_done {
+            (full_j, full_p)
+        } else {
+            (0, 0)
+        };
         for j in 0..nr {
             let src = b.offset((j0 + j) as isize * csb);
-            for p in 0..kc {
+            // Rows of the block already moved need only their last `kc % 8` values.
+            let from = if j < full_j { full_p } else { 0 };
+            for p in from..kc {
                 panel[p * nr_full + j] = *src.offset(p as isize * rsb);
             }
         }

@@ -323,9 +323,14 @@ impl MulAdd for Unfused {
     }
 }
 
+/// `c[0] x^(n-1) + ... + c[n-1]`. Starts from the leading coefficient: a fold from zero costs
+/// a multiply-add per polynomial that the compiler may not drop (`0 * x` is NaN for infinite
+/// `x`), and for finite `x` gives the same bits.
 #[inline(always)]
-fn horner<M: MulAdd>(coeffs: &[f32], x: f32) -> f32 {
-    coeffs.iter().fold(0.0, |acc, &c| M::mul_add(acc, x, c))
+fn horner<M: MulAdd, const N: usize>(coeffs: &[f32; N], x: f32) -> f32 {
+    coeffs[1..]
+        .iter()
+        .fold(coeffs[0], |acc, &c| M::mul_add(acc, x, c))
 }
 
 /// [`erf_f32`] with its Horner steps evaluated by `M`.
@@ -355,9 +360,9 @@ pub(crate) fn erf_f32_with<M: MulAdd>(x: f32) -> f32 {
     const SPLIT: f32 = 0.921_875;
     let ax = x.abs();
     let u = x * x;
-    let small = x * horner::<M>(&SMALL, u);
+    let small = x * horner::<M, _>(&SMALL, u);
     let t = (if ax < 4.0 { ax } else { 4.0 } - 2.460_937_5) * (1.0 / 1.539_062_5);
-    let q = horner::<M>(&LOG_ERFC_PLUS_SQ, t) - u.min(16.0);
+    let q = horner::<M, _>(&LOG_ERFC_PLUS_SQ, t) - u.min(16.0);
     let large = (1.0 - exp_neg_f32_with::<M>(q)).copysign(x);
     let r = if ax <= SPLIT { small } else { large };
     // NaN fails both comparisons above and would come out as +-1.
@@ -391,7 +396,7 @@ pub(crate) fn exp_neg_f32_with<M: MulAdd>(y: f32) -> f32 {
     let t = y * std::f32::consts::LOG2_E + ROUND;
     let n = t - ROUND;
     let r = (y - n * LN2_HI) - n * LN2_LO;
-    let p = horner::<M>(&EXP, r);
+    let p = horner::<M, _>(&EXP, r);
     // `t`'s bits are ROUND's plus n, so 2^n comes from integer arithmetic on them. (`n as
     // i32` would be a saturating conversion, which the compiler does not vectorise.)
     let biased = t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127);

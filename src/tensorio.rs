@@ -219,6 +219,48 @@ pub fn tensors_to_bytes<E: Element>(
         .collect::<Result<Vec<_>>>()?;
     safetensors::serialize(views, &metadata)
         .map_err(|e| Error::format("safetensors", e.to_string()))
+        .and_then(with_sorted_header)
+}
+
+/// `bytes` (a serialised safetensors file) with its JSON header's keys in sorted order, so
+/// that the same tensors and metadata always give the same file. The `safetensors` crate
+/// writes the metadata from a hash map, in an order that changes from process to process.
+/// Offsets in the header count from the end of the header, so the data is left as it is.
+pub(crate) fn with_sorted_header(bytes: Vec<u8>) -> Result<Vec<u8>> {
+    use std::collections::BTreeMap;
+    let bad = |m: &str| Error::format("safetensors", format!("serialised header {m}"));
+    let n = bytes
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(|b| u64::from_le_bytes(b) as usize)
+        .ok_or_else(|| bad("missing"))?;
+    let end = 8usize.checked_add(n).filter(|&e| e <= bytes.len());
+    let end = end.ok_or_else(|| bad("longer than the file"))?;
+    let header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..end]).map_err(|e| bad(&e.to_string()))?;
+    // The metadata's own keys too (a BTreeMap sorts whatever serde_json's map type does).
+    let header: BTreeMap<String, serde_json::Value> = header
+        .into_iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::Object(m) if k == "__metadata__" => {
+                let sorted: BTreeMap<String, serde_json::Value> = m.into_iter().collect();
+                serde_json::to_value(sorted).map(|v| (k, v))
+            }
+            v => Ok((k, v)),
+        })
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| bad(&e.to_string()))?;
+    let mut json = serde_json::to_string(&header).map_err(|e| bad(&e.to_string()))?;
+    // Padded with spaces to a multiple of 8 bytes, as the crate pads it, so that the data
+    // stays aligned.
+    while json.len() % 8 != 0 {
+        json.push(' ');
+    }
+    let mut out = Vec::with_capacity(8 + json.len() + bytes.len() - end);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(json.as_bytes());
+    out.extend_from_slice(&bytes[end..]);
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -230,6 +272,41 @@ mod tests {
         b.extend_from_slice(header.as_bytes());
         b.extend_from_slice(data);
         b
+    }
+
+    /// The header's keys come out sorted, the metadata's included, whatever order the hash
+    /// maps hold them in; the file reads back to the same tensors and metadata.
+    #[test]
+    fn serialised_headers_are_sorted_and_read_back() {
+        let a = Tensor::<f32>::from_vec(vec![1.0, 2.0, 3.0], &[3]).unwrap();
+        let b = Tensor::<f32>::from_vec(vec![4.0, 5.0], &[1, 2]).unwrap();
+        let keys = [
+            "zeta", "alpha", "mu", "beta", "omega", "kappa", "delta", "sigma",
+        ];
+        let meta: HashMap<String, String> = keys
+            .iter()
+            .map(|k| (k.to_string(), format!("value of {k}")))
+            .collect();
+        let bytes = tensors_to_bytes(&[("w", &b), ("a", &a)], DType::F32, Some(meta)).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        assert_eq!(n % 8, 0, "header padded to 8 bytes");
+        let header = std::str::from_utf8(&bytes[8..8 + n]).unwrap();
+        let at = |k: &str| header.find(&format!("\"{k}\"")).unwrap();
+        let mut sorted = keys.to_vec();
+        sorted.sort();
+        for w in sorted.windows(2) {
+            assert!(at(w[0]) < at(w[1]), "{} before {} in {header}", w[0], w[1]);
+        }
+        assert!(
+            at("__metadata__") < at("a") && at("a") < at("w"),
+            "{header}"
+        );
+        let (t, m) = parse_tensors_with_metadata::<f32>(&bytes, "test").unwrap();
+        assert_eq!(t["a"].to_vec(), vec![1.0, 2.0, 3.0]);
+        assert_eq!(t["w"].shape(), &[1, 2]);
+        assert_eq!(t["w"].to_vec(), vec![4.0, 5.0]);
+        assert_eq!(m["kappa"], "value of kappa");
+        assert_eq!(m.len(), keys.len());
     }
 
     /// A zero-sized tensor passes the element-count check whatever its other dimensions,

@@ -67,6 +67,7 @@ pub fn checkpoint_bytes<E: Element>(
     meta.insert(VERSION_KEY.into(), FORMAT_VERSION.into());
     safetensors::serialize(views, &Some(meta))
         .map_err(|e| Error::format("checkpoint", e.to_string()))
+        .and_then(crate::tensorio::with_sorted_header)
 }
 
 /// Writes a checkpoint atomically (temp file + rename): an existing file at `path` is only

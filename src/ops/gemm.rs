@@ -1686,6 +1686,78 @@ mod tests {
         }
     }
 
+    /// Packing `A` and `B` is a pure rearrangement: every path (8 x 8 transposed blocks,
+    /// vector copies, the element-by-element remainders and zero padding) against the
+    /// definition, for row- and column-major operands.
+    #[test]
+    fn packing_matches_the_definition() {
+        let src = data(64 * 80, 7);
+        for &(rows, kc) in &[
+            (12usize, 8usize),
+            (12, 13),
+            (25, 7),
+            (24, 33),
+            (5, 4),
+            (30, 1),
+        ] {
+            // Row-major rows 80 apart, and column-major columns 70 apart.
+            for (rsa, csa) in [(80isize, 1isize), (1, 70)] {
+                for mr in [12usize, 6] {
+                    let panels = rows.div_ceil(mr);
+                    let mut got = vec![f32::NAN; panels * mr * kc];
+                    unsafe {
+                        match mr {
+                            12 => pack_a::<12>(rows, kc, src.as_ptr(), rsa, csa, &mut got),
+                            _ => pack_a::<6>(rows, kc, src.as_ptr(), rsa, csa, &mut got),
+                        }
+                    }
+                    for (at, &g) in got.iter().enumerate() {
+                        let (panel, p, i) = (at / (mr * kc), at % (mr * kc) / mr, at % mr);
+                        let r = panel * mr + i;
+                        let want = if r < rows {
+                            src[(r as isize * rsa + p as isize * csa) as usize]
+                        } else {
+                            0.0
+                        };
+                        assert_eq!(
+                            g, want,
+                            "A {rows}x{kc} mr {mr} strides ({rsa}, {csa}) at {at}"
+                        );
+                    }
+                }
+            }
+        }
+        for &(cols, kc, q) in &[
+            (32usize, 8usize, 0usize),
+            (70, 13, 1),
+            (70, 9, 2),
+            (40, 16, 1),
+            (16, 5, 0),
+        ] {
+            for (rsb, csb) in [(80isize, 1isize), (1, 70)] {
+                for nr in [32usize, 16] {
+                    if q * nr >= cols {
+                        continue;
+                    }
+                    let mut got = vec![f32::NAN; kc * nr];
+                    unsafe { pack_b_panel(nr, q, cols, kc, src.as_ptr(), rsb, csb, &mut got) };
+                    for (at, &g) in got.iter().enumerate() {
+                        let (p, j) = (at / nr, q * nr + at % nr);
+                        let want = if j < cols {
+                            src[(p as isize * rsb + j as isize * csb) as usize]
+                        } else {
+                            0.0
+                        };
+                        assert_eq!(
+                            g, want,
+                            "B panel {q} of {kc}x{cols} nr {nr} strides ({rsb}, {csb}) at {at}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn split_over_k_gives_the_same_bits_in_either_orientation() {
         // 64 x 96 is split over K as 96 x 64 slices (fewer tiles); computing C^T = B^T A^T

@@ -254,17 +254,24 @@ impl<E: Element> Tensor<E> {
                     };
                     let tasks = rows.div_ceil(rpt);
                     if rows * d >= PAR_THRESHOLD && tasks > 1 {
-                        if rx {
+                        // The tasks' partial sums are merged in task order: rayon's `reduce`
+                        // pairs them in a tree shaped by work stealing, so the weight and
+                        // bias gradients' bits would vary from run to run.
+                        let parts: Vec<ParamGrads<E>> = if rx {
                             dx.par_chunks_mut(rpt * d)
                                 .enumerate()
                                 .map(|(t, c)| run(t, c.len() / d, Some(c)))
-                                .reduce(fresh, ParamGrads::merge)
+                                .collect()
                         } else {
                             (0..tasks)
                                 .into_par_iter()
                                 .map(|t| run(t, rpt.min(rows - t * rpt), None))
-                                .reduce(fresh, ParamGrads::merge)
-                        }
+                                .collect()
+                        };
+                        parts
+                            .into_iter()
+                            .reduce(ParamGrads::merge)
+                            .unwrap_or_else(fresh)
                     } else {
                         let mut acc = fresh();
                         let dxc = if rx { Some(&mut dx[..]) } else { None };

@@ -103,8 +103,11 @@ fn reduce_raw<E: Element>(data: &[E], l: &Layout, axes: &[usize], kind: Kind) ->
         };
         let total = n_out * n_red;
         if total >= 4 * PAR_THRESHOLD && n_red >= 4 {
-            let tasks = rayon::current_num_threads().max(1) * 2;
-            let per = n_red.div_ceil(tasks);
+            // Slices of about PAR_THRESHOLD elements (at most 64 of them), summed in slice
+            // order: the shape alone fixes the order of the additions, so the bits do not
+            // depend on the number of threads.
+            let per = (PAR_THRESHOLD / n_out).max(n_red.div_ceil(64)).max(1);
+            let tasks = n_red.div_ceil(per);
             let partials: Vec<Vec<E>> = (0..tasks)
                 .into_par_iter()
                 .filter(|t| t * per < n_red)

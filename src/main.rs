@@ -17,7 +17,15 @@ fn keep_freed_memory() {
 
 fn main() {
     keep_freed_memory();
-    if let Err(e) = cli::run() {
+    // The command runs on a worker of the thread pool rather than on the main thread: a
+    // parallel kernel called from a worker runs its first half right there and wakes one
+    // other worker, where from outside the pool the caller would hand the whole job over,
+    // wake the workers and sleep until they finish, a context switch per kernel.
+    let result = match rayon::ThreadPoolBuilder::new().stack_size(8 << 20).build() {
+        Ok(pool) => pool.install(cli::run),
+        Err(_) => cli::run(),
+    };
+    if let Err(e) = result {
         eprintln!("error: {e}");
         let mut src = std::error::Error::source(&e);
         while let Some(s) = src {

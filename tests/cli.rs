@@ -121,6 +121,31 @@ fn init_encode_decode_roundtrip_and_audit() {
     );
 }
 
+/// A preset name means the same model in every command: `init --preset mnist` builds the
+/// model `train --preset mnist` trains, and the `train`-only names work everywhere.
+#[test]
+fn preset_names_mean_the_trained_model_in_every_command() {
+    let dir = tmp("presets");
+    for preset in ["mnist", "mnist-likelihood-long"] {
+        let ck = dir.join(format!("{preset}.safetensors"));
+        let out = tarflow(&["init", "--preset", preset, "--out", s(&ck)]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got = tarflow::model::load_checkpoint(&ck).unwrap().config;
+        let trained = tarflow::train::TrainConfig::preset(preset).unwrap().model;
+        assert_eq!(got, trained, "init --preset {preset}");
+    }
+    let out = tarflow(&["init", "--preset", "nope", "--out", s(&dir.join("x"))]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown preset 'nope'") && err.contains("mnist-likelihood-long"),
+        "{err}"
+    );
+}
+
 #[test]
 fn bad_input_is_a_clear_error_not_a_panic() {
     let dir = tmp("bad");

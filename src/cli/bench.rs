@@ -4,7 +4,6 @@
 use clap::Args;
 
 use tarflow::bench::model::bench_model;
-use tarflow::model::TarFlowConfig;
 use tarflow::{Error, Result};
 
 #[derive(Args)]
@@ -13,7 +12,7 @@ pub struct BenchArgs {
     /// elementwise) against the measured peak instead of the model.
     #[arg(long)]
     kernels: bool,
-    /// Start from a model preset (default: small = 28x28x1 p4 C128 T4 K2).
+    /// Start from the model of a `train` preset (default: small = 28x28x1 p4 C128 T4 K2).
     #[arg(long, default_value = "small")]
     preset: String,
     #[command(flatten)]
@@ -40,7 +39,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     if a.kernels {
         return super::kernels::bench_kernels(a.json, a.repeats);
     }
-    let mut c = TarFlowConfig::preset(&a.preset)?;
+    let mut c = super::shape::preset_model(&a.preset)?;
     a.shape.apply(&mut c);
     c.validate()?;
     let rows = bench_model(&c, a.batch, a.sample_batch, a.repeats.unwrap_or(5))?;

@@ -6,9 +6,7 @@ use clap::{Args, ValueEnum};
 
 use tarflow::audit::{audit as run_audit, AuditOptions};
 use tarflow::imageio::{f32_to_u8_images, write_png_grid};
-use tarflow::model::{
-    load_checkpoint, save_checkpoint, Guidance, SampleOptions, Sampler, TarFlow, TarFlowConfig,
-};
+use tarflow::model::{load_checkpoint, save_checkpoint, Guidance, SampleOptions, Sampler, TarFlow};
 use tarflow::tensorio::{read_tensors, write_tensors};
 use tarflow::{DType, Element, Error, Result, Rng, Tensor};
 
@@ -20,7 +18,8 @@ pub enum Dtype {
 
 #[derive(Args)]
 pub struct InitArgs {
-    /// Model preset: tiny, small, mnist, cifar10, imagenet64.
+    /// Preset, named as for `train`: tiny, small, mnist, mnist-likelihood,
+    /// mnist-likelihood-long, cifar10, imagenet64.
     #[arg(long)]
     preset: String,
     /// Output checkpoint path (.safetensors).
@@ -35,7 +34,7 @@ pub struct InitArgs {
 }
 
 pub fn init(a: InitArgs) -> Result<()> {
-    let cfg = TarFlowConfig::preset(&a.preset)?;
+    let cfg = super::shape::preset_model(&a.preset)?;
     let m = TarFlow::<f32>::new(cfg, a.seed)?;
     if let Some(s) = a.randomize_output {
         m.randomize_output_projections(s, a.seed.wrapping_add(1))?;
@@ -56,7 +55,8 @@ pub struct ModelSource {
     /// Checkpoint (.safetensors) to load.
     #[arg(long, conflicts_with = "preset")]
     checkpoint: Option<PathBuf>,
-    /// Preset at random initialisation (output projections randomised, see `init`).
+    /// Preset at random initialisation (output projections randomised, see `init`), named
+    /// as for `train`.
     #[arg(long)]
     preset: Option<String>,
     /// Seed of the random initialisation (with --preset).
@@ -69,7 +69,7 @@ impl ModelSource {
         match (&self.checkpoint, &self.preset) {
             (Some(p), _) => load_checkpoint(p)?.model(),
             (None, Some(pr)) => {
-                let m = TarFlow::<E>::new(TarFlowConfig::preset(pr)?, self.init_seed)?;
+                let m = TarFlow::<E>::new(super::shape::preset_model(pr)?, self.init_seed)?;
                 m.randomize_output_projections(0.05, self.init_seed.wrapping_add(1))?;
                 Ok(m)
             }

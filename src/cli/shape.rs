@@ -1,8 +1,17 @@
-//! Model-shape flags shared by `train` and `bench`.
+//! Model-shape flags shared by `train` and `bench`, and the preset names every command takes.
 
 use clap::Args;
 
 use tarflow::model::TarFlowConfig;
+use tarflow::train::TrainConfig;
+use tarflow::Result;
+
+/// The model a `--preset NAME` trains: every command resolves preset names as `train` does,
+/// so `init --preset mnist` builds the model that `train --preset mnist` trains (config S;
+/// the library's `TarFlowConfig::preset("mnist")` is the official demo's deeper K = 4).
+pub fn preset_model(name: &str) -> Result<TarFlowConfig> {
+    Ok(TrainConfig::preset(name)?.model)
+}
 
 /// Overrides of a preset's model shape.
 #[derive(Args)]

@@ -85,7 +85,12 @@ impl TrainConfig {
             "mnist-likelihood" | "mnist-likelihood-long" => ("small", NoiseMode::Dequantize),
             other => (other, NoiseMode::Gaussian { sigma: 0.0 }),
         };
-        let model = TarFlowConfig::preset(model_name)?;
+        let model = TarFlowConfig::preset(model_name).map_err(|_| {
+            Error::Config(format!(
+                "unknown preset '{name}' (known: tiny, small, mnist, mnist-likelihood, \
+                 mnist-likelihood-long, cifar10, imagenet64)"
+            ))
+        })?;
         let noise = match noise {
             NoiseMode::Gaussian { .. } => NoiseMode::Gaussian {
                 sigma: model.noise_sigma,

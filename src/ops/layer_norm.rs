@@ -4,10 +4,12 @@
 //! more accurate than `E[x^2] - E[x]^2`) and one to write `y`; when a gradient will be needed
 //! it keeps each row's mean and reciprocal standard deviation, so backward never recomputes
 //! them. Backward gives `dx`, `dweight` and `dbias` in one sweep over the rows; the parameter
-//! gradients are summed per rayon task and then across tasks.
+//! gradients are summed per task and then across tasks, in task order.
 //!
 //! Gradient-write convention: every gradient is a fresh tensor (`=`); the autograd engine
 //! sums contributions. Derivation: `docs/derivations.md`, section "Layer normalisation".
+
+use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
@@ -41,6 +43,24 @@ fn sq_dev_sum<E: Element>(x: &[E], mean: E) -> E {
 pub(crate) fn forward_rows<E: Element>(
     x: &[E],
     out: &mut [E],
+    stats: Option<&mut [E]>,
+    d: usize,
+    w: Option<&[E]>,
+    b: Option<&[E]>,
+    eps: E,
+) {
+    // SAFETY: `MaybeUninit<E>` has `E`'s layout, and `forward_rows_into` only writes
+    // initialised values, so `out` stays initialised.
+    let slots = unsafe { &mut *(out as *mut [E] as *mut [MaybeUninit<E>]) };
+    forward_rows_into(x, slots, stats, d, w, b, eps);
+}
+
+/// [`forward_rows`] into uninitialised memory: writes every element of `out` (`x.len()`
+/// values when `d > 0`).
+#[allow(clippy::too_many_arguments)]
+fn forward_rows_into<E: Element>(
+    x: &[E],
+    out: &mut [MaybeUninit<E>],
     mut stats: Option<&mut [E]>,
     d: usize,
     w: Option<&[E]>,
@@ -62,22 +82,22 @@ pub(crate) fn forward_rows<E: Element>(
         match (w, b) {
             (Some(w), Some(b)) => {
                 for (((y, &x), &w), &b) in yr.iter_mut().zip(xr).zip(w).zip(b) {
-                    *y = (x - mean) * rstd * w + b;
+                    y.write((x - mean) * rstd * w + b);
                 }
             }
             (Some(w), None) => {
                 for ((y, &x), &w) in yr.iter_mut().zip(xr).zip(w) {
-                    *y = (x - mean) * rstd * w;
+                    y.write((x - mean) * rstd * w);
                 }
             }
             (None, Some(b)) => {
                 for ((y, &x), &b) in yr.iter_mut().zip(xr).zip(b) {
-                    *y = (x - mean) * rstd + b;
+                    y.write((x - mean) * rstd + b);
                 }
             }
             (None, None) => {
                 for (y, &x) in yr.iter_mut().zip(xr) {
-                    *y = (x - mean) * rstd;
+                    y.write((x - mean) * rstd);
                 }
             }
         }
@@ -202,29 +222,33 @@ impl<E: Element> Tensor<E> {
                 || bias.is_some_and(|t| t.requires_grad()));
         let eps_e = E::from_f64(eps);
         let timer = Timer::start(Kernel::LayerNorm);
-        let mut out = vec![E::ZERO; self.numel()];
+        // Written row by row into uninitialised memory: every row is written whole.
+        let n = self.numel();
+        let mut out: Vec<E> = Vec::with_capacity(n);
         let mut stats = vec![E::ZERO; if needs_grad { 2 * rows } else { 0 }];
         let rpt = (PAR_THRESHOLD / d.max(1)).max(1);
-        let par = out.len() >= PAR_THRESHOLD && rows > 1;
+        let par = n >= PAR_THRESHOLD && rows > 1;
+        let slots = &mut out.spare_capacity_mut()[..n];
         self.with_contiguous(|x| {
             let (wv, bv) = (w.as_deref(), b.as_deref());
             let x_of = |t: usize, len: usize| &x[t * rpt * d..t * rpt * d + len];
+            let fwd = forward_rows_into::<E>;
             match (par, needs_grad) {
-                (true, true) => out
+                (true, true) => slots
                     .par_chunks_mut(rpt * d)
                     .zip(stats.par_chunks_mut(rpt * 2))
                     .enumerate()
-                    .for_each(|(t, (o, s))| {
-                        forward_rows(x_of(t, o.len()), o, Some(s), d, wv, bv, eps_e)
-                    }),
-                (true, false) => out
+                    .for_each(|(t, (o, s))| fwd(x_of(t, o.len()), o, Some(s), d, wv, bv, eps_e)),
+                (true, false) => slots
                     .par_chunks_mut(rpt * d)
                     .enumerate()
-                    .for_each(|(t, o)| forward_rows(x_of(t, o.len()), o, None, d, wv, bv, eps_e)),
-                (false, true) => forward_rows(x, &mut out, Some(&mut stats), d, wv, bv, eps_e),
-                (false, false) => forward_rows(x, &mut out, None, d, wv, bv, eps_e),
+                    .for_each(|(t, o)| fwd(x_of(t, o.len()), o, None, d, wv, bv, eps_e)),
+                (false, true) => fwd(x, slots, Some(&mut stats), d, wv, bv, eps_e),
+                (false, false) => fwd(x, slots, None, d, wv, bv, eps_e),
             }
         });
+        // SAFETY: the rows cover all n slots (n = rows * d; nothing to write when d = 0).
+        unsafe { out.set_len(n) };
         drop(timer);
         let out = Tensor::from_raw(out, &shape);
         if !needs_grad {

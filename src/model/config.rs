@@ -223,6 +223,10 @@ impl TarFlowConfig {
     }
 
     /// Named presets: `tiny`, `small` (config S), `mnist`, `cifar10`, `imagenet64`.
+    ///
+    /// `mnist` here is the official demo's p4 C128 T4 K4. The model that `tarflow train
+    /// --preset mnist` trains, and that every `--preset mnist` of the command-line program
+    /// builds, is config S (K = 2): `TrainConfig::preset("mnist")?.model`.
     pub fn preset(name: &str) -> Result<Self> {
         let base = TarFlowConfig {
             channels: 1,

@@ -226,7 +226,7 @@ pub fn tensors_to_bytes<E: Element>(
 /// that the same tensors and metadata always give the same file. The `safetensors` crate
 /// writes the metadata from a hash map, in an order that changes from process to process.
 /// Offsets in the header count from the end of the header, so the data is left as it is.
-pub(crate) fn with_sorted_header(bytes: Vec<u8>) -> Result<Vec<u8>> {
+fn with_sorted_header(bytes: Vec<u8>) -> Result<Vec<u8>> {
     use std::collections::BTreeMap;
     let bad = |m: &str| Error::format("safetensors", format!("serialised header {m}"));
     let n = bytes

@@ -34,15 +34,20 @@ fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
         .install(f)
 }
 
+/// `bits()` inside pools of 1 to 4 threads against `want` from the main thread.
+fn assert_same_in_every_pool(what: &str, want: &[u32], bits: fn() -> Vec<u32>) {
+    for threads in 1..=4 {
+        assert!(
+            in_pool(threads, bits) == want,
+            "{what} on {threads} threads inside a pool differs from the main thread"
+        );
+    }
+}
+
 #[test]
 fn a_training_step_gives_the_same_bits_on_any_pool() {
     let want = step_bits();
-    for threads in 1..=4 {
-        assert!(
-            in_pool(threads, step_bits) == want,
-            "{threads} threads inside a pool differ from the main thread"
-        );
-    }
+    assert_same_in_every_pool("a training step", &want, step_bits);
     in_pool(4, || {
         for call in 0..4 {
             assert!(step_bits() == want, "call {call} on 4 threads differs");
@@ -51,8 +56,8 @@ fn a_training_step_gives_the_same_bits_on_any_pool() {
 }
 
 /// Eight samples with classifier-free guidance, then denoised (a gradient of the model's
-/// log-density), as bits: the sampler splits
-/// the batch over threads, so each thread count multiplies differently sized batches.
+/// log-density), as bits: the sampler splits the batch over threads, so each thread count
+/// multiplies differently sized batches.
 fn sample_bits() -> Vec<u32> {
     let cfg = TarFlowConfig::preset("tiny").unwrap();
     let model = TarFlow::<f32>::new(cfg, 6).unwrap();
@@ -75,11 +80,5 @@ fn sample_bits() -> Vec<u32> {
 
 #[test]
 fn sampling_gives_the_same_bits_on_any_pool() {
-    let want = sample_bits();
-    for threads in 1..=4 {
-        assert!(
-            in_pool(threads, sample_bits) == want,
-            "sampling on {threads} threads differs from the main thread"
-        );
-    }
+    assert_same_in_every_pool("sampling", &sample_bits(), sample_bits);
 }

@@ -4,12 +4,10 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use safetensors::tensor::{Dtype, TensorView};
-
 use crate::error::{Error, Result};
 use crate::fsutil::{atomic_write, read_file};
-use crate::tensor::{Element, Tensor};
-use crate::tensorio::parse_tensors_with_metadata;
+use crate::tensor::{DType, Element, Tensor};
+use crate::tensorio::{parse_tensors_with_metadata, tensors_to_bytes};
 
 use super::config::TarFlowConfig;
 use super::tarflow::TarFlow;
@@ -43,31 +41,11 @@ pub fn checkpoint_bytes<E: Element>(
     extra: &[(String, String)],
 ) -> Result<Vec<u8>> {
     let params = model.parameters();
-    let data: Vec<(String, Vec<usize>, Vec<u8>)> = params
-        .iter()
-        .map(|(n, t)| {
-            let v: Vec<f32> = t.to_vec().iter().map(|x| x.to_f32()).collect();
-            (
-                n.clone(),
-                t.shape().to_vec(),
-                bytemuck::cast_slice(&v).to_vec(),
-            )
-        })
-        .collect();
-    let views = data
-        .iter()
-        .map(|(n, s, b)| {
-            TensorView::new(Dtype::F32, s.clone(), b)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| Error::format("checkpoint", format!("tensor '{n}': {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let refs: Vec<(&str, &Tensor<E>)> = params.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let mut meta: HashMap<String, String> = extra.iter().cloned().collect();
     meta.insert(CONFIG_KEY.into(), model.config.to_json());
     meta.insert(VERSION_KEY.into(), FORMAT_VERSION.into());
-    safetensors::serialize(views, &Some(meta))
-        .map_err(|e| Error::format("checkpoint", e.to_string()))
-        .and_then(crate::tensorio::with_sorted_header)
+    tensors_to_bytes(&refs, DType::F32, Some(meta))
 }
 
 /// Writes a checkpoint atomically (temp file + rename): an existing file at `path` is only
@@ -169,8 +147,6 @@ pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::DType;
-    use crate::tensorio::tensors_to_bytes;
 
     /// The smallest valid model: 2x2 grayscale images, 1x1 patches, width 1.
     fn micro() -> TarFlowConfig {

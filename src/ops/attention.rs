@@ -267,7 +267,7 @@ fn transpose_into<E: Element>(src: Mat<E>, rows: usize, cols: usize, dst: &mut [
     const T: usize = 8;
     let row = |r: usize| (src.off + r as isize * src.rs) as usize;
     let (mut r0, full_c) = (0, cols - cols % T);
-    // f32 blocks go through vector shuffles (where the CPU has AVX).
+    // f32 blocks go through `simd`'s block transpose (vector shuffles where the CPU has AVX).
     let fast =
         (E::DTYPE == DType::F32 && src.rs > 0).then(|| bytemuck::cast_slice::<E, f32>(src.data));
     if src.cs == 1 {
@@ -281,9 +281,8 @@ fn transpose_into<E: Element>(src: Mat<E>, rows: usize, cols: usize, dst: &mut [
                     let d = bytemuck::cast_slice_mut::<E, f32>(dst)[c0 * ld + r0..].as_mut_ptr();
                     // SAFETY: the assertions keep the block's eight rows of eight inside
                     // `src` and its eight columns inside `dst`, two distinct slices.
-                    if unsafe { simd::transpose8x8_f32(s[first..].as_ptr(), stride, d, ld) } {
-                        continue;
-                    }
+                    unsafe { simd::transpose8x8_f32(s[first..].as_ptr(), stride, d, ld) };
+                    continue;
                 }
                 let mut blk = [[E::ZERO; T]; T];
                 for (b, r) in blk.iter_mut().zip(&rs) {

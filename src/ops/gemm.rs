@@ -841,28 +841,20 @@ unsafe fn pack_b_panel(
         // transpose of `nr` rows of `kc` adjacent values, moved in 8 x 8 blocks, each read
         // as eight rows of eight and written as eight rows of eight. One value at a time,
         // every write lands `nr_full` floats after the last.
-        let (full_j, full_p) = if rsb == 1 {
+        // (Blocks need the `nr` rows forwards in memory: a flipped view goes one by one.)
+        let (full_j, full_p) = if rsb == 1 && csb > 0 {
             (nr / 8 * 8, kc / 8 * 8)
         } else {
             (0, 0)
         };
-        let mut blocks_done = full_j > 0 && full_p > 0;
-        'blocks: for j in (0..full_j).step_by(8) {
+        for j in (0..full_j).step_by(8) {
             for p in (0..full_p).step_by(8) {
                 let src = b.offset((j0 + j) as isize * csb + p as isize);
                 assert!((p + 7) * nr_full + j + 8 <= panel.len());
                 let dst = panel.as_mut_ptr().add(p * nr_full + j);
-                if !crate::ops::simd::transpose8x8_f32(src, csb as usize, dst, nr_full) {
-                    blocks_done = false;
-                    break 'blocks;
-                }
+                crate::ops::simd::transpose8x8_f32(src, csb as usize, dst, nr_full);
             }
         }
-        let (full_j, full_p) = if blocks_done {
-            (full_j, full_p)
-        } else {
-            (0, 0)
-        };
         for j in 0..nr {
             let src = b.offset((j0 + j) as isize * csb);
             // Rows of the block already moved need only their last `kc % 8` values.
@@ -1734,17 +1726,20 @@ mod tests {
             (40, 16, 1),
             (16, 5, 0),
         ] {
-            for (rsb, csb) in [(80isize, 1isize), (1, 70)] {
+            // Row-major, column-major, and column-major with the columns flipped (from the
+            // last one at offset 4900).
+            for (rsb, csb, base) in [(80isize, 1isize, 0isize), (1, 70, 0), (1, -70, 4900)] {
                 for nr in [32usize, 16] {
                     if q * nr >= cols {
                         continue;
                     }
                     let mut got = vec![f32::NAN; kc * nr];
-                    unsafe { pack_b_panel(nr, q, cols, kc, src.as_ptr(), rsb, csb, &mut got) };
+                    let b = unsafe { src.as_ptr().offset(base) };
+                    unsafe { pack_b_panel(nr, q, cols, kc, b, rsb, csb, &mut got) };
                     for (at, &g) in got.iter().enumerate() {
                         let (p, j) = (at / nr, q * nr + at % nr);
                         let want = if j < cols {
-                            src[(p as isize * rsb + j as isize * csb) as usize]
+                            src[(base + p as isize * rsb + j as isize * csb) as usize]
                         } else {
                             0.0
                         };

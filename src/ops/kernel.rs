@@ -50,17 +50,27 @@ pub(crate) fn fill_fresh<E: Element>(
     n: usize,
     fill: impl Fn(usize, &mut [MaybeUninit<E>]) + Sync,
 ) -> Vec<E> {
+    write_fresh(n, |slots| {
+        if n >= PAR_THRESHOLD {
+            slots
+                .par_chunks_mut(PAR_THRESHOLD)
+                .enumerate()
+                .for_each(|(i, y)| fill(i * PAR_THRESHOLD, y));
+        } else {
+            fill(0, slots);
+        }
+    })
+}
+
+/// A fresh vector of `n` values written by `write`, which gets all `n` slots uninitialised
+/// and must write every one of them (no zero-filling first).
+pub(crate) fn write_fresh<E: Element>(
+    n: usize,
+    write: impl FnOnce(&mut [MaybeUninit<E>]),
+) -> Vec<E> {
     let mut v: Vec<E> = Vec::with_capacity(n);
-    let slots = &mut v.spare_capacity_mut()[..n];
-    if n >= PAR_THRESHOLD {
-        slots
-            .par_chunks_mut(PAR_THRESHOLD)
-            .enumerate()
-            .for_each(|(i, y)| fill(i * PAR_THRESHOLD, y));
-    } else {
-        fill(0, slots);
-    }
-    // SAFETY: `fill` wrote all n slots, as its contract requires.
+    write(&mut v.spare_capacity_mut()[..n]);
+    // SAFETY: `write` wrote all n slots, as its contract requires.
     unsafe { v.set_len(n) };
     v
 }

@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use crate::autograd::is_grad_enabled;
 use crate::error::{Error, Result};
+use crate::ops::kernel::write_fresh;
 use crate::ops::sum_slice;
 use crate::profile::{Kernel, Timer};
 use crate::tensor::iter::PAR_THRESHOLD;
@@ -222,33 +223,33 @@ impl<E: Element> Tensor<E> {
                 || bias.is_some_and(|t| t.requires_grad()));
         let eps_e = E::from_f64(eps);
         let timer = Timer::start(Kernel::LayerNorm);
-        // Written row by row into uninitialised memory: every row is written whole.
         let n = self.numel();
-        let mut out: Vec<E> = Vec::with_capacity(n);
         let mut stats = vec![E::ZERO; if needs_grad { 2 * rows } else { 0 }];
         let rpt = (PAR_THRESHOLD / d.max(1)).max(1);
         let par = n >= PAR_THRESHOLD && rows > 1;
-        let slots = &mut out.spare_capacity_mut()[..n];
-        self.with_contiguous(|x| {
-            let (wv, bv) = (w.as_deref(), b.as_deref());
-            let x_of = |t: usize, len: usize| &x[t * rpt * d..t * rpt * d + len];
-            let fwd = forward_rows_into::<E>;
-            match (par, needs_grad) {
-                (true, true) => slots
-                    .par_chunks_mut(rpt * d)
-                    .zip(stats.par_chunks_mut(rpt * 2))
-                    .enumerate()
-                    .for_each(|(t, (o, s))| fwd(x_of(t, o.len()), o, Some(s), d, wv, bv, eps_e)),
-                (true, false) => slots
-                    .par_chunks_mut(rpt * d)
-                    .enumerate()
-                    .for_each(|(t, o)| fwd(x_of(t, o.len()), o, None, d, wv, bv, eps_e)),
-                (false, true) => fwd(x, slots, Some(&mut stats), d, wv, bv, eps_e),
-                (false, false) => fwd(x, slots, None, d, wv, bv, eps_e),
-            }
+        // Every row of the output is written whole, so it is not zero-filled first.
+        let out = self.with_contiguous(|x| {
+            write_fresh(n, |slots| {
+                let (wv, bv) = (w.as_deref(), b.as_deref());
+                let x_of = |t: usize, len: usize| &x[t * rpt * d..t * rpt * d + len];
+                let fwd = forward_rows_into::<E>;
+                match (par, needs_grad) {
+                    (true, true) => slots
+                        .par_chunks_mut(rpt * d)
+                        .zip(stats.par_chunks_mut(rpt * 2))
+                        .enumerate()
+                        .for_each(|(t, (o, s))| {
+                            fwd(x_of(t, o.len()), o, Some(s), d, wv, bv, eps_e)
+                        }),
+                    (true, false) => slots
+                        .par_chunks_mut(rpt * d)
+                        .enumerate()
+                        .for_each(|(t, o)| fwd(x_of(t, o.len()), o, None, d, wv, bv, eps_e)),
+                    (false, true) => fwd(x, slots, Some(&mut stats), d, wv, bv, eps_e),
+                    (false, false) => fwd(x, slots, None, d, wv, bv, eps_e),
+                }
+            })
         });
-        // SAFETY: the rows cover all n slots (n = rows * d; nothing to write when d = 0).
-        unsafe { out.set_len(n) };
         drop(timer);
         let out = Tensor::from_raw(out, &shape);
         if !needs_grad {

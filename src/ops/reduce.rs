@@ -110,7 +110,6 @@ fn reduce_raw<E: Element>(data: &[E], l: &Layout, axes: &[usize], kind: Kind) ->
             let tasks = n_red.div_ceil(per);
             let partials: Vec<Vec<E>> = (0..tasks)
                 .into_par_iter()
-                .filter(|t| t * per < n_red)
                 .map(|t| {
                     let mut acc = vec![identity::<E>(kind); n_out];
                     accumulate(t * per, ((t + 1) * per).min(n_red), &mut acc);

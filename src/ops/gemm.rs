@@ -100,11 +100,21 @@ impl GemmKernel {
             GemmKernel::Avx2 => (6, 16),
             GemmKernel::Portable => (8, 8),
         };
-        let a: Vec<f32> = (0..mr * KC).map(|i| (i % 13) as f32 * 0.01).collect();
-        let b: Vec<f32> = (0..KC * nr).map(|i| (i % 7) as f32 * 0.01).collect();
+        // On cache lines, as the product's packed panels are (see `with_buf`).
+        let lines = |len: usize, f: fn(usize) -> f32| {
+            let mut v = vec![0.0f32; len + LINE_FLOATS];
+            let skip = v.as_ptr().align_offset(64).min(LINE_FLOATS);
+            for (i, x) in v[skip..skip + len].iter_mut().enumerate() {
+                *x = f(i);
+            }
+            (v, skip)
+        };
+        let (a, a0) = lines(mr * KC, |i| (i % 13) as f32 * 0.01);
+        let (b, b0) = lines(KC * nr, |i| (i % 7) as f32 * 0.01);
+        let (a, b) = (&a[a0..a0 + mr * KC], &b[b0..b0 + KC * nr]);
         let mut buf = vec![0.0f32; mr * nr];
         for _ in 0..tiles {
-            let (a, b) = (std::hint::black_box(&a), std::hint::black_box(&b));
+            let (a, b) = (std::hint::black_box(a), std::hint::black_box(b));
             // SAFETY: the kernel is supported; the panels hold `KC x MR` and `KC x NR`
             // values in the packed layouts and `buf` an `MR x NR` tile.
             unsafe {
@@ -742,16 +752,24 @@ thread_local! {
     static BUF_K: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Floats in a 64-byte cache line. [`with_buf`] hands out slices that start on a line: every
+/// packed `B` panel is a whole number of lines long, so each of the microkernel's 64-byte
+/// loads of `B` then reads one line instead of straddling two (a large `Vec` from the
+/// allocator starts 16 bytes past a page boundary). Measured in docs/performance.md.
+const LINE_FLOATS: usize = 16;
+
+/// `len` floats of the thread's buffer `key`, starting on a cache line.
 fn with_buf<R>(
     key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
     len: usize,
     f: impl FnOnce(&mut [f32]) -> R,
 ) -> R {
     let mut v = key.with(|b| std::mem::take(&mut *b.borrow_mut()));
-    if v.len() < len {
-        v.resize(len, 0.0);
+    if v.len() < len + LINE_FLOATS {
+        v.resize(len + LINE_FLOATS, 0.0);
     }
-    let r = f(&mut v[..len]);
+    let skip = v.as_ptr().align_offset(64).min(LINE_FLOATS);
+    let r = f(&mut v[skip..skip + len]);
     key.with(|b| *b.borrow_mut() = v);
     r
 }
@@ -1468,8 +1486,10 @@ pub struct PackedB {
     kernel: GemmKernel,
     k: usize,
     n: usize,
-    /// Panels for the register kernels; row-major `k x n` for the portable one.
+    /// Panels for the register kernels from `data[start]`, the first cache line; row-major
+    /// `k x n` for the portable one (`start` 0).
     data: Vec<f32>,
+    start: usize,
 }
 
 impl PackedB {
@@ -1491,20 +1511,33 @@ impl PackedB {
             GemmKernel::Avx2 => 16,
             GemmKernel::Portable => 0,
         };
-        let data = if nr == 0 {
-            (0..k)
+        if nr == 0 {
+            let data = (0..k)
                 .flat_map(|p| (0..n).map(move |j| b[p * rsb + j * csb]))
-                .collect()
-        } else {
-            let panels = n.div_ceil(nr);
-            let mut data = vec![0.0; panels * k * nr];
-            for (q, panel) in data.chunks_mut((k * nr).max(1)).enumerate().take(panels) {
-                // SAFETY: the assertion above keeps the k x n view inside b.
-                unsafe { pack_b_panel(nr, q, n, k, b.as_ptr(), rsb as isize, csb as isize, panel) };
-            }
-            data
-        };
-        PackedB { kernel, k, n, data }
+                .collect();
+            return PackedB {
+                kernel,
+                k,
+                n,
+                data,
+                start: 0,
+            };
+        }
+        let len = n.div_ceil(nr) * k * nr;
+        let mut data = vec![0.0; len + LINE_FLOATS];
+        let start = data.as_ptr().align_offset(64).min(LINE_FLOATS);
+        let panels = data[start..start + len].chunks_mut((k * nr).max(1));
+        for (q, panel) in panels.enumerate() {
+            // SAFETY: the assertion above keeps the k x n view inside b.
+            unsafe { pack_b_panel(nr, q, n, k, b.as_ptr(), rsb as isize, csb as isize, panel) };
+        }
+        PackedB {
+            kernel,
+            k,
+            n,
+            data,
+            start,
+        }
     }
 
     pub fn k(&self) -> usize {
@@ -1599,7 +1632,7 @@ impl PackedB {
                 a.offset(i0 as isize * rsa),
                 rsa,
                 csa,
-                &self.data,
+                &self.data[self.start..],
                 0..panels,
                 Epi {
                     alpha: 1.0,
@@ -1675,6 +1708,25 @@ mod tests {
                 GemmKernel::Portable => 8 * 8,
             };
             assert_eq!(kernel.microkernel_flops(3), (2 * 3 * tile * KC) as f64);
+        }
+    }
+
+    /// Packing buffers start on a cache line, however the thread's buffer grew, and so do
+    /// prepacked weights.
+    #[test]
+    fn packed_buffers_start_on_cache_lines() {
+        for len in [1, 100, 5_000, 70_000, 300_000, 1 << 20, 3] {
+            with_buf(&BUF_B, len, |buf| {
+                assert_eq!(buf.len(), len);
+                assert_eq!(buf.as_ptr() as usize % 64, 0, "len {len}");
+            });
+        }
+        let b = data(40 * 70, 3);
+        for (rsb, csb) in [(70, 1), (1, 40)] {
+            let packed = PackedB::new(40, 70, &b, rsb, csb);
+            if packed.kernel != GemmKernel::Portable {
+                assert_eq!(packed.data[packed.start..].as_ptr() as usize % 64, 0);
+            }
         }
     }
 

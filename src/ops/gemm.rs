@@ -1331,19 +1331,31 @@ unsafe fn ksplit<K: Micro>(args: Args, bias: *const f32) {
                 blocked::<K>(sub, std::ptr::null(), true);
             });
         let parts: &[f32] = parts;
-        let (ri, rj) = if swap { (1, m) } else { (n, 1) };
-        (0..m).into_par_iter().for_each(|i| {
-            for j in 0..n {
-                let at = i * ri + j * rj;
-                let mut v = parts[at];
-                for t in 1..slices {
-                    v += parts[t * m * n + at];
+        // Each part holds `lines` contiguous lines of `len`: rows of `C`, or of `C^T` when
+        // swapped. Summed a chunk of a line at a time, slice after slice (vector adds along
+        // the line; each element still sums its slices in order), then stored.
+        let (lines, len) = if swap { (n, m) } else { (m, n) };
+        (0..lines).into_par_iter().for_each(|l| {
+            let mut acc = [0.0f32; 64];
+            for x0 in (0..len).step_by(acc.len()) {
+                let at = l * len + x0;
+                let acc = &mut acc[..64.min(len - x0)];
+                acc.copy_from_slice(&parts[at..at + acc.len()]);
+                for part in parts.chunks_exact(m * n).skip(1) {
+                    for (a, &p) in acc.iter_mut().zip(&part[at..]) {
+                        *a += p;
+                    }
                 }
-                if !bias.get().is_null() {
-                    v += *bias.get().add(j);
+                for (x, &v) in acc.iter().enumerate() {
+                    let (i, j) = if swap { (x0 + x, l) } else { (l, x0 + x) };
+                    let v = if bias.get().is_null() {
+                        v
+                    } else {
+                        v + *bias.get().add(j)
+                    };
+                    let p = c.get().offset(i as isize * rsc + j as isize * csc);
+                    *p = if beta == 0.0 { v } else { v + beta * *p };
                 }
-                let p = c.get().offset(i as isize * rsc + j as isize * csc);
-                *p = if beta == 0.0 { v } else { v + beta * *p };
             }
         });
     });
@@ -1995,6 +2007,8 @@ mod tests {
             (40, 64, 32),
             (25, 600, 33),
             (30, 1300, 70),
+            // Split over K, each slice as C^T = B^T A^T: the bias goes along C's columns.
+            (64, 1100, 96),
         ] {
             let (a, b, bias) = (data(m * k, 9), data(k * n, 10), data(n, 11));
             let want = reference(m, k, n, &a, (k, 1), &b, (1, k));

@@ -750,6 +750,8 @@ thread_local! {
     static BUF_A: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static BUF_B: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static BUF_K: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// One `KC x NC` block of `B`, packed by a task for itself (see [`split`]).
+    static BUF_P: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Floats in a 64-byte cache line. [`with_buf`] hands out slices that start on a line: every
@@ -1227,31 +1229,54 @@ type Args = (
 /// their shapes take both task layouts of [`split`].
 const L2_B_BYTES: usize = if cfg!(test) { 16 << 10 } else { 1 << 20 };
 
-/// How many tasks to split `m` rows and `panels` column panels into: (row tasks, column
-/// chunks, whether to run them over rayon). [`task_rows`] deals the rows out; a task runs its
-/// rows `MC` at a time. Serial and small products keep the same tasks, run one after
-/// another on the calling thread.
-fn split(
-    m: usize,
-    mr: usize,
-    panels: usize,
-    macs: usize,
-    b_bytes: usize,
-    serial: bool,
-) -> (usize, usize, bool) {
+/// How a stripe's product is divided among tasks: see [`split`].
+struct Split {
+    /// Row tasks; [`task_rows`] deals the rows out, and a task runs its rows `MC` at a time.
+    mtasks: usize,
+    /// Column chunks per row task.
+    nchunks: usize,
+    /// Whether to run the tasks over rayon.
+    parallel: bool,
+    /// Whether each task packs every `KC x NC` block of `B` itself, just before using it,
+    /// instead of all tasks sharing one packing pass.
+    private_b: bool,
+}
+
+/// Fewest rows a task must have to pack its own copy of `B` (see [`split`]).
+const PRIVATE_B_MIN_ROWS: usize = 2 * MC;
+
+/// How to split `m` rows and `panels` column panels into tasks. Serial and small products
+/// keep the same tasks, run one after another on the calling thread.
+fn split(m: usize, mr: usize, panels: usize, macs: usize, b_bytes: usize, serial: bool) -> Split {
     // Packed `B` larger than L2 comes from L3 once per task, and the first row tile of each
     // block waits on it (the kernel reads 128 bytes of `B` every 12 cycles). So tasks are
     // then few and tall: one per thread, each running all of its rows, `MC` at a time,
     // against a `KC x NC` block of `B` while the block is in L2 (Goto's loop order). With a
     // smaller `B`, a task of `MC` rows keeps its block of `C` in cache over all of `K`.
+    //
+    // A tall task packs each block of `B` itself, right before using it: the block is then
+    // already in the core's L2 when the microkernel first reads it, where a shared packing
+    // pass would have written all of `B` (more than L2) out to L3 and the tasks read it
+    // back, and one fork/join less. Each thread packs all of `B`, which costs little next to
+    // the arithmetic of its hundreds of rows (measured in docs/performance.md).
     let tall = b_bytes > L2_B_BYTES;
     let threads = rayon::current_num_threads();
     let mblocks = m.div_ceil(MC);
     if serial || threads <= 1 || macs < PAR_MIN_MACS {
-        return (if tall { 1 } else { mblocks }, 1, false);
+        return Split {
+            mtasks: if tall { 1 } else { mblocks },
+            nchunks: 1,
+            parallel: false,
+            private_b: tall,
+        };
     }
     if tall && m >= threads * MC {
-        return (threads, 1, true);
+        return Split {
+            mtasks: threads,
+            nchunks: 1,
+            parallel: true,
+            private_b: m / threads >= PRIVATE_B_MIN_ROWS,
+        };
     }
     // A whole number of row tasks per thread: 2,048 rows as 15 blocks of 144 would leave one
     // of two threads idle for a fifteenth of the product.
@@ -1265,7 +1290,12 @@ fn split(
         want.div_ceil(mtasks).min(panels)
     };
     let nchunks = nchunks.max(1);
-    (mtasks, nchunks, mtasks * nchunks > 1)
+    Split {
+        mtasks,
+        nchunks,
+        parallel: mtasks * nchunks > 1,
+        private_b: false,
+    }
 }
 
 /// Rows `i0..i1` of row task `t` of `mtasks`: whole `mr`-row tiles dealt out evenly (the
@@ -1374,14 +1404,24 @@ const PACK_B_MAX: usize = if cfg!(test) { 64 << 10 } else { 4 << 20 };
 /// fork/joins per stripe instead of two per `KC` block: between blocks, rayon's workers
 /// would go to sleep and have to be woken for little work each time.
 unsafe fn blocked<K: Micro>(args: Args, bias: *const f32, serial: bool) {
-    let (_, k, n, ..) = args;
+    let (m, k, n, ..) = args;
     let nr = K::NR;
     // NC is a multiple of every kernel's NR, so NC blocks start on panel boundaries.
     let stripe = (PACK_B_MAX / (k * NC)).max(1) * NC;
     let stripe = stripe.min(n.div_ceil(nr) * nr);
-    with_buf(&BUF_B, k * stripe, |bp| {
+    let plan = |cols: usize| {
+        let panels = cols.div_ceil(nr);
+        let b_bytes = k * panels * nr * std::mem::size_of::<f32>();
+        split(m, K::MR, panels, m * k * cols, b_bytes, serial)
+    };
+    // The shared buffer only for stripes whose tasks share one packing of `B`.
+    let shared = (0..n)
+        .step_by(stripe)
+        .any(|js| !plan(stripe.min(n - js)).private_b);
+    with_buf(&BUF_B, if shared { k * stripe } else { 0 }, |bp| {
         for js in (0..n).step_by(stripe) {
-            stripe_product::<K>(args, bias, serial, js, stripe.min(n - js), bp);
+            let cols = stripe.min(n - js);
+            stripe_product::<K>(args, bias, plan(cols), js, cols, bp);
         }
     });
 }
@@ -1397,7 +1437,7 @@ fn block_offset(k: usize, nr: usize, jc: usize, pc: usize, panels: usize) -> usi
 unsafe fn stripe_product<K: Micro>(
     args: Args,
     bias: *const f32,
-    serial: bool,
+    sp: Split,
     js: usize,
     cols: usize,
     bp: &mut [f32],
@@ -1405,8 +1445,12 @@ unsafe fn stripe_product<K: Micro>(
     let (m, k, _, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) = args;
     let nr = K::NR;
     let panels = cols.div_ceil(nr);
-    let b_bytes = k * panels * nr * std::mem::size_of::<f32>();
-    let (mtasks, nchunks, parallel) = split(m, K::MR, panels, m * k * cols, b_bytes, serial);
+    let Split {
+        mtasks,
+        nchunks,
+        parallel,
+        private_b,
+    } = sp;
     let (a, b, c, bias) = (
         CPtr(a),
         CPtr(b.offset(js as isize * csb)),
@@ -1430,7 +1474,9 @@ unsafe fn stripe_product<K: Micro>(
         let src = b.get().offset(pc as isize * rsb + jc as isize * csb);
         pack_b_panel(nr, q, ncols, kc, src, rsb, csb, panel);
     };
-    if parallel {
+    if private_b {
+        // Each task packs its blocks below.
+    } else if parallel {
         (0..units).into_par_iter().for_each(pack);
     } else {
         (0..units).for_each(pack);
@@ -1452,33 +1498,46 @@ unsafe fn stripe_product<K: Micro>(
             }
             for pc in (0..k).step_by(KC) {
                 let kc = KC.min(k - pc);
-                let block = &bp[block_offset(k, nr, jc, pc, np)..];
-                // The bias goes in with the first K block; later ones accumulate.
-                let epi = Epi {
-                    alpha,
-                    beta: if pc == 0 { beta } else { 1.0 },
-                    bias: if pc == 0 && !bias.get().is_null() {
-                        bias.get().add(js + jc)
-                    } else {
-                        std::ptr::null()
-                    },
+                let run = |block: &[f32]| {
+                    // The bias goes in with the first K block; later ones accumulate.
+                    let epi = Epi {
+                        alpha,
+                        beta: if pc == 0 { beta } else { 1.0 },
+                        bias: if pc == 0 && !bias.get().is_null() {
+                            bias.get().add(js + jc)
+                        } else {
+                            std::ptr::null()
+                        },
+                    };
+                    // MC is a multiple of MR, so every block but a task's last is whole tiles.
+                    for i0 in (t0..t1).step_by(MC) {
+                        macro_kernel_a::<K>(
+                            MC.min(t1 - i0),
+                            ncols,
+                            kc,
+                            a.get().offset(i0 as isize * rsa + pc as isize * csa),
+                            rsa,
+                            csa,
+                            block,
+                            qs.clone(),
+                            epi,
+                            c.get().offset(i0 as isize * rsc + (js + jc) as isize * csc),
+                            rsc,
+                            csc,
+                        );
+                    }
                 };
-                // MC is a multiple of MR, so every block but a task's last is whole tiles.
-                for i0 in (t0..t1).step_by(MC) {
-                    macro_kernel_a::<K>(
-                        MC.min(t1 - i0),
-                        ncols,
-                        kc,
-                        a.get().offset(i0 as isize * rsa + pc as isize * csa),
-                        rsa,
-                        csa,
-                        block,
-                        qs.clone(),
-                        epi,
-                        c.get().offset(i0 as isize * rsc + (js + jc) as isize * csc),
-                        rsc,
-                        csc,
-                    );
+                if private_b {
+                    // The whole NC block: private tasks are never cut into column chunks.
+                    with_buf(&BUF_P, np * kc * nr, |block| {
+                        let src = b.get().offset(pc as isize * rsb + jc as isize * csb);
+                        for (q, panel) in block.chunks_exact_mut(kc * nr).enumerate() {
+                            pack_b_panel(nr, q, ncols, kc, src, rsb, csb, panel);
+                        }
+                        run(block);
+                    });
+                } else {
+                    run(&bp[block_offset(k, nr, jc, pc, np)..]);
                 }
             }
         }
@@ -1948,6 +2007,71 @@ mod tests {
     /// The split of a product over threads changes which thread computes what, never the
     /// order in which any output element is summed: bit-identical results on 1, 2 and 3
     /// threads (row tasks, column chunks, stripes and the K split all differ between them).
+    /// Tall tasks with enough rows pack their own blocks of `B` (one thread, or two here),
+    /// and with fewer rows per task share one packing (three): the same bits either way, and
+    /// the reference's values.
+    #[test]
+    fn tasks_packing_their_own_b_match_the_shared_packing() {
+        let pool = |threads| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+        };
+        // Two K blocks; the second shape also two column stripes and two NC blocks.
+        for &(m, k, n) in &[(640usize, 300usize, 200usize), (600, 300, 1100)] {
+            let b_bytes = k * n.div_ceil(32) * 32 * 4;
+            let plan = |threads| {
+                pool(threads).install(|| split(m, 12, n.div_ceil(32), m * k * n, b_bytes, false))
+            };
+            assert!(plan(1).private_b && !plan(1).parallel);
+            assert!(plan(2).private_b && plan(2).parallel);
+            assert!(!plan(3).private_b && plan(3).parallel);
+            let (a, b) = (data(m * k, 12), data(k * n, 13));
+            let want = reference(m, k, n, &a, (k, 1), &b, (n, 1));
+            for kernel in kernels() {
+                let run = |threads| {
+                    let mut c = vec![f32::NAN; m * n];
+                    pool(threads).install(|| unsafe {
+                        sgemm_with(
+                            kernel,
+                            m,
+                            k,
+                            n,
+                            1.0,
+                            a.as_ptr(),
+                            k as isize,
+                            1,
+                            b.as_ptr(),
+                            n as isize,
+                            1,
+                            0.0,
+                            c.as_mut_ptr(),
+                            n as isize,
+                            1,
+                        )
+                    });
+                    c
+                };
+                let one = run(1);
+                for (&got, &w) in one.iter().zip(&want) {
+                    let got = got as f64;
+                    assert!(
+                        (got - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                        "{kernel:?}: {got} vs {w}"
+                    );
+                }
+                for threads in [2, 3] {
+                    let c = run(threads);
+                    assert!(
+                        one.iter().zip(&c).all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "{kernel:?} {m}x{k}x{n}: {threads} threads differ from 1"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn results_do_not_depend_on_thread_count() {
         let shapes = [

@@ -1402,7 +1402,9 @@ const PACK_B_MAX: usize = if cfg!(test) { 64 << 10 } else { 4 << 20 };
 /// parallel pass, as `KC x NC` blocks of `NR`-wide panels, and then every task (a block of
 /// `MC` rows times a range of panels) runs all of its `KC` and `NC` blocks on its own. Two
 /// fork/joins per stripe instead of two per `KC` block: between blocks, rayon's workers
-/// would go to sleep and have to be woken for little work each time.
+/// would go to sleep and have to be woken for little work each time. Tall tasks with enough
+/// rows (a `B` larger than L2) skip the shared pass and pack their own blocks as they go (see
+/// [`split`]): one fork/join.
 unsafe fn blocked<K: Micro>(args: Args, bias: *const f32, serial: bool) {
     let (m, k, n, ..) = args;
     let nr = K::NR;

@@ -102,8 +102,7 @@ impl GemmKernel {
         };
         // On cache lines, as the product's packed panels are (see `with_buf`).
         let lines = |len: usize, f: fn(usize) -> f32| {
-            let mut v = vec![0.0f32; len + LINE_FLOATS];
-            let skip = v.as_ptr().align_offset(64).min(LINE_FLOATS);
+            let (mut v, skip) = zeroed_on_line(len);
             for (i, x) in v[skip..skip + len].iter_mut().enumerate() {
                 *x = f(i);
             }
@@ -760,6 +759,18 @@ thread_local! {
 /// allocator starts 16 bytes past a page boundary). Measured in docs/performance.md.
 const LINE_FLOATS: usize = 16;
 
+/// How many floats into `v` its first 64-byte line starts (at most `LINE_FLOATS - 1`).
+fn line_offset(v: &[f32]) -> usize {
+    v.as_ptr().align_offset(64).min(LINE_FLOATS)
+}
+
+/// A zeroed vector with room for `len` floats from its first cache line, and that offset.
+fn zeroed_on_line(len: usize) -> (Vec<f32>, usize) {
+    let v = vec![0.0f32; len + LINE_FLOATS];
+    let start = line_offset(&v);
+    (v, start)
+}
+
 /// `len` floats of the thread's buffer `key`, starting on a cache line.
 fn with_buf<R>(
     key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
@@ -770,7 +781,7 @@ fn with_buf<R>(
     if v.len() < len + LINE_FLOATS {
         v.resize(len + LINE_FLOATS, 0.0);
     }
-    let skip = v.as_ptr().align_offset(64).min(LINE_FLOATS);
+    let skip = line_offset(&v);
     let r = f(&mut v[skip..skip + len]);
     key.with(|b| *b.borrow_mut() = v);
     r
@@ -1366,10 +1377,11 @@ unsafe fn ksplit<K: Micro>(args: Args, bias: *const f32) {
         // the line; each element still sums its slices in order), then stored.
         let (lines, len) = if swap { (n, m) } else { (m, n) };
         (0..lines).into_par_iter().for_each(|l| {
-            let mut acc = [0.0f32; 64];
-            for x0 in (0..len).step_by(acc.len()) {
+            const CHUNK: usize = 64;
+            let mut acc = [0.0f32; CHUNK];
+            for x0 in (0..len).step_by(CHUNK) {
                 let at = l * len + x0;
-                let acc = &mut acc[..64.min(len - x0)];
+                let acc = &mut acc[..CHUNK.min(len - x0)];
                 acc.copy_from_slice(&parts[at..at + acc.len()]);
                 for part in parts.chunks_exact(m * n).skip(1) {
                     for (a, &p) in acc.iter_mut().zip(&part[at..]) {
@@ -1476,11 +1488,10 @@ unsafe fn stripe_product<K: Micro>(
         let src = b.get().offset(pc as isize * rsb + jc as isize * csb);
         pack_b_panel(nr, q, ncols, kc, src, rsb, csb, panel);
     };
-    if private_b {
-        // Each task packs its blocks below.
-    } else if parallel {
+    // Private tasks pack their own blocks below.
+    if !private_b && parallel {
         (0..units).into_par_iter().for_each(pack);
-    } else {
+    } else if !private_b {
         (0..units).for_each(pack);
     }
     let bp: &[f32] = bp;
@@ -1597,8 +1608,7 @@ impl PackedB {
             };
         }
         let len = n.div_ceil(nr) * k * nr;
-        let mut data = vec![0.0; len + LINE_FLOATS];
-        let start = data.as_ptr().align_offset(64).min(LINE_FLOATS);
+        let (mut data, start) = zeroed_on_line(len);
         let panels = data[start..start + len].chunks_mut((k * nr).max(1));
         for (q, panel) in panels.enumerate() {
             // SAFETY: the assertion above keeps the k x n view inside b.
@@ -2006,25 +2016,56 @@ mod tests {
         }
     }
 
-    /// The split of a product over threads changes which thread computes what, never the
-    /// order in which any output element is summed: bit-identical results on 1, 2 and 3
-    /// threads (row tasks, column chunks, stripes and the K split all differ between them).
+    /// `C = A B` for row-major `A` (`m x k`) and `B` (`k x n`) on a pool of `threads`; `C`
+    /// starts as NaN, which the product (`beta = 0`) must never read.
+    fn row_major_in_pool(
+        kernel: GemmKernel,
+        threads: usize,
+        (m, k, n): (usize, usize, usize),
+        a: &[f32],
+        b: &[f32],
+    ) -> Vec<f32> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let mut c = vec![f32::NAN; m * n];
+        pool.install(|| unsafe {
+            sgemm_with(
+                kernel,
+                m,
+                k,
+                n,
+                1.0,
+                a.as_ptr(),
+                k as isize,
+                1,
+                b.as_ptr(),
+                n as isize,
+                1,
+                0.0,
+                c.as_mut_ptr(),
+                n as isize,
+                1,
+            )
+        });
+        c
+    }
+
     /// Tall tasks with enough rows pack their own blocks of `B` (one thread, or two here),
     /// and with fewer rows per task share one packing (three): the same bits either way, and
     /// the reference's values.
     #[test]
     fn tasks_packing_their_own_b_match_the_shared_packing() {
-        let pool = |threads| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap()
-        };
         // Two K blocks; the second shape also two column stripes and two NC blocks.
         for &(m, k, n) in &[(640usize, 300usize, 200usize), (600, 300, 1100)] {
             let b_bytes = k * n.div_ceil(32) * 32 * 4;
             let plan = |threads| {
-                pool(threads).install(|| split(m, 12, n.div_ceil(32), m * k * n, b_bytes, false))
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| split(m, 12, n.div_ceil(32), m * k * n, b_bytes, false))
             };
             assert!(plan(1).private_b && !plan(1).parallel);
             assert!(plan(2).private_b && plan(2).parallel);
@@ -2032,30 +2073,7 @@ mod tests {
             let (a, b) = (data(m * k, 12), data(k * n, 13));
             let want = reference(m, k, n, &a, (k, 1), &b, (n, 1));
             for kernel in kernels() {
-                let run = |threads| {
-                    let mut c = vec![f32::NAN; m * n];
-                    pool(threads).install(|| unsafe {
-                        sgemm_with(
-                            kernel,
-                            m,
-                            k,
-                            n,
-                            1.0,
-                            a.as_ptr(),
-                            k as isize,
-                            1,
-                            b.as_ptr(),
-                            n as isize,
-                            1,
-                            0.0,
-                            c.as_mut_ptr(),
-                            n as isize,
-                            1,
-                        )
-                    });
-                    c
-                };
-                let one = run(1);
+                let one = row_major_in_pool(kernel, 1, (m, k, n), &a, &b);
                 for (&got, &w) in one.iter().zip(&want) {
                     let got = got as f64;
                     assert!(
@@ -2064,7 +2082,7 @@ mod tests {
                     );
                 }
                 for threads in [2, 3] {
-                    let c = run(threads);
+                    let c = row_major_in_pool(kernel, threads, (m, k, n), &a, &b);
                     assert!(
                         one.iter().zip(&c).all(|(x, y)| x.to_bits() == y.to_bits()),
                         "{kernel:?} {m}x{k}x{n}: {threads} threads differ from 1"
@@ -2074,6 +2092,9 @@ mod tests {
         }
     }
 
+    /// The split of a product over threads changes which thread computes what, never the
+    /// order in which any output element is summed: bit-identical results on 1, 2 and 3
+    /// threads (row tasks, column chunks, stripes and the K split all differ between them).
     #[test]
     fn results_do_not_depend_on_thread_count() {
         let shapes = [
@@ -2085,36 +2106,9 @@ mod tests {
         for kernel in kernels() {
             for &(m, k, n) in &shapes {
                 let (a, b) = (data(m * k, 4), data(k * n, 5));
-                let run = |threads: usize| {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .build()
-                        .unwrap();
-                    let mut c = vec![0.0f32; m * n];
-                    pool.install(|| unsafe {
-                        sgemm_with(
-                            kernel,
-                            m,
-                            k,
-                            n,
-                            1.0,
-                            a.as_ptr(),
-                            k as isize,
-                            1,
-                            b.as_ptr(),
-                            n as isize,
-                            1,
-                            0.0,
-                            c.as_mut_ptr(),
-                            n as isize,
-                            1,
-                        )
-                    });
-                    c
-                };
-                let one = run(1);
+                let one = row_major_in_pool(kernel, 1, (m, k, n), &a, &b);
                 for threads in [2, 3] {
-                    let c = run(threads);
+                    let c = row_major_in_pool(kernel, threads, (m, k, n), &a, &b);
                     assert!(
                         one.iter().zip(&c).all(|(x, y)| x.to_bits() == y.to_bits()),
                         "{kernel:?} {m}x{k}x{n}: {threads} threads differ from 1"
@@ -2175,26 +2169,8 @@ mod tests {
         for kernel in kernels() {
             let (m, k, n) = (14, 5, 35);
             let (a, b) = (data(m * k, 4), data(k * n, 5));
-            let mut c = vec![f32::NAN; m * n];
-            unsafe {
-                sgemm_with(
-                    kernel,
-                    m,
-                    k,
-                    n,
-                    1.0,
-                    a.as_ptr(),
-                    k as isize,
-                    1,
-                    b.as_ptr(),
-                    n as isize,
-                    1,
-                    0.0,
-                    c.as_mut_ptr(),
-                    n as isize,
-                    1,
-                )
-            };
+            // The helper's C starts as NaN.
+            let c = row_major_in_pool(kernel, 1, (m, k, n), &a, &b);
             assert!(c.iter().all(|v| v.is_finite()), "{kernel:?}");
         }
     }

@@ -16,13 +16,17 @@ use super::tarflow::TarFlow;
 pub const CONFIG_KEY: &str = "tarflow.config";
 /// Metadata key holding the format version.
 pub const VERSION_KEY: &str = "tarflow.format";
+/// Format version written under [`VERSION_KEY`].
 pub const FORMAT_VERSION: &str = "1";
 
 /// A checkpoint read from disk: the config, the weights, and any extra metadata.
 pub struct Checkpoint {
+    /// The validated model configuration from the metadata.
     pub config: TarFlowConfig,
     /// `(name, shape, values)` for every tensor in the file.
     pub tensors: Vec<(String, Vec<usize>, Vec<f64>)>,
+    /// Every metadata entry of the file, including the config JSON (`tarflow.config`) and the
+    /// format version (`tarflow.format`).
     pub metadata: HashMap<String, String>,
 }
 
@@ -74,6 +78,16 @@ pub fn parse_checkpoint(bytes: &[u8], what: &str) -> Result<Checkpoint> {
             "no '{CONFIG_KEY}' entry in the metadata: not a tarflow checkpoint"
         ))
     })?;
+    // A file without the key (weights converted by another tool) is read as version 1; a
+    // different version may lay its tensors out differently, so it is refused outright.
+    if let Some(v) = metadata.get(VERSION_KEY) {
+        if v != FORMAT_VERSION {
+            return Err(bad(format!(
+                "format version '{v}' under '{VERSION_KEY}'; this build reads version \
+                 {FORMAT_VERSION}"
+            )));
+        }
+    }
     let config = TarFlowConfig::from_json(cfg_json).map_err(|e| bad(e.to_string()))?;
     check_tensor_set(&config, &tensors).map_err(bad)?;
     let mut tensors: Vec<(String, Vec<usize>, Vec<f64>)> = tensors
@@ -188,6 +202,28 @@ mod tests {
             Ok(_) => panic!("parsed"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn other_format_versions_are_refused_and_a_missing_one_is_read_as_1() {
+        let refs: Vec<(String, Tensor<f64>)> = micro_tensors(0.5);
+        let refs: Vec<(&str, &Tensor<f64>)> = refs.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let with = |version: Option<&str>| {
+            let mut meta = HashMap::from([(CONFIG_KEY.to_string(), micro().to_json())]);
+            if let Some(v) = version {
+                meta.insert(VERSION_KEY.to_string(), v.to_string());
+            }
+            tensors_to_bytes(&refs, DType::F64, Some(meta)).unwrap()
+        };
+        let e = err(&with(Some("2")));
+        assert!(
+            e.contains("ck.safetensors")
+                && e.contains("version '2'")
+                && e.contains("tarflow.format"),
+            "{e}"
+        );
+        parse_checkpoint(&with(None), "ck").unwrap();
+        parse_checkpoint(&with(Some("1")), "ck").unwrap();
     }
 
     #[test]

@@ -223,3 +223,57 @@ fn nonfinite_steps_are_skipped_up_to_the_limit() {
         "{e}"
     );
 }
+
+/// `--resume DIR --steps N`: the schedule is stretched to the new length from the current
+/// step, the new length is saved, and a run resumed after the change follows the same rates
+/// and ends with the same weights as one that made the change and never stopped.
+#[test]
+fn a_run_lengthened_mid_way_resumes_exactly() {
+    let (train, test) = small_data();
+    let lrs = |t: &mut Trainer, stop: usize| {
+        let mut out = Vec::new();
+        t.run_until(stop, |e| {
+            if let tarflow::train::Event::Step(s) = e {
+                out.push(s.lr);
+            }
+        })
+        .unwrap();
+        out
+    };
+
+    let whole_dir = tmpdir("lengthened-whole");
+    let mut t = Trainer::new(config(&whole_dir), train.clone(), test.clone()).unwrap();
+    let before = lrs(&mut t, 3);
+    let e = t.set_steps(2).unwrap_err().to_string();
+    assert!(e.contains("already taken 3 steps"), "{e}");
+    t.set_steps(10).unwrap();
+    assert_eq!(t.config().steps, 10);
+    let after = lrs(&mut t, 10);
+    assert_eq!((before.len(), after.len()), (3, 7));
+    // Stretched: step 4 of a 10-step cosine has a higher rate than step 4 of the 6-step one.
+    let mut planned = Trainer::new(
+        config(&tmpdir("lengthened-planned")),
+        train.clone(),
+        test.clone(),
+    )
+    .unwrap();
+    let six = lrs(&mut planned, 4);
+    assert!(after[0] > six[3], "{} vs {}", after[0], six[3]);
+
+    let part_dir = tmpdir("lengthened-part");
+    let mut t = Trainer::new(config(&part_dir), train.clone(), test.clone()).unwrap();
+    lrs(&mut t, 3);
+    t.set_steps(10).unwrap();
+    lrs(&mut t, 5);
+    drop(t);
+    assert_eq!(Trainer::saved_config(&part_dir).unwrap().steps, 10);
+    let mut t = Trainer::resume(&part_dir, train, test).unwrap();
+    let resumed = lrs(&mut t, 10);
+    assert_eq!(resumed, after[2..].to_vec());
+
+    let (a, b) = (weights(&whole_dir, 10), weights(&part_dir, 10));
+    for ((na, _, va), (_, _, vb)) in a.iter().zip(&b) {
+        let same = va.iter().zip(vb).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "{na} differs after a lengthened run was resumed");
+    }
+}

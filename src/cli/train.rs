@@ -22,7 +22,8 @@ pub struct TrainArgs {
     /// Output directory (default: runs/<preset>).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Continue the run saved in this directory (its config is used; --steps may extend it).
+    /// Continue the run saved in this directory (its config is used; --steps N runs on to
+    /// step N, the cosine schedule stretched to the new length).
     #[arg(long, conflicts_with_all = ["preset", "data"])]
     resume: Option<PathBuf>,
     #[arg(long, default_value = "cpu")]
@@ -162,7 +163,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
             )?;
             let mut t = Trainer::resume(dir, train, test)?;
             if let Some(s) = a.hp.steps {
-                t.config.steps = s;
+                t.set_steps(s)?;
             }
             t
         }
@@ -179,7 +180,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
             Trainer::new(cfg, train, test)?
         }
     };
-    let cfg = trainer.config.clone();
+    let cfg = trainer.config().clone();
     let m = &cfg.model;
     println!(
         "training TarFlow p{}-C{}-T{}-K{} ({} parameters, {} classes) for {} steps of {} images -> {}",

@@ -32,15 +32,18 @@ use crate::tensorio::{parse_tensors_with_metadata, tensors_to_bytes};
 /// Statistics of one optimisation step.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StepStats {
+    /// Number of this step, counting from 1 ([`Trainer::step`] once it is done).
     pub step: usize,
     /// Training loss in nats per dimension (prior term without its constant, minus log-det).
     pub loss: f64,
     /// The loss as bits/dim of the training inputs (with the `ln 2pi` and `ln 128` terms):
     /// exact for dequantised inputs, a figure for the noisy inputs otherwise.
     pub train_bpd: f64,
+    /// Learning rate of this step, from the warm-up and cosine schedule.
     pub lr: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
+    /// Batch images over the step's wall-clock time (data loading excluded), in images/s.
     pub images_per_sec: f64,
     /// The loss or gradient was not finite and the update was skipped (see
     /// [`TrainConfig::skip_nonfinite`]); `loss` and `train_bpd` are then not finite either.
@@ -49,10 +52,29 @@ pub struct StepStats {
 
 /// Something the training loop reports to its caller (progress bars, logs).
 pub enum Event<'a> {
+    /// An optimisation step finished (also sent for skipped steps).
     Step(&'a StepStats),
-    Eval { step: usize, result: &'a EvalResult },
-    Samples { step: usize, path: &'a Path },
-    Checkpoint { step: usize, path: &'a Path },
+    /// The evaluation model was scored on the test set.
+    Eval {
+        /// Steps taken when it was evaluated.
+        step: usize,
+        /// Bits/dim of the evaluation model on the test set.
+        result: &'a EvalResult,
+    },
+    /// A grid of samples was written.
+    Samples {
+        /// Steps taken when it was sampled.
+        step: usize,
+        /// The PNG file, `samples-STEP.png` in the output folder.
+        path: &'a Path,
+    },
+    /// A checkpoint was written.
+    Checkpoint {
+        /// Steps taken when it was saved.
+        step: usize,
+        /// The model file, `model-STEP.safetensors` in the output folder.
+        path: &'a Path,
+    },
 }
 
 /// Saved beside each model checkpoint: what `--resume` needs besides the weights.
@@ -87,7 +109,9 @@ const LN_2PI: f64 = 1.837_877_066_409_345_5;
 /// # Ok::<(), tarflow::Error>(())
 /// ```
 pub struct Trainer {
-    pub config: TrainConfig,
+    config: TrainConfig,
+    /// The model being trained, with its raw weights ([`Trainer::eval_model`] gives the
+    /// EMA ones).
     pub model: TarFlow<f32>,
     params: ParamStore<f32>,
     opt: AdamW<f32>,
@@ -123,6 +147,17 @@ fn check_data(cfg: &TrainConfig, d: &Dataset, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Warm-up from `min_lr` to `lr`, then a cosine down to `min_lr` at `steps`.
+fn schedule_of(config: &TrainConfig) -> Result<LrSchedule> {
+    LrSchedule::warmup_cosine(
+        config.min_lr,
+        config.lr,
+        config.min_lr,
+        config.warmup_steps as u64,
+        config.steps as u64,
+    )
+}
+
 impl Trainer {
     /// A fresh run (model initialised from `config.seed`).
     pub fn new(config: TrainConfig, train: Dataset, test: Dataset) -> Result<Self> {
@@ -150,13 +185,7 @@ impl Trainer {
             },
         )?;
         let ema = config.ema.map(|_| Ema::new(&params));
-        let schedule = LrSchedule::warmup_cosine(
-            config.min_lr,
-            config.lr,
-            config.min_lr,
-            config.warmup_steps as u64,
-            config.steps as u64,
-        )?;
+        let schedule = schedule_of(&config)?;
         let train = Arc::new(train);
         let loader = Loader::new(
             train.clone(),
@@ -182,6 +211,33 @@ impl Trainer {
             step: 0,
             skipped_in_row: 0,
         })
+    }
+
+    /// The run's settings, saved with every checkpoint; after [`Trainer::resume`] `out_dir`
+    /// is the folder resumed from. Read-only: the optimiser, the schedule and the data order
+    /// are built from them once, so a change would apply only in part (see
+    /// [`Trainer::set_steps`] to lengthen or shorten a run).
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// Makes the run `steps` steps long from here on, as `tarflow train --resume DIR --steps N`
+    /// does. The cosine schedule is stretched (or shrunk) to the new length at the current
+    /// step, and the new length is saved with the next checkpoint, so a run resumed from it
+    /// follows the same rates. Fails when `steps` is zero or fewer than the steps already
+    /// taken.
+    pub fn set_steps(&mut self, steps: usize) -> Result<()> {
+        if steps == 0 || steps < self.step {
+            return Err(Error::Config(format!(
+                "steps {steps}: the run has already taken {} steps",
+                self.step
+            )));
+        }
+        let mut config = self.config.clone();
+        config.steps = steps;
+        self.schedule = schedule_of(&config)?;
+        self.config = config;
+        Ok(())
     }
 
     /// The model used for evaluation and sampling: the EMA weights when enabled.

@@ -12,7 +12,10 @@ use crate::model::TarFlowConfig;
 pub enum NoiseMode {
     /// `x = 2p/255 - 1 + sigma * eps` (TarFlow's choice for sample quality; denoise after
     /// sampling).
-    Gaussian { sigma: f64 },
+    Gaussian {
+        /// Standard deviation of the noise on the `[-1, 1]` input scale (0 = no noise).
+        sigma: f64,
+    },
     /// `x = 2 (p + u) / 256 - 1`, `u ~ U[0,1)` (for likelihood runs: bits/dim are exact).
     Dequantize,
 }
@@ -20,8 +23,13 @@ pub enum NoiseMode {
 /// Everything a training run depends on. Saved with every checkpoint.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
+    /// Architecture of the model being trained.
     pub model: TarFlowConfig,
+    /// Optimisation steps of the whole run (skipped ones included); also the length of the
+    /// learning-rate schedule.
     pub steps: usize,
+    /// Training images per step; batches are drop-last, so the training set must hold at
+    /// least this many.
     pub batch_size: usize,
     /// Peak learning rate.
     pub lr: f64,
@@ -29,8 +37,12 @@ pub struct TrainConfig {
     pub warmup_steps: usize,
     /// Start and end of the schedule (cosine decay to it).
     pub min_lr: f64,
+    /// AdamW's decoupled weight decay: each update multiplies the weights by
+    /// `1 - lr * weight_decay`.
     pub weight_decay: f64,
+    /// AdamW's decay rate of the first-moment estimate, in `[0, 1)`.
     pub beta1: f64,
+    /// AdamW's decay rate of the second-moment estimate, in `[0, 1)`.
     pub beta2: f64,
     /// Global gradient-norm clip.
     pub grad_clip: Option<f64>,
@@ -38,13 +50,21 @@ pub struct TrainConfig {
     pub ema: Option<f64>,
     /// Probability of replacing a label by the null class (conditional models).
     pub label_dropout: f64,
+    /// How pixels become training inputs.
     pub noise: NoiseMode,
     /// Horizontal flips of training images.
     pub hflip: bool,
+    /// Seed of the model's initialisation and of every random stream of the run (data order,
+    /// flips, input noise, label dropout, evaluation and sample grids).
     pub seed: u64,
-    /// Steps between test evaluations / sample grids / checkpoints (0 = only at the end).
+    /// Steps between test evaluations (0 = only at the end).
     pub eval_every: usize,
+    /// Steps between sample grids (0 = only at the end).
     pub sample_every: usize,
+    /// Steps between checkpoints (0 = only at the end, or where [`Trainer::run_until`]
+    /// stops).
+    ///
+    /// [`Trainer::run_until`]: crate::train::Trainer::run_until
     pub checkpoint_every: usize,
     /// Test images used by periodic evaluation (0 = all).
     pub eval_images: usize,
@@ -68,6 +88,8 @@ pub struct TrainConfig {
     pub skip_nonfinite: usize,
     /// Checkpoints kept in `out_dir`.
     pub keep_checkpoints: usize,
+    /// Folder for checkpoints, sample grids, `metrics.jsonl` and `bpd.png`; created when
+    /// needed.
     pub out_dir: PathBuf,
     /// Data directory (None = the embedded MNIST digits); see [`crate::train::open_data`].
     pub data: Option<PathBuf>,
@@ -196,6 +218,8 @@ impl TrainConfig {
         Ok(c)
     }
 
+    /// Checks the model configuration and the ranges of the training settings, failing on
+    /// the first one that is out of range.
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
         let bad = |m: String| Err(Error::Config(m));
@@ -208,6 +232,18 @@ impl TrainConfig {
             return bad(format!(
                 "learning rates must be positive and finite (lr {}, min_lr {})",
                 self.lr, self.min_lr
+            ));
+        }
+        if self.min_lr > self.lr {
+            return bad(format!(
+                "min_lr {} exceeds lr {}: the schedule decays from lr to min_lr",
+                self.min_lr, self.lr
+            ));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(format!(
+                "weight decay must be >= 0 and finite, got {}",
+                self.weight_decay
             ));
         }
         if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
@@ -266,14 +302,45 @@ mod tests {
             "imagenet64",
         ] {
             let c = TrainConfig::preset(p).unwrap();
+            c.validate().unwrap();
             assert_eq!(c.out_dir, PathBuf::from(format!("runs/{p}")));
         }
         assert!(TrainConfig::preset("mnist-long").is_err());
     }
 
+    /// Each setting out of range is a config error that names it.
+    #[test]
+    fn settings_out_of_range_are_named() {
+        type Spoil = fn(&mut TrainConfig);
+        let cases: [(&str, Spoil); 12] = [
+            ("batch size", |c| c.batch_size = 0),
+            ("learning rates", |c| c.lr = f64::NAN),
+            ("learning rates", |c| c.min_lr = -1.0),
+            ("exceeds lr", |c| c.min_lr = 2.0 * c.lr),
+            ("weight decay", |c| c.weight_decay = -0.1),
+            ("weight decay", |c| c.weight_decay = f64::INFINITY),
+            ("betas", |c| c.beta2 = 1.0),
+            ("label dropout", |c| c.label_dropout = 1.5),
+            ("EMA decay", |c| c.ema = Some(1.0)),
+            ("gradient clip", |c| c.grad_clip = Some(0.0)),
+            ("checkpoint", |c| c.keep_checkpoints = 0),
+            ("prior std", |c| c.sample_prior_std = 0.0),
+        ];
+        for (what, spoil) in cases {
+            let mut c = TrainConfig::preset("tiny").unwrap();
+            spoil(&mut c);
+            let e = c.validate().unwrap_err();
+            assert!(
+                matches!(e, Error::Config(_)) && e.to_string().contains(what),
+                "{what}: {e}"
+            );
+        }
+    }
+
     /// docs/results.md reports the long preset's figures from the command line it stands for:
-    /// `--preset mnist-likelihood --patch-size 2 --width 64 --steps 9000 --lr 2e-3
-    /// --alpha-clip 4 --eval-every 1500 --sample-every 4500 --checkpoint-every 1000`.
+    /// `--preset mnist-likelihood --patch-size 2 --width 64 --batch-size 32 --steps 17000
+    /// --lr 2e-3 --alpha-clip 4 --eval-every 1700 --sample-every 8500 --checkpoint-every 1000
+    /// --skip-nonfinite 10`.
     #[test]
     fn long_likelihood_preset_is_the_documented_command() {
         let mut c = TrainConfig::preset("mnist-likelihood").unwrap();

@@ -17,10 +17,12 @@ use crate::tensor::{Element, Tensor};
 pub struct AuditOptions {
     /// Random inputs to check (uniform in [-1, 1]).
     pub samples: usize,
+    /// Seed for the random inputs and their class labels.
     pub seed: u64,
     /// Largest image dimension (C*H*W) for which the Jacobian of the whole model is built;
     /// above it each block is checked on a window of `window` tokens.
     pub full_jacobian_max_dim: usize,
+    /// Tokens per block in the windowed log-determinant check (clamped to `1..=seq_len`).
     pub window: usize,
     /// Relative tolerance on log-determinants.
     pub logdet_rtol: f64,
@@ -47,23 +49,31 @@ impl Default for AuditOptions {
 /// One line of the audit table.
 #[derive(Clone, Debug, Serialize)]
 pub struct AuditCheck {
+    /// What was checked, as printed in the table.
     pub name: String,
+    /// Measured error (an absolute or relative discrepancy, per the check's name).
     pub value: f64,
+    /// Largest `value` that passes.
     pub limit: f64,
+    /// Whether `value` is finite and at most `limit`.
     pub passed: bool,
+    /// Extra note shown in brackets after the result; empty if none.
     pub detail: String,
 }
 
 /// All checks plus the per-block log-determinants of each input.
 #[derive(Clone, Debug, Serialize)]
 pub struct AuditReport {
+    /// Element type the audit ran in (`"f32"` or `"f64"`).
     pub dtype: String,
+    /// Every check in the order it ran.
     pub checks: Vec<AuditCheck>,
     /// `logdet_blocks[s][t]`: log-determinant of block `t` on sample `s`.
     pub logdet_blocks: Vec<Vec<f64>>,
 }
 
 impl AuditReport {
+    /// Whether every check passed.
     pub fn passed(&self) -> bool {
         self.checks.iter().all(|c| c.passed)
     }

@@ -15,33 +15,65 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// Operand shapes do not fit the operation.
     Shape {
+        /// Name of the operation that rejected its operands.
         op: &'static str,
+        /// Shapes of the operands involved, in argument order.
         shapes: Vec<Vec<usize>>,
+        /// Element type name (`"f32"` or `"f64"`).
         dtype: &'static str,
+        /// What is wrong with the shapes.
         detail: String,
     },
     /// An axis or index is out of range.
-    Index { op: &'static str, detail: String },
+    Index {
+        /// Name of the operation given the axis or index.
+        op: &'static str,
+        /// Which axis or index is wrong, usually with the range it had to fall in.
+        detail: String,
+    },
     /// An invalid argument that is not a shape (a negative size, an empty list, ...).
-    Arg { op: &'static str, detail: String },
+    Arg {
+        /// Name of the operation given the argument.
+        op: &'static str,
+        /// Which argument is invalid, and why.
+        detail: String,
+    },
     /// The operation is not available on this device (e.g. CUDA built without the feature).
-    Device { op: &'static str, detail: String },
+    Device {
+        /// Name of the operation that asked for the device.
+        op: &'static str,
+        /// Which device was requested and why it is unavailable.
+        detail: String,
+    },
     /// Autograd misuse, e.g. `backward()` from a non-scalar or a tensor without a graph.
     Autograd(String),
     /// Model or training configuration that cannot work.
     Config(String),
     /// A NaN or infinity where a finite number is required.
-    NonFinite { what: String },
+    NonFinite {
+        /// The quantity that held it (a parameter, a gradient, a loss), with context such as
+        /// the step or element index.
+        what: String,
+    },
     /// A file or byte stream does not follow its format.
-    Format { what: String, detail: String },
+    Format {
+        /// What was being read or written: a file path or a description such as
+        /// `"safetensors"`.
+        what: String,
+        /// How it departs from the format (or why it could not be encoded).
+        detail: String,
+    },
     /// An I/O failure, with the path it concerned.
     Io {
+        /// The file or directory the operation concerned.
         path: PathBuf,
+        /// The underlying I/O error.
         source: std::io::Error,
     },
 }
 
 impl Error {
+    /// An [`Error::Shape`] for `op`, copying the operand shapes.
     pub fn shape(
         op: &'static str,
         shapes: &[&[usize]],
@@ -56,6 +88,7 @@ impl Error {
         }
     }
 
+    /// An [`Error::Arg`] for `op`.
     pub fn arg(op: &'static str, detail: impl Into<String>) -> Self {
         Error::Arg {
             op,
@@ -63,6 +96,7 @@ impl Error {
         }
     }
 
+    /// An [`Error::Index`] for `op`.
     pub fn index(op: &'static str, detail: impl Into<String>) -> Self {
         Error::Index {
             op,
@@ -70,6 +104,7 @@ impl Error {
         }
     }
 
+    /// An [`Error::Format`] for the input described by `what`.
     pub fn format(what: impl Into<String>, detail: impl Into<String>) -> Self {
         Error::Format {
             what: what.into(),
@@ -77,6 +112,7 @@ impl Error {
         }
     }
 
+    /// An [`Error::Io`] for `source`, raised while accessing `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

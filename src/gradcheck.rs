@@ -11,9 +11,14 @@ use crate::tensor::Tensor;
 /// Tolerances and step for [`check_gradients`].
 #[derive(Clone, Copy, Debug)]
 pub struct GradCheck {
+    /// Finite-difference step `h` added to and subtracted from each element.
     pub step: f64,
+    /// Absolute tolerance: an element passes when
+    /// `|autograd - numeric| <= atol + rtol * |numeric|`.
     pub atol: f64,
+    /// Relative tolerance, scaled by the finite-difference value.
     pub rtol: f64,
+    /// Seed for the random projection `r` that reduces the output to a scalar.
     pub seed: u64,
 }
 
@@ -31,7 +36,9 @@ impl Default for GradCheck {
 /// Largest discrepancy found by a successful check.
 #[derive(Clone, Debug)]
 pub struct GradReport {
+    /// Largest `|autograd - finite difference|` over all checked elements.
     pub max_abs_err: f64,
+    /// Number of input elements checked.
     pub checked: usize,
 }
 

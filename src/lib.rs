@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! `tarflow`: TarFlow normalizing flows on a self-contained tensor engine.
 //!
 //! The engine ([`Tensor`], reverse-mode autograd in [`autograd`], ops in [`ops`]) is written

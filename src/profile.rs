@@ -4,8 +4,9 @@
 //!
 //! Off by default; while off, each kernel pays one relaxed atomic load. [`enable`] turns it
 //! on for the whole process, [`snapshot`] reads the totals. Times are wall-clock on the
-//! calling thread, so a kernel that fans out over rayon counts its wall time once. Kernels
-//! do not nest: each time is counted under exactly one kind.
+//! calling thread, so a kernel that fans out over rayon counts its wall time once. A kernel
+//! that calls another (linear's backward runs matmul) is timed only as the outermost one, so
+//! each second is counted under exactly one kind.
 //!
 //! ```
 //! use tarflow::{profile, Tensor};
@@ -35,6 +36,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
+    /// Every kind, in index order (`ALL[k as usize] == k`).
     pub const ALL: [Kernel; 4] = [
         Kernel::Matmul,
         Kernel::Attention,
@@ -42,6 +44,7 @@ impl Kernel {
         Kernel::Gelu,
     ];
 
+    /// Short lower-case name for reports, e.g. `"layer_norm"`.
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Matmul => "matmul",
@@ -71,16 +74,20 @@ pub fn reset() {
 /// Totals since the last [`reset`], indexed by `Kernel as usize`.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Snapshot {
+    /// Wall-clock seconds spent in each kind of kernel.
     pub seconds: [f64; 4],
+    /// Number of outermost timed calls of each kind.
     pub calls: [u64; 4],
 }
 
 impl Snapshot {
+    /// Seconds spent in all timed kernels together.
     pub fn total_seconds(&self) -> f64 {
         self.seconds.iter().sum()
     }
 }
 
+/// Reads the process-wide totals accumulated since the last [`reset`].
 pub fn snapshot() -> Snapshot {
     let mut s = Snapshot::default();
     for i in 0..4 {

@@ -50,6 +50,7 @@ impl Rng {
         Rng::new(self.next_u64())
     }
 
+    /// The next 64 uniformly random bits; every other method draws from these.
     pub fn next_u64(&mut self) -> u64 {
         let s = &mut self.s;
         let result = s[0].wrapping_add(s[3]).rotate_left(23).wrapping_add(s[0]);
@@ -84,7 +85,8 @@ impl Rng {
         (m >> 64) as u64
     }
 
-    /// Standard normal sample (Box-Muller; both values of a pair are used).
+    /// Standard normal sample (Box-Muller: one pair of uniforms per value, the pair's second
+    /// value dropped; [`Rng::fill_normal`] uses both).
     pub fn normal(&mut self) -> f64 {
         // Not caching the second value keeps the state a plain [u64; 4].
         let u1 = 1.0 - self.uniform(); // (0, 1]

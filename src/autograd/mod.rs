@@ -20,6 +20,7 @@ pub type BackwardFn<E> =
 
 /// How an output was made, kept only when gradients are needed.
 pub struct Node<E: Element> {
+    /// Name of the op that produced the output (shown as `grad_fn` and in backward errors).
     pub name: &'static str,
     pub(crate) inputs: Vec<Tensor<E>>,
     pub(crate) backward: BackwardFn<E>,

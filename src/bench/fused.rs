@@ -19,6 +19,9 @@ fn attention_flops(b: usize, h: usize, n: usize, dh: usize) -> f64 {
     4.0 * (b * h * n * n * dh) as f64
 }
 
+/// Times the fused kernels at TarFlow shapes: softmax, layer norm and causal attention
+/// (forward, and forward + backward) and one KV-cache decode step. Uses only `cfg`'s
+/// `warmup` and `repeats`; the shapes are fixed.
 pub fn bench_fused(peak: &Peak, cfg: &BenchConfig) -> Result<Vec<KernelResult>> {
     let (w, r) = (cfg.warmup, cfg.repeats);
     let mut out = Vec::new();

@@ -21,14 +21,17 @@ pub struct KernelResult {
     pub name: String,
     /// Problem size in the kernel's own terms, e.g. `3136x128x512` (M x K x N) or `[262144]`.
     pub shape: String,
-    /// Median, fastest and slowest wall-clock time of one call, in seconds.
+    /// Median wall-clock time of one call, in seconds.
     pub median_s: f64,
+    /// Fastest timed call, in seconds.
     pub min_s: f64,
+    /// Slowest timed call, in seconds.
     pub max_s: f64,
-    /// Arithmetic throughput at the median (compute-bound kernels).
+    /// Arithmetic throughput at the median in GFLOP/s (10^9 flops per second; an FMA counts
+    /// as 2), for compute-bound kernels.
     pub gflops: Option<f64>,
-    /// Memory throughput at the median (memory-bound kernels), counting each byte the
-    /// kernel must read or write once.
+    /// Memory throughput at the median in GB/s (10^9 bytes per second), for memory-bound
+    /// kernels, counting each byte the kernel must read or write once.
     pub gbps: Option<f64>,
     /// Throughput over the matching measured ceiling: f32 FMA peak for compute-bound
     /// kernels, triad bandwidth (cache or DRAM by working set) for memory-bound ones.

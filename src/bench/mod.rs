@@ -18,9 +18,13 @@ use std::time::Instant;
 /// Wall-clock statistics of repeated runs, in seconds.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct Timing {
+    /// Median over the timed repeats (mean of the middle two when `repeats` is even).
     pub median_s: f64,
+    /// Fastest timed repeat.
     pub min_s: f64,
+    /// Slowest timed repeat.
     pub max_s: f64,
+    /// Number of timed repeats the statistics cover (at least 1).
     pub repeats: usize,
 }
 
@@ -123,6 +127,9 @@ mod tests {
         let (mut x, mut y) = (0, 0);
         let r = time_interleaved(2, 4, &mut [&mut || x += 1, &mut || y += 2]);
         assert_eq!((x, y, r.len()), (6, 12, 2));
-        assert!(b.min_s > 0.0 && b.min_s <= b.max_s);
+        for t in &r {
+            assert_eq!(t.repeats, 4);
+            assert!(t.min_s >= 0.0 && t.min_s <= t.median_s && t.median_s <= t.max_s);
+        }
     }
 }

@@ -16,12 +16,21 @@ use crate::tensor::Tensor;
 /// Timing of one workload over repeated runs.
 #[derive(Clone, Debug, Serialize)]
 pub struct ModelTiming {
+    /// The workload, e.g. `train step (fwd+bwd+AdamW)`, `forward NLL`, `sample (KV cache)`.
     pub name: String,
+    /// Images per run.
     pub batch: usize,
+    /// Median wall-clock time of one run, in seconds (the upper middle one when the number
+    /// of repeats is even).
     pub median_s: f64,
+    /// Fastest run, in seconds.
     pub min_s: f64,
+    /// Slowest run, in seconds.
     pub max_s: f64,
+    /// Throughput at the median, in images/s.
     pub images_per_s: f64,
+    /// Estimated arithmetic throughput at the median, in GFLOP/s, from [`forward_flops`]
+    /// (a training step counts as three forwards) or [`sampling_flops`].
     pub gflops: f64,
 }
 

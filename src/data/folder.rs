@@ -27,6 +27,7 @@ pub const MAX_DECODE_BYTES: u64 = 256 << 20;
 /// A data set read from a folder, with what is needed to trace an image back to its file.
 #[derive(Clone, Debug)]
 pub struct ImageFolder {
+    /// The decoded images, all scaled and cropped to one size, with their labels.
     pub dataset: Dataset,
     /// Class names, indexed by label: the subfolder names, or the folder's own name for a flat
     /// folder.

@@ -29,9 +29,13 @@ pub const MAX_DECOMPRESSED: u64 = 1 << 30;
 /// Images read from an IDX file: `count` images of `rows x cols` bytes, row-major.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdxImages {
+    /// Number of images.
     pub count: usize,
+    /// Height of each image in pixels.
     pub rows: usize,
+    /// Width of each image in pixels.
     pub cols: usize,
+    /// `count * rows * cols` bytes: image `i` is `pixels[i*rows*cols .. (i+1)*rows*cols]`.
     pub pixels: Vec<u8>,
 }
 

@@ -59,6 +59,7 @@ impl LoaderConfig {
 /// Where a [`Loader`] stands; saved in checkpoints and given to [`Loader::from_state`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoaderState {
+    /// The loader's configuration, restored with it.
     pub config: LoaderConfig,
     /// Size of the data set the state belongs to, checked on restore.
     pub dataset_len: usize,
@@ -73,15 +74,22 @@ pub struct LoaderState {
 /// A batch of images in the data set's layout (`n x C x H x W` bytes).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Batch {
+    /// `n*C*H*W` pixels, image after image, already mirrored where `flipped` says so.
     pub images: Vec<u8>,
+    /// Label of each image.
     pub labels: Vec<u32>,
     /// Position of each image in the data set.
     pub indices: Vec<usize>,
     /// Whether each image was mirrored.
     pub flipped: Vec<bool>,
+    /// Number of images: the configured batch size, or fewer for the last batch of an epoch
+    /// without `drop_last`.
     pub n: usize,
+    /// Channels per image, as in the data set.
     pub channels: usize,
+    /// Image height in pixels, as in the data set.
     pub height: usize,
+    /// Image width in pixels, as in the data set.
     pub width: usize,
     /// Epoch the batch belongs to (0-based).
     pub epoch: u64,
@@ -252,15 +260,18 @@ impl Loader {
         }
     }
 
+    /// How this loader forms batches.
     pub fn config(&self) -> &LoaderConfig {
         &self.config
     }
 
+    /// The data set the batches are drawn from.
     pub fn dataset(&self) -> &Arc<Dataset> {
         &self.dataset
     }
 
-    /// Epochs completed so far.
+    /// Epochs completed so far. The count moves when the first batch of the next epoch is
+    /// drawn, so right after an epoch's last batch it still shows the epoch as running.
     pub fn epoch(&self) -> u64 {
         self.epoch
     }

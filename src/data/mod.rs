@@ -36,9 +36,13 @@ pub struct Dataset {
     pub images: Vec<u8>,
     /// One label per image, each in `0..num_classes`.
     pub labels: Vec<u32>,
+    /// Number of classes the labels range over (at least 1 when there are images).
     pub num_classes: usize,
+    /// Channels per image, e.g. 1 for grayscale, 3 for RGB.
     pub channels: usize,
+    /// Image height in pixels.
     pub height: usize,
+    /// Image width in pixels.
     pub width: usize,
 }
 
@@ -114,6 +118,7 @@ impl Dataset {
         self.labels.len()
     }
 
+    /// Whether the data set holds no images.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }

@@ -10,9 +10,13 @@ use super::config::TarFlowConfig;
 
 /// A pre-norm Transformer layer: `h += attn(LN(h)); h += mlp(LN(h))`.
 pub struct Layer<E: Element> {
+    /// LayerNorm before the attention.
     pub norm1: LayerNorm<E>,
+    /// Causal self-attention over the block's token order.
     pub attn: CausalSelfAttention<E>,
+    /// LayerNorm before the MLP.
     pub norm2: LayerNorm<E>,
+    /// Position-wise GELU MLP.
     pub mlp: Mlp<E>,
 }
 
@@ -26,6 +30,8 @@ impl<E: Element> Layer<E> {
         })
     }
 
+    /// Applies the layer to `h` `[B, L, C]`; attention logits are divided by `temperature`
+    /// (1 in training).
     pub fn forward(&self, h: &Tensor<E>, temperature: f64) -> Result<Tensor<E>> {
         let a = self.attn.forward(&self.norm1.forward(h)?, temperature)?;
         let h = h.add(&a)?;
@@ -52,10 +58,13 @@ pub type Labels<'a> = Option<&'a [Option<usize>]>;
 
 /// One flow block `x -> z` with `z_i = (x_i - mu_i(x_<i)) exp(-alpha_i(x_<i))`.
 pub struct FlowBlock<E: Element> {
+    /// Input projection `D -> C` (with bias) applied to each token.
     pub proj_in: Linear<E>,
     /// Learned positional embedding `[N, C]`, indexed by original token position.
     pub pos_embed: Tensor<E>,
+    /// Class embedding `[classes, C]` added to every token; `None` for an unconditional model.
     pub class_embed: Option<Embedding<E>>,
+    /// The `layers_per_block` Transformer layers, applied in order.
     pub layers: Vec<Layer<E>>,
     /// `C -> 2D`, zero-initialised weight so every block starts as the identity.
     pub proj_out: Linear<E>,
@@ -68,11 +77,16 @@ pub struct FlowBlock<E: Element> {
 /// Output of a block's Transformer for every position, before the shift: row `i` holds the
 /// parameters of token `i + 1`.
 pub struct BlockParams<E: Element> {
+    /// Log-scales `[B, L, D]`, soft-clipped when the model has an `alpha_clip`.
     pub alpha: Tensor<E>,
+    /// Shifts `[B, L, D]`.
     pub mu: Tensor<E>,
 }
 
 impl<E: Element> FlowBlock<E> {
+    /// Block number `index` of a model with configuration `cfg` (odd indices are flipped),
+    /// freshly initialised from `rng`; errors unless `width` is a positive multiple of
+    /// `head_dim`.
     pub fn new(cfg: &TarFlowConfig, index: usize, rng: &mut Rng) -> Result<Self> {
         let (c, d, n) = (cfg.width, cfg.token_dim(), cfg.seq_len());
         Ok(FlowBlock {

@@ -57,6 +57,7 @@ impl TarFlowConfig {
         self.channels * self.image_size * self.image_size
     }
 
+    /// Attention heads per layer, `width / head_dim`.
     pub fn heads(&self) -> usize {
         self.width / self.head_dim.max(1)
     }
@@ -288,10 +289,13 @@ impl TarFlowConfig {
         Ok(cfg)
     }
 
+    /// The configuration as one line of JSON (the form [`from_json`](Self::from_json) reads).
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("config serialises")
     }
 
+    /// Parses a configuration from JSON and validates it; errors on malformed JSON or an
+    /// invalid configuration.
     pub fn from_json(s: &str) -> Result<Self> {
         let c: TarFlowConfig = serde_json::from_str(s)
             .map_err(|e| Error::format("model config JSON", e.to_string()))?;

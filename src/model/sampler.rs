@@ -26,18 +26,32 @@ use super::tarflow::TarFlow;
 /// `alpha` and `mu`, with `w_i = w (i + 1) / (N - 1)` when annealed.
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
 pub enum Guidance {
+    /// No guidance: one branch, the model as it is.
     #[default]
     None,
     /// Classifier-free: the second branch uses the null class (mean class embedding).
-    ClassifierFree { weight: f64, anneal: bool },
+    ClassifierFree {
+        /// Guidance weight `w` (0 gives the conditional model unchanged).
+        weight: f64,
+        /// Ramp the weight over tokens, `w_i = w (i + 1) / (N - 1)`, instead of a constant `w`.
+        anneal: bool,
+    },
     /// Attention temperature: the second branch is the same model with attention logits
     /// divided by `tau` (for unconditional models, or on top of the labels given).
-    Temperature { weight: f64, tau: f64, anneal: bool },
+    Temperature {
+        /// Guidance weight `w` (0 gives the model unchanged).
+        weight: f64,
+        /// Attention temperature of the second branch; must be finite and positive.
+        tau: f64,
+        /// Ramp the weight over tokens, `w_i = w (i + 1) / (N - 1)`, instead of a constant `w`.
+        anneal: bool,
+    },
 }
 
 /// Options for [`Sampler::sample`].
 #[derive(Clone, Debug)]
 pub struct SampleOptions {
+    /// How guidance combines two branches at every block (none by default).
     pub guidance: Guidance,
     /// Prior temperature: `z ~ N(0, t^2 I)`.
     pub prior_std: f64,

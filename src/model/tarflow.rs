@@ -36,7 +36,10 @@ pub struct FlowOutput<E: Element> {
 /// # Ok::<(), tarflow::Error>(())
 /// ```
 pub struct TarFlow<E: Element> {
+    /// The (validated) configuration the model was built from.
     pub config: TarFlowConfig,
+    /// The `T` flow blocks in data-to-latent order; those at odd indices run over the
+    /// flipped token sequence.
     pub blocks: Vec<FlowBlock<E>>,
 }
 
@@ -77,6 +80,7 @@ impl<E: Element> TarFlow<E> {
         v
     }
 
+    /// Total number of parameter elements (not tensors).
     pub fn num_parameters(&self) -> usize {
         self.parameters().iter().map(|(_, t)| t.numel()).sum()
     }
@@ -191,6 +195,8 @@ impl<E: Element> TarFlow<E> {
         self.forward_with_temperature(x, labels, 1.0)
     }
 
+    /// [`forward`](Self::forward) with attention logits divided by `temperature` in every
+    /// layer (1 is the ordinary model).
     pub fn forward_with_temperature(
         &self,
         x: &Tensor<E>,

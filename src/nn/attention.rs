@@ -23,7 +23,9 @@ pub struct CausalSelfAttention<E: Element = f32> {
     pub out_weight: Tensor<E>,
     /// `[C]`.
     pub out_bias: Tensor<E>,
+    /// Number of heads `H`.
     pub heads: usize,
+    /// Width of each head `Dh`; `C = H * Dh`.
     pub head_dim: usize,
 }
 

@@ -19,10 +19,12 @@ impl<E: Element> Embedding<E> {
         }
     }
 
+    /// Number of vectors in the table.
     pub fn num_embeddings(&self) -> usize {
         self.weight.shape()[0]
     }
 
+    /// Size of each vector.
     pub fn dim(&self) -> usize {
         self.weight.shape()[1]
     }

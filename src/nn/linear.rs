@@ -43,10 +43,12 @@ impl<E: Element> Linear<E> {
         }
     }
 
+    /// Input size, the last axis of `x`.
     pub fn in_features(&self) -> usize {
         self.weight.shape()[1]
     }
 
+    /// Output size, the last axis of the result.
     pub fn out_features(&self) -> usize {
         self.weight.shape()[0]
     }

@@ -7,7 +7,9 @@ use crate::tensor::{Element, Tensor};
 
 /// `fc2(gelu(fc1(x)))` with `fc1: dim -> hidden`, `fc2: hidden -> dim`, both with bias.
 pub struct Mlp<E: Element = f32> {
+    /// Expansion `dim -> hidden`.
     pub fc1: Linear<E>,
+    /// Projection back `hidden -> dim`.
     pub fc2: Linear<E>,
 }
 
@@ -24,10 +26,12 @@ impl<E: Element> Mlp<E> {
         Mlp { fc1, fc2 }
     }
 
+    /// Input and output width.
     pub fn dim(&self) -> usize {
         self.fc1.in_features()
     }
 
+    /// Hidden width between the two layers.
     pub fn hidden(&self) -> usize {
         self.fc1.out_features()
     }

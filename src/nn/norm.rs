@@ -5,8 +5,11 @@ use crate::tensor::{Element, Tensor};
 
 /// Layer normalisation over the last axis with a learnable `weight` and `bias` of shape `[dim]`.
 pub struct LayerNorm<E: Element = f32> {
+    /// Per-channel scale `[dim]`, applied after normalising.
     pub weight: Tensor<E>,
+    /// Per-channel offset `[dim]`, added after the scale.
     pub bias: Tensor<E>,
+    /// Added to the variance before the square root.
     pub eps: f64,
 }
 

@@ -59,6 +59,7 @@ impl<E: Element> Clone for ParamStore<E> {
 }
 
 impl<E: Element> ParamStore<E> {
+    /// An empty store.
     pub fn new() -> Self {
         ParamStore {
             entries: Vec::new(),
@@ -67,8 +68,8 @@ impl<E: Element> ParamStore<E> {
     }
 
     /// Adds `params` under `prefix` (names joined with '.'; an empty prefix adds them as they
-    /// are). Nothing is added when any entry is rejected: a duplicate name, or a tensor that
-    /// is not a contiguous leaf requiring a gradient.
+    /// are). Nothing is added when any entry is rejected: an empty or duplicate name, or a
+    /// tensor that is not a contiguous leaf requiring a gradient.
     pub fn insert(&mut self, prefix: &str, params: Vec<(String, Tensor<E>)>) -> Result<()> {
         let params = with_prefix(prefix, params);
         let mut fresh = std::collections::HashSet::new();
@@ -115,6 +116,7 @@ impl<E: Element> ParamStore<E> {
             .ok_or_else(|| missing("ParamStore::require", name))
     }
 
+    /// Whether a parameter called `name` is registered.
     pub fn contains(&self, name: &str) -> bool {
         self.index.contains_key(name)
     }
@@ -139,6 +141,7 @@ impl<E: Element> ParamStore<E> {
         self.entries.len()
     }
 
+    /// Whether the store holds no parameters.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

@@ -42,8 +42,11 @@ use crate::tensor::{DType, Element, Layout, Tensor};
 /// that is the usual lower triangle, diagonal included).
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionOptions {
+    /// Hide keys after each query's position (see above); `false` lets every query see every key.
     pub causal: bool,
+    /// Multiplier of the dot products, usually `1 / sqrt(head_dim)`; must be finite.
     pub scale: f64,
+    /// Divisor of the logits (1 for the plain model); must be finite and positive.
     pub temperature: f64,
 }
 
@@ -982,6 +985,7 @@ impl<E: Element> KvCache<E> {
         self.len
     }
 
+    /// Whether no position is stored.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -991,14 +995,17 @@ impl<E: Element> KvCache<E> {
         self.max_len
     }
 
+    /// Batch size the cache was made for.
     pub fn batch(&self) -> usize {
         self.batch
     }
 
+    /// Number of heads the cache was made for.
     pub fn heads(&self) -> usize {
         self.heads
     }
 
+    /// Width of each cached key and value vector.
     pub fn head_dim(&self) -> usize {
         self.head_dim
     }

@@ -39,6 +39,7 @@ pub enum GemmKernel {
 }
 
 impl GemmKernel {
+    /// Lower-case name, as `TARFLOW_GEMM` accepts it: `avx512`, `avx2` or `portable`.
     pub fn name(self) -> &'static str {
         match self {
             GemmKernel::Avx512 => "avx512",
@@ -1623,10 +1624,12 @@ impl PackedB {
         }
     }
 
+    /// Rows of `B` (the inner dimension of the product).
     pub fn k(&self) -> usize {
         self.k
     }
 
+    /// Columns of `B` (and of every product's `C`).
     pub fn n(&self) -> usize {
         self.n
     }

@@ -21,6 +21,7 @@ pub fn softplus_scalar<E: Element>(x: E) -> E {
     }
 }
 
+/// Logistic sigmoid 1 / (1 + e^-x), computed without overflow for either sign of x.
 #[inline]
 pub fn sigmoid_scalar<E: Element>(x: E) -> E {
     if x >= E::ZERO {
@@ -78,11 +79,13 @@ impl<E: Element> Tensor<E> {
         g.zip_raw(x, "unary_backward", |g, x| g * df(x))
     }
 
+    /// Elementwise `-x`.
     pub fn neg(&self) -> Tensor<E> {
         let out = self.map_raw(|x| -x);
         out.record("neg", &[self], |g| Ok(vec![Some(g.map_raw(|g| -g))]))
     }
 
+    /// Elementwise `e^x`.
     pub fn exp(&self) -> Tensor<E> {
         let out = self.map_raw(|x| x.exp());
         let y = out.detach();
@@ -100,6 +103,7 @@ impl<E: Element> Tensor<E> {
         })
     }
 
+    /// Elementwise square root (NaN for negative inputs).
     pub fn sqrt(&self) -> Tensor<E> {
         let out = self.map_raw(|x| x.sqrt());
         let y = out.detach();
@@ -109,6 +113,7 @@ impl<E: Element> Tensor<E> {
         })
     }
 
+    /// Elementwise `x^2`.
     pub fn square(&self) -> Tensor<E> {
         let out = self.map_raw(|x| x * x);
         let x = self.detach();
@@ -117,6 +122,7 @@ impl<E: Element> Tensor<E> {
         })
     }
 
+    /// Elementwise hyperbolic tangent.
     pub fn tanh(&self) -> Tensor<E> {
         let out = self.map_raw(|x| x.tanh());
         let y = out.detach();
@@ -127,6 +133,7 @@ impl<E: Element> Tensor<E> {
         })
     }
 
+    /// Elementwise logistic sigmoid `1 / (1 + e^-x)`, stable for large `|x|`.
     pub fn sigmoid(&self) -> Tensor<E> {
         let out = self.map_raw(sigmoid_scalar);
         let y = out.detach();
@@ -177,6 +184,7 @@ impl<E: Element> Tensor<E> {
         })
     }
 
+    /// Elementwise `max(x, 0)`; the gradient at 0 is taken as 0.
     pub fn relu(&self) -> Tensor<E> {
         let out = self.map_raw(|x| if x > E::ZERO { x } else { E::ZERO });
         let x = self.detach();

@@ -28,9 +28,13 @@ pub struct AdamWConfig {
     /// Base learning rate, used by [`AdamW::step_base`]; a schedule passes its own to
     /// [`AdamW::step`].
     pub lr: f64,
+    /// Decay rate of the first-moment average, in `[0, 1)`.
     pub beta1: f64,
+    /// Decay rate of the second-moment average, in `[0, 1)`.
     pub beta2: f64,
+    /// Added to the bias-corrected `sqrt(v)` in the denominator; finite and `>= 0`.
     pub eps: f64,
+    /// Decoupled decay: each update first scales the weights by `1 - lr * weight_decay`.
     pub weight_decay: f64,
 }
 
@@ -76,6 +80,7 @@ impl AdamWConfig {
 /// Moments and update count of one parameter.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AdamWParamState<E: Element = f32> {
+    /// Name of the parameter in the [`ParamStore`]; restoring matches states by it.
     pub name: String,
     /// Updates this parameter has received (the `t` of its bias correction).
     pub step: u64,
@@ -90,6 +95,7 @@ pub struct AdamWParamState<E: Element = f32> {
 pub struct AdamWState<E: Element = f32> {
     /// Calls to `step` so far.
     pub step: u64,
+    /// One entry per parameter, in the store's order.
     pub params: Vec<AdamWParamState<E>>,
 }
 
@@ -153,6 +159,7 @@ impl<E: Element> AdamW<E> {
         })
     }
 
+    /// The hyper-parameters the optimiser was built with.
     pub fn config(&self) -> &AdamWConfig {
         &self.config
     }

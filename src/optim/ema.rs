@@ -11,7 +11,9 @@ use crate::tensor::{Element, Tensor};
 /// A saved [`Ema`]: the number of updates and every shadow parameter.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EmaState<E: Element = f32> {
+    /// Number of [`Ema::update`] calls so far.
     pub updates: u64,
+    /// `(name, shape, values)` of every shadow parameter, in the store's order.
     pub shadow: Vec<NamedArray<E>>,
 }
 

@@ -9,7 +9,10 @@ use crate::error::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub enum LrSchedule {
     /// The same rate at every step.
-    Constant { lr: f64 },
+    Constant {
+        /// The rate.
+        lr: f64,
+    },
     /// Linear warm-up from `start_lr` (at step 0) to `peak_lr` (at step `warmup`), then a
     /// half cosine from `peak_lr` (at `warmup`) down to `end_lr` (at `total`), and `end_lr`
     /// from then on.
@@ -18,10 +21,15 @@ pub enum LrSchedule {
     /// there is no decay phase: the warm-up runs its course and every step from
     /// `max(warmup, total)` on uses `end_lr`.
     WarmupCosine {
+        /// Rate at step 0.
         start_lr: f64,
+        /// Rate at the end of the warm-up, where the cosine starts.
         peak_lr: f64,
+        /// Rate at step `total` and after.
         end_lr: f64,
+        /// Warm-up length in steps.
         warmup: u64,
+        /// Step at which the decay reaches `end_lr`.
         total: u64,
     },
 }

@@ -11,11 +11,14 @@ use std::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub, SubAssi
 /// Names of the element types, used in error messages and file formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// 32-bit IEEE float (`f32`).
     F32,
+    /// 64-bit IEEE float (`f64`).
     F64,
 }
 
 impl DType {
+    /// Lower-case name, `"f32"` or `"f64"`; also what `Display` prints.
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
@@ -53,32 +56,55 @@ pub trait Element:
     + Sum
     + bytemuck::Pod
 {
+    /// The [`DType`] tag of this type, for run-time dispatch and messages.
     const DTYPE: DType;
+    /// Additive identity, `0.0`.
     const ZERO: Self;
+    /// Multiplicative identity, `1.0`.
     const ONE: Self;
+    /// Negative infinity: the start value of max reductions and masked attention scores.
     const NEG_INFINITY: Self;
     /// Machine epsilon.
     const EPSILON: Self;
 
+    /// Converts with an `as` cast (exact for `f64`; `f32` rounds to nearest and overflows
+    /// to infinity).
     fn from_f64(v: f64) -> Self;
+    /// Converts to `f64`; exact.
     fn to_f64(self) -> f64;
+    /// Converts from `f32`; exact.
     fn from_f32(v: f32) -> Self;
+    /// Converts with an `as` cast (exact for `f32`; `f64` rounds to nearest and overflows
+    /// to infinity).
     fn to_f32(self) -> f32;
+    /// Converts a count, through `f64` (used for means and normalising factors).
     fn from_usize(v: usize) -> Self {
         Self::from_f64(v as f64)
     }
 
+    /// `e^self`.
     fn exp(self) -> Self;
+    /// Natural logarithm.
     fn ln(self) -> Self;
+    /// Square root (NaN for negative values).
     fn sqrt(self) -> Self;
+    /// Hyperbolic tangent.
     fn tanh(self) -> Self;
+    /// The error function: [`erf_f32`] for `f32`, libm's `erf` for `f64`.
     fn erf(self) -> Self;
+    /// Absolute value.
     fn abs(self) -> Self;
+    /// `self` raised to the power `p`.
     fn powf(self, p: Self) -> Self;
+    /// The larger of two values; a NaN operand is ignored, as in [`f32::max`].
     fn max(self, o: Self) -> Self;
+    /// The smaller of two values; a NaN operand is ignored, as in [`f32::min`].
     fn min(self, o: Self) -> Self;
+    /// True unless the value is infinite or NaN.
     fn is_finite(self) -> bool;
+    /// True when the value is NaN.
     fn is_nan(self) -> bool;
+    /// `ln(1 + self)`, accurate for small `self`.
     fn ln_1p(self) -> Self;
 
     /// `c = alpha * a @ b + beta * c` on strided row/column operands (the crate's GEMM for

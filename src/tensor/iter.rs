@@ -11,6 +11,8 @@ use super::layout::coalesce;
 /// Below this many elements, work stays on the calling thread (thread hand-off costs more).
 pub const PAR_THRESHOLD: usize = 1 << 15;
 
+/// A loop nest over a shape shared by `N` strided operands: `rows` innermost runs of `inner`
+/// elements each, after [`coalesce`] has merged what it can.
 #[derive(Clone, Debug)]
 pub struct Plan<const N: usize> {
     /// Outer dims (all but the innermost after coalescing).
@@ -18,11 +20,14 @@ pub struct Plan<const N: usize> {
     outer_strides: [Vec<isize>; N],
     /// Innermost run length and strides.
     pub inner: usize,
+    /// Stride of each operand along the innermost run, in elements.
     pub inner_strides: [isize; N],
+    /// Number of innermost runs (product of the outer dims; 0 when any dim is 0).
     pub rows: usize,
 }
 
 impl<const N: usize> Plan<N> {
+    /// Plans the iteration of `shape`, with `strides[k]` (one per axis) for operand `k`.
     pub fn new(shape: &[usize], strides: [&[isize]; N]) -> Self {
         let (s, st) = coalesce(shape, &strides);
         let nd = s.len();

@@ -6,6 +6,8 @@
 
 use crate::error::{Error, Result};
 
+/// Where a tensor's elements sit in its storage: element `idx` is at
+/// `offset + sum(idx[i] * strides[i])`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
     shape: Vec<usize>,
@@ -66,6 +68,7 @@ pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
 }
 
 impl Layout {
+    /// Row-major layout of `shape` at offset 0.
     pub fn contiguous(shape: &[usize]) -> Self {
         Layout {
             shape: shape.to_vec(),
@@ -74,27 +77,23 @@ impl Layout {
         }
     }
 
-    pub fn new(shape: Vec<usize>, strides: Vec<isize>, offset: usize) -> Self {
-        debug_assert_eq!(shape.len(), strides.len());
-        Layout {
-            shape,
-            strides,
-            offset,
-        }
-    }
-
+    /// Size of each axis, outermost first.
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
+    /// Storage step of each axis, in elements (0 when broadcast, negative when flipped).
     pub fn strides(&self) -> &[isize] {
         &self.strides
     }
+    /// Storage index of the first element (all indices zero).
     pub fn offset(&self) -> usize {
         self.offset
     }
+    /// Number of axes.
     pub fn rank(&self) -> usize {
         self.shape.len()
     }
+    /// Number of elements: the product of the shape (1 for rank 0).
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
@@ -136,7 +135,7 @@ impl Layout {
     }
 
     /// Storage index of a multi-index (no bounds check beyond debug).
-    pub fn index_of(&self, idx: &[usize]) -> usize {
+    pub(crate) fn index_of(&self, idx: &[usize]) -> usize {
         let mut o = self.offset as isize;
         for (i, &s) in idx.iter().zip(&self.strides) {
             o += *i as isize * s;
@@ -145,7 +144,7 @@ impl Layout {
     }
 
     /// Reshape without copying; `None` when the strides cannot express it.
-    pub fn reshape(&self, shape: &[usize]) -> Option<Layout> {
+    pub(crate) fn reshape(&self, shape: &[usize]) -> Option<Layout> {
         if self.is_contiguous() {
             return Some(Layout {
                 shape: shape.to_vec(),
@@ -176,7 +175,6 @@ impl Layout {
             }
             // Grow an old group and a new group until their products agree.
             let (mut po, mut pn) = (old[oi].0, shape[ni]);
-            let start_o = oi;
             let start_n = ni;
             while po != pn {
                 if po < pn {
@@ -199,7 +197,6 @@ impl Layout {
                 new_strides[j] = s;
                 s *= shape[j] as isize;
             }
-            let _ = start_o;
             oi += 1;
             ni += 1;
         }
@@ -213,7 +210,8 @@ impl Layout {
         })
     }
 
-    pub fn permute(&self, perm: &[usize]) -> Layout {
+    /// Axes reordered so that output axis `i` is axis `perm[i]`; `perm` is not checked.
+    pub(crate) fn permute(&self, perm: &[usize]) -> Layout {
         Layout {
             shape: perm.iter().map(|&p| self.shape[p]).collect(),
             strides: perm.iter().map(|&p| self.strides[p]).collect(),
@@ -221,7 +219,8 @@ impl Layout {
         }
     }
 
-    pub fn narrow(&self, axis: usize, start: usize, len: usize) -> Layout {
+    /// Elements `start..start + len` of `axis`; the caller checks the range.
+    pub(crate) fn narrow(&self, axis: usize, start: usize, len: usize) -> Layout {
         let mut l = self.clone();
         // An empty slice keeps the old offset: `start` may be one past the end, which on a
         // flipped axis would put the offset before the start of storage.
@@ -232,7 +231,9 @@ impl Layout {
         l
     }
 
-    pub fn flip(&self, axis: usize) -> Layout {
+    /// `axis` in reverse order: the offset moves to its last element and its stride is
+    /// negated.
+    pub(crate) fn flip(&self, axis: usize) -> Layout {
         let mut l = self.clone();
         if self.shape[axis] > 0 {
             l.offset = (self.offset as isize + (self.shape[axis] as isize - 1) * self.strides[axis])
@@ -243,7 +244,7 @@ impl Layout {
     }
 
     /// Broadcast to `shape` (which must be broadcast-compatible; checked by the caller).
-    pub fn broadcast_to(&self, shape: &[usize]) -> Option<Layout> {
+    pub(crate) fn broadcast_to(&self, shape: &[usize]) -> Option<Layout> {
         if shape.len() < self.rank() {
             return None;
         }
@@ -266,14 +267,16 @@ impl Layout {
         })
     }
 
-    pub fn squeeze(&self, axis: usize) -> Layout {
+    /// `axis` removed; the caller checks that it has size 1.
+    pub(crate) fn squeeze(&self, axis: usize) -> Layout {
         let mut l = self.clone();
         l.shape.remove(axis);
         l.strides.remove(axis);
         l
     }
 
-    pub fn unsqueeze(&self, axis: usize) -> Layout {
+    /// A size-1 axis inserted at position `axis` (`0..=rank`).
+    pub(crate) fn unsqueeze(&self, axis: usize) -> Layout {
         let mut l = self.clone();
         let s = if axis < self.rank() {
             self.strides[axis] * self.shape[axis] as isize
@@ -289,20 +292,19 @@ impl Layout {
 /// Merges adjacent dimensions that are contiguous with respect to every layout given, and drops
 /// size-1 dimensions. Returns the shared shape and one stride list per layout. Iterating the
 /// result visits elements in the same order as iterating the original shape row-major.
-pub fn coalesce(shape: &[usize], strides: &[&[isize]]) -> (Vec<usize>, Vec<Vec<isize>>) {
+pub(crate) fn coalesce(shape: &[usize], strides: &[&[isize]]) -> (Vec<usize>, Vec<Vec<isize>>) {
     let mut out_shape: Vec<usize> = Vec::with_capacity(shape.len());
     let mut out_strides: Vec<Vec<isize>> = vec![Vec::with_capacity(shape.len()); strides.len()];
     for d in 0..shape.len() {
         if shape[d] == 1 {
             continue;
         }
-        if let Some(&last) = out_shape.last() {
+        if !out_shape.is_empty() {
             let mergeable = strides
                 .iter()
                 .zip(&out_strides)
                 .all(|(s, o)| *o.last().unwrap() == s[d] * shape[d] as isize);
             if mergeable {
-                let _ = last;
                 *out_shape.last_mut().unwrap() *= shape[d];
                 for (s, o) in strides.iter().zip(out_strides.iter_mut()) {
                     *o.last_mut().unwrap() = s[d];

@@ -6,7 +6,7 @@
 //! allocate fresh contiguous outputs. See `docs/architecture.md`.
 
 pub mod element;
-pub mod iter;
+pub(crate) mod iter;
 pub mod layout;
 #[doc(hidden)]
 pub mod reference;
@@ -25,6 +25,7 @@ use crate::rng::Rng;
 /// Where a tensor's storage lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Device {
+    /// Host memory; the default, and the device all storage is created on.
     #[default]
     Cpu,
     /// A CUDA device by ordinal (requires the `cuda` feature and a GPU at run time).
@@ -142,22 +143,27 @@ impl<E: Element> Tensor<E> {
         Self::from_raw(vec![v], &[])
     }
 
+    /// A contiguous tensor of `shape` with every element `v`.
     pub fn full(shape: &[usize], v: E) -> Self {
         Self::from_raw(vec![v; shape.iter().product()], shape)
     }
 
+    /// A contiguous tensor of `shape` filled with zeros.
     pub fn zeros(shape: &[usize]) -> Self {
         Self::full(shape, E::ZERO)
     }
 
+    /// A contiguous tensor of `shape` filled with ones.
     pub fn ones(shape: &[usize]) -> Self {
         Self::full(shape, E::ONE)
     }
 
+    /// Zeros with this tensor's shape (a new contiguous leaf without gradient tracking).
     pub fn zeros_like(&self) -> Self {
         Self::zeros(self.shape())
     }
 
+    /// Ones with this tensor's shape (a new contiguous leaf without gradient tracking).
     pub fn ones_like(&self) -> Self {
         Self::ones(self.shape())
     }
@@ -201,6 +207,7 @@ impl<E: Element> Tensor<E> {
     pub fn id(&self) -> usize {
         self.0.id
     }
+    /// Size of each axis, outermost first.
     pub fn shape(&self) -> &[usize] {
         self.0.layout.shape()
     }
@@ -208,24 +215,31 @@ impl<E: Element> Tensor<E> {
     pub fn dims(&self) -> &[usize] {
         self.shape()
     }
+    /// Number of axes (0 for a scalar).
     pub fn rank(&self) -> usize {
         self.0.layout.rank()
     }
+    /// Number of elements: the product of the shape (1 for a scalar).
     pub fn numel(&self) -> usize {
         self.0.layout.numel()
     }
+    /// Storage step of each axis, in elements; 0 on broadcast axes, negative on flipped ones.
     pub fn strides(&self) -> &[isize] {
         self.0.layout.strides()
     }
+    /// Shape, strides and offset of this view into its storage.
     pub fn layout(&self) -> &Layout {
         &self.0.layout
     }
+    /// The element type, `E::DTYPE`.
     pub fn dtype(&self) -> DType {
         E::DTYPE
     }
+    /// Where the storage lives.
     pub fn device(&self) -> Device {
         self.0.storage.device
     }
+    /// Whether the elements lie row-major and dense in storage (see [`Layout::is_contiguous`]).
     pub fn is_contiguous(&self) -> bool {
         self.0.layout.is_contiguous()
     }

@@ -19,6 +19,7 @@ pub struct EvalResult {
     pub ci95: Option<f64>,
     /// Mean bits/dim of each draw.
     pub per_draw: Vec<f64>,
+    /// Number of images scored: the first `limit` of the data set, or all of them.
     pub images: usize,
 }
 

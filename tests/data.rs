@@ -695,7 +695,7 @@ fn pixel_conversions() {
 
     let mut rng = Rng::new(5);
     let pixels: Vec<u8> = (0..20_000).map(|i| (i % 256) as u8).collect();
-    let deq = dequantize(&pixels, &mut rng);
+    let deq = dequantize::<f32>(&pixels, &mut rng);
     let mut mean_u = 0.0;
     for (&p, &v) in pixels.iter().zip(&deq) {
         assert!((-1.0..=1.0).contains(&v));
@@ -706,7 +706,11 @@ fn pixel_conversions() {
     mean_u /= pixels.len() as f64;
     assert!((mean_u - 0.5).abs() < 0.01, "mean noise {mean_u}");
     let mut rng2 = Rng::new(5);
-    assert_eq!(dequantize(&pixels, &mut rng2), deq);
+    assert_eq!(dequantize::<f32>(&pixels, &mut rng2), deq);
+    // The f64 values are the same draws, unrounded.
+    let mut rng3 = Rng::new(5);
+    let wide = dequantize::<f64>(&pixels, &mut rng3);
+    assert!(wide.iter().zip(&deq).all(|(&w, &v)| w as f32 == v));
 }
 
 // ---------------------------------------------------------------------------------------

@@ -67,6 +67,8 @@ pub fn time_interleaved(warmup: usize, repeats: usize, fs: &mut [&mut dyn FnMut(
     samples.into_iter().map(|t| stats(t, repeats)).collect()
 }
 
+/// Median (mean of the middle two for an even count), fastest and slowest of `repeats`
+/// samples.
 fn stats(mut t: Vec<f64>, repeats: usize) -> Timing {
     t.sort_by(|a, b| a.total_cmp(b));
     let median_s = if repeats % 2 == 1 {

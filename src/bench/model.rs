@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::Timing;
 use crate::autograd::no_grad;
 use crate::error::Result;
 use crate::model::{SampleOptions, Sampler, TarFlow, TarFlowConfig};
@@ -20,8 +21,8 @@ pub struct ModelTiming {
     pub name: String,
     /// Images per run.
     pub batch: usize,
-    /// Median wall-clock time of one run, in seconds (the upper middle one when the number
-    /// of repeats is even).
+    /// Median wall-clock time of one run, in seconds (the mean of the middle two when the
+    /// number of repeats is even, as in every bench).
     pub median_s: f64,
     /// Fastest run, in seconds.
     pub min_s: f64,
@@ -56,33 +57,30 @@ pub fn sampling_flops(c: &TarFlowConfig) -> f64 {
     c.blocks as f64 * block
 }
 
-fn time(
-    repeats: usize,
-    warmup: usize,
-    mut f: impl FnMut() -> Result<()>,
-) -> Result<(f64, f64, f64)> {
+/// [`super::time_it`] for a fallible workload: the first error stops the timing.
+fn time(repeats: usize, warmup: usize, mut f: impl FnMut() -> Result<()>) -> Result<Timing> {
     for _ in 0..warmup {
         f()?;
     }
+    let repeats = repeats.max(1);
     let mut ts = Vec::with_capacity(repeats);
-    for _ in 0..repeats.max(1) {
+    for _ in 0..repeats {
         let t0 = Instant::now();
         f()?;
         ts.push(t0.elapsed().as_secs_f64());
     }
-    ts.sort_by(f64::total_cmp);
-    Ok((ts[ts.len() / 2], ts[0], ts[ts.len() - 1]))
+    Ok(super::stats(ts, repeats))
 }
 
-fn timing(name: &str, batch: usize, t: (f64, f64, f64), flops: f64) -> ModelTiming {
+fn timing(name: &str, batch: usize, t: Timing, flops: f64) -> ModelTiming {
     ModelTiming {
         name: name.into(),
         batch,
-        median_s: t.0,
-        min_s: t.1,
-        max_s: t.2,
-        images_per_s: batch as f64 / t.0,
-        gflops: flops / t.0 / 1e9,
+        median_s: t.median_s,
+        min_s: t.min_s,
+        max_s: t.max_s,
+        images_per_s: batch as f64 / t.median_s,
+        gflops: flops / t.median_s / 1e9,
     }
 }
 

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::Dataset;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
+use crate::tensor::Element;
 
 /// How a [`Loader`] forms batches.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,7 +109,7 @@ impl Batch {
 
     /// Pixels with uniform dequantisation noise; see [`dequantize`].
     pub fn dequantized(&self, rng: &mut Rng) -> Vec<f32> {
-        dequantize(&self.images, rng)
+        dequantize::<f32>(&self.images, rng)
     }
 }
 
@@ -124,10 +125,11 @@ pub fn to_signed_unit(pixels: &[u8]) -> Vec<f32> {
 /// Uniform dequantisation: `x = (p + u) / 256 * 2 - 1` with `u ~ U[0, 1)` drawn from `rng`,
 /// one draw per pixel in order. Each byte value `p` fills the interval
 /// `[p/128 - 1, (p+1)/128 - 1)`, so a density on `x` gives a discrete likelihood for `p`.
-pub fn dequantize(pixels: &[u8], rng: &mut Rng) -> Vec<f32> {
+/// In any element type; the `f32` values are the `f64` ones rounded once.
+pub fn dequantize<E: Element>(pixels: &[u8], rng: &mut Rng) -> Vec<E> {
     pixels
         .iter()
-        .map(|&p| ((f64::from(p) + rng.uniform()) / 128.0 - 1.0) as f32)
+        .map(|&p| E::from_f64((f64::from(p) + rng.uniform()) / 128.0 - 1.0))
         .collect()
 }
 

@@ -23,13 +23,7 @@ pub struct EvalResult {
     pub images: usize,
 }
 
-/// Uniformly dequantised inputs in [-1, 1]: `x = 2 (p + u) / 256 - 1`.
-pub fn dequantize<E: Element>(pixels: &[u8], rng: &mut Rng) -> Vec<E> {
-    pixels
-        .iter()
-        .map(|&p| E::from_f64(2.0 * (p as f64 + rng.uniform()) / 256.0 - 1.0))
-        .collect()
-}
+pub use crate::data::loader::dequantize;
 
 /// Pixels to [-1, 1] plus Gaussian noise: `x = 2p/255 - 1 + sigma * eps`.
 pub fn with_gaussian_noise<E: Element>(pixels: &[u8], sigma: f64, rng: &mut Rng) -> Vec<E> {

@@ -97,7 +97,7 @@ fn attention_benches(c: &mut Criterion) {
 
 fn decode(c: &mut Criterion) {
     let (bsz, h, len, dh) = (16, 2, 48, 64);
-    let mut cache = KvCache::<f32>::new(bsz, h, 64, dh);
+    let mut cache = KvCache::<f32>::new(bsz, h, 64, dh).unwrap();
     cache
         .append(
             &randn(&[bsz, h, len, dh], 11),

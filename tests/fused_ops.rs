@@ -687,7 +687,7 @@ fn decode_step_by_step_equals_full_causal_attention() {
         let v = rnd::<f64>(&[b, h, n, d], 52);
         let o = opts(true, 1.0 / (d as f64).sqrt(), temp);
         let full = attention(&q, &k, &v, None, o).unwrap();
-        let mut cache = KvCache::<f64>::new(b, h, n, d);
+        let mut cache = KvCache::<f64>::new(b, h, n, d).unwrap();
         assert!(cache.is_empty() && cache.capacity() == n);
         let mut steps = Vec::new();
         for t in 0..n {
@@ -715,7 +715,7 @@ fn decode_in_chunks_f32() {
     let v = rnd::<f32>(&[b, h, n, d], 55);
     let o = opts(true, 0.35, 1.0);
     let full = attention(&q, &k, &v, None, o).unwrap();
-    let mut cache = KvCache::<f32>::new(b, h, 16, d);
+    let mut cache = KvCache::<f32>::new(b, h, 16, d).unwrap();
     let mut parts = Vec::new();
     for (start, len) in [(0, 4), (4, 1), (5, 3), (8, 1)] {
         let (kc, vc) = (
@@ -740,7 +740,7 @@ fn decode_in_chunks_f32() {
 
 #[test]
 fn kv_cache_errors() {
-    let mut cache = KvCache::<f64>::new(2, 2, 3, 4);
+    let mut cache = KvCache::<f64>::new(2, 2, 3, 4).unwrap();
     let kv = |t: usize, seed: u64| rnd::<f64>(&[2, 2, t, 4], seed);
     assert!(cache.append(&kv(2, 1), &kv(2, 2)).is_ok());
     let e = cache.append(&kv(2, 3), &kv(2, 4));
@@ -768,7 +768,7 @@ fn kv_cache_errors() {
     assert!(attention_decode(&rnd(&[2, 2, 1, 3], 12), &cache, o).is_err());
     assert!(attention_decode(&kv(1, 13), &cache, opts(true, 0.5, 0.0)).is_err());
     assert!(attention_decode(&kv(1, 14), &cache, o).is_ok());
-    let empty = KvCache::<f64>::new(2, 2, 3, 4);
+    let empty = KvCache::<f64>::new(2, 2, 3, 4).unwrap();
     assert!(attention_decode(&kv(1, 15), &empty, o).is_err());
 }
 
@@ -786,7 +786,7 @@ fn causal_self_attention_step_equals_forward() {
     for temp in [1.0, 0.8] {
         let full = layer.forward(&x, temp).unwrap();
         assert_eq!(full.shape(), &[b, n, 12]);
-        let mut cache = layer.new_cache(b, n);
+        let mut cache = layer.new_cache(b, n).unwrap();
         let steps: Vec<Tensor<f64>> = (0..n)
             .map(|t| {
                 layer
@@ -801,7 +801,7 @@ fn causal_self_attention_step_equals_forward() {
         assert!(!stepped.requires_grad(), "decoding records no graph");
     }
     assert!(layer.forward(&rnd(&[2, 3, 8], 62), 1.0).is_err());
-    let mut small = layer.new_cache(b, 1);
+    let mut small = layer.new_cache(b, 1).unwrap();
     let x1 = x.narrow(1, 0, 1).unwrap();
     assert!(layer.forward_step(&x1, &mut small, 1.0).is_ok());
     assert!(
@@ -869,7 +869,7 @@ fn decode_over_several_key_blocks_equals_full_attention() {
     let v = rnd::<f64>(&[b, h, n, d], 58);
     let o = opts(true, 1.0, 0.8);
     let full = attention(&q, &k, &v, None, o).unwrap();
-    let mut cache = KvCache::<f64>::new(b, h, n, d);
+    let mut cache = KvCache::<f64>::new(b, h, n, d).unwrap();
     cache.append(&k, &v).unwrap();
     for t in [1, 5, 64, 130] {
         let got = attention_decode(&q.narrow(2, n - t, t).unwrap(), &cache, o).unwrap();

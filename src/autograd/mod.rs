@@ -53,8 +53,12 @@ pub fn is_grad_enabled() -> bool {
 }
 
 /// While alive, no op on this thread records a graph. Nests.
+///
+/// Neither `Send` nor `Sync`: the guard switches recording off for the thread that made it,
+/// and dropping it on another thread would switch that thread's recording back on (or
+/// underflow its count) while leaving this one off for good.
 pub struct NoGradGuard {
-    _private: (),
+    _not_send: std::marker::PhantomData<*const ()>,
 }
 
 impl Drop for NoGradGuard {
@@ -66,7 +70,9 @@ impl Drop for NoGradGuard {
 /// Switches gradient recording off until the guard drops.
 pub fn no_grad() -> NoGradGuard {
     NO_GRAD_DEPTH.with(|d| d.set(d.get() + 1));
-    NoGradGuard { _private: () }
+    NoGradGuard {
+        _not_send: std::marker::PhantomData,
+    }
 }
 
 /// Runs `f` with gradient recording off.

@@ -109,7 +109,7 @@ pub fn bench_fused(peak: &Peak, cfg: &BenchConfig) -> Result<Vec<KernelResult>> 
 
     // One decode step: 16 images x 2 heads against a 48-position cache.
     let (b, h, len, dh) = (16, 2, 48, 64);
-    let mut cache = KvCache::<f32>::new(b, h, len + 1, dh);
+    let mut cache = KvCache::<f32>::new(b, h, len + 1, dh).expect("a small cache");
     cache.append(&randn(&[b, h, len, dh], 6), &randn(&[b, h, len, dh], 7))?;
     let q = randn(&[b, h, 1, dh], 8);
     let t = time_it(w, r, || attention_decode(&q, &cache, opts(dh)).map(|_| ()));

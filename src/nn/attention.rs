@@ -117,8 +117,8 @@ impl<E: Element> CausalSelfAttention<E> {
         self.project_out(&o)
     }
 
-    /// An empty cache sized for this layer.
-    pub fn new_cache(&self, batch: usize, max_len: usize) -> KvCache<E> {
+    /// An empty cache sized for this layer; fails when it would not fit in memory.
+    pub fn new_cache(&self, batch: usize, max_len: usize) -> Result<KvCache<E>> {
         KvCache::new(batch, self.heads, max_len, self.head_dim)
     }
 

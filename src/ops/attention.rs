@@ -33,6 +33,7 @@ use crate::ops::matmul::init_gemm_threads;
 use crate::ops::simd;
 use crate::ops::softmax::{dot, exp_in_place};
 use crate::profile::{Kernel, Timer};
+use crate::tensor::layout::checked_numel;
 use crate::tensor::{DType, Element, Layout, Tensor};
 
 /// How scores are formed and masked.
@@ -121,7 +122,21 @@ fn check_shapes<E: Element>(
             return Err(bad("mask must broadcast to [batch, heads, queries, keys]"));
         }
     }
+    // Zero-size operands can pair a huge count of queries with a huge value width.
+    if checked_numel(op, &[d.b, d.h, d.nq, d.dv], &[], E::DTYPE.name()).is_err() {
+        return Err(bad(
+            "the output [batch, heads, queries, value_dim] has more elements than fit in usize",
+        ));
+    }
     Ok(d)
+}
+
+impl Dims {
+    /// Whether the output and every gradient are empty or all zeros whatever the operands
+    /// hold (no pair, no query, no key, or no width at all), so no kernel needs to run.
+    fn trivial(&self) -> bool {
+        self.b == 0 || self.h == 0 || self.nq == 0 || self.nk == 0 || (self.dh == 0 && self.dv == 0)
+    }
 }
 
 /// A rank-4 operand's offset and strides, for addressing one (batch, head) matrix.
@@ -598,6 +613,12 @@ fn forward_heads<E: Element>(
     out: RowsOut<E>,
     keep: bool,
 ) -> Vec<E> {
+    // Nothing to compute (the output keeps its zeros), and no probabilities are needed: with
+    // an empty output and no gradient, or when every gradient is trivial too. Returning here
+    // also keeps a zero-size operand with a huge axis from sizing the scratch buffers.
+    if d.trivial() || (d.dv == 0 && !keep) {
+        return Vec::new();
+    }
     let bh = d.b * d.h;
     let (nqp, nkp) = (pad(d.nq), pad(d.nk));
     let p_len = d.nq * d.nk;
@@ -622,10 +643,6 @@ fn forward_heads<E: Element>(
         for_heads(bh, par, lens.iter().sum(), |i, scr| {
             let (b, h) = (i / d.h, i % d.h);
             let [qt, kt, mx, sm, p, o_pad] = carve(scr, lens);
-            if d.nk == 0 {
-                // No keys: the output stays zero.
-                return;
-            }
             transpose_into(lq.mat(s[0], b, h), d.nq, d.dh, qt, nqp);
             transpose_into(lk.mat(s[1], b, h), d.nk, d.dh, kt, nkp);
             let first = |j: usize| first_query(opts.causal, d, j);
@@ -819,7 +836,7 @@ pub fn attention<E: Element>(
             rk.then(|| RowsOut::heads(&mut dk, d.h, d.nk, d.dh)),
             rv.then(|| RowsOut::heads(&mut dv, d.h, d.nk, d.dv)),
         ];
-        if d.nk > 0 {
+        if !d.trivial() {
             let (lg, lo) = (Strided4::of(g.layout()), Strided4::of(od.layout()));
             backward_heads(
                 &d,
@@ -867,7 +884,8 @@ pub fn attention_qkv<E: Element>(
 ) -> Result<Tensor<E>> {
     let op = "attention_qkv";
     let s = qkv.shape();
-    if qkv.rank() != 3 || heads == 0 || !s[2].is_multiple_of(3 * heads) {
+    let fits = |heads: usize| heads.checked_mul(3).is_some_and(|w| s[2].is_multiple_of(w));
+    if qkv.rank() != 3 || heads == 0 || !fits(heads) {
         return Err(Error::shape(
             op,
             &[s],
@@ -897,7 +915,7 @@ pub fn attention_qkv<E: Element>(
     Ok(out.record(op, &[qkv], move |g| {
         let _timer = Timer::start(Kernel::Attention);
         let mut grad = vec![E::ZERO; b * n * 3 * c];
-        if n > 0 {
+        if !d.trivial() {
             let all = RowsOut::merged(&mut grad, n, 3 * c, dh);
             let part = |i: usize| {
                 let off = (i * c) as isize;
@@ -966,18 +984,37 @@ pub struct KvCache<E: Element> {
 }
 
 impl<E: Element> KvCache<E> {
-    /// An empty cache with room for `max_len` positions.
-    pub fn new(batch: usize, heads: usize, max_len: usize, head_dim: usize) -> Self {
-        let n = batch * heads * max_len * head_dim;
-        KvCache {
+    /// An empty cache with room for `max_len` positions. Fails when
+    /// `batch * heads * max_len * head_dim` elements do not fit in memory (a size product
+    /// past `usize`, or an allocation the system refuses), instead of aborting.
+    pub fn new(batch: usize, heads: usize, max_len: usize, head_dim: usize) -> Result<Self> {
+        let op = "KvCache::new";
+        let size = [batch, heads, max_len, head_dim];
+        let too_big = || {
+            Error::arg(
+                op,
+                format!("a cache of {size:?} (batch, heads, positions, head_dim) is too large"),
+            )
+        };
+        let n = size
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(too_big)?;
+        let zeros = || -> Result<Vec<E>> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(n).map_err(|_| too_big())?;
+            v.resize(n, E::ZERO);
+            Ok(v)
+        };
+        Ok(KvCache {
             batch,
             heads,
             max_len,
             head_dim,
             len: 0,
-            k: vec![E::ZERO; n],
-            v: vec![E::ZERO; n],
-        }
+            k: zeros()?,
+            v: zeros()?,
+        })
     }
 
     /// Number of positions stored.
@@ -1037,7 +1074,7 @@ impl<E: Element> KvCache<E> {
             ));
         }
         let t = k.shape()[2];
-        if self.len + t > self.max_len {
+        if self.len.checked_add(t).is_none_or(|n| n > self.max_len) {
             return Err(Error::arg(
                 "KvCache::append",
                 format!(
@@ -1084,6 +1121,12 @@ impl<E: Element> KvCache<E> {
 
     fn gather(&self, buf: &[E]) -> Tensor<E> {
         let row = self.len * self.head_dim;
+        if row == 0 {
+            return Tensor::from_raw(
+                Vec::new(),
+                &[self.batch, self.heads, self.len, self.head_dim],
+            );
+        }
         let mut out = Vec::with_capacity(self.batch * self.heads * row);
         for i in 0..self.batch * self.heads {
             let o = i * self.max_len * self.head_dim;
@@ -1133,6 +1176,7 @@ pub fn attention_decode<E: Element>(
         ));
     }
     let alpha = E::from_f64(opts.alpha(op)?);
+    checked_numel(op, qs, &[qs], E::DTYPE.name())?;
     let (bh, dh, len) = (cache.batch * cache.heads, cache.head_dim, cache.len);
     let d = Dims {
         b: cache.batch,

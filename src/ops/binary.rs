@@ -2,7 +2,7 @@
 
 use super::kernel::map2;
 use crate::error::{Error, Result};
-use crate::tensor::layout::broadcast_shapes;
+use crate::tensor::layout::{broadcast_shapes, checked_numel};
 use crate::tensor::{Element, Tensor};
 
 impl<E: Element> Tensor<E> {
@@ -21,6 +21,7 @@ impl<E: Element> Tensor<E> {
                 "shapes do not broadcast",
             )
         })?;
+        checked_numel(op, &shape, &[self.shape(), other.shape()], E::DTYPE.name())?;
         let la = self.layout().broadcast_to(&shape).expect("checked");
         let lb = other.layout().broadcast_to(&shape).expect("checked");
         let a = self.storage().read();

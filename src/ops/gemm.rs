@@ -1585,8 +1585,13 @@ impl PackedB {
     /// buffers).
     pub fn new(k: usize, n: usize, b: &[f32], rsb: usize, csb: usize) -> PackedB {
         if k > 0 && n > 0 {
+            // Checked: a wrapped product could pass the test and send the packing outside `b`.
+            let last = (k - 1)
+                .checked_mul(rsb)
+                .zip((n - 1).checked_mul(csb))
+                .and_then(|(r, c)| r.checked_add(c));
             assert!(
-                (k - 1) * rsb + (n - 1) * csb < b.len(),
+                last.is_some_and(|l| l < b.len()),
                 "PackedB: view out of bounds"
             );
         }
@@ -1654,13 +1659,19 @@ impl PackedB {
         if m == 0 || n == 0 {
             return;
         }
+        // Checked: a wrapped product could pass a test and send the kernel outside a slice.
+        let end_c = (m - 1).checked_mul(ldc).and_then(|r| r.checked_add(n));
         assert!(
-            (m - 1) * ldc + n <= c.len() && ldc >= n,
+            end_c.is_some_and(|e| e <= c.len()) && ldc >= n,
             "PackedB::gemm: C out of bounds"
         );
         if k > 0 {
+            let last_a = (m - 1)
+                .checked_mul(rsa)
+                .zip((k - 1).checked_mul(csa))
+                .and_then(|(r, c)| r.checked_add(c));
             assert!(
-                (m - 1) * rsa + (k - 1) * csa < a.len(),
+                last_a.is_some_and(|l| l < a.len()),
                 "PackedB::gemm: A out of bounds"
             );
         }

@@ -1,7 +1,7 @@
 //! Joining, selecting and masking: concat, stack, index_select, gather, where, masked_fill.
 
 use crate::error::{Error, Result};
-use crate::tensor::layout::{broadcast_shapes, resolve_axis};
+use crate::tensor::layout::{broadcast_shapes, checked_numel, resolve_axis};
 use crate::tensor::{Element, Tensor};
 
 impl<E: Element> Tensor<E> {
@@ -29,8 +29,18 @@ impl<E: Element> Tensor<E> {
                     format!("shapes differ outside axis {ax}"),
                 ));
             }
-            shape[ax] += t.shape()[ax];
+            shape[ax] = shape[ax].checked_add(t.shape()[ax]).ok_or_else(|| {
+                let shapes: Vec<&[usize]> = tensors.iter().map(|t| t.shape()).collect();
+                Error::shape(
+                    "concat",
+                    &shapes,
+                    E::DTYPE.name(),
+                    format!("the sizes along axis {ax} add up past usize::MAX"),
+                )
+            })?;
         }
+        let shapes: Vec<&[usize]> = tensors.iter().map(|t| t.shape()).collect();
+        checked_numel("concat", &shape, &shapes, E::DTYPE.name())?;
         let outer: usize = shape[..ax].iter().product();
         let inner: usize = shape[ax + 1..].iter().product();
         let mut out = vec![E::ZERO; shape.iter().product()];
@@ -97,6 +107,7 @@ impl<E: Element> Tensor<E> {
         let inner: usize = self.shape()[ax + 1..].iter().product();
         let mut shape = self.shape().to_vec();
         shape[ax] = indices.len();
+        checked_numel("index_select", &shape, &[self.shape()], E::DTYPE.name())?;
         let mut out = Vec::with_capacity(shape.iter().product());
         src.with_contiguous(|s| {
             for o in 0..outer {
@@ -137,7 +148,12 @@ impl<E: Element> Tensor<E> {
                 .zip(self.shape())
                 .enumerate()
                 .any(|(i, (a, b))| i != ax && a != b)
-            || index.len() != index_shape.iter().product::<usize>();
+            || checked_numel(
+                "gather",
+                index_shape,
+                &[self.shape(), index_shape],
+                E::DTYPE.name(),
+            )? != index.len();
         if bad_shape {
             return Err(Error::shape(
                 "gather",
@@ -187,6 +203,8 @@ impl<E: Element> Tensor<E> {
                     "shapes do not broadcast",
                 )
             })?;
+        let inputs = [cond.shape(), a.shape(), b.shape()];
+        checked_numel("where", &shape, &inputs, E::DTYPE.name())?;
         let c = cond.broadcast_to(&shape)?.detach();
         let m = c.map_raw(|v| if v != E::ZERO { E::ONE } else { E::ZERO });
         let pa = a.zip_raw(&m, "where", |x, m| if m != E::ZERO { x } else { E::ZERO })?;

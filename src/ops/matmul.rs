@@ -10,7 +10,7 @@ use std::sync::Once;
 
 use crate::error::{Error, Result};
 use crate::profile::{Kernel, Timer};
-use crate::tensor::layout::broadcast_shapes;
+use crate::tensor::layout::{broadcast_shapes, checked_numel};
 use crate::tensor::{Element, Layout, Tensor};
 
 /// Lets matrixmultiply (f64 products, and f32 on CPUs without AVX2) use every core the
@@ -106,10 +106,10 @@ fn matmul_raw<E: Element>(a: &Tensor<E>, b: &Tensor<E>) -> Result<Tensor<E>> {
     shape_b.extend([k, n]);
     let la = a.layout().broadcast_to(&shape_a).expect("checked");
     let lb = b.layout().broadcast_to(&shape_b).expect("checked");
-    let nb: usize = batch.iter().product();
     let mut out_shape = batch.clone();
     out_shape.extend([m, n]);
-    let len = nb * m * n;
+    let len = checked_numel("matmul", &out_shape, &[sa, sb], E::DTYPE.name())?;
+    let nb: usize = batch.iter().product();
     // With k == 0 the product is all zeros, and an empty operand's offset need not point
     // into its storage, so no pointer is formed from it.
     if len == 0 || k == 0 {
@@ -214,6 +214,11 @@ impl<E: Element> Tensor<E> {
             }
         }
         let rows: usize = xs[..xs.len() - 1].iter().product();
+        let mut out_shape = xs.to_vec();
+        *out_shape.last_mut().expect("rank checked") = out_f;
+        if checked_numel("linear", &out_shape, &[], E::DTYPE.name()).is_err() {
+            return Err(bad("the output's sizes multiply past usize::MAX"));
+        }
         let timer = Timer::start(Kernel::Matmul);
         // Flatten the leading axes: a view when possible, a copy otherwise.
         let x2 = self.detach().reshape(&[rows, in_f])?;

@@ -1,7 +1,7 @@
 //! View ops: new layouts over the same storage (no copy), each with its backward.
 
 use crate::error::{Error, Result};
-use crate::tensor::layout::resolve_axis;
+use crate::tensor::layout::{checked_numel, resolve_axis};
 use crate::tensor::{Element, Tensor};
 
 impl<E: Element> Tensor<E> {
@@ -66,15 +66,19 @@ impl<E: Element> Tensor<E> {
                 }
             }
         }
-        if s.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) != Some(n) {
-            return Err(Error::shape(
-                "reshape",
-                &[self.shape(), &s],
-                E::DTYPE.name(),
-                format!("cannot reshape {n} elements"),
-            ));
-        }
-        Ok(s)
+        let detail = match checked_numel("reshape", &s, &[], E::DTYPE.name()) {
+            Ok(m) if m == n => return Ok(s),
+            Ok(_) => format!("cannot reshape {n} elements"),
+            Err(_) => {
+                format!("cannot reshape {n} elements: the new sizes multiply past usize::MAX")
+            }
+        };
+        Err(Error::shape(
+            "reshape",
+            &[self.shape(), &s],
+            E::DTYPE.name(),
+            detail,
+        ))
     }
 
     /// Reorders axes: output axis `i` is input axis `perm[i]`.
@@ -168,6 +172,12 @@ impl<E: Element> Tensor<E> {
         if shape == self.shape() {
             return Ok(self.clone());
         }
+        checked_numel(
+            "broadcast_to",
+            shape,
+            &[self.shape(), shape],
+            E::DTYPE.name(),
+        )?;
         let l = self.layout().broadcast_to(shape).ok_or_else(|| {
             Error::shape(
                 "broadcast_to",

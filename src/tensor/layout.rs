@@ -39,6 +39,33 @@ pub fn resolve_axis(op: &'static str, axis: isize, rank: usize) -> Result<usize>
     Ok(a as usize)
 }
 
+/// Number of elements of `shape`, which the caller asked for (directly, or through the
+/// operands `inputs` of `op`), or an [`Error::Shape`] naming `op` and `inputs` when the sizes
+/// do not fit in `usize`. Zero sizes are skipped in the check: the other sizes of an empty
+/// shape must still multiply to at most `usize::MAX`, so that every partial product of an
+/// accepted shape (an axis range's size, a reduction count) fits as well.
+pub(crate) fn checked_numel(
+    op: &'static str,
+    shape: &[usize],
+    inputs: &[&[usize]],
+    dtype: &'static str,
+) -> Result<usize> {
+    let nonzero = shape
+        .iter()
+        .filter(|&&d| d != 0)
+        .try_fold(1usize, |a, &d| a.checked_mul(d));
+    match nonzero {
+        None => Err(Error::shape(
+            op,
+            inputs,
+            dtype,
+            format!("the sizes of shape {shape:?} multiply past usize::MAX"),
+        )),
+        Some(_) if shape.contains(&0) => Ok(0),
+        Some(n) => Ok(n),
+    }
+}
+
 /// NumPy broadcasting of two shapes.
 pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     let n = a.len().max(b.len());

@@ -121,7 +121,7 @@ impl<E: Element> Tensor<E> {
 
     /// Tensor from row-major data; fails when `data.len()` does not match the shape.
     pub fn from_vec(data: Vec<E>, shape: &[usize]) -> Result<Self> {
-        let n: usize = shape.iter().product();
+        let n = layout::checked_numel("from_vec", shape, &[shape], E::DTYPE.name())?;
         if data.len() != n {
             return Err(Error::shape(
                 "from_vec",
@@ -176,10 +176,25 @@ impl<E: Element> Tensor<E> {
                 format!("invalid range {start}..{end} step {step}"),
             ));
         }
-        let n = ((end - start) / step).ceil().max(0.0) as usize;
-        let data = (0..n)
-            .map(|i| E::from_f64(start + i as f64 * step))
-            .collect::<Vec<_>>();
+        let count = ((end - start) / step).ceil().max(0.0);
+        // `as usize` saturates: a count past what a buffer can hold (or an infinite one, from
+        // `end - start` overflowing) must be an error, not a capacity-overflow panic.
+        let max = (isize::MAX as usize / std::mem::size_of::<E>()) as f64;
+        if count > max {
+            return Err(Error::arg(
+                "arange",
+                format!("range {start}..{end} step {step} has too many elements ({count})"),
+            ));
+        }
+        let n = count as usize;
+        let mut data = Vec::new();
+        data.try_reserve_exact(n).map_err(|e| {
+            Error::arg(
+                "arange",
+                format!("range {start}..{end} step {step}: cannot allocate {n} elements: {e}"),
+            )
+        })?;
+        data.extend((0..n).map(|i| E::from_f64(start + i as f64 * step)));
         Ok(Self::from_raw(data, &[n]))
     }
 

@@ -193,6 +193,7 @@ fn rel_err(a: f64, b: f64) -> f64 {
 /// # Ok::<(), tarflow::Error>(())
 /// ```
 pub fn audit<E: Element>(model: &TarFlow<E>, opts: &AuditOptions) -> Result<AuditReport> {
+    model.check_structure("audit")?;
     let cfg = &model.config;
     if opts.samples == 0 {
         return Err(Error::arg("audit", "at least one sample is needed"));

@@ -81,8 +81,10 @@ pub fn write_png(
             ))
         }
     };
-    if (width as usize) * (height as usize) * channels != pixels.len() || width == 0 || height == 0
-    {
+    let expected = (width as usize)
+        .checked_mul(height as usize)
+        .and_then(|n| n.checked_mul(channels));
+    if expected != Some(pixels.len()) || width == 0 || height == 0 {
         return Err(Error::arg(
             "write_png",
             format!(
@@ -128,8 +130,10 @@ pub fn make_grid(
             format!("n={n}, cols={cols}, height={height}, width={width} must all be positive"),
         ));
     }
-    let per = channels * height * width;
-    if n.checked_mul(per) != Some(images.len()) {
+    let per = height
+        .checked_mul(width)
+        .and_then(|p| p.checked_mul(channels));
+    if per.and_then(|p| n.checked_mul(p)) != Some(images.len()) {
         return Err(Error::arg(
             op,
             format!(
@@ -138,6 +142,7 @@ pub fn make_grid(
             ),
         ));
     }
+    let per = per.unwrap_or(0);
     let cols = cols.min(n);
     let rows = n.div_ceil(cols);
     // Checked: a mistaken `pad` must give an error, not an overflow or an absurd buffer.

@@ -189,6 +189,22 @@ pub fn tensors_to_bytes<E: Element>(
     dtype: DType,
     metadata: Option<HashMap<String, String>>,
 ) -> Result<Vec<u8>> {
+    let mut seen = std::collections::HashSet::new();
+    for (n, _) in tensors {
+        if !seen.insert(*n) || *n == "__metadata__" {
+            return Err(Error::arg(
+                "tensors_to_bytes",
+                format!(
+                    "tensor name '{n}' is {}",
+                    if *n == "__metadata__" {
+                        "reserved for the metadata"
+                    } else {
+                        "used more than once"
+                    }
+                ),
+            ));
+        }
+    }
     let bufs: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
         .map(|(n, t)| {

@@ -131,6 +131,18 @@ fn check_target(op: &'static str, channels: usize, height: usize, width: usize) 
             format!("target size {height}x{width} must be positive and fit in u32"),
         ));
     }
+    // Bounds the resized buffer as the decoder limits bound the source.
+    let bytes = channels
+        .checked_mul(height)
+        .and_then(|n| n.checked_mul(width));
+    if bytes.is_none_or(|b| b as u64 > MAX_DECODE_BYTES) {
+        return Err(Error::arg(
+            op,
+            format!(
+                "target size {channels}x{height}x{width} exceeds {MAX_DECODE_BYTES} bytes per image"
+            ),
+        ));
+    }
     Ok(())
 }
 

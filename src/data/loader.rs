@@ -342,6 +342,9 @@ impl Iterator for Loader {
     }
 }
 
+/// Largest number of batches a [`Prefetcher`] keeps ready.
+pub const MAX_PREFETCH_DEPTH: usize = 1024;
+
 /// Runs a [`Loader`] on a background thread, keeping up to `depth` batches ready while the
 /// caller computes on the current one.
 ///
@@ -356,10 +359,11 @@ pub struct Prefetcher {
 }
 
 impl Prefetcher {
-    /// Moves `loader` to a worker thread; `depth` (at least 1) batches are prepared ahead.
+    /// Moves `loader` to a worker thread; `depth` batches are prepared ahead, clamped to
+    /// `1..=`[`MAX_PREFETCH_DEPTH`] (the queue is allocated up front).
     pub fn new(mut loader: Loader, depth: usize) -> Self {
         let state = loader.state();
-        let (tx, rx) = sync_channel(depth.max(1));
+        let (tx, rx) = sync_channel(depth.clamp(1, MAX_PREFETCH_DEPTH));
         let worker = std::thread::Builder::new()
             .name("tarflow-prefetch".into())
             .spawn(move || loop {

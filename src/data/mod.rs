@@ -80,7 +80,19 @@ impl Dataset {
                 ),
             ));
         }
-        let per = self.image_len();
+        let per = self
+            .channels
+            .checked_mul(self.height)
+            .and_then(|n| n.checked_mul(self.width));
+        let Some(per) = per else {
+            return Err(Error::format(
+                what,
+                format!(
+                    "images of {}x{}x{} (CxHxW) are too large to index",
+                    self.channels, self.height, self.width
+                ),
+            ));
+        };
         let expected = self.labels.len().checked_mul(per);
         if expected != Some(self.images.len()) {
             return Err(Error::format(
@@ -153,6 +165,9 @@ impl Dataset {
 
     /// A new data set holding the images at `indices`, in that order (repeats allowed).
     pub fn subset(&self, indices: &[usize]) -> Result<Dataset> {
+        // The fields are public: a hand-built data set may not hold the pixels its labels
+        // promise, and copying images out of it would then index past the end.
+        self.validate("Dataset::subset")?;
         let n = self.image_len();
         if let Some(&bad) = indices.iter().find(|&&i| i >= self.len()) {
             return Err(Error::index(

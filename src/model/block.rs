@@ -83,6 +83,19 @@ pub struct BlockParams<E: Element> {
     pub mu: Tensor<E>,
 }
 
+/// Fails unless `t` is `[B, L, D]` with `L >= 1` (`op` names the caller in the error).
+fn check_tokens<E: Element>(op: &'static str, t: &Tensor<E>) -> Result<()> {
+    if t.rank() != 3 || t.shape()[1] == 0 {
+        return Err(Error::shape(
+            op,
+            &[t.shape()],
+            E::DTYPE.name(),
+            "expected tokens [batch, positions >= 1, token values]",
+        ));
+    }
+    Ok(())
+}
+
 impl<E: Element> FlowBlock<E> {
     /// Block number `index` of a model with configuration `cfg` (odd indices are flipped),
     /// freshly initialised from `rng`; errors unless `width` is a positive multiple of
@@ -181,6 +194,7 @@ impl<E: Element> FlowBlock<E> {
         labels: Labels<'_>,
         temperature: f64,
     ) -> Result<BlockParams<E>> {
+        check_tokens("FlowBlock::params", xp)?;
         let (b, l) = (xp.shape()[0], xp.shape()[1]);
         let pos = self
             .permute_seq(&self.pos_embed.unsqueeze(0)?)?
@@ -222,6 +236,7 @@ impl<E: Element> FlowBlock<E> {
     /// Shifts per-position parameters by one token: row 0 becomes zero (identity for the
     /// first token) and the last row is dropped.
     pub fn shift(t: &Tensor<E>) -> Result<Tensor<E>> {
+        check_tokens("FlowBlock::shift", t)?;
         let s = t.shape();
         let zeros = Tensor::zeros(&[s[0], 1, s[2]]);
         Tensor::concat(&[&zeros, &t.narrow(1, 0, s[1] - 1)?], 1)
@@ -234,6 +249,7 @@ impl<E: Element> FlowBlock<E> {
         labels: Labels<'_>,
         temperature: f64,
     ) -> Result<(Tensor<E>, Tensor<E>)> {
+        check_tokens("FlowBlock::forward", x)?;
         let xp = self.permute_seq(x)?;
         let p = self.params(&xp, labels, temperature)?;
         let alpha = Self::shift(&p.alpha)?;
@@ -252,6 +268,7 @@ impl<E: Element> FlowBlock<E> {
         temperature: f64,
     ) -> Result<Tensor<E>> {
         let _g = crate::autograd::no_grad();
+        check_tokens("FlowBlock::reverse_reference", z)?;
         let zp = self.permute_seq(z)?.contiguous();
         let (b, n, d) = (zp.shape()[0], zp.shape()[1], zp.shape()[2]);
         let zv = zp.to_vec();

@@ -34,20 +34,23 @@ pub fn unpatchify<E: Element>(
 ) -> Result<Tensor<E>> {
     let s = t.shape();
     let g = size.checked_div(p).unwrap_or(0);
+    let tokens = g.checked_mul(g);
+    let token_dim = channels.checked_mul(p).and_then(|n| n.checked_mul(p));
     if s.len() != 3
         || p == 0
         || !size.is_multiple_of(p)
-        || s[1] != g * g
-        || s[2] != channels * p * p
+        || Some(s[1]) != tokens
+        || Some(s[2]) != token_dim
     {
+        let show = |v: Option<usize>| v.map_or_else(|| "(overflow)".to_string(), |v| v.to_string());
         return Err(Error::shape(
             "unpatchify",
             &[s],
             E::DTYPE.name(),
             format!(
                 "expected [B, {}, {}] for {channels}x{size}x{size} images with patch {p}",
-                g * g,
-                channels * p * p
+                show(tokens),
+                show(token_dim)
             ),
         ));
     }

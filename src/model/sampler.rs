@@ -216,6 +216,8 @@ struct Work<E> {
 impl<E: Element> Sampler<E> {
     /// Copies the model's weights into the sampler's layout.
     pub fn new(model: &TarFlow<E>) -> Result<Self> {
+        // Every buffer below is sized from the config, so the weights must match it.
+        model.check_structure("Sampler::new")?;
         let cfg = &model.config;
         let (c, d, n) = (cfg.width, cfg.token_dim(), cfg.seq_len());
         let hidden = cfg.width * cfg.mlp_ratio;
@@ -592,6 +594,15 @@ impl<E: Element> Sampler<E> {
                 format!("class {c} out of range for {} classes", self.num_classes),
             ));
         }
+        if let Guidance::ClassifierFree { weight, .. } | Guidance::Temperature { weight, .. } =
+            guidance
+        {
+            if !weight.is_finite() {
+                return Err(Error::Config(format!(
+                    "guidance weight must be finite, got {weight}"
+                )));
+            }
+        }
         if let Guidance::Temperature { tau, .. } = guidance {
             if !(tau.is_finite() && tau > 0.0) {
                 return Err(Error::Config(format!(
@@ -614,8 +625,31 @@ impl<E: Element> Sampler<E> {
         let b = if self.num_classes > 0 {
             labels.len()
         } else {
+            if labels.iter().any(|l| l.is_some()) {
+                return Err(Error::Config(
+                    "class labels given to an unconditional model".into(),
+                ));
+            }
             count
         };
+        if !opts.prior_std.is_finite() {
+            return Err(Error::arg(
+                "sample",
+                format!("prior_std must be finite, got {}", opts.prior_std),
+            ));
+        }
+        let elements = b
+            .checked_mul(self.n * self.d)
+            .filter(|&e| e <= isize::MAX as usize / std::mem::size_of::<E>());
+        if elements.is_none() {
+            return Err(Error::arg(
+                "sample",
+                format!(
+                    "{b} samples of {} x {} token values are too many to allocate",
+                    self.n, self.d
+                ),
+            ));
+        }
         let all_labels: Vec<Option<usize>> = if self.num_classes > 0 {
             labels.to_vec()
         } else {

@@ -122,6 +122,16 @@ impl<E: Element> TarFlow<E> {
                     ),
                 ));
             }
+            if vals.len() != t.numel() {
+                return Err(Error::format(
+                    "model parameters",
+                    format!(
+                        "tensor '{name}' of shape {shape:?} needs {} values, got {}",
+                        t.numel(),
+                        vals.len()
+                    ),
+                ));
+            }
             if let Some(bad) = vals.iter().position(|v| !v.is_finite()) {
                 return Err(Error::NonFinite {
                     what: format!("parameter '{name}' (element {bad})"),
@@ -162,6 +172,72 @@ impl<E: Element> TarFlow<E> {
         let m = TarFlow::<F>::new(self.config.clone(), 0)?;
         m.load_parameters(&self.export_parameters())?;
         Ok(m)
+    }
+
+    /// Checks that the blocks hold exactly the parameters the configuration describes (names
+    /// and shapes, attention heads included). The fields are public, so a model edited after
+    /// construction may disagree with its config; code that sizes buffers from the config
+    /// (the sampler, the audit) calls this first.
+    pub(crate) fn check_structure(&self, op: &'static str) -> Result<()> {
+        let c = &self.config;
+        c.validate()
+            .map_err(|e| Error::arg(op, format!("the model's config is invalid: {e}")))?;
+        if self.blocks.len() != c.blocks {
+            return Err(Error::arg(
+                op,
+                format!(
+                    "the model has {} blocks, its config says {}",
+                    self.blocks.len(),
+                    c.blocks
+                ),
+            ));
+        }
+        let params = self.parameters();
+        let mut expected = c.parameter_shapes();
+        for (name, t) in &params {
+            match expected.next() {
+                Some((want, shape)) if &want == name && shape.as_slice() == t.shape() => {}
+                Some((want, shape)) => {
+                    return Err(Error::arg(
+                        op,
+                        format!(
+                            "parameter '{name}' {:?} does not match the config, which needs \
+                             '{want}' {shape:?} in its place",
+                            t.shape()
+                        ),
+                    ))
+                }
+                None => {
+                    return Err(Error::arg(
+                        op,
+                        format!("parameter '{name}' is not part of the model's config"),
+                    ))
+                }
+            }
+        }
+        if let Some((want, _)) = expected.next() {
+            return Err(Error::arg(
+                op,
+                format!("the model lacks parameter '{want}' that its config needs"),
+            ));
+        }
+        for (t, b) in self.blocks.iter().enumerate() {
+            for (k, l) in b.layers.iter().enumerate() {
+                if l.attn.head_dim != c.head_dim || l.attn.heads != c.heads() {
+                    return Err(Error::arg(
+                        op,
+                        format!(
+                            "block {t} layer {k} has {} heads of {}, the config {} of {}",
+                            l.attn.heads,
+                            l.attn.head_dim,
+                            c.heads(),
+                            c.head_dim
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn check_images(&self, x: &Tensor<E>) -> Result<()> {
@@ -231,7 +307,16 @@ impl<E: Element> TarFlow<E> {
     /// into [-1, 1]: `([sum 0.5 (z^2 + ln 2pi)] / Dimg + ln 128 - logdet / Dimg) / ln 2`.
     pub fn bits_per_dim(&self, out: &FlowOutput<E>) -> Result<Vec<f64>> {
         let dims = self.config.image_dim() as f64;
-        let b = out.z.shape()[0];
+        let (zs, ls) = (out.z.shape(), out.logdet.shape());
+        if zs.len() != 3 || ls != [zs[0]] {
+            return Err(Error::shape(
+                "TarFlow::bits_per_dim",
+                &[zs, ls],
+                E::DTYPE.name(),
+                "expected latent z [B, N, D] and one log-determinant per sample [B]",
+            ));
+        }
+        let b = zs[0];
         let z2 = out
             .z
             .square()

@@ -276,6 +276,23 @@ impl TrainConfig {
                 self.sample_cfg
             ));
         }
+        // The periodic grid: `samples_per_class` rows of every class (4 rows without
+        // classes). A grid too large to write is refused now rather than after training.
+        let grid = self
+            .samples_per_class
+            .max(1)
+            .checked_mul(match self.model.num_classes {
+                0 => 4,
+                k => k,
+            })
+            .and_then(|n| n.checked_mul(self.model.image_dim()));
+        if grid.is_none_or(|bytes| bytes > crate::imageio::MAX_GRID_BYTES) {
+            return bad(format!(
+                "samples_per_class {} makes a sample grid of more than {} bytes",
+                self.samples_per_class,
+                crate::imageio::MAX_GRID_BYTES
+            ));
+        }
         if !(self.sample_prior_std.is_finite() && self.sample_prior_std > 0.0) {
             return bad(format!(
                 "sample prior std must be > 0, got {}",

@@ -49,6 +49,8 @@ pub fn evaluate_bpd<E: Element>(
     seed: u64,
 ) -> Result<EvalResult> {
     let cfg = &model.config;
+    // The fields are public: the pixels must be there before images are sliced out of them.
+    data.validate("evaluate")?;
     if data.channels != cfg.channels
         || data.height != cfg.image_size
         || data.width != cfg.image_size

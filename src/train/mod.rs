@@ -128,6 +128,7 @@ pub struct Trainer {
 }
 
 fn check_data(cfg: &TrainConfig, d: &Dataset, what: &str) -> Result<()> {
+    d.validate(&format!("the {what} set"))?;
     let m = &cfg.model;
     if d.channels != m.channels || d.height != m.image_size || d.width != m.image_size {
         return Err(Error::Config(format!(

@@ -12,6 +12,7 @@ use image::codecs::png::PngEncoder;
 use image::{ExtendedColorType, ImageEncoder};
 
 use crate::error::{Error, Result};
+use crate::tensor::layout::checked_product;
 
 /// Gray level of the padding between grid cells: visible against both black backgrounds
 /// (MNIST) and bright photographs.
@@ -81,9 +82,7 @@ pub fn write_png(
             ))
         }
     };
-    let expected = (width as usize)
-        .checked_mul(height as usize)
-        .and_then(|n| n.checked_mul(channels));
+    let expected = checked_product([width as usize, height as usize, channels]);
     if expected != Some(pixels.len()) || width == 0 || height == 0 {
         return Err(Error::arg(
             "write_png",
@@ -130,9 +129,7 @@ pub fn make_grid(
             format!("n={n}, cols={cols}, height={height}, width={width} must all be positive"),
         ));
     }
-    let per = height
-        .checked_mul(width)
-        .and_then(|p| p.checked_mul(channels));
+    let per = checked_product([height, width, channels]);
     if per.and_then(|p| n.checked_mul(p)) != Some(images.len()) {
         return Err(Error::arg(
             op,

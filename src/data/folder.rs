@@ -17,6 +17,7 @@ use rayon::prelude::*;
 
 use super::{read_file, Dataset};
 use crate::error::{Error, Result};
+use crate::tensor::layout::checked_product;
 
 /// Largest width or height a source image may declare; bounds decoder allocations on
 /// untrusted files.
@@ -132,9 +133,7 @@ fn check_target(op: &'static str, channels: usize, height: usize, width: usize) 
         ));
     }
     // Bounds the resized buffer as the decoder limits bound the source.
-    let bytes = channels
-        .checked_mul(height)
-        .and_then(|n| n.checked_mul(width));
+    let bytes = checked_product([channels, height, width]);
     if bytes.is_none_or(|b| b as u64 > MAX_DECODE_BYTES) {
         return Err(Error::arg(
             op,

@@ -23,6 +23,7 @@ pub use loader::{Batch, Loader, LoaderConfig, LoaderState, Prefetcher};
 pub use mnist::{embedded_mnist, embedded_mnist_split};
 
 use crate::error::{Error, Result};
+use crate::tensor::layout::checked_product;
 
 /// Images and labels held in memory.
 ///
@@ -80,11 +81,7 @@ impl Dataset {
                 ),
             ));
         }
-        let per = self
-            .channels
-            .checked_mul(self.height)
-            .and_then(|n| n.checked_mul(self.width));
-        let Some(per) = per else {
+        let Some(per) = checked_product([self.channels, self.height, self.width]) else {
             return Err(Error::format(
                 what,
                 format!(

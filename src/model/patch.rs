@@ -5,6 +5,7 @@
 //! plus one copy, and both are differentiable.
 
 use crate::error::{Error, Result};
+use crate::tensor::layout::checked_product;
 use crate::tensor::{Element, Tensor};
 
 /// `[B, C, H, W]` -> `[B, N, C p^2]`.
@@ -35,7 +36,7 @@ pub fn unpatchify<E: Element>(
     let s = t.shape();
     let g = size.checked_div(p).unwrap_or(0);
     let tokens = g.checked_mul(g);
-    let token_dim = channels.checked_mul(p).and_then(|n| n.checked_mul(p));
+    let token_dim = checked_product([channels, p, p]);
     if s.len() != 3
         || p == 0
         || !size.is_multiple_of(p)

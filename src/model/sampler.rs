@@ -18,6 +18,7 @@ use crate::ops::layer_norm::forward_rows;
 use crate::ops::softmax::dot;
 use crate::ops::{matmul::init_gemm_threads, simd::gelu_inplace};
 use crate::rng::Rng;
+use crate::tensor::layout::checked_product;
 use crate::tensor::{DType, Element, Tensor};
 
 use super::tarflow::TarFlow;
@@ -638,8 +639,7 @@ impl<E: Element> Sampler<E> {
                 format!("prior_std must be finite, got {}", opts.prior_std),
             ));
         }
-        let elements = b
-            .checked_mul(self.n * self.d)
+        let elements = checked_product([b, self.n, self.d])
             .filter(|&e| e <= isize::MAX as usize / std::mem::size_of::<E>());
         if elements.is_none() {
             return Err(Error::arg(

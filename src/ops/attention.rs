@@ -33,7 +33,7 @@ use crate::ops::matmul::init_gemm_threads;
 use crate::ops::simd;
 use crate::ops::softmax::{dot, exp_in_place};
 use crate::profile::{Kernel, Timer};
-use crate::tensor::layout::checked_numel;
+use crate::tensor::layout::{checked_numel, checked_product};
 use crate::tensor::{DType, Element, Layout, Tensor};
 
 /// How scores are formed and masked.
@@ -996,10 +996,7 @@ impl<E: Element> KvCache<E> {
                 format!("a cache of {size:?} (batch, heads, positions, head_dim) is too large"),
             )
         };
-        let n = size
-            .iter()
-            .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .ok_or_else(too_big)?;
+        let n = checked_product(size).ok_or_else(too_big)?;
         let zeros = || -> Result<Vec<E>> {
             let mut v = Vec::new();
             v.try_reserve_exact(n).map_err(|_| too_big())?;

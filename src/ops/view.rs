@@ -1,7 +1,7 @@
 //! View ops: new layouts over the same storage (no copy), each with its backward.
 
 use crate::error::{Error, Result};
-use crate::tensor::layout::{checked_numel, resolve_axis};
+use crate::tensor::layout::{checked_numel, checked_product, resolve_axis};
 use crate::tensor::{Element, Tensor};
 
 impl<E: Element> Tensor<E> {
@@ -48,10 +48,7 @@ impl<E: Element> Tensor<E> {
         if unknown == 1 {
             // Checked: sizes come from the caller, and an overflowing product must be an
             // error, not a panic (debug) or a wrapped size (release).
-            let known = shape
-                .iter()
-                .filter(|&&d| d != usize::MAX)
-                .try_fold(1usize, |a, &d| a.checked_mul(d));
+            let known = checked_product(shape.iter().copied().filter(|&d| d != usize::MAX));
             let Some(known) = known.filter(|&k| k != 0 && n.is_multiple_of(k)) else {
                 return Err(Error::shape(
                     "reshape",

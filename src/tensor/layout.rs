@@ -39,6 +39,11 @@ pub fn resolve_axis(op: &'static str, axis: isize, rank: usize) -> Result<usize>
     Ok(a as usize)
 }
 
+/// Product of `sizes`, or `None` when it does not fit in `usize`.
+pub(crate) fn checked_product(sizes: impl IntoIterator<Item = usize>) -> Option<usize> {
+    sizes.into_iter().try_fold(1usize, |a, d| a.checked_mul(d))
+}
+
 /// Number of elements of `shape`, which the caller asked for (directly, or through the
 /// operands `inputs` of `op`), or an [`Error::Shape`] naming `op` and `inputs` when the sizes
 /// do not fit in `usize`. Zero sizes are skipped in the check: the other sizes of an empty
@@ -50,11 +55,7 @@ pub(crate) fn checked_numel(
     inputs: &[&[usize]],
     dtype: &'static str,
 ) -> Result<usize> {
-    let nonzero = shape
-        .iter()
-        .filter(|&&d| d != 0)
-        .try_fold(1usize, |a, &d| a.checked_mul(d));
-    match nonzero {
+    match checked_product(shape.iter().copied().filter(|&d| d != 0)) {
         None => Err(Error::shape(
             op,
             inputs,

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::model::TarFlowConfig;
+use crate::tensor::layout::checked_product;
 
 /// How 8-bit pixels become continuous training inputs.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -278,14 +279,11 @@ impl TrainConfig {
         }
         // The periodic grid: `samples_per_class` rows of every class (4 rows without
         // classes). A grid too large to write is refused now rather than after training.
-        let grid = self
-            .samples_per_class
-            .max(1)
-            .checked_mul(match self.model.num_classes {
-                0 => 4,
-                k => k,
-            })
-            .and_then(|n| n.checked_mul(self.model.image_dim()));
+        let rows = match self.model.num_classes {
+            0 => 4,
+            k => k,
+        };
+        let grid = checked_product([self.samples_per_class.max(1), rows, self.model.image_dim()]);
         if grid.is_none_or(|bytes| bytes > crate::imageio::MAX_GRID_BYTES) {
             return bad(format!(
                 "samples_per_class {} makes a sample grid of more than {} bytes",

@@ -26,10 +26,10 @@ fn main() {
         Err(_) => cli::run(),
     };
     if let Err(e) = result {
-        eprintln!("error: {e}");
+        cli::out::say_err!("error: {e}");
         let mut src = std::error::Error::source(&e);
         while let Some(s) = src {
-            eprintln!("  caused by: {s}");
+            cli::out::say_err!("  caused by: {s}");
             src = s.source();
         }
         std::process::exit(1);

@@ -1,6 +1,7 @@
 //! `tarflow bench`: whole-model timings for any shape, and (with --kernels) kernel timings
 //! against this machine's measured peak.
 
+use super::out::say;
 use clap::Args;
 
 use tarflow::bench::model::bench_model;
@@ -45,13 +46,13 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let rows = bench_model(&c, a.batch, a.sample_batch, a.repeats.unwrap_or(5))?;
     if a.json {
         let v = serde_json::json!({ "config": c, "results": rows });
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&v).map_err(|e| Error::format("bench", e.to_string()))?
         );
         return Ok(());
     }
-    println!(
+    say!(
         "TarFlow {}x{}x{} p{} C{} T{} K{} ({} classes), f32, {} threads",
         c.channels,
         c.image_size,
@@ -63,14 +64,26 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         c.num_classes,
         rayon::current_num_threads()
     );
-    println!(
+    say!(
         "{:<30} {:>6} {:>10} {:>10} {:>10} {:>10} {:>9}",
-        "workload", "batch", "median s", "min s", "max s", "images/s", "GFLOP/s"
+        "workload",
+        "batch",
+        "median s",
+        "min s",
+        "max s",
+        "images/s",
+        "GFLOP/s"
     );
     for r in rows {
-        println!(
+        say!(
             "{:<30} {:>6} {:>10.4} {:>10.4} {:>10.4} {:>10.1} {:>9.1}",
-            r.name, r.batch, r.median_s, r.min_s, r.max_s, r.images_per_s, r.gflops
+            r.name,
+            r.batch,
+            r.median_s,
+            r.min_s,
+            r.max_s,
+            r.images_per_s,
+            r.gflops
         );
     }
     Ok(())

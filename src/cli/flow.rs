@@ -1,5 +1,6 @@
 //! Model-level subcommands: init, audit, encode, decode, sample.
 
+use super::out::say;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
@@ -40,7 +41,7 @@ pub fn init(a: InitArgs) -> Result<()> {
         m.randomize_output_projections(s, a.seed.wrapping_add(1))?;
     }
     save_checkpoint(&a.out, &m, &[])?;
-    println!(
+    say!(
         "wrote {} ({} parameters, preset {})",
         a.out.display(),
         m.num_parameters(),
@@ -121,16 +122,16 @@ pub fn audit(a: AuditArgs) -> Result<()> {
         }
     };
     if a.json {
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&report)
                 .map_err(|e| Error::format("audit report", e.to_string()))?
         );
     } else {
-        println!("audit ({})\n{}", report.dtype, report.table());
+        say!("audit ({})\n{}", report.dtype, report.table());
     }
     if report.passed() {
-        println!("all checks passed");
+        say!("all checks passed");
         Ok(())
     } else {
         Err(Error::Config("audit failed: see the table above".into()))
@@ -236,7 +237,7 @@ fn encode_as<E: Element>(a: &EncodeArgs) -> Result<()> {
         ],
         dtype,
     )?;
-    println!("encoded {b} images -> {}", a.output.display());
+    say!("encoded {b} images -> {}", a.output.display());
     Ok(())
 }
 
@@ -274,7 +275,7 @@ fn decode_as<E: Element>(a: &DecodeArgs) -> Result<()> {
     let x = Sampler::new(&m)?.reverse_tokens(&tokens, &labels, Guidance::None)?;
     let x = m.to_images(&x)?;
     write_tensors(&a.output, &[("x", &x)], a.dtype.storage())?;
-    println!("decoded {b} latents -> {}", a.output.display());
+    say!("decoded {b} latents -> {}", a.output.display());
     Ok(())
 }
 
@@ -398,7 +399,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
             )?;
         }
     }
-    println!(
+    say!(
         "{n} samples in {:.2}s -> {} (redrawn {}, failed {})",
         t0.elapsed().as_secs_f64(),
         a.out.display(),

@@ -1,5 +1,6 @@
 //! `tarflow bench --kernels`.
 
+use super::out::say;
 use tarflow::bench::fused::bench_fused;
 use tarflow::bench::kernels::{format_table, run_kernel_benches, BenchConfig};
 use tarflow::bench::peak::{measure_peak, PeakConfig};
@@ -16,16 +17,16 @@ pub fn bench_kernels(json: bool, repeats: Option<usize>) -> Result<()> {
     results.extend(bench_fused(&peak, &cfg)?);
     if json {
         let v = serde_json::json!({ "peak": peak, "results": results });
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&v).map_err(|e| Error::format("bench", e.to_string()))?
         );
     } else {
-        println!(
+        say!(
             "machine peak: {:.1} GFLOP/s f32 FMA ({} threads, {}), {:.1} GFLOP/s one thread, DRAM {:.1} GB/s, cache {:.1} GB/s",
             peak.gflops, peak.threads, peak.isa, peak.gflops_one_thread, peak.dram_gbps, peak.cache_gbps
         );
-        print!("{}", format_table(&results));
+        say!("{}", format_table(&results).trim_end_matches('\n'));
     }
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! Argument parsing and the subcommands. Library calls do the work; this module only parses,
 //! prints and decides exit codes.
 
+pub(crate) mod out;
+
 mod bench;
 mod flow;
 mod kernels;

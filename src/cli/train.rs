@@ -1,5 +1,6 @@
 //! `tarflow train` and `tarflow eval`.
 
+use super::out::say;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -182,7 +183,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     };
     let cfg = trainer.config().clone();
     let m = &cfg.model;
-    println!(
+    say!(
         "training TarFlow p{}-C{}-T{}-K{} ({} parameters, {} classes) for {} steps of {} images -> {}",
         m.patch_size,
         m.width,
@@ -223,9 +224,12 @@ pub fn train(a: TrainArgs) -> Result<()> {
                 s.loss, s.train_bpd, s.images_per_sec, s.lr
             ));
             if a.quiet && s.step % 100 == 0 {
-                println!(
+                say!(
                     "step {} loss {:.4} train bits/dim {:.3} {:.0} img/s",
-                    s.step, s.loss, s.train_bpd, s.images_per_sec
+                    s.step,
+                    s.loss,
+                    s.train_bpd,
+                    s.images_per_sec
                 );
             }
         }
@@ -237,7 +241,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         Event::Checkpoint { path, .. } => bar.println(format!("checkpoint -> {}", path.display())),
     })?;
     bar.finish();
-    println!("done in {:.1} min", t0.elapsed().as_secs_f64() / 60.0);
+    say!("done in {:.1} min", t0.elapsed().as_secs_f64() / 60.0);
     Ok(())
 }
 
@@ -270,7 +274,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let t0 = Instant::now();
     let r = evaluate_bpd(&m, &data, a.limit, a.batch_size, a.draws, a.seed)?;
     match r.ci95 {
-        Some(ci) => println!(
+        Some(ci) => say!(
             "bits/dim {:.4} ± {:.4} (95% CI over {} dequantisation draws, {} images, {:.1}s)",
             r.bpd,
             ci,
@@ -278,7 +282,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             r.images,
             t0.elapsed().as_secs_f64()
         ),
-        None => println!(
+        None => say!(
             "bits/dim {:.4} ({} images, 1 draw, {:.1}s)",
             r.bpd,
             r.images,

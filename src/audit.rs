@@ -174,6 +174,81 @@ fn check(name: &str, value: f64, limit: f64, detail: String) -> AuditCheck {
     }
 }
 
+/// The worst error seen and where. `f64::max` drops a NaN operand, which once let a model
+/// with a NaN log-determinant pass every check; here a NaN (or infinity) is the worst value
+/// there is, and the first one seen is kept along with where it was.
+struct Worst {
+    value: f64,
+    at: String,
+}
+
+impl Worst {
+    fn new() -> Self {
+        Worst {
+            value: 0.0,
+            at: String::new(),
+        }
+    }
+
+    fn see(&mut self, v: f64, at: impl FnOnce() -> String) {
+        let worse = if self.value.is_nan() {
+            false
+        } else {
+            v.is_nan() || v > self.value
+        };
+        if worse {
+            self.value = v;
+            self.at = at();
+        }
+    }
+
+    fn of(values: impl IntoIterator<Item = f64>, at: impl Fn(usize) -> String) -> Self {
+        let mut w = Worst::new();
+        for (i, v) in values.into_iter().enumerate() {
+            w.see(v, || at(i));
+        }
+        w
+    }
+
+    /// `note` followed by where the worst value was, when it is not finite or `always`.
+    fn detail(&self, note: &str, always: bool) -> String {
+        let at = if self.at.is_empty() || (self.value.is_finite() && !always) {
+            String::new()
+        } else if self.value.is_finite() {
+            format!("worst at {}", self.at)
+        } else {
+            format!("{} at {}", self.value, self.at)
+        };
+        match (note.is_empty(), at.is_empty()) {
+            (true, _) => at,
+            (false, true) => note.to_string(),
+            (false, false) => format!("{note}; {at}"),
+        }
+    }
+}
+
+/// Counts the NaN and infinite entries of `values` and names the first, e.g.
+/// `"3 non-finite in z, first NaN at [0, 17]"`; `None` when all are finite.
+fn non_finite(name: &str, values: &[f64], shape: &[usize]) -> Option<String> {
+    let bad: Vec<usize> = (0..values.len())
+        .filter(|&i| !values[i].is_finite())
+        .collect();
+    let first = *bad.first()?;
+    let mut idx = vec![0; shape.len()];
+    let mut rest = first;
+    for (k, &d) in shape.iter().enumerate().rev() {
+        idx[k] = rest % d.max(1);
+        rest /= d.max(1);
+    }
+    let idx: Vec<String> = idx.iter().map(|i| i.to_string()).collect();
+    Some(format!(
+        "{} non-finite in {name}, first {} at [{}]",
+        bad.len(),
+        values[first],
+        idx.join(", ")
+    ))
+}
+
 fn rel_err(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs().max(1.0)
 }
@@ -213,28 +288,59 @@ pub fn audit<E: Element>(model: &TarFlow<E>, opts: &AuditOptions) -> Result<Audi
         let _g = autograd::no_grad();
         model.forward(&x, lab)?
     };
+    let mut bad = Vec::new();
+    for (name, t) in [
+        ("z", &out.z),
+        ("logdet", &out.logdet),
+        ("logdet_blocks", &out.logdet_blocks),
+    ] {
+        bad.extend(non_finite(name, &t.to_f64_vec(), t.shape()));
+    }
     let sampler = Sampler::new(model)?;
     let x_cached = sampler.reverse_tokens(&out.z, &labels, Guidance::None)?;
     let x_tokens = model.to_tokens(&x)?;
-    let max_diff = |a: &Tensor<E>, b: &Tensor<E>| {
-        a.to_f64_vec()
-            .iter()
-            .zip(b.to_f64_vec())
-            .map(|(p, q)| (p - q).abs())
-            .fold(0.0, f64::max)
+    let x_ref = model.to_tokens(&model.reverse_reference(&out.z, lab)?)?;
+    bad.extend(non_finite(
+        "the inverse (KV cache)",
+        &x_cached.to_f64_vec(),
+        x_cached.shape(),
+    ));
+    bad.extend(non_finite(
+        "the uncached inverse",
+        &x_ref.to_f64_vec(),
+        x_ref.shape(),
+    ));
+    checks.push(check(
+        "outputs finite (z, log-dets, inverses)",
+        if bad.is_empty() { 0.0 } else { f64::NAN },
+        0.0,
+        bad.join("; "),
+    ));
+    // Token shape [B, N, D]: where an error is, in sample and token terms.
+    let (bn, bd) = (x_tokens.shape()[1], x_tokens.shape()[2]);
+    let token_at = move |i: usize| format!("sample {}, token {}", i / (bn * bd), (i / bd) % bn);
+    let diff = |a: &Tensor<E>, b: &Tensor<E>| {
+        Worst::of(
+            a.to_f64_vec()
+                .iter()
+                .zip(b.to_f64_vec())
+                .map(|(p, q)| (p - q).abs()),
+            token_at,
+        )
     };
+    let w = diff(&x_tokens, &x_cached);
     checks.push(check(
         "roundtrip |x - f^-1(f(x))| (KV cache)",
-        max_diff(&x_tokens, &x_cached),
+        w.value,
         opts.roundtrip_atol,
-        String::new(),
+        w.detail("", false),
     ));
-    let x_ref = model.to_tokens(&model.reverse_reference(&out.z, lab)?)?;
+    let w = diff(&x_ref, &x_cached);
     checks.push(check(
         "cached vs uncached inverse",
-        max_diff(&x_ref, &x_cached),
+        w.value,
         opts.roundtrip_atol,
-        String::new(),
+        w.detail("", false),
     ));
 
     let logdet = out.logdet.to_f64_vec();
@@ -243,32 +349,35 @@ pub fn audit<E: Element>(model: &TarFlow<E>, opts: &AuditOptions) -> Result<Audi
     let logdet_blocks: Vec<Vec<f64>> = (0..opts.samples)
         .map(|i| blocks[i * t..(i + 1) * t].to_vec())
         .collect();
-    let sum_err = (0..opts.samples)
-        .map(|i| rel_err(logdet_blocks[i].iter().sum::<f64>(), logdet[i]))
-        .fold(0.0, f64::max);
+    let sum_err = Worst::of(
+        (0..opts.samples).map(|i| rel_err(logdet_blocks[i].iter().sum::<f64>(), logdet[i])),
+        |i| format!("sample {i}"),
+    );
     checks.push(check(
         "sum of block log-dets = model log-det",
-        sum_err,
+        sum_err.value,
         opts.logdet_rtol,
-        String::new(),
+        sum_err.detail("", false),
     ));
 
     // 2. Log-determinant against the Jacobian.
     let dim = cfg.image_dim();
     if dim <= opts.full_jacobian_max_dim {
-        let mut worst = 0.0f64;
+        let mut worst = Worst::new();
         for i in 0..opts.samples {
             let xi = x.narrow(0, i, 1)?.contiguous();
             let li = labels[i..i + 1].to_vec();
             let li_ref = (cfg.num_classes > 0).then_some(li.as_slice());
             let jac = jacobian(|v| model.forward(v, li_ref).map(|o| o.z), &xi)?;
-            worst = worst.max(rel_err(log_abs_det(&jac, dim), logdet[i]));
+            worst.see(rel_err(log_abs_det(&jac, dim), logdet[i]), || {
+                format!("sample {i}")
+            });
         }
         checks.push(check(
             "model log-det vs log|det J| (full Jacobian)",
-            worst,
+            worst.value,
             opts.logdet_rtol,
-            format!("{dim}x{dim} per sample"),
+            worst.detail(&format!("{dim}x{dim} per sample"), false),
         ));
     }
 
@@ -276,12 +385,12 @@ pub fn audit<E: Element>(model: &TarFlow<E>, opts: &AuditOptions) -> Result<Audi
     //    Jacobian restricted to a window of tokens (a principal block of a block-triangular
     //    matrix has the product of its diagonal blocks as determinant).
     let w = opts.window.clamp(1, n);
-    let mut worst_upper = 0.0f64;
-    let mut worst_window = 0.0f64;
+    let mut worst_upper = Worst::new();
+    let mut worst_window = Worst::new();
     let mut h = x_tokens.narrow(0, 0, 1)?.contiguous();
     let l0 = labels[..1].to_vec();
     let l0_ref = (cfg.num_classes > 0).then_some(l0.as_slice());
-    for blk in &model.blocks {
+    for (bi, blk) in model.blocks.iter().enumerate() {
         let jac = jacobian(|v| blk.forward(v, l0_ref, 1.0).map(|o| o.0), &h)?;
         let nd = n * d;
         // Block order position of canonical token i.
@@ -292,7 +401,9 @@ pub fn audit<E: Element>(model: &TarFlow<E>, opts: &AuditOptions) -> Result<Audi
                 // Above the diagonal, and off the diagonal inside a token's own block
                 // (alpha_i and mu_i do not depend on x_i, so that block is diag(exp(-alpha_i))).
                 if pc > pr || (pc == pr && col != r) {
-                    worst_upper = worst_upper.max(jac[r * nd + col].abs());
+                    worst_upper.see(jac[r * nd + col].abs(), || {
+                        format!("block {bi}, row {r}, column {col}")
+                    });
                 }
             }
         }
@@ -324,20 +435,22 @@ pub fn audit<E: Element>(model: &TarFlow<E>, opts: &AuditOptions) -> Result<Audi
             .flat_map(|q| (0..d).map(move |j| (q, j)))
             .map(|(q, j)| -alpha[q * d + j])
             .sum();
-        worst_window = worst_window.max(rel_err(log_abs_det(&sub, m), expect));
+        worst_window.see(rel_err(log_abs_det(&sub, m), expect), || {
+            format!("block {bi}")
+        });
         h = z.contiguous();
     }
     checks.push(check(
         "block Jacobians off the triangle (max |J|)",
-        worst_upper,
+        worst_upper.value,
         0.0,
-        "must be exactly zero; sample 0".into(),
+        worst_upper.detail("must be exactly zero; sample 0", true),
     ));
     checks.push(check(
         &format!("block log-det vs log|det J| ({w}-token window)"),
-        worst_window,
+        worst_window.value,
         opts.logdet_rtol,
-        "sample 0".into(),
+        worst_window.detail("sample 0", true),
     ));
     Ok(AuditReport {
         dtype: E::DTYPE.name().into(),

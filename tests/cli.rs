@@ -92,11 +92,7 @@ fn init_encode_decode_roundtrip_and_audit() {
         String::from_utf8_lossy(&out.stderr)
     );
     let back = read_tensors::<f64>(&xf).unwrap()["x"].to_vec();
-    let err = back
-        .iter()
-        .zip(x.to_vec())
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
+    let err = common::worst(back.iter().zip(x.to_vec()).map(|(a, b)| (a - b).abs()));
     // The checkpoint stores f32 weights; the f64 pipeline inverts that model exactly.
     assert!(err < 1e-10, "roundtrip error {err}");
 
@@ -165,4 +161,34 @@ fn bad_input_is_a_clear_error_not_a_panic() {
     let out = tarflow(&["train", "--device", "cuda", "--steps", "1"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("CUDA"));
+}
+
+/// A model whose log-determinant overflows to NaN fails the audit with a non-zero exit, and
+/// the table says where the NaN is (it used to print "all checks passed").
+#[test]
+fn audit_fails_on_a_nan_model() {
+    let dir = tmp("audit-nan");
+    let ck = dir.join("big.safetensors");
+    let out = tarflow(&[
+        "init",
+        "--preset",
+        "tiny",
+        "--out",
+        s(&ck),
+        "--randomize-output",
+        "1e30",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = tarflow(&["audit", "--checkpoint", s(&ck), "--samples", "1"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(!stdout.contains("all checks passed"), "{stdout}");
+    assert!(
+        stdout.contains("FAIL") && stdout.contains("non-finite in logdet"),
+        "{stdout}"
+    );
 }

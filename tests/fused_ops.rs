@@ -1,6 +1,8 @@
 //! Fused ops (softmax, log_softmax, layer_norm, attention, KV-cached decoding) against central
 //! differences and against their composed references, values and gradients.
 
+mod common;
+
 use tarflow::gradcheck::{check_gradients, GradCheck};
 use tarflow::nn::attention::CausalSelfAttention;
 use tarflow::nn::norm::LayerNorm;
@@ -36,10 +38,11 @@ fn value_and_grads<E: Element>(
 /// Largest `|a - b| / (1 + |b|)`.
 fn max_rel_err(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
-        .fold(0.0, f64::max)
+    common::worst(
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs() / (1.0 + y.abs())),
+    )
 }
 
 /// Asserts that two ops agree in value and in every input gradient.

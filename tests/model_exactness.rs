@@ -38,11 +38,12 @@ fn bits(t: &Tensor<f64>) -> Vec<u64> {
 }
 
 fn max_abs_diff<E: tarflow::Element>(a: &Tensor<E>, b: &Tensor<E>) -> f64 {
-    a.to_f64_vec()
-        .iter()
-        .zip(b.to_f64_vec())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
+    common::worst(
+        a.to_f64_vec()
+            .iter()
+            .zip(b.to_f64_vec())
+            .map(|(x, y)| (x - y).abs()),
+    )
 }
 
 #[test]
@@ -115,6 +116,41 @@ fn block_jacobian_is_triangular_and_logdet_matches() {
     let a = [2.0, 1.0, 0.0, 0.0, 3.0, 1.0, 1.0, 0.0, 4.0];
     let det: f64 = 2.0 * (3.0 * 4.0 - 0.0) - 1.0 * (0.0 * 4.0 - 1.0 * 1.0);
     assert!((log_abs_det(&a, 3) - det.abs().ln()).abs() < 1e-14);
+}
+
+/// Output projections so large that the log-determinant overflows to NaN: every judged
+/// quantity is then NaN, and the audit must fail and say where (it used to print "all checks
+/// passed", because the worst errors were folded with `f64::max`, which drops NaN).
+#[test]
+fn audit_fails_on_a_model_with_nan_outputs() {
+    let m = model_with::<f64>(small_config(0), 5, 1e30);
+    let report = audit(
+        &m,
+        &AuditOptions {
+            samples: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(!report.passed(), "{}", report.table());
+    let finite = &report.checks[0];
+    assert!(!finite.passed, "{}", report.table());
+    assert!(
+        finite.detail.contains("non-finite in logdet") || finite.detail.contains("non-finite in z"),
+        "{}",
+        finite.detail
+    );
+    // Every check whose error is NaN fails, and says where the NaN was.
+    for c in &report.checks {
+        if c.value.is_nan() {
+            assert!(!c.passed && !c.detail.is_empty(), "{}", report.table());
+        }
+    }
+    assert!(
+        report.checks.iter().filter(|c| c.value.is_nan()).count() >= 3,
+        "{}",
+        report.table()
+    );
 }
 
 #[test]

@@ -6,6 +6,18 @@ use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// The largest of `values`, or NaN if any is NaN. `fold(0.0, f64::max)` drops NaN operands,
+/// so a comparison judged with it would pass on a NaN result.
+pub fn worst(values: impl IntoIterator<Item = f64>) -> f64 {
+    values.into_iter().fold(0.0, |m: f64, v| {
+        if m.is_nan() || v.is_nan() {
+            f64::NAN
+        } else {
+            m.max(v)
+        }
+    })
+}
+
 /// A fresh, empty directory under the system temp dir, removed (with what the test wrote in
 /// it) when dropped. Derefs to its path.
 pub struct TempDir(PathBuf);

@@ -45,13 +45,16 @@ pub fn temp_name_of(name: &str) -> String {
     format!(".{name}.tmp-{}", std::process::id())
 }
 
-/// The file a temporary name of [`atomic_write`] stands for (`.NAME.tmp-PID` gives `NAME`),
-/// whatever process wrote it.
+/// The file a temporary name stands for, whatever process wrote it: `.NAME.tmp-PID` (from
+/// [`atomic_write`]) or `.NAME.PID.tmp` (from the image writers) give `NAME`.
 pub fn temp_target(temp_name: &str) -> Option<&str> {
     let rest = temp_name.strip_prefix('.')?;
-    let (name, pid) = rest.rsplit_once(".tmp-")?;
-    let digits = !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit());
-    (digits && !name.is_empty()).then_some(name)
+    let pid = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    let (name, id) = match rest.rsplit_once(".tmp-") {
+        Some(split) => split,
+        None => rest.strip_suffix(".tmp")?.rsplit_once('.')?,
+    };
+    (pid(id) && !name.is_empty()).then_some(name)
 }
 
 /// Reads a whole file, naming it in the error.
@@ -82,9 +85,12 @@ mod tests {
             Some("model-0000001.safetensors")
         );
         assert_eq!(temp_target(".metrics.jsonl.tmp-42"), Some("metrics.jsonl"));
+        assert_eq!(temp_target(".bpd.png.1234.tmp"), Some("bpd.png"));
         for no in [
             "metrics.jsonl",
             ".x.tmp-",
+            ".x.tmp",
+            ".x.y.tmp",
             ".x.tmp-4a",
             "..tmp-3",
             "x.tmp-3",

@@ -263,8 +263,7 @@ fn evaluation_draws_past_memory_are_an_error() {
     let m =
         tarflow::model::TarFlow::<f32>::new(TrainConfig::preset("tiny").unwrap().model, 0).unwrap();
     let e = evaluate_bpd(&m, &test, 1, 1, usize::MAX / 2, 0)
-        .err()
-        .expect("huge draws")
+        .expect_err("huge draws")
         .to_string();
     assert!(e.contains("draws") && e.contains("bytes"), "{e}");
 }

@@ -94,7 +94,8 @@ fn damaged_checkpoint_is_reported_and_others_survive() {
     c.keep_checkpoints = 2;
     let mut t = Trainer::new(c, train.clone(), test.clone()).unwrap();
     t.run(|_| {}).unwrap();
-    // Only the last two checkpoints are kept.
+    drop(t); // releases the run directory
+             // Only the last two checkpoints are kept.
     assert_eq!(Trainer::checkpoint_steps(&dir).unwrap(), vec![4, 6]);
     let latest = dir.join("state-0000006.safetensors");
     let bytes = std::fs::read(&latest).unwrap();

@@ -41,6 +41,21 @@ pub struct ShapeArgs {
 }
 
 impl ShapeArgs {
+    /// The flags given, as `--name`.
+    pub fn given(&self) -> Vec<&'static str> {
+        let flags = [
+            ("--image-size", self.image_size.is_some()),
+            ("--channels", self.channels.is_some()),
+            ("--patch-size", self.patch_size.is_some()),
+            ("--width", self.width.is_some()),
+            ("--blocks", self.blocks.is_some()),
+            ("--layers", self.layers.is_some()),
+            ("--classes", self.classes.is_some()),
+            ("--alpha-clip", self.alpha_clip.is_some()),
+        ];
+        flags.iter().filter(|f| f.1).map(|f| f.0).collect()
+    }
+
     pub fn apply(&self, c: &mut TarFlowConfig) {
         let set = |dst: &mut usize, v: Option<usize>| {
             if let Some(v) = v {

@@ -224,6 +224,11 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
         let bad = |m: String| Err(Error::Config(m));
+        if self.steps == 0 {
+            return bad(
+                "steps must be positive: a run of 0 steps trains and writes nothing".into(),
+            );
+        }
         if self.batch_size == 0 {
             return bad("batch size must be positive".into());
         }
@@ -248,10 +253,16 @@ impl TrainConfig {
             ));
         }
         if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
-            return bad("betas must be in [0, 1)".into());
+            return bad(format!(
+                "betas must be in [0, 1), got beta1 {} and beta2 {}",
+                self.beta1, self.beta2
+            ));
         }
         if !(0.0..=1.0).contains(&self.label_dropout) {
-            return bad("label dropout must be in [0, 1]".into());
+            return bad(format!(
+                "label dropout must be in [0, 1], got {}",
+                self.label_dropout
+            ));
         }
         if let Some(e) = self.ema {
             if !(0.0..1.0).contains(&e) {
@@ -327,8 +338,24 @@ mod tests {
     #[test]
     fn settings_out_of_range_are_named() {
         type Spoil = fn(&mut TrainConfig);
-        let cases: [(&str, Spoil); 12] = [
+        let cases: [(&str, Spoil); 18] = [
+            ("steps must be positive", |c| c.steps = 0),
             ("batch size", |c| c.batch_size = 0),
+            ("EMA decay must be in [0, 1), got NaN", |c| {
+                c.ema = Some(f64::NAN)
+            }),
+            ("gradient clip must be > 0, got NaN", |c| {
+                c.grad_clip = Some(f64::NAN)
+            }),
+            ("label dropout must be in [0, 1], got NaN", |c| {
+                c.label_dropout = f64::NAN
+            }),
+            ("got beta1 NaN", |c| c.beta1 = f64::NAN),
+            ("noise sigma", |c| {
+                c.noise = NoiseMode::Gaussian {
+                    sigma: f64::INFINITY,
+                }
+            }),
             ("learning rates", |c| c.lr = f64::NAN),
             ("learning rates", |c| c.min_lr = -1.0),
             ("exceeds lr", |c| c.min_lr = 2.0 * c.lr),

@@ -74,7 +74,17 @@ pub fn evaluate_bpd<E: Element>(
     let _g = no_grad();
     let mut rng = Rng::new(seed);
     let per = cfg.image_dim();
-    let mut per_draw = Vec::with_capacity(draws);
+    let mut per_draw = Vec::new();
+    if per_draw.try_reserve_exact(draws).is_err() {
+        return Err(Error::arg(
+            "evaluate",
+            format!(
+                "draws {draws}: their results alone would take {} bytes of memory, more than \
+                 can be allocated",
+                (draws as u128) * std::mem::size_of::<f64>() as u128
+            ),
+        ));
+    }
     for _ in 0..draws {
         let mut total = 0.0;
         let mut start = 0;

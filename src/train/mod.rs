@@ -4,14 +4,16 @@
 mod config;
 mod data;
 mod eval;
+mod metrics;
+pub mod run_dir;
 
 pub use config::{NoiseMode, TrainConfig};
 pub use data::open_data;
 pub use eval::{dequantize, evaluate_bpd, with_gaussian_noise, EvalResult};
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -91,6 +93,15 @@ struct RunState {
     skipped_in_row: usize,
 }
 
+/// What [`Trainer::resume`] reads from the newest complete checkpoint.
+struct LatestCheckpoint {
+    step: usize,
+    run: RunState,
+    tensors: HashMap<String, Tensor<f32>>,
+    /// Appended to errors about this checkpoint: where the previous one is.
+    hint: String,
+}
+
 const RUN_STATE_KEY: &str = "tarflow.run_state";
 const LN_2PI: f64 = 1.837_877_066_409_345_5;
 
@@ -125,6 +136,10 @@ pub struct Trainer {
     pub step: usize,
     /// Steps skipped since the last update (see [`TrainConfig::skip_nonfinite`]).
     skipped_in_row: usize,
+    /// Held from the first write to `out_dir` (or from [`Trainer::resume`]) to the drop.
+    run_dir: Option<run_dir::RunDirLock>,
+    /// Set from outside (a signal handler) to stop the loop after the current step.
+    stop: Arc<AtomicBool>,
 }
 
 fn check_data(cfg: &TrainConfig, d: &Dataset, what: &str) -> Result<()> {
@@ -211,7 +226,60 @@ impl Trainer {
             test: Arc::new(test),
             step: 0,
             skipped_in_row: 0,
+            run_dir: None,
+            stop: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Makes this run the owner of `config.out_dir` (created when missing) until the trainer
+    /// is dropped: takes the directory's lock, which fails while another run holds it, and
+    /// removes leftovers of a killed run (temporary files, a state file without its model).
+    /// A fresh run refuses a directory that holds another run's checkpoints, sample grids or
+    /// metrics, unless `overwrite` is set: then those files are deleted first (other files
+    /// stay). [`Trainer::run`] and [`Trainer::save_checkpoint`] call it with `overwrite`
+    /// false when it has not been called; a resumed trainer already owns its directory.
+    pub fn claim_out_dir(&mut self, overwrite: bool) -> Result<()> {
+        if self.run_dir.is_some() {
+            return Ok(());
+        }
+        let dir = self.config.out_dir.clone();
+        let lock = run_dir::lock(&dir)?;
+        run_dir::remove_leftovers(&dir)?;
+        let old = run_dir::run_files(&dir)?;
+        if !old.is_empty() {
+            if !overwrite {
+                // A checkpoint is the file that says most clearly whose directory this is.
+                let first = old
+                    .iter()
+                    .rev()
+                    .find(|p| {
+                        p.file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with("model-"))
+                    })
+                    .unwrap_or(&old[0]);
+                let first = first.file_name().unwrap_or_default().to_string_lossy();
+                let more = match old.len() - 1 {
+                    0 => String::new(),
+                    n => format!(" and {n} more"),
+                };
+                return Err(Error::Config(format!(
+                    "output directory {} already holds another run's files ({first}{more}): \
+                     resume that run (--resume), or start afresh deleting them (--overwrite), \
+                     or choose another output directory",
+                    dir.display()
+                )));
+            }
+            run_dir::remove_run_files(&dir)?;
+        }
+        self.run_dir = Some(lock);
+        Ok(())
+    }
+
+    /// A flag that stops [`Trainer::run`] and [`Trainer::run_until`] after the step in
+    /// progress, with a checkpoint of that step, when set (from a signal handler, another
+    /// thread, ...). They then return `Ok` with [`Trainer::step`] short of the goal.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
     }
 
     /// The run's settings, saved with every checkpoint; after [`Trainer::resume`] `out_dir`
@@ -405,19 +473,22 @@ impl Trainer {
     }
 
     fn model_path(dir: &Path, step: usize) -> PathBuf {
-        dir.join(format!("model-{step:07}.safetensors"))
+        dir.join(run_dir::model_name(step))
     }
 
     fn state_path(dir: &Path, step: usize) -> PathBuf {
-        dir.join(format!("state-{step:07}.safetensors"))
+        dir.join(run_dir::state_name(step))
     }
 
-    /// Writes `model-STEP.safetensors` (evaluation weights, loadable by every command) and
-    /// `state-STEP.safetensors` (raw weights, optimiser, EMA, RNG and data order), both
-    /// atomically, then removes checkpoints beyond `keep_checkpoints`.
-    pub fn save_checkpoint(&self) -> Result<PathBuf> {
+    /// Writes `state-STEP.safetensors` (raw weights, optimiser, EMA, RNG and data order) and
+    /// then `model-STEP.safetensors` (evaluation weights, loadable by every command), each
+    /// atomically, then removes checkpoints beyond `keep_checkpoints`. The model is written
+    /// last, so a checkpoint is complete exactly when its model file exists: a crash between
+    /// the two writes leaves a state without its model, which is never resumed from and is
+    /// removed when the directory is next claimed.
+    pub fn save_checkpoint(&mut self) -> Result<PathBuf> {
+        self.claim_out_dir(false)?;
         let dir = &self.config.out_dir;
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let opt = self.opt.state();
         let run = RunState {
             config: self.config.clone(),
@@ -465,20 +536,17 @@ impl Trainer {
         Ok(model_path)
     }
 
-    /// Steps that have both a model and a state file in `dir`, ascending.
+    /// Steps that have both a model and a state file in `dir` (complete checkpoints),
+    /// ascending.
     pub fn checkpoint_steps(dir: &Path) -> Result<Vec<usize>> {
         let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
         let mut steps = Vec::new();
-        for entry in rd.flatten() {
+        for entry in rd {
+            let entry = entry.map_err(|e| Error::io(dir, e))?;
             let name = entry.file_name().to_string_lossy().to_string();
-            if let Some(s) = name
-                .strip_prefix("state-")
-                .and_then(|r| r.strip_suffix(".safetensors"))
-            {
-                if let Ok(step) = s.parse::<usize>() {
-                    if Self::model_path(dir, step).exists() {
-                        steps.push(step);
-                    }
+            if let Some(run_dir::RunFile::State(step)) = run_dir::run_file(&name) {
+                if Self::model_path(dir, step).exists() {
+                    steps.push(step);
                 }
             }
         }
@@ -491,6 +559,8 @@ impl Trainer {
         let steps = Self::checkpoint_steps(dir)?;
         let excess = steps.len().saturating_sub(self.config.keep_checkpoints);
         for &s in &steps[..excess] {
+            // Model first: a crash in between leaves a state without its model, which the
+            // next claim of the directory removes, rather than a model no prune would reach.
             for p in [Self::model_path(dir, s), Self::state_path(dir, s)] {
                 std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
             }
@@ -501,27 +571,13 @@ impl Trainer {
     /// The configuration of the latest checkpoint in `dir` (to open its data set before
     /// [`Trainer::resume`]).
     pub fn saved_config(dir: &Path) -> Result<TrainConfig> {
-        let step = *Self::checkpoint_steps(dir)?.last().ok_or_else(|| {
-            Error::Config(format!(
-                "no checkpoint (state-*.safetensors with its model-*.safetensors) in {}",
-                dir.display()
-            ))
-        })?;
-        let path = Self::state_path(dir, step);
-        let bytes = read_file(&path)?;
-        let (_, meta) = parse_tensors_with_metadata::<f32>(&bytes, &path.display().to_string())?;
-        let json = meta.get(RUN_STATE_KEY).ok_or_else(|| {
-            Error::format(path.display().to_string(), "no run state in the metadata")
-        })?;
-        let run: RunState = serde_json::from_str(json).map_err(|e| {
-            Error::format(path.display().to_string(), format!("bad run state: {e}"))
-        })?;
-        Ok(run.config)
+        Ok(Self::read_latest(dir)?.run.config)
     }
 
-    /// Continues the run saved in `dir` from its latest checkpoint. A corrupt or truncated
-    /// latest checkpoint is an error naming the file; no file is changed.
-    pub fn resume(dir: &Path, train: Dataset, test: Dataset) -> Result<Self> {
+    /// The newest complete checkpoint of `dir`: its step, run state and state tensors (all
+    /// finite), its model file checked to load and to hold the same model config. An error
+    /// names the damaged file and, when there is one, the previous checkpoint.
+    fn read_latest(dir: &Path) -> Result<LatestCheckpoint> {
         let steps = Self::checkpoint_steps(dir)?;
         let step = *steps.last().ok_or_else(|| {
             Error::Config(format!(
@@ -537,34 +593,87 @@ impl Trainer {
             ),
         };
         let state_path = Self::state_path(dir, step);
-        let bytes = read_file(&state_path)?;
         let what = state_path.display().to_string();
-        let (tensors, meta) = parse_tensors_with_metadata::<f32>(&bytes, &what)
-            .map_err(|e| Error::format(what.clone(), format!("{e}{hint}")))?;
-        let run: RunState = meta
+        let with_hint = |e: Error| match e {
+            Error::Format { what, detail } => Error::format(what, format!("{detail}{hint}")),
+            Error::Io { path, source } => {
+                Error::format(path.display().to_string(), format!("{source}{hint}"))
+            }
+            other => Error::format(what.clone(), format!("{other}{hint}")),
+        };
+        let bytes = read_file(&state_path).map_err(with_hint)?;
+        let (tensors, meta) =
+            parse_tensors_with_metadata::<f32>(&bytes, &what).map_err(with_hint)?;
+        let json = meta
             .get(RUN_STATE_KEY)
-            .ok_or_else(|| {
-                Error::format(what.clone(), format!("no run state in the metadata{hint}"))
-            })
-            .and_then(|j| {
-                serde_json::from_str(j)
-                    .map_err(|e| Error::format(what.clone(), format!("bad run state: {e}{hint}")))
-            })?;
+            .ok_or_else(|| with_hint(Error::format(&what, "no run state in the metadata")))?;
+        let run: RunState = serde_json::from_str(json)
+            .map_err(|e| with_hint(Error::format(&what, format!("bad run state: {e}"))))?;
+        // A NaN here would load and only show up later as a diverged run.
+        let mut names: Vec<&String> = tensors.keys().collect();
+        names.sort();
+        for name in names {
+            let vals = tensors[name].to_vec();
+            if let Some(i) = vals.iter().position(|v| !v.is_finite()) {
+                return Err(with_hint(Error::format(
+                    &what,
+                    format!(
+                        "tensor '{name}' element {i} is {}, a run state must be finite",
+                        vals[i]
+                    ),
+                )));
+            }
+        }
         // The model file must be readable too, or the run could not be sampled from. Its
         // tensors are checked against its config, so requiring the state's model config to be
-        // the same one bounds the model built below by what the files hold.
+        // the same one bounds the model built by the caller by what the files hold.
         let model_path = Self::model_path(dir, step);
-        let saved = parse_checkpoint(&read_file(&model_path)?, &model_path.display().to_string())?;
+        let model_what = model_path.display().to_string();
+        let saved = read_file(&model_path)
+            .and_then(|b| parse_checkpoint(&b, &model_what))
+            .map_err(|e| match e {
+                e @ (Error::Format { .. } | Error::Io { .. }) => with_hint(e),
+                other => with_hint(Error::format(&model_what, other.to_string())),
+            })?;
         if saved.config != run.config.model {
-            return Err(Error::format(
-                what.clone(),
+            return Err(with_hint(Error::format(
+                &what,
                 format!(
-                    "its model config differs from the one in {}{hint}",
+                    "its model config differs from the one in {}",
                     model_path.display()
                 ),
-            ));
+            )));
         }
+        Ok(LatestCheckpoint {
+            step,
+            run,
+            tensors,
+            hint,
+        })
+    }
 
+    /// Continues the run saved in `dir` from its newest complete checkpoint, taking the
+    /// directory's lock first (see [`Trainer::claim_out_dir`]) and removing a killed run's
+    /// leftovers. A corrupt or truncated newest checkpoint is an error naming the file and
+    /// the previous checkpoint; no checkpoint is changed. On success `metrics.jsonl` is cut
+    /// back to the lines written up to the checkpoint's step, so steps redone after a crash
+    /// are not logged twice.
+    pub fn resume(dir: &Path, train: Dataset, test: Dataset) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::Config(format!(
+                "no run directory {} to resume",
+                dir.display()
+            )));
+        }
+        let lock = run_dir::lock(dir)?;
+        run_dir::remove_leftovers(dir)?;
+        let LatestCheckpoint {
+            step,
+            run,
+            tensors,
+            hint,
+        } = Self::read_latest(dir)?;
+        let what = Self::state_path(dir, step).display().to_string();
         let mut config = run.config.clone();
         config.out_dir = dir.to_path_buf();
         let mut t = Trainer::new(config, train, test)?;
@@ -612,17 +721,16 @@ impl Trainer {
         t.loader_state = run.loader;
         t.step = run.step;
         t.skipped_in_row = run.skipped_in_row;
+        metrics::truncate_to_step(&dir.join("metrics.jsonl"), t.step)?;
+        t.run_dir = Some(lock);
         Ok(t)
     }
 
     fn append_metrics(&self, line: &serde_json::Value) -> Result<()> {
-        let path = self.config.out_dir.join("metrics.jsonl");
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        writeln!(f, "{line}").map_err(|e| Error::io(&path, e))
+        metrics::append_line(
+            &self.config.out_dir.join("metrics.jsonl"),
+            &line.to_string(),
+        )
     }
 
     /// Redraws `bpd.png` from `metrics.jsonl`.
@@ -663,8 +771,8 @@ impl Trainer {
     /// checkpoint there so the run can be resumed.
     pub fn run_until(&mut self, stop: usize, mut on_event: impl FnMut(Event<'_>)) -> Result<()> {
         let stop = stop.min(self.config.steps);
+        self.claim_out_dir(false)?;
         let dir = self.config.out_dir.clone();
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let every = |n: usize, step: usize| n > 0 && step.is_multiple_of(n);
         let mut prefetch = Prefetcher::new(
             Loader::from_state(self.train.clone(), &self.loader_state)?,
@@ -723,12 +831,16 @@ impl Trainer {
                     path: &path,
                 });
             }
-            if every(self.config.checkpoint_every, s) || last || s == stop {
+            let stopping = self.stop.load(Ordering::SeqCst);
+            if every(self.config.checkpoint_every, s) || last || s == stop || stopping {
                 let path = self.save_checkpoint()?;
                 on_event(Event::Checkpoint {
                     step: s,
                     path: &path,
                 });
+            }
+            if stopping {
+                break;
             }
         }
         Ok(())

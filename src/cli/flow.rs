@@ -421,6 +421,7 @@ pub struct DecodeArgs {
 fn decode_as<E: Element>(a: &DecodeArgs) -> Result<()> {
     let (m, z, labels_t) = load_input::<E>(&a.checkpoint, &a.input, "z")?;
     let b = batch_of(&z, "z", &a.input)?;
+    // z is finite (load_input), so the largest magnitude is well defined.
     let zmax = z
         .to_f64_vec()
         .iter()

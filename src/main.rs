@@ -27,9 +27,16 @@ fn main() {
     };
     if let Err(e) = result {
         cli::out::say_err!("error: {e}");
+        // A cause whose text the message already carries (an I/O error's OS text) would
+        // only print the same words twice.
+        let mut shown = e.to_string();
         let mut src = std::error::Error::source(&e);
         while let Some(s) = src {
-            cli::out::say_err!("  caused by: {s}");
+            let text = s.to_string();
+            if !shown.contains(&text) {
+                cli::out::say_err!("  caused by: {text}");
+                shown.push_str(&text);
+            }
             src = s.source();
         }
         std::process::exit(1);

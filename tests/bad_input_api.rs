@@ -193,6 +193,64 @@ fn sample_count_too_large_to_allocate_is_an_error() {
     err_names(r.map(|_| ()), &["sample", "too many"]);
 }
 
+/// A count that indexes but cannot fit memory aborted the process in the noise's allocation.
+#[test]
+fn sample_count_past_memory_is_an_error_naming_the_size() {
+    let s = Sampler::new(&model(0)).unwrap();
+    let opts = SampleOptions::default();
+    let r = s.sample(1 << 50, &[], &mut Rng::new(0), &opts);
+    err_names(
+        r.map(|_| ()),
+        &["sampling 1125899906842624 images", "needs at least", "PB"],
+    );
+    let r = s.check_memory(1 << 50, Guidance::None);
+    err_names(r, &["needs at least", "of memory"]);
+    s.check_memory(16, Guidance::None).unwrap();
+}
+
+#[test]
+fn output_scale_denoise_sigma_and_empty_batches() {
+    let m = model(0);
+    for std in [f64::NAN, f64::INFINITY, -1.0] {
+        let r = m.randomize_output_projections(std, 0);
+        err_names(r, &["randomize_output_projections", "finite and >= 0"]);
+    }
+    // Weights past f32 would make a checkpoint that no reader accepts.
+    err_names(
+        m.randomize_output_projections(1e39, 0),
+        &["beyond the f32 range"],
+    );
+    assert!(m.parameters().iter().all(|(_, t)| t.all_finite()));
+    let x = Tensor::<f32>::zeros(&[1, 1, 4, 4]);
+    err_names(m.denoise(&x, None, f64::NAN), &["denoise", "sigma", "NaN"]);
+    // B = 0 said "reshape: cannot infer dimension ... 18446744073709551615".
+    let out = m
+        .forward(&Tensor::<f32>::zeros(&[0, 1, 4, 4]), None)
+        .unwrap();
+    assert_eq!(m.bits_per_dim(&out).unwrap(), Vec::<f64>::new());
+}
+
+#[test]
+fn bench_requests_are_checked_before_allocation() {
+    use tarflow::bench::model::check_request;
+    let c = micro(0);
+    err_names(check_request(&c, 0, 1), &["batch 0", "at least 1"]);
+    err_names(check_request(&c, 1, 0), &["sample batch 0"]);
+    let r = check_request(&c, 1 << 50, 1);
+    err_names(
+        r,
+        &[
+            "a training step on 1125899906842624 images",
+            "needs at least",
+        ],
+    );
+    err_names(
+        check_request(&c, 1, 1 << 50),
+        &["sampling", "needs at least"],
+    );
+    check_request(&c, 4, 4).unwrap();
+}
+
 #[test]
 fn sample_labels_for_an_unconditional_model_are_an_error() {
     let s = Sampler::new(&model(0)).unwrap();

@@ -383,8 +383,13 @@ fn checkpoint_header_damage_is_named() {
     ));
     cases.push((
         "config of a far larger model",
-        with_config(&cfg.replace("\"blocks\":4", "\"blocks\":1000000000")),
+        with_config(&cfg.replace("\"blocks\":4", "\"blocks\":100")),
         "missing tensor 'blocks.4.proj_in.weight'".into(),
+    ));
+    cases.push((
+        "config of a model past the machine's memory",
+        with_config(&cfg.replace("\"blocks\":4", "\"blocks\":1000000000")),
+        "needs at least".into(),
     ));
     cases.push((
         "config of another width",

@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use super::Timing;
 use crate::autograd::no_grad;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::model::memory::check_fits;
 use crate::model::{SampleOptions, Sampler, TarFlow, TarFlowConfig};
 use crate::nn::ParamStore;
 use crate::optim::{AdamW, AdamWConfig};
@@ -84,6 +85,34 @@ fn timing(name: &str, batch: usize, t: Timing, flops: f64) -> ModelTiming {
     }
 }
 
+/// Checks a [`bench_model`] request before anything is allocated: a valid config, batches
+/// of at least one image, and a training step on `batch` images and sampling of
+/// `sample_batch` images that fit this machine's memory (see [`crate::model::memory`]).
+pub fn check_request(cfg: &TarFlowConfig, batch: usize, sample_batch: usize) -> Result<()> {
+    cfg.validate()?;
+    if batch == 0 || sample_batch == 0 {
+        return Err(Error::arg(
+            "bench_model",
+            format!("batch {batch} and sample batch {sample_batch}: each must be at least 1 image"),
+        ));
+    }
+    check_fits(cfg.training_bytes(batch, 4), || {
+        format!(
+            "a training step on {batch} images of {} values (f32 weights, gradients, AdamW \
+             moments and the activations kept for the backward pass)",
+            cfg.image_dim()
+        )
+    })?;
+    check_fits(cfg.sampling_bytes(sample_batch, 1, 4), || {
+        format!(
+            "sampling {sample_batch} images of {} values (with the key/value caches of {} \
+             layers)",
+            cfg.image_dim(),
+            cfg.layers_per_block
+        )
+    })
+}
+
 /// Times a training step (forward + loss + backward + AdamW), the forward NLL, and sampling
 /// `sample_batch` images with the KV cache.
 pub fn bench_model(
@@ -92,7 +121,7 @@ pub fn bench_model(
     sample_batch: usize,
     repeats: usize,
 ) -> Result<Vec<ModelTiming>> {
-    cfg.validate()?;
+    check_request(cfg, batch, sample_batch)?;
     let model = TarFlow::<f32>::new(cfg.clone(), 0)?;
     model.randomize_output_projections(0.02, 1)?;
     let mut rng = Rng::new(2);

@@ -4,7 +4,8 @@
 use super::out::say;
 use clap::Args;
 
-use tarflow::bench::model::bench_model;
+use tarflow::bench::model::{bench_model, check_request};
+use tarflow::model::TarFlowConfig;
 use tarflow::{Error, Result};
 
 #[derive(Args)]
@@ -18,14 +19,16 @@ pub struct BenchArgs {
     preset: String,
     #[command(flatten)]
     shape: super::shape::ShapeArgs,
-    /// Images per training step / forward pass.
+    /// Images per training step / forward pass (at least 1; refused when the step would not
+    /// fit this machine's memory).
     #[arg(long, default_value_t = 64)]
     batch: usize,
-    /// Images sampled per sampling run.
+    /// Images sampled per sampling run (at least 1).
     #[arg(long, default_value_t = 16)]
     sample_batch: usize,
-    /// Timed repeats after the warm-up: 5 whole-model runs, or with --kernels 15 interleaved
-    /// rounds (a kernel's median over fewer rounds moves with this machine's noise).
+    /// Timed repeats after the warm-up, at least 1: 5 whole-model runs, or with --kernels 15
+    /// interleaved rounds (at least 3 are run: a kernel's median over fewer rounds moves with
+    /// this machine's noise).
     #[arg(long)]
     repeats: Option<usize>,
     #[arg(long, default_value = "cpu")]
@@ -35,14 +38,58 @@ pub struct BenchArgs {
     json: bool,
 }
 
+impl BenchArgs {
+    /// The model to time (the preset with the shape options applied).
+    fn model(&self) -> Result<TarFlowConfig> {
+        let mut c = super::shape::preset_model(&self.preset)?;
+        self.shape.apply(&mut c);
+        Ok(c)
+    }
+
+    /// Pre-flight checks that build nothing: the device, the repeats, and for the model
+    /// its shape, batches and their memory.
+    pub fn check(&self) -> Result<()> {
+        super::train::check_device(&self.device)?;
+        if self.repeats == Some(0) {
+            return Err(Error::arg("bench", "--repeats 0: expected at least 1"));
+        }
+        if self.kernels {
+            return Ok(());
+        }
+        let c = self.model()?;
+        c.validate()?;
+        for (opt, v) in [
+            ("--batch", self.batch),
+            ("--sample-batch", self.sample_batch),
+        ] {
+            if v == 0 {
+                return Err(Error::arg(
+                    "bench",
+                    format!("{opt} 0: expected at least 1 image"),
+                ));
+            }
+        }
+        check_request(&c, self.batch, self.sample_batch).map_err(|e| {
+            let m = match e {
+                Error::Config(m) => m,
+                other => other.to_string(),
+            };
+            Error::arg(
+                "bench",
+                format!(
+                    "--batch {} / --sample-batch {}: {m}",
+                    self.batch, self.sample_batch
+                ),
+            )
+        })
+    }
+}
+
 pub fn bench(a: BenchArgs) -> Result<()> {
-    super::train::check_device(&a.device)?;
     if a.kernels {
         return super::kernels::bench_kernels(a.json, a.repeats);
     }
-    let mut c = super::shape::preset_model(&a.preset)?;
-    a.shape.apply(&mut c);
-    c.validate()?;
+    let c = a.model()?;
     let rows = bench_model(&c, a.batch, a.sample_batch, a.repeats.unwrap_or(5))?;
     if a.json {
         let v = serde_json::json!({ "config": c, "results": rows });

@@ -29,16 +29,50 @@ pub struct InitArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Give the (normally zero) output projections random N(0, s^2) weights, so the flow is
-    /// non-trivial without training (useful for audits and tests).
+    /// non-trivial without training (useful for audits and tests); s finite and >= 0.
     #[arg(long)]
     randomize_output: Option<f64>,
+}
+
+impl InitArgs {
+    /// Pre-flight checks that read no file.
+    pub fn check(&self) -> Result<()> {
+        super::shape::preset_model(&self.preset)?;
+        if let Some(s) = self.randomize_output {
+            if !(s.is_finite() && s >= 0.0) {
+                return Err(bad_option(
+                    "init",
+                    "--randomize-output",
+                    s,
+                    "a finite s >= 0",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An error naming a command's option, the value given and what it had to be.
+fn bad_option(cmd: &'static str, opt: &str, value: impl std::fmt::Display, want: &str) -> Error {
+    Error::arg(cmd, format!("{opt} {value}: expected {want}"))
+}
+
+/// `e` (from checking `opt value`) with the option and value in front: the library names
+/// the quantity, the user knows the option.
+fn for_option(cmd: &'static str, opt: &str, value: impl std::fmt::Display, e: Error) -> Error {
+    let m = match e {
+        Error::Config(m) => m,
+        other => other.to_string(),
+    };
+    Error::arg(cmd, format!("{opt} {value}: {m}"))
 }
 
 pub fn init(a: InitArgs) -> Result<()> {
     let cfg = super::shape::preset_model(&a.preset)?;
     let m = TarFlow::<f32>::new(cfg, a.seed)?;
     if let Some(s) = a.randomize_output {
-        m.randomize_output_projections(s, a.seed.wrapping_add(1))?;
+        m.randomize_output_projections(s, a.seed.wrapping_add(1))
+            .map_err(|e| for_option("init", "--randomize-output", s, e))?;
     }
     save_checkpoint(&a.out, &m, &[])?;
     say!(
@@ -66,6 +100,17 @@ pub struct ModelSource {
 }
 
 impl ModelSource {
+    /// Pre-flight checks that read no file: one source, a known preset.
+    fn check(&self) -> Result<()> {
+        match (&self.checkpoint, &self.preset) {
+            (None, None) => Err(Error::Config(
+                "give --checkpoint PATH or --preset NAME".into(),
+            )),
+            (_, Some(p)) => super::shape::preset_model(p).map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+
     fn load<E: Element>(&self) -> Result<TarFlow<E>> {
         match (&self.checkpoint, &self.preset) {
             (Some(p), _) => load_checkpoint(p)?.model(),
@@ -88,7 +133,7 @@ pub struct AuditArgs {
     /// Precision of the audit (f64 is the one with meaningful tolerances).
     #[arg(long, value_enum, default_value = "f64")]
     dtype: Dtype,
-    /// Random inputs to check.
+    /// Random inputs to check (at least 1).
     #[arg(long, default_value_t = 2)]
     samples: usize,
     #[arg(long, default_value_t = 0)]
@@ -102,6 +147,18 @@ pub struct AuditArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+}
+
+impl AuditArgs {
+    /// Pre-flight checks that read no file.
+    pub fn check(&self) -> Result<()> {
+        self.model.check()?;
+        if self.samples == 0 {
+            // No input checks nothing, which must not read as "all checks passed".
+            return Err(bad_option("audit", "--samples", 0, "at least 1"));
+        }
+        Ok(())
+    }
 }
 
 pub fn audit(a: AuditArgs) -> Result<()> {
@@ -142,10 +199,12 @@ pub fn audit(a: AuditArgs) -> Result<()> {
 pub struct EncodeArgs {
     #[arg(long)]
     checkpoint: PathBuf,
-    /// safetensors file with tensor `x` [B,C,H,W] in [-1,1] (optional `labels` [B], -1 = none).
+    /// safetensors file with tensor `x` [B,C,H,W], B >= 1, in [-1,1] (values up to 1 beyond
+    /// are accepted for noise-augmented inputs) (optional `labels` [B], -1 = none).
     #[arg(long)]
     input: PathBuf,
     /// Output safetensors: `z` [B,C,H,W], `logdet` [B], `logdet_blocks` [B,T], `bpd` [B].
+    /// Not written when any of them is NaN or infinite (an error says which image).
     #[arg(long)]
     output: PathBuf,
     #[arg(long, value_enum, default_value = "f32")]
@@ -168,14 +227,23 @@ fn labels_from(
         )));
     }
     v.iter()
-        .map(|&l| {
-            if l < 0.0 {
+        .enumerate()
+        .map(|(i, &l)| {
+            // Only -1 means "no label": any other negative is a mistake, not a request.
+            if l == -1.0 {
                 Ok(None)
-            } else if l.fract() == 0.0 && (l as usize) < classes {
+            } else if l >= 0.0 && l.fract() == 0.0 && l < classes as f64 {
                 Ok(Some(l as usize))
+            } else if classes == 0 {
+                Err(Error::Config(format!(
+                    "`labels`[{i}] is {l}: the model is unconditional, so every label must be \
+                     -1 (or leave `labels` out)"
+                )))
             } else {
                 Err(Error::Config(format!(
-                    "label {l} is not a class of this model (0..{classes}, or -1)"
+                    "`labels`[{i}] is {l}: not a class of this model (an integer in \
+                     0..={}, or -1 for none)",
+                    classes - 1
                 )))
             }
         })
@@ -184,6 +252,13 @@ fn labels_from(
 }
 
 impl Dtype {
+    fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::F64 => "f64",
+        }
+    }
+
     fn storage(self) -> DType {
         match self {
             Dtype::F32 => DType::F32,
@@ -214,9 +289,71 @@ fn load_input<E: Element>(checkpoint: &Path, input: &Path, name: &str) -> Result
     Ok((m, t, inputs.remove("labels")))
 }
 
+/// How far outside [-1, 1] an input to `encode` may go: noise augmentation (sigma <= 0.1 in
+/// every preset) strays a little past the pixel range, while pixels stored as 0..255 or
+/// 0..1-scaled-wrong data go far past it and make the flow overflow.
+const ENCODE_MARGIN: f64 = 1.0;
+
+/// The batch size of `t` (tensor `name` of `input`), which must hold at least one item.
+fn batch_of<E: Element>(t: &Tensor<E>, name: &str, input: &Path) -> Result<usize> {
+    match t.shape().first() {
+        Some(&b) if b > 0 && t.rank() > 1 => Ok(b),
+        _ => Err(Error::format(
+            input.display().to_string(),
+            format!(
+                "`{name}` has shape {:?}: expected a batch of at least one image, [B, ...] with \
+                 B >= 1",
+                t.shape()
+            ),
+        )),
+    }
+}
+
+/// Refuses images outside what the model was trained on (see [`ENCODE_MARGIN`]).
+fn check_image_range<E: Element>(x: &Tensor<E>, input: &Path) -> Result<()> {
+    let v = x.to_f64_vec();
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        });
+    if lo < -1.0 - ENCODE_MARGIN || hi > 1.0 + ENCODE_MARGIN {
+        return Err(Error::format(
+            input.display().to_string(),
+            format!(
+                "`x` holds values in [{}, {}]; encode expects images in [-1, 1] (up to \
+                 {ENCODE_MARGIN} beyond for noise-augmented inputs): scale 8-bit pixels with \
+                 x/127.5 - 1",
+                short(lo),
+                short(hi)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `v` for a message: as read (files hold f32 more often than not), in exponent form when
+/// large or small.
+fn short(v: f64) -> String {
+    let f = v as f32;
+    if f != 0.0 && !(1e-4..1e6).contains(&f.abs()) {
+        format!("{f:e}")
+    } else {
+        format!("{f}")
+    }
+}
+
+/// The first of `b` items (rows of `t`) that holds a NaN or infinity.
+fn first_nonfinite<E: Element>(t: &Tensor<E>, b: usize) -> Option<usize> {
+    let v = t.to_f64_vec();
+    let per = v.len() / b.max(1);
+    (0..b).find(|&i| v[i * per..(i + 1) * per].iter().any(|x| !x.is_finite()))
+}
+
 fn encode_as<E: Element>(a: &EncodeArgs) -> Result<()> {
     let (m, x, labels_t) = load_input::<E>(&a.checkpoint, &a.input, "x")?;
-    let b = x.shape().first().copied().unwrap_or(0);
+    let b = batch_of(&x, "x", &a.input)?;
+    check_image_range(&x, &a.input)?;
     let labels = labels_from(
         labels_t.map(|t| t.cast::<f64>()).as_ref(),
         b,
@@ -226,6 +363,23 @@ fn encode_as<E: Element>(a: &EncodeArgs) -> Result<()> {
     let z = m.to_images(&out.z)?;
     let bpd = m.bits_per_dim(&out)?;
     let bpd = Tensor::<E>::from_vec(bpd.into_iter().map(E::from_f64).collect(), &[b])?;
+    for (name, t) in [
+        ("z", &z),
+        ("logdet", &out.logdet),
+        ("logdet_blocks", &out.logdet_blocks),
+        ("bpd", &bpd),
+    ] {
+        if let Some(i) = first_nonfinite(t, b) {
+            return Err(Error::NonFinite {
+                what: format!(
+                    "`{name}` of image {i} of {} (the flow overflows at {}); {} was not written",
+                    a.input.display(),
+                    a.dtype.name(),
+                    a.output.display()
+                ),
+            });
+        }
+    }
     let dtype = a.dtype.storage();
     write_tensors(
         &a.output,
@@ -252,10 +406,12 @@ pub fn encode(a: EncodeArgs) -> Result<()> {
 pub struct DecodeArgs {
     #[arg(long)]
     checkpoint: PathBuf,
-    /// safetensors file with tensor `z` [B,C,H,W] (optional `labels` [B], -1 = none).
+    /// safetensors file with tensor `z` [B,C,H,W] (or [B,N,D]), B >= 1, finite (optional
+    /// `labels` [B], -1 = none).
     #[arg(long)]
     input: PathBuf,
-    /// Output safetensors with `x` [B,C,H,W].
+    /// Output safetensors with `x` [B,C,H,W]. Not written when any value of x is NaN or
+    /// infinite (z far outside the prior N(0, 1) can overflow the inverse flow).
     #[arg(long)]
     output: PathBuf,
     #[arg(long, value_enum, default_value = "f32")]
@@ -264,8 +420,13 @@ pub struct DecodeArgs {
 
 fn decode_as<E: Element>(a: &DecodeArgs) -> Result<()> {
     let (m, z, labels_t) = load_input::<E>(&a.checkpoint, &a.input, "z")?;
+    let b = batch_of(&z, "z", &a.input)?;
+    // z is finite (load_input), so the largest magnitude is well defined.
+    let zmax = z
+        .to_f64_vec()
+        .iter()
+        .fold(0.0f64, |acc, v| acc.max(v.abs()));
     let tokens = if z.rank() == 4 { m.to_tokens(&z)? } else { z };
-    let b = tokens.shape().first().copied().unwrap_or(0);
     let labels = labels_from(
         labels_t.map(|t| t.cast::<f64>()).as_ref(),
         b,
@@ -274,6 +435,18 @@ fn decode_as<E: Element>(a: &DecodeArgs) -> Result<()> {
     .unwrap_or_else(|| vec![None; b]);
     let x = Sampler::new(&m)?.reverse_tokens(&tokens, &labels, Guidance::None)?;
     let x = m.to_images(&x)?;
+    if let Some(i) = first_nonfinite(&x, b) {
+        return Err(Error::NonFinite {
+            what: format!(
+                "`x` of latent {i} of {} (z reaches |z| = {}, the prior is N(0, 1); the \
+                 inverse flow overflows at {}); {} was not written",
+                a.input.display(),
+                short(zmax),
+                a.dtype.name(),
+                a.output.display()
+            ),
+        });
+    }
     write_tensors(&a.output, &[("x", &x)], a.dtype.storage())?;
     say!("decoded {b} latents -> {}", a.output.display());
     Ok(())
@@ -290,35 +463,38 @@ pub fn decode(a: DecodeArgs) -> Result<()> {
 pub struct SampleArgs {
     #[arg(long)]
     checkpoint: PathBuf,
-    /// Number of samples (per class when --class is not given and the model is conditional).
+    /// Number of samples, at least 1 (per class when --class is not given and the model is
+    /// conditional).
     #[arg(long, default_value_t = 10)]
     num: usize,
-    /// Class to sample (conditional models); default: every class in turn.
+    /// Class to sample (conditional models only); default: every class in turn.
     #[arg(long)]
     class: Option<usize>,
-    /// Classifier-free guidance weight w (p = p_c + w (p_c - p_u)).
+    /// Classifier-free guidance weight w, finite (p = p_c + w (p_c - p_u)).
     #[arg(long)]
     cfg: Option<f64>,
-    /// Anneal the guidance weight linearly over tokens, w_i = w (i+1)/(N-1).
+    /// Anneal the guidance weight linearly over tokens, w_i = w (i+1)/(N-1) (with --cfg or
+    /// --attn-temp).
     #[arg(long)]
     cfg_anneal: bool,
-    /// Attention-temperature guidance: the second branch divides logits by this tau.
+    /// Attention-temperature guidance: the second branch divides logits by this tau (> 0).
     #[arg(long)]
     attn_temp: Option<f64>,
-    /// Weight of attention-temperature guidance.
-    #[arg(long, default_value_t = 1.0)]
-    attn_weight: f64,
-    /// Denoise with the model's score (Tweedie) using this sigma (default: the config's).
+    /// Weight of attention-temperature guidance, finite (with --attn-temp; default 1).
+    #[arg(long)]
+    attn_weight: Option<f64>,
+    /// Denoise with the model's score (Tweedie) using the config's sigma, or --sigma.
     #[arg(long)]
     denoise: bool,
+    /// Sigma of --denoise, finite and >= 0 (default: the config's training noise).
     #[arg(long)]
     sigma: Option<f64>,
-    /// Prior standard deviation (temperature of z).
+    /// Prior standard deviation (temperature of z), finite and >= 0.
     #[arg(long, default_value_t = 1.0)]
     prior_std: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// PNG grid to write.
+    /// PNG grid to write. Nothing is written when a sample stays NaN or infinite.
     #[arg(long, default_value = "samples.png")]
     out: PathBuf,
     /// Also write one PNG per sample into this directory.
@@ -326,27 +502,125 @@ pub struct SampleArgs {
     out_dir: Option<PathBuf>,
 }
 
+impl SampleArgs {
+    /// Pre-flight checks that read no file: every option in its range, no option that
+    /// would be silently ignored.
+    pub fn check(&self) -> Result<()> {
+        let bad = |opt: &str, v: &dyn std::fmt::Display, want: &str| {
+            Err(bad_option("sample", opt, v, want))
+        };
+        if self.num == 0 {
+            return bad("--num", &0, "at least 1 sample");
+        }
+        if let Some(w) = self.cfg.filter(|w| !w.is_finite()) {
+            return bad("--cfg", &w, "a finite guidance weight");
+        }
+        if let Some(t) = self.attn_temp.filter(|t| !(t.is_finite() && *t > 0.0)) {
+            return bad("--attn-temp", &t, "a finite temperature > 0");
+        }
+        if let Some(w) = self.attn_weight {
+            if self.attn_temp.is_none() {
+                return bad(
+                    "--attn-weight",
+                    &w,
+                    "--attn-temp as well (it weights that guidance)",
+                );
+            }
+            if !w.is_finite() {
+                return bad("--attn-weight", &w, "a finite guidance weight");
+            }
+        }
+        if self.cfg.is_some() && self.attn_temp.is_some() {
+            return Err(Error::arg(
+                "sample",
+                "use either --cfg or --attn-temp, not both",
+            ));
+        }
+        if self.cfg_anneal && self.cfg.is_none() && self.attn_temp.is_none() {
+            return bad(
+                "--cfg-anneal",
+                &"",
+                "--cfg or --attn-temp (it anneals their weight)",
+            );
+        }
+        if let Some(s) = self.sigma {
+            if !self.denoise {
+                return bad(
+                    "--sigma",
+                    &s,
+                    "--denoise as well (it is the sigma of denoising)",
+                );
+            }
+            if !(s.is_finite() && s >= 0.0) {
+                return bad("--sigma", &s, "a finite sigma >= 0");
+            }
+        }
+        if !(self.prior_std.is_finite() && self.prior_std >= 0.0) {
+            return bad(
+                "--prior-std",
+                &self.prior_std,
+                "a finite standard deviation >= 0",
+            );
+        }
+        Ok(())
+    }
+
+    fn guidance(&self) -> Guidance {
+        match (self.cfg, self.attn_temp) {
+            (Some(w), _) => Guidance::ClassifierFree {
+                weight: w,
+                anneal: self.cfg_anneal,
+            },
+            (None, Some(tau)) => Guidance::Temperature {
+                weight: self.attn_weight.unwrap_or(1.0),
+                tau,
+                anneal: self.cfg_anneal,
+            },
+            (None, None) => Guidance::None,
+        }
+    }
+}
+
 pub fn sample(a: SampleArgs) -> Result<()> {
     let ck = load_checkpoint(&a.checkpoint)?;
     let m: TarFlow<f32> = ck.model()?;
     let cfg = m.config.clone();
-    let guidance = match (a.cfg, a.attn_temp) {
-        (Some(_), Some(_)) => {
-            return Err(Error::Config(
-                "use either --cfg or --attn-temp, not both".into(),
-            ))
+    let guidance = a.guidance();
+    if cfg.num_classes == 0 {
+        if let Some(c) = a.class {
+            return Err(bad_option(
+                "sample",
+                "--class",
+                c,
+                "a class-conditional model (this one is unconditional)",
+            ));
         }
-        (Some(w), None) => Guidance::ClassifierFree {
-            weight: w,
-            anneal: a.cfg_anneal,
-        },
-        (None, Some(tau)) => Guidance::Temperature {
-            weight: a.attn_weight,
-            tau,
-            anneal: a.cfg_anneal,
-        },
-        (None, None) => Guidance::None,
+    }
+    let sampler = Sampler::new(&m)?;
+    // The number of images, and whether they fit, before any per-image buffer (the label
+    // list included) exists.
+    let per_class = if cfg.num_classes > 0 && a.class.is_none() {
+        cfg.num_classes
+    } else {
+        1
     };
+    let total = a.num.checked_mul(per_class).ok_or_else(|| {
+        Error::arg(
+            "sample",
+            format!(
+                "--num {} x {per_class} classes is more images than can be counted",
+                a.num
+            ),
+        )
+    })?;
+    sampler.check_memory(total, guidance).map_err(|e| {
+        let each = if per_class > 1 {
+            format!(" ({per_class} classes x {} images)", a.num)
+        } else {
+            String::new()
+        };
+        for_option("sample", "--num", format!("{}{each}", a.num), e)
+    })?;
     let (labels, cols): (Vec<Option<usize>>, usize) = if cfg.num_classes == 0 {
         (Vec::new(), a.num.clamp(1, 16))
     } else if let Some(c) = a.class {
@@ -365,7 +639,6 @@ pub fn sample(a: SampleArgs) -> Result<()> {
             a.num.max(1),
         )
     };
-    let sampler = Sampler::new(&m)?;
     let opts = SampleOptions {
         guidance,
         prior_std: a.prior_std,
@@ -374,10 +647,29 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     let mut rng = Rng::new(a.seed);
     let t0 = std::time::Instant::now();
     let (mut x, report) = sampler.sample(a.num, &labels, &mut rng, &opts)?;
+    if report.failed > 0 {
+        return Err(Error::NonFinite {
+            what: format!(
+                "{} of {total} samples, still after {} redraws each (the model or the \
+                 guidance overflows); {} was not written",
+                report.failed,
+                opts.max_redraws,
+                a.out.display()
+            ),
+        });
+    }
     if a.denoise {
         let sigma = a.sigma.unwrap_or(cfg.noise_sigma);
         let lab = (cfg.num_classes > 0).then_some(labels.as_slice());
         x = m.denoise(&x, lab, sigma)?;
+        if !x.all_finite() {
+            return Err(Error::NonFinite {
+                what: format!(
+                    "the denoised samples (sigma {sigma}); {} was not written",
+                    a.out.display()
+                ),
+            });
+        }
     }
     let n = x.shape()[0];
     let pixels = f32_to_u8_images(&x.to_vec());

@@ -11,7 +11,7 @@ mod train;
 
 use clap::{Parser, Subcommand};
 
-use tarflow::Result;
+use tarflow::{Error, Result};
 
 #[derive(Parser)]
 #[command(
@@ -45,9 +45,43 @@ enum Command {
     Sample(flow::SampleArgs),
 }
 
-/// Parses the command line and runs the chosen subcommand.
+impl Command {
+    /// Every check of the command's options that reads no file, writes nothing and
+    /// computes nothing heavy: ranges, NaN, options that would be ignored, sizes. `run`
+    /// calls it before the command starts, so each rule lives in one place.
+    fn check(&self) -> Result<()> {
+        match self {
+            Command::Train(a) => train::check_train(a),
+            // Eval's options are checked against its data set once that is read.
+            Command::Eval(_) => Ok(()),
+            Command::Bench(a) => a.check(),
+            Command::Init(a) => a.check(),
+            Command::Audit(a) => a.check(),
+            Command::Encode(_) | Command::Decode(_) => Ok(()),
+            Command::Sample(a) => a.check(),
+        }
+    }
+}
+
+/// Parses `args` (the program name first, as in `std::env::args_os`) and runs the chosen
+/// command's pre-flight checks without reading or writing a file: the entry point of the
+/// argument-parser fuzz target. A clap error (including `--help`) is an [`Error::Config`]
+/// carrying clap's message.
+#[allow(dead_code)] // the binary parses with `Cli::parse`, which prints help and exits
+pub fn check_args<I, T>(args: I) -> Result<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(args).map_err(|e| Error::Config(e.to_string()))?;
+    cli.command.check()
+}
+
+/// Parses the command line, checks its options and runs the chosen subcommand.
 pub fn run() -> Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    cli.command.check()?;
+    match cli.command {
         Command::Train(a) => train::train(a),
         Command::Eval(a) => train::eval(a),
         Command::Bench(a) => bench::bench(a),
@@ -56,5 +90,166 @@ pub fn run() -> Result<()> {
         Command::Encode(a) => flow::encode(a),
         Command::Decode(a) => flow::decode(a),
         Command::Sample(a) => flow::sample(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_args;
+
+    fn err(args: &[&str]) -> String {
+        let argv = std::iter::once("tarflow").chain(args.iter().copied());
+        match check_args(argv) {
+            Ok(()) => panic!("{args:?} passed the checks"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn good_command_lines_pass() {
+        for args in [
+            &[
+                "sample",
+                "--checkpoint",
+                "x",
+                "--num",
+                "2",
+                "--cfg",
+                "1.5",
+                "--cfg-anneal",
+            ][..],
+            &[
+                "sample",
+                "--checkpoint",
+                "x",
+                "--attn-temp",
+                "2",
+                "--attn-weight",
+                "0.5",
+            ],
+            &["sample", "--checkpoint", "x", "--denoise", "--sigma", "0.1"],
+            &[
+                "init",
+                "--preset",
+                "tiny",
+                "--out",
+                "x",
+                "--randomize-output",
+                "0.02",
+            ],
+            &["audit", "--preset", "tiny"],
+            &[
+                "bench",
+                "--preset",
+                "tiny",
+                "--batch",
+                "2",
+                "--sample-batch",
+                "1",
+            ],
+            &["bench", "--kernels", "--repeats", "3"],
+            &["train", "--preset", "tiny", "--steps", "3"],
+            &[
+                "encode",
+                "--checkpoint",
+                "a",
+                "--input",
+                "b",
+                "--output",
+                "c",
+            ],
+        ] {
+            let argv = std::iter::once("tarflow").chain(args.iter().copied());
+            check_args(argv).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
+    }
+
+    /// Each rule names the option, the value and what was expected.
+    #[test]
+    fn bad_options_are_named() {
+        let s = |extra: &[&'static str]| {
+            let mut v = vec!["sample", "--checkpoint", "x"];
+            v.extend_from_slice(extra);
+            err(&v)
+        };
+        let cases: Vec<(String, &[&str])> = vec![
+            (s(&["--num", "0"]), &["--num 0", "at least 1"]),
+            (
+                s(&["--sigma", "NaN", "--denoise"]),
+                &["--sigma NaN", "finite"],
+            ),
+            (s(&["--sigma", "0.1"]), &["--sigma 0.1", "--denoise"]),
+            (s(&["--cfg", "inf"]), &["--cfg inf", "finite"]),
+            (s(&["--attn-temp", "0"]), &["--attn-temp 0", "> 0"]),
+            (
+                s(&["--attn-weight", "2"]),
+                &["--attn-weight 2", "--attn-temp"],
+            ),
+            (
+                s(&["--attn-temp", "2", "--attn-weight", "NaN"]),
+                &["--attn-weight NaN"],
+            ),
+            (
+                s(&["--cfg-anneal"]),
+                &["--cfg-anneal", "--cfg or --attn-temp"],
+            ),
+            (s(&["--prior-std=-1"]), &["--prior-std -1", ">= 0"]),
+            (
+                s(&["--cfg", "1", "--attn-temp", "2"]),
+                &["either --cfg or --attn-temp"],
+            ),
+            (
+                err(&[
+                    "init",
+                    "--preset",
+                    "tiny",
+                    "--out",
+                    "x",
+                    "--randomize-output",
+                    "NaN",
+                ]),
+                &["--randomize-output NaN", "finite"],
+            ),
+            (
+                err(&["init", "--preset", "nope", "--out", "x"]),
+                &["unknown preset"],
+            ),
+            (
+                err(&["audit", "--preset", "tiny", "--samples", "0"]),
+                &["--samples 0"],
+            ),
+            (err(&["audit"]), &["--checkpoint PATH or --preset NAME"]),
+            (
+                err(&["bench", "--batch", "0"]),
+                &["--batch 0", "at least 1"],
+            ),
+            (
+                err(&["bench", "--sample-batch", "0"]),
+                &["--sample-batch 0"],
+            ),
+            (err(&["bench", "--repeats", "0"]), &["--repeats 0"]),
+            (
+                err(&["bench", "--batch", "100000000000"]),
+                &["--batch 100000000000", "needs at least", "of memory"],
+            ),
+            (
+                err(&["bench", "--image-size", "1000000"]),
+                &["needs at least", "TB", "of memory"],
+            ),
+            (
+                err(&["train", "--width", "64000000"]),
+                &["width 64000000", "needs at least", "EB"],
+            ),
+            (
+                err(&["sample", "--checkpoint", "x", "--num=-3"]),
+                &["--num"],
+            ),
+            (err(&["nonsense"]), &["nonsense"]),
+        ];
+        for (e, words) in cases {
+            for w in words {
+                assert!(e.contains(w), "{w:?} not in {e:?}");
+            }
+        }
     }
 }

@@ -442,3 +442,15 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// The checks `train` makes before it reads or writes anything: the device and, for a new
+/// run, the preset with the overrides applied (the fuzz target's `check_args` calls this).
+pub fn check_train(a: &TrainArgs) -> Result<()> {
+    check_device(&a.device)?;
+    if a.resume.is_none() {
+        let mut cfg = TrainConfig::preset(&a.preset)?;
+        a.hp.apply(&mut cfg);
+        cfg.validate()?;
+    }
+    Ok(())
+}

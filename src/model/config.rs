@@ -62,7 +62,8 @@ impl TarFlowConfig {
         self.width / self.head_dim.max(1)
     }
 
-    /// Checks that the configuration describes a model that can be built.
+    /// Checks that the configuration describes a model that can be built on this machine:
+    /// sizes that index, and weights that fit its memory (see [`memory`](super::memory)).
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         if self.channels == 0 || self.image_size == 0 || self.patch_size == 0 {
@@ -116,6 +117,19 @@ impl TarFlowConfig {
                 self.token_dim()
             ));
         }
+        // A model past the machine's memory would abort in its first allocation.
+        super::memory::check_fits(self.parameter_bytes(4), || {
+            format!(
+                "storing the {:.3e} f32 parameters of a model of width {}, {} blocks of {} \
+                 layers and {} tokens of {} values",
+                self.parameters_f64(),
+                self.width,
+                self.blocks,
+                self.layers_per_block,
+                self.seq_len(),
+                self.token_dim()
+            )
+        })?;
         if !(self.noise_sigma.is_finite() && self.noise_sigma >= 0.0) {
             return bad(format!(
                 "noise sigma must be finite and >= 0, got {}",
@@ -401,6 +415,23 @@ mod tests {
             let e = c.validate().unwrap_err().to_string();
             assert!(e.contains("too large") || e.contains("too many"), "{e}");
         }
+        // Sizes that index but cannot fit any machine are refused before allocation, with
+        // the memory they would take (`train --width 64000000` aborted in its first alloc).
+        let wide = TarFlowConfig {
+            width: 64_000_000,
+            ..base.clone()
+        };
+        let e = wide.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("width 64000000") && e.contains("needs at least") && e.contains("PB"),
+            "{e}"
+        );
+        let big_images = TarFlowConfig {
+            image_size: 1_000_000,
+            ..base.clone()
+        };
+        let e = big_images.validate().unwrap_err().to_string();
+        assert!(e.contains("needs at least") && e.contains("TB"), "{e}");
         let j = base
             .to_json()
             .replace("\"image_size\":28", "\"image_size\":4294967296");

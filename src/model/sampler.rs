@@ -21,6 +21,8 @@ use crate::rng::Rng;
 use crate::tensor::layout::checked_product;
 use crate::tensor::{DType, Element, Tensor};
 
+use super::config::TarFlowConfig;
+use super::memory::{check_fits, format_bytes};
 use super::tarflow::TarFlow;
 
 /// How two branches are combined at every step: `p = p_c + w_i (p_c - p_u)` for both
@@ -132,6 +134,8 @@ pub struct Sampler<E: Element> {
     size: usize,
     patch: usize,
     blocks: Vec<BlockW<E>>,
+    /// The model's configuration, for the memory estimate of a request.
+    config: TarFlowConfig,
 }
 
 /// `y[r, :] = x[r, :] @ w^T + b` for `rows` rows (`w` is `[out, in]`), or, with
@@ -301,6 +305,7 @@ impl<E: Element> Sampler<E> {
             size: cfg.image_size,
             patch: cfg.patch_size,
             blocks,
+            config: cfg.clone(),
         })
     }
 
@@ -549,6 +554,7 @@ impl<E: Element> Sampler<E> {
         }
         let b = s[0];
         self.check_labels(labels, b, guidance)?;
+        self.check_memory(b, guidance)?;
         let mut x = z.to_vec();
         // Images are independent: each thread inverts its own slice of the batch through
         // every block, with its own caches, so a step needs no synchronisation.
@@ -569,6 +575,30 @@ impl<E: Element> Sampler<E> {
                 xs.copy_from_slice(&cur);
             });
         Tensor::from_vec(x, s)
+    }
+
+    /// Errors when inverting `count` images with `guidance` would need more memory than
+    /// this machine has (see [`TarFlowConfig::sampling_bytes`]); checked before anything is
+    /// allocated, so that a huge request is an error rather than an aborted process.
+    pub fn check_memory(&self, count: usize, guidance: Guidance) -> Result<()> {
+        let branches = if guidance == Guidance::None { 1 } else { 2 };
+        let bytes = self
+            .config
+            .sampling_bytes(count, branches, std::mem::size_of::<E>());
+        check_fits(bytes, || {
+            format!(
+                "sampling {count} images of {} values ({} per image with the key/value caches \
+                 of {} layers{})",
+                self.n * self.d,
+                format_bytes(bytes / count.max(1) as f64),
+                self.config.layers_per_block,
+                if branches == 2 {
+                    ", two guidance branches"
+                } else {
+                    ""
+                }
+            )
+        })
     }
 
     fn check_labels(&self, labels: &[Option<usize>], b: usize, guidance: Guidance) -> Result<()> {
@@ -633,10 +663,10 @@ impl<E: Element> Sampler<E> {
             }
             count
         };
-        if !opts.prior_std.is_finite() {
+        if !(opts.prior_std.is_finite() && opts.prior_std >= 0.0) {
             return Err(Error::arg(
                 "sample",
-                format!("prior_std must be finite, got {}", opts.prior_std),
+                format!("prior_std must be finite and >= 0, got {}", opts.prior_std),
             ));
         }
         let elements = checked_product([b, self.n, self.d])
@@ -650,6 +680,7 @@ impl<E: Element> Sampler<E> {
                 ),
             ));
         }
+        self.check_memory(b, opts.guidance)?;
         let all_labels: Vec<Option<usize>> = if self.num_classes > 0 {
             labels.to_vec()
         } else {

@@ -57,12 +57,33 @@ impl<E: Element> TarFlow<E> {
     /// Gives every output projection a random weight `N(0, std^2)`. A fresh model has zero
     /// output projections (each block starts as a shift-only map); audits and tests use this
     /// to get a non-trivial flow without training.
+    /// `std` must be finite and non-negative, and small enough that every drawn weight fits
+    /// `E`; otherwise the model is left unchanged and an error says why.
     pub fn randomize_output_projections(&self, std: f64, seed: u64) -> Result<()> {
+        if !(std.is_finite() && std >= 0.0) {
+            return Err(Error::arg(
+                "randomize_output_projections",
+                format!("the standard deviation must be finite and >= 0, got {std}"),
+            ));
+        }
         let mut rng = Rng::new(seed);
-        for b in &self.blocks {
-            let w = &b.proj_out.weight;
-            let r = Tensor::<E>::randn(w.shape(), 0.0, std, &mut rng);
-            w.assign(&r)?;
+        let draws = self
+            .blocks
+            .iter()
+            .map(|b| Tensor::<E>::randn(b.proj_out.weight.shape(), 0.0, std, &mut rng))
+            .collect::<Vec<_>>();
+        // A weight past E's range would make a checkpoint that no reader accepts.
+        if draws.iter().any(|r| !r.all_finite()) {
+            return Err(Error::arg(
+                "randomize_output_projections",
+                format!(
+                    "a standard deviation of {std:e} draws weights beyond the {} range",
+                    E::DTYPE.name()
+                ),
+            ));
+        }
+        for (b, r) in self.blocks.iter().zip(&draws) {
+            b.proj_out.weight.assign(r)?;
         }
         Ok(())
     }
@@ -317,10 +338,19 @@ impl<E: Element> TarFlow<E> {
             ));
         }
         let b = zs[0];
+        // Explicit row length: an inferred one is undefined for an empty batch.
+        let row = zs[1].checked_mul(zs[2]).ok_or_else(|| {
+            Error::shape(
+                "TarFlow::bits_per_dim",
+                &[zs],
+                E::DTYPE.name(),
+                "a latent row has too many values to index",
+            )
+        })?;
         let z2 = out
             .z
             .square()
-            .reshape(&[b, usize::MAX])?
+            .reshape(&[b, row])?
             .sum(&[1], false)?
             .to_f64_vec();
         let ld = out.logdet.to_f64_vec();
@@ -346,6 +376,12 @@ impl<E: Element> TarFlow<E> {
     /// Score-based denoising (Tweedie): `x + sigma^2 * d log p(x) / dx`, batched, through the
     /// whole forward flow in one pass, then clipped to [-1, 1].
     pub fn denoise(&self, x: &Tensor<E>, labels: Labels<'_>, sigma: f64) -> Result<Tensor<E>> {
+        if !(sigma.is_finite() && sigma >= 0.0) {
+            return Err(Error::arg(
+                "denoise",
+                format!("sigma must be finite and >= 0, got {sigma}"),
+            ));
+        }
         let xin = x.detach().requires_grad_();
         let out = self.forward(&xin, labels)?;
         // log p(x) up to a constant, summed over the batch: samples are independent, so the

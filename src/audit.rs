@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::autograd;
 use crate::error::{Error, Result};
+use crate::model::memory::check_fits;
 use crate::model::{Guidance, Sampler, TarFlow};
 use crate::rng::Rng;
 use crate::tensor::{Element, Tensor};
@@ -273,6 +274,16 @@ pub fn audit<E: Element>(model: &TarFlow<E>, opts: &AuditOptions) -> Result<Audi
     if opts.samples == 0 {
         return Err(Error::arg("audit", "at least one sample is needed"));
     }
+    // The audit inverts every input with the KV-cached sampler; a count past memory would
+    // abort in the first allocation (`tarflow audit --samples 1e11`).
+    let bytes = cfg.sampling_bytes(opts.samples, 1, std::mem::size_of::<E>());
+    check_fits(bytes, || {
+        format!(
+            "auditing {} random inputs of {} values",
+            opts.samples,
+            cfg.image_dim()
+        )
+    })?;
     let mut rng = Rng::new(opts.seed);
     let (c, s) = (cfg.channels, cfg.image_size);
     let (n, d) = (cfg.seq_len(), cfg.token_dim());

@@ -186,6 +186,21 @@ fn audit_rejects_a_model_whose_blocks_disagree_with_its_config() {
     err_names(r.map(|_| ()), &["audit", "1 blocks", "config says 2"]);
 }
 
+/// `tarflow audit --samples 1e11` aborted in its first allocation.
+#[test]
+fn audit_sample_count_past_memory_is_an_error() {
+    let m = TarFlow::<f64>::new(micro(0), 0).unwrap();
+    let opts = tarflow::audit::AuditOptions {
+        samples: 100_000_000_000,
+        ..Default::default()
+    };
+    let r = tarflow::audit::audit(&m, &opts);
+    err_names(
+        r.map(|_| ()),
+        &["auditing 100000000000 random inputs", "needs at least"],
+    );
+}
+
 #[test]
 fn sample_count_too_large_to_allocate_is_an_error() {
     let s = Sampler::new(&model(0)).unwrap();

@@ -219,10 +219,7 @@ fn check_resume_options(a: &TrainArgs) -> Result<()> {
 }
 
 pub fn train(a: TrainArgs) -> Result<()> {
-    check_device(&a.device)?;
-    if a.resume.is_some() {
-        check_resume_options(&a)?;
-    }
+    check_train(&a)?;
     let mut trainer = match &a.resume {
         Some(dir) => {
             let saved = Trainer::saved_config(dir)?;
@@ -238,13 +235,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
             t
         }
         None => {
-            let mut cfg = TrainConfig::preset(&a.preset)?;
-            a.hp.apply(&mut cfg)?;
-            if let Some(o) = &a.out {
-                cfg.out_dir = o.clone();
-            }
-            cfg.data = a.data.clone();
-            cfg.validate()?;
+            let cfg = new_run_config(&a)?;
             let (train, test) =
                 open_data(a.data.as_deref(), cfg.model.channels, cfg.model.image_size)?;
             let mut t = Trainer::new(cfg, train, test)?;
@@ -443,14 +434,25 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// The checks `train` makes before it reads or writes anything: the device and, for a new
-/// run, the preset with the overrides applied (the fuzz target's `check_args` calls this).
+/// The checks `train` makes before it reads or writes anything: the device, the options a
+/// resume cannot apply, and for a new run the preset with the overrides applied and
+/// validated (`train` runs these first; the fuzz target's `check_args` calls this).
 pub fn check_train(a: &TrainArgs) -> Result<()> {
     check_device(&a.device)?;
-    if a.resume.is_none() {
-        let mut cfg = TrainConfig::preset(&a.preset)?;
-        a.hp.apply(&mut cfg);
-        cfg.validate()?;
+    match a.resume {
+        Some(_) => check_resume_options(a),
+        None => new_run_config(a).map(|_| ()),
     }
-    Ok(())
+}
+
+/// The configuration of a new run: the preset, the overrides, the output and data folders.
+fn new_run_config(a: &TrainArgs) -> Result<TrainConfig> {
+    let mut cfg = TrainConfig::preset(&a.preset)?;
+    a.hp.apply(&mut cfg)?;
+    if let Some(o) = &a.out {
+        cfg.out_dir = o.clone();
+    }
+    cfg.data = a.data.clone();
+    cfg.validate()?;
+    Ok(cfg)
 }

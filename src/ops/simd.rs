@@ -126,7 +126,9 @@ pub fn gelu_grad_to<E: Element>(x: &[E], g: &[E], y: &mut [MaybeUninit<E>]) {
 
 /// `y` as `f32` slots; only called when `E` is `f32`.
 fn as_f32<E: Element>(y: &mut [MaybeUninit<E>]) -> &mut [MaybeUninit<f32>] {
-    assert_eq!(E::DTYPE, DType::F32);
+    // The type itself, not `E::DTYPE`: `Element` is a safe public trait, so another crate's
+    // type may claim `DType::F32` with a different size.
+    assert!(std::any::TypeId::of::<E>() == std::any::TypeId::of::<f32>());
     // SAFETY: E is f32 (checked), so the slots have the same size, alignment and count.
     unsafe { std::slice::from_raw_parts_mut(y.as_mut_ptr().cast(), y.len()) }
 }

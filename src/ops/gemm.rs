@@ -1990,8 +1990,8 @@ mod tests {
                     let b = unsafe { src.as_ptr().offset(base) };
                     // SAFETY: every element read, base + p * rsb + j * csb for p < kc and
                     // j < cols, lies in 0..5120 for the strides above (the flipped layout
-                    // reads columns 70 down to 0 from 4900); `got` holds the `kc * nr`
-                    // values of one panel.
+                    // starts column j at 4900 - 70 j, from 4900 down to 70); `got` holds the
+                    // `kc * nr` values of one panel.
                     unsafe { pack_b_panel(nr, q, cols, kc, b, rsb, csb, &mut got) };
                     for (at, &g) in got.iter().enumerate() {
                         let (p, j) = (at / nr, q * nr + at % nr);

@@ -360,7 +360,12 @@ fn read_storages<E: Element, R>(ts: &[&Tensor<E>], f: impl FnOnce(&[&[E]]) -> R)
 
 /// A raw output pointer shared by tasks that write disjoint chunks.
 struct SyncPtr<E>(*mut E);
+// SAFETY: the pointer only reaches the elements through `chunk`, whose contract gives each
+// live chunk to one task; moving the handle to another thread moves no element, and `E: Send`
+// lets the elements be written from there.
 unsafe impl<E: Send> Send for SyncPtr<E> {}
+// SAFETY: shared handles only hand out chunks through `chunk`, whose callers keep live chunks
+// disjoint, so concurrent tasks never reach the same element.
 unsafe impl<E: Send> Sync for SyncPtr<E> {}
 
 impl<E> SyncPtr<E> {
@@ -370,8 +375,8 @@ impl<E> SyncPtr<E> {
     /// Chunk `i` of length `len`.
     ///
     /// # Safety
-    /// The buffer must hold at least `(i + 1) * len` elements, and no two live chunks may be
-    /// the same `i`.
+    /// The buffer must still be alive, not otherwise borrowed, and hold at least
+    /// `(i + 1) * len` elements, and no two live chunks may be the same `i`.
     #[allow(clippy::mut_from_ref)]
     unsafe fn chunk(&self, i: usize, len: usize) -> &mut [E] {
         std::slice::from_raw_parts_mut(self.0.add(i * len), len)
@@ -515,7 +520,11 @@ struct RowsOut<E> {
     ptr: *mut E,
     lay: Strided4,
 }
+// SAFETY: the buffer is only written through `put`, whose contract gives each (batch, head)
+// block of rows to one task; `E: Send` lets the values be written from another thread.
 unsafe impl<E: Send> Send for RowsOut<E> {}
+// SAFETY: as for `Send`: tasks sharing the handle write disjoint rows through `put`, and
+// nothing reads through it.
 unsafe impl<E: Send> Sync for RowsOut<E> {}
 
 impl<E: Copy> RowsOut<E> {
@@ -548,7 +557,9 @@ impl<E: Copy> RowsOut<E> {
     /// Writes `rows` rows of `cols` values from row-major `src` to head `(b, h)`.
     ///
     /// # Safety
-    /// The rows must lie inside the buffer, and no other task may write them.
+    /// The rows must lie inside the buffer the handle was made from (which must still be
+    /// alive and not otherwise borrowed), no other task may write or read them, and `src`
+    /// must hold at least `rows * cols` values.
     unsafe fn put(self, b: usize, h: usize, rows: usize, cols: usize, src: &[E]) {
         debug_assert!(src.len() >= rows * cols);
         for r in 0..rows {
@@ -661,7 +672,8 @@ fn forward_heads<E: Element>(
             }
             softmax_over_keys(p, (d.nk, d.nq, nqp), first, mx, sm);
             if keep {
-                // SAFETY: head i owns chunk i of `probs`, sized bh * p_len.
+                // SAFETY: `probs` holds `bh * p_len` values when `keep`, outlives the tasks
+                // and is not touched otherwise while they run; task i alone takes chunk i.
                 let kept = unsafe { p_ptr.chunk(i, p_len) };
                 for (dst, lane) in kept.chunks_exact_mut(d.nq.max(1)).zip(p.chunks(nqp)) {
                     dst.copy_from_slice(&lane[..d.nq]);
@@ -669,7 +681,10 @@ fn forward_heads<E: Element>(
             }
             // O = P V.
             by_query_rows(d, opts.causal, (d.dv, E::ONE), p, lv.mat(s[2], b, h), o_pad);
-            // SAFETY: head (b, h) owns its output rows.
+            // SAFETY: `out` addresses this call's `[B, H, nq, dv]` output (or its merged
+            // `[B, nq, H * dv]` form), alive until the tasks end, so head (b, h)'s `nq` rows
+            // of `dv` lie inside it; only task i = b * H + h writes them; `o_pad` holds
+            // `nqp * dv >= nq * dv` values.
             unsafe { out.put(b, h, d.nq, d.dv, o_pad) };
         });
     });
@@ -730,7 +745,10 @@ fn backward_heads<E: Element>(
                     let dst = &mut c[j0 * e..];
                     gemm(n, d.nq - lo, e, a, tm, skip_rows(x, lo), dst, e as isize, 1);
                 }
-                // SAFETY: head (b, h) owns its gradient rows.
+                // SAFETY: `out` addresses a `[B, H, nk, e]` gradient buffer (or its merged
+                // form) that outlives the tasks, so head (b, h)'s `nk` rows of `e` lie inside
+                // it; only this head's task writes them; `c` is `c_pad`, which holds
+                // `max(nqp, nkp) * max(dh, dv) >= nk * e` values.
                 unsafe { out.put(b, h, d.nk, e, c) };
             };
             if let Some(dv) = rv {
@@ -773,7 +791,8 @@ fn backward_heads<E: Element>(
             if let Some(dq) = rq {
                 // dQ = alpha dS K.
                 by_query_rows(d, opts.causal, (d.dh, alpha), ds, lk.mat(s[1], b, h), c_pad);
-                // SAFETY: head (b, h) owns its gradient rows.
+                // SAFETY: as for `by_keys` above, with the `[B, H, nq, dh]` gradient of q and
+                // `max(nqp, nkp) * max(dh, dv) >= nq * dh` values in `c_pad`.
                 unsafe { dq.put(b, h, d.nq, d.dh, c_pad) };
             }
             if let Some(dk) = rk {

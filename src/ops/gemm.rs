@@ -181,6 +181,10 @@ struct Epi {
 
 impl Epi {
     /// The epilogue for a tile starting at column `j0` of the block it was made for.
+    ///
+    /// # Safety
+    /// A non-null `bias` must point to at least `j0` values of one allocation (the block's
+    /// bias, `j0` inside it), so that the offset stays in bounds.
     unsafe fn at(self, j0: usize) -> Epi {
         Epi {
             bias: if self.bias.is_null() {
@@ -400,6 +404,10 @@ mod x86 {
     /// `acc += a.b` over `4 * blocks` k steps: 12 adjacent values of `A` per step, steps
     /// `ks` bytes apart (a packed panel, or column-major `A` in place), and a packed `B`
     /// panel.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `a` holds `4 * blocks` steps of 12 values `ks` bytes apart and
+    /// `b` `4 * blocks` rows of 32 values, contiguous.
     #[target_feature(enable = "avx512f")]
     unsafe fn avx512_cols_asm(
         blocks: usize,
@@ -432,6 +440,10 @@ mod x86 {
     /// [`avx512_cols_asm`] for 12 rows of row-major `A` read in place, `rsa` elements apart.
     /// Ten row pointers, the row stride, `B` and the counter: the thirteen general registers
     /// `asm!` may take.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; rows `i < 12` at `a + i * rsa` each hold `4 * blocks` values and
+    /// `b` `4 * blocks` rows of 32 values, contiguous.
     #[target_feature(enable = "avx512f")]
     unsafe fn avx512_rows_asm(
         blocks: usize,
@@ -481,6 +493,11 @@ mod x86 {
         );
     }
 
+    /// The 12 x 32 product of `kc` steps of `A` (laid out as [`Micro::tile`] describes for
+    /// `rsa`) and a packed `B` panel, in registers.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `a` and `b` hold what [`Micro::tile`] requires for `kc`.
     #[target_feature(enable = "avx512f")]
     unsafe fn avx512_acc(kc: usize, a: *const f32, rsa: isize, b: *const f32) -> [[__m512; 2]; 12] {
         let mut acc = [[_mm512_setzero_ps(); 2]; 12];
@@ -518,6 +535,8 @@ mod x86 {
     impl Micro for Avx512 {
         const MR: usize = 12;
 
+        /// # Safety
+        /// As for [`Micro::pack_a`].
         unsafe fn pack_a(
             rows: usize,
             kc: usize,
@@ -530,6 +549,8 @@ mod x86 {
         }
         const NR: usize = 32;
 
+        /// # Safety
+        /// As for [`Micro::tile`]: the CPU has AVX-512F, and the operands and tile are valid.
         #[target_feature(enable = "avx512f")]
         unsafe fn tile(
             kc: usize,
@@ -570,6 +591,9 @@ mod x86 {
 
         // Masked stores: edge tiles (attention's padded lengths, odd widths) cost the same
         // as full ones instead of going through a buffer element by element.
+        /// # Safety
+        /// As for [`Micro::tile_part`]: the CPU has AVX-512F, and only the `mr x nr` part of
+        /// `C` need be valid (the masked stores touch nothing else).
         #[target_feature(enable = "avx512f")]
         unsafe fn tile_part(
             kc: usize,
@@ -617,6 +641,8 @@ mod x86 {
             }
         }
 
+        /// # Safety
+        /// As for [`Micro::to_buf`]: the CPU has AVX-512F, and `buf` holds the whole tile.
         #[target_feature(enable = "avx512f")]
         unsafe fn to_buf(kc: usize, a: *const f32, rsa: isize, b: *const f32, buf: *mut f32) {
             let acc = avx512_acc(kc, a, rsa, b);
@@ -627,6 +653,11 @@ mod x86 {
         }
     }
 
+    /// The 6 x 16 product of `kc` steps of `A` (laid out as [`Micro::tile`] describes for
+    /// `rsa`) and a packed `B` panel, in registers.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `a` and `b` hold what [`Micro::tile`] requires for `kc`.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn avx2_acc(kc: usize, a: *const f32, rsa: isize, b: *const f32) -> [[__m256; 2]; 6] {
         let mut acc = [[_mm256_setzero_ps(); 2]; 6];
@@ -660,6 +691,8 @@ mod x86 {
     impl Micro for Avx2 {
         const MR: usize = 6;
 
+        /// # Safety
+        /// As for [`Micro::pack_a`].
         unsafe fn pack_a(
             rows: usize,
             kc: usize,
@@ -672,6 +705,8 @@ mod x86 {
         }
         const NR: usize = 16;
 
+        /// # Safety
+        /// As for [`Micro::tile`]: the CPU has AVX2 and FMA, and the operands and tile are valid.
         #[target_feature(enable = "avx2,fma")]
         unsafe fn tile(
             kc: usize,
@@ -710,6 +745,8 @@ mod x86 {
             }
         }
 
+        /// # Safety
+        /// As for [`Micro::to_buf`]: the CPU has AVX2 and FMA, and `buf` holds the whole tile.
         #[target_feature(enable = "avx2,fma")]
         unsafe fn to_buf(kc: usize, a: *const f32, rsa: isize, b: *const f32, buf: *mut f32) {
             let acc = avx2_acc(kc, a, rsa, b);
@@ -724,11 +761,21 @@ mod x86 {
 /// A raw pointer that may cross threads; every use writes a disjoint region.
 #[derive(Clone, Copy)]
 struct Ptr(*mut f32);
+// SAFETY: a `Ptr` is `C` (or a packing buffer) of a product in progress; the product's
+// caller keeps that memory valid until the product returns, and the tasks given copies of
+// the pointer write disjoint regions of it (each output element is summed by one task), so
+// moving a copy to another thread creates no data race.
 unsafe impl Send for Ptr {}
+// SAFETY: as for `Send`: shared copies are only used for disjoint writes.
 unsafe impl Sync for Ptr {}
+/// A read-only operand pointer that may cross threads.
 #[derive(Clone, Copy)]
 struct CPtr(*const f32);
+// SAFETY: a `CPtr` is `A`, `B`, a bias or a packed buffer, which the product's caller keeps
+// valid and unwritten until the product returns (`C` may not alias them), so any thread may
+// read through it.
 unsafe impl Send for CPtr {}
+// SAFETY: as for `Send`: nothing writes the memory while shared copies read it.
 unsafe impl Sync for CPtr {}
 
 // Methods, not field access: a closure using `.0` would capture the bare pointer field.
@@ -790,6 +837,10 @@ fn with_buf<R>(
 
 /// Packs `rows x kc` of `A` (element `(i, p)` at `a + i*rsa + p*csa`) into `MR`-row panels,
 /// k-major, zero-padding the last panel. `MR` is a constant so that the row loop unrolls.
+///
+/// # Safety
+/// Every element `(i, p)`, `i < rows`, `p < kc`, must be readable at `a + i*rsa + p*csa`
+/// (`dst`'s length is checked).
 unsafe fn pack_a<const MR: usize>(
     rows: usize,
     kc: usize,
@@ -830,6 +881,11 @@ unsafe fn pack_a<const MR: usize>(
 
 /// Packs panel `q` (`NR` columns from `q * nr_full`) of a `kc x cols` block of `B` (element
 /// `(p, j)` at `b + p*rsb + j*csb`), k-major, zero-padding missing columns.
+///
+/// # Safety
+/// `q * nr_full < cols`, and every element `(p, j)`, `p < kc`, `j < cols`, of the block
+/// must be readable at `b + p*rsb + j*csb`; `panel` must hold `kc * nr_full` values (the
+/// vector paths check their part).
 #[allow(clippy::too_many_arguments)]
 unsafe fn pack_b_panel(
     nr_full: usize,
@@ -845,6 +901,9 @@ unsafe fn pack_b_panel(
     let nr = nr_full.min(cols - j0);
     // A constant length lets each row's copy compile to a couple of vector moves instead of
     // a memcpy call per 64 or 128 bytes.
+    /// # Safety
+    /// `kc` rows of `N` values, `rsb` apart from `src`, must be readable (`dst`'s length
+    /// is checked).
     unsafe fn rows<const N: usize>(kc: usize, src: *const f32, rsb: isize, dst: &mut [f32]) {
         assert!(dst.len() >= kc * N);
         for p in 0..kc {
@@ -933,6 +992,12 @@ fn read_a_in_place(rsa: isize, csa: isize) -> bool {
 }
 
 /// Runs the block's tiles in place or with a packed tail, as [`read_a_in_place`] says.
+///
+/// # Safety
+/// The CPU supports `K`; `A`'s `rows x kc` block at `a` (strides `rsa`, `csa`) must be
+/// readable, `bp` must hold the packed panels `panels` of a `kc x cols` block, `epi`'s bias
+/// (if any) the block's `cols` values, and `C`'s `rows x cols` block at `c` must be valid
+/// for writes (and reads if `beta != 0`) and overlap neither `A` nor `bp`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn macro_kernel_a<K: Micro>(
     rows: usize,
@@ -984,6 +1049,10 @@ unsafe fn macro_kernel_a<K: Micro>(
 
 /// Multiplies a block of `A` (`rows` rows) by packed `B` panels `panels`, writing the
 /// tiles at `c` (the block's first row and the block's first column).
+///
+/// # Safety
+/// As for [`macro_kernel_a`], with `ablk` giving the block of `A`: its packed panels, or
+/// full panels in place plus a packed tail for the last `rows % MR` rows.
 #[allow(clippy::too_many_arguments)]
 unsafe fn macro_kernel<K: Micro>(
     rows: usize,
@@ -1029,6 +1098,11 @@ unsafe fn macro_kernel<K: Micro>(
 }
 
 /// `C[i, j] = alpha * buf[i * ld + j] + beta * C[i, j]` over `mr x nr` (beta = 0: no read).
+///
+/// # Safety
+/// `buf` holds `mr` rows `ld` apart (indexing checks it); the `mr x nr` part of `C` at `c`
+/// with strides `(rsc, csc)` must be valid for writes (and reads if `beta != 0`), and a
+/// non-null bias must hold `nr` values.
 #[allow(clippy::too_many_arguments)]
 unsafe fn update_c(
     buf: &[f32],
@@ -1055,6 +1129,10 @@ unsafe fn update_c(
 
 /// `C = beta * C` for the degenerate products (`k == 0` or `alpha == 0`); beta = 0 writes
 /// zeros without reading `C`.
+///
+/// # Safety
+/// The `m x n` matrix at `c` with strides `(rsc, csc)` must be valid for writes (and reads if
+/// `beta != 0`).
 unsafe fn scale_c(m: usize, n: usize, beta: f32, c: *mut f32, rsc: isize, csc: isize) {
     for i in 0..m {
         for j in 0..n {
@@ -1202,6 +1280,11 @@ pub(crate) fn serial_scope<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Runs `args` with `kernel` (and `bias`, or null), split over K or blocked.
+///
+/// # Safety
+/// As for [`sgemm`] (or [`sgemm_bias`] with a bias of `n` values), and the CPU supports
+/// `kernel`.
 unsafe fn gemm_dispatch(kernel: GemmKernel, args: Args, bias: *const f32) {
     let (m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) = args;
     let serial = SERIAL.with(|s| s.get());
@@ -1336,6 +1419,9 @@ fn use_ksplit(m: usize, k: usize, n: usize) -> bool {
 /// each slice's product computed on one thread into its own buffer, and the buffers summed
 /// in slice order. The slicing depends only on `K`, so the result does not depend on the
 /// number of threads.
+///
+/// # Safety
+/// As for [`gemm_dispatch`] with the kernel `K`.
 unsafe fn ksplit<K: Micro>(args: Args, bias: *const f32) {
     let (m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) = args;
     // A multiple of 4 slices keeps 2 or 4 threads evenly loaded (7 slices on 2 threads
@@ -1418,6 +1504,9 @@ const PACK_B_MAX: usize = if cfg!(test) { 64 << 10 } else { 4 << 20 };
 /// would go to sleep and have to be woken for little work each time. Tall tasks with enough
 /// rows (a `B` larger than L2) skip the shared pass and pack their own blocks as they go (see
 /// [`split`]): one fork/join.
+///
+/// # Safety
+/// As for [`gemm_dispatch`] with the kernel `K`.
 unsafe fn blocked<K: Micro>(args: Args, bias: *const f32, serial: bool) {
     let (m, k, n, ..) = args;
     let nr = K::NR;
@@ -1449,6 +1538,10 @@ fn block_offset(k: usize, nr: usize, jc: usize, pc: usize, panels: usize) -> usi
 }
 
 /// [`blocked`] for the `cols` columns of `B` and `C` from column `js`.
+///
+/// # Safety
+/// As for [`blocked`], with `js + cols <= n`, `sp` planned for these `cols`, and `bp` large
+/// enough for the stripe's packed panels when the plan shares them.
 unsafe fn stripe_product<K: Micro>(
     args: Args,
     bias: *const f32,
@@ -1707,6 +1800,12 @@ impl PackedB {
         }
     }
 
+    /// [`PackedB::gemm`] with the kernel `K`, after its bounds checks.
+    ///
+    /// # Safety
+    /// The CPU supports `K` (the one this `B` was packed for); `A`'s `m x k` view at `a` must
+    /// be readable, and `C`'s `m x n` rows `ldc` apart at `c` valid for writes (and reads if
+    /// `beta != 0`), overlapping neither `A` nor the packed data.
     #[allow(clippy::too_many_arguments)]
     unsafe fn run<K: Micro>(
         &self,
@@ -1846,6 +1945,10 @@ mod tests {
                 for mr in [12usize, 6] {
                     let panels = rows.div_ceil(mr);
                     let mut got = vec![f32::NAN; panels * mr * kc];
+                    // SAFETY: row-major, the last element read is (rows - 1) * 80 + kc - 1;
+                    // column-major (rows - 1) + (kc - 1) * 70; both below 64 * 80. `got`
+                    // holds the `panels * mr * kc` values `pack_a` writes; the pack kernels
+                    // are plain Rust, so any CPU runs them.
                     unsafe {
                         match mr {
                             12 => pack_a::<12>(rows, kc, src.as_ptr(), rsa, csa, &mut got),
@@ -1883,7 +1986,12 @@ mod tests {
                         continue;
                     }
                     let mut got = vec![f32::NAN; kc * nr];
+                    // SAFETY: `base` is 0 or 4900, inside the 5120 values of `src`.
                     let b = unsafe { src.as_ptr().offset(base) };
+                    // SAFETY: every element read, base + p * rsb + j * csb for p < kc and
+                    // j < cols, lies in 0..5120 for the strides above (the flipped layout
+                    // starts column j at 4900 - 70 j, from 4900 down to 70); `got` holds the
+                    // `kc * nr` values of one panel.
                     unsafe { pack_b_panel(nr, q, cols, kc, b, rsb, csb, &mut got) };
                     for (at, &g) in got.iter().enumerate() {
                         let (p, j) = (at / nr, q * nr + at % nr);
@@ -1911,6 +2019,9 @@ mod tests {
         for kernel in kernels() {
             let mut c = vec![0.0f32; m * n];
             let mut ct = vec![0.0f32; n * m];
+            // SAFETY: `a` (m x k), `b` (k x n), `c` (m x n) and `ct` (n x m) are distinct
+            // vectors of exactly the sizes the strides address; `kernels()` lists only
+            // kernels this CPU supports.
             unsafe {
                 let (ap, bp) = (a.as_ptr(), b.as_ptr());
                 let (k_, n_) = (k as isize, n as isize);
@@ -1992,6 +2103,9 @@ mod tests {
                         let c0 = data(m * n, 3);
                         let mut c = c0.clone();
                         let (rsc, csc) = if col_major_c { (1, m) } else { (n, 1) };
+                        // SAFETY: `a`, `b` and `c` are distinct vectors of m*k, k*n and m*n
+                        // values, each addressed by its strides within those sizes;
+                        // `kernels()` lists only kernels this CPU supports.
                         unsafe {
                             sgemm_with(
                                 kernel,
@@ -2044,6 +2158,8 @@ mod tests {
             .build()
             .unwrap();
         let mut c = vec![f32::NAN; m * n];
+        // SAFETY: the callers pass `a` and `b` of m*k and k*n values, row-major as the
+        // strides say; `c` is a fresh m*n vector; `kernel` comes from `kernels()` (supported).
         pool.install(|| unsafe {
             sgemm_with(
                 kernel,
@@ -2147,6 +2263,8 @@ mod tests {
             let (a, b, bias) = (data(m * k, 9), data(k * n, 10), data(n, 11));
             let want = reference(m, k, n, &a, (k, 1), &b, (1, k));
             let mut c = vec![f32::NAN; m * n];
+            // SAFETY: `a` (m x k row-major), `b` (read as k x n with strides (1, k)), `bias`
+            // (n values) and `c` (m x n) are distinct vectors of exactly those sizes.
             unsafe {
                 sgemm_bias(
                     m,

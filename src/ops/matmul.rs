@@ -47,7 +47,9 @@ impl MatView {
 }
 
 /// # Safety
-/// Views must be in bounds of their slices and `c` must not overlap `a` or `b`.
+/// Views must be in bounds of their slices (every element of the `m x k` and `k x n` matrices
+/// they describe), `c` with strides `(rsc, csc)` must be an `m x n` matrix valid for writes
+/// (and reads when `beta != 0`), and `c` must not overlap `a` or `b`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm_into<E: Element>(
     m: usize,
@@ -81,7 +83,11 @@ pub(crate) unsafe fn gemm_into<E: Element>(
 }
 
 struct SendPtr<E>(*mut E);
+// SAFETY: the only use is `matmul_raw`'s parallel loop, where each task writes its own
+// disjoint `m * n` block of a buffer that outlives the loop, and `E: Element` values are
+// plain `Copy` numbers that may be written from any thread.
 unsafe impl<E> Send for SendPtr<E> {}
+// SAFETY: as for `Send`: tasks sharing the pointer write disjoint blocks and read nothing.
 unsafe impl<E> Sync for SendPtr<E> {}
 
 /// Batched product without recording; `a` is `[..., m, k]`, `b` is `[..., k, n]`.
@@ -133,6 +139,10 @@ fn matmul_raw<E: Element>(a: &Tensor<E>, b: &Tensor<E>) -> Result<Tensor<E>> {
     let ga = a.storage().read();
     let gb = b.storage().read();
     let (da, db): (&[E], &[E]) = (&ga, &gb);
+    // SAFETY: `la` and `lb` are the operands' layouts broadcast to the batch shape, so batch
+    // element i's `m x k` and `k x n` views lie inside `da` and `db`; callers pass a `c`
+    // with room for the `m x n` block, in `out`, which is distinct from both storages; with
+    // beta = 0 the block is written without being read.
     let one = |i: usize, c: *mut E| unsafe {
         gemm_into(
             m,
@@ -153,11 +163,14 @@ fn matmul_raw<E: Element>(a: &Tensor<E>, b: &Tensor<E>) -> Result<Tensor<E>> {
         let ptr = SendPtr(out.as_mut_ptr());
         let ptr = &ptr;
         (0..nb).into_par_iter().for_each(|i| {
-            // SAFETY: each batch element writes its own disjoint m*n block.
+            // SAFETY: `out` has capacity `len = nb * m * n`, so block i starts inside it
+            // (`add` stays within the allocation), and each batch element writes its own
+            // disjoint m*n block.
             one(i, unsafe { ptr.0.add(i * m * n) })
         });
     } else {
         for i in 0..nb {
+            // SAFETY: `out` has capacity `nb * m * n`, so block i starts inside it.
             one(i, unsafe { out.as_mut_ptr().add(i * m * n) });
         }
     }

@@ -45,20 +45,27 @@ macro_rules! multiversion {
         $vis fn $name($($arg: $ty),*) {
             #[inline(always)]
             fn body<$M: MulAdd>($($arg: $ty),*) $body
+            /// # Safety
+            /// The CPU has AVX-512F/DQ/VL, AVX2 and FMA.
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
             unsafe fn avx512($($arg: $ty),*) {
                 body::<Fused>($($arg),*)
             }
+            /// # Safety
+            /// The CPU has AVX2 and FMA.
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
             unsafe fn avx2($($arg: $ty),*) {
                 body::<Fused>($($arg),*)
             }
             match level() {
-                // SAFETY: `level()` reported the features these copies were compiled for.
+                // SAFETY: `level()` reported AVX-512F/DQ/VL, AVX2 and FMA, the features this
+                // copy was compiled for; the arguments are the safe function's own.
                 #[cfg(target_arch = "x86_64")]
                 Level::Avx512 => unsafe { avx512($($arg),*) },
+                // SAFETY: `level()` reported AVX2 and FMA, the features this copy was
+                // compiled for; the arguments are the safe function's own.
                 #[cfg(target_arch = "x86_64")]
                 Level::Avx2 => unsafe { avx2($($arg),*) },
                 _ => body::<Unfused>($($arg),*),
@@ -119,7 +126,9 @@ pub fn gelu_grad_to<E: Element>(x: &[E], g: &[E], y: &mut [MaybeUninit<E>]) {
 
 /// `y` as `f32` slots; only called when `E` is `f32`.
 fn as_f32<E: Element>(y: &mut [MaybeUninit<E>]) -> &mut [MaybeUninit<f32>] {
-    assert_eq!(E::DTYPE, DType::F32);
+    // The type itself, not `E::DTYPE`: `Element` is a safe public trait, so another crate's
+    // type may claim `DType::F32` with a different size.
+    assert!(std::any::TypeId::of::<E>() == std::any::TypeId::of::<f32>());
     // SAFETY: E is f32 (checked), so the slots have the same size, alignment and count.
     unsafe { std::slice::from_raw_parts_mut(y.as_mut_ptr().cast(), y.len()) }
 }
@@ -165,6 +174,8 @@ pub(crate) unsafe fn transpose8x8_f32(src: *const f32, rs: usize, dst: *mut f32,
     {
         static AVX: OnceLock<bool> = OnceLock::new();
         if *AVX.get_or_init(|| std::arch::is_x86_feature_detected!("avx")) {
+            // SAFETY: AVX was detected at run time; the pointers are the caller's, under
+            // this function's contract.
             return x86::transpose8x8_avx(src, rs, dst, ld);
         }
     }
@@ -179,6 +190,10 @@ pub(crate) unsafe fn transpose8x8_f32(src: *const f32, rs: usize, dst: *mut f32,
 mod x86 {
     use std::arch::x86_64::*;
 
+    /// [`super::transpose8x8_f32`] with AVX shuffles.
+    ///
+    /// # Safety
+    /// The CPU has AVX, and the pointers satisfy [`super::transpose8x8_f32`]'s contract.
     #[target_feature(enable = "avx")]
     pub(super) unsafe fn transpose8x8_avx(src: *const f32, rs: usize, dst: *mut f32, ld: usize) {
         let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * rs)));
@@ -222,6 +237,8 @@ mod tests {
     fn block_transpose_matches_the_definition() {
         let src: Vec<f32> = (0..8 * 11).map(|i| i as f32).collect();
         let mut dst = vec![-1.0f32; 8 * 13];
+        // SAFETY: rows of 11 from offset 2 end at 2 + 7 * 11 + 8 = 87 <= 88 values; columns
+        // of 13 from offset 1 end at 1 + 7 * 13 + 8 = 100 <= 104; two distinct vectors.
         unsafe { transpose8x8_f32(src.as_ptr().add(2), 11, dst.as_mut_ptr().add(1), 13) };
         for (i, &d) in dst.iter().enumerate() {
             let (c, r) = (i / 13, i % 13);

@@ -111,8 +111,10 @@ pub trait Element:
     /// `f32`, matrixmultiply for `f64`).
     ///
     /// # Safety
-    /// The pointers and strides must describe valid `m x k`, `k x n` and `m x n` matrices;
-    /// `c` must not alias `a` or `b`.
+    /// The pointers and strides must describe `m x k` and `k x n` matrices valid for reads
+    /// and an `m x n` matrix `c` valid for writes, and for reads when `beta != 0` (with
+    /// `beta == 0`, `c` is never read and may be uninitialised); `c` must not alias `a` or
+    /// `b`, and no two of its elements may share an address.
     #[allow(clippy::too_many_arguments)]
     unsafe fn gemm(
         m: usize,
@@ -250,6 +252,7 @@ macro_rules! impl_element {
             fn ln_1p(self) -> Self {
                 <$t>::ln_1p(self)
             }
+            // Safety: the caller upholds `Element::gemm`'s contract, which `$gemm` shares.
             unsafe fn gemm(
                 m: usize,
                 k: usize,
@@ -269,6 +272,8 @@ macro_rules! impl_element {
                 $gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
             }
             $(
+                // Safety: the caller upholds `Element::gemm_bias`'s contract, which
+                // `$gemm_bias` shares.
                 unsafe fn gemm_bias(
                     m: usize,
                     k: usize,

@@ -9,7 +9,7 @@
 //! `docs/performance.md`.
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
-use tarflow::bench::kernels::{sgemm_row_major, MATMUL_SHAPES};
+use tarflow::bench::kernels::{sgemm_row_major, Sgemm, MATMUL_SHAPES};
 use tarflow::{Rng, Tensor};
 
 fn matmul(c: &mut Criterion) {
@@ -33,10 +33,10 @@ fn matmul(c: &mut Criterion) {
             bch.iter(|| a.linear(&w, None).unwrap())
         });
         g.bench_function(BenchmarkId::new("gemm_direct", &id), |bch| {
-            bch.iter(|| sgemm_row_major(tarflow::ops::gemm::sgemm, m, k, n, &av, &bv, &mut out))
+            bch.iter(|| sgemm_row_major(Sgemm::Ours, m, k, n, &av, &bv, &mut out))
         });
         g.bench_function(BenchmarkId::new("sgemm_direct", &id), |bch| {
-            bch.iter(|| sgemm_row_major(matrixmultiply::sgemm, m, k, n, &av, &bv, &mut out))
+            bch.iter(|| sgemm_row_major(Sgemm::MatrixMultiply, m, k, n, &av, &bv, &mut out))
         });
         g.finish();
     }

@@ -1,4 +1,5 @@
 #![warn(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 //! `tarflow`: TarFlow normalizing flows on a self-contained tensor engine.
 //!
 //! The engine ([`Tensor`], reverse-mode autograd in [`autograd`], ops in [`ops`]) is written

@@ -1,4 +1,5 @@
 //! The `tarflow` command-line program.
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 mod cli;
 

@@ -249,30 +249,21 @@ pub fn bench_transformer(
     (r, snap)
 }
 
-/// The signature shared by `ops::gemm::sgemm` and `matrixmultiply::sgemm`.
-pub type SgemmFn = unsafe fn(
-    usize,
-    usize,
-    usize,
-    f32,
-    *const f32,
-    isize,
-    isize,
-    *const f32,
-    isize,
-    isize,
-    f32,
-    *mut f32,
-    isize,
-    isize,
-);
+/// The two single-precision GEMMs the benches compare, called directly on raw buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sgemm {
+    /// This crate's `ops::gemm::sgemm` (AVX-512/AVX2 kernels, matrixmultiply elsewhere).
+    Ours,
+    /// `matrixmultiply::sgemm`.
+    MatrixMultiply,
+}
 
 /// `c = a @ b` for row-major `m x k`, `k x n` and `m x n` buffers, through `gemm`.
 ///
 /// # Panics
 /// If a buffer is smaller than its matrix.
 pub fn sgemm_row_major(
-    gemm: SgemmFn,
+    gemm: Sgemm,
     m: usize,
     k: usize,
     n: usize,
@@ -281,8 +272,13 @@ pub fn sgemm_row_major(
     c: &mut [f32],
 ) {
     assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
-    // SAFETY: the assertion keeps the three row-major views inside their buffers; c is a
-    // distinct &mut slice.
+    let gemm = match gemm {
+        Sgemm::Ours => crate::ops::gemm::sgemm,
+        Sgemm::MatrixMultiply => matrixmultiply::sgemm,
+    };
+    // SAFETY: both GEMMs touch only the elements of the strided views they are given; the
+    // assertion keeps the three row-major views inside their buffers, and c is a distinct
+    // &mut slice.
     unsafe {
         gemm(
             m,
@@ -333,11 +329,11 @@ pub fn bench_matmul(
     };
     let mut c2 = vec![0f32; m * n];
     let mut own = || {
-        sgemm_row_major(crate::ops::gemm::sgemm, m, k, n, &av, &bv, &mut c2);
+        sgemm_row_major(Sgemm::Ours, m, k, n, &av, &bv, &mut c2);
         std::hint::black_box(&mut c2);
     };
     let mut direct = || {
-        sgemm_row_major(matrixmultiply::sgemm, m, k, n, &av, &bv, &mut c);
+        sgemm_row_major(Sgemm::MatrixMultiply, m, k, n, &av, &bv, &mut c);
         std::hint::black_box(&mut c);
     };
     // The peak again, in the same rounds as the products, for about as long as one product.

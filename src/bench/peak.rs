@@ -95,6 +95,9 @@ mod x86 {
     use std::arch::x86_64::*;
 
     /// 12 chains of `acc = acc * a + b` on 8-lane vectors.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn fma_avx2_inner(iters: u64) -> f32 {
         let a = _mm256_set1_ps(0.999_999);

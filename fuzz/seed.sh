@@ -11,6 +11,7 @@
 #   image_folder  PNGs (gray, RGB, RGBA, 16-bit, palette) and JPEGs (RGB, gray), each after
 #                 the target's leading size/colour selector byte
 #   views         none needed (short byte strings)
+#   cli_args      the README's command lines, one argument per NUL-separated field
 # Needs python3 (standard library only) and builds the release binary. Run from anywhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +21,7 @@ BIN=$PWD/target/release/tarflow
 C=$PWD/fuzz/corpus
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
-mkdir -p "$C"/{checkpoint,resume,tensors,idx,cifar,image_folder,views}
+mkdir -p "$C"/{checkpoint,resume,tensors,idx,cifar,image_folder,views,cli_args}
 
 "$BIN" init --preset tiny --out "$C/checkpoint/tiny.safetensors" >/dev/null
 
@@ -118,6 +119,31 @@ PY
 "$BIN" init --preset tiny --out "$TMP/m.safetensors" >/dev/null
 "$BIN" encode --checkpoint "$TMP/m.safetensors" --input "$TMP/x.safetensors" \
   --output "$C/tensors/encode-output.safetensors" >/dev/null
+
+# Command lines as a user types them (the program name is added by the target).
+i=0
+while read -r line; do
+  i=$((i + 1))
+  # shellcheck disable=SC2086 # split the line into its words
+  printf '%s\0' $line | head -c -1 >"$C/cli_args/readme-$i"
+done <<'ARGS'
+train
+train --preset mnist-likelihood --patch-size 2 --width 64 --steps 9000 --lr 2e-3
+train --preset tiny --steps 2 --eval-every 1000 --sample-every 1000 --ema 0.99 --out run
+train --resume run --steps 60
+train --device cpu --hflip --label-dropout 0.1 --keep-checkpoints 3 --warmup-steps 10
+eval --checkpoint model.safetensors --draws 4 --batch-size 64
+sample --checkpoint model.safetensors --num 8 --cfg 1.5 --denoise --out grid.png
+sample --checkpoint m.safetensors --num 4 --class 3 --attn-temp 0.9 --attn-weight 1.5 --seed 7
+init --preset mnist --out model.safetensors --randomize-output 1e-2
+audit --preset tiny --dtype f64 --samples 2
+audit --checkpoint model.safetensors
+encode --checkpoint model.safetensors --input x.safetensors --output z.safetensors
+decode --checkpoint model.safetensors --input z.safetensors --output x.safetensors
+bench --preset mnist --repeats 10 --batch 16
+bench --kernels --json
+bench --patch-size 2 --width 64 --image-size 32
+ARGS
 
 for d in "$C"/*/; do
   echo "$(basename "$d"): $(find "$d" -type f | wc -l) seed file(s)"

@@ -21,6 +21,7 @@ pub mod bench;
 pub mod data;
 pub mod error;
 pub mod fsutil;
+pub mod gpu;
 pub mod gradcheck;
 pub mod imageio;
 pub mod model;

@@ -1,0 +1,110 @@
+//! The launch interface every GPU-like device implements: the CUDA driver (through cudarc)
+//! and the PTX interpreter. The GPU backend sizes grids, packs arguments and manages buffers
+//! against this trait only, so the same backend code and the same PTX bytes run on both.
+
+use crate::error::Result;
+
+/// An address in a device's global memory. Opaque to the host: it is only passed back to the
+/// driver that returned it, or packed as a kernel argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DevicePtr(pub u64);
+
+impl DevicePtr {
+    /// The address `bytes` further on (for sub-buffers and views).
+    pub fn offset(self, bytes: u64) -> DevicePtr {
+        DevicePtr(self.0 + bytes)
+    }
+}
+
+/// Grid and block sizes of one launch, and its dynamic shared memory in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaunchConfig {
+    /// CTAs per grid dimension (x, y, z).
+    pub grid: (u32, u32, u32),
+    /// Threads per CTA dimension (x, y, z).
+    pub block: (u32, u32, u32),
+    /// Dynamic shared memory per CTA, in bytes (on top of the kernel's static `.shared`).
+    pub shared_bytes: u32,
+}
+
+impl LaunchConfig {
+    /// A one-dimensional launch: `grid` CTAs of `block` threads, no dynamic shared memory.
+    pub fn linear(grid: u32, block: u32) -> Self {
+        LaunchConfig {
+            grid: (grid, 1, 1),
+            block: (block, 1, 1),
+            shared_bytes: 0,
+        }
+    }
+}
+
+/// One kernel parameter, packed as the PTX `.param` of the same width.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum KernelArg {
+    /// A global-memory pointer (`.param .u64`).
+    Ptr(DevicePtr),
+    /// `.param .u32` / `.s32` (bit pattern).
+    U32(u32),
+    /// `.param .u64` / `.s64` (bit pattern).
+    U64(u64),
+    /// `.param .f32`.
+    F32(f32),
+    /// `.param .f64`.
+    F64(f64),
+}
+
+impl KernelArg {
+    /// The little-endian bytes the kernel's parameter space holds for this argument.
+    pub fn to_bytes(self) -> Vec<u8> {
+        match self {
+            KernelArg::Ptr(p) => p.0.to_le_bytes().to_vec(),
+            KernelArg::U32(v) => v.to_le_bytes().to_vec(),
+            KernelArg::U64(v) => v.to_le_bytes().to_vec(),
+            KernelArg::F32(v) => v.to_le_bytes().to_vec(),
+            KernelArg::F64(v) => v.to_le_bytes().to_vec(),
+        }
+    }
+}
+
+/// A PTX module compiled into the binary: its file name (for messages) and its text.
+#[derive(Clone, Copy, Debug)]
+pub struct PtxModule {
+    /// The module's name, e.g. `"elementwise"` for `ptx/elementwise.ptx`.
+    pub name: &'static str,
+    /// The PTX text, as committed.
+    pub ptx: &'static str,
+}
+
+/// A device that allocates global memory, copies to and from the host, and launches kernels
+/// from embedded PTX modules. Launches on one driver run in order (one stream); a download
+/// waits for every launch before it.
+pub trait Driver: Send + Sync {
+    /// A short name for messages, e.g. `"cuda:0 (NVIDIA H200)"` or `"ptx-sim"`.
+    fn name(&self) -> String;
+
+    /// Allocates `bytes` of global memory (contents unspecified: the interpreter fills fresh
+    /// memory with a NaN pattern so that uninitialised reads show).
+    fn alloc(&self, bytes: usize) -> Result<DevicePtr>;
+
+    /// Returns memory from [`Driver::alloc`]; `ptr` must not be used afterwards.
+    fn free(&self, ptr: DevicePtr) -> Result<()>;
+
+    /// Copies `src` to device memory at `dst`.
+    fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()>;
+
+    /// Copies `dst.len()` bytes of device memory at `src` to `dst`, after every earlier launch.
+    fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()>;
+
+    /// Launches `kernel` (an `.entry` of `module`) with `args` in the order of its parameters.
+    /// Loading and caching the module is the driver's business.
+    fn launch(
+        &self,
+        module: &PtxModule,
+        kernel: &str,
+        config: LaunchConfig,
+        args: &[KernelArg],
+    ) -> Result<()>;
+
+    /// Waits for every launch and copy issued so far; reports a failure of any of them.
+    fn synchronize(&self) -> Result<()>;
+}

@@ -1,0 +1,251 @@
+// Elementwise unary and binary ops over strided / broadcast operands, selected by op code.
+//
+// Gradient-write convention: the output is written (`=`), contiguous, row-major over the
+// broadcast shape; backward passes use the `*_GRAD` codes, which compute `g * f'(x)` (or
+// `g * f'(y)` from the saved output) exactly as src/ops/unary.rs and binary.rs do, and the
+// autograd engine sums the results.
+//
+// Launch configuration (both kernels): 1-d grid of 1-d blocks of 256 threads; any grid size
+// >= 1 works (grid-stride loop), the host uses min(ceil(n / 256), 65535) CTAs.
+//
+// Operands: up to 8 dimensions (`rank` used, outermost first, unused slots 0); strides in
+// elements, 0 for a broadcast dimension. `n` is the product of the shape, < 2^31.
+//
+// Formulas follow the CPU's f32 code operation for operation. Products and sums are written
+// with __fmul_rn / __fadd_rn where the CPU rounds twice, so nvcc does not contract them into
+// one fma (Rust never contracts); the polynomial steps of GELU's erf are fmaf, as in the
+// CPU's FMA build (src/tensor/element.rs, `erf_f32_with::<Fused>`). Transcendental library
+// functions (expf, logf, tanhf, powf, log1pf) are CUDA's accurate versions (not the
+// __expf-style intrinsics): within a few ulp of the CPU's, not bit-identical.
+//
+// The op codes are shared with src/gpu/kernels.rs (`UnaryOp`, `BinaryOp`); a test there
+// parses these enums and fails if the two disagree. Append new codes; never renumber.
+
+#define MAX_DIMS 8
+
+#define DIMS(p) unsigned p##0, unsigned p##1, unsigned p##2, unsigned p##3, \
+                unsigned p##4, unsigned p##5, unsigned p##6, unsigned p##7
+#define STRIDES(p) int p##0, int p##1, int p##2, int p##3, int p##4, int p##5, int p##6, int p##7
+#define ARR(p) {p##0, p##1, p##2, p##3, p##4, p##5, p##6, p##7}
+
+enum UnaryOp {
+  UNARY_NEG = 0,
+  UNARY_EXP = 1,
+  UNARY_LOG = 2,
+  UNARY_SQRT = 3,
+  UNARY_SQUARE = 4,
+  UNARY_TANH = 5,
+  UNARY_SIGMOID = 6,
+  UNARY_SOFTPLUS = 7,
+  UNARY_GELU = 8,
+  UNARY_GELU_TANH = 9,
+  UNARY_RELU = 10,
+  UNARY_ABS = 11,
+  UNARY_POWF = 12,        // x^p0
+  UNARY_CLAMP = 13,       // min(max(x, p0), p1)
+  UNARY_ADD_SCALAR = 14,  // x + p0
+  UNARY_MUL_SCALAR = 15,  // x * p0
+};
+
+enum BinaryOp {
+  BINARY_ADD = 0,
+  BINARY_SUB = 1,
+  BINARY_MUL = 2,
+  BINARY_DIV = 3,
+  BINARY_MAXIMUM = 4,         // a >= b ? a : b
+  BINARY_MAXIMUM_MASK = 5,    // a >= b ? 1 : 0
+  BINARY_MUL_ONE_MINUS = 6,   // a * (1 - b)
+  BINARY_LOG_GRAD = 7,        // g * (1 / x)
+  BINARY_SQRT_GRAD = 8,       // g * 0.5 / y
+  BINARY_SQUARE_GRAD = 9,     // g * (x + x)
+  BINARY_TANH_GRAD = 10,      // g * (1 - y * y)
+  BINARY_SIGMOID_GRAD = 11,   // g * y * (1 - y)
+  BINARY_SOFTPLUS_GRAD = 12,  // g * sigmoid(x)
+  BINARY_GELU_GRAD = 13,      // g * gelu'(x)
+  BINARY_GELU_TANH_GRAD = 14, // g * gelu_tanh'(x)
+  BINARY_RELU_GRAD = 15,      // g * (x > 0)
+  BINARY_ABS_GRAD = 16,       // g * sign(x)
+  BINARY_POWF_GRAD = 17,      // g * (p0 * x^p1), p1 = p0 - 1 rounded from f64 by the host
+  BINARY_CLAMP_GRAD = 18,     // g * (p0 < x < p1)
+  BINARY_DIV_GRAD_B = 19,     // -t / (b * b), t = g * a from a BINARY_MUL before
+};
+
+#define MUL(a, b) __fmul_rn((a), (b))
+#define ADD(a, b) __fadd_rn((a), (b))
+#define SUB(a, b) __fsub_rn((a), (b))
+
+__device__ __forceinline__ long long offset_of(unsigned i, unsigned rank, const unsigned* shape,
+                                               const int* stride) {
+  long long o = 0;
+#pragma unroll
+  for (int d = MAX_DIMS - 1; d >= 0; --d) {
+    if (d < (int)rank) {
+      unsigned c = i % shape[d];
+      i /= shape[d];
+      o += (long long)c * stride[d];
+    }
+  }
+  return o;
+}
+
+// e^y for y in [-87, 0] (the caller guarantees it): the CPU's `exp_neg_f32_with`.
+__device__ __forceinline__ float exp_neg(float y) {
+  const float ROUND = 12582912.0f;
+  const float LN2_HI = 0.693115234375f;
+  const float LN2_LO = 3.1946183e-5f;
+  float t = ADD(MUL(y, 1.44269504088896341f), ROUND);
+  float n = SUB(t, ROUND);
+  float r = SUB(SUB(y, MUL(n, LN2_HI)), MUL(n, LN2_LO));
+  float p = 1.3941108e-3f;
+  p = fmaf(p, r, 8.375126e-3f);
+  p = fmaf(p, r, 4.1666353e-2f);
+  p = fmaf(p, r, 0.16666416f);
+  p = fmaf(p, r, 0.5f);
+  p = fmaf(p, r, 1.0f);
+  p = fmaf(p, r, 1.0f);
+  unsigned biased = __float_as_uint(t) - __float_as_uint(ROUND) + 127u;
+  return MUL(p, __uint_as_float(biased << 23));
+}
+
+// The crate's f32 erf (src/tensor/element.rs, `erf_f32_with`), Horner steps fused.
+__device__ __forceinline__ float erf_crate(float x) {
+  float ax = fabsf(x);
+  float u = MUL(x, x);
+  float s = -6.0040812e-4f;
+  s = fmaf(s, u, 4.9960202e-3f);
+  s = fmaf(s, u, -2.6768757e-2f);
+  s = fmaf(s, u, 0.11281882f);
+  s = fmaf(s, u, -0.37612501f);
+  s = fmaf(s, u, 1.1283792f);
+  float small = MUL(x, s);
+  float t = MUL(SUB(ax < 4.0f ? ax : 4.0f, 2.4609375f), 1.0f / 1.5390625f);
+  float q = -2.5252094e-6f;
+  q = fmaf(q, t, 5.084193e-5f);
+  q = fmaf(q, t, -2.7686909e-4f);
+  q = fmaf(q, t, 1.0778235e-3f);
+  q = fmaf(q, t, -3.7927477e-3f);
+  q = fmaf(q, t, 1.2618846e-2f);
+  q = fmaf(q, t, -4.084164e-2f);
+  q = fmaf(q, t, 0.13596158f);
+  q = fmaf(q, t, -0.5496212f);
+  q = fmaf(q, t, -1.5429524f);
+  q = SUB(q, fminf(u, 16.0f));
+  float large = copysignf(SUB(1.0f, exp_neg(q)), x);
+  float r = ax <= 0.921875f ? small : large;
+  return isnan(x) ? x : r;
+}
+
+__device__ __forceinline__ float gelu(float x) {
+  float e = erf_crate(MUL(x, 0.70710678118654752f));
+  return MUL(MUL(0.5f, x), ADD(1.0f, e));
+}
+
+__device__ __forceinline__ float gelu_grad(float x) {
+  float cdf = MUL(0.5f, ADD(1.0f, erf_crate(MUL(x, 0.70710678118654752f))));
+  float pdf = MUL(0.3989423f, exp_neg(fmaxf(MUL(MUL(-0.5f, x), x), -87.0f)));
+  return ADD(cdf, MUL(x, pdf));
+}
+
+__device__ __forceinline__ float gelu_tanh(float x) {
+  float c = 0.79788456080286536f;
+  float k3 = MUL(MUL(MUL(0.044715f, x), x), x);
+  float u = MUL(c, ADD(x, k3));
+  return MUL(MUL(0.5f, x), ADD(1.0f, tanhf(u)));
+}
+
+__device__ __forceinline__ float gelu_tanh_grad(float x) {
+  float c = 0.79788456080286536f;
+  float k = 0.044715f;
+  float u = MUL(c, ADD(x, MUL(MUL(MUL(k, x), x), x)));
+  float t = tanhf(u);
+  float du = MUL(c, ADD(1.0f, MUL(MUL(MUL(3.0f, k), x), x)));
+  float a = MUL(0.5f, ADD(1.0f, t));
+  float b = MUL(MUL(MUL(0.5f, x), SUB(1.0f, MUL(t, t))), du);
+  return ADD(a, b);
+}
+
+__device__ __forceinline__ float sigmoid(float x) {
+  if (x >= 0.0f) {
+    return __fdiv_rn(1.0f, ADD(1.0f, expf(-x)));
+  }
+  float e = expf(x);
+  return __fdiv_rn(e, ADD(1.0f, e));
+}
+
+__device__ __forceinline__ float softplus(float x) {
+  return x > 0.0f ? ADD(x, log1pf(expf(-x))) : log1pf(expf(x));
+}
+
+__device__ __forceinline__ float unary(unsigned op, float x, float p0, float p1) {
+  switch (op) {
+    case UNARY_NEG: return -x;
+    case UNARY_EXP: return expf(x);
+    case UNARY_LOG: return logf(x);
+    case UNARY_SQRT: return __fsqrt_rn(x);
+    case UNARY_SQUARE: return MUL(x, x);
+    case UNARY_TANH: return tanhf(x);
+    case UNARY_SIGMOID: return sigmoid(x);
+    case UNARY_SOFTPLUS: return softplus(x);
+    case UNARY_GELU: return gelu(x);
+    case UNARY_GELU_TANH: return gelu_tanh(x);
+    case UNARY_RELU: return x > 0.0f ? x : 0.0f;
+    case UNARY_ABS: return fabsf(x);
+    case UNARY_POWF: return powf(x, p0);
+    case UNARY_CLAMP: return fminf(fmaxf(x, p0), p1);
+    case UNARY_ADD_SCALAR: return ADD(x, p0);
+    case UNARY_MUL_SCALAR: return MUL(x, p0);
+    default: return __int_as_float(0x7fffffff);  // unknown code: NaN, never a silent value
+  }
+}
+
+__device__ __forceinline__ float binary(unsigned op, float a, float b, float p0, float p1) {
+  switch (op) {
+    case BINARY_ADD: return ADD(a, b);
+    case BINARY_SUB: return SUB(a, b);
+    case BINARY_MUL: return MUL(a, b);
+    case BINARY_DIV: return __fdiv_rn(a, b);
+    case BINARY_MAXIMUM: return a >= b ? a : b;
+    case BINARY_MAXIMUM_MASK: return a >= b ? 1.0f : 0.0f;
+    case BINARY_MUL_ONE_MINUS: return MUL(a, SUB(1.0f, b));
+    case BINARY_LOG_GRAD: return MUL(a, __fdiv_rn(1.0f, b));
+    case BINARY_SQRT_GRAD: return __fdiv_rn(MUL(a, 0.5f), b);
+    case BINARY_SQUARE_GRAD: return MUL(a, ADD(b, b));
+    case BINARY_TANH_GRAD: return MUL(a, SUB(1.0f, MUL(b, b)));
+    case BINARY_SIGMOID_GRAD: return MUL(MUL(a, b), SUB(1.0f, b));
+    case BINARY_SOFTPLUS_GRAD: return MUL(a, sigmoid(b));
+    case BINARY_GELU_GRAD: return MUL(a, gelu_grad(b));
+    case BINARY_GELU_TANH_GRAD: return MUL(a, gelu_tanh_grad(b));
+    case BINARY_RELU_GRAD: return MUL(a, b > 0.0f ? 1.0f : 0.0f);
+    case BINARY_ABS_GRAD: return MUL(a, b > 0.0f ? 1.0f : (b < 0.0f ? -1.0f : 0.0f));
+    case BINARY_POWF_GRAD: return MUL(a, MUL(p0, powf(b, p1)));
+    case BINARY_CLAMP_GRAD: return MUL(a, (b > p0 && b < p1) ? 1.0f : 0.0f);
+    case BINARY_DIV_GRAD_B: return __fdiv_rn(-a, MUL(b, b));
+    default: return __int_as_float(0x7fffffff);
+  }
+}
+
+// out[i] = f(x[view(i)]), out contiguous.
+extern "C" __global__ void unary_f32(float* __restrict__ out, const float* __restrict__ x,
+                                     unsigned n, unsigned op, float p0, float p1, unsigned rank,
+                                     DIMS(shape), STRIDES(xs)) {
+  const unsigned shape[MAX_DIMS] = ARR(shape);
+  const int xstr[MAX_DIMS] = ARR(xs);
+  for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    out[i] = unary(op, x[offset_of(i, rank, shape, xstr)], p0, p1);
+  }
+}
+
+// out[i] = f(a[view_a(i)], b[view_b(i)]), out contiguous over the broadcast shape.
+extern "C" __global__ void binary_f32(float* __restrict__ out, const float* __restrict__ a,
+                                      const float* __restrict__ b, unsigned n, unsigned op,
+                                      float p0, float p1, unsigned rank, DIMS(shape),
+                                      STRIDES(as), STRIDES(bs)) {
+  const unsigned shape[MAX_DIMS] = ARR(shape);
+  const int astr[MAX_DIMS] = ARR(as);
+  const int bstr[MAX_DIMS] = ARR(bs);
+  for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    float va = a[offset_of(i, rank, shape, astr)];
+    float vb = b[offset_of(i, rank, shape, bstr)];
+    out[i] = binary(op, va, vb, p0, p1);
+  }
+}

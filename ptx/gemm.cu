@@ -1,0 +1,327 @@
+// Matrix products C = alpha * op(A) op(B) + beta * C + bias, batched over grid z.
+//
+// Gradient-write convention: C is written (`=`) when beta == 0 (C is then never read, so a
+// NaN-poisoned output buffer is fine) and accumulated (`C = beta * C + ...`) otherwise: the
+// host passes beta = 1 to add a weight gradient into its buffer (`+=`).
+//
+// gemm_f32: f32 operands with any non-negative element strides (transposed operands are
+//   just strides). A[i, l] = a[i * a_rs + l * a_cs], B[l, j] = b[l * b_rs + j * b_cs],
+//   C[i, j] = c[i * c_rs + j]. 64 x 64 output tile per CTA, k-tiles of 16 staged in shared
+//   memory, 256 threads, each computing a 4 x 4 block (rows ty + 16 r, columns tx + 16 s).
+//   Launch: block (256), grid (ceil(n / 64), ceil(m / 64), batch).
+// gemm_bf16_{nn,nt,tn,tt}: bf16 operands on tensor cores (mma.sync m16n8k16, f32
+//   accumulation), f32 C. The first letter says how A ([m, k]) is stored: n = row-major
+//   (k contiguous, a[i * lda + l]), t = transposed (a[l * lda + i]); the second says how B
+//   ([k, n]) is stored: n = row-major (b[l * ldb + j]), t = transposed (b[j * ldb + l], the
+//   layout of a Linear weight [out, in]: y = x W^T is gemm_bf16_nt). 64 x 64 output tile
+//   per CTA, 4 warps each 32 x 32, k-tiles of 32 loaded with cp.async into a double buffer
+//   (the next tile loads while this one multiplies), fragments read with ldmatrix
+//   (.trans for a k-strided operand). Requirements the host checks: lda, ldb and the batch
+//   strides are multiples of 8 elements and a, b are 16-byte aligned (so every full 8-element
+//   chunk is one aligned 16-byte copy). Ragged edges: chunks that cross the m, n or k edge are
+//   loaded element by element with zeros beyond it. Launch: block (128), grid (ceil(n / 64),
+//   ceil(m / 64), batch).
+//
+// Reduction order: for each output, k runs in increasing order, one fma per k for f32; for
+// bf16 the tensor core sums each 16-wide k-step in an order the hardware fixes, then the
+// steps in increasing order. Fixed per shape: results are reproducible run to run.
+//
+// Epilogue (both): v = alpha * acc; if beta != 0, v += beta * C; with GEMM_HAS_BIAS, v +=
+// bias[j] (f32, one per output column).
+
+#include <cuda_bf16.h>
+
+enum GemmFlags {
+  GEMM_HAS_BIAS = 1,
+};
+
+__device__ __forceinline__ float epilogue(float acc, float alpha, float beta, const float* cij,
+                                          const float* __restrict__ bias, unsigned j,
+                                          unsigned flags) {
+  float v = alpha * acc;
+  if (beta != 0.0f) v = fmaf(beta, *cij, v);
+  if (flags & GEMM_HAS_BIAS) v += bias[j];
+  return v;
+}
+
+#define F_BM 64
+#define F_BN 64
+#define F_BK 16
+
+extern "C" __global__ void __launch_bounds__(256)
+    gemm_f32(float* __restrict__ c, const float* __restrict__ a, const float* __restrict__ b,
+             const float* __restrict__ bias, unsigned m, unsigned n, unsigned k,
+             unsigned a_rs, unsigned a_cs, unsigned b_rs, unsigned b_cs, unsigned c_rs,
+             unsigned a_bs, unsigned b_bs, unsigned c_bs, float alpha, float beta,
+             unsigned flags) {
+  __shared__ float As[F_BK][F_BM + 4];
+  __shared__ float Bs[F_BK][F_BN + 4];
+  unsigned tid = threadIdx.x;
+  unsigned tx = tid & 15, ty = tid >> 4;
+  unsigned m0 = blockIdx.y * F_BM, n0 = blockIdx.x * F_BN;
+  a += (size_t)blockIdx.z * a_bs;
+  b += (size_t)blockIdx.z * b_bs;
+  c += (size_t)blockIdx.z * c_bs;
+  float acc[4][4];
+#pragma unroll
+  for (int r = 0; r < 4; ++r)
+#pragma unroll
+    for (int s = 0; s < 4; ++s) acc[r][s] = 0.0f;
+
+  for (unsigned k0 = 0; k0 < k; k0 += F_BK) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      unsigned e = tid + 256 * q;
+      // A: k fastest across threads (coalesced when A is row-major).
+      unsigned ar = e / F_BK, ak = e % F_BK;
+      unsigned gi = m0 + ar, gl = k0 + ak;
+      As[ak][ar] = (gi < m && gl < k) ? a[(size_t)gi * a_rs + (size_t)gl * a_cs] : 0.0f;
+      // B: columns fastest (coalesced when B is row-major).
+      unsigned bk = e / F_BN, bc = e % F_BN;
+      unsigned gk = k0 + bk, gj = n0 + bc;
+      Bs[bk][bc] = (gk < k && gj < n) ? b[(size_t)gk * b_rs + (size_t)gj * b_cs] : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < F_BK; ++kk) {
+      float av[4], bv[4];
+#pragma unroll
+      for (int r = 0; r < 4; ++r) av[r] = As[kk][ty + 16 * r];
+#pragma unroll
+      for (int s = 0; s < 4; ++s) bv[s] = Bs[kk][tx + 16 * s];
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+#pragma unroll
+        for (int s = 0; s < 4; ++s) acc[r][s] = fmaf(av[r], bv[s], acc[r][s]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    unsigned i = m0 + ty + 16 * r;
+    if (i >= m) continue;
+#pragma unroll
+    for (int s = 0; s < 4; ++s) {
+      unsigned j = n0 + tx + 16 * s;
+      if (j >= n) continue;
+      float* cij = c + (size_t)i * c_rs + j;
+      *cij = epilogue(acc[r][s], alpha, beta, cij, bias, j, flags);
+    }
+  }
+}
+
+// ---- bf16 tensor-core GEMM ----
+
+#define T_BM 64
+#define T_BN 64
+#define T_BK 32
+#define T_PAD 8
+// Elements per operand stage: the larger of [64][32 + 8] and [32][64 + 8].
+#define T_STAGE (T_BM * (T_BK + T_PAD))
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+  return (unsigned)__cvta_generic_to_shared(p);
+}
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+__device__ __forceinline__ void mma_bf16(float* d, const unsigned* a, const unsigned* b) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// Loads one operand tile into shared memory `s`: `rows` x `cols` elements of a matrix whose
+// element (row, col) sits at g[row * ld + col], starting at (row0, col0), bounded by
+// (row_lim, col_lim), stored at s[r * (cols + T_PAD) + col]. 256 chunks of 8 elements, two
+// per thread; full chunks by cp.async, edge chunks element by element with zeros.
+template <int ROWS, int COLS>
+__device__ __forceinline__ void load_tile(__nv_bfloat16* s, const __nv_bfloat16* __restrict__ g,
+                                          unsigned ld, unsigned row0, unsigned col0,
+                                          unsigned row_lim, unsigned col_lim) {
+  constexpr int CPR = COLS / 8;  // chunks per row
+#pragma unroll
+  for (int q = 0; q < 2; ++q) {
+    unsigned e = threadIdx.x + 128 * q;
+    unsigned r = e / CPR, cc = (e % CPR) * 8;
+    unsigned gr = row0 + r, gc = col0 + cc;
+    __nv_bfloat16* dst = s + r * (COLS + T_PAD) + cc;
+    if (gr < row_lim && gc + 8 <= col_lim) {
+      cp_async16(dst, g + (size_t)gr * ld + gc);
+    } else {
+      unsigned short v[8];
+#pragma unroll
+      for (int t = 0; t < 8; ++t) {
+        bool in = gr < row_lim && gc + t < col_lim;
+        v[t] = in ? __bfloat16_as_ushort(g[(size_t)gr * ld + gc + t]) : (unsigned short)0;
+      }
+      uint4 w;
+      w.x = v[0] | ((unsigned)v[1] << 16);
+      w.y = v[2] | ((unsigned)v[3] << 16);
+      w.z = v[4] | ((unsigned)v[5] << 16);
+      w.w = v[6] | ((unsigned)v[7] << 16);
+      *reinterpret_cast<uint4*>(dst) = w;
+    }
+  }
+}
+
+template <bool A_KMAJOR, bool B_KMAJOR>
+__device__ __forceinline__ void gemm_bf16(float* __restrict__ c,
+                                          const __nv_bfloat16* __restrict__ a,
+                                          const __nv_bfloat16* __restrict__ b,
+                                          const float* __restrict__ bias, unsigned m,
+                                          unsigned n, unsigned k, unsigned lda, unsigned ldb,
+                                          unsigned ldc, unsigned a_bs, unsigned b_bs,
+                                          unsigned c_bs, float alpha, float beta,
+                                          unsigned flags) {
+  __shared__ __align__(16) __nv_bfloat16 As[2][T_STAGE];
+  __shared__ __align__(16) __nv_bfloat16 Bs[2][T_STAGE];
+  unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  unsigned wm = warp >> 1, wn = warp & 1;
+  unsigned m0 = blockIdx.y * T_BM, n0 = blockIdx.x * T_BN;
+  a += (size_t)blockIdx.z * a_bs;
+  b += (size_t)blockIdx.z * b_bs;
+  c += (size_t)blockIdx.z * c_bs;
+
+  float acc[2][4][4];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int t = 0; t < 4; ++t) acc[i][j][t] = 0.0f;
+
+  auto load = [&](int stage, unsigned k0) {
+    if (A_KMAJOR) {
+      load_tile<T_BM, T_BK>(As[stage], a, lda, m0, k0, m, k);
+    } else {
+      load_tile<T_BK, T_BM>(As[stage], a, lda, k0, m0, k, m);
+    }
+    if (B_KMAJOR) {
+      load_tile<T_BN, T_BK>(Bs[stage], b, ldb, n0, k0, n, k);
+    } else {
+      load_tile<T_BK, T_BN>(Bs[stage], b, ldb, k0, n0, k, n);
+    }
+  };
+
+  unsigned ktiles = (k + T_BK - 1) / T_BK;
+  if (ktiles > 0) {
+    load(0, 0);
+  }
+  cp_async_commit();
+  for (unsigned kt = 0; kt < ktiles; ++kt) {
+    int stage = kt & 1;
+    if (kt + 1 < ktiles) {
+      // The other stage was last read in iteration kt - 1, which ended with a barrier.
+      load(stage ^ 1, (kt + 1) * T_BK);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const __nv_bfloat16* as = As[stage];
+    const __nv_bfloat16* bs = Bs[stage];
+#pragma unroll
+    for (int ks = 0; ks < T_BK; ks += 16) {
+      unsigned af[2][4], bf[4][2];
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi) {
+        unsigned base = wm * 32 + mi * 16;
+        if (A_KMAJOR) {
+          // Matrices: (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (8-15, 8-15).
+          unsigned row = base + (lane & 15), col = ks + (lane >> 4) * 8;
+          ldmatrix_x4(af[mi], as + row * (T_BK + T_PAD) + col);
+        } else {
+          // Stored [k][m]: the same four matrices, read transposed.
+          unsigned q = lane >> 3, r = lane & 7;
+          unsigned kr = ks + r + (q >> 1) * 8, mc = base + (q & 1) * 8;
+          ldmatrix_x4_trans(af[mi], as + kr * (T_BM + T_PAD) + mc);
+        }
+      }
+#pragma unroll
+      for (int p = 0; p < 2; ++p) {
+        unsigned nb = wn * 32 + p * 16;
+        unsigned r4[4];
+        if (B_KMAJOR) {
+          // Stored [n][k]: (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15).
+          unsigned nr = nb + (lane & 7) + (lane >> 4) * 8, kc = ks + ((lane >> 3) & 1) * 8;
+          ldmatrix_x4(r4, bs + nr * (T_BK + T_PAD) + kc);
+        } else {
+          // Stored [k][n]: the same four matrices, read transposed.
+          unsigned q = lane >> 3, r = lane & 7;
+          unsigned kr = ks + r + (q & 1) * 8, nc = nb + (q >> 1) * 8;
+          ldmatrix_x4_trans(r4, bs + kr * (T_BN + T_PAD) + nc);
+        }
+        bf[2 * p][0] = r4[0];
+        bf[2 * p][1] = r4[1];
+        bf[2 * p + 1][0] = r4[2];
+        bf[2 * p + 1][1] = r4[3];
+      }
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int nf = 0; nf < 4; ++nf) mma_bf16(acc[mi][nf], af[mi], bf[nf]);
+    }
+    // Every warp is done with this stage before the next iteration overwrites it.
+    __syncthreads();
+  }
+
+  unsigned group = lane >> 2, tig = lane & 3;
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      unsigned i = m0 + wm * 32 + mi * 16 + group + 8 * h;
+      if (i >= m) continue;
+#pragma unroll
+      for (int nf = 0; nf < 4; ++nf) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          unsigned j = n0 + wn * 32 + nf * 8 + 2 * tig + e;
+          if (j >= n) continue;
+          float* cij = c + (size_t)i * ldc + j;
+          *cij = epilogue(acc[mi][nf][2 * h + e], alpha, beta, cij, bias, j, flags);
+        }
+      }
+    }
+  }
+}
+
+#define GEMM_BF16_ENTRY(NAME, AK, BK)                                                        \
+  extern "C" __global__ void __launch_bounds__(128)                                          \
+      NAME(float* __restrict__ c, const __nv_bfloat16* __restrict__ a,                      \
+           const __nv_bfloat16* __restrict__ b, const float* __restrict__ bias, unsigned m, \
+           unsigned n, unsigned k, unsigned lda, unsigned ldb, unsigned ldc, unsigned a_bs, \
+           unsigned b_bs, unsigned c_bs, float alpha, float beta, unsigned flags) {         \
+    gemm_bf16<AK, BK>(c, a, b, bias, m, n, k, lda, ldb, ldc, a_bs, b_bs, c_bs, alpha, beta, \
+                      flags);                                                                \
+  }
+
+GEMM_BF16_ENTRY(gemm_bf16_nn, true, false)
+GEMM_BF16_ENTRY(gemm_bf16_nt, true, true)
+GEMM_BF16_ENTRY(gemm_bf16_tn, false, false)
+GEMM_BF16_ENTRY(gemm_bf16_tt, false, true)

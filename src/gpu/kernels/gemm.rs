@@ -1,0 +1,288 @@
+//! Launch wrappers for `ptx/gemm.cu`: f32 GEMM with any strides, and bf16 GEMM on tensor
+//! cores.
+
+use super::{grid_yz, GEMM};
+use crate::error::{Error, Result};
+use crate::gpu::driver::{DevicePtr, Driver, KernelArg, LaunchConfig};
+
+/// `flags` bit: add `bias[j]` to every row (`enum GemmFlags` in ptx/gemm.cu).
+pub(super) const GEMM_HAS_BIAS: u32 = 1;
+
+/// Output tile of both GEMM kernels (rows and columns per CTA).
+const TILE: usize = 64;
+
+/// `C = alpha * A B + beta * C + bias` in f32, batched: `A` is `[m, k]` at
+/// `a[i * a_rs + l * a_cs]`, `B` is `[k, n]` at `b[l * b_rs + j * b_cs]`, `C` is `[m, n]` at
+/// `c[i * c_rs + j]`; batch `z` adds `z * a_bs` (and `b_bs`, `c_bs`) elements. A transposed
+/// operand is just its strides. With `beta == 0`, `C` is not read.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GemmF32 {
+    /// Rows of `A` and `C`.
+    pub m: usize,
+    /// Columns of `B` and `C`.
+    pub n: usize,
+    /// The reduced dimension.
+    pub k: usize,
+    /// Number of independent products (grid z).
+    pub batch: usize,
+    /// Output.
+    pub c: DevicePtr,
+    /// Row stride of `C` (its column stride is 1).
+    pub c_rs: usize,
+    /// Batch stride of `C`.
+    pub c_bs: usize,
+    /// Left operand.
+    pub a: DevicePtr,
+    /// Row and column strides of `A`.
+    pub a_rs: usize,
+    /// See `a_rs`.
+    pub a_cs: usize,
+    /// Batch stride of `A` (0 shares one `A` across the batch).
+    pub a_bs: usize,
+    /// Right operand.
+    pub b: DevicePtr,
+    /// Row and column strides of `B`.
+    pub b_rs: usize,
+    /// See `b_rs`.
+    pub b_cs: usize,
+    /// Batch stride of `B` (0 shares one `B`, e.g. a weight).
+    pub b_bs: usize,
+    /// Optional `[n]` f32 bias added to every row.
+    pub bias: Option<DevicePtr>,
+    /// Scale of the product.
+    pub alpha: f32,
+    /// Scale of the previous `C` (0: overwrite; 1: accumulate a gradient).
+    pub beta: f32,
+}
+
+/// A size or stride as the kernels' `u32` parameter, at most [`super::MAX_ELEMENTS`] so that
+/// no loop or index in the kernel overflows.
+fn u32_of(op: &'static str, what: &str, v: usize) -> Result<u32> {
+    super::count(op, what, v)
+}
+
+/// The grid of a 64 x 64-tiled GEMM, or `None` when the output is empty.
+fn tiled_grid(
+    op: &'static str,
+    m: usize,
+    n: usize,
+    batch: usize,
+) -> Result<Option<(u32, u32, u32)>> {
+    if m == 0 || n == 0 || batch == 0 {
+        return Ok(None);
+    }
+    let gx = u32_of(op, "column tiles", n.div_ceil(TILE))?;
+    Ok(Some((
+        gx,
+        grid_yz(op, "row tiles", m.div_ceil(TILE))?,
+        grid_yz(op, "batch", batch)?,
+    )))
+}
+
+/// Checks that `C` rows do not overlap (`c_rs >= n`): overlapping outputs would race.
+fn check_c(op: &'static str, c_rs: usize, n: usize, m: usize) -> Result<()> {
+    if m > 1 && c_rs < n {
+        return Err(Error::arg(
+            op,
+            format!("C's row stride {c_rs} is smaller than its {n} columns: rows would overlap"),
+        ));
+    }
+    Ok(())
+}
+
+/// Launches `gemm_f32` for `g`. Nothing launches when `m`, `n` or `batch` is 0; with `k ==
+/// 0` the product is 0 and `C = beta * C + bias`.
+pub fn gemm_f32(driver: &dyn Driver, g: &GemmF32) -> Result<()> {
+    const NAME: &str = "gemm_f32";
+    check_c(NAME, g.c_rs, g.n, g.m)?;
+    if !(g.alpha.is_finite() && g.beta.is_finite()) {
+        return Err(Error::arg(
+            NAME,
+            format!("alpha {} and beta {} must be finite", g.alpha, g.beta),
+        ));
+    }
+    let Some(grid) = tiled_grid(NAME, g.m, g.n, g.batch)? else {
+        return Ok(());
+    };
+    let u = |what, v| u32_of(NAME, what, v).map(KernelArg::U32);
+    let args = [
+        KernelArg::Ptr(g.c),
+        KernelArg::Ptr(g.a),
+        KernelArg::Ptr(g.b),
+        KernelArg::Ptr(g.bias.unwrap_or(DevicePtr(0))),
+        u("m", g.m)?,
+        u("n", g.n)?,
+        u("k", g.k)?,
+        u("a_rs", g.a_rs)?,
+        u("a_cs", g.a_cs)?,
+        u("b_rs", g.b_rs)?,
+        u("b_cs", g.b_cs)?,
+        u("c_rs", g.c_rs)?,
+        u("a_bs", g.a_bs)?,
+        u("b_bs", g.b_bs)?,
+        u("c_bs", g.c_bs)?,
+        KernelArg::F32(g.alpha),
+        KernelArg::F32(g.beta),
+        KernelArg::U32(g.bias.map_or(0, |_| GEMM_HAS_BIAS)),
+    ];
+    let config = LaunchConfig {
+        grid,
+        block: (256, 1, 1),
+        shared_bytes: 0,
+    };
+    driver.launch(&GEMM, NAME, config, &args)
+}
+
+/// How the bf16 GEMM's operands are stored (BLAS letters for row-major storage): the first
+/// letter for `A` (`[m, k]`), the second for `B` (`[k, n]`); `N` = as is, `T` = stored
+/// transposed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Bf16Layout {
+    /// `A` at `a[i * lda + l]`, `B` at `b[l * ldb + j]`.
+    NN,
+    /// `A` at `a[i * lda + l]`, `B` at `b[j * ldb + l]`: `x W^T` for a Linear weight
+    /// `W [out, in]`.
+    NT,
+    /// `A` at `a[l * lda + i]`, `B` at `b[l * ldb + j]`: a weight gradient `g^T x`.
+    TN,
+    /// `A` at `a[l * lda + i]`, `B` at `b[j * ldb + l]`.
+    TT,
+}
+
+impl Bf16Layout {
+    /// The kernel's entry name.
+    pub fn kernel(self) -> &'static str {
+        match self {
+            Bf16Layout::NN => "gemm_bf16_nn",
+            Bf16Layout::NT => "gemm_bf16_nt",
+            Bf16Layout::TN => "gemm_bf16_tn",
+            Bf16Layout::TT => "gemm_bf16_tt",
+        }
+    }
+
+    /// Whether `A` is stored with `k` contiguous, and whether `B` is.
+    fn k_contiguous(self) -> (bool, bool) {
+        match self {
+            Bf16Layout::NN => (true, false),
+            Bf16Layout::NT => (true, true),
+            Bf16Layout::TN => (false, false),
+            Bf16Layout::TT => (false, true),
+        }
+    }
+}
+
+/// `C = alpha * A B + beta * C + bias` with bf16 `A`, `B` (tensor cores, f32 accumulation)
+/// and f32 `C` (`c[i * ldc + j]`), batched. Requirements (checked): `lda`, `ldb` and the
+/// operand batch strides are multiples of 8 elements, `a` and `b` 16-byte aligned, and each
+/// leading dimension at least its contiguous extent.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GemmBf16 {
+    /// Storage of the operands.
+    pub layout: Bf16Layout,
+    /// Rows of `A` and `C`.
+    pub m: usize,
+    /// Columns of `B` and `C`.
+    pub n: usize,
+    /// The reduced dimension.
+    pub k: usize,
+    /// Number of independent products (grid z).
+    pub batch: usize,
+    /// Output (f32).
+    pub c: DevicePtr,
+    /// Row stride of `C`.
+    pub ldc: usize,
+    /// Batch stride of `C`.
+    pub c_bs: usize,
+    /// Left operand (bf16).
+    pub a: DevicePtr,
+    /// Leading dimension of `A` in its storage.
+    pub lda: usize,
+    /// Batch stride of `A` (0 shares it).
+    pub a_bs: usize,
+    /// Right operand (bf16).
+    pub b: DevicePtr,
+    /// Leading dimension of `B` in its storage.
+    pub ldb: usize,
+    /// Batch stride of `B` (0 shares it).
+    pub b_bs: usize,
+    /// Optional `[n]` f32 bias.
+    pub bias: Option<DevicePtr>,
+    /// Scale of the product.
+    pub alpha: f32,
+    /// Scale of the previous `C`.
+    pub beta: f32,
+}
+
+/// Launches the bf16 tensor-core GEMM for `g` (the entry named by `g.layout`).
+pub fn gemm_bf16(driver: &dyn Driver, g: &GemmBf16) -> Result<()> {
+    let name = g.layout.kernel();
+    // One &'static str for errors whatever the layout.
+    const OP: &str = "gemm_bf16";
+    check_c(OP, g.ldc, g.n, g.m)?;
+    if !(g.alpha.is_finite() && g.beta.is_finite()) {
+        return Err(Error::arg(
+            OP,
+            format!("alpha {} and beta {} must be finite", g.alpha, g.beta),
+        ));
+    }
+    let (a_k, b_k) = g.layout.k_contiguous();
+    let (a_extent, b_extent) = (if a_k { g.k } else { g.m }, if b_k { g.k } else { g.n });
+    for (what, ld, extent) in [("lda", g.lda, a_extent), ("ldb", g.ldb, b_extent)] {
+        if ld % 8 != 0 || ld < extent {
+            return Err(Error::arg(
+                OP,
+                format!(
+                    "{name}: {what} = {ld} must be a multiple of 8 and at least {extent} (the \
+                     operand's contiguous extent)"
+                ),
+            ));
+        }
+    }
+    for (what, bs) in [("a_bs", g.a_bs), ("b_bs", g.b_bs)] {
+        if bs % 8 != 0 {
+            return Err(Error::arg(
+                OP,
+                format!("{name}: {what} = {bs} must be a multiple of 8"),
+            ));
+        }
+    }
+    for (what, p) in [("a", g.a), ("b", g.b)] {
+        if p.0 % 16 != 0 {
+            return Err(Error::arg(
+                OP,
+                format!(
+                    "{name}: operand {what} at {:#x} is not 16-byte aligned",
+                    p.0
+                ),
+            ));
+        }
+    }
+    let Some(grid) = tiled_grid(OP, g.m, g.n, g.batch)? else {
+        return Ok(());
+    };
+    let u = |what, v| u32_of(OP, what, v).map(KernelArg::U32);
+    let args = [
+        KernelArg::Ptr(g.c),
+        KernelArg::Ptr(g.a),
+        KernelArg::Ptr(g.b),
+        KernelArg::Ptr(g.bias.unwrap_or(DevicePtr(0))),
+        u("m", g.m)?,
+        u("n", g.n)?,
+        u("k", g.k)?,
+        u("lda", g.lda)?,
+        u("ldb", g.ldb)?,
+        u("ldc", g.ldc)?,
+        u("a_bs", g.a_bs)?,
+        u("b_bs", g.b_bs)?,
+        u("c_bs", g.c_bs)?,
+        KernelArg::F32(g.alpha),
+        KernelArg::F32(g.beta),
+        KernelArg::U32(g.bias.map_or(0, |_| GEMM_HAS_BIAS)),
+    ];
+    let config = LaunchConfig {
+        grid,
+        block: (128, 1, 1),
+        shared_bytes: 0,
+    };
+    driver.launch(&GEMM, name, config, &args)
+}

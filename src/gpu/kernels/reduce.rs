@@ -1,0 +1,111 @@
+//! Launch wrappers for `ptx/reduce.cu`: fixed-order reductions over one axis.
+
+use super::{count, grid_yz, product, BLOCK, REDUCE};
+use crate::error::{Error, Result};
+use crate::gpu::driver::{DevicePtr, Driver, KernelArg, LaunchConfig};
+
+/// Reduction codes (`enum ReduceOp` in `ptx/reduce.cu`). A mean is a sum with
+/// `scale = 1 / r` on the final pass.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReduceOp {
+    /// Sum (0 over an empty axis).
+    Sum = 0,
+    /// Maximum; any NaN makes the result NaN; -inf over an empty axis.
+    Max = 1,
+}
+
+impl ReduceOp {
+    /// Every reduction, in code order.
+    pub const ALL: [ReduceOp; 2] = [ReduceOp::Sum, ReduceOp::Max];
+}
+
+/// Rows per CTA of the warp-per-row kernels (256 threads, one warp per row).
+const ROWS_PER_CTA: u32 = BLOCK / 32;
+
+/// `out[o] (=|+=) scale * reduce(x[o, 0..r])` for contiguous `x` of shape `[outer, r]`, one
+/// warp per row. `accumulate` adds into `out` instead of overwriting it.
+#[allow(clippy::too_many_arguments)]
+pub fn reduce_rows_f32(
+    driver: &dyn Driver,
+    op: ReduceOp,
+    out: DevicePtr,
+    x: DevicePtr,
+    outer: usize,
+    r: usize,
+    scale: f32,
+    accumulate: bool,
+) -> Result<()> {
+    const NAME: &str = "reduce_rows_f32";
+    count(NAME, "outer * r", product(NAME, &[outer, r])?)?;
+    let rows = count(NAME, "outer", outer)?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let config = LaunchConfig::linear(rows.div_ceil(ROWS_PER_CTA), BLOCK);
+    let args = [
+        KernelArg::Ptr(out),
+        KernelArg::Ptr(x),
+        KernelArg::U32(rows),
+        KernelArg::U32(r as u32),
+        KernelArg::U32(op as u32),
+        KernelArg::F32(scale),
+        KernelArg::U32(accumulate as u32),
+    ];
+    driver.launch(&super::REDUCE, NAME, config, &args)
+}
+
+/// One pass of the chunked reduction over the middle axis of contiguous `x` `[outer, r,
+/// inner]`: `out[o, c, i] (=|+=) scale * reduce(x[o, c*chunk_len .. (c+1)*chunk_len, i])`
+/// for `c < ceil(r / chunk_len)` (one chunk, `[outer, 1, inner]`, when `r` is 0). With
+/// `chunk_len >= r` this is the whole reduction; otherwise it writes partials that a second
+/// call with `r = chunks` reduces (pass `scale = 1` and `accumulate = false` to the first).
+#[allow(clippy::too_many_arguments)]
+pub fn reduce_chunks_f32(
+    driver: &dyn Driver,
+    op: ReduceOp,
+    out: DevicePtr,
+    x: DevicePtr,
+    outer: usize,
+    r: usize,
+    inner: usize,
+    chunk_len: usize,
+    scale: f32,
+    accumulate: bool,
+) -> Result<()> {
+    const NAME: &str = "reduce_chunks_f32";
+    if chunk_len == 0 {
+        return Err(Error::arg(NAME, "chunk_len must be at least 1"));
+    }
+    count(
+        NAME,
+        "outer * r * inner",
+        product(NAME, &[outer, r, inner])?,
+    )?;
+    count(NAME, "chunk_len", chunk_len)?;
+    if outer == 0 || inner == 0 {
+        return Ok(());
+    }
+    let chunks = r.div_ceil(chunk_len).max(1);
+    let config = LaunchConfig {
+        grid: (
+            (inner as u32).div_ceil(BLOCK),
+            grid_yz(NAME, "chunks", chunks)?,
+            grid_yz(NAME, "outer", outer)?,
+        ),
+        block: (BLOCK, 1, 1),
+        shared_bytes: 0,
+    };
+    let args = [
+        KernelArg::Ptr(out),
+        KernelArg::Ptr(x),
+        KernelArg::U32(outer as u32),
+        KernelArg::U32(r as u32),
+        KernelArg::U32(inner as u32),
+        KernelArg::U32(chunk_len as u32),
+        KernelArg::U32(op as u32),
+        KernelArg::F32(scale),
+        KernelArg::U32(accumulate as u32),
+    ];
+    driver.launch(&REDUCE, NAME, config, &args)
+}

@@ -1,0 +1,696 @@
+//! The wrappers against the committed PTX and CUDA C: every launch packs the parameters its
+//! `.entry` declares, every op code matches the `.cu` enum, and sizes are checked. A driver
+//! that records launches stands in for a GPU.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use super::*;
+use crate::gpu::driver::{DevicePtr, Driver};
+use crate::optim::AdamWConfig;
+
+/// One recorded launch.
+#[derive(Clone, Debug)]
+struct Launch {
+    module: &'static str,
+    kernel: String,
+    config: LaunchConfig,
+    args: Vec<KernelArg>,
+}
+
+/// A driver that records launches and hands out aligned, never-reused addresses.
+#[derive(Default)]
+struct Recorder {
+    launches: Mutex<Vec<Launch>>,
+    next: Mutex<u64>,
+}
+
+impl Recorder {
+    fn take(&self) -> Vec<Launch> {
+        std::mem::take(&mut *self.launches.lock().unwrap())
+    }
+    fn one(&self) -> Launch {
+        let mut l = self.take();
+        assert_eq!(l.len(), 1, "expected exactly one launch, got {l:?}");
+        l.pop().unwrap()
+    }
+    fn ptr(&self) -> DevicePtr {
+        self.alloc(1 << 20).unwrap()
+    }
+}
+
+impl Driver for Recorder {
+    fn name(&self) -> String {
+        "recorder".into()
+    }
+    fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
+        let mut n = self.next.lock().unwrap();
+        let p = 0x1000_0000 + *n;
+        *n += (bytes as u64).div_ceil(256) * 256 + 256;
+        Ok(DevicePtr(p))
+    }
+    fn free(&self, _: DevicePtr) -> Result<()> {
+        Ok(())
+    }
+    fn upload(&self, _: DevicePtr, _: &[u8]) -> Result<()> {
+        Ok(())
+    }
+    fn download(&self, _: DevicePtr, _: &mut [u8]) -> Result<()> {
+        Ok(())
+    }
+    fn launch(
+        &self,
+        module: &PtxModule,
+        kernel: &str,
+        config: LaunchConfig,
+        args: &[KernelArg],
+    ) -> Result<()> {
+        self.launches.lock().unwrap().push(Launch {
+            module: module.name,
+            kernel: kernel.to_string(),
+            config,
+            args: args.to_vec(),
+        });
+        Ok(())
+    }
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A PTX parameter's type, as declared: `.u64`, `.u32`, `.f32`, ...
+type ParamTypes = Vec<String>;
+
+/// The `.entry` kernels of a PTX text with their parameter types, in order.
+fn entries(ptx: &str) -> BTreeMap<String, ParamTypes> {
+    let mut out = BTreeMap::new();
+    let mut lines = ptx.lines();
+    while let Some(line) = lines.next() {
+        let line = line.trim();
+        let Some(rest) = line.strip_prefix(".visible .entry ") else {
+            continue;
+        };
+        let name = rest.trim_end_matches('(').trim().to_string();
+        let mut params = Vec::new();
+        for p in lines.by_ref() {
+            let p = p.trim();
+            if p.starts_with(')') {
+                break;
+            }
+            // `.param .u64 .ptr .align 1 name,` or `.param .f32 name`: the type is the
+            // second word.
+            let ty = p
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_else(|| panic!("unreadable parameter line {p:?} of {name}"));
+            assert!(p.starts_with(".param"), "unexpected line {p:?} in {name}");
+            params.push(ty.to_string());
+        }
+        out.insert(name, params);
+    }
+    out
+}
+
+/// Whether `arg` can be passed for a parameter declared with `ty`: the same width and the
+/// same kind (pointer/integer vs float).
+fn fits(arg: &KernelArg, ty: &str) -> bool {
+    match arg {
+        KernelArg::Ptr(_) | KernelArg::U64(_) => matches!(ty, ".u64" | ".s64" | ".b64"),
+        KernelArg::U32(_) => matches!(ty, ".u32" | ".s32" | ".b32"),
+        KernelArg::F32(_) => ty == ".f32",
+        KernelArg::F64(_) => ty == ".f64",
+    }
+}
+
+fn module_named(name: &str) -> &'static PtxModule {
+    MODULES
+        .iter()
+        .copied()
+        .find(|m| m.name == name)
+        .unwrap_or_else(|| panic!("no module {name}"))
+}
+
+/// Checks a launch against the committed PTX of its module; returns `module/kernel`.
+fn check_signature(l: &Launch) -> String {
+    let all = entries(module_named(l.module).ptx);
+    let params = all
+        .get(&l.kernel)
+        .unwrap_or_else(|| panic!("{} has no .entry {}", l.module, l.kernel));
+    assert_eq!(
+        l.args.len(),
+        params.len(),
+        "{}: the wrapper packs {} arguments, the kernel declares {}",
+        l.kernel,
+        l.args.len(),
+        params.len()
+    );
+    for (i, (a, ty)) in l.args.iter().zip(params).enumerate() {
+        assert!(
+            fits(a, ty),
+            "{}: argument {i} is {a:?}, the kernel declares {ty}",
+            l.kernel
+        );
+    }
+    let (bx, by, bz) = l.config.block;
+    assert!(
+        bx * by * bz > 0 && bx * by * bz <= 1024,
+        "{}: block {:?}",
+        l.kernel,
+        l.config.block
+    );
+    let (gx, gy, gz) = l.config.grid;
+    assert!(
+        gx >= 1 && gy >= 1 && gz >= 1,
+        "{}: empty grid {:?}",
+        l.kernel,
+        l.config.grid
+    );
+    format!("{}/{}", l.module, l.kernel)
+}
+
+/// Calls every wrapper once with valid sizes (all four GEMM layouts) and returns the
+/// launches.
+fn launch_every_wrapper(d: &Recorder) -> Vec<Launch> {
+    let p = || d.ptr();
+    let shape = [3usize, 5, 7];
+    let st = [35isize, 7, 1];
+    let bc = [0isize, 1, 0];
+    strided_copy_f32(d, p(), &st, p(), &[1, 3, 15], &shape).unwrap();
+    strided_copy_bf16_f32(d, p(), &st, p(), &st, &shape).unwrap();
+    strided_copy_f32_bf16(d, p(), &st, p(), &st, &shape).unwrap();
+    fill_f32(d, p(), 10, 0.0).unwrap();
+    unary_f32(d, UnaryOp::Gelu, 0.0, 0.0, p(), p(), &st, &shape).unwrap();
+    binary_f32(d, BinaryOp::Add, 0.0, 0.0, p(), p(), &st, p(), &bc, &shape).unwrap();
+    reduce_rows_f32(d, ReduceOp::Sum, p(), p(), 9, 100, 1.0, false).unwrap();
+    reduce_chunks_f32(d, ReduceOp::Max, p(), p(), 2, 100, 33, 16, 1.0, false).unwrap();
+    softmax_rows_f32(d, p(), p(), 10, 77, false).unwrap();
+    softmax_bwd_rows_f32(d, p(), p(), p(), 10, 77, true).unwrap();
+    layer_norm_fwd_f32(d, p(), Some(p()), p(), Some(p()), None, 10, 64, 1e-5).unwrap();
+    layer_norm_bwd_dx_f32(d, p(), p(), p(), p(), None, 10, 64).unwrap();
+    let grads = LayerNormParamGrads {
+        dweight: Some(p()),
+        dbias: Some(p()),
+    };
+    layer_norm_bwd_params_f32(d, grads, p(), p(), p(), 100, 64, 32).unwrap();
+    gemm_f32(d, &f32_gemm(p(), p(), p())).unwrap();
+    for layout in [
+        Bf16Layout::NN,
+        Bf16Layout::NT,
+        Bf16Layout::TN,
+        Bf16Layout::TT,
+    ] {
+        gemm_bf16(d, &bf16_gemm(layout, p(), p(), p())).unwrap();
+    }
+    index_select_f32(d, p(), p(), p(), 2, 10, 4, 8).unwrap();
+    index_add_f32(d, p(), p(), p(), p(), 2, 10, 4, 8).unwrap();
+    let c = AdamWCoeffs::new(&AdamWConfig::default(), 1e-3, 1).unwrap();
+    adamw_f32(d, p(), p(), p(), p(), 1000, &c).unwrap();
+    ema_f32(d, p(), p(), 1000, 0.999).unwrap();
+    sum_squares_partial_f32(d, p(), p(), 1000, 256).unwrap();
+    sum_f64(d, p(), p(), 4).unwrap();
+    d.take()
+}
+
+fn f32_gemm(c: DevicePtr, a: DevicePtr, b: DevicePtr) -> GemmF32 {
+    GemmF32 {
+        m: 100,
+        n: 70,
+        k: 33,
+        batch: 2,
+        c,
+        c_rs: 70,
+        c_bs: 7000,
+        a,
+        a_rs: 1,
+        a_cs: 100,
+        a_bs: 3300,
+        b,
+        b_rs: 70,
+        b_cs: 1,
+        b_bs: 0,
+        bias: None,
+        alpha: 1.0,
+        beta: 0.0,
+    }
+}
+
+fn bf16_gemm(layout: Bf16Layout, c: DevicePtr, a: DevicePtr, b: DevicePtr) -> GemmBf16 {
+    GemmBf16 {
+        layout,
+        m: 100,
+        n: 72,
+        k: 40,
+        batch: 1,
+        c,
+        ldc: 72,
+        c_bs: 0,
+        a,
+        lda: 104,
+        a_bs: 0,
+        b,
+        ldb: 80,
+        b_bs: 0,
+        bias: Some(c),
+        alpha: 1.0,
+        beta: 1.0,
+    }
+}
+
+#[test]
+fn ptx_entries_are_parsed() {
+    // The parser itself: a known signature from the committed gemm module.
+    let e = entries(GEMM.ptx);
+    let sig = &e["gemm_f32"];
+    assert_eq!(sig.len(), 18);
+    assert_eq!(sig[0], ".u64");
+    assert_eq!(sig[4], ".u32");
+    assert_eq!(sig[15], ".f32");
+}
+
+#[test]
+fn every_wrapper_packs_its_kernels_parameters_and_every_kernel_has_a_wrapper() {
+    let d = Recorder::default();
+    let launched: BTreeSet<String> = launch_every_wrapper(&d)
+        .iter()
+        .map(check_signature)
+        .collect();
+    let declared: BTreeSet<String> = MODULES
+        .iter()
+        .flat_map(|m| {
+            entries(m.ptx)
+                .into_keys()
+                .map(move |k| format!("{}/{k}", m.name))
+        })
+        .collect();
+    assert!(!declared.is_empty());
+    assert_eq!(
+        launched, declared,
+        "kernels without a wrapper, or wrappers without a kernel"
+    );
+}
+
+/// `NAME = value` pairs of the C enum `name` in a .cu source.
+fn c_enum(source: &str, name: &str) -> BTreeMap<String, u32> {
+    let start = source
+        .find(&format!("enum {name} {{"))
+        .unwrap_or_else(|| panic!("no enum {name}"));
+    let body = &source[start..];
+    let body = &body[body.find('{').unwrap() + 1..body.find("};").unwrap()];
+    body.lines()
+        .map(|l| l.split("//").next().unwrap().trim().trim_end_matches(','))
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (k, v) = l
+                .split_once('=')
+                .unwrap_or_else(|| panic!("{name}: no value in {l:?}"));
+            (k.trim().to_string(), v.trim().parse().unwrap())
+        })
+        .collect()
+}
+
+/// `GeluTanh` -> `GELU_TANH`.
+fn upper_snake(camel: &str) -> String {
+    let mut s = String::new();
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            s.push('_');
+        }
+        s.push(c.to_ascii_uppercase());
+    }
+    s
+}
+
+fn rust_codes<T: std::fmt::Debug + Copy>(
+    prefix: &str,
+    all: &[T],
+    code: impl Fn(T) -> u32,
+) -> BTreeMap<String, u32> {
+    all.iter()
+        .map(|&v| {
+            (
+                format!("{prefix}{}", upper_snake(&format!("{v:?}"))),
+                code(v),
+            )
+        })
+        .collect()
+}
+
+const ELEMENTWISE_CU: &str = include_str!("../../../ptx/elementwise.cu");
+const REDUCE_CU: &str = include_str!("../../../ptx/reduce.cu");
+const NORM_CU: &str = include_str!("../../../ptx/norm.cu");
+const GEMM_CU: &str = include_str!("../../../ptx/gemm.cu");
+
+#[test]
+fn op_codes_match_the_cuda_sources() {
+    assert_eq!(
+        rust_codes("UNARY_", &UnaryOp::ALL, |o| o as u32),
+        c_enum(ELEMENTWISE_CU, "UnaryOp")
+    );
+    assert_eq!(
+        rust_codes("BINARY_", &BinaryOp::ALL, |o| o as u32),
+        c_enum(ELEMENTWISE_CU, "BinaryOp")
+    );
+    assert_eq!(
+        rust_codes("REDUCE_", &ReduceOp::ALL, |o| o as u32),
+        c_enum(REDUCE_CU, "ReduceOp")
+    );
+    let ln: BTreeMap<String, u32> = [
+        ("LN_HAS_WEIGHT", norm::LN_HAS_WEIGHT),
+        ("LN_HAS_BIAS", norm::LN_HAS_BIAS),
+        ("LN_SAVE_STATS", norm::LN_SAVE_STATS),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    assert_eq!(ln, c_enum(NORM_CU, "LayerNormFlags"));
+    let g: BTreeMap<String, u32> = [("GEMM_HAS_BIAS".to_string(), gemm::GEMM_HAS_BIAS)].into();
+    assert_eq!(g, c_enum(GEMM_CU, "GemmFlags"));
+}
+
+#[test]
+fn the_enum_parser_reads_values_and_the_all_lists_are_in_code_order() {
+    let e = c_enum("enum E {\n  A = 0,  // first\n  B_C = 7,\n};", "E");
+    assert_eq!(
+        e,
+        BTreeMap::from([("A".to_string(), 0), ("B_C".to_string(), 7)])
+    );
+    for (i, op) in UnaryOp::ALL.iter().enumerate() {
+        assert_eq!(*op as usize, i);
+    }
+    for (i, op) in BinaryOp::ALL.iter().enumerate() {
+        assert_eq!(*op as usize, i);
+    }
+}
+
+#[test]
+fn launch_configurations_follow_the_kernels_contracts() {
+    let d = Recorder::default();
+    unary_f32(&d, UnaryOp::Exp, 0.0, 0.0, d.ptr(), d.ptr(), &[1], &[1000]).unwrap();
+    assert_eq!(d.one().config, LaunchConfig::linear(4, 256));
+    // Beyond 65535 CTAs the grid-stride loop takes over.
+    unary_f32(
+        &d,
+        UnaryOp::Exp,
+        0.0,
+        0.0,
+        d.ptr(),
+        d.ptr(),
+        &[1],
+        &[100_000_000],
+    )
+    .unwrap();
+    assert_eq!(d.one().config, LaunchConfig::linear(65_535, 256));
+    // Warp-per-row kernels: 8 rows per CTA.
+    softmax_rows_f32(&d, d.ptr(), d.ptr(), 17, 5, false).unwrap();
+    assert_eq!(d.one().config, LaunchConfig::linear(3, 256));
+    reduce_chunks_f32(
+        &d,
+        ReduceOp::Sum,
+        d.ptr(),
+        d.ptr(),
+        3,
+        1000,
+        300,
+        64,
+        1.0,
+        false,
+    )
+    .unwrap();
+    assert_eq!(d.one().config.grid, (2, 16, 3));
+    // An empty reduced axis still writes the identity: one chunk.
+    reduce_chunks_f32(
+        &d,
+        ReduceOp::Max,
+        d.ptr(),
+        d.ptr(),
+        3,
+        0,
+        300,
+        64,
+        1.0,
+        false,
+    )
+    .unwrap();
+    assert_eq!(d.one().config.grid, (2, 1, 3));
+    gemm_f32(&d, &f32_gemm(d.ptr(), d.ptr(), d.ptr())).unwrap();
+    let l = d.one();
+    assert_eq!((l.config.grid, l.config.block), ((2, 2, 2), (256, 1, 1)));
+    gemm_bf16(&d, &bf16_gemm(Bf16Layout::NT, d.ptr(), d.ptr(), d.ptr())).unwrap();
+    let l = d.one();
+    assert_eq!(
+        (l.kernel.as_str(), l.config.grid, l.config.block),
+        ("gemm_bf16_nt", (2, 2, 1), (128, 1, 1))
+    );
+    sum_squares_partial_f32(&d, d.ptr(), d.ptr(), 1000, 256).unwrap();
+    assert_eq!(d.one().config, LaunchConfig::linear(4, 256));
+}
+
+#[test]
+fn views_are_packed_outermost_first_with_unused_slots_zero() {
+    let d = Recorder::default();
+    let (dst, src) = (d.ptr(), d.ptr());
+    strided_copy_f32(&d, dst, &[6, 1], src, &[-1, 2], &[2, 6]).unwrap();
+    let a = d.one().args;
+    let u = |v: u32| KernelArg::U32(v);
+    let mut want = vec![
+        KernelArg::Ptr(dst),
+        KernelArg::Ptr(src),
+        u(12),
+        u(2),
+        u(2),
+        u(6),
+    ];
+    want.extend([u(0); 6]);
+    want.extend([u(6), u(1)]);
+    want.extend([u(0); 6]);
+    want.extend([u(-1i32 as u32), u(2)]);
+    want.extend([u(0); 6]);
+    assert_eq!(a, want);
+}
+
+#[test]
+fn empty_work_launches_nothing() {
+    let d = Recorder::default();
+    unary_f32(
+        &d,
+        UnaryOp::Exp,
+        0.0,
+        0.0,
+        d.ptr(),
+        d.ptr(),
+        &[3, 1],
+        &[0, 3],
+    )
+    .unwrap();
+    fill_f32(&d, d.ptr(), 0, 1.0).unwrap();
+    softmax_rows_f32(&d, d.ptr(), d.ptr(), 0, 5, false).unwrap();
+    let mut g = f32_gemm(d.ptr(), d.ptr(), d.ptr());
+    g.m = 0;
+    gemm_f32(&d, &g).unwrap();
+    index_add_f32(&d, d.ptr(), d.ptr(), d.ptr(), d.ptr(), 2, 10, 0, 8).unwrap();
+    assert!(d.take().is_empty());
+}
+
+fn message(e: crate::Error) -> String {
+    e.to_string()
+}
+
+#[test]
+fn bad_sizes_are_errors_that_name_the_op() {
+    let d = Recorder::default();
+    let p = d.ptr();
+    let cases: Vec<(&str, Result<()>)> = vec![
+        (
+            "unary_f32",
+            unary_f32(&d, UnaryOp::Neg, 0.0, 0.0, p, p, &[1; 9], &[1; 9]),
+        ),
+        (
+            "unary_f32",
+            unary_f32(&d, UnaryOp::Neg, 0.0, 0.0, p, p, &[1], &[2, 3]),
+        ),
+        (
+            "unary_f32",
+            unary_f32(&d, UnaryOp::Neg, 0.0, 0.0, p, p, &[1 << 40], &[2]),
+        ),
+        (
+            "binary_f32",
+            binary_f32(
+                &d,
+                BinaryOp::Add,
+                0.0,
+                0.0,
+                p,
+                p,
+                &[1, 1],
+                p,
+                &[0, 0],
+                &[1 << 16, 1 << 16],
+            ),
+        ),
+        ("fill_f32", fill_f32(&d, p, usize::MAX, 0.0)),
+        (
+            "reduce_chunks_f32",
+            reduce_chunks_f32(&d, ReduceOp::Sum, p, p, 1, 10, 1, 0, 1.0, false),
+        ),
+        (
+            "reduce_chunks_f32",
+            reduce_chunks_f32(&d, ReduceOp::Sum, p, p, 70_000, 10, 1, 10, 1.0, false),
+        ),
+        (
+            "layer_norm_fwd_f32",
+            layer_norm_fwd_f32(&d, p, None, p, None, None, 4, 4, f32::NAN),
+        ),
+        (
+            "layer_norm_bwd_params_f32",
+            layer_norm_bwd_params_f32(
+                &d,
+                LayerNormParamGrads {
+                    dweight: Some(p),
+                    dbias: None,
+                },
+                p,
+                p,
+                p,
+                4,
+                4,
+                0,
+            ),
+        ),
+        (
+            "sum_squares_partial_f32",
+            sum_squares_partial_f32(&d, p, p, 10, 0),
+        ),
+        ("ema_f32", ema_f32(&d, p, p, 10, 1.5)),
+    ];
+    for (op, r) in cases {
+        let e = r.expect_err(op);
+        assert!(message(e).contains(op), "error for {op} does not name it");
+    }
+    assert!(d.take().is_empty(), "a rejected call launched");
+}
+
+#[test]
+fn gemm_arguments_are_checked() {
+    let d = Recorder::default();
+    let (c, a, b) = (d.ptr(), d.ptr(), d.ptr());
+    let ok = bf16_gemm(Bf16Layout::NT, c, a, b);
+    let bad = [
+        GemmBf16 { lda: 44, ..ok }, // not a multiple of 8
+        GemmBf16 { lda: 32, ..ok }, // shorter than k = 40
+        GemmBf16 { ldb: 36, ..ok }, // B: not a multiple of 8
+        GemmBf16 {
+            a: a.offset(2),
+            ..ok
+        }, // misaligned
+        GemmBf16 { b_bs: 4, ..ok }, // batch stride not a multiple of 8
+        GemmBf16 { ldc: 50, ..ok }, // C rows overlap (n = 72)
+        GemmBf16 {
+            batch: 70_000,
+            ..ok
+        }, // grid z too large
+        GemmBf16 {
+            alpha: f32::INFINITY,
+            ..ok
+        }, // non-finite scale
+        GemmBf16 {
+            layout: Bf16Layout::TN,
+            lda: 96,
+            ..ok
+        }, // TN: lda must cover m = 100
+    ];
+    for g in bad {
+        assert!(gemm_bf16(&d, &g).is_err(), "accepted {g:?}");
+    }
+    let f = f32_gemm(c, a, b);
+    assert!(gemm_f32(&d, &GemmF32 { c_rs: 10, ..f }).is_err());
+    assert!(gemm_f32(&d, &GemmF32 { k: 1 << 31, ..f }).is_err());
+    assert!(gemm_f32(
+        &d,
+        &GemmF32 {
+            m: 65_536 * 64 + 1,
+            ..f
+        }
+    )
+    .is_err());
+    assert!(d.take().is_empty());
+}
+
+#[test]
+fn scatter_plan_groups_sources_by_destination_in_increasing_position() {
+    let idx = [3usize, 0, 3, 1, 3, 0];
+    let plan = scatter_plan(&idx, 5).unwrap();
+    assert_eq!(plan.starts, vec![0, 2, 3, 3, 6, 6]);
+    // Against the definition: for each destination, the positions holding it, in order.
+    for j in 0..5 {
+        let want: Vec<u32> = (0..idx.len())
+            .filter(|&i| idx[i] == j)
+            .map(|i| i as u32)
+            .collect();
+        let (s, e) = (plan.starts[j] as usize, plan.starts[j + 1] as usize);
+        assert_eq!(plan.order[s..e], want[..], "destination {j}");
+    }
+    let e = scatter_plan(&[0, 5], 5).unwrap_err().to_string();
+    assert!(e.contains("index 5") && e.contains("position 1"), "{e}");
+    assert_eq!(u32_indices("t", &[4, 0], 5).unwrap(), vec![4, 0]);
+}
+
+#[test]
+fn adamw_coefficients_reproduce_the_cpu_update_bit_for_bit() {
+    use crate::nn::ParamStore;
+    use crate::optim::AdamW;
+    use crate::Tensor;
+    // The kernel's expression, operation for operation (ptx/optim.cu, adamw_f32), in f32.
+    fn kernel(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: &AdamWCoeffs) {
+        for i in 0..p.len() {
+            let pi = p[i] * c.decay;
+            m[i] = c.b1 * m[i] + c.one_minus_b1 * g[i];
+            v[i] = c.b2 * v[i] + c.one_minus_b2 * g[i] * g[i];
+            let denom = v[i].sqrt() * c.inv_bc2_sqrt + c.eps;
+            p[i] = pi - c.step_size * m[i] / denom;
+        }
+    }
+    let cfg = AdamWConfig {
+        lr: 3e-3,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    };
+    let init: Vec<f32> = (0..37)
+        .map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0)
+        .collect();
+    let w = Tensor::from_vec(init.clone(), &[37])
+        .unwrap()
+        .requires_grad_();
+    let mut store = ParamStore::new();
+    store
+        .insert("", vec![("w".to_string(), w.clone())])
+        .unwrap();
+    let mut opt = AdamW::new(&store, cfg).unwrap();
+    let (mut p, mut m, mut v) = (init, vec![0.0f32; 37], vec![0.0f32; 37]);
+    for step in 1..=5u64 {
+        let g: Vec<f32> = (0..37)
+            .map(|i| (((i + 3) * step as usize * 131) % 97) as f32 / 40.0 - 1.2)
+            .collect();
+        w.set_grad(Some(Tensor::from_vec(g.clone(), &[37]).unwrap()));
+        let lr = cfg.lr * (1.0 - step as f64 / 10.0);
+        opt.step(lr).unwrap();
+        kernel(
+            &mut p,
+            &mut m,
+            &mut v,
+            &g,
+            &AdamWCoeffs::new(&cfg, lr, step).unwrap(),
+        );
+        let cpu = w.to_vec();
+        for (i, (a, b)) in cpu.iter().zip(&p).enumerate() {
+            assert_eq!(
+                a.to_bits(),
+                b.to_bits(),
+                "step {step}, element {i}: cpu {a} kernel {b}"
+            );
+        }
+    }
+    assert!(AdamWCoeffs::new(&cfg, 1e-3, 0).is_err());
+    assert!(AdamWCoeffs::new(&cfg, f64::NAN, 1).is_err());
+}

@@ -6,6 +6,7 @@
 #                          difference, on a .cu without its .ptx, or on a .ptx without its .cu
 #   scripts/ptx.sh asm     assemble every ptx/*.ptx for sm_80 and sm_90; fail on a spill or a
 #                          stack frame; print registers and shared memory per kernel
+#   scripts/ptx.sh table   the same, as the markdown table of docs/kernels.md
 #
 # The compiler comes from PyPI wheels (no GPU or system CUDA needed), installed once into
 # .cuda-tools/ (git-ignored) with one pip call. Needs python3 with pip, and gcc (nvcc's host
@@ -26,7 +27,7 @@ die() {
 }
 
 usage() {
-  sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -175,10 +176,29 @@ asm() {
   [[ $fail -eq 0 ]] || die "assembly found spills, stack frames or warnings"
 }
 
+# `asm`'s lines as one markdown row per kernel: registers for each architecture, static
+# shared memory, spill and stack bytes.
+table() {
+  local out
+  out="$(asm)"
+  echo "| module | kernel | registers sm_80 | registers sm_90 | static shared (bytes) | stack / spills (bytes) |"
+  echo "|---|---|---:|---:|---:|---:|"
+  awk '
+    { for (i = 4; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+      key = $2 " " $3
+      if (!(key in seen)) { seen[key] = 1; order[++n] = key }
+      reg[key, $1] = v["registers"]; sh[key] = v["shared"]
+      sp[key] += v["stack"] + v["spill_stores"] + v["spill_loads"] }
+    END { for (i = 1; i <= n; i++) { k = order[i]; split(k, mk, " ")
+      printf "| %s | `%s` | %s | %s | %s | %s |\n", mk[1], mk[2], reg[k, "sm_80"], reg[k, "sm_90"], sh[k], sp[k] } }' \
+    <<<"$out" | sort
+}
+
 [[ $# -eq 1 ]] || usage
 case "$1" in
   regen) regen ;;
   check) check ;;
   asm) asm ;;
+  table) table ;;
   *) usage ;;
 esac

@@ -37,7 +37,9 @@ pub use norm::{
 pub use optim::{
     adamw_f32, ema_f32, sum_f64, sum_squares_partial_f32, sum_squares_partials, AdamWCoeffs,
 };
-pub use reduce::{reduce_chunks_f32, reduce_rows_f32, ReduceOp};
+pub use reduce::{
+    reduce_axis_f32, reduce_chunks_f32, reduce_rows_f32, reduce_scratch_len, ReduceOp, REDUCE_CHUNK,
+};
 
 use super::driver::{KernelArg, LaunchConfig, PtxModule};
 use crate::error::{Error, Result};
@@ -193,4 +195,39 @@ fn pack_view(
         }
     }
     Ok((n, args))
+}
+
+/// Merges the dimensions of a view that every operand walks as one: dimension `d` folds into
+/// `d + 1` when each operand's `stride[d] == stride[d + 1] * shape[d + 1]`; extent-1
+/// dimensions are dropped. The merged view visits the same offsets in the same order with
+/// fewer index divisions per element, and brings views of more than [`MAX_DIMS`] dimensions
+/// within the kernels' reach when they are contiguous enough.
+pub fn merge_dims(shape: &[usize], strides: &[&[isize]]) -> (Vec<usize>, Vec<Vec<isize>>) {
+    let mut out_shape: Vec<usize> = Vec::with_capacity(shape.len());
+    let mut out_strides: Vec<Vec<isize>> = vec![Vec::with_capacity(shape.len()); strides.len()];
+    if shape.contains(&0) {
+        return (vec![0], vec![vec![1]; strides.len()]);
+    }
+    for d in 0..shape.len() {
+        if shape[d] == 1 {
+            continue;
+        }
+        let mergeable = !out_shape.is_empty()
+            && strides
+                .iter()
+                .zip(&out_strides)
+                .all(|(st, o)| o.last().copied() == Some(st[d] * shape[d] as isize));
+        if mergeable {
+            *out_shape.last_mut().expect("non-empty") *= shape[d];
+            for (st, o) in strides.iter().zip(out_strides.iter_mut()) {
+                *o.last_mut().expect("non-empty") = st[d];
+            }
+        } else {
+            out_shape.push(shape[d]);
+            for (st, o) in strides.iter().zip(out_strides.iter_mut()) {
+                o.push(st[d]);
+            }
+        }
+    }
+    (out_shape, out_strides)
 }

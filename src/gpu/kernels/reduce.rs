@@ -109,3 +109,83 @@ pub fn reduce_chunks_f32(
     ];
     driver.launch(&REDUCE, NAME, config, &args)
 }
+
+/// Rows each thread of the first pass of [`reduce_axis_f32`] combines: a constant, so the
+/// order of the additions depends on the shape alone.
+pub const REDUCE_CHUNK: usize = 256;
+
+/// f32 elements of scratch [`reduce_axis_f32`] needs for `[outer, r, inner]` (0 when one
+/// pass is enough).
+pub fn reduce_scratch_len(outer: usize, r: usize, inner: usize) -> usize {
+    if inner == 1 || r <= REDUCE_CHUNK {
+        0
+    } else {
+        outer * r.div_ceil(REDUCE_CHUNK) * inner
+    }
+}
+
+/// `out[o, i] (=|+=) reduce(x[o, 0..r, i])` for contiguous `x` `[outer, r, inner]`, as the
+/// CPU's `sum`/`mean`/`max` over one axis: one warp per row when `inner == 1`, otherwise
+/// per-chunk partials of [`REDUCE_CHUNK`] rows in `scratch` (at least
+/// [`reduce_scratch_len`] elements) then a second pass over the chunks. `mean` divides a sum
+/// by `r`. The order is fixed by the shape, so results are reproducible.
+#[allow(clippy::too_many_arguments)]
+pub fn reduce_axis_f32(
+    driver: &dyn Driver,
+    op: ReduceOp,
+    mean: bool,
+    out: DevicePtr,
+    x: DevicePtr,
+    scratch: Option<DevicePtr>,
+    outer: usize,
+    r: usize,
+    inner: usize,
+    accumulate: bool,
+) -> Result<()> {
+    const NAME: &str = "reduce_axis_f32";
+    if mean && op != ReduceOp::Sum {
+        return Err(Error::arg(NAME, "mean applies to a sum only"));
+    }
+    // An empty axis gives NaN for a mean, as 0 / 0 does on the CPU.
+    let scale = if mean { 1.0 / r as f32 } else { 1.0 };
+    if inner == 1 {
+        return reduce_rows_f32(driver, op, out, x, outer, r, scale, accumulate);
+    }
+    if r <= REDUCE_CHUNK {
+        return reduce_chunks_f32(
+            driver,
+            op,
+            out,
+            x,
+            outer,
+            r,
+            inner,
+            r.max(1),
+            scale,
+            accumulate,
+        );
+    }
+    let need = reduce_scratch_len(outer, r, inner);
+    let Some(scratch) = scratch else {
+        return Err(Error::arg(
+            NAME,
+            format!("[{outer}, {r}, {inner}] needs a scratch buffer of {need} f32"),
+        ));
+    };
+    reduce_chunks_f32(
+        driver,
+        op,
+        scratch,
+        x,
+        outer,
+        r,
+        inner,
+        REDUCE_CHUNK,
+        1.0,
+        false,
+    )?;
+    let chunks = r.div_ceil(REDUCE_CHUNK);
+    reduce_chunks_f32(
+        driver, op, out, scratch, outer, chunks, inner, chunks, scale, accumulate,
+    )
+}

@@ -694,3 +694,117 @@ fn adamw_coefficients_reproduce_the_cpu_update_bit_for_bit() {
     assert!(AdamWCoeffs::new(&cfg, 1e-3, 0).is_err());
     assert!(AdamWCoeffs::new(&cfg, f64::NAN, 1).is_err());
 }
+
+/// Offsets of every element of a view in row-major order, one list per operand.
+fn offsets(shape: &[usize], strides: &[&[isize]]) -> Vec<Vec<isize>> {
+    let n: usize = shape.iter().product();
+    (0..n)
+        .map(|mut i| {
+            let mut o = vec![0isize; strides.len()];
+            for d in (0..shape.len()).rev() {
+                let c = (i % shape[d]) as isize;
+                i /= shape[d];
+                for (k, st) in strides.iter().enumerate() {
+                    o[k] += c * st[d];
+                }
+            }
+            o
+        })
+        .collect()
+}
+
+#[test]
+fn merge_dims_visits_the_same_offsets_in_the_same_order() {
+    let shapes: [&[usize]; 6] = [
+        &[2, 3, 4],
+        &[1, 5, 1, 6],
+        &[4, 1, 3, 2, 5],
+        &[7],
+        &[],
+        &[3, 0, 2],
+    ];
+    let mut seed = 12345u64;
+    let mut rnd = |m: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % m
+    };
+    let mut merged_something = false;
+    for shape in shapes {
+        for _ in 0..20 {
+            // Contiguous, broadcast (0), reversed, and permuted-contiguous strides, mixed.
+            let contiguous: Vec<isize> = (0..shape.len())
+                .map(|d| shape[d + 1..].iter().product::<usize>() as isize)
+                .collect();
+            let mut a = contiguous.clone();
+            let mut b = contiguous.clone();
+            for d in 0..shape.len() {
+                match rnd(4) {
+                    0 => a[d] = 0,
+                    1 => a[d] = -a[d],
+                    2 => b[d] *= 3,
+                    _ => {}
+                }
+            }
+            let (ms, mst) = merge_dims(shape, &[&a, &b]);
+            assert!(ms.len() <= shape.len().max(1));
+            merged_something |= ms.len() < shape.iter().filter(|&&s| s != 1).count();
+            let want = offsets(shape, &[&a, &b]);
+            let got = offsets(&ms, &[&mst[0], &mst[1]]);
+            assert_eq!(
+                got, want,
+                "shape {shape:?} strides {a:?} {b:?} -> {ms:?} {mst:?}"
+            );
+        }
+    }
+    assert!(merged_something, "no case merged any dimension");
+    assert_eq!(
+        merge_dims(&[4, 5, 6], &[&[30, 6, 1]]),
+        (vec![120], vec![vec![1]])
+    );
+}
+
+#[test]
+fn reduce_axis_picks_one_or_two_fixed_passes() {
+    let d = Recorder::default();
+    let (out, x, s) = (d.ptr(), d.ptr(), d.ptr());
+    // inner == 1: one warp per row.
+    reduce_axis_f32(&d, ReduceOp::Sum, true, out, x, None, 6, 1000, 1, false).unwrap();
+    let l = d.one();
+    assert_eq!(l.kernel, "reduce_rows_f32");
+    assert_eq!(l.args[5], KernelArg::F32(1.0 / 1000.0));
+    // Short axis: one chunked pass covering it.
+    reduce_axis_f32(&d, ReduceOp::Max, false, out, x, None, 2, 100, 64, true).unwrap();
+    let l = d.one();
+    assert_eq!(
+        (l.kernel.as_str(), l.config.grid),
+        ("reduce_chunks_f32", (1, 1, 2))
+    );
+    // Long axis: partials of REDUCE_CHUNK rows into scratch, then the chunks in order.
+    assert_eq!(reduce_scratch_len(2, 1000, 64), 2 * 4 * 64);
+    reduce_axis_f32(&d, ReduceOp::Sum, false, out, x, Some(s), 2, 1000, 64, true).unwrap();
+    let l = d.take();
+    assert_eq!(l.len(), 2);
+    assert_eq!(
+        (l[0].args[0], l[0].config.grid),
+        (KernelArg::Ptr(s), (1, 4, 2))
+    );
+    assert_eq!(
+        l[0].args[8],
+        KernelArg::U32(0),
+        "the first pass must not accumulate"
+    );
+    assert_eq!(
+        (l[1].args[0], l[1].args[1]),
+        (KernelArg::Ptr(out), KernelArg::Ptr(s))
+    );
+    assert_eq!(
+        (l[1].args[3], l[1].args[8]),
+        (KernelArg::U32(4), KernelArg::U32(1))
+    );
+    // Errors: no scratch for a long axis, a mean of a max.
+    assert!(reduce_axis_f32(&d, ReduceOp::Sum, false, out, x, None, 2, 1000, 64, false).is_err());
+    assert!(reduce_axis_f32(&d, ReduceOp::Max, true, out, x, None, 2, 10, 1, false).is_err());
+    assert!(d.take().is_empty());
+}

@@ -16,7 +16,10 @@
 // No `call`, no local memory: every helper is __forceinline__ and the dimension loops are
 // fully unrolled so the shape and stride parameters stay in registers.
 
+// scripts/ptx.sh host compiles this file for the CPU, with its own bf16 type.
+#ifndef TARFLOW_HOST_EMULATION
 #include <cuda_bf16.h>
+#endif
 
 #define MAX_DIMS 8
 

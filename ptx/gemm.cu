@@ -29,7 +29,9 @@
 // Epilogue (both): v = alpha * acc; if beta != 0, v += beta * C; with GEMM_HAS_BIAS, v +=
 // bias[j] (f32, one per output column).
 
+#ifndef TARFLOW_HOST_EMULATION
 #include <cuda_bf16.h>
+#endif
 
 enum GemmFlags {
   GEMM_HAS_BIAS = 1,
@@ -119,6 +121,9 @@ extern "C" __global__ void __launch_bounds__(256)
 // Elements per operand stage: the larger of [64][32 + 8] and [32][64 + 8].
 #define T_STAGE (T_BM * (T_BK + T_PAD))
 
+// The inline-PTX helpers. scripts/ptx/host/shim.h gives host versions of these five for
+// `scripts/ptx.sh host`, which runs this file on the CPU.
+#ifndef TARFLOW_HOST_EMULATION
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
   return (unsigned)__cvta_generic_to_shared(p);
 }
@@ -153,6 +158,7 @@ __device__ __forceinline__ void mma_bf16(float* d, const unsigned* a, const unsi
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
+#endif
 
 // Loads one operand tile into shared memory `s`: `rows` x `cols` elements of a matrix whose
 // element (row, col) sits at g[row * ld + col], starting at (row0, col0), bounded by

@@ -7,6 +7,8 @@
 #   scripts/ptx.sh asm     assemble every ptx/*.ptx for sm_80 and sm_90; fail on a spill or a
 #                          stack frame; print registers and shared memory per kernel
 #   scripts/ptx.sh table   the same, as the markdown table of docs/kernels.md
+#   scripts/ptx.sh host    compile the kernels for the CPU (scripts/ptx/host/shim.h stands in
+#                          for the device) and run scripts/ptx/host/*_check.cpp; needs g++ 11+
 #
 # The compiler comes from PyPI wheels (no GPU or system CUDA needed), installed once into
 # .cuda-tools/ (git-ignored) with one pip call. Needs python3 with pip, and gcc (nvcc's host
@@ -27,7 +29,7 @@ die() {
 }
 
 usage() {
-  sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -194,11 +196,35 @@ table() {
     <<<"$out" | sort
 }
 
+# Builds and runs every host check; each compiles one ptx/*.cu with the host shim.
+host() {
+  need g++ "to compile the host checks (C++20: g++ 11 or newer)"
+  local dir fail=0
+  shopt -s nullglob
+  local checks=("$ROOT"/scripts/ptx/host/*_check.cpp)
+  shopt -u nullglob
+  [[ ${#checks[@]} -gt 0 ]] || die "no scripts/ptx/host/*_check.cpp"
+  dir="$(mktemp -d)"
+  for c in "${checks[@]}"; do
+    local name
+    name="$(basename "$c" .cpp)"
+    if ! g++ -std=c++20 -O2 -pthread -ffp-contract=off -Wno-unknown-pragmas -o "$dir/$name" "$c"; then
+      echo "FAIL: scripts/ptx/host/$name.cpp does not compile" >&2
+      fail=1
+      continue
+    fi
+    "$dir/$name" || fail=1
+  done
+  rm -rf "$dir"
+  [[ $fail -eq 0 ]] || die "a host check failed"
+}
+
 [[ $# -eq 1 ]] || usage
 case "$1" in
   regen) regen ;;
   check) check ;;
   asm) asm ;;
   table) table ;;
+  host) host ;;
   *) usage ;;
 esac

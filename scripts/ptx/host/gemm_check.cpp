@@ -1,0 +1,95 @@
+// gemm.cu on the host: the four bf16 tensor-core layouts and the f32 GEMM against f64
+// references, on ragged shapes (m, n not multiples of the 64 tile, k over four 32-wide
+// k-tiles and ragged), batched, with padding around the operands filled with NaN (a read
+// outside an operand shows), bias, alpha and beta, and C's padding columns left untouched.
+#include "shim.h"
+#include "../../../ptx/gemm.cu"
+
+static unsigned short to_bf16(float f) { return __float2bfloat16_rn(f).bits; }
+
+static void bf16_case(int layout) {
+  const char* names[4] = {"nn", "nt", "tn", "tt"};
+  const unsigned M = 70, N = 45, K = 100, batch = 2;
+  bool a_t = layout >= 2, b_t = layout % 2 == 1;
+  unsigned lda = a_t ? 72 : 104, ldb = b_t ? 104 : 48, ldc = 50;
+  unsigned a_bs = (a_t ? K : M) * lda, b_bs = (b_t ? N : K) * ldb, c_bs = M * ldc;
+  std::vector<unsigned short> A(batch * a_bs, to_bf16(NAN)), B(batch * b_bs, to_bf16(NAN));
+  std::vector<float> Av(batch * M * K), Bv(batch * K * N);
+  for (unsigned z = 0; z < batch; ++z) {
+    for (unsigned i = 0; i < M; ++i)
+      for (unsigned l = 0; l < K; ++l) {
+        unsigned short v = to_bf16(rnd());
+        Av[(z * M + i) * K + l] = bf16_bits_to_float(v);
+        A[z * a_bs + (a_t ? l * lda + i : i * lda + l)] = v;
+      }
+    for (unsigned l = 0; l < K; ++l)
+      for (unsigned j = 0; j < N; ++j) {
+        unsigned short v = to_bf16(rnd());
+        Bv[(z * K + l) * N + j] = bf16_bits_to_float(v);
+        B[z * b_bs + (b_t ? j * ldb + l : l * ldb + j)] = v;
+      }
+  }
+  std::vector<float> bias(N), C(batch * c_bs);
+  for (auto& v : bias) v = rnd();
+  for (auto& v : C) v = rnd();
+  const std::vector<float> C0 = C;
+  const float alpha = 1.5f, beta = 0.5f;
+  auto a = reinterpret_cast<const __nv_bfloat16*>(A.data());
+  auto b = reinterpret_cast<const __nv_bfloat16*>(B.data());
+  auto kernel = layout == 0 ? gemm_bf16_nn : layout == 1 ? gemm_bf16_nt : layout == 2 ? gemm_bf16_tn : gemm_bf16_tt;
+  launch({(N + 63) / 64, (M + 63) / 64, batch}, 128, [&] {
+    kernel(C.data(), a, b, bias.data(), M, N, K, lda, ldb, ldc, a_bs, b_bs, c_bs, alpha, beta, GEMM_HAS_BIAS);
+  });
+  double worst = 0;
+  for (unsigned z = 0; z < batch; ++z)
+    for (unsigned i = 0; i < M; ++i)
+      for (unsigned j = 0; j < ldc; ++j) {
+        size_t at = z * c_bs + i * ldc + j;
+        if (j >= N) {
+          CHECK(C[at] == C0[at], "gemm_bf16_%s wrote C's padding at %u, %u", names[layout], i, j);
+          continue;
+        }
+        double acc = 0, mag = 0;
+        for (unsigned l = 0; l < K; ++l) {
+          double p = (double)Av[(z * M + i) * K + l] * Bv[(z * K + l) * N + j];
+          acc += p;
+          mag += std::fabs(p);
+        }
+        double want = alpha * acc + beta * C0[at] + bias[j];
+        double scale = alpha * mag + std::fabs(beta * C0[at]) + std::fabs(bias[j]);
+        double err = std::fabs(C[at] - want) / scale;
+        if (!(err <= worst)) worst = std::isnan(err) ? INFINITY : err;
+        CHECK(err < 1e-5, "gemm_bf16_%s batch %u (%u, %u): %g, want %g", names[layout], z, i, j, C[at], want);
+      }
+  printf("gemm_bf16_%s: worst error %.2g relative to the sum of |products|\n", names[layout], worst);
+}
+
+static void f32_case() {
+  // A stored transposed (a_rs = 1, a_cs = m), B row-major, beta = 0 over a NaN-filled C.
+  const unsigned M = 70, N = 45, K = 37;
+  std::vector<float> A(2 * K * M), B(2 * K * N), C(2 * M * N, NAN), bias(N);
+  for (auto& v : A) v = rnd();
+  for (auto& v : B) v = rnd();
+  for (auto& v : bias) v = rnd();
+  launch({1, 2, 2}, 256, [&] {
+    gemm_f32(C.data(), A.data(), B.data(), bias.data(), M, N, K, 1, M, N, 1, N, K * M, K * N, M * N, 1.0f, 0.0f, GEMM_HAS_BIAS);
+  });
+  for (unsigned z = 0; z < 2; ++z)
+    for (unsigned i = 0; i < M; ++i)
+      for (unsigned j = 0; j < N; ++j) {
+        double acc = 0, mag = 0;
+        for (unsigned l = 0; l < K; ++l) {
+          double p = (double)A[z * K * M + l * M + i] * B[z * K * N + l * N + j];
+          acc += p;
+          mag += std::fabs(p);
+        }
+        double want = acc + bias[j], got = C[z * M * N + i * N + j];
+        CHECK(std::fabs(got - want) <= 1e-6 * (mag + std::fabs(bias[j])), "gemm_f32 (%u, %u): %g, want %g", i, j, got, want);
+      }
+}
+
+int main() {
+  for (int layout = 0; layout < 4; ++layout) bf16_case(layout);
+  f32_case();
+  return finish("gemm.cu");
+}

@@ -80,8 +80,9 @@ __device__ __forceinline__ long long offset_of(unsigned i, unsigned rank, const 
 #pragma unroll
   for (int d = MAX_DIMS - 1; d >= 0; --d) {
     if (d < (int)rank) {
-      unsigned c = i % shape[d];
-      i /= shape[d];
+      // The outermost coordinate is what is left: i < n bounds it by shape[0].
+      unsigned c = d == 0 ? i : i % shape[d];
+      if (d > 0) i /= shape[d];
       o += (long long)c * stride[d];
     }
   }

@@ -7,6 +7,7 @@
 #   scripts/ptx.sh asm     assemble every ptx/*.ptx for sm_80 and sm_90; fail on a spill or a
 #                          stack frame; print registers and shared memory per kernel
 #   scripts/ptx.sh table   the same, as the markdown table of docs/kernels.md
+#   scripts/ptx.sh ops     list the instruction forms each ptx/*.ptx uses (for the interpreter)
 #   scripts/ptx.sh host    compile the kernels for the CPU (scripts/ptx/host/shim.h stands in
 #                          for the device) and run scripts/ptx/host/*_check.cpp; needs g++ 11+
 #
@@ -29,7 +30,7 @@ die() {
 }
 
 usage() {
-  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -196,6 +197,21 @@ table() {
     <<<"$out" | sort
 }
 
+# The distinct instruction forms (opcode with all its modifiers) of each module, one line per
+# module: what the PTX interpreter has to implement. Needs no compiler.
+ops() {
+  sources
+  for p in "${PTXS[@]}"; do
+    printf '%s: ' "$(basename "$p" .ptx)"
+    # Instruction lines, an optional guard predicate dropped; inline-asm braces opened.
+    sed -E 's/^[[:space:]]*\{[[:space:]]*//' "$p" |
+      grep -vE '^[[:space:]]*(//|\.|$|\}|\)|\$)' |
+      sed -E 's/^[[:space:]]*(@!?%p[0-9]+[[:space:]]+)?//' |
+      awk '{ sub(/;$/, "", $1); print $1 }' | grep -E '^[a-z]' | sort -u | tr '\n' ' '
+    echo
+  done
+}
+
 # Builds and runs every host check; each compiles one ptx/*.cu with the host shim.
 host() {
   need g++ "to compile the host checks (C++20: g++ 11 or newer)"
@@ -226,5 +242,6 @@ case "$1" in
   asm) asm ;;
   table) table ;;
   host) host ;;
+  ops) ops ;;
   *) usage ;;
 esac

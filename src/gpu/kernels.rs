@@ -4,12 +4,12 @@
 //! embedded here as a [`PtxModule`]. A wrapper checks its sizes, derives the launch
 //! configuration the kernel expects (documented at the top of each `.cu` and in
 //! `docs/kernels.md`) and packs the [`KernelArg`]s in the order of the kernel's parameters,
-//! then calls [`Driver::launch`]. Tests parse the `.entry` signatures of the committed PTX
+//! then calls [`crate::gpu::Driver::launch`]. Tests parse the `.entry` signatures of the committed PTX
 //! and check every wrapper against them, so a wrapper cannot drift from its kernel.
 //!
 //! Conventions shared by every wrapper:
 //! - Pointers are device addresses of the first element a kernel touches (a view's offset
-//!   is already added, see [`DevicePtr::offset`]); nothing here reads device memory.
+//!   is already added, see [`crate::gpu::DevicePtr::offset`]); nothing here reads device memory.
 //! - Element counts, extents and strides must fit the kernels' 32-bit index arithmetic:
 //!   at most [`MAX_ELEMENTS`] elements per launch; anything larger is an error naming the op.
 //! - Work of zero elements launches nothing and returns `Ok` (CUDA rejects an empty grid).

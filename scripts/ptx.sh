@@ -46,8 +46,9 @@ install_nvcc() {
   need python3 "to install nvcc from PyPI"
   python3 -m pip --version >/dev/null 2>&1 || die "needs pip for python3 (python3 -m pip)"
   echo "== installing nvcc $NVCC_VERSION into .cuda-tools (PyPI wheels)" >&2
-  # One call, so pip resolves nothing and the versions stay exactly these.
-  python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$TOOLS" \
+  # One call, so pip resolves nothing and the versions stay exactly these; --upgrade replaces
+  # a .cuda-tools of another version instead of keeping it.
+  python3 -m pip install --quiet --disable-pip-version-check --no-deps --upgrade --target "$TOOLS" \
     "nvidia-cuda-nvcc==$NVCC_VERSION" "nvidia-nvvm==$NVCC_VERSION" \
     "nvidia-cuda-crt==$NVCC_VERSION" nvidia-cuda-runtime==13.0.96 \
     nvidia-cuda-cccl==13.0.85 ||

@@ -2,7 +2,9 @@
 //!
 //! See `docs/architecture.md` for where this sits between the ops and the kernels in `ptx/`.
 
+pub mod cuda;
 pub mod driver;
 pub mod kernels;
 
+pub use cuda::CudaDriver;
 pub use driver::{DevicePtr, Driver, KernelArg, LaunchConfig, PtxModule};

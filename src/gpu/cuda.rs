@@ -1,0 +1,449 @@
+//! The CUDA driver behind the [`Driver`] interface, through cudarc.
+//!
+//! cudarc loads `libcuda` at run time (no link-time dependency, so the crate builds with no
+//! CUDA installed) and panics when the library is absent; [`CudaDriver::new`] probes for it
+//! first, so a missing driver, a missing GPU or a driver too old for the PTX is an
+//! [`Error::Device`] that says what is needed. Without the `cuda` feature the same function
+//! returns that error, so callers need no `cfg`.
+//!
+//! One context (the device's primary context) and one stream per driver; launches and copies
+//! run in stream order. Freed memory is kept in a cache by size and reused, since a training
+//! step allocates the same activation sizes every step.
+
+use super::driver::{DevicePtr, Driver, KernelArg, LaunchConfig, PtxModule};
+use crate::error::{Error, Result};
+
+/// The minimum driver for the committed PTX (ISA 9.0, written by nvcc 13.0).
+pub const DRIVER_REQUIREMENT: &str = "an NVIDIA driver of release 580 or newer (CUDA 13)";
+
+fn unavailable(detail: impl Into<String>) -> Error {
+    Error::Device {
+        op: "cuda",
+        detail: detail.into(),
+    }
+}
+
+/// A CUDA device, opened once and shared.
+pub struct CudaDriver {
+    #[cfg(feature = "cuda")]
+    inner: imp::Inner,
+    #[cfg(not(feature = "cuda"))]
+    _never: std::convert::Infallible,
+}
+
+impl CudaDriver {
+    /// Opens device `ordinal`: loads the driver library, checks the device exists, retains
+    /// its primary context and creates a stream.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        #[cfg(feature = "cuda")]
+        {
+            imp::Inner::new(ordinal).map(|inner| CudaDriver { inner })
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            Err(unavailable(format!(
+                "cuda:{ordinal}: this build has no CUDA backend (rebuild with `--features cuda`; \
+                 running it needs {DRIVER_REQUIREMENT})"
+            )))
+        }
+    }
+
+    /// Whether the CUDA driver library can be loaded on this machine (always false without
+    /// the `cuda` feature). A true answer does not promise a GPU: [`CudaDriver::new`] says.
+    pub fn library_present() -> bool {
+        #[cfg(feature = "cuda")]
+        {
+            imp::library_present()
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            false
+        }
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+impl Driver for CudaDriver {
+    fn name(&self) -> String {
+        match self._never {}
+    }
+    fn alloc(&self, _: usize) -> Result<DevicePtr> {
+        match self._never {}
+    }
+    fn free(&self, _: DevicePtr) -> Result<()> {
+        match self._never {}
+    }
+    fn upload(&self, _: DevicePtr, _: &[u8]) -> Result<()> {
+        match self._never {}
+    }
+    fn download(&self, _: DevicePtr, _: &mut [u8]) -> Result<()> {
+        match self._never {}
+    }
+    fn launch(&self, _: &PtxModule, _: &str, _: LaunchConfig, _: &[KernelArg]) -> Result<()> {
+        match self._never {}
+    }
+    fn synchronize(&self) -> Result<()> {
+        match self._never {}
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl Driver for CudaDriver {
+    fn name(&self) -> String {
+        self.inner.name.clone()
+    }
+    fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
+        self.inner.alloc(bytes)
+    }
+    fn free(&self, ptr: DevicePtr) -> Result<()> {
+        self.inner.free(ptr)
+    }
+    fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
+        self.inner.upload(dst, src)
+    }
+    fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
+        self.inner.download(src, dst)
+    }
+    fn launch(
+        &self,
+        module: &PtxModule,
+        kernel: &str,
+        config: LaunchConfig,
+        args: &[KernelArg],
+    ) -> Result<()> {
+        self.inner.launch(module, kernel, config, args)
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.inner.synchronize()
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod imp {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use cudarc::driver::sys::{self, cudaError_enum as Cu};
+    use cudarc::driver::{
+        result, CudaContext, CudaFunction, CudaModule, CudaStream, PushKernelArg,
+    };
+    use cudarc::driver::{DriverError, LaunchConfig as CuLaunch};
+    use cudarc::nvrtc::Ptx;
+
+    use super::{unavailable, DRIVER_REQUIREMENT};
+    use crate::error::{Error, Result};
+    use crate::gpu::driver::{DevicePtr, KernelArg, LaunchConfig, PtxModule};
+
+    pub(super) fn library_present() -> bool {
+        // SAFETY: the probe only tries to dlopen the library and reports whether it could.
+        unsafe { sys::is_culib_present() }
+    }
+
+    /// The error for a failed driver call, with what to do about the common ones.
+    fn driver_error(what: &str, e: DriverError) -> Error {
+        let hint = match e.0 {
+            Cu::CUDA_ERROR_UNSUPPORTED_PTX_VERSION => {
+                format!(" (the kernels need {DRIVER_REQUIREMENT})")
+            }
+            Cu::CUDA_ERROR_STUB_LIBRARY => {
+                format!(" (the libcuda found is the toolkit's stub; install {DRIVER_REQUIREMENT})")
+            }
+            Cu::CUDA_ERROR_NO_DEVICE => " (no CUDA GPU is visible to this process)".to_string(),
+            Cu::CUDA_ERROR_INVALID_DEVICE => " (no GPU has this ordinal)".to_string(),
+            Cu::CUDA_ERROR_OUT_OF_MEMORY => " (out of GPU memory)".to_string(),
+            _ => String::new(),
+        };
+        unavailable(format!("{what}: {e}{hint}"))
+    }
+
+    #[derive(Default)]
+    struct Pool {
+        /// Size of every live allocation, by address.
+        live: HashMap<u64, usize>,
+        /// Freed allocations by size, for reuse.
+        free: HashMap<usize, Vec<u64>>,
+    }
+
+    pub(super) struct Inner {
+        pub(super) name: String,
+        ctx: Arc<CudaContext>,
+        stream: Arc<CudaStream>,
+        modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+        functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
+        pool: Mutex<Pool>,
+    }
+
+    // Rounding sizes up to a few classes lets a freed buffer serve the next request of about
+    // the same size (training steps repeat their sizes exactly; sampling grows slowly).
+    fn size_class(bytes: usize) -> usize {
+        let b = bytes.max(256);
+        if b <= 1 << 20 {
+            b.next_power_of_two()
+        } else {
+            b.div_ceil(1 << 20) << 20
+        }
+    }
+
+    impl Inner {
+        pub(super) fn new(ordinal: usize) -> Result<Self> {
+            if !library_present() {
+                return Err(unavailable(format!(
+                    "cuda:{ordinal}: the CUDA driver library (libcuda.so) is not installed or \
+                     not on the library path; a GPU needs {DRIVER_REQUIREMENT}"
+                )));
+            }
+            let count = CudaContext::device_count()
+                .map_err(|e| driver_error(&format!("cuda:{ordinal}"), e))?;
+            if ordinal >= count.max(0) as usize {
+                return Err(unavailable(format!(
+                    "cuda:{ordinal}: this machine has {count} CUDA device(s)"
+                )));
+            }
+            let ctx = CudaContext::new(ordinal)
+                .map_err(|e| driver_error(&format!("cuda:{ordinal}"), e))?;
+            let name = ctx.name().unwrap_or_else(|_| "unknown GPU".to_string());
+            let stream = ctx
+                .new_stream()
+                .map_err(|e| driver_error(&format!("cuda:{ordinal}: stream"), e))?;
+            Ok(Inner {
+                name: format!("cuda:{ordinal} ({name})"),
+                ctx,
+                stream,
+                modules: Mutex::new(HashMap::new()),
+                functions: Mutex::new(HashMap::new()),
+                pool: Mutex::new(Pool::default()),
+            })
+        }
+
+        fn bind(&self) -> Result<()> {
+            self.ctx
+                .bind_to_thread()
+                .map_err(|e| driver_error(&self.name, e))
+        }
+
+        pub(super) fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
+            let class = size_class(bytes);
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(p) = pool.free.get_mut(&class).and_then(|v| v.pop()) {
+                pool.live.insert(p, class);
+                return Ok(DevicePtr(p));
+            }
+            self.bind()?;
+            // SAFETY: the stream belongs to this context, bound above; the memory is handed
+            // out uninitialised, as `Driver::alloc` documents.
+            let p = match unsafe { result::malloc_async(self.stream.cu_stream(), class) } {
+                Ok(p) => p,
+                Err(_) => {
+                    // Out of memory with buffers cached: give them back and try once more.
+                    for (_, ptrs) in pool.free.drain() {
+                        for q in ptrs {
+                            // SAFETY: cached pointers came from malloc_async and are not live.
+                            unsafe { result::free_async(q, self.stream.cu_stream()) }
+                                .map_err(|e| driver_error(&self.name, e))?;
+                        }
+                    }
+                    // SAFETY: as above.
+                    unsafe { result::malloc_async(self.stream.cu_stream(), class) }.map_err(
+                        |e| driver_error(&format!("{}: allocating {bytes} bytes", self.name), e),
+                    )?
+                }
+            };
+            pool.live.insert(p, class);
+            Ok(DevicePtr(p))
+        }
+
+        pub(super) fn free(&self, ptr: DevicePtr) -> Result<()> {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            let class = pool.live.remove(&ptr.0).ok_or_else(|| {
+                unavailable(format!(
+                    "{}: free of {:#x}, not a live allocation",
+                    self.name, ptr.0
+                ))
+            })?;
+            // Stream order makes reuse safe: a later launch that gets this buffer runs after
+            // every launch that used it.
+            pool.free.entry(class).or_default().push(ptr.0);
+            Ok(())
+        }
+
+        /// Checks that `[ptr, ptr + len)` lies inside one live allocation.
+        fn check_range(&self, what: &str, ptr: DevicePtr, len: usize) -> Result<()> {
+            let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            let inside = pool
+                .live
+                .iter()
+                .any(|(&base, &size)| ptr.0 >= base && ptr.0 - base + len as u64 <= size as u64);
+            if inside {
+                Ok(())
+            } else {
+                Err(unavailable(format!(
+                    "{}: {what} of {len} bytes at {:#x} is outside every allocation",
+                    self.name, ptr.0
+                )))
+            }
+        }
+
+        pub(super) fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
+            self.check_range("upload", dst, src.len())?;
+            self.bind()?;
+            // SAFETY: the range was checked against a live allocation; the copy is
+            // synchronous, so `src` outlives it.
+            unsafe { result::memcpy_htod_sync(dst.0, src) }
+                .map_err(|e| driver_error(&format!("{}: upload", self.name), e))?;
+            Ok(())
+        }
+
+        pub(super) fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
+            self.check_range("download", src, dst.len())?;
+            self.synchronize()?;
+            // SAFETY: the range was checked; every launch writing it has finished (above);
+            // the copy is synchronous.
+            unsafe { result::memcpy_dtoh_sync(dst, src.0) }
+                .map_err(|e| driver_error(&format!("{}: download", self.name), e))?;
+            Ok(())
+        }
+
+        fn function(&self, module: &PtxModule, kernel: &str) -> Result<CudaFunction> {
+            let key = (module.name, kernel.to_string());
+            if let Some(f) = self
+                .functions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&key)
+            {
+                return Ok(f.clone());
+            }
+            let m = {
+                let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+                match modules.get(module.name) {
+                    Some(m) => m.clone(),
+                    None => {
+                        let m = self
+                            .ctx
+                            .load_module(Ptx::from_src(module.ptx))
+                            .map_err(|e| {
+                                driver_error(
+                                    &format!("{}: loading ptx/{}.ptx", self.name, module.name),
+                                    e,
+                                )
+                            })?;
+                        modules.insert(module.name, m.clone());
+                        m
+                    }
+                }
+            };
+            let f = m.load_function(kernel).map_err(|e| {
+                driver_error(
+                    &format!("{}: kernel {kernel} in ptx/{}.ptx", self.name, module.name),
+                    e,
+                )
+            })?;
+            self.functions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key, f.clone());
+            Ok(f)
+        }
+
+        pub(super) fn launch(
+            &self,
+            module: &PtxModule,
+            kernel: &str,
+            config: LaunchConfig,
+            args: &[KernelArg],
+        ) -> Result<()> {
+            let f = self.function(module, kernel)?;
+            // Each argument's bytes live in this vector until the launch call returns (the
+            // driver copies parameters at launch).
+            let values: Vec<ArgValue> = args.iter().map(|&a| ArgValue::from(a)).collect();
+            let mut b = self.stream.launch_builder(&f);
+            for v in &values {
+                match v {
+                    ArgValue::U32(x) => b.arg(x),
+                    ArgValue::U64(x) => b.arg(x),
+                    ArgValue::F32(x) => b.arg(x),
+                    ArgValue::F64(x) => b.arg(x),
+                };
+            }
+            let cfg = CuLaunch {
+                grid_dim: config.grid,
+                block_dim: config.block,
+                shared_mem_bytes: config.shared_bytes,
+            };
+            // SAFETY: the typed wrappers in gpu::kernels pack exactly the kernel's parameters
+            // (tested against the PTX `.entry` signatures), pointers come from this driver's
+            // allocator, and sizes were validated by the wrapper.
+            unsafe { b.launch(cfg) }
+                .map(|_| ())
+                .map_err(|e| driver_error(&format!("{}: launch of {kernel}", self.name), e))
+        }
+
+        pub(super) fn synchronize(&self) -> Result<()> {
+            self.stream
+                .synchronize()
+                .map_err(|e| driver_error(&format!("{}: a kernel failed", self.name), e))
+        }
+    }
+
+    enum ArgValue {
+        U32(u32),
+        U64(u64),
+        F32(f32),
+        F64(f64),
+    }
+
+    impl From<KernelArg> for ArgValue {
+        fn from(a: KernelArg) -> Self {
+            match a {
+                KernelArg::Ptr(p) => ArgValue::U64(p.0),
+                KernelArg::U32(v) => ArgValue::U32(v),
+                KernelArg::U64(v) => ArgValue::U64(v),
+                KernelArg::F32(v) => ArgValue::F32(v),
+                KernelArg::F64(v) => ArgValue::F64(v),
+            }
+        }
+    }
+
+    impl Drop for Inner {
+        fn drop(&mut self) {
+            let pool = self.pool.get_mut().unwrap_or_else(|e| e.into_inner());
+            let stream = self.stream.cu_stream();
+            for p in pool.free.values().flatten().chain(pool.live.keys()) {
+                // SAFETY: every pointer came from malloc_async on this stream; the driver is
+                // being dropped, so no tensor refers to it any more.
+                let _ = unsafe { result::free_async(*p, stream) };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opening_without_a_gpu_is_an_error_not_a_panic() {
+        // On a machine with a working GPU this opens it; everywhere else it must say why not.
+        match CudaDriver::new(0) {
+            Ok(d) => assert!(d.name().starts_with("cuda:0")),
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(msg.contains("cuda"), "{msg}");
+                if !CudaDriver::library_present() {
+                    assert!(
+                        msg.contains("580") || msg.contains("--features cuda"),
+                        "{msg}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_ordinal_is_an_error() {
+        let e = CudaDriver::new(1 << 20)
+            .err()
+            .expect("no machine has 2^20 GPUs");
+        assert!(e.to_string().contains("cuda:1048576"), "{e}");
+    }
+}

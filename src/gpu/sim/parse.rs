@@ -25,6 +25,7 @@ struct Parser<'a> {
     toks: Vec<Token>,
     pos: usize,
     what: &'a str,
+    lines: Vec<&'a str>,
 }
 
 fn align_up(x: u32, a: u32) -> u32 {
@@ -123,7 +124,12 @@ struct SharedVar {
 /// Parses a whole module. `what` names it in messages (e.g. `"ptx module vec_add"`).
 pub fn parse_module(src: &str, what: &str) -> Result<Module> {
     let toks = tokenize(src, what)?;
-    let mut p = Parser { toks, pos: 0, what };
+    let mut p = Parser {
+        toks,
+        pos: 0,
+        what,
+        lines: src.lines().collect(),
+    };
     let mut module = Module::default();
     let mut module_shared: Vec<SharedVar> = Vec::new();
     while let Some(t) = p.peek().cloned() {
@@ -377,15 +383,10 @@ fn parse_entry(p: &mut Parser, module_shared: &[SharedVar]) -> Result<Kernel> {
                 p.pos = start;
                 body.freeze();
                 let (guard, opcode, raws) = parse_statement(p, &body)?;
-                let src: Vec<String> = p.toks[start..p.pos]
-                    .iter()
-                    .map(|t| match &t.tok {
-                        Tok::Ident(s) | Tok::Num(s) => s.clone(),
-                        Tok::Str(s) => format!("{s:?}"),
-                        Tok::Punct(c) => c.to_string(),
-                    })
-                    .collect();
-                let src = src.join(" ");
+                let src = p
+                    .lines
+                    .get(line as usize - 1)
+                    .map_or(String::new(), |l| l.trim().to_string());
                 let inst = decode_inst(guard, &opcode, raws, &mut |label| {
                     pending.push((insts.len(), 0, label.to_string(), line));
                 })

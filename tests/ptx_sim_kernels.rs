@@ -126,7 +126,7 @@ fn block_sum_matches_fixed_order_reference() {
         }
         v[0]
     };
-    for b in 0..blocks {
+    for (b, &g) in got.iter().enumerate() {
         let mut partial = [0f32; 32];
         for (w, p) in partial.iter_mut().enumerate().take(block / 32) {
             let mut v = [0f32; 32];
@@ -136,7 +136,7 @@ fn block_sum_matches_fixed_order_reference() {
             }
             *p = bfly(v);
         }
-        assert_eq!(got[b].to_bits(), bfly(partial).to_bits(), "block {b}");
+        assert_eq!(g.to_bits(), bfly(partial).to_bits(), "block {b}");
     }
     let c = d.last_counters().unwrap();
     assert!(c.sync > 0, "shuffles and barriers are counted");
@@ -269,16 +269,12 @@ fn gemm_ref(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> {
     c
 }
 
-fn run_gemm_tiled(
-    d: &PtxSim,
-    kernel: &str,
-    m: usize,
-    n: usize,
-    k: usize,
-) -> tarflow::Result<Vec<f32>> {
+/// Runs the tiled GEMM and checks it; returns the launch's seconds.
+fn run_gemm_tiled(d: &PtxSim, kernel: &str, m: usize, n: usize, k: usize) -> tarflow::Result<f64> {
     let (a, b) = (values(m * k, 9), values(k * n, 10));
     let (pa, pb) = (upload_f32(d, &a), upload_f32(d, &b));
     let pc = d.alloc(m * n * 4)?;
+    let t = std::time::Instant::now();
     d.launch(
         &GEMM,
         kernel,
@@ -296,10 +292,11 @@ fn run_gemm_tiled(
             KernelArg::U32(k as u32),
         ],
     )?;
+    let secs = t.elapsed().as_secs_f64();
     let c = download_f32(d, pc, m * n);
     let err = max_rel_err(&c, &gemm_ref(&a, &b, m, n, k));
     assert!(err < 1e-5, "{kernel} max error {err}");
-    Ok(c)
+    Ok(secs)
 }
 
 #[test]
@@ -322,7 +319,8 @@ fn bf16_bits(v: f32) -> u16 {
     half::bf16::from_f32(v).to_bits()
 }
 
-fn run_mma(d: &PtxSim, m: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f64>) {
+/// Runs the bf16 mma GEMM: its output, the reference, and the launch's seconds.
+fn run_mma(d: &PtxSim, m: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f64>, f64) {
     let a: Vec<u16> = values(m * k, 11).iter().map(|&v| bf16_bits(v)).collect();
     let b: Vec<u16> = values(k * n, 12).iter().map(|&v| bf16_bits(v)).collect();
     let pa = d.alloc(a.len() * 2).unwrap();
@@ -330,6 +328,7 @@ fn run_mma(d: &PtxSim, m: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f64>) {
     let pb = d.alloc(b.len() * 2).unwrap();
     d.upload(pb, bytemuck::cast_slice(&b)).unwrap();
     let pc = d.alloc(m * n * 4).unwrap();
+    let t = std::time::Instant::now();
     d.launch(
         &MMA,
         "mma_bf16_gemm",
@@ -348,6 +347,7 @@ fn run_mma(d: &PtxSim, m: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f64>) {
         ],
     )
     .unwrap();
+    let secs = t.elapsed().as_secs_f64();
     let af: Vec<f32> = a
         .iter()
         .map(|&h| half::bf16::from_bits(h).to_f32())
@@ -356,7 +356,11 @@ fn run_mma(d: &PtxSim, m: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f64>) {
         .iter()
         .map(|&h| half::bf16::from_bits(h).to_f32())
         .collect();
-    (download_f32(d, pc, m * n), gemm_ref(&af, &bf, m, n, k))
+    (
+        download_f32(d, pc, m * n),
+        gemm_ref(&af, &bf, m, n, k),
+        secs,
+    )
 }
 
 #[test]
@@ -364,7 +368,7 @@ fn bf16_mma_gemm_with_ldmatrix_and_cp_async_matches_reference() {
     let d = PtxSim::new();
     // K = 104: four k-tiles of 32 (the last one partial), so the double buffer is reused
     // twice; M = 45 and N = 24 are ragged against the 32 x 16 CTA tile.
-    let (got, want) = run_mma(&d, 45, 24, 104);
+    let (got, want, _) = run_mma(&d, 45, 24, 104);
     let err = max_rel_err(&got, &want);
     assert!(err < 1e-5, "mma gemm max error {err}");
     let c = d.last_counters().unwrap();
@@ -374,7 +378,7 @@ fn bf16_mma_gemm_with_ldmatrix_and_cp_async_matches_reference() {
 #[test]
 fn pack_bf16x2_puts_the_first_source_in_the_upper_half() {
     let d = PtxSim::new();
-    let x = [1.0f32, -2.0, 1.00390625, f32::NAN, 3.0e38, -0.0];
+    let x = [1.0f32, -2.0, 1.0 + 1.0 / 256.0, f32::NAN, 3.0e38, -0.0];
     let px = upload_f32(&d, &x);
     let pout = d.alloc(3 * 4).unwrap();
     d.launch(
@@ -389,9 +393,36 @@ fn pack_bf16x2_puts_the_first_source_in_the_upper_half() {
         .unwrap();
     // __floats2bfloat162_rn(lo, hi) compiles to cvt.rn.bf16x2.f32 d, hi, lo.
     assert_eq!(out[0], 0xc000_3f80, "{:08x}", out[0]);
-    // 1.00390625 is exactly halfway between bf16 1.0 and 1.0078125: ties to even (1.0);
+    // 1 + 2^-8 is exactly halfway between bf16 1.0 and 1.0078125: ties to even (1.0);
     // NaN becomes the canonical 0x7fff.
     assert_eq!(out[1], 0x7fff_3f80, "{:08x}", out[1]);
     // 3e38 rounds to bf16 0x7f62; -0.0 keeps its sign.
     assert_eq!(out[2], 0x8000_7f62, "{:08x}", out[2]);
+}
+
+/// Throughput figure for docs/ptx-interpreter.md, not a check: run with
+/// `cargo test --release --test ptx_sim_kernels -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_interpreter_speed_on_the_gemm_fixtures() {
+    let d = PtxSim::new();
+    for (m, n, k) in [(128, 128, 128), (256, 256, 256)] {
+        let (got, want, secs) = run_mma(&d, m, n, k);
+        let c = d.last_counters().unwrap();
+        assert!(max_rel_err(&got, &want) < 1e-5);
+        println!(
+            "bf16 mma GEMM {m}x{n}x{k}: {:.3} s, {} warp-instructions, {:.2} M warp-instructions/s",
+            secs,
+            c.warp_instructions(),
+            c.warp_instructions() as f64 / secs / 1e6
+        );
+        let secs = run_gemm_tiled(&d, "gemm_tiled", m, n, k).unwrap();
+        let c = d.last_counters().unwrap();
+        println!(
+            "f32 tiled GEMM {m}x{n}x{k}: {:.3} s, {} warp-instructions, {:.2} M warp-instructions/s",
+            secs,
+            c.warp_instructions(),
+            c.warp_instructions() as f64 / secs / 1e6
+        );
+    }
 }

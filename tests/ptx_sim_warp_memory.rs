@@ -2,6 +2,8 @@
 //! fragments from the PTX ISA's figures; memory instructions (widths, vectors, atomics,
 //! generic addressing) and the bank-conflict counter.
 #![cfg(feature = "ptx-sim")]
+// Fragment tables read best indexed by lane, row and column, as the ISA writes them.
+#![allow(clippy::needless_range_loop)]
 
 use tarflow::gpu::sim::counters::bank_conflicts;
 use tarflow::gpu::sim::warp_ops::{ldmatrix_fragment, mma_m16n8k16};

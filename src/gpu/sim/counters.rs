@@ -66,19 +66,43 @@ impl Counters {
 /// 16 for 8-byte and 8 for 16-byte accesses); within a phase, distinct 4-byte words in one
 /// of the 32 banks serialise, while the same word is broadcast.
 pub fn bank_conflicts(addrs: &[u64], bytes: u32) -> u64 {
+    // The common cases, one word per lane consecutive or all the same, are conflict-free.
+    if bytes <= 4 && !addrs.is_empty() {
+        let w0 = addrs[0] / 4;
+        let same = addrs.iter().all(|a| a / 4 == w0);
+        let consecutive = addrs
+            .iter()
+            .enumerate()
+            .all(|(i, a)| a / 4 == w0 + i as u64);
+        if same || consecutive {
+            return 0;
+        }
+    }
     let lanes_per_phase = (32 / (bytes.max(4) / 4)).max(1) as usize;
     let mut extra = 0;
+    // Up to 32 lanes x 4 words per phase; sorted words make distinct ones adjacent.
+    let mut words = [0u64; 128];
     for phase in addrs.chunks(lanes_per_phase) {
-        let mut words: [Vec<u64>; 32] = Default::default();
+        let mut n = 0;
         for &a in phase {
             for w in (a / 4)..(a + bytes.max(1) as u64).div_ceil(4) {
-                let bank = (w % 32) as usize;
-                if !words[bank].contains(&w) {
-                    words[bank].push(w);
+                if n < words.len() {
+                    words[n] = w;
+                    n += 1;
                 }
             }
         }
-        let worst = words.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let ws = &mut words[..n];
+        ws.sort_unstable();
+        let mut per_bank = [0u32; 32];
+        let mut prev = None;
+        for &w in ws.iter() {
+            if prev != Some(w) {
+                per_bank[(w % 32) as usize] += 1;
+                prev = Some(w);
+            }
+        }
+        let worst = per_bank.iter().copied().max().unwrap_or(0).max(1);
         extra += worst as u64 - 1;
     }
     extra

@@ -263,48 +263,39 @@ fn check_shapes(op: &Op, ops: &[Operand]) -> Result<(), String> {
         Operand::Vec(v) => v.len(),
         _ => 1,
     };
-    match op {
-        Op::Ld(_, _, v) => {
-            if !is_addr(&ops[1]) || vec_len(&ops[0]) != *v as usize {
-                return Err("ld needs `d, [addr]` with as many destinations as .vN".into());
-            }
-        }
-        Op::St(_, _, v) => {
-            if !is_addr(&ops[0]) || vec_len(&ops[1]) != *v as usize {
-                return Err("st needs `[addr], v` with as many sources as .vN".into());
-            }
-        }
-        Op::Atom { has_dst, .. } => {
-            if !is_addr(&ops[usize::from(*has_dst)]) {
-                return Err("atom/red needs an [address] operand".into());
-            }
-        }
-        Op::Ldmatrix { num, .. } => {
-            if vec_len(&ops[0]) != *num as usize || !is_addr(&ops[1]) {
-                return Err("ldmatrix needs {d..} with .xN registers and an [address]".into());
-            }
-        }
-        Op::Mma(_) => {
-            let lens: Vec<usize> = ops.iter().map(vec_len).collect();
-            if lens != [4, 4, 2, 4] {
-                return Err(format!(
-                    "mma.m16n8k16 needs 4, 4, 2 and 4 registers, found {lens:?}"
-                ));
-            }
-        }
-        Op::CpAsync(_) => {
-            if ops.len() < 3 || ops.len() > 4 || !is_addr(&ops[0]) || !is_addr(&ops[1]) {
-                return Err("cp.async needs [dst], [src], size{, src_size}".into());
-            }
-        }
-        Op::Bra => {
-            if !matches!(ops[0], Operand::Label(_)) {
-                return Err("bra needs a label".into());
-            }
-        }
-        _ => {}
+    let (ok, what) = match op {
+        Op::Ld(_, _, v) => (
+            is_addr(&ops[1]) && vec_len(&ops[0]) == *v as usize,
+            "ld needs `d, [addr]` with as many destinations as .vN",
+        ),
+        Op::St(_, _, v) => (
+            is_addr(&ops[0]) && vec_len(&ops[1]) == *v as usize,
+            "st needs `[addr], v` with as many sources as .vN",
+        ),
+        Op::Atom { has_dst, .. } => (
+            is_addr(&ops[usize::from(*has_dst)]),
+            "atom/red needs an [address] operand",
+        ),
+        Op::Ldmatrix { num, .. } => (
+            vec_len(&ops[0]) == *num as usize && is_addr(&ops[1]),
+            "ldmatrix needs {d..} with .xN registers and an [address]",
+        ),
+        Op::Mma(_) => (
+            ops.iter().map(vec_len).eq([4, 4, 2, 4]),
+            "mma.m16n8k16 needs vectors of 4, 4, 2 and 4 registers",
+        ),
+        Op::CpAsync(_) => (
+            (3..=4).contains(&ops.len()) && is_addr(&ops[0]) && is_addr(&ops[1]),
+            "cp.async needs [dst], [src], size{, src_size}",
+        ),
+        Op::Bra => (matches!(ops[0], Operand::Label(_)), "bra needs a label"),
+        _ => (true, ""),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(what.into())
     }
-    Ok(())
 }
 
 type Decoded = (Op, Class, Option<Ty>);

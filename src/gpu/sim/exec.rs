@@ -77,6 +77,7 @@ pub struct Launch<'a> {
     pub counters: Counters,
 }
 
+#[inline(always)]
 fn lanes_of(mask: u32) -> impl Iterator<Item = usize> {
     let mut m = mask;
     std::iter::from_fn(move || {
@@ -289,6 +290,7 @@ impl<'a> Launch<'a> {
         })
     }
 
+    #[inline(always)]
     fn rd(&self, w: &Warp, o: &Operand, l: usize, ctaid: (u32, u32, u32)) -> R<u64> {
         match o {
             Operand::Reg(r) => {
@@ -335,6 +337,7 @@ impl<'a> Launch<'a> {
         }
     }
 
+    #[inline(always)]
     fn wr(&self, w: &mut Warp, o: &Operand, l: usize, v: u64) -> R<()> {
         match o {
             Operand::Reg(r) => {
@@ -347,12 +350,14 @@ impl<'a> Launch<'a> {
         }
     }
 
+    #[inline(always)]
     fn wr_reg(&self, w: &mut Warp, r: u32, l: usize, v: u64) {
         let r = r as usize;
         w.regs[r * 32 + l] = mask(v, self.k.regs[r].bits.max(1));
         w.init[r] |= 1 << l;
     }
 
+    #[inline(always)]
     fn addr(&self, w: &Warp, o: &Operand, l: usize, ctaid: (u32, u32, u32)) -> R<u64> {
         match o {
             Operand::Addr { base, disp } => {
@@ -367,6 +372,7 @@ impl<'a> Launch<'a> {
     }
 
     /// Resolves `space` + address to where the bytes live.
+    #[inline(always)]
     fn locate(&self, space: Space, a: u64, shared: &SharedMem) -> R<(Space, u64)> {
         Ok(match space {
             Space::Generic => {
@@ -390,7 +396,7 @@ impl<'a> Launch<'a> {
         tid: u32,
         shared: &mut SharedMem,
         out: &mut [u8],
-    ) -> R<()> {
+    ) -> R<Option<u64>> {
         let (sp, a) = self.locate(space, a, shared)?;
         if a % len as u64 != 0 {
             return Err(format!(
@@ -407,6 +413,7 @@ impl<'a> Launch<'a> {
                 let i = shared.check(a, len)?;
                 shared.note_read(i, len, tid).map_err(|f| f.msg)?;
                 out[..len].copy_from_slice(&shared.data[i..i + len]);
+                return Ok(Some(a));
             }
             Space::Param => {
                 let i = a as usize;
@@ -415,9 +422,9 @@ impl<'a> Launch<'a> {
                 }
                 out[..len].copy_from_slice(&self.params[i..i + len]);
             }
-            _ => unreachable!("located"),
+            _ => return Err(format!("load from {} space", space_name(sp))),
         }
-        Ok(())
+        Ok(None)
     }
 
     fn store(
@@ -427,7 +434,7 @@ impl<'a> Launch<'a> {
         data: &[u8],
         tid: u32,
         shared: &mut SharedMem,
-    ) -> R<()> {
+    ) -> R<Option<u64>> {
         let len = data.len();
         let (sp, a) = self.locate(space, a, shared)?;
         if a % len as u64 != 0 {
@@ -445,10 +452,11 @@ impl<'a> Launch<'a> {
                 let i = shared.check(a, len)?;
                 shared.note_write(i, len, tid).map_err(|f| f.msg)?;
                 shared.data[i..i + len].copy_from_slice(data);
+                return Ok(Some(a));
             }
             _ => return Err(format!("store to {} space", space_name(sp))),
         }
-        Ok(())
+        Ok(None)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -710,15 +718,16 @@ impl<'a> Launch<'a> {
             Op::Ld(space, t, v) => {
                 let size = t.bytes() as usize;
                 let total = size * *v as usize;
-                let mut shared_addrs = Vec::new();
+                let mut shared_addrs = [0u64; 32];
+                let mut n_shared = 0;
                 for l in lanes_of(active) {
                     *cur = Some(l as u32);
                     let a = self.addr(w, &ops[1], l, ctaid)?;
                     let tid = w.id * 32 + l as u32;
                     let mut buf = [0u8; 32];
-                    self.load(*space, a, total, tid, shared, &mut buf)?;
-                    if self.locate(*space, a, shared)?.0 == Space::Shared {
-                        shared_addrs.push(self.locate(*space, a, shared)?.1);
+                    if let Some(off) = self.load(*space, a, total, tid, shared, &mut buf)? {
+                        shared_addrs[n_shared] = off;
+                        n_shared += 1;
                     }
                     for i in 0..*v as usize {
                         let mut e = [0u8; 8];

@@ -152,13 +152,7 @@ fn zero_sum_sign(a: f64, b: f64, rnd: Rnd) -> Option<f64> {
 pub fn f32_arith(op: u8, a: f32, b: f32, m: FMod) -> f32 {
     let (a, b) = if m.ftz { (ftz32(a), ftz32(b)) } else { (a, b) };
     let b = if op == 1 { -b } else { b };
-    let r = if m.rnd == Rnd::Nearest {
-        if op == 2 {
-            a * b
-        } else {
-            a + b
-        }
-    } else if a.is_nan() || b.is_nan() || a.is_infinite() || b.is_infinite() {
+    let r = if m.rnd == Rnd::Nearest || !a.is_finite() || !b.is_finite() {
         if op == 2 {
             a * b
         } else {

@@ -85,10 +85,8 @@ pub fn ibin(op: IBin, t: Ty, a: u64, b: u64) -> u64 {
                 } else {
                     sa.wrapping_div(sb) as u64
                 }
-            } else if ub == 0 {
-                u64::MAX
             } else {
-                ua / ub
+                ua.checked_div(ub).unwrap_or(u64::MAX)
             }
         }
         IBin::Rem => {
@@ -98,10 +96,8 @@ pub fn ibin(op: IBin, t: Ty, a: u64, b: u64) -> u64 {
                 } else {
                     sa.wrapping_rem(sb) as u64
                 }
-            } else if ub == 0 {
-                ua
             } else {
-                ua % ub
+                ua.checked_rem(ub).unwrap_or(ua)
             }
         }
     };

@@ -113,8 +113,9 @@ impl<'a> Mods<'a> {
     }
 
     fn space(&mut self) -> Space {
-        match self.one_of(&["global", "shared", "shared::cta", "param", "const"]) {
+        match self.one_of(&["global", "shared", "shared::cta", "param", "const", "local"]) {
             Some("global") => Space::Global,
+            Some("local") => Space::Local,
             Some("shared") | Some("shared::cta") => Space::Shared,
             Some("param") => Space::Param,
             Some("const") => Space::Const,
@@ -220,6 +221,15 @@ pub fn decode_inst(
         Op::FMinMax(..) | Op::Copysign(_) => 3,
         Op::IUnary(..) | Op::PredNot | Op::FUnary(..) | Op::Testp(..) | Op::Mov(_) => 2,
         Op::Cvt { .. } | Op::Cvta { .. } => 2,
+        Op::Bfe(_) => 4,
+        Op::Bfi(_) => 5,
+        Op::HArith(op, ..) => {
+            if *op == 3 {
+                4
+            } else {
+                3
+            }
+        }
         Op::Mad(..) | Op::Fma(_) | Op::Selp(_) | Op::CvtPack(..) | Op::Mma(_) => {
             if matches!(op, Op::Mma(_)) {
                 4
@@ -309,6 +319,25 @@ fn decode_op(mnem: &str, m: &mut Mods, nraw: usize) -> Result<Decoded, String> {
         }
     };
     Ok(match mnem {
+        "add" | "sub" | "mul" | "fma"
+            if m.parts
+                .iter()
+                .any(|p| matches!(*p, "bf16" | "bf16x2" | "f16" | "f16x2")) =>
+        {
+            if m.rnd().is_some_and(|r| r != Rnd::Nearest) {
+                return Err("16-bit float arithmetic supports only .rn".into());
+            }
+            let t = m.ty()?;
+            let op = match mnem {
+                "add" => 0,
+                "sub" => 1,
+                "mul" => 2,
+                _ => 3,
+            };
+            let bf16 = matches!(t, Ty::Bf16 | Ty::Bf16x2);
+            let pair = matches!(t, Ty::Bf16x2 | Ty::F16x2);
+            (Op::HArith(op, bf16, pair), Class::Fp32, None)
+        }
         "add" | "sub" => {
             let t = m.ty()?;
             if is_float(t) {
@@ -494,6 +523,18 @@ fn decode_op(mnem: &str, m: &mut Mods, nraw: usize) -> Result<Decoded, String> {
         "mov" => {
             let t = m.ty()?;
             (Op::Mov(t), Class::Int, Some(t))
+        }
+        "bfi" | "bfe" => {
+            let t = m.ty()?;
+            if !matches!(t.bits(), 32 | 64) || t.is_float() {
+                return Err(format!("{mnem} on .{t:?}"));
+            }
+            let op = if mnem == "bfi" {
+                Op::Bfi(t)
+            } else {
+                Op::Bfe(t)
+            };
+            (op, Class::Int, Some(t))
         }
         "cvt" => decode_cvt(m, nraw)?,
         "cvta" => {

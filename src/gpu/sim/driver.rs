@@ -63,7 +63,21 @@ impl PtxSim {
                 return Ok(parsed.clone());
             }
         }
-        let parsed = Arc::new(parse_module(m.ptx, &format!("ptx module {}", m.name))?);
+        // The module's variables go in an allocation of their own at the next address.
+        let base = inner.mem.next_base();
+        let parsed = Arc::new(parse_module(
+            m.ptx,
+            &format!("ptx module {}", m.name),
+            base,
+        )?);
+        if !parsed.data.is_empty() {
+            let at = inner.mem.alloc(parsed.data.len());
+            debug_assert_eq!(at, base);
+            inner
+                .mem
+                .write(at, &parsed.data)
+                .map_err(|e| dev_err(format!("module {} variables: {e}", m.name)))?;
+        }
         inner
             .modules
             .insert(m.name.to_string(), (m.ptx, parsed.clone()));

@@ -11,15 +11,15 @@
 
 use std::collections::VecDeque;
 
-use super::convert::{cvt, f32_to_bf16, f32_to_f16};
+use super::convert::{cvt, f32_to_bf16, f32_to_f16, HALF_NAN};
 use super::counters::{bank_conflicts, Counters};
 use super::fpmath::{
     f32_arith, f32_div, f32_fma, f32_minmax, f32_unary, f64_arith, f64_div, f64_fma, f64_minmax,
-    f64_unary, ftz32, testp,
+    f64_unary, ftz32, round_odd_f32, testp, two_sum,
 };
 use super::intmath::{compare, ibin, imad, imul, iunary, mask, sext};
 use super::ir::{AtomOp, BoolOp, Kernel, Op, Operand, Rnd, Space, Sreg, Ty, VoteMode};
-use super::memory::{GlobalMem, SharedMem, SHARED_WINDOW};
+use super::memory::{GlobalMem, SharedMem, LOCAL_WINDOW, POISON, SHARED_WINDOW};
 use super::warp_ops::{ldmatrix_fragment, mma_m16n8k16, shfl_source};
 use crate::gpu::driver::LaunchConfig;
 
@@ -61,6 +61,8 @@ struct Warp {
     init: Vec<u32>,
     uncommitted: Vec<Vec<Copy>>,
     groups: Vec<VecDeque<Vec<Copy>>>,
+    /// Each lane's `.local` memory, `local_bytes` per lane.
+    local: Vec<u8>,
 }
 
 /// Everything one launch needs.
@@ -105,7 +107,7 @@ impl<'a> Launch<'a> {
                 for s in st.iter_mut().take(lanes as usize) {
                     *s = St::Run;
                 }
-                Warp {
+                let mut w = Warp {
                     id,
                     lanes,
                     pc: [0; 32],
@@ -114,7 +116,15 @@ impl<'a> Launch<'a> {
                     init: vec![0; nregs],
                     uncommitted: (0..32).map(|_| Vec::new()).collect(),
                     groups: (0..32).map(|_| VecDeque::new()).collect(),
+                    local: vec![POISON; 32 * self.k.local_bytes as usize],
+                };
+                for &(r, v) in &self.k.const_regs {
+                    for l in 0..32 {
+                        w.regs[r as usize * 32 + l] = v;
+                    }
+                    w.init[r as usize] = u32::MAX;
                 }
+                w
             })
             .collect();
         self.counters.ctas += 1;
@@ -378,11 +388,14 @@ impl<'a> Launch<'a> {
             Space::Generic => {
                 if a >= SHARED_WINDOW && a < SHARED_WINDOW + shared.data.len() as u64 {
                     (Space::Shared, a - SHARED_WINDOW)
+                } else if a >= LOCAL_WINDOW && a < LOCAL_WINDOW + self.k.local_bytes as u64 {
+                    (Space::Local, a - LOCAL_WINDOW)
                 } else {
                     (Space::Global, a)
                 }
             }
-            Space::Const => return Err("ld.const: the module has no .const variables".into()),
+            // The module's .const variables live in global memory.
+            Space::Const => (Space::Global, a),
             s => (s, a),
         })
     }
@@ -395,6 +408,7 @@ impl<'a> Launch<'a> {
         len: usize,
         tid: u32,
         shared: &mut SharedMem,
+        local: &mut [u8],
         out: &mut [u8],
     ) -> R<Option<u64>> {
         let (sp, a) = self.locate(space, a, shared)?;
@@ -422,6 +436,10 @@ impl<'a> Launch<'a> {
                 }
                 out[..len].copy_from_slice(&self.params[i..i + len]);
             }
+            Space::Local => {
+                let i = local_range(a, len, local.len())?;
+                out[..len].copy_from_slice(&local[i..i + len]);
+            }
             _ => return Err(format!("load from {} space", space_name(sp))),
         }
         Ok(None)
@@ -434,6 +452,7 @@ impl<'a> Launch<'a> {
         data: &[u8],
         tid: u32,
         shared: &mut SharedMem,
+        local: &mut [u8],
     ) -> R<Option<u64>> {
         let len = data.len();
         let (sp, a) = self.locate(space, a, shared)?;
@@ -453,6 +472,10 @@ impl<'a> Launch<'a> {
                 shared.note_write(i, len, tid).map_err(|f| f.msg)?;
                 shared.data[i..i + len].copy_from_slice(data);
                 return Ok(Some(a));
+            }
+            Space::Local => {
+                let i = local_range(a, len, local.len())?;
+                local[i..i + len].copy_from_slice(data);
             }
             _ => return Err(format!("store to {} space", space_name(sp))),
         }
@@ -628,6 +651,43 @@ impl<'a> Launch<'a> {
                 }
             }
             Op::Mov(t) => self.mov(w, *t, ops, active, ctaid, cur)?,
+            Op::Bfi(t) => {
+                for l in lanes_of(active) {
+                    *cur = Some(l as u32);
+                    let a = self.rd(w, &ops[1], l, ctaid)?;
+                    let b = self.rd(w, &ops[2], l, ctaid)?;
+                    let pos = self.rd(w, &ops[3], l, ctaid)? & 0xff;
+                    let len = self.rd(w, &ops[4], l, ctaid)? & 0xff;
+                    self.wr(w, &ops[0], l, bit_insert(t.bits(), a, b, pos, len))?;
+                }
+            }
+            Op::Bfe(t) => {
+                for l in lanes_of(active) {
+                    *cur = Some(l as u32);
+                    let a = self.rd(w, &ops[1], l, ctaid)?;
+                    let pos = self.rd(w, &ops[2], l, ctaid)? & 0xff;
+                    let len = self.rd(w, &ops[3], l, ctaid)? & 0xff;
+                    let r = bit_extract(t.bits(), t.is_signed(), a, pos, len);
+                    self.wr(w, &ops[0], l, r)?;
+                }
+            }
+            Op::HArith(op, bf16, pair) => {
+                for l in lanes_of(active) {
+                    *cur = Some(l as u32);
+                    let mut v = [0u64; 3];
+                    for (i, x) in v.iter_mut().enumerate().take(if *op == 3 { 3 } else { 2 }) {
+                        *x = self.rd(w, &ops[i + 1], l, ctaid)?;
+                    }
+                    let halves = if *pair { 2 } else { 1 };
+                    let mut r = 0u64;
+                    for h in 0..halves {
+                        let part = |x: u64| (x >> (16 * h)) as u16;
+                        let e = half_arith(*op, *bf16, part(v[0]), part(v[1]), part(v[2]));
+                        r |= (e as u64) << (16 * h);
+                    }
+                    self.wr(w, &ops[0], l, r)?;
+                }
+            }
             Op::Cvt {
                 dst,
                 src,
@@ -676,6 +736,8 @@ impl<'a> Launch<'a> {
                     let r = match (space, to) {
                         (Space::Shared, false) => x.wrapping_add(SHARED_WINDOW),
                         (Space::Shared, true) => x.wrapping_sub(SHARED_WINDOW),
+                        (Space::Local, false) => x.wrapping_add(LOCAL_WINDOW),
+                        (Space::Local, true) => x.wrapping_sub(LOCAL_WINDOW),
                         _ => x,
                     };
                     self.wr(w, &ops[0], l, r)?;
@@ -725,7 +787,9 @@ impl<'a> Launch<'a> {
                     let a = self.addr(w, &ops[1], l, ctaid)?;
                     let tid = w.id * 32 + l as u32;
                     let mut buf = [0u8; 32];
-                    if let Some(off) = self.load(*space, a, total, tid, shared, &mut buf)? {
+                    let lb = self.k.local_bytes as usize;
+                    let local = &mut w.local[l * lb..(l + 1) * lb];
+                    if let Some(off) = self.load(*space, a, total, tid, shared, local, &mut buf)? {
                         shared_addrs[n_shared] = off;
                         n_shared += 1;
                     }
@@ -753,7 +817,8 @@ impl<'a> Launch<'a> {
             Op::St(space, t, v) => {
                 let size = t.bytes() as usize;
                 let total = size * *v as usize;
-                let mut shared_addrs = Vec::new();
+                let mut shared_addrs = [0u64; 32];
+                let mut n_shared = 0;
                 for l in lanes_of(active) {
                     *cur = Some(l as u32);
                     let a = self.addr(w, &ops[0], l, ctaid)?;
@@ -769,12 +834,15 @@ impl<'a> Launch<'a> {
                         };
                         buf[i * size..(i + 1) * size].copy_from_slice(&val.to_le_bytes()[..size]);
                     }
-                    self.store(*space, a, &buf[..total], tid, shared)?;
-                    if self.locate(*space, a, shared)?.0 == Space::Shared {
-                        shared_addrs.push(self.locate(*space, a, shared)?.1);
+                    let lb = self.k.local_bytes as usize;
+                    let local = &mut w.local[l * lb..(l + 1) * lb];
+                    if let Some(off) = self.store(*space, a, &buf[..total], tid, shared, local)? {
+                        shared_addrs[n_shared] = off;
+                        n_shared += 1;
                     }
                 }
-                self.counters.shared_bank_conflicts += bank_conflicts(&shared_addrs, total as u32);
+                self.counters.shared_bank_conflicts +=
+                    bank_conflicts(&shared_addrs[..n_shared], total as u32);
             }
             Op::Atom {
                 space,
@@ -1203,6 +1271,82 @@ impl<'a> Launch<'a> {
     }
 }
 
+/// `bfi`: `b` with bits `pos .. pos + len` (within the width) replaced by `a`'s low bits.
+fn bit_insert(width: u32, a: u64, b: u64, pos: u64, len: u64) -> u64 {
+    let mut f = b;
+    for i in 0..len {
+        if pos + i >= width as u64 {
+            break;
+        }
+        let bit = 1u64 << (pos + i);
+        f = (f & !bit) | (((a >> i) & 1) << (pos + i));
+    }
+    f
+}
+
+/// `bfe`: bits `pos .. pos + len` of `a`, filled above with the field's top bit (signed)
+/// or zeros; bits past the width read as the sign (signed) or zero.
+fn bit_extract(width: u32, signed: bool, a: u64, pos: u64, len: u64) -> u64 {
+    let msb = width as u64 - 1;
+    let sbit = if signed && len > 0 {
+        (a >> (pos + len - 1).min(msb)) & 1
+    } else {
+        0
+    };
+    let mut d = 0u64;
+    for i in 0..width as u64 {
+        let bit = if i < len && pos + i <= msb {
+            (a >> (pos + i)) & 1
+        } else {
+            sbit
+        };
+        d |= bit << i;
+    }
+    d
+}
+
+/// One 16-bit float `add` (0), `sub` (1), `mul` (2) or `fma` (3), rounded once to nearest
+/// even: the exact result is rounded to odd in f32, then to the 16-bit format.
+fn half_arith(op: u8, bf16: bool, a: u16, b: u16, c: u16) -> u16 {
+    let val = |x: u16| {
+        if bf16 {
+            half::bf16::from_bits(x).to_f64()
+        } else {
+            half::f16::from_bits(x).to_f64()
+        }
+    };
+    let (x, y, z) = (val(a), val(b), val(c));
+    let (s, tail) = match op {
+        0 => two_sum(x, y),
+        1 => two_sum(x, -y),
+        2 => (x * y, 0.0), // products of 16-bit floats are exact in f64
+        _ => two_sum(x * y, z),
+    };
+    if s.is_nan() {
+        return HALF_NAN;
+    }
+    let r = if s.is_finite() {
+        round_odd_f32(s, tail)
+    } else {
+        s as f32
+    };
+    if bf16 {
+        f32_to_bf16(r, Rnd::Nearest)
+    } else {
+        f32_to_f16(r)
+    }
+}
+
+fn local_range(a: u64, len: usize, size: usize) -> R<usize> {
+    if a.checked_add(len as u64).is_some_and(|e| e <= size as u64) {
+        Ok(a as usize)
+    } else {
+        Err(format!(
+            "local address 0x{a:x} (+{len} bytes) is outside the thread's {size} bytes of              local memory"
+        ))
+    }
+}
+
 fn f32b(x: u64) -> f32 {
     f32::from_bits(x as u32)
 }
@@ -1222,5 +1366,6 @@ fn space_name(s: Space) -> &'static str {
         Space::Shared => "shared",
         Space::Param => "param",
         Space::Const => "const",
+        Space::Local => "local",
     }
 }

@@ -94,6 +94,17 @@ pub fn round_to_f32(s: f64, tail: f64, rnd: Rnd) -> f32 {
     }
 }
 
+/// Rounds `s + tail` to f32 rounding to odd (truncate, then set the last bit if inexact):
+/// a later round-to-nearest to a format of at most 22 bits (bf16, f16) is then correct.
+pub fn round_odd_f32(s: f64, tail: f64) -> f32 {
+    let r = round_to_f32(s, tail, Rnd::Zero);
+    if r.is_finite() && (r as f64 != s || tail != 0.0) {
+        f32::from_bits(r.to_bits() | 1)
+    } else {
+        r
+    }
+}
+
 /// Rounds `s + tail` (tail below half an ulp of `s`) to f64 in a directed mode.
 pub fn round_to_f64(s: f64, tail: f64, rnd: Rnd) -> f64 {
     if tail == 0.0 || !s.is_finite() || tail.is_nan() {

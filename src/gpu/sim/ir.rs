@@ -117,6 +117,8 @@ pub enum Space {
     Param,
     /// `.const`
     Const,
+    /// `.local` (per-thread memory, e.g. nvcc's `__local_depot` arrays)
+    Local,
 }
 
 /// A floating-point or integer rounding modifier.
@@ -407,6 +409,13 @@ pub enum Op {
     Testp(u8, Ty),
     /// `mov`: `d, a` (incl. vector pack/unpack).
     Mov(Ty),
+    /// `bfi.ty f, a, b, pos, len`: `b` with `len` bits from `a` inserted at `pos`.
+    Bfi(Ty),
+    /// `bfe.ty d, a, pos, len`: bits `pos..pos+len` of `a`, sign-extended for signed types.
+    Bfe(Ty),
+    /// 16-bit float arithmetic on one (`.bf16`/`.f16`) or two packed (`x2`) values, to
+    /// nearest even: op 0 add, 1 sub, 2 mul, 3 fma; flags bf16 and packed.
+    HArith(u8, bool, bool),
     /// `cvt`: `d, a`.
     Cvt {
         /// Destination type.
@@ -561,6 +570,10 @@ pub struct Kernel {
     pub reg_names: Vec<String>,
     /// Static shared memory in bytes (dynamic shared memory starts here, 16-aligned).
     pub static_shared: u32,
+    /// Per-thread local memory in bytes (`.local` arrays).
+    pub local_bytes: u32,
+    /// Registers that hold constants from vector operands (`{0, %rs1}`), set at thread start.
+    pub const_regs: Vec<(u32, u64)>,
     /// The instructions.
     pub insts: Vec<Inst>,
     /// Each instruction's source text and line, for messages.
@@ -572,4 +585,7 @@ pub struct Kernel {
 pub struct Module {
     /// Kernels by name.
     pub kernels: HashMap<String, Kernel>,
+    /// Initial bytes of the module's `.global` / `.const` variables, to be placed in device
+    /// memory at the base address given to the parser.
+    pub data: Vec<u8>,
 }

@@ -15,6 +15,8 @@ const GUARD: u64 = 4096;
 
 /// Start of the shared window in the generic address space (`cvta.shared`).
 pub const SHARED_WINDOW: u64 = 0x7f00_0000_0000;
+/// Start of the (per-thread) local window in the generic address space (`cvta.local`).
+pub const LOCAL_WINDOW: u64 = 0x7e00_0000_0000;
 
 /// The global memory of one device.
 #[derive(Default)]
@@ -24,12 +26,18 @@ pub struct GlobalMem {
 }
 
 impl GlobalMem {
+    /// The address the next [`GlobalMem::alloc`] will return.
+    pub fn next_base(&self) -> u64 {
+        if self.next == 0 {
+            GLOBAL_BASE
+        } else {
+            self.next
+        }
+    }
+
     /// A fresh allocation of `bytes` (at least 1), filled with [`POISON`].
     pub fn alloc(&mut self, bytes: usize) -> u64 {
-        if self.next == 0 {
-            self.next = GLOBAL_BASE;
-        }
-        let base = self.next;
+        let base = self.next_base();
         let len = bytes.max(1) as u64;
         self.next = (base + len).div_ceil(256) * 256 + GUARD;
         self.allocs.insert(base, vec![POISON; bytes]);

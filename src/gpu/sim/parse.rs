@@ -121,8 +121,10 @@ struct SharedVar {
     size: Option<u32>,
 }
 
-/// Parses a whole module. `what` names it in messages (e.g. `"ptx module vec_add"`).
-pub fn parse_module(src: &str, what: &str) -> Result<Module> {
+/// Parses a whole module. `what` names it in messages (e.g. `"ptx module vec_add"`);
+/// `data_base` is the device address where the module's `.global`/`.const` variables (the
+/// returned [`Module::data`]) will be placed.
+pub fn parse_module(src: &str, what: &str, data_base: u64) -> Result<Module> {
     let toks = tokenize(src, what)?;
     let mut p = Parser {
         toks,
@@ -132,6 +134,7 @@ pub fn parse_module(src: &str, what: &str) -> Result<Module> {
     };
     let mut module = Module::default();
     let mut module_shared: Vec<SharedVar> = Vec::new();
+    let mut globals: HashMap<String, u64> = HashMap::new();
     while let Some(t) = p.peek().cloned() {
         let Tok::Ident(word) = t else {
             return Err(p.err(format!("unexpected {t:?} at module level")));
@@ -163,7 +166,7 @@ pub fn parse_module(src: &str, what: &str) -> Result<Module> {
             }
             ".entry" => {
                 p.pos += 1;
-                let k = parse_entry(&mut p, &module_shared)?;
+                let k = parse_entry(&mut p, &module_shared, &globals)?;
                 module.kernels.insert(k.name.clone(), k);
             }
             ".shared" => {
@@ -176,15 +179,82 @@ pub fn parse_module(src: &str, what: &str) -> Result<Module> {
                      kernels without call",
                 ))
             }
-            ".global" | ".const" | ".local" => {
-                return Err(p.err(format!(
-                    "module-level {word} variables are not supported by the interpreter"
-                )))
+            ".global" | ".const" => {
+                p.pos += 1;
+                let (name, off) = global_decl(&mut p, &mut module.data)?;
+                globals.insert(name, data_base + off);
+            }
+            ".local" => {
+                return Err(p.err("module-level .local variables are not supported"));
             }
             _ => return Err(p.err(format!("unknown module-level directive {word}"))),
         }
     }
     Ok(module)
+}
+
+/// After `.global`/`.const`: `{.align N} .type name{[N]} {= {v, ...} | = v};`, appended to
+/// `data` (zero where not initialised). Returns the name and its offset in `data`.
+fn global_decl(p: &mut Parser, data: &mut Vec<u8>) -> Result<(String, u64)> {
+    let mut align = 1;
+    let mut ty = None;
+    let name = loop {
+        let w = p.ident()?;
+        if w == ".align" {
+            align = p.number()? as usize;
+        } else if let Some(t) = w.strip_prefix('.').and_then(Ty::from_name) {
+            ty = Some(t);
+        } else {
+            break w;
+        };
+    };
+    let elem = ty.ok_or_else(|| p.err(format!("variable {name} has no type")))?;
+    let size = elem.bytes() as usize;
+    let mut count = Some(1);
+    if p.eat('[') {
+        count = if p.eat(']') {
+            None
+        } else {
+            let n = p.number()? as usize;
+            p.expect(']')?;
+            Some(n)
+        };
+    }
+    let mut values = Vec::new();
+    if p.eat('=') {
+        let list = p.eat('{');
+        loop {
+            let neg = p.eat('-');
+            let v = match p.next()? {
+                Tok::Num(s) => match number_literal(p, &s, neg)? {
+                    Raw::Op(Operand::Imm(v)) => v,
+                    Raw::FloatLit(f) if elem == Ty::F32 => (f as f32).to_bits() as u64,
+                    Raw::FloatLit(f) => f.to_bits(),
+                    _ => return Err(p.err(format!("bad initialiser of {name}"))),
+                },
+                t => return Err(p.err(format!("unsupported initialiser {t:?} of {name}"))),
+            };
+            values.push(v);
+            if !list || p.eat('}') {
+                break;
+            }
+            p.expect(',')?;
+        }
+    }
+    p.expect(';')?;
+    let n = count.unwrap_or(values.len());
+    if values.len() > n {
+        return Err(p.err(format!(
+            "{} initialisers for {n} elements of {name}",
+            values.len()
+        )));
+    }
+    let off = data.len().div_ceil(align.max(size)) * align.max(size);
+    data.resize(off + n * size, 0);
+    for (i, v) in values.iter().enumerate() {
+        data[off + i * size..off + (i + 1) * size].copy_from_slice(&v.to_le_bytes()[..size]);
+    }
+    Ok((name, off as u64))
 }
 
 /// After `.shared`: `{.align N} .type name[N]{;}` (size absent for extern arrays).
@@ -230,9 +300,22 @@ struct Body {
     extern_shared: Vec<SharedVar>,
     frozen: bool,
     params: HashMap<String, u32>,
+    local: HashMap<String, u32>,
+    local_bytes: u32,
+    const_regs: Vec<(u32, u64)>,
+    globals: HashMap<String, u64>,
 }
 
 impl Body {
+    /// A fresh register holding `value` from thread start (for constants in vectors).
+    fn const_reg(&mut self, value: u64) -> u32 {
+        let idx = self.regs.len() as u32;
+        self.regs.push(RegInfo { bits: 64 });
+        self.reg_names.push(format!("{{constant {value:#x}}}"));
+        self.const_regs.push((idx, value));
+        idx
+    }
+
     fn lookup(&self, name: &str) -> Option<u32> {
         self.scopes.iter().rev().find_map(|s| s.get(name).copied())
     }
@@ -269,7 +352,11 @@ impl Body {
     }
 }
 
-fn parse_entry(p: &mut Parser, module_shared: &[SharedVar]) -> Result<Kernel> {
+fn parse_entry(
+    p: &mut Parser,
+    module_shared: &[SharedVar],
+    globals: &HashMap<String, u64>,
+) -> Result<Kernel> {
     let name = p.ident()?;
     let mut params = Vec::new();
     let mut param_bytes = 0u32;
@@ -339,6 +426,10 @@ fn parse_entry(p: &mut Parser, module_shared: &[SharedVar]) -> Result<Kernel> {
         extern_shared: Vec::new(),
         frozen: false,
         params: params.iter().map(|q| (q.name.clone(), q.offset)).collect(),
+        local: HashMap::new(),
+        local_bytes: 0,
+        const_regs: Vec::new(),
+        globals: globals.clone(),
     };
     for v in module_shared {
         body.add_shared(v);
@@ -370,7 +461,16 @@ fn parse_entry(p: &mut Parser, module_shared: &[SharedVar]) -> Result<Kernel> {
             }
             Tok::Ident(w) if w == ".pragma" => p.skip_statement()?,
             Tok::Ident(w) if w == ".local" => {
-                return Err(p.err(".local variables (stack frames) are not supported"))
+                if body.frozen {
+                    return Err(p.err("a .local declaration after the first instruction"));
+                }
+                let v = shared_decl(p)?;
+                let size = v
+                    .size
+                    .ok_or_else(|| p.err(format!("local array {} has no size", v.name)))?;
+                let off = align_up(body.local_bytes, v.align);
+                body.local.insert(v.name, off);
+                body.local_bytes = off + size;
             }
             Tok::Ident(w) if w.starts_with('.') => {
                 return Err(p.err(format!("unknown directive {w} in kernel {name}")))
@@ -382,7 +482,7 @@ fn parse_entry(p: &mut Parser, module_shared: &[SharedVar]) -> Result<Kernel> {
             Tok::Punct('@') | Tok::Ident(_) => {
                 p.pos = start;
                 body.freeze();
-                let (guard, opcode, raws) = parse_statement(p, &body)?;
+                let (guard, opcode, raws) = parse_statement(p, &mut body)?;
                 let src = p
                     .lines
                     .get(line as usize - 1)
@@ -415,6 +515,8 @@ fn parse_entry(p: &mut Parser, module_shared: &[SharedVar]) -> Result<Kernel> {
         regs: body.regs,
         reg_names: body.reg_names,
         static_shared: body.static_shared,
+        local_bytes: body.local_bytes,
+        const_regs: body.const_regs,
         insts,
         text,
     })
@@ -452,7 +554,7 @@ fn reg_decl(p: &mut Parser, body: &mut Body) -> Result<()> {
 type Statement = (Option<(u32, bool)>, String, Vec<Raw>);
 
 /// `{@{!}%p} opcode operand, ...;`
-fn parse_statement(p: &mut Parser, body: &Body) -> Result<Statement> {
+fn parse_statement(p: &mut Parser, body: &mut Body) -> Result<Statement> {
     let mut guard = None;
     if p.eat('@') {
         let neg = p.eat('!');
@@ -520,11 +622,21 @@ fn number_literal(p: &Parser, s: &str, neg: bool) -> Result<Raw> {
     Ok(Raw::Op(Operand::Imm(bits)))
 }
 
-fn operand(p: &mut Parser, body: &Body) -> Result<Raw> {
+fn operand(p: &mut Parser, body: &mut Body) -> Result<Raw> {
     match p.next()? {
         Tok::Punct('{') => {
             let mut v = Vec::new();
             loop {
+                if let Some(Tok::Num(n)) = p.peek().cloned() {
+                    p.pos += 1;
+                    let value = parse_int(&n).ok_or_else(|| p.err(format!("bad number {n}")))?;
+                    v.push(Some(body.const_reg(value)));
+                    if p.eat('}') {
+                        break;
+                    }
+                    p.expect(',')?;
+                    continue;
+                }
                 let w = p.ident()?;
                 if w == "_" {
                     v.push(None);
@@ -551,6 +663,10 @@ fn operand(p: &mut Parser, body: &Body) -> Result<Raw> {
                     } else if let Some(&a) = body.shared.get(&w) {
                         disp = a as i64;
                     } else if let Some(&a) = body.params.get(&w) {
+                        disp = a as i64;
+                    } else if let Some(&a) = body.local.get(&w) {
+                        disp = a as i64;
+                    } else if let Some(&a) = body.globals.get(&w) {
                         disp = a as i64;
                     } else {
                         return Err(p.err(format!("unknown address base {w}")));
@@ -608,6 +724,12 @@ fn operand(p: &mut Parser, body: &Body) -> Result<Raw> {
             }
             if let Some(&a) = body.params.get(&w) {
                 return Ok(Raw::Op(Operand::Imm(a as u64)));
+            }
+            if let Some(&a) = body.local.get(&w) {
+                return Ok(Raw::Op(Operand::Imm(a as u64)));
+            }
+            if let Some(&a) = body.globals.get(&w) {
+                return Ok(Raw::Op(Operand::Imm(a)));
             }
             if w.starts_with('%') {
                 return Err(p.err(format!("unknown register {w}")));

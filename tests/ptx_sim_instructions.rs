@@ -950,3 +950,45 @@ fn votes_over_the_warp() {
         &cases(&|_| 0),
     );
 }
+
+#[test]
+fn bit_field_insert_extract_and_byte_permute() {
+    // bfi: 4 bits of a at position 8 of b.
+    check32(
+        "bfi.b32 %d, %a, %b, 8, 4;",
+        &[
+            (0xffff_fff5, 0, 0, 0x0000_0500),
+            (0x3, 0xffff_ffff, 0, 0xffff_f3ff),
+        ],
+    );
+    // A field running past bit 31 is cut there; length 0 leaves b.
+    check32("bfi.b32 %d, %a, %b, 30, 8;", &[(0xff, 0, 0, 0xc000_0000)]);
+    check32("bfi.b32 %d, %a, %b, 4, 0;", &[(0xff, 0x1234, 0, 0x1234)]);
+    check64(
+        "bfi.b64 %d, %a, %b, 32, 32;",
+        &[(0x1122_3344, 0x5566_7788, 0, 0x1122_3344_5566_7788)],
+    );
+    // bfe: unsigned zero-fills, signed replicates the field's top bit.
+    check32("bfe.u32 %d, %a, 4, 8;", &[(0x0000_0ab0, 0, 0, 0xab)]);
+    check32(
+        "bfe.s32 %d, %a, 4, 8;",
+        &[(0x0000_0ab0, 0, 0, 0xffff_ffab), (0x0000_07b0, 0, 0, 0x7b)],
+    );
+    // Past the msb, bits read as the sign (signed) or zero (unsigned).
+    check32(
+        "bfe.s32 %d, %a, 28, 8;",
+        &[(0x8000_0000, 0, 0, 0xffff_fff8)],
+    );
+    check32("bfe.u32 %d, %a, 28, 8;", &[(0x8000_0000, 0, 0, 0x8)]);
+    // prmt: selector nibbles pick bytes of {b, a}; 8 in a nibble replicates that byte's sign
+    // (in the last case the other nibbles, 0, copy byte 0 itself).
+    check32(
+        "prmt.b32 %d, %a, %b, %c;",
+        &[
+            (0x4433_2211, 0x8877_6655, 0x3210, 0x4433_2211),
+            (0x4433_2211, 0x8877_6655, 0x7654, 0x8877_6655),
+            (0x4433_2211, 0x8877_6655, 0x0415, 0x1155_2266),
+            (0x0000_0080, 0, 0x0008, 0x8080_80ff),
+        ],
+    );
+}

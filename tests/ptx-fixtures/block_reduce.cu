@@ -41,3 +41,23 @@ extern "C" __global__ void block_sum_racy(const float* __restrict__ x, float* __
         if (lane == 0) out[blockIdx.x] = v;
     }
 }
+
+// block_sum with its partials in dynamic shared memory (one float per warp, sized by the
+// launch) after a static flag word.
+extern "C" __global__ void block_sum_dynamic(const float* __restrict__ x, float* __restrict__ out, int n) {
+    extern __shared__ float partial_dyn[];
+    __shared__ int flag;
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    float v = i < n ? x[i] : 0.0f;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (threadIdx.x == 0) flag = 1;
+    if (lane == 0) partial_dyn[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        int nw = blockDim.x / 32;
+        v = lane < nw ? partial_dyn[lane] : 0.0f;
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0) out[blockIdx.x] = v * flag;
+    }
+}

@@ -221,7 +221,7 @@ pub fn decode_inst(
         Op::FMinMax(..) | Op::Copysign(_) => 3,
         Op::IUnary(..) | Op::PredNot | Op::FUnary(..) | Op::Testp(..) | Op::Mov(_) => 2,
         Op::Cvt { .. } | Op::Cvta { .. } => 2,
-        Op::Bfe(_) => 4,
+        Op::Bfe(_) | Op::Prmt => 4,
         Op::Bfi(_) => 5,
         Op::HArith(op, ..) => {
             if *op == 3 {
@@ -523,6 +523,12 @@ fn decode_op(mnem: &str, m: &mut Mods, nraw: usize) -> Result<Decoded, String> {
         "mov" => {
             let t = m.ty()?;
             (Op::Mov(t), Class::Int, Some(t))
+        }
+        "prmt" => {
+            if m.ty()? != Ty::B32 {
+                return Err("prmt needs .b32".into());
+            }
+            (Op::Prmt, Class::Int, None)
         }
         "bfi" | "bfe" => {
             let t = m.ty()?;

@@ -17,7 +17,7 @@ use super::fpmath::{
     f32_arith, f32_div, f32_fma, f32_minmax, f32_unary, f64_arith, f64_div, f64_fma, f64_minmax,
     f64_unary, ftz32, round_odd_f32, testp, two_sum,
 };
-use super::intmath::{compare, ibin, imad, imul, iunary, mask, sext};
+use super::intmath::{compare, ibin, imad, imul, iunary, mask, prmt, sext};
 use super::ir::{AtomOp, BoolOp, Kernel, Op, Operand, Rnd, Space, Sreg, Ty, VoteMode};
 use super::memory::{GlobalMem, SharedMem, LOCAL_WINDOW, POISON, SHARED_WINDOW};
 use super::warp_ops::{ldmatrix_fragment, mma_m16n8k16, shfl_source};
@@ -659,6 +659,15 @@ impl<'a> Launch<'a> {
                     let pos = self.rd(w, &ops[3], l, ctaid)? & 0xff;
                     let len = self.rd(w, &ops[4], l, ctaid)? & 0xff;
                     self.wr(w, &ops[0], l, bit_insert(t.bits(), a, b, pos, len))?;
+                }
+            }
+            Op::Prmt => {
+                for l in lanes_of(active) {
+                    *cur = Some(l as u32);
+                    let a = self.rd(w, &ops[1], l, ctaid)? as u32;
+                    let b = self.rd(w, &ops[2], l, ctaid)? as u32;
+                    let c = self.rd(w, &ops[3], l, ctaid)? as u32;
+                    self.wr(w, &ops[0], l, prmt(a, b, c) as u64)?;
                 }
             }
             Op::Bfe(t) => {

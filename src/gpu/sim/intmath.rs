@@ -196,3 +196,26 @@ pub fn compare(c: Cmp, t: Ty, a: u64, b: u64, ftz: bool) -> bool {
         _ => false,
     }
 }
+
+/// `prmt.b32` in the default mode: byte `i` of the result is byte `c[4i+2..4i]` of the
+/// 8-byte value `{b, a}` (a in bytes 0-3), or that byte's sign replicated when `c[4i+3]`
+/// is set.
+pub fn prmt(a: u32, b: u32, c: u32) -> u32 {
+    let src = (a as u64) | (b as u64) << 32;
+    let mut d = 0u32;
+    for i in 0..4 {
+        let sel = (c >> (4 * i)) & 0xf;
+        let byte = (src >> (8 * (sel & 7))) as u8;
+        let out = if sel & 8 != 0 {
+            if byte & 0x80 != 0 {
+                0xff
+            } else {
+                0
+            }
+        } else {
+            byte
+        };
+        d |= (out as u32) << (8 * i);
+    }
+    d
+}

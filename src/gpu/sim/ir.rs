@@ -413,6 +413,8 @@ pub enum Op {
     Bfi(Ty),
     /// `bfe.ty d, a, pos, len`: bits `pos..pos+len` of `a`, sign-extended for signed types.
     Bfe(Ty),
+    /// `prmt.b32 d, a, b, c` (default mode): bytes of `{b, a}` picked by `c`'s nibbles.
+    Prmt,
     /// 16-bit float arithmetic on one (`.bf16`/`.f16`) or two packed (`x2`) values, to
     /// nearest even: op 0 add, 1 sub, 2 mul, 3 fma; flags bf16 and packed.
     HArith(u8, bool, bool),

@@ -4,7 +4,7 @@
 //! Float-to-integer conversions saturate to the destination range and turn NaN into 0, as
 //! the ISA specifies. NaN results in f16/bf16 are the canonical `0x7fff`.
 
-use super::fpmath::{ftz32, round_to_f32, round_to_f64, sat32, F32_NAN};
+use super::fpmath::{ftz32, round_odd_f32, round_to_f32, round_to_f64, sat32, two_sum, F32_NAN};
 use super::intmath::{float_value, int_value, mask};
 use super::ir::{Rnd, Ty};
 
@@ -228,4 +228,36 @@ fn float_to_float(
         Ty::F16 if src == Ty::F16 => a & 0xffff,
         _ => return None,
     })
+}
+
+/// One 16-bit float `add` (0), `sub` (1), `mul` (2) or `fma` (3), rounded once to nearest
+/// even: the exact result is rounded to odd in f32, then to the 16-bit format.
+pub fn half_arith(op: u8, bf16: bool, a: u16, b: u16, c: u16) -> u16 {
+    let val = |x: u16| {
+        if bf16 {
+            half::bf16::from_bits(x).to_f64()
+        } else {
+            half::f16::from_bits(x).to_f64()
+        }
+    };
+    let (x, y, z) = (val(a), val(b), val(c));
+    let (s, tail) = match op {
+        0 => two_sum(x, y),
+        1 => two_sum(x, -y),
+        2 => (x * y, 0.0), // products of 16-bit floats are exact in f64
+        _ => two_sum(x * y, z),
+    };
+    if s.is_nan() {
+        return HALF_NAN;
+    }
+    let r = if s.is_finite() {
+        round_odd_f32(s, tail)
+    } else {
+        s as f32
+    };
+    if bf16 {
+        f32_to_bf16(r, Rnd::Nearest)
+    } else {
+        f32_to_f16(r)
+    }
 }

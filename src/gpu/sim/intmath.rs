@@ -219,3 +219,37 @@ pub fn prmt(a: u32, b: u32, c: u32) -> u32 {
     }
     d
 }
+
+/// `bfi`: `b` with bits `pos .. pos + len` (within the width) replaced by `a`'s low bits.
+pub fn bit_insert(width: u32, a: u64, b: u64, pos: u64, len: u64) -> u64 {
+    let mut f = b;
+    for i in 0..len {
+        if pos + i >= width as u64 {
+            break;
+        }
+        let bit = 1u64 << (pos + i);
+        f = (f & !bit) | (((a >> i) & 1) << (pos + i));
+    }
+    f
+}
+
+/// `bfe`: bits `pos .. pos + len` of `a`, filled above with the field's top bit (signed)
+/// or zeros; bits past the width read as the sign (signed) or zero.
+pub fn bit_extract(width: u32, signed: bool, a: u64, pos: u64, len: u64) -> u64 {
+    let msb = width as u64 - 1;
+    let sbit = if signed && len > 0 {
+        (a >> (pos + len - 1).min(msb)) & 1
+    } else {
+        0
+    };
+    let mut d = 0u64;
+    for i in 0..width as u64 {
+        let bit = if i < len && pos + i <= msb {
+            (a >> (pos + i)) & 1
+        } else {
+            sbit
+        };
+        d |= bit << i;
+    }
+    d
+}

@@ -9,12 +9,14 @@
 pub mod convert;
 pub mod counters;
 mod decode;
+mod dispatch;
 mod driver;
 mod exec;
 pub mod fpmath;
 pub mod intmath;
 pub mod ir;
 mod lex;
+mod mem_access;
 mod memory;
 pub mod parse;
 pub mod warp_ops;

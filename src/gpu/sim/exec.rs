@@ -196,10 +196,18 @@ impl<'a> Launch<'a> {
         shared: &mut SharedMem,
     ) -> Result<(), Fault> {
         loop {
+            // One pass: the lowest PC among running lanes and the lanes at it.
             let mut pc = u32::MAX;
+            let mut group = 0u32;
             for l in 0..w.lanes as usize {
-                if w.st[l] == St::Run && w.pc[l] < pc {
-                    pc = w.pc[l];
+                if w.st[l] == St::Run {
+                    let p = w.pc[l];
+                    if p < pc {
+                        pc = p;
+                        group = 1 << l;
+                    } else if p == pc {
+                        group |= 1 << l;
+                    }
                 }
             }
             if pc == u32::MAX {
@@ -209,12 +217,6 @@ impl<'a> Launch<'a> {
                         continue;
                     }
                     None => return Ok(()),
-                }
-            }
-            let mut group = 0u32;
-            for l in 0..w.lanes as usize {
-                if w.st[l] == St::Run && w.pc[l] == pc {
-                    group |= 1 << l;
                 }
             }
             if pc as usize >= self.k.insts.len() {
@@ -300,18 +302,32 @@ impl<'a> Launch<'a> {
             Operand::Reg(r) => {
                 let r = *r as usize;
                 if w.init[r] & (1 << l) == 0 {
-                    return Err(format!(
-                        "reads register {} before anything wrote it",
-                        self.k.reg_names[r]
-                    ));
+                    return Err(self.unset_register(r));
                 }
                 Ok(w.regs[r * 32 + l])
             }
+            Operand::Imm(v) => Ok(*v),
+            _ => self.rd_other(w, o, l, ctaid),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn unset_register(&self, r: usize) -> String {
+        format!(
+            "reads register {} before anything wrote it",
+            self.k.reg_names[r]
+        )
+    }
+
+    /// The less common operand kinds of [`Launch::rd`].
+    fn rd_other(&self, w: &Warp, o: &Operand, l: usize, ctaid: (u32, u32, u32)) -> R<u64> {
+        match o {
+            Operand::Reg(_) | Operand::Imm(_) => self.rd(w, o, l, ctaid),
             Operand::NotReg(r) => {
                 let v = self.rd(w, &Operand::Reg(*r), l, ctaid)?;
                 Ok(u64::from(v == 0))
             }
-            Operand::Imm(v) => Ok(*v),
             Operand::Sreg(s) => {
                 let (bx, by, _) = self.cfg.block;
                 let lin = w.id * 32 + l as u32;

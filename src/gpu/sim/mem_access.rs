@@ -41,7 +41,7 @@ impl<'a> Launch<'a> {
         out: &mut [u8],
     ) -> R<Option<u64>> {
         let (sp, a) = self.locate(space, a, shared)?;
-        if a % len as u64 != 0 {
+        if !is_aligned(a, len) {
             return Err(format!(
                 "misaligned {len}-byte load from {} address 0x{a:x}",
                 space_name(sp)
@@ -85,7 +85,7 @@ impl<'a> Launch<'a> {
     ) -> R<Option<u64>> {
         let len = data.len();
         let (sp, a) = self.locate(space, a, shared)?;
-        if a % len as u64 != 0 {
+        if !is_aligned(a, len) {
             return Err(format!(
                 "misaligned {len}-byte store to {} address 0x{a:x}",
                 space_name(sp)
@@ -124,7 +124,7 @@ impl<'a> Launch<'a> {
         shared: &mut SharedMem,
     ) -> R<u64> {
         let (sp, addr) = self.locate(space, a, shared)?;
-        if addr % size as u64 != 0 {
+        if !is_aligned(addr, size) {
             return Err(format!("misaligned {size}-byte atomic at 0x{addr:x}"));
         }
         let mut buf = [0u8; 8];
@@ -287,4 +287,10 @@ pub(super) fn space_name(s: Space) -> &'static str {
         Space::Const => "const",
         Space::Local => "local",
     }
+}
+
+/// Whether `a` is a multiple of `len` (a power of two: every PTX access size is).
+#[inline(always)]
+pub(super) fn is_aligned(a: u64, len: usize) -> bool {
+    a & (len as u64 - 1) == 0
 }

@@ -992,3 +992,23 @@ fn bit_field_insert_extract_and_byte_permute() {
         ],
     );
 }
+
+#[test]
+fn lop3_applies_its_truth_table_and_activemask_sees_converged_lanes() {
+    // lut = F(0xF0, 0xCC, 0xAA): a & b & c is 0x80, a ^ b ^ c is 0x96, (a & b) | c is 0xEA.
+    let (a, b, c) = (0xff00_ff00u32, 0xf0f0_f0f0u32, 0xcccc_cccc);
+    check32("lop3.b32 %d, %a, %b, %c, 0x80;", &[(a, b, c, a & b & c)]);
+    check32("lop3.b32 %d, %a, %b, %c, 0x96;", &[(a, b, c, a ^ b ^ c)]);
+    check32("lop3.b32 %d, %a, %b, %c, 0xea;", &[(a, b, c, (a & b) | c)]);
+    // Threads with a == 1 branch away; the rest execute activemask together.
+    let cases: Vec<_> = (0..8u32)
+        .map(|t| {
+            let odd = t % 2;
+            (odd, 0, 0, if odd == 1 { 7 } else { 0x55 })
+        })
+        .collect();
+    check32(
+        "setp.eq.u32 %p1, %a, 1;\n@%p1 bra $L_odd;\nactivemask.b32 %d;\nbra.uni $L_done;\n$L_odd:\nmov.u32 %d, 7;\n$L_done:",
+        &cases,
+    );
+}

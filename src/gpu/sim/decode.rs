@@ -222,6 +222,8 @@ pub fn decode_inst(
         Op::IUnary(..) | Op::PredNot | Op::FUnary(..) | Op::Testp(..) | Op::Mov(_) => 2,
         Op::Cvt { .. } | Op::Cvta { .. } => 2,
         Op::Bfe(_) | Op::Prmt => 4,
+        Op::Lop3 => 5,
+        Op::Activemask => 1,
         Op::Bfi(_) => 5,
         Op::HArith(op, ..) => {
             if *op == 3 {
@@ -523,6 +525,18 @@ fn decode_op(mnem: &str, m: &mut Mods, nraw: usize) -> Result<Decoded, String> {
         "mov" => {
             let t = m.ty()?;
             (Op::Mov(t), Class::Int, Some(t))
+        }
+        "lop3" => {
+            if m.ty()? != Ty::B32 {
+                return Err("lop3 needs .b32 (the predicate forms are not supported)".into());
+            }
+            (Op::Lop3, Class::Int, None)
+        }
+        "activemask" => {
+            if m.ty()? != Ty::B32 {
+                return Err("activemask needs .b32".into());
+            }
+            (Op::Activemask, Class::Int, None)
         }
         "prmt" => {
             if m.ty()? != Ty::B32 {

@@ -9,7 +9,7 @@ use super::fpmath::{
     f64_unary, testp,
 };
 use super::intmath::{
-    bit_extract, bit_insert, compare, ibin, imad, imul, iunary, mask, prmt, sext,
+    bit_extract, bit_insert, compare, ibin, imad, imul, iunary, lop3, mask, prmt, sext,
 };
 use super::ir::{AtomOp, BoolOp, Op, Operand, Rnd, Space, Ty, VoteMode};
 use super::memory::{SharedMem, LOCAL_WINDOW, SHARED_WINDOW};
@@ -193,6 +193,21 @@ impl<'a> Launch<'a> {
                     let pos = self.rd(w, &ops[3], l, ctaid)? & 0xff;
                     let len = self.rd(w, &ops[4], l, ctaid)? & 0xff;
                     self.wr(w, &ops[0], l, bit_insert(t.bits(), a, b, pos, len))?;
+                }
+            }
+            Op::Lop3 => {
+                for l in lanes_of(active) {
+                    *cur = Some(l as u32);
+                    let a = self.rd(w, &ops[1], l, ctaid)? as u32;
+                    let b = self.rd(w, &ops[2], l, ctaid)? as u32;
+                    let c = self.rd(w, &ops[3], l, ctaid)? as u32;
+                    let lut = self.rd(w, &ops[4], l, ctaid)? as u8;
+                    self.wr(w, &ops[0], l, lop3(a, b, c, lut) as u64)?;
+                }
+            }
+            Op::Activemask => {
+                for l in lanes_of(active) {
+                    self.wr(w, &ops[0], l, group as u64)?;
                 }
             }
             Op::Prmt => {

@@ -253,3 +253,14 @@ pub fn bit_extract(width: u32, signed: bool, a: u64, pos: u64, len: u64) -> u64 
     }
     d
 }
+
+/// `lop3.b32`: bit i of the result is bit `(a_i << 2) | (b_i << 1) | c_i` of `lut` (the ISA
+/// defines `lut` as F(0xF0, 0xCC, 0xAA) for the wanted function F).
+pub fn lop3(a: u32, b: u32, c: u32, lut: u8) -> u32 {
+    let mut d = 0u32;
+    for i in 0..32 {
+        let idx = ((a >> i) & 1) << 2 | ((b >> i) & 1) << 1 | ((c >> i) & 1);
+        d |= ((lut as u32 >> idx) & 1) << i;
+    }
+    d
+}

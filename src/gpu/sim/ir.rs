@@ -415,6 +415,10 @@ pub enum Op {
     Bfe(Ty),
     /// `prmt.b32 d, a, b, c` (default mode): bytes of `{b, a}` picked by `c`'s nibbles.
     Prmt,
+    /// `lop3.b32 d, a, b, c, lut`: any three-input bitwise function given by its truth table.
+    Lop3,
+    /// `activemask.b32 d`: the lanes executing this instruction together.
+    Activemask,
     /// 16-bit float arithmetic on one (`.bf16`/`.f16`) or two packed (`x2`) values, to
     /// nearest even: op 0 add, 1 sub, 2 mul, 3 fma; flags bf16 and packed.
     HArith(u8, bool, bool),

@@ -434,3 +434,40 @@ fn measure_interpreter_speed_on_the_gemm_fixtures() {
         report(&format!("f32 tiled GEMM {m}x{n}x{k}"), wall, cpu, &d);
     }
 }
+
+#[test]
+fn dynamic_shared_memory_is_sized_by_the_launch() {
+    let d = PtxSim::new();
+    let (n, block) = (300usize, 128u32);
+    let x: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let px = upload_f32(&d, &x);
+    let pout = d.alloc(12).unwrap();
+    let cfg = |bytes| LaunchConfig {
+        grid: (3, 1, 1),
+        block: (block, 1, 1),
+        shared_bytes: bytes,
+    };
+    let args = [
+        KernelArg::Ptr(px),
+        KernelArg::Ptr(pout),
+        KernelArg::U32(n as u32),
+    ];
+    d.launch(
+        &BLOCK_REDUCE,
+        "block_sum_dynamic",
+        cfg(block / 32 * 4),
+        &args,
+    )
+    .unwrap();
+    let got = download_f32(&d, pout, 3);
+    for (b, &g) in got.iter().enumerate() {
+        let want: f32 = (b * 128..((b + 1) * 128).min(n)).map(|i| i as f32).sum();
+        assert_eq!(g, want, "block {b}");
+    }
+    // Without the dynamic bytes, warp 0's partial lands past the end of shared memory.
+    let msg = d
+        .launch(&BLOCK_REDUCE, "block_sum_dynamic", cfg(0), &args)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("outside the CTA's"), "{msg}");
+}

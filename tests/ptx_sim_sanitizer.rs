@@ -386,3 +386,23 @@ fn bad_launches_are_errors() {
     d.free(p).unwrap();
     assert!(d.upload(p, &[0; 4]).is_err(), "freed memory is gone");
 }
+
+#[test]
+fn misaligned_shared_access_names_the_address() {
+    let d = PtxSim::new();
+    let m = module(
+        "misaligned_shared",
+        "",
+        "\t.shared .align 4 .b8 tile[64];\n\tmov.u32 %r1, tile;\n\tadd.s32 %r2, %r1, 6;\n\
+         \tmov.f32 %f1, 0f3F800000;\n\tst.shared.f32 [%r2], %f1;\n\tret;",
+    );
+    let msg = launch_err(&d, &m, "k", LaunchConfig::linear(1, 1), &[]);
+    assert_has(
+        &msg,
+        &[
+            "CTA (0, 0, 0)",
+            "thread (0, 0, 0)",
+            "misaligned 4-byte store to shared address 0x6",
+        ],
+    );
+}

@@ -747,12 +747,13 @@ fn decode_op(mnem: &str, m: &mut Mods, nraw: usize) -> Result<Decoded, String> {
                 // The group count is an operand; it is moved into the op by exec's caller.
                 (Op::CpAsyncWait(u32::MAX), Class::Memory, None)
             } else {
-                let cg = m.one_of(&["ca", "cg"]).ok_or("cp.async needs .ca or .cg")?;
+                // .ca / .cg only choose a cache level.
+                m.one_of(&["ca", "cg"]).ok_or("cp.async needs .ca or .cg")?;
                 if !(m.has("shared") || m.has("shared::cta")) || !m.has("global") {
                     return Err("cp.async must copy .shared.global".into());
                 }
                 m.drop_hints();
-                let _ = cg;
+                // The copy size is an operand; decode_inst moves it into the op.
                 (Op::CpAsync(0), Class::Memory, None)
             }
         }

@@ -151,7 +151,7 @@ pub enum Sreg {
     Warpid,
     /// `%nwarpid`
     Nwarpid,
-    /// `%lanemask_lt` etc. are not supported; `%warpsize` is folded to 32 at parse time.
+    /// `WARP_SZ` (the parser folds it to the constant 32).
     WarpSize,
 }
 

@@ -437,7 +437,8 @@ fn parse_entry(
     let mut insts = Vec::new();
     let mut text = Vec::new();
     let mut labels: HashMap<String, u32> = HashMap::new();
-    let mut pending: Vec<(usize, usize, String, u32)> = Vec::new();
+    // Branches to labels not seen yet: (instruction, label, line).
+    let mut pending: Vec<(usize, String, u32)> = Vec::new();
     let mut depth = 1;
     while depth > 0 {
         let line = p.line();
@@ -488,7 +489,7 @@ fn parse_entry(
                     .get(line as usize - 1)
                     .map_or(String::new(), |l| l.trim().to_string());
                 let inst = decode_inst(guard, &opcode, raws, &mut |label| {
-                    pending.push((insts.len(), 0, label.to_string(), line));
+                    pending.push((insts.len(), label.to_string(), line));
                 })
                 .map_err(|d| Error::format(p.what, format!("line {line}: {d} in `{src}`")))?;
                 insts.push(inst);
@@ -497,7 +498,7 @@ fn parse_entry(
             t => return Err(p.err(format!("unexpected {t:?} in kernel {name}"))),
         }
     }
-    for (i, _, label, line) in pending {
+    for (i, label, line) in pending {
         let target = *labels
             .get(&label)
             .ok_or_else(|| Error::format(p.what, format!("line {line}: unknown label {label}")))?;

@@ -1012,3 +1012,24 @@ fn lop3_applies_its_truth_table_and_activemask_sees_converged_lanes() {
         &cases,
     );
 }
+
+#[test]
+fn redux_reduces_over_the_warp() {
+    // a = lane - 16 as s32 in each of 32 lanes.
+    let cases = |want: u32| -> Vec<(u32, u32, u32, u32)> {
+        (0..32u32)
+            .map(|l| (l.wrapping_sub(16), 1 << (l % 8), 0, want))
+            .collect()
+    };
+    // sum of -16..15 = -16
+    check32("redux.sync.add.s32 %d, %a, -1;", &cases(-16i32 as u32));
+    check32("redux.sync.min.s32 %d, %a, -1;", &cases(-16i32 as u32));
+    check32("redux.sync.max.s32 %d, %a, -1;", &cases(15));
+    // unsigned: -1 (lane 15) is the largest, 0 (lane 16) the smallest
+    check32("redux.sync.max.u32 %d, %a, -1;", &cases(0xffff_ffff));
+    check32("redux.sync.min.u32 %d, %a, -1;", &cases(0));
+    check32("redux.sync.or.b32 %d, %b, -1;", &cases(0xff));
+    check32("redux.sync.and.b32 %d, %b, -1;", &cases(0));
+    // each bit of b is set in 4 lanes: xor cancels
+    check32("redux.sync.xor.b32 %d, %b, -1;", &cases(0));
+}

@@ -243,7 +243,7 @@ pub fn decode_inst(
         }
         Op::Ld(..) | Op::St(..) | Op::Ldmatrix { .. } => 2,
         Op::Shfl(_) => 5,
-        Op::Vote(_) => 3,
+        Op::Vote(_) | Op::Redux(..) => 3,
         Op::Bra => 1,
         Op::Exit | Op::CpAsyncCommit | Op::CpAsyncWaitAll => 0,
         Op::CpAsyncWait(n) => usize::from(*n == u32::MAX),
@@ -717,6 +717,29 @@ fn decode_op(mnem: &str, m: &mut Mods, nraw: usize) -> Result<Decoded, String> {
                 return Err("shfl needs .b32".into());
             }
             (Op::Shfl(mode), Class::Sync, None)
+        }
+        "redux" => {
+            if !m.has("sync") {
+                return Err("redux without .sync".into());
+            }
+            let op = match m.one_of(&["add", "min", "max", "and", "or", "xor"]) {
+                Some("add") => IBin::Add,
+                Some("min") => IBin::Min,
+                Some("max") => IBin::Max,
+                Some("and") => IBin::And,
+                Some("or") => IBin::Or,
+                Some(_) => IBin::Xor,
+                None => return Err("redux.sync needs an operation".into()),
+            };
+            let t = m.ty()?;
+            let ok = match op {
+                IBin::Add | IBin::Min | IBin::Max => matches!(t, Ty::U32 | Ty::S32),
+                _ => t == Ty::B32,
+            };
+            if !ok {
+                return Err(format!("redux.sync.{op:?} on .{t:?}"));
+            }
+            (Op::Redux(op, t), Class::Sync, None)
         }
         "vote" => {
             if !m.has("sync") {

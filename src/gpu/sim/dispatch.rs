@@ -519,6 +519,27 @@ impl<'a> Launch<'a> {
                     w.st[l] = St::Run;
                 }
             }
+            Op::Redux(op, t) => {
+                // Lane order does not matter: every operation is associative and commutative
+                // on 32-bit integers (add wraps).
+                let mut acc: Option<u64> = None;
+                for l in lanes_of(active) {
+                    *cur = Some(l as u32);
+                    let x = self.rd(w, &ops[1], l, ctaid)?;
+                    acc = Some(match acc {
+                        None => mask(x, 32),
+                        Some(a) => ibin(*op, *t, a, x),
+                    });
+                }
+                if let Some(r) = acc {
+                    for l in lanes_of(active) {
+                        self.wr(w, &ops[0], l, r)?;
+                    }
+                }
+                for l in lanes_of(group) {
+                    w.st[l] = St::Run;
+                }
+            }
             Op::Ldmatrix { num, trans } => {
                 self.ldmatrix(w, *num, *trans, ops, active, ctaid, shared, cur)?;
                 for l in lanes_of(group) {

@@ -260,7 +260,7 @@ impl<'a> Launch<'a> {
             }
             let inst = &self.k.insts[pc as usize];
             let required = match inst.op {
-                Op::Shfl(_) | Op::Vote(_) => {
+                Op::Shfl(_) | Op::Vote(_) | Op::Redux(..) => {
                     let mo = inst.ops.last().expect("member mask operand");
                     let member = match mo {
                         Operand::Imm(v) => *v as u32,

@@ -478,6 +478,8 @@ pub enum Op {
     Shfl(ShflMode),
     /// `vote.sync.mode.{pred,b32} d, {!}a, membermask`.
     Vote(VoteMode),
+    /// `redux.sync.op.ty d, a, membermask` (op: add, min, max, and, or, xor as [`IBin`]).
+    Redux(IBin, Ty),
     /// `cp.async.{ca,cg}.shared.global [d], [s], size{, src_size}`.
     CpAsync(u32),
     /// `cp.async.commit_group`.
@@ -504,7 +506,7 @@ impl Op {
     pub fn is_warp_collective(&self) -> bool {
         matches!(
             self,
-            Op::Shfl(_) | Op::Vote(_) | Op::Ldmatrix { .. } | Op::Mma(_)
+            Op::Shfl(_) | Op::Vote(_) | Op::Redux(..) | Op::Ldmatrix { .. } | Op::Mma(_)
         )
     }
 }

@@ -52,7 +52,7 @@ impl PtxSim {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The counters of the last successful launch, if any.
+    /// The counters of the last launch, if it succeeded.
     pub fn last_counters(&self) -> Option<Counters> {
         self.lock().last
     }
@@ -178,6 +178,8 @@ impl Driver for PtxSim {
         args: &[KernelArg],
     ) -> Result<()> {
         let mut inner = self.lock();
+        // A failed launch leaves no counters behind (they would describe an earlier one).
+        inner.last = None;
         let m = Self::module(&mut inner, module)?;
         let k = m.kernels.get(kernel).ok_or_else(|| {
             let mut names: Vec<&String> = m.kernels.keys().collect();

@@ -149,7 +149,10 @@ fn missing_barrier_between_shared_write_and_read_is_a_race() {
             "(warp 0)",
         ],
     );
-    assert!(d.last_counters().is_none(), "a failed launch reports no counters");
+    assert!(
+        d.last_counters().is_none(),
+        "a failed launch reports no counters"
+    );
     // The same reduction with its barrier is clean.
     d.launch(
         &BLOCK_REDUCE,

@@ -1,10 +1,15 @@
-//! GPU devices: the launch interface shared by the CUDA driver and the PTX interpreter.
+//! GPU devices: the launch interface shared by the CUDA driver and the PTX interpreter
+//! (module [`sim`], behind the default `ptx-sim` feature).
 //!
 //! See `docs/architecture.md` for where this sits between the ops and the kernels in `ptx/`.
 
 pub mod cuda;
 pub mod driver;
 pub mod kernels;
+#[cfg(feature = "ptx-sim")]
+pub mod sim;
 
 pub use cuda::CudaDriver;
 pub use driver::{DevicePtr, Driver, KernelArg, LaunchConfig, PtxModule};
+#[cfg(feature = "ptx-sim")]
+pub use sim::PtxSim;

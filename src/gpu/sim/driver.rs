@@ -1,0 +1,245 @@
+//! [`PtxSim`]: the PTX interpreter as a [`Driver`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::counters::Counters;
+use super::exec::{Fault, Launch};
+use super::ir::{Kernel, Module};
+use super::memory::{GlobalMem, SharedMem};
+use super::parse::parse_module;
+use crate::error::{Error, Result};
+use crate::gpu::driver::{DevicePtr, Driver, KernelArg, LaunchConfig, PtxModule};
+
+/// Most threads per CTA.
+const MAX_THREADS: u32 = 1024;
+/// Most shared memory per CTA (sm_90's 227 KiB).
+const MAX_SHARED: u32 = 227 * 1024;
+
+#[derive(Default)]
+struct Inner {
+    mem: GlobalMem,
+    /// Parsed modules by name, with the text they were parsed from.
+    modules: HashMap<String, (&'static str, Arc<Module>)>,
+    last: Option<Counters>,
+}
+
+/// The PTX interpreter: a device whose global memory is host memory and whose launches run
+/// the committed PTX on the CPU, with sanitizer checks (bounds, alignment, uninitialised
+/// registers, cp.async completion, shared-memory races) on every access. Launches are
+/// synchronous: `launch` returns when the kernel has finished, with any fault as `Err`.
+#[derive(Default)]
+pub struct PtxSim {
+    inner: Mutex<Inner>,
+}
+
+fn dev_err(detail: impl Into<String>) -> Error {
+    Error::Device {
+        op: "ptx-sim",
+        detail: detail.into(),
+    }
+}
+
+impl PtxSim {
+    /// A fresh interpreter with no memory allocated and no module loaded.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave memory half-updated in a way that
+        // matters more than the panic itself; keep going with the data.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The counters of the last launch, if it succeeded.
+    pub fn last_counters(&self) -> Option<Counters> {
+        self.lock().last
+    }
+
+    fn module(inner: &mut Inner, m: &PtxModule) -> Result<Arc<Module>> {
+        if let Some((text, parsed)) = inner.modules.get(m.name) {
+            if std::ptr::eq(*text, m.ptx) || *text == m.ptx {
+                return Ok(parsed.clone());
+            }
+        }
+        // The module's variables go in an allocation of their own at the next address.
+        let base = inner.mem.next_base();
+        let parsed = Arc::new(parse_module(
+            m.ptx,
+            &format!("ptx module {}", m.name),
+            base,
+        )?);
+        if !parsed.data.is_empty() {
+            let at = inner.mem.alloc(parsed.data.len());
+            debug_assert_eq!(at, base);
+            inner
+                .mem
+                .write(at, &parsed.data)
+                .map_err(|e| dev_err(format!("module {} variables: {e}", m.name)))?;
+        }
+        inner
+            .modules
+            .insert(m.name.to_string(), (m.ptx, parsed.clone()));
+        Ok(parsed)
+    }
+}
+
+fn check_args(k: &Kernel, args: &[KernelArg]) -> Result<Vec<u8>> {
+    if args.len() != k.params.len() {
+        return Err(Error::arg(
+            "ptx-sim launch",
+            format!(
+                "kernel {} takes {} parameters, given {}",
+                k.name,
+                k.params.len(),
+                args.len()
+            ),
+        ));
+    }
+    let mut buf = vec![0u8; k.param_bytes as usize];
+    for (p, a) in k.params.iter().zip(args) {
+        let bytes = a.to_bytes();
+        if bytes.len() != p.size as usize {
+            return Err(Error::arg(
+                "ptx-sim launch",
+                format!(
+                    "kernel {} parameter {} is {} bytes, given {a:?} ({} bytes)",
+                    k.name,
+                    p.name,
+                    p.size,
+                    bytes.len()
+                ),
+            ));
+        }
+        buf[p.offset as usize..p.offset as usize + bytes.len()].copy_from_slice(&bytes);
+    }
+    Ok(buf)
+}
+
+fn describe(k: &Kernel, cfg: &LaunchConfig, cta: (u32, u32, u32), f: Fault) -> Error {
+    let (bx, by, _) = cfg.block;
+    let (line, text) = k
+        .text
+        .get(f.pc as usize)
+        .cloned()
+        .unwrap_or((0, String::from("?")));
+    let who = match f.lane {
+        Some(l) => {
+            let lin = f.warp * 32 + l;
+            format!(
+                "thread ({}, {}, {}) (warp {}, lane {l})",
+                lin % bx,
+                (lin / bx) % by,
+                lin / (bx * by),
+                f.warp
+            )
+        }
+        None => format!("warp {}", f.warp),
+    };
+    dev_err(format!(
+        "kernel {}: CTA ({}, {}, {}) {who} at line {line} `{text}`: {}",
+        k.name, cta.0, cta.1, cta.2, f.msg
+    ))
+}
+
+impl Driver for PtxSim {
+    fn name(&self) -> String {
+        "ptx-sim".into()
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
+        Ok(DevicePtr(self.lock().mem.alloc(bytes)))
+    }
+
+    fn free(&self, ptr: DevicePtr) -> Result<()> {
+        self.lock().mem.free(ptr.0).map_err(dev_err)
+    }
+
+    fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
+        self.lock()
+            .mem
+            .write(dst.0, src)
+            .map_err(|e| dev_err(format!("upload: {e}")))
+    }
+
+    fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
+        self.lock()
+            .mem
+            .read(src.0, dst)
+            .map_err(|e| dev_err(format!("download: {e}")))
+    }
+
+    fn launch(
+        &self,
+        module: &PtxModule,
+        kernel: &str,
+        config: LaunchConfig,
+        args: &[KernelArg],
+    ) -> Result<()> {
+        let mut inner = self.lock();
+        // A failed launch leaves no counters behind (they would describe an earlier one).
+        inner.last = None;
+        let m = Self::module(&mut inner, module)?;
+        let k = m.kernels.get(kernel).ok_or_else(|| {
+            let mut names: Vec<&String> = m.kernels.keys().collect();
+            names.sort();
+            Error::arg(
+                "ptx-sim launch",
+                format!(
+                    "module {} has no kernel {kernel} (it has {names:?})",
+                    module.name
+                ),
+            )
+        })?;
+        let (bx, by, bz) = config.block;
+        let (gx, gy, gz) = config.grid;
+        let threads = bx as u64 * by as u64 * bz as u64;
+        if threads == 0 || threads > MAX_THREADS as u64 || gx == 0 || gy == 0 || gz == 0 {
+            return Err(Error::arg(
+                "ptx-sim launch",
+                format!(
+                    "kernel {kernel}: grid {:?} x block {:?} (need non-zero sizes and at most \
+                     {MAX_THREADS} threads per CTA)",
+                    config.grid, config.block
+                ),
+            ));
+        }
+        let shared_bytes = k.static_shared as u64 + config.shared_bytes as u64;
+        if shared_bytes > MAX_SHARED as u64 {
+            return Err(Error::arg(
+                "ptx-sim launch",
+                format!(
+                    "kernel {kernel}: {shared_bytes} bytes of shared memory per CTA (at most \
+                     {MAX_SHARED})"
+                ),
+            ));
+        }
+        let params = check_args(k, args)?;
+        let mut shared = SharedMem::new(shared_bytes as usize);
+        let mut launch = Launch {
+            k,
+            cfg: config,
+            params,
+            mem: &mut inner.mem,
+            counters: Counters::default(),
+        };
+        for z in 0..gz {
+            for y in 0..gy {
+                for x in 0..gx {
+                    shared.reset();
+                    launch
+                        .run_cta((x, y, z), &mut shared)
+                        .map_err(|f| describe(k, &config, (x, y, z), f))?;
+                }
+            }
+        }
+        let counters = launch.counters;
+        inner.last = Some(counters);
+        Ok(())
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,397 @@
+//! Execution of one launch: CTAs one after another; in a CTA, warps of 32 lanes with a
+//! program counter per lane.
+//!
+//! A warp issues the lowest program counter among its running lanes, for every running lane
+//! at it. A lane reaching a warp collective (`shfl.sync`, `vote.sync`, `ldmatrix`, `mma`)
+//! parks there until every live lane of the member mask (all live lanes for the `.aligned`
+//! forms) has arrived: nvcc places join blocks after `ret`, so lowest-PC scheduling alone
+//! would run a collective with part of the warp. A lane at `bar.sync` waits for the whole
+//! CTA; a warp runs until all its lanes wait or exit, then the next warp runs. When no warp
+//! can move and the barrier cannot release, the launch reports a deadlock.
+
+use std::collections::VecDeque;
+
+use super::counters::Counters;
+use super::intmath::mask;
+use super::ir::{Kernel, Op, Operand, Sreg};
+use super::memory::{GlobalMem, SharedMem, POISON};
+use crate::gpu::driver::LaunchConfig;
+
+/// A fault inside a CTA: the lane (if one) and what went wrong.
+pub struct Fault {
+    /// Warp-local lane that faulted, if the fault belongs to one lane.
+    pub lane: Option<u32>,
+    /// Instruction index.
+    pub pc: u32,
+    /// Warp index in the CTA.
+    pub warp: u32,
+    /// What went wrong.
+    pub msg: String,
+}
+
+pub(super) type R<T> = Result<T, String>;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum St {
+    Run,
+    Park,
+    Bar,
+    Done,
+}
+
+/// One pending 16-byte-or-less copy of a cp.async.
+pub(super) struct PendingCopy {
+    pub(super) dst: usize,
+    pub(super) data: [u8; 16],
+    pub(super) len: usize,
+}
+
+pub(super) struct Warp {
+    pub(super) id: u32,
+    pub(super) lanes: u32,
+    pub(super) pc: [u32; 32],
+    pub(super) st: [St; 32],
+    pub(super) regs: Vec<u64>,
+    pub(super) init: Vec<u32>,
+    pub(super) uncommitted: Vec<Vec<PendingCopy>>,
+    pub(super) groups: Vec<VecDeque<Vec<PendingCopy>>>,
+    /// Each lane's `.local` memory, `local_bytes` per lane.
+    pub(super) local: Vec<u8>,
+}
+
+/// Everything one launch needs.
+pub struct Launch<'a> {
+    /// The kernel.
+    pub k: &'a Kernel,
+    /// Grid and block.
+    pub cfg: LaunchConfig,
+    /// The packed parameter buffer.
+    pub params: Vec<u8>,
+    /// Device memory.
+    pub mem: &'a mut GlobalMem,
+    /// Counters of this launch.
+    pub counters: Counters,
+}
+
+#[inline(always)]
+pub(super) fn lanes_of(mask: u32) -> impl Iterator<Item = usize> {
+    let mut m = mask;
+    std::iter::from_fn(move || {
+        if m == 0 {
+            None
+        } else {
+            let l = m.trailing_zeros();
+            m &= m - 1;
+            Some(l as usize)
+        }
+    })
+}
+
+impl<'a> Launch<'a> {
+    /// Runs CTA `ctaid` to completion in `shared` (already reset).
+    pub fn run_cta(&mut self, ctaid: (u32, u32, u32), shared: &mut SharedMem) -> Result<(), Fault> {
+        let (bx, by, bz) = self.cfg.block;
+        let nthreads = bx * by * bz;
+        let nwarps = nthreads.div_ceil(32);
+        let nregs = self.k.regs.len();
+        let mut warps: Vec<Warp> = (0..nwarps)
+            .map(|id| {
+                let lanes = (nthreads - id * 32).min(32);
+                let mut st = [St::Done; 32];
+                for s in st.iter_mut().take(lanes as usize) {
+                    *s = St::Run;
+                }
+                let mut w = Warp {
+                    id,
+                    lanes,
+                    pc: [0; 32],
+                    st,
+                    regs: vec![0; nregs * 32],
+                    init: vec![0; nregs],
+                    uncommitted: (0..32).map(|_| Vec::new()).collect(),
+                    groups: (0..32).map(|_| VecDeque::new()).collect(),
+                    local: vec![POISON; 32 * self.k.local_bytes as usize],
+                };
+                for &(r, v) in &self.k.const_regs {
+                    for l in 0..32 {
+                        w.regs[r as usize * 32 + l] = v;
+                    }
+                    w.init[r as usize] = u32::MAX;
+                }
+                w
+            })
+            .collect();
+        self.counters.ctas += 1;
+        loop {
+            for w in warps.iter_mut() {
+                self.run_warp(w, ctaid, shared)?;
+            }
+            let mut any_live = false;
+            let mut all_bar = true;
+            for w in &warps {
+                for l in 0..w.lanes as usize {
+                    match w.st[l] {
+                        St::Done => {}
+                        St::Bar => any_live = true,
+                        _ => {
+                            any_live = true;
+                            all_bar = false;
+                        }
+                    }
+                }
+            }
+            if !any_live {
+                return Ok(());
+            }
+            if !all_bar {
+                return Err(self.deadlock(&warps));
+            }
+            for w in warps.iter_mut() {
+                for l in 0..w.lanes as usize {
+                    if w.st[l] == St::Bar {
+                        w.st[l] = St::Run;
+                        w.pc[l] += 1;
+                    }
+                }
+            }
+            shared.epoch += 1;
+        }
+    }
+
+    pub(super) fn deadlock(&self, warps: &[Warp]) -> Fault {
+        let mut parts = Vec::new();
+        for w in warps {
+            for l in 0..w.lanes as usize {
+                if matches!(w.st[l], St::Park | St::Run) {
+                    parts.push(format!(
+                        "thread {} waits at line {} `{}`",
+                        w.id * 32 + l as u32,
+                        self.k.text[w.pc[l] as usize].0,
+                        self.k.text[w.pc[l] as usize].1
+                    ));
+                    break;
+                }
+            }
+        }
+        let w = warps
+            .iter()
+            .find(|w| (0..w.lanes as usize).any(|l| w.st[l] == St::Park))
+            .unwrap_or(&warps[0]);
+        Fault {
+            lane: None,
+            pc: w.pc[0],
+            warp: w.id,
+            msg: format!(
+                "deadlock: some threads wait at bar.sync while others can never reach it \
+                 ({})",
+                parts.join("; ")
+            ),
+        }
+    }
+
+    pub(super) fn run_warp(
+        &mut self,
+        w: &mut Warp,
+        ctaid: (u32, u32, u32),
+        shared: &mut SharedMem,
+    ) -> Result<(), Fault> {
+        loop {
+            // One pass: the lowest PC among running lanes and the lanes at it.
+            let mut pc = u32::MAX;
+            let mut group = 0u32;
+            for l in 0..w.lanes as usize {
+                if w.st[l] == St::Run {
+                    let p = w.pc[l];
+                    if p < pc {
+                        pc = p;
+                        group = 1 << l;
+                    } else if p == pc {
+                        group |= 1 << l;
+                    }
+                }
+            }
+            if pc == u32::MAX {
+                match self.ready_collective(w) {
+                    Some((pc, group)) => {
+                        self.step(w, pc, group, ctaid, shared)?;
+                        continue;
+                    }
+                    None => return Ok(()),
+                }
+            }
+            if pc as usize >= self.k.insts.len() {
+                return Err(Fault {
+                    lane: Some(group.trailing_zeros()),
+                    pc: pc.saturating_sub(1),
+                    warp: w.id,
+                    msg: "ran past the last instruction without ret".into(),
+                });
+            }
+            if self.k.insts[pc as usize].op.is_warp_collective() {
+                for l in lanes_of(group) {
+                    w.st[l] = St::Park;
+                }
+                continue;
+            }
+            self.step(w, pc, group, ctaid, shared)?;
+        }
+    }
+
+    /// A parked collective whose member lanes have all arrived, with the lanes parked at it.
+    pub(super) fn ready_collective(&self, w: &Warp) -> Option<(u32, u32)> {
+        let mut live = 0u32;
+        for l in 0..w.lanes as usize {
+            if w.st[l] != St::Done {
+                live |= 1 << l;
+            }
+        }
+        let mut seen = Vec::new();
+        for l in 0..w.lanes as usize {
+            if w.st[l] != St::Park || seen.contains(&w.pc[l]) {
+                continue;
+            }
+            let pc = w.pc[l];
+            seen.push(pc);
+            let mut group = 0u32;
+            for m in 0..w.lanes as usize {
+                if w.st[m] == St::Park && w.pc[m] == pc {
+                    group |= 1 << m;
+                }
+            }
+            let inst = &self.k.insts[pc as usize];
+            let required = match inst.op {
+                Op::Shfl(_) | Op::Vote(_) | Op::Redux(..) => {
+                    let mo = inst.ops.last().expect("member mask operand");
+                    let member = match mo {
+                        Operand::Imm(v) => *v as u32,
+                        Operand::Reg(r) => w.regs[*r as usize * 32 + l] as u32,
+                        _ => u32::MAX,
+                    };
+                    member & live
+                }
+                _ => live,
+            };
+            if required & !group == 0 {
+                return Some((pc, group));
+            }
+        }
+        None
+    }
+
+    pub(super) fn step(
+        &mut self,
+        w: &mut Warp,
+        pc: u32,
+        group: u32,
+        ctaid: (u32, u32, u32),
+        shared: &mut SharedMem,
+    ) -> Result<(), Fault> {
+        let mut cur_lane = None;
+        let r = self.exec(w, pc, group, ctaid, shared, &mut cur_lane);
+        r.map_err(|msg| Fault {
+            lane: cur_lane.or(Some(group.trailing_zeros())),
+            pc,
+            warp: w.id,
+            msg,
+        })
+    }
+
+    #[inline(always)]
+    pub(super) fn rd(&self, w: &Warp, o: &Operand, l: usize, ctaid: (u32, u32, u32)) -> R<u64> {
+        match o {
+            Operand::Reg(r) => {
+                let r = *r as usize;
+                if w.init[r] & (1 << l) == 0 {
+                    return Err(self.unset_register(r));
+                }
+                Ok(w.regs[r * 32 + l])
+            }
+            Operand::Imm(v) => Ok(*v),
+            _ => self.rd_other(w, o, l, ctaid),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn unset_register(&self, r: usize) -> String {
+        format!(
+            "reads register {} before anything wrote it",
+            self.k.reg_names[r]
+        )
+    }
+
+    /// The less common operand kinds of [`Launch::rd`].
+    fn rd_other(&self, w: &Warp, o: &Operand, l: usize, ctaid: (u32, u32, u32)) -> R<u64> {
+        match o {
+            Operand::Reg(_) | Operand::Imm(_) => self.rd(w, o, l, ctaid),
+            Operand::NotReg(r) => {
+                let v = self.rd(w, &Operand::Reg(*r), l, ctaid)?;
+                Ok(u64::from(v == 0))
+            }
+            Operand::Sreg(s) => {
+                let (bx, by, _) = self.cfg.block;
+                let lin = w.id * 32 + l as u32;
+                let pick = |t: (u32, u32, u32), d: u8| match d {
+                    0 => t.0,
+                    1 => t.1,
+                    _ => t.2,
+                };
+                Ok(match s {
+                    Sreg::Tid(d) => {
+                        let t = (lin % bx, (lin / bx) % by, lin / (bx * by));
+                        pick(t, *d)
+                    }
+                    Sreg::Ntid(d) => pick(self.cfg.block, *d),
+                    Sreg::Ctaid(d) => pick(ctaid, *d),
+                    Sreg::Nctaid(d) => pick(self.cfg.grid, *d),
+                    Sreg::Laneid => l as u32,
+                    Sreg::Warpid => w.id,
+                    Sreg::Nwarpid => {
+                        let (bx, by, bz) = self.cfg.block;
+                        (bx * by * bz).div_ceil(32)
+                    }
+                    Sreg::WarpSize => 32,
+                } as u64)
+            }
+            _ => Err(format!("operand {o:?} cannot be read as a value")),
+        }
+    }
+
+    #[inline(always)]
+    pub(super) fn wr(&self, w: &mut Warp, o: &Operand, l: usize, v: u64) -> R<()> {
+        match o {
+            Operand::Reg(r) => {
+                let r = *r as usize;
+                w.regs[r * 32 + l] = mask(v, self.k.regs[r].bits.max(1));
+                w.init[r] |= 1 << l;
+                Ok(())
+            }
+            _ => Err(format!("operand {o:?} is not a register destination")),
+        }
+    }
+
+    #[inline(always)]
+    pub(super) fn wr_reg(&self, w: &mut Warp, r: u32, l: usize, v: u64) {
+        let r = r as usize;
+        w.regs[r * 32 + l] = mask(v, self.k.regs[r].bits.max(1));
+        w.init[r] |= 1 << l;
+    }
+
+    #[inline(always)]
+    pub(super) fn addr(&self, w: &Warp, o: &Operand, l: usize, ctaid: (u32, u32, u32)) -> R<u64> {
+        match o {
+            Operand::Addr { base, disp } => {
+                let b = match base {
+                    Some(r) => self.rd(w, &Operand::Reg(*r), l, ctaid)?,
+                    None => 0,
+                };
+                Ok(b.wrapping_add(*disp as u64))
+            }
+            _ => Err("expected an address operand".into()),
+        }
+    }
+}
+
+pub(super) fn f32b(x: u64) -> f32 {
+    f32::from_bits(x as u32)
+}

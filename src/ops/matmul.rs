@@ -64,7 +64,7 @@ pub(crate) unsafe fn gemm_into<E: Element>(
     rsc: isize,
     csc: isize,
 ) {
-    E::gemm(
+    crate::backend::cpu::gemm_any(
         m,
         k,
         n,
@@ -262,7 +262,7 @@ impl<E: Element> Tensor<E> {
                 let (rw, cw) = (lw.strides()[1], lw.strides()[0]);
                 let o = out.as_mut_ptr();
                 match &bias {
-                    Some(bv) => E::gemm_bias(
+                    Some(bv) => crate::backend::cpu::gemm_bias_any(
                         rows,
                         in_f,
                         out_f,
@@ -277,7 +277,7 @@ impl<E: Element> Tensor<E> {
                         out_f as isize,
                         1,
                     ),
-                    None => E::gemm(
+                    None => crate::backend::cpu::gemm_any(
                         rows,
                         in_f,
                         out_f,

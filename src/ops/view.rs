@@ -5,6 +5,24 @@ use crate::tensor::layout::{checked_numel, checked_product, resolve_axis};
 use crate::tensor::{Element, Tensor};
 
 impl<E: Element> Tensor<E> {
+    /// Row-major contiguous version: `self` when already contiguous, else a copy.
+    pub fn contiguous(&self) -> Tensor<E> {
+        if self.is_contiguous() {
+            return self.clone();
+        }
+        let v = self.with_data(|d, l| {
+            crate::tensor::iter::gather_strided(d, l.shape(), l.strides(), l.offset())
+        });
+        let out = Tensor::from_raw(v, self.shape());
+        out.record("contiguous", &[self], |g| Ok(vec![Some(g.clone())]))
+    }
+
+    /// A deep copy that owns its storage (gradient flows through).
+    pub fn copy(&self) -> Tensor<E> {
+        let out = Tensor::from_raw(self.to_vec(), self.shape());
+        out.record("copy", &[self], |g| Ok(vec![Some(g.clone())]))
+    }
+
     fn view_with_grad(
         &self,
         layout: crate::tensor::Layout,

@@ -8,6 +8,7 @@
 pub mod element;
 pub(crate) mod iter;
 pub mod layout;
+pub(crate) mod node;
 #[doc(hidden)]
 pub mod reference;
 
@@ -17,8 +18,8 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use element::{DType, Element};
 pub use layout::Layout;
+pub(crate) use node::Node;
 
-use crate::autograd::Node;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
@@ -361,22 +362,6 @@ impl<E: Element> Tensor<E> {
     pub fn cast<F: Element>(&self) -> Tensor<F> {
         let v = self.with_contiguous(|s| s.iter().map(|v| F::from_f64(v.to_f64())).collect());
         Tensor::<F>::from_raw(v, self.shape())
-    }
-
-    /// Row-major contiguous version: `self` when already contiguous, else a copy.
-    pub fn contiguous(&self) -> Tensor<E> {
-        if self.is_contiguous() {
-            return self.clone();
-        }
-        let v = self.with_data(|d, l| iter::gather_strided(d, l.shape(), l.strides(), l.offset()));
-        let out = Tensor::from_raw(v, self.shape());
-        out.record("contiguous", &[self], |g| Ok(vec![Some(g.clone())]))
-    }
-
-    /// A deep copy that owns its storage (gradient flows through).
-    pub fn copy(&self) -> Tensor<E> {
-        let out = Tensor::from_raw(self.to_vec(), self.shape());
-        out.record("copy", &[self], |g| Ok(vec![Some(g.clone())]))
     }
 
     /// True when every element is finite.

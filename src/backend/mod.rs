@@ -1,0 +1,5 @@
+//! Where kernels run. `src/ops` owns shapes, errors and autograd rules; the kernels that do
+//! the arithmetic live here, one folder per device. Today that is the CPU alone
+//! ([`cpu`]); see `docs/architecture.md` for the seam a GPU backend plugs into.
+
+pub mod cpu;

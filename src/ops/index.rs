@@ -1,5 +1,6 @@
 //! Joining, selecting and masking: concat, stack, index_select, gather, where, masked_fill.
 
+use crate::backend::{BinaryOp, UnaryOp};
 use crate::error::{Error, Result};
 use crate::tensor::layout::{broadcast_shapes, checked_numel, resolve_axis};
 use crate::tensor::{Element, Tensor};
@@ -206,15 +207,15 @@ impl<E: Element> Tensor<E> {
         let inputs = [cond.shape(), a.shape(), b.shape()];
         checked_numel("where", &shape, &inputs, E::DTYPE.name())?;
         let c = cond.broadcast_to(&shape)?.detach();
-        let m = c.map_raw(|v| if v != E::ZERO { E::ONE } else { E::ZERO });
-        let pa = a.zip_raw(&m, "where", |x, m| if m != E::ZERO { x } else { E::ZERO })?;
-        let pb = b.zip_raw(&m, "where", |x, m| if m != E::ZERO { E::ZERO } else { x })?;
-        let out = pa.zip_raw(&pb, "where", |x, y| x + y)?;
+        let m = c.unary_raw(UnaryOp::NonZero);
+        let pa = a.binary_raw(&m, "where", BinaryOp::SelectIfNonZero)?;
+        let pb = b.binary_raw(&m, "where", BinaryOp::SelectIfZero)?;
+        let out = pa.binary_raw(&pb, "where", BinaryOp::Add)?;
         let (sa, sb) = (a.shape().to_vec(), b.shape().to_vec());
         Ok(out.record("where", &[a, b], move |g| {
-            let ga = g.zip_raw(&m, "where", |g, m| g * m)?.sum_to(&sa)?;
+            let ga = g.binary_raw(&m, "where", BinaryOp::Mul)?.sum_to(&sa)?;
             let gb = g
-                .zip_raw(&m, "where", |g, m| g * (E::ONE - m))?
+                .binary_raw(&m, "where", BinaryOp::MulOneMinus)?
                 .sum_to(&sb)?;
             Ok(vec![Some(ga), Some(gb)])
         }))

@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+use crate::backend::BinaryOp;
 use crate::error::{Error, Result};
 use crate::tensor::iter::{Plan, PAR_THRESHOLD};
 use crate::tensor::layout::resolve_axis;
@@ -252,10 +253,12 @@ impl<E: Element> Tensor<E> {
         let m = out.reshape(&kshape)?.detach();
         let axes = ax.iter().map(|&a| a as isize).collect::<Vec<_>>();
         Ok(out.record("max", &[self], move |g| {
-            let mask = x.zip_raw(&m, "max", |x, m| if x == m { E::ONE } else { E::ZERO })?;
+            let mask = x.binary_raw(&m, "max", BinaryOp::EqMask)?;
             let count = mask.sum(&axes, true)?;
-            let g = g.reshape(&kshape)?.zip_raw(&count, "max", |g, c| g / c)?;
-            Ok(vec![Some(mask.zip_raw(&g, "max", |m, g| m * g)?)])
+            let g = g
+                .reshape(&kshape)?
+                .binary_raw(&count, "max", BinaryOp::Div)?;
+            Ok(vec![Some(mask.binary_raw(&g, "max", BinaryOp::Mul)?)])
         }))
     }
 

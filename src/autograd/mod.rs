@@ -79,7 +79,8 @@ impl<E: Element> Tensor<E> {
     }
 
     /// Backpropagates from this scalar (a one-element tensor), accumulating into the `grad`
-    /// of every leaf that requires a gradient.
+    /// of every leaf that requires a gradient. The seed gradient is made on this tensor's
+    /// device.
     pub fn backward(&self) -> Result<()> {
         if self.numel() != 1 {
             return Err(Error::Autograd(format!(
@@ -87,7 +88,7 @@ impl<E: Element> Tensor<E> {
                 self.shape()
             )));
         }
-        self.backward_with(&Tensor::ones(self.shape()))
+        self.backward_with(&Tensor::ones(self.shape()).to_device(self.device())?)
     }
 
     /// Backpropagates with an explicit output gradient of the same shape.
@@ -209,7 +210,8 @@ pub fn grad<E: Element>(output: &Tensor<E>, inputs: &[&Tensor<E>]) -> Result<Vec
         )));
     }
     let ids: Vec<usize> = inputs.iter().map(|t| t.id()).collect();
-    let mut found = run_backward(output, &Tensor::ones(output.shape()), Some(&ids))?;
+    let seed = Tensor::ones(output.shape()).to_device(output.device())?;
+    let mut found = run_backward(output, &seed, Some(&ids))?;
     Ok(inputs
         .iter()
         .map(|t| {

@@ -3,5 +3,6 @@
 //! See `docs/architecture.md` for where this sits between the ops and the kernels in `ptx/`.
 
 pub mod driver;
+pub mod registry;
 
 pub use driver::{DevicePtr, Driver, KernelArg, LaunchConfig, PtxModule};

@@ -15,6 +15,7 @@ impl<E: Element> Tensor<E> {
         op: &'static str,
         f: BinaryOp,
     ) -> Result<Tensor<E>> {
+        crate::backend::cpu_only(op, &[self, other])?;
         let shape = broadcast_shapes(self.shape(), other.shape()).ok_or_else(|| {
             Error::shape(
                 op,

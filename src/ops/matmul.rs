@@ -92,6 +92,7 @@ unsafe impl<E> Sync for SendPtr<E> {}
 
 /// Batched product without recording; `a` is `[..., m, k]`, `b` is `[..., k, n]`.
 fn matmul_raw<E: Element>(a: &Tensor<E>, b: &Tensor<E>) -> Result<Tensor<E>> {
+    crate::backend::cpu_only("matmul", &[a, b])?;
     let _timer = Timer::start(Kernel::Matmul);
     init_gemm_threads();
     let (sa, sb) = (a.shape(), b.shape());
@@ -205,6 +206,9 @@ impl<E: Element> Tensor<E> {
     /// `x @ w^T + b` with `x` `[..., in]`, `w` `[out, in]`, `b` `[out]`: one product, with the
     /// bias preloaded into the output and the weight read transposed in place.
     pub fn linear(&self, w: &Tensor<E>, b: Option<&Tensor<E>>) -> Result<Tensor<E>> {
+        let mut operands = vec![self, w];
+        operands.extend(b);
+        crate::backend::cpu_only("linear", &operands)?;
         init_gemm_threads();
         let xs = self.shape();
         let bad = |d: &str| {

@@ -214,6 +214,7 @@ impl<E: Element> Tensor<E> {
 
     /// Sum over `axes` (negative axes count from the end).
     pub fn sum(&self, axes: &[isize], keepdim: bool) -> Result<Tensor<E>> {
+        crate::backend::cpu_only("sum", &[self])?;
         let ax = self.resolve_axes("sum", axes)?;
         let v = self.with_data(|d, l| reduce_raw(d, l, &ax, Kind::Sum));
         let out = Tensor::from_raw(v, &self.reduced_shape(&ax, keepdim));
@@ -227,6 +228,7 @@ impl<E: Element> Tensor<E> {
 
     /// Sum of all elements, as a 0-d tensor.
     pub fn sum_all(&self) -> Tensor<E> {
+        crate::backend::expect_cpu("sum_all", &[self]);
         let axes: Vec<isize> = (0..self.rank() as isize).collect();
         self.sum(&axes, false).expect("all axes are valid")
     }
@@ -245,6 +247,7 @@ impl<E: Element> Tensor<E> {
 
     /// Maximum over `axes`. The gradient is shared equally among tied maxima.
     pub fn max(&self, axes: &[isize], keepdim: bool) -> Result<Tensor<E>> {
+        crate::backend::cpu_only("max", &[self])?;
         let ax = self.resolve_axes("max", axes)?;
         let v = self.with_data(|d, l| reduce_raw(d, l, &ax, Kind::Max));
         let kshape = self.reduced_shape(&ax, true);

@@ -11,6 +11,7 @@ use crate::tensor::{Element, Tensor};
 impl<E: Element> Tensor<E> {
     /// Applies `op` elementwise; records nothing.
     pub(crate) fn unary_raw(&self, op: UnaryOp) -> Tensor<E> {
+        crate::backend::expect_cpu(op.name(), &[self]);
         let v = self.with_data(|d, l| unary(op, d, l));
         Tensor::from_raw(v, self.shape())
     }
@@ -114,6 +115,7 @@ impl<E: Element> Tensor<E> {
 
     /// GELU with the exact error function (TarFlow's choice).
     pub fn gelu(&self) -> Tensor<E> {
+        crate::backend::expect_cpu("gelu", &[self]);
         let timer = Timer::start(Kernel::Gelu);
         let v = self
             .with_contiguous(|xs| fill_fresh(xs.len(), |lo, y| gelu_to(&xs[lo..lo + y.len()], y)));

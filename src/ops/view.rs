@@ -10,6 +10,7 @@ impl<E: Element> Tensor<E> {
         if self.is_contiguous() {
             return self.clone();
         }
+        crate::backend::expect_cpu("contiguous", &[self]);
         let v = self.with_data(|d, l| {
             crate::tensor::iter::gather_strided(d, l.shape(), l.strides(), l.offset())
         });
@@ -19,6 +20,7 @@ impl<E: Element> Tensor<E> {
 
     /// A deep copy that owns its storage (gradient flows through).
     pub fn copy(&self) -> Tensor<E> {
+        crate::backend::expect_cpu("copy", &[self]);
         let out = Tensor::from_raw(self.to_vec(), self.shape());
         out.record("copy", &[self], |g| Ok(vec![Some(g.clone())]))
     }
@@ -169,6 +171,7 @@ impl<E: Element> Tensor<E> {
 
     /// Places `self` at `start` along `axis` inside zeros of `shape` (adjoint of `narrow`).
     pub(crate) fn pad_axis(&self, axis: usize, start: usize, shape: &[usize]) -> Result<Tensor<E>> {
+        crate::backend::cpu_only("pad", &[self])?;
         let mut out = vec![E::ZERO; shape.iter().product()];
         let outer: usize = shape[..axis].iter().product();
         let inner: usize = shape[axis + 1..].iter().product();

@@ -87,6 +87,7 @@ impl<E: Element> KvCache<E> {
     /// Appends `T >= 1` positions: `k` and `v` are `[batch, heads, T, head_dim]`, any strides.
     /// Fails, leaving the cache unchanged, when a shape differs or the cache would overflow.
     pub fn append(&mut self, k: &Tensor<E>, v: &Tensor<E>) -> Result<()> {
+        crate::backend::cpu_only("kv_cache_append", &[k, v])?;
         let want = [self.batch, self.heads, 0, self.head_dim];
         let ok = |t: &Tensor<E>| {
             t.rank() == 4
@@ -185,6 +186,7 @@ pub fn attention_decode<E: Element>(
     opts: AttentionOptions,
 ) -> Result<Tensor<E>> {
     let op = "attention_decode";
+    crate::backend::cpu_only(op, &[q])?;
     let qs = q.shape();
     if q.rank() != 4 || qs[0] != cache.batch || qs[1] != cache.heads || qs[3] != cache.head_dim {
         return Err(Error::shape(

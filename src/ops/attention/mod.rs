@@ -168,6 +168,9 @@ pub fn attention<E: Element>(
     opts: AttentionOptions,
 ) -> Result<Tensor<E>> {
     let d = check_shapes("attention", q, k, v, mask, opts.causal)?;
+    let mut operands = vec![q, k, v];
+    operands.extend(mask);
+    crate::backend::cpu_only("attention", &operands)?;
     let alpha = E::from_f64(opts.alpha("attention")?);
     let timer = Timer::start(Kernel::Attention);
     init_gemm_threads();
@@ -178,6 +181,9 @@ pub fn attention<E: Element>(
     ts.extend(mask);
     let dst = RowsOut::heads(&mut out, d.h, d.nq, d.dv);
     let probs = forward_heads(&d, opts, alpha, &ts, dst, needs_grad);
+    // Saved for the backward as a tensor, so that it lives where the output does.
+    let p_len = probs.len();
+    let probs = Tensor::from_raw(probs, &[p_len]);
     drop(timer);
     let out = Tensor::from_raw(out, &[d.b, d.h, d.nq, d.dv]);
     if !needs_grad {
@@ -187,6 +193,7 @@ pub fn attention<E: Element>(
     let (rq, rk, rv) = (q.requires_grad(), k.requires_grad(), v.requires_grad());
     Ok(out.record("attention", &[q, k, v], move |g| {
         let _timer = Timer::start(Kernel::Attention);
+        let probs_host = probs.storage().read();
         let shape = |n: usize, e: usize| [d.b, d.h, n, e];
         let grad =
             |on: bool, n: usize, e: usize| vec![E::ZERO; if on { d.b * d.h * n * e } else { 0 }];
@@ -206,7 +213,7 @@ pub fn attention<E: Element>(
                 &d,
                 opts,
                 alpha,
-                &probs,
+                &probs_host,
                 [&qd, &kd, &vd, g, &od],
                 lg,
                 lo,
@@ -247,6 +254,9 @@ pub fn attention_qkv<E: Element>(
     opts: AttentionOptions,
 ) -> Result<Tensor<E>> {
     let op = "attention_qkv";
+    let mut operands = vec![qkv];
+    operands.extend(mask);
+    crate::backend::cpu_only(op, &operands)?;
     let s = qkv.shape();
     let fits = |heads: usize| heads.checked_mul(3).is_some_and(|w| s[2].is_multiple_of(w));
     if qkv.rank() != 3 || heads == 0 || !fits(heads) {
@@ -270,6 +280,9 @@ pub fn attention_qkv<E: Element>(
     ts.extend(mask);
     let dst = RowsOut::merged(&mut out, n, c, dh);
     let probs = forward_heads(&d, opts, alpha, &ts, dst, needs_grad);
+    // Saved for the backward as a tensor, so that it lives where the output does.
+    let p_len = probs.len();
+    let probs = Tensor::from_raw(probs, &[p_len]);
     drop(timer);
     let out = Tensor::from_raw(out, &[b, n, c]);
     if !needs_grad {
@@ -278,6 +291,7 @@ pub fn attention_qkv<E: Element>(
     let od = out.detach();
     Ok(out.record(op, &[qkv], move |g| {
         let _timer = Timer::start(Kernel::Attention);
+        let probs_host = probs.storage().read();
         let mut grad = vec![E::ZERO; b * n * 3 * c];
         if !d.trivial() {
             let all = RowsOut::merged(&mut grad, n, 3 * c, dh);
@@ -298,7 +312,16 @@ pub fn attention_qkv<E: Element>(
                 }
             };
             let (lg, lo) = (as_heads(g.layout()), as_heads(od.layout()));
-            backward_heads(&d, opts, alpha, &probs, [&q, &k, &v, g, &od], lg, lo, dst);
+            backward_heads(
+                &d,
+                opts,
+                alpha,
+                &probs_host,
+                [&q, &k, &v, g, &od],
+                lg,
+                lo,
+                dst,
+            );
         }
         Ok(vec![Some(Tensor::from_raw(grad, &[b, n, 3 * c]))])
     }))

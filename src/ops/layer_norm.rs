@@ -283,7 +283,7 @@ impl<E: Element> Tensor<E> {
                     let fresh = || ParamGrads::new(d, rw, rb);
                     let run = |t: usize, n: usize, dxc: Option<&mut [E]>| {
                         let mut acc = fresh();
-                        backward_rows(x, gv, &stats, wv, d, t * rpt, n, dxc, &mut acc);
+                        backward_rows(x, gv, stats, wv, d, t * rpt, n, dxc, &mut acc);
                         acc
                     };
                     let tasks = rows.div_ceil(rpt);
@@ -309,7 +309,7 @@ impl<E: Element> Tensor<E> {
                     } else {
                         let mut acc = fresh();
                         let dxc = if rx { Some(&mut dx[..]) } else { None };
-                        backward_rows(x, gv, &stats, wv, d, 0, rows, dxc, &mut acc);
+                        backward_rows(x, gv, stats, wv, d, 0, rows, dxc, &mut acc);
                         acc
                     }
                 })

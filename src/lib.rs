@@ -17,6 +17,7 @@
 
 pub mod audit;
 pub mod autograd;
+pub mod backend;
 pub mod bench;
 pub mod data;
 pub mod error;

@@ -14,34 +14,7 @@ use std::collections::HashMap;
 use crate::error::{Error, Result};
 use crate::tensor::{Element, Tensor};
 
-/// Maps the output gradient to one optional gradient per input (None = no contribution).
-pub type BackwardFn<E> =
-    Box<dyn Fn(&Tensor<E>) -> Result<Vec<Option<Tensor<E>>>> + Send + Sync + 'static>;
-
-/// How an output was made, kept only when gradients are needed.
-pub struct Node<E: Element> {
-    /// Name of the op that produced the output (shown as `grad_fn` and in backward errors).
-    pub name: &'static str,
-    pub(crate) inputs: Vec<Tensor<E>>,
-    pub(crate) backward: BackwardFn<E>,
-}
-
-impl<E: Element> Drop for Node<E> {
-    /// Frees the graph behind this node iteratively. The default recursive drop would use one
-    /// stack frame chain per node and overflow on long graphs (a 100k-step chain, an unrolled
-    /// sampling loop); here each input whose last handle we hold has its own inputs moved onto
-    /// a heap stack before it is dropped, so every drop below this one is shallow.
-    fn drop(&mut self) {
-        let mut stack = std::mem::take(&mut self.inputs);
-        while let Some(t) = stack.pop() {
-            if let Ok(mut inner) = std::sync::Arc::try_unwrap(t.0) {
-                if let Some(node) = inner.node.as_mut() {
-                    stack.append(&mut node.inputs);
-                }
-            }
-        }
-    }
-}
+pub use crate::tensor::node::{BackwardFn, Node};
 
 thread_local! {
     static NO_GRAD_DEPTH: Cell<usize> = const { Cell::new(0) };
@@ -106,7 +79,8 @@ impl<E: Element> Tensor<E> {
     }
 
     /// Backpropagates from this scalar (a one-element tensor), accumulating into the `grad`
-    /// of every leaf that requires a gradient.
+    /// of every leaf that requires a gradient. The seed gradient is made on this tensor's
+    /// device.
     pub fn backward(&self) -> Result<()> {
         if self.numel() != 1 {
             return Err(Error::Autograd(format!(
@@ -114,7 +88,7 @@ impl<E: Element> Tensor<E> {
                 self.shape()
             )));
         }
-        self.backward_with(&Tensor::ones(self.shape()))
+        self.backward_with(&Tensor::ones(self.shape()).to_device(self.device())?)
     }
 
     /// Backpropagates with an explicit output gradient of the same shape.
@@ -236,7 +210,8 @@ pub fn grad<E: Element>(output: &Tensor<E>, inputs: &[&Tensor<E>]) -> Result<Vec
         )));
     }
     let ids: Vec<usize> = inputs.iter().map(|t| t.id()).collect();
-    let mut found = run_backward(output, &Tensor::ones(output.shape()), Some(&ids))?;
+    let seed = Tensor::ones(output.shape()).to_device(output.device())?;
+    let mut found = run_backward(output, &seed, Some(&ids))?;
     Ok(inputs
         .iter()
         .map(|t| {

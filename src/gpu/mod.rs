@@ -6,6 +6,7 @@
 pub mod cuda;
 pub mod driver;
 pub mod kernels;
+pub mod registry;
 #[cfg(feature = "ptx-sim")]
 pub mod sim;
 

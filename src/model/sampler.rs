@@ -166,7 +166,7 @@ fn affine_rows<E: Element>(
     let w = &w.w;
     // SAFETY: slices hold rows*inp, out*inp and rows*out elements; y does not alias x or w.
     unsafe {
-        E::gemm(
+        crate::backend::cpu::gemm_any(
             rows,
             inp,
             out,

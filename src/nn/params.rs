@@ -160,11 +160,18 @@ impl<E: Element> ParamStore<E> {
 
     /// L2 norm of all accumulated gradients taken together, in `f64`; parameters without a
     /// gradient count as zero. NaN or infinity when some gradient is not finite.
+    ///
+    /// # Panics
+    /// When a gradient is on a GPU device: the sum of squares has no device kernel yet (see
+    /// [`crate::backend::cpu_only`]).
     pub fn global_grad_norm(&self) -> f64 {
         self.entries
             .iter()
             .filter_map(|(_, t)| t.grad())
-            .map(|g| g.with_contiguous(sum_squares))
+            .map(|g| {
+                crate::backend::expect_cpu("global_grad_norm", &[&g]);
+                g.with_contiguous(sum_squares)
+            })
             .sum::<f64>()
             .sqrt()
     }

@@ -1,18 +1,21 @@
 //! Elementwise binary ops with NumPy broadcasting, and scalar ops.
 
-use super::kernel::map2;
+use crate::backend::cpu::elementwise::binary;
+use crate::backend::{BinaryOp, UnaryOp};
 use crate::error::{Error, Result};
 use crate::tensor::layout::{broadcast_shapes, checked_numel};
 use crate::tensor::{Element, Tensor};
 
 impl<E: Element> Tensor<E> {
-    /// Broadcasts two operands and applies `f`; records nothing (ops build on this).
-    pub(crate) fn zip_raw(
+    /// Broadcasts two operands and applies `f`; records nothing (ops build on this). `op`
+    /// names the calling op in errors.
+    pub(crate) fn binary_raw(
         &self,
         other: &Tensor<E>,
         op: &'static str,
-        f: impl Fn(E, E) -> E + Sync,
+        f: BinaryOp,
     ) -> Result<Tensor<E>> {
+        crate::backend::cpu_only(op, &[self, other])?;
         let shape = broadcast_shapes(self.shape(), other.shape()).ok_or_else(|| {
             Error::shape(
                 op,
@@ -26,17 +29,17 @@ impl<E: Element> Tensor<E> {
         let lb = other.layout().broadcast_to(&shape).expect("checked");
         let a = self.storage().read();
         let v = if self.shares_storage(other) {
-            map2(&shape, &a, &la, &a, &lb, f)
+            binary(f, &shape, &a, &la, &a, &lb)
         } else {
             let b = other.storage().read();
-            map2(&shape, &a, &la, &b, &lb, f)
+            binary(f, &shape, &a, &la, &b, &lb)
         };
         Ok(Tensor::from_raw(v, &shape))
     }
 
     /// `self + other`, broadcasting.
     pub fn add(&self, other: &Tensor<E>) -> Result<Tensor<E>> {
-        let out = self.zip_raw(other, "add", |x, y| x + y)?;
+        let out = self.binary_raw(other, "add", BinaryOp::Add)?;
         let (sa, sb) = (self.shape().to_vec(), other.shape().to_vec());
         Ok(out.record("add", &[self, other], move |g| {
             Ok(vec![Some(g.sum_to(&sa)?), Some(g.sum_to(&sb)?)])
@@ -45,7 +48,7 @@ impl<E: Element> Tensor<E> {
 
     /// `self - other`, broadcasting.
     pub fn sub(&self, other: &Tensor<E>) -> Result<Tensor<E>> {
-        let out = self.zip_raw(other, "sub", |x, y| x - y)?;
+        let out = self.binary_raw(other, "sub", BinaryOp::Sub)?;
         let (sa, sb) = (self.shape().to_vec(), other.shape().to_vec());
         Ok(out.record("sub", &[self, other], move |g| {
             Ok(vec![Some(g.sum_to(&sa)?), Some(g.neg().sum_to(&sb)?)])
@@ -54,7 +57,7 @@ impl<E: Element> Tensor<E> {
 
     /// `self * other`, broadcasting.
     pub fn mul(&self, other: &Tensor<E>) -> Result<Tensor<E>> {
-        let out = self.zip_raw(other, "mul", |x, y| x * y)?;
+        let out = self.binary_raw(other, "mul", BinaryOp::Mul)?;
         let (a, b) = (self.detach(), other.detach());
         let (ra, rb) = (self.requires_grad(), other.requires_grad());
         Ok(out.record("mul", &[self, other], move |g| {
@@ -74,7 +77,7 @@ impl<E: Element> Tensor<E> {
 
     /// `self / other`, broadcasting.
     pub fn div(&self, other: &Tensor<E>) -> Result<Tensor<E>> {
-        let out = self.zip_raw(other, "div", |x, y| x / y)?;
+        let out = self.binary_raw(other, "div", BinaryOp::Div)?;
         let (a, b) = (self.detach(), other.detach());
         let (ra, rb) = (self.requires_grad(), other.requires_grad());
         Ok(out.record("div", &[self, other], move |g| {
@@ -85,8 +88,8 @@ impl<E: Element> Tensor<E> {
             };
             let gb = if rb {
                 // d(a/b)/db = -a/b^2
-                let t = g.zip_raw(&a, "div", |g, a| g * a)?;
-                let t = t.zip_raw(&b, "div", |t, b| -t / (b * b))?;
+                let t = g.binary_raw(&a, "div", BinaryOp::Mul)?;
+                let t = t.binary_raw(&b, "div", BinaryOp::DivRhsBackward)?;
                 Some(t.sum_to(b.shape())?)
             } else {
                 None
@@ -97,12 +100,12 @@ impl<E: Element> Tensor<E> {
 
     /// Elementwise maximum, broadcasting; ties send the gradient to `self`.
     pub fn maximum(&self, other: &Tensor<E>) -> Result<Tensor<E>> {
-        let out = self.zip_raw(other, "maximum", |x, y| if x >= y { x } else { y })?;
+        let out = self.binary_raw(other, "maximum", BinaryOp::Maximum)?;
         let (a, b) = (self.detach(), other.detach());
         Ok(out.record("maximum", &[self, other], move |g| {
-            let mask_a = a.zip_raw(&b, "maximum", |x, y| if x >= y { E::ONE } else { E::ZERO })?;
-            let ga = g.zip_raw(&mask_a, "maximum", |g, m| g * m)?;
-            let gb = g.zip_raw(&mask_a, "maximum", |g, m| g * (E::ONE - m))?;
+            let mask_a = a.binary_raw(&b, "maximum", BinaryOp::GeMask)?;
+            let ga = g.binary_raw(&mask_a, "maximum", BinaryOp::Mul)?;
+            let gb = g.binary_raw(&mask_a, "maximum", BinaryOp::MulOneMinus)?;
             Ok(vec![
                 Some(ga.sum_to(a.shape())?),
                 Some(gb.sum_to(b.shape())?),
@@ -112,17 +115,15 @@ impl<E: Element> Tensor<E> {
 
     /// `self + s`.
     pub fn add_scalar(&self, s: f64) -> Tensor<E> {
-        let s = E::from_f64(s);
-        let out = self.map_raw(|x| x + s);
+        let out = self.unary_raw(UnaryOp::AddScalar(s));
         out.record("add_scalar", &[self], |g| Ok(vec![Some(g.clone())]))
     }
 
     /// `self * s`.
     pub fn mul_scalar(&self, s: f64) -> Tensor<E> {
-        let s = E::from_f64(s);
-        let out = self.map_raw(|x| x * s);
+        let out = self.unary_raw(UnaryOp::MulScalar(s));
         out.record("mul_scalar", &[self], move |g| {
-            Ok(vec![Some(g.map_raw(move |g| g * s))])
+            Ok(vec![Some(g.unary_raw(UnaryOp::MulScalar(s)))])
         })
     }
 

@@ -1,5 +1,6 @@
 //! Joining, selecting and masking: concat, stack, index_select, gather, where, masked_fill.
 
+use crate::backend::{BinaryOp, UnaryOp};
 use crate::error::{Error, Result};
 use crate::tensor::layout::{broadcast_shapes, checked_numel, resolve_axis};
 use crate::tensor::{Element, Tensor};
@@ -7,6 +8,7 @@ use crate::tensor::{Element, Tensor};
 impl<E: Element> Tensor<E> {
     /// Joins tensors along an existing axis; all other axes must agree.
     pub fn concat(tensors: &[&Tensor<E>], axis: isize) -> Result<Tensor<E>> {
+        crate::backend::cpu_only("concat", tensors)?;
         let first = tensors
             .first()
             .ok_or_else(|| Error::arg("concat", "no tensors given"))?;
@@ -94,6 +96,7 @@ impl<E: Element> Tensor<E> {
 
     /// Selects entries `indices` along `axis` (rows of an embedding table, for instance).
     pub fn index_select(&self, axis: isize, indices: &[usize]) -> Result<Tensor<E>> {
+        crate::backend::cpu_only("index_select", &[self])?;
         let ax = resolve_axis("index_select", axis, self.rank())?;
         let d = self.shape()[ax];
         if let Some(&bad) = indices.iter().find(|&&i| i >= d) {
@@ -141,6 +144,7 @@ impl<E: Element> Tensor<E> {
     /// `out[..., j, ...] = self[..., index[..., j, ...], ...]` along `axis`; `index` has the
     /// output's shape (NumPy `take_along_axis`).
     pub fn gather(&self, axis: isize, index: &[usize], index_shape: &[usize]) -> Result<Tensor<E>> {
+        crate::backend::cpu_only("gather", &[self])?;
         let ax = resolve_axis("gather", axis, self.rank())?;
         let bad_shape = index_shape.len() != self.rank()
             || index_shape
@@ -193,6 +197,7 @@ impl<E: Element> Tensor<E> {
 
     /// `cond ? a : b` elementwise with broadcasting; `cond` is nonzero for true.
     pub fn where_cond(cond: &Tensor<E>, a: &Tensor<E>, b: &Tensor<E>) -> Result<Tensor<E>> {
+        crate::backend::cpu_only("where", &[cond, a, b])?;
         let shape = broadcast_shapes(cond.shape(), a.shape())
             .and_then(|s| broadcast_shapes(&s, b.shape()))
             .ok_or_else(|| {
@@ -206,15 +211,15 @@ impl<E: Element> Tensor<E> {
         let inputs = [cond.shape(), a.shape(), b.shape()];
         checked_numel("where", &shape, &inputs, E::DTYPE.name())?;
         let c = cond.broadcast_to(&shape)?.detach();
-        let m = c.map_raw(|v| if v != E::ZERO { E::ONE } else { E::ZERO });
-        let pa = a.zip_raw(&m, "where", |x, m| if m != E::ZERO { x } else { E::ZERO })?;
-        let pb = b.zip_raw(&m, "where", |x, m| if m != E::ZERO { E::ZERO } else { x })?;
-        let out = pa.zip_raw(&pb, "where", |x, y| x + y)?;
+        let m = c.unary_raw(UnaryOp::NonZero);
+        let pa = a.binary_raw(&m, "where", BinaryOp::SelectIfNonZero)?;
+        let pb = b.binary_raw(&m, "where", BinaryOp::SelectIfZero)?;
+        let out = pa.binary_raw(&pb, "where", BinaryOp::Add)?;
         let (sa, sb) = (a.shape().to_vec(), b.shape().to_vec());
         Ok(out.record("where", &[a, b], move |g| {
-            let ga = g.zip_raw(&m, "where", |g, m| g * m)?.sum_to(&sa)?;
+            let ga = g.binary_raw(&m, "where", BinaryOp::Mul)?.sum_to(&sa)?;
             let gb = g
-                .zip_raw(&m, "where", |g, m| g * (E::ONE - m))?
+                .binary_raw(&m, "where", BinaryOp::MulOneMinus)?
                 .sum_to(&sb)?;
             Ok(vec![Some(ga), Some(gb)])
         }))
@@ -222,6 +227,7 @@ impl<E: Element> Tensor<E> {
 
     /// Replaces entries where `mask` is nonzero by `value` (mask broadcasts to `self`).
     pub fn masked_fill(&self, mask: &Tensor<E>, value: f64) -> Result<Tensor<E>> {
+        crate::backend::cpu_only("masked_fill", &[self, mask])?;
         // Checked before computing so a mask that does not broadcast at all is reported as a
         // `masked_fill` error (not `where`), and a mask larger than the input costs nothing.
         if broadcast_shapes(self.shape(), mask.shape()).as_deref() != Some(self.shape()) {

@@ -198,6 +198,10 @@ impl<E: Element> Tensor<E> {
         bias: Option<&Tensor<E>>,
         eps: f64,
     ) -> Result<Tensor<E>> {
+        let mut operands = vec![self];
+        operands.extend(weight);
+        operands.extend(bias);
+        crate::backend::cpu_only("layer_norm", &operands)?;
         let shape = self.shape().to_vec();
         let mut shapes: Vec<&[usize]> = vec![&shape];
         shapes.extend(weight.map(|w| w.shape()));
@@ -255,6 +259,9 @@ impl<E: Element> Tensor<E> {
         if !needs_grad {
             return Ok(out);
         }
+        // Saved for the backward as a tensor (each row's mean and 1/sqrt(var + eps)), so that it
+        // lives where the output does.
+        let stats = Tensor::from_raw(stats, &[rows, 2]);
         let xs = self.detach();
         let (rx, rw, rb) = (
             self.requires_grad(),
@@ -268,13 +275,15 @@ impl<E: Element> Tensor<E> {
         Ok(out.record("layer_norm", &inputs, move |g| {
             let _timer = Timer::start(Kernel::LayerNorm);
             let mut dx = vec![E::ZERO; if rx { rows * d } else { 0 }];
+            let stats_host = stats.storage().read();
+            let stats: &[E] = &stats_host;
             let grads = xs.with_contiguous(|x| {
                 g.with_contiguous(|gv| {
                     let wv = w.as_deref();
                     let fresh = || ParamGrads::new(d, rw, rb);
                     let run = |t: usize, n: usize, dxc: Option<&mut [E]>| {
                         let mut acc = fresh();
-                        backward_rows(x, gv, &stats, wv, d, t * rpt, n, dxc, &mut acc);
+                        backward_rows(x, gv, stats, wv, d, t * rpt, n, dxc, &mut acc);
                         acc
                     };
                     let tasks = rows.div_ceil(rpt);
@@ -300,7 +309,7 @@ impl<E: Element> Tensor<E> {
                     } else {
                         let mut acc = fresh();
                         let dxc = if rx { Some(&mut dx[..]) } else { None };
-                        backward_rows(x, gv, &stats, wv, d, 0, rows, dxc, &mut acc);
+                        backward_rows(x, gv, stats, wv, d, 0, rows, dxc, &mut acc);
                         acc
                     }
                 })

@@ -64,7 +64,7 @@ pub(crate) unsafe fn gemm_into<E: Element>(
     rsc: isize,
     csc: isize,
 ) {
-    E::gemm(
+    crate::backend::cpu::gemm_any(
         m,
         k,
         n,
@@ -92,6 +92,7 @@ unsafe impl<E> Sync for SendPtr<E> {}
 
 /// Batched product without recording; `a` is `[..., m, k]`, `b` is `[..., k, n]`.
 fn matmul_raw<E: Element>(a: &Tensor<E>, b: &Tensor<E>) -> Result<Tensor<E>> {
+    crate::backend::cpu_only("matmul", &[a, b])?;
     let _timer = Timer::start(Kernel::Matmul);
     init_gemm_threads();
     let (sa, sb) = (a.shape(), b.shape());
@@ -205,6 +206,9 @@ impl<E: Element> Tensor<E> {
     /// `x @ w^T + b` with `x` `[..., in]`, `w` `[out, in]`, `b` `[out]`: one product, with the
     /// bias preloaded into the output and the weight read transposed in place.
     pub fn linear(&self, w: &Tensor<E>, b: Option<&Tensor<E>>) -> Result<Tensor<E>> {
+        let mut operands = vec![self, w];
+        operands.extend(b);
+        crate::backend::cpu_only("linear", &operands)?;
         init_gemm_threads();
         let xs = self.shape();
         let bad = |d: &str| {
@@ -262,7 +266,7 @@ impl<E: Element> Tensor<E> {
                 let (rw, cw) = (lw.strides()[1], lw.strides()[0]);
                 let o = out.as_mut_ptr();
                 match &bias {
-                    Some(bv) => E::gemm_bias(
+                    Some(bv) => crate::backend::cpu::gemm_bias_any(
                         rows,
                         in_f,
                         out_f,
@@ -277,7 +281,7 @@ impl<E: Element> Tensor<E> {
                         out_f as isize,
                         1,
                     ),
-                    None => E::gemm(
+                    None => crate::backend::cpu::gemm_any(
                         rows,
                         in_f,
                         out_f,

@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+use crate::backend::BinaryOp;
 use crate::error::{Error, Result};
 use crate::tensor::iter::{Plan, PAR_THRESHOLD};
 use crate::tensor::layout::resolve_axis;
@@ -213,6 +214,7 @@ impl<E: Element> Tensor<E> {
 
     /// Sum over `axes` (negative axes count from the end).
     pub fn sum(&self, axes: &[isize], keepdim: bool) -> Result<Tensor<E>> {
+        crate::backend::cpu_only("sum", &[self])?;
         let ax = self.resolve_axes("sum", axes)?;
         let v = self.with_data(|d, l| reduce_raw(d, l, &ax, Kind::Sum));
         let out = Tensor::from_raw(v, &self.reduced_shape(&ax, keepdim));
@@ -226,6 +228,7 @@ impl<E: Element> Tensor<E> {
 
     /// Sum of all elements, as a 0-d tensor.
     pub fn sum_all(&self) -> Tensor<E> {
+        crate::backend::expect_cpu("sum_all", &[self]);
         let axes: Vec<isize> = (0..self.rank() as isize).collect();
         self.sum(&axes, false).expect("all axes are valid")
     }
@@ -244,6 +247,7 @@ impl<E: Element> Tensor<E> {
 
     /// Maximum over `axes`. The gradient is shared equally among tied maxima.
     pub fn max(&self, axes: &[isize], keepdim: bool) -> Result<Tensor<E>> {
+        crate::backend::cpu_only("max", &[self])?;
         let ax = self.resolve_axes("max", axes)?;
         let v = self.with_data(|d, l| reduce_raw(d, l, &ax, Kind::Max));
         let kshape = self.reduced_shape(&ax, true);
@@ -252,10 +256,12 @@ impl<E: Element> Tensor<E> {
         let m = out.reshape(&kshape)?.detach();
         let axes = ax.iter().map(|&a| a as isize).collect::<Vec<_>>();
         Ok(out.record("max", &[self], move |g| {
-            let mask = x.zip_raw(&m, "max", |x, m| if x == m { E::ONE } else { E::ZERO })?;
+            let mask = x.binary_raw(&m, "max", BinaryOp::EqMask)?;
             let count = mask.sum(&axes, true)?;
-            let g = g.reshape(&kshape)?.zip_raw(&count, "max", |g, c| g / c)?;
-            Ok(vec![Some(mask.zip_raw(&g, "max", |m, g| m * g)?)])
+            let g = g
+                .reshape(&kshape)?
+                .binary_raw(&count, "max", BinaryOp::Div)?;
+            Ok(vec![Some(mask.binary_raw(&g, "max", BinaryOp::Mul)?)])
         }))
     }
 

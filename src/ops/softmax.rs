@@ -332,6 +332,7 @@ impl<E: Element> Tensor<E> {
     }
 
     fn softmax_impl(&self, op: &'static str, axis: isize, log: bool) -> Result<Tensor<E>> {
+        crate::backend::cpu_only(op, &[self])?;
         let ax = resolve_axis(op, axis, self.rank())?;
         let shape = self.shape().to_vec();
         let n = shape[ax];

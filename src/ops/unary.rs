@@ -1,160 +1,121 @@
 //! Elementwise unary ops. Each backward multiplies the output gradient by the derivative,
 //! computed from the saved input or output (whichever is cheaper and stable).
 
-use super::kernel::{fill_fresh, map1};
-use super::simd::{gelu_grad_to, gelu_to};
+use crate::backend::cpu::elementwise::{fill_fresh, unary};
+use crate::backend::cpu::simd::{gelu_grad_to, gelu_to};
+use crate::backend::{BinaryOp, UnaryOp};
 use crate::error::Result;
 use crate::profile::{Kernel, Timer};
 use crate::tensor::{Element, Tensor};
 
-const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
-const INV_SQRT_2: f64 = std::f64::consts::FRAC_1_SQRT_2;
-const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
-
-/// Numerically stable softplus: ln(1 + e^x).
-#[inline]
-pub fn softplus_scalar<E: Element>(x: E) -> E {
-    if x > E::ZERO {
-        x + (-x).exp().ln_1p()
-    } else {
-        x.exp().ln_1p()
-    }
-}
-
-/// Logistic sigmoid 1 / (1 + e^-x), computed without overflow for either sign of x.
-#[inline]
-pub fn sigmoid_scalar<E: Element>(x: E) -> E {
-    if x >= E::ZERO {
-        E::ONE / (E::ONE + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (E::ONE + e)
-    }
-}
-
-/// GELU with the exact erf: x * Phi(x).
-// Always inlined so that `gelu`'s run loop vectorises (f32's erf is branch-free).
-#[inline(always)]
-pub fn gelu_scalar<E: Element>(x: E) -> E {
-    let half = E::from_f64(0.5);
-    half * x * (E::ONE + (x * E::from_f64(INV_SQRT_2)).erf())
-}
-
-/// d/dx of x * Phi(x) = Phi(x) + x * phi(x).
-#[inline(always)]
-pub fn gelu_grad_scalar<E: Element>(x: E) -> E {
-    let half = E::from_f64(0.5);
-    let cdf = half * (E::ONE + (x * E::from_f64(INV_SQRT_2)).erf());
-    let pdf = E::from_f64(INV_SQRT_2PI) * (-half * x * x).exp();
-    cdf + x * pdf
-}
-
-#[inline]
-fn gelu_tanh_scalar<E: Element>(x: E) -> E {
-    let half = E::from_f64(0.5);
-    let u = E::from_f64(SQRT_2_OVER_PI) * (x + E::from_f64(0.044715) * x * x * x);
-    half * x * (E::ONE + u.tanh())
-}
-
-#[inline]
-fn gelu_tanh_grad_scalar<E: Element>(x: E) -> E {
-    let half = E::from_f64(0.5);
-    let c = E::from_f64(SQRT_2_OVER_PI);
-    let k = E::from_f64(0.044715);
-    let u = c * (x + k * x * x * x);
-    let t = u.tanh();
-    let du = c * (E::ONE + E::from_f64(3.0) * k * x * x);
-    half * (E::ONE + t) + half * x * (E::ONE - t * t) * du
-}
-
 impl<E: Element> Tensor<E> {
-    /// Applies `f` elementwise; records nothing.
-    pub(crate) fn map_raw(&self, f: impl Fn(E) -> E + Sync) -> Tensor<E> {
-        let v = self.with_data(|d, l| map1(d, l, f));
+    /// Applies `op` elementwise; records nothing.
+    pub(crate) fn unary_raw(&self, op: UnaryOp) -> Tensor<E> {
+        crate::backend::expect_cpu(op.name(), &[self]);
+        let v = self.with_data(|d, l| unary(op, d, l));
         Tensor::from_raw(v, self.shape())
     }
 
-    /// `g * f'(x)` from the saved `x` (same shape), used by unary backward passes.
-    fn grad_from(g: &Tensor<E>, x: &Tensor<E>, df: impl Fn(E) -> E + Sync) -> Result<Tensor<E>> {
-        g.zip_raw(x, "unary_backward", |g, x| g * df(x))
+    /// `g * f'(x)` from the saved `x` (same shape) by a `...Backward` op, used by unary
+    /// backward passes.
+    fn grad_from(g: &Tensor<E>, x: &Tensor<E>, df: BinaryOp) -> Result<Tensor<E>> {
+        g.binary_raw(x, "unary_backward", df)
     }
 
     /// Elementwise `-x`.
     pub fn neg(&self) -> Tensor<E> {
-        let out = self.map_raw(|x| -x);
-        out.record("neg", &[self], |g| Ok(vec![Some(g.map_raw(|g| -g))]))
+        let out = self.unary_raw(UnaryOp::Neg);
+        out.record("neg", &[self], |g| {
+            Ok(vec![Some(g.unary_raw(UnaryOp::Neg))])
+        })
     }
 
     /// Elementwise `e^x`.
     pub fn exp(&self) -> Tensor<E> {
-        let out = self.map_raw(|x| x.exp());
+        let out = self.unary_raw(UnaryOp::Exp);
         let y = out.detach();
         out.record("exp", &[self], move |g| {
-            Ok(vec![Some(g.zip_raw(&y, "exp", |g, y| g * y)?)])
+            Ok(vec![Some(g.binary_raw(&y, "exp", BinaryOp::Mul)?)])
         })
     }
 
     /// Natural logarithm.
     pub fn log(&self) -> Tensor<E> {
-        let out = self.map_raw(|x| x.ln());
+        let out = self.unary_raw(UnaryOp::Log);
         let x = self.detach();
         out.record("log", &[self], move |g| {
-            Ok(vec![Some(Self::grad_from(g, &x, |x| E::ONE / x)?)])
+            Ok(vec![Some(Self::grad_from(g, &x, BinaryOp::LogBackward)?)])
         })
     }
 
     /// Elementwise square root (NaN for negative inputs).
     pub fn sqrt(&self) -> Tensor<E> {
-        let out = self.map_raw(|x| x.sqrt());
+        let out = self.unary_raw(UnaryOp::Sqrt);
         let y = out.detach();
         out.record("sqrt", &[self], move |g| {
-            let h = E::from_f64(0.5);
-            Ok(vec![Some(g.zip_raw(&y, "sqrt", move |g, y| g * h / y)?)])
+            Ok(vec![Some(g.binary_raw(
+                &y,
+                "sqrt",
+                BinaryOp::SqrtBackward,
+            )?)])
         })
     }
 
     /// Elementwise `x^2`.
     pub fn square(&self) -> Tensor<E> {
-        let out = self.map_raw(|x| x * x);
+        let out = self.unary_raw(UnaryOp::Square);
         let x = self.detach();
         out.record("square", &[self], move |g| {
-            Ok(vec![Some(Self::grad_from(g, &x, |x| x + x)?)])
+            Ok(vec![Some(Self::grad_from(
+                g,
+                &x,
+                BinaryOp::SquareBackward,
+            )?)])
         })
     }
 
     /// Elementwise hyperbolic tangent.
     pub fn tanh(&self) -> Tensor<E> {
-        let out = self.map_raw(|x| x.tanh());
+        let out = self.unary_raw(UnaryOp::Tanh);
         let y = out.detach();
         out.record("tanh", &[self], move |g| {
-            Ok(vec![Some(
-                g.zip_raw(&y, "tanh", |g, y| g * (E::ONE - y * y))?,
-            )])
+            Ok(vec![Some(g.binary_raw(
+                &y,
+                "tanh",
+                BinaryOp::TanhBackward,
+            )?)])
         })
     }
 
     /// Elementwise logistic sigmoid `1 / (1 + e^-x)`, stable for large `|x|`.
     pub fn sigmoid(&self) -> Tensor<E> {
-        let out = self.map_raw(sigmoid_scalar);
+        let out = self.unary_raw(UnaryOp::Sigmoid);
         let y = out.detach();
         out.record("sigmoid", &[self], move |g| {
-            Ok(vec![Some(
-                g.zip_raw(&y, "sigmoid", |g, y| g * y * (E::ONE - y))?,
-            )])
+            Ok(vec![Some(g.binary_raw(
+                &y,
+                "sigmoid",
+                BinaryOp::SigmoidBackward,
+            )?)])
         })
     }
 
     /// ln(1 + e^x), stable for large |x|.
     pub fn softplus(&self) -> Tensor<E> {
-        let out = self.map_raw(softplus_scalar);
+        let out = self.unary_raw(UnaryOp::Softplus);
         let x = self.detach();
         out.record("softplus", &[self], move |g| {
-            Ok(vec![Some(Self::grad_from(g, &x, sigmoid_scalar)?)])
+            Ok(vec![Some(Self::grad_from(
+                g,
+                &x,
+                BinaryOp::SoftplusBackward,
+            )?)])
         })
     }
 
     /// GELU with the exact error function (TarFlow's choice).
     pub fn gelu(&self) -> Tensor<E> {
+        crate::backend::expect_cpu("gelu", &[self]);
         let timer = Timer::start(Kernel::Gelu);
         let v = self
             .with_contiguous(|xs| fill_fresh(xs.len(), |lo, y| gelu_to(&xs[lo..lo + y.len()], y)));
@@ -177,71 +138,58 @@ impl<E: Element> Tensor<E> {
 
     /// GELU, tanh approximation.
     pub fn gelu_tanh(&self) -> Tensor<E> {
-        let out = self.map_raw(gelu_tanh_scalar);
+        let out = self.unary_raw(UnaryOp::GeluTanh);
         let x = self.detach();
         out.record("gelu_tanh", &[self], move |g| {
-            Ok(vec![Some(Self::grad_from(g, &x, gelu_tanh_grad_scalar)?)])
+            Ok(vec![Some(Self::grad_from(
+                g,
+                &x,
+                BinaryOp::GeluTanhBackward,
+            )?)])
         })
     }
 
     /// Elementwise `max(x, 0)`; the gradient at 0 is taken as 0.
     pub fn relu(&self) -> Tensor<E> {
-        let out = self.map_raw(|x| if x > E::ZERO { x } else { E::ZERO });
+        let out = self.unary_raw(UnaryOp::Relu);
         let x = self.detach();
         out.record("relu", &[self], move |g| {
-            Ok(vec![Some(Self::grad_from(g, &x, |x| {
-                if x > E::ZERO {
-                    E::ONE
-                } else {
-                    E::ZERO
-                }
-            })?)])
+            Ok(vec![Some(Self::grad_from(g, &x, BinaryOp::ReluBackward)?)])
         })
     }
 
     /// `x^p` for a constant exponent.
     pub fn powf(&self, p: f64) -> Tensor<E> {
-        let pe = E::from_f64(p);
-        let out = self.map_raw(move |x| x.powf(pe));
+        let out = self.unary_raw(UnaryOp::PowScalar(p));
         let x = self.detach();
         out.record("powf", &[self], move |g| {
-            let pm1 = E::from_f64(p - 1.0);
-            Ok(vec![Some(Self::grad_from(g, &x, move |x| {
-                pe * x.powf(pm1)
-            })?)])
+            Ok(vec![Some(Self::grad_from(
+                g,
+                &x,
+                BinaryOp::PowBackward(p),
+            )?)])
         })
     }
 
     /// |x|; the gradient at 0 is 0.
     pub fn abs(&self) -> Tensor<E> {
-        let out = self.map_raw(|x| x.abs());
+        let out = self.unary_raw(UnaryOp::Abs);
         let x = self.detach();
         out.record("abs", &[self], move |g| {
-            Ok(vec![Some(Self::grad_from(g, &x, |x| {
-                if x > E::ZERO {
-                    E::ONE
-                } else if x < E::ZERO {
-                    -E::ONE
-                } else {
-                    E::ZERO
-                }
-            })?)])
+            Ok(vec![Some(Self::grad_from(g, &x, BinaryOp::AbsBackward)?)])
         })
     }
 
     /// Clamps into `[lo, hi]`; the gradient passes only strictly inside.
     pub fn clamp(&self, lo: f64, hi: f64) -> Tensor<E> {
-        let (l, h) = (E::from_f64(lo), E::from_f64(hi));
-        let out = self.map_raw(move |x| x.max(l).min(h));
+        let out = self.unary_raw(UnaryOp::Clamp { lo, hi });
         let x = self.detach();
         out.record("clamp", &[self], move |g| {
-            Ok(vec![Some(Self::grad_from(g, &x, move |x| {
-                if x > l && x < h {
-                    E::ONE
-                } else {
-                    E::ZERO
-                }
-            })?)])
+            Ok(vec![Some(Self::grad_from(
+                g,
+                &x,
+                BinaryOp::ClampBackward { lo, hi },
+            )?)])
         })
     }
 

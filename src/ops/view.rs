@@ -5,6 +5,26 @@ use crate::tensor::layout::{checked_numel, checked_product, resolve_axis};
 use crate::tensor::{Element, Tensor};
 
 impl<E: Element> Tensor<E> {
+    /// Row-major contiguous version: `self` when already contiguous, else a copy.
+    pub fn contiguous(&self) -> Tensor<E> {
+        if self.is_contiguous() {
+            return self.clone();
+        }
+        crate::backend::expect_cpu("contiguous", &[self]);
+        let v = self.with_data(|d, l| {
+            crate::tensor::iter::gather_strided(d, l.shape(), l.strides(), l.offset())
+        });
+        let out = Tensor::from_raw(v, self.shape());
+        out.record("contiguous", &[self], |g| Ok(vec![Some(g.clone())]))
+    }
+
+    /// A deep copy that owns its storage (gradient flows through).
+    pub fn copy(&self) -> Tensor<E> {
+        crate::backend::expect_cpu("copy", &[self]);
+        let out = Tensor::from_raw(self.to_vec(), self.shape());
+        out.record("copy", &[self], |g| Ok(vec![Some(g.clone())]))
+    }
+
     fn view_with_grad(
         &self,
         layout: crate::tensor::Layout,
@@ -151,6 +171,7 @@ impl<E: Element> Tensor<E> {
 
     /// Places `self` at `start` along `axis` inside zeros of `shape` (adjoint of `narrow`).
     pub(crate) fn pad_axis(&self, axis: usize, start: usize, shape: &[usize]) -> Result<Tensor<E>> {
+        crate::backend::cpu_only("pad", &[self])?;
         let mut out = vec![E::ZERO; shape.iter().product()];
         let outer: usize = shape[..axis].iter().product();
         let inner: usize = shape[axis + 1..].iter().product();

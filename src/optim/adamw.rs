@@ -16,7 +16,7 @@
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::with_grad_slice;
+use super::{update_with_state, with_grad_slice};
 use crate::error::{Error, Result};
 use crate::nn::ParamStore;
 use crate::tensor::iter::PAR_THRESHOLD;
@@ -103,8 +103,9 @@ struct Slot<E: Element> {
     name: String,
     param: Tensor<E>,
     step: u64,
-    m: Vec<E>,
-    v: Vec<E>,
+    /// First and second moments: tensors of the parameter's shape on its device.
+    m: Tensor<E>,
+    v: Tensor<E>,
 }
 
 /// The AdamW optimiser over the parameters of a [`ParamStore`] (captured at construction).
@@ -144,14 +145,16 @@ impl<E: Element> AdamW<E> {
         config.validate()?;
         let slots = params
             .iter()
-            .map(|(name, t)| Slot {
-                name: name.to_string(),
-                param: t.clone(),
-                step: 0,
-                m: vec![E::ZERO; t.numel()],
-                v: vec![E::ZERO; t.numel()],
+            .map(|(name, t)| {
+                Ok(Slot {
+                    name: name.to_string(),
+                    param: t.clone(),
+                    step: 0,
+                    m: Tensor::zeros(t.shape()).to_device(t.device())?,
+                    v: Tensor::zeros(t.shape()).to_device(t.device())?,
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         Ok(AdamW {
             config,
             slots,
@@ -187,6 +190,7 @@ impl<E: Element> AdamW<E> {
         let grads: Vec<Option<Tensor<E>>> = self.slots.iter().map(|s| s.param.grad()).collect();
         for (s, g) in self.slots.iter().zip(&grads) {
             if let Some(g) = g {
+                crate::backend::cpu_only("AdamW::step", &[&s.param, g, &s.m, &s.v])?;
                 if g.shape() != s.param.shape() {
                     return Err(Error::shape(
                         "AdamW::step",
@@ -218,9 +222,8 @@ impl<E: Element> AdamW<E> {
                 eps: E::from_f64(cfg.eps),
                 step_size: E::from_f64(lr / bc1),
             };
-            let (m, v) = (&mut s.m, &mut s.v);
             with_grad_slice(&s.param, &g, |gs| {
-                s.param.update_data(|ps| {
+                update_with_state(&s.param, &s.m, &s.v, |ps, m, v| {
                     if ps.len() >= 2 * PAR_THRESHOLD {
                         ps.par_chunks_mut(PAR_THRESHOLD)
                             .zip(m.par_chunks_mut(PAR_THRESHOLD))
@@ -246,8 +249,8 @@ impl<E: Element> AdamW<E> {
                 .map(|s| AdamWParamState {
                     name: s.name.clone(),
                     step: s.step,
-                    m: s.m.clone(),
-                    v: s.v.clone(),
+                    m: s.m.to_vec(),
+                    v: s.v.to_vec(),
                 })
                 .collect(),
         }
@@ -306,8 +309,9 @@ impl<E: Element> AdamW<E> {
                 )
             })?;
             s.step = p.step;
-            s.m = p.m;
-            s.v = p.v;
+            let dev = s.param.device();
+            s.m = Tensor::from_vec(p.m, s.param.shape())?.to_device(dev)?;
+            s.v = Tensor::from_vec(p.v, s.param.shape())?.to_device(dev)?;
         }
         self.step = state.step;
         Ok(())

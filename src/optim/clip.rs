@@ -19,6 +19,11 @@ pub fn clip_grad_norm<E: Element>(params: &ParamStore<E>, max_norm: f64) -> Resu
             format!("max_norm must be finite and > 0, got {max_norm}"),
         ));
     }
+    for (_, p) in params.iter() {
+        if let Some(g) = p.grad() {
+            crate::backend::cpu_only("clip_grad_norm", &[&g])?;
+        }
+    }
     let norm = params.global_grad_norm();
     if !norm.is_finite() {
         return Err(Error::NonFinite {

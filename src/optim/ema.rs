@@ -23,7 +23,9 @@ pub struct EmaState<E: Element = f32> {
 /// it holds the same names with the same shapes in the same order, and fails without
 /// changing anything otherwise.
 pub struct Ema<E: Element = f32> {
-    shadow: Vec<NamedArray<E>>,
+    /// `(name, shadow)` in the store's order. A shadow starts in host memory and follows its
+    /// parameter to the parameter's device at the next update.
+    shadow: Vec<(String, Tensor<E>)>,
     updates: u64,
 }
 
@@ -38,7 +40,11 @@ impl<E: Element> Ema<E> {
     /// Starts the average at the current parameter values.
     pub fn new(params: &ParamStore<E>) -> Self {
         Ema {
-            shadow: params.state_dict(),
+            shadow: params
+                .state_dict()
+                .into_iter()
+                .map(|(n, shape, v)| (n, Tensor::from_raw(v, &shape)))
+                .collect(),
             updates: 0,
         }
     }
@@ -48,12 +54,13 @@ impl<E: Element> Ema<E> {
         self.updates
     }
 
-    /// The shadow value of one parameter, as a fresh tensor.
+    /// The shadow value of one parameter, as a fresh host tensor (downloaded from a device,
+    /// panicking as [`Tensor::to_vec`] does if that fails).
     pub fn shadow(&self, name: &str) -> Option<Tensor<E>> {
         self.shadow
             .iter()
-            .find(|(n, _, _)| n == name)
-            .map(|(_, shape, v)| Tensor::from_raw(v.clone(), shape))
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| Tensor::from_raw(s.to_vec(), s.shape()))
     }
 
     /// Moves every shadow towards the current parameters; `decay` must lie in `[0, 1]`
@@ -66,17 +73,25 @@ impl<E: Element> Ema<E> {
             ));
         }
         self.check("Ema::update", params)?;
+        for ((_, s), (_, p)) in self.shadow.iter_mut().zip(params.iter()) {
+            if s.device() != p.device() {
+                *s = s.to_device(p.device())?;
+            }
+            crate::backend::cpu_only("Ema::update", &[&*s, p])?;
+        }
         let (d, k) = (E::from_f64(decay), E::from_f64(1.0 - decay));
-        for ((_, _, s), (_, p)) in self.shadow.iter_mut().zip(params.iter()) {
+        for ((_, s), (_, p)) in self.shadow.iter().zip(params.iter()) {
             p.with_contiguous(|ps| {
-                if ps.len() >= 2 * PAR_THRESHOLD {
-                    s.par_chunks_mut(PAR_THRESHOLD)
-                        .zip(ps.par_chunks(PAR_THRESHOLD))
-                        .for_each(|(s, p)| ema_chunk(s, p, d, k));
-                } else {
-                    ema_chunk(s, ps, d, k);
-                }
-            });
+                s.update_data(|s| {
+                    if ps.len() >= 2 * PAR_THRESHOLD {
+                        s.par_chunks_mut(PAR_THRESHOLD)
+                            .zip(ps.par_chunks(PAR_THRESHOLD))
+                            .for_each(|(s, p)| ema_chunk(s, p, d, k));
+                    } else {
+                        ema_chunk(s, ps, d, k);
+                    }
+                })
+            })?;
         }
         self.updates += 1;
         Ok(())
@@ -85,8 +100,9 @@ impl<E: Element> Ema<E> {
     /// Writes the shadow values into the parameters (the shadow is kept).
     pub fn copy_to(&self, params: &ParamStore<E>) -> Result<()> {
         self.check("Ema::copy_to", params)?;
-        for ((_, _, s), (_, p)) in self.shadow.iter().zip(params.iter()) {
-            p.update_data(|d| d.copy_from_slice(s))?;
+        self.check_devices("Ema::copy_to", params)?;
+        for ((_, s), (_, p)) in self.shadow.iter().zip(params.iter()) {
+            p.update_data(|d| s.with_contiguous(|s| d.copy_from_slice(s)))?;
         }
         Ok(())
     }
@@ -95,8 +111,9 @@ impl<E: Element> Ema<E> {
     /// weights, and again to return to the training weights and shadow.
     pub fn swap(&mut self, params: &ParamStore<E>) -> Result<()> {
         self.check("Ema::swap", params)?;
-        for ((_, _, s), (_, p)) in self.shadow.iter_mut().zip(params.iter()) {
-            p.update_data(|d| d.swap_with_slice(s))?;
+        self.check_devices("Ema::swap", params)?;
+        for ((_, s), (_, p)) in self.shadow.iter().zip(params.iter()) {
+            p.update_data(|d| d.swap_with_slice(&mut s.storage().write()[..]))?;
         }
         Ok(())
     }
@@ -105,7 +122,11 @@ impl<E: Element> Ema<E> {
     pub fn state(&self) -> EmaState<E> {
         EmaState {
             updates: self.updates,
-            shadow: self.shadow.clone(),
+            shadow: self
+                .shadow
+                .iter()
+                .map(|(n, s)| (n.clone(), s.shape().to_vec(), s.to_vec()))
+                .collect(),
         }
     }
 
@@ -123,14 +144,15 @@ impl<E: Element> Ema<E> {
                 ),
             ));
         }
-        for ((n, shape, _), (sn, sshape, sv)) in self.shadow.iter().zip(&state.shadow) {
+        for ((n, s), (sn, sshape, sv)) in self.shadow.iter().zip(&state.shadow) {
+            let shape = s.shape();
             if n != sn {
                 return Err(Error::arg(
                     OP,
                     format!("expected parameter `{n}`, the state has `{sn}` in its place"),
                 ));
             }
-            if shape != sshape || sv.len() != shape.iter().product::<usize>() {
+            if shape != sshape.as_slice() || sv.len() != shape.iter().product::<usize>() {
                 return Err(Error::shape(
                     OP,
                     &[shape, sshape],
@@ -142,8 +164,21 @@ impl<E: Element> Ema<E> {
                 ));
             }
         }
-        self.shadow = state.shadow;
+        self.shadow = state
+            .shadow
+            .into_iter()
+            .map(|(n, shape, v)| (n, Tensor::from_raw(v, &shape)))
+            .collect();
         self.updates = state.updates;
+        Ok(())
+    }
+
+    /// Every shadow and its parameter in host memory (shadows are fresh contiguous tensors
+    /// with storages of their own, so their storage may be written whole).
+    fn check_devices(&self, op: &'static str, params: &ParamStore<E>) -> Result<()> {
+        for ((_, s), (_, p)) in self.shadow.iter().zip(params.iter()) {
+            crate::backend::cpu_only(op, &[s, p])?;
+        }
         Ok(())
     }
 
@@ -158,14 +193,15 @@ impl<E: Element> Ema<E> {
                 ),
             ));
         }
-        for ((n, shape, _), (pn, p)) in self.shadow.iter().zip(params.iter()) {
+        for ((n, s), (pn, p)) in self.shadow.iter().zip(params.iter()) {
+            let shape = s.shape();
             if n != pn {
                 return Err(Error::arg(
                     op,
                     format!("expected parameter `{n}`, the store has `{pn}` in its place"),
                 ));
             }
-            if shape.as_slice() != p.shape() {
+            if shape != p.shape() {
                 return Err(Error::shape(
                     op,
                     &[shape, p.shape()],

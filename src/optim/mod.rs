@@ -13,6 +13,7 @@ pub use clip::clip_grad_norm;
 pub use ema::{Ema, EmaState};
 pub use schedule::LrSchedule;
 
+use crate::error::Result;
 use crate::tensor::{Element, Tensor};
 
 /// Runs `f` on the gradient's elements in row-major order. A gradient that shares storage
@@ -29,4 +30,20 @@ pub(crate) fn with_grad_slice<E: Element, R>(
     } else {
         grad.with_contiguous(f)
     }
+}
+
+/// Runs `f` on a parameter's elements and on those of two optimiser-state tensors of its
+/// size (each a fresh contiguous tensor with a storage of its own, as `AdamW` makes them).
+pub(crate) fn update_with_state<E: Element>(
+    param: &Tensor<E>,
+    m: &Tensor<E>,
+    v: &Tensor<E>,
+    f: impl FnOnce(&mut [E], &mut [E], &mut [E]),
+) -> Result<()> {
+    crate::backend::cpu_only("optimiser update", &[param, m, v])?;
+    param.update_data(|ps| {
+        let mut mg = m.storage().write();
+        let mut vg = v.storage().write();
+        f(ps, &mut mg[..], &mut vg[..])
+    })
 }

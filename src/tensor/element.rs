@@ -106,81 +106,10 @@ pub trait Element:
     fn is_nan(self) -> bool;
     /// `ln(1 + self)`, accurate for small `self`.
     fn ln_1p(self) -> Self;
-
-    /// `c = alpha * a @ b + beta * c` on strided row/column operands (the crate's GEMM for
-    /// `f32`, matrixmultiply for `f64`).
-    ///
-    /// # Safety
-    /// The pointers and strides must describe `m x k` and `k x n` matrices valid for reads
-    /// and an `m x n` matrix `c` valid for writes, and for reads when `beta != 0` (with
-    /// `beta == 0`, `c` is never read and may be uninitialised); `c` must not alias `a` or
-    /// `b`, and no two of its elements may share an address.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm(
-        m: usize,
-        k: usize,
-        n: usize,
-        alpha: Self,
-        a: *const Self,
-        rsa: isize,
-        csa: isize,
-        b: *const Self,
-        rsb: isize,
-        csb: isize,
-        beta: Self,
-        c: *mut Self,
-        rsc: isize,
-        csc: isize,
-    );
-
-    /// `c = a @ b + bias` with `bias` (`n` values) added to every row; `c` is only written.
-    /// `f32` adds the bias as the GEMM stores each tile; the default fills `c` with the bias
-    /// rows and accumulates the product onto them.
-    ///
-    /// # Safety
-    /// As for [`Element::gemm`], and `bias` holds `n` elements.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm_bias(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: *const Self,
-        rsa: isize,
-        csa: isize,
-        b: *const Self,
-        rsb: isize,
-        csb: isize,
-        bias: *const Self,
-        c: *mut Self,
-        rsc: isize,
-        csc: isize,
-    ) {
-        for i in 0..m {
-            for j in 0..n {
-                *c.offset(i as isize * rsc + j as isize * csc) = *bias.add(j);
-            }
-        }
-        Self::gemm(
-            m,
-            k,
-            n,
-            Self::ONE,
-            a,
-            rsa,
-            csa,
-            b,
-            rsb,
-            csb,
-            Self::ONE,
-            c,
-            rsc,
-            csc,
-        )
-    }
 }
 
 macro_rules! impl_element {
-    ($t:ty, $dt:expr, $gemm:path, $erf:path $(, $gemm_bias:path)?) => {
+    ($t:ty, $dt:expr, $erf:path) => {
         impl Element for $t {
             const DTYPE: DType = $dt;
             const ZERO: Self = 0.0;
@@ -252,58 +181,12 @@ macro_rules! impl_element {
             fn ln_1p(self) -> Self {
                 <$t>::ln_1p(self)
             }
-            // Safety: the caller upholds `Element::gemm`'s contract, which `$gemm` shares.
-            unsafe fn gemm(
-                m: usize,
-                k: usize,
-                n: usize,
-                alpha: Self,
-                a: *const Self,
-                rsa: isize,
-                csa: isize,
-                b: *const Self,
-                rsb: isize,
-                csb: isize,
-                beta: Self,
-                c: *mut Self,
-                rsc: isize,
-                csc: isize,
-            ) {
-                $gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
-            }
-            $(
-                // Safety: the caller upholds `Element::gemm_bias`'s contract, which
-                // `$gemm_bias` shares.
-                unsafe fn gemm_bias(
-                    m: usize,
-                    k: usize,
-                    n: usize,
-                    a: *const Self,
-                    rsa: isize,
-                    csa: isize,
-                    b: *const Self,
-                    rsb: isize,
-                    csb: isize,
-                    bias: *const Self,
-                    c: *mut Self,
-                    rsc: isize,
-                    csc: isize,
-                ) {
-                    $gemm_bias(m, k, n, a, rsa, csa, b, rsb, csb, bias, c, rsc, csc)
-                }
-            )?
         }
     };
 }
 
-impl_element!(
-    f32,
-    DType::F32,
-    crate::ops::gemm::sgemm,
-    erf_f32,
-    crate::ops::gemm::sgemm_bias
-);
-impl_element!(f64, DType::F64, matrixmultiply::dgemm, libm::erf);
+impl_element!(f32, DType::F32, erf_f32);
+impl_element!(f64, DType::F64, libm::erf);
 
 /// The error function in `f32`, written so that a loop calling it vectorises: no library
 /// calls and no branches other than selects. libm's `erff` is an opaque scalar call; with it,

@@ -8,17 +8,22 @@
 pub mod element;
 pub(crate) mod iter;
 pub mod layout;
+pub(crate) mod node;
 #[doc(hidden)]
 pub mod reference;
+pub(crate) mod storage;
+mod transfer;
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex};
 
 pub use element::{DType, Element};
 pub use layout::Layout;
+pub(crate) use node::Node;
+pub use storage::GpuBuffer;
+pub(crate) use storage::Storage;
 
-use crate::autograd::Node;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
@@ -30,6 +35,15 @@ pub enum Device {
     Cpu,
     /// A CUDA device by ordinal (requires the `cuda` feature and a GPU at run time).
     Cuda(usize),
+    /// The PTX interpreter: the GPU kernels run on the CPU, for tests without a GPU.
+    PtxSim,
+}
+
+impl Device {
+    /// Whether tensors here live in device memory reached through a [`crate::gpu::Driver`].
+    pub fn is_gpu(self) -> bool {
+        !matches!(self, Device::Cpu)
+    }
 }
 
 impl fmt::Display for Device {
@@ -37,29 +51,33 @@ impl fmt::Display for Device {
         match self {
             Device::Cpu => write!(f, "cpu"),
             Device::Cuda(i) => write!(f, "cuda:{i}"),
+            Device::PtxSim => write!(f, "ptx-sim"),
         }
     }
 }
 
-/// A buffer of elements on one device. Shared by every view of it.
-pub(crate) struct Storage<E> {
-    data: RwLock<Vec<E>>,
-    device: Device,
-}
+impl std::str::FromStr for Device {
+    type Err = Error;
 
-impl<E> Storage<E> {
-    fn new(data: Vec<E>) -> Self {
-        Storage {
-            data: RwLock::new(data),
-            device: Device::Cpu,
+    /// `cpu`, `cuda` (device 0), `cuda:N` or `ptx-sim`; what [`Device`]'s `Display` writes
+    /// parses back to the same device.
+    fn from_str(s: &str) -> Result<Device> {
+        let t = s.trim();
+        match t {
+            "cpu" => return Ok(Device::Cpu),
+            "cuda" => return Ok(Device::Cuda(0)),
+            "ptx-sim" => return Ok(Device::PtxSim),
+            _ => {}
         }
-    }
-    pub(crate) fn read(&self) -> RwLockReadGuard<'_, Vec<E>> {
-        // A poisoned lock means a panic elsewhere while writing; the data is still plain floats.
-        self.data.read().unwrap_or_else(|e| e.into_inner())
-    }
-    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Vec<E>> {
-        self.data.write().unwrap_or_else(|e| e.into_inner())
+        if let Some(n) = t.strip_prefix("cuda:") {
+            if let Ok(i) = n.parse::<usize>() {
+                return Ok(Device::Cuda(i));
+            }
+        }
+        Err(Error::arg(
+            "device",
+            format!("unknown device {s:?}: expected cpu, cuda, cuda:N or ptx-sim"),
+        ))
     }
 }
 
@@ -252,7 +270,7 @@ impl<E: Element> Tensor<E> {
     }
     /// Where the storage lives.
     pub fn device(&self) -> Device {
-        self.0.storage.device
+        self.0.storage.device()
     }
     /// Whether the elements lie row-major and dense in storage (see [`Layout::is_contiguous`]).
     pub fn is_contiguous(&self) -> bool {
@@ -275,13 +293,15 @@ impl<E: Element> Tensor<E> {
         self.0.node.as_ref()
     }
 
-    /// Runs `f` on the storage slice and layout. CPU only.
+    /// Runs `f` on the storage slice and layout. Host storage only: ops check their operands'
+    /// device before they get here (see [`crate::backend::cpu_only`]).
     pub(crate) fn with_data<R>(&self, f: impl FnOnce(&[E], &Layout) -> R) -> R {
         let guard = self.0.storage.read();
         f(&guard, &self.0.layout)
     }
 
-    /// Runs `f` on the elements in row-major order, borrowing when contiguous.
+    /// Runs `f` on the elements in row-major order, borrowing when contiguous. Host storage
+    /// only, as for [`Tensor::with_data`].
     pub(crate) fn with_contiguous<R>(&self, f: impl FnOnce(&[E]) -> R) -> R {
         let guard = self.0.storage.read();
         let l = &self.0.layout;
@@ -297,24 +317,33 @@ impl<E: Element> Tensor<E> {
         }
     }
 
-    /// Elements in row-major order.
+    /// Elements in row-major order (downloaded first when the tensor is on a device).
+    ///
+    /// # Panics
+    /// When downloading a device tensor fails; [`Tensor::try_to_vec`] returns that error
+    /// instead. Host tensors never panic here.
     pub fn to_vec(&self) -> Vec<E> {
-        self.with_contiguous(|s| s.to_vec())
+        self.host_copy_or_panic("to_vec")
+            .with_contiguous(|s| s.to_vec())
     }
 
-    /// Elements as f64, row-major.
+    /// Elements as f64, row-major (downloaded first, panicking as [`Tensor::to_vec`] does).
     pub fn to_f64_vec(&self) -> Vec<f64> {
-        self.with_contiguous(|s| s.iter().map(|v| v.to_f64()).collect())
+        self.host_copy_or_panic("to_f64_vec")
+            .with_contiguous(|s| s.iter().map(|v| v.to_f64()).collect())
     }
 
-    /// Elements converted to IEEE half precision (storage format for kernels and files).
+    /// Elements converted to IEEE half precision (storage format for kernels and files);
+    /// downloaded first, panicking as [`Tensor::to_vec`] does.
     pub fn to_f16_vec(&self) -> Vec<half::f16> {
-        self.with_contiguous(|s| s.iter().map(|v| half::f16::from_f32(v.to_f32())).collect())
+        self.host_copy_or_panic("to_f16_vec")
+            .with_contiguous(|s| s.iter().map(|v| half::f16::from_f32(v.to_f32())).collect())
     }
 
-    /// Elements converted to bfloat16.
+    /// Elements converted to bfloat16; downloaded first, panicking as [`Tensor::to_vec`] does.
     pub fn to_bf16_vec(&self) -> Vec<half::bf16> {
-        self.with_contiguous(|s| s.iter().map(|v| half::bf16::from_f32(v.to_f32())).collect())
+        self.host_copy_or_panic("to_bf16_vec")
+            .with_contiguous(|s| s.iter().map(|v| half::bf16::from_f32(v.to_f32())).collect())
     }
 
     /// Tensor from half-precision values.
@@ -343,7 +372,7 @@ impl<E: Element> Tensor<E> {
                 "tensor must have exactly one element",
             ));
         }
-        Ok(self.with_data(|d, l| d[l.offset()]))
+        Ok(self.host_copy()?.with_data(|d, l| d[l.offset()]))
     }
 
     /// Element at a multi-index.
@@ -354,34 +383,23 @@ impl<E: Element> Tensor<E> {
                 format!("index {idx:?} out of range for shape {:?}", self.shape()),
             ));
         }
-        Ok(self.with_data(|d, l| d[l.index_of(idx)]))
+        Ok(self.host_copy()?.with_data(|d, l| d[l.index_of(idx)]))
     }
 
-    /// Same values in another element type (a new leaf).
+    /// Same values in another element type (a new leaf in host memory: a device tensor is
+    /// downloaded first, panicking as [`Tensor::to_vec`] does if that fails).
     pub fn cast<F: Element>(&self) -> Tensor<F> {
-        let v = self.with_contiguous(|s| s.iter().map(|v| F::from_f64(v.to_f64())).collect());
+        let v = self
+            .host_copy_or_panic("cast")
+            .with_contiguous(|s| s.iter().map(|v| F::from_f64(v.to_f64())).collect());
         Tensor::<F>::from_raw(v, self.shape())
     }
 
-    /// Row-major contiguous version: `self` when already contiguous, else a copy.
-    pub fn contiguous(&self) -> Tensor<E> {
-        if self.is_contiguous() {
-            return self.clone();
-        }
-        let v = self.with_data(|d, l| iter::gather_strided(d, l.shape(), l.strides(), l.offset()));
-        let out = Tensor::from_raw(v, self.shape());
-        out.record("contiguous", &[self], |g| Ok(vec![Some(g.clone())]))
-    }
-
-    /// A deep copy that owns its storage (gradient flows through).
-    pub fn copy(&self) -> Tensor<E> {
-        let out = Tensor::from_raw(self.to_vec(), self.shape());
-        out.record("copy", &[self], |g| Ok(vec![Some(g.clone())]))
-    }
-
-    /// True when every element is finite.
+    /// True when every element is finite (downloaded first, panicking as [`Tensor::to_vec`]
+    /// does).
     pub fn all_finite(&self) -> bool {
-        self.with_contiguous(|s| s.iter().all(|v| v.is_finite()))
+        self.host_copy_or_panic("all_finite")
+            .with_contiguous(|s| s.iter().all(|v| v.is_finite()))
     }
 
     // ---------------------------------------------------------------- autograd state
@@ -441,7 +459,9 @@ impl<E: Element> Tensor<E> {
     /// Overwrites the values of a contiguous leaf in place (optimisers, checkpoint loading).
     /// Every view of the storage sees the change; do not call while a graph that saved this
     /// tensor is still going to be differentiated.
+    /// A tensor on a GPU device is refused (no in-place host access to device memory).
     pub fn update_data(&self, f: impl FnOnce(&mut [E])) -> Result<()> {
+        crate::backend::cpu_only("update_data", &[self])?;
         if !self.is_contiguous() {
             return Err(Error::shape(
                 "update_data",
@@ -502,7 +522,10 @@ impl<E: Element> fmt::Display for Tensor<E> {
         const EDGE: usize = 3;
         const FULL: usize = 8;
         let shape = self.shape().to_vec();
-        let data = self.to_vec();
+        let data = match self.try_to_vec() {
+            Ok(d) => d,
+            Err(e) => return write!(f, "<tensor on {}: {e}>", self.device()),
+        };
         fn rec<E: Element>(
             f: &mut fmt::Formatter<'_>,
             data: &[E],

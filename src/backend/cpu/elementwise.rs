@@ -5,6 +5,8 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+use super::scalar::{gelu_tanh_grad_scalar, gelu_tanh_scalar, sigmoid_scalar, softplus_scalar};
+use crate::backend::{BinaryOp, UnaryOp};
 use crate::tensor::iter::{Plan, PAR_THRESHOLD};
 use crate::tensor::{Element, Layout};
 
@@ -188,5 +190,95 @@ fn par_rows<E: Element, const N: usize>(
             .for_each(|(t, dst)| run(t * rpt, dst));
     } else {
         run(0, out);
+    }
+}
+
+/// `out[i] = op(a[i])` over a strided view: one arm per op, each a loop of its own.
+pub(crate) fn unary<E: Element>(op: UnaryOp, a: &[E], la: &Layout) -> Vec<E> {
+    match op {
+        UnaryOp::Neg => map1(a, la, |x| -x),
+        UnaryOp::Exp => map1(a, la, |x| x.exp()),
+        UnaryOp::Log => map1(a, la, |x| x.ln()),
+        UnaryOp::Sqrt => map1(a, la, |x| x.sqrt()),
+        UnaryOp::Square => map1(a, la, |x| x * x),
+        UnaryOp::Tanh => map1(a, la, |x| x.tanh()),
+        UnaryOp::Sigmoid => map1(a, la, sigmoid_scalar),
+        UnaryOp::Softplus => map1(a, la, softplus_scalar),
+        UnaryOp::GeluTanh => map1(a, la, gelu_tanh_scalar),
+        UnaryOp::Relu => map1(a, la, |x| if x > E::ZERO { x } else { E::ZERO }),
+        UnaryOp::Abs => map1(a, la, |x| x.abs()),
+        UnaryOp::PowScalar(p) => {
+            let pe = E::from_f64(p);
+            map1(a, la, move |x| x.powf(pe))
+        }
+        UnaryOp::Clamp { lo, hi } => {
+            let (l, h) = (E::from_f64(lo), E::from_f64(hi));
+            map1(a, la, move |x| x.max(l).min(h))
+        }
+        UnaryOp::AddScalar(s) => {
+            let s = E::from_f64(s);
+            map1(a, la, move |x| x + s)
+        }
+        UnaryOp::MulScalar(s) => {
+            let s = E::from_f64(s);
+            map1(a, la, move |x| x * s)
+        }
+        UnaryOp::NonZero => map1(a, la, |v| if v != E::ZERO { E::ONE } else { E::ZERO }),
+    }
+}
+
+/// `out[i] = op(a[i], b[i])` over two strided views of the output shape (broadcast strides
+/// 0): one arm per op, each a loop of its own.
+pub(crate) fn binary<E: Element>(
+    op: BinaryOp,
+    shape: &[usize],
+    a: &[E],
+    la: &Layout,
+    b: &[E],
+    lb: &Layout,
+) -> Vec<E> {
+    macro_rules! zip {
+        ($f:expr) => {
+            map2(shape, a, la, b, lb, $f)
+        };
+    }
+    match op {
+        BinaryOp::Add => zip!(|x, y| x + y),
+        BinaryOp::Sub => zip!(|x, y| x - y),
+        BinaryOp::Mul => zip!(|x, y| x * y),
+        BinaryOp::Div => zip!(|x, y| x / y),
+        BinaryOp::Maximum => zip!(|x, y| if x >= y { x } else { y }),
+        BinaryOp::GeMask => zip!(|x, y| if x >= y { E::ONE } else { E::ZERO }),
+        BinaryOp::EqMask => zip!(|x, m| if x == m { E::ONE } else { E::ZERO }),
+        BinaryOp::MulOneMinus => zip!(|g, m| g * (E::ONE - m)),
+        BinaryOp::SelectIfNonZero => zip!(|x, m| if m != E::ZERO { x } else { E::ZERO }),
+        BinaryOp::SelectIfZero => zip!(|x, m| if m != E::ZERO { E::ZERO } else { x }),
+        BinaryOp::DivRhsBackward => zip!(|t, b| -t / (b * b)),
+        BinaryOp::SqrtBackward => {
+            let h = E::from_f64(0.5);
+            zip!(move |g, y| g * h / y)
+        }
+        BinaryOp::TanhBackward => zip!(|g, y| g * (E::ONE - y * y)),
+        BinaryOp::SigmoidBackward => zip!(|g, y| g * y * (E::ONE - y)),
+        BinaryOp::LogBackward => zip!(|g, x| g * (E::ONE / x)),
+        BinaryOp::SquareBackward => zip!(|g, x| g * (x + x)),
+        BinaryOp::SoftplusBackward => zip!(|g, x| g * sigmoid_scalar(x)),
+        BinaryOp::GeluTanhBackward => zip!(|g, x| g * gelu_tanh_grad_scalar(x)),
+        BinaryOp::ReluBackward => zip!(|g, x| g * if x > E::ZERO { E::ONE } else { E::ZERO }),
+        BinaryOp::AbsBackward => zip!(|g, x| g * if x > E::ZERO {
+            E::ONE
+        } else if x < E::ZERO {
+            -E::ONE
+        } else {
+            E::ZERO
+        }),
+        BinaryOp::PowBackward(p) => {
+            let (pe, pm1) = (E::from_f64(p), E::from_f64(p - 1.0));
+            zip!(move |g, x| g * (pe * x.powf(pm1)))
+        }
+        BinaryOp::ClampBackward { lo, hi } => {
+            let (l, h) = (E::from_f64(lo), E::from_f64(hi));
+            zip!(move |g, x| g * if x > l && x < h { E::ONE } else { E::ZERO })
+        }
     }
 }

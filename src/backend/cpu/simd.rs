@@ -10,7 +10,7 @@
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
-use crate::ops::{gelu_grad_scalar, gelu_scalar};
+use super::scalar::{gelu_grad_scalar, gelu_scalar};
 use crate::tensor::element::{erf_f32_with, exp_neg_f32_with, Fused, MulAdd, Unfused};
 use crate::tensor::{DType, Element};
 

@@ -1,0 +1,10 @@
+//! The CPU backend: the crate's GEMM, the runtime-dispatched SIMD loops, the strided
+//! elementwise loops and the scalar formulas they evaluate.
+
+pub(crate) mod elementwise;
+pub mod gemm;
+mod matmul;
+pub(crate) mod scalar;
+pub mod simd;
+
+pub(crate) use matmul::{gemm_any, gemm_bias_any};

@@ -1,0 +1,356 @@
+//! Fused scaled dot-product attention, its hand-written backward, and KV-cached decoding.
+//!
+//! For every (batch, head) pair `attention` computes the scores `S = alpha Q K^T` with
+//! `alpha = scale / temperature`, masks them, takes the row softmax `P` and returns `O = P V`,
+//! in per-task scratch: the `[B, H, Nq, Nk]` score tensor of the composed form never exists,
+//! and `P` is kept only when a gradient is needed. Strided operands (views cut from a fused
+//! qkv projection) are never copied as a whole; each head's `Q` and `K` are transposed into
+//! scratch because that is the layout the GEMMs pack fastest (see `gemm`). `attention_qkv`
+//! reads q, k, v from the projection itself and writes one gradient for it.
+//!
+//! Backward, per (batch, head), with `D_i = sum_d dO_id O_id`:
+//! `dV = P^T dO`, `dP = dO V^T`, `dS = P * (dP - D)`, `dQ = alpha dS K`, `dK = alpha dS^T Q`.
+//! The derivation is in `docs/derivations.md`, section "Attention".
+//!
+//! Gradient-write convention: every gradient is a fresh tensor (`=`); with `attention`, the
+//! autograd engine sums contributions (q, k and v cut from one tensor meet there).
+//!
+//! Under the causal rule every product skips the hidden triangle in blocks (`KEY_BLOCK`,
+//! `QUERY_BLOCK`), and the softmax and `dS` touch only visible entries.
+//!
+//! Work is spread over (batch, head) pairs with rayon when each product is small enough to
+//! run on one thread (and then kept there, `serial_scope`); larger products are left to the
+//! GEMM's own threads. `f32` products run on the crate's GEMM, `f64` on matrixmultiply.
+
+use std::sync::RwLockReadGuard;
+
+use rayon::prelude::*;
+
+use crate::autograd::is_grad_enabled;
+use crate::error::{Error, Result};
+use crate::ops::gemm::serial_scope;
+use crate::ops::matmul::init_gemm_threads;
+use crate::ops::simd;
+use crate::ops::softmax::{dot, exp_in_place};
+use crate::profile::{Kernel, Timer};
+use crate::tensor::layout::{checked_numel, checked_product};
+use crate::tensor::{DType, Element, Layout, Tensor};
+
+mod backward;
+mod decode;
+mod forward;
+mod tiles;
+
+use backward::*;
+pub use decode::{attention_decode, KvCache};
+use forward::*;
+use tiles::*;
+
+/// How scores are formed and masked.
+///
+/// `logits = (q . k) * scale / temperature`. With `causal`, query `i` sees key `j` only when
+/// `j <= i + (Nk - Nq)`: the queries are the last `Nq` of the `Nk` positions (with `Nq == Nk`
+/// that is the usual lower triangle, diagonal included).
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionOptions {
+    /// Hide keys after each query's position (see above); `false` lets every query see every key.
+    pub causal: bool,
+    /// Multiplier of the dot products, usually `1 / sqrt(head_dim)`; must be finite.
+    pub scale: f64,
+    /// Divisor of the logits (1 for the plain model); must be finite and positive.
+    pub temperature: f64,
+}
+
+impl AttentionOptions {
+    /// `scale / temperature`, after checking both.
+    fn alpha(&self, op: &'static str) -> Result<f64> {
+        if !(self.scale.is_finite() && self.temperature.is_finite() && self.temperature > 0.0) {
+            return Err(Error::arg(
+                op,
+                format!(
+                    "scale must be finite and temperature finite and positive, got scale {} \
+                     and temperature {}",
+                    self.scale, self.temperature
+                ),
+            ));
+        }
+        Ok(self.scale / self.temperature)
+    }
+}
+
+/// Sizes of one attention call: q `[b, h, nq, dh]`, k `[b, h, nk, dh]`, v `[b, h, nk, dv]`.
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    b: usize,
+    h: usize,
+    nq: usize,
+    nk: usize,
+    dh: usize,
+    dv: usize,
+}
+
+/// Checks operand shapes and the mask, returning the sizes.
+fn check_shapes<E: Element>(
+    op: &'static str,
+    q: &Tensor<E>,
+    k: &Tensor<E>,
+    v: &Tensor<E>,
+    mask: Option<&Tensor<E>>,
+    causal: bool,
+) -> Result<Dims> {
+    let mut shapes: Vec<&[usize]> = vec![q.shape(), k.shape(), v.shape()];
+    shapes.extend(mask.map(|m| m.shape()));
+    let bad = |detail: &str| Error::shape(op, &shapes, E::DTYPE.name(), detail);
+    if q.rank() != 4 || k.rank() != 4 || v.rank() != 4 {
+        return Err(bad("q, k, v must be [batch, heads, positions, head_dim]"));
+    }
+    let (qs, ks, vs) = (q.shape(), k.shape(), v.shape());
+    if qs[..2] != ks[..2] || ks[..2] != vs[..2] {
+        return Err(bad("batch and head counts of q, k, v differ"));
+    }
+    if ks[2] != vs[2] {
+        return Err(bad("k and v have different numbers of positions"));
+    }
+    if qs[3] != ks[3] {
+        return Err(bad("q and k have different head dimensions"));
+    }
+    let d = Dims {
+        b: qs[0],
+        h: qs[1],
+        nq: qs[2],
+        nk: ks[2],
+        dh: qs[3],
+        dv: vs[3],
+    };
+    if causal && d.nq > d.nk {
+        return Err(bad(
+            "causal attention needs no more queries than keys (queries are the last positions)",
+        ));
+    }
+    if let Some(m) = mask {
+        if m.layout().broadcast_to(&[d.b, d.h, d.nq, d.nk]).is_none() {
+            return Err(bad("mask must broadcast to [batch, heads, queries, keys]"));
+        }
+    }
+    // Zero-size operands can pair a huge count of queries with a huge value width.
+    if checked_numel(op, &[d.b, d.h, d.nq, d.dv], &[], E::DTYPE.name()).is_err() {
+        return Err(bad(
+            "the output [batch, heads, queries, value_dim] has more elements than fit in usize",
+        ));
+    }
+    Ok(d)
+}
+
+impl Dims {
+    /// Whether the output and every gradient are empty or all zeros whatever the operands
+    /// hold (no pair, no query, no key, or no width at all), so no kernel needs to run.
+    fn trivial(&self) -> bool {
+        self.b == 0 || self.h == 0 || self.nq == 0 || self.nk == 0 || (self.dh == 0 && self.dv == 0)
+    }
+}
+
+/// Scaled dot-product attention, fused forward and backward.
+///
+/// `q` is `[B, H, Nq, Dh]`, `k` `[B, H, Nk, Dh]`, `v` `[B, H, Nk, Dv]` (usually `Dv == Dh`),
+/// with any strides. `mask` broadcasts to `[B, H, Nq, Nk]`; a nonzero entry masks that key
+/// out for that query. A query that sees no key at all gets a zero output (and passes no
+/// gradient). The output is a fresh contiguous `[B, H, Nq, Dv]`.
+///
+/// Within a head the scores and probabilities are kept column-major (`p[j * ld + i]` for
+/// query `i`, key `j`, `ld` the padded query count) and `Q`, `K` are first transposed into
+/// zero-padded scratch, so that every product gets whole tiles of operands it can pack by
+/// rows (see `gemm` and `TILE`).
+pub fn attention<E: Element>(
+    q: &Tensor<E>,
+    k: &Tensor<E>,
+    v: &Tensor<E>,
+    mask: Option<&Tensor<E>>,
+    opts: AttentionOptions,
+) -> Result<Tensor<E>> {
+    let d = check_shapes("attention", q, k, v, mask, opts.causal)?;
+    let mut operands = vec![q, k, v];
+    operands.extend(mask);
+    crate::backend::cpu_only("attention", &operands)?;
+    let alpha = E::from_f64(opts.alpha("attention")?);
+    let timer = Timer::start(Kernel::Attention);
+    init_gemm_threads();
+    let needs_grad =
+        is_grad_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad());
+    let mut out = vec![E::ZERO; d.b * d.h * d.nq * d.dv];
+    let mut ts = vec![q, k, v];
+    ts.extend(mask);
+    let dst = RowsOut::heads(&mut out, d.h, d.nq, d.dv);
+    let probs = forward_heads(&d, opts, alpha, &ts, dst, needs_grad);
+    // Saved for the backward as a tensor, so that it lives where the output does.
+    let p_len = probs.len();
+    let probs = Tensor::from_raw(probs, &[p_len]);
+    drop(timer);
+    let out = Tensor::from_raw(out, &[d.b, d.h, d.nq, d.dv]);
+    if !needs_grad {
+        return Ok(out);
+    }
+    let (qd, kd, vd, od) = (q.detach(), k.detach(), v.detach(), out.detach());
+    let (rq, rk, rv) = (q.requires_grad(), k.requires_grad(), v.requires_grad());
+    Ok(out.record("attention", &[q, k, v], move |g| {
+        let _timer = Timer::start(Kernel::Attention);
+        let probs_host = probs.storage().read();
+        let shape = |n: usize, e: usize| [d.b, d.h, n, e];
+        let grad =
+            |on: bool, n: usize, e: usize| vec![E::ZERO; if on { d.b * d.h * n * e } else { 0 }];
+        let (mut dq, mut dk, mut dv) = (
+            grad(rq, d.nq, d.dh),
+            grad(rk, d.nk, d.dh),
+            grad(rv, d.nk, d.dv),
+        );
+        let dst = [
+            rq.then(|| RowsOut::heads(&mut dq, d.h, d.nq, d.dh)),
+            rk.then(|| RowsOut::heads(&mut dk, d.h, d.nk, d.dh)),
+            rv.then(|| RowsOut::heads(&mut dv, d.h, d.nk, d.dv)),
+        ];
+        if !d.trivial() {
+            let (lg, lo) = (Strided4::of(g.layout()), Strided4::of(od.layout()));
+            backward_heads(
+                &d,
+                opts,
+                alpha,
+                &probs_host,
+                [&qd, &kd, &vd, g, &od],
+                lg,
+                lo,
+                dst,
+            );
+        }
+        Ok(vec![
+            rq.then(|| Tensor::from_raw(dq, &shape(d.nq, d.dh))),
+            rk.then(|| Tensor::from_raw(dk, &shape(d.nk, d.dh))),
+            rv.then(|| Tensor::from_raw(dv, &shape(d.nk, d.dv))),
+        ])
+    }))
+}
+
+/// q, k, v as `[B, H, N, C / H]` views of a fused `[B, N, 3 C]` projection (no copy).
+pub(crate) fn qkv_views<E: Element>(qkv: &Tensor<E>, heads: usize) -> Result<[Tensor<E>; 3]> {
+    let (b, n, c3) = (qkv.shape()[0], qkv.shape()[1], qkv.shape()[2]);
+    let t = qkv
+        .reshape(&[b, n, 3, heads, c3 / 3 / heads])?
+        .permute(&[2, 0, 3, 1, 4])?;
+    let part = |i: usize| t.narrow(0, i, 1)?.squeeze(0);
+    Ok([part(0)?, part(1)?, part(2)?])
+}
+
+/// Causal-or-not self-attention straight from a fused projection: `qkv` is `[B, N, 3 C]`
+/// (queries, keys, values side by side, each `heads` heads of `C / heads`, as
+/// `x.linear(w_qkv, b_qkv)` gives them) and the output is `[B, N, C]` with the heads side by
+/// side, ready for the output projection.
+///
+/// The same as cutting q, k, v out of `qkv` with views, calling [`attention`] and merging
+/// the heads, but the backward writes one `[B, N, 3 C]` gradient, where the views would
+/// each pad theirs to the full width and the three would be summed, and no head-merging
+/// copy is made either way.
+pub fn attention_qkv<E: Element>(
+    qkv: &Tensor<E>,
+    heads: usize,
+    mask: Option<&Tensor<E>>,
+    opts: AttentionOptions,
+) -> Result<Tensor<E>> {
+    let op = "attention_qkv";
+    let mut operands = vec![qkv];
+    operands.extend(mask);
+    crate::backend::cpu_only(op, &operands)?;
+    let s = qkv.shape();
+    let fits = |heads: usize| heads.checked_mul(3).is_some_and(|w| s[2].is_multiple_of(w));
+    if qkv.rank() != 3 || heads == 0 || !fits(heads) {
+        return Err(Error::shape(
+            op,
+            &[s],
+            E::DTYPE.name(),
+            format!("qkv must be [batch, positions, 3 * heads * head_dim] with {heads} heads"),
+        ));
+    }
+    let (b, n, c) = (s[0], s[1], s[2] / 3);
+    let dh = c / heads;
+    let [q, k, v] = qkv_views(&qkv.detach(), heads)?;
+    let d = check_shapes(op, &q, &k, &v, mask, opts.causal)?;
+    let alpha = E::from_f64(opts.alpha(op)?);
+    let timer = Timer::start(Kernel::Attention);
+    init_gemm_threads();
+    let needs_grad = is_grad_enabled() && qkv.requires_grad();
+    let mut out = vec![E::ZERO; b * n * c];
+    let mut ts = vec![&q, &k, &v];
+    ts.extend(mask);
+    let dst = RowsOut::merged(&mut out, n, c, dh);
+    let probs = forward_heads(&d, opts, alpha, &ts, dst, needs_grad);
+    // Saved for the backward as a tensor, so that it lives where the output does.
+    let p_len = probs.len();
+    let probs = Tensor::from_raw(probs, &[p_len]);
+    drop(timer);
+    let out = Tensor::from_raw(out, &[b, n, c]);
+    if !needs_grad {
+        return Ok(out);
+    }
+    let od = out.detach();
+    Ok(out.record(op, &[qkv], move |g| {
+        let _timer = Timer::start(Kernel::Attention);
+        let probs_host = probs.storage().read();
+        let mut grad = vec![E::ZERO; b * n * 3 * c];
+        if !d.trivial() {
+            let all = RowsOut::merged(&mut grad, n, 3 * c, dh);
+            let part = |i: usize| {
+                let off = (i * c) as isize;
+                Some(RowsOut {
+                    lay: Strided4 { off, ..all.lay },
+                    ..all
+                })
+            };
+            let dst = [part(0), part(1), part(2)];
+            // `[B, N, C]` tensors seen as `[B, H, N, Dh]`.
+            let as_heads = |l: &Layout| {
+                let (off, st) = (l.offset() as isize, l.strides());
+                Strided4 {
+                    off,
+                    st: [st[0], dh as isize * st[2], st[1], st[2]],
+                }
+            };
+            let (lg, lo) = (as_heads(g.layout()), as_heads(od.layout()));
+            backward_heads(
+                &d,
+                opts,
+                alpha,
+                &probs_host,
+                [&q, &k, &v, g, &od],
+                lg,
+                lo,
+                dst,
+            );
+        }
+        Ok(vec![Some(Tensor::from_raw(grad, &[b, n, 3 * c]))])
+    }))
+}
+
+/// The composed form of [`attention`]: `matmul`, `mul_scalar`, `masked_fill` with `-inf`,
+/// `softmax`, `matmul`, each recorded separately. Slow and memory-hungry; it exists so tests
+/// can compare the fused op against it, values and gradients.
+pub fn attention_reference<E: Element>(
+    q: &Tensor<E>,
+    k: &Tensor<E>,
+    v: &Tensor<E>,
+    mask: Option<&Tensor<E>>,
+    opts: AttentionOptions,
+) -> Result<Tensor<E>> {
+    let d = check_shapes("attention_reference", q, k, v, mask, opts.causal)?;
+    let alpha = opts.alpha("attention_reference")?;
+    let mut s = q.matmul(&k.t()?)?.mul_scalar(alpha);
+    if let Some(m) = mask {
+        s = s.masked_fill(m, f64::NEG_INFINITY)?;
+    }
+    if opts.causal {
+        let mut cm = vec![E::ZERO; d.nq * d.nk];
+        for i in 0..d.nq {
+            for j in visible(true, &d, i)..d.nk {
+                cm[i * d.nk + j] = E::ONE;
+            }
+        }
+        s = s.masked_fill(&Tensor::from_raw(cm, &[d.nq, d.nk]), f64::NEG_INFINITY)?;
+    }
+    s.softmax(-1)?.matmul(v)
+}

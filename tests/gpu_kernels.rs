@@ -13,5 +13,9 @@ mod harness;
 mod copy;
 #[path = "gpu_kernels/elementwise.rs"]
 mod elementwise;
+#[path = "gpu_kernels/gemm.rs"]
+mod gemm;
+#[path = "gpu_kernels/norm.rs"]
+mod norm;
 #[path = "gpu_kernels/reduce.rs"]
 mod reduce;

@@ -128,7 +128,8 @@ pub fn reduce_scratch_len(outer: usize, r: usize, inner: usize) -> usize {
 /// CPU's `sum`/`mean`/`max` over one axis: one warp per row when `inner == 1`, otherwise
 /// per-chunk partials of [`REDUCE_CHUNK`] rows in `scratch` (at least
 /// [`reduce_scratch_len`] elements) then a second pass over the chunks. `mean` divides a sum
-/// by `max(r, 1)` (an empty axis gives 0, as on the CPU). The order is fixed by the shape, so results are reproducible.
+/// by `max(r, 1)` (an empty axis gives 0, as on the CPU). The order is fixed by the shape,
+/// so results are reproducible.
 #[allow(clippy::too_many_arguments)]
 pub fn reduce_axis_f32(
     driver: &dyn Driver,

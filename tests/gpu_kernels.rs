@@ -15,7 +15,11 @@ mod copy;
 mod elementwise;
 #[path = "gpu_kernels/gemm.rs"]
 mod gemm;
+#[path = "gpu_kernels/index.rs"]
+mod index;
 #[path = "gpu_kernels/norm.rs"]
 mod norm;
+#[path = "gpu_kernels/optim.rs"]
+mod optim;
 #[path = "gpu_kernels/reduce.rs"]
 mod reduce;

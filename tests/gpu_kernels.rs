@@ -11,6 +11,8 @@ mod harness;
 
 #[path = "gpu_kernels/copy.rs"]
 mod copy;
+#[path = "gpu_kernels/counters.rs"]
+mod counters;
 #[path = "gpu_kernels/elementwise.rs"]
 mod elementwise;
 #[path = "gpu_kernels/gemm.rs"]

@@ -69,6 +69,29 @@ fn strided_f32(d: &dyn Driver) {
         &want,
     );
 
+    // Rank 8, the kernels' limit: an 8-d tensor with its axes reversed.
+    let shape8 = [2usize, 3, 1, 2, 3, 2, 1, 3];
+    let n8: usize = shape8.iter().product();
+    let zs = normal(&mut rng, n8);
+    let z = Tensor::from_vec(zs.clone(), &shape8).unwrap();
+    let perm = [7usize, 6, 5, 4, 3, 2, 1, 0];
+    let want = z.permute(&perm).unwrap().to_vec();
+    let zst = contiguous_strides(&shape8);
+    let src_strides: Vec<isize> = perm.iter().map(|&p| zst[p]).collect();
+    let out_shape: Vec<usize> = perm.iter().map(|&p| shape8[p]).collect();
+    let out = poisoned_f32(d, n8);
+    let zsrc = upload_f32(d, &zs);
+    strided_copy_f32(
+        d,
+        out,
+        &contiguous_strides(&out_shape),
+        zsrc,
+        &src_strides,
+        &out_shape,
+    )
+    .unwrap();
+    assert_bits("rank-8 permuted copy", &download_f32(d, out, n8), &want);
+
     // A broadcast source (stride 0), one element, and nothing at all.
     let b = upload_f32(d, &[1.5, -2.0]);
     let out = poisoned_f32(d, 6);

@@ -320,6 +320,67 @@ fn bf16_layouts(d: &dyn Driver) {
     }
 }
 
+/// The bf16 GEMM's edges in every layout: a 1 x 1 x 1 product with NaN in the padding, and
+/// `k = 0`, where `C = beta C + bias`.
+fn bf16_edges(d: &dyn Driver) {
+    for layout in [
+        Bf16Layout::NN,
+        Bf16Layout::NT,
+        Bf16Layout::TN,
+        Bf16Layout::TT,
+    ] {
+        let mut a = vec![0x7fc0u16; 8];
+        let mut b = vec![0x7fc0u16; 8];
+        a[0] = bf16::from_f32(3.0).to_bits();
+        b[0] = bf16::from_f32(-0.5).to_bits();
+        let c = poisoned_f32(d, 2);
+        let g = GemmBf16 {
+            layout,
+            m: 1,
+            n: 1,
+            k: 1,
+            batch: 1,
+            c,
+            ldc: 1,
+            c_bs: 0,
+            a: upload_u16(d, &a),
+            lda: 8,
+            a_bs: 0,
+            b: upload_u16(d, &b),
+            ldb: 8,
+            b_bs: 0,
+            bias: None,
+            alpha: 1.0,
+            beta: 0.0,
+        };
+        gemm_bf16(d, &g).unwrap();
+        let got = download_f32(d, c, 2);
+        assert_eq!(got[0], -1.5, "{layout:?} 1 x 1 x 1 on {}", d.name());
+        assert!(
+            got[1].is_nan(),
+            "{layout:?} 1 x 1 x 1 wrote past its output"
+        );
+        let c = upload_f32(d, &[1.0, 2.0, 3.0]);
+        let zero_k = GemmBf16 {
+            n: 3,
+            k: 0,
+            c,
+            ldc: 3,
+            bias: Some(upload_f32(d, &[10.0, 20.0, 30.0])),
+            beta: 2.0,
+            ..g
+        };
+        gemm_bf16(d, &zero_k).unwrap();
+        let what = format!("{layout:?} with k = 0 on {}", d.name());
+        assert_bits(&what, &download_f32(d, c, 3), &[12.0, 24.0, 36.0]);
+    }
+}
+
+#[test]
+fn gemm_bf16_edges() {
+    on_each_device(bf16_edges);
+}
+
 #[test]
 fn gemm_f32_matches_cpu_linear() {
     on_each_device(f32_linear);

@@ -113,8 +113,9 @@ fn positive_domain(op: UnaryOp) -> bool {
 
 fn unary_all(d: &dyn Driver) {
     let mut rng = Rng::new(21);
-    // A [37, 13] matrix read transposed: the kernel walks a [13, 37] view with strides (1, 13).
-    let (r, c) = (37usize, 13usize);
+    // A [37, 29] matrix read transposed: the kernel walks a [29, 37] view with strides
+    // (1, 29), over five CTAs, the last ragged.
+    let (r, c) = (37usize, 29usize);
     let raw = uniform(&mut rng, r * c, -6.0, 6.0);
     for op in UnaryOp::ALL {
         let mut xs: Vec<f32> = if positive_domain(op) {

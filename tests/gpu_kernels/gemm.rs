@@ -48,11 +48,11 @@ fn rows(c: &[f32], m: usize, n: usize, ldc: usize) -> Vec<f32> {
         .collect()
 }
 
-/// `x W^T + b` with `x [70, 53]`, `W [67, 53]`: B is `W` read transposed by strides, against
+/// `x W^T + b` with `x [150, 53]`, `W [141, 53]` (three output tiles each way, ragged): B is `W` read transposed by strides, against
 /// the CPU's `linear`.
 fn f32_linear(d: &dyn Driver) {
     let mut rng = Rng::new(51);
-    let (m, n, k) = (70usize, 67usize, 53usize);
+    let (m, n, k) = (150usize, 141usize, 53usize);
     let (xs, ws, bs) = (
         normal(&mut rng, m * k),
         normal(&mut rng, n * k),
@@ -106,7 +106,7 @@ fn f32_linear(d: &dyn Driver) {
 /// per batch, B shared by both batches (batch stride 0), `k = 3 * 16 + 5`.
 fn f32_transposed_accumulate(d: &dyn Driver) {
     let mut rng = Rng::new(52);
-    let (m, n, k, batch) = (70usize, 67usize, 53usize, 2usize);
+    let (m, n, k, batch) = (150usize, 141usize, 53usize, 2usize);
     let ldc = n + 3;
     let (alpha, beta) = (0.5f32, 1.0f32);
     let a_s = normal(&mut rng, batch * k * m);
@@ -246,7 +246,7 @@ fn bf16_layouts(d: &dyn Driver) {
     let mut rng = Rng::new(53);
     // m, n ragged against the 64 x 64 tile; k = 3 k-tiles of 32 + 19 (not a multiple of 8,
     // so the last chunk of 8 crosses the edge).
-    let (m, n, k, batch) = (67usize, 70usize, 115usize, 2usize);
+    let (m, n, k, batch) = (150usize, 141usize, 115usize, 2usize);
     let (alpha, beta) = (1.25f32, 1.0f32);
     let pad = |x: usize| x.div_ceil(8) * 8 + 8;
     for layout in [

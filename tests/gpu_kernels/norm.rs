@@ -37,6 +37,24 @@ fn softmax_forward(d: &dyn Driver) {
         let what = format!("softmax (log {log}) on {}", d.name());
         assert_close(&what, &got, &wide(&want.to_vec()), 1e-5, 1e-7);
     }
+    // Rows shorter than a warp, and rows of many sweeps.
+    for (rows, dd) in [(9usize, 5usize), (3, 1000)] {
+        let xs = normal(&mut rng, rows * dd);
+        let x = Tensor::from_vec(xs.clone(), &[rows, dd]).unwrap();
+        let dx = upload_f32(d, &xs);
+        for log in [false, true] {
+            let want = if log {
+                x.log_softmax(-1).unwrap()
+            } else {
+                x.softmax(-1).unwrap()
+            };
+            let y = poisoned_f32(d, rows * dd);
+            softmax_rows_f32(d, y, dx, rows, dd, log).unwrap();
+            let what = format!("softmax (log {log}) [{rows}, {dd}] on {}", d.name());
+            let got = download_f32(d, y, rows * dd);
+            assert_close(&what, &got, &wide(&want.to_vec()), 1e-5, 1e-7);
+        }
+    }
     // Single-element rows, and nothing.
     let one = upload_f32(d, &[-3.0, 7.0]);
     let y = poisoned_f32(d, 3);
@@ -73,8 +91,8 @@ fn softmax_backward(d: &dyn Driver) {
     }
 }
 
-/// 13 rows of 200: two CTAs, rows of six warp sweeps plus a ragged 8.
-const LN_ROWS: usize = 13;
+/// 19 rows of 200: three CTAs, rows of six warp sweeps plus a ragged 8.
+const LN_ROWS: usize = 19;
 const LN_D: usize = 200;
 const EPS: f32 = 1e-5;
 
@@ -123,6 +141,18 @@ fn layer_norm_forward(d: &dyn Driver) {
         let got = download_f32(d, stats, LN_ROWS * 2);
         assert_close(&format!("{what}: stats"), &got, &want_stats, 1e-5, 1e-6);
     }
+    // Rows shorter than a warp, one of them constant (zero variance).
+    let (rows, dd) = (9usize, 7usize);
+    let mut xs = normal(&mut rng, rows * dd);
+    xs[..dd].fill(2.5);
+    let x7 = Tensor::from_vec(xs.clone(), &[rows, dd]).unwrap();
+    let want = x7.layer_norm(None, None, EPS as f64).unwrap();
+    let y = poisoned_f32(d, rows * dd);
+    let x7d = upload_f32(d, &xs);
+    layer_norm_fwd_f32(d, y, None, x7d, None, None, rows, dd, EPS).unwrap();
+    let got = download_f32(d, y, rows * dd);
+    let what = format!("layer_norm [{rows}, {dd}] on {}", d.name());
+    assert_close(&what, &got, &wide(&want.to_vec()), 1e-5, 1e-5);
     // Rows of one element normalise to the bias; no stats requested.
     let y = poisoned_f32(d, 2);
     let one = upload_f32(d, &[3.0, -8.0]);
@@ -196,7 +226,7 @@ fn layer_norm_backward(d: &dyn Driver) {
         1e-5,
     );
 
-    // Parameter gradients: partials per chunk of 4 rows (4 chunks, the last of one row), then
+    // Parameter gradients: partials per chunk of 4 rows (5 chunks, the last of three), then
     // the chunk sum accumulated onto existing gradients.
     let chunk_len = 4;
     let chunks = LN_ROWS.div_ceil(chunk_len);

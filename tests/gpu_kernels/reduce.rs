@@ -118,6 +118,9 @@ fn chunked(d: &dyn Driver) {
     check(d, Kind::Mean, &xs, dims, Some(&base));
     xs[(805 + 700) * 5 + 2] = f32::NAN;
     check(d, Kind::Max, &xs, dims, None);
+    // inner over one CTA's 256 columns, r over one chunk: two passes on a 2-wide grid.
+    let xs = normal(&mut rng, 300 * 260);
+    all_kinds(d, &xs, (1, 260, 300));
     all_kinds(d, &[], (2, 0, 3));
     all_kinds(d, &[1.0, -1.0, 4.0], (1, 1, 3));
 }

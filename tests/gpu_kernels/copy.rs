@@ -92,6 +92,21 @@ fn strided_f32(d: &dyn Driver) {
     .unwrap();
     assert_bits("rank-8 permuted copy", &download_f32(d, out, n8), &want);
 
+    // A negative destination stride: the copy lands reversed, as `flip` reads it.
+    let out = poisoned_f32(d, n8);
+    let last = out.offset(4 * (n8 as u64 - 1));
+    strided_copy_f32(d, last, &[-1], zsrc, &[1], &[n8]).unwrap();
+    let want = Tensor::from_vec(zs.clone(), &[n8])
+        .unwrap()
+        .flip(0)
+        .unwrap()
+        .to_vec();
+    assert_bits(
+        "copy into a reversed destination",
+        &download_f32(d, out, n8),
+        &want,
+    );
+
     // A broadcast source (stride 0), one element, and nothing at all.
     let b = upload_f32(d, &[1.5, -2.0]);
     let out = poisoned_f32(d, 6);

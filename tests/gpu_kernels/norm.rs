@@ -275,6 +275,47 @@ fn layer_norm_backward(d: &dyn Driver) {
     }
 }
 
+/// Without an affine weight: `dx` from `layer_norm(None, None)`'s autograd, and the bias
+/// gradient alone (the weight's partials not requested).
+fn layer_norm_backward_plain(d: &dyn Driver) {
+    let mut rng = Rng::new(45);
+    let (xs, _, _) = ln_inputs(&mut rng);
+    let gs = normal(&mut rng, LN_ROWS * LN_D);
+    let x = Tensor::from_vec(xs.clone(), &[LN_ROWS, LN_D])
+        .unwrap()
+        .requires_grad_();
+    let y = x.layer_norm(None, None, EPS as f64).unwrap();
+    let g = Tensor::from_vec(gs.clone(), &[LN_ROWS, LN_D]).unwrap();
+    y.backward_with(&g).unwrap();
+    let (dx_in, dg) = (upload_f32(d, &xs), upload_f32(d, &gs));
+    let (y_dev, stats) = (
+        poisoned_f32(d, LN_ROWS * LN_D),
+        poisoned_f32(d, 2 * LN_ROWS),
+    );
+    layer_norm_fwd_f32(d, y_dev, Some(stats), dx_in, None, None, LN_ROWS, LN_D, EPS).unwrap();
+    let dx = poisoned_f32(d, LN_ROWS * LN_D);
+    layer_norm_bwd_dx_f32(d, dx, dx_in, dg, stats, None, LN_ROWS, LN_D).unwrap();
+    let got = download_f32(d, dx, LN_ROWS * LN_D);
+    let want = wide(&x.grad().unwrap().to_vec());
+    let what = format!("layer_norm dx without weight on {}", d.name());
+    assert_close(&what, &got, &want, 1e-4, 1e-5);
+
+    let pb = poisoned_f32(d, LN_D);
+    let out = LayerNormParamGrads {
+        dweight: None,
+        dbias: Some(pb),
+    };
+    layer_norm_bwd_params_f32(d, out, dx_in, dg, stats, LN_ROWS, LN_D, LN_ROWS).unwrap();
+    let want = wide(&g.sum(&[0], false).unwrap().to_vec());
+    let what = format!("layer_norm dbias alone on {}", d.name());
+    assert_close(&what, &download_f32(d, pb, LN_D), &want, 1e-5, 1e-5);
+}
+
+#[test]
+fn layer_norm_backward_without_weight_matches_cpu() {
+    on_each_device(layer_norm_backward_plain);
+}
+
 #[test]
 fn softmax_rows_match_cpu() {
     on_each_device(softmax_forward);

@@ -13,7 +13,6 @@ use crate::harness::*;
 
 /// `alpha * A B + beta * C0 + bias` in f64 with the bound on its f32 error, for one batch:
 /// `a(i, l)`, `b(l, j)`, `c0(i, j)` read the operands.
-#[allow(clippy::too_many_arguments)]
 fn reference(
     (m, n, k): (usize, usize, usize),
     a: impl Fn(usize, usize) -> f64,

@@ -66,6 +66,29 @@ fn adamw(d: &dyn Driver) {
     }
 }
 
+/// One value, and none: the update touches exactly `n` values.
+fn adamw_edges(d: &dyn Driver) {
+    let cfg = AdamWConfig::default();
+    let (store, w) = store_of(&[("w", vec![0.25])]);
+    let mut opt = AdamW::new(&store, cfg).unwrap();
+    w[0].set_grad(Some(Tensor::from_vec(vec![-2.0f32], &[1]).unwrap()));
+    opt.step(cfg.lr).unwrap();
+    let (p, m, v) = (
+        upload_f32(d, &[0.25, f32::NAN]),
+        upload_f32(d, &[0.0, f32::NAN]),
+        upload_f32(d, &[0.0, f32::NAN]),
+    );
+    let g = upload_f32(d, &[-2.0, f32::NAN]);
+    let c = AdamWCoeffs::new(&cfg, cfg.lr, 1).unwrap();
+    adamw_f32(d, p, m, v, g, 1, &c).unwrap();
+    adamw_f32(d, p.offset(4), m.offset(4), v.offset(4), g.offset(4), 0, &c).unwrap();
+    let got = download_f32(d, p, 2);
+    assert_bits("adamw of one value", &got[..1], &w[0].to_vec());
+    assert!(got[1].is_nan(), "adamw wrote past one value");
+    ema_f32(d, p, g, 0, 0.5).unwrap();
+    assert_bits("ema of nothing", &download_f32(d, p, 1), &w[0].to_vec());
+}
+
 fn ema(d: &dyn Driver) {
     let mut rng = Rng::new(72);
     let p0 = normal(&mut rng, N);
@@ -133,6 +156,11 @@ fn grad_norm(d: &dyn Driver) {
 #[test]
 fn adamw_f32_matches_cpu_bit_for_bit() {
     on_each_device(adamw);
+}
+
+#[test]
+fn adamw_f32_edges() {
+    on_each_device(adamw_edges);
 }
 
 #[test]

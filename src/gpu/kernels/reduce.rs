@@ -128,7 +128,8 @@ pub fn reduce_scratch_len(outer: usize, r: usize, inner: usize) -> usize {
 /// CPU's `sum`/`mean`/`max` over one axis: one warp per row when `inner == 1`, otherwise
 /// per-chunk partials of [`REDUCE_CHUNK`] rows in `scratch` (at least
 /// [`reduce_scratch_len`] elements) then a second pass over the chunks. `mean` divides a sum
-/// by `r`. The order is fixed by the shape, so results are reproducible.
+/// by `max(r, 1)` (an empty axis gives 0, as on the CPU). The order is fixed by the shape,
+/// so results are reproducible.
 #[allow(clippy::too_many_arguments)]
 pub fn reduce_axis_f32(
     driver: &dyn Driver,
@@ -146,8 +147,8 @@ pub fn reduce_axis_f32(
     if mean && op != ReduceOp::Sum {
         return Err(Error::arg(NAME, "mean applies to a sum only"));
     }
-    // An empty axis gives NaN for a mean, as 0 / 0 does on the CPU.
-    let scale = if mean { 1.0 / r as f32 } else { 1.0 };
+    // The CPU's mean divides by `max(r, 1)`, so an empty axis gives 0, not 0 * inf = NaN.
+    let scale = if mean { 1.0 / r.max(1) as f32 } else { 1.0 };
     if inner == 1 {
         return reduce_rows_f32(driver, op, out, x, outer, r, scale, accumulate);
     }

@@ -1,0 +1,279 @@
+//! The interpreter's counters for one representative launch of every kernel: each launch
+//! must run the CTAs its wrapper's grid asks for and write exactly its output once. Run
+//! with `--nocapture` to print the table kept in docs/kernels.md ("Interpreter counters").
+
+use tarflow::gpu::kernels::*;
+use tarflow::gpu::{Driver, PtxSim};
+use tarflow::optim::AdamWConfig;
+use tarflow::Rng;
+
+use crate::harness::*;
+
+/// One row of the table: the last launch's counters, checked against the CTAs and bytes
+/// written the launch must produce.
+fn row(sim: &PtxSim, kernel: &str, shape: &str, ctas: u64, written: u64) -> String {
+    let c = sim
+        .last_counters()
+        .unwrap_or_else(|| panic!("{kernel}: no counters (did the launch run?)"));
+    assert_eq!(c.ctas, ctas, "{kernel} {shape}: CTAs");
+    assert_eq!(
+        c.global_bytes_written, written,
+        "{kernel} {shape}: bytes written"
+    );
+    assert!(
+        c.warp_instructions() > 0,
+        "{kernel}: no instructions counted"
+    );
+    format!(
+        "| `{kernel}` | {shape} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        c.ctas,
+        c.warp_instructions(),
+        c.int,
+        c.fp32,
+        c.fp64,
+        c.sfu,
+        c.memory,
+        c.control,
+        c.sync,
+        c.tensor,
+        c.global_bytes_read,
+        c.global_bytes_written,
+        c.shared_bank_conflicts
+    )
+}
+
+#[test]
+fn interpreter_counters_per_kernel() {
+    let sim = PtxSim::new();
+    let d: &dyn Driver = &sim;
+    let mut rng = Rng::new(81);
+    let mut table = vec![
+        "| kernel | shape | CTAs | warp-instructions | int | fp32 | fp64 | sfu | memory | control | sync | tensor | global bytes read | global bytes written | bank conflicts |".to_string(),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|".to_string(),
+    ];
+    let n = 4096usize;
+    let x = upload_f32(d, &normal(&mut rng, n));
+    let y = upload_f32(d, &normal(&mut rng, n));
+    let out = poisoned_f32(d, n);
+    let h = upload_u16(d, &vec![0x3f80; n]);
+    let blocks = (n as u64).div_ceil(256);
+
+    strided_copy_f32(d, out, &[64, 1], x, &[1, 64], &[64, 64]).unwrap();
+    table.push(row(
+        &sim,
+        "strided_copy_f32",
+        "[64, 64] transposed",
+        blocks,
+        4 * n as u64,
+    ));
+    strided_copy_bf16_f32(d, out, &[64, 1], h, &[1, 64], &[64, 64]).unwrap();
+    table.push(row(
+        &sim,
+        "strided_copy_bf16_f32",
+        "[64, 64] transposed",
+        blocks,
+        4 * n as u64,
+    ));
+    strided_copy_f32_bf16(d, h, &[64, 1], x, &[1, 64], &[64, 64]).unwrap();
+    table.push(row(
+        &sim,
+        "strided_copy_f32_bf16",
+        "[64, 64] transposed",
+        blocks,
+        2 * n as u64,
+    ));
+    fill_f32(d, out, n, 0.0).unwrap();
+    table.push(row(&sim, "fill_f32", "4096", blocks, 4 * n as u64));
+    unary_f32(d, UnaryOp::Gelu, 0.0, 0.0, out, x, &[1], &[n]).unwrap();
+    table.push(row(
+        &sim,
+        "unary_f32",
+        "GELU, 4096 contiguous",
+        blocks,
+        4 * n as u64,
+    ));
+    binary_f32(
+        d,
+        BinaryOp::Add,
+        0.0,
+        0.0,
+        out,
+        x,
+        &[64, 1],
+        y,
+        &[0, 1],
+        &[64, 64],
+    )
+    .unwrap();
+    table.push(row(
+        &sim,
+        "binary_f32",
+        "add, [64, 64] + [64] broadcast",
+        blocks,
+        4 * n as u64,
+    ));
+
+    reduce_rows_f32(d, ReduceOp::Sum, out, x, 16, 256, 1.0, false).unwrap();
+    table.push(row(&sim, "reduce_rows_f32", "sum, [16, 256]", 2, 16 * 4));
+    reduce_chunks_f32(d, ReduceOp::Sum, out, x, 1, 64, 64, 16, 1.0, false).unwrap();
+    table.push(row(
+        &sim,
+        "reduce_chunks_f32",
+        "sum, [1, 64, 64], chunks of 16",
+        4,
+        4 * 64 * 4,
+    ));
+
+    let stats = poisoned_f32(d, 32);
+    softmax_rows_f32(d, out, x, 16, 256, false).unwrap();
+    table.push(row(&sim, "softmax_rows_f32", "[16, 256]", 2, 4 * n as u64));
+    softmax_bwd_rows_f32(d, out, x, y, 16, 256, false).unwrap();
+    table.push(row(
+        &sim,
+        "softmax_bwd_rows_f32",
+        "[16, 256]",
+        2,
+        4 * n as u64,
+    ));
+    let w = upload_f32(d, &uniform(&mut rng, 256, 0.5, 1.5));
+    layer_norm_fwd_f32(d, out, Some(stats), x, Some(w), Some(w), 16, 256, 1e-5).unwrap();
+    table.push(row(
+        &sim,
+        "layer_norm_fwd_f32",
+        "[16, 256], weight, bias, stats",
+        2,
+        4 * (n + 32) as u64,
+    ));
+    layer_norm_bwd_dx_f32(d, y, x, out, stats, Some(w), 16, 256).unwrap();
+    table.push(row(
+        &sim,
+        "layer_norm_bwd_dx_f32",
+        "[16, 256]",
+        2,
+        4 * n as u64,
+    ));
+    let parts = poisoned_f32(d, 2 * 4 * 256);
+    let grads = LayerNormParamGrads {
+        dweight: Some(parts),
+        dbias: Some(parts.offset(4 * 4 * 256)),
+    };
+    layer_norm_bwd_params_f32(d, grads, x, out, stats, 16, 256, 4).unwrap();
+    table.push(row(
+        &sim,
+        "layer_norm_bwd_params_f32",
+        "[16, 256], chunks of 4 rows",
+        4,
+        2 * 4 * 256 * 4,
+    ));
+
+    let (m, nn, k) = (128usize, 128usize, 128usize);
+    let a = upload_f32(d, &normal(&mut rng, m * k));
+    let b = upload_f32(d, &normal(&mut rng, k * nn));
+    let c = poisoned_f32(d, m * nn);
+    let g = GemmF32 {
+        m,
+        n: nn,
+        k,
+        batch: 1,
+        c,
+        c_rs: nn,
+        c_bs: 0,
+        a,
+        a_rs: k,
+        a_cs: 1,
+        a_bs: 0,
+        b,
+        b_rs: nn,
+        b_cs: 1,
+        b_bs: 0,
+        bias: None,
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    gemm_f32(d, &g).unwrap();
+    table.push(row(
+        &sim,
+        "gemm_f32",
+        "128 x 128 x 128",
+        4,
+        (4 * m * nn) as u64,
+    ));
+    let ah = upload_u16(d, &vec![0x3f80; m * k]);
+    let bh = upload_u16(d, &vec![0xbf00; k * nn]);
+    for layout in [
+        Bf16Layout::NN,
+        Bf16Layout::NT,
+        Bf16Layout::TN,
+        Bf16Layout::TT,
+    ] {
+        let g = GemmBf16 {
+            layout,
+            m,
+            n: nn,
+            k,
+            batch: 1,
+            c,
+            ldc: nn,
+            c_bs: 0,
+            a: ah,
+            lda: 128,
+            a_bs: 0,
+            b: bh,
+            ldb: 128,
+            b_bs: 0,
+            bias: None,
+            alpha: 1.0,
+            beta: 0.0,
+        };
+        gemm_bf16(d, &g).unwrap();
+        table.push(row(
+            &sim,
+            layout.kernel(),
+            "128 x 128 x 128",
+            4,
+            (4 * m * nn) as u64,
+        ));
+    }
+
+    let idx = [3usize, 0, 63, 3, 17, 40, 40, 9];
+    let iu = upload_u32(d, &u32_indices("counters", &idx, 64).unwrap());
+    index_select_f32(d, out, x, iu, 4, 64, idx.len(), 16).unwrap();
+    table.push(row(
+        &sim,
+        "index_select_f32",
+        "[4, 64, 16], 8 indices",
+        2,
+        (4 * 4 * 8 * 16) as u64,
+    ));
+    let plan = scatter_plan(&idx, 64).unwrap();
+    let (order, starts) = (upload_u32(d, &plan.order), upload_u32(d, &plan.starts));
+    index_add_f32(d, out, x, order, starts, 4, 64, idx.len(), 16).unwrap();
+    // One thread per destination element; only the 6 selected rows are read and written.
+    table.push(row(
+        &sim,
+        "index_add_f32",
+        "[4, 64, 16] from 8 indices",
+        16,
+        4 * 6 * 16 * 4,
+    ));
+
+    let zeros = upload_f32(d, &vec![0.0; 2 * n]);
+    let coeffs = AdamWCoeffs::new(&AdamWConfig::default(), 1e-3, 1).unwrap();
+    adamw_f32(d, out, zeros, zeros.offset(4 * n as u64), y, n, &coeffs).unwrap();
+    table.push(row(&sim, "adamw_f32", "4096", blocks, 3 * 4 * n as u64));
+    ema_f32(d, out, y, n, 0.999).unwrap();
+    table.push(row(&sim, "ema_f32", "4096", blocks, 4 * n as u64));
+    let partial = upload_bytes(d, &[0u8; 8 * 4]);
+    sum_squares_partial_f32(d, partial, x, n, 1024).unwrap();
+    table.push(row(
+        &sim,
+        "sum_squares_partial_f32",
+        "4096, chunks of 1024",
+        4,
+        4 * 8,
+    ));
+    sum_f64(d, partial, partial, 4).unwrap();
+    table.push(row(&sim, "sum_f64", "4 partials", 1, 8));
+
+    println!("{}", table.join("\n"));
+}

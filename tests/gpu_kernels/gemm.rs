@@ -1,0 +1,396 @@
+//! `ptx/gemm.cu`: the f32 GEMM (transposed operands as strides, alpha / beta, bias, batches
+//! with a shared operand) and the bf16 tensor-core GEMM in all four layouts, on shapes that
+//! are not multiples of the 64 x 64 tile and have three full k-tiles plus a ragged one. Outputs
+//! are compared with an f64 product of the same (bf16-rounded) inputs, within `1e-5` of the
+//! sum of the magnitudes of the terms; the f32 Linear case also with the CPU's `linear`.
+
+use half::bf16;
+use tarflow::gpu::kernels::{gemm_bf16, gemm_f32, Bf16Layout, GemmBf16, GemmF32};
+use tarflow::gpu::Driver;
+use tarflow::{Rng, Tensor};
+
+use crate::harness::*;
+
+/// `alpha * A B + beta * C0 + bias` in f64 with the bound on its f32 error, for one batch:
+/// `a(i, l)`, `b(l, j)`, `c0(i, j)` read the operands.
+fn reference(
+    (m, n, k): (usize, usize, usize),
+    a: impl Fn(usize, usize) -> f64,
+    b: impl Fn(usize, usize) -> f64,
+    c0: impl Fn(usize, usize) -> f64,
+    bias: Option<&[f32]>,
+    alpha: f64,
+    beta: f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let (mut want, mut bound) = (Vec::with_capacity(m * n), Vec::with_capacity(m * n));
+    for i in 0..m {
+        for j in 0..n {
+            let (mut s, mut mag) = (0.0, 0.0);
+            for l in 0..k {
+                let p = a(i, l) * b(l, j);
+                s += p;
+                mag += p.abs();
+            }
+            let c = if beta == 0.0 { 0.0 } else { beta * c0(i, j) };
+            let bj = bias.map_or(0.0, |bv| bv[j] as f64);
+            want.push(alpha * s + c + bj);
+            bound.push(1e-5 * (alpha.abs() * mag + c.abs() + bj.abs()));
+        }
+    }
+    (want, bound)
+}
+
+/// Rows `0..m` of a `[.., ldc]` output as one `[m, n]` list.
+fn rows(c: &[f32], m: usize, n: usize, ldc: usize) -> Vec<f32> {
+    (0..m)
+        .flat_map(|i| c[i * ldc..i * ldc + n].to_vec())
+        .collect()
+}
+
+/// `x W^T + b` with `x [150, 53]`, `W [141, 53]` (three output tiles each way, ragged): B is `W` read transposed by strides, against
+/// the CPU's `linear`.
+fn f32_linear(d: &dyn Driver) {
+    let mut rng = Rng::new(51);
+    let (m, n, k) = (150usize, 141usize, 53usize);
+    let (xs, ws, bs) = (
+        normal(&mut rng, m * k),
+        normal(&mut rng, n * k),
+        normal(&mut rng, n),
+    );
+    let x = Tensor::from_vec(xs.clone(), &[m, k]).unwrap();
+    let w = Tensor::from_vec(ws.clone(), &[n, k]).unwrap();
+    let b = Tensor::from_vec(bs.clone(), &[n]).unwrap();
+    let cpu = wide(&x.linear(&w, Some(&b)).unwrap().to_vec());
+    let c = poisoned_f32(d, m * n);
+    let g = GemmF32 {
+        m,
+        n,
+        k,
+        batch: 1,
+        c,
+        c_rs: n,
+        c_bs: 0,
+        a: upload_f32(d, &xs),
+        a_rs: k,
+        a_cs: 1,
+        a_bs: 0,
+        b: upload_f32(d, &ws),
+        b_rs: 1,
+        b_cs: k,
+        b_bs: 0,
+        bias: Some(upload_f32(d, &bs)),
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    gemm_f32(d, &g).unwrap();
+    let got = download_f32(d, c, m * n);
+    let (_, bound) = reference(
+        (m, n, k),
+        |i, l| xs[i * k + l] as f64,
+        |l, j| ws[j * k + l] as f64,
+        |_, _| 0.0,
+        Some(&bs),
+        1.0,
+        0.0,
+    );
+    assert_within(
+        &format!("gemm_f32 as linear on {}", d.name()),
+        &got,
+        &cpu,
+        &bound,
+    );
+}
+
+/// Batched `0.5 A^T B + C + bias` accumulating into padded rows of `C`: A stored `[k, m]`
+/// per batch, B shared by both batches (batch stride 0), `k = 3 * 16 + 5`.
+fn f32_transposed_accumulate(d: &dyn Driver) {
+    let mut rng = Rng::new(52);
+    let (m, n, k, batch) = (150usize, 141usize, 53usize, 2usize);
+    let ldc = n + 3;
+    let (alpha, beta) = (0.5f32, 1.0f32);
+    let a_s = normal(&mut rng, batch * k * m);
+    let b_s = normal(&mut rng, k * n);
+    let bias = normal(&mut rng, n);
+    let mut c0 = normal(&mut rng, batch * m * ldc);
+    for i in 0..batch * m {
+        c0[i * ldc + n..(i + 1) * ldc].fill(f32::NAN); // padding: neither read nor written
+    }
+    let c = upload_f32(d, &c0);
+    let g = GemmF32 {
+        m,
+        n,
+        k,
+        batch,
+        c,
+        c_rs: ldc,
+        c_bs: m * ldc,
+        a: upload_f32(d, &a_s),
+        a_rs: 1,
+        a_cs: m,
+        a_bs: k * m,
+        b: upload_f32(d, &b_s),
+        b_rs: n,
+        b_cs: 1,
+        b_bs: 0,
+        bias: Some(upload_f32(d, &bias)),
+        alpha,
+        beta,
+    };
+    gemm_f32(d, &g).unwrap();
+    let got = download_f32(d, c, batch * m * ldc);
+    for z in 0..batch {
+        let (want, bound) = reference(
+            (m, n, k),
+            |i, l| a_s[z * k * m + l * m + i] as f64,
+            |l, j| b_s[l * n + j] as f64,
+            |i, j| c0[z * m * ldc + i * ldc + j] as f64,
+            Some(&bias),
+            alpha as f64,
+            beta as f64,
+        );
+        let zc = &got[z * m * ldc..(z + 1) * m * ldc];
+        assert_within(
+            &format!("gemm_f32 batch {z} on {}", d.name()),
+            &rows(zc, m, n, ldc),
+            &want,
+            &bound,
+        );
+        for i in 0..m {
+            assert!(
+                zc[i * ldc + n..(i + 1) * ldc].iter().all(|v| v.is_nan()),
+                "padding of row {i} written"
+            );
+        }
+    }
+    // k = 0: C = beta C + bias; and a 1 x 1 x 1 product.
+    let c = upload_f32(d, &[1.0, 2.0, 3.0]);
+    let bias1 = upload_f32(d, &[10.0, 20.0, 30.0]);
+    let zero_k = GemmF32 {
+        m: 1,
+        n: 3,
+        k: 0,
+        batch: 1,
+        c,
+        c_rs: 3,
+        bias: Some(bias1),
+        beta: 2.0,
+        ..g
+    };
+    gemm_f32(d, &zero_k).unwrap();
+    assert_bits(
+        "gemm_f32 with k = 0",
+        &download_f32(d, c, 3),
+        &[12.0, 24.0, 36.0],
+    );
+    let a1 = upload_f32(d, &[3.0]);
+    let b1 = upload_f32(d, &[-0.5]);
+    let c1 = poisoned_f32(d, 2);
+    let one = GemmF32 {
+        m: 1,
+        n: 1,
+        k: 1,
+        batch: 1,
+        c: c1,
+        c_rs: 1,
+        c_bs: 0,
+        a: a1,
+        a_rs: 1,
+        a_cs: 1,
+        a_bs: 0,
+        b: b1,
+        b_rs: 1,
+        b_cs: 1,
+        b_bs: 0,
+        bias: None,
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    gemm_f32(d, &one).unwrap();
+    let got = download_f32(d, c1, 2);
+    assert_eq!(got[0], -1.5);
+    assert!(got[1].is_nan(), "a 1 x 1 GEMM wrote past its output");
+}
+
+/// A bf16 operand stored with leading dimension `ld` over `outer` rows of `inner` values,
+/// batched; padding holds bf16 NaN so a read past the extent shows.
+struct Bf16Operand {
+    values: Vec<f32>,
+    bits: Vec<u16>,
+    ld: usize,
+    batch_stride: usize,
+}
+
+fn bf16_operand(rng: &mut Rng, batch: usize, outer: usize, inner: usize, ld: usize) -> Bf16Operand {
+    let bs = outer * ld;
+    let mut bits = vec![0x7fc0u16; batch * bs];
+    let mut values = vec![f32::NAN; batch * bs];
+    for z in 0..batch {
+        for o in 0..outer {
+            for i in 0..inner {
+                let v = bf16::from_f32(rng.normal() as f32);
+                bits[z * bs + o * ld + i] = v.to_bits();
+                values[z * bs + o * ld + i] = v.to_f32();
+            }
+        }
+    }
+    Bf16Operand {
+        values,
+        bits,
+        ld,
+        batch_stride: bs,
+    }
+}
+
+fn bf16_layouts(d: &dyn Driver) {
+    let mut rng = Rng::new(53);
+    // m, n ragged against the 64 x 64 tile; k = 3 k-tiles of 32 + 19 (not a multiple of 8,
+    // so the last chunk of 8 crosses the edge).
+    let (m, n, k, batch) = (150usize, 141usize, 115usize, 2usize);
+    let (alpha, beta) = (1.25f32, 1.0f32);
+    let pad = |x: usize| x.div_ceil(8) * 8 + 8;
+    for layout in [
+        Bf16Layout::NN,
+        Bf16Layout::NT,
+        Bf16Layout::TN,
+        Bf16Layout::TT,
+    ] {
+        let (a_k, b_k) = match layout {
+            Bf16Layout::NN => (true, false),
+            Bf16Layout::NT => (true, true),
+            Bf16Layout::TN => (false, false),
+            Bf16Layout::TT => (false, true),
+        };
+        let a = if a_k {
+            bf16_operand(&mut rng, batch, m, k, pad(k))
+        } else {
+            bf16_operand(&mut rng, batch, k, m, pad(m))
+        };
+        let b = if b_k {
+            bf16_operand(&mut rng, batch, n, k, pad(k))
+        } else {
+            bf16_operand(&mut rng, batch, k, n, pad(n))
+        };
+        let bias = normal(&mut rng, n);
+        let c0 = normal(&mut rng, batch * m * n);
+        let c = upload_f32(d, &c0);
+        let g = GemmBf16 {
+            layout,
+            m,
+            n,
+            k,
+            batch,
+            c,
+            ldc: n,
+            c_bs: m * n,
+            a: upload_u16(d, &a.bits),
+            lda: a.ld,
+            a_bs: a.batch_stride,
+            b: upload_u16(d, &b.bits),
+            ldb: b.ld,
+            b_bs: b.batch_stride,
+            bias: Some(upload_f32(d, &bias)),
+            alpha,
+            beta,
+        };
+        gemm_bf16(d, &g).unwrap();
+        let got = download_f32(d, c, batch * m * n);
+        for z in 0..batch {
+            let (ao, bo) = (z * a.batch_stride, z * b.batch_stride);
+            let av = |i: usize, l: usize| {
+                let at = if a_k { i * a.ld + l } else { l * a.ld + i };
+                a.values[ao + at] as f64
+            };
+            let bv = |l: usize, j: usize| {
+                let at = if b_k { j * b.ld + l } else { l * b.ld + j };
+                b.values[bo + at] as f64
+            };
+            let (want, bound) = reference(
+                (m, n, k),
+                av,
+                bv,
+                |i, j| c0[z * m * n + i * n + j] as f64,
+                Some(&bias),
+                alpha as f64,
+                beta as f64,
+            );
+            let what = format!("gemm_bf16 {layout:?} batch {z} on {}", d.name());
+            assert_within(&what, &got[z * m * n..(z + 1) * m * n], &want, &bound);
+        }
+    }
+}
+
+/// The bf16 GEMM's edges in every layout: a 1 x 1 x 1 product with NaN in the padding, and
+/// `k = 0`, where `C = beta C + bias`.
+fn bf16_edges(d: &dyn Driver) {
+    for layout in [
+        Bf16Layout::NN,
+        Bf16Layout::NT,
+        Bf16Layout::TN,
+        Bf16Layout::TT,
+    ] {
+        let mut a = vec![0x7fc0u16; 8];
+        let mut b = vec![0x7fc0u16; 8];
+        a[0] = bf16::from_f32(3.0).to_bits();
+        b[0] = bf16::from_f32(-0.5).to_bits();
+        let c = poisoned_f32(d, 2);
+        let g = GemmBf16 {
+            layout,
+            m: 1,
+            n: 1,
+            k: 1,
+            batch: 1,
+            c,
+            ldc: 1,
+            c_bs: 0,
+            a: upload_u16(d, &a),
+            lda: 8,
+            a_bs: 0,
+            b: upload_u16(d, &b),
+            ldb: 8,
+            b_bs: 0,
+            bias: None,
+            alpha: 1.0,
+            beta: 0.0,
+        };
+        gemm_bf16(d, &g).unwrap();
+        let got = download_f32(d, c, 2);
+        assert_eq!(got[0], -1.5, "{layout:?} 1 x 1 x 1 on {}", d.name());
+        assert!(
+            got[1].is_nan(),
+            "{layout:?} 1 x 1 x 1 wrote past its output"
+        );
+        let c = upload_f32(d, &[1.0, 2.0, 3.0]);
+        let zero_k = GemmBf16 {
+            n: 3,
+            k: 0,
+            c,
+            ldc: 3,
+            bias: Some(upload_f32(d, &[10.0, 20.0, 30.0])),
+            beta: 2.0,
+            ..g
+        };
+        gemm_bf16(d, &zero_k).unwrap();
+        let what = format!("{layout:?} with k = 0 on {}", d.name());
+        assert_bits(&what, &download_f32(d, c, 3), &[12.0, 24.0, 36.0]);
+    }
+}
+
+#[test]
+fn gemm_bf16_edges() {
+    on_each_device(bf16_edges);
+}
+
+#[test]
+fn gemm_f32_matches_cpu_linear() {
+    on_each_device(f32_linear);
+}
+
+#[test]
+fn gemm_f32_transposed_batched_accumulating() {
+    on_each_device(f32_transposed_accumulate);
+}
+
+#[test]
+fn gemm_bf16_all_layouts_match_f64() {
+    on_each_device(bf16_layouts);
+}

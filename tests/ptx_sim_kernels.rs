@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::gpu::{download, upload};
 use common::worst;
 use tarflow::gpu::{DevicePtr, Driver, KernelArg, LaunchConfig, PtxModule, PtxSim};
 
@@ -44,18 +45,6 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-fn upload_f32(d: &PtxSim, v: &[f32]) -> DevicePtr {
-    let p = d.alloc(v.len() * 4).unwrap();
-    d.upload(p, bytemuck::cast_slice(v)).unwrap();
-    p
-}
-
-fn download_f32(d: &PtxSim, p: DevicePtr, n: usize) -> Vec<f32> {
-    let mut out = vec![0f32; n];
-    d.download(p, bytemuck::cast_slice_mut(&mut out)).unwrap();
-    out
-}
-
 /// Largest relative error, NaN-safe (a NaN anywhere makes it NaN, which fails `<`).
 fn max_rel_err(got: &[f32], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len());
@@ -71,7 +60,7 @@ fn vec_add_grid_stride_matches_reference() {
     let d = PtxSim::new();
     let n = 1000; // ragged against 3 CTAs x 128 threads: the grid-stride loop runs 3 rounds
     let (a, b) = (values(n, 1), values(n, 2));
-    let (pa, pb) = (upload_f32(&d, &a), upload_f32(&d, &b));
+    let (pa, pb) = (upload::<f32>(&d, &a), upload::<f32>(&d, &b));
     let py = d.alloc(n * 4).unwrap();
     d.launch(
         &VEC_ADD,
@@ -85,7 +74,7 @@ fn vec_add_grid_stride_matches_reference() {
         ],
     )
     .unwrap();
-    let y = download_f32(&d, py, n);
+    let y = download::<f32>(&d, py, n);
     for i in 0..n {
         assert_eq!(y[i].to_bits(), (a[i] + b[i]).to_bits(), "element {i}");
     }
@@ -102,7 +91,7 @@ fn block_sum_matches_fixed_order_reference() {
     let (n, block) = (1000usize, 256usize);
     let blocks = n.div_ceil(block);
     let x = values(n, 3);
-    let px = upload_f32(&d, &x);
+    let px = upload::<f32>(&d, &x);
     let pout = d.alloc(blocks * 4).unwrap();
     d.launch(
         &BLOCK_REDUCE,
@@ -115,7 +104,7 @@ fn block_sum_matches_fixed_order_reference() {
         ],
     )
     .unwrap();
-    let got = download_f32(&d, pout, blocks);
+    let got = download::<f32>(&d, pout, blocks);
     // The same order as the kernel: butterfly within each warp, then over the warp sums.
     let bfly = |mut v: [f32; 32]| {
         for o in [16, 8, 4, 2, 1] {
@@ -147,9 +136,9 @@ fn atomics_accumulate_sum_and_max() {
     let d = PtxSim::new();
     let n = 700;
     let x: Vec<f32> = values(n, 4).iter().map(|v| v.abs()).collect();
-    let px = upload_f32(&d, &x);
-    let psum = upload_f32(&d, &[0.0]);
-    let pmax = upload_f32(&d, &[0.0]);
+    let px = upload::<f32>(&d, &x);
+    let psum = upload::<f32>(&d, &[0.0]);
+    let pmax = upload::<f32>(&d, &[0.0]);
     d.launch(
         &BLOCK_REDUCE,
         "atomic_sum_max",
@@ -162,8 +151,8 @@ fn atomics_accumulate_sum_and_max() {
         ],
     )
     .unwrap();
-    let sum = download_f32(&d, psum, 1)[0] as f64;
-    let max = download_f32(&d, pmax, 1)[0];
+    let sum = download::<f32>(&d, psum, 1)[0] as f64;
+    let max = download::<f32>(&d, pmax, 1)[0];
     let want: f64 = x.iter().map(|&v| v as f64).sum();
     assert!((sum - want).abs() < 1e-4 * want, "sum {sum} vs {want}");
     let want_max = x.iter().cloned().fold(0.0f32, f32::max);
@@ -188,7 +177,7 @@ fn softmax_rows_match_reference() {
     let d = PtxSim::new();
     let (rows, cols) = (7usize, 100usize); // 4 column strides of 32, ragged; 2 CTAs of 4 warps
     let x: Vec<f32> = values(rows * cols, 5).iter().map(|v| 8.0 * v).collect();
-    let px = upload_f32(&d, &x);
+    let px = upload::<f32>(&d, &x);
     let py = d.alloc(rows * cols * 4).unwrap();
     d.launch(
         &ROWS,
@@ -202,7 +191,7 @@ fn softmax_rows_match_reference() {
         ],
     )
     .unwrap();
-    let y = download_f32(&d, py, rows * cols);
+    let y = download::<f32>(&d, py, rows * cols);
     let err = max_rel_err(&y, &softmax_ref(&x, rows, cols));
     assert!(err < 1e-6, "softmax max error {err}");
     assert!(
@@ -222,7 +211,11 @@ fn layer_norm_rows_match_reference() {
     let w = values(cols, 7);
     let b = values(cols, 8);
     let eps = 1e-5f32;
-    let (px, pw, pb) = (upload_f32(&d, &x), upload_f32(&d, &w), upload_f32(&d, &b));
+    let (px, pw, pb) = (
+        upload::<f32>(&d, &x),
+        upload::<f32>(&d, &w),
+        upload::<f32>(&d, &b),
+    );
     let py = d.alloc(rows * cols * 4).unwrap();
     d.launch(
         &ROWS,
@@ -239,7 +232,7 @@ fn layer_norm_rows_match_reference() {
         ],
     )
     .unwrap();
-    let y = download_f32(&d, py, rows * cols);
+    let y = download::<f32>(&d, py, rows * cols);
     let mut want = vec![0.0; rows * cols];
     for r in 0..rows {
         let row: Vec<f64> = x[r * cols..(r + 1) * cols]
@@ -272,7 +265,7 @@ fn gemm_ref(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> {
 /// Runs the tiled GEMM and checks it; returns the launch's seconds.
 fn run_gemm_tiled(d: &PtxSim, kernel: &str, m: usize, n: usize, k: usize) -> tarflow::Result<f64> {
     let (a, b) = (values(m * k, 9), values(k * n, 10));
-    let (pa, pb) = (upload_f32(d, &a), upload_f32(d, &b));
+    let (pa, pb) = (upload::<f32>(d, &a), upload::<f32>(d, &b));
     let pc = d.alloc(m * n * 4)?;
     let t = std::time::Instant::now();
     d.launch(
@@ -293,7 +286,7 @@ fn run_gemm_tiled(d: &PtxSim, kernel: &str, m: usize, n: usize, k: usize) -> tar
         ],
     )?;
     let secs = t.elapsed().as_secs_f64();
-    let c = download_f32(d, pc, m * n);
+    let c = download::<f32>(d, pc, m * n);
     let err = max_rel_err(&c, &gemm_ref(&a, &b, m, n, k));
     assert!(err < 1e-5, "{kernel} max error {err}");
     Ok(secs)
@@ -357,7 +350,7 @@ fn run_mma(d: &PtxSim, m: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f64>, f64
         .map(|&h| half::bf16::from_bits(h).to_f32())
         .collect();
     (
-        download_f32(d, pc, m * n),
+        download::<f32>(d, pc, m * n),
         gemm_ref(&af, &bf, m, n, k),
         secs,
     )
@@ -379,7 +372,7 @@ fn bf16_mma_gemm_with_ldmatrix_and_cp_async_matches_reference() {
 fn pack_bf16x2_puts_the_first_source_in_the_upper_half() {
     let d = PtxSim::new();
     let x = [1.0f32, -2.0, 1.0 + 1.0 / 256.0, f32::NAN, 3.0e38, -0.0];
-    let px = upload_f32(&d, &x);
+    let px = upload::<f32>(&d, &x);
     let pout = d.alloc(3 * 4).unwrap();
     d.launch(
         &MMA,
@@ -440,7 +433,7 @@ fn dynamic_shared_memory_is_sized_by_the_launch() {
     let d = PtxSim::new();
     let (n, block) = (300usize, 128u32);
     let x: Vec<f32> = (0..n).map(|i| i as f32).collect();
-    let px = upload_f32(&d, &x);
+    let px = upload::<f32>(&d, &x);
     let pout = d.alloc(12).unwrap();
     let cfg = |bytes| LaunchConfig {
         grid: (3, 1, 1),
@@ -459,7 +452,7 @@ fn dynamic_shared_memory_is_sized_by_the_launch() {
         &args,
     )
     .unwrap();
-    let got = download_f32(&d, pout, 3);
+    let got = download::<f32>(&d, pout, 3);
     for (b, &g) in got.iter().enumerate() {
         let want: f32 = (b * 128..((b + 1) * 128).min(n)).map(|i| i as f32).sum();
         assert_eq!(g, want, "block {b}");

@@ -120,7 +120,7 @@ impl Driver for CudaDriver {
 
 #[cfg(feature = "cuda")]
 mod imp {
-    use std::collections::HashMap;
+    use std::collections::{BTreeMap, HashMap};
     use std::sync::{Arc, Mutex};
 
     use cudarc::driver::sys::{self, cudaError_enum as Cu};
@@ -158,8 +158,9 @@ mod imp {
 
     #[derive(Default)]
     struct Pool {
-        /// Size of every live allocation, by address.
-        live: HashMap<u64, usize>,
+        /// Size of every live allocation, by address (ordered, so the allocation holding an
+        /// address is the last one starting at or below it).
+        live: BTreeMap<u64, usize>,
         /// Freed allocations by size, for reuse.
         free: HashMap<usize, Vec<u64>>,
     }
@@ -271,8 +272,9 @@ mod imp {
             let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
             let inside = pool
                 .live
-                .iter()
-                .any(|(&base, &size)| ptr.0 >= base && ptr.0 - base + len as u64 <= size as u64);
+                .range(..=ptr.0)
+                .next_back()
+                .is_some_and(|(&base, &size)| ptr.0 - base + len as u64 <= size as u64);
             if inside {
                 Ok(())
             } else {

@@ -2,6 +2,8 @@
 // Each test binary uses its own part of these helpers.
 #![allow(dead_code)]
 
+pub mod gpu;
+
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -17,7 +17,7 @@ fn strided_f32(d: &dyn Driver) {
     let xs = normal(&mut rng, a0 * a1 * a2);
     let x = Tensor::from_vec(xs.clone(), &[a0, a1, a2]).unwrap();
     let want = x.permute(&[2, 0, 1]).unwrap().flip(1).unwrap().to_vec();
-    let src = upload_f32(d, &xs);
+    let src = upload::<f32>(d, &xs);
     // permute [2, 0, 1] then flip axis 1 (the old axis 0): start at the last a0 slab.
     let shape = [a2, a0, a1];
     let src_strides = [1isize, -((a1 * a2) as isize), a2 as isize];
@@ -34,7 +34,7 @@ fn strided_f32(d: &dyn Driver) {
     .unwrap();
     assert_bits(
         "permuted, flipped copy",
-        &download_f32(d, dst, want.len()),
+        &download::<f32>(d, dst, want.len()),
         &want,
     );
 
@@ -43,7 +43,7 @@ fn strided_f32(d: &dyn Driver) {
     let want = Tensor::concat(&[&x, &y], 1).unwrap().to_vec();
     let out = poisoned_f32(d, want.len());
     let out_strides = [((a1 + 5) * a2) as isize, a2 as isize, 1];
-    let ysrc = upload_f32(d, &ys);
+    let ysrc = upload::<f32>(d, &ys);
     strided_copy_f32(
         d,
         out,
@@ -65,7 +65,7 @@ fn strided_f32(d: &dyn Driver) {
     .unwrap();
     assert_bits(
         "concat by sub-view copies",
-        &download_f32(d, out, want.len()),
+        &download::<f32>(d, out, want.len()),
         &want,
     );
 
@@ -80,7 +80,7 @@ fn strided_f32(d: &dyn Driver) {
     let src_strides: Vec<isize> = perm.iter().map(|&p| zst[p]).collect();
     let out_shape: Vec<usize> = perm.iter().map(|&p| shape8[p]).collect();
     let out = poisoned_f32(d, n8);
-    let zsrc = upload_f32(d, &zs);
+    let zsrc = upload::<f32>(d, &zs);
     strided_copy_f32(
         d,
         out,
@@ -90,7 +90,7 @@ fn strided_f32(d: &dyn Driver) {
         &out_shape,
     )
     .unwrap();
-    assert_bits("rank-8 permuted copy", &download_f32(d, out, n8), &want);
+    assert_bits("rank-8 permuted copy", &download::<f32>(d, out, n8), &want);
 
     // A negative destination stride: the copy lands reversed, as `flip` reads it.
     let out = poisoned_f32(d, n8);
@@ -103,22 +103,22 @@ fn strided_f32(d: &dyn Driver) {
         .to_vec();
     assert_bits(
         "copy into a reversed destination",
-        &download_f32(d, out, n8),
+        &download::<f32>(d, out, n8),
         &want,
     );
 
     // A broadcast source (stride 0), one element, and nothing at all.
-    let b = upload_f32(d, &[1.5, -2.0]);
+    let b = upload::<f32>(d, &[1.5, -2.0]);
     let out = poisoned_f32(d, 6);
     strided_copy_f32(d, out, &[2, 1], b, &[0, 1], &[3, 2]).unwrap();
     assert_bits(
         "broadcast copy",
-        &download_f32(d, out, 6),
+        &download::<f32>(d, out, 6),
         &[1.5, -2.0, 1.5, -2.0, 1.5, -2.0],
     );
     let out = poisoned_f32(d, 2);
     strided_copy_f32(d, out, &[1], b, &[1], &[1]).unwrap();
-    let got = download_f32(d, out, 2);
+    let got = download::<f32>(d, out, 2);
     assert_eq!(got[0].to_bits(), 1.5f32.to_bits());
     assert!(
         got[1].is_nan(),
@@ -126,7 +126,10 @@ fn strided_f32(d: &dyn Driver) {
         got[1]
     );
     strided_copy_f32(d, out, &[1, 1], b, &[1, 1], &[0, 3]).unwrap();
-    assert!(download_f32(d, out, 2)[1].is_nan(), "an empty copy wrote");
+    assert!(
+        download::<f32>(d, out, 2)[1].is_nan(),
+        "an empty copy wrote"
+    );
 }
 
 /// f32 -> bf16 rounds to nearest even as the CPU's `to_bf16_vec` (ties, subnormals,
@@ -155,8 +158,8 @@ fn bf16_conversions(d: &dyn Driver) {
     // The CPU's conversion of the transposed matrix, made contiguous.
     let xt = x.t().unwrap();
     let want: Vec<u16> = xt.to_bf16_vec().iter().map(|b| b.to_bits()).collect();
-    let src = upload_f32(d, &xs);
-    let dst = upload_u16(d, &vec![0xffff; rows * cols]);
+    let src = upload::<f32>(d, &xs);
+    let dst = upload::<u16>(d, &vec![0xffff; rows * cols]);
     let shape = [cols, rows];
     strided_copy_f32_bf16(
         d,
@@ -167,15 +170,15 @@ fn bf16_conversions(d: &dyn Driver) {
         &shape,
     )
     .unwrap();
-    let got = download_u16(d, dst, rows * cols);
+    let got = download::<u16>(d, dst, rows * cols);
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert_eq!(g, w, "f32 -> bf16 element {i} (input {})", xt.to_vec()[i]);
     }
     // NaN stays NaN (its payload is not specified).
-    let nan_src = upload_f32(d, &[f32::NAN]);
-    let nan_dst = upload_u16(d, &[0]);
+    let nan_src = upload::<f32>(d, &[f32::NAN]);
+    let nan_dst = upload::<u16>(d, &[0]);
     strided_copy_f32_bf16(d, nan_dst, &[1], nan_src, &[1], &[1]).unwrap();
-    let h = download_u16(d, nan_dst, 1)[0];
+    let h = download::<u16>(d, nan_dst, 1)[0];
     assert!(
         f32::from_bits((h as u32) << 16).is_nan(),
         "bf16 of NaN is {h:#06x}"
@@ -200,7 +203,7 @@ fn bf16_conversions(d: &dyn Driver) {
         .to_vec();
     assert_bits(
         "bf16 -> f32",
-        &download_f32(d, back, rows * cols),
+        &download::<f32>(d, back, rows * cols),
         &want_back,
     );
 }
@@ -210,7 +213,7 @@ fn fill(d: &dyn Driver) {
     for n in [0usize, 1, 3 * 256 + 17] {
         let p = poisoned_f32(d, n + 1);
         fill_f32(d, p, n, -0.75).unwrap();
-        let got = download_f32(d, p, n + 1);
+        let got = download::<f32>(d, p, n + 1);
         assert_bits(&format!("fill of {n}"), &got[..n], &vec![-0.75; n]);
         assert!(got[n].is_nan(), "fill of {n} wrote past its end");
     }

@@ -52,10 +52,10 @@ fn interpreter_counters_per_kernel() {
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|".to_string(),
     ];
     let n = 4096usize;
-    let x = upload_f32(d, &normal(&mut rng, n));
-    let y = upload_f32(d, &normal(&mut rng, n));
+    let x = upload::<f32>(d, &normal(&mut rng, n));
+    let y = upload::<f32>(d, &normal(&mut rng, n));
     let out = poisoned_f32(d, n);
-    let h = upload_u16(d, &vec![0x3f80; n]);
+    let h = upload::<u16>(d, &vec![0x3f80; n]);
     let blocks = (n as u64).div_ceil(256);
 
     strided_copy_f32(d, out, &[64, 1], x, &[1, 64], &[64, 64]).unwrap();
@@ -135,7 +135,7 @@ fn interpreter_counters_per_kernel() {
         2,
         4 * n as u64,
     ));
-    let w = upload_f32(d, &uniform(&mut rng, 256, 0.5, 1.5));
+    let w = upload::<f32>(d, &uniform(&mut rng, 256, 0.5, 1.5));
     layer_norm_fwd_f32(d, out, Some(stats), x, Some(w), Some(w), 16, 256, 1e-5).unwrap();
     table.push(row(
         &sim,
@@ -167,8 +167,8 @@ fn interpreter_counters_per_kernel() {
     ));
 
     let (m, nn, k) = (128usize, 128usize, 128usize);
-    let a = upload_f32(d, &normal(&mut rng, m * k));
-    let b = upload_f32(d, &normal(&mut rng, k * nn));
+    let a = upload::<f32>(d, &normal(&mut rng, m * k));
+    let b = upload::<f32>(d, &normal(&mut rng, k * nn));
     let c = poisoned_f32(d, m * nn);
     let g = GemmF32 {
         m,
@@ -198,8 +198,8 @@ fn interpreter_counters_per_kernel() {
         4,
         (4 * m * nn) as u64,
     ));
-    let ah = upload_u16(d, &vec![0x3f80; m * k]);
-    let bh = upload_u16(d, &vec![0xbf00; k * nn]);
+    let ah = upload::<u16>(d, &vec![0x3f80; m * k]);
+    let bh = upload::<u16>(d, &vec![0xbf00; k * nn]);
     for layout in [
         Bf16Layout::NN,
         Bf16Layout::NT,
@@ -236,7 +236,7 @@ fn interpreter_counters_per_kernel() {
     }
 
     let idx = [3usize, 0, 63, 3, 17, 40, 40, 9];
-    let iu = upload_u32(d, &u32_indices("counters", &idx, 64).unwrap());
+    let iu = upload::<u32>(d, &u32_indices("counters", &idx, 64).unwrap());
     index_select_f32(d, out, x, iu, 4, 64, idx.len(), 16).unwrap();
     table.push(row(
         &sim,
@@ -246,7 +246,10 @@ fn interpreter_counters_per_kernel() {
         (4 * 4 * 8 * 16) as u64,
     ));
     let plan = scatter_plan(&idx, 64).unwrap();
-    let (order, starts) = (upload_u32(d, &plan.order), upload_u32(d, &plan.starts));
+    let (order, starts) = (
+        upload::<u32>(d, &plan.order),
+        upload::<u32>(d, &plan.starts),
+    );
     index_add_f32(d, out, x, order, starts, 4, 64, idx.len(), 16).unwrap();
     // One thread per destination element; only the 6 selected rows are read and written.
     table.push(row(
@@ -257,7 +260,7 @@ fn interpreter_counters_per_kernel() {
         4 * 6 * 16 * 4,
     ));
 
-    let zeros = upload_f32(d, &vec![0.0; 2 * n]);
+    let zeros = upload::<f32>(d, &vec![0.0; 2 * n]);
     let coeffs = AdamWCoeffs::new(&AdamWConfig::default(), 1e-3, 1).unwrap();
     adamw_f32(d, out, zeros, zeros.offset(4 * n as u64), y, n, &coeffs).unwrap();
     table.push(row(&sim, "adamw_f32", "4096", blocks, 3 * 4 * n as u64));

@@ -131,11 +131,11 @@ fn unary_all(d: &dyn Driver) {
         xs[..specials.len()].copy_from_slice(specials);
         let x = Tensor::from_vec(xs.clone(), &[r, c]).unwrap();
         let want = cpu_unary(op, &x.t().unwrap()).to_vec();
-        let src = upload_f32(d, &xs);
+        let src = upload::<f32>(d, &xs);
         let out = poisoned_f32(d, r * c);
         let (p0, p1) = params(op);
         unary_f32(d, op, p0, p1, out, src, &[1, c as isize], &[c, r]).unwrap();
-        let got = download_f32(d, out, r * c);
+        let got = download::<f32>(d, out, r * c);
         let what = format!("unary {op:?} on {}", d.name());
         match unary_tolerance(op) {
             None => assert_bits(&what, &got, &want),
@@ -143,7 +143,7 @@ fn unary_all(d: &dyn Driver) {
         }
     }
     // One element, and an empty launch that must not write.
-    let src = upload_f32(d, &[4.0]);
+    let src = upload::<f32>(d, &[4.0]);
     let out = poisoned_f32(d, 2);
     unary_f32(d, UnaryOp::Sqrt, 0.0, 0.0, out, src, &[1], &[1]).unwrap();
     unary_f32(
@@ -157,7 +157,7 @@ fn unary_all(d: &dyn Driver) {
         &[3, 0],
     )
     .unwrap();
-    let got = download_f32(d, out, 2);
+    let got = download::<f32>(d, out, 2);
     assert_eq!(got[0], 2.0);
     assert!(got[1].is_nan(), "an empty unary launch wrote {}", got[1]);
 }
@@ -182,7 +182,7 @@ fn binary_forward(d: &dyn Driver) {
         .unwrap()
         .unsqueeze(0)
         .unwrap();
-    let (da, db) = (upload_f32(d, &a_s), upload_f32(d, &b_s));
+    let (da, db) = (upload::<f32>(d, &a_s), upload::<f32>(d, &b_s));
     let shape = [p, q, s];
     let a_strides = [s as isize, 0, 1];
     let b_strides = [0isize, 1, q as isize];
@@ -190,7 +190,7 @@ fn binary_forward(d: &dyn Driver) {
     let launch = |op: BinaryOp| {
         let out = poisoned_f32(d, n);
         binary_f32(d, op, 0.0, 0.0, out, da, &a_strides, db, &b_strides, &shape).unwrap();
-        download_f32(d, out, n)
+        download::<f32>(d, out, n)
     };
     let cpu: [(BinaryOp, Tensor<f32>); 5] = [
         (BinaryOp::Add, a.add(&b).unwrap()),
@@ -291,7 +291,7 @@ fn binary_grads(d: &dyn Driver) {
             UnaryOp::Clamp => (LO, HI),
             _ => (0.0, 0.0),
         };
-        let (dg, dsaved) = (upload_f32(d, &gs), upload_f32(d, &saved));
+        let (dg, dsaved) = (upload::<f32>(d, &gs), upload::<f32>(d, &saved));
         let out = poisoned_f32(d, r * c);
         binary_f32(
             d,
@@ -306,7 +306,7 @@ fn binary_grads(d: &dyn Driver) {
             &[c, r],
         )
         .unwrap();
-        let got = download_f32(d, out, r * c);
+        let got = download::<f32>(d, out, r * c);
         let what = format!("{op:?} on {}", d.name());
         if grad_exact(op) {
             assert_bits(&what, &got, &want);

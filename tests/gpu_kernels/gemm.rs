@@ -70,20 +70,20 @@ fn f32_linear(d: &dyn Driver) {
         c,
         c_rs: n,
         c_bs: 0,
-        a: upload_f32(d, &xs),
+        a: upload::<f32>(d, &xs),
         a_rs: k,
         a_cs: 1,
         a_bs: 0,
-        b: upload_f32(d, &ws),
+        b: upload::<f32>(d, &ws),
         b_rs: 1,
         b_cs: k,
         b_bs: 0,
-        bias: Some(upload_f32(d, &bs)),
+        bias: Some(upload::<f32>(d, &bs)),
         alpha: 1.0,
         beta: 0.0,
     };
     gemm_f32(d, &g).unwrap();
-    let got = download_f32(d, c, m * n);
+    let got = download::<f32>(d, c, m * n);
     let (_, bound) = reference(
         (m, n, k),
         |i, l| xs[i * k + l] as f64,
@@ -115,7 +115,7 @@ fn f32_transposed_accumulate(d: &dyn Driver) {
     for i in 0..batch * m {
         c0[i * ldc + n..(i + 1) * ldc].fill(f32::NAN); // padding: neither read nor written
     }
-    let c = upload_f32(d, &c0);
+    let c = upload::<f32>(d, &c0);
     let g = GemmF32 {
         m,
         n,
@@ -124,20 +124,20 @@ fn f32_transposed_accumulate(d: &dyn Driver) {
         c,
         c_rs: ldc,
         c_bs: m * ldc,
-        a: upload_f32(d, &a_s),
+        a: upload::<f32>(d, &a_s),
         a_rs: 1,
         a_cs: m,
         a_bs: k * m,
-        b: upload_f32(d, &b_s),
+        b: upload::<f32>(d, &b_s),
         b_rs: n,
         b_cs: 1,
         b_bs: 0,
-        bias: Some(upload_f32(d, &bias)),
+        bias: Some(upload::<f32>(d, &bias)),
         alpha,
         beta,
     };
     gemm_f32(d, &g).unwrap();
-    let got = download_f32(d, c, batch * m * ldc);
+    let got = download::<f32>(d, c, batch * m * ldc);
     for z in 0..batch {
         let (want, bound) = reference(
             (m, n, k),
@@ -163,8 +163,8 @@ fn f32_transposed_accumulate(d: &dyn Driver) {
         }
     }
     // k = 0: C = beta C + bias; and a 1 x 1 x 1 product.
-    let c = upload_f32(d, &[1.0, 2.0, 3.0]);
-    let bias1 = upload_f32(d, &[10.0, 20.0, 30.0]);
+    let c = upload::<f32>(d, &[1.0, 2.0, 3.0]);
+    let bias1 = upload::<f32>(d, &[10.0, 20.0, 30.0]);
     let zero_k = GemmF32 {
         m: 1,
         n: 3,
@@ -179,11 +179,11 @@ fn f32_transposed_accumulate(d: &dyn Driver) {
     gemm_f32(d, &zero_k).unwrap();
     assert_bits(
         "gemm_f32 with k = 0",
-        &download_f32(d, c, 3),
+        &download::<f32>(d, c, 3),
         &[12.0, 24.0, 36.0],
     );
-    let a1 = upload_f32(d, &[3.0]);
-    let b1 = upload_f32(d, &[-0.5]);
+    let a1 = upload::<f32>(d, &[3.0]);
+    let b1 = upload::<f32>(d, &[-0.5]);
     let c1 = poisoned_f32(d, 2);
     let one = GemmF32 {
         m: 1,
@@ -206,7 +206,7 @@ fn f32_transposed_accumulate(d: &dyn Driver) {
         beta: 0.0,
     };
     gemm_f32(d, &one).unwrap();
-    let got = download_f32(d, c1, 2);
+    let got = download::<f32>(d, c1, 2);
     assert_eq!(got[0], -1.5);
     assert!(got[1].is_nan(), "a 1 x 1 GEMM wrote past its output");
 }
@@ -272,7 +272,7 @@ fn bf16_layouts(d: &dyn Driver) {
         };
         let bias = normal(&mut rng, n);
         let c0 = normal(&mut rng, batch * m * n);
-        let c = upload_f32(d, &c0);
+        let c = upload::<f32>(d, &c0);
         let g = GemmBf16 {
             layout,
             m,
@@ -282,18 +282,18 @@ fn bf16_layouts(d: &dyn Driver) {
             c,
             ldc: n,
             c_bs: m * n,
-            a: upload_u16(d, &a.bits),
+            a: upload::<u16>(d, &a.bits),
             lda: a.ld,
             a_bs: a.batch_stride,
-            b: upload_u16(d, &b.bits),
+            b: upload::<u16>(d, &b.bits),
             ldb: b.ld,
             b_bs: b.batch_stride,
-            bias: Some(upload_f32(d, &bias)),
+            bias: Some(upload::<f32>(d, &bias)),
             alpha,
             beta,
         };
         gemm_bf16(d, &g).unwrap();
-        let got = download_f32(d, c, batch * m * n);
+        let got = download::<f32>(d, c, batch * m * n);
         for z in 0..batch {
             let (ao, bo) = (z * a.batch_stride, z * b.batch_stride);
             let av = |i: usize, l: usize| {
@@ -342,10 +342,10 @@ fn bf16_edges(d: &dyn Driver) {
             c,
             ldc: 1,
             c_bs: 0,
-            a: upload_u16(d, &a),
+            a: upload::<u16>(d, &a),
             lda: 8,
             a_bs: 0,
-            b: upload_u16(d, &b),
+            b: upload::<u16>(d, &b),
             ldb: 8,
             b_bs: 0,
             bias: None,
@@ -353,25 +353,25 @@ fn bf16_edges(d: &dyn Driver) {
             beta: 0.0,
         };
         gemm_bf16(d, &g).unwrap();
-        let got = download_f32(d, c, 2);
+        let got = download::<f32>(d, c, 2);
         assert_eq!(got[0], -1.5, "{layout:?} 1 x 1 x 1 on {}", d.name());
         assert!(
             got[1].is_nan(),
             "{layout:?} 1 x 1 x 1 wrote past its output"
         );
-        let c = upload_f32(d, &[1.0, 2.0, 3.0]);
+        let c = upload::<f32>(d, &[1.0, 2.0, 3.0]);
         let zero_k = GemmBf16 {
             n: 3,
             k: 0,
             c,
             ldc: 3,
-            bias: Some(upload_f32(d, &[10.0, 20.0, 30.0])),
+            bias: Some(upload::<f32>(d, &[10.0, 20.0, 30.0])),
             beta: 2.0,
             ..g
         };
         gemm_bf16(d, &zero_k).unwrap();
         let what = format!("{layout:?} with k = 0 on {}", d.name());
-        assert_bits(&what, &download_f32(d, c, 3), &[12.0, 24.0, 36.0]);
+        assert_bits(&what, &download::<f32>(d, c, 3), &[12.0, 24.0, 36.0]);
     }
 }
 

@@ -20,73 +20,11 @@ pub fn on_each_device(body: impl Fn(&dyn Driver)) {
     }
 }
 
-/// A device copy of `values`.
-pub fn upload_f32(d: &dyn Driver, values: &[f32]) -> DevicePtr {
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    upload_bytes(d, &bytes)
-}
-
-/// A device copy of `values`.
-pub fn upload_u32(d: &dyn Driver, values: &[u32]) -> DevicePtr {
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    upload_bytes(d, &bytes)
-}
-
-/// A device copy of `values`.
-pub fn upload_u16(d: &dyn Driver, values: &[u16]) -> DevicePtr {
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    upload_bytes(d, &bytes)
-}
-
-/// A device copy of `bytes` (at least 16 bytes are allocated, so empty inputs still get a
-/// valid address).
-pub fn upload_bytes(d: &dyn Driver, bytes: &[u8]) -> DevicePtr {
-    let p = d.alloc(bytes.len().max(16)).expect("alloc");
-    if !bytes.is_empty() {
-        d.upload(p, bytes).expect("upload");
-    }
-    p
-}
+pub use crate::common::gpu::{download, upload, upload_bytes};
 
 /// `n` f32 NaNs on the device: the poison for outputs a kernel writes with `=`.
 pub fn poisoned_f32(d: &dyn Driver, n: usize) -> DevicePtr {
-    upload_f32(d, &vec![f32::NAN; n])
-}
-
-/// `n` f32 values read back from `p`.
-pub fn download_f32(d: &dyn Driver, p: DevicePtr, n: usize) -> Vec<f32> {
-    let mut bytes = vec![0u8; n * 4];
-    if n > 0 {
-        d.download(p, &mut bytes).expect("download");
-    }
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
-}
-
-/// `n` u16 values read back from `p`.
-pub fn download_u16(d: &dyn Driver, p: DevicePtr, n: usize) -> Vec<u16> {
-    let mut bytes = vec![0u8; n * 2];
-    if n > 0 {
-        d.download(p, &mut bytes).expect("download");
-    }
-    bytes
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes(c.try_into().unwrap()))
-        .collect()
-}
-
-/// `n` f64 values read back from `p`.
-pub fn download_f64(d: &dyn Driver, p: DevicePtr, n: usize) -> Vec<f64> {
-    let mut bytes = vec![0u8; n * 8];
-    if n > 0 {
-        d.download(p, &mut bytes).expect("download");
-    }
-    bytes
-        .chunks_exact(8)
-        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-        .collect()
+    upload(d, &vec![f32::NAN; n])
 }
 
 /// `n` standard normal f32 samples.

@@ -19,23 +19,23 @@ fn select(d: &dyn Driver) {
     let xs = normal(&mut rng, OUTER * LEN * INNER);
     let x = Tensor::from_vec(xs.clone(), &[OUTER, LEN, INNER]).unwrap();
     let want = x.index_select(1, &IDX).unwrap().to_vec();
-    let idx = upload_u32(d, &u32_indices("test", &IDX, LEN).unwrap());
-    let src = upload_f32(d, &xs);
+    let idx = upload::<u32>(d, &u32_indices("test", &IDX, LEN).unwrap());
+    let src = upload::<f32>(d, &xs);
     let n = OUTER * IDX.len() * INNER;
     let out = poisoned_f32(d, n + 1);
     index_select_f32(d, out, src, idx, OUTER, LEN, IDX.len(), INNER).unwrap();
-    let got = download_f32(d, out, n + 1);
+    let got = download::<f32>(d, out, n + 1);
     assert_bits(&format!("index_select on {}", d.name()), &got[..n], &want);
     assert!(got[n].is_nan(), "index_select wrote past its output");
     // No indices: nothing launches.
     index_select_f32(d, out.offset(4 * n as u64), src, idx, OUTER, LEN, 0, INNER).unwrap();
-    assert!(download_f32(d, out, n + 1)[n].is_nan());
+    assert!(download::<f32>(d, out, n + 1)[n].is_nan());
     // One index into an axis of one.
-    let one = upload_f32(d, &[5.5]);
-    let zero = upload_u32(d, &[0]);
+    let one = upload::<f32>(d, &[5.5]);
+    let zero = upload::<u32>(d, &[0]);
     let o1 = poisoned_f32(d, 1);
     index_select_f32(d, o1, one, zero, 1, 1, 1, 1).unwrap();
-    assert_bits("index_select of one", &download_f32(d, o1, 1), &[5.5]);
+    assert_bits("index_select of one", &download::<f32>(d, o1, 1), &[5.5]);
 }
 
 fn add(d: &dyn Driver) {
@@ -58,11 +58,14 @@ fn add(d: &dyn Driver) {
         .map(|(&g, &b)| g as f64 + b as f64)
         .collect();
     let plan = scatter_plan(&IDX, LEN).unwrap();
-    let (order, starts) = (upload_u32(d, &plan.order), upload_u32(d, &plan.starts));
-    let dst = upload_f32(d, &base);
-    let src = upload_f32(d, &gs);
+    let (order, starts) = (
+        upload::<u32>(d, &plan.order),
+        upload::<u32>(d, &plan.starts),
+    );
+    let dst = upload::<f32>(d, &base);
+    let src = upload::<f32>(d, &gs);
     index_add_f32(d, dst, src, order, starts, OUTER, LEN, IDX.len(), INNER).unwrap();
-    let got = download_f32(d, dst, OUTER * LEN * INNER);
+    let got = download::<f32>(d, dst, OUTER * LEN * INNER);
     assert_close(
         &format!("index_add on {}", d.name()),
         &got,

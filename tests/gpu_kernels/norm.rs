@@ -24,7 +24,7 @@ fn softmax_forward(d: &dyn Driver) {
     xs[D + 17] = f32::NAN;
     xs[2 * D + 5] = f32::INFINITY;
     let x = Tensor::from_vec(xs.clone(), &[ROWS, D]).unwrap();
-    let dx = upload_f32(d, &xs);
+    let dx = upload::<f32>(d, &xs);
     for log in [false, true] {
         let want = if log {
             x.log_softmax(-1).unwrap()
@@ -33,7 +33,7 @@ fn softmax_forward(d: &dyn Driver) {
         };
         let y = poisoned_f32(d, ROWS * D);
         softmax_rows_f32(d, y, dx, ROWS, D, log).unwrap();
-        let got = download_f32(d, y, ROWS * D);
+        let got = download::<f32>(d, y, ROWS * D);
         let what = format!("softmax (log {log}) on {}", d.name());
         assert_close(&what, &got, &wide(&want.to_vec()), 1e-5, 1e-7);
     }
@@ -41,7 +41,7 @@ fn softmax_forward(d: &dyn Driver) {
     for (rows, dd) in [(9usize, 5usize), (3, 1000)] {
         let xs = normal(&mut rng, rows * dd);
         let x = Tensor::from_vec(xs.clone(), &[rows, dd]).unwrap();
-        let dx = upload_f32(d, &xs);
+        let dx = upload::<f32>(d, &xs);
         for log in [false, true] {
             let want = if log {
                 x.log_softmax(-1).unwrap()
@@ -51,16 +51,16 @@ fn softmax_forward(d: &dyn Driver) {
             let y = poisoned_f32(d, rows * dd);
             softmax_rows_f32(d, y, dx, rows, dd, log).unwrap();
             let what = format!("softmax (log {log}) [{rows}, {dd}] on {}", d.name());
-            let got = download_f32(d, y, rows * dd);
+            let got = download::<f32>(d, y, rows * dd);
             assert_close(&what, &got, &wide(&want.to_vec()), 1e-5, 1e-7);
         }
     }
     // Single-element rows, and nothing.
-    let one = upload_f32(d, &[-3.0, 7.0]);
+    let one = upload::<f32>(d, &[-3.0, 7.0]);
     let y = poisoned_f32(d, 3);
     softmax_rows_f32(d, y, one, 2, 1, false).unwrap();
     softmax_rows_f32(d, y, one, 0, 5, false).unwrap();
-    let got = download_f32(d, y, 3);
+    let got = download::<f32>(d, y, 3);
     assert_bits("softmax of one-element rows", &got[..2], &[1.0, 1.0]);
     assert!(got[2].is_nan(), "wrote past two one-element rows");
 }
@@ -70,7 +70,7 @@ fn softmax_backward(d: &dyn Driver) {
     let xs: Vec<f32> = normal(&mut rng, ROWS * D).iter().map(|v| 2.0 * v).collect();
     let gs = normal(&mut rng, ROWS * D);
     let g = Tensor::from_vec(gs.clone(), &[ROWS, D]).unwrap();
-    let dg = upload_f32(d, &gs);
+    let dg = upload::<f32>(d, &gs);
     for log in [false, true] {
         let x = Tensor::from_vec(xs.clone(), &[ROWS, D])
             .unwrap()
@@ -82,10 +82,10 @@ fn softmax_backward(d: &dyn Driver) {
         };
         y.backward_with(&g).unwrap();
         let want = wide(&x.grad().unwrap().to_vec());
-        let dy = upload_f32(d, &y.to_vec());
+        let dy = upload::<f32>(d, &y.to_vec());
         let dx = poisoned_f32(d, ROWS * D);
         softmax_bwd_rows_f32(d, dx, dy, dg, ROWS, D, log).unwrap();
-        let got = download_f32(d, dx, ROWS * D);
+        let got = download::<f32>(d, dx, ROWS * D);
         let what = format!("softmax backward (log {log}) on {}", d.name());
         assert_close(&what, &got, &want, 1e-4, 1e-6);
     }
@@ -113,7 +113,11 @@ fn layer_norm_forward(d: &dyn Driver) {
     let x = Tensor::from_vec(xs.clone(), &[LN_ROWS, LN_D]).unwrap();
     let w = Tensor::from_vec(ws.clone(), &[LN_D]).unwrap();
     let b = Tensor::from_vec(bs.clone(), &[LN_D]).unwrap();
-    let (dx, dw, db) = (upload_f32(d, &xs), upload_f32(d, &ws), upload_f32(d, &bs));
+    let (dx, dw, db) = (
+        upload::<f32>(d, &xs),
+        upload::<f32>(d, &ws),
+        upload::<f32>(d, &bs),
+    );
     for affine in [true, false] {
         let want = if affine {
             x.layer_norm(Some(&w), Some(&b), EPS as f64).unwrap()
@@ -129,7 +133,7 @@ fn layer_norm_forward(d: &dyn Driver) {
         };
         layer_norm_fwd_f32(d, y, Some(stats), dx, wp, bp, LN_ROWS, LN_D, EPS).unwrap();
         let what = format!("layer_norm (affine {affine}) on {}", d.name());
-        let got = download_f32(d, y, LN_ROWS * LN_D);
+        let got = download::<f32>(d, y, LN_ROWS * LN_D);
         assert_close(&what, &got, &wide(&want.to_vec()), 1e-5, 1e-5);
         // The saved statistics against an f64 two-pass computation.
         let mut want_stats = Vec::new();
@@ -138,7 +142,7 @@ fn layer_norm_forward(d: &dyn Driver) {
             let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / LN_D as f64;
             want_stats.extend([mean, 1.0 / (var + EPS as f64).sqrt()]);
         }
-        let got = download_f32(d, stats, LN_ROWS * 2);
+        let got = download::<f32>(d, stats, LN_ROWS * 2);
         assert_close(&format!("{what}: stats"), &got, &want_stats, 1e-5, 1e-6);
     }
     // Rows shorter than a warp, one of them constant (zero variance).
@@ -148,14 +152,14 @@ fn layer_norm_forward(d: &dyn Driver) {
     let x7 = Tensor::from_vec(xs.clone(), &[rows, dd]).unwrap();
     let want = x7.layer_norm(None, None, EPS as f64).unwrap();
     let y = poisoned_f32(d, rows * dd);
-    let x7d = upload_f32(d, &xs);
+    let x7d = upload::<f32>(d, &xs);
     layer_norm_fwd_f32(d, y, None, x7d, None, None, rows, dd, EPS).unwrap();
-    let got = download_f32(d, y, rows * dd);
+    let got = download::<f32>(d, y, rows * dd);
     let what = format!("layer_norm [{rows}, {dd}] on {}", d.name());
     assert_close(&what, &got, &wide(&want.to_vec()), 1e-5, 1e-5);
     // Rows of one element normalise to the bias; no stats requested.
     let y = poisoned_f32(d, 2);
-    let one = upload_f32(d, &[3.0, -8.0]);
+    let one = upload::<f32>(d, &[3.0, -8.0]);
     layer_norm_fwd_f32(d, y, None, one, Some(dw), Some(db), 2, 1, EPS).unwrap();
     let want = Tensor::from_vec(vec![3.0f32, -8.0], &[2, 1])
         .unwrap()
@@ -167,7 +171,7 @@ fn layer_norm_forward(d: &dyn Driver) {
         .unwrap();
     assert_close(
         "layer_norm of d = 1",
-        &download_f32(d, y, 2),
+        &download::<f32>(d, y, 2),
         &wide(&want.to_vec()),
         1e-6,
         1e-6,
@@ -192,10 +196,10 @@ fn layer_norm_backward(d: &dyn Driver) {
         .unwrap();
 
     let (dx_in, dw_in, db_in, dg) = (
-        upload_f32(d, &xs),
-        upload_f32(d, &ws),
-        upload_f32(d, &bs),
-        upload_f32(d, &gs),
+        upload::<f32>(d, &xs),
+        upload::<f32>(d, &ws),
+        upload::<f32>(d, &bs),
+        upload::<f32>(d, &gs),
     );
     let (y_dev, stats) = (
         poisoned_f32(d, LN_ROWS * LN_D),
@@ -216,7 +220,7 @@ fn layer_norm_backward(d: &dyn Driver) {
 
     let dx = poisoned_f32(d, LN_ROWS * LN_D);
     layer_norm_bwd_dx_f32(d, dx, dx_in, dg, stats, Some(dw_in), LN_ROWS, LN_D).unwrap();
-    let got = download_f32(d, dx, LN_ROWS * LN_D);
+    let got = download::<f32>(d, dx, LN_ROWS * LN_D);
     let want = wide(&x.grad().unwrap().to_vec());
     assert_close(
         &format!("layer_norm dx on {}", d.name()),
@@ -242,7 +246,7 @@ fn layer_norm_backward(d: &dyn Driver) {
     let base_w = normal(&mut rng, LN_D);
     let base_b = normal(&mut rng, LN_D);
     for (name, partial, base, cpu) in [("dweight", pw, &base_w, &w), ("dbias", pb, &base_b, &b)] {
-        let acc = upload_f32(d, base);
+        let acc = upload::<f32>(d, base);
         reduce_chunks_f32(
             d,
             ReduceOp::Sum,
@@ -264,7 +268,7 @@ fn layer_norm_backward(d: &dyn Driver) {
             .zip(base.iter())
             .map(|(&g, &b0)| g as f64 + b0 as f64)
             .collect();
-        let got = download_f32(d, acc, LN_D);
+        let got = download::<f32>(d, acc, LN_D);
         assert_close(
             &format!("layer_norm {name} on {}", d.name()),
             &got,
@@ -287,7 +291,7 @@ fn layer_norm_backward_plain(d: &dyn Driver) {
     let y = x.layer_norm(None, None, EPS as f64).unwrap();
     let g = Tensor::from_vec(gs.clone(), &[LN_ROWS, LN_D]).unwrap();
     y.backward_with(&g).unwrap();
-    let (dx_in, dg) = (upload_f32(d, &xs), upload_f32(d, &gs));
+    let (dx_in, dg) = (upload::<f32>(d, &xs), upload::<f32>(d, &gs));
     let (y_dev, stats) = (
         poisoned_f32(d, LN_ROWS * LN_D),
         poisoned_f32(d, 2 * LN_ROWS),
@@ -295,7 +299,7 @@ fn layer_norm_backward_plain(d: &dyn Driver) {
     layer_norm_fwd_f32(d, y_dev, Some(stats), dx_in, None, None, LN_ROWS, LN_D, EPS).unwrap();
     let dx = poisoned_f32(d, LN_ROWS * LN_D);
     layer_norm_bwd_dx_f32(d, dx, dx_in, dg, stats, None, LN_ROWS, LN_D).unwrap();
-    let got = download_f32(d, dx, LN_ROWS * LN_D);
+    let got = download::<f32>(d, dx, LN_ROWS * LN_D);
     let want = wide(&x.grad().unwrap().to_vec());
     let what = format!("layer_norm dx without weight on {}", d.name());
     assert_close(&what, &got, &want, 1e-4, 1e-5);
@@ -308,7 +312,7 @@ fn layer_norm_backward_plain(d: &dyn Driver) {
     layer_norm_bwd_params_f32(d, out, dx_in, dg, stats, LN_ROWS, LN_D, LN_ROWS).unwrap();
     let want = wide(&g.sum(&[0], false).unwrap().to_vec());
     let what = format!("layer_norm dbias alone on {}", d.name());
-    assert_close(&what, &download_f32(d, pb, LN_D), &want, 1e-5, 1e-5);
+    assert_close(&what, &download::<f32>(d, pb, LN_D), &want, 1e-5, 1e-5);
 }
 
 #[test]

@@ -47,9 +47,9 @@ fn adamw(d: &dyn Driver) {
     let (store, w) = store_of(&[("w", init.clone())]);
     let mut opt = AdamW::new(&store, cfg).unwrap();
     let (p, m, v) = (
-        upload_f32(d, &init),
-        upload_f32(d, &vec![0.0; N]),
-        upload_f32(d, &vec![0.0; N]),
+        upload::<f32>(d, &init),
+        upload::<f32>(d, &vec![0.0; N]),
+        upload::<f32>(d, &vec![0.0; N]),
     );
     for step in 1..=3u64 {
         let gs: Vec<f32> = normal(&mut rng, N)
@@ -59,10 +59,10 @@ fn adamw(d: &dyn Driver) {
         w[0].set_grad(Some(Tensor::from_vec(gs.clone(), &[N]).unwrap()));
         let lr = cfg.lr * (1.0 - step as f64 / 10.0);
         opt.step(lr).unwrap();
-        let g = upload_f32(d, &gs);
+        let g = upload::<f32>(d, &gs);
         adamw_f32(d, p, m, v, g, N, &AdamWCoeffs::new(&cfg, lr, step).unwrap()).unwrap();
         let what = format!("adamw step {step} on {}", d.name());
-        assert_bits(&what, &download_f32(d, p, N), &w[0].to_vec());
+        assert_bits(&what, &download::<f32>(d, p, N), &w[0].to_vec());
     }
 }
 
@@ -74,19 +74,19 @@ fn adamw_edges(d: &dyn Driver) {
     w[0].set_grad(Some(Tensor::from_vec(vec![-2.0f32], &[1]).unwrap()));
     opt.step(cfg.lr).unwrap();
     let (p, m, v) = (
-        upload_f32(d, &[0.25, f32::NAN]),
-        upload_f32(d, &[0.0, f32::NAN]),
-        upload_f32(d, &[0.0, f32::NAN]),
+        upload::<f32>(d, &[0.25, f32::NAN]),
+        upload::<f32>(d, &[0.0, f32::NAN]),
+        upload::<f32>(d, &[0.0, f32::NAN]),
     );
-    let g = upload_f32(d, &[-2.0, f32::NAN]);
+    let g = upload::<f32>(d, &[-2.0, f32::NAN]);
     let c = AdamWCoeffs::new(&cfg, cfg.lr, 1).unwrap();
     adamw_f32(d, p, m, v, g, 1, &c).unwrap();
     adamw_f32(d, p.offset(4), m.offset(4), v.offset(4), g.offset(4), 0, &c).unwrap();
-    let got = download_f32(d, p, 2);
+    let got = download::<f32>(d, p, 2);
     assert_bits("adamw of one value", &got[..1], &w[0].to_vec());
     assert!(got[1].is_nan(), "adamw wrote past one value");
     ema_f32(d, p, g, 0, 0.5).unwrap();
-    assert_bits("ema of nothing", &download_f32(d, p, 1), &w[0].to_vec());
+    assert_bits("ema of nothing", &download::<f32>(d, p, 1), &w[0].to_vec());
 }
 
 fn ema(d: &dyn Driver) {
@@ -94,24 +94,19 @@ fn ema(d: &dyn Driver) {
     let p0 = normal(&mut rng, N);
     let (store, _) = store_of(&[("w", p0.clone())]);
     let mut cpu = Ema::new(&store);
-    let s = upload_f32(d, &p0);
+    let s = upload::<f32>(d, &p0);
     for decay in [0.99, 0.5, 0.0] {
         let p = normal(&mut rng, N);
         store.load("w", &[N], &p).unwrap();
         cpu.update(&store, decay).unwrap();
-        ema_f32(d, s, upload_f32(d, &p), N, decay).unwrap();
+        ema_f32(d, s, upload::<f32>(d, &p), N, decay).unwrap();
         let what = format!("ema decay {decay} on {}", d.name());
         assert_bits(
             &what,
-            &download_f32(d, s, N),
+            &download::<f32>(d, s, N),
             &cpu.shadow("w").unwrap().to_vec(),
         );
     }
-}
-
-fn upload_f64_nan(d: &dyn Driver, n: usize) -> DevicePtr {
-    let bytes: Vec<u8> = (0..n).flat_map(|_| f64::NAN.to_le_bytes()).collect();
-    upload_bytes(d, &bytes)
 }
 
 fn grad_norm(d: &dyn Driver) {
@@ -127,19 +122,19 @@ fn grad_norm(d: &dyn Driver) {
         sum_squares_partials(n1, chunk),
         sum_squares_partials(n2, chunk),
     );
-    let partial = upload_f64_nan(d, c1 + c2);
-    sum_squares_partial_f32(d, partial, upload_f32(d, &g1), n1, chunk).unwrap();
+    let partial = upload(d, &vec![f64::NAN; c1 + c2]);
+    sum_squares_partial_f32(d, partial, upload::<f32>(d, &g1), n1, chunk).unwrap();
     sum_squares_partial_f32(
         d,
         partial.offset(8 * c1 as u64),
-        upload_f32(d, &g2),
+        upload::<f32>(d, &g2),
         n2,
         chunk,
     )
     .unwrap();
-    let out = upload_f64_nan(d, 2);
+    let out = upload(d, &vec![f64::NAN; 2]);
     sum_f64(d, out, partial, c1 + c2).unwrap();
-    let got = download_f64(d, out, 2);
+    let got = download::<f64>(d, out, 2);
     let rel = (got[0].sqrt() - want).abs() / want;
     assert!(
         rel <= 1e-12,
@@ -150,7 +145,7 @@ fn grad_norm(d: &dyn Driver) {
     assert!(got[1].is_nan(), "sum_f64 wrote past its output");
     // Nothing to sum gives 0.
     sum_f64(d, out, partial, 0).unwrap();
-    assert_eq!(download_f64(d, out, 1)[0], 0.0);
+    assert_eq!(download::<f64>(d, out, 1)[0], 0.0);
 }
 
 #[test]

@@ -40,13 +40,13 @@ fn check(
             for (w, &b) in want.iter_mut().zip(b) {
                 *w += b as f64;
             }
-            upload_f32(d, b)
+            upload::<f32>(d, b)
         }
         None => poisoned_f32(d, n_out),
     };
     let scratch_len = reduce_scratch_len(outer, r, inner);
     let scratch = (scratch_len > 0).then(|| poisoned_f32(d, scratch_len));
-    let din = upload_f32(d, xs);
+    let din = upload::<f32>(d, xs);
     reduce_axis_f32(
         d,
         op,
@@ -60,7 +60,7 @@ fn check(
         base.is_some(),
     )
     .unwrap();
-    let got = download_f32(d, out, n_out);
+    let got = download::<f32>(d, out, n_out);
     let bound: Vec<f64> = (0..n_out)
         .map(|j| {
             let (o, i) = (j / inner, j % inner);

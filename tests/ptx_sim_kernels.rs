@@ -7,7 +7,7 @@ mod common;
 
 use common::gpu::{download, upload};
 use common::worst;
-use tarflow::gpu::{DevicePtr, Driver, KernelArg, LaunchConfig, PtxModule, PtxSim};
+use tarflow::gpu::{Driver, KernelArg, LaunchConfig, PtxModule, PtxSim};
 
 const VEC_ADD: PtxModule = PtxModule {
     name: "vec_add",

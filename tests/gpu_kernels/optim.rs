@@ -5,7 +5,7 @@
 use tarflow::gpu::kernels::{
     adamw_f32, ema_f32, sum_f64, sum_squares_partial_f32, sum_squares_partials, AdamWCoeffs,
 };
-use tarflow::gpu::{DevicePtr, Driver};
+use tarflow::gpu::Driver;
 use tarflow::nn::ParamStore;
 use tarflow::optim::{AdamW, AdamWConfig, Ema};
 use tarflow::{Rng, Tensor};
@@ -132,7 +132,7 @@ fn grad_norm(d: &dyn Driver) {
         chunk,
     )
     .unwrap();
-    let out = upload(d, &vec![f64::NAN; 2]);
+    let out = upload(d, &[f64::NAN; 2]);
     sum_f64(d, out, partial, c1 + c2).unwrap();
     let got = download::<f64>(d, out, 2);
     let rel = (got[0].sqrt() - want).abs() / want;

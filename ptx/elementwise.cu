@@ -1,7 +1,7 @@
 // Elementwise unary and binary ops over strided / broadcast operands, selected by op code.
 //
 // Gradient-write convention: the output is written (`=`), contiguous, row-major over the
-// broadcast shape; backward passes use the `*_GRAD` codes, which compute `g * f'(x)` (or
+// broadcast shape; backward passes use the `*_BACKWARD` codes, which compute `g * f'(x)` (or
 // `g * f'(y)` from the saved output) exactly as src/ops/unary.rs and binary.rs do, and the
 // autograd engine sums the results.
 //
@@ -18,8 +18,8 @@
 // functions (expf, logf, tanhf, powf, log1pf) are CUDA's accurate versions (not the
 // __expf-style intrinsics): within a few ulp of the CPU's, not bit-identical.
 //
-// The op codes are shared with src/gpu/kernels.rs (`UnaryOp`, `BinaryOp`); a test there
-// parses these enums and fails if the two disagree. Append new codes; never renumber.
+// The op codes are those of src/backend/op.rs (`UnaryOp::code`, `BinaryOp::code`), which every
+// device shares; a test in src/gpu/kernels parses these enums and fails if the two disagree. Append new codes; never renumber.
 
 #define MAX_DIMS 8
 
@@ -37,14 +37,15 @@ enum UnaryOp {
   UNARY_TANH = 5,
   UNARY_SIGMOID = 6,
   UNARY_SOFTPLUS = 7,
-  UNARY_GELU = 8,
-  UNARY_GELU_TANH = 9,
-  UNARY_RELU = 10,
-  UNARY_ABS = 11,
-  UNARY_POWF = 12,        // x^p0
-  UNARY_CLAMP = 13,       // min(max(x, p0), p1)
-  UNARY_ADD_SCALAR = 14,  // x + p0
-  UNARY_MUL_SCALAR = 15,  // x * p0
+  UNARY_GELU_TANH = 8,
+  UNARY_RELU = 9,
+  UNARY_ABS = 10,
+  UNARY_POW_SCALAR = 11,  // x^p0
+  UNARY_CLAMP = 12,       // min(max(x, p0), p1)
+  UNARY_ADD_SCALAR = 13,  // x + p0
+  UNARY_MUL_SCALAR = 14,  // x * p0
+  UNARY_NON_ZERO = 15,    // x != 0 ? 1 : 0
+  UNARY_GELU = 16,
 };
 
 enum BinaryOp {
@@ -52,22 +53,25 @@ enum BinaryOp {
   BINARY_SUB = 1,
   BINARY_MUL = 2,
   BINARY_DIV = 3,
-  BINARY_MAXIMUM = 4,         // a >= b ? a : b
-  BINARY_MAXIMUM_MASK = 5,    // a >= b ? 1 : 0
-  BINARY_MUL_ONE_MINUS = 6,   // a * (1 - b)
-  BINARY_LOG_GRAD = 7,        // g * (1 / x)
-  BINARY_SQRT_GRAD = 8,       // g * 0.5 / y
-  BINARY_SQUARE_GRAD = 9,     // g * (x + x)
-  BINARY_TANH_GRAD = 10,      // g * (1 - y * y)
-  BINARY_SIGMOID_GRAD = 11,   // g * y * (1 - y)
-  BINARY_SOFTPLUS_GRAD = 12,  // g * sigmoid(x)
-  BINARY_GELU_GRAD = 13,      // g * gelu'(x)
-  BINARY_GELU_TANH_GRAD = 14, // g * gelu_tanh'(x)
-  BINARY_RELU_GRAD = 15,      // g * (x > 0)
-  BINARY_ABS_GRAD = 16,       // g * sign(x)
-  BINARY_POWF_GRAD = 17,      // g * (p0 * x^p1), p1 = p0 - 1 rounded from f64 by the host
-  BINARY_CLAMP_GRAD = 18,     // g * (p0 < x < p1)
-  BINARY_DIV_GRAD_B = 19,     // -t / (b * b), t = g * a from a BINARY_MUL before
+  BINARY_MAXIMUM = 4,              // a >= b ? a : b
+  BINARY_GE_MASK = 5,              // a >= b ? 1 : 0
+  BINARY_EQ_MASK = 6,              // a == b ? 1 : 0
+  BINARY_MUL_ONE_MINUS = 7,        // a * (1 - b)
+  BINARY_SELECT_IF_NON_ZERO = 8,   // b != 0 ? a : 0
+  BINARY_SELECT_IF_ZERO = 9,       // b != 0 ? 0 : a
+  BINARY_DIV_RHS_BACKWARD = 10,    // -a / (b * b), a = g * numerator
+  BINARY_SQRT_BACKWARD = 11,       // g * 0.5 / y
+  BINARY_TANH_BACKWARD = 12,       // g * (1 - y * y)
+  BINARY_SIGMOID_BACKWARD = 13,    // g * y * (1 - y)
+  BINARY_LOG_BACKWARD = 14,        // g * (1 / x)
+  BINARY_SQUARE_BACKWARD = 15,     // g * (x + x)
+  BINARY_SOFTPLUS_BACKWARD = 16,   // g * sigmoid(x)
+  BINARY_GELU_TANH_BACKWARD = 17,  // g * gelu_tanh'(x)
+  BINARY_RELU_BACKWARD = 18,       // g * (x > 0)
+  BINARY_ABS_BACKWARD = 19,        // g * sign(x)
+  BINARY_POW_BACKWARD = 20,        // g * (p0 * x^p1), p1 = p0 - 1 rounded from f64 by the host
+  BINARY_CLAMP_BACKWARD = 21,      // g * (p0 < x < p1)
+  BINARY_GELU_BACKWARD = 22,       // g * gelu'(x)
 };
 
 #define MUL(a, b) __fmul_rn((a), (b))
@@ -191,10 +195,11 @@ __device__ __forceinline__ float unary(unsigned op, float x, float p0, float p1)
     case UNARY_GELU_TANH: return gelu_tanh(x);
     case UNARY_RELU: return x > 0.0f ? x : 0.0f;
     case UNARY_ABS: return fabsf(x);
-    case UNARY_POWF: return powf(x, p0);
+    case UNARY_POW_SCALAR: return powf(x, p0);
     case UNARY_CLAMP: return fminf(fmaxf(x, p0), p1);
     case UNARY_ADD_SCALAR: return ADD(x, p0);
     case UNARY_MUL_SCALAR: return MUL(x, p0);
+    case UNARY_NON_ZERO: return x != 0.0f ? 1.0f : 0.0f;
     default: return __int_as_float(0x7fffffff);  // unknown code: NaN, never a silent value
   }
 }
@@ -206,21 +211,24 @@ __device__ __forceinline__ float binary(unsigned op, float a, float b, float p0,
     case BINARY_MUL: return MUL(a, b);
     case BINARY_DIV: return __fdiv_rn(a, b);
     case BINARY_MAXIMUM: return a >= b ? a : b;
-    case BINARY_MAXIMUM_MASK: return a >= b ? 1.0f : 0.0f;
+    case BINARY_GE_MASK: return a >= b ? 1.0f : 0.0f;
+    case BINARY_EQ_MASK: return a == b ? 1.0f : 0.0f;
     case BINARY_MUL_ONE_MINUS: return MUL(a, SUB(1.0f, b));
-    case BINARY_LOG_GRAD: return MUL(a, __fdiv_rn(1.0f, b));
-    case BINARY_SQRT_GRAD: return __fdiv_rn(MUL(a, 0.5f), b);
-    case BINARY_SQUARE_GRAD: return MUL(a, ADD(b, b));
-    case BINARY_TANH_GRAD: return MUL(a, SUB(1.0f, MUL(b, b)));
-    case BINARY_SIGMOID_GRAD: return MUL(MUL(a, b), SUB(1.0f, b));
-    case BINARY_SOFTPLUS_GRAD: return MUL(a, sigmoid(b));
-    case BINARY_GELU_GRAD: return MUL(a, gelu_grad(b));
-    case BINARY_GELU_TANH_GRAD: return MUL(a, gelu_tanh_grad(b));
-    case BINARY_RELU_GRAD: return MUL(a, b > 0.0f ? 1.0f : 0.0f);
-    case BINARY_ABS_GRAD: return MUL(a, b > 0.0f ? 1.0f : (b < 0.0f ? -1.0f : 0.0f));
-    case BINARY_POWF_GRAD: return MUL(a, MUL(p0, powf(b, p1)));
-    case BINARY_CLAMP_GRAD: return MUL(a, (b > p0 && b < p1) ? 1.0f : 0.0f);
-    case BINARY_DIV_GRAD_B: return __fdiv_rn(-a, MUL(b, b));
+    case BINARY_SELECT_IF_NON_ZERO: return b != 0.0f ? a : 0.0f;
+    case BINARY_SELECT_IF_ZERO: return b != 0.0f ? 0.0f : a;
+    case BINARY_LOG_BACKWARD: return MUL(a, __fdiv_rn(1.0f, b));
+    case BINARY_SQRT_BACKWARD: return __fdiv_rn(MUL(a, 0.5f), b);
+    case BINARY_SQUARE_BACKWARD: return MUL(a, ADD(b, b));
+    case BINARY_TANH_BACKWARD: return MUL(a, SUB(1.0f, MUL(b, b)));
+    case BINARY_SIGMOID_BACKWARD: return MUL(MUL(a, b), SUB(1.0f, b));
+    case BINARY_SOFTPLUS_BACKWARD: return MUL(a, sigmoid(b));
+    case BINARY_GELU_BACKWARD: return MUL(a, gelu_grad(b));
+    case BINARY_GELU_TANH_BACKWARD: return MUL(a, gelu_tanh_grad(b));
+    case BINARY_RELU_BACKWARD: return MUL(a, b > 0.0f ? 1.0f : 0.0f);
+    case BINARY_ABS_BACKWARD: return MUL(a, b > 0.0f ? 1.0f : (b < 0.0f ? -1.0f : 0.0f));
+    case BINARY_POW_BACKWARD: return MUL(a, MUL(p0, powf(b, p1)));
+    case BINARY_CLAMP_BACKWARD: return MUL(a, (b > p0 && b < p1) ? 1.0f : 0.0f);
+    case BINARY_DIV_RHS_BACKWARD: return __fdiv_rn(-a, MUL(b, b));
     default: return __int_as_float(0x7fffffff);
   }
 }

@@ -48,9 +48,32 @@ pub enum UnaryOp {
     MulScalar(f64),
     /// `x != 0 ? 1 : 0`.
     NonZero,
+    /// GELU with the exact error function (the crate's f32 `erf` polynomial).
+    Gelu,
 }
 
 impl UnaryOp {
+    /// One value of every variant, in code order (test tables run each op through it).
+    pub const EVERY: [UnaryOp; 17] = [
+        UnaryOp::Neg,
+        UnaryOp::Exp,
+        UnaryOp::Log,
+        UnaryOp::Sqrt,
+        UnaryOp::Square,
+        UnaryOp::Tanh,
+        UnaryOp::Sigmoid,
+        UnaryOp::Softplus,
+        UnaryOp::GeluTanh,
+        UnaryOp::Relu,
+        UnaryOp::Abs,
+        UnaryOp::PowScalar(2.5),
+        UnaryOp::Clamp { lo: -1.0, hi: 2.0 },
+        UnaryOp::AddScalar(3.0),
+        UnaryOp::MulScalar(-0.5),
+        UnaryOp::NonZero,
+        UnaryOp::Gelu,
+    ];
+
     /// The op's number in the kernel ABI.
     pub fn code(self) -> u32 {
         match self {
@@ -70,6 +93,7 @@ impl UnaryOp {
             UnaryOp::AddScalar(_) => 13,
             UnaryOp::MulScalar(_) => 14,
             UnaryOp::NonZero => 15,
+            UnaryOp::Gelu => 16,
         }
     }
 
@@ -102,6 +126,7 @@ impl UnaryOp {
             UnaryOp::AddScalar(_) => "add_scalar",
             UnaryOp::MulScalar(_) => "mul_scalar",
             UnaryOp::NonZero => "nonzero",
+            UnaryOp::Gelu => "gelu",
         }
     }
 }
@@ -160,9 +185,38 @@ pub enum BinaryOp {
         /// Upper bound.
         hi: f64,
     },
+    /// `a * gelu'(b)` with `b = x` (exact-erf GELU).
+    GeluBackward,
 }
 
 impl BinaryOp {
+    /// One value of every variant, in code order (test tables run each op through it).
+    pub const EVERY: [BinaryOp; 23] = [
+        BinaryOp::Add,
+        BinaryOp::Sub,
+        BinaryOp::Mul,
+        BinaryOp::Div,
+        BinaryOp::Maximum,
+        BinaryOp::GeMask,
+        BinaryOp::EqMask,
+        BinaryOp::MulOneMinus,
+        BinaryOp::SelectIfNonZero,
+        BinaryOp::SelectIfZero,
+        BinaryOp::DivRhsBackward,
+        BinaryOp::SqrtBackward,
+        BinaryOp::TanhBackward,
+        BinaryOp::SigmoidBackward,
+        BinaryOp::LogBackward,
+        BinaryOp::SquareBackward,
+        BinaryOp::SoftplusBackward,
+        BinaryOp::GeluTanhBackward,
+        BinaryOp::ReluBackward,
+        BinaryOp::AbsBackward,
+        BinaryOp::PowBackward(3.0),
+        BinaryOp::ClampBackward { lo: 0.0, hi: 1.0 },
+        BinaryOp::GeluBackward,
+    ];
+
     /// The op's number in the kernel ABI.
     pub fn code(self) -> u32 {
         match self {
@@ -188,13 +242,16 @@ impl BinaryOp {
             BinaryOp::AbsBackward => 19,
             BinaryOp::PowBackward(_) => 20,
             BinaryOp::ClampBackward { .. } => 21,
+            BinaryOp::GeluBackward => 22,
         }
     }
 
-    /// The op's scalar parameters (unused ones are 0): `[p]` or `[lo, hi]`.
+    /// The op's scalar parameters (unused ones are 0): `[p, p - 1]` or `[lo, hi]`.
+    /// `PowBackward` carries `p - 1` computed in f64, as the CPU evaluates it, so a kernel
+    /// that rounds both to f32 uses the same exponent.
     pub fn params(self) -> [f64; 2] {
         match self {
-            BinaryOp::PowBackward(p) => [p, 0.0],
+            BinaryOp::PowBackward(p) => [p, p - 1.0],
             BinaryOp::ClampBackward { lo, hi } => [lo, hi],
             _ => [0.0, 0.0],
         }
@@ -205,67 +262,15 @@ impl BinaryOp {
 mod tests {
     use super::*;
 
-    /// One value of every variant (a new variant fails to compile in `all_*` until it is
-    /// listed, through the exhaustive matches in `code`).
-    fn all_unary() -> Vec<UnaryOp> {
-        use UnaryOp::*;
-        vec![
-            Neg,
-            Exp,
-            Log,
-            Sqrt,
-            Square,
-            Tanh,
-            Sigmoid,
-            Softplus,
-            GeluTanh,
-            Relu,
-            Abs,
-            PowScalar(2.5),
-            Clamp { lo: -1.0, hi: 2.0 },
-            AddScalar(3.0),
-            MulScalar(-0.5),
-            NonZero,
-        ]
-    }
-
-    fn all_binary() -> Vec<BinaryOp> {
-        use BinaryOp::*;
-        vec![
-            Add,
-            Sub,
-            Mul,
-            Div,
-            Maximum,
-            GeMask,
-            EqMask,
-            MulOneMinus,
-            SelectIfNonZero,
-            SelectIfZero,
-            DivRhsBackward,
-            SqrtBackward,
-            TanhBackward,
-            SigmoidBackward,
-            LogBackward,
-            SquareBackward,
-            SoftplusBackward,
-            GeluTanhBackward,
-            ReluBackward,
-            AbsBackward,
-            PowBackward(3.0),
-            ClampBackward { lo: 0.0, hi: 1.0 },
-        ]
-    }
-
     #[test]
-    fn codes_are_dense_and_distinct() {
-        // A kernel indexes a table by code: codes must be 0..n without gaps or repeats.
-        let mut u: Vec<u32> = all_unary().into_iter().map(UnaryOp::code).collect();
-        u.sort_unstable();
-        assert_eq!(u, (0..u.len() as u32).collect::<Vec<_>>());
-        let mut b: Vec<u32> = all_binary().into_iter().map(BinaryOp::code).collect();
-        b.sort_unstable();
-        assert_eq!(b, (0..b.len() as u32).collect::<Vec<_>>());
+    fn every_lists_each_code_once_in_order() {
+        // Kernels switch on the code: codes must be 0..n without gaps or repeats.
+        for (i, op) in UnaryOp::EVERY.iter().enumerate() {
+            assert_eq!(op.code() as usize, i, "{op:?}");
+        }
+        for (i, op) in BinaryOp::EVERY.iter().enumerate() {
+            assert_eq!(op.code() as usize, i, "{op:?}");
+        }
     }
 
     #[test]
@@ -277,6 +282,6 @@ mod tests {
             BinaryOp::ClampBackward { lo: 0.0, hi: 1.0 }.params(),
             [0.0, 1.0]
         );
-        assert_eq!(BinaryOp::PowBackward(3.0).params(), [3.0, 0.0]);
+        assert_eq!(BinaryOp::PowBackward(3.0).params(), [3.0, 2.0]);
     }
 }

@@ -26,8 +26,9 @@ mod reduce;
 #[cfg(test)]
 mod tests;
 
+pub use crate::backend::{BinaryOp, UnaryOp};
 pub use copy::{fill_f32, strided_copy_bf16_f32, strided_copy_f32, strided_copy_f32_bf16};
-pub use elementwise::{binary_f32, unary_f32, BinaryOp, UnaryOp};
+pub use elementwise::{binary_f32, unary_f32};
 pub use gemm::{gemm_bf16, gemm_f32, Bf16Layout, GemmBf16, GemmF32};
 pub use index::{index_add_f32, index_select_f32, scatter_plan, u32_indices, ScatterPlan};
 pub use norm::{

@@ -84,7 +84,7 @@ fn interpreter_counters_per_kernel() {
     ));
     fill_f32(d, out, n, 0.0).unwrap();
     table.push(row(&sim, "fill_f32", "4096", blocks, 4 * n as u64));
-    unary_f32(d, UnaryOp::Gelu, 0.0, 0.0, out, x, &[1], &[n]).unwrap();
+    unary_f32(d, UnaryOp::Gelu, out, x, &[1], &[n]).unwrap();
     table.push(row(
         &sim,
         "unary_f32",
@@ -92,19 +92,7 @@ fn interpreter_counters_per_kernel() {
         blocks,
         4 * n as u64,
     ));
-    binary_f32(
-        d,
-        BinaryOp::Add,
-        0.0,
-        0.0,
-        out,
-        x,
-        &[64, 1],
-        y,
-        &[0, 1],
-        &[64, 64],
-    )
-    .unwrap();
+    binary_f32(d, BinaryOp::Add, out, x, &[64, 1], y, &[0, 1], &[64, 64]).unwrap();
     table.push(row(
         &sim,
         "binary_f32",

@@ -13,7 +13,9 @@ use crate::harness::*;
 fn unary_tolerance(op: UnaryOp) -> Option<(f64, f64)> {
     use UnaryOp::*;
     match op {
-        Neg | Sqrt | Square | Relu | Abs | Clamp | AddScalar | MulScalar => None,
+        Neg | Sqrt | Square | Relu | Abs | Clamp { .. } | AddScalar(_) | MulScalar(_) | NonZero => {
+            None
+        }
         Gelu if cpu_fuses() => None,
         _ => Some((1e-5, 1e-7)),
     }
@@ -38,8 +40,8 @@ fn cpu_fuses() -> bool {
 fn grad_exact(op: BinaryOp) -> bool {
     use BinaryOp::*;
     match op {
-        SoftplusGrad | GeluTanhGrad | PowfGrad => false,
-        GeluGrad => cpu_fuses(),
+        SoftplusBackward | GeluTanhBackward | PowBackward(_) => false,
+        GeluBackward => cpu_fuses(),
         _ => true,
     }
 }
@@ -60,10 +62,19 @@ fn cpu_unary(op: UnaryOp, x: &Tensor<f32>) -> Tensor<f32> {
         GeluTanh => x.gelu_tanh(),
         Relu => x.relu(),
         Abs => x.abs(),
-        Powf => x.powf(POW as f64),
-        Clamp => x.clamp(LO as f64, HI as f64),
-        AddScalar => x.add_scalar(SCALAR as f64),
-        MulScalar => x.mul_scalar(SCALAR as f64),
+        PowScalar(p) => x.powf(p),
+        Clamp { lo, hi } => x.clamp(lo, hi),
+        AddScalar(s) => x.add_scalar(s),
+        MulScalar(s) => x.mul_scalar(s),
+        // No public tensor op: the 0/1 mask from its definition.
+        NonZero => Tensor::from_vec(
+            x.to_vec()
+                .iter()
+                .map(|&v| if v != 0.0 { 1.0 } else { 0.0 })
+                .collect(),
+            x.shape(),
+        )
+        .unwrap(),
     }
 }
 
@@ -72,13 +83,21 @@ const LO: f32 = -0.5;
 const HI: f32 = 1.25;
 const SCALAR: f32 = -2.625;
 
-fn params(op: UnaryOp) -> (f32, f32) {
-    match op {
-        UnaryOp::Powf => (POW, 0.0),
-        UnaryOp::Clamp => (LO, HI),
-        UnaryOp::AddScalar | UnaryOp::MulScalar => (SCALAR, 0.0),
-        _ => (0.0, 0.0),
-    }
+/// Every unary op, with the scalar parameters used below.
+fn unary_ops() -> Vec<UnaryOp> {
+    UnaryOp::EVERY
+        .iter()
+        .map(|&op| match op {
+            UnaryOp::PowScalar(_) => UnaryOp::PowScalar(POW as f64),
+            UnaryOp::Clamp { .. } => UnaryOp::Clamp {
+                lo: LO as f64,
+                hi: HI as f64,
+            },
+            UnaryOp::AddScalar(_) => UnaryOp::AddScalar(SCALAR as f64),
+            UnaryOp::MulScalar(_) => UnaryOp::MulScalar(SCALAR as f64),
+            op => op,
+        })
+        .collect()
 }
 
 /// Edge inputs every op sees: NaN, infinities, signed zeros, subnormals, values where
@@ -108,7 +127,7 @@ const POSITIVE_SPECIALS: [f32; 7] = [f32::NAN, f32::INFINITY, 0.0, 1.0e-40, 1.0e
 
 /// Inputs inside the op's domain: positive for log, sqrt and powf.
 fn positive_domain(op: UnaryOp) -> bool {
-    matches!(op, UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Powf)
+    matches!(op, UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::PowScalar(_))
 }
 
 fn unary_all(d: &dyn Driver) {
@@ -117,7 +136,7 @@ fn unary_all(d: &dyn Driver) {
     // (1, 29), over five CTAs, the last ragged.
     let (r, c) = (37usize, 29usize);
     let raw = uniform(&mut rng, r * c, -6.0, 6.0);
-    for op in UnaryOp::ALL {
+    for op in unary_ops() {
         let mut xs: Vec<f32> = if positive_domain(op) {
             raw.iter().map(|v| v.abs() + 1e-3).collect()
         } else {
@@ -133,8 +152,7 @@ fn unary_all(d: &dyn Driver) {
         let want = cpu_unary(op, &x.t().unwrap()).to_vec();
         let src = upload::<f32>(d, &xs);
         let out = poisoned_f32(d, r * c);
-        let (p0, p1) = params(op);
-        unary_f32(d, op, p0, p1, out, src, &[1, c as isize], &[c, r]).unwrap();
+        unary_f32(d, op, out, src, &[1, c as isize], &[c, r]).unwrap();
         let got = download::<f32>(d, out, r * c);
         let what = format!("unary {op:?} on {}", d.name());
         match unary_tolerance(op) {
@@ -145,18 +163,8 @@ fn unary_all(d: &dyn Driver) {
     // One element, and an empty launch that must not write.
     let src = upload::<f32>(d, &[4.0]);
     let out = poisoned_f32(d, 2);
-    unary_f32(d, UnaryOp::Sqrt, 0.0, 0.0, out, src, &[1], &[1]).unwrap();
-    unary_f32(
-        d,
-        UnaryOp::Sqrt,
-        0.0,
-        0.0,
-        out.offset(4),
-        src,
-        &[1, 1],
-        &[3, 0],
-    )
-    .unwrap();
+    unary_f32(d, UnaryOp::Sqrt, out, src, &[1], &[1]).unwrap();
+    unary_f32(d, UnaryOp::Sqrt, out.offset(4), src, &[1, 1], &[3, 0]).unwrap();
     let got = download::<f32>(d, out, 2);
     assert_eq!(got[0], 2.0);
     assert!(got[1].is_nan(), "an empty unary launch wrote {}", got[1]);
@@ -189,7 +197,7 @@ fn binary_forward(d: &dyn Driver) {
     let n = p * q * s;
     let launch = |op: BinaryOp| {
         let out = poisoned_f32(d, n);
-        binary_f32(d, op, 0.0, 0.0, out, da, &a_strides, db, &b_strides, &shape).unwrap();
+        binary_f32(d, op, out, da, &a_strides, db, &b_strides, &shape).unwrap();
         download::<f32>(d, out, n)
     };
     let cpu: [(BinaryOp, Tensor<f32>); 5] = [
@@ -214,10 +222,37 @@ fn binary_forward(d: &dyn Driver) {
         .zip(&bb)
         .map(|(x, y)| if x >= y { 1.0 } else { 0.0 })
         .collect();
+    assert_close("GeMask", &launch(BinaryOp::GeMask), &mask, 0.0, 0.0);
+    let eq: Vec<f64> = ab
+        .iter()
+        .zip(&bb)
+        .map(|(x, y)| if x == y { 1.0 } else { 0.0 })
+        .collect();
+    assert!(eq.contains(&1.0), "the tie at element 0 is an equal pair");
+    assert_close("EqMask", &launch(BinaryOp::EqMask), &eq, 0.0, 0.0);
+    let select = |keep_nonzero: bool| -> Vec<f64> {
+        ab.iter()
+            .zip(&bb)
+            .map(|(&x, &m)| {
+                if (m != 0.0) == keep_nonzero {
+                    x as f64
+                } else {
+                    0.0
+                }
+            })
+            .collect()
+    };
     assert_close(
-        "MaximumMask",
-        &launch(BinaryOp::MaximumMask),
-        &mask,
+        "SelectIfNonZero",
+        &launch(BinaryOp::SelectIfNonZero),
+        &select(true),
+        0.0,
+        0.0,
+    );
+    assert_close(
+        "SelectIfZero",
+        &launch(BinaryOp::SelectIfZero),
+        &select(false),
         0.0,
         0.0,
     );
@@ -238,10 +273,16 @@ fn binary_forward(d: &dyn Driver) {
         .zip(&bb)
         .map(|(&x, &y)| -(x as f64) / (y as f64 * y as f64))
         .collect();
-    assert_close("DivGradB", &launch(BinaryOp::DivGradB), &div_b, 1e-5, 1e-6);
+    assert_close(
+        "DivRhsBackward",
+        &launch(BinaryOp::DivRhsBackward),
+        &div_b,
+        1e-5,
+        1e-6,
+    );
 }
 
-/// Each `*Grad` code against the CPU's autograd of its unary op: `a = g`, `b` the saved input
+/// Each `*Backward` code against the CPU's autograd of its unary op: `a = g`, `b` the saved input
 /// or output, both read through transposed strides.
 fn binary_grads(d: &dyn Driver) {
     let mut rng = Rng::new(23);
@@ -249,18 +290,32 @@ fn binary_grads(d: &dyn Driver) {
     let raw = uniform(&mut rng, r * c, -4.0, 4.0);
     let gs = normal(&mut rng, r * c);
     let grads: [(BinaryOp, UnaryOp, bool); 12] = [
-        (BinaryOp::LogGrad, UnaryOp::Log, false),
-        (BinaryOp::SqrtGrad, UnaryOp::Sqrt, true),
-        (BinaryOp::SquareGrad, UnaryOp::Square, false),
-        (BinaryOp::TanhGrad, UnaryOp::Tanh, true),
-        (BinaryOp::SigmoidGrad, UnaryOp::Sigmoid, true),
-        (BinaryOp::SoftplusGrad, UnaryOp::Softplus, false),
-        (BinaryOp::GeluGrad, UnaryOp::Gelu, false),
-        (BinaryOp::GeluTanhGrad, UnaryOp::GeluTanh, false),
-        (BinaryOp::ReluGrad, UnaryOp::Relu, false),
-        (BinaryOp::AbsGrad, UnaryOp::Abs, false),
-        (BinaryOp::PowfGrad, UnaryOp::Powf, false),
-        (BinaryOp::ClampGrad, UnaryOp::Clamp, false),
+        (BinaryOp::LogBackward, UnaryOp::Log, false),
+        (BinaryOp::SqrtBackward, UnaryOp::Sqrt, true),
+        (BinaryOp::SquareBackward, UnaryOp::Square, false),
+        (BinaryOp::TanhBackward, UnaryOp::Tanh, true),
+        (BinaryOp::SigmoidBackward, UnaryOp::Sigmoid, true),
+        (BinaryOp::SoftplusBackward, UnaryOp::Softplus, false),
+        (BinaryOp::GeluBackward, UnaryOp::Gelu, false),
+        (BinaryOp::GeluTanhBackward, UnaryOp::GeluTanh, false),
+        (BinaryOp::ReluBackward, UnaryOp::Relu, false),
+        (BinaryOp::AbsBackward, UnaryOp::Abs, false),
+        (
+            BinaryOp::PowBackward(POW as f64),
+            UnaryOp::PowScalar(POW as f64),
+            false,
+        ),
+        (
+            BinaryOp::ClampBackward {
+                lo: LO as f64,
+                hi: HI as f64,
+            },
+            UnaryOp::Clamp {
+                lo: LO as f64,
+                hi: HI as f64,
+            },
+            false,
+        ),
     ];
     for (op, fwd, from_output) in grads {
         let mut xs: Vec<f32> = if positive_domain(fwd) {
@@ -286,18 +341,11 @@ fn binary_grads(d: &dyn Driver) {
         } else {
             xs.clone()
         };
-        let (p0, p1) = match fwd {
-            UnaryOp::Powf => (POW, POW - 1.0),
-            UnaryOp::Clamp => (LO, HI),
-            _ => (0.0, 0.0),
-        };
         let (dg, dsaved) = (upload::<f32>(d, &gs), upload::<f32>(d, &saved));
         let out = poisoned_f32(d, r * c);
         binary_f32(
             d,
             op,
-            p0,
-            p1,
             out,
             dg,
             &[r as isize, 1],

@@ -224,6 +224,12 @@ pub(crate) fn unary<E: Element>(op: UnaryOp, a: &[E], la: &Layout) -> Vec<E> {
             map1(a, la, move |x| x * s)
         }
         UnaryOp::NonZero => map1(a, la, |v| if v != E::ZERO { E::ONE } else { E::ZERO }),
+        UnaryOp::Gelu => {
+            let xs = crate::tensor::iter::gather_strided(a, la.shape(), la.strides(), la.offset());
+            fill_fresh(xs.len(), |lo, y| {
+                crate::backend::cpu::simd::gelu_to(&xs[lo..lo + y.len()], y)
+            })
+        }
     }
 }
 
@@ -279,6 +285,14 @@ pub(crate) fn binary<E: Element>(
         BinaryOp::ClampBackward { lo, hi } => {
             let (l, h) = (E::from_f64(lo), E::from_f64(hi));
             zip!(move |g, x| g * if x > l && x < h { E::ONE } else { E::ZERO })
+        }
+        BinaryOp::GeluBackward => {
+            let gs = map2(shape, a, la, b, lb, |g, _| g);
+            let xs = map2(shape, a, la, b, lb, |_, x| x);
+            fill_fresh(xs.len(), |lo, y| {
+                let hi = lo + y.len();
+                crate::backend::cpu::simd::gelu_grad_to(&xs[lo..hi], &gs[lo..hi], y)
+            })
         }
     }
 }

@@ -17,7 +17,7 @@ fn matmul(c: &mut Criterion) {
     for &(m, k, n) in &MATMUL_SHAPES {
         let a = Tensor::<f32>::randn(&[m, k], 0.0, 1.0, &mut rng);
         let b = Tensor::<f32>::randn(&[k, n], 0.0, 1.0, &mut rng);
-        let w = b.t().unwrap().contiguous();
+        let w = b.t().unwrap().contiguous().unwrap();
         // Fixes matrixmultiply's thread count (read once per process) before the baseline.
         let _ = a.matmul(&b).unwrap();
         let (av, bv) = (a.to_vec(), b.to_vec());

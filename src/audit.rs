@@ -379,7 +379,7 @@ pub fn audit<E: Element>(model: &TarFlow<E>, opts: &AuditOptions) -> Result<Audi
             let xi = x.narrow(0, i, 1)?.contiguous();
             let li = labels[i..i + 1].to_vec();
             let li_ref = (cfg.num_classes > 0).then_some(li.as_slice());
-            let jac = jacobian(|v| model.forward(v, li_ref).map(|o| o.z), &xi)?;
+            let jac = jacobian(|v| model.forward(v, li_ref).map(|o| o.z), &xi?)?;
             worst.see(rel_err(log_abs_det(&jac, dim), logdet[i]), || {
                 format!("sample {i}")
             });
@@ -398,7 +398,7 @@ pub fn audit<E: Element>(model: &TarFlow<E>, opts: &AuditOptions) -> Result<Audi
     let w = opts.window.clamp(1, n);
     let mut worst_upper = Worst::new();
     let mut worst_window = Worst::new();
-    let mut h = x_tokens.narrow(0, 0, 1)?.contiguous();
+    let mut h = x_tokens.narrow(0, 0, 1)?.contiguous()?;
     let l0 = labels[..1].to_vec();
     let l0_ref = (cfg.num_classes > 0).then_some(l0.as_slice());
     for (bi, blk) in model.blocks.iter().enumerate() {
@@ -449,7 +449,7 @@ pub fn audit<E: Element>(model: &TarFlow<E>, opts: &AuditOptions) -> Result<Audi
         worst_window.see(rel_err(log_abs_det(&sub, m), expect), || {
             format!("block {bi}")
         });
-        h = z.contiguous();
+        h = z.contiguous()?;
     }
     checks.push(check(
         "block Jacobians off the triangle (max |J|)",

@@ -49,12 +49,14 @@ pub fn check_gradients<F>(f: F, inputs: &[Tensor<f64>], cfg: GradCheck) -> Resul
 where
     F: Fn(&[Tensor<f64>]) -> Result<Tensor<f64>>,
 {
-    let leaves: Vec<Tensor<f64>> = inputs.iter().map(|t| t.copy().requires_grad_()).collect();
+    let leaves: Vec<Tensor<f64>> = inputs
+        .iter()
+        .map(|t| Ok(t.copy()?.requires_grad_()))
+        .collect::<Result<_>>()?;
     let y = f(&leaves)?;
     let mut rng = Rng::new(cfg.seed);
     let proj = Tensor::<f64>::randn(y.shape(), 0.0, 1.0, &mut rng);
-    let loss = y.mul(&proj)?.sum_all();
-    loss.backward()?;
+    y.mul(&proj)?.sum_all()?.backward()?;
     let analytic: Vec<Vec<f64>> = leaves
         .iter()
         .map(|t| {
@@ -66,7 +68,7 @@ where
 
     let eval = |xs: &[Tensor<f64>]| -> Result<f64> {
         let _g = crate::autograd::no_grad();
-        f(xs)?.mul(&proj)?.sum_all().item()
+        f(xs)?.mul(&proj)?.sum_all()?.item()
     };
     let mut report = GradReport {
         max_abs_err: 0.0,

@@ -27,13 +27,13 @@ fn gradients_accumulate_across_backward_calls() {
     let w = randn(&[3], 1).requires_grad_();
     let x = randn(&[3], 2);
     // d/dw sum(w * x) = x
-    w.mul(&x).unwrap().sum_all().backward().unwrap();
+    w.mul(&x).unwrap().sum_all().unwrap().backward().unwrap();
     assert_close(&w.grad().unwrap().to_vec(), &x.to_vec());
-    w.mul(&x).unwrap().sum_all().backward().unwrap();
+    w.mul(&x).unwrap().sum_all().unwrap().backward().unwrap();
     let twice: Vec<f64> = x.to_vec().iter().map(|v| 2.0 * v).collect();
     assert_close(&w.grad().unwrap().to_vec(), &twice);
     // A different loss adds its own gradient on top: d/dw sum(w^2) = 2w.
-    w.square().sum_all().backward().unwrap();
+    w.square().unwrap().sum_all().unwrap().backward().unwrap();
     let want: Vec<f64> = twice
         .iter()
         .zip(w.to_vec())
@@ -46,11 +46,16 @@ fn gradients_accumulate_across_backward_calls() {
 fn zero_grad_clears() {
     let w = randn(&[2, 2], 3).requires_grad_();
     assert!(w.grad().is_none());
-    w.sum_all().backward().unwrap();
+    w.sum_all().unwrap().backward().unwrap();
     assert!(w.grad().is_some());
     w.zero_grad();
     assert!(w.grad().is_none());
-    w.mul_scalar(3.0).sum_all().backward().unwrap();
+    w.mul_scalar(3.0)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     assert_close(&w.grad().unwrap().to_vec(), &[3.0; 4]);
 }
 
@@ -61,23 +66,23 @@ fn no_grad_guard_nests_and_stops_recording() {
     {
         let _outer = no_grad();
         assert!(!is_grad_enabled());
-        let y = w.exp();
+        let y = w.exp().unwrap();
         assert!(!y.requires_grad() && y.is_leaf());
         {
             let _inner = no_grad();
-            let z = w.mul(&w).unwrap().sum_all();
+            let z = w.mul(&w).unwrap().sum_all().unwrap();
             assert!(!z.requires_grad());
             assert!(z.backward().is_err());
         }
         // Leaving the inner guard must not switch recording back on.
         assert!(!is_grad_enabled());
-        assert!(!w.square().requires_grad());
+        assert!(!w.square().unwrap().requires_grad());
     }
     assert!(is_grad_enabled());
-    let y = w.square();
+    let y = w.square().unwrap();
     assert!(y.requires_grad() && !y.is_leaf());
     let v = with_no_grad(|| w.tanh());
-    assert!(!v.requires_grad());
+    assert!(!v.unwrap().requires_grad());
     assert!(is_grad_enabled());
 }
 
@@ -86,25 +91,29 @@ fn no_grad_is_per_thread() {
     let w = randn(&[3], 5).requires_grad_();
     let _g = no_grad();
     let w2 = w.clone();
-    let other = std::thread::spawn(move || w2.exp().requires_grad())
+    let other = std::thread::spawn(move || w2.exp().unwrap().requires_grad())
         .join()
         .unwrap();
     assert!(
         other,
         "a guard on this thread must not affect another thread"
     );
-    assert!(!w.exp().requires_grad());
+    assert!(!w.exp().unwrap().requires_grad());
 }
 
 #[test]
 fn detach_cuts_the_graph() {
     let w = randn(&[3], 6).requires_grad_();
-    let h = w.square();
+    let h = w.square().unwrap();
     let d = h.detach();
     assert!(!d.requires_grad() && d.is_leaf());
     assert!(d.shares_storage(&h));
     // Loss = sum(h) + sum(detach(h) * w): only the first term and the explicit w reach w.
-    let loss = h.sum_all().add(&d.mul(&w).unwrap().sum_all()).unwrap();
+    let loss = h
+        .sum_all()
+        .unwrap()
+        .add(&d.mul(&w).unwrap().sum_all().unwrap())
+        .unwrap();
     loss.backward().unwrap();
     let want: Vec<f64> = w.to_vec().iter().map(|w| 2.0 * w + w * w).collect();
     assert_close(&w.grad().unwrap().to_vec(), &want);
@@ -117,13 +126,20 @@ fn input_gradients_via_requires_grad() {
     let w = randn(&[3, 4], 8);
     let x = x0.requires_grad_();
     assert!(x.shares_storage(&x0) && x.requires_grad() && x.is_leaf());
-    let y = x.matmul(&w).unwrap().tanh().sum_all();
-    y.backward().unwrap();
+    let y = x.matmul(&w).unwrap().tanh().unwrap().sum_all();
+    y.unwrap().backward().unwrap();
     let g = x.grad().unwrap();
     assert!(!g.requires_grad());
     // Reference: (1 - tanh^2(xw)) @ w^T.
     let t = x0.matmul(&w).unwrap().tanh();
-    let want = t.square().rsub_scalar(1.0).matmul(&w.t().unwrap()).unwrap();
+    let want = t
+        .unwrap()
+        .square()
+        .unwrap()
+        .rsub_scalar(1.0)
+        .unwrap()
+        .matmul(&w.t().unwrap())
+        .unwrap();
     assert!(close(&g.to_vec(), &want.to_vec(), 1e-12));
     assert!(x0.grad().is_none(), "the original handle is not the leaf");
 }
@@ -133,10 +149,10 @@ fn grad_leaves_accumulated_grads_untouched() {
     let w = randn(&[3, 3], 9).requires_grad_();
     let x = randn(&[2, 3], 10).requires_grad_();
     // Accumulate something in both first.
-    x.matmul(&w).unwrap().sum_all().backward().unwrap();
+    x.matmul(&w).unwrap().sum_all().unwrap().backward().unwrap();
     let (w0, x0) = (w.grad().unwrap().to_vec(), x.grad().unwrap().to_vec());
 
-    let loss = x.matmul(&w).unwrap().square().sum_all();
+    let loss = x.matmul(&w).unwrap().square().unwrap().sum_all().unwrap();
     let gs = grad(&loss, &[&x]).unwrap();
     // Neither the requested input nor any other parameter changed its slot.
     assert_eq!(w.grad().unwrap().to_vec(), w0);
@@ -146,6 +162,7 @@ fn grad_leaves_accumulated_grads_untouched() {
         .matmul(&w)
         .unwrap()
         .mul_scalar(2.0)
+        .unwrap()
         .matmul(&w.t().unwrap())
         .unwrap();
     assert!(close(&gs[0].to_vec(), &want.to_vec(), 1e-12));
@@ -157,10 +174,10 @@ fn grad_leaves_accumulated_grads_untouched() {
 #[test]
 fn grad_of_intermediate_and_unrelated() {
     let x = randn(&[4], 11).requires_grad_();
-    let h = x.exp();
-    let loss = h.mul_scalar(3.0).sum_all();
+    let h = x.exp().unwrap();
+    let loss = h.mul_scalar(3.0).unwrap().sum_all();
     let unrelated = randn(&[2], 12).requires_grad_();
-    let gs = grad(&loss, &[&h, &x, &unrelated]).unwrap();
+    let gs = grad(&loss.unwrap(), &[&h, &x, &unrelated]).unwrap();
     assert_close(&gs[0].to_vec(), &[3.0; 4]);
     let want: Vec<f64> = x.to_vec().iter().map(|v| 3.0 * v.exp()).collect();
     assert!(close(&gs[1].to_vec(), &want, 1e-12));
@@ -173,10 +190,10 @@ fn grad_of_intermediate_and_unrelated() {
 fn diamond_graph_sums_both_paths() {
     // y = a*b + a where a = x^2 and b = exp(x): x reaches y through a (twice) and b.
     let x = randn(&[5], 13).requires_grad_();
-    let a = x.square();
+    let a = x.square().unwrap();
     let b = x.exp();
-    let y = a.mul(&b).unwrap().add(&a).unwrap().sum_all();
-    y.backward().unwrap();
+    let y = a.mul(&b.unwrap()).unwrap().add(&a).unwrap().sum_all();
+    y.unwrap().backward().unwrap();
     let want: Vec<f64> = x
         .to_vec()
         .iter()
@@ -185,7 +202,7 @@ fn diamond_graph_sums_both_paths() {
     assert!(close(&x.grad().unwrap().to_vec(), &want, 1e-12));
     // A tensor used twice in one op.
     let x2 = randn(&[3], 14).requires_grad_();
-    x2.add(&x2).unwrap().sum_all().backward().unwrap();
+    x2.add(&x2).unwrap().sum_all().unwrap().backward().unwrap();
     assert_close(&x2.grad().unwrap().to_vec(), &[2.0; 3]);
 }
 
@@ -193,7 +210,7 @@ fn diamond_graph_sums_both_paths() {
 fn leaf_that_does_not_require_grad_gets_nothing() {
     let w = randn(&[3], 15).requires_grad_();
     let c = randn(&[3], 16);
-    w.mul(&c).unwrap().sum_all().backward().unwrap();
+    w.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
     assert!(c.grad().is_none());
     assert!(w.grad().is_some());
 }
@@ -201,7 +218,7 @@ fn leaf_that_does_not_require_grad_gets_nothing() {
 #[test]
 fn backward_on_non_scalar_is_a_clear_error() {
     let w = randn(&[2, 3], 17).requires_grad_();
-    let msg = w.exp().backward().unwrap_err().to_string();
+    let msg = w.exp().unwrap().backward().unwrap_err().to_string();
     assert!(
         msg.contains("one-element") && msg.contains("[2, 3]"),
         "{msg}"
@@ -212,7 +229,7 @@ fn backward_on_non_scalar_is_a_clear_error() {
     // Explicit output gradient for non-scalars.
     w.zero_grad();
     let g = randn(&[2, 3], 18);
-    w.mul_scalar(2.0).backward_with(&g).unwrap();
+    w.mul_scalar(2.0).unwrap().backward_with(&g).unwrap();
     let want: Vec<f64> = g.to_vec().iter().map(|v| 2.0 * v).collect();
     assert_close(&w.grad().unwrap().to_vec(), &want);
 }
@@ -230,9 +247,9 @@ fn very_deep_chain_backward_and_drop() {
         .requires_grad_();
     let mut h = w.clone();
     for _ in 0..100_000 {
-        h = h.add_scalar(1e-6);
+        h = h.add_scalar(1e-6).unwrap();
     }
-    let loss = h.sum_all();
+    let loss = h.sum_all().unwrap();
     loss.backward().unwrap();
     assert_close(&w.grad().unwrap().to_vec(), &[1.0]);
     drop(loss);
@@ -255,8 +272,14 @@ fn graphs_are_freed_when_dropped() {
     let x = randn(&[256, 64], 21);
     let step = || {
         let h = x.linear(&w1, None).unwrap().gelu();
-        let y = h.linear(&w2, None).unwrap().tanh().mean_all();
-        y.backward().unwrap();
+        let y = h
+            .unwrap()
+            .linear(&w2, None)
+            .unwrap()
+            .tanh()
+            .unwrap()
+            .mean_all();
+        y.unwrap().backward().unwrap();
         w1.zero_grad();
         w2.zero_grad();
     };

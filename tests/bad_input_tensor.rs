@@ -107,11 +107,11 @@ fn attention_without_queries_keeps_its_gradient() {
         let k = T::ones(&[1, 1, 3, 2]).requires_grad_();
         let y = attention(&q, &k, &k, None, opts(causal)).unwrap();
         assert_eq!(y.shape(), &[1, 1, 0, 2]);
-        y.sum_all().backward().unwrap();
+        y.sum_all().unwrap().backward().unwrap();
         assert_eq!(k.grad().unwrap().to_vec(), vec![0.0; 6]);
         let qkv = T::zeros(&[1, 0, 6]).requires_grad_();
         let y = attention_qkv(&qkv, 1, None, opts(causal)).unwrap();
-        y.sum_all().backward().unwrap();
+        y.sum_all().unwrap().backward().unwrap();
         assert_eq!(qkv.grad().unwrap().shape(), &[1, 0, 6]);
     }
 }

@@ -15,8 +15,8 @@ fn binary_broadcast_grads() {
         GradCheck::default(),
     )
     .unwrap();
-    let c = rnd(&[3, 1], 3).abs().add_scalar(0.5);
-    check_gradients(|x| x[0].div(&x[1]), &[a, c], GradCheck::default()).unwrap();
+    let c = rnd(&[3, 1], 3).abs().unwrap().add_scalar(0.5);
+    check_gradients(|x| x[0].div(&x[1]), &[a, c.unwrap()], GradCheck::default()).unwrap();
 }
 
 #[test]

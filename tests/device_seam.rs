@@ -272,8 +272,9 @@ fn gradients_cross_devices() {
         .to_host()
         .unwrap()
         .square()
+        .unwrap()
         .sum_all();
-    y.backward().unwrap();
+    y.unwrap().backward().unwrap();
     assert_eq!(x.grad().unwrap().to_vec(), vec![2.0, 4.0, 6.0]);
     assert_eq!(x.grad().unwrap().device(), Device::Cpu);
     // A root on the device is seeded there: the seed is uploaded, then carried back.

@@ -24,10 +24,13 @@ fn value_and_grads<E: Element>(
     f: impl Fn(&[Tensor<E>]) -> Result<Tensor<E>>,
     inputs: &[Tensor<E>],
 ) -> (Vec<f64>, Vec<Vec<f64>>) {
-    let leaves: Vec<Tensor<E>> = inputs.iter().map(|t| t.copy().requires_grad_()).collect();
+    let leaves: Vec<Tensor<E>> = inputs
+        .iter()
+        .map(|t| t.copy().unwrap().requires_grad_())
+        .collect();
     let y = f(&leaves).unwrap();
     let r = rnd::<E>(y.shape(), 0xabc);
-    y.mul(&r).unwrap().sum_all().backward().unwrap();
+    y.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
     let grads = leaves
         .iter()
         .map(|t| t.grad().expect("input got no gradient").to_f64_vec())
@@ -71,11 +74,11 @@ fn assert_same<E: Element>(
 
 fn softmax_composed<E: Element>(x: &Tensor<E>, axis: isize, log: bool) -> Result<Tensor<E>> {
     let shifted = x.sub(&x.max(&[axis], true)?.detach())?;
-    let sum = shifted.exp().sum(&[axis], true)?;
+    let sum = shifted.exp().unwrap().sum(&[axis], true)?;
     if log {
-        shifted.sub(&sum.log())
+        shifted.sub(&sum.log().unwrap())
     } else {
-        shifted.exp().div(&sum)
+        shifted.exp().unwrap().div(&sum)
     }
 }
 
@@ -107,7 +110,7 @@ fn softmax_matches_composed_f64_and_f32() {
                         t[0].softmax(axis)
                     }
                 };
-                let x64 = rnd::<f64>(&shape, 2).mul_scalar(3.0);
+                let x64 = rnd::<f64>(&shape, 2).mul_scalar(3.0).unwrap();
                 assert_same(
                     fused,
                     |t| softmax_composed(&t[0], axis, log),
@@ -200,8 +203,8 @@ fn layer_norm_composed<E: Element>(
     eps: f64,
 ) -> Result<Tensor<E>> {
     let xc = x.sub(&x.mean(&[-1], true)?)?;
-    let var = xc.square().mean(&[-1], true)?;
-    let mut y = xc.div(&var.add_scalar(eps).sqrt())?;
+    let var = xc.square().unwrap().mean(&[-1], true)?;
+    let mut y = xc.div(&var.add_scalar(eps).unwrap().sqrt().unwrap())?;
     if let Some(w) = w {
         y = y.mul(w)?;
     }
@@ -254,7 +257,11 @@ fn layer_norm_matches_composed_f64_and_f32() {
     // The second shape takes the parallel paths of forward and backward.
     for shape in [vec![3, 4, 8], vec![300, 128]] {
         let d = shape[shape.len() - 1];
-        let x = rnd::<f64>(&shape, 9).mul_scalar(2.0).add_scalar(0.5);
+        let x = rnd::<f64>(&shape, 9)
+            .mul_scalar(2.0)
+            .unwrap()
+            .add_scalar(0.5)
+            .unwrap();
         let w = rnd::<f64>(&[d], 10);
         let b = rnd::<f64>(&[d], 11);
         for (hw, hb) in [(true, true), (false, false), (true, false), (false, true)] {
@@ -333,6 +340,7 @@ fn layer_norm_module() {
     y.mul(&rnd(&[4, 6], 14))
         .unwrap()
         .sum_all()
+        .unwrap()
         .backward()
         .unwrap();
     assert_eq!(ln.weight.grad().unwrap().shape(), &[6]);
@@ -867,7 +875,7 @@ fn decode_over_several_key_blocks_equals_full_attention() {
     // More cached positions than one block of the decode loop, with spread-out scores so
     // that the running maximum moves between blocks.
     let (b, h, n, d) = (1, 2, 150, 4);
-    let q = rnd::<f64>(&[b, h, n, d], 56).mul_scalar(3.0);
+    let q = rnd::<f64>(&[b, h, n, d], 56).mul_scalar(3.0).unwrap();
     let k = rnd::<f64>(&[b, h, n, d], 57);
     let v = rnd::<f64>(&[b, h, n, d], 58);
     let o = opts(true, 1.0, 0.8);
@@ -899,9 +907,14 @@ fn gelu_derivatives_match_derivation() {
         assert!((gelu_grad_scalar(x) - numeric).abs() < 1e-8, "x = {x}");
         assert!((gelu_grad_scalar(x) - derived).abs() < 1e-14, "x = {x}");
     }
-    let x = rnd::<f64>(&[4, 5], 70).mul_scalar(2.0);
-    check_gradients(|t| Ok(t[0].gelu()), std::slice::from_ref(&x), gc()).unwrap();
-    check_gradients(|t| Ok(t[0].gelu_tanh()), std::slice::from_ref(&x), gc()).unwrap();
+    let x = rnd::<f64>(&[4, 5], 70).mul_scalar(2.0).unwrap();
+    check_gradients(|t| Ok(t[0].gelu().unwrap()), std::slice::from_ref(&x), gc()).unwrap();
+    check_gradients(
+        |t| Ok(t[0].gelu_tanh().unwrap()),
+        std::slice::from_ref(&x),
+        gc(),
+    )
+    .unwrap();
 }
 
 // ------------------------------------------------------------------------------ partial grads
@@ -918,15 +931,15 @@ fn partial_grads(
         .zip(wanted)
         .map(|(t, &w)| {
             if w {
-                t.copy().requires_grad_()
+                t.copy().unwrap().requires_grad_()
             } else {
-                t.copy()
+                t.copy().unwrap()
             }
         })
         .collect();
     let y = f(&xs).unwrap();
     let r = rnd::<f64>(y.shape(), 0xdef);
-    y.mul(&r).unwrap().sum_all().backward().unwrap();
+    y.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
     xs.iter().map(|t| t.grad().map(|g| g.to_vec())).collect()
 }
 

@@ -228,7 +228,9 @@ fn denoise_moves_along_the_score() {
             o.z.narrow(0, 0, 1)
                 .unwrap()
                 .square()
+                .unwrap()
                 .sum_all()
+                .unwrap()
                 .item()
                 .unwrap();
         -0.5 * z2 + o.logdet.to_f64_vec()[0]

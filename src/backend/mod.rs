@@ -3,11 +3,12 @@
 //! elementwise work is described by the op enums of [`op`], which a GPU kernel receives as
 //! codes. See `docs/architecture.md` for the seam a GPU backend plugs into.
 //!
-//! Until GPU kernels exist, every op checks its operands with [`cpu_only`]: operands on two
-//! devices, or on a GPU device, are an error naming the op and the devices, never a silent
-//! copy to the host.
+//! Every op checks its operands with [`on_gpu`] and runs the CPU kernel or the GPU one
+//! ([`gpu`]); operands on two devices are an error naming the op and both devices, never a
+//! silent copy. An op with no GPU kernel says so through [`cpu_only`].
 
 pub mod cpu;
+pub(crate) mod gpu;
 pub mod op;
 
 pub use op::{BinaryOp, UnaryOp};
@@ -49,15 +50,8 @@ pub fn cpu_only<E: Element>(op: &'static str, operands: &[&Tensor<E>]) -> Result
     }
 }
 
-/// [`cpu_only`] for the ops whose signature has no `Result` (the elementwise unary ops,
-/// scalar arithmetic, `sum_all`, `contiguous` ...).
-///
-/// # Panics
-/// With [`cpu_only`]'s message when an operand is on a GPU device: these ops must return a
-/// `Result` before they can run on one (see `docs/architecture.md`).
-#[track_caller]
-pub(crate) fn expect_cpu<E: Element>(op: &'static str, operands: &[&Tensor<E>]) {
-    if let Err(e) = cpu_only(op, operands) {
-        panic!("{e}");
-    }
+/// Whether `op` runs on a GPU device: `false` when every operand is in host memory, `true`
+/// when all are on one GPU device; an error naming both devices when they differ.
+pub(crate) fn on_gpu<E: Element>(op: &'static str, operands: &[&Tensor<E>]) -> Result<bool> {
+    Ok(same_device(op, operands)?.is_gpu())
 }

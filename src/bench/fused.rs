@@ -59,7 +59,9 @@ pub fn bench_fused(peak: &Peak, cfg: &BenchConfig) -> Result<Vec<KernelResult>> 
         ));
         let t = time_it(w, r, || -> Result<()> {
             x.zero_grad();
-            x.layer_norm(Some(&g), Some(&b), 1e-5)?.sum_all().backward()
+            x.layer_norm(Some(&g), Some(&b), 1e-5)?
+                .sum_all()?
+                .backward()
         });
         out.push(KernelResult::memory(
             "layer_norm f+b",
@@ -96,7 +98,7 @@ pub fn bench_fused(peak: &Peak, cfg: &BenchConfig) -> Result<Vec<KernelResult>> 
             for p in [&q, &k, &v] {
                 p.zero_grad();
             }
-            attention(&q, &k, &v, None, opts(dh))?.sum_all().backward()
+            attention(&q, &k, &v, None, opts(dh))?.sum_all()?.backward()
         });
         out.push(KernelResult::compute(
             "attention f+b",

@@ -206,7 +206,7 @@ pub fn bench_transformer(
             h = h.add(&a.forward(&n1.forward(&h)?, 1.0)?)?;
             h = h.add(&m.forward(&n2.forward(&h)?)?)?;
         }
-        h.square().mean_all().backward()?;
+        h.square()?.mean_all()?.backward()?;
         for p in &params {
             p.zero_grad();
         }
@@ -311,7 +311,7 @@ pub fn bench_matmul(
     let mut rng = Rng::new(1);
     let a = Tensor::<f32>::randn(&[m, k], 0.0, 1.0, &mut rng);
     let b = Tensor::<f32>::randn(&[k, n], 0.0, 1.0, &mut rng);
-    let w = b.t().expect("2-D").contiguous(); // [N, K]
+    let w = b.t().expect("2-D").contiguous().expect("host tensor"); // [N, K]
     let shape = format!("{m}x{k}x{n}");
     let flops = 2.0 * (m * n * k) as f64;
     // The first product fixes matrixmultiply's thread count for the process (it reads
@@ -407,7 +407,7 @@ pub fn bench_mlp(
     let b2 = Tensor::<f32>::zeros(&[d]).requires_grad_();
     let forward = || {
         x.linear(&w1, Some(&b1))
-            .and_then(|y| y.gelu().linear(&w2, Some(&b2)))
+            .and_then(|y| y.gelu()?.linear(&w2, Some(&b2)))
             .expect("shapes agree")
     };
     let rows = (batch * seq) as f64;
@@ -418,7 +418,7 @@ pub fn bench_mlp(
         forward()
     });
     let t_bwd = time_it(cfg.warmup, cfg.repeats, || {
-        let loss = forward().sum_all();
+        let loss = forward().sum_all().expect("scalar");
         loss.backward().expect("scalar loss");
         for p in [&w1, &b1, &w2, &b2] {
             p.zero_grad();

@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::nn::{CausalSelfAttention, Embedding, LayerNorm, Linear, Mlp};
 use crate::rng::Rng;
-use crate::tensor::{Element, Tensor};
+use crate::tensor::{Device, Element, Tensor};
 
 use super::config::TarFlowConfig;
 
@@ -21,6 +21,15 @@ pub struct Layer<E: Element> {
 }
 
 impl<E: Element> Layer<E> {
+    fn to_device(&self, device: Device) -> Result<Self> {
+        Ok(Layer {
+            norm1: self.norm1.to_device(device)?,
+            attn: self.attn.to_device(device)?,
+            norm2: self.norm2.to_device(device)?,
+            mlp: self.mlp.to_device(device)?,
+        })
+    }
+
     fn new(cfg: &TarFlowConfig, rng: &mut Rng) -> Result<Self> {
         Ok(Layer {
             norm1: LayerNorm::new(cfg.width),
@@ -97,6 +106,28 @@ fn check_tokens<E: Element>(op: &'static str, t: &Tensor<E>) -> Result<()> {
 }
 
 impl<E: Element> FlowBlock<E> {
+    /// A copy of this block with its parameters on `device`.
+    pub fn to_device(&self, device: Device) -> Result<Self> {
+        Ok(FlowBlock {
+            proj_in: self.proj_in.to_device(device)?,
+            pos_embed: crate::nn::leaf_on(&self.pos_embed, device)?,
+            class_embed: self
+                .class_embed
+                .as_ref()
+                .map(|e| e.to_device(device))
+                .transpose()?,
+            layers: self
+                .layers
+                .iter()
+                .map(|l| l.to_device(device))
+                .collect::<Result<_>>()?,
+            proj_out: self.proj_out.to_device(device)?,
+            flip: self.flip,
+            alpha_clip: self.alpha_clip,
+            token_dim: self.token_dim,
+        })
+    }
+
     /// Block number `index` of a model with configuration `cfg` (odd indices are flipped),
     /// freshly initialised from `rng`; errors unless `width` is a positive multiple of
     /// `head_dim`.
@@ -225,7 +256,7 @@ impl<E: Element> FlowBlock<E> {
         let d = self.token_dim;
         let mut alpha = out.narrow(2, 0, d)?;
         if let Some(a) = self.alpha_clip {
-            alpha = alpha.soft_clip(a);
+            alpha = alpha.soft_clip(a)?;
         }
         Ok(BlockParams {
             alpha,
@@ -238,7 +269,7 @@ impl<E: Element> FlowBlock<E> {
     pub fn shift(t: &Tensor<E>) -> Result<Tensor<E>> {
         check_tokens("FlowBlock::shift", t)?;
         let s = t.shape();
-        let zeros = Tensor::zeros(&[s[0], 1, s[2]]);
+        let zeros = Tensor::zeros_on(&[s[0], 1, s[2]], t.device())?;
         Tensor::concat(&[&zeros, &t.narrow(1, 0, s[1] - 1)?], 1)
     }
 
@@ -254,9 +285,9 @@ impl<E: Element> FlowBlock<E> {
         let p = self.params(&xp, labels, temperature)?;
         let alpha = Self::shift(&p.alpha)?;
         let mu = Self::shift(&p.mu)?;
-        let z = xp.sub(&mu)?.mul(&alpha.neg().exp())?;
+        let z = xp.sub(&mu)?.mul(&alpha.neg()?.exp()?)?;
         let logdet = alpha.sum(&[1, 2], false)?.neg();
-        Ok((self.permute_seq(&z)?, logdet))
+        Ok((self.permute_seq(&z)?, logdet?))
     }
 
     /// Inverse without a cache: token `i` is recovered by rerunning the Transformer on the
@@ -269,7 +300,7 @@ impl<E: Element> FlowBlock<E> {
     ) -> Result<Tensor<E>> {
         let _g = crate::autograd::no_grad();
         check_tokens("FlowBlock::reverse_reference", z)?;
-        let zp = self.permute_seq(z)?.contiguous();
+        let zp = self.permute_seq(z)?.contiguous()?;
         let (b, n, d) = (zp.shape()[0], zp.shape()[1], zp.shape()[2]);
         let zv = zp.to_vec();
         let mut x = vec![E::ZERO; b * n * d];

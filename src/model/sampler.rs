@@ -715,6 +715,6 @@ impl<E: Element> Sampler<E> {
             .count();
         let tokens = Tensor::from_vec(x, &[b, self.n, self.d])?;
         let images = super::patch::unpatchify(&tokens, self.channels, self.size, self.patch)?;
-        Ok((images.contiguous(), report))
+        Ok((images.contiguous()?, report))
     }
 }

@@ -44,6 +44,26 @@ pub struct TarFlow<E: Element> {
 }
 
 impl<E: Element> TarFlow<E> {
+    /// A copy of this model with every parameter on `device` (the same values; `f32` only
+    /// on a GPU device).
+    pub fn to_device(&self, device: crate::tensor::Device) -> Result<Self> {
+        Ok(TarFlow {
+            config: self.config.clone(),
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| b.to_device(device))
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    /// The device the parameters live on.
+    pub fn device(&self) -> crate::tensor::Device {
+        self.blocks
+            .first()
+            .map_or(crate::tensor::Device::Cpu, |b| b.proj_in.weight.device())
+    }
+
     /// A freshly initialised model (validated config; deterministic in `seed`).
     pub fn new(config: TarFlowConfig, seed: u64) -> Result<Self> {
         config.validate()?;
@@ -320,8 +340,8 @@ impl<E: Element> TarFlow<E> {
     /// Training loss in nats per dimension: `0.5 mean(z^2) - mean(logdet) / (N D)`.
     pub fn loss(&self, out: &FlowOutput<E>) -> Result<Tensor<E>> {
         let dims = self.config.image_dim() as f64;
-        let prior = out.z.square().mean_all().mul_scalar(0.5);
-        prior.sub(&out.logdet.mean_all().div_scalar(dims))
+        let prior = out.z.square()?.mean_all()?.mul_scalar(0.5)?;
+        prior.sub(&out.logdet.mean_all()?.div_scalar(dims)?)
     }
 
     /// Bits per dimension of 8-bit data per sample, for inputs made by uniform dequantisation
@@ -349,7 +369,7 @@ impl<E: Element> TarFlow<E> {
         })?;
         let z2 = out
             .z
-            .square()
+            .square()?
             .reshape(&[b, row])?
             .sum(&[1], false)?
             .to_f64_vec();
@@ -388,14 +408,14 @@ impl<E: Element> TarFlow<E> {
         // gradient of the sum is each sample's own score.
         let logp = out
             .z
-            .square()
-            .sum_all()
-            .mul_scalar(-0.5)
-            .add(&out.logdet.sum_all())?;
+            .square()?
+            .sum_all()?
+            .mul_scalar(-0.5)?
+            .add(&out.logdet.sum_all()?)?;
         let g = autograd::grad(&logp, &[&xin])?.remove(0);
         let _ng = autograd::no_grad();
         Ok(x.detach()
-            .add(&g.mul_scalar(sigma * sigma))?
-            .clamp(-1.0, 1.0))
+            .add(&g.mul_scalar(sigma * sigma)?)?
+            .clamp(-1.0, 1.0)?)
     }
 }

@@ -30,6 +30,19 @@ pub struct CausalSelfAttention<E: Element = f32> {
 }
 
 impl<E: Element> CausalSelfAttention<E> {
+    /// A copy of this module with its parameters on `device`.
+    pub fn to_device(&self, device: crate::tensor::Device) -> Result<Self> {
+        let on = |t: &Tensor<E>| super::leaf_on(t, device);
+        Ok(CausalSelfAttention {
+            qkv_weight: on(&self.qkv_weight)?,
+            qkv_bias: on(&self.qkv_bias)?,
+            out_weight: on(&self.out_weight)?,
+            out_bias: on(&self.out_bias)?,
+            heads: self.heads,
+            head_dim: self.head_dim,
+        })
+    }
+
     /// A layer of width `dim` split into heads of `head_dim` (which must divide `dim`).
     /// Weights and biases are uniform in `(-1/sqrt(dim), 1/sqrt(dim))`, the usual default for
     /// linear layers, and are gradient-tracking leaves.

@@ -12,6 +12,13 @@ pub struct Embedding<E: Element = f32> {
 }
 
 impl<E: Element> Embedding<E> {
+    /// A copy of this module with its table on `device`.
+    pub fn to_device(&self, device: crate::tensor::Device) -> Result<Self> {
+        Ok(Embedding {
+            weight: super::leaf_on(&self.weight, device)?,
+        })
+    }
+
     /// Entries drawn from `N(0, std^2)`.
     pub fn new(num: usize, dim: usize, std: f64, rng: &mut Rng) -> Self {
         Embedding {

@@ -14,6 +14,18 @@ pub struct Linear<E: Element = f32> {
 }
 
 impl<E: Element> Linear<E> {
+    /// A copy of this module with its parameters on `device`.
+    pub fn to_device(&self, device: crate::tensor::Device) -> Result<Self> {
+        Ok(Linear {
+            weight: super::leaf_on(&self.weight, device)?,
+            bias: self
+                .bias
+                .as_ref()
+                .map(|b| super::leaf_on(b, device))
+                .transpose()?,
+        })
+    }
+
     /// Default initialisation ([`init::kaiming_uniform_linear`]). Without a bias the bias
     /// draws are still made, so the stream seen by later layers does not depend on `bias`.
     pub fn new(in_features: usize, out_features: usize, bias: bool, rng: &mut Rng) -> Self {

@@ -14,6 +14,14 @@ pub struct Mlp<E: Element = f32> {
 }
 
 impl<E: Element> Mlp<E> {
+    /// A copy of this module with its parameters on `device`.
+    pub fn to_device(&self, device: crate::tensor::Device) -> Result<Self> {
+        Ok(Mlp {
+            fc1: self.fc1.to_device(device)?,
+            fc2: self.fc2.to_device(device)?,
+        })
+    }
+
     /// Hidden width `ratio * dim` (the usual ratio is 4).
     pub fn new(dim: usize, ratio: usize, rng: &mut Rng) -> Self {
         Self::with_hidden(dim, ratio * dim, rng)
@@ -38,7 +46,7 @@ impl<E: Element> Mlp<E> {
 
     /// `[..., dim] -> [..., dim]`.
     pub fn forward(&self, x: &Tensor<E>) -> Result<Tensor<E>> {
-        self.fc2.forward(&self.fc1.forward(x)?.gelu())
+        self.fc2.forward(&self.fc1.forward(x)?.gelu()?)
     }
 
     /// `fc1.weight`, `fc1.bias`, `fc2.weight`, `fc2.bias`.

@@ -38,3 +38,17 @@ pub fn with_prefix<E: Element>(
         .map(|(n, t)| (format!("{prefix}.{n}"), t))
         .collect()
 }
+
+/// A parameter moved to `device` as a fresh leaf with the same gradient tracking (a module's
+/// `to_device` builds its copy from these; the original is untouched).
+pub fn leaf_on<E: Element>(
+    t: &Tensor<E>,
+    device: crate::tensor::Device,
+) -> crate::Result<Tensor<E>> {
+    let moved = t.detach().to_device(device)?;
+    Ok(if t.requires_grad() {
+        moved.requires_grad_()
+    } else {
+        moved
+    })
+}

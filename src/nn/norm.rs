@@ -14,6 +14,15 @@ pub struct LayerNorm<E: Element = f32> {
 }
 
 impl<E: Element> LayerNorm<E> {
+    /// A copy of this module with its parameters on `device`.
+    pub fn to_device(&self, device: crate::tensor::Device) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: super::leaf_on(&self.weight, device)?,
+            bias: super::leaf_on(&self.bias, device)?,
+            eps: self.eps,
+        })
+    }
+
     /// Weight ones, bias zeros (both gradient-tracking leaves), `eps = 1e-5`.
     pub fn new(dim: usize) -> Self {
         Self::with_eps(dim, 1e-5)

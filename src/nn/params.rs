@@ -159,21 +159,19 @@ impl<E: Element> ParamStore<E> {
     }
 
     /// L2 norm of all accumulated gradients taken together, in `f64`; parameters without a
-    /// gradient count as zero. NaN or infinity when some gradient is not finite.
-    ///
-    /// # Panics
-    /// When a gradient is on a GPU device: the sum of squares has no device kernel yet (see
-    /// [`crate::backend::cpu_only`]).
-    pub fn global_grad_norm(&self) -> f64 {
-        self.entries
-            .iter()
-            .filter_map(|(_, t)| t.grad())
-            .map(|g| {
-                crate::backend::expect_cpu("global_grad_norm", &[&g]);
+    /// gradient count as zero. NaN or infinity when some gradient is not finite. Each
+    /// gradient's sum of squares is taken on its device (in f64) and the sums are added on
+    /// the host in parameter order.
+    pub fn global_grad_norm(&self) -> Result<f64> {
+        let mut total = 0.0f64;
+        for g in self.entries.iter().filter_map(|(_, t)| t.grad()) {
+            total += if crate::backend::on_gpu("global_grad_norm", &[&g])? {
+                crate::backend::gpu::sum_squares(&g)?
+            } else {
                 g.with_contiguous(sum_squares)
-            })
-            .sum::<f64>()
-            .sqrt()
+            };
+        }
+        Ok(total.sqrt())
     }
 
     /// Every parameter as `(name, shape, values)`, in insertion order.

@@ -15,7 +15,7 @@ impl<E: Element> Tensor<E> {
         op: &'static str,
         f: BinaryOp,
     ) -> Result<Tensor<E>> {
-        crate::backend::cpu_only(op, &[self, other])?;
+        let gpu = crate::backend::on_gpu(op, &[self, other])?;
         let shape = broadcast_shapes(self.shape(), other.shape()).ok_or_else(|| {
             Error::shape(
                 op,
@@ -27,6 +27,9 @@ impl<E: Element> Tensor<E> {
         checked_numel(op, &shape, &[self.shape(), other.shape()], E::DTYPE.name())?;
         let la = self.layout().broadcast_to(&shape).expect("checked");
         let lb = other.layout().broadcast_to(&shape).expect("checked");
+        if gpu {
+            return crate::backend::gpu::binary(f, &shape, self, &la, other, &lb);
+        }
         let a = self.storage().read();
         let v = if self.shares_storage(other) {
             binary(f, &shape, &a, &la, &a, &lb)
@@ -51,7 +54,7 @@ impl<E: Element> Tensor<E> {
         let out = self.binary_raw(other, "sub", BinaryOp::Sub)?;
         let (sa, sb) = (self.shape().to_vec(), other.shape().to_vec());
         Ok(out.record("sub", &[self, other], move |g| {
-            Ok(vec![Some(g.sum_to(&sa)?), Some(g.neg().sum_to(&sb)?)])
+            Ok(vec![Some(g.sum_to(&sa)?), Some(g.neg()?.sum_to(&sb)?)])
         }))
     }
 
@@ -114,26 +117,26 @@ impl<E: Element> Tensor<E> {
     }
 
     /// `self + s`.
-    pub fn add_scalar(&self, s: f64) -> Tensor<E> {
-        let out = self.unary_raw(UnaryOp::AddScalar(s));
-        out.record("add_scalar", &[self], |g| Ok(vec![Some(g.clone())]))
+    pub fn add_scalar(&self, s: f64) -> Result<Tensor<E>> {
+        let out = self.unary_raw(UnaryOp::AddScalar(s))?;
+        Ok(out.record("add_scalar", &[self], |g| Ok(vec![Some(g.clone())])))
     }
 
     /// `self * s`.
-    pub fn mul_scalar(&self, s: f64) -> Tensor<E> {
-        let out = self.unary_raw(UnaryOp::MulScalar(s));
-        out.record("mul_scalar", &[self], move |g| {
-            Ok(vec![Some(g.unary_raw(UnaryOp::MulScalar(s)))])
-        })
+    pub fn mul_scalar(&self, s: f64) -> Result<Tensor<E>> {
+        let out = self.unary_raw(UnaryOp::MulScalar(s))?;
+        Ok(out.record("mul_scalar", &[self], move |g| {
+            Ok(vec![Some(g.unary_raw(UnaryOp::MulScalar(s))?)])
+        }))
     }
 
     /// `self / s`.
-    pub fn div_scalar(&self, s: f64) -> Tensor<E> {
+    pub fn div_scalar(&self, s: f64) -> Result<Tensor<E>> {
         self.mul_scalar(1.0 / s)
     }
 
     /// `s - self`.
-    pub fn rsub_scalar(&self, s: f64) -> Tensor<E> {
-        self.neg().add_scalar(s)
+    pub fn rsub_scalar(&self, s: f64) -> Result<Tensor<E>> {
+        self.neg()?.add_scalar(s)
     }
 }

@@ -8,7 +8,7 @@ use crate::tensor::{Element, Tensor};
 impl<E: Element> Tensor<E> {
     /// Joins tensors along an existing axis; all other axes must agree.
     pub fn concat(tensors: &[&Tensor<E>], axis: isize) -> Result<Tensor<E>> {
-        crate::backend::cpu_only("concat", tensors)?;
+        let gpu = crate::backend::on_gpu("concat", tensors)?;
         let first = tensors
             .first()
             .ok_or_else(|| Error::arg("concat", "no tensors given"))?;
@@ -43,29 +43,38 @@ impl<E: Element> Tensor<E> {
         }
         let shapes: Vec<&[usize]> = tensors.iter().map(|t| t.shape()).collect();
         checked_numel("concat", &shape, &shapes, E::DTYPE.name())?;
-        let outer: usize = shape[..ax].iter().product();
-        let inner: usize = shape[ax + 1..].iter().product();
-        let mut out = vec![E::ZERO; shape.iter().product()];
-        let row = shape[ax] * inner;
-        let mut start = 0;
-        let mut starts = Vec::with_capacity(tensors.len());
-        for t in tensors {
-            let len = t.shape()[ax] * inner;
-            let src = t.to_vec();
-            for o in 0..outer {
-                out[o * row + start..o * row + start + len]
-                    .copy_from_slice(&src[o * len..(o + 1) * len]);
-            }
-            starts.push(start / inner.max(1));
-            start += len;
-        }
         let lens: Vec<usize> = tensors.iter().map(|t| t.shape()[ax]).collect();
-        let out = Tensor::from_raw(out, &shape);
+        let starts: Vec<usize> = lens
+            .iter()
+            .scan(0, |s, &l| {
+                *s += l;
+                Some(*s - l)
+            })
+            .collect();
+        let out = if gpu {
+            crate::backend::gpu::concat(tensors, ax, &shape)?
+        } else {
+            let outer: usize = shape[..ax].iter().product();
+            let inner: usize = shape[ax + 1..].iter().product();
+            let mut out = vec![E::ZERO; shape.iter().product()];
+            let row = shape[ax] * inner;
+            let mut start = 0;
+            for t in tensors {
+                let len = t.shape()[ax] * inner;
+                let src = t.to_vec();
+                for o in 0..outer {
+                    out[o * row + start..o * row + start + len]
+                        .copy_from_slice(&src[o * len..(o + 1) * len]);
+                }
+                start += len;
+            }
+            Tensor::from_raw(out, &shape)
+        };
         Ok(out.record("concat", tensors, move |g| {
             starts
                 .iter()
                 .zip(&lens)
-                .map(|(&s, &l)| Ok(Some(g.narrow(ax as isize, s, l)?.contiguous())))
+                .map(|(&s, &l)| Ok(Some(g.narrow(ax as isize, s, l)?.contiguous()?)))
                 .collect()
         }))
     }
@@ -96,7 +105,7 @@ impl<E: Element> Tensor<E> {
 
     /// Selects entries `indices` along `axis` (rows of an embedding table, for instance).
     pub fn index_select(&self, axis: isize, indices: &[usize]) -> Result<Tensor<E>> {
-        crate::backend::cpu_only("index_select", &[self])?;
+        let gpu = crate::backend::on_gpu("index_select", &[self])?;
         let ax = resolve_axis("index_select", axis, self.rank())?;
         let d = self.shape()[ax];
         if let Some(&bad) = indices.iter().find(|&&i| i >= d) {
@@ -105,12 +114,22 @@ impl<E: Element> Tensor<E> {
                 format!("index {bad} out of range for axis {ax} of size {d}"),
             ));
         }
-        let src = self.contiguous();
         let outer: usize = self.shape()[..ax].iter().product();
         let inner: usize = self.shape()[ax + 1..].iter().product();
         let mut shape = self.shape().to_vec();
         shape[ax] = indices.len();
         checked_numel("index_select", &shape, &[self.shape()], E::DTYPE.name())?;
+        let idx = indices.to_vec();
+        let in_shape = self.shape().to_vec();
+        if gpu {
+            let out = crate::backend::gpu::index_select(self, ax, indices, &shape)?;
+            return Ok(out.record("index_select", &[self], move |g| {
+                Ok(vec![Some(crate::backend::gpu::index_add(
+                    g, ax, &idx, &in_shape,
+                )?)])
+            }));
+        }
+        let src = self.contiguous()?;
         let mut out = Vec::with_capacity(shape.iter().product());
         src.with_contiguous(|s| {
             for o in 0..outer {
@@ -121,8 +140,6 @@ impl<E: Element> Tensor<E> {
             }
         });
         let out = Tensor::from_raw(out, &shape);
-        let idx = indices.to_vec();
-        let in_shape = self.shape().to_vec();
         Ok(out.record("index_select", &[self], move |g| {
             // Adjoint: scatter-add rows back (repeated indices accumulate).
             let mut acc = vec![E::ZERO; in_shape.iter().product()];
@@ -197,7 +214,7 @@ impl<E: Element> Tensor<E> {
 
     /// `cond ? a : b` elementwise with broadcasting; `cond` is nonzero for true.
     pub fn where_cond(cond: &Tensor<E>, a: &Tensor<E>, b: &Tensor<E>) -> Result<Tensor<E>> {
-        crate::backend::cpu_only("where", &[cond, a, b])?;
+        crate::backend::same_device("where", &[cond, a, b])?;
         let shape = broadcast_shapes(cond.shape(), a.shape())
             .and_then(|s| broadcast_shapes(&s, b.shape()))
             .ok_or_else(|| {
@@ -211,7 +228,7 @@ impl<E: Element> Tensor<E> {
         let inputs = [cond.shape(), a.shape(), b.shape()];
         checked_numel("where", &shape, &inputs, E::DTYPE.name())?;
         let c = cond.broadcast_to(&shape)?.detach();
-        let m = c.unary_raw(UnaryOp::NonZero);
+        let m = c.unary_raw(UnaryOp::NonZero)?;
         let pa = a.binary_raw(&m, "where", BinaryOp::SelectIfNonZero)?;
         let pb = b.binary_raw(&m, "where", BinaryOp::SelectIfZero)?;
         let out = pa.binary_raw(&pb, "where", BinaryOp::Add)?;
@@ -227,7 +244,7 @@ impl<E: Element> Tensor<E> {
 
     /// Replaces entries where `mask` is nonzero by `value` (mask broadcasts to `self`).
     pub fn masked_fill(&self, mask: &Tensor<E>, value: f64) -> Result<Tensor<E>> {
-        crate::backend::cpu_only("masked_fill", &[self, mask])?;
+        crate::backend::same_device("masked_fill", &[self, mask])?;
         // Checked before computing so a mask that does not broadcast at all is reported as a
         // `masked_fill` error (not `where`), and a mask larger than the input costs nothing.
         if broadcast_shapes(self.shape(), mask.shape()).as_deref() != Some(self.shape()) {
@@ -238,7 +255,7 @@ impl<E: Element> Tensor<E> {
                 "mask must broadcast to the input",
             ));
         }
-        let fill = Tensor::scalar(E::from_f64(value));
+        let fill = Tensor::full_on(&[], value, self.device())?;
         Tensor::where_cond(mask, &fill, self)
     }
 }

@@ -201,7 +201,7 @@ impl<E: Element> Tensor<E> {
         let mut operands = vec![self];
         operands.extend(weight);
         operands.extend(bias);
-        crate::backend::cpu_only("layer_norm", &operands)?;
+        let gpu = crate::backend::on_gpu("layer_norm", &operands)?;
         let shape = self.shape().to_vec();
         let mut shapes: Vec<&[usize]> = vec![&shape];
         shapes.extend(weight.map(|w| w.shape()));
@@ -220,11 +220,14 @@ impl<E: Element> Tensor<E> {
             ));
         }
         let rows = self.numel().checked_div(d).unwrap_or(0);
-        let (w, b) = (weight.map(|t| t.to_vec()), bias.map(|t| t.to_vec()));
         let needs_grad = is_grad_enabled()
             && (self.requires_grad()
                 || weight.is_some_and(|t| t.requires_grad())
                 || bias.is_some_and(|t| t.requires_grad()));
+        if gpu {
+            return self.layer_norm_gpu(weight, bias, d, eps, needs_grad);
+        }
+        let (w, b) = (weight.map(|t| t.to_vec()), bias.map(|t| t.to_vec()));
         let eps_e = E::from_f64(eps);
         let timer = Timer::start(Kernel::LayerNorm);
         let n = self.numel();
@@ -324,6 +327,44 @@ impl<E: Element> Tensor<E> {
             }
             if has_b {
                 v.push(rb.then(|| Tensor::from_raw(grads.db, &[d])));
+            }
+            Ok(v)
+        }))
+    }
+
+    /// [`Tensor::layer_norm`] on a GPU device: the same op and gradients through the device's
+    /// layer-norm kernels, with the statistics saved on the device.
+    fn layer_norm_gpu(
+        &self,
+        weight: Option<&Tensor<E>>,
+        bias: Option<&Tensor<E>>,
+        d: usize,
+        eps: f64,
+        needs_grad: bool,
+    ) -> Result<Tensor<E>> {
+        let (out, stats) = crate::backend::gpu::layer_norm(self, weight, bias, d, eps, needs_grad)?;
+        let Some(stats) = stats else {
+            return Ok(out);
+        };
+        let (xs, wd) = (self.detach(), weight.map(Tensor::detach));
+        let want = [
+            self.requires_grad(),
+            weight.is_some_and(|t| t.requires_grad()),
+            bias.is_some_and(|t| t.requires_grad()),
+        ];
+        let (has_w, has_b) = (weight.is_some(), bias.is_some());
+        let mut inputs = vec![self];
+        inputs.extend(weight);
+        inputs.extend(bias);
+        Ok(out.record("layer_norm", &inputs, move |g| {
+            let (dx, dw, db) =
+                crate::backend::gpu::layer_norm_backward(&xs, g, &stats, wd.as_ref(), d, want)?;
+            let mut v = vec![dx];
+            if has_w {
+                v.push(dw);
+            }
+            if has_b {
+                v.push(db);
             }
             Ok(v)
         }))

@@ -92,7 +92,7 @@ unsafe impl<E> Sync for SendPtr<E> {}
 
 /// Batched product without recording; `a` is `[..., m, k]`, `b` is `[..., k, n]`.
 fn matmul_raw<E: Element>(a: &Tensor<E>, b: &Tensor<E>) -> Result<Tensor<E>> {
-    crate::backend::cpu_only("matmul", &[a, b])?;
+    let gpu = crate::backend::on_gpu("matmul", &[a, b])?;
     let _timer = Timer::start(Kernel::Matmul);
     init_gemm_threads();
     let (sa, sb) = (a.shape(), b.shape());
@@ -116,6 +116,13 @@ fn matmul_raw<E: Element>(a: &Tensor<E>, b: &Tensor<E>) -> Result<Tensor<E>> {
     let mut out_shape = batch.clone();
     out_shape.extend([m, n]);
     let len = checked_numel("matmul", &out_shape, &[sa, sb], E::DTYPE.name())?;
+    if gpu {
+        return if len == 0 || k == 0 {
+            Tensor::full_on(&out_shape, 0.0, a.device())
+        } else {
+            crate::backend::gpu::matmul(a, &la, b, &lb, &out_shape)
+        };
+    }
     let nb: usize = batch.iter().product();
     // With k == 0 the product is all zeros, and an empty operand's offset need not point
     // into its storage, so no pointer is formed from it.
@@ -208,7 +215,7 @@ impl<E: Element> Tensor<E> {
     pub fn linear(&self, w: &Tensor<E>, b: Option<&Tensor<E>>) -> Result<Tensor<E>> {
         let mut operands = vec![self, w];
         operands.extend(b);
-        crate::backend::cpu_only("linear", &operands)?;
+        let gpu = crate::backend::on_gpu("linear", &operands)?;
         init_gemm_threads();
         let xs = self.shape();
         let bad = |d: &str| {
@@ -239,6 +246,14 @@ impl<E: Element> Tensor<E> {
         let timer = Timer::start(Kernel::Matmul);
         // Flatten the leading axes: a view when possible, a copy otherwise.
         let x2 = self.detach().reshape(&[rows, in_f])?;
+        if gpu {
+            let out = if rows > 0 && out_f > 0 {
+                crate::backend::gpu::linear(&x2, w, b)?
+            } else {
+                Tensor::full_on(&[rows, out_f], 0.0, self.device())?
+            };
+            return self.finish_linear(out, w, b, x2, rows, out_f, timer);
+        }
         let len = rows * out_f;
         // in_f == 0: the output is the bias alone (see matmul_raw on empty operands).
         let run_gemm = rows > 0 && in_f > 0 && out_f > 0;
@@ -301,14 +316,22 @@ impl<E: Element> Tensor<E> {
                 out.set_len(len);
             }
         }
-        self.finish_linear(out, w, b, x2, rows, out_f, timer)
+        self.finish_linear(
+            Tensor::from_raw(out, &[rows, out_f]),
+            w,
+            b,
+            x2,
+            rows,
+            out_f,
+            timer,
+        )
     }
 
     /// Wraps a finished linear output and records its backward.
     #[allow(clippy::too_many_arguments)]
     fn finish_linear(
         &self,
-        out: Vec<E>,
+        out: Tensor<E>,
         w: &Tensor<E>,
         b: Option<&Tensor<E>>,
         x2: Tensor<E>,
@@ -320,7 +343,7 @@ impl<E: Element> Tensor<E> {
         let xs = self.shape();
         let mut out_shape = xs.to_vec();
         *out_shape.last_mut().unwrap() = out_f;
-        let out = Tensor::from_raw(out, &out_shape);
+        let out = out.reshape(&out_shape)?;
         let (xd, wd) = (x2, w.detach());
         let (rx, rw) = (self.requires_grad(), w.requires_grad());
         let rbias = b.is_some_and(|b| b.requires_grad());

@@ -214,44 +214,53 @@ impl<E: Element> Tensor<E> {
 
     /// Sum over `axes` (negative axes count from the end).
     pub fn sum(&self, axes: &[isize], keepdim: bool) -> Result<Tensor<E>> {
-        crate::backend::cpu_only("sum", &[self])?;
+        let gpu = crate::backend::on_gpu("sum", &[self])?;
         let ax = self.resolve_axes("sum", axes)?;
-        let v = self.with_data(|d, l| reduce_raw(d, l, &ax, Kind::Sum));
-        let out = Tensor::from_raw(v, &self.reduced_shape(&ax, keepdim));
+        let out_shape = self.reduced_shape(&ax, keepdim);
+        let out = if gpu {
+            crate::backend::gpu::reduce(self, &ax, false, &out_shape)?
+        } else {
+            let v = self.with_data(|d, l| reduce_raw(d, l, &ax, Kind::Sum));
+            Tensor::from_raw(v, &out_shape)
+        };
         let in_shape = self.shape().to_vec();
         let kshape = self.reduced_shape(&ax, true);
         Ok(out.record("sum", &[self], move |g| {
             let g = g.reshape(&kshape)?;
-            Ok(vec![Some(g.broadcast_to(&in_shape)?.contiguous())])
+            Ok(vec![Some(g.broadcast_to(&in_shape)?.contiguous()?)])
         }))
     }
 
     /// Sum of all elements, as a 0-d tensor.
-    pub fn sum_all(&self) -> Tensor<E> {
-        crate::backend::expect_cpu("sum_all", &[self]);
+    pub fn sum_all(&self) -> Result<Tensor<E>> {
         let axes: Vec<isize> = (0..self.rank() as isize).collect();
-        self.sum(&axes, false).expect("all axes are valid")
+        self.sum(&axes, false)
     }
 
     /// Mean over `axes`.
     pub fn mean(&self, axes: &[isize], keepdim: bool) -> Result<Tensor<E>> {
         let ax = self.resolve_axes("mean", axes)?;
         let count: usize = ax.iter().map(|&a| self.shape()[a]).product();
-        Ok(self.sum(axes, keepdim)?.div_scalar(count.max(1) as f64))
+        self.sum(axes, keepdim)?.div_scalar(count.max(1) as f64)
     }
 
     /// Mean of all elements, as a 0-d tensor.
-    pub fn mean_all(&self) -> Tensor<E> {
-        self.sum_all().div_scalar(self.numel().max(1) as f64)
+    pub fn mean_all(&self) -> Result<Tensor<E>> {
+        self.sum_all()?.div_scalar(self.numel().max(1) as f64)
     }
 
     /// Maximum over `axes`. The gradient is shared equally among tied maxima.
     pub fn max(&self, axes: &[isize], keepdim: bool) -> Result<Tensor<E>> {
-        crate::backend::cpu_only("max", &[self])?;
+        let gpu = crate::backend::on_gpu("max", &[self])?;
         let ax = self.resolve_axes("max", axes)?;
-        let v = self.with_data(|d, l| reduce_raw(d, l, &ax, Kind::Max));
         let kshape = self.reduced_shape(&ax, true);
-        let out = Tensor::from_raw(v, &self.reduced_shape(&ax, keepdim));
+        let out_shape = self.reduced_shape(&ax, keepdim);
+        let out = if gpu {
+            crate::backend::gpu::reduce(self, &ax, true, &out_shape)?
+        } else {
+            let v = self.with_data(|d, l| reduce_raw(d, l, &ax, Kind::Max));
+            Tensor::from_raw(v, &out_shape)
+        };
         let x = self.detach();
         let m = out.reshape(&kshape)?.detach();
         let axes = ax.iter().map(|&a| a as isize).collect::<Vec<_>>();

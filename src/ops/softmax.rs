@@ -332,8 +332,17 @@ impl<E: Element> Tensor<E> {
     }
 
     fn softmax_impl(&self, op: &'static str, axis: isize, log: bool) -> Result<Tensor<E>> {
-        crate::backend::cpu_only(op, &[self])?;
+        let gpu = crate::backend::on_gpu(op, &[self])?;
         let ax = resolve_axis(op, axis, self.rank())?;
+        if gpu {
+            let out = crate::backend::gpu::softmax(self, ax, log)?;
+            let y = out.detach();
+            return Ok(out.record(op, &[self], move |g| {
+                Ok(vec![Some(crate::backend::gpu::softmax_backward(
+                    &y, g, ax, log,
+                )?)])
+            }));
+        }
         let shape = self.shape().to_vec();
         let n = shape[ax];
         let inner: usize = shape[ax + 1..].iter().product();

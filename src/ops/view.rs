@@ -6,23 +6,29 @@ use crate::tensor::{Element, Tensor};
 
 impl<E: Element> Tensor<E> {
     /// Row-major contiguous version: `self` when already contiguous, else a copy.
-    pub fn contiguous(&self) -> Tensor<E> {
+    pub fn contiguous(&self) -> Result<Tensor<E>> {
         if self.is_contiguous() {
-            return self.clone();
+            return Ok(self.clone());
         }
-        crate::backend::expect_cpu("contiguous", &[self]);
-        let v = self.with_data(|d, l| {
-            crate::tensor::iter::gather_strided(d, l.shape(), l.strides(), l.offset())
-        });
-        let out = Tensor::from_raw(v, self.shape());
-        out.record("contiguous", &[self], |g| Ok(vec![Some(g.clone())]))
+        let out = if crate::backend::on_gpu("contiguous", &[self])? {
+            crate::backend::gpu::contiguous(self)?
+        } else {
+            let v = self.with_data(|d, l| {
+                crate::tensor::iter::gather_strided(d, l.shape(), l.strides(), l.offset())
+            });
+            Tensor::from_raw(v, self.shape())
+        };
+        Ok(out.record("contiguous", &[self], |g| Ok(vec![Some(g.clone())])))
     }
 
     /// A deep copy that owns its storage (gradient flows through).
-    pub fn copy(&self) -> Tensor<E> {
-        crate::backend::expect_cpu("copy", &[self]);
-        let out = Tensor::from_raw(self.to_vec(), self.shape());
-        out.record("copy", &[self], |g| Ok(vec![Some(g.clone())]))
+    pub fn copy(&self) -> Result<Tensor<E>> {
+        let out = if crate::backend::on_gpu("copy", &[self])? {
+            crate::backend::gpu::contiguous(self)?
+        } else {
+            Tensor::from_raw(self.to_vec(), self.shape())
+        };
+        Ok(out.record("copy", &[self], |g| Ok(vec![Some(g.clone())])))
     }
 
     fn view_with_grad(
@@ -46,7 +52,7 @@ impl<E: Element> Tensor<E> {
         match self.layout().reshape(&shape) {
             Some(l) => Ok(self.view_with_grad(l, "reshape", back)),
             None => {
-                let c = self.contiguous();
+                let c = self.contiguous()?;
                 let l = c.layout().reshape(&shape).expect("contiguous reshapes");
                 Ok(c.view_with_grad(l, "reshape", back))
             }
@@ -171,7 +177,9 @@ impl<E: Element> Tensor<E> {
 
     /// Places `self` at `start` along `axis` inside zeros of `shape` (adjoint of `narrow`).
     pub(crate) fn pad_axis(&self, axis: usize, start: usize, shape: &[usize]) -> Result<Tensor<E>> {
-        crate::backend::cpu_only("pad", &[self])?;
+        if crate::backend::on_gpu("pad", &[self])? {
+            return crate::backend::gpu::pad_axis(self, axis, start, shape);
+        }
         let mut out = vec![E::ZERO; shape.iter().product()];
         let outer: usize = shape[..axis].iter().product();
         let inner: usize = shape[axis + 1..].iter().product();

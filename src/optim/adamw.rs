@@ -190,7 +190,7 @@ impl<E: Element> AdamW<E> {
         let grads: Vec<Option<Tensor<E>>> = self.slots.iter().map(|s| s.param.grad()).collect();
         for (s, g) in self.slots.iter().zip(&grads) {
             if let Some(g) = g {
-                crate::backend::cpu_only("AdamW::step", &[&s.param, g, &s.m, &s.v])?;
+                crate::backend::same_device("AdamW::step", &[&s.param, g, &s.m, &s.v])?;
                 if g.shape() != s.param.shape() {
                     return Err(Error::shape(
                         "AdamW::step",
@@ -209,6 +209,10 @@ impl<E: Element> AdamW<E> {
         for (s, g) in self.slots.iter_mut().zip(grads) {
             let Some(g) = g else { continue };
             s.step += 1;
+            if s.param.device().is_gpu() {
+                crate::backend::gpu::adamw(&s.param, &g, &s.m, &s.v, &cfg, lr, s.step)?;
+                continue;
+            }
             let t = s.step as f64;
             let bc1 = 1.0 - cfg.beta1.powf(t);
             let bc2 = 1.0 - cfg.beta2.powf(t);

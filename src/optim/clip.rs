@@ -19,30 +19,26 @@ pub fn clip_grad_norm<E: Element>(params: &ParamStore<E>, max_norm: f64) -> Resu
             format!("max_norm must be finite and > 0, got {max_norm}"),
         ));
     }
-    for (_, p) in params.iter() {
-        if let Some(g) = p.grad() {
-            crate::backend::cpu_only("clip_grad_norm", &[&g])?;
-        }
-    }
-    let norm = params.global_grad_norm();
+    let norm = params.global_grad_norm()?;
     if !norm.is_finite() {
         return Err(Error::NonFinite {
             what: format!("gradient (global gradient norm is {norm}; clip_grad_norm)"),
         });
     }
-    clip_to(params, max_norm, norm);
+    clip_to(params, max_norm, norm)?;
     Ok(norm)
 }
 
 /// The rescaling of [`clip_grad_norm`] for a finite `norm` the caller has already measured.
-pub(crate) fn clip_to<E: Element>(params: &ParamStore<E>, max_norm: f64, norm: f64) {
+pub(crate) fn clip_to<E: Element>(params: &ParamStore<E>, max_norm: f64, norm: f64) -> Result<()> {
     let coef = max_norm / (norm + 1e-6);
     if coef < 1.0 {
         let _guard = crate::autograd::no_grad();
         for (_, p) in params.iter() {
             if let Some(g) = p.grad() {
-                p.set_grad(Some(g.mul_scalar(coef)));
+                p.set_grad(Some(g.mul_scalar(coef)?));
             }
         }
     }
+    Ok(())
 }

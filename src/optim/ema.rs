@@ -77,10 +77,14 @@ impl<E: Element> Ema<E> {
             if s.device() != p.device() {
                 *s = s.to_device(p.device())?;
             }
-            crate::backend::cpu_only("Ema::update", &[&*s, p])?;
+            crate::backend::same_device("Ema::update", &[&*s, p])?;
         }
         let (d, k) = (E::from_f64(decay), E::from_f64(1.0 - decay));
         for ((_, s), (_, p)) in self.shadow.iter().zip(params.iter()) {
+            if s.device().is_gpu() {
+                crate::backend::gpu::ema(s, p, decay)?;
+                continue;
+            }
             p.with_contiguous(|ps| {
                 s.update_data(|s| {
                     if ps.len() >= 2 * PAR_THRESHOLD {
@@ -100,9 +104,8 @@ impl<E: Element> Ema<E> {
     /// Writes the shadow values into the parameters (the shadow is kept).
     pub fn copy_to(&self, params: &ParamStore<E>) -> Result<()> {
         self.check("Ema::copy_to", params)?;
-        self.check_devices("Ema::copy_to", params)?;
         for ((_, s), (_, p)) in self.shadow.iter().zip(params.iter()) {
-            p.update_data(|d| s.with_contiguous(|s| d.copy_from_slice(s)))?;
+            p.assign(s)?;
         }
         Ok(())
     }
@@ -111,9 +114,16 @@ impl<E: Element> Ema<E> {
     /// weights, and again to return to the training weights and shadow.
     pub fn swap(&mut self, params: &ParamStore<E>) -> Result<()> {
         self.check("Ema::swap", params)?;
-        self.check_devices("Ema::swap", params)?;
-        for ((_, s), (_, p)) in self.shadow.iter().zip(params.iter()) {
-            p.update_data(|d| d.swap_with_slice(&mut s.storage().write()[..]))?;
+        for ((_, s), (_, p)) in self.shadow.iter_mut().zip(params.iter()) {
+            if p.device().is_gpu() {
+                // Through a copy of the parameter: both sides are device memory.
+                let old = p.detach().copy()?;
+                p.assign(s)?;
+                *s = old;
+            } else {
+                crate::backend::cpu_only("Ema::swap", &[&*s, p])?;
+                p.update_data(|d| d.swap_with_slice(&mut s.storage().write()[..]))?;
+            }
         }
         Ok(())
     }
@@ -170,15 +180,6 @@ impl<E: Element> Ema<E> {
             .map(|(n, shape, v)| (n, Tensor::from_raw(v, &shape)))
             .collect();
         self.updates = state.updates;
-        Ok(())
-    }
-
-    /// Every shadow and its parameter in host memory (shadows are fresh contiguous tensors
-    /// with storages of their own, so their storage may be written whole).
-    fn check_devices(&self, op: &'static str, params: &ParamStore<E>) -> Result<()> {
-        for ((_, s), (_, p)) in self.shadow.iter().zip(params.iter()) {
-            crate::backend::cpu_only(op, &[s, p])?;
-        }
         Ok(())
     }
 

@@ -176,14 +176,37 @@ impl<E: Element> Tensor<E> {
         Self::full(shape, E::ONE)
     }
 
-    /// Zeros with this tensor's shape (a new contiguous leaf without gradient tracking).
-    pub fn zeros_like(&self) -> Self {
-        Self::zeros(self.shape())
+    /// A tensor of `shape` filled with `v` on `device` (filled there, nothing uploaded).
+    pub fn full_on(shape: &[usize], v: f64, device: Device) -> Result<Self> {
+        if device.is_gpu() {
+            if E::DTYPE != DType::F32 {
+                return Err(Error::Device {
+                    op: "full_on",
+                    detail: format!(
+                        "{} tensors stay on the CPU: {device} holds f32 only",
+                        E::DTYPE
+                    ),
+                });
+            }
+            return crate::backend::gpu::full(device, shape, v);
+        }
+        Ok(Self::full(shape, E::from_f64(v)))
     }
 
-    /// Ones with this tensor's shape (a new contiguous leaf without gradient tracking).
-    pub fn ones_like(&self) -> Self {
-        Self::ones(self.shape())
+    /// Zeros of `shape` on `device`.
+    pub fn zeros_on(shape: &[usize], device: Device) -> Result<Self> {
+        Self::full_on(shape, 0.0, device)
+    }
+
+    /// Zeros with this tensor's shape on its device (a new contiguous leaf without gradient
+    /// tracking).
+    pub fn zeros_like(&self) -> Result<Self> {
+        Self::full_on(self.shape(), 0.0, self.device())
+    }
+
+    /// Ones with this tensor's shape on its device.
+    pub fn ones_like(&self) -> Result<Self> {
+        Self::full_on(self.shape(), 1.0, self.device())
     }
 
     /// `[start, start+step, ...)` below `end`.
@@ -490,7 +513,21 @@ impl<E: Element> Tensor<E> {
                 "shapes differ",
             ));
         }
-        let v = src.to_vec();
+        if self.device().is_gpu() {
+            // On the device: a copy kernel from `src` (moved here first if it lives
+            // elsewhere) into this tensor's elements.
+            if !self.is_contiguous() {
+                return Err(Error::shape(
+                    "assign",
+                    &[self.shape()],
+                    E::DTYPE.name(),
+                    "the destination must be contiguous",
+                ));
+            }
+            let src = src.detach().to_device(self.device())?;
+            return crate::backend::gpu::copy_into(self, &src);
+        }
+        let v = src.try_to_vec()?;
         self.update_data(|d| d.copy_from_slice(&v))
     }
 }

@@ -319,7 +319,7 @@ impl ViewOp {
             ViewOp::Unsqueeze(a) => t.unsqueeze(*a as isize),
             ViewOp::Squeeze(a) => t.squeeze(*a as isize),
             ViewOp::Reshape(s) => t.reshape(s),
-            ViewOp::Contiguous => Ok(t.contiguous()),
+            ViewOp::Contiguous => Ok(t.contiguous()?),
         }
     }
 
@@ -484,7 +484,7 @@ pub fn run_view_program<E: Element>(
                     return Err(format!("step {step} {op:?}: a view op copied its input"));
                 }
                 // A contiguous() of the view must agree with reading through the layout.
-                let c = nt.contiguous();
+                let c = nt.contiguous().map_err(|e| e.to_string())?;
                 if !c.is_contiguous() || Dense::of_tensor(&c) != nd {
                     return Err(format!("step {step} {op:?}: contiguous() differs"));
                 }

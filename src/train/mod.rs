@@ -360,7 +360,7 @@ impl Trainer {
         let grad_norm = if loss_v.is_finite() {
             loss.backward()?;
             drop((loss, out));
-            self.params.global_grad_norm()
+            self.params.global_grad_norm()?
         } else {
             f64::NAN
         };
@@ -394,7 +394,7 @@ impl Trainer {
         }
         self.skipped_in_row = 0;
         if let Some(c) = cfg.grad_clip {
-            crate::optim::clip::clip_to(&self.params, c, grad_norm);
+            crate::optim::clip::clip_to(&self.params, c, grad_norm)?;
         }
         self.opt.step(lr)?;
         if let (Some(ema), Some(decay)) = (&mut self.ema, cfg.ema) {

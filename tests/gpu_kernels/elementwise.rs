@@ -49,7 +49,7 @@ fn grad_exact(op: BinaryOp) -> bool {
 /// The CPU op for `op` with the scalar parameters used below.
 fn cpu_unary(op: UnaryOp, x: &Tensor<f32>) -> Tensor<f32> {
     use UnaryOp::*;
-    match op {
+    let y = match op {
         Neg => x.neg(),
         Exp => x.exp(),
         Log => x.log(),
@@ -73,9 +73,9 @@ fn cpu_unary(op: UnaryOp, x: &Tensor<f32>) -> Tensor<f32> {
                 .map(|&v| if v != 0.0 { 1.0 } else { 0.0 })
                 .collect(),
             x.shape(),
-        )
-        .unwrap(),
-    }
+        ),
+    };
+    y.unwrap()
 }
 
 const POW: f32 = 1.75;

@@ -170,7 +170,10 @@ pub fn attention<E: Element>(
     let d = check_shapes("attention", q, k, v, mask, opts.causal)?;
     let mut operands = vec![q, k, v];
     operands.extend(mask);
-    crate::backend::cpu_only("attention", &operands)?;
+    if crate::backend::on_gpu("attention", &operands)? {
+        // No fused attention kernel on the device yet: the composed ops, each on the device.
+        return attention_reference(q, k, v, mask, opts);
+    }
     let alpha = E::from_f64(opts.alpha("attention")?);
     let timer = Timer::start(Kernel::Attention);
     init_gemm_threads();
@@ -256,7 +259,7 @@ pub fn attention_qkv<E: Element>(
     let op = "attention_qkv";
     let mut operands = vec![qkv];
     operands.extend(mask);
-    crate::backend::cpu_only(op, &operands)?;
+    let gpu = crate::backend::on_gpu(op, &operands)?;
     let s = qkv.shape();
     let fits = |heads: usize| heads.checked_mul(3).is_some_and(|w| s[2].is_multiple_of(w));
     if qkv.rank() != 3 || heads == 0 || !fits(heads) {
@@ -269,6 +272,13 @@ pub fn attention_qkv<E: Element>(
     }
     let (b, n, c) = (s[0], s[1], s[2] / 3);
     let dh = c / heads;
+    if gpu {
+        // The composed ops on the device; gradients flow back through the views.
+        let [q, k, v] = qkv_views(qkv, heads)?;
+        return attention_reference(&q, &k, &v, mask, opts)?
+            .permute(&[0, 2, 1, 3])?
+            .reshape(&[b, n, c]);
+    }
     let [q, k, v] = qkv_views(&qkv.detach(), heads)?;
     let d = check_shapes(op, &q, &k, &v, mask, opts.causal)?;
     let alpha = E::from_f64(opts.alpha(op)?);
@@ -339,7 +349,7 @@ pub fn attention_reference<E: Element>(
 ) -> Result<Tensor<E>> {
     let d = check_shapes("attention_reference", q, k, v, mask, opts.causal)?;
     let alpha = opts.alpha("attention_reference")?;
-    let mut s = q.matmul(&k.t()?)?.mul_scalar(alpha);
+    let mut s = q.matmul(&k.t()?)?.mul_scalar(alpha)?;
     if let Some(m) = mask {
         s = s.masked_fill(m, f64::NEG_INFINITY)?;
     }
@@ -350,7 +360,8 @@ pub fn attention_reference<E: Element>(
                 cm[i * d.nk + j] = E::ONE;
             }
         }
-        s = s.masked_fill(&Tensor::from_raw(cm, &[d.nq, d.nk]), f64::NEG_INFINITY)?;
+        let cm = Tensor::from_raw(cm, &[d.nq, d.nk]).to_device(q.device())?;
+        s = s.masked_fill(&cm, f64::NEG_INFINITY)?;
     }
     s.softmax(-1)?.matmul(v)
 }

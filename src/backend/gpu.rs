@@ -1,0 +1,624 @@
+//! The GPU backend: the device half of each op, for tensors on a GPU-like device (CUDA or the
+//! PTX interpreter). `src/ops` checks shapes and records autograd once for every device, then
+//! calls in here with operands that already live on one GPU device; each function sizes the
+//! launch, allocates a fresh contiguous output on that device and launches the kernels of
+//! [`crate::gpu::kernels`] through the device's [`Driver`]. Nothing here reads device memory
+//! on the host.
+//!
+//! Device memory holds f32 only ([`Tensor::to_device`] refuses other element types), so the
+//! element type parameter is carried for the signatures alone: every buffer is f32.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::gpu::kernels::{self as k, BinaryOp, ReduceOp, UnaryOp};
+use crate::gpu::{DevicePtr, Driver};
+use crate::optim::AdamWConfig;
+use crate::tensor::layout::contiguous_strides;
+use crate::tensor::storage::{GpuBuffer, Storage, StorageData};
+use crate::tensor::{Device, Element, Layout, Tensor};
+
+/// Bytes of one device element (f32).
+const ELEM: usize = 4;
+
+/// The driver of a tensor on a GPU device, and the address of its first element.
+fn operand<E: Element>(t: &Tensor<E>) -> Result<(Arc<dyn Driver>, DevicePtr)> {
+    match t.storage().data() {
+        StorageData::Gpu(buf) => Ok((
+            buf.driver().clone(),
+            buf.ptr().offset((t.layout().offset() * ELEM) as u64),
+        )),
+        StorageData::Host(_) => Err(Error::Device {
+            op: "gpu backend",
+            detail: "internal error: a host tensor reached a GPU kernel".to_string(),
+        }),
+    }
+}
+
+/// The address of a tensor's first element (its driver is the caller's).
+fn ptr<E: Element>(t: &Tensor<E>) -> Result<DevicePtr> {
+    Ok(operand(t)?.1)
+}
+
+/// A fresh contiguous tensor of `shape` on `device`, contents unspecified.
+pub(crate) fn empty<E: Element>(
+    driver: &Arc<dyn Driver>,
+    device: Device,
+    shape: &[usize],
+) -> Result<Tensor<E>> {
+    let n: usize = shape.iter().product();
+    let buf = GpuBuffer::alloc(driver.clone(), n, ELEM)?;
+    Ok(Tensor::from_parts(
+        Arc::new(Storage::gpu(buf, device)),
+        Layout::contiguous(shape),
+        false,
+        None,
+    ))
+}
+
+/// A tensor of `shape` on `device` with every element `value`.
+pub(crate) fn full<E: Element>(device: Device, shape: &[usize], value: f64) -> Result<Tensor<E>> {
+    let driver = crate::gpu::registry::driver(device)?;
+    let out = empty(&driver, device, shape)?;
+    k::fill_f32(&*driver, ptr(&out)?, out.numel(), value as f32)?;
+    Ok(out)
+}
+
+/// `op(x)` elementwise.
+pub(crate) fn unary<E: Element>(op: UnaryOp, x: &Tensor<E>) -> Result<Tensor<E>> {
+    let (driver, xp) = operand(x)?;
+    let out = empty(&driver, x.device(), x.shape())?;
+    let (shape, st) = k::merge_dims(x.shape(), &[x.strides()]);
+    k::unary_f32(&*driver, op, ptr(&out)?, xp, &st[0], &shape)?;
+    Ok(out)
+}
+
+/// `op(a, b)` over the broadcast `shape`, the operands seen through `la`, `lb` (their layouts
+/// broadcast to `shape`).
+pub(crate) fn binary<E: Element>(
+    op: BinaryOp,
+    shape: &[usize],
+    a: &Tensor<E>,
+    la: &Layout,
+    b: &Tensor<E>,
+    lb: &Layout,
+) -> Result<Tensor<E>> {
+    let (driver, ap) = operand(a)?;
+    let bp = ptr(b)?;
+    let out = empty(&driver, a.device(), shape)?;
+    let (ms, st) = k::merge_dims(shape, &[la.strides(), lb.strides()]);
+    k::binary_f32(&*driver, op, ptr(&out)?, ap, &st[0], bp, &st[1], &ms)?;
+    Ok(out)
+}
+
+/// Copies the view `src` into the view `dst` (same shape) on one device.
+pub(crate) fn copy_into<E: Element>(dst: &Tensor<E>, src: &Tensor<E>) -> Result<()> {
+    let (driver, sp) = operand(src)?;
+    let dp = ptr(dst)?;
+    let (shape, st) = k::merge_dims(src.shape(), &[dst.strides(), src.strides()]);
+    k::strided_copy_f32(&*driver, dp, &st[0], sp, &st[1], &shape)
+}
+
+/// A contiguous copy of `x`.
+pub(crate) fn contiguous<E: Element>(x: &Tensor<E>) -> Result<Tensor<E>> {
+    let (driver, _) = operand(x)?;
+    let out = empty(&driver, x.device(), x.shape())?;
+    copy_into(&out, x)?;
+    Ok(out)
+}
+
+/// `x` itself when contiguous, else a contiguous copy (no autograd).
+fn dense<E: Element>(x: &Tensor<E>) -> Result<Tensor<E>> {
+    if x.is_contiguous() {
+        Ok(x.clone())
+    } else {
+        contiguous(x)
+    }
+}
+
+/// Sum (or max) over `axes` (sorted, distinct), returning the reduced tensor of `out_shape`.
+/// Reduced axes that sit next to each other in the middle of a contiguous tensor are reduced
+/// in place; any other pattern first moves the reduced axes last.
+pub(crate) fn reduce<E: Element>(
+    x: &Tensor<E>,
+    axes: &[usize],
+    max: bool,
+    out_shape: &[usize],
+) -> Result<Tensor<E>> {
+    let (driver, _) = operand(x)?;
+    let op = if max { ReduceOp::Max } else { ReduceOp::Sum };
+    let shape = x.shape();
+    let out = empty(&driver, x.device(), out_shape)?;
+    let run = axes.windows(2).all(|w| w[1] == w[0] + 1);
+    let (src, outer, r, inner) = if run && !axes.is_empty() {
+        let (lo, hi) = (axes[0], axes[axes.len() - 1] + 1);
+        let p = |s: &[usize]| s.iter().product::<usize>();
+        (
+            dense(x)?,
+            p(&shape[..lo]),
+            p(&shape[lo..hi]),
+            p(&shape[hi..]),
+        )
+    } else {
+        let kept: Vec<usize> = (0..shape.len()).filter(|a| !axes.contains(a)).collect();
+        let perm: Vec<usize> = kept.iter().chain(axes).copied().collect();
+        let moved = x.view_raw(x.layout().permute(&perm));
+        let outer: usize = kept.iter().map(|&a| shape[a]).product();
+        let r: usize = axes.iter().map(|&a| shape[a]).product();
+        (dense(&moved)?, outer, r, 1)
+    };
+    let scratch_len = k::reduce_scratch_len(outer, r, inner);
+    let scratch = if scratch_len > 0 {
+        Some(GpuBuffer::alloc(driver.clone(), scratch_len, ELEM)?)
+    } else {
+        None
+    };
+    k::reduce_axis_f32(
+        &*driver,
+        op,
+        false,
+        ptr(&out)?,
+        ptr(&src)?,
+        scratch.as_ref().map(GpuBuffer::ptr),
+        outer,
+        r,
+        inner,
+        false,
+    )?;
+    Ok(out)
+}
+
+/// A 2-d operand of a GEMM: non-negative row and column strides, else a contiguous copy.
+fn gemm_strides(rs: isize, cs: isize) -> Option<(usize, usize)> {
+    Some((usize::try_from(rs).ok()?, usize::try_from(cs).ok()?))
+}
+
+/// `a @ b` over the last two axes with the batch axes of `out_shape[..rank - 2]`; `la`, `lb`
+/// are the operands' layouts broadcast to `[batch.., m, k]` and `[batch.., k, n]`.
+pub(crate) fn matmul<E: Element>(
+    a: &Tensor<E>,
+    la: &Layout,
+    b: &Tensor<E>,
+    lb: &Layout,
+    out_shape: &[usize],
+) -> Result<Tensor<E>> {
+    let (driver, _) = operand(a)?;
+    let out = empty(&driver, a.device(), out_shape)?;
+    let r = out_shape.len();
+    let (m, n) = (out_shape[r - 2], out_shape[r - 1]);
+    let kk = la.shape()[r - 1];
+    // Operands whose strides the kernel cannot take (negative) are copied first.
+    let fix = |t: &Tensor<E>, l: &Layout| -> Result<(Tensor<E>, Layout)> {
+        let st = l.strides();
+        if st.iter().all(|&s| s >= 0) {
+            Ok((t.clone(), l.clone()))
+        } else {
+            let c = contiguous(&t.view_raw(l.clone()))?;
+            let l = c.layout().clone();
+            Ok((c, l))
+        }
+    };
+    let (a, la) = fix(a, la)?;
+    let (b, lb) = fix(b, lb)?;
+    let batch = &out_shape[..r - 2];
+    let cst = contiguous_strides(out_shape);
+    let (bshape, bst) = k::merge_dims(
+        batch,
+        &[
+            &la.strides()[..r - 2],
+            &lb.strides()[..r - 2],
+            &cst[..r - 2],
+        ],
+    );
+    // One launch per index of the merged batch axes but the last, which the grid covers.
+    let (last, outer_shape) = match bshape.split_last() {
+        Some((&l, rest)) => (l, rest.to_vec()),
+        None => (1, Vec::new()),
+    };
+    let last_st = |i: usize| bst[i].last().copied().unwrap_or(0) as usize;
+    let (a_rs, a_cs) = gemm_strides(la.strides()[r - 2], la.strides()[r - 1]).expect("fixed");
+    let (b_rs, b_cs) = gemm_strides(lb.strides()[r - 2], lb.strides()[r - 1]).expect("fixed");
+    let (ap, bp, cp) = (
+        operand(&a.view_raw(la.clone()))?.1,
+        ptr(&b.view_raw(lb.clone()))?,
+        ptr(&out)?,
+    );
+    let outer_n: usize = outer_shape.iter().product();
+    for o in 0..outer_n {
+        // Element offsets of this outer batch index in each operand.
+        let (mut rem, mut offs) = (o, [0isize; 3]);
+        for d in (0..outer_shape.len()).rev() {
+            let i = (rem % outer_shape[d]) as isize;
+            rem /= outer_shape[d];
+            for (t, off) in offs.iter_mut().enumerate() {
+                *off += i * bst[t][d];
+            }
+        }
+        let at =
+            |p: DevicePtr, off: isize| DevicePtr((p.0 as i64 + off as i64 * ELEM as i64) as u64);
+        k::gemm_f32(
+            &*driver,
+            &k::GemmF32 {
+                m,
+                n,
+                k: kk,
+                batch: last,
+                c: at(cp, offs[2]),
+                c_rs: n,
+                c_bs: last_st(2),
+                a: at(ap, offs[0]),
+                a_rs,
+                a_cs,
+                a_bs: last_st(0),
+                b: at(bp, offs[1]),
+                b_rs,
+                b_cs,
+                b_bs: last_st(1),
+                bias: None,
+                alpha: 1.0,
+                beta: 0.0,
+            },
+        )?;
+    }
+    Ok(out)
+}
+
+/// `x2 @ w^T + bias` for `x2` `[rows, in]`, `w` `[out, in]`: one GEMM with the bias in its
+/// epilogue.
+pub(crate) fn linear<E: Element>(
+    x2: &Tensor<E>,
+    w: &Tensor<E>,
+    bias: Option<&Tensor<E>>,
+) -> Result<Tensor<E>> {
+    let (driver, _) = operand(x2)?;
+    let (rows, in_f, out_f) = (x2.shape()[0], x2.shape()[1], w.shape()[0]);
+    let out = empty(&driver, x2.device(), &[rows, out_f])?;
+    let x2 = if x2.strides().iter().all(|&s| s >= 0) {
+        x2.clone()
+    } else {
+        contiguous(x2)?
+    };
+    let w = if w.strides().iter().all(|&s| s >= 0) {
+        w.clone()
+    } else {
+        contiguous(w)?
+    };
+    let bias = bias.map(dense).transpose()?;
+    let (a_rs, a_cs) = gemm_strides(x2.strides()[0], x2.strides()[1]).expect("checked");
+    // B = w^T: B[l, j] = w[j, l].
+    let (b_rs, b_cs) = gemm_strides(w.strides()[1], w.strides()[0]).expect("checked");
+    k::gemm_f32(
+        &*driver,
+        &k::GemmF32 {
+            m: rows,
+            n: out_f,
+            k: in_f,
+            batch: 1,
+            c: ptr(&out)?,
+            c_rs: out_f,
+            c_bs: 0,
+            a: ptr(&x2)?,
+            a_rs,
+            a_cs,
+            a_bs: 0,
+            b: ptr(&w)?,
+            b_rs,
+            b_cs,
+            b_bs: 0,
+            bias: bias.as_ref().map(ptr).transpose()?,
+            alpha: 1.0,
+            beta: 0.0,
+        },
+    )?;
+    Ok(out)
+}
+
+/// Softmax (or log-softmax) over the last axis of `x`, rows of `d`.
+pub(crate) fn softmax_last<E: Element>(x: &Tensor<E>, log: bool) -> Result<Tensor<E>> {
+    let (driver, _) = operand(x)?;
+    let x = dense(x)?;
+    let d = *x.shape().last().unwrap_or(&1);
+    let rows = x.numel().checked_div(d).unwrap_or(0);
+    let out = empty(&driver, x.device(), x.shape())?;
+    k::softmax_rows_f32(&*driver, ptr(&out)?, ptr(&x)?, rows, d, log)?;
+    Ok(out)
+}
+
+/// The input gradient of [`softmax_last`] from its output `y` and the output gradient `g`.
+pub(crate) fn softmax_last_backward<E: Element>(
+    y: &Tensor<E>,
+    g: &Tensor<E>,
+    log: bool,
+) -> Result<Tensor<E>> {
+    let (driver, _) = operand(y)?;
+    let (y, g) = (dense(y)?, dense(g)?);
+    let d = *y.shape().last().unwrap_or(&1);
+    let rows = y.numel().checked_div(d).unwrap_or(0);
+    let dx = empty(&driver, y.device(), y.shape())?;
+    k::softmax_bwd_rows_f32(&*driver, ptr(&dx)?, ptr(&y)?, ptr(&g)?, rows, d, log)?;
+    Ok(dx)
+}
+
+/// Layer normalisation over rows of `d`; with `save`, also each row's `[mean, rstd]`.
+pub(crate) fn layer_norm<E: Element>(
+    x: &Tensor<E>,
+    weight: Option<&Tensor<E>>,
+    bias: Option<&Tensor<E>>,
+    d: usize,
+    eps: f64,
+    save: bool,
+) -> Result<(Tensor<E>, Option<Tensor<E>>)> {
+    let (driver, _) = operand(x)?;
+    let x = dense(x)?;
+    let (w, b) = (weight.map(dense).transpose()?, bias.map(dense).transpose()?);
+    let rows = x.numel().checked_div(d).unwrap_or(0);
+    let y = empty(&driver, x.device(), x.shape())?;
+    let stats = if save {
+        Some(empty(&driver, x.device(), &[rows, 2])?)
+    } else {
+        None
+    };
+    k::layer_norm_fwd_f32(
+        &*driver,
+        ptr(&y)?,
+        stats.as_ref().map(ptr).transpose()?,
+        ptr(&x)?,
+        w.as_ref().map(ptr).transpose()?,
+        b.as_ref().map(ptr).transpose()?,
+        rows,
+        d,
+        eps as f32,
+    )?;
+    Ok((y, stats))
+}
+
+/// Rows of layer normalisation's parameter-gradient partials per chunk: fixed, so the order
+/// of the sums depends on the shape alone.
+const LN_CHUNK: usize = 256;
+
+/// Layer normalisation's gradients `(dx, dweight, dbias)`, each only when asked for.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+pub(crate) fn layer_norm_backward<E: Element>(
+    x: &Tensor<E>,
+    g: &Tensor<E>,
+    stats: &Tensor<E>,
+    weight: Option<&Tensor<E>>,
+    d: usize,
+    want: [bool; 3],
+) -> Result<(Option<Tensor<E>>, Option<Tensor<E>>, Option<Tensor<E>>)> {
+    let (driver, _) = operand(x)?;
+    let dev = x.device();
+    let (x, g) = (dense(x)?, dense(g)?);
+    let w = weight.map(dense).transpose()?;
+    let rows = x.numel().checked_div(d).unwrap_or(0);
+    let dx = if want[0] {
+        let dx = empty(&driver, dev, x.shape())?;
+        k::layer_norm_bwd_dx_f32(
+            &*driver,
+            ptr(&dx)?,
+            ptr(&x)?,
+            ptr(&g)?,
+            ptr(stats)?,
+            w.as_ref().map(ptr).transpose()?,
+            rows,
+            d,
+        )?;
+        Some(dx)
+    } else {
+        None
+    };
+    let chunks = rows.div_ceil(LN_CHUNK).max(1);
+    let partial = |on: bool| -> Result<Option<Tensor<E>>> {
+        if !on {
+            return Ok(None);
+        }
+        // Zeroed, so that no rows at all still sum to 0.
+        Ok(Some(full(dev, &[chunks, d], 0.0)?))
+    };
+    let (pw, pb) = (partial(want[1])?, partial(want[2])?);
+    k::layer_norm_bwd_params_f32(
+        &*driver,
+        k::LayerNormParamGrads {
+            dweight: pw.as_ref().map(ptr).transpose()?,
+            dbias: pb.as_ref().map(ptr).transpose()?,
+        },
+        ptr(&x)?,
+        ptr(&g)?,
+        ptr(stats)?,
+        rows,
+        d,
+        LN_CHUNK,
+    )?;
+    let finish = |p: Option<Tensor<E>>| -> Result<Option<Tensor<E>>> {
+        p.map(|p| reduce(&p, &[0], false, &[d])).transpose()
+    };
+    Ok((dx, finish(pw)?, finish(pb)?))
+}
+
+/// Uploads `values` (u32) into a fresh device buffer.
+fn upload_u32(driver: &Arc<dyn Driver>, values: &[u32]) -> Result<GpuBuffer> {
+    let buf = GpuBuffer::alloc(driver.clone(), values.len().max(1), 4)?;
+    if !values.is_empty() {
+        driver.upload(buf.ptr(), bytemuck::cast_slice(values))?;
+    }
+    Ok(buf)
+}
+
+/// `x` indexed along `axis` by `indices` (checked by the caller), as `[outer, n, inner]`.
+pub(crate) fn index_select<E: Element>(
+    x: &Tensor<E>,
+    axis: usize,
+    indices: &[usize],
+    out_shape: &[usize],
+) -> Result<Tensor<E>> {
+    let (driver, _) = operand(x)?;
+    let x = dense(x)?;
+    let s = x.shape();
+    let outer: usize = s[..axis].iter().product();
+    let inner: usize = s[axis + 1..].iter().product();
+    let idx = upload_u32(&driver, &k::u32_indices("index_select", indices, s[axis])?)?;
+    let out = empty(&driver, x.device(), out_shape)?;
+    k::index_select_f32(
+        &*driver,
+        ptr(&out)?,
+        ptr(&x)?,
+        idx.ptr(),
+        outer,
+        s[axis],
+        indices.len(),
+        inner,
+    )?;
+    Ok(out)
+}
+
+/// The adjoint of [`index_select`]: `g` `[outer, n, inner]` summed into zeros of `shape` at
+/// `indices` along `axis`, in a fixed order.
+pub(crate) fn index_add<E: Element>(
+    g: &Tensor<E>,
+    axis: usize,
+    indices: &[usize],
+    shape: &[usize],
+) -> Result<Tensor<E>> {
+    let (driver, _) = operand(g)?;
+    let g = dense(g)?;
+    let outer: usize = shape[..axis].iter().product();
+    let inner: usize = shape[axis + 1..].iter().product();
+    let plan = k::scatter_plan(indices, shape[axis])?;
+    let (order, starts) = (
+        upload_u32(&driver, &plan.order)?,
+        upload_u32(&driver, &plan.starts)?,
+    );
+    let out = full(g.device(), shape, 0.0)?;
+    k::index_add_f32(
+        &*driver,
+        ptr(&out)?,
+        ptr(&g)?,
+        order.ptr(),
+        starts.ptr(),
+        outer,
+        shape[axis],
+        indices.len(),
+        inner,
+    )?;
+    Ok(out)
+}
+
+/// `src` placed at `start` along `axis` inside zeros of `shape`.
+pub(crate) fn pad_axis<E: Element>(
+    src: &Tensor<E>,
+    axis: usize,
+    start: usize,
+    shape: &[usize],
+) -> Result<Tensor<E>> {
+    let out = full(src.device(), shape, 0.0)?;
+    let len = src.shape()[axis];
+    let window = out.view_raw(out.layout().narrow(axis, start, len));
+    copy_into(&window, src)?;
+    Ok(out)
+}
+
+/// The operands side by side along `axis` into a fresh tensor of `shape`.
+pub(crate) fn concat<E: Element>(
+    parts: &[&Tensor<E>],
+    axis: usize,
+    shape: &[usize],
+) -> Result<Tensor<E>> {
+    let (driver, _) = operand(parts[0])?;
+    let out = empty(&driver, parts[0].device(), shape)?;
+    let mut start = 0;
+    for p in parts {
+        let len = p.shape()[axis];
+        copy_into(&out.view_raw(out.layout().narrow(axis, start, len)), p)?;
+        start += len;
+    }
+    Ok(out)
+}
+
+/// One AdamW step on contiguous `param`, `m`, `v` from `grad`, in place.
+pub(crate) fn adamw<E: Element>(
+    param: &Tensor<E>,
+    grad: &Tensor<E>,
+    m: &Tensor<E>,
+    v: &Tensor<E>,
+    config: &AdamWConfig,
+    lr: f64,
+    step: u64,
+) -> Result<()> {
+    let (driver, pp) = operand(param)?;
+    let g = dense(grad)?;
+    let coeffs = k::AdamWCoeffs::new(config, lr, step)?;
+    k::adamw_f32(
+        &*driver,
+        pp,
+        ptr(m)?,
+        ptr(v)?,
+        ptr(&g)?,
+        param.numel(),
+        &coeffs,
+    )
+}
+
+/// `shadow = decay * shadow + (1 - decay) * param`, in place.
+pub(crate) fn ema<E: Element>(shadow: &Tensor<E>, param: &Tensor<E>, decay: f64) -> Result<()> {
+    let (driver, sp) = operand(shadow)?;
+    let p = dense(param)?;
+    k::ema_f32(&*driver, sp, ptr(&p)?, shadow.numel(), decay)
+}
+
+/// Elements per partial sum of [`sum_squares`]: fixed, so the order depends on the size alone.
+const SUMSQ_CHUNK: usize = 4096;
+
+/// The sum of squares of `x` in f64 (one download of 8 bytes).
+pub(crate) fn sum_squares<E: Element>(x: &Tensor<E>) -> Result<f64> {
+    let (driver, _) = operand(x)?;
+    let x = dense(x)?;
+    let n = x.numel();
+    if n == 0 {
+        return Ok(0.0);
+    }
+    let parts = k::sum_squares_partials(n, SUMSQ_CHUNK);
+    let partial = GpuBuffer::alloc(driver.clone(), parts, 8)?;
+    let total = GpuBuffer::alloc(driver.clone(), 1, 8)?;
+    k::sum_squares_partial_f32(&*driver, partial.ptr(), ptr(&x)?, n, SUMSQ_CHUNK)?;
+    k::sum_f64(&*driver, total.ptr(), partial.ptr(), parts)?;
+    let mut bytes = [0u8; 8];
+    driver.download(total.ptr(), &mut bytes)?;
+    Ok(f64::from_le_bytes(bytes))
+}
+
+/// The permutation moving `axis` of a rank-`rank` tensor last, and its inverse.
+fn axis_last(axis: usize, rank: usize) -> (Vec<usize>, Vec<usize>) {
+    let perm: Vec<usize> = (0..rank).filter(|&a| a != axis).chain([axis]).collect();
+    let mut inv = vec![0; rank];
+    for (i, &p) in perm.iter().enumerate() {
+        inv[p] = i;
+    }
+    (perm, inv)
+}
+
+/// Softmax (or log-softmax) over `axis`: over rows when it is the last axis, otherwise with
+/// the axis moved last and the result moved back.
+pub(crate) fn softmax<E: Element>(x: &Tensor<E>, axis: usize, log: bool) -> Result<Tensor<E>> {
+    if axis + 1 == x.rank() {
+        return softmax_last(x, log);
+    }
+    let (perm, inv) = axis_last(axis, x.rank());
+    let y = softmax_last(&x.view_raw(x.layout().permute(&perm)), log)?;
+    contiguous(&y.view_raw(y.layout().permute(&inv)))
+}
+
+/// The input gradient of [`softmax`] over `axis` from its output `y`.
+pub(crate) fn softmax_backward<E: Element>(
+    y: &Tensor<E>,
+    g: &Tensor<E>,
+    axis: usize,
+    log: bool,
+) -> Result<Tensor<E>> {
+    if axis + 1 == y.rank() {
+        return softmax_last_backward(y, g, log);
+    }
+    let (perm, inv) = axis_last(axis, y.rank());
+    let moved = |t: &Tensor<E>| t.view_raw(t.layout().permute(&perm));
+    let dx = softmax_last_backward(&moved(y), &moved(g), log)?;
+    contiguous(&dx.view_raw(dx.layout().permute(&inv)))
+}

@@ -10,7 +10,7 @@
 //! ```
 //! use tarflow::Tensor;
 //! let x = Tensor::<f64>::from_vec(vec![1.0, 2.0, 3.0], &[3]).unwrap().requires_grad_();
-//! let y = x.square().sum_all();
+//! let y = x.square().unwrap().sum_all().unwrap();
 //! y.backward().unwrap();
 //! assert_eq!(x.grad().unwrap().to_vec(), vec![2.0, 4.0, 6.0]);
 //! ```

@@ -161,6 +161,21 @@ fn bad_input_is_a_clear_error_not_a_panic() {
     let out = tarflow(&["train", "--device", "cuda", "--steps", "1"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("CUDA"));
+    // Every device name parses; the commands say they run on the CPU for now.
+    let out = tarflow(&["train", "--device", "ptx-sim", "--steps", "1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ptx-sim") && err.contains("--device cpu"),
+        "{err}"
+    );
+    let out = tarflow(&["train", "--device", "tpu", "--steps", "1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown device") && err.contains("ptx-sim"),
+        "{err}"
+    );
 }
 
 /// A model whose log-determinant overflows to NaN fails the audit with a non-zero exit, and

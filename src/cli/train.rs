@@ -189,16 +189,19 @@ impl Overrides {
 }
 
 pub fn check_device(name: &str) -> Result<Device> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        d if d.starts_with("cuda") => Err(Error::Device {
+    let device: Device = name.parse()?;
+    if device.is_gpu() {
+        // Say first what this machine or build lacks, if anything.
+        tarflow::gpu::registry::driver(device)?;
+        return Err(Error::Device {
             op: "train",
-            detail: format!("device '{d}': this build has no CUDA backend; use --device cpu"),
-        }),
-        other => Err(Error::Config(format!(
-            "unknown device '{other}' (cpu or cuda)"
-        ))),
+            detail: format!(
+                "{device}: the commands run on the CPU for now (the library runs training ops \
+                 on {device} through `to_device`); use --device cpu"
+            ),
+        });
     }
+    Ok(device)
 }
 
 /// Refuses options a resumed run would ignore: it continues with its saved settings, and

@@ -1,0 +1,190 @@
+//! Each op on a GPU device against the same op on the CPU, forward and backward, over the
+//! layouts that stress the dispatch: transposed, flipped, broadcast and narrowed operands,
+//! reductions over inner and scattered axes, softmax over a middle axis, repeated indices.
+//! One body per case runs on `ptx-sim` (always) and on `cuda:0` where a driver loads.
+
+mod common;
+
+use tarflow::ops::attention::{attention, AttentionOptions};
+use tarflow::{Device, Result, Rng, Tensor};
+
+type Case = fn(&[Tensor<f32>]) -> Result<Tensor<f32>>;
+
+/// Runs `f` on `inputs` on the CPU and on `device` (inputs moved there as fresh leaves),
+/// backpropagates the same random projection of the output on both, and compares the
+/// outputs and every input gradient (relative to each tensor's largest CPU magnitude).
+fn same_on(device: Device, name: &str, f: Case, inputs: &[Tensor<f32>], tol: f64) {
+    let leaves = |d: Device| -> Vec<Tensor<f32>> {
+        inputs
+            .iter()
+            .map(|t| t.to_device(d).unwrap().detach().requires_grad_())
+            .collect()
+    };
+    let (xc, xg) = (leaves(Device::Cpu), leaves(device));
+    let (yc, yg) = (f(&xc).unwrap(), f(&xg).unwrap());
+    assert_eq!(yg.device(), device, "{name}: output left the device");
+    assert_eq!(yc.shape(), yg.shape(), "{name}");
+    let proj = Tensor::<f32>::randn(yc.shape(), 0.0, 1.0, &mut Rng::new(5));
+    yc.mul(&proj)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let pg = proj.to_device(device).unwrap();
+    yg.mul(&pg).unwrap().sum_all().unwrap().backward().unwrap();
+    let cmp = |what: &str, g: &Tensor<f32>, c: &Tensor<f32>| {
+        let (g, c) = (g.try_to_vec().unwrap(), c.to_vec());
+        let scale = common::worst(c.iter().map(|&v| (v as f64).abs())).max(1e-30);
+        let e = common::worst(g.iter().zip(&c).map(|(&a, &b)| (a as f64 - b as f64).abs()));
+        assert!(
+            e <= tol * scale,
+            "{name} on {device}: {what} differs by {e:.3e} (scale {scale:.3e})"
+        );
+    };
+    cmp("output", &yg, &yc);
+    for (i, (a, b)) in xg.iter().zip(&xc).enumerate() {
+        match (a.grad(), b.grad()) {
+            (Some(ga), Some(gb)) => {
+                assert_eq!(ga.device(), device, "{name}: gradient {i} left the device");
+                cmp(&format!("gradient {i}"), &ga, &gb)
+            }
+            (None, None) => {}
+            _ => panic!("{name}: gradient {i} exists on one device only"),
+        }
+    }
+}
+
+fn rnd(shape: &[usize], seed: u64) -> Tensor<f32> {
+    Tensor::randn(shape, 0.0, 1.0, &mut Rng::new(seed))
+}
+
+fn all_ops(device: Device) {
+    let a = rnd(&[3, 4, 5], 1);
+    let b = rnd(&[4, 1], 2);
+    let m = rnd(&[6, 7], 3);
+    let cases: Vec<(&str, Case, Vec<Tensor<f32>>)> = vec![
+        (
+            "unary chain on a transposed view",
+            |t| {
+                t[0].permute(&[2, 0, 1])?
+                    .tanh()?
+                    .exp()?
+                    .mul_scalar(0.5)?
+                    .gelu()
+            },
+            vec![a.clone()],
+        ),
+        (
+            "softplus, sigmoid, abs, clamp, powf on a flipped view",
+            |t| {
+                let x = t[0].flip(1)?;
+                x.softplus()?
+                    .add(&x.sigmoid()?)?
+                    .add(&x.abs()?.add_scalar(0.1)?.powf(1.5)?)?
+                    .add(&x.clamp(-0.5, 0.5)?)
+            },
+            vec![a.clone()],
+        ),
+        (
+            "broadcast binary ops",
+            |t| {
+                t[0].mul(&t[1])?
+                    .sub(&t[1])?
+                    .div(&t[1].square()?.add_scalar(1.0)?)?
+                    .maximum(&t[1])
+            },
+            vec![a.clone(), b.clone()],
+        ),
+        (
+            "sum over scattered axes, mean, max",
+            |t| {
+                let s = t[0].sum(&[0, 2], true)?;
+                let mx = t[0].max(&[1], true)?;
+                t[0].mul(&s)?.add(&mx)?.mean(&[-1], false)
+            },
+            vec![a.clone()],
+        ),
+        (
+            "softmax over a middle axis and log_softmax over the last",
+            |t| t[0].softmax(1)?.add(&t[0].log_softmax(-1)?),
+            vec![a.clone()],
+        ),
+        (
+            "matmul with broadcast batch and a transposed operand",
+            |t| t[0].matmul(&t[1].t()?.unsqueeze(0)?),
+            vec![rnd(&[2, 6, 7], 4), m.clone()],
+        ),
+        (
+            "linear with bias on a narrowed input",
+            |t| t[0].narrow(1, 1, 5)?.linear(&t[1], Some(&t[2])),
+            vec![rnd(&[9, 7], 5), rnd(&[3, 5], 6), rnd(&[3], 7)],
+        ),
+        (
+            "layer_norm with and without affine parameters",
+            |t| {
+                let y = t[0].layer_norm(Some(&t[1]), Some(&t[2]), 1e-5)?;
+                y.add(&t[0].t()?.layer_norm(None, None, 1e-5)?.t()?)
+            },
+            vec![rnd(&[7, 7], 8), rnd(&[7], 9), rnd(&[7], 10)],
+        ),
+        (
+            "concat, narrow (pad in backward), where and masked_fill",
+            |t| {
+                let c = Tensor::concat(&[&t[0], &t[0].narrow(0, 1, 2)?], 0)?;
+                let mask = c.sub(&c.mean_all()?)?.relu()?;
+                c.masked_fill(&mask, -3.0)
+            },
+            vec![m.clone()],
+        ),
+        (
+            "index_select with repeated indices",
+            |t| t[0].index_select(0, &[2, 0, 2, 5, 2]),
+            vec![m.clone()],
+        ),
+        (
+            "causal attention (composed on a device)",
+            |t| {
+                let opts = AttentionOptions {
+                    causal: true,
+                    scale: 0.5,
+                    temperature: 1.3,
+                };
+                attention(&t[0], &t[1], &t[2], None, opts)
+            },
+            vec![
+                rnd(&[2, 2, 9, 4], 11),
+                rnd(&[2, 2, 9, 4], 12),
+                rnd(&[2, 2, 9, 4], 13),
+            ],
+        ),
+    ];
+    for (name, f, inputs) in cases {
+        same_on(device, name, f, &inputs, 2e-5);
+    }
+}
+
+#[test]
+fn ops_on_the_ptx_interpreter_match_cpu() {
+    all_ops(Device::PtxSim);
+}
+
+#[test]
+fn ops_on_cuda_match_cpu() {
+    match tarflow::gpu::registry::driver(Device::Cuda(0)) {
+        Ok(_) => all_ops(Device::Cuda(0)),
+        Err(e) => eprintln!("cuda:0 skipped: {e}"),
+    }
+}
+
+#[test]
+fn f64_and_mixed_devices_are_errors() {
+    let x = rnd(&[2, 3], 1).to_device(Device::PtxSim).unwrap();
+    let e = x.add(&rnd(&[2, 3], 2)).unwrap_err().to_string();
+    assert!(e.contains("ptx-sim") && e.contains("cpu"), "{e}");
+    let e = Tensor::<f64>::zeros(&[2])
+        .to_device(Device::PtxSim)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("f64") && e.contains("ptx-sim"), "{e}");
+}

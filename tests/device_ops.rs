@@ -170,7 +170,7 @@ fn ops_on_the_ptx_interpreter_match_cpu() {
 }
 
 #[test]
-fn ops_on_cuda_match_cpu() {
+fn ops_match_cpu_on_cuda() {
     match tarflow::gpu::registry::driver(Device::Cuda(0)) {
         Ok(_) => all_ops(Device::Cuda(0)),
         Err(e) => eprintln!("cuda:0 skipped: {e}"),

@@ -147,7 +147,7 @@ fn tiny_training_step_on_the_ptx_interpreter_matches_cpu() {
 }
 
 #[test]
-fn tiny_training_step_on_cuda_matches_cpu() {
+fn tiny_training_step_matches_cpu_on_cuda() {
     match tarflow::gpu::registry::driver(Device::Cuda(0)) {
         Ok(_) => step_matches_cpu(Device::Cuda(0)),
         Err(e) => eprintln!("cuda:0 skipped: {e}"),

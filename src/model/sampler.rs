@@ -12,10 +12,10 @@
 
 use rayon::prelude::*;
 
+use crate::backend::cpu::layer_norm::forward_rows;
+use crate::backend::cpu::softmax::dot;
 use crate::error::{Error, Result};
 use crate::ops::gemm::PackedB;
-use crate::ops::layer_norm::forward_rows;
-use crate::ops::softmax::dot;
 use crate::ops::{matmul::init_gemm_threads, simd::gelu_inplace};
 use crate::rng::Rng;
 use crate::tensor::layout::checked_product;

@@ -17,7 +17,7 @@ pub(crate) use crate::backend::cpu::elementwise as kernel;
 pub use crate::backend::cpu::gemm;
 pub use crate::backend::cpu::simd;
 
+pub use crate::backend::cpu::reduce::sum_slice;
 pub use crate::backend::cpu::scalar::{
     gelu_grad_scalar, gelu_scalar, sigmoid_scalar, softplus_scalar,
 };
-pub use reduce::sum_slice;

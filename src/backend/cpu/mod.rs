@@ -3,8 +3,11 @@
 
 pub(crate) mod elementwise;
 pub mod gemm;
+pub(crate) mod layer_norm;
 mod matmul;
+pub(crate) mod reduce;
 pub(crate) mod scalar;
 pub mod simd;
+pub(crate) mod softmax;
 
 pub(crate) use matmul::{gemm_any, gemm_bias_any};

@@ -27,11 +27,11 @@ use std::sync::RwLockReadGuard;
 use rayon::prelude::*;
 
 use crate::autograd::is_grad_enabled;
+use crate::backend::cpu::softmax::{dot, exp_in_place};
 use crate::error::{Error, Result};
 use crate::ops::gemm::serial_scope;
 use crate::ops::matmul::init_gemm_threads;
 use crate::ops::simd;
-use crate::ops::softmax::{dot, exp_in_place};
 use crate::profile::{Kernel, Timer};
 use crate::tensor::layout::{checked_numel, checked_product};
 use crate::tensor::{DType, Element, Layout, Tensor};

@@ -313,7 +313,7 @@ impl<'a> Launch<'a> {
 
     #[cold]
     #[inline(never)]
-    fn unset_register(&self, r: usize) -> String {
+    pub(super) fn unset_register(&self, r: usize) -> String {
         format!(
             "reads register {} before anything wrote it",
             self.k.reg_names[r]

@@ -20,6 +20,7 @@ mod mem_access;
 mod memory;
 pub mod parse;
 pub mod warp_ops;
+mod warp_io;
 
 pub use counters::Counters;
 pub use driver::PtxSim;

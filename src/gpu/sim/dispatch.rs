@@ -13,7 +13,6 @@ use super::intmath::{
 };
 use super::ir::{AtomOp, BoolOp, Op, Operand, Rnd, Space, Ty, VoteMode};
 use super::memory::{SharedMem, LOCAL_WINDOW, SHARED_WINDOW};
-use super::warp_io::for_lanes;
 use super::warp_ops::{mma_m16n8k16, shfl_source};
 
 impl<'a> Launch<'a> {
@@ -289,35 +288,28 @@ impl<'a> Launch<'a> {
             }
             // A `p|q` destination pair.
             Op::Setp(c, comb, t, ftz) => {
-                let (c, comb, t, ftz) = (*c, *comb, *t, *ftz);
-                let [x, y, z] = match comb {
-                    Some(_) => self.read_all(w, [&ops[1], &ops[2], &ops[3]], active, ctaid, cur)?,
-                    None => {
-                        let [x, y] = self.read_all(w, [&ops[1], &ops[2]], active, ctaid, cur)?;
-                        [x, y, [0; 32]]
-                    }
-                };
-                let (mut p, mut q) = ([0u64; 32], [0u64; 32]);
-                for_lanes(active, |l| {
-                    let mut pl = compare(c, t, x[l], y[l], ftz);
-                    let mut ql = !pl;
+                for l in lanes_of(active) {
+                    *cur = Some(l as u32);
+                    let x = self.rd(w, &ops[1], l, ctaid)?;
+                    let y = self.rd(w, &ops[2], l, ctaid)?;
+                    let mut p = compare(*c, *t, x, y, *ftz);
+                    let mut q = !p;
                     if let Some(b) = comb {
-                        pl = bool_op(b, pl, z[l] != 0);
-                        ql = bool_op(b, ql, z[l] != 0);
+                        let z = self.rd(w, &ops[3], l, ctaid)? != 0;
+                        p = bool_op(*b, p, z);
+                        q = bool_op(*b, q, z);
                     }
-                    p[l] = u64::from(pl);
-                    q[l] = u64::from(ql);
-                });
-                match &ops[0] {
-                    Operand::Vec(v) => {
-                        if let Some(r) = v[0] {
-                            self.write_reg_all(w, r, active, &p);
+                    match &ops[0] {
+                        Operand::Vec(v) => {
+                            if let Some(r) = v[0] {
+                                self.wr_reg(w, r, l, u64::from(p));
+                            }
+                            if let Some(r) = v[1] {
+                                self.wr_reg(w, r, l, u64::from(q));
+                            }
                         }
-                        if let Some(r) = v[1] {
-                            self.write_reg_all(w, r, active, &q);
-                        }
+                        d => self.wr(w, d, l, u64::from(p))?,
                     }
-                    d => self.write_all(w, d, active, &p, cur)?,
                 }
             }
             Op::Selp(_) => {

@@ -636,8 +636,8 @@ impl<'a> Launch<'a> {
                 }
             }
         }
-        for l in lanes_of(advance) {
-            w.pc[l] += 1;
+        for (l, pc) in w.pc.iter_mut().enumerate() {
+            *pc += (advance >> l) & 1;
         }
         Ok(())
     }

@@ -219,20 +219,35 @@ impl<'a> Launch<'a> {
         ctaid: (u32, u32, u32),
         shared: &mut SharedMem,
     ) -> Result<(), Fault> {
+        // After a straight-line instruction issued for every running lane, those lanes all
+        // sit at the next instruction and no other lane runs: the next issue is known
+        // without looking at the lanes again.
+        let mut next: Option<(u32, u32)> = None;
         loop {
-            // The lowest PC among running lanes and the lanes at it, in two branch-free
-            // passes over all 32 lanes (lanes past the warp's end are `Done`).
-            let mut at = [u32::MAX; 32];
-            for (a, (&p, &st)) in at.iter_mut().zip(w.pc.iter().zip(&w.st)) {
-                if st == St::Run {
-                    *a = p;
+            let (pc, group, running) = match next.take() {
+                Some((pc, group)) => (pc, group, group),
+                None => {
+                    // The lowest PC among running lanes and the lanes at it, in branch-free
+                    // passes over all 32 lanes (lanes past the warp's end are `Done`).
+                    let mut at = [u32::MAX; 32];
+                    let mut running = 0u32;
+                    for (l, (a, (&p, &st))) in
+                        at.iter_mut().zip(w.pc.iter().zip(&w.st)).enumerate()
+                    {
+                        let run = st == St::Run;
+                        running |= u32::from(run) << l;
+                        if run {
+                            *a = p;
+                        }
+                    }
+                    let pc = at.iter().copied().fold(u32::MAX, u32::min);
+                    let mut group = 0u32;
+                    for (l, &a) in at.iter().enumerate() {
+                        group |= u32::from(a == pc) << l;
+                    }
+                    (pc, group, running)
                 }
-            }
-            let pc = at.iter().copied().fold(u32::MAX, u32::min);
-            let mut group = 0u32;
-            for (l, &a) in at.iter().enumerate() {
-                group |= u32::from(a == pc) << l;
-            }
+            };
             if pc == u32::MAX {
                 match self.ready_collective(w) {
                     Some((pc, group)) => {
@@ -250,13 +265,17 @@ impl<'a> Launch<'a> {
                     msg: "ran past the last instruction without ret".into(),
                 });
             }
-            if self.k.insts[pc as usize].op.is_warp_collective() {
+            let op = &self.k.insts[pc as usize].op;
+            if op.is_warp_collective() {
                 for l in lanes_of(group) {
                     w.st[l] = St::Park;
                 }
                 continue;
             }
             self.step(w, pc, group, ctaid, shared)?;
+            if group == running && !matches!(op, Op::Bra | Op::Exit | Op::Bar) {
+                next = Some((pc + 1, group));
+            }
         }
     }
 

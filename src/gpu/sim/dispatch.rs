@@ -542,19 +542,24 @@ impl<'a> Launch<'a> {
                 let mut a = [[0u32; 4]; 32];
                 let mut b = [[0u32; 2]; 32];
                 let mut c = [[0f32; 4]; 32];
+                // Decoding checked that every operand is a vector (of 4, 4, 2, 4 registers).
+                *cur = Some(0);
+                fn regs(o: &Operand) -> R<&[Option<u32>]> {
+                    match o {
+                        Operand::Vec(v) => Ok(v),
+                        _ => Err("mma operands are vectors".to_string()),
+                    }
+                }
+                let (ra, rb, rc) = (regs(&ops[1])?, regs(&ops[2])?, regs(&ops[3])?);
                 for l in 0..32 {
                     *cur = Some(l as u32);
-                    let regs = |o: &Operand| match o {
-                        Operand::Vec(v) => Ok(v.clone()),
-                        _ => Err("mma operands are vectors".to_string()),
-                    };
-                    for (i, r) in regs(&ops[1])?.iter().enumerate() {
+                    for (i, r) in ra.iter().enumerate() {
                         a[l][i] = self.rd(w, &Operand::Reg(r.ok_or("sink")?), l, ctaid)? as u32;
                     }
-                    for (i, r) in regs(&ops[2])?.iter().enumerate() {
+                    for (i, r) in rb.iter().enumerate() {
                         b[l][i] = self.rd(w, &Operand::Reg(r.ok_or("sink")?), l, ctaid)? as u32;
                     }
-                    for (i, r) in regs(&ops[3])?.iter().enumerate() {
+                    for (i, r) in rc.iter().enumerate() {
                         let v = self.rd(w, &Operand::Reg(r.ok_or("sink")?), l, ctaid)?;
                         c[l][i] = f32b(v);
                     }

@@ -52,6 +52,7 @@ fn fma64_hw(a: f64, b: f64, c: f64) -> f64 {
 }
 
 /// Flushes an f32 subnormal to a zero of the same sign (`.ftz`).
+#[inline]
 pub fn ftz32(x: f32) -> f32 {
     if x.is_subnormal() {
         f32::copysign(0.0, x)
@@ -60,6 +61,7 @@ pub fn ftz32(x: f32) -> f32 {
     }
 }
 
+#[inline]
 fn canon32(x: f32) -> f32 {
     if x.is_nan() {
         f32::from_bits(F32_NAN)
@@ -197,6 +199,7 @@ fn zero_sum_sign(a: f64, b: f64, rnd: Rnd) -> Option<f64> {
 }
 
 /// f32 `add` (op 0), `sub` (1), `mul` (2) with rounding, `.ftz` and `.sat`.
+#[inline]
 pub fn f32_arith(op: u8, a: f32, b: f32, m: FMod) -> f32 {
     let (a, b) = if m.ftz { (ftz32(a), ftz32(b)) } else { (a, b) };
     let b = if op == 1 { -b } else { b };
@@ -225,6 +228,7 @@ pub fn f32_arith(op: u8, a: f32, b: f32, m: FMod) -> f32 {
     finish32(r, m)
 }
 
+#[inline]
 fn finish32(r: f32, m: FMod) -> f32 {
     let r = if m.ftz { ftz32(r) } else { r };
     let r = if m.sat { sat32(r) } else { r };
@@ -232,6 +236,7 @@ fn finish32(r: f32, m: FMod) -> f32 {
 }
 
 /// f32 `fma` (and `mad.rnd`): `a * b + c` rounded once.
+#[inline]
 pub fn f32_fma(a: f32, b: f32, c: f32, m: FMod) -> f32 {
     let (a, b, c) = if m.ftz {
         (ftz32(a), ftz32(b), ftz32(c))

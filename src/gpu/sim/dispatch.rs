@@ -51,9 +51,15 @@ impl<'a> Launch<'a> {
         match &inst.op {
             Op::IBin(b, t) => {
                 let (b, t) = (*b, *t);
-                self.alu(w, &ops[0], [&ops[1], &ops[2]], active, ctaid, cur, |[x, y]| {
-                    Ok(ibin(b, t, x, y))
-                })?;
+                self.alu(
+                    w,
+                    &ops[0],
+                    [&ops[1], &ops[2]],
+                    active,
+                    ctaid,
+                    cur,
+                    |[x, y]| Ok(ibin(b, t, x, y)),
+                )?;
             }
             Op::IUnary(u, t) => {
                 let (u, t) = (*u, *t);
@@ -63,9 +69,15 @@ impl<'a> Launch<'a> {
             }
             Op::Mul(m, t) => {
                 let (m, t) = (*m, *t);
-                self.alu(w, &ops[0], [&ops[1], &ops[2]], active, ctaid, cur, |[x, y]| {
-                    Ok(imul(m, t, x, y))
-                })?;
+                self.alu(
+                    w,
+                    &ops[0],
+                    [&ops[1], &ops[2]],
+                    active,
+                    ctaid,
+                    cur,
+                    |[x, y]| Ok(imul(m, t, x, y)),
+                )?;
             }
             Op::Mad(m, t) => {
                 let (m, t) = (*m, *t);
@@ -76,9 +88,15 @@ impl<'a> Launch<'a> {
             }
             Op::PredBin(b) => {
                 let b = *b;
-                self.alu(w, &ops[0], [&ops[1], &ops[2]], active, ctaid, cur, |[x, y]| {
-                    Ok(u64::from(bool_op(b, x != 0, y != 0)))
-                })?;
+                self.alu(
+                    w,
+                    &ops[0],
+                    [&ops[1], &ops[2]],
+                    active,
+                    ctaid,
+                    cur,
+                    |[x, y]| Ok(u64::from(bool_op(b, x != 0, y != 0))),
+                )?;
             }
             Op::PredNot => {
                 self.alu(w, &ops[0], [&ops[1]], active, ctaid, cur, |[x]| {
@@ -114,13 +132,21 @@ impl<'a> Launch<'a> {
             }
             Op::FDiv(m, approx) => {
                 let (m, approx) = (*m, *approx);
-                self.alu(w, &ops[0], [&ops[1], &ops[2]], active, ctaid, cur, |[x, y]| {
-                    Ok(if m.ty == Ty::F32 {
-                        f32_div(f32b(x), f32b(y), m, approx).to_bits() as u64
-                    } else {
-                        f64_div(f64::from_bits(x), f64::from_bits(y), m).to_bits()
-                    })
-                })?;
+                self.alu(
+                    w,
+                    &ops[0],
+                    [&ops[1], &ops[2]],
+                    active,
+                    ctaid,
+                    cur,
+                    |[x, y]| {
+                        Ok(if m.ty == Ty::F32 {
+                            f32_div(f32b(x), f32b(y), m, approx).to_bits() as u64
+                        } else {
+                            f64_div(f64::from_bits(x), f64::from_bits(y), m).to_bits()
+                        })
+                    },
+                )?;
             }
             Op::FUnary(u, m, approx) => {
                 let (u, m, approx) = (*u, *m, *approx);
@@ -134,13 +160,21 @@ impl<'a> Launch<'a> {
             }
             Op::FMinMax(max, m) => {
                 let (max, m) = (*max, *m);
-                self.alu(w, &ops[0], [&ops[1], &ops[2]], active, ctaid, cur, |[x, y]| {
-                    Ok(if m.ty == Ty::F32 {
-                        f32_minmax(max, f32b(x), f32b(y), m.ftz).to_bits() as u64
-                    } else {
-                        f64_minmax(max, f64::from_bits(x), f64::from_bits(y)).to_bits()
-                    })
-                })?;
+                self.alu(
+                    w,
+                    &ops[0],
+                    [&ops[1], &ops[2]],
+                    active,
+                    ctaid,
+                    cur,
+                    |[x, y]| {
+                        Ok(if m.ty == Ty::F32 {
+                            f32_minmax(max, f32b(x), f32b(y), m.ftz).to_bits() as u64
+                        } else {
+                            f64_minmax(max, f64::from_bits(x), f64::from_bits(y)).to_bits()
+                        })
+                    },
+                )?;
             }
             Op::Copysign(t) => {
                 let sign = if *t == Ty::F32 {
@@ -148,9 +182,15 @@ impl<'a> Launch<'a> {
                 } else {
                     1u64 << 63
                 };
-                self.alu(w, &ops[0], [&ops[1], &ops[2]], active, ctaid, cur, |[x, y]| {
-                    Ok((y & !sign) | (x & sign))
-                })?;
+                self.alu(
+                    w,
+                    &ops[0],
+                    [&ops[1], &ops[2]],
+                    active,
+                    ctaid,
+                    cur,
+                    |[x, y]| Ok((y & !sign) | (x & sign)),
+                )?;
             }
             Op::Testp(kind, t) => {
                 let (kind, t) = (*kind, *t);
@@ -275,9 +315,15 @@ impl<'a> Launch<'a> {
             }
             Op::Setp(c, None, t, ftz) if !matches!(ops[0], Operand::Vec(_)) => {
                 let (c, t, ftz) = (*c, *t, *ftz);
-                self.alu(w, &ops[0], [&ops[1], &ops[2]], active, ctaid, cur, |[x, y]| {
-                    Ok(u64::from(compare(c, t, x, y, ftz)))
-                })?;
+                self.alu(
+                    w,
+                    &ops[0],
+                    [&ops[1], &ops[2]],
+                    active,
+                    ctaid,
+                    cur,
+                    |[x, y]| Ok(u64::from(compare(c, t, x, y, ftz))),
+                )?;
             }
             Op::Setp(c, Some(b), t, ftz) if !matches!(ops[0], Operand::Vec(_)) => {
                 let (c, b, t, ftz) = (*c, *b, *t, *ftz);

@@ -124,8 +124,7 @@ impl<'a> Launch<'a> {
             w.uncommitted.iter_mut().for_each(Vec::clear);
             w.groups.iter_mut().for_each(VecDeque::clear);
             w.local.clear();
-            w.local
-                .resize(32 * self.k.local_bytes as usize, POISON);
+            w.local.resize(32 * self.k.local_bytes as usize, POISON);
             for &(r, v) in &self.k.const_regs {
                 for l in 0..32 {
                     w.regs[r as usize * 32 + l] = v;
@@ -231,8 +230,7 @@ impl<'a> Launch<'a> {
                     // passes over all 32 lanes (lanes past the warp's end are `Done`).
                     let mut at = [u32::MAX; 32];
                     let mut running = 0u32;
-                    for (l, (a, (&p, &st))) in
-                        at.iter_mut().zip(w.pc.iter().zip(&w.st)).enumerate()
+                    for (l, (a, (&p, &st))) in at.iter_mut().zip(w.pc.iter().zip(&w.st)).enumerate()
                     {
                         let run = st == St::Run;
                         running |= u32::from(run) << l;

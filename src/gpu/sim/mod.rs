@@ -19,8 +19,8 @@ mod lex;
 mod mem_access;
 mod memory;
 pub mod parse;
-pub mod warp_ops;
 mod warp_io;
+pub mod warp_ops;
 
 pub use counters::Counters;
 pub use driver::PtxSim;

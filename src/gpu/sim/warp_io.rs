@@ -140,10 +140,8 @@ impl<'a> Launch<'a> {
                 // Lanes below the first unset read run (their own errors come first).
                 let run = active & below_first(bad);
                 for l in lanes_of(run) {
-                    let v = f(std::array::from_fn(|i| s[i].get(regs, l))).map_err(|e| {
-                        *cur = Some(l as u32);
-                        e
-                    })?;
+                    let v = f(std::array::from_fn(|i| s[i].get(regs, l)))
+                        .inspect_err(|_| *cur = Some(l as u32))?;
                     regs[row + l] = v & m;
                 }
                 if bad != 0 {

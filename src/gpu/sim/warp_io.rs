@@ -2,10 +2,10 @@
 //!
 //! The register file is laid out lane-minor (`regs[r * 32 + lane]`) with one initialisation
 //! mask per register, so an operand is decoded once per instruction instead of once per
-//! lane, and its initialisation check is one mask test for all lanes. The sanitizer is unchanged: a lane
-//! that reads a register nothing wrote still fails, and the error names the same lane and
-//! register as a lane-by-lane read would (the lowest failing lane, its first unset operand in
-//! operand order).
+//! lane, and its initialisation check is one mask test for all lanes. The sanitizer is
+//! unchanged: a lane that reads a register nothing wrote still fails, and the error names the
+//! same lane and register as a lane-by-lane read would (the lowest failing lane, its first
+//! unset operand in operand order).
 
 use super::exec::{lanes_of, Launch, Warp, R};
 use super::ir::Operand;

@@ -83,6 +83,9 @@ pub fn bank_conflicts(addrs: &[u64], bytes: u32) -> u64 {
     // Up to 32 lanes x 4 words per phase; sorted words make distinct ones adjacent.
     let mut words = [0u64; 128];
     for phase in addrs.chunks(lanes_per_phase) {
+        if one_word_per_bank(phase, bytes) {
+            continue;
+        }
         let mut n = 0;
         for &a in phase {
             for w in (a / 4)..(a + bytes.max(1) as u64).div_ceil(4) {
@@ -106,4 +109,24 @@ pub fn bank_conflicts(addrs: &[u64], bytes: u32) -> u64 {
         extra += worst as u64 - 1;
     }
     extra
+}
+
+/// Whether every bank is asked for at most one distinct word in `phase` (no conflict): one
+/// pass that remembers the first word of each bank, so the usual patterns (distinct banks,
+/// broadcasts of a few words) skip the sorting count.
+fn one_word_per_bank(phase: &[u64], bytes: u32) -> bool {
+    let mut used = 0u32;
+    let mut first = [0u64; 32];
+    for &a in phase {
+        for w in (a / 4)..(a + bytes.max(1) as u64).div_ceil(4) {
+            let b = (w % 32) as usize;
+            if used & (1 << b) == 0 {
+                used |= 1 << b;
+                first[b] = w;
+            } else if first[b] != w {
+                return false;
+            }
+        }
+    }
+    true
 }

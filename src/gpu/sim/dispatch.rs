@@ -31,11 +31,16 @@ impl<'a> Launch<'a> {
         self.counters.count(inst.class);
         let mut active = group;
         if let Some((p, neg)) = inst.guard {
+            let p = p as usize;
+            let unset = group & !w.init[p];
+            if unset != 0 {
+                *cur = Some(unset.trailing_zeros());
+                return Err(self.unset_register(p));
+            }
             active = 0;
+            let pv = &w.regs[p * 32..p * 32 + 32];
             for l in lanes_of(group) {
-                *cur = Some(l as u32);
-                let v = self.rd(w, &Operand::Reg(p), l, ctaid)? != 0;
-                if v != neg {
+                if (pv[l] != 0) != neg {
                     active |= 1 << l;
                 }
             }
@@ -45,117 +50,131 @@ impl<'a> Launch<'a> {
         let ops = &inst.ops;
         match &inst.op {
             Op::IBin(b, t) => {
-                for l in lanes_of(active) {
-                    *cur = Some(l as u32);
-                    let x = self.rd(w, &ops[1], l, ctaid)?;
-                    let y = self.rd(w, &ops[2], l, ctaid)?;
-                    self.wr(w, &ops[0], l, ibin(*b, *t, x, y))?;
-                }
+                let (b, t) = (*b, *t);
+                self.alu(
+                    w,
+                    &ops[0],
+                    [&ops[1], &ops[2]],
+                    active,
+                    ctaid,
+                    cur,
+                    |[x, y]| Ok(ibin(b, t, x, y)),
+                )?;
             }
             Op::IUnary(u, t) => {
-                for l in lanes_of(active) {
-                    *cur = Some(l as u32);
-                    let x = self.rd(w, &ops[1], l, ctaid)?;
-                    self.wr(w, &ops[0], l, iunary(*u, *t, x))?;
-                }
+                let (u, t) = (*u, *t);
+                self.alu(w, &ops[0], [&ops[1]], active, ctaid, cur, |[x]| {
+                    Ok(iunary(u, t, x))
+                })?;
             }
             Op::Mul(m, t) => {
-                for l in lanes_of(active) {
-                    *cur = Some(l as u32);
-                    let x = self.rd(w, &ops[1], l, ctaid)?;
-                    let y = self.rd(w, &ops[2], l, ctaid)?;
-                    self.wr(w, &ops[0], l, imul(*m, *t, x, y))?;
-                }
+                let (m, t) = (*m, *t);
+                self.alu(
+                    w,
+                    &ops[0],
+                    [&ops[1], &ops[2]],
+                    active,
+                    ctaid,
+                    cur,
+                    |[x, y]| Ok(imul(m, t, x, y)),
+                )?;
             }
             Op::Mad(m, t) => {
-                for l in lanes_of(active) {
-                    *cur = Some(l as u32);
-                    let x = self.rd(w, &ops[1], l, ctaid)?;
-                    let y = self.rd(w, &ops[2], l, ctaid)?;
-                    let z = self.rd(w, &ops[3], l, ctaid)?;
-                    self.wr(w, &ops[0], l, imad(*m, *t, x, y, z))?;
-                }
+                let (m, t) = (*m, *t);
+                let srcs = [&ops[1], &ops[2], &ops[3]];
+                self.alu(w, &ops[0], srcs, active, ctaid, cur, |[x, y, z]| {
+                    Ok(imad(m, t, x, y, z))
+                })?;
             }
             Op::PredBin(b) => {
-                for l in lanes_of(active) {
-                    *cur = Some(l as u32);
-                    let x = self.rd(w, &ops[1], l, ctaid)? != 0;
-                    let y = self.rd(w, &ops[2], l, ctaid)? != 0;
-                    self.wr(w, &ops[0], l, u64::from(bool_op(*b, x, y)))?;
-                }
+                let b = *b;
+                self.alu(
+                    w,
+                    &ops[0],
+                    [&ops[1], &ops[2]],
+                    active,
+                    ctaid,
+                    cur,
+                    |[x, y]| Ok(u64::from(bool_op(b, x != 0, y != 0))),
+                )?;
             }
             Op::PredNot => {
-                for l in lanes_of(active) {
-                    *cur = Some(l as u32);
-                    let x = self.rd(w, &ops[1], l, ctaid)? != 0;
-                    self.wr(w, &ops[0], l, u64::from(!x))?;
-                }
+                self.alu(w, &ops[0], [&ops[1]], active, ctaid, cur, |[x]| {
+                    Ok(u64::from(x == 0))
+                })?;
             }
             Op::FArith(o, m) => {
-                for l in lanes_of(active) {
-                    *cur = Some(l as u32);
-                    let x = self.rd(w, &ops[1], l, ctaid)?;
-                    let y = self.rd(w, &ops[2], l, ctaid)?;
-                    let r = if m.ty == Ty::F32 {
-                        f32_arith(*o, f32b(x), f32b(y), *m).to_bits() as u64
-                    } else {
-                        f64_arith(*o, f64::from_bits(x), f64::from_bits(y), *m).to_bits()
-                    };
-                    self.wr(w, &ops[0], l, r)?;
+                let (o, m) = (*o, *m);
+                let srcs = [&ops[1], &ops[2]];
+                if m.ty == Ty::F32 {
+                    self.alu(w, &ops[0], srcs, active, ctaid, cur, |[x, y]| {
+                        Ok(f32_arith(o, f32b(x), f32b(y), m).to_bits() as u64)
+                    })?;
+                } else {
+                    self.alu(w, &ops[0], srcs, active, ctaid, cur, |[x, y]| {
+                        Ok(f64_arith(o, f64::from_bits(x), f64::from_bits(y), m).to_bits())
+                    })?;
                 }
             }
             Op::Fma(m) => {
-                for l in lanes_of(active) {
-                    *cur = Some(l as u32);
-                    let x = self.rd(w, &ops[1], l, ctaid)?;
-                    let y = self.rd(w, &ops[2], l, ctaid)?;
-                    let z = self.rd(w, &ops[3], l, ctaid)?;
-                    let r = if m.ty == Ty::F32 {
-                        f32_fma(f32b(x), f32b(y), f32b(z), *m).to_bits() as u64
-                    } else {
+                let m = *m;
+                let srcs = [&ops[1], &ops[2], &ops[3]];
+                if m.ty == Ty::F32 {
+                    self.alu(w, &ops[0], srcs, active, ctaid, cur, |[x, y, z]| {
+                        Ok(f32_fma(f32b(x), f32b(y), f32b(z), m).to_bits() as u64)
+                    })?;
+                } else {
+                    self.alu(w, &ops[0], srcs, active, ctaid, cur, |[x, y, z]| {
                         let (a, b, c) = (f64::from_bits(x), f64::from_bits(y), f64::from_bits(z));
-                        f64_fma(a, b, c, *m).to_bits()
-                    };
-                    self.wr(w, &ops[0], l, r)?;
+                        Ok(f64_fma(a, b, c, m).to_bits())
+                    })?;
                 }
             }
             Op::FDiv(m, approx) => {
-                for l in lanes_of(active) {
-                    *cur = Some(l as u32);
-                    let x = self.rd(w, &ops[1], l, ctaid)?;
-                    let y = self.rd(w, &ops[2], l, ctaid)?;
-                    let r = if m.ty == Ty::F32 {
-                        f32_div(f32b(x), f32b(y), *m, *approx).to_bits() as u64
-                    } else {
-                        f64_div(f64::from_bits(x), f64::from_bits(y), *m).to_bits()
-                    };
-                    self.wr(w, &ops[0], l, r)?;
-                }
+                let (m, approx) = (*m, *approx);
+                self.alu(
+                    w,
+                    &ops[0],
+                    [&ops[1], &ops[2]],
+                    active,
+                    ctaid,
+                    cur,
+                    |[x, y]| {
+                        Ok(if m.ty == Ty::F32 {
+                            f32_div(f32b(x), f32b(y), m, approx).to_bits() as u64
+                        } else {
+                            f64_div(f64::from_bits(x), f64::from_bits(y), m).to_bits()
+                        })
+                    },
+                )?;
             }
             Op::FUnary(u, m, approx) => {
-                for l in lanes_of(active) {
-                    *cur = Some(l as u32);
-                    let x = self.rd(w, &ops[1], l, ctaid)?;
-                    let r = if m.ty == Ty::F32 {
-                        f32_unary(*u, f32b(x), *m, *approx).to_bits() as u64
+                let (u, m, approx) = (*u, *m, *approx);
+                self.alu(w, &ops[0], [&ops[1]], active, ctaid, cur, |[x]| {
+                    Ok(if m.ty == Ty::F32 {
+                        f32_unary(u, f32b(x), m, approx).to_bits() as u64
                     } else {
-                        f64_unary(*u, f64::from_bits(x), *m, *approx).to_bits()
-                    };
-                    self.wr(w, &ops[0], l, r)?;
-                }
+                        f64_unary(u, f64::from_bits(x), m, approx).to_bits()
+                    })
+                })?;
             }
             Op::FMinMax(max, m) => {
-                for l in lanes_of(active) {
-                    *cur = Some(l as u32);
-                    let x = self.rd(w, &ops[1], l, ctaid)?;
-                    let y = self.rd(w, &ops[2], l, ctaid)?;
-                    let r = if m.ty == Ty::F32 {
-                        f32_minmax(*max, f32b(x), f32b(y), m.ftz).to_bits() as u64
-                    } else {
-                        f64_minmax(*max, f64::from_bits(x), f64::from_bits(y)).to_bits()
-                    };
-                    self.wr(w, &ops[0], l, r)?;
-                }
+                let (max, m) = (*max, *m);
+                self.alu(
+                    w,
+                    &ops[0],
+                    [&ops[1], &ops[2]],
+                    active,
+                    ctaid,
+                    cur,
+                    |[x, y]| {
+                        Ok(if m.ty == Ty::F32 {
+                            f32_minmax(max, f32b(x), f32b(y), m.ftz).to_bits() as u64
+                        } else {
+                            f64_minmax(max, f64::from_bits(x), f64::from_bits(y)).to_bits()
+                        })
+                    },
+                )?;
             }
             Op::Copysign(t) => {
                 let sign = if *t == Ty::F32 {
@@ -163,47 +182,50 @@ impl<'a> Launch<'a> {
                 } else {
                     1u64 << 63
                 };
-                for l in lanes_of(active) {
-                    *cur = Some(l as u32);
-                    let x = self.rd(w, &ops[1], l, ctaid)?;
-                    let y = self.rd(w, &ops[2], l, ctaid)?;
-                    self.wr(w, &ops[0], l, (y & !sign) | (x & sign))?;
-                }
+                self.alu(
+                    w,
+                    &ops[0],
+                    [&ops[1], &ops[2]],
+                    active,
+                    ctaid,
+                    cur,
+                    |[x, y]| Ok((y & !sign) | (x & sign)),
+                )?;
             }
             Op::Testp(kind, t) => {
-                for l in lanes_of(active) {
-                    *cur = Some(l as u32);
-                    let x = self.rd(w, &ops[1], l, ctaid)?;
-                    let (v, sub) = if *t == Ty::F32 {
+                let (kind, t) = (*kind, *t);
+                self.alu(w, &ops[0], [&ops[1]], active, ctaid, cur, |[x]| {
+                    let (v, sub) = if t == Ty::F32 {
                         let f = f32b(x);
                         (f as f64, f.is_subnormal())
                     } else {
                         let f = f64::from_bits(x);
                         (f, f.is_subnormal())
                     };
-                    self.wr(w, &ops[0], l, u64::from(testp(*kind, v, sub)))?;
-                }
+                    Ok(u64::from(testp(kind, v, sub)))
+                })?;
             }
-            Op::Mov(t) => self.mov(w, *t, ops, active, ctaid, cur)?,
-            Op::Bfi(t) => {
-                for l in lanes_of(active) {
-                    *cur = Some(l as u32);
-                    let a = self.rd(w, &ops[1], l, ctaid)?;
-                    let b = self.rd(w, &ops[2], l, ctaid)?;
-                    let pos = self.rd(w, &ops[3], l, ctaid)? & 0xff;
-                    let len = self.rd(w, &ops[4], l, ctaid)? & 0xff;
-                    self.wr(w, &ops[0], l, bit_insert(t.bits(), a, b, pos, len))?;
+            Op::Mov(t) => match (&ops[0], &ops[1]) {
+                (Operand::Vec(_), _) | (_, Operand::Vec(_)) => {
+                    self.mov(w, *t, ops, active, ctaid, cur)?
                 }
+                (_, s) => {
+                    let bits = t.bits();
+                    self.alu(w, &ops[0], [s], active, ctaid, cur, |[x]| Ok(mask(x, bits)))?;
+                }
+            },
+            Op::Bfi(t) => {
+                let bits = t.bits();
+                let srcs = [&ops[1], &ops[2], &ops[3], &ops[4]];
+                self.alu(w, &ops[0], srcs, active, ctaid, cur, |[a, b, pos, len]| {
+                    Ok(bit_insert(bits, a, b, pos & 0xff, len & 0xff))
+                })?;
             }
             Op::Lop3 => {
-                for l in lanes_of(active) {
-                    *cur = Some(l as u32);
-                    let a = self.rd(w, &ops[1], l, ctaid)? as u32;
-                    let b = self.rd(w, &ops[2], l, ctaid)? as u32;
-                    let c = self.rd(w, &ops[3], l, ctaid)? as u32;
-                    let lut = self.rd(w, &ops[4], l, ctaid)? as u8;
-                    self.wr(w, &ops[0], l, lop3(a, b, c, lut) as u64)?;
-                }
+                let srcs = [&ops[1], &ops[2], &ops[3], &ops[4]];
+                self.alu(w, &ops[0], srcs, active, ctaid, cur, |[a, b, c, lut]| {
+                    Ok(lop3(a as u32, b as u32, c as u32, lut as u8) as u64)
+                })?;
             }
             Op::Activemask => {
                 for l in lanes_of(active) {
@@ -211,23 +233,17 @@ impl<'a> Launch<'a> {
                 }
             }
             Op::Prmt => {
-                for l in lanes_of(active) {
-                    *cur = Some(l as u32);
-                    let a = self.rd(w, &ops[1], l, ctaid)? as u32;
-                    let b = self.rd(w, &ops[2], l, ctaid)? as u32;
-                    let c = self.rd(w, &ops[3], l, ctaid)? as u32;
-                    self.wr(w, &ops[0], l, prmt(a, b, c) as u64)?;
-                }
+                let srcs = [&ops[1], &ops[2], &ops[3]];
+                self.alu(w, &ops[0], srcs, active, ctaid, cur, |[a, b, c]| {
+                    Ok(prmt(a as u32, b as u32, c as u32) as u64)
+                })?;
             }
             Op::Bfe(t) => {
-                for l in lanes_of(active) {
-                    *cur = Some(l as u32);
-                    let a = self.rd(w, &ops[1], l, ctaid)?;
-                    let pos = self.rd(w, &ops[2], l, ctaid)? & 0xff;
-                    let len = self.rd(w, &ops[3], l, ctaid)? & 0xff;
-                    let r = bit_extract(t.bits(), t.is_signed(), a, pos, len);
-                    self.wr(w, &ops[0], l, r)?;
-                }
+                let (bits, signed) = (t.bits(), t.is_signed());
+                let srcs = [&ops[1], &ops[2], &ops[3]];
+                self.alu(w, &ops[0], srcs, active, ctaid, cur, |[a, pos, len]| {
+                    Ok(bit_extract(bits, signed, a, pos & 0xff, len & 0xff))
+                })?;
             }
             Op::HArith(op, bf16, pair) => {
                 for l in lanes_of(active) {
@@ -254,18 +270,16 @@ impl<'a> Launch<'a> {
                 ftz,
                 sat,
             } => {
-                for l in lanes_of(active) {
-                    *cur = Some(l as u32);
-                    let x = self.rd(w, &ops[1], l, ctaid)?;
-                    let r = cvt(*dst, *src, *rnd, *int_rnd, *ftz, *sat, x)?;
+                let (dst, src, rnd, int_rnd, ftz, sat) = (*dst, *src, *rnd, *int_rnd, *ftz, *sat);
+                self.alu(w, &ops[0], [&ops[1]], active, ctaid, cur, |[x]| {
+                    let r = cvt(dst, src, rnd, int_rnd, ftz, sat, x)?;
                     // A signed result narrower than its register is sign-extended into it.
-                    let r = if dst.is_signed() {
+                    Ok(if dst.is_signed() {
                         sext(r, dst.bits()) as u64
                     } else {
                         r
-                    };
-                    self.wr(w, &ops[0], l, r)?;
-                }
+                    })
+                })?;
             }
             Op::CvtPack(bf16, rnd) => {
                 let rnd = rnd.unwrap_or(Rnd::Nearest);
@@ -288,19 +302,37 @@ impl<'a> Launch<'a> {
                 }
             }
             Op::Cvta { to, space } => {
-                for l in lanes_of(active) {
-                    *cur = Some(l as u32);
-                    let x = self.rd(w, &ops[1], l, ctaid)?;
-                    let r = match (space, to) {
+                let (to, space) = (*to, *space);
+                self.alu(w, &ops[0], [&ops[1]], active, ctaid, cur, |[x]| {
+                    Ok(match (space, to) {
                         (Space::Shared, false) => x.wrapping_add(SHARED_WINDOW),
                         (Space::Shared, true) => x.wrapping_sub(SHARED_WINDOW),
                         (Space::Local, false) => x.wrapping_add(LOCAL_WINDOW),
                         (Space::Local, true) => x.wrapping_sub(LOCAL_WINDOW),
                         _ => x,
-                    };
-                    self.wr(w, &ops[0], l, r)?;
-                }
+                    })
+                })?;
             }
+            Op::Setp(c, None, t, ftz) if !matches!(ops[0], Operand::Vec(_)) => {
+                let (c, t, ftz) = (*c, *t, *ftz);
+                self.alu(
+                    w,
+                    &ops[0],
+                    [&ops[1], &ops[2]],
+                    active,
+                    ctaid,
+                    cur,
+                    |[x, y]| Ok(u64::from(compare(c, t, x, y, ftz))),
+                )?;
+            }
+            Op::Setp(c, Some(b), t, ftz) if !matches!(ops[0], Operand::Vec(_)) => {
+                let (c, b, t, ftz) = (*c, *b, *t, *ftz);
+                let srcs = [&ops[1], &ops[2], &ops[3]];
+                self.alu(w, &ops[0], srcs, active, ctaid, cur, |[x, y, z]| {
+                    Ok(u64::from(bool_op(b, compare(c, t, x, y, ftz), z != 0)))
+                })?;
+            }
+            // A `p|q` destination pair.
             Op::Setp(c, comb, t, ftz) => {
                 for l in lanes_of(active) {
                     *cur = Some(l as u32);
@@ -352,9 +384,7 @@ impl<'a> Launch<'a> {
                         n_shared += 1;
                     }
                     for i in 0..*v as usize {
-                        let mut e = [0u8; 8];
-                        e[..size].copy_from_slice(&buf[i * size..(i + 1) * size]);
-                        let raw = u64::from_le_bytes(e);
+                        let raw = le_value(&buf[i * size..], size);
                         let val = if t.is_signed() {
                             sext(raw, t.bits()) as u64
                         } else {
@@ -370,7 +400,12 @@ impl<'a> Launch<'a> {
                         }
                     }
                 }
-                self.counters.shared_bank_conflicts += bank_conflicts(&shared_addrs, total as u32);
+                // Every lane's address counts, the unused slots as address 0; a warp with no
+                // shared access sees only address 0, which never conflicts.
+                if n_shared > 0 {
+                    self.counters.shared_bank_conflicts +=
+                        bank_conflicts(&shared_addrs, total as u32);
+                }
             }
             Op::St(space, t, v) => {
                 let size = t.bytes() as usize;
@@ -553,19 +588,24 @@ impl<'a> Launch<'a> {
                 let mut a = [[0u32; 4]; 32];
                 let mut b = [[0u32; 2]; 32];
                 let mut c = [[0f32; 4]; 32];
+                // Decoding checked that every operand is a vector (of 4, 4, 2, 4 registers).
+                *cur = Some(0);
+                fn regs(o: &Operand) -> R<&[Option<u32>]> {
+                    match o {
+                        Operand::Vec(v) => Ok(v),
+                        _ => Err("mma operands are vectors".to_string()),
+                    }
+                }
+                let (ra, rb, rc) = (regs(&ops[1])?, regs(&ops[2])?, regs(&ops[3])?);
                 for l in 0..32 {
                     *cur = Some(l as u32);
-                    let regs = |o: &Operand| match o {
-                        Operand::Vec(v) => Ok(v.clone()),
-                        _ => Err("mma operands are vectors".to_string()),
-                    };
-                    for (i, r) in regs(&ops[1])?.iter().enumerate() {
+                    for (i, r) in ra.iter().enumerate() {
                         a[l][i] = self.rd(w, &Operand::Reg(r.ok_or("sink")?), l, ctaid)? as u32;
                     }
-                    for (i, r) in regs(&ops[2])?.iter().enumerate() {
+                    for (i, r) in rb.iter().enumerate() {
                         b[l][i] = self.rd(w, &Operand::Reg(r.ok_or("sink")?), l, ctaid)? as u32;
                     }
-                    for (i, r) in regs(&ops[3])?.iter().enumerate() {
+                    for (i, r) in rc.iter().enumerate() {
                         let v = self.rd(w, &Operand::Reg(r.ok_or("sink")?), l, ctaid)?;
                         c[l][i] = f32b(v);
                     }
@@ -647,8 +687,8 @@ impl<'a> Launch<'a> {
                 }
             }
         }
-        for l in lanes_of(advance) {
-            w.pc[l] += 1;
+        for (l, pc) in w.pc.iter_mut().enumerate() {
+            *pc += (advance >> l) & 1;
         }
         Ok(())
     }
@@ -699,5 +739,17 @@ fn bool_op(b: BoolOp, x: bool, y: bool) -> bool {
         BoolOp::And => x && y,
         BoolOp::Or => x || y,
         BoolOp::Xor => x ^ y,
+    }
+}
+
+/// The little-endian value of the first `size` (1, 2, 4 or 8) bytes of `b`, read at its own
+/// width (a variable-length copy into a zeroed word stalls on store forwarding).
+#[inline(always)]
+fn le_value(b: &[u8], size: usize) -> u64 {
+    match size {
+        1 => b[0] as u64,
+        2 => u16::from_le_bytes([b[0], b[1]]) as u64,
+        4 => u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64,
+        _ => u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
     }
 }

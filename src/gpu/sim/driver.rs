@@ -223,6 +223,7 @@ impl Driver for PtxSim {
             params,
             mem: &mut inner.mem,
             counters: Counters::default(),
+            warps: Vec::new(),
         };
         for z in 0..gz {
             for y in 0..gy {

@@ -71,6 +71,8 @@ pub struct Launch<'a> {
     pub mem: &'a mut GlobalMem,
     /// Counters of this launch.
     pub counters: Counters,
+    /// The warps of the last CTA, kept for the next one (their buffers are reused).
+    pub(super) warps: Vec<Warp>,
 }
 
 #[inline(always)]
@@ -94,33 +96,54 @@ impl<'a> Launch<'a> {
         let nthreads = bx * by * bz;
         let nwarps = nthreads.div_ceil(32);
         let nregs = self.k.regs.len();
-        let mut warps: Vec<Warp> = (0..nwarps)
-            .map(|id| {
-                let lanes = (nthreads - id * 32).min(32);
-                let mut st = [St::Done; 32];
-                for s in st.iter_mut().take(lanes as usize) {
-                    *s = St::Run;
-                }
-                let mut w = Warp {
+        // The warps of the previous CTA are reused: their register values stay behind, but
+        // with every initialisation bit cleared no read can see them.
+        let mut warps = std::mem::take(&mut self.warps);
+        if warps.len() != nwarps as usize {
+            warps = (0..nwarps)
+                .map(|id| Warp {
                     id,
-                    lanes,
+                    lanes: (nthreads - id * 32).min(32),
                     pc: [0; 32],
-                    st,
+                    st: [St::Done; 32],
                     regs: vec![0; nregs * 32],
                     init: vec![0; nregs],
                     uncommitted: (0..32).map(|_| Vec::new()).collect(),
                     groups: (0..32).map(|_| VecDeque::new()).collect(),
-                    local: vec![POISON; 32 * self.k.local_bytes as usize],
-                };
-                for &(r, v) in &self.k.const_regs {
-                    for l in 0..32 {
-                        w.regs[r as usize * 32 + l] = v;
-                    }
-                    w.init[r as usize] = u32::MAX;
+                    local: Vec::new(),
+                })
+                .collect();
+        }
+        for w in warps.iter_mut() {
+            w.pc = [0; 32];
+            w.st = [St::Done; 32];
+            for s in w.st.iter_mut().take(w.lanes as usize) {
+                *s = St::Run;
+            }
+            w.init.fill(0);
+            w.uncommitted.iter_mut().for_each(Vec::clear);
+            w.groups.iter_mut().for_each(VecDeque::clear);
+            w.local.clear();
+            w.local.resize(32 * self.k.local_bytes as usize, POISON);
+            for &(r, v) in &self.k.const_regs {
+                for l in 0..32 {
+                    w.regs[r as usize * 32 + l] = v;
                 }
-                w
-            })
-            .collect();
+                w.init[r as usize] = u32::MAX;
+            }
+        }
+        let r = self.run_warps(&mut warps, ctaid, shared);
+        self.warps = warps;
+        r
+    }
+
+    /// Runs the (freshly reset) warps of one CTA to completion.
+    fn run_warps(
+        &mut self,
+        warps: &mut [Warp],
+        ctaid: (u32, u32, u32),
+        shared: &mut SharedMem,
+    ) -> Result<(), Fault> {
         self.counters.ctas += 1;
         loop {
             for w in warps.iter_mut() {
@@ -128,7 +151,7 @@ impl<'a> Launch<'a> {
             }
             let mut any_live = false;
             let mut all_bar = true;
-            for w in &warps {
+            for w in warps.iter() {
                 for l in 0..w.lanes as usize {
                     match w.st[l] {
                         St::Done => {}
@@ -144,7 +167,7 @@ impl<'a> Launch<'a> {
                 return Ok(());
             }
             if !all_bar {
-                return Err(self.deadlock(&warps));
+                return Err(self.deadlock(warps));
             }
             for w in warps.iter_mut() {
                 for l in 0..w.lanes as usize {
@@ -195,21 +218,34 @@ impl<'a> Launch<'a> {
         ctaid: (u32, u32, u32),
         shared: &mut SharedMem,
     ) -> Result<(), Fault> {
+        // After a straight-line instruction issued for every running lane, those lanes all
+        // sit at the next instruction and no other lane runs: the next issue is known
+        // without looking at the lanes again.
+        let mut next: Option<(u32, u32)> = None;
         loop {
-            // One pass: the lowest PC among running lanes and the lanes at it.
-            let mut pc = u32::MAX;
-            let mut group = 0u32;
-            for l in 0..w.lanes as usize {
-                if w.st[l] == St::Run {
-                    let p = w.pc[l];
-                    if p < pc {
-                        pc = p;
-                        group = 1 << l;
-                    } else if p == pc {
-                        group |= 1 << l;
+            let (pc, group, running) = match next.take() {
+                Some((pc, group)) => (pc, group, group),
+                None => {
+                    // The lowest PC among running lanes and the lanes at it, in branch-free
+                    // passes over all 32 lanes (lanes past the warp's end are `Done`).
+                    let mut at = [u32::MAX; 32];
+                    let mut running = 0u32;
+                    for (l, (a, (&p, &st))) in at.iter_mut().zip(w.pc.iter().zip(&w.st)).enumerate()
+                    {
+                        let run = st == St::Run;
+                        running |= u32::from(run) << l;
+                        if run {
+                            *a = p;
+                        }
                     }
+                    let pc = at.iter().copied().fold(u32::MAX, u32::min);
+                    let mut group = 0u32;
+                    for (l, &a) in at.iter().enumerate() {
+                        group |= u32::from(a == pc) << l;
+                    }
+                    (pc, group, running)
                 }
-            }
+            };
             if pc == u32::MAX {
                 match self.ready_collective(w) {
                     Some((pc, group)) => {
@@ -227,13 +263,17 @@ impl<'a> Launch<'a> {
                     msg: "ran past the last instruction without ret".into(),
                 });
             }
-            if self.k.insts[pc as usize].op.is_warp_collective() {
+            let op = &self.k.insts[pc as usize].op;
+            if op.is_warp_collective() {
                 for l in lanes_of(group) {
                     w.st[l] = St::Park;
                 }
                 continue;
             }
             self.step(w, pc, group, ctaid, shared)?;
+            if group == running && !matches!(op, Op::Bra | Op::Exit | Op::Bar) {
+                next = Some((pc + 1, group));
+            }
         }
     }
 
@@ -264,7 +304,11 @@ impl<'a> Launch<'a> {
                     let mo = inst.ops.last().expect("member mask operand");
                     let member = match mo {
                         Operand::Imm(v) => *v as u32,
-                        Operand::Reg(r) => w.regs[*r as usize * 32 + l] as u32,
+                        // An unset mask register reads as 0 (as a fresh register file's did).
+                        Operand::Reg(r) if w.init[*r as usize] & (1 << l) != 0 => {
+                            w.regs[*r as usize * 32 + l] as u32
+                        }
+                        Operand::Reg(_) => 0,
                         _ => u32::MAX,
                     };
                     member & live
@@ -313,7 +357,7 @@ impl<'a> Launch<'a> {
 
     #[cold]
     #[inline(never)]
-    fn unset_register(&self, r: usize) -> String {
+    pub(super) fn unset_register(&self, r: usize) -> String {
         format!(
             "reads register {} before anything wrote it",
             self.k.reg_names[r]

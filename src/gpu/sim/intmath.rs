@@ -7,6 +7,7 @@ use super::fpmath::ftz32;
 use super::ir::{Cmp, IBin, IUnary, MulMode, Ty};
 
 /// The low `bits` bits of `v`.
+#[inline]
 pub fn mask(v: u64, bits: u32) -> u64 {
     if bits >= 64 {
         v
@@ -16,6 +17,7 @@ pub fn mask(v: u64, bits: u32) -> u64 {
 }
 
 /// `v`'s low `bits` bits, sign-extended.
+#[inline]
 pub fn sext(v: u64, bits: u32) -> i64 {
     if bits >= 64 {
         v as i64
@@ -36,6 +38,7 @@ pub fn int_value(v: u64, t: Ty) -> i128 {
 
 /// Integer binary operations. Division by zero is machine-specific in the ISA; here `div`
 /// gives all ones (`div.s`: -1 for a >= 0, 1 for a < 0) and `rem` gives `a`.
+#[inline]
 pub fn ibin(op: IBin, t: Ty, a: u64, b: u64) -> u64 {
     let w = t.bits();
     let (sa, sb) = (sext(a, w), sext(b, w));
@@ -121,6 +124,7 @@ pub fn iunary(op: IUnary, t: Ty, a: u64) -> u64 {
 
 /// `mul` / `mad` products: `.lo` keeps the low width bits, `.hi` the high ones and `.wide`
 /// the whole double-width product.
+#[inline]
 pub fn imul(mode: MulMode, t: Ty, a: u64, b: u64) -> u64 {
     let w = t.bits();
     let p: i128 = int_value(a, t) * int_value(b, t);
@@ -133,6 +137,7 @@ pub fn imul(mode: MulMode, t: Ty, a: u64, b: u64) -> u64 {
 }
 
 /// `mad`: the product as [`imul`] plus `c` at the result width.
+#[inline]
 pub fn imad(mode: MulMode, t: Ty, a: u64, b: u64, c: u64) -> u64 {
     let w = if mode == MulMode::Wide {
         2 * t.bits()
@@ -157,6 +162,7 @@ pub fn float_value(v: u64, t: Ty, ftz: bool) -> f64 {
 }
 
 /// `setp`'s comparison of two values of type `t`.
+#[inline]
 pub fn compare(c: Cmp, t: Ty, a: u64, b: u64, ftz: bool) -> bool {
     if t.is_float() {
         let (x, y) = (float_value(a, t, ftz), float_value(b, t, ftz));

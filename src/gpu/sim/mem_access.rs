@@ -224,9 +224,9 @@ impl<'a> Launch<'a> {
         if active.count_ones() != 32 {
             return Err("ldmatrix.sync.aligned needs all 32 lanes of the warp".into());
         }
-        let num = num as usize;
-        let mut mats = vec![[[0u16; 8]; 8]; num];
-        let mut addrs = Vec::new();
+        let num = (num as usize).min(4);
+        let mut mats = [[[0u16; 8]; 8]; 4];
+        let mut addrs = [0u64; 32];
         for (lane, slot) in (0..8 * num).map(|l| (l, (l / 8, l % 8))) {
             *cur = Some(lane as u32);
             let a = self.addr(w, &ops[1], lane, ctaid)?;
@@ -246,9 +246,9 @@ impl<'a> Launch<'a> {
             for (e, v) in mats[slot.0][slot.1].iter_mut().enumerate() {
                 *v = u16::from_le_bytes([shared.data[i + 2 * e], shared.data[i + 2 * e + 1]]);
             }
-            addrs.push(a);
+            addrs[lane] = a;
         }
-        self.counters.shared_bank_conflicts += bank_conflicts(&addrs, 16);
+        self.counters.shared_bank_conflicts += bank_conflicts(&addrs[..8 * num], 16);
         let Operand::Vec(dregs) = &ops[0] else {
             return Err("ldmatrix destination is a vector".into());
         };

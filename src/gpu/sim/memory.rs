@@ -52,35 +52,40 @@ impl GlobalMem {
             .ok_or_else(|| format!("free of 0x{base:x}, which is not the start of an allocation"))
     }
 
-    /// The allocation containing `[addr, addr + len)` and the offset of `addr` in it.
-    fn find(&self, addr: u64, len: usize) -> Result<(u64, usize), String> {
-        if let Some((&base, v)) = self.allocs.range(..=addr).next_back() {
-            let off = addr - base;
-            if off + len as u64 <= v.len() as u64 {
-                return Ok((base, off as usize));
-            }
+    /// Where `[addr, addr + len)` lies: its allocation's base and size and the offset of
+    /// `addr` in it, or the error naming what it missed.
+    fn locate(base_len: Option<(u64, usize)>, addr: u64, len: usize) -> Result<usize, String> {
+        let Some((base, size)) = base_len else {
             return Err(format!(
-                "global address 0x{addr:x} (+{len} bytes) is outside the allocation at \
-                 0x{base:x} of {} bytes (offset {off})",
-                v.len()
+                "global address 0x{addr:x} (+{len} bytes) is in no allocation"
             ));
+        };
+        let off = addr - base;
+        if off + len as u64 <= size as u64 {
+            return Ok(off as usize);
         }
         Err(format!(
-            "global address 0x{addr:x} (+{len} bytes) is in no allocation"
+            "global address 0x{addr:x} (+{len} bytes) is outside the allocation at \
+             0x{base:x} of {size} bytes (offset {off})"
         ))
     }
 
     /// Copies device bytes at `addr` into `out`.
     pub fn read(&self, addr: u64, out: &mut [u8]) -> Result<(), String> {
-        let (base, off) = self.find(addr, out.len())?;
-        out.copy_from_slice(&self.allocs[&base][off..off + out.len()]);
+        let found = self.allocs.range(..=addr).next_back();
+        let off = Self::locate(found.map(|(&b, v)| (b, v.len())), addr, out.len())?;
+        let v = found.map_or(&[][..], |(_, v)| &v[..]);
+        out.copy_from_slice(&v[off..off + out.len()]);
         Ok(())
     }
 
     /// Copies `data` to device memory at `addr`.
     pub fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), String> {
-        let (base, off) = self.find(addr, data.len())?;
-        let v = self.allocs.get_mut(&base).expect("found above");
+        let found = self.allocs.range_mut(..=addr).next_back();
+        let Some((&base, v)) = found else {
+            return Self::locate(None, addr, data.len()).map(|_| ());
+        };
+        let off = Self::locate(Some((base, v.len())), addr, data.len())?;
         v[off..off + data.len()].copy_from_slice(data);
         Ok(())
     }

@@ -19,6 +19,7 @@ mod lex;
 mod mem_access;
 mod memory;
 pub mod parse;
+mod warp_io;
 pub mod warp_ops;
 
 pub use counters::Counters;

@@ -82,6 +82,7 @@ done
     echo "- commit: $(git rev-parse HEAD)$(git diff --quiet HEAD -- . ':!gpu-check-bundle' || echo ' (with uncommitted changes)')"
     echo "- built: $(date -u '+%Y-%m-%d %H:%M UTC') on $(uname -m), $(rustc --version)"
     echo "- build: \`cargo build --release --features cuda\`, \`cargo test --release --features cuda --no-run\`, stripped"
+    echo "- needs: glibc >= $(for f in "$BUNDLE"/bin/* "$BUNDLE"/tests/*; do [[ "$f" == *.txt ]] || objdump -T "$f"; done | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -n 1) (dynamically linked; libcuda is loaded at run time)"
     echo
     echo "| file | bytes | sha256 |"
     echo "|---|---:|---|"

@@ -73,8 +73,8 @@ step() {
 facts() {
     echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
     echo "host: $(uname -srm)"
-    nvidia-smi --query-gpu=index,name,driver_version,memory.total,clocks.max.sm,clocks.max.mem,power.limit --format=csv || return 1
-    nvidia-smi
+    nvidia-smi --query-gpu=index,name,driver_version,memory.total,clocks.max.sm,clocks.max.memory,power.limit --format=csv
+    nvidia-smi || return 1
     command -v nvcc >/dev/null && nvcc --version | tail -n 2
     return 0
 }
@@ -128,8 +128,9 @@ for list in "$BUNDLE"/tests/*.txt; do
     fi
     step "test $label" 150 "test-$label.txt" "$exe" --test-threads=1 --nocapture "${filter[@]}"
     # A kernel test that could not open the GPU still passes on the interpreter: say so.
-    if grep -q '^cuda: skipped' "$LOGS/test-$label.txt" 2>/dev/null; then
-        record "cuda in $label" FAILED 0 "test-$label.txt" "$(grep -m1 '^cuda: skipped' "$LOGS/test-$label.txt" | cut -c1-300)"
+    # (libtest prints a test's output on the line of its name.)
+    if grep -q 'cuda: skipped' "$LOGS/test-$label.txt" 2>/dev/null; then
+        record "cuda in $label" FAILED 0 "test-$label.txt" "$(grep -m1 -o 'cuda: skipped.*' "$LOGS/test-$label.txt" | cut -c1-300)"
     fi
 done
 
@@ -151,7 +152,9 @@ step "PyTorch ceilings" 150 torch-ceilings.txt python3 scripts/gpu-check/torch_c
     echo
     [ "$DRY" = 1 ] && echo "Dry run: nothing below was executed." && echo
     echo "Bundle: $(grep -m1 '^- commit' "$BUNDLE/MANIFEST.md" 2>/dev/null | sed 's/^- //' || echo 'missing')"
-    echo "$(grep -m1 '^- built' "$BUNDLE/MANIFEST.md" 2>/dev/null | sed 's/^- //')"
+    echo "$(grep -m1 '^- built' "$BUNDLE/MANIFEST.md" 2>/dev/null | sed 's/^- //');" \
+        "$(grep -m1 '^- needs' "$BUNDLE/MANIFEST.md" 2>/dev/null | sed 's/^- //'), this machine has" \
+        "$(ldd --version 2>/dev/null | head -n 1 | grep -o '[0-9.]*$')"
     echo
     echo "## Steps"
     echo

@@ -29,7 +29,7 @@ pub struct BenchArgs {
     sample_batch: usize,
     /// Timed repeats after the warm-up, at least 1: 5 whole-model runs, or with --kernels 15
     /// interleaved rounds (at least 3 are run: a kernel's median over fewer rounds moves with
-    /// this machine's noise).
+    /// this machine's noise); with --device ptx-sim 1 run per kernel, with cuda 15 samples.
     #[arg(long)]
     repeats: Option<usize>,
     /// Where to run: `cpu`; with --kernels also `ptx-sim` (the GPU kernels on the PTX

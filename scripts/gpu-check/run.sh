@@ -179,7 +179,9 @@ step "PyTorch ceilings" 150 torch-ceilings.txt python3 scripts/gpu-check/torch_c
     for f in "$LOGS"/test-*.txt; do
         [ -e "$f" ] || continue
         result=$(grep -h '^test result:' "$f" | tail -n 1)
-        failed=$(grep -E '^test .* FAILED$' "$f" | sed 's/^test \(.*\) \.\.\. FAILED$/`\1`/' | head -n 20 | tr '\n' ' ')
+        # The names libtest lists, indented, under its last "failures:" heading.
+        failed=$(awk '/^failures:$/ { f = 1; n = 0; next } f && /^    [^ ]/ { names[n++] = $1 }
+            /^test result:/ { for (i = 0; i < n && i < 20; i++) printf "`%s` ", names[i]; n = 0 }' "$f")
         echo "| $(basename "$f" .txt | sed 's/^test-//') | ${result:-no result (see the log)}${failed:+; failed: $failed} |"
     done
     echo

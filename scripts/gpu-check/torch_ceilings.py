@@ -122,6 +122,8 @@ def main():
             F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
     def sdpa_fwd_bwd():
+        # Fresh gradients each time: accumulating into old ones would add three adds.
+        q.grad = k.grad = v.grad = None
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         out.backward(g)
 

@@ -64,7 +64,11 @@ while read -r name kind exe; do
     fi
     cp "$exe" "$BUNDLE/tests/$label"
     taken=$((taken + 1))
-    echo "   $label: $(grep -c . "$BUNDLE/tests/$label.txt") test name(s) or * (all)" >&2
+    if [ "$(head -n 1 "$BUNDLE/tests/$label.txt")" = "*" ]; then
+        echo "   $label: every test" >&2
+    else
+        echo "   $label: $(grep -c . "$BUNDLE/tests/$label.txt") CUDA test(s)" >&2
+    fi
 done <"$BUNDLE/.executables"
 rm -f "$BUNDLE/.executables"
 if [ "$taken" -eq 0 ]; then

@@ -134,7 +134,7 @@ fn elementwise(c: &mut Criterion) {
     let x = upload_f32(&d, &values(n, 6));
     let out = d.alloc(n * 4).expect("alloc");
     bench_launch(c, "unary_gelu_1M", &d, || {
-        unary_f32(&d, UnaryOp::Gelu, 0.0, 0.0, out, x, &[1], &[n]).expect("unary_f32")
+        unary_f32(&d, UnaryOp::Gelu, out, x, &[1], &[n]).expect("unary_f32")
     });
 }
 

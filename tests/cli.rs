@@ -207,3 +207,128 @@ fn audit_fails_on_a_nan_model() {
         "{stdout}"
     );
 }
+
+/// The kernel entries the GPU kernel table launches (`tarflow::bench::gpu`).
+const GPU_TABLE_KERNELS: [&str; 18] = [
+    "strided_copy_f32",
+    "strided_copy_f32_bf16",
+    "unary_f32",
+    "binary_f32",
+    "reduce_rows_f32",
+    "reduce_chunks_f32",
+    "softmax_rows_f32",
+    "layer_norm_fwd_f32",
+    "layer_norm_bwd_dx_f32",
+    "layer_norm_bwd_params_f32",
+    "gemm_f32",
+    "gemm_bf16_nt",
+    "index_select_f32",
+    "index_add_f32",
+    "adamw_f32",
+    "ema_f32",
+    "sum_squares_partial_f32",
+    "sum_f64",
+];
+
+#[cfg(feature = "ptx-sim")]
+#[test]
+fn bench_kernels_on_the_interpreter_counts_every_kernel() {
+    let out = tarflow(&["bench", "--kernels", "--device", "ptx-sim", "--quick"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for k in GPU_TABLE_KERNELS {
+        assert!(
+            text.contains(&format!("    {k}: grid ")),
+            "{k} not in\n{text}"
+        );
+    }
+
+    // The default (interpreter-sized) table as JSON: every case counted instructions and
+    // traffic, and no GPU-only rate is claimed.
+    let out = tarflow(&["bench", "--kernels", "--device", "ptx-sim", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON output");
+    assert_eq!(v["device"], "ptx-sim");
+    assert_eq!(v["sizes"], "interpreter");
+    let results = v["results"].as_array().expect("results");
+    let mut launched = Vec::new();
+    for r in results {
+        let c = &r["counters"];
+        let case = r["case"].as_str().unwrap_or("?");
+        for field in [
+            "warp_instructions",
+            "global_bytes_read",
+            "global_bytes_written",
+        ] {
+            assert!(
+                c[field].as_u64().unwrap_or(0) > 0,
+                "{case}: {field} = {}",
+                c[field]
+            );
+        }
+        assert!(r["gbps"].is_null() && r["tflops"].is_null(), "{case}");
+        for k in r["kernels"].as_array().expect("kernels") {
+            launched.push(k.as_str().expect("kernel name").to_string());
+        }
+    }
+    for k in GPU_TABLE_KERNELS {
+        assert!(launched.iter().any(|l| l == k), "{k} not launched");
+    }
+}
+
+/// `--device cuda` says what is missing (the feature, the driver library or the GPU: the
+/// CUDA driver's own error); where a GPU opens, the smoke table runs on it instead.
+#[test]
+fn bench_kernels_on_cuda_without_a_gpu_names_what_is_missing() {
+    let args = ["bench", "--kernels", "--device", "cuda", "--quick"];
+    match tarflow::gpu::CudaDriver::new(0) {
+        Err(e) => {
+            let out = tarflow(&args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{err}");
+            assert!(err.contains(&e.to_string()), "{err:?} lacks {e}");
+            assert!(err.contains("cuda:0") && err.contains("driver"), "{err}");
+        }
+        Ok(_) => {
+            let out = tarflow(&args);
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            for k in GPU_TABLE_KERNELS {
+                assert!(
+                    text.contains(&format!("    {k}: grid ")),
+                    "{k} not in\n{text}"
+                );
+            }
+        }
+    }
+    for (args, words) in [
+        (
+            &["bench", "--device", "ptx-sim"][..],
+            &["--device ptx-sim", "CPU only", "--kernels"][..],
+        ),
+        (&["bench", "--kernels", "--quick"], &["--quick", "ptx-sim"]),
+        (
+            &["bench", "--kernels", "--device", "gpu"],
+            &["\"gpu\"", "cuda:N"],
+        ),
+    ] {
+        let out = tarflow(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        for w in words {
+            assert!(err.contains(w), "{args:?}: {w:?} not in {err:?}");
+        }
+    }
+}

@@ -1,11 +1,13 @@
 //! Measuring the engine on this machine: the hardware ceilings ([`peak`]) and the engine's
-//! kernels against them ([`kernels`], [`fused`]), and whole-model workloads ([`model`]).
+//! kernels against them ([`kernels`], [`fused`]), whole-model workloads ([`model`]), and the
+//! GPU kernels on the PTX interpreter or a GPU ([`gpu`]).
 //!
 //! Everything here measures and reports; nothing asserts a speed. The command-line program
 //! prints [`KernelResult`]s as a table or JSON, and `docs/performance.md` records a run.
 //! Timings are wall-clock medians over repeats after warm-up, with `std::time::Instant`.
 
 pub mod fused;
+pub mod gpu;
 pub mod kernels;
 pub mod model;
 pub mod peak;

@@ -6,12 +6,13 @@ use clap::Args;
 
 use tarflow::bench::model::{bench_model, check_request};
 use tarflow::model::TarFlowConfig;
-use tarflow::{Error, Result};
+use tarflow::{Device, Error, Result};
 
 #[derive(Args)]
 pub struct BenchArgs {
     /// Time the engine's kernels (matmul, MLP block, softmax, layer_norm, attention,
-    /// elementwise) against the measured peak instead of the model.
+    /// elementwise) against the measured peak instead of the model; with --device ptx-sim
+    /// or cuda[:N], the GPU kernels instead.
     #[arg(long)]
     kernels: bool,
     /// Start from the model of a `train` preset (default: small = 28x28x1 p4 C128 T4 K2).
@@ -28,17 +29,28 @@ pub struct BenchArgs {
     sample_batch: usize,
     /// Timed repeats after the warm-up, at least 1: 5 whole-model runs, or with --kernels 15
     /// interleaved rounds (at least 3 are run: a kernel's median over fewer rounds moves with
-    /// this machine's noise).
+    /// this machine's noise); with --device ptx-sim 1 run per kernel, with cuda 15 samples.
     #[arg(long)]
     repeats: Option<usize>,
+    /// Where to run: `cpu`; with --kernels also `ptx-sim` (the GPU kernels on the PTX
+    /// interpreter: instruction counts, global traffic and bank conflicts per kernel) or
+    /// `cuda[:N]` (the GPU kernels timed on GPU N, at production shapes).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// With --kernels on ptx-sim or cuda: the smallest shapes, a smoke run of the table.
+    #[arg(long)]
+    quick: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
 }
 
 impl BenchArgs {
+    /// The device named by --device.
+    fn device(&self) -> Result<Device> {
+        self.device.parse()
+    }
+
     /// The model to time (the preset with the shape options applied).
     fn model(&self) -> Result<TarFlowConfig> {
         let mut c = super::shape::preset_model(&self.preset)?;
@@ -49,12 +61,27 @@ impl BenchArgs {
     /// Pre-flight checks that build nothing: the device, the repeats, and for the model
     /// its shape, batches and their memory.
     pub fn check(&self) -> Result<()> {
-        super::train::check_device(&self.device)?;
+        let device = self.device()?;
         if self.repeats == Some(0) {
             return Err(Error::arg("bench", "--repeats 0: expected at least 1"));
         }
+        if self.quick && !(self.kernels && device.is_gpu()) {
+            return Err(Error::arg(
+                "bench",
+                "--quick applies to --kernels with --device ptx-sim or cuda[:N]",
+            ));
+        }
         if self.kernels {
             return Ok(());
+        }
+        if device != Device::Cpu {
+            return Err(Error::Device {
+                op: "bench",
+                detail: format!(
+                    "--device {device}: the whole-model bench runs on the CPU only; \
+                     `bench --kernels --device {device}` runs the GPU kernels"
+                ),
+            });
         }
         let c = self.model()?;
         c.validate()?;
@@ -87,7 +114,10 @@ impl BenchArgs {
 
 pub fn bench(a: BenchArgs) -> Result<()> {
     if a.kernels {
-        return super::kernels::bench_kernels(a.json, a.repeats);
+        return match a.device()? {
+            Device::Cpu => super::kernels::bench_kernels(a.json, a.repeats),
+            gpu => super::kernels::bench_gpu_kernels(gpu, a.quick, a.json, a.repeats),
+        };
     }
     let c = a.model()?;
     let rows = bench_model(&c, a.batch, a.sample_batch, a.repeats.unwrap_or(5))?;

@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# The GPU check: on a machine with an NVIDIA GPU (PyTorch for the ceilings; no Rust needed),
+# from the repository root, with the bundle that scripts/gpu-check/prepare.sh built in
+# gpu-check-bundle/:
+#
+#   OUT=/path/for/results scripts/gpu-check/run.sh [--dry-run]
+#
+# Steps, each under `timeout` and within one overall budget (GPU_CHECK_BUDGET_S, default
+# 450 s, so that the whole call stays under 8 minutes):
+#   1. the GPU's facts (nvidia-smi, nvcc, the driver);
+#   2. every bundled test binary with --test-threads=1 (gpu_kernels whole: each test runs on
+#      the interpreter and on cuda:0; elsewhere the tests named as CUDA variants);
+#   3. `tarflow bench --kernels --device cuda` as a table and as JSON;
+#   4. PyTorch at the same shapes (scripts/gpu-check/torch_ceilings.py) for the ceilings.
+# A step that fails is recorded and the next one runs. The report, $OUT/gpu-report.md, says
+# what ran and what failed, with the tables ready for docs/performance.md; raw output goes
+# to $OUT/logs/. Exit status 0 when every step passed, 1 otherwise (the report is written
+# either way). --dry-run checks the bundle against its manifest and writes the report of
+# what would run.
+set -uo pipefail
+
+cd "$(dirname "$0")/../.." || exit 1
+BUNDLE=${BUNDLE:-gpu-check-bundle}
+OUT=${OUT:-gpu-check-out}
+BUDGET_S=${GPU_CHECK_BUDGET_S:-450}
+DRY=0
+[ "${1:-}" = "--dry-run" ] && DRY=1
+LOGS=$OUT/logs
+mkdir -p "$LOGS"
+REPORT=$OUT/gpu-report.md
+STEPS=$LOGS/steps.tsv
+: >"$STEPS"
+T0=$SECONDS
+FAILED=0
+
+# record NAME STATUS SECONDS LOG NOTE
+record() {
+    printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" >>"$STEPS"
+    echo "[$(date -u +%H:%M:%S)] $1: $2 ($3 s) $5" >&2
+    case $2 in ok | dry-run) ;; *) FAILED=1 ;; esac
+}
+
+# step NAME LIMIT_S LOG COMMAND...: runs COMMAND under timeout (capped by the time left),
+# stdout and stderr to $LOGS/LOG; returns the command's status.
+step() {
+    local name=$1 limit=$2 log=$3
+    shift 3
+    if [ "$DRY" = 1 ]; then
+        echo "$*" >"$LOGS/$log"
+        record "$name" dry-run 0 "$log" "would run: $*"
+        return 0
+    fi
+    local left=$((BUDGET_S - (SECONDS - T0)))
+    if [ "$left" -lt 15 ]; then
+        record "$name" SKIPPED 0 "$log" "the ${BUDGET_S} s budget is spent"
+        return 1
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
+    local t=$SECONDS rc
+    timeout --kill-after=10 "$limit" "$@" >"$LOGS/$log" 2>&1
+    rc=$?
+    local dt=$((SECONDS - t)) status=ok note=""
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+        status=TIMEOUT note="stopped after $limit s"
+    elif [ "$rc" -ne 0 ]; then
+        status=FAILED note="exit $rc: $(grep -v '^\s*$' "$LOGS/$log" | tail -n 2 | tr '\n\t' '  ' | cut -c1-300)"
+    fi
+    record "$name" "$status" "$dt" "$log" "$note"
+    return "$rc"
+}
+
+# 1. The machine.
+facts() {
+    echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+    echo "host: $(uname -srm)"
+    nvidia-smi --query-gpu=index,name,driver_version,memory.total,clocks.max.sm,clocks.max.memory,power.limit --format=csv
+    nvidia-smi || return 1
+    command -v nvcc >/dev/null && nvcc --version | tail -n 2
+    return 0
+}
+export -f facts
+step facts 30 facts.txt bash -c facts
+
+# 2. The tests.
+# Every file of the manifest, with its size and hash (a partial copy fails here, not later).
+check_bundle() {
+    local m=$BUNDLE/MANIFEST.md n=0 path bytes sha f
+    if [ ! -f "$m" ]; then
+        echo "no $m: run scripts/gpu-check/prepare.sh on the build machine and bring $BUNDLE"
+        return 1
+    fi
+    while IFS='|' read -r _ path bytes sha _; do
+        path=${path// /} bytes=${bytes// /} sha=${sha// /}
+        [[ "$bytes" =~ ^[0-9]+$ ]] || continue
+        f=$BUNDLE/$path
+        if [ ! -f "$f" ]; then
+            echo "$f is missing"
+            return 1
+        fi
+        if [ "$(stat -c %s "$f")" != "$bytes" ] || [ "$(sha256sum "$f" | cut -c1-16)" != "$sha" ]; then
+            echo "$f differs from $m"
+            return 1
+        fi
+        n=$((n + 1))
+    done <"$m"
+    if [ "$n" -eq 0 ]; then
+        echo "$m lists no file"
+        return 1
+    fi
+    echo "$n files match $m"
+}
+t=$SECONDS
+if check_bundle >"$LOGS/bundle.txt" 2>&1; then
+    record bundle ok $((SECONDS - t)) bundle.txt "$(cat "$LOGS/bundle.txt")"
+else
+    record bundle FAILED $((SECONDS - t)) bundle.txt "$(tail -n 1 "$LOGS/bundle.txt")"
+fi
+for list in "$BUNDLE"/tests/*.txt; do
+    [ -e "$list" ] || continue
+    label=$(basename "$list" .txt)
+    exe=$BUNDLE/tests/$label
+    [ -x "$exe" ] || chmod +x "$exe" 2>/dev/null
+    if [ "$(head -n 1 "$list")" = "*" ]; then
+        filter=()
+    else
+        mapfile -t names <"$list"
+        filter=(--exact "${names[@]}")
+    fi
+    step "test $label" 150 "test-$label.txt" "$exe" --test-threads=1 --nocapture "${filter[@]}"
+    # A kernel test that could not open the GPU still passes on the interpreter: say so.
+    # (libtest prints a test's output on the line of its name.)
+    if grep -q 'cuda: skipped' "$LOGS/test-$label.txt" 2>/dev/null; then
+        record "cuda in $label" FAILED 0 "test-$label.txt" "$(grep -m1 -o 'cuda: skipped.*' "$LOGS/test-$label.txt" | cut -c1-300)"
+    fi
+done
+
+# 3. The kernel table.
+TARFLOW=$BUNDLE/bin/tarflow
+[ -x "$TARFLOW" ] || chmod +x "$TARFLOW" 2>/dev/null
+if step "bench --kernels --device cuda" 180 bench-kernels.txt "$TARFLOW" bench --kernels --device cuda; then
+    step "bench --kernels --device cuda --json" 180 bench-kernels.json "$TARFLOW" bench --kernels --device cuda --json
+else
+    record "bench --kernels --device cuda --json" SKIPPED 0 bench-kernels.json "the table failed above"
+fi
+
+# 4. PyTorch on the same card.
+step "PyTorch ceilings" 150 torch-ceilings.txt python3 scripts/gpu-check/torch_ceilings.py --json "$LOGS/torch-ceilings.json"
+
+# The report.
+{
+    echo "# GPU check, $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo
+    [ "$DRY" = 1 ] && echo "Dry run: nothing below was executed." && echo
+    echo "Bundle: $(grep -m1 '^- commit' "$BUNDLE/MANIFEST.md" 2>/dev/null | sed 's/^- //' || echo 'missing')"
+    echo "$(grep -m1 '^- built' "$BUNDLE/MANIFEST.md" 2>/dev/null | sed 's/^- //');" \
+        "$(grep -m1 '^- needs' "$BUNDLE/MANIFEST.md" 2>/dev/null | sed 's/^- //'), this machine has" \
+        "$(ldd --version 2>/dev/null | head -n 1 | grep -o '[0-9.]*$')"
+    echo
+    echo "## Steps"
+    echo
+    echo "| step | status | s | log | note |"
+    echo "|---|---|---:|---|---|"
+    while IFS=$'\t' read -r name status secs log note; do
+        echo "| $name | $status | $secs | logs/$log | ${note//|/\\|} |"
+    done <"$STEPS"
+    echo
+    echo "Total: $((SECONDS - T0)) s."
+    echo
+    echo "## The GPU"
+    echo
+    echo '```text'
+    sed -n '1,6p' "$LOGS/facts.txt" 2>/dev/null
+    echo '```'
+    echo
+    echo "## Tests"
+    echo
+    echo "| binary | result |"
+    echo "|---|---|"
+    for f in "$LOGS"/test-*.txt; do
+        [ -e "$f" ] || continue
+        result=$(grep -h '^test result:' "$f" | tail -n 1)
+        # The names libtest lists, indented, under its last "failures:" heading.
+        failed=$(awk '/^failures:$/ { f = 1; n = 0; next } f && /^    [^ ]/ { names[n++] = $1 }
+            /^test result:/ { for (i = 0; i < n && i < 20; i++) printf "`%s` ", names[i]; n = 0 }' "$f")
+        echo "| $(basename "$f" .txt | sed 's/^test-//') | ${result:-no result (see the log)}${failed:+; failed: $failed} |"
+    done
+    echo
+    echo "## \`tarflow bench --kernels --device cuda\`"
+    echo
+    echo '```text'
+    cat "$LOGS/bench-kernels.txt" 2>/dev/null
+    echo '```'
+    echo
+    echo "## PyTorch on the same GPU"
+    echo
+    cat "$LOGS/torch-ceilings.txt" 2>/dev/null
+} >"$REPORT"
+echo "report: $REPORT" >&2
+exit "$FAILED"

@@ -1,0 +1,484 @@
+//! The table of cases behind [`super`]: each builds its buffers through a [`Driver`] at
+//! the shapes of a [`Sizes`] and returns what one run launches, through the typed wrappers
+//! of [`crate::gpu::kernels`]. The cases are the kernel families of `ptx/`; their shapes
+//! are the model's (rows of 768 or 1024 features, 64 M-element parameter sets).
+
+use super::Sizes;
+use crate::error::Result;
+use crate::gpu::kernels as k;
+use crate::gpu::{DevicePtr, Driver};
+use crate::optim::AdamWConfig;
+
+/// One case: a family of kernels at one shape, with its buffers already on the device.
+pub(super) struct Case {
+    pub(super) name: &'static str,
+    pub(super) shape: String,
+    pub(super) flops: Option<f64>,
+    pub(super) bytes: f64,
+    pub(super) run: Box<Launches>,
+}
+
+/// What one run of a case launches, given the driver to launch on.
+pub(super) type Launches = dyn Fn(&dyn Driver) -> Result<()>;
+
+/// Builds a case's buffers through the driver and returns the case.
+pub(super) type Build = fn(&mut Buffers, Sizes) -> Result<Case>;
+
+/// Every case, in table order.
+pub(super) const CASES: [Build; 17] = [
+    copy_transpose,
+    copy_to_bf16,
+    unary_exp,
+    binary_add_broadcast,
+    reduce_rows,
+    reduce_columns,
+    softmax_rows,
+    layer_norm_fwd,
+    layer_norm_bwd_dx,
+    layer_norm_bwd_params,
+    gemm_f32,
+    gemm_bf16,
+    index_select,
+    index_add,
+    adamw,
+    ema,
+    sum_of_squares,
+];
+
+/// The buffers of one case, freed together when it is done.
+pub(super) struct Buffers<'a> {
+    pub(super) driver: &'a dyn Driver,
+    pub(super) ptrs: Vec<DevicePtr>,
+}
+
+impl Buffers<'_> {
+    fn put<T: bytemuck::Pod>(&mut self, values: &[T]) -> Result<DevicePtr> {
+        let bytes: &[u8] = bytemuck::cast_slice(values);
+        let p = self.driver.alloc(bytes.len().max(16))?;
+        self.ptrs.push(p);
+        if !bytes.is_empty() {
+            self.driver.upload(p, bytes)?;
+        }
+        Ok(p)
+    }
+
+    /// `n` values `value(i)`, generated and uploaded a chunk at a time, so that a 64
+    /// M-element buffer never exists whole on the host.
+    fn generate<T: bytemuck::Pod + Send>(
+        &mut self,
+        n: usize,
+        value: impl Fn(usize) -> T + Sync + Send,
+    ) -> Result<DevicePtr> {
+        use rayon::prelude::*;
+        const CHUNK: usize = 1 << 20;
+        let size = std::mem::size_of::<T>();
+        let p = self.driver.alloc((n * size).max(16))?;
+        self.ptrs.push(p);
+        let mut chunk = Vec::with_capacity(n.min(CHUNK));
+        for start in (0..n).step_by(CHUNK) {
+            (start..(start + CHUNK).min(n))
+                .into_par_iter()
+                .map(&value)
+                .collect_into_vec(&mut chunk);
+            self.driver.upload(
+                p.offset((start * size) as u64),
+                bytemuck::cast_slice(&chunk),
+            )?;
+        }
+        Ok(p)
+    }
+
+    /// `n` f32 of [`pattern`] with `seed`.
+    fn f32s(&mut self, n: usize, seed: u32) -> Result<DevicePtr> {
+        self.generate(n, |i| pattern(i, seed))
+    }
+
+    /// `n` f32 outputs, zero-filled (a case never reads memory it did not fill).
+    fn out(&mut self, n: usize) -> Result<DevicePtr> {
+        self.generate(n, |_| 0f32)
+    }
+
+    pub(super) fn free_all(&mut self) -> Result<()> {
+        let mut first = Ok(());
+        for p in self.ptrs.drain(..) {
+            if let Err(e) = self.driver.free(p) {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+}
+
+/// Value `i` of a deterministic sequence spread over `[-1, 1)`: a hash of the index.
+pub(super) fn pattern(i: usize, seed: u32) -> f32 {
+    let mut h = (i as u32) ^ seed.wrapping_mul(0x9E37_79B9);
+    h = h.wrapping_mul(0x85EB_CA6B);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xC2B2_AE35);
+    h ^= h >> 16;
+    (h >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+}
+
+fn dims(s: &[usize]) -> String {
+    format!("{s:?}")
+}
+
+/// The elementwise launches: the one place that names the op codes' types, so that a
+/// change of their home touches only these two functions.
+fn launch_exp(d: &dyn Driver, out: DevicePtr, x: DevicePtr, n: usize) -> Result<()> {
+    k::unary_f32(d, k::UnaryOp::Exp, out, x, &[1], &[n])
+}
+
+/// `out[i, j] = a[i, j] + b[j]` over `[rows, cols]` (a bias or positional row broadcast).
+fn launch_add_row(
+    d: &dyn Driver,
+    out: DevicePtr,
+    a: DevicePtr,
+    b: DevicePtr,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    let (ra, rb) = ([cols as isize, 1], [0, 1]);
+    k::binary_f32(d, k::BinaryOp::Add, out, a, &ra, b, &rb, &[rows, cols])
+}
+
+fn copy_transpose(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let (r, c) = s.pick((64, 64), (256, 256), (8192, 8192));
+    let n = r * c;
+    let x = b.f32s(n, 1)?;
+    let out = b.out(n)?;
+    Ok(Case {
+        name: "strided copy, transpose",
+        shape: dims(&[r, c]),
+        flops: None,
+        bytes: 8.0 * n as f64,
+        run: Box::new(move |d| {
+            k::strided_copy_f32(d, out, &[c as isize, 1], x, &[1, r as isize], &[r, c])
+        }),
+    })
+}
+
+fn copy_to_bf16(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let n = s.pick(4096, 65536, 64 << 20);
+    let x = b.f32s(n, 2)?;
+    let out = b.generate(n, |_| 0u16)?;
+    Ok(Case {
+        name: "copy f32 -> bf16",
+        shape: dims(&[n]),
+        flops: None,
+        bytes: 6.0 * n as f64,
+        run: Box::new(move |d| k::strided_copy_f32_bf16(d, out, &[1], x, &[1], &[n])),
+    })
+}
+
+fn unary_exp(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let n = s.pick(4096, 65536, 64 << 20);
+    let x = b.f32s(n, 3)?;
+    let out = b.out(n)?;
+    Ok(Case {
+        name: "unary exp",
+        shape: dims(&[n]),
+        flops: None,
+        bytes: 8.0 * n as f64,
+        run: Box::new(move |d| launch_exp(d, out, x, n)),
+    })
+}
+
+fn binary_add_broadcast(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let (r, c) = s.pick((64, 64), (256, 256), (65536, 1024));
+    let x = b.f32s(r * c, 4)?;
+    let row = b.f32s(c, 5)?;
+    let out = b.out(r * c)?;
+    Ok(Case {
+        name: "binary add, row broadcast",
+        shape: format!("{} + [{c}]", dims(&[r, c])),
+        flops: None,
+        bytes: 4.0 * (2 * r * c + c) as f64,
+        run: Box::new(move |d| launch_add_row(d, out, x, row, r, c)),
+    })
+}
+
+fn reduce_rows(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let (rows, r) = s.pick((16, 256), (256, 1024), (65536, 1024));
+    let x = b.f32s(rows * r, 6)?;
+    let out = b.out(rows)?;
+    Ok(Case {
+        name: "reduce sum, last axis",
+        shape: dims(&[rows, r]),
+        flops: None,
+        bytes: 4.0 * (rows * r + rows) as f64,
+        run: Box::new(move |d| {
+            k::reduce_axis_f32(d, k::ReduceOp::Sum, false, out, x, None, rows, r, 1, false)
+        }),
+    })
+}
+
+fn reduce_columns(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let (r, c) = s.pick((64, 64), (1024, 256), (65536, 1024));
+    let x = b.f32s(r * c, 7)?;
+    let out = b.out(c)?;
+    let scratch_len = k::reduce_scratch_len(1, r, c);
+    let scratch = match scratch_len {
+        0 => None,
+        n => Some(b.out(n)?),
+    };
+    Ok(Case {
+        name: "reduce sum, first axis",
+        shape: dims(&[r, c]),
+        flops: None,
+        bytes: 4.0 * (r * c + c) as f64,
+        run: Box::new(move |d| {
+            k::reduce_axis_f32(d, k::ReduceOp::Sum, false, out, x, scratch, 1, r, c, false)
+        }),
+    })
+}
+
+fn softmax_rows(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let (rows, c) = s.pick((16, 256), (64, 1024), (65536, 1024));
+    let x = b.f32s(rows * c, 8)?;
+    let y = b.out(rows * c)?;
+    Ok(Case {
+        name: "softmax rows",
+        shape: dims(&[rows, c]),
+        flops: None,
+        bytes: 8.0 * (rows * c) as f64,
+        run: Box::new(move |d| k::softmax_rows_f32(d, y, x, rows, c, false)),
+    })
+}
+
+/// Rows and width of the layer-norm cases.
+fn ln_shape(s: Sizes) -> (usize, usize) {
+    s.pick((16, 256), (256, 768), (65536, 768))
+}
+
+/// `[mean, rstd]` per row: plausible statistics for the backward cases.
+fn ln_stats(b: &mut Buffers, rows: usize) -> Result<DevicePtr> {
+    let stats: Vec<f32> = (0..rows).flat_map(|i| [0.01 * i as f32, 1.5]).collect();
+    b.put(&stats)
+}
+
+fn layer_norm_fwd(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let (rows, c) = ln_shape(s);
+    let x = b.f32s(rows * c, 9)?;
+    let w = b.f32s(c, 10)?;
+    let bias = b.f32s(c, 11)?;
+    let y = b.out(rows * c)?;
+    let stats = b.out(2 * rows)?;
+    Ok(Case {
+        name: "layer_norm fwd (w, b, stats)",
+        shape: dims(&[rows, c]),
+        flops: None,
+        bytes: 4.0 * (2 * rows * c + 2 * c + 2 * rows) as f64,
+        run: Box::new(move |d| {
+            k::layer_norm_fwd_f32(d, y, Some(stats), x, Some(w), Some(bias), rows, c, 1e-5)
+        }),
+    })
+}
+
+fn layer_norm_bwd_dx(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let (rows, c) = ln_shape(s);
+    let x = b.f32s(rows * c, 12)?;
+    let g = b.f32s(rows * c, 13)?;
+    let w = b.f32s(c, 14)?;
+    let stats = ln_stats(b, rows)?;
+    let dx = b.out(rows * c)?;
+    Ok(Case {
+        name: "layer_norm bwd dx",
+        shape: dims(&[rows, c]),
+        flops: None,
+        bytes: 4.0 * (3 * rows * c + c + 2 * rows) as f64,
+        run: Box::new(move |d| k::layer_norm_bwd_dx_f32(d, dx, x, g, stats, Some(w), rows, c)),
+    })
+}
+
+fn layer_norm_bwd_params(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let (rows, c) = ln_shape(s);
+    let chunk = s.pick(4, 16, 64);
+    let chunks = rows.div_ceil(chunk);
+    let x = b.f32s(rows * c, 15)?;
+    let g = b.f32s(rows * c, 16)?;
+    let stats = ln_stats(b, rows)?;
+    let dw = b.out(chunks * c)?;
+    let db = b.out(chunks * c)?;
+    let grads = k::LayerNormParamGrads {
+        dweight: Some(dw),
+        dbias: Some(db),
+    };
+    Ok(Case {
+        name: "layer_norm bwd params",
+        shape: format!("{}, chunks of {chunk}", dims(&[rows, c])),
+        flops: None,
+        bytes: 4.0 * (2 * rows * c + 2 * rows + 2 * chunks * c) as f64,
+        run: Box::new(move |d| k::layer_norm_bwd_params_f32(d, grads, x, g, stats, rows, c, chunk)),
+    })
+}
+
+fn gemm_f32(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let n = s.pick(128, 256, 2048);
+    let (m, kk) = (n, n);
+    let a = b.f32s(m * kk, 17)?;
+    let w = b.f32s(n * kk, 18)?;
+    let bias = b.f32s(n, 19)?;
+    let c = b.out(m * n)?;
+    // Linear's product: C = A W^T + bias, W stored [n, k].
+    let g = k::GemmF32 {
+        m,
+        n,
+        k: kk,
+        batch: 1,
+        c,
+        c_rs: n,
+        c_bs: 0,
+        a,
+        a_rs: kk,
+        a_cs: 1,
+        a_bs: 0,
+        b: w,
+        b_rs: 1,
+        b_cs: kk,
+        b_bs: 0,
+        bias: Some(bias),
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    Ok(Case {
+        name: "gemm f32, A W^T + bias",
+        shape: format!("{m}x{n}x{kk}"),
+        flops: Some(2.0 * (m * n * kk) as f64),
+        bytes: 4.0 * (m * kk + n * kk + n + m * n) as f64,
+        run: Box::new(move |d| k::gemm_f32(d, &g)),
+    })
+}
+
+fn gemm_bf16(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let n = s.pick(128, 512, 4096);
+    let (m, kk) = (n, n);
+    let bf16 = |seed| move |i| half::bf16::from_f32(pattern(i, seed)).to_bits();
+    let a = b.generate(m * kk, bf16(20))?;
+    let w = b.generate(n * kk, bf16(21))?;
+    let c = b.out(m * n)?;
+    let g = k::GemmBf16 {
+        layout: k::Bf16Layout::NT,
+        m,
+        n,
+        k: kk,
+        batch: 1,
+        c,
+        ldc: n,
+        c_bs: 0,
+        a,
+        lda: kk,
+        a_bs: 0,
+        b: w,
+        ldb: kk,
+        b_bs: 0,
+        bias: None,
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    Ok(Case {
+        name: "gemm bf16 NT (tensor cores)",
+        shape: format!("{m}x{n}x{kk}"),
+        flops: Some(2.0 * (m * n * kk) as f64),
+        bytes: (2 * (m * kk + n * kk) + 4 * m * n) as f64,
+        run: Box::new(move |d| k::gemm_bf16(d, &g)),
+    })
+}
+
+/// `(outer, table rows, indices, inner)` of the gather / scatter cases, and the indices:
+/// a stride through the table that visits rows out of order, with repeats when there are
+/// more indices than rows.
+fn index_case(s: Sizes) -> ((usize, usize, usize, usize), Vec<usize>) {
+    let shape = s.pick((4, 64, 8, 16), (4, 1024, 256, 64), (1, 65536, 65536, 1024));
+    let (_, len, n_idx, _) = shape;
+    let idx = (0..n_idx).map(|i| (i * 7919 + 3) % len).collect();
+    (shape, idx)
+}
+
+fn index_select(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let ((outer, len, n_idx, inner), idx) = index_case(s);
+    let src = b.f32s(outer * len * inner, 22)?;
+    let iu = b.put(&k::u32_indices("bench index_select", &idx, len)?)?;
+    let out = b.out(outer * n_idx * inner)?;
+    Ok(Case {
+        name: "index_select",
+        shape: format!("{}, {n_idx} indices", dims(&[outer, len, inner])),
+        flops: None,
+        bytes: 4.0 * (2 * outer * n_idx * inner + n_idx) as f64,
+        run: Box::new(move |d| k::index_select_f32(d, out, src, iu, outer, len, n_idx, inner)),
+    })
+}
+
+fn index_add(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let ((outer, len, n_idx, inner), idx) = index_case(s);
+    let plan = k::scatter_plan(&idx, len)?;
+    let touched = plan.starts.windows(2).filter(|w| w[1] > w[0]).count();
+    let dst = b.out(outer * len * inner)?;
+    let src = b.f32s(outer * n_idx * inner, 23)?;
+    let order = b.put(&plan.order)?;
+    let starts = b.put(&plan.starts)?;
+    Ok(Case {
+        name: "index_add (scatter-add)",
+        shape: format!("{} from {n_idx} indices", dims(&[outer, len, inner])),
+        flops: None,
+        bytes: 4.0 * (outer * inner * (n_idx + 2 * touched) + n_idx + len + 1) as f64,
+        run: Box::new(move |d| {
+            k::index_add_f32(d, dst, src, order, starts, outer, len, n_idx, inner)
+        }),
+    })
+}
+
+/// Parameter count of the optimiser cases.
+fn params(s: Sizes) -> usize {
+    s.pick(4096, 65536, 64 << 20)
+}
+
+fn adamw(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let n = params(s);
+    let p = b.f32s(n, 24)?;
+    let m = b.f32s(n, 25)?;
+    let v = b.generate(n, |i| pattern(i, 26).abs())?;
+    let g = b.f32s(n, 27)?;
+    let c = k::AdamWCoeffs::new(&AdamWConfig::default(), 1e-3, 1)?;
+    Ok(Case {
+        name: "AdamW",
+        shape: dims(&[n]),
+        flops: None,
+        bytes: 28.0 * n as f64,
+        run: Box::new(move |d| k::adamw_f32(d, p, m, v, g, n, &c)),
+    })
+}
+
+fn ema(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let n = params(s);
+    let shadow = b.f32s(n, 28)?;
+    let p = b.f32s(n, 29)?;
+    Ok(Case {
+        name: "EMA",
+        shape: dims(&[n]),
+        flops: None,
+        bytes: 12.0 * n as f64,
+        run: Box::new(move |d| k::ema_f32(d, shadow, p, n, 0.999)),
+    })
+}
+
+fn sum_of_squares(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let n = params(s);
+    let chunk = s.pick(1024, 4096, 65536);
+    let parts = k::sum_squares_partials(n, chunk);
+    let x = b.f32s(n, 30)?;
+    let partial = b.generate(parts, |_| 0f64)?;
+    let total = b.put(&[0f64])?;
+    Ok(Case {
+        name: "sum of squares (2 passes)",
+        shape: format!("{}, chunks of {chunk}", dims(&[n])),
+        flops: None,
+        bytes: (4 * n + 16 * parts + 8) as f64,
+        run: Box::new(move |d| {
+            k::sum_squares_partial_f32(d, partial, x, n, chunk)?;
+            k::sum_f64(d, total, partial, parts)
+        }),
+    })
+}

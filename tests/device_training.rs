@@ -153,3 +153,19 @@ fn tiny_training_step_matches_cpu_on_cuda() {
         Err(e) => eprintln!("cuda:0 skipped: {e}"),
     }
 }
+
+#[test]
+fn sampling_a_model_on_a_device_is_a_clear_error() {
+    let cfg = TarFlowConfig::preset("tiny").unwrap();
+    let model = TarFlow::<f32>::new(cfg, 1)
+        .unwrap()
+        .to_device(Device::PtxSim)
+        .unwrap();
+    let e = tarflow::model::Sampler::new(&model)
+        .err()
+        .expect("the sampler runs on the CPU")
+        .to_string();
+    assert!(e.contains("ptx-sim") && e.contains("Device::Cpu"), "{e}");
+    // Moved back, it samples.
+    assert!(tarflow::model::Sampler::new(&model.to_device(Device::Cpu).unwrap()).is_ok());
+}

@@ -219,8 +219,20 @@ struct Work<E> {
 }
 
 impl<E: Element> Sampler<E> {
-    /// Copies the model's weights into the sampler's layout.
+    /// Copies the model's weights into the sampler's layout. The sampler runs on the CPU
+    /// backend's kernels; a model on a GPU device is an error (move it with
+    /// `model.to_device(Device::Cpu)`), never a silent download.
     pub fn new(model: &TarFlow<E>) -> Result<Self> {
+        let device = model.device();
+        if device.is_gpu() {
+            return Err(Error::Device {
+                op: "Sampler::new",
+                detail: format!(
+                    "the model is on {device}: KV-cached sampling runs on the CPU for now \
+                     (move the model with to_device(Device::Cpu) first)"
+                ),
+            });
+        }
         // Every buffer below is sized from the config, so the weights must match it.
         model.check_structure("Sampler::new")?;
         let cfg = &model.config;

@@ -3,34 +3,13 @@
 
 use std::collections::HashMap;
 
-use rayon::prelude::*;
-
 use super::with_prefix;
+use crate::backend::cpu::optim::sum_squares;
 use crate::error::{Error, Result};
-use crate::tensor::iter::PAR_THRESHOLD;
 use crate::tensor::{Element, Tensor};
 
 /// One exported parameter: name, shape, row-major values.
 pub type NamedArray<E> = (String, Vec<usize>, Vec<E>);
-
-/// Sum of squares in `f64`. Large slices are split into fixed chunks whose partial sums are
-/// added in order, so the result does not depend on the thread count.
-pub(crate) fn sum_squares<E: Element>(s: &[E]) -> f64 {
-    let chunk = |c: &[E]| {
-        c.iter()
-            .map(|v| {
-                let x = v.to_f64();
-                x * x
-            })
-            .sum::<f64>()
-    };
-    if s.len() >= 2 * PAR_THRESHOLD {
-        let parts: Vec<f64> = s.par_chunks(PAR_THRESHOLD).map(chunk).collect();
-        parts.iter().sum()
-    } else {
-        chunk(s)
-    }
-}
 
 /// An insertion-ordered map from dotted names to parameter tensors.
 ///

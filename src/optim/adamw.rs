@@ -13,13 +13,12 @@
 //! not rescaled by the adaptive denominator. Parameters without a gradient are skipped
 //! entirely (no decay, no moment update, their `t` does not advance).
 
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::{update_with_state, with_grad_slice};
+use crate::backend::cpu::optim::AdamWCoeffs;
 use crate::error::{Error, Result};
 use crate::nn::ParamStore;
-use crate::tensor::iter::PAR_THRESHOLD;
 use crate::tensor::{Element, Tensor};
 
 /// Hyper-parameters of [`AdamW`].
@@ -115,30 +114,6 @@ pub struct AdamW<E: Element = f32> {
     step: u64,
 }
 
-/// Per-step constants, converted once to the element type.
-#[derive(Clone, Copy)]
-struct Coeffs<E> {
-    decay: E,
-    b1: E,
-    one_minus_b1: E,
-    b2: E,
-    one_minus_b2: E,
-    inv_bc2_sqrt: E,
-    eps: E,
-    step_size: E,
-}
-
-#[inline]
-fn update_chunk<E: Element>(p: &mut [E], m: &mut [E], v: &mut [E], g: &[E], c: Coeffs<E>) {
-    for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
-        *p *= c.decay;
-        *m = c.b1 * *m + c.one_minus_b1 * g;
-        *v = c.b2 * *v + c.one_minus_b2 * g * g;
-        let denom = v.sqrt() * c.inv_bc2_sqrt + c.eps;
-        *p -= c.step_size * *m / denom;
-    }
-}
-
 impl<E: Element> AdamW<E> {
     /// An optimiser for every parameter in `params`, with zero moments.
     pub fn new(params: &ParamStore<E>, config: AdamWConfig) -> Result<Self> {
@@ -216,7 +191,7 @@ impl<E: Element> AdamW<E> {
             let t = s.step as f64;
             let bc1 = 1.0 - cfg.beta1.powf(t);
             let bc2 = 1.0 - cfg.beta2.powf(t);
-            let c = Coeffs {
+            let c = AdamWCoeffs {
                 decay: E::from_f64(1.0 - lr * cfg.weight_decay),
                 b1: E::from_f64(cfg.beta1),
                 one_minus_b1: E::from_f64(1.0 - cfg.beta1),
@@ -228,15 +203,7 @@ impl<E: Element> AdamW<E> {
             };
             with_grad_slice(&s.param, &g, |gs| {
                 update_with_state(&s.param, &s.m, &s.v, |ps, m, v| {
-                    if ps.len() >= 2 * PAR_THRESHOLD {
-                        ps.par_chunks_mut(PAR_THRESHOLD)
-                            .zip(m.par_chunks_mut(PAR_THRESHOLD))
-                            .zip(v.par_chunks_mut(PAR_THRESHOLD))
-                            .zip(gs.par_chunks(PAR_THRESHOLD))
-                            .for_each(|(((p, m), v), g)| update_chunk(p, m, v, g, c));
-                    } else {
-                        update_chunk(ps, m, v, gs, c);
-                    }
+                    crate::backend::cpu::optim::adamw(ps, m, v, gs, c)
                 })
             })?;
         }

@@ -1,11 +1,8 @@
 //! Exponential moving average of the parameters, for evaluation and sampling.
 
-use rayon::prelude::*;
-
 use crate::error::{Error, Result};
 use crate::nn::params::NamedArray;
 use crate::nn::ParamStore;
-use crate::tensor::iter::PAR_THRESHOLD;
 use crate::tensor::{Element, Tensor};
 
 /// A saved [`Ema`]: the number of updates and every shadow parameter.
@@ -27,13 +24,6 @@ pub struct Ema<E: Element = f32> {
     /// parameter to the parameter's device at the next update.
     shadow: Vec<(String, Tensor<E>)>,
     updates: u64,
-}
-
-#[inline]
-fn ema_chunk<E: Element>(s: &mut [E], p: &[E], decay: E, keep: E) {
-    for (s, &p) in s.iter_mut().zip(p) {
-        *s = decay * *s + keep * p;
-    }
 }
 
 impl<E: Element> Ema<E> {
@@ -86,15 +76,7 @@ impl<E: Element> Ema<E> {
                 continue;
             }
             p.with_contiguous(|ps| {
-                s.update_data(|s| {
-                    if ps.len() >= 2 * PAR_THRESHOLD {
-                        s.par_chunks_mut(PAR_THRESHOLD)
-                            .zip(ps.par_chunks(PAR_THRESHOLD))
-                            .for_each(|(s, p)| ema_chunk(s, p, d, k));
-                    } else {
-                        ema_chunk(s, ps, d, k);
-                    }
-                })
+                s.update_data(|s| crate::backend::cpu::optim::ema(s, ps, d, k))
             })?;
         }
         self.updates += 1;

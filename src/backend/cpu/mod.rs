@@ -5,6 +5,7 @@ pub(crate) mod elementwise;
 pub mod gemm;
 pub(crate) mod layer_norm;
 mod matmul;
+pub(crate) mod optim;
 pub(crate) mod reduce;
 pub(crate) mod scalar;
 pub mod simd;

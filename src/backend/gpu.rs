@@ -168,7 +168,18 @@ pub(crate) fn reduce<E: Element>(
     Ok(out)
 }
 
-/// A 2-d operand of a GEMM: non-negative row and column strides, else a contiguous copy.
+/// `t` seen through `l` with strides the GEMM kernel takes (none negative): the view itself,
+/// or a contiguous copy of it when it walks backwards (a flipped axis).
+fn gemm_operand<E: Element>(t: &Tensor<E>, l: &Layout) -> Result<Tensor<E>> {
+    let view = t.view_raw(l.clone());
+    if l.strides().iter().all(|&s| s >= 0) {
+        Ok(view)
+    } else {
+        contiguous(&view)
+    }
+}
+
+/// A 2-d operand's row and column strides as the kernel's unsigned strides.
 fn gemm_strides(rs: isize, cs: isize) -> Option<(usize, usize)> {
     Some((usize::try_from(rs).ok()?, usize::try_from(cs).ok()?))
 }
@@ -187,19 +198,8 @@ pub(crate) fn matmul<E: Element>(
     let r = out_shape.len();
     let (m, n) = (out_shape[r - 2], out_shape[r - 1]);
     let kk = la.shape()[r - 1];
-    // Operands whose strides the kernel cannot take (negative) are copied first.
-    let fix = |t: &Tensor<E>, l: &Layout| -> Result<(Tensor<E>, Layout)> {
-        let st = l.strides();
-        if st.iter().all(|&s| s >= 0) {
-            Ok((t.clone(), l.clone()))
-        } else {
-            let c = contiguous(&t.view_raw(l.clone()))?;
-            let l = c.layout().clone();
-            Ok((c, l))
-        }
-    };
-    let (a, la) = fix(a, la)?;
-    let (b, lb) = fix(b, lb)?;
+    let (a, b) = (gemm_operand(a, la)?, gemm_operand(b, lb)?);
+    let (la, lb) = (a.layout().clone(), b.layout().clone());
     let batch = &out_shape[..r - 2];
     let cst = contiguous_strides(out_shape);
     let (bshape, bst) = k::merge_dims(
@@ -218,11 +218,7 @@ pub(crate) fn matmul<E: Element>(
     let last_st = |i: usize| bst[i].last().copied().unwrap_or(0) as usize;
     let (a_rs, a_cs) = gemm_strides(la.strides()[r - 2], la.strides()[r - 1]).expect("fixed");
     let (b_rs, b_cs) = gemm_strides(lb.strides()[r - 2], lb.strides()[r - 1]).expect("fixed");
-    let (ap, bp, cp) = (
-        operand(&a.view_raw(la.clone()))?.1,
-        ptr(&b.view_raw(lb.clone()))?,
-        ptr(&out)?,
-    );
+    let (ap, bp, cp) = (ptr(&a)?, ptr(&b)?, ptr(&out)?);
     let outer_n: usize = outer_shape.iter().product();
     for o in 0..outer_n {
         // Element offsets of this outer batch index in each operand.
@@ -273,16 +269,7 @@ pub(crate) fn linear<E: Element>(
     let (driver, _) = operand(x2)?;
     let (rows, in_f, out_f) = (x2.shape()[0], x2.shape()[1], w.shape()[0]);
     let out = empty(&driver, x2.device(), &[rows, out_f])?;
-    let x2 = if x2.strides().iter().all(|&s| s >= 0) {
-        x2.clone()
-    } else {
-        contiguous(x2)?
-    };
-    let w = if w.strides().iter().all(|&s| s >= 0) {
-        w.clone()
-    } else {
-        contiguous(w)?
-    };
+    let (x2, w) = (gemm_operand(x2, x2.layout())?, gemm_operand(w, w.layout())?);
     let bias = bias.map(dense).transpose()?;
     let (a_rs, a_cs) = gemm_strides(x2.strides()[0], x2.strides()[1]).expect("checked");
     // B = w^T: B[l, j] = w[j, l].

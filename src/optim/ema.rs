@@ -97,15 +97,10 @@ impl<E: Element> Ema<E> {
     pub fn swap(&mut self, params: &ParamStore<E>) -> Result<()> {
         self.check("Ema::swap", params)?;
         for ((_, s), (_, p)) in self.shadow.iter_mut().zip(params.iter()) {
-            if p.device().is_gpu() {
-                // Through a copy of the parameter: both sides are device memory.
-                let old = p.detach().copy()?;
-                p.assign(s)?;
-                *s = old;
-            } else {
-                crate::backend::cpu_only("Ema::swap", &[&*s, p])?;
-                p.update_data(|d| d.swap_with_slice(&mut s.storage().write()[..]))?;
-            }
+            // Through a copy of the parameter, on whichever device it lives.
+            let old = p.detach().copy()?;
+            p.assign(s)?;
+            *s = old;
         }
         Ok(())
     }

@@ -169,9 +169,6 @@ impl<E: Element> KvCache<E> {
     }
 }
 
-/// Keys per block of the decode loop's score buffer.
-pub(super) const DECODE_CHUNK: usize = 64;
-
 /// Attention of new queries over a [`KvCache`]: `q` is `[B, H, T, Dh]` (usually `T == 1`, one
 /// decode step; any strides), and its queries are the last `T` of the cached positions, so
 /// with `opts.causal` query `t` sees cached positions `0..=len - T + t` (for `T == 1`, all
@@ -224,83 +221,16 @@ pub fn attention_decode<E: Element>(
     if out.is_empty() {
         return Ok(Tensor::from_raw(out, &[d.b, d.h, t, dh]));
     }
-    let lq = Strided4::of(q.layout());
-    let stride = cache.max_len * dh;
     q.with_data(|qv, _| {
-        let one_head = |i: usize, o: &mut [E]| {
-            let (b, h) = (i / d.h, i % d.h);
-            let keys = &cache.k[i * stride..i * stride + len * dh];
-            let vals = &cache.v[i * stride..i * stride + len * dh];
-            for (qi, orow) in o.chunks_exact_mut(dh).enumerate() {
-                let qbase = lq.head(b, h) + qi as isize * lq.st[2];
-                let score = |kr: &[E]| {
-                    alpha
-                        * if lq.st[3] == 1 {
-                            dot(&qv[qbase as usize..qbase as usize + dh], kr)
-                        } else {
-                            kr.iter()
-                                .enumerate()
-                                .map(|(c, &kv)| qv[(qbase + c as isize * lq.st[3]) as usize] * kv)
-                                .sum()
-                        }
-                };
-                let lim = visible(opts.causal, &d, qi);
-                let (mut m, mut l) = (E::NEG_INFINITY, E::ZERO);
-                // Keys in chunks whose scores sit in a stack buffer: one rescale per chunk,
-                // and the exponentials vectorise.
-                let mut buf = [E::ZERO; DECODE_CHUNK];
-                for c0 in (0..lim).step_by(DECODE_CHUNK) {
-                    let n = DECODE_CHUNK.min(lim - c0);
-                    let sc = &mut buf[..n];
-                    let rows = keys[c0 * dh..(c0 + n) * dh].chunks_exact(dh);
-                    for (x, kr) in sc.iter_mut().zip(rows) {
-                        *x = score(kr);
-                    }
-                    let cm = sc
-                        .iter()
-                        .fold(E::NEG_INFINITY, |a, &x| if x > a { x } else { a });
-                    if cm > m {
-                        // Rescale what was accumulated under the old maximum.
-                        let c = (m - cm).exp();
-                        l *= c;
-                        for x in orow.iter_mut() {
-                            *x *= c;
-                        }
-                        m = cm;
-                    }
-                    if m == E::NEG_INFINITY {
-                        continue;
-                    }
-                    for x in sc.iter_mut() {
-                        *x -= m;
-                    }
-                    exp_in_place(sc);
-                    l += crate::ops::sum_slice(sc);
-                    let vrows = vals[c0 * dh..(c0 + n) * dh].chunks_exact(dh);
-                    for (&p, vr) in sc.iter().zip(vrows) {
-                        for (x, &vv) in orow.iter_mut().zip(vr) {
-                            *x += p * vv;
-                        }
-                    }
-                }
-                if l > E::ZERO {
-                    let r = E::ONE / l;
-                    for x in orow.iter_mut() {
-                        *x *= r;
-                    }
-                }
-            }
-        };
-        let o_len = t * dh;
-        if bh > 1 && bh * t * len * dh >= (1 << 16) {
-            out.par_chunks_mut(o_len)
-                .enumerate()
-                .for_each(|(i, o)| one_head(i, o));
-        } else {
-            for (i, o) in out.chunks_exact_mut(o_len).enumerate() {
-                one_head(i, o);
-            }
-        }
+        decode_heads(
+            &mut out,
+            qv,
+            Strided4::of(q.layout()),
+            (&cache.k, &cache.v, cache.max_len),
+            &d,
+            opts.causal,
+            alpha,
+        )
     });
     Ok(Tensor::from_raw(out, &[d.b, d.h, t, dh]))
 }

@@ -21,30 +21,21 @@
 //! Work is spread over (batch, head) pairs with rayon when each product is small enough to
 //! run on one thread (and then kept there, `serial_scope`); larger products are left to the
 //! GEMM's own threads. `f32` products run on the crate's GEMM, `f64` on matrixmultiply.
-
-use std::sync::RwLockReadGuard;
-
-use rayon::prelude::*;
+//!
+//! This file holds the ops (shapes, errors, autograd); the CPU kernels it calls are in
+//! `backend::cpu::attention`. On a GPU device the ops run the device's kernels.
 
 use crate::autograd::is_grad_enabled;
-use crate::backend::cpu::softmax::{dot, exp_in_place};
 use crate::error::{Error, Result};
-use crate::ops::gemm::serial_scope;
 use crate::ops::matmul::init_gemm_threads;
-use crate::ops::simd;
 use crate::profile::{Kernel, Timer};
 use crate::tensor::layout::{checked_numel, checked_product};
-use crate::tensor::{DType, Element, Layout, Tensor};
+use crate::tensor::{Element, Layout, Tensor};
 
-mod backward;
 mod decode;
-mod forward;
-mod tiles;
 
-use backward::*;
+use crate::backend::cpu::attention::*;
 pub use decode::{attention_decode, KvCache};
-use forward::*;
-use tiles::*;
 
 /// How scores are formed and masked.
 ///
@@ -76,17 +67,6 @@ impl AttentionOptions {
         }
         Ok(self.scale / self.temperature)
     }
-}
-
-/// Sizes of one attention call: q `[b, h, nq, dh]`, k `[b, h, nk, dh]`, v `[b, h, nk, dv]`.
-#[derive(Clone, Copy, Debug)]
-struct Dims {
-    b: usize,
-    h: usize,
-    nq: usize,
-    nk: usize,
-    dh: usize,
-    dv: usize,
 }
 
 /// Checks operand shapes and the mask, returning the sizes.
@@ -139,14 +119,6 @@ fn check_shapes<E: Element>(
         ));
     }
     Ok(d)
-}
-
-impl Dims {
-    /// Whether the output and every gradient are empty or all zeros whatever the operands
-    /// hold (no pair, no query, no key, or no width at all), so no kernel needs to run.
-    fn trivial(&self) -> bool {
-        self.b == 0 || self.h == 0 || self.nq == 0 || self.nk == 0 || (self.dh == 0 && self.dv == 0)
-    }
 }
 
 /// Scaled dot-product attention, fused forward and backward.

@@ -5,13 +5,13 @@ use super::*;
 
 /// A rank-4 operand's offset and strides, for addressing one (batch, head) matrix.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Strided4 {
-    pub(super) off: isize,
-    pub(super) st: [isize; 4],
+pub(crate) struct Strided4 {
+    pub(crate) off: isize,
+    pub(crate) st: [isize; 4],
 }
 
 impl Strided4 {
-    pub(super) fn of(l: &Layout) -> Self {
+    pub(crate) fn of(l: &Layout) -> Self {
         let s = l.strides();
         Strided4 {
             off: l.offset() as isize,
@@ -19,12 +19,12 @@ impl Strided4 {
         }
     }
     #[inline]
-    pub(super) fn head(&self, b: usize, h: usize) -> isize {
+    pub(crate) fn head(&self, b: usize, h: usize) -> isize {
         self.off + b as isize * self.st[0] + h as isize * self.st[1]
     }
     /// The (b, h) matrix, rows along axis 2.
     #[inline]
-    pub(super) fn mat<'a, E>(&self, data: &'a [E], b: usize, h: usize) -> Mat<'a, E> {
+    pub(crate) fn mat<'a, E>(&self, data: &'a [E], b: usize, h: usize) -> Mat<'a, E> {
         Mat {
             data,
             off: self.head(b, h),
@@ -36,16 +36,16 @@ impl Strided4 {
 
 /// A strided matrix inside a slice.
 #[derive(Clone, Copy)]
-pub(super) struct Mat<'a, E> {
-    pub(super) data: &'a [E],
-    pub(super) off: isize,
-    pub(super) rs: isize,
-    pub(super) cs: isize,
+pub(crate) struct Mat<'a, E> {
+    pub(crate) data: &'a [E],
+    pub(crate) off: isize,
+    pub(crate) rs: isize,
+    pub(crate) cs: isize,
 }
 
 impl<E> Mat<'_, E> {
     /// Whether every element of a `rows x cols` matrix lies inside the slice.
-    pub(super) fn fits(&self, rows: usize, cols: usize) -> bool {
+    pub(crate) fn fits(&self, rows: usize, cols: usize) -> bool {
         if rows == 0 || cols == 0 {
             return true;
         }
@@ -68,7 +68,7 @@ impl<E> Mat<'_, E> {
 /// columns are (`b.cs == 1`); any other layout is copied element by element, which at
 /// attention sizes costs more than the product itself. Callers arrange their operands so.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn gemm<E: Element>(
+pub(crate) fn gemm<E: Element>(
     m: usize,
     k: usize,
     n: usize,
@@ -123,7 +123,7 @@ pub(super) fn gemm<E: Element>(
 }
 
 /// A contiguous matrix with adjacent rows (`rs == 1`, column-major) and columns `ld` apart.
-pub(super) fn col_major<E>(data: &[E], ld: usize) -> Mat<'_, E> {
+pub(crate) fn col_major<E>(data: &[E], ld: usize) -> Mat<'_, E> {
     Mat {
         data,
         off: 0,
@@ -133,7 +133,7 @@ pub(super) fn col_major<E>(data: &[E], ld: usize) -> Mat<'_, E> {
 }
 
 /// A contiguous matrix with adjacent columns (`cs == 1`, row-major) and rows `ld` apart.
-pub(super) fn row_major<E>(data: &[E], ld: usize) -> Mat<'_, E> {
+pub(crate) fn row_major<E>(data: &[E], ld: usize) -> Mat<'_, E> {
     Mat {
         data,
         off: 0,
@@ -144,7 +144,7 @@ pub(super) fn row_major<E>(data: &[E], ld: usize) -> Mat<'_, E> {
 
 /// Writes `src^T` row-major into `dst`, rows `ld` apart: `dst[c * ld + r] = src(r, c)` for
 /// the `rows x cols` matrix `src`. This is how operands reach the layout `gemm` wants.
-pub(super) fn transpose_into<E: Element>(
+pub(crate) fn transpose_into<E: Element>(
     src: Mat<E>,
     rows: usize,
     cols: usize,
@@ -199,7 +199,7 @@ pub(super) fn transpose_into<E: Element>(
 }
 
 /// Cuts `buf` into consecutive pieces of the given lengths.
-pub(super) fn carve<E, const N: usize>(mut buf: &mut [E], lens: [usize; N]) -> [&mut [E]; N] {
+pub(crate) fn carve<E, const N: usize>(mut buf: &mut [E], lens: [usize; N]) -> [&mut [E]; N] {
     lens.map(|l| {
         let (a, rest) = std::mem::take(&mut buf).split_at_mut(l);
         buf = rest;
@@ -210,7 +210,7 @@ pub(super) fn carve<E, const N: usize>(mut buf: &mut [E], lens: [usize; N]) -> [
 /// Runs `f` on the storage slices of `ts`, taking each distinct storage's read lock once
 /// (q, k and v are often views of one buffer, and a second read lock on one `RwLock` from one
 /// thread can deadlock behind a waiting writer).
-pub(super) fn read_storages<E: Element, R>(ts: &[&Tensor<E>], f: impl FnOnce(&[&[E]]) -> R) -> R {
+pub(crate) fn read_storages<E: Element, R>(ts: &[&Tensor<E>], f: impl FnOnce(&[&[E]]) -> R) -> R {
     let mut guards: Vec<RwLockReadGuard<'_, Vec<E>>> = Vec::new();
     let mut owners: Vec<usize> = Vec::new();
     let mut which = Vec::with_capacity(ts.len());
@@ -229,7 +229,7 @@ pub(super) fn read_storages<E: Element, R>(ts: &[&Tensor<E>], f: impl FnOnce(&[&
 }
 
 /// A raw output pointer shared by tasks that write disjoint chunks.
-pub(super) struct SyncPtr<E>(pub(super) *mut E);
+pub(crate) struct SyncPtr<E>(pub(crate) *mut E);
 // SAFETY: the pointer only reaches the elements through `chunk`, whose contract gives each
 // live chunk to one task; moving the handle to another thread moves no element, and `E: Send`
 // lets the elements be written from there.
@@ -239,7 +239,7 @@ unsafe impl<E: Send> Send for SyncPtr<E> {}
 unsafe impl<E: Send> Sync for SyncPtr<E> {}
 
 impl<E> SyncPtr<E> {
-    pub(super) fn new(v: &mut [E]) -> Self {
+    pub(crate) fn new(v: &mut [E]) -> Self {
         SyncPtr(v.as_mut_ptr())
     }
     /// Chunk `i` of length `len`.
@@ -248,7 +248,7 @@ impl<E> SyncPtr<E> {
     /// The buffer must still be alive, not otherwise borrowed, and hold at least
     /// `(i + 1) * len` elements, and no two live chunks may be the same `i`.
     #[allow(clippy::mut_from_ref)]
-    pub(super) unsafe fn chunk(&self, i: usize, len: usize) -> &mut [E] {
+    pub(crate) unsafe fn chunk(&self, i: usize, len: usize) -> &mut [E] {
         std::slice::from_raw_parts_mut(self.0.add(i * len), len)
     }
 }
@@ -256,12 +256,12 @@ impl<E> SyncPtr<E> {
 /// Whether to spread (batch, head) pairs over rayon: only when each product stays below the
 /// size at which a GEMM is worth its own threads (`m k + k n` of 2^15), and the whole
 /// call is worth a hand-off.
-pub(super) fn parallel_heads(bh: usize, rows: usize, cols: usize, depth: usize) -> bool {
+pub(crate) fn parallel_heads(bh: usize, rows: usize, cols: usize, depth: usize) -> bool {
     bh > 1 && (rows + cols) * depth < (1 << 15) && bh * rows * cols * depth >= (1 << 15)
 }
 
 /// Runs `f(head, scratch)` for every (batch, head) index, with a per-task scratch buffer.
-pub(super) fn for_heads<E: Element>(
+pub(crate) fn for_heads<E: Element>(
     bh: usize,
     par: bool,
     scratch: usize,
@@ -282,7 +282,7 @@ pub(super) fn for_heads<E: Element>(
 
 /// Row `i`'s number of visible keys under the causal rule.
 #[inline]
-pub(super) fn visible(causal: bool, d: &Dims, i: usize) -> usize {
+pub(crate) fn visible(causal: bool, d: &Dims, i: usize) -> usize {
     if causal {
         d.nk - d.nq + i + 1
     } else {
@@ -292,7 +292,7 @@ pub(super) fn visible(causal: bool, d: &Dims, i: usize) -> usize {
 
 /// The first query that sees key `j` under the causal rule (0 without it).
 #[inline]
-pub(super) fn first_query(causal: bool, d: &Dims, j: usize) -> usize {
+pub(crate) fn first_query(causal: bool, d: &Dims, j: usize) -> usize {
     if causal {
         (j + d.nq).saturating_sub(d.nk)
     } else {
@@ -305,17 +305,17 @@ pub(super) fn first_query(causal: bool, d: &Dims, j: usize) -> usize {
 /// at a time for those indexed by query (`O`, `dQ`). Each block runs only over the queries
 /// (or keys) that can see it, about 55-65 % of the square at TarFlow's sequence lengths.
 /// Multiples of `TILE`, so every block but the last starts on a whole tile.
-pub(super) const KEY_BLOCK: usize = 32;
-pub(super) const QUERY_BLOCK: usize = 48;
+pub(crate) const KEY_BLOCK: usize = 32;
+pub(crate) const QUERY_BLOCK: usize = 48;
 
 /// `(start, len)` blocks covering `0..n`: of `size` when causal, one block otherwise.
-pub(super) fn blocks(n: usize, causal: bool, size: usize) -> impl Iterator<Item = (usize, usize)> {
+pub(crate) fn blocks(n: usize, causal: bool, size: usize) -> impl Iterator<Item = (usize, usize)> {
     let size = if causal { size } else { n.max(1) };
     (0..n).step_by(size).map(move |s| (s, size.min(n - s)))
 }
 
 /// `mat` moved down `r` rows.
-pub(super) fn skip_rows<E>(mat: Mat<'_, E>, r: usize) -> Mat<'_, E> {
+pub(crate) fn skip_rows<E>(mat: Mat<'_, E>, r: usize) -> Mat<'_, E> {
     Mat {
         off: mat.off + r as isize * mat.rs,
         ..mat
@@ -325,8 +325,8 @@ pub(super) fn skip_rows<E>(mat: Mat<'_, E>, r: usize) -> Mat<'_, E> {
 /// Row and column counts of the products are padded to a multiple of this: a partial
 /// register tile takes a slower packing path and a masked write-back, in both GEMMs, that
 /// cost more than the padding.
-pub(super) const TILE: usize = 16;
+pub(crate) const TILE: usize = 16;
 
-pub(super) fn pad(n: usize) -> usize {
+pub(crate) fn pad(n: usize) -> usize {
     n.div_ceil(TILE) * TILE
 }

@@ -7,7 +7,7 @@ use super::*;
 /// output (whose head rows `lo` addresses, adjacent columns); the gradients of q, k, v go
 /// through `dst` where wanted.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn backward_heads<E: Element>(
+pub(crate) fn backward_heads<E: Element>(
     d: &Dims,
     opts: AttentionOptions,
     alpha: E,

@@ -8,7 +8,7 @@ use super::*;
 /// so every loop is unit-stride over queries. Lane `j` is read only from query `first(j)` on
 /// (the causal rule hides the rest), and its hidden part is set to zero. A query whose
 /// scores are all `-inf` gets zeros. `m` and `s` are scratch of length `nq`.
-pub(super) fn softmax_over_keys<E: Element>(
+pub(crate) fn softmax_over_keys<E: Element>(
     p: &mut [E],
     (nk, nq, ld): (usize, usize, usize),
     first: impl Fn(usize) -> usize,
@@ -58,9 +58,9 @@ pub(super) fn softmax_over_keys<E: Element>(
 /// `[B, H, rows, cols]` view with adjacent columns, inside a buffer that heads write
 /// disjoint rows of.
 #[derive(Clone, Copy)]
-pub(super) struct RowsOut<E> {
-    pub(super) ptr: *mut E,
-    pub(super) lay: Strided4,
+pub(crate) struct RowsOut<E> {
+    pub(crate) ptr: *mut E,
+    pub(crate) lay: Strided4,
 }
 // SAFETY: the buffer is only written through `put`, whose contract gives each (batch, head)
 // block of rows to one task; `E: Send` lets the values be written from another thread.
@@ -71,7 +71,7 @@ unsafe impl<E: Send> Sync for RowsOut<E> {}
 
 impl<E: Copy> RowsOut<E> {
     /// `[B, H, rows, cols]`, contiguous.
-    pub(super) fn heads(buf: &mut [E], h: usize, rows: usize, cols: usize) -> Self {
+    pub(crate) fn heads(buf: &mut [E], h: usize, rows: usize, cols: usize) -> Self {
         RowsOut {
             ptr: buf.as_mut_ptr(),
             lay: Strided4 {
@@ -87,7 +87,7 @@ impl<E: Copy> RowsOut<E> {
     }
     /// Heads side by side in the rows of a contiguous `[B, rows, width]` buffer, head `h`'s
     /// columns starting at `h * cols`.
-    pub(super) fn merged(buf: &mut [E], rows: usize, width: usize, cols: usize) -> Self {
+    pub(crate) fn merged(buf: &mut [E], rows: usize, width: usize, cols: usize) -> Self {
         RowsOut {
             ptr: buf.as_mut_ptr(),
             lay: Strided4 {
@@ -102,7 +102,7 @@ impl<E: Copy> RowsOut<E> {
     /// The rows must lie inside the buffer the handle was made from (which must still be
     /// alive and not otherwise borrowed), no other task may write or read them, and `src`
     /// must hold at least `rows * cols` values.
-    pub(super) unsafe fn put(self, b: usize, h: usize, rows: usize, cols: usize, src: &[E]) {
+    pub(crate) unsafe fn put(self, b: usize, h: usize, rows: usize, cols: usize, src: &[E]) {
         debug_assert!(src.len() >= rows * cols);
         for r in 0..rows {
             let dst = self
@@ -117,7 +117,7 @@ impl<E: Copy> RowsOut<E> {
 /// zero-padded as `at` (`depth x nqp`) and `bt` (`depth x nkp`), into column-major `c`
 /// (`c[j * nqp + i]`), key block by key block from the first tile a query of it sees: the
 /// scores and `dP`. Entries left out are hidden and keep whatever they held.
-pub(super) fn by_key_lanes<E: Element>(
+pub(crate) fn by_key_lanes<E: Element>(
     d: &Dims,
     causal: bool,
     (depth, alpha): (usize, E),
@@ -140,7 +140,7 @@ pub(super) fn by_key_lanes<E: Element>(
 
 /// `c = alpha P X` row-major (`nqp x e`) for column-major `P` (`nqp` rows, a lane per key),
 /// query block by query block over the keys the block sees: `O` and `dQ`.
-pub(super) fn by_query_rows<E: Element>(
+pub(crate) fn by_query_rows<E: Element>(
     d: &Dims,
     causal: bool,
     (e, alpha): (usize, E),
@@ -158,7 +158,7 @@ pub(super) fn by_query_rows<E: Element>(
 
 /// The forward kernel over every (batch, head): writes the output through `out` and returns
 /// `P` (compact, `p[j * nq + i]` per head) when `keep`.
-pub(super) fn forward_heads<E: Element>(
+pub(crate) fn forward_heads<E: Element>(
     d: &Dims,
     opts: AttentionOptions,
     alpha: E,

@@ -188,7 +188,7 @@ impl<E: Element> FlowBlock<E> {
     }
 
     /// Class vectors `[B, 1, C]` for the given labels (None = mean of all class embeddings).
-    fn class_vectors(&self, labels: &[Option<usize>]) -> Result<Option<Tensor<E>>> {
+    pub(crate) fn class_vectors(&self, labels: &[Option<usize>]) -> Result<Option<Tensor<E>>> {
         let Some(ce) = &self.class_embed else {
             return Ok(None);
         };

@@ -186,6 +186,19 @@ fn sampling_matches_cpu(device: Device) {
     let e = rel_err(&got.to_vec(), &want.to_vec());
     println!("sampling on {device}: relative error {e:.2e}");
     assert!(e <= 1e-5, "samples on {device}: relative error {e}");
+    // Score-based denoising of the samples, on the device.
+    let lab = Some(&labels[..]);
+    let want = cpu_model.denoise(&want, lab, 0.1).unwrap();
+    let got = gpu_model
+        .denoise(&got.to_device(device).unwrap(), lab, 0.1)
+        .unwrap();
+    assert_eq!(got.device(), device);
+    let e = rel_err(&got.to_vec(), &want.to_vec());
+    println!("denoising on {device}: relative error {e:.2e}");
+    assert!(
+        e <= 1e-5,
+        "denoised samples on {device}: relative error {e}"
+    );
 }
 
 #[test]
@@ -197,6 +210,122 @@ fn sampling_on_the_ptx_interpreter_matches_cpu() {
 fn sampling_matches_cpu_on_cuda() {
     match tarflow::gpu::registry::driver(Device::Cuda(0)) {
         Ok(_) => sampling_matches_cpu(Device::Cuda(0)),
+        Err(e) => eprintln!("cuda:0 skipped: {e}"),
+    }
+}
+
+/// The `tiny` preset trained for a few steps by [`Trainer`] on `device` against the same
+/// run on the CPU: every step's loss and gradient norm, a checkpoint written and resumed
+/// on the device, the evaluation weights at the end, and four samples drawn on the device
+/// from them.
+fn trainer_matches_cpu(device: Device) {
+    use tarflow::data::embedded_mnist_split;
+    use tarflow::model::{SampleOptions, Sampler};
+    use tarflow::train::{TrainConfig, Trainer};
+
+    let (train, test) = embedded_mnist_split().unwrap();
+    let train = train.subset(&(0..64).collect::<Vec<_>>()).unwrap();
+    let test = test.subset(&(0..8).collect::<Vec<_>>()).unwrap();
+    let dirs = [
+        common::TempDir::new("device-trainer-cpu"),
+        common::TempDir::new("device-trainer-gpu"),
+    ];
+    let config = |dir: &common::TempDir, device: Device| {
+        let mut c = TrainConfig::preset("tiny").unwrap();
+        c.steps = 10;
+        c.batch_size = 2;
+        c.warmup_steps = 2;
+        c.eval_every = 0;
+        c.sample_every = 0;
+        c.checkpoint_every = 0;
+        c.ema = Some(0.9);
+        // The run's end evaluates and samples on the device too: keep both small (guidance
+        // and denoising on a device have tests of their own).
+        c.eval_images = 8;
+        c.samples_per_class = 1;
+        c.sample_cfg = 0.0;
+        c.sample_denoise = false;
+        c.out_dir = dir.path().to_path_buf();
+        c.device = device;
+        c
+    };
+    let mut cpu = Trainer::new(config(&dirs[0], Device::Cpu), train.clone(), test.clone()).unwrap();
+    let mut cpu_stats = Vec::new();
+    cpu.run(|ev| {
+        if let tarflow::train::Event::Step(s) = ev {
+            cpu_stats.push((s.loss, s.grad_norm));
+        }
+    })
+    .unwrap();
+
+    // Five steps on the device, a checkpoint, and the last five after resuming from it.
+    let mut gpu = Trainer::new(config(&dirs[1], device), train.clone(), test.clone()).unwrap();
+    assert_eq!(gpu.model.device(), device);
+    let mut gpu_stats = Vec::new();
+    let mut record = |ev: tarflow::train::Event| {
+        if let tarflow::train::Event::Step(s) = ev {
+            gpu_stats.push((s.loss, s.grad_norm));
+        }
+    };
+    gpu.run_until(5, &mut record).unwrap();
+    gpu.save_checkpoint().unwrap();
+    drop(gpu);
+    let mut gpu = Trainer::resume_on(dirs[1].path(), train, test, device).unwrap();
+    assert_eq!((gpu.step, gpu.model.device()), (5, device));
+    gpu.run(&mut record).unwrap();
+
+    assert_eq!(gpu_stats.len(), cpu_stats.len());
+    for (i, ((gl, gn), (cl, cn))) in gpu_stats.iter().zip(&cpu_stats).enumerate() {
+        let (el, en) = ((gl - cl).abs() / cl.abs(), (gn - cn).abs() / cn.abs());
+        println!(
+            "step {}: loss {gl:.8} vs {cl:.8}, grad norm {gn:.6} vs {cn:.6}",
+            i + 1
+        );
+        assert!(
+            el <= 1e-5 && en <= 1e-4,
+            "step {}: loss err {el}, norm err {en}",
+            i + 1
+        );
+    }
+    let (cm, gm) = (cpu.eval_model().unwrap(), gpu.eval_model().unwrap());
+    let mut worst = 0.0f64;
+    for ((name, c), (_, g)) in cm.parameters().iter().zip(gm.parameters().iter()) {
+        let e = rel_err(&g.to_vec(), &c.to_vec());
+        // Ten AdamW steps: an update divides each gradient by its own running RMS, so the
+        // f32 rounding of small gradient entries reaches the weights undamped.
+        assert!(
+            e <= 1e-3,
+            "{name} after training on {device}: relative error {e}"
+        );
+        worst = worst.max(e);
+    }
+    println!("evaluation weights on {device}: worst relative error {worst:.2e}");
+
+    let labels = [Some(0), Some(1), Some(2), Some(3)];
+    let opts = SampleOptions::default();
+    let (want, _) = Sampler::new(&cm)
+        .unwrap()
+        .sample(4, &labels, &mut Rng::new(9), &opts)
+        .unwrap();
+    let on_device = gm.to_device(device).unwrap();
+    let (got, _) = Sampler::new(&on_device)
+        .unwrap()
+        .sample(4, &labels, &mut Rng::new(9), &opts)
+        .unwrap();
+    let e = rel_err(&got.to_vec(), &want.to_vec());
+    println!("4 samples on {device}: relative error {e:.2e}");
+    assert!(e <= 1e-4, "samples on {device}: relative error {e}");
+}
+
+#[test]
+fn tiny_trainer_on_the_ptx_interpreter_matches_cpu() {
+    trainer_matches_cpu(Device::PtxSim);
+}
+
+#[test]
+fn tiny_trainer_matches_cpu_on_cuda() {
+    match tarflow::gpu::registry::driver(Device::Cuda(0)) {
+        Ok(_) => trainer_matches_cpu(Device::Cuda(0)),
         Err(e) => eprintln!("cuda:0 skipped: {e}"),
     }
 }

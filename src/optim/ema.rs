@@ -3,7 +3,7 @@
 use crate::error::{Error, Result};
 use crate::nn::params::NamedArray;
 use crate::nn::ParamStore;
-use crate::tensor::{Element, Tensor};
+use crate::tensor::{Device, Element, Tensor};
 
 /// A saved [`Ema`]: the number of updates and every shadow parameter.
 #[derive(Clone, Debug, PartialEq)]
@@ -151,11 +151,13 @@ impl<E: Element> Ema<E> {
                 ));
             }
         }
+        // The shadow stays on the device it was created on (the parameters').
+        let device = self.shadow.first().map_or(Device::Cpu, |(_, s)| s.device());
         self.shadow = state
             .shadow
             .into_iter()
-            .map(|(n, shape, v)| (n, Tensor::from_raw(v, &shape)))
-            .collect();
+            .map(|(n, shape, v)| Ok((n, Tensor::from_raw(v, &shape).to_device(device)?)))
+            .collect::<Result<_>>()?;
         self.updates = state.updates;
         Ok(())
     }

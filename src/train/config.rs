@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::model::TarFlowConfig;
 use crate::tensor::layout::checked_product;
+use crate::tensor::Device;
 
 /// How 8-bit pixels become continuous training inputs.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -94,6 +95,11 @@ pub struct TrainConfig {
     pub out_dir: PathBuf,
     /// Data directory (None = the embedded MNIST digits); see [`crate::train::open_data`].
     pub data: Option<PathBuf>,
+    /// Where the model trains, is evaluated and samples (the CPU by default). Not saved with
+    /// checkpoints: where a run continues is chosen when it is resumed
+    /// ([`crate::train::Trainer::resume_on`]).
+    #[serde(skip)]
+    pub device: Device,
 }
 
 impl TrainConfig {
@@ -149,6 +155,7 @@ impl TrainConfig {
             keep_checkpoints: 3,
             out_dir: PathBuf::from(format!("runs/{name}")),
             data: None,
+            device: Device::Cpu,
         };
         match name {
             "tiny" => {

@@ -99,7 +99,8 @@ pub fn evaluate_bpd<E: Element>(
             let x = Tensor::from_vec(
                 dequantize::<E>(&px, &mut rng),
                 &[b, cfg.channels, cfg.image_size, cfg.image_size],
-            )?;
+            )?
+            .to_device(model.device())?;
             let lab = (cfg.num_classes > 0).then_some(labels.as_slice());
             let out = model.forward(&x, lab)?;
             total += model.bits_per_dim(&out)?.iter().sum::<f64>();

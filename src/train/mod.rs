@@ -28,7 +28,7 @@ use crate::model::{checkpoint_bytes, parse_checkpoint, Guidance, SampleOptions, 
 use crate::nn::ParamStore;
 use crate::optim::{AdamW, AdamWConfig, AdamWParamState, AdamWState, Ema, EmaState, LrSchedule};
 use crate::rng::Rng;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{DType, Device, Tensor};
 use crate::tensorio::{parse_tensors_with_metadata, tensors_to_bytes};
 
 /// Statistics of one optimisation step.
@@ -187,7 +187,12 @@ impl Trainer {
                 train.len()
             )));
         }
-        let model = TarFlow::<f32>::new(config.model.clone(), config.seed)?;
+        let mut model = TarFlow::<f32>::new(config.model.clone(), config.seed)?;
+        if config.device.is_gpu() {
+            // Initialised on the host (the same weights on every device), then moved: the
+            // optimiser and EMA state are created beside the parameters.
+            model = model.to_device(config.device)?;
+        }
         let mut params = ParamStore::new();
         params.insert("", model.parameters())?;
         let opt = AdamW::new(
@@ -309,7 +314,8 @@ impl Trainer {
         Ok(())
     }
 
-    /// The model used for evaluation and sampling: the EMA weights when enabled.
+    /// The model used for evaluation and sampling: the EMA weights when enabled, in host
+    /// memory.
     pub fn eval_model(&self) -> Result<TarFlow<f32>> {
         let m = TarFlow::<f32>::new(self.config.model.clone(), 0)?;
         m.load_parameters(&self.model.export_parameters())?;
@@ -332,7 +338,8 @@ impl Trainer {
             }
             NoiseMode::Dequantize => dequantize(&batch.images, &mut self.rng),
         };
-        let x = Tensor::from_vec(x, &[batch.n, mc.channels, mc.image_size, mc.image_size])?;
+        let x = Tensor::from_vec(x, &[batch.n, mc.channels, mc.image_size, mc.image_size])?
+            .to_device(cfg.device)?;
         let labels: Vec<Option<usize>> = batch
             .labels
             .iter()
@@ -406,9 +413,19 @@ impl Trainer {
         Ok(stats)
     }
 
-    /// Test bits/dim (uniform dequantisation, one draw) of the evaluation model.
-    pub fn evaluate(&self) -> Result<EvalResult> {
+    /// The evaluation model on the run's device.
+    fn eval_model_on_device(&self) -> Result<TarFlow<f32>> {
         let m = self.eval_model()?;
+        if self.config.device.is_gpu() {
+            return m.to_device(self.config.device);
+        }
+        Ok(m)
+    }
+
+    /// Test bits/dim (uniform dequantisation, one draw) of the evaluation model, computed on
+    /// the run's device.
+    pub fn evaluate(&self) -> Result<EvalResult> {
+        let m = self.eval_model_on_device()?;
         evaluate_bpd(
             &m,
             &self.test,
@@ -419,9 +436,9 @@ impl Trainer {
         )
     }
 
-    /// Writes a grid of samples (one row per class) to `path`.
+    /// Writes a grid of samples (one row per class) to `path`, sampled on the run's device.
     pub fn write_samples(&self, path: &Path) -> Result<()> {
-        let m = self.eval_model()?;
+        let m = self.eval_model_on_device()?;
         let mc = &self.config.model;
         let per = self.config.samples_per_class.max(1);
         let (labels, count) = if mc.num_classes > 0 {
@@ -453,13 +470,13 @@ impl Trainer {
             if let NoiseMode::Gaussian { sigma } = self.config.noise {
                 if sigma > 0.0 {
                     let lab = (mc.num_classes > 0).then_some(labels.as_slice());
-                    x = m.denoise(&x, lab, sigma)?;
+                    x = m.denoise(&x.to_device(m.device())?, lab, sigma)?;
                 }
             }
         }
         let _g = no_grad();
         let n = x.shape()[0];
-        let px = f32_to_u8_images(&x.to_vec());
+        let px = f32_to_u8_images(&x.try_to_vec()?);
         write_png_grid(
             path,
             &px,
@@ -659,6 +676,12 @@ impl Trainer {
     /// back to the lines written up to the checkpoint's step, so steps redone after a crash
     /// are not logged twice.
     pub fn resume(dir: &Path, train: Dataset, test: Dataset) -> Result<Self> {
+        Self::resume_on(dir, train, test, Device::Cpu)
+    }
+
+    /// [`Trainer::resume`] with the run continuing on `device` (a run may move between
+    /// devices at a checkpoint; the saved state is device-independent).
+    pub fn resume_on(dir: &Path, train: Dataset, test: Dataset, device: Device) -> Result<Self> {
         if !dir.is_dir() {
             return Err(Error::Config(format!(
                 "no run directory {} to resume",
@@ -676,6 +699,7 @@ impl Trainer {
         let what = Self::state_path(dir, step).display().to_string();
         let mut config = run.config.clone();
         config.out_dir = dir.to_path_buf();
+        config.device = device;
         let mut t = Trainer::new(config, train, test)?;
         let get = |name: &str| {
             tensors.get(name).ok_or_else(|| {

@@ -118,7 +118,7 @@ fn embedded_mnist_has_the_converted_digits() {
         sums[d.labels()[i] as usize] += d.image(i).iter().map(|&p| u64::from(p)).sum::<u64>();
     }
     assert_eq!(sums, CLASS_PIXEL_SUMS);
-    assert_eq!(fnv1a64(&d.images()), ALL_PIXELS_FNV1A64);
+    assert_eq!(fnv1a64(d.images()), ALL_PIXELS_FNV1A64);
     assert_eq!(&d.image(0)[14 * 28..15 * 28], &DIGIT0_ROW14);
     assert_eq!(&d.image(9999)[14 * 28..15 * 28], &DIGIT9999_ROW14);
     // No two digits are identical, so train and test cannot share an image.
@@ -283,7 +283,7 @@ fn idx_write_read_roundtrip_gzip_and_raw() {
         );
     }
     // In memory, and the header layout itself.
-    let bytes = encode_idx_images(&d.images(), 13, 5, 7).unwrap();
+    let bytes = encode_idx_images(d.images(), 13, 5, 7).unwrap();
     assert_eq!(
         &bytes[..16],
         &[0, 0, 8, 3, 0, 0, 0, 13, 0, 0, 0, 5, 0, 0, 0, 7]
@@ -291,7 +291,7 @@ fn idx_write_read_roundtrip_gzip_and_raw() {
     let im = parse_idx_images(&bytes, "mem").unwrap();
     assert_eq!((im.count, im.rows, im.cols), (13, 5, 7));
     assert_eq!(im.pixels, d.images());
-    let lb = encode_idx_labels(&d.labels()).unwrap();
+    let lb = encode_idx_labels(d.labels()).unwrap();
     assert_eq!(&lb[..8], &[0, 0, 8, 1, 0, 0, 0, 13]);
     assert_eq!(parse_idx_labels(&gzip(&lb), "mem").unwrap(), d.labels());
     assert!(encode_idx_labels(&[256]).is_err());
@@ -725,7 +725,7 @@ fn png_grid_written_and_read_back() {
     // 5 gray images of 3x4 in 2 columns with 1 pixel of padding: 3 rows.
     let d = random_dataset(11, 5, 1, 3, 4, 2);
     let p = dir.path().join("g.png");
-    write_png_grid(&p, &d.images(), 5, 1, 3, 4, 2, 1).unwrap();
+    write_png_grid(&p, d.images(), 5, 1, 3, 4, 2, 1).unwrap();
     let img = image::open(&p).unwrap();
     assert_eq!((img.width(), img.height()), (2 * 4 + 3, 3 * 3 + 4));
     let g = img.to_luma8();
@@ -743,7 +743,7 @@ fn png_grid_written_and_read_back() {
     // RGB: channel planes become interleaved colours.
     let rgb = random_dataset(12, 3, 3, 2, 2, 2);
     let q = dir.path().join("rgb.png");
-    write_png_grid(&q, &rgb.images(), 3, 3, 2, 2, 8, 0).unwrap();
+    write_png_grid(&q, rgb.images(), 3, 3, 2, 2, 8, 0).unwrap();
     let img = image::open(&q).unwrap().to_rgb8();
     assert_eq!(img.dimensions(), (6, 2));
     let px = img.get_pixel(2 + 1, 1).0; // image 1, x 1, y 1
@@ -758,13 +758,13 @@ fn png_grid_written_and_read_back() {
     names.sort();
     assert_eq!(names, vec!["g.png", "rgb.png"]);
 
-    assert!(write_png_grid(&p, &d.images(), 6, 1, 3, 4, 2, 1).is_err());
-    assert!(write_png_grid(&p, &d.images(), 5, 1, 3, 4, 2, usize::MAX / 2).is_err());
-    assert!(write_png_grid(&p, &d.images(), 5, 1, 3, 4, 2, 1 << 20).is_err());
-    assert!(write_png_grid(&p, &d.images(), 5, 2, 3, 4, 2, 1).is_err());
+    assert!(write_png_grid(&p, d.images(), 6, 1, 3, 4, 2, 1).is_err());
+    assert!(write_png_grid(&p, d.images(), 5, 1, 3, 4, 2, usize::MAX / 2).is_err());
+    assert!(write_png_grid(&p, d.images(), 5, 1, 3, 4, 2, 1 << 20).is_err());
+    assert!(write_png_grid(&p, d.images(), 5, 2, 3, 4, 2, 1).is_err());
     assert!(write_png_grid(
         dir.path().join("no/such/dir.png"),
-        &d.images(),
+        d.images(),
         5,
         1,
         3,
@@ -818,8 +818,8 @@ fn line_plot_draws_series_in_distinct_colours() {
 
 fn valid_inputs() -> Vec<Vec<u8>> {
     let d = random_dataset(13, 3, 1, 4, 4, 10);
-    let images = encode_idx_images(&d.images(), 3, 4, 4).unwrap();
-    let labels = encode_idx_labels(&d.labels()).unwrap();
+    let images = encode_idx_images(d.images(), 3, 4, 4).unwrap();
+    let labels = encode_idx_labels(d.labels()).unwrap();
     let c = random_dataset(14, 2, 3, 32, 32, 10);
     let png = encode_png(
         &rgb_image(7, 5, |x, y| [x as u8 * 30, y as u8 * 40, 9]),

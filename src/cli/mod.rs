@@ -47,9 +47,9 @@ enum Command {
 }
 
 impl Command {
-    /// Every check of the command's options that reads no file, writes nothing and
-    /// computes nothing heavy: ranges, NaN, options that would be ignored, sizes. `run`
-    /// calls it before the command starts, so each rule lives in one place.
+    /// Every check of the command's options that writes nothing, computes nothing heavy and
+    /// reads no file but `train`'s --config: ranges, NaN, options that would be ignored,
+    /// sizes. `run` calls it before the command starts, so each rule lives in one place.
     fn check(&self) -> Result<()> {
         match self {
             Command::Train(a) => train::check_train(a),

@@ -1,6 +1,7 @@
 //! `train --config FILE`: a TOML file of training settings that sits between the preset and
 //! the command-line flags (flag > config file > preset), and the `config.toml` every run
 //! writes into its directory in the same format, so that a run's file can be read back.
+//! `grad_clip`, `ema` and `model.alpha_clip` of 0 mean off, as their flags do.
 
 use std::path::{Path, PathBuf};
 
@@ -79,9 +80,16 @@ impl ConfigFile {
         let known = every_key(base)?;
         let mut merged = table_of(base)?;
         self.merge(&mut merged, &self.table, &known, "")?;
-        toml::Value::Table(merged)
+        let mut cfg = toml::Value::Table(merged)
             .try_into::<TrainConfig>()
-            .map_err(|e| self.err(e.to_string().trim_end().to_string()))
+            .map_err(|e| self.err(e.to_string().trim_end().to_string()))?;
+        // 0 switches these off, as their flags do (TOML has no "none").
+        for v in [&mut cfg.grad_clip, &mut cfg.ema, &mut cfg.model.alpha_clip] {
+            if *v == Some(0.0) {
+                *v = None;
+            }
+        }
+        Ok(cfg)
     }
 
     /// Puts the entries of `file` into `into`, checking each key and type against `known`.
@@ -140,8 +148,14 @@ impl ConfigFile {
 }
 
 /// The text of `config.toml`: the resolved configuration of a run, readable by `--config`.
+/// A setting that is off (no gradient clip, no EMA, no soft clip) is written as 0, so that
+/// reading the file back does not fall back on a preset that has it on.
 pub fn to_toml(preset: Option<&str>, cfg: &TrainConfig) -> Result<String> {
-    let body = toml::to_string_pretty(cfg)
+    let mut cfg = cfg.clone();
+    cfg.grad_clip.get_or_insert(0.0);
+    cfg.ema.get_or_insert(0.0);
+    cfg.model.alpha_clip.get_or_insert(0.0);
+    let body = toml::to_string_pretty(&cfg)
         .map_err(|e| Error::Config(format!("configuration to TOML: {e}")))?;
     let mut out = String::from(
         "# The resolved configuration of a tarflow training run. `tarflow train --config FILE`\n\
@@ -177,11 +191,15 @@ mod tests {
             let mut cfg = TrainConfig::preset(preset).unwrap();
             cfg.ema = Some(0.999);
             cfg.data = Some(PathBuf::from("/data/x"));
+            // Off here, on in the preset read back into below.
+            cfg.grad_clip = None;
             let text = to_toml(Some(preset), &cfg).unwrap();
             let f = file(&text);
             assert_eq!(f.preset.as_deref(), Some(preset));
             // From another preset, so that every value must come from the file.
-            let back = f.apply(&TrainConfig::preset("tiny").unwrap()).unwrap();
+            let mut base = TrainConfig::preset("tiny").unwrap();
+            base.model.alpha_clip = Some(3.0);
+            let back = f.apply(&base).unwrap();
             assert_eq!(back, cfg, "{text}");
         }
     }

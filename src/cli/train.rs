@@ -326,13 +326,6 @@ pub fn train(a: TrainArgs) -> Result<()> {
     let text = super::config::to_toml(preset.as_deref(), trainer.config())?;
     let config_path = trainer.config().out_dir.join(CONFIG_FILE);
     tarflow::fsutil::atomic_write(&config_path, text.as_bytes())?;
-    say!("configuration (also in {}):", config_path.display());
-    for line in text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-    {
-        say!("  {line}");
-    }
     let stop = trainer.stop_flag();
     signals::stop_on_interrupt(stop.clone());
     let cfg = trainer.config().clone();
@@ -349,6 +342,15 @@ pub fn train(a: TrainArgs) -> Result<()> {
         cfg.batch_size,
         cfg.out_dir.display()
     );
+    // After the line above, which scripts take as "the run has started" (the interrupt
+    // handler is in place by then).
+    say!("configuration (also in {}):", config_path.display());
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        say!("  {line}");
+    }
     let bar = if a.quiet {
         ProgressBar::hidden()
     } else {

@@ -46,7 +46,8 @@ pub fn temp_name_of(name: &str) -> String {
 }
 
 /// The file a temporary name stands for, whatever process wrote it: `.NAME.tmp-PID` (from
-/// [`atomic_write`]) or `.NAME.PID.tmp` (from the image writers) give `NAME`.
+/// [`atomic_write`]) or `.NAME.PID.tmp` (from the image writers of earlier releases, which
+/// a killed run may have left behind) give `NAME`.
 pub fn temp_target(temp_name: &str) -> Option<&str> {
     let rest = temp_name.strip_prefix('.')?;
     let pid = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());

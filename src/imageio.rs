@@ -1,17 +1,17 @@
-//! PNG output: image grids (samples, data previews) and simple line plots (bits/dim against
-//! steps), with no dependency beyond the PNG encoder.
+//! Image output: PNG or JPEG files, image grids (samples, data previews) with optional
+//! upscaling and row labels, and simple line plots (bits/dim against steps).
 //!
-//! Files are written atomically: the PNG goes to a temporary file in the destination folder,
-//! which is then renamed over the destination, so a reader (or a crash) never sees half a file.
+//! Files are written atomically ([`atomic_write`]): a reader (or a crash) never sees half a
+//! file.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::PngEncoder;
 use image::{ExtendedColorType, ImageEncoder};
 
 use crate::error::{Error, Result};
+use crate::fsutil::atomic_write;
 use crate::tensor::layout::checked_product;
 
 /// Gray level of the padding between grid cells: visible against both black backgrounds
@@ -35,35 +35,93 @@ pub fn f32_to_u8_images(xs: &[f32]) -> Vec<u8> {
         .collect()
 }
 
-/// Temporary name next to `path`, unique per process so concurrent writers do not collide.
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
-    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+/// JPEG quality of [`write_image`]: high enough that 8-bit samples show no visible blocks.
+pub const JPEG_QUALITY: u8 = 95;
+
+/// The file formats the image writers produce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageKind {
+    /// Lossless PNG (`.png`).
+    Png,
+    /// Lossy JPEG at [`JPEG_QUALITY`] (`.jpg`, `.jpeg`).
+    Jpeg,
 }
 
-/// Writes the output of `fill` to `path` through a temporary file and a rename.
-fn write_atomic(path: &Path, fill: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<()> {
-    let tmp = temp_path(path);
-    let result = (|| {
-        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        let mut w = BufWriter::new(file);
-        fill(&mut w)?;
-        w.flush().map_err(|e| Error::io(&tmp, e))?;
-        let file = w
-            .into_inner()
-            .map_err(|e| Error::io(&tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+impl ImageKind {
+    /// The format a file name asks for, from its extension (any case). Anything else is an
+    /// error naming the file, so that a request for `x.gif` never gets PNG bytes under that
+    /// name.
+    pub fn from_path(path: &Path) -> Result<ImageKind> {
+        let ext = path
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase());
+        match ext.as_deref() {
+            Some("png") => Ok(ImageKind::Png),
+            Some("jpg" | "jpeg") => Ok(ImageKind::Jpeg),
+            other => Err(Error::arg(
+                "write_image",
+                format!(
+                    "{}: {} (images are written as .png, .jpg or .jpeg)",
+                    path.display(),
+                    match other {
+                        Some(e) => format!("unsupported image extension .{e}"),
+                        None => "no extension to choose the image format by".into(),
+                    }
+                ),
+            )),
+        }
     }
-    result
 }
 
-/// Encodes interleaved 8-bit pixels (`channels` 1 = gray, 3 = RGB) as PNG into `path`.
+/// The colour type of interleaved 8-bit pixels with `channels` 1 (gray) or 3 (RGB), after
+/// checking that `pixels` holds exactly one `width x height` image.
+fn color_of(
+    op: &'static str,
+    pixels: &[u8],
+    width: u32,
+    height: u32,
+    channels: usize,
+) -> Result<ExtendedColorType> {
+    let color = match channels {
+        1 => ExtendedColorType::L8,
+        3 => ExtendedColorType::Rgb8,
+        c => return Err(Error::arg(op, format!("channels must be 1 or 3, got {c}"))),
+    };
+    let expected = checked_product([width as usize, height as usize, channels]);
+    if expected != Some(pixels.len()) || width == 0 || height == 0 {
+        return Err(Error::arg(
+            op,
+            format!(
+                "{} bytes for a {width}x{height} image with {channels} channels",
+                pixels.len()
+            ),
+        ));
+    }
+    Ok(color)
+}
+
+/// Encodes interleaved 8-bit pixels (`channels` 1 = gray, 3 = RGB) as a PNG or JPEG file in
+/// memory.
+pub fn encode_image(
+    pixels: &[u8],
+    width: u32,
+    height: u32,
+    channels: usize,
+    kind: ImageKind,
+) -> Result<Vec<u8>> {
+    let color = color_of("encode_image", pixels, width, height, channels)?;
+    let mut out = Vec::new();
+    let r = match kind {
+        ImageKind::Png => PngEncoder::new(&mut out).write_image(pixels, width, height, color),
+        ImageKind::Jpeg => JpegEncoder::new_with_quality(&mut out, JPEG_QUALITY)
+            .write_image(pixels, width, height, color),
+    };
+    r.map_err(|e| Error::arg("encode_image", format!("{kind:?} encoding failed: {e}")))?;
+    Ok(out)
+}
+
+/// Encodes interleaved 8-bit pixels (`channels` 1 = gray, 3 = RGB) as PNG into `path`,
+/// whatever its name (see [`write_image`] for the format chosen by the name).
 pub fn write_png(
     path: impl AsRef<Path>,
     pixels: &[u8],
@@ -71,37 +129,44 @@ pub fn write_png(
     height: u32,
     channels: usize,
 ) -> Result<()> {
+    write_as(
+        "write_png",
+        path.as_ref(),
+        pixels,
+        width,
+        height,
+        channels,
+        ImageKind::Png,
+    )
+}
+
+/// Writes interleaved 8-bit pixels to `path` as PNG or JPEG, as its extension says
+/// ([`ImageKind::from_path`]); any other extension is an error and nothing is written.
+pub fn write_image(
+    path: impl AsRef<Path>,
+    pixels: &[u8],
+    width: u32,
+    height: u32,
+    channels: usize,
+) -> Result<()> {
     let path = path.as_ref();
-    let color = match channels {
-        1 => ExtendedColorType::L8,
-        3 => ExtendedColorType::Rgb8,
-        c => {
-            return Err(Error::arg(
-                "write_png",
-                format!("channels must be 1 or 3, got {c}"),
-            ))
-        }
-    };
-    let expected = checked_product([width as usize, height as usize, channels]);
-    if expected != Some(pixels.len()) || width == 0 || height == 0 {
-        return Err(Error::arg(
-            "write_png",
-            format!(
-                "{} bytes for a {width}x{height} image with {channels} channels",
-                pixels.len()
-            ),
-        ));
-    }
-    write_atomic(path, |w| {
-        PngEncoder::new(w)
-            .write_image(pixels, width, height, color)
-            .map_err(|e| {
-                Error::format(
-                    path.display().to_string(),
-                    format!("PNG encoding failed: {e}"),
-                )
-            })
-    })
+    let kind = ImageKind::from_path(path)?;
+    write_as("write_image", path, pixels, width, height, channels, kind)
+}
+
+fn write_as(
+    op: &'static str,
+    path: &Path,
+    pixels: &[u8],
+    width: u32,
+    height: u32,
+    channels: usize,
+    kind: ImageKind,
+) -> Result<()> {
+    color_of(op, pixels, width, height, channels)?;
+    let bytes = encode_image(pixels, width, height, channels, kind)
+        .map_err(|e| Error::format(path.display().to_string(), e.to_string()))?;
+    atomic_write(path, &bytes)
 }
 
 /// Lays out `n` channel-major images (`channels x height x width` bytes each) in a grid of
@@ -196,6 +261,172 @@ pub fn write_png_grid(
 ) -> Result<()> {
     let (pixels, gw, gh) = make_grid(images, n, channels, height, width, cols, pad)?;
     write_png(path, &pixels, gw as u32, gh as u32, channels)
+}
+
+/// Largest upscale factor of [`GridStyle::scale`].
+pub const MAX_GRID_SCALE: usize = 16;
+
+/// How [`make_styled_grid`] lays out a grid beyond [`make_grid`]'s columns and padding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GridStyle {
+    /// Columns of the grid (at most the number of images are used).
+    pub cols: usize,
+    /// Pixels of [`GRID_PAD_VALUE`] around every cell, after upscaling.
+    pub pad: usize,
+    /// Integer upscale factor of every image (nearest neighbour, so pixels stay sharp),
+    /// `1..=`[`MAX_GRID_SCALE`]; 1 keeps the images as they are.
+    pub scale: usize,
+    /// Text written left of each row (its class, say), one per row; empty for no margin.
+    /// Digits, letters and `.,-+/:_()=%` have glyphs; other characters are left blank.
+    pub row_labels: Vec<String>,
+}
+
+impl GridStyle {
+    /// `cols` columns, padding `pad`, no upscaling and no labels.
+    pub fn new(cols: usize, pad: usize) -> Self {
+        GridStyle {
+            cols,
+            pad,
+            scale: 1,
+            row_labels: Vec::new(),
+        }
+    }
+}
+
+/// Repeats every pixel of `n` channel-major `channels x height x width` images `scale` times
+/// in both directions.
+pub fn upscale(
+    images: &[u8],
+    n: usize,
+    channels: usize,
+    height: usize,
+    width: usize,
+    scale: usize,
+) -> Result<Vec<u8>> {
+    let op = "upscale";
+    if !(1..=MAX_GRID_SCALE).contains(&scale) {
+        return Err(Error::arg(
+            op,
+            format!("scale {scale} must be in 1..={MAX_GRID_SCALE}"),
+        ));
+    }
+    let planes = checked_product([n, channels]);
+    let size = checked_product([n, channels, height, width]);
+    let out_size = checked_product([n, channels, height, width, scale, scale]);
+    match (planes, size, out_size) {
+        (Some(_), Some(sz), Some(out)) if sz == images.len() && out <= MAX_GRID_BYTES => {}
+        _ => {
+            return Err(Error::arg(
+                op,
+                format!(
+                    "{} bytes of {n} images of {channels}x{height}x{width} at scale {scale}:                      the sizes do not match or the result would exceed {MAX_GRID_BYTES} bytes",
+                    images.len()
+                ),
+            ))
+        }
+    }
+    if scale == 1 {
+        return Ok(images.to_vec());
+    }
+    let ow = width * scale;
+    let mut out = Vec::with_capacity(images.len() * scale * scale);
+    for row in images.chunks_exact(width.max(1)) {
+        let wide: Vec<u8> = row
+            .iter()
+            .flat_map(|&p| std::iter::repeat_n(p, scale))
+            .collect();
+        debug_assert_eq!(wide.len(), ow);
+        for _ in 0..scale {
+            out.extend_from_slice(&wide);
+        }
+    }
+    Ok(out)
+}
+
+/// [`make_grid`] with the images upscaled and the rows labelled as `style` says. Returns the
+/// interleaved pixels and the grid's width and height; the label margin (when there are
+/// labels) is on the left, in [`GRID_PAD_VALUE`], with the text in black.
+pub fn make_styled_grid(
+    images: &[u8],
+    n: usize,
+    channels: usize,
+    height: usize,
+    width: usize,
+    style: &GridStyle,
+) -> Result<(Vec<u8>, usize, usize)> {
+    let big = upscale(images, n, channels, height, width, style.scale)?;
+    let (h, w) = (height * style.scale, width * style.scale);
+    let (grid, gw, gh) = make_grid(&big, n, channels, h, w, style.cols, style.pad)?;
+    if style.row_labels.is_empty() {
+        return Ok((grid, gw, gh));
+    }
+    let rows = n.div_ceil(style.cols.clamp(1, n));
+    if style.row_labels.len() != rows {
+        return Err(Error::arg(
+            "make_styled_grid",
+            format!(
+                "{} row labels for a grid of {rows} rows",
+                style.row_labels.len()
+            ),
+        ));
+    }
+    // Glyphs scale with the cells so that a label stays about a third of a row tall.
+    let fs = (h / 14).clamp(1, 8);
+    let chars = style
+        .row_labels
+        .iter()
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(0);
+    let margin = chars * 4 * fs + 2 * fs + style.pad;
+    let ow = gw + margin;
+    if ow.saturating_mul(gh).saturating_mul(channels) > MAX_GRID_BYTES {
+        return Err(Error::arg(
+            "make_styled_grid",
+            format!("a labelled grid of {ow}x{gh} pixels is too large"),
+        ));
+    }
+    let mut out = vec![GRID_PAD_VALUE; ow * gh * channels];
+    for y in 0..gh {
+        let src = &grid[y * gw * channels..(y + 1) * gw * channels];
+        out[(y * ow + margin) * channels..(y + 1) * ow * channels].copy_from_slice(src);
+    }
+    for (k, label) in style.row_labels.iter().enumerate() {
+        let y0 = style.pad + k * (h + style.pad) + h.saturating_sub(5 * fs) / 2;
+        let x0 = 2 * fs;
+        for (i, ch) in label.chars().enumerate() {
+            let Some(g) = glyph(ch) else { continue };
+            for bit in 0..15 {
+                if (g >> (14 - bit)) & 1 == 0 {
+                    continue;
+                }
+                let (gx, gy) = (x0 + (i * 4 + bit % 3) * fs, y0 + (bit / 3) * fs);
+                for y in gy..(gy + fs).min(gh) {
+                    let at = (y * ow + gx) * channels;
+                    out[at..at + fs * channels].fill(0);
+                }
+            }
+        }
+    }
+    Ok((out, ow, gh))
+}
+
+/// Writes `n` channel-major images as one grid image laid out as `style` says, as PNG or
+/// JPEG by the extension of `path` (see [`write_image`]).
+pub fn write_grid(
+    path: impl AsRef<Path>,
+    images: &[u8],
+    n: usize,
+    channels: usize,
+    height: usize,
+    width: usize,
+    style: &GridStyle,
+) -> Result<()> {
+    let path = path.as_ref();
+    // The format first: a bad name is refused before any pixel work.
+    ImageKind::from_path(path)?;
+    let (pixels, gw, gh) = make_styled_grid(images, n, channels, height, width, style)?;
+    write_image(path, &pixels, gw as u32, gh as u32, channels)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -521,6 +752,96 @@ mod tests {
         assert_eq!(tick_label(2.5, 0.5), "2.5");
         assert_eq!(tick_label(4000.0, 2000.0), "4000");
         assert_eq!(tick_label(-1e-17, 0.1), "0.0");
+    }
+
+    #[test]
+    fn image_kind_follows_the_extension_in_any_case() {
+        for (name, kind) in [
+            ("a.png", ImageKind::Png),
+            ("dir.v2/B.PNG", ImageKind::Png),
+            ("c.jpg", ImageKind::Jpeg),
+            ("d.JPEG", ImageKind::Jpeg),
+        ] {
+            assert_eq!(
+                ImageKind::from_path(Path::new(name)).unwrap(),
+                kind,
+                "{name}"
+            );
+        }
+        for name in ["e.gif", "f", "g.png.tmp", ".jpg"] {
+            let e = ImageKind::from_path(Path::new(name))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(name) && e.contains(".png, .jpg or .jpeg"), "{e}");
+        }
+    }
+
+    #[test]
+    fn jpeg_and_png_encodings_decode_to_the_pixels() {
+        // A smooth RGB gradient: JPEG at quality 95 keeps it within a few levels.
+        let (w, h) = (16u32, 8u32);
+        let px: Vec<u8> = (0..w * h * 3).map(|i| ((i * 5) % 256) as u8 / 2).collect();
+        let png = encode_image(&px, w, h, 3, ImageKind::Png).unwrap();
+        let back = image::load_from_memory(&png).unwrap().to_rgb8().into_raw();
+        assert_eq!(back, px);
+        let jpg = encode_image(&px, w, h, 3, ImageKind::Jpeg).unwrap();
+        assert_eq!(&jpg[..3], &[0xFF, 0xD8, 0xFF]);
+        let img = image::load_from_memory(&jpg).unwrap();
+        assert_eq!((img.width(), img.height()), (w, h));
+        let gray = encode_image(&[7; 6], 3, 2, 1, ImageKind::Jpeg).unwrap();
+        let g = image::load_from_memory(&gray)
+            .unwrap()
+            .to_luma8()
+            .into_raw();
+        assert!(g.iter().all(|&v| v.abs_diff(7) <= 1), "{g:?}");
+        assert!(encode_image(&px, w, h, 2, ImageKind::Jpeg).is_err());
+        assert!(encode_image(&px[1..], w, h, 3, ImageKind::Png).is_err());
+    }
+
+    #[test]
+    fn upscale_repeats_every_pixel_in_both_directions() {
+        // Two 1x2x2 images.
+        let imgs = [1, 2, 3, 4, 5, 6, 7, 8];
+        let big = upscale(&imgs, 2, 1, 2, 2, 2).unwrap();
+        #[rustfmt::skip]
+        let want = [
+            1, 1, 2, 2, 1, 1, 2, 2, 3, 3, 4, 4, 3, 3, 4, 4,
+            5, 5, 6, 6, 5, 5, 6, 6, 7, 7, 8, 8, 7, 7, 8, 8,
+        ];
+        assert_eq!(big, want);
+        assert_eq!(upscale(&imgs, 2, 1, 2, 2, 1).unwrap(), imgs);
+        assert!(upscale(&imgs, 2, 1, 2, 2, 0).is_err());
+        assert!(upscale(&imgs, 2, 1, 2, 2, MAX_GRID_SCALE + 1).is_err());
+        assert!(upscale(&imgs, 3, 1, 2, 2, 2).is_err());
+    }
+
+    #[test]
+    fn row_labels_sit_in_a_left_margin_beside_their_rows() {
+        // Four 1x14x14 white images, two per row: fs = 1, one glyph per label.
+        let (n, side) = (4, 14);
+        let imgs = vec![255u8; n * side * side];
+        let mut style = GridStyle::new(2, 1);
+        let (plain, pw, ph) = make_styled_grid(&imgs, n, 1, side, side, &style).unwrap();
+        style.row_labels = vec!["7".into(), String::new()];
+        let (grid, gw, gh) = make_styled_grid(&imgs, n, 1, side, side, &style).unwrap();
+        let margin = gw - pw;
+        assert_eq!((margin, gh), (4 + 2 + 1, ph));
+        for y in 0..gh {
+            assert_eq!(
+                &grid[y * gw + margin..(y + 1) * gw],
+                &plain[y * pw..(y + 1) * pw]
+            );
+        }
+        let ink = |rows: std::ops::Range<usize>| {
+            rows.flat_map(|y| (0..margin).map(move |x| (x, y)))
+                .filter(|&(x, y)| grid[y * gw + x] == 0)
+                .count()
+        };
+        // "7" is 7 pixels of its 3x5 glyph; the second row has no label.
+        assert_eq!(ink(0..1 + side), 7);
+        assert_eq!(ink(1 + side..gh), 0);
+        style.row_labels.pop();
+        assert!(make_styled_grid(&imgs, n, 1, side, side, &style).is_err());
     }
 
     #[test]

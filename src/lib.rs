@@ -18,9 +18,14 @@
 pub mod audit;
 pub mod autograd;
 pub mod backend;
+// The measurement machinery behind `tarflow bench` and `cargo bench`: public for the binary
+// and the benches, not a stable API.
+#[doc(hidden)]
 pub mod bench;
 pub mod data;
 pub mod error;
+// File helpers of the binary and the library (atomic writes): not a stable API.
+#[doc(hidden)]
 pub mod fsutil;
 pub mod gpu;
 pub mod gradcheck;
@@ -39,3 +44,8 @@ pub use autograd::{no_grad, with_no_grad};
 pub use error::{Error, Result};
 pub use rng::Rng;
 pub use tensor::{DType, Device, Element, Layout, Tensor};
+
+/// The README's Rust examples, compiled and run by `cargo test --doc` so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -16,8 +16,20 @@ fn keep_freed_memory() {
     }
 }
 
+/// matrixmultiply (f64 products, and f32 on CPUs without AVX2) counts physical cores by
+/// default, which is 1 on many 2-vCPU machines: the program gives it every core the process
+/// may use unless `MATMUL_NUM_THREADS` is set. The environment is process-global, so this
+/// happens here, before any other thread exists, and never in the library.
+fn use_every_core_for_gemm() {
+    if std::env::var_os("MATMUL_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("MATMUL_NUM_THREADS", n.to_string());
+    }
+}
+
 fn main() {
     keep_freed_memory();
+    use_every_core_for_gemm();
     // The command runs on a worker of the thread pool rather than on the main thread: a
     // parallel kernel called from a worker runs its first half right there and wakes one
     // other worker, where from outside the pool the caller would hand the whole job over,

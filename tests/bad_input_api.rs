@@ -9,7 +9,7 @@ use tarflow::model::{
 };
 use tarflow::nn::{Linear, ParamStore};
 use tarflow::optim::{AdamW, Ema};
-use tarflow::train::{evaluate_bpd, TrainConfig, Trainer};
+use tarflow::train::{TrainConfig, Trainer};
 use tarflow::{DType, Result, Rng, Tensor};
 
 /// 4x4 grayscale images in 2x2 patches: 4 tokens of 4 values, width 4, two blocks.
@@ -315,41 +315,14 @@ fn sample_guidance_weight_and_prior_std_must_be_finite() {
 
 // ------------------------------------------------------------------ data
 
-/// Fields are public: 20 pixel bytes where two 4x4 images need 32.
-fn inconsistent_data() -> Dataset {
-    Dataset {
-        images: vec![0; 20],
-        labels: vec![0, 0],
-        num_classes: 1,
-        channels: 1,
-        height: 4,
-        width: 4,
-    }
-}
-
+/// A data set is checked when it is built: 20 pixel bytes where two 4x4 images need 32, or
+/// image dimensions whose product overflows, never reach a reader of the pixels.
 #[test]
-fn subset_of_an_inconsistent_data_set_is_an_error() {
-    let r = inconsistent_data().subset(&[1]);
-    err_names(r, &["Dataset::subset", "20 pixel bytes for 2 labels"]);
-}
-
-#[test]
-fn validate_rejects_image_dimensions_whose_product_overflows() {
-    let d = Dataset {
-        images: vec![],
-        labels: vec![0],
-        num_classes: 1,
-        channels: 1 << 32,
-        height: 1 << 32,
-        width: 1,
-    };
-    err_names(d.validate("big"), &["big", "too large to index"]);
-}
-
-#[test]
-fn evaluate_bpd_rejects_an_inconsistent_data_set() {
-    let r = evaluate_bpd(&model(0), &inconsistent_data(), 0, 1, 1, 0);
-    err_names(r.map(|_| ()), &["evaluate", "20 pixel bytes"]);
+fn inconsistent_data_sets_cannot_be_built() {
+    let r = Dataset::new("mine", vec![0; 20], vec![0, 0], 1, 1, 4, 4);
+    err_names(r, &["mine", "20 pixel bytes for 2 labels"]);
+    let r = Dataset::new("big", vec![], vec![0], 1, 1 << 32, 1 << 32, 1);
+    err_names(r, &["big", "too large to index"]);
 }
 
 #[test]
@@ -391,12 +364,6 @@ fn sample_grid_too_large_is_a_config_error() {
     assert!(e.starts_with("invalid configuration"), "{e}");
     let r = Trainer::new(c, tiny_data(), tiny_data());
     err_names(r.map(|_| ()), &["samples_per_class"]);
-}
-
-#[test]
-fn trainer_rejects_an_inconsistent_test_set() {
-    let r = Trainer::new(train_config(), tiny_data(), inconsistent_data());
-    err_names(r.map(|_| ()), &["the test set", "20 pixel bytes"]);
 }
 
 #[test]

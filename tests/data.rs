@@ -107,18 +107,18 @@ fn embedded_mnist_has_the_converted_digits() {
     let d = embedded_mnist().unwrap();
     assert_eq!(d.len(), 10_000);
     assert_eq!(d.image_shape(), [1, 28, 28]);
-    assert_eq!(d.num_classes, 10);
+    assert_eq!(d.num_classes(), 10);
     let counts = d.class_counts();
     assert_eq!(counts, CLASS_COUNTS);
     assert!(counts.iter().all(|&c| (863..=1127).contains(&c)));
     // Class-major file order.
-    assert!(d.labels.windows(2).all(|w| w[0] <= w[1]));
+    assert!(d.labels().windows(2).all(|w| w[0] <= w[1]));
     let mut sums = [0u64; 10];
     for i in 0..d.len() {
-        sums[d.labels[i] as usize] += d.image(i).iter().map(|&p| u64::from(p)).sum::<u64>();
+        sums[d.labels()[i] as usize] += d.image(i).iter().map(|&p| u64::from(p)).sum::<u64>();
     }
     assert_eq!(sums, CLASS_PIXEL_SUMS);
-    assert_eq!(fnv1a64(&d.images), ALL_PIXELS_FNV1A64);
+    assert_eq!(fnv1a64(d.images()), ALL_PIXELS_FNV1A64);
     assert_eq!(&d.image(0)[14 * 28..15 * 28], &DIGIT0_ROW14);
     assert_eq!(&d.image(9999)[14 * 28..15 * 28], &DIGIT9999_ROW14);
     // No two digits are identical, so train and test cannot share an image.
@@ -185,11 +185,11 @@ fn embedded_mnist_matches_source_archive() {
             .collect();
         assert_eq!(values.len() % 784, 0);
         let n = values.len() / 784;
-        let block = &d.images[offset * 784..(offset + n) * 784];
+        let block = &d.images()[offset * 784..(offset + n) * 784];
         for (k, (&p, &v)) in block.iter().zip(&values).enumerate() {
             assert_eq!(f64::from(p), (v * 255.0).round(), "class {class} value {k}");
         }
-        assert!(d.labels[offset..offset + n].iter().all(|&l| l == class));
+        assert!(d.labels()[offset..offset + n].iter().all(|&l| l == class));
         offset += n;
     }
     assert_eq!(offset, d.len());
@@ -214,7 +214,7 @@ fn embedded_split_is_balanced_disjoint_and_fixed() {
     for (c, &n) in CLASS_COUNTS.iter().enumerate() {
         for k in 0..100 {
             assert_eq!(test.image(c * 100 + k), all.image(start + n - 100 + k));
-            assert_eq!(test.labels[c * 100 + k], c as u32);
+            assert_eq!(test.labels()[c * 100 + k], c as u32);
         }
         start += n;
     }
@@ -236,7 +236,10 @@ fn dataset_checks_invariants_and_subsets() {
     assert_eq!(s.len(), 3);
     assert_eq!(s.image(0), d.image(6));
     assert_eq!(s.image(1), d.image(0));
-    assert_eq!(s.labels, vec![d.labels[6], d.labels[0], d.labels[6]]);
+    assert_eq!(
+        s.labels(),
+        vec![d.labels()[6], d.labels()[0], d.labels()[6]]
+    );
     assert!(matches!(d.subset(&[7]), Err(Error::Index { .. })));
     assert_eq!(d.class_counts().iter().sum::<usize>(), 7);
 
@@ -271,26 +274,26 @@ fn idx_write_read_roundtrip_gzip_and_raw() {
         let raw = std::fs::read(&ip).unwrap();
         assert_eq!(raw[..2] == [0x1f, 0x8b], compress);
         let back = load_idx_pair(&ip, &lp).unwrap();
-        assert_eq!(back.images, d.images);
-        assert_eq!(back.labels, d.labels);
+        assert_eq!(back.images(), d.images());
+        assert_eq!(back.labels(), d.labels());
         assert_eq!(back.image_shape(), [1, 5, 7]);
         assert_eq!(
-            back.num_classes,
-            *d.labels.iter().max().unwrap() as usize + 1
+            back.num_classes(),
+            *d.labels().iter().max().unwrap() as usize + 1
         );
     }
     // In memory, and the header layout itself.
-    let bytes = encode_idx_images(&d.images, 13, 5, 7).unwrap();
+    let bytes = encode_idx_images(d.images(), 13, 5, 7).unwrap();
     assert_eq!(
         &bytes[..16],
         &[0, 0, 8, 3, 0, 0, 0, 13, 0, 0, 0, 5, 0, 0, 0, 7]
     );
     let im = parse_idx_images(&bytes, "mem").unwrap();
     assert_eq!((im.count, im.rows, im.cols), (13, 5, 7));
-    assert_eq!(im.pixels, d.images);
-    let lb = encode_idx_labels(&d.labels).unwrap();
+    assert_eq!(im.pixels, d.images());
+    let lb = encode_idx_labels(d.labels()).unwrap();
     assert_eq!(&lb[..8], &[0, 0, 8, 1, 0, 0, 0, 13]);
-    assert_eq!(parse_idx_labels(&gzip(&lb), "mem").unwrap(), d.labels);
+    assert_eq!(parse_idx_labels(&gzip(&lb), "mem").unwrap(), d.labels());
     assert!(encode_idx_labels(&[256]).is_err());
     assert!(encode_idx_images(&[0; 5], 1, 2, 2).is_err());
 }
@@ -384,7 +387,7 @@ fn idx_corrupt_inputs_are_format_errors_naming_the_input() {
 fn cifar_bytes(d: &Dataset) -> Vec<u8> {
     let mut out = Vec::new();
     for i in 0..d.len() {
-        out.push(d.labels[i] as u8);
+        out.push(d.labels()[i] as u8);
         out.extend_from_slice(d.image(i));
     }
     out
@@ -475,7 +478,7 @@ fn image_folder_classes_resize_and_crop() {
     assert_eq!(f.classes, vec!["cats".to_string(), "dogs".to_string()]);
     assert_eq!(f.dataset.len(), 3);
     assert_eq!(f.dataset.image_shape(), [3, 8, 8]);
-    assert_eq!(f.dataset.labels, vec![0, 0, 1]);
+    assert_eq!(f.dataset.labels(), vec![0, 0, 1]);
     assert_eq!(f.files[0].file_name().unwrap(), "a.png");
     let a = f.dataset.image(0);
     assert!(a[..64].iter().all(|&p| p == 0), "red plane {:?}", &a[..64]);
@@ -506,8 +509,8 @@ fn image_folder_classes_resize_and_crop() {
     )
     .unwrap();
     let ff = load_image_folder(flat.path(), 3, 4, 4).unwrap();
-    assert_eq!(ff.dataset.labels, vec![0, 0]);
-    assert_eq!(ff.dataset.num_classes, 1);
+    assert_eq!(ff.dataset.labels(), vec![0, 0]);
+    assert_eq!(ff.dataset.num_classes(), 1);
 
     // An unreadable image is an error naming it.
     std::fs::write(root.join("dogs/broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
@@ -581,7 +584,7 @@ fn loader_epochs_are_seeded_permutations() {
     for b in &ba {
         for (k, &i) in b.indices.iter().enumerate() {
             assert_eq!(&b.images[k * 6..(k + 1) * 6], d.image(i));
-            assert_eq!(b.labels[k], d.labels[i]);
+            assert_eq!(b.labels[k], d.labels()[i]);
         }
     }
 
@@ -722,7 +725,7 @@ fn png_grid_written_and_read_back() {
     // 5 gray images of 3x4 in 2 columns with 1 pixel of padding: 3 rows.
     let d = random_dataset(11, 5, 1, 3, 4, 2);
     let p = dir.path().join("g.png");
-    write_png_grid(&p, &d.images, 5, 1, 3, 4, 2, 1).unwrap();
+    write_png_grid(&p, d.images(), 5, 1, 3, 4, 2, 1).unwrap();
     let img = image::open(&p).unwrap();
     assert_eq!((img.width(), img.height()), (2 * 4 + 3, 3 * 3 + 4));
     let g = img.to_luma8();
@@ -740,7 +743,7 @@ fn png_grid_written_and_read_back() {
     // RGB: channel planes become interleaved colours.
     let rgb = random_dataset(12, 3, 3, 2, 2, 2);
     let q = dir.path().join("rgb.png");
-    write_png_grid(&q, &rgb.images, 3, 3, 2, 2, 8, 0).unwrap();
+    write_png_grid(&q, rgb.images(), 3, 3, 2, 2, 8, 0).unwrap();
     let img = image::open(&q).unwrap().to_rgb8();
     assert_eq!(img.dimensions(), (6, 2));
     let px = img.get_pixel(2 + 1, 1).0; // image 1, x 1, y 1
@@ -755,13 +758,13 @@ fn png_grid_written_and_read_back() {
     names.sort();
     assert_eq!(names, vec!["g.png", "rgb.png"]);
 
-    assert!(write_png_grid(&p, &d.images, 6, 1, 3, 4, 2, 1).is_err());
-    assert!(write_png_grid(&p, &d.images, 5, 1, 3, 4, 2, usize::MAX / 2).is_err());
-    assert!(write_png_grid(&p, &d.images, 5, 1, 3, 4, 2, 1 << 20).is_err());
-    assert!(write_png_grid(&p, &d.images, 5, 2, 3, 4, 2, 1).is_err());
+    assert!(write_png_grid(&p, d.images(), 6, 1, 3, 4, 2, 1).is_err());
+    assert!(write_png_grid(&p, d.images(), 5, 1, 3, 4, 2, usize::MAX / 2).is_err());
+    assert!(write_png_grid(&p, d.images(), 5, 1, 3, 4, 2, 1 << 20).is_err());
+    assert!(write_png_grid(&p, d.images(), 5, 2, 3, 4, 2, 1).is_err());
     assert!(write_png_grid(
         dir.path().join("no/such/dir.png"),
-        &d.images,
+        d.images(),
         5,
         1,
         3,
@@ -815,8 +818,8 @@ fn line_plot_draws_series_in_distinct_colours() {
 
 fn valid_inputs() -> Vec<Vec<u8>> {
     let d = random_dataset(13, 3, 1, 4, 4, 10);
-    let images = encode_idx_images(&d.images, 3, 4, 4).unwrap();
-    let labels = encode_idx_labels(&d.labels).unwrap();
+    let images = encode_idx_images(d.images(), 3, 4, 4).unwrap();
+    let labels = encode_idx_labels(d.labels()).unwrap();
     let c = random_dataset(14, 2, 3, 32, 32, 10);
     let png = encode_png(
         &rgb_image(7, 5, |x, y| [x as u8 * 30, y as u8 * 40, 9]),

@@ -6,9 +6,13 @@ use std::path::{Path, PathBuf};
 use clap::{Args, ValueEnum};
 
 use tarflow::audit::{audit as run_audit, AuditOptions};
-use tarflow::imageio::{f32_to_u8_images, write_png_grid};
+use tarflow::data::{decode_image, load_image_folder};
+use tarflow::imageio::{
+    f32_to_u8_images, make_grid, upscale, write_grid, write_png, GridStyle, ImageKind,
+    MAX_GRID_SCALE,
+};
 use tarflow::model::{load_checkpoint, save_checkpoint, Guidance, SampleOptions, Sampler, TarFlow};
-use tarflow::tensorio::{read_tensors, write_tensors};
+use tarflow::tensorio::{read_tensors, tensors_to_bytes, write_tensors};
 use tarflow::{DType, Element, Error, Result, Rng, Tensor};
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -26,6 +30,7 @@ pub struct InitArgs {
     /// Output checkpoint path (.safetensors).
     #[arg(long)]
     out: PathBuf,
+    /// Seed of the initialisation.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Give the (normally zero) output projections random N(0, s^2) weights, so the flow is
@@ -136,6 +141,7 @@ pub struct AuditArgs {
     /// Random inputs to check (at least 1).
     #[arg(long, default_value_t = 2)]
     samples: usize,
+    /// Seed of the random inputs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Tokens per block in the windowed Jacobian check.
@@ -197,16 +203,24 @@ pub fn audit(a: AuditArgs) -> Result<()> {
 
 #[derive(Args)]
 pub struct EncodeArgs {
+    /// Checkpoint (.safetensors) of the model.
     #[arg(long)]
     checkpoint: PathBuf,
-    /// safetensors file with tensor `x` [B,C,H,W], B >= 1, in [-1,1] (values up to 1 beyond
-    /// are accepted for noise-augmented inputs) (optional `labels` [B], -1 = none).
+    /// Images: a .png/.jpg/.jpeg file, a folder of them (every image below it, sorted by
+    /// name, scaled and centre-cropped to the model's size), or a safetensors file with `x`
+    /// [B,C,H,W], B >= 1, in [-1,1] (up to 1 beyond for noise-augmented inputs) and optional
+    /// `labels` [B] (-1 = none).
     #[arg(long)]
     input: PathBuf,
-    /// Output safetensors: `z` [B,C,H,W], `logdet` [B], `logdet_blocks` [B,T], `bpd` [B].
-    /// Not written when any of them is NaN or infinite (an error says which image).
+    /// Class of every image of a PNG/JPEG input (class-conditional models) [default: none]
+    #[arg(long)]
+    class: Option<usize>,
+    /// Output safetensors: `z` [B,C,H,W], `logdet` [B], `logdet_blocks` [B,T], `bpd` [B],
+    /// and the input's `labels` [B] (so that `decode` uses them). Not written when any of
+    /// them is NaN or infinite (an error says which image).
     #[arg(long)]
     output: PathBuf,
+    /// Precision of the computation and of the output file.
     #[arg(long, value_enum, default_value = "f32")]
     dtype: Dtype,
 }
@@ -270,6 +284,11 @@ impl Dtype {
 /// A model, the tensor it works on, and optional labels.
 type ModelInput<E> = (TarFlow<E>, Tensor<E>, Option<Tensor<E>>);
 
+/// Whether `path` names a PNG or JPEG file by its extension.
+fn is_image_file(path: &Path) -> bool {
+    ImageKind::from_path(path).is_ok()
+}
+
 /// The model of `checkpoint`, the finite tensor `name` of `input`, and its optional
 /// `labels` tensor (read at the same precision; labels are small integers).
 fn load_input<E: Element>(checkpoint: &Path, input: &Path, name: &str) -> Result<ModelInput<E>> {
@@ -287,6 +306,30 @@ fn load_input<E: Element>(checkpoint: &Path, input: &Path, name: &str) -> Result
         });
     }
     Ok((m, t, inputs.remove("labels")))
+}
+
+/// The images of a PNG/JPEG file or a folder of them, as the model's `x` [B,C,H,W] in
+/// [-1, 1], and the file of each image.
+fn read_image_input<E: Element>(m: &TarFlow<E>, input: &Path) -> Result<(Tensor<E>, Vec<PathBuf>)> {
+    let (c, s) = (m.config.channels, m.config.image_size);
+    let (pixels, files) = if input.is_dir() {
+        let folder = load_image_folder(input, c, s, s)?;
+        (folder.dataset.into_parts().0, folder.files)
+    } else {
+        let bytes = tarflow::fsutil::read_file(input)?;
+        let name = input.display().to_string();
+        (
+            decode_image(&bytes, &name, c, s, s)?,
+            vec![input.to_path_buf()],
+        )
+    };
+    let b = files.len();
+    // The f64 value of x = 2p/255 - 1 rounded once to E, as the training inputs are.
+    let x = pixels
+        .iter()
+        .map(|&p| E::from_f64(2.0 * f64::from(p) / 255.0 - 1.0))
+        .collect();
+    Ok((Tensor::from_vec(x, &[b, c, s, s])?, files))
 }
 
 /// How far outside [-1, 1] an input to `encode` may go: noise augmentation (sigma <= 0.1 in
@@ -351,14 +394,38 @@ fn first_nonfinite<E: Element>(t: &Tensor<E>, b: usize) -> Option<usize> {
 }
 
 fn encode_as<E: Element>(a: &EncodeArgs) -> Result<()> {
-    let (m, x, labels_t) = load_input::<E>(&a.checkpoint, &a.input, "x")?;
+    let from_images = a.input.is_dir() || is_image_file(&a.input);
+    let (m, x, labels_t, files) = if from_images {
+        let m: TarFlow<E> = load_checkpoint(&a.checkpoint)?.model()?;
+        let (x, files) = read_image_input(&m, &a.input)?;
+        let b = files.len();
+        let labels = a
+            .class
+            .map(|c| Tensor::<E>::from_vec(vec![E::from_f64(c as f64); b], &[b]));
+        (m, x, labels.transpose()?, Some(files))
+    } else {
+        if let Some(c) = a.class {
+            return Err(bad_option(
+                "encode",
+                "--class",
+                c,
+                "a PNG/JPEG input (a safetensors input carries its own `labels`)",
+            ));
+        }
+        let (m, x, labels) = load_input::<E>(&a.checkpoint, &a.input, "x")?;
+        (m, x, labels, None)
+    };
     let b = batch_of(&x, "x", &a.input)?;
     check_image_range(&x, &a.input)?;
     let labels = labels_from(
         labels_t.map(|t| t.cast::<f64>()).as_ref(),
         b,
         m.config.num_classes,
-    )?;
+    )
+    .map_err(|e| match (&a.class, e) {
+        (Some(c), Error::Config(m)) => for_option("encode", "--class", c, Error::Config(m)),
+        (_, e) => e,
+    })?;
     let out = tarflow::with_no_grad(|| m.forward(&x, labels.as_deref()))?;
     let z = m.to_images(&out.z)?;
     let bpd = m.bits_per_dim(&out)?;
@@ -380,17 +447,40 @@ fn encode_as<E: Element>(a: &EncodeArgs) -> Result<()> {
             });
         }
     }
-    let dtype = a.dtype.storage();
-    write_tensors(
-        &a.output,
-        &[
-            ("z", &z),
-            ("logdet", &out.logdet),
-            ("logdet_blocks", &out.logdet_blocks),
-            ("bpd", &bpd),
-        ],
-        dtype,
-    )?;
+    // The labels go with the latents, so that `decode` inverts with the same condition.
+    let labels_out = labels
+        .map(|l| {
+            let v = l
+                .iter()
+                .map(|c| E::from_f64(c.map_or(-1.0, |c| c as f64)))
+                .collect();
+            Tensor::<E>::from_vec(v, &[b])
+        })
+        .transpose()?;
+    let mut tensors = vec![
+        ("z", &z),
+        ("logdet", &out.logdet),
+        ("logdet_blocks", &out.logdet_blocks),
+        ("bpd", &bpd),
+    ];
+    if let Some(l) = &labels_out {
+        tensors.push(("labels", l));
+    }
+    // Which file each latent came from, for an image input.
+    let metadata = match &files {
+        Some(f) => {
+            let names: Vec<String> = f.iter().map(|p| p.display().to_string()).collect();
+            let json = serde_json::to_string(&names)
+                .map_err(|e| Error::format("encode file list", e.to_string()))?;
+            Some(std::collections::HashMap::from([(
+                "files".to_string(),
+                json,
+            )]))
+        }
+        None => None,
+    };
+    let bytes = tensors_to_bytes(&tensors, a.dtype.storage(), metadata)?;
+    tarflow::fsutil::atomic_write(&a.output, &bytes)?;
     say!("encoded {b} images -> {}", a.output.display());
     Ok(())
 }
@@ -404,18 +494,64 @@ pub fn encode(a: EncodeArgs) -> Result<()> {
 
 #[derive(Args)]
 pub struct DecodeArgs {
+    /// Checkpoint (.safetensors) of the model.
     #[arg(long)]
     checkpoint: PathBuf,
-    /// safetensors file with tensor `z` [B,C,H,W] (or [B,N,D]), B >= 1, finite (optional
-    /// `labels` [B], -1 = none).
+    /// safetensors file with tensor `z` [B,C,H,W] (or [B,N,D]), B >= 1, finite, and optional
+    /// `labels` [B] (-1 = none; `encode` writes them).
     #[arg(long)]
     input: PathBuf,
-    /// Output safetensors with `x` [B,C,H,W]. Not written when any value of x is NaN or
-    /// infinite (z far outside the prior N(0, 1) can overflow the inverse flow).
+    /// Output: a .png/.jpg/.jpeg grid of the images, or (any other name) safetensors with `x`
+    /// [B,C,H,W]. Not written when any value of x is NaN or infinite (z far outside the
+    /// prior N(0, 1) can overflow the inverse flow).
     #[arg(long)]
     output: PathBuf,
+    /// Also write one PNG per image into this folder (created when missing).
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+    /// Upscale factor of the written images (nearest neighbour), 1..=16.
+    #[arg(long, default_value_t = 1)]
+    scale: usize,
+    /// Precision of the computation and of a safetensors output.
     #[arg(long, value_enum, default_value = "f32")]
     dtype: Dtype,
+}
+
+/// Image formats the readers know but the writers do not produce: an output named so is
+/// refused rather than written as something else.
+const UNWRITTEN_IMAGE_EXTENSIONS: [&str; 7] = ["gif", "bmp", "webp", "tif", "tiff", "ppm", "pgm"];
+
+impl DecodeArgs {
+    /// Pre-flight checks that read no file.
+    pub fn check(&self) -> Result<()> {
+        check_scale("decode", self.scale)?;
+        let ext = self
+            .output
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase());
+        if ext.is_some_and(|e| UNWRITTEN_IMAGE_EXTENSIONS.contains(&e.as_str())) {
+            return Err(bad_option(
+                "decode",
+                "--output",
+                self.output.display(),
+                "a .png, .jpg or .jpeg image, or a safetensors file",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `--scale` within what the grid writer takes.
+fn check_scale(cmd: &'static str, scale: usize) -> Result<()> {
+    if !(1..=MAX_GRID_SCALE).contains(&scale) {
+        return Err(bad_option(
+            cmd,
+            "--scale",
+            scale,
+            &format!("an upscale factor in 1..={MAX_GRID_SCALE}"),
+        ));
+    }
+    Ok(())
 }
 
 fn decode_as<E: Element>(a: &DecodeArgs) -> Result<()> {
@@ -447,7 +583,22 @@ fn decode_as<E: Element>(a: &DecodeArgs) -> Result<()> {
             ),
         });
     }
-    write_tensors(&a.output, &[("x", &x)], a.dtype.storage())?;
+    let images = is_image_file(&a.output) || a.out_dir.is_some();
+    let pixels = images.then(|| f32_to_u8_images(&x.cast::<f32>().to_vec()));
+    let (c, s) = (m.config.channels, m.config.image_size);
+    match &pixels {
+        Some(p) if is_image_file(&a.output) => {
+            let style = GridStyle {
+                scale: a.scale,
+                ..GridStyle::new(b.clamp(1, 16), 2)
+            };
+            write_grid(&a.output, p, b, c, s, s, &style)?
+        }
+        _ => write_tensors(&a.output, &[("x", &x)], a.dtype.storage())?,
+    }
+    if let (Some(dir), Some(p)) = (&a.out_dir, &pixels) {
+        write_each(dir, p, b, c, s, a.scale, "image")?;
+    }
     say!("decoded {b} latents -> {}", a.output.display());
     Ok(())
 }
@@ -461,45 +612,55 @@ pub fn decode(a: DecodeArgs) -> Result<()> {
 
 #[derive(Args)]
 pub struct SampleArgs {
+    /// Checkpoint (.safetensors) to sample from.
     #[arg(long)]
     checkpoint: PathBuf,
     /// Number of samples, at least 1 (per class when --class is not given and the model is
     /// conditional).
     #[arg(long, default_value_t = 10)]
     num: usize,
-    /// Class to sample (conditional models only); default: every class in turn.
+    /// Class to sample (conditional models only) [default: every class, one per row]
     #[arg(long)]
     class: Option<usize>,
-    /// Classifier-free guidance weight w, finite (p = p_c + w (p_c - p_u)).
+    /// Classifier-free guidance weight w, finite (p = p_c + w (p_c - p_u)) [default: none]
     #[arg(long)]
     cfg: Option<f64>,
     /// Anneal the guidance weight linearly over tokens, w_i = w (i+1)/(N-1) (with --cfg or
     /// --attn-temp).
     #[arg(long)]
     cfg_anneal: bool,
-    /// Attention-temperature guidance: the second branch divides logits by this tau (> 0).
+    /// Attention-temperature guidance: the second branch divides logits by this tau (> 0)
+    /// [default: none]
     #[arg(long)]
     attn_temp: Option<f64>,
-    /// Weight of attention-temperature guidance, finite (with --attn-temp; default 1).
+    /// Weight of attention-temperature guidance, finite (with --attn-temp) [default: 1]
     #[arg(long)]
     attn_weight: Option<f64>,
     /// Denoise with the model's score (Tweedie) using the config's sigma, or --sigma.
     #[arg(long)]
     denoise: bool,
-    /// Sigma of --denoise, finite and >= 0 (default: the config's training noise).
+    /// Sigma of --denoise, finite and >= 0 [default: the model's training noise]
     #[arg(long)]
     sigma: Option<f64>,
     /// Prior standard deviation (temperature of z), finite and >= 0.
     #[arg(long, default_value_t = 1.0)]
     prior_std: f64,
+    /// Seed of the prior draws.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// PNG grid to write. Nothing is written when a sample stays NaN or infinite.
+    /// Grid image to write, PNG or JPEG by its extension (.png, .jpg, .jpeg). Nothing is
+    /// written when a sample stays NaN or infinite.
     #[arg(long, default_value = "samples.png")]
     out: PathBuf,
     /// Also write one PNG per sample into this directory.
     #[arg(long)]
     out_dir: Option<PathBuf>,
+    /// Upscale factor of the written images (nearest neighbour), 1..=16.
+    #[arg(long, default_value_t = 1)]
+    scale: usize,
+    /// Leave out the class number written left of each row of a grid of every class.
+    #[arg(long)]
+    no_row_labels: bool,
 }
 
 impl SampleArgs {
@@ -554,6 +715,14 @@ impl SampleArgs {
             if !(s.is_finite() && s >= 0.0) {
                 return bad("--sigma", &s, "a finite sigma >= 0");
             }
+        }
+        check_scale("sample", self.scale)?;
+        if ImageKind::from_path(&self.out).is_err() {
+            return bad(
+                "--out",
+                &self.out.display(),
+                "a .png, .jpg or .jpeg file name (the grid's format)",
+            );
         }
         if !(self.prior_std.is_finite() && self.prior_std >= 0.0) {
             return bad(
@@ -674,22 +843,20 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     let n = x.shape()[0];
     let pixels = f32_to_u8_images(&x.to_vec());
     let (c, s) = (cfg.channels, cfg.image_size);
-    write_png_grid(&a.out, &pixels, n, c, s, s, cols, 2)?;
+    // A grid of every class has one class per row: write it beside the row.
+    let row_labels = if cfg.num_classes > 0 && a.class.is_none() && !a.no_row_labels {
+        (0..cfg.num_classes).map(|k| k.to_string()).collect()
+    } else {
+        Vec::new()
+    };
+    let style = GridStyle {
+        scale: a.scale,
+        row_labels,
+        ..GridStyle::new(cols, 2)
+    };
+    write_grid(&a.out, &pixels, n, c, s, s, &style)?;
     if let Some(dir) = &a.out_dir {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let per = c * s * s;
-        for i in 0..n {
-            write_png_grid(
-                dir.join(format!("sample_{i:04}.png")),
-                &pixels[i * per..(i + 1) * per],
-                1,
-                c,
-                s,
-                s,
-                1,
-                0,
-            )?;
-        }
+        write_each(dir, &pixels, n, c, s, a.scale, "sample")?;
     }
     say!(
         "{n} samples in {:.2}s -> {} (redrawn {}, failed {})",
@@ -698,5 +865,33 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         report.redrawn,
         report.failed
     );
+    Ok(())
+}
+
+/// Writes each of `n` channel-major `c x s x s` images as `dir/PREFIX_NNNN.png`, upscaled by
+/// `scale`; `dir` is created when missing.
+fn write_each(
+    dir: &Path,
+    pixels: &[u8],
+    n: usize,
+    c: usize,
+    s: usize,
+    scale: usize,
+    prefix: &str,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let big = upscale(pixels, n, c, s, s, scale)?;
+    let side = s * scale;
+    let per = c * side * side;
+    for i in 0..n {
+        let one = make_grid(&big[i * per..(i + 1) * per], 1, c, side, side, 1, 0)?.0;
+        write_png(
+            dir.join(format!("{prefix}_{i:04}.png")),
+            &one,
+            side as u32,
+            side as u32,
+            c,
+        )?;
+    }
     Ok(())
 }

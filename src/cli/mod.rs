@@ -4,6 +4,7 @@
 pub(crate) mod out;
 
 mod bench;
+mod config;
 mod flow;
 mod kernels;
 mod shape;
@@ -37,18 +38,18 @@ enum Command {
     Init(flow::InitArgs),
     /// Check invertibility and the exact log-determinant of a model.
     Audit(flow::AuditArgs),
-    /// Images -> latents: x [B,C,H,W] in [-1,1] to z, logdet, logdet_blocks, bpd.
+    /// Images -> latents: PNG/JPEG files or x [B,C,H,W] in [-1,1] to z, logdet, bpd, labels.
     Encode(flow::EncodeArgs),
-    /// Latents -> images: z [B,C,H,W] (or [B,N,D]) to x.
+    /// Latents -> images: z [B,C,H,W] (or [B,N,D]) to x (safetensors) or a PNG/JPEG grid.
     Decode(flow::DecodeArgs),
-    /// Draw samples from a checkpoint into PNG files.
+    /// Draw samples from a checkpoint into a PNG or JPEG grid.
     Sample(flow::SampleArgs),
 }
 
 impl Command {
-    /// Every check of the command's options that reads no file, writes nothing and
-    /// computes nothing heavy: ranges, NaN, options that would be ignored, sizes. `run`
-    /// calls it before the command starts, so each rule lives in one place.
+    /// Every check of the command's options that writes nothing, computes nothing heavy and
+    /// reads no file but `train`'s --config: ranges, NaN, options that would be ignored,
+    /// sizes. `run` calls it before the command starts, so each rule lives in one place.
     fn check(&self) -> Result<()> {
         match self {
             Command::Train(a) => train::check_train(a),
@@ -57,7 +58,8 @@ impl Command {
             Command::Bench(a) => a.check(),
             Command::Init(a) => a.check(),
             Command::Audit(a) => a.check(),
-            Command::Encode(_) | Command::Decode(_) => Ok(()),
+            Command::Encode(_) => Ok(()),
+            Command::Decode(a) => a.check(),
             Command::Sample(a) => a.check(),
         }
     }
@@ -149,6 +151,28 @@ mod tests {
             ],
             &["bench", "--kernels", "--repeats", "3"],
             &["train", "--preset", "tiny", "--steps", "3"],
+            &["train", "--no-sample-cfg-anneal", "--print-config"],
+            &[
+                "sample",
+                "--checkpoint",
+                "x",
+                "--out",
+                "g.JPG",
+                "--scale",
+                "16",
+                "--no-row-labels",
+            ],
+            &[
+                "decode",
+                "--checkpoint",
+                "a",
+                "--input",
+                "b",
+                "--output",
+                "c.png",
+                "--scale",
+                "2",
+            ],
             &[
                 "encode",
                 "--checkpoint",
@@ -245,6 +269,35 @@ mod tests {
                 &["--num"],
             ),
             (err(&["nonsense"]), &["nonsense"]),
+            (s(&["--scale", "17"]), &["--scale 17", "1..=16"]),
+            (
+                s(&["--out", "g.webp"]),
+                &["--out g.webp", ".png, .jpg or .jpeg"],
+            ),
+            (
+                err(&[
+                    "decode",
+                    "--checkpoint",
+                    "a",
+                    "--input",
+                    "b",
+                    "--output",
+                    "c.tiff",
+                ]),
+                &["--output c.tiff"],
+            ),
+            (
+                err(&["train", "--preset", "imagenet64"]),
+                &["--preset imagenet64", "needs --data"],
+            ),
+            (
+                err(&["train", "--sample-cfg-anneal", "--no-sample-cfg-anneal"]),
+                &["--no-sample-cfg-anneal"],
+            ),
+            (
+                err(&["train", "--resume", "r", "--config", "c.toml"]),
+                &["--config"],
+            ),
         ];
         for (e, words) in cases {
             for w in words {

@@ -13,30 +13,37 @@ pub fn preset_model(name: &str) -> Result<TarFlowConfig> {
     Ok(TrainConfig::preset(name)?.model)
 }
 
+/// `what` with the default the preset decides, shown for mnist (= small's model).
+fn preset_help(what: &str, value: impl Fn(&TarFlowConfig) -> String) -> String {
+    static MNIST: std::sync::OnceLock<Option<TarFlowConfig>> = std::sync::OnceLock::new();
+    match MNIST.get_or_init(|| preset_model("mnist").ok()) {
+        Some(c) => format!("{what} [default: the preset's; mnist: {}]", value(c)),
+        None => what.to_string(),
+    }
+}
+
 /// Overrides of a preset's model shape.
 #[derive(Args)]
 pub struct ShapeArgs {
-    /// Image height and width.
-    #[arg(long)]
+    #[arg(long, help = preset_help("Image height and width", |c| c.image_size.to_string()))]
     image_size: Option<usize>,
-    #[arg(long)]
+    #[arg(long, help = preset_help("Image channels (1 gray, 3 RGB)", |c| c.channels.to_string()))]
     channels: Option<usize>,
-    #[arg(long)]
+    #[arg(long, help = preset_help("Patch side p (tokens are p x p patches)",
+        |c| c.patch_size.to_string()))]
     patch_size: Option<usize>,
-    /// Model width C.
-    #[arg(long)]
+    #[arg(long, help = preset_help("Model width C", |c| c.width.to_string()))]
     width: Option<usize>,
-    /// Flow blocks T.
-    #[arg(long)]
+    #[arg(long, help = preset_help("Flow blocks T", |c| c.blocks.to_string()))]
     blocks: Option<usize>,
-    /// Layers per block K.
-    #[arg(long)]
+    #[arg(long, help = preset_help("Transformer layers per block K",
+        |c| c.layers_per_block.to_string()))]
     layers: Option<usize>,
-    /// Number of classes (0 = unconditional).
-    #[arg(long)]
+    #[arg(long, help = preset_help("Number of classes (0 = unconditional)",
+        |c| c.num_classes.to_string()))]
     classes: Option<usize>,
-    /// Soft clip of the log-scales, a*tanh(alpha/a).
-    #[arg(long)]
+    #[arg(long, help = preset_help("Soft clip a of the log-scales, a*tanh(alpha/a)",
+        |c| c.alpha_clip.map_or_else(|| "none".into(), |a| a.to_string())))]
     alpha_clip: Option<f64>,
 }
 

@@ -13,15 +13,23 @@ use tarflow::{Device, Error, Result};
 
 #[derive(Args)]
 pub struct TrainArgs {
-    /// Preset: mnist (default), mnist-likelihood, mnist-likelihood-long, tiny, small, cifar10,
-    /// imagenet64.
-    #[arg(long, default_value = "mnist")]
-    preset: String,
-    /// Data: a directory of IDX files, CIFAR-10 batches or images (default: embedded MNIST).
+    /// Preset: mnist, mnist-likelihood, mnist-likelihood-long, tiny, small, cifar10,
+    /// imagenet64 [default: the --config file's, else mnist]
+    #[arg(long)]
+    preset: Option<String>,
+    /// TOML file of settings, keys as in a run's config.toml (any subset); flags override
+    /// it, it overrides the preset.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the resolved configuration (TOML, as config.toml) and exit without training.
+    #[arg(long)]
+    print_config: bool,
+    /// Data: a directory of IDX files, CIFAR-10 batches or images [default: the embedded
+    /// MNIST digits]
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Output directory (default: runs/<preset>). One run at a time may use it (it is locked);
-    /// a directory holding another run's files is refused unless --overwrite is given.
+    /// Output directory [default: runs/<preset>]. One run at a time may use it (it is
+    /// locked); a directory holding another run's files is refused unless --overwrite.
     #[arg(long)]
     out: Option<PathBuf>,
     /// Delete the checkpoints, sample grids, metrics.jsonl and bpd.png of an earlier run in
@@ -31,8 +39,9 @@ pub struct TrainArgs {
     /// Continue the run saved in this directory from its newest complete checkpoint, with the
     /// saved settings. Only --steps N (run on to step N, the cosine schedule stretched to the
     /// new length), --quiet and --device may be given with it; other options are refused.
-    #[arg(long, conflicts_with_all = ["preset", "data", "overwrite"])]
+    #[arg(long, conflicts_with_all = ["preset", "config", "data", "overwrite"])]
     resume: Option<PathBuf>,
+    /// Where to train (cpu; GPU devices are refused by the command for now).
     #[arg(long, default_value = "cpu")]
     device: String,
     #[command(flatten)]
@@ -42,59 +51,105 @@ pub struct TrainArgs {
     quiet: bool,
 }
 
-/// Hyper-parameters that override the preset.
+/// The mnist preset, for the defaults shown in the help.
+fn mnist_preset() -> Option<&'static TrainConfig> {
+    static MNIST: std::sync::OnceLock<Option<TrainConfig>> = std::sync::OnceLock::new();
+    MNIST
+        .get_or_init(|| TrainConfig::preset("mnist").ok())
+        .as_ref()
+}
+
+/// `what` with the default every preset decides, shown for mnist (`--print-config` shows
+/// any preset's).
+fn preset_help(what: &str, value: impl Fn(&TrainConfig) -> String) -> String {
+    match mnist_preset() {
+        Some(c) => format!("{what} [default: the preset's; mnist: {}]", value(c)),
+        None => what.to_string(),
+    }
+}
+
+/// `--grad-clip` and `--ema` off (None) as the flag writes it: 0.
+fn or_zero(v: Option<f64>) -> String {
+    v.map_or_else(|| "0 (off)".into(), |v| v.to_string())
+}
+
+/// Hyper-parameters that override the preset (and the --config file).
 #[derive(Args)]
 pub struct Overrides {
-    #[arg(long)]
+    #[arg(long, help = preset_help(
+        "Optimisation steps of the run (also the length of the learning-rate schedule)",
+        |c| c.steps.to_string()))]
     steps: Option<usize>,
-    #[arg(long)]
+    #[arg(long, help = preset_help("Training images per step", |c| c.batch_size.to_string()))]
     batch_size: Option<usize>,
-    #[arg(long)]
+    #[arg(long, help = preset_help("Peak learning rate", |c| c.lr.to_string()))]
     lr: Option<f64>,
-    #[arg(long)]
+    #[arg(long, help = preset_help(
+        "Linear warm-up steps from --min-lr to --lr", |c| c.warmup_steps.to_string()))]
     warmup_steps: Option<usize>,
-    #[arg(long)]
+    #[arg(long, help = preset_help(
+        "Learning rate at the start and end of the cosine schedule", |c| c.min_lr.to_string()))]
     min_lr: Option<f64>,
-    #[arg(long)]
+    #[arg(long, help = preset_help("AdamW weight decay", |c| c.weight_decay.to_string()))]
     weight_decay: Option<f64>,
-    /// Global gradient-norm clip; 0 disables.
-    #[arg(long)]
+    #[arg(long, help = preset_help(
+        "Global gradient-norm clip; 0 disables", |c| or_zero(c.grad_clip)))]
     grad_clip: Option<f64>,
-    /// EMA decay of the weights (e.g. 0.999); 0 disables.
-    #[arg(long)]
+    #[arg(long, help = preset_help(
+        "EMA decay of the weights (e.g. 0.999); 0 disables", |c| or_zero(c.ema)))]
     ema: Option<f64>,
-    #[arg(long)]
+    #[arg(long, help = preset_help(
+        "Probability of training a step's image without its label (for guidance)",
+        |c| c.label_dropout.to_string()))]
     label_dropout: Option<f64>,
-    /// Gaussian noise augmentation sigma.
-    #[arg(long)]
+    #[arg(long, help = preset_help(
+        "Gaussian noise augmentation sigma on the [-1, 1] scale",
+        |c| match c.noise {
+            NoiseMode::Gaussian { sigma } => sigma.to_string(),
+            NoiseMode::Dequantize => "none (dequantised)".into(),
+        }))]
     noise_sigma: Option<f64>,
-    /// Train on uniformly dequantised pixels instead (exact bits/dim).
+    /// Train on uniformly dequantised pixels instead of noisy ones (exact bits/dim)
+    /// [default: mnist-likelihood presets only]
     #[arg(long, conflicts_with = "noise_sigma")]
     dequantize: bool,
+    /// Flip training images horizontally at random [default: cifar10 and imagenet64 only]
     #[arg(long)]
     hflip: bool,
-    #[arg(long)]
+    #[arg(long, help = preset_help(
+        "Seed of the initialisation and of every random stream of the run",
+        |c| c.seed.to_string()))]
     seed: Option<u64>,
-    #[arg(long)]
+    #[arg(long, help = preset_help(
+        "Steps between test evaluations (0 = only at the end)", |c| c.eval_every.to_string()))]
     eval_every: Option<usize>,
-    #[arg(long)]
+    #[arg(long, help = preset_help(
+        "Steps between sample grids (0 = only at the end)", |c| c.sample_every.to_string()))]
     sample_every: Option<usize>,
-    #[arg(long)]
+    #[arg(long, help = preset_help(
+        "Steps between checkpoints (0 = only at the end)", |c| c.checkpoint_every.to_string()))]
     checkpoint_every: Option<usize>,
-    #[arg(long)]
+    #[arg(long, help = preset_help(
+        "Checkpoints kept in the output directory", |c| c.keep_checkpoints.to_string()))]
     keep_checkpoints: Option<usize>,
-    /// Skip up to N steps in a row whose loss or gradient is not finite (no update) before
-    /// stopping; 0 stops at the first
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help = preset_help(
+        "Skip up to N steps in a row whose loss or gradient is not finite; 0 stops at the first",
+        |c| c.skip_nonfinite.to_string()))]
     skip_nonfinite: Option<usize>,
-    /// Classifier-free guidance weight of the periodic sample grid (0 = none)
-    #[arg(long)]
+    #[arg(long, help = preset_help(
+        "Classifier-free guidance weight of the periodic sample grid (0 = none)",
+        |c| c.sample_cfg.to_string()))]
     sample_cfg: Option<f64>,
-    /// Anneal the grid's guidance weight over the tokens (true/false)
+    #[arg(long, conflicts_with = "no_sample_cfg_anneal", help = preset_help(
+        "Anneal the grid's guidance weight over the tokens, as `sample --cfg-anneal`",
+        |c| if c.sample_cfg_anneal { "on".into() } else { "off".into() }))]
+    sample_cfg_anneal: bool,
+    /// Keep the grid's guidance weight constant over the tokens (the preset may anneal it).
     #[arg(long)]
-    sample_cfg_anneal: Option<bool>,
-    /// Prior standard deviation of the periodic sample grid
-    #[arg(long)]
+    no_sample_cfg_anneal: bool,
+    #[arg(long, help = preset_help(
+        "Prior standard deviation of the periodic sample grid",
+        |c| c.sample_prior_std.to_string()))]
     sample_prior_std: Option<f64>,
     #[command(flatten)]
     shape: super::shape::ShapeArgs,
@@ -123,8 +178,13 @@ impl Overrides {
         set!(keep_checkpoints);
         set!(skip_nonfinite);
         set!(sample_cfg);
-        set!(sample_cfg_anneal);
         set!(sample_prior_std);
+        if self.sample_cfg_anneal {
+            c.sample_cfg_anneal = true;
+        }
+        if self.no_sample_cfg_anneal {
+            c.sample_cfg_anneal = false;
+        }
         // 0 switches these off; anything else must be a value the feature takes (a NaN used
         // to switch it off too, silently).
         if let Some(v) = self.grad_clip {
@@ -179,7 +239,8 @@ impl Overrides {
             ("--keep-checkpoints", self.keep_checkpoints.is_some()),
             ("--skip-nonfinite", self.skip_nonfinite.is_some()),
             ("--sample-cfg", self.sample_cfg.is_some()),
-            ("--sample-cfg-anneal", self.sample_cfg_anneal.is_some()),
+            ("--sample-cfg-anneal", self.sample_cfg_anneal),
+            ("--no-sample-cfg-anneal", self.no_sample_cfg_anneal),
             ("--sample-prior-std", self.sample_prior_std.is_some()),
         ];
         let mut out: Vec<&str> = flags.iter().filter(|f| f.1).map(|f| f.0).collect();
@@ -223,9 +284,21 @@ fn check_resume_options(a: &TrainArgs) -> Result<()> {
 
 pub fn train(a: TrainArgs) -> Result<()> {
     check_train(&a)?;
+    let (preset, new_cfg) = match &a.resume {
+        Some(dir) => (None, Trainer::saved_config(dir)?),
+        None => {
+            let (p, c) = new_run_config(&a)?;
+            (Some(p), c)
+        }
+    };
+    if a.print_config {
+        let text = super::config::to_toml(preset.as_deref(), &new_cfg)?;
+        say!("{}", text.trim_end());
+        return Ok(());
+    }
     let mut trainer = match &a.resume {
         Some(dir) => {
-            let saved = Trainer::saved_config(dir)?;
+            let saved = new_cfg;
             let (train, test) = open_data(
                 saved.data.as_deref(),
                 saved.model.channels,
@@ -238,14 +311,21 @@ pub fn train(a: TrainArgs) -> Result<()> {
             t
         }
         None => {
-            let cfg = new_run_config(&a)?;
-            let (train, test) =
-                open_data(a.data.as_deref(), cfg.model.channels, cfg.model.image_size)?;
+            let cfg = new_cfg;
+            let (train, test) = open_data(
+                cfg.data.as_deref(),
+                cfg.model.channels,
+                cfg.model.image_size,
+            )?;
             let mut t = Trainer::new(cfg, train, test)?;
             t.claim_out_dir(a.overwrite)?;
             t
         }
     };
+    // The settings the run uses, where it writes, readable back with --config.
+    let text = super::config::to_toml(preset.as_deref(), trainer.config())?;
+    let config_path = trainer.config().out_dir.join(CONFIG_FILE);
+    tarflow::fsutil::atomic_write(&config_path, text.as_bytes())?;
     let stop = trainer.stop_flag();
     signals::stop_on_interrupt(stop.clone());
     let cfg = trainer.config().clone();
@@ -262,6 +342,15 @@ pub fn train(a: TrainArgs) -> Result<()> {
         cfg.batch_size,
         cfg.out_dir.display()
     );
+    // After the line above, which scripts take as "the run has started" (the interrupt
+    // handler is in place by then).
+    say!("configuration (also in {}):", config_path.display());
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        say!("  {line}");
+    }
     let bar = if a.quiet {
         ProgressBar::hidden()
     } else {
@@ -331,7 +420,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         // The lock is released by the exit; the checkpoint is already on disk.
         std::process::exit(128 + sig);
     }
-    say!("done in {:.1} min", t0.elapsed().as_secs_f64() / 60.0);
+    say!("done in {}", duration(t0.elapsed()));
     Ok(())
 }
 
@@ -392,9 +481,10 @@ mod signals {
 
 #[derive(Args)]
 pub struct EvalArgs {
+    /// Checkpoint (.safetensors) to evaluate.
     #[arg(long)]
     checkpoint: PathBuf,
-    /// Data directory (default: the embedded MNIST test split).
+    /// Data directory, as for `train` [default: the embedded MNIST test split]
     #[arg(long)]
     data: Option<PathBuf>,
     /// Evaluate the training split instead of the test split.
@@ -406,8 +496,10 @@ pub struct EvalArgs {
     /// Images to use (0 = all).
     #[arg(long, default_value_t = 0)]
     limit: usize,
+    /// Images per forward pass.
     #[arg(long, default_value_t = 100)]
     batch_size: usize,
+    /// Seed of the dequantisation draws.
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
@@ -437,9 +529,10 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// The checks `train` makes before it reads or writes anything: the device, the options a
-/// resume cannot apply, and for a new run the preset with the overrides applied and
-/// validated (`train` runs these first; the fuzz target's `check_args` calls this).
+/// The checks `train` makes before it writes anything: the device, the options a resume
+/// cannot apply, and for a new run the preset with the --config file (the one file read
+/// here) and the overrides applied and validated (`train` runs these first; the fuzz
+/// target's `check_args` calls this).
 pub fn check_train(a: &TrainArgs) -> Result<()> {
     check_device(&a.device)?;
     match a.resume {
@@ -448,14 +541,83 @@ pub fn check_train(a: &TrainArgs) -> Result<()> {
     }
 }
 
-/// The configuration of a new run: the preset, the overrides, the output and data folders.
-fn new_run_config(a: &TrainArgs) -> Result<TrainConfig> {
-    let mut cfg = TrainConfig::preset(&a.preset)?;
+/// The configuration of a new run and the preset it starts from: the preset, then the
+/// --config file, then the flags (flag > config file > preset), the output and data folders.
+fn new_run_config(a: &TrainArgs) -> Result<(String, TrainConfig)> {
+    let file = a.config.as_deref().map(super::config::read).transpose()?;
+    let preset = a
+        .preset
+        .clone()
+        .or_else(|| file.as_ref().and_then(|f| f.preset.clone()))
+        .unwrap_or_else(|| "mnist".into());
+    let mut cfg = TrainConfig::preset(&preset)?;
+    if let Some(f) = &file {
+        cfg = f.apply(&cfg)?;
+    }
     a.hp.apply(&mut cfg)?;
     if let Some(o) = &a.out {
         cfg.out_dir = o.clone();
     }
-    cfg.data = a.data.clone();
+    if let Some(d) = &a.data {
+        cfg.data = Some(d.clone());
+    }
     cfg.validate()?;
-    Ok(cfg)
+    check_needs_data(&preset, &cfg)?;
+    Ok((preset, cfg))
+}
+
+/// The embedded digits are 1 x 28 x 28: a model of other images needs --data (before, the
+/// run failed later on a shape mismatch that did not say so).
+fn check_needs_data(preset: &str, cfg: &TrainConfig) -> Result<()> {
+    let m = &cfg.model;
+    if cfg.data.is_none() && (m.channels, m.image_size) != (1, 28) {
+        return Err(Error::Config(format!(
+            "--preset {preset} trains on {}x{}x{} images and needs --data DIR (a folder of \
+             CIFAR-10 batches, IDX files or PNG/JPEG images); without it the run would use the \
+             embedded MNIST digits, which are 1x28x28",
+            m.channels, m.image_size, m.image_size
+        )));
+    }
+    Ok(())
+}
+
+/// The name of the resolved configuration `train` writes into the run directory.
+pub const CONFIG_FILE: &str = "config.toml";
+
+/// A wall-clock duration for a person: seconds under a minute, minutes and seconds under an
+/// hour, hours and minutes above.
+fn duration(d: std::time::Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 60.0 {
+        format!("{s:.1} s")
+    } else if s < 3600.0 {
+        format!("{} min {:02} s", (s / 60.0) as u64, (s % 60.0) as u64)
+    } else {
+        format!(
+            "{} h {:02} min",
+            (s / 3600.0) as u64,
+            ((s % 3600.0) / 60.0) as u64
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_read_in_the_unit_that_fits() {
+        for (secs, want) in [
+            (0.04, "0.0 s"),
+            (2.34, "2.3 s"),
+            (59.9, "59.9 s"),
+            (61.0, "1 min 01 s"),
+            (754.0, "12 min 34 s"),
+            (3600.0, "1 h 00 min"),
+            (7265.0, "2 h 01 min"),
+        ] {
+            assert_eq!(duration(Duration::from_secs_f64(secs)), want, "{secs}");
+        }
+    }
 }

@@ -27,24 +27,24 @@ use crate::tensor::layout::checked_product;
 
 /// Images and labels held in memory.
 ///
-/// Invariants (checked by [`Dataset::new`] and [`Dataset::validate`]):
-/// `images.len() == labels.len() * channels * height * width`, every label is below
-/// `num_classes`, and the image dimensions are positive.
+/// Invariants, checked by [`Dataset::new`] and kept by every method (the fields are private,
+/// read them through the accessors): `images().len() == len() * channels * height * width`,
+/// every label is below `num_classes`, and the image dimensions are positive.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Dataset {
     /// `N*C*H*W` pixels: image `i` is `images[i*C*H*W .. (i+1)*C*H*W]`, channel planes one after
     /// the other, each plane row-major.
-    pub images: Vec<u8>,
+    pub(crate) images: Vec<u8>,
     /// One label per image, each in `0..num_classes`.
-    pub labels: Vec<u32>,
+    pub(crate) labels: Vec<u32>,
     /// Number of classes the labels range over (at least 1 when there are images).
-    pub num_classes: usize,
+    pub(crate) num_classes: usize,
     /// Channels per image, e.g. 1 for grayscale, 3 for RGB.
-    pub channels: usize,
+    pub(crate) channels: usize,
     /// Image height in pixels.
-    pub height: usize,
+    pub(crate) height: usize,
     /// Image width in pixels.
-    pub width: usize,
+    pub(crate) width: usize,
 }
 
 impl Dataset {
@@ -70,8 +70,44 @@ impl Dataset {
         Ok(d)
     }
 
+    /// Every pixel, `N*C*H*W` bytes: image `i` is `images()[i*C*H*W .. (i+1)*C*H*W]`, channel
+    /// planes one after the other, each plane row-major.
+    pub fn images(&self) -> &[u8] {
+        &self.images
+    }
+
+    /// One label per image, each in `0..num_classes()`.
+    pub fn labels(&self) -> &[u32] {
+        &self.labels
+    }
+
+    /// Number of classes the labels range over.
+    pub fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+
+    /// Channels per image, e.g. 1 for grayscale, 3 for RGB.
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+
+    /// Image height in pixels.
+    pub fn height(&self) -> usize {
+        self.height
+    }
+
+    /// Image width in pixels.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// The pixels and the labels, giving up the data set.
+    pub fn into_parts(self) -> (Vec<u8>, Vec<u32>) {
+        (self.images, self.labels)
+    }
+
     /// Checks the invariants listed on the type; `what` names the source in errors.
-    pub fn validate(&self, what: &str) -> Result<()> {
+    pub(crate) fn validate(&self, what: &str) -> Result<()> {
         if self.channels == 0 || self.height == 0 || self.width == 0 {
             return Err(Error::format(
                 what,
@@ -162,9 +198,6 @@ impl Dataset {
 
     /// A new data set holding the images at `indices`, in that order (repeats allowed).
     pub fn subset(&self, indices: &[usize]) -> Result<Dataset> {
-        // The fields are public: a hand-built data set may not hold the pixels its labels
-        // promise, and copying images out of it would then index past the end.
-        self.validate("Dataset::subset")?;
         let n = self.image_len();
         if let Some(&bad) = indices.iter().find(|&&i| i >= self.len()) {
             return Err(Error::index(
@@ -192,8 +225,7 @@ impl Dataset {
     pub fn class_counts(&self) -> Vec<usize> {
         let mut counts = vec![0; self.num_classes];
         for &l in &self.labels {
-            // Labels are validated on construction; an out-of-range one (fields are public)
-            // is skipped rather than panicking.
+            // Below num_classes by construction.
             if let Some(c) = counts.get_mut(l as usize) {
                 *c += 1;
             }

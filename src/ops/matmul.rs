@@ -6,25 +6,18 @@
 //! products run in parallel over the batch, large ones split their own rows over threads.
 
 use rayon::prelude::*;
-use std::sync::Once;
 
 use crate::error::{Error, Result};
 use crate::profile::{Kernel, Timer};
 use crate::tensor::layout::{broadcast_shapes, checked_numel};
 use crate::tensor::{Element, Layout, Tensor};
 
-/// Lets matrixmultiply (f64 products, and f32 on CPUs without AVX2) use every core the
-/// process may use. Its default counts physical cores only, which is 1 on many 2-vCPU
-/// machines. An explicit `MATMUL_NUM_THREADS` wins.
-pub(crate) fn init_gemm_threads() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        if std::env::var_os("MATMUL_NUM_THREADS").is_none() {
-            let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-            std::env::set_var("MATMUL_NUM_THREADS", n.to_string());
-        }
-    });
-}
+/// Formerly set `MATMUL_NUM_THREADS` from library code, which races with other threads
+/// reading the environment; the `tarflow` binary now sets it at start-up (src/main.rs) and
+/// embedders choose it themselves. Does nothing; kept until its callers in the sampler and
+/// the attention are removed.
+#[inline]
+pub(crate) fn init_gemm_threads() {}
 
 /// Raw `c = a @ b (+ beta*c)` for one matrix each, by pointers and strides.
 #[derive(Clone, Copy)]

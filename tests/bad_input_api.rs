@@ -267,9 +267,21 @@ fn bench_requests_are_checked_before_allocation() {
 }
 
 #[test]
+fn sample_count_and_labels_must_agree() {
+    let s = Sampler::new(&model(3)).unwrap();
+    let r = s.sample(3, &[Some(1)], &mut Rng::new(0), &SampleOptions::default());
+    err_names(r.map(|_| ()), &["1 labels for 3 samples"]);
+    // No labels: `count` samples of the null class.
+    let (x, _) = s
+        .sample(2, &[], &mut Rng::new(0), &SampleOptions::default())
+        .unwrap();
+    assert_eq!(x.shape()[0], 2);
+}
+
+#[test]
 fn sample_labels_for_an_unconditional_model_are_an_error() {
     let s = Sampler::new(&model(0)).unwrap();
-    let r = s.sample(2, &[Some(1)], &mut Rng::new(0), &SampleOptions::default());
+    let r = s.sample(1, &[Some(1)], &mut Rng::new(0), &SampleOptions::default());
     err_names(r.map(|_| ()), &["labels given to an unconditional model"]);
 }
 

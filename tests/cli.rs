@@ -161,14 +161,6 @@ fn bad_input_is_a_clear_error_not_a_panic() {
     let out = tarflow(&["train", "--device", "cuda", "--steps", "1"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("CUDA"));
-    // Every device name parses; the commands say they run on the CPU for now.
-    let out = tarflow(&["train", "--device", "ptx-sim", "--steps", "1"]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("ptx-sim") && err.contains("--device cpu"),
-        "{err}"
-    );
     let out = tarflow(&["train", "--device", "tpu", "--steps", "1"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -331,4 +323,170 @@ fn bench_kernels_on_cuda_without_a_gpu_names_what_is_missing() {
             assert!(err.contains(w), "{args:?}: {w:?} not in {err:?}");
         }
     }
+}
+
+/// Every command that computes takes `--device`: on `ptx-sim` (the GPU kernels on the PTX
+/// interpreter) the tiny preset trains two steps (evaluating and sampling at the end, on the
+/// device), and `sample`, `eval`, `encode` and `decode` run there; the results agree with
+/// the same commands on the CPU.
+#[test]
+fn commands_run_on_the_ptx_interpreter() {
+    let dir = TempDir::new("cli-ptx-sim");
+    let d = dir.path();
+    // Keep the run's end cheap on the interpreter: few test images, one sample per class.
+    let cfg = d.join("small.toml");
+    std::fs::write(
+        &cfg,
+        "eval_images = 8\nsamples_per_class = 1\nsample_cfg = 0.0\nsample_denoise = false\n",
+    )
+    .unwrap();
+    let run = d.join("run");
+    let out = tarflow(&[
+        "train",
+        "--preset",
+        "tiny",
+        "--config",
+        s(&cfg),
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--device",
+        "ptx-sim",
+        "--quiet",
+        "--out",
+        s(&run),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ck = run.join("model-0000002.safetensors");
+    assert!(ck.exists() && run.join("samples-0000002.png").exists());
+
+    // sample: the same image on both devices (f32 rounding apart, so the PNG pixels agree
+    // to one level).
+    let png = |dev: &str| {
+        let p = d.join(format!("sample-{dev}.png"));
+        let out = tarflow(&[
+            "sample",
+            "--checkpoint",
+            s(&ck),
+            "--class",
+            "3",
+            "--num",
+            "1",
+            "--device",
+            dev,
+            "--out",
+            s(&p),
+        ]);
+        assert!(
+            out.status.success(),
+            "{dev}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        image::open(&p).unwrap().to_luma8().into_raw()
+    };
+    let (cpu, sim) = (png("cpu"), png("ptx-sim"));
+    assert_eq!(cpu.len(), sim.len());
+    let off = cpu
+        .iter()
+        .zip(&sim)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(
+        off <= 1,
+        "sample pixels differ by {off} levels between cpu and ptx-sim"
+    );
+
+    // eval: the same bits/dim to the printed digits.
+    let bpd = |dev: &str| {
+        let out = tarflow(&[
+            "eval",
+            "--checkpoint",
+            s(&ck),
+            "--limit",
+            "4",
+            "--batch-size",
+            "4",
+            "--device",
+            dev,
+        ]);
+        assert!(
+            out.status.success(),
+            "{dev}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(bpd("cpu"), bpd("ptx-sim"));
+
+    // encode on the device, decode on the device: the same latents and images as on the CPU.
+    let run_flow = |dev: &str| {
+        let (z, back) = (
+            d.join(format!("z-{dev}.safetensors")),
+            d.join(format!("x-{dev}.safetensors")),
+        );
+        for args in [
+            vec![
+                "encode",
+                "--checkpoint",
+                s(&ck),
+                "--input",
+                s(&png_input(d)),
+                "--class",
+                "1",
+                "--device",
+                dev,
+                "--output",
+                s(&z),
+            ],
+            vec![
+                "decode",
+                "--checkpoint",
+                s(&ck),
+                "--input",
+                s(&z),
+                "--device",
+                dev,
+                "--output",
+                s(&back),
+            ],
+        ] {
+            let out = tarflow(&args);
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let z = read_tensors::<f32>(&z).unwrap()["z"].to_vec();
+        let x = read_tensors::<f32>(&back).unwrap()["x"].to_vec();
+        (z, x)
+    };
+    let ((zc, xc), (zs, xs)) = (run_flow("cpu"), run_flow("ptx-sim"));
+    let worst = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(p, q)| (p - q).abs() as f64)
+            .fold(0.0, f64::max)
+    };
+    assert!(worst(&zc, &zs) <= 1e-4, "z: {}", worst(&zc, &zs));
+    assert!(worst(&xc, &xs) <= 1e-4, "x: {}", worst(&xc, &xs));
+}
+
+/// A 28 x 28 gray PNG digit-sized image in `d`.
+fn png_input(d: &Path) -> std::path::PathBuf {
+    let p = d.join("in.png");
+    let img =
+        image::GrayImage::from_fn(28, 28, |x, y| image::Luma([((x * 9 + y * 5) % 256) as u8]));
+    img.save(&p).unwrap();
+    p
 }

@@ -223,6 +223,10 @@ pub struct EncodeArgs {
     /// Precision of the computation and of the output file.
     #[arg(long, value_enum, default_value = "f32")]
     dtype: Dtype,
+    /// Where to compute: cpu, cuda[:N] (a build with the `cuda` feature and an NVIDIA GPU),
+    /// or ptx-sim (the PTX interpreter: the GPU kernels on the CPU, slow; for checking)
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 fn labels_from(
@@ -426,7 +430,14 @@ fn encode_as<E: Element>(a: &EncodeArgs) -> Result<()> {
         (Some(c), Error::Config(m)) => for_option("encode", "--class", c, Error::Config(m)),
         (_, e) => e,
     })?;
-    let out = tarflow::with_no_grad(|| m.forward(&x, labels.as_deref()))?;
+    let device = super::train::open_device(&a.device)?;
+    let m = m.to_device(device)?;
+    let out = tarflow::with_no_grad(|| m.forward(&x.to_device(device)?, labels.as_deref()))?;
+    let out = tarflow::model::FlowOutput {
+        z: out.z.to_host()?,
+        logdet: out.logdet.to_host()?,
+        logdet_blocks: out.logdet_blocks.to_host()?,
+    };
     let z = m.to_images(&out.z)?;
     let bpd = m.bits_per_dim(&out)?;
     let bpd = Tensor::<E>::from_vec(bpd.into_iter().map(E::from_f64).collect(), &[b])?;
@@ -515,6 +526,10 @@ pub struct DecodeArgs {
     /// Precision of the computation and of a safetensors output.
     #[arg(long, value_enum, default_value = "f32")]
     dtype: Dtype,
+    /// Where to compute: cpu, cuda[:N] (a build with the `cuda` feature and an NVIDIA GPU),
+    /// or ptx-sim (the PTX interpreter: the GPU kernels on the CPU, slow; for checking)
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 /// Image formats the readers know but the writers do not produce: an output named so is
@@ -569,6 +584,7 @@ fn decode_as<E: Element>(a: &DecodeArgs) -> Result<()> {
         m.config.num_classes,
     )?
     .unwrap_or_else(|| vec![None; b]);
+    let m = m.to_device(super::train::open_device(&a.device)?)?;
     let x = Sampler::new(&m)?.reverse_tokens(&tokens, &labels, Guidance::None)?;
     let x = m.to_images(&x)?;
     if let Some(i) = first_nonfinite(&x, b) {
@@ -648,6 +664,10 @@ pub struct SampleArgs {
     /// Seed of the prior draws.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Where to compute: cpu, cuda[:N] (a build with the `cuda` feature and an NVIDIA GPU),
+    /// or ptx-sim (the PTX interpreter: the GPU kernels on the CPU, slow; for checking)
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Grid image to write, PNG or JPEG by its extension (.png, .jpg, .jpeg). Nothing is
     /// written when a sample stays NaN or infinite.
     #[arg(long, default_value = "samples.png")]
@@ -765,6 +785,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
             ));
         }
     }
+    let m = m.to_device(super::train::open_device(&a.device)?)?;
     let sampler = Sampler::new(&m)?;
     // The number of images, and whether they fit, before any per-image buffer (the label
     // list included) exists.
@@ -815,7 +836,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     };
     let mut rng = Rng::new(a.seed);
     let t0 = std::time::Instant::now();
-    let (mut x, report) = sampler.sample(a.num, &labels, &mut rng, &opts)?;
+    let (mut x, report) = sampler.sample(total, &labels, &mut rng, &opts)?;
     if report.failed > 0 {
         return Err(Error::NonFinite {
             what: format!(
@@ -830,7 +851,9 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     if a.denoise {
         let sigma = a.sigma.unwrap_or(cfg.noise_sigma);
         let lab = (cfg.num_classes > 0).then_some(labels.as_slice());
-        x = m.denoise(&x, lab, sigma)?;
+        x = m
+            .denoise(&x.to_device(m.device())?, lab, sigma)?
+            .to_host()?;
         if !x.all_finite() {
             return Err(Error::NonFinite {
                 what: format!(

@@ -41,7 +41,8 @@ pub struct TrainArgs {
     /// new length), --quiet and --device may be given with it; other options are refused.
     #[arg(long, conflicts_with_all = ["preset", "config", "data", "overwrite"])]
     resume: Option<PathBuf>,
-    /// Where to train (cpu; GPU devices are refused by the command for now).
+    /// Where to train, evaluate and sample: cpu, cuda[:N] (a build with the `cuda` feature
+    /// and an NVIDIA GPU), or ptx-sim (the PTX interpreter: slow, for checking)
     #[arg(long, default_value = "cpu")]
     device: String,
     #[command(flatten)]
@@ -249,18 +250,12 @@ impl Overrides {
     }
 }
 
-pub fn check_device(name: &str) -> Result<Device> {
+/// The device named by `--device`, opened: a GPU device that this build or machine cannot
+/// reach is an error saying what is missing, before any work starts.
+pub fn open_device(name: &str) -> Result<Device> {
     let device: Device = name.parse()?;
     if device.is_gpu() {
-        // Say first what this machine or build lacks, if anything.
         tarflow::gpu::registry::driver(device)?;
-        return Err(Error::Device {
-            op: "train",
-            detail: format!(
-                "{device}: the commands run on the CPU for now (the library runs training ops \
-                 on {device} through `to_device`); use --device cpu"
-            ),
-        });
     }
     Ok(device)
 }
@@ -304,14 +299,15 @@ pub fn train(a: TrainArgs) -> Result<()> {
                 saved.model.channels,
                 saved.model.image_size,
             )?;
-            let mut t = Trainer::resume(dir, train, test)?;
+            let mut t = Trainer::resume_on(dir, train, test, open_device(&a.device)?)?;
             if let Some(s) = a.hp.steps {
                 t.set_steps(s)?;
             }
             t
         }
         None => {
-            let cfg = new_cfg;
+            let mut cfg = new_cfg;
+            cfg.device = open_device(&a.device)?;
             let (train, test) = open_data(
                 cfg.data.as_deref(),
                 cfg.model.channels,
@@ -502,10 +498,17 @@ pub struct EvalArgs {
     /// Seed of the dequantisation draws.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Where to compute: cpu, cuda[:N] (a build with the `cuda` feature and an NVIDIA GPU),
+    /// or ptx-sim (the PTX interpreter: the GPU kernels on the CPU, slow; for checking)
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 pub fn eval(a: EvalArgs) -> Result<()> {
-    let m = load_checkpoint(&a.checkpoint)?.model::<f32>()?;
+    let device = open_device(&a.device)?;
+    let m = load_checkpoint(&a.checkpoint)?
+        .model::<f32>()?
+        .to_device(device)?;
     let (train, test) = open_data(a.data.as_deref(), m.config.channels, m.config.image_size)?;
     let data = if a.train_split { train } else { test };
     let t0 = Instant::now();
@@ -534,7 +537,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
 /// here) and the overrides applied and validated (`train` runs these first; the fuzz
 /// target's `check_args` calls this).
 pub fn check_train(a: &TrainArgs) -> Result<()> {
-    check_device(&a.device)?;
+    open_device(&a.device)?;
     match a.resume {
         Some(_) => check_resume_options(a),
         None => new_run_config(a).map(|_| ()),

@@ -12,13 +12,6 @@ use crate::profile::{Kernel, Timer};
 use crate::tensor::layout::{broadcast_shapes, checked_numel};
 use crate::tensor::{Element, Layout, Tensor};
 
-/// Formerly set `MATMUL_NUM_THREADS` from library code, which races with other threads
-/// reading the environment; the `tarflow` binary now sets it at start-up (src/main.rs) and
-/// embedders choose it themselves. Does nothing; kept until its callers in the sampler and
-/// the attention are removed.
-#[inline]
-pub(crate) fn init_gemm_threads() {}
-
 /// Raw `c = a @ b (+ beta*c)` for one matrix each, by pointers and strides.
 #[derive(Clone, Copy)]
 pub(crate) struct MatView {
@@ -87,7 +80,6 @@ unsafe impl<E> Sync for SendPtr<E> {}
 fn matmul_raw<E: Element>(a: &Tensor<E>, b: &Tensor<E>) -> Result<Tensor<E>> {
     let gpu = crate::backend::on_gpu("matmul", &[a, b])?;
     let _timer = Timer::start(Kernel::Matmul);
-    init_gemm_threads();
     let (sa, sb) = (a.shape(), b.shape());
     let bad = |d: &str| Error::shape("matmul", &[sa, sb], E::DTYPE.name(), d.to_string());
     if sa.len() < 2 || sb.len() < 2 {
@@ -209,7 +201,6 @@ impl<E: Element> Tensor<E> {
         let mut operands = vec![self, w];
         operands.extend(b);
         let gpu = crate::backend::on_gpu("linear", &operands)?;
-        init_gemm_threads();
         let xs = self.shape();
         let bad = |d: &str| {
             let mut shapes: Vec<&[usize]> = vec![xs, w.shape()];

@@ -442,12 +442,11 @@ impl Trainer {
         let mc = &self.config.model;
         let per = self.config.samples_per_class.max(1);
         let (labels, count) = if mc.num_classes > 0 {
-            (
-                (0..mc.num_classes)
-                    .flat_map(|c| std::iter::repeat_n(Some(c), per))
-                    .collect::<Vec<_>>(),
-                0,
-            )
+            let labels: Vec<_> = (0..mc.num_classes)
+                .flat_map(|c| std::iter::repeat_n(Some(c), per))
+                .collect();
+            let count = labels.len();
+            (labels, count)
         } else {
             (Vec::new(), per * 4)
         };

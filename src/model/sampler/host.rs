@@ -9,7 +9,7 @@ use crate::backend::cpu::layer_norm::forward_rows;
 use crate::backend::cpu::softmax::dot;
 use crate::error::{Error, Result};
 use crate::ops::gemm::PackedB;
-use crate::ops::{matmul::init_gemm_threads, simd::gelu_inplace};
+use crate::ops::simd::gelu_inplace;
 use crate::tensor::{DType, Element, Tensor};
 
 use super::super::tarflow::TarFlow;
@@ -421,7 +421,6 @@ impl<E: Element> Sampler<E> {
         labels: &[Option<usize>],
         guidance: Guidance,
     ) -> Result<Tensor<E>> {
-        init_gemm_threads();
         let (s, b) = (z.shape(), z.shape()[0]);
         let mut x = z.to_vec();
         // Images are independent: each thread inverts its own slice of the batch through

@@ -274,8 +274,10 @@ impl<E: Element> Sampler<E> {
         Ok(())
     }
 
-    /// Draws `labels.len()` samples (or `count` for unconditional models, with empty
-    /// `labels`) as images `[B, C, H, W]`, redrawing samples that come out non-finite.
+    /// Draws `count` samples as images `[count, C, H, W]`, redrawing samples that come out
+    /// non-finite. `labels` is either empty (no class: unconditional models, and the null
+    /// class, the mean class embedding, of conditional ones) or one entry per sample
+    /// (`Some(class)`, or `None` for the null class); any other length is an error.
     pub fn sample(
         &self,
         count: usize,
@@ -283,16 +285,21 @@ impl<E: Element> Sampler<E> {
         rng: &mut Rng,
         opts: &SampleOptions,
     ) -> Result<(Tensor<E>, SampleReport)> {
-        let b = if self.num_classes > 0 {
-            labels.len()
-        } else {
-            if labels.iter().any(|l| l.is_some()) {
-                return Err(Error::Config(
-                    "class labels given to an unconditional model".into(),
-                ));
-            }
-            count
-        };
+        if !labels.is_empty() && labels.len() != count {
+            return Err(Error::arg(
+                "sample",
+                format!(
+                    "{} labels for {count} samples: give one label per sample, or none",
+                    labels.len()
+                ),
+            ));
+        }
+        if self.num_classes == 0 && labels.iter().any(|l| l.is_some()) {
+            return Err(Error::Config(
+                "class labels given to an unconditional model".into(),
+            ));
+        }
+        let b = count;
         if !(opts.prior_std.is_finite() && opts.prior_std >= 0.0) {
             return Err(Error::arg(
                 "sample",
@@ -311,10 +318,10 @@ impl<E: Element> Sampler<E> {
             ));
         }
         self.check_memory(b, opts.guidance)?;
-        let all_labels: Vec<Option<usize>> = if self.num_classes > 0 {
-            labels.to_vec()
-        } else {
+        let all_labels: Vec<Option<usize>> = if labels.is_empty() {
             vec![None; b]
+        } else {
+            labels.to_vec()
         };
         self.check_labels(&all_labels, b, opts.guidance)?;
         let per = self.n * self.d;

@@ -27,7 +27,6 @@
 
 use crate::autograd::is_grad_enabled;
 use crate::error::{Error, Result};
-use crate::ops::matmul::init_gemm_threads;
 use crate::profile::{Kernel, Timer};
 use crate::tensor::layout::{checked_numel, checked_product};
 use crate::tensor::{Element, Layout, Tensor};
@@ -148,7 +147,6 @@ pub fn attention<E: Element>(
     }
     let alpha = E::from_f64(opts.alpha("attention")?);
     let timer = Timer::start(Kernel::Attention);
-    init_gemm_threads();
     let needs_grad =
         is_grad_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad());
     let mut out = vec![E::ZERO; d.b * d.h * d.nq * d.dv];
@@ -255,7 +253,6 @@ pub fn attention_qkv<E: Element>(
     let d = check_shapes(op, &q, &k, &v, mask, opts.causal)?;
     let alpha = E::from_f64(opts.alpha(op)?);
     let timer = Timer::start(Kernel::Attention);
-    init_gemm_threads();
     let needs_grad = is_grad_enabled() && qkv.requires_grad();
     let mut out = vec![E::ZERO; b * n * c];
     let mut ts = vec![&q, &k, &v];

@@ -208,6 +208,51 @@ fn launch_every_wrapper(d: &Recorder) -> Vec<Launch> {
     ema_f32(d, p(), p(), 1000, 0.999).unwrap();
     sum_squares_partial_f32(d, p(), p(), 1000, 256).unwrap();
     sum_f64(d, p(), p(), 4).unwrap();
+    let view = |p: DevicePtr| AttnView {
+        ptr: p,
+        strides: [3 * 70 * 64, 64, 3 * 64, 1],
+    };
+    let dims = AttnDims {
+        b: 2,
+        h: 3,
+        nq: 50,
+        nk: 70,
+        dh: 64,
+        dv: 64,
+    };
+    let scores = AttnScores {
+        alpha: 0.125,
+        causal: true,
+    };
+    let (q, k, v, o) = (view(p()), view(p()), view(p()), view(p()));
+    attn_fwd(
+        d,
+        &AttnFwd {
+            dims,
+            scores,
+            q,
+            k,
+            v,
+            o,
+            lse: p(),
+        },
+    )
+    .unwrap();
+    let bwd = AttnBwd {
+        dims,
+        scores,
+        q,
+        k,
+        v,
+        o,
+        g: view(p()),
+        lse: p(),
+        delta: p(),
+        dq: view(p()),
+        dk: view(p()),
+        dv: view(p()),
+    };
+    attn_bwd(d, &bwd).unwrap();
     d.take()
 }
 

@@ -405,3 +405,248 @@ extern "C" __global__ void __launch_bounds__(NT)
     }
   }
 }
+
+// ---- bf16 tensor-core forward ----
+//
+// attn_fwd_bf16_d64, attn_fwd_bf16_d128: the forward above (same parameters, same f32
+// tensors in and out, same base-2 lse) for Dh = Dv = 64 or 128, with q, k, v rounded to bf16
+// (round to nearest even) as they are staged into shared memory, S = Q K^T and O += P V on
+// mma.sync.m16n8k16 with f32 accumulation, fragments read with ldmatrix. P is rounded to
+// bf16 for the P V product; the row sums use the f32 values. 64 queries per CTA (16 per
+// warp); key tiles of BK = 64 (D = 64) or 32 (D = 128) rows in a double buffer: tile t + 1 is
+// converted and stored while tile t is multiplied (the f32 sources rule out cp.async), with
+// one barrier per tile. Q is staged once into the second buffer, moved into registers as
+// A fragments, and its space then reused. Launch: 128 threads, grid (ceil(Nq / 64), heads,
+// batch). Order: the tensor core's within each 16-wide k-step, steps and key tiles in
+// increasing order; row maxima over the 4 lanes holding a row by a butterfly; each lane's
+// share of a row sum accumulated over tiles, the 4 shares summed (butterfly) at the end.
+
+#include <cuda_bf16.h>
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+  return (unsigned)__cvta_generic_to_shared(p);
+}
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+__device__ __forceinline__ void mma_bf16(float* d, const unsigned* a, const unsigned* b) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// Two f32 as one bf16 pair, `lo` in the low half (the lower k index of a fragment).
+__device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
+  __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<unsigned*>(&p);
+}
+
+// Rows row0 .. row0 + ROWS - 1 of a strided f32 matrix, D features each, rounded to bf16
+// into s[r * (D + 8) + d]; rows at or beyond `rows` become zeros. Each thread converts
+// chunks of 8 features and stores each chunk with one 16-byte store.
+template <int ROWS, int D>
+__device__ __forceinline__ void stage_bf16(__nv_bfloat16* s, const float* __restrict__ g,
+                                           unsigned row0, unsigned rows, unsigned rs,
+                                           unsigned cs) {
+  constexpr int CPR = D / 8;
+#pragma unroll
+  for (int e = threadIdx.x; e < ROWS * CPR; e += NT) {
+    unsigned r = e / CPR, c = (e % CPR) * 8;
+    unsigned gr = row0 + r;
+    float x[8];
+#pragma unroll
+    for (int t = 0; t < 8; ++t) x[t] = gr < rows ? g[(size_t)gr * rs + (size_t)(c + t) * cs] : 0.0f;
+    uint4 w;
+    w.x = pack_bf16(x[0], x[1]);
+    w.y = pack_bf16(x[2], x[3]);
+    w.z = pack_bf16(x[4], x[5]);
+    w.w = pack_bf16(x[6], x[7]);
+    *reinterpret_cast<uint4*>(s + r * (D + 8) + c) = w;
+  }
+}
+
+template <int D, int BK>
+__device__ __forceinline__ void attn_fwd_bf16(
+    float* __restrict__ o, float* __restrict__ lse, const float* __restrict__ q,
+    const float* __restrict__ k, const float* __restrict__ v, unsigned nq, unsigned nk,
+    unsigned q_sb, unsigned q_sh, unsigned q_sn, unsigned q_sd, unsigned k_sb, unsigned k_sh,
+    unsigned k_sn, unsigned k_sd, unsigned v_sb, unsigned v_sh, unsigned v_sn, unsigned v_sd,
+    unsigned o_sb, unsigned o_sh, unsigned o_sn, unsigned o_sd, float scale_log2,
+    unsigned causal) {
+  constexpr int LD = D + 8;
+  constexpr int STAGE = BK * LD;
+  constexpr int DF = D / 8;    // output n-fragments per warp
+  constexpr int KF = BK / 8;   // score n-fragments per warp
+  constexpr int DK = D / 16;   // k-steps of Q K^T
+  static_assert(64 * LD <= 2 * STAGE, "Q must fit in the second buffer");
+  // Buffers: K0, V0, K1, V1; Q staged over K1 and V1 before the loop.
+  __shared__ __align__(16) __nv_bfloat16 smem[4 * STAGE];
+  unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  unsigned group = lane >> 2, tig = lane & 3;
+  unsigned bz = blockIdx.z, hy = blockIdx.y;
+  q += (size_t)bz * q_sb + (size_t)hy * q_sh;
+  k += (size_t)bz * k_sb + (size_t)hy * k_sh;
+  v += (size_t)bz * v_sb + (size_t)hy * v_sh;
+  o += (size_t)bz * o_sb + (size_t)hy * o_sh;
+  lse += ((size_t)bz * gridDim.y + hy) * nq;
+  unsigned q0 = blockIdx.x * 64;
+  unsigned off = causal ? nk - nq : 0;
+  unsigned qend = min(nq, q0 + 64);
+  unsigned kend = causal ? min(nk, qend + off) : nk;
+  unsigned ntiles = (kend + BK - 1) / BK;
+
+  stage_bf16<64, D>(smem + 2 * STAGE, q, q0, nq, q_sn, q_sd);
+  if (ntiles > 0) {
+    stage_bf16<BK, D>(smem, k, 0, nk, k_sn, k_sd);
+    stage_bf16<BK, D>(smem + STAGE, v, 0, nk, v_sn, v_sd);
+  }
+  __syncthreads();
+  unsigned qa[DK][4];
+#pragma unroll
+  for (int ks = 0; ks < DK; ++ks) {
+    unsigned row = warp * 16 + (lane & 15), col = ks * 16 + (lane >> 4) * 8;
+    ldmatrix_x4(qa[ks], smem + 2 * STAGE + row * LD + col);
+  }
+  // Every warp holds its Q fragments before the second buffer is overwritten.
+  __syncthreads();
+
+  float acc[DF][4];
+#pragma unroll
+  for (int f = 0; f < DF; ++f)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[f][e] = 0.0f;
+  // Rows group and group + 8 of the warp's 16.
+  float m[2] = {neg_inf(), neg_inf()}, l[2] = {0.0f, 0.0f};
+  unsigned i_row[2] = {q0 + warp * 16 + group, q0 + warp * 16 + group + 8};
+
+  for (unsigned t = 0; t < ntiles; ++t) {
+    unsigned k0 = t * BK;
+    const __nv_bfloat16* ks_ = smem + (t & 1) * 2 * STAGE;
+    const __nv_bfloat16* vs_ = ks_ + STAGE;
+    if (t + 1 < ntiles) {
+      // The other buffer was last read in iteration t - 1, which ended with a barrier.
+      __nv_bfloat16* nxt = smem + ((t + 1) & 1) * 2 * STAGE;
+      stage_bf16<BK, D>(nxt, k, k0 + BK, nk, k_sn, k_sd);
+      stage_bf16<BK, D>(nxt + STAGE, v, k0 + BK, nk, v_sn, v_sd);
+    }
+    float s[KF][4];
+#pragma unroll
+    for (int f = 0; f < KF; ++f)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[f][e] = 0.0f;
+#pragma unroll
+    for (int ks = 0; ks < DK; ++ks) {
+#pragma unroll
+      for (int p = 0; p < KF / 2; ++p) {
+        unsigned r4[4];
+        unsigned nr = p * 16 + (lane & 7) + (lane >> 4) * 8, kc = ks * 16 + ((lane >> 3) & 1) * 8;
+        ldmatrix_x4(r4, ks_ + nr * LD + kc);
+        mma_bf16(s[2 * p], qa[ks], r4);
+        mma_bf16(s[2 * p + 1], qa[ks], r4 + 2);
+      }
+    }
+    // Scale, mask (only tiles that reach past the keys or the diagonal), online softmax.
+    bool edge = k0 + BK > nk || (causal && k0 + BK > q0 + off + 1);
+    float mt[2] = {neg_inf(), neg_inf()};
+#pragma unroll
+    for (int f = 0; f < KF; ++f)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        unsigned j = k0 + f * 8 + 2 * tig + (e & 1);
+        float x = s[f][e] * scale_log2;
+        if (edge && !(j < nk && visible(causal, i_row[e >> 1], j, off))) x = neg_inf();
+        s[f][e] = x;
+        mt[e >> 1] = fmaxf(mt[e >> 1], x);
+      }
+    float mu[2], corr[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      mt[h] = fmaxf(mt[h], __shfl_xor_sync(FULL_MASK, mt[h], 1));
+      mt[h] = fmaxf(mt[h], __shfl_xor_sync(FULL_MASK, mt[h], 2));
+      float mn = fmaxf(m[h], mt[h]);
+      mu[h] = mn == neg_inf() ? 0.0f : mn;
+      corr[h] = exp2f(m[h] - mu[h]);
+      m[h] = mn;
+      l[h] *= corr[h];
+    }
+#pragma unroll
+    for (int f = 0; f < DF; ++f)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[f][e] *= corr[e >> 1];
+#pragma unroll
+    for (int f = 0; f < KF; ++f)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float p = exp2f(s[f][e] - mu[e >> 1]);
+        l[e >> 1] += p;
+        s[f][e] = p;
+      }
+    // O += P V: P's accumulator fragments are the A fragments of the next product.
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; ++kk) {
+      unsigned pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
+                        pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                        pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                        pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int p = 0; p < DF / 2; ++p) {
+        unsigned r4[4];
+        unsigned qq = lane >> 3, r = lane & 7;
+        unsigned kr = kk * 16 + r + (qq & 1) * 8, nc = p * 16 + (qq >> 1) * 8;
+        ldmatrix_x4_trans(r4, vs_ + kr * LD + nc);
+        mma_bf16(acc[2 * p], pa, r4);
+        mma_bf16(acc[2 * p + 1], pa, r4 + 2);
+      }
+    }
+    // Every warp is done with this buffer before the next iteration refills it.
+    __syncthreads();
+  }
+
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l[h] = __fadd_rn(l[h], __shfl_xor_sync(FULL_MASK, l[h], 1));
+    l[h] = __fadd_rn(l[h], __shfl_xor_sync(FULL_MASK, l[h], 2));
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    unsigned i = i_row[h];
+    if (i >= nq) continue;
+    float inv = l[h] > 0.0f ? __frcp_rn(l[h]) : 0.0f;
+#pragma unroll
+    for (int f = 0; f < DF; ++f)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        unsigned c = f * 8 + 2 * tig + e;
+        o[(size_t)i * o_sn + (size_t)c * o_sd] = acc[f][2 * h + e] * inv;
+      }
+    if (tig == 0) lse[i] = l[h] > 0.0f ? m[h] + __log2f(l[h]) : neg_inf();
+  }
+}
+
+#define ATTN_FWD_BF16_ENTRY(NAME, D, BK)                                                      \
+  extern "C" __global__ void __launch_bounds__(NT) NAME(                                      \
+      float* __restrict__ o, float* __restrict__ lse, const float* __restrict__ q,           \
+      const float* __restrict__ k, const float* __restrict__ v, unsigned nq, unsigned nk,    \
+      unsigned dh, unsigned dv, unsigned q_sb, unsigned q_sh, unsigned q_sn, unsigned q_sd,  \
+      unsigned k_sb, unsigned k_sh, unsigned k_sn, unsigned k_sd, unsigned v_sb,             \
+      unsigned v_sh, unsigned v_sn, unsigned v_sd, unsigned o_sb, unsigned o_sh,             \
+      unsigned o_sn, unsigned o_sd, float scale_log2, unsigned causal) {                     \
+    attn_fwd_bf16<D, BK>(o, lse, q, k, v, nq, nk, q_sb, q_sh, q_sn, q_sd, k_sb, k_sh, k_sn, \
+                         k_sd, v_sb, v_sh, v_sn, v_sd, o_sb, o_sh, o_sn, o_sd, scale_log2,   \
+                         causal);                                                            \
+  }
+
+ATTN_FWD_BF16_ENTRY(attn_fwd_bf16_d64, 64, 64)
+ATTN_FWD_BF16_ENTRY(attn_fwd_bf16_d128, 128, 32)

@@ -698,6 +698,7 @@ pub(crate) fn attention_forward<E: Element>(
             v: vv,
             o,
             lse: ptr(&lse)?,
+            precision: k::AttnPrecision::F32,
         },
     )?;
     Ok((out, lse))

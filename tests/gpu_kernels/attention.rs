@@ -5,8 +5,10 @@
 //! from a fused `[B, N, 3C]` projection with a heads-merged output and one fused gradient,
 //! and head dimensions 16, 64, 128 and unequal ones.
 
+use half::bf16;
 use tarflow::gpu::kernels::{
-    attn_bwd, attn_fwd, AttnBwd, AttnDims, AttnFwd, AttnScores, AttnView, ATTN_MAX_HEAD_DIM,
+    attn_bwd, attn_fwd, AttnBwd, AttnDims, AttnFwd, AttnPrecision, AttnScores, AttnView,
+    ATTN_MAX_HEAD_DIM,
 };
 use tarflow::gpu::{DevicePtr, Driver};
 use tarflow::Rng;
@@ -60,6 +62,8 @@ fn gather(buf: &[f32], lay: Lay, (b, h, n, d): (usize, usize, usize, usize)) -> 
 /// the output gradient `g`, every tensor logical and contiguous.
 struct Reference {
     o: Vec<f64>,
+    /// `sum_j p_ij |v_jc|` per output element: the scale of its rounding error.
+    o_mag: Vec<f64>,
     lse2: Vec<f64>,
     dq: Vec<f64>,
     dk: Vec<f64>,
@@ -86,6 +90,7 @@ fn reference(
     let off = nk - nq.min(nk);
     let mut r = Reference {
         o: vec![0.0; b * h * nq * dv],
+        o_mag: vec![0.0; b * h * nq * dv],
         lse2: vec![f64::NEG_INFINITY; b * h * nq],
         dq: vec![0.0; b * h * nq * dh],
         dk: vec![0.0; b * h * nk * dh],
@@ -116,6 +121,12 @@ fn reference(
             for (j, &pj) in p.iter().enumerate() {
                 for (e, o) in oi.iter_mut().enumerate() {
                     *o += pj * vh[j * dv + e];
+                }
+            }
+            let mag = &mut r.o_mag[(bh * nq + i) * dv..(bh * nq + i + 1) * dv];
+            for (j, &pj) in p.iter().enumerate() {
+                for (e, o) in mag.iter_mut().enumerate() {
+                    *o += pj * vh[j * dv + e].abs();
                 }
             }
             let gi = &gh[i * dv..(i + 1) * dv];
@@ -158,6 +169,27 @@ enum Layout {
 
 /// One forward and backward on `d` against the f64 reference.
 fn run(d: &dyn Driver, dims: AttnDims, scores: AttnScores, layout: Layout, seed: u64) {
+    run_with(d, dims, scores, layout, seed, AttnPrecision::F32);
+}
+
+/// `x` rounded to bf16 (to nearest even), as the bf16 kernels stage it.
+fn round_bf16(x: &[f64]) -> Vec<f64> {
+    x.iter()
+        .map(|&v| bf16::from_f32(v as f32).to_f32() as f64)
+        .collect()
+}
+
+/// One forward (and, in f32, the backward) on `d` against the f64 reference; in bf16 the
+/// reference takes q, k, v rounded to bf16 and the output may differ by the rounding of
+/// `P` to bf16 for `P V` (relative `2^-9` per term) plus the accumulation.
+fn run_with(
+    d: &dyn Driver,
+    dims: AttnDims,
+    scores: AttnScores,
+    layout: Layout,
+    seed: u64,
+    precision: AttnPrecision,
+) {
     let AttnDims {
         b,
         h,
@@ -167,7 +199,10 @@ fn run(d: &dyn Driver, dims: AttnDims, scores: AttnScores, layout: Layout, seed:
         dv,
     } = dims;
     let mut rng = Rng::new(seed);
-    let tag = format!("{dims:?} {scores:?} {layout:?} on {}", d.name());
+    let tag = format!(
+        "{dims:?} {scores:?} {layout:?} {precision:?} on {}",
+        d.name()
+    );
     // Input buffers, layouts, and where each output and gradient goes.
     let (bufs, lq, lk, lv, lo, lg, lgrad) = match layout {
         Layout::Heads => {
@@ -228,7 +263,12 @@ fn run(d: &dyn Driver, dims: AttnDims, scores: AttnScores, layout: Layout, seed:
     let o_len = b * h * nq * dv;
     let gs = normal(&mut rng, o_len);
     let g = gather(&gs, lg, (b, h, nq, dv));
-    let want = reference(&dims, &scores, &q, &k, &v, &g);
+    let want = if precision == AttnPrecision::Bf16 {
+        let (qr, kr, vr) = (round_bf16(&q), round_bf16(&k), round_bf16(&v));
+        reference(&dims, &scores, &qr, &kr, &vr, &g)
+    } else {
+        reference(&dims, &scores, &q, &k, &v, &g)
+    };
 
     let o = poisoned_f32(d, o_len);
     let lse = poisoned_f32(d, b * h * nq);
@@ -240,15 +280,19 @@ fn run(d: &dyn Driver, dims: AttnDims, scores: AttnScores, layout: Layout, seed:
         v: lv.view(pv),
         o: lo.view(o),
         lse,
+        precision,
     };
     attn_fwd(d, &fwd).unwrap();
     let o_got = download::<f32>(d, o, o_len);
-    close(
-        &format!("output, {tag}"),
-        &wide_f32(&gather(&o_got, lo, (b, h, nq, dv))),
-        &want.o,
-    );
+    let o_got = wide_f32(&gather(&o_got, lo, (b, h, nq, dv)));
     let lse_got = download::<f32>(d, lse, b * h * nq);
+    if precision == AttnPrecision::Bf16 {
+        let bound: Vec<f64> = want.o_mag.iter().map(|m| 5e-3 * m + 1e-6).collect();
+        assert_within(&format!("output, {tag}"), &o_got, &want.o, &bound);
+        assert_close(&format!("lse, {tag}"), &lse_got, &want.lse2, 1e-4, 1e-4);
+        return;
+    }
+    close(&format!("output, {tag}"), &o_got, &want.o);
     assert_close(&format!("lse, {tag}"), &lse_got, &want.lse2, 1e-5, 1e-5);
 
     let gp = upload::<f32>(d, &gs);
@@ -425,6 +469,7 @@ fn attention_unsupported_sizes_are_errors() {
             v: view,
             o: view,
             lse: p,
+            precision: AttnPrecision::F32,
         };
         let wide = dims(1, 1, 4, 4, ATTN_MAX_HEAD_DIM + 1, 16);
         let e = attn_fwd(d, &fwd(wide, false)).unwrap_err().to_string();
@@ -433,5 +478,46 @@ fn attention_unsupported_sizes_are_errors() {
             .unwrap_err()
             .to_string();
         assert!(e.contains("5 queries and 4 keys"), "{e}");
+        let bf = AttnFwd {
+            precision: AttnPrecision::Bf16,
+            ..fwd(dims(1, 1, 4, 4, 64, 32), false)
+        };
+        let e = attn_fwd(d, &bf).unwrap_err().to_string();
+        assert!(e.contains("dh = 64 and dv = 32"), "{e}");
+    });
+}
+
+#[test]
+fn attention_bf16_head_dim_64_matches_bf16_rounded_reference() {
+    // 197 = 3 * 64 + 5: four query tiles, four key tiles of 64 (three full), ragged.
+    on_each_device(|d| {
+        let causal = scores(64, true);
+        run_with(
+            d,
+            dims(1, 2, 197, 197, 64, 64),
+            causal,
+            Layout::Qkv,
+            8,
+            AttnPrecision::Bf16,
+        );
+        let plain = scores(64, false);
+        let shape = dims(1, 1, 150, 197, 64, 64);
+        run_with(d, shape, plain, Layout::Heads, 9, AttnPrecision::Bf16);
+    });
+}
+
+#[test]
+fn attention_bf16_head_dim_128_matches_bf16_rounded_reference() {
+    // Key tiles of 32 at dh = 128: seven full and a ragged one; causal offset 33.
+    on_each_device(|d| {
+        let shape = dims(1, 1, 197, 230, 128, 128);
+        run_with(
+            d,
+            shape,
+            scores(128, true),
+            Layout::Heads,
+            10,
+            AttnPrecision::Bf16,
+        );
     });
 }

@@ -26,6 +26,22 @@ pub fn attn_supported(dh: usize, dv: usize) -> bool {
     dh <= ATTN_MAX_HEAD_DIM && dv <= ATTN_MAX_HEAD_DIM
 }
 
+/// Arithmetic of the forward's two products (`Q K^T` and `P V`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttnPrecision {
+    /// f32 throughout (`attn_fwd_f32`): any head dims up to [`ATTN_MAX_HEAD_DIM`].
+    #[default]
+    F32,
+    /// q, k, v rounded to bf16 (to nearest even) as they are staged, and `P` rounded to bf16
+    /// for `P V`; both products on tensor cores with f32 accumulation
+    /// (`attn_fwd_bf16_d64`, `attn_fwd_bf16_d128`): `Dh == Dv`, 64 or 128 only. Inputs and
+    /// outputs stay f32.
+    Bf16,
+}
+
+/// Queries per CTA of the bf16 forward.
+const QUERY_TILE_BF16: usize = 64;
+
 /// One operand of the attention kernels: a `[B, H, N, D]` view at `ptr` with element strides
 /// `[batch, head, position, feature]` (any non-negative values, so views of a fused qkv
 /// projection or a heads-merged output are read and written in place).
@@ -84,9 +100,11 @@ pub struct AttnFwd {
     pub o: AttnView,
     /// `[b, h, nq]` base-2 log-sum-exp (written).
     pub lse: DevicePtr,
+    /// Arithmetic of the products.
+    pub precision: AttnPrecision,
 }
 
-/// The backward from the forward's operands, output `o`, its gradient `g` and saved `lse`:
+/// The backward (f32 arithmetic) from the forward's operands, output `o`, its gradient `g` and saved `lse`:
 /// writes `dq`, `dk`, `dv` (`=`), using `delta` (`[b, h, nq]` scratch) for
 /// `D_i = sum_d g_id o_id`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -187,11 +205,27 @@ fn config(x: usize, (gy, gz): (u32, u32)) -> LaunchConfig {
     }
 }
 
-/// Launches `attn_fwd_f32` for `a`. Nothing launches when a batch, head or query count is 0.
+/// The forward kernel for `precision` and the head dims, with its queries per CTA.
+fn fwd_kernel(p: AttnPrecision, d: &AttnDims) -> Result<(&'static str, usize)> {
+    match (p, d.dh, d.dv) {
+        (AttnPrecision::F32, _, _) => Ok(("attn_fwd_f32", QUERY_TILE)),
+        (AttnPrecision::Bf16, 64, 64) => Ok(("attn_fwd_bf16_d64", QUERY_TILE_BF16)),
+        (AttnPrecision::Bf16, 128, 128) => Ok(("attn_fwd_bf16_d128", QUERY_TILE_BF16)),
+        (AttnPrecision::Bf16, dh, dv) => Err(Error::arg(
+            "attn_fwd_bf16",
+            format!(
+                "head dimensions dh = {dh} and dv = {dv}: the bf16 attention kernels take dh                  = dv = 64 or 128 (use AttnPrecision::F32)"
+            ),
+        )),
+    }
+}
+
+/// Launches the forward kernel `a.precision` selects (`attn_fwd_f32`, `attn_fwd_bf16_d64` or
+/// `attn_fwd_bf16_d128`). Nothing launches when a batch, head or query count is 0.
 pub fn attn_fwd(driver: &dyn Driver, a: &AttnFwd) -> Result<()> {
-    const NAME: &str = "attn_fwd_f32";
     let d = &a.dims;
-    let Some(yz) = check(NAME, d, &a.scores)? else {
+    let (name, tile) = fwd_kernel(a.precision, d)?;
+    let Some(yz) = check(name, d, &a.scores)? else {
         return Ok(());
     };
     if d.nq == 0 {
@@ -209,16 +243,11 @@ pub fn attn_fwd(driver: &dyn Driver, a: &AttnFwd) -> Result<()> {
         KernelArg::U32(d.dv as u32),
     ];
     for (what, v) in [("q", &a.q), ("k", &a.k), ("v", &a.v), ("o", &a.o)] {
-        strides(NAME, what, v, &mut args)?;
+        strides(name, what, v, &mut args)?;
     }
     args.push(KernelArg::F32(scale_log2(&a.scores)));
     args.push(KernelArg::U32(a.scores.causal as u32));
-    driver.launch(
-        &ATTENTION,
-        NAME,
-        config(d.nq.div_ceil(QUERY_TILE), yz),
-        &args,
-    )
+    driver.launch(&ATTENTION, name, config(d.nq.div_ceil(tile), yz), &args)
 }
 
 /// Launches the backward for `a`: `attn_bwd_dot_f32` (`D`), then `attn_bwd_dkdv_f32` and

@@ -235,9 +235,24 @@ fn launch_every_wrapper(d: &Recorder) -> Vec<Launch> {
             v,
             o,
             lse: p(),
+            precision: AttnPrecision::F32,
         },
     )
     .unwrap();
+    for dh in [64, 128] {
+        let dims = AttnDims { dh, dv: dh, ..dims };
+        let fwd = AttnFwd {
+            dims,
+            scores,
+            q,
+            k,
+            v,
+            o,
+            lse: p(),
+            precision: AttnPrecision::Bf16,
+        };
+        attn_fwd(d, &fwd).unwrap();
+    }
     let bwd = AttnBwd {
         dims,
         scores,

@@ -185,7 +185,9 @@ fn all_ops(device: Device) {
                     temperature: 1.0,
                 };
                 // A constant pattern hiding about a third of the keys (no query loses all).
-                let bits = (0..9 * 11).map(|i| ((i * 7) % 3 == 0) as u8 as f32).collect();
+                let bits = (0..9 * 11usize)
+                    .map(|i| if i.is_multiple_of(3) { 1.0 } else { 0.0 })
+                    .collect();
                 let mask = Tensor::from_vec(bits, &[9, 11])?.to_device(t[0].device())?;
                 attention(&t[0], &t[1], &t[2], Some(&mask), opts)
             },

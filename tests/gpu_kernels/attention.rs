@@ -138,8 +138,9 @@ fn reference(
                     r.dq[(bh * nq + i) * dh + e] += alpha * ds * kh[j * dh + e];
                     r.dk[(bh * nk + j) * dh + e] += alpha * ds * qi[e];
                 }
-                for e in 0..dv {
-                    r.dv[(bh * nk + j) * dv + e] += pj * gi[e];
+                let dvj = &mut r.dv[(bh * nk + j) * dv..(bh * nk + j + 1) * dv];
+                for (x, &ge) in dvj.iter_mut().zip(gi) {
+                    *x += pj * ge;
                 }
             }
         }

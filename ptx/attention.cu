@@ -650,3 +650,127 @@ __device__ __forceinline__ void attn_fwd_bf16(
 
 ATTN_FWD_BF16_ENTRY(attn_fwd_bf16_d64, 64, 64)
 ATTN_FWD_BF16_ENTRY(attn_fwd_bf16_d128, 128, 32)
+
+// ---- decode: one query per (batch, head) over a KV cache ----
+//
+// attn_decode_partial_f32: the keys of each (batch, head) are split into chunks of
+// `chunk` keys, one CTA per chunk (grid (splits, H, B), 128 threads). Warp w takes keys
+// w, w + 4, ... of the chunk in increasing order: a lane-parallel dot product (lanes over
+// features, butterfly sum), an online base-2 softmax and the lane's features of the
+// unnormalised output. The four warps' states are then merged in warp order by warp 0 and
+// written as the chunk's partial `[m, l, o_0 .. o_{dv-1}]` (scratch `[B, H, splits, dv + 2]`).
+// attn_decode_combine_f32: one warp per (batch, head) (grid (1, H, B), 32 threads) merges
+// the partials in split order into the output (any strides) and the base-2 lse. The order of
+// every sum is fixed by L and `chunk`, so results do not depend on timing.
+
+// Merges the online-softmax state (m2, l2, a2) into (m, l, a): a = a exp2(m - M) + a2
+// exp2(m2 - M), with M = max(m, m2) (0 when both are -inf).
+__device__ __forceinline__ void merge_state(float& m, float& l, float* a, float m2, float l2,
+                                            const float* a2) {
+  float mn = fmaxf(m, m2);
+  float mu = mn == neg_inf() ? 0.0f : mn;
+  float c1 = exp2f(m - mu), c2 = exp2f(m2 - mu);
+  l = l * c1 + l2 * c2;
+#pragma unroll
+  for (int c = 0; c < 4; ++c) a[c] = a[c] * c1 + a2[c] * c2;
+  m = mn;
+}
+
+extern "C" __global__ void __launch_bounds__(NT)
+    attn_decode_partial_f32(float* __restrict__ part, const float* __restrict__ q,
+                            const float* __restrict__ k, const float* __restrict__ v,
+                            unsigned nk, unsigned dh, unsigned dv, unsigned chunk,
+                            unsigned q_sb, unsigned q_sh, unsigned q_sd, unsigned k_sb,
+                            unsigned k_sh, unsigned k_sn, unsigned k_sd, unsigned v_sb,
+                            unsigned v_sh, unsigned v_sn, unsigned v_sd, float scale_log2) {
+  __shared__ float st[NWARP][2 + DMAX];
+  unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  unsigned bz = blockIdx.z, hy = blockIdx.y, split = blockIdx.x;
+  q += (size_t)bz * q_sb + (size_t)hy * q_sh;
+  k += (size_t)bz * k_sb + (size_t)hy * k_sh;
+  v += (size_t)bz * v_sb + (size_t)hy * v_sh;
+  float qr[4];
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    unsigned e = lane + 32 * c;
+    qr[c] = e < dh ? q[(size_t)e * q_sd] * scale_log2 : 0.0f;
+  }
+  unsigned j0 = split * chunk, j1 = min(nk, j0 + chunk);
+  float m = neg_inf(), l = 0.0f, a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (unsigned j = j0 + warp; j < j1; j += NWARP) {
+    float s = 0.0f;
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      unsigned e = lane + 32 * c;
+      if (e < dh) s = fmaf(qr[c], k[(size_t)j * k_sn + (size_t)e * k_sd], s);
+    }
+    s = warp_sum(s);
+    float vj[4];
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      unsigned e = lane + 32 * c;
+      vj[c] = e < dv ? v[(size_t)j * v_sn + (size_t)e * v_sd] : 0.0f;
+    }
+    merge_state(m, l, a, s, 1.0f, vj);
+  }
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    unsigned e = lane + 32 * c;
+    if (e < dv) st[warp][2 + e] = a[c];
+  }
+  if (lane == 0) {
+    st[warp][0] = m;
+    st[warp][1] = l;
+  }
+  __syncthreads();
+  if (warp != 0) return;
+  for (int w = 1; w < NWARP; ++w) {
+    float a2[4];
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      unsigned e = lane + 32 * c;
+      a2[c] = e < dv ? st[w][2 + e] : 0.0f;
+    }
+    merge_state(m, l, a, st[w][0], st[w][1], a2);
+  }
+  size_t row = ((size_t)bz * gridDim.y + hy) * gridDim.x + split;
+  float* out = part + row * (dv + 2);
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    unsigned e = lane + 32 * c;
+    if (e < dv) out[2 + e] = a[c];
+  }
+  if (lane == 0) {
+    out[0] = m;
+    out[1] = l;
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(32)
+    attn_decode_combine_f32(float* __restrict__ o, float* __restrict__ lse,
+                            const float* __restrict__ part, unsigned splits, unsigned dv,
+                            unsigned o_sb, unsigned o_sh, unsigned o_sd) {
+  unsigned lane = threadIdx.x & 31;
+  unsigned bz = blockIdx.z, hy = blockIdx.y;
+  size_t bh = (size_t)bz * gridDim.y + hy;
+  const float* p = part + bh * splits * (dv + 2);
+  float m = neg_inf(), l = 0.0f, a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (unsigned s = 0; s < splits; ++s) {
+    const float* ps = p + (size_t)s * (dv + 2);
+    float a2[4];
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      unsigned e = lane + 32 * c;
+      a2[c] = e < dv ? ps[2 + e] : 0.0f;
+    }
+    merge_state(m, l, a, ps[0], ps[1], a2);
+  }
+  o += (size_t)bz * o_sb + (size_t)hy * o_sh;
+  float inv = l > 0.0f ? __frcp_rn(l) : 0.0f;
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    unsigned e = lane + 32 * c;
+    if (e < dv) o[(size_t)e * o_sd] = a[c] * inv;
+  }
+  if (lane == 0) lse[bh] = l > 0.0f ? m + __log2f(l) : neg_inf();
+}

@@ -7,8 +7,8 @@
 
 use half::bf16;
 use tarflow::gpu::kernels::{
-    attn_bwd, attn_fwd, AttnBwd, AttnDims, AttnFwd, AttnPrecision, AttnScores, AttnView,
-    ATTN_MAX_HEAD_DIM,
+    attn_bwd, attn_decode, attn_fwd, decode_scratch_len, AttnBwd, AttnDecode, AttnDims, AttnFwd,
+    AttnPrecision, AttnScores, AttnView, ATTN_MAX_HEAD_DIM,
 };
 use tarflow::gpu::{DevicePtr, Driver};
 use tarflow::Rng;
@@ -520,5 +520,62 @@ fn attention_bf16_head_dim_128_matches_bf16_rounded_reference() {
             10,
             AttnPrecision::Bf16,
         );
+    });
+}
+
+/// One decode step on `d`: `b x h` queries over a cache of `nk` keys stored `[nk, b, h, d]`
+/// (the sampler's cache layout, read through strides), against the f64 reference.
+fn decode(d: &dyn Driver, (b, h, nk, dh, dv): (usize, usize, usize, usize, usize), seed: u64) {
+    let mut rng = Rng::new(seed);
+    let dims = dims(b, h, 1, nk, dh, dv);
+    let sc = scores(dh, false);
+    let tag = format!("decode {dims:?} on {}", d.name());
+    let (qs, ks, vs) = (
+        normal(&mut rng, b * h * dh),
+        normal(&mut rng, nk * b * h * dh),
+        normal(&mut rng, nk * b * h * dv),
+    );
+    let cache = |w: usize| Lay {
+        off: 0,
+        st: [h * w, w, b * h * w, 1],
+    };
+    let (lq, lk, lv, lo) = (
+        Lay::heads(h, 1, dh),
+        cache(dh),
+        cache(dv),
+        Lay::heads(h, 1, dv),
+    );
+    let q = gather(&qs, lq, (b, h, 1, dh));
+    let k = gather(&ks, lk, (b, h, nk, dh));
+    let v = gather(&vs, lv, (b, h, nk, dv));
+    let want = reference(&dims, &sc, &q, &k, &v, &vec![0.0; b * h * dv]);
+    let (o, lse) = (poisoned_f32(d, b * h * dv), poisoned_f32(d, b * h));
+    let a = AttnDecode {
+        dims,
+        alpha: sc.alpha,
+        q: lq.view(upload::<f32>(d, &qs)),
+        k: lk.view(upload::<f32>(d, &ks)),
+        v: lv.view(upload::<f32>(d, &vs)),
+        o: lo.view(o),
+        lse,
+        scratch: poisoned_f32(d, decode_scratch_len(b, h, nk, dv)),
+    };
+    attn_decode(d, &a).unwrap();
+    close(
+        &format!("output, {tag}"),
+        &download::<f32>(d, o, b * h * dv),
+        &want.o,
+    );
+    let lse_got = download::<f32>(d, lse, b * h);
+    assert_close(&format!("lse, {tag}"), &lse_got, &want.lse2, 1e-5, 1e-5);
+}
+
+#[test]
+fn attention_decode_over_a_kv_cache_matches_f64_reference() {
+    on_each_device(|d| {
+        // 785 = 3 * 256 + 17: four key chunks, the last ragged.
+        decode(d, (2, 3, 785, 64, 64), 11);
+        decode(d, (1, 2, 1, 24, 40), 12);
+        decode(d, (1, 1, 0, 16, 16), 13);
     });
 }

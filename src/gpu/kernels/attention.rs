@@ -345,3 +345,113 @@ pub fn attn_bwd(driver: &dyn Driver, a: &AttnBwd) -> Result<()> {
     }
     Ok(())
 }
+
+/// Keys per CTA of the decode kernel: fixed, so the order of its sums depends on the cache
+/// length alone.
+pub const DECODE_CHUNK: usize = 256;
+
+/// Chunks of [`DECODE_CHUNK`] keys the decode kernel splits a cache of `nk` keys into (at
+/// least one, so an empty cache still writes its zero output).
+fn decode_splits(nk: usize) -> usize {
+    nk.div_ceil(DECODE_CHUNK).max(1)
+}
+
+/// f32 elements of the scratch [`attn_decode`] needs: `[b, h, splits, dv + 2]`.
+pub fn decode_scratch_len(b: usize, h: usize, nk: usize, dv: usize) -> usize {
+    b * h * decode_splits(nk) * (dv + 2)
+}
+
+/// One new query per (batch, head) over a KV cache of `dims.nk` keys (`dims.nq` must be 1;
+/// no causal rule: the query sees the whole cache): `o` (`[b, h, 1, dv]`, any strides) and
+/// the base-2 `lse` (`[b, h]`), through `scratch` (at least [`decode_scratch_len`] f32).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnDecode {
+    /// Sizes (`nq == 1`).
+    pub dims: AttnDims,
+    /// `scale / temperature`; finite.
+    pub alpha: f32,
+    /// The queries `[b, h, 1, dh]`.
+    pub q: AttnView,
+    /// Cached keys `[b, h, nk, dh]`.
+    pub k: AttnView,
+    /// Cached values `[b, h, nk, dv]`.
+    pub v: AttnView,
+    /// Output `[b, h, 1, dv]` (written).
+    pub o: AttnView,
+    /// `[b, h]` base-2 log-sum-exp (written).
+    pub lse: DevicePtr,
+    /// Partial results of the key chunks (written, then read).
+    pub scratch: DevicePtr,
+}
+
+/// Launches `attn_decode_partial_f32` over chunks of [`DECODE_CHUNK`] keys, then
+/// `attn_decode_combine_f32`, which merges the chunks in order.
+pub fn attn_decode(driver: &dyn Driver, a: &AttnDecode) -> Result<()> {
+    const OP: &str = "attn_decode";
+    let d = &a.dims;
+    if d.nq != 1 {
+        return Err(Error::arg(
+            OP,
+            format!("decoding takes one query per head, got {}", d.nq),
+        ));
+    }
+    let scores = AttnScores {
+        alpha: a.alpha,
+        causal: false,
+    };
+    let Some(yz) = check(OP, d, &scores)? else {
+        return Ok(());
+    };
+    let splits = decode_splits(d.nk);
+    count(OP, "scratch", decode_scratch_len(d.b, d.h, d.nk, d.dv))?;
+    let mut args = vec![
+        KernelArg::Ptr(a.scratch),
+        KernelArg::Ptr(a.q.ptr),
+        KernelArg::Ptr(a.k.ptr),
+        KernelArg::Ptr(a.v.ptr),
+        KernelArg::U32(d.nk as u32),
+        KernelArg::U32(d.dh as u32),
+        KernelArg::U32(d.dv as u32),
+        KernelArg::U32(DECODE_CHUNK as u32),
+    ];
+    let q3 = AttnView {
+        strides: [a.q.strides[0], a.q.strides[1], a.q.strides[3], 0],
+        ..a.q
+    };
+    for (i, (what, v)) in [("q", &q3), ("k", &a.k), ("v", &a.v)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut s = Vec::new();
+        strides(OP, what, v, &mut s)?;
+        // The query has no position axis: batch, head and feature strides only.
+        args.extend(if i == 0 { &s[..3] } else { &s[..] }.iter().copied());
+    }
+    args.push(KernelArg::F32(scale_log2(&scores)));
+    driver.launch(
+        &ATTENTION,
+        "attn_decode_partial_f32",
+        config(splits, yz),
+        &args,
+    )?;
+    let mut args = vec![
+        KernelArg::Ptr(a.o.ptr),
+        KernelArg::Ptr(a.lse),
+        KernelArg::Ptr(a.scratch),
+        KernelArg::U32(splits as u32),
+        KernelArg::U32(d.dv as u32),
+    ];
+    let o3 = AttnView {
+        strides: [a.o.strides[0], a.o.strides[1], a.o.strides[3], 0],
+        ..a.o
+    };
+    let mut s = Vec::new();
+    strides(OP, "o", &o3, &mut s)?;
+    args.extend(s[..3].iter().copied());
+    let combine = LaunchConfig {
+        grid: (1, yz.0, yz.1),
+        block: (32, 1, 1),
+        shared_bytes: 0,
+    };
+    driver.launch(&ATTENTION, "attn_decode_combine_f32", combine, &args)
+}

@@ -268,6 +268,17 @@ fn launch_every_wrapper(d: &Recorder) -> Vec<Launch> {
         dv: view(p()),
     };
     attn_bwd(d, &bwd).unwrap();
+    let dec = AttnDecode {
+        dims: AttnDims { nq: 1, ..dims },
+        alpha: 0.125,
+        q,
+        k,
+        v,
+        o,
+        lse: p(),
+        scratch: p(),
+    };
+    attn_decode(d, &dec).unwrap();
     d.take()
 }
 

@@ -5,7 +5,7 @@
 
 mod common;
 
-use tarflow::ops::attention::{attention, AttentionOptions};
+use tarflow::ops::attention::{attention, attention_qkv, AttentionOptions};
 use tarflow::{Device, Result, Rng, Tensor};
 
 type Case = fn(&[Tensor<f32>]) -> Result<Tensor<f32>>;
@@ -143,7 +143,7 @@ fn all_ops(device: Device) {
             vec![m.clone()],
         ),
         (
-            "causal attention (composed on a device)",
+            "causal attention (fused kernels on a device)",
             |t| {
                 let opts = AttentionOptions {
                     causal: true,
@@ -157,6 +157,69 @@ fn all_ops(device: Device) {
                 rnd(&[2, 2, 9, 4], 12),
                 rnd(&[2, 2, 9, 4], 13),
             ],
+        ),
+        (
+            "causal attention, fewer queries than keys, two tiles, a flipped and a transposed operand (fused)",
+            |t| {
+                let opts = AttentionOptions {
+                    causal: true,
+                    scale: 0.25,
+                    temperature: 0.8,
+                };
+                let q = t[0].flip(2)?;
+                let k = t[1].permute(&[0, 2, 1, 3])?;
+                attention(&q, &k, &t[2], None, opts)
+            },
+            vec![
+                rnd(&[1, 2, 37, 16], 14),
+                rnd(&[1, 45, 2, 16], 15),
+                rnd(&[1, 2, 45, 8], 16),
+            ],
+        ),
+        (
+            "attention with a mask tensor (composed on a device)",
+            |t| {
+                let opts = AttentionOptions {
+                    causal: false,
+                    scale: 0.5,
+                    temperature: 1.0,
+                };
+                // A constant pattern hiding about a third of the keys (no query loses all).
+                let bits = (0..9 * 11usize)
+                    .map(|i| if i.is_multiple_of(3) { 1.0 } else { 0.0 })
+                    .collect();
+                let mask = Tensor::from_vec(bits, &[9, 11])?.to_device(t[0].device())?;
+                attention(&t[0], &t[1], &t[2], Some(&mask), opts)
+            },
+            vec![
+                rnd(&[2, 2, 9, 4], 17),
+                rnd(&[2, 2, 11, 4], 18),
+                rnd(&[2, 2, 11, 4], 19),
+            ],
+        ),
+        (
+            "causal attention_qkv from a fused projection (fused kernels)",
+            |t| {
+                let opts = AttentionOptions {
+                    causal: true,
+                    scale: 0.35,
+                    temperature: 1.2,
+                };
+                attention_qkv(&t[0], 2, None, opts)
+            },
+            vec![rnd(&[2, 41, 3 * 2 * 8], 21)],
+        ),
+        (
+            "non-causal attention_qkv (fused kernels)",
+            |t| {
+                let opts = AttentionOptions {
+                    causal: false,
+                    scale: 0.35,
+                    temperature: 1.0,
+                };
+                attention_qkv(&t[0], 3, None, opts)
+            },
+            vec![rnd(&[1, 13, 3 * 3 * 4], 22)],
         ),
     ];
     for (name, f, inputs) in cases {

@@ -9,6 +9,8 @@ mod common;
 #[path = "gpu_kernels/harness.rs"]
 mod harness;
 
+#[path = "gpu_kernels/attention.rs"]
+mod attention;
 #[path = "gpu_kernels/copy.rs"]
 mod copy;
 #[path = "gpu_kernels/counters.rs"]

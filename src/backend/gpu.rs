@@ -609,3 +609,158 @@ pub(crate) fn softmax_backward<E: Element>(
     let dx = softmax_last_backward(&moved(y), &moved(g), log)?;
     contiguous(&dx.view_raw(dx.layout().permute(&inv)))
 }
+
+/// `t` as a view the attention kernels read in place: `t` itself, or a contiguous copy when a
+/// stride is negative (a flipped axis), with its `[B, H, N, D]` element strides.
+fn attn_operand<E: Element>(t: &Tensor<E>) -> Result<(Tensor<E>, k::AttnView)> {
+    let t = if t.strides().iter().all(|&s| s >= 0) {
+        t.clone()
+    } else {
+        contiguous(t)?
+    };
+    let st = t.strides();
+    let strides = [st[0], st[1], st[2], st[3]].map(|s| s as usize);
+    let view = k::AttnView {
+        ptr: ptr(&t)?,
+        strides,
+    };
+    Ok((t, view))
+}
+
+/// Where the fused attention writes its output and gradients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AttnLayout {
+    /// `attention`: the output `[B, H, Nq, Dv]` and gradients `[B, H, N, D]`, each contiguous.
+    Heads,
+    /// `attention_qkv`: the output `[B, N, H Dv]` (heads side by side) and one `[B, N, 3 H Dh]`
+    /// gradient holding dq, dk, dv where q, k, v sit in the projection.
+    Qkv,
+}
+
+/// The `[B, H, n, d]` view of a fresh buffer laid out as `layout` says; `part` picks q, k
+/// or v (0, 1, 2) of a fused `[B, n, 3 H d]` buffer.
+fn attn_dest(
+    layout: AttnLayout,
+    base: DevicePtr,
+    h: usize,
+    n: usize,
+    d: usize,
+    part: usize,
+) -> k::AttnView {
+    match layout {
+        AttnLayout::Heads => k::AttnView {
+            ptr: base,
+            strides: [h * n * d, n * d, d, 1],
+        },
+        AttnLayout::Qkv => k::AttnView {
+            ptr: base.offset((part * h * d * ELEM) as u64),
+            strides: [n * 3 * h * d, d, 3 * h * d, 1],
+        },
+    }
+}
+
+/// Fused attention forward of the `[B, H, N, D]` views `q`, `k`, `v` (read in place): the
+/// output (shaped as `layout` says) and the base-2 log-sum-exp `[B, H, Nq]` the backward
+/// needs (see `ptx/attention.cu`).
+pub(crate) fn attention_forward<E: Element>(
+    q: &Tensor<E>,
+    k: &Tensor<E>,
+    v: &Tensor<E>,
+    dims: k::AttnDims,
+    scores: k::AttnScores,
+    layout: AttnLayout,
+) -> Result<(Tensor<E>, Tensor<E>)> {
+    let (driver, _) = operand(q)?;
+    let dev = q.device();
+    let k::AttnDims { b, h, nq, dv, .. } = dims;
+    let out_shape = match layout {
+        AttnLayout::Heads => vec![b, h, nq, dv],
+        AttnLayout::Qkv => vec![b, nq, h * dv],
+    };
+    let out = empty(&driver, dev, &out_shape)?;
+    let lse = empty(&driver, dev, &[b, h, nq])?;
+    let ((_q, qv), (_k, kv), (_v, vv)) = (attn_operand(q)?, attn_operand(k)?, attn_operand(v)?);
+    let o = match layout {
+        AttnLayout::Heads => attn_dest(layout, ptr(&out)?, h, nq, dv, 0),
+        // The output is [B, N, H Dv], not part of a fused buffer.
+        AttnLayout::Qkv => k::AttnView {
+            ptr: ptr(&out)?,
+            strides: [nq * h * dv, dv, h * dv, 1],
+        },
+    };
+    k::attn_fwd(
+        &*driver,
+        &k::AttnFwd {
+            dims,
+            scores,
+            q: qv,
+            k: kv,
+            v: vv,
+            o,
+            lse: ptr(&lse)?,
+            precision: k::AttnPrecision::F32,
+        },
+    )?;
+    Ok((out, lse))
+}
+
+/// Fused attention backward: from the `[B, H, N, D]` views of the forward's operands, its
+/// output `o` and the output gradient `g`, and the saved `lse`, the gradients of q, k and v
+/// (three tensors for [`AttnLayout::Heads`], one fused `[B, N, 3 H Dh]` for
+/// [`AttnLayout::Qkv`]), every element written.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_backward<E: Element>(
+    q: &Tensor<E>,
+    k: &Tensor<E>,
+    v: &Tensor<E>,
+    o: &Tensor<E>,
+    g: &Tensor<E>,
+    lse: &Tensor<E>,
+    dims: k::AttnDims,
+    scores: k::AttnScores,
+    layout: AttnLayout,
+) -> Result<Vec<Tensor<E>>> {
+    let (driver, _) = operand(q)?;
+    let dev = q.device();
+    let k::AttnDims {
+        b,
+        h,
+        nq,
+        nk,
+        dh,
+        dv,
+    } = dims;
+    let (_q, qv) = attn_operand(q)?;
+    let (_k, kv) = attn_operand(k)?;
+    let (_v, vv) = attn_operand(v)?;
+    let (_o, ov) = attn_operand(o)?;
+    let (_g, gv) = attn_operand(g)?;
+    let delta = GpuBuffer::alloc(driver.clone(), (b * h * nq).max(1), ELEM)?;
+    let grads: Vec<Tensor<E>> = match layout {
+        AttnLayout::Heads => vec![
+            empty(&driver, dev, &[b, h, nq, dh])?,
+            empty(&driver, dev, &[b, h, nk, dh])?,
+            empty(&driver, dev, &[b, h, nk, dv])?,
+        ],
+        AttnLayout::Qkv => vec![empty(&driver, dev, &[b, nq, 3 * h * dh])?],
+    };
+    let base = |i: usize| ptr(&grads[i.min(grads.len() - 1)]);
+    k::attn_bwd(
+        &*driver,
+        &k::AttnBwd {
+            dims,
+            scores,
+            q: qv,
+            k: kv,
+            v: vv,
+            o: ov,
+            g: gv,
+            lse: ptr(lse)?,
+            delta: delta.ptr(),
+            dq: attn_dest(layout, base(0)?, h, nq, dh, 0),
+            dk: attn_dest(layout, base(1)?, h, nk, dh, 1),
+            dv: attn_dest(layout, base(2)?, h, nk, dv, 2),
+        },
+    )?;
+    Ok(grads)
+}

@@ -16,6 +16,7 @@
 //! - f32 kernels only, apart from the bf16 GEMM and the bf16 conversion copies; f64 stays on
 //!   the CPU (the gradient sum of squares accumulates in f64 on the device, as on the CPU).
 
+mod attention;
 mod copy;
 mod elementwise;
 mod gemm;
@@ -27,6 +28,10 @@ mod reduce;
 mod tests;
 
 pub use crate::backend::{BinaryOp, UnaryOp};
+pub use attention::{
+    attn_bwd, attn_decode, attn_fwd, attn_supported, decode_scratch_len, AttnBwd, AttnDecode,
+    AttnDims, AttnFwd, AttnPrecision, AttnScores, AttnView, ATTN_MAX_HEAD_DIM, DECODE_CHUNK,
+};
 pub use copy::{fill_f32, strided_copy_bf16_f32, strided_copy_f32, strided_copy_f32_bf16};
 pub use elementwise::{binary_f32, unary_f32};
 pub use gemm::{gemm_bf16, gemm_f32, Bf16Layout, GemmBf16, GemmF32};
@@ -87,8 +92,24 @@ pub static OPTIM: PtxModule = PtxModule {
     ptx: include_str!("../../ptx/optim.ptx"),
 };
 
+/// `ptx/attention.ptx`: fused attention forward (online softmax, saved log-sum-exp) and
+/// backward.
+pub static ATTENTION: PtxModule = PtxModule {
+    name: "attention",
+    ptx: include_str!("../../ptx/attention.ptx"),
+};
+
 /// Every embedded module, for drivers that load them all up front.
-pub static MODULES: [&PtxModule; 7] = [&COPY, &ELEMENTWISE, &REDUCE, &NORM, &GEMM, &INDEX, &OPTIM];
+pub static MODULES: [&PtxModule; 8] = [
+    &COPY,
+    &ELEMENTWISE,
+    &REDUCE,
+    &NORM,
+    &GEMM,
+    &INDEX,
+    &OPTIM,
+    &ATTENTION,
+];
 
 /// Threads per CTA of the one-dimensional kernels (elementwise, copies, optimiser updates).
 pub const BLOCK: u32 = 256;

@@ -25,7 +25,7 @@ pub(super) type Launches = dyn Fn(&dyn Driver) -> Result<()>;
 pub(super) type Build = fn(&mut Buffers, Sizes) -> Result<Case>;
 
 /// Every case, in table order.
-pub(super) const CASES: [Build; 17] = [
+pub(super) const CASES: [Build; 20] = [
     copy_transpose,
     copy_to_bf16,
     unary_exp,
@@ -43,6 +43,9 @@ pub(super) const CASES: [Build; 17] = [
     adamw,
     ema,
     sum_of_squares,
+    attention_fwd,
+    attention_fwd_bf16,
+    attention_bwd,
 ];
 
 /// The buffers of one case, freed together when it is done.
@@ -480,5 +483,131 @@ fn sum_of_squares(b: &mut Buffers, s: Sizes) -> Result<Case> {
             k::sum_squares_partial_f32(d, partial, x, n, chunk)?;
             k::sum_f64(d, total, partial, parts)
         }),
+    })
+}
+
+/// The attention cases' sizes `(batch, heads, tokens, head_dim)`: causal self-attention.
+fn attn_case(s: Sizes) -> k::AttnDims {
+    let (b, h, n, d) = s.pick((1, 1, 101, 64), (1, 2, 128, 64), (64, 12, 1024, 64));
+    k::AttnDims {
+        b,
+        h,
+        nq: n,
+        nk: n,
+        dh: d,
+        dv: d,
+    }
+}
+
+/// Multiply-adds of causal attention's two products per (batch, head): about half of
+/// `n^2` scores, each `dh + dv` long.
+fn attn_flops(a: &k::AttnDims) -> f64 {
+    let pairs = (a.nq * (a.nq + 1) / 2) as f64;
+    2.0 * (a.b * a.h) as f64 * pairs * (a.dh + a.dv) as f64
+}
+
+/// Contiguous `[b, h, n, d]` strides.
+fn attn_view(p: DevicePtr, a: &k::AttnDims, n: usize, d: usize) -> k::AttnView {
+    k::AttnView {
+        ptr: p,
+        strides: [a.h * n * d, n * d, d, 1],
+    }
+}
+
+fn attention_fwd(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let a = attn_case(s);
+    let (rows, keys) = (a.b * a.h * a.nq, a.b * a.h * a.nk);
+    let f = k::AttnFwd {
+        dims: a,
+        scores: k::AttnScores {
+            alpha: 0.125,
+            causal: true,
+        },
+        q: attn_view(b.f32s(rows * a.dh, 31)?, &a, a.nq, a.dh),
+        k: attn_view(b.f32s(keys * a.dh, 32)?, &a, a.nk, a.dh),
+        v: attn_view(b.f32s(keys * a.dv, 33)?, &a, a.nk, a.dv),
+        o: attn_view(b.out(rows * a.dv)?, &a, a.nq, a.dv),
+        lse: b.out(rows)?,
+        precision: k::AttnPrecision::F32,
+    };
+    Ok(Case {
+        name: "attention fwd f32, causal",
+        shape: dims(&[a.b, a.h, a.nq, a.dh]),
+        flops: Some(attn_flops(&a)),
+        bytes: 4.0 * (rows * (a.dh + 2 * a.dv + 1) + keys * a.dh) as f64,
+        run: Box::new(move |d| k::attn_fwd(d, &f)),
+    })
+}
+
+fn attention_fwd_bf16(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let a = attn_case(s);
+    let (rows, keys) = (a.b * a.h * a.nq, a.b * a.h * a.nk);
+    let f = k::AttnFwd {
+        dims: a,
+        scores: k::AttnScores {
+            alpha: 0.125,
+            causal: true,
+        },
+        q: attn_view(b.f32s(rows * a.dh, 38)?, &a, a.nq, a.dh),
+        k: attn_view(b.f32s(keys * a.dh, 39)?, &a, a.nk, a.dh),
+        v: attn_view(b.f32s(keys * a.dv, 40)?, &a, a.nk, a.dv),
+        o: attn_view(b.out(rows * a.dv)?, &a, a.nq, a.dv),
+        lse: b.out(rows)?,
+        precision: k::AttnPrecision::Bf16,
+    };
+    Ok(Case {
+        name: "attention fwd bf16 (tensor cores), causal",
+        shape: dims(&[a.b, a.h, a.nq, a.dh]),
+        flops: Some(attn_flops(&a)),
+        bytes: 4.0 * (rows * (a.dh + 2 * a.dv + 1) + keys * a.dh) as f64,
+        run: Box::new(move |d| k::attn_fwd(d, &f)),
+    })
+}
+
+fn attention_bwd(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let a = attn_case(s);
+    let (rows, keys) = (a.b * a.h * a.nq, a.b * a.h * a.nk);
+    let scores = k::AttnScores {
+        alpha: 0.125,
+        causal: true,
+    };
+    let q = attn_view(b.f32s(rows * a.dh, 34)?, &a, a.nq, a.dh);
+    let kk = attn_view(b.f32s(keys * a.dh, 35)?, &a, a.nk, a.dh);
+    let v = attn_view(b.f32s(keys * a.dv, 36)?, &a, a.nk, a.dv);
+    let o = attn_view(b.out(rows * a.dv)?, &a, a.nq, a.dv);
+    let lse = b.out(rows)?;
+    // A real forward fills o and lse, so the backward sees consistent inputs.
+    let fwd = k::AttnFwd {
+        dims: a,
+        scores,
+        q,
+        k: kk,
+        v,
+        o,
+        lse,
+        precision: k::AttnPrecision::F32,
+    };
+    k::attn_fwd(b.driver, &fwd)?;
+    let bwd = k::AttnBwd {
+        dims: a,
+        scores,
+        q,
+        k: kk,
+        v,
+        o,
+        g: attn_view(b.f32s(rows * a.dv, 37)?, &a, a.nq, a.dv),
+        lse,
+        delta: b.out(rows)?,
+        dq: attn_view(b.out(rows * a.dh)?, &a, a.nq, a.dh),
+        dk: attn_view(b.out(keys * a.dh)?, &a, a.nk, a.dh),
+        dv: attn_view(b.out(keys * a.dv)?, &a, a.nk, a.dv),
+    };
+    Ok(Case {
+        name: "attention bwd f32, causal (D, dK dV, dQ)",
+        shape: dims(&[a.b, a.h, a.nq, a.dh]),
+        // Recomputed scores, dP, and the three gradient products.
+        flops: Some(2.5 * attn_flops(&a)),
+        bytes: 4.0 * (rows * (2 * a.dh + 3 * a.dv + 2) + keys * 2 * (a.dh + a.dv)) as f64,
+        run: Box::new(move |d| k::attn_bwd(d, &bwd)),
     })
 }

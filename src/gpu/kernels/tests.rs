@@ -208,6 +208,77 @@ fn launch_every_wrapper(d: &Recorder) -> Vec<Launch> {
     ema_f32(d, p(), p(), 1000, 0.999).unwrap();
     sum_squares_partial_f32(d, p(), p(), 1000, 256).unwrap();
     sum_f64(d, p(), p(), 4).unwrap();
+    let view = |p: DevicePtr| AttnView {
+        ptr: p,
+        strides: [3 * 70 * 64, 64, 3 * 64, 1],
+    };
+    let dims = AttnDims {
+        b: 2,
+        h: 3,
+        nq: 50,
+        nk: 70,
+        dh: 64,
+        dv: 64,
+    };
+    let scores = AttnScores {
+        alpha: 0.125,
+        causal: true,
+    };
+    let (q, k, v, o) = (view(p()), view(p()), view(p()), view(p()));
+    attn_fwd(
+        d,
+        &AttnFwd {
+            dims,
+            scores,
+            q,
+            k,
+            v,
+            o,
+            lse: p(),
+            precision: AttnPrecision::F32,
+        },
+    )
+    .unwrap();
+    for dh in [64, 128] {
+        let dims = AttnDims { dh, dv: dh, ..dims };
+        let fwd = AttnFwd {
+            dims,
+            scores,
+            q,
+            k,
+            v,
+            o,
+            lse: p(),
+            precision: AttnPrecision::Bf16,
+        };
+        attn_fwd(d, &fwd).unwrap();
+    }
+    let bwd = AttnBwd {
+        dims,
+        scores,
+        q,
+        k,
+        v,
+        o,
+        g: view(p()),
+        lse: p(),
+        delta: p(),
+        dq: view(p()),
+        dk: view(p()),
+        dv: view(p()),
+    };
+    attn_bwd(d, &bwd).unwrap();
+    let dec = AttnDecode {
+        dims: AttnDims { nq: 1, ..dims },
+        alpha: 0.125,
+        q,
+        k,
+        v,
+        o,
+        lse: p(),
+        scratch: p(),
+    };
+    attn_decode(d, &dec).unwrap();
     d.take()
 }
 

@@ -26,7 +26,9 @@
 //! `backend::cpu::attention`. On a GPU device the ops run the device's kernels.
 
 use crate::autograd::is_grad_enabled;
+use crate::backend::gpu::{self, AttnLayout};
 use crate::error::{Error, Result};
+use crate::gpu::kernels::{self, AttnDims, AttnScores};
 use crate::profile::{Kernel, Timer};
 use crate::tensor::layout::{checked_numel, checked_product};
 use crate::tensor::{Element, Layout, Tensor};
@@ -142,7 +144,11 @@ pub fn attention<E: Element>(
     let mut operands = vec![q, k, v];
     operands.extend(mask);
     if crate::backend::on_gpu("attention", &operands)? {
-        // No fused attention kernel on the device yet: the composed ops, each on the device.
+        if mask.is_none() && fused_on_gpu(&d) {
+            return attention_gpu(q, k, v, &d, opts);
+        }
+        // A mask tensor or head dimensions beyond the fused kernels: the composed ops, each
+        // on the device.
         return attention_reference(q, k, v, mask, opts);
     }
     let alpha = E::from_f64(opts.alpha("attention")?);
@@ -243,6 +249,11 @@ pub fn attention_qkv<E: Element>(
     let (b, n, c) = (s[0], s[1], s[2] / 3);
     let dh = c / heads;
     if gpu {
+        let [q, k, v] = qkv_views(&qkv.detach(), heads)?;
+        let d = check_shapes(op, &q, &k, &v, mask, opts.causal)?;
+        if mask.is_none() && fused_on_gpu(&d) {
+            return attention_qkv_gpu(qkv, [q, k, v], &d, opts);
+        }
         // The composed ops on the device; gradients flow back through the views.
         let [q, k, v] = qkv_views(qkv, heads)?;
         return attention_reference(&q, &k, &v, mask, opts)?
@@ -303,6 +314,105 @@ pub fn attention_qkv<E: Element>(
             );
         }
         Ok(vec![Some(Tensor::from_raw(grad, &[b, n, 3 * c]))])
+    }))
+}
+
+/// Whether the fused GPU kernels take these sizes (`ptx/attention.cu`: head dimensions up to
+/// [`kernels::ATTN_MAX_HEAD_DIM`]); anything else runs the composed ops on the device.
+fn fused_on_gpu(d: &Dims) -> bool {
+    kernels::attn_supported(d.dh, d.dv)
+}
+
+/// The kernels' view of the sizes and score options.
+fn gpu_args(d: &Dims, opts: AttentionOptions, op: &'static str) -> Result<(AttnDims, AttnScores)> {
+    let dims = AttnDims {
+        b: d.b,
+        h: d.h,
+        nq: d.nq,
+        nk: d.nk,
+        dh: d.dh,
+        dv: d.dv,
+    };
+    // Rounded to f32 as the CPU's f32 kernel rounds it.
+    let alpha = opts.alpha(op)? as f32;
+    Ok((
+        dims,
+        AttnScores {
+            alpha,
+            causal: opts.causal,
+        },
+    ))
+}
+
+/// [`attention`] on a GPU device without a mask tensor: the fused flash-style kernels, which
+/// save the output and a per-query log-sum-exp (`[B, H, Nq]`) for the backward instead of
+/// the probabilities.
+fn attention_gpu<E: Element>(
+    q: &Tensor<E>,
+    k: &Tensor<E>,
+    v: &Tensor<E>,
+    d: &Dims,
+    opts: AttentionOptions,
+) -> Result<Tensor<E>> {
+    let (dims, scores) = gpu_args(d, opts, "attention")?;
+    let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
+    let (out, lse) = gpu::attention_forward(&qd, &kd, &vd, dims, scores, AttnLayout::Heads)?;
+    let needs_grad =
+        is_grad_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad());
+    if !needs_grad {
+        return Ok(out);
+    }
+    let od = out.detach();
+    let want = [q.requires_grad(), k.requires_grad(), v.requires_grad()];
+    Ok(out.record("attention", &[q, k, v], move |g| {
+        let grads =
+            gpu::attention_backward(&qd, &kd, &vd, &od, g, &lse, dims, scores, AttnLayout::Heads)?;
+        Ok(grads
+            .into_iter()
+            .zip(want)
+            .map(|(t, w)| w.then_some(t))
+            .collect())
+    }))
+}
+
+/// [`attention_qkv`] on a GPU device without a mask tensor: the fused kernels read q, k, v
+/// in place from `qkv`, write the output with the heads side by side, and the backward
+/// writes one `[B, N, 3 C]` gradient.
+fn attention_qkv_gpu<E: Element>(
+    qkv: &Tensor<E>,
+    [q, k, v]: [Tensor<E>; 3],
+    d: &Dims,
+    opts: AttentionOptions,
+) -> Result<Tensor<E>> {
+    let op = "attention_qkv";
+    let (dims, scores) = gpu_args(d, opts, op)?;
+    let (out, lse) = gpu::attention_forward(&q, &k, &v, dims, scores, AttnLayout::Qkv)?;
+    if !(is_grad_enabled() && qkv.requires_grad()) {
+        return Ok(out);
+    }
+    let od = out.detach();
+    let (b, n, h, dv) = (d.b, d.nq, d.h, d.dv);
+    Ok(out.record(op, &[qkv], move |g| {
+        // `[B, N, H Dv]` seen as `[B, H, N, Dv]` (a copy only if `g` cannot be viewed so).
+        let as_heads = |t: &Tensor<E>| -> Result<Tensor<E>> {
+            let t = match t.layout().reshape(&[b, n, h, dv]) {
+                Some(l) => t.view_raw(l),
+                None => gpu::contiguous(t)?.reshape(&[b, n, h, dv])?,
+            };
+            Ok(t.view_raw(t.layout().permute(&[0, 2, 1, 3])))
+        };
+        let mut grads = gpu::attention_backward(
+            &q,
+            &k,
+            &v,
+            &as_heads(&od)?,
+            &as_heads(g)?,
+            &lse,
+            dims,
+            scores,
+            AttnLayout::Qkv,
+        )?;
+        Ok(vec![grads.pop()])
     }))
 }
 

@@ -1,0 +1,776 @@
+// Fused scaled dot-product attention (flash style): forward with an online softmax, and a
+// backward that recomputes the probabilities from the saved log-sum-exp, so no
+// [Nq, Nk] score or probability matrix is ever stored.
+//
+// Operands, per (batch b, head h): Q [Nq, Dh], K [Nk, Dh], V [Nk, Dv], O [Nq, Dv], each
+// given by a base pointer and four element strides (batch, head, position, feature), so the
+// q / k / v views cut out of a fused [B, N, 3C] projection and a heads-merged [B, N, C]
+// output are read and written in place. Strides are unsigned (the host copies a view with a
+// negative stride first).
+//
+// Semantics (those of src/ops/attention): S = alpha Q K^T with alpha = scale / temperature;
+// with `causal`, query i sees key j only when j <= i + (Nk - Nq) (the queries are the last Nq
+// positions; the host guarantees Nq <= Nk then); P = row softmax of the visible scores;
+// O = P V. A query that sees no key gets O = 0 and lse = -inf.
+//
+// Units: the kernels work in base 2. The host passes `scale_log2 = alpha * log2(e)`, scores
+// are t = scale_log2 * (q . k), and the saved `lse` is log2(sum_j exp2(t_j)) per query
+// ([B, H, Nq], contiguous): the natural-log log-sum-exp times log2(e). The backward
+// recomputes P = exp2(t - lse).
+//
+// Gradient-write convention: every output (O, lse, D, dQ, dK, dV) is written (`=`) in full;
+// nothing is accumulated into an existing buffer and nothing is read before it is written.
+//
+// Tiles and launch (all kernels: 128 threads = 4 warps, grid y = heads, grid z = batch):
+// - attn_fwd_f32: 32 queries per CTA (8 per warp), key tiles of 32 (one key per lane);
+//   grid x = ceil(Nq / 32). Under the causal rule the key loop stops at the last key any
+//   query of the tile sees (tiles above the diagonal are never loaded).
+// - attn_bwd_dot_f32: D_i = sum_d dO_id O_id, one warp per query; grid x = ceil(Nq / 4).
+// - attn_bwd_dkdv_f32: 16 keys per CTA (4 per warp), looping over query tiles of 32 (one
+//   query per lane) in increasing order from the first tile that sees the CTA's keys;
+//   grid x = ceil(Nk / 16).
+// - attn_bwd_dq_f32: 32 queries per CTA (8 per warp), looping over key tiles of 32 in
+//   increasing order up to the causal bound; grid x = ceil(Nq / 32).
+// Shared memory: tiles of up to 32 rows x 128 features (Dh, Dv <= 128, checked by the
+// host), 48 KiB per CTA in every kernel. Rows are stored with a rotation,
+// element (r, d) at [r * 128 + ((d + r) mod 128)], so that both access patterns are free of
+// bank conflicts: a warp reading one feature of 32 rows (lane = row) and a warp reading 32
+// consecutive features of one row.
+//
+// Reduction order (fixed by the shape, no atomics): dot products over features in
+// increasing order (one fma each); softmax row max and sum per key tile by a warp butterfly
+// (xor 16, 8, 4, 2, 1, lower lane first), tiles in increasing order; P V, dS K, P^T dO and
+// dS^T Q over keys (or queries) in increasing order within a tile, tiles in increasing order.
+
+#define FULL_MASK 0xffffffffu
+#define DMAX 128
+#define NT 128
+#define NWARP (NT / 32)
+
+__device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
+
+// Index of element (r, d) of a rotated tile.
+__device__ __forceinline__ unsigned sw(unsigned r, unsigned d) {
+  return r * DMAX + ((d + r) & (DMAX - 1));
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  unsigned lane = threadIdx.x & 31;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    float other = __shfl_xor_sync(FULL_MASK, v, o);
+    v = (lane & o) ? __fadd_rn(other, v) : __fadd_rn(v, other);
+  }
+  return v;
+}
+
+// Largest element, NaN ignored unless all are NaN (fmaxf); -inf when all are -inf.
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
+  return v;
+}
+
+// Stages rows row0 .. row0 + ROWS - 1 (features 0 .. width - 1) of a strided matrix into a
+// rotated tile; rows at or beyond `rows` become zeros. Warp w loads rows w, w + 4, ...; lanes
+// walk the features, so a feature-contiguous source is read coalesced.
+template <int ROWS>
+__device__ __forceinline__ void load_rows(float* s, const float* __restrict__ g, unsigned row0,
+                                          unsigned rows, unsigned rs, unsigned cs,
+                                          unsigned width) {
+  unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (unsigned r = warp; r < ROWS; r += NWARP) {
+    unsigned gr = row0 + r;
+    bool in = gr < rows;
+    for (unsigned d = lane; d < width; d += 32) {
+      s[sw(r, d)] = in ? g[(size_t)gr * rs + (size_t)d * cs] : 0.0f;
+    }
+  }
+}
+
+// Whether query i sees key j (both in range is the caller's business).
+__device__ __forceinline__ bool visible(unsigned causal, unsigned i, unsigned j, unsigned off) {
+  return !causal || j <= i + off;
+}
+
+extern "C" __global__ void __launch_bounds__(NT)
+    attn_fwd_f32(float* __restrict__ o, float* __restrict__ lse, const float* __restrict__ q,
+                 const float* __restrict__ k, const float* __restrict__ v, unsigned nq,
+                 unsigned nk, unsigned dh, unsigned dv, unsigned q_sb, unsigned q_sh,
+                 unsigned q_sn, unsigned q_sd, unsigned k_sb, unsigned k_sh, unsigned k_sn,
+                 unsigned k_sd, unsigned v_sb, unsigned v_sh, unsigned v_sn, unsigned v_sd,
+                 unsigned o_sb, unsigned o_sh, unsigned o_sn, unsigned o_sd, float scale_log2,
+                 unsigned causal) {
+  __shared__ float Qs[32 * DMAX];
+  __shared__ float Ks[32 * DMAX];
+  __shared__ float Vs[32 * DMAX];
+  unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  unsigned bz = blockIdx.z, hy = blockIdx.y;
+  q += (size_t)bz * q_sb + (size_t)hy * q_sh;
+  k += (size_t)bz * k_sb + (size_t)hy * k_sh;
+  v += (size_t)bz * v_sb + (size_t)hy * v_sh;
+  o += (size_t)bz * o_sb + (size_t)hy * o_sh;
+  lse += ((size_t)bz * gridDim.y + hy) * nq;
+  unsigned q0 = blockIdx.x * 32;
+  unsigned off = causal ? nk - nq : 0;
+  unsigned qend = min(nq, q0 + 32);
+  unsigned kend = causal ? min(nk, qend + off) : nk;
+  load_rows<32>(Qs, q, q0, nq, q_sn, q_sd, dh);
+
+  float acc[8][4], m[8], l[8];
+#pragma unroll
+  for (int r = 0; r < 8; ++r) {
+    m[r] = neg_inf();
+    l[r] = 0.0f;
+#pragma unroll
+    for (int c = 0; c < 4; ++c) acc[r][c] = 0.0f;
+  }
+
+  for (unsigned k0 = 0; k0 < kend; k0 += 32) {
+    // The previous tile's readers are done before it is overwritten.
+    __syncthreads();
+    load_rows<32>(Ks, k, k0, nk, k_sn, k_sd, dh);
+    load_rows<32>(Vs, v, k0, nk, v_sn, v_sd, dv);
+    __syncthreads();
+    float s[8];
+#pragma unroll
+    for (int r = 0; r < 8; ++r) s[r] = 0.0f;
+    for (unsigned d = 0; d < dh; ++d) {
+      float kd = Ks[sw(lane, d)];
+#pragma unroll
+      for (int r = 0; r < 8; ++r) s[r] = fmaf(Qs[sw(warp * 8 + r, d)], kd, s[r]);
+    }
+    unsigned j = k0 + lane;
+#pragma unroll
+    for (int r = 0; r < 8; ++r) {
+      unsigned i = q0 + warp * 8 + r;
+      float t = (j < nk && visible(causal, i, j, off)) ? s[r] * scale_log2 : neg_inf();
+      float mn = fmaxf(m[r], warp_max(t));
+      // All hidden so far: subtract 0 so that exp2(-inf - 0) = 0 (not -inf - -inf = NaN).
+      float mu = mn == neg_inf() ? 0.0f : mn;
+      float p = exp2f(t - mu);
+      float corr = exp2f(m[r] - mu);
+      l[r] = fmaf(l[r], corr, warp_sum(p));
+      m[r] = mn;
+#pragma unroll
+      for (int c = 0; c < 4; ++c) acc[r][c] *= corr;
+      s[r] = p;
+    }
+    unsigned jn = min(32u, kend - k0);
+    for (unsigned jj = 0; jj < jn; ++jj) {
+#pragma unroll
+      for (int r = 0; r < 8; ++r) {
+        float pj = __shfl_sync(FULL_MASK, s[r], jj);
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          unsigned e = lane + 32 * c;
+          if (e < dv) acc[r][c] = fmaf(pj, Vs[sw(jj, e)], acc[r][c]);
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int r = 0; r < 8; ++r) {
+    unsigned i = q0 + warp * 8 + r;
+    if (i >= nq) continue;
+    float inv = l[r] > 0.0f ? __frcp_rn(l[r]) : 0.0f;
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      unsigned e = lane + 32 * c;
+      if (e < dv) o[(size_t)i * o_sn + (size_t)e * o_sd] = acc[r][c] * inv;
+    }
+    if (lane == 0) lse[i] = l[r] > 0.0f ? m[r] + __log2f(l[r]) : neg_inf();
+  }
+}
+
+// D[b, h, i] = sum_d dO[i, d] O[i, d] (contiguous [B, H, Nq]).
+extern "C" __global__ void __launch_bounds__(NT)
+    attn_bwd_dot_f32(float* __restrict__ dd, const float* __restrict__ o,
+                     const float* __restrict__ g, unsigned nq, unsigned dv, unsigned o_sb,
+                     unsigned o_sh, unsigned o_sn, unsigned o_sd, unsigned g_sb, unsigned g_sh,
+                     unsigned g_sn, unsigned g_sd) {
+  unsigned lane = threadIdx.x & 31;
+  unsigned i = blockIdx.x * NWARP + (threadIdx.x >> 5);
+  if (i >= nq) return;
+  unsigned bz = blockIdx.z, hy = blockIdx.y;
+  o += (size_t)bz * o_sb + (size_t)hy * o_sh + (size_t)i * o_sn;
+  g += (size_t)bz * g_sb + (size_t)hy * g_sh + (size_t)i * g_sn;
+  float s = 0.0f;
+  for (unsigned d = lane; d < dv; d += 32) s = fmaf(g[(size_t)d * g_sd], o[(size_t)d * o_sd], s);
+  s = warp_sum(s);
+  if (lane == 0) dd[((size_t)bz * gridDim.y + hy) * nq + i] = s;
+}
+
+// dK = alpha dS^T Q and dV = P^T dO for 16 keys per CTA, over every query that sees them.
+extern "C" __global__ void __launch_bounds__(NT)
+    attn_bwd_dkdv_f32(float* __restrict__ dk, float* __restrict__ dvo,
+                      const float* __restrict__ q, const float* __restrict__ k,
+                      const float* __restrict__ v, const float* __restrict__ g,
+                      const float* __restrict__ lse, const float* __restrict__ dd, unsigned nq,
+                      unsigned nk, unsigned dh, unsigned dv, unsigned q_sb, unsigned q_sh,
+                      unsigned q_sn, unsigned q_sd, unsigned k_sb, unsigned k_sh, unsigned k_sn,
+                      unsigned k_sd, unsigned v_sb, unsigned v_sh, unsigned v_sn, unsigned v_sd,
+                      unsigned g_sb, unsigned g_sh, unsigned g_sn, unsigned g_sd,
+                      unsigned dk_sb, unsigned dk_sh, unsigned dk_sn, unsigned dk_sd,
+                      unsigned dv_sb, unsigned dv_sh, unsigned dv_sn, unsigned dv_sd,
+                      float scale_log2, float alpha, unsigned causal) {
+  __shared__ float Ks[16 * DMAX];
+  __shared__ float Vs[16 * DMAX];
+  __shared__ float Qs[32 * DMAX];
+  __shared__ float Gs[32 * DMAX];
+  unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  unsigned bz = blockIdx.z, hy = blockIdx.y;
+  q += (size_t)bz * q_sb + (size_t)hy * q_sh;
+  k += (size_t)bz * k_sb + (size_t)hy * k_sh;
+  v += (size_t)bz * v_sb + (size_t)hy * v_sh;
+  g += (size_t)bz * g_sb + (size_t)hy * g_sh;
+  dk += (size_t)bz * dk_sb + (size_t)hy * dk_sh;
+  dvo += (size_t)bz * dv_sb + (size_t)hy * dv_sh;
+  size_t row0 = ((size_t)bz * gridDim.y + hy) * nq;
+  lse += row0;
+  dd += row0;
+  unsigned k0 = blockIdx.x * 16;
+  unsigned off = causal ? nk - nq : 0;
+  // The first query that sees key k0 is k0 - off; start at its tile.
+  unsigned i_first = (causal && k0 > off) ? k0 - off : 0;
+  load_rows<16>(Ks, k, k0, nk, k_sn, k_sd, dh);
+  load_rows<16>(Vs, v, k0, nk, v_sn, v_sd, dv);
+
+  float dka[4][4], dva[4][4];
+#pragma unroll
+  for (int r = 0; r < 4; ++r)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      dka[r][c] = 0.0f;
+      dva[r][c] = 0.0f;
+    }
+
+  for (unsigned i0 = i_first & ~31u; i0 < nq; i0 += 32) {
+    __syncthreads();
+    load_rows<32>(Qs, q, i0, nq, q_sn, q_sd, dh);
+    load_rows<32>(Gs, g, i0, nq, g_sn, g_sd, dv);
+    __syncthreads();
+    unsigned i = i0 + lane;
+    bool iv = i < nq;
+    float lse_i = iv ? lse[i] : 0.0f;
+    float d_i = iv ? dd[i] : 0.0f;
+    float s[4], dp[4];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      s[r] = 0.0f;
+      dp[r] = 0.0f;
+    }
+    for (unsigned d = 0; d < dh; ++d) {
+      float qd = Qs[sw(lane, d)];
+#pragma unroll
+      for (int r = 0; r < 4; ++r) s[r] = fmaf(qd, Ks[sw(warp * 4 + r, d)], s[r]);
+    }
+    for (unsigned d = 0; d < dv; ++d) {
+      float gd = Gs[sw(lane, d)];
+#pragma unroll
+      for (int r = 0; r < 4; ++r) dp[r] = fmaf(gd, Vs[sw(warp * 4 + r, d)], dp[r]);
+    }
+    float p[4], ds[4];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      unsigned j = k0 + warp * 4 + r;
+      bool vis = iv && j < nk && visible(causal, i, j, off);
+      p[r] = vis ? exp2f(fmaf(s[r], scale_log2, -lse_i)) : 0.0f;
+      ds[r] = vis ? p[r] * (dp[r] - d_i) : 0.0f;
+    }
+    unsigned in_tile = min(32u, nq - i0);
+    for (unsigned ii = 0; ii < in_tile; ++ii) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        float pi = __shfl_sync(FULL_MASK, p[r], ii);
+        float dsi = __shfl_sync(FULL_MASK, ds[r], ii);
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          unsigned e = lane + 32 * c;
+          if (e < dv) dva[r][c] = fmaf(pi, Gs[sw(ii, e)], dva[r][c]);
+          if (e < dh) dka[r][c] = fmaf(dsi, Qs[sw(ii, e)], dka[r][c]);
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    unsigned j = k0 + warp * 4 + r;
+    if (j >= nk) continue;
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      unsigned e = lane + 32 * c;
+      if (e < dh) dk[(size_t)j * dk_sn + (size_t)e * dk_sd] = alpha * dka[r][c];
+      if (e < dv) dvo[(size_t)j * dv_sn + (size_t)e * dv_sd] = dva[r][c];
+    }
+  }
+}
+
+// dQ = alpha dS K for 32 queries per CTA, over every key they see.
+extern "C" __global__ void __launch_bounds__(NT)
+    attn_bwd_dq_f32(float* __restrict__ dq, const float* __restrict__ q,
+                    const float* __restrict__ k, const float* __restrict__ v,
+                    const float* __restrict__ g, const float* __restrict__ lse,
+                    const float* __restrict__ dd, unsigned nq, unsigned nk, unsigned dh,
+                    unsigned dv, unsigned q_sb, unsigned q_sh, unsigned q_sn, unsigned q_sd,
+                    unsigned k_sb, unsigned k_sh, unsigned k_sn, unsigned k_sd, unsigned v_sb,
+                    unsigned v_sh, unsigned v_sn, unsigned v_sd, unsigned g_sb, unsigned g_sh,
+                    unsigned g_sn, unsigned g_sd, unsigned dq_sb, unsigned dq_sh,
+                    unsigned dq_sn, unsigned dq_sd, float scale_log2, float alpha,
+                    unsigned causal) {
+  __shared__ float Qs[32 * DMAX];
+  __shared__ float Gs[32 * DMAX];
+  // V, then K, of the current key tile.
+  __shared__ float KVs[32 * DMAX];
+  unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  unsigned bz = blockIdx.z, hy = blockIdx.y;
+  q += (size_t)bz * q_sb + (size_t)hy * q_sh;
+  k += (size_t)bz * k_sb + (size_t)hy * k_sh;
+  v += (size_t)bz * v_sb + (size_t)hy * v_sh;
+  g += (size_t)bz * g_sb + (size_t)hy * g_sh;
+  dq += (size_t)bz * dq_sb + (size_t)hy * dq_sh;
+  size_t row0 = ((size_t)bz * gridDim.y + hy) * nq;
+  unsigned q0 = blockIdx.x * 32;
+  unsigned off = causal ? nk - nq : 0;
+  unsigned qend = min(nq, q0 + 32);
+  unsigned kend = causal ? min(nk, qend + off) : nk;
+  load_rows<32>(Qs, q, q0, nq, q_sn, q_sd, dh);
+  load_rows<32>(Gs, g, q0, nq, g_sn, g_sd, dv);
+
+  float acc[8][4], lse_r[8], d_r[8];
+#pragma unroll
+  for (int r = 0; r < 8; ++r) {
+    unsigned i = q0 + warp * 8 + r;
+    lse_r[r] = i < nq ? lse[row0 + i] : 0.0f;
+    d_r[r] = i < nq ? dd[row0 + i] : 0.0f;
+#pragma unroll
+    for (int c = 0; c < 4; ++c) acc[r][c] = 0.0f;
+  }
+
+  for (unsigned k0 = 0; k0 < kend; k0 += 32) {
+    __syncthreads();
+    load_rows<32>(KVs, v, k0, nk, v_sn, v_sd, dv);
+    __syncthreads();
+    float dp[8], s[8];
+#pragma unroll
+    for (int r = 0; r < 8; ++r) {
+      dp[r] = 0.0f;
+      s[r] = 0.0f;
+    }
+    for (unsigned d = 0; d < dv; ++d) {
+      float vd = KVs[sw(lane, d)];
+#pragma unroll
+      for (int r = 0; r < 8; ++r) dp[r] = fmaf(Gs[sw(warp * 8 + r, d)], vd, dp[r]);
+    }
+    __syncthreads();
+    load_rows<32>(KVs, k, k0, nk, k_sn, k_sd, dh);
+    __syncthreads();
+    for (unsigned d = 0; d < dh; ++d) {
+      float kd = KVs[sw(lane, d)];
+#pragma unroll
+      for (int r = 0; r < 8; ++r) s[r] = fmaf(Qs[sw(warp * 8 + r, d)], kd, s[r]);
+    }
+    unsigned j = k0 + lane;
+#pragma unroll
+    for (int r = 0; r < 8; ++r) {
+      unsigned i = q0 + warp * 8 + r;
+      bool vis = i < nq && j < nk && visible(causal, i, j, off);
+      float p = vis ? exp2f(fmaf(s[r], scale_log2, -lse_r[r])) : 0.0f;
+      s[r] = vis ? p * (dp[r] - d_r[r]) : 0.0f;
+    }
+    unsigned jn = min(32u, kend - k0);
+    for (unsigned jj = 0; jj < jn; ++jj) {
+#pragma unroll
+      for (int r = 0; r < 8; ++r) {
+        float dsj = __shfl_sync(FULL_MASK, s[r], jj);
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          unsigned e = lane + 32 * c;
+          if (e < dh) acc[r][c] = fmaf(dsj, KVs[sw(jj, e)], acc[r][c]);
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int r = 0; r < 8; ++r) {
+    unsigned i = q0 + warp * 8 + r;
+    if (i >= nq) continue;
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      unsigned e = lane + 32 * c;
+      if (e < dh) dq[(size_t)i * dq_sn + (size_t)e * dq_sd] = alpha * acc[r][c];
+    }
+  }
+}
+
+// ---- bf16 tensor-core forward ----
+//
+// attn_fwd_bf16_d64, attn_fwd_bf16_d128: the forward above (same parameters, same f32
+// tensors in and out, same base-2 lse) for Dh = Dv = 64 or 128, with q, k, v rounded to bf16
+// (round to nearest even) as they are staged into shared memory, S = Q K^T and O += P V on
+// mma.sync.m16n8k16 with f32 accumulation, fragments read with ldmatrix. P is rounded to
+// bf16 for the P V product; the row sums use the f32 values. 64 queries per CTA (16 per
+// warp); key tiles of BK = 64 (D = 64) or 32 (D = 128) rows in a double buffer: tile t + 1 is
+// converted and stored while tile t is multiplied (the f32 sources rule out cp.async), with
+// one barrier per tile. Q is staged once into the second buffer, moved into registers as
+// A fragments, and its space then reused. Launch: 128 threads, grid (ceil(Nq / 64), heads,
+// batch). Order: the tensor core's within each 16-wide k-step, steps and key tiles in
+// increasing order; row maxima over the 4 lanes holding a row by a butterfly; each lane's
+// share of a row sum accumulated over tiles, the 4 shares summed (butterfly) at the end.
+
+#include <cuda_bf16.h>
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+  return (unsigned)__cvta_generic_to_shared(p);
+}
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+__device__ __forceinline__ void mma_bf16(float* d, const unsigned* a, const unsigned* b) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// Two f32 as one bf16 pair, `lo` in the low half (the lower k index of a fragment).
+__device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
+  __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<unsigned*>(&p);
+}
+
+// Rows row0 .. row0 + ROWS - 1 of a strided f32 matrix, D features each, rounded to bf16
+// into s[r * (D + 8) + d]; rows at or beyond `rows` become zeros. Each thread converts
+// chunks of 8 features and stores each chunk with one 16-byte store.
+template <int ROWS, int D>
+__device__ __forceinline__ void stage_bf16(__nv_bfloat16* s, const float* __restrict__ g,
+                                           unsigned row0, unsigned rows, unsigned rs,
+                                           unsigned cs) {
+  constexpr int CPR = D / 8;
+#pragma unroll
+  for (int e = threadIdx.x; e < ROWS * CPR; e += NT) {
+    unsigned r = e / CPR, c = (e % CPR) * 8;
+    unsigned gr = row0 + r;
+    float x[8];
+#pragma unroll
+    for (int t = 0; t < 8; ++t) x[t] = gr < rows ? g[(size_t)gr * rs + (size_t)(c + t) * cs] : 0.0f;
+    uint4 w;
+    w.x = pack_bf16(x[0], x[1]);
+    w.y = pack_bf16(x[2], x[3]);
+    w.z = pack_bf16(x[4], x[5]);
+    w.w = pack_bf16(x[6], x[7]);
+    *reinterpret_cast<uint4*>(s + r * (D + 8) + c) = w;
+  }
+}
+
+template <int D, int BK>
+__device__ __forceinline__ void attn_fwd_bf16(
+    float* __restrict__ o, float* __restrict__ lse, const float* __restrict__ q,
+    const float* __restrict__ k, const float* __restrict__ v, unsigned nq, unsigned nk,
+    unsigned q_sb, unsigned q_sh, unsigned q_sn, unsigned q_sd, unsigned k_sb, unsigned k_sh,
+    unsigned k_sn, unsigned k_sd, unsigned v_sb, unsigned v_sh, unsigned v_sn, unsigned v_sd,
+    unsigned o_sb, unsigned o_sh, unsigned o_sn, unsigned o_sd, float scale_log2,
+    unsigned causal) {
+  constexpr int LD = D + 8;
+  constexpr int STAGE = BK * LD;
+  constexpr int DF = D / 8;    // output n-fragments per warp
+  constexpr int KF = BK / 8;   // score n-fragments per warp
+  constexpr int DK = D / 16;   // k-steps of Q K^T
+  static_assert(64 * LD <= 2 * STAGE, "Q must fit in the second buffer");
+  // Buffers: K0, V0, K1, V1; Q staged over K1 and V1 before the loop.
+  __shared__ __align__(16) __nv_bfloat16 smem[4 * STAGE];
+  unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  unsigned group = lane >> 2, tig = lane & 3;
+  unsigned bz = blockIdx.z, hy = blockIdx.y;
+  q += (size_t)bz * q_sb + (size_t)hy * q_sh;
+  k += (size_t)bz * k_sb + (size_t)hy * k_sh;
+  v += (size_t)bz * v_sb + (size_t)hy * v_sh;
+  o += (size_t)bz * o_sb + (size_t)hy * o_sh;
+  lse += ((size_t)bz * gridDim.y + hy) * nq;
+  unsigned q0 = blockIdx.x * 64;
+  unsigned off = causal ? nk - nq : 0;
+  unsigned qend = min(nq, q0 + 64);
+  unsigned kend = causal ? min(nk, qend + off) : nk;
+  unsigned ntiles = (kend + BK - 1) / BK;
+
+  stage_bf16<64, D>(smem + 2 * STAGE, q, q0, nq, q_sn, q_sd);
+  if (ntiles > 0) {
+    stage_bf16<BK, D>(smem, k, 0, nk, k_sn, k_sd);
+    stage_bf16<BK, D>(smem + STAGE, v, 0, nk, v_sn, v_sd);
+  }
+  __syncthreads();
+  unsigned qa[DK][4];
+#pragma unroll
+  for (int ks = 0; ks < DK; ++ks) {
+    unsigned row = warp * 16 + (lane & 15), col = ks * 16 + (lane >> 4) * 8;
+    ldmatrix_x4(qa[ks], smem + 2 * STAGE + row * LD + col);
+  }
+  // Every warp holds its Q fragments before the second buffer is overwritten.
+  __syncthreads();
+
+  float acc[DF][4];
+#pragma unroll
+  for (int f = 0; f < DF; ++f)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[f][e] = 0.0f;
+  // Rows group and group + 8 of the warp's 16.
+  float m[2] = {neg_inf(), neg_inf()}, l[2] = {0.0f, 0.0f};
+  unsigned i_row[2] = {q0 + warp * 16 + group, q0 + warp * 16 + group + 8};
+
+  for (unsigned t = 0; t < ntiles; ++t) {
+    unsigned k0 = t * BK;
+    const __nv_bfloat16* ks_ = smem + (t & 1) * 2 * STAGE;
+    const __nv_bfloat16* vs_ = ks_ + STAGE;
+    if (t + 1 < ntiles) {
+      // The other buffer was last read in iteration t - 1, which ended with a barrier.
+      __nv_bfloat16* nxt = smem + ((t + 1) & 1) * 2 * STAGE;
+      stage_bf16<BK, D>(nxt, k, k0 + BK, nk, k_sn, k_sd);
+      stage_bf16<BK, D>(nxt + STAGE, v, k0 + BK, nk, v_sn, v_sd);
+    }
+    float s[KF][4];
+#pragma unroll
+    for (int f = 0; f < KF; ++f)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[f][e] = 0.0f;
+#pragma unroll
+    for (int ks = 0; ks < DK; ++ks) {
+#pragma unroll
+      for (int p = 0; p < KF / 2; ++p) {
+        unsigned r4[4];
+        unsigned nr = p * 16 + (lane & 7) + (lane >> 4) * 8, kc = ks * 16 + ((lane >> 3) & 1) * 8;
+        ldmatrix_x4(r4, ks_ + nr * LD + kc);
+        mma_bf16(s[2 * p], qa[ks], r4);
+        mma_bf16(s[2 * p + 1], qa[ks], r4 + 2);
+      }
+    }
+    // Scale, mask (only tiles that reach past the keys or the diagonal), online softmax.
+    bool edge = k0 + BK > nk || (causal && k0 + BK > q0 + off + 1);
+    float mt[2] = {neg_inf(), neg_inf()};
+#pragma unroll
+    for (int f = 0; f < KF; ++f)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        unsigned j = k0 + f * 8 + 2 * tig + (e & 1);
+        float x = s[f][e] * scale_log2;
+        if (edge && !(j < nk && visible(causal, i_row[e >> 1], j, off))) x = neg_inf();
+        s[f][e] = x;
+        mt[e >> 1] = fmaxf(mt[e >> 1], x);
+      }
+    float mu[2], corr[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      mt[h] = fmaxf(mt[h], __shfl_xor_sync(FULL_MASK, mt[h], 1));
+      mt[h] = fmaxf(mt[h], __shfl_xor_sync(FULL_MASK, mt[h], 2));
+      float mn = fmaxf(m[h], mt[h]);
+      mu[h] = mn == neg_inf() ? 0.0f : mn;
+      corr[h] = exp2f(m[h] - mu[h]);
+      m[h] = mn;
+      l[h] *= corr[h];
+    }
+#pragma unroll
+    for (int f = 0; f < DF; ++f)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[f][e] *= corr[e >> 1];
+#pragma unroll
+    for (int f = 0; f < KF; ++f)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float p = exp2f(s[f][e] - mu[e >> 1]);
+        l[e >> 1] += p;
+        s[f][e] = p;
+      }
+    // O += P V: P's accumulator fragments are the A fragments of the next product.
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; ++kk) {
+      unsigned pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
+                        pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                        pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                        pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int p = 0; p < DF / 2; ++p) {
+        unsigned r4[4];
+        unsigned qq = lane >> 3, r = lane & 7;
+        unsigned kr = kk * 16 + r + (qq & 1) * 8, nc = p * 16 + (qq >> 1) * 8;
+        ldmatrix_x4_trans(r4, vs_ + kr * LD + nc);
+        mma_bf16(acc[2 * p], pa, r4);
+        mma_bf16(acc[2 * p + 1], pa, r4 + 2);
+      }
+    }
+    // Every warp is done with this buffer before the next iteration refills it.
+    __syncthreads();
+  }
+
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l[h] = __fadd_rn(l[h], __shfl_xor_sync(FULL_MASK, l[h], 1));
+    l[h] = __fadd_rn(l[h], __shfl_xor_sync(FULL_MASK, l[h], 2));
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    unsigned i = i_row[h];
+    if (i >= nq) continue;
+    float inv = l[h] > 0.0f ? __frcp_rn(l[h]) : 0.0f;
+#pragma unroll
+    for (int f = 0; f < DF; ++f)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        unsigned c = f * 8 + 2 * tig + e;
+        o[(size_t)i * o_sn + (size_t)c * o_sd] = acc[f][2 * h + e] * inv;
+      }
+    if (tig == 0) lse[i] = l[h] > 0.0f ? m[h] + __log2f(l[h]) : neg_inf();
+  }
+}
+
+#define ATTN_FWD_BF16_ENTRY(NAME, D, BK)                                                      \
+  extern "C" __global__ void __launch_bounds__(NT) NAME(                                      \
+      float* __restrict__ o, float* __restrict__ lse, const float* __restrict__ q,           \
+      const float* __restrict__ k, const float* __restrict__ v, unsigned nq, unsigned nk,    \
+      unsigned dh, unsigned dv, unsigned q_sb, unsigned q_sh, unsigned q_sn, unsigned q_sd,  \
+      unsigned k_sb, unsigned k_sh, unsigned k_sn, unsigned k_sd, unsigned v_sb,             \
+      unsigned v_sh, unsigned v_sn, unsigned v_sd, unsigned o_sb, unsigned o_sh,             \
+      unsigned o_sn, unsigned o_sd, float scale_log2, unsigned causal) {                     \
+    attn_fwd_bf16<D, BK>(o, lse, q, k, v, nq, nk, q_sb, q_sh, q_sn, q_sd, k_sb, k_sh, k_sn, \
+                         k_sd, v_sb, v_sh, v_sn, v_sd, o_sb, o_sh, o_sn, o_sd, scale_log2,   \
+                         causal);                                                            \
+  }
+
+ATTN_FWD_BF16_ENTRY(attn_fwd_bf16_d64, 64, 64)
+ATTN_FWD_BF16_ENTRY(attn_fwd_bf16_d128, 128, 32)
+
+// ---- decode: one query per (batch, head) over a KV cache ----
+//
+// attn_decode_partial_f32: the keys of each (batch, head) are split into chunks of
+// `chunk` keys, one CTA per chunk (grid (splits, H, B), 128 threads). Warp w takes keys
+// w, w + 4, ... of the chunk in increasing order: a lane-parallel dot product (lanes over
+// features, butterfly sum), an online base-2 softmax and the lane's features of the
+// unnormalised output. The four warps' states are then merged in warp order by warp 0 and
+// written as the chunk's partial `[m, l, o_0 .. o_{dv-1}]` (scratch `[B, H, splits, dv + 2]`).
+// attn_decode_combine_f32: one warp per (batch, head) (grid (1, H, B), 32 threads) merges
+// the partials in split order into the output (any strides) and the base-2 lse. The order of
+// every sum is fixed by L and `chunk`, so results do not depend on timing.
+
+// Merges the online-softmax state (m2, l2, a2) into (m, l, a): a = a exp2(m - M) + a2
+// exp2(m2 - M), with M = max(m, m2) (0 when both are -inf).
+__device__ __forceinline__ void merge_state(float& m, float& l, float* a, float m2, float l2,
+                                            const float* a2) {
+  float mn = fmaxf(m, m2);
+  float mu = mn == neg_inf() ? 0.0f : mn;
+  float c1 = exp2f(m - mu), c2 = exp2f(m2 - mu);
+  l = l * c1 + l2 * c2;
+#pragma unroll
+  for (int c = 0; c < 4; ++c) a[c] = a[c] * c1 + a2[c] * c2;
+  m = mn;
+}
+
+extern "C" __global__ void __launch_bounds__(NT)
+    attn_decode_partial_f32(float* __restrict__ part, const float* __restrict__ q,
+                            const float* __restrict__ k, const float* __restrict__ v,
+                            unsigned nk, unsigned dh, unsigned dv, unsigned chunk,
+                            unsigned q_sb, unsigned q_sh, unsigned q_sd, unsigned k_sb,
+                            unsigned k_sh, unsigned k_sn, unsigned k_sd, unsigned v_sb,
+                            unsigned v_sh, unsigned v_sn, unsigned v_sd, float scale_log2) {
+  __shared__ float st[NWARP][2 + DMAX];
+  unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  unsigned bz = blockIdx.z, hy = blockIdx.y, split = blockIdx.x;
+  q += (size_t)bz * q_sb + (size_t)hy * q_sh;
+  k += (size_t)bz * k_sb + (size_t)hy * k_sh;
+  v += (size_t)bz * v_sb + (size_t)hy * v_sh;
+  float qr[4];
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    unsigned e = lane + 32 * c;
+    qr[c] = e < dh ? q[(size_t)e * q_sd] * scale_log2 : 0.0f;
+  }
+  unsigned j0 = split * chunk, j1 = min(nk, j0 + chunk);
+  float m = neg_inf(), l = 0.0f, a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (unsigned j = j0 + warp; j < j1; j += NWARP) {
+    float s = 0.0f;
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      unsigned e = lane + 32 * c;
+      if (e < dh) s = fmaf(qr[c], k[(size_t)j * k_sn + (size_t)e * k_sd], s);
+    }
+    s = warp_sum(s);
+    float vj[4];
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      unsigned e = lane + 32 * c;
+      vj[c] = e < dv ? v[(size_t)j * v_sn + (size_t)e * v_sd] : 0.0f;
+    }
+    merge_state(m, l, a, s, 1.0f, vj);
+  }
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    unsigned e = lane + 32 * c;
+    if (e < dv) st[warp][2 + e] = a[c];
+  }
+  if (lane == 0) {
+    st[warp][0] = m;
+    st[warp][1] = l;
+  }
+  __syncthreads();
+  if (warp != 0) return;
+  for (int w = 1; w < NWARP; ++w) {
+    float a2[4];
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      unsigned e = lane + 32 * c;
+      a2[c] = e < dv ? st[w][2 + e] : 0.0f;
+    }
+    merge_state(m, l, a, st[w][0], st[w][1], a2);
+  }
+  size_t row = ((size_t)bz * gridDim.y + hy) * gridDim.x + split;
+  float* out = part + row * (dv + 2);
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    unsigned e = lane + 32 * c;
+    if (e < dv) out[2 + e] = a[c];
+  }
+  if (lane == 0) {
+    out[0] = m;
+    out[1] = l;
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(32)
+    attn_decode_combine_f32(float* __restrict__ o, float* __restrict__ lse,
+                            const float* __restrict__ part, unsigned splits, unsigned dv,
+                            unsigned o_sb, unsigned o_sh, unsigned o_sd) {
+  unsigned lane = threadIdx.x & 31;
+  unsigned bz = blockIdx.z, hy = blockIdx.y;
+  size_t bh = (size_t)bz * gridDim.y + hy;
+  const float* p = part + bh * splits * (dv + 2);
+  float m = neg_inf(), l = 0.0f, a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (unsigned s = 0; s < splits; ++s) {
+    const float* ps = p + (size_t)s * (dv + 2);
+    float a2[4];
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      unsigned e = lane + 32 * c;
+      a2[c] = e < dv ? ps[2 + e] : 0.0f;
+    }
+    merge_state(m, l, a, ps[0], ps[1], a2);
+  }
+  o += (size_t)bz * o_sb + (size_t)hy * o_sh;
+  float inv = l > 0.0f ? __frcp_rn(l) : 0.0f;
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    unsigned e = lane + 32 * c;
+    if (e < dv) o[(size_t)e * o_sd] = a[c] * inv;
+  }
+  if (lane == 0) lse[bh] = l > 0.0f ? m + __log2f(l) : neg_inf();
+}

@@ -1,0 +1,457 @@
+//! Launch wrappers for `ptx/attention.cu`: fused (flash-style) attention forward, saving the
+//! base-2 log-sum-exp, and its backward recomputing the probabilities from it.
+
+use super::{count, grid_yz, ATTENTION};
+use crate::error::{Error, Result};
+use crate::gpu::driver::{DevicePtr, Driver, KernelArg, LaunchConfig};
+
+/// Largest head dimension (`Dh` and `Dv`) the attention kernels take: their shared-memory
+/// tiles hold 128 features per row.
+pub const ATTN_MAX_HEAD_DIM: usize = 128;
+
+/// Threads per CTA of every attention kernel.
+const THREADS: u32 = 128;
+/// Queries per CTA of the forward and dQ kernels (and query tile of the dK/dV loop).
+const QUERY_TILE: usize = 32;
+/// Keys per CTA of the dK/dV kernel.
+const KEY_TILE_BWD: usize = 16;
+/// Queries per CTA of the `D` kernel (one warp each).
+const DOT_ROWS: usize = 4;
+
+/// `log2(e)`: the kernels' scores are `alpha * log2(e) * q . k`, in base 2.
+const LOG2_E: f64 = std::f64::consts::LOG2_E;
+
+/// Whether the fused kernels take head dimensions `dh` (queries, keys) and `dv` (values).
+pub fn attn_supported(dh: usize, dv: usize) -> bool {
+    dh <= ATTN_MAX_HEAD_DIM && dv <= ATTN_MAX_HEAD_DIM
+}
+
+/// Arithmetic of the forward's two products (`Q K^T` and `P V`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttnPrecision {
+    /// f32 throughout (`attn_fwd_f32`): any head dims up to [`ATTN_MAX_HEAD_DIM`].
+    #[default]
+    F32,
+    /// q, k, v rounded to bf16 (to nearest even) as they are staged, and `P` rounded to bf16
+    /// for `P V`; both products on tensor cores with f32 accumulation
+    /// (`attn_fwd_bf16_d64`, `attn_fwd_bf16_d128`): `Dh == Dv`, 64 or 128 only. Inputs and
+    /// outputs stay f32.
+    Bf16,
+}
+
+/// Queries per CTA of the bf16 forward.
+const QUERY_TILE_BF16: usize = 64;
+
+/// One operand of the attention kernels: a `[B, H, N, D]` view at `ptr` with element strides
+/// `[batch, head, position, feature]` (any non-negative values, so views of a fused qkv
+/// projection or a heads-merged output are read and written in place).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnView {
+    /// Address of element `[0, 0, 0, 0]`.
+    pub ptr: DevicePtr,
+    /// Element strides of the batch, head, position and feature axes.
+    pub strides: [usize; 4],
+}
+
+/// Sizes of an attention call: q `[b, h, nq, dh]`, k `[b, h, nk, dh]`, v `[b, h, nk, dv]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnDims {
+    /// Batch.
+    pub b: usize,
+    /// Heads.
+    pub h: usize,
+    /// Queries per head.
+    pub nq: usize,
+    /// Keys (and values) per head.
+    pub nk: usize,
+    /// Feature width of queries and keys.
+    pub dh: usize,
+    /// Feature width of values (and of the output).
+    pub dv: usize,
+}
+
+/// How the scores are formed: `S = alpha Q K^T`, with the causal rule `j <= i + (nk - nq)`
+/// when `causal` (which needs `nq <= nk`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnScores {
+    /// `scale / temperature`; finite.
+    pub alpha: f32,
+    /// Hide keys after each query's position.
+    pub causal: bool,
+}
+
+/// The forward: `o = softmax(alpha q k^T) v` per (batch, head), and `lse` (`[b, h, nq]`,
+/// contiguous) the log-sum-exp of each query's visible scores **in base 2**:
+/// `log2(sum_j exp2(alpha log2(e) q . k_j))`, i.e. the natural log-sum-exp times `log2(e)`;
+/// `-inf` for a query that sees no key (its output is 0).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnFwd {
+    /// Sizes.
+    pub dims: AttnDims,
+    /// Score scale and mask rule.
+    pub scores: AttnScores,
+    /// Queries `[b, h, nq, dh]`.
+    pub q: AttnView,
+    /// Keys `[b, h, nk, dh]`.
+    pub k: AttnView,
+    /// Values `[b, h, nk, dv]`.
+    pub v: AttnView,
+    /// Output `[b, h, nq, dv]` (written).
+    pub o: AttnView,
+    /// `[b, h, nq]` base-2 log-sum-exp (written).
+    pub lse: DevicePtr,
+    /// Arithmetic of the products.
+    pub precision: AttnPrecision,
+}
+
+/// The backward (f32 arithmetic) from the forward's operands, output `o`, its gradient `g` and saved `lse`:
+/// writes `dq`, `dk`, `dv` (`=`), using `delta` (`[b, h, nq]` scratch) for
+/// `D_i = sum_d g_id o_id`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnBwd {
+    /// Sizes.
+    pub dims: AttnDims,
+    /// Score scale and mask rule (those of the forward).
+    pub scores: AttnScores,
+    /// Queries.
+    pub q: AttnView,
+    /// Keys.
+    pub k: AttnView,
+    /// Values.
+    pub v: AttnView,
+    /// The forward's output.
+    pub o: AttnView,
+    /// The output's gradient `[b, h, nq, dv]`.
+    pub g: AttnView,
+    /// The forward's base-2 log-sum-exp `[b, h, nq]`.
+    pub lse: DevicePtr,
+    /// Scratch `[b, h, nq]` (written, then read).
+    pub delta: DevicePtr,
+    /// Gradient of the queries (written).
+    pub dq: AttnView,
+    /// Gradient of the keys (written).
+    pub dk: AttnView,
+    /// Gradient of the values (written).
+    pub dv: AttnView,
+}
+
+/// Checks the sizes and the score options; `None` when there is nothing to launch.
+fn check(op: &'static str, d: &AttnDims, s: &AttnScores) -> Result<Option<(u32, u32)>> {
+    if !attn_supported(d.dh, d.dv) {
+        return Err(Error::arg(
+            op,
+            format!(
+                "head dimensions dh = {} and dv = {}: the fused attention kernels take at \
+                 most {ATTN_MAX_HEAD_DIM}",
+                d.dh, d.dv
+            ),
+        ));
+    }
+    if s.causal && d.nq > d.nk {
+        return Err(Error::arg(
+            op,
+            format!(
+                "causal attention needs no more queries than keys, got {} queries and {} keys",
+                d.nq, d.nk
+            ),
+        ));
+    }
+    if !s.alpha.is_finite() {
+        return Err(Error::arg(
+            op,
+            format!("alpha must be finite, got {}", s.alpha),
+        ));
+    }
+    for (what, n) in [
+        (
+            "batch * heads * queries",
+            d.b.saturating_mul(d.h).saturating_mul(d.nq),
+        ),
+        ("keys", d.nk),
+    ] {
+        count(op, what, n)?;
+    }
+    if d.b == 0 || d.h == 0 {
+        return Ok(None);
+    }
+    Ok(Some((
+        grid_yz(op, "heads", d.h)?,
+        grid_yz(op, "batch", d.b)?,
+    )))
+}
+
+/// The view's four strides as `u32` kernel arguments.
+fn strides(op: &'static str, what: &str, v: &AttnView, out: &mut Vec<KernelArg>) -> Result<()> {
+    for (axis, &s) in v.strides.iter().enumerate() {
+        out.push(KernelArg::U32(count(
+            op,
+            &format!("{what} stride of axis {axis}"),
+            s,
+        )?));
+    }
+    Ok(())
+}
+
+/// `alpha * log2(e)`, the kernels' score multiplier.
+fn scale_log2(s: &AttnScores) -> f32 {
+    (s.alpha as f64 * LOG2_E) as f32
+}
+
+fn config(x: usize, (gy, gz): (u32, u32)) -> LaunchConfig {
+    LaunchConfig {
+        grid: (x as u32, gy, gz),
+        block: (THREADS, 1, 1),
+        shared_bytes: 0,
+    }
+}
+
+/// The forward kernel for `precision` and the head dims, with its queries per CTA.
+fn fwd_kernel(p: AttnPrecision, d: &AttnDims) -> Result<(&'static str, usize)> {
+    match (p, d.dh, d.dv) {
+        (AttnPrecision::F32, _, _) => Ok(("attn_fwd_f32", QUERY_TILE)),
+        (AttnPrecision::Bf16, 64, 64) => Ok(("attn_fwd_bf16_d64", QUERY_TILE_BF16)),
+        (AttnPrecision::Bf16, 128, 128) => Ok(("attn_fwd_bf16_d128", QUERY_TILE_BF16)),
+        (AttnPrecision::Bf16, dh, dv) => Err(Error::arg(
+            "attn_fwd_bf16",
+            format!(
+                "head dimensions dh = {dh} and dv = {dv}: the bf16 attention kernels take dh                  = dv = 64 or 128 (use AttnPrecision::F32)"
+            ),
+        )),
+    }
+}
+
+/// Launches the forward kernel `a.precision` selects (`attn_fwd_f32`, `attn_fwd_bf16_d64` or
+/// `attn_fwd_bf16_d128`). Nothing launches when a batch, head or query count is 0.
+pub fn attn_fwd(driver: &dyn Driver, a: &AttnFwd) -> Result<()> {
+    let d = &a.dims;
+    let (name, tile) = fwd_kernel(a.precision, d)?;
+    let Some(yz) = check(name, d, &a.scores)? else {
+        return Ok(());
+    };
+    if d.nq == 0 {
+        return Ok(());
+    }
+    let mut args = vec![
+        KernelArg::Ptr(a.o.ptr),
+        KernelArg::Ptr(a.lse),
+        KernelArg::Ptr(a.q.ptr),
+        KernelArg::Ptr(a.k.ptr),
+        KernelArg::Ptr(a.v.ptr),
+        KernelArg::U32(d.nq as u32),
+        KernelArg::U32(d.nk as u32),
+        KernelArg::U32(d.dh as u32),
+        KernelArg::U32(d.dv as u32),
+    ];
+    for (what, v) in [("q", &a.q), ("k", &a.k), ("v", &a.v), ("o", &a.o)] {
+        strides(name, what, v, &mut args)?;
+    }
+    args.push(KernelArg::F32(scale_log2(&a.scores)));
+    args.push(KernelArg::U32(a.scores.causal as u32));
+    driver.launch(&ATTENTION, name, config(d.nq.div_ceil(tile), yz), &args)
+}
+
+/// Launches the backward for `a`: `attn_bwd_dot_f32` (`D`), then `attn_bwd_dkdv_f32` and
+/// `attn_bwd_dq_f32`. Every gradient element is written, zeros where no score reaches it.
+pub fn attn_bwd(driver: &dyn Driver, a: &AttnBwd) -> Result<()> {
+    const OP: &str = "attn_bwd";
+    let d = &a.dims;
+    let Some(yz) = check(OP, d, &a.scores)? else {
+        return Ok(());
+    };
+    let sizes = || {
+        [d.nq, d.nk, d.dh, d.dv]
+            .into_iter()
+            .map(|n| KernelArg::U32(n as u32))
+    };
+    let tail = |args: &mut Vec<KernelArg>| {
+        args.push(KernelArg::F32(scale_log2(&a.scores)));
+        args.push(KernelArg::F32(a.scores.alpha));
+        args.push(KernelArg::U32(a.scores.causal as u32));
+    };
+    if d.nq > 0 {
+        let mut args = vec![
+            KernelArg::Ptr(a.delta),
+            KernelArg::Ptr(a.o.ptr),
+            KernelArg::Ptr(a.g.ptr),
+            KernelArg::U32(d.nq as u32),
+            KernelArg::U32(d.dv as u32),
+        ];
+        strides(OP, "o", &a.o, &mut args)?;
+        strides(OP, "g", &a.g, &mut args)?;
+        driver.launch(
+            &ATTENTION,
+            "attn_bwd_dot_f32",
+            config(d.nq.div_ceil(DOT_ROWS), yz),
+            &args,
+        )?;
+    }
+    if d.nk > 0 {
+        let mut args = vec![
+            KernelArg::Ptr(a.dk.ptr),
+            KernelArg::Ptr(a.dv.ptr),
+            KernelArg::Ptr(a.q.ptr),
+            KernelArg::Ptr(a.k.ptr),
+            KernelArg::Ptr(a.v.ptr),
+            KernelArg::Ptr(a.g.ptr),
+            KernelArg::Ptr(a.lse),
+            KernelArg::Ptr(a.delta),
+        ];
+        args.extend(sizes());
+        for (what, v) in [
+            ("q", &a.q),
+            ("k", &a.k),
+            ("v", &a.v),
+            ("g", &a.g),
+            ("dk", &a.dk),
+            ("dv", &a.dv),
+        ] {
+            strides(OP, what, v, &mut args)?;
+        }
+        tail(&mut args);
+        driver.launch(
+            &ATTENTION,
+            "attn_bwd_dkdv_f32",
+            config(d.nk.div_ceil(KEY_TILE_BWD), yz),
+            &args,
+        )?;
+    }
+    if d.nq > 0 {
+        let mut args = vec![
+            KernelArg::Ptr(a.dq.ptr),
+            KernelArg::Ptr(a.q.ptr),
+            KernelArg::Ptr(a.k.ptr),
+            KernelArg::Ptr(a.v.ptr),
+            KernelArg::Ptr(a.g.ptr),
+            KernelArg::Ptr(a.lse),
+            KernelArg::Ptr(a.delta),
+        ];
+        args.extend(sizes());
+        for (what, v) in [
+            ("q", &a.q),
+            ("k", &a.k),
+            ("v", &a.v),
+            ("g", &a.g),
+            ("dq", &a.dq),
+        ] {
+            strides(OP, what, v, &mut args)?;
+        }
+        tail(&mut args);
+        driver.launch(
+            &ATTENTION,
+            "attn_bwd_dq_f32",
+            config(d.nq.div_ceil(QUERY_TILE), yz),
+            &args,
+        )?;
+    }
+    Ok(())
+}
+
+/// Keys per CTA of the decode kernel: fixed, so the order of its sums depends on the cache
+/// length alone.
+pub const DECODE_CHUNK: usize = 256;
+
+/// Chunks of [`DECODE_CHUNK`] keys the decode kernel splits a cache of `nk` keys into (at
+/// least one, so an empty cache still writes its zero output).
+fn decode_splits(nk: usize) -> usize {
+    nk.div_ceil(DECODE_CHUNK).max(1)
+}
+
+/// f32 elements of the scratch [`attn_decode`] needs: `[b, h, splits, dv + 2]`.
+pub fn decode_scratch_len(b: usize, h: usize, nk: usize, dv: usize) -> usize {
+    b * h * decode_splits(nk) * (dv + 2)
+}
+
+/// One new query per (batch, head) over a KV cache of `dims.nk` keys (`dims.nq` must be 1;
+/// no causal rule: the query sees the whole cache): `o` (`[b, h, 1, dv]`, any strides) and
+/// the base-2 `lse` (`[b, h]`), through `scratch` (at least [`decode_scratch_len`] f32).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnDecode {
+    /// Sizes (`nq == 1`).
+    pub dims: AttnDims,
+    /// `scale / temperature`; finite.
+    pub alpha: f32,
+    /// The queries `[b, h, 1, dh]`.
+    pub q: AttnView,
+    /// Cached keys `[b, h, nk, dh]`.
+    pub k: AttnView,
+    /// Cached values `[b, h, nk, dv]`.
+    pub v: AttnView,
+    /// Output `[b, h, 1, dv]` (written).
+    pub o: AttnView,
+    /// `[b, h]` base-2 log-sum-exp (written).
+    pub lse: DevicePtr,
+    /// Partial results of the key chunks (written, then read).
+    pub scratch: DevicePtr,
+}
+
+/// Launches `attn_decode_partial_f32` over chunks of [`DECODE_CHUNK`] keys, then
+/// `attn_decode_combine_f32`, which merges the chunks in order.
+pub fn attn_decode(driver: &dyn Driver, a: &AttnDecode) -> Result<()> {
+    const OP: &str = "attn_decode";
+    let d = &a.dims;
+    if d.nq != 1 {
+        return Err(Error::arg(
+            OP,
+            format!("decoding takes one query per head, got {}", d.nq),
+        ));
+    }
+    let scores = AttnScores {
+        alpha: a.alpha,
+        causal: false,
+    };
+    let Some(yz) = check(OP, d, &scores)? else {
+        return Ok(());
+    };
+    let splits = decode_splits(d.nk);
+    count(OP, "scratch", decode_scratch_len(d.b, d.h, d.nk, d.dv))?;
+    let mut args = vec![
+        KernelArg::Ptr(a.scratch),
+        KernelArg::Ptr(a.q.ptr),
+        KernelArg::Ptr(a.k.ptr),
+        KernelArg::Ptr(a.v.ptr),
+        KernelArg::U32(d.nk as u32),
+        KernelArg::U32(d.dh as u32),
+        KernelArg::U32(d.dv as u32),
+        KernelArg::U32(DECODE_CHUNK as u32),
+    ];
+    let q3 = AttnView {
+        strides: [a.q.strides[0], a.q.strides[1], a.q.strides[3], 0],
+        ..a.q
+    };
+    for (i, (what, v)) in [("q", &q3), ("k", &a.k), ("v", &a.v)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut s = Vec::new();
+        strides(OP, what, v, &mut s)?;
+        // The query has no position axis: batch, head and feature strides only.
+        args.extend(if i == 0 { &s[..3] } else { &s[..] }.iter().copied());
+    }
+    args.push(KernelArg::F32(scale_log2(&scores)));
+    driver.launch(
+        &ATTENTION,
+        "attn_decode_partial_f32",
+        config(splits, yz),
+        &args,
+    )?;
+    let mut args = vec![
+        KernelArg::Ptr(a.o.ptr),
+        KernelArg::Ptr(a.lse),
+        KernelArg::Ptr(a.scratch),
+        KernelArg::U32(splits as u32),
+        KernelArg::U32(d.dv as u32),
+    ];
+    let o3 = AttnView {
+        strides: [a.o.strides[0], a.o.strides[1], a.o.strides[3], 0],
+        ..a.o
+    };
+    let mut s = Vec::new();
+    strides(OP, "o", &o3, &mut s)?;
+    args.extend(s[..3].iter().copied());
+    let combine = LaunchConfig {
+        grid: (1, yz.0, yz.1),
+        block: (32, 1, 1),
+        shared_bytes: 0,
+    };
+    driver.launch(&ATTENTION, "attn_decode_combine_f32", combine, &args)
+}

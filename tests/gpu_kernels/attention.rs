@@ -1,0 +1,581 @@
+//! `ptx/attention.cu`: the fused attention forward (output and base-2 log-sum-exp) and
+//! backward (dQ, dK, dV), against an f64 reference computed here from the same inputs, on
+//! shapes with at least three query and three key tiles and ragged last tiles: causal and
+//! not, fewer queries than keys (the causal offset), a temperature, q / k / v read in place
+//! from a fused `[B, N, 3C]` projection with a heads-merged output and one fused gradient,
+//! and head dimensions 16, 64, 128 and unequal ones.
+
+use half::bf16;
+use tarflow::gpu::kernels::{
+    attn_bwd, attn_decode, attn_fwd, decode_scratch_len, AttnBwd, AttnDecode, AttnDims, AttnFwd,
+    AttnPrecision, AttnScores, AttnView, ATTN_MAX_HEAD_DIM,
+};
+use tarflow::gpu::{DevicePtr, Driver};
+use tarflow::Rng;
+
+use crate::harness::*;
+
+/// Where a `[B, H, N, D]` operand sits in its buffer: element offset and strides.
+#[derive(Clone, Copy, Debug)]
+struct Lay {
+    off: usize,
+    st: [usize; 4],
+}
+
+impl Lay {
+    /// `[B, H, n, d]` contiguous.
+    fn heads(h: usize, n: usize, d: usize) -> Lay {
+        Lay {
+            off: 0,
+            st: [h * n * d, n * d, d, 1],
+        }
+    }
+
+    fn at(&self, b: usize, h: usize, n: usize, d: usize) -> usize {
+        self.off + b * self.st[0] + h * self.st[1] + n * self.st[2] + d * self.st[3]
+    }
+
+    fn view(&self, base: DevicePtr) -> AttnView {
+        AttnView {
+            ptr: base.offset((self.off * 4) as u64),
+            strides: self.st,
+        }
+    }
+}
+
+/// The logical `[B, H, n, d]` tensor seen through `lay` in `buf`, as f64, contiguous.
+fn gather(buf: &[f32], lay: Lay, (b, h, n, d): (usize, usize, usize, usize)) -> Vec<f64> {
+    let mut out = Vec::with_capacity(b * h * n * d);
+    for bi in 0..b {
+        for hi in 0..h {
+            for ni in 0..n {
+                for di in 0..d {
+                    out.push(buf[lay.at(bi, hi, ni, di)] as f64);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The f64 reference of one call: output, base-2 log-sum-exp and the three gradients for
+/// the output gradient `g`, every tensor logical and contiguous.
+struct Reference {
+    o: Vec<f64>,
+    /// `sum_j p_ij |v_jc|` per output element: the scale of its rounding error.
+    o_mag: Vec<f64>,
+    lse2: Vec<f64>,
+    dq: Vec<f64>,
+    dk: Vec<f64>,
+    dv: Vec<f64>,
+}
+
+fn reference(
+    dims: &AttnDims,
+    scores: &AttnScores,
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    g: &[f64],
+) -> Reference {
+    let AttnDims {
+        b,
+        h,
+        nq,
+        nk,
+        dh,
+        dv,
+    } = *dims;
+    let alpha = scores.alpha as f64;
+    let off = nk - nq.min(nk);
+    let mut r = Reference {
+        o: vec![0.0; b * h * nq * dv],
+        o_mag: vec![0.0; b * h * nq * dv],
+        lse2: vec![f64::NEG_INFINITY; b * h * nq],
+        dq: vec![0.0; b * h * nq * dh],
+        dk: vec![0.0; b * h * nk * dh],
+        dv: vec![0.0; b * h * nk * dv],
+    };
+    let dot = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(a, b)| a * b).sum::<f64>();
+    for bh in 0..b * h {
+        let (qh, kh, vh) = (&q[bh * nq * dh..], &k[bh * nk * dh..], &v[bh * nk * dv..]);
+        let gh = &g[bh * nq * dv..];
+        for i in 0..nq {
+            let seen = if scores.causal {
+                (i + off + 1).min(nk)
+            } else {
+                nk
+            };
+            if seen == 0 {
+                continue;
+            }
+            let qi = &qh[i * dh..(i + 1) * dh];
+            let s: Vec<f64> = (0..seen)
+                .map(|j| alpha * dot(qi, &kh[j * dh..(j + 1) * dh]))
+                .collect();
+            let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let l: f64 = s.iter().map(|x| (x - m).exp()).sum();
+            let p: Vec<f64> = s.iter().map(|x| (x - m).exp() / l).collect();
+            r.lse2[bh * nq + i] = (m + l.ln()) * std::f64::consts::LOG2_E;
+            let oi = &mut r.o[(bh * nq + i) * dv..(bh * nq + i + 1) * dv];
+            for (j, &pj) in p.iter().enumerate() {
+                for (e, o) in oi.iter_mut().enumerate() {
+                    *o += pj * vh[j * dv + e];
+                }
+            }
+            let mag = &mut r.o_mag[(bh * nq + i) * dv..(bh * nq + i + 1) * dv];
+            for (j, &pj) in p.iter().enumerate() {
+                for (e, o) in mag.iter_mut().enumerate() {
+                    *o += pj * vh[j * dv + e].abs();
+                }
+            }
+            let gi = &gh[i * dv..(i + 1) * dv];
+            let big_d = dot(gi, &r.o[(bh * nq + i) * dv..(bh * nq + i + 1) * dv]);
+            for (j, &pj) in p.iter().enumerate() {
+                let dp = dot(gi, &vh[j * dv..(j + 1) * dv]);
+                let ds = pj * (dp - big_d);
+                for e in 0..dh {
+                    r.dq[(bh * nq + i) * dh + e] += alpha * ds * kh[j * dh + e];
+                    r.dk[(bh * nk + j) * dh + e] += alpha * ds * qi[e];
+                }
+                let dvj = &mut r.dv[(bh * nk + j) * dv..(bh * nk + j + 1) * dv];
+                for (x, &ge) in dvj.iter_mut().zip(gi) {
+                    *x += pj * ge;
+                }
+            }
+        }
+    }
+    r
+}
+
+/// Compares within `1e-4` relative plus `1e-4` of the largest magnitude in `want` (so a
+/// gradient of near-cancelling terms is judged on the tensor's scale).
+fn close(what: &str, got: &[f32], want: &[f64]) {
+    let scale = want
+        .iter()
+        .filter(|x| x.is_finite())
+        .fold(0.0f64, |a, x| a.max(x.abs()));
+    assert_close(what, got, want, 1e-4, 1e-4 * scale.max(1e-3));
+}
+
+/// How the operands are laid out.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Layout {
+    /// Separate contiguous `[B, H, N, D]` buffers for q, k, v, o and every gradient.
+    Heads,
+    /// q, k, v cut from one `[B, N, 3 H Dh]` buffer, the output `[B, N, H Dv]`, the
+    /// gradients into one `[B, N, 3 H Dh]` buffer (self-attention: `nq == nk`, `dh == dv`).
+    Qkv,
+}
+
+/// One forward and backward on `d` against the f64 reference.
+fn run(d: &dyn Driver, dims: AttnDims, scores: AttnScores, layout: Layout, seed: u64) {
+    run_with(d, dims, scores, layout, seed, AttnPrecision::F32);
+}
+
+/// `x` rounded to bf16 (to nearest even), as the bf16 kernels stage it.
+fn round_bf16(x: &[f64]) -> Vec<f64> {
+    x.iter()
+        .map(|&v| bf16::from_f32(v as f32).to_f32() as f64)
+        .collect()
+}
+
+/// One forward (and, in f32, the backward) on `d` against the f64 reference; in bf16 the
+/// reference takes q, k, v rounded to bf16 and the output may differ by the rounding of
+/// `P` to bf16 for `P V` (relative `2^-9` per term) plus the accumulation.
+fn run_with(
+    d: &dyn Driver,
+    dims: AttnDims,
+    scores: AttnScores,
+    layout: Layout,
+    seed: u64,
+    precision: AttnPrecision,
+) {
+    let AttnDims {
+        b,
+        h,
+        nq,
+        nk,
+        dh,
+        dv,
+    } = dims;
+    let mut rng = Rng::new(seed);
+    let tag = format!(
+        "{dims:?} {scores:?} {layout:?} {precision:?} on {}",
+        d.name()
+    );
+    // Input buffers, layouts, and where each output and gradient goes.
+    let (bufs, lq, lk, lv, lo, lg, lgrad) = match layout {
+        Layout::Heads => {
+            let bufs = vec![
+                normal(&mut rng, b * h * nq * dh),
+                normal(&mut rng, b * h * nk * dh),
+                normal(&mut rng, b * h * nk * dv),
+            ];
+            let lo = Lay::heads(h, nq, dv);
+            (
+                bufs,
+                Lay::heads(h, nq, dh),
+                Lay::heads(h, nk, dh),
+                Lay::heads(h, nk, dv),
+                lo,
+                lo,
+                [
+                    Lay::heads(h, nq, dh),
+                    Lay::heads(h, nk, dh),
+                    Lay::heads(h, nk, dv),
+                ],
+            )
+        }
+        Layout::Qkv => {
+            assert!(nq == nk && dh == dv);
+            let (n, c) = (nq, h * dh);
+            let part = |i: usize| Lay {
+                off: i * c,
+                st: [n * 3 * c, dh, 3 * c, 1],
+            };
+            let lo = Lay {
+                off: 0,
+                st: [n * c, dh, c, 1],
+            };
+            let qkv = normal(&mut rng, b * n * 3 * c);
+            (
+                vec![qkv],
+                part(0),
+                part(1),
+                part(2),
+                lo,
+                lo,
+                [part(0), part(1), part(2)],
+            )
+        }
+    };
+    let src = |i: usize| &bufs[i.min(bufs.len() - 1)];
+    let ptrs: Vec<DevicePtr> = bufs.iter().map(|x| upload::<f32>(d, x)).collect();
+    let pq = ptrs[0];
+    let (pk, pv) = if layout == Layout::Heads {
+        (ptrs[1], ptrs[2])
+    } else {
+        (ptrs[0], ptrs[0])
+    };
+    let q = gather(src(0), lq, (b, h, nq, dh));
+    let k = gather(src(1), lk, (b, h, nk, dh));
+    let v = gather(src(2), lv, (b, h, nk, dv));
+    let o_len = b * h * nq * dv;
+    let gs = normal(&mut rng, o_len);
+    let g = gather(&gs, lg, (b, h, nq, dv));
+    let want = if precision == AttnPrecision::Bf16 {
+        let (qr, kr, vr) = (round_bf16(&q), round_bf16(&k), round_bf16(&v));
+        reference(&dims, &scores, &qr, &kr, &vr, &g)
+    } else {
+        reference(&dims, &scores, &q, &k, &v, &g)
+    };
+
+    let o = poisoned_f32(d, o_len);
+    let lse = poisoned_f32(d, b * h * nq);
+    let fwd = AttnFwd {
+        dims,
+        scores,
+        q: lq.view(pq),
+        k: lk.view(pk),
+        v: lv.view(pv),
+        o: lo.view(o),
+        lse,
+        precision,
+    };
+    attn_fwd(d, &fwd).unwrap();
+    let o_got = download::<f32>(d, o, o_len);
+    let o_got = wide_f32(&gather(&o_got, lo, (b, h, nq, dv)));
+    let lse_got = download::<f32>(d, lse, b * h * nq);
+    if precision == AttnPrecision::Bf16 {
+        let bound: Vec<f64> = want.o_mag.iter().map(|m| 5e-3 * m + 1e-6).collect();
+        assert_within(&format!("output, {tag}"), &o_got, &want.o, &bound);
+        assert_close(&format!("lse, {tag}"), &lse_got, &want.lse2, 1e-4, 1e-4);
+        return;
+    }
+    close(&format!("output, {tag}"), &o_got, &want.o);
+    assert_close(&format!("lse, {tag}"), &lse_got, &want.lse2, 1e-5, 1e-5);
+
+    let gp = upload::<f32>(d, &gs);
+    let delta = poisoned_f32(d, b * h * nq);
+    let (grads, glen): (Vec<DevicePtr>, Vec<usize>) = match layout {
+        Layout::Heads => {
+            let lens = vec![b * h * nq * dh, b * h * nk * dh, b * h * nk * dv];
+            (lens.iter().map(|&n| poisoned_f32(d, n)).collect(), lens)
+        }
+        Layout::Qkv => {
+            let len = b * nq * 3 * h * dh;
+            (vec![poisoned_f32(d, len)], vec![len])
+        }
+    };
+    let gptr = |i: usize| grads[i.min(grads.len() - 1)];
+    let bwd = AttnBwd {
+        dims,
+        scores,
+        q: fwd.q,
+        k: fwd.k,
+        v: fwd.v,
+        o: fwd.o,
+        g: lg.view(gp),
+        lse,
+        delta,
+        dq: lgrad[0].view(gptr(0)),
+        dk: lgrad[1].view(gptr(1)),
+        dv: lgrad[2].view(gptr(2)),
+    };
+    attn_bwd(d, &bwd).unwrap();
+    let got: Vec<Vec<f32>> = grads
+        .iter()
+        .zip(&glen)
+        .map(|(&p, &n)| download::<f32>(d, p, n))
+        .collect();
+    let gbuf = |i: usize| &got[i.min(got.len() - 1)];
+    let sizes = [(nq, dh), (nk, dh), (nk, dv)];
+    let wants = [&want.dq, &want.dk, &want.dv];
+    for (i, name) in ["dq", "dk", "dv"].into_iter().enumerate() {
+        let (n, w) = sizes[i];
+        close(
+            &format!("{name}, {tag}"),
+            &wide_f32(&gather(gbuf(i), lgrad[i], (b, h, n, w))),
+            wants[i],
+        );
+    }
+    // Every element of every gradient buffer was written (the fused one has no gaps).
+    for (i, buf) in got.iter().enumerate() {
+        assert!(
+            buf.iter().all(|x| !x.is_nan()),
+            "gradient buffer {i} keeps poison, {tag}"
+        );
+    }
+}
+
+/// `gather` gives f64; the comparisons take the kernel's f32 values.
+fn wide_f32(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}
+
+fn dims(b: usize, h: usize, nq: usize, nk: usize, dh: usize, dv: usize) -> AttnDims {
+    AttnDims {
+        b,
+        h,
+        nq,
+        nk,
+        dh,
+        dv,
+    }
+}
+
+/// `scale / temperature` with the usual `1 / sqrt(dh)` and a temperature of 0.7.
+fn scores(dh: usize, causal: bool) -> AttnScores {
+    AttnScores {
+        alpha: (1.0 / (dh as f64).sqrt() / 0.7) as f32,
+        causal,
+    }
+}
+
+#[test]
+fn attention_causal_dh16_matches_f64_reference() {
+    // 101 = 3 * 32 + 5: three full query and key tiles and a ragged one.
+    on_each_device(|d| {
+        run(
+            d,
+            dims(1, 2, 101, 101, 16, 16),
+            scores(16, true),
+            Layout::Heads,
+            1,
+        )
+    });
+}
+
+#[test]
+fn attention_non_causal_dh16_matches_f64_reference() {
+    on_each_device(|d| {
+        run(
+            d,
+            dims(2, 1, 101, 101, 16, 16),
+            scores(16, false),
+            Layout::Heads,
+            2,
+        )
+    });
+}
+
+#[test]
+fn attention_fewer_queries_than_keys_dh64_matches_f64_reference() {
+    // Causal offset nk - nq = 40: the queries are the last 101 of 141 positions.
+    on_each_device(|d| {
+        run(
+            d,
+            dims(1, 1, 101, 141, 64, 64),
+            scores(64, true),
+            Layout::Heads,
+            3,
+        )
+    });
+}
+
+#[test]
+fn attention_from_fused_qkv_matches_f64_reference() {
+    on_each_device(|d| {
+        run(
+            d,
+            dims(2, 2, 101, 101, 16, 16),
+            scores(16, true),
+            Layout::Qkv,
+            4,
+        );
+        run(
+            d,
+            dims(1, 1, 70, 70, 64, 64),
+            scores(64, false),
+            Layout::Qkv,
+            5,
+        );
+    });
+}
+
+#[test]
+fn attention_head_dim_128_and_unequal_dims_match_f64_reference() {
+    on_each_device(|d| {
+        run(
+            d,
+            dims(1, 1, 37, 37, 128, 128),
+            scores(128, true),
+            Layout::Heads,
+            6,
+        );
+        run(
+            d,
+            dims(1, 1, 45, 77, 24, 40),
+            scores(24, false),
+            Layout::Heads,
+            7,
+        );
+    });
+}
+
+#[test]
+fn attention_unsupported_sizes_are_errors() {
+    on_each_device(|d| {
+        let p = poisoned_f32(d, 1);
+        let view = AttnView {
+            ptr: p,
+            strides: [0; 4],
+        };
+        let fwd = |dims: AttnDims, causal: bool| AttnFwd {
+            dims,
+            scores: scores(16, causal),
+            q: view,
+            k: view,
+            v: view,
+            o: view,
+            lse: p,
+            precision: AttnPrecision::F32,
+        };
+        let wide = dims(1, 1, 4, 4, ATTN_MAX_HEAD_DIM + 1, 16);
+        let e = attn_fwd(d, &fwd(wide, false)).unwrap_err().to_string();
+        assert!(e.contains("attn_fwd_f32") && e.contains("129"), "{e}");
+        let e = attn_fwd(d, &fwd(dims(1, 1, 5, 4, 16, 16), true))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("5 queries and 4 keys"), "{e}");
+        let bf = AttnFwd {
+            precision: AttnPrecision::Bf16,
+            ..fwd(dims(1, 1, 4, 4, 64, 32), false)
+        };
+        let e = attn_fwd(d, &bf).unwrap_err().to_string();
+        assert!(e.contains("dh = 64 and dv = 32"), "{e}");
+    });
+}
+
+#[test]
+fn attention_bf16_head_dim_64_matches_bf16_rounded_reference() {
+    // 197 = 3 * 64 + 5: four query tiles, four key tiles of 64 (three full), ragged.
+    on_each_device(|d| {
+        let causal = scores(64, true);
+        run_with(
+            d,
+            dims(1, 2, 197, 197, 64, 64),
+            causal,
+            Layout::Qkv,
+            8,
+            AttnPrecision::Bf16,
+        );
+        let plain = scores(64, false);
+        let shape = dims(1, 1, 150, 197, 64, 64);
+        run_with(d, shape, plain, Layout::Heads, 9, AttnPrecision::Bf16);
+    });
+}
+
+#[test]
+fn attention_bf16_head_dim_128_matches_bf16_rounded_reference() {
+    // Key tiles of 32 at dh = 128: seven full and a ragged one; causal offset 33.
+    on_each_device(|d| {
+        let shape = dims(1, 1, 197, 230, 128, 128);
+        run_with(
+            d,
+            shape,
+            scores(128, true),
+            Layout::Heads,
+            10,
+            AttnPrecision::Bf16,
+        );
+    });
+}
+
+/// One decode step on `d`: `b x h` queries over a cache of `nk` keys stored `[nk, b, h, d]`
+/// (the sampler's cache layout, read through strides), against the f64 reference.
+fn decode(d: &dyn Driver, (b, h, nk, dh, dv): (usize, usize, usize, usize, usize), seed: u64) {
+    let mut rng = Rng::new(seed);
+    let dims = dims(b, h, 1, nk, dh, dv);
+    let sc = scores(dh, false);
+    let tag = format!("decode {dims:?} on {}", d.name());
+    let (qs, ks, vs) = (
+        normal(&mut rng, b * h * dh),
+        normal(&mut rng, nk * b * h * dh),
+        normal(&mut rng, nk * b * h * dv),
+    );
+    let cache = |w: usize| Lay {
+        off: 0,
+        st: [h * w, w, b * h * w, 1],
+    };
+    let (lq, lk, lv, lo) = (
+        Lay::heads(h, 1, dh),
+        cache(dh),
+        cache(dv),
+        Lay::heads(h, 1, dv),
+    );
+    let q = gather(&qs, lq, (b, h, 1, dh));
+    let k = gather(&ks, lk, (b, h, nk, dh));
+    let v = gather(&vs, lv, (b, h, nk, dv));
+    let want = reference(&dims, &sc, &q, &k, &v, &vec![0.0; b * h * dv]);
+    let (o, lse) = (poisoned_f32(d, b * h * dv), poisoned_f32(d, b * h));
+    let a = AttnDecode {
+        dims,
+        alpha: sc.alpha,
+        q: lq.view(upload::<f32>(d, &qs)),
+        k: lk.view(upload::<f32>(d, &ks)),
+        v: lv.view(upload::<f32>(d, &vs)),
+        o: lo.view(o),
+        lse,
+        scratch: poisoned_f32(d, decode_scratch_len(b, h, nk, dv)),
+    };
+    attn_decode(d, &a).unwrap();
+    close(
+        &format!("output, {tag}"),
+        &download::<f32>(d, o, b * h * dv),
+        &want.o,
+    );
+    let lse_got = download::<f32>(d, lse, b * h);
+    assert_close(&format!("lse, {tag}"), &lse_got, &want.lse2, 1e-5, 1e-5);
+}
+
+#[test]
+fn attention_decode_over_a_kv_cache_matches_f64_reference() {
+    on_each_device(|d| {
+        // 785 = 3 * 256 + 17: four key chunks, the last ragged.
+        decode(d, (2, 3, 785, 64, 64), 11);
+        decode(d, (1, 2, 1, 24, 40), 12);
+        decode(d, (1, 1, 0, 16, 16), 13);
+    });
+}

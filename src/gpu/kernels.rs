@@ -17,6 +17,7 @@
 //!   the CPU (the gradient sum of squares accumulates in f64 on the device, as on the CPU).
 
 mod copy;
+mod coupling;
 mod elementwise;
 mod gemm;
 mod index;
@@ -28,8 +29,13 @@ mod tests;
 
 pub use crate::backend::{BinaryOp, UnaryOp};
 pub use copy::{fill_f32, strided_copy_bf16_f32, strided_copy_f32, strided_copy_f32_bf16};
+pub use coupling::{
+    coupling_bwd_f32, coupling_fwd_f32, coupling_inverse_f32, CouplingGrads, CouplingShape, Tokens,
+};
 pub use elementwise::{binary_f32, unary_f32};
-pub use gemm::{gemm_bf16, gemm_f32, Bf16Layout, GemmBf16, GemmF32};
+pub use gemm::{
+    gemm_bf16, gemm_f32, gemm_f32_epilogue, Bf16Layout, GemmBf16, GemmEpilogue, GemmF32,
+};
 pub use index::{index_add_f32, index_select_f32, scatter_plan, u32_indices, ScatterPlan};
 pub use norm::{
     layer_norm_bwd_dx_f32, layer_norm_bwd_params_f32, layer_norm_fwd_f32, softmax_bwd_rows_f32,
@@ -87,8 +93,23 @@ pub static OPTIM: PtxModule = PtxModule {
     ptx: include_str!("../../ptx/optim.ptx"),
 };
 
+/// `ptx/coupling.ptx`: the affine coupling (forward with log-det, backward, inverse).
+pub static COUPLING: PtxModule = PtxModule {
+    name: "coupling",
+    ptx: include_str!("../../ptx/coupling.ptx"),
+};
+
 /// Every embedded module, for drivers that load them all up front.
-pub static MODULES: [&PtxModule; 7] = [&COPY, &ELEMENTWISE, &REDUCE, &NORM, &GEMM, &INDEX, &OPTIM];
+pub static MODULES: [&PtxModule; 8] = [
+    &COPY,
+    &ELEMENTWISE,
+    &REDUCE,
+    &NORM,
+    &GEMM,
+    &INDEX,
+    &OPTIM,
+    &COUPLING,
+];
 
 /// Threads per CTA of the one-dimensional kernels (elementwise, copies, optimiser updates).
 pub const BLOCK: u32 = 256;

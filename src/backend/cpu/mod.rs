@@ -1,6 +1,7 @@
 //! The CPU backend: the crate's GEMM, the runtime-dispatched SIMD loops, the strided
 //! elementwise loops and the scalar formulas they evaluate.
 
+pub(crate) mod coupling;
 pub(crate) mod elementwise;
 pub mod gemm;
 pub(crate) mod layer_norm;

@@ -28,6 +28,15 @@
 //
 // Epilogue (both): v = alpha * acc; if beta != 0, v += beta * C; with GEMM_HAS_BIAS, v +=
 // bias[j] (f32, one per output column).
+//
+// gemm_f32_gelu, gemm_f32_residual: gemm_f32 with a second epilogue stage on v over an
+// auxiliary [m, n] matrix (aux[i * aux_rs + j], batch stride c_bs):
+//   gemm_f32_gelu:     aux = v (the pre-activation, written `=`, kept for the backward),
+//                      C = gelu(v), the exact erf GELU of src/backend/cpu/scalar.rs with the
+//                      crate's f32 erf (as elementwise.cu's UNARY_GELU);
+//   gemm_f32_residual: C = aux + v (aux read: the residual stream; r + (x W^T + b) in the
+//                      CPU's operand order).
+// Launch as gemm_f32.
 
 #ifndef TARFLOW_HOST_EMULATION
 #include <cuda_bf16.h>
@@ -46,16 +55,79 @@ __device__ __forceinline__ float epilogue(float acc, float alpha, float beta, co
   return v;
 }
 
+enum GemmEpilogue {
+  GEMM_EPI_NONE = 0,
+  GEMM_EPI_GELU = 1,
+  GEMM_EPI_RESIDUAL = 2,
+};
+
+// e^y for y in [-87, 0] (the caller guarantees it): the CPU's `exp_neg_f32_with`, as in
+// elementwise.cu (each .cu is self-contained).
+__device__ __forceinline__ float exp_neg(float y) {
+  const float ROUND = 12582912.0f;
+  const float LN2_HI = 0.693115234375f;
+  const float LN2_LO = 3.1946183e-5f;
+  float t = __fadd_rn(__fmul_rn(y, 1.44269504088896341f), ROUND);
+  float n = __fsub_rn(t, ROUND);
+  float r = __fsub_rn(__fsub_rn(y, __fmul_rn(n, LN2_HI)), __fmul_rn(n, LN2_LO));
+  float p = 1.3941108e-3f;
+  p = fmaf(p, r, 8.375126e-3f);
+  p = fmaf(p, r, 4.1666353e-2f);
+  p = fmaf(p, r, 0.16666416f);
+  p = fmaf(p, r, 0.5f);
+  p = fmaf(p, r, 1.0f);
+  p = fmaf(p, r, 1.0f);
+  unsigned biased = __float_as_uint(t) - __float_as_uint(ROUND) + 127u;
+  return __fmul_rn(p, __uint_as_float(biased << 23));
+}
+
+// The crate's f32 erf (src/tensor/element.rs, `erf_f32_with`), Horner steps fused.
+__device__ __forceinline__ float erf_crate(float x) {
+  float ax = fabsf(x);
+  float u = __fmul_rn(x, x);
+  float s = -6.0040812e-4f;
+  s = fmaf(s, u, 4.9960202e-3f);
+  s = fmaf(s, u, -2.6768757e-2f);
+  s = fmaf(s, u, 0.11281882f);
+  s = fmaf(s, u, -0.37612501f);
+  s = fmaf(s, u, 1.1283792f);
+  float small = __fmul_rn(x, s);
+  float t = __fmul_rn(__fsub_rn(ax < 4.0f ? ax : 4.0f, 2.4609375f), 1.0f / 1.5390625f);
+  float q = -2.5252094e-6f;
+  q = fmaf(q, t, 5.084193e-5f);
+  q = fmaf(q, t, -2.7686909e-4f);
+  q = fmaf(q, t, 1.0778235e-3f);
+  q = fmaf(q, t, -3.7927477e-3f);
+  q = fmaf(q, t, 1.2618846e-2f);
+  q = fmaf(q, t, -4.084164e-2f);
+  q = fmaf(q, t, 0.13596158f);
+  q = fmaf(q, t, -0.5496212f);
+  q = fmaf(q, t, -1.5429524f);
+  q = __fsub_rn(q, fminf(u, 16.0f));
+  float large = copysignf(__fsub_rn(1.0f, exp_neg(q)), x);
+  float r = ax <= 0.921875f ? small : large;
+  return isnan(x) ? x : r;
+}
+
+__device__ __forceinline__ float gelu(float x) {
+  float e = erf_crate(__fmul_rn(x, 0.70710678118654752f));
+  return __fmul_rn(__fmul_rn(0.5f, x), __fadd_rn(1.0f, e));
+}
+
 #define F_BM 64
 #define F_BN 64
 #define F_BK 16
 
-extern "C" __global__ void __launch_bounds__(256)
-    gemm_f32(float* __restrict__ c, const float* __restrict__ a, const float* __restrict__ b,
-             const float* __restrict__ bias, unsigned m, unsigned n, unsigned k,
-             unsigned a_rs, unsigned a_cs, unsigned b_rs, unsigned b_cs, unsigned c_rs,
-             unsigned a_bs, unsigned b_bs, unsigned c_bs, float alpha, float beta,
-             unsigned flags) {
+// The body of gemm_f32 and gemm_f32_ep (EPI is a GemmEpilogue; aux is unread for NONE).
+template <int EPI>
+__device__ __forceinline__ void gemm_f32_body(float* __restrict__ c, const float* __restrict__ a,
+                                              const float* __restrict__ b,
+                                              const float* __restrict__ bias, float* aux,
+                                              unsigned m, unsigned n, unsigned k, unsigned a_rs,
+                                              unsigned a_cs, unsigned b_rs, unsigned b_cs,
+                                              unsigned c_rs, unsigned aux_rs, unsigned a_bs,
+                                              unsigned b_bs, unsigned c_bs, float alpha,
+                                              float beta, unsigned flags) {
   __shared__ float As[F_BK][F_BM + 4];
   __shared__ float Bs[F_BK][F_BN + 4];
   unsigned tid = threadIdx.x;
@@ -107,9 +179,52 @@ extern "C" __global__ void __launch_bounds__(256)
       unsigned j = n0 + tx + 16 * s;
       if (j >= n) continue;
       float* cij = c + (size_t)i * c_rs + j;
-      *cij = epilogue(acc[r][s], alpha, beta, cij, bias, j, flags);
+      float v = epilogue(acc[r][s], alpha, beta, cij, bias, j, flags);
+      if (EPI == GEMM_EPI_GELU) {
+        aux[(size_t)blockIdx.z * c_bs + (size_t)i * aux_rs + j] = v;
+        v = gelu(v);
+      } else if (EPI == GEMM_EPI_RESIDUAL) {
+        v = __fadd_rn(aux[(size_t)blockIdx.z * c_bs + (size_t)i * aux_rs + j], v);
+      }
+      *cij = v;
     }
   }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    gemm_f32(float* __restrict__ c, const float* __restrict__ a, const float* __restrict__ b,
+             const float* __restrict__ bias, unsigned m, unsigned n, unsigned k,
+             unsigned a_rs, unsigned a_cs, unsigned b_rs, unsigned b_cs, unsigned c_rs,
+             unsigned a_bs, unsigned b_bs, unsigned c_bs, float alpha, float beta,
+             unsigned flags) {
+  gemm_f32_body<GEMM_EPI_NONE>(c, a, b, bias, nullptr, m, n, k, a_rs, a_cs, b_rs, b_cs, c_rs, 0,
+                               a_bs, b_bs, c_bs, alpha, beta, flags);
+}
+
+// gemm_f32 with the GELU epilogue: aux = pre-activation (written), C = gelu(pre). The 16
+// inlined GELUs per thread need more registers than ptxas gives gemm_f32's bounds on sm_80
+// (it spilled); a minimum of 1 CTA per SM lets it use 72.
+extern "C" __global__ void __launch_bounds__(256, 1)
+    gemm_f32_gelu(float* __restrict__ c, const float* __restrict__ a,
+                  const float* __restrict__ b, const float* __restrict__ bias,
+                  float* __restrict__ aux, unsigned m, unsigned n, unsigned k, unsigned a_rs,
+                  unsigned a_cs, unsigned b_rs, unsigned b_cs, unsigned c_rs, unsigned aux_rs,
+                  unsigned a_bs, unsigned b_bs, unsigned c_bs, float alpha, float beta,
+                  unsigned flags) {
+  gemm_f32_body<GEMM_EPI_GELU>(c, a, b, bias, aux, m, n, k, a_rs, a_cs, b_rs, b_cs, c_rs, aux_rs,
+                               a_bs, b_bs, c_bs, alpha, beta, flags);
+}
+
+// gemm_f32 with the residual epilogue: C = aux + v (aux: the residual, read only).
+extern "C" __global__ void __launch_bounds__(256)
+    gemm_f32_residual(float* __restrict__ c, const float* __restrict__ a,
+                      const float* __restrict__ b, const float* __restrict__ bias,
+                      float* __restrict__ aux, unsigned m, unsigned n, unsigned k,
+                      unsigned a_rs, unsigned a_cs, unsigned b_rs, unsigned b_cs, unsigned c_rs,
+                      unsigned aux_rs, unsigned a_bs, unsigned b_bs, unsigned c_bs, float alpha,
+                      float beta, unsigned flags) {
+  gemm_f32_body<GEMM_EPI_RESIDUAL>(c, a, b, bias, aux, m, n, k, a_rs, a_cs, b_rs, b_cs, c_rs,
+                                   aux_rs, a_bs, b_bs, c_bs, alpha, beta, flags);
 }
 
 // ---- bf16 tensor-core GEMM ----

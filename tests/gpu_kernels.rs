@@ -15,10 +15,14 @@ mod attention;
 mod copy;
 #[path = "gpu_kernels/counters.rs"]
 mod counters;
+#[path = "gpu_kernels/coupling.rs"]
+mod coupling;
 #[path = "gpu_kernels/elementwise.rs"]
 mod elementwise;
 #[path = "gpu_kernels/gemm.rs"]
 mod gemm;
+#[path = "gpu_kernels/gemm_epilogue.rs"]
+mod gemm_epilogue;
 #[path = "gpu_kernels/index.rs"]
 mod index;
 #[path = "gpu_kernels/norm.rs"]

@@ -764,3 +764,179 @@ pub(crate) fn attention_backward<E: Element>(
     )?;
     Ok(grads)
 }
+
+/// A `[B, L, D]` operand of the coupling kernels, read in place through its strides.
+fn tokens<E: Element>(t: &Tensor<E>) -> Result<k::Tokens> {
+    let s = t.strides();
+    Ok(k::Tokens {
+        ptr: ptr(t)?,
+        strides: [s[0], s[1], s[2]],
+    })
+}
+
+/// The affine coupling's packed output `[z (B * L * D), logdet (B)]` (see
+/// [`Tensor::affine_coupling`]): one kernel, the parameters shifted by indexing.
+pub(crate) fn affine_coupling<E: Element>(
+    x: &Tensor<E>,
+    alpha: &Tensor<E>,
+    mu: &Tensor<E>,
+    dims: [usize; 3],
+    clip: Option<f64>,
+) -> Result<Tensor<E>> {
+    let (driver, _) = operand(x)?;
+    let [b, l, d] = dims;
+    let out = empty(&driver, x.device(), &[b * l * d + b])?;
+    k::coupling_fwd_f32(
+        &*driver,
+        ptr(&out)?,
+        tokens(x)?,
+        tokens(alpha)?,
+        tokens(mu)?,
+        k::CouplingShape { dims, clip },
+    )?;
+    Ok(out)
+}
+
+/// The affine coupling's gradients `(dx, dalpha, dmu)` from the packed output's gradient
+/// `g`, each only when `want` asks for it.
+#[allow(clippy::type_complexity)]
+pub(crate) fn affine_coupling_backward<E: Element>(
+    g: &Tensor<E>,
+    x: &Tensor<E>,
+    alpha: &Tensor<E>,
+    mu: &Tensor<E>,
+    dims: [usize; 3],
+    clip: Option<f64>,
+    want: [bool; 3],
+) -> Result<(Option<Tensor<E>>, Option<Tensor<E>>, Option<Tensor<E>>)> {
+    let (driver, _) = operand(x)?;
+    let g = dense(g)?;
+    let fresh = |on: bool| -> Result<Option<Tensor<E>>> {
+        on.then(|| empty(&driver, x.device(), &dims)).transpose()
+    };
+    let (dx, da, dm) = (fresh(want[0])?, fresh(want[1])?, fresh(want[2])?);
+    k::coupling_bwd_f32(
+        &*driver,
+        k::CouplingGrads {
+            dx: dx.as_ref().map(ptr).transpose()?,
+            dalpha: da.as_ref().map(ptr).transpose()?,
+            dmu: dm.as_ref().map(ptr).transpose()?,
+        },
+        ptr(&g)?,
+        tokens(x)?,
+        tokens(alpha)?,
+        tokens(mu)?,
+        k::CouplingShape { dims, clip },
+    )?;
+    Ok((dx, da, dm))
+}
+
+/// `x = z * exp(alpha) + mu`, the parameters first combined with the unconditional ones
+/// when `guidance` is given (see [`Tensor::affine_coupling_inverse`]).
+pub(crate) fn affine_coupling_inverse<E: Element>(
+    z: &Tensor<E>,
+    alpha: &Tensor<E>,
+    mu: &Tensor<E>,
+    guidance: Option<(&Tensor<E>, &Tensor<E>, f64)>,
+) -> Result<Tensor<E>> {
+    let (driver, _) = operand(z)?;
+    let (zd, ad, md) = (dense(z)?, dense(alpha)?, dense(mu)?);
+    let u = guidance
+        .map(|(au, mu_u, w)| Ok::<_, Error>((dense(au)?, dense(mu_u)?, w)))
+        .transpose()?;
+    let out = empty(&driver, z.device(), z.shape())?;
+    let up = u
+        .as_ref()
+        .map(|(au, mu_u, w)| Ok::<_, Error>((ptr(au)?, ptr(mu_u)?, *w as f32)))
+        .transpose()?;
+    k::coupling_inverse_f32(
+        &*driver,
+        ptr(&out)?,
+        ptr(&zd)?,
+        ptr(&ad)?,
+        ptr(&md)?,
+        up,
+        z.numel(),
+    )?;
+    Ok(out)
+}
+
+/// [`linear`] with a second epilogue stage: `x2 @ w^T + bias`, then the GELU (returning the
+/// pre-activation and the activation) or a residual added.
+fn linear_epilogue<E: Element>(
+    x2: &Tensor<E>,
+    w: &Tensor<E>,
+    bias: Option<&Tensor<E>>,
+    out: &Tensor<E>,
+    epi: k::GemmEpilogue,
+) -> Result<()> {
+    let (driver, _) = operand(x2)?;
+    let (rows, in_f, out_f) = (x2.shape()[0], x2.shape()[1], w.shape()[0]);
+    let (x2, w) = (gemm_operand(x2, x2.layout())?, gemm_operand(w, w.layout())?);
+    let bias = bias.map(dense).transpose()?;
+    let (a_rs, a_cs) = gemm_strides(x2.strides()[0], x2.strides()[1]).expect("checked");
+    // B = w^T: B[l, j] = w[j, l].
+    let (b_rs, b_cs) = gemm_strides(w.strides()[1], w.strides()[0]).expect("checked");
+    k::gemm_f32_epilogue(
+        &*driver,
+        &k::GemmF32 {
+            m: rows,
+            n: out_f,
+            k: in_f,
+            batch: 1,
+            c: ptr(out)?,
+            c_rs: out_f,
+            c_bs: 0,
+            a: ptr(&x2)?,
+            a_rs,
+            a_cs,
+            a_bs: 0,
+            b: ptr(&w)?,
+            b_rs,
+            b_cs,
+            b_bs: 0,
+            bias: bias.as_ref().map(ptr).transpose()?,
+            alpha: 1.0,
+            beta: 0.0,
+        },
+        epi,
+    )
+}
+
+/// `(pre, gelu(pre))` with `pre = x2 @ w^T + bias`, for `x2` `[rows, in]`, `w` `[out, in]`:
+/// one GEMM with the bias and the GELU in its epilogue.
+pub(crate) fn linear_gelu<E: Element>(
+    x2: &Tensor<E>,
+    w: &Tensor<E>,
+    bias: Option<&Tensor<E>>,
+) -> Result<(Tensor<E>, Tensor<E>)> {
+    let (driver, _) = operand(x2)?;
+    let shape = [x2.shape()[0], w.shape()[0]];
+    let pre = empty(&driver, x2.device(), &shape)?;
+    let act = empty(&driver, x2.device(), &shape)?;
+    let epi = k::GemmEpilogue::Gelu {
+        aux: ptr(&pre)?,
+        aux_rs: shape[1],
+    };
+    linear_epilogue(x2, w, bias, &act, epi)?;
+    Ok((pre, act))
+}
+
+/// `r2 + x2 @ w^T + bias` for `x2` `[rows, in]`, `w` `[out, in]`, `r2` `[rows, out]`: one
+/// GEMM with the bias and the residual in its epilogue.
+pub(crate) fn linear_residual<E: Element>(
+    x2: &Tensor<E>,
+    w: &Tensor<E>,
+    bias: Option<&Tensor<E>>,
+    r2: &Tensor<E>,
+) -> Result<Tensor<E>> {
+    let (driver, _) = operand(x2)?;
+    let r2 = dense(r2)?;
+    let out = empty(&driver, x2.device(), r2.shape())?;
+    let epi = k::GemmEpilogue::Residual {
+        aux: ptr(&r2)?,
+        aux_rs: r2.shape()[1],
+    };
+    linear_epilogue(x2, w, bias, &out, epi)?;
+    Ok(out)
+}

@@ -18,6 +18,7 @@
 
 mod attention;
 mod copy;
+mod coupling;
 mod elementwise;
 mod gemm;
 mod index;
@@ -33,8 +34,13 @@ pub use attention::{
     AttnDims, AttnFwd, AttnPrecision, AttnScores, AttnView, ATTN_MAX_HEAD_DIM, DECODE_CHUNK,
 };
 pub use copy::{fill_f32, strided_copy_bf16_f32, strided_copy_f32, strided_copy_f32_bf16};
+pub use coupling::{
+    coupling_bwd_f32, coupling_fwd_f32, coupling_inverse_f32, CouplingGrads, CouplingShape, Tokens,
+};
 pub use elementwise::{binary_f32, unary_f32};
-pub use gemm::{gemm_bf16, gemm_f32, Bf16Layout, GemmBf16, GemmF32};
+pub use gemm::{
+    gemm_bf16, gemm_f32, gemm_f32_epilogue, Bf16Layout, GemmBf16, GemmEpilogue, GemmF32,
+};
 pub use index::{index_add_f32, index_select_f32, scatter_plan, u32_indices, ScatterPlan};
 pub use norm::{
     layer_norm_bwd_dx_f32, layer_norm_bwd_params_f32, layer_norm_fwd_f32, softmax_bwd_rows_f32,
@@ -99,8 +105,14 @@ pub static ATTENTION: PtxModule = PtxModule {
     ptx: include_str!("../../ptx/attention.ptx"),
 };
 
+/// `ptx/coupling.ptx`: the affine coupling (forward with log-det, backward, inverse).
+pub static COUPLING: PtxModule = PtxModule {
+    name: "coupling",
+    ptx: include_str!("../../ptx/coupling.ptx"),
+};
+
 /// Every embedded module, for drivers that load them all up front.
-pub static MODULES: [&PtxModule; 8] = [
+pub static MODULES: [&PtxModule; 9] = [
     &COPY,
     &ELEMENTWISE,
     &REDUCE,
@@ -109,6 +121,7 @@ pub static MODULES: [&PtxModule; 8] = [
     &INDEX,
     &OPTIM,
     &ATTENTION,
+    &COUPLING,
 ];
 
 /// Threads per CTA of the one-dimensional kernels (elementwise, copies, optimiser updates).

@@ -44,8 +44,7 @@ impl<E: Element> Layer<E> {
     pub fn forward(&self, h: &Tensor<E>, temperature: f64) -> Result<Tensor<E>> {
         let a = self.attn.forward(&self.norm1.forward(h)?, temperature)?;
         let h = h.add(&a)?;
-        let m = self.mlp.forward(&self.norm2.forward(&h)?)?;
-        h.add(&m)
+        self.mlp.forward_residual(&self.norm2.forward(&h)?, &h)
     }
 
     fn parameters(&self) -> Vec<(String, Tensor<E>)> {
@@ -225,6 +224,21 @@ impl<E: Element> FlowBlock<E> {
         labels: Labels<'_>,
         temperature: f64,
     ) -> Result<BlockParams<E>> {
+        let mut p = self.unclipped_params(xp, labels, temperature)?;
+        if let Some(a) = self.alpha_clip {
+            p.alpha = p.alpha.soft_clip(a)?;
+        }
+        Ok(p)
+    }
+
+    /// [`FlowBlock::params`] before the soft clip of the log-scales: `alpha` and `mu` are
+    /// views of the output projection, read in place by the coupling.
+    fn unclipped_params(
+        &self,
+        xp: &Tensor<E>,
+        labels: Labels<'_>,
+        temperature: f64,
+    ) -> Result<BlockParams<E>> {
         check_tokens("FlowBlock::params", xp)?;
         let (b, l) = (xp.shape()[0], xp.shape()[1]);
         let pos = self
@@ -254,12 +268,8 @@ impl<E: Element> FlowBlock<E> {
         }
         let out = self.proj_out.forward(&h)?;
         let d = self.token_dim;
-        let mut alpha = out.narrow(2, 0, d)?;
-        if let Some(a) = self.alpha_clip {
-            alpha = alpha.soft_clip(a)?;
-        }
         Ok(BlockParams {
-            alpha,
+            alpha: out.narrow(2, 0, d)?,
             mu: out.narrow(2, d, d)?,
         })
     }
@@ -274,6 +284,10 @@ impl<E: Element> FlowBlock<E> {
     }
 
     /// `x [B, N, D] -> (z [B, N, D], logdet [B])`, in canonical token order.
+    ///
+    /// The shift, soft clip, affine map and log-det are one fused op
+    /// ([`Tensor::affine_coupling`]); on the CPU it gives the bits of
+    /// `shift(params)`, `(xp - mu) * exp(-alpha)` and `-sum(alpha)` composed.
     pub fn forward(
         &self,
         x: &Tensor<E>,
@@ -282,12 +296,9 @@ impl<E: Element> FlowBlock<E> {
     ) -> Result<(Tensor<E>, Tensor<E>)> {
         check_tokens("FlowBlock::forward", x)?;
         let xp = self.permute_seq(x)?;
-        let p = self.params(&xp, labels, temperature)?;
-        let alpha = Self::shift(&p.alpha)?;
-        let mu = Self::shift(&p.mu)?;
-        let z = xp.sub(&mu)?.mul(&alpha.neg()?.exp()?)?;
-        let logdet = alpha.sum(&[1, 2], false)?.neg();
-        Ok((self.permute_seq(&z)?, logdet?))
+        let p = self.unclipped_params(&xp, labels, temperature)?;
+        let (z, logdet) = xp.affine_coupling(&p.alpha, &p.mu, self.alpha_clip)?;
+        Ok((self.permute_seq(&z)?, logdet))
     }
 
     /// Inverse without a cache: token `i` is recovered by rerunning the Transformer on the

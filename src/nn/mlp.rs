@@ -44,9 +44,20 @@ impl<E: Element> Mlp<E> {
         self.fc1.out_features()
     }
 
-    /// `[..., dim] -> [..., dim]`.
+    /// `[..., dim] -> [..., dim]`: `fc1` and the GELU as one op ([`Tensor::linear_gelu`]).
     pub fn forward(&self, x: &Tensor<E>) -> Result<Tensor<E>> {
-        self.fc2.forward(&self.fc1.forward(x)?.gelu()?)
+        self.fc2.forward(&self.hidden_activations(x)?)
+    }
+
+    /// `r + forward(x)`: the MLP with a residual added in `fc2`'s epilogue
+    /// ([`Tensor::linear_residual`]); `r` has `x`'s shape.
+    pub fn forward_residual(&self, x: &Tensor<E>, r: &Tensor<E>) -> Result<Tensor<E>> {
+        self.hidden_activations(x)?
+            .linear_residual(&self.fc2.weight, self.fc2.bias.as_ref(), r)
+    }
+
+    fn hidden_activations(&self, x: &Tensor<E>) -> Result<Tensor<E>> {
+        x.linear_gelu(&self.fc1.weight, self.fc1.bias.as_ref())
     }
 
     /// `fc1.weight`, `fc1.bias`, `fc2.weight`, `fc2.bias`.

@@ -77,7 +77,7 @@ unsafe impl<E> Send for SendPtr<E> {}
 unsafe impl<E> Sync for SendPtr<E> {}
 
 /// Batched product without recording; `a` is `[..., m, k]`, `b` is `[..., k, n]`.
-fn matmul_raw<E: Element>(a: &Tensor<E>, b: &Tensor<E>) -> Result<Tensor<E>> {
+pub(crate) fn matmul_raw<E: Element>(a: &Tensor<E>, b: &Tensor<E>) -> Result<Tensor<E>> {
     let gpu = crate::backend::on_gpu("matmul", &[a, b])?;
     let _timer = Timer::start(Kernel::Matmul);
     let (sa, sb) = (a.shape(), b.shape());

@@ -4,9 +4,11 @@
 
 pub mod attention;
 mod binary;
+mod coupling;
 mod index;
 pub(crate) mod layer_norm;
 pub(crate) mod matmul;
+mod mlp;
 mod reduce;
 pub(crate) mod softmax;
 mod unary;

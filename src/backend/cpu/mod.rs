@@ -2,6 +2,7 @@
 //! elementwise loops and the scalar formulas they evaluate.
 
 pub(crate) mod attention;
+pub(crate) mod coupling;
 pub(crate) mod elementwise;
 pub mod gemm;
 pub(crate) mod layer_norm;

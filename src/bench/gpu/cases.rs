@@ -25,7 +25,7 @@ pub(super) type Launches = dyn Fn(&dyn Driver) -> Result<()>;
 pub(super) type Build = fn(&mut Buffers, Sizes) -> Result<Case>;
 
 /// Every case, in table order.
-pub(super) const CASES: [Build; 20] = [
+pub(super) const CASES: [Build; 24] = [
     copy_transpose,
     copy_to_bf16,
     unary_exp,
@@ -37,7 +37,11 @@ pub(super) const CASES: [Build; 20] = [
     layer_norm_bwd_dx,
     layer_norm_bwd_params,
     gemm_f32,
+    gemm_f32_gelu,
     gemm_bf16,
+    coupling_fwd,
+    coupling_bwd,
+    coupling_inverse,
     index_select,
     index_add,
     adamw,
@@ -352,6 +356,140 @@ fn gemm_f32(b: &mut Buffers, s: Sizes) -> Result<Case> {
         flops: Some(2.0 * (m * n * kk) as f64),
         bytes: 4.0 * (m * kk + n * kk + n + m * n) as f64,
         run: Box::new(move |d| k::gemm_f32(d, &g)),
+    })
+}
+
+/// `gemm_f32`'s case with the GELU epilogue (the pre-activation written too): the MLP's
+/// first layer.
+fn gemm_f32_gelu(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let n = s.pick(128, 256, 2048);
+    let (m, kk) = (n, n);
+    let a = b.f32s(m * kk, 40)?;
+    let w = b.f32s(n * kk, 41)?;
+    let bias = b.f32s(n, 42)?;
+    let c = b.out(m * n)?;
+    let pre = b.out(m * n)?;
+    let g = k::GemmF32 {
+        m,
+        n,
+        k: kk,
+        batch: 1,
+        c,
+        c_rs: n,
+        c_bs: 0,
+        a,
+        a_rs: kk,
+        a_cs: 1,
+        a_bs: 0,
+        b: w,
+        b_rs: 1,
+        b_cs: kk,
+        b_bs: 0,
+        bias: Some(bias),
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    let epi = k::GemmEpilogue::Gelu {
+        aux: pre,
+        aux_rs: n,
+    };
+    Ok(Case {
+        name: "gemm f32, gelu(A W^T + bias)",
+        shape: format!("{m}x{n}x{kk}"),
+        flops: Some(2.0 * (m * n * kk) as f64),
+        bytes: 4.0 * (m * kk + n * kk + n + 2 * m * n) as f64,
+        run: Box::new(move |d| k::gemm_f32_epilogue(d, &g, epi)),
+    })
+}
+
+/// The coupling's shapes: `[B, L, D]` images of tokens (ImageNet64 with patch 2 on
+/// hardware: 1024 tokens of 12 values).
+fn coupling_shape(s: Sizes) -> [usize; 3] {
+    s.pick([2, 16, 4], [8, 256, 12], [256, 1024, 12])
+}
+
+/// The model's operands: tokens read flipped, the parameters as the halves of one
+/// `[B, L, 2D]` projection, the soft clip on.
+fn coupling_operands(
+    b: &mut Buffers,
+    dims: [usize; 3],
+) -> Result<(k::Tokens, k::Tokens, k::Tokens, k::CouplingShape)> {
+    let [bb, l, d] = dims;
+    let x = b.f32s(bb * l * d, 43)?;
+    let p = b.f32s(bb * l * 2 * d, 44)?;
+    let (ld, l2d) = ((l * d) as isize, (l * 2 * d) as isize);
+    Ok((
+        k::Tokens {
+            ptr: x.offset(((l - 1) * d * 4) as u64),
+            strides: [ld, -(d as isize), 1],
+        },
+        k::Tokens {
+            ptr: p,
+            strides: [l2d, 2 * d as isize, 1],
+        },
+        k::Tokens {
+            ptr: p.offset((d * 4) as u64),
+            strides: [l2d, 2 * d as isize, 1],
+        },
+        k::CouplingShape {
+            dims,
+            clip: Some(4.0),
+        },
+    ))
+}
+
+fn coupling_fwd(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let sz = coupling_shape(s);
+    let n = sz.iter().product::<usize>();
+    let (x, alpha, mu, shape) = coupling_operands(b, sz)?;
+    let out = b.out(n + sz[0])?;
+    Ok(Case {
+        name: "coupling fwd (z, logdet)",
+        shape: dims(&sz),
+        flops: None,
+        bytes: 4.0 * (4 * n + sz[0]) as f64,
+        run: Box::new(move |d| k::coupling_fwd_f32(d, out, x, alpha, mu, shape)),
+    })
+}
+
+fn coupling_bwd(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let sz = coupling_shape(s);
+    let n = sz.iter().product::<usize>();
+    let (x, alpha, mu, shape) = coupling_operands(b, sz)?;
+    let g = b.f32s(n + sz[0], 45)?;
+    let grads = k::CouplingGrads {
+        dx: Some(b.out(n)?),
+        dalpha: Some(b.out(n)?),
+        dmu: Some(b.out(n)?),
+    };
+    Ok(Case {
+        name: "coupling bwd (dx, dalpha, dmu)",
+        shape: dims(&sz),
+        flops: None,
+        bytes: 4.0 * (7 * n + sz[0]) as f64,
+        run: Box::new(move |d| k::coupling_bwd_f32(d, grads, g, x, alpha, mu, shape)),
+    })
+}
+
+fn coupling_inverse(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let sz = coupling_shape(s);
+    let n = sz.iter().product::<usize>();
+    let z = b.f32s(n, 46)?;
+    let (ac, mc, au, mu_u) = (
+        b.f32s(n, 47)?,
+        b.f32s(n, 48)?,
+        b.f32s(n, 49)?,
+        b.f32s(n, 50)?,
+    );
+    let out = b.out(n)?;
+    Ok(Case {
+        name: "coupling inverse, guided",
+        shape: dims(&sz),
+        flops: None,
+        bytes: 4.0 * (6 * n) as f64,
+        run: Box::new(move |d| {
+            k::coupling_inverse_f32(d, out, z, ac, mc, Some((au, mu_u, 0.5)), n)
+        }),
     })
 }
 

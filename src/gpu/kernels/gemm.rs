@@ -133,6 +133,75 @@ pub fn gemm_f32(driver: &dyn Driver, g: &GemmF32) -> Result<()> {
     driver.launch(&GEMM, NAME, config, &args)
 }
 
+/// The second epilogue stage of [`gemm_f32_epilogue`], over an `[m, n]` matrix `aux` with
+/// row stride `aux_rs` (batch stride `c_bs`, as `C`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmEpilogue {
+    /// `aux = v` (the pre-activation, written for the backward), `C = gelu(v)` (exact erf).
+    Gelu {
+        /// Where the pre-activation goes.
+        aux: DevicePtr,
+        /// Its row stride.
+        aux_rs: usize,
+    },
+    /// `C = aux + v`: a residual added to the product (`aux` is read only).
+    Residual {
+        /// The residual.
+        aux: DevicePtr,
+        /// Its row stride.
+        aux_rs: usize,
+    },
+}
+
+/// [`gemm_f32`] with a second epilogue stage: `gemm_f32_gelu` or `gemm_f32_residual`. `beta`
+/// must be 0 (the stages follow a product that overwrites `C`).
+pub fn gemm_f32_epilogue(driver: &dyn Driver, g: &GemmF32, epi: GemmEpilogue) -> Result<()> {
+    let (name, aux, aux_rs) = match epi {
+        GemmEpilogue::Gelu { aux, aux_rs } => ("gemm_f32_gelu", aux, aux_rs),
+        GemmEpilogue::Residual { aux, aux_rs } => ("gemm_f32_residual", aux, aux_rs),
+    };
+    check_c(name, g.c_rs, g.n, g.m)?;
+    check_c(name, aux_rs, g.n, g.m)?;
+    if !g.alpha.is_finite() || g.beta != 0.0 {
+        return Err(Error::arg(
+            name,
+            format!("alpha {} must be finite and beta {} zero", g.alpha, g.beta),
+        ));
+    }
+    let Some(grid) = tiled_grid(name, g.m, g.n, g.batch)? else {
+        return Ok(());
+    };
+    let u = |what, v| u32_of(name, what, v).map(KernelArg::U32);
+    let args = [
+        KernelArg::Ptr(g.c),
+        KernelArg::Ptr(g.a),
+        KernelArg::Ptr(g.b),
+        KernelArg::Ptr(g.bias.unwrap_or(DevicePtr(0))),
+        KernelArg::Ptr(aux),
+        u("m", g.m)?,
+        u("n", g.n)?,
+        u("k", g.k)?,
+        u("a_rs", g.a_rs)?,
+        u("a_cs", g.a_cs)?,
+        u("b_rs", g.b_rs)?,
+        u("b_cs", g.b_cs)?,
+        u("c_rs", g.c_rs)?,
+        u("aux_rs", aux_rs)?,
+        u("a_bs", g.a_bs)?,
+        u("b_bs", g.b_bs)?,
+        u("c_bs", g.c_bs)?,
+        KernelArg::F32(g.alpha),
+        KernelArg::F32(g.beta),
+        KernelArg::U32(g.bias.map_or(0, |_| GEMM_HAS_BIAS)),
+    ];
+    let config = LaunchConfig {
+        grid,
+        block: (256, 1, 1),
+        shared_bytes: 0,
+    };
+    driver.launch(&GEMM, name, config, &args)
+}
+
 /// How the bf16 GEMM's operands are stored (BLAS letters for row-major storage): the first
 /// letter for `A` (`[m, k]`), the second for `B` (`[k, n]`); `N` = as is, `T` = stored
 /// transposed.

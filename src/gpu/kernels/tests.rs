@@ -193,6 +193,29 @@ fn launch_every_wrapper(d: &Recorder) -> Vec<Launch> {
     };
     layer_norm_bwd_params_f32(d, grads, p(), p(), p(), 100, 64, 32).unwrap();
     gemm_f32(d, &f32_gemm(p(), p(), p())).unwrap();
+    let (aux, aux_rs) = (p(), 70);
+    gemm_f32_epilogue(
+        d,
+        &f32_gemm(p(), p(), p()),
+        GemmEpilogue::Gelu { aux, aux_rs },
+    )
+    .unwrap();
+    let residual = GemmEpilogue::Residual { aux, aux_rs };
+    gemm_f32_epilogue(d, &f32_gemm(p(), p(), p()), residual).unwrap();
+    let tokens = |strides| Tokens { ptr: p(), strides };
+    let (x, a) = (tokens([-60, 6, 1]), tokens([120, 12, 1]));
+    let shape = CouplingShape {
+        dims: [3, 10, 6],
+        clip: Some(4.0),
+    };
+    coupling_fwd_f32(d, p(), x, a, a, shape).unwrap();
+    let grads = CouplingGrads {
+        dx: Some(p()),
+        dalpha: None,
+        dmu: Some(p()),
+    };
+    coupling_bwd_f32(d, grads, p(), x, a, a, shape).unwrap();
+    coupling_inverse_f32(d, p(), p(), p(), p(), Some((p(), p(), 0.5)), 1000).unwrap();
     for layout in [
         Bf16Layout::NN,
         Bf16Layout::NT,

@@ -1,0 +1,183 @@
+//! The two halves of the Transformer MLP as fused ops: `linear_gelu` (`gelu(x W^T + b)`,
+//! keeping the pre-activation for its backward) and `linear_residual` (`r + x W^T + b`).
+//!
+//! On a GPU each forward is one GEMM whose epilogue applies the GELU (writing the
+//! pre-activation too) or adds the residual (`ptx/gemm.cu`: `gemm_f32_gelu`,
+//! `gemm_f32_residual`), instead of a GEMM and an elementwise launch with a temporary. On the
+//! CPU each op runs the same kernels as the composed ops (the GEMM with its bias epilogue,
+//! then the GELU or the add) and its backward the same kernels in the same order as their
+//! closures, so the bits are those of `linear` + `gelu` and `linear` + `add`; what it saves
+//! there is one autograd node and its bookkeeping per op.
+
+use crate::autograd::no_grad;
+use crate::backend::cpu::elementwise::fill_fresh;
+use crate::backend::cpu::simd::gelu_grad_to;
+use crate::backend::BinaryOp;
+use crate::error::{Error, Result};
+use crate::ops::matmul::matmul_raw;
+use crate::tensor::{Element, Tensor};
+
+/// What the fused linear ops check: `x [..., in]`, `w [out, in]`, `b [out]`; returns
+/// `(rows, out)`.
+fn linear_dims<E: Element>(
+    op: &'static str,
+    x: &Tensor<E>,
+    w: &Tensor<E>,
+    b: Option<&Tensor<E>>,
+    extra: Option<&Tensor<E>>,
+) -> Result<(usize, usize)> {
+    let xs = x.shape();
+    let bad = |d: &str| {
+        let mut shapes: Vec<&[usize]> = vec![xs, w.shape()];
+        shapes.extend(b.map(|b| b.shape()));
+        shapes.extend(extra.map(|r| r.shape()));
+        Error::shape(op, &shapes, E::DTYPE.name(), d.to_string())
+    };
+    if w.rank() != 2 || xs.is_empty() {
+        return Err(bad("weight must be [out, in] and input at least 1-D"));
+    }
+    let (out_f, in_f) = (w.shape()[0], w.shape()[1]);
+    if xs[xs.len() - 1] != in_f {
+        return Err(bad("input features differ from weight's in-features"));
+    }
+    if b.is_some_and(|b| b.shape() != [out_f]) {
+        return Err(bad("bias must be [out]"));
+    }
+    let mut out_shape = xs.to_vec();
+    *out_shape.last_mut().expect("rank checked") = out_f;
+    if extra.is_some_and(|r| r.shape() != out_shape) {
+        return Err(bad("the residual must have the output's shape"));
+    }
+    Ok((xs[..xs.len() - 1].iter().product(), out_f))
+}
+
+/// The linear layer's input gradients from the gradient `g2` (`[rows, out]`) of its output,
+/// as `linear`'s backward computes them: `g W`, `g^T x`, and the bias' column sums.
+#[allow(clippy::type_complexity)]
+fn linear_grads<E: Element>(
+    g2: &Tensor<E>,
+    x2: &Tensor<E>,
+    w: &Tensor<E>,
+    x_shape: &[usize],
+    want: [bool; 3],
+) -> Result<(Option<Tensor<E>>, Option<Tensor<E>>, Option<Tensor<E>>)> {
+    let gx = want[0]
+        .then(|| matmul_raw(g2, w)?.reshape(x_shape))
+        .transpose()?;
+    let gw = want[1].then(|| matmul_raw(&g2.t()?, x2)).transpose()?;
+    let gb = want[2].then(|| g2.sum(&[0], false)).transpose()?;
+    Ok((gx, gw, gb))
+}
+
+/// The inputs of a linear op for `record`, and which of them want a gradient.
+fn linear_inputs<'a, E: Element>(
+    x: &'a Tensor<E>,
+    w: &'a Tensor<E>,
+    b: Option<&'a Tensor<E>>,
+) -> (Vec<&'a Tensor<E>>, [bool; 3]) {
+    let mut inputs = vec![x, w];
+    inputs.extend(b);
+    let want = [
+        x.requires_grad(),
+        w.requires_grad(),
+        b.is_some_and(|b| b.requires_grad()),
+    ];
+    (inputs, want)
+}
+
+impl<E: Element> Tensor<E> {
+    /// `gelu(x W^T + b)` (exact erf GELU) for `x` `[..., in]`, `w` `[out, in]`, `b` `[out]`:
+    /// the first half of the Transformer MLP as one op that keeps the pre-activation for its
+    /// backward (`g' = g * gelu'(pre)`, then the linear layer's gradients). Bit-identical on
+    /// the CPU with `x.linear(w, b)?.gelu()`. Errors as `linear` does, naming `linear_gelu`.
+    pub fn linear_gelu(&self, w: &Tensor<E>, b: Option<&Tensor<E>>) -> Result<Tensor<E>> {
+        const OP: &str = "linear_gelu";
+        let mut operands = vec![self, w];
+        operands.extend(b);
+        let gpu = crate::backend::on_gpu(OP, &operands)?;
+        let (rows, out_f) = linear_dims(OP, self, w, b, None)?;
+        let x2 = self.detach().reshape(&[rows, w.shape()[1]])?;
+        let (pre, act) = {
+            let _g = no_grad();
+            if gpu && rows > 0 && out_f > 0 && w.shape()[1] > 0 {
+                crate::backend::gpu::linear_gelu(&x2, w, b)?
+            } else {
+                let pre = x2.linear(w, b)?;
+                let act = pre.gelu()?;
+                (pre, act)
+            }
+        };
+        let mut out_shape = self.shape().to_vec();
+        *out_shape.last_mut().expect("rank checked") = out_f;
+        let act = act.reshape(&out_shape)?;
+        let (inputs, want) = linear_inputs(self, w, b);
+        let (wd, x_shape) = (w.detach(), self.shape().to_vec());
+        let has_b = b.is_some();
+        Ok(act.record(OP, &inputs, move |g| {
+            let g2 = g.reshape(&[rows, out_f])?;
+            let gp = if g2.device().is_gpu() {
+                g2.binary_raw(&pre, "gelu", BinaryOp::GeluBackward)?
+            } else {
+                // gelu's own backward, over the same contiguous rows.
+                let v = pre.with_contiguous(|xs| {
+                    g2.with_contiguous(|gs| {
+                        fill_fresh(xs.len(), |lo, y| {
+                            let hi = lo + y.len();
+                            gelu_grad_to(&xs[lo..hi], &gs[lo..hi], y)
+                        })
+                    })
+                });
+                Tensor::from_raw(v, &[rows, out_f])
+            };
+            let (gx, gw, gb) = linear_grads(&gp, &x2, &wd, &x_shape, want)?;
+            let mut v = vec![gx, gw];
+            if has_b {
+                v.push(gb);
+            }
+            Ok(v)
+        }))
+    }
+
+    /// `r + x W^T + b` for `x` `[..., in]`, `w` `[out, in]`, `b` `[out]` and a residual `r`
+    /// of the output's shape: the second half of the Transformer MLP with the residual add
+    /// in the GEMM's epilogue. Bit-identical on the CPU with `r.add(&x.linear(w, b)?)`.
+    /// Errors as `linear` does, naming `linear_residual`, and when `r` has another shape.
+    pub fn linear_residual(
+        &self,
+        w: &Tensor<E>,
+        b: Option<&Tensor<E>>,
+        r: &Tensor<E>,
+    ) -> Result<Tensor<E>> {
+        const OP: &str = "linear_residual";
+        let mut operands = vec![self, w, r];
+        operands.extend(b);
+        let gpu = crate::backend::on_gpu(OP, &operands)?;
+        let (rows, out_f) = linear_dims(OP, self, w, b, Some(r))?;
+        let x2 = self.detach().reshape(&[rows, w.shape()[1]])?;
+        let out = {
+            let _g = no_grad();
+            if gpu && rows > 0 && out_f > 0 && w.shape()[1] > 0 {
+                let r2 = r.detach().reshape(&[rows, out_f])?;
+                crate::backend::gpu::linear_residual(&x2, w, b, &r2)?.reshape(r.shape())?
+            } else {
+                let m = x2.linear(w, b)?.reshape(r.shape())?;
+                r.add(&m)?
+            }
+        };
+        let (mut inputs, want) = linear_inputs(self, w, b);
+        inputs.push(r);
+        let want_r = r.requires_grad();
+        let (wd, x_shape) = (w.detach(), self.shape().to_vec());
+        let has_b = b.is_some();
+        Ok(out.record(OP, &inputs, move |g| {
+            let g2 = g.reshape(&[rows, out_f])?;
+            let (gx, gw, gb) = linear_grads(&g2, &x2, &wd, &x_shape, want)?;
+            let mut v = vec![gx, gw];
+            if has_b {
+                v.push(gb);
+            }
+            v.push(want_r.then(|| g.clone()));
+            Ok(v)
+        }))
+    }
+}

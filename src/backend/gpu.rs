@@ -267,36 +267,8 @@ pub(crate) fn linear<E: Element>(
     bias: Option<&Tensor<E>>,
 ) -> Result<Tensor<E>> {
     let (driver, _) = operand(x2)?;
-    let (rows, in_f, out_f) = (x2.shape()[0], x2.shape()[1], w.shape()[0]);
-    let out = empty(&driver, x2.device(), &[rows, out_f])?;
-    let (x2, w) = (gemm_operand(x2, x2.layout())?, gemm_operand(w, w.layout())?);
-    let bias = bias.map(dense).transpose()?;
-    let (a_rs, a_cs) = gemm_strides(x2.strides()[0], x2.strides()[1]).expect("checked");
-    // B = w^T: B[l, j] = w[j, l].
-    let (b_rs, b_cs) = gemm_strides(w.strides()[1], w.strides()[0]).expect("checked");
-    k::gemm_f32(
-        &*driver,
-        &k::GemmF32 {
-            m: rows,
-            n: out_f,
-            k: in_f,
-            batch: 1,
-            c: ptr(&out)?,
-            c_rs: out_f,
-            c_bs: 0,
-            a: ptr(&x2)?,
-            a_rs,
-            a_cs,
-            a_bs: 0,
-            b: ptr(&w)?,
-            b_rs,
-            b_cs,
-            b_bs: 0,
-            bias: bias.as_ref().map(ptr).transpose()?,
-            alpha: 1.0,
-            beta: 0.0,
-        },
-    )?;
+    let out = empty(&driver, x2.device(), &[x2.shape()[0], w.shape()[0]])?;
+    linear_into(x2, w, bias, &out, None)?;
     Ok(out)
 }
 
@@ -861,14 +833,14 @@ pub(crate) fn affine_coupling_inverse<E: Element>(
     Ok(out)
 }
 
-/// [`linear`] with a second epilogue stage: `x2 @ w^T + bias`, then the GELU (returning the
-/// pre-activation and the activation) or a residual added.
-fn linear_epilogue<E: Element>(
+/// `out = x2 @ w^T + bias` as one GEMM, with an optional second epilogue stage: the GELU
+/// (returning the pre-activation and the activation) or a residual added.
+fn linear_into<E: Element>(
     x2: &Tensor<E>,
     w: &Tensor<E>,
     bias: Option<&Tensor<E>>,
     out: &Tensor<E>,
-    epi: k::GemmEpilogue,
+    epi: Option<k::GemmEpilogue>,
 ) -> Result<()> {
     let (driver, _) = operand(x2)?;
     let (rows, in_f, out_f) = (x2.shape()[0], x2.shape()[1], w.shape()[0]);
@@ -877,30 +849,30 @@ fn linear_epilogue<E: Element>(
     let (a_rs, a_cs) = gemm_strides(x2.strides()[0], x2.strides()[1]).expect("checked");
     // B = w^T: B[l, j] = w[j, l].
     let (b_rs, b_cs) = gemm_strides(w.strides()[1], w.strides()[0]).expect("checked");
-    k::gemm_f32_epilogue(
-        &*driver,
-        &k::GemmF32 {
-            m: rows,
-            n: out_f,
-            k: in_f,
-            batch: 1,
-            c: ptr(out)?,
-            c_rs: out_f,
-            c_bs: 0,
-            a: ptr(&x2)?,
-            a_rs,
-            a_cs,
-            a_bs: 0,
-            b: ptr(&w)?,
-            b_rs,
-            b_cs,
-            b_bs: 0,
-            bias: bias.as_ref().map(ptr).transpose()?,
-            alpha: 1.0,
-            beta: 0.0,
-        },
-        epi,
-    )
+    let g = k::GemmF32 {
+        m: rows,
+        n: out_f,
+        k: in_f,
+        batch: 1,
+        c: ptr(out)?,
+        c_rs: out_f,
+        c_bs: 0,
+        a: ptr(&x2)?,
+        a_rs,
+        a_cs,
+        a_bs: 0,
+        b: ptr(&w)?,
+        b_rs,
+        b_cs,
+        b_bs: 0,
+        bias: bias.as_ref().map(ptr).transpose()?,
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    match epi {
+        None => k::gemm_f32(&*driver, &g),
+        Some(epi) => k::gemm_f32_epilogue(&*driver, &g, epi),
+    }
 }
 
 /// `(pre, gelu(pre))` with `pre = x2 @ w^T + bias`, for `x2` `[rows, in]`, `w` `[out, in]`:
@@ -918,7 +890,7 @@ pub(crate) fn linear_gelu<E: Element>(
         aux: ptr(&pre)?,
         aux_rs: shape[1],
     };
-    linear_epilogue(x2, w, bias, &act, epi)?;
+    linear_into(x2, w, bias, &act, Some(epi))?;
     Ok((pre, act))
 }
 
@@ -937,6 +909,6 @@ pub(crate) fn linear_residual<E: Element>(
         aux: ptr(&r2)?,
         aux_rs: r2.shape()[1],
     };
-    linear_epilogue(x2, w, bias, &out, epi)?;
+    linear_into(x2, w, bias, &out, Some(epi))?;
     Ok(out)
 }

@@ -240,6 +240,57 @@ fn ops_match_cpu_on_cuda() {
     }
 }
 
+/// One query over a long key cache with no gradient, as a KV-cached sampling step asks for:
+/// on a device this runs the decode kernels (keys split into chunks of 256, merged in order),
+/// here over three chunks with a ragged last one, from caches laid out `[N, B, H, Dh]` as the
+/// sampler keeps them.
+fn one_query_over_a_cache(device: Device) {
+    let (n, b, h, dh) = (600, 3, 2, 16);
+    let (kc, vc) = (rnd(&[n, b, h, dh], 31), rnd(&[n, b, h, dh], 32));
+    let q = rnd(&[b, h, 1, dh], 33);
+    let _g = tarflow::autograd::no_grad();
+    for (causal, temperature, len) in [(false, 1.0, n), (true, 0.7, 257), (false, 1.3, 1)] {
+        let opts = AttentionOptions {
+            causal,
+            scale: 0.25,
+            temperature,
+        };
+        let run = |d: Device| -> Vec<f32> {
+            let on = |t: &Tensor<f32>| t.to_device(d).unwrap();
+            let prefix =
+                |c: &Tensor<f32>| c.narrow(0, 0, len).unwrap().permute(&[1, 2, 0, 3]).unwrap();
+            let (k, v) = (prefix(&on(&kc)), prefix(&on(&vc)));
+            let o = attention(&on(&q), &k, &v, None, opts).unwrap();
+            assert_eq!(o.device(), d);
+            assert_eq!(o.shape(), &[b, h, 1, dh]);
+            o.try_to_vec().unwrap()
+        };
+        let (want, got) = (run(Device::Cpu), run(device));
+        let e = common::worst(
+            want.iter()
+                .zip(&got)
+                .map(|(&a, &g)| (a as f64 - g as f64).abs()),
+        );
+        assert!(
+            e <= 2e-6,
+            "{len} cached keys, causal {causal}, on {device}: output differs by {e:.3e}"
+        );
+    }
+}
+
+#[test]
+fn one_query_over_a_cache_on_the_ptx_interpreter_matches_cpu() {
+    one_query_over_a_cache(Device::PtxSim);
+}
+
+#[test]
+fn one_query_over_a_cache_matches_cpu_on_cuda() {
+    match tarflow::gpu::registry::driver(Device::Cuda(0)) {
+        Ok(_) => one_query_over_a_cache(Device::Cuda(0)),
+        Err(e) => eprintln!("cuda:0 skipped: {e}"),
+    }
+}
+
 #[test]
 fn f64_and_mixed_devices_are_errors() {
     let x = rnd(&[2, 3], 1).to_device(Device::PtxSim).unwrap();

@@ -676,6 +676,43 @@ pub(crate) fn attention_forward<E: Element>(
     Ok((out, lse))
 }
 
+/// One query per (batch, head) over `nk` keys, no gradient (a KV-cached sampling step): the
+/// decode kernels split the keys into chunks that run in parallel and merge them in order,
+/// where the flash forward would walk every key in one block. `q` is `[B, H, 1, Dh]`, `k` and
+/// `v` `[B, H, Nk, D]` views read in place; returns a fresh `[B, H, 1, Dv]`.
+pub(crate) fn attention_decode<E: Element>(
+    q: &Tensor<E>,
+    k: &Tensor<E>,
+    v: &Tensor<E>,
+    dims: k::AttnDims,
+    alpha: f32,
+) -> Result<Tensor<E>> {
+    let (driver, _) = operand(q)?;
+    let k::AttnDims { b, h, nk, dv, .. } = dims;
+    let out = empty(&driver, q.device(), &[b, h, 1, dv])?;
+    let lse = GpuBuffer::alloc(driver.clone(), (b * h).max(1), ELEM)?;
+    let scratch = GpuBuffer::alloc(
+        driver.clone(),
+        k::decode_scratch_len(b, h, nk, dv).max(1),
+        ELEM,
+    )?;
+    let ((_q, qv), (_k, kv), (_v, vv)) = (attn_operand(q)?, attn_operand(k)?, attn_operand(v)?);
+    k::attn_decode(
+        &*driver,
+        &k::AttnDecode {
+            dims,
+            alpha,
+            q: qv,
+            k: kv,
+            v: vv,
+            o: attn_dest(AttnLayout::Heads, ptr(&out)?, h, 1, dv, 0),
+            lse: lse.ptr(),
+            scratch: scratch.ptr(),
+        },
+    )?;
+    Ok(out)
+}
+
 /// Fused attention backward: from the `[B, H, N, D]` views of the forward's operands, its
 /// output `o` and the output gradient `g`, and the saved `lse`, the gradients of q, k and v
 /// (three tensors for [`AttnLayout::Heads`], one fused `[B, N, 3 H Dh]` for

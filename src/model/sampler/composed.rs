@@ -104,21 +104,23 @@ impl<E: Element> Sampler<E> {
             if let Some(a) = self.alpha_clip {
                 alpha = alpha.soft_clip(a)?;
             }
-            let mut mu = out.narrow(2, d, d)?;
-            if branches == 2 {
+            let mu = out.narrow(2, d, d)?;
+            // x_{p+1} = z_{p+1} exp(alpha_p) + mu_p for `[B, 1, D]` tokens, the parameters
+            // first combined across the branches when guided: one fused op.
+            let zn = zp.narrow(0, p + 1, 1)?.permute(&[1, 0, 2])?;
+            let xn = if branches == 2 {
+                let half = |t: &Tensor<E>, i: usize| t.narrow(0, i * b, b);
+                let (au, mu_u) = (half(&alpha, 1)?, half(&mu, 1)?);
                 let g = guidance_weight(guidance, p, n);
-                let combine = |t: &Tensor<E>| -> Result<Tensor<E>> {
-                    let (c, u) = (t.narrow(0, 0, b)?, t.narrow(0, b, b)?);
-                    c.add(&c.sub(&u)?.mul_scalar(g)?)
-                };
-                alpha = combine(&alpha)?;
-                mu = combine(&mu)?;
+                zn.affine_coupling_inverse(
+                    &half(&alpha, 0)?,
+                    &half(&mu, 0)?,
+                    Some((&au, &mu_u, g)),
+                )?
+            } else {
+                zn.affine_coupling_inverse(&alpha, &mu, None)?
             }
-            // x_{p+1} = z_{p+1} exp(alpha_p) + mu_p, with `[B, 1, D]` laid out as `[1, B, D]`.
-            let zn = zp.narrow(0, p + 1, 1)?;
-            let xn = zn
-                .mul(&alpha.permute(&[1, 0, 2])?.exp()?)?
-                .add(&mu.permute(&[1, 0, 2])?)?;
+            .permute(&[1, 0, 2])?;
             x.narrow(0, p + 1, 1)?.assign(&xn)?;
         }
         blk.permute_seq(&x.permute(&[1, 0, 2])?)?.contiguous()
@@ -139,21 +141,22 @@ impl<E: Element> Sampler<E> {
             h = h.add(cv)?;
         }
         for (li, layer) in blk.layers.iter().enumerate() {
-            let a = self.attend(layer, run, li, &layer.norm1.forward(&h)?, p)?;
-            h = h.add(&a)?;
-            h = h.add(&layer.mlp.forward(&layer.norm2.forward(&h)?)?)?;
+            h = self.attend(layer, run, li, &layer.norm1.forward(&h)?, &h, p)?;
+            h = layer.mlp.forward_residual(&layer.norm2.forward(&h)?, &h)?;
         }
         blk.proj_out.forward(&h)
     }
 
-    /// The attention of one layer for one position: appends this position's keys and
-    /// values to the layer's caches and attends over positions `0..=p`.
+    /// The attention of one layer for one position, added to the residual `r`: appends this
+    /// position's keys and values to the layer's caches and attends over positions `0..=p`
+    /// (one query: the decode kernels on a device).
     fn attend(
         &self,
         layer: &Layer<E>,
         run: &BlockRun<E>,
         li: usize,
         t: &Tensor<E>,
+        r: &Tensor<E>,
         p: usize,
     ) -> Result<Tensor<E>> {
         let at = &layer.attn;
@@ -182,6 +185,6 @@ impl<E: Element> Sampler<E> {
         )?;
         o.permute(&[0, 2, 1, 3])?
             .reshape(&[rows, 1, at.dim()])?
-            .linear(&at.out_weight, Some(&at.out_bias))
+            .linear_residual(&at.out_weight, Some(&at.out_bias), r)
     }
 }

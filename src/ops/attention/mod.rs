@@ -356,9 +356,13 @@ fn attention_gpu<E: Element>(
 ) -> Result<Tensor<E>> {
     let (dims, scores) = gpu_args(d, opts, "attention")?;
     let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
-    let (out, lse) = gpu::attention_forward(&qd, &kd, &vd, dims, scores, AttnLayout::Heads)?;
     let needs_grad =
         is_grad_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad());
+    // One query sees every key whether causal or not (it is the last position).
+    if d.nq == 1 && !needs_grad {
+        return gpu::attention_decode(&qd, &kd, &vd, dims, scores.alpha);
+    }
+    let (out, lse) = gpu::attention_forward(&qd, &kd, &vd, dims, scores, AttnLayout::Heads)?;
     if !needs_grad {
         return Ok(out);
     }

@@ -307,10 +307,9 @@ fn bench_kernels_on_cuda_without_a_gpu_names_what_is_missing() {
     }
     for (args, words) in [
         (
-            &["bench", "--device", "ptx-sim"][..],
-            &["--device ptx-sim", "CPU only", "--kernels"][..],
+            &["bench", "--kernels", "--quick"][..],
+            &["--quick", "ptx-sim"][..],
         ),
-        (&["bench", "--kernels", "--quick"], &["--quick", "ptx-sim"]),
         (
             &["bench", "--kernels", "--device", "gpu"],
             &["\"gpu\"", "cuda:N"],
@@ -322,6 +321,46 @@ fn bench_kernels_on_cuda_without_a_gpu_names_what_is_missing() {
         for w in words {
             assert!(err.contains(w), "{args:?}: {w:?} not in {err:?}");
         }
+    }
+}
+
+/// The whole-model bench runs on a device: on the interpreter, the tiny preset's training
+/// step, forward NLL and KV-cached sampling each give a timing.
+#[test]
+fn bench_model_runs_on_the_ptx_interpreter() {
+    let out = tarflow(&[
+        "bench",
+        "--preset",
+        "tiny",
+        "--device",
+        "ptx-sim",
+        "--batch",
+        "2",
+        "--sample-batch",
+        "1",
+        "--repeats",
+        "1",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let rows = v["results"].as_array().expect("results");
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "train step (fwd+bwd+AdamW)",
+            "forward NLL",
+            "sample (KV cache)"
+        ]
+    );
+    for r in rows {
+        let t = r["median_s"].as_f64().expect("median_s");
+        assert!(t > 0.0 && t.is_finite(), "{r}");
     }
 }
 

@@ -13,7 +13,7 @@ use crate::model::{SampleOptions, Sampler, TarFlow, TarFlowConfig};
 use crate::nn::ParamStore;
 use crate::optim::{AdamW, AdamWConfig};
 use crate::rng::Rng;
-use crate::tensor::Tensor;
+use crate::tensor::{Device, Tensor};
 
 /// Timing of one workload over repeated runs.
 #[derive(Clone, Debug, Serialize)]
@@ -89,13 +89,7 @@ fn timing(name: &str, batch: usize, t: Timing, flops: f64) -> ModelTiming {
 /// of at least one image, and a training step on `batch` images and sampling of
 /// `sample_batch` images that fit this machine's memory (see [`crate::model::memory`]).
 pub fn check_request(cfg: &TarFlowConfig, batch: usize, sample_batch: usize) -> Result<()> {
-    cfg.validate()?;
-    if batch == 0 || sample_batch == 0 {
-        return Err(Error::arg(
-            "bench_model",
-            format!("batch {batch} and sample batch {sample_batch}: each must be at least 1 image"),
-        ));
-    }
+    check_shape(cfg, batch, sample_batch)?;
     check_fits(cfg.training_bytes(batch, 4), || {
         format!(
             "a training step on {batch} images of {} values (f32 weights, gradients, AdamW \
@@ -113,24 +107,61 @@ pub fn check_request(cfg: &TarFlowConfig, batch: usize, sample_batch: usize) -> 
     })
 }
 
+/// A valid config and batches of at least one image.
+fn check_shape(cfg: &TarFlowConfig, batch: usize, sample_batch: usize) -> Result<()> {
+    cfg.validate()?;
+    if batch == 0 || sample_batch == 0 {
+        return Err(Error::arg(
+            "bench_model",
+            format!("batch {batch} and sample batch {sample_batch}: each must be at least 1 image"),
+        ));
+    }
+    Ok(())
+}
+
 /// Times a training step (forward + loss + backward + AdamW), the forward NLL, and sampling
-/// `sample_batch` images with the KV cache.
+/// `sample_batch` images with the KV cache, on the CPU.
 pub fn bench_model(
     cfg: &TarFlowConfig,
     batch: usize,
     sample_batch: usize,
     repeats: usize,
 ) -> Result<Vec<ModelTiming>> {
-    check_request(cfg, batch, sample_batch)?;
+    bench_model_on(cfg, batch, sample_batch, repeats, Device::Cpu)
+}
+
+/// [`bench_model`] on `device`: the model, the batch, the optimiser state and the sampler's
+/// caches live there, and each timed run ends with the device synchronised, so a run's time
+/// is its kernels' time and not only their launch. The host-memory check applies to the CPU
+/// only (a device reports its own out-of-memory error).
+pub fn bench_model_on(
+    cfg: &TarFlowConfig,
+    batch: usize,
+    sample_batch: usize,
+    repeats: usize,
+    device: Device,
+) -> Result<Vec<ModelTiming>> {
+    check_shape(cfg, batch, sample_batch)?;
+    if !device.is_gpu() {
+        check_request(cfg, batch, sample_batch)?;
+    }
+    let sync = |device: Device| -> Result<()> {
+        if device.is_gpu() {
+            crate::gpu::registry::driver(device)?.synchronize()?;
+        }
+        Ok(())
+    };
     let model = TarFlow::<f32>::new(cfg.clone(), 0)?;
     model.randomize_output_projections(0.02, 1)?;
+    let model = model.to_device(device)?;
     let mut rng = Rng::new(2);
     let x = Tensor::<f32>::rand(
         &[batch, cfg.channels, cfg.image_size, cfg.image_size],
         -1.0,
         1.0,
         &mut rng,
-    );
+    )
+    .to_device(device)?;
     let labels: Vec<Option<usize>> = (0..batch)
         .map(|i| (cfg.num_classes > 0).then_some(i % cfg.num_classes.max(1)))
         .collect();
@@ -153,13 +184,15 @@ pub fn bench_model(
         params.zero_grad();
         let o = model.forward(&x, lab)?;
         model.loss(&o)?.backward()?;
-        opt.step(1e-4)
+        opt.step(1e-4)?;
+        sync(device)
     })?;
     out.push(timing("train step (fwd+bwd+AdamW)", batch, t, 3.0 * fwd));
     let t = time(repeats, 1, || {
         let _g = no_grad();
         let o = model.forward(&x, lab)?;
-        model.bits_per_dim(&o).map(|_| ())
+        model.bits_per_dim(&o)?;
+        sync(device)
     })?;
     out.push(timing("forward NLL", batch, t, fwd));
     let sampler = Sampler::new(&model)?;
@@ -180,6 +213,7 @@ pub fn bench_model(
                 &SampleOptions::default(),
             )
             .map(|_| ())
+        // The samples come back to the host: that synchronises.
     })?;
     out.push(timing(
         "sample (KV cache)",

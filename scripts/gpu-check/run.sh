@@ -11,7 +11,11 @@
 #   2. every bundled test binary with --test-threads=1 (gpu_kernels whole: each test runs on
 #      the interpreter and on cuda:0; elsewhere the tests named as CUDA variants);
 #   3. `tarflow bench --kernels --device cuda` as a table and as JSON;
-#   4. PyTorch at the same shapes (scripts/gpu-check/torch_ceilings.py) for the ceilings.
+#   4. PyTorch at the same shapes (scripts/gpu-check/torch_ceilings.py) for the ceilings;
+#   5. the whole model at ImageNet64's shape (p2 C768 T8 K8), `tarflow bench --device cuda`
+#      and the PyTorch eager peer (scripts/gpu-check/torch_tarflow.py: bf16 autocast, flash
+#      SDPA, KV-cached sampling) at the same batch (MODEL_BATCH, default 16), then the peer
+#      at batch 64 as the issue's reference step.
 # A step that fails is recorded and the next one runs. The report, $OUT/gpu-report.md, says
 # what ran and what failed, with the tables ready for docs/performance.md; raw output goes
 # to $OUT/logs/. Exit status 0 when every step passed, 1 otherwise (the report is written
@@ -146,6 +150,15 @@ fi
 # 4. PyTorch on the same card.
 step "PyTorch ceilings" 150 torch-ceilings.txt python3 scripts/gpu-check/torch_ceilings.py --json "$LOGS/torch-ceilings.json"
 
+# 5. The whole model, ours and PyTorch's, at ImageNet64's shape.
+MODEL_BATCH=${MODEL_BATCH:-16}
+step "bench --device cuda (ImageNet64 model)" 150 bench-model.txt "$TARFLOW" bench --device cuda \
+    --preset imagenet64 --batch "$MODEL_BATCH" --sample-batch "$MODEL_BATCH" --repeats 2
+step "PyTorch TarFlow (ImageNet64 model)" 120 torch-tarflow.txt python3 scripts/gpu-check/torch_tarflow.py \
+    --batch "$MODEL_BATCH" --sample-batch "$MODEL_BATCH" --repeats 3 --json "$LOGS/torch-tarflow.json"
+step "PyTorch TarFlow train step, batch 64" 60 torch-tarflow-64.txt python3 scripts/gpu-check/torch_tarflow.py \
+    --batch 64 --sample-batch 0 --repeats 3 --json "$LOGS/torch-tarflow-64.json"
+
 # The report.
 {
     echo "# GPU check, $(date -u '+%Y-%m-%d %H:%M UTC')"
@@ -194,6 +207,18 @@ step "PyTorch ceilings" 150 torch-ceilings.txt python3 scripts/gpu-check/torch_c
     echo "## PyTorch on the same GPU"
     echo
     cat "$LOGS/torch-ceilings.txt" 2>/dev/null
+    echo
+    echo "## The whole model at ImageNet64's shape: \`tarflow bench --device cuda\`, batch $MODEL_BATCH"
+    echo
+    echo '```text'
+    cat "$LOGS/bench-model.txt" 2>/dev/null
+    echo '```'
+    echo
+    echo "## The PyTorch eager peer (scripts/gpu-check/torch_tarflow.py), batch $MODEL_BATCH, then 64"
+    echo
+    cat "$LOGS/torch-tarflow.txt" 2>/dev/null
+    echo
+    cat "$LOGS/torch-tarflow-64.txt" 2>/dev/null
 } >"$REPORT"
 echo "report: $REPORT" >&2
 exit "$FAILED"

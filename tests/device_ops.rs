@@ -291,6 +291,119 @@ fn one_query_over_a_cache_matches_cpu_on_cuda() {
     }
 }
 
+/// Rounds every element to bf16 (nearest even), back as f32.
+fn bf16_rounded(t: &Tensor<f32>) -> Tensor<f32> {
+    let v = t
+        .to_vec()
+        .iter()
+        .map(|&x| half::bf16::from_f32(x).to_f32())
+        .collect();
+    Tensor::from_vec(v, t.shape()).unwrap()
+}
+
+/// Under `Precision::Bf16` every GEMM on a device takes bf16 operands and sums in f32:
+/// the products of bf16-rounded inputs agree with the CPU's f32 products of the same rounded
+/// inputs to f32 rounding, through every GEMM form (a batched matmul with a transposed
+/// operand, `linear`, `linear_gelu` and `linear_residual`, whose epilogues run after the
+/// product), while the unrounded inputs give the bf16 error (so the path is really taken).
+/// The backward's GEMMs run in bf16 too: gradients agree with the CPU's within bf16
+/// rounding and differ from the f32 device's.
+fn bf16_products(device: Device) {
+    use tarflow::backend::{matmul_precision, Precision};
+    // The flag: one GEMM, so rounded inputs leave only the order of the f32 sums.
+    let cases: Vec<(&str, Case, Vec<Tensor<f32>>, bool)> = vec![
+        (
+            "batched matmul with a transposed operand",
+            |t| t[0].matmul(&t[1].transpose(1, 2)?),
+            vec![rnd(&[2, 37, 45], 41), rnd(&[2, 29, 45], 42)],
+            true,
+        ),
+        (
+            "linear with bias",
+            |t| t[0].linear(&t[1], Some(&t[2])),
+            vec![rnd(&[70, 45], 43), rnd(&[33, 45], 44), rnd(&[33], 45)],
+            true,
+        ),
+        (
+            "linear_gelu and linear_residual (the MLP)",
+            |t| {
+                let h = t[0].linear_gelu(&t[1], Some(&t[2]))?;
+                h.linear_residual(&t[3], Some(&t[4]), &t[0])
+            },
+            vec![
+                rnd(&[21, 16], 46),
+                rnd(&[40, 16], 47),
+                rnd(&[40], 48),
+                rnd(&[16, 40], 49),
+                rnd(&[16], 50),
+            ],
+            false,
+        ),
+    ];
+    for (name, f, inputs, single_gemm) in cases {
+        let rounded: Vec<Tensor<f32>> = inputs.iter().map(bf16_rounded).collect();
+        let on = |ts: &[Tensor<f32>], d: Device| -> Vec<Tensor<f32>> {
+            ts.iter()
+                .map(|t| t.to_device(d).unwrap().detach().requires_grad_())
+                .collect()
+        };
+        let run = |xs: &[Tensor<f32>], p: Precision| -> (Vec<f32>, Vec<Vec<f32>>) {
+            let _p = matmul_precision(p);
+            let y = f(xs).unwrap();
+            y.sum_all().unwrap().backward().unwrap();
+            let grads = xs
+                .iter()
+                .map(|x| x.grad().unwrap().try_to_vec().unwrap())
+                .collect();
+            (y.try_to_vec().unwrap(), grads)
+        };
+        let diff = |a: &[f32], b: &[f32]| -> f64 {
+            let scale = common::worst(b.iter().map(|&v| (v as f64).abs())).max(1e-30);
+            common::worst(a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).abs())) / scale
+        };
+        if single_gemm {
+            let (cpu_y, _) = run(&on(&rounded, Device::Cpu), Precision::F32);
+            let (dev_y, _) = run(&on(&rounded, device), Precision::Bf16);
+            let e = diff(&dev_y, &cpu_y);
+            assert!(
+                e <= 1e-5,
+                "{name} on {device} in bf16, rounded inputs: {e:.3e}"
+            );
+        }
+        // Unrounded inputs: the device rounds them itself; the error is bf16's.
+        let (cpu_y, cpu_g) = run(&on(&inputs, Device::Cpu), Precision::F32);
+        let (dev_y, dev_g) = run(&on(&inputs, device), Precision::Bf16);
+        let (_, f32_g) = run(&on(&inputs, device), Precision::F32);
+        let e = diff(&dev_y, &cpu_y);
+        assert!(
+            (1e-5..=2e-2).contains(&e),
+            "{name} on {device} in bf16: output error {e:.3e} is not bf16's"
+        );
+        for (i, ((d, c), f)) in dev_g.iter().zip(&cpu_g).zip(&f32_g).enumerate() {
+            let (e, e32) = (diff(d, c), diff(f, c));
+            // A gradient no GEMM produces (a bias under a plain sum) is exact in both.
+            let exact = e == 0.0 && e32 == 0.0;
+            assert!(
+                e <= 2e-2 && (e > e32 || exact),
+                "{name} on {device}: gradient {i} error {e:.3e} in bf16, {e32:.3e} in f32"
+            );
+        }
+    }
+}
+
+#[test]
+fn bf16_products_on_the_ptx_interpreter() {
+    bf16_products(Device::PtxSim);
+}
+
+#[test]
+fn bf16_products_on_cuda() {
+    match tarflow::gpu::registry::driver(Device::Cuda(0)) {
+        Ok(_) => bf16_products(Device::Cuda(0)),
+        Err(e) => eprintln!("cuda:0 skipped: {e}"),
+    }
+}
+
 #[test]
 fn f64_and_mixed_devices_are_errors() {
     let x = rnd(&[2, 3], 1).to_device(Device::PtxSim).unwrap();

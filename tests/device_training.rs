@@ -329,3 +329,65 @@ fn tiny_trainer_matches_cpu_on_cuda() {
         Err(e) => eprintln!("cuda:0 skipped: {e}"),
     }
 }
+
+/// Mixed precision: `TrainConfig::precision = Bf16` trains on the device with bf16 GEMMs. Its
+/// losses follow the f32 run's within bf16's error and are not the f32 run's bits (the path
+/// is taken); the CPU refuses bf16 with an error naming the device.
+fn bf16_trainer_follows_f32(device: Device) {
+    use tarflow::backend::Precision;
+    use tarflow::data::{embedded_mnist_split, Loader, LoaderConfig};
+    use tarflow::train::{TrainConfig, Trainer};
+
+    let (train, test) = embedded_mnist_split().unwrap();
+    let train = train.subset(&(0..32).collect::<Vec<_>>()).unwrap();
+    let test = test.subset(&(0..4).collect::<Vec<_>>()).unwrap();
+    let run = |precision: Precision| -> Vec<f64> {
+        let dir = common::TempDir::new("device-trainer-bf16");
+        let mut c = TrainConfig::preset("tiny").unwrap();
+        c.steps = 4;
+        c.batch_size = 2;
+        c.warmup_steps = 1;
+        c.eval_every = 0;
+        c.sample_every = 0;
+        c.checkpoint_every = 0;
+        c.eval_images = 4;
+        c.samples_per_class = 0;
+        c.out_dir = dir.path().to_path_buf();
+        c.device = device;
+        c.precision = precision;
+        let mut t = Trainer::new(c, train.clone(), test.clone()).unwrap();
+        let data = std::sync::Arc::new(train.clone());
+        let mut batches = Loader::new(data, LoaderConfig::train(2, 7)).unwrap();
+        (0..4)
+            .map(|_| t.train_step(&batches.next_batch()).unwrap().loss)
+            .collect()
+    };
+    let (f32s, bf16s) = (run(Precision::F32), run(Precision::Bf16));
+    for (i, (a, b)) in bf16s.iter().zip(&f32s).enumerate() {
+        let e = (a - b).abs() / b.abs();
+        println!("step {}: loss {a:.6} in bf16, {b:.6} in f32", i + 1);
+        assert!(e <= 2e-2, "step {}: bf16 loss {a} vs f32 {b}", i + 1);
+    }
+    assert_ne!(bf16s, f32s, "bf16 gave the f32 run's losses bit for bit");
+
+    let mut c = TrainConfig::preset("tiny").unwrap();
+    c.precision = Precision::Bf16;
+    let e = Trainer::new(c, train, test)
+        .err()
+        .expect("bf16 on the CPU")
+        .to_string();
+    assert!(e.contains("bf16") && e.contains("cpu"), "{e}");
+}
+
+#[test]
+fn bf16_trainer_on_the_ptx_interpreter_follows_f32() {
+    bf16_trainer_follows_f32(Device::PtxSim);
+}
+
+#[test]
+fn bf16_trainer_follows_f32_on_cuda() {
+    match tarflow::gpu::registry::driver(Device::Cuda(0)) {
+        Ok(_) => bf16_trainer_follows_f32(Device::Cuda(0)),
+        Err(e) => eprintln!("cuda:0 skipped: {e}"),
+    }
+}

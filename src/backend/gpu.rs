@@ -232,8 +232,8 @@ pub(crate) fn matmul<E: Element>(
         }
         let at =
             |p: DevicePtr, off: isize| DevicePtr((p.0 as i64 + off as i64 * ELEM as i64) as u64);
-        k::gemm_f32(
-            &*driver,
+        gemm(
+            &driver,
             &k::GemmF32 {
                 m,
                 n,
@@ -254,6 +254,7 @@ pub(crate) fn matmul<E: Element>(
                 alpha: 1.0,
                 beta: 0.0,
             },
+            None,
         )?;
     }
     Ok(out)
@@ -906,9 +907,109 @@ fn linear_into<E: Element>(
         alpha: 1.0,
         beta: 0.0,
     };
+    gemm(&driver, &g, epi)
+}
+
+/// Every f32 GEMM of the backend goes through here, at this thread's
+/// [`crate::backend::Precision`]: the f32 kernels (with the epilogue fused), or the operands
+/// rounded to bf16 and multiplied on the tensor cores.
+fn gemm(driver: &Arc<dyn Driver>, g: &k::GemmF32, epi: Option<k::GemmEpilogue>) -> Result<()> {
+    match (crate::backend::current_matmul_precision(), epi) {
+        (crate::backend::Precision::F32, None) => k::gemm_f32(&**driver, g),
+        (crate::backend::Precision::F32, Some(epi)) => k::gemm_f32_epilogue(&**driver, g, epi),
+        (crate::backend::Precision::Bf16, epi) => gemm_bf16_operands(driver, g, epi),
+    }
+}
+
+/// [`gemm`] in bf16: A and B are copied into fresh row-major bf16 buffers (rows padded to a
+/// multiple of 8 elements, as the tensor-core kernel's 16-byte loads need), multiplied by
+/// `gemm_bf16_nn` into the f32 `C` with the bias, `alpha` and `beta`; an epilogue stage runs
+/// after it as elementwise kernels (there is no bf16 epilogue kernel yet).
+fn gemm_bf16_operands(
+    driver: &Arc<dyn Driver>,
+    g: &k::GemmF32,
+    epi: Option<k::GemmEpilogue>,
+) -> Result<()> {
+    let d = &**driver;
+    if g.m == 0 || g.n == 0 || g.batch == 0 {
+        return Ok(());
+    }
+    let ld = |x: usize| x.max(1).div_ceil(8) * 8;
+    let (lda, ldb) = (ld(g.k), ld(g.n));
+    // A shared operand (batch stride 0) is converted once.
+    let to_bf16 = |src: DevicePtr,
+                   rs: usize,
+                   cs: usize,
+                   bs: usize,
+                   rows: usize,
+                   cols: usize,
+                   lead: usize|
+     -> Result<(GpuBuffer, usize)> {
+        let batches = if bs == 0 { 1 } else { g.batch };
+        let buf = GpuBuffer::alloc(driver.clone(), (batches * rows * lead).max(8), 2)?;
+        let signed = |v: usize| v as isize;
+        k::strided_copy_f32_bf16(
+            d,
+            buf.ptr(),
+            &[signed(rows * lead), signed(lead), 1],
+            src,
+            &[signed(bs), signed(rs), signed(cs)],
+            &[batches, rows, cols],
+        )?;
+        Ok((buf, if bs == 0 { 0 } else { rows * lead }))
+    };
+    let (a, a_bs) = to_bf16(g.a, g.a_rs, g.a_cs, g.a_bs, g.m, g.k, lda)?;
+    let (b, b_bs) = to_bf16(g.b, g.b_rs, g.b_cs, g.b_bs, g.k, g.n, ldb)?;
+    k::gemm_bf16(
+        d,
+        &k::GemmBf16 {
+            layout: k::Bf16Layout::NN,
+            m: g.m,
+            n: g.n,
+            k: g.k,
+            batch: g.batch,
+            c: g.c,
+            ldc: g.c_rs,
+            c_bs: g.c_bs,
+            a: a.ptr(),
+            lda,
+            a_bs,
+            b: b.ptr(),
+            ldb,
+            b_bs,
+            bias: g.bias,
+            alpha: g.alpha,
+            beta: g.beta,
+        },
+    )?;
+    let Some(epi) = epi else {
+        return Ok(());
+    };
+    // The epilogue callers write one contiguous [m, n] product.
+    let (aux, aux_rs) = match epi {
+        k::GemmEpilogue::Gelu { aux, aux_rs } | k::GemmEpilogue::Residual { aux, aux_rs } => {
+            (aux, aux_rs)
+        }
+    };
+    if g.batch != 1 || g.c_rs != g.n || aux_rs != g.n || g.beta != 0.0 {
+        return Err(Error::arg(
+            "gemm_bf16",
+            format!(
+                "an epilogue in bf16 needs one contiguous product without beta, got batch {}, \
+                 row strides {} and {} for {} columns, beta {}",
+                g.batch, g.c_rs, aux_rs, g.n, g.beta
+            ),
+        ));
+    }
+    let shape = [g.m * g.n];
     match epi {
-        None => k::gemm_f32(&*driver, &g),
-        Some(epi) => k::gemm_f32_epilogue(&*driver, &g, epi),
+        k::GemmEpilogue::Gelu { .. } => {
+            k::strided_copy_f32(d, aux, &[1], g.c, &[1], &shape)?;
+            k::unary_f32(d, UnaryOp::Gelu, g.c, g.c, &[1], &shape)
+        }
+        k::GemmEpilogue::Residual { .. } => {
+            k::binary_f32(d, BinaryOp::Add, g.c, aux, &[1], g.c, &[1], &shape)
+        }
     }
 }
 

@@ -10,8 +10,10 @@
 pub mod cpu;
 pub(crate) mod gpu;
 pub mod op;
+pub mod precision;
 
 pub use op::{BinaryOp, UnaryOp};
+pub use precision::{current_matmul_precision, matmul_precision, Precision, PrecisionGuard};
 
 use crate::error::{Error, Result};
 use crate::tensor::{Device, Element, Tensor};

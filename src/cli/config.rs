@@ -50,6 +50,7 @@ fn every_key(cfg: &TrainConfig) -> Result<toml::Table> {
     probe.ema.get_or_insert(0.999);
     probe.data.get_or_insert_with(PathBuf::new);
     probe.model.alpha_clip.get_or_insert(4.0);
+    probe.precision = tarflow::backend::Precision::Bf16;
     table_of(&probe)
 }
 

@@ -45,6 +45,11 @@ pub struct TrainArgs {
     /// and an NVIDIA GPU), or ptx-sim (the PTX interpreter: slow, for checking)
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Matrix products of the training step on a GPU device: f32, or bf16 (tensor cores, f32
+    /// accumulation; weights, gradients, optimiser state, evaluation and sampling stay f32)
+    /// [default: f32, or the config file's]
+    #[arg(long, conflicts_with = "resume")]
+    precision: Option<String>,
     #[command(flatten)]
     hp: Overrides,
     /// No progress bar: log lines only (also the case when stderr is not a terminal).
@@ -563,6 +568,11 @@ fn new_run_config(a: &TrainArgs) -> Result<(String, TrainConfig)> {
     }
     if let Some(d) = &a.data {
         cfg.data = Some(d.clone());
+    }
+    // Named, not opened, here: the precision's check needs to know the kind of device.
+    cfg.device = a.device.parse()?;
+    if let Some(p) = &a.precision {
+        cfg.precision = p.parse()?;
     }
     cfg.validate()?;
     check_needs_data(&preset, &cfg)?;

@@ -100,6 +100,13 @@ pub struct TrainConfig {
     /// ([`crate::train::Trainer::resume_on`]).
     #[serde(skip)]
     pub device: Device,
+    /// Operand precision of the training step's matrix products on a GPU device
+    /// ([`crate::backend::Precision`]): bf16 runs every GEMM of the forward and backward on
+    /// the tensor cores with f32 accumulation, weights, gradients and optimiser state staying
+    /// f32; evaluation and sampling are f32 either way. bf16 needs a GPU device. Absent in
+    /// older run states: f32; written only when bf16, so f32 run states are unchanged.
+    #[serde(default, skip_serializing_if = "crate::backend::Precision::is_f32")]
+    pub precision: crate::backend::Precision,
 }
 
 impl TrainConfig {
@@ -156,6 +163,7 @@ impl TrainConfig {
             out_dir: PathBuf::from(format!("runs/{name}")),
             data: None,
             device: Device::Cpu,
+            precision: crate::backend::Precision::F32,
         };
         match name {
             "tiny" => {
@@ -238,6 +246,13 @@ impl TrainConfig {
         }
         if self.batch_size == 0 {
             return bad("batch size must be positive".into());
+        }
+        if self.precision == crate::backend::Precision::Bf16 && !self.device.is_gpu() {
+            return bad(format!(
+                "precision bf16 needs a GPU device (cuda[:N] or ptx-sim), not {}: the CPU \
+                 trains in f32",
+                self.device
+            ));
         }
         let lr_ok = self.lr.is_finite() && self.lr > 0.0;
         let min_ok = self.min_lr.is_finite() && self.min_lr >= 0.0;

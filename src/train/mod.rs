@@ -351,6 +351,8 @@ impl Trainer {
             .collect();
         let lab = (mc.num_classes > 0).then_some(labels.as_slice());
         self.params.zero_grad();
+        // The forward and, below, the backward: their GEMMs at the configured precision.
+        let _precision = crate::backend::matmul_precision(cfg.precision);
         let out = self.model.forward(&x, lab)?;
         let loss = self.model.loss(&out)?;
         let loss_v = loss.item()? as f64;

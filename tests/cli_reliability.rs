@@ -243,6 +243,11 @@ fn bench_and_train_sizes_past_memory_are_errors() {
     let run = dir.join("run");
     let out = tarflow(&["train", "--width", "64000000", "--out", s(&run)]);
     assert_refused(&out, &["width 64000000", "needs at least", "EB"], &[&run]);
+    // Mixed precision needs a GPU device; an unknown precision is named.
+    let out = tarflow(&["train", "--precision", "bf16", "--out", s(&run)]);
+    assert_refused(&out, &["bf16", "GPU device", "cpu"], &[&run]);
+    let out = tarflow(&["train", "--precision", "fp16", "--out", s(&run)]);
+    assert_refused(&out, &["\"fp16\"", "f32 or bf16"], &[&run]);
 }
 
 #[test]

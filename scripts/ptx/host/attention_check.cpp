@@ -4,10 +4,11 @@
 // top of attention.cu, with the tolerances of tests/gpu_kernels/attention.rs:
 // - attn_fwd_f32 (output and base-2 lse), attn_bwd_dot_f32 (D), attn_bwd_dkdv_f32 and
 //   attn_bwd_dq_f32 (dK, dV, dQ): causal and not, Nq = Nk = 70 (ragged query, key and
-//   16-key tiles), Nq = 38 < Nk = 70 under the causal offset, a temperature in scale_log2,
-//   Dh / Dv = 24 / 40 and 64 / 64 on operands with NaN padding after each row and batch, and
-//   q / k / v cut from one fused [B, N, 3C] buffer (2 batches, 2 heads, N = 20) with a
-//   heads-merged output and the three gradients written into one fused buffer.
+//   16-key tiles), Nq = 38 < Nk = 71 under the causal offset (33, not a multiple of a tile),
+//   a temperature in scale_log2, Dh / Dv = 24 / 40 and 64 / 64 on operands with NaN padding
+//   after each row and batch, and q / k / v cut from one fused [B, N, 3C] buffer (2 batches,
+//   2 heads, N = 20) with a heads-merged output and the three gradients written into one
+//   fused buffer.
 // - attn_decode_partial_f32 + attn_decode_combine_f32: one query over a cache of 600 keys
 //   (two chunks of 256 and a ragged one) whose unused slots hold NaN, and over 3 keys (fewer
 //   than the 4 warps: one warp's state stays empty).
@@ -344,7 +345,9 @@ int main() {
   auto alpha_for = [](unsigned dh) { return (float)(1 / std::sqrt((double)dh) / 0.7); };
   f32_padded("24/40, 70 x 70", {1, 1, 70, 70, 24, 40}, alpha_for(24), false);
   f32_padded("24/40, 70 x 70 causal", {1, 1, 70, 70, 24, 40}, alpha_for(24), true);
-  f32_padded("64/64, 38 x 70 causal", {1, 1, 38, 70, 64, 64}, alpha_for(64), true);
+  // Offset 33: not a multiple of any tile, so the dK / dV loop's first query tile is the one
+  // holding query 31, which sees key 64.
+  f32_padded("64/64, 38 x 71 causal", {1, 1, 38, 71, 64, 64}, alpha_for(64), true);
   f32_fused("fused qkv 16/16, 2 x 2 heads, 20 x 20 causal", {2, 2, 20, 20, 16, 16}, alpha_for(16), true);
   decode("2 heads, 600 keys", 1, 2, 600, 640);
   decode("2 x 2 heads, 3 keys", 2, 2, 3, 8);

@@ -99,8 +99,9 @@ static void case_fwd_bwd(const char* tag, View x, View al, View mu, bool has_cli
         da[k] = (t - g[N + b]) * clip_d(al(b, i, j));
         da_mag[k] = (std::fabs(t) + std::fabs(g[N + b])) * clip_d(al(b, i, j));
       }
-  const unsigned subsets[3] = {COUPLING_DX | COUPLING_DALPHA | COUPLING_DMU, COUPLING_DALPHA,
-                               COUPLING_DX | COUPLING_DMU};
+  // All three, then subsets in which each gradient is missing while another one is asked.
+  const unsigned subsets[4] = {COUPLING_DX | COUPLING_DALPHA | COUPLING_DMU, COUPLING_DALPHA,
+                               COUPLING_DX, COUPLING_DALPHA | COUPLING_DMU};
   for (unsigned flags : subsets) {
     std::vector<float> gx(N + GUARD, NAN), ga(N + GUARD, NAN), gm(N + GUARD, NAN);
     launch(linear_grid(N), 256, [&] {

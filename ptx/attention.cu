@@ -421,8 +421,13 @@ extern "C" __global__ void __launch_bounds__(NT)
 // increasing order; row maxima over the 4 lanes holding a row by a butterfly; each lane's
 // share of a row sum accumulated over tiles, the 4 shares summed (butterfly) at the end.
 
+#ifndef TARFLOW_HOST_EMULATION
 #include <cuda_bf16.h>
+#endif
 
+// The inline-PTX helpers (the same as gemm.cu's). scripts/ptx/host/shim.h gives host versions
+// of these for `scripts/ptx.sh host`, which runs this file on the CPU.
+#ifndef TARFLOW_HOST_EMULATION
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
   return (unsigned)__cvta_generic_to_shared(p);
 }
@@ -446,6 +451,7 @@ __device__ __forceinline__ void mma_bf16(float* d, const unsigned* a, const unsi
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
+#endif
 
 // Two f32 as one bf16 pair, `lo` in the low half (the lower k index of a fragment).
 __device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {

@@ -1,9 +1,9 @@
 // Runs the kernels of ptx/*.cu on the CPU, for `scripts/ptx.sh host`: the CUDA built-ins the
 // kernels use, each CTA as one std::thread per CUDA thread (so __syncthreads and warp
-// collectives behave as barriers among real threads), and host versions of gemm.cu's
-// inline-PTX helpers written from the PTX ISA's tables (ldmatrix: lane 8i + r gives row r of
-// matrix i, lane 4r + w receives word w of row r; mma.m16n8k16: the A, B and C fragment
-// layouts of "Matrix Fragments for mma.m16n8k16 with floating point type").
+// collectives behave as barriers among real threads), and host versions of the inline-PTX
+// helpers of gemm.cu and attention.cu written from the PTX ISA's tables (ldmatrix: lane
+// 8i + r gives row r of matrix i, lane 4r + w receives word w of row r; mma.m16n8k16: the A,
+// B and C fragment layouts of "Matrix Fragments for mma.m16n8k16 with floating point type").
 //
 // What this can and cannot show: index arithmetic, tiling, edge handling, fragment
 // addressing and formulas, yes; timing-dependent faults (a missing cp.async wait or a
@@ -53,6 +53,12 @@ inline double __dmul_rn(double a, double b) { return a * b; }
 inline unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
 inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
 inline float __int_as_float(int u) { float f; memcpy(&f, &u, 4); return f; }
+// CUDA's fast intrinsics as their accurate host counterparts: `__log2f` (approximate base-2
+// log) as log2f, `__frcp_rn` (reciprocal, round to nearest) as a correctly rounded division.
+// expf, exp2f, tanhf, fmaf and fmaxf are the C library's (fmaf fused, fmaxf ignoring a NaN as
+// CUDA's does).
+inline float __log2f(float a) { return std::log2(a); }
+inline float __frcp_rn(float a) { return 1.0f / a; }
 
 struct __nv_bfloat16 {
   uint16_t bits;
@@ -66,11 +72,18 @@ inline __nv_bfloat16 __float2bfloat16_rn(float f) {
   u += 0x7fff + ((u >> 16) & 1);
   return {(uint16_t)(u >> 16)};
 }
+// A pair, `x` in the low half of its 32 bits (as cuda_bf16.h lays it out).
+struct __nv_bfloat162 {
+  __nv_bfloat16 x, y;
+};
+inline __nv_bfloat162 __floats2bfloat162_rn(float lo, float hi) {
+  return {__float2bfloat16_rn(lo), __float2bfloat16_rn(hi)};
+}
 
 // One CTA's synchronisation: a barrier for the CTA and one per warp, with exchange slots.
 struct Warp {
   std::barrier<> bar{32};
-  float f[32];
+  float f[2][32];
   bool p[32];
   const void* addr[32];
   unsigned a[32][4], b[32][2];
@@ -83,14 +96,22 @@ inline unsigned my_lane() { return threadIdx.x & 31; }
 
 inline void __syncthreads() { cta_barrier->arrive_and_wait(); }
 
-inline float __shfl_xor_sync(unsigned, float v, int o) {
+// Shuffles take one barrier each, not two: they alternate between two exchange rows, so a
+// lane writes row p again only two shuffles later, after the barrier of the shuffle between,
+// which no lane passes before every lane has read row p. (The attention kernels shuffle
+// hundreds of times per tile; this halves the host run's time.)
+inline thread_local unsigned shfl_row = 0;
+inline float shfl_exchange(float v, unsigned from) {
   Warp& w = my_warp();
-  w.f[my_lane()] = v;
+  float* row = w.f[shfl_row];
+  shfl_row ^= 1;
+  row[my_lane()] = v;
   w.bar.arrive_and_wait();
-  float r = w.f[my_lane() ^ o];
-  w.bar.arrive_and_wait();
-  return r;
+  return row[from & 31];
 }
+inline float __shfl_xor_sync(unsigned, float v, int o) { return shfl_exchange(v, my_lane() ^ o); }
+// Lane `src`'s value to every lane (all 32 lanes take part, as in the kernels).
+inline float __shfl_sync(unsigned, float v, int src) { return shfl_exchange(v, src); }
 
 inline bool __any_sync(unsigned, bool p) {
   Warp& w = my_warp();
@@ -102,7 +123,8 @@ inline bool __any_sync(unsigned, bool p) {
   return r;
 }
 
-// gemm.cu's inline-PTX helpers.
+// The inline-PTX helpers of gemm.cu (all five) and attention.cu (ldmatrix_x4,
+// ldmatrix_x4_trans, mma_bf16), which have the same signatures in both.
 inline void cp_async16(void* dst, const void* src) { memcpy(dst, src, 16); }
 inline void cp_async_commit() {}
 template <int N>

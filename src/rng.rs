@@ -149,6 +149,26 @@ mod tests {
         assert!((var - 1.0).abs() < 0.02, "var {var}");
     }
 
+    /// The bits every platform must produce: `libm` is the same code everywhere, so these
+    /// pin the stream (a platform's own `ln`/`cos`, as before, could differ in the last bit).
+    /// Four values from two Box-Muller pairs and the fifth from `normal` (the odd remainder).
+    #[test]
+    fn normals_have_the_same_bits_everywhere() {
+        let mut v = [0.0; 5];
+        Rng::new(2024).fill_normal(&mut v);
+        let bits: Vec<u64> = v.iter().map(|x| x.to_bits()).collect();
+        assert_eq!(
+            bits,
+            [
+                0xbfd5_b9a5_920d_8e97, // -0.3394559789942177
+                0x3ff2_bc72_55e4_770e, // 1.1710074763463498
+                0xbfe5_1200_5d15_5c71, // -0.6584474390064213
+                0x3fd6_9962_4fd1_fda4, // 0.35311181826542737
+                0x3fe3_08db_87e7_653b, // 0.594831242978365
+            ]
+        );
+    }
+
     #[test]
     fn below_is_in_range_and_covers() {
         let mut r = Rng::new(11);

@@ -2,7 +2,10 @@
 //!
 //! xoshiro256++ seeded through SplitMix64. The stream depends only on the seed and the
 //! sequence of calls, never on the platform or thread count, and the whole state is four
-//! `u64`s, so training can save it in a checkpoint and resume bit-identically.
+//! `u64`s, so training can save it in a checkpoint and resume bit-identically. The normal
+//! samples use `libm`'s logarithm, sine and cosine rather than the platform's (std's `ln`,
+//! `cos` and `sin_cos` call the C library, whose results differ in the last bit between
+//! systems), so that they too are the same on every platform.
 
 /// Seeded generator; cheap to clone, and `state`/`from_state` round-trip it exactly.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,7 +94,7 @@ impl Rng {
         // Not caching the second value keeps the state a plain [u64; 4].
         let u1 = 1.0 - self.uniform(); // (0, 1]
         let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+        (-2.0 * libm::log(u1)).sqrt() * libm::cos(std::f64::consts::TAU * u2)
     }
 
     /// Fills `out` with standard normals, two per Box-Muller pair.
@@ -100,8 +103,8 @@ impl Rng {
         for pair in &mut chunks {
             let u1 = 1.0 - self.uniform();
             let u2 = self.uniform();
-            let r = (-2.0 * u1.ln()).sqrt();
-            let (s, c) = (std::f64::consts::TAU * u2).sin_cos();
+            let r = (-2.0 * libm::log(u1)).sqrt();
+            let (s, c) = libm::sincos(std::f64::consts::TAU * u2);
             pair[0] = r * c;
             pair[1] = r * s;
         }
@@ -144,6 +147,26 @@ mod tests {
         let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / v.len() as f64;
         assert!(mean.abs() < 0.01, "mean {mean}");
         assert!((var - 1.0).abs() < 0.02, "var {var}");
+    }
+
+    /// The bits every platform must produce: `libm` is the same code everywhere, so these
+    /// pin the stream (a platform's own `ln`/`cos`, as before, could differ in the last bit).
+    /// Four values from two Box-Muller pairs and the fifth from `normal` (the odd remainder).
+    #[test]
+    fn normals_have_the_same_bits_everywhere() {
+        let mut v = [0.0; 5];
+        Rng::new(2024).fill_normal(&mut v);
+        let bits: Vec<u64> = v.iter().map(|x| x.to_bits()).collect();
+        assert_eq!(
+            bits,
+            [
+                0xbfd5_b9a5_920d_8e97, // -0.3394559789942177
+                0x3ff2_bc72_55e4_770e, // 1.1710074763463498
+                0xbfe5_1200_5d15_5c71, // -0.6584474390064213
+                0x3fd6_9962_4fd1_fda4, // 0.35311181826542737
+                0x3fe3_08db_87e7_653b, // 0.594831242978365
+            ]
+        );
     }
 
     #[test]

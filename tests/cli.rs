@@ -115,6 +115,12 @@ fn init_encode_decode_roundtrip_and_audit() {
         text.contains("all checks passed") && text.contains("per-block log-determinant"),
         "{text}"
     );
+    // 784 dimensions are above the default --full-jacobian-max-dim: the audit says it left
+    // that check out, and why.
+    assert!(
+        text.contains("\nskipped:\n  model log-det vs log|det J| (full Jacobian): the image has 784 dimensions, above --full-jacobian-max-dim 256"),
+        "{text}"
+    );
 }
 
 /// A preset name means the same model in every command: `init --preset mnist` builds the

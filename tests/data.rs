@@ -14,9 +14,7 @@ use tarflow::data::idx::{encode_idx_images, encode_idx_labels, gzip, write_idx_p
 use tarflow::data::loader::{dequantize, to_signed_unit};
 use tarflow::data::mnist::embedded_test_indices;
 use tarflow::data::*;
-use tarflow::imageio::{
-    f32_to_u8_images, write_line_plot, write_png_grid, GRID_PAD_VALUE, PALETTE,
-};
+use tarflow::imageio::{f32_to_u8_images, write_png_grid, GRID_PAD_VALUE};
 use tarflow::{Error, Rng};
 
 // ---------------------------------------------------------------------------------------
@@ -773,44 +771,6 @@ fn png_grid_written_and_read_back() {
         1
     )
     .is_err());
-}
-
-#[test]
-fn line_plot_draws_series_in_distinct_colours() {
-    let dir = TempDir::new("plot");
-    let p = dir.path().join("bpd.png");
-    let train: Vec<(f64, f64)> = (0..100)
-        .map(|i| (i as f64 * 10.0, 3.0 / (1.0 + i as f64 * 0.1)))
-        .collect();
-    let test: Vec<(f64, f64)> = (0..10)
-        .map(|i| (i as f64 * 100.0, 3.2 / (1.0 + i as f64)))
-        .collect();
-    write_line_plot(
-        &p,
-        "bits/dim vs steps",
-        &[("train", &train), ("test", &test)],
-        480,
-        320,
-    )
-    .unwrap();
-    let img = image::open(&p).unwrap().to_rgb8();
-    assert_eq!(img.dimensions(), (480, 320));
-    let count = |c: [u8; 3]| img.pixels().filter(|px| px.0 == c).count();
-    let (blue, orange) = (count(PALETTE[0]), count(PALETTE[1]));
-    assert!(blue > 300, "first series drawn ({blue} px)");
-    assert!(orange > 300, "second series drawn ({orange} px)");
-    assert!(count([0, 0, 0]) > 500, "axes and text");
-    // Degenerate input still gives a plot; a too-small canvas is refused.
-    write_line_plot(&p, "empty", &[], 200, 150).unwrap();
-    write_line_plot(
-        &p,
-        "nan",
-        &[("x", &[(0.0, f64::NAN), (1.0, 1.0)])],
-        200,
-        150,
-    )
-    .unwrap();
-    assert!(write_line_plot(&p, "t", &[], 10, 10).is_err());
 }
 
 // ---------------------------------------------------------------------------------------

@@ -118,6 +118,62 @@ fn block_jacobian_is_triangular_and_logdet_matches() {
     assert!((log_abs_det(&a, 3) - det.abs().ln()).abs() < 1e-14);
 }
 
+/// Every check the audit leaves out is listed with why: the whole-model Jacobian above
+/// `full_jacobian_max_dim`, the block checks on samples past the first, the tokens past the
+/// window; an audit that makes every check lists none.
+#[test]
+fn audit_lists_the_checks_it_skipped_and_why() {
+    let m = model::<f64>(small_config(0), 11);
+    let opts = AuditOptions {
+        samples: 2,
+        full_jacobian_max_dim: 32,
+        window: 3,
+        ..Default::default()
+    };
+    let report = audit(&m, &opts).unwrap();
+    assert!(report.passed(), "{}", report.table());
+    let full = "model log-det vs log|det J| (full Jacobian)";
+    assert!(
+        report.checks.iter().all(|c| c.name != full),
+        "{}",
+        report.table()
+    );
+    let names: Vec<&str> = report.skipped.iter().map(|k| k.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            full,
+            "block checks on samples 1..",
+            "block log-det on the other tokens"
+        ]
+    );
+    // The reasons carry the numbers that decided them: 64 dimensions over a limit of 32,
+    // 3 of 16 tokens.
+    assert!(
+        report.skipped[0].reason.contains("64 dimensions")
+            && report.skipped[0].reason.contains("32")
+    );
+    assert!(report.skipped[2].reason.contains("first 3 of 16 tokens"));
+    let table = report.table();
+    let at = table.find("\nskipped:\n").expect("a skipped section");
+    for k in &report.skipped {
+        assert!(
+            table[at..].contains(&format!("  {}: {}", k.name, k.reason)),
+            "{table}"
+        );
+    }
+
+    let everything = AuditOptions {
+        samples: 1,
+        window: 16,
+        ..Default::default()
+    };
+    let report = audit(&m, &everything).unwrap();
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    assert!(report.checks.iter().any(|c| c.name == full));
+    assert!(!report.table().contains("skipped"), "{}", report.table());
+}
+
 /// Output projections so large that the log-determinant overflows to NaN: every judged
 /// quantity is then NaN, and the audit must fail and say where (it used to print "all checks
 /// passed", because the worst errors were folded with `f64::max`, which drops NaN).

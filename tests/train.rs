@@ -55,13 +55,14 @@ fn resumed_run_is_bit_identical_to_an_uninterrupted_one() {
     t.run(|_| {}).unwrap();
     for f in [
         "metrics.jsonl",
-        "bpd.png",
         "samples-0000006.png",
         "model-0000006.safetensors",
         "state-0000006.safetensors",
     ] {
         assert!(full_dir.join(f).exists(), "{f} missing");
     }
+    // The plot needs the `plot` feature; without it no bpd.png is written.
+    assert_eq!(full_dir.join("bpd.png").exists(), cfg!(feature = "plot"));
 
     let part_dir = tmpdir("part");
     let mut t = Trainer::new(config(&part_dir), train.clone(), test.clone()).unwrap();
@@ -277,4 +278,54 @@ fn a_run_lengthened_mid_way_resumes_exactly() {
         let same = va.iter().zip(vb).all(|(x, y)| x.to_bits() == y.to_bits());
         assert!(same, "{na} differs after a lengthened run was resumed");
     }
+}
+
+/// The training run's sample grid of a class-conditional model has each row's class written
+/// left of it, as `sample`'s grid of every class does; an unconditional model's has no margin.
+#[test]
+fn training_sample_grids_label_each_row_with_its_class() {
+    use tarflow::imageio::{make_styled_grid, GridStyle};
+    let dir = tmpdir("grid-labels");
+    let (train, test) = small_data();
+    let t = Trainer::new(config(&dir), train.clone(), test.clone()).unwrap();
+    let (classes, side) = (t.config().model.num_classes, t.config().model.image_size);
+    assert!(classes > 1);
+    let p = dir.join("grid.png");
+    t.write_samples(&p).unwrap();
+    let img = image::open(&p).unwrap().to_luma8();
+    // The margin is what a labelled grid of the same layout has left of its cells.
+    let style = GridStyle {
+        row_labels: (0..classes).map(|k| k.to_string()).collect(),
+        ..GridStyle::new(1, 2)
+    };
+    let blank = vec![0u8; classes * side * side];
+    let (want, w, h) = make_styled_grid(&blank, classes, 1, side, side, &style).unwrap();
+    assert_eq!(img.dimensions(), (w as u32, h as u32));
+    let unlabelled = side + 2 * 2;
+    let margin = w - unlabelled;
+    assert!(margin > 0);
+    for y in 0..h {
+        for x in 0..margin {
+            assert_eq!(
+                img.get_pixel(x as u32, y as u32).0[0],
+                want[y * w + x],
+                "({x}, {y})"
+            );
+        }
+    }
+    // Every row's label has ink (the class digit in black).
+    for k in 0..classes {
+        let rows = 2 + k * (side + 2)..2 + k * (side + 2) + side;
+        let ink = rows
+            .flat_map(|y| (0..margin).map(move |x| (x, y)))
+            .filter(|&(x, y)| img.get_pixel(x as u32, y as u32).0[0] == 0)
+            .count();
+        assert!(ink > 0, "row {k} has no label");
+    }
+
+    let mut c = config(&dir);
+    c.model.num_classes = 0;
+    let t = Trainer::new(c, train, test).unwrap();
+    t.write_samples(&p).unwrap();
+    assert_eq!(image::open(&p).unwrap().width() as usize, unlabelled);
 }

@@ -36,8 +36,36 @@ pub struct KernelResult {
     /// Throughput over the matching measured ceiling: f32 FMA peak for compute-bound
     /// kernels, triad bandwidth (cache or DRAM by working set) for memory-bound ones.
     pub frac_of_peak: f64,
+    /// Which ceiling `frac_of_peak` is measured against.
+    pub ceiling: Ceiling,
+    /// That ceiling's value, in GFLOP/s for [`Ceiling::Fma`], in GB/s for the others.
+    pub ceiling_value: f64,
     /// Free-form remark, e.g. what the flop count includes.
     pub note: String,
+}
+
+/// The measured ceiling ([`Peak`]) a kernel is compared with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ceiling {
+    /// f32 FMA throughput on every thread ([`Peak::gflops`]): compute-bound kernels.
+    Fma,
+    /// Triad bandwidth with the arrays in cache ([`Peak::cache_gbps`]): memory-bound kernels
+    /// that move at most [`Peak::cache_working_set`] bytes.
+    Cache,
+    /// Triad bandwidth from DRAM ([`Peak::dram_gbps`]): memory-bound kernels that move more.
+    Dram,
+}
+
+impl Ceiling {
+    /// A short name for tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Ceiling::Fma => "FMA",
+            Ceiling::Cache => "cache",
+            Ceiling::Dram => "DRAM",
+        }
+    }
 }
 
 impl KernelResult {
@@ -59,6 +87,8 @@ impl KernelResult {
             gflops: Some(g),
             gbps: None,
             frac_of_peak: g / peak.gflops,
+            ceiling: Ceiling::Fma,
+            ceiling_value: peak.gflops,
             note: String::new(),
         }
     }
@@ -72,6 +102,11 @@ impl KernelResult {
         peak: &Peak,
     ) -> Self {
         let g = bytes as f64 / t.median_s / 1e9;
+        let ceiling = if bytes <= peak.cache_working_set {
+            Ceiling::Cache
+        } else {
+            Ceiling::Dram
+        };
         KernelResult {
             name: name.into(),
             shape: shape.into(),
@@ -81,6 +116,8 @@ impl KernelResult {
             gflops: None,
             gbps: Some(g),
             frac_of_peak: g / peak.bandwidth_for(bytes),
+            ceiling,
+            ceiling_value: peak.bandwidth_for(bytes),
             note: String::new(),
         }
     }
@@ -366,7 +403,7 @@ pub fn bench_matmul(
     let ratios = |t: &Timing| {
         let g = flops / t.median_s / 1e9;
         format!(
-            "{:.3} of direct gemm, {:.2}x matrixmultiply, {:.0}% of the peak in the same rounds \
+            "{:.3} of direct gemm, {:.2}x matrixmultiply, {:.0}% of the FMA probe rerun in the same rounds \
              ({round_peak:.0} GFLOP/s), {:.0}% of the microkernel on L1 data in them \
              ({round_micro:.0} GFLOP/s)",
             t_own.median_s / t.median_s,
@@ -457,25 +494,125 @@ pub fn bench_elementwise(n: usize, peak: &Peak, cfg: &BenchConfig) -> Vec<Kernel
     ]
 }
 
-/// A plain-text table of results, one line each.
+/// Plain-text tables of results, one line each: the compute-bound kernels against the f32
+/// FMA peak, then the memory-bound ones against the triad bandwidth for their working set,
+/// each table under a line that says what its "% of peak" is measured against.
 pub fn format_table(results: &[KernelResult]) -> String {
-    let mut s = format!(
-        "{:<13} {:<18} {:>11} {:>11} {:>9} {:>9} {:>7}  {}\n",
-        "kernel", "shape", "median ms", "min ms", "GFLOP/s", "GB/s", "peak", "note"
-    );
-    let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
-    for r in results {
+    let ms = |v: f64| format!("{:.4}", v * 1e3);
+    let pct = |r: &KernelResult| format!("{:.1}%", 100.0 * r.frac_of_peak);
+    let mut s = String::new();
+    let compute: Vec<&KernelResult> = results.iter().filter(|r| r.gflops.is_some()).collect();
+    if let Some(first) = compute.first() {
         s += &format!(
-            "{:<13} {:<18} {:>11.4} {:>11.4} {:>9} {:>9} {:>6.1}%  {}\n",
-            r.name,
-            r.shape,
-            r.median_s * 1e3,
-            r.min_s * 1e3,
-            opt(r.gflops),
-            opt(r.gbps),
-            100.0 * r.frac_of_peak,
-            r.note
+            "compute-bound: % of peak = GFLOP/s over the f32 FMA peak on every thread \
+             ({:.1} GFLOP/s)\n",
+            first.ceiling_value
         );
+        let mut rows = vec![row(&[
+            "kernel",
+            "shape",
+            "median ms",
+            "min ms",
+            "GFLOP/s",
+            "% of peak",
+            "note",
+        ])];
+        for r in &compute {
+            rows.push(vec![
+                r.name.clone(),
+                r.shape.clone(),
+                ms(r.median_s),
+                ms(r.min_s),
+                format!("{:.1}", r.gflops.unwrap_or(f64::NAN)),
+                pct(r),
+                r.note.clone(),
+            ]);
+        }
+        s += &aligned(&rows, &[false, false, true, true, true, true, false]);
+    }
+    let memory: Vec<&KernelResult> = results.iter().filter(|r| r.gflops.is_none()).collect();
+    if !memory.is_empty() {
+        if !s.is_empty() {
+            s += "\n";
+        }
+        let value = |c: Ceiling| {
+            memory
+                .iter()
+                .find(|r| r.ceiling == c)
+                .map_or("not reached".into(), |r| {
+                    format!("{:.1} GB/s", r.ceiling_value)
+                })
+        };
+        s += &format!(
+            "memory-bound: % of peak = GB/s over the triad bandwidth for the kernel's working \
+             set: cache ({}) or DRAM ({}), as the ceiling column says\n",
+            value(Ceiling::Cache),
+            value(Ceiling::Dram)
+        );
+        let mut rows = vec![row(&[
+            "kernel",
+            "shape",
+            "median ms",
+            "min ms",
+            "GB/s",
+            "ceiling",
+            "% of peak",
+            "note",
+        ])];
+        for r in &memory {
+            rows.push(vec![
+                r.name.clone(),
+                r.shape.clone(),
+                ms(r.median_s),
+                ms(r.min_s),
+                format!("{:.1}", r.gbps.unwrap_or(f64::NAN)),
+                r.ceiling.name().into(),
+                pct(r),
+                r.note.clone(),
+            ]);
+        }
+        s += &aligned(&rows, &[false, false, true, true, true, false, true, false]);
+    }
+    s
+}
+
+fn row(cells: &[&str]) -> Vec<String> {
+    cells.iter().map(|c| c.to_string()).collect()
+}
+
+/// `rows` (the header first) as lines of columns two spaces apart, each column as wide as its
+/// widest cell, right-aligned where `right` says; the last column is not padded.
+pub fn aligned(rows: &[Vec<String>], right: &[bool]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let width: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|v| v.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut s = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (c, v) in r.iter().enumerate() {
+            if c > 0 {
+                line += "  ";
+            }
+            let pad = width[c].saturating_sub(v.chars().count());
+            if c + 1 == cols {
+                line += v;
+            } else if right.get(c).copied().unwrap_or(false) {
+                line += &" ".repeat(pad);
+                line += v;
+            } else {
+                line += v;
+                line += &" ".repeat(pad);
+            }
+        }
+        s += line.trim_end();
+        s += "\n";
     }
     s
 }
@@ -548,8 +685,67 @@ mod tests {
             assert!(k.gflops.is_some() != k.gbps.is_some(), "{k:?}");
         }
         let table = format_table(&r);
-        assert_eq!(table.lines().count(), r.len() + 1);
+        // Two tables, each with its definition line and header.
+        assert_eq!(table.lines().count(), r.len() + 5, "{table}");
         let json = serde_json::to_string(&r).unwrap();
         assert!(json.contains("\"frac_of_peak\""));
+    }
+
+    fn result(name: &str, shape: &str, ms: f64, rate: f64, ceiling: Ceiling) -> KernelResult {
+        let (gflops, gbps, value) = match ceiling {
+            Ceiling::Fma => (Some(rate), None, 200.0),
+            Ceiling::Cache => (None, Some(rate), 80.0),
+            Ceiling::Dram => (None, Some(rate), 20.0),
+        };
+        KernelResult {
+            name: name.into(),
+            shape: shape.into(),
+            median_s: ms * 1e-3,
+            min_s: ms * 0.9e-3,
+            max_s: ms * 1.1e-3,
+            gflops,
+            gbps,
+            frac_of_peak: rate / value,
+            ceiling,
+            ceiling_value: value,
+            note: String::new(),
+        }
+    }
+
+    #[test]
+    fn tables_split_by_ceiling_with_aligned_columns() {
+        let mut long = result(
+            "transformer_fwd_bwd",
+            "64x49x128 L2",
+            123.25,
+            100.0,
+            Ceiling::Fma,
+        );
+        long.note = "a note".into();
+        let results = [
+            result("matmul", "8x4x6", 0.5, 50.0, Ceiling::Fma),
+            long,
+            result("add", "[64]", 0.001, 40.0, Ceiling::Cache),
+            result("sum", "[25165824]", 12.0, 10.0, Ceiling::Dram),
+        ];
+        let t = format_table(&results);
+        let want = "\
+compute-bound: % of peak = GFLOP/s over the f32 FMA peak on every thread (200.0 GFLOP/s)
+kernel               shape         median ms    min ms  GFLOP/s  % of peak  note
+matmul               8x4x6            0.5000    0.4500     50.0      25.0%
+transformer_fwd_bwd  64x49x128 L2   123.2500  110.9250    100.0      50.0%  a note
+
+memory-bound: % of peak = GB/s over the triad bandwidth for the kernel's working set: cache (80.0 GB/s) or DRAM (20.0 GB/s), as the ceiling column says
+kernel  shape       median ms   min ms  GB/s  ceiling  % of peak  note
+add     [64]           0.0010   0.0009  40.0  cache        50.0%
+sum     [25165824]    12.0000  10.8000  10.0  DRAM         50.0%
+";
+        assert_eq!(t, want);
+        // Every line of a table has its columns at the same offsets.
+        for block in t.split("\n\n") {
+            let lines: Vec<&str> = block.lines().skip(1).collect();
+            let at = |l: &str| l.find('%').unwrap();
+            assert!(lines[1..].iter().all(|l| at(l) == at(lines[1])), "{block}");
+        }
     }
 }

@@ -26,8 +26,15 @@ pub fn bench_kernels(json: bool, repeats: Option<usize>) -> Result<()> {
         );
     } else {
         say!(
-            "machine peak: {:.1} GFLOP/s f32 FMA ({} threads, {}), {:.1} GFLOP/s one thread, DRAM {:.1} GB/s, cache {:.1} GB/s",
-            peak.gflops, peak.threads, peak.isa, peak.gflops_one_thread, peak.dram_gbps, peak.cache_gbps
+            "measured ceilings: f32 FMA {:.1} GFLOP/s on {} threads ({}; {:.1} on one), \
+             triad {:.1} GB/s in cache (up to {:.1} MB moved), {:.1} GB/s from DRAM\n",
+            peak.gflops,
+            peak.threads,
+            peak.isa,
+            peak.gflops_one_thread,
+            peak.cache_gbps,
+            peak.cache_working_set as f64 / 1e6,
+            peak.dram_gbps
         );
         say!("{}", format_table(&results).trim_end_matches('\n'));
     }

@@ -8,7 +8,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use tarflow::model::load_checkpoint;
-use tarflow::train::{evaluate_bpd, open_data, Event, NoiseMode, TrainConfig, Trainer};
+use tarflow::train::{evaluate_bpd, open_data, EvalResult, Event, NoiseMode, TrainConfig, Trainer};
 use tarflow::{Device, Error, Result};
 
 #[derive(Args)]
@@ -491,7 +491,8 @@ pub struct EvalArgs {
     /// Evaluate the training split instead of the test split.
     #[arg(long)]
     train_split: bool,
-    /// Dequantisation draws (the confidence interval is over these).
+    /// Dequantisation draws: each image is scored this many times with fresh uniform noise
+    /// (with 2 or more, the standard error over the draws is printed too).
     #[arg(long, default_value_t = 4)]
     draws: usize,
     /// Images to use (0 = all).
@@ -518,23 +519,56 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let data = if a.train_split { train } else { test };
     let t0 = Instant::now();
     let r = evaluate_bpd(&m, &data, a.limit, a.batch_size, a.draws, a.seed)?;
-    match r.ci95 {
-        Some(ci) => say!(
-            "bits/dim {:.4} ± {:.4} (95% CI over {} dequantisation draws, {} images, {:.1}s)",
-            r.bpd,
-            ci,
-            a.draws,
-            r.images,
-            t0.elapsed().as_secs_f64()
-        ),
-        None => say!(
-            "bits/dim {:.4} ({} images, 1 draw, {:.1}s)",
-            r.bpd,
-            r.images,
-            t0.elapsed().as_secs_f64()
-        ),
+    for line in eval_lines(&r, t0.elapsed().as_secs_f64()) {
+        say!("{line}");
     }
     Ok(())
+}
+
+/// What `eval` prints: the mean first (scripts read its second word), then each standard
+/// error on its own line with what it covers.
+fn eval_lines(r: &EvalResult, secs: f64) -> Vec<String> {
+    let draws = r.per_draw.len();
+    let plural = |n: usize, one: &str| format!("{n} {one}{}", if n == 1 { "" } else { "s" });
+    let mut out = vec![format!(
+        "bits/dim {:.4} (mean over {} x {}, {secs:.1} s)",
+        r.bpd,
+        plural(r.images, "image"),
+        plural(draws, "dequantisation draw"),
+    )];
+    out.push(match r.se_images {
+        Some(se) => format!(
+            "  ± {} standard error over the images (sd of the per-image bits/dim / sqrt({})): \
+             how far another {} could move the mean",
+            sig(se),
+            r.images,
+            plural(r.images, "image")
+        ),
+        None => "  no standard error over the images: one image".into(),
+    });
+    out.push(match r.se_draws {
+        Some(se) => format!(
+            "  ± {} standard error over the {draws} draws (sd of the per-draw means / \
+             sqrt({draws})): the dequantisation noise left in the mean",
+            sig(se)
+        ),
+        None => "  no standard error over the draws: one draw (--draws 2 or more for one)".into(),
+    });
+    out
+}
+
+/// A standard error with two significant digits and at least four decimals, so that a small
+/// one does not print as 0.0000.
+fn sig(v: f64) -> String {
+    if !v.is_finite() || v == 0.0 {
+        return format!("{v}");
+    }
+    let decimals = 1 - v.abs().log10().floor() as i64;
+    if decimals > 10 {
+        format!("{v:.1e}")
+    } else {
+        format!("{v:.*}", decimals.max(4) as usize)
+    }
 }
 
 /// The checks `train` makes before it writes anything: the device, the options a resume
@@ -616,8 +650,61 @@ fn duration(d: std::time::Duration) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::duration;
+    use super::{duration, eval_lines, sig};
     use std::time::Duration;
+    use tarflow::train::EvalResult;
+
+    #[test]
+    fn small_standard_errors_keep_two_significant_digits() {
+        for (v, want) in [
+            (0.0123, "0.0123"),
+            (0.1234, "0.1234"),
+            (0.00004567, "0.000046"),
+            (2.5, "2.5000"),
+            (0.0, "0"),
+            (3e-13, "3.0e-13"),
+        ] {
+            assert_eq!(sig(v), want, "{v}");
+        }
+    }
+
+    #[test]
+    fn eval_output_names_what_each_standard_error_covers() {
+        let r = EvalResult {
+            bpd: 1.23456,
+            se_images: Some(0.0123),
+            se_draws: Some(0.00004),
+            per_draw: vec![1.2345, 1.2346, 1.2347, 1.2344],
+            images: 1000,
+        };
+        let lines = eval_lines(&r, 2.0);
+        assert_eq!(lines[0].split_whitespace().nth(1), Some("1.2346"));
+        assert!(
+            lines[0].contains("1000 images x 4 dequantisation draws"),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[1].contains("± 0.0123") && lines[1].contains("over the images"));
+        assert!(lines[2].contains("± 0.000040") && lines[2].contains("over the 4 draws"));
+        assert!(
+            !lines.concat().contains("95"),
+            "no normal quantile: {lines:?}"
+        );
+        let one = EvalResult {
+            se_images: None,
+            se_draws: None,
+            per_draw: vec![1.0],
+            images: 1,
+            ..r
+        };
+        let lines = eval_lines(&one, 0.1);
+        assert!(
+            lines[0].contains("1 image x 1 dequantisation draw,"),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[1].contains("one image") && lines[2].contains("one draw"));
+    }
 
     #[test]
     fn durations_read_in_the_unit_that_fits() {

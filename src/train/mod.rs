@@ -5,6 +5,8 @@ mod config;
 mod data;
 mod eval;
 mod metrics;
+#[cfg(feature = "plot")]
+pub mod plot;
 pub mod run_dir;
 
 pub use config::{NoiseMode, TrainConfig};
@@ -23,7 +25,7 @@ use crate::autograd::no_grad;
 use crate::data::{Batch, Dataset, Loader, LoaderConfig, LoaderState, Prefetcher};
 use crate::error::{Error, Result};
 use crate::fsutil::{atomic_write, read_file};
-use crate::imageio::{f32_to_u8_images, write_line_plot, write_png_grid};
+use crate::imageio::{f32_to_u8_images, write_grid, GridStyle};
 use crate::model::{checkpoint_bytes, parse_checkpoint, Guidance, SampleOptions, Sampler, TarFlow};
 use crate::nn::ParamStore;
 use crate::optim::{AdamW, AdamWConfig, AdamWParamState, AdamWState, Ema, EmaState, LrSchedule};
@@ -438,7 +440,8 @@ impl Trainer {
         )
     }
 
-    /// Writes a grid of samples (one row per class) to `path`, sampled on the run's device.
+    /// Writes a grid of samples to `path` (PNG or JPEG by its extension), sampled on the run's
+    /// device: for a class-conditional model one row per class, labelled with the class.
     pub fn write_samples(&self, path: &Path) -> Result<()> {
         let m = self.eval_model_on_device()?;
         let mc = &self.config.model;
@@ -478,15 +481,24 @@ impl Trainer {
         let _g = no_grad();
         let n = x.shape()[0];
         let px = f32_to_u8_images(&x.try_to_vec()?);
-        write_png_grid(
+        // One class per row, written beside it, as `sample` does for a grid of every class.
+        let row_labels = if mc.num_classes > 0 {
+            (0..mc.num_classes).map(|k| k.to_string()).collect()
+        } else {
+            Vec::new()
+        };
+        let style = GridStyle {
+            row_labels,
+            ..GridStyle::new(per, 2)
+        };
+        write_grid(
             path,
             &px,
             n,
             mc.channels,
             mc.image_size,
             mc.image_size,
-            per,
-            2,
+            &style,
         )
     }
 
@@ -758,32 +770,27 @@ impl Trainer {
         )
     }
 
-    /// Redraws `bpd.png` from `metrics.jsonl`.
+    /// Redraws `bpd.png` from `metrics.jsonl` (see [`plot`]).
+    #[cfg(feature = "plot")]
     fn write_plot(&self) -> Result<()> {
         let path = self.config.out_dir.join("metrics.jsonl");
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let (mut train, mut test) = (Vec::new(), Vec::new());
-        for line in text.lines() {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            let step = v["step"].as_f64().unwrap_or(0.0);
-            if let Some(b) = v["train_bpd"].as_f64() {
-                train.push((step, b));
-            }
-            if let Some(b) = v["test_bpd"].as_f64() {
-                test.push((step, b));
-            }
-        }
-        let series: Vec<(&str, &[(f64, f64)])> =
-            vec![("train bits/dim", &train), ("test bits/dim", &test)];
-        write_line_plot(
-            self.config.out_dir.join("bpd.png"),
-            "bits/dim",
-            &series,
-            640,
-            400,
+        let test_images = match self.config.eval_images {
+            0 => self.test.len(),
+            n => n.min(self.test.len()),
+        };
+        plot::write_bpd_plot(
+            &self.config.out_dir.join("bpd.png"),
+            &plot::BpdCurves::from_metrics(&text),
+            &self.config.noise,
+            test_images,
         )
+    }
+
+    /// A build without the `plot` feature draws no `bpd.png` (metrics.jsonl has the figures).
+    #[cfg(not(feature = "plot"))]
+    fn write_plot(&self) -> Result<()> {
+        Ok(())
     }
 
     /// Trains until `config.steps`, with periodic evaluation, samples and checkpoints, and a

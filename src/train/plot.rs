@@ -4,7 +4,7 @@
 //! in bits/dim on the inputs the model is trained on (noise-augmented, or dequantised in a
 //! likelihood run), averaged over each logged interval, and the model's bits/dim on
 //! dequantised test images at each evaluation (drawn with markers: there are few of them).
-//! The text uses DejaVu Sans, embedded (assets/fonts), so that the figure looks the same on
+//! The text uses DejaVu Sans, embedded (src/train/fonts), so that the figure looks the same on
 //! every machine, with no system font or fontconfig involved.
 
 use std::path::Path;
@@ -17,8 +17,8 @@ use super::config::NoiseMode;
 use crate::error::{Error, Result};
 use crate::imageio::write_png;
 
-/// DejaVu Sans cut down to the characters the plot draws (see assets/fonts/LICENSE-DejaVu.txt).
-const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans-subset.ttf");
+/// DejaVu Sans cut down to the characters the plot draws (see src/train/fonts/LICENSE-DejaVu.txt).
+const FONT: &[u8] = include_bytes!("fonts/DejaVuSans-subset.ttf");
 /// The family name the figure asks plotters for; [`register`] maps it to [`FONT`].
 const FAMILY: &str = "sans-serif";
 

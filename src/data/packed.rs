@@ -458,7 +458,8 @@ impl PackWriter {
     pub fn write_images(&mut self, pixels: &[u8]) -> Result<()> {
         let per = self.header.image_len();
         let n = pixels.len() as u64 / per;
-        if pixels.len() as u64 % per != 0 || self.images_written + n > self.header.count {
+        if !(pixels.len() as u64).is_multiple_of(per) || self.images_written + n > self.header.count
+        {
             return Err(Error::arg(
                 "PackWriter::write_images",
                 format!(

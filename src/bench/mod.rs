@@ -1,6 +1,6 @@
 //! Measuring the engine on this machine: the hardware ceilings ([`peak`]) and the engine's
-//! kernels against them ([`kernels`], [`fused`]), whole-model workloads ([`model`]), and the
-//! GPU kernels on the PTX interpreter or a GPU ([`gpu`]).
+//! kernels against them ([`kernels`], [`fused`]), whole-model workloads ([`model`]), the
+//! GPU kernels on the PTX interpreter or a GPU ([`gpu`]), and the data loader ([`loader`]).
 //!
 //! Everything here measures and reports; nothing asserts a speed. The command-line program
 //! prints [`KernelResult`]s as a table or JSON, and `docs/performance.md` records a run.
@@ -9,6 +9,7 @@
 pub mod fused;
 pub mod gpu;
 pub mod kernels;
+pub mod loader;
 pub mod model;
 pub mod peak;
 

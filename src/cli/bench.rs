@@ -1,11 +1,17 @@
-//! `tarflow bench`: whole-model timings for any shape, and (with --kernels) kernel timings
-//! against this machine's measured peak.
+//! `tarflow bench`: whole-model timings for any shape, (with --kernels) kernel timings
+//! against this machine's measured peak, and (with --loader) the data loader's images/s.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::out::say;
 use clap::Args;
 
+use tarflow::bench::loader::{images_needed, loader_pass, memory, LoaderPass};
 use tarflow::bench::model::{bench_model_on, check_request};
+use tarflow::data::is_pack;
 use tarflow::model::TarFlowConfig;
+use tarflow::train::open_data;
 use tarflow::{Device, Error, Result};
 
 #[derive(Args)]
@@ -13,8 +19,25 @@ pub struct BenchArgs {
     /// Time the engine's kernels (matmul, MLP block, softmax, layer_norm, attention,
     /// elementwise) against the measured peak instead of the model; with --device ptx-sim
     /// or cuda[:N], the GPU kernels instead.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "loader")]
     kernels: bool,
+    /// Time the data loader alone (shuffled batch assembly and dequantisation to f32) on one
+    /// thread and on every core, over the training split of --data, and print the process's
+    /// memory after each pass.
+    #[arg(long)]
+    loader: bool,
+    /// With --loader: the data, as for `train --data` (a `tarflow pack` file is mapped)
+    /// [default: the embedded MNIST digits].
+    #[arg(long, requires = "loader")]
+    data: Option<PathBuf>,
+    /// With --loader: images per pass [default: one epoch of the training split].
+    #[arg(long, requires = "loader")]
+    images: Option<usize>,
+    /// With --loader and a pack: evict the pack from the page cache before the first pass
+    /// of each thread count (posix_fadvise DONTNEED; Linux only), so that pass reads from
+    /// the disk.
+    #[arg(long, requires = "loader")]
+    cold: bool,
     /// Start from the model of a `train` preset (default: small = 28x28x1 p4 C128 T4 K2).
     #[arg(long, default_value = "small")]
     preset: String,
@@ -75,6 +98,21 @@ impl BenchArgs {
         if self.kernels {
             return Ok(());
         }
+        if self.loader {
+            if device != Device::Cpu {
+                return Err(Error::arg(
+                    "bench",
+                    format!("--loader runs on the CPU; --device {device} does not apply"),
+                ));
+            }
+            if self.batch == 0 || self.images == Some(0) {
+                return Err(Error::arg(
+                    "bench",
+                    "--batch and --images must be at least 1 image",
+                ));
+            }
+            return Ok(());
+        }
         let c = self.model()?;
         c.validate()?;
         for (opt, v) in [
@@ -109,6 +147,9 @@ impl BenchArgs {
 }
 
 pub fn bench(a: BenchArgs) -> Result<()> {
+    if a.loader {
+        return bench_loader(&a);
+    }
     if a.kernels {
         return match a.device()? {
             Device::Cpu => super::kernels::bench_kernels(a.json, a.repeats),
@@ -161,6 +202,138 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             r.max_s,
             r.images_per_s,
             r.gflops
+        );
+    }
+    Ok(())
+}
+
+/// Drops the page-cache pages of `path` (none of them may be mapped at the time): the next
+/// read of the file comes from the disk. `false` where this is not supported.
+fn evict_from_page_cache(path: &Path) -> Result<bool> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the descriptor is open for the duration of the call; posix_fadvise only
+        // advises the kernel about the file's cached pages and touches no memory of ours.
+        let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        if rc != 0 {
+            return Err(Error::io(path, std::io::Error::from_raw_os_error(rc)));
+        }
+        Ok(true)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        let _ = path;
+        Ok(false)
+    }
+}
+
+/// `bench --loader`: passes on one thread and on every core, cold (when asked and possible)
+/// then warm, and the rate a training step needs.
+fn bench_loader(a: &BenchArgs) -> Result<()> {
+    let pack = match &a.data {
+        Some(p) => is_pack(p)?.then(|| p.clone()),
+        None => None,
+    };
+    let (c, size) = {
+        let m = a.model()?;
+        (m.channels, m.image_size)
+    };
+    // The image size only scales a folder of images; every other source has its own.
+    let open = || -> Result<Arc<tarflow::data::Dataset>> {
+        Ok(Arc::new(open_data(a.data.as_deref(), c, size)?.0))
+    };
+    let mem_start = memory();
+    let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = if all > 1 { vec![1, all] } else { vec![1] };
+    let mut rows: Vec<LoaderPass> = Vec::new();
+    let mut kept = None;
+    let mut first = None;
+    for t in threads {
+        let (data, cache) = match (&pack, a.cold) {
+            // Mapped pages are not evicted: the previous pass's mapping is gone by now.
+            (Some(p), true) if evict_from_page_cache(p)? => (open()?, "cold"),
+            _ => {
+                let d = match &kept {
+                    Some(d) => Arc::clone(d),
+                    None => kept.insert(open()?).clone(),
+                };
+                (d, if pack.is_some() { "warm" } else { "in memory" })
+            }
+        };
+        let images = a.images.unwrap_or(data.len());
+        first.get_or_insert((data.len(), data.image_shape(), data.is_mapped()));
+        let label = |cache: &str| format!("{t} thread(s), {cache}");
+        rows.push(loader_pass(&label(cache), &data, a.batch, images, t, 1)?);
+        if cache == "cold" {
+            rows.push(loader_pass(&label("warm"), &data, a.batch, images, t, 2)?);
+        }
+    }
+    let (len, [c, h, w], mapped) = first.unwrap_or((0, [0; 3], false));
+    if a.json {
+        let v = serde_json::json!({
+            "data": a.data, "images": len, "image_shape": [c, h, w], "mapped": mapped,
+            "passes": rows,
+        });
+        say!(
+            "{}",
+            serde_json::to_string_pretty(&v).map_err(|e| Error::format("bench", e.to_string()))?
+        );
+        return Ok(());
+    }
+    let size = pack
+        .as_ref()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map_or_else(String::new, |m| {
+            format!(", pack {:.1} MB", m.len() as f64 / 1e6)
+        });
+    say!(
+        "loader over {} training images of {c}x{h}x{w} ({}{size}), batch {}; memory before: {}",
+        len,
+        if mapped { "mapped" } else { "in memory" },
+        a.batch,
+        mem_start.map_or_else(|| "n/a".into(), |m| format!("RSS {} MB", m.rss_kb / 1024))
+    );
+    say!(
+        "{:<24} {:>9} {:>8} {:>11} {:>9} {:>9} {:>10} {:>10}",
+        "pass",
+        "images",
+        "s",
+        "images/s",
+        "MB/s u8",
+        "MB/s f32",
+        "RssAnon MB",
+        "RssFile MB"
+    );
+    for r in &rows {
+        let (anon, file) = r.memory_after.map_or((f64::NAN, f64::NAN), |m| {
+            (m.anon_kb as f64 / 1024.0, m.file_kb as f64 / 1024.0)
+        });
+        say!(
+            "{:<24} {:>9} {:>8.2} {:>11.0} {:>9.1} {:>9.1} {:>10.1} {:>10.1}",
+            r.label,
+            r.images,
+            r.seconds,
+            r.images_per_s,
+            r.mb_per_s,
+            r.f32_mb_per_s,
+            anon,
+            file
+        );
+    }
+    let slowest = rows
+        .iter()
+        .filter(|r| r.threads == 1)
+        .map(|r| r.images_per_s)
+        .fold(f64::INFINITY, f64::min);
+    for step_ms in [25.0, 50.0, 100.0] {
+        let need = images_needed(a.batch, step_ms / 1e3);
+        say!(
+            "a {step_ms:.0} ms step at batch {} needs {need:.0} images/s: one loader thread \
+             (slowest pass) gives {:.1}x that",
+            a.batch,
+            slowest / need
         );
     }
     Ok(())

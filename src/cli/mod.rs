@@ -7,6 +7,7 @@ mod bench;
 mod config;
 mod flow;
 mod kernels;
+mod pack;
 mod shape;
 mod train;
 
@@ -44,6 +45,8 @@ enum Command {
     Decode(flow::DecodeArgs),
     /// Draw samples from a checkpoint into a PNG or JPEG grid.
     Sample(flow::SampleArgs),
+    /// Write a data source once into a memory-mapped pack file for `--data`.
+    Pack(pack::PackArgs),
 }
 
 impl Command {
@@ -61,6 +64,7 @@ impl Command {
             Command::Encode(_) => Ok(()),
             Command::Decode(a) => a.check(),
             Command::Sample(a) => a.check(),
+            Command::Pack(a) => a.check(),
         }
     }
 }
@@ -92,6 +96,7 @@ pub fn run() -> Result<()> {
         Command::Encode(a) => flow::encode(a),
         Command::Decode(a) => flow::decode(a),
         Command::Sample(a) => flow::sample(a),
+        Command::Pack(a) => pack::pack(a),
     }
 }
 

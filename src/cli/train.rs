@@ -24,8 +24,8 @@ pub struct TrainArgs {
     /// Print the resolved configuration (TOML, as config.toml) and exit without training.
     #[arg(long)]
     print_config: bool,
-    /// Data: a directory of IDX files, CIFAR-10 batches or images [default: the embedded
-    /// MNIST digits]
+    /// Data: a directory of IDX files, CIFAR-10 batches or images, or a pack file written by
+    /// `tarflow pack` (memory-mapped) [default: the embedded MNIST digits]
     #[arg(long)]
     data: Option<PathBuf>,
     /// Output directory [default: runs/<preset>]. One run at a time may use it (it is
@@ -485,7 +485,7 @@ pub struct EvalArgs {
     /// Checkpoint (.safetensors) to evaluate.
     #[arg(long)]
     checkpoint: PathBuf,
-    /// Data directory, as for `train` [default: the embedded MNIST test split]
+    /// Data directory or pack file, as for `train` [default: the embedded MNIST test split]
     #[arg(long)]
     data: Option<PathBuf>,
     /// Evaluate the training split instead of the test split.
@@ -620,7 +620,7 @@ fn check_needs_data(preset: &str, cfg: &TrainConfig) -> Result<()> {
     if cfg.data.is_none() && (m.channels, m.image_size) != (1, 28) {
         return Err(Error::Config(format!(
             "--preset {preset} trains on {}x{}x{} images and needs --data DIR (a folder of \
-             CIFAR-10 batches, IDX files or PNG/JPEG images); without it the run would use the \
+             CIFAR-10 batches, IDX files or PNG/JPEG images, or a `tarflow pack` file); without it the run would use the \
              embedded MNIST digits, which are 1x28x28",
             m.channels, m.image_size, m.image_size
         )));

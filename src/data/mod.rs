@@ -1,9 +1,12 @@
 //! Image data sets: the embedded MNIST digits, IDX and CIFAR-10 files, folders of PNG/JPEG
-//! images, and a seeded, resumable batch [`Loader`].
+//! images, memory-mapped packs ([`packed`], `.tfpack`), and a seeded, resumable batch
+//! [`Loader`].
 //!
 //! Everything here works on plain bytes: a [`Dataset`] is `N*C*H*W` pixels (`u8`, row-major,
-//! channel-major within each image) plus one label per image. Conversion to floats happens per
-//! batch ([`loader::to_signed_unit`], [`loader::dequantize`]).
+//! channel-major within each image) plus one label per image. The pixels are held in memory or
+//! mapped from a pack file; every reader of a data set sees the same bytes either way.
+//! Conversion to floats happens per batch ([`loader::to_signed_unit`],
+//! [`loader::dequantize`]).
 //!
 //! Every reader validates what it is given: malformed input gives
 //! [`Error::Format`] naming the file (or the in-memory name the caller
@@ -15,15 +18,78 @@ pub mod folder;
 pub mod idx;
 pub mod loader;
 pub mod mnist;
+pub mod packed;
 
 pub use cifar::{load_cifar_dir, load_cifar_file, parse_cifar_batch, CifarSplit};
 pub use folder::{decode_image, list_image_folder, load_image_folder, FolderListing, ImageFolder};
 pub use idx::{load_idx_pair, parse_idx_images, parse_idx_labels, IdxImages};
 pub use loader::{Batch, Loader, LoaderConfig, LoaderState, Prefetcher};
 pub use mnist::{embedded_mnist, embedded_mnist_split};
+pub use packed::{is_pack, PackHeader, PackWriter, PackedData};
+
+use std::ops::Deref;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::tensor::layout::checked_product;
+
+/// Where the pixels of a [`Dataset`] live: in memory, or in a memory-mapped pack file (then
+/// resident only as far as the operating system's page cache keeps them).
+#[derive(Clone)]
+pub(crate) enum Pixels {
+    /// Owned bytes.
+    Owned(Vec<u8>),
+    /// `len` bytes of a mapped file from byte `start`; cloning shares the mapping.
+    Mapped {
+        map: Arc<memmap2::Mmap>,
+        start: usize,
+        len: usize,
+    },
+}
+
+impl Pixels {
+    /// The bytes as an owned vector (copied out of a mapping), leaving `self` empty.
+    fn take_vec(&mut self) -> Vec<u8> {
+        match std::mem::replace(self, Pixels::Owned(Vec::new())) {
+            Pixels::Owned(v) => v,
+            mapped => mapped.to_vec(),
+        }
+    }
+}
+
+impl Deref for Pixels {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Pixels::Owned(v) => v,
+            // The range is checked against the mapping when the data set is built; an empty
+            // slice here would fail `Dataset::validate` rather than panic.
+            Pixels::Mapped { map, start, len } => map
+                .get(*start..start.saturating_add(*len))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl PartialEq for Pixels {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Pixels {}
+
+impl std::fmt::Debug for Pixels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pixels::Owned(v) => v.fmt(f),
+            Pixels::Mapped { start, len, .. } => {
+                write!(f, "Mapped {{ start: {start}, len: {len} }}")
+            }
+        }
+    }
+}
 
 /// Images and labels held in memory.
 ///
@@ -34,7 +100,7 @@ use crate::tensor::layout::checked_product;
 pub struct Dataset {
     /// `N*C*H*W` pixels: image `i` is `images[i*C*H*W .. (i+1)*C*H*W]`, channel planes one after
     /// the other, each plane row-major.
-    pub(crate) images: Vec<u8>,
+    pub(crate) images: Pixels,
     /// One label per image, each in `0..num_classes`.
     pub(crate) labels: Vec<u32>,
     /// Number of classes the labels range over (at least 1 when there are images).
@@ -59,7 +125,7 @@ impl Dataset {
         width: usize,
     ) -> Result<Self> {
         let d = Dataset {
-            images,
+            images: Pixels::Owned(images),
             labels,
             num_classes,
             channels,
@@ -68,6 +134,84 @@ impl Dataset {
         };
         d.validate(what)?;
         Ok(d)
+    }
+
+    /// A data set whose pixels are `map[start..]`, `labels.len()` images of
+    /// `channels x height x width`; checked like [`Dataset::new`], and the range against the
+    /// mapping.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn mapped(
+        what: &str,
+        map: Arc<memmap2::Mmap>,
+        start: usize,
+        labels: Vec<u32>,
+        num_classes: usize,
+        channels: usize,
+        height: usize,
+        width: usize,
+    ) -> Result<Self> {
+        let len = checked_product([labels.len(), channels, height, width])
+            .filter(|&len| start.checked_add(len).is_some_and(|end| end <= map.len()))
+            .ok_or_else(|| {
+                Error::format(
+                    what,
+                    format!(
+                        "{} images of {channels}x{height}x{width} from byte {start} do not fit \
+                         in {} mapped bytes",
+                        labels.len(),
+                        map.len()
+                    ),
+                )
+            })?;
+        let d = Dataset {
+            images: Pixels::Mapped { map, start, len },
+            labels,
+            num_classes,
+            channels,
+            height,
+            width,
+        };
+        d.validate(what)?;
+        Ok(d)
+    }
+
+    /// Whether the pixels are mapped from a file rather than held in memory.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.images, Pixels::Mapped { .. })
+    }
+
+    /// Images `range` as a data set. A mapped data set shares its mapping (nothing is copied);
+    /// an in-memory one copies the range.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Result<Dataset> {
+        if range.start > range.end || range.end > self.len() {
+            return Err(Error::index(
+                "Dataset::slice",
+                format!(
+                    "range {}..{} out of bounds for {} images",
+                    range.start,
+                    range.end,
+                    self.len()
+                ),
+            ));
+        }
+        let per = self.image_len();
+        let bytes = range.start * per..range.end * per;
+        let images = match &self.images {
+            Pixels::Owned(v) => Pixels::Owned(v[bytes].to_vec()),
+            Pixels::Mapped { map, start, .. } => Pixels::Mapped {
+                map: map.clone(),
+                start: start + bytes.start,
+                len: bytes.len(),
+            },
+        };
+        Ok(Dataset {
+            images,
+            labels: self.labels[range].to_vec(),
+            num_classes: self.num_classes,
+            channels: self.channels,
+            height: self.height,
+            width: self.width,
+        })
     }
 
     /// Every pixel, `N*C*H*W` bytes: image `i` is `images()[i*C*H*W .. (i+1)*C*H*W]`, channel
@@ -101,9 +245,9 @@ impl Dataset {
         self.width
     }
 
-    /// The pixels and the labels, giving up the data set.
-    pub fn into_parts(self) -> (Vec<u8>, Vec<u32>) {
-        (self.images, self.labels)
+    /// The pixels and the labels, giving up the data set (mapped pixels are copied out).
+    pub fn into_parts(mut self) -> (Vec<u8>, Vec<u32>) {
+        (self.images.take_vec(), self.labels)
     }
 
     /// Checks the invariants listed on the type; `what` names the source in errors.
@@ -212,7 +356,7 @@ impl Dataset {
             labels.push(self.labels[i]);
         }
         Ok(Dataset {
-            images,
+            images: Pixels::Owned(images),
             labels,
             num_classes: self.num_classes,
             channels: self.channels,
@@ -233,7 +377,8 @@ impl Dataset {
         counts
     }
 
-    /// Appends `other`, which must have the same image shape and number of classes.
+    /// Appends `other`, which must have the same image shape and number of classes (mapped
+    /// pixels are copied into memory first).
     pub fn extend(&mut self, other: &Dataset) -> Result<()> {
         if other.image_shape() != self.image_shape() || other.num_classes != self.num_classes {
             return Err(Error::arg(
@@ -247,7 +392,9 @@ impl Dataset {
                 ),
             ));
         }
-        self.images.extend_from_slice(&other.images);
+        let mut images = self.images.take_vec();
+        images.extend_from_slice(&other.images);
+        self.images = Pixels::Owned(images);
         self.labels.extend_from_slice(&other.labels);
         Ok(())
     }

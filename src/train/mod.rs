@@ -10,7 +10,7 @@ pub mod plot;
 pub mod run_dir;
 
 pub use config::{NoiseMode, TrainConfig};
-pub use data::open_data;
+pub use data::{open_data, pack_data};
 pub use eval::{dequantize, evaluate_bpd, with_gaussian_noise, EvalResult};
 
 use std::collections::HashMap;

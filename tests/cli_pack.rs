@@ -1,0 +1,152 @@
+#![cfg(feature = "cli")]
+//! `tarflow pack` and `--data FILE.tfpack` as a user runs them: a pack trains and evaluates
+//! exactly like its source, the loader bench reads it, and a damaged pack is a clear error.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+mod common;
+
+use common::TempDir;
+use tarflow::model::load_checkpoint;
+
+fn tarflow(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tarflow"))
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn a_pack_of_the_digits_trains_and_evaluates_as_the_digits_do() {
+    let d = TempDir::new("cli-pack");
+    let pack = d.join("digits.bin");
+    let text = ok(&tarflow(&["pack", "--out", s(&pack), "--verify"]));
+    assert!(
+        text.contains("10000 images (9000 train, 1000 test) of 1x28x28, 10 classes"),
+        "{text}"
+    );
+    assert!(text.contains("pixels verified"), "{text}");
+    let again = tarflow(&["pack", "--out", s(&pack)]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--overwrite"));
+    ok(&tarflow(&["pack", "--out", s(&pack), "--overwrite"]));
+
+    // Two short runs, from the embedded digits and from their pack (found by its magic,
+    // whatever its name): the same weights.
+    let train = |out: &Path, data: Option<&Path>| {
+        let mut args = vec![
+            "train",
+            "--preset",
+            "tiny",
+            "--steps",
+            "3",
+            "--batch-size",
+            "8",
+            "--eval-every",
+            "0",
+            "--sample-every",
+            "0",
+            "--quiet",
+            "--out",
+            s(out),
+        ];
+        if let Some(p) = data {
+            args.extend(["--data", s(p)]);
+        }
+        ok(&tarflow(&args));
+        let mut t = load_checkpoint(&out.join("model-0000003.safetensors"))
+            .unwrap()
+            .tensors;
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        t
+    };
+    let (a, b) = (d.join("a"), d.join("b"));
+    assert_eq!(train(&a, None), train(&b, Some(&pack)));
+
+    let ck = a.join("model-0000003.safetensors");
+    let eval = |data: Option<&Path>| {
+        let mut args = vec![
+            "eval",
+            "--checkpoint",
+            s(&ck),
+            "--limit",
+            "16",
+            "--draws",
+            "1",
+        ];
+        if let Some(p) = data {
+            args.extend(["--data", s(p)]);
+        }
+        let text = ok(&tarflow(&args));
+        text.split_whitespace().nth(1).unwrap().to_string()
+    };
+    assert_eq!(eval(None), eval(Some(&pack)));
+
+    // The loader bench over the mapped pack.
+    let text = ok(&tarflow(&[
+        "bench",
+        "--loader",
+        "--data",
+        s(&pack),
+        "--images",
+        "256",
+        "--cold",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(
+        (v["images"].as_u64(), v["mapped"].as_bool()),
+        (Some(9000), Some(true))
+    );
+    let passes = v["passes"].as_array().expect("passes");
+    assert!(!passes.is_empty());
+    for p in passes {
+        assert!(p["images"].as_u64().unwrap() >= 256, "{p}");
+        assert!(p["images_per_s"].as_f64().unwrap() > 0.0, "{p}");
+    }
+}
+
+#[test]
+fn a_damaged_pack_is_named_in_the_error() {
+    let d = TempDir::new("cli-pack-bad");
+    let pack = d.join("digits.tfpack");
+    ok(&tarflow(&["pack", "--out", s(&pack)]));
+    let bytes = std::fs::read(&pack).unwrap();
+    std::fs::write(&pack, &bytes[..bytes.len() - 1]).unwrap();
+    let out = tarflow(&[
+        "train",
+        "--preset",
+        "tiny",
+        "--steps",
+        "1",
+        "--data",
+        s(&pack),
+        "--out",
+        s(&d.join("run")),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("digits.tfpack") && err.contains("truncated"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let out = tarflow(&["pack", "--data", s(&pack), "--out", s(&d.join("x.tfpack"))]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already a tarflow pack"));
+    let out = tarflow(&["pack", "--out", s(d.path())]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a directory"));
+}

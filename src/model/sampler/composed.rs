@@ -100,11 +100,14 @@ impl<E: Element> Sampler<E> {
                 xp
             };
             let out = self.step_composed(blk, &run, &input, &pos.narrow(0, p, 1)?, p)?;
-            let mut alpha = out.narrow(2, 0, d)?;
+            let (mut alpha, mut mu) = if blk.additive {
+                (Tensor::zeros_on(out.shape(), device)?, out)
+            } else {
+                (out.narrow(2, 0, d)?, out.narrow(2, d, d)?)
+            };
             if let Some(a) = self.alpha_clip {
                 alpha = alpha.soft_clip(a)?;
             }
-            let mut mu = out.narrow(2, d, d)?;
             if branches == 2 {
                 let g = guidance_weight(guidance, p, n);
                 let combine = |t: &Tensor<E>| -> Result<Tensor<E>> {

@@ -6,6 +6,7 @@ pub(crate) mod out;
 mod bench;
 mod config;
 mod flow;
+mod interop;
 mod kernels;
 mod shape;
 mod train;
@@ -44,6 +45,10 @@ enum Command {
     Decode(flow::DecodeArgs),
     /// Draw samples from a checkpoint into a PNG or JPEG grid.
     Sample(flow::SampleArgs),
+    /// Convert another implementation's checkpoint into ours (--from ml-tarflow).
+    Import(interop::ImportArgs),
+    /// Write our checkpoint in another implementation's names (--to ml-tarflow).
+    Export(interop::ExportArgs),
 }
 
 impl Command {
@@ -61,6 +66,8 @@ impl Command {
             Command::Encode(_) => Ok(()),
             Command::Decode(a) => a.check(),
             Command::Sample(a) => a.check(),
+            Command::Import(a) => a.check(),
+            Command::Export(a) => a.check(),
         }
     }
 }
@@ -92,6 +99,8 @@ pub fn run() -> Result<()> {
         Command::Encode(a) => flow::encode(a),
         Command::Decode(a) => flow::decode(a),
         Command::Sample(a) => flow::sample(a),
+        Command::Import(a) => interop::import(a),
+        Command::Export(a) => interop::export(a),
     }
 }
 

@@ -86,6 +86,20 @@ pub fn save_checkpoint<E: Element>(
 pub fn parse_checkpoint(bytes: &[u8], what: &str) -> Result<Checkpoint> {
     let bad = |d: String| Error::format(what.to_string(), d);
     let (mut tensors, metadata) = parse_tensors_with_metadata::<f64>(bytes, what)?;
+    if !metadata.contains_key(CONFIG_KEY)
+        && metadata.contains_key(super::interop::ML_TARFLOW_CONFIG_KEY)
+    {
+        // A converted official checkpoint: read through the importer.
+        let m = super::interop::import_ml_tarflow::<f64>(bytes, what)?;
+        let mut tensors = m.export_parameters();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        return Ok(Checkpoint {
+            config: m.config.clone(),
+            tensors,
+            metadata,
+            prior_var: m.prior_var.clone(),
+        });
+    }
     let cfg_json = metadata.get(CONFIG_KEY).ok_or_else(|| {
         bad(format!(
             "no '{CONFIG_KEY}' entry in the metadata: not a tarflow checkpoint"
@@ -188,6 +202,8 @@ fn check_tensor_set<E: Element>(
 }
 
 /// Reads a checkpoint file. A missing, truncated or foreign file is an error naming the path.
+/// An official TarFlow checkpoint converted by `scripts/ml_tarflow/convert.py` is read too
+/// (through [`import_ml_tarflow`](super::interop::import_ml_tarflow)).
 pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
     let bytes = read_file(path)?;
     parse_checkpoint(&bytes, &path.display().to_string())

@@ -26,6 +26,7 @@ fn micro(classes: usize) -> TarFlowConfig {
         num_classes: classes,
         noise_sigma: 0.0,
         alpha_clip: None,
+        additive: false,
     }
 }
 

@@ -167,6 +167,7 @@ fn the_block_forward_is_bit_identical_to_the_composed_coupling() {
             num_classes: 0,
             noise_sigma: 0.1,
             alpha_clip: clip,
+            additive: false,
         };
         let m = TarFlow::<f32>::new(cfg, 3).unwrap();
         m.randomize_output_projections(0.3, 4).unwrap();

@@ -19,6 +19,7 @@ fn small_config(classes: usize) -> TarFlowConfig {
         num_classes: classes,
         noise_sigma: 0.1,
         alpha_clip: None,
+        additive: false,
     }
 }
 

@@ -6,6 +6,7 @@ pub(crate) mod out;
 mod bench;
 mod config;
 mod flow;
+mod interop;
 mod kernels;
 mod pack;
 mod shape;
@@ -47,6 +48,10 @@ enum Command {
     Sample(flow::SampleArgs),
     /// Write a data source once into a memory-mapped pack file for `--data`.
     Pack(pack::PackArgs),
+    /// Convert another implementation's checkpoint into ours (--from ml-tarflow).
+    Import(interop::ImportArgs),
+    /// Write our checkpoint in another implementation's names (--to ml-tarflow).
+    Export(interop::ExportArgs),
 }
 
 impl Command {
@@ -65,6 +70,8 @@ impl Command {
             Command::Decode(a) => a.check(),
             Command::Sample(a) => a.check(),
             Command::Pack(a) => a.check(),
+            Command::Import(a) => a.check(),
+            Command::Export(a) => a.check(),
         }
     }
 }
@@ -97,6 +104,8 @@ pub fn run() -> Result<()> {
         Command::Decode(a) => flow::decode(a),
         Command::Sample(a) => flow::sample(a),
         Command::Pack(a) => pack::pack(a),
+        Command::Import(a) => interop::import(a),
+        Command::Export(a) => interop::export(a),
     }
 }
 

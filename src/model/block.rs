@@ -74,12 +74,15 @@ pub struct FlowBlock<E: Element> {
     pub class_embed: Option<Embedding<E>>,
     /// The `layers_per_block` Transformer layers, applied in order.
     pub layers: Vec<Layer<E>>,
-    /// `C -> 2D`, zero-initialised weight so every block starts as the identity.
+    /// `C -> 2D` (`C -> D` for the additive variant), zero-initialised weight so every
+    /// block starts as a shift.
     pub proj_out: Linear<E>,
     /// Odd blocks run over the reversed token sequence.
     pub flip: bool,
     pub(crate) alpha_clip: Option<f64>,
     pub(crate) token_dim: usize,
+    /// The volume-preserving variant: `proj_out` gives `mu` alone and `alpha` is zero.
+    pub(crate) additive: bool,
 }
 
 /// Output of a block's Transformer for every position, before the shift: row `i` holds the
@@ -124,6 +127,7 @@ impl<E: Element> FlowBlock<E> {
             flip: self.flip,
             alpha_clip: self.alpha_clip,
             token_dim: self.token_dim,
+            additive: self.additive,
         })
     }
 
@@ -140,10 +144,11 @@ impl<E: Element> FlowBlock<E> {
             layers: (0..cfg.layers_per_block)
                 .map(|_| Layer::new(cfg, rng))
                 .collect::<Result<Vec<_>>>()?,
-            proj_out: Linear::with_zero_weight(c, 2 * d, rng),
+            proj_out: Linear::with_zero_weight(c, cfg.proj_out_dim(), rng),
             flip: index % 2 == 1,
             alpha_clip: cfg.alpha_clip,
             token_dim: d,
+            additive: cfg.additive,
         })
     }
 
@@ -267,6 +272,14 @@ impl<E: Element> FlowBlock<E> {
             h = layer.forward(&h, temperature)?;
         }
         let out = self.proj_out.forward(&h)?;
+        if self.additive {
+            // A zero log-scale through the same coupling gives `z = x - mu` and a zero
+            // log-determinant exactly (`exp(-0) = 1`).
+            return Ok(BlockParams {
+                alpha: Tensor::zeros_on(out.shape(), out.device())?,
+                mu: out,
+            });
+        }
         let d = self.token_dim;
         Ok(BlockParams {
             alpha: out.narrow(2, 0, d)?,

@@ -18,6 +18,9 @@ pub const CONFIG_KEY: &str = "tarflow.config";
 pub const VERSION_KEY: &str = "tarflow.format";
 /// Format version written under [`VERSION_KEY`].
 pub const FORMAT_VERSION: &str = "1";
+/// Name of the optional `[N, D]` tensor holding the model's prior variance
+/// ([`TarFlow::prior_var`]); absent for the unit prior.
+pub const PRIOR_VAR_TENSOR: &str = "prior_var";
 
 /// A checkpoint read from disk: the config, the weights, and any extra metadata.
 pub struct Checkpoint {
@@ -28,13 +31,17 @@ pub struct Checkpoint {
     /// Every metadata entry of the file, including the config JSON (`tarflow.config`) and the
     /// format version (`tarflow.format`).
     pub metadata: HashMap<String, String>,
+    /// The prior variance `[N * D]` when the file has a [`PRIOR_VAR_TENSOR`] (checked: `N x D`
+    /// finite values `> 0`).
+    pub prior_var: Option<Vec<f64>>,
 }
 
 impl Checkpoint {
     /// Builds the model described by the checkpoint, in element type `E`.
     pub fn model<E: Element>(&self) -> Result<TarFlow<E>> {
-        let m = TarFlow::<E>::new(self.config.clone(), 0)?;
+        let mut m = TarFlow::<E>::new(self.config.clone(), 0)?;
         m.load_parameters(&self.tensors)?;
+        m.prior_var = self.prior_var.clone();
         Ok(m)
     }
 }
@@ -44,7 +51,13 @@ pub fn checkpoint_bytes<E: Element>(
     model: &TarFlow<E>,
     extra: &[(String, String)],
 ) -> Result<Vec<u8>> {
-    let params = model.parameters();
+    let mut params = model.parameters();
+    if let Some(v) = &model.prior_var {
+        model.check_prior_var("checkpoint_bytes")?;
+        let (n, d) = (model.config.seq_len(), model.config.token_dim());
+        let t = Tensor::from_vec(v.iter().map(|&x| E::from_f64(x)).collect(), &[n, d])?;
+        params.push((PRIOR_VAR_TENSOR.to_string(), t));
+    }
     let refs: Vec<(&str, &Tensor<E>)> = params.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let mut meta: HashMap<String, String> = extra.iter().cloned().collect();
     meta.insert(CONFIG_KEY.into(), model.config.to_json());
@@ -72,7 +85,21 @@ pub fn save_checkpoint<E: Element>(
 /// one is at fault, the tensor.
 pub fn parse_checkpoint(bytes: &[u8], what: &str) -> Result<Checkpoint> {
     let bad = |d: String| Error::format(what.to_string(), d);
-    let (tensors, metadata) = parse_tensors_with_metadata::<f64>(bytes, what)?;
+    let (mut tensors, metadata) = parse_tensors_with_metadata::<f64>(bytes, what)?;
+    if !metadata.contains_key(CONFIG_KEY)
+        && metadata.contains_key(super::interop::ML_TARFLOW_CONFIG_KEY)
+    {
+        // A converted official checkpoint: read through the importer.
+        let m = super::interop::import_ml_tarflow::<f64>(bytes, what)?;
+        let mut tensors = m.export_parameters();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        return Ok(Checkpoint {
+            config: m.config.clone(),
+            tensors,
+            metadata,
+            prior_var: m.prior_var.clone(),
+        });
+    }
     let cfg_json = metadata.get(CONFIG_KEY).ok_or_else(|| {
         bad(format!(
             "no '{CONFIG_KEY}' entry in the metadata: not a tarflow checkpoint"
@@ -89,6 +116,27 @@ pub fn parse_checkpoint(bytes: &[u8], what: &str) -> Result<Checkpoint> {
         }
     }
     let config = TarFlowConfig::from_json(cfg_json).map_err(|e| bad(e.to_string()))?;
+    let prior_var = match tensors.remove(PRIOR_VAR_TENSOR) {
+        None => None,
+        Some(t) => {
+            let want = [config.seq_len(), config.token_dim()];
+            if t.shape() != want {
+                return Err(bad(format!(
+                    "tensor '{PRIOR_VAR_TENSOR}' has shape {:?}, the config needs {want:?}",
+                    t.shape()
+                )));
+            }
+            let v = t.to_vec();
+            if let Some(i) = v.iter().position(|x| !(x.is_finite() && *x > 0.0)) {
+                return Err(bad(format!(
+                    "tensor '{PRIOR_VAR_TENSOR}' element {i} is {}, a variance must be finite \
+                     and > 0",
+                    v[i]
+                )));
+            }
+            Some(v)
+        }
+    };
     check_tensor_set(&config, &tensors).map_err(bad)?;
     let mut tensors: Vec<(String, Vec<usize>, Vec<f64>)> = tensors
         .into_iter()
@@ -107,6 +155,7 @@ pub fn parse_checkpoint(bytes: &[u8], what: &str) -> Result<Checkpoint> {
         config,
         tensors,
         metadata,
+        prior_var,
     })
 }
 
@@ -153,6 +202,8 @@ fn check_tensor_set<E: Element>(
 }
 
 /// Reads a checkpoint file. A missing, truncated or foreign file is an error naming the path.
+/// An official TarFlow checkpoint converted by `scripts/ml_tarflow/convert.py` is read too
+/// (through [`import_ml_tarflow`](super::interop::import_ml_tarflow)).
 pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
     let bytes = read_file(path)?;
     parse_checkpoint(&bytes, &path.display().to_string())
@@ -176,6 +227,7 @@ mod tests {
             num_classes: 0,
             noise_sigma: 0.0,
             alpha_clip: None,
+            additive: false,
         }
     }
 

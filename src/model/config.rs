@@ -38,6 +38,12 @@ pub struct TarFlowConfig {
     pub noise_sigma: f64,
     /// Optional soft clip `a * tanh(alpha / a)` of the log-scales (STARFlow uses a = 4).
     pub alpha_clip: Option<f64>,
+    /// The volume-preserving (additive) variant, `nvp=False` of the official code: every
+    /// block only shifts, `z_i = x_i - mu_i(x_<i)`, its output projection gives `mu` alone
+    /// (`C -> D`) and its log-determinant is 0. Absent from a config (and not written when
+    /// false), so configs and checkpoints of the affine model read and write unchanged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub additive: bool,
 }
 
 impl TarFlowConfig {
@@ -50,6 +56,16 @@ impl TarFlowConfig {
     /// Values per token, `D = C p^2`.
     pub fn token_dim(&self) -> usize {
         self.channels * self.patch_size * self.patch_size
+    }
+
+    /// Rows of each block's output projection: `2D` (`alpha` then `mu`), or `D` (`mu`) for
+    /// the [`additive`](Self::additive) variant.
+    pub fn proj_out_dim(&self) -> usize {
+        if self.additive {
+            self.token_dim()
+        } else {
+            2 * self.token_dim()
+        }
     }
 
     /// Values per image.
@@ -165,14 +181,16 @@ impl TarFlowConfig {
         ]
         .into_iter()
         .try_fold(0usize, usize::checked_add)?;
-        // proj_in (CD + C), pos_embed (NC), class_embed (QC), layers, proj_out (2DC + 2D).
+        // proj_in (CD + C), pos_embed (NC), class_embed (QC), layers, proj_out (2DC + 2D, or
+        // DC + D when additive).
+        let out_rows = if self.additive { 1 } else { 2 };
         let block = [
-            c.checked_mul(d)?.checked_mul(3)?,
+            c.checked_mul(d)?.checked_mul(1 + out_rows)?,
             c,
             n.checked_mul(c)?,
             q.checked_mul(c)?,
             layer.checked_mul(self.layers_per_block)?,
-            d.checked_mul(2)?,
+            d.checked_mul(out_rows)?,
         ]
         .into_iter()
         .try_fold(0usize, usize::checked_add)?;
@@ -201,6 +219,7 @@ impl TarFlowConfig {
             self.num_classes,
         );
         let m = self.mlp_ratio * c;
+        let out = self.proj_out_dim();
         (0..self.blocks).flat_map(move |t| {
             let head = [
                 ("proj_in.weight".to_string(), vec![c, d]),
@@ -228,8 +247,8 @@ impl TarFlowConfig {
                 .map(move |(name, shape)| (format!("layers.{k}.{name}"), shape))
             });
             let tail = [
-                ("proj_out.weight".to_string(), vec![2 * d, c]),
-                ("proj_out.bias".to_string(), vec![2 * d]),
+                ("proj_out.weight".to_string(), vec![out, c]),
+                ("proj_out.bias".to_string(), vec![out]),
             ];
             head.chain(layers)
                 .chain(tail)
@@ -255,6 +274,7 @@ impl TarFlowConfig {
             num_classes: 10,
             noise_sigma: 0.1,
             alpha_clip: None,
+            additive: false,
         };
         let cfg = match name {
             // Seconds-scale model for tests and smoke runs.
@@ -361,7 +381,11 @@ mod tests {
             alpha_clip: Some(4.0),
             ..tiny.clone()
         };
-        for c in [tiny, other] {
+        let additive = TarFlowConfig {
+            additive: true,
+            ..other.clone()
+        };
+        for c in [tiny, other, additive] {
             let m = crate::model::TarFlow::<f32>::new(c.clone(), 0).unwrap();
             let want: Vec<(String, Vec<usize>)> = m
                 .parameters()
@@ -373,6 +397,23 @@ mod tests {
             assert_eq!(c.num_tensors(), want.len());
             assert_eq!(c.checked_num_parameters(), Some(m.num_parameters()));
         }
+    }
+
+    /// The additive flag is left out of the JSON of an affine model, so its checkpoints keep
+    /// their bytes, and a config without it reads as affine.
+    #[test]
+    fn additive_is_optional_in_json() {
+        let tiny = TarFlowConfig::preset("tiny").unwrap();
+        let j = tiny.to_json();
+        assert!(!j.contains("additive"), "{j}");
+        assert!(!TarFlowConfig::from_json(&j).unwrap().additive);
+        let add = TarFlowConfig {
+            additive: true,
+            ..tiny
+        };
+        assert!(add.to_json().contains("\"additive\":true"));
+        assert_eq!(TarFlowConfig::from_json(&add.to_json()).unwrap(), add);
+        assert_eq!(add.proj_out_dim(), add.token_dim());
     }
 
     /// Sizes read from a file that overflow any derived count are errors, not panics.

@@ -78,8 +78,10 @@ impl TarFlowConfig {
         );
         let m = self.mlp_ratio as f64 * c;
         let layer = 9.0 * c + 4.0 * c * c + 2.0 * m * c + m;
+        let out = self.proj_out_dim() as f64;
+        // proj_in, position and class embeddings, layers, proj_out.
         let block =
-            3.0 * c * d + c + n * c + q * c + self.layers_per_block as f64 * layer + 2.0 * d;
+            c * d + c + n * c + q * c + self.layers_per_block as f64 * layer + out * c + out;
         self.blocks as f64 * block
     }
 

@@ -4,6 +4,7 @@
 mod block;
 mod checkpoint;
 mod config;
+pub mod interop;
 pub mod memory;
 mod patch;
 mod sampler;

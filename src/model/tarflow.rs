@@ -41,6 +41,12 @@ pub struct TarFlow<E: Element> {
     /// The `T` flow blocks in data-to-latent order; those at odd indices run over the
     /// flipped token sequence.
     pub blocks: Vec<FlowBlock<E>>,
+    /// Per-value prior variance `[N * D]` (token-major) that sampling draws the latents
+    /// with, `z ~ N(0, diag(var))`; `None` is the unit prior. Models imported from the
+    /// official code's volume-preserving variant carry the `var` buffer it learned; the
+    /// likelihood ([`forward`](Self::forward), [`loss`](Self::loss)) keeps the unit prior,
+    /// as the official training loss does. Not a parameter: nothing trains it.
+    pub prior_var: Option<Vec<f64>>,
 }
 
 impl<E: Element> TarFlow<E> {
@@ -54,6 +60,7 @@ impl<E: Element> TarFlow<E> {
                 .iter()
                 .map(|b| b.to_device(device))
                 .collect::<Result<_>>()?,
+            prior_var: self.prior_var.clone(),
         })
     }
 
@@ -71,7 +78,11 @@ impl<E: Element> TarFlow<E> {
         let blocks = (0..config.blocks)
             .map(|t| FlowBlock::new(&config, t, &mut rng))
             .collect::<Result<Vec<_>>>()?;
-        Ok(TarFlow { config, blocks })
+        Ok(TarFlow {
+            config,
+            blocks,
+            prior_var: None,
+        })
     }
 
     /// Gives every output projection a random weight `N(0, std^2)`. A fresh model has zero
@@ -210,8 +221,9 @@ impl<E: Element> TarFlow<E> {
 
     /// The same model in another element type (e.g. `f64` for audits).
     pub fn cast<F: Element>(&self) -> Result<TarFlow<F>> {
-        let m = TarFlow::<F>::new(self.config.clone(), 0)?;
+        let mut m = TarFlow::<F>::new(self.config.clone(), 0)?;
         m.load_parameters(&self.export_parameters())?;
+        m.prior_var = self.prior_var.clone();
         Ok(m)
     }
 
@@ -262,6 +274,7 @@ impl<E: Element> TarFlow<E> {
                 format!("the model lacks parameter '{want}' that its config needs"),
             ));
         }
+        self.check_prior_var(op)?;
         for (t, b) in self.blocks.iter().enumerate() {
             for (k, l) in b.layers.iter().enumerate() {
                 if l.attn.head_dim != c.head_dim || l.attn.heads != c.heads() {
@@ -277,6 +290,35 @@ impl<E: Element> TarFlow<E> {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Checks the [`prior_var`](Self::prior_var): `N * D` finite values `> 0`.
+    pub(crate) fn check_prior_var(&self, op: &'static str) -> Result<()> {
+        let Some(v) = &self.prior_var else {
+            return Ok(());
+        };
+        let want = self.config.seq_len() * self.config.token_dim();
+        if v.len() != want {
+            return Err(Error::arg(
+                op,
+                format!(
+                    "the prior variance has {} values, the model's {} tokens of {} need {want}",
+                    v.len(),
+                    self.config.seq_len(),
+                    self.config.token_dim()
+                ),
+            ));
+        }
+        if let Some(i) = v.iter().position(|x| !(x.is_finite() && *x > 0.0)) {
+            return Err(Error::arg(
+                op,
+                format!(
+                    "prior variance element {i} is {}, it must be finite and > 0",
+                    v[i]
+                ),
+            ));
         }
         Ok(())
     }

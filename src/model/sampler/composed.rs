@@ -100,11 +100,14 @@ impl<E: Element> Sampler<E> {
                 xp
             };
             let out = self.step_composed(blk, &run, &input, &pos.narrow(0, p, 1)?, p)?;
-            let mut alpha = out.narrow(2, 0, d)?;
+            let (mut alpha, mu) = if blk.additive {
+                (Tensor::zeros_on(out.shape(), device)?, out)
+            } else {
+                (out.narrow(2, 0, d)?, out.narrow(2, d, d)?)
+            };
             if let Some(a) = self.alpha_clip {
                 alpha = alpha.soft_clip(a)?;
             }
-            let mu = out.narrow(2, d, d)?;
             // x_{p+1} = z_{p+1} exp(alpha_p) + mu_p for `[B, 1, D]` tokens, the parameters
             // first combined across the branches when guided: one fused op.
             let zn = zp.narrow(0, p + 1, 1)?.permute(&[1, 0, 2])?;

@@ -183,14 +183,21 @@ pub(super) fn host_blocks<E: Element>(model: &TarFlow<E>) -> Result<Vec<BlockW<E
                 fc2_b: l("mlp.fc2.bias")?,
             });
         }
+        let (mut out_w, mut out_b) = (p("proj_out.weight")?, p("proj_out.bias")?);
+        if cfg.additive {
+            // The additive variant's projection gives `mu` alone: zero `alpha` rows in front
+            // make the step's `exp(alpha)` exactly 1, so the steps below serve both variants.
+            out_w.splice(0..0, std::iter::repeat_n(E::ZERO, d * c));
+            out_b.splice(0..0, std::iter::repeat_n(E::ZERO, d));
+        }
         blocks.push(BlockW {
             proj_in_w: Weight::new(p("proj_in.weight")?, c, d),
             proj_in_b: p("proj_in.bias")?,
             pos,
             classes,
             layers,
-            proj_out_w: Weight::new(p("proj_out.weight")?, 2 * d, c),
-            proj_out_b: p("proj_out.bias")?,
+            proj_out_w: Weight::new(out_w, 2 * d, c),
+            proj_out_b: out_b,
             flip: blk.flip,
         });
     }

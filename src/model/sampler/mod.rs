@@ -104,6 +104,9 @@ pub struct Sampler<E: Element> {
     engine: Engine<E>,
     /// The model's configuration, for the memory estimate of a request.
     config: TarFlowConfig,
+    /// Per-value prior standard deviation `[N * D]` (the square root of the model's
+    /// `prior_var`); `None` for the unit prior.
+    prior_sd: Option<Vec<f64>>,
 }
 /// How a [`Sampler`] runs its steps.
 enum Engine<E: Element> {
@@ -171,6 +174,10 @@ impl<E: Element> Sampler<E> {
             patch: cfg.patch_size,
             engine,
             config: cfg.clone(),
+            prior_sd: model
+                .prior_var
+                .as_ref()
+                .map(|v| v.iter().map(|x| x.sqrt()).collect()),
         }
     }
 
@@ -274,6 +281,22 @@ impl<E: Element> Sampler<E> {
         Ok(())
     }
 
+    /// `b` latents `[b, N, D]` from the prior, `N(0, std^2 diag(var))` (`var = 1` unless the
+    /// model has a `prior_var`).
+    fn draw(&self, b: usize, std: f64, rng: &mut Rng) -> Result<Tensor<E>> {
+        let z = Tensor::<E>::randn(&[b, self.n, self.d], 0.0, std, rng);
+        let Some(sd) = &self.prior_sd else {
+            return Ok(z);
+        };
+        let mut v = z.to_vec();
+        for row in v.chunks_mut(sd.len()) {
+            for (x, s) in row.iter_mut().zip(sd) {
+                *x = E::from_f64(x.to_f64() * s);
+            }
+        }
+        Tensor::from_vec(v, &[b, self.n, self.d])
+    }
+
     /// Draws `count` samples as images `[count, C, H, W]`, redrawing samples that come out
     /// non-finite. `labels` is either empty (no class: unconditional models, and the null
     /// class, the mean class embedding, of conditional ones) or one entry per sample
@@ -325,7 +348,7 @@ impl<E: Element> Sampler<E> {
         };
         self.check_labels(&all_labels, b, opts.guidance)?;
         let per = self.n * self.d;
-        let z = Tensor::<E>::randn(&[b, self.n, self.d], 0.0, opts.prior_std, rng);
+        let z = self.draw(b, opts.prior_std, rng)?;
         let mut x = self
             .reverse_tokens(&z, &all_labels, opts.guidance)?
             .to_vec();
@@ -339,7 +362,7 @@ impl<E: Element> Sampler<E> {
             }
             report.redrawn += bad.len();
             let sub_labels: Vec<Option<usize>> = bad.iter().map(|&i| all_labels[i]).collect();
-            let z = Tensor::<E>::randn(&[bad.len(), self.n, self.d], 0.0, opts.prior_std, rng);
+            let z = self.draw(bad.len(), opts.prior_std, rng)?;
             let redo = self
                 .reverse_tokens(&z, &sub_labels, opts.guidance)?
                 .to_vec();

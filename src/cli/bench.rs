@@ -168,15 +168,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         return Ok(());
     }
     say!(
-        "TarFlow {}x{}x{} p{} C{} T{} K{} ({} classes), f32, on {}",
-        c.channels,
-        c.image_size,
-        c.image_size,
-        c.patch_size,
-        c.width,
-        c.blocks,
-        c.layers_per_block,
-        c.num_classes,
+        "TarFlow {}, f32, on {}",
+        c.notation(),
         match device {
             Device::Cpu => format!("the CPU, {} threads", rayon::current_num_threads()),
             gpu => gpu.to_string(),

@@ -70,18 +70,10 @@ pub fn import(a: ImportArgs) -> Result<()> {
     save_checkpoint(&a.out, &m, &meta)?;
     let c = &m.config;
     say!(
-        "wrote {} ({} parameters: {}x{}x{} images, patch {}, width {}, {} blocks of {} layers, \
-         {} classes, {}{})",
+        "wrote {} ({} parameters: {}, {}{})",
         a.out.display(),
         m.num_parameters(),
-        c.channels,
-        c.image_size,
-        c.image_size,
-        c.patch_size,
-        c.width,
-        c.blocks,
-        c.layers_per_block,
-        c.num_classes,
+        c.notation(),
         if c.additive { "additive" } else { "affine" },
         if m.prior_var.is_some() {
             ", learned prior variance"

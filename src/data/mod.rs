@@ -124,8 +124,20 @@ impl Dataset {
         height: usize,
         width: usize,
     ) -> Result<Self> {
+        let pixels = Pixels::Owned(images);
+        Self::checked(what, pixels, labels, num_classes, [channels, height, width])
+    }
+
+    /// A data set of `pixels` (owned or mapped) after [`Dataset::validate`].
+    fn checked(
+        what: &str,
+        images: Pixels,
+        labels: Vec<u32>,
+        num_classes: usize,
+        [channels, height, width]: [usize; 3],
+    ) -> Result<Self> {
         let d = Dataset {
-            images: Pixels::Owned(images),
+            images,
             labels,
             num_classes,
             channels,
@@ -163,16 +175,8 @@ impl Dataset {
                     ),
                 )
             })?;
-        let d = Dataset {
-            images: Pixels::Mapped { map, start, len },
-            labels,
-            num_classes,
-            channels,
-            height,
-            width,
-        };
-        d.validate(what)?;
-        Ok(d)
+        let pixels = Pixels::Mapped { map, start, len };
+        Self::checked(what, pixels, labels, num_classes, [channels, height, width])
     }
 
     /// Whether the pixels are mapped from a file rather than held in memory.

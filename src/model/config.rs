@@ -47,6 +47,22 @@ pub struct TarFlowConfig {
 }
 
 impl TarFlowConfig {
+    /// The model's shape in the paper's notation, e.g. `3x64x64 p2 C768 T8 K8, 10 classes`
+    /// (images, patch size, width, blocks, layers per block), for messages and tables.
+    pub fn notation(&self) -> String {
+        format!(
+            "{}x{}x{} p{} C{} T{} K{}, {} classes",
+            self.channels,
+            self.image_size,
+            self.image_size,
+            self.patch_size,
+            self.width,
+            self.blocks,
+            self.layers_per_block,
+            self.num_classes
+        )
+    }
+
     /// Tokens per image, `N = (H/p)^2`.
     pub fn seq_len(&self) -> usize {
         let s = self.image_size / self.patch_size.max(1);

@@ -156,7 +156,7 @@ fn sample_options_out_of_range_or_ignored_are_errors() {
     let (dir, ck) = with_tiny("sampleopts", "0.02");
     let png = dir.join("g.png");
     let un = unconditional(&dir);
-    let cases: [(&[&str], &[&str]); 9] = [
+    let cases: [(&[&str], &[&str]); 10] = [
         (&["--num", "0"], &["--num 0", "at least 1"]),
         // A blank grid with exit 0.
         (&["--denoise", "--sigma", "NaN"], &["--sigma NaN", "finite"]),
@@ -168,12 +168,37 @@ fn sample_options_out_of_range_or_ignored_are_errors() {
         (&["--prior-std", "inf"], &["--prior-std inf", "finite"]),
         (&["--prior-std=-0.5"], &["--prior-std -0.5", ">= 0"]),
         (&["--cfg-anneal"], &["--cfg-anneal", "--cfg or --attn-temp"]),
+        // With --cfg the null-class branch takes --attn-temp; the weight is --cfg's.
+        (
+            &["--cfg", "1", "--attn-temp", "0.7", "--attn-weight", "2"],
+            &["--attn-weight", "--cfg"],
+        ),
     ];
     for (extra, words) in cases {
         let mut args = vec!["sample", "--checkpoint", s(&ck), "--out", s(&png)];
         args.extend_from_slice(extra);
         assert_refused(&tarflow(&args), words, &[&png]);
     }
+    // Both together are the official sampler's guidance (null class at temperature tau).
+    let out = tarflow(&[
+        "sample",
+        "--checkpoint",
+        s(&ck),
+        "--out",
+        s(&png),
+        "--num",
+        "1",
+        "--cfg",
+        "1",
+        "--attn-temp",
+        "0.7",
+    ]);
+    assert!(
+        out.status.success() && png.exists(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_file(&png).unwrap();
     // --class on an unconditional model was silently ignored.
     let out = tarflow(&[
         "sample",

@@ -71,13 +71,15 @@ impl Reference {
             Guidance::None
         } else if tau == 1.0 && conditional {
             Guidance::ClassifierFree { weight: w, anneal }
+        } else if conditional {
+            // The official second branch: the null class with temperature tau.
+            Guidance::ClassifierFreeTemperature {
+                weight: w,
+                tau,
+                anneal,
+            }
         } else {
-            // The official second branch: the null class with temperature tau; on an
-            // unconditional model that is our attention-temperature guidance.
-            assert!(
-                !conditional,
-                "{case}: no equivalent of null class + temperature"
-            );
+            // On an unconditional model that is our attention-temperature guidance.
             Guidance::Temperature {
                 weight: w,
                 tau,
@@ -204,7 +206,7 @@ fn additive_forward_matches_the_official_code() {
 
 #[test]
 fn affine_samples_match_with_and_without_guidance() {
-    for case in ["nvp_sample", "nvp_cfg", "nvp_cfg_anneal"] {
+    for case in ["nvp_sample", "nvp_cfg", "nvp_cfg_anneal", "nvp_cfg_temp"] {
         samples_match::<f64>("nvp", case);
         samples_match::<f32>("nvp", case);
     }

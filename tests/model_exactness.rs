@@ -233,7 +233,7 @@ fn cached_and_uncached_inverse_agree() {
 /// the CPU in f64: every guidance mode, conditional and not, with and without the soft clip.
 #[test]
 fn composed_and_host_samplers_agree() {
-    let cases: [(usize, Option<f64>, Guidance); 4] = [
+    let cases: [(usize, Option<f64>, Guidance); 5] = [
         (3, None, Guidance::None),
         (
             3,
@@ -259,6 +259,15 @@ fn composed_and_host_samplers_agree() {
                 weight: 1.2,
                 tau: 1.4,
                 anneal: true,
+            },
+        ),
+        (
+            3,
+            Some(2.0),
+            Guidance::ClassifierFreeTemperature {
+                weight: 1.1,
+                tau: 0.8,
+                anneal: false,
             },
         ),
     ];

@@ -22,7 +22,9 @@ Written to --out: `{nvp,additive}.pth` (official state dicts), `{nvp,additive}.s
 (converted by convert.py) and `reference.safetensors`: the input images, fixed noise, and what
 the official code computed in float64 (and float32, suffix `_f32`) for them: latents z and
 log-determinants of `Model.forward`, samples of `Model.reverse` without guidance, with
-classifier-free guidance (constant and annealed), with attention-temperature guidance, and
+classifier-free guidance (constant and annealed, and with the null-class branch also at an
+attention temperature, as the official sampler does when both are set), with
+attention-temperature guidance, and
 the notebook's denoising step. The metadata entry `cases` describes every case as JSON. For
 the float64 numbers the official code's casts to float32 (LayerNorm and exp run in float32
 there, for bfloat16 autocast) are made no-ops, so nothing rounds to float32.
@@ -151,6 +153,7 @@ def main():
             "nvp_sample": {"kind": "reverse", "labels": "y", "guidance": 0.0, "attn_temp": 1.0, "anneal": False},
             "nvp_cfg": {"kind": "reverse", "labels": "y", "guidance": 1.5, "attn_temp": 1.0, "anneal": False},
             "nvp_cfg_anneal": {"kind": "reverse", "labels": "y", "guidance": 2.0, "attn_temp": 1.0, "anneal": True},
+            "nvp_cfg_temp": {"kind": "reverse", "labels": "y", "guidance": 1.5, "attn_temp": 0.7, "anneal": False},
             "nvp_denoised": {"kind": "denoise", "labels": "y", "of": "nvp_sample", "sigma": SIGMA},
         }),
         "additive": (False, 0, {

@@ -645,8 +645,8 @@ pub struct SampleArgs {
     /// --attn-temp).
     #[arg(long)]
     cfg_anneal: bool,
-    /// Attention-temperature guidance: the second branch divides logits by this tau (> 0)
-    /// [default: none]
+    /// Attention-temperature guidance: the second branch divides logits by this tau (> 0);
+    /// with --cfg, the null-class branch does, as the official sampler [default: none]
     #[arg(long)]
     attn_temp: Option<f64>,
     /// Weight of attention-temperature guidance, finite (with --attn-temp) [default: 1]
@@ -711,10 +711,11 @@ impl SampleArgs {
                 return bad("--attn-weight", &w, "a finite guidance weight");
             }
         }
-        if self.cfg.is_some() && self.attn_temp.is_some() {
+        if self.cfg.is_some() && self.attn_weight.is_some() {
             return Err(Error::arg(
                 "sample",
-                "use either --cfg or --attn-temp, not both",
+                "--attn-weight weights attention-temperature guidance alone; with --cfg the \
+                 weight is --cfg's (the null-class branch then runs at --attn-temp)",
             ));
         }
         if self.cfg_anneal && self.cfg.is_none() && self.attn_temp.is_none() {
@@ -756,8 +757,14 @@ impl SampleArgs {
 
     fn guidance(&self) -> Guidance {
         match (self.cfg, self.attn_temp) {
-            (Some(w), _) => Guidance::ClassifierFree {
+            (Some(w), None) => Guidance::ClassifierFree {
                 weight: w,
+                anneal: self.cfg_anneal,
+            },
+            // Both: the null-class branch at temperature tau, as the official sampler does.
+            (Some(w), Some(tau)) => Guidance::ClassifierFreeTemperature {
+                weight: w,
+                tau,
                 anneal: self.cfg_anneal,
             },
             (None, Some(tau)) => Guidance::Temperature {

@@ -64,20 +64,20 @@ impl<E: Element> Sampler<E> {
         let branches = if guidance == Guidance::None { 1 } else { 2 };
         let rows = b * branches;
         // The second branch: the null class for classifier-free guidance, the own labels
-        // (under an attention temperature) otherwise.
+        // otherwise; and its attention temperature, if any.
         let mut row_labels = labels.to_vec();
-        if let Guidance::ClassifierFree { .. } = guidance {
+        if guidance.null_class_branch() {
             row_labels.extend(std::iter::repeat_n(None, b));
         } else if branches == 2 {
             row_labels.extend_from_slice(labels);
         }
-        let q_scale = match guidance {
-            Guidance::Temperature { tau, .. } => {
+        let q_scale = match guidance.branch_temperature() {
+            Some(tau) => {
                 let mut s = vec![E::ONE; rows];
                 s[b..].fill(E::from_f64(1.0 / tau));
                 Some(Tensor::from_vec(s, &[rows, 1, 1, 1])?.to_device(device)?)
             }
-            _ => None,
+            None => None,
         };
         let cache = |_| Tensor::zeros_on(&[n, rows, self.heads, self.head_dim], device);
         let run = BlockRun {

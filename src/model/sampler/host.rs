@@ -372,13 +372,13 @@ impl<E: Element> Sampler<E> {
             let own = labels.get(i).copied().flatten().unwrap_or(null);
             class_rows[i * branches] = own;
             if branches == 2 {
-                match guidance {
-                    Guidance::ClassifierFree { .. } => class_rows[i * branches + 1] = null,
-                    Guidance::Temperature { tau, .. } => {
-                        class_rows[i * branches + 1] = own;
-                        taus[i * branches + 1] = tau;
-                    }
-                    Guidance::None => {}
+                class_rows[i * branches + 1] = if guidance.null_class_branch() {
+                    null
+                } else {
+                    own
+                };
+                if let Some(tau) = guidance.branch_temperature() {
+                    taus[i * branches + 1] = tau;
                 }
             }
         }

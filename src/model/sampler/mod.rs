@@ -45,6 +45,38 @@ pub enum Guidance {
         /// Ramp the weight over tokens, `w_i = w (i + 1) / (N - 1)`, instead of a constant `w`.
         anneal: bool,
     },
+    /// Classifier-free guidance whose null-class branch also runs with attention logits
+    /// divided by `tau`: the second branch of the official TarFlow sampler when a
+    /// class-conditional model is sampled with both a guidance weight and an attention
+    /// temperature.
+    ClassifierFreeTemperature {
+        /// Guidance weight `w` (0 gives the conditional model unchanged).
+        weight: f64,
+        /// Attention temperature of the null-class branch; must be finite and positive.
+        tau: f64,
+        /// Ramp the weight over tokens, `w_i = w (i + 1) / (N - 1)`, instead of a constant `w`.
+        anneal: bool,
+    },
+}
+
+impl Guidance {
+    /// Whether the second branch uses the null class (the mean class embedding).
+    fn null_class_branch(self) -> bool {
+        matches!(
+            self,
+            Guidance::ClassifierFree { .. } | Guidance::ClassifierFreeTemperature { .. }
+        )
+    }
+
+    /// The attention temperature of the second branch, when it has one.
+    fn branch_temperature(self) -> Option<f64> {
+        match self {
+            Guidance::Temperature { tau, .. } | Guidance::ClassifierFreeTemperature { tau, .. } => {
+                Some(tau)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Options for [`Sampler::sample`].
@@ -121,7 +153,8 @@ fn guidance_weight(guidance: Guidance, p: usize, n: usize) -> f64 {
     match guidance {
         Guidance::None => 0.0,
         Guidance::ClassifierFree { weight, anneal }
-        | Guidance::Temperature { weight, anneal, .. } => {
+        | Guidance::Temperature { weight, anneal, .. }
+        | Guidance::ClassifierFreeTemperature { weight, anneal, .. } => {
             if anneal {
                 weight * (p + 1) as f64 / (n - 1) as f64
             } else {
@@ -245,7 +278,7 @@ impl<E: Element> Sampler<E> {
                     "class labels given to an unconditional model".into(),
                 ));
             }
-            if matches!(guidance, Guidance::ClassifierFree { .. }) {
+            if guidance.null_class_branch() {
                 return Err(Error::Config(
                     "classifier-free guidance needs a class-conditional model; use attention-temperature guidance".into(),
                 ));
@@ -262,8 +295,9 @@ impl<E: Element> Sampler<E> {
                 format!("class {c} out of range for {} classes", self.num_classes),
             ));
         }
-        if let Guidance::ClassifierFree { weight, .. } | Guidance::Temperature { weight, .. } =
-            guidance
+        if let Guidance::ClassifierFree { weight, .. }
+        | Guidance::Temperature { weight, .. }
+        | Guidance::ClassifierFreeTemperature { weight, .. } = guidance
         {
             if !weight.is_finite() {
                 return Err(Error::Config(format!(
@@ -271,7 +305,7 @@ impl<E: Element> Sampler<E> {
                 )));
             }
         }
-        if let Guidance::Temperature { tau, .. } = guidance {
+        if let Some(tau) = guidance.branch_temperature() {
             if !(tau.is_finite() && tau > 0.0) {
                 return Err(Error::Config(format!(
                     "attention temperature must be > 0, got {tau}"

@@ -233,8 +233,8 @@ mod tests {
             ),
             (s(&["--prior-std=-1"]), &["--prior-std -1", ">= 0"]),
             (
-                s(&["--cfg", "1", "--attn-temp", "2"]),
-                &["either --cfg or --attn-temp"],
+                s(&["--cfg", "1", "--attn-temp", "2", "--attn-weight", "3"]),
+                &["--attn-weight", "the weight is --cfg's"],
             ),
             (
                 err(&[

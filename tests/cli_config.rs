@@ -2,36 +2,16 @@
 //! `train`'s configuration as a user meets it: `--print-config`, `--config FILE` with flags
 //! on top, the `config.toml` of a run read back, the help's defaults, and the errors.
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 mod common;
 
+use common::cli::{ok, s, tarflow};
 use common::TempDir;
-
-fn tarflow(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tarflow"))
-        .args(args)
-        .output()
-        .expect("binary runs")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn err(out: &Output) -> String {
     assert!(!out.status.success(), "succeeded");
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// The value of top-level `key` in printed TOML (`key = value` lines before any table).

@@ -3,31 +3,16 @@
 //! inputs and outputs, upscaled and labelled grids, and the errors for bad image input.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 mod common;
 
+use common::cli::{ok, s, tarflow};
 use common::TempDir;
 
 use tarflow::imageio::write_png;
 use tarflow::tensorio::{read_tensors, write_tensors};
 use tarflow::{DType, Rng, Tensor};
-
-fn tarflow(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tarflow"))
-        .args(args)
-        .output()
-        .expect("binary runs")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The stderr of a command that must fail, checked to name every word of `words`.
 fn fails(out: &Output, words: &[&str]) {
@@ -37,10 +22,6 @@ fn fails(out: &Output, words: &[&str]) {
     for w in words {
         assert!(err.contains(w), "{w:?} not in {err:?}");
     }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// A tiny class-conditional (10 classes, 1x28x28) model whose flow is far from the identity.

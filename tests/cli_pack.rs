@@ -3,32 +3,12 @@
 //! exactly like its source, the loader bench reads it, and a damaged pack is a clear error.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 mod common;
 
+use common::cli::{ok, s, tarflow};
 use common::TempDir;
 use tarflow::model::load_checkpoint;
-
-fn tarflow(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tarflow"))
-        .args(args)
-        .output()
-        .expect("binary runs")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 #[test]
 fn a_pack_of_the_digits_trains_and_evaluates_as_the_digits_do() {

@@ -2,6 +2,8 @@
 // Each test binary uses its own part of these helpers.
 #![allow(dead_code)]
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod gpu;
 
 use std::ops::Deref;

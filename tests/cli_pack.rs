@@ -130,3 +130,118 @@ fn a_damaged_pack_is_named_in_the_error() {
     let out = tarflow(&["pack", "--out", s(d.path())]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("is a directory"));
 }
+
+/// `encode --input F.tfpack`: a range of the pack, in chunks, gives the latents of the same
+/// images given as a tensor file, with the pack's labels; bad ranges and shapes are named.
+#[test]
+fn encode_reads_a_pack_in_chunks_as_it_reads_the_same_images_as_tensors() {
+    use tarflow::tensorio::{read_tensors, write_tensors};
+    use tarflow::{DType, Tensor};
+    let d = TempDir::new("cli-pack-encode");
+    let pack = d.join("digits.tfpack");
+    ok(&tarflow(&["pack", "--out", s(&pack)]));
+    let ck = d.join("tiny.safetensors");
+    ok(&tarflow(&[
+        "init",
+        "--preset",
+        "tiny",
+        "--out",
+        s(&ck),
+        "--randomize-output",
+        "0.05",
+    ]));
+    let z_pack = d.join("z-pack.safetensors");
+    let text = ok(&tarflow(&[
+        "encode",
+        "--checkpoint",
+        s(&ck),
+        "--input",
+        s(&pack),
+        "--range",
+        "8990..9013",
+        "--batch",
+        "5",
+        "--output",
+        s(&z_pack),
+    ]));
+    assert!(text.contains("encoded 23 images"), "{text}");
+
+    // The same images (across the train/test boundary at 9000) and labels as a tensor file.
+    let data = tarflow::data::PackedData::open(&pack)
+        .unwrap()
+        .dataset()
+        .unwrap()
+        .slice(8990..9013)
+        .unwrap();
+    let x: Vec<f32> = data
+        .images()
+        .iter()
+        .map(|&p| (2.0 * f64::from(p) / 255.0 - 1.0) as f32)
+        .collect();
+    let labels: Vec<f32> = data.labels().iter().map(|&l| l as f32).collect();
+    let x = Tensor::from_vec(x, &[23, 1, 28, 28]).unwrap();
+    let labels = Tensor::from_vec(labels, &[23]).unwrap();
+    let xin = d.join("x.safetensors");
+    write_tensors(&xin, &[("x", &x), ("labels", &labels)], DType::F32).unwrap();
+    let z_x = d.join("z-x.safetensors");
+    ok(&tarflow(&[
+        "encode",
+        "--checkpoint",
+        s(&ck),
+        "--input",
+        s(&xin),
+        "--output",
+        s(&z_x),
+    ]));
+    let (a, b) = (
+        read_tensors::<f32>(&z_pack).unwrap(),
+        read_tensors::<f32>(&z_x).unwrap(),
+    );
+    for name in ["z", "logdet", "logdet_blocks", "bpd", "labels"] {
+        let bits = |t: &Tensor<f32>| t.to_vec().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a[name]), bits(&b[name]), "{name} differs");
+    }
+    assert_eq!(a["labels"].to_vec(), labels.to_vec());
+
+    let never = d.join("never.safetensors");
+    let fails = |args: &[&str], want: &[&str]| {
+        let mut all = vec!["encode", "--checkpoint", s(&ck), "--output", s(&never)];
+        all.extend(args);
+        let out = tarflow(&all);
+        assert!(!out.status.success(), "{all:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        for w in want {
+            assert!(err.contains(w), "{all:?}: `{w}` not in: {err}");
+        }
+        assert!(!never.exists());
+    };
+    fails(
+        &["--input", s(&pack), "--range", "0..10001"],
+        &["--range 0..10001", "10000 images"],
+    );
+    fails(&["--input", s(&pack), "--range", "7..7"], &["non-empty"]);
+    fails(&["--input", s(&pack), "--range", "a..b"], &["START..END"]);
+    fails(&["--input", s(&pack), "--batch", "0"], &["--batch 0"]);
+    fails(
+        &["--input", s(&pack), "--class", "3"],
+        &["--class 3", "pack"],
+    );
+    fails(
+        &["--input", s(&xin), "--range", "0..3"],
+        &["--range", ".tfpack"],
+    );
+    let rgb = d.join("rgb.tfpack");
+    ok(&tarflow(&[
+        "pack",
+        "--synthetic",
+        "4",
+        "--preset",
+        "cifar10",
+        "--out",
+        s(&rgb),
+    ]));
+    fails(
+        &["--input", s(&rgb)],
+        &["rgb.tfpack", "[3, 32, 32]", "[1, 28, 28]"],
+    );
+}

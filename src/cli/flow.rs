@@ -207,11 +207,20 @@ pub struct EncodeArgs {
     #[arg(long)]
     checkpoint: PathBuf,
     /// Images: a .png/.jpg/.jpeg file, a folder of them (every image below it, sorted by
-    /// name, scaled and centre-cropped to the model's size), or a safetensors file with `x`
-    /// [B,C,H,W], B >= 1, in [-1,1] (up to 1 beyond for noise-augmented inputs) and optional
-    /// `labels` [B] (-1 = none).
+    /// name, scaled and centre-cropped to the model's size), a `.tfpack` written by `tarflow
+    /// pack` (images of the model's size; its labels are used by a class-conditional model),
+    /// or a safetensors file with `x` [B,C,H,W], B >= 1, in [-1,1] (up to 1 beyond for
+    /// noise-augmented inputs) and optional `labels` [B] (-1 = none).
     #[arg(long)]
     input: PathBuf,
+    /// With a `.tfpack` input: encode only its images START..END (pack order: the training
+    /// images, then the test split) [default: every image].
+    #[arg(long, value_name = "START..END")]
+    range: Option<String>,
+    /// Images per forward pass: a larger input is encoded in chunks of this many, so the
+    /// computation's memory stays bounded (the results do not depend on it).
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
     /// Class of every image of a PNG/JPEG input (class-conditional models) [default: none]
     #[arg(long)]
     class: Option<usize>,
@@ -328,12 +337,7 @@ fn read_image_input<E: Element>(m: &TarFlow<E>, input: &Path) -> Result<(Tensor<
         )
     };
     let b = files.len();
-    // The f64 value of x = 2p/255 - 1 rounded once to E, as the training inputs are.
-    let x = pixels
-        .iter()
-        .map(|&p| E::from_f64(2.0 * f64::from(p) / 255.0 - 1.0))
-        .collect();
-    Ok((Tensor::from_vec(x, &[b, c, s, s])?, files))
+    Ok((to_model_input(&pixels, [b, c, s, s])?, files))
 }
 
 /// How far outside [-1, 1] an input to `encode` may go: noise augmentation (sigma <= 0.1 in
@@ -397,9 +401,159 @@ fn first_nonfinite<E: Element>(t: &Tensor<E>, b: usize) -> Option<usize> {
     (0..b).find(|&i| v[i * per..(i + 1) * per].iter().any(|x| !x.is_finite()))
 }
 
+/// `START..END` of `--range`, within `len` images and not empty.
+fn parse_range(text: &str, len: usize) -> Result<std::ops::Range<usize>> {
+    let bad = |why: String| bad_option("encode", "--range", text, &why);
+    let (lo, hi) = text
+        .split_once("..")
+        .ok_or_else(|| bad("START..END, e.g. 0..100".to_string()))?;
+    let (lo, hi) = match (lo.trim().parse::<usize>(), hi.trim().parse::<usize>()) {
+        (Ok(lo), Ok(hi)) => (lo, hi),
+        _ => return Err(bad("START..END with whole numbers, e.g. 0..100".to_string())),
+    };
+    if lo >= hi {
+        return Err(bad("a non-empty range, START < END".to_string()));
+    }
+    if hi > len {
+        return Err(bad(format!(
+            "a range within the pack's {len} images (0..{len})"
+        )));
+    }
+    Ok(lo..hi)
+}
+
+/// The images `range` of the pack `input` as the model's `x` [B,C,H,W] in [-1, 1] (as
+/// [`read_image_input`] makes them), and their labels when the model is class-conditional.
+fn read_pack_input<E: Element>(
+    m: &TarFlow<E>,
+    input: &Path,
+    range: Option<&str>,
+) -> Result<(Tensor<E>, Option<Tensor<E>>, std::ops::Range<usize>)> {
+    let data = tarflow::data::PackedData::open(input)?.dataset()?;
+    let (c, s) = (m.config.channels, m.config.image_size);
+    if data.image_shape() != [c, s, s] {
+        return Err(Error::Config(format!(
+            "{} holds {:?} images (channels, height, width); the model takes [{c}, {s}, {s}]",
+            input.display(),
+            data.image_shape()
+        )));
+    }
+    let range = match range {
+        Some(r) => parse_range(r, data.len())?,
+        None => 0..data.len(),
+    };
+    let data = data.slice(range.clone())?;
+    let b = data.len();
+    if b == 0 {
+        return Err(Error::format(
+            input.display().to_string(),
+            "the pack holds no images",
+        ));
+    }
+    let x = to_model_input::<E>(data.images(), [b, c, s, s])?;
+    let labels = (m.config.num_classes > 0)
+        .then(|| {
+            let v = data
+                .labels()
+                .iter()
+                .map(|&l| E::from_f64(l as f64))
+                .collect();
+            Tensor::<E>::from_vec(v, &[b])
+        })
+        .transpose()?;
+    Ok((x, labels, range))
+}
+
+/// 8-bit pixels as the model's input `x = 2p/255 - 1`, the f64 value rounded once to E, as
+/// the training inputs are.
+fn to_model_input<E: Element>(pixels: &[u8], shape: [usize; 4]) -> Result<Tensor<E>> {
+    let x = pixels
+        .iter()
+        .map(|&p| E::from_f64(2.0 * f64::from(p) / 255.0 - 1.0))
+        .collect();
+    Tensor::from_vec(x, &shape)
+}
+
+/// The flow's forward of `x` on `device` without gradients, `batch` images at a time, the
+/// outputs on the host.
+fn encode_in_chunks<E: Element>(
+    m: &TarFlow<E>,
+    x: &Tensor<E>,
+    labels: Option<&[Option<usize>]>,
+    batch: usize,
+    device: tarflow::Device,
+) -> Result<tarflow::model::FlowOutput<E>> {
+    let b = x.shape()[0];
+    let mut parts = Vec::new();
+    for lo in (0..b).step_by(batch.max(1)) {
+        let n = batch.min(b - lo);
+        let xs = x.narrow(0, lo, n)?.to_device(device)?;
+        let ls = labels.map(|l| &l[lo..lo + n]);
+        let out = tarflow::with_no_grad(|| m.forward(&xs, ls))?;
+        parts.push((
+            out.z.to_host()?,
+            out.logdet.to_host()?,
+            out.logdet_blocks.to_host()?,
+        ));
+    }
+    if parts.len() == 1 {
+        let (z, logdet, logdet_blocks) = parts.pop().expect("one part");
+        return Ok(tarflow::model::FlowOutput {
+            z,
+            logdet,
+            logdet_blocks,
+        });
+    }
+    let cat = |f: fn(&(Tensor<E>, Tensor<E>, Tensor<E>)) -> &Tensor<E>| {
+        Tensor::concat(&parts.iter().map(f).collect::<Vec<_>>(), 0)
+    };
+    Ok(tarflow::model::FlowOutput {
+        z: cat(|p| &p.0)?,
+        logdet: cat(|p| &p.1)?,
+        logdet_blocks: cat(|p| &p.2)?,
+    })
+}
+
+impl EncodeArgs {
+    /// Pre-flight checks that read no file.
+    pub fn check(&self) -> Result<()> {
+        if self.batch == 0 {
+            return Err(bad_option("encode", "--batch", 0, "at least 1"));
+        }
+        if let Some(r) = &self.range {
+            // The bound is checked against the pack once it is read.
+            parse_range(r, usize::MAX)?;
+        }
+        Ok(())
+    }
+}
+
 fn encode_as<E: Element>(a: &EncodeArgs) -> Result<()> {
+    let from_pack = tarflow::data::is_pack(&a.input).unwrap_or(false);
+    if a.range.is_some() && !from_pack {
+        return Err(bad_option(
+            "encode",
+            "--range",
+            a.range.as_deref().unwrap_or_default(),
+            "a .tfpack input (written by `tarflow pack`)",
+        ));
+    }
     let from_images = a.input.is_dir() || is_image_file(&a.input);
-    let (m, x, labels_t, files) = if from_images {
+    let mut pack_range = None;
+    let (m, x, labels_t, files) = if from_pack {
+        if let Some(c) = a.class {
+            return Err(bad_option(
+                "encode",
+                "--class",
+                c,
+                "a PNG/JPEG input (a pack carries its own labels)",
+            ));
+        }
+        let m: TarFlow<E> = load_checkpoint(&a.checkpoint)?.model()?;
+        let (x, labels, range) = read_pack_input(&m, &a.input, a.range.as_deref())?;
+        pack_range = Some(range);
+        (m, x, labels, None)
+    } else if from_images {
         let m: TarFlow<E> = load_checkpoint(&a.checkpoint)?.model()?;
         let (x, files) = read_image_input(&m, &a.input)?;
         let b = files.len();
@@ -432,12 +586,7 @@ fn encode_as<E: Element>(a: &EncodeArgs) -> Result<()> {
     })?;
     let device = super::train::open_device(&a.device)?;
     let m = m.to_device(device)?;
-    let out = tarflow::with_no_grad(|| m.forward(&x.to_device(device)?, labels.as_deref()))?;
-    let out = tarflow::model::FlowOutput {
-        z: out.z.to_host()?,
-        logdet: out.logdet.to_host()?,
-        logdet_blocks: out.logdet_blocks.to_host()?,
-    };
+    let out = encode_in_chunks(&m, &x, labels.as_deref(), a.batch, device)?;
     let z = m.to_images(&out.z)?;
     let bpd = m.bits_per_dim(&out)?;
     let bpd = Tensor::<E>::from_vec(bpd.into_iter().map(E::from_f64).collect(), &[b])?;
@@ -477,9 +626,9 @@ fn encode_as<E: Element>(a: &EncodeArgs) -> Result<()> {
     if let Some(l) = &labels_out {
         tensors.push(("labels", l));
     }
-    // Which file each latent came from, for an image input.
-    let metadata = match &files {
-        Some(f) => {
+    // Which file each latent came from, for an image input; which images, for a pack.
+    let metadata = match (&files, &pack_range) {
+        (Some(f), _) => {
             let names: Vec<String> = f.iter().map(|p| p.display().to_string()).collect();
             let json = serde_json::to_string(&names)
                 .map_err(|e| Error::format("encode file list", e.to_string()))?;
@@ -488,7 +637,11 @@ fn encode_as<E: Element>(a: &EncodeArgs) -> Result<()> {
                 json,
             )]))
         }
-        None => None,
+        (None, Some(r)) => Some(std::collections::HashMap::from([
+            ("pack".to_string(), a.input.display().to_string()),
+            ("range".to_string(), format!("{}..{}", r.start, r.end)),
+        ])),
+        (None, None) => None,
     };
     let bytes = tensors_to_bytes(&tensors, a.dtype.storage(), metadata)?;
     tarflow::fsutil::atomic_write(&a.output, &bytes)?;

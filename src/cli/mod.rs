@@ -66,7 +66,7 @@ impl Command {
             Command::Bench(a) => a.check(),
             Command::Init(a) => a.check(),
             Command::Audit(a) => a.check(),
-            Command::Encode(_) => Ok(()),
+            Command::Encode(a) => a.check(),
             Command::Decode(a) => a.check(),
             Command::Sample(a) => a.check(),
             Command::Pack(a) => a.check(),

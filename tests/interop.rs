@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 mod common;
 
-use common::{worst, TempDir};
+use common::worst;
 
 use tarflow::model::interop::{export_ml_tarflow, import_ml_tarflow};
 use tarflow::model::{load_checkpoint, unpatchify, Guidance, Sampler, TarFlow};
@@ -378,14 +378,8 @@ fn a_converted_file_loads_as_a_checkpoint_directly() {
 #[cfg(feature = "cli")]
 mod cli {
     use super::*;
-    use std::process::Command;
-
-    fn tarflow(args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_tarflow"))
-            .args(args)
-            .output()
-            .expect("binary runs")
-    }
+    use common::cli::tarflow;
+    use common::TempDir;
 
     #[test]
     fn import_sample_and_export_round_trip() {

@@ -422,13 +422,16 @@ fn parse_range(text: &str, len: usize) -> Result<std::ops::Range<usize>> {
     Ok(lo..hi)
 }
 
+/// Images of a pack as the model's input, their labels, and which images they are.
+type PackInput<E> = (Tensor<E>, Option<Tensor<E>>, std::ops::Range<usize>);
+
 /// The images `range` of the pack `input` as the model's `x` [B,C,H,W] in [-1, 1] (as
 /// [`read_image_input`] makes them), and their labels when the model is class-conditional.
 fn read_pack_input<E: Element>(
     m: &TarFlow<E>,
     input: &Path,
     range: Option<&str>,
-) -> Result<(Tensor<E>, Option<Tensor<E>>, std::ops::Range<usize>)> {
+) -> Result<PackInput<E>> {
     let data = tarflow::data::PackedData::open(input)?.dataset()?;
     let (c, s) = (m.config.channels, m.config.image_size);
     if data.image_shape() != [c, s, s] {
@@ -490,27 +493,22 @@ fn encode_in_chunks<E: Element>(
         let xs = x.narrow(0, lo, n)?.to_device(device)?;
         let ls = labels.map(|l| &l[lo..lo + n]);
         let out = tarflow::with_no_grad(|| m.forward(&xs, ls))?;
-        parts.push((
-            out.z.to_host()?,
-            out.logdet.to_host()?,
-            out.logdet_blocks.to_host()?,
-        ));
-    }
-    if parts.len() == 1 {
-        let (z, logdet, logdet_blocks) = parts.pop().expect("one part");
-        return Ok(tarflow::model::FlowOutput {
-            z,
-            logdet,
-            logdet_blocks,
+        parts.push(tarflow::model::FlowOutput {
+            z: out.z.to_host()?,
+            logdet: out.logdet.to_host()?,
+            logdet_blocks: out.logdet_blocks.to_host()?,
         });
     }
-    let cat = |f: fn(&(Tensor<E>, Tensor<E>, Tensor<E>)) -> &Tensor<E>| {
+    if parts.len() == 1 {
+        return Ok(parts.pop().expect("one part"));
+    }
+    let cat = |f: fn(&tarflow::model::FlowOutput<E>) -> &Tensor<E>| {
         Tensor::concat(&parts.iter().map(f).collect::<Vec<_>>(), 0)
     };
     Ok(tarflow::model::FlowOutput {
-        z: cat(|p| &p.0)?,
-        logdet: cat(|p| &p.1)?,
-        logdet_blocks: cat(|p| &p.2)?,
+        z: cat(|p| &p.z)?,
+        logdet: cat(|p| &p.logdet)?,
+        logdet_blocks: cat(|p| &p.logdet_blocks)?,
     })
 }
 

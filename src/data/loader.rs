@@ -346,22 +346,40 @@ impl Iterator for Loader {
 pub const MAX_PREFETCH_DEPTH: usize = 1024;
 
 /// Runs a [`Loader`] on a background thread, keeping up to `depth` batches ready while the
-/// caller computes on the current one.
+/// caller computes on the current one; [`Prefetcher::with_stage`] also runs a preparation
+/// step of each batch there (the trainer's noise draws), handing over its results `T`.
 ///
 /// It yields exactly the batches the loader would yield synchronously, and
 /// [`Prefetcher::state`] is the loader state right after the last batch handed to the caller,
 /// so checkpoints taken while prefetching resume correctly (batches prepared ahead but not
 /// taken are simply prepared again).
-pub struct Prefetcher {
-    rx: Option<Receiver<(Batch, LoaderState)>>,
+pub struct Prefetcher<T = Batch> {
+    rx: Option<Receiver<(T, LoaderState)>>,
     worker: Option<JoinHandle<()>>,
     state: LoaderState,
 }
 
-impl Prefetcher {
+impl Prefetcher<Batch> {
     /// Moves `loader` to a worker thread; `depth` batches are prepared ahead, clamped to
     /// `1..=`[`MAX_PREFETCH_DEPTH`] (the queue is allocated up front).
-    pub fn new(mut loader: Loader, depth: usize) -> Self {
+    pub fn new(loader: Loader, depth: usize) -> Self {
+        Self::with_stage(loader, depth, |b| b)
+    }
+
+    /// The next batch, waiting for the worker if it is not ready yet.
+    pub fn next_batch(&mut self) -> Result<Batch> {
+        self.next_item()
+    }
+}
+
+impl<T: Send + 'static> Prefetcher<T> {
+    /// Like [`Prefetcher::new`], with `stage` applied to each batch, in order, on the worker
+    /// thread.
+    pub fn with_stage(
+        mut loader: Loader,
+        depth: usize,
+        mut stage: impl FnMut(Batch) -> T + Send + 'static,
+    ) -> Self {
         let state = loader.state();
         let (tx, rx) = sync_channel(depth.clamp(1, MAX_PREFETCH_DEPTH));
         let worker = std::thread::Builder::new()
@@ -370,7 +388,7 @@ impl Prefetcher {
                 let batch = loader.next_batch();
                 let after = loader.state();
                 // The receiver is gone: the prefetcher was dropped.
-                if tx.send((batch, after)).is_err() {
+                if tx.send((stage(batch), after)).is_err() {
                     break;
                 }
             });
@@ -389,26 +407,29 @@ impl Prefetcher {
         }
     }
 
-    /// The next batch, waiting for the worker if it is not ready yet.
-    pub fn next_batch(&mut self) -> Result<Batch> {
+    /// The next prepared batch, waiting for the worker if it is not ready yet.
+    pub fn next_item(&mut self) -> Result<T> {
         let rx = self
             .rx
             .as_ref()
             .ok_or_else(|| Error::Config("prefetch thread could not be started".into()))?;
-        let (batch, state) = rx
+        let (item, state) = rx
             .recv()
             .map_err(|_| Error::Config("prefetch thread stopped unexpectedly".into()))?;
         self.state = state;
-        Ok(batch)
+        Ok(item)
     }
+}
 
-    /// Loader state right after the last batch returned by [`Prefetcher::next_batch`].
+impl<T> Prefetcher<T> {
+    /// Loader state right after the last batch returned by [`Prefetcher::next_batch`] or
+    /// [`Prefetcher::next_item`].
     pub fn state(&self) -> LoaderState {
         self.state.clone()
     }
 }
 
-impl Drop for Prefetcher {
+impl<T> Drop for Prefetcher<T> {
     fn drop(&mut self) {
         // Dropping the receiver makes the worker's pending send fail, so it exits.
         self.rx.take();

@@ -107,6 +107,33 @@ struct LatestCheckpoint {
 const RUN_STATE_KEY: &str = "tarflow.run_state";
 const LN_2PI: f64 = 1.837_877_066_409_345_5;
 
+/// The random inputs of one training step: the noisy (or dequantised) images, which labels
+/// survive label dropout, and the generator's state after drawing them.
+struct StepInputs {
+    x: Vec<f32>,
+    keep_label: Vec<bool>,
+    rng_after: [u64; 4],
+}
+
+impl StepInputs {
+    /// The draws of one step on `batch`, noise first, then one dropout draw per image.
+    fn draw(batch: &Batch, cfg: &TrainConfig, rng: &mut Rng) -> StepInputs {
+        let x = match cfg.noise {
+            NoiseMode::Gaussian { sigma } => with_gaussian_noise(&batch.images, sigma, rng),
+            NoiseMode::Dequantize => dequantize(&batch.images, rng),
+        };
+        // Draw for every image so the stream does not depend on the labels.
+        let keep_label = (0..batch.labels.len())
+            .map(|_| rng.uniform() >= cfg.label_dropout)
+            .collect();
+        StepInputs {
+            x,
+            keep_label,
+            rng_after: rng.state(),
+        }
+    }
+}
+
 /// A training run over a data set.
 ///
 /// ```no_run
@@ -332,24 +359,26 @@ impl Trainer {
     /// One optimisation step on `batch`.
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats> {
         let t0 = Instant::now();
+        let inputs = StepInputs::draw(batch, &self.config, &mut self.rng);
+        self.step_on(batch, inputs, t0)
+    }
+
+    /// The step of [`Trainer::train_step`] on inputs drawn already (on the prefetch thread),
+    /// whose random state becomes the trainer's.
+    fn step_on(&mut self, batch: &Batch, inputs: StepInputs, t0: Instant) -> Result<StepStats> {
+        self.rng = Rng::from_state(inputs.rng_after);
         let cfg = &self.config;
         let mc = &cfg.model;
-        let x: Vec<f32> = match cfg.noise {
-            NoiseMode::Gaussian { sigma } => {
-                with_gaussian_noise(&batch.images, sigma, &mut self.rng)
-            }
-            NoiseMode::Dequantize => dequantize(&batch.images, &mut self.rng),
-        };
-        let x = Tensor::from_vec(x, &[batch.n, mc.channels, mc.image_size, mc.image_size])?
-            .to_device(cfg.device)?;
+        let x = Tensor::from_vec(
+            inputs.x,
+            &[batch.n, mc.channels, mc.image_size, mc.image_size],
+        )?
+        .to_device(cfg.device)?;
         let labels: Vec<Option<usize>> = batch
             .labels
             .iter()
-            .map(|&l| {
-                // Draw for every image so the stream does not depend on the labels.
-                let drop = self.rng.uniform() < cfg.label_dropout;
-                (!drop).then_some(l as usize)
-            })
+            .zip(&inputs.keep_label)
+            .map(|(&l, &keep)| keep.then_some(l as usize))
             .collect();
         let lab = (mc.num_classes > 0).then_some(labels.as_slice());
         self.params.zero_grad();
@@ -806,16 +835,23 @@ impl Trainer {
         self.claim_out_dir(false)?;
         let dir = self.config.out_dir.clone();
         let every = |n: usize, step: usize| n > 0 && step.is_multiple_of(n);
-        let mut prefetch = Prefetcher::new(
+        // The noise and label-dropout draws run on the prefetch thread from a copy of the
+        // trainer's generator, in step order, so they are the draws `train_step` would make.
+        let (config, mut rng) = (self.config.clone(), self.rng.clone());
+        let mut prefetch = Prefetcher::with_stage(
             Loader::from_state(self.train.clone(), &self.loader_state)?,
             2,
+            move |batch| {
+                let inputs = StepInputs::draw(&batch, &config, &mut rng);
+                (batch, inputs)
+            },
         );
         let log_every = 10;
         // Sums over the logged interval: bits/dim, loss, updated steps, skipped steps.
         let mut acc = (0.0, 0.0, 0usize, 0usize);
         while self.step < stop {
-            let batch = prefetch.next_batch()?;
-            let stats = self.train_step(&batch)?;
+            let (batch, inputs) = prefetch.next_item()?;
+            let stats = self.step_on(&batch, inputs, Instant::now())?;
             self.loader_state = prefetch.state();
             on_event(Event::Step(&stats));
             if stats.skipped {

@@ -986,11 +986,7 @@ fn gemm_bf16_operands(
         return Ok(());
     };
     // The epilogue callers write one contiguous [m, n] product.
-    let (aux, aux_rs) = match epi {
-        k::GemmEpilogue::Gelu { aux, aux_rs } | k::GemmEpilogue::Residual { aux, aux_rs } => {
-            (aux, aux_rs)
-        }
-    };
+    let (_, aux, aux_rs) = epi.parts();
     if g.batch != 1 || g.c_rs != g.n || aux_rs != g.n || g.beta != 0.0 {
         return Err(Error::arg(
             "gemm_bf16",
@@ -1009,6 +1005,10 @@ fn gemm_bf16_operands(
         }
         k::GemmEpilogue::Residual { .. } => {
             k::binary_f32(d, BinaryOp::Add, g.c, aux, &[1], g.c, &[1], &shape)
+        }
+        k::GemmEpilogue::GeluGrad { .. } => {
+            // g * gelu'(pre): the product is the binary op's first operand.
+            k::binary_f32(d, BinaryOp::GeluBackward, g.c, g.c, &[1], aux, &[1], &shape)
         }
     }
 }

@@ -8,8 +8,7 @@
 use half::bf16;
 use tarflow::backend::BinaryOp;
 use tarflow::gpu::kernels::{
-    binary_f32, gemm_bf16, gemm_f32, gemm_f32_epilogue, Bf16Layout, GemmBf16, GemmEpilogue,
-    GemmF32,
+    binary_f32, gemm_bf16, gemm_f32, gemm_f32_epilogue, Bf16Layout, GemmBf16, GemmEpilogue, GemmF32,
 };
 use tarflow::gpu::Driver;
 use tarflow::{Rng, Tensor};

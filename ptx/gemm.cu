@@ -35,7 +35,10 @@
 //                      C = gelu(v), the exact erf GELU of src/backend/cpu/scalar.rs with the
 //                      crate's f32 erf (as elementwise.cu's UNARY_GELU);
 //   gemm_f32_residual: C = aux + v (aux read: the residual stream; r + (x W^T + b) in the
-//                      CPU's operand order).
+//                      CPU's operand order);
+//   gemm_f32_gelu_grad: C = v * gelu'(aux) (aux read: the saved pre-activation; the MLP's
+//                      data gradient (g W2) * gelu'(pre) in one GEMM, with the bits of
+//                      elementwise.cu's BINARY_GELU_BACKWARD on (v, aux)).
 // Launch as gemm_f32.
 
 #ifndef TARFLOW_HOST_EMULATION
@@ -59,6 +62,7 @@ enum GemmEpilogue {
   GEMM_EPI_NONE = 0,
   GEMM_EPI_GELU = 1,
   GEMM_EPI_RESIDUAL = 2,
+  GEMM_EPI_GELU_GRAD = 3,
 };
 
 // e^y for y in [-87, 0] (the caller guarantees it): the CPU's `exp_neg_f32_with`, as in
@@ -112,6 +116,15 @@ __device__ __forceinline__ float erf_crate(float x) {
 __device__ __forceinline__ float gelu(float x) {
   float e = erf_crate(__fmul_rn(x, 0.70710678118654752f));
   return __fmul_rn(__fmul_rn(0.5f, x), __fadd_rn(1.0f, e));
+}
+
+// gelu'(x) = Phi(x) + x phi(x), as elementwise.cu's gelu_grad (BINARY_GELU_BACKWARD), step for
+// step. Copied rather than included: scripts/ptx.sh stamps each .ptx with the hash of its
+// one .cu, so a shared header could change without `check` noticing.
+__device__ __forceinline__ float gelu_grad(float x) {
+  float cdf = __fmul_rn(0.5f, __fadd_rn(1.0f, erf_crate(__fmul_rn(x, 0.70710678118654752f))));
+  float pdf = __fmul_rn(0.3989423f, exp_neg(fmaxf(__fmul_rn(__fmul_rn(-0.5f, x), x), -87.0f)));
+  return __fadd_rn(cdf, __fmul_rn(x, pdf));
 }
 
 #define F_BM 64
@@ -185,6 +198,8 @@ __device__ __forceinline__ void gemm_f32_body(float* __restrict__ c, const float
         v = gelu(v);
       } else if (EPI == GEMM_EPI_RESIDUAL) {
         v = __fadd_rn(aux[(size_t)blockIdx.z * c_bs + (size_t)i * aux_rs + j], v);
+      } else if (EPI == GEMM_EPI_GELU_GRAD) {
+        v = __fmul_rn(v, gelu_grad(aux[(size_t)blockIdx.z * c_bs + (size_t)i * aux_rs + j]));
       }
       *cij = v;
     }
@@ -225,6 +240,20 @@ extern "C" __global__ void __launch_bounds__(256)
                       float beta, unsigned flags) {
   gemm_f32_body<GEMM_EPI_RESIDUAL>(c, a, b, bias, aux, m, n, k, a_rs, a_cs, b_rs, b_cs, c_rs,
                                    aux_rs, a_bs, b_bs, c_bs, alpha, beta, flags);
+}
+
+// gemm_f32 with the GELU-derivative epilogue: C = v * gelu'(aux) (aux: the pre-activation,
+// read only). gemm_f32's bounds suffice here: ptxas fits it in 61 registers on sm_80 without
+// spilling, so it keeps gemm_f32's occupancy.
+extern "C" __global__ void __launch_bounds__(256)
+    gemm_f32_gelu_grad(float* __restrict__ c, const float* __restrict__ a,
+                       const float* __restrict__ b, const float* __restrict__ bias,
+                       float* __restrict__ aux, unsigned m, unsigned n, unsigned k,
+                       unsigned a_rs, unsigned a_cs, unsigned b_rs, unsigned b_cs,
+                       unsigned c_rs, unsigned aux_rs, unsigned a_bs, unsigned b_bs,
+                       unsigned c_bs, float alpha, float beta, unsigned flags) {
+  gemm_f32_body<GEMM_EPI_GELU_GRAD>(c, a, b, bias, aux, m, n, k, a_rs, a_cs, b_rs, b_cs, c_rs,
+                                    aux_rs, a_bs, b_bs, c_bs, alpha, beta, flags);
 }
 
 // ---- bf16 tensor-core GEMM ----

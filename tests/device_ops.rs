@@ -121,6 +121,18 @@ fn all_ops(device: Device) {
             vec![rnd(&[9, 7], 5), rnd(&[3, 5], 6), rnd(&[3], 7)],
         ),
         (
+            "mlp_residual (GELU' in the backward's data-gradient GEMM)",
+            |t| t[0].mlp_residual(&t[1], Some(&t[2]), &t[3], Some(&t[4]), &t[5]),
+            vec![
+                rnd(&[2, 5, 6], 14),
+                rnd(&[11, 6], 15),
+                rnd(&[11], 16),
+                rnd(&[4, 11], 17),
+                rnd(&[4], 18),
+                rnd(&[2, 5, 4], 19),
+            ],
+        ),
+        (
             "layer_norm with and without affine parameters",
             |t| {
                 let y = t[0].layer_norm(Some(&t[1]), Some(&t[2]), 1e-5)?;
@@ -304,8 +316,8 @@ fn bf16_rounded(t: &Tensor<f32>) -> Tensor<f32> {
 /// Under `Precision::Bf16` every GEMM on a device takes bf16 operands and sums in f32:
 /// the products of bf16-rounded inputs agree with the CPU's f32 products of the same rounded
 /// inputs to f32 rounding, through every GEMM form (a batched matmul with a transposed
-/// operand, `linear`, `linear_gelu` and `linear_residual`, whose epilogues run after the
-/// product), while the unrounded inputs give the bf16 error (so the path is really taken).
+/// operand, `linear`, `linear_gelu`, `linear_residual` and `mlp_residual`, whose epilogues
+/// run after the product), while the unrounded inputs give the bf16 error (so the path is really taken).
 /// The backward's GEMMs run in bf16 too: gradients agree with the CPU's within bf16
 /// rounding and differ from the f32 device's.
 fn bf16_products(device: Device) {
@@ -336,6 +348,19 @@ fn bf16_products(device: Device) {
                 rnd(&[40], 48),
                 rnd(&[16, 40], 49),
                 rnd(&[16], 50),
+            ],
+            false,
+        ),
+        (
+            "mlp_residual (its backward's GELU' stage after the bf16 product)",
+            |t| t[0].mlp_residual(&t[1], Some(&t[2]), &t[3], Some(&t[4]), &t[5]),
+            vec![
+                rnd(&[21, 16], 51),
+                rnd(&[40, 16], 52),
+                rnd(&[40], 53),
+                rnd(&[24, 40], 54),
+                rnd(&[24], 55),
+                rnd(&[21, 24], 56),
             ],
             false,
         ),

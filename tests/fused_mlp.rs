@@ -1,6 +1,8 @@
-//! The fused MLP halves (`linear_gelu`, `linear_residual`, `Mlp::forward_residual`): f64
-//! gradient checks, bit-for-bit agreement on the CPU with the composed ops they replaced
-//! (`linear` then `gelu`, `linear` then `add`), and the same ops on the PTX interpreter.
+//! The fused MLP ops (`linear_gelu`, `linear_residual`, the whole block `mlp_residual`,
+//! `Mlp::forward_residual`): f64 gradient checks, bit-for-bit agreement on the CPU with the
+//! composed ops they replaced (`linear` then `gelu`, `linear` then `add`), and the same ops
+//! on the PTX interpreter, where `mlp_residual`'s backward must launch the GELU-derivative
+//! GEMM epilogue and must not keep the activation alive.
 
 mod common;
 
@@ -103,6 +105,173 @@ fn the_fused_mlp_with_residual_is_bit_identical_to_the_composed_one() {
     assert_eq!(bits(&plain.add(&h).unwrap()), bits(&composed));
 }
 
+/// `mlp_residual` with and without each bias, as `[x, w1, (b1), w2, (b2), r]`.
+const MLP_VARIANTS: [(&str, Op, Op, [bool; 2]); 4] = [
+    (
+        "both biases",
+        |t| t[0].mlp_residual(&t[1], Some(&t[2]), &t[3], Some(&t[4]), &t[5]),
+        |t| {
+            t[0].linear_gelu(&t[1], Some(&t[2]))?
+                .linear_residual(&t[3], Some(&t[4]), &t[5])
+        },
+        [true, true],
+    ),
+    (
+        "no biases",
+        |t| t[0].mlp_residual(&t[1], None, &t[2], None, &t[3]),
+        |t| t[3].add(&t[0].linear(&t[1], None)?.gelu()?.linear(&t[2], None)?),
+        [false, false],
+    ),
+    (
+        "fc1 bias only",
+        |t| t[0].mlp_residual(&t[1], Some(&t[2]), &t[3], None, &t[4]),
+        |t| {
+            t[4].add(
+                &t[0]
+                    .linear(&t[1], Some(&t[2]))?
+                    .gelu()?
+                    .linear(&t[3], None)?,
+            )
+        },
+        [true, false],
+    ),
+    (
+        "fc2 bias only",
+        |t| t[0].mlp_residual(&t[1], None, &t[2], Some(&t[3]), &t[4]),
+        |t| {
+            t[0].linear_gelu(&t[1], None)?
+                .linear_residual(&t[2], Some(&t[3]), &t[4])
+        },
+        [false, true],
+    ),
+];
+
+/// The inputs of an MLP variant for `x_shape` (last axis `in`), hidden and output widths.
+fn mlp_inputs<E: Element>(
+    x_shape: &[usize],
+    hidden: usize,
+    out_f: usize,
+    biases: [bool; 2],
+    seed: u64,
+) -> Vec<Tensor<E>> {
+    let in_f = *x_shape.last().unwrap();
+    let mut r_shape = x_shape.to_vec();
+    *r_shape.last_mut().unwrap() = out_f;
+    let mut v = vec![
+        rnd::<E>(x_shape, seed),
+        rnd::<E>(&[hidden, in_f], seed + 1).mul_scalar(0.3).unwrap(),
+    ];
+    if biases[0] {
+        v.push(rnd::<E>(&[hidden], seed + 2));
+    }
+    v.push(
+        rnd::<E>(&[out_f, hidden], seed + 3)
+            .mul_scalar(0.3)
+            .unwrap(),
+    );
+    if biases[1] {
+        v.push(rnd::<E>(&[out_f], seed + 4));
+    }
+    v.push(rnd::<E>(&r_shape, seed + 5));
+    v
+}
+
+#[test]
+fn mlp_residual_matches_the_composed_ops_bit_for_bit() {
+    // Odd widths on one thread; a 1-D input; a wide block on the parallel GEMM and GELU
+    // paths; in != out (the residual is the output's, not the input's, shape).
+    let shapes: [(&[usize], usize, usize); 4] = [
+        (&[3, 5, 7], 13, 7),
+        (&[9], 22, 9),
+        (&[2, 3, 4, 6], 10, 5),
+        (&[4, 64, 96], 384, 96),
+    ];
+    for (seed, (x_shape, hidden, out_f)) in shapes.into_iter().enumerate() {
+        for (name, fused, composed, biases) in MLP_VARIANTS {
+            let inputs = mlp_inputs::<f32>(x_shape, hidden, out_f, biases, 30 + 10 * seed as u64);
+            assert_same_bits(
+                fused,
+                composed,
+                &inputs,
+                &format!("mlp_residual {name} {x_shape:?} -> {hidden} -> {out_f}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn mlp_residual_computes_only_the_gradients_asked_for() {
+    let (name, fused, composed, biases) = MLP_VARIANTS[0];
+    let inputs = mlp_inputs::<f32>(&[3, 5, 8], 12, 8, biases, 60);
+    // Each input alone wants a gradient, then every pair with the residual.
+    for want in 0..inputs.len() {
+        let run = |f: Op| {
+            let leaves: Vec<Tensor<f32>> = inputs
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let t = t.copy().unwrap();
+                    if i == want {
+                        t.requires_grad_()
+                    } else {
+                        t
+                    }
+                })
+                .collect();
+            let y = f(&leaves).unwrap();
+            y.mul(&rnd::<f32>(y.shape(), 61))
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            leaves
+                .iter()
+                .map(|t| t.grad().map(|g| bits(&g)))
+                .collect::<Vec<_>>()
+        };
+        let (a, b) = (run(fused), run(composed));
+        assert!(a[want].is_some(), "{name}: input {want} got no gradient");
+        for (i, g) in a.iter().enumerate() {
+            assert_eq!(g.is_some(), i == want, "{name}: input {i} (wanted {want})");
+        }
+        assert_eq!(a, b, "{name}: gradient of input {want} alone");
+    }
+}
+
+#[test]
+fn mlp_residual_gradients_match_central_differences_in_f64() {
+    let cfg = GradCheck::default();
+    for (x_shape, hidden, out_f) in [(&[2usize, 3, 4][..], 6usize, 4usize), (&[5], 7, 3)] {
+        let both = mlp_inputs::<f64>(x_shape, hidden, out_f, [true, true], 70);
+        check_gradients(
+            |t| t[0].mlp_residual(&t[1], Some(&t[2]), &t[3], Some(&t[4]), &t[5]),
+            &both,
+            cfg,
+        )
+        .unwrap();
+        let none = mlp_inputs::<f64>(x_shape, hidden, out_f, [false, false], 80);
+        check_gradients(
+            |t| t[0].mlp_residual(&t[1], None, &t[2], None, &t[3]),
+            &none,
+            cfg,
+        )
+        .unwrap();
+    }
+    // Transposed weight views: the GEMMs read them in place.
+    let t = mlp_inputs::<f64>(&[2, 3, 4], 6, 4, [false, false], 90);
+    let (w1t, w2t) = (
+        t[1].t().unwrap().copy().unwrap(),
+        t[2].t().unwrap().copy().unwrap(),
+    );
+    check_gradients(
+        |t| t[0].mlp_residual(&t[1].t()?, None, &t[2].t()?, None, &t[3]),
+        &[t[0].clone(), w1t, w2t, t[3].clone()],
+        cfg,
+    )
+    .unwrap();
+}
+
 #[test]
 fn fused_linear_gradients_match_central_differences_in_f64() {
     let x = rnd::<f64>(&[2, 3, 4], 10);
@@ -151,6 +320,42 @@ fn bad_fused_linear_inputs_are_errors_naming_the_op() {
         e.starts_with("linear_residual") && e.contains("residual"),
         "{e}"
     );
+    // mlp_residual names the layer whose operand is wrong, and every shape.
+    let (w1, w2) = (rnd::<f32>(&[6, 4], 6), rnd::<f32>(&[3, 6], 7));
+    let r = rnd::<f32>(&[2, 3], 8);
+    for (what, e, fragments) in [
+        (
+            "fc1 weight",
+            x.mlp_residual(&rnd::<f32>(&[6, 5], 9), None, &w2, None, &r),
+            &["fc1", "in-features", "[6, 5]"][..],
+        ),
+        (
+            "fc1 bias",
+            x.mlp_residual(&w1, Some(&rnd::<f32>(&[4], 10)), &w2, None, &r),
+            &["fc1", "bias", "[4]"][..],
+        ),
+        (
+            "fc2 weight",
+            x.mlp_residual(&w1, None, &rnd::<f32>(&[3, 5], 11), None, &r),
+            &["fc2", "in-features", "[3, 5]"][..],
+        ),
+        (
+            "fc2 bias",
+            x.mlp_residual(&w1, None, &w2, Some(&rnd::<f32>(&[6], 12)), &r),
+            &["fc2", "bias"][..],
+        ),
+        (
+            "residual",
+            x.mlp_residual(&w1, None, &w2, None, &rnd::<f32>(&[2, 4], 13)),
+            &["fc2", "residual", "[2, 4]"][..],
+        ),
+    ] {
+        let e = e.unwrap_err().to_string();
+        assert!(e.starts_with("mlp_residual"), "{what}: {e}");
+        for f in fragments {
+            assert!(e.contains(f), "{what}: {e} lacks {f}");
+        }
+    }
 }
 
 /// The op on `device` against the CPU, outputs and every input gradient, within `tol` of
@@ -215,6 +420,16 @@ fn fused_linears_on(device: tarflow::Device) {
         &[x, rnd::<f32>(&[40, 130], 24)],
         1e-5,
     );
+    // The whole block: 70 rows, hidden 130 (3 tiles), 40 in and out; every variant.
+    for (name, fused, _, biases) in MLP_VARIANTS {
+        same_on(
+            device,
+            &format!("mlp_residual {name}"),
+            fused,
+            &mlp_inputs::<f32>(&[2, 35, 40], 130, 40, biases, 25),
+            1e-5,
+        );
+    }
 }
 
 #[cfg(feature = "ptx-sim")]
@@ -230,4 +445,144 @@ fn fused_linears_on_cuda_match_the_cpu_cuda() {
         Ok(_) => fused_linears_on(tarflow::Device::Cuda(0)),
         Err(e) => eprintln!("cuda:0 skipped: {e}"),
     }
+}
+
+/// The PTX interpreter behind a driver that records the kernels launched and the bytes of
+/// memory alive, registered as a device of its own.
+#[cfg(feature = "ptx-sim")]
+mod recording {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use tarflow::gpu::{DevicePtr, Driver, KernelArg, LaunchConfig, PtxModule, PtxSim};
+    use tarflow::Result;
+
+    #[derive(Default)]
+    pub struct Recording {
+        sim: PtxSim,
+        pub launches: Mutex<Vec<String>>,
+        sizes: Mutex<HashMap<u64, usize>>,
+    }
+
+    impl Recording {
+        /// Bytes allocated and not yet freed.
+        pub fn live_bytes(&self) -> usize {
+            self.sizes.lock().unwrap().values().sum()
+        }
+
+        /// Forgets the launches so far and returns them.
+        pub fn take_launches(&self) -> Vec<String> {
+            std::mem::take(&mut *self.launches.lock().unwrap())
+        }
+    }
+
+    impl Driver for Recording {
+        fn name(&self) -> String {
+            "recording ptx-sim".to_string()
+        }
+        fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
+            let p = self.sim.alloc(bytes)?;
+            self.sizes.lock().unwrap().insert(p.0, bytes);
+            Ok(p)
+        }
+        fn free(&self, ptr: DevicePtr) -> Result<()> {
+            self.sizes.lock().unwrap().remove(&ptr.0);
+            self.sim.free(ptr)
+        }
+        fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
+            self.sim.upload(dst, src)
+        }
+        fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
+            self.sim.download(src, dst)
+        }
+        fn launch(
+            &self,
+            module: &PtxModule,
+            kernel: &str,
+            config: LaunchConfig,
+            args: &[KernelArg],
+        ) -> Result<()> {
+            self.launches.lock().unwrap().push(kernel.to_string());
+            self.sim.launch(module, kernel, config, args)
+        }
+        fn synchronize(&self) -> Result<()> {
+            self.sim.synchronize()
+        }
+    }
+}
+
+/// On a device, `mlp_residual`'s backward computes `(g W2) * gelu'(pre)` with one launch of
+/// `gemm_f32_gelu_grad` where the composed ops launch a GEMM and an elementwise kernel, and
+/// between forward and backward it keeps one `[rows, hidden]` tensor less alive (the
+/// activation) than `linear_gelu` + `linear_residual`.
+#[cfg(feature = "ptx-sim")]
+#[test]
+fn mlp_residual_backward_launches_the_gelu_grad_epilogue_and_keeps_no_activation() {
+    use std::sync::Arc;
+    use tarflow::gpu::registry;
+    use tarflow::Device;
+    // An ordinal no other test of this file uses.
+    let device = Device::Cuda(7);
+    let rec = Arc::new(recording::Recording::default());
+    registry::register(device, rec.clone()).unwrap();
+    let (name, fused, composed, biases) = MLP_VARIANTS[0];
+    let (rows, hidden) = (2 * 9, 24);
+    let inputs: Vec<Tensor<f32>> = mlp_inputs::<f32>(&[2, 9, 8], hidden, 8, biases, 40)
+        .iter()
+        .map(|t| t.to_device(device).unwrap().requires_grad_())
+        .collect();
+    let proj = rnd::<f32>(&[2, 9, 8], 41).to_device(device).unwrap();
+    // Live bytes while the graph is alive, the backward's launches, the gradients' bits.
+    let run = |f: Op| {
+        let before = rec.live_bytes();
+        let loss = f(&inputs).unwrap().mul(&proj).unwrap().sum_all().unwrap();
+        let kept = rec.live_bytes() - before;
+        rec.take_launches();
+        let wrt: Vec<&Tensor<f32>> = inputs.iter().collect();
+        let grads = tarflow::autograd::grad(&loss, &wrt).unwrap();
+        let launches = rec.take_launches();
+        let bits: Vec<Vec<u32>> = grads
+            .iter()
+            .map(|g| {
+                g.try_to_vec()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect()
+            })
+            .collect();
+        (kept, launches, bits)
+    };
+    let (kept_f, launches_f, bits_f) = run(fused);
+    let (kept_c, launches_c, bits_c) = run(composed);
+    registry::unregister(device);
+    let count = |l: &[String], k: &str| l.iter().filter(|n| *n == k).count();
+    assert_eq!(
+        count(&launches_f, "gemm_f32_gelu_grad"),
+        1,
+        "{name}: {launches_f:?}"
+    );
+    assert_eq!(
+        count(&launches_c, "gemm_f32_gelu_grad"),
+        0,
+        "{name}: {launches_c:?}"
+    );
+    // The composed backward's extra elementwise launch is gone; the fused one launches the
+    // GELU once more (recomputing the activation for fc2's weight gradient).
+    assert_eq!(
+        count(&launches_f, "binary_f32") + 1,
+        count(&launches_c, "binary_f32"),
+        "{name}: fused {launches_f:?}, composed {launches_c:?}"
+    );
+    assert_eq!(
+        count(&launches_f, "unary_f32"),
+        count(&launches_c, "unary_f32") + 1
+    );
+    assert_eq!(
+        kept_c - kept_f,
+        rows * hidden * 4,
+        "{name}: bytes kept alive by the graph"
+    );
+    // And the epilogue changes no bit: the same kernels' arithmetic in one launch.
+    assert_eq!(bits_f, bits_c, "{name}: gradients");
 }

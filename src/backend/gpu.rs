@@ -986,11 +986,7 @@ fn gemm_bf16_operands(
         return Ok(());
     };
     // The epilogue callers write one contiguous [m, n] product.
-    let (aux, aux_rs) = match epi {
-        k::GemmEpilogue::Gelu { aux, aux_rs } | k::GemmEpilogue::Residual { aux, aux_rs } => {
-            (aux, aux_rs)
-        }
-    };
+    let (_, aux, aux_rs) = epi.parts();
     if g.batch != 1 || g.c_rs != g.n || aux_rs != g.n || g.beta != 0.0 {
         return Err(Error::arg(
             "gemm_bf16",
@@ -1009,6 +1005,10 @@ fn gemm_bf16_operands(
         }
         k::GemmEpilogue::Residual { .. } => {
             k::binary_f32(d, BinaryOp::Add, g.c, aux, &[1], g.c, &[1], &shape)
+        }
+        k::GemmEpilogue::GeluGrad { .. } => {
+            // g * gelu'(pre): the product is the binary op's first operand.
+            k::binary_f32(d, BinaryOp::GeluBackward, g.c, g.c, &[1], aux, &[1], &shape)
         }
     }
 }
@@ -1030,6 +1030,50 @@ pub(crate) fn linear_gelu<E: Element>(
     };
     linear_into(x2, w, bias, &act, Some(epi))?;
     Ok((pre, act))
+}
+
+/// `(g2 @ w) * gelu'(pre)` for the gradient `g2` `[rows, out]` of a linear layer's output,
+/// its weight `w` `[out, in]` and the pre-activation `pre` `[rows, in]` of the GELU that fed
+/// it: the MLP's data gradient as one GEMM with the GELU derivative in its epilogue (the
+/// bits of `matmul` then `binary(GeluBackward)`).
+pub(crate) fn linear_grad_gelu<E: Element>(
+    g2: &Tensor<E>,
+    w: &Tensor<E>,
+    pre: &Tensor<E>,
+) -> Result<Tensor<E>> {
+    let (driver, _) = operand(g2)?;
+    let (rows, out_f, in_f) = (g2.shape()[0], w.shape()[0], w.shape()[1]);
+    let (g2, w) = (gemm_operand(g2, g2.layout())?, gemm_operand(w, w.layout())?);
+    let pre = dense(pre)?;
+    let out = empty(&driver, g2.device(), &[rows, in_f])?;
+    let (a_rs, a_cs) = gemm_strides(g2.strides()[0], g2.strides()[1]).expect("checked");
+    let (b_rs, b_cs) = gemm_strides(w.strides()[0], w.strides()[1]).expect("checked");
+    let g = k::GemmF32 {
+        m: rows,
+        n: in_f,
+        k: out_f,
+        batch: 1,
+        c: ptr(&out)?,
+        c_rs: in_f,
+        c_bs: 0,
+        a: ptr(&g2)?,
+        a_rs,
+        a_cs,
+        a_bs: 0,
+        b: ptr(&w)?,
+        b_rs,
+        b_cs,
+        b_bs: 0,
+        bias: None,
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    let epi = k::GemmEpilogue::GeluGrad {
+        aux: ptr(&pre)?,
+        aux_rs: in_f,
+    };
+    gemm(&driver, &g, Some(epi))?;
+    Ok(out)
 }
 
 /// `r2 + x2 @ w^T + bias` for `x2` `[rows, in]`, `w` `[out, in]`, `r2` `[rows, out]`: one

@@ -49,11 +49,17 @@ impl<E: Element> Mlp<E> {
         self.fc2.forward(&self.hidden_activations(x)?)
     }
 
-    /// `r + forward(x)`: the MLP with a residual added in `fc2`'s epilogue
-    /// ([`Tensor::linear_residual`]); `r` has `x`'s shape.
+    /// `r + forward(x)`: the whole block as one op ([`Tensor::mlp_residual`]: the residual
+    /// in `fc2`'s epilogue, the GELU derivative in the backward's data-gradient GEMM); `r`
+    /// has `x`'s shape.
     pub fn forward_residual(&self, x: &Tensor<E>, r: &Tensor<E>) -> Result<Tensor<E>> {
-        self.hidden_activations(x)?
-            .linear_residual(&self.fc2.weight, self.fc2.bias.as_ref(), r)
+        x.mlp_residual(
+            &self.fc1.weight,
+            self.fc1.bias.as_ref(),
+            &self.fc2.weight,
+            self.fc2.bias.as_ref(),
+            r,
+        )
     }
 
     fn hidden_activations(&self, x: &Tensor<E>) -> Result<Tensor<E>> {

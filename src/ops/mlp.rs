@@ -1,13 +1,18 @@
-//! The two halves of the Transformer MLP as fused ops: `linear_gelu` (`gelu(x W^T + b)`,
-//! keeping the pre-activation for its backward) and `linear_residual` (`r + x W^T + b`).
+//! The Transformer MLP as fused ops: `linear_gelu` (`gelu(x W^T + b)`, keeping the
+//! pre-activation for its backward), `linear_residual` (`r + x W^T + b`), and the whole block
+//! `mlp_residual` (`r + gelu(x W1^T + b1) W2^T + b2`) as one autograd node.
 //!
 //! On a GPU each forward is one GEMM whose epilogue applies the GELU (writing the
 //! pre-activation too) or adds the residual (`ptx/gemm.cu`: `gemm_f32_gelu`,
-//! `gemm_f32_residual`), instead of a GEMM and an elementwise launch with a temporary. On the
-//! CPU each op runs the same kernels as the composed ops (the GEMM with its bias epilogue,
-//! then the GELU or the add) and its backward the same kernels in the same order as their
-//! closures, so the bits are those of `linear` + `gelu` and `linear` + `add`; what it saves
-//! there is one autograd node and its bookkeeping per op.
+//! `gemm_f32_residual`), instead of a GEMM and an elementwise launch with a temporary;
+//! `mlp_residual`'s backward computes the data gradient `(g W2) * gelu'(pre)` as one GEMM
+//! with the GELU derivative in its epilogue (`gemm_f32_gelu_grad`), and keeps only `x` and
+//! `pre` (it recomputes `gelu(pre)` for `W2`'s gradient instead of keeping a second
+//! `[rows, hidden]` tensor until the backward). On the CPU each op runs the same kernels as
+//! the composed ops (the GEMM with its bias epilogue, then the GELU or the add) and its
+//! backward the same kernels in the same order as their closures, so the bits are those of
+//! `linear` + `gelu` + `linear` + `add`; what it saves there is autograd nodes and their
+//! bookkeeping.
 
 use crate::autograd::no_grad;
 use crate::backend::cpu::elementwise::fill_fresh;
@@ -26,13 +31,24 @@ fn linear_dims<E: Element>(
     b: Option<&Tensor<E>>,
     extra: Option<&Tensor<E>>,
 ) -> Result<(usize, usize)> {
-    let xs = x.shape();
-    let bad = |d: &str| {
-        let mut shapes: Vec<&[usize]> = vec![xs, w.shape()];
-        shapes.extend(b.map(|b| b.shape()));
-        shapes.extend(extra.map(|r| r.shape()));
-        Error::shape(op, &shapes, E::DTYPE.name(), d.to_string())
-    };
+    let mut shapes: Vec<&[usize]> = vec![x.shape(), w.shape()];
+    shapes.extend(b.map(|b| b.shape()));
+    shapes.extend(extra.map(|r| r.shape()));
+    linear_dims_of(op, "", x.shape(), w, b, extra, &shapes)
+}
+
+/// [`linear_dims`] for an input of shape `xs`, naming `layer` (empty, or e.g. "fc2: ") and
+/// every operand's shape in `shapes` in an error.
+fn linear_dims_of<E: Element>(
+    op: &'static str,
+    layer: &str,
+    xs: &[usize],
+    w: &Tensor<E>,
+    b: Option<&Tensor<E>>,
+    extra: Option<&Tensor<E>>,
+    shapes: &[&[usize]],
+) -> Result<(usize, usize)> {
+    let bad = |d: &str| Error::shape(op, shapes, E::DTYPE.name(), format!("{layer}{d}"));
     if w.rank() != 2 || xs.is_empty() {
         return Err(bad("weight must be [out, in] and input at least 1-D"));
     }
@@ -43,12 +59,35 @@ fn linear_dims<E: Element>(
     if b.is_some_and(|b| b.shape() != [out_f]) {
         return Err(bad("bias must be [out]"));
     }
-    let mut out_shape = xs.to_vec();
-    *out_shape.last_mut().expect("rank checked") = out_f;
+    let out_shape = with_last(xs, out_f);
     if extra.is_some_and(|r| r.shape() != out_shape) {
         return Err(bad("the residual must have the output's shape"));
     }
     Ok((xs[..xs.len() - 1].iter().product(), out_f))
+}
+
+/// `shape` with its last axis (there is one) set to `n`.
+fn with_last(shape: &[usize], n: usize) -> Vec<usize> {
+    let mut s = shape.to_vec();
+    *s.last_mut().expect("rank checked") = n;
+    s
+}
+
+/// `g * gelu'(pre)` for `[rows, n]` tensors, as `gelu`'s own backward computes it.
+fn gelu_backward<E: Element>(g2: &Tensor<E>, pre: &Tensor<E>) -> Result<Tensor<E>> {
+    if g2.device().is_gpu() {
+        return g2.binary_raw(pre, "gelu", BinaryOp::GeluBackward);
+    }
+    // gelu's own backward, over the same contiguous rows.
+    let v = pre.with_contiguous(|xs| {
+        g2.with_contiguous(|gs| {
+            fill_fresh(xs.len(), |lo, y| {
+                let hi = lo + y.len();
+                gelu_grad_to(&xs[lo..hi], &gs[lo..hi], y)
+            })
+        })
+    });
+    Ok(Tensor::from_raw(v, g2.shape()))
 }
 
 /// The linear layer's input gradients from the gradient `g2` (`[rows, out]`) of its output,
@@ -115,20 +154,7 @@ impl<E: Element> Tensor<E> {
         let has_b = b.is_some();
         Ok(act.record(OP, &inputs, move |g| {
             let g2 = g.reshape(&[rows, out_f])?;
-            let gp = if g2.device().is_gpu() {
-                g2.binary_raw(&pre, "gelu", BinaryOp::GeluBackward)?
-            } else {
-                // gelu's own backward, over the same contiguous rows.
-                let v = pre.with_contiguous(|xs| {
-                    g2.with_contiguous(|gs| {
-                        fill_fresh(xs.len(), |lo, y| {
-                            let hi = lo + y.len();
-                            gelu_grad_to(&xs[lo..hi], &gs[lo..hi], y)
-                        })
-                    })
-                });
-                Tensor::from_raw(v, &[rows, out_f])
-            };
+            let gp = gelu_backward(&g2, &pre)?;
             let (gx, gw, gb) = linear_grads(&gp, &x2, &wd, &x_shape, want)?;
             let mut v = vec![gx, gw];
             if has_b {
@@ -175,6 +201,88 @@ impl<E: Element> Tensor<E> {
             let mut v = vec![gx, gw];
             if has_b {
                 v.push(gb);
+            }
+            v.push(want_r.then(|| g.clone()));
+            Ok(v)
+        }))
+    }
+
+    /// `r + gelu(x W1^T + b1) W2^T + b2` (exact erf GELU) for `x` `[..., in]`, `w1`
+    /// `[hidden, in]`, `b1` `[hidden]`, `w2` `[out, hidden]`, `b2` `[out]` and a residual
+    /// `r` `[..., out]`: the Transformer MLP block with its residual as one op. Its backward
+    /// keeps only `x` and the pre-activation `pre` (recomputing `gelu(pre)` for `w2`'s
+    /// gradient) and, on a GPU, computes the data gradient `(g W2) * gelu'(pre)` as one GEMM
+    /// with the derivative in its epilogue. Bit-identical on the CPU with
+    /// `x.linear_gelu(w1, b1)?.linear_residual(w2, b2, r)` (and so with the composed
+    /// `linear`, `gelu`, `linear`, `add`). Errors as `linear` does, naming `mlp_residual`
+    /// and the layer, and when `r` has another shape than the output.
+    pub fn mlp_residual(
+        &self,
+        w1: &Tensor<E>,
+        b1: Option<&Tensor<E>>,
+        w2: &Tensor<E>,
+        b2: Option<&Tensor<E>>,
+        r: &Tensor<E>,
+    ) -> Result<Tensor<E>> {
+        const OP: &str = "mlp_residual";
+        let mut inputs = vec![self, w1];
+        inputs.extend(b1);
+        inputs.push(w2);
+        inputs.extend(b2);
+        inputs.push(r);
+        let gpu = crate::backend::on_gpu(OP, &inputs)?;
+        let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape()).collect();
+        let (rows, hidden) = linear_dims_of(OP, "fc1: ", self.shape(), w1, b1, None, &shapes)?;
+        let h_shape = with_last(self.shape(), hidden);
+        let (_, out_f) = linear_dims_of(OP, "fc2: ", &h_shape, w2, b2, Some(r), &shapes)?;
+        let in_f = w1.shape()[1];
+        let x2 = self.detach().reshape(&[rows, in_f])?;
+        let (pre, out) = {
+            let _g = no_grad();
+            if gpu && rows > 0 && in_f > 0 && hidden > 0 && out_f > 0 {
+                let (pre, act) = crate::backend::gpu::linear_gelu(&x2, w1, b1)?;
+                let r2 = r.detach().reshape(&[rows, out_f])?;
+                let out = crate::backend::gpu::linear_residual(&act, w2, b2, &r2)?;
+                (pre, out.reshape(r.shape())?)
+            } else {
+                // The composed ops' kernels in their order: the bits of linear_gelu then
+                // linear_residual.
+                let pre = x2.linear(w1, b1)?;
+                let m = pre.gelu()?.linear(w2, b2)?.reshape(r.shape())?;
+                (pre, r.add(&m)?)
+            }
+        };
+        let want_r = r.requires_grad();
+        let (_, want1) = linear_inputs(self, w1, b1);
+        // The hidden layer's gradient is needed for any of x, w1, b1.
+        let want_h = want1.iter().any(|&w| w);
+        let (want_w2, want_b2) = (w2.requires_grad(), b2.is_some_and(|b| b.requires_grad()));
+        let (w1d, w2d, x_shape) = (w1.detach(), w2.detach(), self.shape().to_vec());
+        let (has_b1, has_b2) = (b1.is_some(), b2.is_some());
+        Ok(out.record(OP, &inputs, move |g| {
+            let g2 = g.reshape(&[rows, out_f])?;
+            // fc2's weight gradient needs the activation: recomputed from pre with the
+            // forward's own GELU kernel, so its bits are those the forward produced.
+            let act = want_w2.then(|| pre.gelu()).transpose()?;
+            let gw2 = act.map(|a| matmul_raw(&g2.t()?, &a)).transpose()?;
+            let gb2 = want_b2.then(|| g2.sum(&[0], false)).transpose()?;
+            let (gx, gw1, gb1) = if want_h {
+                let gp = if g2.device().is_gpu() && rows > 0 && hidden > 0 && out_f > 0 {
+                    crate::backend::gpu::linear_grad_gelu(&g2, &w2d, &pre)?
+                } else {
+                    gelu_backward(&matmul_raw(&g2, &w2d)?, &pre)?
+                };
+                linear_grads(&gp, &x2, &w1d, &x_shape, want1)?
+            } else {
+                (None, None, None)
+            };
+            let mut v = vec![gx, gw1];
+            if has_b1 {
+                v.push(gb1);
+            }
+            v.push(gw2);
+            if has_b2 {
+                v.push(gb2);
             }
             v.push(want_r.then(|| g.clone()));
             Ok(v)

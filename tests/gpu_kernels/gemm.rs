@@ -2,10 +2,14 @@
 //! with a shared operand) and the bf16 tensor-core GEMM in all four layouts, on shapes that
 //! are not multiples of the 64 x 64 tile and have three full k-tiles plus a ragged one. Outputs
 //! are compared with an f64 product of the same (bf16-rounded) inputs, within `1e-5` of the
-//! sum of the magnitudes of the terms; the f32 Linear case also with the CPU's `linear`.
+//! sum of the magnitudes of the terms; the f32 Linear case also with the CPU's `linear`, and
+//! the GELU-derivative epilogue with the CPU's product and `gelu` backward.
 
 use half::bf16;
-use tarflow::gpu::kernels::{gemm_bf16, gemm_f32, Bf16Layout, GemmBf16, GemmF32};
+use tarflow::backend::BinaryOp;
+use tarflow::gpu::kernels::{
+    binary_f32, gemm_bf16, gemm_f32, gemm_f32_epilogue, Bf16Layout, GemmBf16, GemmEpilogue, GemmF32,
+};
 use tarflow::gpu::Driver;
 use tarflow::{Rng, Tensor};
 
@@ -373,6 +377,136 @@ fn bf16_edges(d: &dyn Driver) {
         let what = format!("{layout:?} with k = 0 on {}", d.name());
         assert_bits(&what, &download::<f32>(d, c, 3), &[12.0, 24.0, 36.0]);
     }
+}
+
+/// `gemm_f32_gelu_grad`, the MLP's data gradient `(g W2) * gelu'(pre)`: `g [150, 53]`,
+/// `W2 [53, 141]` read in place (three ragged output tiles each way, k three full k-tiles and
+/// a ragged one), `pre` and `C` with rows padded to 144. Against the CPU's `matmul` and
+/// `gelu` backward within the product's f32 bound, and bit for bit against the same device's
+/// two-launch version (`gemm_f32`, then `binary_f32` with `GeluBackward`).
+fn f32_gelu_grad_epilogue(d: &dyn Driver) {
+    let mut rng = Rng::new(53);
+    let (m, n, k) = (150usize, 141usize, 53usize);
+    let ld = n + 3;
+    let (gs, ws) = (normal(&mut rng, m * k), normal(&mut rng, k * n));
+    // Pre-activations over the GELU's whole shape: both erf branches and the saturated tails.
+    let pres: Vec<f32> = normal(&mut rng, m * n).iter().map(|v| 3.0 * v).collect();
+    let mut pre_pad = vec![f32::NAN; m * ld];
+    for i in 0..m {
+        pre_pad[i * ld..i * ld + n].copy_from_slice(&pres[i * n..(i + 1) * n]);
+    }
+    let (da, db, dpre) = (
+        upload::<f32>(d, &gs),
+        upload::<f32>(d, &ws),
+        upload::<f32>(d, &pre_pad),
+    );
+    let gemm = |c| GemmF32 {
+        m,
+        n,
+        k,
+        batch: 1,
+        c,
+        c_rs: ld,
+        c_bs: 0,
+        a: da,
+        a_rs: k,
+        a_cs: 1,
+        a_bs: 0,
+        b: db,
+        b_rs: n,
+        b_cs: 1,
+        b_bs: 0,
+        bias: None,
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    let c = poisoned_f32(d, m * ld);
+    let epi = GemmEpilogue::GeluGrad {
+        aux: dpre,
+        aux_rs: ld,
+    };
+    gemm_f32_epilogue(d, &gemm(c), epi).unwrap();
+    let got = download::<f32>(d, c, m * ld);
+    for i in 0..m {
+        assert!(
+            got[i * ld + n..(i + 1) * ld].iter().all(|v| v.is_nan()),
+            "gemm_f32_gelu_grad on {}: row {i} padding written",
+            d.name()
+        );
+    }
+    let got = rows(&got, m, n, ld);
+
+    // The CPU: the product, then gelu's backward with it as the incoming gradient.
+    let g = Tensor::from_vec(gs.clone(), &[m, k]).unwrap();
+    let w = Tensor::from_vec(ws.clone(), &[k, n]).unwrap();
+    let gh = g.matmul(&w).unwrap();
+    let pre = Tensor::from_vec(pres.clone(), &[m, n])
+        .unwrap()
+        .requires_grad_();
+    let y = pre.gelu().unwrap().mul(&gh).unwrap().sum_all().unwrap();
+    let want = wide(&tarflow::autograd::grad(&y, &[&pre]).unwrap()[0].to_vec());
+    // The product's f32 bound scaled by |gelu'| <= 1.13, plus the multiply's rounding.
+    let (_, bound) = reference(
+        (m, n, k),
+        |i, l| gs[i * k + l] as f64,
+        |l, j| ws[l * n + j] as f64,
+        |_, _| 0.0,
+        None,
+        1.0,
+        0.0,
+    );
+    let bound: Vec<f64> = bound
+        .iter()
+        .zip(&want)
+        .map(|(b, w)| 1.13 * b + 1e-6 * w.abs())
+        .collect();
+    assert_within(
+        &format!("gemm_f32_gelu_grad on {}", d.name()),
+        &got,
+        &want,
+        &bound,
+    );
+
+    // The two-launch version on the same device: the epilogue changes no bit.
+    let c2 = poisoned_f32(d, m * ld);
+    gemm_f32(d, &gemm(c2)).unwrap();
+    let prod = download::<f32>(d, c2, m * ld);
+    let prod = upload::<f32>(d, &rows(&prod, m, n, ld));
+    let out = poisoned_f32(d, m * n);
+    binary_f32(
+        d,
+        BinaryOp::GeluBackward,
+        out,
+        prod,
+        &[1],
+        upload::<f32>(d, &pres),
+        &[1],
+        &[m * n],
+    )
+    .unwrap();
+    let two = download::<f32>(d, out, m * n);
+    let differing = got
+        .iter()
+        .zip(&two)
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .count();
+    assert_eq!(
+        differing,
+        0,
+        "gemm_f32_gelu_grad on {}: elements differing from gemm_f32 + GeluBackward",
+        d.name()
+    );
+    // beta != 0 is refused, as for the other epilogues.
+    let acc = GemmF32 {
+        beta: 1.0,
+        ..gemm(c)
+    };
+    assert!(gemm_f32_epilogue(d, &acc, epi).is_err());
+}
+
+#[test]
+fn gemm_f32_gelu_grad_epilogue_matches_cpu_and_the_two_launches() {
+    on_each_device(f32_gelu_grad_epilogue);
 }
 
 #[test]

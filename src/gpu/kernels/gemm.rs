@@ -151,15 +151,31 @@ pub enum GemmEpilogue {
         /// Its row stride.
         aux_rs: usize,
     },
+    /// `C = v * gelu'(aux)` (exact erf GELU's derivative, `aux` read only): the MLP's data
+    /// gradient `(g W2) * gelu'(pre)` with the saved pre-activation.
+    GeluGrad {
+        /// The pre-activation.
+        aux: DevicePtr,
+        /// Its row stride.
+        aux_rs: usize,
+    },
 }
 
-/// [`gemm_f32`] with a second epilogue stage: `gemm_f32_gelu` or `gemm_f32_residual`. `beta`
-/// must be 0 (the stages follow a product that overwrites `C`).
+impl GemmEpilogue {
+    /// The kernel that applies this stage, and its `aux` matrix with its row stride.
+    pub fn parts(self) -> (&'static str, DevicePtr, usize) {
+        match self {
+            GemmEpilogue::Gelu { aux, aux_rs } => ("gemm_f32_gelu", aux, aux_rs),
+            GemmEpilogue::Residual { aux, aux_rs } => ("gemm_f32_residual", aux, aux_rs),
+            GemmEpilogue::GeluGrad { aux, aux_rs } => ("gemm_f32_gelu_grad", aux, aux_rs),
+        }
+    }
+}
+
+/// [`gemm_f32`] with a second epilogue stage: `gemm_f32_gelu`, `gemm_f32_residual` or
+/// `gemm_f32_gelu_grad`. `beta` must be 0 (the stages follow a product that overwrites `C`).
 pub fn gemm_f32_epilogue(driver: &dyn Driver, g: &GemmF32, epi: GemmEpilogue) -> Result<()> {
-    let (name, aux, aux_rs) = match epi {
-        GemmEpilogue::Gelu { aux, aux_rs } => ("gemm_f32_gelu", aux, aux_rs),
-        GemmEpilogue::Residual { aux, aux_rs } => ("gemm_f32_residual", aux, aux_rs),
-    };
+    let (name, aux, aux_rs) = epi.parts();
     check_c(name, g.c_rs, g.n, g.m)?;
     check_c(name, aux_rs, g.n, g.m)?;
     if !g.alpha.is_finite() || g.beta != 0.0 {

@@ -549,6 +549,9 @@ fn bf16_operand(x: &[f32], (b, h, n, d): (usize, usize, usize, usize)) -> (Vec<f
     (exact, stored)
 }
 
+/// A layout of `[B, H, n, d]` from `(H, n, d)`.
+type LayFn = fn(usize, usize, usize) -> Lay;
+
 /// `[B, n, H, d]` storage seen as `[B, H, n, d]`.
 fn tokens_lay(h: usize, n: usize, d: usize) -> Lay {
     Lay {
@@ -602,8 +605,7 @@ fn bf16_storage_matches_f32_bits(d: &dyn Driver, dims: AttnDims, scores: AttnSco
     for storage in [AttnStorage::F32, AttnStorage::Bf16] {
         let grads: Vec<DevicePtr> = grad_lens.iter().map(|&n| poisoned_f32(d, n)).collect();
         // The f32 operands `[B, H, N, D]`, the bf16 ones `[B, N, H, D]`.
-        let (lay, elem, p): (fn(usize, usize, usize) -> Lay, usize, [DevicePtr; 4]) = match storage
-        {
+        let (lay, elem, p): (LayFn, usize, [DevicePtr; 4]) = match storage {
             AttnStorage::F32 => (Lay::heads, 4, [f32_ptr[0], f32_ptr[1], f32_ptr[2], o_f32]),
             AttnStorage::Bf16 => (
                 tokens_lay,

@@ -31,6 +31,11 @@
 //   grid x = ceil(Nk / 16).
 // - attn_bwd_dq_f32: 32 queries per CTA (8 per warp), looping over key tiles of 32 in
 //   increasing order up to the causal bound; grid x = ceil(Nq / 32).
+// - attn_bwd_dot_bf16s, attn_bwd_dkdv_bf16s, attn_bwd_dq_bf16s ("bf16 storage"): the three
+//   backward kernels above with q, k, v and o read as bf16 (any strides, like the f32
+//   operands) and widened to f32 as they are loaded; dO, lse, D and every output stay f32
+//   and the arithmetic is the f32 kernels' in the same order, so on bf16-exact operands the
+//   two families give identical bits. bf16 training saves its attention operands this way.
 // Shared memory: tiles of up to 32 rows x 128 features (Dh, Dv <= 128, checked by the
 // host), 48 KiB per CTA in every kernel. Rows are stored with a rotation,
 // element (r, d) at [r * 128 + ((d + r) mod 128)], so that both access patterns are free of
@@ -41,6 +46,10 @@
 // increasing order (one fma each); softmax row max and sum per key tile by a warp butterfly
 // (xor 16, 8, 4, 2, 1, lower lane first), tiles in increasing order; P V, dS K, P^T dO and
 // dS^T Q over keys (or queries) in increasing order within a tile, tiles in increasing order.
+
+#ifndef TARFLOW_HOST_EMULATION
+#include <cuda_bf16.h>
+#endif
 
 #define FULL_MASK 0xffffffffu
 #define DMAX 128
@@ -71,11 +80,17 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// One stored element as f32: the backward kernels read q, k, v and o either as f32 or as
+// bf16 (the `_bf16s` entries, "bf16 storage"); a bf16 widens to f32 exactly, so the
+// arithmetic after the load is the same for both.
+__device__ __forceinline__ float ld_f32(const float* p) { return *p; }
+__device__ __forceinline__ float ld_f32(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+
 // Stages rows row0 .. row0 + ROWS - 1 (features 0 .. width - 1) of a strided matrix into a
-// rotated tile; rows at or beyond `rows` become zeros. Warp w loads rows w, w + 4, ...; lanes
-// walk the features, so a feature-contiguous source is read coalesced.
-template <int ROWS>
-__device__ __forceinline__ void load_rows(float* s, const float* __restrict__ g, unsigned row0,
+// rotated f32 tile; rows at or beyond `rows` become zeros. Warp w loads rows w, w + 4, ...;
+// lanes walk the features, so a feature-contiguous source is read coalesced.
+template <int ROWS, typename T>
+__device__ __forceinline__ void load_rows(float* s, const T* __restrict__ g, unsigned row0,
                                           unsigned rows, unsigned rs, unsigned cs,
                                           unsigned width) {
   unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -83,7 +98,7 @@ __device__ __forceinline__ void load_rows(float* s, const float* __restrict__ g,
     unsigned gr = row0 + r;
     bool in = gr < rows;
     for (unsigned d = lane; d < width; d += 32) {
-      s[sw(r, d)] = in ? g[(size_t)gr * rs + (size_t)d * cs] : 0.0f;
+      s[sw(r, d)] = in ? ld_f32(g + ((size_t)gr * rs + (size_t)d * cs)) : 0.0f;
     }
   }
 }
@@ -184,12 +199,13 @@ extern "C" __global__ void __launch_bounds__(NT)
   }
 }
 
-// D[b, h, i] = sum_d dO[i, d] O[i, d] (contiguous [B, H, Nq]).
-extern "C" __global__ void __launch_bounds__(NT)
-    attn_bwd_dot_f32(float* __restrict__ dd, const float* __restrict__ o,
-                     const float* __restrict__ g, unsigned nq, unsigned dv, unsigned o_sb,
-                     unsigned o_sh, unsigned o_sn, unsigned o_sd, unsigned g_sb, unsigned g_sh,
-                     unsigned g_sn, unsigned g_sd) {
+// D[b, h, i] = sum_d dO[i, d] O[i, d] (contiguous [B, H, Nq]); O stored as T.
+template <typename T>
+__device__ __forceinline__ void attn_bwd_dot(float* __restrict__ dd, const T* __restrict__ o,
+                                             const float* __restrict__ g, unsigned nq,
+                                             unsigned dv, unsigned o_sb, unsigned o_sh,
+                                             unsigned o_sn, unsigned o_sd, unsigned g_sb,
+                                             unsigned g_sh, unsigned g_sn, unsigned g_sd) {
   unsigned lane = threadIdx.x & 31;
   unsigned i = blockIdx.x * NWARP + (threadIdx.x >> 5);
   if (i >= nq) return;
@@ -197,24 +213,35 @@ extern "C" __global__ void __launch_bounds__(NT)
   o += (size_t)bz * o_sb + (size_t)hy * o_sh + (size_t)i * o_sn;
   g += (size_t)bz * g_sb + (size_t)hy * g_sh + (size_t)i * g_sn;
   float s = 0.0f;
-  for (unsigned d = lane; d < dv; d += 32) s = fmaf(g[(size_t)d * g_sd], o[(size_t)d * o_sd], s);
+  for (unsigned d = lane; d < dv; d += 32) s = fmaf(g[(size_t)d * g_sd], ld_f32(o + (size_t)d * o_sd), s);
   s = warp_sum(s);
   if (lane == 0) dd[((size_t)bz * gridDim.y + hy) * nq + i] = s;
 }
 
-// dK = alpha dS^T Q and dV = P^T dO for 16 keys per CTA, over every query that sees them.
-extern "C" __global__ void __launch_bounds__(NT)
-    attn_bwd_dkdv_f32(float* __restrict__ dk, float* __restrict__ dvo,
-                      const float* __restrict__ q, const float* __restrict__ k,
-                      const float* __restrict__ v, const float* __restrict__ g,
-                      const float* __restrict__ lse, const float* __restrict__ dd, unsigned nq,
-                      unsigned nk, unsigned dh, unsigned dv, unsigned q_sb, unsigned q_sh,
-                      unsigned q_sn, unsigned q_sd, unsigned k_sb, unsigned k_sh, unsigned k_sn,
-                      unsigned k_sd, unsigned v_sb, unsigned v_sh, unsigned v_sn, unsigned v_sd,
-                      unsigned g_sb, unsigned g_sh, unsigned g_sn, unsigned g_sd,
-                      unsigned dk_sb, unsigned dk_sh, unsigned dk_sn, unsigned dk_sd,
-                      unsigned dv_sb, unsigned dv_sh, unsigned dv_sn, unsigned dv_sd,
-                      float scale_log2, float alpha, unsigned causal) {
+#define ATTN_BWD_DOT_ENTRY(NAME, T)                                                          \
+  extern "C" __global__ void __launch_bounds__(NT)                                           \
+      NAME(float* __restrict__ dd, const T* __restrict__ o, const float* __restrict__ g,     \
+           unsigned nq, unsigned dv, unsigned o_sb, unsigned o_sh, unsigned o_sn,            \
+           unsigned o_sd, unsigned g_sb, unsigned g_sh, unsigned g_sn, unsigned g_sd) {      \
+    attn_bwd_dot<T>(dd, o, g, nq, dv, o_sb, o_sh, o_sn, o_sd, g_sb, g_sh, g_sn, g_sd);       \
+  }
+
+ATTN_BWD_DOT_ENTRY(attn_bwd_dot_f32, float)
+ATTN_BWD_DOT_ENTRY(attn_bwd_dot_bf16s, __nv_bfloat16)
+
+// dK = alpha dS^T Q and dV = P^T dO for 16 keys per CTA, over every query that sees them;
+// Q, K, V stored as T.
+template <typename T>
+__device__ __forceinline__ void attn_bwd_dkdv(
+    float* __restrict__ dk, float* __restrict__ dvo, const T* __restrict__ q,
+    const T* __restrict__ k, const T* __restrict__ v, const float* __restrict__ g,
+    const float* __restrict__ lse, const float* __restrict__ dd, unsigned nq, unsigned nk,
+    unsigned dh, unsigned dv, unsigned q_sb, unsigned q_sh, unsigned q_sn, unsigned q_sd,
+    unsigned k_sb, unsigned k_sh, unsigned k_sn, unsigned k_sd, unsigned v_sb, unsigned v_sh,
+    unsigned v_sn, unsigned v_sd, unsigned g_sb, unsigned g_sh, unsigned g_sn, unsigned g_sd,
+    unsigned dk_sb, unsigned dk_sh, unsigned dk_sn, unsigned dk_sd, unsigned dv_sb,
+    unsigned dv_sh, unsigned dv_sn, unsigned dv_sd, float scale_log2, float alpha,
+    unsigned causal) {
   __shared__ float Ks[16 * DMAX];
   __shared__ float Vs[16 * DMAX];
   __shared__ float Qs[32 * DMAX];
@@ -308,18 +335,37 @@ extern "C" __global__ void __launch_bounds__(NT)
   }
 }
 
-// dQ = alpha dS K for 32 queries per CTA, over every key they see.
-extern "C" __global__ void __launch_bounds__(NT)
-    attn_bwd_dq_f32(float* __restrict__ dq, const float* __restrict__ q,
-                    const float* __restrict__ k, const float* __restrict__ v,
-                    const float* __restrict__ g, const float* __restrict__ lse,
-                    const float* __restrict__ dd, unsigned nq, unsigned nk, unsigned dh,
-                    unsigned dv, unsigned q_sb, unsigned q_sh, unsigned q_sn, unsigned q_sd,
-                    unsigned k_sb, unsigned k_sh, unsigned k_sn, unsigned k_sd, unsigned v_sb,
-                    unsigned v_sh, unsigned v_sn, unsigned v_sd, unsigned g_sb, unsigned g_sh,
-                    unsigned g_sn, unsigned g_sd, unsigned dq_sb, unsigned dq_sh,
-                    unsigned dq_sn, unsigned dq_sd, float scale_log2, float alpha,
-                    unsigned causal) {
+#define ATTN_BWD_DKDV_ENTRY(NAME, T)                                                         \
+  extern "C" __global__ void __launch_bounds__(NT) NAME(                                     \
+      float* __restrict__ dk, float* __restrict__ dvo, const T* __restrict__ q,              \
+      const T* __restrict__ k, const T* __restrict__ v, const float* __restrict__ g,         \
+      const float* __restrict__ lse, const float* __restrict__ dd, unsigned nq, unsigned nk, \
+      unsigned dh, unsigned dv, unsigned q_sb, unsigned q_sh, unsigned q_sn, unsigned q_sd,  \
+      unsigned k_sb, unsigned k_sh, unsigned k_sn, unsigned k_sd, unsigned v_sb,             \
+      unsigned v_sh, unsigned v_sn, unsigned v_sd, unsigned g_sb, unsigned g_sh,             \
+      unsigned g_sn, unsigned g_sd, unsigned dk_sb, unsigned dk_sh, unsigned dk_sn,          \
+      unsigned dk_sd, unsigned dv_sb, unsigned dv_sh, unsigned dv_sn, unsigned dv_sd,        \
+      float scale_log2, float alpha, unsigned causal) {                                      \
+    attn_bwd_dkdv<T>(dk, dvo, q, k, v, g, lse, dd, nq, nk, dh, dv, q_sb, q_sh, q_sn, q_sd,   \
+                     k_sb, k_sh, k_sn, k_sd, v_sb, v_sh, v_sn, v_sd, g_sb, g_sh, g_sn, g_sd, \
+                     dk_sb, dk_sh, dk_sn, dk_sd, dv_sb, dv_sh, dv_sn, dv_sd, scale_log2,     \
+                     alpha, causal);                                                         \
+  }
+
+ATTN_BWD_DKDV_ENTRY(attn_bwd_dkdv_f32, float)
+ATTN_BWD_DKDV_ENTRY(attn_bwd_dkdv_bf16s, __nv_bfloat16)
+
+// dQ = alpha dS K for 32 queries per CTA, over every key they see; Q, K, V stored as T.
+template <typename T>
+__device__ __forceinline__ void attn_bwd_dq(
+    float* __restrict__ dq, const T* __restrict__ q, const T* __restrict__ k,
+    const T* __restrict__ v, const float* __restrict__ g, const float* __restrict__ lse,
+    const float* __restrict__ dd, unsigned nq, unsigned nk, unsigned dh, unsigned dv,
+    unsigned q_sb, unsigned q_sh, unsigned q_sn, unsigned q_sd, unsigned k_sb, unsigned k_sh,
+    unsigned k_sn, unsigned k_sd, unsigned v_sb, unsigned v_sh, unsigned v_sn, unsigned v_sd,
+    unsigned g_sb, unsigned g_sh, unsigned g_sn, unsigned g_sd, unsigned dq_sb,
+    unsigned dq_sh, unsigned dq_sn, unsigned dq_sd, float scale_log2, float alpha,
+    unsigned causal) {
   __shared__ float Qs[32 * DMAX];
   __shared__ float Gs[32 * DMAX];
   // V, then K, of the current key tile.
@@ -406,6 +452,24 @@ extern "C" __global__ void __launch_bounds__(NT)
   }
 }
 
+#define ATTN_BWD_DQ_ENTRY(NAME, T)                                                           \
+  extern "C" __global__ void __launch_bounds__(NT) NAME(                                     \
+      float* __restrict__ dq, const T* __restrict__ q, const T* __restrict__ k,              \
+      const T* __restrict__ v, const float* __restrict__ g, const float* __restrict__ lse,   \
+      const float* __restrict__ dd, unsigned nq, unsigned nk, unsigned dh, unsigned dv,      \
+      unsigned q_sb, unsigned q_sh, unsigned q_sn, unsigned q_sd, unsigned k_sb,             \
+      unsigned k_sh, unsigned k_sn, unsigned k_sd, unsigned v_sb, unsigned v_sh,             \
+      unsigned v_sn, unsigned v_sd, unsigned g_sb, unsigned g_sh, unsigned g_sn,             \
+      unsigned g_sd, unsigned dq_sb, unsigned dq_sh, unsigned dq_sn, unsigned dq_sd,         \
+      float scale_log2, float alpha, unsigned causal) {                                      \
+    attn_bwd_dq<T>(dq, q, k, v, g, lse, dd, nq, nk, dh, dv, q_sb, q_sh, q_sn, q_sd, k_sb,    \
+                   k_sh, k_sn, k_sd, v_sb, v_sh, v_sn, v_sd, g_sb, g_sh, g_sn, g_sd, dq_sb,  \
+                   dq_sh, dq_sn, dq_sd, scale_log2, alpha, causal);                          \
+  }
+
+ATTN_BWD_DQ_ENTRY(attn_bwd_dq_f32, float)
+ATTN_BWD_DQ_ENTRY(attn_bwd_dq_bf16s, __nv_bfloat16)
+
 // ---- bf16 tensor-core forward ----
 //
 // attn_fwd_bf16_d64, attn_fwd_bf16_d128: the forward above (same parameters, same f32
@@ -420,10 +484,6 @@ extern "C" __global__ void __launch_bounds__(NT)
 // batch). Order: the tensor core's within each 16-wide k-step, steps and key tiles in
 // increasing order; row maxima over the 4 lanes holding a row by a butterfly; each lane's
 // share of a row sum accumulated over tiles, the 4 shares summed (butterfly) at the end.
-
-#ifndef TARFLOW_HOST_EMULATION
-#include <cuda_bf16.h>
-#endif
 
 // The inline-PTX helpers (the same as gemm.cu's). scripts/ptx/host/shim.h gives host versions
 // of these for `scripts/ptx.sh host`, which runs this file on the CPU.

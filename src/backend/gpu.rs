@@ -632,9 +632,65 @@ fn attn_dest(
     }
 }
 
+/// What the fused attention's backward reads of its forward, besides the log-sum-exp.
+pub(crate) enum AttnSaved<E: Element> {
+    /// f32 precision: the `[B, H, N, D]` views of q, k, v the forward read in place (so a
+    /// fused projection they were cut from stays alive) and of its output.
+    F32 {
+        q: Tensor<E>,
+        k: Tensor<E>,
+        v: Tensor<E>,
+        o: Tensor<E>,
+    },
+    /// bf16 precision: contiguous `[B, H, N, D]` bf16 copies of q, k, v and the output, read
+    /// by the `_bf16s` backward kernels; no f32 operand is kept.
+    Bf16 {
+        q: GpuBuffer,
+        k: GpuBuffer,
+        v: GpuBuffer,
+        o: GpuBuffer,
+    },
+}
+
+/// What the fused attention forward returns.
+pub(crate) struct AttnForward<E: Element> {
+    /// The output, shaped as the layout says.
+    pub out: Tensor<E>,
+    /// The base-2 log-sum-exp `[B, H, Nq]`.
+    pub lse: Tensor<E>,
+    /// The backward's operands, when asked for.
+    pub saved: Option<AttnSaved<E>>,
+}
+
+/// The forward's arithmetic: the bf16 tensor-core kernels when this thread's matrix
+/// products are bf16 ([`crate::backend::matmul_precision`]) and they take the head dims
+/// (`Dh == Dv`, 64 or 128); f32 otherwise, bit for bit the f32 path.
+fn attn_precision(dims: &k::AttnDims) -> k::AttnPrecision {
+    let bf16 = crate::backend::current_matmul_precision() == crate::backend::Precision::Bf16;
+    if bf16 && dims.dh == dims.dv && matches!(dims.dh, 64 | 128) {
+        k::AttnPrecision::Bf16
+    } else {
+        k::AttnPrecision::F32
+    }
+}
+
+/// A fresh contiguous bf16 copy of `t` (rounded to nearest even), in a buffer of 2-byte
+/// elements.
+fn bf16_copy<E: Element>(t: &Tensor<E>) -> Result<GpuBuffer> {
+    let (driver, p) = operand(t)?;
+    let buf = GpuBuffer::alloc(driver.clone(), t.numel().max(1), 2)?;
+    if t.numel() > 0 {
+        let dst = contiguous_strides(t.shape());
+        k::strided_copy_f32_bf16(&*driver, buf.ptr(), &dst, p, t.strides(), t.shape())?;
+    }
+    Ok(buf)
+}
+
 /// Fused attention forward of the `[B, H, N, D]` views `q`, `k`, `v` (read in place): the
-/// output (shaped as `layout` says) and the base-2 log-sum-exp `[B, H, Nq]` the backward
-/// needs (see `ptx/attention.cu`).
+/// output (shaped as `layout` says), the base-2 log-sum-exp `[B, H, Nq]` the backward needs
+/// (see `ptx/attention.cu`) and, with `save`, the operands the backward reads: the f32
+/// views, or under bf16 precision (see [`attn_precision`]) bf16 copies of q, k, v and the
+/// output, so that the f32 operands can be freed as soon as the caller drops them.
 pub(crate) fn attention_forward<E: Element>(
     q: &Tensor<E>,
     k: &Tensor<E>,
@@ -642,7 +698,8 @@ pub(crate) fn attention_forward<E: Element>(
     dims: k::AttnDims,
     scores: k::AttnScores,
     layout: AttnLayout,
-) -> Result<(Tensor<E>, Tensor<E>)> {
+    save: bool,
+) -> Result<AttnForward<E>> {
     let (driver, _) = operand(q)?;
     let dev = q.device();
     let k::AttnDims { b, h, nq, dv, .. } = dims;
@@ -661,6 +718,7 @@ pub(crate) fn attention_forward<E: Element>(
             strides: [nq * h * dv, dv, h * dv, 1],
         },
     };
+    let precision = attn_precision(&dims);
     k::attn_fwd(
         &*driver,
         &k::AttnFwd {
@@ -671,10 +729,42 @@ pub(crate) fn attention_forward<E: Element>(
             v: vv,
             o,
             lse: ptr(&lse)?,
-            precision: k::AttnPrecision::F32,
+            precision,
         },
     )?;
-    Ok((out, lse))
+    let saved = if save {
+        let o_heads = match layout {
+            AttnLayout::Heads => out.clone(),
+            // [B, N, H Dv] seen as [B, H, N, Dv]; a fresh contiguous output always reshapes.
+            AttnLayout::Qkv => {
+                let l = out
+                    .layout()
+                    .reshape(&[b, nq, h, dv])
+                    .ok_or_else(|| Error::Device {
+                        op: "attention",
+                        detail: "internal error: the output cannot be seen by heads".to_string(),
+                    })?;
+                out.view_raw(l.permute(&[0, 2, 1, 3]))
+            }
+        };
+        Some(match precision {
+            k::AttnPrecision::F32 => AttnSaved::F32 {
+                q: q.clone(),
+                k: k.clone(),
+                v: v.clone(),
+                o: o_heads,
+            },
+            k::AttnPrecision::Bf16 => AttnSaved::Bf16 {
+                q: bf16_copy(q)?,
+                k: bf16_copy(k)?,
+                v: bf16_copy(v)?,
+                o: bf16_copy(&o_heads)?,
+            },
+        })
+    } else {
+        None
+    };
+    Ok(AttnForward { out, lse, saved })
 }
 
 /// One query per (batch, head) over `nk` keys, no gradient (a KV-cached sampling step): the
@@ -714,24 +804,21 @@ pub(crate) fn attention_decode<E: Element>(
     Ok(out)
 }
 
-/// Fused attention backward: from the `[B, H, N, D]` views of the forward's operands, its
-/// output `o` and the output gradient `g`, and the saved `lse`, the gradients of q, k and v
-/// (three tensors for [`AttnLayout::Heads`], one fused `[B, N, 3 H Dh]` for
-/// [`AttnLayout::Qkv`]), every element written.
-#[allow(clippy::too_many_arguments)]
+/// Fused attention backward: from the forward's saved operands, the output gradient `g`
+/// (a `[B, H, Nq, Dv]` view) and the saved `lse`, the gradients of q, k and v (three tensors
+/// for [`AttnLayout::Heads`], one fused `[B, N, 3 H Dh]` for [`AttnLayout::Qkv`]), every
+/// element written. bf16-saved operands run the `_bf16s` kernels (f32 arithmetic on the
+/// widened values).
 pub(crate) fn attention_backward<E: Element>(
-    q: &Tensor<E>,
-    k: &Tensor<E>,
-    v: &Tensor<E>,
-    o: &Tensor<E>,
+    saved: &AttnSaved<E>,
     g: &Tensor<E>,
     lse: &Tensor<E>,
     dims: k::AttnDims,
     scores: k::AttnScores,
     layout: AttnLayout,
 ) -> Result<Vec<Tensor<E>>> {
-    let (driver, _) = operand(q)?;
-    let dev = q.device();
+    let (driver, _) = operand(g)?;
+    let dev = g.device();
     let k::AttnDims {
         b,
         h,
@@ -740,10 +827,26 @@ pub(crate) fn attention_backward<E: Element>(
         dh,
         dv,
     } = dims;
-    let (_q, qv) = attn_operand(q)?;
-    let (_k, kv) = attn_operand(k)?;
-    let (_v, vv) = attn_operand(v)?;
-    let (_o, ov) = attn_operand(o)?;
+    // The f32 views (or copies of flipped ones) live until the launches are issued.
+    let mut keep = Vec::new();
+    let (storage, [qv, kv, vv, ov]) = match saved {
+        AttnSaved::F32 { q, k, v, o } => {
+            let ops = [
+                attn_operand(q)?,
+                attn_operand(k)?,
+                attn_operand(v)?,
+                attn_operand(o)?,
+            ];
+            let views = [ops[0].1, ops[1].1, ops[2].1, ops[3].1];
+            keep.extend(ops.into_iter().map(|(t, _)| t));
+            (k::AttnStorage::F32, views)
+        }
+        AttnSaved::Bf16 { q, k, v, o } => (
+            k::AttnStorage::Bf16,
+            [(q, nq, dh), (k, nk, dh), (v, nk, dv), (o, nq, dv)]
+                .map(|(buf, n, d)| attn_dest(AttnLayout::Heads, buf.ptr(), h, n, d, 0)),
+        ),
+    };
     let (_g, gv) = attn_operand(g)?;
     let delta = GpuBuffer::alloc(driver.clone(), (b * h * nq).max(1), ELEM)?;
     let grads: Vec<Tensor<E>> = match layout {
@@ -755,7 +858,7 @@ pub(crate) fn attention_backward<E: Element>(
         AttnLayout::Qkv => vec![empty(&driver, dev, &[b, nq, 3 * h * dh])?],
     };
     let base = |i: usize| ptr(&grads[i.min(grads.len() - 1)]);
-    k::attn_bwd(
+    k::attn_bwd_stored(
         &*driver,
         &k::AttnBwd {
             dims,
@@ -771,6 +874,7 @@ pub(crate) fn attention_backward<E: Element>(
             dk: attn_dest(layout, base(1)?, h, nk, dh, 1),
             dv: attn_dest(layout, base(2)?, h, nk, dv, 2),
         },
+        storage,
     )?;
     Ok(grads)
 }

@@ -3,12 +3,13 @@
 //! shapes with at least three query and three key tiles and ragged last tiles: causal and
 //! not, fewer queries than keys (the causal offset), a temperature, q / k / v read in place
 //! from a fused `[B, N, 3C]` projection with a heads-merged output and one fused gradient,
-//! and head dimensions 16, 64, 128 and unequal ones.
+//! and head dimensions 16, 64, 128 and unequal ones. The bf16-storage backward kernels
+//! (`attn_bwd_*_bf16s`) against the f32 ones on bf16-exact operands: identical bits.
 
 use half::bf16;
 use tarflow::gpu::kernels::{
-    attn_bwd, attn_decode, attn_fwd, decode_scratch_len, AttnBwd, AttnDecode, AttnDims, AttnFwd,
-    AttnPrecision, AttnScores, AttnView, ATTN_MAX_HEAD_DIM,
+    attn_bwd, attn_bwd_stored, attn_decode, attn_fwd, decode_scratch_len, AttnBwd, AttnDecode,
+    AttnDims, AttnFwd, AttnPrecision, AttnScores, AttnStorage, AttnView, ATTN_MAX_HEAD_DIM,
 };
 use tarflow::gpu::{DevicePtr, Driver};
 use tarflow::Rng;
@@ -36,8 +37,13 @@ impl Lay {
     }
 
     fn view(&self, base: DevicePtr) -> AttnView {
+        self.view_of(base, 4)
+    }
+
+    /// The view of a buffer of `elem`-byte elements (2 for bf16).
+    fn view_of(&self, base: DevicePtr, elem: usize) -> AttnView {
         AttnView {
-            ptr: base.offset((self.off * 4) as u64),
+            ptr: base.offset((self.off * elem) as u64),
             strides: self.st,
         }
     }
@@ -520,6 +526,135 @@ fn attention_bf16_head_dim_128_matches_bf16_rounded_reference() {
             10,
             AttnPrecision::Bf16,
         );
+    });
+}
+
+/// `x` rounded to bf16, as f32 values and as the bf16 bits stored `[B, n, H, d]` (positions
+/// outermost after the batch, so the kernels read it through strides).
+fn bf16_operand(x: &[f32], (b, h, n, d): (usize, usize, usize, usize)) -> (Vec<f32>, Vec<bf16>) {
+    let exact: Vec<f32> = x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
+    let mut stored = vec![bf16::ZERO; x.len()];
+    let heads = Lay::heads(h, n, d);
+    let tokens = tokens_lay(h, n, d);
+    for bi in 0..b {
+        for hi in 0..h {
+            for ni in 0..n {
+                for di in 0..d {
+                    stored[tokens.at(bi, hi, ni, di)] =
+                        bf16::from_f32(exact[heads.at(bi, hi, ni, di)]);
+                }
+            }
+        }
+    }
+    (exact, stored)
+}
+
+/// A layout of `[B, H, n, d]` from `(H, n, d)`.
+type LayFn = fn(usize, usize, usize) -> Lay;
+
+/// `[B, n, H, d]` storage seen as `[B, H, n, d]`.
+fn tokens_lay(h: usize, n: usize, d: usize) -> Lay {
+    Lay {
+        off: 0,
+        st: [n * h * d, d, h * d, 1],
+    }
+}
+
+/// The bf16-storage backward against the f32 one on operands exactly representable in
+/// bf16 (q, k, v and o rounded first; o from the f32 forward): the same arithmetic in the
+/// same order, so dQ, dK, dV must be the same bits. The f32 operands are contiguous
+/// `[B, H, N, D]`, the bf16 ones `[B, N, H, D]`, so the bf16 strides are exercised too.
+fn bf16_storage_matches_f32_bits(d: &dyn Driver, dims: AttnDims, scores: AttnScores, seed: u64) {
+    let AttnDims {
+        b,
+        h,
+        nq,
+        nk,
+        dh,
+        dv,
+    } = dims;
+    let tag = format!("{dims:?} {scores:?} on {}", d.name());
+    let mut rng = Rng::new(seed);
+    let shapes = [(b, h, nq, dh), (b, h, nk, dh), (b, h, nk, dv)];
+    let ops: Vec<(Vec<f32>, Vec<bf16>)> = shapes
+        .iter()
+        .map(|&s| bf16_operand(&normal(&mut rng, s.0 * s.1 * s.2 * s.3), s))
+        .collect();
+    let f32_ptr: Vec<DevicePtr> = ops.iter().map(|(x, _)| upload::<f32>(d, x)).collect();
+    let heads = |(_, h, n, w): (usize, usize, usize, usize)| Lay::heads(h, n, w);
+    let o_len = b * h * nq * dv;
+    let (o, lse) = (poisoned_f32(d, o_len), poisoned_f32(d, b * h * nq));
+    let fwd = AttnFwd {
+        dims,
+        scores,
+        q: heads(shapes[0]).view(f32_ptr[0]),
+        k: heads(shapes[1]).view(f32_ptr[1]),
+        v: heads(shapes[2]).view(f32_ptr[2]),
+        o: Lay::heads(h, nq, dv).view(o),
+        lse,
+        precision: AttnPrecision::F32,
+    };
+    attn_fwd(d, &fwd).unwrap();
+    let (o_exact, o_stored) = bf16_operand(&download::<f32>(d, o, o_len), (b, h, nq, dv));
+    let o_f32 = upload::<f32>(d, &o_exact);
+    let bf16_ptr: Vec<DevicePtr> = ops.iter().map(|(_, x)| upload::<bf16>(d, x)).collect();
+    let o_bf16 = upload::<bf16>(d, &o_stored);
+    let g = upload::<f32>(d, &normal(&mut rng, o_len));
+    let grad_lens = [b * h * nq * dh, b * h * nk * dh, b * h * nk * dv];
+    let mut results = Vec::new();
+    for storage in [AttnStorage::F32, AttnStorage::Bf16] {
+        let grads: Vec<DevicePtr> = grad_lens.iter().map(|&n| poisoned_f32(d, n)).collect();
+        // The f32 operands `[B, H, N, D]`, the bf16 ones `[B, N, H, D]`.
+        let (lay, elem, p): (LayFn, usize, [DevicePtr; 4]) = match storage {
+            AttnStorage::F32 => (Lay::heads, 4, [f32_ptr[0], f32_ptr[1], f32_ptr[2], o_f32]),
+            AttnStorage::Bf16 => (
+                tokens_lay,
+                2,
+                [bf16_ptr[0], bf16_ptr[1], bf16_ptr[2], o_bf16],
+            ),
+        };
+        let at =
+            |i: usize, (_, h, n, w): (usize, usize, usize, usize)| lay(h, n, w).view_of(p[i], elem);
+        let bwd = AttnBwd {
+            dims,
+            scores,
+            q: at(0, shapes[0]),
+            k: at(1, shapes[1]),
+            v: at(2, shapes[2]),
+            o: at(3, (b, h, nq, dv)),
+            g: Lay::heads(h, nq, dv).view(g),
+            lse,
+            delta: poisoned_f32(d, b * h * nq),
+            dq: heads(shapes[0]).view(grads[0]),
+            dk: heads(shapes[1]).view(grads[1]),
+            dv: heads(shapes[2]).view(grads[2]),
+        };
+        attn_bwd_stored(d, &bwd, storage).unwrap();
+        let got: Vec<Vec<f32>> = grads
+            .iter()
+            .zip(grad_lens)
+            .map(|(&p, n)| download::<f32>(d, p, n))
+            .collect();
+        results.push(got);
+    }
+    for (i, name) in ["dq", "dk", "dv"].into_iter().enumerate() {
+        let (f, bf) = (&results[0][i], &results[1][i]);
+        assert!(
+            f.iter().all(|x| x.is_finite()),
+            "{name} of the f32 kernels is not finite, {tag}"
+        );
+        assert_bits(&format!("{name} of the bf16-storage kernels, {tag}"), bf, f);
+    }
+}
+
+#[test]
+fn attention_bf16_storage_backward_matches_f32_bits() {
+    // 70 queries (three tiles of 32, ragged) over 100 keys (seven tiles of 16): causal with
+    // offset 30, and not; dh = dv = 64, and unequal dims the fused path never gives it.
+    on_each_device(|d| {
+        bf16_storage_matches_f32_bits(d, dims(2, 2, 70, 100, 64, 64), scores(64, true), 21);
+        bf16_storage_matches_f32_bits(d, dims(1, 2, 70, 100, 64, 64), scores(64, false), 22);
+        bf16_storage_matches_f32_bits(d, dims(1, 1, 37, 37, 16, 48), scores(16, true), 23);
     });
 }
 

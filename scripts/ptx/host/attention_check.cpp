@@ -15,6 +15,10 @@
 // - attn_fwd_bf16_d64: against the reference on bf16-rounded q, k, v, within 5e-3 of
 //   sum_j p_ij |v_jc| (P is rounded to bf16 for P V), causal and not, Nq = Nk = 70 and
 //   Nq = 38 < Nk = 100.
+// - attn_bwd_dot_bf16s, attn_bwd_dkdv_bf16s, attn_bwd_dq_bf16s: on q, k, v and o rounded to
+//   bf16 (o from attn_fwd_f32), stored as bf16 in the same NaN-padded layouts, dQ, dK, dV
+//   bit for bit those of the f32 kernels, causal and not, Nq = 38 < Nk = 71, Dh / Dv = 24 / 40
+//   and 64 / 64.
 // Every output buffer is NaN-poisoned: each element must be written, every padding slot and
 // the guard past the end left alone.
 #include "shim.h"
@@ -340,6 +344,68 @@ static void bf16_d64(const char* tag, Dims s, float alpha, bool causal) {
   CHECK(std::all_of(lse.begin() + rows, lse.end(), [](float f) { return std::isnan(f); }), "attn_fwd_bf16_d64 lse, %s: wrote past the end", tag);
 }
 
+// The bf16-storage backward against the f32 one on bf16-exact operands: identical bits.
+static void bf16_storage(const char* tag, Dims s, float alpha, bool causal) {
+  Lay lq = padded(s, s.nq, s.dh), lk = padded(s, s.nk, s.dh), lv = padded(s, s.nk, s.dv), lo = padded(s, s.nq, s.dv);
+  std::vector<float> qb(span(lq, s, s.nq, s.dh), NAN), kb(span(lk, s, s.nk, s.dh), NAN), vb(span(lv, s, s.nk, s.dv), NAN);
+  scatter_random(qb, lq, s, s.nq, s.dh, 2);
+  scatter_random(kb, lk, s, s.nk, s.dh, 2);
+  scatter_random(vb, lv, s, s.nk, s.dv, 1);
+  std::vector<float> ob(span(lo, s, s.nq, s.dv), NAN), gb(ob.size(), NAN);
+  scatter_random(gb, lo, s, s.nq, s.dv, 1);
+  auto exact = [](std::vector<float>& v) {
+    for (auto& e : v) e = __bfloat162float(__float2bfloat16_rn(e));
+  };
+  auto stored = [](const std::vector<float>& v) {
+    std::vector<__nv_bfloat16> out(v.size());
+    for (size_t i = 0; i < v.size(); ++i) out[i] = __float2bfloat16_rn(v[i]);
+    return out;
+  };
+  exact(qb), exact(kb), exact(vb);
+  const float sl2 = scale_log2_of(alpha);
+  const unsigned rows = s.b * s.h * s.nq;
+  std::vector<float> lse(rows + GUARD, NAN);
+  launch({ceil_div(s.nq, 32), s.h, s.b}, 128, [&] {
+    attn_fwd_f32(ob.data() + lo.off, lse.data(), qb.data() + lq.off, kb.data() + lk.off, vb.data() + lv.off, s.nq, s.nk, s.dh,
+                 s.dv, lq.st[0], lq.st[1], lq.st[2], lq.st[3], lk.st[0], lk.st[1], lk.st[2], lk.st[3], lv.st[0], lv.st[1],
+                 lv.st[2], lv.st[3], lo.st[0], lo.st[1], lo.st[2], lo.st[3], sl2, causal);
+  });
+  exact(ob);
+  auto q16 = stored(qb), k16 = stored(kb), v16 = stored(vb), o16 = stored(ob);
+  const float* gp = gb.data() + lo.off;
+  // One backward with operands of type T; returns dq, dk, dv (NaN-poisoned, padded).
+  auto backward = [&](auto* qp, auto* kp, auto* vp, auto* op, auto dot, auto dkdv, auto dq) {
+    std::vector<float> dd(rows + GUARD, NAN), dqb(qb.size(), NAN), dkb(kb.size(), NAN), dvb(vb.size(), NAN);
+    float *dqp = dqb.data() + lq.off, *dkp = dkb.data() + lk.off, *dvp = dvb.data() + lv.off;
+    launch({ceil_div(s.nq, 4), s.h, s.b}, 128, [&] {
+      dot(dd.data(), op, gp, s.nq, s.dv, lo.st[0], lo.st[1], lo.st[2], lo.st[3], lo.st[0], lo.st[1], lo.st[2], lo.st[3]);
+    });
+    launch({ceil_div(s.nk, 16), s.h, s.b}, 128, [&] {
+      dkdv(dkp, dvp, qp, kp, vp, gp, lse.data(), dd.data(), s.nq, s.nk, s.dh, s.dv, lq.st[0], lq.st[1], lq.st[2], lq.st[3],
+           lk.st[0], lk.st[1], lk.st[2], lk.st[3], lv.st[0], lv.st[1], lv.st[2], lv.st[3], lo.st[0], lo.st[1], lo.st[2],
+           lo.st[3], lk.st[0], lk.st[1], lk.st[2], lk.st[3], lv.st[0], lv.st[1], lv.st[2], lv.st[3], sl2, alpha, causal);
+    });
+    launch({ceil_div(s.nq, 32), s.h, s.b}, 128, [&] {
+      dq(dqp, qp, kp, vp, gp, lse.data(), dd.data(), s.nq, s.nk, s.dh, s.dv, lq.st[0], lq.st[1], lq.st[2], lq.st[3], lk.st[0],
+         lk.st[1], lk.st[2], lk.st[3], lv.st[0], lv.st[1], lv.st[2], lv.st[3], lo.st[0], lo.st[1], lo.st[2], lo.st[3],
+         lq.st[0], lq.st[1], lq.st[2], lq.st[3], sl2, alpha, causal);
+    });
+    return std::vector<std::vector<float>>{dqb, dkb, dvb};
+  };
+  auto f32 = backward(qb.data() + lq.off, kb.data() + lk.off, vb.data() + lv.off, ob.data() + lo.off, attn_bwd_dot_f32,
+                      attn_bwd_dkdv_f32, attn_bwd_dq_f32);
+  auto b16 = backward(q16.data() + lq.off, k16.data() + lk.off, v16.data() + lv.off, o16.data() + lo.off, attn_bwd_dot_bf16s,
+                      attn_bwd_dkdv_bf16s, attn_bwd_dq_bf16s);
+  const char* names[3] = {"dq", "dk", "dv"};
+  for (int i = 0; i < 3; ++i) {
+    size_t finite = 0;
+    for (float e : f32[i]) finite += std::isfinite(e);
+    CHECK(finite > 0, "attn_bwd f32 %s, %s: nothing written", names[i], tag);
+    CHECK(f32[i].size() == b16[i].size() && memcmp(f32[i].data(), b16[i].data(), f32[i].size() * 4) == 0,
+          "attn_bwd_*_bf16s %s, %s: not the f32 kernels' bits", names[i], tag);
+  }
+}
+
 int main() {
   // alpha = scale / temperature, temperature 0.7.
   auto alpha_for = [](unsigned dh) { return (float)(1 / std::sqrt((double)dh) / 0.7); };
@@ -353,6 +419,8 @@ int main() {
   decode("2 x 2 heads, 3 keys", 2, 2, 3, 8);
   bf16_d64("70 x 70", {1, 1, 70, 70, 64, 64}, alpha_for(64), false);
   bf16_d64("38 x 100 causal", {1, 1, 38, 100, 64, 64}, alpha_for(64), true);
+  bf16_storage("24/40, 38 x 71", {1, 1, 38, 71, 24, 40}, alpha_for(24), false);
+  bf16_storage("64/64, 2 heads, 38 x 71 causal", {1, 2, 38, 71, 64, 64}, alpha_for(64), true);
   printf("attention.cu: worst error / bound: f32 %.2f, decode %.2f, bf16 %.2f\n", worst_f32, worst_decode, worst_bf16);
   return finish("attention.cu");
 }

@@ -39,6 +39,33 @@ pub enum AttnPrecision {
     Bf16,
 }
 
+/// Element type of the forward's q, k, v and o as the backward reads them (dO, lse and every
+/// gradient are f32 either way).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttnStorage {
+    /// f32 (`attn_bwd_*_f32`).
+    #[default]
+    F32,
+    /// bf16, widened to f32 as they are loaded (`attn_bwd_*_bf16s`): the same arithmetic in
+    /// the same order as [`AttnStorage::F32`], so bf16-exact operands give identical bits.
+    /// Kept by bf16 training, which saves its attention operands at half the size.
+    Bf16,
+}
+
+impl AttnStorage {
+    /// The backward's kernels for this storage: `D`, then dK/dV, then dQ.
+    fn kernels(self) -> [&'static str; 3] {
+        match self {
+            AttnStorage::F32 => ["attn_bwd_dot_f32", "attn_bwd_dkdv_f32", "attn_bwd_dq_f32"],
+            AttnStorage::Bf16 => [
+                "attn_bwd_dot_bf16s",
+                "attn_bwd_dkdv_bf16s",
+                "attn_bwd_dq_bf16s",
+            ],
+        }
+    }
+}
+
 /// Queries per CTA of the bf16 forward.
 const QUERY_TILE_BF16: usize = 64;
 
@@ -104,9 +131,10 @@ pub struct AttnFwd {
     pub precision: AttnPrecision,
 }
 
-/// The backward (f32 arithmetic) from the forward's operands, output `o`, its gradient `g` and saved `lse`:
-/// writes `dq`, `dk`, `dv` (`=`), using `delta` (`[b, h, nq]` scratch) for
-/// `D_i = sum_d g_id o_id`.
+/// The backward (f32 arithmetic) from the forward's operands, output `o`, its gradient `g`
+/// and saved `lse`: writes `dq`, `dk`, `dv` (`=`), using `delta` (`[b, h, nq]` scratch) for
+/// `D_i = sum_d g_id o_id`. `q`, `k`, `v` and `o` hold f32 for [`attn_bwd`] and the element
+/// type [`attn_bwd_stored`] is given; strides count elements of that type.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AttnBwd {
     /// Sizes.
@@ -250,10 +278,18 @@ pub fn attn_fwd(driver: &dyn Driver, a: &AttnFwd) -> Result<()> {
     driver.launch(&ATTENTION, name, config(d.nq.div_ceil(tile), yz), &args)
 }
 
-/// Launches the backward for `a`: `attn_bwd_dot_f32` (`D`), then `attn_bwd_dkdv_f32` and
-/// `attn_bwd_dq_f32`. Every gradient element is written, zeros where no score reaches it.
+/// Launches the backward for `a` with f32 operands: `attn_bwd_dot_f32` (`D`), then
+/// `attn_bwd_dkdv_f32` and `attn_bwd_dq_f32`. Every gradient element is written, zeros where
+/// no score reaches it.
 pub fn attn_bwd(driver: &dyn Driver, a: &AttnBwd) -> Result<()> {
+    attn_bwd_stored(driver, a, AttnStorage::F32)
+}
+
+/// [`attn_bwd`] with `q`, `k`, `v` and `o` stored as `storage` (the `_bf16s` kernels for
+/// [`AttnStorage::Bf16`]).
+pub fn attn_bwd_stored(driver: &dyn Driver, a: &AttnBwd, storage: AttnStorage) -> Result<()> {
     const OP: &str = "attn_bwd";
+    let [dot, dkdv, dq] = storage.kernels();
     let d = &a.dims;
     let Some(yz) = check(OP, d, &a.scores)? else {
         return Ok(());
@@ -278,12 +314,7 @@ pub fn attn_bwd(driver: &dyn Driver, a: &AttnBwd) -> Result<()> {
         ];
         strides(OP, "o", &a.o, &mut args)?;
         strides(OP, "g", &a.g, &mut args)?;
-        driver.launch(
-            &ATTENTION,
-            "attn_bwd_dot_f32",
-            config(d.nq.div_ceil(DOT_ROWS), yz),
-            &args,
-        )?;
+        driver.launch(&ATTENTION, dot, config(d.nq.div_ceil(DOT_ROWS), yz), &args)?;
     }
     if d.nk > 0 {
         let mut args = vec![
@@ -310,7 +341,7 @@ pub fn attn_bwd(driver: &dyn Driver, a: &AttnBwd) -> Result<()> {
         tail(&mut args);
         driver.launch(
             &ATTENTION,
-            "attn_bwd_dkdv_f32",
+            dkdv,
             config(d.nk.div_ceil(KEY_TILE_BWD), yz),
             &args,
         )?;
@@ -336,12 +367,7 @@ pub fn attn_bwd(driver: &dyn Driver, a: &AttnBwd) -> Result<()> {
             strides(OP, what, v, &mut args)?;
         }
         tail(&mut args);
-        driver.launch(
-            &ATTENTION,
-            "attn_bwd_dq_f32",
-            config(d.nq.div_ceil(QUERY_TILE), yz),
-            &args,
-        )?;
+        driver.launch(&ATTENTION, dq, config(d.nq.div_ceil(QUERY_TILE), yz), &args)?;
     }
     Ok(())
 }

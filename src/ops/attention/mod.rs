@@ -346,7 +346,9 @@ fn gpu_args(d: &Dims, opts: AttentionOptions, op: &'static str) -> Result<(AttnD
 
 /// [`attention`] on a GPU device without a mask tensor: the fused flash-style kernels, which
 /// save the output and a per-query log-sum-exp (`[B, H, Nq]`) for the backward instead of
-/// the probabilities.
+/// the probabilities. Under bf16 precision (head dims 64 or 128) the forward runs on the
+/// tensor cores and the node keeps bf16 copies of q, k, v and the output instead of the f32
+/// tensors (`gpu::AttnSaved`).
 fn attention_gpu<E: Element>(
     q: &Tensor<E>,
     k: &Tensor<E>,
@@ -362,15 +364,14 @@ fn attention_gpu<E: Element>(
     if d.nq == 1 && !needs_grad {
         return gpu::attention_decode(&qd, &kd, &vd, dims, scores.alpha);
     }
-    let (out, lse) = gpu::attention_forward(&qd, &kd, &vd, dims, scores, AttnLayout::Heads)?;
-    if !needs_grad {
+    let fwd = gpu::attention_forward(&qd, &kd, &vd, dims, scores, AttnLayout::Heads, needs_grad)?;
+    let (out, lse) = (fwd.out, fwd.lse);
+    let Some(saved) = fwd.saved else {
         return Ok(out);
-    }
-    let od = out.detach();
+    };
     let want = [q.requires_grad(), k.requires_grad(), v.requires_grad()];
     Ok(out.record("attention", &[q, k, v], move |g| {
-        let grads =
-            gpu::attention_backward(&qd, &kd, &vd, &od, g, &lse, dims, scores, AttnLayout::Heads)?;
+        let grads = gpu::attention_backward(&saved, g, &lse, dims, scores, AttnLayout::Heads)?;
         Ok(grads
             .into_iter()
             .zip(want)
@@ -390,11 +391,12 @@ fn attention_qkv_gpu<E: Element>(
 ) -> Result<Tensor<E>> {
     let op = "attention_qkv";
     let (dims, scores) = gpu_args(d, opts, op)?;
-    let (out, lse) = gpu::attention_forward(&q, &k, &v, dims, scores, AttnLayout::Qkv)?;
-    if !(is_grad_enabled() && qkv.requires_grad()) {
+    let needs_grad = is_grad_enabled() && qkv.requires_grad();
+    let fwd = gpu::attention_forward(&q, &k, &v, dims, scores, AttnLayout::Qkv, needs_grad)?;
+    let (out, lse) = (fwd.out, fwd.lse);
+    let Some(saved) = fwd.saved else {
         return Ok(out);
-    }
-    let od = out.detach();
+    };
     let (b, n, h, dv) = (d.b, d.nq, d.h, d.dv);
     Ok(out.record(op, &[qkv], move |g| {
         // `[B, N, H Dv]` seen as `[B, H, N, Dv]` (a copy only if `g` cannot be viewed so).
@@ -405,17 +407,8 @@ fn attention_qkv_gpu<E: Element>(
             };
             Ok(t.view_raw(t.layout().permute(&[0, 2, 1, 3])))
         };
-        let mut grads = gpu::attention_backward(
-            &q,
-            &k,
-            &v,
-            &as_heads(&od)?,
-            &as_heads(g)?,
-            &lse,
-            dims,
-            scores,
-            AttnLayout::Qkv,
-        )?;
+        let mut grads =
+            gpu::attention_backward(&saved, &as_heads(g)?, &lse, dims, scores, AttnLayout::Qkv)?;
         Ok(vec![grads.pop()])
     }))
 }

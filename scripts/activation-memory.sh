@@ -8,7 +8,7 @@
 # Prints one Markdown table (shape, batch, precision, both counts, their ratio).
 #
 # Usage: scripts/activation-memory.sh [--device ptx-sim|cuda[:N]] [--torch-device cpu|cuda]
-#                                     [--batch N] [--shapes tiny|h64|both]
+#                                     [--batch N] [--shapes tiny|h64|both|imagenet64]
 #   --device        where tarflow runs the step (default ptx-sim: the PTX interpreter, slow
 #                   but exact in bytes; the counts do not depend on the device)
 #   --torch-device  where PyTorch runs it (default cpu; autocast bf16 works there)
@@ -16,9 +16,11 @@
 #   --shapes        tiny: 1x28x28 p4 C64 T2 K1 (49 tokens, 1 head of 64);
 #                   h64:  3x16x16 p2 C128 T2 K1 (64 tokens, 2 heads of 64, an ImageNet64-like
 #                         layout at a size the interpreter finishes in minutes);
-#                   both (the default)
-# Environment: TARFLOW (the binary; default target/release/tarflow, built if missing),
-# PYTHON (default python3) and PYTHONPATH (where torch is, e.g. /work/pytorch).
+#                   both (the default);
+#                   imagenet64: 3x64x64 p2 C768 T8 K8 (for a GPU: far too slow on ptx-sim)
+# Environment: TARFLOW (the binary; default target/release/tarflow, built if missing; with
+# --device cuda a `--features cuda` build such as gpu-check-bundle/bin/tarflow), PYTHON
+# (default python3) and PYTHONPATH (where torch is, e.g. /work/pytorch).
 # Both models are unconditional (tarflow gets --classes 0, as the PyTorch peer has no labels).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +32,7 @@ while [ $# -gt 0 ]; do
         --torch-device) torch_device=$2; shift 2 ;;
         --batch) batch=$2; shift 2 ;;
         --shapes) shapes=$2; shift 2 ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "activation-memory.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -38,7 +40,8 @@ case "$shapes" in
     tiny) names=(tiny) ;;
     h64) names=(h64) ;;
     both) names=(tiny h64) ;;
-    *) echo "activation-memory.sh: --shapes $shapes: expected tiny, h64 or both" >&2; exit 2 ;;
+    imagenet64) names=(imagenet64) ;;
+    *) echo "activation-memory.sh: --shapes $shapes: expected tiny, h64, both or imagenet64" >&2; exit 2 ;;
 esac
 
 TARFLOW=${TARFLOW:-target/release/tarflow}
@@ -52,12 +55,13 @@ shape_flags() {
     case "$1" in
         tiny) echo "--image-size 28 --patch-size 4 --width 64 --blocks 2 --layers 1" ;;
         h64) echo "--image-size 16 --patch-size 2 --width 128 --blocks 2 --layers 1" ;;
+        imagenet64) echo "--image-size 64 --patch-size 2 --width 768 --blocks 8 --layers 8" ;;
     esac
 }
 channels() {
     case "$1" in
         tiny) echo 1 ;;
-        h64) echo 3 ;;
+        h64 | imagenet64) echo 3 ;;
     esac
 }
 

@@ -15,7 +15,9 @@
 #   5. the whole model at ImageNet64's shape (p2 C768 T8 K8), `tarflow bench --device cuda`
 #      and the PyTorch eager peer (scripts/gpu-check/torch_tarflow.py: bf16 autocast, flash
 #      SDPA, KV-cached sampling) at the same batch (MODEL_BATCH, default 16), then the peer
-#      at batch 64 as the issue's reference step.
+#      at batch 64 as the issue's reference step, and the bytes its bf16 training forward
+#      saves for the backward (--activations) at MODEL_BATCH (`tarflow bench --device cuda`
+#      reports its own activation and peak bytes in its table).
 # A step that fails is recorded and the next one runs. The report, $OUT/gpu-report.md, says
 # what ran and what failed, with the tables ready for docs/performance.md; raw output goes
 # to $OUT/logs/. Exit status 0 when every step passed, 1 otherwise (the report is written
@@ -158,6 +160,8 @@ step "PyTorch TarFlow (ImageNet64 model)" 120 torch-tarflow.txt python3 scripts/
     --batch "$MODEL_BATCH" --sample-batch "$MODEL_BATCH" --repeats 3 --json "$LOGS/torch-tarflow.json"
 step "PyTorch TarFlow train step, batch 64" 60 torch-tarflow-64.txt python3 scripts/gpu-check/torch_tarflow.py \
     --batch 64 --sample-batch 0 --repeats 3 --json "$LOGS/torch-tarflow-64.json"
+step "PyTorch TarFlow activations, batch $MODEL_BATCH" 60 torch-activations.txt python3 scripts/gpu-check/torch_tarflow.py \
+    --batch "$MODEL_BATCH" --activations --json "$LOGS/torch-activations.json"
 
 # The report.
 {
@@ -219,6 +223,12 @@ step "PyTorch TarFlow train step, batch 64" 60 torch-tarflow-64.txt python3 scri
     cat "$LOGS/torch-tarflow.txt" 2>/dev/null
     echo
     cat "$LOGS/torch-tarflow-64.txt" 2>/dev/null
+    echo
+    echo "What its bf16 training forward saves for the backward, batch $MODEL_BATCH:"
+    echo
+    echo '```text'
+    cat "$LOGS/torch-activations.txt" 2>/dev/null
+    echo '```'
 } >"$REPORT"
 echo "report: $REPORT" >&2
 exit "$FAILED"

@@ -17,7 +17,19 @@ medians on the CPU). Prints a Markdown table; --json also writes the rows.
 
 The default shape is ImageNet64's p2 C768 T8 K8 at batch 64 (sampling: --sample-batch
 images, no guidance). `--preset tiny --device cpu` runs a small model on the CPU, which is how
-the script is tested where no GPU is."""
+the script is tested where no GPU is; `tiny` is `tarflow bench --preset tiny --classes 0`
+(1x28x28 p4 C64 T2 K1). --channels, --image-size, --patch-size, --width, --blocks and --layers override a
+preset's shape as they do for `tarflow bench`.
+
+--activations instead counts what one training forward (and the loss) keeps for the backward,
+under the same autocast, on any device: every tensor autograd saves goes through
+torch.autograd.graph.saved_tensors_hooks, and the bytes of the storages behind them are added
+up, each storage once (q, k and v are views of one qkv product; a tensor saved by two ops is
+kept once). Storages that exist before the forward (the parameters and the batch) are not
+activations and are reported apart. Under bf16 autocast the bf16 copies of the weights that
+the linears save are new storages, so they count, as they cost memory. On CUDA the live
+bytes after the loss minus those before the forward are printed too (what `tarflow bench`
+calls the activations on a device)."""
 
 import argparse
 import json
@@ -28,7 +40,7 @@ import time
 PRESETS = {
     # channels, image size, patch, width, blocks, layers per block
     "imagenet64": (3, 64, 2, 768, 8, 8),
-    "tiny": (1, 8, 2, 64, 2, 1),
+    "tiny": (1, 28, 4, 64, 2, 1),
 }
 
 
@@ -153,6 +165,61 @@ def build(torch, channels, image_size, patch, width, blocks, layers, head_dim=64
     return Flow(), n_tok, d_tok
 
 
+def saved_for_backward(torch, model, x, autocast):
+    """The storages one training forward and loss save for the backward, each once: a dict of
+    `activations` (bytes, storages, bytes by dtype), `inputs` (bytes of saved parameter and
+    batch storages, which exist before the forward) and, on CUDA, `live_bytes` (allocated
+    after the loss minus before the forward)."""
+    before = {q.untyped_storage().data_ptr() for q in model.parameters()}
+    before.add(x.untyped_storage().data_ptr())
+    seen = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() != 0:
+            seen.setdefault(st.data_ptr(), (st.nbytes(), str(t.dtype).replace("torch.", "")))
+        return t
+
+    cuda = x.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated(x.device)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with autocast():
+            loss = model.loss(x)
+    live = torch.cuda.memory_allocated(x.device) - base if cuda else None
+    by_dtype = {}
+    for ptr, (n, dt) in seen.items():
+        if ptr not in before:
+            by_dtype[dt] = by_dtype.get(dt, 0) + n
+    out = {
+        "activation_bytes": sum(by_dtype.values()),
+        "activation_storages": sum(1 for ptr in seen if ptr not in before),
+        "activation_bytes_by_dtype": by_dtype,
+        "saved_input_bytes": sum(n for ptr, (n, _) in seen.items() if ptr in before),
+        "live_bytes": live,
+    }
+    # Frees the graph and what it saved.
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def report_activations(torch, model, x, autocast, args, shape):
+    r = saved_for_backward(torch, model, x, autocast)
+    kinds = ", ".join(f"{dt} {n}" for dt, n in sorted(r["activation_bytes_by_dtype"].items()))
+    print(
+        f"PyTorch {torch.__version__} eager, {args.precision}, on {args.device}: TarFlow {shape}, batch {args.batch}\n"
+        f"saved for the backward: {r['activation_bytes']} bytes in {r['activation_storages']} storages "
+        f"({kinds}); parameters and the batch saved too: {r['saved_input_bytes']} bytes (not counted)"
+        + (f"\nlive after the loss minus before the forward: {r['live_bytes']} bytes" if r["live_bytes"] is not None else "")
+    )
+    print(f"activation_bytes {r['activation_bytes']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"preset": args.preset, "shape": shape, "batch": args.batch, "precision": args.precision, **r}, f, indent=1)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="imagenet64")
@@ -163,6 +230,20 @@ def main():
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--precision", choices=["bf16", "f32"], default="bf16")
     ap.add_argument("--json", help="also write the rows to this file")
+    for flag, help_ in [
+        ("--channels", "image channels"),
+        ("--image-size", "image height and width"),
+        ("--patch-size", "patch side p"),
+        ("--width", "model width C"),
+        ("--blocks", "flow blocks T"),
+        ("--layers", "Transformer layers per block K"),
+    ]:
+        ap.add_argument(flag, type=int, help=f"{help_} [default: the preset's]")
+    ap.add_argument(
+        "--activations",
+        action="store_true",
+        help="count the bytes one training forward saves for the backward, then stop (no timings)",
+    )
     args = ap.parse_args()
 
     try:
@@ -175,6 +256,14 @@ def main():
         sys.exit(f"torch_tarflow: PyTorch {torch.__version__} sees no CUDA device")
     torch.manual_seed(0)
     c, s, p, w, t, k = PRESETS[args.preset]
+    c, s, p, w, t, k = (
+        v if v is not None else d
+        for v, d in zip(
+            (args.channels, args.image_size, args.patch_size, args.width, args.blocks, args.layers), (c, s, p, w, t, k)
+        )
+    )
+    if s % p or w % 64:
+        sys.exit(f"torch_tarflow: image size {s} must be a multiple of the patch {p}, width {w} of 64")
     model, n_tok, d_tok = build(torch, c, s, p, w, t, k)
     model = model.to(dev)
     # The output projections start at zero; give them small weights so the flow is not the
@@ -196,6 +285,9 @@ def main():
         model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=1e-4, **({"fused": True} if cuda else {})
     )
     x = torch.rand(args.batch, c, s, s, device=dev) * 2 - 1
+    if args.activations:
+        report_activations(torch, model, x, autocast, args, f"{c}x{s}x{s} p{p} C{w} T{t} K{k}")
+        return
     print(
         f"PyTorch {torch.__version__} eager, {args.precision}, on {torch.cuda.get_device_name(dev) if cuda else 'the CPU'}: "
         f"TarFlow {c}x{s}x{s} p{p} C{w} T{t} K{k} ({params / 1e6:.1f} M parameters); "

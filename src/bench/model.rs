@@ -1,5 +1,6 @@
 //! Whole-model timings for `tarflow bench`: a training step, the forward NLL, and KV-cached
-//! sampling, for any model shape.
+//! sampling, for any model shape; on a GPU-like device also the training step's device
+//! memory (its activations and its peak, from [`crate::gpu::memory`]).
 
 use std::time::Instant;
 
@@ -7,7 +8,9 @@ use serde::Serialize;
 
 use super::Timing;
 use crate::autograd::no_grad;
+use crate::backend::{matmul_precision, Precision};
 use crate::error::{Error, Result};
+use crate::gpu::{memory_stats, reset_peak};
 use crate::model::memory::check_fits;
 use crate::model::{SampleOptions, Sampler, TarFlow, TarFlowConfig};
 use crate::nn::ParamStore;
@@ -34,6 +37,25 @@ pub struct ModelTiming {
     /// Estimated arithmetic throughput at the median, in GFLOP/s, from [`forward_flops`]
     /// (a training step counts as three forwards) or [`sampling_flops`].
     pub gflops: f64,
+    /// The training step's device memory, on a GPU-like device (absent elsewhere and on the
+    /// other workloads).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<StepMemory>,
+}
+
+/// The device memory of one training step (forward, loss, backward, AdamW), as counted by
+/// [`crate::gpu::memory_stats`]: the bytes of the crate's own device buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct StepMemory {
+    /// The precision of the step's matrix products.
+    pub precision: Precision,
+    /// Live bytes before the forward: the weights, the AdamW moments and the batch.
+    pub baseline_bytes: u64,
+    /// What the forward and the loss keep for the backward: the live bytes once the loss is
+    /// computed (before the backward) minus [`StepMemory::baseline_bytes`].
+    pub activation_bytes: u64,
+    /// The most bytes live at once during the step, the baseline included.
+    pub peak_bytes: u64,
 }
 
 /// Forward FLOPs of one image (dense attention, as computed).
@@ -82,6 +104,7 @@ fn timing(name: &str, batch: usize, t: Timing, flops: f64) -> ModelTiming {
         max_s: t.max_s,
         images_per_s: batch as f64 / t.median_s,
         gflops: flops / t.median_s / 1e9,
+        memory: None,
     }
 }
 
@@ -141,9 +164,33 @@ pub fn bench_model_on(
     repeats: usize,
     device: Device,
 ) -> Result<Vec<ModelTiming>> {
+    bench_model_with(cfg, batch, sample_batch, repeats, device, Precision::F32)
+}
+
+/// [`bench_model_on`] with the training step's matrix products at `precision` (bf16 needs a
+/// GPU-like device; the forward NLL and sampling stay f32, as in training's evaluation). On
+/// a GPU-like device the training row carries the step's [`StepMemory`], counted on the
+/// warm-up step (whose allocations are those of every step: the AdamW moments exist
+/// before it).
+pub fn bench_model_with(
+    cfg: &TarFlowConfig,
+    batch: usize,
+    sample_batch: usize,
+    repeats: usize,
+    device: Device,
+    precision: Precision,
+) -> Result<Vec<ModelTiming>> {
     check_shape(cfg, batch, sample_batch)?;
     if !device.is_gpu() {
         check_request(cfg, batch, sample_batch)?;
+        if precision != Precision::F32 {
+            return Err(Error::arg(
+                "bench_model",
+                format!(
+                    "precision {precision} needs a GPU device (cuda[:N] or ptx-sim), not {device}"
+                ),
+            ));
+        }
     }
     let sync = |device: Device| -> Result<()> {
         if device.is_gpu() {
@@ -180,14 +227,43 @@ pub fn bench_model_on(
     )?;
     let fwd = forward_flops(cfg) * batch as f64;
     let mut out = Vec::new();
+    let mut memory = None;
     let t = time(repeats, 1, || {
         params.zero_grad();
+        // Counted once, on the first (warm-up) step; the counters are host-side bookkeeping
+        // of allocations, so they need no synchronisation.
+        let measure = device.is_gpu() && memory.is_none();
+        let before = if measure {
+            reset_peak(device)?;
+            memory_stats(device)?.live_bytes
+        } else {
+            0
+        };
+        let _precision = matmul_precision(precision);
         let o = model.forward(&x, lab)?;
-        model.loss(&o)?.backward()?;
+        let loss = model.loss(&o)?;
+        let after_loss = if measure {
+            memory_stats(device)?.live_bytes
+        } else {
+            0
+        };
+        loss.backward()?;
+        // As the training loop does: the graph goes before the optimiser step.
+        drop((loss, o));
         opt.step(1e-4)?;
+        if measure {
+            memory = Some(StepMemory {
+                precision,
+                baseline_bytes: before,
+                activation_bytes: after_loss.saturating_sub(before),
+                peak_bytes: memory_stats(device)?.peak_bytes,
+            });
+        }
         sync(device)
     })?;
-    out.push(timing("train step (fwd+bwd+AdamW)", batch, t, 3.0 * fwd));
+    let mut row = timing("train step (fwd+bwd+AdamW)", batch, t, 3.0 * fwd);
+    row.memory = memory;
+    out.push(row);
     let t = time(repeats, 1, || {
         let _g = no_grad();
         let o = model.forward(&x, lab)?;

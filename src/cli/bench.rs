@@ -7,8 +7,9 @@ use std::sync::Arc;
 use super::out::say;
 use clap::Args;
 
+use tarflow::backend::Precision;
 use tarflow::bench::loader::{images_needed, loader_pass, memory, LoaderPass};
-use tarflow::bench::model::{bench_model_on, check_request};
+use tarflow::bench::model::{bench_model_with, check_request};
 use tarflow::data::is_pack;
 use tarflow::model::TarFlowConfig;
 use tarflow::train::open_data;
@@ -61,6 +62,11 @@ pub struct BenchArgs {
     /// kernel, and cuda[:N] times the GPU kernels at production shapes.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Operand precision of the training step's matrix products, `f32` or `bf16` (bf16
+    /// needs --device cuda[:N] or ptx-sim), as `train --precision`. On a GPU-like device the
+    /// training row also reports the step's activation and peak device bytes.
+    #[arg(long, default_value = "f32", conflicts_with_all = ["kernels", "loader"])]
+    precision: String,
     /// With --kernels on ptx-sim or cuda: the smallest shapes, a smoke run of the table.
     #[arg(long)]
     quick: bool,
@@ -75,6 +81,11 @@ impl BenchArgs {
         self.device.parse()
     }
 
+    /// The precision named by --precision.
+    fn precision(&self) -> Result<Precision> {
+        self.precision.parse()
+    }
+
     /// The model to time (the preset with the shape options applied).
     fn model(&self) -> Result<TarFlowConfig> {
         let mut c = super::shape::preset_model(&self.preset)?;
@@ -86,6 +97,15 @@ impl BenchArgs {
     /// its shape, batches and their memory.
     pub fn check(&self) -> Result<()> {
         let device = self.device()?;
+        if self.precision()? != Precision::F32 && !device.is_gpu() {
+            return Err(Error::arg(
+                "bench",
+                format!(
+                    "--precision {}: needs a GPU device (cuda[:N] or ptx-sim), not {device}",
+                    self.precision
+                ),
+            ));
+        }
         if self.repeats == Some(0) {
             return Err(Error::arg("bench", "--repeats 0: expected at least 1"));
         }
@@ -158,9 +178,17 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     }
     let c = a.model()?;
     let device = a.device()?;
-    let rows = bench_model_on(&c, a.batch, a.sample_batch, a.repeats.unwrap_or(5), device)?;
+    let precision = a.precision()?;
+    let rows = bench_model_with(
+        &c,
+        a.batch,
+        a.sample_batch,
+        a.repeats.unwrap_or(5),
+        device,
+        precision,
+    )?;
     if a.json {
-        let v = serde_json::json!({ "config": c, "results": rows });
+        let v = serde_json::json!({ "config": c, "precision": precision, "results": rows });
         say!(
             "{}",
             serde_json::to_string_pretty(&v).map_err(|e| Error::format("bench", e.to_string()))?
@@ -168,7 +196,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         return Ok(());
     }
     say!(
-        "TarFlow {}, f32, on {}",
+        "TarFlow {}, {precision}, on {}",
         c.notation(),
         match device {
             Device::Cpu => format!("the CPU, {} threads", rayon::current_num_threads()),
@@ -185,7 +213,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "images/s",
         "GFLOP/s"
     );
-    for r in rows {
+    for r in &rows {
         say!(
             "{:<30} {:>6} {:>10.4} {:>10.4} {:>10.4} {:>10.1} {:>9.1}",
             r.name,
@@ -195,6 +223,20 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             r.max_s,
             r.images_per_s,
             r.gflops
+        );
+    }
+    for (r, m) in rows.iter().filter_map(|r| Some((r, r.memory?))) {
+        let mb = |b: u64| b as f64 / (1 << 20) as f64;
+        say!(
+            "{} device memory ({}): activations {:.3} MiB ({} bytes), peak {:.3} MiB ({} \
+             bytes), {:.3} MiB before the forward",
+            r.name,
+            m.precision,
+            mb(m.activation_bytes),
+            m.activation_bytes,
+            mb(m.peak_bytes),
+            m.peak_bytes,
+            mb(m.baseline_bytes)
         );
     }
     Ok(())

@@ -2,6 +2,7 @@
 //! and the PTX interpreter. The GPU backend sizes grids, packs arguments and manages buffers
 //! against this trait only, so the same backend code and the same PTX bytes run on both.
 
+use super::memory::MemoryCounter;
 use crate::error::Result;
 
 /// An address in a device's global memory. Opaque to the host: it is only passed back to the
@@ -107,4 +108,11 @@ pub trait Driver: Send + Sync {
 
     /// Waits for every launch and copy issued so far; reports a failure of any of them.
     fn synchronize(&self) -> Result<()>;
+
+    /// The counter of this driver's allocated bytes, kept by [`crate::tensor::GpuBuffer`]
+    /// (see [`super::memory`]). `None` (the default) for a driver that keeps none; every
+    /// driver the registry hands out has one.
+    fn memory(&self) -> Option<&MemoryCounter> {
+        None
+    }
 }

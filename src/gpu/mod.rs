@@ -6,11 +6,13 @@
 pub mod cuda;
 pub mod driver;
 pub mod kernels;
+pub mod memory;
 pub mod registry;
 #[cfg(feature = "ptx-sim")]
 pub mod sim;
 
 pub use cuda::CudaDriver;
 pub use driver::{DevicePtr, Driver, KernelArg, LaunchConfig, PtxModule};
+pub use memory::{memory_stats, reset_peak, MemoryCounter, MemoryStats};
 #[cfg(feature = "ptx-sim")]
 pub use sim::PtxSim;

@@ -4,13 +4,14 @@
 //! open is decided in one place (`open`): CUDA devices and the PTX interpreter; a device the
 //! build or the machine cannot run is an error that says what is missing.
 //! [`register`] installs a driver by hand (tests use an in-memory one; an embedder could
-//! bring its own).
+//! bring its own). Every driver handed out counts the bytes its buffers hold
+//! ([`super::memory`]): one that keeps no counter of its own is wrapped in one that does.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crate::error::{Error, Result};
-use crate::gpu::Driver;
+use crate::gpu::{DevicePtr, Driver, KernelArg, LaunchConfig, MemoryCounter, PtxModule};
 use crate::tensor::Device;
 
 fn table() -> MutexGuard<'static, HashMap<Device, Arc<dyn Driver>>> {
@@ -31,7 +32,7 @@ pub fn driver(device: Device) -> Result<Arc<dyn Driver>> {
     if let Some(d) = t.get(&device) {
         return Ok(d.clone());
     }
-    let d = open(device)?;
+    let d = counted(open(device)?);
     t.insert(device, d.clone());
     Ok(d)
 }
@@ -45,12 +46,62 @@ pub fn register(device: Device, driver: Arc<dyn Driver>) -> Result<Option<Arc<dy
             detail: format!("{device} is the host: a driver is only for a GPU-like device"),
         });
     }
-    Ok(table().insert(device, driver))
+    Ok(table().insert(device, counted(driver)))
 }
 
 /// Forgets the driver of `device` (the next [`driver`] call opens it again), returning it.
 pub fn unregister(device: Device) -> Option<Arc<dyn Driver>> {
     table().remove(&device)
+}
+
+/// `driver` with a memory counter: itself when it keeps one, else wrapped.
+fn counted(driver: Arc<dyn Driver>) -> Arc<dyn Driver> {
+    if driver.memory().is_some() {
+        return driver;
+    }
+    Arc::new(Counted {
+        inner: driver,
+        memory: MemoryCounter::new(),
+    })
+}
+
+/// A driver and the counter of the bytes its buffers hold; everything else is the driver's.
+struct Counted {
+    inner: Arc<dyn Driver>,
+    memory: MemoryCounter,
+}
+
+impl Driver for Counted {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+    fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
+        self.inner.alloc(bytes)
+    }
+    fn free(&self, ptr: DevicePtr) -> Result<()> {
+        self.inner.free(ptr)
+    }
+    fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
+        self.inner.upload(dst, src)
+    }
+    fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
+        self.inner.download(src, dst)
+    }
+    fn launch(
+        &self,
+        module: &PtxModule,
+        kernel: &str,
+        config: LaunchConfig,
+        args: &[KernelArg],
+    ) -> Result<()> {
+        self.inner.launch(module, kernel, config, args)
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.inner.synchronize()
+    }
+    fn memory(&self) -> Option<&MemoryCounter> {
+        Some(&self.memory)
+    }
 }
 
 /// Opens a device this build knows how to drive: `cuda:N` through the CUDA driver (an error

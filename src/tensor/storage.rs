@@ -10,7 +10,8 @@ use super::{Device, Element};
 use crate::error::{Error, Result};
 use crate::gpu::{DevicePtr, Driver};
 
-/// Global memory on a device holding `len` elements, freed when the last handle drops.
+/// Global memory on a device holding `len` elements, freed when the last handle drops. Its
+/// bytes are counted in its driver's [`crate::gpu::MemoryCounter`] while it lives.
 pub struct GpuBuffer {
     driver: Arc<dyn Driver>,
     ptr: DevicePtr,
@@ -29,6 +30,9 @@ impl GpuBuffer {
             ),
         })?;
         let ptr = driver.alloc(bytes)?;
+        if let Some(m) = driver.memory() {
+            m.allocated(bytes as u64);
+        }
         Ok(GpuBuffer {
             driver,
             ptr,
@@ -68,6 +72,10 @@ impl Drop for GpuBuffer {
         // A failed free cannot be reported from a drop; the driver keeps the error for the
         // next synchronize (the CUDA driver does) or it is a leak of this one buffer.
         let _ = self.driver.free(self.ptr);
+        // Counted as freed either way: the buffer is gone from the crate's point of view.
+        if let Some(m) = self.driver.memory() {
+            m.freed(self.bytes as u64);
+        }
     }
 }
 

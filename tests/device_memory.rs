@@ -1,0 +1,151 @@
+//! The device memory counters (`tarflow::gpu::memory_stats`): buffers move a device's live
+//! and peak bytes by their size, a dropped tensor gives its bytes back, and a whole training
+//! step of the `tiny` TarFlow on the PTX interpreter ends with what it started with.
+//!
+//! Tests run in parallel and a device's counters are shared by everything on it, so each
+//! test that checks exact byte counts has a device of its own: a fresh PTX interpreter
+//! registered under a CUDA ordinal no machine has.
+
+use std::sync::Arc;
+
+use tarflow::gpu::{memory_stats, registry, reset_peak, MemoryStats, PtxSim};
+use tarflow::model::{TarFlow, TarFlowConfig};
+use tarflow::nn::ParamStore;
+use tarflow::optim::{AdamW, AdamWConfig};
+use tarflow::tensor::GpuBuffer;
+use tarflow::{Device, Rng, Tensor};
+
+/// A PTX interpreter of this test's own, as `cuda:{ordinal}`.
+fn private_device(ordinal: usize) -> Device {
+    let device = Device::Cuda(ordinal);
+    registry::register(device, Arc::new(PtxSim::new())).unwrap();
+    device
+}
+
+fn stats(device: Device) -> MemoryStats {
+    memory_stats(device).unwrap()
+}
+
+#[test]
+fn buffers_move_live_and_peak_by_their_size() {
+    let device = private_device(101);
+    let driver = registry::driver(device).unwrap();
+    assert_eq!(stats(device), MemoryStats::default());
+
+    let a = GpuBuffer::alloc(driver.clone(), 1000, 4).unwrap();
+    let b = GpuBuffer::alloc(driver.clone(), 24, 2).unwrap();
+    assert_eq!(
+        stats(device),
+        MemoryStats {
+            live_bytes: 4048,
+            peak_bytes: 4048
+        }
+    );
+    drop(a);
+    assert_eq!(
+        stats(device),
+        MemoryStats {
+            live_bytes: 48,
+            peak_bytes: 4048
+        }
+    );
+    reset_peak(device).unwrap();
+    assert_eq!(stats(device).peak_bytes, 48);
+    let c = GpuBuffer::alloc(driver, 10, 8).unwrap();
+    drop(c);
+    drop(b);
+    assert_eq!(
+        stats(device),
+        MemoryStats {
+            live_bytes: 0,
+            peak_bytes: 128
+        }
+    );
+}
+
+#[test]
+fn each_device_counts_its_own_buffers() {
+    let (one, two) = (private_device(102), private_device(103));
+    let t = Tensor::<f32>::zeros(&[7, 3]).to_device(one).unwrap();
+    assert_eq!(stats(one).live_bytes, 7 * 3 * 4);
+    assert_eq!(stats(two), MemoryStats::default());
+    drop(t);
+    assert_eq!(stats(one).live_bytes, 0);
+}
+
+#[test]
+fn a_dropped_tensor_and_its_intermediates_give_their_bytes_back() {
+    let device = private_device(104);
+    let mut rng = Rng::new(1);
+    let x = Tensor::<f32>::rand(&[8, 16], -1.0, 1.0, &mut rng)
+        .to_device(device)
+        .unwrap();
+    let w = Tensor::<f32>::rand(&[16, 4], -1.0, 1.0, &mut rng)
+        .to_device(device)
+        .unwrap()
+        .requires_grad_();
+    let base = stats(device).live_bytes;
+    assert_eq!(base, (8 * 16 + 16 * 4) * 4);
+    {
+        let y = x.matmul(&w).unwrap().tanh().unwrap().sum_all().unwrap();
+        // The product, its tanh (kept for the backward) and the sum at least.
+        assert!(
+            stats(device).live_bytes >= base + (2 * 8 * 4 + 1) * 4,
+            "{:?}",
+            stats(device)
+        );
+        y.backward().unwrap();
+    }
+    assert!(w.grad().is_some());
+    w.zero_grad();
+    assert_eq!(stats(device).live_bytes, base);
+    assert!(stats(device).peak_bytes > base);
+    drop((x, w));
+    assert_eq!(stats(device).live_bytes, 0);
+}
+
+#[test]
+fn a_training_step_on_ptx_sim_leaves_live_bytes_where_they_were() {
+    let device = Device::PtxSim;
+    let cfg = TarFlowConfig::preset("tiny").unwrap();
+    let model = TarFlow::<f32>::new(cfg.clone(), 5).unwrap();
+    model.randomize_output_projections(0.05, 6).unwrap();
+    let model = model.to_device(device).unwrap();
+    let mut params = ParamStore::new();
+    params.insert("", model.parameters()).unwrap();
+    let mut opt = AdamW::new(&params, AdamWConfig::default()).unwrap();
+    let n = cfg.image_size;
+    let x = Tensor::<f32>::rand(&[2, cfg.channels, n, n], -1.0, 1.0, &mut Rng::new(7))
+        .to_device(device)
+        .unwrap();
+    let labels = [Some(1), None];
+
+    let param_bytes: u64 = params.iter().map(|(_, t)| t.numel() as u64 * 4).sum();
+    let base = stats(device).live_bytes;
+    // Weights, two AdamW moments per weight, and the batch.
+    assert!(base >= 3 * param_bytes + x.numel() as u64 * 4, "{base}");
+
+    let mut after_loss = Vec::new();
+    for _ in 0..2 {
+        reset_peak(device).unwrap();
+        {
+            let out = model.forward(&x, Some(&labels)).unwrap();
+            let loss = model.loss(&out).unwrap();
+            after_loss.push(stats(device).live_bytes);
+            loss.backward().unwrap();
+        }
+        // The gradients are the step's only survivors until the optimiser has used them.
+        assert!(stats(device).live_bytes >= base + param_bytes);
+        opt.step(1e-3).unwrap();
+        params.zero_grad();
+        let s = stats(device);
+        assert_eq!(s.live_bytes, base, "live bytes after the step ({s:?})");
+        assert!(s.peak_bytes >= after_loss[after_loss.len() - 1], "{s:?}");
+    }
+    assert!(
+        after_loss[0] > base,
+        "the forward kept nothing? {after_loss:?}"
+    );
+    // The same step twice keeps the same activations.
+    assert_eq!(after_loss[0], after_loss[1]);
+}

@@ -9,7 +9,8 @@
 //! - Head dims the bf16 kernels do not take fall back to f32: the f32 device path's bits.
 //! - The backward reads only what the forward saved: overwriting the f32 projection after
 //!   the forward leaves the bf16 gradients unchanged (the f32 path, which reads the
-//!   projection in place, changes).
+//!   projection in place, changes); and the f32 projection is freed when the model drops
+//!   it (the graph holds it by its node), which the device's live bytes show.
 //!
 //! Each body runs on `ptx-sim` and, in the `_cuda` twin, on `cuda:0` where a driver loads.
 
@@ -271,4 +272,47 @@ fn backward_reads_only_the_saved_copies_on_cuda() {
         Ok(_) => backward_reads_only_the_saved_copies(Device::Cuda(0)),
         Err(e) => eprintln!("cuda:0 skipped: {e}"),
     }
+}
+
+/// Live device bytes freed by dropping the caller's handle on a fused projection after the
+/// attention forward (at `precision`, on a private interpreter device that counts them).
+fn bytes_freed_by_dropping_the_projection(ordinal: usize, precision: Precision) -> u64 {
+    use std::sync::Arc;
+    use tarflow::gpu::{memory_stats, registry, PtxSim};
+    let device = Device::Cuda(ordinal);
+    registry::register(device, Arc::new(PtxSim::new())).unwrap();
+    let _p = matmul_precision(precision);
+    let x = bf16_exact(&[1, 70, 64], 21)
+        .to_device(device)
+        .unwrap()
+        .requires_grad_();
+    let w = bf16_exact(&[64, 3 * 2 * 64], 22)
+        .to_device(device)
+        .unwrap()
+        .requires_grad_();
+    // An op's output, as in the model: nothing but the attention node needs it later.
+    let qkv = x.matmul(&w).unwrap();
+    let y = attention_qkv(&qkv, 2, None, opts(true, 64)).unwrap();
+    let before = memory_stats(device).unwrap().live_bytes;
+    drop(qkv);
+    let after = memory_stats(device).unwrap().live_bytes;
+    y.sum_all().unwrap().backward().unwrap();
+    assert!(w.grad().is_some());
+    before - after
+}
+
+/// The graph holds an op's inputs by their nodes, not their storage, so under bf16 (the node
+/// kept bf16 copies) the f32 projection is freed as soon as the caller drops it; under f32
+/// the node still needs it.
+#[test]
+fn under_bf16_the_graph_does_not_keep_the_f32_projection() {
+    let qkv_bytes = 70 * 3 * 2 * 64 * 4;
+    assert_eq!(
+        bytes_freed_by_dropping_the_projection(201, Precision::Bf16),
+        qkv_bytes
+    );
+    assert_eq!(
+        bytes_freed_by_dropping_the_projection(202, Precision::F32),
+        0
+    );
 }

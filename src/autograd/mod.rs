@@ -12,7 +12,9 @@ use std::cell::Cell;
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
-use crate::tensor::{Element, Tensor};
+use std::sync::Arc;
+
+use crate::tensor::{Element, Input, Tensor};
 
 pub use crate::tensor::node::{BackwardFn, Node};
 
@@ -67,7 +69,7 @@ impl<E: Element> Tensor<E> {
         }
         let node = Node {
             name,
-            inputs: inputs.iter().map(|t| (*t).clone()).collect(),
+            inputs: inputs.iter().map(|t| Input::of(t)).collect(),
             backward: Box::new(backward),
         };
         Tensor::from_parts(
@@ -128,42 +130,44 @@ fn run_backward<E: Element>(
     let mut grads: HashMap<usize, Tensor<E>> = HashMap::new();
     let mut found: HashMap<usize, Tensor<E>> = HashMap::new();
     grads.insert(root.id(), grad.clone());
-    for t in order.iter().rev() {
-        let Some(g) = grads.remove(&t.id()) else {
+    for v in order.iter().rev() {
+        let Some(g) = grads.remove(&v.id) else {
             continue;
         };
         if let Some(ids) = targets {
-            if ids.contains(&t.id()) {
-                found.insert(t.id(), g.clone());
+            if ids.contains(&v.id) {
+                found.insert(v.id, g.clone());
             }
         }
-        match t.node() {
-            None => {
-                if targets.is_none() && t.requires_grad() {
+        match &v.kind {
+            Vertex::Leaf(t) => {
+                if targets.is_none() {
                     t.accumulate_grad(&g)?;
                 }
             }
-            Some(node) => {
+            Vertex::Op(node) => {
                 let input_grads = (node.backward)(&g)?;
                 debug_assert_eq!(input_grads.len(), node.inputs.len(), "{}", node.name);
                 for (inp, ig) in node.inputs.iter().zip(input_grads) {
                     let Some(ig) = ig else { continue };
-                    if !inp.requires_grad() {
-                        continue;
-                    }
-                    if ig.shape() != inp.shape() {
+                    let (id, shape) = match inp {
+                        Input::Constant => continue,
+                        Input::Leaf(t) => (t.id(), t.shape()),
+                        Input::Op { id, shape, .. } => (*id, shape.as_slice()),
+                    };
+                    if ig.shape() != shape {
                         return Err(Error::Autograd(format!(
                             "{}: backward produced gradient of shape {:?} for input of shape {:?}",
                             node.name,
                             ig.shape(),
-                            inp.shape()
+                            shape
                         )));
                     }
-                    let acc = match grads.remove(&inp.id()) {
+                    let acc = match grads.remove(&id) {
                         None => ig,
                         Some(prev) => prev.add(&ig)?,
                     };
-                    grads.insert(inp.id(), acc);
+                    grads.insert(id, acc);
                 }
             }
         }
@@ -171,27 +175,71 @@ fn run_backward<E: Element>(
     Ok(found)
 }
 
-/// Tensors reachable from `root` through recorded nodes, inputs before outputs.
-fn topo_order<E: Element>(root: &Tensor<E>) -> Vec<Tensor<E>> {
+/// A tensor of the graph as the sweep visits it: a leaf that wants a gradient, or an op's
+/// output by its node.
+enum Vertex<E: Element> {
+    Leaf(Tensor<E>),
+    Op(Arc<Node<E>>),
+}
+
+struct Visit<E: Element> {
+    id: usize,
+    kind: Vertex<E>,
+}
+
+impl<E: Element> Visit<E> {
+    fn of_input(input: &Input<E>) -> Option<Visit<E>> {
+        match input {
+            Input::Constant => None,
+            Input::Leaf(t) => Some(Visit {
+                id: t.id(),
+                kind: Vertex::Leaf(t.clone()),
+            }),
+            Input::Op { id, node, .. } => Some(Visit {
+                id: *id,
+                kind: Vertex::Op(node.clone()),
+            }),
+        }
+    }
+}
+
+/// The graph's tensors reachable from `root` (which requires a gradient), inputs before
+/// outputs.
+fn topo_order<E: Element>(root: &Tensor<E>) -> Vec<Visit<E>> {
+    let root = match &root.0.node {
+        Some(node) => Visit {
+            id: root.id(),
+            kind: Vertex::Op(node.clone()),
+        },
+        None => Visit {
+            id: root.id(),
+            kind: Vertex::Leaf(root.clone()),
+        },
+    };
     let mut order = Vec::new();
     let mut visited = std::collections::HashSet::new();
     // Iterative DFS (deep graphs would overflow the stack with recursion).
-    let mut stack: Vec<(Tensor<E>, bool)> = vec![(root.clone(), false)];
-    while let Some((t, expanded)) = stack.pop() {
+    let mut stack: Vec<(Visit<E>, bool)> = vec![(root, false)];
+    while let Some((v, expanded)) = stack.pop() {
         if expanded {
-            order.push(t);
+            order.push(v);
             continue;
         }
-        if !visited.insert(t.id()) {
+        if !visited.insert(v.id) {
             continue;
         }
-        stack.push((t.clone(), true));
-        if let Some(node) = t.node() {
-            for inp in &node.inputs {
-                if inp.requires_grad() && !visited.contains(&inp.id()) {
-                    stack.push((inp.clone(), false));
-                }
-            }
+        let inputs: Vec<Visit<E>> = match &v.kind {
+            Vertex::Op(node) => node
+                .inputs
+                .iter()
+                .filter_map(Visit::of_input)
+                .filter(|i| !visited.contains(&i.id))
+                .collect(),
+            Vertex::Leaf(_) => Vec::new(),
+        };
+        stack.push((v, true));
+        for i in inputs {
+            stack.push((i, false));
         }
     }
     order

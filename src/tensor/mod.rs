@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 pub use element::{DType, Element};
 pub use layout::Layout;
-pub(crate) use node::Node;
+pub(crate) use node::{Input, Node};
 pub use storage::GpuBuffer;
 pub(crate) use storage::Storage;
 
@@ -88,7 +88,7 @@ pub(crate) struct Inner<E: Element> {
     storage: Arc<Storage<E>>,
     layout: Layout,
     requires_grad: bool,
-    pub(crate) node: Option<Node<E>>,
+    pub(crate) node: Option<Arc<Node<E>>>,
     /// Accumulated gradient; only leaves (tensors without a node) keep one.
     grad: Mutex<Option<Tensor<E>>>,
 }
@@ -111,6 +111,7 @@ impl<E: Element> Tensor<E> {
         requires_grad: bool,
         node: Option<Node<E>>,
     ) -> Self {
+        let node = node.map(Arc::new);
         Tensor(Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             storage,
@@ -313,7 +314,7 @@ impl<E: Element> Tensor<E> {
         &self.0.storage
     }
     pub(crate) fn node(&self) -> Option<&Node<E>> {
-        self.0.node.as_ref()
+        self.0.node.as_deref()
     }
 
     /// Runs `f` on the storage slice and layout. Host storage only: ops check their operands'

@@ -984,26 +984,50 @@ fn linear_into<E: Element>(
     out: &Tensor<E>,
     epi: Option<k::GemmEpilogue>,
 ) -> Result<()> {
-    let (driver, _) = operand(x2)?;
-    let (rows, in_f, out_f) = (x2.shape()[0], x2.shape()[1], w.shape()[0]);
-    let (x2, w) = (gemm_operand(x2, x2.layout())?, gemm_operand(w, w.layout())?);
+    product_into(x2, w, true, bias, out, epi)
+}
+
+/// `out = a @ op(b) + bias` for a `[m, k]` matrix `a` and `op(b)` `[k, n]` (`b` itself, or
+/// `b^T` when `b_transposed`) as one GEMM into the contiguous `[m, n]` `out`, with an
+/// optional epilogue stage.
+fn product_into<E: Element>(
+    a: &Tensor<E>,
+    b: &Tensor<E>,
+    b_transposed: bool,
+    bias: Option<&Tensor<E>>,
+    out: &Tensor<E>,
+    epi: Option<k::GemmEpilogue>,
+) -> Result<()> {
+    let (driver, _) = operand(a)?;
+    let (m, kk) = (a.shape()[0], a.shape()[1]);
+    let n = if b_transposed {
+        b.shape()[0]
+    } else {
+        b.shape()[1]
+    };
+    let (a, b) = (gemm_operand(a, a.layout())?, gemm_operand(b, b.layout())?);
     let bias = bias.map(dense).transpose()?;
-    let (a_rs, a_cs) = gemm_strides(x2.strides()[0], x2.strides()[1]).expect("checked");
-    // B = w^T: B[l, j] = w[j, l].
-    let (b_rs, b_cs) = gemm_strides(w.strides()[1], w.strides()[0]).expect("checked");
+    let (a_rs, a_cs) = gemm_strides(a.strides()[0], a.strides()[1]).expect("checked");
+    let (b_rs, b_cs) = if b_transposed {
+        // B = b^T: B[l, j] = b[j, l].
+        gemm_strides(b.strides()[1], b.strides()[0])
+    } else {
+        gemm_strides(b.strides()[0], b.strides()[1])
+    }
+    .expect("checked");
     let g = k::GemmF32 {
-        m: rows,
-        n: out_f,
-        k: in_f,
+        m,
+        n,
+        k: kk,
         batch: 1,
         c: ptr(out)?,
-        c_rs: out_f,
+        c_rs: n,
         c_bs: 0,
-        a: ptr(&x2)?,
+        a: ptr(&a)?,
         a_rs,
         a_cs,
         a_bs: 0,
-        b: ptr(&w)?,
+        b: ptr(&b)?,
         b_rs,
         b_cs,
         b_bs: 0,
@@ -1146,37 +1170,14 @@ pub(crate) fn linear_grad_gelu<E: Element>(
     pre: &Tensor<E>,
 ) -> Result<Tensor<E>> {
     let (driver, _) = operand(g2)?;
-    let (rows, out_f, in_f) = (g2.shape()[0], w.shape()[0], w.shape()[1]);
-    let (g2, w) = (gemm_operand(g2, g2.layout())?, gemm_operand(w, w.layout())?);
+    let (rows, in_f) = (g2.shape()[0], w.shape()[1]);
     let pre = dense(pre)?;
     let out = empty(&driver, g2.device(), &[rows, in_f])?;
-    let (a_rs, a_cs) = gemm_strides(g2.strides()[0], g2.strides()[1]).expect("checked");
-    let (b_rs, b_cs) = gemm_strides(w.strides()[0], w.strides()[1]).expect("checked");
-    let g = k::GemmF32 {
-        m: rows,
-        n: in_f,
-        k: out_f,
-        batch: 1,
-        c: ptr(&out)?,
-        c_rs: in_f,
-        c_bs: 0,
-        a: ptr(&g2)?,
-        a_rs,
-        a_cs,
-        a_bs: 0,
-        b: ptr(&w)?,
-        b_rs,
-        b_cs,
-        b_bs: 0,
-        bias: None,
-        alpha: 1.0,
-        beta: 0.0,
-    };
     let epi = k::GemmEpilogue::GeluGrad {
         aux: ptr(&pre)?,
         aux_rs: in_f,
     };
-    gemm(&driver, &g, Some(epi))?;
+    product_into(g2, w, false, None, &out, Some(epi))?;
     Ok(out)
 }
 

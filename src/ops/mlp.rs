@@ -8,7 +8,9 @@
 //! `mlp_residual`'s backward computes the data gradient `(g W2) * gelu'(pre)` as one GEMM
 //! with the GELU derivative in its epilogue (`gemm_f32_gelu_grad`), and keeps only `x` and
 //! `pre` (it recomputes `gelu(pre)` for `W2`'s gradient instead of keeping a second
-//! `[rows, hidden]` tensor until the backward). On the CPU each op runs the same kernels as
+//! `[rows, hidden]` tensor until the backward). Under bf16 precision on a GPU every one of
+//! these ops, and `linear`, keeps `x` as the bf16 copy its first GEMM made (`SavedInput`).
+//! On the CPU each op runs the same kernels as
 //! the composed ops (the GEMM with its bias epilogue, then the GELU or the add) and its
 //! backward the same kernels in the same order as their closures, so the bits are those of
 //! `linear` + `gelu` + `linear` + `add`; what it saves there is autograd nodes and their
@@ -257,8 +259,8 @@ impl<E: Element> Tensor<E> {
     /// `r + gelu(x W1^T + b1) W2^T + b2` (exact erf GELU) for `x` `[..., in]`, `w1`
     /// `[hidden, in]`, `b1` `[hidden]`, `w2` `[out, hidden]`, `b2` `[out]` and a residual
     /// `r` `[..., out]`: the Transformer MLP block with its residual as one op. Its backward
-    /// keeps only `x` and the pre-activation `pre` (recomputing `gelu(pre)` for `w2`'s
-    /// gradient) and, on a GPU, computes the data gradient `(g W2) * gelu'(pre)` as one GEMM
+    /// keeps only `x` (under bf16 on a GPU, the bf16 copy its first GEMM made) and the
+    /// pre-activation `pre` (recomputing `gelu(pre)` for `w2`'s gradient) and, on a GPU, computes the data gradient `(g W2) * gelu'(pre)` as one GEMM
     /// with the derivative in its epilogue. Bit-identical on the CPU with
     /// `x.linear_gelu(w1, b1)?.linear_residual(w2, b2, r)` (and so with the composed
     /// `linear`, `gelu`, `linear`, `add`). Errors as `linear` does, naming `mlp_residual`

@@ -41,6 +41,9 @@ fn bits(t: &Tensor<f32>) -> Vec<u32> {
         .collect()
 }
 
+/// Gradients of every input from the inputs and the output's gradient.
+type Reference = fn(&[Tensor<f32>], &Tensor<f32>) -> Vec<Tensor<f32>>;
+
 /// One op of the family: its name, the shapes of its inputs after `x`, and how it runs.
 struct Case {
     name: &'static str,
@@ -48,7 +51,7 @@ struct Case {
     run: fn(&[Tensor<f32>]) -> Result<Tensor<f32>>,
     /// The gradients of every input (in order) from the output's gradient `g`, recomputed
     /// from the f32 inputs with the public ops (see [`reference`]).
-    reference: fn(&[Tensor<f32>], &Tensor<f32>) -> Vec<Tensor<f32>>,
+    reference: Reference,
 }
 
 fn cases() -> Vec<Case> {

@@ -268,7 +268,7 @@ pub(crate) fn linear<E: Element>(
     w: &Tensor<E>,
     bias: Option<&Tensor<E>>,
     keep_x: bool,
-) -> Result<(Tensor<E>, Option<Bf16Rows>)> {
+) -> Result<WithKeptInput<Tensor<E>>> {
     let (driver, _) = operand(x2)?;
     let out = empty(&driver, x2.device(), &[x2.shape()[0], w.shape()[0]])?;
     let kept = linear_into(x2, w, bias, &out, None, keep_x)?;
@@ -1007,6 +1007,10 @@ pub(crate) struct Bf16Rows {
     pub ld: usize,
 }
 
+/// What a linear forward returns: its output, and the bf16 copy of its input when it was
+/// asked to keep one and made one.
+pub(crate) type WithKeptInput<T> = (T, Option<Bf16Rows>);
+
 /// `out = a @ op(b) + bias` for a `[m, k]` matrix `a` and `op(b)` `[k, n]` (`b` itself, or
 /// `b^T` when `b_transposed`) as one GEMM into the contiguous `[m, n]` `out`, with an
 /// optional epilogue stage; with `keep_a`, returns the bf16 copy of `a` a bf16 GEMM made.
@@ -1275,7 +1279,7 @@ pub(crate) fn linear_gelu<E: Element>(
     w: &Tensor<E>,
     bias: Option<&Tensor<E>>,
     keep_x: bool,
-) -> Result<((Tensor<E>, Tensor<E>), Option<Bf16Rows>)> {
+) -> Result<WithKeptInput<(Tensor<E>, Tensor<E>)>> {
     let (driver, _) = operand(x2)?;
     let shape = [x2.shape()[0], w.shape()[0]];
     let pre = empty(&driver, x2.device(), &shape)?;
@@ -1318,7 +1322,7 @@ pub(crate) fn linear_residual<E: Element>(
     bias: Option<&Tensor<E>>,
     r2: &Tensor<E>,
     keep_x: bool,
-) -> Result<(Tensor<E>, Option<Bf16Rows>)> {
+) -> Result<WithKeptInput<Tensor<E>>> {
     let (driver, _) = operand(x2)?;
     let r2 = dense(r2)?;
     let out = empty(&driver, x2.device(), r2.shape())?;

@@ -261,16 +261,18 @@ pub(crate) fn matmul<E: Element>(
 }
 
 /// `x2 @ w^T + bias` for `x2` `[rows, in]`, `w` `[out, in]`: one GEMM with the bias in its
-/// epilogue.
+/// epilogue; with `keep_x`, also the bf16 copy of `x2` the GEMM made when this thread's
+/// matrix products are bf16 (see [`Bf16Rows`]; `None` in f32).
 pub(crate) fn linear<E: Element>(
     x2: &Tensor<E>,
     w: &Tensor<E>,
     bias: Option<&Tensor<E>>,
-) -> Result<Tensor<E>> {
+    keep_x: bool,
+) -> Result<WithKeptInput<Tensor<E>>> {
     let (driver, _) = operand(x2)?;
     let out = empty(&driver, x2.device(), &[x2.shape()[0], w.shape()[0]])?;
-    linear_into(x2, w, bias, &out, None)?;
-    Ok(out)
+    let kept = linear_into(x2, w, bias, &out, None, keep_x)?;
+    Ok((out, kept))
 }
 
 /// Softmax (or log-softmax) over the last axis of `x`, rows of `d`.
@@ -976,20 +978,42 @@ pub(crate) fn affine_coupling_inverse<E: Element>(
 }
 
 /// `out = x2 @ w^T + bias` as one GEMM, with an optional second epilogue stage: the GELU
-/// (returning the pre-activation and the activation) or a residual added.
+/// (returning the pre-activation and the activation) or a residual added; with `keep_x`,
+/// returns the bf16 copy of `x2` a bf16 GEMM made.
 fn linear_into<E: Element>(
     x2: &Tensor<E>,
     w: &Tensor<E>,
     bias: Option<&Tensor<E>>,
     out: &Tensor<E>,
     epi: Option<k::GemmEpilogue>,
-) -> Result<()> {
-    product_into(x2, w, true, bias, out, epi)
+    keep_x: bool,
+) -> Result<Option<Bf16Rows>> {
+    product_into(x2, w, true, bias, out, epi, keep_x)
 }
+
+/// A row-major bf16 copy of an f32 `[rows, cols]` matrix on a device, its rows `ld`
+/// elements apart (`ld` is `cols` padded to a multiple of 8, as the tensor-core GEMM's
+/// 16-byte loads need): the left operand a bf16 GEMM converted, kept so that a linear
+/// layer's backward can use its input in bf16 without keeping (or converting again) the
+/// f32 input.
+pub(crate) struct Bf16Rows {
+    /// The `rows * ld` bf16 elements (2 bytes each; at least 8).
+    pub buf: GpuBuffer,
+    /// Rows of the matrix.
+    pub rows: usize,
+    /// Columns of the matrix (the elements of a row that are data).
+    pub cols: usize,
+    /// Elements from one row to the next.
+    pub ld: usize,
+}
+
+/// What a linear forward returns: its output, and the bf16 copy of its input when it was
+/// asked to keep one and made one.
+pub(crate) type WithKeptInput<T> = (T, Option<Bf16Rows>);
 
 /// `out = a @ op(b) + bias` for a `[m, k]` matrix `a` and `op(b)` `[k, n]` (`b` itself, or
 /// `b^T` when `b_transposed`) as one GEMM into the contiguous `[m, n]` `out`, with an
-/// optional epilogue stage.
+/// optional epilogue stage; with `keep_a`, returns the bf16 copy of `a` a bf16 GEMM made.
 fn product_into<E: Element>(
     a: &Tensor<E>,
     b: &Tensor<E>,
@@ -997,7 +1021,8 @@ fn product_into<E: Element>(
     bias: Option<&Tensor<E>>,
     out: &Tensor<E>,
     epi: Option<k::GemmEpilogue>,
-) -> Result<()> {
+    keep_a: bool,
+) -> Result<Option<Bf16Rows>> {
     let (driver, _) = operand(a)?;
     let (m, kk) = (a.shape()[0], a.shape()[1]);
     let n = if b_transposed {
@@ -1035,35 +1060,120 @@ fn product_into<E: Element>(
         alpha: 1.0,
         beta: 0.0,
     };
-    gemm(&driver, &g, epi)
+    gemm_keeping_a(&driver, &g, epi, keep_a)
 }
 
 /// Every f32 GEMM of the backend goes through here, at this thread's
 /// [`crate::backend::Precision`]: the f32 kernels (with the epilogue fused), or the operands
 /// rounded to bf16 and multiplied on the tensor cores.
 fn gemm(driver: &Arc<dyn Driver>, g: &k::GemmF32, epi: Option<k::GemmEpilogue>) -> Result<()> {
+    gemm_keeping_a(driver, g, epi, false).map(|_| ())
+}
+
+/// [`gemm`], returning with `keep_a` (for a single product, `batch == 1`) the bf16 copy of
+/// A a bf16 GEMM made; `None` in f32, where no copy is made.
+fn gemm_keeping_a(
+    driver: &Arc<dyn Driver>,
+    g: &k::GemmF32,
+    epi: Option<k::GemmEpilogue>,
+    keep_a: bool,
+) -> Result<Option<Bf16Rows>> {
     match (crate::backend::current_matmul_precision(), epi) {
-        (crate::backend::Precision::F32, None) => k::gemm_f32(&**driver, g),
-        (crate::backend::Precision::F32, Some(epi)) => k::gemm_f32_epilogue(&**driver, g, epi),
-        (crate::backend::Precision::Bf16, epi) => gemm_bf16_operands(driver, g, epi),
+        (crate::backend::Precision::F32, None) => k::gemm_f32(&**driver, g).map(|()| None),
+        (crate::backend::Precision::F32, Some(epi)) => {
+            k::gemm_f32_epilogue(&**driver, g, epi).map(|()| None)
+        }
+        (crate::backend::Precision::Bf16, epi) => gemm_bf16_operands(driver, g, epi, keep_a, None),
     }
+}
+
+/// `g2^T @ x` (`[out, in]`) for the gradient `g2` (`[rows, out]`) of a linear layer's output
+/// and the bf16 copy `x` (`[rows, in]`) its forward GEMM made of its input: the weight
+/// gradient as a bf16 GEMM with `g2^T` converted as [`gemm`] converts it and `x` read where
+/// it is as the right operand. That is bit for bit what `matmul(g2^T, x2)` gives under bf16
+/// from the f32 input `x2`, which converts `x2` to these same values in this same layout;
+/// it is bf16 whatever this thread's precision is now (the input was rounded in the
+/// forward).
+pub(crate) fn linear_weight_grad_bf16<E: Element>(
+    g2: &Tensor<E>,
+    x: &Bf16Rows,
+) -> Result<Tensor<E>> {
+    let (driver, _) = operand(g2)?;
+    let (rows, out_f) = (g2.shape()[0], g2.shape()[1]);
+    if rows != x.rows {
+        return Err(Error::Device {
+            op: "linear",
+            detail: format!(
+                "internal error: a gradient of {rows} rows for a saved input of {} rows",
+                x.rows
+            ),
+        });
+    }
+    // As matmul_raw: an empty product, or an empty sum, is all zeros.
+    if rows == 0 || out_f == 0 || x.cols == 0 {
+        return Tensor::full_on(&[out_f, x.cols], 0.0, g2.device());
+    }
+    let out = empty(&driver, g2.device(), &[out_f, x.cols])?;
+    let gt = g2.t()?;
+    let a = gemm_operand(&gt, gt.layout())?;
+    let (a_rs, a_cs) = gemm_strides(a.strides()[0], a.strides()[1]).expect("fixed");
+    let g = k::GemmF32 {
+        m: out_f,
+        n: x.cols,
+        k: rows,
+        batch: 1,
+        c: ptr(&out)?,
+        c_rs: x.cols,
+        c_bs: 0,
+        a: ptr(&a)?,
+        a_rs,
+        a_cs,
+        a_bs: 0,
+        // Not read: the saved bf16 rows stand for B.
+        b: x.buf.ptr(),
+        b_rs: x.ld,
+        b_cs: 1,
+        b_bs: 0,
+        bias: None,
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    gemm_bf16_operands(&driver, &g, None, false, Some(x))?;
+    Ok(out)
 }
 
 /// [`gemm`] in bf16: A and B are copied into fresh row-major bf16 buffers (rows padded to a
 /// multiple of 8 elements, as the tensor-core kernel's 16-byte loads need), multiplied by
 /// `gemm_bf16_nn` into the f32 `C` with the bias, `alpha` and `beta`; an epilogue stage runs
-/// after it as elementwise kernels (there is no bf16 epilogue kernel yet).
+/// after it as elementwise kernels (there is no bf16 epilogue kernel yet). `saved_b`, a
+/// bf16 copy already made of B (`[k, n]`, one product), is used in place of converting B;
+/// with `keep_a` (one product) the copy of A is returned instead of freed.
 fn gemm_bf16_operands(
     driver: &Arc<dyn Driver>,
     g: &k::GemmF32,
     epi: Option<k::GemmEpilogue>,
-) -> Result<()> {
+    keep_a: bool,
+    saved_b: Option<&Bf16Rows>,
+) -> Result<Option<Bf16Rows>> {
     let d = &**driver;
     if g.m == 0 || g.n == 0 || g.batch == 0 {
-        return Ok(());
+        return Ok(None);
     }
-    let ld = |x: usize| x.max(1).div_ceil(8) * 8;
-    let (lda, ldb) = (ld(g.k), ld(g.n));
+    let (lda, ldb) = (bf16_ld(g.k), bf16_ld(g.n));
+    let single = g.batch == 1;
+    if (keep_a && !single) || saved_b.is_some_and(|b| !single || b.rows != g.k || b.cols != g.n) {
+        return Err(Error::Device {
+            op: "gemm_bf16",
+            detail: format!(
+                "internal error: a kept or saved bf16 operand needs one product with B [{}, {}], \
+                 got {} products and B {:?}",
+                g.k,
+                g.n,
+                g.batch,
+                saved_b.map(|b| [b.rows, b.cols])
+            ),
+        });
+    }
     // A shared operand (batch stride 0) is converted once.
     let to_bf16 = |src: DevicePtr,
                    rs: usize,
@@ -1087,7 +1197,14 @@ fn gemm_bf16_operands(
         Ok((buf, if bs == 0 { 0 } else { rows * lead }))
     };
     let (a, a_bs) = to_bf16(g.a, g.a_rs, g.a_cs, g.a_bs, g.m, g.k, lda)?;
-    let (b, b_bs) = to_bf16(g.b, g.b_rs, g.b_cs, g.b_bs, g.k, g.n, ldb)?;
+    // The converted B lives until the product has run.
+    let (b_ptr, ldb, b_bs, _b) = match saved_b {
+        Some(saved) => (saved.buf.ptr(), saved.ld, 0, None),
+        None => {
+            let (b, b_bs) = to_bf16(g.b, g.b_rs, g.b_cs, g.b_bs, g.k, g.n, ldb)?;
+            (b.ptr(), ldb, b_bs, Some(b))
+        }
+    };
     k::gemm_bf16(
         d,
         &k::GemmBf16 {
@@ -1102,7 +1219,7 @@ fn gemm_bf16_operands(
             a: a.ptr(),
             lda,
             a_bs,
-            b: b.ptr(),
+            b: b_ptr,
             ldb,
             b_bs,
             bias: g.bias,
@@ -1110,8 +1227,14 @@ fn gemm_bf16_operands(
             beta: g.beta,
         },
     )?;
+    let kept = keep_a.then(|| Bf16Rows {
+        buf: a,
+        rows: g.m,
+        cols: g.k,
+        ld: lda,
+    });
     let Some(epi) = epi else {
-        return Ok(());
+        return Ok(kept);
     };
     // The epilogue callers write one contiguous [m, n] product.
     let (_, aux, aux_rs) = epi.parts();
@@ -1129,25 +1252,34 @@ fn gemm_bf16_operands(
     match epi {
         k::GemmEpilogue::Gelu { .. } => {
             k::strided_copy_f32(d, aux, &[1], g.c, &[1], &shape)?;
-            k::unary_f32(d, UnaryOp::Gelu, g.c, g.c, &[1], &shape)
+            k::unary_f32(d, UnaryOp::Gelu, g.c, g.c, &[1], &shape)?
         }
         k::GemmEpilogue::Residual { .. } => {
-            k::binary_f32(d, BinaryOp::Add, g.c, aux, &[1], g.c, &[1], &shape)
+            k::binary_f32(d, BinaryOp::Add, g.c, aux, &[1], g.c, &[1], &shape)?
         }
         k::GemmEpilogue::GeluGrad { .. } => {
             // g * gelu'(pre): the product is the binary op's first operand.
-            k::binary_f32(d, BinaryOp::GeluBackward, g.c, g.c, &[1], aux, &[1], &shape)
+            k::binary_f32(d, BinaryOp::GeluBackward, g.c, g.c, &[1], aux, &[1], &shape)?
         }
     }
+    Ok(kept)
+}
+
+/// The leading dimension of a bf16 GEMM operand with `cols` columns: a multiple of 8
+/// elements (at least 8), as the tensor-core kernel's 16-byte loads need.
+fn bf16_ld(cols: usize) -> usize {
+    cols.max(1).div_ceil(8) * 8
 }
 
 /// `(pre, gelu(pre))` with `pre = x2 @ w^T + bias`, for `x2` `[rows, in]`, `w` `[out, in]`:
-/// one GEMM with the bias and the GELU in its epilogue.
+/// one GEMM with the bias and the GELU in its epilogue; with `keep_x`, also the bf16 copy
+/// of `x2` a bf16 GEMM made (as [`linear`]).
 pub(crate) fn linear_gelu<E: Element>(
     x2: &Tensor<E>,
     w: &Tensor<E>,
     bias: Option<&Tensor<E>>,
-) -> Result<(Tensor<E>, Tensor<E>)> {
+    keep_x: bool,
+) -> Result<WithKeptInput<(Tensor<E>, Tensor<E>)>> {
     let (driver, _) = operand(x2)?;
     let shape = [x2.shape()[0], w.shape()[0]];
     let pre = empty(&driver, x2.device(), &shape)?;
@@ -1156,8 +1288,8 @@ pub(crate) fn linear_gelu<E: Element>(
         aux: ptr(&pre)?,
         aux_rs: shape[1],
     };
-    linear_into(x2, w, bias, &act, Some(epi))?;
-    Ok((pre, act))
+    let kept = linear_into(x2, w, bias, &act, Some(epi), keep_x)?;
+    Ok(((pre, act), kept))
 }
 
 /// `(g2 @ w) * gelu'(pre)` for the gradient `g2` `[rows, out]` of a linear layer's output,
@@ -1177,18 +1309,20 @@ pub(crate) fn linear_grad_gelu<E: Element>(
         aux: ptr(&pre)?,
         aux_rs: in_f,
     };
-    product_into(g2, w, false, None, &out, Some(epi))?;
+    product_into(g2, w, false, None, &out, Some(epi), false)?;
     Ok(out)
 }
 
 /// `r2 + x2 @ w^T + bias` for `x2` `[rows, in]`, `w` `[out, in]`, `r2` `[rows, out]`: one
-/// GEMM with the bias and the residual in its epilogue.
+/// GEMM with the bias and the residual in its epilogue; with `keep_x`, also the bf16 copy
+/// of `x2` a bf16 GEMM made (as [`linear`]).
 pub(crate) fn linear_residual<E: Element>(
     x2: &Tensor<E>,
     w: &Tensor<E>,
     bias: Option<&Tensor<E>>,
     r2: &Tensor<E>,
-) -> Result<Tensor<E>> {
+    keep_x: bool,
+) -> Result<WithKeptInput<Tensor<E>>> {
     let (driver, _) = operand(x2)?;
     let r2 = dense(r2)?;
     let out = empty(&driver, x2.device(), r2.shape())?;
@@ -1196,6 +1330,6 @@ pub(crate) fn linear_residual<E: Element>(
         aux: ptr(&r2)?,
         aux_rs: r2.shape()[1],
     };
-    linear_into(x2, w, bias, &out, Some(epi))?;
-    Ok(out)
+    let kept = linear_into(x2, w, bias, &out, Some(epi), keep_x)?;
+    Ok((out, kept))
 }

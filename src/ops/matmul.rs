@@ -8,6 +8,7 @@
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::ops::mlp::{linear_grads, SavedInput};
 use crate::profile::{Kernel, Timer};
 use crate::tensor::layout::{broadcast_shapes, checked_numel};
 use crate::tensor::{Element, Layout, Tensor};
@@ -230,13 +231,17 @@ impl<E: Element> Tensor<E> {
         let timer = Timer::start(Kernel::Matmul);
         // Flatten the leading axes: a view when possible, a copy otherwise.
         let x2 = self.detach().reshape(&[rows, in_f])?;
+        // The weight gradient reads the input; under bf16 on a GPU, as the bf16 copy the
+        // forward's GEMM makes of it (see SavedInput).
+        let want_w = w.requires_grad();
         if gpu {
-            let out = if rows > 0 && out_f > 0 {
-                crate::backend::gpu::linear(&x2, w, b)?
+            let (out, kept) = if rows > 0 && out_f > 0 {
+                crate::backend::gpu::linear(&x2, w, b, want_w)?
             } else {
-                Tensor::full_on(&[rows, out_f], 0.0, self.device())?
+                (Tensor::full_on(&[rows, out_f], 0.0, self.device())?, None)
             };
-            return self.finish_linear(out, w, b, x2, rows, out_f, timer);
+            let saved = SavedInput::new(x2, kept, want_w);
+            return self.finish_linear(out, w, b, saved, rows, out_f, timer);
         }
         let len = rows * out_f;
         // in_f == 0: the output is the bias alone (see matmul_raw on empty operands).
@@ -304,7 +309,7 @@ impl<E: Element> Tensor<E> {
             Tensor::from_raw(out, &[rows, out_f]),
             w,
             b,
-            x2,
+            SavedInput::new(x2, None, want_w),
             rows,
             out_f,
             timer,
@@ -318,7 +323,7 @@ impl<E: Element> Tensor<E> {
         out: Tensor<E>,
         w: &Tensor<E>,
         b: Option<&Tensor<E>>,
-        x2: Tensor<E>,
+        saved: SavedInput<E>,
         rows: usize,
         out_f: usize,
         timer: Timer,
@@ -328,9 +333,12 @@ impl<E: Element> Tensor<E> {
         let mut out_shape = xs.to_vec();
         *out_shape.last_mut().unwrap() = out_f;
         let out = out.reshape(&out_shape)?;
-        let (xd, wd) = (x2, w.detach());
-        let (rx, rw) = (self.requires_grad(), w.requires_grad());
-        let rbias = b.is_some_and(|b| b.requires_grad());
+        let wd = w.detach();
+        let want = [
+            self.requires_grad(),
+            w.requires_grad(),
+            b.is_some_and(|b| b.requires_grad()),
+        ];
         let x_shape = xs.to_vec();
         let mut inputs = vec![self, w];
         if let Some(b) = b {
@@ -340,23 +348,10 @@ impl<E: Element> Tensor<E> {
         Ok(out.record("linear", &inputs, move |g| {
             let _timer = Timer::start(Kernel::Matmul);
             let g2 = g.reshape(&[rows, out_f])?;
-            let gx = if rx {
-                Some(matmul_raw(&g2, &wd)?.reshape(&x_shape)?)
-            } else {
-                None
-            };
-            let gw = if rw {
-                Some(matmul_raw(&g2.t()?, &xd)?)
-            } else {
-                None
-            };
+            let (gx, gw, gb) = linear_grads(&g2, &saved, &wd, &x_shape, want)?;
             let mut v = vec![gx, gw];
             if has_b {
-                v.push(if rbias {
-                    Some(g2.sum(&[0], false)?)
-                } else {
-                    None
-                });
+                v.push(gb);
             }
             Ok(v)
         }))

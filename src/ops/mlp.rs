@@ -8,7 +8,9 @@
 //! `mlp_residual`'s backward computes the data gradient `(g W2) * gelu'(pre)` as one GEMM
 //! with the GELU derivative in its epilogue (`gemm_f32_gelu_grad`), and keeps only `x` and
 //! `pre` (it recomputes `gelu(pre)` for `W2`'s gradient instead of keeping a second
-//! `[rows, hidden]` tensor until the backward). On the CPU each op runs the same kernels as
+//! `[rows, hidden]` tensor until the backward). Under bf16 precision on a GPU every one of
+//! these ops, and `linear`, keeps `x` as the bf16 copy its first GEMM made (`SavedInput`).
+//! On the CPU each op runs the same kernels as
 //! the composed ops (the GEMM with its bias epilogue, then the GELU or the add) and its
 //! backward the same kernels in the same order as their closures, so the bits are those of
 //! `linear` + `gelu` + `linear` + `add`; what it saves there is autograd nodes and their
@@ -90,12 +92,56 @@ fn gelu_backward<E: Element>(g2: &Tensor<E>, pre: &Tensor<E>) -> Result<Tensor<E
     Ok(Tensor::from_raw(v, g2.shape()))
 }
 
+/// What a linear layer's backward keeps of its input `x2` (`[rows, in]`) for the weight
+/// gradient `g^T x`. Under bf16 precision on a GPU the forward's GEMM already made a bf16
+/// copy of `x2`; keeping that copy (half the bytes, padded rows) instead of `x2` lets the
+/// f32 input be freed as soon as its producer's caller drops it, and the backward skip
+/// converting it again. The weight gradient's bits are the same either way (see
+/// [`crate::backend::gpu::linear_weight_grad_bf16`]).
+pub(crate) enum SavedInput<E: Element> {
+    /// Nothing: the weight wants no gradient.
+    Nothing,
+    /// The input itself (on the CPU, and on a GPU in f32).
+    Full(Tensor<E>),
+    /// The bf16 copy of the input the forward's GEMM made (a GPU under bf16).
+    Bf16(crate::backend::gpu::Bf16Rows),
+}
+
+impl<E: Element> SavedInput<E> {
+    /// What to keep for a weight that wants a gradient (`want_w`) or not: the bf16 copy
+    /// `kept` the GPU forward returned when it made one, else the input `x2`.
+    pub(crate) fn new(
+        x2: Tensor<E>,
+        kept: Option<crate::backend::gpu::Bf16Rows>,
+        want_w: bool,
+    ) -> Self {
+        match (want_w, kept) {
+            (false, _) => SavedInput::Nothing,
+            (true, Some(rows)) => SavedInput::Bf16(rows),
+            (true, None) => SavedInput::Full(x2),
+        }
+    }
+
+    /// The weight gradient `g2^T x` (`[out, in]`) from the gradient `g2` (`[rows, out]`) of
+    /// the layer's output.
+    pub(crate) fn weight_grad(&self, g2: &Tensor<E>) -> Result<Tensor<E>> {
+        match self {
+            SavedInput::Full(x2) => matmul_raw(&g2.t()?, x2),
+            SavedInput::Bf16(x) => crate::backend::gpu::linear_weight_grad_bf16(g2, x),
+            SavedInput::Nothing => Err(Error::arg(
+                "linear",
+                "internal error: a weight gradient was asked of a node that kept no input",
+            )),
+        }
+    }
+}
+
 /// The linear layer's input gradients from the gradient `g2` (`[rows, out]`) of its output,
 /// as `linear`'s backward computes them: `g W`, `g^T x`, and the bias' column sums.
 #[allow(clippy::type_complexity)]
-fn linear_grads<E: Element>(
+pub(crate) fn linear_grads<E: Element>(
     g2: &Tensor<E>,
-    x2: &Tensor<E>,
+    x: &SavedInput<E>,
     w: &Tensor<E>,
     x_shape: &[usize],
     want: [bool; 3],
@@ -103,7 +149,7 @@ fn linear_grads<E: Element>(
     let gx = want[0]
         .then(|| matmul_raw(g2, w)?.reshape(x_shape))
         .transpose()?;
-    let gw = want[1].then(|| matmul_raw(&g2.t()?, x2)).transpose()?;
+    let gw = want[1].then(|| x.weight_grad(g2)).transpose()?;
     let gb = want[2].then(|| g2.sum(&[0], false)).transpose()?;
     Ok((gx, gw, gb))
 }
@@ -136,20 +182,21 @@ impl<E: Element> Tensor<E> {
         let gpu = crate::backend::on_gpu(OP, &operands)?;
         let (rows, out_f) = linear_dims(OP, self, w, b, None)?;
         let x2 = self.detach().reshape(&[rows, w.shape()[1]])?;
-        let (pre, act) = {
+        let (inputs, want) = linear_inputs(self, w, b);
+        let ((pre, act), kept) = {
             let _g = no_grad();
             if gpu && rows > 0 && out_f > 0 && w.shape()[1] > 0 {
-                crate::backend::gpu::linear_gelu(&x2, w, b)?
+                crate::backend::gpu::linear_gelu(&x2, w, b, want[1])?
             } else {
                 let pre = x2.linear(w, b)?;
                 let act = pre.gelu()?;
-                (pre, act)
+                ((pre, act), None)
             }
         };
+        let x2 = SavedInput::new(x2, kept, want[1]);
         let mut out_shape = self.shape().to_vec();
         *out_shape.last_mut().expect("rank checked") = out_f;
         let act = act.reshape(&out_shape)?;
-        let (inputs, want) = linear_inputs(self, w, b);
         let (wd, x_shape) = (w.detach(), self.shape().to_vec());
         let has_b = b.is_some();
         Ok(act.record(OP, &inputs, move |g| {
@@ -180,18 +227,20 @@ impl<E: Element> Tensor<E> {
         let gpu = crate::backend::on_gpu(OP, &operands)?;
         let (rows, out_f) = linear_dims(OP, self, w, b, Some(r))?;
         let x2 = self.detach().reshape(&[rows, w.shape()[1]])?;
-        let out = {
+        let (mut inputs, want) = linear_inputs(self, w, b);
+        inputs.push(r);
+        let (out, kept) = {
             let _g = no_grad();
             if gpu && rows > 0 && out_f > 0 && w.shape()[1] > 0 {
                 let r2 = r.detach().reshape(&[rows, out_f])?;
-                crate::backend::gpu::linear_residual(&x2, w, b, &r2)?.reshape(r.shape())?
+                let (out, kept) = crate::backend::gpu::linear_residual(&x2, w, b, &r2, want[1])?;
+                (out.reshape(r.shape())?, kept)
             } else {
                 let m = x2.linear(w, b)?.reshape(r.shape())?;
-                r.add(&m)?
+                (r.add(&m)?, None)
             }
         };
-        let (mut inputs, want) = linear_inputs(self, w, b);
-        inputs.push(r);
+        let x2 = SavedInput::new(x2, kept, want[1]);
         let want_r = r.requires_grad();
         let (wd, x_shape) = (w.detach(), self.shape().to_vec());
         let has_b = b.is_some();
@@ -210,8 +259,8 @@ impl<E: Element> Tensor<E> {
     /// `r + gelu(x W1^T + b1) W2^T + b2` (exact erf GELU) for `x` `[..., in]`, `w1`
     /// `[hidden, in]`, `b1` `[hidden]`, `w2` `[out, hidden]`, `b2` `[out]` and a residual
     /// `r` `[..., out]`: the Transformer MLP block with its residual as one op. Its backward
-    /// keeps only `x` and the pre-activation `pre` (recomputing `gelu(pre)` for `w2`'s
-    /// gradient) and, on a GPU, computes the data gradient `(g W2) * gelu'(pre)` as one GEMM
+    /// keeps only `x` (under bf16 on a GPU, the bf16 copy its first GEMM made) and the
+    /// pre-activation `pre` (recomputing `gelu(pre)` for `w2`'s gradient) and, on a GPU, computes the data gradient `(g W2) * gelu'(pre)` as one GEMM
     /// with the derivative in its epilogue. Bit-identical on the CPU with
     /// `x.linear_gelu(w1, b1)?.linear_residual(w2, b2, r)` (and so with the composed
     /// `linear`, `gelu`, `linear`, `add`). Errors as `linear` does, naming `mlp_residual`
@@ -237,23 +286,25 @@ impl<E: Element> Tensor<E> {
         let (_, out_f) = linear_dims_of(OP, "fc2: ", &h_shape, w2, b2, Some(r), &shapes)?;
         let in_f = w1.shape()[1];
         let x2 = self.detach().reshape(&[rows, in_f])?;
-        let (pre, out) = {
+        let (_, want1) = linear_inputs(self, w1, b1);
+        let (pre, out, kept) = {
             let _g = no_grad();
             if gpu && rows > 0 && in_f > 0 && hidden > 0 && out_f > 0 {
-                let (pre, act) = crate::backend::gpu::linear_gelu(&x2, w1, b1)?;
+                let ((pre, act), kept) = crate::backend::gpu::linear_gelu(&x2, w1, b1, want1[1])?;
                 let r2 = r.detach().reshape(&[rows, out_f])?;
-                let out = crate::backend::gpu::linear_residual(&act, w2, b2, &r2)?;
-                (pre, out.reshape(r.shape())?)
+                // The activation is recomputed from pre in the backward: nothing kept.
+                let (out, _) = crate::backend::gpu::linear_residual(&act, w2, b2, &r2, false)?;
+                (pre, out.reshape(r.shape())?, kept)
             } else {
                 // The composed ops' kernels in their order: the bits of linear_gelu then
                 // linear_residual.
                 let pre = x2.linear(w1, b1)?;
                 let m = pre.gelu()?.linear(w2, b2)?.reshape(r.shape())?;
-                (pre, r.add(&m)?)
+                (pre, r.add(&m)?, None)
             }
         };
+        let x2 = SavedInput::new(x2, kept, want1[1]);
         let want_r = r.requires_grad();
-        let (_, want1) = linear_inputs(self, w1, b1);
         // The hidden layer's gradient is needed for any of x, w1, b1.
         let want_h = want1.iter().any(|&w| w);
         let (want_w2, want_b2) = (w2.requires_grad(), b2.is_some_and(|b| b.requires_grad()));

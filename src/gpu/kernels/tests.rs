@@ -202,6 +202,8 @@ fn launch_every_wrapper(d: &Recorder) -> Vec<Launch> {
     .unwrap();
     let residual = GemmEpilogue::Residual { aux, aux_rs };
     gemm_f32_epilogue(d, &f32_gemm(p(), p(), p()), residual).unwrap();
+    let gelu_grad = GemmEpilogue::GeluGrad { aux, aux_rs };
+    gemm_f32_epilogue(d, &f32_gemm(p(), p(), p()), gelu_grad).unwrap();
     let tokens = |strides| Tokens { ptr: p(), strides };
     let (x, a) = (tokens([-60, 6, 1]), tokens([120, 12, 1]));
     let shape = CouplingShape {
@@ -291,6 +293,7 @@ fn launch_every_wrapper(d: &Recorder) -> Vec<Launch> {
         dv: view(p()),
     };
     attn_bwd(d, &bwd).unwrap();
+    attn_bwd_stored(d, &bwd, AttnStorage::Bf16).unwrap();
     let dec = AttnDecode {
         dims: AttnDims { nq: 1, ..dims },
         alpha: 0.125,

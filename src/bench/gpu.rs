@@ -23,7 +23,7 @@ mod cases;
 
 use super::Timing;
 use crate::error::{Error, Result};
-use crate::gpu::{DevicePtr, Driver, KernelArg, LaunchConfig, PtxModule};
+use crate::gpu::{Driver, Forward, KernelArg, LaunchConfig, PtxModule};
 use cases::{Buffers, Case, CASES};
 
 /// Which shapes the table uses.
@@ -255,21 +255,9 @@ impl Recorder<'_> {
     }
 }
 
-impl Driver for Recorder<'_> {
-    fn name(&self) -> String {
-        self.inner.name()
-    }
-    fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
-        self.inner.alloc(bytes)
-    }
-    fn free(&self, ptr: DevicePtr) -> Result<()> {
-        self.inner.free(ptr)
-    }
-    fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
-        self.inner.upload(dst, src)
-    }
-    fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
-        self.inner.download(src, dst)
+impl Forward for Recorder<'_> {
+    fn inner(&self) -> &dyn Driver {
+        self.inner
     }
     fn launch(
         &self,
@@ -288,9 +276,6 @@ impl Driver for Recorder<'_> {
             });
         }
         Ok(())
-    }
-    fn synchronize(&self) -> Result<()> {
-        self.inner.synchronize()
     }
 }
 
@@ -445,6 +430,7 @@ pub fn format_gpu_table(b: &GpuBench) -> String {
 mod tests {
     use super::cases::pattern;
     use super::*;
+    use crate::gpu::DevicePtr;
 
     /// Every case runs on the interpreter, launches what its wrapper derives, and the
     /// counters add up over the launches (a two-pass case counts both passes).

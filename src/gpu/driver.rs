@@ -116,3 +116,83 @@ pub trait Driver: Send + Sync {
         None
     }
 }
+
+/// A driver made of another with some calls changed: a byte counter, a launch recorder. Every
+/// method defaults to the same call on [`Forward::inner`], so a wrapper writes only what it
+/// changes; every `Forward` is a [`Driver`].
+pub trait Forward: Send + Sync {
+    /// The driver the calls go to.
+    fn inner(&self) -> &dyn Driver;
+
+    /// [`Driver::name`].
+    fn name(&self) -> String {
+        self.inner().name()
+    }
+    /// [`Driver::alloc`].
+    fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
+        self.inner().alloc(bytes)
+    }
+    /// [`Driver::free`].
+    fn free(&self, ptr: DevicePtr) -> Result<()> {
+        self.inner().free(ptr)
+    }
+    /// [`Driver::upload`].
+    fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
+        self.inner().upload(dst, src)
+    }
+    /// [`Driver::download`].
+    fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
+        self.inner().download(src, dst)
+    }
+    /// [`Driver::launch`].
+    fn launch(
+        &self,
+        module: &PtxModule,
+        kernel: &str,
+        config: LaunchConfig,
+        args: &[KernelArg],
+    ) -> Result<()> {
+        self.inner().launch(module, kernel, config, args)
+    }
+    /// [`Driver::synchronize`].
+    fn synchronize(&self) -> Result<()> {
+        self.inner().synchronize()
+    }
+    /// [`Driver::memory`].
+    fn memory(&self) -> Option<&MemoryCounter> {
+        self.inner().memory()
+    }
+}
+
+impl<T: Forward> Driver for T {
+    fn name(&self) -> String {
+        Forward::name(self)
+    }
+    fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
+        Forward::alloc(self, bytes)
+    }
+    fn free(&self, ptr: DevicePtr) -> Result<()> {
+        Forward::free(self, ptr)
+    }
+    fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
+        Forward::upload(self, dst, src)
+    }
+    fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
+        Forward::download(self, src, dst)
+    }
+    fn launch(
+        &self,
+        module: &PtxModule,
+        kernel: &str,
+        config: LaunchConfig,
+        args: &[KernelArg],
+    ) -> Result<()> {
+        Forward::launch(self, module, kernel, config, args)
+    }
+    fn synchronize(&self) -> Result<()> {
+        Forward::synchronize(self)
+    }
+    fn memory(&self) -> Option<&MemoryCounter> {
+        Forward::memory(self)
+    }
+}

@@ -12,7 +12,7 @@ pub mod registry;
 pub mod sim;
 
 pub use cuda::CudaDriver;
-pub use driver::{DevicePtr, Driver, KernelArg, LaunchConfig, PtxModule};
+pub use driver::{DevicePtr, Driver, Forward, KernelArg, LaunchConfig, PtxModule};
 pub use memory::{memory_stats, reset_peak, MemoryCounter, MemoryStats};
 #[cfg(feature = "ptx-sim")]
 pub use sim::PtxSim;

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crate::error::{Error, Result};
-use crate::gpu::{DevicePtr, Driver, KernelArg, LaunchConfig, MemoryCounter, PtxModule};
+use crate::gpu::{Driver, Forward, MemoryCounter};
 use crate::tensor::Device;
 
 fn table() -> MutexGuard<'static, HashMap<Device, Arc<dyn Driver>>> {
@@ -71,33 +71,9 @@ struct Counted {
     memory: MemoryCounter,
 }
 
-impl Driver for Counted {
-    fn name(&self) -> String {
-        self.inner.name()
-    }
-    fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
-        self.inner.alloc(bytes)
-    }
-    fn free(&self, ptr: DevicePtr) -> Result<()> {
-        self.inner.free(ptr)
-    }
-    fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
-        self.inner.upload(dst, src)
-    }
-    fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
-        self.inner.download(src, dst)
-    }
-    fn launch(
-        &self,
-        module: &PtxModule,
-        kernel: &str,
-        config: LaunchConfig,
-        args: &[KernelArg],
-    ) -> Result<()> {
-        self.inner.launch(module, kernel, config, args)
-    }
-    fn synchronize(&self) -> Result<()> {
-        self.inner.synchronize()
+impl Forward for Counted {
+    fn inner(&self) -> &dyn Driver {
+        &*self.inner
     }
     fn memory(&self) -> Option<&MemoryCounter> {
         Some(&self.memory)

@@ -16,7 +16,10 @@ use std::sync::Arc;
 
 use crate::tensor::{Element, Input, Tensor};
 
+mod checkpoint;
+
 pub use crate::tensor::node::{BackwardFn, Node};
+pub use checkpoint::{checkpoint, CheckpointFn};
 
 thread_local! {
     static NO_GRAD_DEPTH: Cell<usize> = const { Cell::new(0) };

@@ -7,8 +7,11 @@ use crate::rng::Rng;
 use crate::tensor::{Device, Element, Tensor};
 
 use super::config::TarFlowConfig;
+use super::Recompute;
 
-/// A pre-norm Transformer layer: `h += attn(LN(h)); h += mlp(LN(h))`.
+/// A pre-norm Transformer layer: `h += attn(LN(h)); h += mlp(LN(h))`. A clone shares the
+/// parameters (tensors are handles to their storage).
+#[derive(Clone)]
 pub struct Layer<E: Element> {
     /// LayerNorm before the attention.
     pub norm1: LayerNorm<E>,
@@ -40,8 +43,43 @@ impl<E: Element> Layer<E> {
     }
 
     /// Applies the layer to `h` `[B, L, C]`; attention logits are divided by `temperature`
-    /// (1 in training).
+    /// (1 in training). While a graph is recorded, the part this thread's
+    /// [`Recompute`](super::Recompute) setting names runs as a checkpoint (the same bits,
+    /// fewer activations kept, one more forward of that part in the backward).
     pub fn forward(&self, h: &Tensor<E>, temperature: f64) -> Result<Tensor<E>> {
+        use crate::autograd::checkpoint;
+        use std::sync::Arc;
+        match super::current_recompute() {
+            Recompute::None => self.forward_plain(h, temperature),
+            Recompute::Layer => {
+                let layer = self.clone();
+                let params = self.parameters();
+                checkpoint(
+                    "layer (recomputed)",
+                    &[h],
+                    &params.iter().map(|(_, t)| t).collect::<Vec<_>>(),
+                    Arc::new(move |xs| layer.forward_plain(&xs[0], temperature)),
+                )
+            }
+            Recompute::Mlp => {
+                let a = self.attn.forward(&self.norm1.forward(h)?, temperature)?;
+                let h = h.add(&a)?;
+                let (norm2, mlp) = (self.norm2.clone(), self.mlp.clone());
+                let mut params: Vec<Tensor<E>> =
+                    norm2.parameters().into_iter().map(|(_, t)| t).collect();
+                params.extend(mlp.parameters().into_iter().map(|(_, t)| t));
+                checkpoint(
+                    "mlp (recomputed)",
+                    &[&h],
+                    &params.iter().collect::<Vec<_>>(),
+                    Arc::new(move |xs| mlp.forward_residual(&norm2.forward(&xs[0])?, &xs[0])),
+                )
+            }
+        }
+    }
+
+    /// [`Layer::forward`] keeping every activation its backward reads.
+    fn forward_plain(&self, h: &Tensor<E>, temperature: f64) -> Result<Tensor<E>> {
         let a = self.attn.forward(&self.norm1.forward(h)?, temperature)?;
         let h = h.add(&a)?;
         self.mlp.forward_residual(&self.norm2.forward(&h)?, &h)

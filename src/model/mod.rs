@@ -7,6 +7,7 @@ mod config;
 pub mod interop;
 pub mod memory;
 mod patch;
+mod recompute;
 mod sampler;
 mod tarflow;
 
@@ -16,5 +17,6 @@ pub use checkpoint::{
 };
 pub use config::TarFlowConfig;
 pub use patch::{patchify, unpatchify};
+pub use recompute::{current_recompute, recompute, Recompute, RecomputeGuard};
 pub use sampler::{Guidance, SampleOptions, SampleReport, Sampler};
 pub use tarflow::{FlowOutput, TarFlow};

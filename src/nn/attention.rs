@@ -14,6 +14,7 @@ use crate::tensor::{Element, Tensor};
 /// Weights use the `[out, in]` layout of [`Tensor::linear`]; `qkv_weight` stacks the query,
 /// key and value projections (rows `0..C`, `C..2C`, `2C..3C`), and within each the heads
 /// (rows `h * head_dim..(h + 1) * head_dim`).
+#[derive(Clone)]
 pub struct CausalSelfAttention<E: Element = f32> {
     /// `[3C, C]`.
     pub qkv_weight: Tensor<E>,

@@ -6,6 +6,7 @@ use crate::rng::Rng;
 use crate::tensor::{Element, Tensor};
 
 /// Affine map over the last axis: `[..., in] -> [..., out]`.
+#[derive(Clone)]
 pub struct Linear<E: Element = f32> {
     /// `[out, in]`.
     pub weight: Tensor<E>,

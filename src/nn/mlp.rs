@@ -6,6 +6,7 @@ use crate::rng::Rng;
 use crate::tensor::{Element, Tensor};
 
 /// `fc2(gelu(fc1(x)))` with `fc1: dim -> hidden`, `fc2: hidden -> dim`, both with bias.
+#[derive(Clone)]
 pub struct Mlp<E: Element = f32> {
     /// Expansion `dim -> hidden`.
     pub fc1: Linear<E>,

@@ -4,6 +4,7 @@ use crate::error::Result;
 use crate::tensor::{Element, Tensor};
 
 /// Layer normalisation over the last axis with a learnable `weight` and `bias` of shape `[dim]`.
+#[derive(Clone)]
 pub struct LayerNorm<E: Element = f32> {
     /// Per-channel scale `[dim]`, applied after normalising.
     pub weight: Tensor<E>,

@@ -249,10 +249,17 @@ fn output_scale_denoise_sigma_and_empty_batches() {
 #[test]
 fn bench_requests_are_checked_before_allocation() {
     use tarflow::bench::model::check_request;
+    use tarflow::model::Recompute;
     let c = micro(0);
-    err_names(check_request(&c, 0, 1), &["batch 0", "at least 1"]);
-    err_names(check_request(&c, 1, 0), &["sample batch 0"]);
-    let r = check_request(&c, 1 << 50, 1);
+    err_names(
+        check_request(&c, 0, 1, Recompute::None),
+        &["batch 0", "at least 1"],
+    );
+    err_names(
+        check_request(&c, 1, 0, Recompute::None),
+        &["sample batch 0"],
+    );
+    let r = check_request(&c, 1 << 50, 1, Recompute::None);
     err_names(
         r,
         &[
@@ -261,10 +268,12 @@ fn bench_requests_are_checked_before_allocation() {
         ],
     );
     err_names(
-        check_request(&c, 1, 1 << 50),
+        check_request(&c, 1, 1 << 50, Recompute::None),
         &["sampling", "needs at least"],
     );
-    check_request(&c, 4, 4).unwrap();
+    for r in [Recompute::None, Recompute::Mlp, Recompute::Layer] {
+        check_request(&c, 4, 4, r).unwrap();
+    }
 }
 
 #[test]

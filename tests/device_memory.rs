@@ -1,6 +1,7 @@
 //! The device memory counters (`tarflow::gpu::memory_stats`): buffers move a device's live
 //! and peak bytes by their size, a dropped tensor gives its bytes back, and a whole training
-//! step of the `tiny` TarFlow on the PTX interpreter ends with what it started with.
+//! step of the `tiny` TarFlow on the PTX interpreter ends with what it started with, and
+//! recomputing layers in the backward keeps fewer bytes and changes no bit.
 //!
 //! Tests run in parallel and a device's counters are shared by everything on it, so each
 //! test that checks exact byte counts has a device of its own: a fresh PTX interpreter
@@ -8,8 +9,9 @@
 
 use std::sync::Arc;
 
+use tarflow::backend::{matmul_precision, Precision};
 use tarflow::gpu::{memory_stats, registry, reset_peak, MemoryStats, PtxSim};
-use tarflow::model::{TarFlow, TarFlowConfig};
+use tarflow::model::{recompute, Recompute, TarFlow, TarFlowConfig};
 use tarflow::nn::ParamStore;
 use tarflow::optim::{AdamW, AdamWConfig};
 use tarflow::tensor::GpuBuffer;
@@ -150,4 +152,68 @@ fn a_training_step_on_ptx_sim_leaves_live_bytes_where_they_were() {
     );
     // The same step twice keeps the same activations.
     assert_eq!(after_loss[0], after_loss[1]);
+}
+
+/// Loss and gradient bits and the activation bytes of one bf16 training step of a tiny
+/// model with two layers per block on `device`, its layers recomputing `r`.
+fn bf16_step(device: Device, r: Recompute) -> (Vec<Vec<u32>>, u64) {
+    let mut cfg = TarFlowConfig::preset("tiny").unwrap();
+    cfg.layers_per_block = 2;
+    let model = TarFlow::<f32>::new(cfg.clone(), 5).unwrap();
+    model.randomize_output_projections(0.05, 6).unwrap();
+    let model = model.to_device(device).unwrap();
+    let n = cfg.image_size;
+    let x = Tensor::<f32>::rand(&[2, cfg.channels, n, n], -1.0, 1.0, &mut Rng::new(7))
+        .to_device(device)
+        .unwrap();
+    let base = stats(device).live_bytes;
+    let _p = matmul_precision(Precision::Bf16);
+    let _r = recompute(r);
+    let out = model.forward(&x, Some(&[Some(1), None])).unwrap();
+    let loss = model.loss(&out).unwrap();
+    let kept = stats(device).live_bytes - base;
+    loss.backward().unwrap();
+    let bits = |t: &Tensor<f32>| {
+        t.try_to_vec()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    };
+    let mut v = vec![bits(&loss)];
+    v.extend(
+        model
+            .parameters()
+            .iter()
+            .map(|(_, p)| bits(&p.grad().unwrap())),
+    );
+    (v, kept)
+}
+
+#[test]
+fn recomputing_layers_keeps_fewer_bytes_and_changes_no_bit() {
+    let device = private_device(93);
+    let (plain, none_bytes) = bf16_step(device, Recompute::None);
+    let (mlp, mlp_bytes) = bf16_step(device, Recompute::Mlp);
+    let (layer, layer_bytes) = bf16_step(device, Recompute::Layer);
+    assert!(
+        plain == mlp,
+        "recomputing the MLP changed the loss or a gradient"
+    );
+    assert!(
+        plain == layer,
+        "recomputing the layers changed the loss or a gradient"
+    );
+    // Per token of a layer of width C = 64: the MLP half's norm output, bf16 input copy and
+    // [4C] f32 pre-activation are no longer kept (at least 4 x 4C bytes), and with whole
+    // layers the attention half's norm output, q/k/v and output copies too.
+    let tokens = 2 * 49 * 4; // batch x tokens x layers
+    assert!(
+        none_bytes - mlp_bytes >= tokens * 64 * 16,
+        "{none_bytes} {mlp_bytes}"
+    );
+    assert!(
+        mlp_bytes - layer_bytes >= tokens * 64 * 8,
+        "{mlp_bytes} {layer_bytes}"
+    );
 }

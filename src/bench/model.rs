@@ -12,7 +12,7 @@ use crate::backend::{matmul_precision, Precision};
 use crate::error::{Error, Result};
 use crate::gpu::{memory_stats, reset_peak};
 use crate::model::memory::check_fits;
-use crate::model::{SampleOptions, Sampler, TarFlow, TarFlowConfig};
+use crate::model::{Recompute, SampleOptions, Sampler, TarFlow, TarFlowConfig};
 use crate::nn::ParamStore;
 use crate::optim::{AdamW, AdamWConfig};
 use crate::rng::Rng;
@@ -43,12 +43,25 @@ pub struct ModelTiming {
     pub memory: Option<StepMemory>,
 }
 
+/// How the benchmarked training step runs: the precision of its matrix products and what its
+/// layers recompute in the backward (the training row's time and memory depend on both;
+/// the forward NLL and sampling rows on neither).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StepSettings {
+    /// The precision of the step's matrix products (bf16 needs a GPU-like device).
+    pub precision: Precision,
+    /// What each Transformer layer recomputes instead of keeping.
+    pub recompute: Recompute,
+}
+
 /// The device memory of one training step (forward, loss, backward, AdamW), as counted by
 /// [`crate::gpu::memory_stats`]: the bytes of the crate's own device buffers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct StepMemory {
     /// The precision of the step's matrix products.
     pub precision: Precision,
+    /// What the layers recomputed.
+    pub recompute: Recompute,
     /// Live bytes before the forward: the weights, the AdamW moments and the batch.
     pub baseline_bytes: u64,
     /// What the forward and the loss keep for the backward: the live bytes once the loss is
@@ -109,11 +122,17 @@ fn timing(name: &str, batch: usize, t: Timing, flops: f64) -> ModelTiming {
 }
 
 /// Checks a [`bench_model`] request before anything is allocated: a valid config, batches
-/// of at least one image, and a training step on `batch` images and sampling of
-/// `sample_batch` images that fit this machine's memory (see [`crate::model::memory`]).
-pub fn check_request(cfg: &TarFlowConfig, batch: usize, sample_batch: usize) -> Result<()> {
+/// of at least one image, and a training step on `batch` images (its layers recomputing
+/// what `recompute` says) and sampling of `sample_batch` images that fit this machine's
+/// memory (see [`crate::model::memory`]).
+pub fn check_request(
+    cfg: &TarFlowConfig,
+    batch: usize,
+    sample_batch: usize,
+    recompute: Recompute,
+) -> Result<()> {
     check_shape(cfg, batch, sample_batch)?;
-    check_fits(cfg.training_bytes(batch, 4), || {
+    check_fits(cfg.training_bytes(batch, 4, recompute), || {
         format!(
             "a training step on {batch} images of {} values (f32 weights, gradients, AdamW \
              moments and the activations kept for the backward pass)",
@@ -164,12 +183,20 @@ pub fn bench_model_on(
     repeats: usize,
     device: Device,
 ) -> Result<Vec<ModelTiming>> {
-    bench_model_with(cfg, batch, sample_batch, repeats, device, Precision::F32)
+    bench_model_with(
+        cfg,
+        batch,
+        sample_batch,
+        repeats,
+        device,
+        StepSettings::default(),
+    )
 }
 
-/// [`bench_model_on`] with the training step's matrix products at `precision` (bf16 needs a
-/// GPU-like device; the forward NLL and sampling stay f32, as in training's evaluation). On
-/// a GPU-like device the training row carries the step's [`StepMemory`], counted on the
+/// [`bench_model_on`] with the training step as `step` says: its matrix products at
+/// `step.precision` (bf16 needs a GPU-like device; the forward NLL and sampling stay f32,
+/// as in training's evaluation) and its layers recomputing `step.recompute`. On a
+/// GPU-like device the training row carries the step's [`StepMemory`], counted on the
 /// warm-up step (whose allocations are those of every step: the AdamW moments exist
 /// before it).
 pub fn bench_model_with(
@@ -178,11 +205,15 @@ pub fn bench_model_with(
     sample_batch: usize,
     repeats: usize,
     device: Device,
-    precision: Precision,
+    step: StepSettings,
 ) -> Result<Vec<ModelTiming>> {
+    let StepSettings {
+        precision,
+        recompute,
+    } = step;
     check_shape(cfg, batch, sample_batch)?;
     if !device.is_gpu() {
-        check_request(cfg, batch, sample_batch)?;
+        check_request(cfg, batch, sample_batch, recompute)?;
         if precision != Precision::F32 {
             return Err(Error::arg(
                 "bench_model",
@@ -240,6 +271,7 @@ pub fn bench_model_with(
             0
         };
         let _precision = matmul_precision(precision);
+        let _recompute = crate::model::recompute(recompute);
         let o = model.forward(&x, lab)?;
         let loss = model.loss(&o)?;
         let after_loss = if measure {
@@ -254,6 +286,7 @@ pub fn bench_model_with(
         if measure {
             memory = Some(StepMemory {
                 precision,
+                recompute,
                 baseline_bytes: before,
                 activation_bytes: after_loss.saturating_sub(before),
                 peak_bytes: memory_stats(device)?.peak_bytes,

@@ -9,7 +9,7 @@ use clap::Args;
 
 use tarflow::backend::Precision;
 use tarflow::bench::loader::{images_needed, loader_pass, memory, LoaderPass};
-use tarflow::bench::model::{bench_model_with, check_request};
+use tarflow::bench::model::{bench_model_with, check_request, StepSettings};
 use tarflow::data::is_pack;
 use tarflow::model::TarFlowConfig;
 use tarflow::train::open_data;
@@ -67,6 +67,11 @@ pub struct BenchArgs {
     /// training row also reports the step's activation and peak device bytes.
     #[arg(long, default_value = "f32", conflicts_with_all = ["kernels", "loader"])]
     precision: String,
+    /// What the training step's Transformer layers recompute in the backward instead of
+    /// keeping from the forward: none, mlp (each layer's MLP half) or layer (whole layers),
+    /// as `train --recompute`. The same gradients; less memory, more arithmetic.
+    #[arg(long, default_value = "none", conflicts_with_all = ["kernels", "loader"])]
+    recompute: String,
     /// With --kernels on ptx-sim or cuda: the smallest shapes, a smoke run of the table.
     #[arg(long)]
     quick: bool,
@@ -86,6 +91,14 @@ impl BenchArgs {
         self.precision.parse()
     }
 
+    /// The training step's settings named by --precision and --recompute.
+    fn step(&self) -> Result<StepSettings> {
+        Ok(StepSettings {
+            precision: self.precision()?,
+            recompute: self.recompute.parse()?,
+        })
+    }
+
     /// The model to time (the preset with the shape options applied).
     fn model(&self) -> Result<TarFlowConfig> {
         let mut c = super::shape::preset_model(&self.preset)?;
@@ -97,7 +110,8 @@ impl BenchArgs {
     /// its shape, batches and their memory.
     pub fn check(&self) -> Result<()> {
         let device = self.device()?;
-        if self.precision()? != Precision::F32 && !device.is_gpu() {
+        let step = self.step()?;
+        if step.precision != Precision::F32 && !device.is_gpu() {
             return Err(Error::arg(
                 "bench",
                 format!(
@@ -150,7 +164,7 @@ impl BenchArgs {
             // The device reports its own memory; the host check would not apply.
             return Ok(());
         }
-        check_request(&c, self.batch, self.sample_batch).map_err(|e| {
+        check_request(&c, self.batch, self.sample_batch, step.recompute).map_err(|e| {
             let m = match e {
                 Error::Config(m) => m,
                 other => other.to_string(),
@@ -178,17 +192,23 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     }
     let c = a.model()?;
     let device = a.device()?;
-    let precision = a.precision()?;
+    let step = a.step()?;
+    let precision = step.precision;
     let rows = bench_model_with(
         &c,
         a.batch,
         a.sample_batch,
         a.repeats.unwrap_or(5),
         device,
-        precision,
+        step,
     )?;
     if a.json {
-        let v = serde_json::json!({ "config": c, "precision": precision, "results": rows });
+        let v = serde_json::json!({
+            "config": c,
+            "precision": precision,
+            "recompute": step.recompute,
+            "results": rows
+        });
         say!(
             "{}",
             serde_json::to_string_pretty(&v).map_err(|e| Error::format("bench", e.to_string()))?
@@ -196,8 +216,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         return Ok(());
     }
     say!(
-        "TarFlow {}, {precision}, on {}",
+        "TarFlow {}, {precision}, recompute {}, on {}",
         c.notation(),
+        step.recompute,
         match device {
             Device::Cpu => format!("the CPU, {} threads", rayon::current_num_threads()),
             gpu => gpu.to_string(),
@@ -228,10 +249,11 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     for (r, m) in rows.iter().filter_map(|r| Some((r, r.memory?))) {
         let mb = |b: u64| b as f64 / (1 << 20) as f64;
         say!(
-            "{} device memory ({}): activations {:.3} MiB ({} bytes), peak {:.3} MiB ({} \
+            "{} device memory ({}, recompute {}): activations {:.3} MiB ({} bytes), peak {:.3} MiB ({} \
              bytes), {:.3} MiB before the forward",
             r.name,
             m.precision,
+            m.recompute,
             mb(m.activation_bytes),
             m.activation_bytes,
             mb(m.peak_bytes),

@@ -51,6 +51,7 @@ fn every_key(cfg: &TrainConfig) -> Result<toml::Table> {
     probe.data.get_or_insert_with(PathBuf::new);
     probe.model.alpha_clip.get_or_insert(4.0);
     probe.precision = tarflow::backend::Precision::Bf16;
+    probe.recompute = tarflow::model::Recompute::Layer;
     table_of(&probe)
 }
 

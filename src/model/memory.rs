@@ -91,19 +91,33 @@ impl TarFlowConfig {
     }
 
     /// Lower bound of the bytes a training step on `batch` images holds at its peak with
-    /// `element_bytes` per value: the weights with their gradients and two AdamW moments,
-    /// the input batch, and per image the activations the backward pass keeps (each layer's
-    /// normalised input, q/k/v, attention output, MLP hidden before and after GELU).
-    pub fn training_bytes(&self, batch: usize, element_bytes: usize) -> f64 {
+    /// `element_bytes` per value, its layers recomputing what `recompute` says: the weights
+    /// with their gradients and two AdamW moments, the input batch, and per image the
+    /// activations the backward pass keeps. A plain layer keeps its two normalised inputs,
+    /// q/k/v, the attention output and the MLP's pre-activation; with
+    /// [`Recompute::Mlp`](super::Recompute) the MLP half keeps only its input, with
+    /// `Layer` a layer keeps its input alone, and one layer's plain activations are alive
+    /// while it is recomputed.
+    pub fn training_bytes(
+        &self,
+        batch: usize,
+        element_bytes: usize,
+        recompute: super::Recompute,
+    ) -> f64 {
         let (c, n, d) = (
             self.width as f64,
             self.seq_len() as f64,
             self.token_dim() as f64,
         );
         let m = self.mlp_ratio as f64 * c;
-        let per_layer = n * (2.0 * c + 3.0 * c + c + 2.0 * m);
+        let plain = n * (2.0 * c + 3.0 * c + c + m);
+        let (per_layer, transient) = match recompute {
+            super::Recompute::None => (plain, 0.0),
+            super::Recompute::Mlp => (n * (c + 3.0 * c + c + c), plain),
+            super::Recompute::Layer => (n * c, plain),
+        };
         let per_block = n * (2.0 * d + c) + self.layers_per_block as f64 * per_layer;
-        let per_image = self.image_dim() as f64 + self.blocks as f64 * per_block;
+        let per_image = self.image_dim() as f64 + self.blocks as f64 * per_block + transient;
         let e = element_bytes as f64;
         4.0 * self.parameter_bytes(element_bytes) + batch as f64 * per_image * e
     }
@@ -143,7 +157,14 @@ mod tests {
         let c = TarFlowConfig::preset("tiny").unwrap();
         let m = crate::model::TarFlow::<f32>::new(c.clone(), 0).unwrap();
         assert_eq!(c.parameter_bytes(4), 4.0 * m.num_parameters() as f64);
-        assert!(c.training_bytes(2, 4) > c.training_bytes(1, 4));
+        use crate::model::Recompute;
+        let none = |b| c.training_bytes(b, 4, Recompute::None);
+        assert!(none(2) > none(1));
+        let mut deep = c.clone();
+        deep.layers_per_block = 8;
+        let at = |r| deep.training_bytes(16, 4, r);
+        assert!(at(Recompute::Layer) < at(Recompute::Mlp));
+        assert!(at(Recompute::Mlp) < at(Recompute::None));
         assert!(c.sampling_bytes(1, 2, 4) > c.sampling_bytes(1, 1, 4));
         // A tiny sample batch fits anywhere; 1e12 images of 784 values cannot fit anywhere.
         check_fits(c.sampling_bytes(10, 1, 4), || "ten samples".into()).unwrap();

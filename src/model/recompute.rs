@@ -3,6 +3,8 @@
 
 use std::cell::Cell;
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
 
 /// What each Transformer layer keeps for the backward of a training step.
@@ -12,7 +14,8 @@ use crate::error::{Error, Result};
 /// one more forward of the recomputed part. Per token of a layer of width `C` under bf16
 /// products, the plain layer keeps about `38 C` bytes, `Mlp` about `20 C` (the MLP half
 /// keeps only its `4 C`-byte input) and `Layer` `4 C` (its input).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Recompute {
     /// Keep every activation the backward reads (the fastest step).
     #[default]
@@ -28,6 +31,11 @@ pub enum Recompute {
 }
 
 impl Recompute {
+    /// Whether this is the default, recomputing nothing.
+    pub fn is_none(&self) -> bool {
+        *self == Recompute::None
+    }
+
     /// `none`, `mlp` or `layer`, as the command line spells it.
     pub fn name(&self) -> &'static str {
         match self {

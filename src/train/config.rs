@@ -107,6 +107,12 @@ pub struct TrainConfig {
     /// older run states: f32; written only when bf16, so f32 run states are unchanged.
     #[serde(default, skip_serializing_if = "crate::backend::Precision::is_f32")]
     pub precision: crate::backend::Precision,
+    /// What each Transformer layer recomputes in the training step's backward instead of
+    /// keeping it from the forward ([`crate::model::Recompute`]): less memory for more
+    /// arithmetic, the same gradients bit for bit. Absent in older run states: none;
+    /// written only when set, so other run states are unchanged.
+    #[serde(default, skip_serializing_if = "crate::model::Recompute::is_none")]
+    pub recompute: crate::model::Recompute,
 }
 
 impl TrainConfig {
@@ -164,6 +170,7 @@ impl TrainConfig {
             data: None,
             device: Device::Cpu,
             precision: crate::backend::Precision::F32,
+            recompute: crate::model::Recompute::None,
         };
         match name {
             "tiny" => {

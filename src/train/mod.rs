@@ -384,6 +384,7 @@ impl Trainer {
         self.params.zero_grad();
         // The forward and, below, the backward: their GEMMs at the configured precision.
         let _precision = crate::backend::matmul_precision(cfg.precision);
+        let _recompute = crate::model::recompute(cfg.recompute);
         let out = self.model.forward(&x, lab)?;
         let loss = self.model.loss(&out)?;
         let loss_v = loss.item()? as f64;

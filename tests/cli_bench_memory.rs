@@ -1,6 +1,7 @@
 //! `tarflow bench --device ...` reports the training step's device memory: on the PTX
 //! interpreter, the tiny preset's training row carries its activation, baseline and peak
-//! bytes at the precision asked for, in the JSON and in the table; the CPU refuses bf16.
+//! bytes at the precision and recompute setting asked for, in the JSON and in the table;
+//! the CPU refuses bf16.
 
 #![cfg(feature = "cli")]
 
@@ -8,9 +9,11 @@ mod common;
 
 use common::cli::{ok, tarflow};
 
-fn bench(precision: &str, json: bool) -> String {
+fn bench(precision: &str, recompute: &str, json: bool) -> String {
     let mut args = vec![
         "bench",
+        "--recompute",
+        recompute,
         "--preset",
         "tiny",
         "--device",
@@ -34,13 +37,15 @@ fn bench(precision: &str, json: bool) -> String {
 fn the_training_row_reports_activations_and_peak_at_each_precision() {
     // bf16 in the JSON here, f32 in the table below (two interpreter runs, not three).
     let precision = "bf16";
-    let v: serde_json::Value = serde_json::from_str(&bench(precision, true)).expect("JSON");
+    let v: serde_json::Value = serde_json::from_str(&bench(precision, "mlp", true)).expect("JSON");
     assert_eq!(v["precision"], precision);
+    assert_eq!(v["recompute"], "mlp");
     let rows = v["results"].as_array().expect("results");
     let train = &rows[0];
     assert_eq!(train["name"], "train step (fwd+bwd+AdamW)");
     let m = &train["memory"];
     assert_eq!(m["precision"], precision, "{train}");
+    assert_eq!(m["recompute"], "mlp", "{train}");
     let field = |k: &str| m[k].as_u64().unwrap_or_else(|| panic!("{k} in {train}"));
     let (act, base, peak) = (
         field("activation_bytes"),
@@ -53,13 +58,13 @@ fn the_training_row_reports_activations_and_peak_at_each_precision() {
     for r in &rows[1..] {
         assert!(r.get("memory").is_none(), "{r}");
     }
-    let table = bench("f32", false);
+    let table = bench("f32", "none", false);
     assert!(
         table.contains("TarFlow") && table.contains("f32"),
         "{table}"
     );
     assert!(
-        table.contains("device memory (f32): activations"),
+        table.contains("device memory (f32, recompute none): activations"),
         "{table}"
     );
 }

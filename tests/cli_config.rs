@@ -86,6 +86,21 @@ fn flags_override_the_config_file_which_overrides_the_preset() {
     ]));
     assert_eq!(value(&on, "sample_cfg_anneal"), Some("true"));
     assert_eq!(value(&preset, "sample_cfg_anneal"), Some("false"));
+
+    // What the layers recompute: absent unless set, from a file or a flag.
+    assert_eq!(value(&preset, "recompute"), None, "{preset}");
+    std::fs::write(&file, "recompute = \"mlp\"\n").unwrap();
+    let from_file = ok(&tarflow(&["train", "--config", s(&file), "--print-config"]));
+    assert_eq!(value(&from_file, "recompute"), Some("\"mlp\""));
+    let flagged = ok(&tarflow(&[
+        "train",
+        "--config",
+        s(&file),
+        "--recompute",
+        "layer",
+        "--print-config",
+    ]));
+    assert_eq!(value(&flagged, "recompute"), Some("\"layer\""));
 }
 
 /// A run writes its resolved configuration; read back, it describes the same run.

@@ -273,6 +273,8 @@ fn bench_and_train_sizes_past_memory_are_errors() {
     assert_refused(&out, &["bf16", "GPU device", "cpu"], &[&run]);
     let out = tarflow(&["train", "--precision", "fp16", "--out", s(&run)]);
     assert_refused(&out, &["\"fp16\"", "f32 or bf16"], &[&run]);
+    let out = tarflow(&["train", "--recompute", "all", "--out", s(&run)]);
+    assert_refused(&out, &["\"all\"", "none, mlp or layer"], &[&run]);
 }
 
 #[test]

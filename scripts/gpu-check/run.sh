@@ -17,7 +17,8 @@
 #      SDPA, KV-cached sampling) at the same batch (MODEL_BATCH, default 16), then the peer
 #      at batch 64 as the reference step, and the bytes its bf16 training forward
 #      saves for the backward (--activations) at MODEL_BATCH (`tarflow bench --device cuda`
-#      reports its own activation and peak bytes in its table).
+#      reports its own activation and peak bytes in its table; it runs again in bf16, plain
+#      and with --recompute mlp).
 # A step that fails is recorded and the next one runs. The report, $OUT/gpu-report.md, says
 # what ran and what failed, with the tables ready for docs/performance.md; raw output goes
 # to $OUT/logs/. Exit status 0 when every step passed, 1 otherwise (the report is written
@@ -156,6 +157,13 @@ step "PyTorch ceilings" 150 torch-ceilings.txt python3 scripts/gpu-check/torch_c
 MODEL_BATCH=${MODEL_BATCH:-16}
 step "bench --device cuda (ImageNet64 model)" 150 bench-model.txt "$TARFLOW" bench --device cuda \
     --preset imagenet64 --batch "$MODEL_BATCH" --sample-batch "$MODEL_BATCH" --repeats 2
+# The training step in mixed precision, plain and recomputing each layer's MLP half (what
+# the time and memory targets compare with PyTorch's bf16 autocast step).
+for r in none mlp; do
+    step "bench --device cuda --precision bf16 --recompute $r" 90 "bench-model-bf16-$r.txt" \
+        "$TARFLOW" bench --device cuda --preset imagenet64 --batch "$MODEL_BATCH" \
+        --sample-batch 1 --repeats 2 --precision bf16 --recompute "$r"
+done
 step "PyTorch TarFlow (ImageNet64 model)" 120 torch-tarflow.txt python3 scripts/gpu-check/torch_tarflow.py \
     --batch "$MODEL_BATCH" --sample-batch "$MODEL_BATCH" --repeats 3 --json "$LOGS/torch-tarflow.json"
 step "PyTorch TarFlow train step, batch 64" 60 torch-tarflow-64.txt python3 scripts/gpu-check/torch_tarflow.py \
@@ -216,6 +224,12 @@ step "PyTorch TarFlow activations, batch $MODEL_BATCH" 60 torch-activations.txt 
     echo
     echo '```text'
     cat "$LOGS/bench-model.txt" 2>/dev/null
+    echo '```'
+    echo
+    echo "The training step in bf16, recomputing nothing, then each layer's MLP half:"
+    echo
+    echo '```text'
+    cat "$LOGS/bench-model-bf16-none.txt" "$LOGS/bench-model-bf16-mlp.txt" 2>/dev/null
     echo '```'
     echo
     echo "## The PyTorch eager peer (scripts/gpu-check/torch_tarflow.py), batch $MODEL_BATCH, then 64"

@@ -83,6 +83,9 @@ pub fn checkpoint<E: Element>(
     let mut all: Vec<&Tensor<E>> = inputs.to_vec();
     all.extend_from_slice(params);
     Ok(out.record(name, &all, move |g| {
+        // The recomputation and its sweep at the forward's precision, so that the
+        // recomputed forward has the first one's bits.
+        let _p = matmul_precision(precision);
         let xs: Vec<Tensor<E>> = saved
             .iter()
             .zip(&want_in)
@@ -90,7 +93,6 @@ pub fn checkpoint<E: Element>(
             .collect();
         let out = {
             let _on = EnableGradGuard::new();
-            let _p = matmul_precision(precision);
             f(&xs)?
         };
         let mut targets: Vec<usize> = xs
@@ -101,7 +103,6 @@ pub fn checkpoint<E: Element>(
             .collect();
         targets.extend(param_ids.iter().flatten());
         let mut found = if out.requires_grad() {
-            let _p = matmul_precision(precision);
             run_backward(&out, g, Some(&targets))?
         } else {
             Default::default()

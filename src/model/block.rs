@@ -62,17 +62,14 @@ impl<E: Element> Layer<E> {
                 )
             }
             Recompute::Mlp => {
-                let a = self.attn.forward(&self.norm1.forward(h)?, temperature)?;
-                let h = h.add(&a)?;
-                let (norm2, mlp) = (self.norm2.clone(), self.mlp.clone());
-                let mut params: Vec<Tensor<E>> =
-                    norm2.parameters().into_iter().map(|(_, t)| t).collect();
-                params.extend(mlp.parameters().into_iter().map(|(_, t)| t));
+                let h = self.attention_half(h, temperature)?;
+                let layer = self.clone();
+                let params = [self.norm2.parameters(), self.mlp.parameters()].concat();
                 checkpoint(
                     "mlp (recomputed)",
                     &[&h],
-                    &params.iter().collect::<Vec<_>>(),
-                    Arc::new(move |xs| mlp.forward_residual(&norm2.forward(&xs[0])?, &xs[0])),
+                    &params.iter().map(|(_, t)| t).collect::<Vec<_>>(),
+                    Arc::new(move |xs| layer.mlp_half(&xs[0])),
                 )
             }
         }
@@ -80,9 +77,17 @@ impl<E: Element> Layer<E> {
 
     /// [`Layer::forward`] keeping every activation its backward reads.
     fn forward_plain(&self, h: &Tensor<E>, temperature: f64) -> Result<Tensor<E>> {
-        let a = self.attn.forward(&self.norm1.forward(h)?, temperature)?;
-        let h = h.add(&a)?;
-        self.mlp.forward_residual(&self.norm2.forward(&h)?, &h)
+        self.mlp_half(&self.attention_half(h, temperature)?)
+    }
+
+    /// `h + attn(norm1(h))`.
+    fn attention_half(&self, h: &Tensor<E>, temperature: f64) -> Result<Tensor<E>> {
+        h.add(&self.attn.forward(&self.norm1.forward(h)?, temperature)?)
+    }
+
+    /// `h + mlp(norm2(h))`.
+    fn mlp_half(&self, h: &Tensor<E>) -> Result<Tensor<E>> {
+        self.mlp.forward_residual(&self.norm2.forward(h)?, h)
     }
 
     fn parameters(&self) -> Vec<(String, Tensor<E>)> {

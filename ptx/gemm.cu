@@ -26,8 +26,8 @@
 // bf16 the tensor core sums each 16-wide k-step in an order the hardware fixes, then the
 // steps in increasing order. Fixed per shape: results are reproducible run to run.
 //
-// Epilogue (both): v = alpha * acc; if beta != 0, v += beta * C; with GEMM_HAS_BIAS, v +=
-// bias[j] (f32, one per output column).
+// Epilogue (both): v = alpha * acc; if beta != 0, v = fma(beta, C, v); with GEMM_HAS_BIAS,
+// v += bias[j] (f32, one per output column); each step rounded, none contracted.
 //
 // gemm_f32_gelu, gemm_f32_residual: gemm_f32 with a second epilogue stage on v over an
 // auxiliary [m, n] matrix (aux[i * aux_rs + j], batch stride c_bs):
@@ -40,6 +40,10 @@
 //                      data gradient (g W2) * gelu'(pre) in one GEMM, with the bits of
 //                      elementwise.cu's BINARY_GELU_BACKWARD on (v, aux)).
 // Launch as gemm_f32.
+// gemm_bf16_nn_gelu, gemm_bf16_nn_residual, gemm_bf16_nn_gelu_grad: gemm_bf16_nn with the
+//   same three stages on v (aux as above, f32, row stride aux_rs, batch stride c_bs), so a
+//   bf16 product and its stage are one launch with the bits of gemm_bf16_nn followed by the
+//   elementwise kernels. Launch as gemm_bf16_nn.
 
 #ifndef TARFLOW_HOST_EMULATION
 #include <cuda_bf16.h>
@@ -52,9 +56,11 @@ enum GemmFlags {
 __device__ __forceinline__ float epilogue(float acc, float alpha, float beta, const float* cij,
                                           const float* __restrict__ bias, unsigned j,
                                           unsigned flags) {
-  float v = alpha * acc;
+  // Rounded steps, never contracted: nvcc would fuse alpha * acc + bias into one fma in some
+  // kernels and not others, and the epilogue kernels promise the plain kernels' bits.
+  float v = __fmul_rn(alpha, acc);
   if (beta != 0.0f) v = fmaf(beta, *cij, v);
-  if (flags & GEMM_HAS_BIAS) v += bias[j];
+  if (flags & GEMM_HAS_BIAS) v = __fadd_rn(v, bias[j]);
   return v;
 }
 
@@ -127,6 +133,21 @@ __device__ __forceinline__ float gelu_grad(float x) {
   return __fadd_rn(cdf, __fmul_rn(x, pdf));
 }
 
+// The second epilogue stage of both GEMMs on an output value v at (i, j) of batch z, over
+// aux[z * c_bs + i * aux_rs + j] (unread for GEMM_EPI_NONE).
+template <int EPI>
+__device__ __forceinline__ float epilogue_stage(float v, float* aux, unsigned z, unsigned c_bs,
+                                                unsigned i, unsigned aux_rs, unsigned j) {
+  if (EPI == GEMM_EPI_NONE) return v;
+  float* at = aux + (size_t)z * c_bs + (size_t)i * aux_rs + j;
+  if (EPI == GEMM_EPI_GELU) {
+    *at = v;
+    return gelu(v);
+  }
+  if (EPI == GEMM_EPI_RESIDUAL) return __fadd_rn(*at, v);
+  return __fmul_rn(v, gelu_grad(*at));
+}
+
 #define F_BM 64
 #define F_BN 64
 #define F_BK 16
@@ -193,15 +214,7 @@ __device__ __forceinline__ void gemm_f32_body(float* __restrict__ c, const float
       if (j >= n) continue;
       float* cij = c + (size_t)i * c_rs + j;
       float v = epilogue(acc[r][s], alpha, beta, cij, bias, j, flags);
-      if (EPI == GEMM_EPI_GELU) {
-        aux[(size_t)blockIdx.z * c_bs + (size_t)i * aux_rs + j] = v;
-        v = gelu(v);
-      } else if (EPI == GEMM_EPI_RESIDUAL) {
-        v = __fadd_rn(aux[(size_t)blockIdx.z * c_bs + (size_t)i * aux_rs + j], v);
-      } else if (EPI == GEMM_EPI_GELU_GRAD) {
-        v = __fmul_rn(v, gelu_grad(aux[(size_t)blockIdx.z * c_bs + (size_t)i * aux_rs + j]));
-      }
-      *cij = v;
+      *cij = epilogue_stage<EPI>(v, aux, blockIdx.z, c_bs, i, aux_rs, j);
     }
   }
 }
@@ -338,15 +351,15 @@ __device__ __forceinline__ void load_tile(__nv_bfloat16* s, const __nv_bfloat16*
   }
 }
 
-template <bool A_KMAJOR, bool B_KMAJOR>
+template <bool A_KMAJOR, bool B_KMAJOR, int EPI>
 __device__ __forceinline__ void gemm_bf16(float* __restrict__ c,
                                           const __nv_bfloat16* __restrict__ a,
                                           const __nv_bfloat16* __restrict__ b,
-                                          const float* __restrict__ bias, unsigned m,
-                                          unsigned n, unsigned k, unsigned lda, unsigned ldb,
-                                          unsigned ldc, unsigned a_bs, unsigned b_bs,
-                                          unsigned c_bs, float alpha, float beta,
-                                          unsigned flags) {
+                                          const float* __restrict__ bias, float* aux,
+                                          unsigned m, unsigned n, unsigned k, unsigned lda,
+                                          unsigned ldb, unsigned ldc, unsigned aux_rs,
+                                          unsigned a_bs, unsigned b_bs, unsigned c_bs,
+                                          float alpha, float beta, unsigned flags) {
   __shared__ __align__(16) __nv_bfloat16 As[2][T_STAGE];
   __shared__ __align__(16) __nv_bfloat16 Bs[2][T_STAGE];
   unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -454,7 +467,8 @@ __device__ __forceinline__ void gemm_bf16(float* __restrict__ c,
           unsigned j = n0 + wn * 32 + nf * 8 + 2 * tig + e;
           if (j >= n) continue;
           float* cij = c + (size_t)i * ldc + j;
-          *cij = epilogue(acc[mi][nf][2 * h + e], alpha, beta, cij, bias, j, flags);
+          float v = epilogue(acc[mi][nf][2 * h + e], alpha, beta, cij, bias, j, flags);
+          *cij = epilogue_stage<EPI>(v, aux, blockIdx.z, c_bs, i, aux_rs, j);
         }
       }
     }
@@ -467,11 +481,28 @@ __device__ __forceinline__ void gemm_bf16(float* __restrict__ c,
            const __nv_bfloat16* __restrict__ b, const float* __restrict__ bias, unsigned m, \
            unsigned n, unsigned k, unsigned lda, unsigned ldb, unsigned ldc, unsigned a_bs, \
            unsigned b_bs, unsigned c_bs, float alpha, float beta, unsigned flags) {         \
-    gemm_bf16<AK, BK>(c, a, b, bias, m, n, k, lda, ldb, ldc, a_bs, b_bs, c_bs, alpha, beta, \
-                      flags);                                                                \
+    gemm_bf16<AK, BK, GEMM_EPI_NONE>(c, a, b, bias, nullptr, m, n, k, lda, ldb, ldc, 0,      \
+                                     a_bs, b_bs, c_bs, alpha, beta, flags);                  \
   }
 
 GEMM_BF16_ENTRY(gemm_bf16_nn, true, false)
 GEMM_BF16_ENTRY(gemm_bf16_nt, true, true)
 GEMM_BF16_ENTRY(gemm_bf16_tn, false, false)
 GEMM_BF16_ENTRY(gemm_bf16_tt, false, true)
+
+// The epilogue stages, for the layout the backend's bf16 products use (operands converted
+// row-major): aux follows C's arguments and aux_rs follows ldc, as in gemm_f32_gelu.
+#define GEMM_BF16_EPI_ENTRY(NAME, EPI)                                                       \
+  extern "C" __global__ void __launch_bounds__(128)                                          \
+      NAME(float* __restrict__ c, const __nv_bfloat16* __restrict__ a,                      \
+           const __nv_bfloat16* __restrict__ b, const float* __restrict__ bias,             \
+           float* __restrict__ aux, unsigned m, unsigned n, unsigned k, unsigned lda,       \
+           unsigned ldb, unsigned ldc, unsigned aux_rs, unsigned a_bs, unsigned b_bs,       \
+           unsigned c_bs, float alpha, float beta, unsigned flags) {                        \
+    gemm_bf16<true, false, EPI>(c, a, b, bias, aux, m, n, k, lda, ldb, ldc, aux_rs, a_bs,  \
+                                b_bs, c_bs, alpha, beta, flags);                             \
+  }
+
+GEMM_BF16_EPI_ENTRY(gemm_bf16_nn_gelu, GEMM_EPI_GELU)
+GEMM_BF16_EPI_ENTRY(gemm_bf16_nn_residual, GEMM_EPI_RESIDUAL)
+GEMM_BF16_EPI_ENTRY(gemm_bf16_nn_gelu_grad, GEMM_EPI_GELU_GRAD)

@@ -207,7 +207,7 @@ fn audit_fails_on_a_nan_model() {
 }
 
 /// The kernel entries the GPU kernel table launches (`tarflow::bench::gpu`).
-const GPU_TABLE_KERNELS: [&str; 18] = [
+const GPU_TABLE_KERNELS: [&str; 19] = [
     "strided_copy_f32",
     "strided_copy_f32_bf16",
     "unary_f32",
@@ -220,6 +220,7 @@ const GPU_TABLE_KERNELS: [&str; 18] = [
     "layer_norm_bwd_params_f32",
     "gemm_f32",
     "gemm_bf16_nt",
+    "gemm_bf16_nn_gelu",
     "index_select_f32",
     "index_add_f32",
     "adamw_f32",

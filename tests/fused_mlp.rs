@@ -565,3 +565,75 @@ fn mlp_residual_backward_launches_the_gelu_grad_epilogue_and_keeps_no_activation
     // And the epilogue changes no bit: the same kernels' arithmetic in one launch.
     assert_eq!(bits_f, bits_c, "{name}: gradients");
 }
+
+/// Under bf16 products on a device, the MLP's epilogues run inside the tensor-core GEMMs:
+/// `mlp_residual`'s forward launches `gemm_bf16_nn_gelu` and `gemm_bf16_nn_residual` and no
+/// elementwise kernel, its backward launches `gemm_bf16_nn_gelu_grad`, and the output and
+/// every gradient have the bits of the composed ops (`linear`, `gelu`, `linear`, `add`), which
+/// run the product and the elementwise kernels one after the other.
+#[cfg(feature = "ptx-sim")]
+#[test]
+fn under_bf16_the_mlp_epilogues_run_in_the_tensor_core_gemms_with_the_composed_bits() {
+    use std::sync::Arc;
+    use tarflow::backend::{matmul_precision, Precision};
+    use tarflow::gpu::registry;
+    use tarflow::Device;
+    // An ordinal no other test of this file uses.
+    let device = Device::Cuda(6);
+    let rec = Arc::new(recording::Recording::default());
+    registry::register(device, rec.clone()).unwrap();
+    let _bf16 = matmul_precision(Precision::Bf16);
+    let fused: Op = |t| t[0].mlp_residual(&t[1], Some(&t[2]), &t[3], Some(&t[4]), &t[5]);
+    let composed: Op = |t| {
+        t[5].add(
+            &t[0]
+                .linear(&t[1], Some(&t[2]))?
+                .gelu()?
+                .linear(&t[3], Some(&t[4]))?,
+        )
+    };
+    // Rows and features ragged against the 64 x 64 tile; 70 > 64 features in.
+    let inputs: Vec<Tensor<f32>> = mlp_inputs::<f32>(&[3, 29, 70], 136, 70, [true, true], 50)
+        .iter()
+        .map(|t| t.to_device(device).unwrap().requires_grad_())
+        .collect();
+    let proj = rnd::<f32>(&[3, 29, 70], 51).to_device(device).unwrap();
+    let bits = |t: &Tensor<f32>| -> Vec<u32> {
+        t.try_to_vec()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    };
+    let run = |f: Op| {
+        rec.take_launches();
+        let y = f(&inputs).unwrap();
+        let forward = rec.take_launches();
+        let loss = y.mul(&proj).unwrap().sum_all().unwrap();
+        rec.take_launches();
+        let wrt: Vec<&Tensor<f32>> = inputs.iter().collect();
+        let grads = tarflow::autograd::grad(&loss, &wrt).unwrap();
+        let backward = rec.take_launches();
+        let mut all = vec![bits(&y)];
+        all.extend(grads.iter().map(bits));
+        (forward, backward, all)
+    };
+    let (fwd_f, bwd_f, bits_f) = run(fused);
+    let (fwd_c, bwd_c, bits_c) = run(composed);
+    registry::unregister(device);
+    let count = |l: &[String], k: &str| l.iter().filter(|n| *n == k).count();
+    for (k, launches, n) in [
+        ("gemm_bf16_nn_gelu", &fwd_f, 1),
+        ("gemm_bf16_nn_residual", &fwd_f, 1),
+        ("unary_f32", &fwd_f, 0),
+        ("binary_f32", &fwd_f, 0),
+        ("gemm_bf16_nn_gelu_grad", &bwd_f, 1),
+        ("gemm_bf16_nn_gelu", &fwd_c, 0),
+        ("gemm_bf16_nn_residual", &fwd_c, 0),
+        ("gemm_bf16_nn_gelu_grad", &bwd_c, 0),
+    ] {
+        assert_eq!(count(launches, k), n, "{k}: {launches:?}");
+    }
+    assert!(count(&fwd_f, "gemm_bf16_nn") + count(&fwd_f, "gemm_f32") == 0);
+    assert_eq!(bits_f, bits_c, "output and gradients");
+}

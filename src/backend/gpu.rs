@@ -1144,8 +1144,8 @@ pub(crate) fn linear_weight_grad_bf16<E: Element>(
 
 /// [`gemm`] in bf16: A and B are copied into fresh row-major bf16 buffers (rows padded to a
 /// multiple of 8 elements, as the tensor-core kernel's 16-byte loads need), multiplied by
-/// `gemm_bf16_nn` into the f32 `C` with the bias, `alpha` and `beta`; an epilogue stage runs
-/// after it as elementwise kernels (there is no bf16 epilogue kernel yet). `saved_b`, a
+/// `gemm_bf16_nn` into the f32 `C` with the bias, `alpha` and `beta`, and an epilogue stage
+/// in the same launch (`gemm_bf16_nn_gelu` and its siblings). `saved_b`, a
 /// bf16 copy already made of B (`[k, n]`, one product), is used in place of converting B;
 /// with `keep_a` (one product) the copy of A is returned instead of freed.
 fn gemm_bf16_operands(
@@ -1205,64 +1205,35 @@ fn gemm_bf16_operands(
             (b.ptr(), ldb, b_bs, Some(b))
         }
     };
-    k::gemm_bf16(
-        d,
-        &k::GemmBf16 {
-            layout: k::Bf16Layout::NN,
-            m: g.m,
-            n: g.n,
-            k: g.k,
-            batch: g.batch,
-            c: g.c,
-            ldc: g.c_rs,
-            c_bs: g.c_bs,
-            a: a.ptr(),
-            lda,
-            a_bs,
-            b: b_ptr,
-            ldb,
-            b_bs,
-            bias: g.bias,
-            alpha: g.alpha,
-            beta: g.beta,
-        },
-    )?;
-    let kept = keep_a.then(|| Bf16Rows {
+    let product = k::GemmBf16 {
+        layout: k::Bf16Layout::NN,
+        m: g.m,
+        n: g.n,
+        k: g.k,
+        batch: g.batch,
+        c: g.c,
+        ldc: g.c_rs,
+        c_bs: g.c_bs,
+        a: a.ptr(),
+        lda,
+        a_bs,
+        b: b_ptr,
+        ldb,
+        b_bs,
+        bias: g.bias,
+        alpha: g.alpha,
+        beta: g.beta,
+    };
+    match epi {
+        None => k::gemm_bf16(d, &product)?,
+        Some(epi) => k::gemm_bf16_epilogue(d, &product, epi)?,
+    }
+    Ok(keep_a.then(|| Bf16Rows {
         buf: a,
         rows: g.m,
         cols: g.k,
         ld: lda,
-    });
-    let Some(epi) = epi else {
-        return Ok(kept);
-    };
-    // The epilogue callers write one contiguous [m, n] product.
-    let (_, aux, aux_rs) = epi.parts();
-    if g.batch != 1 || g.c_rs != g.n || aux_rs != g.n || g.beta != 0.0 {
-        return Err(Error::arg(
-            "gemm_bf16",
-            format!(
-                "an epilogue in bf16 needs one contiguous product without beta, got batch {}, \
-                 row strides {} and {} for {} columns, beta {}",
-                g.batch, g.c_rs, aux_rs, g.n, g.beta
-            ),
-        ));
-    }
-    let shape = [g.m * g.n];
-    match epi {
-        k::GemmEpilogue::Gelu { .. } => {
-            k::strided_copy_f32(d, aux, &[1], g.c, &[1], &shape)?;
-            k::unary_f32(d, UnaryOp::Gelu, g.c, g.c, &[1], &shape)?
-        }
-        k::GemmEpilogue::Residual { .. } => {
-            k::binary_f32(d, BinaryOp::Add, g.c, aux, &[1], g.c, &[1], &shape)?
-        }
-        k::GemmEpilogue::GeluGrad { .. } => {
-            // g * gelu'(pre): the product is the binary op's first operand.
-            k::binary_f32(d, BinaryOp::GeluBackward, g.c, g.c, &[1], aux, &[1], &shape)?
-        }
-    }
-    Ok(kept)
+    }))
 }
 
 /// The leading dimension of a bf16 GEMM operand with `cols` columns: a multiple of 8

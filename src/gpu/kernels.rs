@@ -40,7 +40,8 @@ pub use coupling::{
 };
 pub use elementwise::{binary_f32, unary_f32};
 pub use gemm::{
-    gemm_bf16, gemm_f32, gemm_f32_epilogue, Bf16Layout, GemmBf16, GemmEpilogue, GemmF32,
+    gemm_bf16, gemm_bf16_epilogue, gemm_f32, gemm_f32_epilogue, Bf16Layout, GemmBf16, GemmEpilogue,
+    GemmF32,
 };
 pub use index::{index_add_f32, index_select_f32, scatter_plan, u32_indices, ScatterPlan};
 pub use norm::{

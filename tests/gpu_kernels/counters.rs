@@ -222,6 +222,41 @@ fn interpreter_counters_per_kernel() {
             (4 * m * nn) as u64,
         ));
     }
+    // The epilogue stages after the NN product: the GELU writes the pre-activation too.
+    let aux = upload::<f32>(d, &vec![0.5; m * nn]);
+    for (epi, written) in [
+        (GemmEpilogue::Gelu { aux, aux_rs: nn }, 8),
+        (GemmEpilogue::Residual { aux, aux_rs: nn }, 4),
+        (GemmEpilogue::GeluGrad { aux, aux_rs: nn }, 4),
+    ] {
+        let g = GemmBf16 {
+            layout: Bf16Layout::NN,
+            m,
+            n: nn,
+            k,
+            batch: 1,
+            c,
+            ldc: nn,
+            c_bs: 0,
+            a: ah,
+            lda: 128,
+            a_bs: 0,
+            b: bh,
+            ldb: 128,
+            b_bs: 0,
+            bias: None,
+            alpha: 1.0,
+            beta: 0.0,
+        };
+        gemm_bf16_epilogue(d, &g, epi).unwrap();
+        table.push(row(
+            &sim,
+            epi.bf16_kernel(),
+            "128 x 128 x 128",
+            4,
+            (written * m * nn) as u64,
+        ));
+    }
 
     let idx = [3usize, 0, 63, 3, 17, 40, 40, 9];
     let iu = upload::<u32>(d, &u32_indices("counters", &idx, 64).unwrap());

@@ -3,12 +3,15 @@
 //! are not multiples of the 64 x 64 tile and have three full k-tiles plus a ragged one. Outputs
 //! are compared with an f64 product of the same (bf16-rounded) inputs, within `1e-5` of the
 //! sum of the magnitudes of the terms; the f32 Linear case also with the CPU's `linear`, and
-//! the GELU-derivative epilogue with the CPU's product and `gelu` backward.
+//! the GELU-derivative epilogue with the CPU's product and `gelu` backward. The bf16
+//! epilogue kernels are compared bit for bit with the bf16 product followed by the
+//! elementwise kernels they replace.
 
 use half::bf16;
-use tarflow::backend::BinaryOp;
+use tarflow::backend::{BinaryOp, UnaryOp};
 use tarflow::gpu::kernels::{
-    binary_f32, gemm_bf16, gemm_f32, gemm_f32_epilogue, Bf16Layout, GemmBf16, GemmEpilogue, GemmF32,
+    binary_f32, gemm_bf16, gemm_bf16_epilogue, gemm_f32, gemm_f32_epilogue, strided_copy_f32,
+    unary_f32, Bf16Layout, GemmBf16, GemmEpilogue, GemmF32,
 };
 use tarflow::gpu::Driver;
 use tarflow::{Rng, Tensor};
@@ -502,6 +505,139 @@ fn f32_gelu_grad_epilogue(d: &dyn Driver) {
         ..gemm(c)
     };
     assert!(gemm_f32_epilogue(d, &acc, epi).is_err());
+}
+
+/// `gemm_bf16_nn_gelu`, `_residual` and `_gelu_grad` on two batches of `[150, 115] x [115,
+/// 141]` with a bias (ragged tiles, three k-tiles and a ragged one), `C` and `aux` rows
+/// padded to 144: bit for bit `gemm_bf16_nn` followed by the elementwise kernel each stage
+/// stands for (`strided_copy_f32` + `unary_f32` Gelu, `binary_f32` Add, `binary_f32`
+/// GeluBackward), as the backend ran them before, and no padding written. Then what the
+/// wrapper refuses: another layout, `beta != 0`, and overlapping `aux` rows.
+fn bf16_epilogues(d: &dyn Driver) {
+    let mut rng = Rng::new(57);
+    let (m, n, k, batch) = (150usize, 141usize, 115usize, 2usize);
+    let ld = n + 3;
+    let a = bf16_operand(&mut rng, batch, m, k, k.div_ceil(8) * 8);
+    let b = bf16_operand(&mut rng, batch, k, n, n.div_ceil(8) * 8 + 8);
+    let bias = upload::<f32>(d, &normal(&mut rng, n));
+    // Residuals, and pre-activations over the GELU's whole shape: both erf branches and the
+    // saturated tails.
+    let mut aux_values = vec![f32::NAN; batch * m * ld];
+    for z in 0..batch {
+        for i in 0..m {
+            for j in 0..n {
+                aux_values[(z * m + i) * ld + j] = 3.0 * rng.normal() as f32;
+            }
+        }
+    }
+    let (da, db) = (upload::<u16>(d, &a.bits), upload::<u16>(d, &b.bits));
+    let product = |c| GemmBf16 {
+        layout: Bf16Layout::NN,
+        m,
+        n,
+        k,
+        batch,
+        c,
+        ldc: ld,
+        c_bs: m * ld,
+        a: da,
+        lda: a.ld,
+        a_bs: a.batch_stride,
+        b: db,
+        ldb: b.ld,
+        b_bs: b.batch_stride,
+        bias: Some(bias),
+        alpha: 0.75,
+        beta: 0.0,
+    };
+    let plain = poisoned_f32(d, batch * m * ld);
+    gemm_bf16(d, &product(plain)).unwrap();
+    let total = batch * m * ld;
+    let padded = |v: &[f32]| v.chunks(ld).all(|row| row[n..].iter().all(|x| x.is_nan()));
+    // Padding stays NaN through the elementwise kernels too, so whole buffers compare.
+    for name in ["gelu", "residual", "gelu_grad"] {
+        let aux = upload::<f32>(d, &aux_values);
+        let aux_rs = ld;
+        let epi = match name {
+            "gelu" => GemmEpilogue::Gelu { aux, aux_rs },
+            "residual" => GemmEpilogue::Residual { aux, aux_rs },
+            _ => GemmEpilogue::GeluGrad { aux, aux_rs },
+        };
+        let fused = poisoned_f32(d, total);
+        gemm_bf16_epilogue(d, &product(fused), epi).unwrap();
+        let got = download::<f32>(d, fused, total);
+        let what = format!("gemm_bf16_nn_{name} on {}", d.name());
+        assert!(padded(&got), "{what}: C's padding written");
+
+        let want = poisoned_f32(d, total);
+        let all = [total];
+        match name {
+            "gelu" => unary_f32(d, UnaryOp::Gelu, want, plain, &[1], &all).unwrap(),
+            "residual" => {
+                let r = upload::<f32>(d, &aux_values);
+                binary_f32(d, BinaryOp::Add, want, plain, &[1], r, &[1], &all).unwrap()
+            }
+            _ => {
+                let pre = upload::<f32>(d, &aux_values);
+                binary_f32(
+                    d,
+                    BinaryOp::GeluBackward,
+                    want,
+                    plain,
+                    &[1],
+                    pre,
+                    &[1],
+                    &all,
+                )
+                .unwrap()
+            }
+        }
+        assert_bits(&what, &got, &download::<f32>(d, want, total));
+        let aux_after = download::<f32>(d, aux, total);
+        if name == "gelu" {
+            // The pre-activation is the plain product, padding untouched.
+            let pre = poisoned_f32(d, total);
+            strided_copy_f32(d, pre, &[1], plain, &[1], &all).unwrap();
+            assert_bits(
+                &format!("{what}: aux"),
+                &aux_after,
+                &download::<f32>(d, pre, total),
+            );
+            assert!(padded(&aux_after), "{what}: aux padding written");
+        } else {
+            assert_bits(
+                &format!("{what}: aux is read only"),
+                &aux_after,
+                &aux_values,
+            );
+        }
+    }
+
+    let aux = poisoned_f32(d, total);
+    let epi = GemmEpilogue::Gelu { aux, aux_rs: ld };
+    let nt = GemmBf16 {
+        layout: Bf16Layout::NT,
+        ..product(aux)
+    };
+    let accumulate = GemmBf16 {
+        beta: 1.0,
+        ..product(aux)
+    };
+    let c = poisoned_f32(d, total);
+    let overlapping = GemmEpilogue::Residual { aux, aux_rs: n - 1 };
+    for (g, e, why) in [
+        (nt, epi, "layout NN"),
+        (accumulate, epi, "beta 0"),
+        (product(c), overlapping, "would overlap"),
+    ] {
+        let err = gemm_bf16_epilogue(d, &g, e).unwrap_err().to_string();
+        assert!(err.contains(why), "{err}");
+    }
+}
+
+#[test]
+fn gemm_bf16_epilogues_match_the_product_and_its_elementwise_kernels() {
+    on_each_device(bf16_epilogues);
 }
 
 #[test]

@@ -25,7 +25,7 @@ pub(super) type Launches = dyn Fn(&dyn Driver) -> Result<()>;
 pub(super) type Build = fn(&mut Buffers, Sizes) -> Result<Case>;
 
 /// Every case, in table order.
-pub(super) const CASES: [Build; 24] = [
+pub(super) const CASES: [Build; 25] = [
     copy_transpose,
     copy_to_bf16,
     unary_exp,
@@ -39,6 +39,7 @@ pub(super) const CASES: [Build; 24] = [
     gemm_f32,
     gemm_f32_gelu,
     gemm_bf16,
+    gemm_bf16_gelu,
     coupling_fwd,
     coupling_bwd,
     coupling_inverse,
@@ -525,6 +526,49 @@ fn gemm_bf16(b: &mut Buffers, s: Sizes) -> Result<Case> {
         flops: Some(2.0 * (m * n * kk) as f64),
         bytes: (2 * (m * kk + n * kk) + 4 * m * n) as f64,
         run: Box::new(move |d| k::gemm_bf16(d, &g)),
+    })
+}
+
+/// The bf16 GEMM with the bias and the GELU epilogue (the pre-activation written too): the
+/// MLP's first layer as the backend runs it under bf16 (operands row-major, `NN`).
+fn gemm_bf16_gelu(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let n = s.pick(128, 512, 4096);
+    let (m, kk) = (n, n);
+    let bf16 = |seed| move |i| half::bf16::from_f32(pattern(i, seed)).to_bits();
+    let a = b.generate(m * kk, bf16(22))?;
+    let w = b.generate(kk * n, bf16(23))?;
+    let bias = b.f32s(n, 24)?;
+    let c = b.out(m * n)?;
+    let pre = b.out(m * n)?;
+    let g = k::GemmBf16 {
+        layout: k::Bf16Layout::NN,
+        m,
+        n,
+        k: kk,
+        batch: 1,
+        c,
+        ldc: n,
+        c_bs: 0,
+        a,
+        lda: kk,
+        a_bs: 0,
+        b: w,
+        ldb: n,
+        b_bs: 0,
+        bias: Some(bias),
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    let epi = k::GemmEpilogue::Gelu {
+        aux: pre,
+        aux_rs: n,
+    };
+    Ok(Case {
+        name: "gemm bf16 NN, gelu(A B + bias)",
+        shape: format!("{m}x{n}x{kk}"),
+        flops: Some(2.0 * (m * n * kk) as f64),
+        bytes: (2 * (m * kk + n * kk) + 4 * n + 8 * m * n) as f64,
+        run: Box::new(move |d| k::gemm_bf16_epilogue(d, &g, epi)),
     })
 }
 

@@ -172,6 +172,18 @@ impl GemmEpilogue {
     }
 }
 
+impl GemmEpilogue {
+    /// The bf16 tensor-core kernel that applies this stage after a [`Bf16Layout::NN`]
+    /// product.
+    pub fn bf16_kernel(self) -> &'static str {
+        match self {
+            GemmEpilogue::Gelu { .. } => "gemm_bf16_nn_gelu",
+            GemmEpilogue::Residual { .. } => "gemm_bf16_nn_residual",
+            GemmEpilogue::GeluGrad { .. } => "gemm_bf16_nn_gelu_grad",
+        }
+    }
+}
+
 /// [`gemm_f32`] with a second epilogue stage: `gemm_f32_gelu`, `gemm_f32_residual` or
 /// `gemm_f32_gelu_grad`. `beta` must be 0 (the stages follow a product that overwrites `C`).
 pub fn gemm_f32_epilogue(driver: &dyn Driver, g: &GemmF32, epi: GemmEpilogue) -> Result<()> {
@@ -300,7 +312,18 @@ pub struct GemmBf16 {
 
 /// Launches the bf16 tensor-core GEMM for `g` (the entry named by `g.layout`).
 pub fn gemm_bf16(driver: &dyn Driver, g: &GemmBf16) -> Result<()> {
-    let name = g.layout.kernel();
+    launch_bf16(driver, g, None)
+}
+
+/// [`gemm_bf16`] with a second epilogue stage (`gemm_bf16_nn_gelu`, `_residual` or
+/// `_gelu_grad`): the bits of [`gemm_bf16`] followed by the stage's elementwise kernel, in
+/// one launch. Only the [`Bf16Layout::NN`] product has them, and `beta` must be 0.
+pub fn gemm_bf16_epilogue(driver: &dyn Driver, g: &GemmBf16, epi: GemmEpilogue) -> Result<()> {
+    launch_bf16(driver, g, Some(epi))
+}
+
+fn launch_bf16(driver: &dyn Driver, g: &GemmBf16, epi: Option<GemmEpilogue>) -> Result<()> {
+    let name = epi.map_or(g.layout.kernel(), GemmEpilogue::bf16_kernel);
     // One &'static str for errors whatever the layout.
     const OP: &str = "gemm_bf16";
     check_c(OP, g.ldc, g.n, g.m)?;
@@ -309,6 +332,19 @@ pub fn gemm_bf16(driver: &dyn Driver, g: &GemmBf16) -> Result<()> {
             OP,
             format!("alpha {} and beta {} must be finite", g.alpha, g.beta),
         ));
+    }
+    if let Some(epi) = epi {
+        let (_, _, aux_rs) = epi.parts();
+        check_c(OP, aux_rs, g.n, g.m)?;
+        if g.layout != Bf16Layout::NN || g.beta != 0.0 {
+            return Err(Error::arg(
+                OP,
+                format!(
+                    "{name}: an epilogue stage needs layout NN and beta 0, got {:?} and beta {}",
+                    g.layout, g.beta
+                ),
+            ));
+        }
     }
     let (a_k, b_k) = g.layout.k_contiguous();
     let (a_extent, b_extent) = (if a_k { g.k } else { g.m }, if b_k { g.k } else { g.n });
@@ -346,24 +382,32 @@ pub fn gemm_bf16(driver: &dyn Driver, g: &GemmBf16) -> Result<()> {
         return Ok(());
     };
     let u = |what, v| u32_of(OP, what, v).map(KernelArg::U32);
-    let args = [
+    let mut args = vec![
         KernelArg::Ptr(g.c),
         KernelArg::Ptr(g.a),
         KernelArg::Ptr(g.b),
         KernelArg::Ptr(g.bias.unwrap_or(DevicePtr(0))),
-        u("m", g.m)?,
-        u("n", g.n)?,
-        u("k", g.k)?,
-        u("lda", g.lda)?,
-        u("ldb", g.ldb)?,
-        u("ldc", g.ldc)?,
+    ];
+    let aux = epi.map(|e| {
+        let (_, aux, aux_rs) = e.parts();
+        (aux, aux_rs)
+    });
+    if let Some((aux, _)) = aux {
+        args.push(KernelArg::Ptr(aux));
+    }
+    args.extend([u("m", g.m)?, u("n", g.n)?, u("k", g.k)?]);
+    args.extend([u("lda", g.lda)?, u("ldb", g.ldb)?, u("ldc", g.ldc)?]);
+    if let Some((_, aux_rs)) = aux {
+        args.push(u("aux_rs", aux_rs)?);
+    }
+    args.extend([
         u("a_bs", g.a_bs)?,
         u("b_bs", g.b_bs)?,
         u("c_bs", g.c_bs)?,
         KernelArg::F32(g.alpha),
         KernelArg::F32(g.beta),
         KernelArg::U32(g.bias.map_or(0, |_| GEMM_HAS_BIAS)),
-    ];
+    ]);
     let config = LaunchConfig {
         grid,
         block: (128, 1, 1),

@@ -40,9 +40,9 @@
 //                      data gradient (g W2) * gelu'(pre) in one GEMM, with the bits of
 //                      elementwise.cu's BINARY_GELU_BACKWARD on (v, aux)).
 // Launch as gemm_f32.
-// gemm_bf16_nn_gelu, gemm_bf16_nn_residual, gemm_bf16_nn_gelu_grad: gemm_bf16_nn with the
-//   same three stages on v (aux as above, f32, row stride aux_rs, batch stride c_bs), so a
-//   bf16 product and its stage are one launch with the bits of gemm_bf16_nn followed by the
+// gemm_bf16_{nn,nt}_{gelu,residual,gelu_grad}: gemm_bf16_nn / _nt with the same three
+//   stages on v (aux as above, f32, row stride aux_rs, batch stride c_bs), so a bf16 product
+//   and its stage are one launch with the bits of the plain product followed by the
 //   elementwise kernels. Launch as gemm_bf16_nn.
 
 #ifndef TARFLOW_HOST_EMULATION
@@ -490,19 +490,24 @@ GEMM_BF16_ENTRY(gemm_bf16_nt, true, true)
 GEMM_BF16_ENTRY(gemm_bf16_tn, false, false)
 GEMM_BF16_ENTRY(gemm_bf16_tt, false, true)
 
-// The epilogue stages, for the layout the backend's bf16 products use (operands converted
-// row-major): aux follows C's arguments and aux_rs follows ldc, as in gemm_f32_gelu.
-#define GEMM_BF16_EPI_ENTRY(NAME, EPI)                                                       \
+// The epilogue stages, for A stored row-major (an activation or a gradient) and B either
+// way: `_nt` for a Linear layer's x W^T (the GELU and residual stages), `_nn` for its input
+// gradient g W (the GELU derivative). aux follows C's arguments and aux_rs follows ldc, as
+// in gemm_f32_gelu.
+#define GEMM_BF16_EPI_ENTRY(NAME, BK, EPI)                                                   \
   extern "C" __global__ void __launch_bounds__(128)                                          \
       NAME(float* __restrict__ c, const __nv_bfloat16* __restrict__ a,                      \
            const __nv_bfloat16* __restrict__ b, const float* __restrict__ bias,             \
            float* __restrict__ aux, unsigned m, unsigned n, unsigned k, unsigned lda,       \
            unsigned ldb, unsigned ldc, unsigned aux_rs, unsigned a_bs, unsigned b_bs,       \
            unsigned c_bs, float alpha, float beta, unsigned flags) {                        \
-    gemm_bf16<true, false, EPI>(c, a, b, bias, aux, m, n, k, lda, ldb, ldc, aux_rs, a_bs,  \
-                                b_bs, c_bs, alpha, beta, flags);                             \
+    gemm_bf16<true, BK, EPI>(c, a, b, bias, aux, m, n, k, lda, ldb, ldc, aux_rs, a_bs, b_bs, \
+                             c_bs, alpha, beta, flags);                                      \
   }
 
-GEMM_BF16_EPI_ENTRY(gemm_bf16_nn_gelu, GEMM_EPI_GELU)
-GEMM_BF16_EPI_ENTRY(gemm_bf16_nn_residual, GEMM_EPI_RESIDUAL)
-GEMM_BF16_EPI_ENTRY(gemm_bf16_nn_gelu_grad, GEMM_EPI_GELU_GRAD)
+GEMM_BF16_EPI_ENTRY(gemm_bf16_nn_gelu, false, GEMM_EPI_GELU)
+GEMM_BF16_EPI_ENTRY(gemm_bf16_nn_residual, false, GEMM_EPI_RESIDUAL)
+GEMM_BF16_EPI_ENTRY(gemm_bf16_nn_gelu_grad, false, GEMM_EPI_GELU_GRAD)
+GEMM_BF16_EPI_ENTRY(gemm_bf16_nt_gelu, true, GEMM_EPI_GELU)
+GEMM_BF16_EPI_ENTRY(gemm_bf16_nt_residual, true, GEMM_EPI_RESIDUAL)
+GEMM_BF16_EPI_ENTRY(gemm_bf16_nt_gelu_grad, true, GEMM_EPI_GELU_GRAD)

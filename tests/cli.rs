@@ -220,7 +220,7 @@ const GPU_TABLE_KERNELS: [&str; 19] = [
     "layer_norm_bwd_params_f32",
     "gemm_f32",
     "gemm_bf16_nt",
-    "gemm_bf16_nn_gelu",
+    "gemm_bf16_nt_gelu",
     "index_select_f32",
     "index_add_f32",
     "adamw_f32",

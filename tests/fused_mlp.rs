@@ -567,8 +567,9 @@ fn mlp_residual_backward_launches_the_gelu_grad_epilogue_and_keeps_no_activation
 }
 
 /// Under bf16 products on a device, the MLP's epilogues run inside the tensor-core GEMMs:
-/// `mlp_residual`'s forward launches `gemm_bf16_nn_gelu` and `gemm_bf16_nn_residual` and no
-/// elementwise kernel, its backward launches `gemm_bf16_nn_gelu_grad`, and the output and
+/// `mlp_residual`'s forward launches `gemm_bf16_nt_gelu` and `gemm_bf16_nt_residual` (the
+/// weights are read as stored, `[out, in]`) and no elementwise kernel, its backward launches
+/// `gemm_bf16_nn_gelu_grad`, and the output and
 /// every gradient have the bits of the composed ops (`linear`, `gelu`, `linear`, `add`), which
 /// run the product and the elementwise kernels one after the other.
 #[cfg(feature = "ptx-sim")]
@@ -623,17 +624,20 @@ fn under_bf16_the_mlp_epilogues_run_in_the_tensor_core_gemms_with_the_composed_b
     registry::unregister(device);
     let count = |l: &[String], k: &str| l.iter().filter(|n| *n == k).count();
     for (k, launches, n) in [
-        ("gemm_bf16_nn_gelu", &fwd_f, 1),
-        ("gemm_bf16_nn_residual", &fwd_f, 1),
+        ("gemm_bf16_nt_gelu", &fwd_f, 1),
+        ("gemm_bf16_nt_residual", &fwd_f, 1),
         ("unary_f32", &fwd_f, 0),
         ("binary_f32", &fwd_f, 0),
         ("gemm_bf16_nn_gelu_grad", &bwd_f, 1),
-        ("gemm_bf16_nn_gelu", &fwd_c, 0),
-        ("gemm_bf16_nn_residual", &fwd_c, 0),
+        ("gemm_bf16_nt_gelu", &fwd_c, 0),
+        ("gemm_bf16_nt_residual", &fwd_c, 0),
         ("gemm_bf16_nn_gelu_grad", &bwd_c, 0),
     ] {
         assert_eq!(count(launches, k), n, "{k}: {launches:?}");
     }
-    assert!(count(&fwd_f, "gemm_bf16_nn") + count(&fwd_f, "gemm_f32") == 0);
+    // No product in any other kernel, and every conversion reads its operand in the order
+    // it is stored: the weight gradients' `g^T x` are `tn` products.
+    assert_eq!(fwd_f.len(), 6, "{fwd_f:?}");
+    assert_eq!(count(&bwd_f, "gemm_bf16_tn"), 2, "{bwd_f:?}");
     assert_eq!(bits_f, bits_c, "output and gradients");
 }

@@ -1142,10 +1142,11 @@ pub(crate) fn linear_weight_grad_bf16<E: Element>(
     Ok(out)
 }
 
-/// [`gemm`] in bf16: A and B are copied into fresh row-major bf16 buffers (rows padded to a
-/// multiple of 8 elements, as the tensor-core kernel's 16-byte loads need), multiplied by
-/// `gemm_bf16_nn` into the f32 `C` with the bias, `alpha` and `beta`, and an epilogue stage
-/// in the same launch (`gemm_bf16_nn_gelu` and its siblings). `saved_b`, a
+/// [`gemm`] in bf16: A and B are copied into fresh bf16 buffers, each in the orientation it
+/// is stored in (rows padded to a multiple of 8 elements, as the tensor-core kernel's
+/// 16-byte loads need), multiplied by the `gemm_bf16_*` entry of that layout into the f32
+/// `C` with the bias, `alpha` and `beta`, and an epilogue stage in the same launch
+/// (`gemm_bf16_nt_gelu` and its siblings). `saved_b`, a
 /// bf16 copy already made of B (`[k, n]`, one product), is used in place of converting B;
 /// with `keep_a` (one product) the copy of A is returned instead of freed.
 fn gemm_bf16_operands(
@@ -1196,17 +1197,43 @@ fn gemm_bf16_operands(
         )?;
         Ok((buf, if bs == 0 { 0 } else { rows * lead }))
     };
-    let (a, a_bs) = to_bf16(g.a, g.a_rs, g.a_cs, g.a_bs, g.m, g.k, lda)?;
+    // Each operand is converted in the orientation it is stored in (a transposed view, row
+    // stride 1, becomes a `T` operand), so that the copy reads and writes contiguously
+    // instead of gathering a column per output row; the tensor cores see the same values in
+    // every layout and give the same bits. A kept A, and A under an epilogue stage, stay
+    // row-major.
+    let transposed = |rs: usize, cs: usize| cs != 1 && rs == 1;
+    let a_t = epi.is_none() && !keep_a && transposed(g.a_rs, g.a_cs);
+    let b_t = saved_b.is_none() && transposed(g.b_rs, g.b_cs);
+    let (a, a_bs, lda) = if a_t {
+        let lda = bf16_ld(g.m);
+        let (a, a_bs) = to_bf16(g.a, g.a_cs, g.a_rs, g.a_bs, g.k, g.m, lda)?;
+        (a, a_bs, lda)
+    } else {
+        let (a, a_bs) = to_bf16(g.a, g.a_rs, g.a_cs, g.a_bs, g.m, g.k, lda)?;
+        (a, a_bs, lda)
+    };
     // The converted B lives until the product has run.
     let (b_ptr, ldb, b_bs, _b) = match saved_b {
         Some(saved) => (saved.buf.ptr(), saved.ld, 0, None),
+        None if b_t => {
+            let ldb = bf16_ld(g.k);
+            let (b, b_bs) = to_bf16(g.b, g.b_cs, g.b_rs, g.b_bs, g.n, g.k, ldb)?;
+            (b.ptr(), ldb, b_bs, Some(b))
+        }
         None => {
             let (b, b_bs) = to_bf16(g.b, g.b_rs, g.b_cs, g.b_bs, g.k, g.n, ldb)?;
             (b.ptr(), ldb, b_bs, Some(b))
         }
     };
+    let layout = match (a_t, b_t) {
+        (false, false) => k::Bf16Layout::NN,
+        (false, true) => k::Bf16Layout::NT,
+        (true, false) => k::Bf16Layout::TN,
+        (true, true) => k::Bf16Layout::TT,
+    };
     let product = k::GemmBf16 {
-        layout: k::Bf16Layout::NN,
+        layout,
         m: g.m,
         n: g.n,
         k: g.k,

@@ -251,7 +251,7 @@ fn interpreter_counters_per_kernel() {
         gemm_bf16_epilogue(d, &g, epi).unwrap();
         table.push(row(
             &sim,
-            epi.bf16_kernel(),
+            epi.bf16_kernel(Bf16Layout::NN).unwrap(),
             "128 x 128 x 128",
             4,
             (written * m * nn) as u64,

@@ -507,18 +507,108 @@ fn f32_gelu_grad_epilogue(d: &dyn Driver) {
     assert!(gemm_f32_epilogue(d, &acc, epi).is_err());
 }
 
-/// `gemm_bf16_nn_gelu`, `_residual` and `_gelu_grad` on two batches of `[150, 115] x [115,
-/// 141]` with a bias (ragged tiles, three k-tiles and a ragged one), `C` and `aux` rows
-/// padded to 144: bit for bit `gemm_bf16_nn` followed by the elementwise kernel each stage
-/// stands for (`strided_copy_f32` + `unary_f32` Gelu, `binary_f32` Add, `binary_f32`
-/// GeluBackward), as the backend ran them before, and no padding written. Then what the
-/// wrapper refuses: another layout, `beta != 0`, and overlapping `aux` rows.
+/// B of `[k, n]` stored both ways with the same values: row-major (`ld_n`, for the `N`
+/// layouts) and transposed (`ld_t`, for the `T` layouts), NaN between rows.
+fn bf16_both_ways(rng: &mut Rng, batch: usize, k: usize, n: usize) -> (Bf16Operand, Bf16Operand) {
+    let bn = bf16_operand(rng, batch, k, n, n.div_ceil(8) * 8 + 8);
+    let ld = k.div_ceil(8) * 8;
+    let mut bt = Bf16Operand {
+        values: vec![f32::NAN; batch * n * ld],
+        bits: vec![0x7fc0; batch * n * ld],
+        ld,
+        batch_stride: n * ld,
+    };
+    for z in 0..batch {
+        for l in 0..k {
+            for j in 0..n {
+                let (from, to) = (z * bn.batch_stride + l * bn.ld + j, z * n * ld + j * ld + l);
+                bt.values[to] = bn.values[from];
+                bt.bits[to] = bn.bits[from];
+            }
+        }
+    }
+    (bn, bt)
+}
+
+/// The bf16 products of one `A` `[m, k]` and one `B` `[k, n]` (two batches, ragged tiles,
+/// three k-tiles and a ragged one, a bias, `alpha = 0.75`) in all four layouts give the same
+/// bits: `ldmatrix.trans` of a stored-transposed operand yields the fragments the plain
+/// `ldmatrix` yields of the other storage, so the tensor cores see the same products in the
+/// same order. (The backend picks each operand's layout by its strides, so that converting
+/// an operand to bf16 never transposes it.)
+fn bf16_layouts_agree(d: &dyn Driver) {
+    let mut rng = Rng::new(59);
+    let (m, n, k, batch) = (150usize, 141usize, 115usize, 2usize);
+    let (a_n, a_t) = bf16_both_ways(&mut rng, batch, k, m);
+    // a_n holds A^T row-major ([k][m]): that is A stored transposed; a_t holds A row-major.
+    let (b_n, b_t) = bf16_both_ways(&mut rng, batch, k, n);
+    let bias = upload::<f32>(d, &normal(&mut rng, n));
+    let mut results = Vec::new();
+    for layout in [
+        Bf16Layout::NN,
+        Bf16Layout::NT,
+        Bf16Layout::TN,
+        Bf16Layout::TT,
+    ] {
+        let (a_k, b_k) = match layout {
+            Bf16Layout::NN => (true, false),
+            Bf16Layout::NT => (true, true),
+            Bf16Layout::TN => (false, false),
+            Bf16Layout::TT => (false, true),
+        };
+        let a = if a_k { &a_t } else { &a_n };
+        let b = if b_k { &b_t } else { &b_n };
+        let c = poisoned_f32(d, batch * m * n);
+        let g = GemmBf16 {
+            layout,
+            m,
+            n,
+            k,
+            batch,
+            c,
+            ldc: n,
+            c_bs: m * n,
+            a: upload::<u16>(d, &a.bits),
+            lda: a.ld,
+            a_bs: a.batch_stride,
+            b: upload::<u16>(d, &b.bits),
+            ldb: b.ld,
+            b_bs: b.batch_stride,
+            bias: Some(bias),
+            alpha: 0.75,
+            beta: 0.0,
+        };
+        gemm_bf16(d, &g).unwrap();
+        results.push((layout, download::<f32>(d, c, batch * m * n)));
+    }
+    let (_, nn) = &results[0];
+    assert!(nn.iter().all(|v| v.is_finite()));
+    for (layout, got) in &results[1..] {
+        assert_bits(
+            &format!("gemm_bf16 {layout:?} against NN on {}", d.name()),
+            got,
+            nn,
+        );
+    }
+}
+
+#[test]
+fn gemm_bf16_layouts_give_the_same_bits() {
+    on_each_device(bf16_layouts_agree);
+}
+
+/// `gemm_bf16_{nn,nt}_{gelu,residual,gelu_grad}` on two batches of `[150, 115] x [115, 141]`
+/// with a bias (ragged tiles, three k-tiles and a ragged one), `C` and `aux` rows padded to
+/// 144: bit for bit the plain product in the same layout followed by the elementwise kernel
+/// each stage stands for (`strided_copy_f32` + `unary_f32` Gelu, `binary_f32` Add,
+/// `binary_f32` GeluBackward), as the backend ran them before, and no padding written. Then
+/// what the wrapper refuses: `A` stored transposed, `beta != 0`, and overlapping `aux` rows.
 fn bf16_epilogues(d: &dyn Driver) {
     let mut rng = Rng::new(57);
     let (m, n, k, batch) = (150usize, 141usize, 115usize, 2usize);
     let ld = n + 3;
     let a = bf16_operand(&mut rng, batch, m, k, k.div_ceil(8) * 8);
-    let b = bf16_operand(&mut rng, batch, k, n, n.div_ceil(8) * 8 + 8);
+    let (b_n, b_t) = bf16_both_ways(&mut rng, batch, k, n);
     let bias = upload::<f32>(d, &normal(&mut rng, n));
     // Residuals, and pre-activations over the GELU's whole shape: both erf branches and the
     // saturated tails.
@@ -530,105 +620,109 @@ fn bf16_epilogues(d: &dyn Driver) {
             }
         }
     }
-    let (da, db) = (upload::<u16>(d, &a.bits), upload::<u16>(d, &b.bits));
-    let product = |c| GemmBf16 {
-        layout: Bf16Layout::NN,
-        m,
-        n,
-        k,
-        batch,
-        c,
-        ldc: ld,
-        c_bs: m * ld,
-        a: da,
-        lda: a.ld,
-        a_bs: a.batch_stride,
-        b: db,
-        ldb: b.ld,
-        b_bs: b.batch_stride,
-        bias: Some(bias),
-        alpha: 0.75,
-        beta: 0.0,
+    let da = upload::<u16>(d, &a.bits);
+    let (db_n, db_t) = (upload::<u16>(d, &b_n.bits), upload::<u16>(d, &b_t.bits));
+    let product = |layout, c| {
+        let b = if layout == Bf16Layout::NT { &b_t } else { &b_n };
+        GemmBf16 {
+            layout,
+            m,
+            n,
+            k,
+            batch,
+            c,
+            ldc: ld,
+            c_bs: m * ld,
+            a: da,
+            lda: a.ld,
+            a_bs: a.batch_stride,
+            b: if layout == Bf16Layout::NT { db_t } else { db_n },
+            ldb: b.ld,
+            b_bs: b.batch_stride,
+            bias: Some(bias),
+            alpha: 0.75,
+            beta: 0.0,
+        }
     };
-    let plain = poisoned_f32(d, batch * m * ld);
-    gemm_bf16(d, &product(plain)).unwrap();
     let total = batch * m * ld;
     let padded = |v: &[f32]| v.chunks(ld).all(|row| row[n..].iter().all(|x| x.is_nan()));
-    // Padding stays NaN through the elementwise kernels too, so whole buffers compare.
-    for name in ["gelu", "residual", "gelu_grad"] {
-        let aux = upload::<f32>(d, &aux_values);
-        let aux_rs = ld;
-        let epi = match name {
-            "gelu" => GemmEpilogue::Gelu { aux, aux_rs },
-            "residual" => GemmEpilogue::Residual { aux, aux_rs },
-            _ => GemmEpilogue::GeluGrad { aux, aux_rs },
-        };
-        let fused = poisoned_f32(d, total);
-        gemm_bf16_epilogue(d, &product(fused), epi).unwrap();
-        let got = download::<f32>(d, fused, total);
-        let what = format!("gemm_bf16_nn_{name} on {}", d.name());
-        assert!(padded(&got), "{what}: C's padding written");
+    for layout in [Bf16Layout::NN, Bf16Layout::NT] {
+        let plain = poisoned_f32(d, total);
+        gemm_bf16(d, &product(layout, plain)).unwrap();
+        // Padding stays NaN through the elementwise kernels too, so whole buffers compare.
+        for name in ["gelu", "residual", "gelu_grad"] {
+            let aux = upload::<f32>(d, &aux_values);
+            let aux_rs = ld;
+            let epi = match name {
+                "gelu" => GemmEpilogue::Gelu { aux, aux_rs },
+                "residual" => GemmEpilogue::Residual { aux, aux_rs },
+                _ => GemmEpilogue::GeluGrad { aux, aux_rs },
+            };
+            let fused = poisoned_f32(d, total);
+            gemm_bf16_epilogue(d, &product(layout, fused), epi).unwrap();
+            let got = download::<f32>(d, fused, total);
+            let what = format!("{} on {}", epi.bf16_kernel(layout).unwrap(), d.name());
+            assert!(padded(&got), "{what}: C's padding written");
 
-        let want = poisoned_f32(d, total);
-        let all = [total];
-        match name {
-            "gelu" => unary_f32(d, UnaryOp::Gelu, want, plain, &[1], &all).unwrap(),
-            "residual" => {
-                let r = upload::<f32>(d, &aux_values);
-                binary_f32(d, BinaryOp::Add, want, plain, &[1], r, &[1], &all).unwrap()
-            }
-            _ => {
-                let pre = upload::<f32>(d, &aux_values);
-                binary_f32(
+            let want = poisoned_f32(d, total);
+            let all = [total];
+            let aux0 = upload::<f32>(d, &aux_values);
+            match name {
+                "gelu" => unary_f32(d, UnaryOp::Gelu, want, plain, &[1], &all).unwrap(),
+                "residual" => {
+                    binary_f32(d, BinaryOp::Add, want, plain, &[1], aux0, &[1], &all).unwrap()
+                }
+                _ => binary_f32(
                     d,
                     BinaryOp::GeluBackward,
                     want,
                     plain,
                     &[1],
-                    pre,
+                    aux0,
                     &[1],
                     &all,
                 )
-                .unwrap()
+                .unwrap(),
             }
-        }
-        assert_bits(&what, &got, &download::<f32>(d, want, total));
-        let aux_after = download::<f32>(d, aux, total);
-        if name == "gelu" {
-            // The pre-activation is the plain product, padding untouched.
-            let pre = poisoned_f32(d, total);
-            strided_copy_f32(d, pre, &[1], plain, &[1], &all).unwrap();
-            assert_bits(
-                &format!("{what}: aux"),
-                &aux_after,
-                &download::<f32>(d, pre, total),
-            );
-            assert!(padded(&aux_after), "{what}: aux padding written");
-        } else {
-            assert_bits(
-                &format!("{what}: aux is read only"),
-                &aux_after,
-                &aux_values,
-            );
+            assert_bits(&what, &got, &download::<f32>(d, want, total));
+            let aux_after = download::<f32>(d, aux, total);
+            if name == "gelu" {
+                // The pre-activation is the plain product, padding untouched.
+                let pre = poisoned_f32(d, total);
+                strided_copy_f32(d, pre, &[1], plain, &[1], &all).unwrap();
+                assert_bits(
+                    &format!("{what}: aux"),
+                    &aux_after,
+                    &download::<f32>(d, pre, total),
+                );
+                assert!(padded(&aux_after), "{what}: aux padding written");
+            } else {
+                assert_bits(
+                    &format!("{what}: aux is read only"),
+                    &aux_after,
+                    &aux_values,
+                );
+            }
         }
     }
 
     let aux = poisoned_f32(d, total);
     let epi = GemmEpilogue::Gelu { aux, aux_rs: ld };
-    let nt = GemmBf16 {
-        layout: Bf16Layout::NT,
-        ..product(aux)
+    let tn = GemmBf16 {
+        layout: Bf16Layout::TN,
+        lda: 152,
+        ..product(Bf16Layout::NN, aux)
     };
     let accumulate = GemmBf16 {
         beta: 1.0,
-        ..product(aux)
+        ..product(Bf16Layout::NN, aux)
     };
     let c = poisoned_f32(d, total);
     let overlapping = GemmEpilogue::Residual { aux, aux_rs: n - 1 };
     for (g, e, why) in [
-        (nt, epi, "layout NN"),
+        (tn, epi, "layout NN or NT"),
         (accumulate, epi, "beta 0"),
-        (product(c), overlapping, "would overlap"),
+        (product(Bf16Layout::NN, c), overlapping, "would overlap"),
     ] {
         let err = gemm_bf16_epilogue(d, &g, e).unwrap_err().to_string();
         assert!(err.contains(why), "{err}");

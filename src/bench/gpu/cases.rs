@@ -530,18 +530,19 @@ fn gemm_bf16(b: &mut Buffers, s: Sizes) -> Result<Case> {
 }
 
 /// The bf16 GEMM with the bias and the GELU epilogue (the pre-activation written too): the
-/// MLP's first layer as the backend runs it under bf16 (operands row-major, `NN`).
+/// MLP's first layer as the backend runs it under bf16 (`x W^T` with the weight read as
+/// stored, `NT`).
 fn gemm_bf16_gelu(b: &mut Buffers, s: Sizes) -> Result<Case> {
     let n = s.pick(128, 512, 4096);
     let (m, kk) = (n, n);
     let bf16 = |seed| move |i| half::bf16::from_f32(pattern(i, seed)).to_bits();
     let a = b.generate(m * kk, bf16(22))?;
-    let w = b.generate(kk * n, bf16(23))?;
+    let w = b.generate(n * kk, bf16(23))?;
     let bias = b.f32s(n, 24)?;
     let c = b.out(m * n)?;
     let pre = b.out(m * n)?;
     let g = k::GemmBf16 {
-        layout: k::Bf16Layout::NN,
+        layout: k::Bf16Layout::NT,
         m,
         n,
         k: kk,
@@ -553,7 +554,7 @@ fn gemm_bf16_gelu(b: &mut Buffers, s: Sizes) -> Result<Case> {
         lda: kk,
         a_bs: 0,
         b: w,
-        ldb: n,
+        ldb: kk,
         b_bs: 0,
         bias: Some(bias),
         alpha: 1.0,
@@ -564,7 +565,7 @@ fn gemm_bf16_gelu(b: &mut Buffers, s: Sizes) -> Result<Case> {
         aux_rs: n,
     };
     Ok(Case {
-        name: "gemm bf16 NN, gelu(A B + bias)",
+        name: "gemm bf16 NT, gelu(A W^T + bias)",
         shape: format!("{m}x{n}x{kk}"),
         flops: Some(2.0 * (m * n * kk) as f64),
         bytes: (2 * (m * kk + n * kk) + 4 * n + 8 * m * n) as f64,

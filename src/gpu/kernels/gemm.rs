@@ -173,14 +173,19 @@ impl GemmEpilogue {
 }
 
 impl GemmEpilogue {
-    /// The bf16 tensor-core kernel that applies this stage after a [`Bf16Layout::NN`]
-    /// product.
-    pub fn bf16_kernel(self) -> &'static str {
-        match self {
-            GemmEpilogue::Gelu { .. } => "gemm_bf16_nn_gelu",
-            GemmEpilogue::Residual { .. } => "gemm_bf16_nn_residual",
-            GemmEpilogue::GeluGrad { .. } => "gemm_bf16_nn_gelu_grad",
-        }
+    /// The bf16 tensor-core kernel that applies this stage after a product in `layout`:
+    /// `A` must be stored as is ([`Bf16Layout::NN`] or [`Bf16Layout::NT`]).
+    pub fn bf16_kernel(self, layout: Bf16Layout) -> Option<&'static str> {
+        use GemmEpilogue::*;
+        Some(match (layout, self) {
+            (Bf16Layout::NN, Gelu { .. }) => "gemm_bf16_nn_gelu",
+            (Bf16Layout::NN, Residual { .. }) => "gemm_bf16_nn_residual",
+            (Bf16Layout::NN, GeluGrad { .. }) => "gemm_bf16_nn_gelu_grad",
+            (Bf16Layout::NT, Gelu { .. }) => "gemm_bf16_nt_gelu",
+            (Bf16Layout::NT, Residual { .. }) => "gemm_bf16_nt_residual",
+            (Bf16Layout::NT, GeluGrad { .. }) => "gemm_bf16_nt_gelu_grad",
+            (Bf16Layout::TN | Bf16Layout::TT, _) => return None,
+        })
     }
 }
 
@@ -315,17 +320,28 @@ pub fn gemm_bf16(driver: &dyn Driver, g: &GemmBf16) -> Result<()> {
     launch_bf16(driver, g, None)
 }
 
-/// [`gemm_bf16`] with a second epilogue stage (`gemm_bf16_nn_gelu`, `_residual` or
-/// `_gelu_grad`): the bits of [`gemm_bf16`] followed by the stage's elementwise kernel, in
-/// one launch. Only the [`Bf16Layout::NN`] product has them, and `beta` must be 0.
+/// [`gemm_bf16`] with a second epilogue stage (`gemm_bf16_nn_gelu`, `gemm_bf16_nt_residual`,
+/// ...): the bits of [`gemm_bf16`] followed by the stage's elementwise kernel, in one launch.
+/// `A` must be stored as is ([`Bf16Layout::NN`] or [`Bf16Layout::NT`]), and `beta` must be 0.
 pub fn gemm_bf16_epilogue(driver: &dyn Driver, g: &GemmBf16, epi: GemmEpilogue) -> Result<()> {
     launch_bf16(driver, g, Some(epi))
 }
 
 fn launch_bf16(driver: &dyn Driver, g: &GemmBf16, epi: Option<GemmEpilogue>) -> Result<()> {
-    let name = epi.map_or(g.layout.kernel(), GemmEpilogue::bf16_kernel);
     // One &'static str for errors whatever the layout.
     const OP: &str = "gemm_bf16";
+    let name = match epi {
+        None => g.layout.kernel(),
+        Some(e) => e.bf16_kernel(g.layout).ok_or_else(|| {
+            Error::arg(
+                OP,
+                format!(
+                    "an epilogue stage needs A stored as is (layout NN or NT), got {:?}",
+                    g.layout
+                ),
+            )
+        })?,
+    };
     check_c(OP, g.ldc, g.n, g.m)?;
     if !(g.alpha.is_finite() && g.beta.is_finite()) {
         return Err(Error::arg(
@@ -336,13 +352,10 @@ fn launch_bf16(driver: &dyn Driver, g: &GemmBf16, epi: Option<GemmEpilogue>) -> 
     if let Some(epi) = epi {
         let (_, _, aux_rs) = epi.parts();
         check_c(OP, aux_rs, g.n, g.m)?;
-        if g.layout != Bf16Layout::NN || g.beta != 0.0 {
+        if g.beta != 0.0 {
             return Err(Error::arg(
                 OP,
-                format!(
-                    "{name}: an epilogue stage needs layout NN and beta 0, got {:?} and beta {}",
-                    g.layout, g.beta
-                ),
+                format!("{name}: an epilogue stage needs beta 0, got {}", g.beta),
             ));
         }
     }

@@ -226,16 +226,18 @@ fn launch_every_wrapper(d: &Recorder) -> Vec<Launch> {
     ] {
         gemm_bf16(d, &bf16_gemm(layout, p(), p(), p())).unwrap();
     }
-    for epi in [
-        GemmEpilogue::Gelu { aux, aux_rs: 72 },
-        GemmEpilogue::Residual { aux, aux_rs: 72 },
-        GemmEpilogue::GeluGrad { aux, aux_rs: 72 },
-    ] {
-        let g = GemmBf16 {
-            beta: 0.0,
-            ..bf16_gemm(Bf16Layout::NN, p(), p(), p())
-        };
-        gemm_bf16_epilogue(d, &g, epi).unwrap();
+    for layout in [Bf16Layout::NN, Bf16Layout::NT] {
+        for epi in [
+            GemmEpilogue::Gelu { aux, aux_rs: 72 },
+            GemmEpilogue::Residual { aux, aux_rs: 72 },
+            GemmEpilogue::GeluGrad { aux, aux_rs: 72 },
+        ] {
+            let g = GemmBf16 {
+                beta: 0.0,
+                ..bf16_gemm(layout, p(), p(), p())
+            };
+            gemm_bf16_epilogue(d, &g, epi).unwrap();
+        }
     }
     index_select_f32(d, p(), p(), p(), 2, 10, 4, 8).unwrap();
     index_add_f32(d, p(), p(), p(), p(), 2, 10, 4, 8).unwrap();

@@ -519,11 +519,12 @@ __device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
   return *reinterpret_cast<unsigned*>(&p);
 }
 
-// Rows row0 .. row0 + ROWS - 1 of a strided f32 matrix, D features each, rounded to bf16
-// into s[r * (D + 8) + d]; rows at or beyond `rows` become zeros. Each thread converts
+// Rows row0 .. row0 + ROWS - 1 of a strided f32 (or bf16) matrix, D features each, rounded
+// to bf16 (a bf16 source is copied exactly) into s[r * (D + 8) + d]; rows at or beyond `rows`
+// become zeros. Each thread converts
 // chunks of 8 features and stores each chunk with one 16-byte store.
-template <int ROWS, int D>
-__device__ __forceinline__ void stage_bf16(__nv_bfloat16* s, const float* __restrict__ g,
+template <int ROWS, int D, typename T = float>
+__device__ __forceinline__ void stage_bf16(__nv_bfloat16* s, const T* __restrict__ g,
                                            unsigned row0, unsigned rows, unsigned rs,
                                            unsigned cs) {
   constexpr int CPR = D / 8;
@@ -533,7 +534,8 @@ __device__ __forceinline__ void stage_bf16(__nv_bfloat16* s, const float* __rest
     unsigned gr = row0 + r;
     float x[8];
 #pragma unroll
-    for (int t = 0; t < 8; ++t) x[t] = gr < rows ? g[(size_t)gr * rs + (size_t)(c + t) * cs] : 0.0f;
+    for (int t = 0; t < 8; ++t)
+      x[t] = gr < rows ? ld_f32(g + ((size_t)gr * rs + (size_t)(c + t) * cs)) : 0.0f;
     uint4 w;
     w.x = pack_bf16(x[0], x[1]);
     w.y = pack_bf16(x[2], x[3]);
@@ -716,6 +718,290 @@ __device__ __forceinline__ void attn_fwd_bf16(
 
 ATTN_FWD_BF16_ENTRY(attn_fwd_bf16_d64, 64, 64)
 ATTN_FWD_BF16_ENTRY(attn_fwd_bf16_d128, 128, 32)
+
+// ---- bf16 tensor-core backward ----
+//
+// attn_bwd_dkdv_bf16_d64, attn_bwd_dq_bf16_d64: the backward for Dh = Dv = 64 with q, k, v
+// stored as bf16 (the `_bf16s` kernels' parameters and launch order: attn_bwd_dot_bf16s
+// first for D), every product on mma.sync.m16n8k16 with f32 accumulation. dO is rounded to
+// bf16 as it is staged, and P and dS are rounded to bf16 as the A operands of the products
+// that follow them (P^T dO, dS^T Q, dS K); S, dP, P and dS themselves are f32, as in the
+// forward. lse, D and every output stay f32.
+// - attn_bwd_dkdv_bf16_d64: 64 keys per CTA (16 per warp), query tiles of 64 in increasing
+//   order from the first that sees the CTA's keys. Per tile: S^T = K Q^T and dP^T = V dO^T
+//   (the warp's 16 keys by 64 queries), P^T = exp2(S^T scale_log2 - lse), dS^T = P^T (dP^T -
+//   D), then dV += P^T dO and dK += dS^T Q, their A fragments taken from the accumulators;
+//   dK = alpha dK at the end. Grid (ceil(Nk / 64), heads, batch).
+// - attn_bwd_dq_bf16_d64: 64 queries per CTA (16 per warp), key tiles of 64 in increasing
+//   order up to the causal bound. Per tile: S = Q K^T, dP = dO V^T, P, dS as above, dQ +=
+//   dS K; dQ = alpha dQ at the end. Grid (ceil(Nq / 64), heads, batch).
+// Shared memory: bf16 tiles of 64 rows x (64 + 8) (the forward's padded rows), K and V
+// (dK/dV: once; dQ: per key tile), Q and dO (dK/dV: per query tile; dQ: once, then held as
+// A fragments), and lse and D of the query tile (dK/dV). Order: fixed by the shape (the tensor
+// core's within each 16-wide k-step, steps and tiles in increasing order); no atomics.
+
+#define TC_D 64
+#define TC_LD (TC_D + 8)
+#define TC_TILE (64 * TC_LD)
+
+extern "C" __global__ void __launch_bounds__(NT) attn_bwd_dkdv_bf16_d64(
+    float* __restrict__ dk, float* __restrict__ dvo, const __nv_bfloat16* __restrict__ q,
+    const __nv_bfloat16* __restrict__ k, const __nv_bfloat16* __restrict__ v,
+    const float* __restrict__ g, const float* __restrict__ lse, const float* __restrict__ dd,
+    unsigned nq, unsigned nk, unsigned dh, unsigned dv, unsigned q_sb, unsigned q_sh,
+    unsigned q_sn, unsigned q_sd, unsigned k_sb, unsigned k_sh, unsigned k_sn, unsigned k_sd,
+    unsigned v_sb, unsigned v_sh, unsigned v_sn, unsigned v_sd, unsigned g_sb, unsigned g_sh,
+    unsigned g_sn, unsigned g_sd, unsigned dk_sb, unsigned dk_sh, unsigned dk_sn,
+    unsigned dk_sd, unsigned dv_sb, unsigned dv_sh, unsigned dv_sn, unsigned dv_sd,
+    float scale_log2, float alpha, unsigned causal) {
+  __shared__ __align__(16) __nv_bfloat16 Ks[TC_TILE];
+  __shared__ __align__(16) __nv_bfloat16 Vs[TC_TILE];
+  __shared__ __align__(16) __nv_bfloat16 Qs[TC_TILE];
+  __shared__ __align__(16) __nv_bfloat16 Gs[TC_TILE];
+  __shared__ float Ls[64];
+  __shared__ float Ds[64];
+  unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  unsigned group = lane >> 2, tig = lane & 3;
+  unsigned bz = blockIdx.z, hy = blockIdx.y;
+  q += (size_t)bz * q_sb + (size_t)hy * q_sh;
+  k += (size_t)bz * k_sb + (size_t)hy * k_sh;
+  v += (size_t)bz * v_sb + (size_t)hy * v_sh;
+  g += (size_t)bz * g_sb + (size_t)hy * g_sh;
+  dk += (size_t)bz * dk_sb + (size_t)hy * dk_sh;
+  dvo += (size_t)bz * dv_sb + (size_t)hy * dv_sh;
+  size_t row0 = ((size_t)bz * gridDim.y + hy) * nq;
+  lse += row0;
+  dd += row0;
+  unsigned k0 = blockIdx.x * 64;
+  unsigned off = causal ? nk - nq : 0;
+  // The first query that sees key k0 is k0 - off; start at its tile.
+  unsigned i_first = (causal && k0 > off) ? k0 - off : 0;
+  stage_bf16<64, TC_D>(Ks, k, k0, nk, k_sn, k_sd);
+  stage_bf16<64, TC_D>(Vs, v, k0, nk, v_sn, v_sd);
+  // Keys group and group + 8 of the warp's 16.
+  unsigned j_row[2] = {k0 + warp * 16 + group, k0 + warp * 16 + group + 8};
+
+  float dka[8][4], dva[8][4];
+#pragma unroll
+  for (int f = 0; f < 8; ++f)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      dka[f][e] = 0.0f;
+      dva[f][e] = 0.0f;
+    }
+
+  for (unsigned i0 = i_first & ~63u; i0 < nq; i0 += 64) {
+    // The previous tile's reads are done before its buffers are refilled.
+    __syncthreads();
+    stage_bf16<64, TC_D>(Qs, q, i0, nq, q_sn, q_sd);
+    stage_bf16<64, TC_D>(Gs, g, i0, nq, g_sn, g_sd);
+    for (unsigned r = threadIdx.x; r < 64; r += NT) {
+      bool in = i0 + r < nq;
+      Ls[r] = in ? lse[i0 + r] : 0.0f;
+      Ds[r] = in ? dd[i0 + r] : 0.0f;
+    }
+    __syncthreads();
+    // S^T = K Q^T and dP^T = V dO^T: the warp's 16 keys by the tile's 64 queries.
+    float s[8][4], dp[8][4];
+#pragma unroll
+    for (int f = 0; f < 8; ++f)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[f][e] = 0.0f;
+        dp[f][e] = 0.0f;
+      }
+#pragma unroll
+    for (int ks = 0; ks < TC_D / 16; ++ks) {
+      unsigned ka[4], va[4];
+      unsigned row = warp * 16 + (lane & 15), col = ks * 16 + (lane >> 4) * 8;
+      ldmatrix_x4(ka, Ks + row * TC_LD + col);
+      ldmatrix_x4(va, Vs + row * TC_LD + col);
+#pragma unroll
+      for (int p = 0; p < 4; ++p) {
+        unsigned r4[4];
+        unsigned nr = p * 16 + (lane & 7) + (lane >> 4) * 8, kc = ks * 16 + ((lane >> 3) & 1) * 8;
+        ldmatrix_x4(r4, Qs + nr * TC_LD + kc);
+        mma_bf16(s[2 * p], ka, r4);
+        mma_bf16(s[2 * p + 1], ka, r4 + 2);
+        ldmatrix_x4(r4, Gs + nr * TC_LD + kc);
+        mma_bf16(dp[2 * p], va, r4);
+        mma_bf16(dp[2 * p + 1], va, r4 + 2);
+      }
+    }
+    // P^T and dS^T in place of S^T and dP^T (masked entries 0).
+#pragma unroll
+    for (int f = 0; f < 8; ++f)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        unsigned c = f * 8 + 2 * tig + (e & 1);
+        unsigned i = i0 + c, j = j_row[e >> 1];
+        bool vis = i < nq && j < nk && visible(causal, i, j, off);
+        float pv = vis ? exp2f(fmaf(s[f][e], scale_log2, -Ls[c])) : 0.0f;
+        s[f][e] = pv;
+        dp[f][e] = vis ? pv * (dp[f][e] - Ds[c]) : 0.0f;
+      }
+    // dV += P^T dO and dK += dS^T Q over the tile's 64 queries, 16 at a time.
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      unsigned pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
+                        pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                        pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                        pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      unsigned da[4] = {pack_bf16(dp[2 * kk][0], dp[2 * kk][1]),
+                        pack_bf16(dp[2 * kk][2], dp[2 * kk][3]),
+                        pack_bf16(dp[2 * kk + 1][0], dp[2 * kk + 1][1]),
+                        pack_bf16(dp[2 * kk + 1][2], dp[2 * kk + 1][3])};
+#pragma unroll
+      for (int p = 0; p < 4; ++p) {
+        unsigned r4[4];
+        unsigned qq = lane >> 3, r = lane & 7;
+        unsigned kr = kk * 16 + r + (qq & 1) * 8, nc = p * 16 + (qq >> 1) * 8;
+        ldmatrix_x4_trans(r4, Gs + kr * TC_LD + nc);
+        mma_bf16(dva[2 * p], pa, r4);
+        mma_bf16(dva[2 * p + 1], pa, r4 + 2);
+        ldmatrix_x4_trans(r4, Qs + kr * TC_LD + nc);
+        mma_bf16(dka[2 * p], da, r4);
+        mma_bf16(dka[2 * p + 1], da, r4 + 2);
+      }
+    }
+  }
+
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    unsigned j = j_row[h];
+    if (j >= nk) continue;
+#pragma unroll
+    for (int f = 0; f < 8; ++f)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        unsigned c = f * 8 + 2 * tig + e;
+        dk[(size_t)j * dk_sn + (size_t)c * dk_sd] = alpha * dka[f][2 * h + e];
+        dvo[(size_t)j * dv_sn + (size_t)c * dv_sd] = dva[f][2 * h + e];
+      }
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(NT) attn_bwd_dq_bf16_d64(
+    float* __restrict__ dq, const __nv_bfloat16* __restrict__ q,
+    const __nv_bfloat16* __restrict__ k, const __nv_bfloat16* __restrict__ v,
+    const float* __restrict__ g, const float* __restrict__ lse, const float* __restrict__ dd,
+    unsigned nq, unsigned nk, unsigned dh, unsigned dv, unsigned q_sb, unsigned q_sh,
+    unsigned q_sn, unsigned q_sd, unsigned k_sb, unsigned k_sh, unsigned k_sn, unsigned k_sd,
+    unsigned v_sb, unsigned v_sh, unsigned v_sn, unsigned v_sd, unsigned g_sb, unsigned g_sh,
+    unsigned g_sn, unsigned g_sd, unsigned dq_sb, unsigned dq_sh, unsigned dq_sn,
+    unsigned dq_sd, float scale_log2, float alpha, unsigned causal) {
+  // Q and dO staged once (then held as A fragments); K and V per key tile.
+  __shared__ __align__(16) __nv_bfloat16 Ks[TC_TILE];
+  __shared__ __align__(16) __nv_bfloat16 Vs[TC_TILE];
+  unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  unsigned group = lane >> 2, tig = lane & 3;
+  unsigned bz = blockIdx.z, hy = blockIdx.y;
+  q += (size_t)bz * q_sb + (size_t)hy * q_sh;
+  k += (size_t)bz * k_sb + (size_t)hy * k_sh;
+  v += (size_t)bz * v_sb + (size_t)hy * v_sh;
+  g += (size_t)bz * g_sb + (size_t)hy * g_sh;
+  dq += (size_t)bz * dq_sb + (size_t)hy * dq_sh;
+  size_t row0 = ((size_t)bz * gridDim.y + hy) * nq;
+  unsigned q0 = blockIdx.x * 64;
+  unsigned off = causal ? nk - nq : 0;
+  unsigned qend = min(nq, q0 + 64);
+  unsigned kend = causal ? min(nk, qend + off) : nk;
+
+  stage_bf16<64, TC_D>(Ks, q, q0, nq, q_sn, q_sd);
+  stage_bf16<64, TC_D>(Vs, g, q0, nq, g_sn, g_sd);
+  __syncthreads();
+  unsigned qa[TC_D / 16][4], ga[TC_D / 16][4];
+#pragma unroll
+  for (int ks = 0; ks < TC_D / 16; ++ks) {
+    unsigned row = warp * 16 + (lane & 15), col = ks * 16 + (lane >> 4) * 8;
+    ldmatrix_x4(qa[ks], Ks + row * TC_LD + col);
+    ldmatrix_x4(ga[ks], Vs + row * TC_LD + col);
+  }
+  // Queries group and group + 8 of the warp's 16.
+  unsigned i_row[2] = {q0 + warp * 16 + group, q0 + warp * 16 + group + 8};
+  float lse_r[2], d_r[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    bool in = i_row[h] < nq;
+    lse_r[h] = in ? lse[row0 + i_row[h]] : 0.0f;
+    d_r[h] = in ? dd[row0 + i_row[h]] : 0.0f;
+  }
+  float acc[8][4];
+#pragma unroll
+  for (int f = 0; f < 8; ++f)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[f][e] = 0.0f;
+
+  for (unsigned k0 = 0; k0 < kend; k0 += 64) {
+    // Every warp is done with the previous tile (or with Q and dO) before the refill.
+    __syncthreads();
+    stage_bf16<64, TC_D>(Ks, k, k0, nk, k_sn, k_sd);
+    stage_bf16<64, TC_D>(Vs, v, k0, nk, v_sn, v_sd);
+    __syncthreads();
+    // S = Q K^T and dP = dO V^T: the warp's 16 queries by the tile's 64 keys.
+    float s[8][4], dp[8][4];
+#pragma unroll
+    for (int f = 0; f < 8; ++f)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[f][e] = 0.0f;
+        dp[f][e] = 0.0f;
+      }
+#pragma unroll
+    for (int ks = 0; ks < TC_D / 16; ++ks) {
+#pragma unroll
+      for (int p = 0; p < 4; ++p) {
+        unsigned r4[4];
+        unsigned nr = p * 16 + (lane & 7) + (lane >> 4) * 8, kc = ks * 16 + ((lane >> 3) & 1) * 8;
+        ldmatrix_x4(r4, Ks + nr * TC_LD + kc);
+        mma_bf16(s[2 * p], qa[ks], r4);
+        mma_bf16(s[2 * p + 1], qa[ks], r4 + 2);
+        ldmatrix_x4(r4, Vs + nr * TC_LD + kc);
+        mma_bf16(dp[2 * p], ga[ks], r4);
+        mma_bf16(dp[2 * p + 1], ga[ks], r4 + 2);
+      }
+    }
+#pragma unroll
+    for (int f = 0; f < 8; ++f)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        unsigned j = k0 + f * 8 + 2 * tig + (e & 1), i = i_row[e >> 1];
+        bool vis = i < nq && j < nk && visible(causal, i, j, off);
+        float pv = vis ? exp2f(fmaf(s[f][e], scale_log2, -lse_r[e >> 1])) : 0.0f;
+        s[f][e] = vis ? pv * (dp[f][e] - d_r[e >> 1]) : 0.0f;
+      }
+    // dQ += dS K over the tile's 64 keys, 16 at a time.
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      unsigned da[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
+                        pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                        pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                        pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int p = 0; p < 4; ++p) {
+        unsigned r4[4];
+        unsigned qq = lane >> 3, r = lane & 7;
+        unsigned kr = kk * 16 + r + (qq & 1) * 8, nc = p * 16 + (qq >> 1) * 8;
+        ldmatrix_x4_trans(r4, Ks + kr * TC_LD + nc);
+        mma_bf16(acc[2 * p], da, r4);
+        mma_bf16(acc[2 * p + 1], da, r4 + 2);
+      }
+    }
+  }
+
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    unsigned i = i_row[h];
+    if (i >= nq) continue;
+#pragma unroll
+    for (int f = 0; f < 8; ++f)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        unsigned c = f * 8 + 2 * tig + e;
+        dq[(size_t)i * dq_sn + (size_t)c * dq_sd] = alpha * acc[f][2 * h + e];
+      }
+  }
+}
 
 // ---- decode: one query per (batch, head) over a KV cache ----
 //

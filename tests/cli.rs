@@ -207,7 +207,7 @@ fn audit_fails_on_a_nan_model() {
 }
 
 /// The kernel entries the GPU kernel table launches (`tarflow::bench::gpu`).
-const GPU_TABLE_KERNELS: [&str; 19] = [
+const GPU_TABLE_KERNELS: [&str; 21] = [
     "strided_copy_f32",
     "strided_copy_f32_bf16",
     "unary_f32",
@@ -227,6 +227,8 @@ const GPU_TABLE_KERNELS: [&str; 19] = [
     "ema_f32",
     "sum_squares_partial_f32",
     "sum_f64",
+    "attn_bwd_dkdv_bf16_d64",
+    "attn_bwd_dq_bf16_d64",
 ];
 
 #[cfg(feature = "ptx-sim")]

@@ -809,8 +809,9 @@ pub(crate) fn attention_decode<E: Element>(
 /// Fused attention backward: from the forward's saved operands, the output gradient `g`
 /// (a `[B, H, Nq, Dv]` view) and the saved `lse`, the gradients of q, k and v (three tensors
 /// for [`AttnLayout::Heads`], one fused `[B, N, 3 H Dh]` for [`AttnLayout::Qkv`]), every
-/// element written. bf16-saved operands run the `_bf16s` kernels (f32 arithmetic on the
-/// widened values).
+/// element written. bf16-saved operands run the tensor-core kernels for heads of 64
+/// (`attn_bwd_*_bf16_d64`) and the `_bf16s` kernels (f32 arithmetic on the widened values)
+/// for other head dims.
 pub(crate) fn attention_backward<E: Element>(
     saved: &AttnSaved<E>,
     g: &Tensor<E>,
@@ -844,7 +845,12 @@ pub(crate) fn attention_backward<E: Element>(
             (k::AttnStorage::F32, views)
         }
         AttnSaved::Bf16 { q, k, v, o } => (
-            k::AttnStorage::Bf16,
+            // Heads of 64 (ImageNet64's) run every product on the tensor cores.
+            if dh == 64 && dv == 64 {
+                k::AttnStorage::Bf16TensorCores
+            } else {
+                k::AttnStorage::Bf16
+            },
             [(q, nq, dh), (k, nk, dh), (v, nk, dv), (o, nq, dv)]
                 .map(|(buf, n, d)| attn_dest(AttnLayout::Heads, buf.ptr(), h, n, d, 0)),
         ),

@@ -607,7 +607,7 @@ fn bf16_storage_matches_f32_bits(d: &dyn Driver, dims: AttnDims, scores: AttnSco
         // The f32 operands `[B, H, N, D]`, the bf16 ones `[B, N, H, D]`.
         let (lay, elem, p): (LayFn, usize, [DevicePtr; 4]) = match storage {
             AttnStorage::F32 => (Lay::heads, 4, [f32_ptr[0], f32_ptr[1], f32_ptr[2], o_f32]),
-            AttnStorage::Bf16 => (
+            AttnStorage::Bf16 | AttnStorage::Bf16TensorCores => (
                 tokens_lay,
                 2,
                 [bf16_ptr[0], bf16_ptr[1], bf16_ptr[2], o_bf16],
@@ -656,6 +656,151 @@ fn attention_bf16_storage_backward_matches_f32_bits() {
         bf16_storage_matches_f32_bits(d, dims(1, 2, 70, 100, 64, 64), scores(64, false), 22);
         bf16_storage_matches_f32_bits(d, dims(1, 1, 37, 37, 16, 48), scores(16, true), 23);
     });
+}
+
+/// The tensor-core backward (`AttnStorage::Bf16TensorCores`) on bf16 q, k, v and o stored
+/// `[B, N, H, 64]` (read through strides), with the log-sum-exp of the f32 forward on the
+/// same values, against the f64 reference of the gradients of those values: it rounds dO,
+/// P and dS to bf16 (relative `2^-9` each) before their products, so each gradient is held
+/// to 1.5 % of its tensor's largest magnitude plus 3 % of the element; a wrong fragment, tile
+/// or mask is off by the gradient's own size. Every element is written. Returns the largest
+/// error relative to each tensor's scale.
+fn tensor_core_backward(d: &dyn Driver, dims: AttnDims, scores: AttnScores, seed: u64) -> [f64; 3] {
+    let AttnDims {
+        b,
+        h,
+        nq,
+        nk,
+        dh,
+        dv,
+    } = dims;
+    let tag = format!("{dims:?} {scores:?} on {}", d.name());
+    let mut rng = Rng::new(seed);
+    let shapes = [(b, h, nq, dh), (b, h, nk, dh), (b, h, nk, dv)];
+    let ops: Vec<(Vec<f32>, Vec<bf16>)> = shapes
+        .iter()
+        .map(|&s| bf16_operand(&normal(&mut rng, s.0 * s.1 * s.2 * s.3), s))
+        .collect();
+    let heads = |(_, h, n, w): (usize, usize, usize, usize)| Lay::heads(h, n, w);
+    let o_len = b * h * nq * dv;
+    let (o, lse) = (poisoned_f32(d, o_len), poisoned_f32(d, b * h * nq));
+    let f32_ptr: Vec<DevicePtr> = ops.iter().map(|(x, _)| upload::<f32>(d, x)).collect();
+    let fwd = AttnFwd {
+        dims,
+        scores,
+        q: heads(shapes[0]).view(f32_ptr[0]),
+        k: heads(shapes[1]).view(f32_ptr[1]),
+        v: heads(shapes[2]).view(f32_ptr[2]),
+        o: Lay::heads(h, nq, dv).view(o),
+        lse,
+        precision: AttnPrecision::F32,
+    };
+    attn_fwd(d, &fwd).unwrap();
+    let (_, o_stored) = bf16_operand(&download::<f32>(d, o, o_len), (b, h, nq, dv));
+    let gs = normal(&mut rng, o_len);
+    let wide = |x: &[f32]| -> Vec<f64> { x.iter().map(|&v| v as f64).collect() };
+    let want = reference(
+        &dims,
+        &scores,
+        &wide(&ops[0].0),
+        &wide(&ops[1].0),
+        &wide(&ops[2].0),
+        &wide(&gs),
+    );
+    let p: Vec<DevicePtr> = ops.iter().map(|(_, x)| upload::<bf16>(d, x)).collect();
+    let grad_lens = [b * h * nq * dh, b * h * nk * dh, b * h * nk * dv];
+    let grads: Vec<DevicePtr> = grad_lens.iter().map(|&n| poisoned_f32(d, n)).collect();
+    let at = |ptr, (_, h, n, w): (usize, usize, usize, usize)| tokens_lay(h, n, w).view_of(ptr, 2);
+    let bwd = AttnBwd {
+        dims,
+        scores,
+        q: at(p[0], shapes[0]),
+        k: at(p[1], shapes[1]),
+        v: at(p[2], shapes[2]),
+        o: at(upload::<bf16>(d, &o_stored), (b, h, nq, dv)),
+        g: Lay::heads(h, nq, dv).view(upload::<f32>(d, &gs)),
+        lse,
+        delta: poisoned_f32(d, b * h * nq),
+        dq: heads(shapes[0]).view(grads[0]),
+        dk: heads(shapes[1]).view(grads[1]),
+        dv: heads(shapes[2]).view(grads[2]),
+    };
+    attn_bwd_stored(d, &bwd, AttnStorage::Bf16TensorCores).unwrap();
+    let wants = [&want.dq, &want.dk, &want.dv];
+    let mut worst = [0.0; 3];
+    for (i, name) in ["dq", "dk", "dv"].into_iter().enumerate() {
+        let got = download::<f32>(d, grads[i], grad_lens[i]);
+        assert!(
+            got.iter().all(|x| x.is_finite()),
+            "{name} not written, {tag}"
+        );
+        let scale = wants[i].iter().fold(0.0f64, |a, x| a.max(x.abs()));
+        assert_close(
+            &format!("{name}, {tag}"),
+            &got,
+            wants[i],
+            3e-2,
+            1.5e-2 * scale,
+        );
+        worst[i] = got
+            .iter()
+            .zip(wants[i].iter())
+            .map(|(&g, &w)| (g as f64 - w).abs() / scale)
+            .fold(0.0, f64::max);
+    }
+    worst
+}
+
+#[test]
+fn attention_tensor_core_backward_matches_f64_reference() {
+    // Ragged tiles of 64 every way: 100 queries and keys, causal; 70 queries over 135 keys
+    // under the causal offset 65 (not a tile multiple); not causal. Heads of 64.
+    on_each_device(|d| {
+        let mut worst = [0.0f64; 3];
+        for (dims, sc, seed) in [
+            (dims(2, 2, 100, 100, 64, 64), scores(64, true), 31),
+            (dims(1, 2, 70, 135, 64, 64), scores(64, true), 32),
+            (dims(1, 2, 70, 100, 64, 64), scores(64, false), 33),
+        ] {
+            let w = tensor_core_backward(d, dims, sc, seed);
+            for i in 0..3 {
+                worst[i] = worst[i].max(w[i]);
+            }
+        }
+        eprintln!(
+            "tensor-core backward on {}: largest error / scale dq {:.2e} dk {:.2e} dv {:.2e}",
+            d.name(),
+            worst[0],
+            worst[1],
+            worst[2]
+        );
+    });
+}
+
+#[test]
+fn attention_tensor_core_backward_refuses_other_head_dims() {
+    let d = tarflow::gpu::PtxSim::new();
+    let dims = dims(1, 1, 8, 8, 32, 32);
+    let p = poisoned_f32(&d, 1024);
+    let view = Lay::heads(1, 8, 32).view(p);
+    let bwd = AttnBwd {
+        dims,
+        scores: scores(32, true),
+        q: view,
+        k: view,
+        v: view,
+        o: view,
+        g: view,
+        lse: p,
+        delta: p,
+        dq: view,
+        dk: view,
+        dv: view,
+    };
+    let err = attn_bwd_stored(&d, &bwd, AttnStorage::Bf16TensorCores)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("dh = dv = 64"), "{err}");
 }
 
 /// One decode step on `d`: `b x h` queries over a cache of `nk` keys stored `[nk, b, h, d]`

@@ -25,7 +25,7 @@ pub(super) type Launches = dyn Fn(&dyn Driver) -> Result<()>;
 pub(super) type Build = fn(&mut Buffers, Sizes) -> Result<Case>;
 
 /// Every case, in table order.
-pub(super) const CASES: [Build; 25] = [
+pub(super) const CASES: [Build; 26] = [
     copy_transpose,
     copy_to_bf16,
     unary_exp,
@@ -51,6 +51,7 @@ pub(super) const CASES: [Build; 25] = [
     attention_fwd,
     attention_fwd_bf16,
     attention_bwd,
+    attention_bwd_bf16,
 ];
 
 /// The buffers of one case, freed together when it is done.
@@ -792,5 +793,56 @@ fn attention_bwd(b: &mut Buffers, s: Sizes) -> Result<Case> {
         flops: Some(2.5 * attn_flops(&a)),
         bytes: 4.0 * (rows * (2 * a.dh + 3 * a.dv + 2) + keys * 2 * (a.dh + a.dv)) as f64,
         run: Box::new(move |d| k::attn_bwd(d, &bwd)),
+    })
+}
+
+/// The tensor-core backward of bf16 training: q, k, v and o stored as bf16 (as the forward
+/// keeps them), dO, lse and the gradients f32; heads of 64.
+fn attention_bwd_bf16(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let a = attn_case(s);
+    let (rows, keys) = (a.b * a.h * a.nq, a.b * a.h * a.nk);
+    let scores = k::AttnScores {
+        alpha: 0.125,
+        causal: true,
+    };
+    // The f32 forward of the same values (before rounding) gives a consistent lse.
+    let o = attn_view(b.out(rows * a.dv)?, &a, a.nq, a.dv);
+    let lse = b.out(rows)?;
+    let fwd = k::AttnFwd {
+        dims: a,
+        scores,
+        q: attn_view(b.f32s(rows * a.dh, 34)?, &a, a.nq, a.dh),
+        k: attn_view(b.f32s(keys * a.dh, 35)?, &a, a.nk, a.dh),
+        v: attn_view(b.f32s(keys * a.dv, 36)?, &a, a.nk, a.dv),
+        o,
+        lse,
+        precision: k::AttnPrecision::F32,
+    };
+    k::attn_fwd(b.driver, &fwd)?;
+    let bf16 = |seed| move |i| half::bf16::from_f32(pattern(i, seed)).to_bits();
+    let o16 = b.generate(rows * a.dv, |_| 0u16)?;
+    // o as bf16: its values only feed D = rowsum(dO o).
+    k::strided_copy_f32_bf16(b.driver, o16, &[1], o.ptr, &[1], &[rows * a.dv])?;
+    let bwd = k::AttnBwd {
+        dims: a,
+        scores,
+        q: attn_view(b.generate(rows * a.dh, bf16(34))?, &a, a.nq, a.dh),
+        k: attn_view(b.generate(keys * a.dh, bf16(35))?, &a, a.nk, a.dh),
+        v: attn_view(b.generate(keys * a.dv, bf16(36))?, &a, a.nk, a.dv),
+        o: attn_view(o16, &a, a.nq, a.dv),
+        g: attn_view(b.f32s(rows * a.dv, 37)?, &a, a.nq, a.dv),
+        lse,
+        delta: b.out(rows)?,
+        dq: attn_view(b.out(rows * a.dh)?, &a, a.nq, a.dh),
+        dk: attn_view(b.out(keys * a.dh)?, &a, a.nk, a.dh),
+        dv: attn_view(b.out(keys * a.dv)?, &a, a.nk, a.dv),
+    };
+    Ok(Case {
+        name: "attention bwd bf16 (tensor cores), causal (D, dK dV, dQ)",
+        shape: dims(&[a.b, a.h, a.nq, a.dh]),
+        flops: Some(2.5 * attn_flops(&a)),
+        bytes: (2 * (rows * (a.dh + a.dv) + keys * (a.dh + a.dv))
+            + 4 * (rows * (a.dv + a.dh + 2) + keys * (a.dh + a.dv))) as f64,
+        run: Box::new(move |d| k::attn_bwd_stored(d, &bwd, k::AttnStorage::Bf16TensorCores)),
     })
 }

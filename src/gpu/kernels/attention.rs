@@ -50,21 +50,47 @@ pub enum AttnStorage {
     /// the same order as [`AttnStorage::F32`], so bf16-exact operands give identical bits.
     /// Kept by bf16 training, which saves its attention operands at half the size.
     Bf16,
+    /// bf16, every product on the tensor cores (`attn_bwd_dkdv_bf16_d64`,
+    /// `attn_bwd_dq_bf16_d64`, after `attn_bwd_dot_bf16s`): `dO` rounded to bf16 as it is
+    /// staged, `P` and `dS` rounded to bf16 as the operands of the products that follow them,
+    /// f32 accumulation. `Dh == Dv == 64` only. What bf16 training runs at that head size.
+    Bf16TensorCores,
 }
 
 impl AttnStorage {
-    /// The backward's kernels for this storage: `D`, then dK/dV, then dQ.
-    fn kernels(self) -> [&'static str; 3] {
+    /// The backward's kernels for this storage: `D`, then dK/dV, then dQ, with the keys per
+    /// dK/dV CTA and the queries per dQ CTA.
+    fn kernels(self) -> ([&'static str; 3], usize, usize) {
         match self {
-            AttnStorage::F32 => ["attn_bwd_dot_f32", "attn_bwd_dkdv_f32", "attn_bwd_dq_f32"],
-            AttnStorage::Bf16 => [
-                "attn_bwd_dot_bf16s",
-                "attn_bwd_dkdv_bf16s",
-                "attn_bwd_dq_bf16s",
-            ],
+            AttnStorage::F32 => (
+                ["attn_bwd_dot_f32", "attn_bwd_dkdv_f32", "attn_bwd_dq_f32"],
+                KEY_TILE_BWD,
+                QUERY_TILE,
+            ),
+            AttnStorage::Bf16 => (
+                [
+                    "attn_bwd_dot_bf16s",
+                    "attn_bwd_dkdv_bf16s",
+                    "attn_bwd_dq_bf16s",
+                ],
+                KEY_TILE_BWD,
+                QUERY_TILE,
+            ),
+            AttnStorage::Bf16TensorCores => (
+                [
+                    "attn_bwd_dot_bf16s",
+                    "attn_bwd_dkdv_bf16_d64",
+                    "attn_bwd_dq_bf16_d64",
+                ],
+                TILE_BWD_TENSOR_CORES,
+                TILE_BWD_TENSOR_CORES,
+            ),
         }
     }
 }
+
+/// Keys per dK/dV CTA and queries per dQ CTA of the tensor-core backward.
+const TILE_BWD_TENSOR_CORES: usize = 64;
 
 /// Queries per CTA of the bf16 forward.
 const QUERY_TILE_BF16: usize = 64;
@@ -289,8 +315,17 @@ pub fn attn_bwd(driver: &dyn Driver, a: &AttnBwd) -> Result<()> {
 /// [`AttnStorage::Bf16`]).
 pub fn attn_bwd_stored(driver: &dyn Driver, a: &AttnBwd, storage: AttnStorage) -> Result<()> {
     const OP: &str = "attn_bwd";
-    let [dot, dkdv, dq] = storage.kernels();
+    let ([dot, dkdv, dq], key_tile, query_tile) = storage.kernels();
     let d = &a.dims;
+    if storage == AttnStorage::Bf16TensorCores && (d.dh != 64 || d.dv != 64) {
+        return Err(Error::arg(
+            OP,
+            format!(
+                "the tensor-core backward takes head dims dh = dv = 64, got dh = {} and dv = {}",
+                d.dh, d.dv
+            ),
+        ));
+    }
     let Some(yz) = check(OP, d, &a.scores)? else {
         return Ok(());
     };
@@ -339,12 +374,7 @@ pub fn attn_bwd_stored(driver: &dyn Driver, a: &AttnBwd, storage: AttnStorage) -
             strides(OP, what, v, &mut args)?;
         }
         tail(&mut args);
-        driver.launch(
-            &ATTENTION,
-            dkdv,
-            config(d.nk.div_ceil(KEY_TILE_BWD), yz),
-            &args,
-        )?;
+        driver.launch(&ATTENTION, dkdv, config(d.nk.div_ceil(key_tile), yz), &args)?;
     }
     if d.nq > 0 {
         let mut args = vec![
@@ -367,7 +397,7 @@ pub fn attn_bwd_stored(driver: &dyn Driver, a: &AttnBwd, storage: AttnStorage) -
             strides(OP, what, v, &mut args)?;
         }
         tail(&mut args);
-        driver.launch(&ATTENTION, dq, config(d.nq.div_ceil(QUERY_TILE), yz), &args)?;
+        driver.launch(&ATTENTION, dq, config(d.nq.div_ceil(query_tile), yz), &args)?;
     }
     Ok(())
 }

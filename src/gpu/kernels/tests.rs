@@ -307,6 +307,16 @@ fn launch_every_wrapper(d: &Recorder) -> Vec<Launch> {
     };
     attn_bwd(d, &bwd).unwrap();
     attn_bwd_stored(d, &bwd, AttnStorage::Bf16).unwrap();
+    let dims64 = AttnDims {
+        dh: 64,
+        dv: 64,
+        ..dims
+    };
+    let tensor_cores = AttnBwd {
+        dims: dims64,
+        ..bwd
+    };
+    attn_bwd_stored(d, &tensor_cores, AttnStorage::Bf16TensorCores).unwrap();
     let dec = AttnDecode {
         dims: AttnDims { nq: 1, ..dims },
         alpha: 0.125,

@@ -744,6 +744,54 @@ ATTN_FWD_BF16_ENTRY(attn_fwd_bf16_d128, 128, 32)
 #define TC_LD (TC_D + 8)
 #define TC_TILE (64 * TC_LD)
 
+// The A fragment (16 rows, k = columns 16 kk .. 16 kk + 15) of a warp's 16 x 64 f32
+// accumulators (8 n-fragments), rounded to bf16: an accumulator fragment pair is laid out as
+// an A fragment.
+__device__ __forceinline__ void acc_as_a(unsigned* a, const float (*acc)[4], int kk) {
+  a[0] = pack_bf16(acc[2 * kk][0], acc[2 * kk][1]);
+  a[1] = pack_bf16(acc[2 * kk][2], acc[2 * kk][3]);
+  a[2] = pack_bf16(acc[2 * kk + 1][0], acc[2 * kk + 1][1]);
+  a[3] = pack_bf16(acc[2 * kk + 1][2], acc[2 * kk + 1][3]);
+}
+
+// acc (16 x 64) += A (16 x 16: k-step ks) times the transpose of a 64-row tile (rows are the
+// output columns, k along a row): S = Q K^T against the K tile.
+__device__ __forceinline__ void mma_by_rows(float (*acc)[4], const unsigned* a,
+                                            const __nv_bfloat16* tile, int ks) {
+  unsigned lane = threadIdx.x & 31;
+#pragma unroll
+  for (int p = 0; p < 4; ++p) {
+    unsigned r4[4];
+    unsigned nr = p * 16 + (lane & 7) + (lane >> 4) * 8, kc = ks * 16 + ((lane >> 3) & 1) * 8;
+    ldmatrix_x4(r4, tile + nr * TC_LD + kc);
+    mma_bf16(acc[2 * p], a, r4);
+    mma_bf16(acc[2 * p + 1], a, r4 + 2);
+  }
+}
+
+// acc (16 x 64) += A (16 x 16: k = tile rows 16 kk .. 16 kk + 15) times the tile (rows are k,
+// the 64 features the output columns): dV += P^T dO against the dO tile.
+__device__ __forceinline__ void mma_by_cols(float (*acc)[4], const unsigned* a,
+                                            const __nv_bfloat16* tile, int kk) {
+  unsigned lane = threadIdx.x & 31;
+  unsigned qq = lane >> 3, r = lane & 7;
+#pragma unroll
+  for (int p = 0; p < 4; ++p) {
+    unsigned r4[4];
+    unsigned kr = kk * 16 + r + (qq & 1) * 8, nc = p * 16 + (qq >> 1) * 8;
+    ldmatrix_x4_trans(r4, tile + kr * TC_LD + nc);
+    mma_bf16(acc[2 * p], a, r4);
+    mma_bf16(acc[2 * p + 1], a, r4 + 2);
+  }
+}
+
+// A warp's rows (its 16 of the CTA's 64) of a staged tile as A fragments, k-step ks.
+__device__ __forceinline__ void tile_as_a(unsigned* a, const __nv_bfloat16* tile, int ks) {
+  unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  unsigned row = warp * 16 + (lane & 15), col = ks * 16 + (lane >> 4) * 8;
+  ldmatrix_x4(a, tile + row * TC_LD + col);
+}
+
 extern "C" __global__ void __launch_bounds__(NT) attn_bwd_dkdv_bf16_d64(
     float* __restrict__ dk, float* __restrict__ dvo, const __nv_bfloat16* __restrict__ q,
     const __nv_bfloat16* __restrict__ k, const __nv_bfloat16* __restrict__ v,
@@ -813,20 +861,10 @@ extern "C" __global__ void __launch_bounds__(NT) attn_bwd_dkdv_bf16_d64(
 #pragma unroll
     for (int ks = 0; ks < TC_D / 16; ++ks) {
       unsigned ka[4], va[4];
-      unsigned row = warp * 16 + (lane & 15), col = ks * 16 + (lane >> 4) * 8;
-      ldmatrix_x4(ka, Ks + row * TC_LD + col);
-      ldmatrix_x4(va, Vs + row * TC_LD + col);
-#pragma unroll
-      for (int p = 0; p < 4; ++p) {
-        unsigned r4[4];
-        unsigned nr = p * 16 + (lane & 7) + (lane >> 4) * 8, kc = ks * 16 + ((lane >> 3) & 1) * 8;
-        ldmatrix_x4(r4, Qs + nr * TC_LD + kc);
-        mma_bf16(s[2 * p], ka, r4);
-        mma_bf16(s[2 * p + 1], ka, r4 + 2);
-        ldmatrix_x4(r4, Gs + nr * TC_LD + kc);
-        mma_bf16(dp[2 * p], va, r4);
-        mma_bf16(dp[2 * p + 1], va, r4 + 2);
-      }
+      tile_as_a(ka, Ks, ks);
+      tile_as_a(va, Vs, ks);
+      mma_by_rows(s, ka, Qs, ks);
+      mma_by_rows(dp, va, Gs, ks);
     }
     // P^T and dS^T in place of S^T and dP^T (masked entries 0).
 #pragma unroll
@@ -843,26 +881,11 @@ extern "C" __global__ void __launch_bounds__(NT) attn_bwd_dkdv_bf16_d64(
     // dV += P^T dO and dK += dS^T Q over the tile's 64 queries, 16 at a time.
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-      unsigned pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
-                        pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                        pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                        pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-      unsigned da[4] = {pack_bf16(dp[2 * kk][0], dp[2 * kk][1]),
-                        pack_bf16(dp[2 * kk][2], dp[2 * kk][3]),
-                        pack_bf16(dp[2 * kk + 1][0], dp[2 * kk + 1][1]),
-                        pack_bf16(dp[2 * kk + 1][2], dp[2 * kk + 1][3])};
-#pragma unroll
-      for (int p = 0; p < 4; ++p) {
-        unsigned r4[4];
-        unsigned qq = lane >> 3, r = lane & 7;
-        unsigned kr = kk * 16 + r + (qq & 1) * 8, nc = p * 16 + (qq >> 1) * 8;
-        ldmatrix_x4_trans(r4, Gs + kr * TC_LD + nc);
-        mma_bf16(dva[2 * p], pa, r4);
-        mma_bf16(dva[2 * p + 1], pa, r4 + 2);
-        ldmatrix_x4_trans(r4, Qs + kr * TC_LD + nc);
-        mma_bf16(dka[2 * p], da, r4);
-        mma_bf16(dka[2 * p + 1], da, r4 + 2);
-      }
+      unsigned pa[4], da[4];
+      acc_as_a(pa, s, kk);
+      acc_as_a(da, dp, kk);
+      mma_by_cols(dva, pa, Gs, kk);
+      mma_by_cols(dka, da, Qs, kk);
     }
   }
 
@@ -913,9 +936,8 @@ extern "C" __global__ void __launch_bounds__(NT) attn_bwd_dq_bf16_d64(
   unsigned qa[TC_D / 16][4], ga[TC_D / 16][4];
 #pragma unroll
   for (int ks = 0; ks < TC_D / 16; ++ks) {
-    unsigned row = warp * 16 + (lane & 15), col = ks * 16 + (lane >> 4) * 8;
-    ldmatrix_x4(qa[ks], Ks + row * TC_LD + col);
-    ldmatrix_x4(ga[ks], Vs + row * TC_LD + col);
+    tile_as_a(qa[ks], Ks, ks);
+    tile_as_a(ga[ks], Vs, ks);
   }
   // Queries group and group + 8 of the warp's 16.
   unsigned i_row[2] = {q0 + warp * 16 + group, q0 + warp * 16 + group + 8};
@@ -949,17 +971,8 @@ extern "C" __global__ void __launch_bounds__(NT) attn_bwd_dq_bf16_d64(
       }
 #pragma unroll
     for (int ks = 0; ks < TC_D / 16; ++ks) {
-#pragma unroll
-      for (int p = 0; p < 4; ++p) {
-        unsigned r4[4];
-        unsigned nr = p * 16 + (lane & 7) + (lane >> 4) * 8, kc = ks * 16 + ((lane >> 3) & 1) * 8;
-        ldmatrix_x4(r4, Ks + nr * TC_LD + kc);
-        mma_bf16(s[2 * p], qa[ks], r4);
-        mma_bf16(s[2 * p + 1], qa[ks], r4 + 2);
-        ldmatrix_x4(r4, Vs + nr * TC_LD + kc);
-        mma_bf16(dp[2 * p], ga[ks], r4);
-        mma_bf16(dp[2 * p + 1], ga[ks], r4 + 2);
-      }
+      mma_by_rows(s, qa[ks], Ks, ks);
+      mma_by_rows(dp, ga[ks], Vs, ks);
     }
 #pragma unroll
     for (int f = 0; f < 8; ++f)
@@ -973,19 +986,9 @@ extern "C" __global__ void __launch_bounds__(NT) attn_bwd_dq_bf16_d64(
     // dQ += dS K over the tile's 64 keys, 16 at a time.
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-      unsigned da[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
-                        pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                        pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                        pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-      for (int p = 0; p < 4; ++p) {
-        unsigned r4[4];
-        unsigned qq = lane >> 3, r = lane & 7;
-        unsigned kr = kk * 16 + r + (qq & 1) * 8, nc = p * 16 + (qq >> 1) * 8;
-        ldmatrix_x4_trans(r4, Ks + kr * TC_LD + nc);
-        mma_bf16(acc[2 * p], da, r4);
-        mma_bf16(acc[2 * p + 1], da, r4 + 2);
-      }
+      unsigned da[4];
+      acc_as_a(da, s, kk);
+      mma_by_cols(acc, da, Ks, kk);
     }
   }
 

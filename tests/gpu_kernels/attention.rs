@@ -560,6 +560,60 @@ fn tokens_lay(h: usize, n: usize, d: usize) -> Lay {
     }
 }
 
+/// bf16-exact q, k, v (`[B, H, N, D]` values, as f32 and as bf16 stored `[B, N, H, D]`) drawn
+/// from `rng`, and their f32 forward on `d`: the operands, their f32 copies on the device,
+/// the forward's f32 `o` (`[B, H, Nq, Dv]`) and its base-2 `lse`.
+struct ExactForward {
+    ops: Vec<(Vec<f32>, Vec<bf16>)>,
+    f32_ptr: Vec<DevicePtr>,
+    o: DevicePtr,
+    lse: DevicePtr,
+}
+
+fn exact_forward(
+    d: &dyn Driver,
+    dims: AttnDims,
+    scores: AttnScores,
+    rng: &mut Rng,
+) -> ExactForward {
+    let AttnDims {
+        b,
+        h,
+        nq,
+        nk,
+        dh,
+        dv,
+    } = dims;
+    let shapes = [(b, h, nq, dh), (b, h, nk, dh), (b, h, nk, dv)];
+    let ops: Vec<(Vec<f32>, Vec<bf16>)> = shapes
+        .iter()
+        .map(|&s| bf16_operand(&normal(rng, s.0 * s.1 * s.2 * s.3), s))
+        .collect();
+    let f32_ptr: Vec<DevicePtr> = ops.iter().map(|(x, _)| upload::<f32>(d, x)).collect();
+    let heads = |(_, h, n, w): (usize, usize, usize, usize)| Lay::heads(h, n, w);
+    let (o, lse) = (
+        poisoned_f32(d, b * h * nq * dv),
+        poisoned_f32(d, b * h * nq),
+    );
+    let fwd = AttnFwd {
+        dims,
+        scores,
+        q: heads(shapes[0]).view(f32_ptr[0]),
+        k: heads(shapes[1]).view(f32_ptr[1]),
+        v: heads(shapes[2]).view(f32_ptr[2]),
+        o: Lay::heads(h, nq, dv).view(o),
+        lse,
+        precision: AttnPrecision::F32,
+    };
+    attn_fwd(d, &fwd).unwrap();
+    ExactForward {
+        ops,
+        f32_ptr,
+        o,
+        lse,
+    }
+}
+
 /// The bf16-storage backward against the f32 one on operands exactly representable in
 /// bf16 (q, k, v and o rounded first; o from the f32 forward): the same arithmetic in the
 /// same order, so dQ, dK, dV must be the same bits. The f32 operands are contiguous
@@ -576,25 +630,14 @@ fn bf16_storage_matches_f32_bits(d: &dyn Driver, dims: AttnDims, scores: AttnSco
     let tag = format!("{dims:?} {scores:?} on {}", d.name());
     let mut rng = Rng::new(seed);
     let shapes = [(b, h, nq, dh), (b, h, nk, dh), (b, h, nk, dv)];
-    let ops: Vec<(Vec<f32>, Vec<bf16>)> = shapes
-        .iter()
-        .map(|&s| bf16_operand(&normal(&mut rng, s.0 * s.1 * s.2 * s.3), s))
-        .collect();
-    let f32_ptr: Vec<DevicePtr> = ops.iter().map(|(x, _)| upload::<f32>(d, x)).collect();
     let heads = |(_, h, n, w): (usize, usize, usize, usize)| Lay::heads(h, n, w);
     let o_len = b * h * nq * dv;
-    let (o, lse) = (poisoned_f32(d, o_len), poisoned_f32(d, b * h * nq));
-    let fwd = AttnFwd {
-        dims,
-        scores,
-        q: heads(shapes[0]).view(f32_ptr[0]),
-        k: heads(shapes[1]).view(f32_ptr[1]),
-        v: heads(shapes[2]).view(f32_ptr[2]),
-        o: Lay::heads(h, nq, dv).view(o),
+    let ExactForward {
+        ops,
+        f32_ptr,
+        o,
         lse,
-        precision: AttnPrecision::F32,
-    };
-    attn_fwd(d, &fwd).unwrap();
+    } = exact_forward(d, dims, scores, &mut rng);
     let (o_exact, o_stored) = bf16_operand(&download::<f32>(d, o, o_len), (b, h, nq, dv));
     let o_f32 = upload::<f32>(d, &o_exact);
     let bf16_ptr: Vec<DevicePtr> = ops.iter().map(|(_, x)| upload::<bf16>(d, x)).collect();
@@ -677,25 +720,9 @@ fn tensor_core_backward(d: &dyn Driver, dims: AttnDims, scores: AttnScores, seed
     let tag = format!("{dims:?} {scores:?} on {}", d.name());
     let mut rng = Rng::new(seed);
     let shapes = [(b, h, nq, dh), (b, h, nk, dh), (b, h, nk, dv)];
-    let ops: Vec<(Vec<f32>, Vec<bf16>)> = shapes
-        .iter()
-        .map(|&s| bf16_operand(&normal(&mut rng, s.0 * s.1 * s.2 * s.3), s))
-        .collect();
     let heads = |(_, h, n, w): (usize, usize, usize, usize)| Lay::heads(h, n, w);
     let o_len = b * h * nq * dv;
-    let (o, lse) = (poisoned_f32(d, o_len), poisoned_f32(d, b * h * nq));
-    let f32_ptr: Vec<DevicePtr> = ops.iter().map(|(x, _)| upload::<f32>(d, x)).collect();
-    let fwd = AttnFwd {
-        dims,
-        scores,
-        q: heads(shapes[0]).view(f32_ptr[0]),
-        k: heads(shapes[1]).view(f32_ptr[1]),
-        v: heads(shapes[2]).view(f32_ptr[2]),
-        o: Lay::heads(h, nq, dv).view(o),
-        lse,
-        precision: AttnPrecision::F32,
-    };
-    attn_fwd(d, &fwd).unwrap();
+    let ExactForward { ops, o, lse, .. } = exact_forward(d, dims, scores, &mut rng);
     let (_, o_stored) = bf16_operand(&download::<f32>(d, o, o_len), (b, h, nq, dv));
     let gs = normal(&mut rng, o_len);
     let wide = |x: &[f32]| -> Vec<f64> { x.iter().map(|&v| v as f64).collect() };

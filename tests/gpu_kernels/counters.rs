@@ -188,32 +188,32 @@ fn interpreter_counters_per_kernel() {
     ));
     let ah = upload::<u16>(d, &vec![0x3f80; m * k]);
     let bh = upload::<u16>(d, &vec![0xbf00; k * nn]);
+    let product = |layout| GemmBf16 {
+        layout,
+        m,
+        n: nn,
+        k,
+        batch: 1,
+        c,
+        ldc: nn,
+        c_bs: 0,
+        a: ah,
+        lda: 128,
+        a_bs: 0,
+        b: bh,
+        ldb: 128,
+        b_bs: 0,
+        bias: None,
+        alpha: 1.0,
+        beta: 0.0,
+    };
     for layout in [
         Bf16Layout::NN,
         Bf16Layout::NT,
         Bf16Layout::TN,
         Bf16Layout::TT,
     ] {
-        let g = GemmBf16 {
-            layout,
-            m,
-            n: nn,
-            k,
-            batch: 1,
-            c,
-            ldc: nn,
-            c_bs: 0,
-            a: ah,
-            lda: 128,
-            a_bs: 0,
-            b: bh,
-            ldb: 128,
-            b_bs: 0,
-            bias: None,
-            alpha: 1.0,
-            beta: 0.0,
-        };
-        gemm_bf16(d, &g).unwrap();
+        gemm_bf16(d, &product(layout)).unwrap();
         table.push(row(
             &sim,
             layout.kernel(),
@@ -229,26 +229,7 @@ fn interpreter_counters_per_kernel() {
         (GemmEpilogue::Residual { aux, aux_rs: nn }, 4),
         (GemmEpilogue::GeluGrad { aux, aux_rs: nn }, 4),
     ] {
-        let g = GemmBf16 {
-            layout: Bf16Layout::NN,
-            m,
-            n: nn,
-            k,
-            batch: 1,
-            c,
-            ldc: nn,
-            c_bs: 0,
-            a: ah,
-            lda: 128,
-            a_bs: 0,
-            b: bh,
-            ldb: 128,
-            b_bs: 0,
-            bias: None,
-            alpha: 1.0,
-            beta: 0.0,
-        };
-        gemm_bf16_epilogue(d, &g, epi).unwrap();
+        gemm_bf16_epilogue(d, &product(Bf16Layout::NN), epi).unwrap();
         table.push(row(
             &sim,
             epi.bf16_kernel(Bf16Layout::NN).unwrap(),

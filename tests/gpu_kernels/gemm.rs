@@ -13,7 +13,7 @@ use tarflow::gpu::kernels::{
     binary_f32, gemm_bf16, gemm_bf16_epilogue, gemm_f32, gemm_f32_epilogue, strided_copy_f32,
     unary_f32, Bf16Layout, GemmBf16, GemmEpilogue, GemmF32,
 };
-use tarflow::gpu::Driver;
+use tarflow::gpu::{DevicePtr, Driver};
 use tarflow::{Rng, Tensor};
 
 use crate::harness::*;
@@ -248,6 +248,50 @@ fn bf16_operand(rng: &mut Rng, batch: usize, outer: usize, inner: usize, ld: usi
     }
 }
 
+/// Whether `layout` stores A, and B, with k contiguous.
+fn k_major(layout: Bf16Layout) -> (bool, bool) {
+    match layout {
+        Bf16Layout::NN => (true, false),
+        Bf16Layout::NT => (true, true),
+        Bf16Layout::TN => (false, false),
+        Bf16Layout::TT => (false, true),
+    }
+}
+
+/// The product of the operands `(a, b)` (uploaded here), stored as `layout` says, into the
+/// contiguous `[batch, m, n]` output `c`.
+#[allow(clippy::too_many_arguments)]
+fn bf16_product(
+    d: &dyn Driver,
+    layout: Bf16Layout,
+    (m, n, k, batch): (usize, usize, usize, usize),
+    c: DevicePtr,
+    (a, b): (&Bf16Operand, &Bf16Operand),
+    bias: Option<DevicePtr>,
+    alpha: f32,
+    beta: f32,
+) -> GemmBf16 {
+    GemmBf16 {
+        layout,
+        m,
+        n,
+        k,
+        batch,
+        c,
+        ldc: n,
+        c_bs: m * n,
+        a: upload::<u16>(d, &a.bits),
+        lda: a.ld,
+        a_bs: a.batch_stride,
+        b: upload::<u16>(d, &b.bits),
+        ldb: b.ld,
+        b_bs: b.batch_stride,
+        bias,
+        alpha,
+        beta,
+    }
+}
+
 fn bf16_layouts(d: &dyn Driver) {
     let mut rng = Rng::new(53);
     // m, n ragged against the 64 x 64 tile; k = 3 k-tiles of 32 + 19 (not a multiple of 8,
@@ -261,12 +305,7 @@ fn bf16_layouts(d: &dyn Driver) {
         Bf16Layout::TN,
         Bf16Layout::TT,
     ] {
-        let (a_k, b_k) = match layout {
-            Bf16Layout::NN => (true, false),
-            Bf16Layout::NT => (true, true),
-            Bf16Layout::TN => (false, false),
-            Bf16Layout::TT => (false, true),
-        };
+        let (a_k, b_k) = k_major(layout);
         let a = if a_k {
             bf16_operand(&mut rng, batch, m, k, pad(k))
         } else {
@@ -280,25 +319,17 @@ fn bf16_layouts(d: &dyn Driver) {
         let bias = normal(&mut rng, n);
         let c0 = normal(&mut rng, batch * m * n);
         let c = upload::<f32>(d, &c0);
-        let g = GemmBf16 {
+        let bias_dev = Some(upload::<f32>(d, &bias));
+        let g = bf16_product(
+            d,
             layout,
-            m,
-            n,
-            k,
-            batch,
+            (m, n, k, batch),
             c,
-            ldc: n,
-            c_bs: m * n,
-            a: upload::<u16>(d, &a.bits),
-            lda: a.ld,
-            a_bs: a.batch_stride,
-            b: upload::<u16>(d, &b.bits),
-            ldb: b.ld,
-            b_bs: b.batch_stride,
-            bias: Some(upload::<f32>(d, &bias)),
+            (&a, &b),
+            bias_dev,
             alpha,
             beta,
-        };
+        );
         gemm_bf16(d, &g).unwrap();
         let got = download::<f32>(d, c, batch * m * n);
         for z in 0..batch {
@@ -550,34 +581,20 @@ fn bf16_layouts_agree(d: &dyn Driver) {
         Bf16Layout::TN,
         Bf16Layout::TT,
     ] {
-        let (a_k, b_k) = match layout {
-            Bf16Layout::NN => (true, false),
-            Bf16Layout::NT => (true, true),
-            Bf16Layout::TN => (false, false),
-            Bf16Layout::TT => (false, true),
-        };
+        let (a_k, b_k) = k_major(layout);
         let a = if a_k { &a_t } else { &a_n };
         let b = if b_k { &b_t } else { &b_n };
         let c = poisoned_f32(d, batch * m * n);
-        let g = GemmBf16 {
+        let g = bf16_product(
+            d,
             layout,
-            m,
-            n,
-            k,
-            batch,
+            (m, n, k, batch),
             c,
-            ldc: n,
-            c_bs: m * n,
-            a: upload::<u16>(d, &a.bits),
-            lda: a.ld,
-            a_bs: a.batch_stride,
-            b: upload::<u16>(d, &b.bits),
-            ldb: b.ld,
-            b_bs: b.batch_stride,
-            bias: Some(bias),
-            alpha: 0.75,
-            beta: 0.0,
-        };
+            (a, b),
+            Some(bias),
+            0.75,
+            0.0,
+        );
         gemm_bf16(d, &g).unwrap();
         results.push((layout, download::<f32>(d, c, batch * m * n)));
     }

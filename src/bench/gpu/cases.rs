@@ -495,81 +495,64 @@ fn coupling_inverse(b: &mut Buffers, s: Sizes) -> Result<Case> {
     })
 }
 
-fn gemm_bf16(b: &mut Buffers, s: Sizes) -> Result<Case> {
+/// A square `x W^T` on the tensor cores (`NT`, the weight read as stored), its operands
+/// generated from `seeds`: the size and the product, without bias.
+fn bf16_nt_square(b: &mut Buffers, s: Sizes, seeds: (u32, u32)) -> Result<(usize, k::GemmBf16)> {
     let n = s.pick(128, 512, 4096);
-    let (m, kk) = (n, n);
     let bf16 = |seed| move |i| half::bf16::from_f32(pattern(i, seed)).to_bits();
-    let a = b.generate(m * kk, bf16(20))?;
-    let w = b.generate(n * kk, bf16(21))?;
-    let c = b.out(m * n)?;
+    let a = b.generate(n * n, bf16(seeds.0))?;
+    let w = b.generate(n * n, bf16(seeds.1))?;
+    let c = b.out(n * n)?;
     let g = k::GemmBf16 {
         layout: k::Bf16Layout::NT,
-        m,
+        m: n,
         n,
-        k: kk,
+        k: n,
         batch: 1,
         c,
         ldc: n,
         c_bs: 0,
         a,
-        lda: kk,
+        lda: n,
         a_bs: 0,
         b: w,
-        ldb: kk,
+        ldb: n,
         b_bs: 0,
         bias: None,
         alpha: 1.0,
         beta: 0.0,
     };
+    Ok((n, g))
+}
+
+fn gemm_bf16(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let (n, g) = bf16_nt_square(b, s, (20, 21))?;
     Ok(Case {
         name: "gemm bf16 NT (tensor cores)",
-        shape: format!("{m}x{n}x{kk}"),
-        flops: Some(2.0 * (m * n * kk) as f64),
-        bytes: (2 * (m * kk + n * kk) + 4 * m * n) as f64,
+        shape: format!("{n}x{n}x{n}"),
+        flops: Some(2.0 * (n * n * n) as f64),
+        bytes: (4 * n * n + 4 * n * n) as f64,
         run: Box::new(move |d| k::gemm_bf16(d, &g)),
     })
 }
 
 /// The bf16 GEMM with the bias and the GELU epilogue (the pre-activation written too): the
-/// MLP's first layer as the backend runs it under bf16 (`x W^T` with the weight read as
-/// stored, `NT`).
+/// MLP's first layer as the backend runs it under bf16.
 fn gemm_bf16_gelu(b: &mut Buffers, s: Sizes) -> Result<Case> {
-    let n = s.pick(128, 512, 4096);
-    let (m, kk) = (n, n);
-    let bf16 = |seed| move |i| half::bf16::from_f32(pattern(i, seed)).to_bits();
-    let a = b.generate(m * kk, bf16(22))?;
-    let w = b.generate(n * kk, bf16(23))?;
-    let bias = b.f32s(n, 24)?;
-    let c = b.out(m * n)?;
-    let pre = b.out(m * n)?;
+    let (n, g) = bf16_nt_square(b, s, (22, 23))?;
     let g = k::GemmBf16 {
-        layout: k::Bf16Layout::NT,
-        m,
-        n,
-        k: kk,
-        batch: 1,
-        c,
-        ldc: n,
-        c_bs: 0,
-        a,
-        lda: kk,
-        a_bs: 0,
-        b: w,
-        ldb: kk,
-        b_bs: 0,
-        bias: Some(bias),
-        alpha: 1.0,
-        beta: 0.0,
+        bias: Some(b.f32s(n, 24)?),
+        ..g
     };
     let epi = k::GemmEpilogue::Gelu {
-        aux: pre,
+        aux: b.out(n * n)?,
         aux_rs: n,
     };
     Ok(Case {
         name: "gemm bf16 NT, gelu(A W^T + bias)",
-        shape: format!("{m}x{n}x{kk}"),
-        flops: Some(2.0 * (m * n * kk) as f64),
-        bytes: (2 * (m * kk + n * kk) + 4 * n + 8 * m * n) as f64,
+        shape: format!("{n}x{n}x{n}"),
+        flops: Some(2.0 * (n * n * n) as f64),
+        bytes: (4 * n * n + 4 * n + 8 * n * n) as f64,
         run: Box::new(move |d| k::gemm_bf16_epilogue(d, &g, epi)),
     })
 }

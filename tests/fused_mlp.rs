@@ -639,5 +639,12 @@ fn under_bf16_the_mlp_epilogues_run_in_the_tensor_core_gemms_with_the_composed_b
     // it is stored: the weight gradients' `g^T x` are `tn` products.
     assert_eq!(fwd_f.len(), 6, "{fwd_f:?}");
     assert_eq!(count(&bwd_f, "gemm_bf16_tn"), 2, "{bwd_f:?}");
+    // Each layer's output gradient is converted to bf16 once for its two products (the
+    // data and the weight gradient), besides the weights and fc2's recomputed activation:
+    // g2, W2, act, gp, W1 fused; g2, W2, gh, W1 composed (whose second linear keeps the
+    // activation's bf16 copy from the forward).
+    let conversions = |l: &[String]| count(l, "strided_copy_f32_bf16");
+    assert_eq!(conversions(&bwd_f), 5, "{bwd_f:?}");
+    assert_eq!(conversions(&bwd_c), 4, "{bwd_c:?}");
     assert_eq!(bits_f, bits_c, "output and gradients");
 }

@@ -1089,7 +1089,9 @@ fn gemm_keeping_a(
         (crate::backend::Precision::F32, Some(epi)) => {
             k::gemm_f32_epilogue(&**driver, g, epi).map(|()| None)
         }
-        (crate::backend::Precision::Bf16, epi) => gemm_bf16_operands(driver, g, epi, keep_a, None),
+        (crate::backend::Precision::Bf16, epi) => {
+            gemm_bf16_operands(driver, g, epi, keep_a, None, None)
+        }
     }
 }
 
@@ -1144,7 +1146,7 @@ pub(crate) fn linear_weight_grad_bf16<E: Element>(
         alpha: 1.0,
         beta: 0.0,
     };
-    gemm_bf16_operands(&driver, &g, None, false, Some(x))?;
+    gemm_bf16_operands(&driver, &g, None, false, Some(x), None)?;
     Ok(out)
 }
 
@@ -1161,6 +1163,7 @@ fn gemm_bf16_operands(
     epi: Option<k::GemmEpilogue>,
     keep_a: bool,
     saved_b: Option<&Bf16Rows>,
+    saved_a: Option<SavedA>,
 ) -> Result<Option<Bf16Rows>> {
     let d = &**driver;
     if g.m == 0 || g.n == 0 || g.batch == 0 {
@@ -1168,6 +1171,22 @@ fn gemm_bf16_operands(
     }
     let (lda, ldb) = (bf16_ld(g.k), bf16_ld(g.n));
     let single = g.batch == 1;
+    let saved_a_fits = |a: SavedA| match a {
+        SavedA::Rows(r) => [r.rows, r.cols] == [g.m, g.k],
+        SavedA::Transposed(r) => [r.rows, r.cols] == [g.k, g.m],
+    };
+    if saved_a.is_some_and(|a| !single || keep_a || !saved_a_fits(a))
+        || saved_a.is_some_and(|a| matches!(a, SavedA::Transposed(_)) && epi.is_some())
+    {
+        return Err(Error::Device {
+            op: "gemm_bf16",
+            detail: format!(
+                "internal error: a saved bf16 A needs one product with A [{}, {}], neither kept \
+                 nor (transposed) under an epilogue; got {} products",
+                g.m, g.k, g.batch
+            ),
+        });
+    }
     if (keep_a && !single) || saved_b.is_some_and(|b| !single || b.rows != g.k || b.cols != g.n) {
         return Err(Error::Device {
             op: "gemm_bf16",
@@ -1209,15 +1228,20 @@ fn gemm_bf16_operands(
     // every layout and give the same bits. A kept A, and A under an epilogue stage, stay
     // row-major.
     let transposed = |rs: usize, cs: usize| cs != 1 && rs == 1;
-    let a_t = epi.is_none() && !keep_a && transposed(g.a_rs, g.a_cs);
     let b_t = saved_b.is_none() && transposed(g.b_rs, g.b_cs);
-    let (a, a_bs, lda) = if a_t {
-        let lda = bf16_ld(g.m);
-        let (a, a_bs) = to_bf16(g.a, g.a_cs, g.a_rs, g.a_bs, g.k, g.m, lda)?;
-        (a, a_bs, lda)
-    } else {
-        let (a, a_bs) = to_bf16(g.a, g.a_rs, g.a_cs, g.a_bs, g.m, g.k, lda)?;
-        (a, a_bs, lda)
+    // The converted A (None for a saved one) lives until the product has run.
+    let (a_ptr, a_t, a_bs, lda, a) = match saved_a {
+        Some(SavedA::Rows(r)) => (r.buf.ptr(), false, 0, r.ld, None),
+        Some(SavedA::Transposed(r)) => (r.buf.ptr(), true, 0, r.ld, None),
+        None if epi.is_none() && !keep_a && transposed(g.a_rs, g.a_cs) => {
+            let lda = bf16_ld(g.m);
+            let (a, a_bs) = to_bf16(g.a, g.a_cs, g.a_rs, g.a_bs, g.k, g.m, lda)?;
+            (a.ptr(), true, a_bs, lda, Some(a))
+        }
+        None => {
+            let (a, a_bs) = to_bf16(g.a, g.a_rs, g.a_cs, g.a_bs, g.m, g.k, lda)?;
+            (a.ptr(), false, a_bs, lda, Some(a))
+        }
     };
     // The converted B lives until the product has run.
     let (b_ptr, ldb, b_bs, _b) = match saved_b {
@@ -1247,7 +1271,7 @@ fn gemm_bf16_operands(
         c: g.c,
         ldc: g.c_rs,
         c_bs: g.c_bs,
-        a: a.ptr(),
+        a: a_ptr,
         lda,
         a_bs,
         b: b_ptr,
@@ -1261,12 +1285,190 @@ fn gemm_bf16_operands(
         None => k::gemm_bf16(d, &product)?,
         Some(epi) => k::gemm_bf16_epilogue(d, &product, epi)?,
     }
-    Ok(keep_a.then(|| Bf16Rows {
-        buf: a,
+    Ok(a.filter(|_| keep_a).map(|buf| Bf16Rows {
+        buf,
         rows: g.m,
         cols: g.k,
         ld: lda,
     }))
+}
+
+/// A bf16 left operand converted once and used by more than one product: its rows are A
+/// (`[m, k]`), or A's columns (`[k, m]`: A = rows^T, the `T` layout).
+#[derive(Clone, Copy)]
+enum SavedA<'a> {
+    Rows(&'a Bf16Rows),
+    Transposed(&'a Bf16Rows),
+}
+
+/// The row-major bf16 copy of a `[rows, cols]` f32 matrix (any strides), rows padded as the
+/// tensor-core kernel needs.
+fn bf16_rows<E: Element>(t: &Tensor<E>) -> Result<Bf16Rows> {
+    let (driver, p) = operand(t)?;
+    let (rows, cols) = (t.shape()[0], t.shape()[1]);
+    let ld = bf16_ld(cols);
+    let buf = GpuBuffer::alloc(driver.clone(), (rows * ld).max(8), 2)?;
+    k::strided_copy_f32_bf16(
+        &*driver,
+        buf.ptr(),
+        &[ld as isize, 1],
+        p,
+        t.strides(),
+        t.shape(),
+    )?;
+    Ok(Bf16Rows {
+        buf,
+        rows,
+        cols,
+        ld,
+    })
+}
+
+/// The right operand of [`saved_a_product`]: an f32 `[k, n]` matrix (any strides, converted
+/// by the product), or a bf16 copy already made.
+enum RightOperand<'a, E: Element> {
+    F32(&'a Tensor<E>),
+    Saved(&'a Bf16Rows),
+}
+
+impl<E: Element> RightOperand<'_, E> {
+    fn cols(&self) -> usize {
+        match self {
+            RightOperand::F32(t) => t.shape()[1],
+            RightOperand::Saved(r) => r.cols,
+        }
+    }
+}
+
+/// `op(A) @ B` into a fresh `[m, n]` f32 tensor on `device` for a saved bf16 A, with an
+/// optional epilogue stage (whose `aux` is `[m, n]` contiguous). `m`, `k` come from A.
+fn saved_a_product<E: Element>(
+    driver: &Arc<dyn Driver>,
+    device: Device,
+    a: SavedA,
+    b: RightOperand<E>,
+    epi: Option<k::GemmEpilogue>,
+) -> Result<Tensor<E>> {
+    let (m, kk) = match a {
+        SavedA::Rows(r) => (r.rows, r.cols),
+        SavedA::Transposed(r) => (r.cols, r.rows),
+    };
+    let n = b.cols();
+    let out = empty(driver, device, &[m, n])?;
+    let (b_ptr, b_rs, b_cs, _b, saved_b) = match b {
+        RightOperand::F32(t) => {
+            let t = gemm_operand(t, t.layout())?;
+            let (rs, cs) = gemm_strides(t.strides()[0], t.strides()[1]).expect("checked");
+            (ptr(&t)?, rs, cs, Some(t), None)
+        }
+        RightOperand::Saved(r) => (r.buf.ptr(), r.ld, 1, None, Some(r)),
+    };
+    let g = k::GemmF32 {
+        m,
+        n,
+        k: kk,
+        batch: 1,
+        c: ptr(&out)?,
+        c_rs: n,
+        c_bs: 0,
+        // Not read: the saved bf16 copy stands for A.
+        a: DevicePtr(0),
+        a_rs: 0,
+        a_cs: 0,
+        a_bs: 0,
+        b: b_ptr,
+        b_rs,
+        b_cs,
+        b_bs: 0,
+        bias: None,
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    gemm_bf16_operands(driver, &g, epi, false, saved_b, Some(a))?;
+    Ok(out)
+}
+
+/// A linear layer's input and weight gradients under bf16 from the gradient `g2`
+/// (`[rows, out]`) of its output, its weight `w` (`[out, in]`) and the bf16 copy `x` of its
+/// input the forward kept: `g2 W` (with `want_x`) and `g2^T x`, with `g2` converted to bf16
+/// once for both products (the bits of converting it for each).
+pub(crate) fn linear_grads_bf16<E: Element>(
+    g2: &Tensor<E>,
+    w: &Tensor<E>,
+    x: &Bf16Rows,
+    want_x: bool,
+) -> Result<(Option<Tensor<E>>, Tensor<E>)> {
+    let (driver, _) = operand(g2)?;
+    let dev = g2.device();
+    let (rows, out_f, in_f) = (g2.shape()[0], g2.shape()[1], w.shape()[1]);
+    if rows != x.rows || in_f != x.cols {
+        return Err(Error::Device {
+            op: "linear",
+            detail: format!(
+                "internal error: a gradient of {rows} rows for a saved input [{}, {}] and a \
+                 weight of {in_f} in-features",
+                x.rows, x.cols
+            ),
+        });
+    }
+    // As matmul_raw: an empty product, or an empty sum, is all zeros.
+    if rows == 0 || out_f == 0 || in_f == 0 {
+        let gx = want_x
+            .then(|| Tensor::full_on(&[rows, in_f], 0.0, dev))
+            .transpose()?;
+        return Ok((gx, Tensor::full_on(&[out_f, in_f], 0.0, dev)?));
+    }
+    let g16 = bf16_rows(g2)?;
+    let gx = want_x
+        .then(|| saved_a_product(&driver, dev, SavedA::Rows(&g16), RightOperand::F32(w), None))
+        .transpose()?;
+    let gw = saved_a_product(
+        &driver,
+        dev,
+        SavedA::Transposed(&g16),
+        RightOperand::<E>::Saved(x),
+        None,
+    )?;
+    Ok((gx, gw))
+}
+
+/// The MLP's second layer's gradients under bf16 from the gradient `g2` (`[rows, out]`) of
+/// its output: `(g2 W2) * gelu'(pre)` (the hidden layer's gradient, one GEMM with the GELU
+/// derivative in its epilogue) and, given the recomputed activation `act`, `g2^T act`, with
+/// `g2` converted to bf16 once for both (the bits of [`linear_grad_gelu`] and of `matmul`).
+pub(crate) fn mlp_out_grads_bf16<E: Element>(
+    g2: &Tensor<E>,
+    w2: &Tensor<E>,
+    pre: &Tensor<E>,
+    act: Option<&Tensor<E>>,
+) -> Result<(Tensor<E>, Option<Tensor<E>>)> {
+    let (driver, _) = operand(g2)?;
+    let dev = g2.device();
+    let g16 = bf16_rows(g2)?;
+    let pre = dense(pre)?;
+    let epi = k::GemmEpilogue::GeluGrad {
+        aux: ptr(&pre)?,
+        aux_rs: w2.shape()[1],
+    };
+    let gp = saved_a_product(
+        &driver,
+        dev,
+        SavedA::Rows(&g16),
+        RightOperand::F32(w2),
+        Some(epi),
+    )?;
+    let gw2 = act
+        .map(|a| {
+            saved_a_product(
+                &driver,
+                dev,
+                SavedA::Transposed(&g16),
+                RightOperand::F32(a),
+                None,
+            )
+        })
+        .transpose()?;
+    Ok((gp, gw2))
 }
 
 /// The leading dimension of a bf16 GEMM operand with `cols` columns: a multiple of 8

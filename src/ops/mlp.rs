@@ -146,11 +146,19 @@ pub(crate) fn linear_grads<E: Element>(
     x_shape: &[usize],
     want: [bool; 3],
 ) -> Result<(Option<Tensor<E>>, Option<Tensor<E>>, Option<Tensor<E>>)> {
+    let gb = want[2].then(|| g2.sum(&[0], false)).transpose()?;
+    // On a GPU under bf16 both products read g2 in bf16: converted once for the two.
+    if let (SavedInput::Bf16(xr), true) = (x, want[1]) {
+        if crate::backend::current_matmul_precision() == crate::backend::Precision::Bf16 {
+            let (gx, gw) = crate::backend::gpu::linear_grads_bf16(g2, w, xr, want[0])?;
+            let gx = gx.map(|t| t.reshape(x_shape)).transpose()?;
+            return Ok((gx, Some(gw), gb));
+        }
+    }
     let gx = want[0]
         .then(|| matmul_raw(g2, w)?.reshape(x_shape))
         .transpose()?;
     let gw = want[1].then(|| x.weight_grad(g2)).transpose()?;
-    let gb = want[2].then(|| g2.sum(&[0], false)).transpose()?;
     Ok((gx, gw, gb))
 }
 
@@ -315,17 +323,31 @@ impl<E: Element> Tensor<E> {
             // fc2's weight gradient needs the activation: recomputed from pre with the
             // forward's own GELU kernel, so its bits are those the forward produced.
             let act = want_w2.then(|| pre.gelu()).transpose()?;
-            let gw2 = act.map(|a| matmul_raw(&g2.t()?, &a)).transpose()?;
             let gb2 = want_b2.then(|| g2.sum(&[0], false)).transpose()?;
-            let (gx, gw1, gb1) = if want_h {
-                let gp = if g2.device().is_gpu() && rows > 0 && hidden > 0 && out_f > 0 {
-                    crate::backend::gpu::linear_grad_gelu(&g2, &w2d, &pre)?
-                } else {
-                    gelu_backward(&matmul_raw(&g2, &w2d)?, &pre)?
-                };
-                linear_grads(&gp, &x2, &w1d, &x_shape, want1)?
+            let gpu = g2.device().is_gpu() && rows > 0 && hidden > 0 && out_f > 0;
+            let bf16 =
+                crate::backend::current_matmul_precision() == crate::backend::Precision::Bf16;
+            let (gp, gw2) = if want_h && gpu && bf16 {
+                // Both products read g2 in bf16: converted once for the two.
+                let (gp, gw2) =
+                    crate::backend::gpu::mlp_out_grads_bf16(&g2, &w2d, &pre, act.as_ref())?;
+                (Some(gp), gw2)
             } else {
-                (None, None, None)
+                let gw2 = act.map(|a| matmul_raw(&g2.t()?, &a)).transpose()?;
+                let gp = want_h
+                    .then(|| {
+                        if gpu {
+                            crate::backend::gpu::linear_grad_gelu(&g2, &w2d, &pre)
+                        } else {
+                            gelu_backward(&matmul_raw(&g2, &w2d)?, &pre)
+                        }
+                    })
+                    .transpose()?;
+                (gp, gw2)
+            };
+            let (gx, gw1, gb1) = match gp {
+                Some(gp) => linear_grads(&gp, &x2, &w1d, &x_shape, want1)?,
+                None => (None, None, None),
             };
             let mut v = vec![gx, gw1];
             if has_b1 {

@@ -15,6 +15,8 @@
 // - attn_fwd_bf16_d64: against the reference on bf16-rounded q, k, v, within 5e-3 of
 //   sum_j p_ij |v_jc| (P is rounded to bf16 for P V), causal and not, Nq = Nk = 70 and
 //   Nq = 38 < Nk = 100.
+// - attn_bwd_dkdv_bf16_d64, attn_bwd_dq_bf16_d64 (the tensor-core backward): against the f64
+//   gradients within bf16's rounding of dO, P and dS, ragged 64-tiles, causal and not.
 // - attn_bwd_dot_bf16s, attn_bwd_dkdv_bf16s, attn_bwd_dq_bf16s: on q, k, v and o rounded to
 //   bf16 (o from attn_fwd_f32), stored as bf16 in the same NaN-padded layouts, dQ, dK, dV
 //   bit for bit those of the f32 kernels, causal and not, Nq = 38 < Nk = 71, Dh / Dv = 24 / 40
@@ -406,6 +408,72 @@ static void bf16_storage(const char* tag, Dims s, float alpha, bool causal) {
   }
 }
 
+// The tensor-core backward (attn_bwd_dkdv_bf16_d64, attn_bwd_dq_bf16_d64, after
+// attn_bwd_dot_bf16s) on bf16 q, k, v, o and the f32 forward's lse, against the f64 gradients
+// of the same values: it rounds dO, P and dS to bf16, so the bound is the Rust test's, 1.5 %
+// of each tensor's largest |want| plus 3 % of the element; padding is never written.
+static double worst_tc = 0;
+static void bf16_tensor_cores(const char* tag, Dims s, float alpha, bool causal) {
+  Lay lq = padded(s, s.nq, 64), lk = padded(s, s.nk, 64), lv = padded(s, s.nk, 64), lo = padded(s, s.nq, 64);
+  std::vector<float> qb(span(lq, s, s.nq, 64), NAN), kb(span(lk, s, s.nk, 64), NAN), vb(span(lv, s, s.nk, 64), NAN);
+  scatter_random(qb, lq, s, s.nq, 64, 2);
+  scatter_random(kb, lk, s, s.nk, 64, 2);
+  scatter_random(vb, lv, s, s.nk, 64, 1);
+  std::vector<float> ob(span(lo, s, s.nq, 64), NAN), gb(ob.size(), NAN);
+  scatter_random(gb, lo, s, s.nq, 64, 1);
+  auto exact = [](std::vector<float>& v) {
+    for (auto& e : v) e = __bfloat162float(__float2bfloat16_rn(e));
+  };
+  auto stored = [](const std::vector<float>& v) {
+    std::vector<__nv_bfloat16> out(v.size());
+    for (size_t i = 0; i < v.size(); ++i) out[i] = __float2bfloat16_rn(v[i]);
+    return out;
+  };
+  exact(qb), exact(kb), exact(vb);
+  const float sl2 = scale_log2_of(alpha);
+  const unsigned rows = s.b * s.h * s.nq;
+  std::vector<float> lse(rows + GUARD, NAN), dd(rows + GUARD, NAN);
+  launch({ceil_div(s.nq, 32), s.h, s.b}, 128, [&] {
+    attn_fwd_f32(ob.data() + lo.off, lse.data(), qb.data() + lq.off, kb.data() + lk.off, vb.data() + lv.off, s.nq, s.nk, 64, 64,
+                 lq.st[0], lq.st[1], lq.st[2], lq.st[3], lk.st[0], lk.st[1], lk.st[2], lk.st[3], lv.st[0], lv.st[1], lv.st[2],
+                 lv.st[3], lo.st[0], lo.st[1], lo.st[2], lo.st[3], sl2, causal);
+  });
+  auto q16 = stored(qb), k16 = stored(kb), v16 = stored(vb), o16 = stored(ob);
+  const __nv_bfloat16 *qp = q16.data() + lq.off, *kp = k16.data() + lk.off, *vp = v16.data() + lv.off;
+  const float* gp = gb.data() + lo.off;
+  std::vector<float> dqb(qb.size(), NAN), dkb(kb.size(), NAN), dvb(vb.size(), NAN);
+  launch({ceil_div(s.nq, 4), s.h, s.b}, 128, [&] {
+    attn_bwd_dot_bf16s(dd.data(), o16.data() + lo.off, gp, s.nq, 64, lo.st[0], lo.st[1], lo.st[2], lo.st[3], lo.st[0], lo.st[1],
+                       lo.st[2], lo.st[3]);
+  });
+  launch({ceil_div(s.nk, 64), s.h, s.b}, 128, [&] {
+    attn_bwd_dkdv_bf16_d64(dkb.data() + lk.off, dvb.data() + lv.off, qp, kp, vp, gp, lse.data(), dd.data(), s.nq, s.nk, 64, 64,
+                           lq.st[0], lq.st[1], lq.st[2], lq.st[3], lk.st[0], lk.st[1], lk.st[2], lk.st[3], lv.st[0], lv.st[1],
+                           lv.st[2], lv.st[3], lo.st[0], lo.st[1], lo.st[2], lo.st[3], lk.st[0], lk.st[1], lk.st[2], lk.st[3],
+                           lv.st[0], lv.st[1], lv.st[2], lv.st[3], sl2, alpha, causal);
+  });
+  launch({ceil_div(s.nq, 64), s.h, s.b}, 128, [&] {
+    attn_bwd_dq_bf16_d64(dqb.data() + lq.off, qp, kp, vp, gp, lse.data(), dd.data(), s.nq, s.nk, 64, 64, lq.st[0], lq.st[1],
+                         lq.st[2], lq.st[3], lk.st[0], lk.st[1], lk.st[2], lk.st[3], lv.st[0], lv.st[1], lv.st[2], lv.st[3],
+                         lo.st[0], lo.st[1], lo.st[2], lo.st[3], lq.st[0], lq.st[1], lq.st[2], lq.st[3], sl2, alpha, causal);
+  });
+  Reference want = reference(s, alpha, causal, gather(qb, lq, s, s.nq, 64), gather(kb, lk, s, s.nk, 64),
+                             gather(vb, lv, s, s.nk, 64), gather(gb, lo, s, s.nq, 64));
+  const std::vector<double>* wants[3] = {&want.dq, &want.dk, &want.dv};
+  const std::vector<float>* bufs[3] = {&dqb, &dkb, &dvb};
+  const Lay lays[3] = {lq, lk, lv};
+  const unsigned ns[3] = {s.nq, s.nk, s.nk};
+  const char* names[3] = {"attn_bwd_dq_bf16_d64 dq", "attn_bwd_dkdv_bf16_d64 dk", "attn_bwd_dkdv_bf16_d64 dv"};
+  for (int i = 0; i < 3; ++i) {
+    double scale = 0;
+    for (double w : *wants[i]) scale = std::max(scale, std::fabs(w));
+    std::vector<double> bound(wants[i]->size());
+    for (size_t k = 0; k < bound.size(); ++k) bound[k] = 1.5e-2 * scale + 3e-2 * std::fabs((*wants[i])[k]);
+    close_to(worst_tc, names[i], tag, gather(*bufs[i], lays[i], s, ns[i], 64), *wants[i], bound);
+    check_cover(names[i], tag, *bufs[i], s, {{lays[i], ns[i], 64}});
+  }
+}
+
 int main() {
   // alpha = scale / temperature, temperature 0.7.
   auto alpha_for = [](unsigned dh) { return (float)(1 / std::sqrt((double)dh) / 0.7); };
@@ -421,6 +489,10 @@ int main() {
   bf16_d64("38 x 100 causal", {1, 1, 38, 100, 64, 64}, alpha_for(64), true);
   bf16_storage("24/40, 38 x 71", {1, 1, 38, 71, 24, 40}, alpha_for(24), false);
   bf16_storage("64/64, 2 heads, 38 x 71 causal", {1, 2, 38, 71, 64, 64}, alpha_for(64), true);
-  printf("attention.cu: worst error / bound: f32 %.2f, decode %.2f, bf16 %.2f\n", worst_f32, worst_decode, worst_bf16);
+  bf16_tensor_cores("2 heads, 100 x 100 causal", {1, 2, 100, 100, 64, 64}, alpha_for(64), true);
+  bf16_tensor_cores("70 x 135 causal", {1, 1, 70, 135, 64, 64}, alpha_for(64), true);
+  bf16_tensor_cores("70 x 100", {1, 1, 70, 100, 64, 64}, alpha_for(64), false);
+  printf("attention.cu: worst error / bound: f32 %.2f, decode %.2f, bf16 %.2f, tensor-core backward %.2f\n", worst_f32,
+         worst_decode, worst_bf16, worst_tc);
   return finish("attention.cu");
 }

@@ -1,4 +1,5 @@
-// gemm.cu on the host: the four bf16 tensor-core layouts and the f32 GEMM against f64
+// gemm.cu on the host: the four bf16 tensor-core layouts, their epilogue entries (against
+// the plain product and the stage, bit for bit) and the f32 GEMM against f64
 // references, on ragged shapes (m, n not multiples of the 64 tile, k over four 32-wide
 // k-tiles and ragged), batched, with padding around the operands filled with NaN (a read
 // outside an operand shows), bias, alpha and beta, and C's padding columns left untouched.
@@ -88,8 +89,61 @@ static void f32_case() {
       }
 }
 
+// The epilogue entries gemm_bf16_{nn,nt}_{gelu,residual,gelu_grad}: bit for bit the plain
+// product of the same layout followed by the stage (gemm.cu's own gelu / gelu_grad on the
+// host), two batches, a bias and alpha != 1; the GELU's pre-activation is the plain product;
+// C's and aux's padding columns are left untouched.
+static void bf16_epilogue_case(int b_t, int epi) {
+  const char* stages[3] = {"gelu", "residual", "gelu_grad"};
+  const unsigned M = 70, N = 45, K = 100, batch = 2, lda = 104, ldb = b_t ? 104 : 48, ldc = 50;
+  unsigned a_bs = M * lda, b_bs = (b_t ? N : K) * ldb, c_bs = M * ldc;
+  std::vector<unsigned short> A(batch * a_bs, to_bf16(NAN)), B(batch * b_bs, to_bf16(NAN));
+  for (unsigned z = 0; z < batch; ++z) {
+    for (unsigned i = 0; i < M; ++i)
+      for (unsigned l = 0; l < K; ++l) A[z * a_bs + i * lda + l] = to_bf16(rnd());
+    for (unsigned l = 0; l < K; ++l)
+      for (unsigned j = 0; j < N; ++j) B[z * b_bs + (b_t ? j * ldb + l : l * ldb + j)] = to_bf16(rnd());
+  }
+  std::vector<float> bias(N), plain(batch * c_bs, NAN), fused(batch * c_bs, NAN), aux(batch * c_bs, NAN);
+  for (auto& v : bias) v = rnd();
+  for (unsigned z = 0; z < batch; ++z)
+    for (unsigned i = 0; i < M; ++i)
+      for (unsigned j = 0; j < N; ++j) aux[z * c_bs + i * ldc + j] = 3 * rnd();
+  const std::vector<float> aux0 = aux;
+  auto a = reinterpret_cast<const __nv_bfloat16*>(A.data());
+  auto b = reinterpret_cast<const __nv_bfloat16*>(B.data());
+  const float alpha = 0.75f;
+  Dim3 grid = {(N + 63) / 64, (M + 63) / 64, batch};
+  launch(grid, 128, [&] {
+    (b_t ? gemm_bf16_nt : gemm_bf16_nn)(plain.data(), a, b, bias.data(), M, N, K, lda, ldb, ldc, a_bs, b_bs, c_bs, alpha, 0.0f,
+                                         GEMM_HAS_BIAS);
+  });
+  auto entries = b_t ? std::vector<decltype(&gemm_bf16_nt_gelu)>{gemm_bf16_nt_gelu, gemm_bf16_nt_residual, gemm_bf16_nt_gelu_grad}
+                     : std::vector<decltype(&gemm_bf16_nt_gelu)>{gemm_bf16_nn_gelu, gemm_bf16_nn_residual, gemm_bf16_nn_gelu_grad};
+  launch(grid, 128, [&] {
+    entries[epi](fused.data(), a, b, bias.data(), aux.data(), M, N, K, lda, ldb, ldc, ldc, a_bs, b_bs, c_bs, alpha, 0.0f,
+                 GEMM_HAS_BIAS);
+  });
+  for (size_t at = 0; at < fused.size(); ++at) {
+    unsigned j = at % ldc;
+    if (j >= N) {
+      CHECK(std::isnan(fused[at]) && std::isnan(aux[at]), "gemm_bf16_%s_%s wrote padding at %zu", b_t ? "nt" : "nn", stages[epi], at);
+      continue;
+    }
+    float v = plain[at];
+    float want = epi == 0 ? gelu(v) : epi == 1 ? __fadd_rn(aux0[at], v) : __fmul_rn(v, gelu_grad(aux0[at]));
+    float aux_want = epi == 0 ? v : aux0[at];
+    CHECK(memcmp(&fused[at], &want, 4) == 0, "gemm_bf16_%s_%s at %zu: %.9g, want %.9g", b_t ? "nt" : "nn", stages[epi], at, fused[at], want);
+    CHECK(memcmp(&aux[at], &aux_want, 4) == 0, "gemm_bf16_%s_%s aux at %zu: %.9g, want %.9g", b_t ? "nt" : "nn", stages[epi], at, aux[at],
+          aux_want);
+  }
+}
+
 int main() {
   for (int layout = 0; layout < 4; ++layout) bf16_case(layout);
+  for (int b_t = 0; b_t < 2; ++b_t)
+    for (int epi = 0; epi < 3; ++epi) bf16_epilogue_case(b_t, epi);
+  printf("gemm_bf16_{nn,nt}_{gelu,residual,gelu_grad}: checked bit for bit against the plain product and the stage\n");
   f32_case();
   return finish("gemm.cu");
 }

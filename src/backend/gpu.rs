@@ -1436,15 +1436,23 @@ pub(crate) fn linear_grads_bf16<E: Element>(
 /// its output: `(g2 W2) * gelu'(pre)` (the hidden layer's gradient, one GEMM with the GELU
 /// derivative in its epilogue) and, given the recomputed activation `act`, `g2^T act`, with
 /// `g2` converted to bf16 once for both (the bits of [`linear_grad_gelu`] and of `matmul`).
+/// The weight gradient comes first and `act` is dropped before the hidden layer's gradient
+/// is made, so the two `[rows, hidden]` tensors are never alive together.
 pub(crate) fn mlp_out_grads_bf16<E: Element>(
     g2: &Tensor<E>,
     w2: &Tensor<E>,
     pre: &Tensor<E>,
-    act: Option<&Tensor<E>>,
+    act: Option<Tensor<E>>,
 ) -> Result<(Tensor<E>, Option<Tensor<E>>)> {
     let (driver, _) = operand(g2)?;
     let dev = g2.device();
     let g16 = bf16_rows(g2)?;
+    let gw2 = act
+        .map(|a| {
+            let at = SavedA::Transposed(&g16);
+            saved_a_product(&driver, dev, at, RightOperand::F32(&a), None)
+        })
+        .transpose()?;
     let pre = dense(pre)?;
     let epi = k::GemmEpilogue::GeluGrad {
         aux: ptr(&pre)?,
@@ -1457,17 +1465,6 @@ pub(crate) fn mlp_out_grads_bf16<E: Element>(
         RightOperand::F32(w2),
         Some(epi),
     )?;
-    let gw2 = act
-        .map(|a| {
-            saved_a_product(
-                &driver,
-                dev,
-                SavedA::Transposed(&g16),
-                RightOperand::F32(a),
-                None,
-            )
-        })
-        .transpose()?;
     Ok((gp, gw2))
 }
 

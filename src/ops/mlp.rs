@@ -329,8 +329,7 @@ impl<E: Element> Tensor<E> {
                 crate::backend::current_matmul_precision() == crate::backend::Precision::Bf16;
             let (gp, gw2) = if want_h && gpu && bf16 {
                 // Both products read g2 in bf16: converted once for the two.
-                let (gp, gw2) =
-                    crate::backend::gpu::mlp_out_grads_bf16(&g2, &w2d, &pre, act.as_ref())?;
+                let (gp, gw2) = crate::backend::gpu::mlp_out_grads_bf16(&g2, &w2d, &pre, act)?;
                 (Some(gp), gw2)
             } else {
                 let gw2 = act.map(|a| matmul_raw(&g2.t()?, &a)).transpose()?;

@@ -1121,33 +1121,15 @@ pub(crate) fn linear_weight_grad_bf16<E: Element>(
     if rows == 0 || out_f == 0 || x.cols == 0 {
         return Tensor::full_on(&[out_f, x.cols], 0.0, g2.device());
     }
-    let out = empty(&driver, g2.device(), &[out_f, x.cols])?;
-    let gt = g2.t()?;
-    let a = gemm_operand(&gt, gt.layout())?;
-    let (a_rs, a_cs) = gemm_strides(a.strides()[0], a.strides()[1]).expect("fixed");
-    let g = k::GemmF32 {
-        m: out_f,
-        n: x.cols,
-        k: rows,
-        batch: 1,
-        c: ptr(&out)?,
-        c_rs: x.cols,
-        c_bs: 0,
-        a: ptr(&a)?,
-        a_rs,
-        a_cs,
-        a_bs: 0,
-        // Not read: the saved bf16 rows stand for B.
-        b: x.buf.ptr(),
-        b_rs: x.ld,
-        b_cs: 1,
-        b_bs: 0,
-        bias: None,
-        alpha: 1.0,
-        beta: 0.0,
-    };
-    gemm_bf16_operands(&driver, &g, None, false, Some(x), None)?;
-    Ok(out)
+    // g2's row-major bf16 copy read as a `T` operand is g2^T.
+    let g16 = bf16_rows(g2)?;
+    saved_a_product(
+        &driver,
+        g2.device(),
+        SavedA::Transposed(&g16),
+        RightOperand::<E>::Saved(x),
+        None,
+    )
 }
 
 /// [`gemm`] in bf16: A and B are copied into fresh bf16 buffers, each in the orientation it

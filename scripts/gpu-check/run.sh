@@ -32,8 +32,10 @@ OUT=${OUT:-gpu-check-out}
 BUDGET_S=${GPU_CHECK_BUDGET_S:-450}
 DRY=0
 [ "${1:-}" = "--dry-run" ] && DRY=1
-LOGS=$OUT/logs
-mkdir -p "$LOGS"
+# Raw output; GPU_CHECK_LOGS puts it elsewhere (the device tool brings back only a few files
+# from $OUT: the folder is also packed into $OUT/logs.tar.gz at the end).
+LOGS=${GPU_CHECK_LOGS:-$OUT/logs}
+mkdir -p "$OUT" "$LOGS"
 REPORT=$OUT/gpu-report.md
 STEPS=$LOGS/steps.tsv
 : >"$STEPS"
@@ -117,6 +119,10 @@ check_bundle() {
     echo "$n files match $m"
 }
 t=$SECONDS
+if [ -f "$BUNDLE/payload.tar.xz" ] && [ ! -d "$BUNDLE/tests" ]; then
+    xz -dc "$BUNDLE/payload.tar.xz" | tar -C "$BUNDLE" -xf - >"$LOGS/unpack.txt" 2>&1 ||
+        record unpack FAILED 0 unpack.txt "$(tail -n 1 "$LOGS/unpack.txt")"
+fi
 if check_bundle >"$LOGS/bundle.txt" 2>&1; then
     record bundle ok $((SECONDS - t)) bundle.txt "$(cat "$LOGS/bundle.txt")"
 else
@@ -134,10 +140,11 @@ for list in "$BUNDLE"/tests/*.txt; do
         filter=(--exact "${names[@]}")
     fi
     step "test $label" 150 "test-$label.txt" "$exe" --test-threads=1 --nocapture "${filter[@]}"
-    # A kernel test that could not open the GPU still passes on the interpreter: say so.
-    # (libtest prints a test's output on the line of its name.)
-    if grep -q 'cuda: skipped' "$LOGS/test-$label.txt" 2>/dev/null; then
-        record "cuda in $label" FAILED 0 "test-$label.txt" "$(grep -m1 -o 'cuda: skipped.*' "$LOGS/test-$label.txt" | cut -c1-300)"
+    # A test that could not open the GPU still passes (on the interpreter, or having done
+    # nothing): say so. The kernel tests print `cuda: skipped: ...`, the `_on_cuda` twins
+    # `cuda:0 skipped: ...` (libtest prints a test's output on the line of its name).
+    if grep -Eq 'cuda(:[0-9]+)?:? skipped' "$LOGS/test-$label.txt" 2>/dev/null; then
+        record "cuda in $label" FAILED 0 "test-$label.txt" "$(grep -m1 -Eo 'cuda(:[0-9]+)?:? skipped.*' "$LOGS/test-$label.txt" | cut -c1-300)"
     fi
 done
 
@@ -153,7 +160,34 @@ fi
 # 4. PyTorch on the same card.
 step "PyTorch ceilings" 150 torch-ceilings.txt python3 scripts/gpu-check/torch_ceilings.py --json "$LOGS/torch-ceilings.json"
 
-# 5. The whole model, ours and PyTorch's, at ImageNet64's shape.
+# 5. End to end: the command-line program trains, evaluates and samples on the GPU. ImageNet64's
+# preset in bf16 on a synthetic pack (1,280 random images of 3x64x64: the pipeline, not the
+# data set), 10 steps at batch 64 recomputing each layer's MLP half (about 64 GB of activations
+# in bf16; 122 GB without), then its evaluation and a grid of 4 samples; then the default MNIST run
+# in f32, cut to 500 steps, whose bits/dim and grid compare with the same command on the CPU.
+E2E=${GPU_CHECK_WORK:-/tmp/gpu-check-work}
+rm -rf "$E2E"
+mkdir -p "$E2E"
+printf 'samples_per_class = 1\neval_images = 64\n' >"$E2E/in64.toml"
+if step "pack --synthetic 1280 --preset imagenet64" 60 e2e-pack.txt "$TARFLOW" pack \
+    --synthetic 1280 --preset imagenet64 --out "$E2E/in64.pack"; then
+    step "train --preset imagenet64 --device cuda --precision bf16 (10 steps)" 150 e2e-train-in64.txt \
+        "$TARFLOW" train --preset imagenet64 --config "$E2E/in64.toml" --data "$E2E/in64.pack" \
+        --device cuda --precision bf16 --recompute mlp --steps 10 --warmup-steps 2 --batch-size 64 \
+        --eval-every 10 --sample-every 10 --checkpoint-every 10 --out "$E2E/in64" --quiet
+else
+    record "train --preset imagenet64 --device cuda" SKIPPED 0 e2e-train-in64.txt "no pack"
+fi
+step "train --device cuda (MNIST, 500 steps)" 120 e2e-train-mnist.txt "$TARFLOW" train \
+    --device cuda --steps 500 --eval-every 500 --sample-every 500 --checkpoint-every 500 \
+    --out "$E2E/mnist" --quiet
+for run in in64 mnist; do
+    for f in "$E2E/$run"/samples-*.png "$E2E/$run/metrics.jsonl"; do
+        [ -f "$f" ] && cp "$f" "$LOGS/e2e-$run-$(basename "$f")"
+    done
+done
+
+# 6. The whole model, ours and PyTorch's, at ImageNet64's shape.
 MODEL_BATCH=${MODEL_BATCH:-16}
 step "bench --device cuda (ImageNet64 model)" 150 bench-model.txt "$TARFLOW" bench --device cuda \
     --preset imagenet64 --batch "$MODEL_BATCH" --sample-batch "$MODEL_BATCH" --repeats 2
@@ -170,6 +204,18 @@ step "PyTorch TarFlow train step, batch 64" 60 torch-tarflow-64.txt python3 scri
     --batch 64 --sample-batch 0 --repeats 3 --json "$LOGS/torch-tarflow-64.json"
 step "PyTorch TarFlow activations, batch $MODEL_BATCH" 60 torch-activations.txt python3 scripts/gpu-check/torch_tarflow.py \
     --batch "$MODEL_BATCH" --activations --json "$LOGS/torch-activations.json"
+
+# 7. compute-sanitizer (where the machine has it) over the kernel tests, with what time is left:
+# memcheck over all of them, racecheck over the attention kernels (shared-memory tiles).
+SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
+if [ -n "$SANITIZER" ]; then
+    step "compute-sanitizer memcheck: gpu_kernels" 120 sanitizer-memcheck.txt "$SANITIZER" \
+        --tool memcheck --error-exitcode 3 "$BUNDLE/tests/gpu_kernels" --test-threads=1
+    step "compute-sanitizer racecheck: gpu_kernels attention" 120 sanitizer-racecheck.txt "$SANITIZER" \
+        --tool racecheck --error-exitcode 3 "$BUNDLE/tests/gpu_kernels" --test-threads=1 attention
+else
+    record compute-sanitizer SKIPPED 0 sanitizer-memcheck.txt "not installed here"
+fi
 
 # The report.
 {
@@ -210,6 +256,16 @@ step "PyTorch TarFlow activations, batch $MODEL_BATCH" 60 torch-activations.txt 
         echo "| $(basename "$f" .txt | sed 's/^test-//') | ${result:-no result (see the log)}${failed:+; failed: $failed} |"
     done
     echo
+    echo "## End to end on the GPU"
+    echo
+    for log in e2e-train-in64 e2e-train-mnist; do
+        echo "\`$log\`, its last lines:"
+        echo
+        echo '\`\`\`text'
+        tail -n 15 "$LOGS/$log.txt" 2>/dev/null
+        echo '\`\`\`'
+        echo
+    done
     echo "## \`tarflow bench --kernels --device cuda\`"
     echo
     echo '```text'
@@ -243,6 +299,16 @@ step "PyTorch TarFlow activations, batch $MODEL_BATCH" 60 torch-activations.txt 
     echo '```text'
     cat "$LOGS/torch-activations.txt" 2>/dev/null
     echo '```'
+    for f in "$LOGS"/sanitizer-*.txt; do
+        [ -e "$f" ] || continue
+        echo
+        echo "## $(basename "$f" .txt), its last lines"
+        echo
+        echo '```text'
+        grep -v '^test .* ok$' "$f" | tail -n 25
+        echo '```'
+    done
 } >"$REPORT"
+tar -czf "$OUT/logs.tar.gz" -C "$LOGS" . 2>/dev/null
 echo "report: $REPORT" >&2
 exit "$FAILED"

@@ -19,7 +19,9 @@
 #      saves for the backward (--activations) at MODEL_BATCH (`tarflow bench --device cuda`
 #      reports its own activation and peak bytes in its table; it runs again in bf16, plain
 #      and with --recompute mlp).
-# A step that fails is recorded and the next one runs. The report, $OUT/gpu-report.md, says
+# GPU_CHECK_STEPS, a list of groups (facts tests kernels ceilings e2e-in64 e2e-mnist model-f32
+# model-bf16 torch-model torch-activations sanitizer), runs only those: a second, shorter call
+# after a fix. A step that fails is recorded and the next one runs. The report, $OUT/gpu-report.md, says
 # what ran and what failed, with the tables ready for docs/performance.md; raw output goes
 # to $OUT/logs/. Exit status 0 when every step passed, 1 otherwise (the report is written
 # either way). --dry-run checks the bundle against its manifest and writes the report of
@@ -49,11 +51,19 @@ record() {
     case $2 in ok | dry-run) ;; *) FAILED=1 ;; esac
 }
 
+# Whether the group GROUP (set before each part below) is to run.
+GROUP=
+wanted() {
+    [ -z "${GPU_CHECK_STEPS:-}" ] || [[ " $GPU_CHECK_STEPS " == *" $GROUP "* ]]
+}
+
 # step NAME LIMIT_S LOG COMMAND...: runs COMMAND under timeout (capped by the time left),
-# stdout and stderr to $LOGS/LOG; returns the command's status.
+# stdout and stderr to $LOGS/LOG; returns the command's status (1, unrecorded, when GROUP is
+# not wanted).
 step() {
     local name=$1 limit=$2 log=$3
     shift 3
+    wanted || return 1
     if [ "$DRY" = 1 ]; then
         echo "$*" >"$LOGS/$log"
         record "$name" dry-run 0 "$log" "would run: $*"
@@ -88,6 +98,7 @@ facts() {
     return 0
 }
 export -f facts
+GROUP=facts
 step facts 30 facts.txt bash -c facts
 
 # 2. The tests.
@@ -128,6 +139,7 @@ if check_bundle >"$LOGS/bundle.txt" 2>&1; then
 else
     record bundle FAILED $((SECONDS - t)) bundle.txt "$(tail -n 1 "$LOGS/bundle.txt")"
 fi
+GROUP=tests
 for list in "$BUNDLE"/tests/*.txt; do
     [ -e "$list" ] || continue
     label=$(basename "$list" .txt)
@@ -151,13 +163,15 @@ done
 # 3. The kernel table.
 TARFLOW=$BUNDLE/bin/tarflow
 [ -x "$TARFLOW" ] || chmod +x "$TARFLOW" 2>/dev/null
+GROUP=kernels
 if step "bench --kernels --device cuda" 180 bench-kernels.txt "$TARFLOW" bench --kernels --device cuda; then
     step "bench --kernels --device cuda --json" 180 bench-kernels.json "$TARFLOW" bench --kernels --device cuda --json
-else
+elif wanted; then
     record "bench --kernels --device cuda --json" SKIPPED 0 bench-kernels.json "the table failed above"
 fi
 
 # 4. PyTorch on the same card.
+GROUP=ceilings
 step "PyTorch ceilings" 150 torch-ceilings.txt python3 scripts/gpu-check/torch_ceilings.py --json "$LOGS/torch-ceilings.json"
 
 # 5. End to end: the command-line program trains, evaluates and samples on the GPU. ImageNet64's
@@ -169,18 +183,29 @@ E2E=${GPU_CHECK_WORK:-/tmp/gpu-check-work}
 rm -rf "$E2E"
 mkdir -p "$E2E"
 printf 'samples_per_class = 1\neval_images = 64\n' >"$E2E/in64.toml"
+GROUP=e2e-in64
 if step "pack --synthetic 1280 --preset imagenet64" 60 e2e-pack.txt "$TARFLOW" pack \
     --synthetic 1280 --preset imagenet64 --out "$E2E/in64.pack"; then
     step "train --preset imagenet64 --device cuda --precision bf16 (10 steps)" 150 e2e-train-in64.txt \
         "$TARFLOW" train --preset imagenet64 --config "$E2E/in64.toml" --data "$E2E/in64.pack" \
         --device cuda --precision bf16 --recompute mlp --steps 10 --warmup-steps 2 --batch-size 64 \
         --eval-every 10 --sample-every 10 --checkpoint-every 10 --out "$E2E/in64" --quiet
-else
+elif wanted; then
     record "train --preset imagenet64 --device cuda" SKIPPED 0 e2e-train-in64.txt "no pack"
 fi
+GROUP=e2e-mnist
 step "train --device cuda (MNIST, 500 steps)" 120 e2e-train-mnist.txt "$TARFLOW" train \
     --device cuda --steps 500 --eval-every 500 --sample-every 500 --checkpoint-every 500 \
     --out "$E2E/mnist" --quiet
+# The trained checkpoint scored on both devices with the same draws: the forward on the GPU
+# against the CPU's, on 500 test images.
+ckpt=$(ls "$E2E"/mnist/model-*.safetensors 2>/dev/null | tail -n 1)
+if [ -n "$ckpt" ]; then
+    for dev in cuda cpu; do
+        step "eval --device $dev (the MNIST checkpoint)" 60 "e2e-eval-mnist-$dev.txt" "$TARFLOW" eval \
+            --checkpoint "$ckpt" --limit 500 --draws 1 --device "$dev"
+    done
+fi
 for run in in64 mnist; do
     for f in "$E2E/$run"/samples-*.png "$E2E/$run/metrics.jsonl"; do
         [ -f "$f" ] && cp "$f" "$LOGS/e2e-$run-$(basename "$f")"
@@ -188,32 +213,40 @@ for run in in64 mnist; do
 done
 
 # 6. The whole model, ours and PyTorch's, at ImageNet64's shape.
+# Sampling (SAMPLE_BATCH images, default 4) is the slow row: ours prints each row as it is
+# measured, so a stopped run keeps the training step's.
 MODEL_BATCH=${MODEL_BATCH:-16}
+SAMPLE_BATCH=${SAMPLE_BATCH:-4}
+GROUP=model-f32
 step "bench --device cuda (ImageNet64 model)" 150 bench-model.txt "$TARFLOW" bench --device cuda \
-    --preset imagenet64 --batch "$MODEL_BATCH" --sample-batch "$MODEL_BATCH" --repeats 2
+    --preset imagenet64 --batch "$MODEL_BATCH" --sample-batch "$SAMPLE_BATCH" --repeats 2
 # The training step in mixed precision, plain and recomputing each layer's MLP half (what
 # the issue's time and memory targets compare with PyTorch's bf16 autocast step).
-for r in none mlp; do
+GROUP=model-bf16
+for r in ${RECOMPUTES:-none mlp}; do
     step "bench --device cuda --precision bf16 --recompute $r" 90 "bench-model-bf16-$r.txt" \
         "$TARFLOW" bench --device cuda --preset imagenet64 --batch "$MODEL_BATCH" \
         --sample-batch 1 --repeats 2 --precision bf16 --recompute "$r"
 done
+GROUP=torch-model
 step "PyTorch TarFlow (ImageNet64 model)" 120 torch-tarflow.txt python3 scripts/gpu-check/torch_tarflow.py \
-    --batch "$MODEL_BATCH" --sample-batch "$MODEL_BATCH" --repeats 3 --json "$LOGS/torch-tarflow.json"
+    --batch "$MODEL_BATCH" --sample-batch "$SAMPLE_BATCH" --repeats 3 --json "$LOGS/torch-tarflow.json"
 step "PyTorch TarFlow train step, batch 64" 60 torch-tarflow-64.txt python3 scripts/gpu-check/torch_tarflow.py \
     --batch 64 --sample-batch 0 --repeats 3 --json "$LOGS/torch-tarflow-64.json"
+GROUP=torch-activations
 step "PyTorch TarFlow activations, batch $MODEL_BATCH" 60 torch-activations.txt python3 scripts/gpu-check/torch_tarflow.py \
     --batch "$MODEL_BATCH" --activations --json "$LOGS/torch-activations.json"
 
 # 7. compute-sanitizer (where the machine has it) over the kernel tests, with what time is left:
 # memcheck over all of them, racecheck over the attention kernels (shared-memory tiles).
+GROUP=sanitizer
 SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
 if [ -n "$SANITIZER" ]; then
     step "compute-sanitizer memcheck: gpu_kernels" 120 sanitizer-memcheck.txt "$SANITIZER" \
         --tool memcheck --error-exitcode 3 "$BUNDLE/tests/gpu_kernels" --test-threads=1
     step "compute-sanitizer racecheck: gpu_kernels attention" 120 sanitizer-racecheck.txt "$SANITIZER" \
         --tool racecheck --error-exitcode 3 "$BUNDLE/tests/gpu_kernels" --test-threads=1 attention
-else
+elif wanted; then
     record compute-sanitizer SKIPPED 0 sanitizer-memcheck.txt "not installed here"
 fi
 
@@ -258,7 +291,7 @@ fi
     echo
     echo "## End to end on the GPU"
     echo
-    for log in e2e-train-in64 e2e-train-mnist; do
+    for log in e2e-train-in64 e2e-train-mnist e2e-eval-mnist-cuda e2e-eval-mnist-cpu; do
         echo "\`$log\`, its last lines:"
         echo
         echo '\`\`\`text'

@@ -207,6 +207,24 @@ pub fn bench_model_with(
     device: Device,
     step: StepSettings,
 ) -> Result<Vec<ModelTiming>> {
+    let mut rows = Vec::new();
+    bench_model_each(cfg, batch, sample_batch, repeats, device, step, &mut |r| {
+        rows.push(r.clone())
+    })?;
+    Ok(rows)
+}
+
+/// [`bench_model_with`], handing each row to `on_row` as soon as it is measured (a caller
+/// can print the training step's row before sampling, the slow part on a GPU, has run).
+pub fn bench_model_each(
+    cfg: &TarFlowConfig,
+    batch: usize,
+    sample_batch: usize,
+    repeats: usize,
+    device: Device,
+    step: StepSettings,
+    on_row: &mut dyn FnMut(&ModelTiming),
+) -> Result<()> {
     let StepSettings {
         precision,
         recompute,
@@ -257,7 +275,6 @@ pub fn bench_model_with(
         },
     )?;
     let fwd = forward_flops(cfg) * batch as f64;
-    let mut out = Vec::new();
     let mut memory = None;
     let t = time(repeats, 1, || {
         params.zero_grad();
@@ -296,14 +313,14 @@ pub fn bench_model_with(
     })?;
     let mut row = timing("train step (fwd+bwd+AdamW)", batch, t, 3.0 * fwd);
     row.memory = memory;
-    out.push(row);
+    on_row(&row);
     let t = time(repeats, 1, || {
         let _g = no_grad();
         let o = model.forward(&x, lab)?;
         model.bits_per_dim(&o)?;
         sync(device)
     })?;
-    out.push(timing("forward NLL", batch, t, fwd));
+    on_row(&timing("forward NLL", batch, t, fwd));
     let sampler = Sampler::new(&model)?;
     let slabels: Vec<Option<usize>> = (0..sample_batch)
         .map(|i| (cfg.num_classes > 0).then_some(i % cfg.num_classes.max(1)))
@@ -324,11 +341,11 @@ pub fn bench_model_with(
             .map(|_| ())
         // The samples come back to the host: that synchronises.
     })?;
-    out.push(timing(
+    on_row(&timing(
         "sample (KV cache)",
         sample_batch,
         t,
         sampling_flops(cfg) * sample_batch as f64,
     ));
-    Ok(out)
+    Ok(())
 }

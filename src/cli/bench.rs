@@ -9,7 +9,7 @@ use clap::Args;
 
 use tarflow::backend::Precision;
 use tarflow::bench::loader::{images_needed, loader_pass, memory, LoaderPass};
-use tarflow::bench::model::{bench_model_with, check_request, StepSettings};
+use tarflow::bench::model::{bench_model_each, bench_model_with, check_request, StepSettings};
 use tarflow::data::is_pack;
 use tarflow::model::TarFlowConfig;
 use tarflow::train::open_data;
@@ -194,15 +194,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let device = a.device()?;
     let step = a.step()?;
     let precision = step.precision;
-    let rows = bench_model_with(
-        &c,
-        a.batch,
-        a.sample_batch,
-        a.repeats.unwrap_or(5),
-        device,
-        step,
-    )?;
+    let repeats = a.repeats.unwrap_or(5);
     if a.json {
+        let rows = bench_model_with(&c, a.batch, a.sample_batch, repeats, device, step)?;
         let v = serde_json::json!({
             "config": c,
             "precision": precision,
@@ -234,33 +228,44 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "images/s",
         "GFLOP/s"
     );
-    for r in &rows {
-        say!(
-            "{:<30} {:>6} {:>10.4} {:>10.4} {:>10.4} {:>10.1} {:>9.1}",
-            r.name,
-            r.batch,
-            r.median_s,
-            r.min_s,
-            r.max_s,
-            r.images_per_s,
-            r.gflops
-        );
-    }
-    for (r, m) in rows.iter().filter_map(|r| Some((r, r.memory?))) {
-        let mb = |b: u64| b as f64 / (1 << 20) as f64;
-        say!(
-            "{} device memory ({}, recompute {}): activations {:.3} MiB ({} bytes), peak {:.3} MiB ({} \
-             bytes), {:.3} MiB before the forward",
-            r.name,
-            m.precision,
-            m.recompute,
-            mb(m.activation_bytes),
-            m.activation_bytes,
-            mb(m.peak_bytes),
-            m.peak_bytes,
-            mb(m.baseline_bytes)
-        );
-    }
+    // Each row as soon as it is measured: sampling at a large shape takes minutes, and the
+    // rows before it should survive a run that is stopped.
+    bench_model_each(
+        &c,
+        a.batch,
+        a.sample_batch,
+        repeats,
+        device,
+        step,
+        &mut |r| {
+            say!(
+                "{:<30} {:>6} {:>10.4} {:>10.4} {:>10.4} {:>10.1} {:>9.1}",
+                r.name,
+                r.batch,
+                r.median_s,
+                r.min_s,
+                r.max_s,
+                r.images_per_s,
+                r.gflops
+            );
+            if let Some(m) = r.memory {
+                let mb = |b: u64| b as f64 / (1 << 20) as f64;
+                say!(
+                    "{} device memory ({}, recompute {}): activations {:.3} MiB ({} bytes), \
+                     peak {:.3} MiB ({} bytes), {:.3} MiB before the forward",
+                    r.name,
+                    m.precision,
+                    m.recompute,
+                    mb(m.activation_bytes),
+                    m.activation_bytes,
+                    mb(m.peak_bytes),
+                    m.peak_bytes,
+                    mb(m.baseline_bytes)
+                );
+            }
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+        },
+    )?;
     Ok(())
 }
 

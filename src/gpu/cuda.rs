@@ -288,21 +288,27 @@ mod imp {
         pub(super) fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
             self.check_range("upload", dst, src.len())?;
             self.bind()?;
-            // SAFETY: the range was checked against a live allocation; the copy is
-            // synchronous, so `src` outlives it.
-            unsafe { result::memcpy_htod_sync(dst.0, src) }
+            // On the driver's stream, not the legacy default one (`memcpy_htod_sync`): the
+            // stream is non-blocking, so a copy on the default stream is ordered neither after
+            // the queued launches that still read a recycled buffer nor before the launches
+            // that read the new data. Both happened on a GPU: training-step gradients wrong
+            // by 25x, while every kernel passed its own test.
+            // SAFETY: the range was checked against a live allocation. `src` is pageable
+            // (never registered with the driver), and from pageable memory the driver stages
+            // the bytes before the call returns, so `src` may go as soon as it does.
+            unsafe { result::memcpy_htod_async(dst.0, src, self.stream.cu_stream()) }
                 .map_err(|e| driver_error(&format!("{}: upload", self.name), e))?;
             Ok(())
         }
 
         pub(super) fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
             self.check_range("download", src, dst.len())?;
-            self.synchronize()?;
-            // SAFETY: the range was checked; every launch writing it has finished (above);
-            // the copy is synchronous.
-            unsafe { result::memcpy_dtoh_sync(dst, src.0) }
+            self.bind()?;
+            // SAFETY: the range was checked; the copy is queued after every launch that
+            // writes it, and `dst` is not touched again until the stream has drained.
+            unsafe { result::memcpy_dtoh_async(dst, src.0, self.stream.cu_stream()) }
                 .map_err(|e| driver_error(&format!("{}: download", self.name), e))?;
-            Ok(())
+            self.synchronize()
         }
 
         fn function(&self, module: &PtxModule, kernel: &str) -> Result<CudaFunction> {

@@ -294,9 +294,9 @@ fi
     for log in e2e-train-in64 e2e-train-mnist e2e-eval-mnist-cuda e2e-eval-mnist-cpu; do
         echo "\`$log\`, its last lines:"
         echo
-        echo '\`\`\`text'
+        echo '```text'
         tail -n 15 "$LOGS/$log.txt" 2>/dev/null
-        echo '\`\`\`'
+        echo '```'
         echo
     done
     echo "## \`tarflow bench --kernels --device cuda\`"

@@ -12,13 +12,17 @@
 #      the interpreter and on cuda:0; elsewhere the tests named as CUDA variants);
 #   3. `tarflow bench --kernels --device cuda` as a table and as JSON;
 #   4. PyTorch at the same shapes (scripts/gpu-check/torch_ceilings.py) for the ceilings;
-#   5. the whole model at ImageNet64's shape (p2 C768 T8 K8), `tarflow bench --device cuda`
+#   5. end to end: `tarflow train --preset imagenet64 --device cuda` (bf16) on a synthetic
+#      pack, and the MNIST run cut to 500 steps, its checkpoint scored on cuda and the CPU;
+#   6. the whole model at ImageNet64's shape (p2 C768 T8 K8), `tarflow bench --device cuda`
 #      and the PyTorch eager peer (scripts/gpu-check/torch_tarflow.py: bf16 autocast, flash
-#      SDPA, KV-cached sampling) at the same batch (MODEL_BATCH, default 16), then the peer
+#      SDPA, KV-cached sampling) at the same batch (MODEL_BATCH, default 16; sampling
+#      SAMPLE_BATCH, default 4), then the peer
 #      at batch 64 as the issue's reference step, and the bytes its bf16 training forward
 #      saves for the backward (--activations) at MODEL_BATCH (`tarflow bench --device cuda`
 #      reports its own activation and peak bytes in its table; it runs again in bf16, plain
-#      and with --recompute mlp).
+#      and with --recompute mlp, or as RECOMPUTES says);
+#   7. compute-sanitizer over the kernel tests, with the time left.
 # GPU_CHECK_STEPS, a list of groups (facts tests kernels ceilings e2e-in64 e2e-mnist model-f32
 # model-bf16 torch-model torch-activations sanitizer), runs only those: a second, shorter call
 # after a fix. A step that fails is recorded and the next one runs. The report, $OUT/gpu-report.md, says
@@ -176,9 +180,10 @@ step "PyTorch ceilings" 150 torch-ceilings.txt python3 scripts/gpu-check/torch_c
 
 # 5. End to end: the command-line program trains, evaluates and samples on the GPU. ImageNet64's
 # preset in bf16 on a synthetic pack (1,280 random images of 3x64x64: the pipeline, not the
-# data set), 10 steps at batch 64 recomputing each layer's MLP half (about 64 GB of activations
-# in bf16; 122 GB without), then its evaluation and a grid of 4 samples; then the default MNIST run
-# in f32, cut to 500 steps, whose bits/dim and grid compare with the same command on the CPU.
+# data set), 10 steps at batch 64 recomputing each layer's MLP half (without it, about 115 GiB
+# of activations: 4x the 29.5 GB measured at batch 16), then its evaluation and a grid of 4
+# samples; then the default MNIST run in f32, cut to 500 steps, whose bits/dim and grid compare
+# with the same command on the CPU.
 E2E=${GPU_CHECK_WORK:-/tmp/gpu-check-work}
 rm -rf "$E2E"
 mkdir -p "$E2E"

@@ -127,7 +127,7 @@ fn timing(name: &str, batch: usize, t: Timing, flops: f64) -> ModelTiming {
 /// with the width and the depth, and the blocks compound it: at ImageNet64's shape (p2 C768
 /// T8 K8) 0.02 sends the forward to infinity (NaN bits/dim), while 0.0082 and 0.01 still
 /// give finite ones (9.33 and 10.14 bits/dim on one random image; 8.57 for the identity).
-pub fn output_projection_std(cfg: &TarFlowConfig) -> f64 {
+fn output_projection_std(cfg: &TarFlowConfig) -> f64 {
     0.02 * (128.0 / cfg.width as f64).min(1.0)
 }
 

@@ -263,7 +263,6 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                     mb(m.baseline_bytes)
                 );
             }
-            let _ = std::io::Write::flush(&mut std::io::stdout());
         },
     )?;
     Ok(())

@@ -289,10 +289,9 @@ mod imp {
             self.check_range("upload", dst, src.len())?;
             self.bind()?;
             // On the driver's stream, not the legacy default one (`memcpy_htod_sync`): the
-            // stream is non-blocking, so a copy on the default stream is ordered neither after
-            // the queued launches that still read a recycled buffer nor before the launches
-            // that read the new data. Both happened on a GPU: training-step gradients wrong
-            // by 25x, while every kernel passed its own test.
+            // stream is non-blocking, so a copy on the default stream would be ordered neither
+            // after the queued launches that still read a recycled buffer nor before the
+            // launches that read the new data.
             // SAFETY: the range was checked against a live allocation. `src` is pageable
             // (never registered with the driver), and from pageable memory the driver stages
             // the bytes before the call returns, so `src` may go as soon as it does.

@@ -13,18 +13,22 @@
 //   accumulation), f32 C. The first letter says how A ([m, k]) is stored: n = row-major
 //   (k contiguous, a[i * lda + l]), t = transposed (a[l * lda + i]); the second says how B
 //   ([k, n]) is stored: n = row-major (b[l * ldb + j]), t = transposed (b[j * ldb + l], the
-//   layout of a Linear weight [out, in]: y = x W^T is gemm_bf16_nt). 64 x 64 output tile
-//   per CTA, 4 warps each 32 x 32, k-tiles of 32 loaded with cp.async into a double buffer
-//   (the next tile loads while this one multiplies), fragments read with ldmatrix
-//   (.trans for a k-strided operand). Requirements the host checks: lda, ldb and the batch
-//   strides are multiples of 8 elements and a, b are 16-byte aligned (so every full 8-element
-//   chunk is one aligned 16-byte copy). Ragged edges: chunks that cross the m, n or k edge are
-//   loaded element by element with zeros beyond it. Launch: block (128), grid (ceil(n / 64),
-//   ceil(m / 64), batch).
+//   layout of a Linear weight [out, in]: y = x W^T is gemm_bf16_nt). Two tiles (Bf16Small,
+//   Bf16Large below): the plain names are 64 x 64 per CTA (4 warps of 32 x 32, two stages),
+//   the `_128` names 128 x 128 (4 warps of 64 x 64, four stages). k-tiles of 32 are loaded
+//   with cp.async into a ring of stages (the next tiles load while this one multiplies);
+//   fragments are read with ldmatrix (.trans for a k-strided operand); the accumulators
+//   leave through shared memory so that C is written row by row. Requirements the host
+//   checks: lda, ldb and the batch strides are multiples of 8 elements and a, b are 16-byte
+//   aligned (so every 8-element chunk starts 16-byte aligned). Ragged edges: cp.async's
+//   zero-fill loads the part of a chunk inside the m, n or k edge and zeros beyond it.
+//   Launch: block (128), grid (ceil(n / T), ceil(m / T), batch) for tile T, dynamic shared
+//   memory Bf16Tile::SMEM_BYTES (20 KiB for 64, 80 KiB for 128).
 //
 // Reduction order: for each output, k runs in increasing order, one fma per k for f32; for
 // bf16 the tensor core sums each 16-wide k-step in an order the hardware fixes, then the
-// steps in increasing order. Fixed per shape: results are reproducible run to run.
+// steps in increasing order, on either tile. Fixed per shape: results are reproducible run
+// to run, and both tiles give the same bits.
 //
 // Epilogue (both): v = alpha * acc; if beta != 0, v = fma(beta, C, v); with GEMM_HAS_BIAS,
 // v += bias[j] (f32, one per output column); each step rounded, none contracted.
@@ -40,10 +44,10 @@
 //                      data gradient (g W2) * gelu'(pre) in one GEMM, with the bits of
 //                      elementwise.cu's BINARY_GELU_BACKWARD on (v, aux)).
 // Launch as gemm_f32.
-// gemm_bf16_{nn,nt}_{gelu,residual,gelu_grad}: gemm_bf16_nn / _nt with the same three
-//   stages on v (aux as above, f32, row stride aux_rs, batch stride c_bs), so a bf16 product
-//   and its stage are one launch with the bits of the plain product followed by the
-//   elementwise kernels. Launch as gemm_bf16_nn.
+// gemm_bf16_{nn,nt}_{gelu,residual,gelu_grad}{,_128}: gemm_bf16_nn / _nt with the same
+//   three stages on v (aux as above, f32, row stride aux_rs, batch stride c_bs), so a bf16
+//   product and its stage are one launch with the bits of the plain product followed by the
+//   elementwise kernels. Launch as gemm_bf16_nn on the same tile.
 
 #ifndef TARFLOW_HOST_EMULATION
 #include <cuda_bf16.h>
@@ -271,22 +275,50 @@ extern "C" __global__ void __launch_bounds__(256)
 
 // ---- bf16 tensor-core GEMM ----
 
-#define T_BM 64
-#define T_BN 64
+// Two tile shapes share one body: `Bf16Small` (64 x 64 per CTA, 4 warps of 32 x 32, two
+// stages) and `Bf16Large` (128 x 128 per CTA, 4 warps of 64 x 64, four stages). A warp's
+// 64 x 64 tile reads 8 ldmatrix.x4 per 32 mma, twice the 32 x 32 tile's ratio, so the large
+// tile asks half as much of shared memory per flop (and of global memory: twice the reuse).
+// The small tile keeps more CTAs in flight for small products. Each output sums the same
+// 16-wide k-steps in the same increasing order in both, so both give the same bits.
 #define T_BK 32
 #define T_PAD 8
-// Elements per operand stage: the larger of [64][32 + 8] and [32][64 + 8].
-#define T_STAGE (T_BM * (T_BK + T_PAD))
 
-// The inline-PTX helpers. scripts/ptx/host/shim.h gives host versions of these five for
+template <int BM_, int BN_, int WARPS_M_, int WARPS_N_, int STAGES_>
+struct Bf16Tile {
+  static constexpr int BM = BM_, BN = BN_, STAGES = STAGES_;
+  static constexpr int WARPS_M = WARPS_M_, WARPS_N = WARPS_N_;
+  static constexpr int THREADS = 32 * WARPS_M * WARPS_N;
+  // m16 fragments and n8 fragments per warp.
+  static constexpr int MI = BM / WARPS_M / 16, NF = BN / WARPS_N / 8;
+  // Elements per operand stage: the larger of [BM][32 + 8] (k contiguous) and
+  // [32][BM + 8] (stored transposed); likewise for B with BN.
+  static constexpr int A_STAGE = BM * (T_BK + T_PAD) > T_BK * (BM + T_PAD)
+                                     ? BM * (T_BK + T_PAD)
+                                     : T_BK * (BM + T_PAD);
+  static constexpr int B_STAGE = BN * (T_BK + T_PAD) > T_BK * (BN + T_PAD)
+                                     ? BN * (T_BK + T_PAD)
+                                     : T_BK * (BN + T_PAD);
+  // Dynamic shared memory per CTA, in bytes (the host passes the same figure).
+  static constexpr int SMEM_BYTES = STAGES * (A_STAGE + B_STAGE) * 2;
+};
+using Bf16Small = Bf16Tile<64, 64, 2, 2, 2>;
+using Bf16Large = Bf16Tile<128, 128, 2, 2, 4>;
+
+// The inline-PTX helpers. scripts/ptx/host/shim.h gives host versions of these for
 // `scripts/ptx.sh host`, which runs this file on the CPU.
 #ifndef TARFLOW_HOST_EMULATION
+extern __shared__ __align__(16) unsigned char gemm_dynamic_smem[];
+
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
   return (unsigned)__cvta_generic_to_shared(p);
 }
 
-__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src));
+// Copies `src_bytes` (0 to 16) from global `src` and zero-fills the rest of the 16 bytes at
+// `dst`. With src_bytes 0 nothing is read.
+__device__ __forceinline__ void cp_async16_zfill(void* dst, const void* src, unsigned src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+               "r"(src_bytes));
 }
 
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
@@ -315,43 +347,36 @@ __device__ __forceinline__ void mma_bf16(float* d, const unsigned* a, const unsi
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
+#else
+#define gemm_dynamic_smem host_dynamic_smem
 #endif
 
-// Loads one operand tile into shared memory `s`: `rows` x `cols` elements of a matrix whose
+// Loads one operand tile into shared memory `s`: `ROWS` x `COLS` elements of a matrix whose
 // element (row, col) sits at g[row * ld + col], starting at (row0, col0), bounded by
-// (row_lim, col_lim), stored at s[r * (cols + T_PAD) + col]. 256 chunks of 8 elements, two
-// per thread; full chunks by cp.async, edge chunks element by element with zeros.
-template <int ROWS, int COLS>
+// (row_lim, col_lim), stored at s[r * (COLS + T_PAD) + col]. Chunks of 8 elements, spread
+// over the CTA's threads; every chunk is one cp.async, whose zero-fill covers the part of a
+// chunk beyond col_lim and a whole chunk beyond row_lim (ld, col0 and the base are multiples
+// of 8 elements, so each chunk's first element is 16-byte aligned).
+template <int ROWS, int COLS, int THREADS>
 __device__ __forceinline__ void load_tile(__nv_bfloat16* s, const __nv_bfloat16* __restrict__ g,
                                           unsigned ld, unsigned row0, unsigned col0,
                                           unsigned row_lim, unsigned col_lim) {
   constexpr int CPR = COLS / 8;  // chunks per row
+  constexpr int PER_THREAD = ROWS * CPR / THREADS;
+  static_assert(ROWS * CPR % THREADS == 0, "chunks must divide among the threads");
 #pragma unroll
-  for (int q = 0; q < 2; ++q) {
-    unsigned e = threadIdx.x + 128 * q;
+  for (int q = 0; q < PER_THREAD; ++q) {
+    unsigned e = threadIdx.x + THREADS * q;
     unsigned r = e / CPR, cc = (e % CPR) * 8;
     unsigned gr = row0 + r, gc = col0 + cc;
-    __nv_bfloat16* dst = s + r * (COLS + T_PAD) + cc;
-    if (gr < row_lim && gc + 8 <= col_lim) {
-      cp_async16(dst, g + (size_t)gr * ld + gc);
-    } else {
-      unsigned short v[8];
-#pragma unroll
-      for (int t = 0; t < 8; ++t) {
-        bool in = gr < row_lim && gc + t < col_lim;
-        v[t] = in ? __bfloat16_as_ushort(g[(size_t)gr * ld + gc + t]) : (unsigned short)0;
-      }
-      uint4 w;
-      w.x = v[0] | ((unsigned)v[1] << 16);
-      w.y = v[2] | ((unsigned)v[3] << 16);
-      w.z = v[4] | ((unsigned)v[5] << 16);
-      w.w = v[6] | ((unsigned)v[7] << 16);
-      *reinterpret_cast<uint4*>(dst) = w;
-    }
+    unsigned valid = gr < row_lim && gc < col_lim ? min(col_lim - gc, 8u) : 0u;
+    // A chunk with nothing to read points at the operand's start, which is always mapped.
+    const __nv_bfloat16* src = valid ? g + (size_t)gr * ld + gc : g;
+    cp_async16_zfill(s + r * (COLS + T_PAD) + cc, src, 2 * valid);
   }
 }
 
-template <bool A_KMAJOR, bool B_KMAJOR, int EPI>
+template <class T, bool A_KMAJOR, bool B_KMAJOR, int EPI>
 __device__ __forceinline__ void gemm_bf16(float* __restrict__ c,
                                           const __nv_bfloat16* __restrict__ a,
                                           const __nv_bfloat16* __restrict__ b,
@@ -360,60 +385,62 @@ __device__ __forceinline__ void gemm_bf16(float* __restrict__ c,
                                           unsigned ldb, unsigned ldc, unsigned aux_rs,
                                           unsigned a_bs, unsigned b_bs, unsigned c_bs,
                                           float alpha, float beta, unsigned flags) {
-  __shared__ __align__(16) __nv_bfloat16 As[2][T_STAGE];
-  __shared__ __align__(16) __nv_bfloat16 Bs[2][T_STAGE];
+  __nv_bfloat16* As = reinterpret_cast<__nv_bfloat16*>(gemm_dynamic_smem);
+  __nv_bfloat16* Bs = As + T::STAGES * T::A_STAGE;
   unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  unsigned wm = warp >> 1, wn = warp & 1;
-  unsigned m0 = blockIdx.y * T_BM, n0 = blockIdx.x * T_BN;
+  unsigned wm = warp / T::WARPS_N, wn = warp % T::WARPS_N;
+  unsigned m0 = blockIdx.y * T::BM, n0 = blockIdx.x * T::BN;
   a += (size_t)blockIdx.z * a_bs;
   b += (size_t)blockIdx.z * b_bs;
   c += (size_t)blockIdx.z * c_bs;
 
-  float acc[2][4][4];
+  float acc[T::MI][T::NF][4];
 #pragma unroll
-  for (int i = 0; i < 2; ++i)
+  for (int i = 0; i < T::MI; ++i)
 #pragma unroll
-    for (int j = 0; j < 4; ++j)
+    for (int j = 0; j < T::NF; ++j)
 #pragma unroll
       for (int t = 0; t < 4; ++t) acc[i][j][t] = 0.0f;
 
   auto load = [&](int stage, unsigned k0) {
+    __nv_bfloat16* as = As + stage * T::A_STAGE;
+    __nv_bfloat16* bs = Bs + stage * T::B_STAGE;
     if (A_KMAJOR) {
-      load_tile<T_BM, T_BK>(As[stage], a, lda, m0, k0, m, k);
+      load_tile<T::BM, T_BK, T::THREADS>(as, a, lda, m0, k0, m, k);
     } else {
-      load_tile<T_BK, T_BM>(As[stage], a, lda, k0, m0, k, m);
+      load_tile<T_BK, T::BM, T::THREADS>(as, a, lda, k0, m0, k, m);
     }
     if (B_KMAJOR) {
-      load_tile<T_BN, T_BK>(Bs[stage], b, ldb, n0, k0, n, k);
+      load_tile<T::BN, T_BK, T::THREADS>(bs, b, ldb, n0, k0, n, k);
     } else {
-      load_tile<T_BK, T_BN>(Bs[stage], b, ldb, k0, n0, k, n);
+      load_tile<T_BK, T::BN, T::THREADS>(bs, b, ldb, k0, n0, k, n);
     }
   };
 
+  // Pipeline: STAGES - 1 tiles in flight ahead of the one being multiplied; one commit group
+  // per tile (empty past the last), so `wait_group STAGES - 2` at iteration kt means tile kt
+  // has landed. One barrier per tile: after it, every warp is done with tile kt - 1, whose
+  // stage the load issued next overwrites.
   unsigned ktiles = (k + T_BK - 1) / T_BK;
-  if (ktiles > 0) {
-    load(0, 0);
+#pragma unroll
+  for (int s = 0; s < T::STAGES - 1; ++s) {
+    if ((unsigned)s < ktiles) load(s, s * T_BK);
+    cp_async_commit();
   }
-  cp_async_commit();
   for (unsigned kt = 0; kt < ktiles; ++kt) {
-    int stage = kt & 1;
-    if (kt + 1 < ktiles) {
-      // The other stage was last read in iteration kt - 1, which ended with a barrier.
-      load(stage ^ 1, (kt + 1) * T_BK);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
+    cp_async_wait<T::STAGES - 2>();
     __syncthreads();
-    const __nv_bfloat16* as = As[stage];
-    const __nv_bfloat16* bs = Bs[stage];
+    unsigned next = kt + T::STAGES - 1;
+    if (next < ktiles) load(next % T::STAGES, next * T_BK);
+    cp_async_commit();
+    const __nv_bfloat16* as = As + (kt % T::STAGES) * T::A_STAGE;
+    const __nv_bfloat16* bs = Bs + (kt % T::STAGES) * T::B_STAGE;
 #pragma unroll
     for (int ks = 0; ks < T_BK; ks += 16) {
-      unsigned af[2][4], bf[4][2];
+      unsigned af[T::MI][4], bf[T::NF][2];
 #pragma unroll
-      for (int mi = 0; mi < 2; ++mi) {
-        unsigned base = wm * 32 + mi * 16;
+      for (int mi = 0; mi < T::MI; ++mi) {
+        unsigned base = wm * (T::MI * 16) + mi * 16;
         if (A_KMAJOR) {
           // Matrices: (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (8-15, 8-15).
           unsigned row = base + (lane & 15), col = ks + (lane >> 4) * 8;
@@ -422,12 +449,12 @@ __device__ __forceinline__ void gemm_bf16(float* __restrict__ c,
           // Stored [k][m]: the same four matrices, read transposed.
           unsigned q = lane >> 3, r = lane & 7;
           unsigned kr = ks + r + (q >> 1) * 8, mc = base + (q & 1) * 8;
-          ldmatrix_x4_trans(af[mi], as + kr * (T_BM + T_PAD) + mc);
+          ldmatrix_x4_trans(af[mi], as + kr * (T::BM + T_PAD) + mc);
         }
       }
 #pragma unroll
-      for (int p = 0; p < 2; ++p) {
-        unsigned nb = wn * 32 + p * 16;
+      for (int p = 0; p < T::NF / 2; ++p) {
+        unsigned nb = wn * (T::NF * 8) + p * 16;
         unsigned r4[4];
         if (B_KMAJOR) {
           // Stored [n][k]: (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15).
@@ -437,7 +464,7 @@ __device__ __forceinline__ void gemm_bf16(float* __restrict__ c,
           // Stored [k][n]: the same four matrices, read transposed.
           unsigned q = lane >> 3, r = lane & 7;
           unsigned kr = ks + r + (q & 1) * 8, nc = nb + (q >> 1) * 8;
-          ldmatrix_x4_trans(r4, bs + kr * (T_BN + T_PAD) + nc);
+          ldmatrix_x4_trans(r4, bs + kr * (T::BN + T_PAD) + nc);
         }
         bf[2 * p][0] = r4[0];
         bf[2 * p][1] = r4[1];
@@ -445,69 +472,96 @@ __device__ __forceinline__ void gemm_bf16(float* __restrict__ c,
         bf[2 * p + 1][1] = r4[3];
       }
 #pragma unroll
-      for (int mi = 0; mi < 2; ++mi)
+      for (int mi = 0; mi < T::MI; ++mi)
 #pragma unroll
-        for (int nf = 0; nf < 4; ++nf) mma_bf16(acc[mi][nf], af[mi], bf[nf]);
+        for (int nf = 0; nf < T::NF; ++nf) mma_bf16(acc[mi][nf], af[mi], bf[nf]);
     }
-    // Every warp is done with this stage before the next iteration overwrites it.
-    __syncthreads();
   }
-
+  // The accumulators go through shared memory, so that the epilogue walks C row by row (a
+  // warp stores 32 consecutive floats) and its code is one loop, not one copy per
+  // accumulator. Only empty cp.async groups are pending here, and the barrier ends every
+  // warp's reads of the last stage.
+  constexpr int CS = T::BN + 8;  // row stride: conflict-free float2 stores of fragments
+  static_assert(T::BM * CS * 4 <= T::SMEM_BYTES, "the C tile must fit the stages' memory");
+  static_assert(T::THREADS % T::BN == 0, "each thread keeps one column");
+  float* cs = reinterpret_cast<float*>(gemm_dynamic_smem);
+  __syncthreads();
   unsigned group = lane >> 2, tig = lane & 3;
 #pragma unroll
-  for (int mi = 0; mi < 2; ++mi) {
+  for (int mi = 0; mi < T::MI; ++mi)
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      unsigned i = m0 + wm * 32 + mi * 16 + group + 8 * h;
-      if (i >= m) continue;
+    for (int h = 0; h < 2; ++h)
 #pragma unroll
-      for (int nf = 0; nf < 4; ++nf) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          unsigned j = n0 + wn * 32 + nf * 8 + 2 * tig + e;
-          if (j >= n) continue;
-          float* cij = c + (size_t)i * ldc + j;
-          float v = epilogue(acc[mi][nf][2 * h + e], alpha, beta, cij, bias, j, flags);
-          *cij = epilogue_stage<EPI>(v, aux, blockIdx.z, c_bs, i, aux_rs, j);
-        }
+      for (int nf = 0; nf < T::NF; ++nf) {
+        unsigned r = wm * (T::MI * 16) + mi * 16 + group + 8 * h;
+        unsigned col = wn * (T::NF * 8) + nf * 8 + 2 * tig;
+        *reinterpret_cast<float2*>(cs + r * CS + col) =
+            make_float2(acc[mi][nf][2 * h], acc[mi][nf][2 * h + 1]);
       }
-    }
+  __syncthreads();
+  unsigned col = threadIdx.x % T::BN, j = n0 + col;
+  if (j >= n) return;
+  constexpr unsigned ROW_STEP = T::THREADS / T::BN;
+  unsigned rows = min(m - m0, (unsigned)T::BM);
+  auto store = [&](unsigned r) {
+    unsigned i = m0 + r;
+    float* cij = c + (size_t)i * ldc + j;
+    float v = epilogue(cs[r * CS + col], alpha, beta, cij, bias, j, flags);
+    *cij = epilogue_stage<EPI>(v, aux, blockIdx.z, c_bs, i, aux_rs, j);
+  };
+  if (EPI == GEMM_EPI_NONE) {
+#pragma unroll 4
+    for (unsigned r = threadIdx.x / T::BN; r < rows; r += ROW_STEP) store(r);
+  } else {
+#pragma unroll 1
+    for (unsigned r = threadIdx.x / T::BN; r < rows; r += ROW_STEP) store(r);
   }
 }
 
-#define GEMM_BF16_ENTRY(NAME, AK, BK)                                                        \
-  extern "C" __global__ void __launch_bounds__(128)                                          \
+// Entries: `gemm_bf16_<layout>` on the small tile, `gemm_bf16_<layout>_128` on the large one.
+#define GEMM_BF16_ENTRY(NAME, T, AK, BK)                                                     \
+  extern "C" __global__ void __launch_bounds__(T::THREADS)                                   \
       NAME(float* __restrict__ c, const __nv_bfloat16* __restrict__ a,                      \
            const __nv_bfloat16* __restrict__ b, const float* __restrict__ bias, unsigned m, \
            unsigned n, unsigned k, unsigned lda, unsigned ldb, unsigned ldc, unsigned a_bs, \
            unsigned b_bs, unsigned c_bs, float alpha, float beta, unsigned flags) {         \
-    gemm_bf16<AK, BK, GEMM_EPI_NONE>(c, a, b, bias, nullptr, m, n, k, lda, ldb, ldc, 0,      \
-                                     a_bs, b_bs, c_bs, alpha, beta, flags);                  \
+    gemm_bf16<T, AK, BK, GEMM_EPI_NONE>(c, a, b, bias, nullptr, m, n, k, lda, ldb, ldc, 0,   \
+                                        a_bs, b_bs, c_bs, alpha, beta, flags);               \
   }
 
-GEMM_BF16_ENTRY(gemm_bf16_nn, true, false)
-GEMM_BF16_ENTRY(gemm_bf16_nt, true, true)
-GEMM_BF16_ENTRY(gemm_bf16_tn, false, false)
-GEMM_BF16_ENTRY(gemm_bf16_tt, false, true)
+GEMM_BF16_ENTRY(gemm_bf16_nn, Bf16Small, true, false)
+GEMM_BF16_ENTRY(gemm_bf16_nt, Bf16Small, true, true)
+GEMM_BF16_ENTRY(gemm_bf16_tn, Bf16Small, false, false)
+GEMM_BF16_ENTRY(gemm_bf16_tt, Bf16Small, false, true)
+GEMM_BF16_ENTRY(gemm_bf16_nn_128, Bf16Large, true, false)
+GEMM_BF16_ENTRY(gemm_bf16_nt_128, Bf16Large, true, true)
+GEMM_BF16_ENTRY(gemm_bf16_tn_128, Bf16Large, false, false)
+GEMM_BF16_ENTRY(gemm_bf16_tt_128, Bf16Large, false, true)
 
 // The epilogue stages, for A stored row-major (an activation or a gradient) and B either
 // way: `_nt` for a Linear layer's x W^T (the GELU and residual stages), `_nn` for its input
 // gradient g W (the GELU derivative). aux follows C's arguments and aux_rs follows ldc, as
 // in gemm_f32_gelu.
-#define GEMM_BF16_EPI_ENTRY(NAME, BK, EPI)                                                   \
-  extern "C" __global__ void __launch_bounds__(128)                                          \
+#define GEMM_BF16_EPI_ENTRY(NAME, T, BK, EPI)                                                \
+  extern "C" __global__ void __launch_bounds__(T::THREADS)                                   \
       NAME(float* __restrict__ c, const __nv_bfloat16* __restrict__ a,                      \
            const __nv_bfloat16* __restrict__ b, const float* __restrict__ bias,             \
            float* __restrict__ aux, unsigned m, unsigned n, unsigned k, unsigned lda,       \
            unsigned ldb, unsigned ldc, unsigned aux_rs, unsigned a_bs, unsigned b_bs,       \
            unsigned c_bs, float alpha, float beta, unsigned flags) {                        \
-    gemm_bf16<true, BK, EPI>(c, a, b, bias, aux, m, n, k, lda, ldb, ldc, aux_rs, a_bs, b_bs, \
-                             c_bs, alpha, beta, flags);                                      \
+    gemm_bf16<T, true, BK, EPI>(c, a, b, bias, aux, m, n, k, lda, ldb, ldc, aux_rs, a_bs,    \
+                                b_bs, c_bs, alpha, beta, flags);                             \
   }
 
-GEMM_BF16_EPI_ENTRY(gemm_bf16_nn_gelu, false, GEMM_EPI_GELU)
-GEMM_BF16_EPI_ENTRY(gemm_bf16_nn_residual, false, GEMM_EPI_RESIDUAL)
-GEMM_BF16_EPI_ENTRY(gemm_bf16_nn_gelu_grad, false, GEMM_EPI_GELU_GRAD)
-GEMM_BF16_EPI_ENTRY(gemm_bf16_nt_gelu, true, GEMM_EPI_GELU)
-GEMM_BF16_EPI_ENTRY(gemm_bf16_nt_residual, true, GEMM_EPI_RESIDUAL)
-GEMM_BF16_EPI_ENTRY(gemm_bf16_nt_gelu_grad, true, GEMM_EPI_GELU_GRAD)
+GEMM_BF16_EPI_ENTRY(gemm_bf16_nn_gelu, Bf16Small, false, GEMM_EPI_GELU)
+GEMM_BF16_EPI_ENTRY(gemm_bf16_nn_residual, Bf16Small, false, GEMM_EPI_RESIDUAL)
+GEMM_BF16_EPI_ENTRY(gemm_bf16_nn_gelu_grad, Bf16Small, false, GEMM_EPI_GELU_GRAD)
+GEMM_BF16_EPI_ENTRY(gemm_bf16_nt_gelu, Bf16Small, true, GEMM_EPI_GELU)
+GEMM_BF16_EPI_ENTRY(gemm_bf16_nt_residual, Bf16Small, true, GEMM_EPI_RESIDUAL)
+GEMM_BF16_EPI_ENTRY(gemm_bf16_nt_gelu_grad, Bf16Small, true, GEMM_EPI_GELU_GRAD)
+GEMM_BF16_EPI_ENTRY(gemm_bf16_nn_gelu_128, Bf16Large, false, GEMM_EPI_GELU)
+GEMM_BF16_EPI_ENTRY(gemm_bf16_nn_residual_128, Bf16Large, false, GEMM_EPI_RESIDUAL)
+GEMM_BF16_EPI_ENTRY(gemm_bf16_nn_gelu_grad_128, Bf16Large, false, GEMM_EPI_GELU_GRAD)
+GEMM_BF16_EPI_ENTRY(gemm_bf16_nt_gelu_128, Bf16Large, true, GEMM_EPI_GELU)
+GEMM_BF16_EPI_ENTRY(gemm_bf16_nt_residual_128, Bf16Large, true, GEMM_EPI_RESIDUAL)
+GEMM_BF16_EPI_ENTRY(gemm_bf16_nt_gelu_grad_128, Bf16Large, true, GEMM_EPI_GELU_GRAD)

@@ -467,6 +467,17 @@ mod tests {
             .find(|r| r.case.contains("bf16 NT"))
             .unwrap();
         assert!(bf16.counters.unwrap().tensor > 0, "bf16 GEMM without mma");
+        let tiles: Vec<_> = b
+            .results
+            .iter()
+            .filter(|r| r.case.ends_with(" tile"))
+            .map(|r| (r.kernels.clone(), r.counters.unwrap().global_bytes_read))
+            .collect();
+        assert_eq!(tiles.len(), 2);
+        assert_eq!(tiles[0].0, ["gemm_bf16_nt"]);
+        assert_eq!(tiles[1].0, ["gemm_bf16_nt_128"]);
+        // The 128 tile reads each operand half as often.
+        assert_eq!(tiles[0].1, 2 * tiles[1].1, "{tiles:?}");
         let table = format_gpu_table(&b);
         for r in &b.results {
             assert!(table.contains(&r.case), "{} missing from the table", r.case);

@@ -171,8 +171,13 @@ mod imp {
         stream: Arc<CudaStream>,
         modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
         functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
+        /// The dynamic shared memory each kernel has been allowed beyond the default 48 KiB.
+        shared_opt_in: Mutex<HashMap<(&'static str, String), u32>>,
         pool: Mutex<Pool>,
     }
+
+    /// Dynamic shared memory a launch gets without asking (`cuFuncSetAttribute`).
+    const DEFAULT_DYNAMIC_SHARED: u32 = 48 * 1024;
 
     // Rounding sizes up to a few classes lets a freed buffer serve the next request of about
     // the same size (training steps repeat their sizes exactly; sampling grows slowly).
@@ -212,6 +217,7 @@ mod imp {
                 stream,
                 modules: Mutex::new(HashMap::new()),
                 functions: Mutex::new(HashMap::new()),
+                shared_opt_in: Mutex::new(HashMap::new()),
                 pool: Mutex::new(Pool::default()),
             })
         }
@@ -360,6 +366,9 @@ mod imp {
             args: &[KernelArg],
         ) -> Result<()> {
             let f = self.function(module, kernel)?;
+            if config.shared_bytes > DEFAULT_DYNAMIC_SHARED {
+                self.allow_shared(&f, module, kernel, config.shared_bytes)?;
+            }
             // Each argument's bytes live in this vector until the launch call returns (the
             // driver copies parameters at launch).
             let values: Vec<ArgValue> = args.iter().map(|&a| ArgValue::from(a)).collect();
@@ -383,6 +392,37 @@ mod imp {
             unsafe { b.launch(cfg) }
                 .map(|_| ())
                 .map_err(|e| driver_error(&format!("{}: launch of {kernel}", self.name), e))
+        }
+
+        /// Raises `kernel`'s dynamic shared memory limit to `bytes` (a launch past 48 KiB
+        /// fails without it), once per kernel and size.
+        fn allow_shared(
+            &self,
+            f: &CudaFunction,
+            module: &PtxModule,
+            kernel: &str,
+            bytes: u32,
+        ) -> Result<()> {
+            let key = (module.name, kernel.to_string());
+            let mut allowed = self.shared_opt_in.lock().unwrap_or_else(|e| e.into_inner());
+            if allowed.get(&key).is_some_and(|&b| b >= bytes) {
+                return Ok(());
+            }
+            f.set_attribute(
+                sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes as i32,
+            )
+            .map_err(|e| {
+                driver_error(
+                    &format!(
+                        "{}: {kernel} asks for {bytes} bytes of dynamic shared memory",
+                        self.name
+                    ),
+                    e,
+                )
+            })?;
+            allowed.insert(key, bytes);
+            Ok(())
         }
 
         pub(super) fn synchronize(&self) -> Result<()> {

@@ -213,14 +213,17 @@ fn interpreter_counters_per_kernel() {
         Bf16Layout::TN,
         Bf16Layout::TT,
     ] {
-        gemm_bf16(d, &product(layout)).unwrap();
-        table.push(row(
-            &sim,
-            layout.kernel(),
-            "128 x 128 x 128",
-            4,
-            (4 * m * nn) as u64,
-        ));
+        // The same product on both tiles: four 64 x 64 CTAs, or one 128 x 128.
+        for (tile, ctas) in [(Bf16Tile::Small, 4), (Bf16Tile::Large, 1)] {
+            gemm_bf16_on(d, &product(layout), None, tile).unwrap();
+            table.push(row(
+                &sim,
+                layout.kernel_on(tile),
+                "128 x 128 x 128",
+                ctas,
+                (4 * m * nn) as u64,
+            ));
+        }
     }
     // The epilogue stages after the NN product: the GELU writes the pre-activation too.
     let aux = upload::<f32>(d, &vec![0.5; m * nn]);

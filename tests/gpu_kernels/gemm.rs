@@ -1,17 +1,18 @@
 //! `ptx/gemm.cu`: the f32 GEMM (transposed operands as strides, alpha / beta, bias, batches
-//! with a shared operand) and the bf16 tensor-core GEMM in all four layouts, on shapes that
-//! are not multiples of the 64 x 64 tile and have three full k-tiles plus a ragged one. Outputs
+//! with a shared operand) and the bf16 tensor-core GEMM in all four layouts on both tiles, on
+//! shapes that are not multiples of the tile (at least three tiles each way on the 128 x 128
+//! one) and have three full k-tiles plus a ragged one. Outputs
 //! are compared with an f64 product of the same (bf16-rounded) inputs, within `1e-5` of the
 //! sum of the magnitudes of the terms; the f32 Linear case also with the CPU's `linear`, and
 //! the GELU-derivative epilogue with the CPU's product and `gelu` backward. The bf16
 //! epilogue kernels are compared bit for bit with the bf16 product followed by the
-//! elementwise kernels they replace.
+//! elementwise kernels they replace. Both tiles give the same bits.
 
 use half::bf16;
 use tarflow::backend::{BinaryOp, UnaryOp};
 use tarflow::gpu::kernels::{
-    binary_f32, gemm_bf16, gemm_bf16_epilogue, gemm_f32, gemm_f32_epilogue, strided_copy_f32,
-    unary_f32, Bf16Layout, GemmBf16, GemmEpilogue, GemmF32,
+    binary_f32, gemm_bf16_epilogue, gemm_bf16_on, gemm_f32, gemm_f32_epilogue, strided_copy_f32,
+    unary_f32, Bf16Layout, Bf16Tile, GemmBf16, GemmEpilogue, GemmF32,
 };
 use tarflow::gpu::{DevicePtr, Driver};
 use tarflow::{Rng, Tensor};
@@ -292,11 +293,29 @@ fn bf16_product(
     }
 }
 
+/// `[m, n]` outputs ragged against `tile` in both directions: three tiles and a part on the
+/// large one, two and a part on the small one.
+fn ragged(tile: Bf16Tile) -> (usize, usize) {
+    match tile {
+        Bf16Tile::Small => (150, 141),
+        Bf16Tile::Large => (300, 270),
+    }
+}
+
+const TILES: [Bf16Tile; 2] = [Bf16Tile::Small, Bf16Tile::Large];
+
 fn bf16_layouts(d: &dyn Driver) {
+    for tile in TILES {
+        bf16_layouts_on(d, tile);
+    }
+}
+
+fn bf16_layouts_on(d: &dyn Driver, tile: Bf16Tile) {
     let mut rng = Rng::new(53);
-    // m, n ragged against the 64 x 64 tile; k = 3 k-tiles of 32 + 19 (not a multiple of 8,
-    // so the last chunk of 8 crosses the edge).
-    let (m, n, k, batch) = (150usize, 141usize, 115usize, 2usize);
+    // m, n ragged against the tile; k = 3 k-tiles of 32 + 19 (not a multiple of 8, so the
+    // last chunk of 8 crosses the edge).
+    let (m, n) = ragged(tile);
+    let (k, batch) = (115usize, 2usize);
     let (alpha, beta) = (1.25f32, 1.0f32);
     let pad = |x: usize| x.div_ceil(8) * 8 + 8;
     for layout in [
@@ -330,7 +349,7 @@ fn bf16_layouts(d: &dyn Driver) {
             alpha,
             beta,
         );
-        gemm_bf16(d, &g).unwrap();
+        gemm_bf16_on(d, &g, None, tile).unwrap();
         let got = download::<f32>(d, c, batch * m * n);
         for z in 0..batch {
             let (ao, bo) = (z * a.batch_stride, z * b.batch_stride);
@@ -351,7 +370,7 @@ fn bf16_layouts(d: &dyn Driver) {
                 alpha as f64,
                 beta as f64,
             );
-            let what = format!("gemm_bf16 {layout:?} batch {z} on {}", d.name());
+            let what = format!("gemm_bf16 {layout:?} {tile:?} batch {z} on {}", d.name());
             assert_within(&what, &got[z * m * n..(z + 1) * m * n], &want, &bound);
         }
     }
@@ -360,12 +379,15 @@ fn bf16_layouts(d: &dyn Driver) {
 /// The bf16 GEMM's edges in every layout: a 1 x 1 x 1 product with NaN in the padding, and
 /// `k = 0`, where `C = beta C + bias`.
 fn bf16_edges(d: &dyn Driver) {
-    for layout in [
+    for (layout, tile) in [
         Bf16Layout::NN,
         Bf16Layout::NT,
         Bf16Layout::TN,
         Bf16Layout::TT,
-    ] {
+    ]
+    .into_iter()
+    .flat_map(|l| TILES.map(|t| (l, t)))
+    {
         let mut a = vec![0x7fc0u16; 8];
         let mut b = vec![0x7fc0u16; 8];
         a[0] = bf16::from_f32(3.0).to_bits();
@@ -390,9 +412,14 @@ fn bf16_edges(d: &dyn Driver) {
             alpha: 1.0,
             beta: 0.0,
         };
-        gemm_bf16(d, &g).unwrap();
+        gemm_bf16_on(d, &g, None, tile).unwrap();
         let got = download::<f32>(d, c, 2);
-        assert_eq!(got[0], -1.5, "{layout:?} 1 x 1 x 1 on {}", d.name());
+        assert_eq!(
+            got[0],
+            -1.5,
+            "{layout:?} {tile:?} 1 x 1 x 1 on {}",
+            d.name()
+        );
         assert!(
             got[1].is_nan(),
             "{layout:?} 1 x 1 x 1 wrote past its output"
@@ -407,8 +434,8 @@ fn bf16_edges(d: &dyn Driver) {
             beta: 2.0,
             ..g
         };
-        gemm_bf16(d, &zero_k).unwrap();
-        let what = format!("{layout:?} with k = 0 on {}", d.name());
+        gemm_bf16_on(d, &zero_k, None, tile).unwrap();
+        let what = format!("{layout:?} {tile:?} with k = 0 on {}", d.name());
         assert_bits(&what, &download::<f32>(d, c, 3), &[12.0, 24.0, 36.0]);
     }
 }
@@ -562,10 +589,10 @@ fn bf16_both_ways(rng: &mut Rng, batch: usize, k: usize, n: usize) -> (Bf16Opera
 }
 
 /// The bf16 products of one `A` `[m, k]` and one `B` `[k, n]` (two batches, ragged tiles,
-/// three k-tiles and a ragged one, a bias, `alpha = 0.75`) in all four layouts give the same
-/// bits: `ldmatrix.trans` of a stored-transposed operand yields the fragments the plain
-/// `ldmatrix` yields of the other storage, so the tensor cores see the same products in the
-/// same order. (The backend picks each operand's layout by its strides, so that converting
+/// three k-tiles and a ragged one, a bias, `alpha = 0.75`) in all four layouts and on both
+/// tiles give the same bits: `ldmatrix.trans` of a stored-transposed operand yields the
+/// fragments the plain `ldmatrix` yields of the other storage, and a tile only changes which
+/// CTA computes an output, so the tensor cores see the same products in the same order. (The backend picks each operand's layout by its strides, so that converting
 /// an operand to bf16 never transposes it.)
 fn bf16_layouts_agree(d: &dyn Driver) {
     let mut rng = Rng::new(59);
@@ -584,7 +611,7 @@ fn bf16_layouts_agree(d: &dyn Driver) {
         let (a_k, b_k) = k_major(layout);
         let a = if a_k { &a_t } else { &a_n };
         let b = if b_k { &b_t } else { &b_n };
-        let c = poisoned_f32(d, batch * m * n);
+        let c = DevicePtr(0);
         let g = bf16_product(
             d,
             layout,
@@ -595,14 +622,21 @@ fn bf16_layouts_agree(d: &dyn Driver) {
             0.75,
             0.0,
         );
-        gemm_bf16(d, &g).unwrap();
-        results.push((layout, download::<f32>(d, c, batch * m * n)));
+        for tile in TILES {
+            let c = poisoned_f32(d, batch * m * n);
+            gemm_bf16_on(d, &GemmBf16 { c, ..g }, None, tile).unwrap();
+            results.push((layout, tile, download::<f32>(d, c, batch * m * n)));
+        }
     }
-    let (_, nn) = &results[0];
+    let (_, _, nn) = &results[0];
     assert!(nn.iter().all(|v| v.is_finite()));
-    for (layout, got) in &results[1..] {
+    for (layout, tile, got) in &results[1..] {
         assert_bits(
-            &format!("gemm_bf16 {layout:?} against NN on {}", d.name()),
+            &format!(
+                "gemm_bf16 {layout:?} {tile:?} against NN {:?} on {}",
+                TILES[0],
+                d.name()
+            ),
             got,
             nn,
         );
@@ -614,15 +648,22 @@ fn gemm_bf16_layouts_give_the_same_bits() {
     on_each_device(bf16_layouts_agree);
 }
 
-/// `gemm_bf16_{nn,nt}_{gelu,residual,gelu_grad}` on two batches of `[150, 115] x [115, 141]`
-/// with a bias (ragged tiles, three k-tiles and a ragged one), `C` and `aux` rows padded to
-/// 144: bit for bit the plain product in the same layout followed by the elementwise kernel
+/// `gemm_bf16_{nn,nt}_{gelu,residual,gelu_grad}` and their `_128` twins on two batches of
+/// `[150, 115] x [115, 141]` (small tile) and `[300, 115] x [115, 270]` (large) with a bias
+/// (ragged tiles, three k-tiles and a ragged one), `C` and `aux` rows padded by 3: bit for bit the plain product in the same layout followed by the elementwise kernel
 /// each stage stands for (`strided_copy_f32` + `unary_f32` Gelu, `binary_f32` Add,
 /// `binary_f32` GeluBackward), as the backend ran them before, and no padding written. Then
 /// what the wrapper refuses: `A` stored transposed, `beta != 0`, and overlapping `aux` rows.
 fn bf16_epilogues(d: &dyn Driver) {
+    for tile in TILES {
+        bf16_epilogues_on(d, tile);
+    }
+}
+
+fn bf16_epilogues_on(d: &dyn Driver, tile: Bf16Tile) {
     let mut rng = Rng::new(57);
-    let (m, n, k, batch) = (150usize, 141usize, 115usize, 2usize);
+    let (m, n) = ragged(tile);
+    let (k, batch) = (115usize, 2usize);
     let ld = n + 3;
     let a = bf16_operand(&mut rng, batch, m, k, k.div_ceil(8) * 8);
     let (b_n, b_t) = bf16_both_ways(&mut rng, batch, k, n);
@@ -665,7 +706,7 @@ fn bf16_epilogues(d: &dyn Driver) {
     let padded = |v: &[f32]| v.chunks(ld).all(|row| row[n..].iter().all(|x| x.is_nan()));
     for layout in [Bf16Layout::NN, Bf16Layout::NT] {
         let plain = poisoned_f32(d, total);
-        gemm_bf16(d, &product(layout, plain)).unwrap();
+        gemm_bf16_on(d, &product(layout, plain), None, tile).unwrap();
         // Padding stays NaN through the elementwise kernels too, so whole buffers compare.
         for name in ["gelu", "residual", "gelu_grad"] {
             let aux = upload::<f32>(d, &aux_values);
@@ -676,9 +717,13 @@ fn bf16_epilogues(d: &dyn Driver) {
                 _ => GemmEpilogue::GeluGrad { aux, aux_rs },
             };
             let fused = poisoned_f32(d, total);
-            gemm_bf16_epilogue(d, &product(layout, fused), epi).unwrap();
+            gemm_bf16_on(d, &product(layout, fused), Some(epi), tile).unwrap();
             let got = download::<f32>(d, fused, total);
-            let what = format!("{} on {}", epi.bf16_kernel(layout).unwrap(), d.name());
+            let what = format!(
+                "{} on {}",
+                epi.bf16_kernel_on(layout, tile).unwrap(),
+                d.name()
+            );
             assert!(padded(&got), "{what}: C's padding written");
 
             let want = poisoned_f32(d, total);

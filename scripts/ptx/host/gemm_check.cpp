@@ -1,18 +1,30 @@
-// gemm.cu on the host: the four bf16 tensor-core layouts, their epilogue entries (against
-// the plain product and the stage, bit for bit) and the f32 GEMM against f64
-// references, on ragged shapes (m, n not multiples of the 64 tile, k over four 32-wide
-// k-tiles and ragged), batched, with padding around the operands filled with NaN (a read
+// gemm.cu on the host: the four bf16 tensor-core layouts on both tiles (64 and 128), their
+// epilogue entries (against the plain product and the stage, bit for bit), the 128 tile
+// against the 64 tile bit for bit, and the f32 GEMM against f64 references, on ragged
+// shapes (m, n not multiples of the tile, k over four 32-wide k-tiles and ragged), batched, with padding around the operands filled with NaN (a read
 // outside an operand shows), bias, alpha and beta, and C's padding columns left untouched.
 #include "shim.h"
 #include "../../../ptx/gemm.cu"
 
 static unsigned short to_bf16(float f) { return __float2bfloat16_rn(f).bits; }
 
-static void bf16_case(int layout) {
+using Bf16Entry = decltype(&gemm_bf16_nn);
+using Bf16EpiEntry = decltype(&gemm_bf16_nt_gelu);
+static const Bf16Entry SMALL[4] = {gemm_bf16_nn, gemm_bf16_nt, gemm_bf16_tn, gemm_bf16_tt};
+static const Bf16Entry LARGE[4] = {gemm_bf16_nn_128, gemm_bf16_nt_128, gemm_bf16_tn_128, gemm_bf16_tt_128};
+
+// The last product of each layout on the 64 tile, for the 128 tile to match bit for bit.
+static std::vector<float> small_results[4];
+
+// The tile's size, and its shapes: ragged against it, three tiles and a part on the large
+// one, so that whole, partial and edge tiles all occur.
+static void bf16_case(int layout, bool large) {
   const char* names[4] = {"nn", "nt", "tn", "tt"};
-  const unsigned M = 70, N = 45, K = 100, batch = 2;
+  const unsigned tile = large ? 128 : 64;
+  rng_state = 0x2545F4914F6CDD1DULL + layout;  // the same operands for both tiles
+  const unsigned M = 300, N = 270, K = 100, batch = 2;
   bool a_t = layout >= 2, b_t = layout % 2 == 1;
-  unsigned lda = a_t ? 72 : 104, ldb = b_t ? 104 : 48, ldc = 50;
+  unsigned lda = a_t ? 312 : 104, ldb = b_t ? 104 : 280, ldc = 275;
   unsigned a_bs = (a_t ? K : M) * lda, b_bs = (b_t ? N : K) * ldb, c_bs = M * ldc;
   std::vector<unsigned short> A(batch * a_bs, to_bf16(NAN)), B(batch * b_bs, to_bf16(NAN));
   std::vector<float> Av(batch * M * K), Bv(batch * K * N);
@@ -37,8 +49,8 @@ static void bf16_case(int layout) {
   const float alpha = 1.5f, beta = 0.5f;
   auto a = reinterpret_cast<const __nv_bfloat16*>(A.data());
   auto b = reinterpret_cast<const __nv_bfloat16*>(B.data());
-  auto kernel = layout == 0 ? gemm_bf16_nn : layout == 1 ? gemm_bf16_nt : layout == 2 ? gemm_bf16_tn : gemm_bf16_tt;
-  launch({(N + 63) / 64, (M + 63) / 64, batch}, 128, [&] {
+  auto kernel = (large ? LARGE : SMALL)[layout];
+  launch({(N + tile - 1) / tile, (M + tile - 1) / tile, batch}, 128, [&] {
     kernel(C.data(), a, b, bias.data(), M, N, K, lda, ldb, ldc, a_bs, b_bs, c_bs, alpha, beta, GEMM_HAS_BIAS);
   });
   double worst = 0;
@@ -62,7 +74,14 @@ static void bf16_case(int layout) {
         if (!(err <= worst)) worst = std::isnan(err) ? INFINITY : err;
         CHECK(err < 1e-5, "gemm_bf16_%s batch %u (%u, %u): %g, want %g", names[layout], z, i, j, C[at], want);
       }
-  printf("gemm_bf16_%s: worst error %.2g relative to the sum of |products|\n", names[layout], worst);
+  printf("gemm_bf16_%s%s: worst error %.2g relative to the sum of |products|\n", names[layout], large ? "_128" : "",
+         worst);
+  if (!large) {
+    small_results[layout] = C;
+  } else {
+    CHECK(memcmp(C.data(), small_results[layout].data(), C.size() * 4) == 0, "gemm_bf16_%s_128 differs from gemm_bf16_%s",
+          names[layout], names[layout]);
+  }
 }
 
 static void f32_case() {
@@ -93,9 +112,12 @@ static void f32_case() {
 // product of the same layout followed by the stage (gemm.cu's own gelu / gelu_grad on the
 // host), two batches, a bias and alpha != 1; the GELU's pre-activation is the plain product;
 // C's and aux's padding columns are left untouched.
-static void bf16_epilogue_case(int b_t, int epi) {
+static void bf16_epilogue_case(int b_t, int epi, bool large) {
   const char* stages[3] = {"gelu", "residual", "gelu_grad"};
-  const unsigned M = 70, N = 45, K = 100, batch = 2, lda = 104, ldb = b_t ? 104 : 48, ldc = 50;
+  const char* tile_name = large ? "_128" : "";
+  const unsigned tile = large ? 128 : 64;
+  const unsigned M = large ? 300 : 70, N = large ? 270 : 45, K = 100, batch = 2, lda = 104;
+  const unsigned ldb = b_t ? 104 : N + 3, ldc = N + 5;
   unsigned a_bs = M * lda, b_bs = (b_t ? N : K) * ldb, c_bs = M * ldc;
   std::vector<unsigned short> A(batch * a_bs, to_bf16(NAN)), B(batch * b_bs, to_bf16(NAN));
   for (unsigned z = 0; z < batch; ++z) {
@@ -113,13 +135,17 @@ static void bf16_epilogue_case(int b_t, int epi) {
   auto a = reinterpret_cast<const __nv_bfloat16*>(A.data());
   auto b = reinterpret_cast<const __nv_bfloat16*>(B.data());
   const float alpha = 0.75f;
-  Dim3 grid = {(N + 63) / 64, (M + 63) / 64, batch};
+  Dim3 grid = {(N + tile - 1) / tile, (M + tile - 1) / tile, batch};
   launch(grid, 128, [&] {
-    (b_t ? gemm_bf16_nt : gemm_bf16_nn)(plain.data(), a, b, bias.data(), M, N, K, lda, ldb, ldc, a_bs, b_bs, c_bs, alpha, 0.0f,
+    (large ? LARGE : SMALL)[b_t](plain.data(), a, b, bias.data(), M, N, K, lda, ldb, ldc, a_bs, b_bs, c_bs, alpha, 0.0f,
                                          GEMM_HAS_BIAS);
   });
-  auto entries = b_t ? std::vector<decltype(&gemm_bf16_nt_gelu)>{gemm_bf16_nt_gelu, gemm_bf16_nt_residual, gemm_bf16_nt_gelu_grad}
-                     : std::vector<decltype(&gemm_bf16_nt_gelu)>{gemm_bf16_nn_gelu, gemm_bf16_nn_residual, gemm_bf16_nn_gelu_grad};
+  const Bf16EpiEntry all[2][2][3] = {
+      {{gemm_bf16_nn_gelu, gemm_bf16_nn_residual, gemm_bf16_nn_gelu_grad},
+       {gemm_bf16_nt_gelu, gemm_bf16_nt_residual, gemm_bf16_nt_gelu_grad}},
+      {{gemm_bf16_nn_gelu_128, gemm_bf16_nn_residual_128, gemm_bf16_nn_gelu_grad_128},
+       {gemm_bf16_nt_gelu_128, gemm_bf16_nt_residual_128, gemm_bf16_nt_gelu_grad_128}}};
+  const Bf16EpiEntry* entries = all[large][b_t];
   launch(grid, 128, [&] {
     entries[epi](fused.data(), a, b, bias.data(), aux.data(), M, N, K, lda, ldb, ldc, ldc, a_bs, b_bs, c_bs, alpha, 0.0f,
                  GEMM_HAS_BIAS);
@@ -127,23 +153,28 @@ static void bf16_epilogue_case(int b_t, int epi) {
   for (size_t at = 0; at < fused.size(); ++at) {
     unsigned j = at % ldc;
     if (j >= N) {
-      CHECK(std::isnan(fused[at]) && std::isnan(aux[at]), "gemm_bf16_%s_%s wrote padding at %zu", b_t ? "nt" : "nn", stages[epi], at);
+      CHECK(std::isnan(fused[at]) && std::isnan(aux[at]), "gemm_bf16_%s_%s%s wrote padding at %zu", b_t ? "nt" : "nn", stages[epi], tile_name,
+            at);
       continue;
     }
     float v = plain[at];
     float want = epi == 0 ? gelu(v) : epi == 1 ? __fadd_rn(aux0[at], v) : __fmul_rn(v, gelu_grad(aux0[at]));
     float aux_want = epi == 0 ? v : aux0[at];
-    CHECK(memcmp(&fused[at], &want, 4) == 0, "gemm_bf16_%s_%s at %zu: %.9g, want %.9g", b_t ? "nt" : "nn", stages[epi], at, fused[at], want);
-    CHECK(memcmp(&aux[at], &aux_want, 4) == 0, "gemm_bf16_%s_%s aux at %zu: %.9g, want %.9g", b_t ? "nt" : "nn", stages[epi], at, aux[at],
-          aux_want);
+    CHECK(memcmp(&fused[at], &want, 4) == 0, "gemm_bf16_%s_%s%s at %zu: %.9g, want %.9g", b_t ? "nt" : "nn", stages[epi], tile_name,
+          at, fused[at], want);
+    CHECK(memcmp(&aux[at], &aux_want, 4) == 0, "gemm_bf16_%s_%s%s aux at %zu: %.9g, want %.9g", b_t ? "nt" : "nn", stages[epi],
+          tile_name, at, aux[at], aux_want);
   }
 }
 
 int main() {
-  for (int layout = 0; layout < 4; ++layout) bf16_case(layout);
+  for (int large = 0; large < 2; ++large)
+    for (int layout = 0; layout < 4; ++layout) bf16_case(layout, large);
+  printf("gemm_bf16_{nn,nt,tn,tt}_128: the same bits as the 64 tile\n");
   for (int b_t = 0; b_t < 2; ++b_t)
-    for (int epi = 0; epi < 3; ++epi) bf16_epilogue_case(b_t, epi);
-  printf("gemm_bf16_{nn,nt}_{gelu,residual,gelu_grad}: checked bit for bit against the plain product and the stage\n");
+    for (int epi = 0; epi < 3; ++epi)
+      for (int large = 0; large < 2; ++large) bf16_epilogue_case(b_t, epi, large);
+  printf("gemm_bf16_{nn,nt}_{gelu,residual,gelu_grad}{,_128}: checked bit for bit against the plain product and the stage\n");
   f32_case();
   return finish("gemm.cu");
 }

@@ -39,6 +39,10 @@ inline Dim3 blockIdx = {0, 0, 0}, blockDim = {1, 1, 1}, gridDim = {1, 1, 1};
 struct uint4 {
   unsigned x, y, z, w;
 };
+struct float2 {
+  float x, y;
+};
+inline float2 make_float2(float x, float y) { return {x, y}; }
 
 using std::isnan;
 using std::min;
@@ -123,9 +127,15 @@ inline bool __any_sync(unsigned, bool p) {
   return r;
 }
 
+// A CTA's dynamic shared memory (`extern __shared__`): one CTA runs at a time.
+alignas(16) inline unsigned char host_dynamic_smem[227 * 1024];
+
 // The inline-PTX helpers of gemm.cu (all five) and attention.cu (ldmatrix_x4,
 // ldmatrix_x4_trans, mma_bf16), which have the same signatures in both.
-inline void cp_async16(void* dst, const void* src) { memcpy(dst, src, 16); }
+inline void cp_async16_zfill(void* dst, const void* src, unsigned src_bytes) {
+  memset(dst, 0, 16);
+  memcpy(dst, src, src_bytes);
+}
 inline void cp_async_commit() {}
 template <int N>
 inline void cp_async_wait() {}

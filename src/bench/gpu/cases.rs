@@ -25,7 +25,7 @@ pub(super) type Launches = dyn Fn(&dyn Driver) -> Result<()>;
 pub(super) type Build = fn(&mut Buffers, Sizes) -> Result<Case>;
 
 /// Every case, in table order.
-pub(super) const CASES: [Build; 26] = [
+pub(super) const CASES: [Build; 27] = [
     copy_transpose,
     copy_to_bf16,
     unary_exp,
@@ -38,7 +38,8 @@ pub(super) const CASES: [Build; 26] = [
     layer_norm_bwd_params,
     gemm_f32,
     gemm_f32_gelu,
-    gemm_bf16,
+    gemm_bf16_small_tile,
+    gemm_bf16_large_tile,
     gemm_bf16_gelu,
     coupling_fwd,
     coupling_bwd,
@@ -525,15 +526,28 @@ fn bf16_nt_square(b: &mut Buffers, s: Sizes, seeds: (u32, u32)) -> Result<(usize
     Ok((n, g))
 }
 
-fn gemm_bf16(b: &mut Buffers, s: Sizes) -> Result<Case> {
+/// The bf16 GEMM on one tile (the same product and bits on both; `gemm_bf16` picks the
+/// 128 tile at 4096^3 and the 64 tile at the interpreter's sizes).
+fn gemm_bf16_on(b: &mut Buffers, s: Sizes, tile: k::Bf16Tile) -> Result<Case> {
     let (n, g) = bf16_nt_square(b, s, (20, 21))?;
     Ok(Case {
-        name: "gemm bf16 NT (tensor cores)",
+        name: match tile {
+            k::Bf16Tile::Small => "gemm bf16 NT (tensor cores), 64 tile",
+            k::Bf16Tile::Large => "gemm bf16 NT (tensor cores), 128 tile",
+        },
         shape: format!("{n}x{n}x{n}"),
         flops: Some(2.0 * (n * n * n) as f64),
         bytes: (4 * n * n + 4 * n * n) as f64,
-        run: Box::new(move |d| k::gemm_bf16(d, &g)),
+        run: Box::new(move |d| k::gemm_bf16_on(d, &g, None, tile)),
     })
+}
+
+fn gemm_bf16_small_tile(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    gemm_bf16_on(b, s, k::Bf16Tile::Small)
+}
+
+fn gemm_bf16_large_tile(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    gemm_bf16_on(b, s, k::Bf16Tile::Large)
 }
 
 /// The bf16 GEMM with the bias and the GELU epilogue (the pre-activation written too): the

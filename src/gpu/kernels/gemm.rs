@@ -8,7 +8,7 @@ use crate::gpu::driver::{DevicePtr, Driver, KernelArg, LaunchConfig};
 /// `flags` bit: add `bias[j]` to every row (`enum GemmFlags` in ptx/gemm.cu).
 pub(super) const GEMM_HAS_BIAS: u32 = 1;
 
-/// Output tile of both GEMM kernels (rows and columns per CTA).
+/// Output tile of the f32 GEMM (rows and columns per CTA).
 const TILE: usize = 64;
 
 /// `C = alpha * A B + beta * C + bias` in f32, batched: `A` is `[m, k]` at
@@ -61,9 +61,10 @@ fn u32_of(op: &'static str, what: &str, v: usize) -> Result<u32> {
     super::count(op, what, v)
 }
 
-/// The grid of a 64 x 64-tiled GEMM, or `None` when the output is empty.
+/// The grid of a GEMM tiled `tile` x `tile`, or `None` when the output is empty.
 fn tiled_grid(
     op: &'static str,
+    tile: usize,
     m: usize,
     n: usize,
     batch: usize,
@@ -71,10 +72,10 @@ fn tiled_grid(
     if m == 0 || n == 0 || batch == 0 {
         return Ok(None);
     }
-    let gx = u32_of(op, "column tiles", n.div_ceil(TILE))?;
+    let gx = u32_of(op, "column tiles", n.div_ceil(tile))?;
     Ok(Some((
         gx,
-        grid_yz(op, "row tiles", m.div_ceil(TILE))?,
+        grid_yz(op, "row tiles", m.div_ceil(tile))?,
         grid_yz(op, "batch", batch)?,
     )))
 }
@@ -101,7 +102,7 @@ pub fn gemm_f32(driver: &dyn Driver, g: &GemmF32) -> Result<()> {
             format!("alpha {} and beta {} must be finite", g.alpha, g.beta),
         ));
     }
-    let Some(grid) = tiled_grid(NAME, g.m, g.n, g.batch)? else {
+    let Some(grid) = tiled_grid(NAME, TILE, g.m, g.n, g.batch)? else {
         return Ok(());
     };
     let u = |what, v| u32_of(NAME, what, v).map(KernelArg::U32);
@@ -173,18 +174,31 @@ impl GemmEpilogue {
 }
 
 impl GemmEpilogue {
-    /// The bf16 tensor-core kernel that applies this stage after a product in `layout`:
-    /// `A` must be stored as is ([`Bf16Layout::NN`] or [`Bf16Layout::NT`]).
+    /// The bf16 tensor-core kernel that applies this stage after a product in `layout` on the
+    /// small tile: `A` must be stored as is ([`Bf16Layout::NN`] or [`Bf16Layout::NT`]).
     pub fn bf16_kernel(self, layout: Bf16Layout) -> Option<&'static str> {
+        self.bf16_kernel_on(layout, Bf16Tile::Small)
+    }
+
+    /// [`GemmEpilogue::bf16_kernel`] on `tile`.
+    pub fn bf16_kernel_on(self, layout: Bf16Layout, tile: Bf16Tile) -> Option<&'static str> {
+        use Bf16Layout::{NN, NT};
+        use Bf16Tile::{Large, Small};
         use GemmEpilogue::*;
-        Some(match (layout, self) {
-            (Bf16Layout::NN, Gelu { .. }) => "gemm_bf16_nn_gelu",
-            (Bf16Layout::NN, Residual { .. }) => "gemm_bf16_nn_residual",
-            (Bf16Layout::NN, GeluGrad { .. }) => "gemm_bf16_nn_gelu_grad",
-            (Bf16Layout::NT, Gelu { .. }) => "gemm_bf16_nt_gelu",
-            (Bf16Layout::NT, Residual { .. }) => "gemm_bf16_nt_residual",
-            (Bf16Layout::NT, GeluGrad { .. }) => "gemm_bf16_nt_gelu_grad",
-            (Bf16Layout::TN | Bf16Layout::TT, _) => return None,
+        Some(match (layout, self, tile) {
+            (NN, Gelu { .. }, Small) => "gemm_bf16_nn_gelu",
+            (NN, Residual { .. }, Small) => "gemm_bf16_nn_residual",
+            (NN, GeluGrad { .. }, Small) => "gemm_bf16_nn_gelu_grad",
+            (NT, Gelu { .. }, Small) => "gemm_bf16_nt_gelu",
+            (NT, Residual { .. }, Small) => "gemm_bf16_nt_residual",
+            (NT, GeluGrad { .. }, Small) => "gemm_bf16_nt_gelu_grad",
+            (NN, Gelu { .. }, Large) => "gemm_bf16_nn_gelu_128",
+            (NN, Residual { .. }, Large) => "gemm_bf16_nn_residual_128",
+            (NN, GeluGrad { .. }, Large) => "gemm_bf16_nn_gelu_grad_128",
+            (NT, Gelu { .. }, Large) => "gemm_bf16_nt_gelu_128",
+            (NT, Residual { .. }, Large) => "gemm_bf16_nt_residual_128",
+            (NT, GeluGrad { .. }, Large) => "gemm_bf16_nt_gelu_grad_128",
+            (Bf16Layout::TN | Bf16Layout::TT, _, _) => return None,
         })
     }
 }
@@ -201,7 +215,7 @@ pub fn gemm_f32_epilogue(driver: &dyn Driver, g: &GemmF32, epi: GemmEpilogue) ->
             format!("alpha {} must be finite and beta {} zero", g.alpha, g.beta),
         ));
     }
-    let Some(grid) = tiled_grid(name, g.m, g.n, g.batch)? else {
+    let Some(grid) = tiled_grid(name, TILE, g.m, g.n, g.batch)? else {
         return Ok(());
     };
     let u = |what, v| u32_of(name, what, v).map(KernelArg::U32);
@@ -252,13 +266,22 @@ pub enum Bf16Layout {
 }
 
 impl Bf16Layout {
-    /// The kernel's entry name.
+    /// The kernel's entry name on the small tile.
     pub fn kernel(self) -> &'static str {
-        match self {
-            Bf16Layout::NN => "gemm_bf16_nn",
-            Bf16Layout::NT => "gemm_bf16_nt",
-            Bf16Layout::TN => "gemm_bf16_tn",
-            Bf16Layout::TT => "gemm_bf16_tt",
+        self.kernel_on(Bf16Tile::Small)
+    }
+
+    /// The kernel's entry name on `tile`.
+    pub fn kernel_on(self, tile: Bf16Tile) -> &'static str {
+        match (self, tile) {
+            (Bf16Layout::NN, Bf16Tile::Small) => "gemm_bf16_nn",
+            (Bf16Layout::NT, Bf16Tile::Small) => "gemm_bf16_nt",
+            (Bf16Layout::TN, Bf16Tile::Small) => "gemm_bf16_tn",
+            (Bf16Layout::TT, Bf16Tile::Small) => "gemm_bf16_tt",
+            (Bf16Layout::NN, Bf16Tile::Large) => "gemm_bf16_nn_128",
+            (Bf16Layout::NT, Bf16Tile::Large) => "gemm_bf16_nt_128",
+            (Bf16Layout::TN, Bf16Tile::Large) => "gemm_bf16_tn_128",
+            (Bf16Layout::TT, Bf16Tile::Large) => "gemm_bf16_tt_128",
         }
     }
 
@@ -269,6 +292,54 @@ impl Bf16Layout {
             Bf16Layout::NT => (true, true),
             Bf16Layout::TN => (false, false),
             Bf16Layout::TT => (false, true),
+        }
+    }
+}
+
+/// The CTA tile of the bf16 GEMM. Both give the same bits (each output sums the same
+/// 16-wide k-steps in the same order); they differ in speed only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Bf16Tile {
+    /// 64 x 64 outputs per CTA (4 warps of 32 x 32, two pipeline stages, 20 KiB of shared
+    /// memory): many CTAs for a small product.
+    Small,
+    /// 128 x 128 outputs per CTA (4 warps of 64 x 64, four stages, 80 KiB): half the
+    /// shared- and global-memory traffic per flop, for products that fill the GPU anyway.
+    Large,
+}
+
+/// Large-tile CTAs a product needs before [`Bf16Tile::pick`] takes the large tile: one per
+/// multiprocessor of the large cards the tile is for (132 on an H100 or H200). Below it the
+/// small tile's four times as many CTAs keep more of the GPU busy.
+pub const LARGE_TILE_MIN_CTAS: usize = 132;
+
+impl Bf16Tile {
+    /// The tile for an `[m, n]` output over `batch` products.
+    pub fn pick(m: usize, n: usize, batch: usize) -> Bf16Tile {
+        let ctas = m.div_ceil(128) * n.div_ceil(128) * batch;
+        if ctas >= LARGE_TILE_MIN_CTAS {
+            Bf16Tile::Large
+        } else {
+            Bf16Tile::Small
+        }
+    }
+
+    /// Rows (and columns) of `C` per CTA.
+    pub fn edge(self) -> usize {
+        match self {
+            Bf16Tile::Small => 64,
+            Bf16Tile::Large => 128,
+        }
+    }
+
+    /// Dynamic shared memory per CTA, in bytes: the pipeline's stages of both operands, as
+    /// `Bf16Tile::SMEM_BYTES` in ptx/gemm.cu.
+    pub fn shared_bytes(self) -> u32 {
+        // Per stage and operand, the larger of [edge][32 + 8] and [32][edge + 8] bf16.
+        let stage = |edge: u32| (edge * 40).max(32 * (edge + 8)) * 2;
+        match self {
+            Bf16Tile::Small => 2 * 2 * stage(64),
+            Bf16Tile::Large => 4 * 2 * stage(128),
         }
     }
 }
@@ -315,24 +386,41 @@ pub struct GemmBf16 {
     pub beta: f32,
 }
 
-/// Launches the bf16 tensor-core GEMM for `g` (the entry named by `g.layout`).
+/// Launches the bf16 tensor-core GEMM for `g` (the entry named by `g.layout`, on the tile
+/// [`Bf16Tile::pick`] chooses).
 pub fn gemm_bf16(driver: &dyn Driver, g: &GemmBf16) -> Result<()> {
-    launch_bf16(driver, g, None)
+    launch_bf16(driver, g, None, Bf16Tile::pick(g.m, g.n, g.batch))
+}
+
+/// [`gemm_bf16`] or, with `epi`, [`gemm_bf16_epilogue`] on the given tile (to compare the
+/// tiles; both give the same bits).
+pub fn gemm_bf16_on(
+    driver: &dyn Driver,
+    g: &GemmBf16,
+    epi: Option<GemmEpilogue>,
+    tile: Bf16Tile,
+) -> Result<()> {
+    launch_bf16(driver, g, epi, tile)
 }
 
 /// [`gemm_bf16`] with a second epilogue stage (`gemm_bf16_nn_gelu`, `gemm_bf16_nt_residual`,
 /// ...): the bits of [`gemm_bf16`] followed by the stage's elementwise kernel, in one launch.
 /// `A` must be stored as is ([`Bf16Layout::NN`] or [`Bf16Layout::NT`]), and `beta` must be 0.
 pub fn gemm_bf16_epilogue(driver: &dyn Driver, g: &GemmBf16, epi: GemmEpilogue) -> Result<()> {
-    launch_bf16(driver, g, Some(epi))
+    launch_bf16(driver, g, Some(epi), Bf16Tile::pick(g.m, g.n, g.batch))
 }
 
-fn launch_bf16(driver: &dyn Driver, g: &GemmBf16, epi: Option<GemmEpilogue>) -> Result<()> {
+fn launch_bf16(
+    driver: &dyn Driver,
+    g: &GemmBf16,
+    epi: Option<GemmEpilogue>,
+    tile: Bf16Tile,
+) -> Result<()> {
     // One &'static str for errors whatever the layout.
     const OP: &str = "gemm_bf16";
     let name = match epi {
-        None => g.layout.kernel(),
-        Some(e) => e.bf16_kernel(g.layout).ok_or_else(|| {
+        None => g.layout.kernel_on(tile),
+        Some(e) => e.bf16_kernel_on(g.layout, tile).ok_or_else(|| {
             Error::arg(
                 OP,
                 format!(
@@ -391,7 +479,7 @@ fn launch_bf16(driver: &dyn Driver, g: &GemmBf16, epi: Option<GemmEpilogue>) -> 
             ));
         }
     }
-    let Some(grid) = tiled_grid(OP, g.m, g.n, g.batch)? else {
+    let Some(grid) = tiled_grid(OP, tile.edge(), g.m, g.n, g.batch)? else {
         return Ok(());
     };
     let u = |what, v| u32_of(OP, what, v).map(KernelArg::U32);
@@ -424,7 +512,7 @@ fn launch_bf16(driver: &dyn Driver, g: &GemmBf16, epi: Option<GemmEpilogue>) -> 
     let config = LaunchConfig {
         grid,
         block: (128, 1, 1),
-        shared_bytes: 0,
+        shared_bytes: tile.shared_bytes(),
     };
     driver.launch(&GEMM, name, config, &args)
 }

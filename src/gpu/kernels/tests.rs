@@ -224,7 +224,9 @@ fn launch_every_wrapper(d: &Recorder) -> Vec<Launch> {
         Bf16Layout::TN,
         Bf16Layout::TT,
     ] {
-        gemm_bf16(d, &bf16_gemm(layout, p(), p(), p())).unwrap();
+        for tile in [Bf16Tile::Small, Bf16Tile::Large] {
+            gemm_bf16_on(d, &bf16_gemm(layout, p(), p(), p()), None, tile).unwrap();
+        }
     }
     for layout in [Bf16Layout::NN, Bf16Layout::NT] {
         for epi in [
@@ -236,7 +238,9 @@ fn launch_every_wrapper(d: &Recorder) -> Vec<Launch> {
                 beta: 0.0,
                 ..bf16_gemm(layout, p(), p(), p())
             };
-            gemm_bf16_epilogue(d, &g, epi).unwrap();
+            for tile in [Bf16Tile::Small, Bf16Tile::Large] {
+                gemm_bf16_on(d, &g, Some(epi), tile).unwrap();
+            }
         }
     }
     index_select_f32(d, p(), p(), p(), 2, 10, 4, 8).unwrap();
@@ -546,6 +550,34 @@ fn launch_configurations_follow_the_kernels_contracts() {
         (l.kernel.as_str(), l.config.grid, l.config.block),
         ("gemm_bf16_nt", (2, 2, 1), (128, 1, 1))
     );
+    assert_eq!(l.config.shared_bytes, 20_480);
+    // A product that gives every multiprocessor of a large card a 128 x 128 tile takes it.
+    let big = GemmBf16 {
+        m: 4096,
+        n: 4096,
+        ldc: 4096,
+        ..bf16_gemm(Bf16Layout::NT, d.ptr(), d.ptr(), d.ptr())
+    };
+    gemm_bf16(&d, &big).unwrap();
+    let l = d.one();
+    assert_eq!(
+        (l.kernel.as_str(), l.config.grid, l.config.shared_bytes),
+        ("gemm_bf16_nt_128", (32, 32, 1), 81_920)
+    );
+    // The ImageNet64 weight gradient (768 x 768 outputs): 36 large tiles, so the small.
+    let wgrad = GemmBf16 {
+        m: 768,
+        n: 768,
+        ..big
+    };
+    gemm_bf16(&d, &wgrad).unwrap();
+    assert_eq!(d.one().kernel, "gemm_bf16_nt");
+    assert_eq!(
+        Bf16Tile::pick(128 * 12, 128 * 11, 1),
+        Bf16Tile::Large,
+        "{LARGE_TILE_MIN_CTAS} CTAs"
+    );
+    assert_eq!(Bf16Tile::pick(128 * 12, 128 * 10, 1), Bf16Tile::Small);
     sum_squares_partial_f32(&d, d.ptr(), d.ptr(), 1000, 256).unwrap();
     assert_eq!(d.one().config, LaunchConfig::linear(4, 256));
 }

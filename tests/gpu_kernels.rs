@@ -29,5 +29,7 @@ mod index;
 mod norm;
 #[path = "gpu_kernels/optim.rs"]
 mod optim;
+#[path = "gpu_kernels/peak.rs"]
+mod peak;
 #[path = "gpu_kernels/reduce.rs"]
 mod reduce;

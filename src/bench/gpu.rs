@@ -24,7 +24,7 @@ mod cases;
 use super::Timing;
 use crate::error::{Error, Result};
 use crate::gpu::{Driver, Forward, KernelArg, LaunchConfig, PtxModule};
-use cases::{Buffers, Case, CASES};
+use cases::{Buffers, Build, Case, CASES};
 
 /// Which shapes the table uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -162,6 +162,30 @@ pub struct GpuBench {
     pub sizes: Sizes,
     /// One row per case, in table order.
     pub results: Vec<GpuKernelResult>,
+    /// The card's ceilings, measured by the table's first two rows (GPU only).
+    pub ceilings: Option<Ceilings>,
+}
+
+/// What our own kernels can reach at best on this card, measured in the same run: every
+/// other row is also given as a fraction of these.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Ceilings {
+    /// `peak_mma_bf16`: bf16 `mma.sync.m16n8k16` with every operand in registers, in
+    /// 10^12 flop/s.
+    pub mma_bf16_tflops: f64,
+    /// `peak_copy_b128`: a streaming 16-byte-per-thread copy of 256 MiB, bytes read plus
+    /// written per second, in 10^9 bytes/s.
+    pub copy_gbps: f64,
+}
+
+impl GpuBench {
+    fn ceilings_of(results: &[GpuKernelResult]) -> Option<Ceilings> {
+        let row = |name: &str| results.iter().find(|r| r.case == name);
+        Some(Ceilings {
+            mma_bf16_tflops: row(cases::CEILING_MMA)?.tflops?,
+            copy_gbps: row(cases::CEILING_COPY)?.gbps?,
+        })
+    }
 }
 
 /// Runs the table on the PTX interpreter: each case `repeats` times (at least once; the
@@ -177,6 +201,33 @@ pub fn bench_on_interpreter(sizes: Sizes, repeats: usize) -> Result<GpuBench> {
 /// one warm-up run, then the median of `repeats` (at least 1) timed samples.
 pub fn bench_on_gpu(driver: &dyn Driver, sizes: Sizes, repeats: usize) -> Result<GpuBench> {
     run_table(driver, &|| None, Mode::Time { repeats }, sizes)
+}
+
+/// Measures the card's [`Ceilings`] alone (the first two rows of [`bench_on_gpu`]), for the
+/// whole-model bench to judge its rates against.
+pub fn measure_ceilings(driver: &dyn Driver, repeats: usize) -> Result<Ceilings> {
+    let rec = Recorder {
+        inner: driver,
+        counters: &|| None,
+        recording: AtomicBool::new(false),
+        launches: Mutex::new(Vec::new()),
+    };
+    let mut results = Vec::with_capacity(2);
+    for build in [cases::ceiling_mma as Build, cases::ceiling_copy] {
+        let mut bufs = Buffers {
+            driver,
+            ptrs: Vec::new(),
+        };
+        let row = build(&mut bufs, Sizes::Hardware)
+            .and_then(|case| measure(&rec, &case, Mode::Time { repeats }));
+        let freed = bufs.free_all();
+        results.push(row?);
+        freed?;
+    }
+    GpuBench::ceilings_of(&results).ok_or_else(|| Error::Device {
+        op: "bench",
+        detail: "the ceiling kernels reported no rate".into(),
+    })
 }
 
 /// The interpreter's counters of the launch that just finished (`None` on a GPU).
@@ -219,6 +270,7 @@ fn run_table(
     Ok(GpuBench {
         device: driver.name(),
         sizes,
+        ceilings: GpuBench::ceilings_of(&results),
         results,
     })
 }
@@ -382,11 +434,21 @@ pub fn format_gpu_table(b: &GpuBench) -> String {
             "sync", "tensor", "global rd B", "global wr B", "bank cf", "wall s", "M instr/s"
         ));
     } else {
+        if let Some(c) = b.ceilings {
+            out.push_str(&format!(
+                "ceilings of this card: bf16 mma.sync {:.1} TFLOP/s, copy {:.1} GB/s\n",
+                c.mma_bf16_tflops, c.copy_gbps
+            ));
+        }
         out.push_str(&format!(
-            "{:<30} {:<34} {:>10} {:>10} {:>10} {:>9} {:>9}\n",
-            "case", "shape", "median ms", "min ms", "max ms", "GB/s", "TFLOP/s"
+            "{:<30} {:<34} {:>10} {:>10} {:>10} {:>9} {:>9} {:>7} {:>7}\n",
+            "case", "shape", "median ms", "min ms", "max ms", "GB/s", "TFLOP/s", "% mma", "% copy"
         ));
     }
+    let percent = |v: Option<f64>, of: Option<f64>| match (v, of) {
+        (Some(v), Some(of)) => format!("{:.1}", 100.0 * v / of),
+        _ => "-".to_string(),
+    };
     for r in &b.results {
         match &r.counters {
             Some(c) => out.push_str(&format!(
@@ -409,7 +471,7 @@ pub fn format_gpu_table(b: &GpuBench) -> String {
                 c.warp_instructions as f64 / r.timing.median_s / 1e6
             )),
             None => out.push_str(&format!(
-                "{:<30} {:<34} {:>10.4} {:>10.4} {:>10.4} {:>9} {:>9}\n",
+                "{:<30} {:<34} {:>10.4} {:>10.4} {:>10.4} {:>9} {:>9} {:>7} {:>7}\n",
                 r.case,
                 r.shape,
                 r.timing.median_s * 1e3,
@@ -417,6 +479,8 @@ pub fn format_gpu_table(b: &GpuBench) -> String {
                 r.timing.max_s * 1e3,
                 r.gbps.map_or("-".to_string(), |g| format!("{g:.1}")),
                 r.tflops.map_or("-".to_string(), |t| format!("{t:.2}")),
+                percent(r.tflops, b.ceilings.map(|c| c.mma_bf16_tflops)),
+                percent(r.gbps, b.ceilings.map(|c| c.copy_gbps)),
             )),
         }
         for (kernel, launch) in r.kernels.iter().zip(&r.launch) {
@@ -467,6 +531,7 @@ mod tests {
             .find(|r| r.case.contains("bf16 NT"))
             .unwrap();
         assert!(bf16.counters.unwrap().tensor > 0, "bf16 GEMM without mma");
+        assert!(b.ceilings.is_none(), "the interpreter times nothing");
         let tiles: Vec<_> = b
             .results
             .iter()
@@ -544,7 +609,9 @@ mod tests {
             assert!(r.counters.is_none(), "{}", r.case);
             let gbps = r.gbps.unwrap_or(f64::NAN);
             assert!(gbps > 0.0 && gbps.is_finite(), "{}: {gbps}", r.case);
-            let products = r.case.starts_with("gemm") || r.case.starts_with("attention");
+            let products = r.case.starts_with("gemm")
+                || r.case.starts_with("attention")
+                || r.case == cases::CEILING_MMA;
             assert_eq!(r.tflops.is_some(), products, "{}", r.case);
         }
         let bf16 = b
@@ -554,6 +621,28 @@ mod tests {
             .unwrap();
         assert_eq!(bf16.shape, "4096x4096x4096");
         assert_eq!(bf16.flops, Some(2.0 * 4096f64.powi(3)));
+        // The first two rows are the card's ceilings, and every row is judged against them.
+        assert_eq!(b.results[0].kernels, ["peak_mma_bf16"]);
+        assert_eq!(b.results[1].kernels, ["peak_copy_b128"]);
+        let c = b.ceilings.expect("ceilings on a timed run");
+        assert!(c.mma_bf16_tflops > 0.0 && c.copy_gbps > 0.0, "{c:?}");
+        assert_eq!(
+            b.results[0].flops,
+            Some(132.0 * 16.0 * 4.0 * 256.0 * 8.0 * 4096.0)
+        );
+        let table = format_gpu_table(&b);
+        assert!(
+            table.starts_with("ceilings of this card: bf16 mma.sync"),
+            "{table}"
+        );
+        let columns = |name: &str| -> Vec<String> {
+            let line = table.lines().find(|l| l.starts_with(name)).unwrap();
+            line.split_whitespace().map(str::to_string).collect()
+        };
+        let (mma, copy) = (columns(cases::CEILING_MMA), columns(cases::CEILING_COPY));
+        assert_eq!(mma[mma.len() - 2], "100.0", "{mma:?}");
+        assert_eq!(copy[copy.len() - 1], "100.0", "{copy:?}");
+        assert_eq!(copy[copy.len() - 2], "-", "{copy:?}");
     }
 
     #[test]

@@ -195,14 +195,29 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let step = a.step()?;
     let precision = step.precision;
     let repeats = a.repeats.unwrap_or(5);
+    // On a GPU, the card's own ceilings first (our kernels' best), and each row's rate as a
+    // share of the tensor-core one.
+    let ceilings = match device {
+        Device::Cuda(_) => {
+            let driver = tarflow::gpu::registry::driver(device)?;
+            Some(tarflow::bench::gpu::measure_ceilings(
+                driver.as_ref(),
+                repeats,
+            )?)
+        }
+        _ => None,
+    };
     if a.json {
         let rows = bench_model_with(&c, a.batch, a.sample_batch, repeats, device, step)?;
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "config": c,
             "precision": precision,
             "recompute": step.recompute,
             "results": rows
         });
+        if let Some(c) = ceilings {
+            v["ceilings"] = serde_json::json!(c);
+        }
         say!(
             "{}",
             serde_json::to_string_pretty(&v).map_err(|e| Error::format("bench", e.to_string()))?
@@ -218,15 +233,27 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             gpu => gpu.to_string(),
         }
     );
+    if let Some(c) = ceilings {
+        say!(
+            "ceilings of this card: bf16 mma.sync {:.1} TFLOP/s, copy {:.1} GB/s",
+            c.mma_bf16_tflops,
+            c.copy_gbps
+        );
+    }
+    let share = |gflops: f64| match ceilings {
+        Some(c) => format!(" {:>7.1}", gflops / 10.0 / c.mma_bf16_tflops),
+        None => String::new(),
+    };
     say!(
-        "{:<30} {:>6} {:>10} {:>10} {:>10} {:>10} {:>9}",
+        "{:<30} {:>6} {:>10} {:>10} {:>10} {:>10} {:>9}{}",
         "workload",
         "batch",
         "median s",
         "min s",
         "max s",
         "images/s",
-        "GFLOP/s"
+        "GFLOP/s",
+        if ceilings.is_some() { "   % mma" } else { "" }
     );
     // Each row as soon as it is measured: sampling at a large shape takes minutes, and the
     // rows before it should survive a run that is stopped.
@@ -239,14 +266,15 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         step,
         &mut |r| {
             say!(
-                "{:<30} {:>6} {:>10.4} {:>10.4} {:>10.4} {:>10.1} {:>9.1}",
+                "{:<30} {:>6} {:>10.4} {:>10.4} {:>10.4} {:>10.1} {:>9.1}{}",
                 r.name,
                 r.batch,
                 r.median_s,
                 r.min_s,
                 r.max_s,
                 r.images_per_s,
-                r.gflops
+                r.gflops,
+                share(r.gflops)
             );
             if let Some(m) = r.memory {
                 let mb = |b: u64| b as f64 / (1 << 20) as f64;

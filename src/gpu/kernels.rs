@@ -24,6 +24,7 @@ mod gemm;
 mod index;
 mod norm;
 mod optim;
+mod peak;
 mod reduce;
 #[cfg(test)]
 mod tests;
@@ -51,6 +52,7 @@ pub use norm::{
 pub use optim::{
     adamw_f32, ema_f32, sum_f64, sum_squares_partial_f32, sum_squares_partials, AdamWCoeffs,
 };
+pub use peak::{peak_copy_b128, peak_mma_bf16, MMA_FLOPS, PEAK_CHAINS, PEAK_MMA_THREADS};
 pub use reduce::{
     reduce_axis_f32, reduce_chunks_f32, reduce_rows_f32, reduce_scratch_len, ReduceOp, REDUCE_CHUNK,
 };
@@ -113,8 +115,14 @@ pub static COUPLING: PtxModule = PtxModule {
     ptx: include_str!("../../ptx/coupling.ptx"),
 };
 
+/// `ptx/peak.ptx`: the card's ceilings (tensor-core rate, copy bandwidth) for the bench.
+pub static PEAK: PtxModule = PtxModule {
+    name: "peak",
+    ptx: include_str!("../../ptx/peak.ptx"),
+};
+
 /// Every embedded module, for drivers that load them all up front.
-pub static MODULES: [&PtxModule; 9] = [
+pub static MODULES: [&PtxModule; 10] = [
     &COPY,
     &ELEMENTWISE,
     &REDUCE,
@@ -124,6 +132,7 @@ pub static MODULES: [&PtxModule; 9] = [
     &OPTIM,
     &ATTENTION,
     &COUPLING,
+    &PEAK,
 ];
 
 /// Threads per CTA of the one-dimensional kernels (elementwise, copies, optimiser updates).

@@ -285,5 +285,19 @@ fn interpreter_counters_per_kernel() {
     sum_f64(d, partial, partial, 4).unwrap();
     table.push(row(&sim, "sum_f64", "4 partials", 1, 8));
 
+    // The bench's ceilings: 2 CTAs x 4 warps x 16 rounds of 8 mma; 1024 16-byte copies.
+    let sums = upload::<f32>(d, &vec![0.0; 2 * PEAK_MMA_THREADS]);
+    peak_mma_bf16(d, sums, 0x3f80_3f80, 0x3b80_3b80, 2, 16).unwrap();
+    table.push(row(
+        &sim,
+        "peak_mma_bf16",
+        "2 CTAs, 16 rounds",
+        2,
+        (4 * 2 * PEAK_MMA_THREADS) as u64,
+    ));
+    let copied = upload::<f32>(d, &vec![0.0; 4096]);
+    peak_copy_b128(d, copied, x, 1024).unwrap();
+    table.push(row(&sim, "peak_copy_b128", "1024 x 16 B", 4, 16 * 1024));
+
     println!("{}", table.join("\n"));
 }

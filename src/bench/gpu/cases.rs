@@ -25,7 +25,9 @@ pub(super) type Launches = dyn Fn(&dyn Driver) -> Result<()>;
 pub(super) type Build = fn(&mut Buffers, Sizes) -> Result<Case>;
 
 /// Every case, in table order.
-pub(super) const CASES: [Build; 27] = [
+pub(super) const CASES: [Build; 29] = [
+    ceiling_mma,
+    ceiling_copy,
     copy_transpose,
     copy_to_bf16,
     unary_exp,
@@ -568,6 +570,42 @@ fn gemm_bf16_gelu(b: &mut Buffers, s: Sizes) -> Result<Case> {
         flops: Some(2.0 * (n * n * n) as f64),
         bytes: (4 * n * n + 4 * n + 8 * n * n) as f64,
         run: Box::new(move |d| k::gemm_bf16_epilogue(d, &g, epi)),
+    })
+}
+
+/// The name of the tensor-core ceiling's row ([`ceiling_mma`]).
+pub(super) const CEILING_MMA: &str = "ceiling: bf16 mma.sync, registers only";
+/// The name of the copy ceiling's row ([`ceiling_copy`]).
+pub(super) const CEILING_COPY: &str = "ceiling: copy, 16 B per thread";
+
+/// The tensor cores' rate for our bf16 instruction with no memory traffic: 16 CTAs of 4
+/// warps per multiprocessor of a 132-SM card, 256 rounds of 8 independent mma each (about
+/// 0.1 s on an H200).
+pub(super) fn ceiling_mma(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let (ctas, iters) = s.pick((2, 4), (8, 16), (132 * 16, 256));
+    let out = b.out(ctas * k::PEAK_MMA_THREADS)?;
+    let mma = (ctas * (k::PEAK_MMA_THREADS / 32) * iters * k::PEAK_CHAINS) as f64;
+    Ok(Case {
+        name: CEILING_MMA,
+        shape: format!("{ctas} CTAs x {iters} rounds"),
+        flops: Some(mma * k::MMA_FLOPS),
+        bytes: (4 * ctas * k::PEAK_MMA_THREADS) as f64,
+        // a = 1, b = 2^-8: exact sums, never overflowing.
+        run: Box::new(move |d| k::peak_mma_bf16(d, out, 0x3f80_3f80, 0x3b80_3b80, ctas, iters)),
+    })
+}
+
+/// A streaming copy's bandwidth: 256 MiB (five times an H200's L2) read and written.
+pub(super) fn ceiling_copy(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let n = s.pick(1 << 10, 1 << 14, 16 << 20);
+    let src = b.f32s(4 * n, 30)?;
+    let dst = b.out(4 * n)?;
+    Ok(Case {
+        name: CEILING_COPY,
+        shape: format!("{n} x 16 B"),
+        flops: None,
+        bytes: (2 * 16 * n) as f64,
+        run: Box::new(move |d| k::peak_copy_b128(d, dst, src, n)),
     })
 }
 

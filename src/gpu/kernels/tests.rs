@@ -245,6 +245,8 @@ fn launch_every_wrapper(d: &Recorder) -> Vec<Launch> {
     }
     index_select_f32(d, p(), p(), p(), 2, 10, 4, 8).unwrap();
     index_add_f32(d, p(), p(), p(), p(), 2, 10, 4, 8).unwrap();
+    peak_mma_bf16(d, p(), 0x3f80_3f80, 0x3b80_3b80, 4, 16).unwrap();
+    peak_copy_b128(d, p(), p(), 1000).unwrap();
     let c = AdamWCoeffs::new(&AdamWConfig::default(), 1e-3, 1).unwrap();
     adamw_f32(d, p(), p(), p(), p(), 1000, &c).unwrap();
     ema_f32(d, p(), p(), 1000, 0.999).unwrap();

@@ -116,6 +116,9 @@ impl Driver for CudaDriver {
     fn synchronize(&self) -> Result<()> {
         self.inner.synchronize()
     }
+    fn total_memory(&self) -> Result<Option<u64>> {
+        self.inner.total_memory().map(Some)
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -423,6 +426,13 @@ mod imp {
             })?;
             allowed.insert(key, bytes);
             Ok(())
+        }
+
+        pub(super) fn total_memory(&self) -> Result<u64> {
+            self.bind()?;
+            let (_free, total) = result::mem_get_info()
+                .map_err(|e| driver_error(&format!("{}: memory size", self.name), e))?;
+            Ok(total as u64)
         }
 
         pub(super) fn synchronize(&self) -> Result<()> {

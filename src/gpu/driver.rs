@@ -115,6 +115,12 @@ pub trait Driver: Send + Sync {
     fn memory(&self) -> Option<&MemoryCounter> {
         None
     }
+
+    /// The device's total memory in bytes, where the driver knows it (`None`, the default,
+    /// for the interpreter, whose memory is the host's).
+    fn total_memory(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
 }
 
 /// A driver made of another with some calls changed: a byte counter, a launch recorder. Every
@@ -162,6 +168,10 @@ pub trait Forward: Send + Sync {
     fn memory(&self) -> Option<&MemoryCounter> {
         self.inner().memory()
     }
+    /// [`Driver::total_memory`].
+    fn total_memory(&self) -> Result<Option<u64>> {
+        self.inner().total_memory()
+    }
 }
 
 impl<T: Forward> Driver for T {
@@ -194,5 +204,8 @@ impl<T: Forward> Driver for T {
     }
     fn memory(&self) -> Option<&MemoryCounter> {
         Forward::memory(self)
+    }
+    fn total_memory(&self) -> Result<Option<u64>> {
+        Forward::total_memory(self)
     }
 }

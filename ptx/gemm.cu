@@ -25,6 +25,12 @@
 //   Launch: block (128), grid (ceil(n / T), ceil(m / T), batch) for tile T, dynamic shared
 //   memory Bf16Tile::SMEM_BYTES (20 KiB for 64, 80 KiB for 128).
 //
+// gemm_splitk_reduce: the second pass of a product split over k (the host runs the bf16 GEMM
+//   with the k-ranges as batches, alpha 1, beta 0, no bias, into a workspace ws of `splits`
+//   [m, n] matrices): C[i, j] = epilogue(ws[0][i, j] + ws[1][i, j] + ... in increasing s),
+//   with the first epilogue stage above (alpha, beta, bias). Launch: block (256), grid
+//   ceil(m * n / 256) up to 65,535, grid-stride.
+//
 // Reduction order: for each output, k runs in increasing order, one fma per k for f32; for
 // bf16 the tensor core sums each 16-wide k-step in an order the hardware fixes, then the
 // steps in increasing order, on either tile. Fixed per shape: results are reproducible run
@@ -565,3 +571,18 @@ GEMM_BF16_EPI_ENTRY(gemm_bf16_nn_gelu_grad_128, Bf16Large, false, GEMM_EPI_GELU_
 GEMM_BF16_EPI_ENTRY(gemm_bf16_nt_gelu_128, Bf16Large, true, GEMM_EPI_GELU)
 GEMM_BF16_EPI_ENTRY(gemm_bf16_nt_residual_128, Bf16Large, true, GEMM_EPI_RESIDUAL)
 GEMM_BF16_EPI_ENTRY(gemm_bf16_nt_gelu_grad_128, Bf16Large, true, GEMM_EPI_GELU_GRAD)
+
+extern "C" __global__ void __launch_bounds__(256)
+    gemm_splitk_reduce(float* __restrict__ c, const float* __restrict__ ws,
+                       const float* __restrict__ bias, unsigned m, unsigned n, unsigned ldc,
+                       unsigned splits, float alpha, float beta, unsigned flags) {
+  size_t total = (size_t)m * n;
+  for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+       e += (size_t)gridDim.x * blockDim.x) {
+    float acc = ws[e];
+    for (unsigned s = 1; s < splits; ++s) acc = __fadd_rn(acc, ws[s * total + e]);
+    unsigned i = (unsigned)(e / n), j = (unsigned)(e % n);
+    float* cij = c + (size_t)i * ldc + j;
+    *cij = epilogue(acc, alpha, beta, cij, bias, j, flags);
+  }
+}

@@ -543,6 +543,19 @@ mod tests {
         assert_eq!(tiles[1].0, ["gemm_bf16_nt_128"]);
         // The 128 tile reads each operand half as often.
         assert_eq!(tiles[0].1, 2 * tiles[1].1, "{tiles:?}");
+        let wgrad: Vec<_> = b
+            .results
+            .iter()
+            .filter(|r| r.case.contains("weight gradient"))
+            .map(|r| r.kernels.clone())
+            .collect();
+        assert_eq!(
+            wgrad,
+            [
+                vec!["gemm_bf16_tn_128", "gemm_splitk_reduce"],
+                vec!["gemm_bf16_tn"]
+            ]
+        );
         let table = format_gpu_table(&b);
         for r in &b.results {
             assert!(table.contains(&r.case), "{} missing from the table", r.case);

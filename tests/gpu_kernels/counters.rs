@@ -225,6 +225,16 @@ fn interpreter_counters_per_kernel() {
             ));
         }
     }
+    // The 128-deep product in two k-ranges of 64: the second pass adds the two [128, 128]
+    // partials (128 KiB read) into C.
+    gemm_bf16_split_k(d, &product(Bf16Layout::NN), Bf16Tile::Large, 2).unwrap();
+    table.push(row(
+        &sim,
+        "gemm_splitk_reduce",
+        "2 x [128, 128]",
+        64,
+        (4 * m * nn) as u64,
+    ));
     // The epilogue stages after the NN product: the GELU writes the pre-activation too.
     let aux = upload::<f32>(d, &vec![0.5; m * nn]);
     for (epi, written) in [

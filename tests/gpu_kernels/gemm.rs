@@ -11,8 +11,8 @@
 use half::bf16;
 use tarflow::backend::{BinaryOp, UnaryOp};
 use tarflow::gpu::kernels::{
-    binary_f32, gemm_bf16_epilogue, gemm_bf16_on, gemm_f32, gemm_f32_epilogue, strided_copy_f32,
-    unary_f32, Bf16Layout, Bf16Tile, GemmBf16, GemmEpilogue, GemmF32,
+    binary_f32, gemm_bf16_epilogue, gemm_bf16_on, gemm_bf16_split_k, gemm_f32, gemm_f32_epilogue,
+    strided_copy_f32, unary_f32, Bf16Layout, Bf16Tile, GemmBf16, GemmEpilogue, GemmF32,
 };
 use tarflow::gpu::{DevicePtr, Driver};
 use tarflow::{Rng, Tensor};
@@ -641,6 +641,109 @@ fn bf16_layouts_agree(d: &dyn Driver) {
             nn,
         );
     }
+}
+
+/// `gemm_bf16_split_k` in all four layouts, `[150, 288] x [288, 141]` in three k-ranges of
+/// 96 (three k-tiles each) on the 128 tile, with alpha 1.25, beta 1 over a C0 and a bias:
+/// within the f64 bound, and bit for bit the in-order f32 sum of the three ranges' products
+/// (each its own `gemm_bf16_on` launch on offset operands) followed by the epilogue's
+/// rounded steps (`alpha * acc`, `fma(beta, C0, .)`, `+ bias`). One split is the plain
+/// product's bits.
+fn bf16_split_k(d: &dyn Driver) {
+    let mut rng = Rng::new(61);
+    let (m, n, splits) = (150usize, 141usize, 3usize);
+    let k = 96 * splits;
+    let (alpha, beta) = (1.25f32, 1.0f32);
+    for layout in [
+        Bf16Layout::NN,
+        Bf16Layout::NT,
+        Bf16Layout::TN,
+        Bf16Layout::TT,
+    ] {
+        let (a_k, b_k) = k_major(layout);
+        let a = if a_k {
+            bf16_operand(&mut rng, 1, m, k, k + 8)
+        } else {
+            bf16_operand(&mut rng, 1, k, m, m.div_ceil(8) * 8)
+        };
+        let b = if b_k {
+            bf16_operand(&mut rng, 1, n, k, k + 8)
+        } else {
+            bf16_operand(&mut rng, 1, k, n, n.div_ceil(8) * 8)
+        };
+        let bias = normal(&mut rng, n);
+        let c0 = normal(&mut rng, m * n);
+        let c = upload::<f32>(d, &c0);
+        let g = bf16_product(
+            d,
+            layout,
+            (m, n, k, 1),
+            c,
+            (&a, &b),
+            Some(upload::<f32>(d, &bias)),
+            alpha,
+            beta,
+        );
+        gemm_bf16_split_k(d, &g, Bf16Tile::Large, splits).unwrap();
+        let got = download::<f32>(d, c, m * n);
+        let what = format!("gemm_bf16_split_k {layout:?} on {}", d.name());
+        let av =
+            |i: usize, l: usize| a.values[if a_k { i * a.ld + l } else { l * a.ld + i }] as f64;
+        let bv =
+            |l: usize, j: usize| b.values[if b_k { j * b.ld + l } else { l * b.ld + j }] as f64;
+        let (want, bound) = reference(
+            (m, n, k),
+            av,
+            bv,
+            |i, j| c0[i * n + j] as f64,
+            Some(&bias),
+            alpha as f64,
+            beta as f64,
+        );
+        assert_within(&what, &got, &want, &bound);
+
+        // The same sum by hand: each range's product, then the rounded epilogue.
+        let ks = k / splits;
+        let mut acc = vec![0f32; m * n];
+        for s in 0..splits {
+            let part = poisoned_f32(d, m * n);
+            let (a_step, b_step) = (if a_k { 1 } else { a.ld }, if b_k { 1 } else { b.ld });
+            let range = GemmBf16 {
+                k: ks,
+                c: part,
+                a: g.a.offset((2 * s * ks * a_step) as u64),
+                b: g.b.offset((2 * s * ks * b_step) as u64),
+                bias: None,
+                alpha: 1.0,
+                beta: 0.0,
+                ..g
+            };
+            gemm_bf16_on(d, &range, None, Bf16Tile::Large).unwrap();
+            let p = download::<f32>(d, part, m * n);
+            for (x, y) in acc.iter_mut().zip(&p) {
+                *x = if s == 0 { *y } else { *x + *y };
+            }
+        }
+        let by_hand: Vec<f32> = (0..m * n)
+            .map(|e| beta.mul_add(c0[e], alpha * acc[e]) + bias[e % n])
+            .collect();
+        assert_bits(&format!("{what}: against the ranges"), &got, &by_hand);
+
+        // One split: the plain product.
+        let (c1, c2) = (upload::<f32>(d, &c0), upload::<f32>(d, &c0));
+        gemm_bf16_split_k(d, &GemmBf16 { c: c1, ..g }, Bf16Tile::Large, 1).unwrap();
+        gemm_bf16_on(d, &GemmBf16 { c: c2, ..g }, None, Bf16Tile::Large).unwrap();
+        assert_bits(
+            &format!("{what}: one split"),
+            &download::<f32>(d, c1, m * n),
+            &download::<f32>(d, c2, m * n),
+        );
+    }
+}
+
+#[test]
+fn gemm_bf16_split_k_sums_its_ranges_in_order() {
+    on_each_device(bf16_split_k);
 }
 
 #[test]

@@ -25,7 +25,7 @@ pub(super) type Launches = dyn Fn(&dyn Driver) -> Result<()>;
 pub(super) type Build = fn(&mut Buffers, Sizes) -> Result<Case>;
 
 /// Every case, in table order.
-pub(super) const CASES: [Build; 29] = [
+pub(super) const CASES: [Build; 31] = [
     ceiling_mma,
     ceiling_copy,
     copy_transpose,
@@ -42,6 +42,8 @@ pub(super) const CASES: [Build; 29] = [
     gemm_f32_gelu,
     gemm_bf16_small_tile,
     gemm_bf16_large_tile,
+    gemm_bf16_wgrad_split,
+    gemm_bf16_wgrad_unsplit,
     gemm_bf16_gelu,
     coupling_fwd,
     coupling_bwd,
@@ -550,6 +552,63 @@ fn gemm_bf16_small_tile(b: &mut Buffers, s: Sizes) -> Result<Case> {
 
 fn gemm_bf16_large_tile(b: &mut Buffers, s: Sizes) -> Result<Case> {
     gemm_bf16_on(b, s, k::Bf16Tile::Large)
+}
+
+/// A Linear layer's weight gradient `g^T x` under bf16 (the TN layout): ImageNet64's
+/// `[768, 768]` outputs over the 16,384 tokens of 16 images.
+fn wgrad(b: &mut Buffers, s: Sizes) -> Result<(String, f64, k::GemmBf16)> {
+    let (c, rows) = s.pick((128, 1024), (256, 2048), (768, 16_384));
+    let bf16 = |seed| move |i| half::bf16::from_f32(pattern(i, seed)).to_bits();
+    let g = b.generate(rows * c, bf16(25))?;
+    let x = b.generate(rows * c, bf16(26))?;
+    let out = b.out(c * c)?;
+    let prod = k::GemmBf16 {
+        layout: k::Bf16Layout::TN,
+        m: c,
+        n: c,
+        k: rows,
+        batch: 1,
+        c: out,
+        ldc: c,
+        c_bs: 0,
+        a: g,
+        lda: c,
+        a_bs: 0,
+        b: x,
+        ldb: c,
+        b_bs: 0,
+        bias: None,
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    Ok((format!("{c}x{c}x{rows}"), 2.0 * (c * c * rows) as f64, prod))
+}
+
+/// The weight gradient as `gemm_bf16` runs it: split over k ([`k::split_k_plan`]) on the
+/// 128 tile where its tiles are too few for the GPU.
+fn gemm_bf16_wgrad_split(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let (shape, flops, g) = wgrad(b, s)?;
+    let c = g.m;
+    Ok(Case {
+        name: "gemm bf16 TN, weight gradient",
+        shape,
+        flops: Some(flops),
+        bytes: (2 * 2 * c * g.k + 4 * c * c) as f64,
+        run: Box::new(move |d| k::gemm_bf16(d, &g)),
+    })
+}
+
+/// The same product unsplit on the 64 tile (what ran before the split), for comparison.
+fn gemm_bf16_wgrad_unsplit(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let (shape, flops, g) = wgrad(b, s)?;
+    let c = g.m;
+    Ok(Case {
+        name: "gemm bf16 TN, weight gradient unsplit (64 tile)",
+        shape,
+        flops: Some(flops),
+        bytes: (2 * 2 * c * g.k + 4 * c * c) as f64,
+        run: Box::new(move |d| k::gemm_bf16_on(d, &g, None, k::Bf16Tile::Small)),
+    })
 }
 
 /// The bf16 GEMM with the bias and the GELU epilogue (the pre-activation written too): the

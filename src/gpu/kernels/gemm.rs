@@ -387,9 +387,113 @@ pub struct GemmBf16 {
 }
 
 /// Launches the bf16 tensor-core GEMM for `g` (the entry named by `g.layout`, on the tile
-/// [`Bf16Tile::pick`] chooses).
+/// [`Bf16Tile::pick`] chooses), split over `k` as [`split_k_plan`] says.
 pub fn gemm_bf16(driver: &dyn Driver, g: &GemmBf16) -> Result<()> {
-    launch_bf16(driver, g, None, Bf16Tile::pick(g.m, g.n, g.batch))
+    match split_k_plan(g) {
+        1 => launch_bf16(driver, g, None, Bf16Tile::pick(g.m, g.n, g.batch)),
+        splits => gemm_bf16_split_k(driver, g, Bf16Tile::Large, splits),
+    }
+}
+
+/// Fewest `k` values per split of [`split_k_plan`] (16 k-tiles: the pipeline's prologue and
+/// the split's second pass stay small against the products).
+pub const SPLIT_MIN_K: usize = 512;
+
+/// Most splits [`split_k_plan`] makes.
+pub const SPLIT_MAX: usize = 16;
+
+/// Into how many `k`-ranges [`gemm_bf16`] splits `g` (1: none). A product with few outputs
+/// and a long `k`, such as a weight gradient `g^T x` over every token of a batch (ImageNet64:
+/// `[768, 768]` outputs, `k` = 16,384 rows per 16 images), has too few 128 x 128 tiles to
+/// occupy the GPU: it doubles the splits until there are [`LARGE_TILE_MIN_CTAS`] CTAs,
+/// keeping at least [`SPLIT_MIN_K`] of `k` per split, at most [`SPLIT_MAX`] splits, and `k`
+/// a multiple of 8 per split. Only single products (`batch` 1) split.
+pub fn split_k_plan(g: &GemmBf16) -> usize {
+    if g.batch != 1 || g.m == 0 || g.n == 0 {
+        return 1;
+    }
+    let ctas = g.m.div_ceil(128) * g.n.div_ceil(128);
+    let mut splits = 1;
+    while ctas * splits < LARGE_TILE_MIN_CTAS && splits < SPLIT_MAX {
+        let next = 2 * splits;
+        if !g.k.is_multiple_of(8 * next) || g.k / next < SPLIT_MIN_K {
+            break;
+        }
+        splits = next;
+    }
+    splits
+}
+
+/// [`gemm_bf16`] on `tile` with `k` split into `splits` equal ranges: the ranges' products go
+/// to a workspace of `splits` f32 `[m, n]` matrices (one launch, the ranges as its batches),
+/// then `gemm_splitk_reduce` adds them in increasing order and applies `alpha`, `beta` and
+/// the bias. The result is deterministic but not the unsplit product's bits (the k-sum is
+/// rounded per range first). Needs `batch` 1 and `k` a multiple of `8 * splits`; `splits` 1
+/// is the plain product.
+pub fn gemm_bf16_split_k(
+    driver: &dyn Driver,
+    g: &GemmBf16,
+    tile: Bf16Tile,
+    splits: usize,
+) -> Result<()> {
+    const OP: &str = "gemm_bf16_split_k";
+    if splits == 1 {
+        return launch_bf16(driver, g, None, tile);
+    }
+    if splits == 0 || g.batch != 1 || !g.k.is_multiple_of(8 * splits) {
+        return Err(Error::arg(
+            OP,
+            format!(
+                "{splits} splits need batch 1 (got {}) and k a multiple of {} (got {})",
+                g.batch,
+                8 * splits.max(1),
+                g.k
+            ),
+        ));
+    }
+    if g.m == 0 || g.n == 0 {
+        return Ok(());
+    }
+    check_c(OP, g.ldc, g.n, g.m)?;
+    let mn = g.m * g.n;
+    let total = super::product(OP, &[splits, mn])?;
+    u32_of(OP, "workspace", total)?;
+    let ks = g.k / splits;
+    let (a_k, b_k) = g.layout.k_contiguous();
+    let ws = driver.alloc(4 * total)?;
+    let partial = GemmBf16 {
+        k: ks,
+        batch: splits,
+        c: ws,
+        ldc: g.n,
+        c_bs: mn,
+        a_bs: ks * if a_k { 1 } else { g.lda },
+        b_bs: ks * if b_k { 1 } else { g.ldb },
+        bias: None,
+        alpha: 1.0,
+        beta: 0.0,
+        ..*g
+    };
+    let ran = launch_bf16(driver, &partial, None, tile).and_then(|()| {
+        let u = |what, v| u32_of(OP, what, v).map(KernelArg::U32);
+        let args = [
+            KernelArg::Ptr(g.c),
+            KernelArg::Ptr(ws),
+            KernelArg::Ptr(g.bias.unwrap_or(DevicePtr(0))),
+            u("m", g.m)?,
+            u("n", g.n)?,
+            u("ldc", g.ldc)?,
+            u("splits", splits)?,
+            KernelArg::F32(g.alpha),
+            KernelArg::F32(g.beta),
+            KernelArg::U32(g.bias.map_or(0, |_| GEMM_HAS_BIAS)),
+        ];
+        let config = super::linear_config(mn as u32);
+        driver.launch(&GEMM, "gemm_splitk_reduce", config, &args)
+    });
+    // Launches run in order, so the workspace may go back as soon as they are queued.
+    let freed = driver.free(ws);
+    ran.and(freed)
 }
 
 /// [`gemm_bf16`] or, with `epi`, [`gemm_bf16_epilogue`] on the given tile (to compare the

@@ -245,6 +245,11 @@ fn launch_every_wrapper(d: &Recorder) -> Vec<Launch> {
     }
     index_select_f32(d, p(), p(), p(), 2, 10, 4, 8).unwrap();
     index_add_f32(d, p(), p(), p(), p(), 2, 10, 4, 8).unwrap();
+    let split = GemmBf16 {
+        k: 48,
+        ..bf16_gemm(Bf16Layout::TN, p(), p(), p())
+    };
+    gemm_bf16_split_k(d, &split, Bf16Tile::Large, 2).unwrap();
     peak_mma_bf16(d, p(), 0x3f80_3f80, 0x3b80_3b80, 4, 16).unwrap();
     peak_copy_b128(d, p(), p(), 1000).unwrap();
     let c = AdamWCoeffs::new(&AdamWConfig::default(), 1e-3, 1).unwrap();
@@ -580,6 +585,74 @@ fn launch_configurations_follow_the_kernels_contracts() {
         "{LARGE_TILE_MIN_CTAS} CTAs"
     );
     assert_eq!(Bf16Tile::pick(128 * 12, 128 * 10, 1), Bf16Tile::Small);
+    // Its weight gradient g^T x over 16 images of 1,024 tokens splits k four ways on the
+    // 128 tile: 144 CTAs, then the in-order sum of the four partial products.
+    let wgrad_tn = GemmBf16 {
+        layout: Bf16Layout::TN,
+        m: 768,
+        n: 768,
+        k: 16_384,
+        lda: 768,
+        ldb: 768,
+        ldc: 768,
+        ..bf16_gemm(Bf16Layout::TN, d.ptr(), d.ptr(), d.ptr())
+    };
+    assert_eq!(split_k_plan(&wgrad_tn), 4);
+    gemm_bf16(&d, &wgrad_tn).unwrap();
+    let l = d.take();
+    assert_eq!(
+        l.iter()
+            .map(|l| (l.kernel.as_str(), l.config.grid))
+            .collect::<Vec<_>>(),
+        [
+            ("gemm_bf16_tn_128", (6, 6, 4)),
+            ("gemm_splitk_reduce", (2304, 1, 1))
+        ]
+    );
+    // qkv's [2304, 768] splits in two; fc1's 144 tiles and a short k do not split.
+    assert_eq!(
+        split_k_plan(&GemmBf16 {
+            m: 2304,
+            ..wgrad_tn
+        }),
+        2
+    );
+    assert_eq!(
+        split_k_plan(&GemmBf16 {
+            m: 3072,
+            ..wgrad_tn
+        }),
+        1
+    );
+    assert_eq!(
+        split_k_plan(&GemmBf16 {
+            k: 1000,
+            ..wgrad_tn
+        }),
+        1
+    );
+    assert_eq!(
+        split_k_plan(&GemmBf16 {
+            batch: 2,
+            ..wgrad_tn
+        }),
+        1
+    );
+    // At most SPLIT_MAX, and never under SPLIT_MIN_K per split.
+    let tiny = GemmBf16 {
+        m: 64,
+        n: 64,
+        ..wgrad_tn
+    };
+    assert_eq!(split_k_plan(&tiny), SPLIT_MAX);
+    assert_eq!(
+        split_k_plan(&GemmBf16 {
+            k: 4 * SPLIT_MIN_K,
+            ..tiny
+        }),
+        4
+    );
+    assert!(gemm_bf16_split_k(&d, &GemmBf16 { k: 100, ..tiny }, Bf16Tile::Large, 4).is_err());
     sum_squares_partial_f32(&d, d.ptr(), d.ptr(), 1000, 256).unwrap();
     assert_eq!(d.one().config, LaunchConfig::linear(4, 256));
 }

@@ -411,6 +411,7 @@ mod imp {
             if allowed.get(&key).is_some_and(|&b| b >= bytes) {
                 return Ok(());
             }
+            self.bind()?;
             f.set_attribute(
                 sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 bytes as i32,

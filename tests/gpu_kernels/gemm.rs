@@ -249,6 +249,29 @@ fn bf16_operand(rng: &mut Rng, batch: usize, outer: usize, inner: usize, ld: usi
     }
 }
 
+/// `A [m, k]` and `B [k, n]`, batched, stored as `layout` says, each leading dimension a
+/// multiple of 8 past its extent (NaN in the padding).
+fn operands_for(
+    rng: &mut Rng,
+    layout: Bf16Layout,
+    (m, n, k): (usize, usize, usize),
+    batch: usize,
+) -> (Bf16Operand, Bf16Operand) {
+    let pad = |x: usize| x.div_ceil(8) * 8 + 8;
+    let (a_k, b_k) = k_major(layout);
+    let a = if a_k {
+        bf16_operand(rng, batch, m, k, pad(k))
+    } else {
+        bf16_operand(rng, batch, k, m, pad(m))
+    };
+    let b = if b_k {
+        bf16_operand(rng, batch, n, k, pad(k))
+    } else {
+        bf16_operand(rng, batch, k, n, pad(n))
+    };
+    (a, b)
+}
+
 /// Whether `layout` stores A, and B, with k contiguous.
 fn k_major(layout: Bf16Layout) -> (bool, bool) {
     match layout {
@@ -317,7 +340,6 @@ fn bf16_layouts_on(d: &dyn Driver, tile: Bf16Tile) {
     let (m, n) = ragged(tile);
     let (k, batch) = (115usize, 2usize);
     let (alpha, beta) = (1.25f32, 1.0f32);
-    let pad = |x: usize| x.div_ceil(8) * 8 + 8;
     for layout in [
         Bf16Layout::NN,
         Bf16Layout::NT,
@@ -325,16 +347,7 @@ fn bf16_layouts_on(d: &dyn Driver, tile: Bf16Tile) {
         Bf16Layout::TT,
     ] {
         let (a_k, b_k) = k_major(layout);
-        let a = if a_k {
-            bf16_operand(&mut rng, batch, m, k, pad(k))
-        } else {
-            bf16_operand(&mut rng, batch, k, m, pad(m))
-        };
-        let b = if b_k {
-            bf16_operand(&mut rng, batch, n, k, pad(k))
-        } else {
-            bf16_operand(&mut rng, batch, k, n, pad(n))
-        };
+        let (a, b) = operands_for(&mut rng, layout, (m, n, k), batch);
         let bias = normal(&mut rng, n);
         let c0 = normal(&mut rng, batch * m * n);
         let c = upload::<f32>(d, &c0);
@@ -661,16 +674,7 @@ fn bf16_split_k(d: &dyn Driver) {
         Bf16Layout::TT,
     ] {
         let (a_k, b_k) = k_major(layout);
-        let a = if a_k {
-            bf16_operand(&mut rng, 1, m, k, k + 8)
-        } else {
-            bf16_operand(&mut rng, 1, k, m, m.div_ceil(8) * 8)
-        };
-        let b = if b_k {
-            bf16_operand(&mut rng, 1, n, k, k + 8)
-        } else {
-            bf16_operand(&mut rng, 1, k, n, n.div_ceil(8) * 8)
-        };
+        let (a, b) = operands_for(&mut rng, layout, (m, n, k), 1);
         let bias = normal(&mut rng, n);
         let c0 = normal(&mut rng, m * n);
         let c = upload::<f32>(d, &c0);

@@ -1,6 +1,6 @@
 //! Warp-level matrix instructions (ldmatrix, mma.m16n8k16) checked against hand-worked
 //! fragments from the PTX ISA's figures; memory instructions (widths, vectors, atomics,
-//! generic addressing) and the bank-conflict counter.
+//! generic addressing, cp.async with a partial source) and the bank-conflict counter.
 #![cfg(feature = "ptx-sim")]
 // Fragment tables read best indexed by lane, row and column, as the ISA writes them.
 #![allow(clippy::needless_range_loop)]
@@ -333,4 +333,75 @@ fn bank_conflicts_count_extra_wavefronts() {
         4,
         "each phase of 8 hits 4 banks twice"
     );
+}
+
+/// `cp.async.cg.shared.global [dst], [src], 16, src-size`: the first `src-size` bytes come
+/// from global memory and the other `16 - src-size` are zeros (PTX ISA, "cp.async"), 0 to 16
+/// of them (the bf16 GEMM's ragged edges rely on this). One thread per row of the table
+/// copies 16 bytes from `src` (the bytes 1, 2, ..., 16) into its own 16 shared
+/// bytes, waits, and stores them to `out`.
+#[test]
+fn cp_async_src_size_reads_that_many_bytes_and_zero_fills_the_rest() {
+    let table: [u32; 6] = [16, 15, 8, 6, 1, 0];
+    let body = "\t.shared .align 16 .b8 tile[96];\n\tld.param.u64 %rd1, [src];\n\
+                \tld.param.u64 %rd2, [sizes];\n\tld.param.u64 %rd3, [out];\n\
+                \tmov.u32 %r1, %tid.x;\n\tmul.wide.u32 %rd4, %r1, 4;\n\
+                \tadd.s64 %rd5, %rd2, %rd4;\n\tld.global.u32 %r2, [%rd5];\n\
+                \tmov.u32 %r3, tile;\n\tshl.b32 %r4, %r1, 4;\n\tadd.s32 %r5, %r3, %r4;\n\
+                \tcp.async.cg.shared.global [%r5], [%rd1], 16, %r2;\n\
+                \tcp.async.commit_group;\n\tcp.async.wait_group 0;\n\
+                \tld.shared.v4.u32 {%r6, %r7, %r8, %r9}, [%r5];\n\
+                \tmul.wide.u32 %rd6, %r1, 16;\n\tadd.s64 %rd7, %rd3, %rd6;\n\
+                \tst.global.v4.u32 [%rd7], {%r6, %r7, %r8, %r9};\n\tret;";
+    let d = PtxSim::new();
+    let m = module(
+        "cp_async_zfill",
+        ".param .u64 src, .param .u64 sizes, .param .u64 out",
+        body,
+    );
+    let src_bytes: Vec<u8> = (1..=16).collect();
+    let src = d.alloc(16).unwrap();
+    d.upload(src, &src_bytes).unwrap();
+    let sizes = d.alloc(4 * table.len()).unwrap();
+    d.upload(sizes, bytemuck::cast_slice(&table)).unwrap();
+    let out = d.alloc(16 * table.len()).unwrap();
+    d.launch(
+        &m,
+        "k",
+        LaunchConfig::linear(1, table.len() as u32),
+        &[
+            KernelArg::Ptr(src),
+            KernelArg::Ptr(sizes),
+            KernelArg::Ptr(out),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut got = vec![0u8; 16 * table.len()];
+    d.download(out, &mut got).unwrap();
+    for (t, &n) in table.iter().enumerate() {
+        let want: Vec<u8> = (0..16u8)
+            .map(|b| if u32::from(b) < n { b + 1 } else { 0 })
+            .collect();
+        assert_eq!(&got[16 * t..16 * t + 16], &want[..], "src-size {n}");
+    }
+}
+
+/// A `src-size` above the copy's 16 bytes is outside the instruction's contract: an error.
+#[test]
+fn cp_async_src_size_above_the_copy_size_is_an_error() {
+    let d = PtxSim::new();
+    let m = module(
+        "cp_async_too_big",
+        ".param .u64 src",
+        "\t.shared .align 16 .b8 tile[16];\n\tld.param.u64 %rd1, [src];\n\
+         \tmov.u32 %r1, tile;\n\tmov.u32 %r2, 17;\n\
+         \tcp.async.cg.shared.global [%r1], [%rd1], 16, %r2;\n\tcp.async.wait_all;\n\tret;",
+    );
+    let src = d.alloc(32).unwrap();
+    d.upload(src, &[0u8; 32]).unwrap();
+    let err = d
+        .launch(&m, "k", LaunchConfig::linear(1, 1), &[KernelArg::Ptr(src)])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("src-size 17 above cp-size 16"), "{err}");
 }

@@ -206,24 +206,14 @@ pub fn bench_on_gpu(driver: &dyn Driver, sizes: Sizes, repeats: usize) -> Result
 /// Measures the card's [`Ceilings`] alone (the first two rows of [`bench_on_gpu`]), for the
 /// whole-model bench to judge its rates against.
 pub fn measure_ceilings(driver: &dyn Driver, repeats: usize) -> Result<Ceilings> {
-    let rec = Recorder {
-        inner: driver,
-        counters: &|| None,
-        recording: AtomicBool::new(false),
-        launches: Mutex::new(Vec::new()),
-    };
-    let mut results = Vec::with_capacity(2);
-    for build in [cases::ceiling_mma as Build, cases::ceiling_copy] {
-        let mut bufs = Buffers {
-            driver,
-            ptrs: Vec::new(),
-        };
-        let row = build(&mut bufs, Sizes::Hardware)
-            .and_then(|case| measure(&rec, &case, Mode::Time { repeats }));
-        let freed = bufs.free_all();
-        results.push(row?);
-        freed?;
-    }
+    let ceilings = [cases::ceiling_mma as Build, cases::ceiling_copy];
+    let results = run_cases(
+        driver,
+        &|| None,
+        Mode::Time { repeats },
+        Sizes::Hardware,
+        &ceilings,
+    )?;
     GpuBench::ceilings_of(&results).ok_or_else(|| Error::Device {
         op: "bench",
         detail: "the ceiling kernels reported no rate".into(),
@@ -250,14 +240,31 @@ fn run_table(
     mode: Mode,
     sizes: Sizes,
 ) -> Result<GpuBench> {
+    let results = run_cases(driver, counters, mode, sizes, &CASES)?;
+    Ok(GpuBench {
+        device: driver.name(),
+        sizes,
+        ceilings: GpuBench::ceilings_of(&results),
+        results,
+    })
+}
+
+/// Builds and measures `builds` in order, each case's buffers freed before the next.
+fn run_cases(
+    driver: &dyn Driver,
+    counters: &CounterSource,
+    mode: Mode,
+    sizes: Sizes,
+    builds: &[Build],
+) -> Result<Vec<GpuKernelResult>> {
     let rec = Recorder {
         inner: driver,
         counters,
         recording: AtomicBool::new(false),
         launches: Mutex::new(Vec::new()),
     };
-    let mut results = Vec::with_capacity(CASES.len());
-    for build in CASES {
+    let mut results = Vec::with_capacity(builds.len());
+    for build in builds {
         let mut bufs = Buffers {
             driver,
             ptrs: Vec::new(),
@@ -267,12 +274,7 @@ fn run_table(
         results.push(row?);
         freed?;
     }
-    Ok(GpuBench {
-        device: driver.name(),
-        sizes,
-        ceilings: GpuBench::ceilings_of(&results),
-        results,
-    })
+    Ok(results)
 }
 
 /// What the recorder saw of one launch.

@@ -596,7 +596,8 @@ pub fn check_train(a: &TrainArgs) -> Result<()> {
 /// On a CUDA device, with no recomputation asked for (by flag or config file), the least
 /// one whose training step is estimated to fit the card's memory
 /// ([`TarFlowConfig::recompute_to_fit`](tarflow::model::TarFlowConfig::recompute_to_fit)):
-/// ImageNet64's preset step of 256 images is estimated at 529 GB without, far past any GPU. Said on stderr, and recorded in the run's configuration like a flag.
+/// ImageNet64's preset step of 256 images is estimated at 529 GB without, far past any GPU.
+/// Said on stderr, and recorded in the run's configuration like a flag.
 fn fit_recompute(cfg: &mut TrainConfig) -> Result<()> {
     if !matches!(cfg.device, Device::Cuda(_)) || !cfg.recompute.is_none() {
         return Ok(());
@@ -611,7 +612,8 @@ fn fit_recompute(cfg: &mut TrainConfig) -> Result<()> {
         Some(r) => {
             let keep_all = cfg.model.training_bytes(batch, 4, Recompute::None);
             say_err!(
-                "recompute {r}: a step of {batch} images keeps about {} of activations without,                  and the GPU has {} (--recompute none to insist)",
+                "recompute {r}: a step of {batch} images keeps about {} of activations without, \
+                 and the GPU has {} (--recompute none to insist)",
                 gb(keep_all),
                 gb(total as f64)
             );
@@ -620,7 +622,8 @@ fn fit_recompute(cfg: &mut TrainConfig) -> Result<()> {
         None => {
             let least = cfg.model.training_bytes(batch, 4, Recompute::Layer);
             say_err!(
-                "recompute layer: a step of {batch} images needs about {} even so, and the GPU                  has {}; a smaller --batch-size may be needed",
+                "recompute layer: a step of {batch} images needs about {} even so, and the GPU \
+                 has {}; a smaller --batch-size may be needed",
                 gb(least),
                 gb(total as f64)
             );

@@ -320,7 +320,8 @@ pub fn upscale(
             return Err(Error::arg(
                 op,
                 format!(
-                    "{} bytes of {n} images of {channels}x{height}x{width} at scale {scale}:                      the sizes do not match or the result would exceed {MAX_GRID_BYTES} bytes",
+                    "{} bytes of {n} images of {channels}x{height}x{width} at scale {scale}: \
+                     the sizes do not match or the result would exceed {MAX_GRID_BYTES} bytes",
                     images.len()
                 ),
             ))

@@ -268,7 +268,8 @@ fn fwd_kernel(p: AttnPrecision, d: &AttnDims) -> Result<(&'static str, usize)> {
         (AttnPrecision::Bf16, dh, dv) => Err(Error::arg(
             "attn_fwd_bf16",
             format!(
-                "head dimensions dh = {dh} and dv = {dv}: the bf16 attention kernels take dh                  = dv = 64 or 128 (use AttnPrecision::F32)"
+                "head dimensions dh = {dh} and dv = {dv}: the bf16 attention kernels take \
+                 dh = dv = 64 or 128 (use AttnPrecision::F32)"
             ),
         )),
     }

@@ -273,7 +273,8 @@ pub(super) fn local_range(a: u64, len: usize, size: usize) -> R<usize> {
         Ok(a as usize)
     } else {
         Err(format!(
-            "local address 0x{a:x} (+{len} bytes) is outside the thread's {size} bytes of              local memory"
+            "local address 0x{a:x} (+{len} bytes) is outside the thread's {size} bytes of \
+             local memory"
         ))
     }
 }

@@ -511,6 +511,24 @@ __device__ __forceinline__ void mma_bf16(float* d, const unsigned* a, const unsi
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
+
+extern __shared__ __align__(16) unsigned char attn_dynamic_smem[];
+
+// Copies `src_bytes` (0 or 16 here) from global `src` and zero-fills the rest of the 16
+// bytes at `dst`. With src_bytes 0 nothing is read.
+__device__ __forceinline__ void cp_async16_zfill(void* dst, const void* src, unsigned src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+               "r"(src_bytes));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+#else
+#define attn_dynamic_smem host_dynamic_smem
 #endif
 
 // Two f32 as one bf16 pair, `lo` in the low half (the lower k index of a fragment).
@@ -718,6 +736,270 @@ __device__ __forceinline__ void attn_fwd_bf16(
 
 ATTN_FWD_BF16_ENTRY(attn_fwd_bf16_d64, 64, 64)
 ATTN_FWD_BF16_ENTRY(attn_fwd_bf16_d128, 128, 32)
+
+// ---- bf16-input forward ----
+//
+// attn_fwd_bf16s_d64, attn_fwd_bf16s_d128: the arithmetic of attn_fwd_bf16_d64 / _d128 (each
+// row's products, maxima and sums in the same order, so on the same bf16 values the same
+// bits) with q, k, v stored as bf16 and loaded by cp.async. They need feature stride 1, and
+// the batch, head and position strides and each base offset multiples of 8 elements (the host
+// checks), so that every 8-feature chunk is one 16-byte copy; rows past the end are
+// zero-filled without a read. Key tiles (K and V: BK = 64 rows at D = 64, 32 at D = 128) go
+// through a ring of STAGES stages, the next tiles loading while this one multiplies, with
+// one barrier per tile; Q is loaded once into the ring's last stage and moved into
+// registers before the ring reaches it.
+// - D = 64: 128 queries per CTA, 32 per warp as two 16-row blocks that share every K and V
+//   fragment the warp reads from shared memory (half the ldmatrix traffic per product).
+// - D = 128: 64 queries per CTA (16 per warp).
+// Under the causal rule a warp skips a key tile for a row block none of whose rows sees it
+// (for finite values the skipped update is exact: a factor of 1 and zero terms), and the
+// CTAs take the query tiles from the last one down, so the longest start first. Launch: 128
+// threads, grid (ceil(Nq / (64 MB)), heads, batch), STAGES * 2 * BK * (D + 8) * 2 bytes of
+// dynamic shared memory (the host passes the same figure).
+
+// Rows row0 .. row0 + ROWS - 1 (D features) of a bf16 matrix with feature stride 1 and row
+// stride rs into s[r * (D + 8) + d] by cp.async; rows at or beyond `rows` are zero-filled.
+template <int ROWS, int D>
+__device__ __forceinline__ void load_rows_async(__nv_bfloat16* s,
+                                                const __nv_bfloat16* __restrict__ g,
+                                                unsigned row0, unsigned rows, unsigned rs) {
+  constexpr int CPR = D / 8;
+  static_assert(ROWS * CPR % NT == 0, "chunks must divide among the threads");
+#pragma unroll
+  for (int c = 0; c < ROWS * CPR / NT; ++c) {
+    unsigned e = threadIdx.x + NT * c;
+    unsigned r = e / CPR, col = (e % CPR) * 8;
+    unsigned gr = row0 + r;
+    bool in = gr < rows;
+    // A row with nothing to read points at the operand's start, which is always mapped.
+    const __nv_bfloat16* src = in ? g + (size_t)gr * rs + col : g;
+    cp_async16_zfill(s + r * (D + 8) + col, src, in ? 16u : 0u);
+  }
+}
+
+template <int D, int BK, int MB, int STAGES>
+__device__ __forceinline__ void attn_fwd_bf16s(
+    float* __restrict__ o, float* __restrict__ lse, const __nv_bfloat16* __restrict__ q,
+    const __nv_bfloat16* __restrict__ k, const __nv_bfloat16* __restrict__ v, unsigned nq,
+    unsigned nk, unsigned q_sb, unsigned q_sh, unsigned q_sn, unsigned k_sb, unsigned k_sh,
+    unsigned k_sn, unsigned v_sb, unsigned v_sh, unsigned v_sn, unsigned o_sb, unsigned o_sh,
+    unsigned o_sn, unsigned o_sd, float scale_log2, unsigned causal) {
+  constexpr int LD = D + 8;
+  constexpr int BQ = 64 * MB;      // queries per CTA
+  constexpr int KV = BK * LD;      // one K (or V) tile
+  constexpr int STAGE = 2 * KV;    // K, then V
+  constexpr int DF = D / 8;        // output n-fragments per row block
+  constexpr int KF = BK / 8;       // score n-fragments per row block
+  constexpr int DK = D / 16;       // k-steps of Q K^T
+  static_assert(BQ * LD <= STAGE, "Q must fit in one stage");
+  static_assert(STAGES >= 2, "the ring needs two stages");
+  __nv_bfloat16* smem = reinterpret_cast<__nv_bfloat16*>(attn_dynamic_smem);
+  unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  unsigned group = lane >> 2, tig = lane & 3;
+  unsigned bz = blockIdx.z, hy = blockIdx.y;
+  q += (size_t)bz * q_sb + (size_t)hy * q_sh;
+  k += (size_t)bz * k_sb + (size_t)hy * k_sh;
+  v += (size_t)bz * v_sb + (size_t)hy * v_sh;
+  o += (size_t)bz * o_sb + (size_t)hy * o_sh;
+  lse += ((size_t)bz * gridDim.y + hy) * nq;
+  unsigned q0 = (causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x) * BQ;
+  unsigned off = causal ? nk - nq : 0;
+  unsigned qend = min(nq, q0 + BQ);
+  unsigned kend = causal ? min(nk, qend + off) : nk;
+  unsigned ntiles = (kend + BK - 1) / BK;
+
+  // Group 0: Q (into the last stage) and key tile 0; groups 1 .. STAGES - 2: the next tiles
+  // (empty past the last), so that `wait_group STAGES - 2` at iteration t means tile t is in.
+  load_rows_async<BQ, D>(smem + (STAGES - 1) * STAGE, q, q0, nq, q_sn);
+#pragma unroll
+  for (int st = 0; st < STAGES - 1; ++st) {
+    if (st < ntiles) {
+      load_rows_async<BK, D>(smem + st * STAGE, k, st * BK, nk, k_sn);
+      load_rows_async<BK, D>(smem + st * STAGE + KV, v, st * BK, nk, v_sn);
+    }
+    cp_async_commit();
+  }
+  cp_async_wait<STAGES - 2>();
+  __syncthreads();
+  // Row block mb of the warp: rows q0 + (warp MB + mb) 16 + (0 .. 15).
+  unsigned qa[MB][DK][4];
+#pragma unroll
+  for (int mb = 0; mb < MB; ++mb)
+#pragma unroll
+    for (int ks = 0; ks < DK; ++ks) {
+      unsigned row = (warp * MB + mb) * 16 + (lane & 15), col = ks * 16 + (lane >> 4) * 8;
+      ldmatrix_x4(qa[mb][ks], smem + (STAGES - 1) * STAGE + row * LD + col);
+    }
+
+  float acc[MB][DF][4];
+  float m[MB][2], l[MB][2];
+  unsigned i_row[MB][2], r0[MB];
+#pragma unroll
+  for (int mb = 0; mb < MB; ++mb) {
+#pragma unroll
+    for (int f = 0; f < DF; ++f)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mb][f][e] = 0.0f;
+    r0[mb] = q0 + (warp * MB + mb) * 16;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      m[mb][h] = neg_inf();
+      l[mb][h] = 0.0f;
+      i_row[mb][h] = r0[mb] + group + 8 * h;
+    }
+  }
+
+  for (unsigned t = 0; t < ntiles; ++t) {
+    cp_async_wait<STAGES - 2>();
+    // Every thread's copies of tile t are visible, and every warp is done with the stage the
+    // next load overwrites (tile t - 1's; at t = 0, Q's).
+    __syncthreads();
+    {
+      unsigned tn = t + STAGES - 1;
+      __nv_bfloat16* nxt = smem + (tn % STAGES) * STAGE;
+      if (tn < ntiles) {
+        load_rows_async<BK, D>(nxt, k, tn * BK, nk, k_sn);
+        load_rows_async<BK, D>(nxt + KV, v, tn * BK, nk, v_sn);
+      }
+      cp_async_commit();
+    }
+    const __nv_bfloat16* ks_ = smem + (t % STAGES) * STAGE;
+    const __nv_bfloat16* vs_ = ks_ + KV;
+    unsigned k0 = t * BK;
+    // A block's last row sees keys up to r0 + 15 + off; later blocks see more.
+    bool live[MB];
+#pragma unroll
+    for (int mb = 0; mb < MB; ++mb) live[mb] = !causal || k0 <= r0[mb] + 15 + off;
+    if (!live[MB - 1]) continue;
+
+    float s[MB][KF][4];
+#pragma unroll
+    for (int mb = 0; mb < MB; ++mb)
+#pragma unroll
+      for (int f = 0; f < KF; ++f)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[mb][f][e] = 0.0f;
+#pragma unroll
+    for (int ks = 0; ks < DK; ++ks) {
+#pragma unroll
+      for (int p = 0; p < KF / 2; ++p) {
+        unsigned r4[4];
+        unsigned nr = p * 16 + (lane & 7) + (lane >> 4) * 8, kc = ks * 16 + ((lane >> 3) & 1) * 8;
+        ldmatrix_x4(r4, ks_ + nr * LD + kc);
+#pragma unroll
+        for (int mb = 0; mb < MB; ++mb) {
+          if (!live[mb]) continue;
+          mma_bf16(s[mb][2 * p], qa[mb][ks], r4);
+          mma_bf16(s[mb][2 * p + 1], qa[mb][ks], r4 + 2);
+        }
+      }
+    }
+    // Scale, mask (only tiles that reach past the keys or a block's diagonal), online softmax.
+#pragma unroll
+    for (int mb = 0; mb < MB; ++mb) {
+      if (!live[mb]) continue;
+      bool edge = k0 + BK > nk || (causal && k0 + BK > r0[mb] + off + 1);
+      float mt[2] = {neg_inf(), neg_inf()};
+#pragma unroll
+      for (int f = 0; f < KF; ++f)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          unsigned j = k0 + f * 8 + 2 * tig + (e & 1);
+          float x = s[mb][f][e] * scale_log2;
+          if (edge && !(j < nk && visible(causal, i_row[mb][e >> 1], j, off))) x = neg_inf();
+          s[mb][f][e] = x;
+          mt[e >> 1] = fmaxf(mt[e >> 1], x);
+        }
+      float mu[2], corr[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        mt[h] = fmaxf(mt[h], __shfl_xor_sync(FULL_MASK, mt[h], 1));
+        mt[h] = fmaxf(mt[h], __shfl_xor_sync(FULL_MASK, mt[h], 2));
+        float mn = fmaxf(m[mb][h], mt[h]);
+        mu[h] = mn == neg_inf() ? 0.0f : mn;
+        corr[h] = exp2f(m[mb][h] - mu[h]);
+        m[mb][h] = mn;
+        l[mb][h] *= corr[h];
+      }
+#pragma unroll
+      for (int f = 0; f < DF; ++f)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[mb][f][e] *= corr[e >> 1];
+#pragma unroll
+      for (int f = 0; f < KF; ++f)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float p = exp2f(s[mb][f][e] - mu[e >> 1]);
+          l[mb][e >> 1] += p;
+          s[mb][f][e] = p;
+        }
+    }
+    // O += P V: P's accumulator fragments are the A fragments of the next product.
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; ++kk) {
+      unsigned pa[MB][4];
+#pragma unroll
+      for (int mb = 0; mb < MB; ++mb) {
+        pa[mb][0] = pack_bf16(s[mb][2 * kk][0], s[mb][2 * kk][1]);
+        pa[mb][1] = pack_bf16(s[mb][2 * kk][2], s[mb][2 * kk][3]);
+        pa[mb][2] = pack_bf16(s[mb][2 * kk + 1][0], s[mb][2 * kk + 1][1]);
+        pa[mb][3] = pack_bf16(s[mb][2 * kk + 1][2], s[mb][2 * kk + 1][3]);
+      }
+#pragma unroll
+      for (int p = 0; p < DF / 2; ++p) {
+        unsigned r4[4];
+        unsigned qq = lane >> 3, r = lane & 7;
+        unsigned kr = kk * 16 + r + (qq & 1) * 8, nc = p * 16 + (qq >> 1) * 8;
+        ldmatrix_x4_trans(r4, vs_ + kr * LD + nc);
+#pragma unroll
+        for (int mb = 0; mb < MB; ++mb) {
+          if (!live[mb]) continue;
+          mma_bf16(acc[mb][2 * p], pa[mb], r4);
+          mma_bf16(acc[mb][2 * p + 1], pa[mb], r4 + 2);
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int mb = 0; mb < MB; ++mb) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      l[mb][h] = __fadd_rn(l[mb][h], __shfl_xor_sync(FULL_MASK, l[mb][h], 1));
+      l[mb][h] = __fadd_rn(l[mb][h], __shfl_xor_sync(FULL_MASK, l[mb][h], 2));
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      unsigned i = i_row[mb][h];
+      if (i >= nq) continue;
+      float inv = l[mb][h] > 0.0f ? __frcp_rn(l[mb][h]) : 0.0f;
+#pragma unroll
+      for (int f = 0; f < DF; ++f)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          unsigned c = f * 8 + 2 * tig + e;
+          o[(size_t)i * o_sn + (size_t)c * o_sd] = acc[mb][f][2 * h + e] * inv;
+        }
+      if (tig == 0) lse[i] = l[mb][h] > 0.0f ? m[mb][h] + __log2f(l[mb][h]) : neg_inf();
+    }
+  }
+}
+
+#define ATTN_FWD_BF16S_ENTRY(NAME, D, BK, MB, STAGES)                                         \
+  extern "C" __global__ void __launch_bounds__(NT) NAME(                                      \
+      float* __restrict__ o, float* __restrict__ lse, const __nv_bfloat16* __restrict__ q,   \
+      const __nv_bfloat16* __restrict__ k, const __nv_bfloat16* __restrict__ v, unsigned nq, \
+      unsigned nk, unsigned dh, unsigned dv, unsigned q_sb, unsigned q_sh, unsigned q_sn,    \
+      unsigned q_sd, unsigned k_sb, unsigned k_sh, unsigned k_sn, unsigned k_sd,             \
+      unsigned v_sb, unsigned v_sh, unsigned v_sn, unsigned v_sd, unsigned o_sb,             \
+      unsigned o_sh, unsigned o_sn, unsigned o_sd, float scale_log2, unsigned causal) {      \
+    attn_fwd_bf16s<D, BK, MB, STAGES>(o, lse, q, k, v, nq, nk, q_sb, q_sh, q_sn, k_sb, k_sh, \
+                                      k_sn, v_sb, v_sh, v_sn, o_sb, o_sh, o_sn, o_sd,        \
+                                      scale_log2, causal);                                   \
+  }
+
+ATTN_FWD_BF16S_ENTRY(attn_fwd_bf16s_d64, 64, 64, 2, 2)
+ATTN_FWD_BF16S_ENTRY(attn_fwd_bf16s_d128, 128, 32, 1, 2)
 
 // ---- bf16 tensor-core backward ----
 //

@@ -711,7 +711,6 @@ pub(crate) fn attention_forward<E: Element>(
     };
     let out = empty(&driver, dev, &out_shape)?;
     let lse = empty(&driver, dev, &[b, h, nq])?;
-    let ((_q, qv), (_k, kv), (_v, vv)) = (attn_operand(q)?, attn_operand(k)?, attn_operand(v)?);
     let o = match layout {
         AttnLayout::Heads => attn_dest(layout, ptr(&out)?, h, nq, dv, 0),
         // The output is [B, N, H Dv], not part of a fused buffer.
@@ -721,6 +720,29 @@ pub(crate) fn attention_forward<E: Element>(
         },
     };
     let precision = attn_precision(&dims);
+    // Under bf16, q, k and v are rounded once into contiguous bf16 copies, which the forward
+    // loads by cp.async and the backward reads again; the rounding is the one the f32-input
+    // bf16 kernel applied as it staged them, so the results are the same.
+    let copies = match precision {
+        k::AttnPrecision::Bf16 => Some((bf16_copy(q)?, bf16_copy(k)?, bf16_copy(v)?)),
+        _ => None,
+    };
+    let ((_q, qv), (_k, kv), (_v, vv)) = (attn_operand(q)?, attn_operand(k)?, attn_operand(v)?);
+    let (qv, kv, vv, precision) = match &copies {
+        Some((qb, kb, vb)) => {
+            let heads = |buf: &GpuBuffer, n: usize, d: usize| k::AttnView {
+                ptr: buf.ptr(),
+                strides: [h * n * d, n * d, d, 1],
+            };
+            (
+                heads(qb, nq, dims.dh),
+                heads(kb, dims.nk, dims.dh),
+                heads(vb, dims.nk, dv),
+                k::AttnPrecision::Bf16Inputs,
+            )
+        }
+        None => (qv, kv, vv, precision),
+    };
     k::attn_fwd(
         &*driver,
         &k::AttnFwd {
@@ -756,12 +778,18 @@ pub(crate) fn attention_forward<E: Element>(
                 v: v.clone(),
                 o: o_heads,
             },
-            k::AttnPrecision::Bf16 => AttnSaved::Bf16 {
-                q: bf16_copy(q)?,
-                k: bf16_copy(k)?,
-                v: bf16_copy(v)?,
-                o: bf16_copy(&o_heads)?,
-            },
+            k::AttnPrecision::Bf16 | k::AttnPrecision::Bf16Inputs => {
+                let (q, k, v) = copies.ok_or_else(|| Error::Device {
+                    op: "attention",
+                    detail: "internal error: bf16 attention without its bf16 operands".to_string(),
+                })?;
+                AttnSaved::Bf16 {
+                    q,
+                    k,
+                    v,
+                    o: bf16_copy(&o_heads)?,
+                }
+            }
         })
     } else {
         None

@@ -614,6 +614,127 @@ fn exact_forward(
     }
 }
 
+/// The bf16-input forward (q, k, v stored bf16 `[B, N, H, D]`, loaded by cp.async) against
+/// the f32-input bf16 forward on the same bf16-exact values: the same products in the same
+/// order, so the output and lse must be the same bits.
+fn bf16_inputs_match_bf16_bits(d: &dyn Driver, dims: AttnDims, scores: AttnScores, seed: u64) {
+    let AttnDims {
+        b,
+        h,
+        nq,
+        nk,
+        dh,
+        dv,
+    } = dims;
+    let tag = format!("{dims:?} {scores:?} on {}", d.name());
+    let mut rng = Rng::new(seed);
+    let shapes = [(b, h, nq, dh), (b, h, nk, dh), (b, h, nk, dv)];
+    let ops: Vec<(Vec<f32>, Vec<bf16>)> = shapes
+        .iter()
+        .map(|&s| bf16_operand(&normal(&mut rng, s.0 * s.1 * s.2 * s.3), s))
+        .collect();
+    let f32_ptr: Vec<DevicePtr> = ops.iter().map(|(x, _)| upload::<f32>(d, x)).collect();
+    let bf16_ptr: Vec<DevicePtr> = ops.iter().map(|(_, x)| upload::<bf16>(d, x)).collect();
+    let (o_len, lse_len) = (b * h * nq * dv, b * h * nq);
+    let mut results = Vec::new();
+    for precision in [AttnPrecision::Bf16, AttnPrecision::Bf16Inputs] {
+        let (lay, elem, p): (LayFn, usize, &[DevicePtr]) = match precision {
+            AttnPrecision::Bf16Inputs => (tokens_lay, 2, &bf16_ptr),
+            _ => (Lay::heads, 4, &f32_ptr),
+        };
+        let at = |i: usize| {
+            let (_, h, n, w) = shapes[i];
+            lay(h, n, w).view_of(p[i], elem)
+        };
+        let (o, lse) = (poisoned_f32(d, o_len), poisoned_f32(d, lse_len));
+        let fwd = AttnFwd {
+            dims,
+            scores,
+            q: at(0),
+            k: at(1),
+            v: at(2),
+            o: Lay::heads(h, nq, dv).view(o),
+            lse,
+            precision,
+        };
+        attn_fwd(d, &fwd).unwrap();
+        results.push((
+            download::<f32>(d, o, o_len),
+            download::<f32>(d, lse, lse_len),
+        ));
+    }
+    let ((o_want, lse_want), (o_got, lse_got)) = (&results[0], &results[1]);
+    assert!(
+        o_want.iter().chain(lse_want).all(|x| x.is_finite()),
+        "the f32-input bf16 forward is not finite, {tag}"
+    );
+    assert_bits(
+        &format!("o of the bf16-input forward, {tag}"),
+        o_got,
+        o_want,
+    );
+    assert_bits(
+        &format!("lse of the bf16-input forward, {tag}"),
+        lse_got,
+        lse_want,
+    );
+}
+
+#[test]
+fn attention_bf16_inputs_forward_matches_bf16_bits() {
+    // d64: query tiles of 128 (300 = 2 * 128 + 44: three, ragged), key tiles of 64; causal
+    // (the tiles in reverse, blocks skipping the hidden tiles), causal with offset 33, and
+    // not. d128: query tiles of 64, key tiles of 32.
+    on_each_device(|d| {
+        bf16_inputs_match_bf16_bits(d, dims(1, 2, 300, 300, 64, 64), scores(64, true), 31);
+        bf16_inputs_match_bf16_bits(d, dims(1, 1, 267, 300, 64, 64), scores(64, true), 32);
+        bf16_inputs_match_bf16_bits(d, dims(2, 1, 150, 197, 64, 64), scores(64, false), 33);
+        bf16_inputs_match_bf16_bits(d, dims(1, 1, 197, 230, 128, 128), scores(128, true), 34);
+        bf16_inputs_match_bf16_bits(d, dims(1, 1, 140, 100, 128, 128), scores(128, false), 35);
+    });
+}
+
+#[test]
+fn attention_bf16_inputs_need_16_byte_chunks() {
+    on_each_device(|d| {
+        let dims = dims(1, 1, 8, 8, 64, 64);
+        let buf = upload::<bf16>(d, &vec![bf16::ZERO; 2 * 8 * 64]);
+        let o = poisoned_f32(d, 8 * 64);
+        let good = Lay::heads(1, 8, 64).view_of(buf, 2);
+        let fwd = |q: AttnView| AttnFwd {
+            dims,
+            scores: scores(64, true),
+            q,
+            k: good,
+            v: good,
+            o: Lay::heads(1, 8, 64).view(o),
+            lse: poisoned_f32(d, 8),
+            precision: AttnPrecision::Bf16Inputs,
+        };
+        attn_fwd(d, &fwd(good)).unwrap();
+        let shifted = AttnView {
+            ptr: buf.offset(2),
+            ..good
+        };
+        let strided = AttnView {
+            strides: [2 * 8 * 64, 8 * 64, 64, 2],
+            ..good
+        };
+        let odd_rows = AttnView {
+            strides: [8 * 68, 8 * 68, 68 - 4 + 1, 1],
+            ..good
+        };
+        for (what, q) in [
+            ("a 2-byte offset", shifted),
+            ("feature stride 2", strided),
+            ("position stride 65", odd_rows),
+        ] {
+            let e = attn_fwd(d, &fwd(q)).unwrap_err().to_string();
+            assert!(e.contains("16-byte") && e.contains("q:"), "{what}: {e}");
+        }
+    });
+}
+
 /// The bf16-storage backward against the f32 one on operands exactly representable in
 /// bf16 (q, k, v and o rounded first; o from the f32 forward): the same arithmetic in the
 /// same order, so dQ, dK, dV must be the same bits. The f32 operands are contiguous

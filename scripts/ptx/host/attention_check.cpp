@@ -15,6 +15,9 @@
 // - attn_fwd_bf16_d64: against the reference on bf16-rounded q, k, v, within 5e-3 of
 //   sum_j p_ij |v_jc| (P is rounded to bf16 for P V), causal and not, Nq = Nk = 70 and
 //   Nq = 38 < Nk = 100.
+// - attn_fwd_bf16s_d64, attn_fwd_bf16s_d128 (bf16 inputs by cp.async, reversed causal tiles):
+//   output and lse bit for bit those of attn_fwd_bf16_d64 / _d128 on the same bf16-exact
+//   values, causal (offset 0 and 33) and not, over three or more query tiles.
 // - attn_bwd_dkdv_bf16_d64, attn_bwd_dq_bf16_d64 (the tensor-core backward): against the f64
 //   gradients within bf16's rounding of dO, P and dS, ragged 64-tiles, causal and not.
 // - attn_bwd_dot_bf16s, attn_bwd_dkdv_bf16s, attn_bwd_dq_bf16s: on q, k, v and o rounded to
@@ -347,6 +350,54 @@ static void bf16_d64(const char* tag, Dims s, float alpha, bool causal) {
 }
 
 // The bf16-storage backward against the f32 one on bf16-exact operands: identical bits.
+// attn_fwd_bf16s_D (q, k, v stored bf16 with rows and batches padded to multiples of 8
+// elements) against attn_fwd_bf16_D (the same values as f32 in the NaN-padded layout): the
+// same bits. `fwd` / `fwd_s` are the two kernels, `bq` the bf16-input kernel's query tile.
+template <unsigned D, class F, class G>
+static void bf16_inputs(const char* tag, Dims s, float alpha, bool causal, F fwd, G fwd_s, unsigned bq) {
+  Lay lq = padded(s, s.nq, D), lk = padded(s, s.nk, D), lv = padded(s, s.nk, D), lo = padded(s, s.nq, D);
+  std::vector<float> qb(span(lq, s, s.nq, D), NAN), kb(span(lk, s, s.nk, D), NAN), vb(span(lv, s, s.nk, D), NAN);
+  scatter_random(qb, lq, s, s.nq, D, 2);
+  scatter_random(kb, lk, s, s.nk, D, 2);
+  scatter_random(vb, lv, s, s.nk, D, 1);
+  for (auto* v : {&qb, &kb, &vb})
+    for (auto& e : *v) e = __bfloat162float(__float2bfloat16_rn(e));
+  // bf16 storage: 8 slots after each row, 16 after each batch, 8 in front.
+  auto lay8 = [&](unsigned n) { return Lay{8, {s.h * n * (D + 8) + 16, n * (D + 8), D + 8, 1}}; };
+  auto stored = [&](const std::vector<float>& src, const Lay& from, unsigned n) {
+    Lay to = lay8(n);
+    std::vector<__nv_bfloat16> out(span(to, s, n, D), __float2bfloat16_rn(NAN));
+    for (unsigned b = 0; b < s.b; ++b)
+      for (unsigned h = 0; h < s.h; ++h)
+        for (unsigned i = 0; i < n; ++i)
+          for (unsigned e = 0; e < D; ++e) out[to.at(b, h, i, e)] = __float2bfloat16_rn(src[from.at(b, h, i, e)]);
+    return out;
+  };
+  auto q16 = stored(qb, lq, s.nq), k16 = stored(kb, lk, s.nk), v16 = stored(vb, lv, s.nk);
+  Lay l8q = lay8(s.nq), l8k = lay8(s.nk);
+  const float sl2 = scale_log2_of(alpha);
+  const unsigned rows = s.b * s.h * s.nq;
+  std::vector<float> o_want(span(lo, s, s.nq, D), NAN), o_got(o_want.size(), NAN);
+  std::vector<float> lse_want(rows + GUARD, NAN), lse_got(rows + GUARD, NAN);
+  launch({ceil_div(s.nq, 64), s.h, s.b}, 128, [&] {
+    fwd(o_want.data() + lo.off, lse_want.data(), qb.data() + lq.off, kb.data() + lk.off, vb.data() + lv.off, s.nq, s.nk, D, D,
+        lq.st[0], lq.st[1], lq.st[2], lq.st[3], lk.st[0], lk.st[1], lk.st[2], lk.st[3], lv.st[0], lv.st[1], lv.st[2], lv.st[3],
+        lo.st[0], lo.st[1], lo.st[2], lo.st[3], sl2, causal);
+  });
+  launch({ceil_div(s.nq, bq), s.h, s.b}, 128, [&] {
+    fwd_s(o_got.data() + lo.off, lse_got.data(), q16.data() + l8q.off, k16.data() + l8k.off, v16.data() + l8k.off, s.nq, s.nk, D,
+          D, l8q.st[0], l8q.st[1], l8q.st[2], l8q.st[3], l8k.st[0], l8k.st[1], l8k.st[2], l8k.st[3], l8k.st[0], l8k.st[1],
+          l8k.st[2], l8k.st[3], lo.st[0], lo.st[1], lo.st[2], lo.st[3], sl2, causal);
+  });
+  check_cover("attn_fwd_bf16s output", tag, o_got, s, {{lo, s.nq, D}});
+  CHECK(std::all_of(lse_got.begin() + rows, lse_got.end(), [](float f) { return std::isnan(f); }), "attn_fwd_bf16s lse, %s: wrote past the end", tag);
+  size_t diff = 0;
+  for (size_t i = 0; i < o_want.size(); ++i)
+    diff += !std::isnan(o_want[i]) && __float_as_uint(o_want[i]) != __float_as_uint(o_got[i]);
+  for (unsigned i = 0; i < rows; ++i) diff += __float_as_uint(lse_want[i]) != __float_as_uint(lse_got[i]);
+  CHECK(diff == 0, "attn_fwd_bf16s, %s: %zu outputs differ from attn_fwd_bf16's bits", tag, diff);
+}
+
 static void bf16_storage(const char* tag, Dims s, float alpha, bool causal) {
   Lay lq = padded(s, s.nq, s.dh), lk = padded(s, s.nk, s.dh), lv = padded(s, s.nk, s.dv), lo = padded(s, s.nq, s.dv);
   std::vector<float> qb(span(lq, s, s.nq, s.dh), NAN), kb(span(lk, s, s.nk, s.dh), NAN), vb(span(lv, s, s.nk, s.dv), NAN);
@@ -487,6 +538,14 @@ int main() {
   decode("2 x 2 heads, 3 keys", 2, 2, 3, 8);
   bf16_d64("70 x 70", {1, 1, 70, 70, 64, 64}, alpha_for(64), false);
   bf16_d64("38 x 100 causal", {1, 1, 38, 100, 64, 64}, alpha_for(64), true);
+  bf16_inputs<64>("d64, 2 heads, 140 x 140 causal", {1, 2, 140, 140, 64, 64}, alpha_for(64), true, attn_fwd_bf16_d64,
+                  attn_fwd_bf16s_d64, 128);
+  bf16_inputs<64>("d64, 267 x 300 causal", {1, 1, 267, 300, 64, 64}, alpha_for(64), true, attn_fwd_bf16_d64,
+                  attn_fwd_bf16s_d64, 128);
+  bf16_inputs<64>("d64, 2 batches, 150 x 197", {2, 1, 150, 197, 64, 64}, alpha_for(64), false, attn_fwd_bf16_d64,
+                  attn_fwd_bf16s_d64, 128);
+  bf16_inputs<128>("d128, 140 x 173 causal", {1, 1, 140, 173, 128, 128}, alpha_for(128), true, attn_fwd_bf16_d128,
+                   attn_fwd_bf16s_d128, 64);
   bf16_storage("24/40, 38 x 71", {1, 1, 38, 71, 24, 40}, alpha_for(24), false);
   bf16_storage("64/64, 2 heads, 38 x 71 causal", {1, 2, 38, 71, 64, 64}, alpha_for(64), true);
   bf16_tensor_cores("2 heads, 100 x 100 causal", {1, 2, 100, 100, 64, 64}, alpha_for(64), true);

@@ -25,7 +25,7 @@ pub(super) type Launches = dyn Fn(&dyn Driver) -> Result<()>;
 pub(super) type Build = fn(&mut Buffers, Sizes) -> Result<Case>;
 
 /// Every case, in table order.
-pub(super) const CASES: [Build; 31] = [
+pub(super) const CASES: [Build; 32] = [
     ceiling_mma,
     ceiling_copy,
     copy_transpose,
@@ -55,6 +55,7 @@ pub(super) const CASES: [Build; 31] = [
     sum_of_squares,
     attention_fwd,
     attention_fwd_bf16,
+    attention_fwd_bf16_inputs,
     attention_bwd,
     attention_bwd_bf16,
 ];
@@ -838,6 +839,34 @@ fn attention_fwd_bf16(b: &mut Buffers, s: Sizes) -> Result<Case> {
         shape: dims(&[a.b, a.h, a.nq, a.dh]),
         flops: Some(attn_flops(&a)),
         bytes: 4.0 * (rows * (a.dh + 2 * a.dv + 1) + keys * a.dh) as f64,
+        run: Box::new(move |d| k::attn_fwd(d, &f)),
+    })
+}
+
+/// The forward of bf16 training: q, k, v stored as bf16 (loaded by `cp.async`), the output
+/// and lse f32. The inputs SDPA takes.
+fn attention_fwd_bf16_inputs(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let a = attn_case(s);
+    let (rows, keys) = (a.b * a.h * a.nq, a.b * a.h * a.nk);
+    let bf16 = |seed| move |i| half::bf16::from_f32(pattern(i, seed)).to_bits();
+    let f = k::AttnFwd {
+        dims: a,
+        scores: k::AttnScores {
+            alpha: 0.125,
+            causal: true,
+        },
+        q: attn_view(b.generate(rows * a.dh, bf16(41))?, &a, a.nq, a.dh),
+        k: attn_view(b.generate(keys * a.dh, bf16(42))?, &a, a.nk, a.dh),
+        v: attn_view(b.generate(keys * a.dv, bf16(43))?, &a, a.nk, a.dv),
+        o: attn_view(b.out(rows * a.dv)?, &a, a.nq, a.dv),
+        lse: b.out(rows)?,
+        precision: k::AttnPrecision::Bf16Inputs,
+    };
+    Ok(Case {
+        name: "attention fwd bf16 inputs (cp.async), causal",
+        shape: dims(&[a.b, a.h, a.nq, a.dh]),
+        flops: Some(attn_flops(&a)),
+        bytes: (2 * (rows * a.dh + keys * (a.dh + a.dv)) + 4 * rows * (a.dv + 1)) as f64,
         run: Box::new(move |d| k::attn_fwd(d, &f)),
     })
 }

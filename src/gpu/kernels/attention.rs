@@ -37,6 +37,13 @@ pub enum AttnPrecision {
     /// (`attn_fwd_bf16_d64`, `attn_fwd_bf16_d128`): `Dh == Dv`, 64 or 128 only. Inputs and
     /// outputs stay f32.
     Bf16,
+    /// [`AttnPrecision::Bf16`]'s products (the same bits on the same values) with q, k, v
+    /// stored as **bf16**, loaded by `cp.async` into a ring of key tiles
+    /// (`attn_fwd_bf16s_d64`, 128 queries per CTA; `attn_fwd_bf16s_d128`, 64): `Dh == Dv`, 64
+    /// or 128. Each of q, k, v must have feature stride 1, its other strides multiples of 8
+    /// elements and its address a multiple of 16 bytes. The output and lse stay f32. What
+    /// bf16 training runs.
+    Bf16Inputs,
 }
 
 /// Element type of the forward's q, k, v and o as the backward reads them (dO, lse and every
@@ -94,6 +101,23 @@ const TILE_BWD_TENSOR_CORES: usize = 64;
 
 /// Queries per CTA of the bf16 forward.
 const QUERY_TILE_BF16: usize = 64;
+
+/// The bf16-input forward's shape at head dim `d`: queries per CTA, keys per tile and ring
+/// stages (those of `ATTN_FWD_BF16S_ENTRY` in `ptx/attention.cu`).
+fn bf16_inputs_tile(d: usize) -> (usize, usize, usize) {
+    if d == 64 {
+        (128, 64, 2)
+    } else {
+        (64, 32, 2)
+    }
+}
+
+/// Dynamic shared memory of the bf16-input forward at head dim `d`: the ring's K and V tiles,
+/// rows of `d + 8` bf16.
+fn bf16_inputs_shared_bytes(d: usize) -> usize {
+    let (_, bk, stages) = bf16_inputs_tile(d);
+    stages * 2 * bk * (d + 8) * 2
+}
 
 /// One operand of the attention kernels: a `[B, H, N, D]` view at `ptr` with element strides
 /// `[batch, head, position, feature]` (any non-negative values, so views of a fused qkv
@@ -259,13 +283,23 @@ fn config(x: usize, (gy, gz): (u32, u32)) -> LaunchConfig {
     }
 }
 
-/// The forward kernel for `precision` and the head dims, with its queries per CTA.
-fn fwd_kernel(p: AttnPrecision, d: &AttnDims) -> Result<(&'static str, usize)> {
+/// The forward kernel for `precision` and the head dims, with its queries per CTA and its
+/// dynamic shared memory in bytes.
+fn fwd_kernel(p: AttnPrecision, d: &AttnDims) -> Result<(&'static str, usize, usize)> {
     match (p, d.dh, d.dv) {
-        (AttnPrecision::F32, _, _) => Ok(("attn_fwd_f32", QUERY_TILE)),
-        (AttnPrecision::Bf16, 64, 64) => Ok(("attn_fwd_bf16_d64", QUERY_TILE_BF16)),
-        (AttnPrecision::Bf16, 128, 128) => Ok(("attn_fwd_bf16_d128", QUERY_TILE_BF16)),
-        (AttnPrecision::Bf16, dh, dv) => Err(Error::arg(
+        (AttnPrecision::F32, _, _) => Ok(("attn_fwd_f32", QUERY_TILE, 0)),
+        (AttnPrecision::Bf16, 64, 64) => Ok(("attn_fwd_bf16_d64", QUERY_TILE_BF16, 0)),
+        (AttnPrecision::Bf16, 128, 128) => Ok(("attn_fwd_bf16_d128", QUERY_TILE_BF16, 0)),
+        (AttnPrecision::Bf16Inputs, 64, 64) | (AttnPrecision::Bf16Inputs, 128, 128) => {
+            let name = if d.dh == 64 {
+                "attn_fwd_bf16s_d64"
+            } else {
+                "attn_fwd_bf16s_d128"
+            };
+            let (tile, _, _) = bf16_inputs_tile(d.dh);
+            Ok((name, tile, bf16_inputs_shared_bytes(d.dh)))
+        }
+        (AttnPrecision::Bf16 | AttnPrecision::Bf16Inputs, dh, dv) => Err(Error::arg(
             "attn_fwd_bf16",
             format!(
                 "head dimensions dh = {dh} and dv = {dv}: the bf16 attention kernels take \
@@ -275,16 +309,40 @@ fn fwd_kernel(p: AttnPrecision, d: &AttnDims) -> Result<(&'static str, usize)> {
     }
 }
 
-/// Launches the forward kernel `a.precision` selects (`attn_fwd_f32`, `attn_fwd_bf16_d64` or
-/// `attn_fwd_bf16_d128`). Nothing launches when a batch, head or query count is 0.
+/// The 16-byte rule of the bf16-input forward's `cp.async` loads for one bf16 operand:
+/// feature stride 1, the other strides multiples of 8 elements, the address a multiple of 16.
+fn check_chunks(op: &'static str, what: &str, v: &AttnView) -> Result<()> {
+    let [sb, sh, sn, sd] = v.strides;
+    if sd != 1 || [sb, sh, sn].iter().any(|s| !s.is_multiple_of(8)) || !v.ptr.0.is_multiple_of(16) {
+        return Err(Error::arg(
+            op,
+            format!(
+                "{what}: the bf16-input kernels load rows in 16-byte chunks and need feature \
+                 stride 1, the other strides multiples of 8 elements and a 16-byte aligned \
+                 address; got strides {:?} at address 0x{:x}",
+                v.strides, v.ptr.0
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Launches the forward kernel `a.precision` selects (`attn_fwd_f32`, `attn_fwd_bf16_d64`,
+/// `attn_fwd_bf16_d128`, `attn_fwd_bf16s_d64` or `attn_fwd_bf16s_d128`). Nothing launches
+/// when a batch, head or query count is 0.
 pub fn attn_fwd(driver: &dyn Driver, a: &AttnFwd) -> Result<()> {
     let d = &a.dims;
-    let (name, tile) = fwd_kernel(a.precision, d)?;
+    let (name, tile, shared_bytes) = fwd_kernel(a.precision, d)?;
     let Some(yz) = check(name, d, &a.scores)? else {
         return Ok(());
     };
     if d.nq == 0 {
         return Ok(());
+    }
+    if a.precision == AttnPrecision::Bf16Inputs {
+        for (what, v) in [("q", &a.q), ("k", &a.k), ("v", &a.v)] {
+            check_chunks(name, what, v)?;
+        }
     }
     let mut args = vec![
         KernelArg::Ptr(a.o.ptr),
@@ -302,7 +360,11 @@ pub fn attn_fwd(driver: &dyn Driver, a: &AttnFwd) -> Result<()> {
     }
     args.push(KernelArg::F32(scale_log2(&a.scores)));
     args.push(KernelArg::U32(a.scores.causal as u32));
-    driver.launch(&ATTENTION, name, config(d.nq.div_ceil(tile), yz), &args)
+    let cfg = LaunchConfig {
+        shared_bytes: shared_bytes as u32,
+        ..config(d.nq.div_ceil(tile), yz)
+    };
+    driver.launch(&ATTENTION, name, cfg, &args)
 }
 
 /// Launches the backward for `a` with f32 operands: `attn_bwd_dot_f32` (`D`), then

@@ -1004,11 +1004,11 @@ ATTN_FWD_BF16S_ENTRY(attn_fwd_bf16s_d128, 128, 32, 1, 2)
 // ---- bf16 tensor-core backward ----
 //
 // attn_bwd_dkdv_bf16_d64, attn_bwd_dq_bf16_d64: the backward for Dh = Dv = 64 with q, k, v
-// stored as bf16 (the `_bf16s` kernels' parameters and launch order: attn_bwd_dot_bf16s
-// first for D), every product on mma.sync.m16n8k16 with f32 accumulation. dO is rounded to
-// bf16 as it is staged, and P and dS are rounded to bf16 as the A operands of the products
-// that follow them (P^T dO, dS^T Q, dS K); S, dP, P and dS themselves are f32, as in the
-// forward. lse, D and every output stay f32.
+// and dO stored as bf16 (the `_bf16s` kernels' parameters and launch order, attn_bwd_dot_bf16s
+// first for D, but dO as bf16: the host rounds it into a contiguous copy), every product on
+// mma.sync.m16n8k16 with f32 accumulation. P and dS are rounded to bf16 as the A operands of
+// the products that follow them (P^T dO, dS^T Q, dS K); S, dP, P and dS themselves are f32,
+// as in the forward. lse, D and every output stay f32.
 // - attn_bwd_dkdv_bf16_d64: 64 keys per CTA (16 per warp), query tiles of 64 in increasing
 //   order from the first that sees the CTA's keys. Per tile: S^T = K Q^T and dP^T = V dO^T
 //   (the warp's 16 keys by 64 queries), P^T = exp2(S^T scale_log2 - lse), dS^T = P^T (dP^T -
@@ -1016,11 +1016,19 @@ ATTN_FWD_BF16S_ENTRY(attn_fwd_bf16s_d128, 128, 32, 1, 2)
 //   dK = alpha dK at the end. Grid (ceil(Nk / 64), heads, batch).
 // - attn_bwd_dq_bf16_d64: 64 queries per CTA (16 per warp), key tiles of 64 in increasing
 //   order up to the causal bound. Per tile: S = Q K^T, dP = dO V^T, P, dS as above, dQ +=
-//   dS K; dQ = alpha dQ at the end. Grid (ceil(Nq / 64), heads, batch).
-// Shared memory: bf16 tiles of 64 rows x (64 + 8) (the forward's padded rows), K and V
-// (dK/dV: once; dQ: per key tile), Q and dO (dK/dV: per query tile; dQ: once, then held as
-// A fragments), and lse and D of the query tile (dK/dV). Order: fixed by the shape (the tensor
-// core's within each 16-wide k-step, steps and tiles in increasing order); no atomics.
+//   dS K; dQ = alpha dQ at the end. Grid (ceil(Nq / 64), heads, batch); under the causal rule
+//   the CTAs take the query tiles last first, the longest first.
+// Loads: q, k, v and dO follow the bf16-input forward's 16-byte rule and every 8-feature
+// chunk is one cp.async, through a two-stage ring (the next tile loads while this one
+// multiplies, one barrier per tile). dK/dV: K and V pass through the ring's second stage
+// once and are then held as A fragments in registers; the ring carries the query tiles (Q
+// and dO), and the next tile's lse and D are loaded into registers before the current tile
+// is multiplied and stored to shared memory after it. dQ: Q and dO pass through the second
+// stage once (then A fragments); the ring carries the key tiles (K and V).
+// Shared memory: two stages of two bf16 tiles of 64 rows x (64 + 8) (the forward's padded
+// rows), 36,864 bytes dynamic, and (dK/dV) lse and D of two query tiles. Order: fixed by the
+// shape (the tensor core's within each 16-wide k-step, steps and tiles in increasing order);
+// no atomics.
 
 #define TC_D 64
 #define TC_LD (TC_D + 8)
@@ -1077,19 +1085,17 @@ __device__ __forceinline__ void tile_as_a(unsigned* a, const __nv_bfloat16* tile
 extern "C" __global__ void __launch_bounds__(NT) attn_bwd_dkdv_bf16_d64(
     float* __restrict__ dk, float* __restrict__ dvo, const __nv_bfloat16* __restrict__ q,
     const __nv_bfloat16* __restrict__ k, const __nv_bfloat16* __restrict__ v,
-    const float* __restrict__ g, const float* __restrict__ lse, const float* __restrict__ dd,
-    unsigned nq, unsigned nk, unsigned dh, unsigned dv, unsigned q_sb, unsigned q_sh,
-    unsigned q_sn, unsigned q_sd, unsigned k_sb, unsigned k_sh, unsigned k_sn, unsigned k_sd,
-    unsigned v_sb, unsigned v_sh, unsigned v_sn, unsigned v_sd, unsigned g_sb, unsigned g_sh,
-    unsigned g_sn, unsigned g_sd, unsigned dk_sb, unsigned dk_sh, unsigned dk_sn,
-    unsigned dk_sd, unsigned dv_sb, unsigned dv_sh, unsigned dv_sn, unsigned dv_sd,
-    float scale_log2, float alpha, unsigned causal) {
-  __shared__ __align__(16) __nv_bfloat16 Ks[TC_TILE];
-  __shared__ __align__(16) __nv_bfloat16 Vs[TC_TILE];
-  __shared__ __align__(16) __nv_bfloat16 Qs[TC_TILE];
-  __shared__ __align__(16) __nv_bfloat16 Gs[TC_TILE];
-  __shared__ float Ls[64];
-  __shared__ float Ds[64];
+    const __nv_bfloat16* __restrict__ g, const float* __restrict__ lse,
+    const float* __restrict__ dd, unsigned nq, unsigned nk, unsigned dh, unsigned dv,
+    unsigned q_sb, unsigned q_sh, unsigned q_sn, unsigned q_sd, unsigned k_sb, unsigned k_sh,
+    unsigned k_sn, unsigned k_sd, unsigned v_sb, unsigned v_sh, unsigned v_sn, unsigned v_sd,
+    unsigned g_sb, unsigned g_sh, unsigned g_sn, unsigned g_sd, unsigned dk_sb, unsigned dk_sh,
+    unsigned dk_sn, unsigned dk_sd, unsigned dv_sb, unsigned dv_sh, unsigned dv_sn,
+    unsigned dv_sd, float scale_log2, float alpha, unsigned causal) {
+  constexpr int STAGE = 2 * TC_TILE;  // Q, then dO
+  __nv_bfloat16* smem = reinterpret_cast<__nv_bfloat16*>(attn_dynamic_smem);
+  __shared__ float Ls[2][64];
+  __shared__ float Ds[2][64];
   unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   unsigned group = lane >> 2, tig = lane & 3;
   unsigned bz = blockIdx.z, hy = blockIdx.y;
@@ -1105,9 +1111,30 @@ extern "C" __global__ void __launch_bounds__(NT) attn_bwd_dkdv_bf16_d64(
   unsigned k0 = blockIdx.x * 64;
   unsigned off = causal ? nk - nq : 0;
   // The first query that sees key k0 is k0 - off; start at its tile.
-  unsigned i_first = (causal && k0 > off) ? k0 - off : 0;
-  stage_bf16<64, TC_D>(Ks, k, k0, nk, k_sn, k_sd);
-  stage_bf16<64, TC_D>(Vs, v, k0, nk, v_sn, v_sd);
+  unsigned i_start = ((causal && k0 > off) ? k0 - off : 0) & ~63u;
+  unsigned ntiles = nq > i_start ? (nq - i_start + 63) / 64 : 0;
+
+  // Group 0: K and V (into the second stage) and query tile 0 (the first).
+  load_rows_async<64, TC_D>(smem + STAGE, k, k0, nk, k_sn);
+  load_rows_async<64, TC_D>(smem + STAGE + TC_TILE, v, k0, nk, v_sn);
+  if (ntiles > 0) {
+    load_rows_async<64, TC_D>(smem, q, i_start, nq, q_sn);
+    load_rows_async<64, TC_D>(smem + TC_TILE, g, i_start, nq, g_sn);
+    if (threadIdx.x < 64) {
+      unsigned i = i_start + threadIdx.x;
+      Ls[0][threadIdx.x] = i < nq ? lse[i] : 0.0f;
+      Ds[0][threadIdx.x] = i < nq ? dd[i] : 0.0f;
+    }
+  }
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+  unsigned ka[TC_D / 16][4], va[TC_D / 16][4];
+#pragma unroll
+  for (int ks = 0; ks < TC_D / 16; ++ks) {
+    tile_as_a(ka[ks], smem + STAGE, ks);
+    tile_as_a(va[ks], smem + STAGE + TC_TILE, ks);
+  }
   // Keys group and group + 8 of the warp's 16.
   unsigned j_row[2] = {k0 + warp * 16 + group, k0 + warp * 16 + group + 8};
 
@@ -1120,17 +1147,29 @@ extern "C" __global__ void __launch_bounds__(NT) attn_bwd_dkdv_bf16_d64(
       dva[f][e] = 0.0f;
     }
 
-  for (unsigned i0 = i_first & ~63u; i0 < nq; i0 += 64) {
-    // The previous tile's reads are done before its buffers are refilled.
+  for (unsigned t = 0; t < ntiles; ++t) {
+    unsigned i0 = i_start + t * 64;
+    cp_async_wait<0>();
+    // Tile t (Q, dO, lse, D) is visible, and every warp is done with the stage the next load
+    // overwrites (tile t - 1's; at t = 0, K and V's).
     __syncthreads();
-    stage_bf16<64, TC_D>(Qs, q, i0, nq, q_sn, q_sd);
-    stage_bf16<64, TC_D>(Gs, g, i0, nq, g_sn, g_sd);
-    for (unsigned r = threadIdx.x; r < 64; r += NT) {
-      bool in = i0 + r < nq;
-      Ls[r] = in ? lse[i0 + r] : 0.0f;
-      Ds[r] = in ? dd[i0 + r] : 0.0f;
+    bool next = t + 1 < ntiles;
+    if (next) {
+      __nv_bfloat16* nxt = smem + ((t + 1) & 1) * STAGE;
+      load_rows_async<64, TC_D>(nxt, q, i0 + 64, nq, q_sn);
+      load_rows_async<64, TC_D>(nxt + TC_TILE, g, i0 + 64, nq, g_sn);
     }
-    __syncthreads();
+    cp_async_commit();
+    float l_next = 0.0f, d_next = 0.0f;
+    if (next && threadIdx.x < 64) {
+      unsigned i = i0 + 64 + threadIdx.x;
+      l_next = i < nq ? lse[i] : 0.0f;
+      d_next = i < nq ? dd[i] : 0.0f;
+    }
+    const __nv_bfloat16* Qs = smem + (t & 1) * STAGE;
+    const __nv_bfloat16* Gs = Qs + TC_TILE;
+    const float* Lt = Ls[t & 1];
+    const float* Dt = Ds[t & 1];
     // S^T = K Q^T and dP^T = V dO^T: the warp's 16 keys by the tile's 64 queries.
     float s[8][4], dp[8][4];
 #pragma unroll
@@ -1142,11 +1181,8 @@ extern "C" __global__ void __launch_bounds__(NT) attn_bwd_dkdv_bf16_d64(
       }
 #pragma unroll
     for (int ks = 0; ks < TC_D / 16; ++ks) {
-      unsigned ka[4], va[4];
-      tile_as_a(ka, Ks, ks);
-      tile_as_a(va, Vs, ks);
-      mma_by_rows(s, ka, Qs, ks);
-      mma_by_rows(dp, va, Gs, ks);
+      mma_by_rows(s, ka[ks], Qs, ks);
+      mma_by_rows(dp, va[ks], Gs, ks);
     }
     // P^T and dS^T in place of S^T and dP^T (masked entries 0).
 #pragma unroll
@@ -1156,9 +1192,9 @@ extern "C" __global__ void __launch_bounds__(NT) attn_bwd_dkdv_bf16_d64(
         unsigned c = f * 8 + 2 * tig + (e & 1);
         unsigned i = i0 + c, j = j_row[e >> 1];
         bool vis = i < nq && j < nk && visible(causal, i, j, off);
-        float pv = vis ? exp2f(fmaf(s[f][e], scale_log2, -Ls[c])) : 0.0f;
+        float pv = vis ? exp2f(fmaf(s[f][e], scale_log2, -Lt[c])) : 0.0f;
         s[f][e] = pv;
-        dp[f][e] = vis ? pv * (dp[f][e] - Ds[c]) : 0.0f;
+        dp[f][e] = vis ? pv * (dp[f][e] - Dt[c]) : 0.0f;
       }
     // dV += P^T dO and dK += dS^T Q over the tile's 64 queries, 16 at a time.
 #pragma unroll
@@ -1168,6 +1204,11 @@ extern "C" __global__ void __launch_bounds__(NT) attn_bwd_dkdv_bf16_d64(
       acc_as_a(da, dp, kk);
       mma_by_cols(dva, pa, Gs, kk);
       mma_by_cols(dka, da, Qs, kk);
+    }
+    // The other lse / D buffer was last read in iteration t - 1, before this one's barrier.
+    if (next && threadIdx.x < 64) {
+      Ls[(t + 1) & 1][threadIdx.x] = l_next;
+      Ds[(t + 1) & 1][threadIdx.x] = d_next;
     }
   }
 
@@ -1189,15 +1230,14 @@ extern "C" __global__ void __launch_bounds__(NT) attn_bwd_dkdv_bf16_d64(
 extern "C" __global__ void __launch_bounds__(NT) attn_bwd_dq_bf16_d64(
     float* __restrict__ dq, const __nv_bfloat16* __restrict__ q,
     const __nv_bfloat16* __restrict__ k, const __nv_bfloat16* __restrict__ v,
-    const float* __restrict__ g, const float* __restrict__ lse, const float* __restrict__ dd,
-    unsigned nq, unsigned nk, unsigned dh, unsigned dv, unsigned q_sb, unsigned q_sh,
-    unsigned q_sn, unsigned q_sd, unsigned k_sb, unsigned k_sh, unsigned k_sn, unsigned k_sd,
-    unsigned v_sb, unsigned v_sh, unsigned v_sn, unsigned v_sd, unsigned g_sb, unsigned g_sh,
-    unsigned g_sn, unsigned g_sd, unsigned dq_sb, unsigned dq_sh, unsigned dq_sn,
-    unsigned dq_sd, float scale_log2, float alpha, unsigned causal) {
-  // Q and dO staged once (then held as A fragments); K and V per key tile.
-  __shared__ __align__(16) __nv_bfloat16 Ks[TC_TILE];
-  __shared__ __align__(16) __nv_bfloat16 Vs[TC_TILE];
+    const __nv_bfloat16* __restrict__ g, const float* __restrict__ lse,
+    const float* __restrict__ dd, unsigned nq, unsigned nk, unsigned dh, unsigned dv,
+    unsigned q_sb, unsigned q_sh, unsigned q_sn, unsigned q_sd, unsigned k_sb, unsigned k_sh,
+    unsigned k_sn, unsigned k_sd, unsigned v_sb, unsigned v_sh, unsigned v_sn, unsigned v_sd,
+    unsigned g_sb, unsigned g_sh, unsigned g_sn, unsigned g_sd, unsigned dq_sb, unsigned dq_sh,
+    unsigned dq_sn, unsigned dq_sd, float scale_log2, float alpha, unsigned causal) {
+  constexpr int STAGE = 2 * TC_TILE;  // K, then V
+  __nv_bfloat16* smem = reinterpret_cast<__nv_bfloat16*>(attn_dynamic_smem);
   unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   unsigned group = lane >> 2, tig = lane & 3;
   unsigned bz = blockIdx.z, hy = blockIdx.y;
@@ -1207,19 +1247,27 @@ extern "C" __global__ void __launch_bounds__(NT) attn_bwd_dq_bf16_d64(
   g += (size_t)bz * g_sb + (size_t)hy * g_sh;
   dq += (size_t)bz * dq_sb + (size_t)hy * dq_sh;
   size_t row0 = ((size_t)bz * gridDim.y + hy) * nq;
-  unsigned q0 = blockIdx.x * 64;
+  unsigned q0 = (causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x) * 64;
   unsigned off = causal ? nk - nq : 0;
   unsigned qend = min(nq, q0 + 64);
   unsigned kend = causal ? min(nk, qend + off) : nk;
+  unsigned ntiles = (kend + 63) / 64;
 
-  stage_bf16<64, TC_D>(Ks, q, q0, nq, q_sn, q_sd);
-  stage_bf16<64, TC_D>(Vs, g, q0, nq, g_sn, g_sd);
+  // Group 0: Q and dO (into the second stage) and key tile 0 (the first).
+  load_rows_async<64, TC_D>(smem + STAGE, q, q0, nq, q_sn);
+  load_rows_async<64, TC_D>(smem + STAGE + TC_TILE, g, q0, nq, g_sn);
+  if (ntiles > 0) {
+    load_rows_async<64, TC_D>(smem, k, 0, nk, k_sn);
+    load_rows_async<64, TC_D>(smem + TC_TILE, v, 0, nk, v_sn);
+  }
+  cp_async_commit();
+  cp_async_wait<0>();
   __syncthreads();
   unsigned qa[TC_D / 16][4], ga[TC_D / 16][4];
 #pragma unroll
   for (int ks = 0; ks < TC_D / 16; ++ks) {
-    tile_as_a(qa[ks], Ks, ks);
-    tile_as_a(ga[ks], Vs, ks);
+    tile_as_a(qa[ks], smem + STAGE, ks);
+    tile_as_a(ga[ks], smem + STAGE + TC_TILE, ks);
   }
   // Queries group and group + 8 of the warp's 16.
   unsigned i_row[2] = {q0 + warp * 16 + group, q0 + warp * 16 + group + 8};
@@ -1236,12 +1284,20 @@ extern "C" __global__ void __launch_bounds__(NT) attn_bwd_dq_bf16_d64(
 #pragma unroll
     for (int e = 0; e < 4; ++e) acc[f][e] = 0.0f;
 
-  for (unsigned k0 = 0; k0 < kend; k0 += 64) {
-    // Every warp is done with the previous tile (or with Q and dO) before the refill.
+  for (unsigned t = 0; t < ntiles; ++t) {
+    unsigned k0 = t * 64;
+    cp_async_wait<0>();
+    // Tile t is visible, and every warp is done with the stage the next load overwrites
+    // (tile t - 1's; at t = 0, Q and dO's).
     __syncthreads();
-    stage_bf16<64, TC_D>(Ks, k, k0, nk, k_sn, k_sd);
-    stage_bf16<64, TC_D>(Vs, v, k0, nk, v_sn, v_sd);
-    __syncthreads();
+    if (t + 1 < ntiles) {
+      __nv_bfloat16* nxt = smem + ((t + 1) & 1) * STAGE;
+      load_rows_async<64, TC_D>(nxt, k, k0 + 64, nk, k_sn);
+      load_rows_async<64, TC_D>(nxt + TC_TILE, v, k0 + 64, nk, v_sn);
+    }
+    cp_async_commit();
+    const __nv_bfloat16* Ks = smem + (t & 1) * STAGE;
+    const __nv_bfloat16* Vs = Ks + TC_TILE;
     // S = Q K^T and dP = dO V^T: the warp's 16 queries by the tile's 64 keys.
     float s[8][4], dp[8][4];
 #pragma unroll

@@ -902,13 +902,15 @@ fn tensor_core_backward(d: &dyn Driver, dims: AttnDims, scores: AttnScores, seed
 #[test]
 fn attention_tensor_core_backward_matches_f64_reference() {
     // Ragged tiles of 64 every way: 100 queries and keys, causal; 70 queries over 135 keys
-    // under the causal offset 65 (not a tile multiple); not causal. Heads of 64.
+    // under the causal offset 65 (not a tile multiple); not causal; 200 queries (four tiles,
+    // the dQ CTAs last first) over 230 keys, offset 30. Heads of 64.
     on_each_device(|d| {
         let mut worst = [0.0f64; 3];
         for (dims, sc, seed) in [
             (dims(2, 2, 100, 100, 64, 64), scores(64, true), 31),
             (dims(1, 2, 70, 135, 64, 64), scores(64, true), 32),
             (dims(1, 2, 70, 100, 64, 64), scores(64, false), 33),
+            (dims(1, 1, 200, 230, 64, 64), scores(64, true), 34),
         ] {
             let w = tensor_core_backward(d, dims, sc, seed);
             for i in 0..3 {
@@ -949,6 +951,36 @@ fn attention_tensor_core_backward_refuses_other_head_dims() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("dh = dv = 64"), "{err}");
+    // Heads of 64 whose keys start 2 bytes into a buffer break the 16-byte rule of its loads.
+    let dims = AttnDims {
+        dh: 64,
+        dv: 64,
+        ..dims
+    };
+    let bf = upload::<bf16>(&d, &vec![bf16::ZERO; 8 * 64 + 8]);
+    let good = Lay::heads(1, 8, 64).view_of(bf, 2);
+    let f = Lay::heads(1, 8, 64).view(poisoned_f32(&d, 8 * 64));
+    let bwd = AttnBwd {
+        dims,
+        scores: scores(64, true),
+        q: good,
+        k: AttnView {
+            ptr: bf.offset(2),
+            ..good
+        },
+        v: good,
+        o: good,
+        g: f,
+        lse: p,
+        delta: p,
+        dq: f,
+        dk: f,
+        dv: f,
+    };
+    let err = attn_bwd_stored(&d, &bwd, AttnStorage::Bf16TensorCores)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("16-byte") && err.contains("k:"), "{err}");
 }
 
 /// One decode step on `d`: `b x h` queries over a cache of `nk` keys stored `[nk, b, h, d]`

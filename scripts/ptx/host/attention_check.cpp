@@ -18,8 +18,9 @@
 // - attn_fwd_bf16s_d64, attn_fwd_bf16s_d128 (bf16 inputs by cp.async, reversed causal tiles):
 //   output and lse bit for bit those of attn_fwd_bf16_d64 / _d128 on the same bf16-exact
 //   values, causal (offset 0 and 33) and not, over three or more query tiles.
-// - attn_bwd_dkdv_bf16_d64, attn_bwd_dq_bf16_d64 (the tensor-core backward): against the f64
-//   gradients within bf16's rounding of dO, P and dS, ragged 64-tiles, causal and not.
+// - attn_bwd_dkdv_bf16_d64, attn_bwd_dq_bf16_d64 (the tensor-core backward, dO rounded to
+//   bf16 first as the host wrapper does): against the f64 gradients within bf16's rounding of
+//   dO, P and dS, ragged 64-tiles, causal and not.
 // - attn_bwd_dot_bf16s, attn_bwd_dkdv_bf16s, attn_bwd_dq_bf16s: on q, k, v and o rounded to
 //   bf16 (o from attn_fwd_f32), stored as bf16 in the same NaN-padded layouts, dQ, dK, dV
 //   bit for bit those of the f32 kernels, causal and not, Nq = 38 < Nk = 71, Dh / Dv = 24 / 40
@@ -492,19 +493,22 @@ static void bf16_tensor_cores(const char* tag, Dims s, float alpha, bool causal)
   auto q16 = stored(qb), k16 = stored(kb), v16 = stored(vb), o16 = stored(ob);
   const __nv_bfloat16 *qp = q16.data() + lq.off, *kp = k16.data() + lk.off, *vp = v16.data() + lv.off;
   const float* gp = gb.data() + lo.off;
+  // dO rounded into bf16 once, as the host wrapper does before the dK/dV and dQ kernels.
+  auto g16 = stored(gb);
+  const __nv_bfloat16* g16p = g16.data() + lo.off;
   std::vector<float> dqb(qb.size(), NAN), dkb(kb.size(), NAN), dvb(vb.size(), NAN);
   launch({ceil_div(s.nq, 4), s.h, s.b}, 128, [&] {
     attn_bwd_dot_bf16s(dd.data(), o16.data() + lo.off, gp, s.nq, 64, lo.st[0], lo.st[1], lo.st[2], lo.st[3], lo.st[0], lo.st[1],
                        lo.st[2], lo.st[3]);
   });
   launch({ceil_div(s.nk, 64), s.h, s.b}, 128, [&] {
-    attn_bwd_dkdv_bf16_d64(dkb.data() + lk.off, dvb.data() + lv.off, qp, kp, vp, gp, lse.data(), dd.data(), s.nq, s.nk, 64, 64,
+    attn_bwd_dkdv_bf16_d64(dkb.data() + lk.off, dvb.data() + lv.off, qp, kp, vp, g16p, lse.data(), dd.data(), s.nq, s.nk, 64, 64,
                            lq.st[0], lq.st[1], lq.st[2], lq.st[3], lk.st[0], lk.st[1], lk.st[2], lk.st[3], lv.st[0], lv.st[1],
                            lv.st[2], lv.st[3], lo.st[0], lo.st[1], lo.st[2], lo.st[3], lk.st[0], lk.st[1], lk.st[2], lk.st[3],
                            lv.st[0], lv.st[1], lv.st[2], lv.st[3], sl2, alpha, causal);
   });
   launch({ceil_div(s.nq, 64), s.h, s.b}, 128, [&] {
-    attn_bwd_dq_bf16_d64(dqb.data() + lq.off, qp, kp, vp, gp, lse.data(), dd.data(), s.nq, s.nk, 64, 64, lq.st[0], lq.st[1],
+    attn_bwd_dq_bf16_d64(dqb.data() + lq.off, qp, kp, vp, g16p, lse.data(), dd.data(), s.nq, s.nk, 64, 64, lq.st[0], lq.st[1],
                          lq.st[2], lq.st[3], lk.st[0], lk.st[1], lk.st[2], lk.st[3], lv.st[0], lv.st[1], lv.st[2], lv.st[3],
                          lo.st[0], lo.st[1], lo.st[2], lo.st[3], lq.st[0], lq.st[1], lq.st[2], lq.st[3], sl2, alpha, causal);
   });
@@ -551,6 +555,7 @@ int main() {
   bf16_tensor_cores("2 heads, 100 x 100 causal", {1, 2, 100, 100, 64, 64}, alpha_for(64), true);
   bf16_tensor_cores("70 x 135 causal", {1, 1, 70, 135, 64, 64}, alpha_for(64), true);
   bf16_tensor_cores("70 x 100", {1, 1, 70, 100, 64, 64}, alpha_for(64), false);
+  bf16_tensor_cores("200 x 230 causal (four query tiles)", {1, 1, 200, 230, 64, 64}, alpha_for(64), true);
   printf("attention.cu: worst error / bound: f32 %.2f, decode %.2f, bf16 %.2f, tensor-core backward %.2f\n", worst_f32,
          worst_decode, worst_bf16, worst_tc);
   return finish("attention.cu");

@@ -58,9 +58,12 @@ pub enum AttnStorage {
     /// Kept by bf16 training, which saves its attention operands at half the size.
     Bf16,
     /// bf16, every product on the tensor cores (`attn_bwd_dkdv_bf16_d64`,
-    /// `attn_bwd_dq_bf16_d64`, after `attn_bwd_dot_bf16s`): `dO` rounded to bf16 as it is
-    /// staged, `P` and `dS` rounded to bf16 as the operands of the products that follow them,
-    /// f32 accumulation. `Dh == Dv == 64` only. What bf16 training runs at that head size.
+    /// `attn_bwd_dq_bf16_d64`, after `attn_bwd_dot_bf16s`): `dO` rounded to bf16 (into a
+    /// contiguous copy the call allocates and frees), `P` and `dS` rounded to bf16 as the
+    /// operands of the products that follow them, f32 accumulation; every operand loaded by
+    /// `cp.async`, so q, k and v follow [`AttnPrecision::Bf16Inputs`]'s 16-byte rule (`o` and
+    /// `g` may have any strides). `Dh == Dv == 64` only. What bf16 training runs at that head
+    /// size.
     Bf16TensorCores,
 }
 
@@ -98,6 +101,10 @@ impl AttnStorage {
 
 /// Keys per dK/dV CTA and queries per dQ CTA of the tensor-core backward.
 const TILE_BWD_TENSOR_CORES: usize = 64;
+
+/// Dynamic shared memory of the tensor-core backward's dK/dV and dQ kernels: a two-stage
+/// ring of two 64 x (64 + 8) bf16 tiles.
+const SHARED_BWD_TENSOR_CORES: u32 = 2 * 2 * 64 * (64 + 8) * 2;
 
 /// Queries per CTA of the bf16 forward.
 const QUERY_TILE_BF16: usize = 64;
@@ -378,7 +385,6 @@ pub fn attn_bwd(driver: &dyn Driver, a: &AttnBwd) -> Result<()> {
 /// [`AttnStorage::Bf16`]).
 pub fn attn_bwd_stored(driver: &dyn Driver, a: &AttnBwd, storage: AttnStorage) -> Result<()> {
     const OP: &str = "attn_bwd";
-    let ([dot, dkdv, dq], key_tile, query_tile) = storage.kernels();
     let d = &a.dims;
     if storage == AttnStorage::Bf16TensorCores && (d.dh != 64 || d.dv != 64) {
         return Err(Error::arg(
@@ -391,6 +397,56 @@ pub fn attn_bwd_stored(driver: &dyn Driver, a: &AttnBwd, storage: AttnStorage) -
     }
     let Some(yz) = check(OP, d, &a.scores)? else {
         return Ok(());
+    };
+    if storage != AttnStorage::Bf16TensorCores {
+        return launch_bwd(driver, a, storage, yz, a.g, 0);
+    }
+    for (what, v) in [("q", &a.q), ("k", &a.k), ("v", &a.v)] {
+        check_chunks(OP, what, v)?;
+    }
+    // dO rounded once into a contiguous bf16 `[b, h, nq, dv]` copy the kernels load by
+    // cp.async (the dot kernel still reads the f32 `g`).
+    let n = d.b * d.h * d.nq * d.dv;
+    let scratch = driver.alloc((2 * n).max(16))?;
+    let g16 = AttnView {
+        ptr: scratch,
+        strides: [d.h * d.nq * d.dv, d.nq * d.dv, d.dv, 1],
+    };
+    let ran = (|| {
+        if n > 0 {
+            let isz = |s: [usize; 4]| s.map(|x| x as isize);
+            super::strided_copy_f32_bf16(
+                driver,
+                g16.ptr,
+                &isz(g16.strides),
+                a.g.ptr,
+                &isz(a.g.strides),
+                &[d.b, d.h, d.nq, d.dv],
+            )?;
+        }
+        launch_bwd(driver, a, storage, yz, g16, SHARED_BWD_TENSOR_CORES)
+    })();
+    // Launches run in order, so the copy may go back as soon as they are queued.
+    let freed = driver.free(scratch);
+    ran.and(freed)
+}
+
+/// The backward's three launches, with `g_tiles` the dO view the dK/dV and dQ kernels read
+/// and `shared_bytes` their dynamic shared memory.
+fn launch_bwd(
+    driver: &dyn Driver,
+    a: &AttnBwd,
+    storage: AttnStorage,
+    yz: (u32, u32),
+    g_tiles: AttnView,
+    shared_bytes: u32,
+) -> Result<()> {
+    const OP: &str = "attn_bwd";
+    let ([dot, dkdv, dq], key_tile, query_tile) = storage.kernels();
+    let d = &a.dims;
+    let tiles = |x: usize| LaunchConfig {
+        shared_bytes,
+        ..config(x, yz)
     };
     let sizes = || {
         [d.nq, d.nk, d.dh, d.dv]
@@ -421,7 +477,7 @@ pub fn attn_bwd_stored(driver: &dyn Driver, a: &AttnBwd, storage: AttnStorage) -
             KernelArg::Ptr(a.q.ptr),
             KernelArg::Ptr(a.k.ptr),
             KernelArg::Ptr(a.v.ptr),
-            KernelArg::Ptr(a.g.ptr),
+            KernelArg::Ptr(g_tiles.ptr),
             KernelArg::Ptr(a.lse),
             KernelArg::Ptr(a.delta),
         ];
@@ -430,14 +486,14 @@ pub fn attn_bwd_stored(driver: &dyn Driver, a: &AttnBwd, storage: AttnStorage) -
             ("q", &a.q),
             ("k", &a.k),
             ("v", &a.v),
-            ("g", &a.g),
+            ("g", &g_tiles),
             ("dk", &a.dk),
             ("dv", &a.dv),
         ] {
             strides(OP, what, v, &mut args)?;
         }
         tail(&mut args);
-        driver.launch(&ATTENTION, dkdv, config(d.nk.div_ceil(key_tile), yz), &args)?;
+        driver.launch(&ATTENTION, dkdv, tiles(d.nk.div_ceil(key_tile)), &args)?;
     }
     if d.nq > 0 {
         let mut args = vec![
@@ -445,7 +501,7 @@ pub fn attn_bwd_stored(driver: &dyn Driver, a: &AttnBwd, storage: AttnStorage) -
             KernelArg::Ptr(a.q.ptr),
             KernelArg::Ptr(a.k.ptr),
             KernelArg::Ptr(a.v.ptr),
-            KernelArg::Ptr(a.g.ptr),
+            KernelArg::Ptr(g_tiles.ptr),
             KernelArg::Ptr(a.lse),
             KernelArg::Ptr(a.delta),
         ];
@@ -454,13 +510,13 @@ pub fn attn_bwd_stored(driver: &dyn Driver, a: &AttnBwd, storage: AttnStorage) -
             ("q", &a.q),
             ("k", &a.k),
             ("v", &a.v),
-            ("g", &a.g),
+            ("g", &g_tiles),
             ("dq", &a.dq),
         ] {
             strides(OP, what, v, &mut args)?;
         }
         tail(&mut args);
-        driver.launch(&ATTENTION, dq, config(d.nq.div_ceil(query_tile), yz), &args)?;
+        driver.launch(&ATTENTION, dq, tiles(d.nq.div_ceil(query_tile)), &args)?;
     }
     Ok(())
 }

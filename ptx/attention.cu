@@ -199,9 +199,13 @@ extern "C" __global__ void __launch_bounds__(NT)
   }
 }
 
-// D[b, h, i] = sum_d dO[i, d] O[i, d] (contiguous [B, H, Nq]); O stored as T.
-template <typename T>
-__device__ __forceinline__ void attn_bwd_dot(float* __restrict__ dd, const T* __restrict__ o,
+// D[b, h, i] = sum_d dO[i, d] O[i, d] (contiguous [B, H, Nq]); O stored as T. With ROUND,
+// dO is also written rounded to bf16 (nearest even) into g16, contiguous [B, H, Nq, Dv]: the
+// operand the tensor-core backward loads by cp.async, made in the same pass over dO.
+template <typename T, bool ROUND>
+__device__ __forceinline__ void attn_bwd_dot(float* __restrict__ dd,
+                                             __nv_bfloat16* __restrict__ g16,
+                                             const T* __restrict__ o,
                                              const float* __restrict__ g, unsigned nq,
                                              unsigned dv, unsigned o_sb, unsigned o_sh,
                                              unsigned o_sn, unsigned o_sd, unsigned g_sb,
@@ -210,12 +214,17 @@ __device__ __forceinline__ void attn_bwd_dot(float* __restrict__ dd, const T* __
   unsigned i = blockIdx.x * NWARP + (threadIdx.x >> 5);
   if (i >= nq) return;
   unsigned bz = blockIdx.z, hy = blockIdx.y;
+  size_t row = ((size_t)bz * gridDim.y + hy) * nq + i;
   o += (size_t)bz * o_sb + (size_t)hy * o_sh + (size_t)i * o_sn;
   g += (size_t)bz * g_sb + (size_t)hy * g_sh + (size_t)i * g_sn;
   float s = 0.0f;
-  for (unsigned d = lane; d < dv; d += 32) s = fmaf(g[(size_t)d * g_sd], ld_f32(o + (size_t)d * o_sd), s);
+  for (unsigned d = lane; d < dv; d += 32) {
+    float gv = g[(size_t)d * g_sd];
+    s = fmaf(gv, ld_f32(o + (size_t)d * o_sd), s);
+    if (ROUND) g16[row * dv + d] = __float2bfloat16_rn(gv);
+  }
   s = warp_sum(s);
-  if (lane == 0) dd[((size_t)bz * gridDim.y + hy) * nq + i] = s;
+  if (lane == 0) dd[row] = s;
 }
 
 #define ATTN_BWD_DOT_ENTRY(NAME, T)                                                          \
@@ -223,8 +232,20 @@ __device__ __forceinline__ void attn_bwd_dot(float* __restrict__ dd, const T* __
       NAME(float* __restrict__ dd, const T* __restrict__ o, const float* __restrict__ g,     \
            unsigned nq, unsigned dv, unsigned o_sb, unsigned o_sh, unsigned o_sn,            \
            unsigned o_sd, unsigned g_sb, unsigned g_sh, unsigned g_sn, unsigned g_sd) {      \
-    attn_bwd_dot<T>(dd, o, g, nq, dv, o_sb, o_sh, o_sn, o_sd, g_sb, g_sh, g_sn, g_sd);       \
+    attn_bwd_dot<T, false>(dd, nullptr, o, g, nq, dv, o_sb, o_sh, o_sn, o_sd, g_sb, g_sh,    \
+                           g_sn, g_sd);                                                      \
   }
+
+// attn_bwd_dot_round_bf16s: attn_bwd_dot_bf16s (the same D) that also writes dO rounded to
+// bf16 into g16 (contiguous [B, H, Nq, Dv]); first of the tensor-core backward's launches.
+extern "C" __global__ void __launch_bounds__(NT) attn_bwd_dot_round_bf16s(
+    float* __restrict__ dd, __nv_bfloat16* __restrict__ g16,
+    const __nv_bfloat16* __restrict__ o, const float* __restrict__ g, unsigned nq, unsigned dv,
+    unsigned o_sb, unsigned o_sh, unsigned o_sn, unsigned o_sd, unsigned g_sb, unsigned g_sh,
+    unsigned g_sn, unsigned g_sd) {
+  attn_bwd_dot<__nv_bfloat16, true>(dd, g16, o, g, nq, dv, o_sb, o_sh, o_sn, o_sd, g_sb, g_sh,
+                                    g_sn, g_sd);
+}
 
 ATTN_BWD_DOT_ENTRY(attn_bwd_dot_f32, float)
 ATTN_BWD_DOT_ENTRY(attn_bwd_dot_bf16s, __nv_bfloat16)
@@ -1004,8 +1025,8 @@ ATTN_FWD_BF16S_ENTRY(attn_fwd_bf16s_d128, 128, 32, 1, 2)
 // ---- bf16 tensor-core backward ----
 //
 // attn_bwd_dkdv_bf16_d64, attn_bwd_dq_bf16_d64: the backward for Dh = Dv = 64 with q, k, v
-// and dO stored as bf16 (the `_bf16s` kernels' parameters and launch order, attn_bwd_dot_bf16s
-// first for D, but dO as bf16: the host rounds it into a contiguous copy), every product on
+// and dO stored as bf16 (the `_bf16s` kernels' parameters and launch order, but dO as bf16:
+// attn_bwd_dot_round_bf16s first writes D and a contiguous bf16 copy of dO), every product on
 // mma.sync.m16n8k16 with f32 accumulation. P and dS are rounded to bf16 as the A operands of
 // the products that follow them (P^T dO, dS^T Q, dS K); S, dP, P and dS themselves are f32,
 // as in the forward. lse, D and every output stay f32.

@@ -18,8 +18,9 @@
 // - attn_fwd_bf16s_d64, attn_fwd_bf16s_d128 (bf16 inputs by cp.async, reversed causal tiles):
 //   output and lse bit for bit those of attn_fwd_bf16_d64 / _d128 on the same bf16-exact
 //   values, causal (offset 0 and 33) and not, over three or more query tiles.
-// - attn_bwd_dkdv_bf16_d64, attn_bwd_dq_bf16_d64 (the tensor-core backward, dO rounded to
-//   bf16 first as the host wrapper does): against the f64 gradients within bf16's rounding of
+// - attn_bwd_dot_round_bf16s, attn_bwd_dkdv_bf16_d64, attn_bwd_dq_bf16_d64 (the tensor-core
+//   backward; its dot kernel's bf16 copy of dO checked bit for bit and for writes past its
+//   end): against the f64 gradients within bf16's rounding of
 //   dO, P and dS, ragged 64-tiles, causal and not.
 // - attn_bwd_dot_bf16s, attn_bwd_dkdv_bf16s, attn_bwd_dq_bf16s: on q, k, v and o rounded to
 //   bf16 (o from attn_fwd_f32), stored as bf16 in the same NaN-padded layouts, dQ, dK, dV
@@ -461,7 +462,7 @@ static void bf16_storage(const char* tag, Dims s, float alpha, bool causal) {
 }
 
 // The tensor-core backward (attn_bwd_dkdv_bf16_d64, attn_bwd_dq_bf16_d64, after
-// attn_bwd_dot_bf16s) on bf16 q, k, v, o and the f32 forward's lse, against the f64 gradients
+// attn_bwd_dot_round_bf16s) on bf16 q, k, v, o and the f32 forward's lse, against the f64 gradients
 // of the same values: it rounds dO, P and dS to bf16, so the bound is the Rust test's, 1.5 %
 // of each tensor's largest |want| plus 3 % of the element; padding is never written.
 static double worst_tc = 0;
@@ -493,24 +494,37 @@ static void bf16_tensor_cores(const char* tag, Dims s, float alpha, bool causal)
   auto q16 = stored(qb), k16 = stored(kb), v16 = stored(vb), o16 = stored(ob);
   const __nv_bfloat16 *qp = q16.data() + lq.off, *kp = k16.data() + lk.off, *vp = v16.data() + lv.off;
   const float* gp = gb.data() + lo.off;
-  // dO rounded into bf16 once, as the host wrapper does before the dK/dV and dQ kernels.
-  auto g16 = stored(gb);
-  const __nv_bfloat16* g16p = g16.data() + lo.off;
+  // attn_bwd_dot_round_bf16s writes dO rounded to bf16, contiguous [B, H, Nq, 64] (+ guard).
+  std::vector<__nv_bfloat16> g16((size_t)rows * 64 + GUARD, __float2bfloat16_rn(NAN));
+  const __nv_bfloat16* g16p = g16.data();
+  const unsigned gs[4] = {s.h * s.nq * 64, s.nq * 64, 64, 1};
   std::vector<float> dqb(qb.size(), NAN), dkb(kb.size(), NAN), dvb(vb.size(), NAN);
   launch({ceil_div(s.nq, 4), s.h, s.b}, 128, [&] {
-    attn_bwd_dot_bf16s(dd.data(), o16.data() + lo.off, gp, s.nq, 64, lo.st[0], lo.st[1], lo.st[2], lo.st[3], lo.st[0], lo.st[1],
+    attn_bwd_dot_round_bf16s(dd.data(), g16.data(), o16.data() + lo.off, gp, s.nq, 64, lo.st[0], lo.st[1], lo.st[2], lo.st[3], lo.st[0], lo.st[1],
                        lo.st[2], lo.st[3]);
   });
+  {
+    size_t bad = 0;
+    for (unsigned b = 0; b < s.b; ++b)
+      for (unsigned h = 0; h < s.h; ++h)
+        for (unsigned i = 0; i < s.nq; ++i)
+          for (unsigned e = 0; e < 64; ++e) {
+            __nv_bfloat16 want = __float2bfloat16_rn(gb[lo.at(b, h, i, e)]);
+            bad += memcmp(&g16[b * gs[0] + h * gs[1] + i * gs[2] + e], &want, 2) != 0;
+          }
+    for (size_t k = (size_t)rows * 64; k < g16.size(); ++k) bad += !std::isnan(__bfloat162float(g16[k]));
+    CHECK(bad == 0, "attn_bwd_dot_round_bf16s, %s: %zu elements of the bf16 dO copy wrong or past its end", tag, bad);
+  }
   launch({ceil_div(s.nk, 64), s.h, s.b}, 128, [&] {
     attn_bwd_dkdv_bf16_d64(dkb.data() + lk.off, dvb.data() + lv.off, qp, kp, vp, g16p, lse.data(), dd.data(), s.nq, s.nk, 64, 64,
                            lq.st[0], lq.st[1], lq.st[2], lq.st[3], lk.st[0], lk.st[1], lk.st[2], lk.st[3], lv.st[0], lv.st[1],
-                           lv.st[2], lv.st[3], lo.st[0], lo.st[1], lo.st[2], lo.st[3], lk.st[0], lk.st[1], lk.st[2], lk.st[3],
+                           lv.st[2], lv.st[3], gs[0], gs[1], gs[2], gs[3], lk.st[0], lk.st[1], lk.st[2], lk.st[3],
                            lv.st[0], lv.st[1], lv.st[2], lv.st[3], sl2, alpha, causal);
   });
   launch({ceil_div(s.nq, 64), s.h, s.b}, 128, [&] {
     attn_bwd_dq_bf16_d64(dqb.data() + lq.off, qp, kp, vp, g16p, lse.data(), dd.data(), s.nq, s.nk, 64, 64, lq.st[0], lq.st[1],
                          lq.st[2], lq.st[3], lk.st[0], lk.st[1], lk.st[2], lk.st[3], lv.st[0], lv.st[1], lv.st[2], lv.st[3],
-                         lo.st[0], lo.st[1], lo.st[2], lo.st[3], lq.st[0], lq.st[1], lq.st[2], lq.st[3], sl2, alpha, causal);
+                         gs[0], gs[1], gs[2], gs[3], lq.st[0], lq.st[1], lq.st[2], lq.st[3], sl2, alpha, causal);
   });
   Reference want = reference(s, alpha, causal, gather(qb, lq, s, s.nq, 64), gather(kb, lk, s, s.nk, 64),
                              gather(vb, lv, s, s.nk, 64), gather(gb, lo, s, s.nq, 64));

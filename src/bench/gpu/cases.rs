@@ -961,7 +961,7 @@ fn attention_bwd_bf16(b: &mut Buffers, s: Sizes) -> Result<Case> {
         dv: attn_view(b.out(keys * a.dv)?, &a, a.nk, a.dv),
     };
     Ok(Case {
-        name: "attention bwd bf16 (tensor cores), causal (dO copy, D, dK dV, dQ)",
+        name: "attention bwd bf16 (tensor cores), causal (D and the bf16 dO, dK dV, dQ)",
         shape: dims(&[a.b, a.h, a.nq, a.dh]),
         flops: Some(2.5 * attn_flops(&a)),
         bytes: (2 * (rows * (a.dh + a.dv) + keys * (a.dh + a.dv))

@@ -58,8 +58,8 @@ pub enum AttnStorage {
     /// Kept by bf16 training, which saves its attention operands at half the size.
     Bf16,
     /// bf16, every product on the tensor cores (`attn_bwd_dkdv_bf16_d64`,
-    /// `attn_bwd_dq_bf16_d64`, after `attn_bwd_dot_bf16s`): `dO` rounded to bf16 (into a
-    /// contiguous copy the call allocates and frees), `P` and `dS` rounded to bf16 as the
+    /// `attn_bwd_dq_bf16_d64`, after `attn_bwd_dot_round_bf16s`): `dO` rounded to bf16 (into
+    /// a contiguous copy the call allocates and frees, written by the `D` kernel), `P` and `dS` rounded to bf16 as the
     /// operands of the products that follow them, f32 accumulation; every operand loaded by
     /// `cp.async`, so q, k and v follow [`AttnPrecision::Bf16Inputs`]'s 16-byte rule (`o` and
     /// `g` may have any strides). `Dh == Dv == 64` only. What bf16 training runs at that head
@@ -88,7 +88,7 @@ impl AttnStorage {
             ),
             AttnStorage::Bf16TensorCores => (
                 [
-                    "attn_bwd_dot_bf16s",
+                    "attn_bwd_dot_round_bf16s",
                     "attn_bwd_dkdv_bf16_d64",
                     "attn_bwd_dq_bf16_d64",
                 ],
@@ -399,48 +399,37 @@ pub fn attn_bwd_stored(driver: &dyn Driver, a: &AttnBwd, storage: AttnStorage) -
         return Ok(());
     };
     if storage != AttnStorage::Bf16TensorCores {
-        return launch_bwd(driver, a, storage, yz, a.g, 0);
+        return launch_bwd(driver, a, storage, yz, None, 0);
     }
     for (what, v) in [("q", &a.q), ("k", &a.k), ("v", &a.v)] {
         check_chunks(OP, what, v)?;
     }
-    // dO rounded once into a contiguous bf16 `[b, h, nq, dv]` copy the kernels load by
-    // cp.async (the dot kernel still reads the f32 `g`).
+    // The dot kernel rounds dO into a contiguous bf16 `[b, h, nq, dv]` copy, which the dK/dV
+    // and dQ kernels load by cp.async.
     let n = d.b * d.h * d.nq * d.dv;
     let scratch = driver.alloc((2 * n).max(16))?;
     let g16 = AttnView {
         ptr: scratch,
         strides: [d.h * d.nq * d.dv, d.nq * d.dv, d.dv, 1],
     };
-    let ran = (|| {
-        if n > 0 {
-            let isz = |s: [usize; 4]| s.map(|x| x as isize);
-            super::strided_copy_f32_bf16(
-                driver,
-                g16.ptr,
-                &isz(g16.strides),
-                a.g.ptr,
-                &isz(a.g.strides),
-                &[d.b, d.h, d.nq, d.dv],
-            )?;
-        }
-        launch_bwd(driver, a, storage, yz, g16, SHARED_BWD_TENSOR_CORES)
-    })();
+    let ran = launch_bwd(driver, a, storage, yz, Some(g16), SHARED_BWD_TENSOR_CORES);
     // Launches run in order, so the copy may go back as soon as they are queued.
     let freed = driver.free(scratch);
     ran.and(freed)
 }
 
-/// The backward's three launches, with `g_tiles` the dO view the dK/dV and dQ kernels read
-/// and `shared_bytes` their dynamic shared memory.
+/// The backward's three launches. With `g16` (the tensor-core backward), the dot kernel also
+/// writes dO rounded to bf16 there and the dK/dV and dQ kernels read it; `shared_bytes` is
+/// their dynamic shared memory.
 fn launch_bwd(
     driver: &dyn Driver,
     a: &AttnBwd,
     storage: AttnStorage,
     yz: (u32, u32),
-    g_tiles: AttnView,
+    g16: Option<AttnView>,
     shared_bytes: u32,
 ) -> Result<()> {
+    let g_tiles = g16.unwrap_or(a.g);
     const OP: &str = "attn_bwd";
     let ([dot, dkdv, dq], key_tile, query_tile) = storage.kernels();
     let d = &a.dims;
@@ -459,13 +448,16 @@ fn launch_bwd(
         args.push(KernelArg::U32(a.scores.causal as u32));
     };
     if d.nq > 0 {
-        let mut args = vec![
-            KernelArg::Ptr(a.delta),
+        let mut args = vec![KernelArg::Ptr(a.delta)];
+        if let Some(g16) = g16 {
+            args.push(KernelArg::Ptr(g16.ptr));
+        }
+        args.extend([
             KernelArg::Ptr(a.o.ptr),
             KernelArg::Ptr(a.g.ptr),
             KernelArg::U32(d.nq as u32),
             KernelArg::U32(d.dv as u32),
-        ];
+        ]);
         strides(OP, "o", &a.o, &mut args)?;
         strides(OP, "g", &a.g, &mut args)?;
         driver.launch(&ATTENTION, dot, config(d.nq.div_ceil(DOT_ROWS), yz), &args)?;

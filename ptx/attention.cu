@@ -493,18 +493,15 @@ ATTN_BWD_DQ_ENTRY(attn_bwd_dq_bf16s, __nv_bfloat16)
 
 // ---- bf16 tensor-core forward ----
 //
-// attn_fwd_bf16_d64, attn_fwd_bf16_d128: the forward above (same parameters, same f32
-// tensors in and out, same base-2 lse) for Dh = Dv = 64 or 128, with q, k, v rounded to bf16
-// (round to nearest even) as they are staged into shared memory, S = Q K^T and O += P V on
-// mma.sync.m16n8k16 with f32 accumulation, fragments read with ldmatrix. P is rounded to
-// bf16 for the P V product; the row sums use the f32 values. 64 queries per CTA (16 per
-// warp); key tiles of BK = 64 (D = 64) or 32 (D = 128) rows in a double buffer: tile t + 1 is
-// converted and stored while tile t is multiplied (the f32 sources rule out cp.async), with
-// one barrier per tile. Q is staged once into the second buffer, moved into registers as
-// A fragments, and its space then reused. Launch: 128 threads, grid (ceil(Nq / 64), heads,
-// batch). Order: the tensor core's within each 16-wide k-step, steps and key tiles in
+// attn_fwd_bf16_d64, attn_fwd_bf16_d128, attn_fwd_bf16s_d64, attn_fwd_bf16s_d128: the forward
+// above (same parameters, same f32 outputs, same base-2 lse) for Dh = Dv = 64 or 128, with
+// q, k, v as bf16 (f32 inputs rounded to nearest even as they are staged; `bf16s`: stored
+// as bf16), S = Q K^T and O += P V on mma.sync.m16n8k16 with f32 accumulation, fragments
+// read with ldmatrix. P is rounded to bf16 for the P V product; the row sums use the f32
+// values. Order: the tensor core's within each 16-wide k-step, steps and key tiles in
 // increasing order; row maxima over the 4 lanes holding a row by a butterfly; each lane's
 // share of a row sum accumulated over tiles, the 4 shares summed (butterfly) at the end.
+// Tiles, loads and launch: at `attn_fwd_tc` below.
 
 // The inline-PTX helpers (the same as gemm.cu's). scripts/ptx/host/shim.h gives host versions
 // of these for `scripts/ptx.sh host`, which runs this file on the CPU.
@@ -584,194 +581,23 @@ __device__ __forceinline__ void stage_bf16(__nv_bfloat16* s, const T* __restrict
   }
 }
 
-template <int D, int BK>
-__device__ __forceinline__ void attn_fwd_bf16(
-    float* __restrict__ o, float* __restrict__ lse, const float* __restrict__ q,
-    const float* __restrict__ k, const float* __restrict__ v, unsigned nq, unsigned nk,
-    unsigned q_sb, unsigned q_sh, unsigned q_sn, unsigned q_sd, unsigned k_sb, unsigned k_sh,
-    unsigned k_sn, unsigned k_sd, unsigned v_sb, unsigned v_sh, unsigned v_sn, unsigned v_sd,
-    unsigned o_sb, unsigned o_sh, unsigned o_sn, unsigned o_sd, float scale_log2,
-    unsigned causal) {
-  constexpr int LD = D + 8;
-  constexpr int STAGE = BK * LD;
-  constexpr int DF = D / 8;    // output n-fragments per warp
-  constexpr int KF = BK / 8;   // score n-fragments per warp
-  constexpr int DK = D / 16;   // k-steps of Q K^T
-  static_assert(64 * LD <= 2 * STAGE, "Q must fit in the second buffer");
-  // Buffers: K0, V0, K1, V1; Q staged over K1 and V1 before the loop.
-  __shared__ __align__(16) __nv_bfloat16 smem[4 * STAGE];
-  unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  unsigned group = lane >> 2, tig = lane & 3;
-  unsigned bz = blockIdx.z, hy = blockIdx.y;
-  q += (size_t)bz * q_sb + (size_t)hy * q_sh;
-  k += (size_t)bz * k_sb + (size_t)hy * k_sh;
-  v += (size_t)bz * v_sb + (size_t)hy * v_sh;
-  o += (size_t)bz * o_sb + (size_t)hy * o_sh;
-  lse += ((size_t)bz * gridDim.y + hy) * nq;
-  unsigned q0 = blockIdx.x * 64;
-  unsigned off = causal ? nk - nq : 0;
-  unsigned qend = min(nq, q0 + 64);
-  unsigned kend = causal ? min(nk, qend + off) : nk;
-  unsigned ntiles = (kend + BK - 1) / BK;
-
-  stage_bf16<64, D>(smem + 2 * STAGE, q, q0, nq, q_sn, q_sd);
-  if (ntiles > 0) {
-    stage_bf16<BK, D>(smem, k, 0, nk, k_sn, k_sd);
-    stage_bf16<BK, D>(smem + STAGE, v, 0, nk, v_sn, v_sd);
-  }
-  __syncthreads();
-  unsigned qa[DK][4];
-#pragma unroll
-  for (int ks = 0; ks < DK; ++ks) {
-    unsigned row = warp * 16 + (lane & 15), col = ks * 16 + (lane >> 4) * 8;
-    ldmatrix_x4(qa[ks], smem + 2 * STAGE + row * LD + col);
-  }
-  // Every warp holds its Q fragments before the second buffer is overwritten.
-  __syncthreads();
-
-  float acc[DF][4];
-#pragma unroll
-  for (int f = 0; f < DF; ++f)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) acc[f][e] = 0.0f;
-  // Rows group and group + 8 of the warp's 16.
-  float m[2] = {neg_inf(), neg_inf()}, l[2] = {0.0f, 0.0f};
-  unsigned i_row[2] = {q0 + warp * 16 + group, q0 + warp * 16 + group + 8};
-
-  for (unsigned t = 0; t < ntiles; ++t) {
-    unsigned k0 = t * BK;
-    const __nv_bfloat16* ks_ = smem + (t & 1) * 2 * STAGE;
-    const __nv_bfloat16* vs_ = ks_ + STAGE;
-    if (t + 1 < ntiles) {
-      // The other buffer was last read in iteration t - 1, which ended with a barrier.
-      __nv_bfloat16* nxt = smem + ((t + 1) & 1) * 2 * STAGE;
-      stage_bf16<BK, D>(nxt, k, k0 + BK, nk, k_sn, k_sd);
-      stage_bf16<BK, D>(nxt + STAGE, v, k0 + BK, nk, v_sn, v_sd);
-    }
-    float s[KF][4];
-#pragma unroll
-    for (int f = 0; f < KF; ++f)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[f][e] = 0.0f;
-#pragma unroll
-    for (int ks = 0; ks < DK; ++ks) {
-#pragma unroll
-      for (int p = 0; p < KF / 2; ++p) {
-        unsigned r4[4];
-        unsigned nr = p * 16 + (lane & 7) + (lane >> 4) * 8, kc = ks * 16 + ((lane >> 3) & 1) * 8;
-        ldmatrix_x4(r4, ks_ + nr * LD + kc);
-        mma_bf16(s[2 * p], qa[ks], r4);
-        mma_bf16(s[2 * p + 1], qa[ks], r4 + 2);
-      }
-    }
-    // Scale, mask (only tiles that reach past the keys or the diagonal), online softmax.
-    bool edge = k0 + BK > nk || (causal && k0 + BK > q0 + off + 1);
-    float mt[2] = {neg_inf(), neg_inf()};
-#pragma unroll
-    for (int f = 0; f < KF; ++f)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        unsigned j = k0 + f * 8 + 2 * tig + (e & 1);
-        float x = s[f][e] * scale_log2;
-        if (edge && !(j < nk && visible(causal, i_row[e >> 1], j, off))) x = neg_inf();
-        s[f][e] = x;
-        mt[e >> 1] = fmaxf(mt[e >> 1], x);
-      }
-    float mu[2], corr[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      mt[h] = fmaxf(mt[h], __shfl_xor_sync(FULL_MASK, mt[h], 1));
-      mt[h] = fmaxf(mt[h], __shfl_xor_sync(FULL_MASK, mt[h], 2));
-      float mn = fmaxf(m[h], mt[h]);
-      mu[h] = mn == neg_inf() ? 0.0f : mn;
-      corr[h] = exp2f(m[h] - mu[h]);
-      m[h] = mn;
-      l[h] *= corr[h];
-    }
-#pragma unroll
-    for (int f = 0; f < DF; ++f)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[f][e] *= corr[e >> 1];
-#pragma unroll
-    for (int f = 0; f < KF; ++f)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float p = exp2f(s[f][e] - mu[e >> 1]);
-        l[e >> 1] += p;
-        s[f][e] = p;
-      }
-    // O += P V: P's accumulator fragments are the A fragments of the next product.
-#pragma unroll
-    for (int kk = 0; kk < BK / 16; ++kk) {
-      unsigned pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
-                        pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                        pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                        pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-      for (int p = 0; p < DF / 2; ++p) {
-        unsigned r4[4];
-        unsigned qq = lane >> 3, r = lane & 7;
-        unsigned kr = kk * 16 + r + (qq & 1) * 8, nc = p * 16 + (qq >> 1) * 8;
-        ldmatrix_x4_trans(r4, vs_ + kr * LD + nc);
-        mma_bf16(acc[2 * p], pa, r4);
-        mma_bf16(acc[2 * p + 1], pa, r4 + 2);
-      }
-    }
-    // Every warp is done with this buffer before the next iteration refills it.
-    __syncthreads();
-  }
-
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    l[h] = __fadd_rn(l[h], __shfl_xor_sync(FULL_MASK, l[h], 1));
-    l[h] = __fadd_rn(l[h], __shfl_xor_sync(FULL_MASK, l[h], 2));
-  }
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    unsigned i = i_row[h];
-    if (i >= nq) continue;
-    float inv = l[h] > 0.0f ? __frcp_rn(l[h]) : 0.0f;
-#pragma unroll
-    for (int f = 0; f < DF; ++f)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        unsigned c = f * 8 + 2 * tig + e;
-        o[(size_t)i * o_sn + (size_t)c * o_sd] = acc[f][2 * h + e] * inv;
-      }
-    if (tig == 0) lse[i] = l[h] > 0.0f ? m[h] + __log2f(l[h]) : neg_inf();
-  }
-}
-
-#define ATTN_FWD_BF16_ENTRY(NAME, D, BK)                                                      \
-  extern "C" __global__ void __launch_bounds__(NT) NAME(                                      \
-      float* __restrict__ o, float* __restrict__ lse, const float* __restrict__ q,           \
-      const float* __restrict__ k, const float* __restrict__ v, unsigned nq, unsigned nk,    \
-      unsigned dh, unsigned dv, unsigned q_sb, unsigned q_sh, unsigned q_sn, unsigned q_sd,  \
-      unsigned k_sb, unsigned k_sh, unsigned k_sn, unsigned k_sd, unsigned v_sb,             \
-      unsigned v_sh, unsigned v_sn, unsigned v_sd, unsigned o_sb, unsigned o_sh,             \
-      unsigned o_sn, unsigned o_sd, float scale_log2, unsigned causal) {                     \
-    attn_fwd_bf16<D, BK>(o, lse, q, k, v, nq, nk, q_sb, q_sh, q_sn, q_sd, k_sb, k_sh, k_sn, \
-                         k_sd, v_sb, v_sh, v_sn, v_sd, o_sb, o_sh, o_sn, o_sd, scale_log2,   \
-                         causal);                                                            \
-  }
-
-ATTN_FWD_BF16_ENTRY(attn_fwd_bf16_d64, 64, 64)
-ATTN_FWD_BF16_ENTRY(attn_fwd_bf16_d128, 128, 32)
-
-// ---- bf16-input forward ----
+// ---- the bf16 tensor-core forward, one template for f32 and bf16 inputs ----
 //
-// attn_fwd_bf16s_d64, attn_fwd_bf16s_d128: the arithmetic of attn_fwd_bf16_d64 / _d128 (each
-// row's products, maxima and sums in the same order, so on the same bf16 values the same
-// bits) with q, k, v stored as bf16 and loaded by cp.async. They need feature stride 1, and
-// the batch, head and position strides and each base offset multiples of 8 elements (the host
-// checks), so that every 8-feature chunk is one 16-byte copy; rows past the end are
-// zero-filled without a read. Key tiles (K and V: BK = 64 rows at D = 64, 32 at D = 128) go
-// through a ring of STAGES stages, the next tiles loading while this one multiplies, with
-// one barrier per tile; Q is loaded once into the ring's last stage and moved into
-// registers before the ring reaches it.
-// - D = 64: 128 queries per CTA, 32 per warp as two 16-row blocks that share every K and V
-//   fragment the warp reads from shared memory (half the ldmatrix traffic per product).
-// - D = 128: 64 queries per CTA (16 per warp).
+// attn_fwd_bf16s_d64, attn_fwd_bf16s_d128 take q, k, v stored as bf16 and load them by
+// cp.async. They need feature stride 1, and the batch, head and position strides and each
+// base offset multiples of 8 elements (the host checks), so that every 8-feature chunk is
+// one 16-byte copy; rows past the end are zero-filled without a read. attn_fwd_bf16_d64 /
+// _d128 run the same code on f32 q, k, v (any strides), rounding each element as it is
+// staged (cp.async cannot convert; the ring's waits then have nothing to wait for and its
+// barriers alone order the stores). Both give the same bits on the same bf16 values.
+// Key tiles (K and V: BK = 64 rows at D = 64, 32 at D = 128) go through a ring of STAGES
+// stages, the next tiles loading while this one multiplies, with one barrier per tile; Q is
+// loaded once into the ring's last stage and moved into registers before the ring reaches
+// it.
+// - bf16s at D = 64: 128 queries per CTA (MB = 2), 32 per warp as two 16-row blocks that
+//   share every K and V fragment the warp reads from shared memory (half the ldmatrix
+//   traffic per product).
+// - the others: 64 queries per CTA (16 per warp).
 // Under the causal rule a warp skips a key tile for a row block none of whose rows sees it
 // (for finite values the skipped update is exact: a factor of 1 and zero terms), and the
 // CTAs take the query tiles from the last one down, so the longest start first. Launch: 128
@@ -798,13 +624,28 @@ __device__ __forceinline__ void load_rows_async(__nv_bfloat16* s,
   }
 }
 
-template <int D, int BK, int MB, int STAGES>
-__device__ __forceinline__ void attn_fwd_bf16s(
-    float* __restrict__ o, float* __restrict__ lse, const __nv_bfloat16* __restrict__ q,
-    const __nv_bfloat16* __restrict__ k, const __nv_bfloat16* __restrict__ v, unsigned nq,
-    unsigned nk, unsigned q_sb, unsigned q_sh, unsigned q_sn, unsigned k_sb, unsigned k_sh,
-    unsigned k_sn, unsigned v_sb, unsigned v_sh, unsigned v_sn, unsigned o_sb, unsigned o_sh,
-    unsigned o_sn, unsigned o_sd, float scale_log2, unsigned causal) {
+// One forward tile: bf16 rows by cp.async (feature stride 1), f32 rows rounded as staged.
+template <int ROWS, int D>
+__device__ __forceinline__ void load_tile(__nv_bfloat16* s, const __nv_bfloat16* __restrict__ g,
+                                          unsigned row0, unsigned rows, unsigned rs,
+                                          unsigned) {
+  load_rows_async<ROWS, D>(s, g, row0, rows, rs);
+}
+
+template <int ROWS, int D>
+__device__ __forceinline__ void load_tile(__nv_bfloat16* s, const float* __restrict__ g,
+                                          unsigned row0, unsigned rows, unsigned rs,
+                                          unsigned cs) {
+  stage_bf16<ROWS, D>(s, g, row0, rows, rs, cs);
+}
+
+template <int D, int BK, int MB, int STAGES, typename T>
+__device__ __forceinline__ void attn_fwd_tc(
+    float* __restrict__ o, float* __restrict__ lse, const T* __restrict__ q,
+    const T* __restrict__ k, const T* __restrict__ v, unsigned nq, unsigned nk, unsigned q_sb,
+    unsigned q_sh, unsigned q_sn, unsigned q_sd, unsigned k_sb, unsigned k_sh, unsigned k_sn,
+    unsigned k_sd, unsigned v_sb, unsigned v_sh, unsigned v_sn, unsigned v_sd, unsigned o_sb,
+    unsigned o_sh, unsigned o_sn, unsigned o_sd, float scale_log2, unsigned causal) {
   constexpr int LD = D + 8;
   constexpr int BQ = 64 * MB;      // queries per CTA
   constexpr int KV = BK * LD;      // one K (or V) tile
@@ -831,12 +672,12 @@ __device__ __forceinline__ void attn_fwd_bf16s(
 
   // Group 0: Q (into the last stage) and key tile 0; groups 1 .. STAGES - 2: the next tiles
   // (empty past the last), so that `wait_group STAGES - 2` at iteration t means tile t is in.
-  load_rows_async<BQ, D>(smem + (STAGES - 1) * STAGE, q, q0, nq, q_sn);
+  load_tile<BQ, D>(smem + (STAGES - 1) * STAGE, q, q0, nq, q_sn, q_sd);
 #pragma unroll
   for (int st = 0; st < STAGES - 1; ++st) {
     if (st < ntiles) {
-      load_rows_async<BK, D>(smem + st * STAGE, k, st * BK, nk, k_sn);
-      load_rows_async<BK, D>(smem + st * STAGE + KV, v, st * BK, nk, v_sn);
+      load_tile<BK, D>(smem + st * STAGE, k, st * BK, nk, k_sn, k_sd);
+      load_tile<BK, D>(smem + st * STAGE + KV, v, st * BK, nk, v_sn, v_sd);
     }
     cp_async_commit();
   }
@@ -879,8 +720,8 @@ __device__ __forceinline__ void attn_fwd_bf16s(
       unsigned tn = t + STAGES - 1;
       __nv_bfloat16* nxt = smem + (tn % STAGES) * STAGE;
       if (tn < ntiles) {
-        load_rows_async<BK, D>(nxt, k, tn * BK, nk, k_sn);
-        load_rows_async<BK, D>(nxt + KV, v, tn * BK, nk, v_sn);
+        load_tile<BK, D>(nxt, k, tn * BK, nk, k_sn, k_sd);
+        load_tile<BK, D>(nxt + KV, v, tn * BK, nk, v_sn, v_sd);
       }
       cp_async_commit();
     }
@@ -1006,21 +847,23 @@ __device__ __forceinline__ void attn_fwd_bf16s(
   }
 }
 
-#define ATTN_FWD_BF16S_ENTRY(NAME, D, BK, MB, STAGES)                                         \
+#define ATTN_FWD_TC_ENTRY(NAME, T, D, BK, MB, STAGES)                                         \
   extern "C" __global__ void __launch_bounds__(NT) NAME(                                      \
-      float* __restrict__ o, float* __restrict__ lse, const __nv_bfloat16* __restrict__ q,   \
-      const __nv_bfloat16* __restrict__ k, const __nv_bfloat16* __restrict__ v, unsigned nq, \
-      unsigned nk, unsigned dh, unsigned dv, unsigned q_sb, unsigned q_sh, unsigned q_sn,    \
-      unsigned q_sd, unsigned k_sb, unsigned k_sh, unsigned k_sn, unsigned k_sd,             \
-      unsigned v_sb, unsigned v_sh, unsigned v_sn, unsigned v_sd, unsigned o_sb,             \
-      unsigned o_sh, unsigned o_sn, unsigned o_sd, float scale_log2, unsigned causal) {      \
-    attn_fwd_bf16s<D, BK, MB, STAGES>(o, lse, q, k, v, nq, nk, q_sb, q_sh, q_sn, k_sb, k_sh, \
-                                      k_sn, v_sb, v_sh, v_sn, o_sb, o_sh, o_sn, o_sd,        \
-                                      scale_log2, causal);                                   \
+      float* __restrict__ o, float* __restrict__ lse, const T* __restrict__ q,               \
+      const T* __restrict__ k, const T* __restrict__ v, unsigned nq, unsigned nk,            \
+      unsigned dh, unsigned dv, unsigned q_sb, unsigned q_sh, unsigned q_sn, unsigned q_sd,  \
+      unsigned k_sb, unsigned k_sh, unsigned k_sn, unsigned k_sd, unsigned v_sb,             \
+      unsigned v_sh, unsigned v_sn, unsigned v_sd, unsigned o_sb, unsigned o_sh,             \
+      unsigned o_sn, unsigned o_sd, float scale_log2, unsigned causal) {                     \
+    attn_fwd_tc<D, BK, MB, STAGES, T>(o, lse, q, k, v, nq, nk, q_sb, q_sh, q_sn, q_sd, k_sb,  \
+                                      k_sh, k_sn, k_sd, v_sb, v_sh, v_sn, v_sd, o_sb, o_sh,  \
+                                      o_sn, o_sd, scale_log2, causal);                       \
   }
 
-ATTN_FWD_BF16S_ENTRY(attn_fwd_bf16s_d64, 64, 64, 2, 2)
-ATTN_FWD_BF16S_ENTRY(attn_fwd_bf16s_d128, 128, 32, 1, 2)
+ATTN_FWD_TC_ENTRY(attn_fwd_bf16_d64, float, 64, 64, 1, 2)
+ATTN_FWD_TC_ENTRY(attn_fwd_bf16_d128, float, 128, 32, 1, 2)
+ATTN_FWD_TC_ENTRY(attn_fwd_bf16s_d64, __nv_bfloat16, 64, 64, 2, 2)
+ATTN_FWD_TC_ENTRY(attn_fwd_bf16s_d128, __nv_bfloat16, 128, 32, 1, 2)
 
 // ---- bf16 tensor-core backward ----
 //

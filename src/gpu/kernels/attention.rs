@@ -59,11 +59,11 @@ pub enum AttnStorage {
     Bf16,
     /// bf16, every product on the tensor cores (`attn_bwd_dkdv_bf16_d64`,
     /// `attn_bwd_dq_bf16_d64`, after `attn_bwd_dot_round_bf16s`): `dO` rounded to bf16 (into
-    /// a contiguous copy the call allocates and frees, written by the `D` kernel), `P` and `dS` rounded to bf16 as the
-    /// operands of the products that follow them, f32 accumulation; every operand loaded by
-    /// `cp.async`, so q, k and v follow [`AttnPrecision::Bf16Inputs`]'s 16-byte rule (`o` and
-    /// `g` may have any strides). `Dh == Dv == 64` only. What bf16 training runs at that head
-    /// size.
+    /// a contiguous copy the call allocates and frees, written by the `D` kernel), `P` and
+    /// `dS` rounded to bf16 as the operands of the products that follow them, f32
+    /// accumulation; every operand loaded by `cp.async`, so q, k and v follow
+    /// [`AttnPrecision::Bf16Inputs`]'s 16-byte rule (`o` and `g` may have any strides).
+    /// `Dh == Dv == 64` only. What bf16 training runs at that head size.
     Bf16TensorCores,
 }
 
@@ -106,23 +106,21 @@ const TILE_BWD_TENSOR_CORES: usize = 64;
 /// ring of two 64 x (64 + 8) bf16 tiles.
 const SHARED_BWD_TENSOR_CORES: u32 = 2 * 2 * 64 * (64 + 8) * 2;
 
-/// Queries per CTA of the bf16 forward.
-const QUERY_TILE_BF16: usize = 64;
-
-/// The bf16-input forward's shape at head dim `d`: queries per CTA, keys per tile and ring
-/// stages (those of `ATTN_FWD_BF16S_ENTRY` in `ptx/attention.cu`).
-fn bf16_inputs_tile(d: usize) -> (usize, usize, usize) {
-    if d == 64 {
-        (128, 64, 2)
-    } else {
-        (64, 32, 2)
+/// The tensor-core forward's shape at head dim `d` (64 or 128), with bf16 or f32 inputs:
+/// queries per CTA, keys per tile and ring stages (those of `ATTN_FWD_TC_ENTRY` in
+/// `ptx/attention.cu`).
+fn tc_fwd_tile(bf16_inputs: bool, d: usize) -> (usize, usize, usize) {
+    match (bf16_inputs, d) {
+        (true, 64) => (128, 64, 2),
+        (false, 64) => (64, 64, 2),
+        _ => (64, 32, 2),
     }
 }
 
-/// Dynamic shared memory of the bf16-input forward at head dim `d`: the ring's K and V tiles,
-/// rows of `d + 8` bf16.
-fn bf16_inputs_shared_bytes(d: usize) -> usize {
-    let (_, bk, stages) = bf16_inputs_tile(d);
+/// Dynamic shared memory of the tensor-core forward: the ring's K and V tiles, rows of
+/// `d + 8` bf16.
+fn tc_fwd_shared_bytes(bf16_inputs: bool, d: usize) -> usize {
+    let (_, bk, stages) = tc_fwd_tile(bf16_inputs, d);
     stages * 2 * bk * (d + 8) * 2
 }
 
@@ -295,16 +293,17 @@ fn config(x: usize, (gy, gz): (u32, u32)) -> LaunchConfig {
 fn fwd_kernel(p: AttnPrecision, d: &AttnDims) -> Result<(&'static str, usize, usize)> {
     match (p, d.dh, d.dv) {
         (AttnPrecision::F32, _, _) => Ok(("attn_fwd_f32", QUERY_TILE, 0)),
-        (AttnPrecision::Bf16, 64, 64) => Ok(("attn_fwd_bf16_d64", QUERY_TILE_BF16, 0)),
-        (AttnPrecision::Bf16, 128, 128) => Ok(("attn_fwd_bf16_d128", QUERY_TILE_BF16, 0)),
-        (AttnPrecision::Bf16Inputs, 64, 64) | (AttnPrecision::Bf16Inputs, 128, 128) => {
-            let name = if d.dh == 64 {
-                "attn_fwd_bf16s_d64"
-            } else {
-                "attn_fwd_bf16s_d128"
+        (AttnPrecision::Bf16 | AttnPrecision::Bf16Inputs, 64, 64)
+        | (AttnPrecision::Bf16 | AttnPrecision::Bf16Inputs, 128, 128) => {
+            let bf16 = p == AttnPrecision::Bf16Inputs;
+            let name = match (bf16, d.dh) {
+                (false, 64) => "attn_fwd_bf16_d64",
+                (false, _) => "attn_fwd_bf16_d128",
+                (true, 64) => "attn_fwd_bf16s_d64",
+                (true, _) => "attn_fwd_bf16s_d128",
             };
-            let (tile, _, _) = bf16_inputs_tile(d.dh);
-            Ok((name, tile, bf16_inputs_shared_bytes(d.dh)))
+            let (tile, _, _) = tc_fwd_tile(bf16, d.dh);
+            Ok((name, tile, tc_fwd_shared_bytes(bf16, d.dh)))
         }
         (AttnPrecision::Bf16 | AttnPrecision::Bf16Inputs, dh, dv) => Err(Error::arg(
             "attn_fwd_bf16",

@@ -629,11 +629,7 @@ fn bf16_inputs_match_bf16_bits(d: &dyn Driver, dims: AttnDims, scores: AttnScore
     let tag = format!("{dims:?} {scores:?} on {}", d.name());
     let mut rng = Rng::new(seed);
     let shapes = [(b, h, nq, dh), (b, h, nk, dh), (b, h, nk, dv)];
-    let ops: Vec<(Vec<f32>, Vec<bf16>)> = shapes
-        .iter()
-        .map(|&s| bf16_operand(&normal(&mut rng, s.0 * s.1 * s.2 * s.3), s))
-        .collect();
-    let f32_ptr: Vec<DevicePtr> = ops.iter().map(|(x, _)| upload::<f32>(d, x)).collect();
+    let ExactForward { ops, f32_ptr, .. } = exact_forward(d, dims, scores, &mut rng);
     let bf16_ptr: Vec<DevicePtr> = ops.iter().map(|(_, x)| upload::<bf16>(d, x)).collect();
     let (o_len, lse_len) = (b * h * nq * dv, b * h * nq);
     let mut results = Vec::new();

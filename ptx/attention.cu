@@ -501,7 +501,10 @@ ATTN_BWD_DQ_ENTRY(attn_bwd_dq_bf16s, __nv_bfloat16)
 // values. Order: the tensor core's within each 16-wide k-step, steps and key tiles in
 // increasing order; row maxima over the 4 lanes holding a row by a butterfly; each lane's
 // share of a row sum accumulated over tiles, the 4 shares summed (butterfly) at the end.
-// Tiles, loads and launch: at `attn_fwd_tc` below.
+// Parameters: those of attn_fwd_f32 with one more after lse, `o16`: when not null, the
+// output is also written there rounded to bf16 (to nearest even), contiguous
+// [B, H, Nq, Dv], the copy bf16 training keeps for the backward. Tiles, loads and launch:
+// at `attn_fwd_tc` below.
 
 // The inline-PTX helpers (the same as gemm.cu's). scripts/ptx/host/shim.h gives host versions
 // of these for `scripts/ptx.sh host`, which runs this file on the CPU.
@@ -641,7 +644,8 @@ __device__ __forceinline__ void load_tile(__nv_bfloat16* s, const float* __restr
 
 template <int D, int BK, int MB, int STAGES, typename T>
 __device__ __forceinline__ void attn_fwd_tc(
-    float* __restrict__ o, float* __restrict__ lse, const T* __restrict__ q,
+    float* __restrict__ o, float* __restrict__ lse, __nv_bfloat16* __restrict__ o16,
+    const T* __restrict__ q,
     const T* __restrict__ k, const T* __restrict__ v, unsigned nq, unsigned nk, unsigned q_sb,
     unsigned q_sh, unsigned q_sn, unsigned q_sd, unsigned k_sb, unsigned k_sh, unsigned k_sn,
     unsigned k_sd, unsigned v_sb, unsigned v_sh, unsigned v_sn, unsigned v_sd, unsigned o_sb,
@@ -664,6 +668,7 @@ __device__ __forceinline__ void attn_fwd_tc(
   v += (size_t)bz * v_sb + (size_t)hy * v_sh;
   o += (size_t)bz * o_sb + (size_t)hy * o_sh;
   lse += ((size_t)bz * gridDim.y + hy) * nq;
+  if (o16) o16 += ((size_t)bz * gridDim.y + hy) * nq * D;
   unsigned q0 = (causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x) * BQ;
   unsigned off = causal ? nk - nq : 0;
   unsigned qend = min(nq, q0 + BQ);
@@ -836,12 +841,19 @@ __device__ __forceinline__ void attn_fwd_tc(
       if (i >= nq) continue;
       float inv = l[mb][h] > 0.0f ? __frcp_rn(l[mb][h]) : 0.0f;
 #pragma unroll
-      for (int f = 0; f < DF; ++f)
+      for (int f = 0; f < DF; ++f) {
+        float x[2];
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           unsigned c = f * 8 + 2 * tig + e;
-          o[(size_t)i * o_sn + (size_t)c * o_sd] = acc[mb][f][2 * h + e] * inv;
+          x[e] = acc[mb][f][2 * h + e] * inv;
+          o[(size_t)i * o_sn + (size_t)c * o_sd] = x[e];
         }
+        // The bf16 copy the backward reads: the same values rounded, two per 4-byte store.
+        if (o16)
+          *reinterpret_cast<unsigned*>(o16 + (size_t)i * D + f * 8 + 2 * tig) =
+              pack_bf16(x[0], x[1]);
+      }
       if (tig == 0) lse[i] = l[mb][h] > 0.0f ? m[mb][h] + __log2f(l[mb][h]) : neg_inf();
     }
   }
@@ -849,13 +861,14 @@ __device__ __forceinline__ void attn_fwd_tc(
 
 #define ATTN_FWD_TC_ENTRY(NAME, T, D, BK, MB, STAGES)                                         \
   extern "C" __global__ void __launch_bounds__(NT) NAME(                                      \
-      float* __restrict__ o, float* __restrict__ lse, const T* __restrict__ q,               \
-      const T* __restrict__ k, const T* __restrict__ v, unsigned nq, unsigned nk,            \
+      float* __restrict__ o, float* __restrict__ lse, __nv_bfloat16* __restrict__ o16,       \
+      const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, unsigned nq,\
+      unsigned nk,                                                                           \
       unsigned dh, unsigned dv, unsigned q_sb, unsigned q_sh, unsigned q_sn, unsigned q_sd,  \
       unsigned k_sb, unsigned k_sh, unsigned k_sn, unsigned k_sd, unsigned v_sb,             \
       unsigned v_sh, unsigned v_sn, unsigned v_sd, unsigned o_sb, unsigned o_sh,             \
       unsigned o_sn, unsigned o_sd, float scale_log2, unsigned causal) {                     \
-    attn_fwd_tc<D, BK, MB, STAGES, T>(o, lse, q, k, v, nq, nk, q_sb, q_sh, q_sn, q_sd, k_sb,  \
+    attn_fwd_tc<D, BK, MB, STAGES, T>(o, lse, o16, q, k, v, nq, nk, q_sb, q_sh, q_sn, q_sd, k_sb,  \
                                       k_sh, k_sn, k_sd, v_sb, v_sh, v_sn, v_sd, o_sb, o_sh,  \
                                       o_sn, o_sd, scale_log2, causal);                       \
   }

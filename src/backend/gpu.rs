@@ -743,20 +743,34 @@ pub(crate) fn attention_forward<E: Element>(
         }
         None => (qv, kv, vv, precision),
     };
-    k::attn_fwd(
-        &*driver,
-        &k::AttnFwd {
-            dims,
-            scores,
-            q: qv,
-            k: kv,
-            v: vv,
-            o,
-            lse: ptr(&lse)?,
-            precision,
-        },
-    )?;
-    let saved = if save {
+    let fwd = k::AttnFwd {
+        dims,
+        scores,
+        q: qv,
+        k: kv,
+        v: vv,
+        o,
+        lse: ptr(&lse)?,
+        precision,
+    };
+    // Under bf16 with a backward to come, the kernel writes the bf16 copy of the output the
+    // backward reads, contiguous [B, H, Nq, Dv], in the same pass.
+    let o_bf16 = match (save, &copies) {
+        (true, Some(_)) => {
+            let buf = GpuBuffer::alloc(driver.clone(), (b * h * nq * dv).max(1), 2)?;
+            k::attn_fwd_saving_bf16(&*driver, &fwd, buf.ptr())?;
+            Some(buf)
+        }
+        _ => {
+            k::attn_fwd(&*driver, &fwd)?;
+            None
+        }
+    };
+    let saved = if !save {
+        None
+    } else if let Some(((q, k, v), o)) = copies.zip(o_bf16) {
+        Some(AttnSaved::Bf16 { q, k, v, o })
+    } else {
         let o_heads = match layout {
             AttnLayout::Heads => out.clone(),
             // [B, N, H Dv] seen as [B, H, N, Dv]; a fresh contiguous output always reshapes.
@@ -771,28 +785,12 @@ pub(crate) fn attention_forward<E: Element>(
                 out.view_raw(l.permute(&[0, 2, 1, 3]))
             }
         };
-        Some(match precision {
-            k::AttnPrecision::F32 => AttnSaved::F32 {
-                q: q.clone(),
-                k: k.clone(),
-                v: v.clone(),
-                o: o_heads,
-            },
-            k::AttnPrecision::Bf16 | k::AttnPrecision::Bf16Inputs => {
-                let (q, k, v) = copies.ok_or_else(|| Error::Device {
-                    op: "attention",
-                    detail: "internal error: bf16 attention without its bf16 operands".to_string(),
-                })?;
-                AttnSaved::Bf16 {
-                    q,
-                    k,
-                    v,
-                    o: bf16_copy(&o_heads)?,
-                }
-            }
+        Some(AttnSaved::F32 {
+            q: q.clone(),
+            k: k.clone(),
+            v: v.clone(),
+            o: o_heads,
         })
-    } else {
-        None
     };
     Ok(AttnForward { out, lse, saved })
 }

@@ -8,8 +8,9 @@
 
 use half::bf16;
 use tarflow::gpu::kernels::{
-    attn_bwd, attn_bwd_stored, attn_decode, attn_fwd, decode_scratch_len, AttnBwd, AttnDecode,
-    AttnDims, AttnFwd, AttnPrecision, AttnScores, AttnStorage, AttnView, ATTN_MAX_HEAD_DIM,
+    attn_bwd, attn_bwd_stored, attn_decode, attn_fwd, attn_fwd_saving_bf16, decode_scratch_len,
+    AttnBwd, AttnDecode, AttnDims, AttnFwd, AttnPrecision, AttnScores, AttnStorage, AttnView,
+    ATTN_MAX_HEAD_DIM,
 };
 use tarflow::gpu::{DevicePtr, Driver};
 use tarflow::Rng;
@@ -653,7 +654,23 @@ fn bf16_inputs_match_bf16_bits(d: &dyn Driver, dims: AttnDims, scores: AttnScore
             lse,
             precision,
         };
-        attn_fwd(d, &fwd).unwrap();
+        // The bf16-input run also writes the output's bf16 copy, which must be the output
+        // rounded to nearest even, every element written.
+        if precision == AttnPrecision::Bf16Inputs {
+            let o16 = upload::<bf16>(d, &vec![bf16::NAN; o_len]);
+            attn_fwd_saving_bf16(d, &fwd, o16).unwrap();
+            let want: Vec<f32> = download::<f32>(d, o, o_len)
+                .iter()
+                .map(|&x| bf16::from_f32(x).to_f32())
+                .collect();
+            let got: Vec<f32> = download::<bf16>(d, o16, o_len)
+                .iter()
+                .map(|x| x.to_f32())
+                .collect();
+            assert_bits(&format!("the bf16 copy of o, {tag}"), &got, &want);
+        } else {
+            attn_fwd(d, &fwd).unwrap();
+        }
         results.push((
             download::<f32>(d, o, o_len),
             download::<f32>(d, lse, lse_len),

@@ -17,7 +17,8 @@
 //   Nq = 38 < Nk = 100.
 // - attn_fwd_bf16s_d64, attn_fwd_bf16s_d128 (bf16 inputs by cp.async, reversed causal tiles):
 //   output and lse bit for bit those of attn_fwd_bf16_d64 / _d128 on the same bf16-exact
-//   values, causal (offset 0 and 33) and not, over three or more query tiles.
+//   values, causal (offset 0 and 33) and not, over three or more query tiles; the output's
+//   bf16 copy (`o16`) the output rounded, nothing written past it.
 // - attn_bwd_dot_round_bf16s, attn_bwd_dkdv_bf16_d64, attn_bwd_dq_bf16_d64 (the tensor-core
 //   backward; its dot kernel's bf16 copy of dO checked bit for bit and for writes past its
 //   end): against the f64 gradients within bf16's rounding of
@@ -332,7 +333,7 @@ static void bf16_d64(const char* tag, Dims s, float alpha, bool causal) {
   std::vector<float> ob(span(lo, s, s.nq, 64), NAN), lse(s.b * s.h * s.nq + GUARD, NAN);
   const float sl2 = scale_log2_of(alpha);
   launch({ceil_div(s.nq, 64), s.h, s.b}, 128, [&] {
-    attn_fwd_bf16_d64(ob.data() + lo.off, lse.data(), qb.data() + lq.off, kb.data() + lk.off, vb.data() + lv.off, s.nq, s.nk, 64,
+    attn_fwd_bf16_d64(ob.data() + lo.off, lse.data(), nullptr, qb.data() + lq.off, kb.data() + lk.off, vb.data() + lv.off, s.nq, s.nk, 64,
                       64, lq.st[0], lq.st[1], lq.st[2], lq.st[3], lk.st[0], lk.st[1], lk.st[2], lk.st[3], lv.st[0], lv.st[1],
                       lv.st[2], lv.st[3], lo.st[0], lo.st[1], lo.st[2], lo.st[3], sl2, causal);
   });
@@ -381,13 +382,15 @@ static void bf16_inputs(const char* tag, Dims s, float alpha, bool causal, F fwd
   const unsigned rows = s.b * s.h * s.nq;
   std::vector<float> o_want(span(lo, s, s.nq, D), NAN), o_got(o_want.size(), NAN);
   std::vector<float> lse_want(rows + GUARD, NAN), lse_got(rows + GUARD, NAN);
+  // The bf16-input run also writes the output's bf16 copy, contiguous [B, H, Nq, D].
+  std::vector<__nv_bfloat16> o16((size_t)rows * D + GUARD, __float2bfloat16_rn(NAN));
   launch({ceil_div(s.nq, 64), s.h, s.b}, 128, [&] {
-    fwd(o_want.data() + lo.off, lse_want.data(), qb.data() + lq.off, kb.data() + lk.off, vb.data() + lv.off, s.nq, s.nk, D, D,
+    fwd(o_want.data() + lo.off, lse_want.data(), nullptr, qb.data() + lq.off, kb.data() + lk.off, vb.data() + lv.off, s.nq, s.nk, D, D,
         lq.st[0], lq.st[1], lq.st[2], lq.st[3], lk.st[0], lk.st[1], lk.st[2], lk.st[3], lv.st[0], lv.st[1], lv.st[2], lv.st[3],
         lo.st[0], lo.st[1], lo.st[2], lo.st[3], sl2, causal);
   });
   launch({ceil_div(s.nq, bq), s.h, s.b}, 128, [&] {
-    fwd_s(o_got.data() + lo.off, lse_got.data(), q16.data() + l8q.off, k16.data() + l8k.off, v16.data() + l8k.off, s.nq, s.nk, D,
+    fwd_s(o_got.data() + lo.off, lse_got.data(), o16.data(), q16.data() + l8q.off, k16.data() + l8k.off, v16.data() + l8k.off, s.nq, s.nk, D,
           D, l8q.st[0], l8q.st[1], l8q.st[2], l8q.st[3], l8k.st[0], l8k.st[1], l8k.st[2], l8k.st[3], l8k.st[0], l8k.st[1],
           l8k.st[2], l8k.st[3], lo.st[0], lo.st[1], lo.st[2], lo.st[3], sl2, causal);
   });
@@ -398,6 +401,16 @@ static void bf16_inputs(const char* tag, Dims s, float alpha, bool causal, F fwd
     diff += !std::isnan(o_want[i]) && __float_as_uint(o_want[i]) != __float_as_uint(o_got[i]);
   for (unsigned i = 0; i < rows; ++i) diff += __float_as_uint(lse_want[i]) != __float_as_uint(lse_got[i]);
   CHECK(diff == 0, "attn_fwd_bf16s, %s: %zu outputs differ from attn_fwd_bf16's bits", tag, diff);
+  size_t bad16 = 0;
+  for (unsigned b = 0; b < s.b; ++b)
+    for (unsigned h = 0; h < s.h; ++h)
+      for (unsigned i = 0; i < s.nq; ++i)
+        for (unsigned e = 0; e < D; ++e) {
+          __nv_bfloat16 want = __float2bfloat16_rn(o_got[lo.at(b, h, i, e)]);
+          bad16 += memcmp(&o16[(((size_t)b * s.h + h) * s.nq + i) * D + e], &want, 2) != 0;
+        }
+  for (size_t k = (size_t)rows * D; k < o16.size(); ++k) bad16 += !std::isnan(__bfloat162float(o16[k]));
+  CHECK(bad16 == 0, "attn_fwd_bf16s, %s: %zu elements of the bf16 output copy wrong or past its end", tag, bad16);
 }
 
 static void bf16_storage(const char* tag, Dims s, float alpha, bool causal) {

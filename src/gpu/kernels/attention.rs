@@ -337,6 +337,23 @@ fn check_chunks(op: &'static str, what: &str, v: &AttnView) -> Result<()> {
 /// `attn_fwd_bf16_d128`, `attn_fwd_bf16s_d64` or `attn_fwd_bf16s_d128`). Nothing launches
 /// when a batch, head or query count is 0.
 pub fn attn_fwd(driver: &dyn Driver, a: &AttnFwd) -> Result<()> {
+    launch_fwd(driver, a, None)
+}
+
+/// [`attn_fwd`] under a bf16 precision that also writes the output rounded to bf16 (to
+/// nearest even) at `o_bf16`, contiguous `[b, h, nq, dv]`: in the same pass, the copy bf16
+/// training keeps for the backward.
+pub fn attn_fwd_saving_bf16(driver: &dyn Driver, a: &AttnFwd, o_bf16: DevicePtr) -> Result<()> {
+    if a.precision == AttnPrecision::F32 {
+        return Err(Error::arg(
+            "attn_fwd",
+            "a bf16 copy of the output is written by the bf16 kernels only".to_string(),
+        ));
+    }
+    launch_fwd(driver, a, Some(o_bf16))
+}
+
+fn launch_fwd(driver: &dyn Driver, a: &AttnFwd, o_bf16: Option<DevicePtr>) -> Result<()> {
     let d = &a.dims;
     let (name, tile, shared_bytes) = fwd_kernel(a.precision, d)?;
     let Some(yz) = check(name, d, &a.scores)? else {
@@ -350,9 +367,11 @@ pub fn attn_fwd(driver: &dyn Driver, a: &AttnFwd) -> Result<()> {
             check_chunks(name, what, v)?;
         }
     }
-    let mut args = vec![
-        KernelArg::Ptr(a.o.ptr),
-        KernelArg::Ptr(a.lse),
+    let mut args = vec![KernelArg::Ptr(a.o.ptr), KernelArg::Ptr(a.lse)];
+    if a.precision != AttnPrecision::F32 {
+        args.push(KernelArg::Ptr(o_bf16.unwrap_or(DevicePtr(0))));
+    }
+    args.extend([
         KernelArg::Ptr(a.q.ptr),
         KernelArg::Ptr(a.k.ptr),
         KernelArg::Ptr(a.v.ptr),
@@ -360,7 +379,7 @@ pub fn attn_fwd(driver: &dyn Driver, a: &AttnFwd) -> Result<()> {
         KernelArg::U32(d.nk as u32),
         KernelArg::U32(d.dh as u32),
         KernelArg::U32(d.dv as u32),
-    ];
+    ]);
     for (what, v) in [("q", &a.q), ("k", &a.k), ("v", &a.v), ("o", &a.o)] {
         strides(name, what, v, &mut args)?;
     }

@@ -301,6 +301,11 @@ fn launch_every_wrapper(d: &Recorder) -> Vec<Launch> {
             precision: AttnPrecision::Bf16,
         };
         attn_fwd(d, &fwd).unwrap();
+        let fwd = AttnFwd {
+            precision: AttnPrecision::Bf16Inputs,
+            ..fwd
+        };
+        attn_fwd_saving_bf16(d, &fwd, p()).unwrap();
     }
     let bwd = AttnBwd {
         dims,

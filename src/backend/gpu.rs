@@ -720,11 +720,11 @@ pub(crate) fn attention_forward<E: Element>(
         },
     };
     let precision = attn_precision(&dims);
-    // Under bf16, q, k and v are rounded once into contiguous bf16 copies, which the forward
-    // loads by cp.async and the backward reads again; the rounding is the one the f32-input
-    // bf16 kernel applied as it staged them, so the results are the same.
-    let copies = match precision {
-        k::AttnPrecision::Bf16 => Some((bf16_copy(q)?, bf16_copy(k)?, bf16_copy(v)?)),
+    // Under bf16 with a backward to come, q, k and v are rounded once into the contiguous
+    // bf16 copies the backward keeps, and the forward loads those by cp.async; without one,
+    // the f32-input kernel reads q, k, v in place. Both round alike, so the results agree.
+    let copies = match (precision, save) {
+        (k::AttnPrecision::Bf16, true) => Some((bf16_copy(q)?, bf16_copy(k)?, bf16_copy(v)?)),
         _ => None,
     };
     let ((_q, qv), (_k, kv), (_v, vv)) = (attn_operand(q)?, attn_operand(k)?, attn_operand(v)?);
@@ -753,18 +753,15 @@ pub(crate) fn attention_forward<E: Element>(
         lse: ptr(&lse)?,
         precision,
     };
-    // Under bf16 with a backward to come, the kernel writes the bf16 copy of the output the
-    // backward reads, contiguous [B, H, Nq, Dv], in the same pass.
-    let o_bf16 = match (save, &copies) {
-        (true, Some(_)) => {
-            let buf = GpuBuffer::alloc(driver.clone(), (b * h * nq * dv).max(1), 2)?;
-            k::attn_fwd_saving_bf16(&*driver, &fwd, buf.ptr())?;
-            Some(buf)
-        }
-        _ => {
-            k::attn_fwd(&*driver, &fwd)?;
-            None
-        }
+    // With the bf16 copies, the kernel also writes the bf16 copy of the output the backward
+    // reads, contiguous [B, H, Nq, Dv], in the same pass.
+    let o_bf16 = if copies.is_some() {
+        let buf = GpuBuffer::alloc(driver.clone(), (b * h * nq * dv).max(1), 2)?;
+        k::attn_fwd_saving_bf16(&*driver, &fwd, buf.ptr())?;
+        Some(buf)
+    } else {
+        k::attn_fwd(&*driver, &fwd)?;
+        None
     };
     let saved = if !save {
         None

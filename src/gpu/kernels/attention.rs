@@ -447,8 +447,8 @@ fn launch_bwd(
     g16: Option<AttnView>,
     shared_bytes: u32,
 ) -> Result<()> {
-    let g_tiles = g16.unwrap_or(a.g);
     const OP: &str = "attn_bwd";
+    let g_tiles = g16.unwrap_or(a.g);
     let ([dot, dkdv, dq], key_tile, query_tile) = storage.kernels();
     let d = &a.dims;
     let tiles = |x: usize| LaunchConfig {

@@ -23,6 +23,8 @@ mod elementwise;
 mod gemm;
 #[path = "gpu_kernels/gemm_epilogue.rs"]
 mod gemm_epilogue;
+#[path = "gpu_kernels/gemm_wgmma.rs"]
+mod gemm_wgmma;
 #[path = "gpu_kernels/index.rs"]
 mod index;
 #[path = "gpu_kernels/norm.rs"]

@@ -123,6 +123,17 @@ fn header(ptx: &str, key: &str) -> Option<String> {
         .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
 }
 
+/// The virtual architecture a source is compiled for: `compute_80`, or the one its first
+/// line names (`// ptx-arch: compute_90a` for the wgmma kernels), as scripts/ptx.sh reads it.
+fn source_arch(name: &str) -> String {
+    let cu = std::fs::read_to_string(ptx_dir().join(format!("{name}.cu"))).unwrap();
+    cu.lines()
+        .next()
+        .and_then(|l| l.strip_prefix("// ptx-arch: "))
+        .unwrap_or("compute_80")
+        .to_string()
+}
+
 #[test]
 fn every_ptx_header_names_the_pinned_nvcc_and_its_sources_current_hash() {
     for name in files_with("cu") {
@@ -140,9 +151,10 @@ fn every_ptx_header_names_the_pinned_nvcc_and_its_sources_current_hash() {
             nvcc.starts_with(&format!("{NVCC_VERSION} ")),
             "ptx/{name}.ptx was compiled by nvcc {nvcc}, not {NVCC_VERSION}"
         );
+        let arch = source_arch(&name);
         assert!(
-            nvcc.contains("-arch=compute_80") && nvcc.contains("-O3"),
-            "ptx/{name}.ptx flags: {nvcc}"
+            nvcc.contains(&format!("-arch={arch} ")) && nvcc.contains("-O3"),
+            "ptx/{name}.ptx flags: {nvcc} (the source asks for {arch})"
         );
         assert!(
             ptx.contains(&format!(
@@ -164,6 +176,8 @@ fn every_ptx_header_names_the_pinned_nvcc_and_its_sources_current_hash() {
 fn every_ptx_targets_isa_9_0_for_sm_80_without_debug_info_paths_calls_or_local_memory() {
     for name in files_with("ptx") {
         let ptx = std::fs::read_to_string(ptx_dir().join(format!("{name}.ptx"))).unwrap();
+        // sm_80, or sm_90a for a source that asks for compute_90a.
+        let target = format!(".target {}", source_arch(&name).replace("compute_", "sm_"));
         let directives: Vec<&str> = ptx
             .lines()
             .map(str::trim)
@@ -172,7 +186,7 @@ fn every_ptx_targets_isa_9_0_for_sm_80_without_debug_info_paths_calls_or_local_m
             .collect();
         assert_eq!(
             directives,
-            [".version 9.0", ".target sm_80", ".address_size 64"],
+            [".version 9.0", target.as_str(), ".address_size 64"],
             "ptx/{name}.ptx"
         );
         for (i, line) in ptx.lines().enumerate() {

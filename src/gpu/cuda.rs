@@ -119,6 +119,9 @@ impl Driver for CudaDriver {
     fn total_memory(&self) -> Result<Option<u64>> {
         self.inner.total_memory().map(Some)
     }
+    fn compute_capability(&self) -> Result<Option<(u32, u32)>> {
+        self.inner.compute_capability().map(Some)
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -434,6 +437,14 @@ mod imp {
             let (_free, total) = result::mem_get_info()
                 .map_err(|e| driver_error(&format!("{}: memory size", self.name), e))?;
             Ok(total as u64)
+        }
+
+        pub(super) fn compute_capability(&self) -> Result<(u32, u32)> {
+            let (major, minor) = self
+                .ctx
+                .compute_capability()
+                .map_err(|e| driver_error(&format!("{}: compute capability", self.name), e))?;
+            Ok((major.max(0) as u32, minor.max(0) as u32))
         }
 
         pub(super) fn synchronize(&self) -> Result<()> {

@@ -121,6 +121,12 @@ pub trait Driver: Send + Sync {
     fn total_memory(&self) -> Result<Option<u64>> {
         Ok(None)
     }
+
+    /// The device's compute capability `(major, minor)`, where the driver has one (`None`,
+    /// the default, for the interpreter, which runs every architecture's PTX).
+    fn compute_capability(&self) -> Result<Option<(u32, u32)>> {
+        Ok(None)
+    }
 }
 
 /// A driver made of another with some calls changed: a byte counter, a launch recorder. Every
@@ -172,6 +178,10 @@ pub trait Forward: Send + Sync {
     fn total_memory(&self) -> Result<Option<u64>> {
         self.inner().total_memory()
     }
+    /// [`Driver::compute_capability`].
+    fn compute_capability(&self) -> Result<Option<(u32, u32)>> {
+        self.inner().compute_capability()
+    }
 }
 
 impl<T: Forward> Driver for T {
@@ -207,5 +217,8 @@ impl<T: Forward> Driver for T {
     }
     fn total_memory(&self) -> Result<Option<u64>> {
         Forward::total_memory(self)
+    }
+    fn compute_capability(&self) -> Result<Option<(u32, u32)>> {
+        Forward::compute_capability(self)
     }
 }

@@ -41,9 +41,9 @@ pub use coupling::{
 };
 pub use elementwise::{binary_f32, unary_f32};
 pub use gemm::{
-    gemm_bf16, gemm_bf16_epilogue, gemm_bf16_on, gemm_bf16_split_k, gemm_f32, gemm_f32_epilogue,
-    split_k_plan, Bf16Layout, Bf16Tile, GemmBf16, GemmEpilogue, GemmF32, LARGE_TILE_MIN_CTAS,
-    SPLIT_MAX, SPLIT_MIN_K,
+    gemm_bf16, gemm_bf16_epilogue, gemm_bf16_on, gemm_bf16_split_k, gemm_bf16_wgmma, gemm_f32,
+    gemm_f32_epilogue, split_k_plan, Bf16Layout, Bf16Tile, GemmBf16, GemmEpilogue, GemmF32,
+    WgmmaTile, LARGE_TILE_MIN_CTAS, SPLIT_MAX, SPLIT_MIN_K,
 };
 pub use index::{index_add_f32, index_select_f32, scatter_plan, u32_indices, ScatterPlan};
 pub use norm::{
@@ -91,6 +91,13 @@ pub static GEMM: PtxModule = PtxModule {
     ptx: include_str!("../../ptx/gemm.ptx"),
 };
 
+/// `ptx/gemm_sm90.ptx`: the bf16 GEMM on Hopper's warpgroup tensor cores (`wgmma`; built
+/// for sm_90a, so it loads on a compute-capability 9.0 GPU and in the PTX interpreter only).
+pub static GEMM_SM90: PtxModule = PtxModule {
+    name: "gemm_sm90",
+    ptx: include_str!("../../ptx/gemm_sm90.ptx"),
+};
+
 /// `ptx/index.ptx`: index_select along an axis and its deterministic adjoint (index_add).
 pub static INDEX: PtxModule = PtxModule {
     name: "index",
@@ -123,12 +130,13 @@ pub static PEAK: PtxModule = PtxModule {
 };
 
 /// Every embedded module, for drivers that load them all up front.
-pub static MODULES: [&PtxModule; 10] = [
+pub static MODULES: [&PtxModule; 11] = [
     &COPY,
     &ELEMENTWISE,
     &REDUCE,
     &NORM,
     &GEMM,
+    &GEMM_SM90,
     &INDEX,
     &OPTIM,
     &ATTENTION,

@@ -1,9 +1,9 @@
 //! Launch wrappers for `ptx/gemm.cu`: f32 GEMM with any strides, and bf16 GEMM on tensor
 //! cores.
 
-use super::{grid_yz, GEMM};
+use super::{grid_yz, GEMM, GEMM_SM90};
 use crate::error::{Error, Result};
-use crate::gpu::driver::{DevicePtr, Driver, KernelArg, LaunchConfig};
+use crate::gpu::driver::{DevicePtr, Driver, KernelArg, LaunchConfig, PtxModule};
 
 /// `flags` bit: add `bias[j]` to every row (`enum GemmFlags` in ptx/gemm.cu).
 pub(super) const GEMM_HAS_BIAS: u32 = 1;
@@ -61,10 +61,11 @@ fn u32_of(op: &'static str, what: &str, v: usize) -> Result<u32> {
     super::count(op, what, v)
 }
 
-/// The grid of a GEMM tiled `tile` x `tile`, or `None` when the output is empty.
+/// The grid of a GEMM tiled `tile.0` rows x `tile.1` columns, or `None` when the output is
+/// empty.
 fn tiled_grid(
     op: &'static str,
-    tile: usize,
+    tile: (usize, usize),
     m: usize,
     n: usize,
     batch: usize,
@@ -72,10 +73,10 @@ fn tiled_grid(
     if m == 0 || n == 0 || batch == 0 {
         return Ok(None);
     }
-    let gx = u32_of(op, "column tiles", n.div_ceil(tile))?;
+    let gx = u32_of(op, "column tiles", n.div_ceil(tile.1))?;
     Ok(Some((
         gx,
-        grid_yz(op, "row tiles", m.div_ceil(tile))?,
+        grid_yz(op, "row tiles", m.div_ceil(tile.0))?,
         grid_yz(op, "batch", batch)?,
     )))
 }
@@ -102,7 +103,7 @@ pub fn gemm_f32(driver: &dyn Driver, g: &GemmF32) -> Result<()> {
             format!("alpha {} and beta {} must be finite", g.alpha, g.beta),
         ));
     }
-    let Some(grid) = tiled_grid(NAME, TILE, g.m, g.n, g.batch)? else {
+    let Some(grid) = tiled_grid(NAME, (TILE, TILE), g.m, g.n, g.batch)? else {
         return Ok(());
     };
     let u = |what, v| u32_of(NAME, what, v).map(KernelArg::U32);
@@ -215,7 +216,7 @@ pub fn gemm_f32_epilogue(driver: &dyn Driver, g: &GemmF32, epi: GemmEpilogue) ->
             format!("alpha {} must be finite and beta {} zero", g.alpha, g.beta),
         ));
     }
-    let Some(grid) = tiled_grid(name, TILE, g.m, g.n, g.batch)? else {
+    let Some(grid) = tiled_grid(name, (TILE, TILE), g.m, g.n, g.batch)? else {
         return Ok(());
     };
     let u = |what, v| u32_of(name, what, v).map(KernelArg::U32);
@@ -514,19 +515,101 @@ pub fn gemm_bf16_epilogue(driver: &dyn Driver, g: &GemmBf16, epi: GemmEpilogue) 
     launch_bf16(driver, g, Some(epi), Bf16Tile::pick(g.m, g.n, g.batch))
 }
 
+/// The warpgroup tiles of the bf16 GEMM on Hopper (`ptx/gemm_sm90.cu`: `wgmma.mma_async`,
+/// compiled for sm_90a, so only a compute-capability 9.0 GPU loads it; the PTX interpreter
+/// runs it anywhere). [`Bf16Layout::NT`] only, no epilogue stage; 128 x `N` outputs per CTA
+/// of two warpgroups, k-tiles of 64 through a four-stage `cp.async` ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WgmmaTile {
+    /// 128 x 128 per CTA (`m64n128k16`, 128 KiB of shared memory).
+    N128,
+    /// 128 x 256 per CTA (`m64n256k16`, 192 KiB).
+    N256,
+}
+
+impl WgmmaTile {
+    /// Columns of `C` per CTA (rows: 128).
+    pub fn cols(self) -> usize {
+        match self {
+            WgmmaTile::N128 => 128,
+            WgmmaTile::N256 => 256,
+        }
+    }
+
+    /// The kernel's name in `ptx/gemm_sm90.ptx`.
+    pub fn kernel(self) -> &'static str {
+        match self {
+            WgmmaTile::N128 => "gemm_bf16_nt_wgmma_128",
+            WgmmaTile::N256 => "gemm_bf16_nt_wgmma_256",
+        }
+    }
+
+    /// Dynamic shared memory per CTA, in bytes: four stages of a 128 x 64 and an `N` x 64
+    /// bf16 k-tile (`WgTile::SMEM_BYTES` in ptx/gemm_sm90.cu).
+    pub fn shared_bytes(self) -> u32 {
+        4 * (128 + self.cols() as u32) * 64 * 2
+    }
+}
+
+/// [`gemm_bf16`] for a [`Bf16Layout::NT`] product on Hopper's warpgroup tensor cores
+/// ([`WgmmaTile`]); the same requirements. Not picked by [`gemm_bf16`]: its results are
+/// reproducible but need not be the `mma.sync` tiles' bits on a GPU (the two instructions
+/// may round a 16-wide k-step differently).
+pub fn gemm_bf16_wgmma(driver: &dyn Driver, g: &GemmBf16, tile: WgmmaTile) -> Result<()> {
+    if g.layout != Bf16Layout::NT {
+        return Err(Error::arg(
+            "gemm_bf16",
+            format!(
+                "{}: the warpgroup tiles take layout NT only, got {:?}",
+                tile.kernel(),
+                g.layout
+            ),
+        ));
+    }
+    if let Some((major, minor)) = driver.compute_capability()? {
+        if (major, minor) != (9, 0) {
+            return Err(Error::Device {
+                op: "gemm_bf16",
+                detail: format!(
+                    "{}: the warpgroup tiles are built for sm_90a and need a GPU of compute \
+                     capability 9.0 (an H100 or H200); {} is {major}.{minor}",
+                    tile.kernel(),
+                    driver.name()
+                ),
+            });
+        }
+    }
+    let kernel = Kernel {
+        module: &GEMM_SM90,
+        name: tile.kernel(),
+        tile: (128, tile.cols()),
+        threads: 256,
+        shared_bytes: tile.shared_bytes(),
+    };
+    launch_bf16_kernel(driver, g, None, kernel)
+}
+
+/// Which kernel a bf16 launch runs and how.
+struct Kernel {
+    module: &'static PtxModule,
+    name: &'static str,
+    /// Rows and columns of `C` per CTA.
+    tile: (usize, usize),
+    threads: u32,
+    shared_bytes: u32,
+}
+
 fn launch_bf16(
     driver: &dyn Driver,
     g: &GemmBf16,
     epi: Option<GemmEpilogue>,
     tile: Bf16Tile,
 ) -> Result<()> {
-    // One &'static str for errors whatever the layout.
-    const OP: &str = "gemm_bf16";
     let name = match epi {
         None => g.layout.kernel_on(tile),
         Some(e) => e.bf16_kernel_on(g.layout, tile).ok_or_else(|| {
             Error::arg(
-                OP,
+                "gemm_bf16",
                 format!(
                     "an epilogue stage needs A stored as is (layout NN or NT), got {:?}",
                     g.layout
@@ -534,6 +617,25 @@ fn launch_bf16(
             )
         })?,
     };
+    let kernel = Kernel {
+        module: &GEMM,
+        name,
+        tile: (tile.edge(), tile.edge()),
+        threads: 128,
+        shared_bytes: tile.shared_bytes(),
+    };
+    launch_bf16_kernel(driver, g, epi, kernel)
+}
+
+fn launch_bf16_kernel(
+    driver: &dyn Driver,
+    g: &GemmBf16,
+    epi: Option<GemmEpilogue>,
+    kernel: Kernel,
+) -> Result<()> {
+    // One &'static str for errors whatever the layout.
+    const OP: &str = "gemm_bf16";
+    let name = kernel.name;
     check_c(OP, g.ldc, g.n, g.m)?;
     if !(g.alpha.is_finite() && g.beta.is_finite()) {
         return Err(Error::arg(
@@ -583,7 +685,7 @@ fn launch_bf16(
             ));
         }
     }
-    let Some(grid) = tiled_grid(OP, tile.edge(), g.m, g.n, g.batch)? else {
+    let Some(grid) = tiled_grid(OP, kernel.tile, g.m, g.n, g.batch)? else {
         return Ok(());
     };
     let u = |what, v| u32_of(OP, what, v).map(KernelArg::U32);
@@ -615,8 +717,8 @@ fn launch_bf16(
     ]);
     let config = LaunchConfig {
         grid,
-        block: (128, 1, 1),
-        shared_bytes: tile.shared_bytes(),
+        block: (kernel.threads, 1, 1),
+        shared_bytes: kernel.shared_bytes,
     };
-    driver.launch(&GEMM, name, config, &args)
+    driver.launch(kernel.module, name, config, &args)
 }

@@ -243,6 +243,9 @@ fn launch_every_wrapper(d: &Recorder) -> Vec<Launch> {
             }
         }
     }
+    for tile in [WgmmaTile::N128, WgmmaTile::N256] {
+        gemm_bf16_wgmma(d, &bf16_gemm(Bf16Layout::NT, p(), p(), p()), tile).unwrap();
+    }
     index_select_f32(d, p(), p(), p(), 2, 10, 4, 8).unwrap();
     index_add_f32(d, p(), p(), p(), p(), 2, 10, 4, 8).unwrap();
     let split = GemmBf16 {

@@ -71,6 +71,19 @@ impl<'a> Mods<'a> {
         }
     }
 
+    /// The first not-yet-used modifier that `parse` accepts, parsed.
+    fn take_shape<T>(&mut self, parse: impl Fn(&str) -> Option<T>) -> Option<T> {
+        for (i, p) in self.parts.iter().enumerate() {
+            if !self.used[i] {
+                if let Some(v) = parse(p) {
+                    self.used[i] = true;
+                    return Some(v);
+                }
+            }
+        }
+        None
+    }
+
     /// All not-yet-used type modifiers, in order.
     fn types(&mut self) -> Vec<Ty> {
         let mut out = Vec::new();
@@ -210,6 +223,14 @@ pub fn decode_inst(
             }
             _ => return Err("cp.async.wait_group needs a constant group count".into()),
         },
+        Op::WgmmaWait(u32::MAX) => match ops.as_slice() {
+            [Operand::Imm(n)] => {
+                let n = *n as u32;
+                ops.clear();
+                Op::WgmmaWait(n)
+            }
+            _ => return Err("wgmma.wait_group needs a constant group count".into()),
+        },
         Op::CpAsync(_) => match ops.get(2) {
             Some(Operand::Imm(n)) if matches!(*n, 4 | 8 | 16) => Op::CpAsync(*n as u32),
             _ => return Err("cp.async copy size must be the constant 4, 8 or 16".into()),
@@ -246,6 +267,8 @@ pub fn decode_inst(
         Op::Vote(_) | Op::Redux(..) => 3,
         Op::Bra => 1,
         Op::Exit | Op::CpAsyncCommit | Op::CpAsyncWaitAll => 0,
+        Op::FenceProxyAsync | Op::WgmmaFence | Op::WgmmaCommit | Op::WgmmaWait(_) => 0,
+        Op::Wgmma(_) => 8,
         Op::CpAsyncWait(n) => usize::from(*n == u32::MAX),
         Op::Setp(_, comb, _, _) => {
             if comb.is_some() {
@@ -299,6 +322,13 @@ fn check_shapes(op: &Op, ops: &[Operand]) -> Result<(), String> {
         Op::CpAsync(_) => (
             (3..=4).contains(&ops.len()) && is_addr(&ops[0]) && is_addr(&ops[1]),
             "cp.async needs [dst], [src], size{, src_size}",
+        ),
+        Op::Wgmma(n) => (
+            vec_len(&ops[0]) == *n as usize / 2
+                && ops[1..4].iter().all(|o| matches!(o, Operand::Reg(_)))
+                && ops[4..].iter().all(|o| matches!(o, Operand::Imm(_))),
+            "wgmma.mma_async needs {d..} (N / 2 registers), a-desc, b-desc and scale-d \
+             registers, then four immediates",
         ),
         Op::Bra => (matches!(ops[0], Operand::Label(_)), "bra needs a label"),
         _ => (true, ""),
@@ -695,13 +725,19 @@ fn decode_op(mnem: &str, m: &mut Mods, nraw: usize) -> Result<Decoded, String> {
             m.has("aligned");
             (Op::Bar, Class::Sync, None)
         }
+        "fence" if m.has("proxy") => {
+            if !m.has("async") {
+                return Err("only fence.proxy.async is supported among proxy fences".into());
+            }
+            m.one_of(&["shared::cta", "shared::cluster", "global"]);
+            (Op::FenceProxyAsync, Class::Sync, None)
+        }
         "membar" | "fence" => {
             m.one_of(&["gl", "cta", "sys", "gpu"]);
             m.drop_hints();
-            m.has("proxy");
-            m.has("async");
             (Op::Nop, Class::Sync, None)
         }
+        "wgmma" => decode_wgmma(m)?,
         "shfl" => {
             if !m.has("sync") {
                 return Err("shfl without .sync (pre-sm_70 form) is not supported".into());
@@ -822,6 +858,38 @@ fn decode_op(mnem: &str, m: &mut Mods, nraw: usize) -> Result<Decoded, String> {
         }
         _ => return Err(format!("unknown instruction {mnem}")),
     })
+}
+
+fn decode_wgmma(m: &mut Mods) -> Result<Decoded, String> {
+    if !m.has("sync") || !m.has("aligned") {
+        return Err("wgmma must be .sync.aligned".into());
+    }
+    if m.has("fence") {
+        return Ok((Op::WgmmaFence, Class::Tensor, None));
+    }
+    if m.has("commit_group") {
+        return Ok((Op::WgmmaCommit, Class::Tensor, None));
+    }
+    if m.has("wait_group") {
+        // The group count is an operand; decode_inst moves it into the op.
+        return Ok((Op::WgmmaWait(u32::MAX), Class::Tensor, None));
+    }
+    if !m.has("mma_async") {
+        return Err("wgmma: only .fence, .commit_group, .wait_group and .mma_async".into());
+    }
+    let n = m
+        .take_shape(|s| {
+            let n: u16 = s.strip_prefix("m64n")?.strip_suffix("k16")?.parse().ok()?;
+            (n.is_multiple_of(8) && (8..=256).contains(&n)).then_some(n)
+        })
+        .ok_or("wgmma.mma_async: only the shapes .m64nNk16 (N = 8, 16, ..., 256)")?;
+    let t = m.types();
+    if t.as_slice() != [Ty::F32, Ty::Bf16, Ty::Bf16] {
+        return Err(format!(
+            "wgmma.mma_async types {t:?}: only .f32.bf16.bf16 is supported"
+        ));
+    }
+    Ok((Op::Wgmma(n), Class::Tensor, None))
 }
 
 fn decode_cvt(m: &mut Mods, nraw: usize) -> Result<Decoded, String> {

@@ -625,6 +625,24 @@ impl<'a> Launch<'a> {
                     w.st[l] = St::Run;
                 }
             }
+            Op::FenceProxyAsync => shared.fence_async(w.id),
+            Op::WgmmaFence | Op::WgmmaCommit | Op::WgmmaWait(_) | Op::Wgmma(_) => {
+                if active != group || active.count_ones() != w.lanes || w.lanes != 32 {
+                    return Err("wgmma .sync.aligned needs all 32 lanes of the warp".into());
+                }
+                if let Op::Wgmma(n) = inst.op {
+                    self.wgmma_issue(w, n, ops, pc, ctaid, shared, cur)?;
+                } else if let Op::WgmmaWait(keep) = inst.op {
+                    self.wgmma_wait(w, keep, shared)?;
+                } else if inst.op == Op::WgmmaCommit {
+                    self.wgmma_commit(w);
+                } else {
+                    self.wgmma_fence(w);
+                }
+                for l in lanes_of(group) {
+                    w.st[l] = St::Run;
+                }
+            }
             Op::CpAsync(size) => {
                 for l in lanes_of(active) {
                     *cur = Some(l as u32);

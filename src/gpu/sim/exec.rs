@@ -15,6 +15,7 @@ use super::counters::Counters;
 use super::intmath::mask;
 use super::ir::{Kernel, Op, Operand, Sreg};
 use super::memory::{GlobalMem, SharedMem, POISON};
+use super::wgmma::{check_warpgroups, WgmmaState};
 use crate::gpu::driver::LaunchConfig;
 
 /// A fault inside a CTA: the lane (if one) and what went wrong.
@@ -57,6 +58,8 @@ pub(super) struct Warp {
     pub(super) groups: Vec<VecDeque<Vec<PendingCopy>>>,
     /// Each lane's `.local` memory, `local_bytes` per lane.
     pub(super) local: Vec<u8>,
+    /// The warp's `wgmma` instructions in flight.
+    pub(super) wgmma: WgmmaState,
 }
 
 /// Everything one launch needs.
@@ -111,6 +114,7 @@ impl<'a> Launch<'a> {
                     uncommitted: (0..32).map(|_| Vec::new()).collect(),
                     groups: (0..32).map(|_| VecDeque::new()).collect(),
                     local: Vec::new(),
+                    wgmma: WgmmaState::default(),
                 })
                 .collect();
         }
@@ -124,6 +128,7 @@ impl<'a> Launch<'a> {
             w.uncommitted.iter_mut().for_each(Vec::clear);
             w.groups.iter_mut().for_each(VecDeque::clear);
             w.local.clear();
+            w.wgmma.reset();
             w.local.resize(32 * self.k.local_bytes as usize, POISON);
             for &(r, v) in &self.k.const_regs {
                 for l in 0..32 {
@@ -132,7 +137,16 @@ impl<'a> Launch<'a> {
                 w.init[r as usize] = u32::MAX;
             }
         }
-        let r = self.run_warps(&mut warps, ctaid, shared);
+        let r = self.run_warps(&mut warps, ctaid, shared).and_then(|()| {
+            let logs: Vec<&[(u16, u64, u64)]> =
+                warps.iter().map(|w| w.wgmma.log.as_slice()).collect();
+            check_warpgroups(&logs).map_err(|msg| Fault {
+                lane: None,
+                pc: 0,
+                warp: 0,
+                msg,
+            })
+        });
         self.warps = warps;
         r
     }

@@ -498,6 +498,19 @@ pub enum Op {
     /// `mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32 d, a, b, c`; true
     /// for bf16 inputs.
     Mma(bool),
+    /// `fence.proxy.async{.shared::cta}`: this warp's shared-memory writes become visible to
+    /// the async proxy (what `wgmma.mma_async` reads through).
+    FenceProxyAsync,
+    /// `wgmma.fence.sync.aligned`.
+    WgmmaFence,
+    /// `wgmma.commit_group.sync.aligned`.
+    WgmmaCommit,
+    /// `wgmma.wait_group.sync.aligned n`: waits until at most `n` committed groups are
+    /// pending.
+    WgmmaWait(u32),
+    /// `wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 d, a-desc, b-desc, scale-d,
+    /// imm-scale-a, imm-scale-b, imm-trans-a, imm-trans-b` (both operands in shared memory).
+    Wgmma(u16),
 }
 
 impl Op {
@@ -506,7 +519,15 @@ impl Op {
     pub fn is_warp_collective(&self) -> bool {
         matches!(
             self,
-            Op::Shfl(_) | Op::Vote(_) | Op::Redux(..) | Op::Ldmatrix { .. } | Op::Mma(_)
+            Op::Shfl(_)
+                | Op::Vote(_)
+                | Op::Redux(..)
+                | Op::Ldmatrix { .. }
+                | Op::Mma(_)
+                | Op::WgmmaFence
+                | Op::WgmmaCommit
+                | Op::WgmmaWait(_)
+                | Op::Wgmma(_)
         )
     }
 }
@@ -528,7 +549,7 @@ pub enum Class {
     Control,
     /// Barriers and warp collectives (except tensor).
     Sync,
-    /// `ldmatrix` and `mma`.
+    /// `ldmatrix`, `mma` and `wgmma`.
     Tensor,
 }
 

@@ -104,6 +104,9 @@ struct Shadow {
     /// A reader of this epoch from a different warp than `r_tid`'s, if any.
     r2_tid: u32,
     pending: bool,
+    /// Written through the generic proxy (a store or a cp.async) and not yet fenced for the
+    /// async proxy by the writing warp.
+    unfenced: bool,
 }
 
 const FRESH: Shadow = Shadow {
@@ -113,6 +116,7 @@ const FRESH: Shadow = Shadow {
     r_tid: NONE,
     r2_tid: NONE,
     pending: false,
+    unfenced: false,
 };
 
 /// One CTA's shared memory. Threads are named by their linear index in the CTA; the warp
@@ -211,6 +215,38 @@ impl SharedMem {
             }
             s.w_epoch = epoch;
             s.w_tid = tid;
+            s.unfenced = true;
+        }
+        Ok(())
+    }
+
+    /// Whether a cp.async into any of these bytes is unfinished.
+    pub fn any_pending(&self, addr: usize, len: usize) -> bool {
+        self.shadow[addr..addr + len].iter().any(|s| s.pending)
+    }
+
+    /// `fence.proxy.async` by warp `warp`: the bytes it wrote last become visible to the
+    /// async proxy.
+    pub fn fence_async(&mut self, warp: u32) {
+        for s in &mut self.shadow {
+            if s.unfenced && s.w_tid / 32 == warp {
+                s.unfenced = false;
+            }
+        }
+    }
+
+    /// An error if the async proxy (a `wgmma` operand read) would not see the last write of
+    /// these bytes: written by a store or cp.async with no `fence.proxy.async` after it.
+    pub fn check_async_visible(&self, addr: usize, len: usize) -> Result<(), String> {
+        for (i, s) in self.shadow[addr..addr + len].iter().enumerate() {
+            if s.unfenced {
+                return Err(format!(
+                    "wgmma reads shared address 0x{:x}, written by thread {} with no \
+                     fence.proxy.async between the write and the read",
+                    addr + i,
+                    s.w_tid
+                ));
+            }
         }
         Ok(())
     }

@@ -21,6 +21,7 @@ mod memory;
 pub mod parse;
 mod warp_io;
 pub mod warp_ops;
+pub mod wgmma;
 
 pub use counters::Counters;
 pub use driver::PtxSim;

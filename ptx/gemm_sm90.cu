@@ -1,21 +1,26 @@
 // ptx-arch: compute_90a
 //
-// The bf16 GEMM of gemm.cu (`gemm_bf16_nt`: C = alpha * A B^T + beta * C + bias, A [m, k]
-// and B [n, k] both k-contiguous, f32 C) on Hopper's warpgroup tensor-core instruction
-// `wgmma.mma_async`, which needs sm_90a: this file is compiled for compute_90a (the line
-// above tells scripts/ptx.sh) and its module loads only on a compute-capability 9.0 GPU.
+// The bf16 GEMMs of gemm.cu (C = alpha * op(A) op(B) + beta * C + bias, f32 C, the four
+// layouts and the three epilogue stages, with gemm.cu's arguments and meaning) on Hopper's
+// warpgroup tensor-core instruction `wgmma.mma_async`, which needs sm_90a: this file is
+// compiled for compute_90a (the line above tells scripts/ptx.sh) and its module loads only
+// on a compute-capability 9.0 GPU.
 //
-// gemm_bf16_nt_wgmma_<BN>: a 128 x BN output tile per CTA (BN = 128 or 256), 256 threads
-//   as two warpgroups of 64 x BN each. k-tiles of 64 are loaded with cp.async into a ring
-//   of STAGES stages, in the canonical no-swizzle k-major layout wgmma reads: 8 x 8-element
-//   "core matrices" of 128 contiguous bytes, the 8 core matrices of a k-tile's row block side
-//   by side (leading byte offset 128), row blocks 1,024 bytes apart (stride byte offset).
+// gemm_bf16_<layout>_wgmma_<BN>, gemm_bf16_{nn,nt}_{gelu,residual,gelu_grad}_wgmma_<BN>: a
+//   128 x BN output tile per CTA (BN = 128 or 256), 256 threads as two warpgroups of 64 x BN
+//   each. k-tiles of 64 are loaded with cp.async into a ring of STAGES stages, in the
+//   canonical no-swizzle layouts wgmma reads: "core matrices" of 128 contiguous bytes, eight
+//   16-byte rows (k-major: 8 rows of 8 k values; MN-major, the transposed operand: 8 k values
+//   of 8 consecutive rows each, read with imm-trans 1), the 8 core matrices along k of a block
+//   of 8 rows 128 bytes apart (leading byte offset), blocks of 8 rows 1,024 bytes apart
+//   (stride byte offset); both majors take the same descriptors.
 //   Each k-tile is four m64nBNk16 instructions per warpgroup, issued asynchronously: the
 //   batch of k-tile kt runs while the threads wait for k-tile kt + 1 and issue the load of
 //   kt + STAGES - 2 into the stage of kt - 2, which the barrier proves no batch still reads
 //   (`wgmma.wait_group 1` leaves at most the newest batch in flight).
 //   Requirements the host checks (as for gemm.cu): lda, ldb and the batch strides multiples
-//   of 8 elements, a and b 16-byte aligned. Ragged edges: cp.async's zero-fill.
+//   of 8 elements, a and b 16-byte aligned. Ragged edges: cp.async's zero-fill. The epilogue
+//   stages: gemm.cu's, copied (each .cu is self-contained).
 //   Launch: block (256), grid (ceil(n / BN), ceil(m / 128), batch), dynamic shared memory
 //   STAGES * (128 + BN) * 64 * 2 bytes (needs the opt-in above 48 KiB).
 //
@@ -25,7 +30,7 @@
 // round a step differently, so this kernel's bits need not be gemm.cu's.
 //
 // Epilogue: v = alpha * acc; if beta != 0, v = fma(beta, C, v); with GEMM_HAS_BIAS,
-// v += bias[j]; each step rounded, as gemm.cu's `epilogue`.
+// v += bias[j]; each step rounded, as gemm.cu's `epilogue`; then the stage.
 
 #include <cuda_bf16.h>
 
@@ -40,6 +45,90 @@ __device__ __forceinline__ float epilogue(float acc, float alpha, float beta, co
   if (beta != 0.0f) v = fmaf(beta, *cij, v);
   if (flags & GEMM_HAS_BIAS) v = __fadd_rn(v, bias[j]);
   return v;
+}
+
+enum GemmEpilogue {
+  GEMM_EPI_NONE = 0,
+  GEMM_EPI_GELU = 1,
+  GEMM_EPI_RESIDUAL = 2,
+  GEMM_EPI_GELU_GRAD = 3,
+};
+
+// e^y for y in [-87, 0] (the caller guarantees it): the CPU's `exp_neg_f32_with`, as in
+// elementwise.cu (each .cu is self-contained).
+__device__ __forceinline__ float exp_neg(float y) {
+  const float ROUND = 12582912.0f;
+  const float LN2_HI = 0.693115234375f;
+  const float LN2_LO = 3.1946183e-5f;
+  float t = __fadd_rn(__fmul_rn(y, 1.44269504088896341f), ROUND);
+  float n = __fsub_rn(t, ROUND);
+  float r = __fsub_rn(__fsub_rn(y, __fmul_rn(n, LN2_HI)), __fmul_rn(n, LN2_LO));
+  float p = 1.3941108e-3f;
+  p = fmaf(p, r, 8.375126e-3f);
+  p = fmaf(p, r, 4.1666353e-2f);
+  p = fmaf(p, r, 0.16666416f);
+  p = fmaf(p, r, 0.5f);
+  p = fmaf(p, r, 1.0f);
+  p = fmaf(p, r, 1.0f);
+  unsigned biased = __float_as_uint(t) - __float_as_uint(ROUND) + 127u;
+  return __fmul_rn(p, __uint_as_float(biased << 23));
+}
+
+// The crate's f32 erf (src/tensor/element.rs, `erf_f32_with`), Horner steps fused.
+__device__ __forceinline__ float erf_crate(float x) {
+  float ax = fabsf(x);
+  float u = __fmul_rn(x, x);
+  float s = -6.0040812e-4f;
+  s = fmaf(s, u, 4.9960202e-3f);
+  s = fmaf(s, u, -2.6768757e-2f);
+  s = fmaf(s, u, 0.11281882f);
+  s = fmaf(s, u, -0.37612501f);
+  s = fmaf(s, u, 1.1283792f);
+  float small = __fmul_rn(x, s);
+  float t = __fmul_rn(__fsub_rn(ax < 4.0f ? ax : 4.0f, 2.4609375f), 1.0f / 1.5390625f);
+  float q = -2.5252094e-6f;
+  q = fmaf(q, t, 5.084193e-5f);
+  q = fmaf(q, t, -2.7686909e-4f);
+  q = fmaf(q, t, 1.0778235e-3f);
+  q = fmaf(q, t, -3.7927477e-3f);
+  q = fmaf(q, t, 1.2618846e-2f);
+  q = fmaf(q, t, -4.084164e-2f);
+  q = fmaf(q, t, 0.13596158f);
+  q = fmaf(q, t, -0.5496212f);
+  q = fmaf(q, t, -1.5429524f);
+  q = __fsub_rn(q, fminf(u, 16.0f));
+  float large = copysignf(__fsub_rn(1.0f, exp_neg(q)), x);
+  float r = ax <= 0.921875f ? small : large;
+  return isnan(x) ? x : r;
+}
+
+__device__ __forceinline__ float gelu(float x) {
+  float e = erf_crate(__fmul_rn(x, 0.70710678118654752f));
+  return __fmul_rn(__fmul_rn(0.5f, x), __fadd_rn(1.0f, e));
+}
+
+// gelu'(x) = Phi(x) + x phi(x), as elementwise.cu's gelu_grad (BINARY_GELU_BACKWARD), step for
+// step. Copied rather than included: scripts/ptx.sh stamps each .ptx with the hash of its
+// one .cu, so a shared header could change without `check` noticing.
+__device__ __forceinline__ float gelu_grad(float x) {
+  float cdf = __fmul_rn(0.5f, __fadd_rn(1.0f, erf_crate(__fmul_rn(x, 0.70710678118654752f))));
+  float pdf = __fmul_rn(0.3989423f, exp_neg(fmaxf(__fmul_rn(__fmul_rn(-0.5f, x), x), -87.0f)));
+  return __fadd_rn(cdf, __fmul_rn(x, pdf));
+}
+
+// The second epilogue stage of both GEMMs on an output value v at (i, j) of batch z, over
+// aux[z * c_bs + i * aux_rs + j] (unread for GEMM_EPI_NONE).
+template <int EPI>
+__device__ __forceinline__ float epilogue_stage(float v, float* aux, unsigned z, unsigned c_bs,
+                                                unsigned i, unsigned aux_rs, unsigned j) {
+  if (EPI == GEMM_EPI_NONE) return v;
+  float* at = aux + (size_t)z * c_bs + (size_t)i * aux_rs + j;
+  if (EPI == GEMM_EPI_GELU) {
+    *at = v;
+    return gelu(v);
+  }
+  if (EPI == GEMM_EPI_RESIDUAL) return __fadd_rn(*at, v);
+  return __fmul_rn(v, gelu_grad(*at));
 }
 
 extern __shared__ __align__(128) unsigned char wg_dynamic_smem[];
@@ -88,7 +177,9 @@ __device__ __forceinline__ unsigned long long smem_desc(unsigned addr, unsigned 
 }
 
 // One wgmma.mma_async.m64nNk16 with f32 accumulators d (N / 2 per thread) added to
-// (scale-d 1): A and B from shared memory through their descriptors, neither transposed.
+// (scale-d 1): A and B from shared memory through their descriptors, TA / TB 1 for an
+// MN-major (transposed) operand.
+template <int TA, int TB>
 __device__ __forceinline__ void wgmma_n128(float* d, unsigned long long da,
                                           unsigned long long db) {
   asm volatile(
@@ -98,7 +189,7 @@ __device__ __forceinline__ void wgmma_n128(float* d, unsigned long long da,
       "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
       "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
       "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-      "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      "}, %64, %65, p, 1, 1, %67, %68;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
         "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
         "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
@@ -110,9 +201,10 @@ __device__ __forceinline__ void wgmma_n128(float* d, unsigned long long da,
         "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]),
         "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
         "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "l"(da), "l"(db), "r"(1));
+      : "l"(da), "l"(db), "r"(1), "n"(TA), "n"(TB));
 }
 
+template <int TA, int TB>
 __device__ __forceinline__ void wgmma_n256(float* d, unsigned long long da,
                                           unsigned long long db) {
   asm volatile(
@@ -126,7 +218,7 @@ __device__ __forceinline__ void wgmma_n256(float* d, unsigned long long da,
       "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
       "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
       "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
-      "}, %128, %129, p, 1, 1, 0, 0;\n}\n"
+      "}, %128, %129, p, 1, 1, %131, %132;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
         "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
         "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
@@ -149,7 +241,7 @@ __device__ __forceinline__ void wgmma_n256(float* d, unsigned long long da,
         "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
         "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]),
         "+f"(d[126]), "+f"(d[127])
-      : "l"(da), "l"(db), "r"(1));
+      : "l"(da), "l"(db), "r"(1), "n"(TA), "n"(TB));
 }
 
 #define WG_BM 128
@@ -164,12 +256,13 @@ struct WgTile {
   static constexpr int SMEM_BYTES = STAGES * (A_STAGE + B_STAGE);
 };
 
-// Loads rows [row0, row0 + ROWS) x k [k0, k0 + 64) of a k-contiguous operand (element (r, l)
-// at g[r * ld + l], bounded by (row_lim, k_lim)) into the canonical layout at `s`: the
+// Loads rows [row0, row0 + ROWS) x k [k0, k0 + 64) of an operand, bounded by (row_lim,
+// k_lim), into the canonical layout at `s`. K-major (element (r, l) at g[r * ld + l]): the
 // 16-byte chunk of row r and k-chunk c goes to (r / 8) * 1024 + c * 128 + (r % 8) * 16.
-// Consecutive threads take consecutive rows of one core matrix, so each 8 threads fill 128
-// contiguous bytes (no bank conflicts) and each 32 read 8 rows x 64 bytes of global memory.
-template <int ROWS>
+// MN-major (element (r, l) at g[l * ld + r]): the chunk of rows 8 b .. 8 b + 7 at k = l goes
+// to b * 1024 + l * 16. Either way each 8 consecutive threads fill 128 contiguous bytes (no
+// bank conflicts) and each 32 read 8 lines x 64 bytes of global memory.
+template <int ROWS, bool KMAJOR>
 __device__ __forceinline__ void load_ktile(unsigned char* s, const __nv_bfloat16* __restrict__ g,
                                            unsigned ld, unsigned row0, unsigned k0,
                                            unsigned row_lim, unsigned k_lim) {
@@ -178,24 +271,34 @@ __device__ __forceinline__ void load_ktile(unsigned char* s, const __nv_bfloat16
 #pragma unroll
   for (int q = 0; q < CHUNKS / 256; ++q) {
     unsigned e = threadIdx.x + 256 * q;
-    unsigned r = (e & 7) | (e >> 6) << 3, c = (e >> 3) & 7;
-    unsigned gr = row0 + r, gc = k0 + c * 8;
-    unsigned valid = gr < row_lim && gc < k_lim ? min(k_lim - gc, 8u) : 0u;
-    // A chunk with nothing to read points at the operand's start, which is always mapped.
-    const __nv_bfloat16* src = valid ? g + (size_t)gr * ld + gc : g;
-    cp_async16_zfill(s + (r >> 3) * WG_ROW_BLOCK + c * 128 + (r & 7) * 16, src, 2 * valid);
+    if (KMAJOR) {
+      unsigned r = (e & 7) | (e >> 6) << 3, c = (e >> 3) & 7;
+      unsigned gr = row0 + r, gc = k0 + c * 8;
+      unsigned valid = gr < row_lim && gc < k_lim ? min(k_lim - gc, 8u) : 0u;
+      // A chunk with nothing to read points at the operand's start, which is always mapped.
+      const __nv_bfloat16* src = valid ? g + (size_t)gr * ld + gc : g;
+      cp_async16_zfill(s + (r >> 3) * WG_ROW_BLOCK + c * 128 + (r & 7) * 16, src, 2 * valid);
+    } else {
+      constexpr unsigned BLOCKS = ROWS / 8;
+      unsigned b = (e >> 3) % BLOCKS, l = (e & 7) | (e >> 3) / BLOCKS << 3;
+      unsigned gr = row0 + b * 8, gl = k0 + l;
+      unsigned valid = gl < k_lim && gr < row_lim ? min(row_lim - gr, 8u) : 0u;
+      const __nv_bfloat16* src = valid ? g + (size_t)gl * ld + gr : g;
+      cp_async16_zfill(s + b * WG_ROW_BLOCK + l * 16, src, 2 * valid);
+    }
   }
 }
 
-template <int BN, int STAGES>
-__device__ __forceinline__ void gemm_bf16_nt_wgmma(float* __restrict__ c,
-                                                   const __nv_bfloat16* __restrict__ a,
-                                                   const __nv_bfloat16* __restrict__ b,
-                                                   const float* __restrict__ bias, unsigned m,
-                                                   unsigned n, unsigned k, unsigned lda,
-                                                   unsigned ldb, unsigned ldc, unsigned a_bs,
-                                                   unsigned b_bs, unsigned c_bs, float alpha,
-                                                   float beta, unsigned flags) {
+template <int BN, int STAGES, bool A_KMAJOR, bool B_KMAJOR, int EPI>
+__device__ __forceinline__ void gemm_bf16_wgmma(float* __restrict__ c,
+                                                const __nv_bfloat16* __restrict__ a,
+                                                const __nv_bfloat16* __restrict__ b,
+                                                const float* __restrict__ bias, float* aux,
+                                                unsigned m, unsigned n, unsigned k,
+                                                unsigned lda, unsigned ldb, unsigned ldc,
+                                                unsigned aux_rs, unsigned a_bs, unsigned b_bs,
+                                                unsigned c_bs, float alpha, float beta,
+                                                unsigned flags) {
   using T = WgTile<BN, STAGES>;
   static_assert(STAGES >= 3, "the ring keeps one stage for the batch still in flight");
   unsigned char* As = wg_dynamic_smem;
@@ -211,8 +314,8 @@ __device__ __forceinline__ void gemm_bf16_nt_wgmma(float* __restrict__ c,
   for (int i = 0; i < BN / 2; ++i) acc[i] = 0.0f;
 
   auto load = [&](int stage, unsigned k0) {
-    load_ktile<WG_BM>(As + stage * T::A_STAGE, a, lda, m0, k0, m, k);
-    load_ktile<BN>(Bs + stage * T::B_STAGE, b, ldb, n0, k0, n, k);
+    load_ktile<WG_BM, A_KMAJOR>(As + stage * T::A_STAGE, a, lda, m0, k0, m, k);
+    load_ktile<BN, B_KMAJOR>(Bs + stage * T::B_STAGE, b, ldb, n0, k0, n, k);
   };
 
   // One cp.async group per k-tile (empty past the last): at iteration kt, STAGES - 2 + kt
@@ -244,9 +347,9 @@ __device__ __forceinline__ void gemm_bf16_nt_wgmma(float* __restrict__ c,
       unsigned long long db =
           smem_desc(b_base + stage * T::B_STAGE + ks * 256, 128, WG_ROW_BLOCK);
       if (BN == 256) {
-        wgmma_n256(acc, da, db);
+        wgmma_n256<!A_KMAJOR, !B_KMAJOR>(acc, da, db);
       } else {
-        wgmma_n128(acc, da, db);
+        wgmma_n128<!A_KMAJOR, !B_KMAJOR>(acc, da, db);
       }
     }
     wgmma_commit();
@@ -254,35 +357,82 @@ __device__ __forceinline__ void gemm_bf16_nt_wgmma(float* __restrict__ c,
   }
   wgmma_wait<0>();
 
+  // The accumulators go through shared memory (the ring is free once every batch has
+  // retired and the barrier has passed), so that the epilogue walks C row by row, a warp
+  // storing 32 consecutive floats, in one loop rather than one copy per accumulator.
   // Accumulator i of lane (g, t) of warp w in the warpgroup: row 16 w + g + 8 ((i / 2) % 2),
   // columns 8 (i / 4) + 2 t + (i % 2) (the m16n8 C fragment, once per 8 columns).
+  constexpr int CS = BN + 8;  // row stride: conflict-free float2 stores of fragments
+  static_assert(WG_BM * CS * 4 <= T::SMEM_BYTES, "the C tile must fit the stages' memory");
+  float* cs = reinterpret_cast<float*>(wg_dynamic_smem);
+  __syncthreads();
   unsigned lane = threadIdx.x & 31, w = (threadIdx.x >> 5) & 3;
   unsigned g = lane >> 2, t = lane & 3;
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    unsigned i = m0 + wg * 64 + w * 16 + g + 8 * h;
-    if (i >= m) continue;
-    float* crow = c + (size_t)i * ldc;
+  for (int h = 0; h < 2; ++h)
 #pragma unroll
     for (int f = 0; f < BN / 8; ++f) {
-      unsigned j = n0 + f * 8 + 2 * t;
-      if (j < n) crow[j] = epilogue(acc[4 * f + 2 * h], alpha, beta, crow + j, bias, j, flags);
-      if (j + 1 < n)
-        crow[j + 1] =
-            epilogue(acc[4 * f + 2 * h + 1], alpha, beta, crow + j + 1, bias, j + 1, flags);
+      unsigned r = wg * 64 + w * 16 + g + 8 * h;
+      *reinterpret_cast<float2*>(cs + r * CS + f * 8 + 2 * t) =
+          make_float2(acc[4 * f + 2 * h], acc[4 * f + 2 * h + 1]);
     }
+  __syncthreads();
+  static_assert(256 % BN == 0, "each thread keeps one column");
+  unsigned col = threadIdx.x % BN, j = n0 + col;
+  if (j >= n) return;
+  constexpr unsigned ROW_STEP = 256 / BN;
+  unsigned rows = min(m - m0, (unsigned)WG_BM);
+  auto store = [&](unsigned r) {
+    unsigned i = m0 + r;
+    float* cij = c + (size_t)i * ldc + j;
+    float v = epilogue(cs[r * CS + col], alpha, beta, cij, bias, j, flags);
+    *cij = epilogue_stage<EPI>(v, aux, blockIdx.z, c_bs, i, aux_rs, j);
+  };
+  if (EPI == GEMM_EPI_NONE) {
+#pragma unroll 4
+    for (unsigned r = threadIdx.x / BN; r < rows; r += ROW_STEP) store(r);
+  } else {
+#pragma unroll 1
+    for (unsigned r = threadIdx.x / BN; r < rows; r += ROW_STEP) store(r);
   }
 }
 
-#define GEMM_WGMMA_ENTRY(NAME, BN, STAGES)                                                   \
+// Entries: gemm.cu's names with `_wgmma_<BN>`; the same parameters.
+#define GEMM_WGMMA_ENTRY(NAME, BN, AK, BK)                                                   \
   extern "C" __global__ void __launch_bounds__(256, 1)                                       \
       NAME(float* __restrict__ c, const __nv_bfloat16* __restrict__ a,                      \
            const __nv_bfloat16* __restrict__ b, const float* __restrict__ bias, unsigned m, \
            unsigned n, unsigned k, unsigned lda, unsigned ldb, unsigned ldc, unsigned a_bs, \
            unsigned b_bs, unsigned c_bs, float alpha, float beta, unsigned flags) {         \
-    gemm_bf16_nt_wgmma<BN, STAGES>(c, a, b, bias, m, n, k, lda, ldb, ldc, a_bs, b_bs, c_bs,  \
-                                   alpha, beta, flags);                                      \
+    gemm_bf16_wgmma<BN, 4, AK, BK, GEMM_EPI_NONE>(c, a, b, bias, nullptr, m, n, k, lda, ldb, \
+                                                  ldc, 0, a_bs, b_bs, c_bs, alpha, beta,     \
+                                                  flags);                                    \
   }
 
-GEMM_WGMMA_ENTRY(gemm_bf16_nt_wgmma_128, 128, 4)
-GEMM_WGMMA_ENTRY(gemm_bf16_nt_wgmma_256, 256, 4)
+GEMM_WGMMA_ENTRY(gemm_bf16_nn_wgmma_128, 128, true, false)
+GEMM_WGMMA_ENTRY(gemm_bf16_nt_wgmma_128, 128, true, true)
+GEMM_WGMMA_ENTRY(gemm_bf16_tn_wgmma_128, 128, false, false)
+GEMM_WGMMA_ENTRY(gemm_bf16_tt_wgmma_128, 128, false, true)
+GEMM_WGMMA_ENTRY(gemm_bf16_nn_wgmma_256, 256, true, false)
+GEMM_WGMMA_ENTRY(gemm_bf16_nt_wgmma_256, 256, true, true)
+GEMM_WGMMA_ENTRY(gemm_bf16_tn_wgmma_256, 256, false, false)
+GEMM_WGMMA_ENTRY(gemm_bf16_tt_wgmma_256, 256, false, true)
+
+// The epilogue stages, as gemm.cu's GEMM_BF16_EPI_ENTRY: A stored as is, B either way.
+#define GEMM_WGMMA_EPI_ENTRY(NAME, BN, BK, EPI)                                              \
+  extern "C" __global__ void __launch_bounds__(256, 1)                                       \
+      NAME(float* __restrict__ c, const __nv_bfloat16* __restrict__ a,                      \
+           const __nv_bfloat16* __restrict__ b, const float* __restrict__ bias,             \
+           float* __restrict__ aux, unsigned m, unsigned n, unsigned k, unsigned lda,       \
+           unsigned ldb, unsigned ldc, unsigned aux_rs, unsigned a_bs, unsigned b_bs,       \
+           unsigned c_bs, float alpha, float beta, unsigned flags) {                        \
+    gemm_bf16_wgmma<BN, 4, true, BK, EPI>(c, a, b, bias, aux, m, n, k, lda, ldb, ldc, aux_rs, \
+                                          a_bs, b_bs, c_bs, alpha, beta, flags);             \
+  }
+
+GEMM_WGMMA_EPI_ENTRY(gemm_bf16_nn_gelu_wgmma_256, 256, false, GEMM_EPI_GELU)
+GEMM_WGMMA_EPI_ENTRY(gemm_bf16_nn_residual_wgmma_256, 256, false, GEMM_EPI_RESIDUAL)
+GEMM_WGMMA_EPI_ENTRY(gemm_bf16_nn_gelu_grad_wgmma_256, 256, false, GEMM_EPI_GELU_GRAD)
+GEMM_WGMMA_EPI_ENTRY(gemm_bf16_nt_gelu_wgmma_256, 256, true, GEMM_EPI_GELU)
+GEMM_WGMMA_EPI_ENTRY(gemm_bf16_nt_residual_wgmma_256, 256, true, GEMM_EPI_RESIDUAL)
+GEMM_WGMMA_EPI_ENTRY(gemm_bf16_nt_gelu_grad_wgmma_256, 256, true, GEMM_EPI_GELU_GRAD)

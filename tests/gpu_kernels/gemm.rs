@@ -11,8 +11,9 @@
 use half::bf16;
 use tarflow::backend::{BinaryOp, UnaryOp};
 use tarflow::gpu::kernels::{
-    binary_f32, gemm_bf16_epilogue, gemm_bf16_on, gemm_bf16_split_k, gemm_f32, gemm_f32_epilogue,
-    strided_copy_f32, unary_f32, Bf16Layout, Bf16Tile, GemmBf16, GemmEpilogue, GemmF32,
+    binary_f32, gemm_bf16_epilogue, gemm_bf16_on, gemm_bf16_split_k, gemm_bf16_wgmma, gemm_f32,
+    gemm_f32_epilogue, strided_copy_f32, unary_f32, Bf16Layout, Bf16Tile, GemmBf16, GemmEpilogue,
+    GemmF32, WgmmaTile,
 };
 use tarflow::gpu::{DevicePtr, Driver};
 use tarflow::{Rng, Tensor};
@@ -316,29 +317,63 @@ fn bf16_product(
     }
 }
 
-/// `[m, n]` outputs ragged against `tile` in both directions: three tiles and a part on the
-/// large one, two and a part on the small one.
-fn ragged(tile: Bf16Tile) -> (usize, usize) {
+/// A tile of either family: gemm.cu's `mma.sync` tiles or gemm_sm90.cu's warpgroup tiles.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Tile {
+    Mma(Bf16Tile),
+    Wgmma(WgmmaTile),
+}
+
+/// The bf16 product `g` (with `epi`) on `tile`.
+fn run(d: &dyn Driver, g: &GemmBf16, epi: Option<GemmEpilogue>, tile: Tile) -> tarflow::Result<()> {
     match tile {
-        Bf16Tile::Small => (150, 141),
-        Bf16Tile::Large => (300, 270),
+        Tile::Mma(t) => gemm_bf16_on(d, g, epi, t),
+        Tile::Wgmma(t) => gemm_bf16_wgmma(d, g, epi, t),
     }
 }
 
-const TILES: [Bf16Tile; 2] = [Bf16Tile::Small, Bf16Tile::Large];
+/// The tiles `d` runs: the warpgroup ones need compute capability 9.0 on a GPU (the
+/// interpreter runs them all).
+fn tiles(d: &dyn Driver) -> Vec<Tile> {
+    let mut all = vec![Tile::Mma(Bf16Tile::Small), Tile::Mma(Bf16Tile::Large)];
+    match d.compute_capability().unwrap() {
+        Some(cc) if cc != (9, 0) => {
+            println!("{}: wgmma skipped: compute capability {cc:?}", d.name())
+        }
+        _ => all.extend([Tile::Wgmma(WgmmaTile::N128), Tile::Wgmma(WgmmaTile::N256)]),
+    }
+    all
+}
+
+/// `[m, n]` outputs ragged against `tile` in both directions: three tiles and a part on the
+/// large ones, two and a part on the small one.
+fn ragged(tile: Tile) -> (usize, usize) {
+    match tile {
+        Tile::Mma(Bf16Tile::Small) => (150, 141),
+        Tile::Mma(Bf16Tile::Large) => (300, 270),
+        Tile::Wgmma(t) => (3 * 128 + 45, 3 * t.cols() + 37),
+    }
+}
+
+/// A k of three full k-tiles and a ragged one (not a multiple of 8, so the last chunk of 8
+/// crosses the edge): k-tiles of 32 on the `mma.sync` tiles, 64 on the warpgroup ones.
+fn ragged_k(tile: Tile) -> usize {
+    match tile {
+        Tile::Mma(_) => 3 * 32 + 19,
+        Tile::Wgmma(_) => 3 * 64 + 19,
+    }
+}
 
 fn bf16_layouts(d: &dyn Driver) {
-    for tile in TILES {
+    for tile in tiles(d) {
         bf16_layouts_on(d, tile);
     }
 }
 
-fn bf16_layouts_on(d: &dyn Driver, tile: Bf16Tile) {
+fn bf16_layouts_on(d: &dyn Driver, tile: Tile) {
     let mut rng = Rng::new(53);
-    // m, n ragged against the tile; k = 3 k-tiles of 32 + 19 (not a multiple of 8, so the
-    // last chunk of 8 crosses the edge).
     let (m, n) = ragged(tile);
-    let (k, batch) = (115usize, 2usize);
+    let (k, batch) = (ragged_k(tile), 2usize);
     let (alpha, beta) = (1.25f32, 1.0f32);
     for layout in [
         Bf16Layout::NN,
@@ -362,7 +397,7 @@ fn bf16_layouts_on(d: &dyn Driver, tile: Bf16Tile) {
             alpha,
             beta,
         );
-        gemm_bf16_on(d, &g, None, tile).unwrap();
+        run(d, &g, None, tile).unwrap();
         let got = download::<f32>(d, c, batch * m * n);
         for z in 0..batch {
             let (ao, bo) = (z * a.batch_stride, z * b.batch_stride);
@@ -399,7 +434,7 @@ fn bf16_edges(d: &dyn Driver) {
         Bf16Layout::TT,
     ]
     .into_iter()
-    .flat_map(|l| TILES.map(|t| (l, t)))
+    .flat_map(|l| tiles(d).into_iter().map(move |t| (l, t)))
     {
         let mut a = vec![0x7fc0u16; 8];
         let mut b = vec![0x7fc0u16; 8];
@@ -425,7 +460,7 @@ fn bf16_edges(d: &dyn Driver) {
             alpha: 1.0,
             beta: 0.0,
         };
-        gemm_bf16_on(d, &g, None, tile).unwrap();
+        run(d, &g, None, tile).unwrap();
         let got = download::<f32>(d, c, 2);
         assert_eq!(
             got[0],
@@ -447,7 +482,7 @@ fn bf16_edges(d: &dyn Driver) {
             beta: 2.0,
             ..g
         };
-        gemm_bf16_on(d, &zero_k, None, tile).unwrap();
+        run(d, &zero_k, None, tile).unwrap();
         let what = format!("{layout:?} {tile:?} with k = 0 on {}", d.name());
         assert_bits(&what, &download::<f32>(d, c, 3), &[12.0, 24.0, 36.0]);
     }
@@ -635,23 +670,31 @@ fn bf16_layouts_agree(d: &dyn Driver) {
             0.75,
             0.0,
         );
-        for tile in TILES {
+        for tile in tiles(d) {
             let c = poisoned_f32(d, batch * m * n);
-            gemm_bf16_on(d, &GemmBf16 { c, ..g }, None, tile).unwrap();
+            run(d, &GemmBf16 { c, ..g }, None, tile).unwrap();
             results.push((layout, tile, download::<f32>(d, c, batch * m * n)));
         }
     }
-    let (_, _, nn) = &results[0];
-    assert!(nn.iter().all(|v| v.is_finite()));
-    for (layout, tile, got) in &results[1..] {
+    // Each family against its first result (NN); on a GPU the two instructions may round a
+    // k-step differently, so the families meet only on the interpreter.
+    let interpreter = d.compute_capability().unwrap().is_none();
+    let first = |wgmma: bool| {
+        results
+            .iter()
+            .find(|(_, t, _)| matches!(t, Tile::Wgmma(_)) == (wgmma && !interpreter))
+            .expect("a first result")
+    };
+    for (layout, tile, got) in &results {
+        let (l0, t0, want) = first(matches!(tile, Tile::Wgmma(_)));
+        assert!(want.iter().all(|v| v.is_finite()));
         assert_bits(
             &format!(
-                "gemm_bf16 {layout:?} {tile:?} against NN {:?} on {}",
-                TILES[0],
+                "gemm_bf16 {layout:?} {tile:?} against {l0:?} {t0:?} on {}",
                 d.name()
             ),
             got,
-            nn,
+            want,
         );
     }
 }
@@ -762,15 +805,18 @@ fn gemm_bf16_layouts_give_the_same_bits() {
 /// `binary_f32` GeluBackward), as the backend ran them before, and no padding written. Then
 /// what the wrapper refuses: `A` stored transposed, `beta != 0`, and overlapping `aux` rows.
 fn bf16_epilogues(d: &dyn Driver) {
-    for tile in TILES {
-        bf16_epilogues_on(d, tile);
+    // The warpgroup epilogue stages are built for the 256 tile only.
+    for tile in tiles(d) {
+        if tile != Tile::Wgmma(WgmmaTile::N128) {
+            bf16_epilogues_on(d, tile);
+        }
     }
 }
 
-fn bf16_epilogues_on(d: &dyn Driver, tile: Bf16Tile) {
+fn bf16_epilogues_on(d: &dyn Driver, tile: Tile) {
     let mut rng = Rng::new(57);
     let (m, n) = ragged(tile);
-    let (k, batch) = (115usize, 2usize);
+    let (k, batch) = (ragged_k(tile), 2usize);
     let ld = n + 3;
     let a = bf16_operand(&mut rng, batch, m, k, k.div_ceil(8) * 8);
     let (b_n, b_t) = bf16_both_ways(&mut rng, batch, k, n);
@@ -813,7 +859,7 @@ fn bf16_epilogues_on(d: &dyn Driver, tile: Bf16Tile) {
     let padded = |v: &[f32]| v.chunks(ld).all(|row| row[n..].iter().all(|x| x.is_nan()));
     for layout in [Bf16Layout::NN, Bf16Layout::NT] {
         let plain = poisoned_f32(d, total);
-        gemm_bf16_on(d, &product(layout, plain), None, tile).unwrap();
+        run(d, &product(layout, plain), None, tile).unwrap();
         // Padding stays NaN through the elementwise kernels too, so whole buffers compare.
         for name in ["gelu", "residual", "gelu_grad"] {
             let aux = upload::<f32>(d, &aux_values);
@@ -824,13 +870,9 @@ fn bf16_epilogues_on(d: &dyn Driver, tile: Bf16Tile) {
                 _ => GemmEpilogue::GeluGrad { aux, aux_rs },
             };
             let fused = poisoned_f32(d, total);
-            gemm_bf16_on(d, &product(layout, fused), Some(epi), tile).unwrap();
+            run(d, &product(layout, fused), Some(epi), tile).unwrap();
             let got = download::<f32>(d, fused, total);
-            let what = format!(
-                "{} on {}",
-                epi.bf16_kernel_on(layout, tile).unwrap(),
-                d.name()
-            );
+            let what = format!("{tile:?} {layout:?} {name} on {}", d.name());
             assert!(padded(&got), "{what}: C's padding written");
 
             let want = poisoned_f32(d, total);
@@ -893,7 +935,12 @@ fn bf16_epilogues_on(d: &dyn Driver, tile: Bf16Tile) {
         (accumulate, epi, "beta 0"),
         (product(Bf16Layout::NN, c), overlapping, "would overlap"),
     ] {
-        let err = gemm_bf16_epilogue(d, &g, e).unwrap_err().to_string();
+        let err = match tile {
+            Tile::Mma(_) => gemm_bf16_epilogue(d, &g, e),
+            Tile::Wgmma(_) => run(d, &g, Some(e), tile),
+        }
+        .unwrap_err()
+        .to_string();
         assert!(err.contains(why), "{err}");
     }
 }

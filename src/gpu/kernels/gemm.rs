@@ -390,6 +390,11 @@ pub struct GemmBf16 {
 /// Launches the bf16 tensor-core GEMM for `g` (the entry named by `g.layout`, on the tile
 /// [`Bf16Tile::pick`] chooses), split over `k` as [`split_k_plan`] says.
 pub fn gemm_bf16(driver: &dyn Driver, g: &GemmBf16) -> Result<()> {
+    if let Some(tile) = WgmmaTile::pick(g.m, g.n, g.batch) {
+        if wgmma_enabled(driver)? {
+            return gemm_bf16_wgmma(driver, g, None, tile);
+        }
+    }
     match split_k_plan(g) {
         1 => launch_bf16(driver, g, None, Bf16Tile::pick(g.m, g.n, g.batch)),
         splits => gemm_bf16_split_k(driver, g, Bf16Tile::Large, splits),
@@ -512,13 +517,19 @@ pub fn gemm_bf16_on(
 /// ...): the bits of [`gemm_bf16`] followed by the stage's elementwise kernel, in one launch.
 /// `A` must be stored as is ([`Bf16Layout::NN`] or [`Bf16Layout::NT`]), and `beta` must be 0.
 pub fn gemm_bf16_epilogue(driver: &dyn Driver, g: &GemmBf16, epi: GemmEpilogue) -> Result<()> {
+    if WgmmaTile::pick(g.m, g.n, g.batch) == Some(WgmmaTile::N256)
+        && epi.wgmma_kernel(g.layout).is_some()
+        && wgmma_enabled(driver)?
+    {
+        return gemm_bf16_wgmma(driver, g, Some(epi), WgmmaTile::N256);
+    }
     launch_bf16(driver, g, Some(epi), Bf16Tile::pick(g.m, g.n, g.batch))
 }
 
 /// The warpgroup tiles of the bf16 GEMM on Hopper (`ptx/gemm_sm90.cu`: `wgmma.mma_async`,
 /// compiled for sm_90a, so only a compute-capability 9.0 GPU loads it; the PTX interpreter
-/// runs it anywhere). [`Bf16Layout::NT`] only, no epilogue stage; 128 x `N` outputs per CTA
-/// of two warpgroups, k-tiles of 64 through a four-stage `cp.async` ring.
+/// runs it anywhere): 128 x `N` outputs per CTA of two warpgroups, k-tiles of 64 through a
+/// four-stage `cp.async` ring. Every layout; the epilogue stages on the 256 tile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum WgmmaTile {
     /// 128 x 128 per CTA (`m64n128k16`, 128 KiB of shared memory).
@@ -536,11 +547,18 @@ impl WgmmaTile {
         }
     }
 
-    /// The kernel's name in `ptx/gemm_sm90.ptx`.
-    pub fn kernel(self) -> &'static str {
-        match self {
-            WgmmaTile::N128 => "gemm_bf16_nt_wgmma_128",
-            WgmmaTile::N256 => "gemm_bf16_nt_wgmma_256",
+    /// The kernel's name in `ptx/gemm_sm90.ptx`, for a product without an epilogue stage.
+    pub fn kernel(self, layout: Bf16Layout) -> &'static str {
+        use Bf16Layout::{NN, NT, TN, TT};
+        match (self, layout) {
+            (WgmmaTile::N128, NN) => "gemm_bf16_nn_wgmma_128",
+            (WgmmaTile::N128, NT) => "gemm_bf16_nt_wgmma_128",
+            (WgmmaTile::N128, TN) => "gemm_bf16_tn_wgmma_128",
+            (WgmmaTile::N128, TT) => "gemm_bf16_tt_wgmma_128",
+            (WgmmaTile::N256, NN) => "gemm_bf16_nn_wgmma_256",
+            (WgmmaTile::N256, NT) => "gemm_bf16_nt_wgmma_256",
+            (WgmmaTile::N256, TN) => "gemm_bf16_tn_wgmma_256",
+            (WgmmaTile::N256, TT) => "gemm_bf16_tt_wgmma_256",
         }
     }
 
@@ -549,31 +567,88 @@ impl WgmmaTile {
     pub fn shared_bytes(self) -> u32 {
         4 * (128 + self.cols() as u32) * 64 * 2
     }
+
+    /// The tile [`gemm_bf16`] takes for an `[m, n]` output over `batch` products when the
+    /// warpgroup tiles are on ([`wgmma_enabled`]): the 256 tile when it has
+    /// [`LARGE_TILE_MIN_CTAS`] CTAs, else the 128 tile when that one has, else none (the
+    /// `mma.sync` tiles keep more of the GPU busy).
+    pub fn pick(m: usize, n: usize, batch: usize) -> Option<WgmmaTile> {
+        let ctas = |cols: usize| m.div_ceil(128) * n.div_ceil(cols) * batch;
+        if ctas(256) >= LARGE_TILE_MIN_CTAS {
+            Some(WgmmaTile::N256)
+        } else if ctas(128) >= LARGE_TILE_MIN_CTAS {
+            Some(WgmmaTile::N128)
+        } else {
+            None
+        }
+    }
 }
 
-/// [`gemm_bf16`] for a [`Bf16Layout::NT`] product on Hopper's warpgroup tensor cores
-/// ([`WgmmaTile`]); the same requirements. Not picked by [`gemm_bf16`]: its results are
-/// reproducible but need not be the `mma.sync` tiles' bits on a GPU (the two instructions
-/// may round a 16-wide k-step differently).
-pub fn gemm_bf16_wgmma(driver: &dyn Driver, g: &GemmBf16, tile: WgmmaTile) -> Result<()> {
-    if g.layout != Bf16Layout::NT {
-        return Err(Error::arg(
-            "gemm_bf16",
-            format!(
-                "{}: the warpgroup tiles take layout NT only, got {:?}",
-                tile.kernel(),
-                g.layout
-            ),
-        ));
+impl GemmEpilogue {
+    /// The warpgroup kernel (256 tile) that applies this stage, for `A` stored as is.
+    pub fn wgmma_kernel(self, layout: Bf16Layout) -> Option<&'static str> {
+        use Bf16Layout::{NN, NT};
+        use GemmEpilogue::{Gelu, GeluGrad, Residual};
+        Some(match (layout, self) {
+            (NN, Gelu { .. }) => "gemm_bf16_nn_gelu_wgmma_256",
+            (NN, Residual { .. }) => "gemm_bf16_nn_residual_wgmma_256",
+            (NN, GeluGrad { .. }) => "gemm_bf16_nn_gelu_grad_wgmma_256",
+            (NT, Gelu { .. }) => "gemm_bf16_nt_gelu_wgmma_256",
+            (NT, Residual { .. }) => "gemm_bf16_nt_residual_wgmma_256",
+            (NT, GeluGrad { .. }) => "gemm_bf16_nt_gelu_grad_wgmma_256",
+            _ => return None,
+        })
     }
+}
+
+/// The environment variable that turns the warpgroup tiles on for [`gemm_bf16`] and
+/// [`gemm_bf16_epilogue`] (value `1`) on a compute-capability 9.0 GPU. Off by default until
+/// a GPU check has compared them with the `mma.sync` tiles on hardware.
+pub const WGMMA_ENV: &str = "TARFLOW_WGMMA";
+
+/// Whether [`gemm_bf16`] and [`gemm_bf16_epilogue`] run the warpgroup tiles on `driver`:
+/// [`WGMMA_ENV`] is `1` and the device has compute capability 9.0 (the interpreter has
+/// none, so its products keep the `mma.sync` tiles; tests call [`gemm_bf16_wgmma`]).
+pub fn wgmma_enabled(driver: &dyn Driver) -> Result<bool> {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| std::env::var(WGMMA_ENV).is_ok_and(|v| v == "1"));
+    Ok(on && driver.compute_capability()? == Some((9, 0)))
+}
+
+/// [`gemm_bf16`] (or with `epi`, [`gemm_bf16_epilogue`]) on Hopper's warpgroup tensor cores
+/// ([`WgmmaTile`]); the same requirements, and an epilogue stage needs the 256 tile. Its
+/// results are reproducible but need not be the `mma.sync` tiles' bits on a GPU (the two
+/// instructions may round a 16-wide k-step differently; the interpreter gives the same bits).
+pub fn gemm_bf16_wgmma(
+    driver: &dyn Driver,
+    g: &GemmBf16,
+    epi: Option<GemmEpilogue>,
+    tile: WgmmaTile,
+) -> Result<()> {
+    const OP: &str = "gemm_bf16";
+    let name = match epi {
+        None => tile.kernel(g.layout),
+        Some(e) => match (tile, e.wgmma_kernel(g.layout)) {
+            (WgmmaTile::N256, Some(name)) => name,
+            _ => {
+                return Err(Error::arg(
+                    OP,
+                    format!(
+                        "the warpgroup epilogue stages need the 256 tile and A stored as is \
+                         (layout NN or NT); got {tile:?} and {:?}",
+                        g.layout
+                    ),
+                ))
+            }
+        },
+    };
     if let Some((major, minor)) = driver.compute_capability()? {
         if (major, minor) != (9, 0) {
             return Err(Error::Device {
-                op: "gemm_bf16",
+                op: OP,
                 detail: format!(
-                    "{}: the warpgroup tiles are built for sm_90a and need a GPU of compute \
-                     capability 9.0 (an H100 or H200); {} is {major}.{minor}",
-                    tile.kernel(),
+                    "{name}: the warpgroup tiles are built for sm_90a and need a GPU of \
+                     compute capability 9.0 (an H100 or H200); {} is {major}.{minor}",
                     driver.name()
                 ),
             });
@@ -581,12 +656,12 @@ pub fn gemm_bf16_wgmma(driver: &dyn Driver, g: &GemmBf16, tile: WgmmaTile) -> Re
     }
     let kernel = Kernel {
         module: &GEMM_SM90,
-        name: tile.kernel(),
+        name,
         tile: (128, tile.cols()),
         threads: 256,
         shared_bytes: tile.shared_bytes(),
     };
-    launch_bf16_kernel(driver, g, None, kernel)
+    launch_bf16_kernel(driver, g, epi, kernel)
 }
 
 /// Which kernel a bf16 launch runs and how.

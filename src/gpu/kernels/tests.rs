@@ -243,8 +243,28 @@ fn launch_every_wrapper(d: &Recorder) -> Vec<Launch> {
             }
         }
     }
-    for tile in [WgmmaTile::N128, WgmmaTile::N256] {
-        gemm_bf16_wgmma(d, &bf16_gemm(Bf16Layout::NT, p(), p(), p()), tile).unwrap();
+    for layout in [
+        Bf16Layout::NN,
+        Bf16Layout::NT,
+        Bf16Layout::TN,
+        Bf16Layout::TT,
+    ] {
+        for tile in [WgmmaTile::N128, WgmmaTile::N256] {
+            gemm_bf16_wgmma(d, &bf16_gemm(layout, p(), p(), p()), None, tile).unwrap();
+        }
+    }
+    for layout in [Bf16Layout::NN, Bf16Layout::NT] {
+        for epi in [
+            GemmEpilogue::Gelu { aux, aux_rs: 72 },
+            GemmEpilogue::Residual { aux, aux_rs: 72 },
+            GemmEpilogue::GeluGrad { aux, aux_rs: 72 },
+        ] {
+            let g = GemmBf16 {
+                beta: 0.0,
+                ..bf16_gemm(layout, p(), p(), p())
+            };
+            gemm_bf16_wgmma(d, &g, Some(epi), WgmmaTile::N256).unwrap();
+        }
     }
     index_select_f32(d, p(), p(), p(), 2, 10, 4, 8).unwrap();
     index_add_f32(d, p(), p(), p(), p(), 2, 10, 4, 8).unwrap();

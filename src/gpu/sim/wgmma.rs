@@ -23,8 +23,9 @@
 //! - shared memory written through the generic proxy (stores, cp.async) must be fenced with
 //!   `fence.proxy.async` by the writing warp before a `wgmma` reads it.
 //!
-//! Swizzled layouts, transposed (MN-major) operands, A from registers and the other types
-//! are refused with an error naming them.
+//! Both operand majors (K-major, and MN-major through `imm-trans-a/b` = 1) are read in the
+//! canonical no-swizzle layout; swizzled layouts, A from registers and the other types are
+//! refused with an error naming them.
 
 use std::collections::VecDeque;
 
@@ -59,6 +60,15 @@ impl SmemDesc {
             base_offset: ((d >> 49) & 0x7) as u32,
             swizzle: ((d >> 62) & 0x3) as u32,
         }
+    }
+
+    /// Byte address of 16-bit element (`mn`, `k`) of an MN-major (transposed) operand in the
+    /// canonical no-swizzle layout: core matrices of 8 k-rows of 8 contiguous MN elements
+    /// (16 bytes), 128 contiguous bytes; `mn / 8` steps by the stride byte offset, `k / 8` by
+    /// the leading byte offset (the ISA's `((8, m), (8, k)) : ((1, SBO), (8, LBO))` in
+    /// elements).
+    pub fn mnmajor_b16(&self, mn: u32, k: u32) -> u32 {
+        self.start + (mn % 8) * 2 + (mn / 8) * self.sbo + (k % 8) * 16 + (k / 8) * self.lbo
     }
 
     /// Byte address of 16-bit element (`row`, `k`) of a K-major operand in the canonical
@@ -116,8 +126,8 @@ pub(super) struct PendingWgmma {
     dregs: Vec<u32>,
     /// The result, `values[lane][i]`.
     values: Vec<Vec<f32>>,
-    /// The shared bytes read, 16 at a time, as they were at issue.
-    read: Vec<(usize, [u8; 16])>,
+    /// The shared memory read, one bf16 element at a time, as it was at issue.
+    read: Vec<(usize, u16)>,
     /// Instruction index, for messages.
     pc: u32,
 }
@@ -235,13 +245,14 @@ impl<'a> Launch<'a> {
             v => Err(format!("wgmma.mma_async: imm-scale {v} must be 1 or -1")),
         };
         let (sa, sb) = (sign(sa)?, sign(sb)?);
-        if ta != 0 || tb != 0 {
-            return Err(
-                "wgmma.mma_async: transposed (MN-major) operands are not supported by \
-                        the interpreter"
-                    .into(),
-            );
-        }
+        let major = |t: i64, what: &str| match t {
+            0 => Ok(false),
+            1 => Ok(true),
+            v => Err(format!(
+                "wgmma.mma_async: imm-trans-{what} {v} must be 0 or 1"
+            )),
+        };
+        let (a_mn, b_mn) = (major(ta, "a")?, major(tb, "b")?);
         let (a, b) = (SmemDesc::decode(da), SmemDesc::decode(db));
         for (what, d) in [("A", a), ("B", b)] {
             if d.swizzle != 0 || d.base_offset != 0 {
@@ -255,40 +266,30 @@ impl<'a> Launch<'a> {
         let rank = w.id % 4;
         let tid = w.id * 32;
         let mut read = Vec::new();
-        let mut fetch = |d: &SmemDesc, row: u32, k0: u32, out: &mut [f64]| -> R<()> {
-            let at = d.kmajor_b16(row, k0) as u64;
-            let i = shared.check(at, 16)?;
-            shared.note_read(i, 16, tid).map_err(|f| f.msg)?;
-            shared.check_async_visible(i, 16)?;
-            let mut bytes = [0u8; 16];
-            bytes.copy_from_slice(&shared.data[i..i + 16]);
-            for (e, v) in out.iter_mut().enumerate() {
-                let bits = u16::from_le_bytes([bytes[2 * e], bytes[2 * e + 1]]);
-                *v = half::bf16::from_bits(bits).to_f64();
-            }
-            read.push((i, bytes));
-            Ok(())
+        // Element (mn, k) of an operand, MN-major when `mn_major` (the transposed form).
+        let mut fetch = |d: &SmemDesc, mn_major: bool, mn: u32, k: u32| -> R<f64> {
+            let at = if mn_major {
+                d.mnmajor_b16(mn, k)
+            } else {
+                d.kmajor_b16(mn, k)
+            } as u64;
+            let i = shared.check(at, 2)?;
+            shared.note_read(i, 2, tid).map_err(|f| f.msg)?;
+            shared.check_async_visible(i, 2)?;
+            let bits = u16::from_le_bytes([shared.data[i], shared.data[i + 1]]);
+            read.push((i, bits));
+            Ok(half::bf16::from_bits(bits).to_f64())
         };
         let mut am = [[0f64; 16]; 16];
         for (r, row) in am.iter_mut().enumerate() {
-            for h in 0..2u32 {
-                let (lo, hi) = row.split_at_mut(8);
-                let out = if h == 0 { lo } else { hi };
-                fetch(&a, 16 * rank + r as u32, 8 * h, out)?;
-            }
-            for v in row.iter_mut() {
-                *v *= sa;
+            for (k, v) in row.iter_mut().enumerate() {
+                *v = sa * fetch(&a, a_mn, 16 * rank + r as u32, k as u32)?;
             }
         }
         let mut bm = vec![[0f64; 16]; n as usize];
         for (col, v) in bm.iter_mut().enumerate() {
-            for h in 0..2u32 {
-                let (lo, hi) = v.split_at_mut(8);
-                let out = if h == 0 { lo } else { hi };
-                fetch(&b, col as u32, 8 * h, out)?;
-            }
-            for x in v.iter_mut() {
-                *x *= sb;
+            for (k, x) in v.iter_mut().enumerate() {
+                *x = sb * fetch(&b, b_mn, col as u32, k as u32)?;
             }
         }
         let Operand::Vec(dv) = &ops[0] else {
@@ -340,9 +341,10 @@ impl<'a> Launch<'a> {
             let g = w.wgmma.groups.pop_front().expect("len checked");
             for p in &g {
                 let line = self.k.text[p.pc as usize].0;
-                for &(i, bytes) in &p.read {
+                for &(i, bits) in &p.read {
                     // A cp.async issued into them may land at any moment before its wait.
-                    if shared.data[i..i + 16] != bytes || shared.any_pending(i, 16) {
+                    let now = u16::from_le_bytes([shared.data[i], shared.data[i + 1]]);
+                    if now != bits || shared.any_pending(i, 2) {
                         return Err(format!(
                             "shared memory at 0x{i:x}, read by the wgmma.mma_async at line \
                              {line}, was written (or a cp.async into it issued) before the \
@@ -469,6 +471,34 @@ mod tests {
             ..d
         };
         assert_eq!(e.kmajor_b16(8, 8), 4096 + 2048 + 256);
+    }
+
+    /// The no-swizzle MN-major layout: 8 contiguous MN elements per 16-byte row, 8 k-rows per
+    /// core matrix, then SBO along MN and LBO along K.
+    #[test]
+    fn mnmajor_layout_steps_by_mn_in_a_row_then_k_rows_then_sbo_and_lbo() {
+        let d = SmemDesc {
+            start: 2048,
+            lbo: 128,
+            sbo: 1024,
+            base_offset: 0,
+            swizzle: 0,
+        };
+        // (mn, k, byte address)
+        let table = [
+            (0, 0, 2048),
+            (1, 0, 2050),
+            (7, 0, 2062),
+            (0, 1, 2064),
+            (7, 7, 2048 + 14 + 7 * 16),
+            (8, 0, 2048 + 1024),
+            (0, 8, 2048 + 128),
+            (9, 9, 2048 + 2 + 1024 + 16 + 128),
+            (255, 15, 2048 + 14 + 31 * 1024 + 7 * 16 + 128),
+        ];
+        for (mn, k, at) in table {
+            assert_eq!(d.mnmajor_b16(mn, k), at, "({mn}, {k})");
+        }
     }
 
     /// The accumulator fragment of `.m64nNk16` (the ISA's figure: warp r holds rows

@@ -25,7 +25,7 @@ pub(super) type Launches = dyn Fn(&dyn Driver) -> Result<()>;
 pub(super) type Build = fn(&mut Buffers, Sizes) -> Result<Case>;
 
 /// Every case, in table order.
-pub(super) const CASES: [Build; 32] = [
+pub(super) const CASES: [Build; 36] = [
     ceiling_mma,
     ceiling_copy,
     copy_transpose,
@@ -42,9 +42,13 @@ pub(super) const CASES: [Build; 32] = [
     gemm_f32_gelu,
     gemm_bf16_small_tile,
     gemm_bf16_large_tile,
+    gemm_bf16_wgmma_128,
+    gemm_bf16_wgmma_256,
     gemm_bf16_wgrad_split,
     gemm_bf16_wgrad_unsplit,
+    gemm_bf16_wgrad_wgmma,
     gemm_bf16_gelu,
+    gemm_bf16_gelu_wgmma,
     coupling_fwd,
     coupling_bwd,
     coupling_inverse,
@@ -555,6 +559,37 @@ fn gemm_bf16_large_tile(b: &mut Buffers, s: Sizes) -> Result<Case> {
     gemm_bf16_on(b, s, k::Bf16Tile::Large)
 }
 
+/// The rows that need a compute-capability 9.0 GPU (or the interpreter): the bench leaves
+/// them out elsewhere.
+pub(super) const SM90_ONLY: [&str; 4] = [WGMMA_128, WGMMA_256, WGMMA_WGRAD, WGMMA_GELU];
+const WGMMA_128: &str = "gemm bf16 NT (wgmma, sm_90a), 128 x 128 tile";
+const WGMMA_256: &str = "gemm bf16 NT (wgmma, sm_90a), 128 x 256 tile";
+const WGMMA_WGRAD: &str = "gemm bf16 TN, weight gradient (wgmma, 128 x 128 tile)";
+const WGMMA_GELU: &str = "gemm bf16 NT, gelu(A W^T + bias) (wgmma, 128 x 256 tile)";
+
+/// The product of [`gemm_bf16_on`] on a warpgroup tile (Hopper's `wgmma`).
+fn gemm_bf16_wgmma_on(b: &mut Buffers, s: Sizes, tile: k::WgmmaTile) -> Result<Case> {
+    let (n, g) = bf16_nt_square(b, s, (20, 21))?;
+    Ok(Case {
+        name: match tile {
+            k::WgmmaTile::N128 => WGMMA_128,
+            k::WgmmaTile::N256 => WGMMA_256,
+        },
+        shape: format!("{n}x{n}x{n}"),
+        flops: Some(2.0 * (n * n * n) as f64),
+        bytes: (4 * n * n + 4 * n * n) as f64,
+        run: Box::new(move |d| k::gemm_bf16_wgmma(d, &g, None, tile)),
+    })
+}
+
+fn gemm_bf16_wgmma_128(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    gemm_bf16_wgmma_on(b, s, k::WgmmaTile::N128)
+}
+
+fn gemm_bf16_wgmma_256(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    gemm_bf16_wgmma_on(b, s, k::WgmmaTile::N256)
+}
+
 /// A Linear layer's weight gradient `g^T x` under bf16 (the TN layout): ImageNet64's
 /// `[768, 768]` outputs over the 16,384 tokens of 16 images.
 fn wgrad(b: &mut Buffers, s: Sizes) -> Result<(String, f64, k::GemmBf16)> {
@@ -609,6 +644,40 @@ fn gemm_bf16_wgrad_unsplit(b: &mut Buffers, s: Sizes) -> Result<Case> {
         flops: Some(flops),
         bytes: (2 * 2 * c * g.k + 4 * c * c) as f64,
         run: Box::new(move |d| k::gemm_bf16_on(d, &g, None, k::Bf16Tile::Small)),
+    })
+}
+
+/// The weight gradient unsplit on the warpgroup 128 x 128 tile (36 CTAs at ImageNet64's
+/// shape, each reducing all 16,384 rows).
+fn gemm_bf16_wgrad_wgmma(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let (shape, flops, g) = wgrad(b, s)?;
+    let c = g.m;
+    Ok(Case {
+        name: WGMMA_WGRAD,
+        shape,
+        flops: Some(flops),
+        bytes: (2 * 2 * c * g.k + 4 * c * c) as f64,
+        run: Box::new(move |d| k::gemm_bf16_wgmma(d, &g, None, k::WgmmaTile::N128)),
+    })
+}
+
+/// [`gemm_bf16_gelu`] on the warpgroup 128 x 256 tile.
+fn gemm_bf16_gelu_wgmma(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let (n, g) = bf16_nt_square(b, s, (22, 23))?;
+    let g = k::GemmBf16 {
+        bias: Some(b.f32s(n, 24)?),
+        ..g
+    };
+    let epi = k::GemmEpilogue::Gelu {
+        aux: b.out(n * n)?,
+        aux_rs: n,
+    };
+    Ok(Case {
+        name: WGMMA_GELU,
+        shape: format!("{n}x{n}x{n}"),
+        flops: Some(2.0 * (n * n * n) as f64),
+        bytes: (4 * n * n + 4 * n + 8 * n * n) as f64,
+        run: Box::new(move |d| k::gemm_bf16_wgmma(d, &g, Some(epi), k::WgmmaTile::N256)),
     })
 }
 

@@ -225,6 +225,25 @@ fn interpreter_counters_per_kernel() {
             ));
         }
     }
+    // The same products on the warpgroup tiles: one CTA each (the 256 tile's second half of
+    // columns is past n).
+    for layout in [
+        Bf16Layout::NN,
+        Bf16Layout::NT,
+        Bf16Layout::TN,
+        Bf16Layout::TT,
+    ] {
+        for tile in [WgmmaTile::N128, WgmmaTile::N256] {
+            gemm_bf16_wgmma(d, &product(layout), None, tile).unwrap();
+            table.push(row(
+                &sim,
+                tile.kernel(layout),
+                "128 x 128 x 128",
+                1,
+                (4 * m * nn) as u64,
+            ));
+        }
+    }
     // The 128-deep product in two k-ranges of 64: the second pass adds the two [128, 128]
     // partials (128 KiB read) into C.
     gemm_bf16_split_k(d, &product(Bf16Layout::NN), Bf16Tile::Large, 2).unwrap();

@@ -11,9 +11,9 @@
 use half::bf16;
 use tarflow::backend::{BinaryOp, UnaryOp};
 use tarflow::gpu::kernels::{
-    binary_f32, gemm_bf16_epilogue, gemm_bf16_on, gemm_bf16_split_k, gemm_bf16_wgmma, gemm_f32,
-    gemm_f32_epilogue, strided_copy_f32, unary_f32, Bf16Layout, Bf16Tile, GemmBf16, GemmEpilogue,
-    GemmF32, WgmmaTile,
+    binary_f32, gemm_bf16_epilogue, gemm_bf16_on, gemm_bf16_split_k, gemm_bf16_split_k_wgmma,
+    gemm_bf16_wgmma, gemm_f32, gemm_f32_epilogue, strided_copy_f32, unary_f32, Bf16Layout,
+    Bf16Tile, GemmBf16, GemmEpilogue, GemmF32, WgmmaTile,
 };
 use tarflow::gpu::{DevicePtr, Driver};
 use tarflow::{Rng, Tensor};
@@ -706,6 +706,19 @@ fn bf16_layouts_agree(d: &dyn Driver) {
 /// rounded steps (`alpha * acc`, `fma(beta, C0, .)`, `+ bias`). One split is the plain
 /// product's bits.
 fn bf16_split_k(d: &dyn Driver) {
+    // The ranges' products on the mma.sync 128 tile, and on the warpgroup 128 tile where the
+    // device runs it.
+    for tile in tiles(d) {
+        if matches!(
+            tile,
+            Tile::Mma(Bf16Tile::Large) | Tile::Wgmma(WgmmaTile::N128)
+        ) {
+            bf16_split_k_on(d, tile);
+        }
+    }
+}
+
+fn bf16_split_k_on(d: &dyn Driver, tile: Tile) {
     let mut rng = Rng::new(61);
     let (m, n, splits) = (150usize, 141usize, 3usize);
     let k = 96 * splits;
@@ -731,9 +744,9 @@ fn bf16_split_k(d: &dyn Driver) {
             alpha,
             beta,
         );
-        gemm_bf16_split_k(d, &g, Bf16Tile::Large, splits).unwrap();
+        split(d, &g, tile, splits).unwrap();
         let got = download::<f32>(d, c, m * n);
-        let what = format!("gemm_bf16_split_k {layout:?} on {}", d.name());
+        let what = format!("gemm_bf16_split_k {layout:?} {tile:?} on {}", d.name());
         let av =
             |i: usize, l: usize| a.values[if a_k { i * a.ld + l } else { l * a.ld + i }] as f64;
         let bv =
@@ -765,7 +778,7 @@ fn bf16_split_k(d: &dyn Driver) {
                 beta: 0.0,
                 ..g
             };
-            gemm_bf16_on(d, &range, None, Bf16Tile::Large).unwrap();
+            run(d, &range, None, tile).unwrap();
             let p = download::<f32>(d, part, m * n);
             for (x, y) in acc.iter_mut().zip(&p) {
                 *x = if s == 0 { *y } else { *x + *y };
@@ -778,13 +791,21 @@ fn bf16_split_k(d: &dyn Driver) {
 
         // One split: the plain product.
         let (c1, c2) = (upload::<f32>(d, &c0), upload::<f32>(d, &c0));
-        gemm_bf16_split_k(d, &GemmBf16 { c: c1, ..g }, Bf16Tile::Large, 1).unwrap();
-        gemm_bf16_on(d, &GemmBf16 { c: c2, ..g }, None, Bf16Tile::Large).unwrap();
+        split(d, &GemmBf16 { c: c1, ..g }, tile, 1).unwrap();
+        run(d, &GemmBf16 { c: c2, ..g }, None, tile).unwrap();
         assert_bits(
             &format!("{what}: one split"),
             &download::<f32>(d, c1, m * n),
             &download::<f32>(d, c2, m * n),
         );
+    }
+}
+
+/// The product `g` split over `splits` k-ranges on `tile`.
+fn split(d: &dyn Driver, g: &GemmBf16, tile: Tile, splits: usize) -> tarflow::Result<()> {
+    match tile {
+        Tile::Mma(t) => gemm_bf16_split_k(d, g, t, splits),
+        Tile::Wgmma(t) => gemm_bf16_split_k_wgmma(d, g, t, splits),
     }
 }
 

@@ -564,7 +564,7 @@ fn gemm_bf16_large_tile(b: &mut Buffers, s: Sizes) -> Result<Case> {
 pub(super) const SM90_ONLY: [&str; 4] = [WGMMA_128, WGMMA_256, WGMMA_WGRAD, WGMMA_GELU];
 const WGMMA_128: &str = "gemm bf16 NT (wgmma, sm_90a), 128 x 128 tile";
 const WGMMA_256: &str = "gemm bf16 NT (wgmma, sm_90a), 128 x 256 tile";
-const WGMMA_WGRAD: &str = "gemm bf16 TN, weight gradient (wgmma, 128 x 128 tile)";
+const WGMMA_WGRAD: &str = "gemm bf16 TN, weight gradient (wgmma, 128 x 128 tile, split)";
 const WGMMA_GELU: &str = "gemm bf16 NT, gelu(A W^T + bias) (wgmma, 128 x 256 tile)";
 
 /// The product of [`gemm_bf16_on`] on a warpgroup tile (Hopper's `wgmma`).
@@ -647,8 +647,8 @@ fn gemm_bf16_wgrad_unsplit(b: &mut Buffers, s: Sizes) -> Result<Case> {
     })
 }
 
-/// The weight gradient unsplit on the warpgroup 128 x 128 tile (36 CTAs at ImageNet64's
-/// shape, each reducing all 16,384 rows).
+/// The weight gradient split over k as [`k::gemm_bf16`] runs it with the warpgroup tiles on:
+/// the ranges on the 128 x 128 warpgroup tile.
 fn gemm_bf16_wgrad_wgmma(b: &mut Buffers, s: Sizes) -> Result<Case> {
     let (shape, flops, g) = wgrad(b, s)?;
     let c = g.m;
@@ -657,7 +657,9 @@ fn gemm_bf16_wgrad_wgmma(b: &mut Buffers, s: Sizes) -> Result<Case> {
         shape,
         flops: Some(flops),
         bytes: (2 * 2 * c * g.k + 4 * c * c) as f64,
-        run: Box::new(move |d| k::gemm_bf16_wgmma(d, &g, None, k::WgmmaTile::N128)),
+        run: Box::new(move |d| {
+            k::gemm_bf16_split_k_wgmma(d, &g, k::WgmmaTile::N128, k::split_k_plan(&g))
+        }),
     })
 }
 

@@ -388,14 +388,20 @@ pub struct GemmBf16 {
 }
 
 /// Launches the bf16 tensor-core GEMM for `g` (the entry named by `g.layout`, on the tile
-/// [`Bf16Tile::pick`] chooses), split over `k` as [`split_k_plan`] says.
+/// [`Bf16Tile::pick`] chooses), split over `k` as [`split_k_plan`] says; with
+/// [`wgmma_enabled`], on the warpgroup tile [`WgmmaTile::pick`] chooses (a split product's
+/// ranges on the 128 tile).
 pub fn gemm_bf16(driver: &dyn Driver, g: &GemmBf16) -> Result<()> {
-    if let Some(tile) = WgmmaTile::pick(g.m, g.n, g.batch) {
-        if wgmma_enabled(driver)? {
+    let splits = split_k_plan(g);
+    if wgmma_enabled(driver)? {
+        if splits > 1 {
+            return gemm_bf16_split_k_wgmma(driver, g, WgmmaTile::N128, splits);
+        }
+        if let Some(tile) = WgmmaTile::pick(g.m, g.n, g.batch) {
             return gemm_bf16_wgmma(driver, g, None, tile);
         }
     }
-    match split_k_plan(g) {
+    match splits {
         1 => launch_bf16(driver, g, None, Bf16Tile::pick(g.m, g.n, g.batch)),
         splits => gemm_bf16_split_k(driver, g, Bf16Tile::Large, splits),
     }
@@ -442,9 +448,32 @@ pub fn gemm_bf16_split_k(
     tile: Bf16Tile,
     splits: usize,
 ) -> Result<()> {
+    split_k_with(driver, g, splits, &|p| launch_bf16(driver, p, None, tile))
+}
+
+/// [`gemm_bf16_split_k`] with the ranges' products on a warpgroup tile
+/// ([`gemm_bf16_wgmma`]).
+pub fn gemm_bf16_split_k_wgmma(
+    driver: &dyn Driver,
+    g: &GemmBf16,
+    tile: WgmmaTile,
+    splits: usize,
+) -> Result<()> {
+    split_k_with(driver, g, splits, &|p| {
+        gemm_bf16_wgmma(driver, p, None, tile)
+    })
+}
+
+/// The split product of [`gemm_bf16_split_k`], each launch of a product through `product`.
+fn split_k_with(
+    driver: &dyn Driver,
+    g: &GemmBf16,
+    splits: usize,
+    product: &dyn Fn(&GemmBf16) -> Result<()>,
+) -> Result<()> {
     const OP: &str = "gemm_bf16_split_k";
     if splits == 1 {
-        return launch_bf16(driver, g, None, tile);
+        return product(g);
     }
     if splits == 0 || g.batch != 1 || !g.k.is_multiple_of(8 * splits) {
         return Err(Error::arg(
@@ -480,7 +509,7 @@ pub fn gemm_bf16_split_k(
         beta: 0.0,
         ..*g
     };
-    let ran = launch_bf16(driver, &partial, None, tile).and_then(|()| {
+    let ran = product(&partial).and_then(|()| {
         let u = |what, v| u32_of(OP, what, v).map(KernelArg::U32);
         let args = [
             KernelArg::Ptr(g.c),

@@ -31,9 +31,9 @@ mod tests;
 
 pub use crate::backend::{BinaryOp, UnaryOp};
 pub use attention::{
-    attn_bwd, attn_bwd_stored, attn_decode, attn_fwd, attn_fwd_saving_bf16, attn_supported,
-    decode_scratch_len, AttnBwd, AttnDecode, AttnDims, AttnFwd, AttnPrecision, AttnScores,
-    AttnStorage, AttnView, ATTN_MAX_HEAD_DIM, DECODE_CHUNK,
+    attn_bwd, attn_bwd_stored, attn_decode, attn_fwd, attn_fwd_saving_bf16, attn_fwd_wgmma,
+    attn_supported, decode_scratch_len, AttnBwd, AttnDecode, AttnDims, AttnFwd, AttnPrecision,
+    AttnScores, AttnStorage, AttnView, ATTN_MAX_HEAD_DIM, DECODE_CHUNK,
 };
 pub use copy::{fill_f32, strided_copy_bf16_f32, strided_copy_f32, strided_copy_f32_bf16};
 pub use coupling::{
@@ -118,6 +118,13 @@ pub static ATTENTION: PtxModule = PtxModule {
     ptx: include_str!("../../ptx/attention.ptx"),
 };
 
+/// `ptx/attention_sm90.ptx`: the bf16-input attention forward on Hopper's warpgroup tensor
+/// cores (`wgmma`; sm_90a, so a compute-capability 9.0 GPU or the interpreter).
+pub static ATTENTION_SM90: PtxModule = PtxModule {
+    name: "attention_sm90",
+    ptx: include_str!("../../ptx/attention_sm90.ptx"),
+};
+
 /// `ptx/coupling.ptx`: the affine coupling (forward with log-det, backward, inverse).
 pub static COUPLING: PtxModule = PtxModule {
     name: "coupling",
@@ -131,7 +138,7 @@ pub static PEAK: PtxModule = PtxModule {
 };
 
 /// Every embedded module, for drivers that load them all up front.
-pub static MODULES: [&PtxModule; 11] = [
+pub static MODULES: [&PtxModule; 12] = [
     &COPY,
     &ELEMENTWISE,
     &REDUCE,
@@ -141,6 +148,7 @@ pub static MODULES: [&PtxModule; 11] = [
     &INDEX,
     &OPTIM,
     &ATTENTION,
+    &ATTENTION_SM90,
     &COUPLING,
     &PEAK,
 ];

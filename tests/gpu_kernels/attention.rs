@@ -8,9 +8,9 @@
 
 use half::bf16;
 use tarflow::gpu::kernels::{
-    attn_bwd, attn_bwd_stored, attn_decode, attn_fwd, attn_fwd_saving_bf16, decode_scratch_len,
-    AttnBwd, AttnDecode, AttnDims, AttnFwd, AttnPrecision, AttnScores, AttnStorage, AttnView,
-    ATTN_MAX_HEAD_DIM,
+    attn_bwd, attn_bwd_stored, attn_decode, attn_fwd, attn_fwd_saving_bf16, attn_fwd_wgmma,
+    decode_scratch_len, AttnBwd, AttnDecode, AttnDims, AttnFwd, AttnPrecision, AttnScores,
+    AttnStorage, AttnView, ATTN_MAX_HEAD_DIM,
 };
 use tarflow::gpu::{DevicePtr, Driver};
 use tarflow::Rng;
@@ -691,6 +691,66 @@ fn bf16_inputs_match_bf16_bits(d: &dyn Driver, dims: AttnDims, scores: AttnScore
         lse_got,
         lse_want,
     );
+    // The warpgroup forward (head dims 64, a 9.0 GPU or the interpreter) on the same bf16
+    // inputs: on the interpreter the same bits; on a GPU wgmma may round a 16-wide step
+    // otherwise than mma.sync, so within a few bf16 ulps of the output's scale.
+    let cc = d.compute_capability().unwrap();
+    if dh != 64 || cc.is_some_and(|cc| cc != (9, 0)) {
+        return;
+    }
+    let at = |i: usize| {
+        let (_, h, n, w) = shapes[i];
+        tokens_lay(h, n, w).view_of(bf16_ptr[i], 2)
+    };
+    let (o, lse) = (poisoned_f32(d, o_len), poisoned_f32(d, lse_len));
+    let o16 = upload::<bf16>(d, &vec![bf16::NAN; o_len]);
+    let fwd = AttnFwd {
+        dims,
+        scores,
+        q: at(0),
+        k: at(1),
+        v: at(2),
+        o: Lay::heads(h, nq, dv).view(o),
+        lse,
+        precision: AttnPrecision::Bf16Inputs,
+    };
+    attn_fwd_wgmma(d, &fwd, Some(o16)).unwrap();
+    let (o_wg, lse_wg) = (
+        download::<f32>(d, o, o_len),
+        download::<f32>(d, lse, lse_len),
+    );
+    let rounded: Vec<f32> = o_wg.iter().map(|&x| bf16::from_f32(x).to_f32()).collect();
+    let copy: Vec<f32> = download::<bf16>(d, o16, o_len)
+        .iter()
+        .map(|x| x.to_f32())
+        .collect();
+    assert_bits(
+        &format!("the wgmma forward's bf16 copy of o, {tag}"),
+        &copy,
+        &rounded,
+    );
+    if cc.is_none() {
+        assert_bits(&format!("o of the wgmma forward, {tag}"), &o_wg, o_want);
+        assert_bits(
+            &format!("lse of the wgmma forward, {tag}"),
+            &lse_wg,
+            lse_want,
+        );
+    } else {
+        let scale = o_want.iter().fold(0f32, |m, x| m.max(x.abs()));
+        for (e, (x, y)) in o_wg.iter().zip(o_want).enumerate() {
+            assert!(
+                (x - y).abs() <= 8e-3 * scale,
+                "o of the wgmma forward, {tag}: {e}: {x} vs {y}"
+            );
+        }
+        for (e, (x, y)) in lse_wg.iter().zip(lse_want).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-3 * (1.0 + y.abs()),
+                "lse of the wgmma forward, {tag}: {e}: {x} vs {y}"
+            );
+        }
+    }
 }
 
 #[test]

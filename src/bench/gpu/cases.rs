@@ -25,7 +25,7 @@ pub(super) type Launches = dyn Fn(&dyn Driver) -> Result<()>;
 pub(super) type Build = fn(&mut Buffers, Sizes) -> Result<Case>;
 
 /// Every case, in table order.
-pub(super) const CASES: [Build; 36] = [
+pub(super) const CASES: [Build; 37] = [
     ceiling_mma,
     ceiling_copy,
     copy_transpose,
@@ -60,6 +60,7 @@ pub(super) const CASES: [Build; 36] = [
     attention_fwd,
     attention_fwd_bf16,
     attention_fwd_bf16_inputs,
+    attention_fwd_wgmma,
     attention_bwd,
     attention_bwd_bf16,
 ];
@@ -561,7 +562,8 @@ fn gemm_bf16_large_tile(b: &mut Buffers, s: Sizes) -> Result<Case> {
 
 /// The rows that need a compute-capability 9.0 GPU (or the interpreter): the bench leaves
 /// them out elsewhere.
-pub(super) const SM90_ONLY: [&str; 4] = [WGMMA_128, WGMMA_256, WGMMA_WGRAD, WGMMA_GELU];
+pub(super) const SM90_ONLY: [&str; 5] = [WGMMA_128, WGMMA_256, WGMMA_WGRAD, WGMMA_GELU, WGMMA_ATTN];
+const WGMMA_ATTN: &str = "attention fwd bf16 inputs (wgmma, sm_90a), causal";
 const WGMMA_128: &str = "gemm bf16 NT (wgmma, sm_90a), 128 x 128 tile";
 const WGMMA_256: &str = "gemm bf16 NT (wgmma, sm_90a), 128 x 256 tile";
 const WGMMA_WGRAD: &str = "gemm bf16 TN, weight gradient (wgmma, 128 x 128 tile, split)";
@@ -917,6 +919,15 @@ fn attention_fwd_bf16(b: &mut Buffers, s: Sizes) -> Result<Case> {
 /// The forward of bf16 training: q, k, v stored as bf16 (loaded by `cp.async`), the output
 /// and lse f32. The inputs SDPA takes.
 fn attention_fwd_bf16_inputs(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    attention_fwd_bf16_inputs_on(b, s, false)
+}
+
+/// The same forward on Hopper's warpgroup tensor cores (`attn_fwd_bf16s_d64_wgmma`).
+fn attention_fwd_wgmma(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    attention_fwd_bf16_inputs_on(b, s, true)
+}
+
+fn attention_fwd_bf16_inputs_on(b: &mut Buffers, s: Sizes, wgmma: bool) -> Result<Case> {
     let a = attn_case(s);
     let (rows, keys) = (a.b * a.h * a.nq, a.b * a.h * a.nk);
     let bf16 = |seed| move |i| half::bf16::from_f32(pattern(i, seed)).to_bits();
@@ -934,11 +945,19 @@ fn attention_fwd_bf16_inputs(b: &mut Buffers, s: Sizes) -> Result<Case> {
         precision: k::AttnPrecision::Bf16Inputs,
     };
     Ok(Case {
-        name: "attention fwd bf16 inputs (cp.async), causal",
+        name: if wgmma {
+            WGMMA_ATTN
+        } else {
+            "attention fwd bf16 inputs (cp.async), causal"
+        },
         shape: dims(&[a.b, a.h, a.nq, a.dh]),
         flops: Some(attn_flops(&a)),
         bytes: (2 * (rows * a.dh + keys * (a.dh + a.dv)) + 4 * rows * (a.dv + 1)) as f64,
-        run: Box::new(move |d| k::attn_fwd(d, &f)),
+        run: if wgmma {
+            Box::new(move |d| k::attn_fwd_wgmma(d, &f, None))
+        } else {
+            Box::new(move |d| k::attn_fwd(d, &f))
+        },
     })
 }
 

@@ -1,9 +1,9 @@
 //! Launch wrappers for `ptx/attention.cu`: fused (flash-style) attention forward, saving the
 //! base-2 log-sum-exp, and its backward recomputing the probabilities from it.
 
-use super::{count, grid_yz, ATTENTION};
+use super::{count, grid_yz, ATTENTION, ATTENTION_SM90};
 use crate::error::{Error, Result};
-use crate::gpu::driver::{DevicePtr, Driver, KernelArg, LaunchConfig};
+use crate::gpu::driver::{DevicePtr, Driver, KernelArg, LaunchConfig, PtxModule};
 
 /// Largest head dimension (`Dh` and `Dv`) the attention kernels take: their shared-memory
 /// tiles hold 128 features per row.
@@ -353,9 +353,85 @@ pub fn attn_fwd_saving_bf16(driver: &dyn Driver, a: &AttnFwd, o_bf16: DevicePtr)
     launch_fwd(driver, a, Some(o_bf16))
 }
 
+/// The bf16-input forward at head dims 64 (`AttnPrecision::Bf16Inputs`) on Hopper's
+/// warpgroup tensor cores (`attn_fwd_bf16s_d64_wgmma`, `ptx/attention_sm90.cu`: sm_90a, so a
+/// compute-capability 9.0 GPU or the interpreter), with its optional bf16 copy of the output
+/// as [`attn_fwd_saving_bf16`] writes it. [`attn_fwd`] runs it in place of
+/// `attn_fwd_bf16s_d64` when [`super::wgmma_enabled`]. Its results are reproducible and, on
+/// the interpreter, `attn_fwd_bf16s_d64`'s bits; on a GPU the two instructions may round a
+/// 16-wide step differently.
+pub fn attn_fwd_wgmma(driver: &dyn Driver, a: &AttnFwd, o_bf16: Option<DevicePtr>) -> Result<()> {
+    const NAME: &str = "attn_fwd_bf16s_d64_wgmma";
+    let d = &a.dims;
+    if a.precision != AttnPrecision::Bf16Inputs || d.dh != 64 || d.dv != 64 {
+        return Err(Error::arg(
+            NAME,
+            format!(
+                "the warpgroup forward takes AttnPrecision::Bf16Inputs at dh = dv = 64, got \
+                 {:?} at dh = {} and dv = {}",
+                a.precision, d.dh, d.dv
+            ),
+        ));
+    }
+    if let Some((major, minor)) = driver.compute_capability()? {
+        if (major, minor) != (9, 0) {
+            return Err(Error::Device {
+                op: NAME,
+                detail: format!(
+                    "built for sm_90a, it needs a GPU of compute capability 9.0 (an H100 or \
+                     H200); {} is {major}.{minor}",
+                    driver.name()
+                ),
+            });
+        }
+    }
+    let fwd = FwdKernel {
+        module: &ATTENTION_SM90,
+        name: NAME,
+        tile: 128,
+        threads: 256,
+        shared_bytes: 128 * 64 * 2 + 2 * 2 * 64 * 64 * 2,
+    };
+    launch_fwd_kernel(driver, a, o_bf16, fwd)
+}
+
+/// Which forward kernel a launch runs and how.
+struct FwdKernel {
+    module: &'static PtxModule,
+    name: &'static str,
+    /// Queries per CTA.
+    tile: usize,
+    threads: u32,
+    shared_bytes: usize,
+}
+
 fn launch_fwd(driver: &dyn Driver, a: &AttnFwd, o_bf16: Option<DevicePtr>) -> Result<()> {
     let d = &a.dims;
+    if a.precision == AttnPrecision::Bf16Inputs
+        && (d.dh, d.dv) == (64, 64)
+        && super::wgmma_enabled(driver)?
+    {
+        return attn_fwd_wgmma(driver, a, o_bf16);
+    }
     let (name, tile, shared_bytes) = fwd_kernel(a.precision, d)?;
+    let fwd = FwdKernel {
+        module: &ATTENTION,
+        name,
+        tile,
+        threads: THREADS,
+        shared_bytes,
+    };
+    launch_fwd_kernel(driver, a, o_bf16, fwd)
+}
+
+fn launch_fwd_kernel(
+    driver: &dyn Driver,
+    a: &AttnFwd,
+    o_bf16: Option<DevicePtr>,
+    fwd: FwdKernel,
+) -> Result<()> {
+    let d = &a.dims;
+    let (name, tile, shared_bytes) = (fwd.name, fwd.tile, fwd.shared_bytes);
     let Some(yz) = check(name, d, &a.scores)? else {
         return Ok(());
     };
@@ -385,11 +461,13 @@ fn launch_fwd(driver: &dyn Driver, a: &AttnFwd, o_bf16: Option<DevicePtr>) -> Re
     }
     args.push(KernelArg::F32(scale_log2(&a.scores)));
     args.push(KernelArg::U32(a.scores.causal as u32));
+    let base = config(d.nq.div_ceil(tile), yz);
     let cfg = LaunchConfig {
         shared_bytes: shared_bytes as u32,
-        ..config(d.nq.div_ceil(tile), yz)
+        block: (fwd.threads, 1, 1),
+        ..base
     };
-    driver.launch(&ATTENTION, name, cfg, &args)
+    driver.launch(fwd.module, name, cfg, &args)
 }
 
 /// Launches the backward for `a` with f32 operands: `attn_bwd_dot_f32` (`D`), then

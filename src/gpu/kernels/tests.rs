@@ -329,6 +329,9 @@ fn launch_every_wrapper(d: &Recorder) -> Vec<Launch> {
             ..fwd
         };
         attn_fwd_saving_bf16(d, &fwd, p()).unwrap();
+        if fwd.dims.dh == 64 {
+            attn_fwd_wgmma(d, &fwd, Some(p())).unwrap();
+        }
     }
     let bwd = AttnBwd {
         dims,

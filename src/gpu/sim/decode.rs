@@ -268,6 +268,8 @@ pub fn decode_inst(
         Op::Bra => 1,
         Op::Exit | Op::CpAsyncCommit | Op::CpAsyncWaitAll => 0,
         Op::FenceProxyAsync | Op::WgmmaFence | Op::WgmmaCommit | Op::WgmmaWait(_) => 0,
+        // A from registers has no imm-trans-a.
+        Op::Wgmma(_) if matches!(ops.get(1), Some(Operand::Vec(_))) => 7,
         Op::Wgmma(_) => 8,
         Op::CpAsyncWait(n) => usize::from(*n == u32::MAX),
         Op::Setp(_, comb, _, _) => {
@@ -325,10 +327,12 @@ fn check_shapes(op: &Op, ops: &[Operand]) -> Result<(), String> {
         ),
         Op::Wgmma(n) => (
             vec_len(&ops[0]) == *n as usize / 2
-                && ops[1..4].iter().all(|o| matches!(o, Operand::Reg(_)))
+                && (matches!(&ops[1], Operand::Reg(_))
+                    || matches!(&ops[1], Operand::Vec(v) if v.len() == 4))
+                && ops[2..4].iter().all(|o| matches!(o, Operand::Reg(_)))
                 && ops[4..].iter().all(|o| matches!(o, Operand::Imm(_))),
-            "wgmma.mma_async needs {d..} (N / 2 registers), a-desc, b-desc and scale-d \
-             registers, then four immediates",
+            "wgmma.mma_async needs {d..} (N / 2 registers), a-desc (or {a0, a1, a2, a3}), \
+             b-desc and scale-d registers, then the immediates",
         ),
         Op::Bra => (matches!(ops[0], Operand::Label(_)), "bra needs a label"),
         _ => (true, ""),

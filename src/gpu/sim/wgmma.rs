@@ -24,14 +24,16 @@
 //!   `fence.proxy.async` by the writing warp before a `wgmma` reads it.
 //!
 //! Both operand majors (K-major, and MN-major through `imm-trans-a/b` = 1) are read in the
-//! canonical no-swizzle layout; swizzled layouts, A from registers and the other types are
-//! refused with an error naming them.
+//! canonical no-swizzle layout, and A may come from registers (each warp's 16 rows as the
+//! `mma.m16n8k16` A fragment; those registers must keep their values until the instruction
+//! retires); swizzled layouts and the other types are refused with an error naming them.
 
 use std::collections::VecDeque;
 
 use super::exec::{f32b, Launch, Warp, R};
 use super::ir::Operand;
 use super::memory::SharedMem;
+use super::warp_ops::mma_a_pos;
 
 /// The fields of a 64-bit shared-memory matrix descriptor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +122,9 @@ pub fn wgmma_rows(
         .collect()
 }
 
+/// The log's A "descriptor" of an instruction that takes A from registers.
+const A_IN_REGISTERS: u64 = u64::MAX;
+
 /// One issued `wgmma.mma_async` whose result has not been written yet.
 pub(super) struct PendingWgmma {
     /// Destination registers.
@@ -128,6 +133,9 @@ pub(super) struct PendingWgmma {
     values: Vec<Vec<f32>>,
     /// The shared memory read, one bf16 element at a time, as it was at issue.
     read: Vec<(usize, u16)>,
+    /// The A fragment's registers (register, lane, value) when A comes from registers: they
+    /// must hold the same values until the instruction retires.
+    a_held: Vec<(u32, usize, u32)>,
     /// Instruction index, for messages.
     pc: u32,
 }
@@ -231,14 +239,28 @@ impl<'a> Launch<'a> {
             }
             Ok(v0)
         };
-        let da = uniform(&ops[1], "A descriptor")?;
+        let da = match &ops[1] {
+            Operand::Vec(_) => A_IN_REGISTERS,
+            o => uniform(o, "A descriptor")?,
+        };
         let db = uniform(&ops[2], "B descriptor")?;
         let scale_d = uniform(&ops[3], "scale-d predicate")? != 0;
         let imm = |o: &Operand| match o {
             Operand::Imm(v) => *v as i64,
             _ => i64::MIN,
         };
-        let (sa, sb, ta, tb) = (imm(&ops[4]), imm(&ops[5]), imm(&ops[6]), imm(&ops[7]));
+        // A from registers: `d, {a0, a1, a2, a3}, b-desc, scale-d, imm-scale-a, imm-scale-b,
+        // imm-trans-b` (no imm-trans-a).
+        let a_regs = match &ops[1] {
+            Operand::Vec(v) => Some(v.clone()),
+            _ => None,
+        };
+        let (sa, sb) = (imm(&ops[4]), imm(&ops[5]));
+        let (ta, tb) = if a_regs.is_some() {
+            (0, imm(&ops[6]))
+        } else {
+            (imm(&ops[6]), imm(&ops[7]))
+        };
         let sign = |s: i64| match s as i32 {
             1 => Ok(1.0),
             -1 => Ok(-1.0),
@@ -254,7 +276,12 @@ impl<'a> Launch<'a> {
         };
         let (a_mn, b_mn) = (major(ta, "a")?, major(tb, "b")?);
         let (a, b) = (SmemDesc::decode(da), SmemDesc::decode(db));
-        for (what, d) in [("A", a), ("B", b)] {
+        let descs: &[(&str, SmemDesc)] = if a_regs.is_some() {
+            &[("B", b)]
+        } else {
+            &[("A", a), ("B", b)]
+        };
+        for &(what, d) in descs {
             if d.swizzle != 0 || d.base_offset != 0 {
                 return Err(format!(
                     "wgmma.mma_async: the {what} descriptor asks for swizzle mode {} (base \
@@ -281,9 +308,28 @@ impl<'a> Launch<'a> {
             Ok(half::bf16::from_bits(bits).to_f64())
         };
         let mut am = [[0f64; 16]; 16];
-        for (r, row) in am.iter_mut().enumerate() {
-            for (k, v) in row.iter_mut().enumerate() {
-                *v = sa * fetch(&a, a_mn, 16 * rank + r as u32, k as u32)?;
+        let mut a_held = Vec::new();
+        if let Some(regs) = &a_regs {
+            // The warp's 16 rows as the m16n8k16 A fragment: four b32 registers per lane, two
+            // bf16 each (low half first).
+            for l in 0..32u32 {
+                *cur = Some(l);
+                for (j, r) in regs.iter().enumerate() {
+                    let r = r.ok_or("wgmma A fragment has a `_` sink")?;
+                    let word = self.rd(w, &Operand::Reg(r), l as usize, ctaid)? as u32;
+                    a_held.push((r, l as usize, word));
+                    for half in 0..2u32 {
+                        let (row, k) = mma_a_pos(l, 2 * j as u32 + half);
+                        let bits = (word >> (16 * half)) as u16;
+                        am[row][k] = sa * half::bf16::from_bits(bits).to_f64();
+                    }
+                }
+            }
+        } else {
+            for (r, row) in am.iter_mut().enumerate() {
+                for (k, v) in row.iter_mut().enumerate() {
+                    *v = sa * fetch(&a, a_mn, 16 * rank + r as u32, k as u32)?;
+                }
             }
         }
         let mut bm = vec![[0f64; 16]; n as usize];
@@ -323,6 +369,7 @@ impl<'a> Launch<'a> {
             dregs,
             values,
             read,
+            a_held,
             pc,
         });
         Ok(())
@@ -349,6 +396,16 @@ impl<'a> Launch<'a> {
                             "shared memory at 0x{i:x}, read by the wgmma.mma_async at line \
                              {line}, was written (or a cp.async into it issued) before the \
                              wgmma.wait_group that retires it"
+                        ));
+                    }
+                }
+                for &(r, l, word) in &p.a_held {
+                    let now = w.regs[r as usize * 32 + l] as u32;
+                    if w.init[r as usize] & (1 << l) == 0 || now != word {
+                        return Err(format!(
+                            "register {}, holding A of the wgmma.mma_async at line {line}, was \
+                             written before the wgmma.wait_group that retires it",
+                            self.k.reg_names[r as usize]
                         ));
                     }
                 }

@@ -1,0 +1,304 @@
+// ptx-arch: compute_90a
+//
+// The bf16-input attention forward of attention.cu (`attn_fwd_bf16s_d64`: the same
+// arguments, semantics, units and results; see there) on Hopper's warpgroup tensor cores,
+// `wgmma.mma_async`, which needs sm_90a: compiled for compute_90a, so the module loads on a
+// compute-capability 9.0 GPU and in the interpreter only.
+//
+// attn_fwd_bf16s_d64_wgmma: head dims Dh = Dv = 64; q, k, v stored as bf16 with feature
+//   stride 1, the other strides and the base offsets multiples of 8 elements (the host
+//   checks). 256 threads as two warpgroups of 64 queries each, 128 queries per CTA, key
+//   tiles of 64 through a two-stage cp.async ring. Q, K and V sit in shared memory in the
+//   canonical no-swizzle layout (core matrices of eight 16-byte rows, 128 contiguous bytes):
+//   Q and K k-major (a row block of 8 positions is 8 core matrices along the features, 128
+//   bytes apart, row blocks 1,024 bytes apart), V the transposed way (8 consecutive features
+//   of one key per 16 bytes: keys along k 128 bytes apart per block of 8, feature blocks
+//   1,024 bytes apart), read with imm-trans-b 1. Per key tile a warpgroup issues
+//   S = Q K^T as four m64n64k16 (A and B from shared memory), waits, runs the online
+//   softmax on its accumulators, and issues O += P V as four m64n64k16 with P from
+//   registers: the S accumulators of a 16-key step, rounded to bf16 in pairs, are the A
+//   fragment (as mma.m16n8k16's). Under the causal rule a warpgroup skips the key tiles none
+//   of its 64 rows sees, and the CTAs run the longest query tiles first.
+//   Launch: 256 threads, grid (ceil(Nq / 128), heads, batch), 48 KiB of dynamic shared
+//   memory (Q 16 KiB, then two stages of K and V).
+//
+// Reduction order: as attn_fwd_bf16s_d64 (each 16-wide k-step of either product in the
+// tensor core's order, steps increasing; softmax sums per tile in the same order), so on the
+// interpreter the two give the same bits; on a GPU wgmma and mma.sync may round a step
+// differently.
+
+#include <cuda_bf16.h>
+
+#define FULL_MASK 0xffffffffu
+#define W_D 64
+#define W_BK 64
+#define W_BQ 128
+// Bytes of a block of 8 rows of a 64-feature tile: 8 core matrices of 128 bytes.
+#define W_ROW_BLOCK 1024
+#define W_Q_BYTES (W_BQ * W_D * 2)
+#define W_KV_BYTES (W_BK * W_D * 2)
+#define W_STAGES 2
+
+__device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
+
+__device__ __forceinline__ bool visible(unsigned causal, unsigned i, unsigned j, unsigned off) {
+  return !causal || j <= i + off;
+}
+
+__device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
+  __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<unsigned*>(&p);
+}
+
+extern __shared__ __align__(128) unsigned char attn_wg_smem[];
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+  return (unsigned)__cvta_generic_to_shared(p);
+}
+
+__device__ __forceinline__ void cp_async16_zfill(void* dst, const void* src, unsigned src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+               "r"(src_bytes));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Makes this thread's shared-memory writes visible to the async proxy wgmma reads through.
+__device__ __forceinline__ void fence_proxy_async() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+__device__ __forceinline__ void wgmma_fence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+
+__device__ __forceinline__ void wgmma_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+
+// The shared-memory matrix descriptor of the PTX ISA: start address, leading and stride
+// byte offsets (each in 16-byte units, 14 bits), swizzle mode 0 (none) in bits 62-63.
+__device__ __forceinline__ unsigned long long smem_desc(unsigned addr, unsigned lbo,
+                                                        unsigned sbo) {
+  return (unsigned long long)((addr & 0x3FFFF) >> 4) |
+         (unsigned long long)((lbo & 0x3FFFF) >> 4) << 16 |
+         (unsigned long long)((sbo & 0x3FFFF) >> 4) << 32;
+}
+
+// S += Q K^T for one 16-feature step: m64n64k16, A and B by descriptor.
+__device__ __forceinline__ void wgmma_ss(float* d, unsigned long long da, unsigned long long db) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+      "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+        "+f"(d[30]), "+f"(d[31])
+      : "l"(da), "l"(db), "r"(1));
+}
+
+// O += P V for one 16-key step: m64n64k16, A (P) from registers, B (V) by descriptor,
+// transposed (MN-major).
+__device__ __forceinline__ void wgmma_rs(float* d, const unsigned* a, unsigned long long db) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+      "}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+        "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+
+// Rows row0 .. row0 + ROWS - 1 (64 features, feature stride 1, row stride rs) of a bf16
+// matrix into `s` by cp.async, rows at or beyond `rows` zero-filled. K-major (Q, K): the
+// chunk of row r and features 8 c .. 8 c + 7 goes to (r / 8) * 1024 + c * 128 + (r % 8) * 16.
+// Transposed (V): to c * (ROWS * 16) + r * 16, i.e. feature block c, key r. Consecutive
+// threads take consecutive rows of one core matrix: 128 contiguous bytes per 8 threads.
+template <int ROWS, bool KMAJOR>
+__device__ __forceinline__ void load_rows(unsigned char* s, const __nv_bfloat16* __restrict__ g,
+                                          unsigned row0, unsigned rows, unsigned rs) {
+  constexpr int CHUNKS = ROWS * (W_D / 8);
+  static_assert(CHUNKS % 256 == 0, "chunks must divide among the threads");
+#pragma unroll
+  for (int q = 0; q < CHUNKS / 256; ++q) {
+    unsigned e = threadIdx.x + 256 * q;
+    unsigned r = (e & 7) | (e >> 6) << 3, c = (e >> 3) & 7;
+    unsigned gr = row0 + r;
+    bool in = gr < rows;
+    // A row with nothing to read points at the operand's start, which is always mapped.
+    const __nv_bfloat16* src = in ? g + (size_t)gr * rs + c * 8 : g;
+    unsigned at = KMAJOR ? (r >> 3) * W_ROW_BLOCK + c * 128 + (r & 7) * 16 : c * (ROWS * 16) + r * 16;
+    cp_async16_zfill(s + at, src, in ? 16u : 0u);
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(256, 1) attn_fwd_bf16s_d64_wgmma(
+    float* __restrict__ o, float* __restrict__ lse, __nv_bfloat16* __restrict__ o16,
+    const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k,
+    const __nv_bfloat16* __restrict__ v, unsigned nq, unsigned nk, unsigned dh, unsigned dv,
+    unsigned q_sb, unsigned q_sh, unsigned q_sn, unsigned q_sd, unsigned k_sb, unsigned k_sh,
+    unsigned k_sn, unsigned k_sd, unsigned v_sb, unsigned v_sh, unsigned v_sn, unsigned v_sd,
+    unsigned o_sb, unsigned o_sh, unsigned o_sn, unsigned o_sd, float scale_log2,
+    unsigned causal) {
+  unsigned char* qs = attn_wg_smem;
+  unsigned char* ring = qs + W_Q_BYTES;  // stage st: K at st * 2 * KV, V after it
+  unsigned lane = threadIdx.x & 31, w = (threadIdx.x >> 5) & 3, wg = threadIdx.x >> 7;
+  unsigned group = lane >> 2, tig = lane & 3;
+  unsigned bz = blockIdx.z, hy = blockIdx.y;
+  q += (size_t)bz * q_sb + (size_t)hy * q_sh;
+  k += (size_t)bz * k_sb + (size_t)hy * k_sh;
+  v += (size_t)bz * v_sb + (size_t)hy * v_sh;
+  o += (size_t)bz * o_sb + (size_t)hy * o_sh;
+  lse += ((size_t)bz * gridDim.y + hy) * nq;
+  if (o16) o16 += ((size_t)bz * gridDim.y + hy) * nq * W_D;
+  unsigned q0 = (causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x) * W_BQ;
+  unsigned off = causal ? nk - nq : 0;
+  unsigned qend = min(nq, q0 + W_BQ);
+  unsigned kend = causal ? min(nk, qend + off) : nk;
+  unsigned ntiles = (kend + W_BK - 1) / W_BK;
+  // The warpgroup's rows: r0 .. r0 + 63; this thread's: rows g and g + 8 of its warp's 16.
+  unsigned r0 = q0 + wg * 64;
+  unsigned i_row[2] = {r0 + w * 16 + group, r0 + w * 16 + group + 8};
+
+  // Group 0: Q and key tile 0; then the ring keeps one tile ahead.
+  load_rows<W_BQ, true>(qs, q, q0, nq, q_sn);
+  if (ntiles > 0) {
+    load_rows<W_BK, true>(ring, k, 0, nk, k_sn);
+    load_rows<W_BK, false>(ring + W_KV_BYTES, v, 0, nk, v_sn);
+  }
+  cp_async_commit();
+
+  float acc[32], s[32];
+  float m[2] = {neg_inf(), neg_inf()}, l[2] = {0.0f, 0.0f};
+#pragma unroll
+  for (int i = 0; i < 32; ++i) acc[i] = 0.0f;
+  unsigned q_base = smem_addr(qs) + wg * 8 * W_ROW_BLOCK;
+
+  for (unsigned t = 0; t < ntiles; ++t) {
+    cp_async_wait<0>();
+    fence_proxy_async();
+    // Every thread's copies of tile t have landed, and every warpgroup is done with the
+    // stage the next load overwrites (tile t - 1's: both of its batches were waited for).
+    __syncthreads();
+    if (t + 1 < ntiles) {
+      unsigned char* nxt = ring + ((t + 1) % W_STAGES) * 2 * W_KV_BYTES;
+      load_rows<W_BK, true>(nxt, k, (t + 1) * W_BK, nk, k_sn);
+      load_rows<W_BK, false>(nxt + W_KV_BYTES, v, (t + 1) * W_BK, nk, v_sn);
+    }
+    cp_async_commit();
+    unsigned k0 = t * W_BK;
+    // The warpgroup's last row sees keys up to r0 + 63 + off; a tile past it is skipped.
+    if (causal && k0 > r0 + 63 + off) continue;
+    unsigned k_base = smem_addr(ring + (t % W_STAGES) * 2 * W_KV_BYTES);
+    unsigned v_base = k_base + W_KV_BYTES;
+
+#pragma unroll
+    for (int i = 0; i < 32; ++i) s[i] = 0.0f;
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < W_D / 16; ++ks) {
+      wgmma_ss(s, smem_desc(q_base + ks * 256, 128, W_ROW_BLOCK),
+               smem_desc(k_base + ks * 256, 128, W_ROW_BLOCK));
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+
+    // Scale, mask (only tiles that reach past the keys or the warpgroup's diagonal), online
+    // softmax. Accumulator i: row g + 8 ((i / 2) % 2), key k0 + 8 (i / 4) + 2 tig + (i % 2).
+    bool edge = k0 + W_BK > nk || (causal && k0 + W_BK > r0 + off + 1);
+    float mt[2] = {neg_inf(), neg_inf()};
+#pragma unroll
+    for (int i = 0; i < 32; ++i) {
+      unsigned h = (i >> 1) & 1, j = k0 + (i >> 2) * 8 + 2 * tig + (i & 1);
+      float x = s[i] * scale_log2;
+      if (edge && !(j < nk && visible(causal, i_row[h], j, off))) x = neg_inf();
+      s[i] = x;
+      mt[h] = fmaxf(mt[h], x);
+    }
+    float mu[2], corr[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      mt[h] = fmaxf(mt[h], __shfl_xor_sync(FULL_MASK, mt[h], 1));
+      mt[h] = fmaxf(mt[h], __shfl_xor_sync(FULL_MASK, mt[h], 2));
+      float mn = fmaxf(m[h], mt[h]);
+      mu[h] = mn == neg_inf() ? 0.0f : mn;
+      corr[h] = exp2f(m[h] - mu[h]);
+      m[h] = mn;
+      l[h] *= corr[h];
+    }
+#pragma unroll
+    for (int i = 0; i < 32; ++i) acc[i] *= corr[(i >> 1) & 1];
+#pragma unroll
+    for (int i = 0; i < 32; ++i) {
+      float p = exp2f(s[i] - mu[(i >> 1) & 1]);
+      l[(i >> 1) & 1] += p;
+      s[i] = p;
+    }
+    // O += P V: the accumulators of keys 16 kk .. 16 kk + 15 are the A fragment.
+    unsigned pa[W_BK / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < W_BK / 16; ++kk) {
+      pa[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
+      pa[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
+      pa[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
+      pa[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < W_BK / 16; ++kk) {
+      // Keys 16 kk .. 16 kk + 15: two blocks of 8 keys, 128 bytes apart; feature blocks
+      // W_BK * 16 bytes apart.
+      wgmma_rs(acc, pa[kk], smem_desc(v_base + kk * 256, 128, W_BK * 16));
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+  }
+
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l[h] = __fadd_rn(l[h], __shfl_xor_sync(FULL_MASK, l[h], 1));
+    l[h] = __fadd_rn(l[h], __shfl_xor_sync(FULL_MASK, l[h], 2));
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    unsigned i = i_row[h];
+    if (i >= nq) continue;
+    float inv = l[h] > 0.0f ? __frcp_rn(l[h]) : 0.0f;
+#pragma unroll
+    for (int f = 0; f < W_D / 8; ++f) {
+      float x[2];
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        unsigned c = f * 8 + 2 * tig + e;
+        x[e] = acc[4 * f + 2 * h + e] * inv;
+        o[(size_t)i * o_sn + (size_t)c * o_sd] = x[e];
+      }
+      // The bf16 copy the backward reads: the same values rounded, two per 4-byte store.
+      if (o16)
+        *reinterpret_cast<unsigned*>(o16 + (size_t)i * W_D + f * 8 + 2 * tig) =
+            pack_bf16(x[0], x[1]);
+    }
+    if (tig == 0) lse[i] = l[h] > 0.0f ? m[h] + __log2f(l[h]) : neg_inf();
+  }
+}

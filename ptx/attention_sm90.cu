@@ -22,6 +22,18 @@
 //   Launch: 256 threads, grid (ceil(Nq / 128), heads, batch), 48 KiB of dynamic shared
 //   memory (Q 16 KiB, then two stages of K and V).
 //
+// attn_bwd_dkdv_bf16_d64_wgmma, attn_bwd_dq_bf16_d64_wgmma: attention.cu's tensor-core
+//   backward (`attn_bwd_dkdv_bf16_d64`, `attn_bwd_dq_bf16_d64`: the same arguments, launch,
+//   order and results, dO read from attn_bwd_dot_round_bf16s's bf16 copy) on wgmma. One
+//   warpgroup per CTA: 64 keys (dK/dV) or 64 queries (dQ), held as A fragments in registers
+//   (loaded straight from global memory, 4 bytes at a time, once); the ring carries the other
+//   side's tiles (Q and dO, or K and V) in the canonical k-major layout. Every product is an
+//   m64n64k16 with A from registers: S^T = K Q^T and dP^T = V dO^T read the tiles k-major;
+//   dV += P^T dO, dK += dS^T Q and dQ += dS K read the same bytes transposed (features along
+//   n, positions along k: leading byte offset 1,024, stride byte offset 128, imm-trans-b 1).
+//   Launch as the mma.sync kernels: 128 threads, 64 rows per CTA, 32 KiB of dynamic shared
+//   memory (two stages of two 64 x 64 tiles).
+//
 // Reduction order: as attn_fwd_bf16s_d64 (each 16-wide k-step of either product in the
 // tensor core's order, steps increasing; softmax sums per tile in the same order), so on the
 // interpreter the two give the same bits; on a GPU wgmma and mma.sync may round a step
@@ -113,21 +125,22 @@ __device__ __forceinline__ void wgmma_ss(float* d, unsigned long long da, unsign
 }
 
 // O += P V for one 16-key step: m64n64k16, A (P) from registers, B (V) by descriptor,
-// transposed (MN-major).
+// transposed (MN-major) with TB 1.
+template <int TB = 1>
 __device__ __forceinline__ void wgmma_rs(float* d, const unsigned* a, unsigned long long db) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
       "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
       "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
-      "}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+      "}, {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
         "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
         "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
         "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
         "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
         "+f"(d[30]), "+f"(d[31])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1), "n"(TB));
 }
 
 // Rows row0 .. row0 + ROWS - 1 (64 features, feature stride 1, row stride rs) of a bf16
@@ -135,14 +148,14 @@ __device__ __forceinline__ void wgmma_rs(float* d, const unsigned* a, unsigned l
 // chunk of row r and features 8 c .. 8 c + 7 goes to (r / 8) * 1024 + c * 128 + (r % 8) * 16.
 // Transposed (V): to c * (ROWS * 16) + r * 16, i.e. feature block c, key r. Consecutive
 // threads take consecutive rows of one core matrix: 128 contiguous bytes per 8 threads.
-template <int ROWS, bool KMAJOR>
+template <int ROWS, bool KMAJOR, int THREADS = 256>
 __device__ __forceinline__ void load_rows(unsigned char* s, const __nv_bfloat16* __restrict__ g,
                                           unsigned row0, unsigned rows, unsigned rs) {
   constexpr int CHUNKS = ROWS * (W_D / 8);
-  static_assert(CHUNKS % 256 == 0, "chunks must divide among the threads");
+  static_assert(CHUNKS % THREADS == 0, "chunks must divide among the threads");
 #pragma unroll
-  for (int q = 0; q < CHUNKS / 256; ++q) {
-    unsigned e = threadIdx.x + 256 * q;
+  for (int q = 0; q < CHUNKS / THREADS; ++q) {
+    unsigned e = threadIdx.x + THREADS * q;
     unsigned r = (e & 7) | (e >> 6) << 3, c = (e >> 3) & 7;
     unsigned gr = row0 + r;
     bool in = gr < rows;
@@ -269,7 +282,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) attn_fwd_bf16s_d64_wgmma(
     for (int kk = 0; kk < W_BK / 16; ++kk) {
       // Keys 16 kk .. 16 kk + 15: two blocks of 8 keys, 128 bytes apart; feature blocks
       // W_BK * 16 bytes apart.
-      wgmma_rs(acc, pa[kk], smem_desc(v_base + kk * 256, 128, W_BK * 16));
+      wgmma_rs<1>(acc, pa[kk], smem_desc(v_base + kk * 256, 128, W_BK * 16));
     }
     wgmma_commit();
     wgmma_wait<0>();
@@ -300,5 +313,288 @@ extern "C" __global__ void __launch_bounds__(256, 1) attn_fwd_bf16s_d64_wgmma(
             pack_bf16(x[0], x[1]);
     }
     if (tig == 0) lse[i] = l[h] > 0.0f ? m[h] + __log2f(l[h]) : neg_inf();
+  }
+}
+
+// ---- the backward ----
+
+// The A fragments (k-steps of 16 features) of rows r0 + 16 w + g and + 8 of a bf16 matrix
+// with feature stride 1 and row stride rs, read from global memory; rows at or beyond
+// `rows` are zeros.
+__device__ __forceinline__ void rows_as_a(unsigned (*a)[4], const __nv_bfloat16* __restrict__ g,
+                                          unsigned r0, unsigned rows, unsigned rs) {
+  unsigned lane = threadIdx.x & 31, w = (threadIdx.x >> 5) & 3;
+  unsigned r = r0 + w * 16 + (lane >> 2), c = 2 * (lane & 3);
+  const unsigned* lo = reinterpret_cast<const unsigned*>(g + (size_t)r * rs);
+  const unsigned* hi = reinterpret_cast<const unsigned*>(g + (size_t)(r + 8) * rs);
+#pragma unroll
+  for (int ks = 0; ks < W_D / 16; ++ks) {
+    unsigned f = (ks * 16 + c) / 2;
+    a[ks][0] = r < rows ? lo[f] : 0u;
+    a[ks][1] = r + 8 < rows ? hi[f] : 0u;
+    a[ks][2] = r < rows ? lo[f + 4] : 0u;
+    a[ks][3] = r + 8 < rows ? hi[f + 4] : 0u;
+  }
+}
+
+// The A fragment (16 rows, k = columns 16 kk .. 16 kk + 15) of a warp's 16 x 64 f32
+// accumulators (s[4 f + e]: n-fragment f), rounded to bf16.
+__device__ __forceinline__ void acc_as_a(unsigned* a, const float* s, int kk) {
+  a[0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
+  a[1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
+  a[2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
+  a[3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
+}
+
+// Descriptors of a 64 x 64 k-major tile at `base`: rows along n, features along k (k-step
+// ks), or transposed, features along n and rows along k (k-step kk of 16 rows).
+__device__ __forceinline__ unsigned long long tile_by_rows(unsigned base, int ks) {
+  return smem_desc(base + ks * 256, 128, W_ROW_BLOCK);
+}
+__device__ __forceinline__ unsigned long long tile_by_cols(unsigned base, int kk) {
+  return smem_desc(base + kk * 2 * W_ROW_BLOCK, W_ROW_BLOCK, 128);
+}
+
+#define BWD_TILE (64 * W_D * 2)
+
+extern "C" __global__ void __launch_bounds__(128) attn_bwd_dkdv_bf16_d64_wgmma(
+    float* __restrict__ dk, float* __restrict__ dvo, const __nv_bfloat16* __restrict__ q,
+    const __nv_bfloat16* __restrict__ k, const __nv_bfloat16* __restrict__ v,
+    const __nv_bfloat16* __restrict__ g, const float* __restrict__ lse,
+    const float* __restrict__ dd, unsigned nq, unsigned nk, unsigned dh, unsigned dv,
+    unsigned q_sb, unsigned q_sh, unsigned q_sn, unsigned q_sd, unsigned k_sb, unsigned k_sh,
+    unsigned k_sn, unsigned k_sd, unsigned v_sb, unsigned v_sh, unsigned v_sn, unsigned v_sd,
+    unsigned g_sb, unsigned g_sh, unsigned g_sn, unsigned g_sd, unsigned dk_sb, unsigned dk_sh,
+    unsigned dk_sn, unsigned dk_sd, unsigned dv_sb, unsigned dv_sh, unsigned dv_sn,
+    unsigned dv_sd, float scale_log2, float alpha, unsigned causal) {
+  __shared__ float Ls[2][64];
+  __shared__ float Ds[2][64];
+  unsigned lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  unsigned group = lane >> 2, tig = lane & 3;
+  unsigned bz = blockIdx.z, hy = blockIdx.y;
+  q += (size_t)bz * q_sb + (size_t)hy * q_sh;
+  k += (size_t)bz * k_sb + (size_t)hy * k_sh;
+  v += (size_t)bz * v_sb + (size_t)hy * v_sh;
+  g += (size_t)bz * g_sb + (size_t)hy * g_sh;
+  dk += (size_t)bz * dk_sb + (size_t)hy * dk_sh;
+  dvo += (size_t)bz * dv_sb + (size_t)hy * dv_sh;
+  size_t row0 = ((size_t)bz * gridDim.y + hy) * nq;
+  lse += row0;
+  dd += row0;
+  unsigned k0 = blockIdx.x * 64;
+  unsigned off = causal ? nk - nq : 0;
+  // The first query that sees key k0 is k0 - off; start at its tile.
+  unsigned i_start = ((causal && k0 > off) ? k0 - off : 0) & ~63u;
+  unsigned ntiles = nq > i_start ? (nq - i_start + 63) / 64 : 0;
+  unsigned char* ring = attn_wg_smem;  // stage st: Q at st * 2 * BWD_TILE, dO after it
+
+  if (ntiles > 0) {
+    load_rows<64, true, 128>(ring, q, i_start, nq, q_sn);
+    load_rows<64, true, 128>(ring + BWD_TILE, g, i_start, nq, g_sn);
+    if (threadIdx.x < 64) {
+      unsigned i = i_start + threadIdx.x;
+      Ls[0][threadIdx.x] = i < nq ? lse[i] : 0.0f;
+      Ds[0][threadIdx.x] = i < nq ? dd[i] : 0.0f;
+    }
+  }
+  cp_async_commit();
+  unsigned ka[W_D / 16][4], va[W_D / 16][4];
+  rows_as_a(ka, k, k0, nk, k_sn);
+  rows_as_a(va, v, k0, nk, v_sn);
+  // Keys group and group + 8 of the warp's 16.
+  unsigned j_row[2] = {k0 + w * 16 + group, k0 + w * 16 + group + 8};
+  float dka[32], dva[32];
+#pragma unroll
+  for (int i = 0; i < 32; ++i) {
+    dka[i] = 0.0f;
+    dva[i] = 0.0f;
+  }
+
+  for (unsigned t = 0; t < ntiles; ++t) {
+    unsigned i0 = i_start + t * 64;
+    cp_async_wait<0>();
+    fence_proxy_async();
+    // Tile t (Q, dO, lse, D) is visible, and the stage the next load overwrites (tile
+    // t - 1's) is no longer read: its batches were waited for.
+    __syncthreads();
+    bool next = t + 1 < ntiles;
+    if (next) {
+      unsigned char* nxt = ring + ((t + 1) & 1) * 2 * BWD_TILE;
+      load_rows<64, true, 128>(nxt, q, i0 + 64, nq, q_sn);
+      load_rows<64, true, 128>(nxt + BWD_TILE, g, i0 + 64, nq, g_sn);
+    }
+    cp_async_commit();
+    float l_next = 0.0f, d_next = 0.0f;
+    if (next && threadIdx.x < 64) {
+      unsigned i = i0 + 64 + threadIdx.x;
+      l_next = i < nq ? lse[i] : 0.0f;
+      d_next = i < nq ? dd[i] : 0.0f;
+    }
+    unsigned qs = smem_addr(ring + (t & 1) * 2 * BWD_TILE), gs = qs + BWD_TILE;
+    const float* Lt = Ls[t & 1];
+    const float* Dt = Ds[t & 1];
+    // S^T = K Q^T and dP^T = V dO^T: the warpgroup's 64 keys by the tile's 64 queries.
+    float s[32], dp[32];
+#pragma unroll
+    for (int i = 0; i < 32; ++i) {
+      s[i] = 0.0f;
+      dp[i] = 0.0f;
+    }
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < W_D / 16; ++ks) wgmma_rs<0>(s, ka[ks], tile_by_rows(qs, ks));
+#pragma unroll
+    for (int ks = 0; ks < W_D / 16; ++ks) wgmma_rs<0>(dp, va[ks], tile_by_rows(gs, ks));
+    wgmma_commit();
+    wgmma_wait<0>();
+    // P^T and dS^T in place of S^T and dP^T (masked entries 0).
+#pragma unroll
+    for (int x = 0; x < 32; ++x) {
+      unsigned c = (x >> 2) * 8 + 2 * tig + (x & 1);
+      unsigned i = i0 + c, j = j_row[(x >> 1) & 1];
+      bool vis = i < nq && j < nk && visible(causal, i, j, off);
+      float pv = vis ? exp2f(fmaf(s[x], scale_log2, -Lt[c])) : 0.0f;
+      s[x] = pv;
+      dp[x] = vis ? pv * (dp[x] - Dt[c]) : 0.0f;
+    }
+    // dV += P^T dO and dK += dS^T Q over the tile's 64 queries, 16 at a time.
+    unsigned pa[4][4], da[4][4];
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      acc_as_a(pa[kk], s, kk);
+      acc_as_a(da[kk], dp, kk);
+    }
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs<1>(dva, pa[kk], tile_by_cols(gs, kk));
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs<1>(dka, da[kk], tile_by_cols(qs, kk));
+    wgmma_commit();
+    wgmma_wait<0>();
+    // The other lse / D buffer was last read in iteration t - 1, before this one's barrier.
+    if (next && threadIdx.x < 64) {
+      Ls[(t + 1) & 1][threadIdx.x] = l_next;
+      Ds[(t + 1) & 1][threadIdx.x] = d_next;
+    }
+  }
+
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    unsigned j = j_row[h];
+    if (j >= nk) continue;
+#pragma unroll
+    for (int f = 0; f < 8; ++f)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        unsigned c = f * 8 + 2 * tig + e;
+        dk[(size_t)j * dk_sn + (size_t)c * dk_sd] = alpha * dka[4 * f + 2 * h + e];
+        dvo[(size_t)j * dv_sn + (size_t)c * dv_sd] = dva[4 * f + 2 * h + e];
+      }
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_bwd_dq_bf16_d64_wgmma(
+    float* __restrict__ dq, const __nv_bfloat16* __restrict__ q,
+    const __nv_bfloat16* __restrict__ k, const __nv_bfloat16* __restrict__ v,
+    const __nv_bfloat16* __restrict__ g, const float* __restrict__ lse,
+    const float* __restrict__ dd, unsigned nq, unsigned nk, unsigned dh, unsigned dv,
+    unsigned q_sb, unsigned q_sh, unsigned q_sn, unsigned q_sd, unsigned k_sb, unsigned k_sh,
+    unsigned k_sn, unsigned k_sd, unsigned v_sb, unsigned v_sh, unsigned v_sn, unsigned v_sd,
+    unsigned g_sb, unsigned g_sh, unsigned g_sn, unsigned g_sd, unsigned dq_sb, unsigned dq_sh,
+    unsigned dq_sn, unsigned dq_sd, float scale_log2, float alpha, unsigned causal) {
+  unsigned lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  unsigned group = lane >> 2, tig = lane & 3;
+  unsigned bz = blockIdx.z, hy = blockIdx.y;
+  q += (size_t)bz * q_sb + (size_t)hy * q_sh;
+  k += (size_t)bz * k_sb + (size_t)hy * k_sh;
+  v += (size_t)bz * v_sb + (size_t)hy * v_sh;
+  g += (size_t)bz * g_sb + (size_t)hy * g_sh;
+  dq += (size_t)bz * dq_sb + (size_t)hy * dq_sh;
+  size_t row0 = ((size_t)bz * gridDim.y + hy) * nq;
+  unsigned q0 = (causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x) * 64;
+  unsigned off = causal ? nk - nq : 0;
+  unsigned qend = min(nq, q0 + 64);
+  unsigned kend = causal ? min(nk, qend + off) : nk;
+  unsigned ntiles = (kend + 63) / 64;
+  unsigned char* ring = attn_wg_smem;  // stage st: K at st * 2 * BWD_TILE, V after it
+
+  if (ntiles > 0) {
+    load_rows<64, true, 128>(ring, k, 0, nk, k_sn);
+    load_rows<64, true, 128>(ring + BWD_TILE, v, 0, nk, v_sn);
+  }
+  cp_async_commit();
+  unsigned qa[W_D / 16][4], ga[W_D / 16][4];
+  rows_as_a(qa, q, q0, nq, q_sn);
+  rows_as_a(ga, g, q0, nq, g_sn);
+  // Queries group and group + 8 of the warp's 16.
+  unsigned i_row[2] = {q0 + w * 16 + group, q0 + w * 16 + group + 8};
+  float lse_r[2], d_r[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    bool in = i_row[h] < nq;
+    lse_r[h] = in ? lse[row0 + i_row[h]] : 0.0f;
+    d_r[h] = in ? dd[row0 + i_row[h]] : 0.0f;
+  }
+  float acc[32];
+#pragma unroll
+  for (int i = 0; i < 32; ++i) acc[i] = 0.0f;
+
+  for (unsigned t = 0; t < ntiles; ++t) {
+    unsigned k0 = t * 64;
+    cp_async_wait<0>();
+    fence_proxy_async();
+    // Tile t is visible, and the stage the next load overwrites (tile t - 1's) is no longer
+    // read: its batches were waited for.
+    __syncthreads();
+    if (t + 1 < ntiles) {
+      unsigned char* nxt = ring + ((t + 1) & 1) * 2 * BWD_TILE;
+      load_rows<64, true, 128>(nxt, k, k0 + 64, nk, k_sn);
+      load_rows<64, true, 128>(nxt + BWD_TILE, v, k0 + 64, nk, v_sn);
+    }
+    cp_async_commit();
+    unsigned ks_ = smem_addr(ring + (t & 1) * 2 * BWD_TILE), vs_ = ks_ + BWD_TILE;
+    // S = Q K^T and dP = dO V^T: the warpgroup's 64 queries by the tile's 64 keys.
+    float s[32], dp[32];
+#pragma unroll
+    for (int i = 0; i < 32; ++i) {
+      s[i] = 0.0f;
+      dp[i] = 0.0f;
+    }
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < W_D / 16; ++ks) wgmma_rs<0>(s, qa[ks], tile_by_rows(ks_, ks));
+#pragma unroll
+    for (int ks = 0; ks < W_D / 16; ++ks) wgmma_rs<0>(dp, ga[ks], tile_by_rows(vs_, ks));
+    wgmma_commit();
+    wgmma_wait<0>();
+#pragma unroll
+    for (int x = 0; x < 32; ++x) {
+      unsigned j = k0 + (x >> 2) * 8 + 2 * tig + (x & 1), h = (x >> 1) & 1, i = i_row[h];
+      bool vis = i < nq && j < nk && visible(causal, i, j, off);
+      float pv = vis ? exp2f(fmaf(s[x], scale_log2, -lse_r[h])) : 0.0f;
+      s[x] = vis ? pv * (dp[x] - d_r[h]) : 0.0f;
+    }
+    // dQ += dS K over the tile's 64 keys, 16 at a time.
+    unsigned da[4][4];
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) acc_as_a(da[kk], s, kk);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs<1>(acc, da[kk], tile_by_cols(ks_, kk));
+    wgmma_commit();
+    wgmma_wait<0>();
+  }
+
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    unsigned i = i_row[h];
+    if (i >= nq) continue;
+#pragma unroll
+    for (int f = 0; f < 8; ++f)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        unsigned c = f * 8 + 2 * tig + e;
+        dq[(size_t)i * dq_sn + (size_t)c * dq_sd] = alpha * acc[4 * f + 2 * h + e];
+      }
   }
 }

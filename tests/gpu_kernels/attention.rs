@@ -8,9 +8,9 @@
 
 use half::bf16;
 use tarflow::gpu::kernels::{
-    attn_bwd, attn_bwd_stored, attn_decode, attn_fwd, attn_fwd_saving_bf16, attn_fwd_wgmma,
-    decode_scratch_len, AttnBwd, AttnDecode, AttnDims, AttnFwd, AttnPrecision, AttnScores,
-    AttnStorage, AttnView, ATTN_MAX_HEAD_DIM,
+    attn_bwd, attn_bwd_stored, attn_bwd_wgmma, attn_decode, attn_fwd, attn_fwd_saving_bf16,
+    attn_fwd_wgmma, decode_scratch_len, AttnBwd, AttnDecode, AttnDims, AttnFwd, AttnPrecision,
+    AttnScores, AttnStorage, AttnView, ATTN_MAX_HEAD_DIM,
 };
 use tarflow::gpu::{DevicePtr, Driver};
 use tarflow::Rng;
@@ -947,6 +947,21 @@ fn tensor_core_backward(d: &dyn Driver, dims: AttnDims, scores: AttnScores, seed
         dv: heads(shapes[2]).view(grads[2]),
     };
     attn_bwd_stored(d, &bwd, AttnStorage::Bf16TensorCores).unwrap();
+    // The warpgroup kernels (a 9.0 GPU or the interpreter) on the same inputs: on the
+    // interpreter the same bits; on a GPU held to the same reference below.
+    let cc = d.compute_capability().unwrap();
+    let wg_grads: Vec<DevicePtr> = grad_lens.iter().map(|&n| poisoned_f32(d, n)).collect();
+    let wgmma = cc.is_none_or(|cc| cc == (9, 0));
+    if wgmma {
+        let wg = AttnBwd {
+            dq: heads(shapes[0]).view(wg_grads[0]),
+            dk: heads(shapes[1]).view(wg_grads[1]),
+            dv: heads(shapes[2]).view(wg_grads[2]),
+            delta: poisoned_f32(d, b * h * nq),
+            ..bwd
+        };
+        attn_bwd_wgmma(d, &wg).unwrap();
+    }
     let wants = [&want.dq, &want.dk, &want.dv];
     let mut worst = [0.0; 3];
     for (i, name) in ["dq", "dk", "dv"].into_iter().enumerate() {
@@ -968,6 +983,15 @@ fn tensor_core_backward(d: &dyn Driver, dims: AttnDims, scores: AttnScores, seed
             .zip(wants[i].iter())
             .map(|(&g, &w)| (g as f64 - w).abs() / scale)
             .fold(0.0, f64::max);
+        if wgmma {
+            let wg = download::<f32>(d, wg_grads[i], grad_lens[i]);
+            let what = format!("{name} of the wgmma backward, {tag}");
+            if cc.is_none() {
+                assert_bits(&what, &wg, &got);
+            } else {
+                assert_close(&what, &wg, wants[i], 3e-2, 1.5e-2 * scale);
+            }
+        }
     }
     worst
 }

@@ -25,7 +25,7 @@ pub(super) type Launches = dyn Fn(&dyn Driver) -> Result<()>;
 pub(super) type Build = fn(&mut Buffers, Sizes) -> Result<Case>;
 
 /// Every case, in table order.
-pub(super) const CASES: [Build; 37] = [
+pub(super) const CASES: [Build; 38] = [
     ceiling_mma,
     ceiling_copy,
     copy_transpose,
@@ -63,6 +63,7 @@ pub(super) const CASES: [Build; 37] = [
     attention_fwd_wgmma,
     attention_bwd,
     attention_bwd_bf16,
+    attention_bwd_wgmma,
 ];
 
 /// The buffers of one case, freed together when it is done.
@@ -562,7 +563,16 @@ fn gemm_bf16_large_tile(b: &mut Buffers, s: Sizes) -> Result<Case> {
 
 /// The rows that need a compute-capability 9.0 GPU (or the interpreter): the bench leaves
 /// them out elsewhere.
-pub(super) const SM90_ONLY: [&str; 5] = [WGMMA_128, WGMMA_256, WGMMA_WGRAD, WGMMA_GELU, WGMMA_ATTN];
+pub(super) const SM90_ONLY: [&str; 6] = [
+    WGMMA_128,
+    WGMMA_256,
+    WGMMA_WGRAD,
+    WGMMA_GELU,
+    WGMMA_ATTN,
+    WGMMA_ATTN_BWD,
+];
+const WGMMA_ATTN_BWD: &str =
+    "attention bwd bf16 (wgmma, sm_90a), causal (D and the bf16 dO, dK dV, dQ)";
 const WGMMA_ATTN: &str = "attention fwd bf16 inputs (wgmma, sm_90a), causal";
 const WGMMA_128: &str = "gemm bf16 NT (wgmma, sm_90a), 128 x 128 tile";
 const WGMMA_256: &str = "gemm bf16 NT (wgmma, sm_90a), 128 x 256 tile";
@@ -1012,6 +1022,15 @@ fn attention_bwd(b: &mut Buffers, s: Sizes) -> Result<Case> {
 /// The tensor-core backward of bf16 training: q, k, v and o stored as bf16 (as the forward
 /// keeps them), dO, lse and the gradients f32; heads of 64.
 fn attention_bwd_bf16(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    attention_bwd_bf16_on(b, s, false)
+}
+
+/// The same backward with its dK/dV and dQ kernels on Hopper's warpgroup tensor cores.
+fn attention_bwd_wgmma(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    attention_bwd_bf16_on(b, s, true)
+}
+
+fn attention_bwd_bf16_on(b: &mut Buffers, s: Sizes, wgmma: bool) -> Result<Case> {
     let a = attn_case(s);
     let (rows, keys) = (a.b * a.h * a.nq, a.b * a.h * a.nk);
     let scores = k::AttnScores {
@@ -1051,11 +1070,19 @@ fn attention_bwd_bf16(b: &mut Buffers, s: Sizes) -> Result<Case> {
         dv: attn_view(b.out(keys * a.dv)?, &a, a.nk, a.dv),
     };
     Ok(Case {
-        name: "attention bwd bf16 (tensor cores), causal (D and the bf16 dO, dK dV, dQ)",
+        name: if wgmma {
+            WGMMA_ATTN_BWD
+        } else {
+            "attention bwd bf16 (tensor cores), causal (D and the bf16 dO, dK dV, dQ)"
+        },
         shape: dims(&[a.b, a.h, a.nq, a.dh]),
         flops: Some(2.5 * attn_flops(&a)),
         bytes: (2 * (rows * (a.dh + a.dv) + keys * (a.dh + a.dv))
             + 4 * (rows * (a.dv + a.dh + 2) + keys * (a.dh + a.dv))) as f64,
-        run: Box::new(move |d| k::attn_bwd_stored(d, &bwd, k::AttnStorage::Bf16TensorCores)),
+        run: if wgmma {
+            Box::new(move |d| k::attn_bwd_wgmma(d, &bwd))
+        } else {
+            Box::new(move |d| k::attn_bwd_stored(d, &bwd, k::AttnStorage::Bf16TensorCores))
+        },
     })
 }

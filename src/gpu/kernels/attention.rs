@@ -106,6 +106,10 @@ const TILE_BWD_TENSOR_CORES: usize = 64;
 /// ring of two 64 x (64 + 8) bf16 tiles.
 const SHARED_BWD_TENSOR_CORES: u32 = 2 * 2 * 64 * (64 + 8) * 2;
 
+/// Dynamic shared memory of the warpgroup backward's dK/dV and dQ kernels: two stages of two
+/// unpadded 64 x 64 bf16 tiles.
+const SHARED_BWD_WGMMA: u32 = 2 * 2 * 64 * 64 * 2;
+
 /// The tensor-core forward's shape at head dim `d` (64 or 128), with bf16 or f32 inputs:
 /// queries per CTA, keys per tile and ring stages (those of `ATTN_FWD_TC_ENTRY` in
 /// `ptx/attention.cu`).
@@ -478,8 +482,36 @@ pub fn attn_bwd(driver: &dyn Driver, a: &AttnBwd) -> Result<()> {
 }
 
 /// [`attn_bwd`] with `q`, `k`, `v` and `o` stored as `storage` (the `_bf16s` kernels for
-/// [`AttnStorage::Bf16`]).
+/// [`AttnStorage::Bf16`]). [`AttnStorage::Bf16TensorCores`] runs the warpgroup kernels of
+/// [`attn_bwd_wgmma`] instead when [`super::wgmma_enabled`].
 pub fn attn_bwd_stored(driver: &dyn Driver, a: &AttnBwd, storage: AttnStorage) -> Result<()> {
+    let wgmma = storage == AttnStorage::Bf16TensorCores && super::wgmma_enabled(driver)?;
+    bwd_stored(driver, a, storage, wgmma)
+}
+
+/// The tensor-core backward ([`AttnStorage::Bf16TensorCores`]: head dims 64, the bf16-input
+/// forward's 16-byte rule) with its dK/dV and dQ kernels on Hopper's warpgroup tensor cores
+/// (`attn_bwd_dkdv_bf16_d64_wgmma`, `attn_bwd_dq_bf16_d64_wgmma`, `ptx/attention_sm90.cu`:
+/// sm_90a, so a compute-capability 9.0 GPU or the interpreter). On the interpreter the bits
+/// of the `mma.sync` kernels; on a GPU the two instructions may round a 16-wide step
+/// differently.
+pub fn attn_bwd_wgmma(driver: &dyn Driver, a: &AttnBwd) -> Result<()> {
+    if let Some((major, minor)) = driver.compute_capability()? {
+        if (major, minor) != (9, 0) {
+            return Err(Error::Device {
+                op: "attn_bwd",
+                detail: format!(
+                    "the warpgroup backward is built for sm_90a and needs a GPU of compute \
+                     capability 9.0 (an H100 or H200); {} is {major}.{minor}",
+                    driver.name()
+                ),
+            });
+        }
+    }
+    bwd_stored(driver, a, AttnStorage::Bf16TensorCores, true)
+}
+
+fn bwd_stored(driver: &dyn Driver, a: &AttnBwd, storage: AttnStorage, wgmma: bool) -> Result<()> {
     const OP: &str = "attn_bwd";
     let d = &a.dims;
     if storage == AttnStorage::Bf16TensorCores && (d.dh != 64 || d.dv != 64) {
@@ -495,7 +527,7 @@ pub fn attn_bwd_stored(driver: &dyn Driver, a: &AttnBwd, storage: AttnStorage) -
         return Ok(());
     };
     if storage != AttnStorage::Bf16TensorCores {
-        return launch_bwd(driver, a, storage, yz, None, 0);
+        return launch_bwd(driver, a, storage, yz, None, 0, false);
     }
     for (what, v) in [("q", &a.q), ("k", &a.k), ("v", &a.v)] {
         check_chunks(OP, what, v)?;
@@ -508,7 +540,19 @@ pub fn attn_bwd_stored(driver: &dyn Driver, a: &AttnBwd, storage: AttnStorage) -
         ptr: scratch,
         strides: [d.h * d.nq * d.dv, d.nq * d.dv, d.dv, 1],
     };
-    let ran = launch_bwd(driver, a, storage, yz, Some(g16), SHARED_BWD_TENSOR_CORES);
+    let ran = if wgmma {
+        launch_bwd(driver, a, storage, yz, Some(g16), SHARED_BWD_WGMMA, true)
+    } else {
+        launch_bwd(
+            driver,
+            a,
+            storage,
+            yz,
+            Some(g16),
+            SHARED_BWD_TENSOR_CORES,
+            false,
+        )
+    };
     // Launches run in order, so the copy may go back as soon as they are queued.
     let freed = driver.free(scratch);
     ran.and(freed)
@@ -516,7 +560,7 @@ pub fn attn_bwd_stored(driver: &dyn Driver, a: &AttnBwd, storage: AttnStorage) -
 
 /// The backward's three launches. With `g16` (the tensor-core backward), the dot kernel also
 /// writes dO rounded to bf16 there and the dK/dV and dQ kernels read it; `shared_bytes` is
-/// their dynamic shared memory.
+/// their dynamic shared memory; `wgmma` takes those two from `ptx/attention_sm90.ptx`.
 fn launch_bwd(
     driver: &dyn Driver,
     a: &AttnBwd,
@@ -524,10 +568,17 @@ fn launch_bwd(
     yz: (u32, u32),
     g16: Option<AttnView>,
     shared_bytes: u32,
+    wgmma: bool,
 ) -> Result<()> {
     const OP: &str = "attn_bwd";
     let g_tiles = g16.unwrap_or(a.g);
-    let ([dot, dkdv, dq], key_tile, query_tile) = storage.kernels();
+    let ([dot, mut dkdv, mut dq], key_tile, query_tile) = storage.kernels();
+    let mut module = &ATTENTION;
+    if wgmma {
+        module = &ATTENTION_SM90;
+        dkdv = "attn_bwd_dkdv_bf16_d64_wgmma";
+        dq = "attn_bwd_dq_bf16_d64_wgmma";
+    }
     let d = &a.dims;
     let tiles = |x: usize| LaunchConfig {
         shared_bytes,
@@ -581,7 +632,7 @@ fn launch_bwd(
             strides(OP, what, v, &mut args)?;
         }
         tail(&mut args);
-        driver.launch(&ATTENTION, dkdv, tiles(d.nk.div_ceil(key_tile)), &args)?;
+        driver.launch(module, dkdv, tiles(d.nk.div_ceil(key_tile)), &args)?;
     }
     if d.nq > 0 {
         let mut args = vec![
@@ -604,7 +655,7 @@ fn launch_bwd(
             strides(OP, what, v, &mut args)?;
         }
         tail(&mut args);
-        driver.launch(&ATTENTION, dq, tiles(d.nq.div_ceil(query_tile)), &args)?;
+        driver.launch(module, dq, tiles(d.nq.div_ceil(query_tile)), &args)?;
     }
     Ok(())
 }

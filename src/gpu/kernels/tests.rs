@@ -359,6 +359,7 @@ fn launch_every_wrapper(d: &Recorder) -> Vec<Launch> {
         ..bwd
     };
     attn_bwd_stored(d, &tensor_cores, AttnStorage::Bf16TensorCores).unwrap();
+    attn_bwd_wgmma(d, &tensor_cores).unwrap();
     let dec = AttnDecode {
         dims: AttnDims { nq: 1, ..dims },
         alpha: 0.125,

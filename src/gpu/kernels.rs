@@ -59,7 +59,7 @@ pub use reduce::{
     reduce_axis_f32, reduce_chunks_f32, reduce_rows_f32, reduce_scratch_len, ReduceOp, REDUCE_CHUNK,
 };
 
-use super::driver::{KernelArg, LaunchConfig, PtxModule};
+use super::driver::{Driver, KernelArg, LaunchConfig, PtxModule};
 use crate::error::{Error, Result};
 
 /// `ptx/copy.ptx`: strided copies (f32, bf16 <-> f32) and fills.
@@ -152,6 +152,23 @@ pub static MODULES: [&PtxModule; 12] = [
     &COUPLING,
     &PEAK,
 ];
+
+/// An error unless `driver` can run the sm_90a kernels (`gemm_sm90`, `attention_sm90`): a
+/// GPU of compute capability 9.0, or a driver without one (the interpreter). `kernel` names
+/// what was asked for.
+fn require_sm90(driver: &dyn Driver, op: &'static str, kernel: &str) -> Result<()> {
+    match driver.compute_capability()? {
+        Some((major, minor)) if (major, minor) != (9, 0) => Err(Error::Device {
+            op,
+            detail: format!(
+                "{kernel}: the warpgroup kernels are built for sm_90a and need a GPU of compute \
+                 capability 9.0 (an H100 or H200); {} is {major}.{minor}",
+                driver.name()
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
 
 /// Threads per CTA of the one-dimensional kernels (elementwise, copies, optimiser updates).
 pub const BLOCK: u32 = 256;

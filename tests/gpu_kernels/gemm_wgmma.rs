@@ -160,3 +160,30 @@ fn wgmma_checks_catch_each_mutation_of_the_kernel() {
     let e = mutant("wgmma.wait_group.sync.aligned 0;", "");
     assert!(e.contains("before anything wrote it"), "{e}");
 }
+
+/// The interpreter dressed as a compute-capability 8.0 GPU.
+struct Ampere(PtxSim);
+
+impl Forward for Ampere {
+    fn inner(&self) -> &dyn Driver {
+        &self.0
+    }
+    fn compute_capability(&self) -> tarflow::Result<Option<(u32, u32)>> {
+        Ok(Some((8, 0)))
+    }
+}
+
+#[test]
+fn the_warpgroup_kernels_refuse_a_gpu_that_is_not_9_0() {
+    let d = Ampere(PtxSim::new());
+    let c = case(&d, (8, 8, 8), 7);
+    let e = gemm_bf16_wgmma(&d, &c, None, WgmmaTile::N128)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("compute capability 9.0") && e.contains("8.0"),
+        "{e}"
+    );
+    // gemm_bf16 keeps the mma.sync tiles there, whatever TARFLOW_WGMMA says.
+    tarflow::gpu::kernels::gemm_bf16(&d, &c).unwrap();
+}

@@ -377,18 +377,7 @@ pub fn attn_fwd_wgmma(driver: &dyn Driver, a: &AttnFwd, o_bf16: Option<DevicePtr
             ),
         ));
     }
-    if let Some((major, minor)) = driver.compute_capability()? {
-        if (major, minor) != (9, 0) {
-            return Err(Error::Device {
-                op: NAME,
-                detail: format!(
-                    "built for sm_90a, it needs a GPU of compute capability 9.0 (an H100 or \
-                     H200); {} is {major}.{minor}",
-                    driver.name()
-                ),
-            });
-        }
-    }
+    super::require_sm90(driver, NAME, NAME)?;
     let fwd = FwdKernel {
         module: &ATTENTION_SM90,
         name: NAME,
@@ -496,18 +485,7 @@ pub fn attn_bwd_stored(driver: &dyn Driver, a: &AttnBwd, storage: AttnStorage) -
 /// of the `mma.sync` kernels; on a GPU the two instructions may round a 16-wide step
 /// differently.
 pub fn attn_bwd_wgmma(driver: &dyn Driver, a: &AttnBwd) -> Result<()> {
-    if let Some((major, minor)) = driver.compute_capability()? {
-        if (major, minor) != (9, 0) {
-            return Err(Error::Device {
-                op: "attn_bwd",
-                detail: format!(
-                    "the warpgroup backward is built for sm_90a and needs a GPU of compute \
-                     capability 9.0 (an H100 or H200); {} is {major}.{minor}",
-                    driver.name()
-                ),
-            });
-        }
-    }
+    super::require_sm90(driver, "attn_bwd", "attn_bwd_*_bf16_d64_wgmma")?;
     bwd_stored(driver, a, AttnStorage::Bf16TensorCores, true)
 }
 

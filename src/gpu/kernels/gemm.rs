@@ -671,18 +671,7 @@ pub fn gemm_bf16_wgmma(
             }
         },
     };
-    if let Some((major, minor)) = driver.compute_capability()? {
-        if (major, minor) != (9, 0) {
-            return Err(Error::Device {
-                op: OP,
-                detail: format!(
-                    "{name}: the warpgroup tiles are built for sm_90a and need a GPU of \
-                     compute capability 9.0 (an H100 or H200); {} is {major}.{minor}",
-                    driver.name()
-                ),
-            });
-        }
-    }
+    super::require_sm90(driver, OP, name)?;
     let kernel = Kernel {
         module: &GEMM_SM90,
         name,

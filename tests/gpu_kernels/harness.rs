@@ -7,11 +7,16 @@ use tarflow::Rng;
 
 use crate::common::worst;
 
-/// Runs `body` on the interpreter and, when `CudaDriver::new(0)` opens, on GPU 0.
+/// Runs `body` on the interpreter and, when `CudaDriver::new(0)` opens, on GPU 0. With
+/// `TARFLOW_TEST_GPU_ONLY=1` (the GPU check, whose interpreter halves CI has already run) and
+/// a GPU present, on the GPU alone.
 pub fn on_each_device(body: impl Fn(&dyn Driver)) {
-    let sim = PtxSim::new();
-    body(&sim);
-    match CudaDriver::new(0) {
+    let cuda = CudaDriver::new(0);
+    let gpu_only = std::env::var("TARFLOW_TEST_GPU_ONLY").is_ok_and(|v| v == "1");
+    if !(gpu_only && cuda.is_ok()) {
+        body(&PtxSim::new());
+    }
+    match cuda {
         Ok(cuda) => body(&cuda),
         Err(e) => {
             static SAID: Once = Once::new();

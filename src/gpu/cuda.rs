@@ -180,6 +180,8 @@ mod imp {
         /// The dynamic shared memory each kernel has been allowed beyond the default 48 KiB.
         shared_opt_in: Mutex<HashMap<(&'static str, String), u32>>,
         pool: Mutex<Pool>,
+        /// (major, minor), read once at open: the GEMM wrappers ask on every launch.
+        capability: (u32, u32),
     }
 
     /// Dynamic shared memory a launch gets without asking (`cuFuncSetAttribute`).
@@ -214,6 +216,9 @@ mod imp {
             let ctx = CudaContext::new(ordinal)
                 .map_err(|e| driver_error(&format!("cuda:{ordinal}"), e))?;
             let name = ctx.name().unwrap_or_else(|_| "unknown GPU".to_string());
+            let (major, minor) = ctx
+                .compute_capability()
+                .map_err(|e| driver_error(&format!("cuda:{ordinal}: compute capability"), e))?;
             let stream = ctx
                 .new_stream()
                 .map_err(|e| driver_error(&format!("cuda:{ordinal}: stream"), e))?;
@@ -225,6 +230,7 @@ mod imp {
                 functions: Mutex::new(HashMap::new()),
                 shared_opt_in: Mutex::new(HashMap::new()),
                 pool: Mutex::new(Pool::default()),
+                capability: (major.max(0) as u32, minor.max(0) as u32),
             })
         }
 
@@ -440,11 +446,7 @@ mod imp {
         }
 
         pub(super) fn compute_capability(&self) -> Result<(u32, u32)> {
-            let (major, minor) = self
-                .ctx
-                .compute_capability()
-                .map_err(|e| driver_error(&format!("{}: compute capability", self.name), e))?;
-            Ok((major.max(0) as u32, minor.max(0) as u32))
+            Ok(self.capability)
         }
 
         pub(super) fn synchronize(&self) -> Result<()> {

@@ -537,20 +537,34 @@ fn bf16_nt_square(b: &mut Buffers, s: Sizes, seeds: (u32, u32)) -> Result<(usize
     Ok((n, g))
 }
 
-/// The bf16 GEMM on one tile (the same product and bits on both; `gemm_bf16` picks the
-/// 128 tile at 4096^3 and the 64 tile at the interpreter's sizes).
-fn gemm_bf16_on(b: &mut Buffers, s: Sizes, tile: k::Bf16Tile) -> Result<Case> {
+/// A square bf16 product's case: `name`, run by `run` (a tile of either family).
+fn square_case(
+    b: &mut Buffers,
+    s: Sizes,
+    name: &'static str,
+    run: fn(&dyn Driver, &k::GemmBf16) -> Result<()>,
+) -> Result<Case> {
     let (n, g) = bf16_nt_square(b, s, (20, 21))?;
     Ok(Case {
-        name: match tile {
-            k::Bf16Tile::Small => "gemm bf16 NT (tensor cores), 64 tile",
-            k::Bf16Tile::Large => "gemm bf16 NT (tensor cores), 128 tile",
-        },
+        name,
         shape: format!("{n}x{n}x{n}"),
         flops: Some(2.0 * (n * n * n) as f64),
         bytes: (4 * n * n + 4 * n * n) as f64,
-        run: Box::new(move |d| k::gemm_bf16_on(d, &g, None, tile)),
+        run: Box::new(move |d| run(d, &g)),
     })
+}
+
+/// The bf16 GEMM on one tile (the same product and bits on both; `gemm_bf16` picks the
+/// 128 tile at 4096^3 and the 64 tile at the interpreter's sizes).
+fn gemm_bf16_on(b: &mut Buffers, s: Sizes, tile: k::Bf16Tile) -> Result<Case> {
+    match tile {
+        k::Bf16Tile::Small => square_case(b, s, "gemm bf16 NT (tensor cores), 64 tile", |d, g| {
+            k::gemm_bf16_on(d, g, None, k::Bf16Tile::Small)
+        }),
+        k::Bf16Tile::Large => square_case(b, s, "gemm bf16 NT (tensor cores), 128 tile", |d, g| {
+            k::gemm_bf16_on(d, g, None, k::Bf16Tile::Large)
+        }),
+    }
 }
 
 fn gemm_bf16_small_tile(b: &mut Buffers, s: Sizes) -> Result<Case> {
@@ -581,17 +595,14 @@ const WGMMA_GELU: &str = "gemm bf16 NT, gelu(A W^T + bias) (wgmma, 128 x 256 til
 
 /// The product of [`gemm_bf16_on`] on a warpgroup tile (Hopper's `wgmma`).
 fn gemm_bf16_wgmma_on(b: &mut Buffers, s: Sizes, tile: k::WgmmaTile) -> Result<Case> {
-    let (n, g) = bf16_nt_square(b, s, (20, 21))?;
-    Ok(Case {
-        name: match tile {
-            k::WgmmaTile::N128 => WGMMA_128,
-            k::WgmmaTile::N256 => WGMMA_256,
-        },
-        shape: format!("{n}x{n}x{n}"),
-        flops: Some(2.0 * (n * n * n) as f64),
-        bytes: (4 * n * n + 4 * n * n) as f64,
-        run: Box::new(move |d| k::gemm_bf16_wgmma(d, &g, None, tile)),
-    })
+    match tile {
+        k::WgmmaTile::N128 => square_case(b, s, WGMMA_128, |d, g| {
+            k::gemm_bf16_wgmma(d, g, None, k::WgmmaTile::N128)
+        }),
+        k::WgmmaTile::N256 => square_case(b, s, WGMMA_256, |d, g| {
+            k::gemm_bf16_wgmma(d, g, None, k::WgmmaTile::N256)
+        }),
+    }
 }
 
 fn gemm_bf16_wgmma_128(b: &mut Buffers, s: Sizes) -> Result<Case> {

@@ -224,8 +224,12 @@ fn launch_every_wrapper(d: &Recorder) -> Vec<Launch> {
         Bf16Layout::TN,
         Bf16Layout::TT,
     ] {
+        let g = bf16_gemm(layout, p(), p(), p());
         for tile in [Bf16Tile::Small, Bf16Tile::Large] {
-            gemm_bf16_on(d, &bf16_gemm(layout, p(), p(), p()), None, tile).unwrap();
+            gemm_bf16_on(d, &g, None, tile).unwrap();
+        }
+        for tile in [WgmmaTile::N128, WgmmaTile::N256] {
+            gemm_bf16_wgmma(d, &g, None, tile).unwrap();
         }
     }
     for layout in [Bf16Layout::NN, Bf16Layout::NT] {
@@ -241,28 +245,6 @@ fn launch_every_wrapper(d: &Recorder) -> Vec<Launch> {
             for tile in [Bf16Tile::Small, Bf16Tile::Large] {
                 gemm_bf16_on(d, &g, Some(epi), tile).unwrap();
             }
-        }
-    }
-    for layout in [
-        Bf16Layout::NN,
-        Bf16Layout::NT,
-        Bf16Layout::TN,
-        Bf16Layout::TT,
-    ] {
-        for tile in [WgmmaTile::N128, WgmmaTile::N256] {
-            gemm_bf16_wgmma(d, &bf16_gemm(layout, p(), p(), p()), None, tile).unwrap();
-        }
-    }
-    for layout in [Bf16Layout::NN, Bf16Layout::NT] {
-        for epi in [
-            GemmEpilogue::Gelu { aux, aux_rs: 72 },
-            GemmEpilogue::Residual { aux, aux_rs: 72 },
-            GemmEpilogue::GeluGrad { aux, aux_rs: 72 },
-        ] {
-            let g = GemmBf16 {
-                beta: 0.0,
-                ..bf16_gemm(layout, p(), p(), p())
-            };
             gemm_bf16_wgmma(d, &g, Some(epi), WgmmaTile::N256).unwrap();
         }
     }

@@ -11,6 +11,8 @@
 //! step allocates the same activation sizes every step.
 
 use super::driver::{DevicePtr, Driver, KernelArg, LaunchConfig, PtxModule};
+#[cfg(feature = "cuda")]
+use super::{driver::EncodedTensorMap, tensor_map::TensorMap};
 use crate::error::{Error, Result};
 
 /// The minimum driver for the committed PTX (ISA 9.0, written by nvcc 13.0).
@@ -122,6 +124,10 @@ impl Driver for CudaDriver {
     fn compute_capability(&self) -> Result<Option<(u32, u32)>> {
         self.inner.compute_capability().map(Some)
     }
+    fn tensor_map(&self, map: &TensorMap) -> Result<EncodedTensorMap> {
+        map.check().map_err(|e| Error::arg("tensor_map", e))?;
+        self.inner.tensor_map(map)
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -131,14 +137,15 @@ mod imp {
 
     use cudarc::driver::sys::{self, cudaError_enum as Cu};
     use cudarc::driver::{
-        result, CudaContext, CudaFunction, CudaModule, CudaStream, PushKernelArg,
+        result, CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr, PushKernelArg,
     };
     use cudarc::driver::{DriverError, LaunchConfig as CuLaunch};
     use cudarc::nvrtc::Ptx;
 
     use super::{unavailable, DRIVER_REQUIREMENT};
     use crate::error::{Error, Result};
-    use crate::gpu::driver::{DevicePtr, KernelArg, LaunchConfig, PtxModule};
+    use crate::gpu::driver::{DevicePtr, EncodedTensorMap, KernelArg, LaunchConfig, PtxModule};
+    use crate::gpu::tensor_map::{Swizzle, TensorMap, TENSOR_MAP_BYTES};
 
     pub(super) fn library_present() -> bool {
         // SAFETY: the probe only tries to dlopen the library and reports whether it could.
@@ -391,6 +398,7 @@ mod imp {
                     ArgValue::U64(x) => b.arg(x),
                     ArgValue::F32(x) => b.arg(x),
                     ArgValue::F64(x) => b.arg(x),
+                    ArgValue::TensorMap(x) => b.arg(x),
                 };
             }
             let cfg = CuLaunch {
@@ -449,6 +457,54 @@ mod imp {
             Ok(self.capability)
         }
 
+        /// `cuTensorMapEncodeTiled` of a checked map: elements as unsigned integers of
+        /// their width (a copy moves bits), no interleave, zeros outside the tensor.
+        pub(super) fn tensor_map(&self, map: &TensorMap) -> Result<EncodedTensorMap> {
+            use sys::CUtensorMapDataType_enum as T;
+            use sys::CUtensorMapSwizzle_enum as S;
+            let ty = match map.elem_bytes {
+                1 => T::CU_TENSOR_MAP_DATA_TYPE_UINT8,
+                2 => T::CU_TENSOR_MAP_DATA_TYPE_UINT16,
+                4 => T::CU_TENSOR_MAP_DATA_TYPE_UINT32,
+                _ => T::CU_TENSOR_MAP_DATA_TYPE_UINT64,
+            };
+            let swizzle = match map.swizzle {
+                Swizzle::None => S::CU_TENSOR_MAP_SWIZZLE_NONE,
+                Swizzle::B32 => S::CU_TENSOR_MAP_SWIZZLE_32B,
+                Swizzle::B64 => S::CU_TENSOR_MAP_SWIZZLE_64B,
+                Swizzle::B128 => S::CU_TENSOR_MAP_SWIZZLE_128B,
+            };
+            let rank = map.dims.len();
+            let ones = [1u32; 3];
+            let mut out = sys::CUtensorMap { opaque: [0; 16] };
+            self.bind()?;
+            // SAFETY: every array holds `rank` entries (`rank - 1` strides), as checked by
+            // TensorMap::check, and `out` is a properly aligned CUtensorMap.
+            let r = unsafe {
+                sys::cuTensorMapEncodeTiled(
+                    &mut out,
+                    ty,
+                    rank as u32,
+                    map.base as *mut std::ffi::c_void,
+                    map.dims.as_ptr(),
+                    map.strides.as_ptr(),
+                    map.boxes.as_ptr(),
+                    ones.as_ptr(),
+                    sys::CUtensorMapInterleave_enum::CU_TENSOR_MAP_INTERLEAVE_NONE,
+                    swizzle,
+                    sys::CUtensorMapL2promotion_enum::CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                    sys::CUtensorMapFloatOOBfill_enum::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+                )
+            };
+            r.result()
+                .map_err(|e| driver_error(&format!("{}: cuTensorMapEncodeTiled", self.name), e))?;
+            let mut bytes = [0u8; TENSOR_MAP_BYTES];
+            for (i, w) in out.opaque.iter().enumerate() {
+                bytes[8 * i..8 * i + 8].copy_from_slice(&w.to_le_bytes());
+            }
+            Ok(EncodedTensorMap(bytes))
+        }
+
         pub(super) fn synchronize(&self) -> Result<()> {
             self.stream
                 .synchronize()
@@ -461,7 +517,15 @@ mod imp {
         U64(u64),
         F32(f32),
         F64(f64),
+        TensorMap(TensorMapParam),
     }
+
+    /// A tensor map as the 128-byte, 64-byte-aligned kernel parameter it is.
+    #[repr(C, align(64))]
+    struct TensorMapParam([u8; TENSOR_MAP_BYTES]);
+
+    // SAFETY: plain bytes with the layout of the kernel's `.param .align 64 .b8 [128]`.
+    unsafe impl DeviceRepr for TensorMapParam {}
 
     impl From<KernelArg> for ArgValue {
         fn from(a: KernelArg) -> Self {
@@ -471,6 +535,7 @@ mod imp {
                 KernelArg::U64(v) => ArgValue::U64(v),
                 KernelArg::F32(v) => ArgValue::F32(v),
                 KernelArg::F64(v) => ArgValue::F64(v),
+                KernelArg::TensorMap(m) => ArgValue::TensorMap(TensorMapParam(m.0)),
             }
         }
     }

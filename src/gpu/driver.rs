@@ -3,7 +3,8 @@
 //! against this trait only, so the same backend code and the same PTX bytes run on both.
 
 use super::memory::MemoryCounter;
-use crate::error::Result;
+use super::tensor_map::{TensorMap, TENSOR_MAP_BYTES};
+use crate::error::{Error, Result};
 
 /// An address in a device's global memory. Opaque to the host: it is only passed back to the
 /// driver that returned it, or packed as a kernel argument.
@@ -52,7 +53,15 @@ pub enum KernelArg {
     F32(f32),
     /// `.param .f64`.
     F64(f64),
+    /// `.param .align 64 .b8 [128]`: a tensor map, as [`Driver::tensor_map`] encoded it.
+    TensorMap(EncodedTensorMap),
 }
+
+/// A tensor map's 128 bytes as one driver encodes them (opaque; only that driver's
+/// launches understand them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C, align(64))]
+pub struct EncodedTensorMap(pub [u8; TENSOR_MAP_BYTES]);
 
 impl KernelArg {
     /// The little-endian bytes the kernel's parameter space holds for this argument.
@@ -63,6 +72,7 @@ impl KernelArg {
             KernelArg::U64(v) => v.to_le_bytes().to_vec(),
             KernelArg::F32(v) => v.to_le_bytes().to_vec(),
             KernelArg::F64(v) => v.to_le_bytes().to_vec(),
+            KernelArg::TensorMap(m) => m.0.to_vec(),
         }
     }
 }
@@ -127,6 +137,16 @@ pub trait Driver: Send + Sync {
     fn compute_capability(&self) -> Result<Option<(u32, u32)>> {
         Ok(None)
     }
+
+    /// `map` encoded for this driver's kernels (after [`TensorMap::check`]); the default
+    /// refuses, for drivers with no TMA.
+    fn tensor_map(&self, map: &TensorMap) -> Result<EncodedTensorMap> {
+        map.check().map_err(|e| Error::arg("tensor_map", e))?;
+        Err(Error::arg(
+            "tensor_map",
+            format!("{} cannot encode tensor maps", self.name()),
+        ))
+    }
 }
 
 /// A driver made of another with some calls changed: a byte counter, a launch recorder. Every
@@ -182,6 +202,10 @@ pub trait Forward: Send + Sync {
     fn compute_capability(&self) -> Result<Option<(u32, u32)>> {
         self.inner().compute_capability()
     }
+    /// [`Driver::tensor_map`].
+    fn tensor_map(&self, map: &TensorMap) -> Result<EncodedTensorMap> {
+        self.inner().tensor_map(map)
+    }
 }
 
 impl<T: Forward> Driver for T {
@@ -220,5 +244,8 @@ impl<T: Forward> Driver for T {
     }
     fn compute_capability(&self) -> Result<Option<(u32, u32)>> {
         Forward::compute_capability(self)
+    }
+    fn tensor_map(&self, map: &TensorMap) -> Result<EncodedTensorMap> {
+        Forward::tensor_map(self, map)
     }
 }

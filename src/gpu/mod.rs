@@ -10,9 +10,12 @@ pub mod memory;
 pub mod registry;
 #[cfg(feature = "ptx-sim")]
 pub mod sim;
+pub mod tensor_map;
 
 pub use cuda::CudaDriver;
-pub use driver::{DevicePtr, Driver, Forward, KernelArg, LaunchConfig, PtxModule};
+pub use driver::{
+    DevicePtr, Driver, EncodedTensorMap, Forward, KernelArg, LaunchConfig, PtxModule,
+};
 pub use memory::{memory_stats, reset_peak, MemoryCounter, MemoryStats};
 #[cfg(feature = "ptx-sim")]
 pub use sim::PtxSim;

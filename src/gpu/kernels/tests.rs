@@ -98,13 +98,23 @@ fn entries(ptx: &str) -> BTreeMap<String, ParamTypes> {
                 break;
             }
             // `.param .u64 .ptr .align 1 name,` or `.param .f32 name`: the type is the
-            // second word.
-            let ty = p
-                .split_whitespace()
-                .nth(1)
-                .unwrap_or_else(|| panic!("unreadable parameter line {p:?} of {name}"));
+            // second word; `.param .align 64 .b8 name[128]` (a tensor map) is an aligned
+            // byte array.
+            let words: Vec<&str> = p.split_whitespace().collect();
+            let ty = match words.as_slice() {
+                [_, ".align", a, t, name, ..] => {
+                    let len = name
+                        .split('[')
+                        .nth(1)
+                        .unwrap_or("")
+                        .trim_end_matches([']', ',']);
+                    format!(".align {a} {t} [{len}]")
+                }
+                [_, t, ..] => t.to_string(),
+                _ => panic!("unreadable parameter line {p:?} of {name}"),
+            };
             assert!(p.starts_with(".param"), "unexpected line {p:?} in {name}");
-            params.push(ty.to_string());
+            params.push(ty);
         }
         out.insert(name, params);
     }
@@ -119,6 +129,7 @@ fn fits(arg: &KernelArg, ty: &str) -> bool {
         KernelArg::U32(_) => matches!(ty, ".u32" | ".s32" | ".b32"),
         KernelArg::F32(_) => ty == ".f32",
         KernelArg::F64(_) => ty == ".f64",
+        KernelArg::TensorMap(_) => ty == ".align 64 .b8 [128]",
     }
 }
 

@@ -2,8 +2,8 @@
 //! Every modifier must be understood: a leftover one is an error, never ignored silently.
 
 use super::ir::{
-    AtomOp, BoolOp, Class, Cmp, FMod, FUnary, IBin, IUnary, Inst, MulMode, Op, Operand, Rnd,
-    ShflMode, Space, Ty, VoteMode,
+    AtomOp, BoolOp, Class, Cmp, FMod, FUnary, IBin, IUnary, Inst, MbarOp, MulMode, Op, Operand,
+    Rnd, ShflMode, Space, Ty, VoteMode,
 };
 use super::parse::Raw;
 
@@ -175,21 +175,27 @@ fn operands(
     ty: Option<Ty>,
     on_label: &mut dyn FnMut(&str),
 ) -> Result<Vec<Operand>, String> {
-    raws.into_iter()
-        .map(|r| match r {
-            Raw::Op(o) => Ok(o),
-            Raw::Pipe(a, b) => Ok(Operand::Vec(vec![Some(a), Some(b)])),
-            Raw::FloatLit(v) => match ty {
-                Some(Ty::F32) => Ok(Operand::Imm((v as f32).to_bits() as u64)),
-                Some(Ty::F64) => Ok(Operand::Imm(v.to_bits())),
-                _ => Err(format!("float literal {v} in a non-float instruction")),
-            },
+    let mut out = Vec::with_capacity(raws.len() + 1);
+    for r in raws {
+        match r {
+            Raw::Op(o) => out.push(o),
+            Raw::Tensor(a, v) => {
+                out.push(a);
+                out.push(v);
+            }
+            Raw::Pipe(a, b) => out.push(Operand::Vec(vec![Some(a), Some(b)])),
+            Raw::FloatLit(v) => out.push(match ty {
+                Some(Ty::F32) => Operand::Imm((v as f32).to_bits() as u64),
+                Some(Ty::F64) => Operand::Imm(v.to_bits()),
+                _ => return Err(format!("float literal {v} in a non-float instruction")),
+            }),
             Raw::LabelName(n) => {
                 on_label(&n);
-                Ok(Operand::Label(u32::MAX))
+                out.push(Operand::Label(u32::MAX));
             }
-        })
-        .collect()
+        }
+    }
+    Ok(out)
 }
 
 fn expect_ops(ops: &[Operand], n: usize) -> Result<(), String> {
@@ -282,7 +288,8 @@ pub fn decode_inst(
         Op::Atom { op, has_dst, .. } => {
             (if *has_dst { 3 } else { 2 }) + usize::from(*op == AtomOp::Cas)
         }
-        Op::Bar | Op::Nop | Op::CpAsync(_) => ops.len(),
+        Op::Bar | Op::Nop | Op::CpAsync(_) | Op::Mbarrier(_) => ops.len(),
+        Op::TmaLoad(_) => 4,
     };
     expect_ops(&ops, want)?;
     check_shapes(&op, &ops)?;
@@ -335,6 +342,30 @@ fn check_shapes(op: &Op, ops: &[Operand]) -> Result<(), String> {
              b-desc and scale-d registers, then the immediates",
         ),
         Op::Bra => (matches!(ops[0], Operand::Label(_)), "bra needs a label"),
+        Op::Mbarrier(kind) => {
+            let (addr_at, n) = match kind {
+                MbarOp::Init | MbarOp::ExpectTx => (0, 2..=2),
+                MbarOp::Inval => (0, 1..=1),
+                MbarOp::Arrive => (1, 2..=3),
+                MbarOp::ArriveExpectTx => (1, 3..=3),
+                MbarOp::TryWaitParity => (1, 3..=4),
+            };
+            (
+                n.contains(&ops.len()) && is_addr(&ops[addr_at]),
+                "mbarrier operands: `init [a], n`, `inval [a]`, `arrive s, [a]{, n}`, \
+                 `arrive.expect_tx s, [a], tx`, `expect_tx [a], tx`, `try_wait.parity p, [a], \
+                 parity{, hint}`",
+            )
+        }
+        Op::TmaLoad(dims) => (
+            ops.len() == 4
+                && is_addr(&ops[0])
+                && is_addr(&ops[1])
+                && vec_len(&ops[2]) == *dims as usize
+                && is_addr(&ops[3]),
+            "cp.async.bulk.tensor needs [dst], [tensor-map, {c0, ..}] (one coordinate per \
+             dimension), [mbarrier]",
+        ),
         _ => (true, ""),
     };
     if ok {
@@ -729,6 +760,13 @@ fn decode_op(mnem: &str, m: &mut Mods, nraw: usize) -> Result<Decoded, String> {
             m.has("aligned");
             (Op::Bar, Class::Sync, None)
         }
+        "fence" if m.has("mbarrier_init") => {
+            // Makes `mbarrier.init` visible to other CTAs of a cluster: nothing to order in
+            // a CTA run alone.
+            m.drop_hints();
+            (Op::Nop, Class::Sync, None)
+        }
+        "mbarrier" => decode_mbarrier(m)?,
         "fence" if m.has("proxy") => {
             if !m.has("async") {
                 return Err("only fence.proxy.async is supported among proxy fences".into());
@@ -802,7 +840,9 @@ fn decode_op(mnem: &str, m: &mut Mods, nraw: usize) -> Result<Decoded, String> {
             if !m.has("async") {
                 return Err("cp without .async".into());
             }
-            if m.has("commit_group") {
+            if m.has("bulk") {
+                decode_tma(m)?
+            } else if m.has("commit_group") {
                 (Op::CpAsyncCommit, Class::Memory, None)
             } else if m.has("wait_all") {
                 (Op::CpAsyncWaitAll, Class::Memory, None)
@@ -862,6 +902,60 @@ fn decode_op(mnem: &str, m: &mut Mods, nraw: usize) -> Result<Decoded, String> {
         }
         _ => return Err(format!("unknown instruction {mnem}")),
     })
+}
+
+fn decode_mbarrier(m: &mut Mods) -> Result<Decoded, String> {
+    if !(m.has("shared::cta") || m.has("shared")) || !m.has("b64") {
+        return Err("mbarrier: only the .shared::cta.b64 forms".into());
+    }
+    let op = if m.has("init") {
+        MbarOp::Init
+    } else if m.has("inval") {
+        MbarOp::Inval
+    } else if m.has("arrive") {
+        if m.has("expect_tx") {
+            MbarOp::ArriveExpectTx
+        } else {
+            MbarOp::Arrive
+        }
+    } else if m.has("expect_tx") {
+        MbarOp::ExpectTx
+    } else if m.has("try_wait") {
+        if !m.has("parity") {
+            return Err("mbarrier.try_wait: only the .parity form".into());
+        }
+        MbarOp::TryWaitParity
+    } else {
+        return Err(
+            "mbarrier: only init, inval, arrive{.expect_tx}, expect_tx and try_wait.parity".into(),
+        );
+    };
+    m.drop_hints();
+    Ok((Op::Mbarrier(op), Class::Sync, None))
+}
+
+fn decode_tma(m: &mut Mods) -> Result<Decoded, String> {
+    let dims = m
+        .take_shape(|p| match p {
+            "1d" => Some(1u8),
+            "2d" => Some(2),
+            "3d" => Some(3),
+            _ => None,
+        })
+        .ok_or("cp.async.bulk: only the .tensor.{1,2,3}d forms")?;
+    let ok = m.has("tensor")
+        && m.has("shared::cluster")
+        && m.has("global")
+        && m.has("mbarrier::complete_tx::bytes");
+    if !ok {
+        return Err(
+            "cp.async.bulk: only .tensor.Nd.shared::cluster.global{.tile}\
+             .mbarrier::complete_tx::bytes"
+                .into(),
+        );
+    }
+    m.has("tile");
+    Ok((Op::TmaLoad(dims), Class::Memory, None))
 }
 
 fn decode_wgmma(m: &mut Mods) -> Result<Decoded, String> {

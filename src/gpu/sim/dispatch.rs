@@ -12,7 +12,8 @@ use super::intmath::{
     bit_extract, bit_insert, compare, ibin, imad, imul, iunary, lop3, mask, prmt, sext,
 };
 use super::ir::{AtomOp, BoolOp, Op, Operand, Rnd, Space, Ty, VoteMode};
-use super::memory::{SharedMem, LOCAL_WINDOW, SHARED_WINDOW};
+use super::memory::{SharedMem, LOCAL_WINDOW, PARAM_WINDOW, SHARED_WINDOW};
+use super::tma::park_waiting;
 use super::warp_ops::{mma_m16n8k16, shfl_source};
 
 impl<'a> Launch<'a> {
@@ -309,6 +310,8 @@ impl<'a> Launch<'a> {
                         (Space::Shared, true) => x.wrapping_sub(SHARED_WINDOW),
                         (Space::Local, false) => x.wrapping_add(LOCAL_WINDOW),
                         (Space::Local, true) => x.wrapping_sub(LOCAL_WINDOW),
+                        (Space::Param, false) => x.wrapping_add(PARAM_WINDOW),
+                        (Space::Param, true) => x.wrapping_sub(PARAM_WINDOW),
                         _ => x,
                     })
                 })?;
@@ -626,6 +629,17 @@ impl<'a> Launch<'a> {
                 }
             }
             Op::FenceProxyAsync => shared.fence_async(w.id),
+            Op::Mbarrier(kind) => {
+                let waiting = self.mbarrier_op(w, *kind, ops, active, ctaid, shared, cur)?;
+                if waiting != 0 {
+                    park_waiting(w, waiting);
+                    advance &= !waiting;
+                    if waiting == group {
+                        self.stalled += 1;
+                    }
+                }
+            }
+            Op::TmaLoad(dims) => self.tma_load(w, *dims, ops, active, ctaid, shared, cur)?,
             Op::WgmmaFence | Op::WgmmaCommit | Op::WgmmaWait(_) | Op::Wgmma(_) => {
                 if active != group || active.count_ones() != w.lanes || w.lanes != 32 {
                     return Err("wgmma .sync.aligned needs all 32 lanes of the warp".into());

@@ -9,7 +9,8 @@ use super::ir::{Kernel, Module};
 use super::memory::{GlobalMem, SharedMem};
 use super::parse::parse_module;
 use crate::error::{Error, Result};
-use crate::gpu::driver::{DevicePtr, Driver, KernelArg, LaunchConfig, PtxModule};
+use crate::gpu::driver::{DevicePtr, Driver, EncodedTensorMap, KernelArg, LaunchConfig, PtxModule};
+use crate::gpu::tensor_map::TensorMap;
 
 /// Most threads per CTA.
 const MAX_THREADS: u32 = 1024;
@@ -148,6 +149,11 @@ impl Driver for PtxSim {
         "ptx-sim".into()
     }
 
+    fn tensor_map(&self, map: &TensorMap) -> Result<EncodedTensorMap> {
+        map.check().map_err(|e| Error::arg("tensor_map", e))?;
+        Ok(EncodedTensorMap(map.encode_sim()))
+    }
+
     fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
         Ok(DevicePtr(self.lock().mem.alloc(bytes)))
     }
@@ -224,6 +230,8 @@ impl Driver for PtxSim {
             mem: &mut inner.mem,
             counters: Counters::default(),
             warps: Vec::new(),
+            issued: 0,
+            stalled: 0,
         };
         for z in 0..gz {
             for y in 0..gy {

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 
 use super::counters::Counters;
 use super::intmath::mask;
-use super::ir::{Kernel, Op, Operand, Sreg};
+use super::ir::{Kernel, MbarOp, Op, Operand, Sreg};
 use super::memory::{GlobalMem, SharedMem, POISON};
 use super::wgmma::{check_warpgroups, WgmmaState};
 use crate::gpu::driver::LaunchConfig;
@@ -37,6 +37,8 @@ pub(super) enum St {
     Run,
     Park,
     Bar,
+    /// At an `mbarrier.try_wait` whose phase has not completed: tried again next round.
+    Wait,
     Done,
 }
 
@@ -76,6 +78,10 @@ pub struct Launch<'a> {
     pub counters: Counters,
     /// The warps of the last CTA, kept for the next one (their buffers are reused).
     pub(super) warps: Vec<Warp>,
+    /// Instructions issued, and those of them that only found an mbarrier phase unfinished:
+    /// a round of the warps with nothing but the latter is a deadlock.
+    pub(super) issued: u64,
+    pub(super) stalled: u64,
 }
 
 #[inline(always)]
@@ -137,6 +143,7 @@ impl<'a> Launch<'a> {
                 w.init[r as usize] = u32::MAX;
             }
         }
+        shared.start_clocks(nwarps as usize);
         let r = self.run_warps(&mut warps, ctaid, shared).and_then(|()| {
             let logs: Vec<&[(u16, u64, u64)]> =
                 warps.iter().map(|w| w.wgmma.log.as_slice()).collect();
@@ -160,25 +167,34 @@ impl<'a> Launch<'a> {
     ) -> Result<(), Fault> {
         self.counters.ctas += 1;
         loop {
+            let before = self.issued - self.stalled;
             for w in warps.iter_mut() {
+                for st in w.st.iter_mut() {
+                    if *st == St::Wait {
+                        *st = St::Run;
+                    }
+                }
                 self.run_warp(w, ctaid, shared)?;
             }
-            let mut any_live = false;
-            let mut all_bar = true;
+            let (mut any_live, mut all_bar, mut any_wait) = (false, true, false);
             for w in warps.iter() {
                 for l in 0..w.lanes as usize {
                     match w.st[l] {
                         St::Done => {}
                         St::Bar => any_live = true,
-                        _ => {
+                        st => {
                             any_live = true;
                             all_bar = false;
+                            any_wait |= st == St::Wait;
                         }
                     }
                 }
             }
             if !any_live {
                 return Ok(());
+            }
+            if any_wait && self.issued - self.stalled > before {
+                continue;
             }
             if !all_bar {
                 return Err(self.deadlock(warps));
@@ -191,7 +207,7 @@ impl<'a> Launch<'a> {
                     }
                 }
             }
-            shared.epoch += 1;
+            shared.barrier(warps.len());
         }
     }
 
@@ -199,7 +215,7 @@ impl<'a> Launch<'a> {
         let mut parts = Vec::new();
         for w in warps {
             for l in 0..w.lanes as usize {
-                if matches!(w.st[l], St::Park | St::Run) {
+                if matches!(w.st[l], St::Park | St::Run | St::Wait) {
                     parts.push(format!(
                         "thread {} waits at line {} `{}`",
                         w.id * 32 + l as u32,
@@ -212,15 +228,15 @@ impl<'a> Launch<'a> {
         }
         let w = warps
             .iter()
-            .find(|w| (0..w.lanes as usize).any(|l| w.st[l] == St::Park))
+            .find(|w| (0..w.lanes as usize).any(|l| matches!(w.st[l], St::Park | St::Wait)))
             .unwrap_or(&warps[0]);
         Fault {
             lane: None,
             pc: w.pc[0],
             warp: w.id,
             msg: format!(
-                "deadlock: some threads wait at bar.sync while others can never reach it \
-                 ({})",
+                "deadlock: some threads wait at bar.sync or for an mbarrier phase that can \
+                 never complete ({})",
                 parts.join("; ")
             ),
         }
@@ -285,7 +301,11 @@ impl<'a> Launch<'a> {
                 continue;
             }
             self.step(w, pc, group, ctaid, shared)?;
-            if group == running && !matches!(op, Op::Bra | Op::Exit | Op::Bar) {
+            let moves = matches!(
+                op,
+                Op::Bra | Op::Exit | Op::Bar | Op::Mbarrier(MbarOp::TryWaitParity)
+            );
+            if group == running && !moves {
                 next = Some((pc + 1, group));
             }
         }
@@ -345,6 +365,7 @@ impl<'a> Launch<'a> {
         shared: &mut SharedMem,
     ) -> Result<(), Fault> {
         let mut cur_lane = None;
+        self.issued += 1;
         let r = self.exec(w, pc, group, ctaid, shared, &mut cur_lane);
         r.map_err(|msg| Fault {
             lane: cur_lane.or(Some(group.trailing_zeros())),

@@ -167,7 +167,8 @@ pub enum Operand {
     Imm(u64),
     /// A special register.
     Sreg(Sreg),
-    /// A brace-enclosed vector of operands (`{%r1, %r2}`); `_` sinks are `None`.
+    /// A brace-enclosed vector of operands (`{%r1, %r2}`); `_` sinks are `None`. A bare `_`
+    /// operand is a vector of one sink.
     Vec(Vec<Option<u32>>),
     /// A memory address `[base + disp]`; `base` is a register or absent (a symbol or an
     /// absolute address folded into `disp`).
@@ -511,6 +512,30 @@ pub enum Op {
     /// `wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 d, a-desc, b-desc, scale-d,
     /// imm-scale-a, imm-scale-b, imm-trans-a, imm-trans-b` (both operands in shared memory).
     Wgmma(u16),
+    /// `mbarrier.*.shared::cta.b64` on an mbarrier object in shared memory.
+    Mbarrier(MbarOp),
+    /// `cp.async.bulk.tensor.{n}d.shared::cluster.global.tile.mbarrier::complete_tx::bytes
+    /// [dst], [tensor-map, {c0, ..}], [mbar]`: one box of a tensor map into shared memory,
+    /// its bytes completing on the mbarrier.
+    TmaLoad(u8),
+}
+
+/// The forms of `mbarrier` (operands as listed, destination first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MbarOp {
+    /// `init [a], count`
+    Init,
+    /// `arrive state, [a]{, count}` (`state` may be the sink `_`)
+    Arrive,
+    /// `arrive.expect_tx state, [a], tx`
+    ArriveExpectTx,
+    /// `expect_tx [a], tx`
+    ExpectTx,
+    /// `try_wait.parity p, [a], parity{, suspend-hint}`: the interpreter holds the thread
+    /// until the answer is true (a GPU may also say false after a time limit).
+    TryWaitParity,
+    /// `inval [a]`
+    Inval,
 }
 
 impl Op {

@@ -6,7 +6,7 @@ use super::exec::{f32b, Launch, Warp, R};
 use super::fpmath::ftz32;
 use super::intmath::{ibin, mask};
 use super::ir::{AtomOp, Operand, Space, Ty};
-use super::memory::{SharedMem, LOCAL_WINDOW, SHARED_WINDOW};
+use super::memory::{SharedMem, LOCAL_WINDOW, PARAM_WINDOW, SHARED_WINDOW};
 use super::warp_ops::ldmatrix_fragment;
 
 impl<'a> Launch<'a> {
@@ -19,6 +19,8 @@ impl<'a> Launch<'a> {
                     (Space::Shared, a - SHARED_WINDOW)
                 } else if a >= LOCAL_WINDOW && a < LOCAL_WINDOW + self.k.local_bytes as u64 {
                     (Space::Local, a - LOCAL_WINDOW)
+                } else if a >= PARAM_WINDOW && a < PARAM_WINDOW + self.params.len() as u64 {
+                    (Space::Param, a - PARAM_WINDOW)
                 } else {
                     (Space::Global, a)
                 }

@@ -19,6 +19,9 @@ pub enum Raw {
     Pipe(u32, u32),
     /// A label name, resolved after the body.
     LabelName(String),
+    /// `[a, {c0, ..}]` (a tensor map and coordinates): two operands, the address and the
+    /// vector.
+    Tensor(Operand, Operand),
 }
 
 struct Parser<'a> {
@@ -678,6 +681,28 @@ fn operand(p: &mut Parser, body: &mut Body) -> Result<Raw> {
                 }
                 t => return Err(p.err(format!("bad address {t:?}"))),
             }
+            if p.eat(',') {
+                if !p.eat('{') {
+                    return Err(p.err("expected {coordinates} after `[tensor-map,`"));
+                }
+                let mut coords = Vec::new();
+                loop {
+                    let w = p.ident()?;
+                    coords.push(Some(
+                        body.lookup(&w)
+                            .ok_or_else(|| p.err(format!("unknown register {w}")))?,
+                    ));
+                    if p.eat('}') {
+                        break;
+                    }
+                    p.expect(',')?;
+                }
+                p.expect(']')?;
+                return Ok(Raw::Tensor(
+                    Operand::Addr { base, disp },
+                    Operand::Vec(coords),
+                ));
+            }
             while !p.eat(']') {
                 let neg = if p.eat('+') {
                     p.eat('-')
@@ -734,6 +759,9 @@ fn operand(p: &mut Parser, body: &mut Body) -> Result<Raw> {
             }
             if w.starts_with('%') {
                 return Err(p.err(format!("unknown register {w}")));
+            }
+            if w == "_" {
+                return Ok(Raw::Op(Operand::Vec(vec![None])));
             }
             Ok(Raw::LabelName(w))
         }

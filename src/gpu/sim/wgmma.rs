@@ -26,7 +26,9 @@
 //! Both operand majors (K-major, and MN-major through `imm-trans-a/b` = 1) are read in the
 //! canonical no-swizzle layout, and A may come from registers (each warp's 16 rows as the
 //! `mma.m16n8k16` A fragment; those registers must keep their values until the instruction
-//! retires); swizzled layouts and the other types are refused with an error naming them.
+//! retires). A K-major operand may also be in the 128-byte swizzled layout that a TMA copy
+//! with 128-byte swizzling writes; the other swizzled layouts and the other types are refused
+//! with an error naming them.
 
 use std::collections::VecDeque;
 
@@ -34,6 +36,7 @@ use super::exec::{f32b, Launch, Warp, R};
 use super::ir::Operand;
 use super::memory::SharedMem;
 use super::warp_ops::mma_a_pos;
+use crate::gpu::tensor_map::{swizzle, Swizzle};
 
 /// The fields of a 64-bit shared-memory matrix descriptor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +74,17 @@ impl SmemDesc {
     /// elements).
     pub fn mnmajor_b16(&self, mn: u32, k: u32) -> u32 {
         self.start + (mn % 8) * 2 + (mn / 8) * self.sbo + (k % 8) * 16 + (k / 8) * self.lbo
+    }
+
+    /// Byte address of 16-bit element (`row`, `k`) of a K-major operand in the 128-byte
+    /// swizzled layout (descriptor swizzle mode 1): atoms of 8 rows of 128 bytes (64
+    /// elements), row `row % 8` of an atom 128 bytes after the one before, atoms along M or N
+    /// at the stride byte offset, and each 16-byte chunk stored where the 128-byte swizzle of
+    /// its absolute address puts it (so the start may step along K inside an atom, 32 bytes
+    /// per k16 instruction, as the hardware applies the swizzle after adding).
+    pub fn kmajor_sw128_b16(&self, row: u32, k: u32) -> u32 {
+        let linear = self.start + (row / 8) * self.sbo + (row % 8) * 128 + k * 2;
+        swizzle(linear, Swizzle::B128)
     }
 
     /// Byte address of 16-bit element (`row`, `k`) of a K-major operand in the canonical
@@ -276,17 +290,21 @@ impl<'a> Launch<'a> {
         };
         let (a_mn, b_mn) = (major(ta, "a")?, major(tb, "b")?);
         let (a, b) = (SmemDesc::decode(da), SmemDesc::decode(db));
-        let descs: &[(&str, SmemDesc)] = if a_regs.is_some() {
-            &[("B", b)]
+        let descs: &[(&str, SmemDesc, bool)] = if a_regs.is_some() {
+            &[("B", b, b_mn)]
         } else {
-            &[("A", a), ("B", b)]
+            &[("A", a, a_mn), ("B", b, b_mn)]
         };
-        for &(what, d) in descs {
-            if d.swizzle != 0 || d.base_offset != 0 {
+        for &(what, d, mn_major) in descs {
+            let supported = d.swizzle == 0 || (d.swizzle == 1 && !mn_major);
+            if !supported || d.base_offset != 0 {
                 return Err(format!(
                     "wgmma.mma_async: the {what} descriptor asks for swizzle mode {} (base \
-                     offset {}); the interpreter supports the no-swizzle layout only",
-                    d.swizzle, d.base_offset
+                     offset {}, {}-major); the interpreter supports the no-swizzle layout and \
+                     the 128-byte swizzled K-major one only",
+                    d.swizzle,
+                    d.base_offset,
+                    if mn_major { "MN" } else { "K" }
                 ));
             }
         }
@@ -297,6 +315,8 @@ impl<'a> Launch<'a> {
         let mut fetch = |d: &SmemDesc, mn_major: bool, mn: u32, k: u32| -> R<f64> {
             let at = if mn_major {
                 d.mnmajor_b16(mn, k)
+            } else if d.swizzle == 1 {
+                d.kmajor_sw128_b16(mn, k)
             } else {
                 d.kmajor_b16(mn, k)
             } as u64;
@@ -561,6 +581,39 @@ mod tests {
     /// The accumulator fragment of `.m64nNk16` (the ISA's figure: warp r holds rows
     /// 16 r .. 16 r + 15; lane 4 g + t holds columns 2 t, 2 t + 1 of rows g and g + 8 in each
     /// 8-column block).
+    #[test]
+    fn swizzled_kmajor_rows_are_128_bytes_with_chunks_permuted_by_row() {
+        let d = SmemDesc {
+            start: 2048,
+            lbo: 16,
+            sbo: 1024,
+            base_offset: 0,
+            swizzle: 1,
+        };
+        // (row, k, byte address): row r of an atom at 128 r, its chunk c (8 elements) at
+        // chunk c ^ (r % 8); rows 8.. in the next atom, SBO on.
+        let table = [
+            (0, 0, 2048),
+            (0, 9, 2048 + 18),
+            (1, 0, 2048 + 128 + 16),
+            (1, 8, 2048 + 128),
+            (3, 15, 2048 + 3 * 128 + 16 * (1 ^ 3) + 14),
+            (7, 0, 2048 + 7 * 128 + 16 * 7),
+            (8, 0, 2048 + 1024),
+            (9, 3, 2048 + 1024 + 128 + 16 + 6),
+        ];
+        for (row, k, at) in table {
+            assert_eq!(d.kmajor_sw128_b16(row, k), at, "row {row}, k {k}");
+        }
+        // The second k16 step of a 64-element atom starts 32 bytes in: chunk 2 + k / 8.
+        let d2 = SmemDesc {
+            start: 2048 + 32,
+            ..d
+        };
+        assert_eq!(d2.kmajor_sw128_b16(5, 0), 2048 + 5 * 128 + 16 * (2 ^ 5));
+        assert_eq!(d2.kmajor_sw128_b16(5, 8), 2048 + 5 * 128 + 16 * (3 ^ 5));
+    }
+
     #[test]
     fn accumulators_follow_the_isa_fragment() {
         // (rank, lane, i, row, col)

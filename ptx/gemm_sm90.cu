@@ -289,6 +289,57 @@ __device__ __forceinline__ void load_ktile(unsigned char* s, const __nv_bfloat16
   }
 }
 
+// Writes a CTA's 128 x BN accumulators (thread `ct` of the 256 that hold them, two
+// warpgroups of 64 rows) to C through the epilogue, staging them in `smem` (at least
+// 128 * (BN + 8) floats, free once every batch has retired). Holds two __syncthreads: every
+// thread of the CTA must call it.
+// The accumulators go through shared memory so that the epilogue walks C row by row, a
+// warp storing 32 consecutive floats, in one loop rather than one copy per accumulator.
+// Accumulator i of lane (g, t) of warp w in the warpgroup: row 16 w + g + 8 ((i / 2) % 2),
+// columns 8 (i / 4) + 2 t + (i % 2) (the m16n8 C fragment, once per 8 columns).
+template <int BN, int EPI>
+__device__ __forceinline__ void store_tile(const float* acc, unsigned ct, unsigned char* smem,
+                                           float* __restrict__ c, float* aux,
+                                           const float* __restrict__ bias, unsigned m,
+                                           unsigned n, unsigned m0, unsigned n0, unsigned ldc,
+                                           unsigned aux_rs, unsigned c_bs, float alpha,
+                                           float beta, unsigned flags) {
+  constexpr int CS = BN + 8;  // row stride: conflict-free float2 stores of fragments
+  float* cs = reinterpret_cast<float*>(smem);
+  __syncthreads();
+  if (ct < 256) {
+    unsigned wg = ct >> 7, lane = ct & 31, w = (ct >> 5) & 3;
+    unsigned g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int f = 0; f < BN / 8; ++f) {
+        unsigned r = wg * 64 + w * 16 + g + 8 * h;
+        *reinterpret_cast<float2*>(cs + r * CS + f * 8 + 2 * t) =
+            make_float2(acc[4 * f + 2 * h], acc[4 * f + 2 * h + 1]);
+      }
+  }
+  __syncthreads();
+  static_assert(256 % BN == 0, "each thread keeps one column");
+  unsigned col = ct % BN, j = n0 + col;
+  if (ct >= 256 || j >= n) return;
+  constexpr unsigned ROW_STEP = 256 / BN;
+  unsigned rows = min(m - m0, (unsigned)WG_BM);
+  auto store = [&](unsigned r) {
+    unsigned i = m0 + r;
+    float* cij = c + (size_t)i * ldc + j;
+    float v = epilogue(cs[r * CS + col], alpha, beta, cij, bias, j, flags);
+    *cij = epilogue_stage<EPI>(v, aux, blockIdx.z, c_bs, i, aux_rs, j);
+  };
+  if (EPI == GEMM_EPI_NONE) {
+#pragma unroll 4
+    for (unsigned r = ct / BN; r < rows; r += ROW_STEP) store(r);
+  } else {
+#pragma unroll 1
+    for (unsigned r = ct / BN; r < rows; r += ROW_STEP) store(r);
+  }
+}
+
 template <int BN, int STAGES, bool A_KMAJOR, bool B_KMAJOR, int EPI>
 __device__ __forceinline__ void gemm_bf16_wgmma(float* __restrict__ c,
                                                 const __nv_bfloat16* __restrict__ a,
@@ -356,45 +407,9 @@ __device__ __forceinline__ void gemm_bf16_wgmma(float* __restrict__ c,
     wgmma_wait<1>();
   }
   wgmma_wait<0>();
-
-  // The accumulators go through shared memory (the ring is free once every batch has
-  // retired and the barrier has passed), so that the epilogue walks C row by row, a warp
-  // storing 32 consecutive floats, in one loop rather than one copy per accumulator.
-  // Accumulator i of lane (g, t) of warp w in the warpgroup: row 16 w + g + 8 ((i / 2) % 2),
-  // columns 8 (i / 4) + 2 t + (i % 2) (the m16n8 C fragment, once per 8 columns).
-  constexpr int CS = BN + 8;  // row stride: conflict-free float2 stores of fragments
-  static_assert(WG_BM * CS * 4 <= T::SMEM_BYTES, "the C tile must fit the stages' memory");
-  float* cs = reinterpret_cast<float*>(wg_dynamic_smem);
-  __syncthreads();
-  unsigned lane = threadIdx.x & 31, w = (threadIdx.x >> 5) & 3;
-  unsigned g = lane >> 2, t = lane & 3;
-#pragma unroll
-  for (int h = 0; h < 2; ++h)
-#pragma unroll
-    for (int f = 0; f < BN / 8; ++f) {
-      unsigned r = wg * 64 + w * 16 + g + 8 * h;
-      *reinterpret_cast<float2*>(cs + r * CS + f * 8 + 2 * t) =
-          make_float2(acc[4 * f + 2 * h], acc[4 * f + 2 * h + 1]);
-    }
-  __syncthreads();
-  static_assert(256 % BN == 0, "each thread keeps one column");
-  unsigned col = threadIdx.x % BN, j = n0 + col;
-  if (j >= n) return;
-  constexpr unsigned ROW_STEP = 256 / BN;
-  unsigned rows = min(m - m0, (unsigned)WG_BM);
-  auto store = [&](unsigned r) {
-    unsigned i = m0 + r;
-    float* cij = c + (size_t)i * ldc + j;
-    float v = epilogue(cs[r * CS + col], alpha, beta, cij, bias, j, flags);
-    *cij = epilogue_stage<EPI>(v, aux, blockIdx.z, c_bs, i, aux_rs, j);
-  };
-  if (EPI == GEMM_EPI_NONE) {
-#pragma unroll 4
-    for (unsigned r = threadIdx.x / BN; r < rows; r += ROW_STEP) store(r);
-  } else {
-#pragma unroll 1
-    for (unsigned r = threadIdx.x / BN; r < rows; r += ROW_STEP) store(r);
-  }
+  static_assert(WG_BM * (BN + 8) * 4 <= T::SMEM_BYTES, "the C tile must fit the stages' memory");
+  store_tile<BN, EPI>(acc, threadIdx.x, wg_dynamic_smem, c, aux, bias, m, n, m0, n0, ldc,
+                      aux_rs, c_bs, alpha, beta, flags);
 }
 
 // Entries: gemm.cu's names with `_wgmma_<BN>`; the same parameters.
@@ -436,3 +451,187 @@ GEMM_WGMMA_EPI_ENTRY(gemm_bf16_nn_gelu_grad_wgmma_256, 256, false, GEMM_EPI_GELU
 GEMM_WGMMA_EPI_ENTRY(gemm_bf16_nt_gelu_wgmma_256, 256, true, GEMM_EPI_GELU)
 GEMM_WGMMA_EPI_ENTRY(gemm_bf16_nt_residual_wgmma_256, 256, true, GEMM_EPI_RESIDUAL)
 GEMM_WGMMA_EPI_ENTRY(gemm_bf16_nt_gelu_grad_wgmma_256, 256, true, GEMM_EPI_GELU_GRAD)
+
+// ---------------------------------------------------------------------------------------
+// gemm_bf16_nt_tma_256, gemm_bf16_nt_{gelu,residual,gelu_grad}_tma_256: the NT products (A
+//   as stored, [m, k]; B stored [n, k]; both k-major) on a warp-specialized 128 x 256 tile.
+//   Three warpgroups: the first only feeds the ring (one thread issues two TMA copies per
+//   k-tile, `cp.async.bulk.tensor`, each completing on the stage's `full` mbarrier; the
+//   warpgroup gives up registers with `setmaxnreg`), the other two only multiply (64 x 256
+//   each, `wgmma` straight from the stage in the 128-byte swizzled layout the copies write:
+//   rows of 128 bytes, 8-row atoms of 1,024 bytes, descriptors with swizzle mode 1 and a
+//   start that steps 32 bytes per k16) and release each stage on its `empty` mbarrier (one
+//   arrival per consumer warp) once the `wgmma.wait_group 1` after the next batch has
+//   retired the batch that read it. No thread computes an address for a load and no
+//   __syncthreads orders the ring; ragged edges are the copies' zero fill.
+//   Parameters: gemm_bf16_nt_wgmma_256's with the tensor maps of A and B (dims {k, rows,
+//   batch}, boxes {64, 128, 1} and {64, 256, 1}, 128-byte swizzle; made by the host) in place
+//   of the pointers; lda and ldb are unused, a_bs or b_bs 0 reads batch 0 of that operand.
+//   Launch: block (384), grid (ceil(n / 256), ceil(m / 128), batch), dynamic shared memory
+//   TMA_SMEM (the ring, 1 KiB to align it, the mbarriers).
+// ---------------------------------------------------------------------------------------
+
+struct alignas(64) TensorMap {
+  unsigned long long bytes[16];
+};
+
+#define TMA_BN 256
+#define TMA_STAGES 4
+#define TMA_A_STAGE (WG_BM * WG_BK * 2)
+#define TMA_B_STAGE (TMA_BN * WG_BK * 2)
+#define TMA_RING (TMA_STAGES * (TMA_A_STAGE + TMA_B_STAGE))
+#define TMA_SMEM (TMA_RING + 1024 + 2 * TMA_STAGES * 8)
+
+__device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
+}
+
+__device__ __forceinline__ void mbar_arrive(unsigned bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+
+__device__ __forceinline__ void mbar_expect_bytes(unsigned bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar),
+               "r"(bytes)
+               : "memory");
+}
+
+__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
+  unsigned done;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+
+// Box {x, y, z} of `map` into shared memory at `dst`, completing on mbarrier `bar`.
+__device__ __forceinline__ void tma_load_3d(unsigned dst, const TensorMap* map, int x, int y,
+                                            int z, unsigned bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(dst),
+      "l"((unsigned long long)map), "r"(x), "r"(y), "r"(z), "r"(bar)
+      : "memory");
+}
+
+// The descriptor of a k-major operand in the 128-byte swizzled layout: stride byte offset
+// 1,024 (an 8-row atom), leading byte offset unused (encoded 1), swizzle mode 1.
+__device__ __forceinline__ unsigned long long smem_desc_sw128(unsigned addr) {
+  return (unsigned long long)((addr & 0x3FFFF) >> 4) | 1ull << 16 |
+         (unsigned long long)(1024 >> 4) << 32 | 1ull << 62;
+}
+
+template <int EPI>
+__device__ __forceinline__ void gemm_bf16_nt_tma(const TensorMap* a_map, const TensorMap* b_map,
+                                                 float* __restrict__ c,
+                                                 const float* __restrict__ bias, float* aux,
+                                                 unsigned m, unsigned n, unsigned k,
+                                                 unsigned ldc, unsigned aux_rs, unsigned a_bs,
+                                                 unsigned b_bs, unsigned c_bs, float alpha,
+                                                 float beta, unsigned flags) {
+  unsigned raw = smem_addr(wg_dynamic_smem);
+  unsigned base = (raw + 1023) & ~1023u;
+  unsigned full0 = base + TMA_RING, empty0 = full0 + TMA_STAGES * 8;
+  unsigned m0 = blockIdx.y * WG_BM, n0 = blockIdx.x * TMA_BN;
+  unsigned ktiles = (k + WG_BK - 1) / WG_BK;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < TMA_STAGES; ++s) {
+      mbar_init(full0 + 8 * s, 1);
+      mbar_init(empty0 + 8 * s, 8);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+  if (threadIdx.x < 128) {
+    // The feeding warpgroup: 40 registers are plenty, and it leaves as soon as every copy is
+    // issued (they complete on the mbarriers, which outlive it with the CTA).
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+    if (threadIdx.x == 0) {
+      int za = a_bs ? blockIdx.z : 0, zb = b_bs ? blockIdx.z : 0;
+      for (unsigned kt = 0; kt < ktiles; ++kt) {
+        unsigned s = kt % TMA_STAGES;
+        mbar_wait(empty0 + 8 * s, ((kt / TMA_STAGES) & 1) ^ 1);
+        unsigned full = full0 + 8 * s;
+        mbar_expect_bytes(full, TMA_A_STAGE + TMA_B_STAGE);
+        unsigned a_dst = base + s * TMA_A_STAGE;
+        unsigned b_dst = base + TMA_STAGES * TMA_A_STAGE + s * TMA_B_STAGE;
+        tma_load_3d(a_dst, a_map, kt * WG_BK, m0, za, full);
+        tma_load_3d(b_dst, b_map, kt * WG_BK, n0, zb, full);
+      }
+    }
+    return;
+  }
+  float acc[TMA_BN / 2];
+  {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+#pragma unroll
+    for (int i = 0; i < TMA_BN / 2; ++i) acc[i] = 0.0f;
+    unsigned wg = (threadIdx.x >> 7) - 1;
+    bool leader = (threadIdx.x & 31) == 0;
+    for (unsigned kt = 0; kt < ktiles; ++kt) {
+      unsigned s = kt % TMA_STAGES;
+      mbar_wait(full0 + 8 * s, (kt / TMA_STAGES) & 1);
+      unsigned a_at = base + s * TMA_A_STAGE + wg * 64 * 128;
+      unsigned b_at = base + TMA_STAGES * TMA_A_STAGE + s * TMA_B_STAGE;
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < WG_BK / 16; ++ks)
+        wgmma_n256<0, 0>(acc, smem_desc_sw128(a_at + 32 * ks), smem_desc_sw128(b_at + 32 * ks));
+      wgmma_commit();
+      wgmma_wait<1>();
+      // The batch of kt - 1 has retired: its stage may be refilled.
+      if (kt > 0 && leader) mbar_arrive(empty0 + 8 * ((kt - 1) % TMA_STAGES));
+    }
+    wgmma_wait<0>();
+  }
+  // Straight from the registers (no barrier, which the feeding warpgroup could not join):
+  // each thread's pairs of columns, 32 contiguous bytes per row and fragment.
+  unsigned ct = threadIdx.x - 128, wg = ct >> 7, lane = ct & 31, w = (ct >> 5) & 3;
+  unsigned g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    unsigned i = m0 + wg * 64 + w * 16 + g + 8 * h;
+    if (i >= m) continue;
+#pragma unroll
+    for (int f = 0; f < TMA_BN / 8; ++f)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        unsigned j = n0 + f * 8 + 2 * t + e;
+        if (j >= n) continue;
+        float* cij = c + (size_t)blockIdx.z * c_bs + (size_t)i * ldc + j;
+        float v = epilogue(acc[4 * f + 2 * h + e], alpha, beta, cij, bias, j, flags);
+        *cij = epilogue_stage<EPI>(v, aux, blockIdx.z, c_bs, i, aux_rs, j);
+      }
+  }
+}
+
+// Entries: gemm_bf16_nt_wgmma_256's parameters (and the epilogue stages' of
+// GEMM_WGMMA_EPI_ENTRY) with the tensor maps in place of a and b.
+extern "C" __global__ void __launch_bounds__(384, 1)
+    gemm_bf16_nt_tma_256(float* __restrict__ c, const __grid_constant__ TensorMap a_map,
+                         const __grid_constant__ TensorMap b_map,
+                         const float* __restrict__ bias, unsigned m, unsigned n, unsigned k,
+                         unsigned lda, unsigned ldb, unsigned ldc, unsigned a_bs, unsigned b_bs,
+                         unsigned c_bs, float alpha, float beta, unsigned flags) {
+  gemm_bf16_nt_tma<GEMM_EPI_NONE>(&a_map, &b_map, c, bias, nullptr, m, n, k, ldc, 0, a_bs, b_bs,
+                                  c_bs, alpha, beta, flags);
+}
+
+#define GEMM_TMA_EPI_ENTRY(NAME, EPI)                                                        \
+  extern "C" __global__ void __launch_bounds__(384, 1)                                       \
+      NAME(float* __restrict__ c, const __grid_constant__ TensorMap a_map,                   \
+           const __grid_constant__ TensorMap b_map, const float* __restrict__ bias,          \
+           float* __restrict__ aux, unsigned m, unsigned n, unsigned k, unsigned lda,        \
+           unsigned ldb, unsigned ldc, unsigned aux_rs, unsigned a_bs, unsigned b_bs,        \
+           unsigned c_bs, float alpha, float beta, unsigned flags) {                        \
+    gemm_bf16_nt_tma<EPI>(&a_map, &b_map, c, bias, aux, m, n, k, ldc, aux_rs, a_bs, b_bs,   \
+                          c_bs, alpha, beta, flags);                                         \
+  }
+
+GEMM_TMA_EPI_ENTRY(gemm_bf16_nt_gelu_tma_256, GEMM_EPI_GELU)
+GEMM_TMA_EPI_ENTRY(gemm_bf16_nt_residual_tma_256, GEMM_EPI_RESIDUAL)
+GEMM_TMA_EPI_ENTRY(gemm_bf16_nt_gelu_grad_tma_256, GEMM_EPI_GELU_GRAD)

@@ -3,10 +3,16 @@
 //! one line of its PTX changed: a missing proxy fence, a missing `wgmma.fence`, a wait that
 //! leaves a stage in use when the ring refills it, and a missing final wait. (Its products,
 //! every layout on both tiles and the epilogue stages, are tested with gemm.cu's in gemm.rs.)
+//!
+//! Then the warp-specialized TMA tile (`gemm_bf16_nt*_tma_256`): its products and epilogue
+//! stages give the `wgmma` 256 tile's bits (batched, with a shared operand, ragged in m, n
+//! and k), what its wrapper refuses, and the mbarrier checks against its PTX changed: a
+//! consumer that does not wait for a stage's copies, a consumer that never releases a stage,
+//! and a release while the batch reading the stage is still in flight.
 
 use half::bf16;
 use tarflow::gpu::kernels::{
-    gemm_bf16_wgmma, Bf16Layout, GemmBf16, GemmEpilogue, WgmmaTile, GEMM_SM90,
+    gemm_bf16_tma, gemm_bf16_wgmma, Bf16Layout, GemmBf16, GemmEpilogue, WgmmaTile, GEMM_SM90,
 };
 use tarflow::gpu::{Driver, Forward, KernelArg, LaunchConfig, PtxModule, PtxSim};
 use tarflow::Rng;
@@ -110,35 +116,63 @@ impl Forward for Swapped {
     }
 }
 
+/// The module with the `nth` line (from 0) of `kernel`'s body that contains `from` changed
+/// to `to` (the first occurrence in that line).
+fn mutated(kernel: &str, from: &str, nth: usize, to: &str) -> &'static PtxModule {
+    let ptx = GEMM_SM90.ptx;
+    let at = ptx
+        .find(&format!(".entry {kernel}("))
+        .unwrap_or_else(|| panic!("no entry {kernel}"));
+    // The body runs to the next entry (inline-asm blocks end with `}` lines too).
+    let end = ptx[at + 1..]
+        .find(".entry ")
+        .map_or(ptx.len(), |e| at + 1 + e);
+    let (head, rest) = ptx.split_at(at);
+    let (body, tail) = rest.split_at(end - at);
+    let mut seen = 0;
+    let lines: Vec<String> = body
+        .lines()
+        .map(|l| {
+            if l.contains(from) {
+                seen += 1;
+                if seen == nth + 1 {
+                    return l.replacen(from, to, 1);
+                }
+            }
+            l.to_string()
+        })
+        .collect();
+    assert!(seen > nth, "`{from}` is in {kernel} {seen} times");
+    let changed = format!("{head}{}{tail}", lines.join("\n"));
+    Box::leak(Box::new(PtxModule {
+        name: GEMM_SM90.name,
+        ptx: Box::leak(changed.into_boxed_str()),
+    }))
+}
+
+/// The interpreter running `module` in place of gemm_sm90's.
+fn swapped(module: &'static PtxModule) -> Swapped {
+    Swapped {
+        inner: PtxSim::new(),
+        module,
+    }
+}
+
+fn expect_error(r: tarflow::Result<()>, what: &str) -> String {
+    match r {
+        Ok(()) => panic!("the kernel with {what} ran without an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
 /// Runs the N128 kernel with `from` replaced by `to` in its PTX (exactly once) on a product
 /// of three by two tiles and six k-tiles; the error it ends with.
 fn mutant(from: &str, to: &str) -> String {
-    let ptx = GEMM_SM90.ptx;
-    let count = ptx.matches(from).count();
-    assert!(count >= 1, "`{from}` is not in ptx/gemm_sm90.ptx");
-    let at = ptx
-        .find("gemm_bf16_nt_wgmma_128(")
-        .expect("the kernel's entry");
-    let (head, body) = ptx.split_at(at);
-    assert!(
-        body.contains(from),
-        "`{from}` is not in gemm_bf16_nt_wgmma_128"
-    );
-    let changed = format!("{head}{}", body.replacen(from, to, 1));
-    let module: &'static PtxModule = Box::leak(Box::new(PtxModule {
-        name: GEMM_SM90.name,
-        ptx: Box::leak(changed.into_boxed_str()),
-    }));
-    let d: &dyn Driver = &Swapped {
-        inner: PtxSim::new(),
-        module,
-    };
+    let d = swapped(mutated("gemm_bf16_nt_wgmma_128", from, 0, to));
+    let d: &dyn Driver = &d;
     let c = case(d, (300, 200, 6 * 64), 9);
     let r = gemm_bf16_wgmma(d, &c, None, WgmmaTile::N128).and_then(|()| d.synchronize());
-    match r {
-        Ok(()) => panic!("the kernel with `{from}` -> `{to}` ran without an error"),
-        Err(e) => e.to_string(),
-    }
+    expect_error(r, &format!("`{from}` -> `{to}`"))
 }
 
 #[test]
@@ -186,4 +220,165 @@ fn the_warpgroup_kernels_refuse_a_gpu_that_is_not_9_0() {
     );
     // gemm_bf16 keeps the mma.sync tiles there, whatever TARFLOW_WGMMA says.
     tarflow::gpu::kernels::gemm_bf16(&d, &c).unwrap();
+}
+
+/// `case` with `batch` products (A shared by all when `shared_a`), ragged against the TMA
+/// tile: three row tiles and a part, two column tiles and a part, three k-tiles and a part.
+fn batched_case(d: &dyn Driver, batch: usize, shared_a: bool, seed: u64) -> GemmBf16 {
+    let (m, n, k): (usize, usize, usize) = (2 * 128 + 45, 2 * 256 + 37, 3 * 64 + 19);
+    let mut rng = Rng::new(seed);
+    let ld = k.div_ceil(8) * 8 + 8;
+    let a_mats = if shared_a { 1 } else { batch };
+    let a: Vec<u16> = (0..a_mats)
+        .flat_map(|_| operand(&mut rng, m, k, ld))
+        .collect();
+    let b: Vec<u16> = (0..batch)
+        .flat_map(|_| operand(&mut rng, n, k, ld))
+        .collect();
+    GemmBf16 {
+        batch,
+        c: upload::<f32>(d, &normal(&mut rng, batch * m * n)),
+        c_bs: m * n,
+        a: upload::<u16>(d, &a),
+        a_bs: if shared_a { 0 } else { m * ld },
+        b: upload::<u16>(d, &b),
+        b_bs: n * ld,
+        ..case(d, (m, n, k), seed)
+    }
+}
+
+/// The output of `g` run by `f` into a fresh copy of its `C` (and of `aux`, if `epi` has one):
+/// `C`, then `aux`.
+fn outputs(
+    d: &dyn Driver,
+    g: &GemmBf16,
+    epi: Option<GemmEpilogue>,
+    f: impl Fn(&GemmBf16, Option<GemmEpilogue>) -> tarflow::Result<()>,
+) -> (Vec<f32>, Vec<f32>) {
+    let total = g.batch * g.m * g.n;
+    let c = upload::<f32>(d, &download::<f32>(d, g.c, total));
+    let (epi, aux) = match epi {
+        None => (None, None),
+        Some(e) => {
+            let (_, aux, aux_rs) = e.parts();
+            let copy = upload::<f32>(d, &download::<f32>(d, aux, total));
+            let e = match e {
+                GemmEpilogue::Gelu { .. } => GemmEpilogue::Gelu { aux: copy, aux_rs },
+                GemmEpilogue::Residual { .. } => GemmEpilogue::Residual { aux: copy, aux_rs },
+                GemmEpilogue::GeluGrad { .. } => GemmEpilogue::GeluGrad { aux: copy, aux_rs },
+            };
+            (Some(e), Some(copy))
+        }
+    };
+    f(&GemmBf16 { c, ..*g }, epi).unwrap();
+    let aux = aux.map_or(Vec::new(), |p| download::<f32>(d, p, total));
+    (download::<f32>(d, c, total), aux)
+}
+
+fn tma_matches_wgmma(d: &dyn Driver) {
+    if d.compute_capability()
+        .unwrap()
+        .is_some_and(|cc| cc != (9, 0))
+    {
+        println!("{}: TMA tile skipped: not compute capability 9.0", d.name());
+        return;
+    }
+    for (batch, shared_a, seed) in [(1, false, 21), (2, false, 22), (2, true, 23)] {
+        let g = batched_case(d, batch, shared_a, seed);
+        let want = outputs(d, &g, None, |g, e| {
+            gemm_bf16_wgmma(d, g, e, WgmmaTile::N256)
+        });
+        let got = outputs(d, &g, None, |g, e| gemm_bf16_tma(d, g, e));
+        let what = format!(
+            "TMA tile, batch {batch}, shared A {shared_a}, on {}",
+            d.name()
+        );
+        assert!(want.0.iter().all(|v| v.is_finite()), "{what}");
+        assert_bits(&what, &got.0, &want.0);
+    }
+    // The epilogue stages (beta 0), over an aux of normal values.
+    let g = GemmBf16 {
+        beta: 0.0,
+        ..batched_case(d, 2, false, 24)
+    };
+    let mut rng = Rng::new(25);
+    let aux = upload::<f32>(d, &normal(&mut rng, 2 * g.m * g.n));
+    for epi in [
+        GemmEpilogue::Gelu { aux, aux_rs: g.n },
+        GemmEpilogue::Residual { aux, aux_rs: g.n },
+        GemmEpilogue::GeluGrad { aux, aux_rs: g.n },
+    ] {
+        let want = outputs(d, &g, Some(epi), |g, e| {
+            gemm_bf16_wgmma(d, g, e, WgmmaTile::N256)
+        });
+        let got = outputs(d, &g, Some(epi), |g, e| gemm_bf16_tma(d, g, e));
+        let what = format!("TMA tile with {} on {}", epi.parts().0, d.name());
+        assert_bits(&format!("{what}: C"), &got.0, &want.0);
+        assert_bits(&format!("{what}: aux"), &got.1, &want.1);
+    }
+}
+
+#[test]
+fn the_tma_tile_gives_the_warpgroup_tiles_bits() {
+    on_each_device(tma_matches_wgmma);
+}
+
+#[test]
+fn the_tma_tile_refuses_other_layouts_and_other_gpus() {
+    let d = PtxSim::new();
+    let c = case(&d, (8, 8, 8), 11);
+    for layout in [Bf16Layout::NN, Bf16Layout::TN, Bf16Layout::TT] {
+        let e = gemm_bf16_tma(&d, &GemmBf16 { layout, ..c }, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("layout NT"), "{e}");
+    }
+    let e = gemm_bf16_tma(&d, &GemmBf16 { ldb: 4, ..c }, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ldb = 4 must be a multiple of 8"), "{e}");
+    let a = Ampere(PtxSim::new());
+    let c = case(&a, (8, 8, 8), 12);
+    let e = gemm_bf16_tma(&a, &c, None).unwrap_err().to_string();
+    assert!(e.contains("compute capability 9.0"), "{e}");
+}
+
+/// Runs the plain TMA kernel, changed as [`mutated`] says, on one tile of eight k-tiles (the
+/// ring of four turns twice); the error it ends with.
+fn tma_mutant(from: &str, nth: usize, to: &str) -> String {
+    let d = swapped(mutated("gemm_bf16_nt_tma_256", from, nth, to));
+    let d: &dyn Driver = &d;
+    let c = case(d, (128, 256, 8 * 64), 13);
+    let r = gemm_bf16_tma(d, &c, None).and_then(|()| d.synchronize());
+    expect_error(r, &format!("`{from}` ({nth}) -> `{to}`"))
+}
+
+#[test]
+fn mbarrier_checks_catch_each_mutation_of_the_tma_kernel() {
+    // The unchanged kernel runs this case cleanly.
+    let d = PtxSim::new();
+    gemm_bf16_tma(&d, &case(&d, (128, 256, 8 * 64), 13), None).unwrap();
+    // The consumers' wait (the second try_wait in the body) always says yes.
+    const WAIT: &str = "mbarrier.try_wait.parity.shared::cta.b64 p,";
+    let consumer = GEMM_SM90.ptx.contains(WAIT);
+    assert!(consumer, "no try_wait in the module");
+    let e = tma_mutant(WAIT, 1, "setp.eq.u32 p, 1, 1; //");
+    assert!(
+        e.contains("without waiting for that mbarrier's phase"),
+        "{e}"
+    );
+    // The consumers never release a stage: the producer waits forever for the fifth k-tile.
+    let e = tma_mutant("mbarrier.arrive.shared::cta.b64", 0, "// ");
+    assert!(e.contains("deadlock"), "{e}");
+    // Releasing a stage while the batch that reads it is in flight: the ring refills it
+    // under the running wgmma.
+    let e = tma_mutant(
+        "wgmma.wait_group.sync.aligned 1;",
+        0,
+        "wgmma.wait_group.sync.aligned 2;",
+    );
+    assert!(
+        e.contains("before the wgmma.wait_group that retires it"),
+        "{e}"
+    );
 }

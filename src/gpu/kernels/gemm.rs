@@ -4,6 +4,7 @@
 use super::{grid_yz, GEMM, GEMM_SM90};
 use crate::error::{Error, Result};
 use crate::gpu::driver::{DevicePtr, Driver, KernelArg, LaunchConfig, PtxModule};
+use crate::gpu::tensor_map::{Swizzle, TensorMap};
 
 /// `flags` bit: add `bias[j]` to every row (`enum GemmFlags` in ptx/gemm.cu).
 pub(super) const GEMM_HAS_BIAS: u32 = 1;
@@ -678,8 +679,81 @@ pub fn gemm_bf16_wgmma(
         tile: (128, tile.cols()),
         threads: 256,
         shared_bytes: tile.shared_bytes(),
+        tensor_maps: false,
     };
     launch_bf16_kernel(driver, g, epi, kernel)
+}
+
+/// Dynamic shared memory of the TMA tile: four stages of a 128 x 64 and a 256 x 64 bf16
+/// box, 1 KiB to align the ring to the 128-byte swizzle's 1,024-byte pattern, and the
+/// eight mbarriers.
+pub const TMA_SHARED_BYTES: u32 = 4 * (128 + 256) * 64 * 2 + 1024 + 8 * 8;
+
+/// The warp-specialized TMA tile's kernel for an NT product with `epi` (`None`: the plain
+/// product).
+pub fn tma_kernel(epi: Option<GemmEpilogue>) -> &'static str {
+    match epi {
+        None => "gemm_bf16_nt_tma_256",
+        Some(GemmEpilogue::Gelu { .. }) => "gemm_bf16_nt_gelu_tma_256",
+        Some(GemmEpilogue::Residual { .. }) => "gemm_bf16_nt_residual_tma_256",
+        Some(GemmEpilogue::GeluGrad { .. }) => "gemm_bf16_nt_gelu_grad_tma_256",
+    }
+}
+
+/// `g` (an [`Bf16Layout::NT`] product, with the epilogue stage `epi` if any) on the
+/// warp-specialized 128 x 256 tile of `gemm_sm90.cu`: one warpgroup feeding a four-stage
+/// ring with TMA copies through mbarriers, two multiplying with `wgmma` from the 128-byte
+/// swizzled stages. Needs a compute-capability 9.0 GPU (or the interpreter).
+pub fn gemm_bf16_tma(driver: &dyn Driver, g: &GemmBf16, epi: Option<GemmEpilogue>) -> Result<()> {
+    const OP: &str = "gemm_bf16";
+    let name = tma_kernel(epi);
+    if g.layout != Bf16Layout::NT {
+        return Err(Error::arg(
+            OP,
+            format!(
+                "{name}: the TMA tile reads both operands k-major (layout NT), got {:?}",
+                g.layout
+            ),
+        ));
+    }
+    super::require_sm90(driver, OP, name)?;
+    let kernel = Kernel {
+        module: &GEMM_SM90,
+        name,
+        tile: (128, 256),
+        threads: 384,
+        shared_bytes: TMA_SHARED_BYTES,
+        tensor_maps: true,
+    };
+    launch_bf16_kernel(driver, g, epi, kernel)
+}
+
+/// The tensor map the TMA tile reads operand `A` (or `B`, `b_side`) of the NT product `g`
+/// through: its rows x `k` bf16 elements, k contiguous, row stride `lda` (`ldb`), batch
+/// stride `a_bs` (`b_bs`; 0: one matrix for every batch), boxes of 64 k values by
+/// `box_rows` rows, 128-byte swizzled.
+fn kmajor_map(driver: &dyn Driver, g: &GemmBf16, b_side: bool, box_rows: u32) -> Result<KernelArg> {
+    let (p, rows, ld, bs) = if b_side {
+        (g.b, g.n, g.ldb, g.b_bs)
+    } else {
+        (g.a, g.m, g.lda, g.a_bs)
+    };
+    // A shared operand (or a single product) still gets a third dimension, of one matrix;
+    // its stride only has to be valid.
+    let (mats, mat_stride) = if bs == 0 || g.batch == 1 {
+        (1, (ld * rows.max(1) * 2).next_multiple_of(16))
+    } else {
+        (g.batch, bs * 2)
+    };
+    let map = TensorMap {
+        elem_bytes: 2,
+        base: p.0,
+        dims: vec![g.k as u64, rows as u64, mats as u64],
+        strides: vec![(ld * 2) as u64, mat_stride as u64],
+        boxes: vec![64, box_rows, 1],
+        swizzle: Swizzle::B128,
+    };
+    Ok(KernelArg::TensorMap(driver.tensor_map(&map)?))
 }
 
 /// Which kernel a bf16 launch runs and how.
@@ -690,6 +764,9 @@ struct Kernel {
     tile: (usize, usize),
     threads: u32,
     shared_bytes: u32,
+    /// Whether the kernel takes tensor maps of `A` and `B` (boxes of 64 k values by the
+    /// tile's rows, 128-byte swizzle) instead of their addresses.
+    tensor_maps: bool,
 }
 
 fn launch_bf16(
@@ -716,6 +793,7 @@ fn launch_bf16(
         tile: (tile.edge(), tile.edge()),
         threads: 128,
         shared_bytes: tile.shared_bytes(),
+        tensor_maps: false,
     };
     launch_bf16_kernel(driver, g, epi, kernel)
 }
@@ -782,10 +860,19 @@ fn launch_bf16_kernel(
         return Ok(());
     };
     let u = |what, v| u32_of(OP, what, v).map(KernelArg::U32);
+    let (a, b) = if kernel.tensor_maps {
+        let (rows, cols) = (kernel.tile.0 as u32, kernel.tile.1 as u32);
+        (
+            kmajor_map(driver, g, false, rows)?,
+            kmajor_map(driver, g, true, cols)?,
+        )
+    } else {
+        (KernelArg::Ptr(g.a), KernelArg::Ptr(g.b))
+    };
     let mut args = vec![
         KernelArg::Ptr(g.c),
-        KernelArg::Ptr(g.a),
-        KernelArg::Ptr(g.b),
+        a,
+        b,
         KernelArg::Ptr(g.bias.unwrap_or(DevicePtr(0))),
     ];
     let aux = epi.map(|e| {

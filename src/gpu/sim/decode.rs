@@ -290,6 +290,16 @@ pub fn decode_inst(
         }
         Op::Bar | Op::Nop | Op::CpAsync(_) | Op::Mbarrier(_) => ops.len(),
         Op::TmaLoad(_) => 4,
+        Op::SetMaxNreg => match ops.as_slice() {
+            [Operand::Imm(n)] if (24..=256).contains(n) && n % 8 == 0 => 1,
+            _ => {
+                return Err(
+                    "setmaxnreg needs a constant register count, a multiple of 8 from 24 to \
+                     256"
+                    .into(),
+                )
+            }
+        },
     };
     expect_ops(&ops, want)?;
     check_shapes(&op, &ops)?;
@@ -767,6 +777,14 @@ fn decode_op(mnem: &str, m: &mut Mods, nraw: usize) -> Result<Decoded, String> {
             (Op::Nop, Class::Sync, None)
         }
         "mbarrier" => decode_mbarrier(m)?,
+        "setmaxnreg" => {
+            if !(m.has("sync") && m.has("aligned") && m.has("u32")) {
+                return Err("setmaxnreg must be .sync.aligned.u32".into());
+            }
+            m.one_of(&["inc", "dec"])
+                .ok_or("setmaxnreg needs .inc or .dec")?;
+            (Op::SetMaxNreg, Class::Sync, None)
+        }
         "fence" if m.has("proxy") => {
             if !m.has("async") {
                 return Err("only fence.proxy.async is supported among proxy fences".into());

@@ -500,7 +500,7 @@ impl<'a> Launch<'a> {
                 }
                 advance &= !active;
             }
-            Op::Nop => {}
+            Op::Nop | Op::SetMaxNreg => {}
             Op::Shfl(mode) => {
                 let mut vals = [0u64; 32];
                 let mut have = 0u32;

@@ -512,6 +512,9 @@ pub enum Op {
     /// `wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 d, a-desc, b-desc, scale-d,
     /// imm-scale-a, imm-scale-b, imm-trans-a, imm-trans-b` (both operands in shared memory).
     Wgmma(u16),
+    /// `setmaxnreg.{inc,dec}.sync.aligned.u32 n`: moves registers between warpgroups, which
+    /// the interpreter (with no register budget) only checks.
+    SetMaxNreg,
     /// `mbarrier.*.shared::cta.b64` on an mbarrier object in shared memory.
     Mbarrier(MbarOp),
     /// `cp.async.bulk.tensor.{n}d.shared::cluster.global.tile.mbarrier::complete_tx::bytes

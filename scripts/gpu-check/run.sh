@@ -15,7 +15,8 @@
 #   5. end to end: `tarflow train --preset imagenet64 --device cuda` (bf16) on a synthetic
 #      pack, and the MNIST run cut to 500 steps, its checkpoint scored on cuda and the CPU;
 #   6. the whole model at ImageNet64's shape (p2 C768 T8 K8), `tarflow bench --device cuda`
-#      (the bf16 step also with TARFLOW_WGMMA=1, the warpgroup GEMM tiles)
+#      (the bf16 step also with TARFLOW_WGMMA=1, the warpgroup GEMM tiles, and with
+#      TARFLOW_WGMMA=tma, the NT products on the warp-specialized TMA tile)
 #      and the PyTorch eager peer (scripts/gpu-check/torch_tarflow.py: bf16 autocast, flash
 #      SDPA, KV-cached sampling) at the same batch (MODEL_BATCH, default 16; sampling
 #      SAMPLE_BATCH, default 4), then the peer
@@ -244,6 +245,10 @@ step "bench --device cuda --precision bf16 --recompute none, TARFLOW_WGMMA=1" 90
     bench-model-bf16-wgmma.txt env TARFLOW_WGMMA=1 "$TARFLOW" bench --device cuda \
     --preset imagenet64 --batch "$MODEL_BATCH" --sample-batch 1 --repeats 2 --precision bf16 \
     --recompute none
+step "bench --device cuda --precision bf16 --recompute none, TARFLOW_WGMMA=tma" 90 \
+    bench-model-bf16-tma.txt env TARFLOW_WGMMA=tma "$TARFLOW" bench --device cuda \
+    --preset imagenet64 --batch "$MODEL_BATCH" --sample-batch 1 --repeats 2 --precision bf16 \
+    --recompute none
 GROUP=torch-model
 step "PyTorch TarFlow (ImageNet64 model)" 120 torch-tarflow.txt python3 scripts/gpu-check/torch_tarflow.py \
     --batch "$MODEL_BATCH" --sample-batch "$SAMPLE_BATCH" --repeats 3 --json "$LOGS/torch-tarflow.json"
@@ -341,6 +346,12 @@ fi
     echo
     echo '```text'
     cat "$LOGS/bench-model-bf16-wgmma.txt" 2>/dev/null
+    echo '```'
+    echo
+    echo "The same with the NT products on the warp-specialized TMA tile (TARFLOW_WGMMA=tma):"
+    echo
+    echo '```text'
+    cat "$LOGS/bench-model-bf16-tma.txt" 2>/dev/null
     echo '```'
     echo
     echo "## The PyTorch eager peer (scripts/gpu-check/torch_tarflow.py), batch $MODEL_BATCH, then 64"

@@ -25,7 +25,7 @@ pub(super) type Launches = dyn Fn(&dyn Driver) -> Result<()>;
 pub(super) type Build = fn(&mut Buffers, Sizes) -> Result<Case>;
 
 /// Every case, in table order.
-pub(super) const CASES: [Build; 38] = [
+pub(super) const CASES: [Build; 39] = [
     ceiling_mma,
     ceiling_copy,
     copy_transpose,
@@ -44,6 +44,7 @@ pub(super) const CASES: [Build; 38] = [
     gemm_bf16_large_tile,
     gemm_bf16_wgmma_128,
     gemm_bf16_wgmma_256,
+    gemm_bf16_tma_256,
     gemm_bf16_wgrad_split,
     gemm_bf16_wgrad_unsplit,
     gemm_bf16_wgrad_wgmma,
@@ -577,9 +578,10 @@ fn gemm_bf16_large_tile(b: &mut Buffers, s: Sizes) -> Result<Case> {
 
 /// The rows that need a compute-capability 9.0 GPU (or the interpreter): the bench leaves
 /// them out elsewhere.
-pub(super) const SM90_ONLY: [&str; 6] = [
+pub(super) const SM90_ONLY: [&str; 7] = [
     WGMMA_128,
     WGMMA_256,
+    TMA_256,
     WGMMA_WGRAD,
     WGMMA_GELU,
     WGMMA_ATTN,
@@ -590,6 +592,7 @@ const WGMMA_ATTN_BWD: &str =
 const WGMMA_ATTN: &str = "attention fwd bf16 inputs (wgmma, sm_90a), causal";
 const WGMMA_128: &str = "gemm bf16 NT (wgmma, sm_90a), 128 x 128 tile";
 const WGMMA_256: &str = "gemm bf16 NT (wgmma, sm_90a), 128 x 256 tile";
+const TMA_256: &str = "gemm bf16 NT (TMA + wgmma, warp-specialized), 128 x 256 tile";
 const WGMMA_WGRAD: &str = "gemm bf16 TN, weight gradient (wgmma, 128 x 128 tile, split)";
 const WGMMA_GELU: &str = "gemm bf16 NT, gelu(A W^T + bias) (wgmma, 128 x 256 tile)";
 
@@ -611,6 +614,11 @@ fn gemm_bf16_wgmma_128(b: &mut Buffers, s: Sizes) -> Result<Case> {
 
 fn gemm_bf16_wgmma_256(b: &mut Buffers, s: Sizes) -> Result<Case> {
     gemm_bf16_wgmma_on(b, s, k::WgmmaTile::N256)
+}
+
+/// The product on the warp-specialized TMA tile (one warpgroup feeding, two multiplying).
+fn gemm_bf16_tma_256(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    square_case(b, s, TMA_256, |d, g| k::gemm_bf16_tma(d, g, None))
 }
 
 /// A Linear layer's weight gradient `g^T x` under bf16 (the TN layout): ImageNet64's

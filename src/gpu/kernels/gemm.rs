@@ -399,6 +399,9 @@ pub fn gemm_bf16(driver: &dyn Driver, g: &GemmBf16) -> Result<()> {
             return gemm_bf16_split_k_wgmma(driver, g, WgmmaTile::N128, splits);
         }
         if let Some(tile) = WgmmaTile::pick(g.m, g.n, g.batch) {
+            if tile == WgmmaTile::N256 && g.layout == Bf16Layout::NT && tma_enabled(driver)? {
+                return gemm_bf16_tma(driver, g, None);
+            }
             return gemm_bf16_wgmma(driver, g, None, tile);
         }
     }
@@ -551,6 +554,9 @@ pub fn gemm_bf16_epilogue(driver: &dyn Driver, g: &GemmBf16, epi: GemmEpilogue) 
         && epi.wgmma_kernel(g.layout).is_some()
         && wgmma_enabled(driver)?
     {
+        if g.layout == Bf16Layout::NT && tma_enabled(driver)? {
+            return gemm_bf16_tma(driver, g, Some(epi));
+        }
         return gemm_bf16_wgmma(driver, g, Some(epi), WgmmaTile::N256);
     }
     launch_bf16(driver, g, Some(epi), Bf16Tile::pick(g.m, g.n, g.batch))
@@ -632,17 +638,34 @@ impl GemmEpilogue {
 }
 
 /// The environment variable that turns the warpgroup tiles on for [`gemm_bf16`] and
-/// [`gemm_bf16_epilogue`] (value `1`) on a compute-capability 9.0 GPU. Off by default until
-/// a GPU check has compared them with the `mma.sync` tiles on hardware.
+/// [`gemm_bf16_epilogue`] on a compute-capability 9.0 GPU: `1` for the `cp.async` tiles of
+/// [`gemm_bf16_wgmma`], `tma` for those plus the warp-specialized TMA tile
+/// ([`gemm_bf16_tma`]) on the NT products the 256 tile would take. Off by default until a GPU
+/// check has compared them with the `mma.sync` tiles on hardware.
 pub const WGMMA_ENV: &str = "TARFLOW_WGMMA";
 
+/// Which tiles [`WGMMA_ENV`] asks for (read once).
+fn wgmma_choice() -> u8 {
+    static CHOICE: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+    *CHOICE.get_or_init(|| match std::env::var(WGMMA_ENV).as_deref() {
+        Ok("1") => 1,
+        Ok("tma") => 2,
+        _ => 0,
+    })
+}
+
 /// Whether [`gemm_bf16`] and [`gemm_bf16_epilogue`] run the warpgroup tiles on `driver`:
-/// [`WGMMA_ENV`] is `1` and the device has compute capability 9.0 (the interpreter has
-/// none, so its products keep the `mma.sync` tiles; tests call [`gemm_bf16_wgmma`]).
+/// [`WGMMA_ENV`] is `1` or `tma` and the device has compute capability 9.0 (the interpreter
+/// has none, so its products keep the `mma.sync` tiles; tests call [`gemm_bf16_wgmma`] and
+/// [`gemm_bf16_tma`]).
 pub fn wgmma_enabled(driver: &dyn Driver) -> Result<bool> {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let on = *ON.get_or_init(|| std::env::var(WGMMA_ENV).is_ok_and(|v| v == "1"));
-    Ok(on && driver.compute_capability()? == Some((9, 0)))
+    Ok(wgmma_choice() != 0 && driver.compute_capability()? == Some((9, 0)))
+}
+
+/// Whether [`gemm_bf16`] and [`gemm_bf16_epilogue`] run an NT product that the 256 tile
+/// would take on the TMA tile instead ([`WGMMA_ENV`] is `tma`, on a 9.0 GPU).
+pub fn tma_enabled(driver: &dyn Driver) -> Result<bool> {
+    Ok(wgmma_choice() == 2 && wgmma_enabled(driver)?)
 }
 
 /// [`gemm_bf16`] (or with `epi`, [`gemm_bf16_epilogue`]) on Hopper's warpgroup tensor cores

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use super::*;
-use crate::gpu::driver::{DevicePtr, Driver};
+use crate::gpu::driver::{DevicePtr, Driver, EncodedTensorMap};
+use crate::gpu::tensor_map::TensorMap;
 use crate::optim::AdamWConfig;
 
 /// One recorded launch.
@@ -42,6 +43,11 @@ impl Recorder {
 impl Driver for Recorder {
     fn name(&self) -> String {
         "recorder".into()
+    }
+    fn tensor_map(&self, map: &TensorMap) -> Result<EncodedTensorMap> {
+        map.check()
+            .map_err(|e| crate::Error::arg("tensor_map", e))?;
+        Ok(EncodedTensorMap([0; 128]))
     }
     fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
         let mut n = self.next.lock().unwrap();
@@ -257,8 +263,12 @@ fn launch_every_wrapper(d: &Recorder) -> Vec<Launch> {
                 gemm_bf16_on(d, &g, Some(epi), tile).unwrap();
             }
             gemm_bf16_wgmma(d, &g, Some(epi), WgmmaTile::N256).unwrap();
+            if layout == Bf16Layout::NT {
+                gemm_bf16_tma(d, &g, Some(epi)).unwrap();
+            }
         }
     }
+    gemm_bf16_tma(d, &bf16_gemm(Bf16Layout::NT, p(), p(), p()), None).unwrap();
     index_select_f32(d, p(), p(), p(), 2, 10, 4, 8).unwrap();
     index_add_f32(d, p(), p(), p(), p(), 2, 10, 4, 8).unwrap();
     let split = GemmBf16 {

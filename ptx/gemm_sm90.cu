@@ -589,23 +589,36 @@ __device__ __forceinline__ void gemm_bf16_nt_tma(const TensorMap* a_map, const T
     wgmma_wait<0>();
   }
   // Straight from the registers (no barrier, which the feeding warpgroup could not join):
-  // each thread's pairs of columns, 32 contiguous bytes per row and fragment.
+  // each thread's pairs of adjacent columns, one 8-byte store per pair when C's rows keep
+  // pairs aligned (32 contiguous bytes per row and fragment for a quad of threads).
   unsigned ct = threadIdx.x - 128, wg = ct >> 7, lane = ct & 31, w = (ct >> 5) & 3;
   unsigned g = lane >> 2, t = lane & 3;
+  float* cz = c + (size_t)blockIdx.z * c_bs;
+  bool pairs = ((ldc | c_bs) & 1) == 0 && ((size_t)c & 7) == 0;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     unsigned i = m0 + wg * 64 + w * 16 + g + 8 * h;
     if (i >= m) continue;
 #pragma unroll
-    for (int f = 0; f < TMA_BN / 8; ++f)
+    for (int f = 0; f < TMA_BN / 8; ++f) {
+      unsigned j = n0 + f * 8 + 2 * t;
+      float* cij = cz + (size_t)i * ldc + j;
+      if (pairs && j + 1 < n) {
+        float2 old = beta != 0.0f ? *reinterpret_cast<const float2*>(cij) : make_float2(0, 0);
+        float v0 = epilogue(acc[4 * f + 2 * h], alpha, beta, &old.x, bias, j, flags);
+        float v1 = epilogue(acc[4 * f + 2 * h + 1], alpha, beta, &old.y, bias, j + 1, flags);
+        *reinterpret_cast<float2*>(cij) =
+            make_float2(epilogue_stage<EPI>(v0, aux, blockIdx.z, c_bs, i, aux_rs, j),
+                        epilogue_stage<EPI>(v1, aux, blockIdx.z, c_bs, i, aux_rs, j + 1));
+        continue;
+      }
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        unsigned j = n0 + f * 8 + 2 * t + e;
-        if (j >= n) continue;
-        float* cij = c + (size_t)blockIdx.z * c_bs + (size_t)i * ldc + j;
-        float v = epilogue(acc[4 * f + 2 * h + e], alpha, beta, cij, bias, j, flags);
-        *cij = epilogue_stage<EPI>(v, aux, blockIdx.z, c_bs, i, aux_rs, j);
+        if (j + e >= n) continue;
+        float v = epilogue(acc[4 * f + 2 * h + e], alpha, beta, cij + e, bias, j + e, flags);
+        cij[e] = epilogue_stage<EPI>(v, aux, blockIdx.z, c_bs, i, aux_rs, j + e);
       }
+    }
   }
 }
 

@@ -224,7 +224,9 @@ fn the_warpgroup_kernels_refuse_a_gpu_that_is_not_9_0() {
 
 /// `case` with `batch` products (A shared by all when `shared_a`), ragged against the TMA
 /// tile: three row tiles and a part, two column tiles and a part, three k-tiles and a part.
-fn batched_case(d: &dyn Driver, batch: usize, shared_a: bool, seed: u64) -> GemmBf16 {
+/// `C`'s rows are `n + pad` apart (an odd `ldc` keeps the kernel's stores of C to single
+/// floats, an even one lets it store pairs).
+fn batched_case(d: &dyn Driver, batch: usize, shared_a: bool, pad: usize, seed: u64) -> GemmBf16 {
     let (m, n, k): (usize, usize, usize) = (2 * 128 + 45, 2 * 256 + 37, 3 * 64 + 19);
     let mut rng = Rng::new(seed);
     let ld = k.div_ceil(8) * 8 + 8;
@@ -235,10 +237,12 @@ fn batched_case(d: &dyn Driver, batch: usize, shared_a: bool, seed: u64) -> Gemm
     let b: Vec<u16> = (0..batch)
         .flat_map(|_| operand(&mut rng, n, k, ld))
         .collect();
+    let ldc = n + pad;
     GemmBf16 {
         batch,
-        c: upload::<f32>(d, &normal(&mut rng, batch * m * n)),
-        c_bs: m * n,
+        c: upload::<f32>(d, &normal(&mut rng, batch * m * ldc)),
+        ldc,
+        c_bs: m * ldc,
         a: upload::<u16>(d, &a),
         a_bs: if shared_a { 0 } else { m * ld },
         b: upload::<u16>(d, &b),
@@ -255,7 +259,7 @@ fn outputs(
     epi: Option<GemmEpilogue>,
     f: impl Fn(&GemmBf16, Option<GemmEpilogue>) -> tarflow::Result<()>,
 ) -> (Vec<f32>, Vec<f32>) {
-    let total = g.batch * g.m * g.n;
+    let total = g.batch * g.c_bs;
     let c = upload::<f32>(d, &download::<f32>(d, g.c, total));
     let (epi, aux) = match epi {
         None => (None, None),
@@ -283,36 +287,48 @@ fn tma_matches_wgmma(d: &dyn Driver) {
         println!("{}: TMA tile skipped: not compute capability 9.0", d.name());
         return;
     }
-    for (batch, shared_a, seed) in [(1, false, 21), (2, false, 22), (2, true, 23)] {
-        let g = batched_case(d, batch, shared_a, seed);
+    for (batch, shared_a, pad, seed) in [(1, false, 0, 21), (2, false, 3, 22), (2, true, 1, 23)] {
+        let g = batched_case(d, batch, shared_a, pad, seed);
         let want = outputs(d, &g, None, |g, e| {
             gemm_bf16_wgmma(d, g, e, WgmmaTile::N256)
         });
         let got = outputs(d, &g, None, |g, e| gemm_bf16_tma(d, g, e));
         let what = format!(
-            "TMA tile, batch {batch}, shared A {shared_a}, on {}",
+            "TMA tile, batch {batch}, shared A {shared_a}, ldc n + {pad}, on {}",
             d.name()
         );
         assert!(want.0.iter().all(|v| v.is_finite()), "{what}");
         assert_bits(&what, &got.0, &want.0);
     }
     // The epilogue stages (beta 0), over an aux of normal values.
+    for pad in [0, 3] {
+        tma_epilogues(d, pad);
+    }
+}
+
+/// The epilogue stages (beta 0) on the TMA tile against the `wgmma` 256 tile, over an aux of
+/// normal values laid out as C.
+fn tma_epilogues(d: &dyn Driver, pad: usize) {
     let g = GemmBf16 {
         beta: 0.0,
-        ..batched_case(d, 2, false, 24)
+        ..batched_case(d, 2, false, pad, 24)
     };
     let mut rng = Rng::new(25);
-    let aux = upload::<f32>(d, &normal(&mut rng, 2 * g.m * g.n));
+    let aux = upload::<f32>(d, &normal(&mut rng, 2 * g.c_bs));
     for epi in [
-        GemmEpilogue::Gelu { aux, aux_rs: g.n },
-        GemmEpilogue::Residual { aux, aux_rs: g.n },
-        GemmEpilogue::GeluGrad { aux, aux_rs: g.n },
+        GemmEpilogue::Gelu { aux, aux_rs: g.ldc },
+        GemmEpilogue::Residual { aux, aux_rs: g.ldc },
+        GemmEpilogue::GeluGrad { aux, aux_rs: g.ldc },
     ] {
         let want = outputs(d, &g, Some(epi), |g, e| {
             gemm_bf16_wgmma(d, g, e, WgmmaTile::N256)
         });
         let got = outputs(d, &g, Some(epi), |g, e| gemm_bf16_tma(d, g, e));
-        let what = format!("TMA tile with {} on {}", epi.parts().0, d.name());
+        let what = format!(
+            "TMA tile with {}, ldc n + {pad}, on {}",
+            epi.parts().0,
+            d.name()
+        );
         assert_bits(&format!("{what}: C"), &got.0, &want.0);
         assert_bits(&format!("{what}: aux"), &got.1, &want.1);
     }

@@ -15,6 +15,23 @@ use super::memory::{SharedMem, AGENT};
 use crate::gpu::tensor_map::{swizzle, Swizzle, TensorMap, TENSOR_MAP_BYTES};
 
 impl<'a> Launch<'a> {
+    /// The shared-memory offset an address operand names (a generic address in the shared
+    /// window, or a `.shared` offset as is).
+    fn shared_offset(
+        &self,
+        w: &Warp,
+        o: &Operand,
+        l: usize,
+        ctaid: (u32, u32, u32),
+        shared: &SharedMem,
+    ) -> R<u64> {
+        let a = self.addr(w, o, l, ctaid)?;
+        Ok(match self.locate(Space::Generic, a, shared)? {
+            (Space::Shared, off) => off,
+            _ => a,
+        })
+    }
+
     /// The shared-memory offset of an mbarrier operand, checked for bounds and 8-byte
     /// alignment.
     fn mbarrier_addr(
@@ -25,11 +42,7 @@ impl<'a> Launch<'a> {
         ctaid: (u32, u32, u32),
         shared: &SharedMem,
     ) -> R<usize> {
-        let a = self.addr(w, o, l, ctaid)?;
-        let a = match self.locate(Space::Generic, a, shared)? {
-            (Space::Shared, off) => off,
-            _ => a,
-        };
+        let a = self.shared_offset(w, o, l, ctaid, shared)?;
         if a % 8 != 0 {
             return Err(format!(
                 "mbarrier at shared address 0x{a:x} is not 8-byte aligned"
@@ -141,11 +154,7 @@ impl<'a> Launch<'a> {
     ) -> R<()> {
         for l in lanes_of(active) {
             *cur = Some(l as u32);
-            let dst = self.addr(w, &ops[0], l, ctaid)?;
-            let dst = match self.locate(Space::Generic, dst, shared)? {
-                (Space::Shared, off) => off,
-                _ => dst,
-            };
+            let dst = self.shared_offset(w, &ops[0], l, ctaid, shared)?;
             let map = self.read_tensor_map(w, &ops[1], l, ctaid, shared)?;
             if map.dims.len() != dims as usize {
                 return Err(format!(

@@ -393,13 +393,18 @@ pub struct GemmBf16 {
 /// [`wgmma_enabled`], on the warpgroup tile [`WgmmaTile::pick`] chooses (a split product's
 /// ranges on the 128 tile).
 pub fn gemm_bf16(driver: &dyn Driver, g: &GemmBf16) -> Result<()> {
+    gemm_bf16_with(driver, g, hopper_tiles(driver)?)
+}
+
+/// [`gemm_bf16`] with the Hopper tiles `tiles` allows.
+pub(super) fn gemm_bf16_with(driver: &dyn Driver, g: &GemmBf16, tiles: HopperTiles) -> Result<()> {
     let splits = split_k_plan(g);
-    if wgmma_enabled(driver)? {
+    if tiles != HopperTiles::Off {
         if splits > 1 {
             return gemm_bf16_split_k_wgmma(driver, g, WgmmaTile::N128, splits);
         }
         if let Some(tile) = WgmmaTile::pick(g.m, g.n, g.batch) {
-            if tile == WgmmaTile::N256 && g.layout == Bf16Layout::NT && tma_enabled(driver)? {
+            if tile == WgmmaTile::N256 && g.layout == Bf16Layout::NT && tiles == HopperTiles::Tma {
                 return gemm_bf16_tma(driver, g, None);
             }
             return gemm_bf16_wgmma(driver, g, None, tile);
@@ -550,11 +555,21 @@ pub fn gemm_bf16_on(
 /// ...): the bits of [`gemm_bf16`] followed by the stage's elementwise kernel, in one launch.
 /// `A` must be stored as is ([`Bf16Layout::NN`] or [`Bf16Layout::NT`]), and `beta` must be 0.
 pub fn gemm_bf16_epilogue(driver: &dyn Driver, g: &GemmBf16, epi: GemmEpilogue) -> Result<()> {
+    gemm_bf16_epilogue_with(driver, g, epi, hopper_tiles(driver)?)
+}
+
+/// [`gemm_bf16_epilogue`] with the Hopper tiles `tiles` allows.
+pub(super) fn gemm_bf16_epilogue_with(
+    driver: &dyn Driver,
+    g: &GemmBf16,
+    epi: GemmEpilogue,
+    tiles: HopperTiles,
+) -> Result<()> {
     if WgmmaTile::pick(g.m, g.n, g.batch) == Some(WgmmaTile::N256)
         && epi.wgmma_kernel(g.layout).is_some()
-        && wgmma_enabled(driver)?
+        && tiles != HopperTiles::Off
     {
-        if g.layout == Bf16Layout::NT && tma_enabled(driver)? {
+        if g.layout == Bf16Layout::NT && tiles == HopperTiles::Tma {
             return gemm_bf16_tma(driver, g, Some(epi));
         }
         return gemm_bf16_wgmma(driver, g, Some(epi), WgmmaTile::N256);
@@ -644,14 +659,29 @@ impl GemmEpilogue {
 /// check has compared them with the `mma.sync` tiles on hardware.
 pub const WGMMA_ENV: &str = "TARFLOW_WGMMA";
 
-/// Which tiles [`WGMMA_ENV`] asks for (read once).
-fn wgmma_choice() -> u8 {
-    static CHOICE: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
-    *CHOICE.get_or_init(|| match std::env::var(WGMMA_ENV).as_deref() {
-        Ok("1") => 1,
-        Ok("tma") => 2,
-        _ => 0,
-    })
+/// Which Hopper tiles the bf16 products may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum HopperTiles {
+    /// The `mma.sync` tiles only.
+    Off,
+    /// The `cp.async` warpgroup tiles.
+    Wgmma,
+    /// Those, and the TMA tile for the NT products the 256 tile would take.
+    Tma,
+}
+
+/// What [`WGMMA_ENV`] asks for (read once), on `driver`: nothing off a 9.0 GPU.
+pub(super) fn hopper_tiles(driver: &dyn Driver) -> Result<HopperTiles> {
+    static CHOICE: std::sync::OnceLock<HopperTiles> = std::sync::OnceLock::new();
+    let choice = *CHOICE.get_or_init(|| match std::env::var(WGMMA_ENV).as_deref() {
+        Ok("1") => HopperTiles::Wgmma,
+        Ok("tma") => HopperTiles::Tma,
+        _ => HopperTiles::Off,
+    });
+    if choice == HopperTiles::Off || driver.compute_capability()? != Some((9, 0)) {
+        return Ok(HopperTiles::Off);
+    }
+    Ok(choice)
 }
 
 /// Whether [`gemm_bf16`] and [`gemm_bf16_epilogue`] run the warpgroup tiles on `driver`:
@@ -659,13 +689,13 @@ fn wgmma_choice() -> u8 {
 /// has none, so its products keep the `mma.sync` tiles; tests call [`gemm_bf16_wgmma`] and
 /// [`gemm_bf16_tma`]).
 pub fn wgmma_enabled(driver: &dyn Driver) -> Result<bool> {
-    Ok(wgmma_choice() != 0 && driver.compute_capability()? == Some((9, 0)))
+    Ok(hopper_tiles(driver)? != HopperTiles::Off)
 }
 
 /// Whether [`gemm_bf16`] and [`gemm_bf16_epilogue`] run an NT product that the 256 tile
 /// would take on the TMA tile instead ([`WGMMA_ENV`] is `tma`, on a 9.0 GPU).
 pub fn tma_enabled(driver: &dyn Driver) -> Result<bool> {
-    Ok(wgmma_choice() == 2 && wgmma_enabled(driver)?)
+    Ok(hopper_tiles(driver)? == HopperTiles::Tma)
 }
 
 /// [`gemm_bf16`] (or with `epi`, [`gemm_bf16_epilogue`]) on Hopper's warpgroup tensor cores

@@ -1043,3 +1043,113 @@ fn reduce_axis_picks_one_or_two_fixed_passes() {
     assert!(reduce_axis_f32(&d, ReduceOp::Max, true, out, x, None, 2, 10, 1, false).is_err());
     assert!(d.take().is_empty());
 }
+
+/// What `gemm_bf16` and `gemm_bf16_epilogue` launch for each `TARFLOW_WGMMA` choice: the
+/// `mma.sync` tiles when off; the warpgroup tile `WgmmaTile::pick` names (split products on
+/// the 128 one) with `1`; with `tma`, the TMA tile for the NT products the 256 tile would
+/// take, and the same as `1` for the others.
+#[test]
+fn the_hopper_choice_routes_each_product_to_its_tile() {
+    use super::gemm::{gemm_bf16_epilogue_with, gemm_bf16_with, HopperTiles};
+    let d = Recorder::default();
+    let sized = |layout, m: usize, n: usize, k: usize| GemmBf16 {
+        m,
+        n,
+        k,
+        ldc: n,
+        lda: if layout == Bf16Layout::NT || layout == Bf16Layout::NN {
+            k
+        } else {
+            m
+        },
+        ldb: if layout == Bf16Layout::NT || layout == Bf16Layout::TT {
+            k
+        } else {
+            n
+        },
+        ..bf16_gemm(layout, d.ptr(), d.ptr(), d.ptr())
+    };
+    // 132 tiles of 128 x 256; 132 of 128 x 128 only; a weight gradient that splits; small.
+    let nt_large = sized(Bf16Layout::NT, 1536, 2816, 64);
+    let nn_large = sized(Bf16Layout::NN, 1536, 2816, 64);
+    let nt_medium = sized(Bf16Layout::NT, 1536, 1408, 64);
+    let tn_wgrad = sized(Bf16Layout::TN, 768, 768, 16_384);
+    let small = sized(Bf16Layout::NT, 100, 72, 40);
+    use HopperTiles::{Off, Tma, Wgmma};
+    let table: [(&GemmBf16, [&[&str]; 3]); 5] = [
+        (
+            &nt_large,
+            [
+                &["gemm_bf16_nt_128"],
+                &["gemm_bf16_nt_wgmma_256"],
+                &["gemm_bf16_nt_tma_256"],
+            ],
+        ),
+        (
+            &nn_large,
+            [
+                &["gemm_bf16_nn_128"],
+                &["gemm_bf16_nn_wgmma_256"],
+                &["gemm_bf16_nn_wgmma_256"],
+            ],
+        ),
+        (
+            &nt_medium,
+            [
+                &["gemm_bf16_nt_128"],
+                &["gemm_bf16_nt_wgmma_128"],
+                &["gemm_bf16_nt_wgmma_128"],
+            ],
+        ),
+        (
+            &tn_wgrad,
+            [
+                &["gemm_bf16_tn_128", "gemm_splitk_reduce"],
+                &["gemm_bf16_tn_wgmma_128", "gemm_splitk_reduce"],
+                &["gemm_bf16_tn_wgmma_128", "gemm_splitk_reduce"],
+            ],
+        ),
+        (
+            &small,
+            [&["gemm_bf16_nt"], &["gemm_bf16_nt"], &["gemm_bf16_nt"]],
+        ),
+    ];
+    for (g, want) in table {
+        for (tiles, want) in [Off, Wgmma, Tma].into_iter().zip(want) {
+            gemm_bf16_with(&d, g, tiles).unwrap();
+            let got: Vec<String> = d.take().into_iter().map(|l| l.kernel).collect();
+            assert_eq!(
+                got, want,
+                "{:?} {}x{}x{} with {tiles:?}",
+                g.layout, g.m, g.n, g.k
+            );
+        }
+    }
+    // The epilogue stages (beta 0) on the large products.
+    let aux = d.ptr();
+    let epi = GemmEpilogue::Gelu { aux, aux_rs: 2816 };
+    for (g, want) in [
+        (
+            &nt_large,
+            [
+                "gemm_bf16_nt_gelu_128",
+                "gemm_bf16_nt_gelu_wgmma_256",
+                "gemm_bf16_nt_gelu_tma_256",
+            ],
+        ),
+        (
+            &nn_large,
+            [
+                "gemm_bf16_nn_gelu_128",
+                "gemm_bf16_nn_gelu_wgmma_256",
+                "gemm_bf16_nn_gelu_wgmma_256",
+            ],
+        ),
+    ] {
+        for (tiles, want) in [Off, Wgmma, Tma].into_iter().zip(want) {
+            let g = GemmBf16 { beta: 0.0, ..*g };
+            gemm_bf16_epilogue_with(&d, &g, epi, tiles).unwrap();
+            assert_eq!(d.one().kernel, want, "{:?} with {tiles:?}", g.layout);
+        }
+    }
+}

@@ -1,7 +1,8 @@
 //! The interpreter's TMA copies and mbarriers, on a two-stage ring (`tma_ring.cu`): the
 //! copied boxes (128-byte swizzle, zeros outside the tensor) reach the consumers intact, and
 //! each broken rule of the pipeline is named: reading a box without waiting for its
-//! mbarrier, releasing a stage before reading it, and waiting on the wrong parity.
+//! mbarrier, releasing a stage before reading it, waiting on the wrong parity, and using
+//! the mbarriers before their initialisation is ordered before the use.
 #![cfg(feature = "ptx-sim")]
 
 use tarflow::gpu::tensor_map::{Swizzle, TensorMap};
@@ -123,6 +124,16 @@ fn waiting_on_the_wrong_parity_is_a_deadlock() {
     let e = run(&PtxSim::new(), 3).unwrap_err();
     assert!(
         e.contains("deadlock") && e.contains("mbarrier.try_wait.parity"),
+        "{e}"
+    );
+}
+
+#[test]
+fn using_an_mbarrier_before_its_initialisation_is_ordered_is_an_error() {
+    let e = run(&PtxSim::new(), 4).unwrap_err();
+    assert!(
+        e.contains("(warp 1) uses the mbarrier at shared address")
+            && e.contains("initialised by thread 0 (warp 0) with no bar.sync"),
         "{e}"
     );
 }

@@ -341,6 +341,21 @@ impl SharedMem {
         }
     }
 
+    /// An error if thread `tid` uses the mbarrier at `addr` before its `mbarrier.init` (by
+    /// another warp, in this barrier interval) is ordered before the use.
+    pub fn check_mbarrier_use(&self, addr: usize, tid: u32) -> Result<(), String> {
+        let s = self.shadow[addr];
+        if s.w_epoch == self.epoch && !self.ordered(s.w_tid, s.w_clock, tid) {
+            return Err(format!(
+                "thread {tid} (warp {}) uses the mbarrier at shared address 0x{addr:x}, \
+                 initialised by {} with no bar.sync or mbarrier wait between",
+                tid / 32,
+                who(s.w_tid)
+            ));
+        }
+        Ok(())
+    }
+
     /// Marks `[addr, addr + 8)` as an mbarrier object (or releases it, `mbarrier.inval`).
     pub fn set_mbarrier(&mut self, addr: usize, on: bool) {
         for s in &mut self.shadow[addr..addr + 8] {

@@ -90,12 +90,14 @@ impl<'a> Launch<'a> {
                 shared.set_mbarrier(a, true);
                 continue;
             }
-            let Some(m) = shared.mbarriers.get_mut(&a) else {
+            if !shared.mbarriers.contains_key(&a) {
                 return Err(format!(
                     "mbarrier instruction on shared address 0x{a:x}, which holds no \
                      initialised mbarrier"
                 ));
-            };
+            }
+            shared.check_mbarrier_use(a, w.id * 32 + l as u32)?;
+            let m = shared.mbarriers.get_mut(&a).expect("checked above");
             match kind {
                 MbarOp::Init => {}
                 MbarOp::Inval => {
@@ -193,6 +195,7 @@ impl<'a> Launch<'a> {
                     ))
                 }
             };
+            shared.check_mbarrier_use(mbar, w.id * 32 + l as u32)?;
             // The copy starts after everything the issuing warp has seen.
             let issuer = shared.clocks.clock(w.id as usize).to_vec();
             shared.clocks.acquire(agent, &issuer);

@@ -357,6 +357,34 @@ __device__ __forceinline__ unsigned long long tile_by_cols(unsigned base, int kk
 
 #define BWD_TILE (64 * W_D * 2)
 
+// Rows row0 .. row0 + 63 of two bf16 matrices (the tile pair of one ring stage) into
+// `stage`: a's tile, then b's.
+__device__ __forceinline__ void load_pair(unsigned char* stage,
+                                          const __nv_bfloat16* __restrict__ a, unsigned a_rs,
+                                          const __nv_bfloat16* __restrict__ b, unsigned b_rs,
+                                          unsigned row0, unsigned rows) {
+  load_rows<64, true, 128>(stage, a, row0, rows, a_rs);
+  load_rows<64, true, 128>(stage + BWD_TILE, b, row0, rows, b_rs);
+}
+
+// s = A1 T1^T and dp = A2 T2^T for the k-major 64 x 64 tiles at t1 and t2, A1 and A2 the
+// warpgroup's rows as A fragments; waits for both.
+__device__ __forceinline__ void two_products(float* s, float* dp, const unsigned (*a1)[4],
+                                             const unsigned (*a2)[4], unsigned t1, unsigned t2) {
+#pragma unroll
+  for (int i = 0; i < 32; ++i) {
+    s[i] = 0.0f;
+    dp[i] = 0.0f;
+  }
+  wgmma_fence();
+#pragma unroll
+  for (int ks = 0; ks < W_D / 16; ++ks) wgmma_rs<0>(s, a1[ks], tile_by_rows(t1, ks));
+#pragma unroll
+  for (int ks = 0; ks < W_D / 16; ++ks) wgmma_rs<0>(dp, a2[ks], tile_by_rows(t2, ks));
+  wgmma_commit();
+  wgmma_wait<0>();
+}
+
 extern "C" __global__ void __launch_bounds__(128) attn_bwd_dkdv_bf16_d64_wgmma(
     float* __restrict__ dk, float* __restrict__ dvo, const __nv_bfloat16* __restrict__ q,
     const __nv_bfloat16* __restrict__ k, const __nv_bfloat16* __restrict__ v,
@@ -389,8 +417,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_bwd_dkdv_bf16_d64_wgmma(
   unsigned char* ring = attn_wg_smem;  // stage st: Q at st * 2 * BWD_TILE, dO after it
 
   if (ntiles > 0) {
-    load_rows<64, true, 128>(ring, q, i_start, nq, q_sn);
-    load_rows<64, true, 128>(ring + BWD_TILE, g, i_start, nq, g_sn);
+    load_pair(ring, q, q_sn, g, g_sn, i_start, nq);
     if (threadIdx.x < 64) {
       unsigned i = i_start + threadIdx.x;
       Ls[0][threadIdx.x] = i < nq ? lse[i] : 0.0f;
@@ -418,11 +445,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_bwd_dkdv_bf16_d64_wgmma(
     // t - 1's) is no longer read: its batches were waited for.
     __syncthreads();
     bool next = t + 1 < ntiles;
-    if (next) {
-      unsigned char* nxt = ring + ((t + 1) & 1) * 2 * BWD_TILE;
-      load_rows<64, true, 128>(nxt, q, i0 + 64, nq, q_sn);
-      load_rows<64, true, 128>(nxt + BWD_TILE, g, i0 + 64, nq, g_sn);
-    }
+    if (next) load_pair(ring + ((t + 1) & 1) * 2 * BWD_TILE, q, q_sn, g, g_sn, i0 + 64, nq);
     cp_async_commit();
     float l_next = 0.0f, d_next = 0.0f;
     if (next && threadIdx.x < 64) {
@@ -435,18 +458,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_bwd_dkdv_bf16_d64_wgmma(
     const float* Dt = Ds[t & 1];
     // S^T = K Q^T and dP^T = V dO^T: the warpgroup's 64 keys by the tile's 64 queries.
     float s[32], dp[32];
-#pragma unroll
-    for (int i = 0; i < 32; ++i) {
-      s[i] = 0.0f;
-      dp[i] = 0.0f;
-    }
-    wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < W_D / 16; ++ks) wgmma_rs<0>(s, ka[ks], tile_by_rows(qs, ks));
-#pragma unroll
-    for (int ks = 0; ks < W_D / 16; ++ks) wgmma_rs<0>(dp, va[ks], tile_by_rows(gs, ks));
-    wgmma_commit();
-    wgmma_wait<0>();
+    two_products(s, dp, ka, va, qs, gs);
     // P^T and dS^T in place of S^T and dP^T (masked entries 0).
 #pragma unroll
     for (int x = 0; x < 32; ++x) {
@@ -518,10 +530,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_bwd_dq_bf16_d64_wgmma(
   unsigned ntiles = (kend + 63) / 64;
   unsigned char* ring = attn_wg_smem;  // stage st: K at st * 2 * BWD_TILE, V after it
 
-  if (ntiles > 0) {
-    load_rows<64, true, 128>(ring, k, 0, nk, k_sn);
-    load_rows<64, true, 128>(ring + BWD_TILE, v, 0, nk, v_sn);
-  }
+  if (ntiles > 0) load_pair(ring, k, k_sn, v, v_sn, 0, nk);
   cp_async_commit();
   unsigned qa[W_D / 16][4], ga[W_D / 16][4];
   rows_as_a(qa, q, q0, nq, q_sn);
@@ -546,27 +555,13 @@ extern "C" __global__ void __launch_bounds__(128) attn_bwd_dq_bf16_d64_wgmma(
     // Tile t is visible, and the stage the next load overwrites (tile t - 1's) is no longer
     // read: its batches were waited for.
     __syncthreads();
-    if (t + 1 < ntiles) {
-      unsigned char* nxt = ring + ((t + 1) & 1) * 2 * BWD_TILE;
-      load_rows<64, true, 128>(nxt, k, k0 + 64, nk, k_sn);
-      load_rows<64, true, 128>(nxt + BWD_TILE, v, k0 + 64, nk, v_sn);
-    }
+    if (t + 1 < ntiles)
+      load_pair(ring + ((t + 1) & 1) * 2 * BWD_TILE, k, k_sn, v, v_sn, k0 + 64, nk);
     cp_async_commit();
     unsigned ks_ = smem_addr(ring + (t & 1) * 2 * BWD_TILE), vs_ = ks_ + BWD_TILE;
     // S = Q K^T and dP = dO V^T: the warpgroup's 64 queries by the tile's 64 keys.
     float s[32], dp[32];
-#pragma unroll
-    for (int i = 0; i < 32; ++i) {
-      s[i] = 0.0f;
-      dp[i] = 0.0f;
-    }
-    wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < W_D / 16; ++ks) wgmma_rs<0>(s, qa[ks], tile_by_rows(ks_, ks));
-#pragma unroll
-    for (int ks = 0; ks < W_D / 16; ++ks) wgmma_rs<0>(dp, ga[ks], tile_by_rows(vs_, ks));
-    wgmma_commit();
-    wgmma_wait<0>();
+    two_products(s, dp, qa, ga, ks_, vs_);
 #pragma unroll
     for (int x = 0; x < 32; ++x) {
       unsigned j = k0 + (x >> 2) * 8 + 2 * tig + (x & 1), h = (x >> 1) & 1, i = i_row[h];

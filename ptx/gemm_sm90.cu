@@ -453,19 +453,26 @@ GEMM_WGMMA_EPI_ENTRY(gemm_bf16_nt_residual_wgmma_256, 256, true, GEMM_EPI_RESIDU
 GEMM_WGMMA_EPI_ENTRY(gemm_bf16_nt_gelu_grad_wgmma_256, 256, true, GEMM_EPI_GELU_GRAD)
 
 // ---------------------------------------------------------------------------------------
-// gemm_bf16_nt_tma_256, gemm_bf16_nt_{gelu,residual,gelu_grad}_tma_256: the NT products (A
-//   as stored, [m, k]; B stored [n, k]; both k-major) on a warp-specialized 128 x 256 tile.
-//   Three warpgroups: the first only feeds the ring (one thread issues two TMA copies per
-//   k-tile, `cp.async.bulk.tensor`, each completing on the stage's `full` mbarrier; the
+// gemm_bf16_<layout>_tma_256, gemm_bf16_{nn,nt}_{gelu,residual,gelu_grad}_tma_256: the
+//   products of every layout on a warp-specialized 128 x 256 tile.
+//   Three warpgroups: the first only feeds the ring (one thread issues the k-tile's TMA
+//   copies, `cp.async.bulk.tensor`, each completing on the stage's `full` mbarrier; the
 //   warpgroup gives up registers with `setmaxnreg`), the other two only multiply (64 x 256
-//   each, `wgmma` straight from the stage in the 128-byte swizzled layout the copies write:
-//   rows of 128 bytes, 8-row atoms of 1,024 bytes, descriptors with swizzle mode 1 and a
-//   start that steps 32 bytes per k16) and release each stage on its `empty` mbarrier (one
-//   arrival per consumer warp) once the `wgmma.wait_group 1` after the next batch has
-//   retired the batch that read it. No thread computes an address for a load and no
-//   __syncthreads orders the ring; ragged edges are the copies' zero fill.
-//   Parameters: gemm_bf16_nt_wgmma_256's with the tensor maps of A and B (dims {k, rows,
-//   batch}, boxes {64, 128, 1} and {64, 256, 1}, 128-byte swizzle; made by the host) in place
+//   each, `wgmma` straight from the stage in the 128-byte swizzled layouts the copies write)
+//   and release each stage on its `empty` mbarrier (one arrival per consumer warp) once the
+//   `wgmma.wait_group 1` after the next batch has retired the batch that read it. No thread
+//   computes an address for a load and no __syncthreads orders the ring; ragged edges are
+//   the copies' zero fill.
+//   A k-major operand (A as stored, B stored [n, k]) is one box of 64 k values by the tile's
+//   rows: rows of 128 bytes, 8-row atoms of 1,024 bytes, descriptors with swizzle mode 1 and
+//   a start that steps 32 bytes per k16. An MN-major operand (A stored [k, m], B stored
+//   [k, n]) is one box of 64 rows (columns of the stored matrix) by 64 k values per 64 rows
+//   of the tile, 8 KiB apart: k-rows of 128 bytes, 8-k-row atoms of 1,024 bytes (stride byte
+//   offset), the boxes at the leading byte offset, read with imm-trans 1 from a start that
+//   steps 2,048 bytes (two atoms) per k16.
+//   Parameters: gemm_bf16_<layout>_wgmma_256's with the tensor maps of A and B (made by the
+//   host: dims {k, rows, batch} with boxes {64, 128 or 256, 1} for a k-major operand, dims
+//   {rows, k, batch} with boxes {64, 64, 1} for an MN-major one; 128-byte swizzle) in place
 //   of the pointers; lda and ldb are unused, a_bs or b_bs 0 reads batch 0 of that operand.
 //   Launch: block (384), grid (ceil(n / 256), ceil(m / 128), batch), dynamic shared memory
 //   TMA_SMEM (the ring, 1 KiB to align it, the mbarriers).
@@ -480,6 +487,8 @@ struct alignas(64) TensorMap {
 #define TMA_A_STAGE (WG_BM * WG_BK * 2)
 #define TMA_B_STAGE (TMA_BN * WG_BK * 2)
 #define TMA_RING (TMA_STAGES * (TMA_A_STAGE + TMA_B_STAGE))
+// One MN-major box: 64 k-rows of 64 elements.
+#define TMA_MN_BOX (64 * WG_BK * 2)
 #define TMA_SMEM (TMA_RING + 1024 + 2 * TMA_STAGES * 8)
 
 __device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
@@ -525,8 +534,37 @@ __device__ __forceinline__ unsigned long long smem_desc_sw128(unsigned addr) {
          (unsigned long long)(1024 >> 4) << 32 | 1ull << 62;
 }
 
-template <int EPI>
-__device__ __forceinline__ void gemm_bf16_nt_tma(const TensorMap* a_map, const TensorMap* b_map,
+// The descriptor of an MN-major operand in the 128-byte swizzled layout: leading byte offset
+// TMA_MN_BOX (the next 64 rows), stride byte offset 1,024 (the next 8 k-rows), mode 1.
+__device__ __forceinline__ unsigned long long smem_desc_sw128_mn(unsigned addr) {
+  return (unsigned long long)((addr & 0x3FFFF) >> 4) |
+         (unsigned long long)(TMA_MN_BOX >> 4) << 16 | (unsigned long long)(1024 >> 4) << 32 |
+         1ull << 62;
+}
+
+// k-tile `kt` of an operand's rows [row0, row0 + ROWS) into the stage at `dst`: one box when
+// k-major, one per 64 rows when MN-major.
+template <int ROWS, bool KMAJOR>
+__device__ __forceinline__ void tma_load_ktile(unsigned dst, const TensorMap* map,
+                                               unsigned row0, unsigned kt, int z,
+                                               unsigned bar) {
+  if (KMAJOR) {
+    tma_load_3d(dst, map, kt * WG_BK, row0, z, bar);
+  } else {
+#pragma unroll
+    for (int b = 0; b < ROWS / 64; ++b)
+      tma_load_3d(dst + b * TMA_MN_BOX, map, row0 + 64 * b, kt * WG_BK, z, bar);
+  }
+}
+
+// The descriptor of k16 step `ks` of an operand whose rows start at `at` in a stage.
+template <bool KMAJOR>
+__device__ __forceinline__ unsigned long long tma_operand_desc(unsigned at, int ks) {
+  return KMAJOR ? smem_desc_sw128(at + 32 * ks) : smem_desc_sw128_mn(at + 2 * 1024 * ks);
+}
+
+template <bool A_KMAJOR, bool B_KMAJOR, int EPI>
+__device__ __forceinline__ void gemm_bf16_tma(const TensorMap* a_map, const TensorMap* b_map,
                                                  float* __restrict__ c,
                                                  const float* __restrict__ bias, float* aux,
                                                  unsigned m, unsigned n, unsigned k,
@@ -559,8 +597,8 @@ __device__ __forceinline__ void gemm_bf16_nt_tma(const TensorMap* a_map, const T
         mbar_expect_bytes(full, TMA_A_STAGE + TMA_B_STAGE);
         unsigned a_dst = base + s * TMA_A_STAGE;
         unsigned b_dst = base + TMA_STAGES * TMA_A_STAGE + s * TMA_B_STAGE;
-        tma_load_3d(a_dst, a_map, kt * WG_BK, m0, za, full);
-        tma_load_3d(b_dst, b_map, kt * WG_BK, n0, zb, full);
+        tma_load_ktile<WG_BM, A_KMAJOR>(a_dst, a_map, m0, kt, za, full);
+        tma_load_ktile<TMA_BN, B_KMAJOR>(b_dst, b_map, n0, kt, zb, full);
       }
     }
     return;
@@ -575,12 +613,14 @@ __device__ __forceinline__ void gemm_bf16_nt_tma(const TensorMap* a_map, const T
     for (unsigned kt = 0; kt < ktiles; ++kt) {
       unsigned s = kt % TMA_STAGES;
       mbar_wait(full0 + 8 * s, (kt / TMA_STAGES) & 1);
-      unsigned a_at = base + s * TMA_A_STAGE + wg * 64 * 128;
+      // The warpgroup's 64 rows: 64 rows of 128 bytes (k-major) or one box (MN-major).
+      unsigned a_at = base + s * TMA_A_STAGE + wg * TMA_MN_BOX;
       unsigned b_at = base + TMA_STAGES * TMA_A_STAGE + s * TMA_B_STAGE;
       wgmma_fence();
 #pragma unroll
       for (int ks = 0; ks < WG_BK / 16; ++ks)
-        wgmma_n256<0, 0>(acc, smem_desc_sw128(a_at + 32 * ks), smem_desc_sw128(b_at + 32 * ks));
+        wgmma_n256<!A_KMAJOR, !B_KMAJOR>(acc, tma_operand_desc<A_KMAJOR>(a_at, ks),
+                                         tma_operand_desc<B_KMAJOR>(b_at, ks));
       wgmma_commit();
       wgmma_wait<1>();
       // The batch of kt - 1 has retired: its stage may be refilled.
@@ -622,29 +662,38 @@ __device__ __forceinline__ void gemm_bf16_nt_tma(const TensorMap* a_map, const T
   }
 }
 
-// Entries: gemm_bf16_nt_wgmma_256's parameters (and the epilogue stages' of
+// Entries: gemm_bf16_<layout>_wgmma_256's parameters (and the epilogue stages' of
 // GEMM_WGMMA_EPI_ENTRY) with the tensor maps in place of a and b.
-extern "C" __global__ void __launch_bounds__(384, 1)
-    gemm_bf16_nt_tma_256(float* __restrict__ c, const __grid_constant__ TensorMap a_map,
-                         const __grid_constant__ TensorMap b_map,
-                         const float* __restrict__ bias, unsigned m, unsigned n, unsigned k,
-                         unsigned lda, unsigned ldb, unsigned ldc, unsigned a_bs, unsigned b_bs,
-                         unsigned c_bs, float alpha, float beta, unsigned flags) {
-  gemm_bf16_nt_tma<GEMM_EPI_NONE>(&a_map, &b_map, c, bias, nullptr, m, n, k, ldc, 0, a_bs, b_bs,
-                                  c_bs, alpha, beta, flags);
-}
+#define GEMM_TMA_ENTRY(NAME, AK, BK)                                                         \
+  extern "C" __global__ void __launch_bounds__(384, 1)                                       \
+      NAME(float* __restrict__ c, const __grid_constant__ TensorMap a_map,                   \
+           const __grid_constant__ TensorMap b_map, const float* __restrict__ bias,          \
+           unsigned m, unsigned n, unsigned k, unsigned lda, unsigned ldb, unsigned ldc,    \
+           unsigned a_bs, unsigned b_bs, unsigned c_bs, float alpha, float beta,            \
+           unsigned flags) {                                                                 \
+    gemm_bf16_tma<AK, BK, GEMM_EPI_NONE>(&a_map, &b_map, c, bias, nullptr, m, n, k, ldc, 0,  \
+                                         a_bs, b_bs, c_bs, alpha, beta, flags);              \
+  }
 
-#define GEMM_TMA_EPI_ENTRY(NAME, EPI)                                                        \
+GEMM_TMA_ENTRY(gemm_bf16_nn_tma_256, true, false)
+GEMM_TMA_ENTRY(gemm_bf16_nt_tma_256, true, true)
+GEMM_TMA_ENTRY(gemm_bf16_tn_tma_256, false, false)
+GEMM_TMA_ENTRY(gemm_bf16_tt_tma_256, false, true)
+
+#define GEMM_TMA_EPI_ENTRY(NAME, BK, EPI)                                                    \
   extern "C" __global__ void __launch_bounds__(384, 1)                                       \
       NAME(float* __restrict__ c, const __grid_constant__ TensorMap a_map,                   \
            const __grid_constant__ TensorMap b_map, const float* __restrict__ bias,          \
            float* __restrict__ aux, unsigned m, unsigned n, unsigned k, unsigned lda,        \
            unsigned ldb, unsigned ldc, unsigned aux_rs, unsigned a_bs, unsigned b_bs,        \
            unsigned c_bs, float alpha, float beta, unsigned flags) {                        \
-    gemm_bf16_nt_tma<EPI>(&a_map, &b_map, c, bias, aux, m, n, k, ldc, aux_rs, a_bs, b_bs,   \
-                          c_bs, alpha, beta, flags);                                         \
+    gemm_bf16_tma<true, BK, EPI>(&a_map, &b_map, c, bias, aux, m, n, k, ldc, aux_rs, a_bs,   \
+                                 b_bs, c_bs, alpha, beta, flags);                            \
   }
 
-GEMM_TMA_EPI_ENTRY(gemm_bf16_nt_gelu_tma_256, GEMM_EPI_GELU)
-GEMM_TMA_EPI_ENTRY(gemm_bf16_nt_residual_tma_256, GEMM_EPI_RESIDUAL)
-GEMM_TMA_EPI_ENTRY(gemm_bf16_nt_gelu_grad_tma_256, GEMM_EPI_GELU_GRAD)
+GEMM_TMA_EPI_ENTRY(gemm_bf16_nn_gelu_tma_256, false, GEMM_EPI_GELU)
+GEMM_TMA_EPI_ENTRY(gemm_bf16_nn_residual_tma_256, false, GEMM_EPI_RESIDUAL)
+GEMM_TMA_EPI_ENTRY(gemm_bf16_nn_gelu_grad_tma_256, false, GEMM_EPI_GELU_GRAD)
+GEMM_TMA_EPI_ENTRY(gemm_bf16_nt_gelu_tma_256, true, GEMM_EPI_GELU)
+GEMM_TMA_EPI_ENTRY(gemm_bf16_nt_residual_tma_256, true, GEMM_EPI_RESIDUAL)
+GEMM_TMA_EPI_ENTRY(gemm_bf16_nt_gelu_grad_tma_256, true, GEMM_EPI_GELU_GRAD)

@@ -548,19 +548,24 @@ mod tests {
             .filter(|r| r.case.ends_with(" tile"))
             .map(|r| (r.kernels.clone(), r.counters.unwrap().global_bytes_read))
             .collect();
-        assert_eq!(tiles.len(), 5);
+        assert_eq!(tiles.len(), 7);
         assert_eq!(tiles[0].0, ["gemm_bf16_nt"]);
         assert_eq!(tiles[1].0, ["gemm_bf16_nt_128"]);
         assert_eq!(tiles[2].0, ["gemm_bf16_nt_wgmma_128"]);
         assert_eq!(tiles[3].0, ["gemm_bf16_nt_wgmma_256"]);
         assert_eq!(tiles[4].0, ["gemm_bf16_nt_tma_256"]);
+        assert_eq!(tiles[5].0, ["gemm_bf16_nn_wgmma_256"]);
+        assert_eq!(tiles[6].0, ["gemm_bf16_nn_tma_256"]);
         // The 128 tiles read each operand half as often as the 64 tile (at 128^3 one CTA of
         // either warpgroup tile reads everything once).
         assert_eq!(tiles[0].1, 2 * tiles[1].1, "{tiles:?}");
         assert_eq!(tiles[1].1, tiles[2].1, "{tiles:?}");
         assert_eq!(tiles[2].1, tiles[3].1, "{tiles:?}");
-        // The TMA copies read only the tensor's elements (the cp.async tiles read the same).
+        // The TMA copies read only the tensor's elements (the cp.async tiles read the same),
+        // B's boxes of 64 columns as its k-major box.
         assert_eq!(tiles[3].1, tiles[4].1, "{tiles:?}");
+        assert_eq!(tiles[4].1, tiles[5].1, "{tiles:?}");
+        assert_eq!(tiles[5].1, tiles[6].1, "{tiles:?}");
         let wgrad: Vec<_> = b
             .results
             .iter()

@@ -4,9 +4,10 @@
 //! leaves a stage in use when the ring refills it, and a missing final wait. (Its products,
 //! every layout on both tiles and the epilogue stages, are tested with gemm.cu's in gemm.rs.)
 //!
-//! Then the warp-specialized TMA tile (`gemm_bf16_nt*_tma_256`): its products and epilogue
-//! stages give the `wgmma` 256 tile's bits (batched, with a shared operand, ragged in m, n
-//! and k), what its wrapper refuses, and the mbarrier checks against its PTX changed: a
+//! Then the warp-specialized TMA tile (`gemm_bf16_*_tma_256`): its products (every layout)
+//! and epilogue stages give the `wgmma` 256 tile's bits (batched, with a shared operand,
+//! ragged in m, n and k), what its wrapper refuses, and the mbarrier checks against its PTX
+//! changed: a
 //! consumer that does not wait for a stage's copies, a consumer that never releases a stage,
 //! and a release while the batch reading the stage is still in flight.
 
@@ -28,6 +29,15 @@ fn operand(rng: &mut Rng, rows: usize, k: usize, ld: usize) -> Vec<u16> {
         }
     }
     bits
+}
+
+/// An operand of `rows` x `k` stored as `layout` says for its side: `[rows, k]` when k is
+/// contiguous, else `[k, rows]`; its leading dimension (8 past the contiguous extent,
+/// rounded to 8) and the bits.
+fn stored(rng: &mut Rng, rows: usize, k: usize, k_major: bool) -> (usize, Vec<u16>) {
+    let (outer, inner) = if k_major { (rows, k) } else { (k, rows) };
+    let ld = inner.div_ceil(8) * 8 + 8;
+    (ld, operand(rng, outer, inner, ld))
 }
 
 /// `C = 1.25 A B^T + C0 + bias` for `[m, k] x [n, k]`, uploaded.
@@ -222,31 +232,52 @@ fn the_warpgroup_kernels_refuse_a_gpu_that_is_not_9_0() {
     tarflow::gpu::kernels::gemm_bf16(&d, &c).unwrap();
 }
 
-/// `case` with `batch` products (A shared by all when `shared_a`), ragged against the TMA
-/// tile: three row tiles and a part, two column tiles and a part, three k-tiles and a part.
-/// `C`'s rows are `n + pad` apart (an odd `ldc` keeps the kernel's stores of C to single
-/// floats, an even one lets it store pairs).
-fn batched_case(d: &dyn Driver, batch: usize, shared_a: bool, pad: usize, seed: u64) -> GemmBf16 {
+/// A `layout` product with `batch` products (A shared by all when `shared_a`), ragged
+/// against the TMA tile: three row tiles and a part, two column tiles and a part, three
+/// k-tiles and a part. `C`'s rows are `n + pad` apart (an odd `ldc` keeps the kernel's stores
+/// of C to single floats, an even one lets it store pairs).
+fn batched_case(
+    d: &dyn Driver,
+    layout: Bf16Layout,
+    batch: usize,
+    shared_a: bool,
+    pad: usize,
+    seed: u64,
+) -> GemmBf16 {
     let (m, n, k): (usize, usize, usize) = (2 * 128 + 45, 2 * 256 + 37, 3 * 64 + 19);
     let mut rng = Rng::new(seed);
-    let ld = k.div_ceil(8) * 8 + 8;
+    let (a_k, b_k) = match layout {
+        Bf16Layout::NN => (true, false),
+        Bf16Layout::NT => (true, true),
+        Bf16Layout::TN => (false, false),
+        Bf16Layout::TT => (false, true),
+    };
     let a_mats = if shared_a { 1 } else { batch };
-    let a: Vec<u16> = (0..a_mats)
-        .flat_map(|_| operand(&mut rng, m, k, ld))
-        .collect();
-    let b: Vec<u16> = (0..batch)
-        .flat_map(|_| operand(&mut rng, n, k, ld))
-        .collect();
+    let mut a = Vec::new();
+    let mut lda = 0;
+    for _ in 0..a_mats {
+        let (ld, bits) = stored(&mut rng, m, k, a_k);
+        (lda, a) = (ld, [a, bits].concat());
+    }
+    let mut b = Vec::new();
+    let mut ldb = 0;
+    for _ in 0..batch {
+        let (ld, bits) = stored(&mut rng, n, k, b_k);
+        (ldb, b) = (ld, [b, bits].concat());
+    }
     let ldc = n + pad;
     GemmBf16 {
+        layout,
         batch,
         c: upload::<f32>(d, &normal(&mut rng, batch * m * ldc)),
         ldc,
         c_bs: m * ldc,
+        lda,
+        a_bs: if shared_a { 0 } else { a.len() / a_mats },
         a: upload::<u16>(d, &a),
-        a_bs: if shared_a { 0 } else { m * ld },
+        ldb,
+        b_bs: b.len() / batch,
         b: upload::<u16>(d, &b),
-        b_bs: n * ld,
         ..case(d, (m, n, k), seed)
     }
 }
@@ -287,31 +318,42 @@ fn tma_matches_wgmma(d: &dyn Driver) {
         println!("{}: TMA tile skipped: not compute capability 9.0", d.name());
         return;
     }
-    for (batch, shared_a, pad, seed) in [(1, false, 0, 21), (2, false, 3, 22), (2, true, 1, 23)] {
-        let g = batched_case(d, batch, shared_a, pad, seed);
+    use Bf16Layout::{NN, NT, TN, TT};
+    // NT in each batch form; the other layouts batched (each operand's own swizzled reads
+    // and boxes: NN and TN read B MN-major, TN and TT read A MN-major).
+    let cases = [
+        (NT, 1, false, 0, 21),
+        (NT, 2, false, 3, 22),
+        (NT, 2, true, 1, 23),
+        (NN, 2, false, 0, 26),
+        (TN, 2, false, 3, 27),
+        (TT, 2, true, 0, 28),
+    ];
+    for (layout, batch, shared_a, pad, seed) in cases {
+        let g = batched_case(d, layout, batch, shared_a, pad, seed);
         let want = outputs(d, &g, None, |g, e| {
             gemm_bf16_wgmma(d, g, e, WgmmaTile::N256)
         });
         let got = outputs(d, &g, None, |g, e| gemm_bf16_tma(d, g, e));
         let what = format!(
-            "TMA tile, batch {batch}, shared A {shared_a}, ldc n + {pad}, on {}",
+            "TMA tile, {layout:?}, batch {batch}, shared A {shared_a}, ldc n + {pad}, on {}",
             d.name()
         );
         assert!(want.0.iter().all(|v| v.is_finite()), "{what}");
         assert_bits(&what, &got.0, &want.0);
     }
     // The epilogue stages (beta 0), over an aux of normal values.
-    for pad in [0, 3] {
-        tma_epilogues(d, pad);
+    for (layout, pad) in [(NT, 0), (NT, 3), (NN, 0)] {
+        tma_epilogues(d, layout, pad);
     }
 }
 
 /// The epilogue stages (beta 0) on the TMA tile against the `wgmma` 256 tile, over an aux of
 /// normal values laid out as C.
-fn tma_epilogues(d: &dyn Driver, pad: usize) {
+fn tma_epilogues(d: &dyn Driver, layout: Bf16Layout, pad: usize) {
     let g = GemmBf16 {
         beta: 0.0,
-        ..batched_case(d, 2, false, pad, 24)
+        ..batched_case(d, layout, 2, false, pad, 24)
     };
     let mut rng = Rng::new(25);
     let aux = upload::<f32>(d, &normal(&mut rng, 2 * g.c_bs));
@@ -325,7 +367,7 @@ fn tma_epilogues(d: &dyn Driver, pad: usize) {
         });
         let got = outputs(d, &g, Some(epi), |g, e| gemm_bf16_tma(d, g, e));
         let what = format!(
-            "TMA tile with {}, ldc n + {pad}, on {}",
+            "TMA tile, {layout:?} with {}, ldc n + {pad}, on {}",
             epi.parts().0,
             d.name()
         );
@@ -340,14 +382,19 @@ fn the_tma_tile_gives_the_warpgroup_tiles_bits() {
 }
 
 #[test]
-fn the_tma_tile_refuses_other_layouts_and_other_gpus() {
+fn the_tma_tile_refuses_stages_on_transposed_a_and_other_gpus() {
     let d = PtxSim::new();
     let c = case(&d, (8, 8, 8), 11);
-    for layout in [Bf16Layout::NN, Bf16Layout::TN, Bf16Layout::TT] {
-        let e = gemm_bf16_tma(&d, &GemmBf16 { layout, ..c }, None)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("layout NT"), "{e}");
+    let aux = upload::<f32>(&d, &[0.0; 64]);
+    for layout in [Bf16Layout::TN, Bf16Layout::TT] {
+        let g = GemmBf16 {
+            layout,
+            beta: 0.0,
+            ..c
+        };
+        let epi = GemmEpilogue::Gelu { aux, aux_rs: 8 };
+        let e = gemm_bf16_tma(&d, &g, Some(epi)).unwrap_err().to_string();
+        assert!(e.contains("layout NN or NT"), "{e}");
     }
     let e = gemm_bf16_tma(&d, &GemmBf16 { ldb: 4, ..c }, None)
         .unwrap_err()
@@ -397,4 +444,39 @@ fn mbarrier_checks_catch_each_mutation_of_the_tma_kernel() {
         e.contains("before the wgmma.wait_group that retires it"),
         "{e}"
     );
+}
+
+/// The TMA tile's MN-major reads hang on their descriptors: the NN kernel with B's leading
+/// byte offset (between its boxes of 64 columns) zeroed in the first k16 step, or with B read
+/// k-major (imm-trans-b 0), no longer gives the unchanged kernel's bits (the interpreter reads
+/// what the changed descriptor names).
+#[test]
+fn the_tma_tiles_mn_major_reads_hang_on_the_box_offset_and_the_transpose() {
+    let d = PtxSim::new();
+    let g = batched_case(&d, Bf16Layout::NN, 1, false, 0, 29);
+    let want = outputs(&d, &g, None, |g, e| gemm_bf16_tma(&d, g, e));
+    // The MN-major descriptor's constant bits: swizzle mode 1, SBO 1,024, LBO 8,192.
+    let mn_desc = |lbo: u64| (1u64 << 62) | (1024 >> 4) << 32 | (lbo >> 4) << 16;
+    let changes = [
+        (format!("{}", mn_desc(8192)), format!("{}", mn_desc(0))),
+        ("p, 1, 1, 0, 1;".to_string(), "p, 1, 1, 0, 0;".to_string()),
+    ];
+    for (from, to) in changes {
+        let m = swapped(mutated("gemm_bf16_nn_tma_256", &from, 0, &to));
+        let m: &dyn Driver = &m;
+        // The same case (same seed) on the changed interpreter.
+        let g = batched_case(m, Bf16Layout::NN, 1, false, 0, 29);
+        let r = gemm_bf16_tma(m, &g, None).and_then(|()| m.synchronize());
+        // An error is a catch too; the reads named here stay inside the stages.
+        if let Err(e) = r {
+            println!("`{from}` -> `{to}`: {e}");
+            continue;
+        }
+        let got = download::<f32>(m, g.c, g.m * g.ldc);
+        let same = got
+            .iter()
+            .zip(&want.0)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(!same, "`{from}` -> `{to}` gave the same bits");
+    }
 }

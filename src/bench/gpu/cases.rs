@@ -25,7 +25,7 @@ pub(super) type Launches = dyn Fn(&dyn Driver) -> Result<()>;
 pub(super) type Build = fn(&mut Buffers, Sizes) -> Result<Case>;
 
 /// Every case, in table order.
-pub(super) const CASES: [Build; 39] = [
+pub(super) const CASES: [Build; 41] = [
     ceiling_mma,
     ceiling_copy,
     copy_transpose,
@@ -45,6 +45,8 @@ pub(super) const CASES: [Build; 39] = [
     gemm_bf16_wgmma_128,
     gemm_bf16_wgmma_256,
     gemm_bf16_tma_256,
+    gemm_bf16_nn_wgmma_256,
+    gemm_bf16_nn_tma_256,
     gemm_bf16_wgrad_split,
     gemm_bf16_wgrad_unsplit,
     gemm_bf16_wgrad_wgmma,
@@ -578,10 +580,12 @@ fn gemm_bf16_large_tile(b: &mut Buffers, s: Sizes) -> Result<Case> {
 
 /// The rows that need a compute-capability 9.0 GPU (or the interpreter): the bench leaves
 /// them out elsewhere.
-pub(super) const SM90_ONLY: [&str; 7] = [
+pub(super) const SM90_ONLY: [&str; 9] = [
     WGMMA_128,
     WGMMA_256,
     TMA_256,
+    WGMMA_256_NN,
+    TMA_256_NN,
     WGMMA_WGRAD,
     WGMMA_GELU,
     WGMMA_ATTN,
@@ -593,6 +597,8 @@ const WGMMA_ATTN: &str = "attention fwd bf16 inputs (wgmma, sm_90a), causal";
 const WGMMA_128: &str = "gemm bf16 NT (wgmma, sm_90a), 128 x 128 tile";
 const WGMMA_256: &str = "gemm bf16 NT (wgmma, sm_90a), 128 x 256 tile";
 const TMA_256: &str = "gemm bf16 NT (TMA + wgmma, warp-specialized), 128 x 256 tile";
+const WGMMA_256_NN: &str = "gemm bf16 NN (wgmma, sm_90a), 128 x 256 tile";
+const TMA_256_NN: &str = "gemm bf16 NN (TMA + wgmma, warp-specialized), 128 x 256 tile";
 const WGMMA_WGRAD: &str = "gemm bf16 TN, weight gradient (wgmma, 128 x 128 tile, split)";
 const WGMMA_GELU: &str = "gemm bf16 NT, gelu(A W^T + bias) (wgmma, 128 x 256 tile)";
 
@@ -619,6 +625,28 @@ fn gemm_bf16_wgmma_256(b: &mut Buffers, s: Sizes) -> Result<Case> {
 /// The product on the warp-specialized TMA tile (one warpgroup feeding, two multiplying).
 fn gemm_bf16_tma_256(b: &mut Buffers, s: Sizes) -> Result<Case> {
     square_case(b, s, TMA_256, |d, g| k::gemm_bf16_tma(d, g, None))
+}
+
+/// The square product with B read as stored `[k, n]` (NN, a data gradient `g W`: B is
+/// MN-major), on the `cp.async` warpgroup tile and on the TMA tile.
+fn gemm_bf16_nn_wgmma_256(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    square_case(b, s, WGMMA_256_NN, |d, g| {
+        let g = k::GemmBf16 {
+            layout: k::Bf16Layout::NN,
+            ..*g
+        };
+        k::gemm_bf16_wgmma(d, &g, None, k::WgmmaTile::N256)
+    })
+}
+
+fn gemm_bf16_nn_tma_256(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    square_case(b, s, TMA_256_NN, |d, g| {
+        let g = k::GemmBf16 {
+            layout: k::Bf16Layout::NN,
+            ..*g
+        };
+        k::gemm_bf16_tma(d, &g, None)
+    })
 }
 
 /// A Linear layer's weight gradient `g^T x` under bf16 (the TN layout): ImageNet64's

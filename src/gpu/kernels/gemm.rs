@@ -404,7 +404,7 @@ pub(super) fn gemm_bf16_with(driver: &dyn Driver, g: &GemmBf16, tiles: HopperTil
             return gemm_bf16_split_k_wgmma(driver, g, WgmmaTile::N128, splits);
         }
         if let Some(tile) = WgmmaTile::pick(g.m, g.n, g.batch) {
-            if tile == WgmmaTile::N256 && g.layout == Bf16Layout::NT && tiles == HopperTiles::Tma {
+            if tile == WgmmaTile::N256 && tiles == HopperTiles::Tma {
                 return gemm_bf16_tma(driver, g, None);
             }
             return gemm_bf16_wgmma(driver, g, None, tile);
@@ -569,7 +569,7 @@ pub(super) fn gemm_bf16_epilogue_with(
         && epi.wgmma_kernel(g.layout).is_some()
         && tiles != HopperTiles::Off
     {
-        if g.layout == Bf16Layout::NT && tiles == HopperTiles::Tma {
+        if tiles == HopperTiles::Tma {
             return gemm_bf16_tma(driver, g, Some(epi));
         }
         return gemm_bf16_wgmma(driver, g, Some(epi), WgmmaTile::N256);
@@ -655,7 +655,7 @@ impl GemmEpilogue {
 /// The environment variable that turns the warpgroup tiles on for [`gemm_bf16`] and
 /// [`gemm_bf16_epilogue`] on a compute-capability 9.0 GPU: `1` for the `cp.async` tiles of
 /// [`gemm_bf16_wgmma`], `tma` for those plus the warp-specialized TMA tile
-/// ([`gemm_bf16_tma`]) on the NT products the 256 tile would take. Off by default until a GPU
+/// ([`gemm_bf16_tma`]) on the products the 256 tile would take. Off by default until a GPU
 /// check has compared them with the `mma.sync` tiles on hardware.
 pub const WGMMA_ENV: &str = "TARFLOW_WGMMA";
 
@@ -666,7 +666,7 @@ pub(super) enum HopperTiles {
     Off,
     /// The `cp.async` warpgroup tiles.
     Wgmma,
-    /// Those, and the TMA tile for the NT products the 256 tile would take.
+    /// Those, and the TMA tile for the products the 256 tile would take.
     Tma,
 }
 
@@ -692,8 +692,8 @@ pub fn wgmma_enabled(driver: &dyn Driver) -> Result<bool> {
     Ok(hopper_tiles(driver)? != HopperTiles::Off)
 }
 
-/// Whether [`gemm_bf16`] and [`gemm_bf16_epilogue`] run an NT product that the 256 tile
-/// would take on the TMA tile instead ([`WGMMA_ENV`] is `tma`, on a 9.0 GPU).
+/// Whether [`gemm_bf16`] and [`gemm_bf16_epilogue`] run a product that the 256 tile would
+/// take on the TMA tile instead ([`WGMMA_ENV`] is `tma`, on a 9.0 GPU).
 pub fn tma_enabled(driver: &dyn Driver) -> Result<bool> {
     Ok(hopper_tiles(driver)? == HopperTiles::Tma)
 }
@@ -742,33 +742,43 @@ pub fn gemm_bf16_wgmma(
 /// eight mbarriers.
 pub const TMA_SHARED_BYTES: u32 = 4 * (128 + 256) * 64 * 2 + 1024 + 8 * 8;
 
-/// The warp-specialized TMA tile's kernel for an NT product with `epi` (`None`: the plain
-/// product).
-pub fn tma_kernel(epi: Option<GemmEpilogue>) -> &'static str {
-    match epi {
-        None => "gemm_bf16_nt_tma_256",
-        Some(GemmEpilogue::Gelu { .. }) => "gemm_bf16_nt_gelu_tma_256",
-        Some(GemmEpilogue::Residual { .. }) => "gemm_bf16_nt_residual_tma_256",
-        Some(GemmEpilogue::GeluGrad { .. }) => "gemm_bf16_nt_gelu_grad_tma_256",
-    }
+/// The warp-specialized TMA tile's kernel for a `layout` product with `epi` (`None`: the
+/// plain product); `None` for an epilogue stage with `A` transposed (TN, TT).
+pub fn tma_kernel(layout: Bf16Layout, epi: Option<GemmEpilogue>) -> Option<&'static str> {
+    use Bf16Layout::{NN, NT, TN, TT};
+    use GemmEpilogue::{Gelu, GeluGrad, Residual};
+    Some(match (layout, epi) {
+        (NN, None) => "gemm_bf16_nn_tma_256",
+        (NT, None) => "gemm_bf16_nt_tma_256",
+        (TN, None) => "gemm_bf16_tn_tma_256",
+        (TT, None) => "gemm_bf16_tt_tma_256",
+        (NN, Some(Gelu { .. })) => "gemm_bf16_nn_gelu_tma_256",
+        (NN, Some(Residual { .. })) => "gemm_bf16_nn_residual_tma_256",
+        (NN, Some(GeluGrad { .. })) => "gemm_bf16_nn_gelu_grad_tma_256",
+        (NT, Some(Gelu { .. })) => "gemm_bf16_nt_gelu_tma_256",
+        (NT, Some(Residual { .. })) => "gemm_bf16_nt_residual_tma_256",
+        (NT, Some(GeluGrad { .. })) => "gemm_bf16_nt_gelu_grad_tma_256",
+        (TN | TT, Some(_)) => return None,
+    })
 }
 
-/// `g` (an [`Bf16Layout::NT`] product, with the epilogue stage `epi` if any) on the
-/// warp-specialized 128 x 256 tile of `gemm_sm90.cu`: one warpgroup feeding a four-stage
-/// ring with TMA copies through mbarriers, two multiplying with `wgmma` from the 128-byte
-/// swizzled stages. Needs a compute-capability 9.0 GPU (or the interpreter).
+/// `g` (with the epilogue stage `epi` if any) on the warp-specialized 128 x 256 tile of
+/// `gemm_sm90.cu`: one warpgroup feeding a four-stage ring with TMA copies through
+/// mbarriers, two multiplying with `wgmma` from the 128-byte swizzled stages (a k-major
+/// operand as one box per k-tile, an MN-major one as a box per 64 rows). Every layout; an
+/// epilogue stage needs `A` stored as is (NN or NT). Needs a compute-capability 9.0 GPU (or
+/// the interpreter).
 pub fn gemm_bf16_tma(driver: &dyn Driver, g: &GemmBf16, epi: Option<GemmEpilogue>) -> Result<()> {
     const OP: &str = "gemm_bf16";
-    let name = tma_kernel(epi);
-    if g.layout != Bf16Layout::NT {
+    let Some(name) = tma_kernel(g.layout, epi) else {
         return Err(Error::arg(
             OP,
             format!(
-                "{name}: the TMA tile reads both operands k-major (layout NT), got {:?}",
+                "the TMA tile's epilogue stages need A stored as is (layout NN or NT), got {:?}",
                 g.layout
             ),
         ));
-    }
+    };
     super::require_sm90(driver, OP, name)?;
     let kernel = Kernel {
         module: &GEMM_SM90,
@@ -781,29 +791,42 @@ pub fn gemm_bf16_tma(driver: &dyn Driver, g: &GemmBf16, epi: Option<GemmEpilogue
     launch_bf16_kernel(driver, g, epi, kernel)
 }
 
-/// The tensor map the TMA tile reads operand `A` (or `B`, `b_side`) of the NT product `g`
-/// through: its rows x `k` bf16 elements, k contiguous, row stride `lda` (`ldb`), batch
-/// stride `a_bs` (`b_bs`; 0: one matrix for every batch), boxes of 64 k values by
-/// `box_rows` rows, 128-byte swizzled.
-fn kmajor_map(driver: &dyn Driver, g: &GemmBf16, b_side: bool, box_rows: u32) -> Result<KernelArg> {
-    let (p, rows, ld, bs) = if b_side {
-        (g.b, g.n, g.ldb, g.b_bs)
+/// The tensor map the TMA tile reads operand `A` (or `B`, `b_side`) of `g` through, for a
+/// tile of `tile_rows` rows (columns, for `B`) of `C`, 128-byte swizzled. A k-major operand
+/// (`k` contiguous): dims {`k`, rows}, boxes of 64 k values by `tile_rows` rows. An MN-major
+/// one (rows contiguous): dims {rows, `k`}, boxes of 64 rows by 64 k values (the swizzle
+/// spans 128 bytes of the contiguous dimension, 64 elements). Then the batch: stride `a_bs`
+/// (`b_bs`; 0: one matrix for every batch).
+fn operand_map(
+    driver: &dyn Driver,
+    g: &GemmBf16,
+    b_side: bool,
+    tile_rows: u32,
+) -> Result<KernelArg> {
+    let (a_k, b_k) = g.layout.k_contiguous();
+    let (p, rows, ld, bs, k_major) = if b_side {
+        (g.b, g.n, g.ldb, g.b_bs, b_k)
     } else {
-        (g.a, g.m, g.lda, g.a_bs)
+        (g.a, g.m, g.lda, g.a_bs, a_k)
+    };
+    let (inner, outer, boxes) = if k_major {
+        (g.k, rows, vec![64, tile_rows, 1])
+    } else {
+        (rows, g.k, vec![64, 64, 1])
     };
     // A shared operand (or a single product) still gets a third dimension, of one matrix;
     // its stride only has to be valid.
     let (mats, mat_stride) = if bs == 0 || g.batch == 1 {
-        (1, (ld * rows.max(1) * 2).next_multiple_of(16))
+        (1, (ld * outer.max(1) * 2).next_multiple_of(16))
     } else {
         (g.batch, bs * 2)
     };
     let map = TensorMap {
         elem_bytes: 2,
         base: p.0,
-        dims: vec![g.k as u64, rows as u64, mats as u64],
+        dims: vec![inner as u64, outer as u64, mats as u64],
         strides: vec![(ld * 2) as u64, mat_stride as u64],
-        boxes: vec![64, box_rows, 1],
+        boxes,
         swizzle: Swizzle::B128,
     };
     Ok(KernelArg::TensorMap(driver.tensor_map(&map)?))
@@ -817,8 +840,8 @@ struct Kernel {
     tile: (usize, usize),
     threads: u32,
     shared_bytes: u32,
-    /// Whether the kernel takes tensor maps of `A` and `B` (boxes of 64 k values by the
-    /// tile's rows, 128-byte swizzle) instead of their addresses.
+    /// Whether the kernel takes tensor maps of `A` and `B` ([`operand_map`]) instead of
+    /// their addresses.
     tensor_maps: bool,
 }
 
@@ -916,8 +939,8 @@ fn launch_bf16_kernel(
     let (a, b) = if kernel.tensor_maps {
         let (rows, cols) = (kernel.tile.0 as u32, kernel.tile.1 as u32);
         (
-            kmajor_map(driver, g, false, rows)?,
-            kmajor_map(driver, g, true, cols)?,
+            operand_map(driver, g, false, rows)?,
+            operand_map(driver, g, true, cols)?,
         )
     } else {
         (KernelArg::Ptr(g.a), KernelArg::Ptr(g.b))

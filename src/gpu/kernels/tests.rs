@@ -248,6 +248,7 @@ fn launch_every_wrapper(d: &Recorder) -> Vec<Launch> {
         for tile in [WgmmaTile::N128, WgmmaTile::N256] {
             gemm_bf16_wgmma(d, &g, None, tile).unwrap();
         }
+        gemm_bf16_tma(d, &g, None).unwrap();
     }
     for layout in [Bf16Layout::NN, Bf16Layout::NT] {
         for epi in [
@@ -263,12 +264,9 @@ fn launch_every_wrapper(d: &Recorder) -> Vec<Launch> {
                 gemm_bf16_on(d, &g, Some(epi), tile).unwrap();
             }
             gemm_bf16_wgmma(d, &g, Some(epi), WgmmaTile::N256).unwrap();
-            if layout == Bf16Layout::NT {
-                gemm_bf16_tma(d, &g, Some(epi)).unwrap();
-            }
+            gemm_bf16_tma(d, &g, Some(epi)).unwrap();
         }
     }
-    gemm_bf16_tma(d, &bf16_gemm(Bf16Layout::NT, p(), p(), p()), None).unwrap();
     index_select_f32(d, p(), p(), p(), 2, 10, 4, 8).unwrap();
     index_add_f32(d, p(), p(), p(), p(), 2, 10, 4, 8).unwrap();
     let split = GemmBf16 {
@@ -1046,8 +1044,8 @@ fn reduce_axis_picks_one_or_two_fixed_passes() {
 
 /// What `gemm_bf16` and `gemm_bf16_epilogue` launch for each `TARFLOW_WGMMA` choice: the
 /// `mma.sync` tiles when off; the warpgroup tile `WgmmaTile::pick` names (split products on
-/// the 128 one) with `1`; with `tma`, the TMA tile for the NT products the 256 tile would
-/// take, and the same as `1` for the others.
+/// the 128 one) with `1`; with `tma`, the TMA tile for the products the 256 tile would take
+/// (every layout), and the same as `1` for the others.
 #[test]
 fn the_hopper_choice_routes_each_product_to_its_tile() {
     use super::gemm::{gemm_bf16_epilogue_with, gemm_bf16_with, HopperTiles};
@@ -1072,11 +1070,12 @@ fn the_hopper_choice_routes_each_product_to_its_tile() {
     // 132 tiles of 128 x 256; 132 of 128 x 128 only; a weight gradient that splits; small.
     let nt_large = sized(Bf16Layout::NT, 1536, 2816, 64);
     let nn_large = sized(Bf16Layout::NN, 1536, 2816, 64);
+    let tn_large = sized(Bf16Layout::TN, 1536, 2816, 64);
     let nt_medium = sized(Bf16Layout::NT, 1536, 1408, 64);
     let tn_wgrad = sized(Bf16Layout::TN, 768, 768, 16_384);
     let small = sized(Bf16Layout::NT, 100, 72, 40);
     use HopperTiles::{Off, Tma, Wgmma};
-    let table: [(&GemmBf16, [&[&str]; 3]); 5] = [
+    let table: [(&GemmBf16, [&[&str]; 3]); 6] = [
         (
             &nt_large,
             [
@@ -1090,7 +1089,15 @@ fn the_hopper_choice_routes_each_product_to_its_tile() {
             [
                 &["gemm_bf16_nn_128"],
                 &["gemm_bf16_nn_wgmma_256"],
-                &["gemm_bf16_nn_wgmma_256"],
+                &["gemm_bf16_nn_tma_256"],
+            ],
+        ),
+        (
+            &tn_large,
+            [
+                &["gemm_bf16_tn_128"],
+                &["gemm_bf16_tn_wgmma_256"],
+                &["gemm_bf16_tn_tma_256"],
             ],
         ),
         (
@@ -1142,7 +1149,7 @@ fn the_hopper_choice_routes_each_product_to_its_tile() {
             [
                 "gemm_bf16_nn_gelu_128",
                 "gemm_bf16_nn_gelu_wgmma_256",
-                "gemm_bf16_nn_gelu_wgmma_256",
+                "gemm_bf16_nn_gelu_tma_256",
             ],
         ),
     ] {

@@ -26,9 +26,9 @@
 //! Both operand majors (K-major, and MN-major through `imm-trans-a/b` = 1) are read in the
 //! canonical no-swizzle layout, and A may come from registers (each warp's 16 rows as the
 //! `mma.m16n8k16` A fragment; those registers must keep their values until the instruction
-//! retires). A K-major operand may also be in the 128-byte swizzled layout that a TMA copy
-//! with 128-byte swizzling writes; the other swizzled layouts and the other types are refused
-//! with an error naming them.
+//! retires). Either major may also be in the 128-byte swizzled layout that a TMA copy with
+//! 128-byte swizzling writes; the other swizzled layouts and the other types are refused with
+//! an error naming them.
 
 use std::collections::VecDeque;
 
@@ -84,6 +84,20 @@ impl SmemDesc {
     /// per k16 instruction, as the hardware applies the swizzle after adding).
     pub fn kmajor_sw128_b16(&self, row: u32, k: u32) -> u32 {
         let linear = self.start + (row / 8) * self.sbo + (row % 8) * 128 + k * 2;
+        swizzle(linear, Swizzle::B128)
+    }
+
+    /// Byte address of 16-bit element (`mn`, `k`) of an MN-major (transposed) operand in the
+    /// 128-byte swizzled layout (descriptor swizzle mode 1, `imm-trans` 1): atoms of 8
+    /// k-rows of 128 bytes, each row 64 consecutive MN elements, row `k % 8` of an atom 128
+    /// bytes after the one before; atoms along K at the stride byte offset, along MN (64
+    /// elements each) at the leading byte offset (the ISA's `((8, 8, m), (8, k)) : ((1, 8,
+    /// LBO), (64, SBO))` in elements); each 16-byte chunk stored where the 128-byte swizzle
+    /// of its absolute address puts it. A TMA copy of a box of 64 MN elements by `k` rows with
+    /// 128-byte swizzling writes one column of such atoms (SBO 1,024).
+    pub fn mnmajor_sw128_b16(&self, mn: u32, k: u32) -> u32 {
+        let linear =
+            self.start + (mn / 64) * self.lbo + (k / 8) * self.sbo + (k % 8) * 128 + (mn % 64) * 2;
         swizzle(linear, Swizzle::B128)
     }
 
@@ -296,12 +310,12 @@ impl<'a> Launch<'a> {
             &[("A", a, a_mn), ("B", b, b_mn)]
         };
         for &(what, d, mn_major) in descs {
-            let supported = d.swizzle == 0 || (d.swizzle == 1 && !mn_major);
+            let supported = d.swizzle == 0 || d.swizzle == 1;
             if !supported || d.base_offset != 0 {
                 return Err(format!(
                     "wgmma.mma_async: the {what} descriptor asks for swizzle mode {} (base \
-                     offset {}, {}-major); the interpreter supports the no-swizzle layout and \
-                     the 128-byte swizzled K-major one only",
+                     offset {}, {}-major); the interpreter supports the no-swizzle and the \
+                     128-byte swizzled layouts with base offset 0 only",
                     d.swizzle,
                     d.base_offset,
                     if mn_major { "MN" } else { "K" }
@@ -313,12 +327,11 @@ impl<'a> Launch<'a> {
         let mut read = Vec::new();
         // Element (mn, k) of an operand, MN-major when `mn_major` (the transposed form).
         let mut fetch = |d: &SmemDesc, mn_major: bool, mn: u32, k: u32| -> R<f64> {
-            let at = if mn_major {
-                d.mnmajor_b16(mn, k)
-            } else if d.swizzle == 1 {
-                d.kmajor_sw128_b16(mn, k)
-            } else {
-                d.kmajor_b16(mn, k)
+            let at = match (mn_major, d.swizzle == 1) {
+                (true, false) => d.mnmajor_b16(mn, k),
+                (true, true) => d.mnmajor_sw128_b16(mn, k),
+                (false, true) => d.kmajor_sw128_b16(mn, k),
+                (false, false) => d.kmajor_b16(mn, k),
             } as u64;
             let i = shared.check(at, 2)?;
             shared.note_read(i, 2, tid).map_err(|f| f.msg)?;
@@ -612,6 +625,45 @@ mod tests {
         };
         assert_eq!(d2.kmajor_sw128_b16(5, 0), 2048 + 5 * 128 + 16 * (2 ^ 5));
         assert_eq!(d2.kmajor_sw128_b16(5, 8), 2048 + 5 * 128 + 16 * (3 ^ 5));
+    }
+
+    /// The 128-byte swizzled MN-major layout: a k-row of 64 MN elements is 128 bytes, its
+    /// 16-byte chunk `c` (8 elements) stored at chunk `c ^ (k % 8)`; 8 k-rows an atom, atoms
+    /// SBO apart along K and LBO apart along MN.
+    #[test]
+    fn swizzled_mnmajor_rows_are_64_mn_elements_with_chunks_permuted_by_k() {
+        let d = SmemDesc {
+            start: 8192,
+            lbo: 8192,
+            sbo: 1024,
+            base_offset: 0,
+            swizzle: 1,
+        };
+        // (mn, k, byte address)
+        let table = [
+            (0, 0, 8192),
+            (1, 0, 8192 + 2),
+            (8, 0, 8192 + 16),
+            (0, 1, 8192 + 128 + 16),
+            (8, 1, 8192 + 128),
+            (63, 0, 8192 + 126),
+            // Chunk 7 of k-row 7 lands at chunk 7 ^ 7 = 0; chunk 2 of k-row 3 at 2 ^ 3 = 1.
+            (63, 7, 8192 + 7 * 128 + 14),
+            (17, 3, 8192 + 3 * 128 + 16 + 2),
+            (0, 8, 8192 + 1024),
+            (9, 10, 8192 + 1024 + 2 * 128 + 16 * (1 ^ 2) + 2),
+            (64, 0, 16384),
+            (200, 13, 8192 + 3 * 8192 + 1024 + 5 * 128 + 16 * (1 ^ 5)),
+        ];
+        for (mn, k, at) in table {
+            assert_eq!(d.mnmajor_sw128_b16(mn, k), at, "mn {mn}, k {k}");
+        }
+        // The second k16 step starts two atoms (2,048 bytes) in.
+        let d2 = SmemDesc {
+            start: 8192 + 2048,
+            ..d
+        };
+        assert_eq!(d2.mnmajor_sw128_b16(8, 1), d.mnmajor_sw128_b16(8, 17));
     }
 
     #[test]

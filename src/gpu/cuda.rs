@@ -475,7 +475,7 @@ mod imp {
                 Swizzle::B128 => S::CU_TENSOR_MAP_SWIZZLE_128B,
             };
             let rank = map.dims.len();
-            let ones = [1u32; 3];
+            let ones = [1u32; 5];
             let mut out = sys::CUtensorMap { opaque: [0; 16] };
             self.bind()?;
             // SAFETY: every array holds `rank` entries (`rank - 1` strides), as checked by

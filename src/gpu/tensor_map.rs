@@ -71,7 +71,7 @@ pub fn swizzle(addr: u32, mode: Swizzle) -> u32 {
     addr ^ (((addr >> 7) & lines) << 4)
 }
 
-/// A tiled tensor map of rank 1 to 3 (dimension 0 innermost and contiguous).
+/// A tiled tensor map of rank 1 to 5 (dimension 0 innermost and contiguous).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TensorMap {
     /// Bytes per element (1, 2, 4 or 8).
@@ -90,15 +90,28 @@ pub struct TensorMap {
 
 const MAGIC: &[u8; 4] = b"TFtm";
 
+/// Most dimensions of a tiled map (`cuTensorMapEncodeTiled`'s limit).
+pub const MAX_RANK: usize = 5;
+
+/// Offsets of the fields in [`TensorMap::encode_sim`]'s bytes: `MAX_RANK` dims (8 bytes
+/// each), then `MAX_RANK - 1` strides (8 bytes), then `MAX_RANK` boxes (4 bytes).
+const DIMS_AT: usize = 16;
+const STRIDES_AT: usize = DIMS_AT + 8 * MAX_RANK;
+const BOXES_AT: usize = STRIDES_AT + 8 * (MAX_RANK - 1);
+const _: () = assert!(BOXES_AT + 4 * MAX_RANK <= TENSOR_MAP_BYTES);
+
 impl TensorMap {
     /// The `cuTensorMapEncodeTiled` rules this crate relies on (element strides of 1, no
     /// interleave, out-of-range elements filled with zeros): an error naming the field.
     pub fn check(&self) -> Result<(), String> {
         let rank = self.dims.len();
         let fail = |m: String| Err(format!("tensor map: {m}"));
-        if !(1..=3).contains(&rank) || self.boxes.len() != rank || self.strides.len() + 1 != rank {
+        if !(1..=MAX_RANK).contains(&rank)
+            || self.boxes.len() != rank
+            || self.strides.len() + 1 != rank
+        {
             return fail(format!(
-                "{rank} dimensions with {} box sizes and {} strides (want 1 to 3 dimensions, \
+                "{rank} dimensions with {} box sizes and {} strides (want 1 to 5 dimensions, \
                  as many box sizes, one stride fewer)",
                 self.boxes.len(),
                 self.strides.len()
@@ -163,13 +176,13 @@ impl TensorMap {
         out[6] = self.swizzle.code();
         out[8..16].copy_from_slice(&self.base.to_le_bytes());
         for (i, &d) in self.dims.iter().enumerate() {
-            out[16 + 8 * i..24 + 8 * i].copy_from_slice(&d.to_le_bytes());
+            out[DIMS_AT + 8 * i..DIMS_AT + 8 * i + 8].copy_from_slice(&d.to_le_bytes());
         }
         for (i, &s) in self.strides.iter().enumerate() {
-            out[40 + 8 * i..48 + 8 * i].copy_from_slice(&s.to_le_bytes());
+            out[STRIDES_AT + 8 * i..STRIDES_AT + 8 * i + 8].copy_from_slice(&s.to_le_bytes());
         }
         for (i, &b) in self.boxes.iter().enumerate() {
-            out[56 + 4 * i..60 + 4 * i].copy_from_slice(&b.to_le_bytes());
+            out[BOXES_AT + 4 * i..BOXES_AT + 4 * i + 4].copy_from_slice(&b.to_le_bytes());
         }
         out
     }
@@ -183,15 +196,17 @@ impl TensorMap {
                     .into(),
             );
         }
-        let rank = (bytes[4] as usize).min(3);
+        let rank = (bytes[4] as usize).min(MAX_RANK);
         let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().expect("8 bytes"));
         let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
         let m = TensorMap {
             elem_bytes: bytes[5] as u32,
             base: u64_at(8),
-            dims: (0..rank).map(|i| u64_at(16 + 8 * i)).collect(),
-            strides: (1..rank).map(|i| u64_at(40 + 8 * (i - 1))).collect(),
-            boxes: (0..rank).map(|i| u32_at(56 + 4 * i)).collect(),
+            dims: (0..rank).map(|i| u64_at(DIMS_AT + 8 * i)).collect(),
+            strides: (1..rank)
+                .map(|i| u64_at(STRIDES_AT + 8 * (i - 1)))
+                .collect(),
+            boxes: (0..rank).map(|i| u32_at(BOXES_AT + 4 * i)).collect(),
             swizzle: Swizzle::from_code(bytes[6]).ok_or("tensor map: bad swizzle code")?,
         };
         m.check()?;
@@ -269,6 +284,21 @@ mod tests {
         let m = map();
         assert_eq!(m.check(), Ok(()));
         assert_eq!(TensorMap::decode_sim(&m.encode_sim()), Ok(m.clone()));
+        // Five dimensions, the most a tiled map has.
+        let m5 = TensorMap {
+            dims: vec![64, 300, 3, 7, 2],
+            strides: vec![416, 416 * 300, 416 * 900, 416 * 6300],
+            boxes: vec![64, 128, 1, 1, 1],
+            ..map()
+        };
+        assert_eq!(TensorMap::decode_sim(&m5.encode_sim()), Ok(m5.clone()));
+        let six = TensorMap {
+            dims: vec![64, 2, 2, 2, 2, 2],
+            strides: vec![128; 5],
+            boxes: vec![64, 1, 1, 1, 1, 1],
+            ..map()
+        };
+        assert!(six.check().unwrap_err().contains("want 1 to 5"));
         assert_eq!(m.box_bytes(), 64 * 128 * 2);
         let mut bad = m.encode_sim();
         bad[0] = 0;

@@ -958,9 +958,11 @@ fn decode_tma(m: &mut Mods) -> Result<Decoded, String> {
             "1d" => Some(1u8),
             "2d" => Some(2),
             "3d" => Some(3),
+            "4d" => Some(4),
+            "5d" => Some(5),
             _ => None,
         })
-        .ok_or("cp.async.bulk: only the .tensor.{1,2,3}d forms")?;
+        .ok_or("cp.async.bulk: only the .tensor.{1,2,3,4,5}d forms")?;
     let ok = m.has("tensor")
         && m.has("shared::cluster")
         && m.has("global")

@@ -12,7 +12,7 @@ use super::exec::{lanes_of, Launch, St, Warp, R};
 use super::ir::{MbarOp, Operand, Space};
 use super::mbarrier::Mbarrier;
 use super::memory::{SharedMem, AGENT};
-use crate::gpu::tensor_map::{swizzle, Swizzle, TensorMap, TENSOR_MAP_BYTES};
+use crate::gpu::tensor_map::{swizzle, Swizzle, TensorMap, MAX_RANK, TENSOR_MAP_BYTES};
 
 impl<'a> Launch<'a> {
     /// The shared-memory offset an address operand names (a generic address in the shared
@@ -167,7 +167,7 @@ impl<'a> Launch<'a> {
             let Operand::Vec(cs) = &ops[2] else {
                 return Err("cp.async.bulk.tensor coordinates are a vector".into());
             };
-            let mut coords = [0i64; 3];
+            let mut coords = [0i64; MAX_RANK];
             for (i, c) in cs.iter().enumerate() {
                 let r = c.ok_or("cp.async.bulk.tensor coordinate is a `_` sink")?;
                 coords[i] = self.rd(w, &Operand::Reg(r), l, ctaid)? as u32 as i32 as i64;
@@ -219,37 +219,40 @@ impl<'a> Launch<'a> {
 
     /// The box at `coords` of `map`, densely (dimension 0 fastest), zeros outside the
     /// tensor.
-    fn gather_box(&mut self, map: &TensorMap, coords: &[i64; 3]) -> R<Vec<u8>> {
+    fn gather_box(&mut self, map: &TensorMap, coords: &[i64; MAX_RANK]) -> R<Vec<u8>> {
         let e = map.elem_bytes as usize;
         let b = |i: usize| map.boxes.get(i).copied().unwrap_or(1) as i64;
         let d = |i: usize| map.dims.get(i).copied().unwrap_or(1) as i64;
+        let stride = |i: usize| map.strides.get(i - 1).copied().unwrap_or(0);
         let mut out = vec![0u8; map.box_bytes() as usize];
-        let mut o = 0;
-        for z in 0..b(2) {
-            for y in 0..b(1) {
-                let (gz, gy) = (coords[2] + z, coords[1] + y);
-                let row_ok = (0..d(2)).contains(&gz) && (0..d(1)).contains(&gy);
-                let x0 = coords[0];
-                let n = b(0);
-                if row_ok {
-                    // The in-range run of this row, read at once.
-                    let lo = x0.max(0);
-                    let hi = (x0 + n).min(d(0));
-                    if lo < hi {
-                        let stride = |i: usize| map.strides.get(i - 1).copied().unwrap_or(0);
-                        let addr = map.base
-                            + gz as u64 * stride(2)
-                            + gy as u64 * stride(1)
-                            + lo as u64 * e as u64;
-                        let off = o + ((lo - x0) as usize) * e;
-                        let len = (hi - lo) as usize * e;
-                        self.mem.read(addr, &mut out[off..off + len]).map_err(|m| {
-                            format!("cp.async.bulk.tensor reads outside its tensor: {m}")
-                        })?;
-                        self.counters.global_bytes_read += len as u64;
-                    }
-                }
-                o += n as usize * e;
+        let (x0, n) = (coords[0], b(0));
+        // One row of the box (dimension 0) per step, its outer indices counted like digits,
+        // dimension 1 fastest.
+        let rows: i64 = (1..MAX_RANK).map(b).product();
+        for (r, row) in out
+            .chunks_mut(n as usize * e)
+            .enumerate()
+            .take(rows as usize)
+        {
+            let mut rest = r as i64;
+            let mut addr = map.base;
+            let mut row_ok = true;
+            for i in 1..MAX_RANK {
+                let g = coords[i] + rest % b(i);
+                rest /= b(i);
+                row_ok &= (0..d(i)).contains(&g);
+                addr = addr.wrapping_add((g as u64).wrapping_mul(stride(i)));
+            }
+            // The in-range run of this row, read at once.
+            let (lo, hi) = (x0.max(0), (x0 + n).min(d(0)));
+            if row_ok && lo < hi {
+                let off = ((lo - x0) as usize) * e;
+                let len = (hi - lo) as usize * e;
+                let at = addr + lo as u64 * e as u64;
+                self.mem
+                    .read(at, &mut row[off..off + len])
+                    .map_err(|m| format!("cp.async.bulk.tensor reads outside its tensor: {m}"))?;
+                self.counters.global_bytes_read += len as u64;
             }
         }
         Ok(out)

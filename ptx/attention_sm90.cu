@@ -166,6 +166,148 @@ __device__ __forceinline__ void load_rows(unsigned char* s, const __nv_bfloat16*
   }
 }
 
+// The descriptors of one key tile's operands in shared memory: Q's 64 rows (k-major), the
+// tile's keys (k-major, as B of S = Q K^T) and its values (B of O += P V, features along n,
+// keys along k: MN-major), for k-step `ks` (features 16 ks ..) or `kk` (keys 16 kk ..).
+// SWIZZLED false: the canonical no-swizzle layouts load_rows writes; true: the 128-byte
+// swizzled layouts a TMA copy of a box of 64 features by the rows writes (a 128-byte line per
+// row, 8-line atoms of 1,024 bytes; swizzle mode 1; a k16 step is 32 bytes further along a
+// line for Q and K, and two atoms further for V).
+template <bool SWIZZLED>
+struct FwdDescs {
+  static __device__ __forceinline__ unsigned long long qk(unsigned base, int ks) {
+    if (SWIZZLED)
+      return (unsigned long long)(((base + 32 * ks) & 0x3FFFF) >> 4) | 1ull << 16 |
+             (unsigned long long)(1024 >> 4) << 32 | 1ull << 62;
+    return smem_desc(base + ks * 256, 128, W_ROW_BLOCK);
+  }
+  static __device__ __forceinline__ unsigned long long v(unsigned base, int kk) {
+    if (SWIZZLED)
+      return (unsigned long long)(((base + 2 * 1024 * kk) & 0x3FFFF) >> 4) |
+             (unsigned long long)(W_KV_BYTES >> 4) << 16 |
+             (unsigned long long)(1024 >> 4) << 32 | 1ull << 62;
+    // Keys 16 kk .. 16 kk + 15: two blocks of 8 keys, 128 bytes apart; feature blocks
+    // W_BK * 16 bytes apart.
+    return smem_desc(base + kk * 256, 128, W_BK * 16);
+  }
+};
+
+// The running state of a warpgroup's 64 query rows (this thread's two of them, rows g and
+// g + 8 of its warp's 16): the output accumulators, the running max and sum.
+struct FwdRows {
+  float acc[32];
+  float m[2], l[2];
+  unsigned i_row[2];
+};
+
+// One key tile (keys k0 .. k0 + 63) for a warpgroup whose rows start at r0: S = Q K^T, scale,
+// mask (only tiles that reach past the keys or the warpgroup's diagonal), online softmax,
+// O += P V; both products retired before it returns.
+template <bool SWIZZLED>
+__device__ __forceinline__ void fwd_tile(FwdRows& st, unsigned q_base, unsigned k_base,
+                                         unsigned v_base, unsigned k0, unsigned r0,
+                                         unsigned nk, unsigned off, unsigned causal,
+                                         float scale_log2, unsigned tig) {
+  using D = FwdDescs<SWIZZLED>;
+  float s[32];
+#pragma unroll
+  for (int i = 0; i < 32; ++i) s[i] = 0.0f;
+  wgmma_fence();
+#pragma unroll
+  for (int ks = 0; ks < W_D / 16; ++ks) wgmma_ss(s, D::qk(q_base, ks), D::qk(k_base, ks));
+  wgmma_commit();
+  wgmma_wait<0>();
+
+  // Accumulator i: row g + 8 ((i / 2) % 2), key k0 + 8 (i / 4) + 2 tig + (i % 2).
+  bool edge = k0 + W_BK > nk || (causal && k0 + W_BK > r0 + off + 1);
+  float mt[2] = {neg_inf(), neg_inf()};
+#pragma unroll
+  for (int i = 0; i < 32; ++i) {
+    unsigned h = (i >> 1) & 1, j = k0 + (i >> 2) * 8 + 2 * tig + (i & 1);
+    float x = s[i] * scale_log2;
+    if (edge && !(j < nk && visible(causal, st.i_row[h], j, off))) x = neg_inf();
+    s[i] = x;
+    mt[h] = fmaxf(mt[h], x);
+  }
+  float mu[2], corr[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    mt[h] = fmaxf(mt[h], __shfl_xor_sync(FULL_MASK, mt[h], 1));
+    mt[h] = fmaxf(mt[h], __shfl_xor_sync(FULL_MASK, mt[h], 2));
+    float mn = fmaxf(st.m[h], mt[h]);
+    mu[h] = mn == neg_inf() ? 0.0f : mn;
+    corr[h] = exp2f(st.m[h] - mu[h]);
+    st.m[h] = mn;
+    st.l[h] *= corr[h];
+  }
+#pragma unroll
+  for (int i = 0; i < 32; ++i) st.acc[i] *= corr[(i >> 1) & 1];
+#pragma unroll
+  for (int i = 0; i < 32; ++i) {
+    float p = exp2f(s[i] - mu[(i >> 1) & 1]);
+    st.l[(i >> 1) & 1] += p;
+    s[i] = p;
+  }
+  // O += P V: the accumulators of keys 16 kk .. 16 kk + 15 are the A fragment.
+  unsigned pa[W_BK / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < W_BK / 16; ++kk) {
+    pa[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
+    pa[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
+    pa[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
+    pa[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
+  }
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < W_BK / 16; ++kk) wgmma_rs<1>(st.acc, pa[kk], D::v(v_base, kk));
+  wgmma_commit();
+  wgmma_wait<0>();
+}
+
+// The rows' outputs O / l (and their bf16 copy) and base-2 log-sum-exps.
+__device__ __forceinline__ void fwd_store(FwdRows& st, float* __restrict__ o,
+                                          float* __restrict__ lse,
+                                          __nv_bfloat16* __restrict__ o16, unsigned nq,
+                                          unsigned o_sn, unsigned o_sd, unsigned tig) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    st.l[h] = __fadd_rn(st.l[h], __shfl_xor_sync(FULL_MASK, st.l[h], 1));
+    st.l[h] = __fadd_rn(st.l[h], __shfl_xor_sync(FULL_MASK, st.l[h], 2));
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    unsigned i = st.i_row[h];
+    if (i >= nq) continue;
+    float inv = st.l[h] > 0.0f ? __frcp_rn(st.l[h]) : 0.0f;
+#pragma unroll
+    for (int f = 0; f < W_D / 8; ++f) {
+      float x[2];
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        unsigned c = f * 8 + 2 * tig + e;
+        x[e] = st.acc[4 * f + 2 * h + e] * inv;
+        o[(size_t)i * o_sn + (size_t)c * o_sd] = x[e];
+      }
+      // The bf16 copy the backward reads: the same values rounded, two per 4-byte store.
+      if (o16)
+        *reinterpret_cast<unsigned*>(o16 + (size_t)i * W_D + f * 8 + 2 * tig) =
+            pack_bf16(x[0], x[1]);
+    }
+    if (tig == 0) lse[i] = st.l[h] > 0.0f ? st.m[h] + __log2f(st.l[h]) : neg_inf();
+  }
+}
+
+// The rows this thread keeps: warpgroup rows r0 .. r0 + 63, warp w's 16 of them.
+__device__ __forceinline__ void fwd_rows_init(FwdRows& st, unsigned r0, unsigned w,
+                                              unsigned group) {
+#pragma unroll
+  for (int i = 0; i < 32; ++i) st.acc[i] = 0.0f;
+  st.m[0] = st.m[1] = neg_inf();
+  st.l[0] = st.l[1] = 0.0f;
+  st.i_row[0] = r0 + w * 16 + group;
+  st.i_row[1] = r0 + w * 16 + group + 8;
+}
+
 extern "C" __global__ void __launch_bounds__(256, 1) attn_fwd_bf16s_d64_wgmma(
     float* __restrict__ o, float* __restrict__ lse, __nv_bfloat16* __restrict__ o16,
     const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k,
@@ -190,9 +332,10 @@ extern "C" __global__ void __launch_bounds__(256, 1) attn_fwd_bf16s_d64_wgmma(
   unsigned qend = min(nq, q0 + W_BQ);
   unsigned kend = causal ? min(nk, qend + off) : nk;
   unsigned ntiles = (kend + W_BK - 1) / W_BK;
-  // The warpgroup's rows: r0 .. r0 + 63; this thread's: rows g and g + 8 of its warp's 16.
+  // The warpgroup's rows: r0 .. r0 + 63.
   unsigned r0 = q0 + wg * 64;
-  unsigned i_row[2] = {r0 + w * 16 + group, r0 + w * 16 + group + 8};
+  FwdRows st;
+  fwd_rows_init(st, r0, w, group);
 
   // Group 0: Q and key tile 0; then the ring keeps one tile ahead.
   load_rows<W_BQ, true>(qs, q, q0, nq, q_sn);
@@ -201,11 +344,6 @@ extern "C" __global__ void __launch_bounds__(256, 1) attn_fwd_bf16s_d64_wgmma(
     load_rows<W_BK, false>(ring + W_KV_BYTES, v, 0, nk, v_sn);
   }
   cp_async_commit();
-
-  float acc[32], s[32];
-  float m[2] = {neg_inf(), neg_inf()}, l[2] = {0.0f, 0.0f};
-#pragma unroll
-  for (int i = 0; i < 32; ++i) acc[i] = 0.0f;
   unsigned q_base = smem_addr(qs) + wg * 8 * W_ROW_BLOCK;
 
   for (unsigned t = 0; t < ntiles; ++t) {
@@ -224,96 +362,138 @@ extern "C" __global__ void __launch_bounds__(256, 1) attn_fwd_bf16s_d64_wgmma(
     // The warpgroup's last row sees keys up to r0 + 63 + off; a tile past it is skipped.
     if (causal && k0 > r0 + 63 + off) continue;
     unsigned k_base = smem_addr(ring + (t % W_STAGES) * 2 * W_KV_BYTES);
-    unsigned v_base = k_base + W_KV_BYTES;
-
-#pragma unroll
-    for (int i = 0; i < 32; ++i) s[i] = 0.0f;
-    wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < W_D / 16; ++ks) {
-      wgmma_ss(s, smem_desc(q_base + ks * 256, 128, W_ROW_BLOCK),
-               smem_desc(k_base + ks * 256, 128, W_ROW_BLOCK));
-    }
-    wgmma_commit();
-    wgmma_wait<0>();
-
-    // Scale, mask (only tiles that reach past the keys or the warpgroup's diagonal), online
-    // softmax. Accumulator i: row g + 8 ((i / 2) % 2), key k0 + 8 (i / 4) + 2 tig + (i % 2).
-    bool edge = k0 + W_BK > nk || (causal && k0 + W_BK > r0 + off + 1);
-    float mt[2] = {neg_inf(), neg_inf()};
-#pragma unroll
-    for (int i = 0; i < 32; ++i) {
-      unsigned h = (i >> 1) & 1, j = k0 + (i >> 2) * 8 + 2 * tig + (i & 1);
-      float x = s[i] * scale_log2;
-      if (edge && !(j < nk && visible(causal, i_row[h], j, off))) x = neg_inf();
-      s[i] = x;
-      mt[h] = fmaxf(mt[h], x);
-    }
-    float mu[2], corr[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      mt[h] = fmaxf(mt[h], __shfl_xor_sync(FULL_MASK, mt[h], 1));
-      mt[h] = fmaxf(mt[h], __shfl_xor_sync(FULL_MASK, mt[h], 2));
-      float mn = fmaxf(m[h], mt[h]);
-      mu[h] = mn == neg_inf() ? 0.0f : mn;
-      corr[h] = exp2f(m[h] - mu[h]);
-      m[h] = mn;
-      l[h] *= corr[h];
-    }
-#pragma unroll
-    for (int i = 0; i < 32; ++i) acc[i] *= corr[(i >> 1) & 1];
-#pragma unroll
-    for (int i = 0; i < 32; ++i) {
-      float p = exp2f(s[i] - mu[(i >> 1) & 1]);
-      l[(i >> 1) & 1] += p;
-      s[i] = p;
-    }
-    // O += P V: the accumulators of keys 16 kk .. 16 kk + 15 are the A fragment.
-    unsigned pa[W_BK / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < W_BK / 16; ++kk) {
-      pa[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
-      pa[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
-      pa[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
-      pa[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
-    }
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < W_BK / 16; ++kk) {
-      // Keys 16 kk .. 16 kk + 15: two blocks of 8 keys, 128 bytes apart; feature blocks
-      // W_BK * 16 bytes apart.
-      wgmma_rs<1>(acc, pa[kk], smem_desc(v_base + kk * 256, 128, W_BK * 16));
-    }
-    wgmma_commit();
-    wgmma_wait<0>();
+    fwd_tile<false>(st, q_base, k_base, k_base + W_KV_BYTES, k0, r0, nk, off, causal,
+                    scale_log2, tig);
   }
+  fwd_store(st, o, lse, o16, nq, o_sn, o_sd, tig);
+}
 
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    l[h] = __fadd_rn(l[h], __shfl_xor_sync(FULL_MASK, l[h], 1));
-    l[h] = __fadd_rn(l[h], __shfl_xor_sync(FULL_MASK, l[h], 2));
+// ---- the forward fed by TMA ----
+//
+// attn_fwd_bf16s_d64_tma: attn_fwd_bf16s_d64_wgmma's computation (the same fwd_tile per key
+//   tile, so the same bits) on a warp-specialized CTA of three warpgroups, with the tensor
+//   maps of q, k and v (made by the host: dims {64 features, positions, heads, batch}, the
+//   views' strides, boxes of 64 features by 128 queries or 64 keys, 128-byte swizzle) in
+//   place of their pointers. The first warpgroup only feeds: one thread copies the Q tile
+//   (one box, completing on `q_full`) and then each key tile's K and V boxes into a ring of
+//   T_STAGES stages (`full` / `empty` mbarriers as gemm_sm90.cu's TMA tile). The other two
+//   only compute, 64 queries each: wait for `full`, fwd_tile from the swizzled stage (K read
+//   k-major; V, a line of 64 features per key, read MN-major), release the stage with one
+//   arrival per warp. A warpgroup that skips a tile under the causal rule still waits for
+//   its copies before it releases the stage, so a release never runs ahead of the other
+//   warpgroup's. No thread computes a load address and no __syncthreads orders the ring;
+//   positions past the ends are the copies' zero fill.
+//   Launch: 384 threads, grid (ceil(Nq / 128), heads, batch), T_SMEM bytes of dynamic shared
+//   memory (Q, the ring, 1 KiB to align it, the mbarriers).
+
+#define T_STAGES 3
+#define T_RING (T_STAGES * 2 * W_KV_BYTES)
+#define T_SMEM (W_Q_BYTES + T_RING + 1024 + (1 + 2 * T_STAGES) * 8)
+
+struct alignas(64) TensorMap {
+  unsigned long long bytes[16];
+};
+
+__device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
+}
+
+__device__ __forceinline__ void mbar_arrive(unsigned bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+
+__device__ __forceinline__ void mbar_expect_bytes(unsigned bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar),
+               "r"(bytes)
+               : "memory");
+}
+
+__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
+  unsigned done;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+
+// Box {0, pos, head, batch} of `map` into shared memory at `dst`, completing on `bar`.
+__device__ __forceinline__ void tma_load_rows(unsigned dst, const TensorMap* map, int pos,
+                                              int head, int batch, unsigned bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(dst),
+      "l"((unsigned long long)map), "r"(0), "r"(pos), "r"(head), "r"(batch), "r"(bar)
+      : "memory");
+}
+
+extern "C" __global__ void __launch_bounds__(384, 1) attn_fwd_bf16s_d64_tma(
+    float* __restrict__ o, float* __restrict__ lse, __nv_bfloat16* __restrict__ o16,
+    const __grid_constant__ TensorMap q_map, const __grid_constant__ TensorMap k_map,
+    const __grid_constant__ TensorMap v_map, unsigned nq, unsigned nk, unsigned dh,
+    unsigned dv, unsigned q_sb, unsigned q_sh, unsigned q_sn, unsigned q_sd, unsigned k_sb,
+    unsigned k_sh, unsigned k_sn, unsigned k_sd, unsigned v_sb, unsigned v_sh, unsigned v_sn,
+    unsigned v_sd, unsigned o_sb, unsigned o_sh, unsigned o_sn, unsigned o_sd,
+    float scale_log2, unsigned causal) {
+  unsigned base = (smem_addr(attn_wg_smem) + 1023) & ~1023u;
+  unsigned qs = base, ring = base + W_Q_BYTES;
+  unsigned q_full = ring + T_RING, full0 = q_full + 8, empty0 = full0 + 8 * T_STAGES;
+  unsigned bz = blockIdx.z, hy = blockIdx.y;
+  unsigned q0 = (causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x) * W_BQ;
+  unsigned off = causal ? nk - nq : 0;
+  unsigned qend = min(nq, q0 + W_BQ);
+  unsigned kend = causal ? min(nk, qend + off) : nk;
+  unsigned ntiles = (kend + W_BK - 1) / W_BK;
+  if (threadIdx.x == 0) {
+    mbar_init(q_full, 1);
+    for (int s = 0; s < T_STAGES; ++s) {
+      mbar_init(full0 + 8 * s, 1);
+      mbar_init(empty0 + 8 * s, 8);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    unsigned i = i_row[h];
-    if (i >= nq) continue;
-    float inv = l[h] > 0.0f ? __frcp_rn(l[h]) : 0.0f;
-#pragma unroll
-    for (int f = 0; f < W_D / 8; ++f) {
-      float x[2];
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        unsigned c = f * 8 + 2 * tig + e;
-        x[e] = acc[4 * f + 2 * h + e] * inv;
-        o[(size_t)i * o_sn + (size_t)c * o_sd] = x[e];
+  __syncthreads();
+  if (threadIdx.x < 128) {
+    if (threadIdx.x == 0) {
+      mbar_expect_bytes(q_full, W_Q_BYTES);
+      tma_load_rows(qs, &q_map, q0, hy, bz, q_full);
+      for (unsigned t = 0; t < ntiles; ++t) {
+        unsigned s = t % T_STAGES;
+        mbar_wait(empty0 + 8 * s, ((t / T_STAGES) & 1) ^ 1);
+        unsigned full = full0 + 8 * s, k_at = ring + s * 2 * W_KV_BYTES;
+        mbar_expect_bytes(full, 2 * W_KV_BYTES);
+        tma_load_rows(k_at, &k_map, t * W_BK, hy, bz, full);
+        tma_load_rows(k_at + W_KV_BYTES, &v_map, t * W_BK, hy, bz, full);
       }
-      // The bf16 copy the backward reads: the same values rounded, two per 4-byte store.
-      if (o16)
-        *reinterpret_cast<unsigned*>(o16 + (size_t)i * W_D + f * 8 + 2 * tig) =
-            pack_bf16(x[0], x[1]);
     }
-    if (tig == 0) lse[i] = l[h] > 0.0f ? m[h] + __log2f(l[h]) : neg_inf();
+    return;
   }
+  unsigned ct = threadIdx.x - 128;
+  unsigned lane = ct & 31, w = (ct >> 5) & 3, wg = ct >> 7;
+  unsigned group = lane >> 2, tig = lane & 3;
+  o += (size_t)bz * o_sb + (size_t)hy * o_sh;
+  lse += ((size_t)bz * gridDim.y + hy) * nq;
+  if (o16) o16 += ((size_t)bz * gridDim.y + hy) * nq * W_D;
+  unsigned r0 = q0 + wg * 64;
+  FwdRows st;
+  fwd_rows_init(st, r0, w, group);
+  unsigned q_base = qs + wg * 64 * 128;
+  mbar_wait(q_full, 0);
+  for (unsigned t = 0; t < ntiles; ++t) {
+    unsigned s = t % T_STAGES;
+    mbar_wait(full0 + 8 * s, (t / T_STAGES) & 1);
+    unsigned k0 = t * W_BK;
+    if (!(causal && k0 > r0 + 63 + off)) {
+      unsigned k_at = ring + s * 2 * W_KV_BYTES;
+      fwd_tile<true>(st, q_base, k_at, k_at + W_KV_BYTES, k0, r0, nk, off, causal, scale_log2,
+                     tig);
+    }
+    if (lane == 0) mbar_arrive(empty0 + 8 * s);
+  }
+  fwd_store(st, o, lse, o16, nq, o_sn, o_sd, tig);
 }
 
 // ---- the backward ----

@@ -9,8 +9,8 @@
 use half::bf16;
 use tarflow::gpu::kernels::{
     attn_bwd, attn_bwd_stored, attn_bwd_wgmma, attn_decode, attn_fwd, attn_fwd_saving_bf16,
-    attn_fwd_wgmma, decode_scratch_len, AttnBwd, AttnDecode, AttnDims, AttnFwd, AttnPrecision,
-    AttnScores, AttnStorage, AttnView, ATTN_MAX_HEAD_DIM,
+    attn_fwd_tma, attn_fwd_wgmma, decode_scratch_len, AttnBwd, AttnDecode, AttnDims, AttnFwd,
+    AttnPrecision, AttnScores, AttnStorage, AttnView, ATTN_MAX_HEAD_DIM,
 };
 use tarflow::gpu::{DevicePtr, Driver};
 use tarflow::Rng;
@@ -702,53 +702,59 @@ fn bf16_inputs_match_bf16_bits(d: &dyn Driver, dims: AttnDims, scores: AttnScore
         let (_, h, n, w) = shapes[i];
         tokens_lay(h, n, w).view_of(bf16_ptr[i], 2)
     };
-    let (o, lse) = (poisoned_f32(d, o_len), poisoned_f32(d, lse_len));
-    let o16 = upload::<bf16>(d, &vec![bf16::NAN; o_len]);
-    let fwd = AttnFwd {
-        dims,
-        scores,
-        q: at(0),
-        k: at(1),
-        v: at(2),
-        o: Lay::heads(h, nq, dv).view(o),
-        lse,
-        precision: AttnPrecision::Bf16Inputs,
-    };
-    attn_fwd_wgmma(d, &fwd, Some(o16)).unwrap();
-    let (o_wg, lse_wg) = (
-        download::<f32>(d, o, o_len),
-        download::<f32>(d, lse, lse_len),
-    );
-    let rounded: Vec<f32> = o_wg.iter().map(|&x| bf16::from_f32(x).to_f32()).collect();
-    let copy: Vec<f32> = download::<bf16>(d, o16, o_len)
-        .iter()
-        .map(|x| x.to_f32())
-        .collect();
-    assert_bits(
-        &format!("the wgmma forward's bf16 copy of o, {tag}"),
-        &copy,
-        &rounded,
-    );
-    if cc.is_none() {
-        assert_bits(&format!("o of the wgmma forward, {tag}"), &o_wg, o_want);
-        assert_bits(
-            &format!("lse of the wgmma forward, {tag}"),
-            &lse_wg,
-            lse_want,
+    // The cp.async kernel, then the one fed by TMA (its q, k and v read through
+    // four-dimensional tensor maps of the [B, N, H, D] views).
+    type Hopper = fn(&dyn Driver, &AttnFwd, Option<DevicePtr>) -> tarflow::Result<()>;
+    let kernels: [(&str, Hopper); 2] = [("wgmma", attn_fwd_wgmma), ("TMA", attn_fwd_tma)];
+    for (kind, run) in kernels {
+        let (o, lse) = (poisoned_f32(d, o_len), poisoned_f32(d, lse_len));
+        let o16 = upload::<bf16>(d, &vec![bf16::NAN; o_len]);
+        let fwd = AttnFwd {
+            dims,
+            scores,
+            q: at(0),
+            k: at(1),
+            v: at(2),
+            o: Lay::heads(h, nq, dv).view(o),
+            lse,
+            precision: AttnPrecision::Bf16Inputs,
+        };
+        run(d, &fwd, Some(o16)).unwrap();
+        let (o_wg, lse_wg) = (
+            download::<f32>(d, o, o_len),
+            download::<f32>(d, lse, lse_len),
         );
-    } else {
-        let scale = o_want.iter().fold(0f32, |m, x| m.max(x.abs()));
-        for (e, (x, y)) in o_wg.iter().zip(o_want).enumerate() {
-            assert!(
-                (x - y).abs() <= 8e-3 * scale,
-                "o of the wgmma forward, {tag}: {e}: {x} vs {y}"
+        let rounded: Vec<f32> = o_wg.iter().map(|&x| bf16::from_f32(x).to_f32()).collect();
+        let copy: Vec<f32> = download::<bf16>(d, o16, o_len)
+            .iter()
+            .map(|x| x.to_f32())
+            .collect();
+        assert_bits(
+            &format!("the {kind} forward's bf16 copy of o, {tag}"),
+            &copy,
+            &rounded,
+        );
+        if cc.is_none() {
+            assert_bits(&format!("o of the {kind} forward, {tag}"), &o_wg, o_want);
+            assert_bits(
+                &format!("lse of the {kind} forward, {tag}"),
+                &lse_wg,
+                lse_want,
             );
-        }
-        for (e, (x, y)) in lse_wg.iter().zip(lse_want).enumerate() {
-            assert!(
-                (x - y).abs() <= 1e-3 * (1.0 + y.abs()),
-                "lse of the wgmma forward, {tag}: {e}: {x} vs {y}"
-            );
+        } else {
+            let scale = o_want.iter().fold(0f32, |m, x| m.max(x.abs()));
+            for (e, (x, y)) in o_wg.iter().zip(o_want).enumerate() {
+                assert!(
+                    (x - y).abs() <= 8e-3 * scale,
+                    "o of the {kind} forward, {tag}: {e}: {x} vs {y}"
+                );
+            }
+            for (e, (x, y)) in lse_wg.iter().zip(lse_want).enumerate() {
+                assert!(
+                    (x - y).abs() <= 1e-3 * (1.0 + y.abs()),
+                    "lse of the {kind} forward, {tag}: {e}: {x} vs {y}"
+                );
+            }
         }
     }
 }
@@ -1135,4 +1141,73 @@ fn attention_decode_over_a_kv_cache_matches_f64_reference() {
         decode(d, (1, 2, 1, 24, 40), 12);
         decode(d, (1, 1, 0, 16, 16), 13);
     });
+}
+
+/// The TMA forward (`attn_fwd_bf16s_d64_tma`) with one line of its PTX changed, on 128
+/// queries over 320 keys (five key tiles: the ring of three stages turns over): the output,
+/// or the error the run ends with.
+fn attn_tma_mutant(from: &str, nth: usize, to: &str) -> tarflow::Result<Vec<f32>> {
+    let sim = swapped(mutated(
+        &tarflow::gpu::kernels::ATTENTION_SM90,
+        "attn_fwd_bf16s_d64_tma",
+        from,
+        nth,
+        to,
+    ));
+    let d: &dyn Driver = &sim;
+    let dims = dims(1, 2, 128, 320, 64, 64);
+    let mut rng = Rng::new(41);
+    let mut operand = |n: usize| {
+        let x: Vec<bf16> = (0..2 * n * 64)
+            .map(|_| bf16::from_f32(rng.normal() as f32))
+            .collect();
+        Lay::heads(2, n, 64).view_of(upload::<bf16>(d, &x), 2)
+    };
+    let (q, k, v) = (operand(128), operand(320), operand(320));
+    let o = poisoned_f32(d, 2 * 128 * 64);
+    let fwd = AttnFwd {
+        dims,
+        scores: scores(64, false),
+        q,
+        k,
+        v,
+        o: Lay::heads(2, 128, 64).view(o),
+        lse: poisoned_f32(d, 2 * 128),
+        precision: AttnPrecision::Bf16Inputs,
+    };
+    attn_fwd_tma(d, &fwd, None).and_then(|()| d.synchronize())?;
+    Ok(download::<f32>(d, o, 2 * 128 * 64))
+}
+
+#[test]
+fn the_tma_forwards_mbarrier_and_layout_checks_catch_each_mutation() {
+    // The unchanged kernel runs cleanly (a change that matches nothing is refused).
+    let want = attn_tma_mutant("ret;", 0, "ret;").unwrap();
+    const WAIT: &str = "mbarrier.try_wait.parity.shared::cta.b64 p,";
+    // The waits, in the body's order: the feeder's on `empty`, the consumers' on `q_full`
+    // and on `full`. A consumer wait that always succeeds reads a copy that has not landed.
+    for nth in [1, 2] {
+        let e = expect_error(
+            attn_tma_mutant(WAIT, nth, "setp.eq.u32 p, 1, 1; //").map(|_| ()),
+            &format!("try_wait {nth} always true"),
+        );
+        assert!(
+            e.contains("without waiting for that mbarrier's phase"),
+            "{e}"
+        );
+    }
+    // The consumers never release a stage: the feeder waits forever for the fourth tile.
+    let e = expect_error(
+        attn_tma_mutant("mbarrier.arrive.shared::cta.b64", 0, "// ").map(|_| ()),
+        "no release",
+    );
+    assert!(e.contains("deadlock"), "{e}");
+    // V read k-major (imm-trans-b 0 in the first P V step): other bits, or an error.
+    if let Ok(got) = attn_tma_mutant("p, 1, 1, 1;", 0, "p, 1, 1, 0;") {
+        let same = got
+            .iter()
+            .zip(&want)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(!same, "V read k-major gave the same bits");
+    }
 }

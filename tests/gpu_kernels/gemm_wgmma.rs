@@ -15,7 +15,7 @@ use half::bf16;
 use tarflow::gpu::kernels::{
     gemm_bf16_tma, gemm_bf16_wgmma, Bf16Layout, GemmBf16, GemmEpilogue, WgmmaTile, GEMM_SM90,
 };
-use tarflow::gpu::{Driver, Forward, KernelArg, LaunchConfig, PtxModule, PtxSim};
+use tarflow::gpu::{Driver, Forward, PtxSim};
 use tarflow::Rng;
 
 use crate::harness::*;
@@ -100,85 +100,10 @@ fn gemm_bf16_wgmma_refuses_stages_off_the_256_tile_and_misaligned_operands() {
     assert!(e.to_string().contains("16-byte aligned"), "{e}");
 }
 
-/// The interpreter with one kernel module swapped for another.
-struct Swapped {
-    inner: PtxSim,
-    module: &'static PtxModule,
-}
-
-impl Forward for Swapped {
-    fn inner(&self) -> &dyn Driver {
-        &self.inner
-    }
-    fn launch(
-        &self,
-        module: &PtxModule,
-        kernel: &str,
-        config: LaunchConfig,
-        args: &[KernelArg],
-    ) -> tarflow::Result<()> {
-        let m = if module.name == self.module.name {
-            self.module
-        } else {
-            module
-        };
-        self.inner.launch(m, kernel, config, args)
-    }
-}
-
-/// The module with the `nth` line (from 0) of `kernel`'s body that contains `from` changed
-/// to `to` (the first occurrence in that line).
-fn mutated(kernel: &str, from: &str, nth: usize, to: &str) -> &'static PtxModule {
-    let ptx = GEMM_SM90.ptx;
-    let at = ptx
-        .find(&format!(".entry {kernel}("))
-        .unwrap_or_else(|| panic!("no entry {kernel}"));
-    // The body runs to the next entry (inline-asm blocks end with `}` lines too).
-    let end = ptx[at + 1..]
-        .find(".entry ")
-        .map_or(ptx.len(), |e| at + 1 + e);
-    let (head, rest) = ptx.split_at(at);
-    let (body, tail) = rest.split_at(end - at);
-    let mut seen = 0;
-    let lines: Vec<String> = body
-        .lines()
-        .map(|l| {
-            if l.contains(from) {
-                seen += 1;
-                if seen == nth + 1 {
-                    return l.replacen(from, to, 1);
-                }
-            }
-            l.to_string()
-        })
-        .collect();
-    assert!(seen > nth, "`{from}` is in {kernel} {seen} times");
-    let changed = format!("{head}{}{tail}", lines.join("\n"));
-    Box::leak(Box::new(PtxModule {
-        name: GEMM_SM90.name,
-        ptx: Box::leak(changed.into_boxed_str()),
-    }))
-}
-
-/// The interpreter running `module` in place of gemm_sm90's.
-fn swapped(module: &'static PtxModule) -> Swapped {
-    Swapped {
-        inner: PtxSim::new(),
-        module,
-    }
-}
-
-fn expect_error(r: tarflow::Result<()>, what: &str) -> String {
-    match r {
-        Ok(()) => panic!("the kernel with {what} ran without an error"),
-        Err(e) => e.to_string(),
-    }
-}
-
 /// Runs the N128 kernel with `from` replaced by `to` in its PTX (exactly once) on a product
 /// of three by two tiles and six k-tiles; the error it ends with.
 fn mutant(from: &str, to: &str) -> String {
-    let d = swapped(mutated("gemm_bf16_nt_wgmma_128", from, 0, to));
+    let d = swapped(mutated(&GEMM_SM90, "gemm_bf16_nt_wgmma_128", from, 0, to));
     let d: &dyn Driver = &d;
     let c = case(d, (300, 200, 6 * 64), 9);
     let r = gemm_bf16_wgmma(d, &c, None, WgmmaTile::N128).and_then(|()| d.synchronize());
@@ -409,7 +334,7 @@ fn the_tma_tile_refuses_stages_on_transposed_a_and_other_gpus() {
 /// Runs the plain TMA kernel, changed as [`mutated`] says, on one tile of eight k-tiles (the
 /// ring of four turns twice); the error it ends with.
 fn tma_mutant(from: &str, nth: usize, to: &str) -> String {
-    let d = swapped(mutated("gemm_bf16_nt_tma_256", from, nth, to));
+    let d = swapped(mutated(&GEMM_SM90, "gemm_bf16_nt_tma_256", from, nth, to));
     let d: &dyn Driver = &d;
     let c = case(d, (128, 256, 8 * 64), 13);
     let r = gemm_bf16_tma(d, &c, None).and_then(|()| d.synchronize());
@@ -462,7 +387,7 @@ fn the_tma_tiles_mn_major_reads_hang_on_the_box_offset_and_the_transpose() {
         ("p, 1, 1, 0, 1;".to_string(), "p, 1, 1, 0, 0;".to_string()),
     ];
     for (from, to) in changes {
-        let m = swapped(mutated("gemm_bf16_nn_tma_256", &from, 0, &to));
+        let m = swapped(mutated(&GEMM_SM90, "gemm_bf16_nn_tma_256", &from, 0, &to));
         let m: &dyn Driver = &m;
         // The same case (same seed) on the changed interpreter.
         let g = batched_case(m, Bf16Layout::NN, 1, false, 0, 29);

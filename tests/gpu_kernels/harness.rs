@@ -2,7 +2,9 @@
 
 use std::sync::Once;
 
-use tarflow::gpu::{CudaDriver, DevicePtr, Driver, PtxSim};
+use tarflow::gpu::{
+    CudaDriver, DevicePtr, Driver, Forward, KernelArg, LaunchConfig, PtxModule, PtxSim,
+};
 use tarflow::Rng;
 
 use crate::common::worst;
@@ -122,4 +124,85 @@ pub fn contiguous_strides(shape: &[usize]) -> Vec<isize> {
         acc *= shape[d] as isize;
     }
     s
+}
+
+/// The interpreter with one kernel module swapped for another.
+pub struct Swapped {
+    inner: PtxSim,
+    module: &'static PtxModule,
+}
+
+impl Forward for Swapped {
+    fn inner(&self) -> &dyn Driver {
+        &self.inner
+    }
+    fn launch(
+        &self,
+        module: &PtxModule,
+        kernel: &str,
+        config: LaunchConfig,
+        args: &[KernelArg],
+    ) -> tarflow::Result<()> {
+        let m = if module.name == self.module.name {
+            self.module
+        } else {
+            module
+        };
+        self.inner.launch(m, kernel, config, args)
+    }
+}
+
+/// `module` with the `nth` line (from 0) of `kernel`'s body that contains `from` changed
+/// to `to` (the first occurrence in that line).
+pub fn mutated(
+    module: &'static PtxModule,
+    kernel: &str,
+    from: &str,
+    nth: usize,
+    to: &str,
+) -> &'static PtxModule {
+    let ptx = module.ptx;
+    let at = ptx
+        .find(&format!(".entry {kernel}("))
+        .unwrap_or_else(|| panic!("no entry {kernel}"));
+    // The body runs to the next entry (inline-asm blocks end with `}` lines too).
+    let end = ptx[at + 1..]
+        .find(".entry ")
+        .map_or(ptx.len(), |e| at + 1 + e);
+    let (head, rest) = ptx.split_at(at);
+    let (body, tail) = rest.split_at(end - at);
+    let mut seen = 0;
+    let lines: Vec<String> = body
+        .lines()
+        .map(|l| {
+            if l.contains(from) {
+                seen += 1;
+                if seen == nth + 1 {
+                    return l.replacen(from, to, 1);
+                }
+            }
+            l.to_string()
+        })
+        .collect();
+    assert!(seen > nth, "`{from}` is in {kernel} {seen} times");
+    let changed = format!("{head}{}{tail}", lines.join("\n"));
+    Box::leak(Box::new(PtxModule {
+        name: module.name,
+        ptx: Box::leak(changed.into_boxed_str()),
+    }))
+}
+
+/// The interpreter running `module` in place of gemm_sm90's.
+pub fn swapped(module: &'static PtxModule) -> Swapped {
+    Swapped {
+        inner: PtxSim::new(),
+        module,
+    }
+}
+
+pub fn expect_error(r: tarflow::Result<()>, what: &str) -> String {
+    match r {
+        Ok(()) => panic!("the kernel with {what} ran without an error"),
+        Err(e) => e.to_string(),
+    }
 }

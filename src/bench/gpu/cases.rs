@@ -25,7 +25,7 @@ pub(super) type Launches = dyn Fn(&dyn Driver) -> Result<()>;
 pub(super) type Build = fn(&mut Buffers, Sizes) -> Result<Case>;
 
 /// Every case, in table order.
-pub(super) const CASES: [Build; 41] = [
+pub(super) const CASES: [Build; 42] = [
     ceiling_mma,
     ceiling_copy,
     copy_transpose,
@@ -64,6 +64,7 @@ pub(super) const CASES: [Build; 41] = [
     attention_fwd_bf16,
     attention_fwd_bf16_inputs,
     attention_fwd_wgmma,
+    attention_fwd_tma,
     attention_bwd,
     attention_bwd_bf16,
     attention_bwd_wgmma,
@@ -580,7 +581,7 @@ fn gemm_bf16_large_tile(b: &mut Buffers, s: Sizes) -> Result<Case> {
 
 /// The rows that need a compute-capability 9.0 GPU (or the interpreter): the bench leaves
 /// them out elsewhere.
-pub(super) const SM90_ONLY: [&str; 9] = [
+pub(super) const SM90_ONLY: [&str; 10] = [
     WGMMA_128,
     WGMMA_256,
     TMA_256,
@@ -589,11 +590,13 @@ pub(super) const SM90_ONLY: [&str; 9] = [
     WGMMA_WGRAD,
     WGMMA_GELU,
     WGMMA_ATTN,
+    TMA_ATTN,
     WGMMA_ATTN_BWD,
 ];
 const WGMMA_ATTN_BWD: &str =
     "attention bwd bf16 (wgmma, sm_90a), causal (D and the bf16 dO, dK dV, dQ)";
 const WGMMA_ATTN: &str = "attention fwd bf16 inputs (wgmma, sm_90a), causal";
+const TMA_ATTN: &str = "attention fwd bf16 inputs (TMA + wgmma, warp-specialized), causal";
 const WGMMA_128: &str = "gemm bf16 NT (wgmma, sm_90a), 128 x 128 tile";
 const WGMMA_256: &str = "gemm bf16 NT (wgmma, sm_90a), 128 x 256 tile";
 const TMA_256: &str = "gemm bf16 NT (TMA + wgmma, warp-specialized), 128 x 256 tile";
@@ -976,15 +979,30 @@ fn attention_fwd_bf16(b: &mut Buffers, s: Sizes) -> Result<Case> {
 /// The forward of bf16 training: q, k, v stored as bf16 (loaded by `cp.async`), the output
 /// and lse f32. The inputs SDPA takes.
 fn attention_fwd_bf16_inputs(b: &mut Buffers, s: Sizes) -> Result<Case> {
-    attention_fwd_bf16_inputs_on(b, s, false)
+    attention_fwd_bf16_inputs_on(b, s, FwdKind::CpAsync)
 }
 
 /// The same forward on Hopper's warpgroup tensor cores (`attn_fwd_bf16s_d64_wgmma`).
 fn attention_fwd_wgmma(b: &mut Buffers, s: Sizes) -> Result<Case> {
-    attention_fwd_bf16_inputs_on(b, s, true)
+    attention_fwd_bf16_inputs_on(b, s, FwdKind::Wgmma)
 }
 
-fn attention_fwd_bf16_inputs_on(b: &mut Buffers, s: Sizes, wgmma: bool) -> Result<Case> {
+fn attention_fwd_tma(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    attention_fwd_bf16_inputs_on(b, s, FwdKind::Tma)
+}
+
+/// Which kernel a bf16-input attention forward row runs.
+#[derive(Clone, Copy)]
+enum FwdKind {
+    /// `attn_fwd`'s default, the `mma.sync` kernel with `cp.async` loads.
+    CpAsync,
+    /// The `wgmma` kernel.
+    Wgmma,
+    /// The warp-specialized `wgmma` kernel fed by TMA.
+    Tma,
+}
+
+fn attention_fwd_bf16_inputs_on(b: &mut Buffers, s: Sizes, kind: FwdKind) -> Result<Case> {
     let a = attn_case(s);
     let (rows, keys) = (a.b * a.h * a.nq, a.b * a.h * a.nk);
     let bf16 = |seed| move |i| half::bf16::from_f32(pattern(i, seed)).to_bits();
@@ -1002,18 +1020,18 @@ fn attention_fwd_bf16_inputs_on(b: &mut Buffers, s: Sizes, wgmma: bool) -> Resul
         precision: k::AttnPrecision::Bf16Inputs,
     };
     Ok(Case {
-        name: if wgmma {
-            WGMMA_ATTN
-        } else {
-            "attention fwd bf16 inputs (cp.async), causal"
+        name: match kind {
+            FwdKind::CpAsync => "attention fwd bf16 inputs (cp.async), causal",
+            FwdKind::Wgmma => WGMMA_ATTN,
+            FwdKind::Tma => TMA_ATTN,
         },
         shape: dims(&[a.b, a.h, a.nq, a.dh]),
         flops: Some(attn_flops(&a)),
         bytes: (2 * (rows * a.dh + keys * (a.dh + a.dv)) + 4 * rows * (a.dv + 1)) as f64,
-        run: if wgmma {
-            Box::new(move |d| k::attn_fwd_wgmma(d, &f, None))
-        } else {
-            Box::new(move |d| k::attn_fwd(d, &f))
+        run: match kind {
+            FwdKind::CpAsync => Box::new(move |d| k::attn_fwd(d, &f)),
+            FwdKind::Wgmma => Box::new(move |d| k::attn_fwd_wgmma(d, &f, None)),
+            FwdKind::Tma => Box::new(move |d| k::attn_fwd_tma(d, &f, None)),
         },
     })
 }

@@ -1,9 +1,11 @@
 //! Launch wrappers for `ptx/attention.cu`: fused (flash-style) attention forward, saving the
 //! base-2 log-sum-exp, and its backward recomputing the probabilities from it.
 
+use super::gemm::{hopper_tiles, HopperTiles};
 use super::{count, grid_yz, ATTENTION, ATTENTION_SM90};
 use crate::error::{Error, Result};
 use crate::gpu::driver::{DevicePtr, Driver, KernelArg, LaunchConfig, PtxModule};
+use crate::gpu::tensor_map::{Swizzle, TensorMap};
 
 /// Largest head dimension (`Dh` and `Dv`) the attention kernels take: their shared-memory
 /// tiles hold 128 features per row.
@@ -366,10 +368,49 @@ pub fn attn_fwd_saving_bf16(driver: &dyn Driver, a: &AttnFwd, o_bf16: DevicePtr)
 /// 16-wide step differently.
 pub fn attn_fwd_wgmma(driver: &dyn Driver, a: &AttnFwd, o_bf16: Option<DevicePtr>) -> Result<()> {
     const NAME: &str = "attn_fwd_bf16s_d64_wgmma";
+    check_sm90_fwd(driver, NAME, a)?;
+    let fwd = FwdKernel {
+        module: &ATTENTION_SM90,
+        name: NAME,
+        tile: 128,
+        threads: 256,
+        shared_bytes: 128 * 64 * 2 + 2 * 2 * 64 * 64 * 2,
+        tensor_maps: false,
+    };
+    launch_fwd_kernel(driver, a, o_bf16, fwd)
+}
+
+/// Dynamic shared memory of [`attn_fwd_tma`]: the Q tile (128 x 64 bf16), three stages of a
+/// K and a V tile (64 x 64 bf16 each), 1 KiB to align them to the 128-byte swizzle's
+/// 1,024-byte pattern, and seven mbarriers (`T_SMEM` in `ptx/attention_sm90.cu`).
+pub const ATTN_TMA_SHARED_BYTES: u32 = 128 * 64 * 2 + 3 * 2 * 64 * 64 * 2 + 1024 + 7 * 8;
+
+/// [`attn_fwd_wgmma`] on a warp-specialized CTA fed by TMA (`attn_fwd_bf16s_d64_tma`): one
+/// warpgroup copies the Q tile and a ring of K and V tiles through mbarriers, two compute
+/// the same tiles as the `wgmma` kernel from the 128-byte swizzled stages, so the results
+/// are that kernel's bits. [`attn_fwd`] runs it when [`super::tma_enabled`]. Needs the
+/// views' position, head and batch strides non-zero where that axis has more than one
+/// entry (a tensor map's strides), besides the `wgmma` kernel's requirements.
+pub fn attn_fwd_tma(driver: &dyn Driver, a: &AttnFwd, o_bf16: Option<DevicePtr>) -> Result<()> {
+    const NAME: &str = "attn_fwd_bf16s_d64_tma";
+    check_sm90_fwd(driver, NAME, a)?;
+    let fwd = FwdKernel {
+        module: &ATTENTION_SM90,
+        name: NAME,
+        tile: 128,
+        threads: 384,
+        shared_bytes: ATTN_TMA_SHARED_BYTES as usize,
+        tensor_maps: true,
+    };
+    launch_fwd_kernel(driver, a, o_bf16, fwd)
+}
+
+/// What both Hopper forwards need: the bf16-input precision at head dims 64, and a 9.0 GPU.
+fn check_sm90_fwd(driver: &dyn Driver, name: &'static str, a: &AttnFwd) -> Result<()> {
     let d = &a.dims;
     if a.precision != AttnPrecision::Bf16Inputs || d.dh != 64 || d.dv != 64 {
         return Err(Error::arg(
-            NAME,
+            name,
             format!(
                 "the warpgroup forward takes AttnPrecision::Bf16Inputs at dh = dv = 64, got \
                  {:?} at dh = {} and dv = {}",
@@ -377,15 +418,49 @@ pub fn attn_fwd_wgmma(driver: &dyn Driver, a: &AttnFwd, o_bf16: Option<DevicePtr
             ),
         ));
     }
-    super::require_sm90(driver, NAME, NAME)?;
-    let fwd = FwdKernel {
-        module: &ATTENTION_SM90,
-        name: NAME,
-        tile: 128,
-        threads: 256,
-        shared_bytes: 128 * 64 * 2 + 2 * 2 * 64 * 64 * 2,
+    super::require_sm90(driver, name, name)
+}
+
+/// The tensor map [`attn_fwd_tma`] reads a `[b, h, n, 64]` bf16 view through: dims {64
+/// features, `n` positions, `h` heads, `b` batch} with the view's strides, boxes of 64
+/// features by `box_rows` positions, 128-byte swizzled. An axis of one entry gets a stride
+/// that only has to be valid; a stride of 0 along a longer axis is refused (a tensor map
+/// cannot repeat a slice).
+fn rows_map(
+    driver: &dyn Driver,
+    name: &'static str,
+    what: &str,
+    v: &AttnView,
+    (n, h, b): (usize, usize, usize),
+    box_rows: u32,
+) -> Result<KernelArg> {
+    let [sb, sh, sn, _] = v.strides;
+    let mut strides = Vec::new();
+    for (axis, extent, stride) in [("position", n, sn), ("head", h, sh), ("batch", b, sb)] {
+        let bytes = match (extent, stride) {
+            (1, _) => 128,
+            (_, 0) => {
+                return Err(Error::arg(
+                    name,
+                    format!(
+                        "{what}: the TMA forward reads through a tensor map, whose {axis} \
+                         stride cannot be 0 over {extent} entries"
+                    ),
+                ))
+            }
+            (_, s) => 2 * s as u64,
+        };
+        strides.push(bytes);
+    }
+    let map = TensorMap {
+        elem_bytes: 2,
+        base: v.ptr.0,
+        dims: vec![64, n as u64, h as u64, b as u64],
+        strides,
+        boxes: vec![64, box_rows, 1, 1],
+        swizzle: Swizzle::B128,
     };
-    launch_fwd_kernel(driver, a, o_bf16, fwd)
+    Ok(KernelArg::TensorMap(driver.tensor_map(&map)?))
 }
 
 /// Which forward kernel a launch runs and how.
@@ -396,15 +471,30 @@ struct FwdKernel {
     tile: usize,
     threads: u32,
     shared_bytes: usize,
+    /// Whether the kernel takes tensor maps of q, k and v ([`rows_map`]: boxes of the CTA's
+    /// queries and of 64 keys) instead of their addresses.
+    tensor_maps: bool,
 }
 
 fn launch_fwd(driver: &dyn Driver, a: &AttnFwd, o_bf16: Option<DevicePtr>) -> Result<()> {
+    launch_fwd_with(driver, a, o_bf16, hopper_tiles(driver)?)
+}
+
+/// [`launch_fwd`] with the Hopper kernels `tiles` allows: the bf16-input forward at head
+/// dims 64 on the TMA kernel or the `wgmma` one.
+pub(super) fn launch_fwd_with(
+    driver: &dyn Driver,
+    a: &AttnFwd,
+    o_bf16: Option<DevicePtr>,
+    tiles: HopperTiles,
+) -> Result<()> {
     let d = &a.dims;
-    if a.precision == AttnPrecision::Bf16Inputs
-        && (d.dh, d.dv) == (64, 64)
-        && super::wgmma_enabled(driver)?
-    {
-        return attn_fwd_wgmma(driver, a, o_bf16);
+    if a.precision == AttnPrecision::Bf16Inputs && (d.dh, d.dv) == (64, 64) {
+        match tiles {
+            HopperTiles::Tma => return attn_fwd_tma(driver, a, o_bf16),
+            HopperTiles::Wgmma => return attn_fwd_wgmma(driver, a, o_bf16),
+            HopperTiles::Off => {}
+        }
     }
     let (name, tile, shared_bytes) = fwd_kernel(a.precision, d)?;
     let fwd = FwdKernel {
@@ -413,6 +503,7 @@ fn launch_fwd(driver: &dyn Driver, a: &AttnFwd, o_bf16: Option<DevicePtr>) -> Re
         tile,
         threads: THREADS,
         shared_bytes,
+        tensor_maps: false,
     };
     launch_fwd_kernel(driver, a, o_bf16, fwd)
 }
@@ -440,10 +531,21 @@ fn launch_fwd_kernel(
     if a.precision != AttnPrecision::F32 {
         args.push(KernelArg::Ptr(o_bf16.unwrap_or(DevicePtr(0))));
     }
+    if fwd.tensor_maps {
+        let rows = |what, v, n, box_rows| rows_map(driver, name, what, v, (n, d.h, d.b), box_rows);
+        args.extend([
+            rows("q", &a.q, d.nq, tile as u32)?,
+            rows("k", &a.k, d.nk, 64)?,
+            rows("v", &a.v, d.nk, 64)?,
+        ]);
+    } else {
+        args.extend([
+            KernelArg::Ptr(a.q.ptr),
+            KernelArg::Ptr(a.k.ptr),
+            KernelArg::Ptr(a.v.ptr),
+        ]);
+    }
     args.extend([
-        KernelArg::Ptr(a.q.ptr),
-        KernelArg::Ptr(a.k.ptr),
-        KernelArg::Ptr(a.v.ptr),
         KernelArg::U32(d.nq as u32),
         KernelArg::U32(d.nk as u32),
         KernelArg::U32(d.dh as u32),

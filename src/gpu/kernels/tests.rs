@@ -332,6 +332,7 @@ fn launch_every_wrapper(d: &Recorder) -> Vec<Launch> {
         attn_fwd_saving_bf16(d, &fwd, p()).unwrap();
         if fwd.dims.dh == 64 {
             attn_fwd_wgmma(d, &fwd, Some(p())).unwrap();
+            attn_fwd_tma(d, &fwd, Some(p())).unwrap();
         }
     }
     let bwd = AttnBwd {
@@ -1158,5 +1159,51 @@ fn the_hopper_choice_routes_each_product_to_its_tile() {
             gemm_bf16_epilogue_with(&d, &g, epi, tiles).unwrap();
             assert_eq!(d.one().kernel, want, "{:?} with {tiles:?}", g.layout);
         }
+    }
+}
+
+/// What `attn_fwd` launches for each `TARFLOW_WGMMA` choice: the bf16-input forward at head
+/// dims 64 on the `mma.sync` kernel, the `wgmma` one or the TMA one; at 128 always the
+/// `mma.sync` kernel.
+#[test]
+fn the_hopper_choice_routes_the_bf16_input_forward() {
+    use super::attention::launch_fwd_with;
+    use super::gemm::HopperTiles::{Off, Tma, Wgmma};
+    let d = Recorder::default();
+    let view = |p: DevicePtr| AttnView {
+        ptr: p,
+        strides: [3 * 70 * 128, 128, 3 * 128, 1],
+    };
+    let fwd = |dh| AttnFwd {
+        dims: AttnDims {
+            b: 2,
+            h: 3,
+            nq: 50,
+            nk: 70,
+            dh,
+            dv: dh,
+        },
+        scores: AttnScores {
+            alpha: 0.125,
+            causal: true,
+        },
+        q: view(d.ptr()),
+        k: view(d.ptr()),
+        v: view(d.ptr()),
+        o: view(d.ptr()),
+        lse: d.ptr(),
+        precision: AttnPrecision::Bf16Inputs,
+    };
+    let table = [
+        (64, Off, "attn_fwd_bf16s_d64"),
+        (64, Wgmma, "attn_fwd_bf16s_d64_wgmma"),
+        (64, Tma, "attn_fwd_bf16s_d64_tma"),
+        (128, Off, "attn_fwd_bf16s_d128"),
+        (128, Wgmma, "attn_fwd_bf16s_d128"),
+        (128, Tma, "attn_fwd_bf16s_d128"),
+    ];
+    for (dh, tiles, want) in table {
+        launch_fwd_with(&d, &fwd(dh), None, tiles).unwrap();
+        assert_eq!(d.one().kernel, want, "dh {dh} with {tiles:?}");
     }
 }

@@ -237,8 +237,8 @@ impl<'a> Launch<'a> {
             let mut rest = r as i64;
             let mut addr = map.base;
             let mut row_ok = true;
-            for i in 1..MAX_RANK {
-                let g = coords[i] + rest % b(i);
+            for (i, &c) in coords.iter().enumerate().skip(1) {
+                let g = c + rest % b(i);
                 rest /= b(i);
                 row_ok &= (0..d(i)).contains(&g);
                 addr = addr.wrapping_add((g as u64).wrapping_mul(stride(i)));

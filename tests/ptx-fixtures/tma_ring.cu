@@ -5,6 +5,8 @@
 // `empty[s]`. `mode` breaks one rule: 1 the consumers read without waiting, 2 they release
 // the stage before reading it, 3 they wait on the wrong parity, 4 nobody waits for the
 // mbarriers' initialisation.
+// tma_box_5d: one copy of a five-dimensional box (coordinates c0..c4, `bytes` of it) into
+// shared memory, written out as it landed.
 #include <cstdint>
 
 struct alignas(64) TensorMap {
@@ -77,4 +79,29 @@ extern "C" __global__ void __launch_bounds__(96)
       asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(&empty[s]))
                    : "memory");
   }
+}
+
+extern "C" __global__ void __launch_bounds__(64)
+    tma_box_5d(const __grid_constant__ TensorMap map, uint4* out, int bytes, int c0, int c1,
+               int c2, int c3, int c4) {
+  __shared__ __align__(128) unsigned char box[2048];
+  __shared__ __align__(8) unsigned long long bar;
+  if (threadIdx.x == 0) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(&bar)), "r"(1));
+    asm volatile("fence.mbarrier_init.release.cluster;");
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(&bar)),
+                 "r"(bytes)
+                 : "memory");
+    asm volatile(
+        "cp.async.bulk.tensor.5d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+        " [%0], [%1, {%2, %3, %4, %5, %6}], [%7];" ::"r"(smem_addr(box)),
+        "l"((unsigned long long)&map), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(c4),
+        "r"(smem_addr(&bar))
+        : "memory");
+  }
+  wait(smem_addr(&bar), 0);
+  for (int i = threadIdx.x; i < bytes / 16; i += 64) out[i] = reinterpret_cast<const uint4*>(box)[i];
 }

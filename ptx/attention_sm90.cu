@@ -41,6 +41,8 @@
 
 #include <cuda_bf16.h>
 
+#include "sm90.cuh"
+
 #define FULL_MASK 0xffffffffu
 #define W_D 64
 #define W_BK 64
@@ -63,49 +65,6 @@ __device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
 }
 
 extern __shared__ __align__(128) unsigned char attn_wg_smem[];
-
-__device__ __forceinline__ unsigned smem_addr(const void* p) {
-  return (unsigned)__cvta_generic_to_shared(p);
-}
-
-__device__ __forceinline__ void cp_async16_zfill(void* dst, const void* src, unsigned src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-               "r"(src_bytes));
-}
-
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-// Makes this thread's shared-memory writes visible to the async proxy wgmma reads through.
-__device__ __forceinline__ void fence_proxy_async() {
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-
-__device__ __forceinline__ void wgmma_fence() {
-  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-}
-
-__device__ __forceinline__ void wgmma_commit() {
-  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-}
-
-template <int N>
-__device__ __forceinline__ void wgmma_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-
-// The shared-memory matrix descriptor of the PTX ISA: start address, leading and stride
-// byte offsets (each in 16-byte units, 14 bits), swizzle mode 0 (none) in bits 62-63.
-__device__ __forceinline__ unsigned long long smem_desc(unsigned addr, unsigned lbo,
-                                                        unsigned sbo) {
-  return (unsigned long long)((addr & 0x3FFFF) >> 4) |
-         (unsigned long long)((lbo & 0x3FFFF) >> 4) << 16 |
-         (unsigned long long)((sbo & 0x3FFFF) >> 4) << 32;
-}
 
 // S += Q K^T for one 16-feature step: m64n64k16, A and B by descriptor.
 __device__ __forceinline__ void wgmma_ss(float* d, unsigned long long da, unsigned long long db) {
@@ -389,36 +348,6 @@ extern "C" __global__ void __launch_bounds__(256, 1) attn_fwd_bf16s_d64_wgmma(
 #define T_STAGES 3
 #define T_RING (T_STAGES * 2 * W_KV_BYTES)
 #define T_SMEM (W_Q_BYTES + T_RING + 1024 + (1 + 2 * T_STAGES) * 8)
-
-struct alignas(64) TensorMap {
-  unsigned long long bytes[16];
-};
-
-__device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
-}
-
-__device__ __forceinline__ void mbar_arrive(unsigned bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-
-__device__ __forceinline__ void mbar_expect_bytes(unsigned bar, unsigned bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar),
-               "r"(bytes)
-               : "memory");
-}
-
-__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
-  unsigned done;
-  do {
-    asm volatile(
-        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-        "selp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(bar), "r"(parity)
-        : "memory");
-  } while (!done);
-}
 
 // Box {0, pos, head, batch} of `map` into shared memory at `dst`, completing on `bar`.
 __device__ __forceinline__ void tma_load_rows(unsigned dst, const TensorMap* map, int pos,

@@ -20,7 +20,7 @@
 //   (`wgmma.wait_group 1` leaves at most the newest batch in flight).
 //   Requirements the host checks (as for gemm.cu): lda, ldb and the batch strides multiples
 //   of 8 elements, a and b 16-byte aligned. Ragged edges: cp.async's zero-fill. The epilogue
-//   stages: gemm.cu's, copied (each .cu is self-contained).
+//   stages: gemm.cu's (ptx/gemm_epilogue.cuh, included by both).
 //   Launch: block (256), grid (ceil(n / BN), ceil(m / 128), batch), dynamic shared memory
 //   STAGES * (128 + BN) * 64 * 2 bytes (needs the opt-in above 48 KiB).
 //
@@ -34,147 +34,10 @@
 
 #include <cuda_bf16.h>
 
-enum GemmFlags {
-  GEMM_HAS_BIAS = 1,
-};
-
-__device__ __forceinline__ float epilogue(float acc, float alpha, float beta, const float* cij,
-                                          const float* __restrict__ bias, unsigned j,
-                                          unsigned flags) {
-  float v = __fmul_rn(alpha, acc);
-  if (beta != 0.0f) v = fmaf(beta, *cij, v);
-  if (flags & GEMM_HAS_BIAS) v = __fadd_rn(v, bias[j]);
-  return v;
-}
-
-enum GemmEpilogue {
-  GEMM_EPI_NONE = 0,
-  GEMM_EPI_GELU = 1,
-  GEMM_EPI_RESIDUAL = 2,
-  GEMM_EPI_GELU_GRAD = 3,
-};
-
-// e^y for y in [-87, 0] (the caller guarantees it): the CPU's `exp_neg_f32_with`, as in
-// elementwise.cu (each .cu is self-contained).
-__device__ __forceinline__ float exp_neg(float y) {
-  const float ROUND = 12582912.0f;
-  const float LN2_HI = 0.693115234375f;
-  const float LN2_LO = 3.1946183e-5f;
-  float t = __fadd_rn(__fmul_rn(y, 1.44269504088896341f), ROUND);
-  float n = __fsub_rn(t, ROUND);
-  float r = __fsub_rn(__fsub_rn(y, __fmul_rn(n, LN2_HI)), __fmul_rn(n, LN2_LO));
-  float p = 1.3941108e-3f;
-  p = fmaf(p, r, 8.375126e-3f);
-  p = fmaf(p, r, 4.1666353e-2f);
-  p = fmaf(p, r, 0.16666416f);
-  p = fmaf(p, r, 0.5f);
-  p = fmaf(p, r, 1.0f);
-  p = fmaf(p, r, 1.0f);
-  unsigned biased = __float_as_uint(t) - __float_as_uint(ROUND) + 127u;
-  return __fmul_rn(p, __uint_as_float(biased << 23));
-}
-
-// The crate's f32 erf (src/tensor/element.rs, `erf_f32_with`), Horner steps fused.
-__device__ __forceinline__ float erf_crate(float x) {
-  float ax = fabsf(x);
-  float u = __fmul_rn(x, x);
-  float s = -6.0040812e-4f;
-  s = fmaf(s, u, 4.9960202e-3f);
-  s = fmaf(s, u, -2.6768757e-2f);
-  s = fmaf(s, u, 0.11281882f);
-  s = fmaf(s, u, -0.37612501f);
-  s = fmaf(s, u, 1.1283792f);
-  float small = __fmul_rn(x, s);
-  float t = __fmul_rn(__fsub_rn(ax < 4.0f ? ax : 4.0f, 2.4609375f), 1.0f / 1.5390625f);
-  float q = -2.5252094e-6f;
-  q = fmaf(q, t, 5.084193e-5f);
-  q = fmaf(q, t, -2.7686909e-4f);
-  q = fmaf(q, t, 1.0778235e-3f);
-  q = fmaf(q, t, -3.7927477e-3f);
-  q = fmaf(q, t, 1.2618846e-2f);
-  q = fmaf(q, t, -4.084164e-2f);
-  q = fmaf(q, t, 0.13596158f);
-  q = fmaf(q, t, -0.5496212f);
-  q = fmaf(q, t, -1.5429524f);
-  q = __fsub_rn(q, fminf(u, 16.0f));
-  float large = copysignf(__fsub_rn(1.0f, exp_neg(q)), x);
-  float r = ax <= 0.921875f ? small : large;
-  return isnan(x) ? x : r;
-}
-
-__device__ __forceinline__ float gelu(float x) {
-  float e = erf_crate(__fmul_rn(x, 0.70710678118654752f));
-  return __fmul_rn(__fmul_rn(0.5f, x), __fadd_rn(1.0f, e));
-}
-
-// gelu'(x) = Phi(x) + x phi(x), as elementwise.cu's gelu_grad (BINARY_GELU_BACKWARD), step for
-// step. Copied rather than included: scripts/ptx.sh stamps each .ptx with the hash of its
-// one .cu, so a shared header could change without `check` noticing.
-__device__ __forceinline__ float gelu_grad(float x) {
-  float cdf = __fmul_rn(0.5f, __fadd_rn(1.0f, erf_crate(__fmul_rn(x, 0.70710678118654752f))));
-  float pdf = __fmul_rn(0.3989423f, exp_neg(fmaxf(__fmul_rn(__fmul_rn(-0.5f, x), x), -87.0f)));
-  return __fadd_rn(cdf, __fmul_rn(x, pdf));
-}
-
-// The second epilogue stage of both GEMMs on an output value v at (i, j) of batch z, over
-// aux[z * c_bs + i * aux_rs + j] (unread for GEMM_EPI_NONE).
-template <int EPI>
-__device__ __forceinline__ float epilogue_stage(float v, float* aux, unsigned z, unsigned c_bs,
-                                                unsigned i, unsigned aux_rs, unsigned j) {
-  if (EPI == GEMM_EPI_NONE) return v;
-  float* at = aux + (size_t)z * c_bs + (size_t)i * aux_rs + j;
-  if (EPI == GEMM_EPI_GELU) {
-    *at = v;
-    return gelu(v);
-  }
-  if (EPI == GEMM_EPI_RESIDUAL) return __fadd_rn(*at, v);
-  return __fmul_rn(v, gelu_grad(*at));
-}
+#include "gemm_epilogue.cuh"
+#include "sm90.cuh"
 
 extern __shared__ __align__(128) unsigned char wg_dynamic_smem[];
-
-__device__ __forceinline__ unsigned smem_addr(const void* p) {
-  return (unsigned)__cvta_generic_to_shared(p);
-}
-
-__device__ __forceinline__ void cp_async16_zfill(void* dst, const void* src, unsigned src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-               "r"(src_bytes));
-}
-
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-// Makes this thread's shared-memory writes visible to the async proxy wgmma reads through.
-__device__ __forceinline__ void fence_proxy_async() {
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-
-__device__ __forceinline__ void wgmma_fence() {
-  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-}
-
-__device__ __forceinline__ void wgmma_commit() {
-  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-}
-
-template <int N>
-__device__ __forceinline__ void wgmma_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-
-// The shared-memory matrix descriptor of the PTX ISA: start address, leading and stride
-// byte offsets (each in 16-byte units, 14 bits), swizzle mode 0 (none) in bits 62-63.
-__device__ __forceinline__ unsigned long long smem_desc(unsigned addr, unsigned lbo,
-                                                        unsigned sbo) {
-  return (unsigned long long)((addr & 0x3FFFF) >> 4) |
-         (unsigned long long)((lbo & 0x3FFFF) >> 4) << 16 |
-         (unsigned long long)((sbo & 0x3FFFF) >> 4) << 32;
-}
 
 // One wgmma.mma_async.m64nNk16 with f32 accumulators d (N / 2 per thread) added to
 // (scale-d 1): A and B from shared memory through their descriptors, TA / TB 1 for an
@@ -478,10 +341,6 @@ GEMM_WGMMA_EPI_ENTRY(gemm_bf16_nt_gelu_grad_wgmma_256, 256, true, GEMM_EPI_GELU_
 //   TMA_SMEM (the ring, 1 KiB to align it, the mbarriers).
 // ---------------------------------------------------------------------------------------
 
-struct alignas(64) TensorMap {
-  unsigned long long bytes[16];
-};
-
 #define TMA_BN 256
 #define TMA_STAGES 4
 #define TMA_A_STAGE (WG_BM * WG_BK * 2)
@@ -490,32 +349,6 @@ struct alignas(64) TensorMap {
 // One MN-major box: 64 k-rows of 64 elements.
 #define TMA_MN_BOX (64 * WG_BK * 2)
 #define TMA_SMEM (TMA_RING + 1024 + 2 * TMA_STAGES * 8)
-
-__device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
-}
-
-__device__ __forceinline__ void mbar_arrive(unsigned bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-
-__device__ __forceinline__ void mbar_expect_bytes(unsigned bar, unsigned bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar),
-               "r"(bytes)
-               : "memory");
-}
-
-__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
-  unsigned done;
-  do {
-    asm volatile(
-        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-        "selp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(bar), "r"(parity)
-        : "memory");
-  } while (!done);
-}
 
 // Box {x, y, z} of `map` into shared memory at `dst`, completing on mbarrier `bar`.
 __device__ __forceinline__ void tma_load_3d(unsigned dst, const TensorMap* map, int x, int y,

@@ -105,6 +105,49 @@ fn sha256_matches_the_standard_test_vectors() {
     );
 }
 
+/// The local headers `ptx/{name}.cu` includes (`#include "FILE"` lines), in order.
+fn local_includes(cu: &str) -> Vec<String> {
+    cu.lines()
+        .filter_map(|l| l.strip_prefix("#include \""))
+        .filter_map(|l| l.strip_suffix('"'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// What scripts/ptx.sh hashes for a source: the .cu's bytes, then each local header's, in
+/// include order.
+fn source_bytes(name: &str) -> Vec<u8> {
+    let mut bytes = std::fs::read(ptx_dir().join(format!("{name}.cu"))).unwrap();
+    let text = String::from_utf8(bytes.clone()).expect("ptx sources are UTF-8");
+    for h in local_includes(&text) {
+        let header = std::fs::read(ptx_dir().join(&h))
+            .unwrap_or_else(|e| panic!("ptx/{name}.cu includes \"{h}\": {e}"));
+        bytes.extend(header);
+    }
+    bytes
+}
+
+#[test]
+fn local_headers_are_one_level_deep_and_each_is_included() {
+    let headers = files_with("cuh");
+    let mut used = BTreeSet::new();
+    for name in files_with("cu") {
+        let cu = std::fs::read_to_string(ptx_dir().join(format!("{name}.cu"))).unwrap();
+        used.extend(local_includes(&cu));
+    }
+    for h in &headers {
+        let text = std::fs::read_to_string(ptx_dir().join(format!("{h}.cuh"))).unwrap();
+        assert!(
+            local_includes(&text).is_empty(),
+            "ptx/{h}.cuh includes a local header (scripts/ptx.sh hashes one level)"
+        );
+        assert!(
+            used.contains(&format!("{h}.cuh")),
+            "ptx/{h}.cuh is included by no ptx/*.cu"
+        );
+    }
+}
+
 #[test]
 fn every_source_has_its_ptx_and_every_ptx_its_source() {
     let (cu, ptx) = (files_with("cu"), files_with("ptx"));
@@ -137,7 +180,7 @@ fn source_arch(name: &str) -> String {
 #[test]
 fn every_ptx_header_names_the_pinned_nvcc_and_its_sources_current_hash() {
     for name in files_with("cu") {
-        let cu = std::fs::read(ptx_dir().join(format!("{name}.cu"))).unwrap();
+        let cu = source_bytes(&name);
         let ptx = std::fs::read_to_string(ptx_dir().join(format!("{name}.ptx")))
             .unwrap_or_else(|e| panic!("ptx/{name}.ptx: {e}"));
         assert!(
@@ -167,7 +210,8 @@ fn every_ptx_header_names_the_pinned_nvcc_and_its_sources_current_hash() {
         assert_eq!(
             hash,
             sha256(&cu),
-            "ptx/{name}.cu changed since ptx/{name}.ptx was generated (scripts/ptx.sh regen)"
+            "ptx/{name}.cu or a header it includes changed since ptx/{name}.ptx was generated \
+             (scripts/ptx.sh regen)"
         );
     }
 }

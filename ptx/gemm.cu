@@ -59,6 +59,7 @@
 #include <cuda_bf16.h>
 #endif
 
+#include "crate_math.cuh"
 #include "gemm_epilogue.cuh"
 
 #define F_BM 64

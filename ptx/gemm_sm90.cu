@@ -34,6 +34,7 @@
 
 #include <cuda_bf16.h>
 
+#include "crate_math.cuh"
 #include "gemm_epilogue.cuh"
 #include "sm90.cuh"
 

@@ -16,7 +16,8 @@
 #      pack, and the MNIST run cut to 500 steps, its checkpoint scored on cuda and the CPU;
 #   6. the whole model at ImageNet64's shape (p2 C768 T8 K8), `tarflow bench --device cuda`
 #      (the bf16 step also with TARFLOW_WGMMA=1, the warpgroup GEMM tiles, and with
-#      TARFLOW_WGMMA=tma, the NT products on the warp-specialized TMA tile)
+#      TARFLOW_WGMMA=tma, the large products and the attention forward on the
+#      warp-specialized TMA kernels)
 #      and the PyTorch eager peer (scripts/gpu-check/torch_tarflow.py: bf16 autocast, flash
 #      SDPA, KV-cached sampling) at the same batch (MODEL_BATCH, default 16; sampling
 #      SAMPLE_BATCH, default 4), then the peer
@@ -348,7 +349,7 @@ fi
     cat "$LOGS/bench-model-bf16-wgmma.txt" 2>/dev/null
     echo '```'
     echo
-    echo "The same with the NT products on the warp-specialized TMA tile (TARFLOW_WGMMA=tma):"
+    echo "The same with the large products and the attention forward on the TMA kernels (TARFLOW_WGMMA=tma):"
     echo
     echo '```text'
     cat "$LOGS/bench-model-bf16-tma.txt" 2>/dev/null

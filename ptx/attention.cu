@@ -506,48 +506,13 @@ ATTN_BWD_DQ_ENTRY(attn_bwd_dq_bf16s, __nv_bfloat16)
 // [B, H, Nq, Dv], the copy bf16 training keeps for the backward. Tiles, loads and launch:
 // at `attn_fwd_tc` below.
 
-// The inline-PTX helpers (the same as gemm.cu's). scripts/ptx/host/shim.h gives host versions
-// of these for `scripts/ptx.sh host`, which runs this file on the CPU.
+// The inline-PTX helpers (ptx/async_copy_mma.cuh, as gemm.cu's). scripts/ptx/host/shim.h
+// gives host versions of these for `scripts/ptx.sh host`, which runs this file on the CPU.
 #ifndef TARFLOW_HOST_EMULATION
-__device__ __forceinline__ unsigned smem_addr(const void* p) {
-  return (unsigned)__cvta_generic_to_shared(p);
-}
-
-__device__ __forceinline__ void ldmatrix_x4(unsigned* r, const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
-}
-
-__device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
-}
-
-__device__ __forceinline__ void mma_bf16(float* d, const unsigned* a, const unsigned* b) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
+#include "async_copy_mma.cuh"
 
 extern __shared__ __align__(16) unsigned char attn_dynamic_smem[];
 
-// Copies `src_bytes` (0 or 16 here) from global `src` and zero-fills the rest of the 16
-// bytes at `dst`. With src_bytes 0 nothing is read.
-__device__ __forceinline__ void cp_async16_zfill(void* dst, const void* src, unsigned src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-               "r"(src_bytes));
-}
-
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
 #else
 #define attn_dynamic_smem host_dynamic_smem
 #endif

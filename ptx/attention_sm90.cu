@@ -41,6 +41,7 @@
 
 #include <cuda_bf16.h>
 
+#include "async_copy_mma.cuh"
 #include "sm90.cuh"
 
 #define FULL_MASK 0xffffffffu

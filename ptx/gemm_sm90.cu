@@ -36,6 +36,7 @@
 
 #include "crate_math.cuh"
 #include "gemm_epilogue.cuh"
+#include "async_copy_mma.cuh"
 #include "sm90.cuh"
 
 extern __shared__ __align__(128) unsigned char wg_dynamic_smem[];

@@ -1,23 +1,7 @@
-// The Hopper helpers gemm_sm90.cu and attention_sm90.cu share: shared-memory addresses and
-// cp.async, the wgmma fences and descriptors, the mbarriers and the tensor-map parameter of
-// a TMA copy. Included by both (scripts/ptx.sh hashes a .cu together with the headers it
+// The Hopper helpers gemm_sm90.cu and attention_sm90.cu share: the wgmma fences and
+// descriptors, the mbarriers and the tensor-map parameter of a TMA copy. Included by both
+// after async_copy_mma.cuh (scripts/ptx.sh hashes a .cu together with the headers it
 // includes, so a change here shows in both modules' `check`).
-
-__device__ __forceinline__ unsigned smem_addr(const void* p) {
-  return (unsigned)__cvta_generic_to_shared(p);
-}
-
-__device__ __forceinline__ void cp_async16_zfill(void* dst, const void* src, unsigned src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-               "r"(src_bytes));
-}
-
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
 
 // Makes this thread's shared-memory writes visible to the async proxy wgmma reads through.
 __device__ __forceinline__ void fence_proxy_async() {

@@ -1,8 +1,8 @@
-// The inline-PTX helpers of the tensor-core modules (gemm.cu, attention.cu and, for the
-// copies, the sm_90 ones): the shared-memory address of a pointer, the 16-byte cp.async with
-// zero fill and its groups, ldmatrix and the bf16 mma.sync. gemm.cu and attention.cu include
-// it for the device only: scripts/ptx/host/shim.h gives host versions for `scripts/ptx.sh
-// host`, which runs those files on the CPU.
+// The inline-PTX helpers of the tensor-core modules (gemm.cu, attention.cu, peak.cu's
+// ceiling and, for the copies, the sm_90 ones): the shared-memory address of a pointer, the
+// 16-byte cp.async with zero fill and its groups, ldmatrix and the bf16 mma.sync. gemm.cu,
+// attention.cu and peak.cu include it for the device only: scripts/ptx/host/shim.h gives
+// host versions for `scripts/ptx.sh host`, which runs those files on the CPU.
 
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
   return (unsigned)__cvta_generic_to_shared(p);

@@ -18,14 +18,9 @@
 //   bandwidth a streaming kernel can reach (each byte read once and written once).
 //   Launch: block (256), any grid.
 
+// The kernels' own mma_bf16 (the host shim has its version for `scripts/ptx.sh host`).
 #ifndef TARFLOW_HOST_EMULATION
-__device__ __forceinline__ void mma_bf16(float* d, const unsigned* a, const unsigned* b) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
+#include "async_copy_mma.cuh"
 #endif
 
 #define PEAK_CHAINS 8

@@ -456,14 +456,22 @@ __device__ __forceinline__ void acc_as_a(unsigned* a, const float* s, int kk) {
   a[3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
 }
 
-// Descriptors of a 64 x 64 k-major tile at `base`: rows along n, features along k (k-step
-// ks), or transposed, features along n and rows along k (k-step kk of 16 rows).
-__device__ __forceinline__ unsigned long long tile_by_rows(unsigned base, int ks) {
-  return smem_desc(base + ks * 256, 128, W_ROW_BLOCK);
-}
-__device__ __forceinline__ unsigned long long tile_by_cols(unsigned base, int kk) {
-  return smem_desc(base + kk * 2 * W_ROW_BLOCK, W_ROW_BLOCK, 128);
-}
+// Descriptors of a 64 x 64 tile at `base` (64 positions by 64 features) read with the rows
+// along n and the features along k (k-step ks), or transposed, features along n and rows
+// along k (k-step kk of 16 rows). SWIZZLED false: the canonical k-major no-swizzle layout
+// load_rows writes; true: the 128-byte swizzled box a TMA copy writes, read k-major or
+// MN-major as the forward reads its Q and K, or its V.
+template <bool SWIZZLED>
+struct BwdDescs {
+  static __device__ __forceinline__ unsigned long long rows(unsigned base, int ks) {
+    if (SWIZZLED) return FwdDescs<true>::qk(base, ks);
+    return smem_desc(base + ks * 256, 128, W_ROW_BLOCK);
+  }
+  static __device__ __forceinline__ unsigned long long cols(unsigned base, int kk) {
+    if (SWIZZLED) return FwdDescs<true>::v(base, kk);
+    return smem_desc(base + kk * 2 * W_ROW_BLOCK, W_ROW_BLOCK, 128);
+  }
+};
 
 #define BWD_TILE (64 * W_D * 2)
 
@@ -477,10 +485,12 @@ __device__ __forceinline__ void load_pair(unsigned char* stage,
   load_rows<64, true, 128>(stage + BWD_TILE, b, row0, rows, b_rs);
 }
 
-// s = A1 T1^T and dp = A2 T2^T for the k-major 64 x 64 tiles at t1 and t2, A1 and A2 the
-// warpgroup's rows as A fragments; waits for both.
+// s = A1 T1^T and dp = A2 T2^T for the 64 x 64 tiles at t1 and t2 (read by rows), A1 and
+// A2 the warpgroup's rows as A fragments; waits for both.
+template <bool SWIZZLED>
 __device__ __forceinline__ void two_products(float* s, float* dp, const unsigned (*a1)[4],
                                              const unsigned (*a2)[4], unsigned t1, unsigned t2) {
+  using D = BwdDescs<SWIZZLED>;
 #pragma unroll
   for (int i = 0; i < 32; ++i) {
     s[i] = 0.0f;
@@ -488,11 +498,94 @@ __device__ __forceinline__ void two_products(float* s, float* dp, const unsigned
   }
   wgmma_fence();
 #pragma unroll
-  for (int ks = 0; ks < W_D / 16; ++ks) wgmma_rs<0>(s, a1[ks], tile_by_rows(t1, ks));
+  for (int ks = 0; ks < W_D / 16; ++ks) wgmma_rs<0>(s, a1[ks], D::rows(t1, ks));
 #pragma unroll
-  for (int ks = 0; ks < W_D / 16; ++ks) wgmma_rs<0>(dp, a2[ks], tile_by_rows(t2, ks));
+  for (int ks = 0; ks < W_D / 16; ++ks) wgmma_rs<0>(dp, a2[ks], D::rows(t2, ks));
   wgmma_commit();
   wgmma_wait<0>();
+}
+
+// The state of a warpgroup's 64 keys in the dK / dV kernels: K and V as A fragments, the
+// gradients' accumulators, and this thread's two keys (group and group + 8 of its warp's 16).
+struct KeyRows {
+  unsigned ka[W_D / 16][4], va[W_D / 16][4];
+  float dka[32], dva[32];
+  unsigned j_row[2];
+};
+
+// The warpgroup's keys k0 .. k0 + 63 of k and v (already offset to the head), the
+// accumulators zeroed.
+__device__ __forceinline__ void key_rows_init(KeyRows& st, const __nv_bfloat16* __restrict__ k,
+                                              const __nv_bfloat16* __restrict__ v, unsigned k0,
+                                              unsigned nk, unsigned k_sn, unsigned v_sn,
+                                              unsigned w, unsigned group) {
+  rows_as_a(st.ka, k, k0, nk, k_sn);
+  rows_as_a(st.va, v, k0, nk, v_sn);
+  st.j_row[0] = k0 + w * 16 + group;
+  st.j_row[1] = k0 + w * 16 + group + 8;
+#pragma unroll
+  for (int i = 0; i < 32; ++i) {
+    st.dka[i] = 0.0f;
+    st.dva[i] = 0.0f;
+  }
+}
+
+// One query tile (queries i0 .. i0 + 63; Q and dO at qs and gs, their lse and D at Lt and
+// Dt) for a warpgroup's keys: S^T = K Q^T and dP^T = V dO^T, P^T and dS^T in their place
+// (masked entries 0), dV += P^T dO and dK += dS^T Q; every product retired before it
+// returns.
+template <bool SWIZZLED>
+__device__ __forceinline__ void dkdv_tile(KeyRows& st, unsigned qs, unsigned gs,
+                                          const float* Lt, const float* Dt, unsigned i0,
+                                          unsigned nq, unsigned nk, unsigned off,
+                                          unsigned causal, float scale_log2, unsigned tig) {
+  using D = BwdDescs<SWIZZLED>;
+  // The warpgroup's 64 keys by the tile's 64 queries.
+  float s[32], dp[32];
+  two_products<SWIZZLED>(s, dp, st.ka, st.va, qs, gs);
+#pragma unroll
+  for (int x = 0; x < 32; ++x) {
+    unsigned c = (x >> 2) * 8 + 2 * tig + (x & 1);
+    unsigned i = i0 + c, j = st.j_row[(x >> 1) & 1];
+    bool vis = i < nq && j < nk && visible(causal, i, j, off);
+    float pv = vis ? exp2f(fmaf(s[x], scale_log2, -Lt[c])) : 0.0f;
+    s[x] = pv;
+    dp[x] = vis ? pv * (dp[x] - Dt[c]) : 0.0f;
+  }
+  // Over the tile's 64 queries, 16 at a time.
+  unsigned pa[4][4], da[4][4];
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    acc_as_a(pa[kk], s, kk);
+    acc_as_a(da[kk], dp, kk);
+  }
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) wgmma_rs<1>(st.dva, pa[kk], D::cols(gs, kk));
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) wgmma_rs<1>(st.dka, da[kk], D::cols(qs, kk));
+  wgmma_commit();
+  wgmma_wait<0>();
+}
+
+// The warpgroup's dK (times alpha) and dV rows.
+__device__ __forceinline__ void key_rows_store(const KeyRows& st, float* __restrict__ dk,
+                                               float* __restrict__ dvo, unsigned nk,
+                                               unsigned dk_sn, unsigned dk_sd, unsigned dv_sn,
+                                               unsigned dv_sd, float alpha, unsigned tig) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    unsigned j = st.j_row[h];
+    if (j >= nk) continue;
+#pragma unroll
+    for (int f = 0; f < 8; ++f)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        unsigned c = f * 8 + 2 * tig + e;
+        dk[(size_t)j * dk_sn + (size_t)c * dk_sd] = alpha * st.dka[4 * f + 2 * h + e];
+        dvo[(size_t)j * dv_sn + (size_t)c * dv_sd] = st.dva[4 * f + 2 * h + e];
+      }
+  }
 }
 
 extern "C" __global__ void __launch_bounds__(128) attn_bwd_dkdv_bf16_d64_wgmma(
@@ -535,17 +628,8 @@ extern "C" __global__ void __launch_bounds__(128) attn_bwd_dkdv_bf16_d64_wgmma(
     }
   }
   cp_async_commit();
-  unsigned ka[W_D / 16][4], va[W_D / 16][4];
-  rows_as_a(ka, k, k0, nk, k_sn);
-  rows_as_a(va, v, k0, nk, v_sn);
-  // Keys group and group + 8 of the warp's 16.
-  unsigned j_row[2] = {k0 + w * 16 + group, k0 + w * 16 + group + 8};
-  float dka[32], dva[32];
-#pragma unroll
-  for (int i = 0; i < 32; ++i) {
-    dka[i] = 0.0f;
-    dva[i] = 0.0f;
-  }
+  KeyRows st;
+  key_rows_init(st, k, v, k0, nk, k_sn, v_sn, w, group);
 
   for (unsigned t = 0; t < ntiles; ++t) {
     unsigned i0 = i_start + t * 64;
@@ -563,54 +647,92 @@ extern "C" __global__ void __launch_bounds__(128) attn_bwd_dkdv_bf16_d64_wgmma(
       l_next = i < nq ? lse[i] : 0.0f;
       d_next = i < nq ? dd[i] : 0.0f;
     }
-    unsigned qs = smem_addr(ring + (t & 1) * 2 * BWD_TILE), gs = qs + BWD_TILE;
-    const float* Lt = Ls[t & 1];
-    const float* Dt = Ds[t & 1];
-    // S^T = K Q^T and dP^T = V dO^T: the warpgroup's 64 keys by the tile's 64 queries.
-    float s[32], dp[32];
-    two_products(s, dp, ka, va, qs, gs);
-    // P^T and dS^T in place of S^T and dP^T (masked entries 0).
-#pragma unroll
-    for (int x = 0; x < 32; ++x) {
-      unsigned c = (x >> 2) * 8 + 2 * tig + (x & 1);
-      unsigned i = i0 + c, j = j_row[(x >> 1) & 1];
-      bool vis = i < nq && j < nk && visible(causal, i, j, off);
-      float pv = vis ? exp2f(fmaf(s[x], scale_log2, -Lt[c])) : 0.0f;
-      s[x] = pv;
-      dp[x] = vis ? pv * (dp[x] - Dt[c]) : 0.0f;
-    }
-    // dV += P^T dO and dK += dS^T Q over the tile's 64 queries, 16 at a time.
-    unsigned pa[4][4], da[4][4];
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      acc_as_a(pa[kk], s, kk);
-      acc_as_a(da[kk], dp, kk);
-    }
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma_rs<1>(dva, pa[kk], tile_by_cols(gs, kk));
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma_rs<1>(dka, da[kk], tile_by_cols(qs, kk));
-    wgmma_commit();
-    wgmma_wait<0>();
+    unsigned qs = smem_addr(ring + (t & 1) * 2 * BWD_TILE);
+    dkdv_tile<false>(st, qs, qs + BWD_TILE, Ls[t & 1], Ds[t & 1], i0, nq, nk, off, causal,
+                     scale_log2, tig);
     // The other lse / D buffer was last read in iteration t - 1, before this one's barrier.
     if (next && threadIdx.x < 64) {
       Ls[(t + 1) & 1][threadIdx.x] = l_next;
       Ds[(t + 1) & 1][threadIdx.x] = d_next;
     }
   }
+  key_rows_store(st, dk, dvo, nk, dk_sn, dk_sd, dv_sn, dv_sd, alpha, tig);
+}
 
+// The state of a warpgroup's 64 queries in the dQ kernels: Q and dO as A fragments, the
+// accumulators, and this thread's two queries with their lse and D.
+struct QueryRows {
+  unsigned qa[W_D / 16][4], ga[W_D / 16][4];
+  float acc[32];
+  unsigned i_row[2];
+  float lse_r[2], d_r[2];
+};
+
+// The warpgroup's queries r0 .. r0 + 63 of q and g (offset to the head) and of lse and dd
+// (offset to the head's rows).
+__device__ __forceinline__ void query_rows_init(QueryRows& st, const __nv_bfloat16* __restrict__ q,
+                                                const __nv_bfloat16* __restrict__ g,
+                                                const float* __restrict__ lse,
+                                                const float* __restrict__ dd, unsigned r0,
+                                                unsigned nq, unsigned q_sn, unsigned g_sn,
+                                                unsigned w, unsigned group) {
+  rows_as_a(st.qa, q, r0, nq, q_sn);
+  rows_as_a(st.ga, g, r0, nq, g_sn);
+  st.i_row[0] = r0 + w * 16 + group;
+  st.i_row[1] = r0 + w * 16 + group + 8;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    unsigned j = j_row[h];
-    if (j >= nk) continue;
+    bool in = st.i_row[h] < nq;
+    st.lse_r[h] = in ? lse[st.i_row[h]] : 0.0f;
+    st.d_r[h] = in ? dd[st.i_row[h]] : 0.0f;
+  }
+#pragma unroll
+  for (int i = 0; i < 32; ++i) st.acc[i] = 0.0f;
+}
+
+// One key tile (keys k0 .. k0 + 63, K and V at ks_ and vs_) for a warpgroup's queries:
+// S = Q K^T and dP = dO V^T, dS in S's place, dQ += dS K; every product retired before it
+// returns.
+template <bool SWIZZLED>
+__device__ __forceinline__ void dq_tile(QueryRows& st, unsigned ks_, unsigned vs_, unsigned k0,
+                                        unsigned nq, unsigned nk, unsigned off,
+                                        unsigned causal, float scale_log2, unsigned tig) {
+  using D = BwdDescs<SWIZZLED>;
+  // The warpgroup's 64 queries by the tile's 64 keys.
+  float s[32], dp[32];
+  two_products<SWIZZLED>(s, dp, st.qa, st.ga, ks_, vs_);
+#pragma unroll
+  for (int x = 0; x < 32; ++x) {
+    unsigned j = k0 + (x >> 2) * 8 + 2 * tig + (x & 1), h = (x >> 1) & 1, i = st.i_row[h];
+    bool vis = i < nq && j < nk && visible(causal, i, j, off);
+    float pv = vis ? exp2f(fmaf(s[x], scale_log2, -st.lse_r[h])) : 0.0f;
+    s[x] = vis ? pv * (dp[x] - st.d_r[h]) : 0.0f;
+  }
+  // Over the tile's 64 keys, 16 at a time.
+  unsigned da[4][4];
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) acc_as_a(da[kk], s, kk);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) wgmma_rs<1>(st.acc, da[kk], D::cols(ks_, kk));
+  wgmma_commit();
+  wgmma_wait<0>();
+}
+
+// The warpgroup's dQ rows (times alpha).
+__device__ __forceinline__ void query_rows_store(const QueryRows& st, float* __restrict__ dq,
+                                                 unsigned nq, unsigned dq_sn, unsigned dq_sd,
+                                                 float alpha, unsigned tig) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    unsigned i = st.i_row[h];
+    if (i >= nq) continue;
 #pragma unroll
     for (int f = 0; f < 8; ++f)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         unsigned c = f * 8 + 2 * tig + e;
-        dk[(size_t)j * dk_sn + (size_t)c * dk_sd] = alpha * dka[4 * f + 2 * h + e];
-        dvo[(size_t)j * dv_sn + (size_t)c * dv_sd] = dva[4 * f + 2 * h + e];
+        dq[(size_t)i * dq_sn + (size_t)c * dq_sd] = alpha * st.acc[4 * f + 2 * h + e];
       }
   }
 }
@@ -642,21 +764,8 @@ extern "C" __global__ void __launch_bounds__(128) attn_bwd_dq_bf16_d64_wgmma(
 
   if (ntiles > 0) load_pair(ring, k, k_sn, v, v_sn, 0, nk);
   cp_async_commit();
-  unsigned qa[W_D / 16][4], ga[W_D / 16][4];
-  rows_as_a(qa, q, q0, nq, q_sn);
-  rows_as_a(ga, g, q0, nq, g_sn);
-  // Queries group and group + 8 of the warp's 16.
-  unsigned i_row[2] = {q0 + w * 16 + group, q0 + w * 16 + group + 8};
-  float lse_r[2], d_r[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    bool in = i_row[h] < nq;
-    lse_r[h] = in ? lse[row0 + i_row[h]] : 0.0f;
-    d_r[h] = in ? dd[row0 + i_row[h]] : 0.0f;
-  }
-  float acc[32];
-#pragma unroll
-  for (int i = 0; i < 32; ++i) acc[i] = 0.0f;
+  QueryRows st;
+  query_rows_init(st, q, g, lse + row0, dd + row0, q0, nq, q_sn, g_sn, w, group);
 
   for (unsigned t = 0; t < ntiles; ++t) {
     unsigned k0 = t * 64;
@@ -668,38 +777,180 @@ extern "C" __global__ void __launch_bounds__(128) attn_bwd_dq_bf16_d64_wgmma(
     if (t + 1 < ntiles)
       load_pair(ring + ((t + 1) & 1) * 2 * BWD_TILE, k, k_sn, v, v_sn, k0 + 64, nk);
     cp_async_commit();
-    unsigned ks_ = smem_addr(ring + (t & 1) * 2 * BWD_TILE), vs_ = ks_ + BWD_TILE;
-    // S = Q K^T and dP = dO V^T: the warpgroup's 64 queries by the tile's 64 keys.
-    float s[32], dp[32];
-    two_products(s, dp, qa, ga, ks_, vs_);
-#pragma unroll
-    for (int x = 0; x < 32; ++x) {
-      unsigned j = k0 + (x >> 2) * 8 + 2 * tig + (x & 1), h = (x >> 1) & 1, i = i_row[h];
-      bool vis = i < nq && j < nk && visible(causal, i, j, off);
-      float pv = vis ? exp2f(fmaf(s[x], scale_log2, -lse_r[h])) : 0.0f;
-      s[x] = vis ? pv * (dp[x] - d_r[h]) : 0.0f;
-    }
-    // dQ += dS K over the tile's 64 keys, 16 at a time.
-    unsigned da[4][4];
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) acc_as_a(da[kk], s, kk);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma_rs<1>(acc, da[kk], tile_by_cols(ks_, kk));
-    wgmma_commit();
-    wgmma_wait<0>();
+    unsigned ks_ = smem_addr(ring + (t & 1) * 2 * BWD_TILE);
+    dq_tile<false>(st, ks_, ks_ + BWD_TILE, k0, nq, nk, off, causal, scale_log2, tig);
   }
+  query_rows_store(st, dq, nq, dq_sn, dq_sd, alpha, tig);
+}
 
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    unsigned i = i_row[h];
-    if (i >= nq) continue;
-#pragma unroll
-    for (int f = 0; f < 8; ++f)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        unsigned c = f * 8 + 2 * tig + e;
-        dq[(size_t)i * dq_sn + (size_t)c * dq_sd] = alpha * acc[4 * f + 2 * h + e];
-      }
+// ---- the backward fed by TMA ----
+//
+// attn_bwd_dkdv_bf16_d64_tma, attn_bwd_dq_bf16_d64_tma: the wgmma backward's computation
+//   (the same dkdv_tile / dq_tile per tile, so the same bits) on warp-specialized CTAs of
+//   three warpgroups, as attn_fwd_bf16s_d64_tma: the first only feeds (one thread issues
+//   every copy; the warpgroup gives up registers with `setmaxnreg`), the other two compute
+//   64 keys (dK / dV) or 64 queries (dQ) each, 128 per CTA, and release each stage with one
+//   arrival per warp. Their own rows are loaded once from global memory as in the wgmma
+//   kernels; the ring carries the other side's tiles as 128-byte swizzled TMA boxes, read
+//   k-major and MN-major from the same bytes.
+//   dK / dV: per query tile, Q's and dO's boxes (maps of q and of the bf16 copy of dO, as
+//   the forward's: {64 features, positions, heads, batch}) and 64 entries each of lse and D
+//   (one-dimensional maps over all [b, h, nq] rows: entries past a head's queries are
+//   masked, past the last row zero-filled). A warpgroup skips (still waiting and releasing)
+//   the tiles whose queries see none of its keys, and a warpgroup with no keys every tile.
+//   dQ: per key tile, K's and V's boxes. A warpgroup skips the tiles past its last row's
+//   keys, and every tile when it has no rows; the CTAs run the longest query tiles first.
+//   Launch: 384 threads, grid (ceil(Nk / 128) or ceil(Nq / 128), heads, batch), BK_SMEM or
+//   BQ_SMEM bytes of dynamic shared memory (the ring, 1 KiB to align it, the mbarriers).
+
+#define B_STAGES 3
+// A dK / dV stage: Q, dO, then lse and D (256 bytes each), padded to the swizzle's 1,024.
+#define BK_STAGE (2 * BWD_TILE + 1024)
+#define BK_SMEM (B_STAGES * BK_STAGE + 1024 + 2 * B_STAGES * 8)
+#define BQ_STAGE (2 * BWD_TILE)
+#define BQ_SMEM (B_STAGES * BQ_STAGE + 1024 + 2 * B_STAGES * 8)
+
+// Entries x .. x + 63 of the one-dimensional f32 map into shared memory at `dst`.
+__device__ __forceinline__ void tma_load_vec(unsigned dst, const TensorMap* map, int x,
+                                             unsigned bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.1d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2}], [%3];\n" ::"r"(dst),
+      "l"((unsigned long long)map), "r"(x), "r"(bar)
+      : "memory");
+}
+
+// The mbarriers at `full0` (one arrival and the stage's bytes) and `empty0` (one arrival per
+// consumer warp) for `stages` stages, initialised by thread 0 before the CTA's first barrier.
+__device__ __forceinline__ void ring_init(unsigned full0, unsigned empty0, int stages) {
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < stages; ++s) {
+      mbar_init(full0 + 8 * s, 1);
+      mbar_init(empty0 + 8 * s, 8);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
+  __syncthreads();
+}
+
+extern "C" __global__ void __launch_bounds__(384, 1) attn_bwd_dkdv_bf16_d64_tma(
+    float* __restrict__ dk, float* __restrict__ dvo, const __grid_constant__ TensorMap q_map,
+    const __nv_bfloat16* __restrict__ k, const __nv_bfloat16* __restrict__ v,
+    const __grid_constant__ TensorMap g_map, const __grid_constant__ TensorMap lse_map,
+    const __grid_constant__ TensorMap dd_map, unsigned nq, unsigned nk, unsigned dh,
+    unsigned dv, unsigned q_sb, unsigned q_sh, unsigned q_sn, unsigned q_sd, unsigned k_sb,
+    unsigned k_sh, unsigned k_sn, unsigned k_sd, unsigned v_sb, unsigned v_sh, unsigned v_sn,
+    unsigned v_sd, unsigned g_sb, unsigned g_sh, unsigned g_sn, unsigned g_sd, unsigned dk_sb,
+    unsigned dk_sh, unsigned dk_sn, unsigned dk_sd, unsigned dv_sb, unsigned dv_sh,
+    unsigned dv_sn, unsigned dv_sd, float scale_log2, float alpha, unsigned causal) {
+  unsigned smem0 = smem_addr(attn_wg_smem);
+  unsigned ring = (smem0 + 1023) & ~1023u;
+  unsigned full0 = ring + B_STAGES * BK_STAGE, empty0 = full0 + 8 * B_STAGES;
+  unsigned bz = blockIdx.z, hy = blockIdx.y;
+  unsigned kc = blockIdx.x * 128;
+  unsigned off = causal ? nk - nq : 0;
+  // The first query that sees key kc is kc - off; start at its tile.
+  unsigned i_start = ((causal && kc > off) ? kc - off : 0) & ~63u;
+  unsigned ntiles = nq > i_start ? (nq - i_start + 63) / 64 : 0;
+  ring_init(full0, empty0, B_STAGES);
+  if (threadIdx.x < 128) {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+    if (threadIdx.x == 0) {
+      int row0 = (int)((bz * gridDim.y + hy) * nq);
+      for (unsigned t = 0; t < ntiles; ++t) {
+        unsigned s = t % B_STAGES, i0 = i_start + t * 64;
+        mbar_wait(empty0 + 8 * s, ((t / B_STAGES) & 1) ^ 1);
+        unsigned full = full0 + 8 * s, at = ring + s * BK_STAGE;
+        mbar_expect_bytes(full, 2 * BWD_TILE + 2 * 64 * 4);
+        tma_load_rows(at, &q_map, i0, hy, bz, full);
+        tma_load_rows(at + BWD_TILE, &g_map, i0, hy, bz, full);
+        tma_load_vec(at + 2 * BWD_TILE, &lse_map, row0 + i0, full);
+        tma_load_vec(at + 2 * BWD_TILE + 256, &dd_map, row0 + i0, full);
+      }
+    }
+    return;
+  }
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+  unsigned ct = threadIdx.x - 128;
+  unsigned lane = ct & 31, w = (ct >> 5) & 3, wg = ct >> 7;
+  unsigned group = lane >> 2, tig = lane & 3;
+  k += (size_t)bz * k_sb + (size_t)hy * k_sh;
+  v += (size_t)bz * v_sb + (size_t)hy * v_sh;
+  dk += (size_t)bz * dk_sb + (size_t)hy * dk_sh;
+  dvo += (size_t)bz * dv_sb + (size_t)hy * dv_sh;
+  unsigned k0 = kc + wg * 64;
+  KeyRows st;
+  key_rows_init(st, k, v, k0, nk, k_sn, v_sn, w, group);
+  // The stages' lse and D through generic pointers.
+  const unsigned char* ring_g = attn_wg_smem + (ring - smem0);
+  for (unsigned t = 0; t < ntiles; ++t) {
+    unsigned s = t % B_STAGES, i0 = i_start + t * 64;
+    mbar_wait(full0 + 8 * s, (t / B_STAGES) & 1);
+    // Tile i0 reaches key k0 when its last query does: i0 + 63 + off >= k0.
+    if (k0 < nk && !(causal && i0 + 63 + off < k0)) {
+      unsigned qs = ring + s * BK_STAGE;
+      const float* Lt = reinterpret_cast<const float*>(ring_g + s * BK_STAGE + 2 * BWD_TILE);
+      dkdv_tile<true>(st, qs, qs + BWD_TILE, Lt, Lt + 64, i0, nq, nk, off, causal, scale_log2,
+                      tig);
+    }
+    __syncwarp();
+    if (lane == 0) mbar_arrive(empty0 + 8 * s);
+  }
+  key_rows_store(st, dk, dvo, nk, dk_sn, dk_sd, dv_sn, dv_sd, alpha, tig);
+}
+
+extern "C" __global__ void __launch_bounds__(384, 1) attn_bwd_dq_bf16_d64_tma(
+    float* __restrict__ dq, const __nv_bfloat16* __restrict__ q,
+    const __grid_constant__ TensorMap k_map, const __grid_constant__ TensorMap v_map,
+    const __nv_bfloat16* __restrict__ g, const float* __restrict__ lse,
+    const float* __restrict__ dd, unsigned nq, unsigned nk, unsigned dh, unsigned dv,
+    unsigned q_sb, unsigned q_sh, unsigned q_sn, unsigned q_sd, unsigned k_sb, unsigned k_sh,
+    unsigned k_sn, unsigned k_sd, unsigned v_sb, unsigned v_sh, unsigned v_sn, unsigned v_sd,
+    unsigned g_sb, unsigned g_sh, unsigned g_sn, unsigned g_sd, unsigned dq_sb, unsigned dq_sh,
+    unsigned dq_sn, unsigned dq_sd, float scale_log2, float alpha, unsigned causal) {
+  unsigned ring = (smem_addr(attn_wg_smem) + 1023) & ~1023u;
+  unsigned full0 = ring + B_STAGES * BQ_STAGE, empty0 = full0 + 8 * B_STAGES;
+  unsigned bz = blockIdx.z, hy = blockIdx.y;
+  unsigned q0 = (causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x) * 128;
+  unsigned off = causal ? nk - nq : 0;
+  unsigned qend = min(nq, q0 + 128);
+  unsigned kend = causal ? min(nk, qend + off) : nk;
+  unsigned ntiles = (kend + 63) / 64;
+  ring_init(full0, empty0, B_STAGES);
+  if (threadIdx.x < 128) {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+    if (threadIdx.x == 0) {
+      for (unsigned t = 0; t < ntiles; ++t) {
+        unsigned s = t % B_STAGES;
+        mbar_wait(empty0 + 8 * s, ((t / B_STAGES) & 1) ^ 1);
+        unsigned full = full0 + 8 * s, at = ring + s * BQ_STAGE;
+        mbar_expect_bytes(full, 2 * BWD_TILE);
+        tma_load_rows(at, &k_map, t * 64, hy, bz, full);
+        tma_load_rows(at + BWD_TILE, &v_map, t * 64, hy, bz, full);
+      }
+    }
+    return;
+  }
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+  unsigned ct = threadIdx.x - 128;
+  unsigned lane = ct & 31, w = (ct >> 5) & 3, wg = ct >> 7;
+  unsigned group = lane >> 2, tig = lane & 3;
+  q += (size_t)bz * q_sb + (size_t)hy * q_sh;
+  g += (size_t)bz * g_sb + (size_t)hy * g_sh;
+  dq += (size_t)bz * dq_sb + (size_t)hy * dq_sh;
+  size_t row0 = ((size_t)bz * gridDim.y + hy) * nq;
+  unsigned r0 = q0 + wg * 64;
+  QueryRows st;
+  query_rows_init(st, q, g, lse + row0, dd + row0, r0, nq, q_sn, g_sn, w, group);
+  for (unsigned t = 0; t < ntiles; ++t) {
+    unsigned s = t % B_STAGES, k0 = t * 64;
+    mbar_wait(full0 + 8 * s, (t / B_STAGES) & 1);
+    // The warpgroup's last row sees keys up to r0 + 63 + off.
+    if (r0 < nq && !(causal && k0 > r0 + 63 + off)) {
+      unsigned ks_ = ring + s * BQ_STAGE;
+      dq_tile<true>(st, ks_, ks_ + BWD_TILE, k0, nq, nk, off, causal, scale_log2, tig);
+    }
+    if (lane == 0) mbar_arrive(empty0 + 8 * s);
+  }
+  query_rows_store(st, dq, nq, dq_sn, dq_sd, alpha, tig);
 }

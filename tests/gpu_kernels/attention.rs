@@ -8,9 +8,9 @@
 
 use half::bf16;
 use tarflow::gpu::kernels::{
-    attn_bwd, attn_bwd_stored, attn_bwd_wgmma, attn_decode, attn_fwd, attn_fwd_saving_bf16,
-    attn_fwd_tma, attn_fwd_wgmma, decode_scratch_len, AttnBwd, AttnDecode, AttnDims, AttnFwd,
-    AttnPrecision, AttnScores, AttnStorage, AttnView, ATTN_MAX_HEAD_DIM,
+    attn_bwd, attn_bwd_stored, attn_bwd_tma, attn_bwd_wgmma, attn_decode, attn_fwd,
+    attn_fwd_saving_bf16, attn_fwd_tma, attn_fwd_wgmma, decode_scratch_len, AttnBwd, AttnDecode,
+    AttnDims, AttnFwd, AttnPrecision, AttnScores, AttnStorage, AttnView, ATTN_MAX_HEAD_DIM,
 };
 use tarflow::gpu::{DevicePtr, Driver};
 use tarflow::Rng;
@@ -953,20 +953,25 @@ fn tensor_core_backward(d: &dyn Driver, dims: AttnDims, scores: AttnScores, seed
         dv: heads(shapes[2]).view(grads[2]),
     };
     attn_bwd_stored(d, &bwd, AttnStorage::Bf16TensorCores).unwrap();
-    // The warpgroup kernels (a 9.0 GPU or the interpreter) on the same inputs: on the
-    // interpreter the same bits; on a GPU held to the same reference below.
+    // The warpgroup kernels, cp.async-fed and TMA-fed (a 9.0 GPU or the interpreter), on
+    // the same inputs: on the interpreter the same bits; on a GPU held to the same
+    // reference below.
     let cc = d.compute_capability().unwrap();
-    let wg_grads: Vec<DevicePtr> = grad_lens.iter().map(|&n| poisoned_f32(d, n)).collect();
     let wgmma = cc.is_none_or(|cc| cc == (9, 0));
-    if wgmma {
+    type HopperBwd = fn(&dyn Driver, &AttnBwd) -> tarflow::Result<()>;
+    let hopper: [(&str, HopperBwd); 2] = [("wgmma", attn_bwd_wgmma), ("TMA", attn_bwd_tma)];
+    let mut hopper_grads = Vec::new();
+    for (kind, run) in hopper.into_iter().filter(|_| wgmma) {
+        let gr: Vec<DevicePtr> = grad_lens.iter().map(|&n| poisoned_f32(d, n)).collect();
         let wg = AttnBwd {
-            dq: heads(shapes[0]).view(wg_grads[0]),
-            dk: heads(shapes[1]).view(wg_grads[1]),
-            dv: heads(shapes[2]).view(wg_grads[2]),
+            dq: heads(shapes[0]).view(gr[0]),
+            dk: heads(shapes[1]).view(gr[1]),
+            dv: heads(shapes[2]).view(gr[2]),
             delta: poisoned_f32(d, b * h * nq),
             ..bwd
         };
-        attn_bwd_wgmma(d, &wg).unwrap();
+        run(d, &wg).unwrap();
+        hopper_grads.push((kind, gr));
     }
     let wants = [&want.dq, &want.dk, &want.dv];
     let mut worst = [0.0; 3];
@@ -989,9 +994,9 @@ fn tensor_core_backward(d: &dyn Driver, dims: AttnDims, scores: AttnScores, seed
             .zip(wants[i].iter())
             .map(|(&g, &w)| (g as f64 - w).abs() / scale)
             .fold(0.0, f64::max);
-        if wgmma {
-            let wg = download::<f32>(d, wg_grads[i], grad_lens[i]);
-            let what = format!("{name} of the wgmma backward, {tag}");
+        for (kind, gr) in &hopper_grads {
+            let wg = download::<f32>(d, gr[i], grad_lens[i]);
+            let what = format!("{name} of the {kind} backward, {tag}");
             if cc.is_none() {
                 assert_bits(&what, &wg, &got);
             } else {
@@ -1210,4 +1215,115 @@ fn the_tma_forwards_mbarrier_and_layout_checks_catch_each_mutation() {
             .all(|(a, b)| a.to_bits() == b.to_bits());
         assert!(!same, "V read k-major gave the same bits");
     }
+}
+
+/// The TMA backward (`attn_bwd_tma`) with one line of `kernel`'s PTX changed, on 320 queries
+/// over 320 keys, not causal (five tiles each way: both rings of three stages turn over):
+/// dQ, dK and dV, or the error the run ends with.
+fn attn_bwd_tma_mutant(
+    kernel: &str,
+    from: &str,
+    nth: usize,
+    to: &str,
+) -> tarflow::Result<Vec<Vec<f32>>> {
+    let sim = swapped(mutated(
+        &tarflow::gpu::kernels::ATTENTION_SM90,
+        kernel,
+        from,
+        nth,
+        to,
+    ));
+    let d: &dyn Driver = &sim;
+    let (h, n) = (2, 320);
+    let mut rng = Rng::new(43);
+    let mut bf16s = |scale: f64| -> DevicePtr {
+        let x: Vec<bf16> = (0..h * n * 64)
+            .map(|_| bf16::from_f32((scale * rng.normal()) as f32))
+            .collect();
+        upload::<bf16>(d, &x)
+    };
+    let lay = Lay::heads(h, n, 64);
+    let (q, k, v, o) = (bf16s(1.0), bf16s(1.0), bf16s(1.0), bf16s(0.5));
+    let g: Vec<f32> = (0..h * n * 64).map(|_| rng.normal() as f32).collect();
+    // Row log-sum-exps near those of the scores (unit-variance scores over 320 keys).
+    let lse: Vec<f32> = (0..h * n)
+        .map(|_| 9.0 + 0.5 * rng.normal() as f32)
+        .collect();
+    let grads: Vec<DevicePtr> = (0..3).map(|_| poisoned_f32(d, h * n * 64)).collect();
+    let bwd = AttnBwd {
+        dims: dims(1, h, n, n, 64, 64),
+        scores: scores(64, false),
+        q: lay.view_of(q, 2),
+        k: lay.view_of(k, 2),
+        v: lay.view_of(v, 2),
+        o: lay.view_of(o, 2),
+        g: lay.view(upload::<f32>(d, &g)),
+        lse: upload::<f32>(d, &lse),
+        delta: poisoned_f32(d, h * n),
+        dq: lay.view(grads[0]),
+        dk: lay.view(grads[1]),
+        dv: lay.view(grads[2]),
+    };
+    attn_bwd_tma(d, &bwd).and_then(|()| d.synchronize())?;
+    Ok(grads
+        .iter()
+        .map(|&p| download::<f32>(d, p, h * n * 64))
+        .collect())
+}
+
+#[test]
+fn the_tma_backwards_mbarrier_and_layout_checks_catch_each_mutation() {
+    const DKDV: &str = "attn_bwd_dkdv_bf16_d64_tma";
+    const DQ: &str = "attn_bwd_dq_bf16_d64_tma";
+    // The unchanged kernels run cleanly (a change that matches nothing is refused).
+    let want = attn_bwd_tma_mutant(DKDV, "ret;", 0, "ret;").unwrap();
+    // Whether gradient i (dQ, dK, dV) has the unchanged kernels' bits.
+    let same_at = |got: &[Vec<f32>], i: usize| {
+        got[i]
+            .iter()
+            .zip(&want[i])
+            .all(|(a, b)| a.to_bits() == b.to_bits())
+    };
+    let same = |got: &[Vec<f32>]| (0..3).all(|i| same_at(got, i));
+    const WAIT: &str = "mbarrier.try_wait.parity.shared::cta.b64 p,";
+    for kernel in [DKDV, DQ] {
+        // The waits, in the body's order: the feeder's on `empty`, the consumers' on `full`.
+        // A consumer wait that always succeeds reads a copy that has not landed.
+        let e = expect_error(
+            attn_bwd_tma_mutant(kernel, WAIT, 1, "setp.eq.u32 p, 1, 1; //").map(|_| ()),
+            &format!("{kernel}'s full wait always true"),
+        );
+        assert!(
+            e.contains("without waiting for that mbarrier's phase"),
+            "{kernel}: {e}"
+        );
+        // The consumers never release a stage: the feeder waits forever for the fourth tile.
+        let e = expect_error(
+            attn_bwd_tma_mutant(kernel, "mbarrier.arrive.shared::cta.b64", 0, "// ").map(|_| ()),
+            &format!("{kernel} without a release"),
+        );
+        assert!(e.contains("deadlock"), "{kernel}: {e}");
+    }
+    // The stages read the other way round: dO k-major in dV += P^T dO (the first
+    // transposed step), or K k-major in dQ += dS K. Other bits, or an error.
+    for kernel in [DKDV, DQ] {
+        if let Ok(got) = attn_bwd_tma_mutant(kernel, "p, 1, 1, 1;", 0, "p, 1, 1, 0;") {
+            assert!(
+                !same(&got),
+                "{kernel}: a stage read k-major gave the same bits"
+            );
+        }
+    }
+    // D's entries copied through lse's map: dK's bits change (dS uses D).
+    let ptx = tarflow::gpu::kernels::ATTENTION_SM90.ptx;
+    let body = &ptx[ptx.find(&format!(".entry {DKDV}(")).unwrap()..];
+    let maps: Vec<&str> = body
+        .lines()
+        .filter(|l| l.contains("cp.async.bulk.tensor.1d"))
+        .take(2)
+        .map(|l| l.split("], [").nth(1).unwrap().split(',').next().unwrap())
+        .collect();
+    let (lse_map, d_map) = (format!("[{}, {{", maps[0]), format!("[{}, {{", maps[1]));
+    let got = attn_bwd_tma_mutant(DKDV, &d_map, 0, &lse_map).unwrap();
+    assert!(same_at(&got, 0) && !same_at(&got, 1), "D read as lse");
 }

@@ -25,7 +25,7 @@ pub(super) type Launches = dyn Fn(&dyn Driver) -> Result<()>;
 pub(super) type Build = fn(&mut Buffers, Sizes) -> Result<Case>;
 
 /// Every case, in table order.
-pub(super) const CASES: [Build; 42] = [
+pub(super) const CASES: [Build; 43] = [
     ceiling_mma,
     ceiling_copy,
     copy_transpose,
@@ -68,6 +68,7 @@ pub(super) const CASES: [Build; 42] = [
     attention_bwd,
     attention_bwd_bf16,
     attention_bwd_wgmma,
+    attention_bwd_tma,
 ];
 
 /// The buffers of one case, freed together when it is done.
@@ -581,7 +582,7 @@ fn gemm_bf16_large_tile(b: &mut Buffers, s: Sizes) -> Result<Case> {
 
 /// The rows that need a compute-capability 9.0 GPU (or the interpreter): the bench leaves
 /// them out elsewhere.
-pub(super) const SM90_ONLY: [&str; 10] = [
+pub(super) const SM90_ONLY: [&str; 11] = [
     WGMMA_128,
     WGMMA_256,
     TMA_256,
@@ -592,9 +593,12 @@ pub(super) const SM90_ONLY: [&str; 10] = [
     WGMMA_ATTN,
     TMA_ATTN,
     WGMMA_ATTN_BWD,
+    TMA_ATTN_BWD,
 ];
 const WGMMA_ATTN_BWD: &str =
     "attention bwd bf16 (wgmma, sm_90a), causal (D and the bf16 dO, dK dV, dQ)";
+const TMA_ATTN_BWD: &str =
+    "attention bwd bf16 (TMA + wgmma, warp-specialized), causal (D and the bf16 dO, dK dV, dQ)";
 const WGMMA_ATTN: &str = "attention fwd bf16 inputs (wgmma, sm_90a), causal";
 const TMA_ATTN: &str = "attention fwd bf16 inputs (TMA + wgmma, warp-specialized), causal";
 const WGMMA_128: &str = "gemm bf16 NT (wgmma, sm_90a), 128 x 128 tile";
@@ -979,30 +983,31 @@ fn attention_fwd_bf16(b: &mut Buffers, s: Sizes) -> Result<Case> {
 /// The forward of bf16 training: q, k, v stored as bf16 (loaded by `cp.async`), the output
 /// and lse f32. The inputs SDPA takes.
 fn attention_fwd_bf16_inputs(b: &mut Buffers, s: Sizes) -> Result<Case> {
-    attention_fwd_bf16_inputs_on(b, s, FwdKind::CpAsync)
+    attention_fwd_bf16_inputs_on(b, s, AttnKind::CpAsync)
 }
 
 /// The same forward on Hopper's warpgroup tensor cores (`attn_fwd_bf16s_d64_wgmma`).
 fn attention_fwd_wgmma(b: &mut Buffers, s: Sizes) -> Result<Case> {
-    attention_fwd_bf16_inputs_on(b, s, FwdKind::Wgmma)
+    attention_fwd_bf16_inputs_on(b, s, AttnKind::Wgmma)
 }
 
 fn attention_fwd_tma(b: &mut Buffers, s: Sizes) -> Result<Case> {
-    attention_fwd_bf16_inputs_on(b, s, FwdKind::Tma)
+    attention_fwd_bf16_inputs_on(b, s, AttnKind::Tma)
 }
 
-/// Which kernel a bf16-input attention forward row runs.
+/// Which kernels a bf16 attention row (forward with bf16 inputs, or tensor-core backward)
+/// runs.
 #[derive(Clone, Copy)]
-enum FwdKind {
-    /// `attn_fwd`'s default, the `mma.sync` kernel with `cp.async` loads.
+enum AttnKind {
+    /// The default, the `mma.sync` kernels with `cp.async` loads.
     CpAsync,
-    /// The `wgmma` kernel.
+    /// The `wgmma` kernels.
     Wgmma,
-    /// The warp-specialized `wgmma` kernel fed by TMA.
+    /// The warp-specialized `wgmma` kernels fed by TMA.
     Tma,
 }
 
-fn attention_fwd_bf16_inputs_on(b: &mut Buffers, s: Sizes, kind: FwdKind) -> Result<Case> {
+fn attention_fwd_bf16_inputs_on(b: &mut Buffers, s: Sizes, kind: AttnKind) -> Result<Case> {
     let a = attn_case(s);
     let (rows, keys) = (a.b * a.h * a.nq, a.b * a.h * a.nk);
     let bf16 = |seed| move |i| half::bf16::from_f32(pattern(i, seed)).to_bits();
@@ -1021,17 +1026,17 @@ fn attention_fwd_bf16_inputs_on(b: &mut Buffers, s: Sizes, kind: FwdKind) -> Res
     };
     Ok(Case {
         name: match kind {
-            FwdKind::CpAsync => "attention fwd bf16 inputs (cp.async), causal",
-            FwdKind::Wgmma => WGMMA_ATTN,
-            FwdKind::Tma => TMA_ATTN,
+            AttnKind::CpAsync => "attention fwd bf16 inputs (cp.async), causal",
+            AttnKind::Wgmma => WGMMA_ATTN,
+            AttnKind::Tma => TMA_ATTN,
         },
         shape: dims(&[a.b, a.h, a.nq, a.dh]),
         flops: Some(attn_flops(&a)),
         bytes: (2 * (rows * a.dh + keys * (a.dh + a.dv)) + 4 * rows * (a.dv + 1)) as f64,
         run: match kind {
-            FwdKind::CpAsync => Box::new(move |d| k::attn_fwd(d, &f)),
-            FwdKind::Wgmma => Box::new(move |d| k::attn_fwd_wgmma(d, &f, None)),
-            FwdKind::Tma => Box::new(move |d| k::attn_fwd_tma(d, &f, None)),
+            AttnKind::CpAsync => Box::new(move |d| k::attn_fwd(d, &f)),
+            AttnKind::Wgmma => Box::new(move |d| k::attn_fwd_wgmma(d, &f, None)),
+            AttnKind::Tma => Box::new(move |d| k::attn_fwd_tma(d, &f, None)),
         },
     })
 }
@@ -1087,15 +1092,20 @@ fn attention_bwd(b: &mut Buffers, s: Sizes) -> Result<Case> {
 /// The tensor-core backward of bf16 training: q, k, v and o stored as bf16 (as the forward
 /// keeps them), dO, lse and the gradients f32; heads of 64.
 fn attention_bwd_bf16(b: &mut Buffers, s: Sizes) -> Result<Case> {
-    attention_bwd_bf16_on(b, s, false)
+    attention_bwd_bf16_on(b, s, AttnKind::CpAsync)
 }
 
 /// The same backward with its dK/dV and dQ kernels on Hopper's warpgroup tensor cores.
 fn attention_bwd_wgmma(b: &mut Buffers, s: Sizes) -> Result<Case> {
-    attention_bwd_bf16_on(b, s, true)
+    attention_bwd_bf16_on(b, s, AttnKind::Wgmma)
 }
 
-fn attention_bwd_bf16_on(b: &mut Buffers, s: Sizes, wgmma: bool) -> Result<Case> {
+/// The same on the warp-specialized kernels fed by TMA.
+fn attention_bwd_tma(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    attention_bwd_bf16_on(b, s, AttnKind::Tma)
+}
+
+fn attention_bwd_bf16_on(b: &mut Buffers, s: Sizes, kind: AttnKind) -> Result<Case> {
     let a = attn_case(s);
     let (rows, keys) = (a.b * a.h * a.nq, a.b * a.h * a.nk);
     let scores = k::AttnScores {
@@ -1135,19 +1145,23 @@ fn attention_bwd_bf16_on(b: &mut Buffers, s: Sizes, wgmma: bool) -> Result<Case>
         dv: attn_view(b.out(keys * a.dv)?, &a, a.nk, a.dv),
     };
     Ok(Case {
-        name: if wgmma {
-            WGMMA_ATTN_BWD
-        } else {
-            "attention bwd bf16 (tensor cores), causal (D and the bf16 dO, dK dV, dQ)"
+        name: match kind {
+            AttnKind::CpAsync => {
+                "attention bwd bf16 (tensor cores), causal (D and the bf16 dO, dK dV, dQ)"
+            }
+            AttnKind::Wgmma => WGMMA_ATTN_BWD,
+            AttnKind::Tma => TMA_ATTN_BWD,
         },
         shape: dims(&[a.b, a.h, a.nq, a.dh]),
         flops: Some(2.5 * attn_flops(&a)),
         bytes: (2 * (rows * (a.dh + a.dv) + keys * (a.dh + a.dv))
             + 4 * (rows * (a.dv + a.dh + 2) + keys * (a.dh + a.dv))) as f64,
-        run: if wgmma {
-            Box::new(move |d| k::attn_bwd_wgmma(d, &bwd))
-        } else {
-            Box::new(move |d| k::attn_bwd_stored(d, &bwd, k::AttnStorage::Bf16TensorCores))
+        run: match kind {
+            AttnKind::CpAsync => {
+                Box::new(move |d| k::attn_bwd_stored(d, &bwd, k::AttnStorage::Bf16TensorCores))
+            }
+            AttnKind::Wgmma => Box::new(move |d| k::attn_bwd_wgmma(d, &bwd)),
+            AttnKind::Tma => Box::new(move |d| k::attn_bwd_tma(d, &bwd)),
         },
     })
 }

@@ -443,7 +443,7 @@ fn rows_map(
                 return Err(Error::arg(
                     name,
                     format!(
-                        "{what}: the TMA forward reads through a tensor map, whose {axis} \
+                        "{what}: the TMA kernels read through a tensor map, whose {axis} \
                          stride cannot be 0 over {extent} entries"
                     ),
                 ))
@@ -574,10 +574,14 @@ pub fn attn_bwd(driver: &dyn Driver, a: &AttnBwd) -> Result<()> {
 
 /// [`attn_bwd`] with `q`, `k`, `v` and `o` stored as `storage` (the `_bf16s` kernels for
 /// [`AttnStorage::Bf16`]). [`AttnStorage::Bf16TensorCores`] runs the warpgroup kernels of
-/// [`attn_bwd_wgmma`] instead when [`super::wgmma_enabled`].
+/// [`attn_bwd_wgmma`] instead when [`super::wgmma_enabled`], and those of [`attn_bwd_tma`]
+/// when [`super::tma_enabled`].
 pub fn attn_bwd_stored(driver: &dyn Driver, a: &AttnBwd, storage: AttnStorage) -> Result<()> {
-    let wgmma = storage == AttnStorage::Bf16TensorCores && super::wgmma_enabled(driver)?;
-    bwd_stored(driver, a, storage, wgmma)
+    let tiles = match storage {
+        AttnStorage::Bf16TensorCores => hopper_tiles(driver)?,
+        _ => HopperTiles::Off,
+    };
+    bwd_stored(driver, a, storage, tiles)
 }
 
 /// The tensor-core backward ([`AttnStorage::Bf16TensorCores`]: head dims 64, the bf16-input
@@ -588,10 +592,98 @@ pub fn attn_bwd_stored(driver: &dyn Driver, a: &AttnBwd, storage: AttnStorage) -
 /// differently.
 pub fn attn_bwd_wgmma(driver: &dyn Driver, a: &AttnBwd) -> Result<()> {
     super::require_sm90(driver, "attn_bwd", "attn_bwd_*_bf16_d64_wgmma")?;
-    bwd_stored(driver, a, AttnStorage::Bf16TensorCores, true)
+    bwd_stored(driver, a, AttnStorage::Bf16TensorCores, HopperTiles::Wgmma)
 }
 
-fn bwd_stored(driver: &dyn Driver, a: &AttnBwd, storage: AttnStorage, wgmma: bool) -> Result<()> {
+/// [`attn_bwd_wgmma`] on warp-specialized CTAs fed by TMA (`attn_bwd_dkdv_bf16_d64_tma`,
+/// `attn_bwd_dq_bf16_d64_tma`): one warpgroup copies the other side's tiles (Q and dO with
+/// their lse and D, or K and V) into a ring through mbarriers, two compute 64 keys or 64
+/// queries each with the `wgmma` kernels' tile steps from the 128-byte swizzled stages, so
+/// the results are those kernels' bits. Needs, besides their requirements, the tensor maps'
+/// rules: q's position, head and batch strides non-zero where that axis has more than one
+/// entry (k and v likewise), and `lse` and `delta` 16-byte aligned.
+pub fn attn_bwd_tma(driver: &dyn Driver, a: &AttnBwd) -> Result<()> {
+    super::require_sm90(driver, "attn_bwd", "attn_bwd_*_bf16_d64_tma")?;
+    bwd_stored(driver, a, AttnStorage::Bf16TensorCores, HopperTiles::Tma)
+}
+
+/// Dynamic shared memory of [`attn_bwd_tma`]'s dK/dV kernel (`BK_SMEM` in
+/// `ptx/attention_sm90.cu`): three stages of a Q and a dO tile (64 x 64 bf16 each) and 64
+/// entries each of lse and D, padded to 1 KiB, another 1 KiB to align them to the 128-byte
+/// swizzle's pattern, and six mbarriers.
+pub const ATTN_BWD_TMA_DKDV_SHARED_BYTES: u32 = 3 * (2 * 64 * 64 * 2 + 1024) + 1024 + 6 * 8;
+
+/// Dynamic shared memory of [`attn_bwd_tma`]'s dQ kernel (`BQ_SMEM`): three stages of a K
+/// and a V tile, 1 KiB of alignment and six mbarriers.
+pub const ATTN_BWD_TMA_DQ_SHARED_BYTES: u32 = 3 * 2 * 64 * 64 * 2 + 1024 + 6 * 8;
+
+/// The dK/dV and dQ kernels a backward runs, and how.
+struct BwdKernels {
+    module: &'static PtxModule,
+    dot: &'static str,
+    dkdv: &'static str,
+    dq: &'static str,
+    /// Keys per dK/dV CTA and queries per dQ CTA.
+    key_tile: usize,
+    query_tile: usize,
+    threads: u32,
+    /// Dynamic shared memory of the dK/dV and the dQ kernel.
+    shared: (u32, u32),
+    /// Whether they take tensor maps of the ring's operands ([`rows_map`], [`rows_vec_map`])
+    /// in place of their addresses.
+    tensor_maps: bool,
+}
+
+impl BwdKernels {
+    fn of(storage: AttnStorage, tiles: HopperTiles) -> BwdKernels {
+        let ([dot, dkdv, dq], key_tile, query_tile) = storage.kernels();
+        let base = BwdKernels {
+            module: &ATTENTION,
+            dot,
+            dkdv,
+            dq,
+            key_tile,
+            query_tile,
+            threads: THREADS,
+            shared: (0, 0),
+            tensor_maps: false,
+        };
+        if storage != AttnStorage::Bf16TensorCores {
+            return base;
+        }
+        match tiles {
+            HopperTiles::Off => BwdKernels {
+                shared: (SHARED_BWD_TENSOR_CORES, SHARED_BWD_TENSOR_CORES),
+                ..base
+            },
+            HopperTiles::Wgmma => BwdKernels {
+                module: &ATTENTION_SM90,
+                dkdv: "attn_bwd_dkdv_bf16_d64_wgmma",
+                dq: "attn_bwd_dq_bf16_d64_wgmma",
+                shared: (SHARED_BWD_WGMMA, SHARED_BWD_WGMMA),
+                ..base
+            },
+            HopperTiles::Tma => BwdKernels {
+                module: &ATTENTION_SM90,
+                dkdv: "attn_bwd_dkdv_bf16_d64_tma",
+                dq: "attn_bwd_dq_bf16_d64_tma",
+                key_tile: 128,
+                query_tile: 128,
+                threads: 384,
+                shared: (ATTN_BWD_TMA_DKDV_SHARED_BYTES, ATTN_BWD_TMA_DQ_SHARED_BYTES),
+                tensor_maps: true,
+                ..base
+            },
+        }
+    }
+}
+
+pub(super) fn bwd_stored(
+    driver: &dyn Driver,
+    a: &AttnBwd,
+    storage: AttnStorage,
+    tiles: HopperTiles,
+) -> Result<()> {
     const OP: &str = "attn_bwd";
     let d = &a.dims;
     if storage == AttnStorage::Bf16TensorCores && (d.dh != 64 || d.dv != 64) {
@@ -606,62 +698,71 @@ fn bwd_stored(driver: &dyn Driver, a: &AttnBwd, storage: AttnStorage, wgmma: boo
     let Some(yz) = check(OP, d, &a.scores)? else {
         return Ok(());
     };
+    let kernels = BwdKernels::of(storage, tiles);
     if storage != AttnStorage::Bf16TensorCores {
-        return launch_bwd(driver, a, storage, yz, None, 0, false);
+        return launch_bwd(driver, a, yz, None, &kernels);
     }
     for (what, v) in [("q", &a.q), ("k", &a.k), ("v", &a.v)] {
         check_chunks(OP, what, v)?;
     }
     // The dot kernel rounds dO into a contiguous bf16 `[b, h, nq, dv]` copy, which the dK/dV
-    // and dQ kernels load by cp.async.
+    // and dQ kernels load by cp.async or TMA.
     let n = d.b * d.h * d.nq * d.dv;
     let scratch = driver.alloc((2 * n).max(16))?;
     let g16 = AttnView {
         ptr: scratch,
         strides: [d.h * d.nq * d.dv, d.nq * d.dv, d.dv, 1],
     };
-    let ran = if wgmma {
-        launch_bwd(driver, a, storage, yz, Some(g16), SHARED_BWD_WGMMA, true)
-    } else {
-        launch_bwd(
-            driver,
-            a,
-            storage,
-            yz,
-            Some(g16),
-            SHARED_BWD_TENSOR_CORES,
-            false,
-        )
-    };
+    let ran = launch_bwd(driver, a, yz, Some(g16), &kernels);
     // Launches run in order, so the copy may go back as soon as they are queued.
     let freed = driver.free(scratch);
     ran.and(freed)
 }
 
+/// The one-dimensional f32 tensor map over all `[b, h, nq]` rows of the backward's `lse` or
+/// `delta`, in boxes of 64 entries: a TMA copy of a tile's entries from row `(b h) nq + i0`.
+fn rows_vec_map(
+    driver: &dyn Driver,
+    name: &'static str,
+    what: &str,
+    ptr: DevicePtr,
+    rows: usize,
+) -> Result<KernelArg> {
+    if rows >= 1 << 31 {
+        return Err(Error::arg(
+            name,
+            format!("{what}: {rows} rows are more than a TMA coordinate reaches (2^31)"),
+        ));
+    }
+    let map = TensorMap {
+        elem_bytes: 4,
+        base: ptr.0,
+        dims: vec![rows as u64],
+        strides: vec![],
+        boxes: vec![64],
+        swizzle: Swizzle::None,
+    };
+    driver
+        .tensor_map(&map)
+        .map(KernelArg::TensorMap)
+        .map_err(|e| Error::arg(name, format!("{what}: {e}")))
+}
+
 /// The backward's three launches. With `g16` (the tensor-core backward), the dot kernel also
-/// writes dO rounded to bf16 there and the dK/dV and dQ kernels read it; `shared_bytes` is
-/// their dynamic shared memory; `wgmma` takes those two from `ptx/attention_sm90.ptx`.
+/// writes dO rounded to bf16 there and the dK/dV and dQ kernels read it.
 fn launch_bwd(
     driver: &dyn Driver,
     a: &AttnBwd,
-    storage: AttnStorage,
     yz: (u32, u32),
     g16: Option<AttnView>,
-    shared_bytes: u32,
-    wgmma: bool,
+    kernels: &BwdKernels,
 ) -> Result<()> {
     const OP: &str = "attn_bwd";
     let g_tiles = g16.unwrap_or(a.g);
-    let ([dot, mut dkdv, mut dq], key_tile, query_tile) = storage.kernels();
-    let mut module = &ATTENTION;
-    if wgmma {
-        module = &ATTENTION_SM90;
-        dkdv = "attn_bwd_dkdv_bf16_d64_wgmma";
-        dq = "attn_bwd_dq_bf16_d64_wgmma";
-    }
     let d = &a.dims;
-    let tiles = |x: usize| LaunchConfig {
+    let tiles = |x: usize, shared_bytes| LaunchConfig {
         shared_bytes,
+        block: (kernels.threads, 1, 1),
         ..config(x, yz)
     };
     let sizes = || {
@@ -674,6 +775,10 @@ fn launch_bwd(
         args.push(KernelArg::F32(a.scores.alpha));
         args.push(KernelArg::U32(a.scores.causal as u32));
     };
+    let maps = kernels.tensor_maps;
+    let rows = |what, v, n| rows_map(driver, OP, what, v, (n, d.h, d.b), 64);
+    let vec = |what, ptr| rows_vec_map(driver, OP, what, ptr, d.b * d.h * d.nq);
+    let ptr = |v: &AttnView| KernelArg::Ptr(v.ptr);
     if d.nq > 0 {
         let mut args = vec![KernelArg::Ptr(a.delta)];
         if let Some(g16) = g16 {
@@ -687,19 +792,24 @@ fn launch_bwd(
         ]);
         strides(OP, "o", &a.o, &mut args)?;
         strides(OP, "g", &a.g, &mut args)?;
-        driver.launch(&ATTENTION, dot, config(d.nq.div_ceil(DOT_ROWS), yz), &args)?;
+        let cfg = config(d.nq.div_ceil(DOT_ROWS), yz);
+        driver.launch(&ATTENTION, kernels.dot, cfg, &args)?;
     }
     if d.nk > 0 {
-        let mut args = vec![
-            KernelArg::Ptr(a.dk.ptr),
-            KernelArg::Ptr(a.dv.ptr),
-            KernelArg::Ptr(a.q.ptr),
-            KernelArg::Ptr(a.k.ptr),
-            KernelArg::Ptr(a.v.ptr),
-            KernelArg::Ptr(g_tiles.ptr),
-            KernelArg::Ptr(a.lse),
-            KernelArg::Ptr(a.delta),
-        ];
+        let mut args = vec![ptr(&a.dk), ptr(&a.dv)];
+        if maps {
+            args.extend([
+                rows("q", &a.q, d.nq)?,
+                ptr(&a.k),
+                ptr(&a.v),
+                rows("the bf16 copy of g", &g_tiles, d.nq)?,
+                vec("lse", a.lse)?,
+                vec("delta", a.delta)?,
+            ]);
+        } else {
+            args.extend([ptr(&a.q), ptr(&a.k), ptr(&a.v), ptr(&g_tiles)]);
+            args.extend([KernelArg::Ptr(a.lse), KernelArg::Ptr(a.delta)]);
+        }
         args.extend(sizes());
         for (what, v) in [
             ("q", &a.q),
@@ -712,18 +822,21 @@ fn launch_bwd(
             strides(OP, what, v, &mut args)?;
         }
         tail(&mut args);
-        driver.launch(module, dkdv, tiles(d.nk.div_ceil(key_tile)), &args)?;
+        let cfg = tiles(d.nk.div_ceil(kernels.key_tile), kernels.shared.0);
+        driver.launch(kernels.module, kernels.dkdv, cfg, &args)?;
     }
     if d.nq > 0 {
-        let mut args = vec![
-            KernelArg::Ptr(a.dq.ptr),
-            KernelArg::Ptr(a.q.ptr),
-            KernelArg::Ptr(a.k.ptr),
-            KernelArg::Ptr(a.v.ptr),
-            KernelArg::Ptr(g_tiles.ptr),
+        let mut args = vec![ptr(&a.dq), ptr(&a.q)];
+        if maps {
+            args.extend([rows("k", &a.k, d.nk)?, rows("v", &a.v, d.nk)?]);
+        } else {
+            args.extend([ptr(&a.k), ptr(&a.v)]);
+        }
+        args.extend([
+            ptr(&g_tiles),
             KernelArg::Ptr(a.lse),
             KernelArg::Ptr(a.delta),
-        ];
+        ]);
         args.extend(sizes());
         for (what, v) in [
             ("q", &a.q),
@@ -735,7 +848,8 @@ fn launch_bwd(
             strides(OP, what, v, &mut args)?;
         }
         tail(&mut args);
-        driver.launch(module, dq, tiles(d.nq.div_ceil(query_tile)), &args)?;
+        let cfg = tiles(d.nq.div_ceil(kernels.query_tile), kernels.shared.1);
+        driver.launch(kernels.module, kernels.dq, cfg, &args)?;
     }
     Ok(())
 }

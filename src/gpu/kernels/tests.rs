@@ -362,6 +362,7 @@ fn launch_every_wrapper(d: &Recorder) -> Vec<Launch> {
     };
     attn_bwd_stored(d, &tensor_cores, AttnStorage::Bf16TensorCores).unwrap();
     attn_bwd_wgmma(d, &tensor_cores).unwrap();
+    attn_bwd_tma(d, &tensor_cores).unwrap();
     let dec = AttnDecode {
         dims: AttnDims { nq: 1, ..dims },
         alpha: 0.125,
@@ -1207,4 +1208,103 @@ fn the_hopper_choice_routes_the_bf16_input_forward() {
         launch_fwd_with(&d, &fwd(dh), None, tiles).unwrap();
         assert_eq!(d.one().kernel, want, "dh {dh} with {tiles:?}");
     }
+}
+
+/// What the tensor-core backward launches for each `TARFLOW_WGMMA` choice: the dot kernel,
+/// then the dK/dV and dQ kernels on `mma.sync`, `wgmma` or TMA (128 keys or queries per CTA,
+/// 384 threads); the other storages keep their kernels.
+#[test]
+fn the_hopper_choice_routes_the_tensor_core_backward() {
+    use super::attention::bwd_stored;
+    use super::gemm::HopperTiles::{Off, Tma, Wgmma};
+    let d = Recorder::default();
+    let view = |p: DevicePtr| AttnView {
+        ptr: p,
+        strides: [3 * 300 * 64, 64, 3 * 64, 1],
+    };
+    let bwd = AttnBwd {
+        dims: AttnDims {
+            b: 2,
+            h: 3,
+            nq: 200,
+            nk: 300,
+            dh: 64,
+            dv: 64,
+        },
+        scores: AttnScores {
+            alpha: 0.125,
+            causal: true,
+        },
+        q: view(d.ptr()),
+        k: view(d.ptr()),
+        v: view(d.ptr()),
+        o: view(d.ptr()),
+        g: view(d.ptr()),
+        lse: d.ptr(),
+        delta: d.ptr(),
+        dq: view(d.ptr()),
+        dk: view(d.ptr()),
+        dv: view(d.ptr()),
+    };
+    let table = [
+        (
+            AttnStorage::Bf16TensorCores,
+            Off,
+            ["attn_bwd_dkdv_bf16_d64", "attn_bwd_dq_bf16_d64"],
+            [5, 4],
+            128,
+        ),
+        (
+            AttnStorage::Bf16TensorCores,
+            Wgmma,
+            ["attn_bwd_dkdv_bf16_d64_wgmma", "attn_bwd_dq_bf16_d64_wgmma"],
+            [5, 4],
+            128,
+        ),
+        (
+            AttnStorage::Bf16TensorCores,
+            Tma,
+            ["attn_bwd_dkdv_bf16_d64_tma", "attn_bwd_dq_bf16_d64_tma"],
+            [3, 2],
+            384,
+        ),
+        (
+            AttnStorage::Bf16,
+            Tma,
+            ["attn_bwd_dkdv_bf16s", "attn_bwd_dq_bf16s"],
+            [19, 7],
+            128,
+        ),
+    ];
+    for (storage, tiles, [dkdv, dq], grids, threads) in table {
+        bwd_stored(&d, &bwd, storage, tiles).unwrap();
+        let launches = d.take();
+        let names: Vec<&str> = launches.iter().map(|l| l.kernel.as_str()).collect();
+        assert_eq!(names[1..], [dkdv, dq], "{storage:?} with {tiles:?}");
+        for (l, grid) in launches[1..].iter().zip(grids) {
+            assert_eq!(l.config.grid.0, grid, "{} with {tiles:?}", l.kernel);
+            assert_eq!(l.config.block.0, threads, "{} with {tiles:?}", l.kernel);
+        }
+    }
+    // The TMA kernels' maps: an lse that is not 16-byte aligned, or a q whose position stride
+    // is 0 over 200 queries, is refused by name.
+    let lse4 = AttnBwd {
+        lse: DevicePtr(d.ptr().0 + 4),
+        ..bwd
+    };
+    let e = bwd_stored(&d, &lse4, AttnStorage::Bf16TensorCores, Tma).unwrap_err();
+    let e = e.to_string();
+    assert!(
+        e.contains("lse: ") && e.contains("is not 16-byte aligned"),
+        "{e}"
+    );
+    let repeated = AttnBwd {
+        q: AttnView {
+            strides: [0, 64, 0, 1],
+            ..bwd.q
+        },
+        ..bwd
+    };
+    let e = bwd_stored(&d, &repeated, AttnStorage::Bf16TensorCores, Tma).unwrap_err();
+    assert!(e.to_string().contains("position stride cannot be 0"), "{e}");
 }

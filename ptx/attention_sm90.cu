@@ -133,22 +133,27 @@ __device__ __forceinline__ void load_rows(unsigned char* s, const __nv_bfloat16*
 // swizzled layouts a TMA copy of a box of 64 features by the rows writes (a 128-byte line per
 // row, 8-line atoms of 1,024 bytes; swizzle mode 1; a k16 step is 32 bytes further along a
 // line for Q and K, and two atoms further for V).
+// A step's descriptor is the tile's plus the step's offset in 16-byte units, added to the
+// start-address field (a shared address stays below 2^18, so the field cannot carry into
+// the next): one descriptor per tile, an immediate add per step.
 template <bool SWIZZLED>
 struct FwdDescs {
   static __device__ __forceinline__ unsigned long long qk(unsigned base, int ks) {
     if (SWIZZLED)
-      return (unsigned long long)(((base + 32 * ks) & 0x3FFFF) >> 4) | 1ull << 16 |
-             (unsigned long long)(1024 >> 4) << 32 | 1ull << 62;
-    return smem_desc(base + ks * 256, 128, W_ROW_BLOCK);
+      return ((unsigned long long)((base & 0x3FFFF) >> 4) | 1ull << 16 |
+              (unsigned long long)(1024 >> 4) << 32 | 1ull << 62) +
+             2 * ks;
+    return smem_desc(base, 128, W_ROW_BLOCK) + 16 * ks;
   }
   static __device__ __forceinline__ unsigned long long v(unsigned base, int kk) {
     if (SWIZZLED)
-      return (unsigned long long)(((base + 2 * 1024 * kk) & 0x3FFFF) >> 4) |
-             (unsigned long long)(W_KV_BYTES >> 4) << 16 |
-             (unsigned long long)(1024 >> 4) << 32 | 1ull << 62;
+      return ((unsigned long long)((base & 0x3FFFF) >> 4) |
+              (unsigned long long)(W_KV_BYTES >> 4) << 16 |
+              (unsigned long long)(1024 >> 4) << 32 | 1ull << 62) +
+             128 * kk;
     // Keys 16 kk .. 16 kk + 15: two blocks of 8 keys, 128 bytes apart; feature blocks
     // W_BK * 16 bytes apart.
-    return smem_desc(base + kk * 256, 128, W_BK * 16);
+    return smem_desc(base, 128, W_BK * 16) + 16 * kk;
   }
 };
 
@@ -465,11 +470,11 @@ template <bool SWIZZLED>
 struct BwdDescs {
   static __device__ __forceinline__ unsigned long long rows(unsigned base, int ks) {
     if (SWIZZLED) return FwdDescs<true>::qk(base, ks);
-    return smem_desc(base + ks * 256, 128, W_ROW_BLOCK);
+    return smem_desc(base, 128, W_ROW_BLOCK) + 16 * ks;
   }
   static __device__ __forceinline__ unsigned long long cols(unsigned base, int kk) {
     if (SWIZZLED) return FwdDescs<true>::v(base, kk);
-    return smem_desc(base + kk * 2 * W_ROW_BLOCK, W_ROW_BLOCK, 128);
+    return smem_desc(base, W_ROW_BLOCK, 128) + 128 * kk;
   }
 };
 
@@ -537,20 +542,33 @@ __device__ __forceinline__ void key_rows_init(KeyRows& st, const __nv_bfloat16* 
 template <bool SWIZZLED>
 __device__ __forceinline__ void dkdv_tile(KeyRows& st, unsigned qs, unsigned gs,
                                           const float* Lt, const float* Dt, unsigned i0,
-                                          unsigned nq, unsigned nk, unsigned off,
+                                          unsigned k0, unsigned nq, unsigned nk, unsigned off,
                                           unsigned causal, float scale_log2, unsigned tig) {
   using D = BwdDescs<SWIZZLED>;
-  // The warpgroup's 64 keys by the tile's 64 queries.
+  // The warpgroup's 64 keys (k0 ..) by the tile's 64 queries.
   float s[32], dp[32];
   two_products<SWIZZLED>(s, dp, st.ka, st.va, qs, gs);
+  // Only a tile that reaches past the queries or the keys, or that the diagonal crosses
+  // (its last key past its first query's reach), has entries to mask.
+  bool edge = i0 + 64 > nq || k0 + 64 > nk || (causal && k0 + 63 > i0 + off);
+  if (edge) {
 #pragma unroll
-  for (int x = 0; x < 32; ++x) {
-    unsigned c = (x >> 2) * 8 + 2 * tig + (x & 1);
-    unsigned i = i0 + c, j = st.j_row[(x >> 1) & 1];
-    bool vis = i < nq && j < nk && visible(causal, i, j, off);
-    float pv = vis ? exp2f(fmaf(s[x], scale_log2, -Lt[c])) : 0.0f;
-    s[x] = pv;
-    dp[x] = vis ? pv * (dp[x] - Dt[c]) : 0.0f;
+    for (int x = 0; x < 32; ++x) {
+      unsigned c = (x >> 2) * 8 + 2 * tig + (x & 1);
+      unsigned i = i0 + c, j = st.j_row[(x >> 1) & 1];
+      bool vis = i < nq && j < nk && visible(causal, i, j, off);
+      float pv = vis ? exp2f(fmaf(s[x], scale_log2, -Lt[c])) : 0.0f;
+      s[x] = pv;
+      dp[x] = vis ? pv * (dp[x] - Dt[c]) : 0.0f;
+    }
+  } else {
+#pragma unroll
+    for (int x = 0; x < 32; ++x) {
+      unsigned c = (x >> 2) * 8 + 2 * tig + (x & 1);
+      float pv = exp2f(fmaf(s[x], scale_log2, -Lt[c]));
+      s[x] = pv;
+      dp[x] = pv * (dp[x] - Dt[c]);
+    }
   }
   // Over the tile's 64 queries, 16 at a time.
   unsigned pa[4][4], da[4][4];
@@ -648,7 +666,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_bwd_dkdv_bf16_d64_wgmma(
       d_next = i < nq ? dd[i] : 0.0f;
     }
     unsigned qs = smem_addr(ring + (t & 1) * 2 * BWD_TILE);
-    dkdv_tile<false>(st, qs, qs + BWD_TILE, Ls[t & 1], Ds[t & 1], i0, nq, nk, off, causal,
+    dkdv_tile<false>(st, qs, qs + BWD_TILE, Ls[t & 1], Ds[t & 1], i0, k0, nq, nk, off, causal,
                      scale_log2, tig);
     // The other lse / D buffer was last read in iteration t - 1, before this one's barrier.
     if (next && threadIdx.x < 64) {
@@ -695,18 +713,29 @@ __device__ __forceinline__ void query_rows_init(QueryRows& st, const __nv_bfloat
 // returns.
 template <bool SWIZZLED>
 __device__ __forceinline__ void dq_tile(QueryRows& st, unsigned ks_, unsigned vs_, unsigned k0,
-                                        unsigned nq, unsigned nk, unsigned off,
+                                        unsigned r0, unsigned nq, unsigned nk, unsigned off,
                                         unsigned causal, float scale_log2, unsigned tig) {
   using D = BwdDescs<SWIZZLED>;
-  // The warpgroup's 64 queries by the tile's 64 keys.
+  // The warpgroup's 64 queries (r0 ..) by the tile's 64 keys.
   float s[32], dp[32];
   two_products<SWIZZLED>(s, dp, st.qa, st.ga, ks_, vs_);
+  // As dkdv_tile: only edge tiles have entries to mask.
+  bool edge = r0 + 64 > nq || k0 + 64 > nk || (causal && k0 + 63 > r0 + off);
+  if (edge) {
 #pragma unroll
-  for (int x = 0; x < 32; ++x) {
-    unsigned j = k0 + (x >> 2) * 8 + 2 * tig + (x & 1), h = (x >> 1) & 1, i = st.i_row[h];
-    bool vis = i < nq && j < nk && visible(causal, i, j, off);
-    float pv = vis ? exp2f(fmaf(s[x], scale_log2, -st.lse_r[h])) : 0.0f;
-    s[x] = vis ? pv * (dp[x] - st.d_r[h]) : 0.0f;
+    for (int x = 0; x < 32; ++x) {
+      unsigned j = k0 + (x >> 2) * 8 + 2 * tig + (x & 1), h = (x >> 1) & 1, i = st.i_row[h];
+      bool vis = i < nq && j < nk && visible(causal, i, j, off);
+      float pv = vis ? exp2f(fmaf(s[x], scale_log2, -st.lse_r[h])) : 0.0f;
+      s[x] = vis ? pv * (dp[x] - st.d_r[h]) : 0.0f;
+    }
+  } else {
+#pragma unroll
+    for (int x = 0; x < 32; ++x) {
+      unsigned h = (x >> 1) & 1;
+      float pv = exp2f(fmaf(s[x], scale_log2, -st.lse_r[h]));
+      s[x] = pv * (dp[x] - st.d_r[h]);
+    }
   }
   // Over the tile's 64 keys, 16 at a time.
   unsigned da[4][4];
@@ -778,7 +807,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_bwd_dq_bf16_d64_wgmma(
       load_pair(ring + ((t + 1) & 1) * 2 * BWD_TILE, k, k_sn, v, v_sn, k0 + 64, nk);
     cp_async_commit();
     unsigned ks_ = smem_addr(ring + (t & 1) * 2 * BWD_TILE);
-    dq_tile<false>(st, ks_, ks_ + BWD_TILE, k0, nq, nk, off, causal, scale_log2, tig);
+    dq_tile<false>(st, ks_, ks_ + BWD_TILE, k0, q0, nq, nk, off, causal, scale_log2, tig);
   }
   query_rows_store(st, dq, nq, dq_sn, dq_sd, alpha, tig);
 }
@@ -890,8 +919,8 @@ extern "C" __global__ void __launch_bounds__(384, 1) attn_bwd_dkdv_bf16_d64_tma(
     if (k0 < nk && !(causal && i0 + 63 + off < k0)) {
       unsigned qs = ring + s * BK_STAGE;
       const float* Lt = reinterpret_cast<const float*>(ring_g + s * BK_STAGE + 2 * BWD_TILE);
-      dkdv_tile<true>(st, qs, qs + BWD_TILE, Lt, Lt + 64, i0, nq, nk, off, causal, scale_log2,
-                      tig);
+      dkdv_tile<true>(st, qs, qs + BWD_TILE, Lt, Lt + 64, i0, k0, nq, nk, off, causal,
+                      scale_log2, tig);
     }
     __syncwarp();
     if (lane == 0) mbar_arrive(empty0 + 8 * s);
@@ -948,7 +977,7 @@ extern "C" __global__ void __launch_bounds__(384, 1) attn_bwd_dq_bf16_d64_tma(
     // The warpgroup's last row sees keys up to r0 + 63 + off.
     if (r0 < nq && !(causal && k0 > r0 + 63 + off)) {
       unsigned ks_ = ring + s * BQ_STAGE;
-      dq_tile<true>(st, ks_, ks_ + BWD_TILE, k0, nq, nk, off, causal, scale_log2, tig);
+      dq_tile<true>(st, ks_, ks_ + BWD_TILE, k0, r0, nq, nk, off, causal, scale_log2, tig);
     }
     if (lane == 0) mbar_arrive(empty0 + 8 * s);
   }

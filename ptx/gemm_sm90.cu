@@ -257,11 +257,11 @@ __device__ __forceinline__ void gemm_bf16_wgmma(float* __restrict__ c,
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < WG_BK / 16; ++ks) {
-      // k-step ks is core-matrix columns 2 ks and 2 ks + 1 (128 bytes apart).
-      unsigned long long da =
-          smem_desc(a_base + stage * T::A_STAGE + ks * 256, 128, WG_ROW_BLOCK);
-      unsigned long long db =
-          smem_desc(b_base + stage * T::B_STAGE + ks * 256, 128, WG_ROW_BLOCK);
+      // k-step ks is core-matrix columns 2 ks and 2 ks + 1 (128 bytes apart): 256 bytes
+      // further, added to the descriptor's start-address field (in 16-byte units; a shared
+      // address stays below 2^18, so the field cannot carry into the next).
+      unsigned long long da = smem_desc(a_base + stage * T::A_STAGE, 128, WG_ROW_BLOCK) + 16 * ks;
+      unsigned long long db = smem_desc(b_base + stage * T::B_STAGE, 128, WG_ROW_BLOCK) + 16 * ks;
       if (BN == 256) {
         wgmma_n256<!A_KMAJOR, !B_KMAJOR>(acc, da, db);
       } else {
@@ -392,10 +392,12 @@ __device__ __forceinline__ void tma_load_ktile(unsigned dst, const TensorMap* ma
   }
 }
 
-// The descriptor of k16 step `ks` of an operand whose rows start at `at` in a stage.
+// The descriptor of k16 step `ks` of an operand whose rows start at `at` in a stage: 32
+// bytes further along the lines (k-major) or two atoms further (MN-major), added to the
+// start-address field in 16-byte units as the cp.async tiles' steps are.
 template <bool KMAJOR>
 __device__ __forceinline__ unsigned long long tma_operand_desc(unsigned at, int ks) {
-  return KMAJOR ? smem_desc_sw128(at + 32 * ks) : smem_desc_sw128_mn(at + 2 * 1024 * ks);
+  return KMAJOR ? smem_desc_sw128(at) + 2 * ks : smem_desc_sw128_mn(at) + 128 * ks;
 }
 
 template <bool A_KMAJOR, bool B_KMAJOR, int EPI>

@@ -330,3 +330,123 @@ fn interpreter_counters_per_kernel() {
 
     println!("{}", table.join("\n"));
 }
+
+/// The interpreter with each launch's counters kept, for the operations that launch several
+/// kernels.
+struct PerLaunch {
+    sim: PtxSim,
+    rows: std::sync::Mutex<Vec<(String, tarflow::gpu::sim::Counters)>>,
+}
+
+impl tarflow::gpu::Forward for PerLaunch {
+    fn inner(&self) -> &dyn Driver {
+        &self.sim
+    }
+    fn launch(
+        &self,
+        module: &tarflow::gpu::PtxModule,
+        kernel: &str,
+        config: tarflow::gpu::LaunchConfig,
+        args: &[tarflow::gpu::KernelArg],
+    ) -> tarflow::Result<()> {
+        self.sim.launch(module, kernel, config, args)?;
+        let c = self.sim.last_counters().expect("counters of the launch");
+        self.rows.lock().unwrap().push((kernel.to_string(), c));
+        Ok(())
+    }
+}
+
+/// The tensor-core attention backward's kernels on each tile family (`mma.sync`, `wgmma`,
+/// TMA-fed `wgmma`) at `[1, 2, 512, 64]`, causal and not: each launch runs the CTAs its
+/// wrapper's grid asks for and writes its outputs once (dK and dV, or dQ). Run with
+/// `--nocapture` for the table in docs/kernels.md ("The backward fed by TMA").
+#[test]
+fn interpreter_counters_of_the_attention_backward_per_kernel() {
+    let d = PerLaunch {
+        sim: PtxSim::new(),
+        rows: Default::default(),
+    };
+    let drv: &dyn Driver = &d;
+    let (h, n) = (2usize, 512usize);
+    let mut rng = Rng::new(82);
+    let mut bf16s = |scale: f32| {
+        let x: Vec<u16> = normal(&mut rng, h * n * 64)
+            .iter()
+            .map(|&v| half::bf16::from_f32(scale * v).to_bits())
+            .collect();
+        upload::<u16>(drv, &x)
+    };
+    let view = |ptr| AttnView {
+        ptr,
+        strides: [h * n * 64, n * 64, 64, 1],
+    };
+    let (q, k, v, o) = (bf16s(1.0), bf16s(1.0), bf16s(1.0), bf16s(0.5));
+    let g = upload::<f32>(drv, &normal(&mut rng, h * n * 64));
+    let lse: Vec<f32> = normal(&mut rng, h * n).iter().map(|x| 9.0 + x).collect();
+    let lse = upload::<f32>(drv, &lse);
+    let mut table = vec![
+        "| kernel | causal | CTAs | warp-instructions | int | fp32 | memory | control | sync | tensor | global bytes read | bank conflicts |".to_string(),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|".to_string(),
+    ];
+    type Run = fn(&dyn Driver, &AttnBwd) -> tarflow::Result<()>;
+    let runs: [(Run, u64); 3] = [
+        (
+            |d, a| attn_bwd_stored(d, a, AttnStorage::Bf16TensorCores),
+            64,
+        ),
+        (attn_bwd_wgmma, 64),
+        (attn_bwd_tma, 128),
+    ];
+    for causal in [true, false] {
+        for (run, rows_per_cta) in runs {
+            let bwd = AttnBwd {
+                dims: AttnDims {
+                    b: 1,
+                    h,
+                    nq: n,
+                    nk: n,
+                    dh: 64,
+                    dv: 64,
+                },
+                scores: AttnScores {
+                    alpha: 0.125,
+                    causal,
+                },
+                q: view(q),
+                k: view(k),
+                v: view(v),
+                o: view(o),
+                g: view(g),
+                lse,
+                delta: poisoned_f32(drv, h * n),
+                dq: view(poisoned_f32(drv, h * n * 64)),
+                dk: view(poisoned_f32(drv, h * n * 64)),
+                dv: view(poisoned_f32(drv, h * n * 64)),
+            };
+            run(drv, &bwd).unwrap();
+            let rows = std::mem::take(&mut *d.rows.lock().unwrap());
+            let names: Vec<&str> = rows.iter().map(|(k, _)| k.as_str()).collect();
+            assert_eq!(names.len(), 3, "{names:?}");
+            let ctas = (h as u64) * (n as u64).div_ceil(rows_per_cta);
+            let grads = (4 * h * n * 64) as u64;
+            for ((kernel, c), written) in rows[1..].iter().zip([2 * grads, grads]) {
+                assert_eq!(c.ctas, ctas, "{kernel}: CTAs");
+                assert_eq!(c.global_bytes_written, written, "{kernel}: bytes written");
+                table.push(format!(
+                    "| `{kernel}` | {causal} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    c.ctas,
+                    c.warp_instructions(),
+                    c.int,
+                    c.fp32,
+                    c.memory,
+                    c.control,
+                    c.sync,
+                    c.tensor,
+                    c.global_bytes_read,
+                    c.shared_bank_conflicts
+                ));
+            }
+        }
+    }
+    println!("{}", table.join("\n"));
+}

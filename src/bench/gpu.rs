@@ -577,7 +577,8 @@ mod tests {
             [
                 vec!["gemm_bf16_tn_128", "gemm_splitk_reduce"],
                 vec!["gemm_bf16_tn"],
-                vec!["gemm_bf16_tn_wgmma_128", "gemm_splitk_reduce"]
+                vec!["gemm_bf16_tn_wgmma_128", "gemm_splitk_reduce"],
+                vec!["gemm_bf16_tn_tma_256", "gemm_splitk_reduce"]
             ]
         );
         let table = format_gpu_table(&b);

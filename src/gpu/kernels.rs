@@ -42,10 +42,11 @@ pub use coupling::{
 };
 pub use elementwise::{binary_f32, unary_f32};
 pub use gemm::{
-    gemm_bf16, gemm_bf16_epilogue, gemm_bf16_on, gemm_bf16_split_k, gemm_bf16_split_k_wgmma,
-    gemm_bf16_tma, gemm_bf16_wgmma, gemm_f32, gemm_f32_epilogue, split_k_plan, tma_enabled,
-    tma_kernel, wgmma_enabled, Bf16Layout, Bf16Tile, GemmBf16, GemmEpilogue, GemmF32, WgmmaTile,
-    LARGE_TILE_MIN_CTAS, SPLIT_MAX, SPLIT_MIN_K, TMA_SHARED_BYTES, WGMMA_ENV,
+    gemm_bf16, gemm_bf16_epilogue, gemm_bf16_on, gemm_bf16_split_k, gemm_bf16_split_k_tma,
+    gemm_bf16_split_k_wgmma, gemm_bf16_tma, gemm_bf16_wgmma, gemm_f32, gemm_f32_epilogue,
+    split_k_plan, split_k_plan_tma, tma_enabled, tma_kernel, wgmma_enabled, Bf16Layout, Bf16Tile,
+    GemmBf16, GemmEpilogue, GemmF32, WgmmaTile, LARGE_TILE_MIN_CTAS, SPLIT_MAX, SPLIT_MIN_K,
+    TMA_SHARED_BYTES, WGMMA_ENV,
 };
 pub use index::{index_add_f32, index_select_f32, scatter_plan, u32_indices, ScatterPlan};
 pub use norm::{

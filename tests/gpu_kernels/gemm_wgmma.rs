@@ -6,14 +6,15 @@
 //!
 //! Then the warp-specialized TMA tile (`gemm_bf16_*_tma_256`): its products (every layout)
 //! and epilogue stages give the `wgmma` 256 tile's bits (batched, with a shared operand,
-//! ragged in m, n and k), what its wrapper refuses, and the mbarrier checks against its PTX
+//! ragged in m, n and k; split in k-ranges), what its wrapper refuses, and the mbarrier checks against its PTX
 //! changed: a
 //! consumer that does not wait for a stage's copies, a consumer that never releases a stage,
 //! and a release while the batch reading the stage is still in flight.
 
 use half::bf16;
 use tarflow::gpu::kernels::{
-    gemm_bf16_tma, gemm_bf16_wgmma, Bf16Layout, GemmBf16, GemmEpilogue, WgmmaTile, GEMM_SM90,
+    gemm_bf16_split_k_tma, gemm_bf16_split_k_wgmma, gemm_bf16_tma, gemm_bf16_wgmma, Bf16Layout,
+    GemmBf16, GemmEpilogue, WgmmaTile, GEMM_SM90,
 };
 use tarflow::gpu::{Driver, Forward, PtxSim};
 use tarflow::Rng;
@@ -271,6 +272,43 @@ fn tma_matches_wgmma(d: &dyn Driver) {
     for (layout, pad) in [(NT, 0), (NT, 3), (NN, 0)] {
         tma_epilogues(d, layout, pad);
     }
+    for layout in [NN, NT, TN, TT] {
+        tma_split_k(d, layout);
+    }
+}
+
+/// A single `layout` product with k = 216 split three ways (72 per range: a k-tile and a
+/// part, so each range's second copy reaches past its map's k extent, where memory holds
+/// the next range's values and the copy must give zeros), alpha 1.25, beta 1 and a bias: the
+/// TMA tile's split product against the `wgmma` 256 tile's.
+fn tma_split_k(d: &dyn Driver, layout: Bf16Layout) {
+    let (m, n, k) = (2 * 128 + 45, 2 * 256 + 37, 216);
+    let mut rng = Rng::new(29);
+    let (a_k, b_k) = match layout {
+        Bf16Layout::NN => (true, false),
+        Bf16Layout::NT => (true, true),
+        Bf16Layout::TN => (false, false),
+        Bf16Layout::TT => (false, true),
+    };
+    let (lda, a) = stored(&mut rng, m, k, a_k);
+    let (ldb, b) = stored(&mut rng, n, k, b_k);
+    let g = GemmBf16 {
+        layout,
+        k,
+        c_bs: m * n,
+        a: upload::<u16>(d, &a),
+        lda,
+        b: upload::<u16>(d, &b),
+        ldb,
+        ..case(d, (m, n, k), 30)
+    };
+    let want = outputs(d, &g, None, |g, _| {
+        gemm_bf16_split_k_wgmma(d, g, WgmmaTile::N256, 3)
+    });
+    let got = outputs(d, &g, None, |g, _| gemm_bf16_split_k_tma(d, g, 3));
+    let what = format!("TMA tile, {layout:?} split in 3, on {}", d.name());
+    assert!(want.0.iter().all(|v| v.is_finite()), "{what}");
+    assert_bits(&what, &got.0, &want.0);
 }
 
 /// The epilogue stages (beta 0) on the TMA tile against the `wgmma` 256 tile, over an aux of

@@ -25,7 +25,7 @@ pub(super) type Launches = dyn Fn(&dyn Driver) -> Result<()>;
 pub(super) type Build = fn(&mut Buffers, Sizes) -> Result<Case>;
 
 /// Every case, in table order.
-pub(super) const CASES: [Build; 43] = [
+pub(super) const CASES: [Build; 44] = [
     ceiling_mma,
     ceiling_copy,
     copy_transpose,
@@ -50,6 +50,7 @@ pub(super) const CASES: [Build; 43] = [
     gemm_bf16_wgrad_split,
     gemm_bf16_wgrad_unsplit,
     gemm_bf16_wgrad_wgmma,
+    gemm_bf16_wgrad_tma,
     gemm_bf16_gelu,
     gemm_bf16_gelu_wgmma,
     coupling_fwd,
@@ -582,13 +583,14 @@ fn gemm_bf16_large_tile(b: &mut Buffers, s: Sizes) -> Result<Case> {
 
 /// The rows that need a compute-capability 9.0 GPU (or the interpreter): the bench leaves
 /// them out elsewhere.
-pub(super) const SM90_ONLY: [&str; 11] = [
+pub(super) const SM90_ONLY: [&str; 12] = [
     WGMMA_128,
     WGMMA_256,
     TMA_256,
     WGMMA_256_NN,
     TMA_256_NN,
     WGMMA_WGRAD,
+    TMA_WGRAD,
     WGMMA_GELU,
     WGMMA_ATTN,
     TMA_ATTN,
@@ -607,6 +609,7 @@ const TMA_256: &str = "gemm bf16 NT (TMA + wgmma, warp-specialized), 128 x 256 t
 const WGMMA_256_NN: &str = "gemm bf16 NN (wgmma, sm_90a), 128 x 256 tile";
 const TMA_256_NN: &str = "gemm bf16 NN (TMA + wgmma, warp-specialized), 128 x 256 tile";
 const WGMMA_WGRAD: &str = "gemm bf16 TN, weight gradient (wgmma, 128 x 128 tile, split)";
+const TMA_WGRAD: &str = "gemm bf16 TN, weight gradient (TMA + wgmma, 128 x 256 tile, split)";
 const WGMMA_GELU: &str = "gemm bf16 NT, gelu(A W^T + bias) (wgmma, 128 x 256 tile)";
 
 /// The product of [`gemm_bf16_on`] on a warpgroup tile (Hopper's `wgmma`).
@@ -726,6 +729,20 @@ fn gemm_bf16_wgrad_wgmma(b: &mut Buffers, s: Sizes) -> Result<Case> {
         run: Box::new(move |d| {
             k::gemm_bf16_split_k_wgmma(d, &g, k::WgmmaTile::N128, k::split_k_plan(&g))
         }),
+    })
+}
+
+/// The weight gradient as [`k::gemm_bf16`] runs it under `TARFLOW_WGMMA=tma`: split for the
+/// TMA tile's 128 x 256 CTAs, the ranges on that tile.
+fn gemm_bf16_wgrad_tma(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    let (shape, flops, g) = wgrad(b, s)?;
+    let c = g.m;
+    Ok(Case {
+        name: TMA_WGRAD,
+        shape,
+        flops: Some(flops),
+        bytes: (2 * 2 * c * g.k + 4 * c * c) as f64,
+        run: Box::new(move |d| k::gemm_bf16_split_k_tma(d, &g, k::split_k_plan_tma(&g))),
     })
 }
 

@@ -398,6 +398,14 @@ pub fn gemm_bf16(driver: &dyn Driver, g: &GemmBf16) -> Result<()> {
 
 /// [`gemm_bf16`] with the Hopper tiles `tiles` allows.
 pub(super) fn gemm_bf16_with(driver: &dyn Driver, g: &GemmBf16, tiles: HopperTiles) -> Result<()> {
+    if tiles == HopperTiles::Tma {
+        // Planned for the TMA tile's 128 x 256 CTAs; when it does not split, neither does
+        // split_k_plan (fewer CTAs per split can only ask for more splits).
+        let splits = split_k_plan_tma(g);
+        if splits > 1 {
+            return gemm_bf16_split_k_tma(driver, g, splits);
+        }
+    }
     let splits = split_k_plan(g);
     if tiles != HopperTiles::Off {
         if splits > 1 {
@@ -430,10 +438,20 @@ pub const SPLIT_MAX: usize = 16;
 /// keeping at least [`SPLIT_MIN_K`] of `k` per split, at most [`SPLIT_MAX`] splits, and `k`
 /// a multiple of 8 per split. Only single products (`batch` 1) split.
 pub fn split_k_plan(g: &GemmBf16) -> usize {
+    split_plan(g, 128)
+}
+
+/// [`split_k_plan`] for the TMA tile's CTAs of 128 x 256 outputs ([`gemm_bf16_split_k_tma`]).
+pub fn split_k_plan_tma(g: &GemmBf16) -> usize {
+    split_plan(g, 256)
+}
+
+/// The splits of [`split_k_plan`] for CTAs of 128 rows by `cols` columns.
+fn split_plan(g: &GemmBf16, cols: usize) -> usize {
     if g.batch != 1 || g.m == 0 || g.n == 0 {
         return 1;
     }
-    let ctas = g.m.div_ceil(128) * g.n.div_ceil(128);
+    let ctas = g.m.div_ceil(128) * g.n.div_ceil(cols);
     let mut splits = 1;
     while ctas * splits < LARGE_TILE_MIN_CTAS && splits < SPLIT_MAX {
         let next = 2 * splits;
@@ -471,6 +489,13 @@ pub fn gemm_bf16_split_k_wgmma(
     split_k_with(driver, g, splits, &|p| {
         gemm_bf16_wgmma(driver, p, None, tile)
     })
+}
+
+/// [`gemm_bf16_split_k`] with the ranges' products on the TMA tile ([`gemm_bf16_tma`]: the
+/// ranges are the batches of its tensor maps, each map's `k` extent one range, so a copy past
+/// a range's end reads the zero fill, not the next range).
+pub fn gemm_bf16_split_k_tma(driver: &dyn Driver, g: &GemmBf16, splits: usize) -> Result<()> {
+    split_k_with(driver, g, splits, &|p| gemm_bf16_tma(driver, p, None))
 }
 
 /// The split product of [`gemm_bf16_split_k`], each launch of a product through `product`.

@@ -634,6 +634,15 @@ fn launch_configurations_follow_the_kernels_contracts() {
         ..bf16_gemm(Bf16Layout::TN, d.ptr(), d.ptr(), d.ptr())
     };
     assert_eq!(split_k_plan(&wgrad_tn), 4);
+    // On the TMA tile's 128 x 256 CTAs, eight ways: 144 CTAs again.
+    assert_eq!(split_k_plan_tma(&wgrad_tn), 8);
+    assert_eq!(
+        split_k_plan_tma(&GemmBf16 {
+            k: 1000,
+            ..wgrad_tn
+        }),
+        1
+    );
     gemm_bf16(&d, &wgrad_tn).unwrap();
     let l = d.take();
     assert_eq!(
@@ -1048,7 +1057,8 @@ fn reduce_axis_picks_one_or_two_fixed_passes() {
 /// What `gemm_bf16` and `gemm_bf16_epilogue` launch for each `TARFLOW_WGMMA` choice: the
 /// `mma.sync` tiles when off; the warpgroup tile `WgmmaTile::pick` names (split products on
 /// the 128 one) with `1`; with `tma`, the TMA tile for the products the 256 tile would take
-/// (every layout), and the same as `1` for the others.
+/// (every layout) and for split products (planned for its tile), and the same as `1` for
+/// the others.
 #[test]
 fn the_hopper_choice_routes_each_product_to_its_tile() {
     use super::gemm::{gemm_bf16_epilogue_with, gemm_bf16_with, HopperTiles};
@@ -1116,7 +1126,7 @@ fn the_hopper_choice_routes_each_product_to_its_tile() {
             [
                 &["gemm_bf16_tn_128", "gemm_splitk_reduce"],
                 &["gemm_bf16_tn_wgmma_128", "gemm_splitk_reduce"],
-                &["gemm_bf16_tn_wgmma_128", "gemm_splitk_reduce"],
+                &["gemm_bf16_tn_tma_256", "gemm_splitk_reduce"],
             ],
         ),
         (

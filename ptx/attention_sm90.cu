@@ -535,6 +535,14 @@ __device__ __forceinline__ void key_rows_init(KeyRows& st, const __nv_bfloat16* 
   }
 }
 
+// Whether the 64 x 64 block of queries q0 .. and keys k0 .. has entries to mask: it reaches
+// past the queries or the keys, or the causal diagonal crosses it (its last key past its
+// first query's reach). The other blocks skip the index arithmetic and the selects.
+__device__ __forceinline__ bool edge_tile(unsigned q0, unsigned k0, unsigned nq, unsigned nk,
+                                          unsigned off, unsigned causal) {
+  return q0 + 64 > nq || k0 + 64 > nk || (causal && k0 + 63 > q0 + off);
+}
+
 // One query tile (queries i0 .. i0 + 63; Q and dO at qs and gs, their lse and D at Lt and
 // Dt) for a warpgroup's keys: S^T = K Q^T and dP^T = V dO^T, P^T and dS^T in their place
 // (masked entries 0), dV += P^T dO and dK += dS^T Q; every product retired before it
@@ -548,10 +556,7 @@ __device__ __forceinline__ void dkdv_tile(KeyRows& st, unsigned qs, unsigned gs,
   // The warpgroup's 64 keys (k0 ..) by the tile's 64 queries.
   float s[32], dp[32];
   two_products<SWIZZLED>(s, dp, st.ka, st.va, qs, gs);
-  // Only a tile that reaches past the queries or the keys, or that the diagonal crosses
-  // (its last key past its first query's reach), has entries to mask.
-  bool edge = i0 + 64 > nq || k0 + 64 > nk || (causal && k0 + 63 > i0 + off);
-  if (edge) {
+  if (edge_tile(i0, k0, nq, nk, off, causal)) {
 #pragma unroll
     for (int x = 0; x < 32; ++x) {
       unsigned c = (x >> 2) * 8 + 2 * tig + (x & 1);
@@ -719,9 +724,7 @@ __device__ __forceinline__ void dq_tile(QueryRows& st, unsigned ks_, unsigned vs
   // The warpgroup's 64 queries (r0 ..) by the tile's 64 keys.
   float s[32], dp[32];
   two_products<SWIZZLED>(s, dp, st.qa, st.ga, ks_, vs_);
-  // As dkdv_tile: only edge tiles have entries to mask.
-  bool edge = r0 + 64 > nq || k0 + 64 > nk || (causal && k0 + 63 > r0 + off);
-  if (edge) {
+  if (edge_tile(r0, k0, nq, nk, off, causal)) {
 #pragma unroll
     for (int x = 0; x < 32; ++x) {
       unsigned j = k0 + (x >> 2) * 8 + 2 * tig + (x & 1), h = (x >> 1) & 1, i = st.i_row[h];

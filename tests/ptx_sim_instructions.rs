@@ -1033,3 +1033,74 @@ fn redux_reduces_over_the_warp() {
     // each bit of b is set in 4 lanes: xor cancels
     check32("redux.sync.xor.b32 %d, %b, -1;", &cases(0));
 }
+
+/// A CTA of three warpgroups (launch bounds 384 threads and one CTA: 168 registers per
+/// thread) whose first warpgroup runs `setmaxnreg.{first}` and the other two
+/// `setmaxnreg.{rest}` (`("dec", 40)`: `.dec` to 40), each thread then storing its index;
+/// `bounds` false leaves the launch bounds out. The run's error, if any.
+fn setmaxnreg_cta(first: (&str, u32), rest: (&str, u32), bounds: bool) -> Result<(), String> {
+    let bounds = if bounds {
+        ".maxntid 384, 1, 1\n.minnctapersm 1\n"
+    } else {
+        ""
+    };
+    let text = format!(
+        ".version 8.0\n.target sm_90a\n.address_size 64\n.visible .entry t(.param .u64 pout)\n\
+         {bounds}{{\n.reg .pred %p<2>;\n.reg .b32 %r<4>;\n.reg .b64 %rd<4>;\n\
+         mov.u32 %r1, %tid.x;\nsetp.lt.u32 %p1, %r1, 128;\n@%p1 bra FIRST;\n\
+         setmaxnreg.{}.sync.aligned.u32 {};\nbra DONE;\nFIRST:\n\
+         setmaxnreg.{}.sync.aligned.u32 {};\nDONE:\nld.param.u64 %rd1, [pout];\n\
+         mul.wide.u32 %rd2, %r1, 4;\nadd.s64 %rd3, %rd1, %rd2;\nst.global.u32 [%rd3], %r1;\n\
+         ret;\n}}\n",
+        rest.0, rest.1, first.0, first.1
+    );
+    let m = PtxModule {
+        name: "setmaxnreg",
+        ptx: Box::leak(text.into_boxed_str()),
+    };
+    let d = PtxSim::new();
+    let out = d.alloc(4 * 384).unwrap();
+    d.launch(
+        &m,
+        "t",
+        LaunchConfig::linear(1, 384),
+        &[KernelArg::Ptr(out)],
+    )
+    .and_then(|()| d.synchronize())
+    .map_err(|e| e.to_string())?;
+    let mut got = vec![0u8; 4 * 384];
+    d.download(out, &mut got).unwrap();
+    for (t, c) in got.chunks(4).enumerate() {
+        assert_eq!(u32::from_le_bytes(c.try_into().unwrap()), t as u32);
+    }
+    Ok(())
+}
+
+#[test]
+fn setmaxnreg_moves_registers_through_the_ctas_pool() {
+    // 168 registers a thread at launch (65,536 / 384, in units of 8). The first warpgroup
+    // gives 128 x 128 back; the other two take 256 x 64 of them: all of them.
+    setmaxnreg_cta(("dec", 40), ("inc", 232), true).unwrap();
+    // An inc waits for the decs of warps that run after it: the first warpgroup asks for
+    // 128 x 64 before the others have given 256 x 64 back.
+    setmaxnreg_cta(("inc", 232), ("dec", 104), true).unwrap();
+    // 256 x 72 asked, 128 x 128 given: the incs wait forever.
+    let e = setmaxnreg_cta(("dec", 40), ("inc", 240), true).unwrap_err();
+    assert!(
+        e.contains("deadlock") && e.contains("`setmaxnreg.inc.sync.aligned.u32 240;`"),
+        "{e}"
+    );
+    // A dec above, or an inc below, what the warp holds; an entry without launch bounds.
+    let e = setmaxnreg_cta(("dec", 176), ("inc", 168), true).unwrap_err();
+    assert!(
+        e.contains("setmaxnreg.dec to 176 registers, more than the warp's 168"),
+        "{e}"
+    );
+    let e = setmaxnreg_cta(("inc", 160), ("dec", 168), true).unwrap_err();
+    assert!(
+        e.contains("setmaxnreg.inc to 160 registers, fewer than the warp's 168"),
+        "{e}"
+    );
+    let e = setmaxnreg_cta(("dec", 40), ("inc", 232), false).unwrap_err();
+    assert!(e.contains("without .maxntid and .minnctapersm"), "{e}");
+}

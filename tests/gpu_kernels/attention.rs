@@ -1304,6 +1304,22 @@ fn the_tma_backwards_mbarrier_and_layout_checks_catch_each_mutation() {
         );
         assert!(e.contains("deadlock"), "{kernel}: {e}");
     }
+    // The consumers ask for 240 registers a thread where the feeder gave 128 x 128 back
+    // (168 each at launch): 256 x 72 do not fit, and the last warps wait for ever.
+    let e = expect_error(
+        attn_bwd_tma_mutant(
+            DQ,
+            "setmaxnreg.inc.sync.aligned.u32 232",
+            0,
+            "setmaxnreg.inc.sync.aligned.u32 240",
+        )
+        .map(|_| ()),
+        "consumers at 240 registers",
+    );
+    assert!(
+        e.contains("deadlock") && e.contains("setmaxnreg.inc"),
+        "{e}"
+    );
     // The stages read the other way round: dO k-major in dV += P^T dO (the first
     // transposed step), or K k-major in dQ += dS K. Other bits, or an error.
     for kernel in [DKDV, DQ] {

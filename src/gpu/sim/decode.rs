@@ -290,7 +290,7 @@ pub fn decode_inst(
         }
         Op::Bar | Op::Nop | Op::CpAsync(_) | Op::Mbarrier(_) => ops.len(),
         Op::TmaLoad(_) => 4,
-        Op::SetMaxNreg => match ops.as_slice() {
+        Op::SetMaxNreg(_) => match ops.as_slice() {
             [Operand::Imm(n)] if (24..=256).contains(n) && n % 8 == 0 => 1,
             _ => {
                 return Err(
@@ -781,9 +781,11 @@ fn decode_op(mnem: &str, m: &mut Mods, nraw: usize) -> Result<Decoded, String> {
             if !(m.has("sync") && m.has("aligned") && m.has("u32")) {
                 return Err("setmaxnreg must be .sync.aligned.u32".into());
             }
-            m.one_of(&["inc", "dec"])
-                .ok_or("setmaxnreg needs .inc or .dec")?;
-            (Op::SetMaxNreg, Class::Sync, None)
+            let inc = m
+                .one_of(&["inc", "dec"])
+                .ok_or("setmaxnreg needs .inc or .dec")?
+                == "inc";
+            (Op::SetMaxNreg(inc), Class::Sync, None)
         }
         "fence" if m.has("proxy") => {
             if !m.has("async") {

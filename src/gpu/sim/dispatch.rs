@@ -500,7 +500,49 @@ impl<'a> Launch<'a> {
                 }
                 advance &= !active;
             }
-            Op::Nop | Op::SetMaxNreg => {}
+            Op::Nop => {}
+            Op::SetMaxNreg(inc) => {
+                if active != group || active.count_ones() != w.lanes || w.lanes != 32 {
+                    return Err("setmaxnreg .sync.aligned needs all 32 lanes of the warp".into());
+                }
+                let Some(&Operand::Imm(n)) = ops.first() else {
+                    return Err("setmaxnreg needs a constant register count".into());
+                };
+                if self.k.launch_regs.is_none() {
+                    return Err(
+                        "setmaxnreg in an entry without .maxntid and .minnctapersm: \
+                                the registers it moves are the launch bounds' share, unknown \
+                                otherwise"
+                            .into(),
+                    );
+                }
+                let (n, held) = (n as u32, w.nregs);
+                if *inc {
+                    if n < held {
+                        return Err(format!(
+                            "setmaxnreg.inc to {n} registers, fewer than the warp's {held}"
+                        ));
+                    }
+                    let need = 32 * (n - held) as u64;
+                    if self.reg_pool >= need {
+                        self.reg_pool -= need;
+                        w.nregs = n;
+                    } else {
+                        // Waits, at this instruction, for other warps' decs.
+                        park_waiting(w, active);
+                        advance &= !active;
+                        self.stalled += 1;
+                    }
+                } else {
+                    if n > held {
+                        return Err(format!(
+                            "setmaxnreg.dec to {n} registers, more than the warp's {held}"
+                        ));
+                    }
+                    self.reg_pool += 32 * (held - n) as u64;
+                    w.nregs = n;
+                }
+            }
             Op::Shfl(mode) => {
                 let mut vals = [0u64; 32];
                 let mut have = 0u32;

@@ -232,6 +232,7 @@ impl Driver for PtxSim {
             warps: Vec::new(),
             issued: 0,
             stalled: 0,
+            reg_pool: 0,
         };
         for z in 0..gz {
             for y in 0..gy {

@@ -62,6 +62,9 @@ pub(super) struct Warp {
     pub(super) local: Vec<u8>,
     /// The warp's `wgmma` instructions in flight.
     pub(super) wgmma: WgmmaState,
+    /// Registers per thread the warp holds (`Kernel::launch_regs` at the start; moved by
+    /// `setmaxnreg`).
+    pub(super) nregs: u32,
 }
 
 /// Everything one launch needs.
@@ -82,6 +85,8 @@ pub struct Launch<'a> {
     /// a round of the warps with nothing but the latter is a deadlock.
     pub(super) issued: u64,
     pub(super) stalled: u64,
+    /// Registers the CTA's warps have given back with `setmaxnreg.dec` and not taken again.
+    pub(super) reg_pool: u64,
 }
 
 #[inline(always)]
@@ -121,6 +126,7 @@ impl<'a> Launch<'a> {
                     groups: (0..32).map(|_| VecDeque::new()).collect(),
                     local: Vec::new(),
                     wgmma: WgmmaState::default(),
+                    nregs: 0,
                 })
                 .collect();
         }
@@ -135,6 +141,7 @@ impl<'a> Launch<'a> {
             w.groups.iter_mut().for_each(VecDeque::clear);
             w.local.clear();
             w.wgmma.reset();
+            w.nregs = self.k.launch_regs.unwrap_or(0);
             w.local.resize(32 * self.k.local_bytes as usize, POISON);
             for &(r, v) in &self.k.const_regs {
                 for l in 0..32 {
@@ -143,6 +150,7 @@ impl<'a> Launch<'a> {
                 w.init[r as usize] = u32::MAX;
             }
         }
+        self.reg_pool = 0;
         shared.start_clocks(nwarps as usize);
         let r = self.run_warps(&mut warps, ctaid, shared).and_then(|()| {
             let logs: Vec<&[(u16, u64, u64)]> =
@@ -235,8 +243,8 @@ impl<'a> Launch<'a> {
             pc: w.pc[0],
             warp: w.id,
             msg: format!(
-                "deadlock: some threads wait at bar.sync or for an mbarrier phase that can \
-                 never complete ({})",
+                "deadlock: some threads wait at bar.sync, for an mbarrier phase that can \
+                 never complete or for registers setmaxnreg.inc cannot get ({})",
                 parts.join("; ")
             ),
         }
@@ -303,7 +311,11 @@ impl<'a> Launch<'a> {
             self.step(w, pc, group, ctaid, shared)?;
             let moves = matches!(
                 op,
-                Op::Bra | Op::Exit | Op::Bar | Op::Mbarrier(MbarOp::TryWaitParity)
+                Op::Bra
+                    | Op::Exit
+                    | Op::Bar
+                    | Op::Mbarrier(MbarOp::TryWaitParity)
+                    | Op::SetMaxNreg(true)
             );
             if group == running && !moves {
                 next = Some((pc + 1, group));

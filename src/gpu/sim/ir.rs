@@ -512,9 +512,10 @@ pub enum Op {
     /// `wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 d, a-desc, b-desc, scale-d,
     /// imm-scale-a, imm-scale-b, imm-trans-a, imm-trans-b` (both operands in shared memory).
     Wgmma(u16),
-    /// `setmaxnreg.{inc,dec}.sync.aligned.u32 n`: moves registers between warpgroups, which
-    /// the interpreter (with no register budget) only checks.
-    SetMaxNreg,
+    /// `setmaxnreg.{inc,dec}.sync.aligned.u32 n` (`true`: inc): sets the warp's registers per
+    /// thread to `n`, giving registers back to the CTA's pool or taking them from it (an inc
+    /// waits until the pool has them).
+    SetMaxNreg(bool),
     /// `mbarrier.*.shared::cta.b64` on an mbarrier object in shared memory.
     Mbarrier(MbarOp),
     /// `cp.async.bulk.tensor.{n}d.shared::cluster.global.tile.mbarrier::complete_tx::bytes
@@ -629,6 +630,11 @@ pub struct Kernel {
     pub static_shared: u32,
     /// Per-thread local memory in bytes (`.local` arrays).
     pub local_bytes: u32,
+    /// Registers per thread at launch when the entry states its launch bounds (`.maxntid`
+    /// and `.minnctapersm`): the share of the 65,536-register file each thread of that many
+    /// CTAs gets, in the allocation unit of 8, at most 256 (what ptxas gives a kernel that
+    /// moves registers with `setmaxnreg`).
+    pub launch_regs: Option<u32>,
     /// Registers that hold constants from vector operands (`{0, %rs1}`), set at thread start.
     pub const_regs: Vec<(u32, u64)>,
     /// The instructions.

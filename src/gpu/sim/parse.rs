@@ -403,17 +403,27 @@ fn parse_entry(
             p.expect(',')?;
         }
     }
-    // Performance directives between the parameter list and the body.
+    // Performance directives between the parameter list and the body; the launch bounds
+    // are kept (the threads' product and the CTAs per multiprocessor).
+    let (mut max_threads, mut min_ctas) = (None, None);
     while let Some(Tok::Ident(w)) = p.peek().cloned() {
         match w.as_str() {
             ".maxntid" | ".reqntid" | ".minnctapersm" | ".maxnreg" | ".maxclusterrank"
             | ".reqnctapercluster" | ".explicitcluster" | ".noreturn" => {
                 p.pos += 1;
-                while matches!(p.peek(), Some(Tok::Num(_))) {
+                let mut product = 1u64;
+                while let Some(Tok::Num(n)) = p.peek().cloned() {
+                    let n = parse_int(&n).ok_or_else(|| p.err(format!("bad number {n}")))?;
+                    product = product.saturating_mul(n.max(1));
                     p.pos += 1;
                     if !p.eat(',') {
                         break;
                     }
+                }
+                match w.as_str() {
+                    ".maxntid" => max_threads = Some(product),
+                    ".minnctapersm" => min_ctas = Some(product),
+                    _ => {}
                 }
             }
             _ => return Err(p.err(format!("unknown entry directive {w}"))),
@@ -520,10 +530,19 @@ fn parse_entry(
         reg_names: body.reg_names,
         static_shared: body.static_shared,
         local_bytes: body.local_bytes,
+        launch_regs: max_threads
+            .zip(min_ctas)
+            .map(|(t, c)| launch_regs(t.saturating_mul(c))),
         const_regs: body.const_regs,
         insts,
         text,
     })
+}
+
+/// Registers per thread for `threads` threads resident at once (launch bounds' threads per
+/// CTA times CTAs per multiprocessor): 65,536 shared out in units of 8, at most 256.
+pub fn launch_regs(threads: u64) -> u32 {
+    ((65_536 / threads.max(1)) / 8 * 8).min(256) as u32
 }
 
 /// `.reg .type name<N>, name2;`

@@ -356,12 +356,13 @@ impl tarflow::gpu::Forward for PerLaunch {
     }
 }
 
-/// The tensor-core attention backward's kernels on each tile family (`mma.sync`, `wgmma`,
-/// TMA-fed `wgmma`) at `[1, 2, 512, 64]`, causal and not: each launch runs the CTAs its
-/// wrapper's grid asks for and writes its outputs once (dK and dV, or dQ). Run with
-/// `--nocapture` for the table in docs/kernels.md ("The backward fed by TMA").
+/// The tensor-core attention backward's kernels, then the bf16-input forward, on each tile
+/// family (`mma.sync`, `wgmma`, TMA-fed `wgmma`) at `[1, 2, 512, 64]`, causal and not: each
+/// launch runs the CTAs its wrapper's grid asks for and writes its outputs once (dK and dV,
+/// dQ, or O and lse). Run with `--nocapture` for the table in docs/kernels.md ("The backward
+/// fed by TMA").
 #[test]
-fn interpreter_counters_of_the_attention_backward_per_kernel() {
+fn interpreter_counters_of_the_attention_kernels_per_launch() {
     let d = PerLaunch {
         sim: PtxSim::new(),
         rows: Default::default(),
@@ -446,6 +447,61 @@ fn interpreter_counters_of_the_attention_backward_per_kernel() {
                     c.shared_bank_conflicts
                 ));
             }
+        }
+    }
+    // The bf16-input forwards (the `mma.sync` kernel, `wgmma`, TMA): 128 queries a CTA.
+    type Fwd = fn(&dyn Driver, &AttnFwd) -> tarflow::Result<()>;
+    let fwds: [Fwd; 3] = [
+        attn_fwd,
+        |d, a| attn_fwd_wgmma(d, a, None),
+        |d, a| attn_fwd_tma(d, a, None),
+    ];
+    for causal in [true, false] {
+        for run in fwds {
+            let fwd = AttnFwd {
+                dims: AttnDims {
+                    b: 1,
+                    h,
+                    nq: n,
+                    nk: n,
+                    dh: 64,
+                    dv: 64,
+                },
+                scores: AttnScores {
+                    alpha: 0.125,
+                    causal,
+                },
+                q: view(q),
+                k: view(k),
+                v: view(v),
+                o: view(poisoned_f32(drv, h * n * 64)),
+                lse: poisoned_f32(drv, h * n),
+                precision: AttnPrecision::Bf16Inputs,
+            };
+            run(drv, &fwd).unwrap();
+            let rows = std::mem::take(&mut *d.rows.lock().unwrap());
+            let [(kernel, c)] = &rows[..] else {
+                panic!("one launch, got {}", rows.len());
+            };
+            assert_eq!(c.ctas, (h * n.div_ceil(128)) as u64, "{kernel}: CTAs");
+            assert_eq!(
+                c.global_bytes_written,
+                (4 * h * n * 65) as u64,
+                "{kernel}: bytes written"
+            );
+            table.push(format!(
+                "| `{kernel}` | {causal} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                c.ctas,
+                c.warp_instructions(),
+                c.int,
+                c.fp32,
+                c.memory,
+                c.control,
+                c.sync,
+                c.tensor,
+                c.global_bytes_read,
+                c.shared_bank_conflicts
+            ));
         }
     }
     println!("{}", table.join("\n"));

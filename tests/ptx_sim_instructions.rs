@@ -1090,6 +1090,12 @@ fn setmaxnreg_moves_registers_through_the_ctas_pool() {
         e.contains("deadlock") && e.contains("`setmaxnreg.inc.sync.aligned.u32 240;`"),
         "{e}"
     );
+    // Decs that give nothing back leave the first warpgroup's inc waiting for ever.
+    let e = setmaxnreg_cta(("inc", 176), ("dec", 168), true).unwrap_err();
+    assert!(
+        e.contains("deadlock") && e.contains("`setmaxnreg.inc.sync.aligned.u32 176;`"),
+        "{e}"
+    );
     // A dec above, or an inc below, what the warp holds; an entry without launch bounds.
     let e = setmaxnreg_cta(("dec", 176), ("inc", 168), true).unwrap_err();
     assert!(

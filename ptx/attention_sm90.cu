@@ -382,15 +382,8 @@ extern "C" __global__ void __launch_bounds__(384, 1) attn_fwd_bf16s_d64_tma(
   unsigned qend = min(nq, q0 + W_BQ);
   unsigned kend = causal ? min(nk, qend + off) : nk;
   unsigned ntiles = (kend + W_BK - 1) / W_BK;
-  if (threadIdx.x == 0) {
-    mbar_init(q_full, 1);
-    for (int s = 0; s < T_STAGES; ++s) {
-      mbar_init(full0 + 8 * s, 1);
-      mbar_init(empty0 + 8 * s, 8);
-    }
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-  }
-  __syncthreads();
+  if (threadIdx.x == 0) mbar_init(q_full, 1);
+  ring_init(full0, empty0, T_STAGES);
   if (threadIdx.x < 128) {
     if (threadIdx.x == 0) {
       mbar_expect_bytes(q_full, W_Q_BYTES);
@@ -591,24 +584,34 @@ __device__ __forceinline__ void dkdv_tile(KeyRows& st, unsigned qs, unsigned gs,
   wgmma_wait<0>();
 }
 
+// A warpgroup's 64 x 64 gradient accumulators (this thread's rows[0] and rows[1], rows at
+// or beyond n skipped) into `out` with row stride sn and feature stride sd; with SCALE,
+// times alpha.
+template <bool SCALE>
+__device__ __forceinline__ void store_rows(float* __restrict__ out, const float* acc,
+                                           const unsigned* rows, unsigned n, unsigned sn,
+                                           unsigned sd, float alpha, unsigned tig) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    unsigned r = rows[h];
+    if (r >= n) continue;
+#pragma unroll
+    for (int f = 0; f < 8; ++f)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        float x = acc[4 * f + 2 * h + e];
+        out[(size_t)r * sn + (size_t)(f * 8 + 2 * tig + e) * sd] = SCALE ? alpha * x : x;
+      }
+  }
+}
+
 // The warpgroup's dK (times alpha) and dV rows.
 __device__ __forceinline__ void key_rows_store(const KeyRows& st, float* __restrict__ dk,
                                                float* __restrict__ dvo, unsigned nk,
                                                unsigned dk_sn, unsigned dk_sd, unsigned dv_sn,
                                                unsigned dv_sd, float alpha, unsigned tig) {
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    unsigned j = st.j_row[h];
-    if (j >= nk) continue;
-#pragma unroll
-    for (int f = 0; f < 8; ++f)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        unsigned c = f * 8 + 2 * tig + e;
-        dk[(size_t)j * dk_sn + (size_t)c * dk_sd] = alpha * st.dka[4 * f + 2 * h + e];
-        dvo[(size_t)j * dv_sn + (size_t)c * dv_sd] = st.dva[4 * f + 2 * h + e];
-      }
-  }
+  store_rows<true>(dk, st.dka, st.j_row, nk, dk_sn, dk_sd, alpha, tig);
+  store_rows<false>(dvo, st.dva, st.j_row, nk, dv_sn, dv_sd, alpha, tig);
 }
 
 extern "C" __global__ void __launch_bounds__(128) attn_bwd_dkdv_bf16_d64_wgmma(
@@ -755,18 +758,7 @@ __device__ __forceinline__ void dq_tile(QueryRows& st, unsigned ks_, unsigned vs
 __device__ __forceinline__ void query_rows_store(const QueryRows& st, float* __restrict__ dq,
                                                  unsigned nq, unsigned dq_sn, unsigned dq_sd,
                                                  float alpha, unsigned tig) {
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    unsigned i = st.i_row[h];
-    if (i >= nq) continue;
-#pragma unroll
-    for (int f = 0; f < 8; ++f)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        unsigned c = f * 8 + 2 * tig + e;
-        dq[(size_t)i * dq_sn + (size_t)c * dq_sd] = alpha * st.acc[4 * f + 2 * h + e];
-      }
-  }
+  store_rows<true>(dq, st.acc, st.i_row, nq, dq_sn, dq_sd, alpha, tig);
 }
 
 extern "C" __global__ void __launch_bounds__(128) attn_bwd_dq_bf16_d64_wgmma(
@@ -850,19 +842,6 @@ __device__ __forceinline__ void tma_load_vec(unsigned dst, const TensorMap* map,
       " [%0], [%1, {%2}], [%3];\n" ::"r"(dst),
       "l"((unsigned long long)map), "r"(x), "r"(bar)
       : "memory");
-}
-
-// The mbarriers at `full0` (one arrival and the stage's bytes) and `empty0` (one arrival per
-// consumer warp) for `stages` stages, initialised by thread 0 before the CTA's first barrier.
-__device__ __forceinline__ void ring_init(unsigned full0, unsigned empty0, int stages) {
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < stages; ++s) {
-      mbar_init(full0 + 8 * s, 1);
-      mbar_init(empty0 + 8 * s, 8);
-    }
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-  }
-  __syncthreads();
 }
 
 extern "C" __global__ void __launch_bounds__(384, 1) attn_bwd_dkdv_bf16_d64_tma(

@@ -413,14 +413,7 @@ __device__ __forceinline__ void gemm_bf16_tma(const TensorMap* a_map, const Tens
   unsigned full0 = base + TMA_RING, empty0 = full0 + TMA_STAGES * 8;
   unsigned m0 = blockIdx.y * WG_BM, n0 = blockIdx.x * TMA_BN;
   unsigned ktiles = (k + WG_BK - 1) / WG_BK;
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < TMA_STAGES; ++s) {
-      mbar_init(full0 + 8 * s, 1);
-      mbar_init(empty0 + 8 * s, 8);
-    }
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-  }
-  __syncthreads();
+  ring_init(full0, empty0, TMA_STAGES);
   if (threadIdx.x < 128) {
     // The feeding warpgroup: 40 registers are plenty, and it leaves as soon as every copy is
     // issued (they complete on the mbarriers, which outlive it with the CTA).

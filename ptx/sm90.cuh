@@ -49,6 +49,21 @@ __device__ __forceinline__ void mbar_expect_bytes(unsigned bar, unsigned bytes) 
                : "memory");
 }
 
+// The mbarriers of a TMA ring of `stages` stages: `full` (at full0, 8 bytes apart: one
+// arrival, the one that expects the stage's bytes) and `empty` (at empty0: one arrival per
+// consumer warp, 8), initialised by thread 0 and made visible before the CTA's first barrier,
+// which this ends with. A kernel with more mbarriers initialises them on thread 0 first.
+__device__ __forceinline__ void ring_init(unsigned full0, unsigned empty0, int stages) {
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < stages; ++s) {
+      mbar_init(full0 + 8 * s, 1);
+      mbar_init(empty0 + 8 * s, 8);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+}
+
 __device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
   unsigned done;
   do {

@@ -3,6 +3,7 @@
 //! with `--nocapture` to print the table kept in docs/kernels.md ("Interpreter counters").
 
 use tarflow::gpu::kernels::*;
+use tarflow::gpu::sim::Counters;
 use tarflow::gpu::{Driver, PtxSim};
 use tarflow::optim::AdamWConfig;
 use tarflow::Rng;
@@ -15,6 +16,12 @@ fn row(sim: &PtxSim, kernel: &str, shape: &str, ctas: u64, written: u64) -> Stri
     let c = sim
         .last_counters()
         .unwrap_or_else(|| panic!("{kernel}: no counters (did the launch run?)"));
+    counters_row(kernel, shape, &c, ctas, written)
+}
+
+/// The row of one launch's counters `c`, checked against the CTAs and bytes written the
+/// launch must produce.
+fn counters_row(kernel: &str, shape: &str, c: &Counters, ctas: u64, written: u64) -> String {
     assert_eq!(c.ctas, ctas, "{kernel} {shape}: CTAs");
     assert_eq!(
         c.global_bytes_written, written,
@@ -42,15 +49,18 @@ fn row(sim: &PtxSim, kernel: &str, shape: &str, ctas: u64, written: u64) -> Stri
     )
 }
 
+/// The table's header.
+const HEADER: [&str; 2] = [
+    "| kernel | shape | CTAs | warp-instructions | int | fp32 | fp64 | sfu | memory | control | sync | tensor | global bytes read | global bytes written | bank conflicts |",
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+];
+
 #[test]
 fn interpreter_counters_per_kernel() {
     let sim = PtxSim::new();
     let d: &dyn Driver = &sim;
     let mut rng = Rng::new(81);
-    let mut table = vec![
-        "| kernel | shape | CTAs | warp-instructions | int | fp32 | fp64 | sfu | memory | control | sync | tensor | global bytes read | global bytes written | bank conflicts |".to_string(),
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|".to_string(),
-    ];
+    let mut table: Vec<String> = HEADER.map(String::from).to_vec();
     let n = 4096usize;
     let x = upload::<f32>(d, &normal(&mut rng, n));
     let y = upload::<f32>(d, &normal(&mut rng, n));
@@ -335,7 +345,7 @@ fn interpreter_counters_per_kernel() {
 /// kernels.
 struct PerLaunch {
     sim: PtxSim,
-    rows: std::sync::Mutex<Vec<(String, tarflow::gpu::sim::Counters)>>,
+    rows: std::sync::Mutex<Vec<(String, Counters)>>,
 }
 
 impl tarflow::gpu::Forward for PerLaunch {
@@ -385,12 +395,31 @@ fn interpreter_counters_of_the_attention_kernels_per_launch() {
     let g = upload::<f32>(drv, &normal(&mut rng, h * n * 64));
     let lse: Vec<f32> = normal(&mut rng, h * n).iter().map(|x| 9.0 + x).collect();
     let lse = upload::<f32>(drv, &lse);
-    let mut table = vec![
-        "| kernel | causal | CTAs | warp-instructions | int | fp32 | memory | control | sync | tensor | global bytes read | bank conflicts |".to_string(),
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|".to_string(),
-    ];
-    type Run = fn(&dyn Driver, &AttnBwd) -> tarflow::Result<()>;
-    let runs: [(Run, u64); 3] = [
+    let dims = AttnDims {
+        b: 1,
+        h,
+        nq: n,
+        nk: n,
+        dh: 64,
+        dv: 64,
+    };
+    let scores = |causal| AttnScores {
+        alpha: 0.125,
+        causal,
+    };
+    let mut table: Vec<String> = HEADER.map(String::from).to_vec();
+    // The launches since the last call, from the `skip`-th on, each against its CTAs and
+    // bytes written.
+    let mut record = |shape: &str, skip: usize, want: &[(u64, u64)]| {
+        let rows = std::mem::take(&mut *d.rows.lock().unwrap());
+        assert_eq!(rows.len(), skip + want.len(), "{shape}: launches");
+        for ((kernel, c), &(ctas, written)) in rows[skip..].iter().zip(want) {
+            table.push(counters_row(kernel, shape, c, ctas, written));
+        }
+    };
+    let grads = (4 * h * n * 64) as u64;
+    type Bwd = fn(&dyn Driver, &AttnBwd) -> tarflow::Result<()>;
+    let bwds: [(Bwd, usize); 3] = [
         (
             |d, a| attn_bwd_stored(d, a, AttnStorage::Bf16TensorCores),
             64,
@@ -398,21 +427,19 @@ fn interpreter_counters_of_the_attention_kernels_per_launch() {
         (attn_bwd_wgmma, 64),
         (attn_bwd_tma, 128),
     ];
+    // The bf16-input forwards (the `mma.sync` kernel, `wgmma`, TMA): 128 queries a CTA.
+    type Fwd = fn(&dyn Driver, &AttnFwd) -> tarflow::Result<()>;
+    let fwds: [Fwd; 3] = [
+        attn_fwd,
+        |d, a| attn_fwd_wgmma(d, a, None),
+        |d, a| attn_fwd_tma(d, a, None),
+    ];
     for causal in [true, false] {
-        for (run, rows_per_cta) in runs {
+        let shape = format!("[1, 2, 512, 64]{}", if causal { ", causal" } else { "" });
+        for (run, rows_per_cta) in bwds {
             let bwd = AttnBwd {
-                dims: AttnDims {
-                    b: 1,
-                    h,
-                    nq: n,
-                    nk: n,
-                    dh: 64,
-                    dv: 64,
-                },
-                scores: AttnScores {
-                    alpha: 0.125,
-                    causal,
-                },
+                dims,
+                scores: scores(causal),
                 q: view(q),
                 k: view(k),
                 v: view(v),
@@ -425,52 +452,14 @@ fn interpreter_counters_of_the_attention_kernels_per_launch() {
                 dv: view(poisoned_f32(drv, h * n * 64)),
             };
             run(drv, &bwd).unwrap();
-            let rows = std::mem::take(&mut *d.rows.lock().unwrap());
-            let names: Vec<&str> = rows.iter().map(|(k, _)| k.as_str()).collect();
-            assert_eq!(names.len(), 3, "{names:?}");
-            let ctas = (h as u64) * (n as u64).div_ceil(rows_per_cta);
-            let grads = (4 * h * n * 64) as u64;
-            for ((kernel, c), written) in rows[1..].iter().zip([2 * grads, grads]) {
-                assert_eq!(c.ctas, ctas, "{kernel}: CTAs");
-                assert_eq!(c.global_bytes_written, written, "{kernel}: bytes written");
-                table.push(format!(
-                    "| `{kernel}` | {causal} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                    c.ctas,
-                    c.warp_instructions(),
-                    c.int,
-                    c.fp32,
-                    c.memory,
-                    c.control,
-                    c.sync,
-                    c.tensor,
-                    c.global_bytes_read,
-                    c.shared_bank_conflicts
-                ));
-            }
+            // After the D kernel: dK and dV, then dQ.
+            let ctas = (h * n.div_ceil(rows_per_cta)) as u64;
+            record(&shape, 1, &[(ctas, 2 * grads), (ctas, grads)]);
         }
-    }
-    // The bf16-input forwards (the `mma.sync` kernel, `wgmma`, TMA): 128 queries a CTA.
-    type Fwd = fn(&dyn Driver, &AttnFwd) -> tarflow::Result<()>;
-    let fwds: [Fwd; 3] = [
-        attn_fwd,
-        |d, a| attn_fwd_wgmma(d, a, None),
-        |d, a| attn_fwd_tma(d, a, None),
-    ];
-    for causal in [true, false] {
         for run in fwds {
             let fwd = AttnFwd {
-                dims: AttnDims {
-                    b: 1,
-                    h,
-                    nq: n,
-                    nk: n,
-                    dh: 64,
-                    dv: 64,
-                },
-                scores: AttnScores {
-                    alpha: 0.125,
-                    causal,
-                },
+                dims,
+                scores: scores(causal),
                 q: view(q),
                 k: view(k),
                 v: view(v),
@@ -479,29 +468,12 @@ fn interpreter_counters_of_the_attention_kernels_per_launch() {
                 precision: AttnPrecision::Bf16Inputs,
             };
             run(drv, &fwd).unwrap();
-            let rows = std::mem::take(&mut *d.rows.lock().unwrap());
-            let [(kernel, c)] = &rows[..] else {
-                panic!("one launch, got {}", rows.len());
-            };
-            assert_eq!(c.ctas, (h * n.div_ceil(128)) as u64, "{kernel}: CTAs");
-            assert_eq!(
-                c.global_bytes_written,
-                (4 * h * n * 65) as u64,
-                "{kernel}: bytes written"
+            // O and lse.
+            record(
+                &shape,
+                0,
+                &[((h * n.div_ceil(128)) as u64, (4 * h * n * 65) as u64)],
             );
-            table.push(format!(
-                "| `{kernel}` | {causal} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                c.ctas,
-                c.warp_instructions(),
-                c.int,
-                c.fp32,
-                c.memory,
-                c.control,
-                c.sync,
-                c.tensor,
-                c.global_bytes_read,
-                c.shared_bank_conflicts
-            ));
         }
     }
     println!("{}", table.join("\n"));

@@ -689,60 +689,53 @@ fn wgrad(b: &mut Buffers, s: Sizes) -> Result<(String, f64, k::GemmBf16)> {
     Ok((format!("{c}x{c}x{rows}"), 2.0 * (c * c * rows) as f64, prod))
 }
 
-/// The weight gradient as `gemm_bf16` runs it: split over k ([`k::split_k_plan`]) on the
-/// 128 tile where its tiles are too few for the GPU.
-fn gemm_bf16_wgrad_split(b: &mut Buffers, s: Sizes) -> Result<Case> {
+/// The weight gradient of [`wgrad`] named `name`, run by `run`.
+fn wgrad_case(
+    b: &mut Buffers,
+    s: Sizes,
+    name: &'static str,
+    run: fn(&dyn Driver, &k::GemmBf16) -> Result<()>,
+) -> Result<Case> {
     let (shape, flops, g) = wgrad(b, s)?;
     let c = g.m;
     Ok(Case {
-        name: "gemm bf16 TN, weight gradient",
+        name,
         shape,
         flops: Some(flops),
         bytes: (2 * 2 * c * g.k + 4 * c * c) as f64,
-        run: Box::new(move |d| k::gemm_bf16(d, &g)),
+        run: Box::new(move |d| run(d, &g)),
     })
+}
+
+/// The weight gradient as `gemm_bf16` runs it: split over k ([`k::split_k_plan`]) on the
+/// 128 tile where its tiles are too few for the GPU.
+fn gemm_bf16_wgrad_split(b: &mut Buffers, s: Sizes) -> Result<Case> {
+    wgrad_case(b, s, "gemm bf16 TN, weight gradient", k::gemm_bf16)
 }
 
 /// The same product unsplit on the 64 tile (what ran before the split), for comparison.
 fn gemm_bf16_wgrad_unsplit(b: &mut Buffers, s: Sizes) -> Result<Case> {
-    let (shape, flops, g) = wgrad(b, s)?;
-    let c = g.m;
-    Ok(Case {
-        name: "gemm bf16 TN, weight gradient unsplit (64 tile)",
-        shape,
-        flops: Some(flops),
-        bytes: (2 * 2 * c * g.k + 4 * c * c) as f64,
-        run: Box::new(move |d| k::gemm_bf16_on(d, &g, None, k::Bf16Tile::Small)),
-    })
+    wgrad_case(
+        b,
+        s,
+        "gemm bf16 TN, weight gradient unsplit (64 tile)",
+        |d, g| k::gemm_bf16_on(d, g, None, k::Bf16Tile::Small),
+    )
 }
 
 /// The weight gradient split over k as [`k::gemm_bf16`] runs it with the warpgroup tiles on:
 /// the ranges on the 128 x 128 warpgroup tile.
 fn gemm_bf16_wgrad_wgmma(b: &mut Buffers, s: Sizes) -> Result<Case> {
-    let (shape, flops, g) = wgrad(b, s)?;
-    let c = g.m;
-    Ok(Case {
-        name: WGMMA_WGRAD,
-        shape,
-        flops: Some(flops),
-        bytes: (2 * 2 * c * g.k + 4 * c * c) as f64,
-        run: Box::new(move |d| {
-            k::gemm_bf16_split_k_wgmma(d, &g, k::WgmmaTile::N128, k::split_k_plan(&g))
-        }),
+    wgrad_case(b, s, WGMMA_WGRAD, |d, g| {
+        k::gemm_bf16_split_k_wgmma(d, g, k::WgmmaTile::N128, k::split_k_plan(g))
     })
 }
 
 /// The weight gradient as [`k::gemm_bf16`] runs it under `TARFLOW_WGMMA=tma`: split for the
 /// TMA tile's 128 x 256 CTAs, the ranges on that tile.
 fn gemm_bf16_wgrad_tma(b: &mut Buffers, s: Sizes) -> Result<Case> {
-    let (shape, flops, g) = wgrad(b, s)?;
-    let c = g.m;
-    Ok(Case {
-        name: TMA_WGRAD,
-        shape,
-        flops: Some(flops),
-        bytes: (2 * 2 * c * g.k + 4 * c * c) as f64,
-        run: Box::new(move |d| k::gemm_bf16_split_k_tma(d, &g, k::split_k_plan_tma(&g))),
+    wgrad_case(b, s, TMA_WGRAD, |d, g| {
+        k::gemm_bf16_split_k_tma(d, g, k::split_k_plan_tma(g))
     })
 }
 

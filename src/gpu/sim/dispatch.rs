@@ -17,6 +17,8 @@ use super::tma::park_waiting;
 use super::warp_ops::{mma_m16n8k16, shfl_source};
 
 impl<'a> Launch<'a> {
+    /// Issues instruction `pc` for the lanes of `group`: whether every one of them went on
+    /// to `pc + 1` (none branched, waited, parked or exited).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn exec(
         &mut self,
@@ -26,7 +28,7 @@ impl<'a> Launch<'a> {
         ctaid: (u32, u32, u32),
         shared: &mut SharedMem,
         cur: &mut Option<u32>,
-    ) -> R<()> {
+    ) -> R<bool> {
         let k = self.k;
         let inst = &k.insts[pc as usize];
         self.counters.count(inst.class);
@@ -764,7 +766,7 @@ impl<'a> Launch<'a> {
         for (l, pc) in w.pc.iter_mut().enumerate() {
             *pc += (advance >> l) & 1;
         }
-        Ok(())
+        Ok(advance == group)
     }
 
     pub(super) fn mov(

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 
 use super::counters::Counters;
 use super::intmath::mask;
-use super::ir::{Kernel, MbarOp, Op, Operand, Sreg};
+use super::ir::{Kernel, Op, Operand, Sreg};
 use super::memory::{GlobalMem, SharedMem, POISON};
 use super::wgmma::{check_warpgroups, WgmmaState};
 use crate::gpu::driver::LaunchConfig;
@@ -308,16 +308,8 @@ impl<'a> Launch<'a> {
                 }
                 continue;
             }
-            self.step(w, pc, group, ctaid, shared)?;
-            let moves = matches!(
-                op,
-                Op::Bra
-                    | Op::Exit
-                    | Op::Bar
-                    | Op::Mbarrier(MbarOp::TryWaitParity)
-                    | Op::SetMaxNreg(true)
-            );
-            if group == running && !moves {
+            let straight = self.step(w, pc, group, ctaid, shared)?;
+            if group == running && straight {
                 next = Some((pc + 1, group));
             }
         }
@@ -368,6 +360,7 @@ impl<'a> Launch<'a> {
         None
     }
 
+    /// [`Launch::exec`] with its error as a fault at `pc`: whether the lanes went straight on.
     pub(super) fn step(
         &mut self,
         w: &mut Warp,
@@ -375,7 +368,7 @@ impl<'a> Launch<'a> {
         group: u32,
         ctaid: (u32, u32, u32),
         shared: &mut SharedMem,
-    ) -> Result<(), Fault> {
+    ) -> Result<bool, Fault> {
         let mut cur_lane = None;
         self.issued += 1;
         let r = self.exec(w, pc, group, ctaid, shared, &mut cur_lane);

@@ -342,7 +342,8 @@ fn bench_kernels_on_cuda_without_a_gpu_names_what_is_missing() {
 }
 
 /// The whole-model bench runs on a device: on the interpreter, the tiny preset's training
-/// step, forward NLL and KV-cached sampling each give a timing.
+/// step, forward NLL and KV-cached sampling each give a timing, and with --profile-kernels
+/// the launches of one more run, per kernel, adding up to the run's.
 #[test]
 fn bench_model_runs_on_the_ptx_interpreter() {
     let out = tarflow(&[
@@ -357,6 +358,7 @@ fn bench_model_runs_on_the_ptx_interpreter() {
         "1",
         "--repeats",
         "1",
+        "--profile-kernels",
         "--json",
     ]);
     assert!(
@@ -375,10 +377,44 @@ fn bench_model_runs_on_the_ptx_interpreter() {
             "sample (KV cache)"
         ]
     );
-    for r in rows {
+    // The kernels each workload must launch: the tiny preset has 2 blocks of 1 layer, 49
+    // tokens, so sampling decodes 48 positions per block, each through one layer.
+    let expect = [
+        ("attn_bwd_dkdv_f32", 2),
+        ("attn_fwd_f32", 2),
+        ("attn_decode_partial_f32", 96),
+    ];
+    for (r, (kernel, launches)) in rows.iter().zip(expect) {
         let t = r["median_s"].as_f64().expect("median_s");
         assert!(t > 0.0 && t.is_finite(), "{r}");
+        let p = &r["kernels"];
+        let kernels = p["kernels"].as_array().expect("kernels");
+        let n = |k: &serde_json::Value, f: &str| k[f].as_u64().unwrap_or_else(|| panic!("{f}"));
+        let total: u64 = kernels.iter().map(|k| n(k, "launches")).sum();
+        assert_eq!(total, n(p, "launches"), "{}", r["name"]);
+        for f in ["warp_instructions", "bytes_read", "bytes_written"] {
+            let sum: u64 = kernels.iter().map(|k| n(&k["work"], f)).sum();
+            assert_eq!(sum, n(&p["work"], f), "{} {f}", r["name"]);
+        }
+        assert!(
+            p["device_s"].is_null(),
+            "the interpreter has no device clock"
+        );
+        let row = kernels.iter().find(|k| k["kernel"] == kernel);
+        let row = row.unwrap_or_else(|| panic!("{} launches no {kernel}: {p}", r["name"]));
+        assert_eq!(n(row, "launches"), launches, "{kernel}");
+        // The most expensive kernel first.
+        let instr: Vec<u64> = kernels
+            .iter()
+            .map(|k| n(&k["work"], "warp_instructions"))
+            .collect();
+        assert!(instr.windows(2).all(|w| w[0] >= w[1]), "{instr:?}");
     }
+    // On the CPU there is nothing to profile.
+    let out = tarflow(&["bench", "--preset", "tiny", "--profile-kernels"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("--profile-kernels"), "{err}");
 }
 
 /// Every command that computes takes `--device`: on `ptx-sim` (the GPU kernels on the PTX

@@ -10,7 +10,8 @@ use super::Timing;
 use crate::autograd::no_grad;
 use crate::backend::{matmul_precision, Precision};
 use crate::error::{Error, Result};
-use crate::gpu::{memory_stats, reset_peak};
+use crate::gpu::profile::{self, KernelShare};
+use crate::gpu::{memory_stats, reset_peak, LaunchWork};
 use crate::model::memory::check_fits;
 use crate::model::{Recompute, SampleOptions, Sampler, TarFlow, TarFlowConfig};
 use crate::nn::ParamStore;
@@ -41,6 +42,45 @@ pub struct ModelTiming {
     /// other workloads).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<StepMemory>,
+    /// The workload's launches, profiled on one more run, when [`StepSettings::profile`]
+    /// asked for it (GPU-like devices only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernels: Option<KernelProfile>,
+}
+
+/// The launches of one run of a workload, from [`crate::gpu::profile`].
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelProfile {
+    /// Wall-clock time of the profiled run in seconds. The marks recorded around each launch
+    /// on a GPU add to it; against [`KernelProfile::device_s`] it shows how much of a run
+    /// the device spends waiting for the host.
+    pub wall_s: f64,
+    /// Launches in the run.
+    pub launches: usize,
+    /// Device time of all launches in seconds, on a GPU.
+    pub device_s: Option<f64>,
+    /// Warp-instructions and global traffic of all launches, on the interpreter.
+    pub work: Option<LaunchWork>,
+    /// One row per kernel, the most expensive first.
+    pub kernels: Vec<KernelShare>,
+}
+
+/// Runs `f` once under a launch profile of `device` (the profile ends whether or not `f`
+/// succeeds).
+fn profiled(device: Device, f: &mut dyn FnMut() -> Result<()>) -> Result<KernelProfile> {
+    profile::start(device)?;
+    let t0 = Instant::now();
+    let ran = f().and_then(|()| crate::gpu::registry::driver(device)?.synchronize());
+    let wall_s = t0.elapsed().as_secs_f64();
+    let p = profile::finish(device)?;
+    ran?;
+    Ok(KernelProfile {
+        wall_s,
+        launches: p.launches.len(),
+        device_s: p.device_ms().map(|ms| ms / 1e3),
+        work: p.work(),
+        kernels: p.by_kernel(),
+    })
 }
 
 /// How the benchmarked training step runs: the precision of its matrix products and what its
@@ -52,6 +92,9 @@ pub struct StepSettings {
     pub precision: Precision,
     /// What each Transformer layer recomputes instead of keeping.
     pub recompute: Recompute,
+    /// After timing each workload, run it once more under a launch profile
+    /// ([`ModelTiming::kernels`]); GPU-like devices only.
+    pub profile: bool,
 }
 
 /// The device memory of one training step (forward, loss, backward, AdamW), as counted by
@@ -118,6 +161,7 @@ fn timing(name: &str, batch: usize, t: Timing, flops: f64) -> ModelTiming {
         images_per_s: batch as f64 / t.median_s,
         gflops: flops / t.median_s / 1e9,
         memory: None,
+        kernels: None,
     }
 }
 
@@ -238,8 +282,19 @@ pub fn bench_model_each(
     let StepSettings {
         precision,
         recompute,
+        profile,
     } = step;
     check_shape(cfg, batch, sample_batch)?;
+    if profile && !device.is_gpu() {
+        return Err(Error::arg(
+            "bench_model",
+            format!("a launch profile needs a GPU device (cuda[:N] or ptx-sim), not {device}"),
+        ));
+    }
+    // One more run of `f` under a launch profile, when asked for.
+    let kernels = |f: &mut dyn FnMut() -> Result<()>| -> Result<Option<KernelProfile>> {
+        profile.then(|| profiled(device, f)).transpose()
+    };
     if !device.is_gpu() {
         check_request(cfg, batch, sample_batch, recompute)?;
         if precision != Precision::F32 {
@@ -286,7 +341,7 @@ pub fn bench_model_each(
     )?;
     let fwd = forward_flops(cfg) * batch as f64;
     let mut memory = None;
-    let t = time(repeats, 1, || {
+    let mut train = || {
         params.zero_grad();
         // Counted once, on the first (warm-up) step; the counters are host-side bookkeeping
         // of allocations, so they need no synchronisation.
@@ -320,17 +375,23 @@ pub fn bench_model_each(
             });
         }
         sync(device)
-    })?;
+    };
+    let t = time(repeats, 1, &mut train)?;
+    let profile_train = kernels(&mut train)?;
     let mut row = timing("train step (fwd+bwd+AdamW)", batch, t, 3.0 * fwd);
     row.memory = memory;
+    row.kernels = profile_train;
     on_row(&row);
-    let t = time(repeats, 1, || {
+    let mut forward = || {
         let _g = no_grad();
         let o = model.forward(&x, lab)?;
         model.bits_per_dim(&o)?;
         sync(device)
-    })?;
-    on_row(&timing("forward NLL", batch, t, fwd));
+    };
+    let t = time(repeats, 1, &mut forward)?;
+    let mut row = timing("forward NLL", batch, t, fwd);
+    row.kernels = kernels(&mut forward)?;
+    on_row(&row);
     let sampler = Sampler::new(&model)?;
     let slabels: Vec<Option<usize>> = (0..sample_batch)
         .map(|i| (cfg.num_classes > 0).then_some(i % cfg.num_classes.max(1)))
@@ -340,7 +401,7 @@ pub fn bench_model_each(
     } else {
         Vec::new()
     };
-    let t = time(repeats, 1, || {
+    let mut sample = || {
         sampler
             .sample(
                 sample_batch,
@@ -354,12 +415,15 @@ pub fn bench_model_each(
             )
             .map(|_| ())
         // The samples come back to the host: that synchronises.
-    })?;
-    on_row(&timing(
+    };
+    let t = time(repeats, 1, &mut sample)?;
+    let mut row = timing(
         "sample (KV cache)",
         sample_batch,
         t,
         sampling_flops(cfg) * sample_batch as f64,
-    ));
+    );
+    row.kernels = kernels(&mut sample)?;
+    on_row(&row);
     Ok(())
 }

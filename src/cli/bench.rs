@@ -9,8 +9,12 @@ use clap::Args;
 
 use tarflow::backend::Precision;
 use tarflow::bench::loader::{images_needed, loader_pass, memory, LoaderPass};
-use tarflow::bench::model::{bench_model_each, bench_model_with, check_request, StepSettings};
+use tarflow::bench::model::{
+    bench_model_each, bench_model_with, check_request, KernelProfile, StepSettings,
+};
 use tarflow::data::is_pack;
+use tarflow::gpu::profile::KernelShare;
+use tarflow::gpu::LaunchWork;
 use tarflow::model::TarFlowConfig;
 use tarflow::train::open_data;
 use tarflow::{Device, Error, Result};
@@ -75,6 +79,11 @@ pub struct BenchArgs {
     /// With --kernels on ptx-sim or cuda: the smallest shapes, a smoke run of the table.
     #[arg(long)]
     quick: bool,
+    /// On a GPU-like device: run each workload once more under a launch profile and print,
+    /// per kernel, its launches and its device time (cuda) or warp-instructions and global
+    /// traffic (ptx-sim), with the run's wall time against its kernels' time.
+    #[arg(long, conflicts_with_all = ["kernels", "loader"])]
+    profile_kernels: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -96,6 +105,7 @@ impl BenchArgs {
         Ok(StepSettings {
             precision: self.precision()?,
             recompute: self.recompute.parse()?,
+            profile: self.profile_kernels,
         })
     }
 
@@ -122,6 +132,14 @@ impl BenchArgs {
         }
         if self.repeats == Some(0) {
             return Err(Error::arg("bench", "--repeats 0: expected at least 1"));
+        }
+        if self.profile_kernels && !device.is_gpu() {
+            return Err(Error::arg(
+                "bench",
+                format!(
+                    "--profile-kernels: needs a GPU device (cuda[:N] or ptx-sim), not {device}"
+                ),
+            ));
         }
         if self.quick && !(self.kernels && device.is_gpu()) {
             return Err(Error::arg(
@@ -291,9 +309,100 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                     mb(m.baseline_bytes)
                 );
             }
+            if let Some(p) = &r.kernels {
+                print_profile(&r.name, p);
+            }
         },
     )?;
     Ok(())
+}
+
+/// Kernels listed by name in a printed profile; the rest share one line.
+const PROFILE_ROWS: usize = 16;
+
+/// A workload's launch profile as a table: per kernel, its launches and its device time
+/// (cuda) or its warp-instructions and global traffic (ptx-sim), the most expensive first.
+fn print_profile(name: &str, p: &KernelProfile) {
+    let ms = |s: f64| s * 1e3;
+    match p.device_s {
+        Some(dev) => say!(
+            "{name}: {} launches in one profiled run; wall {:.3} ms, kernels {:.3} ms ({:.1} % \
+             of the wall; the rest is the host's time between launches)",
+            p.launches,
+            ms(p.wall_s),
+            ms(dev),
+            100.0 * dev / p.wall_s.max(f64::MIN_POSITIVE)
+        ),
+        None => say!(
+            "{name}: {} launches in one profiled run (wall {:.3} s on the interpreter)",
+            p.launches,
+            p.wall_s
+        ),
+    }
+    let total_ms = p.device_s.map(ms);
+    let total_instr = p.work.map(|w| w.warp_instructions);
+    let (listed, rest) = p.kernels.split_at(p.kernels.len().min(PROFILE_ROWS));
+    let rest_row = (!rest.is_empty()).then(|| KernelShare {
+        kernel: format!("({} more kernels)", rest.len()),
+        launches: rest.iter().map(|k| k.launches).sum(),
+        device_ms: rest.iter().map(|k| k.device_ms).sum(),
+        work: rest
+            .iter()
+            .map(|k| k.work)
+            .try_fold(LaunchWork::default(), |a, w| {
+                w.map(|w| LaunchWork {
+                    warp_instructions: a.warp_instructions + w.warp_instructions,
+                    bytes_read: a.bytes_read + w.bytes_read,
+                    bytes_written: a.bytes_written + w.bytes_written,
+                })
+            }),
+    });
+    let pct = |part: f64, whole: Option<f64>| match whole {
+        Some(w) if w > 0.0 => format!("{:>9.1}", 100.0 * part / w),
+        _ => format!("{:>9}", "-"),
+    };
+    if total_ms.is_some() {
+        say!(
+            "  {:<44} {:>8} {:>11} {:>9} {:>10}",
+            "kernel",
+            "launches",
+            "ms",
+            "% kernels",
+            "us each"
+        );
+    } else {
+        say!(
+            "  {:<44} {:>8} {:>14} {:>9} {:>10} {:>10}",
+            "kernel",
+            "launches",
+            "warp-instr",
+            "% instr",
+            "MB read",
+            "MB written"
+        );
+    }
+    for k in listed.iter().chain(rest_row.iter()) {
+        match (k.device_ms, k.work) {
+            (Some(d), _) => say!(
+                "  {:<44} {:>8} {:>11.3} {} {:>10.1}",
+                k.kernel,
+                k.launches,
+                d,
+                pct(d, total_ms),
+                1e3 * d / k.launches.max(1) as f64
+            ),
+            (None, Some(w)) => say!(
+                "  {:<44} {:>8} {:>14} {} {:>10.3} {:>10.3}",
+                k.kernel,
+                k.launches,
+                w.warp_instructions,
+                pct(w.warp_instructions as f64, total_instr.map(|t| t as f64)),
+                w.bytes_read as f64 / 1e6,
+                w.bytes_written as f64 / 1e6
+            ),
+            (None, None) => say!("  {:<44} {:>8}", k.kernel, k.launches),
+        }
+    }
 }
 
 /// Drops the page-cache pages of `path` (none of them may be mapped at the time): the next

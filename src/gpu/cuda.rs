@@ -128,6 +128,16 @@ impl Driver for CudaDriver {
         map.check().map_err(|e| Error::arg("tensor_map", e))?;
         self.inner.tensor_map(map)
     }
+    fn mark(&self) -> Result<Option<super::driver::DeviceMark>> {
+        self.inner.mark().map(Some)
+    }
+    fn mark_ms(
+        &self,
+        start: &super::driver::DeviceMark,
+        end: &super::driver::DeviceMark,
+    ) -> Result<f64> {
+        self.inner.mark_ms(start, end)
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -137,14 +147,17 @@ mod imp {
 
     use cudarc::driver::sys::{self, cudaError_enum as Cu};
     use cudarc::driver::{
-        result, CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr, PushKernelArg,
+        result, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream, DeviceRepr,
+        PushKernelArg,
     };
     use cudarc::driver::{DriverError, LaunchConfig as CuLaunch};
     use cudarc::nvrtc::Ptx;
 
     use super::{unavailable, DRIVER_REQUIREMENT};
     use crate::error::{Error, Result};
-    use crate::gpu::driver::{DevicePtr, EncodedTensorMap, KernelArg, LaunchConfig, PtxModule};
+    use crate::gpu::driver::{
+        DeviceMark, DevicePtr, EncodedTensorMap, KernelArg, LaunchConfig, PtxModule,
+    };
     use crate::gpu::tensor_map::{Swizzle, TensorMap, TENSOR_MAP_BYTES};
 
     pub(super) fn library_present() -> bool {
@@ -509,6 +522,31 @@ mod imp {
             self.stream
                 .synchronize()
                 .map_err(|e| driver_error(&format!("{}: a kernel failed", self.name), e))
+        }
+
+        /// An event with timing on the stream, after everything issued so far.
+        pub(super) fn mark(&self) -> Result<DeviceMark> {
+            self.bind()?;
+            let e = self
+                .stream
+                .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(|e| driver_error(&format!("{}: event", self.name), e))?;
+            Ok(DeviceMark(Box::new(e)))
+        }
+
+        pub(super) fn mark_ms(&self, start: &DeviceMark, end: &DeviceMark) -> Result<f64> {
+            fn event<'a>(name: &str, m: &'a DeviceMark) -> Result<&'a CudaEvent> {
+                m.0.downcast_ref::<CudaEvent>().ok_or_else(|| {
+                    Error::arg(
+                        "mark_ms",
+                        format!("{name}: a mark that this driver did not make"),
+                    )
+                })
+            }
+            event(&self.name, start)?
+                .elapsed_ms(event(&self.name, end)?)
+                .map(f64::from)
+                .map_err(|e| driver_error(&format!("{}: event time", self.name), e))
         }
     }
 

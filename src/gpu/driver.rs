@@ -3,6 +3,7 @@
 //! against this trait only, so the same backend code and the same PTX bytes run on both.
 
 use super::memory::MemoryCounter;
+use super::profile::Profiler;
 use super::tensor_map::{TensorMap, TENSOR_MAP_BYTES};
 use crate::error::{Error, Result};
 
@@ -77,6 +78,28 @@ impl KernelArg {
     }
 }
 
+/// A point in a device's launch order whose time the device records (a CUDA event): opaque,
+/// only passed back to the driver that made it.
+pub struct DeviceMark(pub Box<dyn std::any::Any + Send + Sync>);
+
+impl std::fmt::Debug for DeviceMark {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeviceMark(..)")
+    }
+}
+
+/// What one launch did, as a driver that counts it reports (the PTX interpreter): dynamic
+/// warp-instructions and global-memory traffic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LaunchWork {
+    /// Warp-instructions executed, every class together.
+    pub warp_instructions: u64,
+    /// Bytes read from global memory.
+    pub bytes_read: u64,
+    /// Bytes written to global memory.
+    pub bytes_written: u64,
+}
+
 /// A PTX module compiled into the binary: its file name (for messages) and its text.
 #[derive(Clone, Copy, Debug)]
 pub struct PtxModule {
@@ -147,6 +170,34 @@ pub trait Driver: Send + Sync {
             format!("{} cannot encode tensor maps", self.name()),
         ))
     }
+
+    /// A mark recorded after every launch issued so far, whose device time
+    /// [`Driver::mark_ms`] can read once the work before it has run. `None` (the default)
+    /// for a driver with no device clock (the interpreter, whose launches are synchronous).
+    fn mark(&self) -> Result<Option<DeviceMark>> {
+        Ok(None)
+    }
+
+    /// Milliseconds of device time from `start` to `end`, two of this driver's marks;
+    /// waits for `end`. The default refuses (a driver without marks has none to read).
+    fn mark_ms(&self, _start: &DeviceMark, _end: &DeviceMark) -> Result<f64> {
+        Err(Error::arg(
+            "mark_ms",
+            format!("{} records no device time", self.name()),
+        ))
+    }
+
+    /// What the last launch did, for a driver that counts it (the interpreter); `None`
+    /// (the default) otherwise.
+    fn last_launch_work(&self) -> Option<LaunchWork> {
+        None
+    }
+
+    /// The launch profiler of this driver (see [`super::profile`]); every driver the
+    /// registry hands out has one. `None` (the default) for a bare driver.
+    fn profiler(&self) -> Option<&Profiler> {
+        None
+    }
 }
 
 /// A driver made of another with some calls changed: a byte counter, a launch recorder. Every
@@ -206,6 +257,22 @@ pub trait Forward: Send + Sync {
     fn tensor_map(&self, map: &TensorMap) -> Result<EncodedTensorMap> {
         self.inner().tensor_map(map)
     }
+    /// [`Driver::mark`].
+    fn mark(&self) -> Result<Option<DeviceMark>> {
+        self.inner().mark()
+    }
+    /// [`Driver::mark_ms`].
+    fn mark_ms(&self, start: &DeviceMark, end: &DeviceMark) -> Result<f64> {
+        self.inner().mark_ms(start, end)
+    }
+    /// [`Driver::last_launch_work`].
+    fn last_launch_work(&self) -> Option<LaunchWork> {
+        self.inner().last_launch_work()
+    }
+    /// [`Driver::profiler`].
+    fn profiler(&self) -> Option<&Profiler> {
+        self.inner().profiler()
+    }
 }
 
 impl<T: Forward> Driver for T {
@@ -247,5 +314,17 @@ impl<T: Forward> Driver for T {
     }
     fn tensor_map(&self, map: &TensorMap) -> Result<EncodedTensorMap> {
         Forward::tensor_map(self, map)
+    }
+    fn mark(&self) -> Result<Option<DeviceMark>> {
+        Forward::mark(self)
+    }
+    fn mark_ms(&self, start: &DeviceMark, end: &DeviceMark) -> Result<f64> {
+        Forward::mark_ms(self, start, end)
+    }
+    fn last_launch_work(&self) -> Option<LaunchWork> {
+        Forward::last_launch_work(self)
+    }
+    fn profiler(&self) -> Option<&Profiler> {
+        Forward::profiler(self)
     }
 }

@@ -7,6 +7,7 @@ pub mod cuda;
 pub mod driver;
 pub mod kernels;
 pub mod memory;
+pub mod profile;
 pub mod registry;
 #[cfg(feature = "ptx-sim")]
 pub mod sim;
@@ -14,8 +15,10 @@ pub mod tensor_map;
 
 pub use cuda::CudaDriver;
 pub use driver::{
-    DevicePtr, Driver, EncodedTensorMap, Forward, KernelArg, LaunchConfig, PtxModule,
+    DeviceMark, DevicePtr, Driver, EncodedTensorMap, Forward, KernelArg, LaunchConfig, LaunchWork,
+    PtxModule,
 };
 pub use memory::{memory_stats, reset_peak, MemoryCounter, MemoryStats};
+pub use profile::{LaunchProfile, Profiler};
 #[cfg(feature = "ptx-sim")]
 pub use sim::PtxSim;

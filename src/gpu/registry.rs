@@ -5,13 +5,14 @@
 //! build or the machine cannot run is an error that says what is missing.
 //! [`register`] installs a driver by hand (tests use an in-memory one; an embedder could
 //! bring its own). Every driver handed out counts the bytes its buffers hold
-//! ([`super::memory`]): one that keeps no counter of its own is wrapped in one that does.
+//! ([`super::memory`]) and keeps a launch profiler ([`super::profile`]): one that lacks
+//! either is wrapped in a driver that adds it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crate::error::{Error, Result};
-use crate::gpu::{Driver, Forward, MemoryCounter};
+use crate::gpu::{Driver, Forward, KernelArg, LaunchConfig, MemoryCounter, Profiler, PtxModule};
 use crate::tensor::Device;
 
 fn table() -> MutexGuard<'static, HashMap<Device, Arc<dyn Driver>>> {
@@ -54,21 +55,25 @@ pub fn unregister(device: Device) -> Option<Arc<dyn Driver>> {
     table().remove(&device)
 }
 
-/// `driver` with a memory counter: itself when it keeps one, else wrapped.
+/// `driver` with a memory counter and a launch profiler: itself when it keeps both, else
+/// wrapped in what it lacks.
 fn counted(driver: Arc<dyn Driver>) -> Arc<dyn Driver> {
-    if driver.memory().is_some() {
+    if driver.memory().is_some() && driver.profiler().is_some() {
         return driver;
     }
     Arc::new(Counted {
         inner: driver,
         memory: MemoryCounter::new(),
+        profiler: Profiler::new(),
     })
 }
 
-/// A driver and the counter of the bytes its buffers hold; everything else is the driver's.
+/// A driver with the counter of the bytes its buffers hold and a launch profiler
+/// ([`crate::gpu::profile`]); everything else is the driver's.
 struct Counted {
     inner: Arc<dyn Driver>,
     memory: MemoryCounter,
+    profiler: Profiler,
 }
 
 impl Forward for Counted {
@@ -76,7 +81,23 @@ impl Forward for Counted {
         &*self.inner
     }
     fn memory(&self) -> Option<&MemoryCounter> {
-        Some(&self.memory)
+        self.inner.memory().or(Some(&self.memory))
+    }
+    fn launch(
+        &self,
+        module: &PtxModule,
+        kernel: &str,
+        config: LaunchConfig,
+        args: &[KernelArg],
+    ) -> Result<()> {
+        if self.inner.profiler().is_some() {
+            return self.inner.launch(module, kernel, config, args);
+        }
+        self.profiler
+            .launch(&*self.inner, module, kernel, config, args)
+    }
+    fn profiler(&self) -> Option<&Profiler> {
+        self.inner.profiler().or(Some(&self.profiler))
     }
 }
 

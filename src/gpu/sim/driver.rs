@@ -9,7 +9,9 @@ use super::ir::{Kernel, Module};
 use super::memory::{GlobalMem, SharedMem};
 use super::parse::parse_module;
 use crate::error::{Error, Result};
-use crate::gpu::driver::{DevicePtr, Driver, EncodedTensorMap, KernelArg, LaunchConfig, PtxModule};
+use crate::gpu::driver::{
+    DevicePtr, Driver, EncodedTensorMap, KernelArg, LaunchConfig, LaunchWork, PtxModule,
+};
 use crate::gpu::tensor_map::TensorMap;
 
 /// Most threads per CTA.
@@ -251,5 +253,13 @@ impl Driver for PtxSim {
 
     fn synchronize(&self) -> Result<()> {
         Ok(())
+    }
+
+    fn last_launch_work(&self) -> Option<LaunchWork> {
+        self.last_counters().map(|c| LaunchWork {
+            warp_instructions: c.warp_instructions(),
+            bytes_read: c.global_bytes_read,
+            bytes_written: c.global_bytes_written,
+        })
     }
 }

@@ -1,0 +1,431 @@
+//! Per-launch profiles of a stretch of work on one device: which kernels ran, how often, and
+//! what each cost. On a GPU the cost is device time, read from a mark (a CUDA event) recorded
+//! before and after each launch; on the PTX interpreter it is the launch's warp-instructions
+//! and global traffic. Copies between host and device are not launches and are not counted.
+//!
+//! Off by default: while off, a launch pays one relaxed atomic load. Every driver the
+//! registry hands out carries a [`Profiler`], so a profile covers every tensor on the device,
+//! whichever code launched its kernels.
+//!
+//! ```
+//! use tarflow::gpu::profile;
+//! use tarflow::{Device, Tensor};
+//! let a = Tensor::<f32>::ones(&[4, 4]).to_device(Device::PtxSim)?;
+//! profile::start(Device::PtxSim)?;
+//! let b = a.add(&a)?;
+//! let p = profile::finish(Device::PtxSim)?;
+//! assert_eq!(p.launches.len(), 1);
+//! let k = &p.by_kernel()[0];
+//! assert!(k.work.unwrap().bytes_written >= 64);
+//! # drop(b);
+//! # Ok::<(), tarflow::Error>(())
+//! ```
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use serde::Serialize;
+
+use super::driver::{DeviceMark, Driver, KernelArg, LaunchConfig, LaunchWork, PtxModule};
+use crate::error::{Error, Result};
+use crate::tensor::Device;
+
+/// One profiled launch.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LaunchRecord {
+    /// The PTX module, e.g. `"attention"`.
+    pub module: &'static str,
+    /// The kernel (the module's `.entry`).
+    pub kernel: String,
+    /// CTAs per grid dimension.
+    pub grid: (u32, u32, u32),
+    /// Threads per CTA dimension.
+    pub block: (u32, u32, u32),
+    /// Dynamic shared memory per CTA, in bytes.
+    pub shared_bytes: u32,
+    /// Device time of the launch in milliseconds, on a driver with marks (a GPU).
+    pub device_ms: Option<f64>,
+    /// What the launch did, on a driver that counts it (the interpreter).
+    pub work: Option<LaunchWork>,
+}
+
+/// The launches of one kernel in a profile, added up.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct KernelShare {
+    /// The kernel.
+    pub kernel: String,
+    /// How many times it was launched.
+    pub launches: usize,
+    /// Its device time in milliseconds, when every launch has one.
+    pub device_ms: Option<f64>,
+    /// Its work, when every launch has it.
+    pub work: Option<LaunchWork>,
+}
+
+/// The launches between [`start`] and [`finish`], in the order they were issued.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct LaunchProfile {
+    /// Every launch.
+    pub launches: Vec<LaunchRecord>,
+}
+
+fn sum_ms(ms: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    ms.sum()
+}
+
+impl LaunchProfile {
+    /// Device time of all launches in milliseconds, when every launch has one (`Some(0.0)`
+    /// for no launches).
+    pub fn device_ms(&self) -> Option<f64> {
+        sum_ms(self.launches.iter().map(|l| l.device_ms))
+    }
+
+    /// The work of all launches, when every launch has it.
+    pub fn work(&self) -> Option<LaunchWork> {
+        add_work(self.launches.iter().map(|l| l.work))
+    }
+
+    /// One row per kernel: the most expensive first (device time where there is one, else
+    /// warp-instructions, else launches), ties by name.
+    pub fn by_kernel(&self) -> Vec<KernelShare> {
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut groups: Vec<Vec<&LaunchRecord>> = Vec::new();
+        for l in &self.launches {
+            let i = *index.entry(l.kernel.as_str()).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[i].push(l);
+        }
+        let mut rows: Vec<KernelShare> = groups
+            .into_iter()
+            .map(|g| KernelShare {
+                kernel: g[0].kernel.clone(),
+                launches: g.len(),
+                device_ms: sum_ms(g.iter().map(|l| l.device_ms)),
+                work: add_work(g.iter().map(|l| l.work)),
+            })
+            .collect();
+        let cost = |k: &KernelShare| match (k.device_ms, k.work) {
+            (Some(ms), _) => ms,
+            (None, Some(w)) => w.warp_instructions as f64,
+            (None, None) => k.launches as f64,
+        };
+        rows.sort_by(|a, b| {
+            cost(b)
+                .total_cmp(&cost(a))
+                .then_with(|| a.kernel.cmp(&b.kernel))
+        });
+        rows
+    }
+}
+
+/// The sum of `w`, or `None` when any is missing.
+fn add_work(w: impl Iterator<Item = Option<LaunchWork>>) -> Option<LaunchWork> {
+    let mut total = LaunchWork::default();
+    for w in w {
+        let w = w?;
+        total.warp_instructions += w.warp_instructions;
+        total.bytes_read += w.bytes_read;
+        total.bytes_written += w.bytes_written;
+    }
+    Some(total)
+}
+
+/// A launch recorded, its marks not yet read.
+struct Pending {
+    module: &'static str,
+    kernel: String,
+    config: LaunchConfig,
+    start: Option<DeviceMark>,
+    end: Option<DeviceMark>,
+    work: Option<LaunchWork>,
+}
+
+/// The launch profiler a registry driver carries: passes launches on to the driver and, while
+/// on, records each one.
+#[derive(Default)]
+pub struct Profiler {
+    on: AtomicBool,
+    pending: Mutex<Vec<Pending>>,
+}
+
+impl Profiler {
+    /// A profiler that is off.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Pending>> {
+        // Records are pushed whole; a panic elsewhere cannot leave one half-written.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Launches on `driver` (the driver this profiler belongs to), recording the launch
+    /// while the profiler is on.
+    pub fn launch(
+        &self,
+        driver: &dyn Driver,
+        module: &PtxModule,
+        kernel: &str,
+        config: LaunchConfig,
+        args: &[KernelArg],
+    ) -> Result<()> {
+        if !self.on.load(Ordering::Relaxed) {
+            return driver.launch(module, kernel, config, args);
+        }
+        let start = driver.mark()?;
+        driver.launch(module, kernel, config, args)?;
+        let end = driver.mark()?;
+        let work = driver.last_launch_work();
+        self.lock().push(Pending {
+            module: module.name,
+            kernel: kernel.to_string(),
+            config,
+            start,
+            end,
+            work,
+        });
+        Ok(())
+    }
+
+    /// Starts recording; an error if a profile is already running.
+    pub fn start(&self, name: &str) -> Result<()> {
+        let mut pending = self.lock();
+        if self.on.swap(true, Ordering::Relaxed) {
+            return Err(Error::Device {
+                op: "profile",
+                detail: format!("{name}: a launch profile is already running"),
+            });
+        }
+        pending.clear();
+        Ok(())
+    }
+
+    /// Stops recording and returns the launches since [`Profiler::start`], their device
+    /// times read from `driver`'s marks (after waiting for the last launch).
+    pub fn finish(&self, driver: &dyn Driver) -> Result<LaunchProfile> {
+        let pending = {
+            let mut p = self.lock();
+            if !self.on.swap(false, Ordering::Relaxed) {
+                return Err(Error::Device {
+                    op: "profile",
+                    detail: format!("{}: no launch profile is running", driver.name()),
+                });
+            }
+            std::mem::take(&mut *p)
+        };
+        driver.synchronize()?;
+        let launches = pending
+            .into_iter()
+            .map(|p| {
+                let device_ms = match (&p.start, &p.end) {
+                    (Some(s), Some(e)) => Some(driver.mark_ms(s, e)?),
+                    _ => None,
+                };
+                Ok(LaunchRecord {
+                    module: p.module,
+                    kernel: p.kernel,
+                    grid: p.config.grid,
+                    block: p.config.block,
+                    shared_bytes: p.config.shared_bytes,
+                    device_ms,
+                    work: p.work,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(LaunchProfile { launches })
+    }
+}
+
+fn profiler_of(driver: &dyn Driver, device: Device) -> Result<&Profiler> {
+    driver.profiler().ok_or_else(|| Error::Device {
+        op: "profile",
+        detail: format!(
+            "{device}: its driver ({}) keeps no launch profile",
+            driver.name()
+        ),
+    })
+}
+
+/// Starts a launch profile on `device` (a GPU-like device): every launch from now until
+/// [`finish`] is recorded. An error for the CPU, for a device that cannot be opened, and
+/// when a profile is already running there.
+pub fn start(device: Device) -> Result<()> {
+    let driver = super::registry::driver(device)?;
+    profiler_of(driver.as_ref(), device)?.start(&device.to_string())
+}
+
+/// Ends the launch profile on `device` and returns it (waits for the device). An error when
+/// none is running.
+pub fn finish(device: Device) -> Result<LaunchProfile> {
+    let driver = super::registry::driver(device)?;
+    profiler_of(driver.as_ref(), device)?.finish(driver.as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::{DevicePtr, Forward};
+    use std::sync::atomic::AtomicU64;
+
+    const MODULE: PtxModule = PtxModule {
+        name: "test",
+        ptx: "",
+    };
+
+    /// A driver whose launches take a fixed device time each (kernel `slow` 2.5 ms, others
+    /// 1 ms) on a clock its marks read, and whose kernel `bad` fails.
+    #[derive(Default)]
+    struct Clocked {
+        clock_us: AtomicU64,
+    }
+
+    impl Driver for Clocked {
+        fn name(&self) -> String {
+            "clocked".into()
+        }
+        fn alloc(&self, _: usize) -> Result<DevicePtr> {
+            Ok(DevicePtr(256))
+        }
+        fn free(&self, _: DevicePtr) -> Result<()> {
+            Ok(())
+        }
+        fn upload(&self, _: DevicePtr, _: &[u8]) -> Result<()> {
+            Ok(())
+        }
+        fn download(&self, _: DevicePtr, _: &mut [u8]) -> Result<()> {
+            Ok(())
+        }
+        fn launch(
+            &self,
+            _: &PtxModule,
+            kernel: &str,
+            _: LaunchConfig,
+            _: &[KernelArg],
+        ) -> Result<()> {
+            if kernel == "bad" {
+                return Err(Error::arg("launch", "bad kernel"));
+            }
+            let us = if kernel == "slow" { 2500 } else { 1000 };
+            self.clock_us.fetch_add(us, Ordering::Relaxed);
+            Ok(())
+        }
+        fn synchronize(&self) -> Result<()> {
+            Ok(())
+        }
+        fn mark(&self) -> Result<Option<DeviceMark>> {
+            Ok(Some(DeviceMark(Box::new(
+                self.clock_us.load(Ordering::Relaxed),
+            ))))
+        }
+        fn mark_ms(&self, start: &DeviceMark, end: &DeviceMark) -> Result<f64> {
+            let us = |m: &DeviceMark| *m.0.downcast_ref::<u64>().unwrap();
+            Ok((us(end) - us(start)) as f64 / 1e3)
+        }
+    }
+
+    /// [`Clocked`] with a profiler, as the registry wraps drivers.
+    #[derive(Default)]
+    struct Profiled {
+        inner: Clocked,
+        profiler: Profiler,
+    }
+
+    impl Forward for Profiled {
+        fn inner(&self) -> &dyn Driver {
+            &self.inner
+        }
+        fn launch(&self, m: &PtxModule, k: &str, c: LaunchConfig, a: &[KernelArg]) -> Result<()> {
+            self.profiler.launch(&self.inner, m, k, c, a)
+        }
+        fn profiler(&self) -> Option<&Profiler> {
+            Some(&self.profiler)
+        }
+    }
+
+    fn launch(d: &Profiled, kernel: &str, grid: u32) -> Result<()> {
+        Driver::launch(d, &MODULE, kernel, LaunchConfig::linear(grid, 32), &[])
+    }
+
+    #[test]
+    fn a_profile_records_the_launches_between_start_and_finish_with_their_device_time() {
+        let d = Profiled::default();
+        launch(&d, "before", 1).unwrap();
+        d.profiler.start("clocked").unwrap();
+        assert!(d.profiler.start("clocked").is_err(), "a second start");
+        for (k, g) in [
+            ("fast", 1),
+            ("slow", 2),
+            ("fast", 3),
+            ("other", 4),
+            ("slow", 5),
+        ] {
+            launch(&d, k, g).unwrap();
+        }
+        // A failed launch is an error and leaves no record.
+        assert!(launch(&d, "bad", 6).is_err());
+        let p = d.profiler.finish(&d).unwrap();
+        launch(&d, "after", 1).unwrap();
+        assert!(d.profiler.finish(&d).is_err(), "finish without start");
+
+        let names: Vec<&str> = p.launches.iter().map(|l| l.kernel.as_str()).collect();
+        assert_eq!(names, ["fast", "slow", "fast", "other", "slow"]);
+        assert_eq!(p.launches[1].grid, (2, 1, 1));
+        assert_eq!(p.launches[1].module, "test");
+        let ms: Vec<f64> = p.launches.iter().map(|l| l.device_ms.unwrap()).collect();
+        assert_eq!(ms, [1.0, 2.5, 1.0, 1.0, 2.5]);
+        assert_eq!(p.device_ms(), Some(8.0));
+        assert_eq!(p.work(), None, "the clocked driver counts no work");
+        let rows: Vec<(String, usize, Option<f64>)> = p
+            .by_kernel()
+            .into_iter()
+            .map(|k| (k.kernel, k.launches, k.device_ms))
+            .collect();
+        let want = [("slow", 2, 5.0), ("fast", 2, 2.0), ("other", 1, 1.0)]
+            .map(|(k, n, ms)| (k.to_string(), n, Some(ms)));
+        assert_eq!(rows, want);
+    }
+
+    #[test]
+    fn without_device_time_kernels_rank_by_work_then_launches() {
+        let rec = |kernel: &str, work: Option<u64>| LaunchRecord {
+            module: "m",
+            kernel: kernel.into(),
+            grid: (1, 1, 1),
+            block: (32, 1, 1),
+            shared_bytes: 0,
+            device_ms: None,
+            work: work.map(|w| LaunchWork {
+                warp_instructions: w,
+                bytes_read: 2 * w,
+                bytes_written: 3,
+            }),
+        };
+        let p = LaunchProfile {
+            launches: vec![rec("a", Some(10)), rec("b", Some(7)), rec("b", Some(7))],
+        };
+        let k = p.by_kernel();
+        assert_eq!((k[0].kernel.as_str(), k[0].launches), ("b", 2));
+        assert_eq!(
+            k[0].work,
+            Some(LaunchWork {
+                warp_instructions: 14,
+                bytes_read: 28,
+                bytes_written: 6
+            })
+        );
+        assert_eq!(p.work().unwrap().warp_instructions, 24);
+        assert_eq!(p.device_ms(), None);
+        // One launch without work: the sums are unknown, and the kernels rank by launches.
+        let p = LaunchProfile {
+            launches: vec![rec("a", None), rec("b", Some(7)), rec("b", None)],
+        };
+        assert_eq!(p.work(), None);
+        let k = p.by_kernel();
+        assert_eq!(k[0].kernel, "b");
+        assert_eq!(k[0].work, None);
+        assert_eq!(k[1].work, None);
+    }
+}

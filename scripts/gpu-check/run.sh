@@ -230,26 +230,29 @@ done
 MODEL_BATCH=${MODEL_BATCH:-16}
 SAMPLE_BATCH=${SAMPLE_BATCH:-4}
 GROUP=model-f32
+# Each bench also runs every workload once more under a launch profile (--profile-kernels):
+# per kernel its launches and device time, and the run's wall time against its kernels'.
 step "bench --device cuda (ImageNet64 model)" 150 bench-model.txt "$TARFLOW" bench --device cuda \
-    --preset imagenet64 --batch "$MODEL_BATCH" --sample-batch "$SAMPLE_BATCH" --repeats 2
+    --preset imagenet64 --batch "$MODEL_BATCH" --sample-batch "$SAMPLE_BATCH" --repeats 2 \
+    --profile-kernels
 # The training step in mixed precision, plain and recomputing each layer's MLP half (what
 # the issue's time and memory targets compare with PyTorch's bf16 autocast step).
 GROUP=model-bf16
 for r in ${RECOMPUTES:-none mlp}; do
     step "bench --device cuda --precision bf16 --recompute $r" 90 "bench-model-bf16-$r.txt" \
         "$TARFLOW" bench --device cuda --preset imagenet64 --batch "$MODEL_BATCH" \
-        --sample-batch 1 --repeats 2 --precision bf16 --recompute "$r"
+        --sample-batch 1 --repeats 2 --precision bf16 --recompute "$r" --profile-kernels
 done
 # The same step with the bf16 products on Hopper's warpgroup tiles (off by default until this
 # check has compared them on hardware; the wgmma tests above ran first).
 step "bench --device cuda --precision bf16 --recompute none, TARFLOW_WGMMA=1" 90 \
     bench-model-bf16-wgmma.txt env TARFLOW_WGMMA=1 "$TARFLOW" bench --device cuda \
     --preset imagenet64 --batch "$MODEL_BATCH" --sample-batch 1 --repeats 2 --precision bf16 \
-    --recompute none
+    --recompute none --profile-kernels
 step "bench --device cuda --precision bf16 --recompute none, TARFLOW_WGMMA=tma" 90 \
     bench-model-bf16-tma.txt env TARFLOW_WGMMA=tma "$TARFLOW" bench --device cuda \
     --preset imagenet64 --batch "$MODEL_BATCH" --sample-batch 1 --repeats 2 --precision bf16 \
-    --recompute none
+    --recompute none --profile-kernels
 GROUP=torch-model
 step "PyTorch TarFlow (ImageNet64 model)" 120 torch-tarflow.txt python3 scripts/gpu-check/torch_tarflow.py \
     --batch "$MODEL_BATCH" --sample-batch "$SAMPLE_BATCH" --repeats 3 --json "$LOGS/torch-tarflow.json"
@@ -333,6 +336,8 @@ fi
     echo
     echo "## The whole model at ImageNet64's shape: \`tarflow bench --device cuda\`, batch $MODEL_BATCH"
     echo
+    echo "Each table is followed by the launch profile of one more run of each workload (--profile-kernels)."
+    echo
     echo '```text'
     cat "$LOGS/bench-model.txt" 2>/dev/null
     echo '```'
@@ -349,7 +354,7 @@ fi
     cat "$LOGS/bench-model-bf16-wgmma.txt" 2>/dev/null
     echo '```'
     echo
-    echo "The same with the large products and the attention forward on the TMA kernels (TARFLOW_WGMMA=tma):"
+    echo "The same with the large products, the split weight gradients and the attention forward and backward on the TMA kernels (TARFLOW_WGMMA=tma):"
     echo
     echo '```text'
     cat "$LOGS/bench-model-bf16-tma.txt" 2>/dev/null

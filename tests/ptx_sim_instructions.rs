@@ -1039,6 +1039,16 @@ fn redux_reduces_over_the_warp() {
 /// `setmaxnreg.{rest}` (`("dec", 40)`: `.dec` to 40), each thread then storing its index;
 /// `bounds` false leaves the launch bounds out. The run's error, if any.
 fn setmaxnreg_cta(first: (&str, u32), rest: (&str, u32), bounds: bool) -> Result<(), String> {
+    setmaxnreg_split(first, rest, bounds, 128)
+}
+
+/// [`setmaxnreg_cta`] with the first `split` threads running `first`.
+fn setmaxnreg_split(
+    first: (&str, u32),
+    rest: (&str, u32),
+    bounds: bool,
+    split: u32,
+) -> Result<(), String> {
     let bounds = if bounds {
         ".maxntid 384, 1, 1\n.minnctapersm 1\n"
     } else {
@@ -1047,7 +1057,7 @@ fn setmaxnreg_cta(first: (&str, u32), rest: (&str, u32), bounds: bool) -> Result
     let text = format!(
         ".version 8.0\n.target sm_90a\n.address_size 64\n.visible .entry t(.param .u64 pout)\n\
          {bounds}{{\n.reg .pred %p<2>;\n.reg .b32 %r<4>;\n.reg .b64 %rd<4>;\n\
-         mov.u32 %r1, %tid.x;\nsetp.lt.u32 %p1, %r1, 128;\n@%p1 bra FIRST;\n\
+         mov.u32 %r1, %tid.x;\nsetp.lt.u32 %p1, %r1, {split};\n@%p1 bra FIRST;\n\
          setmaxnreg.{}.sync.aligned.u32 {};\nbra DONE;\nFIRST:\n\
          setmaxnreg.{}.sync.aligned.u32 {};\nDONE:\nld.param.u64 %rd1, [pout];\n\
          mul.wide.u32 %rd2, %r1, 4;\nadd.s64 %rd3, %rd1, %rd2;\nst.global.u32 [%rd3], %r1;\n\
@@ -1109,4 +1119,12 @@ fn setmaxnreg_moves_registers_through_the_ctas_pool() {
     );
     let e = setmaxnreg_cta(("dec", 40), ("inc", 232), false).unwrap_err();
     assert!(e.contains("without .maxntid and .minnctapersm"), "{e}");
+    // The whole warpgroup runs the same setmaxnreg, or the behaviour is undefined: the
+    // fourth warp of the first warpgroup on the others' path.
+    setmaxnreg_split(("dec", 40), ("dec", 104), true, 128).unwrap();
+    let e = setmaxnreg_split(("dec", 40), ("dec", 104), true, 96).unwrap_err();
+    assert!(
+        e.contains("warp 3 of warpgroup 0 issued a different setmaxnreg sequence"),
+        "{e}"
+    );
 }

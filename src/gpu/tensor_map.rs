@@ -159,6 +159,14 @@ impl TensorMap {
                  span"
             ));
         }
+        // The driver also takes a narrower box, but the PTX ISA documents the swizzled
+        // layouts for rows of the whole span only, so the interpreter could only guess.
+        if span != 0 && inner < span {
+            return fail(format!(
+                "the box's inner dimension is {inner} bytes, less than the {span}-byte swizzle \
+                 span (a swizzled box's rows must fill the span)"
+            ));
+        }
         Ok(())
     }
 
@@ -308,12 +316,13 @@ mod tests {
     #[test]
     fn maps_that_the_driver_would_refuse_are_named() {
         type Edit = fn(&mut TensorMap);
-        let cases: [(Edit, &str); 7] = [
+        let cases: [(Edit, &str); 8] = [
             (|m| m.base += 8, "not 16-byte aligned"),
             (|m| m.strides[0] = 408, "stride of dimension 1"),
             (|m| m.boxes[1] = 257, "box size 257"),
             (|m| m.boxes[0] = 4, "multiple of 16"),
             (|m| m.boxes[0] = 128, "more than the 128-byte swizzle span"),
+            (|m| m.boxes[0] = 32, "less than the 128-byte swizzle span"),
             (|m| m.dims[1] = 0, "dimension 1 has 0"),
             (|m| m.elem_bytes = 3, "3 bytes per element"),
         ];

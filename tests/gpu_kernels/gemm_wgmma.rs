@@ -443,3 +443,22 @@ fn the_tma_tiles_mn_major_reads_hang_on_the_box_offset_and_the_transpose() {
         assert!(!same, "`{from}` -> `{to}` gave the same bits");
     }
 }
+
+/// A 128-byte swizzled descriptor must start its 1024-byte pattern on a 1024-byte boundary
+/// when its base offset is 0 (the PTX ISA's rule): the NN kernel's MN-major descriptor moved
+/// on by one 128-byte row is refused, where the interpreter would otherwise read the bytes
+/// through a pattern the hardware does not use there.
+#[test]
+fn a_swizzled_descriptor_off_its_pattern_boundary_is_refused() {
+    let mn_desc = |lbo: u64| (1u64 << 62) | (1024 >> 4) << 32 | (lbo >> 4) << 16;
+    let (from, to) = (
+        format!("{}", mn_desc(8192)),
+        format!("{}", mn_desc(8192) + (128 >> 4)),
+    );
+    let m = swapped(mutated(&GEMM_SM90, "gemm_bf16_nn_tma_256", &from, 0, &to));
+    let m: &dyn Driver = &m;
+    let g = batched_case(m, Bf16Layout::NN, 1, false, 0, 29);
+    let r = gemm_bf16_tma(m, &g, None).and_then(|()| m.synchronize());
+    let e = expect_error(r, &format!("`{from}` -> `{to}`"));
+    assert!(e.contains("in row 1 of a 1024-byte swizzle pattern"), "{e}");
+}

@@ -529,6 +529,7 @@ impl<'a> Launch<'a> {
                     if self.reg_pool >= need {
                         self.reg_pool -= need;
                         w.nregs = n;
+                        w.setmaxnreg_log.push((true, n));
                     } else {
                         // Waits, at this instruction, for other warps' decs.
                         park_waiting(w, active);
@@ -543,6 +544,7 @@ impl<'a> Launch<'a> {
                     }
                     self.reg_pool += 32 * (held - n) as u64;
                     w.nregs = n;
+                    w.setmaxnreg_log.push((false, n));
                 }
             }
             Op::Shfl(mode) => {

@@ -65,6 +65,9 @@ pub(super) struct Warp {
     /// Registers per thread the warp holds (`Kernel::launch_regs` at the start; moved by
     /// `setmaxnreg`).
     pub(super) nregs: u32,
+    /// (increase, count) of every `setmaxnreg` the warp completed, for the warpgroup check
+    /// at the CTA's end.
+    pub(super) setmaxnreg_log: Vec<(bool, u32)>,
 }
 
 /// Everything one launch needs.
@@ -127,6 +130,7 @@ impl<'a> Launch<'a> {
                     local: Vec::new(),
                     wgmma: WgmmaState::default(),
                     nregs: 0,
+                    setmaxnreg_log: Vec::new(),
                 })
                 .collect();
         }
@@ -142,6 +146,7 @@ impl<'a> Launch<'a> {
             w.local.clear();
             w.wgmma.reset();
             w.nregs = self.k.launch_regs.unwrap_or(0);
+            w.setmaxnreg_log.clear();
             w.local.resize(32 * self.k.local_bytes as usize, POISON);
             for &(r, v) in &self.k.const_regs {
                 for l in 0..32 {
@@ -155,7 +160,22 @@ impl<'a> Launch<'a> {
         let r = self.run_warps(&mut warps, ctaid, shared).and_then(|()| {
             let logs: Vec<&[(u16, u64, u64)]> =
                 warps.iter().map(|w| w.wgmma.log.as_slice()).collect();
-            check_warpgroups(&logs).map_err(|msg| Fault {
+            let regs: Vec<&[(bool, u32)]> =
+                warps.iter().map(|w| w.setmaxnreg_log.as_slice()).collect();
+            check_warpgroups(
+                &logs,
+                "wgmma.mma_async",
+                "a warpgroup issues each wgmma together, with the same descriptors",
+            )
+            .and_then(|()| {
+                check_warpgroups(
+                    &regs,
+                    "setmaxnreg",
+                    "every warp of a warpgroup must run the same setmaxnreg, else the \
+                     behaviour is undefined",
+                )
+            })
+            .map_err(|msg| Fault {
                 lane: None,
                 pc: 0,
                 warp: 0,

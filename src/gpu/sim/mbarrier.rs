@@ -100,6 +100,9 @@ pub fn join(into: &mut Vec<u32>, other: &[u32]) {
 /// Largest arrival count `mbarrier.init` accepts (2^20 - 1).
 pub const MAX_COUNT: u32 = (1 << 20) - 1;
 
+/// The largest tx-count, either way.
+pub const MAX_TX: i64 = (1 << 20) - 1;
+
 /// One initialised mbarrier.
 #[derive(Clone, Debug)]
 pub struct Mbarrier {
@@ -138,9 +141,24 @@ impl Mbarrier {
         })
     }
 
-    /// `expect_tx(bytes)`: the current phase also waits for `bytes` more.
-    pub fn expect_tx(&mut self, bytes: u64) {
-        self.tx += bytes as i64;
+    /// `expect_tx(bytes)`: the current phase also waits for `bytes` more. An error when the
+    /// pending count leaves its range.
+    pub fn expect_tx(&mut self, bytes: u64) -> Result<(), String> {
+        self.tx += bytes.min(1 << 40) as i64;
+        self.check_tx("expect_tx", bytes)
+    }
+
+    /// The PTX ISA bounds the tx-count to +-(2^20 - 1); past that the hardware's behaviour
+    /// is undefined.
+    fn check_tx(&self, what: &str, bytes: u64) -> Result<(), String> {
+        if self.tx.abs() > MAX_TX {
+            return Err(format!(
+                "mbarrier {what} of {bytes} bytes leaves the phase's tx-count at {}, outside \
+                 the range +-{MAX_TX} the PTX ISA allows",
+                self.tx
+            ));
+        }
+        Ok(())
     }
 
     /// An arrive of `count` with `released` (the arriving warp's clock), after any
@@ -161,10 +179,12 @@ impl Mbarrier {
 
     /// `complete_tx(bytes)` from an asynchronous copy, carrying `released` (the copy's
     /// agent clock).
-    pub fn complete_tx(&mut self, bytes: u64, released: &[u32]) {
-        self.tx -= bytes as i64;
+    pub fn complete_tx(&mut self, bytes: u64, released: &[u32]) -> Result<(), String> {
+        self.tx -= bytes.min(1 << 40) as i64;
+        self.check_tx("complete_tx", bytes)?;
         join(&mut self.clock, released);
         self.complete_if_done();
+        Ok(())
     }
 
     fn complete_if_done(&mut self) {
@@ -221,12 +241,34 @@ mod tests {
             for (i, &(kind, n)) in steps.iter().enumerate() {
                 match kind {
                     'a' => m.arrive(n as u32, &[]).unwrap(),
-                    'e' => m.expect_tx(n),
-                    _ => m.complete_tx(n, &[]),
+                    'e' => m.expect_tx(n).unwrap(),
+                    _ => m.complete_tx(n, &[]).unwrap(),
                 }
                 assert_eq!(m.phase, phases[i], "count {count}, step {i} of {steps:?}");
             }
         }
+    }
+
+    /// The tx-count stays within +-(2^20 - 1) whichever way it goes.
+    #[test]
+    fn the_tx_count_stays_within_its_range() {
+        let mut m = Mbarrier::new(1, 0).unwrap();
+        m.expect_tx(MAX_TX as u64).unwrap();
+        let e = m.expect_tx(1).unwrap_err();
+        assert!(
+            e.contains("expect_tx of 1 bytes") && e.contains("1048576"),
+            "{e}"
+        );
+        let mut m = Mbarrier::new(1, 0).unwrap();
+        m.complete_tx(MAX_TX as u64, &[]).unwrap();
+        let e = m.complete_tx(1, &[]).unwrap_err();
+        assert!(e.contains("complete_tx") && e.contains("-1048576"), "{e}");
+        // A huge count is an error, not an overflow.
+        let e = Mbarrier::new(1, 0)
+            .unwrap()
+            .expect_tx(u64::MAX)
+            .unwrap_err();
+        assert!(e.contains("outside"), "{e}");
     }
 
     #[test]
@@ -252,7 +294,7 @@ mod tests {
         assert!(Mbarrier::new(1 << 20, 0).is_err());
         assert!(Mbarrier::new(MAX_COUNT as u64, 0).is_ok());
         let mut m = Mbarrier::new(2, 0).unwrap();
-        m.expect_tx(8);
+        m.expect_tx(8).unwrap();
         m.arrive(2, &[]).unwrap();
         let e = m.arrive(1, &[]).unwrap_err();
         assert!(e.contains("0 of its 2 arrivals left"), "{e}");

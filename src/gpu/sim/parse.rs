@@ -530,19 +530,23 @@ fn parse_entry(
         reg_names: body.reg_names,
         static_shared: body.static_shared,
         local_bytes: body.local_bytes,
-        launch_regs: max_threads
-            .zip(min_ctas)
-            .map(|(t, c)| launch_regs(t.saturating_mul(c))),
+        launch_regs: max_threads.zip(min_ctas).map(|(t, c)| launch_regs(t, c)),
         const_regs: body.const_regs,
         insts,
         text,
     })
 }
 
-/// Registers per thread for `threads` threads resident at once (launch bounds' threads per
-/// CTA times CTAs per multiprocessor): 65,536 shared out in units of 8, at most 256.
-pub fn launch_regs(threads: u64) -> u32 {
-    ((65_536 / threads.max(1)) / 8 * 8).min(256) as u32
+/// Registers per thread when `ctas` CTAs of `threads` threads (the launch bounds) are
+/// resident at once: 65,536 shared out among their warps (a CTA's last warp counts whole),
+/// in units of 8, at most 256.
+pub fn launch_regs(threads: u64, ctas: u64) -> u32 {
+    let lanes = threads
+        .max(1)
+        .div_ceil(32)
+        .saturating_mul(32)
+        .saturating_mul(ctas.max(1));
+    ((65_536 / lanes) / 8 * 8).min(256) as u32
 }
 
 /// `.reg .type name<N>, name2;`
@@ -785,5 +789,28 @@ fn operand(p: &mut Parser, body: &mut Body) -> Result<Raw> {
             Ok(Raw::LabelName(w))
         }
         t => Err(p.err(format!("bad operand {t:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::launch_regs;
+
+    #[test]
+    fn launch_bounds_share_the_register_file_by_whole_warps() {
+        // (threads per CTA, CTAs, registers per thread)
+        let table = [
+            (384, 1, 168), // 65,536 / 384 = 170.7, down to a multiple of 8
+            (384, 2, 80),  // 768 threads: 85.3
+            (128, 1, 256), // 512 would be more than a thread can hold
+            (1024, 1, 64), // the largest CTA
+            (100, 1, 256), // 4 warps
+            (330, 1, 184), // 11 whole warps, 352 lanes: 186.2 (330 lanes would give 192)
+            (0, 0, 256),   // degenerate bounds count as one warp
+            (u64::MAX, u64::MAX, 0),
+        ];
+        for (threads, ctas, want) in table {
+            assert_eq!(launch_regs(threads, ctas), want, "{threads} x {ctas}");
+        }
     }
 }

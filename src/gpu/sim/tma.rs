@@ -106,11 +106,11 @@ impl<'a> Launch<'a> {
                 }
                 MbarOp::ExpectTx => {
                     let tx = self.rd(w, &ops[1], l, ctaid)?;
-                    m.expect_tx(tx);
+                    m.expect_tx(tx)?;
                 }
                 MbarOp::Arrive | MbarOp::ArriveExpectTx => {
                     let count = if kind == MbarOp::ArriveExpectTx {
-                        m.expect_tx(self.rd(w, &ops[2], l, ctaid)?);
+                        m.expect_tx(self.rd(w, &ops[2], l, ctaid)?)?;
                         1
                     } else if let Some(o) = ops.get(2) {
                         self.rd(w, o, l, ctaid)?
@@ -212,7 +212,7 @@ impl<'a> Launch<'a> {
             let released = shared.clocks.clock(agent).to_vec();
             shared.clocks.tick(agent);
             let m = shared.mbarriers.get_mut(&mbar).expect("looked up above");
-            m.complete_tx(bytes, &released);
+            m.complete_tx(bytes, &released)?;
         }
         Ok(())
     }

@@ -206,9 +206,14 @@ impl WgmmaState {
     }
 }
 
-/// Checks that the four warps of each warpgroup issued the same `wgmma.mma_async`
-/// sequence (the interpreter runs them separately; the hardware runs them as one).
-pub(super) fn check_warpgroups(logs: &[&[(u16, u64, u64)]]) -> Result<(), String> {
+/// Checks that the four warps of each warpgroup issued the same sequence of `what` (each
+/// warp's log of it, in warp order): the interpreter runs them separately, the hardware as
+/// one, so `why` (what the hardware needs) is part of the error.
+pub(super) fn check_warpgroups<T: PartialEq>(
+    logs: &[&[T]],
+    what: &str,
+    why: &str,
+) -> Result<(), String> {
     for (g, group) in logs.chunks(4).enumerate() {
         for (r, log) in group.iter().enumerate().skip(1) {
             if *log != group[0] {
@@ -218,10 +223,8 @@ pub(super) fn check_warpgroups(logs: &[&[(u16, u64, u64)]]) -> Result<(), String
                     .position(|(x, y)| x != y)
                     .unwrap_or(log.len().min(group[0].len()));
                 return Err(format!(
-                    "warp {} of warpgroup {g} issued a different wgmma.mma_async sequence from \
-                     warp 0 of it (they differ at instruction {at} of the sequence; a \
-                     warpgroup issues each wgmma together, with the same descriptors)",
-                    r
+                    "warp {r} of warpgroup {g} issued a different {what} sequence from warp 0 \
+                     of it (they differ at instruction {at} of the sequence; {why})"
                 ));
             }
         }
@@ -319,6 +322,19 @@ impl<'a> Launch<'a> {
                     d.swizzle,
                     d.base_offset,
                     if mn_major { "MN" } else { "K" }
+                ));
+            }
+            // With base offset 0 the ISA has the 128-byte swizzle's 1024-byte pattern start
+            // on a 1024-byte boundary; a start in its second to eighth 128-byte row would
+            // need the base offset this model leaves out.
+            if d.swizzle == 1 && (d.start >> 7) & 7 != 0 {
+                return Err(format!(
+                    "wgmma.mma_async: the {what} descriptor's 128-byte swizzled operand starts \
+                     at shared byte 0x{:x}, in row {} of a 1024-byte swizzle pattern; with base \
+                     offset 0 the pattern must start on a 1024-byte boundary (a k-step within \
+                     a row, under 128 bytes, is allowed)",
+                    d.start,
+                    (d.start >> 7) & 7
                 ));
             }
         }
@@ -730,9 +746,18 @@ mod tests {
         let x = [(128u16, 1u64, 2u64)];
         let y = [(128u16, 1u64, 3u64)];
         let same: Vec<&[(u16, u64, u64)]> = vec![&x, &x, &x, &x, &y, &y, &y, &y];
-        assert!(check_warpgroups(&same).is_ok());
+        assert!(check_warpgroups(&same, "w", "why").is_ok());
         let differ: Vec<&[(u16, u64, u64)]> = vec![&x, &x, &y, &x];
-        let e = check_warpgroups(&differ).unwrap_err();
-        assert!(e.contains("warp 2 of warpgroup 0"), "{e}");
+        let e = check_warpgroups(&differ, "w", "why").unwrap_err();
+        assert!(
+            e.contains("warp 2 of warpgroup 0 issued a different w sequence"),
+            "{e}"
+        );
+        assert!(e.contains("instruction 0 of the sequence; why)"), "{e}");
+        // A warp that stopped short of the others differs where its log ends.
+        let xy = [x[0], y[0]];
+        let short: Vec<&[(u16, u64, u64)]> = vec![&xy, &xy, &x, &x];
+        let e = check_warpgroups(&short, "w", "why").unwrap_err();
+        assert!(e.contains("warp 2") && e.contains("instruction 1"), "{e}");
     }
 }

@@ -138,6 +138,9 @@ impl Driver for CudaDriver {
     ) -> Result<f64> {
         self.inner.mark_ms(start, end)
     }
+    fn kernel_registers(&self, module: &PtxModule, kernel: &str) -> Result<Option<u32>> {
+        self.inner.kernel_registers(module, kernel).map(Some)
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -522,6 +525,15 @@ mod imp {
             self.stream
                 .synchronize()
                 .map_err(|e| driver_error(&format!("{}: a kernel failed", self.name), e))
+        }
+
+        /// Registers per thread the driver allocates for `kernel` (loading it if needed).
+        pub(super) fn kernel_registers(&self, module: &PtxModule, kernel: &str) -> Result<u32> {
+            let f = self.function(module, kernel)?;
+            let n = f
+                .num_regs()
+                .map_err(|e| driver_error(&format!("{}: registers of {kernel}", self.name), e))?;
+            Ok(n.max(0) as u32)
         }
 
         /// An event with timing on the stream, after everything issued so far.

@@ -193,6 +193,14 @@ pub trait Driver: Send + Sync {
         None
     }
 
+    /// Registers per thread `kernel` of `module` starts with, where the driver knows: what
+    /// the CUDA driver allocates for the compiled kernel, or for the interpreter the launch
+    /// bounds' share it models (`None` for an entry without bounds). `None`, the default,
+    /// for a driver that cannot say.
+    fn kernel_registers(&self, _module: &PtxModule, _kernel: &str) -> Result<Option<u32>> {
+        Ok(None)
+    }
+
     /// The launch profiler of this driver (see [`super::profile`]); every driver the
     /// registry hands out has one. `None` (the default) for a bare driver.
     fn profiler(&self) -> Option<&Profiler> {
@@ -273,6 +281,10 @@ pub trait Forward: Send + Sync {
     fn profiler(&self) -> Option<&Profiler> {
         self.inner().profiler()
     }
+    /// [`Driver::kernel_registers`].
+    fn kernel_registers(&self, module: &PtxModule, kernel: &str) -> Result<Option<u32>> {
+        self.inner().kernel_registers(module, kernel)
+    }
 }
 
 impl<T: Forward> Driver for T {
@@ -326,5 +338,8 @@ impl<T: Forward> Driver for T {
     }
     fn profiler(&self) -> Option<&Profiler> {
         Forward::profiler(self)
+    }
+    fn kernel_registers(&self, module: &PtxModule, kernel: &str) -> Result<Option<u32>> {
+        Forward::kernel_registers(self, module, kernel)
     }
 }

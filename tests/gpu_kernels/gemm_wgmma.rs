@@ -14,9 +14,9 @@
 use half::bf16;
 use tarflow::gpu::kernels::{
     gemm_bf16_split_k_tma, gemm_bf16_split_k_wgmma, gemm_bf16_tma, gemm_bf16_wgmma, Bf16Layout,
-    GemmBf16, GemmEpilogue, WgmmaTile, GEMM_SM90,
+    GemmBf16, GemmEpilogue, WgmmaTile, ATTENTION_SM90, GEMM_SM90,
 };
-use tarflow::gpu::{Driver, Forward, PtxSim};
+use tarflow::gpu::{Driver, Forward, PtxModule, PtxSim};
 use tarflow::Rng;
 
 use crate::harness::*;
@@ -461,4 +461,57 @@ fn a_swizzled_descriptor_off_its_pattern_boundary_is_refused() {
     let r = gemm_bf16_tma(m, &g, None).and_then(|()| m.synchronize());
     let e = expect_error(r, &format!("`{from}` -> `{to}`"));
     assert!(e.contains("in row 1 of a 1024-byte swizzle pattern"), "{e}");
+}
+
+/// The entries of `m` whose body moves registers with `setmaxnreg`.
+fn setmaxnreg_entries(m: &'static PtxModule) -> Vec<(&'static PtxModule, String)> {
+    m.ptx
+        .split(".visible .entry ")
+        .skip(1)
+        .filter(|body| body.contains("setmaxnreg."))
+        .map(|body| (m, body[..body.find('(').unwrap()].trim().to_string()))
+        .collect()
+}
+
+/// The warp-specialized kernels move registers on a budget of 168 a thread at launch (the
+/// share of 384 threads, one CTA): the producer warpgroup decreases to 40 and each consumer
+/// increases to 232, 40 + 2 x 232 = 3 x 168. The interpreter models the 168 from the launch
+/// bounds; a 9.0 GPU must allocate the same, or the consumers' `setmaxnreg.inc` would wait
+/// for ever there.
+#[test]
+fn the_warp_specialized_kernels_start_with_the_registers_their_budget_needs() {
+    let entries: Vec<_> = [&GEMM_SM90, &ATTENTION_SM90]
+        .into_iter()
+        .flat_map(setmaxnreg_entries)
+        .collect();
+    // The TMA GEMM tile's ten entries (its layouts and epilogue stages) and the attention
+    // backward's two.
+    assert_eq!(entries.len(), 12, "{entries:?}");
+    for (m, e) in &entries {
+        let body = m
+            .ptx
+            .split(".visible .entry ")
+            .find(|b| b.starts_with(e.as_str()));
+        let body = body.unwrap();
+        assert!(body.contains("setmaxnreg.dec.sync.aligned.u32 40;"), "{e}");
+        assert!(body.contains("setmaxnreg.inc.sync.aligned.u32 232;"), "{e}");
+        assert!(
+            body.contains(".maxntid 384, 1, 1") && body.contains(".minnctapersm 1"),
+            "{e}"
+        );
+    }
+    assert_eq!(40 + 2 * 232, 3 * 168);
+    on_each_device(|d| {
+        if d.compute_capability()
+            .unwrap()
+            .is_some_and(|cc| cc != (9, 0))
+        {
+            println!("{}: skipped: not compute capability 9.0", d.name());
+            return;
+        }
+        for (m, e) in &entries {
+            let regs = d.kernel_registers(m, e).unwrap();
+            assert_eq!(regs, Some(168), "{e} on {}", d.name());
+        }
+    });
 }

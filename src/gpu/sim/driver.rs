@@ -255,6 +255,18 @@ impl Driver for PtxSim {
         Ok(())
     }
 
+    fn kernel_registers(&self, module: &PtxModule, kernel: &str) -> Result<Option<u32>> {
+        let mut inner = self.lock();
+        let m = Self::module(&mut inner, module)?;
+        let k = m.kernels.get(kernel).ok_or_else(|| {
+            Error::arg(
+                "ptx-sim kernel_registers",
+                format!("module {} has no kernel {kernel}", module.name),
+            )
+        })?;
+        Ok(k.launch_regs)
+    }
+
     fn last_launch_work(&self) -> Option<LaunchWork> {
         self.last_counters().map(|c| LaunchWork {
             warp_instructions: c.warp_instructions(),

@@ -141,6 +141,9 @@ impl Driver for CudaDriver {
     fn kernel_registers(&self, module: &PtxModule, kernel: &str) -> Result<Option<u32>> {
         self.inner.kernel_registers(module, kernel).map(Some)
     }
+    fn mark_passed(&self, mark: &super::driver::DeviceMark) -> Result<bool> {
+        self.inner.mark_passed(mark)
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -546,17 +549,24 @@ mod imp {
             Ok(DeviceMark(Box::new(e)))
         }
 
+        pub(super) fn mark_passed(&self, mark: &DeviceMark) -> Result<bool> {
+            Self::event(&self.name, mark)?
+                .try_is_complete()
+                .map_err(|e| driver_error(&format!("{}: event query", self.name), e))
+        }
+
+        fn event<'a>(name: &str, m: &'a DeviceMark) -> Result<&'a CudaEvent> {
+            m.0.downcast_ref::<CudaEvent>().ok_or_else(|| {
+                Error::arg(
+                    "device mark",
+                    format!("{name}: a mark that this driver did not make"),
+                )
+            })
+        }
+
         pub(super) fn mark_ms(&self, start: &DeviceMark, end: &DeviceMark) -> Result<f64> {
-            fn event<'a>(name: &str, m: &'a DeviceMark) -> Result<&'a CudaEvent> {
-                m.0.downcast_ref::<CudaEvent>().ok_or_else(|| {
-                    Error::arg(
-                        "mark_ms",
-                        format!("{name}: a mark that this driver did not make"),
-                    )
-                })
-            }
-            event(&self.name, start)?
-                .elapsed_ms(event(&self.name, end)?)
+            Self::event(&self.name, start)?
+                .elapsed_ms(Self::event(&self.name, end)?)
                 .map(f64::from)
                 .map_err(|e| driver_error(&format!("{}: event time", self.name), e))
         }

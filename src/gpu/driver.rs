@@ -187,6 +187,12 @@ pub trait Driver: Send + Sync {
         ))
     }
 
+    /// Whether the device has passed `mark` (one of this driver's), without waiting; the
+    /// default says yes (a driver without marks has nothing to wait for).
+    fn mark_passed(&self, _mark: &DeviceMark) -> Result<bool> {
+        Ok(true)
+    }
+
     /// What the last launch did, for a driver that counts it (the interpreter); `None`
     /// (the default) otherwise.
     fn last_launch_work(&self) -> Option<LaunchWork> {
@@ -273,6 +279,10 @@ pub trait Forward: Send + Sync {
     fn mark_ms(&self, start: &DeviceMark, end: &DeviceMark) -> Result<f64> {
         self.inner().mark_ms(start, end)
     }
+    /// [`Driver::mark_passed`].
+    fn mark_passed(&self, mark: &DeviceMark) -> Result<bool> {
+        self.inner().mark_passed(mark)
+    }
     /// [`Driver::last_launch_work`].
     fn last_launch_work(&self) -> Option<LaunchWork> {
         self.inner().last_launch_work()
@@ -332,6 +342,9 @@ impl<T: Forward> Driver for T {
     }
     fn mark_ms(&self, start: &DeviceMark, end: &DeviceMark) -> Result<f64> {
         Forward::mark_ms(self, start, end)
+    }
+    fn mark_passed(&self, mark: &DeviceMark) -> Result<bool> {
+        Forward::mark_passed(self, mark)
     }
     fn last_launch_work(&self) -> Option<LaunchWork> {
         Forward::last_launch_work(self)

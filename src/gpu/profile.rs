@@ -21,7 +21,7 @@
 //! # Ok::<(), tarflow::Error>(())
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -143,12 +143,47 @@ struct Pending {
     work: Option<LaunchWork>,
 }
 
+impl Pending {
+    /// The record, its device time read from `driver` (which waits for the end mark).
+    fn resolve(self, driver: &dyn Driver) -> Result<LaunchRecord> {
+        let device_ms = match (&self.start, &self.end) {
+            (Some(s), Some(e)) => Some(driver.mark_ms(s, e)?),
+            _ => None,
+        };
+        Ok(LaunchRecord {
+            module: self.module,
+            kernel: self.kernel,
+            grid: self.config.grid,
+            block: self.config.block,
+            shared_bytes: self.config.shared_bytes,
+            device_ms,
+            work: self.work,
+        })
+    }
+}
+
+/// Most launches whose marks a profile keeps unread: past this the oldest is waited for, so
+/// that a long run (sampling is hundreds of thousands of launches) holds a bounded number
+/// of device events.
+pub const MAX_UNREAD: usize = 1 << 14;
+
+#[derive(Default)]
+struct State {
+    /// Launches whose marks are not read yet, oldest first.
+    unread: VecDeque<Pending>,
+    /// Launches read, in order.
+    done: Vec<LaunchRecord>,
+    /// The first error reading a mark (reported by [`Profiler::finish`]).
+    failed: Option<Error>,
+}
+
 /// The launch profiler a registry driver carries: passes launches on to the driver and, while
-/// on, records each one.
+/// on, records each one. Marks are read as soon as the device has passed them, so a profile
+/// holds at most [`MAX_UNREAD`] unread ones.
 #[derive(Default)]
 pub struct Profiler {
     on: AtomicBool,
-    pending: Mutex<Vec<Pending>>,
+    state: Mutex<State>,
 }
 
 impl Profiler {
@@ -157,9 +192,9 @@ impl Profiler {
         Self::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<Pending>> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         // Records are pushed whole; a panic elsewhere cannot leave one half-written.
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Launches on `driver` (the driver this profiler belongs to), recording the launch
@@ -179,7 +214,8 @@ impl Profiler {
         driver.launch(module, kernel, config, args)?;
         let end = driver.mark()?;
         let work = driver.last_launch_work();
-        self.lock().push(Pending {
+        let mut st = self.lock();
+        st.unread.push_back(Pending {
             module: module.name,
             kernel: kernel.to_string(),
             config,
@@ -187,55 +223,72 @@ impl Profiler {
             end,
             work,
         });
+        // Read what the device has passed; wait for the oldest past the bound.
+        while let Some(first) = st.unread.front() {
+            let passed = match &first.end {
+                Some(e) => driver.mark_passed(e),
+                None => Ok(true),
+            };
+            match passed {
+                Ok(false) if st.unread.len() <= MAX_UNREAD => break,
+                Ok(_) => {
+                    let first = st.unread.pop_front().expect("looked at above");
+                    match first.resolve(driver) {
+                        Ok(r) => st.done.push(r),
+                        Err(e) => {
+                            st.failed.get_or_insert(e);
+                        }
+                    }
+                }
+                Err(e) => {
+                    st.failed.get_or_insert(e);
+                    break;
+                }
+            }
+        }
         Ok(())
     }
 
     /// Starts recording; an error if a profile is already running.
     pub fn start(&self, name: &str) -> Result<()> {
-        let mut pending = self.lock();
+        let mut st = self.lock();
         if self.on.swap(true, Ordering::Relaxed) {
             return Err(Error::Device {
                 op: "profile",
                 detail: format!("{name}: a launch profile is already running"),
             });
         }
-        pending.clear();
+        *st = State::default();
         Ok(())
     }
 
     /// Stops recording and returns the launches since [`Profiler::start`], their device
     /// times read from `driver`'s marks (after waiting for the last launch).
     pub fn finish(&self, driver: &dyn Driver) -> Result<LaunchProfile> {
-        let pending = {
-            let mut p = self.lock();
+        let st = {
+            let mut st = self.lock();
             if !self.on.swap(false, Ordering::Relaxed) {
                 return Err(Error::Device {
                     op: "profile",
                     detail: format!("{}: no launch profile is running", driver.name()),
                 });
             }
-            std::mem::take(&mut *p)
+            std::mem::take(&mut *st)
         };
+        if let Some(e) = st.failed {
+            return Err(e);
+        }
         driver.synchronize()?;
-        let launches = pending
-            .into_iter()
-            .map(|p| {
-                let device_ms = match (&p.start, &p.end) {
-                    (Some(s), Some(e)) => Some(driver.mark_ms(s, e)?),
-                    _ => None,
-                };
-                Ok(LaunchRecord {
-                    module: p.module,
-                    kernel: p.kernel,
-                    grid: p.config.grid,
-                    block: p.config.block,
-                    shared_bytes: p.config.shared_bytes,
-                    device_ms,
-                    work: p.work,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let mut launches = st.done;
+        for p in st.unread {
+            launches.push(p.resolve(driver)?);
+        }
         Ok(LaunchProfile { launches })
+    }
+
+    /// Launches recorded whose marks are not read yet.
+    pub fn unread(&self) -> usize {
+        self.lock().unread.len()
     }
 }
 
@@ -276,10 +329,24 @@ mod tests {
     };
 
     /// A driver whose launches take a fixed device time each (kernel `slow` 2.5 ms, others
-    /// 1 ms) on a clock its marks read, and whose kernel `bad` fails.
-    #[derive(Default)]
+    /// 1 ms) on a clock its marks read, whose device has passed the marks up to
+    /// `passed_us`, and whose kernel `bad` fails.
     struct Clocked {
         clock_us: AtomicU64,
+        passed_us: AtomicU64,
+    }
+
+    impl Default for Clocked {
+        fn default() -> Self {
+            Clocked {
+                clock_us: AtomicU64::new(0),
+                passed_us: AtomicU64::new(u64::MAX),
+            }
+        }
+    }
+
+    fn us(m: &DeviceMark) -> u64 {
+        *m.0.downcast_ref::<u64>().unwrap()
     }
 
     impl Driver for Clocked {
@@ -321,8 +388,10 @@ mod tests {
             ))))
         }
         fn mark_ms(&self, start: &DeviceMark, end: &DeviceMark) -> Result<f64> {
-            let us = |m: &DeviceMark| *m.0.downcast_ref::<u64>().unwrap();
             Ok((us(end) - us(start)) as f64 / 1e3)
+        }
+        fn mark_passed(&self, mark: &DeviceMark) -> Result<bool> {
+            Ok(us(mark) <= self.passed_us.load(Ordering::Relaxed))
         }
     }
 
@@ -386,6 +455,40 @@ mod tests {
         let want = [("slow", 2, 5.0), ("fast", 2, 2.0), ("other", 1, 1.0)]
             .map(|(k, n, ms)| (k.to_string(), n, Some(ms)));
         assert_eq!(rows, want);
+    }
+
+    /// Marks are read once the device passes them, and at most [`MAX_UNREAD`] wait unread:
+    /// a device that falls behind holds the host at the oldest.
+    #[test]
+    fn unread_marks_are_bounded_and_all_come_back_in_order() {
+        let d = Profiled::default();
+        d.inner.passed_us.store(0, Ordering::Relaxed);
+        d.profiler.start("clocked").unwrap();
+        for i in 0..MAX_UNREAD + 10 {
+            launch(&d, if i % 3 == 0 { "slow" } else { "fast" }, i as u32 + 1).unwrap();
+            assert_eq!(d.profiler.unread(), (i + 1).min(MAX_UNREAD));
+        }
+        // With the device still behind, one more launch reads only the oldest (past the
+        // bound); once the device has passed everything, the next reads them all.
+        launch(&d, "fast", 0).unwrap();
+        assert_eq!(d.profiler.unread(), MAX_UNREAD);
+        d.inner.passed_us.store(u64::MAX, Ordering::Relaxed);
+        launch(&d, "fast", 0).unwrap();
+        assert_eq!(d.profiler.unread(), 0);
+        let p = d.profiler.finish(&d).unwrap();
+        assert_eq!(p.launches.len(), MAX_UNREAD + 12);
+        for (i, l) in p.launches.iter().take(MAX_UNREAD + 10).enumerate() {
+            assert_eq!(l.grid.0, i as u32 + 1, "order");
+            let want = if i % 3 == 0 { 2.5 } else { 1.0 };
+            assert_eq!(l.device_ms, Some(want), "launch {i}");
+        }
+        // Marks still unread at the finish are read there.
+        d.inner.passed_us.store(0, Ordering::Relaxed);
+        d.profiler.start("clocked").unwrap();
+        launch(&d, "slow", 7).unwrap();
+        assert_eq!(d.profiler.unread(), 1);
+        let p = d.profiler.finish(&d).unwrap();
+        assert_eq!(p.launches[0].device_ms, Some(2.5));
     }
 
     #[test]

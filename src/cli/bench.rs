@@ -14,7 +14,6 @@ use tarflow::bench::model::{
 };
 use tarflow::data::is_pack;
 use tarflow::gpu::profile::KernelShare;
-use tarflow::gpu::LaunchWork;
 use tarflow::model::TarFlowConfig;
 use tarflow::train::open_data;
 use tarflow::{Device, Error, Result};
@@ -346,16 +345,7 @@ fn print_profile(name: &str, p: &KernelProfile) {
         kernel: format!("({} more kernels)", rest.len()),
         launches: rest.iter().map(|k| k.launches).sum(),
         device_ms: rest.iter().map(|k| k.device_ms).sum(),
-        work: rest
-            .iter()
-            .map(|k| k.work)
-            .try_fold(LaunchWork::default(), |a, w| {
-                w.map(|w| LaunchWork {
-                    warp_instructions: a.warp_instructions + w.warp_instructions,
-                    bytes_read: a.bytes_read + w.bytes_read,
-                    bytes_written: a.bytes_written + w.bytes_written,
-                })
-            }),
+        work: rest.iter().map(|k| k.work).sum(),
     });
     let pct = |part: f64, whole: Option<f64>| match whole {
         Some(w) if w > 0.0 => format!("{:>9.1}", 100.0 * part / w),

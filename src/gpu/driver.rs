@@ -100,6 +100,23 @@ pub struct LaunchWork {
     pub bytes_written: u64,
 }
 
+impl std::ops::Add for LaunchWork {
+    type Output = LaunchWork;
+    fn add(self, o: LaunchWork) -> LaunchWork {
+        LaunchWork {
+            warp_instructions: self.warp_instructions + o.warp_instructions,
+            bytes_read: self.bytes_read + o.bytes_read,
+            bytes_written: self.bytes_written + o.bytes_written,
+        }
+    }
+}
+
+impl std::iter::Sum for LaunchWork {
+    fn sum<I: Iterator<Item = LaunchWork>>(it: I) -> LaunchWork {
+        it.fold(LaunchWork::default(), |a, b| a + b)
+    }
+}
+
 /// A PTX module compiled into the binary: its file name (for messages) and its text.
 #[derive(Clone, Copy, Debug)]
 pub struct PtxModule {

@@ -123,14 +123,7 @@ impl LaunchProfile {
 
 /// The sum of `w`, or `None` when any is missing.
 fn add_work(w: impl Iterator<Item = Option<LaunchWork>>) -> Option<LaunchWork> {
-    let mut total = LaunchWork::default();
-    for w in w {
-        let w = w?;
-        total.warp_instructions += w.warp_instructions;
-        total.bytes_read += w.bytes_read;
-        total.bytes_written += w.bytes_written;
-    }
-    Some(total)
+    w.sum()
 }
 
 /// A launch recorded, its marks not yet read.

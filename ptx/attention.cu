@@ -1211,27 +1211,21 @@ __device__ __forceinline__ void merge_state(float& m, float& l, float* a, float 
   m = mn;
 }
 
-extern "C" __global__ void __launch_bounds__(NT)
-    attn_decode_partial_f32(float* __restrict__ part, const float* __restrict__ q,
-                            const float* __restrict__ k, const float* __restrict__ v,
-                            unsigned nk, unsigned dh, unsigned dv, unsigned chunk,
-                            unsigned q_sb, unsigned q_sh, unsigned q_sd, unsigned k_sb,
-                            unsigned k_sh, unsigned k_sn, unsigned k_sd, unsigned v_sb,
-                            unsigned v_sh, unsigned v_sn, unsigned v_sd, float scale_log2) {
-  __shared__ float st[NWARP][2 + DMAX];
+// The state (m, l, a) of keys [j0, j1) of one (batch, head) for the query `qr` (this lane's
+// features, scaled): warp w takes keys j0 + w, j0 + w + 4, ... in increasing order, then warp
+// 0 merges the warps' states in warp order through `st`. The result is warp 0's; every
+// thread of the CTA must call it (it has a barrier), and `st` is free again after the next.
+__device__ __forceinline__ void decode_chunk(const float* qr, const float* __restrict__ k,
+                                             const float* __restrict__ v, unsigned j0,
+                                             unsigned j1, unsigned dh, unsigned dv,
+                                             unsigned k_sn, unsigned k_sd, unsigned v_sn,
+                                             unsigned v_sd, float (*st)[2 + DMAX], float& m,
+                                             float& l, float* a) {
   unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  unsigned bz = blockIdx.z, hy = blockIdx.y, split = blockIdx.x;
-  q += (size_t)bz * q_sb + (size_t)hy * q_sh;
-  k += (size_t)bz * k_sb + (size_t)hy * k_sh;
-  v += (size_t)bz * v_sb + (size_t)hy * v_sh;
-  float qr[4];
+  m = neg_inf();
+  l = 0.0f;
 #pragma unroll
-  for (int c = 0; c < 4; ++c) {
-    unsigned e = lane + 32 * c;
-    qr[c] = e < dh ? q[(size_t)e * q_sd] * scale_log2 : 0.0f;
-  }
-  unsigned j0 = split * chunk, j1 = min(nk, j0 + chunk);
-  float m = neg_inf(), l = 0.0f, a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (int c = 0; c < 4; ++c) a[c] = 0.0f;
   for (unsigned j = j0 + warp; j < j1; j += NWARP) {
     float s = 0.0f;
 #pragma unroll
@@ -1258,16 +1252,63 @@ extern "C" __global__ void __launch_bounds__(NT)
     st[warp][1] = l;
   }
   __syncthreads();
-  if (warp != 0) return;
-  for (int w = 1; w < NWARP; ++w) {
-    float a2[4];
+  if (warp == 0) {
+    for (int w = 1; w < NWARP; ++w) {
+      float a2[4];
 #pragma unroll
-    for (int c = 0; c < 4; ++c) {
-      unsigned e = lane + 32 * c;
-      a2[c] = e < dv ? st[w][2 + e] : 0.0f;
+      for (int c = 0; c < 4; ++c) {
+        unsigned e = lane + 32 * c;
+        a2[c] = e < dv ? st[w][2 + e] : 0.0f;
+      }
+      merge_state(m, l, a, st[w][0], st[w][1], a2);
     }
-    merge_state(m, l, a, st[w][0], st[w][1], a2);
   }
+}
+
+// This lane's features of the query of (bz, hy), scaled by `scale_log2`.
+__device__ __forceinline__ void decode_query(float* qr, const float* __restrict__ q,
+                                             unsigned dh, unsigned q_sd, float scale_log2) {
+  unsigned lane = threadIdx.x & 31;
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    unsigned e = lane + 32 * c;
+    qr[c] = e < dh ? q[(size_t)e * q_sd] * scale_log2 : 0.0f;
+  }
+}
+
+// Writes the normalised output and the base-2 lse of a merged state (one warp).
+__device__ __forceinline__ void decode_output(float* __restrict__ o, float* __restrict__ lse,
+                                              size_t bh, unsigned dv, unsigned o_sd, float m,
+                                              float l, const float* a) {
+  unsigned lane = threadIdx.x & 31;
+  float inv = l > 0.0f ? __frcp_rn(l) : 0.0f;
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    unsigned e = lane + 32 * c;
+    if (e < dv) o[(size_t)e * o_sd] = a[c] * inv;
+  }
+  if (lane == 0) lse[bh] = l > 0.0f ? m + __log2f(l) : neg_inf();
+}
+
+extern "C" __global__ void __launch_bounds__(NT)
+    attn_decode_partial_f32(float* __restrict__ part, const float* __restrict__ q,
+                            const float* __restrict__ k, const float* __restrict__ v,
+                            unsigned nk, unsigned dh, unsigned dv, unsigned chunk,
+                            unsigned q_sb, unsigned q_sh, unsigned q_sd, unsigned k_sb,
+                            unsigned k_sh, unsigned k_sn, unsigned k_sd, unsigned v_sb,
+                            unsigned v_sh, unsigned v_sn, unsigned v_sd, float scale_log2) {
+  __shared__ float st[NWARP][2 + DMAX];
+  unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  unsigned bz = blockIdx.z, hy = blockIdx.y, split = blockIdx.x;
+  q += (size_t)bz * q_sb + (size_t)hy * q_sh;
+  k += (size_t)bz * k_sb + (size_t)hy * k_sh;
+  v += (size_t)bz * v_sb + (size_t)hy * v_sh;
+  float qr[4];
+  decode_query(qr, q, dh, q_sd, scale_log2);
+  unsigned j0 = split * chunk, j1 = min(nk, j0 + chunk);
+  float m, l, a[4];
+  decode_chunk(qr, k, v, j0, j1, dh, dv, k_sn, k_sd, v_sn, v_sd, st, m, l, a);
+  if (warp != 0) return;
   size_t row = ((size_t)bz * gridDim.y + hy) * gridDim.x + split;
   float* out = part + row * (dv + 2);
 #pragma unroll
@@ -1281,15 +1322,15 @@ extern "C" __global__ void __launch_bounds__(NT)
   }
 }
 
-extern "C" __global__ void __launch_bounds__(32)
-    attn_decode_combine_f32(float* __restrict__ o, float* __restrict__ lse,
-                            const float* __restrict__ part, unsigned splits, unsigned dv,
-                            unsigned o_sb, unsigned o_sh, unsigned o_sd) {
+// Merges the partials of one (batch, head) in split order into (m, l, a) (one warp).
+__device__ __forceinline__ void decode_merge_partials(const float* __restrict__ p,
+                                                      unsigned splits, unsigned dv, float& m,
+                                                      float& l, float* a) {
   unsigned lane = threadIdx.x & 31;
-  unsigned bz = blockIdx.z, hy = blockIdx.y;
-  size_t bh = (size_t)bz * gridDim.y + hy;
-  const float* p = part + bh * splits * (dv + 2);
-  float m = neg_inf(), l = 0.0f, a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  m = neg_inf();
+  l = 0.0f;
+#pragma unroll
+  for (int c = 0; c < 4; ++c) a[c] = 0.0f;
   for (unsigned s = 0; s < splits; ++s) {
     const float* ps = p + (size_t)s * (dv + 2);
     float a2[4];
@@ -1300,12 +1341,51 @@ extern "C" __global__ void __launch_bounds__(32)
     }
     merge_state(m, l, a, ps[0], ps[1], a2);
   }
-  o += (size_t)bz * o_sb + (size_t)hy * o_sh;
-  float inv = l > 0.0f ? __frcp_rn(l) : 0.0f;
-#pragma unroll
-  for (int c = 0; c < 4; ++c) {
-    unsigned e = lane + 32 * c;
-    if (e < dv) o[(size_t)e * o_sd] = a[c] * inv;
+}
+
+extern "C" __global__ void __launch_bounds__(32)
+    attn_decode_combine_f32(float* __restrict__ o, float* __restrict__ lse,
+                            const float* __restrict__ part, unsigned splits, unsigned dv,
+                            unsigned o_sb, unsigned o_sh, unsigned o_sd) {
+  unsigned bz = blockIdx.z, hy = blockIdx.y;
+  size_t bh = (size_t)bz * gridDim.y + hy;
+  float m, l, a[4];
+  decode_merge_partials(part + bh * splits * (dv + 2), splits, dv, m, l, a);
+  decode_output(o + (size_t)bz * o_sb + (size_t)hy * o_sh, lse, bh, dv, o_sd, m, l, a);
+}
+
+// attn_decode_f32: the same chunks merged in the same order in one launch, without the
+// scratch: one CTA per (batch, head) (grid (1, H, B), 128 threads) computes each chunk's
+// state as the partial kernel's CTA does, warp 0 merges it into a running state in chunk
+// order as the combine kernel merges the partials (which hold the same f32 values), and
+// writes the output. The pair's bits, for one CTA per head instead of one per chunk.
+extern "C" __global__ void __launch_bounds__(NT)
+    attn_decode_f32(float* __restrict__ o, float* __restrict__ lse,
+                    const float* __restrict__ q, const float* __restrict__ k,
+                    const float* __restrict__ v, unsigned nk, unsigned dh, unsigned dv,
+                    unsigned chunk, unsigned q_sb, unsigned q_sh, unsigned q_sd,
+                    unsigned k_sb, unsigned k_sh, unsigned k_sn, unsigned k_sd, unsigned v_sb,
+                    unsigned v_sh, unsigned v_sn, unsigned v_sd, unsigned o_sb, unsigned o_sh,
+                    unsigned o_sd, float scale_log2) {
+  __shared__ float st[NWARP][2 + DMAX];
+  unsigned bz = blockIdx.z, hy = blockIdx.y;
+  q += (size_t)bz * q_sb + (size_t)hy * q_sh;
+  k += (size_t)bz * k_sb + (size_t)hy * k_sh;
+  v += (size_t)bz * v_sb + (size_t)hy * v_sh;
+  float qr[4];
+  decode_query(qr, q, dh, q_sd, scale_log2);
+  float m = neg_inf(), l = 0.0f, a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  // At least one chunk, as the pair has: an empty cache writes the zero output.
+  unsigned splits = nk == 0 ? 1u : (nk + chunk - 1) / chunk;
+  for (unsigned s = 0; s < splits; ++s) {
+    float mc, lc, ac[4];
+    decode_chunk(qr, k, v, s * chunk, min(nk, s * chunk + chunk), dh, dv, k_sn, k_sd, v_sn,
+                 v_sd, st, mc, lc, ac);
+    merge_state(m, l, a, mc, lc, ac);
+    // The next chunk's warps overwrite `st` only after warp 0 has read it.
+    __syncthreads();
   }
-  if (lane == 0) lse[bh] = l > 0.0f ? m + __log2f(l) : neg_inf();
+  if ((threadIdx.x >> 5) != 0) return;
+  size_t bh = (size_t)bz * gridDim.y + hy;
+  decode_output(o + (size_t)bz * o_sb + (size_t)hy * o_sh, lse, bh, dv, o_sd, m, l, a);
 }

@@ -8,9 +8,10 @@
 
 use half::bf16;
 use tarflow::gpu::kernels::{
-    attn_bwd, attn_bwd_stored, attn_bwd_tma, attn_bwd_wgmma, attn_decode, attn_fwd,
-    attn_fwd_saving_bf16, attn_fwd_tma, attn_fwd_wgmma, decode_scratch_len, AttnBwd, AttnDecode,
-    AttnDims, AttnFwd, AttnPrecision, AttnScores, AttnStorage, AttnView, ATTN_MAX_HEAD_DIM,
+    attn_bwd, attn_bwd_stored, attn_bwd_tma, attn_bwd_wgmma, attn_decode, attn_decode_with,
+    attn_fwd, attn_fwd_saving_bf16, attn_fwd_tma, attn_fwd_wgmma, decode_scratch_len, AttnBwd,
+    AttnDecode, AttnDims, AttnFwd, AttnPrecision, AttnScores, AttnStorage, AttnView, DecodeLaunch,
+    ATTN_MAX_HEAD_DIM,
 };
 use tarflow::gpu::{DevicePtr, Driver};
 use tarflow::Rng;
@@ -1117,25 +1118,51 @@ fn decode(d: &dyn Driver, (b, h, nk, dh, dv): (usize, usize, usize, usize, usize
     let k = gather(&ks, lk, (b, h, nk, dh));
     let v = gather(&vs, lv, (b, h, nk, dv));
     let want = reference(&dims, &sc, &q, &k, &v, &vec![0.0; b * h * dv]);
-    let (o, lse) = (poisoned_f32(d, b * h * dv), poisoned_f32(d, b * h));
-    let a = AttnDecode {
-        dims,
-        alpha: sc.alpha,
-        q: lq.view(upload::<f32>(d, &qs)),
-        k: lk.view(upload::<f32>(d, &ks)),
-        v: lv.view(upload::<f32>(d, &vs)),
-        o: lo.view(o),
-        lse,
-        scratch: poisoned_f32(d, decode_scratch_len(b, h, nk, dv)),
-    };
-    attn_decode(d, &a).unwrap();
-    close(
-        &format!("output, {tag}"),
-        &download::<f32>(d, o, b * h * dv),
-        &want.o,
+    let (qd, kd, vd) = (
+        upload::<f32>(d, &qs),
+        upload::<f32>(d, &ks),
+        upload::<f32>(d, &vs),
     );
-    let lse_got = download::<f32>(d, lse, b * h);
-    assert_close(&format!("lse, {tag}"), &lse_got, &want.lse2, 1e-5, 1e-5);
+    // Each launch form: the chunks in parallel then merged, and one CTA per head walking
+    // them (the same sums in the same order: the same bits).
+    let mut outs = Vec::new();
+    for how in [DecodeLaunch::Split, DecodeLaunch::Fused, DecodeLaunch::Auto] {
+        let (o, lse) = (poisoned_f32(d, b * h * dv), poisoned_f32(d, b * h));
+        let a = AttnDecode {
+            dims,
+            alpha: sc.alpha,
+            q: lq.view(qd),
+            k: lk.view(kd),
+            v: lv.view(vd),
+            o: lo.view(o),
+            lse,
+            scratch: poisoned_f32(d, decode_scratch_len(b, h, nk, dv)),
+        };
+        if how == DecodeLaunch::Auto {
+            attn_decode(d, &a).unwrap();
+        } else {
+            attn_decode_with(d, &a, how).unwrap();
+        }
+        let o_got = download::<f32>(d, o, b * h * dv);
+        close(&format!("output, {how:?}, {tag}"), &o_got, &want.o);
+        let lse_got = download::<f32>(d, lse, b * h);
+        assert_close(
+            &format!("lse, {how:?}, {tag}"),
+            &lse_got,
+            &want.lse2,
+            1e-5,
+            1e-5,
+        );
+        outs.push((o_got, lse_got));
+    }
+    for (how, (o, lse)) in ["fused", "auto"].iter().zip(&outs[1..]) {
+        assert_bits(
+            &format!("output, {how} against split, {tag}"),
+            o,
+            &outs[0].0,
+        );
+        assert_bits(&format!("lse, {how} against split, {tag}"), lse, &outs[0].1);
+    }
 }
 
 #[test]
@@ -1143,6 +1170,8 @@ fn attention_decode_over_a_kv_cache_matches_f64_reference() {
     on_each_device(|d| {
         // 785 = 3 * 256 + 17: four key chunks, the last ragged.
         decode(d, (2, 3, 785, 64, 64), 11);
+        // 300 (batch, head) pairs over two chunks: Auto runs them fused.
+        decode(d, (25, 12, 300, 32, 32), 14);
         decode(d, (1, 2, 1, 24, 40), 12);
         decode(d, (1, 1, 0, 16, 16), 13);
     });

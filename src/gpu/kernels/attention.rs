@@ -892,9 +892,34 @@ pub struct AttnDecode {
     pub scratch: DevicePtr,
 }
 
-/// Launches `attn_decode_partial_f32` over chunks of [`DECODE_CHUNK`] keys, then
-/// `attn_decode_combine_f32`, which merges the chunks in order.
+/// How [`attn_decode_with`] runs a decode step; every way gives the same bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeLaunch {
+    /// [`DecodeLaunch::Fused`] when the cache is one chunk or there are at least
+    /// [`DECODE_FUSED_HEADS`] (batch, head) pairs to fill the GPU with, else
+    /// [`DecodeLaunch::Split`].
+    Auto,
+    /// `attn_decode_partial_f32`, one CTA per chunk of [`DECODE_CHUNK`] keys, then
+    /// `attn_decode_combine_f32`, which merges the chunks in order: parallel over the
+    /// cache, for few heads and long caches.
+    Split,
+    /// `attn_decode_f32`: one CTA per (batch, head) walking its chunks in order, in one
+    /// launch and without the scratch.
+    Fused,
+}
+
+/// (batch, head) pairs from which [`DecodeLaunch::Auto`] runs a long cache in one launch
+/// (one CTA each): about two per multiprocessor of a large GPU.
+pub const DECODE_FUSED_HEADS: usize = 256;
+
+/// [`attn_decode_with`] as [`DecodeLaunch::Auto`] picks.
 pub fn attn_decode(driver: &dyn Driver, a: &AttnDecode) -> Result<()> {
+    attn_decode_with(driver, a, DecodeLaunch::Auto)
+}
+
+/// One decode step over chunks of [`DECODE_CHUNK`] keys merged in order, launched as `how`
+/// says (the scratch is only used by [`DecodeLaunch::Split`]).
+pub fn attn_decode_with(driver: &dyn Driver, a: &AttnDecode, how: DecodeLaunch) -> Result<()> {
     const OP: &str = "attn_decode";
     let d = &a.dims;
     if d.nq != 1 {
@@ -912,6 +937,17 @@ pub fn attn_decode(driver: &dyn Driver, a: &AttnDecode) -> Result<()> {
     };
     let splits = decode_splits(d.nk);
     count(OP, "scratch", decode_scratch_len(d.b, d.h, d.nk, d.dv))?;
+    let fused = match how {
+        DecodeLaunch::Auto => splits == 1 || d.b * d.h >= DECODE_FUSED_HEADS,
+        DecodeLaunch::Split => false,
+        DecodeLaunch::Fused => true,
+    };
+    let o3 = AttnView {
+        strides: [a.o.strides[0], a.o.strides[1], a.o.strides[3], 0],
+        ..a.o
+    };
+    let mut o_strides = Vec::new();
+    strides(OP, "o", &o3, &mut o_strides)?;
     let mut args = vec![
         KernelArg::Ptr(a.scratch),
         KernelArg::Ptr(a.q.ptr),
@@ -935,7 +971,16 @@ pub fn attn_decode(driver: &dyn Driver, a: &AttnDecode) -> Result<()> {
         // The query has no position axis: batch, head and feature strides only.
         args.extend(if i == 0 { &s[..3] } else { &s[..] }.iter().copied());
     }
-    args.push(KernelArg::F32(scale_log2(&scores)));
+    let scale = KernelArg::F32(scale_log2(&scores));
+    if fused {
+        // The partial kernel's arguments with the output's in place of the scratch.
+        args[0] = KernelArg::Ptr(a.lse);
+        args.insert(0, KernelArg::Ptr(a.o.ptr));
+        args.extend(o_strides[..3].iter().copied());
+        args.push(scale);
+        return driver.launch(&ATTENTION, "attn_decode_f32", config(1, yz), &args);
+    }
+    args.push(scale);
     driver.launch(
         &ATTENTION,
         "attn_decode_partial_f32",
@@ -949,13 +994,7 @@ pub fn attn_decode(driver: &dyn Driver, a: &AttnDecode) -> Result<()> {
         KernelArg::U32(splits as u32),
         KernelArg::U32(d.dv as u32),
     ];
-    let o3 = AttnView {
-        strides: [a.o.strides[0], a.o.strides[1], a.o.strides[3], 0],
-        ..a.o
-    };
-    let mut s = Vec::new();
-    strides(OP, "o", &o3, &mut s)?;
-    args.extend(s[..3].iter().copied());
+    args.extend(o_strides[..3].iter().copied());
     let combine = LaunchConfig {
         grid: (1, yz.0, yz.1),
         block: (32, 1, 1),

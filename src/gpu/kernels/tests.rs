@@ -373,7 +373,8 @@ fn launch_every_wrapper(d: &Recorder) -> Vec<Launch> {
         lse: p(),
         scratch: p(),
     };
-    attn_decode(d, &dec).unwrap();
+    attn_decode_with(d, &dec, DecodeLaunch::Split).unwrap();
+    attn_decode_with(d, &dec, DecodeLaunch::Fused).unwrap();
     d.take()
 }
 

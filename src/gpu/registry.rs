@@ -62,18 +62,18 @@ fn counted(driver: Arc<dyn Driver>) -> Arc<dyn Driver> {
         return driver;
     }
     Arc::new(Counted {
+        profiler: driver.profiler().is_none().then(Profiler::new),
         inner: driver,
         memory: MemoryCounter::new(),
-        profiler: Profiler::new(),
     })
 }
 
 /// A driver with the counter of the bytes its buffers hold and a launch profiler
-/// ([`crate::gpu::profile`]); everything else is the driver's.
+/// ([`crate::gpu::profile`]) where it has none of its own; everything else is the driver's.
 struct Counted {
     inner: Arc<dyn Driver>,
     memory: MemoryCounter,
-    profiler: Profiler,
+    profiler: Option<Profiler>,
 }
 
 impl Forward for Counted {
@@ -90,14 +90,13 @@ impl Forward for Counted {
         config: LaunchConfig,
         args: &[KernelArg],
     ) -> Result<()> {
-        if self.inner.profiler().is_some() {
-            return self.inner.launch(module, kernel, config, args);
+        match &self.profiler {
+            Some(p) => p.launch(&*self.inner, module, kernel, config, args),
+            None => self.inner.launch(module, kernel, config, args),
         }
-        self.profiler
-            .launch(&*self.inner, module, kernel, config, args)
     }
     fn profiler(&self) -> Option<&Profiler> {
-        self.inner.profiler().or(Some(&self.profiler))
+        self.profiler.as_ref().or_else(|| self.inner.profiler())
     }
 }
 

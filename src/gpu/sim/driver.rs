@@ -88,6 +88,26 @@ impl PtxSim {
     }
 }
 
+/// The entry `kernel` of the parsed `module`, or an error for `op` naming the ones it has.
+fn kernel_of<'m>(
+    m: &'m Module,
+    module: &PtxModule,
+    kernel: &str,
+    op: &'static str,
+) -> Result<&'m Kernel> {
+    m.kernels.get(kernel).ok_or_else(|| {
+        let mut names: Vec<&String> = m.kernels.keys().collect();
+        names.sort();
+        Error::arg(
+            op,
+            format!(
+                "module {} has no kernel {kernel} (it has {names:?})",
+                module.name
+            ),
+        )
+    })
+}
+
 fn check_args(k: &Kernel, args: &[KernelArg]) -> Result<Vec<u8>> {
     if args.len() != k.params.len() {
         return Err(Error::arg(
@@ -189,17 +209,7 @@ impl Driver for PtxSim {
         // A failed launch leaves no counters behind (they would describe an earlier one).
         inner.last = None;
         let m = Self::module(&mut inner, module)?;
-        let k = m.kernels.get(kernel).ok_or_else(|| {
-            let mut names: Vec<&String> = m.kernels.keys().collect();
-            names.sort();
-            Error::arg(
-                "ptx-sim launch",
-                format!(
-                    "module {} has no kernel {kernel} (it has {names:?})",
-                    module.name
-                ),
-            )
-        })?;
+        let k = kernel_of(&m, module, kernel, "ptx-sim launch")?;
         let (bx, by, bz) = config.block;
         let (gx, gy, gz) = config.grid;
         let threads = bx as u64 * by as u64 * bz as u64;
@@ -258,13 +268,7 @@ impl Driver for PtxSim {
     fn kernel_registers(&self, module: &PtxModule, kernel: &str) -> Result<Option<u32>> {
         let mut inner = self.lock();
         let m = Self::module(&mut inner, module)?;
-        let k = m.kernels.get(kernel).ok_or_else(|| {
-            Error::arg(
-                "ptx-sim kernel_registers",
-                format!("module {} has no kernel {kernel}", module.name),
-            )
-        })?;
-        Ok(k.launch_regs)
+        Ok(kernel_of(&m, module, kernel, "ptx-sim kernel_registers")?.launch_regs)
     }
 
     fn last_launch_work(&self) -> Option<LaunchWork> {

@@ -17,9 +17,9 @@
 // - coupling_bwd_f32, coupling_inverse_f32: grid-stride loops over the B * L * D elements,
 //   blocks of 256, min(ceil(n / 256), 65535) CTAs.
 //
-// Operands x, alpha, mu of the forward and backward are strided [B, L, D] views (strides in
-// elements, any sign: a flipped token order is read in place), pointers at element (0, 0, 0).
-// g of the backward and every operand of the inverse are contiguous. Sizes < 2^31.
+// Operands x, alpha, mu of the forward and backward and every operand of the inverse are
+// strided [B, L, D] views (strides in elements, any sign: a flipped token order is read in
+// place), pointers at element (0, 0, 0). g of the backward is contiguous. Sizes < 2^31.
 //
 // Reduction order of the log-det (fixed, no atomics): per thread in element order, then a
 // butterfly within each warp (xor 16, 8, 4, 2, 1, lower lane first), then warp 0 combines the
@@ -139,20 +139,25 @@ extern "C" __global__ void coupling_bwd_f32(float* __restrict__ dx, float* __res
 }
 
 // x = z * exp(a) + m with, when has_guide, a = a_c + w * (a_c - a_u) and likewise m (the
-// sampler's order). All operands contiguous, n elements.
-extern "C" __global__ void coupling_inverse_f32(float* __restrict__ out,
-                                                const float* __restrict__ z,
-                                                const float* __restrict__ alpha,
-                                                const float* __restrict__ mu,
-                                                const float* __restrict__ alpha_u,
-                                                const float* __restrict__ mu_u, unsigned n,
-                                                unsigned has_guide, float w) {
+// sampler's order). Every operand, the output included, is a strided [B, L, D] view, so the
+// sampler reads the parameters from the projection and writes the recovered token into its
+// slot in place; thread k computes element k in row-major order.
+extern "C" __global__ void coupling_inverse_f32(
+    float* __restrict__ out, const float* __restrict__ z, const float* __restrict__ alpha,
+    const float* __restrict__ mu, const float* __restrict__ alpha_u,
+    const float* __restrict__ mu_u, unsigned images, unsigned l, unsigned d, int os0, int os1,
+    int os2, int zs0, int zs1, int zs2, int as0, int as1, int as2, int ms0, int ms1, int ms2,
+    int us0, int us1, int us2, int vs0, int vs1, int vs2, unsigned has_guide, float w) {
+  unsigned per = l * d, n = images * per;
   for (unsigned k = blockIdx.x * blockDim.x + threadIdx.x; k < n; k += gridDim.x * blockDim.x) {
-    float a = alpha[k], m = mu[k];
+    unsigned b = k / per, r = k - b * per;
+    unsigned i = r / d, j = r - i * d;
+    float a = alpha[at(b, i, j, as0, as1, as2)], m = mu[at(b, i, j, ms0, ms1, ms2)];
     if (has_guide) {
-      a = __fadd_rn(a, __fmul_rn(w, __fsub_rn(a, alpha_u[k])));
-      m = __fadd_rn(m, __fmul_rn(w, __fsub_rn(m, mu_u[k])));
+      a = __fadd_rn(a, __fmul_rn(w, __fsub_rn(a, alpha_u[at(b, i, j, us0, us1, us2)])));
+      m = __fadd_rn(m, __fmul_rn(w, __fsub_rn(m, mu_u[at(b, i, j, vs0, vs1, vs2)])));
     }
-    out[k] = __fadd_rn(__fmul_rn(z[k], expf(a)), m);
+    float zv = z[at(b, i, j, zs0, zs1, zs2)];
+    out[at(b, i, j, os0, os1, os2)] = __fadd_rn(__fmul_rn(zv, expf(a)), m);
   }
 }

@@ -199,6 +199,35 @@ fn sampling_matches_cpu(device: Device) {
         e <= 1e-5,
         "denoised samples on {device}: relative error {e}"
     );
+    // An unconditional model under attention-temperature guidance: both branches start
+    // from one input projection, copied to the second branch.
+    let mut cfg = TarFlowConfig::preset("tiny").unwrap();
+    (cfg.image_size, cfg.num_classes) = (16, 0);
+    let cpu_model = TarFlow::<f32>::new(cfg, 23).unwrap();
+    cpu_model.randomize_output_projections(0.02, 24).unwrap();
+    let opts = SampleOptions {
+        guidance: Guidance::Temperature {
+            weight: 0.8,
+            tau: 0.7,
+            anneal: false,
+        },
+        ..Default::default()
+    };
+    let sample = |m: &TarFlow<f32>| {
+        let s = Sampler::new(m).unwrap();
+        s.sample(2, &[], &mut Rng::new(4), &opts)
+            .unwrap()
+            .0
+            .to_vec()
+    };
+    let want = sample(&cpu_model);
+    let got = sample(&cpu_model.to_device(device).unwrap());
+    let e = rel_err(&got, &want);
+    println!("temperature-guided sampling on {device}: relative error {e:.2e}");
+    assert!(
+        e <= 1e-5,
+        "temperature-guided samples on {device}: relative error {e}"
+    );
 }
 
 #[test]

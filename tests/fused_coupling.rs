@@ -274,6 +274,61 @@ fn bad_coupling_inputs_are_errors_naming_the_op() {
     assert!(e.contains("guidance"), "{e}");
 }
 
+/// The guided inverse on `device` as a sampler calls it: z read with its tokens flipped,
+/// alpha and mu narrowed out of `[B, L, 2D]` projections, the result written into slot 1 of
+/// a `[2, B, L, D]` buffer of sevens. Returns the whole buffer and the allocating form's
+/// result, both on the host.
+fn inverse_into_slot(device: tarflow::Device) -> (Vec<f32>, Vec<f32>) {
+    let (b, l, d) = (3, 37, 11);
+    let on = |t: Tensor<f32>| t.to_device(device).unwrap();
+    let z = on(rnd(&[b, l, d], 60)).flip(1).unwrap();
+    let (pc, pu) = (on(rnd(&[b, l, 2 * d], 61)), on(rnd(&[b, l, 2 * d], 62)));
+    let half = |t: &Tensor<f32>, k: usize| t.narrow(2, k * d, d).unwrap();
+    let (a, m, au, mu_u) = (half(&pc, 0), half(&pc, 1), half(&pu, 0), half(&pu, 1));
+    let buf = on(Tensor::full(&[2, b, l, d], 7.0));
+    let slot = buf.narrow(0, 1, 1).unwrap().reshape(&[b, l, d]).unwrap();
+    let guide = Some((&au, &mu_u, 0.8));
+    z.affine_coupling_inverse_into(&a, &m, guide, &slot)
+        .unwrap();
+    let fresh = z.affine_coupling_inverse(&a, &m, guide).unwrap();
+    (buf.try_to_vec().unwrap(), fresh.try_to_vec().unwrap())
+}
+
+#[test]
+fn the_inverse_writes_into_a_slot_and_nowhere_else() {
+    let (buf, fresh) = inverse_into_slot(tarflow::Device::Cpu);
+    let n = fresh.len();
+    assert!(buf[..n].iter().all(|&v| v == 7.0), "slot 0 was written");
+    assert_eq!(
+        bits(&Tensor::from_vec(buf[n..].to_vec(), &[n]).unwrap()),
+        bits(&Tensor::from_vec(fresh, &[n]).unwrap())
+    );
+    // What the destination must be.
+    let t = rnd::<f32>(&[2, 3, 4], 63);
+    let out = Tensor::<f32>::zeros(&[2, 3, 4]);
+    let err = |out: &Tensor<f32>| {
+        t.affine_coupling_inverse_into(&t, &t, None, out)
+            .unwrap_err()
+            .to_string()
+    };
+    for (bad, why) in [
+        (Tensor::zeros(&[2, 4, 3]), "shape"),
+        (
+            Tensor::zeros(&[3, 2, 4]).permute(&[1, 0, 2]).unwrap(),
+            "contiguous",
+        ),
+        (Tensor::zeros(&[2, 3, 4]).requires_grad_(), "gradient"),
+        (t.clone(), "share storage"),
+    ] {
+        let e = err(&bad);
+        assert!(
+            e.starts_with("affine_coupling_inverse_into") && e.contains(why),
+            "{e}"
+        );
+    }
+    t.affine_coupling_inverse_into(&t, &t, None, &out).unwrap();
+}
+
 /// The op on `device` against the CPU: outputs, and the gradients of one random projection
 /// of them for every input, within `tol` of each tensor's largest CPU magnitude.
 #[cfg(feature = "ptx-sim")]
@@ -334,6 +389,26 @@ fn same_on_device(device: tarflow::Device, clip: Option<f64>) {
     assert!(
         e <= 1e-5,
         "affine_coupling_inverse on {device}: differs by {e:.3e}"
+    );
+    // Into a slot, on the sampler's views.
+    let ((gb, gf), (cb, _)) = (inverse_into_slot(device), inverse_into_slot(Device::Cpu));
+    assert!(
+        gb[..gf.len()].iter().all(|&v| v == 7.0),
+        "{device}: slot 0 was written"
+    );
+    let e = common::worst(
+        gb.iter()
+            .zip(&cb)
+            .map(|(&p, &q)| (p as f64 - q as f64).abs() / (1.0 + (q as f64).abs())),
+    );
+    assert!(
+        e <= 1e-5,
+        "affine_coupling_inverse_into on {device}: differs by {e:.3e}"
+    );
+    assert_eq!(
+        &gb[gf.len()..],
+        &gf[..],
+        "{device}: into and allocating forms differ"
     );
 }
 

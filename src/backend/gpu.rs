@@ -985,25 +985,43 @@ pub(crate) fn affine_coupling_inverse<E: Element>(
     guidance: Option<(&Tensor<E>, &Tensor<E>, f64)>,
 ) -> Result<Tensor<E>> {
     let (driver, _) = operand(z)?;
-    let (zd, ad, md) = (dense(z)?, dense(alpha)?, dense(mu)?);
-    let u = guidance
-        .map(|(au, mu_u, w)| Ok::<_, Error>((dense(au)?, dense(mu_u)?, w)))
-        .transpose()?;
     let out = empty(&driver, z.device(), z.shape())?;
-    let up = u
-        .as_ref()
-        .map(|(au, mu_u, w)| Ok::<_, Error>((ptr(au)?, ptr(mu_u)?, *w as f32)))
-        .transpose()?;
-    k::coupling_inverse_f32(
-        &*driver,
-        ptr(&out)?,
-        ptr(&zd)?,
-        ptr(&ad)?,
-        ptr(&md)?,
-        up,
-        z.numel(),
-    )?;
+    affine_coupling_inverse_into(z, alpha, mu, guidance, &out)?;
     Ok(out)
+}
+
+/// [`affine_coupling_inverse`] written into the contiguous `out`, every operand read in place
+/// when it is a `[B, L, D]` view (operands of other ranks are made contiguous first).
+pub(crate) fn affine_coupling_inverse_into<E: Element>(
+    z: &Tensor<E>,
+    alpha: &Tensor<E>,
+    mu: &Tensor<E>,
+    guidance: Option<(&Tensor<E>, &Tensor<E>, f64)>,
+    out: &Tensor<E>,
+) -> Result<()> {
+    let (driver, _) = operand(z)?;
+    let s = z.shape();
+    let dims = match *s {
+        [b, l, d] => [b, l, d],
+        _ => [1, 1, z.numel()],
+    };
+    // The operands as `[B, L, D]` views, kept alive until the launch is issued.
+    let view = |t: &Tensor<E>| -> Result<(Tensor<E>, k::Tokens)> {
+        if t.rank() == 3 {
+            Ok((t.clone(), tokens(t)?))
+        } else {
+            let t = dense(t)?;
+            let v = k::Tokens::contiguous(ptr(&t)?, dims);
+            Ok((t, v))
+        }
+    };
+    let ov = k::Tokens::contiguous(ptr(out)?, dims);
+    let (zv, av, mv) = (view(z)?, view(alpha)?, view(mu)?);
+    let u = guidance
+        .map(|(au, mu_u, w)| Ok::<_, Error>((view(au)?, view(mu_u)?, w)))
+        .transpose()?;
+    let up = u.as_ref().map(|(au, mu_u, w)| (au.1, mu_u.1, *w as f32));
+    k::coupling_inverse_f32(&*driver, ov, zv.1, av.1, mv.1, up, dims)
 }
 
 /// `out = x2 @ w^T + bias` as one GEMM, with an optional second epilogue stage: the GELU

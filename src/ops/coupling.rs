@@ -132,40 +132,104 @@ impl<E: Element> Tensor<E> {
         mu: &Tensor<E>,
         guidance: Option<(&Tensor<E>, &Tensor<E>, f64)>,
     ) -> Result<Tensor<E>> {
-        const OP: &str = "affine_coupling_inverse";
-        let mut operands = vec![self, alpha, mu];
-        if let Some((au, mu_u, _)) = guidance {
-            operands.extend([au, mu_u]);
-        }
-        let gpu = crate::backend::on_gpu(OP, &operands)?;
-        if operands.iter().any(|t| t.shape() != self.shape()) {
-            let shapes: Vec<&[usize]> = operands.iter().map(|t| t.shape()).collect();
-            return Err(Error::shape(
-                OP,
-                &shapes,
-                E::DTYPE.name(),
-                "z, alpha, mu (and the unconditional alpha, mu) must have one shape",
-            ));
-        }
-        if let Some((_, _, w)) = guidance {
-            if !w.is_finite() {
-                return Err(Error::arg(
-                    OP,
-                    format!("the guidance weight must be finite, got {w}"),
-                ));
-            }
-        }
+        let gpu = coupling_inverse_checks("affine_coupling_inverse", self, alpha, mu, guidance)?;
         if gpu {
             return crate::backend::gpu::affine_coupling_inverse(self, alpha, mu, guidance);
         }
-        let (z, a, m) = (self.to_vec(), alpha.to_vec(), mu.to_vec());
-        let u = guidance.map(|(au, mu_u, w)| (au.to_vec(), mu_u.to_vec(), w));
-        let x = kernel::inverse(
-            &z,
-            &a,
-            &m,
-            u.as_ref().map(|(au, mu_u, w)| (&au[..], &mu_u[..], *w)),
-        );
-        Ok(Tensor::from_raw(x, self.shape()))
+        Ok(Tensor::from_raw(
+            inverse_host(self, alpha, mu, guidance),
+            self.shape(),
+        ))
     }
+
+    /// [`Tensor::affine_coupling_inverse`] written into `out` (contiguous, of `self`'s shape,
+    /// e.g. one token's slot in a larger buffer) instead of a new tensor. On a GPU the
+    /// operands are read in place whatever their strides, so a sampler needs no copies
+    /// around the step. Errors when `out` differs in shape, is not contiguous, needs a
+    /// gradient, or shares storage with an operand.
+    pub fn affine_coupling_inverse_into(
+        &self,
+        alpha: &Tensor<E>,
+        mu: &Tensor<E>,
+        guidance: Option<(&Tensor<E>, &Tensor<E>, f64)>,
+        out: &Tensor<E>,
+    ) -> Result<()> {
+        const OP: &str = "affine_coupling_inverse_into";
+        let gpu = coupling_inverse_checks(OP, self, alpha, mu, guidance)?;
+        let mut inputs = vec![self, alpha, mu];
+        if let Some((au, mu_u, _)) = guidance {
+            inputs.extend([au, mu_u]);
+        }
+        let bad = |why: &str| Err(Error::shape(OP, &[out.shape()], E::DTYPE.name(), why));
+        if out.shape() != self.shape() {
+            return bad("the output's shape differs from z's");
+        }
+        if !out.is_contiguous() {
+            return bad("the output must be contiguous");
+        }
+        if out.requires_grad() {
+            return bad("the output must not need a gradient (the inverse records none)");
+        }
+        if inputs.iter().any(|t| t.shares_storage(out)) {
+            return bad("the output must not share storage with an operand");
+        }
+        crate::backend::on_gpu(OP, &[self, out])?;
+        if gpu {
+            return crate::backend::gpu::affine_coupling_inverse_into(
+                self, alpha, mu, guidance, out,
+            );
+        }
+        let x = inverse_host(self, alpha, mu, guidance);
+        out.update_data(|d| d.copy_from_slice(&x))
+    }
+}
+
+/// The checks the two inverse entry points share; true when the operands are on a GPU.
+fn coupling_inverse_checks<E: Element>(
+    op: &'static str,
+    z: &Tensor<E>,
+    alpha: &Tensor<E>,
+    mu: &Tensor<E>,
+    guidance: Option<(&Tensor<E>, &Tensor<E>, f64)>,
+) -> Result<bool> {
+    let mut operands = vec![z, alpha, mu];
+    if let Some((au, mu_u, _)) = guidance {
+        operands.extend([au, mu_u]);
+    }
+    let gpu = crate::backend::on_gpu(op, &operands)?;
+    if operands.iter().any(|t| t.shape() != z.shape()) {
+        let shapes: Vec<&[usize]> = operands.iter().map(|t| t.shape()).collect();
+        return Err(Error::shape(
+            op,
+            &shapes,
+            E::DTYPE.name(),
+            "z, alpha, mu (and the unconditional alpha, mu) must have one shape",
+        ));
+    }
+    if let Some((_, _, w)) = guidance {
+        if !w.is_finite() {
+            return Err(Error::arg(
+                op,
+                format!("the guidance weight must be finite, got {w}"),
+            ));
+        }
+    }
+    Ok(gpu)
+}
+
+/// The inverse on the host, in element order.
+fn inverse_host<E: Element>(
+    z: &Tensor<E>,
+    alpha: &Tensor<E>,
+    mu: &Tensor<E>,
+    guidance: Option<(&Tensor<E>, &Tensor<E>, f64)>,
+) -> Vec<E> {
+    let (z, a, m) = (z.to_vec(), alpha.to_vec(), mu.to_vec());
+    let u = guidance.map(|(au, mu_u, w)| (au.to_vec(), mu_u.to_vec(), w));
+    kernel::inverse(
+        &z,
+        &a,
+        &m,
+        u.as_ref().map(|(au, mu_u, w)| (&au[..], &mu_u[..], *w)),
+    )
 }

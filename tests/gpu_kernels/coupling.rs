@@ -167,23 +167,49 @@ fn backward(d: &dyn Driver) {
     }
 }
 
+/// The guided and plain inverse on the sampler's views: z read with its tokens flipped, each
+/// branch's alpha and mu narrowed out of one `[B, L, 2D]` projection, the output contiguous.
 fn inverse(d: &dyn Driver) {
     let mut rng = Rng::new(73);
-    let n = 1000; // four CTAs, the last ragged
-    let vs: Vec<Vec<f32>> = (0..5).map(|_| normal(&mut rng, n)).collect();
-    let t = |k: usize| Tensor::from_vec(vs[k].clone(), &[2, 20, 25]).unwrap();
-    let p: Vec<DevicePtr> = vs.iter().map(|v| upload::<f32>(d, v)).collect();
+    let (b, l, dd) = (2, 20, 25); // 1000 values: four CTAs, the last ragged
+    let n = b * l * dd;
+    let z = normal(&mut rng, n);
+    let (pc, pu) = (normal(&mut rng, 2 * n), normal(&mut rng, 2 * n));
+    let (zt, pct, put) = (
+        Tensor::from_vec(z.clone(), &[b, l, dd]).unwrap(),
+        Tensor::from_vec(pc.clone(), &[b, l, 2 * dd]).unwrap(),
+        Tensor::from_vec(pu.clone(), &[b, l, 2 * dd]).unwrap(),
+    );
+    let half = |t: &Tensor<f32>, k: usize| t.narrow(2, k * dd, dd).unwrap();
+    let (zb, pcb, pub_) = (
+        upload::<f32>(d, &z),
+        upload::<f32>(d, &pc),
+        upload::<f32>(d, &pu),
+    );
+    let (ld, di) = ((l * dd) as isize, dd as isize);
+    let zv = Tokens {
+        ptr: zb.offset(((l - 1) * dd * 4) as u64),
+        strides: [ld, -di, 1],
+    };
+    let proj = |p: DevicePtr, k: usize| Tokens {
+        ptr: p.offset((k * dd * 4) as u64),
+        strides: [2 * ld, 2 * di, 1],
+    };
     for guided in [false, true] {
         let w = 0.6;
+        let zf = zt.flip(1).unwrap();
         let want = if guided {
-            t(0).affine_coupling_inverse(&t(1), &t(2), Some((&t(3), &t(4), w)))
+            let u = (&half(&put, 0), &half(&put, 1), w);
+            zf.affine_coupling_inverse(&half(&pct, 0), &half(&pct, 1), Some(u))
         } else {
-            t(0).affine_coupling_inverse(&t(1), &t(2), None)
+            zf.affine_coupling_inverse(&half(&pct, 0), &half(&pct, 1), None)
         }
         .unwrap();
         let out = poisoned_f32(d, n + 1);
-        let g = guided.then_some((p[3], p[4], w as f32));
-        coupling_inverse_f32(d, out, p[0], p[1], p[2], g, n).unwrap();
+        let g = guided.then_some((proj(pub_, 0), proj(pub_, 1), w as f32));
+        let dims = [b, l, dd];
+        let ov = Tokens::contiguous(out, dims);
+        coupling_inverse_f32(d, ov, zv, proj(pcb, 0), proj(pcb, 1), g, dims).unwrap();
         let got = download::<f32>(d, out, n + 1);
         let what = format!("coupling inverse (guided {guided}) on {}", d.name());
         assert_close(&what, &got[..n], &wide(&want.to_vec()), 1e-5, 1e-6);

@@ -129,26 +129,36 @@ static void case_fwd_bwd(const char* tag, View x, View al, View mu, bool has_cli
   }
 }
 
+// The sampler's layout: z read with its tokens flipped, each branch's alpha and mu the halves
+// of one [B, L, 2D] projection, the output contiguous.
 static void case_inverse(bool has_guide) {
-  const unsigned n = 700;  // two full 256-blocks and a ragged one
+  const unsigned b = 5, l = 10, d = 14, n = b * l * d;  // two full 256-blocks and a ragged one
   const float w = 1.75f;
-  std::vector<float> z = filled(n, 2), a = filled(n, 1), m = filled(n, 1), au = filled(n, 1), mu_u = filled(n, 1);
+  std::vector<float> z = filled(n, 2), pc = filled(2 * n, 1), pu = filled(2 * n, 1);
   std::vector<float> out(n + GUARD, NAN);
+  const int zs[3] = {(int)(l * d), -(int)d, 1}, ps[3] = {(int)(2 * l * d), (int)(2 * d), 1};
+  const float* z0 = z.data() + (l - 1) * d;  // element (0, 0, 0) of the flipped view
   launch(linear_grid(n), 256, [&] {
-    coupling_inverse_f32(out.data(), z.data(), a.data(), m.data(), has_guide ? au.data() : nullptr,
-                         has_guide ? mu_u.data() : nullptr, n, has_guide, has_guide ? w : 0.0f);
+    coupling_inverse_f32(out.data(), z0, pc.data(), pc.data() + d, has_guide ? pu.data() : nullptr,
+                         has_guide ? pu.data() + d : nullptr, b, l, d, l * d, d, 1, zs[0], zs[1], zs[2],
+                         ps[0], ps[1], ps[2], ps[0], ps[1], ps[2], ps[0], ps[1], ps[2], ps[0], ps[1], ps[2],
+                         has_guide, has_guide ? w : 0.0f);
   });
   for (unsigned k = 0; k < n; ++k) {
-    double ac = a[k], mc = m[k], scale_a = std::fabs(ac), scale_m = std::fabs(mc);
+    unsigned bi = k / (l * d), i = k / d % l, j = k % d;
+    unsigned pk = bi * 2 * l * d + i * 2 * d + j;
+    float zk = z0[(long)bi * zs[0] + (long)i * zs[1] + j];
+    float ak = pc[pk], mk = pc[pk + d], auk = pu[pk], muk = pu[pk + d];
+    double ac = ak, mc = mk, scale_a = std::fabs(ac), scale_m = std::fabs(mc);
     if (has_guide) {
-      ac = a[k] + w * ((double)a[k] - au[k]);
-      mc = m[k] + w * ((double)m[k] - mu_u[k]);
-      scale_a = std::fabs(a[k]) + w * (std::fabs(a[k]) + std::fabs(au[k]));
-      scale_m = std::fabs(m[k]) + w * (std::fabs(m[k]) + std::fabs(mu_u[k]));
+      ac = ak + w * ((double)ak - auk);
+      mc = mk + w * ((double)mk - muk);
+      scale_a = std::fabs(ak) + w * (std::fabs(ak) + std::fabs(auk));
+      scale_m = std::fabs(mk) + w * (std::fabs(mk) + std::fabs(muk));
     }
-    double want = z[k] * std::exp(ac) + mc;
+    double want = zk * std::exp(ac) + mc;
     // Rounding of the combined log-scale moves exp(a) by its relative error.
-    double scale = std::fabs(z[k]) * std::exp(ac) * (1 + scale_a) + scale_m;
+    double scale = std::fabs(zk) * std::exp(ac) * (1 + scale_a) + scale_m;
     CHECK(near(out[k], want, 1e-6 * scale), "inverse guide %d [%u]: %g, want %g", has_guide, k, out[k], want);
   }
   CHECK(poison_kept(out, n), "inverse guide %d wrote past the end", has_guide);

@@ -508,7 +508,16 @@ fn coupling_inverse(b: &mut Buffers, s: Sizes) -> Result<Case> {
         flops: None,
         bytes: 4.0 * (6 * n) as f64,
         run: Box::new(move |d| {
-            k::coupling_inverse_f32(d, out, z, ac, mc, Some((au, mu_u, 0.5)), n)
+            let t = |p| k::Tokens::contiguous(p, sz);
+            k::coupling_inverse_f32(
+                d,
+                t(out),
+                t(z),
+                t(ac),
+                t(mc),
+                Some((t(au), t(mu_u), 0.5)),
+                sz,
+            )
         }),
     })
 }

@@ -20,6 +20,17 @@ pub struct Tokens {
     pub strides: [isize; 3],
 }
 
+impl Tokens {
+    /// A row-major `[B, L, D]` operand of `dims` at `ptr`.
+    pub fn contiguous(ptr: DevicePtr, dims: [usize; 3]) -> Tokens {
+        let [_, l, d] = dims;
+        Tokens {
+            ptr,
+            strides: [(l * d) as isize, d as isize, 1],
+        }
+    }
+}
+
 /// The coupling's sizes and soft clip, shared by the forward and backward.
 #[derive(Clone, Copy, Debug)]
 pub struct CouplingShape {
@@ -160,34 +171,43 @@ pub fn coupling_bwd_f32(
     driver.launch(&COUPLING, NAME, linear_config(b * l * d), &args)
 }
 
-/// `out = z * exp(a) + m` over `n` contiguous elements, with `a = alpha + w (alpha - alpha_u)`
-/// and likewise `m` when `guidance = Some((alpha_u, mu_u, w))`.
+/// `out = z * exp(a) + m` over `[B, L, D]` (`dims`), every operand and the output a strided
+/// view, with `a = alpha + w (alpha - alpha_u)` and likewise `m` when
+/// `guidance = Some((alpha_u, mu_u, w))`. The output must not overlap the inputs.
 pub fn coupling_inverse_f32(
     driver: &dyn Driver,
-    out: DevicePtr,
-    z: DevicePtr,
-    alpha: DevicePtr,
-    mu: DevicePtr,
-    guidance: Option<(DevicePtr, DevicePtr, f32)>,
-    n: usize,
+    out: Tokens,
+    z: Tokens,
+    alpha: Tokens,
+    mu: Tokens,
+    guidance: Option<(Tokens, Tokens, f32)>,
+    dims: [usize; 3],
 ) -> Result<()> {
     const NAME: &str = "coupling_inverse_f32";
-    let n = count(NAME, "n", n)?;
-    if n == 0 {
+    let Some([b, l, d]) = sizes(NAME, dims)? else {
         return Ok(());
-    }
-    let none = DevicePtr(0);
+    };
+    // Unread without guidance.
+    let none = Tokens {
+        ptr: DevicePtr(0),
+        strides: [0; 3],
+    };
     let (au, mu_u, w) = guidance.unwrap_or((none, none, 0.0));
-    let args = [
-        KernelArg::Ptr(out),
-        KernelArg::Ptr(z),
-        KernelArg::Ptr(alpha),
-        KernelArg::Ptr(mu),
-        KernelArg::Ptr(au),
-        KernelArg::Ptr(mu_u),
-        KernelArg::U32(n),
-        KernelArg::U32(guidance.is_some() as u32),
-        KernelArg::F32(w),
+    let mut args = vec![
+        KernelArg::Ptr(out.ptr),
+        KernelArg::Ptr(z.ptr),
+        KernelArg::Ptr(alpha.ptr),
+        KernelArg::Ptr(mu.ptr),
+        KernelArg::Ptr(au.ptr),
+        KernelArg::Ptr(mu_u.ptr),
+        KernelArg::U32(b),
+        KernelArg::U32(l),
+        KernelArg::U32(d),
     ];
-    driver.launch(&COUPLING, NAME, linear_config(n), &args)
+    for t in [&out, &z, &alpha, &mu, &au, &mu_u] {
+        args.extend(stride_args(NAME, t)?);
+    }
+    args.push(KernelArg::U32(guidance.is_some() as u32));
+    args.push(KernelArg::F32(w));
+    driver.launch(&COUPLING, NAME, linear_config(b * l * d), &args)
 }

@@ -234,7 +234,18 @@ fn launch_every_wrapper(d: &Recorder) -> Vec<Launch> {
         dmu: Some(p()),
     };
     coupling_bwd_f32(d, grads, p(), x, a, a, shape).unwrap();
-    coupling_inverse_f32(d, p(), p(), p(), p(), Some((p(), p(), 0.5)), 1000).unwrap();
+    let dims = [3, 10, 6];
+    let inv = [x, a, a, tokens([-60, 6, 1]), Tokens::contiguous(p(), dims)];
+    coupling_inverse_f32(
+        d,
+        inv[4],
+        inv[0],
+        inv[1],
+        inv[2],
+        Some((inv[3], a, 0.5)),
+        dims,
+    )
+    .unwrap();
     for layout in [
         Bf16Layout::NN,
         Bf16Layout::NT,

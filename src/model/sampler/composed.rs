@@ -1,10 +1,18 @@
 //! The composed engine: KV-cached inversion as tensor ops on the model's device.
 //!
 //! Rows are branch-major (`[conditional images; second branch]`), so each branch is a
-//! contiguous half of every tensor. The caches are `[N, rows, heads, head_dim]` per layer,
-//! position first, so that the keys and values of one position are a contiguous slice that
-//! `assign` writes in place; the visible prefix is a view of the first `p + 1` positions.
-//! The recovered tokens are kept as `[N, B, D]` in block order for the same reason.
+//! contiguous half of every tensor. Each layer has one cache `[N, 2, rows, heads, head_dim]`
+//! (keys then values), position first, so that the keys and values of one position are one
+//! contiguous slice that a single `assign` fills from the projection; the visible prefix is
+//! a view of the first `p + 1` positions. The recovered tokens are kept as `[N, B, D]` in
+//! block order for the same reason: each step reads its input token in place and the inverse
+//! coupling writes the next one into its slot.
+//!
+//! Launches per position on a device: the input projection (the position embedding folded
+//! into its bias), the class vectors or the second branch's copy when there are two
+//! branches, per layer two layer norms, four GEMMs, the cache append and the decode (plus
+//! the query scaling under an attention temperature), the output projection, the soft clip
+//! when the model has one, and the inverse coupling.
 
 use crate::autograd::no_grad;
 use crate::error::Result;
@@ -18,9 +26,16 @@ use super::{guidance_weight, Guidance, Sampler};
 /// Per-block state of one inversion: the caches and the per-row inputs that do not change
 /// from step to step.
 struct BlockRun<E: Element> {
-    k_cache: Vec<Tensor<E>>,
-    v_cache: Vec<Tensor<E>>,
-    /// Class vectors `[rows, 1, C]` (conditional models).
+    /// Per layer, `[N, 2, rows, heads, head_dim]`: keys and values by position.
+    kv_cache: Vec<Tensor<E>>,
+    /// The position embedding plus the input projection's bias, `[N, C]` in block order:
+    /// row `p` is the bias of step `p`'s input projection.
+    pos_bias: Tensor<E>,
+    /// Images per branch.
+    images: usize,
+    /// 1, or 2 when a second branch is guided against.
+    branches: usize,
+    /// Class vectors `[branches, B, 1, C]` (conditional models).
     classes: Option<Tensor<E>>,
     /// `1 / tau` per row `[rows, 1, 1, 1]` when the second branch uses an attention
     /// temperature.
@@ -79,27 +94,32 @@ impl<E: Element> Sampler<E> {
             }
             None => None,
         };
-        let cache = |_| Tensor::zeros_on(&[n, rows, self.heads, self.head_dim], device);
+        let cache = |_| Tensor::zeros_on(&[n, 2, rows, self.heads, self.head_dim], device);
+        let pos = blk.permute_seq(&blk.pos_embed.unsqueeze(0)?)?.squeeze(0)?;
+        let pos_bias = match &blk.proj_in.bias {
+            Some(bias) => pos.add(bias)?,
+            None => pos,
+        };
+        let classes = blk
+            .class_vectors(&row_labels)?
+            .map(|c| c.reshape(&[branches, b, 1, self.c]))
+            .transpose()?;
         let run = BlockRun {
-            k_cache: blk.layers.iter().map(cache).collect::<Result<_>>()?,
-            v_cache: blk.layers.iter().map(cache).collect::<Result<_>>()?,
-            classes: blk.class_vectors(&row_labels)?,
+            kv_cache: blk.layers.iter().map(cache).collect::<Result<_>>()?,
+            pos_bias,
+            images: b,
+            branches,
+            classes,
             q_scale,
         };
         // Block order, position first: `zp[p]` is the latent token at block position p.
         let zp = blk.permute_seq(z)?.permute(&[1, 0, 2])?;
         let x = Tensor::zeros_on(&[n, b, d], device)?;
         x.narrow(0, 0, 1)?.assign(&zp.narrow(0, 0, 1)?)?;
-        let pos = blk.permute_seq(&blk.pos_embed.unsqueeze(0)?)?.squeeze(0)?;
+        // The `[B, 1, D]` tokens at position p, a view of their slot.
+        let slot = |p: usize| x.narrow(0, p, 1)?.reshape(&[b, 1, d]);
         for p in 0..n - 1 {
-            // `[B, 1, D]` tokens at position p, once per branch.
-            let xp = x.narrow(0, p, 1)?.permute(&[1, 0, 2])?;
-            let input = if branches == 2 {
-                Tensor::concat(&[&xp, &xp], 0)?
-            } else {
-                xp
-            };
-            let out = self.step_composed(blk, &run, &input, &pos.narrow(0, p, 1)?, p)?;
+            let out = self.step_composed(blk, &run, &slot(p)?, p)?;
             let (mut alpha, mu) = if blk.additive {
                 (Tensor::zeros_on(out.shape(), device)?, out)
             } else {
@@ -109,39 +129,49 @@ impl<E: Element> Sampler<E> {
                 alpha = alpha.soft_clip(a)?;
             }
             // x_{p+1} = z_{p+1} exp(alpha_p) + mu_p for `[B, 1, D]` tokens, the parameters
-            // first combined across the branches when guided: one fused op.
+            // first combined across the branches when guided: one fused op, writing into
+            // the next slot.
             let zn = zp.narrow(0, p + 1, 1)?.permute(&[1, 0, 2])?;
-            let xn = if branches == 2 {
+            let next = slot(p + 1)?;
+            if branches == 2 {
                 let half = |t: &Tensor<E>, i: usize| t.narrow(0, i * b, b);
                 let (au, mu_u) = (half(&alpha, 1)?, half(&mu, 1)?);
                 let g = guidance_weight(guidance, p, n);
-                zn.affine_coupling_inverse(
+                zn.affine_coupling_inverse_into(
                     &half(&alpha, 0)?,
                     &half(&mu, 0)?,
                     Some((&au, &mu_u, g)),
-                )?
+                    &next,
+                )?;
             } else {
-                zn.affine_coupling_inverse(&alpha, &mu, None)?
+                zn.affine_coupling_inverse_into(&alpha, &mu, None, &next)?;
             }
-            .permute(&[1, 0, 2])?;
-            x.narrow(0, p + 1, 1)?.assign(&xn)?;
         }
         blk.permute_seq(&x.permute(&[1, 0, 2])?)?.contiguous()
     }
 
-    /// One position through the block's Transformer for every row: `input` is `[rows, 1, D]`
-    /// and `pos_row` `[1, C]`; returns the unshifted `[rows, 1, 2D]` parameters.
+    /// One position through the block's Transformer for every row: `input` is the `[B, 1, D]`
+    /// tokens at position `p`, the same for every branch; returns the unshifted
+    /// `[rows, 1, 2D]` parameters.
     fn step_composed(
         &self,
         blk: &FlowBlock<E>,
         run: &BlockRun<E>,
         input: &Tensor<E>,
-        pos_row: &Tensor<E>,
         p: usize,
     ) -> Result<Tensor<E>> {
-        let mut h = blk.proj_in.forward(input)?.add(pos_row)?;
-        if let Some(cv) = &run.classes {
-            h = h.add(cv)?;
+        let bias = run.pos_bias.narrow(0, p, 1)?.reshape(&[self.c])?;
+        // `[B, 1, C]`, once for all branches.
+        let h = input.linear(&blk.proj_in.weight, Some(&bias))?;
+        let (b, branches) = (run.images, run.branches);
+        let mut h = match &run.classes {
+            // `[branches, B, 1, C]` by broadcasting the images over the branches.
+            Some(cv) => h.unsqueeze(0)?.add(cv)?,
+            None if branches == 2 => h.unsqueeze(0)?.broadcast_to(&[2, b, 1, self.c])?,
+            None => h,
+        };
+        if branches == 2 || run.classes.is_some() {
+            h = h.reshape(&[branches * b, 1, self.c])?;
         }
         for (li, layer) in blk.layers.iter().enumerate() {
             h = self.attend(layer, run, li, &layer.norm1.forward(&h)?, &h, p)?;
@@ -165,12 +195,25 @@ impl<E: Element> Sampler<E> {
         let at = &layer.attn;
         let rows = t.shape()[0];
         let qkv = t.linear(&at.qkv_weight, Some(&at.qkv_bias))?;
-        // `[rows, H, 1, Dh]` views of the projection.
-        let [mut q, k, v] = qkv_views(&qkv, at.heads)?;
-        let at_pos = |c: &Tensor<E>| c.narrow(0, p, 1);
-        at_pos(&run.k_cache[li])?.assign(&k.permute(&[2, 0, 1, 3])?)?;
-        at_pos(&run.v_cache[li])?.assign(&v.permute(&[2, 0, 1, 3])?)?;
-        let prefix = |c: &Tensor<E>| c.narrow(0, 0, p + 1)?.permute(&[1, 2, 0, 3]);
+        // The `[rows, H, 1, Dh]` queries, a view of the projection.
+        let [mut q, _, _] = qkv_views(&qkv, at.heads)?;
+        // This position's keys and values, `[1, 2, rows, H, Dh]` views of the projection,
+        // into the cache in one copy.
+        let cache = &run.kv_cache[li];
+        let kv = qkv
+            .reshape(&[rows, 3, at.heads, at.head_dim])?
+            .narrow(1, 1, 2)?
+            .permute(&[1, 0, 2, 3])?
+            .unsqueeze(0)?;
+        cache.narrow(0, p, 1)?.assign(&kv)?;
+        // `[rows, H, p + 1, Dh]` views of the visible keys (`i = 0`) and values (`i = 1`).
+        let prefix = |i: usize| {
+            cache
+                .narrow(0, 0, p + 1)?
+                .narrow(1, i, 1)?
+                .squeeze(1)?
+                .permute(&[1, 2, 0, 3])
+        };
         if let Some(s) = &run.q_scale {
             q = q.mul(s)?;
         }
@@ -179,13 +222,7 @@ impl<E: Element> Sampler<E> {
             scale: 1.0 / (at.head_dim as f64).sqrt(),
             temperature: 1.0,
         };
-        let o = attention(
-            &q,
-            &prefix(&run.k_cache[li])?,
-            &prefix(&run.v_cache[li])?,
-            None,
-            opts,
-        )?;
+        let o = attention(&q, &prefix(0)?, &prefix(1)?, None, opts)?;
         o.permute(&[0, 2, 1, 3])?
             .reshape(&[rows, 1, at.dim()])?
             .linear_residual(&at.out_weight, Some(&at.out_bias), r)

@@ -410,6 +410,12 @@ fn bench_model_runs_on_the_ptx_interpreter() {
             .map(|k| n(&k["work"], "warp_instructions"))
             .collect();
         assert!(instr.windows(2).all(|w| w[0] >= w[1]), "{instr:?}");
+        // The host's time: the interpreter's launch calls take nearly all of the wall time
+        // and fit inside it with the other parts.
+        let f = |k: &str| p[k].as_f64().unwrap_or_else(|| panic!("{k}: {p}"));
+        let (wall, calls) = (f("wall_s"), f("launch_host_s"));
+        let others = f("driver_other_s") + f("profiler_s");
+        assert!(calls > 0.5 * wall && calls + others <= wall, "{p}");
     }
     // On the CPU there is nothing to profile.
     let out = tarflow(&["bench", "--preset", "tiny", "--profile-kernels"]);

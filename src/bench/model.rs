@@ -61,8 +61,26 @@ pub struct KernelProfile {
     pub device_s: Option<f64>,
     /// Warp-instructions and global traffic of all launches, on the interpreter.
     pub work: Option<LaunchWork>,
+    /// Host time inside the driver's launch calls in seconds: issuing them on a GPU,
+    /// running them on the interpreter.
+    pub launch_host_s: f64,
+    /// Host time the profiler spent on its own marks and records in seconds.
+    pub profiler_s: f64,
+    /// Host time of the driver's other calls (allocation, copies, synchronisation) in
+    /// seconds.
+    pub driver_other_s: f64,
     /// One row per kernel, the most expensive first.
     pub kernels: Vec<KernelShare>,
+}
+
+impl KernelProfile {
+    /// The host's own time between launches in seconds: the wall time less the driver's
+    /// calls and the profiler. It is what the crate spends per operation above the driver (shape
+    /// checks, allocation, views, autograd's bookkeeping); on a GPU, a device that waits
+    /// for the host waits for this plus the launch calls.
+    pub fn host_between_s(&self) -> f64 {
+        (self.wall_s - self.launch_host_s - self.driver_other_s - self.profiler_s).max(0.0)
+    }
 }
 
 /// Runs `f` (a workload that ends with the device synchronised) once under a launch profile
@@ -79,6 +97,9 @@ fn profiled(device: Device, f: &mut dyn FnMut() -> Result<()>) -> Result<KernelP
         launches: p.launches.len(),
         device_s: p.device_ms().map(|ms| ms / 1e3),
         work: p.work(),
+        launch_host_s: p.launch_host_s(),
+        profiler_s: p.profiler_s,
+        driver_other_s: p.driver_other_s,
         kernels: p.by_kernel(),
     })
 }

@@ -338,6 +338,23 @@ fn print_profile(name: &str, p: &KernelProfile) {
             p.wall_s
         ),
     }
+    let per_launch_us = |s: f64| 1e6 * s / p.launches.max(1) as f64;
+    say!(
+        "  host: {:.3} ms in the driver's launch calls ({:.2} us each; {}), {:.3} ms between \
+         launches ({:.2} us per launch), {:.3} ms in other driver calls (allocation, copies, \
+         synchronisation), {:.3} ms in the profiler",
+        ms(p.launch_host_s),
+        per_launch_us(p.launch_host_s),
+        if p.device_s.is_some() {
+            "issuing them"
+        } else {
+            "the interpreter running them"
+        },
+        ms(p.host_between_s()),
+        per_launch_us(p.host_between_s()),
+        ms(p.driver_other_s),
+        ms(p.profiler_s)
+    );
     let total_ms = p.device_s.map(ms);
     let total_instr = p.work.map(|w| w.warp_instructions);
     let (listed, rest) = p.kernels.split_at(p.kernels.len().min(PROFILE_ROWS));

@@ -24,6 +24,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -48,6 +49,9 @@ pub struct LaunchRecord {
     pub device_ms: Option<f64>,
     /// What the launch did, on a driver that counts it (the interpreter).
     pub work: Option<LaunchWork>,
+    /// Host time of the driver's launch call in seconds: on a GPU, issuing the launch (the
+    /// kernel runs after); on the interpreter, running it.
+    pub host_s: f64,
 }
 
 /// The launches of one kernel in a profile, added up.
@@ -68,6 +72,14 @@ pub struct KernelShare {
 pub struct LaunchProfile {
     /// Every launch.
     pub launches: Vec<LaunchRecord>,
+    /// Host time the profiler spent on its own around the launches, in seconds: recording
+    /// and reading marks, keeping the records. A run's wall time less this and the launch
+    /// calls' [`LaunchProfile::launch_host_s`] and the other driver calls' [`LaunchProfile::driver_other_s`] is the host's own work between launches
+    /// (shape checks, the engine's bookkeeping).
+    pub profiler_s: f64,
+    /// Host time of the driver's other calls in seconds: allocating, freeing, copying to and
+    /// from the device, synchronising (through the registry's driver).
+    pub driver_other_s: f64,
 }
 
 fn sum_ms(ms: impl Iterator<Item = Option<f64>>) -> Option<f64> {
@@ -79,6 +91,11 @@ impl LaunchProfile {
     /// for no launches).
     pub fn device_ms(&self) -> Option<f64> {
         sum_ms(self.launches.iter().map(|l| l.device_ms))
+    }
+
+    /// Host time of all launch calls in seconds (see [`LaunchRecord::host_s`]).
+    pub fn launch_host_s(&self) -> f64 {
+        self.launches.iter().map(|l| l.host_s).sum()
     }
 
     /// The work of all launches, when every launch has it.
@@ -134,6 +151,7 @@ struct Pending {
     start: Option<DeviceMark>,
     end: Option<DeviceMark>,
     work: Option<LaunchWork>,
+    host_s: f64,
 }
 
 impl Pending {
@@ -151,6 +169,7 @@ impl Pending {
             shared_bytes: self.config.shared_bytes,
             device_ms,
             work: self.work,
+            host_s: self.host_s,
         })
     }
 }
@@ -168,6 +187,10 @@ struct State {
     done: Vec<LaunchRecord>,
     /// The first error reading a mark (reported by [`Profiler::finish`]).
     failed: Option<Error>,
+    /// See [`LaunchProfile::profiler_s`].
+    profiler_s: f64,
+    /// See [`LaunchProfile::driver_other_s`].
+    driver_other_s: f64,
 }
 
 /// The launch profiler a registry driver carries: passes launches on to the driver and, while
@@ -203,8 +226,11 @@ impl Profiler {
         if !self.on.load(Ordering::Relaxed) {
             return driver.launch(module, kernel, config, args);
         }
+        let t0 = Instant::now();
         let start = driver.mark()?;
+        let t1 = Instant::now();
         driver.launch(module, kernel, config, args)?;
+        let t2 = Instant::now();
         let end = driver.mark()?;
         let work = driver.last_launch_work();
         let mut st = self.lock();
@@ -215,6 +241,7 @@ impl Profiler {
             start,
             end,
             work,
+            host_s: (t2 - t1).as_secs_f64(),
         });
         // Read what the device has passed; wait for the oldest past the bound.
         while let Some(first) = st.unread.front() {
@@ -239,7 +266,20 @@ impl Profiler {
                 }
             }
         }
+        st.profiler_s += (t1 - t0 + t2.elapsed()).as_secs_f64();
         Ok(())
+    }
+
+    /// Runs `f`, a driver call other than a launch, adding its host time to the profile
+    /// while on ([`LaunchProfile::driver_other_s`]).
+    pub fn other<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        if !self.on.load(Ordering::Relaxed) {
+            return f();
+        }
+        let t0 = Instant::now();
+        let r = f();
+        self.lock().driver_other_s += t0.elapsed().as_secs_f64();
+        r
     }
 
     /// Starts recording; an error if a profile is already running.
@@ -276,7 +316,11 @@ impl Profiler {
         for p in st.unread {
             launches.push(p.resolve(driver)?);
         }
-        Ok(LaunchProfile { launches })
+        Ok(LaunchProfile {
+            launches,
+            profiler_s: st.profiler_s,
+            driver_other_s: st.driver_other_s,
+        })
     }
 
     /// Launches recorded whose marks are not read yet.
@@ -368,6 +412,10 @@ mod tests {
             if kernel == "bad" {
                 return Err(Error::arg("launch", "bad kernel"));
             }
+            if kernel == "busy" {
+                // Host time of the call itself.
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
             let us = if kernel == "slow" { 2500 } else { 1000 };
             self.clock_us.fetch_add(us, Ordering::Relaxed);
             Ok(())
@@ -450,6 +498,41 @@ mod tests {
         assert_eq!(rows, want);
     }
 
+    /// Host time is split between the launch calls, the driver's other calls and the
+    /// profiler's own work, and only while the profile runs.
+    #[test]
+    fn host_time_is_kept_per_launch_call_and_for_other_driver_calls() {
+        let d = Profiled::default();
+        let nap = || {
+            std::thread::sleep(std::time::Duration::from_millis(3));
+            Ok(())
+        };
+        d.profiler.other(nap).unwrap();
+        d.profiler.start("clocked").unwrap();
+        launch(&d, "busy", 1).unwrap();
+        launch(&d, "fast", 2).unwrap();
+        d.profiler.other(nap).unwrap();
+        let p = d.profiler.finish(&d).unwrap();
+        d.profiler.other(nap).unwrap();
+        assert!(p.launches[0].host_s >= 0.002, "{:?}", p.launches[0]);
+        assert!(p.launches[1].host_s < 0.002, "{:?}", p.launches[1]);
+        assert_eq!(
+            p.launch_host_s(),
+            p.launches[0].host_s + p.launches[1].host_s
+        );
+        // One nap inside the profile, none of the two outside.
+        assert!(
+            (0.003..0.006).contains(&p.driver_other_s),
+            "{}",
+            p.driver_other_s
+        );
+        assert!(
+            p.profiler_s >= 0.0 && p.profiler_s < 0.002,
+            "{}",
+            p.profiler_s
+        );
+    }
+
     /// Marks are read once the device passes them, and at most [`MAX_UNREAD`] wait unread:
     /// a device that falls behind holds the host at the oldest.
     #[test]
@@ -498,9 +581,11 @@ mod tests {
                 bytes_read: 2 * w,
                 bytes_written: 3,
             }),
+            host_s: 0.0,
         };
         let p = LaunchProfile {
             launches: vec![rec("a", Some(10)), rec("b", Some(7)), rec("b", Some(7))],
+            ..Default::default()
         };
         let k = p.by_kernel();
         assert_eq!((k[0].kernel.as_str(), k[0].launches), ("b", 2));
@@ -517,6 +602,7 @@ mod tests {
         // One launch without work: the sums are unknown, and the kernels rank by launches.
         let p = LaunchProfile {
             launches: vec![rec("a", None), rec("b", Some(7)), rec("b", None)],
+            ..Default::default()
         };
         assert_eq!(p.work(), None);
         let k = p.by_kernel();

@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crate::error::{Error, Result};
-use crate::gpu::{Driver, Forward, KernelArg, LaunchConfig, MemoryCounter, Profiler, PtxModule};
+use crate::gpu::{
+    DevicePtr, Driver, Forward, KernelArg, LaunchConfig, MemoryCounter, Profiler, PtxModule,
+};
 use crate::tensor::Device;
 
 fn table() -> MutexGuard<'static, HashMap<Device, Arc<dyn Driver>>> {
@@ -97,6 +99,31 @@ impl Forward for Counted {
     }
     fn profiler(&self) -> Option<&Profiler> {
         self.profiler.as_ref().or_else(|| self.inner.profiler())
+    }
+    fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
+        self.timed(|| self.inner.alloc(bytes))
+    }
+    fn free(&self, ptr: DevicePtr) -> Result<()> {
+        self.timed(|| self.inner.free(ptr))
+    }
+    fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
+        self.timed(|| self.inner.upload(dst, src))
+    }
+    fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
+        self.timed(|| self.inner.download(src, dst))
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.timed(|| self.inner.synchronize())
+    }
+}
+
+impl Counted {
+    /// `f`, a driver call other than a launch, timed by this wrapper's profiler if it has one.
+    fn timed<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        match &self.profiler {
+            Some(p) => p.other(f),
+            None => f(),
+        }
     }
 }
 

@@ -1,0 +1,177 @@
+//! The host's own cost per launch: the crate's work above the driver (shape checks, views,
+//! allocation from the pool, autograd's bookkeeping, argument packing) for GPU work, on a
+//! device whose driver does nothing. A launch on a real GPU costs this plus the CUDA
+//! driver's own call; when a workload's kernels are shorter than the sum, the device waits
+//! for the host (KV-cached sampling at small batch is such a workload).
+//!
+//! Throughput is in launches: criterion's elements per second are launches per second, so
+//! its time per element is the host time per launch.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use tarflow::gpu::{registry, DevicePtr, Driver, KernelArg, LaunchConfig, PtxModule};
+use tarflow::model::{Guidance, SampleOptions, Sampler, TarFlow, TarFlowConfig};
+use tarflow::nn::ParamStore;
+use tarflow::optim::{AdamW, AdamWConfig};
+use tarflow::{Device, Rng, Tensor};
+
+/// A driver that computes nothing: allocation hands out fresh addresses, copies and launches
+/// return at once (downloads read zeros). It counts launches.
+#[derive(Default)]
+struct Null {
+    next: AtomicU64,
+    launches: AtomicU64,
+}
+
+impl Driver for Null {
+    fn name(&self) -> String {
+        "null".into()
+    }
+    fn alloc(&self, bytes: usize) -> tarflow::Result<DevicePtr> {
+        let step = (bytes as u64).div_ceil(256) * 256 + 256;
+        Ok(DevicePtr(
+            (1 << 20) + self.next.fetch_add(step, Ordering::Relaxed),
+        ))
+    }
+    fn free(&self, _: DevicePtr) -> tarflow::Result<()> {
+        Ok(())
+    }
+    fn upload(&self, _: DevicePtr, _: &[u8]) -> tarflow::Result<()> {
+        Ok(())
+    }
+    fn download(&self, _: DevicePtr, dst: &mut [u8]) -> tarflow::Result<()> {
+        dst.fill(0);
+        Ok(())
+    }
+    fn launch(
+        &self,
+        _: &PtxModule,
+        _: &str,
+        _: LaunchConfig,
+        _: &[KernelArg],
+    ) -> tarflow::Result<()> {
+        self.launches.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+    fn synchronize(&self) -> tarflow::Result<()> {
+        Ok(())
+    }
+}
+
+/// Launches of one call of `f` (printed with `what`).
+fn launches_of(null: &Null, what: &str, f: &mut dyn FnMut()) -> u64 {
+    let before = null.launches.load(Ordering::Relaxed);
+    f();
+    let n = null.launches.load(Ordering::Relaxed) - before;
+    println!("{what}: {n} launches per iteration");
+    n
+}
+
+fn host_overhead(c: &mut Criterion) {
+    let null = Arc::new(Null::default());
+    // A device number no machine has, so that the bench never shadows a real GPU.
+    let device = Device::Cuda(99);
+    registry::register(device, null.clone()).unwrap();
+    let mut g = c.benchmark_group("host_per_launch");
+    g.sample_size(20);
+
+    let on = |t: Tensor<f32>| t.to_device(device).unwrap();
+    let mut rng = Rng::new(1);
+    let (a, b) = (
+        on(Tensor::randn(&[16, 768], 0.0, 1.0, &mut rng)),
+        on(Tensor::randn(&[16, 768], 0.0, 1.0, &mut rng)),
+    );
+    let (w, bias) = (
+        on(Tensor::randn(&[768, 768], 0.0, 0.02, &mut rng)),
+        on(Tensor::zeros(&[768])),
+    );
+    let mut add = || drop(a.add(&b).unwrap());
+    let n = launches_of(&null, "add [16, 768]", &mut add);
+    g.throughput(Throughput::Elements(n));
+    g.bench_function("add [16, 768]", |bch| bch.iter(&mut add));
+    let mut linear = || drop(a.linear(&w, Some(&bias)).unwrap());
+    let n = launches_of(&null, "linear [16, 768] x 768", &mut linear);
+    g.throughput(Throughput::Elements(n));
+    g.bench_function("linear [16, 768] x 768", |bch| bch.iter(&mut linear));
+
+    // The tiny preset: KV-cached sampling of 4 images with classifier-free guidance, and a
+    // training step of 8 images.
+    let cfg = TarFlowConfig::preset("tiny").unwrap();
+    let model = TarFlow::<f32>::new(cfg.clone(), 0)
+        .unwrap()
+        .to_device(device)
+        .unwrap();
+    let sampler = Sampler::new(&model).unwrap();
+    let labels: Vec<Option<usize>> = (0..4).map(|i| Some(i % cfg.num_classes)).collect();
+    let opts = SampleOptions {
+        guidance: Guidance::ClassifierFree {
+            weight: 1.0,
+            anneal: true,
+        },
+        max_redraws: 0,
+        ..Default::default()
+    };
+    let mut sample = || {
+        sampler.sample(4, &labels, &mut Rng::new(3), &opts).unwrap();
+    };
+    let n = launches_of(&null, "tiny: sample 4 images, guided", &mut sample);
+    g.throughput(Throughput::Elements(n));
+    g.bench_function("tiny: sample 4 images, guided", |bch| bch.iter(&mut sample));
+
+    let x = on(Tensor::rand(
+        &[8, cfg.channels, cfg.image_size, cfg.image_size],
+        -1.0,
+        1.0,
+        &mut rng,
+    ));
+    let ls: Vec<Option<usize>> = (0..8).map(|i| Some(i % cfg.num_classes)).collect();
+    let mut params = ParamStore::new();
+    params.insert("", model.parameters()).unwrap();
+    let adamw = AdamWConfig {
+        lr: 1e-4,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 1e-4,
+    };
+    let mut opt = AdamW::new(&params, adamw).unwrap();
+    let mut step = || {
+        params.zero_grad();
+        let o = model.forward(&x, Some(&ls)).unwrap();
+        let loss = model.loss(&o).unwrap();
+        loss.backward().unwrap();
+        drop((loss, o));
+        opt.step(1e-4).unwrap();
+    };
+    let n = launches_of(&null, "tiny: training step, 8 images", &mut step);
+    g.throughput(Throughput::Elements(n));
+    g.bench_function("tiny: training step, 8 images", |bch| bch.iter(&mut step));
+
+    // ImageNet64 (p2 C768 T8 K8, 600 k launches per sampling run) when asked for: building
+    // the model takes 1.8 GB and a few seconds.
+    if std::env::var_os("TARFLOW_BENCH_IMAGENET64").is_some() {
+        let cfg = TarFlowConfig::preset("imagenet64").unwrap();
+        let model = TarFlow::<f32>::new(cfg, 0)
+            .unwrap()
+            .to_device(device)
+            .unwrap();
+        let sampler = Sampler::new(&model).unwrap();
+        let opts = SampleOptions {
+            max_redraws: 0,
+            ..Default::default()
+        };
+        let mut sample = || {
+            sampler.sample(16, &[], &mut Rng::new(3), &opts).unwrap();
+        };
+        g.sample_size(10);
+        let n = launches_of(&null, "imagenet64: sample 16 images", &mut sample);
+        g.throughput(Throughput::Elements(n));
+        g.bench_function("imagenet64: sample 16 images", |bch| bch.iter(&mut sample));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, host_overhead);
+criterion_main!(benches);

@@ -10,9 +10,139 @@ use crate::error::{Error, Result};
 /// `offset + sum(idx[i] * strides[i])`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
-    shape: Vec<usize>,
-    strides: Vec<isize>,
+    shape: Dims<usize>,
+    strides: Dims<isize>,
     offset: usize,
+}
+
+/// Axes kept in place up to this rank (the model's tensors have at most five).
+const INLINE_RANK: usize = 6;
+
+/// A short list of per-axis values, inline up to [`INLINE_RANK`] entries: every view and
+/// every op's output builds a layout, and on a GPU (where the op itself is one launch) two
+/// heap allocations per layout are a visible share of the host's time per launch.
+#[derive(Clone)]
+enum Dims<T: Copy + Default> {
+    Inline { len: u8, items: [T; INLINE_RANK] },
+    Heap(Vec<T>),
+}
+
+impl<T: Copy + Default> Dims<T> {
+    fn new() -> Self {
+        Dims::Inline {
+            len: 0,
+            items: [T::default(); INLINE_RANK],
+        }
+    }
+
+    fn from_slice(s: &[T]) -> Self {
+        let mut d = Self::new();
+        for &v in s {
+            d.push(v);
+        }
+        d
+    }
+
+    /// `n` default values.
+    fn filled(n: usize) -> Self {
+        let mut d = Self::new();
+        for _ in 0..n {
+            d.push(T::default());
+        }
+        d
+    }
+
+    fn push(&mut self, v: T) {
+        match self {
+            Dims::Inline { len, items } if (*len as usize) < INLINE_RANK => {
+                items[*len as usize] = v;
+                *len += 1;
+            }
+            Dims::Inline { len, items } => {
+                let mut heap = items[..*len as usize].to_vec();
+                heap.push(v);
+                *self = Dims::Heap(heap);
+            }
+            Dims::Heap(h) => h.push(v),
+        }
+    }
+
+    fn insert(&mut self, at: usize, v: T) {
+        self.push(v);
+        self[at..].rotate_right(1);
+    }
+
+    fn remove(&mut self, at: usize) {
+        self[at..].rotate_left(1);
+        match self {
+            Dims::Inline { len, .. } => *len -= 1,
+            Dims::Heap(h) => {
+                h.pop();
+            }
+        }
+    }
+}
+
+impl<T: Copy + Default> std::ops::Deref for Dims<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match self {
+            Dims::Inline { len, items } => &items[..*len as usize],
+            Dims::Heap(h) => h,
+        }
+    }
+}
+
+impl<T: Copy + Default> std::ops::DerefMut for Dims<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        match self {
+            Dims::Inline { len, items } => &mut items[..*len as usize],
+            Dims::Heap(h) => h,
+        }
+    }
+}
+
+impl<'a, T: Copy + Default> IntoIterator for &'a Dims<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl<T: Copy + Default> FromIterator<T> for Dims<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(it: I) -> Self {
+        let mut d = Self::new();
+        for v in it {
+            d.push(v);
+        }
+        d
+    }
+}
+
+impl<T: Copy + Default + PartialEq> PartialEq for Dims<T> {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl<T: Copy + Default + Eq> Eq for Dims<T> {}
+
+impl<T: Copy + Default + std::fmt::Debug> std::fmt::Debug for Dims<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+/// [`contiguous_strides`] without the heap.
+fn contiguous_dims(shape: &[usize]) -> Dims<isize> {
+    let mut strides = Dims::filled(shape.len());
+    let mut acc = 1isize;
+    for i in (0..shape.len()).rev() {
+        strides[i] = acc;
+        acc *= shape[i].max(1) as isize;
+    }
+    strides
 }
 
 /// Row-major strides of a shape.
@@ -99,8 +229,8 @@ impl Layout {
     /// Row-major layout of `shape` at offset 0.
     pub fn contiguous(shape: &[usize]) -> Self {
         Layout {
-            shape: shape.to_vec(),
-            strides: contiguous_strides(shape),
+            shape: Dims::from_slice(shape),
+            strides: contiguous_dims(shape),
             offset: 0,
         }
     }
@@ -175,21 +305,21 @@ impl Layout {
     pub(crate) fn reshape(&self, shape: &[usize]) -> Option<Layout> {
         if self.is_contiguous() {
             return Some(Layout {
-                shape: shape.to_vec(),
-                strides: contiguous_strides(shape),
+                shape: Dims::from_slice(shape),
+                strides: contiguous_dims(shape),
                 offset: self.offset,
             });
         }
         // General case: match groups of old dims to groups of new dims; each old group must be
         // internally contiguous (stride[i] == stride[i+1]*shape[i+1]).
-        let old: Vec<(usize, isize)> = self
+        let old: Dims<(usize, isize)> = self
             .shape
             .iter()
             .zip(&self.strides)
             .filter(|(&d, _)| d != 1)
             .map(|(&d, &s)| (d, s))
             .collect();
-        let mut new_strides = vec![0isize; shape.len()];
+        let mut new_strides = Dims::filled(shape.len());
         let mut oi = 0;
         let mut ni = 0;
         while ni < shape.len() {
@@ -232,7 +362,7 @@ impl Layout {
             return None;
         }
         Some(Layout {
-            shape: shape.to_vec(),
+            shape: Dims::from_slice(shape),
             strides: new_strides,
             offset: self.offset,
         })
@@ -277,7 +407,7 @@ impl Layout {
             return None;
         }
         let lead = shape.len() - self.rank();
-        let mut strides = vec![0isize; shape.len()];
+        let mut strides = Dims::filled(shape.len());
         for i in 0..self.rank() {
             let (d, t) = (self.shape[i], shape[lead + i]);
             if d == t {
@@ -289,7 +419,7 @@ impl Layout {
             }
         }
         Some(Layout {
-            shape: shape.to_vec(),
+            shape: Dims::from_slice(shape),
             strides,
             offset: self.offset,
         })
@@ -383,5 +513,41 @@ mod tests {
         let (s, st) = coalesce(&[2, 3, 4], &[&[12, 4, 1], &[0, 0, 1]]);
         assert_eq!(s, vec![6, 4]);
         assert_eq!(st, vec![vec![4, 1], vec![0, 1]]);
+    }
+
+    /// The inline list behaves as a `Vec` on either side of its inline capacity, and views of
+    /// ranks past it still work.
+    #[test]
+    fn dims_match_a_vec_inline_and_on_the_heap() {
+        for n in [0, 1, INLINE_RANK - 1, INLINE_RANK, INLINE_RANK + 1, 11] {
+            let want: Vec<isize> = (0..n as isize).map(|i| 10 * i - 7).collect();
+            let mut d = Dims::from_slice(&want);
+            let mut v = want.clone();
+            assert_eq!(&*d, &v[..], "n {n}");
+            assert_eq!(d, want.iter().copied().collect::<Dims<isize>>());
+            for at in [0, n / 2, n] {
+                d.insert(at, 99);
+                v.insert(at, 99);
+                assert_eq!(&*d, &v[..], "insert at {at} of {n}");
+            }
+            for pick in [0, 1, 2] {
+                let at = [0, v.len() / 2, v.len() - 1][pick];
+                d.remove(at);
+                v.remove(at);
+                assert_eq!(&*d, &v[..], "remove at {at} of {n}");
+            }
+            assert_eq!(format!("{d:?}"), format!("{v:?}"));
+            assert_eq!(&*Dims::<usize>::filled(n), &vec![0; n][..]);
+        }
+        let shape = [2, 1, 3, 1, 2, 1, 2, 3];
+        let l = Layout::contiguous(&shape);
+        assert_eq!(l.strides(), &contiguous_strides(&shape)[..]);
+        let u = l
+            .unsqueeze(8)
+            .permute(&[8, 0, 1, 2, 3, 4, 5, 6, 7])
+            .squeeze(0);
+        assert_eq!((u.shape(), u.strides()), (l.shape(), l.strides()));
+        let r = l.reshape(&[6, 12]).unwrap();
+        assert_eq!((r.shape(), r.strides()), (&[6, 12][..], &[12, 1][..]));
     }
 }

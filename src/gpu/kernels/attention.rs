@@ -2,7 +2,7 @@
 //! base-2 log-sum-exp, and its backward recomputing the probabilities from it.
 
 use super::gemm::{hopper_tiles, HopperTiles};
-use super::{count, grid_yz, ATTENTION, ATTENTION_SM90};
+use super::{count, grid_yz, ATTENTION, ATTENTION_SM90, MAX_ELEMENTS};
 use crate::error::{Error, Result};
 use crate::gpu::driver::{DevicePtr, Driver, KernelArg, LaunchConfig, PtxModule};
 use crate::gpu::tensor_map::{Swizzle, TensorMap};
@@ -272,11 +272,13 @@ fn check(op: &'static str, d: &AttnDims, s: &AttnScores) -> Result<Option<(u32, 
 /// The view's four strides as `u32` kernel arguments.
 fn strides(op: &'static str, what: &str, v: &AttnView, out: &mut Vec<KernelArg>) -> Result<()> {
     for (axis, &s) in v.strides.iter().enumerate() {
-        out.push(KernelArg::U32(count(
-            op,
-            &format!("{what} stride of axis {axis}"),
-            s,
-        )?));
+        // The label is only formatted for the error: this runs on every launch.
+        let n = if s > MAX_ELEMENTS {
+            count(op, &format!("{what} stride of axis {axis}"), s)?
+        } else {
+            s as u32
+        };
+        out.push(KernelArg::U32(n));
     }
     Ok(())
 }

@@ -329,6 +329,16 @@ fn the_inverse_writes_into_a_slot_and_nowhere_else() {
     t.affine_coupling_inverse_into(&t, &t, None, &out).unwrap();
 }
 
+/// The largest `|a - b| / (1 + |b|)`.
+#[cfg(feature = "ptx-sim")]
+fn worst_rel(a: &[f32], b: &[f32]) -> f64 {
+    common::worst(
+        a.iter()
+            .zip(b)
+            .map(|(&p, &q)| (p as f64 - q as f64).abs() / (1.0 + (q as f64).abs())),
+    )
+}
+
 /// The op on `device` against the CPU: outputs, and the gradients of one random projection
 /// of them for every input, within `tol` of each tensor's largest CPU magnitude.
 #[cfg(feature = "ptx-sim")]
@@ -381,11 +391,7 @@ fn same_on_device(device: tarflow::Device, clip: Option<f64>) {
         .unwrap();
     assert_eq!(got.device(), device);
     let got = got.try_to_vec().unwrap();
-    let e = common::worst(
-        got.iter()
-            .zip(&want)
-            .map(|(&p, &q)| (p as f64 - q as f64).abs() / (1.0 + (q as f64).abs())),
-    );
+    let e = worst_rel(&got, &want);
     assert!(
         e <= 1e-5,
         "affine_coupling_inverse on {device}: differs by {e:.3e}"
@@ -396,11 +402,7 @@ fn same_on_device(device: tarflow::Device, clip: Option<f64>) {
         gb[..gf.len()].iter().all(|&v| v == 7.0),
         "{device}: slot 0 was written"
     );
-    let e = common::worst(
-        gb.iter()
-            .zip(&cb)
-            .map(|(&p, &q)| (p as f64 - q as f64).abs() / (1.0 + (q as f64).abs())),
-    );
+    let e = worst_rel(&gb, &cb);
     assert!(
         e <= 1e-5,
         "affine_coupling_inverse_into on {device}: differs by {e:.3e}"

@@ -1197,6 +1197,10 @@ extern "C" __global__ void __launch_bounds__(NT) attn_bwd_dq_bf16_d64(
 // attn_decode_combine_f32: one warp per (batch, head) (grid (1, H, B), 32 threads) merges
 // the partials in split order into the output (any strides) and the base-2 lse. The order of
 // every sum is fixed by L and `chunk`, so results do not depend on timing.
+// With `k_new` non-null both decode kernels also append: the last cached position's key and
+// value are taken from `k_new`, `v_new` ([B, H, 1, D] views of the projection) and written
+// into the cache through `k_w`, `v_w` (the cache's own addresses), one launch instead of a
+// copy and a decode, with the same bits.
 
 // Merges the online-softmax state (m2, l2, a2) into (m, l, a): a = a exp2(m - M) + a2
 // exp2(m2 - M), with M = max(m, m2) (0 when both are -inf).
@@ -1211,36 +1215,83 @@ __device__ __forceinline__ void merge_state(float& m, float& l, float* a, float 
   m = mn;
 }
 
+// The position a decode step appends: its key and value are read from the projection
+// (`k_new`, `v_new`: [B, H, 1, D] views) instead of the cache, and written into the cache's
+// row through `k_w`, `v_w` (the cache's own addresses, its strides) by the warp that reads
+// them. The cache is never read at that position, so its reads stay read-only. The kernel
+// parameters as they are: the row's addresses are only worked out where it is taken.
+struct DecodeAppend {
+  const float* k_new;
+  const float* v_new;
+  float* k_w;
+  float* v_w;
+  unsigned kn_sb, kn_sh, kn_sd, vn_sb, vn_sh, vn_sd;
+  unsigned k_sb, k_sh, k_sn, k_sd, v_sb, v_sh, v_sn, v_sd;
+  unsigned bz, hy;
+};
+
+// One key into a warp's state: the score of the row `kr` (feature stride `k_sd`) against
+// the query, then the row `vr`. With `k_w`, the key and value read are also written there
+// (feature strides `kw_sd`, `vw_sd`).
+__device__ __forceinline__ void decode_key(const float* qr, const float* __restrict__ kr,
+                                           unsigned k_sd, const float* __restrict__ vr,
+                                           unsigned v_sd, float* k_w, float* v_w, unsigned dh,
+                                           unsigned dv, float& m, float& l, float* a,
+                                           unsigned kw_sd, unsigned vw_sd) {
+  unsigned lane = threadIdx.x & 31;
+  float s = 0.0f;
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    unsigned e = lane + 32 * c;
+    if (e < dh) {
+      float kx = kr[(size_t)e * k_sd];
+      if (k_w) k_w[(size_t)e * kw_sd] = kx;
+      s = fmaf(qr[c], kx, s);
+    }
+  }
+  s = warp_sum(s);
+  float vj[4];
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    unsigned e = lane + 32 * c;
+    vj[c] = e < dv ? vr[(size_t)e * v_sd] : 0.0f;
+    if (v_w && e < dv) v_w[(size_t)e * vw_sd] = vj[c];
+  }
+  merge_state(m, l, a, s, 1.0f, vj);
+}
+
 // The state (m, l, a) of keys [j0, j1) of one (batch, head) for the query `qr` (this lane's
 // features, scaled): warp w takes keys j0 + w, j0 + w + 4, ... in increasing order, then warp
 // 0 merges the warps' states in warp order through `st`. The result is warp 0's; every
 // thread of the CTA must call it (it has a barrier), and `st` is free again after the next.
+// The key and value at `ap.at` come from `ap` (and are written to the cache), the same values
+// a cache filled beforehand would hold.
 __device__ __forceinline__ void decode_chunk(const float* qr, const float* __restrict__ k,
                                              const float* __restrict__ v, unsigned j0,
                                              unsigned j1, unsigned dh, unsigned dv,
                                              unsigned k_sn, unsigned k_sd, unsigned v_sn,
-                                             unsigned v_sd, float (*st)[2 + DMAX], float& m,
+                                             unsigned v_sd, const DecodeAppend& ap,
+                                             unsigned at, float (*st)[2 + DMAX], float& m,
                                              float& l, float* a) {
   unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   m = neg_inf();
   l = 0.0f;
 #pragma unroll
   for (int c = 0; c < 4; ++c) a[c] = 0.0f;
-  for (unsigned j = j0 + warp; j < j1; j += NWARP) {
-    float s = 0.0f;
-#pragma unroll
-    for (int c = 0; c < 4; ++c) {
-      unsigned e = lane + 32 * c;
-      if (e < dh) s = fmaf(qr[c], k[(size_t)j * k_sn + (size_t)e * k_sd], s);
-    }
-    s = warp_sum(s);
-    float vj[4];
-#pragma unroll
-    for (int c = 0; c < 4; ++c) {
-      unsigned e = lane + 32 * c;
-      vj[c] = e < dv ? v[(size_t)j * v_sn + (size_t)e * v_sd] : 0.0f;
-    }
-    merge_state(m, l, a, s, 1.0f, vj);
+  // The appended position `at` (nk - 1, or ~0u for none) is the chunk's last, so its warp
+  // takes it after all its other keys, in the order of a filled cache.
+  bool appends = at >= j0 && at < j1;
+  for (unsigned j = j0 + warp; j < (appends ? at : j1); j += NWARP) {
+    decode_key(qr, k + (size_t)j * k_sn, k_sd, v + (size_t)j * v_sn, v_sd, nullptr, nullptr, dh,
+               dv, m, l, a, 0, 0);
+  }
+  if (appends && (at - j0) % NWARP == warp) {
+    size_t bz = ap.bz, hy = ap.hy;
+    const float* kr = ap.k_new + bz * ap.kn_sb + hy * ap.kn_sh;
+    const float* vr = ap.v_new + bz * ap.vn_sb + hy * ap.vn_sh;
+    float* kw = ap.k_w + bz * ap.k_sb + hy * ap.k_sh + (size_t)at * ap.k_sn;
+    float* vw = ap.v_w + bz * ap.v_sb + hy * ap.v_sh + (size_t)at * ap.v_sn;
+    decode_key(qr, kr, ap.kn_sd, vr, ap.vn_sd, kw, vw, dh, dv, m, l, a, ap.k_sd, ap.v_sd);
   }
 #pragma unroll
   for (int c = 0; c < 4; ++c) {
@@ -1296,10 +1347,16 @@ extern "C" __global__ void __launch_bounds__(NT)
                             unsigned nk, unsigned dh, unsigned dv, unsigned chunk,
                             unsigned q_sb, unsigned q_sh, unsigned q_sd, unsigned k_sb,
                             unsigned k_sh, unsigned k_sn, unsigned k_sd, unsigned v_sb,
-                            unsigned v_sh, unsigned v_sn, unsigned v_sd, float scale_log2) {
+                            unsigned v_sh, unsigned v_sn, unsigned v_sd, float scale_log2,
+                            const float* __restrict__ k_new, const float* __restrict__ v_new,
+                            float* k_w, float* v_w, unsigned kn_sb, unsigned kn_sh,
+                            unsigned kn_sd, unsigned vn_sb, unsigned vn_sh, unsigned vn_sd) {
   __shared__ float st[NWARP][2 + DMAX];
   unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   unsigned bz = blockIdx.z, hy = blockIdx.y, split = blockIdx.x;
+  DecodeAppend ap = {k_new, v_new, k_w, v_w, kn_sb, kn_sh, kn_sd, vn_sb, vn_sh, vn_sd, k_sb,
+                     k_sh, k_sn, k_sd, v_sb, v_sh, v_sn, v_sd, bz, hy};
+  unsigned at = k_new != nullptr && nk > 0 ? nk - 1 : ~0u;
   q += (size_t)bz * q_sb + (size_t)hy * q_sh;
   k += (size_t)bz * k_sb + (size_t)hy * k_sh;
   v += (size_t)bz * v_sb + (size_t)hy * v_sh;
@@ -1307,7 +1364,7 @@ extern "C" __global__ void __launch_bounds__(NT)
   decode_query(qr, q, dh, q_sd, scale_log2);
   unsigned j0 = split * chunk, j1 = min(nk, j0 + chunk);
   float m, l, a[4];
-  decode_chunk(qr, k, v, j0, j1, dh, dv, k_sn, k_sd, v_sn, v_sd, st, m, l, a);
+  decode_chunk(qr, k, v, j0, j1, dh, dv, k_sn, k_sd, v_sn, v_sd, ap, at, st, m, l, a);
   if (warp != 0) return;
   size_t row = ((size_t)bz * gridDim.y + hy) * gridDim.x + split;
   float* out = part + row * (dv + 2);
@@ -1366,9 +1423,15 @@ extern "C" __global__ void __launch_bounds__(NT)
                     unsigned chunk, unsigned q_sb, unsigned q_sh, unsigned q_sd,
                     unsigned k_sb, unsigned k_sh, unsigned k_sn, unsigned k_sd, unsigned v_sb,
                     unsigned v_sh, unsigned v_sn, unsigned v_sd, unsigned o_sb, unsigned o_sh,
-                    unsigned o_sd, float scale_log2) {
+                    unsigned o_sd, float scale_log2, const float* __restrict__ k_new,
+                    const float* __restrict__ v_new, float* k_w, float* v_w, unsigned kn_sb,
+                    unsigned kn_sh, unsigned kn_sd, unsigned vn_sb, unsigned vn_sh,
+                    unsigned vn_sd) {
   __shared__ float st[NWARP][2 + DMAX];
   unsigned bz = blockIdx.z, hy = blockIdx.y;
+  DecodeAppend ap = {k_new, v_new, k_w, v_w, kn_sb, kn_sh, kn_sd, vn_sb, vn_sh, vn_sd, k_sb,
+                     k_sh, k_sn, k_sd, v_sb, v_sh, v_sn, v_sd, bz, hy};
+  unsigned at = k_new != nullptr && nk > 0 ? nk - 1 : ~0u;
   q += (size_t)bz * q_sb + (size_t)hy * q_sh;
   k += (size_t)bz * k_sb + (size_t)hy * k_sh;
   v += (size_t)bz * v_sb + (size_t)hy * v_sh;
@@ -1380,7 +1443,7 @@ extern "C" __global__ void __launch_bounds__(NT)
   for (unsigned s = 0; s < splits; ++s) {
     float mc, lc, ac[4];
     decode_chunk(qr, k, v, s * chunk, min(nk, s * chunk + chunk), dh, dv, k_sn, k_sd, v_sn,
-                 v_sd, st, mc, lc, ac);
+                 v_sd, ap, at, st, mc, lc, ac);
     merge_state(m, l, a, mc, lc, ac);
     // The next chunk's warps overwrite `st` only after warp 0 has read it.
     __syncthreads();

@@ -5,7 +5,7 @@
 
 mod common;
 
-use tarflow::ops::attention::{attention, attention_qkv, AttentionOptions};
+use tarflow::ops::attention::{attention, attention_append, attention_qkv, AttentionOptions};
 use tarflow::{Device, Result, Rng, Tensor};
 
 type Case = fn(&[Tensor<f32>]) -> Result<Tensor<f32>>;
@@ -287,7 +287,116 @@ fn one_query_over_a_cache(device: Device) {
             e <= 2e-6,
             "{len} cached keys, causal {causal}, on {device}: output differs by {e:.3e}"
         );
+        // The same step appending the last position (NaN in the cache until then) from a
+        // `[B, 1, 3 H Dh]` projection's views: the bits of the copy and `attention` on the
+        // same device, and the cache filled.
+        let proj = rnd(&[b, 1, 3 * h * dh], 34);
+        let appended = |d: Device, fused: bool| -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+            let on = |t: &Tensor<f32>| t.to_device(d).unwrap();
+            let (kc, vc) = (on(&kc), on(&vc));
+            let nan = on(&Tensor::full(&[1, b, h, dh], f32::NAN));
+            kc.narrow(0, len - 1, 1).unwrap().assign(&nan).unwrap();
+            vc.narrow(0, len - 1, 1).unwrap().assign(&nan).unwrap();
+            let row = on(&proj).reshape(&[b, 1, 3, h, dh]).unwrap();
+            let new = |i: usize| {
+                let t = row.narrow(2, i, 1).unwrap().squeeze(2).unwrap();
+                t.permute(&[0, 2, 1, 3]).unwrap()
+            };
+            let prefix =
+                |c: &Tensor<f32>| c.narrow(0, 0, len).unwrap().permute(&[1, 2, 0, 3]).unwrap();
+            let (k, v) = (prefix(&kc), prefix(&vc));
+            let o = if fused {
+                attention_append(&on(&q), &new(1), &new(2), &k, &v, opts).unwrap()
+            } else {
+                k.narrow(2, len - 1, 1).unwrap().assign(&new(1)).unwrap();
+                v.narrow(2, len - 1, 1).unwrap().assign(&new(2)).unwrap();
+                attention(&on(&q), &k, &v, None, opts).unwrap()
+            };
+            assert_eq!(o.device(), d);
+            let all = |t: &Tensor<f32>| t.try_to_vec().unwrap();
+            (all(&o), all(&kc), all(&vc))
+        };
+        let two_steps = appended(device, false);
+        let fused = appended(device, true);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for (what, a, b) in [
+            ("output", &fused.0, &two_steps.0),
+            ("keys", &fused.1, &two_steps.1),
+            ("values", &fused.2, &two_steps.2),
+        ] {
+            assert_eq!(
+                bits(a),
+                bits(b),
+                "attention_append on {device}, {len} keys: {what}"
+            );
+        }
+        let cpu = appended(Device::Cpu, true);
+        let e = common::worst(
+            cpu.0
+                .iter()
+                .zip(&fused.0)
+                .map(|(&a, &g)| (a as f64 - g as f64).abs()),
+        );
+        assert!(
+            e <= 2e-6,
+            "attention_append on {device} against the CPU: {e:.3e}"
+        );
+        assert_eq!(bits(&cpu.1), bits(&fused.1), "the cache's keys on {device}");
     }
+}
+
+/// What `attention_append` refuses: shapes that disagree, an empty cache, a gradient.
+#[test]
+fn attention_append_names_what_is_wrong() {
+    let (b, h, n, dh) = (2, 3, 5, 4);
+    let (q, kn) = (rnd(&[b, h, 1, dh], 40), rnd(&[b, h, 1, dh], 41));
+    let cache = || {
+        let c = Tensor::<f32>::zeros(&[n, b, h, dh]);
+        c.permute(&[1, 2, 0, 3]).unwrap()
+    };
+    let (k, v) = (cache(), cache());
+    let opts = AttentionOptions {
+        causal: false,
+        scale: 0.5,
+        temperature: 1.0,
+    };
+    let err = |r: Result<Tensor<f32>>| r.unwrap_err().to_string();
+    let e = err(attention_append(
+        &q,
+        &rnd(&[b, h, 2, dh], 42),
+        &kn,
+        &k,
+        &v,
+        opts,
+    ));
+    assert!(
+        e.starts_with("attention_append") && e.contains("[B, H, 1, Dh]"),
+        "{e}"
+    );
+    let empty = Tensor::zeros(&[b, h, 0, dh]);
+    let e = err(attention_append(&q, &kn, &kn, &empty, &empty, opts));
+    assert!(e.contains("at least one position"), "{e}");
+    let e = err(attention_append(
+        &q.detach().requires_grad_(),
+        &kn,
+        &kn,
+        &k,
+        &v,
+        opts,
+    ));
+    assert!(e.contains("no gradient"), "{e}");
+    let heads_major = Tensor::zeros(&[b, h, n, dh]);
+    let e = err(attention_append(&q, &kn, &kn, &heads_major, &v, opts));
+    assert!(e.contains("position-major"), "{e}");
+    let _g = tarflow::autograd::no_grad();
+    let o = attention_append(&q, &kn, &kn, &k, &v, opts).unwrap();
+    assert_eq!(o.shape(), &[b, h, 1, dh]);
+    let last = k.narrow(2, n - 1, 1).unwrap().to_vec();
+    assert_eq!(
+        last,
+        kn.to_vec(),
+        "the cache's last position holds the new keys"
+    );
 }
 
 #[test]

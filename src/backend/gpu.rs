@@ -803,6 +803,20 @@ pub(crate) fn attention_decode<E: Element>(
     dims: k::AttnDims,
     alpha: f32,
 ) -> Result<Tensor<E>> {
+    attention_decode_append(q, k, v, None, dims, alpha)
+}
+
+/// [`attention_decode`] that first appends: `append = Some((k_new, v_new))`, `[B, H, 1, D]`,
+/// are the keys and values of the cache's last position, which the kernels read from them
+/// and write into `k` and `v` (views of the cache, writable there) in the same launch.
+pub(crate) fn attention_decode_append<E: Element>(
+    q: &Tensor<E>,
+    k: &Tensor<E>,
+    v: &Tensor<E>,
+    append: Option<(&Tensor<E>, &Tensor<E>)>,
+    dims: k::AttnDims,
+    alpha: f32,
+) -> Result<Tensor<E>> {
     let (driver, _) = operand(q)?;
     let k::AttnDims { b, h, nk, dv, .. } = dims;
     let out = empty(&driver, q.device(), &[b, h, 1, dv])?;
@@ -813,6 +827,16 @@ pub(crate) fn attention_decode<E: Element>(
         ELEM,
     )?;
     let ((_q, qv), (_k, kv), (_v, vv)) = (attn_operand(q)?, attn_operand(k)?, attn_operand(v)?);
+    if append.is_some() && (!_k.shares_storage(k) || !_v.shares_storage(v)) {
+        // A flipped cache view was copied: the kernels would write the copy.
+        return Err(Error::arg(
+            "attention_append",
+            "the cache views must have non-negative strides",
+        ));
+    }
+    let new = append
+        .map(|(kn, vn)| Ok::<_, Error>((attn_operand(kn)?, attn_operand(vn)?)))
+        .transpose()?;
     k::attn_decode(
         &*driver,
         &k::AttnDecode {
@@ -824,6 +848,9 @@ pub(crate) fn attention_decode<E: Element>(
             o: attn_dest(AttnLayout::Heads, ptr(&out)?, h, 1, dv, 0),
             lse: lse.ptr(),
             scratch: scratch.ptr(),
+            append: new
+                .as_ref()
+                .map(|((_, kn), (_, vn))| k::DecodeAppend { k: *kn, v: *vn }),
         },
     )?;
     Ok(out)

@@ -34,7 +34,8 @@ pub use attention::{
     attn_bwd, attn_bwd_stored, attn_bwd_tma, attn_bwd_wgmma, attn_decode, attn_decode_with,
     attn_fwd, attn_fwd_saving_bf16, attn_fwd_tma, attn_fwd_wgmma, attn_supported,
     decode_scratch_len, AttnBwd, AttnDecode, AttnDims, AttnFwd, AttnPrecision, AttnScores,
-    AttnStorage, AttnView, DecodeLaunch, ATTN_MAX_HEAD_DIM, DECODE_CHUNK, DECODE_FUSED_HEADS,
+    AttnStorage, AttnView, DecodeAppend, DecodeLaunch, ATTN_MAX_HEAD_DIM, DECODE_CHUNK,
+    DECODE_FUSED_HEADS,
 };
 pub use copy::{fill_f32, strided_copy_bf16_f32, strided_copy_f32, strided_copy_f32_bf16};
 pub use coupling::{

@@ -10,8 +10,8 @@ use half::bf16;
 use tarflow::gpu::kernels::{
     attn_bwd, attn_bwd_stored, attn_bwd_tma, attn_bwd_wgmma, attn_decode, attn_decode_with,
     attn_fwd, attn_fwd_saving_bf16, attn_fwd_tma, attn_fwd_wgmma, decode_scratch_len, AttnBwd,
-    AttnDecode, AttnDims, AttnFwd, AttnPrecision, AttnScores, AttnStorage, AttnView, DecodeLaunch,
-    ATTN_MAX_HEAD_DIM,
+    AttnDecode, AttnDims, AttnFwd, AttnPrecision, AttnScores, AttnStorage, AttnView, DecodeAppend,
+    DecodeLaunch, ATTN_MAX_HEAD_DIM,
 };
 use tarflow::gpu::{DevicePtr, Driver};
 use tarflow::Rng;
@@ -1137,6 +1137,7 @@ fn decode(d: &dyn Driver, (b, h, nk, dh, dv): (usize, usize, usize, usize, usize
             o: lo.view(o),
             lse,
             scratch: poisoned_f32(d, decode_scratch_len(b, h, nk, dv)),
+            append: None,
         };
         if how == DecodeLaunch::Auto {
             attn_decode(d, &a).unwrap();
@@ -1162,6 +1163,77 @@ fn decode(d: &dyn Driver, (b, h, nk, dh, dv): (usize, usize, usize, usize, usize
             &outs[0].0,
         );
         assert_bits(&format!("lse, {how} against split, {tag}"), lse, &outs[0].1);
+    }
+    if nk == 0 {
+        return;
+    }
+    // Appending: the last position's keys and values come from `[B, 1, 3 H D]`-like rows
+    // (another layout than the cache's) and the cache holds NaN there until the launch
+    // writes them; the same bits as the filled cache, and the cache filled.
+    let last = nk - 1;
+    let row = |w: usize| Lay {
+        off: 0,
+        st: [3 * h * w, w, 0, 1],
+    };
+    let (rk, rv) = (row(dh), row(dv));
+    let fresh = |w: usize, lay: Lay, src: &[f32], cache: Lay| {
+        let mut buf = vec![f32::NAN; b * 3 * h * w];
+        for bi in 0..b {
+            for hi in 0..h {
+                for e in 0..w {
+                    buf[lay.at(bi, hi, 0, e)] = src[cache.at(bi, hi, last, e)];
+                }
+            }
+        }
+        buf
+    };
+    let (nks, nvs) = (fresh(dh, rk, &ks, lk), fresh(dv, rv, &vs, lv));
+    for how in [DecodeLaunch::Split, DecodeLaunch::Fused] {
+        let (mut kc, mut vc) = (ks.clone(), vs.clone());
+        for bi in 0..b {
+            for hi in 0..h {
+                (0..dh).for_each(|e| kc[lk.at(bi, hi, last, e)] = f32::NAN);
+                (0..dv).for_each(|e| vc[lv.at(bi, hi, last, e)] = f32::NAN);
+            }
+        }
+        let (kd, vd) = (upload::<f32>(d, &kc), upload::<f32>(d, &vc));
+        let (o, lse) = (poisoned_f32(d, b * h * dv), poisoned_f32(d, b * h));
+        let a = AttnDecode {
+            dims,
+            alpha: sc.alpha,
+            q: lq.view(qd),
+            k: lk.view(kd),
+            v: lv.view(vd),
+            o: lo.view(o),
+            lse,
+            scratch: poisoned_f32(d, decode_scratch_len(b, h, nk, dv)),
+            append: Some(DecodeAppend {
+                k: rk.view(upload::<f32>(d, &nks)),
+                v: rv.view(upload::<f32>(d, &nvs)),
+            }),
+        };
+        attn_decode_with(d, &a, how).unwrap();
+        let what = format!("appending, {how:?}, {tag}");
+        assert_bits(
+            &format!("output, {what}"),
+            &download::<f32>(d, o, b * h * dv),
+            &outs[0].0,
+        );
+        assert_bits(
+            &format!("lse, {what}"),
+            &download::<f32>(d, lse, b * h),
+            &outs[0].1,
+        );
+        assert_bits(
+            &format!("keys, {what}"),
+            &download::<f32>(d, kd, ks.len()),
+            &ks,
+        );
+        assert_bits(
+            &format!("values, {what}"),
+            &download::<f32>(d, vd, vs.len()),
+            &vs,
+        );
     }
 }
 

@@ -310,7 +310,8 @@ static void decode(const char* tag, unsigned b, unsigned h, unsigned nk, unsigne
   std::vector<float> part(s.b * s.h * splits * (s.dv + 2) + GUARD, NAN);
   launch({splits, s.h, s.b}, 128, [&] {
     attn_decode_partial_f32(part.data(), qb.data(), kb.data(), vb.data(), nk, s.dh, s.dv, chunk, lq.st[0], lq.st[1], lq.st[3],
-                            lk.st[0], lk.st[1], lk.st[2], lk.st[3], lv.st[0], lv.st[1], lv.st[2], lv.st[3], sl2);
+                            lk.st[0], lk.st[1], lk.st[2], lk.st[3], lv.st[0], lv.st[1], lv.st[2], lv.st[3], sl2,
+                            nullptr, nullptr, nullptr, nullptr, 0, 0, 0, 0, 0, 0);
   });
   CHECK(std::all_of(part.end() - GUARD, part.end(), [](float f) { return std::isnan(f); }), "decode partial, %s: wrote past the scratch", tag);
   launch({1, s.h, s.b}, 32, [&] {

@@ -892,6 +892,21 @@ pub struct AttnDecode {
     pub lse: DevicePtr,
     /// Partial results of the key chunks (written, then read).
     pub scratch: DevicePtr,
+    /// The key and value of the last cached position, taken from here instead of the cache
+    /// and written into it by the same launch (see [`DecodeAppend`]).
+    pub append: Option<DecodeAppend>,
+}
+
+/// The new position of a decode step: its key `[b, h, 1, dh]` and value `[b, h, 1, dv]`
+/// (views of the projection). The decode kernels read them in place of the cache's last
+/// position (`nk - 1`) and write them there, one launch instead of a copy and a decode with
+/// the same bits. The cache's views must be writable there.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DecodeAppend {
+    /// The new keys.
+    pub k: AttnView,
+    /// The new values.
+    pub v: AttnView,
 }
 
 /// How [`attn_decode_with`] runs a decode step; every way gives the same bits.
@@ -974,15 +989,40 @@ pub fn attn_decode_with(driver: &dyn Driver, a: &AttnDecode, how: DecodeLaunch) 
         args.extend(if i == 0 { &s[..3] } else { &s[..] }.iter().copied());
     }
     let scale = KernelArg::F32(scale_log2(&scores));
+    // Both kernels end with the appended row: its views' batch, head and feature strides and
+    // the cache's own addresses to write it to; null pointers when there is none.
+    let mut append = vec![KernelArg::Ptr(DevicePtr(0)); 4];
+    append.extend([KernelArg::U32(0); 6]);
+    if let Some(ap) = &a.append {
+        if d.nk == 0 {
+            return Err(Error::arg(
+                OP,
+                "appending needs a cache of at least one position",
+            ));
+        }
+        append = vec![
+            KernelArg::Ptr(ap.k.ptr),
+            KernelArg::Ptr(ap.v.ptr),
+            KernelArg::Ptr(a.k.ptr),
+            KernelArg::Ptr(a.v.ptr),
+        ];
+        for (what, v) in [("new k", &ap.k), ("new v", &ap.v)] {
+            let mut s = Vec::new();
+            strides(OP, what, v, &mut s)?;
+            append.extend([s[0], s[1], s[3]]);
+        }
+    }
     if fused {
         // The partial kernel's arguments with the output's in place of the scratch.
         args[0] = KernelArg::Ptr(a.lse);
         args.insert(0, KernelArg::Ptr(a.o.ptr));
         args.extend(o_strides[..3].iter().copied());
         args.push(scale);
+        args.extend(append);
         return driver.launch(&ATTENTION, "attn_decode_f32", config(1, yz), &args);
     }
     args.push(scale);
+    args.extend(append);
     driver.launch(
         &ATTENTION,
         "attn_decode_partial_f32",

@@ -383,6 +383,13 @@ fn launch_every_wrapper(d: &Recorder) -> Vec<Launch> {
         o,
         lse: p(),
         scratch: p(),
+        append: None,
+    };
+    attn_decode_with(d, &dec, DecodeLaunch::Split).unwrap();
+    attn_decode_with(d, &dec, DecodeLaunch::Fused).unwrap();
+    let dec = AttnDecode {
+        append: Some(DecodeAppend { k: q, v: q }),
+        ..dec
     };
     attn_decode_with(d, &dec, DecodeLaunch::Split).unwrap();
     attn_decode_with(d, &dec, DecodeLaunch::Fused).unwrap();

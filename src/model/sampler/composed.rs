@@ -2,21 +2,21 @@
 //!
 //! Rows are branch-major (`[conditional images; second branch]`), so each branch is a
 //! contiguous half of every tensor. Each layer has one cache `[N, 2, rows, heads, head_dim]`
-//! (keys then values), position first, so that the keys and values of one position are one
-//! contiguous slice that a single `assign` fills from the projection; the visible prefix is
-//! a view of the first `p + 1` positions. The recovered tokens are kept as `[N, B, D]` in
-//! block order for the same reason: each step reads its input token in place and the inverse
-//! coupling writes the next one into its slot.
+//! (keys then values), position first; the visible prefix is a view of the first `p + 1`
+//! positions, whose last the step's attention fills from the projection as it attends
+//! (`attention_append`: on a device, one launch). The recovered tokens are kept as
+//! `[N, B, D]` in block order, position first too: each step reads its input token in place
+//! and the inverse coupling writes the next one into its slot.
 //!
 //! Launches per position on a device: the input projection (the position embedding folded
 //! into its bias), the class vectors or the second branch's copy when there are two
-//! branches, per layer two layer norms, four GEMMs, the cache append and the decode (plus
-//! the query scaling under an attention temperature), the output projection, the soft clip
+//! branches, per layer two layer norms, four GEMMs and the decode that appends (plus the
+//! query scaling under an attention temperature), the output projection, the soft clip
 //! when the model has one, and the inverse coupling.
 
 use crate::autograd::no_grad;
 use crate::error::Result;
-use crate::ops::attention::{attention, qkv_views, AttentionOptions};
+use crate::ops::attention::{attention_append, qkv_views, AttentionOptions};
 use crate::tensor::{Element, Tensor};
 
 use super::super::block::{FlowBlock, Layer};
@@ -195,18 +195,11 @@ impl<E: Element> Sampler<E> {
         let at = &layer.attn;
         let rows = t.shape()[0];
         let qkv = t.linear(&at.qkv_weight, Some(&at.qkv_bias))?;
-        // The `[rows, H, 1, Dh]` queries, a view of the projection.
-        let [mut q, _, _] = qkv_views(&qkv, at.heads)?;
-        // This position's keys and values, `[1, 2, rows, H, Dh]` views of the projection,
-        // into the cache in one copy.
+        // `[rows, H, 1, Dh]` views of the projection.
+        let [mut q, k, v] = qkv_views(&qkv, at.heads)?;
+        // `[rows, H, p + 1, Dh]` views of the cache's keys (`i = 0`) and values (`i = 1`);
+        // position p is filled from k and v by the attention itself (one launch on a device).
         let cache = &run.kv_cache[li];
-        let kv = qkv
-            .reshape(&[rows, 3, at.heads, at.head_dim])?
-            .narrow(1, 1, 2)?
-            .permute(&[1, 0, 2, 3])?
-            .unsqueeze(0)?;
-        cache.narrow(0, p, 1)?.assign(&kv)?;
-        // `[rows, H, p + 1, Dh]` views of the visible keys (`i = 0`) and values (`i = 1`).
         let prefix = |i: usize| {
             cache
                 .narrow(0, 0, p + 1)?
@@ -222,7 +215,7 @@ impl<E: Element> Sampler<E> {
             scale: 1.0 / (at.head_dim as f64).sqrt(),
             temperature: 1.0,
         };
-        let o = attention(&q, &prefix(0)?, &prefix(1)?, None, opts)?;
+        let o = attention_append(&q, &k, &v, &prefix(0)?, &prefix(1)?, opts)?;
         o.permute(&[0, 2, 1, 3])?
             .reshape(&[rows, 1, at.dim()])?
             .linear_residual(&at.out_weight, Some(&at.out_bias), r)

@@ -217,6 +217,78 @@ pub(crate) fn qkv_views<E: Element>(qkv: &Tensor<E>, heads: usize) -> Result<[Te
     Ok([part(0)?, part(1)?, part(2)?])
 }
 
+/// One decode step over a key/value cache held as tensor views: `k` `[B, H, N, Dh]` and `v`
+/// `[B, H, N, Dv]` are views of the cache whose last position `N - 1` this step fills;
+/// `k_new` `[B, H, 1, Dh]` and `v_new` `[B, H, 1, Dv]` are written there, then the one query
+/// `q` `[B, H, 1, Dh]` attends to all `N` positions (causal or not, it is the last).
+///
+/// On a GPU this is one launch of the decode kernels, which read the new row from `k_new`,
+/// `v_new` and write it into the cache as they go, where a copy and [`attention`] would be
+/// two or more; the result has the same bits. Elsewhere it is that copy and [`attention`].
+/// Inference only: an error when a gradient would be needed, and when the shapes disagree,
+/// `N` is 0 or the cache's last position is not one contiguous block of memory (keep the
+/// cache position-major, as `[N, B, H, D]` permuted).
+pub fn attention_append<E: Element>(
+    q: &Tensor<E>,
+    k_new: &Tensor<E>,
+    v_new: &Tensor<E>,
+    k: &Tensor<E>,
+    v: &Tensor<E>,
+    opts: AttentionOptions,
+) -> Result<Tensor<E>> {
+    let op = "attention_append";
+    let d = check_shapes(op, q, k, v, None, false)?;
+    let operands = [q, k_new, v_new, k, v];
+    let gpu = crate::backend::on_gpu(op, &operands)?;
+    let shapes = || operands.iter().map(|t| t.shape()).collect::<Vec<_>>();
+    if d.nq != 1 || d.nk == 0 {
+        return Err(Error::shape(
+            op,
+            &shapes(),
+            E::DTYPE.name(),
+            "one query per head over a cache of at least one position",
+        ));
+    }
+    if k_new.shape() != [d.b, d.h, 1, d.dh] || v_new.shape() != [d.b, d.h, 1, d.dv] {
+        return Err(Error::shape(
+            op,
+            &shapes(),
+            E::DTYPE.name(),
+            "the new keys and values must be [B, H, 1, Dh] and [B, H, 1, Dv]",
+        ));
+    }
+    if is_grad_enabled() && operands.iter().any(|t| t.requires_grad()) {
+        return Err(Error::arg(
+            op,
+            "records no gradient: call it under no_grad or on detached tensors",
+        ));
+    }
+    let (k_last, v_last) = (k.narrow(2, d.nk - 1, 1)?, v.narrow(2, d.nk - 1, 1)?);
+    if !k_last.is_contiguous() || !v_last.is_contiguous() {
+        return Err(Error::shape(
+            op,
+            &shapes(),
+            E::DTYPE.name(),
+            "the cache's last position must be one contiguous block of k and of v \
+             (a position-major cache, e.g. [N, B, H, D] permuted to [B, H, N, D])",
+        ));
+    }
+    if gpu && fused_on_gpu(&d) {
+        let (dims, scores) = gpu_args(&d, opts, op)?;
+        return gpu::attention_decode_append(
+            &q.detach(),
+            &k.detach(),
+            &v.detach(),
+            Some((&k_new.detach(), &v_new.detach())),
+            dims,
+            scores.alpha,
+        );
+    }
+    k_last.assign(k_new)?;
+    v_last.assign(v_new)?;
+    attention(q, k, v, None, opts)
+}
+
 /// Causal-or-not self-attention straight from a fused projection: `qkv` is `[B, N, 3 C]`
 /// (queries, keys, values side by side, each `heads` heads of `C / heads`, as
 /// `x.linear(w_qkv, b_qkv)` gives them) and the output is `[B, N, C]` with the heads side by

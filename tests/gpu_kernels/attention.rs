@@ -1125,8 +1125,8 @@ fn decode(d: &dyn Driver, (b, h, nk, dh, dv): (usize, usize, usize, usize, usize
     );
     // Each launch form: the chunks in parallel then merged, and one CTA per head walking
     // them (the same sums in the same order: the same bits).
-    let mut outs = Vec::new();
-    for how in [DecodeLaunch::Split, DecodeLaunch::Fused, DecodeLaunch::Auto] {
+    // One step over the caches at `kd`, `vd` into fresh poisoned outputs.
+    let step = |kd, vd, append| {
         let (o, lse) = (poisoned_f32(d, b * h * dv), poisoned_f32(d, b * h));
         let a = AttnDecode {
             dims,
@@ -1137,8 +1137,13 @@ fn decode(d: &dyn Driver, (b, h, nk, dh, dv): (usize, usize, usize, usize, usize
             o: lo.view(o),
             lse,
             scratch: poisoned_f32(d, decode_scratch_len(b, h, nk, dv)),
-            append: None,
+            append,
         };
+        (a, o, lse)
+    };
+    let mut outs = Vec::new();
+    for how in [DecodeLaunch::Split, DecodeLaunch::Fused, DecodeLaunch::Auto] {
+        let (a, o, lse) = step(kd, vd, None);
         if how == DecodeLaunch::Auto {
             attn_decode(d, &a).unwrap();
         } else {
@@ -1197,21 +1202,11 @@ fn decode(d: &dyn Driver, (b, h, nk, dh, dv): (usize, usize, usize, usize, usize
             }
         }
         let (kd, vd) = (upload::<f32>(d, &kc), upload::<f32>(d, &vc));
-        let (o, lse) = (poisoned_f32(d, b * h * dv), poisoned_f32(d, b * h));
-        let a = AttnDecode {
-            dims,
-            alpha: sc.alpha,
-            q: lq.view(qd),
-            k: lk.view(kd),
-            v: lv.view(vd),
-            o: lo.view(o),
-            lse,
-            scratch: poisoned_f32(d, decode_scratch_len(b, h, nk, dv)),
-            append: Some(DecodeAppend {
-                k: rk.view(upload::<f32>(d, &nks)),
-                v: rv.view(upload::<f32>(d, &nvs)),
-            }),
+        let append = DecodeAppend {
+            k: rk.view(upload::<f32>(d, &nks)),
+            v: rv.view(upload::<f32>(d, &nvs)),
         };
+        let (a, o, lse) = step(kd, vd, Some(append));
         attn_decode_with(d, &a, how).unwrap();
         let what = format!("appending, {how:?}, {tag}");
         assert_bits(

@@ -494,6 +494,8 @@ __device__ __forceinline__ void two_products(float* s, float* dp, const unsigned
     s[i] = 0.0f;
     dp[i] = 0.0f;
   }
+  pin_accumulators<32>(s);
+  pin_accumulators<32>(dp);
   wgmma_fence();
 #pragma unroll
   for (int ks = 0; ks < W_D / 16; ++ks) wgmma_rs<0>(s, a1[ks], D::rows(t1, ks));

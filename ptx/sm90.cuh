@@ -16,6 +16,15 @@ __device__ __forceinline__ void wgmma_commit() {
   asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 }
 
+// Keeps the compiler from moving the writes of `r` past this point: called on accumulators
+// before wgmma_fence, so that their initialisation is not sunk between two groups of
+// wgmma in flight (where ptxas must wait for the first group before it can write them).
+template <int N>
+__device__ __forceinline__ void pin_accumulators(float* r) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+
 template <int N>
 __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");

@@ -204,6 +204,14 @@ asm() {
         echo "FAIL: ptx/$name.ptx spills or uses a stack frame on $arch" >&2
         fail=1
       fi
+      # ptxas's C7517/C7519 notes: it injected a warpgroup.arrive or warpgroup.wait of its
+      # own around a wgmma, which stalls until the wgmma in flight retire (the usual cause:
+      # an accumulator written between wgmma_fence and its group).
+      if grep -q "is injected" "$log"; then
+        grep "is injected" "$log" >&2
+        echo "FAIL: ptxas serialized wgmma in ptx/$name.ptx ($arch)" >&2
+        fail=1
+      fi
       if grep -qi "warning" "$log"; then
         grep -i "warning" "$log" >&2
         echo "FAIL: ptxas warned on ptx/$name.ptx ($arch)" >&2

@@ -412,6 +412,74 @@ fn one_query_over_a_cache_matches_cpu_on_cuda() {
     }
 }
 
+/// `CausalSelfAttention::forward_residual` (the residual added in the output projection's
+/// epilogue on a device) against `r.add(forward(x))`: the same bits, output and every
+/// gradient (x, r and the four parameters), on the CPU and on `device`, in f32 and under
+/// bf16 products (head dim 64, so the bf16 attention kernels run).
+fn attention_residual_is_the_composed_sum(device: Device) {
+    use tarflow::autograd::grad;
+    use tarflow::backend::{matmul_precision, Precision};
+    use tarflow::nn::attention::CausalSelfAttention;
+    let layer = CausalSelfAttention::<f32>::new(128, 64, &mut Rng::new(70)).unwrap();
+    let (x, r) = (rnd(&[2, 19, 128], 71), rnd(&[2, 19, 128], 72));
+    let proj = rnd(&[2, 19, 128], 73);
+    let bits = |t: &Tensor<f32>| -> Vec<u32> {
+        t.try_to_vec()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    };
+    for d in [Device::Cpu, device] {
+        for precision in [Precision::F32, Precision::Bf16] {
+            let _p = matmul_precision(precision);
+            let at = layer.to_device(d).unwrap();
+            let leaf = |t: &Tensor<f32>| t.to_device(d).unwrap().detach().requires_grad_();
+            let (x, r, proj) = (leaf(&x), leaf(&r), proj.to_device(d).unwrap());
+            let run = |fused: bool| -> Vec<Vec<u32>> {
+                let y = if fused {
+                    at.forward_residual(&x, &r, 0.9).unwrap()
+                } else {
+                    r.add(&at.forward(&x, 0.9).unwrap()).unwrap()
+                };
+                let loss = y.mul(&proj).unwrap().sum_all().unwrap();
+                let wrt = [
+                    &x,
+                    &r,
+                    &at.qkv_weight,
+                    &at.qkv_bias,
+                    &at.out_weight,
+                    &at.out_bias,
+                ];
+                let mut out = vec![bits(&y)];
+                out.extend(grad(&loss, &wrt).unwrap().iter().map(bits));
+                out
+            };
+            let (fused, composed) = (run(true), run(false));
+            for (i, (a, b)) in fused.iter().zip(&composed).enumerate() {
+                let what = ["output", "dx", "dr", "dWqkv", "dbqkv", "dWout", "dbout"][i];
+                assert!(
+                    a == b,
+                    "{what} on {d} under {precision:?}: not the composed bits"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn attention_residual_on_the_ptx_interpreter_is_the_composed_sum() {
+    attention_residual_is_the_composed_sum(Device::PtxSim);
+}
+
+#[test]
+fn attention_residual_is_the_composed_sum_on_cuda() {
+    match tarflow::gpu::registry::driver(Device::Cuda(0)) {
+        Ok(_) => attention_residual_is_the_composed_sum(Device::Cuda(0)),
+        Err(e) => eprintln!("cuda:0 skipped: {e}"),
+    }
+}
+
 /// Rounds every element to bf16 (nearest even), back as f32.
 fn bf16_rounded(t: &Tensor<f32>) -> Tensor<f32> {
     let v = t

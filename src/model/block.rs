@@ -82,7 +82,8 @@ impl<E: Element> Layer<E> {
 
     /// `h + attn(norm1(h))`.
     fn attention_half(&self, h: &Tensor<E>, temperature: f64) -> Result<Tensor<E>> {
-        h.add(&self.attn.forward(&self.norm1.forward(h)?, temperature)?)
+        self.attn
+            .forward_residual(&self.norm1.forward(h)?, h, temperature)
     }
 
     /// `h + mlp(norm2(h))`.

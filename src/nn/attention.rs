@@ -114,6 +114,21 @@ impl<E: Element> CausalSelfAttention<E> {
         o.linear(&self.out_weight, Some(&self.out_bias))
     }
 
+    /// `r + self.forward(x, temperature)` for a residual `r` of the output's shape, with the
+    /// residual added in the output projection's epilogue (one GEMM on a device instead of a
+    /// GEMM and an add); the same bits as the composed form.
+    pub fn forward_residual(
+        &self,
+        x: &Tensor<E>,
+        r: &Tensor<E>,
+        temperature: f64,
+    ) -> Result<Tensor<E>> {
+        self.check_input("CausalSelfAttention::forward_residual", x)?;
+        let qkv = x.linear(&self.qkv_weight, Some(&self.qkv_bias))?;
+        let o = attention_qkv(&qkv, self.heads, None, self.options(temperature))?;
+        o.linear_residual(&self.out_weight, Some(&self.out_bias), r)
+    }
+
     /// The next position(s) of an autoregressive pass: `x` is `[B, T, C]` (usually `T == 1`),
     /// its keys and values are appended to `cache`, and its queries attend to everything
     /// cached so far, causally. Over all positions this equals [`Self::forward`]. Records no

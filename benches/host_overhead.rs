@@ -7,22 +7,50 @@
 //! Throughput is in launches: criterion's elements per second are launches per second, so
 //! its time per element is the host time per launch.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use tarflow::gpu::{registry, DevicePtr, Driver, KernelArg, LaunchConfig, PtxModule};
+use tarflow::gpu::batch::{GraphCache, HeldLaunch};
+use tarflow::gpu::{
+    launch_batches, registry, BatchCounts, DevicePtr, Driver, KernelArg, LaunchConfig, PtxModule,
+};
 use tarflow::model::{Guidance, SampleOptions, Sampler, TarFlow, TarFlowConfig};
 use tarflow::nn::ParamStore;
 use tarflow::optim::{AdamW, AdamWConfig};
 use tarflow::{Device, Rng, Tensor};
 
-/// A driver that computes nothing: allocation hands out fresh addresses, copies and launches
-/// return at once (downloads read zeros). It counts launches.
+/// A driver that computes nothing: copies and launches return at once (downloads read
+/// zeros); allocation hands out addresses from a cache like the CUDA driver's (sizes rounded
+/// to a power of two up to 1 MiB and to whole MiB above, freed buffers reused last in, first
+/// out), so that a step's buffers get the addresses they would get on a GPU. It counts
+/// launches. Its launch batches do the host's part of the CUDA driver's: each launch
+/// recorded, each batch planned against the kept graphs ([`GraphCache`]); the CUDA calls
+/// that follow (node updates, one graph launch) are not made.
 #[derive(Default)]
 struct Null {
     next: AtomicU64,
+    pool: Mutex<Pool>,
     launches: AtomicU64,
+    open: AtomicBool,
+    batch: Mutex<(bool, Vec<HeldLaunch>, GraphCache)>,
+}
+
+/// Live buffers' size classes by address, and freed buffers by size class.
+#[derive(Default)]
+struct Pool {
+    live: HashMap<u64, usize>,
+    free: HashMap<usize, Vec<u64>>,
+}
+
+fn size_class(bytes: usize) -> usize {
+    let b = bytes.max(256);
+    if b <= 1 << 20 {
+        b.next_power_of_two()
+    } else {
+        b.div_ceil(1 << 20) << 20
+    }
 }
 
 impl Driver for Null {
@@ -30,12 +58,20 @@ impl Driver for Null {
         "null".into()
     }
     fn alloc(&self, bytes: usize) -> tarflow::Result<DevicePtr> {
-        let step = (bytes as u64).div_ceil(256) * 256 + 256;
-        Ok(DevicePtr(
-            (1 << 20) + self.next.fetch_add(step, Ordering::Relaxed),
-        ))
+        let class = size_class(bytes);
+        let mut pool = self.pool.lock().unwrap();
+        let p = match pool.free.get_mut(&class).and_then(|v| v.pop()) {
+            Some(p) => p,
+            None => (1 << 20) + self.next.fetch_add(class as u64, Ordering::Relaxed),
+        };
+        pool.live.insert(p, class);
+        Ok(DevicePtr(p))
     }
-    fn free(&self, _: DevicePtr) -> tarflow::Result<()> {
+    fn free(&self, ptr: DevicePtr) -> tarflow::Result<()> {
+        let mut pool = self.pool.lock().unwrap();
+        if let Some(class) = pool.live.remove(&ptr.0) {
+            pool.free.entry(class).or_default().push(ptr.0);
+        }
         Ok(())
     }
     fn upload(&self, _: DevicePtr, _: &[u8]) -> tarflow::Result<()> {
@@ -47,16 +83,40 @@ impl Driver for Null {
     }
     fn launch(
         &self,
-        _: &PtxModule,
-        _: &str,
-        _: LaunchConfig,
-        _: &[KernelArg],
+        module: &PtxModule,
+        kernel: &str,
+        config: LaunchConfig,
+        args: &[KernelArg],
     ) -> tarflow::Result<()> {
         self.launches.fetch_add(1, Ordering::Relaxed);
+        if !self.open.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mut b = self.batch.lock().unwrap();
+        if b.0 {
+            b.1.push(HeldLaunch::new(module, kernel, config, args));
+        }
         Ok(())
     }
     fn synchronize(&self) -> tarflow::Result<()> {
         Ok(())
+    }
+    fn begin_batch(&self) -> tarflow::Result<bool> {
+        self.open.store(true, Ordering::Relaxed);
+        Ok(!std::mem::replace(&mut self.batch.lock().unwrap().0, true))
+    }
+    fn end_batch(&self) -> tarflow::Result<()> {
+        let mut b = self.batch.lock().unwrap();
+        let held = std::mem::take(&mut b.1);
+        if !held.is_empty() {
+            b.2.plan(held);
+        }
+        b.0 = false;
+        self.open.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+    fn batch_counts(&self) -> Option<BatchCounts> {
+        Some(self.batch.lock().unwrap().2.counts())
     }
 }
 
@@ -119,6 +179,23 @@ fn host_overhead(c: &mut Criterion) {
     let n = launches_of(&null, "tiny: sample 4 images, guided", &mut sample);
     g.throughput(Throughput::Elements(n));
     g.bench_function("tiny: sample 4 images, guided", |bch| bch.iter(&mut sample));
+    {
+        // The same with launch batches: each launch recorded, each step planned.
+        let _on = launch_batches(true);
+        let before = null.batch_counts().unwrap();
+        let n = launches_of(&null, "tiny: sample 4 images, guided, batched", &mut sample);
+        let after = null.batch_counts().unwrap();
+        println!(
+            "  {} batches, {} graphs built, {} nodes patched",
+            after.batches - before.batches,
+            after.graphs_built - before.graphs_built,
+            after.nodes_patched - before.nodes_patched
+        );
+        g.throughput(Throughput::Elements(n));
+        g.bench_function("tiny: sample 4 images, guided, batched", |bch| {
+            bch.iter(&mut sample)
+        });
+    }
 
     let x = on(Tensor::rand(
         &[8, cfg.channels, cfg.image_size, cfg.image_size],
@@ -169,6 +246,20 @@ fn host_overhead(c: &mut Criterion) {
         let n = launches_of(&null, "imagenet64: sample 16 images", &mut sample);
         g.throughput(Throughput::Elements(n));
         g.bench_function("imagenet64: sample 16 images", |bch| bch.iter(&mut sample));
+        let _on = launch_batches(true);
+        let before = null.batch_counts().unwrap();
+        let n = launches_of(&null, "imagenet64: sample 16 images, batched", &mut sample);
+        let after = null.batch_counts().unwrap();
+        println!(
+            "  {} batches, {} graphs built, {} nodes patched",
+            after.batches - before.batches,
+            after.graphs_built - before.graphs_built,
+            after.nodes_patched - before.nodes_patched
+        );
+        g.throughput(Throughput::Elements(n));
+        g.bench_function("imagenet64: sample 16 images, batched", |bch| {
+            bch.iter(&mut sample)
+        });
     }
     g.finish();
 }

@@ -343,7 +343,8 @@ fn bench_kernels_on_cuda_without_a_gpu_names_what_is_missing() {
 
 /// The whole-model bench runs on a device: on the interpreter, the tiny preset's training
 /// step, forward NLL and KV-cached sampling each give a timing, and with --profile-kernels
-/// the launches of one more run, per kernel, adding up to the run's.
+/// the launches of one more run, per kernel, adding up to the run's; sampling runs again in
+/// launch batches, with what the batches did.
 #[test]
 fn bench_model_runs_on_the_ptx_interpreter() {
     let out = tarflow(&[
@@ -374,9 +375,21 @@ fn bench_model_runs_on_the_ptx_interpreter() {
         [
             "train step (fwd+bwd+AdamW)",
             "forward NLL",
-            "sample (KV cache)"
+            "sample (KV cache)",
+            "sample (KV cache, batched)"
         ]
     );
+    // The batched sampling row: one launch batch per position and block over its warm-up
+    // and timed run, 11 launches each (one layer per block, no guidance), and no profile.
+    let b = &rows[3]["batches"];
+    let count = |f: &str| b[f].as_u64().unwrap_or_else(|| panic!("{f}: {b}"));
+    assert_eq!(count("batches"), 2 * 96, "{b}");
+    assert_eq!(count("launches"), 11 * count("batches"), "{b}");
+    assert!(
+        count("graphs_built") >= 1 && count("graphs_built") <= 4,
+        "{b}"
+    );
+    assert!(rows[3]["kernels"].is_null());
     // The kernels each workload must launch: the tiny preset has 2 blocks of 1 layer, 49
     // tokens, so sampling decodes 48 positions per block, each through one layer.
     let expect = [

@@ -15,7 +15,8 @@
 #   5. end to end: `tarflow train --preset imagenet64 --device cuda` (bf16) on a synthetic
 #      pack, and the MNIST run cut to 500 steps, its checkpoint scored on cuda and the CPU;
 #   6. the whole model at ImageNet64's shape (p2 C768 T8 K8), `tarflow bench --device cuda`
-#      (the bf16 step also with TARFLOW_WGMMA=1, the warpgroup GEMM tiles, and with
+#      (its sampling row twice: launch by launch, then in launch batches, one CUDA graph per
+#      position; the bf16 step also with TARFLOW_WGMMA=1, the warpgroup GEMM tiles, and with
 #      TARFLOW_WGMMA=tma, the large products and the attention forward and backward on
 #      the warp-specialized TMA kernels)
 #      and the PyTorch eager peer (scripts/gpu-check/torch_tarflow.py: bf16 autocast, flash

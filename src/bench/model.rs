@@ -46,6 +46,10 @@ pub struct ModelTiming {
     /// asked for it (GPU-like devices only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernels: Option<KernelProfile>,
+    /// What launch batches did over the timed runs (see [`crate::gpu::batch`]), on the row
+    /// that samples with them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batches: Option<crate::gpu::BatchCounts>,
 }
 
 /// The launches of one run of a workload, from [`crate::gpu::profile`].
@@ -183,6 +187,7 @@ fn timing(name: &str, batch: usize, t: Timing, flops: f64) -> ModelTiming {
         gflops: flops / t.median_s / 1e9,
         memory: None,
         kernels: None,
+        batches: None,
     }
 }
 
@@ -446,5 +451,28 @@ pub fn bench_model_each(
     );
     row.kernels = kernels(&mut sample)?;
     on_row(&row);
+    if device.is_gpu() {
+        // The same sampling with launch batches on (one CUDA graph per step), side by side
+        // with the row above; what the batches did over the timed runs rides on the row.
+        let _on = crate::gpu::launch_batches(true);
+        let driver = crate::gpu::registry::driver(device)?;
+        let counts = || driver.batch_counts().unwrap_or_default();
+        let before = counts();
+        let t = time(repeats, 1, &mut sample)?;
+        let after = counts();
+        let mut row = timing(
+            "sample (KV cache, batched)",
+            sample_batch,
+            t,
+            sampling_flops(cfg) * sample_batch as f64,
+        );
+        row.batches = Some(crate::gpu::BatchCounts {
+            batches: after.batches - before.batches,
+            launches: after.launches - before.launches,
+            graphs_built: after.graphs_built - before.graphs_built,
+            nodes_patched: after.nodes_patched - before.nodes_patched,
+        });
+        on_row(&row);
+    }
     Ok(())
 }

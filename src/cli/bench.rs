@@ -311,6 +311,18 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             if let Some(p) = &r.kernels {
                 print_profile(&r.name, p);
             }
+            if let Some(n) = r.batches {
+                say!(
+                    "{}: {} launch batches of {} launches in all; {} graphs built, {} nodes \
+                     patched ({:.1} a batch)",
+                    r.name,
+                    n.batches,
+                    n.launches,
+                    n.graphs_built,
+                    n.nodes_patched,
+                    n.nodes_patched as f64 / n.batches.max(1) as f64
+                );
+            }
         },
     )?;
     Ok(())

@@ -144,6 +144,15 @@ impl Driver for CudaDriver {
     fn mark_passed(&self, mark: &super::driver::DeviceMark) -> Result<bool> {
         self.inner.mark_passed(mark)
     }
+    fn begin_batch(&self) -> Result<bool> {
+        Ok(self.inner.begin_batch())
+    }
+    fn end_batch(&self) -> Result<()> {
+        self.inner.end_batch()
+    }
+    fn batch_counts(&self) -> Option<super::batch::BatchCounts> {
+        Some(self.inner.batch_counts())
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -161,6 +170,7 @@ mod imp {
 
     use super::{unavailable, DRIVER_REQUIREMENT};
     use crate::error::{Error, Result};
+    use crate::gpu::batch::{BatchCounts, GraphCache, GraphPlan, HeldLaunch};
     use crate::gpu::driver::{
         DeviceMark, DevicePtr, EncodedTensorMap, KernelArg, LaunchConfig, PtxModule,
     };
@@ -208,6 +218,89 @@ mod imp {
         pool: Mutex<Pool>,
         /// (major, minor), read once at open: the GEMM wrappers ask on every launch.
         capability: (u32, u32),
+        batch: Mutex<Batch>,
+    }
+
+    /// The open launch batch, if any, and the graphs kept for batches (see
+    /// [`crate::gpu::batch`]).
+    #[derive(Default)]
+    struct Batch {
+        open: bool,
+        held: Vec<HeldLaunch>,
+        /// The function of each held launch.
+        functions: Vec<CudaFunction>,
+        plans: GraphCache,
+        /// The graph of each of `plans`' slots.
+        graphs: Vec<Option<Graph>>,
+    }
+
+    /// An instantiated graph: a chain of kernel nodes, each after the one before.
+    struct Graph {
+        graph: sys::CUgraph,
+        exec: sys::CUgraphExec,
+        nodes: Vec<sys::CUgraphNode>,
+    }
+
+    // SAFETY: the handles are only used under the batch mutex, and the driver API may be
+    // called from any thread once the context is bound.
+    unsafe impl Send for Graph {}
+
+    impl Drop for Graph {
+        fn drop(&mut self) {
+            // SAFETY: both handles came from this graph's creation (the executable one is null
+            // when instantiation did not happen) and are destroyed once; an executable graph
+            // still running is freed by the driver when it completes.
+            unsafe {
+                if !self.exec.is_null() {
+                    let _ = sys::cuGraphExecDestroy(self.exec);
+                }
+                let _ = sys::cuGraphDestroy(self.graph);
+            }
+        }
+    }
+
+    /// One kernel parameter's bytes where a node's parameter array can point: 64-byte
+    /// aligned and as large as the largest parameter (a tensor map).
+    #[repr(C, align(64))]
+    struct ParamSlot([u8; TENSOR_MAP_BYTES]);
+
+    /// The parameter array of a node for `held`: the returned slots must outlive every use
+    /// of the returned pointers, which point into them.
+    fn node_params(held: &HeldLaunch) -> (Vec<ParamSlot>, Vec<*mut std::ffi::c_void>) {
+        let mut slots: Vec<ParamSlot> = held
+            .param_bytes()
+            .map(|bytes| {
+                let mut slot = ParamSlot([0; TENSOR_MAP_BYTES]);
+                slot.0[..bytes.len()].copy_from_slice(bytes);
+                slot
+            })
+            .collect();
+        let ptrs = slots
+            .iter_mut()
+            .map(|s| s.0.as_mut_ptr().cast::<std::ffi::c_void>())
+            .collect();
+        (slots, ptrs)
+    }
+
+    fn kernel_node(
+        f: &CudaFunction,
+        config: &LaunchConfig,
+        ptrs: &mut [*mut std::ffi::c_void],
+    ) -> sys::CUDA_KERNEL_NODE_PARAMS {
+        sys::CUDA_KERNEL_NODE_PARAMS {
+            func: f.cu_function(),
+            gridDimX: config.grid.0,
+            gridDimY: config.grid.1,
+            gridDimZ: config.grid.2,
+            blockDimX: config.block.0,
+            blockDimY: config.block.1,
+            blockDimZ: config.block.2,
+            sharedMemBytes: config.shared_bytes,
+            kernelParams: ptrs.as_mut_ptr(),
+            extra: std::ptr::null_mut(),
+            kern: std::ptr::null_mut(),
+            ctx: std::ptr::null_mut(),
+        }
     }
 
     /// Dynamic shared memory a launch gets without asking (`cuFuncSetAttribute`).
@@ -257,6 +350,7 @@ mod imp {
                 shared_opt_in: Mutex::new(HashMap::new()),
                 pool: Mutex::new(Pool::default()),
                 capability: (major.max(0) as u32, minor.max(0) as u32),
+                batch: Mutex::new(Batch::default()),
             })
         }
 
@@ -279,7 +373,9 @@ mod imp {
             let p = match unsafe { result::malloc_async(self.stream.cu_stream(), class) } {
                 Ok(p) => p,
                 Err(_) => {
-                    // Out of memory with buffers cached: give them back and try once more.
+                    // Out of memory with buffers cached: give them back and try once more
+                    // (after the held launches, which may still use them).
+                    self.issue_held()?;
                     for (_, ptrs) in pool.free.drain() {
                         for q in ptrs {
                             // SAFETY: cached pointers came from malloc_async and are not live.
@@ -331,6 +427,7 @@ mod imp {
 
         pub(super) fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
             self.check_range("upload", dst, src.len())?;
+            self.issue_held()?;
             self.bind()?;
             // On the driver's stream, not the legacy default one (`memcpy_htod_sync`): the
             // stream is non-blocking, so a copy on the default stream would be ordered neither
@@ -346,6 +443,7 @@ mod imp {
 
         pub(super) fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
             self.check_range("download", src, dst.len())?;
+            self.issue_held()?;
             self.bind()?;
             // SAFETY: the range was checked; the copy is queued after every launch that
             // writes it, and `dst` is not touched again until the stream has drained.
@@ -406,6 +504,14 @@ mod imp {
             let f = self.function(module, kernel)?;
             if config.shared_bytes > DEFAULT_DYNAMIC_SHARED {
                 self.allow_shared(&f, module, kernel, config.shared_bytes)?;
+            }
+            {
+                let mut b = self.batch.lock().unwrap_or_else(|e| e.into_inner());
+                if b.open {
+                    b.held.push(HeldLaunch::new(module, kernel, config, args));
+                    b.functions.push(f);
+                    return Ok(());
+                }
             }
             // Each argument's bytes live in this vector until the launch call returns (the
             // driver copies parameters at launch).
@@ -524,7 +630,139 @@ mod imp {
             Ok(EncodedTensorMap(bytes))
         }
 
+        pub(super) fn begin_batch(&self) -> bool {
+            let mut b = self.batch.lock().unwrap_or_else(|e| e.into_inner());
+            !std::mem::replace(&mut b.open, true)
+        }
+
+        pub(super) fn end_batch(&self) -> Result<()> {
+            let issued = self.issue_held();
+            self.batch.lock().unwrap_or_else(|e| e.into_inner()).open = false;
+            issued
+        }
+
+        pub(super) fn batch_counts(&self) -> BatchCounts {
+            self.batch
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .plans
+                .counts()
+        }
+
+        /// Issues the launches the open batch holds as one graph: a kept graph with the
+        /// same kernels in the same order, its changed nodes patched, or a new one.
+        fn issue_held(&self) -> Result<()> {
+            let mut b = self.batch.lock().unwrap_or_else(|e| e.into_inner());
+            if b.held.is_empty() {
+                return Ok(());
+            }
+            let held = std::mem::take(&mut b.held);
+            let functions = std::mem::take(&mut b.functions);
+            let (count, first) = (held.len(), held[0].kernel.clone());
+            self.bind()?;
+            let Batch { plans, graphs, .. } = &mut *b;
+            let plan = plans.plan(held);
+            let slot = match &plan {
+                GraphPlan::Build { slot } | GraphPlan::Patch { slot, .. } => *slot,
+            };
+            if graphs.len() <= slot {
+                graphs.resize_with(slot + 1, || None);
+            }
+            let held = plans.launches(slot);
+            let ran = match (plan, &graphs[slot]) {
+                (GraphPlan::Patch { nodes, .. }, Some(g)) => {
+                    Self::patch(g, held, &functions, &nodes).and_then(|()| self.run(g))
+                }
+                _ => {
+                    graphs[slot] = None;
+                    Self::build(held, &functions).and_then(|g| {
+                        let ran = self.run(&g);
+                        graphs[slot] = Some(g);
+                        ran
+                    })
+                }
+            };
+            ran.map_err(|e| {
+                plans.forget(slot);
+                graphs[slot] = None;
+                driver_error(
+                    &format!(
+                        "{}: a launch batch of {count} kernels ({first} first) as a CUDA \
+                         graph (unset {} to launch them one by one)",
+                        self.name,
+                        crate::gpu::batch::GRAPHS_ENV
+                    ),
+                    e,
+                )
+            })
+        }
+
+        /// A graph of `held` as a chain of kernel nodes, instantiated.
+        fn build(
+            held: &[HeldLaunch],
+            functions: &[CudaFunction],
+        ) -> std::result::Result<Graph, DriverError> {
+            let mut graph: sys::CUgraph = std::ptr::null_mut();
+            // SAFETY: an out-pointer for a new graph, flags 0 as documented.
+            unsafe { sys::cuGraphCreate(&mut graph, 0) }.result()?;
+            let mut g = Graph {
+                graph,
+                exec: std::ptr::null_mut(),
+                nodes: Vec::with_capacity(held.len()),
+            };
+            for (h, f) in held.iter().zip(functions) {
+                let (_slots, mut ptrs) = node_params(h);
+                let params = kernel_node(f, &h.config, &mut ptrs);
+                let deps: &[sys::CUgraphNode] = match g.nodes.last() {
+                    Some(prev) => std::slice::from_ref(prev),
+                    None => &[],
+                };
+                let mut node: sys::CUgraphNode = std::ptr::null_mut();
+                // SAFETY: the parameters point into `_slots` and `ptrs`, alive across the
+                // call (the driver copies them); the dependency is a node of this graph.
+                unsafe {
+                    sys::cuGraphAddKernelNode_v2(
+                        &mut node,
+                        g.graph,
+                        deps.as_ptr(),
+                        deps.len(),
+                        &params,
+                    )
+                }
+                .result()?;
+                g.nodes.push(node);
+            }
+            // SAFETY: a complete graph of this context; flags 0.
+            unsafe { sys::cuGraphInstantiateWithFlags(&mut g.exec, g.graph, 0) }.result()?;
+            Ok(g)
+        }
+
+        /// Sets the parameters and grid of `g`'s nodes `nodes` to those of `held`.
+        fn patch(
+            g: &Graph,
+            held: &[HeldLaunch],
+            functions: &[CudaFunction],
+            nodes: &[usize],
+        ) -> std::result::Result<(), DriverError> {
+            for &i in nodes {
+                let (_slots, mut ptrs) = node_params(&held[i]);
+                let params = kernel_node(&functions[i], &held[i].config, &mut ptrs);
+                // SAFETY: node i of this executable graph's template is a kernel node of the
+                // same function; the parameters are copied by the call. Launches of the
+                // graph already queued keep their parameters.
+                unsafe { sys::cuGraphExecKernelNodeSetParams_v2(g.exec, g.nodes[i], &params) }
+                    .result()?;
+            }
+            Ok(())
+        }
+
+        fn run(&self, g: &Graph) -> std::result::Result<(), DriverError> {
+            // SAFETY: an executable graph of this context, on this context's stream.
+            unsafe { sys::cuGraphLaunch(g.exec, self.stream.cu_stream()) }.result()
+        }
+
         pub(super) fn synchronize(&self) -> Result<()> {
+            self.issue_held()?;
             self.stream
                 .synchronize()
                 .map_err(|e| driver_error(&format!("{}: a kernel failed", self.name), e))
@@ -541,6 +779,7 @@ mod imp {
 
         /// An event with timing on the stream, after everything issued so far.
         pub(super) fn mark(&self) -> Result<DeviceMark> {
+            self.issue_held()?;
             self.bind()?;
             let e = self
                 .stream
@@ -602,6 +841,8 @@ mod imp {
 
     impl Drop for Inner {
         fn drop(&mut self) {
+            let batch = self.batch.get_mut().unwrap_or_else(|e| e.into_inner());
+            batch.graphs.clear();
             let pool = self.pool.get_mut().unwrap_or_else(|e| e.into_inner());
             let stream = self.stream.cu_stream();
             for p in pool.free.values().flatten().chain(pool.live.keys()) {

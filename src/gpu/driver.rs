@@ -2,6 +2,7 @@
 //! and the PTX interpreter. The GPU backend sizes grids, packs arguments and manages buffers
 //! against this trait only, so the same backend code and the same PTX bytes run on both.
 
+use super::batch::BatchCounts;
 use super::memory::MemoryCounter;
 use super::profile::Profiler;
 use super::tensor_map::{TensorMap, TENSOR_MAP_BYTES};
@@ -229,6 +230,28 @@ pub trait Driver: Send + Sync {
     fn profiler(&self) -> Option<&Profiler> {
         None
     }
+
+    /// Begins a launch batch (see [`super::batch`]) where the driver has them: until
+    /// [`Driver::end_batch`], launches may be held back and issued together, in the order
+    /// they were made, while every other call sees them as issued before it (a copy, a
+    /// download, a synchronisation or a mark issues them first; memory freed meanwhile is
+    /// not reused before they have run). Returns whether a batch began: `false` (the
+    /// default) for a driver without batches or with one already open.
+    fn begin_batch(&self) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// Issues what the open batch holds and closes it; the held launches' errors show
+    /// here. Nothing to do (the default) without an open batch.
+    fn end_batch(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// What this driver's batches have done, where it has them (`None`, the default,
+    /// otherwise).
+    fn batch_counts(&self) -> Option<BatchCounts> {
+        None
+    }
 }
 
 /// A driver made of another with some calls changed: a byte counter, a launch recorder. Every
@@ -312,6 +335,18 @@ pub trait Forward: Send + Sync {
     fn kernel_registers(&self, module: &PtxModule, kernel: &str) -> Result<Option<u32>> {
         self.inner().kernel_registers(module, kernel)
     }
+    /// [`Driver::begin_batch`].
+    fn begin_batch(&self) -> Result<bool> {
+        self.inner().begin_batch()
+    }
+    /// [`Driver::end_batch`].
+    fn end_batch(&self) -> Result<()> {
+        self.inner().end_batch()
+    }
+    /// [`Driver::batch_counts`].
+    fn batch_counts(&self) -> Option<BatchCounts> {
+        self.inner().batch_counts()
+    }
 }
 
 impl<T: Forward> Driver for T {
@@ -371,5 +406,14 @@ impl<T: Forward> Driver for T {
     }
     fn kernel_registers(&self, module: &PtxModule, kernel: &str) -> Result<Option<u32>> {
         Forward::kernel_registers(self, module, kernel)
+    }
+    fn begin_batch(&self) -> Result<bool> {
+        Forward::begin_batch(self)
+    }
+    fn end_batch(&self) -> Result<()> {
+        Forward::end_batch(self)
+    }
+    fn batch_counts(&self) -> Option<BatchCounts> {
+        Forward::batch_counts(self)
     }
 }

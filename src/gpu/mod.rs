@@ -3,6 +3,7 @@
 //!
 //! See `docs/architecture.md` for where this sits between the ops and the kernels in `ptx/`.
 
+pub mod batch;
 pub mod cuda;
 pub mod driver;
 pub mod kernels;
@@ -13,6 +14,7 @@ pub mod registry;
 pub mod sim;
 pub mod tensor_map;
 
+pub use batch::{launch_batches, BatchCounts, LaunchBatch};
 pub use cuda::CudaDriver;
 pub use driver::{
     DeviceMark, DevicePtr, Driver, EncodedTensorMap, Forward, KernelArg, LaunchConfig, LaunchWork,

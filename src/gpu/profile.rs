@@ -323,6 +323,11 @@ impl Profiler {
         })
     }
 
+    /// Whether a profile is recording.
+    pub fn is_on(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
+
     /// Launches recorded whose marks are not read yet.
     pub fn unread(&self) -> usize {
         self.lock().unread.len()

@@ -115,6 +115,17 @@ impl Forward for Counted {
     fn synchronize(&self) -> Result<()> {
         self.timed(|| self.inner.synchronize())
     }
+    fn begin_batch(&self) -> Result<bool> {
+        // A profile times each launch between two marks, which a batch would issue one by
+        // one anyway: no batch while one records.
+        if Forward::profiler(self).is_some_and(Profiler::is_on) {
+            return Ok(false);
+        }
+        self.inner.begin_batch()
+    }
+    fn end_batch(&self) -> Result<()> {
+        self.timed(|| self.inner.end_batch())
+    }
 }
 
 impl Counted {

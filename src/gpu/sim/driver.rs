@@ -9,6 +9,7 @@ use super::ir::{Kernel, Module};
 use super::memory::{GlobalMem, SharedMem};
 use super::parse::parse_module;
 use crate::error::{Error, Result};
+use crate::gpu::batch::{BatchCounts, GraphCache, HeldLaunch};
 use crate::gpu::driver::{
     DevicePtr, Driver, EncodedTensorMap, KernelArg, LaunchConfig, LaunchWork, PtxModule,
 };
@@ -34,6 +35,19 @@ struct Inner {
 #[derive(Default)]
 pub struct PtxSim {
     inner: Mutex<Inner>,
+    batch: Mutex<SimBatch>,
+}
+
+/// An open launch batch (see [`crate::gpu::batch`]): launches and frees held until it is
+/// issued, when the launches run in order and then the memory is freed.
+#[derive(Default)]
+struct SimBatch {
+    open: bool,
+    held: Vec<HeldLaunch>,
+    frees: Vec<DevicePtr>,
+    /// Which batches a CUDA driver would build a graph for and which nodes it would patch,
+    /// for [`Driver::batch_counts`].
+    graphs: GraphCache,
 }
 
 fn dev_err(detail: impl Into<String>) -> Error {
@@ -53,6 +67,33 @@ impl PtxSim {
         // A panic while holding the lock cannot leave memory half-updated in a way that
         // matters more than the panic itself; keep going with the data.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn batch(&self) -> MutexGuard<'_, SimBatch> {
+        self.batch.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs the launches and frees the open batch holds (the batch stays open).
+    fn issue_held(&self) -> Result<()> {
+        let (held, frees) = {
+            let mut b = self.batch();
+            if b.held.is_empty() && b.frees.is_empty() {
+                return Ok(());
+            }
+            let held = std::mem::take(&mut b.held);
+            if !held.is_empty() {
+                b.graphs.plan(held.clone());
+            }
+            (held, std::mem::take(&mut b.frees))
+        };
+        let ran = held
+            .iter()
+            .try_for_each(|h| self.run(&h.module, &h.kernel, h.config, &h.args()));
+        let mut inner = self.lock();
+        for p in frees {
+            inner.mem.free(p.0).map_err(dev_err)?;
+        }
+        ran
     }
 
     /// The counters of the last launch, if it succeeded.
@@ -181,10 +222,18 @@ impl Driver for PtxSim {
     }
 
     fn free(&self, ptr: DevicePtr) -> Result<()> {
+        {
+            let mut b = self.batch();
+            if b.open {
+                b.frees.push(ptr);
+                return Ok(());
+            }
+        }
         self.lock().mem.free(ptr.0).map_err(dev_err)
     }
 
     fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
+        self.issue_held()?;
         self.lock()
             .mem
             .write(dst.0, src)
@@ -192,6 +241,7 @@ impl Driver for PtxSim {
     }
 
     fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
+        self.issue_held()?;
         self.lock()
             .mem
             .read(src.0, dst)
@@ -199,6 +249,65 @@ impl Driver for PtxSim {
     }
 
     fn launch(
+        &self,
+        module: &PtxModule,
+        kernel: &str,
+        config: LaunchConfig,
+        args: &[KernelArg],
+    ) -> Result<()> {
+        let mut b = self.batch();
+        if !b.open {
+            drop(b);
+            return self.run(module, kernel, config, args);
+        }
+        // Held: the kernel and its arguments are checked now, so that a wrong launch fails
+        // where it is made; it runs when the batch is issued.
+        {
+            let mut inner = self.lock();
+            let m = Self::module(&mut inner, module)?;
+            check_args(kernel_of(&m, module, kernel, "ptx-sim launch")?, args)?;
+        }
+        b.held.push(HeldLaunch::new(module, kernel, config, args));
+        Ok(())
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.issue_held()
+    }
+
+    fn begin_batch(&self) -> Result<bool> {
+        let mut b = self.batch();
+        Ok(!std::mem::replace(&mut b.open, true))
+    }
+
+    fn end_batch(&self) -> Result<()> {
+        let issued = self.issue_held();
+        self.batch().open = false;
+        issued
+    }
+
+    fn batch_counts(&self) -> Option<BatchCounts> {
+        Some(self.batch().graphs.counts())
+    }
+
+    fn kernel_registers(&self, module: &PtxModule, kernel: &str) -> Result<Option<u32>> {
+        let mut inner = self.lock();
+        let m = Self::module(&mut inner, module)?;
+        Ok(kernel_of(&m, module, kernel, "ptx-sim kernel_registers")?.launch_regs)
+    }
+
+    fn last_launch_work(&self) -> Option<LaunchWork> {
+        self.last_counters().map(|c| LaunchWork {
+            warp_instructions: c.warp_instructions(),
+            bytes_read: c.global_bytes_read,
+            bytes_written: c.global_bytes_written,
+        })
+    }
+}
+
+impl PtxSim {
+    /// Runs one launch now: every CTA in order, returning when the kernel has finished.
+    fn run(
         &self,
         module: &PtxModule,
         kernel: &str,
@@ -259,23 +368,5 @@ impl Driver for PtxSim {
         let counters = launch.counters;
         inner.last = Some(counters);
         Ok(())
-    }
-
-    fn synchronize(&self) -> Result<()> {
-        Ok(())
-    }
-
-    fn kernel_registers(&self, module: &PtxModule, kernel: &str) -> Result<Option<u32>> {
-        let mut inner = self.lock();
-        let m = Self::module(&mut inner, module)?;
-        Ok(kernel_of(&m, module, kernel, "ptx-sim kernel_registers")?.launch_regs)
-    }
-
-    fn last_launch_work(&self) -> Option<LaunchWork> {
-        self.last_counters().map(|c| LaunchWork {
-            warp_instructions: c.warp_instructions(),
-            bytes_read: c.global_bytes_read,
-            bytes_written: c.global_bytes_written,
-        })
     }
 }

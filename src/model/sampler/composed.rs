@@ -12,10 +12,12 @@
 //! into its bias), the class vectors or the second branch's copy when there are two
 //! branches, per layer two layer norms, four GEMMs and the decode that appends (plus the
 //! query scaling under an attention temperature), the output projection, the soft clip
-//! when the model has one, and the inverse coupling.
+//! when the model has one, and the inverse coupling. With launch batches on
+//! ([`crate::gpu::batch`]), a position's launches are issued together, as one CUDA graph.
 
 use crate::autograd::no_grad;
 use crate::error::Result;
+use crate::gpu::LaunchBatch;
 use crate::ops::attention::{attention_append, qkv_views, AttentionOptions};
 use crate::tensor::{Element, Tensor};
 
@@ -119,6 +121,9 @@ impl<E: Element> Sampler<E> {
         // The `[B, 1, D]` tokens at position p, a view of their slot.
         let slot = |p: usize| x.narrow(0, p, 1)?.reshape(&[b, 1, d]);
         for p in 0..n - 1 {
+            // On a device with launch batches on, the step's launches go out together (one
+            // CUDA graph, kept from step to step with the position's parameters patched).
+            let batch = LaunchBatch::begin(device)?;
             let out = self.step_composed(blk, &run, &slot(p)?, p)?;
             let (mut alpha, mu) = if blk.additive {
                 (Tensor::zeros_on(out.shape(), device)?, out)
@@ -146,6 +151,7 @@ impl<E: Element> Sampler<E> {
             } else {
                 zn.affine_coupling_inverse_into(&alpha, &mu, None, &next)?;
             }
+            batch.end()?;
         }
         blk.permute_seq(&x.permute(&[1, 0, 2])?)?.contiguous()
     }

@@ -44,21 +44,12 @@ struct Pool {
     free: HashMap<usize, Vec<u64>>,
 }
 
-fn size_class(bytes: usize) -> usize {
-    let b = bytes.max(256);
-    if b <= 1 << 20 {
-        b.next_power_of_two()
-    } else {
-        b.div_ceil(1 << 20) << 20
-    }
-}
-
 impl Driver for Null {
     fn name(&self) -> String {
         "null".into()
     }
     fn alloc(&self, bytes: usize) -> tarflow::Result<DevicePtr> {
-        let class = size_class(bytes);
+        let class = tarflow::gpu::cuda::size_class(bytes);
         let mut pool = self.pool.lock().unwrap();
         let p = match pool.free.get_mut(&class).and_then(|v| v.pop()) {
             Some(p) => p,
@@ -129,6 +120,20 @@ fn launches_of(null: &Null, what: &str, f: &mut dyn FnMut()) -> u64 {
     n
 }
 
+/// [`launches_of`] under launch batches, printing what the batches did.
+fn batched_launches_of(null: &Null, what: &str, f: &mut dyn FnMut()) -> u64 {
+    let before = null.batch_counts().unwrap();
+    let n = launches_of(null, what, f);
+    let after = null.batch_counts().unwrap();
+    println!(
+        "  {} batches, {} graphs built, {} nodes patched",
+        after.batches - before.batches,
+        after.graphs_built - before.graphs_built,
+        after.nodes_patched - before.nodes_patched
+    );
+    n
+}
+
 fn host_overhead(c: &mut Criterion) {
     let null = Arc::new(Null::default());
     // A device number no machine has, so that the bench never shadows a real GPU.
@@ -182,15 +187,7 @@ fn host_overhead(c: &mut Criterion) {
     {
         // The same with launch batches: each launch recorded, each step planned.
         let _on = launch_batches(true);
-        let before = null.batch_counts().unwrap();
-        let n = launches_of(&null, "tiny: sample 4 images, guided, batched", &mut sample);
-        let after = null.batch_counts().unwrap();
-        println!(
-            "  {} batches, {} graphs built, {} nodes patched",
-            after.batches - before.batches,
-            after.graphs_built - before.graphs_built,
-            after.nodes_patched - before.nodes_patched
-        );
+        let n = batched_launches_of(&null, "tiny: sample 4 images, guided, batched", &mut sample);
         g.throughput(Throughput::Elements(n));
         g.bench_function("tiny: sample 4 images, guided, batched", |bch| {
             bch.iter(&mut sample)
@@ -247,15 +244,7 @@ fn host_overhead(c: &mut Criterion) {
         g.throughput(Throughput::Elements(n));
         g.bench_function("imagenet64: sample 16 images", |bch| bch.iter(&mut sample));
         let _on = launch_batches(true);
-        let before = null.batch_counts().unwrap();
-        let n = launches_of(&null, "imagenet64: sample 16 images, batched", &mut sample);
-        let after = null.batch_counts().unwrap();
-        println!(
-            "  {} batches, {} graphs built, {} nodes patched",
-            after.batches - before.batches,
-            after.graphs_built - before.graphs_built,
-            after.nodes_patched - before.nodes_patched
-        );
+        let n = batched_launches_of(&null, "imagenet64: sample 16 images, batched", &mut sample);
         g.throughput(Throughput::Elements(n));
         g.bench_function("imagenet64: sample 16 images, batched", |bch| {
             bch.iter(&mut sample)

@@ -423,13 +423,7 @@ fn attention_residual_is_the_composed_sum(device: Device) {
     let layer = CausalSelfAttention::<f32>::new(128, 64, &mut Rng::new(70)).unwrap();
     let (x, r) = (rnd(&[2, 19, 128], 71), rnd(&[2, 19, 128], 72));
     let proj = rnd(&[2, 19, 128], 73);
-    let bits = |t: &Tensor<f32>| -> Vec<u32> {
-        t.try_to_vec()
-            .unwrap()
-            .iter()
-            .map(|v| v.to_bits())
-            .collect()
-    };
+    let bits = common::bits;
     for d in [Device::Cpu, device] {
         for precision in [Precision::F32, Precision::Bf16] {
             let _p = matmul_precision(precision);

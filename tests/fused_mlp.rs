@@ -599,13 +599,7 @@ fn under_bf16_the_mlp_epilogues_run_in_the_tensor_core_gemms_with_the_composed_b
         .map(|t| t.to_device(device).unwrap().requires_grad_())
         .collect();
     let proj = rnd::<f32>(&[3, 29, 70], 51).to_device(device).unwrap();
-    let bits = |t: &Tensor<f32>| -> Vec<u32> {
-        t.try_to_vec()
-            .unwrap()
-            .iter()
-            .map(|v| v.to_bits())
-            .collect()
-    };
+    let bits = common::bits;
     let run = |f: Op| {
         rec.take_launches();
         let y = f(&inputs).unwrap();

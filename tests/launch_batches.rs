@@ -163,9 +163,9 @@ fn batched_sampling_on_the_ptx_interpreter_is_unbatched_sampling() {
     batched_sampling_is_unbatched_sampling(Device::PtxSim);
 }
 
-/// The interpreter behind a buffer cache like the CUDA driver's: sizes rounded up to a
-/// power of two (256 bytes at least) up to 1 MiB and to whole MiB above, freed buffers
-/// reused last in, first out, and never given back. The addresses a sampling step gets
+/// The interpreter behind a buffer cache like the CUDA driver's: its size classes
+/// (`tarflow::gpu::cuda::size_class`), freed buffers reused last in, first out, and never
+/// given back. The addresses a sampling step gets
 /// then repeat from step to step as they do on a GPU, so the nodes a kept graph needs
 /// patched are the ones whose parameters really change with the position.
 struct PooledSim {
@@ -180,21 +180,12 @@ struct Pool {
     free: HashMap<usize, Vec<u64>>,
 }
 
-fn size_class(bytes: usize) -> usize {
-    let b = bytes.max(256);
-    if b <= 1 << 20 {
-        b.next_power_of_two()
-    } else {
-        b.div_ceil(1 << 20) << 20
-    }
-}
-
 impl Forward for PooledSim {
     fn inner(&self) -> &dyn Driver {
         &self.sim
     }
     fn alloc(&self, bytes: usize) -> tarflow::Result<DevicePtr> {
-        let class = size_class(bytes);
+        let class = tarflow::gpu::cuda::size_class(bytes);
         let mut pool = self.pool.lock().unwrap();
         let p = match pool.free.get_mut(&class).and_then(|v| v.pop()) {
             Some(p) => p,

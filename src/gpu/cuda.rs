@@ -25,6 +25,20 @@ fn unavailable(detail: impl Into<String>) -> Error {
     }
 }
 
+/// The bytes the CUDA driver's buffer cache allocates for a request of `bytes`: a power of
+/// two (256 at least) up to 1 MiB, whole MiB above. Rounding sizes to a few classes lets a
+/// freed buffer serve the next request of about the same size (training steps repeat their
+/// sizes exactly; sampling grows slowly); freed buffers are reused last in, first out. Tools
+/// that stand in for the driver (the host-overhead bench) use the same classes.
+pub fn size_class(bytes: usize) -> usize {
+    let b = bytes.max(256);
+    if b <= 1 << 20 {
+        b.next_power_of_two()
+    } else {
+        b.div_ceil(1 << 20) << 20
+    }
+}
+
 /// A CUDA device, opened once and shared.
 pub struct CudaDriver {
     #[cfg(feature = "cuda")]
@@ -306,17 +320,6 @@ mod imp {
     /// Dynamic shared memory a launch gets without asking (`cuFuncSetAttribute`).
     const DEFAULT_DYNAMIC_SHARED: u32 = 48 * 1024;
 
-    // Rounding sizes up to a few classes lets a freed buffer serve the next request of about
-    // the same size (training steps repeat their sizes exactly; sampling grows slowly).
-    fn size_class(bytes: usize) -> usize {
-        let b = bytes.max(256);
-        if b <= 1 << 20 {
-            b.next_power_of_two()
-        } else {
-            b.div_ceil(1 << 20) << 20
-        }
-    }
-
     impl Inner {
         pub(super) fn new(ordinal: usize) -> Result<Self> {
             if !library_present() {
@@ -361,7 +364,7 @@ mod imp {
         }
 
         pub(super) fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
-            let class = size_class(bytes);
+            let class = super::size_class(bytes);
             let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(p) = pool.free.get_mut(&class).and_then(|v| v.pop()) {
                 pool.live.insert(p, class);

@@ -22,6 +22,16 @@ pub fn worst(values: impl IntoIterator<Item = f64>) -> f64 {
     })
 }
 
+/// The bit patterns of a tensor's values (downloaded from a device), for comparisons that
+/// must be exact.
+pub fn bits(t: &tarflow::Tensor<f32>) -> Vec<u32> {
+    t.try_to_vec()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
+}
+
 /// A fresh, empty directory under the system temp dir, removed (with what the test wrote in
 /// it) when dropped. Derefs to its path.
 pub struct TempDir(PathBuf);

@@ -123,15 +123,13 @@ fn launches_of(null: &Null, what: &str, f: &mut dyn FnMut()) -> u64 {
 /// [`launches_of`] under launch batches, printing what the batches did.
 fn batched_launches_of(null: &Null, what: &str, f: &mut dyn FnMut()) -> u64 {
     let before = null.batch_counts().unwrap();
-    let n = launches_of(null, what, f);
-    let after = null.batch_counts().unwrap();
+    let launches = launches_of(null, what, f);
+    let n = null.batch_counts().unwrap().since(before);
     println!(
         "  {} batches, {} graphs built, {} nodes patched",
-        after.batches - before.batches,
-        after.graphs_built - before.graphs_built,
-        after.nodes_patched - before.nodes_patched
+        n.batches, n.graphs_built, n.nodes_patched
     );
-    n
+    launches
 }
 
 fn host_overhead(c: &mut Criterion) {

@@ -139,12 +139,7 @@ fn batched_sampling_is_unbatched_sampling(device: Device) {
     assert_eq!(batched, plain, "{device}: batched samples differ");
     let steps = (model.config.image_size / model.config.patch_size).pow(2) - 1;
     let blocks = model.config.blocks as u64;
-    let n = BatchCounts {
-        batches: after.batches - before.batches,
-        launches: after.launches - before.launches,
-        graphs_built: after.graphs_built - before.graphs_built,
-        nodes_patched: after.nodes_patched - before.nodes_patched,
-    };
+    let n = after.since(before);
     println!("{device}: {n:?}");
     assert_eq!(
         n.batches,

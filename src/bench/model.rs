@@ -466,12 +466,7 @@ pub fn bench_model_each(
             t,
             sampling_flops(cfg) * sample_batch as f64,
         );
-        row.batches = Some(crate::gpu::BatchCounts {
-            batches: after.batches - before.batches,
-            launches: after.launches - before.launches,
-            graphs_built: after.graphs_built - before.graphs_built,
-            nodes_patched: after.nodes_patched - before.nodes_patched,
-        });
+        row.batches = Some(after.since(before));
         on_row(&row);
     }
     Ok(())

@@ -122,6 +122,18 @@ pub struct BatchCounts {
     pub nodes_patched: u64,
 }
 
+impl BatchCounts {
+    /// What was done since `before`, an earlier reading of the same driver's counts.
+    pub fn since(self, before: BatchCounts) -> BatchCounts {
+        BatchCounts {
+            batches: self.batches - before.batches,
+            launches: self.launches - before.launches,
+            graphs_built: self.graphs_built - before.graphs_built,
+            nodes_patched: self.nodes_patched - before.nodes_patched,
+        }
+    }
+}
+
 /// One launch held back: what [`Driver::launch`] was given, its arguments packed (a kind
 /// byte, then the parameter's little-endian bytes, per argument) so that holding one is one
 /// small allocation and comparing two is a byte comparison.

@@ -12,7 +12,7 @@ use common::TempDir;
 use tarflow::data::{embedded_mnist_split, Dataset};
 use tarflow::model::load_checkpoint;
 use tarflow::tensorio::{parse_tensors_with_metadata, tensors_to_bytes};
-use tarflow::train::{evaluate_bpd, TrainConfig, Trainer};
+use tarflow::train::{evaluate_bpd, run_dir, TrainConfig, Trainer};
 use tarflow::{DType, Tensor};
 
 fn small_data() -> (Dataset, Dataset) {
@@ -79,6 +79,39 @@ fn a_second_run_on_a_locked_directory_is_refused() {
     drop(a);
     b.run(|_| {}).unwrap();
     assert_eq!(Trainer::checkpoint_steps(&dir).unwrap(), vec![2]);
+}
+
+#[test]
+fn a_lock_let_go_of_is_free_at_once_even_while_children_are_spawned() {
+    // Between fork and exec a child holds a copy of each open file, the lock file's too; a
+    // run that follows another in this process must not take that for a second run.
+    let dir = TempDir::new("rundir-spawn");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spawner = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = Command::new("true").status();
+            }
+        })
+    };
+    let mut refused = None;
+    for _ in 0..300 {
+        let held = run_dir::lock(&dir).unwrap();
+        let e = run_dir::lock(&dir).expect_err("a second lock in this process");
+        assert!(
+            e.to_string().contains("in use by another training run"),
+            "{e}"
+        );
+        drop(held);
+        if let Err(e) = run_dir::lock(&dir) {
+            refused = Some(e.to_string());
+            break;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    spawner.join().unwrap();
+    assert_eq!(refused, None);
 }
 
 #[test]

@@ -2,9 +2,12 @@
 //! and the leftovers of a run that was killed (temporary files, a state file whose model was
 //! never written) are removed before the run continues.
 
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::fsutil::temp_target;
@@ -17,13 +20,55 @@ pub const LOCK_FILE: &str = ".lock";
 /// An exclusive hold on a run directory, released when dropped (or when the process ends).
 #[derive(Debug)]
 pub struct RunDirLock {
-    _file: File,
+    file: Option<File>,
+    key: PathBuf,
+}
+
+impl Drop for RunDirLock {
+    fn drop(&mut self) {
+        // The OS lock first, so that a run in this process that finds the directory free in
+        // the registry does not also find the file still locked.
+        drop(self.file.take());
+        held_here().remove(&self.key);
+    }
+}
+
+/// Run directories locked by this process. The OS lock alone cannot tell a run of this
+/// process from a child it is spawning: between fork and exec a child holds a copy of every
+/// open file, and with it the lock, for a moment after the holder has let go.
+fn held_here() -> MutexGuard<'static, BTreeSet<PathBuf>> {
+    static HELD: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+    HELD.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How long a lock that this process let go of may stay with a child being spawned.
+const INHERITED_LOCK_WAIT: Duration = Duration::from_secs(2);
+
+fn in_use(dir: &Path, holder: &str) -> Error {
+    let holder = match holder.trim() {
+        "" => String::new(),
+        pid => format!(" (process {pid})"),
+    };
+    Error::Config(format!(
+        "run directory {} is in use by another training run{holder}: two runs in one \
+         directory would mix their checkpoints and metrics; wait for it to end or \
+         choose another output directory",
+        dir.display()
+    ))
 }
 
 /// Takes the lock of `dir` (created when missing), or fails naming the directory when another
 /// run (in this or another process) holds it.
 pub fn lock(dir: &Path) -> Result<RunDirLock> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let key = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
+    let me = std::process::id().to_string();
+    // Claimed in the registry before the file is opened, so that no run of this process
+    // opens (and then closes) the file of a lock another run of this process holds.
+    if !held_here().insert(key.clone()) {
+        return Err(in_use(dir, &me));
+    }
+    let mut claim = RunDirLock { file: None, key };
     let path = dir.join(LOCK_FILE);
     let mut file = OpenOptions::new()
         .read(true)
@@ -32,30 +77,31 @@ pub fn lock(dir: &Path) -> Result<RunDirLock> {
         .truncate(false)
         .open(&path)
         .map_err(|e| Error::io(&path, e))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let holder = match holder.trim() {
-                "" => String::new(),
-                pid => format!(" (process {pid})"),
-            };
-            return Err(Error::Config(format!(
-                "run directory {} is in use by another training run{holder}: two runs in one \
-                 directory would mix their checkpoints and metrics; wait for it to end or \
-                 choose another output directory",
-                dir.display()
-            )));
+    let start = Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.rewind().and_then(|_| file.read_to_string(&mut holder));
+                // Not held by a run of this process (the registry says so), yet marked as
+                // ours: a child being spawned holds the lock for a moment; wait for its exec.
+                if holder.trim() == me && start.elapsed() < INHERITED_LOCK_WAIT {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+                return Err(in_use(dir, &holder));
+            }
+            Err(TryLockError::Error(e)) => return Err(Error::io(&path, e)),
         }
-        Err(TryLockError::Error(e)) => return Err(Error::io(&path, e)),
     }
     // Only informative, so a failure to record the holder does not stop the run.
     let _ = file
         .set_len(0)
         .and_then(|_| file.rewind())
-        .and_then(|_| writeln!(file, "{}", std::process::id()));
-    Ok(RunDirLock { _file: file })
+        .and_then(|_| writeln!(file, "{me}"));
+    claim.file = Some(file);
+    Ok(claim)
 }
 
 /// What a file name in a run directory is, as far as the trainer is concerned.

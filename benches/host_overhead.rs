@@ -7,14 +7,14 @@
 //! Throughput is in launches: criterion's elements per second are launches per second, so
 //! its time per element is the host time per launch.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tarflow::gpu::batch::{GraphCache, HeldLaunch};
 use tarflow::gpu::{
-    launch_batches, registry, BatchCounts, DevicePtr, Driver, KernelArg, LaunchConfig, PtxModule,
+    launch_batches, registry, size_class, BatchCounts, BufferCache, DevicePtr, Driver, KernelArg,
+    LaunchConfig, PtxModule,
 };
 use tarflow::model::{Guidance, SampleOptions, Sampler, TarFlow, TarFlowConfig};
 use tarflow::nn::ParamStore;
@@ -22,26 +22,19 @@ use tarflow::optim::{AdamW, AdamWConfig};
 use tarflow::{Device, Rng, Tensor};
 
 /// A driver that computes nothing: copies and launches return at once (downloads read
-/// zeros); allocation hands out addresses from a cache like the CUDA driver's (sizes rounded
-/// to a power of two up to 1 MiB and to whole MiB above, freed buffers reused last in, first
-/// out), so that a step's buffers get the addresses they would get on a GPU. It counts
+/// zeros); allocation hands out addresses from the CUDA driver's buffer cache
+/// ([`BufferCache`]: sizes rounded to a power of two up to 1 MiB and to whole MiB above,
+/// freed buffers reused last in, first out), so that a step's buffers get the addresses they would get on a GPU. It counts
 /// launches. Its launch batches do the host's part of the CUDA driver's: each launch
 /// recorded, each batch planned against the kept graphs ([`GraphCache`]); the CUDA calls
 /// that follow (node updates, one graph launch) are not made.
 #[derive(Default)]
 struct Null {
     next: AtomicU64,
-    pool: Mutex<Pool>,
+    pool: Mutex<BufferCache>,
     launches: AtomicU64,
     open: AtomicBool,
     batch: Mutex<(bool, Vec<HeldLaunch>, GraphCache)>,
-}
-
-/// Live buffers' size classes by address, and freed buffers by size class.
-#[derive(Default)]
-struct Pool {
-    live: HashMap<u64, usize>,
-    free: HashMap<usize, Vec<u64>>,
 }
 
 impl Driver for Null {
@@ -49,20 +42,20 @@ impl Driver for Null {
         "null".into()
     }
     fn alloc(&self, bytes: usize) -> tarflow::Result<DevicePtr> {
-        let class = tarflow::gpu::cuda::size_class(bytes);
+        let class = size_class(bytes);
         let mut pool = self.pool.lock().unwrap();
-        let p = match pool.free.get_mut(&class).and_then(|v| v.pop()) {
+        let p = match pool.reuse(class) {
             Some(p) => p,
-            None => (1 << 20) + self.next.fetch_add(class as u64, Ordering::Relaxed),
+            None => {
+                let p = (1 << 20) + self.next.fetch_add(class as u64, Ordering::Relaxed);
+                pool.insert(p, class);
+                p
+            }
         };
-        pool.live.insert(p, class);
         Ok(DevicePtr(p))
     }
     fn free(&self, ptr: DevicePtr) -> tarflow::Result<()> {
-        let mut pool = self.pool.lock().unwrap();
-        if let Some(class) = pool.live.remove(&ptr.0) {
-            pool.free.entry(class).or_default().push(ptr.0);
-        }
+        self.pool.lock().unwrap().release(ptr.0);
         Ok(())
     }
     fn upload(&self, _: DevicePtr, _: &[u8]) -> tarflow::Result<()> {

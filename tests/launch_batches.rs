@@ -10,11 +10,12 @@
 //!   in the `_cuda` twin, on `cuda:0` where a driver loads (there, through CUDA graphs).
 #![cfg(feature = "ptx-sim")]
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tarflow::gpu::kernels::fill_f32;
-use tarflow::gpu::{launch_batches, BatchCounts, DevicePtr, Driver, Forward, PtxSim};
+use tarflow::gpu::{
+    launch_batches, size_class, BatchCounts, BufferCache, DevicePtr, Driver, Forward, PtxSim,
+};
 use tarflow::model::{Guidance, SampleOptions, Sampler, TarFlow, TarFlowConfig};
 use tarflow::{Device, Rng};
 
@@ -158,21 +159,13 @@ fn batched_sampling_on_the_ptx_interpreter_is_unbatched_sampling() {
     batched_sampling_is_unbatched_sampling(Device::PtxSim);
 }
 
-/// The interpreter behind a buffer cache like the CUDA driver's: its size classes
-/// (`tarflow::gpu::cuda::size_class`), freed buffers reused last in, first out, and never
-/// given back. The addresses a sampling step gets
+/// The interpreter behind the CUDA driver's buffer cache ([`BufferCache`]: size classes,
+/// freed buffers reused last in, first out, and never given back). The addresses a sampling step gets
 /// then repeat from step to step as they do on a GPU, so the nodes a kept graph needs
 /// patched are the ones whose parameters really change with the position.
 struct PooledSim {
     sim: PtxSim,
-    pool: Mutex<Pool>,
-}
-
-/// Live buffers' size classes by address, and freed buffers by size class.
-#[derive(Default)]
-struct Pool {
-    live: HashMap<u64, usize>,
-    free: HashMap<usize, Vec<u64>>,
+    pool: Mutex<BufferCache>,
 }
 
 impl Forward for PooledSim {
@@ -180,19 +173,24 @@ impl Forward for PooledSim {
         &self.sim
     }
     fn alloc(&self, bytes: usize) -> tarflow::Result<DevicePtr> {
-        let class = tarflow::gpu::cuda::size_class(bytes);
+        let class = size_class(bytes);
         let mut pool = self.pool.lock().unwrap();
-        let p = match pool.free.get_mut(&class).and_then(|v| v.pop()) {
+        let p = match pool.reuse(class) {
             Some(p) => p,
-            None => self.sim.alloc(class)?.0,
+            None => {
+                let p = self.sim.alloc(class)?.0;
+                pool.insert(p, class);
+                p
+            }
         };
-        pool.live.insert(p, class);
         Ok(DevicePtr(p))
     }
     fn free(&self, ptr: DevicePtr) -> tarflow::Result<()> {
-        let mut pool = self.pool.lock().unwrap();
-        let class = pool.live.remove(&ptr.0).expect("a live buffer");
-        pool.free.entry(class).or_default().push(ptr.0);
+        self.pool
+            .lock()
+            .unwrap()
+            .release(ptr.0)
+            .expect("a live buffer");
         Ok(())
     }
 }

@@ -25,20 +25,6 @@ fn unavailable(detail: impl Into<String>) -> Error {
     }
 }
 
-/// The bytes the CUDA driver's buffer cache allocates for a request of `bytes`: a power of
-/// two (256 at least) up to 1 MiB, whole MiB above. Rounding sizes to a few classes lets a
-/// freed buffer serve the next request of about the same size (training steps repeat their
-/// sizes exactly; sampling grows slowly); freed buffers are reused last in, first out. Tools
-/// that stand in for the driver (the host-overhead bench) use the same classes.
-pub fn size_class(bytes: usize) -> usize {
-    let b = bytes.max(256);
-    if b <= 1 << 20 {
-        b.next_power_of_two()
-    } else {
-        b.div_ceil(1 << 20) << 20
-    }
-}
-
 /// A CUDA device, opened once and shared.
 pub struct CudaDriver {
     #[cfg(feature = "cuda")]
@@ -171,7 +157,7 @@ impl Driver for CudaDriver {
 
 #[cfg(feature = "cuda")]
 mod imp {
-    use std::collections::{BTreeMap, HashMap};
+    use std::collections::HashMap;
     use std::sync::{Arc, Mutex};
 
     use cudarc::driver::sys::{self, cudaError_enum as Cu};
@@ -188,6 +174,7 @@ mod imp {
     use crate::gpu::driver::{
         DeviceMark, DevicePtr, EncodedTensorMap, KernelArg, LaunchConfig, PtxModule,
     };
+    use crate::gpu::pool::{size_class, BufferCache};
     use crate::gpu::tensor_map::{Swizzle, TensorMap, TENSOR_MAP_BYTES};
 
     pub(super) fn library_present() -> bool {
@@ -212,15 +199,6 @@ mod imp {
         unavailable(format!("{what}: {e}{hint}"))
     }
 
-    #[derive(Default)]
-    struct Pool {
-        /// Size of every live allocation, by address (ordered, so the allocation holding an
-        /// address is the last one starting at or below it).
-        live: BTreeMap<u64, usize>,
-        /// Freed allocations by size, for reuse.
-        free: HashMap<usize, Vec<u64>>,
-    }
-
     pub(super) struct Inner {
         pub(super) name: String,
         ctx: Arc<CudaContext>,
@@ -229,7 +207,7 @@ mod imp {
         functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
         /// The dynamic shared memory each kernel has been allowed beyond the default 48 KiB.
         shared_opt_in: Mutex<HashMap<(&'static str, String), u32>>,
-        pool: Mutex<Pool>,
+        pool: Mutex<BufferCache>,
         /// (major, minor), read once at open: the GEMM wrappers ask on every launch.
         capability: (u32, u32),
         batch: Mutex<Batch>,
@@ -351,7 +329,7 @@ mod imp {
                 modules: Mutex::new(HashMap::new()),
                 functions: Mutex::new(HashMap::new()),
                 shared_opt_in: Mutex::new(HashMap::new()),
-                pool: Mutex::new(Pool::default()),
+                pool: Mutex::new(BufferCache::new()),
                 capability: (major.max(0) as u32, minor.max(0) as u32),
                 batch: Mutex::new(Batch::default()),
             })
@@ -364,10 +342,9 @@ mod imp {
         }
 
         pub(super) fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
-            let class = super::size_class(bytes);
+            let class = size_class(bytes);
             let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(p) = pool.free.get_mut(&class).and_then(|v| v.pop()) {
-                pool.live.insert(p, class);
+            if let Some(p) = pool.reuse(class) {
                 return Ok(DevicePtr(p));
             }
             self.bind()?;
@@ -379,12 +356,10 @@ mod imp {
                     // Out of memory with buffers cached: give them back and try once more
                     // (after the held launches, which may still use them).
                     self.issue_held()?;
-                    for (_, ptrs) in pool.free.drain() {
-                        for q in ptrs {
-                            // SAFETY: cached pointers came from malloc_async and are not live.
-                            unsafe { result::free_async(q, self.stream.cu_stream()) }
-                                .map_err(|e| driver_error(&self.name, e))?;
-                        }
+                    for q in pool.drain_cached() {
+                        // SAFETY: cached pointers came from malloc_async and are not live.
+                        unsafe { result::free_async(q, self.stream.cu_stream()) }
+                            .map_err(|e| driver_error(&self.name, e))?;
                     }
                     // SAFETY: as above.
                     unsafe { result::malloc_async(self.stream.cu_stream(), class) }.map_err(
@@ -392,33 +367,27 @@ mod imp {
                     )?
                 }
             };
-            pool.live.insert(p, class);
+            pool.insert(p, class);
             Ok(DevicePtr(p))
         }
 
         pub(super) fn free(&self, ptr: DevicePtr) -> Result<()> {
             let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-            let class = pool.live.remove(&ptr.0).ok_or_else(|| {
+            // Stream order makes reuse safe: a later launch that gets this buffer runs after
+            // every launch that used it.
+            pool.release(ptr.0).ok_or_else(|| {
                 unavailable(format!(
                     "{}: free of {:#x}, not a live allocation",
                     self.name, ptr.0
                 ))
             })?;
-            // Stream order makes reuse safe: a later launch that gets this buffer runs after
-            // every launch that used it.
-            pool.free.entry(class).or_default().push(ptr.0);
             Ok(())
         }
 
         /// Checks that `[ptr, ptr + len)` lies inside one live allocation.
         fn check_range(&self, what: &str, ptr: DevicePtr, len: usize) -> Result<()> {
             let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-            let inside = pool
-                .live
-                .range(..=ptr.0)
-                .next_back()
-                .is_some_and(|(&base, &size)| ptr.0 - base + len as u64 <= size as u64);
-            if inside {
+            if pool.contains(ptr.0, len) {
                 Ok(())
             } else {
                 Err(unavailable(format!(
@@ -848,10 +817,10 @@ mod imp {
             batch.graphs.clear();
             let pool = self.pool.get_mut().unwrap_or_else(|e| e.into_inner());
             let stream = self.stream.cu_stream();
-            for p in pool.free.values().flatten().chain(pool.live.keys()) {
+            for p in pool.drain_all() {
                 // SAFETY: every pointer came from malloc_async on this stream; the driver is
                 // being dropped, so no tensor refers to it any more.
-                let _ = unsafe { result::free_async(*p, stream) };
+                let _ = unsafe { result::free_async(p, stream) };
             }
         }
     }

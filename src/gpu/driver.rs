@@ -60,9 +60,12 @@ pub enum KernelArg {
 }
 
 /// A tensor map's 128 bytes as one driver encodes them (opaque; only that driver's
-/// launches understand them).
+/// launches understand them). Byte-aligned: the kernel parameter is 64-byte aligned, but
+/// the driver copies these bytes into its parameter buffer, and an alignment of 64 here
+/// would make every [`KernelArg`] a 64-byte-aligned value, whose vectors take the host
+/// allocator's slow aligned path on every launch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(C, align(64))]
+#[repr(C)]
 pub struct EncodedTensorMap(pub [u8; TENSOR_MAP_BYTES]);
 
 impl KernelArg {

@@ -8,6 +8,7 @@ pub mod cuda;
 pub mod driver;
 pub mod kernels;
 pub mod memory;
+pub mod pool;
 pub mod profile;
 pub mod registry;
 #[cfg(feature = "ptx-sim")]
@@ -21,6 +22,7 @@ pub use driver::{
     PtxModule,
 };
 pub use memory::{memory_stats, reset_peak, MemoryCounter, MemoryStats};
+pub use pool::{size_class, BufferCache};
 pub use profile::{LaunchProfile, Profiler};
 #[cfg(feature = "ptx-sim")]
 pub use sim::PtxSim;

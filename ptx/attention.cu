@@ -503,7 +503,8 @@ ATTN_BWD_DQ_ENTRY(attn_bwd_dq_bf16s, __nv_bfloat16)
 // share of a row sum accumulated over tiles, the 4 shares summed (butterfly) at the end.
 // Parameters: those of attn_fwd_f32 with one more after lse, `o16`: when not null, the
 // output is also written there rounded to bf16 (to nearest even), contiguous
-// [B, H, Nq, Dv], the copy bf16 training keeps for the backward. Tiles, loads and launch:
+// [B, Nq, H, Dv] (token-major: the rows of the output projection's bf16 input, which shares
+// the copy), the copy bf16 training keeps for the backward. Tiles, loads and launch:
 // at `attn_fwd_tc` below.
 
 // The inline-PTX helpers (ptx/async_copy_mma.cuh, as gemm.cu's). scripts/ptx/host/shim.h
@@ -633,7 +634,7 @@ __device__ __forceinline__ void attn_fwd_tc(
   v += (size_t)bz * v_sb + (size_t)hy * v_sh;
   o += (size_t)bz * o_sb + (size_t)hy * o_sh;
   lse += ((size_t)bz * gridDim.y + hy) * nq;
-  if (o16) o16 += ((size_t)bz * gridDim.y + hy) * nq * D;
+  if (o16) o16 += (size_t)bz * nq * gridDim.y * D + (size_t)hy * D;
   unsigned q0 = (causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x) * BQ;
   unsigned off = causal ? nk - nq : 0;
   unsigned qend = min(nq, q0 + BQ);
@@ -816,7 +817,7 @@ __device__ __forceinline__ void attn_fwd_tc(
         }
         // The bf16 copy the backward reads: the same values rounded, two per 4-byte store.
         if (o16)
-          *reinterpret_cast<unsigned*>(o16 + (size_t)i * D + f * 8 + 2 * tig) =
+          *reinterpret_cast<unsigned*>(o16 + (size_t)i * (gridDim.y * D) + f * 8 + 2 * tig) =
               pack_bf16(x[0], x[1]);
       }
       if (tig == 0) lse[i] = l[mb][h] > 0.0f ? m[mb][h] + __log2f(l[mb][h]) : neg_inf();

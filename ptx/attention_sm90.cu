@@ -229,7 +229,8 @@ __device__ __forceinline__ void fwd_tile(FwdRows& st, unsigned q_base, unsigned 
   wgmma_wait<0>();
 }
 
-// The rows' outputs O / l (and their bf16 copy) and base-2 log-sum-exps.
+// The rows' outputs O / l (and their bf16 copy, token-major [B, Nq, H, Dv] as
+// attention.cu's) and base-2 log-sum-exps.
 __device__ __forceinline__ void fwd_store(FwdRows& st, float* __restrict__ o,
                                           float* __restrict__ lse,
                                           __nv_bfloat16* __restrict__ o16, unsigned nq,
@@ -255,7 +256,7 @@ __device__ __forceinline__ void fwd_store(FwdRows& st, float* __restrict__ o,
       }
       // The bf16 copy the backward reads: the same values rounded, two per 4-byte store.
       if (o16)
-        *reinterpret_cast<unsigned*>(o16 + (size_t)i * W_D + f * 8 + 2 * tig) =
+        *reinterpret_cast<unsigned*>(o16 + (size_t)i * (gridDim.y * W_D) + f * 8 + 2 * tig) =
             pack_bf16(x[0], x[1]);
     }
     if (tig == 0) lse[i] = st.l[h] > 0.0f ? st.m[h] + __log2f(st.l[h]) : neg_inf();
@@ -291,7 +292,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) attn_fwd_bf16s_d64_wgmma(
   v += (size_t)bz * v_sb + (size_t)hy * v_sh;
   o += (size_t)bz * o_sb + (size_t)hy * o_sh;
   lse += ((size_t)bz * gridDim.y + hy) * nq;
-  if (o16) o16 += ((size_t)bz * gridDim.y + hy) * nq * W_D;
+  if (o16) o16 += (size_t)bz * nq * gridDim.y * W_D + (size_t)hy * W_D;
   unsigned q0 = (causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x) * W_BQ;
   unsigned off = causal ? nk - nq : 0;
   unsigned qend = min(nq, q0 + W_BQ);
@@ -404,7 +405,7 @@ extern "C" __global__ void __launch_bounds__(384, 1) attn_fwd_bf16s_d64_tma(
   unsigned group = lane >> 2, tig = lane & 3;
   o += (size_t)bz * o_sb + (size_t)hy * o_sh;
   lse += ((size_t)bz * gridDim.y + hy) * nq;
-  if (o16) o16 += ((size_t)bz * gridDim.y + hy) * nq * W_D;
+  if (o16) o16 += (size_t)bz * nq * gridDim.y * W_D + (size_t)hy * W_D;
   unsigned r0 = q0 + wg * 64;
   FwdRows st;
   fwd_rows_init(st, r0, w, group);

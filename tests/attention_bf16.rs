@@ -316,3 +316,50 @@ fn under_bf16_the_graph_does_not_keep_the_f32_projection() {
         0
     );
 }
+
+/// Live device bytes a training forward of one attention half leaves (`r + attn(x)` with
+/// the residual in the output projection's epilogue, or composed of `forward` and `add`), on
+/// a private interpreter device under bf16.
+fn bytes_after_the_attention_half(ordinal: usize, fused: bool) -> u64 {
+    use std::sync::Arc;
+    use tarflow::gpu::{memory_stats, registry, PtxSim};
+    use tarflow::nn::attention::CausalSelfAttention;
+    let device = Device::Cuda(ordinal);
+    registry::register(device, Arc::new(PtxSim::new())).unwrap();
+    let _p = matmul_precision(Precision::Bf16);
+    let layer = CausalSelfAttention::<f32>::new(128, 64, &mut Rng::new(23))
+        .unwrap()
+        .to_device(device)
+        .unwrap();
+    let leaf = |seed| {
+        bf16_exact(&[2, 21, 128], seed)
+            .to_device(device)
+            .unwrap()
+            .requires_grad_()
+    };
+    let (x, r) = (leaf(24), leaf(25));
+    let before = memory_stats(device).unwrap().live_bytes;
+    let y = if fused {
+        layer.forward_residual(&x, &r, 1.0).unwrap()
+    } else {
+        r.add(&layer.forward(&x, 1.0).unwrap()).unwrap()
+    };
+    let kept = memory_stats(device).unwrap().live_bytes - before;
+    y.sum_all().unwrap().backward().unwrap();
+    assert!(layer.out_weight.grad().is_some() && x.grad().is_some());
+    kept
+}
+
+/// Under bf16 the attention keeps a bf16 copy of its output for its backward, and the output
+/// projection a bf16 copy of its input for the weight gradient: the same values. The fused
+/// attention half (`forward_residual`, the model's) keeps one copy for both; the composed
+/// form, whose projection converts its input again, keeps two. (The gradients are the same
+/// bits either way: `tests/device_ops.rs`, `attention_residual_is_the_composed_sum`.)
+#[test]
+fn the_output_projection_shares_the_attentions_bf16_copy() {
+    let copy_bytes = 2 * 21 * 128 * 2;
+    assert_eq!(
+        bytes_after_the_attention_half(203, false) - bytes_after_the_attention_half(204, true),
+        copy_bytes
+    );
+}

@@ -644,13 +644,15 @@ pub(crate) enum AttnSaved<E: Element> {
         v: Tensor<E>,
         o: Tensor<E>,
     },
-    /// bf16 precision: contiguous `[B, H, N, D]` bf16 copies of q, k, v and the output, read
-    /// by the `_bf16s` backward kernels; no f32 operand is kept.
+    /// bf16 precision: contiguous `[B, H, N, D]` bf16 copies of q, k, v and the token-major
+    /// `[B * N, H * Dv]` bf16 copy of the output (the rows an output projection can take as
+    /// its bf16 input, sharing the buffer), read by the `_bf16s` backward kernels; no f32
+    /// operand is kept.
     Bf16 {
         q: GpuBuffer,
         k: GpuBuffer,
         v: GpuBuffer,
-        o: GpuBuffer,
+        o: Bf16Rows,
     },
 }
 
@@ -754,11 +756,16 @@ pub(crate) fn attention_forward<E: Element>(
         precision,
     };
     // With the bf16 copies, the kernel also writes the bf16 copy of the output the backward
-    // reads, contiguous [B, H, Nq, Dv], in the same pass.
+    // reads, token-major [B, Nq, H, Dv], in the same pass.
     let o_bf16 = if copies.is_some() {
-        let buf = GpuBuffer::alloc(driver.clone(), (b * h * nq * dv).max(1), 2)?;
+        let buf = GpuBuffer::alloc(driver.clone(), (b * h * nq * dv).max(8), 2)?;
         k::attn_fwd_saving_bf16(&*driver, &fwd, buf.ptr())?;
-        Some(buf)
+        Some(Bf16Rows {
+            buf: Arc::new(buf),
+            rows: b * nq,
+            cols: h * dv,
+            ld: h * dv,
+        })
     } else {
         k::attn_fwd(&*driver, &fwd)?;
         None
@@ -901,8 +908,16 @@ pub(crate) fn attention_backward<E: Element>(
             } else {
                 k::AttnStorage::Bf16
             },
-            [(q, nq, dh), (k, nk, dh), (v, nk, dv), (o, nq, dv)]
-                .map(|(buf, n, d)| attn_dest(AttnLayout::Heads, buf.ptr(), h, n, d, 0)),
+            [
+                attn_dest(AttnLayout::Heads, q.ptr(), h, nq, dh, 0),
+                attn_dest(AttnLayout::Heads, k.ptr(), h, nk, dh, 0),
+                attn_dest(AttnLayout::Heads, v.ptr(), h, nk, dv, 0),
+                // Token-major, as the forward kernels write it.
+                k::AttnView {
+                    ptr: o.buf.ptr(),
+                    strides: [nq * h * dv, dv, h * dv, 1],
+                },
+            ],
         ),
     };
     let (_g, gv) = attn_operand(g)?;
@@ -1070,9 +1085,11 @@ fn linear_into<E: Element>(
 /// 16-byte loads need): the left operand a bf16 GEMM converted, kept so that a linear
 /// layer's backward can use its input in bf16 without keeping (or converting again) the
 /// f32 input.
+#[derive(Clone)]
 pub(crate) struct Bf16Rows {
-    /// The `rows * ld` bf16 elements (2 bytes each; at least 8).
-    pub buf: GpuBuffer,
+    /// The `rows * ld` bf16 elements (2 bytes each; at least 8), shared when the copy serves
+    /// two backward passes (attention's output and the output projection's input).
+    pub buf: Arc<GpuBuffer>,
     /// Rows of the matrix.
     pub rows: usize,
     /// Columns of the matrix (the elements of a row that are data).
@@ -1336,7 +1353,7 @@ fn gemm_bf16_operands(
         Some(epi) => k::gemm_bf16_epilogue(d, &product, epi)?,
     }
     Ok(a.filter(|_| keep_a).map(|buf| Bf16Rows {
-        buf,
+        buf: Arc::new(buf),
         rows: g.m,
         cols: g.k,
         ld: lda,
@@ -1367,7 +1384,7 @@ fn bf16_rows<E: Element>(t: &Tensor<E>) -> Result<Bf16Rows> {
         t.shape(),
     )?;
     Ok(Bf16Rows {
-        buf,
+        buf: Arc::new(buf),
         rows,
         cols,
         ld,
@@ -1563,6 +1580,64 @@ pub(crate) fn linear_grad_gelu<E: Element>(
         aux_rs: in_f,
     };
     product_into(g2, w, false, None, &out, Some(epi), false)?;
+    Ok(out)
+}
+
+/// [`linear_residual`] under bf16 whose input is given only as its bf16 copy `x16`
+/// (`[rows, in]`, as a bf16 GEMM would have converted the f32 input: the attention
+/// forward's token-major copy of its output), read where it is: the same GEMM, so the bits
+/// of `linear_residual` on the f32 input whose rounding `x16` is. bf16 whatever this
+/// thread's precision is now (the input was rounded already).
+pub(crate) fn linear_residual_bf16_input<E: Element>(
+    x16: &Bf16Rows,
+    w: &Tensor<E>,
+    bias: Option<&Tensor<E>>,
+    r2: &Tensor<E>,
+) -> Result<Tensor<E>> {
+    let (driver, _) = operand(w)?;
+    let (m, kk, n) = (x16.rows, x16.cols, w.shape()[0]);
+    if w.shape() != [n, kk] || r2.shape() != [m, n] {
+        return Err(Error::Device {
+            op: "linear_residual",
+            detail: format!(
+                "internal error: a bf16 input [{m}, {kk}] with weight {:?} and residual {:?}",
+                w.shape(),
+                r2.shape()
+            ),
+        });
+    }
+    let r2 = dense(r2)?;
+    let out = empty(&driver, w.device(), &[m, n])?;
+    let b = gemm_operand(w, w.layout())?;
+    let bias = bias.map(dense).transpose()?;
+    // B = w^T: B[l, j] = w[j, l].
+    let (b_rs, b_cs) = gemm_strides(b.strides()[1], b.strides()[0]).expect("checked");
+    let g = k::GemmF32 {
+        m,
+        n,
+        k: kk,
+        batch: 1,
+        c: ptr(&out)?,
+        c_rs: n,
+        c_bs: 0,
+        // Not read: the bf16 copy stands for A.
+        a: DevicePtr(0),
+        a_rs: 0,
+        a_cs: 0,
+        a_bs: 0,
+        b: ptr(&b)?,
+        b_rs,
+        b_cs,
+        b_bs: 0,
+        bias: bias.as_ref().map(ptr).transpose()?,
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    let epi = k::GemmEpilogue::Residual {
+        aux: ptr(&r2)?,
+        aux_rs: n,
+    };
+    gemm_bf16_operands(&driver, &g, Some(epi), false, None, Some(SavedA::Rows(x16)))?;
     Ok(out)
 }
 

@@ -4,7 +4,8 @@
 use crate::autograd::no_grad;
 use crate::error::{Error, Result};
 use crate::ops::attention::{
-    attention_decode, attention_qkv, qkv_views, AttentionOptions, KvCache,
+    attention_decode, attention_qkv, attention_qkv_keeping_bf16, qkv_views, AttentionOptions,
+    KvCache,
 };
 use crate::rng::Rng;
 use crate::tensor::{Element, Tensor};
@@ -125,8 +126,11 @@ impl<E: Element> CausalSelfAttention<E> {
     ) -> Result<Tensor<E>> {
         self.check_input("CausalSelfAttention::forward_residual", x)?;
         let qkv = x.linear(&self.qkv_weight, Some(&self.qkv_bias))?;
-        let o = attention_qkv(&qkv, self.heads, None, self.options(temperature))?;
-        o.linear_residual(&self.out_weight, Some(&self.out_bias), r)
+        // On a GPU under bf16 the attention's bf16 copy of its output is also the output
+        // projection's bf16 input: one copy kept for both backward passes, none converted.
+        let (o, o16) =
+            attention_qkv_keeping_bf16(&qkv, self.heads, None, self.options(temperature))?;
+        o.linear_residual_from(&self.out_weight, Some(&self.out_bias), r, o16)
     }
 
     /// The next position(s) of an autoregressive pass: `x` is `[B, T, C]` (usually `T == 1`),

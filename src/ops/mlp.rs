@@ -229,6 +229,20 @@ impl<E: Element> Tensor<E> {
         b: Option<&Tensor<E>>,
         r: &Tensor<E>,
     ) -> Result<Tensor<E>> {
+        self.linear_residual_from(w, b, r, None)
+    }
+
+    /// [`Tensor::linear_residual`] that, on a GPU under bf16, may be given the bf16 copy of
+    /// its input (`[rows, in]`, as its GEMM would convert it) made by the op that produced
+    /// the input: the GEMM reads it instead of converting the input again, and the backward
+    /// keeps it, shared with that op, instead of a copy of its own. The same bits.
+    pub(crate) fn linear_residual_from(
+        &self,
+        w: &Tensor<E>,
+        b: Option<&Tensor<E>>,
+        r: &Tensor<E>,
+        x16: Option<crate::backend::gpu::Bf16Rows>,
+    ) -> Result<Tensor<E>> {
         const OP: &str = "linear_residual";
         let mut operands = vec![self, w, r];
         operands.extend(b);
@@ -241,7 +255,13 @@ impl<E: Element> Tensor<E> {
             let _g = no_grad();
             if gpu && rows > 0 && out_f > 0 && w.shape()[1] > 0 {
                 let r2 = r.detach().reshape(&[rows, out_f])?;
-                let (out, kept) = crate::backend::gpu::linear_residual(&x2, w, b, &r2, want[1])?;
+                let (out, kept) = match x16 {
+                    Some(x16) if [x16.rows, x16.cols] == [rows, w.shape()[1]] => {
+                        let out = crate::backend::gpu::linear_residual_bf16_input(&x16, w, b, &r2)?;
+                        (out, Some(x16))
+                    }
+                    _ => crate::backend::gpu::linear_residual(&x2, w, b, &r2, want[1])?,
+                };
                 (out.reshape(r.shape())?, kept)
             } else {
                 let m = x2.linear(w, b)?.reshape(r.shape())?;

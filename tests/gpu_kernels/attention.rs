@@ -616,6 +616,22 @@ fn exact_forward(
     }
 }
 
+/// `[b, h, n, d]` values in `[b, n, h, d]` order: where the forward's bf16 copy of its
+/// output puts them.
+fn heads_to_tokens(x: &[f32], b: usize, h: usize, n: usize, d: usize) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for bi in 0..b {
+        for hi in 0..h {
+            for i in 0..n {
+                let from = ((bi * h + hi) * n + i) * d;
+                let to = ((bi * n + i) * h + hi) * d;
+                out[to..to + d].copy_from_slice(&x[from..from + d]);
+            }
+        }
+    }
+    out
+}
+
 /// The bf16-input forward (q, k, v stored bf16 `[B, N, H, D]`, loaded by cp.async) against
 /// the f32-input bf16 forward on the same bf16-exact values: the same products in the same
 /// order, so the output and lse must be the same bits.
@@ -656,11 +672,12 @@ fn bf16_inputs_match_bf16_bits(d: &dyn Driver, dims: AttnDims, scores: AttnScore
             precision,
         };
         // The bf16-input run also writes the output's bf16 copy, which must be the output
-        // rounded to nearest even, every element written.
+        // rounded to nearest even, token-major, every element written.
         if precision == AttnPrecision::Bf16Inputs {
             let o16 = upload::<bf16>(d, &vec![bf16::NAN; o_len]);
             attn_fwd_saving_bf16(d, &fwd, o16).unwrap();
-            let want: Vec<f32> = download::<f32>(d, o, o_len)
+            let o_tokens = heads_to_tokens(&download::<f32>(d, o, o_len), b, h, nq, dv);
+            let want: Vec<f32> = o_tokens
                 .iter()
                 .map(|&x| bf16::from_f32(x).to_f32())
                 .collect();
@@ -725,7 +742,10 @@ fn bf16_inputs_match_bf16_bits(d: &dyn Driver, dims: AttnDims, scores: AttnScore
             download::<f32>(d, o, o_len),
             download::<f32>(d, lse, lse_len),
         );
-        let rounded: Vec<f32> = o_wg.iter().map(|&x| bf16::from_f32(x).to_f32()).collect();
+        let rounded: Vec<f32> = heads_to_tokens(&o_wg, b, h, nq, dv)
+            .iter()
+            .map(|&x| bf16::from_f32(x).to_f32())
+            .collect();
         let copy: Vec<f32> = download::<bf16>(d, o16, o_len)
             .iter()
             .map(|x| x.to_f32())

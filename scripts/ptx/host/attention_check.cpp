@@ -18,7 +18,7 @@
 // - attn_fwd_bf16s_d64, attn_fwd_bf16s_d128 (bf16 inputs by cp.async, reversed causal tiles):
 //   output and lse bit for bit those of attn_fwd_bf16_d64 / _d128 on the same bf16-exact
 //   values, causal (offset 0 and 33) and not, over three or more query tiles; the output's
-//   bf16 copy (`o16`) the output rounded, nothing written past it.
+//   bf16 copy (`o16`, token-major [B, Nq, H, D]) the output rounded, nothing written past it.
 // - attn_bwd_dot_round_bf16s, attn_bwd_dkdv_bf16_d64, attn_bwd_dq_bf16_d64 (the tensor-core
 //   backward; its dot kernel's bf16 copy of dO checked bit for bit and for writes past its
 //   end): against the f64 gradients within bf16's rounding of
@@ -408,7 +408,7 @@ static void bf16_inputs(const char* tag, Dims s, float alpha, bool causal, F fwd
       for (unsigned i = 0; i < s.nq; ++i)
         for (unsigned e = 0; e < D; ++e) {
           __nv_bfloat16 want = __float2bfloat16_rn(o_got[lo.at(b, h, i, e)]);
-          bad16 += memcmp(&o16[(((size_t)b * s.h + h) * s.nq + i) * D + e], &want, 2) != 0;
+          bad16 += memcmp(&o16[(((size_t)b * s.nq + i) * s.h + h) * D + e], &want, 2) != 0;
         }
   for (size_t k = (size_t)rows * D; k < o16.size(); ++k) bad16 += !std::isnan(__bfloat162float(o16[k]));
   CHECK(bad16 == 0, "attn_fwd_bf16s, %s: %zu elements of the bf16 output copy wrong or past its end", tag, bad16);

@@ -349,8 +349,9 @@ pub fn attn_fwd(driver: &dyn Driver, a: &AttnFwd) -> Result<()> {
 }
 
 /// [`attn_fwd`] under a bf16 precision that also writes the output rounded to bf16 (to
-/// nearest even) at `o_bf16`, contiguous `[b, h, nq, dv]`: in the same pass, the copy bf16
-/// training keeps for the backward.
+/// nearest even) at `o_bf16`, token-major `[b, nq, h, dv]` (the rows `[b * nq, h * dv]` an
+/// output projection reads as its bf16 input): in the same pass, the copy bf16 training
+/// keeps for the backward.
 pub fn attn_fwd_saving_bf16(driver: &dyn Driver, a: &AttnFwd, o_bf16: DevicePtr) -> Result<()> {
     if a.precision == AttnPrecision::F32 {
         return Err(Error::arg(

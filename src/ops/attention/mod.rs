@@ -304,6 +304,19 @@ pub fn attention_qkv<E: Element>(
     mask: Option<&Tensor<E>>,
     opts: AttentionOptions,
 ) -> Result<Tensor<E>> {
+    attention_qkv_keeping_bf16(qkv, heads, mask, opts).map(|(o, _)| o)
+}
+
+/// [`attention_qkv`], also returning, when the fused GPU kernels ran under bf16 for a
+/// backward, the bf16 copy of the output they keep for it: token-major `[B * N, C]` rows,
+/// what the output projection's bf16 GEMM would make of its input (see
+/// [`Tensor::linear_residual_from`]), so that one copy serves both backward passes.
+pub(crate) fn attention_qkv_keeping_bf16<E: Element>(
+    qkv: &Tensor<E>,
+    heads: usize,
+    mask: Option<&Tensor<E>>,
+    opts: AttentionOptions,
+) -> Result<(Tensor<E>, Option<gpu::Bf16Rows>)> {
     let op = "attention_qkv";
     let mut operands = vec![qkv];
     operands.extend(mask);
@@ -328,9 +341,10 @@ pub fn attention_qkv<E: Element>(
         }
         // The composed ops on the device; gradients flow back through the views.
         let [q, k, v] = qkv_views(qkv, heads)?;
-        return attention_reference(&q, &k, &v, mask, opts)?
+        let o = attention_reference(&q, &k, &v, mask, opts)?
             .permute(&[0, 2, 1, 3])?
-            .reshape(&[b, n, c]);
+            .reshape(&[b, n, c])?;
+        return Ok((o, None));
     }
     let [q, k, v] = qkv_views(&qkv.detach(), heads)?;
     let d = check_shapes(op, &q, &k, &v, mask, opts.causal)?;
@@ -348,10 +362,10 @@ pub fn attention_qkv<E: Element>(
     drop(timer);
     let out = Tensor::from_raw(out, &[b, n, c]);
     if !needs_grad {
-        return Ok(out);
+        return Ok((out, None));
     }
     let od = out.detach();
-    Ok(out.record(op, &[qkv], move |g| {
+    let out = out.record(op, &[qkv], move |g| {
         let _timer = Timer::start(Kernel::Attention);
         let probs_host = probs.storage().read();
         let mut grad = vec![E::ZERO; b * n * 3 * c];
@@ -386,7 +400,8 @@ pub fn attention_qkv<E: Element>(
             );
         }
         Ok(vec![Some(Tensor::from_raw(grad, &[b, n, 3 * c]))])
-    }))
+    });
+    Ok((out, None))
 }
 
 /// Whether the fused GPU kernels take these sizes (`ptx/attention.cu`: head dimensions up to
@@ -460,17 +475,21 @@ fn attention_qkv_gpu<E: Element>(
     [q, k, v]: [Tensor<E>; 3],
     d: &Dims,
     opts: AttentionOptions,
-) -> Result<Tensor<E>> {
+) -> Result<(Tensor<E>, Option<gpu::Bf16Rows>)> {
     let op = "attention_qkv";
     let (dims, scores) = gpu_args(d, opts, op)?;
     let needs_grad = is_grad_enabled() && qkv.requires_grad();
     let fwd = gpu::attention_forward(&q, &k, &v, dims, scores, AttnLayout::Qkv, needs_grad)?;
     let (out, lse) = (fwd.out, fwd.lse);
     let Some(saved) = fwd.saved else {
-        return Ok(out);
+        return Ok((out, None));
+    };
+    let o16 = match &saved {
+        gpu::AttnSaved::Bf16 { o, .. } => Some(o.clone()),
+        gpu::AttnSaved::F32 { .. } => None,
     };
     let (b, n, h, dv) = (d.b, d.nq, d.h, d.dv);
-    Ok(out.record(op, &[qkv], move |g| {
+    let out = out.record(op, &[qkv], move |g| {
         // `[B, N, H Dv]` seen as `[B, H, N, Dv]` (a copy only if `g` cannot be viewed so).
         let as_heads = |t: &Tensor<E>| -> Result<Tensor<E>> {
             let t = match t.layout().reshape(&[b, n, h, dv]) {
@@ -482,7 +501,8 @@ fn attention_qkv_gpu<E: Element>(
         let mut grads =
             gpu::attention_backward(&saved, &as_heads(g)?, &lse, dims, scores, AttnLayout::Qkv)?;
         Ok(vec![grads.pop()])
-    }))
+    });
+    Ok((out, o16))
 }
 
 /// The composed form of [`attention`]: `matmul`, `mul_scalar`, `masked_fill` with `-inf`,

@@ -1407,6 +1407,36 @@ impl<E: Element> RightOperand<'_, E> {
     }
 }
 
+/// One `[m, n] = A [m, k] @ B [k, n] (+ bias)` product into the contiguous `c` whose A is a
+/// bf16 copy passed beside it (the f32 A is not read), B given by pointer and strides.
+fn saved_a_gemm(
+    [m, n, kk]: [usize; 3],
+    c: DevicePtr,
+    (b, b_rs, b_cs): (DevicePtr, usize, usize),
+    bias: Option<DevicePtr>,
+) -> k::GemmF32 {
+    k::GemmF32 {
+        m,
+        n,
+        k: kk,
+        batch: 1,
+        c,
+        c_rs: n,
+        c_bs: 0,
+        a: DevicePtr(0),
+        a_rs: 0,
+        a_cs: 0,
+        a_bs: 0,
+        b,
+        b_rs,
+        b_cs,
+        b_bs: 0,
+        bias,
+        alpha: 1.0,
+        beta: 0.0,
+    }
+}
+
 /// `op(A) @ B` into a fresh `[m, n]` f32 tensor on `device` for a saved bf16 A, with an
 /// optional epilogue stage (whose `aux` is `[m, n]` contiguous). `m`, `k` come from A.
 fn saved_a_product<E: Element>(
@@ -1430,27 +1460,7 @@ fn saved_a_product<E: Element>(
         }
         RightOperand::Saved(r) => (r.buf.ptr(), r.ld, 1, None, Some(r)),
     };
-    let g = k::GemmF32 {
-        m,
-        n,
-        k: kk,
-        batch: 1,
-        c: ptr(&out)?,
-        c_rs: n,
-        c_bs: 0,
-        // Not read: the saved bf16 copy stands for A.
-        a: DevicePtr(0),
-        a_rs: 0,
-        a_cs: 0,
-        a_bs: 0,
-        b: b_ptr,
-        b_rs,
-        b_cs,
-        b_bs: 0,
-        bias: None,
-        alpha: 1.0,
-        beta: 0.0,
-    };
+    let g = saved_a_gemm([m, n, kk], ptr(&out)?, (b_ptr, b_rs, b_cs), None);
     gemm_bf16_operands(driver, &g, epi, false, saved_b, Some(a))?;
     Ok(out)
 }
@@ -1612,27 +1622,8 @@ pub(crate) fn linear_residual_bf16_input<E: Element>(
     let bias = bias.map(dense).transpose()?;
     // B = w^T: B[l, j] = w[j, l].
     let (b_rs, b_cs) = gemm_strides(b.strides()[1], b.strides()[0]).expect("checked");
-    let g = k::GemmF32 {
-        m,
-        n,
-        k: kk,
-        batch: 1,
-        c: ptr(&out)?,
-        c_rs: n,
-        c_bs: 0,
-        // Not read: the bf16 copy stands for A.
-        a: DevicePtr(0),
-        a_rs: 0,
-        a_cs: 0,
-        a_bs: 0,
-        b: ptr(&b)?,
-        b_rs,
-        b_cs,
-        b_bs: 0,
-        bias: bias.as_ref().map(ptr).transpose()?,
-        alpha: 1.0,
-        beta: 0.0,
-    };
+    let bias = bias.as_ref().map(ptr).transpose()?;
+    let g = saved_a_gemm([m, n, kk], ptr(&out)?, (ptr(&b)?, b_rs, b_cs), bias);
     let epi = k::GemmEpilogue::Residual {
         aux: ptr(&r2)?,
         aux_rs: n,

@@ -1622,8 +1622,8 @@ pub(crate) fn linear_residual_bf16_input<E: Element>(
     let bias = bias.map(dense).transpose()?;
     // B = w^T: B[l, j] = w[j, l].
     let (b_rs, b_cs) = gemm_strides(b.strides()[1], b.strides()[0]).expect("checked");
-    let bias = bias.as_ref().map(ptr).transpose()?;
-    let g = saved_a_gemm([m, n, kk], ptr(&out)?, (ptr(&b)?, b_rs, b_cs), bias);
+    let bias_ptr = bias.as_ref().map(ptr).transpose()?;
+    let g = saved_a_gemm([m, n, kk], ptr(&out)?, (ptr(&b)?, b_rs, b_cs), bias_ptr);
     let epi = k::GemmEpilogue::Residual {
         aux: ptr(&r2)?,
         aux_rs: n,

@@ -256,7 +256,8 @@ impl<E: Element> Tensor<E> {
             if gpu && rows > 0 && out_f > 0 && w.shape()[1] > 0 {
                 let r2 = r.detach().reshape(&[rows, out_f])?;
                 let (out, kept) = match x16 {
-                    Some(x16) if [x16.rows, x16.cols] == [rows, w.shape()[1]] => {
+                    // Its shape is checked against `w` and `r2` there (an internal error).
+                    Some(x16) => {
                         let out = crate::backend::gpu::linear_residual_bf16_input(&x16, w, b, &r2)?;
                         (out, Some(x16))
                     }
